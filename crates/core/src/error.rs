@@ -1,0 +1,217 @@
+//! The one error type of fencelock: [`LockError`].
+
+use std::time::Duration;
+
+use crate::token::FencingToken;
+
+/// A boxed error from a client library or the operating system, kept as the source of a
+/// [`LockError`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Shorthand for `Result<T, LockError>`.
+pub type Result<T, E = LockError> = std::result::Result<T, E>;
+
+/// Why a lease stopped being ours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LostReason {
+    /// The lease's validity ran out before it was renewed.
+    Expired,
+    /// The backend no longer holds our grant (it expired there, or another grant replaced it).
+    NotHeld,
+    /// Renewal kept failing until the validity ran out; the last failure is given.
+    RenewalFailed(String),
+    /// The backend reported the loss itself (a revoked etcd lease, an expired ZooKeeper session).
+    Backend(String),
+}
+
+impl std::fmt::Display for LostReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LostReason::Expired => f.write_str("its validity ran out before it was renewed"),
+            LostReason::NotHeld => f.write_str("the backend no longer holds this grant"),
+            LostReason::RenewalFailed(why) => write!(f, "renewal failed until the validity ran out: {why}"),
+            LostReason::Backend(why) => write!(f, "the backend reported the loss: {why}"),
+        }
+    }
+}
+
+/// A write refused by a fencing check (see [`crate::fencing`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FenceRejection {
+    /// The protected resource.
+    pub resource: String,
+    /// The token the writer presented.
+    pub presented: FencingToken,
+    /// The highest token the resource had already accepted.
+    pub highest: FencingToken,
+    /// `true` when the presented token equals the highest but came from another grant
+    /// (token reuse, e.g. after a Redis failover), `false` when it is lower (stale).
+    pub reused: bool,
+}
+
+impl std::fmt::Display for FenceRejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.reused {
+            write!(
+                f,
+                "resource `{}` refused token {}: the same token was already used by another grant",
+                self.resource, self.presented
+            )
+        } else {
+            write!(
+                f,
+                "resource `{}` refused stale token {}: it has already accepted token {}",
+                self.resource, self.presented, self.highest
+            )
+        }
+    }
+}
+
+/// Everything that can go wrong with a lock.
+///
+/// Not getting a lock from [`try_acquire`](crate::DistributedLock::try_acquire) is not an
+/// error (it returns `Ok(None)`); waiting too long in
+/// [`acquire`](crate::DistributedLock::acquire) is [`LockError::Timeout`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LockError {
+    /// A bad key, TTL, wait bound or other argument. Retrying will not help.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+
+    /// A malformed URL or configuration. Retrying will not help.
+    #[error("invalid configuration: {message}")]
+    InvalidConfig {
+        /// What is wrong and, where possible, how to fix it.
+        message: String,
+        /// The parser's own error, when there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
+
+    /// The URL names a backend whose Cargo feature is not enabled in this build.
+    #[error("backend `{scheme}://` is not compiled into this build: enable the Cargo feature `{feature}` of the `fencelock` crate")]
+    FeatureDisabled {
+        /// The URL scheme that was asked for.
+        scheme: String,
+        /// The Cargo feature that brings it in.
+        feature: &'static str,
+    },
+
+    /// `acquire` waited for its whole bound without getting the lock.
+    #[error("timed out after {waited:?} waiting for lock `{key}`")]
+    Timeout {
+        /// The key that was asked for.
+        key: String,
+        /// How long we waited.
+        waited: Duration,
+    },
+
+    /// The backend could not be reached, or too few of its nodes answered.
+    #[error("backend unavailable: {message}")]
+    Unavailable {
+        /// What was tried and what answered, e.g. "no quorum: 2 of 5 nodes answered within 20ms (need 3)".
+        message: String,
+        /// The client library's error, when there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
+
+    /// The lease is no longer ours: it must not be used to act on the protected resource.
+    #[error("lease on `{key}` (token {token}) is lost: {reason}")]
+    LeaseLost {
+        /// The lease's key.
+        key: String,
+        /// The lease's token.
+        token: FencingToken,
+        /// Why it was lost.
+        reason: LostReason,
+    },
+
+    /// A backend does not promise what the caller required (see [`crate::Requirement`]).
+    #[error("backend `{backend}` does not meet the requirement: {message}")]
+    GuaranteeNotMet {
+        /// The backend's name.
+        backend: &'static str,
+        /// What is missing.
+        message: String,
+    },
+
+    /// A fencing check refused a write.
+    #[error("fenced: {0}")]
+    Fenced(FenceRejection),
+
+    /// Any other failure of the backend, with its source.
+    #[error("{backend} backend: {message}")]
+    Backend {
+        /// The backend's name.
+        backend: &'static str,
+        /// What failed.
+        message: String,
+        /// The underlying error.
+        #[source]
+        source: Option<BoxError>,
+    },
+}
+
+impl LockError {
+    /// Builds an [`LockError::InvalidInput`].
+    pub fn invalid_input(message: impl Into<String>) -> Self {
+        LockError::InvalidInput(message.into())
+    }
+
+    /// Builds an [`LockError::InvalidConfig`] without a source.
+    pub fn invalid_config(message: impl Into<String>) -> Self {
+        LockError::InvalidConfig { message: message.into(), source: None }
+    }
+
+    /// Builds an [`LockError::Unavailable`] with a source.
+    pub fn unavailable(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        LockError::Unavailable { message: message.into(), source: Some(source.into()) }
+    }
+
+    /// Builds an [`LockError::Backend`] with a source.
+    pub fn backend(backend: &'static str, message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        LockError::Backend { backend, message: message.into(), source: Some(source.into()) }
+    }
+
+    /// `true` when the same call may succeed later (timeouts, unavailable backends, transient
+    /// backend failures); `false` for bad input, bad configuration, lost leases and refusals.
+    /// A retry loop must never retry an error for which this is `false`.
+    pub fn is_temporary(&self) -> bool {
+        matches!(self, LockError::Timeout { .. } | LockError::Unavailable { .. } | LockError::Backend { .. })
+    }
+
+    /// `true` for [`LockError::LeaseLost`].
+    pub fn is_lease_lost(&self) -> bool {
+        matches!(self, LockError::LeaseLost { .. })
+    }
+
+    /// `true` for [`LockError::Timeout`].
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, LockError::Timeout { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_say_what_to_do() {
+        let e = LockError::FeatureDisabled { scheme: "redis".into(), feature: "redis" };
+        assert!(e.to_string().contains("enable the Cargo feature `redis`"));
+        assert!(!e.is_temporary());
+        let e = LockError::Timeout { key: "k".into(), waited: Duration::from_millis(5) };
+        assert!(e.is_temporary() && e.is_timeout());
+    }
+
+    #[test]
+    fn sources_are_chained() {
+        let io = std::io::Error::other("disk on fire");
+        let e = LockError::backend("file", "cannot write state", io);
+        let source = std::error::Error::source(&e).map(|s| s.to_string());
+        assert_eq!(source.as_deref(), Some("disk on fire"));
+    }
+}

@@ -1,0 +1,536 @@
+//! [`Lease`]: one grant of a lock, with its token, validity, renewal and loss signal.
+//!
+//! A backend makes a lease from [`LeaseParts`] and an implementation of [`LeaseOps`] (how
+//! to extend and release *this* grant). Everything else — validity measured from the send
+//! instant, background renewal, telling the holder about loss, release on drop — lives here
+//! once, so every backend behaves the same.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::runtime::Handle;
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::error::{LockError, LostReason, Result};
+use crate::options::{validate_ttl, LockOptions};
+use crate::token::{Fence, FencingToken, GrantId};
+
+/// How a backend extends and releases one grant. Implemented by every backend; called only
+/// by [`Lease`].
+#[async_trait]
+pub trait LeaseOps: Send + Sync + 'static {
+    /// Extends this grant so that it lives `ttl` from now on the backend.
+    ///
+    /// Returns `Ok(Some(validity))`, the time the grant is now valid for, counted from the
+    /// moment the request was sent (the lease records that instant just before calling);
+    /// `Ok(None)` when the backend no longer holds this grant; `Err` when the backend could
+    /// not be asked (temporary errors are retried by auto-renew while validity remains).
+    async fn extend(&self, ttl: Duration) -> Result<Option<Duration>>;
+
+    /// Releases this grant, and only this grant.
+    ///
+    /// Returns `Ok(true)` when our grant was removed, `Ok(false)` when it was no longer
+    /// there (expired or replaced): in neither case is another holder's grant touched.
+    async fn release(&self) -> Result<bool>;
+}
+
+/// Where a lease stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LeaseState {
+    /// Ours, until `valid_until`.
+    Held,
+    /// The connection to the backend is interrupted; the grant may still be ours until
+    /// `valid_until`, but the holder cannot be told if it is taken away. Stop acting if in
+    /// doubt. (ZooKeeper's SUSPENDED.)
+    Suspended,
+    /// Not ours any more. Final.
+    Lost(LostReason),
+    /// Released by the holder (explicitly or by drop). Final.
+    Released,
+}
+
+impl LeaseState {
+    /// `true` for `Held` and `Suspended`.
+    pub fn is_live(&self) -> bool {
+        matches!(self, LeaseState::Held | LeaseState::Suspended)
+    }
+}
+
+/// A snapshot of a lease: its state and the instant its validity ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseStatus {
+    /// Where the lease stands.
+    pub state: LeaseState,
+    /// When the validity ends (monotonic clock), unless renewed.
+    pub valid_until: Instant,
+}
+
+/// What a backend hands to [`Lease::new`].
+pub struct LeaseParts {
+    /// The key.
+    pub key: String,
+    /// The grant's fencing token.
+    pub token: FencingToken,
+    /// The grant's unique id.
+    pub grant: GrantId,
+    /// The monotonic instant at which the acquire request was *sent*.
+    pub sent_at: Instant,
+    /// How long the grant is valid for, counted from `sent_at` (the TTL, or less for
+    /// Redlock, which subtracts clock drift).
+    pub validity: Duration,
+    /// The options it was acquired with (TTL for renewals, auto-renew).
+    pub options: LockOptions,
+    /// How to extend and release this grant.
+    pub ops: Arc<dyn LeaseOps>,
+}
+
+struct Shared {
+    key: String,
+    token: FencingToken,
+    grant: GrantId,
+    ops: Arc<dyn LeaseOps>,
+    status: watch::Sender<LeaseStatus>,
+    /// The TTL used for renewals, and the send instant of the newest applied validity.
+    renewal: Mutex<Renewal>,
+}
+
+#[derive(Clone, Copy)]
+struct Renewal {
+    ttl: Duration,
+    last_sent: Instant,
+}
+
+impl Shared {
+    fn renewal(&self) -> Renewal {
+        match self.renewal.lock() {
+            Ok(r) => *r,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
+    /// Records a validity obtained by a request sent at `sent`, unless a newer request's
+    /// answer was already applied. Newer wins (not longer): a shorter extend must shorten.
+    fn apply_validity(&self, sent: Instant, validity: Duration, ttl: Duration) {
+        let mut r = match self.renewal.lock() {
+            Ok(r) => r,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if sent < r.last_sent {
+            return;
+        }
+        r.last_sent = sent;
+        r.ttl = ttl;
+        self.status.send_if_modified(|s| {
+            if s.state.is_live() {
+                s.valid_until = sent + validity;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Moves a live lease to `Lost(reason)`; returns `false` when it was not live.
+    fn mark_lost(&self, reason: LostReason) -> bool {
+        let changed = self.status.send_if_modified(|s| {
+            if s.state.is_live() {
+                s.state = LeaseState::Lost(reason.clone());
+                true
+            } else {
+                false
+            }
+        });
+        if changed {
+            tracing::warn!(key = %self.key, token = %self.token, %reason, "lease lost");
+        }
+        changed
+    }
+
+    fn set_state_if_live(&self, state: LeaseState) {
+        self.status.send_if_modified(|s| {
+            if s.state.is_live() && s.state != state {
+                s.state = state.clone();
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    fn lost_error(&self, reason: LostReason) -> LockError {
+        LockError::LeaseLost { key: self.key.clone(), token: self.token, reason }
+    }
+
+    /// Marks an expired live lease lost; returns the current state.
+    fn refresh(&self) -> LeaseStatus {
+        let now = Instant::now();
+        self.status.send_if_modified(|s| {
+            if s.state.is_live() && now >= s.valid_until {
+                s.state = LeaseState::Lost(LostReason::Expired);
+                true
+            } else {
+                false
+            }
+        });
+        self.status.borrow().clone()
+    }
+}
+
+/// One grant of a lock: the proof that we hold `key`, with the fencing token to show the
+/// protected resource.
+///
+/// * [`token`](Lease::token) and [`fence`](Lease::fence) go with every write to the
+///   resource, which rejects stale ones (see [`crate::fencing`]).
+/// * [`lost`](Lease::lost) resolves when the lease stops being ours (expired, renewal
+///   failed, the backend said so); [`watch`](Lease::watch) follows every change.
+/// * With auto-renew the lease is extended in the background every third of its TTL.
+/// * [`release`](Lease::release) frees it and says whether it had stayed ours to the end;
+///   dropping an unreleased lease releases it in the background, without blocking.
+///
+/// Validity is measured with the monotonic clock from the instant the acquire (or extend)
+/// request was sent, never from when the answer came back, so the holder always believes
+/// in its lease for no longer than the backend keeps it.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> fencelock_core::Result<()> {
+/// use fencelock_core::{memory::MemoryLock, DistributedLock, LockOptions};
+/// let locks = MemoryLock::new();
+/// let lease = locks.acquire("report", &LockOptions::new()).await?;
+/// println!("writing with token {}", lease.token());
+/// lease.release().await?;
+/// # Ok(()) }
+/// ```
+pub struct Lease {
+    shared: Arc<Shared>,
+    guardian: Option<AbortHandle>,
+    runtime: Option<Handle>,
+    finished: bool,
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("key", &self.shared.key)
+            .field("token", &self.shared.token)
+            .field("grant", &self.shared.grant)
+            .field("status", &*self.shared.status.borrow())
+            .finish()
+    }
+}
+
+impl Lease {
+    /// Makes a lease of a grant the backend has just made. Starts the background task that
+    /// renews it (when auto-renew is on) and marks it lost when its validity runs out.
+    pub fn new(parts: LeaseParts) -> Lease {
+        let LeaseParts { key, token, grant, sent_at, validity, options, ops } = parts;
+        let (status, _) = watch::channel(LeaseStatus { state: LeaseState::Held, valid_until: sent_at + validity });
+        let shared = Arc::new(Shared {
+            key,
+            token,
+            grant,
+            ops,
+            status,
+            renewal: Mutex::new(Renewal { ttl: options.ttl(), last_sent: sent_at }),
+        });
+        let runtime = Handle::try_current().ok();
+        let guardian = runtime.as_ref().map(|rt| {
+            let span = tracing::debug_span!("fencelock.guard", key = %shared.key, token = %shared.token);
+            rt.spawn(guard(Arc::downgrade(&shared), options.auto_renew()).instrument(span)).abort_handle()
+        });
+        Lease { shared, guardian, runtime, finished: false }
+    }
+
+    /// The key this lease is for.
+    pub fn key(&self) -> &str {
+        &self.shared.key
+    }
+
+    /// The fencing token of this grant.
+    pub fn token(&self) -> FencingToken {
+        self.shared.token
+    }
+
+    /// The unique id of this grant.
+    pub fn grant(&self) -> &GrantId {
+        &self.shared.grant
+    }
+
+    /// Token and grant id together, to send to the protected resource.
+    pub fn fence(&self) -> Fence {
+        Fence { token: self.shared.token, grant: self.shared.grant.clone() }
+    }
+
+    /// When the validity ends unless renewed (monotonic clock).
+    pub fn valid_until(&self) -> Instant {
+        self.shared.status.borrow().valid_until
+    }
+
+    /// How much validity is left (zero when it has run out).
+    pub fn remaining(&self) -> Duration {
+        self.valid_until().saturating_duration_since(Instant::now())
+    }
+
+    /// `true` while the lease is `Held` and its validity has not run out. Check it right
+    /// before acting; the fencing token protects what happens after.
+    pub fn is_held(&self) -> bool {
+        self.shared.refresh().state == LeaseState::Held
+    }
+
+    /// The current status.
+    pub fn status(&self) -> LeaseStatus {
+        self.shared.refresh()
+    }
+
+    /// A receiver that sees every change of status (renewals, suspension, loss, release).
+    pub fn watch(&self) -> watch::Receiver<LeaseStatus> {
+        self.shared.status.subscribe()
+    }
+
+    /// Resolves when the lease is lost, with the reason. Use it in a `select!` beside the
+    /// work the lock protects, to stop that work.
+    pub fn lost(&self) -> impl Future<Output = LostReason> + Send + 'static {
+        let shared = Arc::clone(&self.shared);
+        async move {
+            let mut rx = shared.status.subscribe();
+            loop {
+                let status = shared.refresh();
+                rx.borrow_and_update();
+                match status.state {
+                    LeaseState::Lost(reason) => return reason,
+                    LeaseState::Released => std::future::pending::<()>().await,
+                    _ => {}
+                }
+                tokio::select! {
+                    changed = rx.changed() => {
+                        if changed.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    _ = tokio::time::sleep_until(status.valid_until) => {}
+                }
+            }
+        }
+    }
+
+    /// A handle through which the backend reports loss or suspension it learns of itself
+    /// (for backend authors).
+    pub fn reporter(&self) -> LeaseReporter {
+        LeaseReporter { shared: Arc::downgrade(&self.shared) }
+    }
+
+    /// Extends the lease so that it lives `ttl` from now; later auto-renewals use `ttl` too.
+    ///
+    /// Fails with [`LockError::LeaseLost`] when the lease is already lost or its validity ran
+    /// out — even if the backend would still accept it, because another holder may have come
+    /// and gone in between — or when the backend no longer holds our grant.
+    pub async fn extend(&self, ttl: Duration) -> Result<()> {
+        validate_ttl(ttl)?;
+        let shared = &self.shared;
+        let span = tracing::info_span!("fencelock.extend", key = %shared.key, token = %shared.token, ttl_ms = ttl.as_millis() as u64);
+        async move {
+            let status = shared.refresh();
+            if let LeaseState::Lost(reason) = status.state {
+                return Err(shared.lost_error(reason));
+            }
+            if status.state == LeaseState::Released {
+                return Err(shared.lost_error(LostReason::NotHeld));
+            }
+            let sent = Instant::now();
+            let remaining = status.valid_until.saturating_duration_since(sent);
+            match tokio::time::timeout(remaining, shared.ops.extend(ttl)).await {
+                Ok(Ok(Some(validity))) => {
+                    shared.apply_validity(sent, validity, ttl);
+                    Ok(())
+                }
+                Ok(Ok(None)) => {
+                    shared.mark_lost(LostReason::NotHeld);
+                    Err(shared.lost_error(LostReason::NotHeld))
+                }
+                Ok(Err(e)) => Err(e),
+                Err(_) => {
+                    let reason = LostReason::RenewalFailed("no answer to extend before the validity ran out".into());
+                    shared.mark_lost(reason.clone());
+                    Err(shared.lost_error(reason))
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Releases the lease. Only our own grant is ever removed.
+    ///
+    /// `Ok(())` means the lease was ours from acquisition to release. When it had been lost
+    /// before (expired, taken, reported by the backend), our grant is still removed if the
+    /// backend has it, and the result is [`LockError::LeaseLost`] so the holder learns that
+    /// its critical section may not have been exclusive to the end.
+    pub async fn release(mut self) -> Result<()> {
+        self.finished = true;
+        if let Some(g) = self.guardian.take() {
+            g.abort();
+        }
+        let shared = Arc::clone(&self.shared);
+        let span = tracing::info_span!("fencelock.release", key = %shared.key, token = %shared.token);
+        async move {
+            let before = shared.refresh();
+            let result = shared.ops.release().await;
+            shared.status.send_modify(|s| s.state = LeaseState::Released);
+            match (before.state, result) {
+                (_, Err(e)) => Err(e),
+                (LeaseState::Lost(reason), Ok(_)) => Err(shared.lost_error(reason)),
+                (_, Ok(false)) => Err(shared.lost_error(LostReason::NotHeld)),
+                (_, Ok(true)) if Instant::now() >= before.valid_until => Err(shared.lost_error(LostReason::Expired)),
+                (_, Ok(true)) => Ok(()),
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        if let Some(g) = self.guardian.take() {
+            g.abort();
+        }
+        self.shared.status.send_modify(|s| s.state = LeaseState::Released);
+        let ops = Arc::clone(&self.shared.ops);
+        let (key, token) = (self.shared.key.clone(), self.shared.token);
+        match &self.runtime {
+            Some(rt) => {
+                let span = tracing::debug_span!("fencelock.release_on_drop", %key, %token);
+                rt.spawn(
+                    async move {
+                        if let Err(e) = ops.release().await {
+                            tracing::warn!(error = %e, "background release of a dropped lease failed; the TTL will free it");
+                        }
+                    }
+                    .instrument(span),
+                );
+            }
+            None => tracing::warn!(%key, %token, "lease dropped outside a tokio runtime; the TTL will free it"),
+        }
+    }
+}
+
+/// Lets a backend report what it learns about a lease by itself (a revoked etcd lease, an
+/// expired or suspended ZooKeeper session). Holds the lease weakly.
+#[derive(Clone)]
+pub struct LeaseReporter {
+    shared: Weak<Shared>,
+}
+
+impl fmt::Debug for LeaseReporter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LeaseReporter").finish_non_exhaustive()
+    }
+}
+
+impl LeaseReporter {
+    /// The lease is lost; returns `false` if it was already lost or released.
+    pub fn lost(&self, reason: LostReason) -> bool {
+        self.shared.upgrade().is_some_and(|s| s.mark_lost(reason))
+    }
+
+    /// The connection is interrupted; the lease may still be ours.
+    pub fn suspended(&self) {
+        if let Some(s) = self.shared.upgrade() {
+            s.set_state_if_live(LeaseState::Suspended);
+        }
+    }
+
+    /// The connection is back and the grant is confirmed ours.
+    pub fn resumed(&self) {
+        if let Some(s) = self.shared.upgrade() {
+            s.set_state_if_live(LeaseState::Held);
+        }
+    }
+}
+
+/// The first delay after a failed renewal; it doubles on each failure.
+const RENEW_RETRY_FIRST: Duration = Duration::from_millis(10);
+
+/// The background task of a lease: renews it (when auto-renew is on) a third of the way
+/// through each validity, retries failed renewals while validity remains, and marks the
+/// lease lost when the validity runs out. Ends when the lease is released, dropped or lost.
+async fn guard(shared: Weak<Shared>, auto_renew: bool) {
+    let mut retry_at: Option<Instant> = None;
+    let mut failures: u32 = 0;
+    let mut last_error: Option<String> = None;
+    let Some(mut rx) = shared.upgrade().map(|s| s.status.subscribe()) else { return };
+    loop {
+        let Some(s) = shared.upgrade() else { return };
+        let status = rx.borrow_and_update().clone();
+        if !status.state.is_live() {
+            return;
+        }
+        let now = Instant::now();
+        if now >= status.valid_until {
+            s.mark_lost(last_error.take().map_or(LostReason::Expired, LostReason::RenewalFailed));
+            return;
+        }
+        let renewal = s.renewal();
+        let renew_due = if auto_renew {
+            Some(retry_at.unwrap_or(renewal.last_sent + (status.valid_until - renewal.last_sent) / 3))
+        } else {
+            None
+        };
+        let wake = renew_due.map_or(status.valid_until, |r| r.min(status.valid_until));
+        drop(s);
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                continue;
+            }
+            _ = tokio::time::sleep_until(wake) => {}
+        }
+        let Some(s) = shared.upgrade() else { return };
+        let sent = Instant::now();
+        let valid_until = s.status.borrow().valid_until;
+        if renew_due.is_none_or(|due| sent < due) || sent >= valid_until {
+            continue; // expiry, handled at the top of the loop
+        }
+        let ttl = s.renewal().ttl;
+        match tokio::time::timeout(valid_until - sent, s.ops.extend(ttl)).await {
+            Ok(Ok(Some(validity))) => {
+                tracing::debug!(ttl_ms = ttl.as_millis() as u64, "renewed");
+                s.apply_validity(sent, validity, ttl);
+                retry_at = None;
+                failures = 0;
+                last_error = None;
+            }
+            Ok(Ok(None)) => {
+                s.mark_lost(LostReason::NotHeld);
+                return;
+            }
+            Ok(Err(e)) if !e.is_temporary() => {
+                s.mark_lost(LostReason::RenewalFailed(e.to_string()));
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, failures, "renewal failed; retrying while validity remains");
+                failures = failures.saturating_add(1);
+                let backoff = RENEW_RETRY_FIRST.saturating_mul(1u32 << failures.min(10));
+                let left = valid_until.saturating_duration_since(Instant::now());
+                retry_at = Some(Instant::now() + backoff.min(left / 4).max(Duration::from_millis(1)));
+                last_error = Some(e.to_string());
+            }
+            Err(_) => {
+                s.mark_lost(LostReason::RenewalFailed("no answer to renewal before the validity ran out".into()));
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The [`DistributedLock`] trait: the contract every backend fulfils.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+use crate::guarantees::Guarantees;
+use crate::lease::Lease;
+use crate::options::LockOptions;
+
+/// A lock service: hands out [`Lease`]s on keys, each with a fencing token.
+///
+/// The trait is object safe; configuration-driven code holds an
+/// `Arc<dyn DistributedLock>` and does not know which backend it talks to.
+///
+/// # What every implementation guarantees
+///
+/// These hold for every backend and are checked by the conformance suite in
+/// `fencelock-testkit`:
+///
+/// * **`try_acquire` never waits** for the lock: it returns `Ok(None)` at once when the key
+///   is held (it may still take a round trip to the backend).
+/// * **`acquire` waits at most `opts.wait()`**, woken by the backend when the key is freed
+///   (not by fixed-interval polling), and then fails with
+///   [`LockError::Timeout`](crate::LockError::Timeout).
+/// * **Cancel safety**: dropping an `acquire` or `try_acquire` future at any point leaves
+///   nothing held (a grant that raced with the drop is released in the background).
+/// * **Tokens grow**: every grant of a key carries a token greater than every earlier grant
+///   of that key the backend knows of ([`Guarantees::tokens`] says how strong "knows of" is).
+/// * **Own grant only**: [`Lease::release`] and [`Lease::extend`] act only on our grant;
+///   after our TTL ran out and someone else acquired, release leaves their lock alone and
+///   extend fails with [`LockError::LeaseLost`](crate::LockError::LeaseLost).
+/// * **Validity from the send instant**, measured on the monotonic clock.
+/// * **Bad input is an error**, never a panic: an empty or over-long key
+///   ([`MAX_KEY_LEN`](crate::options::MAX_KEY_LEN)), a TTL outside
+///   [`MIN_TTL`](crate::options::MIN_TTL)..=[`MAX_TTL`](crate::options::MAX_TTL), a zero
+///   wait for `acquire`.
+///
+/// Conveniences (running a closure under a lock) live in [`LockExt`](crate::LockExt), so an
+/// implementation writes only these methods.
+#[async_trait]
+pub trait DistributedLock: Send + Sync + std::fmt::Debug {
+    /// Takes the lock on `key` if it is free now; `Ok(None)` if someone holds it.
+    async fn try_acquire(&self, key: &str, opts: &LockOptions) -> Result<Option<Lease>>;
+
+    /// Takes the lock on `key`, waiting up to `opts.wait()` for it to be freed.
+    async fn acquire(&self, key: &str, opts: &LockOptions) -> Result<Lease>;
+
+    /// What this backend promises.
+    fn guarantees(&self) -> Guarantees;
+
+    /// A description of this backend for logs and messages (a URL without credentials).
+    fn describe(&self) -> String;
+}
+
+#[async_trait]
+impl<T: DistributedLock + ?Sized> DistributedLock for Arc<T> {
+    async fn try_acquire(&self, key: &str, opts: &LockOptions) -> Result<Option<Lease>> {
+        (**self).try_acquire(key, opts).await
+    }
+
+    async fn acquire(&self, key: &str, opts: &LockOptions) -> Result<Lease> {
+        (**self).acquire(key, opts).await
+    }
+
+    fn guarantees(&self) -> Guarantees {
+        (**self).guarantees()
+    }
+
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+}
+
+#[async_trait]
+impl<T: DistributedLock + ?Sized> DistributedLock for Box<T> {
+    async fn try_acquire(&self, key: &str, opts: &LockOptions) -> Result<Option<Lease>> {
+        (**self).try_acquire(key, opts).await
+    }
+
+    async fn acquire(&self, key: &str, opts: &LockOptions) -> Result<Lease> {
+        (**self).acquire(key, opts).await
+    }
+
+    fn guarantees(&self) -> Guarantees {
+        (**self).guarantees()
+    }
+
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+}

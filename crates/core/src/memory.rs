@@ -1,0 +1,215 @@
+//! The in-memory backend (`memory://[NAME]`): the reference implementation of the contract.
+//!
+//! Locks live in a table inside this process. Instances made with the same name (or from
+//! the same URL) share one table, like clients of one server; [`MemoryLock::new`] makes a
+//! private one. Choose it for tests, for tasks of one process, and as the executable
+//! specification the other backends are checked against.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::error::Result;
+use crate::guarantees::{Exclusion, Guarantees, Scope, TokenOrder};
+use crate::lease::{Lease, LeaseOps, LeaseParts};
+use crate::lock::DistributedLock;
+use crate::options::{validate_key, LockOptions};
+use crate::token::{FencingToken, GrantId};
+use crate::waiting::{acquire_with, Attempt};
+
+/// What the memory backend promises.
+pub const GUARANTEES: Guarantees = Guarantees {
+    backend: "memory",
+    exclusion: Exclusion::Strict,
+    tokens: TokenOrder::StrictlyMonotonic,
+    scope: Scope::Process,
+    assumptions: &["all clients live in this process; tokens restart when the process does"],
+};
+
+#[derive(Debug)]
+struct Holder {
+    grant: GrantId,
+    expires: Instant,
+}
+
+#[derive(Debug, Default)]
+struct KeyState {
+    /// The last token handed out. Kept after release so tokens keep growing; costs about a
+    /// hundred bytes per distinct key for the life of the table.
+    last_token: u64,
+    holder: Option<Holder>,
+    released: Arc<Notify>,
+}
+
+impl KeyState {
+    fn live_holder(&self, now: Instant) -> Option<&Holder> {
+        self.holder.as_ref().filter(|h| h.expires > now)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    keys: Mutex<HashMap<String, KeyState>>,
+}
+
+impl Table {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, KeyState>> {
+        match self.keys.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}
+
+/// The in-memory lock service.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> fencelock_core::Result<()> {
+/// use fencelock_core::{memory::MemoryLock, DistributedLock, LockOptions};
+/// let a = MemoryLock::named("shared");
+/// let b = MemoryLock::named("shared");
+/// let lease = a.acquire("k", &LockOptions::new()).await?;
+/// assert!(b.try_acquire("k", &LockOptions::new()).await?.is_none());
+/// lease.release().await?;
+/// assert!(b.try_acquire("k", &LockOptions::new()).await?.is_some());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct MemoryLock {
+    name: String,
+    table: Arc<Table>,
+}
+
+impl Default for MemoryLock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryLock {
+    /// A lock service with its own private table.
+    pub fn new() -> Self {
+        MemoryLock { name: String::new(), table: Arc::default() }
+    }
+
+    /// A lock service on the process-wide table called `name` (created on first use and
+    /// kept for the life of the process, so its tokens keep growing). `memory://NAME` gives
+    /// the same table; `memory://` is the table named `""`.
+    pub fn named(name: &str) -> Self {
+        static TABLES: OnceLock<Mutex<HashMap<String, Arc<Table>>>> = OnceLock::new();
+        let tables = TABLES.get_or_init(Mutex::default);
+        let mut tables = match tables.lock() {
+            Ok(t) => t,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let table = Arc::clone(tables.entry(name.to_owned()).or_default());
+        MemoryLock { name: name.to_owned(), table }
+    }
+
+    /// Builds from `memory://[NAME]`.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let name = url
+            .strip_prefix("memory://")
+            .ok_or_else(|| crate::LockError::invalid_config(format!("`{url}` is not a memory:// URL")))?;
+        if name.contains(['/', '?', '#']) {
+            return Err(crate::LockError::invalid_config(format!(
+                "`{url}`: a memory URL is memory://NAME with a plain name (no '/', '?' or '#')"
+            )));
+        }
+        Ok(Self::named(name))
+    }
+
+    /// One attempt: grant now, or say who to wait for. Never awaits, so it is cancel safe.
+    fn attempt(&self, key: &str, opts: &LockOptions) -> Attempt {
+        let sent_at = Instant::now();
+        let mut keys = self.table.lock();
+        let state = keys.entry(key.to_owned()).or_default();
+        if let Some(h) = state.live_holder(sent_at) {
+            let mut wake = Box::pin(Arc::clone(&state.released).notified_owned());
+            wake.as_mut().enable();
+            return Attempt::Busy { wake: Some(wake), retry_at: Some(h.expires) };
+        }
+        state.last_token += 1;
+        let grant = GrantId::random();
+        state.holder = Some(Holder { grant: grant.clone(), expires: sent_at + opts.ttl() });
+        let token = FencingToken::new(state.last_token);
+        drop(keys);
+        tracing::debug!(key, %token, "granted");
+        let ops = Arc::new(MemoryGrant { table: Arc::clone(&self.table), key: key.to_owned(), grant: grant.clone() });
+        Attempt::Acquired(Lease::new(LeaseParts {
+            key: key.to_owned(),
+            token,
+            grant,
+            sent_at,
+            validity: opts.ttl(),
+            options: *opts,
+            ops,
+        }))
+    }
+}
+
+#[async_trait]
+impl DistributedLock for MemoryLock {
+    #[tracing::instrument(level = "debug", skip(self, opts), fields(backend = "memory"))]
+    async fn try_acquire(&self, key: &str, opts: &LockOptions) -> Result<Option<Lease>> {
+        validate_key(key)?;
+        opts.validate_for_try()?;
+        match self.attempt(key, opts) {
+            Attempt::Acquired(lease) => Ok(Some(lease)),
+            Attempt::Busy { .. } => Ok(None),
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, opts), fields(backend = "memory"))]
+    async fn acquire(&self, key: &str, opts: &LockOptions) -> Result<Lease> {
+        acquire_with(key, opts, || std::future::ready(Ok(self.attempt(key, opts)))).await
+    }
+
+    fn guarantees(&self) -> Guarantees {
+        GUARANTEES
+    }
+
+    fn describe(&self) -> String {
+        format!("memory://{}", self.name)
+    }
+}
+
+/// One grant in the table.
+struct MemoryGrant {
+    table: Arc<Table>,
+    key: String,
+    grant: GrantId,
+}
+
+#[async_trait]
+impl LeaseOps for MemoryGrant {
+    async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
+        let now = Instant::now();
+        let mut keys = self.table.lock();
+        let Some(state) = keys.get_mut(&self.key) else { return Ok(None) };
+        match state.holder.as_mut() {
+            Some(h) if h.grant == self.grant && h.expires > now => {
+                h.expires = now + ttl;
+                Ok(Some(ttl))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn release(&self) -> Result<bool> {
+        let mut keys = self.table.lock();
+        let Some(state) = keys.get_mut(&self.key) else { return Ok(false) };
+        let ours = state.holder.as_ref().is_some_and(|h| h.grant == self.grant);
+        if ours {
+            let live = state.holder.as_ref().is_some_and(|h| h.expires > Instant::now());
+            state.holder = None;
+            state.released.notify_waiters();
+            return Ok(live);
+        }
+        Ok(false)
+    }
+}

@@ -1,0 +1,112 @@
+//! The waiting loop of `acquire` and the cancel-safety helper, shared by every backend.
+//!
+//! A backend writes one *attempt* (try to take the key once; if busy, say what will wake
+//! us) and [`acquire_with`] turns it into a bounded, cancel-safe wait.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::error::{LockError, Result};
+use crate::lease::Lease;
+use crate::options::{validate_key, LockOptions};
+
+/// A boxed future that completes when the key may have been freed.
+pub type WakeFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// The outcome of one attempt to take a key.
+pub enum Attempt {
+    /// We hold it now.
+    Acquired(Lease),
+    /// Someone else holds it.
+    Busy {
+        /// Completes when the backend announces a change (a release, a deleted node, a
+        /// pub/sub message). `None` when the backend has no such signal.
+        wake: Option<WakeFuture>,
+        /// The latest instant at which to try again even without a signal: the holder's
+        /// expiry, or a jittered fallback for lost messages.
+        retry_at: Option<Instant>,
+    },
+}
+
+impl std::fmt::Debug for Attempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Attempt::Acquired(l) => f.debug_tuple("Acquired").field(l).finish(),
+            Attempt::Busy { retry_at, wake } => f
+                .debug_struct("Busy")
+                .field("retry_at", retry_at)
+                .field("wake", &wake.is_some())
+                .finish(),
+        }
+    }
+}
+
+/// A bound on attempts within one `acquire`, as a guard against a backend whose wake signal
+/// fires without end; the wait bound itself is the real limit.
+pub const MAX_ATTEMPTS: u32 = 1_000_000;
+
+/// Runs `attempt` until it acquires, waiting between attempts for its wake signal or its
+/// retry instant, for at most `opts.wait()` in all. Validates the key and options first.
+///
+/// Each attempt is itself bounded by the time left; an attempt cut off by the deadline must
+/// be cancel safe (see [`detached`]).
+pub async fn acquire_with<F, Fut>(key: &str, opts: &LockOptions, mut attempt: F) -> Result<Lease>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Attempt>>,
+{
+    validate_key(key)?;
+    opts.validate_for_wait()?;
+    let start = Instant::now();
+    let deadline = start + opts.wait();
+    let timeout = || LockError::Timeout { key: key.to_owned(), waited: start.elapsed() };
+    for _ in 0..MAX_ATTEMPTS {
+        let outcome = match tokio::time::timeout_at(deadline, attempt()).await {
+            Ok(outcome) => outcome?,
+            Err(_) => return Err(timeout()),
+        };
+        match outcome {
+            Attempt::Acquired(lease) => return Ok(lease),
+            Attempt::Busy { wake, retry_at } => {
+                let until = retry_at.map_or(deadline, |r| r.min(deadline));
+                if Instant::now() >= deadline {
+                    return Err(timeout());
+                }
+                match wake {
+                    Some(wake) => {
+                        tokio::select! {
+                            _ = wake => {}
+                            _ = tokio::time::sleep_until(until) => {}
+                        }
+                    }
+                    None => tokio::time::sleep_until(until).await,
+                }
+            }
+        }
+    }
+    Err(timeout())
+}
+
+/// Runs `fut` in its own task and awaits it, so that dropping the caller does not cut the
+/// work off halfway: a grant that completes after the caller gave up is dropped inside the
+/// task, and [`Lease`]'s drop releases it. This is how network backends make `acquire`
+/// cancel safe.
+pub async fn detached<T, Fut>(backend: &'static str, fut: Fut) -> Result<T>
+where
+    T: Send + 'static,
+    Fut: Future<Output = Result<T>> + Send + 'static,
+{
+    match tokio::spawn(fut).await {
+        Ok(r) => r,
+        Err(e) => Err(LockError::backend(backend, "the acquire task failed", e)),
+    }
+}
+
+/// A random fraction of `base` between 50% and 100%, to spread retries of many waiters.
+pub fn jitter(base: Duration) -> Duration {
+    let f: f64 = 0.5 + rand::random::<f64>() * 0.5;
+    base.mul_f64(f)
+}
