@@ -1,1 +1,32 @@
-//! placeholder
+//! # fencelock-testkit
+//!
+//! What fencelock's own tests and every third-party backend need:
+//!
+//! * [`conformance`] — the behaviour suite every backend must pass, as public async
+//!   functions that take a [`ClientFactory`](conformance::ClientFactory), and the
+//!   [`conformance_suite!`] macro that turns it into one `#[tokio::test]` per behaviour;
+//! * [`overlap`] — a detector of two holders inside one critical section;
+//! * [`keys`] — unique keys, so tests sharing a server never see each other's locks.
+//!
+//! Launchers for real servers (redis-server, etcd, ZooKeeper) arrive with their backends.
+//!
+//! ```no_run
+//! // tests/conformance_memory.rs of a backend crate:
+//! use std::sync::Arc;
+//! use fencelock_core::{memory::MemoryLock, DistributedLock};
+//! use fencelock_testkit::conformance::SuiteConfig;
+//!
+//! fencelock_testkit::conformance_suite!(
+//!     async {
+//!         let name = fencelock_testkit::keys::unique_key("mem");
+//!         move || { let name = name.clone(); async move { Arc::new(MemoryLock::named(&name)) as Arc<dyn DistributedLock> } }
+//!     },
+//!     SuiteConfig::default()
+//! );
+//! ```
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod conformance;
+pub mod keys;
+pub mod overlap;

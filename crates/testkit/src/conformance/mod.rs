@@ -1,0 +1,158 @@
+//! The conformance suite: one public async function per behaviour of the
+//! [`DistributedLock`] contract, each taking a [`ClientFactory`] and a [`SuiteConfig`].
+//!
+//! Every function panics (fails the test) when the backend breaks the contract. Backend
+//! differences are arguments ([`SuiteConfig`]) or read from
+//! [`Guarantees`](fencelock_core::Guarantees), never `if backend == …`.
+//!
+//! Run them all with [`conformance_suite!`](crate::conformance_suite) (one `#[tokio::test]`
+//! each, on a multi-threaded runtime) or [`run_all`].
+
+mod acquire;
+mod expiry;
+mod input;
+mod tokens;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fencelock_core::DistributedLock;
+
+pub use acquire::{
+    acquire_is_woken_by_release, acquire_times_out_after_wait, cancelled_acquire_leaves_nothing_held,
+    dropped_lease_is_released, release_frees_the_key, try_acquire_never_waits,
+};
+pub use expiry::{
+    auto_renew_keeps_lease, extend_after_expiry_fails, extend_prolongs_lease, loss_is_observable,
+    release_after_expiry_spares_new_holder, validity_counts_from_send,
+};
+pub use input::{bad_input_is_rejected, keys_are_independent};
+pub use tokens::{mutual_exclusion_under_contention, tokens_increase_with_each_grant};
+
+/// Makes independent clients of one backend: each call is a new connection (or instance)
+/// to the same lock space, as separate processes would have.
+pub trait ClientFactory: Send + Sync {
+    /// A new client.
+    fn client(&self) -> Pin<Box<dyn Future<Output = Arc<dyn DistributedLock>> + Send + '_>>;
+}
+
+impl<F, Fut> ClientFactory for F
+where
+    F: Fn() -> Fut + Send + Sync,
+    Fut: Future<Output = Arc<dyn DistributedLock>> + Send + 'static,
+{
+    fn client(&self) -> Pin<Box<dyn Future<Output = Arc<dyn DistributedLock>> + Send + '_>> {
+        Box::pin(self())
+    }
+}
+
+/// Timing of the suite, set per backend.
+#[derive(Debug, Clone, Copy)]
+pub struct SuiteConfig {
+    /// The TTL used by tests that wait for a lease to expire. Must be at least the backend's
+    /// minimum (etcd: 1 s) and long enough that a renewal round trip fits in a third of it.
+    pub short_ttl: Duration,
+    /// How late a timed event may be on a loaded 2-core machine before the test fails.
+    pub slack: Duration,
+    /// Independent clients in the contention test.
+    pub clients: usize,
+    /// Tasks per client in the contention test.
+    pub tasks_per_client: usize,
+    /// Grants per task in the contention test.
+    pub rounds: usize,
+}
+
+impl Default for SuiteConfig {
+    fn default() -> Self {
+        SuiteConfig {
+            short_ttl: Duration::from_millis(300),
+            slack: Duration::from_secs(2),
+            clients: 3,
+            tasks_per_client: 4,
+            rounds: 5,
+        }
+    }
+}
+
+/// The names of every test, in the order [`run_all`] runs them.
+pub const ALL: &[&str] = &[
+    "try_acquire_never_waits",
+    "acquire_times_out_after_wait",
+    "acquire_is_woken_by_release",
+    "cancelled_acquire_leaves_nothing_held",
+    "dropped_lease_is_released",
+    "release_frees_the_key",
+    "tokens_increase_with_each_grant",
+    "mutual_exclusion_under_contention",
+    "release_after_expiry_spares_new_holder",
+    "extend_after_expiry_fails",
+    "extend_prolongs_lease",
+    "auto_renew_keeps_lease",
+    "loss_is_observable",
+    "validity_counts_from_send",
+    "bad_input_is_rejected",
+    "keys_are_independent",
+];
+
+/// Runs every test of the suite in turn.
+pub async fn run_all(f: &dyn ClientFactory, cfg: &SuiteConfig) {
+    try_acquire_never_waits(f, cfg).await;
+    acquire_times_out_after_wait(f, cfg).await;
+    acquire_is_woken_by_release(f, cfg).await;
+    cancelled_acquire_leaves_nothing_held(f, cfg).await;
+    dropped_lease_is_released(f, cfg).await;
+    release_frees_the_key(f, cfg).await;
+    tokens_increase_with_each_grant(f, cfg).await;
+    mutual_exclusion_under_contention(f, cfg).await;
+    release_after_expiry_spares_new_holder(f, cfg).await;
+    extend_after_expiry_fails(f, cfg).await;
+    extend_prolongs_lease(f, cfg).await;
+    auto_renew_keeps_lease(f, cfg).await;
+    loss_is_observable(f, cfg).await;
+    validity_counts_from_send(f, cfg).await;
+    bad_input_is_rejected(f, cfg).await;
+    keys_are_independent(f, cfg).await;
+}
+
+/// Generates one `#[tokio::test]` per conformance test.
+///
+/// `$factory` is an expression of a future that yields a [`ClientFactory`] (so a test can
+/// start or connect to a server first); it is evaluated once per test. `$config` is a
+/// [`SuiteConfig`]. The calling crate needs `tokio` (with `macros` and `rt-multi-thread`)
+/// among its dev-dependencies.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($factory:expr, $config:expr) => {
+        $crate::conformance_suite!(@each $factory, $config;
+            try_acquire_never_waits, acquire_times_out_after_wait, acquire_is_woken_by_release,
+            cancelled_acquire_leaves_nothing_held, dropped_lease_is_released, release_frees_the_key,
+            tokens_increase_with_each_grant, mutual_exclusion_under_contention,
+            release_after_expiry_spares_new_holder, extend_after_expiry_fails, extend_prolongs_lease,
+            auto_renew_keeps_lease, loss_is_observable, validity_counts_from_send,
+            bad_input_is_rejected, keys_are_independent);
+    };
+    (@each $factory:expr, $config:expr; $($name:ident),+) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let factory = $factory.await;
+                $crate::conformance::$name(&factory, &$config).await;
+            }
+        )+
+    };
+}
+
+/// Awaits `fut` for at most `limit`, failing the test with `what` if it takes longer: every
+/// wait in the suite is bounded.
+pub(crate) async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: did not finish within {limit:?}"),
+    }
+}
+
+/// A TTL long enough that no test outlives it: anything freed before it ran out was freed
+/// by the code under test, not by expiry.
+pub(crate) const LONG_TTL: Duration = Duration::from_secs(60);

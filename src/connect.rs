@@ -1,0 +1,57 @@
+//! Building a backend from a URL.
+
+use std::sync::Arc;
+
+use fencelock_core::{DistributedLock, LockError, Result};
+
+use crate::schemes::{self, SCHEMES};
+
+/// Builds the backend a URL names.
+///
+/// | URL | backend |
+/// |---|---|
+/// | `memory://[NAME]` | in-process table (same NAME, same locks) |
+/// | `file:///ABSOLUTE/DIR[?durable=false]` | files and `flock` in DIR, for one host |
+/// | `redis://[:PASSWORD@]HOST:PORT[/DB]`, `rediss://…` | one Redis server (feature `redis`) |
+/// | `redlock://H1:P1,H2:P2,H3:P3[,…]` | Redlock over independent Redis servers (feature `redlock`) |
+/// | `etcd://HOST:PORT[,HOST:PORT…][/PREFIX]` | etcd (feature `etcd`) |
+/// | `zk://HOST:PORT[,HOST:PORT…][/CHROOT]` | ZooKeeper (feature `zookeeper`) |
+///
+/// A scheme whose feature is off is [`LockError::FeatureDisabled`], naming the feature; a
+/// malformed URL is [`LockError::InvalidConfig`], saying what is wrong.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> fencelock::Result<()> {
+/// let locks = fencelock::connect("memory://docs").await?;
+/// let lease = locks.acquire("k", &fencelock::LockOptions::new()).await?;
+/// lease.release().await?;
+/// assert!(fencelock::connect("nope://x").await.is_err());
+/// # Ok(()) }
+/// ```
+pub async fn connect(url: &str) -> Result<Arc<dyn DistributedLock>> {
+    let url = url.trim();
+    let Some(scheme) = schemes::scheme_of(url) else {
+        return Err(LockError::invalid_config(format!(
+            "`{url}` is not a backend URL: expected SCHEME://..., e.g. file:///var/lock/app or redis://127.0.0.1:6379"
+        )));
+    };
+    let Some(entry) = schemes::find(&scheme) else {
+        let known: Vec<&str> = SCHEMES.iter().flat_map(|s| s.names.iter().copied()).collect();
+        return Err(LockError::invalid_config(format!(
+            "unknown backend scheme `{scheme}://` in `{url}`; known schemes: {}",
+            known.join(", ")
+        )));
+    };
+    if !entry.compiled {
+        return match entry.feature {
+            Some(feature) => Err(LockError::FeatureDisabled { scheme, feature }),
+            None => Err(LockError::invalid_config(format!("the `{scheme}://` backend is not available on this platform"))),
+        };
+    }
+    match scheme.as_str() {
+        "memory" => Ok(Arc::new(fencelock_core::memory::MemoryLock::from_url(url)?)),
+        #[cfg(unix)]
+        "file" => Ok(Arc::new(fencelock_core::file::FileLock::from_url(url)?)),
+        _ => Err(LockError::invalid_config(format!("the `{scheme}://` backend is listed but not wired in; this is a bug"))),
+    }
+}

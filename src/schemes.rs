@@ -1,0 +1,78 @@
+//! URL schemes: which backend each names, which Cargo feature brings it, and its URL form.
+//!
+//! One table, so `connect`, `fencelock backends` and the docs agree.
+
+/// A backend as named in URLs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scheme {
+    /// The URL scheme(s), e.g. `["redis", "rediss"]`.
+    pub names: &'static [&'static str],
+    /// The Cargo feature of `fencelock` that compiles it in (`None`: always there).
+    pub feature: Option<&'static str>,
+    /// Whether it is compiled into this build.
+    pub compiled: bool,
+    /// The URL form.
+    pub form: &'static str,
+    /// One line on when to choose it.
+    pub summary: &'static str,
+}
+
+/// Every scheme fencelock knows, compiled in or not.
+pub const SCHEMES: &[Scheme] = &[
+    Scheme {
+        names: &["memory"],
+        feature: None,
+        compiled: true,
+        form: "memory://[NAME]",
+        summary: "in-process table; tests and tasks of one process",
+    },
+    Scheme {
+        names: &["file"],
+        feature: None,
+        compiled: cfg!(unix),
+        form: "file:///ABSOLUTE/DIR[?durable=false]",
+        summary: "processes of one host, no server; the CLI's default",
+    },
+    Scheme {
+        names: &["redis", "rediss"],
+        feature: Some("redis"),
+        compiled: false,
+        form: "redis://[:PASSWORD@]HOST:PORT[/DB] (rediss:// for TLS)",
+        summary: "one Redis server; fast, exclusive while that server lives and keeps its data",
+    },
+    Scheme {
+        names: &["redlock"],
+        feature: Some("redlock"),
+        compiled: false,
+        form: "redlock://H1:P1,H2:P2,H3:P3[,...]",
+        summary: "Redlock quorum over independent Redis servers; best-effort tokens",
+    },
+    Scheme {
+        names: &["etcd"],
+        feature: Some("etcd"),
+        compiled: false,
+        form: "etcd://HOST:PORT[,HOST:PORT...][/PREFIX]",
+        summary: "etcd (Raft); strict exclusion, revision tokens",
+    },
+    Scheme {
+        names: &["zk"],
+        feature: Some("zookeeper"),
+        compiled: false,
+        form: "zk://HOST:PORT[,HOST:PORT...][/CHROOT]",
+        summary: "ZooKeeper (ZAB); strict exclusion, zxid tokens",
+    },
+];
+
+/// The scheme part of `url` (before `://`), lowercased, or `None` if there is none.
+pub(crate) fn scheme_of(url: &str) -> Option<String> {
+    let (scheme, _) = url.split_once("://")?;
+    let valid = !scheme.is_empty()
+        && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    valid.then(|| scheme.to_ascii_lowercase())
+}
+
+/// The entry for a scheme name.
+pub fn find(scheme: &str) -> Option<&'static Scheme> {
+    SCHEMES.iter().find(|s| s.names.contains(&scheme))
+}

@@ -1,0 +1,100 @@
+//! Configuration-driven construction: URLs and `LockConfig`.
+
+use std::time::Duration;
+
+use fencelock::{LockConfig, LockError, Requirement};
+
+#[tokio::test]
+async fn every_documented_scheme_is_known() {
+    for scheme in fencelock::schemes::SCHEMES {
+        for name in scheme.names {
+            assert!(scheme.form.contains(&format!("{name}://")) || *name == "rediss", "{name}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_scheme_without_its_feature_names_the_feature() {
+    for (url, feature) in [
+        ("redis://127.0.0.1:1", "redis"),
+        ("redlock://127.0.0.1:1,127.0.0.1:2,127.0.0.1:3", "redlock"),
+        ("etcd://127.0.0.1:1", "etcd"),
+        ("zk://127.0.0.1:1/app", "zookeeper"),
+    ] {
+        match fencelock::connect(url).await {
+            Err(LockError::FeatureDisabled { feature: f, .. }) => {
+                assert_eq!(f, feature);
+                let msg = LockError::FeatureDisabled { scheme: "x".into(), feature: f }.to_string();
+                assert!(msg.contains(feature));
+            }
+            Err(other) => panic!("{url}: expected FeatureDisabled, got {other}"),
+            Ok(_) => {} // compiled in: fine
+        }
+    }
+}
+
+#[tokio::test]
+async fn malformed_urls_say_what_is_wrong() {
+    let cases = [
+        ("nope://x", "unknown backend scheme `nope://`"),
+        ("/tmp/locks", "not a backend URL"),
+        ("", "not a backend URL"),
+        ("file://relative/dir", "absolute path"),
+        ("file:///tmp/x?fsync=no", "unknown option"),
+        ("memory://a/b", "plain name"),
+    ];
+    for (url, expected) in cases {
+        match fencelock::connect(url).await {
+            Err(e @ LockError::InvalidConfig { .. }) => {
+                assert!(e.to_string().contains(expected), "{url}: `{e}` does not say `{expected}`")
+            }
+            Err(e) => panic!("{url}: expected InvalidConfig, got {e}"),
+            Ok(_) => panic!("{url}: accepted"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn toml_and_json_configs_build_the_same_backend() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("file://{}", dir.path().display());
+    let toml = format!("backend = \"{url}\"\nrequire = \"strict\"\n[defaults]\nttl = \"2s\"\nwait = \"500ms\"\nauto_renew = false\n");
+    let json = format!(r#"{{"backend":"{url}","require":"strict","defaults":{{"ttl":"2s","wait":500,"auto_renew":false}}}}"#);
+    let a = LockConfig::from_toml(&toml).expect("toml");
+    let b = LockConfig::from_json(&json).expect("json");
+    assert_eq!(a, b);
+    assert_eq!(a.require, Requirement::Strict);
+    assert_eq!(a.defaults.ttl(), Duration::from_secs(2));
+    let locks = a.connect().await.expect("connect");
+    assert_eq!(locks.describe(), url);
+    let lease = locks.acquire("cfg", &a.defaults).await.expect("acquire");
+    lease.release().await.expect("release");
+
+    let path = dir.path().join("locks.json");
+    std::fs::write(&path, json).expect("write");
+    assert_eq!(LockConfig::from_path(&path).expect("from_path"), b);
+}
+
+#[tokio::test]
+async fn config_errors_are_clear() {
+    let e = LockConfig::from_toml("backend = \"memory://\"\nttl = \"5s\"\n").expect_err("unknown field accepted");
+    assert!(e.to_string().contains("unknown field"), "{e}");
+    let e = LockConfig::from_toml("backend = \"memory://\"\n[defaults]\nttl = \"5 parsecs\"\n").expect_err("bad duration accepted");
+    assert!(e.to_string().contains("unknown unit"), "{e}");
+    let e = LockConfig::from_toml("backend = \"memory://\"\n[defaults]\nttl = \"0s\"\n").expect("parses");
+    assert!(matches!(e.connect().await, Err(LockError::InvalidInput(_))));
+    let e = LockConfig::from_path(std::path::Path::new("/nonexistent/fencelock.toml")).expect_err("missing file");
+    assert!(e.to_string().contains("/nonexistent/fencelock.toml"), "{e}");
+}
+
+#[tokio::test]
+async fn memory_urls_with_the_same_name_share_locks() {
+    let opts = fencelock::LockOptions::new();
+    let a = fencelock::connect("memory://shared-by-name").await.expect("a");
+    let b = fencelock::connect("memory://shared-by-name").await.expect("b");
+    let c = fencelock::connect("memory://another-name").await.expect("c");
+    let lease = a.acquire("k", &opts).await.expect("acquire");
+    assert!(b.try_acquire("k", &opts).await.expect("b").is_none());
+    assert!(c.try_acquire("k", &opts).await.expect("c").is_some());
+    lease.release().await.expect("release");
+}
