@@ -50,7 +50,11 @@ pub struct LockConfig {
 impl LockConfig {
     /// A configuration for `backend` with no requirement and default options.
     pub fn new(backend: impl Into<String>) -> Self {
-        LockConfig { backend: backend.into(), require: Requirement::Any, defaults: LockOptions::default() }
+        LockConfig {
+            backend: backend.into(),
+            require: Requirement::Any,
+            defaults: LockOptions::default(),
+        }
     }
 
     /// Parses TOML.
@@ -75,11 +79,16 @@ impl LockConfig {
             message: format!("cannot read configuration {}", path.display()),
             source: Some(e.into()),
         })?;
-        let parsed = if path.extension().is_some_and(|e| e == "json") { Self::from_json(&text) } else { Self::from_toml(&text) };
+        let parsed = if path.extension().is_some_and(|e| e == "json") {
+            Self::from_json(&text)
+        } else {
+            Self::from_toml(&text)
+        };
         parsed.map_err(|e| match e {
-            LockError::InvalidConfig { message, source } => {
-                LockError::InvalidConfig { message: format!("{}: {message}", path.display()), source }
-            }
+            LockError::InvalidConfig { message, source } => LockError::InvalidConfig {
+                message: format!("{}: {message}", path.display()),
+                source,
+            },
             other => other,
         })
     }

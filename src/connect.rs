@@ -45,13 +45,17 @@ pub async fn connect(url: &str) -> Result<Arc<dyn DistributedLock>> {
     if !entry.compiled {
         return match entry.feature {
             Some(feature) => Err(LockError::FeatureDisabled { scheme, feature }),
-            None => Err(LockError::invalid_config(format!("the `{scheme}://` backend is not available on this platform"))),
+            None => Err(LockError::invalid_config(format!(
+                "the `{scheme}://` backend is not available on this platform"
+            ))),
         };
     }
     match scheme.as_str() {
         "memory" => Ok(Arc::new(fencelock_core::memory::MemoryLock::from_url(url)?)),
         #[cfg(unix)]
         "file" => Ok(Arc::new(fencelock_core::file::FileLock::from_url(url)?)),
-        _ => Err(LockError::invalid_config(format!("the `{scheme}://` backend is listed but not wired in; this is a bug"))),
+        _ => Err(LockError::invalid_config(format!(
+            "the `{scheme}://` backend is listed but not wired in; this is a bug"
+        ))),
     }
 }

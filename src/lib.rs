@@ -26,13 +26,13 @@
 //! Backends and their URLs are listed at [`connect`]; what each promises is in its
 //! [`Guarantees`] (see [`schemes::SCHEMES`] and `fencelock backends`).
 
+#[cfg(unix)]
+pub use fencelock_core::file;
 pub use fencelock_core::{
     error, fencing, guarantees, lease, memory, options, waiting, BoxError, DistributedLock, Exclusion, Fence,
     FenceRejection, FencingToken, GrantId, Guarantees, Lease, LeaseOps, LeaseParts, LeaseRef, LeaseReporter,
     LeaseState, LeaseStatus, LockError, LockExt, LockOptions, LostReason, Requirement, Result, Scope, TokenOrder,
 };
-#[cfg(unix)]
-pub use fencelock_core::file;
 
 mod config;
 mod connect;

@@ -68,8 +68,20 @@ pub(crate) fn scheme_of(url: &str) -> Option<String> {
     let (scheme, _) = url.split_once("://")?;
     let valid = !scheme.is_empty()
         && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
     valid.then(|| scheme.to_ascii_lowercase())
+}
+
+/// What the backend of `scheme` promises, when it is compiled into this build.
+pub fn guarantees(scheme: &str) -> Option<fencelock_core::Guarantees> {
+    match scheme {
+        "memory" => Some(fencelock_core::memory::GUARANTEES),
+        #[cfg(unix)]
+        "file" => Some(fencelock_core::file::GUARANTEES),
+        _ => None,
+    }
 }
 
 /// The entry for a scheme name.

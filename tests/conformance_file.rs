@@ -2,6 +2,8 @@
 //! temporary directory, as separate processes would be. (`file_processes.rs` runs real
 //! processes.)
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
 use std::sync::Arc;
 
 use fencelock::DistributedLock;

@@ -1,5 +1,7 @@
 //! Configuration-driven construction: URLs and `LockConfig`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
 use std::time::Duration;
 
 use fencelock::{LockConfig, LockError, Requirement};
@@ -8,7 +10,10 @@ use fencelock::{LockConfig, LockError, Requirement};
 async fn every_documented_scheme_is_known() {
     for scheme in fencelock::schemes::SCHEMES {
         for name in scheme.names {
-            assert!(scheme.form.contains(&format!("{name}://")) || *name == "rediss", "{name}");
+            assert!(
+                scheme.form.contains(&format!("{name}://")) || *name == "rediss",
+                "{name}"
+            );
         }
     }
 }
@@ -24,7 +29,11 @@ async fn a_scheme_without_its_feature_names_the_feature() {
         match fencelock::connect(url).await {
             Err(LockError::FeatureDisabled { feature: f, .. }) => {
                 assert_eq!(f, feature);
-                let msg = LockError::FeatureDisabled { scheme: "x".into(), feature: f }.to_string();
+                let msg = LockError::FeatureDisabled {
+                    scheme: "x".into(),
+                    feature: f,
+                }
+                .to_string();
                 assert!(msg.contains(feature));
             }
             Err(other) => panic!("{url}: expected FeatureDisabled, got {other}"),
@@ -46,7 +55,10 @@ async fn malformed_urls_say_what_is_wrong() {
     for (url, expected) in cases {
         match fencelock::connect(url).await {
             Err(e @ LockError::InvalidConfig { .. }) => {
-                assert!(e.to_string().contains(expected), "{url}: `{e}` does not say `{expected}`")
+                assert!(
+                    e.to_string().contains(expected),
+                    "{url}: `{e}` does not say `{expected}`"
+                )
             }
             Err(e) => panic!("{url}: expected InvalidConfig, got {e}"),
             Ok(_) => panic!("{url}: accepted"),
@@ -58,8 +70,11 @@ async fn malformed_urls_say_what_is_wrong() {
 async fn toml_and_json_configs_build_the_same_backend() {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("file://{}", dir.path().display());
-    let toml = format!("backend = \"{url}\"\nrequire = \"strict\"\n[defaults]\nttl = \"2s\"\nwait = \"500ms\"\nauto_renew = false\n");
-    let json = format!(r#"{{"backend":"{url}","require":"strict","defaults":{{"ttl":"2s","wait":500,"auto_renew":false}}}}"#);
+    let toml = format!(
+        "backend = \"{url}\"\nrequire = \"strict\"\n[defaults]\nttl = \"2s\"\nwait = \"500ms\"\nauto_renew = false\n"
+    );
+    let json =
+        format!(r#"{{"backend":"{url}","require":"strict","defaults":{{"ttl":"2s","wait":500,"auto_renew":false}}}}"#);
     let a = LockConfig::from_toml(&toml).expect("toml");
     let b = LockConfig::from_json(&json).expect("json");
     assert_eq!(a, b);
@@ -79,7 +94,8 @@ async fn toml_and_json_configs_build_the_same_backend() {
 async fn config_errors_are_clear() {
     let e = LockConfig::from_toml("backend = \"memory://\"\nttl = \"5s\"\n").expect_err("unknown field accepted");
     assert!(e.to_string().contains("unknown field"), "{e}");
-    let e = LockConfig::from_toml("backend = \"memory://\"\n[defaults]\nttl = \"5 parsecs\"\n").expect_err("bad duration accepted");
+    let e = LockConfig::from_toml("backend = \"memory://\"\n[defaults]\nttl = \"5 parsecs\"\n")
+        .expect_err("bad duration accepted");
     assert!(e.to_string().contains("unknown unit"), "{e}");
     let e = LockConfig::from_toml("backend = \"memory://\"\n[defaults]\nttl = \"0s\"\n").expect("parses");
     assert!(matches!(e.connect().await, Err(LockError::InvalidInput(_))));

@@ -1,6 +1,8 @@
 //! The file backend across real processes: this test binary re-runs itself as children
 //! (the `child_*` tests, ignored in a normal run and started by the parents below).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -14,7 +16,8 @@ const PROCESSES: usize = 4;
 
 fn child(test: &str, dir: &Path) -> Command {
     let mut cmd = Command::new(std::env::current_exe().expect("current exe"));
-    cmd.args(["--exact", test, "--ignored", "--nocapture", "--test-threads=1"]).env(DIR_ENV, dir);
+    cmd.args(["--exact", test, "--ignored", "--nocapture", "--test-threads=1"])
+        .env(DIR_ENV, dir);
     cmd
 }
 
@@ -44,15 +47,28 @@ fn child_contend() {
     let dir = child_dir();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let locks = fencelock::connect(&format!("file://{}", dir.join("locks").display())).await.expect("connect");
-        let opts = LockOptions::new().with_ttl(Duration::from_secs(30)).with_wait(Duration::from_secs(60));
+        let locks = fencelock::connect(&format!("file://{}", dir.join("locks").display()))
+            .await
+            .expect("connect");
+        let opts = LockOptions::new()
+            .with_ttl(Duration::from_secs(30))
+            .with_wait(Duration::from_secs(60));
         for _ in 0..ROUNDS {
             let lease = locks.acquire("shared", &opts).await.expect("acquire");
             let marker = dir.join("inside");
-            if std::fs::OpenOptions::new().write(true).create_new(true).open(&marker).is_err() {
+            if std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&marker)
+                .is_err()
+            {
                 std::fs::write(dir.join("overlap"), format!("{}", std::process::id())).expect("write overlap");
             }
-            let mut log = std::fs::OpenOptions::new().append(true).create(true).open(dir.join("log")).expect("log");
+            let mut log = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(dir.join("log"))
+                .expect("log");
             writeln!(log, "{} {}", lease.token(), std::process::id()).expect("append");
             std::thread::sleep(Duration::from_millis(2)); // work inside the critical section
             std::fs::remove_file(&marker).expect("remove marker");
@@ -65,16 +81,30 @@ fn child_contend() {
 fn processes_never_overlap_and_tokens_grow() {
     let dir = tempfile::tempdir().expect("temp dir");
     let children: Vec<_> = (0..PROCESSES)
-        .map(|_| child("child_contend", dir.path()).stdout(Stdio::null()).spawn().expect("spawn child"))
+        .map(|_| {
+            child("child_contend", dir.path())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("spawn child")
+        })
         .collect();
     for c in children {
         assert!(wait_bounded(c, Duration::from_secs(120)).success(), "a child failed");
     }
-    assert!(!dir.path().join("overlap").exists(), "two processes were inside the critical section at once");
+    assert!(
+        !dir.path().join("overlap").exists(),
+        "two processes were inside the critical section at once"
+    );
     let log = std::fs::read_to_string(dir.path().join("log")).expect("log");
-    let tokens: Vec<u64> = log.lines().map(|l| l.split(' ').next().unwrap().parse().unwrap()).collect();
+    let tokens: Vec<u64> = log
+        .lines()
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect();
     assert_eq!(tokens.len(), PROCESSES * ROUNDS);
-    assert!(tokens.windows(2).all(|w| w[1] > w[0]), "tokens not increasing in entry order: {tokens:?}");
+    assert!(
+        tokens.windows(2).all(|w| w[1] > w[0]),
+        "tokens not increasing in entry order: {tokens:?}"
+    );
 }
 
 #[test]
@@ -83,8 +113,13 @@ fn child_hold_forever() {
     let dir = child_dir();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let locks = fencelock::connect(&format!("file://{}", dir.display())).await.expect("connect");
-        let lease = locks.acquire("crash", &LockOptions::new().with_ttl(Duration::from_secs(60))).await.expect("acquire");
+        let locks = fencelock::connect(&format!("file://{}", dir.display()))
+            .await
+            .expect("connect");
+        let lease = locks
+            .acquire("crash", &LockOptions::new().with_ttl(Duration::from_secs(60)))
+            .await
+            .expect("acquire");
         println!("held {}", lease.token());
         std::io::stdout().flush().expect("flush");
         // Wait to be killed; bounded so an orphan never outlives the test run by much.
@@ -96,24 +131,45 @@ fn child_hold_forever() {
 async fn a_killed_holder_frees_the_lock_and_tokens_survive() {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("file://{}", dir.path().display());
-    let mut holder = child("child_hold_forever", dir.path()).stdout(Stdio::piped()).spawn().expect("spawn");
+    let mut holder = child("child_hold_forever", dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
     let stdout = holder.stdout.take().expect("stdout");
     let line = tokio::task::spawn_blocking(move || {
         // libtest prints its own "test NAME ... " before ours on the same line.
-        BufReader::new(stdout).lines().find_map(|l| l.ok().and_then(|l| l.split_once("held ").map(|(_, t)| t.to_owned())))
+        BufReader::new(stdout)
+            .lines()
+            .find_map(|l| l.ok().and_then(|l| l.split_once("held ").map(|(_, t)| t.to_owned())))
     });
-    let token = tokio::time::timeout(Duration::from_secs(30), line).await.expect("child reported").expect("join").expect("held line");
+    let token = tokio::time::timeout(Duration::from_secs(30), line)
+        .await
+        .expect("child reported")
+        .expect("join")
+        .expect("held line");
     let child_token: u64 = token.trim().parse().expect("token");
 
     let locks = fencelock::connect(&url).await.expect("connect");
-    let opts = LockOptions::new().with_ttl(Duration::from_secs(60)).with_wait(Duration::from_millis(200));
-    assert!(locks.try_acquire("crash", &opts).await.expect("try").is_none(), "held by the child");
+    let opts = LockOptions::new()
+        .with_ttl(Duration::from_secs(60))
+        .with_wait(Duration::from_millis(200));
+    assert!(
+        locks.try_acquire("crash", &opts).await.expect("try").is_none(),
+        "held by the child"
+    );
 
     holder.kill().expect("kill");
     holder.wait().expect("reap");
     // The kernel dropped the dead holder's flock: the lock is free long before its 60 s TTL.
-    let lease = locks.acquire("crash", &opts.with_wait(Duration::from_secs(5))).await.expect("acquire after the holder died");
-    assert!(lease.token().get() > child_token, "token {} after {child_token}", lease.token());
+    let lease = locks
+        .acquire("crash", &opts.with_wait(Duration::from_secs(5)))
+        .await
+        .expect("acquire after the holder died");
+    assert!(
+        lease.token().get() > child_token,
+        "token {} after {child_token}",
+        lease.token()
+    );
     lease.release().await.expect("release");
 
     // A new instance on the same directory (a restarted service) keeps counting.

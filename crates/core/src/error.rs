@@ -163,24 +163,37 @@ impl LockError {
 
     /// Builds an [`LockError::InvalidConfig`] without a source.
     pub fn invalid_config(message: impl Into<String>) -> Self {
-        LockError::InvalidConfig { message: message.into(), source: None }
+        LockError::InvalidConfig {
+            message: message.into(),
+            source: None,
+        }
     }
 
     /// Builds an [`LockError::Unavailable`] with a source.
     pub fn unavailable(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
-        LockError::Unavailable { message: message.into(), source: Some(source.into()) }
+        LockError::Unavailable {
+            message: message.into(),
+            source: Some(source.into()),
+        }
     }
 
     /// Builds an [`LockError::Backend`] with a source.
     pub fn backend(backend: &'static str, message: impl Into<String>, source: impl Into<BoxError>) -> Self {
-        LockError::Backend { backend, message: message.into(), source: Some(source.into()) }
+        LockError::Backend {
+            backend,
+            message: message.into(),
+            source: Some(source.into()),
+        }
     }
 
     /// `true` when the same call may succeed later (timeouts, unavailable backends, transient
     /// backend failures); `false` for bad input, bad configuration, lost leases and refusals.
     /// A retry loop must never retry an error for which this is `false`.
     pub fn is_temporary(&self) -> bool {
-        matches!(self, LockError::Timeout { .. } | LockError::Unavailable { .. } | LockError::Backend { .. })
+        matches!(
+            self,
+            LockError::Timeout { .. } | LockError::Unavailable { .. } | LockError::Backend { .. }
+        )
     }
 
     /// `true` for [`LockError::LeaseLost`].
@@ -200,10 +213,16 @@ mod tests {
 
     #[test]
     fn messages_say_what_to_do() {
-        let e = LockError::FeatureDisabled { scheme: "redis".into(), feature: "redis" };
+        let e = LockError::FeatureDisabled {
+            scheme: "redis".into(),
+            feature: "redis",
+        };
         assert!(e.to_string().contains("enable the Cargo feature `redis`"));
         assert!(!e.is_temporary());
-        let e = LockError::Timeout { key: "k".into(), waited: Duration::from_millis(5) };
+        let e = LockError::Timeout {
+            key: "k".into(),
+            waited: Duration::from_millis(5),
+        };
         assert!(e.is_temporary() && e.is_timeout());
     }
 

@@ -32,7 +32,10 @@ pub trait LockExt: DistributedLock {
         T: Send,
     {
         let lease = self.acquire(key, opts).await?;
-        let view = LeaseRef { token: lease.token(), fence: lease.fence() };
+        let view = LeaseRef {
+            token: lease.token(),
+            fence: lease.fence(),
+        };
         let lost = lease.lost();
         let outcome = tokio::select! {
             value = work(view) => Ok(value),

@@ -38,7 +38,9 @@ pub fn admit(
     highest: Option<(FencingToken, &GrantId)>,
     fence: &Fence,
 ) -> std::result::Result<Admission, FenceRejection> {
-    let Some((top, top_grant)) = highest else { return Ok(Admission::First) };
+    let Some((top, top_grant)) = highest else {
+        return Ok(Admission::First);
+    };
     if fence.token > top {
         Ok(Admission::Newer)
     } else if fence.token == top && &fence.grant == top_grant {
@@ -80,8 +82,7 @@ impl FencingChecker {
     /// [`LockError::Fenced`]. Do the write only when this returns `Ok`, and under the same
     /// critical section as the check if writes can race (see [`FencingChecker::write_with`]).
     pub fn check(&self, resource: &str, fence: &Fence) -> Result<Admission> {
-        self.write_with(resource, fence, || ())
-            .map(|(admission, ())| admission)
+        self.write_with(resource, fence, || ()).map(|(admission, ())| admission)
     }
 
     /// Checks `fence` and, when admitted, runs `write` while the check's lock is held, so
@@ -115,7 +116,10 @@ mod tests {
     use super::*;
 
     fn fence(token: u64, grant: &str) -> Fence {
-        Fence { token: FencingToken::new(token), grant: GrantId::from_string(grant) }
+        Fence {
+            token: FencingToken::new(token),
+            grant: GrantId::from_string(grant),
+        }
     }
 
     #[test]

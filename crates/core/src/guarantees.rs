@@ -110,14 +110,21 @@ impl Requirement {
         let exclusion_ok = g.exclusion == Exclusion::Strict;
         let missing = match self {
             Requirement::Any => None,
-            Requirement::MonotonicTokens if !tokens_ok => Some("its fencing tokens are best effort, not strictly monotonic"),
-            Requirement::Strict if !exclusion_ok => Some("its mutual exclusion is conditional on timing and server assumptions, not strict"),
+            Requirement::MonotonicTokens if !tokens_ok => {
+                Some("its fencing tokens are best effort, not strictly monotonic")
+            }
+            Requirement::Strict if !exclusion_ok => {
+                Some("its mutual exclusion is conditional on timing and server assumptions, not strict")
+            }
             Requirement::Strict if !tokens_ok => Some("its fencing tokens are best effort, not strictly monotonic"),
             _ => None,
         };
         match missing {
             None => Ok(()),
-            Some(m) => Err(LockError::GuaranteeNotMet { backend: g.backend, message: m.into() }),
+            Some(m) => Err(LockError::GuaranteeNotMet {
+                backend: g.backend,
+                message: m.into(),
+            }),
         }
     }
 }

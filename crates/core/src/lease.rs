@@ -165,7 +165,11 @@ impl Shared {
     }
 
     fn lost_error(&self, reason: LostReason) -> LockError {
-        LockError::LeaseLost { key: self.key.clone(), token: self.token, reason }
+        LockError::LeaseLost {
+            key: self.key.clone(),
+            token: self.token,
+            reason,
+        }
     }
 
     /// Marks an expired live lease lost; returns the current state.
@@ -229,22 +233,42 @@ impl Lease {
     /// Makes a lease of a grant the backend has just made. Starts the background task that
     /// renews it (when auto-renew is on) and marks it lost when its validity runs out.
     pub fn new(parts: LeaseParts) -> Lease {
-        let LeaseParts { key, token, grant, sent_at, validity, options, ops } = parts;
-        let (status, _) = watch::channel(LeaseStatus { state: LeaseState::Held, valid_until: sent_at + validity });
+        let LeaseParts {
+            key,
+            token,
+            grant,
+            sent_at,
+            validity,
+            options,
+            ops,
+        } = parts;
+        let (status, _) = watch::channel(LeaseStatus {
+            state: LeaseState::Held,
+            valid_until: sent_at + validity,
+        });
         let shared = Arc::new(Shared {
             key,
             token,
             grant,
             ops,
             status,
-            renewal: Mutex::new(Renewal { ttl: options.ttl(), last_sent: sent_at }),
+            renewal: Mutex::new(Renewal {
+                ttl: options.ttl(),
+                last_sent: sent_at,
+            }),
         });
         let runtime = Handle::try_current().ok();
         let guardian = runtime.as_ref().map(|rt| {
             let span = tracing::debug_span!("fencelock.guard", key = %shared.key, token = %shared.token);
-            rt.spawn(guard(Arc::downgrade(&shared), options.auto_renew()).instrument(span)).abort_handle()
+            rt.spawn(guard(Arc::downgrade(&shared), options.auto_renew()).instrument(span))
+                .abort_handle()
         });
-        Lease { shared, guardian, runtime, finished: false }
+        Lease {
+            shared,
+            guardian,
+            runtime,
+            finished: false,
+        }
     }
 
     /// The key this lease is for.
@@ -264,7 +288,10 @@ impl Lease {
 
     /// Token and grant id together, to send to the protected resource.
     pub fn fence(&self) -> Fence {
-        Fence { token: self.shared.token, grant: self.shared.grant.clone() }
+        Fence {
+            token: self.shared.token,
+            grant: self.shared.grant.clone(),
+        }
     }
 
     /// When the validity ends unless renewed (monotonic clock).
@@ -322,7 +349,9 @@ impl Lease {
     /// A handle through which the backend reports loss or suspension it learns of itself
     /// (for backend authors).
     pub fn reporter(&self) -> LeaseReporter {
-        LeaseReporter { shared: Arc::downgrade(&self.shared) }
+        LeaseReporter {
+            shared: Arc::downgrade(&self.shared),
+        }
     }
 
     /// Extends the lease so that it lives `ttl` from now; later auto-renewals use `ttl` too.
@@ -467,7 +496,9 @@ async fn guard(shared: Weak<Shared>, auto_renew: bool) {
     let mut retry_at: Option<Instant> = None;
     let mut failures: u32 = 0;
     let mut last_error: Option<String> = None;
-    let Some(mut rx) = shared.upgrade().map(|s| s.status.subscribe()) else { return };
+    let Some(mut rx) = shared.upgrade().map(|s| s.status.subscribe()) else {
+        return;
+    };
     loop {
         let Some(s) = shared.upgrade() else { return };
         let status = rx.borrow_and_update().clone();
@@ -528,7 +559,9 @@ async fn guard(shared: Weak<Shared>, auto_renew: bool) {
                 last_error = Some(e.to_string());
             }
             Err(_) => {
-                s.mark_lost(LostReason::RenewalFailed("no answer to renewal before the validity ran out".into()));
+                s.mark_lost(LostReason::RenewalFailed(
+                    "no answer to renewal before the validity ran out".into(),
+                ));
                 return;
             }
         }

@@ -93,7 +93,10 @@ impl Default for MemoryLock {
 impl MemoryLock {
     /// A lock service with its own private table.
     pub fn new() -> Self {
-        MemoryLock { name: String::new(), table: Arc::default() }
+        MemoryLock {
+            name: String::new(),
+            table: Arc::default(),
+        }
     }
 
     /// A lock service on the process-wide table called `name` (created on first use and
@@ -107,7 +110,10 @@ impl MemoryLock {
             Err(poisoned) => poisoned.into_inner(),
         };
         let table = Arc::clone(tables.entry(name.to_owned()).or_default());
-        MemoryLock { name: name.to_owned(), table }
+        MemoryLock {
+            name: name.to_owned(),
+            table,
+        }
     }
 
     /// Builds from `memory://[NAME]`.
@@ -131,15 +137,25 @@ impl MemoryLock {
         if let Some(h) = state.live_holder(sent_at) {
             let mut wake = Box::pin(Arc::clone(&state.released).notified_owned());
             wake.as_mut().enable();
-            return Attempt::Busy { wake: Some(wake), retry_at: Some(h.expires) };
+            return Attempt::Busy {
+                wake: Some(wake),
+                retry_at: Some(h.expires),
+            };
         }
         state.last_token += 1;
         let grant = GrantId::random();
-        state.holder = Some(Holder { grant: grant.clone(), expires: sent_at + opts.ttl() });
+        state.holder = Some(Holder {
+            grant: grant.clone(),
+            expires: sent_at + opts.ttl(),
+        });
         let token = FencingToken::new(state.last_token);
         drop(keys);
         tracing::debug!(key, %token, "granted");
-        let ops = Arc::new(MemoryGrant { table: Arc::clone(&self.table), key: key.to_owned(), grant: grant.clone() });
+        let ops = Arc::new(MemoryGrant {
+            table: Arc::clone(&self.table),
+            key: key.to_owned(),
+            grant: grant.clone(),
+        });
         Attempt::Acquired(Lease::new(LeaseParts {
             key: key.to_owned(),
             token,
@@ -190,7 +206,9 @@ impl LeaseOps for MemoryGrant {
     async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
         let now = Instant::now();
         let mut keys = self.table.lock();
-        let Some(state) = keys.get_mut(&self.key) else { return Ok(None) };
+        let Some(state) = keys.get_mut(&self.key) else {
+            return Ok(None);
+        };
         match state.holder.as_mut() {
             Some(h) if h.grant == self.grant && h.expires > now => {
                 h.expires = now + ttl;
@@ -202,7 +220,9 @@ impl LeaseOps for MemoryGrant {
 
     async fn release(&self) -> Result<bool> {
         let mut keys = self.table.lock();
-        let Some(state) = keys.get_mut(&self.key) else { return Ok(false) };
+        let Some(state) = keys.get_mut(&self.key) else {
+            return Ok(false);
+        };
         let ours = state.holder.as_ref().is_some_and(|h| h.grant == self.grant);
         if ours {
             let live = state.holder.as_ref().is_some_and(|h| h.expires > Instant::now());

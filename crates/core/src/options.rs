@@ -48,7 +48,11 @@ pub struct LockOptions {
 
 impl Default for LockOptions {
     fn default() -> Self {
-        LockOptions { ttl: Duration::from_secs(30), wait: Duration::from_secs(30), auto_renew: true }
+        LockOptions {
+            ttl: Duration::from_secs(30),
+            wait: Duration::from_secs(30),
+            auto_renew: true,
+        }
     }
 }
 
@@ -205,10 +209,20 @@ pub mod duration_text {
                 "us" | "µs" => Duration::from_micros(value),
                 "ms" => Duration::from_millis(value),
                 "s" | "sec" => Duration::from_secs(value),
-                "m" | "min" => value.checked_mul(60).map(Duration::from_secs).ok_or("duration too large")?,
-                "h" => value.checked_mul(3600).map(Duration::from_secs).ok_or("duration too large")?,
+                "m" | "min" => value
+                    .checked_mul(60)
+                    .map(Duration::from_secs)
+                    .ok_or("duration too large")?,
+                "h" => value
+                    .checked_mul(3600)
+                    .map(Duration::from_secs)
+                    .ok_or("duration too large")?,
                 "" => return Err(format!("bad duration `{text}`: missing unit (ms, s, m, h)")),
-                other => return Err(format!("bad duration `{text}`: unknown unit `{other}` (use ns, us, ms, s, m, h)")),
+                other => {
+                    return Err(format!(
+                        "bad duration `{text}`: unknown unit `{other}` (use ns, us, ms, s, m, h)"
+                    ))
+                }
             };
             total = total.checked_add(part).ok_or("duration too large")?;
             rest = rest[unit_len..].trim_start();
@@ -246,8 +260,14 @@ mod tests {
     #[test]
     fn ttl_and_wait_bounds() {
         assert!(LockOptions::new().with_ttl(Duration::ZERO).validate_for_try().is_err());
-        assert!(LockOptions::new().with_ttl(MAX_TTL + Duration::from_secs(1)).validate_for_try().is_err());
-        assert!(LockOptions::new().with_wait(Duration::ZERO).validate_for_wait().is_err());
+        assert!(LockOptions::new()
+            .with_ttl(MAX_TTL + Duration::from_secs(1))
+            .validate_for_try()
+            .is_err());
+        assert!(LockOptions::new()
+            .with_wait(Duration::ZERO)
+            .validate_for_wait()
+            .is_err());
         assert!(LockOptions::new().with_wait(Duration::ZERO).validate_for_try().is_ok());
         assert!(LockOptions::new().validate_for_wait().is_ok());
     }
@@ -266,7 +286,13 @@ mod tests {
     #[test]
     fn options_from_json() {
         let o: LockOptions = serde_json::from_str(r#"{"ttl":"2s","wait":250,"auto_renew":false}"#).unwrap();
-        assert_eq!(o, LockOptions::new().with_ttl(Duration::from_secs(2)).with_wait(Duration::from_millis(250)).with_auto_renew(false));
+        assert_eq!(
+            o,
+            LockOptions::new()
+                .with_ttl(Duration::from_secs(2))
+                .with_wait(Duration::from_millis(250))
+                .with_auto_renew(false)
+        );
         assert!(serde_json::from_str::<LockOptions>(r#"{"tll":"2s"}"#).is_err());
     }
 }

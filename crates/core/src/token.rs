@@ -99,7 +99,10 @@ mod tests {
 
     #[test]
     fn fence_round_trips_as_json() {
-        let f = Fence { token: FencingToken::new(42), grant: GrantId::from_string("g1") };
+        let f = Fence {
+            token: FencingToken::new(42),
+            grant: GrantId::from_string("g1"),
+        };
         let text = serde_json::to_string(&f).unwrap();
         assert_eq!(text, r#"{"token":42,"grant":"g1"}"#);
         let back: Fence = serde_json::from_str(&text).unwrap();

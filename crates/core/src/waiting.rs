@@ -62,7 +62,10 @@ where
     opts.validate_for_wait()?;
     let start = Instant::now();
     let deadline = start + opts.wait();
-    let timeout = || LockError::Timeout { key: key.to_owned(), waited: start.elapsed() };
+    let timeout = || LockError::Timeout {
+        key: key.to_owned(),
+        waited: start.elapsed(),
+    };
     for _ in 0..MAX_ATTEMPTS {
         let outcome = match tokio::time::timeout_at(deadline, attempt()).await {
             Ok(outcome) => outcome?,

@@ -50,7 +50,11 @@ impl OverlapDetector {
 
     /// Pairs of consecutive entries whose token did not grow (`(earlier, later)`).
     pub fn token_regressions(&self) -> Vec<(FencingToken, FencingToken)> {
-        self.entries().windows(2).filter(|w| w[1] <= w[0]).map(|w| (w[0], w[1])).collect()
+        self.entries()
+            .windows(2)
+            .filter(|w| w[1] <= w[0])
+            .map(|w| (w[0], w[1]))
+            .collect()
     }
 }
 
@@ -71,7 +75,10 @@ mod tests {
         let b = d.enter(FencingToken::new(1));
         drop((a, b));
         assert_eq!(d.overlaps(), 1);
-        assert_eq!(d.token_regressions(), vec![(FencingToken::new(2), FencingToken::new(1))]);
+        assert_eq!(
+            d.token_regressions(),
+            vec![(FencingToken::new(2), FencingToken::new(1))]
+        );
         let _c = d.enter(FencingToken::new(3));
         assert_eq!(d.overlaps(), 1);
     }

@@ -97,9 +97,15 @@ impl FileLock {
         })?;
         let meta = fs::metadata(dir).map_err(|e| io_error(format!("cannot read {}", dir.display()), e))?;
         if !meta.is_dir() {
-            return Err(LockError::invalid_config(format!("{} is not a directory", dir.display())));
+            return Err(LockError::invalid_config(format!(
+                "{} is not a directory",
+                dir.display()
+            )));
         }
-        Ok(FileLock { dir: Arc::new(dir.to_owned()), durable })
+        Ok(FileLock {
+            dir: Arc::new(dir.to_owned()),
+            durable,
+        })
     }
 
     /// Builds from `file:///absolute/dir[?durable=true|false]`.
@@ -133,7 +139,11 @@ impl FileLock {
         &self.dir
     }
 
-    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&KeyFiles) -> Result<T> + Send + 'static, key: &str) -> Result<T> {
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&KeyFiles) -> Result<T> + Send + 'static,
+        key: &str,
+    ) -> Result<T> {
         let files = KeyFiles::new(&self.dir, key, self.durable);
         match tokio::task::spawn_blocking(move || f(&files)).await {
             Ok(r) => r,
@@ -175,7 +185,10 @@ impl FileLock {
                     *waiter = Some(LiveWaiter::start(live));
                 }
                 let wake = waiter.as_ref().map(LiveWaiter::wake);
-                Ok(Attempt::Busy { wake, retry_at: Some(Instant::now() + expires_in) })
+                Ok(Attempt::Busy {
+                    wake,
+                    retry_at: Some(Instant::now() + expires_in),
+                })
             }
         }
     }
@@ -223,7 +236,11 @@ enum Decision {
 
 impl KeyFiles {
     fn new(dir: &Path, key: &str, durable: bool) -> Self {
-        KeyFiles { dir: dir.to_owned(), stem: naming::stem(key), durable }
+        KeyFiles {
+            dir: dir.to_owned(),
+            stem: naming::stem(key),
+            durable,
+        }
     }
 
     fn path(&self, suffix: &str) -> PathBuf {
@@ -270,7 +287,11 @@ impl KeyFiles {
                 return Ok((Decision::Busy { live, expires_in }, false));
             }
             let token = st.last_token.checked_add(1).ok_or_else(|| {
-                LockError::backend(BACKEND, "token counter exhausted", std::io::Error::other("u64 overflow"))
+                LockError::backend(
+                    BACKEND,
+                    "token counter exhausted",
+                    std::io::Error::other("u64 overflow"),
+                )
             })?;
             let grant = GrantId::random().to_string();
             let live_name = format!("{}.{grant}.live", self.stem);
@@ -280,15 +301,24 @@ impl KeyFiles {
                 .create_new(true)
                 .open(&live_path)
                 .map_err(|e| io_error(format!("cannot create {}", live_path.display()), e))?;
-            let locked = os::try_lock_exclusive(&live).map_err(|e| io_error(format!("cannot flock {}", live_path.display()), e))?;
+            let locked = os::try_lock_exclusive(&live)
+                .map_err(|e| io_error(format!("cannot flock {}", live_path.display()), e))?;
             if !locked {
                 let _ = fs::remove_file(&live_path);
-                return Err(LockError::backend(BACKEND, "a new liveness file was already locked", std::io::Error::other(live_name)));
+                return Err(LockError::backend(
+                    BACKEND,
+                    "a new liveness file was already locked",
+                    std::io::Error::other(live_name),
+                ));
             }
             let stale = st.holder.take();
             st.last_token = token;
             let expires_mono_ns = os::mono_ns().saturating_add(ttl.as_nanos().min(u64::MAX as u128) as u64);
-            st.holder = Some(HolderRecord { grant: grant.clone(), expires_mono_ns, live: live_name });
+            st.holder = Some(HolderRecord {
+                grant: grant.clone(),
+                expires_mono_ns,
+                live: live_name,
+            });
             if let Some(stale) = stale {
                 let _ = fs::remove_file(self.dir.join(stale.live));
             }
@@ -367,10 +397,12 @@ impl LiveWaiter {
     fn start(path: PathBuf) -> Self {
         let (tx, freed) = watch::channel(false);
         let p = path.clone();
-        let spawned = std::thread::Builder::new().name("fencelock-file-wait".into()).spawn(move || {
-            os::wait_until_free(&p);
-            let _ = tx.send(true);
-        });
+        let spawned = std::thread::Builder::new()
+            .name("fencelock-file-wait".into())
+            .spawn(move || {
+                os::wait_until_free(&p);
+                let _ = tx.send(true);
+            });
         if spawned.is_err() {
             tracing::warn!("cannot start a wait thread; waiting for the holder's expiry instead");
         }

@@ -11,7 +11,9 @@ const MAX_PLAIN: usize = 100;
 pub(crate) fn stem(key: &str) -> String {
     let plain = key.len() <= MAX_PLAIN
         && !key.starts_with('.')
-        && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if plain {
         return format!("k-{key}");
     }

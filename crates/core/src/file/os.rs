@@ -11,7 +11,9 @@ use rustix::io::Errno;
 /// `std::time::Instant` reads on Linux). Never jumps with the wall clock.
 pub(crate) fn mono_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    (t.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec as u64)
+    (t.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(t.tv_nsec as u64)
 }
 
 /// Takes an exclusive flock, waiting for it.

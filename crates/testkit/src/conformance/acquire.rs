@@ -16,10 +16,22 @@ fn long() -> LockOptions {
 pub async fn try_acquire_never_waits(f: &dyn ClientFactory, cfg: &SuiteConfig) {
     let (a, b) = (f.client().await, f.client().await);
     let key = unique_key("try-never-waits");
-    let held = a.try_acquire(&key, &long()).await.expect("try_acquire on a free key").expect("free key granted");
+    let held = a
+        .try_acquire(&key, &long())
+        .await
+        .expect("try_acquire on a free key")
+        .expect("free key granted");
     let start = Instant::now();
-    let second = within(cfg.slack, "try_acquire on a held key", b.try_acquire(&key, &long().with_wait(LONG_TTL))).await;
-    assert!(second.expect("try_acquire on a held key is not an error").is_none(), "a held key was granted twice");
+    let second = within(
+        cfg.slack,
+        "try_acquire on a held key",
+        b.try_acquire(&key, &long().with_wait(LONG_TTL)),
+    )
+    .await;
+    assert!(
+        second.expect("try_acquire on a held key is not an error").is_none(),
+        "a held key was granted twice"
+    );
     assert!(start.elapsed() < cfg.slack, "try_acquire waited {:?}", start.elapsed());
     assert!(held.is_held());
     held.release().await.expect("release");
@@ -32,12 +44,22 @@ pub async fn acquire_times_out_after_wait(f: &dyn ClientFactory, cfg: &SuiteConf
     let held = a.acquire(&key, &long()).await.expect("acquire a free key");
     let wait = Duration::from_millis(300);
     let start = Instant::now();
-    let err = within(wait + cfg.slack, "acquire with a wait bound", b.acquire(&key, &long().with_wait(wait)))
-        .await
-        .expect_err("a held key was granted to a waiter");
+    let err = within(
+        wait + cfg.slack,
+        "acquire with a wait bound",
+        b.acquire(&key, &long().with_wait(wait)),
+    )
+    .await
+    .expect_err("a held key was granted to a waiter");
     let waited = start.elapsed();
-    assert!(matches!(err, LockError::Timeout { .. }), "expected a timeout, got {err}");
-    assert!(waited >= wait, "gave up after {waited:?}, before the wait bound {wait:?}");
+    assert!(
+        matches!(err, LockError::Timeout { .. }),
+        "expected a timeout, got {err}"
+    );
+    assert!(
+        waited >= wait,
+        "gave up after {waited:?}, before the wait bound {wait:?}"
+    );
     held.release().await.expect("release");
 }
 
@@ -53,9 +75,15 @@ pub async fn acquire_is_woken_by_release(f: &dyn ClientFactory, cfg: &SuiteConfi
     };
     let released_at = Instant::now();
     held.release().await.expect("release");
-    let next = within(cfg.slack * 2, "the waiter after a release", waiter).await.expect("waiter task").expect("waiter acquired");
+    let next = within(cfg.slack * 2, "the waiter after a release", waiter)
+        .await
+        .expect("waiter task")
+        .expect("waiter acquired");
     assert!(next.token() > first, "token {} after {}", next.token(), first);
-    assert!(released_at.elapsed() < LONG_TTL / 2, "the waiter was freed by expiry, not by the release");
+    assert!(
+        released_at.elapsed() < LONG_TTL / 2,
+        "the waiter was freed by expiry, not by the release"
+    );
     next.release().await.expect("release");
 }
 
@@ -69,7 +97,10 @@ pub async fn cancelled_acquire_leaves_nothing_held(f: &dyn ClientFactory, cfg: &
         let _ = tokio::time::timeout(Duration::from_micros(i * 500), a.acquire(&key, &long())).await;
     }
     // On a held key that is released while the waiters are being cut off.
-    let held = b.acquire(&key, &long().with_wait(cfg.slack * 4)).await.expect("acquire after cancelled attempts");
+    let held = b
+        .acquire(&key, &long().with_wait(cfg.slack * 4))
+        .await
+        .expect("acquire after cancelled attempts");
     let waiters: Vec<_> = (0..6u64)
         .map(|i| {
             let a = a.clone();
@@ -83,9 +114,13 @@ pub async fn cancelled_acquire_leaves_nothing_held(f: &dyn ClientFactory, cfg: &
     for w in waiters {
         within(cfg.slack, "a cancelled waiter", w).await.expect("task");
     }
-    let got = within(cfg.slack * 3, "acquire after cancelled waiters", c.acquire(&key, &long().with_wait(cfg.slack * 2)))
-        .await
-        .expect("the key was left held by a cancelled acquire");
+    let got = within(
+        cfg.slack * 3,
+        "acquire after cancelled waiters",
+        c.acquire(&key, &long().with_wait(cfg.slack * 2)),
+    )
+    .await
+    .expect("the key was left held by a cancelled acquire");
     got.release().await.expect("release");
 }
 
@@ -96,8 +131,15 @@ pub async fn dropped_lease_is_released(f: &dyn ClientFactory, cfg: &SuiteConfig)
     let lease = a.acquire(&key, &long()).await.expect("acquire");
     let start = Instant::now();
     drop(lease);
-    assert!(start.elapsed() < Duration::from_millis(100), "drop blocked for {:?}", start.elapsed());
-    let next = b.acquire(&key, &long().with_wait(cfg.slack * 2)).await.expect("the dropped lease was not released");
+    assert!(
+        start.elapsed() < Duration::from_millis(100),
+        "drop blocked for {:?}",
+        start.elapsed()
+    );
+    let next = b
+        .acquire(&key, &long().with_wait(cfg.slack * 2))
+        .await
+        .expect("the dropped lease was not released");
     next.release().await.expect("release");
 }
 
@@ -108,7 +150,11 @@ pub async fn release_frees_the_key(f: &dyn ClientFactory, _cfg: &SuiteConfig) {
     let lease = a.acquire(&key, &long()).await.expect("acquire");
     let token = lease.token();
     lease.release().await.expect("releasing a live lease is Ok");
-    let next = b.try_acquire(&key, &long()).await.expect("try_acquire").expect("the key was free after release");
+    let next = b
+        .try_acquire(&key, &long())
+        .await
+        .expect("try_acquire")
+        .expect("the key was free after release");
     assert!(next.token() > token);
     next.release().await.expect("release");
 }

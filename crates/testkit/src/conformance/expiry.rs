@@ -9,7 +9,10 @@ use super::{within, ClientFactory, SuiteConfig, LONG_TTL};
 use crate::keys::unique_key;
 
 fn short(cfg: &SuiteConfig) -> LockOptions {
-    LockOptions::new().with_ttl(cfg.short_ttl).with_auto_renew(false).with_wait(LONG_TTL)
+    LockOptions::new()
+        .with_ttl(cfg.short_ttl)
+        .with_auto_renew(false)
+        .with_wait(LONG_TTL)
 }
 
 /// After our TTL ran out and someone else acquired, our `release` fails with `LeaseLost`
@@ -19,11 +22,18 @@ pub async fn release_after_expiry_spares_new_holder(f: &dyn ClientFactory, cfg: 
     let key = unique_key("release-expired");
     let stale = a.acquire(&key, &short(cfg)).await.expect("acquire");
     within(cfg.short_ttl + cfg.slack, "expiry of a short lease", stale.lost()).await;
-    let fresh = within(cfg.short_ttl * 2 + cfg.slack * 2, "acquire after expiry", b.acquire(&key, &short(cfg).with_ttl(LONG_TTL)))
-        .await
-        .expect("acquire after the first lease expired");
+    let fresh = within(
+        cfg.short_ttl * 2 + cfg.slack * 2,
+        "acquire after expiry",
+        b.acquire(&key, &short(cfg).with_ttl(LONG_TTL)),
+    )
+    .await
+    .expect("acquire after the first lease expired");
     assert!(fresh.token() > stale.token());
-    let err = stale.release().await.expect_err("releasing an expired lease reported success");
+    let err = stale
+        .release()
+        .await
+        .expect_err("releasing an expired lease reported success");
     assert!(err.is_lease_lost(), "expected LeaseLost, got {err}");
     assert!(
         c.try_acquire(&key, &short(cfg)).await.expect("try_acquire").is_none(),
@@ -40,8 +50,14 @@ pub async fn extend_after_expiry_fails(f: &dyn ClientFactory, cfg: &SuiteConfig)
     let key = unique_key("extend-expired");
     let stale = a.acquire(&key, &short(cfg)).await.expect("acquire");
     within(cfg.short_ttl + cfg.slack, "expiry of a short lease", stale.lost()).await;
-    let fresh = b.acquire(&key, &short(cfg).with_ttl(LONG_TTL)).await.expect("acquire after expiry");
-    let err = stale.extend(LONG_TTL).await.expect_err("extending an expired lease succeeded");
+    let fresh = b
+        .acquire(&key, &short(cfg).with_ttl(LONG_TTL))
+        .await
+        .expect("acquire after expiry");
+    let err = stale
+        .extend(LONG_TTL)
+        .await
+        .expect_err("extending an expired lease succeeded");
     assert!(err.is_lease_lost(), "expected LeaseLost, got {err}");
     assert!(c.try_acquire(&key, &short(cfg)).await.expect("try_acquire").is_none());
     fresh.release().await.expect("release");
@@ -54,11 +70,17 @@ pub async fn extend_prolongs_lease(f: &dyn ClientFactory, cfg: &SuiteConfig) {
     let lease = a.acquire(&key, &short(cfg)).await.expect("acquire");
     let first_end = lease.valid_until();
     lease.extend(LONG_TTL).await.expect("extend a live lease");
-    assert!(lease.valid_until() > first_end + cfg.short_ttl, "extend did not move the validity");
+    assert!(
+        lease.valid_until() > first_end + cfg.short_ttl,
+        "extend did not move the validity"
+    );
     // Let the first TTL pass: this is the time under test, not a synchronisation.
     tokio::time::sleep_until(first_end + cfg.short_ttl / 2).await;
     assert!(lease.is_held(), "the lease ended at its first TTL despite extend");
-    assert!(b.try_acquire(&key, &short(cfg)).await.expect("try_acquire").is_none(), "the backend let the extended lease expire");
+    assert!(
+        b.try_acquire(&key, &short(cfg)).await.expect("try_acquire").is_none(),
+        "the backend let the extended lease expire"
+    );
     lease.release().await.expect("release after extend");
 }
 
@@ -66,14 +88,24 @@ pub async fn extend_prolongs_lease(f: &dyn ClientFactory, cfg: &SuiteConfig) {
 pub async fn auto_renew_keeps_lease(f: &dyn ClientFactory, cfg: &SuiteConfig) {
     let (a, b) = (f.client().await, f.client().await);
     let key = unique_key("auto-renew");
-    let lease = a.acquire(&key, &short(cfg).with_auto_renew(true)).await.expect("acquire");
+    let lease = a
+        .acquire(&key, &short(cfg).with_auto_renew(true))
+        .await
+        .expect("acquire");
     let start = Instant::now();
     tokio::select! {
         reason = lease.lost() => panic!("auto-renewed lease lost: {reason}"),
         _ = tokio::time::sleep(cfg.short_ttl * 4) => {}
     }
-    assert!(lease.is_held(), "auto-renewed lease not held after {:?}", start.elapsed());
-    assert!(b.try_acquire(&key, &short(cfg)).await.expect("try_acquire").is_none(), "the backend let an auto-renewed lease expire");
+    assert!(
+        lease.is_held(),
+        "auto-renewed lease not held after {:?}",
+        start.elapsed()
+    );
+    assert!(
+        b.try_acquire(&key, &short(cfg)).await.expect("try_acquire").is_none(),
+        "the backend let an auto-renewed lease expire"
+    );
     lease.release().await.expect("release of an auto-renewed lease");
 }
 
@@ -87,12 +119,22 @@ pub async fn loss_is_observable(f: &dyn ClientFactory, cfg: &SuiteConfig) {
     assert!(lease.is_held());
     let reason = within(cfg.short_ttl + cfg.slack, "lost() of an expiring lease", lease.lost()).await;
     assert_eq!(reason, LostReason::Expired);
-    assert!(Instant::now() >= lease.valid_until(), "reported lost before its validity ended");
-    within(cfg.slack, "the watch to show the loss", watch.wait_for(|s| matches!(s.state, LeaseState::Lost(_))))
-        .await
-        .expect("watch closed");
+    assert!(
+        Instant::now() >= lease.valid_until(),
+        "reported lost before its validity ended"
+    );
+    within(
+        cfg.slack,
+        "the watch to show the loss",
+        watch.wait_for(|s| matches!(s.state, LeaseState::Lost(_))),
+    )
+    .await
+    .expect("watch closed");
     assert!(!lease.is_held());
-    let err = lease.release().await.expect_err("release of an expired lease reported success");
+    let err = lease
+        .release()
+        .await
+        .expect_err("release of an expired lease reported success");
     assert!(matches!(err, LockError::LeaseLost { .. }), "{err}");
 }
 
@@ -109,7 +151,11 @@ pub async fn validity_counts_from_send(f: &dyn ClientFactory, cfg: &SuiteConfig)
         let lease = a.acquire(&key, &short(cfg).with_ttl(ttl)).await.expect("acquire");
         let after = Instant::now();
         let end = lease.valid_until();
-        assert!(end <= after + ttl, "validity ends {:?} past reply + TTL", end - (after + ttl));
+        assert!(
+            end <= after + ttl,
+            "validity ends {:?} past reply + TTL",
+            end - (after + ttl)
+        );
         assert!(end > before, "validity already over at grant");
         lease.release().await.expect("release");
     }

@@ -26,13 +26,21 @@ pub async fn bad_input_is_rejected(f: &dyn ClientFactory, _cfg: &SuiteConfig) {
         assert_invalid(&format!("acquire({key:?})"), a.acquire(key, &ok).await);
     }
     let key = unique_key("bad-input");
-    for ttl in [Duration::ZERO, MAX_TTL + Duration::from_secs(1), Duration::from_secs(u64::MAX / 4)] {
+    for ttl in [
+        Duration::ZERO,
+        MAX_TTL + Duration::from_secs(1),
+        Duration::from_secs(u64::MAX / 4),
+    ] {
         assert_invalid("ttl", a.try_acquire(&key, &ok.with_ttl(ttl)).await);
         assert_invalid("ttl", a.acquire(&key, &ok.with_ttl(ttl)).await);
     }
     assert_invalid("zero wait", a.acquire(&key, &ok.with_wait(Duration::ZERO)).await);
     // The key stayed free through all of that, and extend checks its TTL too.
-    let lease = a.try_acquire(&key, &ok).await.expect("try_acquire").expect("the key is free");
+    let lease = a
+        .try_acquire(&key, &ok)
+        .await
+        .expect("try_acquire")
+        .expect("the key is free");
     assert_invalid("extend(0)", lease.extend(Duration::ZERO).await);
     assert!(lease.is_held());
     lease.release().await.expect("release");
@@ -44,7 +52,11 @@ pub async fn keys_are_independent(f: &dyn ClientFactory, _cfg: &SuiteConfig) {
     let (k1, k2) = (unique_key("iso-a"), unique_key("iso-b"));
     let opts = LockOptions::new().with_ttl(LONG_TTL).with_auto_renew(false);
     let l1 = a.acquire(&k1, &opts).await.expect("acquire k1");
-    let l2 = b.try_acquire(&k2, &opts).await.expect("try_acquire k2").expect("k2 blocked by k1");
+    let l2 = b
+        .try_acquire(&k2, &opts)
+        .await
+        .expect("try_acquire k2")
+        .expect("k2 blocked by k1");
     assert!(b.try_acquire(&k1, &opts).await.expect("try_acquire k1").is_none());
     l1.release().await.expect("release");
     l2.release().await.expect("release");

@@ -56,12 +56,21 @@ pub async fn mutual_exclusion_under_contention(f: &dyn ClientFactory, cfg: &Suit
     }
     let total = cfg.clients * cfg.tasks_per_client * cfg.rounds;
     for t in tasks {
-        within(Duration::from_secs(120), "a contending task", t).await.expect("contending task panicked");
+        within(Duration::from_secs(120), "a contending task", t)
+            .await
+            .expect("contending task panicked");
     }
     assert_eq!(detector.entries().len(), total);
-    assert_eq!(detector.overlaps(), 0, "two holders were inside the critical section at once");
+    assert_eq!(
+        detector.overlaps(),
+        0,
+        "two holders were inside the critical section at once"
+    );
     if strict {
         let regressions = detector.token_regressions();
-        assert!(regressions.is_empty(), "tokens did not grow in entry order: {regressions:?}");
+        assert!(
+            regressions.is_empty(),
+            "tokens did not grow in entry order: {regressions:?}"
+        );
     }
 }

@@ -1,0 +1,62 @@
+//! Exit statuses and turning errors into one-line messages.
+
+use std::process::ExitCode;
+
+use fencelock::LockError;
+
+/// The lock was not acquired within --wait (sysexits EX_TEMPFAIL).
+pub const NOT_ACQUIRED: u8 = 75;
+/// The lease was lost while the command ran.
+pub const LEASE_LOST: u8 = 76;
+/// Bad input: key, TTL (sysexits EX_USAGE).
+pub const BAD_INPUT: u8 = 64;
+/// The backend could not be reached (sysexits EX_UNAVAILABLE).
+pub const UNAVAILABLE: u8 = 69;
+/// An internal or backend failure (sysexits EX_SOFTWARE).
+pub const FAILURE: u8 = 70;
+/// Bad configuration or URL (sysexits EX_CONFIG).
+pub const CONFIG: u8 = 78;
+/// The command exists but cannot be executed (as shells do).
+pub const CANNOT_EXECUTE: u8 = 126;
+/// The command was not found (as shells do).
+pub const NOT_FOUND: u8 = 127;
+
+/// The exit status for an error.
+pub fn status_for(e: &LockError) -> u8 {
+    match e {
+        LockError::Timeout { .. } => NOT_ACQUIRED,
+        LockError::LeaseLost { .. } => LEASE_LOST,
+        LockError::InvalidInput(_) => BAD_INPUT,
+        LockError::InvalidConfig { .. } | LockError::FeatureDisabled { .. } | LockError::GuaranteeNotMet { .. } => {
+            CONFIG
+        }
+        LockError::Unavailable { .. } => UNAVAILABLE,
+        _ => FAILURE,
+    }
+}
+
+/// The error and its sources on one line.
+pub fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text.replace('\n', " ")
+}
+
+/// Prints `fencelock: MESSAGE` to stderr and returns `status`.
+pub fn fail(message: &str, status: u8) -> ExitCode {
+    eprintln!("fencelock: {message}");
+    ExitCode::from(status)
+}
+
+/// Prints an error on one line and returns its status.
+pub fn fail_with(e: &LockError) -> ExitCode {
+    fail(&one_line(e), status_for(e))
+}

@@ -1,0 +1,254 @@
+//! The `fencelock` command end to end, as separate processes on the file backend.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fencelock");
+
+fn fencelock(dir: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_remove("FENCELOCK_BACKEND")
+        .env_remove("RUST_LOG")
+        .arg("--backend")
+        .arg(format!("file://{}", dir.display()));
+    cmd
+}
+
+/// Waits for a child with a bound, so a hung CLI fails the test instead of hanging it.
+fn output_within(mut child: std::process::Child, limit: Duration) -> Output {
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "fencelock did not exit within {limit:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10)); // polling a child's exit
+    }
+}
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn eight_processes_never_overlap_and_tokens_grow_in_entry_order() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).expect("mkdir");
+    // Inside the lock: fail loudly if someone else is inside, log the token, work a little.
+    let script = r#"
+        set -e
+        if ! mkdir "$WORK/inside" 2>/dev/null; then echo overlap >> "$WORK/overlap"; fi
+        echo "$FENCELOCK_TOKEN $FENCELOCK_KEY" >> "$WORK/log"
+        i=0; while [ $i -lt 2000 ]; do i=$((i+1)); done
+        rmdir "$WORK/inside"
+    "#;
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            fencelock(dir.path())
+                .args(["run", "k", "--wait", "60s", "--", "sh", "-c", script])
+                .env("WORK", &work)
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    for c in children {
+        let out = output_within(c, Duration::from_secs(120));
+        assert!(out.status.success(), "a run failed: {}", stderr_of(&out));
+    }
+    assert!(
+        !work.join("overlap").exists(),
+        "two commands ran inside the lock at once"
+    );
+    let log = std::fs::read_to_string(work.join("log")).expect("log");
+    let tokens: Vec<u64> = log
+        .lines()
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(tokens.len(), 8);
+    assert!(
+        tokens.windows(2).all(|w| w[1] > w[0]),
+        "tokens not increasing in entry order: {tokens:?}"
+    );
+    assert!(log.lines().all(|l| l.ends_with(" k")), "FENCELOCK_KEY missing: {log}");
+}
+
+/// Holds `k` with a `fencelock run` whose command waits for stdin to close, and returns
+/// once the command is running (it printed its token).
+fn hold(dir: &Path, extra: &[&str]) -> (std::process::Child, String) {
+    let mut holder = fencelock(dir)
+        .args(["run", "k"])
+        .args(extra)
+        .args(["--", "sh", "-c", "echo $FENCELOCK_TOKEN; read _; echo done"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn holder");
+    let mut stdout = holder.stdout.take().expect("stdout");
+    let mut token = String::new();
+    let mut byte = [0u8; 1];
+    while stdout.read(&mut byte).expect("read") == 1 && byte[0] != b'\n' {
+        token.push(byte[0] as char);
+    }
+    holder.stdout = Some(stdout);
+    (holder, token)
+}
+
+#[test]
+fn a_held_lock_gives_status_75_after_the_wait() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (holder, token) = hold(dir.path(), &[]);
+    assert!(token.parse::<u64>().is_ok(), "holder printed `{token}`");
+    let start = Instant::now();
+    let waiter = fencelock(dir.path())
+        .args(["run", "k", "--wait", "200ms", "--", "true"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let out = output_within(waiter, Duration::from_secs(10));
+    let took = start.elapsed();
+    assert_eq!(out.status.code(), Some(75), "stderr: {}", stderr_of(&out));
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    let err = stderr_of(&out);
+    assert_eq!(err.lines().count(), 1, "not one line: {err}");
+    assert!(err.contains("not acquired within"), "{err}");
+
+    let no_wait = fencelock(dir.path())
+        .args(["run", "k", "--no-wait", "--", "true"])
+        .output()
+        .expect("run");
+    assert_eq!(no_wait.status.code(), Some(75));
+
+    let mut holder = holder;
+    drop(holder.stdin.take()); // the holder's command reads EOF and ends; it releases
+    let out = output_within(holder, Duration::from_secs(10));
+    assert!(out.status.success(), "holder: {}", stderr_of(&out));
+}
+
+#[test]
+fn bad_backends_and_input_fail_on_one_line_without_panic() {
+    let cases: [(&[&str], i32, &str); 6] = [
+        (
+            &["--backend", "nope://x", "run", "k", "--", "true"],
+            78,
+            "unknown backend scheme",
+        ),
+        (
+            &["--backend", "file://relative", "run", "k", "--", "true"],
+            78,
+            "absolute path",
+        ),
+        (
+            &["--backend", "not a url", "run", "k", "--", "true"],
+            78,
+            "not a backend URL",
+        ),
+        (
+            &["--backend", "redis://127.0.0.1:1", "run", "k", "--", "true"],
+            78,
+            "Cargo feature `redis`",
+        ),
+        (&["--backend", "memory://", "run", "", "--", "true"], 64, "key is empty"),
+        (
+            &["--backend", "memory://", "run", "k", "--ttl", "0s", "--", "true"],
+            64,
+            "ttl",
+        ),
+    ];
+    for (args, code, says) in cases {
+        let out = Command::new(BIN)
+            .args(args)
+            .env_remove("FENCELOCK_BACKEND")
+            .output()
+            .expect("run");
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: not one line: {err}");
+        assert!(err.starts_with("fencelock: ") && err.contains(says), "{args:?}: {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("backtrace"),
+            "{args:?}: {err}"
+        );
+    }
+    let out = Command::new(BIN)
+        .args(["run", "k", "--ttl", "5 parsecs", "--", "true"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "clap's usage error");
+    assert!(stderr_of(&out).contains("unknown unit"));
+}
+
+#[test]
+fn the_commands_status_and_missing_commands_are_reported() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = fencelock(dir.path())
+        .args(["run", "k", "--", "sh", "-c", "exit 7"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(7));
+    let out = fencelock(dir.path())
+        .args(["run", "k", "--", "sh", "-c", "kill -9 $$"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(128 + 9));
+    let out = fencelock(dir.path())
+        .args(["run", "k", "--", "/nonexistent/cmd"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(127), "{}", stderr_of(&out));
+    // None of these left the lock held.
+    let out = fencelock(dir.path())
+        .args(["run", "k", "--no-wait", "--", "true"])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", stderr_of(&out));
+}
+
+#[test]
+fn a_lost_lease_terminates_the_command_with_status_76() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (holder, _token) = hold(dir.path(), &["--ttl", "300ms"]);
+    let pid = rustix::process::Pid::from_raw(holder.id() as i32).expect("pid");
+    // Freeze the fencelock process (not its command) so it cannot renew: the classic pause.
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).expect("SIGSTOP");
+    let other = fencelock(dir.path())
+        .args(["run", "k", "--wait", "10s", "--", "true"])
+        .output()
+        .expect("run");
+    assert!(
+        other.status.success(),
+        "another process could not take the expired lock: {}",
+        stderr_of(&other)
+    );
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).expect("SIGCONT");
+    let out = output_within(holder, Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(76), "stderr: {}", stderr_of(&out));
+    let err = stderr_of(&out);
+    assert!(err.contains("lost") && err.contains("SIGTERM"), "{err}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("done"),
+        "the command ran on after the loss"
+    );
+}
+
+#[test]
+fn backends_lists_what_is_compiled_in() {
+    let out = Command::new(BIN).arg("backends").output().expect("run");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("file:///") && text.contains("[compiled in]"), "{text}");
+    assert!(text.contains("strictly monotonic"), "{text}");
+}
