@@ -40,3 +40,8 @@ pub mod schemes;
 
 pub use config::LockConfig;
 pub use connect::connect;
+
+// The README's example compiles as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
