@@ -8,7 +8,11 @@
 //! * [`overlap`] — a detector of two holders inside one critical section;
 //! * [`keys`] — unique keys, so tests sharing a server never see each other's locks.
 //!
-//! Launchers for real servers (redis-server, etcd, ZooKeeper) arrive with their backends.
+//! * [`redis_server`] — real `redis-server` processes on free loopback ports (killed on
+//!   drop, restartable, pausable), built on [`process`] and [`ports`].
+//!
+//! A launcher whose server binary is missing fails the test with the command that installs
+//! it; nothing is skipped.
 //!
 //! ```no_run
 //! // tests/conformance_memory.rs of a backend crate:
@@ -30,3 +34,6 @@
 pub mod conformance;
 pub mod keys;
 pub mod overlap;
+pub mod ports;
+pub mod process;
+pub mod redis_server;

@@ -1,0 +1,146 @@
+//! `redis://` URLs and the backend's options.
+
+use std::time::Duration;
+
+use fencelock_core::options::duration_text::parse_duration;
+use fencelock_core::{LockError, Result};
+
+/// The backend's options, from the URL's query or set in code.
+///
+/// | query key | default | meaning |
+/// |---|---|---|
+/// | `prefix` | `fencelock:` | prefix of every Redis key and channel the backend uses |
+/// | `timeout` | `1s` | the longest wait for one reply; a slower server is "unavailable" |
+/// | `connect_timeout` | `1s` | the longest wait for a connection |
+/// | `poll` | `500ms` | the fallback re-check of a waiter, jittered to 50–100 %, in case a release message is lost (never longer than the holder's remaining TTL) |
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// The URL for the redis client: scheme, credentials, host, port, db.
+    pub(crate) client_url: String,
+    /// The URL without the password, for messages.
+    pub(crate) display: String,
+    /// Key prefix.
+    pub prefix: String,
+    /// Reply timeout.
+    pub timeout: Duration,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Fallback poll interval for waiters.
+    pub poll: Duration,
+}
+
+impl RedisConfig {
+    /// Parses `redis://[[USER]:PASSWORD@]HOST:PORT[/DB][?prefix=P&timeout=D&connect_timeout=D&poll=D]`
+    /// (or `rediss://` for TLS, with the `tls` feature).
+    pub fn from_url(url: &str) -> Result<Self> {
+        let bad = |why: String| LockError::invalid_config(format!("`{}`: {why}", redact(url)));
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let rest = base
+            .strip_prefix("redis://")
+            .or_else(|| base.strip_prefix("rediss://"))
+            .ok_or_else(|| bad("a Redis URL starts with redis:// or rediss://".into()))?;
+        let authority = rest.split('/').next().unwrap_or("");
+        let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+        if host_port.is_empty() {
+            return Err(bad("no host: write redis://HOST:PORT".into()));
+        }
+        if host_port.contains(',') {
+            return Err(bad("several hosts: use redlock://H1:P1,H2:P2,... for Redlock".into()));
+        }
+        if let Some((_, port)) = host_port.rsplit_once(':') {
+            if !port.is_empty() && port.parse::<u16>().is_err() {
+                return Err(bad(format!("bad port `{port}`")));
+            }
+        }
+        if base.starts_with("rediss://") && !cfg!(feature = "tls") {
+            return Err(LockError::FeatureDisabled {
+                scheme: "rediss".into(),
+                feature: "redis-tls",
+            });
+        }
+        let mut cfg = RedisConfig {
+            client_url: base.to_owned(),
+            display: redact(base),
+            prefix: "fencelock:".into(),
+            timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            poll: Duration::from_millis(500),
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let duration = || parse_duration(v).map_err(|e| bad(format!("{k}: {e}")));
+            match k {
+                "prefix" => cfg.prefix = v.to_owned(),
+                "timeout" => cfg.timeout = duration()?,
+                "connect_timeout" => cfg.connect_timeout = duration()?,
+                "poll" => cfg.poll = duration()?,
+                _ => {
+                    return Err(bad(format!(
+                        "unknown option `{k}` (the redis backend takes prefix, timeout, connect_timeout, poll)"
+                    )))
+                }
+            }
+        }
+        for (name, d) in [
+            ("timeout", cfg.timeout),
+            ("connect_timeout", cfg.connect_timeout),
+            ("poll", cfg.poll),
+        ] {
+            if d.is_zero() || d > Duration::from_secs(600) {
+                return Err(bad(format!("{name} must be between 1ms and 10m, got {d:?}")));
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// The server, for messages (no password).
+    pub fn server(&self) -> &str {
+        &self.display
+    }
+}
+
+/// The URL with any password replaced by `***`.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rsplit_once('@') {
+        Some((creds, host)) => {
+            let user = creds.split_once(':').map_or("", |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}{}", &rest[authority_end..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_options_and_hides_passwords() {
+        let c = RedisConfig::from_url("redis://:s3cret@127.0.0.1:7000/2?prefix=app:&timeout=250ms&poll=1s").unwrap();
+        assert_eq!(c.client_url, "redis://:s3cret@127.0.0.1:7000/2");
+        assert_eq!(c.server(), "redis://:***@127.0.0.1:7000/2");
+        assert_eq!(c.prefix, "app:");
+        assert_eq!(c.timeout, Duration::from_millis(250));
+        assert_eq!(c.poll, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn rejects_bad_urls_clearly() {
+        for (url, says) in [
+            ("redis://", "no host"),
+            ("redis://h:notaport", "bad port"),
+            ("redis://h:1,h:2", "redlock://"),
+            ("redis://h:1?tiemout=1s", "unknown option `tiemout`"),
+            ("redis://h:1?timeout=0s", "between 1ms"),
+            ("redis://:pw@h:1?timeout=x", "timeout"),
+        ] {
+            let e = RedisConfig::from_url(url).unwrap_err().to_string();
+            assert!(e.contains(says), "{url}: {e}");
+            assert!(!e.contains("pw@"), "password leaked: {e}");
+        }
+    }
+}

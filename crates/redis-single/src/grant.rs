@@ -1,0 +1,35 @@
+//! One grant on the server: extend and release by compare-and-act on our grant id.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fencelock_core::{LeaseOps, Result};
+
+use crate::lock::Inner;
+use crate::scripts::EXTEND;
+
+pub(crate) struct RedisGrant {
+    pub inner: Arc<Inner>,
+    pub key: String,
+    pub grant: String,
+}
+
+#[async_trait]
+impl LeaseOps for RedisGrant {
+    async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
+        let mut conn = self.inner.conn.clone();
+        let n: i64 = EXTEND
+            .key(self.inner.keys.lock(&self.key))
+            .arg(&self.grant)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.inner.failed("extend script", e))?;
+        Ok((n == 1).then_some(ttl))
+    }
+
+    async fn release(&self) -> Result<bool> {
+        self.inner.release(&self.key, &self.grant).await
+    }
+}

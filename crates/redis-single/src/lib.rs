@@ -1,0 +1,42 @@
+//! # fencelock-redis
+//!
+//! The single-instance Redis backend of fencelock (`redis://HOST:PORT`): the "vanilla"
+//! Redis lock, done as well as it can be done.
+//!
+//! * **Acquire** is one round trip: a Lua script runs `SET key grant NX PX ttl` and, when it
+//!   succeeded, `INCR` of the key's token counter, returning the token.
+//! * **Release** and **extend** are one round trip each, compare-and-delete /
+//!   compare-and-pexpire on our grant id; release also publishes on the key's channel.
+//! * **Waiters** are woken by that message (pub/sub), with a jittered fallback poll bounded
+//!   by the holder's remaining TTL for lost messages.
+//! * [`RedisFencedStore`] fences data kept in Redis itself.
+//!
+//! ## When to choose it
+//!
+//! When one Redis is already there and an occasional double grant after a Redis crash or
+//! failover is tolerable (efficiency locks), or when every write goes through a fenced
+//! resource anyway. Mutual exclusion holds only while that one server stays up and keeps
+//! its data; tokens are strictly monotonic only when the server fsyncs every write — see
+//! [`GUARANTEES`] and [`GUARANTEES_DURABLE`], chosen at connect time from the server's
+//! `appendonly`/`appendfsync`. For strict exclusion use etcd or ZooKeeper.
+//!
+//! ```no_run
+//! # async fn demo() -> fencelock_core::Result<()> {
+//! use fencelock_core::{DistributedLock, LockOptions};
+//! let locks = fencelock_redis::RedisLock::connect("redis://127.0.0.1:6379?timeout=500ms").await?;
+//! let lease = locks.acquire("nightly", &LockOptions::new()).await?;
+//! lease.release().await?;
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod error;
+mod fence;
+mod grant;
+mod lock;
+mod scripts;
+mod waiters;
+
+pub use config::RedisConfig;
+pub use fence::RedisFencedStore;
+pub use lock::{RedisLock, GUARANTEES, GUARANTEES_DURABLE};

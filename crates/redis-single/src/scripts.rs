@@ -1,0 +1,77 @@
+//! The Lua scripts: each is one atomic round trip on the server.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// KEYS: lock, counter. ARGV: grant id, ttl ms.
+/// Returns `{1, token}` when granted, `{0, pttl}` when someone holds the lock.
+pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {1, redis.call('INCR', KEYS[2])}
+end
+return {0, redis.call('PTTL', KEYS[1])}
+",
+    )
+});
+
+/// KEYS: lock. ARGV: grant id, channel. Deletes the lock only if it holds our grant and
+/// announces the release. Returns 1 when deleted, 0 when it was not ours.
+pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], '')
+  return 1
+end
+return 0
+",
+    )
+});
+
+/// KEYS: lock. ARGV: grant id, ttl ms. Sets a new TTL only if the lock holds our grant.
+/// Returns 1 when extended, 0 when it was not ours.
+pub(crate) static EXTEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+",
+    )
+});
+
+/// KEYS: fence hash, data key. ARGV: token (decimal), grant id, value, write (1/0).
+/// The fencing rule of `fencelock_core::fencing::admit`, atomically: admit a higher token,
+/// or the highest again from the same grant; then record it and (when asked) store the
+/// value. Tokens are compared as decimal strings (length, then text), so every u64 is exact.
+/// Returns `{1, kind}` (kind: 0 first, 1 newer, 2 same grant) or `{0, highest, grant}`.
+pub(crate) static FENCED_WRITE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local function less(a, b)
+  if #a ~= #b then return #a < #b end
+  return a < b
+end
+local cur = redis.call('HMGET', KEYS[1], 'token', 'grant')
+local kind = 0
+if cur[1] then
+  if less(ARGV[1], cur[1]) or (ARGV[1] == cur[1] and ARGV[2] ~= cur[2]) then
+    return {0, cur[1], cur[2]}
+  end
+  if ARGV[1] == cur[1] then kind = 2 else kind = 1 end
+end
+if kind ~= 2 then
+  redis.call('HSET', KEYS[1], 'token', ARGV[1], 'grant', ARGV[2])
+end
+if ARGV[4] == '1' then
+  redis.call('SET', KEYS[2], ARGV[3])
+end
+return {1, kind}
+",
+    )
+});

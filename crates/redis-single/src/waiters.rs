@@ -1,0 +1,218 @@
+//! Push-based waiting: one pub/sub connection per backend instance, one channel per key
+//! that someone here waits for, and a `Notify` per channel that wakes the waiters.
+//!
+//! A release publishes on the key's channel inside the release script. Waiters subscribe
+//! *before* their next attempt, so a release between "busy" and "subscribed" is caught by
+//! that attempt. Messages can still be lost (the pub/sub connection drops, or a
+//! subscription races with another waiter's unsubscribe); the jittered fallback poll in
+//! the backend covers that, bounded by the holder's remaining TTL.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use fencelock_core::waiting::WakeFuture;
+use fencelock_core::Result;
+use futures_util::StreamExt;
+use redis::aio::PubSubSink;
+use tokio::sync::Notify;
+
+use crate::error::failed;
+
+struct Hub {
+    sink: PubSubSink,
+    alive: Arc<AtomicBool>,
+    generation: u64,
+}
+
+struct Channel {
+    count: usize,
+    notify: Arc<Notify>,
+    /// The hub generation under which it was last subscribed.
+    subscribed_in: u64,
+}
+
+/// The pub/sub side of one backend instance.
+pub(crate) struct Waiters {
+    client: redis::Client,
+    server: String,
+    timeout: Duration,
+    hub: tokio::sync::Mutex<Option<Hub>>,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    generations: AtomicU64,
+}
+
+fn lock(m: &Mutex<HashMap<String, Channel>>) -> MutexGuard<'_, HashMap<String, Channel>> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Waiters {
+    pub(crate) fn new(client: redis::Client, server: String, timeout: Duration) -> Self {
+        Waiters {
+            client,
+            server,
+            timeout,
+            hub: tokio::sync::Mutex::new(None),
+            channels: Arc::default(),
+            generations: AtomicU64::new(0),
+        }
+    }
+
+    /// Registers interest in `channel` and makes sure it is subscribed on a live pub/sub
+    /// connection; returns a guard whose drop gives the interest back.
+    pub(crate) async fn subscribe(self: &Arc<Self>, channel: &str) -> Result<Subscription> {
+        let notify = {
+            let mut map = lock(&self.channels);
+            let entry = map.entry(channel.to_owned()).or_insert_with(|| Channel {
+                count: 0,
+                notify: Arc::new(Notify::new()),
+                subscribed_in: 0,
+            });
+            entry.count += 1;
+            Arc::clone(&entry.notify)
+        };
+        let sub = Subscription {
+            waiters: Arc::clone(self),
+            channel: channel.to_owned(),
+            notify,
+        };
+        sub.ensure().await?;
+        Ok(sub)
+    }
+
+    async fn ensure_subscribed(&self, channel: &str) -> Result<()> {
+        let mut hub = self.hub.lock().await;
+        if !hub.as_ref().is_some_and(|h| h.alive.load(Ordering::SeqCst)) {
+            *hub = Some(self.connect().await?);
+        }
+        let Some(h) = hub.as_mut() else { return Ok(()) };
+        let needed = lock(&self.channels)
+            .get(channel)
+            .is_some_and(|c| c.subscribed_in != h.generation);
+        if needed {
+            match tokio::time::timeout(self.timeout, h.sink.subscribe(channel)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(failed("SUBSCRIBE", &self.server, e)),
+                Err(_) => {
+                    h.alive.store(false, Ordering::SeqCst);
+                    return Err(fencelock_core::LockError::Unavailable {
+                        message: format!(
+                            "redis unreachable: SUBSCRIBE got no answer within {:?} on {}",
+                            self.timeout, self.server
+                        ),
+                        source: None,
+                    });
+                }
+            }
+            if let Some(c) = lock(&self.channels).get_mut(channel) {
+                c.subscribed_in = h.generation;
+            }
+        }
+        Ok(())
+    }
+
+    async fn connect(&self) -> Result<Hub> {
+        let pubsub = match tokio::time::timeout(self.timeout, self.client.get_async_pubsub()).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => return Err(failed("connecting for pub/sub", &self.server, e)),
+            Err(_) => {
+                return Err(fencelock_core::LockError::Unavailable {
+                    message: format!(
+                        "redis unreachable: no pub/sub connection within {:?} to {}",
+                        self.timeout, self.server
+                    ),
+                    source: None,
+                })
+            }
+        };
+        let (sink, mut stream) = pubsub.split();
+        let alive = Arc::new(AtomicBool::new(true));
+        let generation = self.generations.fetch_add(1, Ordering::SeqCst) + 1;
+        let channels = Arc::clone(&self.channels);
+        let flag = Arc::clone(&alive);
+        tokio::spawn(async move {
+            while let Some(msg) = stream.next().await {
+                let notify = lock(&channels)
+                    .get(msg.get_channel_name())
+                    .map(|c| Arc::clone(&c.notify));
+                if let Some(n) = notify {
+                    n.notify_waiters();
+                }
+            }
+            // The connection is gone: wake everyone so they retry (and resubscribe).
+            flag.store(false, Ordering::SeqCst);
+            for c in lock(&channels).values() {
+                c.notify.notify_waiters();
+            }
+        });
+        Ok(Hub {
+            sink,
+            alive,
+            generation,
+        })
+    }
+
+    fn release_interest(self: &Arc<Self>, channel: &str) {
+        let last = {
+            let mut map = lock(&self.channels);
+            match map.get_mut(channel) {
+                Some(c) if c.count <= 1 => {
+                    map.remove(channel);
+                    true
+                }
+                Some(c) => {
+                    c.count -= 1;
+                    false
+                }
+                None => false,
+            }
+        };
+        if last {
+            let me = Arc::clone(self);
+            let channel = channel.to_owned();
+            let Ok(rt) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            rt.spawn(async move {
+                let mut hub = me.hub.lock().await;
+                // Someone may have started waiting again meanwhile: then keep it.
+                if lock(&me.channels).contains_key(&channel) {
+                    return;
+                }
+                if let Some(h) = hub.as_mut() {
+                    let _ = tokio::time::timeout(me.timeout, h.sink.unsubscribe(&channel)).await;
+                }
+            });
+        }
+    }
+}
+
+/// Interest in one channel; keeps it subscribed while it lives.
+pub(crate) struct Subscription {
+    waiters: Arc<Waiters>,
+    channel: String,
+    notify: Arc<Notify>,
+}
+
+impl Subscription {
+    /// Resubscribes if the pub/sub connection was replaced since.
+    pub(crate) async fn ensure(&self) -> Result<()> {
+        self.waiters.ensure_subscribed(&self.channel).await
+    }
+
+    /// A future that completes on the next message on the channel (or when the pub/sub
+    /// connection drops). Registered at once, so a message arriving before it is awaited
+    /// still counts.
+    pub(crate) fn notified(&self) -> WakeFuture {
+        let mut n = Box::pin(Arc::clone(&self.notify).notified_owned());
+        n.as_mut().enable();
+        n
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.waiters.release_interest(&self.channel);
+    }
+}

@@ -1,0 +1,122 @@
+//! A server process started by a test: killed on drop, pausable, restartable.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rustix::process::{kill_process, Pid, Signal};
+
+/// A running server process. Dropping it kills the process (SIGKILL) and reaps it.
+#[derive(Debug)]
+pub struct ServerProcess {
+    name: String,
+    child: Option<Child>,
+}
+
+impl ServerProcess {
+    /// Starts `cmd` (stdout and stderr to `log`). A missing binary fails the test with
+    /// `install_hint`.
+    pub fn spawn(name: &str, mut cmd: Command, log: &Path, install_hint: &str) -> Self {
+        let out = std::fs::File::create(log).expect("create server log");
+        let err = out.try_clone().expect("clone log handle");
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        match cmd.spawn() {
+            Ok(child) => ServerProcess {
+                name: name.to_owned(),
+                child: Some(child),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                panic!("{name} is not installed ({e}): {install_hint}")
+            }
+            Err(e) => panic!("cannot start {name}: {e}"),
+        }
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// `Some(status)` if the process has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Sends SIGSTOP: the process stops answering but keeps its sockets open.
+    pub fn pause(&self) {
+        self.signal(Signal::STOP);
+    }
+
+    /// Sends SIGCONT after [`pause`](Self::pause).
+    pub fn resume(&self) {
+        self.signal(Signal::CONT);
+    }
+
+    /// Kills the process (SIGKILL) and reaps it. Idempotent.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // A stopped process dies of SIGKILL too.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn signal(&self, sig: Signal) {
+        let pid = self
+            .pid()
+            .and_then(|p| Pid::from_raw(p as i32))
+            .unwrap_or_else(|| panic!("{} is not running", self.name));
+        kill_process(pid, sig).unwrap_or_else(|e| panic!("cannot signal {}: {e}", self.name));
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `ready` every 20 ms until it returns true, for at most `limit`; otherwise
+/// `Err` with what went wrong and the tail of `log`. (A readiness probe of a starting
+/// server, not a synchronisation of the code under test.)
+pub fn wait_until(
+    what: &str,
+    limit: Duration,
+    log: &Path,
+    server: &mut ServerProcess,
+    mut ready: impl FnMut() -> bool,
+) -> Result<(), String> {
+    let start = Instant::now();
+    loop {
+        if ready() {
+            return Ok(());
+        }
+        if let Some(status) = server.exited() {
+            return Err(format!("{what}: the server exited with {status}; log:\n{}", tail(log)));
+        }
+        if start.elapsed() > limit {
+            return Err(format!("{what}: not ready within {limit:?}; log:\n{}", tail(log)));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The last 40 lines of a log file.
+pub fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Sends `request` to 127.0.0.1:`port` and returns what came back within 500 ms, if any.
+pub fn tcp_exchange(port: u16, request: &[u8]) -> Option<Vec<u8>> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    s.write_all(request).ok()?;
+    let mut buf = [0u8; 256];
+    let n = s.read(&mut buf).ok()?;
+    Some(buf[..n].to_vec())
+}

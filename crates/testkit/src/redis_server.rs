@@ -1,0 +1,156 @@
+//! Real `redis-server` processes for tests: free loopback port, temp dir, persistence on or
+//! off, killed on drop, restartable on the same port, pausable.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::ports::free_port;
+use crate::process::{tcp_exchange, wait_until, ServerProcess};
+
+/// How to install the server when it is missing.
+pub const INSTALL_HINT: &str = "install it with `apt-get install redis-server` (or run scripts/setup-deps)";
+
+/// What the server keeps across a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persistence {
+    /// Nothing: a restart starts empty (`save ""`, `appendonly no`).
+    None,
+    /// An append-only file fsynced on every write (`appendfsync always`): a kill -9 loses
+    /// nothing that was acknowledged.
+    AofAlways,
+}
+
+/// Options for [`RedisServer::start_with`].
+#[derive(Debug, Clone, Default)]
+pub struct RedisOptions {
+    /// Persistence (default none).
+    pub persistence: Option<Persistence>,
+    /// `requirepass`, if any.
+    pub password: Option<String>,
+}
+
+/// A running redis-server on 127.0.0.1.
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    options: RedisOptions,
+    process: Option<ServerProcess>,
+    starts: u32,
+}
+
+impl RedisServer {
+    /// Starts a server without persistence and without a password.
+    pub fn start() -> Self {
+        Self::start_with(RedisOptions::default())
+    }
+
+    /// Starts a server with `options` on a free port.
+    pub fn start_with(options: RedisOptions) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("fencelock-redis-")
+            .tempdir()
+            .expect("temp dir");
+        let mut server = RedisServer {
+            port: 0,
+            dir,
+            options,
+            process: None,
+            starts: 0,
+        };
+        let mut last_log = String::new();
+        for _ in 0..5 {
+            server.port = free_port();
+            match server.launch() {
+                Ok(()) => return server,
+                Err(log) => last_log = log,
+            }
+        }
+        panic!("redis-server did not start on a free port in 5 tries; last log:\n{last_log}");
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join(format!("redis-{}.log", self.starts))
+    }
+
+    /// Starts the process on `self.port`; Err(log) if it exited (e.g. the port was taken).
+    fn launch(&mut self) -> Result<(), String> {
+        self.starts += 1;
+        let mut cmd = Command::new("redis-server");
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--protected-mode",
+                "no",
+                "--save",
+                "",
+                "--daemonize",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(["--logfile", ""]);
+        match self.options.persistence.unwrap_or(Persistence::None) {
+            Persistence::None => {
+                cmd.args(["--appendonly", "no"]);
+            }
+            Persistence::AofAlways => {
+                cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
+            }
+        }
+        if let Some(pass) = &self.options.password {
+            cmd.args(["--requirepass", pass]);
+        }
+        let log = self.log_path();
+        let mut process = ServerProcess::spawn("redis-server", cmd, &log, INSTALL_HINT);
+        let port = self.port;
+        wait_until("redis-server", Duration::from_secs(10), &log, &mut process, || {
+            // Ready when it answers PING (or demands a password).
+            tcp_exchange(port, b"PING\r\n").is_some_and(|r| r.starts_with(b"+PONG") || r.starts_with(b"-NOAUTH"))
+        })?;
+        self.process = Some(process);
+        Ok(())
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://[:PASSWORD@]127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        match &self.options.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// Kills the server (SIGKILL): no shutdown save, like a crash or power loss.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+
+    /// Starts the server again on the same port and directory (kills it first if running).
+    /// Without persistence it comes back empty; with AOF it replays its log.
+    pub fn restart(&mut self) {
+        self.kill();
+        if let Err(log) = self.launch() {
+            panic!("redis-server did not restart on port {}; log:\n{log}", self.port);
+        }
+    }
+
+    /// SIGSTOP: the server stops answering but keeps its connections.
+    pub fn pause(&self) {
+        self.process.as_ref().expect("redis-server is running").pause();
+    }
+
+    /// SIGCONT after [`pause`](Self::pause).
+    pub fn resume(&self) {
+        self.process.as_ref().expect("redis-server is running").resume();
+    }
+}
