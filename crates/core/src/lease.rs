@@ -101,32 +101,40 @@ struct Shared {
     renewal: Mutex<Renewal>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Renewal {
     ttl: Duration,
     last_sent: Instant,
+    /// The last renewal failure since the last success: the reason given if the validity
+    /// runs out before a renewal succeeds.
+    last_error: Option<String>,
 }
 
 impl Shared {
-    fn renewal(&self) -> Renewal {
+    fn renewal(&self) -> std::sync::MutexGuard<'_, Renewal> {
         match self.renewal.lock() {
-            Ok(r) => *r,
-            Err(poisoned) => *poisoned.into_inner(),
+            Ok(r) => r,
+            Err(poisoned) => poisoned.into_inner(),
         }
+    }
+
+    fn expiry_reason(&self) -> LostReason {
+        self.renewal()
+            .last_error
+            .clone()
+            .map_or(LostReason::Expired, LostReason::RenewalFailed)
     }
 
     /// Records a validity obtained by a request sent at `sent`, unless a newer request's
     /// answer was already applied. Newer wins (not longer): a shorter extend must shorten.
     fn apply_validity(&self, sent: Instant, validity: Duration, ttl: Duration) {
-        let mut r = match self.renewal.lock() {
-            Ok(r) => r,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut r = self.renewal();
         if sent < r.last_sent {
             return;
         }
         r.last_sent = sent;
         r.ttl = ttl;
+        r.last_error = None;
         self.status.send_if_modified(|s| {
             if s.state.is_live() {
                 s.valid_until = sent + validity;
@@ -175,14 +183,14 @@ impl Shared {
     /// Marks an expired live lease lost; returns the current state.
     fn refresh(&self) -> LeaseStatus {
         let now = Instant::now();
-        self.status.send_if_modified(|s| {
-            if s.state.is_live() && now >= s.valid_until {
-                s.state = LeaseState::Lost(LostReason::Expired);
-                true
-            } else {
-                false
-            }
-        });
+        let expired = {
+            let s = self.status.borrow();
+            s.state.is_live() && now >= s.valid_until
+        };
+        if expired {
+            let reason = self.expiry_reason();
+            self.mark_lost(reason);
+        }
         self.status.borrow().clone()
     }
 }
@@ -255,6 +263,7 @@ impl Lease {
             renewal: Mutex::new(Renewal {
                 ttl: options.ttl(),
                 last_sent: sent_at,
+                last_error: None,
             }),
         });
         let runtime = Handle::try_current().ok();
@@ -495,7 +504,6 @@ const RENEW_RETRY_FIRST: Duration = Duration::from_millis(10);
 async fn guard(shared: Weak<Shared>, auto_renew: bool) {
     let mut retry_at: Option<Instant> = None;
     let mut failures: u32 = 0;
-    let mut last_error: Option<String> = None;
     let Some(mut rx) = shared.upgrade().map(|s| s.status.subscribe()) else {
         return;
     };
@@ -507,12 +515,12 @@ async fn guard(shared: Weak<Shared>, auto_renew: bool) {
         }
         let now = Instant::now();
         if now >= status.valid_until {
-            s.mark_lost(last_error.take().map_or(LostReason::Expired, LostReason::RenewalFailed));
+            s.mark_lost(s.expiry_reason());
             return;
         }
-        let renewal = s.renewal();
+        let last_sent = s.renewal().last_sent;
         let renew_due = if auto_renew {
-            Some(retry_at.unwrap_or(renewal.last_sent + (status.valid_until - renewal.last_sent) / 3))
+            Some(retry_at.unwrap_or(last_sent + (status.valid_until - last_sent) / 3))
         } else {
             None
         };
@@ -540,7 +548,6 @@ async fn guard(shared: Weak<Shared>, auto_renew: bool) {
                 s.apply_validity(sent, validity, ttl);
                 retry_at = None;
                 failures = 0;
-                last_error = None;
             }
             Ok(Ok(None)) => {
                 s.mark_lost(LostReason::NotHeld);
@@ -556,7 +563,7 @@ async fn guard(shared: Weak<Shared>, auto_renew: bool) {
                 let backoff = RENEW_RETRY_FIRST.saturating_mul(1u32 << failures.min(10));
                 let left = valid_until.saturating_duration_since(Instant::now());
                 retry_at = Some(Instant::now() + backoff.min(left / 4).max(Duration::from_millis(1)));
-                last_error = Some(e.to_string());
+                s.renewal().last_error = Some(e.to_string());
             }
             Err(_) => {
                 s.mark_lost(LostReason::RenewalFailed(

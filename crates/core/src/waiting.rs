@@ -48,11 +48,20 @@ impl std::fmt::Debug for Attempt {
 /// fires without end; the wait bound itself is the real limit.
 pub const MAX_ATTEMPTS: u32 = 1_000_000;
 
+/// The first pause after an attempt failed with a temporary error; it doubles up to
+/// [`RETRY_MAX`], jittered.
+pub const RETRY_FIRST: Duration = Duration::from_millis(25);
+/// The longest pause between attempts that failed with a temporary error.
+pub const RETRY_MAX: Duration = Duration::from_millis(500);
+
 /// Runs `attempt` until it acquires, waiting between attempts for its wake signal or its
 /// retry instant, for at most `opts.wait()` in all. Validates the key and options first.
 ///
 /// Each attempt is itself bounded by the time left; an attempt cut off by the deadline must
-/// be cancel safe (see [`detached`]).
+/// be cancel safe (see [`detached`]). An attempt that fails with a temporary error (the
+/// backend unreachable, say during a restart) is retried with backoff while time remains;
+/// when the wait runs out the last such error is returned rather than a timeout, so the
+/// caller learns the backend was the problem.
 pub async fn acquire_with<F, Fut>(key: &str, opts: &LockOptions, mut attempt: F) -> Result<Lease>
 where
     F: FnMut() -> Fut,
@@ -66,11 +75,27 @@ where
         key: key.to_owned(),
         waited: start.elapsed(),
     };
+    let mut last_error: Option<LockError> = None;
+    let mut backoff = RETRY_FIRST;
     for _ in 0..MAX_ATTEMPTS {
         let outcome = match tokio::time::timeout_at(deadline, attempt()).await {
-            Ok(outcome) => outcome?,
-            Err(_) => return Err(timeout()),
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) if e.is_temporary() && !e.is_timeout() => {
+                let pause = jitter(backoff);
+                backoff = (backoff * 2).min(RETRY_MAX);
+                if Instant::now() + pause >= deadline {
+                    return Err(e);
+                }
+                tracing::debug!(error = %e, ?pause, "acquire attempt failed; retrying while the wait lasts");
+                last_error = Some(e);
+                tokio::time::sleep(pause).await;
+                continue;
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(last_error.take().unwrap_or_else(timeout)),
         };
+        last_error = None;
+        backoff = RETRY_FIRST;
         match outcome {
             Attempt::Acquired(lease) => return Ok(lease),
             Attempt::Busy { wake, retry_at } => {

@@ -17,6 +17,17 @@ pub(crate) struct RedisFailure {
 impl From<RedisFailure> for LockError {
     fn from(f: RedisFailure) -> Self {
         let e = &f.source;
+        if matches!(
+            e.kind(),
+            redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::InvalidClientConfig
+        ) || e.to_string().contains("NOAUTH")
+            || e.to_string().contains("WRONGPASS")
+        {
+            return LockError::InvalidConfig {
+                message: format!("redis refused the credentials or settings: {} on {}", f.doing, f.server),
+                source: Some(Box::new(f)),
+            };
+        }
         let unreachable = e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped();
         if unreachable {
             LockError::Unavailable {

@@ -18,14 +18,9 @@ pub(crate) struct RedisGrant {
 #[async_trait]
 impl LeaseOps for RedisGrant {
     async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
-        let mut conn = self.inner.conn.clone();
-        let n: i64 = EXTEND
-            .key(self.inner.keys.lock(&self.key))
-            .arg(&self.grant)
-            .arg(ttl.as_millis() as u64)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.inner.failed("extend script", e))?;
+        let mut invocation = EXTEND.key(self.inner.keys.lock(&self.key));
+        invocation.arg(&self.grant).arg(ttl.as_millis() as u64);
+        let n: i64 = self.inner.invoke_idempotent("extend script", &invocation).await?;
         Ok((n == 1).then_some(ttl))
     }
 

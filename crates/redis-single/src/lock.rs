@@ -79,15 +79,32 @@ impl Inner {
     }
 
     pub(crate) async fn release(&self, key: &str, grant: &str) -> Result<bool> {
-        let mut conn = self.conn.clone();
-        let n: i64 = RELEASE
-            .key(self.keys.lock(key))
-            .arg(grant)
-            .arg(self.keys.channel(key))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.failed("release script", e))?;
+        let mut invocation = RELEASE.key(self.keys.lock(key));
+        invocation.arg(grant).arg(self.keys.channel(key));
+        let n: i64 = self.invoke_idempotent("release script", &invocation).await?;
         Ok(n == 1)
+    }
+
+    /// Runs a script that is safe to run twice (compare-and-act on our grant), trying once
+    /// more when the first try found the connection dropped (the first command after a
+    /// server restart does): the connection manager reconnects in between.
+    pub(crate) async fn invoke_idempotent<T: redis::FromRedisValue>(
+        &self,
+        doing: &'static str,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T> {
+        let mut conn = self.conn.clone();
+        match invocation.invoke_async(&mut conn).await {
+            Ok(v) => Ok(v),
+            Err(e) if e.is_connection_dropped() || e.is_io_error() => {
+                tracing::debug!(error = %e, "{doing}: connection dropped; trying once more");
+                invocation
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|e| self.failed(doing, e))
+            }
+            Err(e) => Err(self.failed(doing, e)),
+        }
     }
 }
 
