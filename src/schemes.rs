@@ -36,7 +36,7 @@ pub const SCHEMES: &[Scheme] = &[
     Scheme {
         names: &["redis", "rediss"],
         feature: Some("redis"),
-        compiled: false,
+        compiled: cfg!(feature = "redis"),
         form: "redis://[:PASSWORD@]HOST:PORT[/DB] (rediss:// for TLS)",
         summary: "one Redis server; fast, exclusive while that server lives and keeps its data",
     },
@@ -80,6 +80,9 @@ pub fn guarantees(scheme: &str) -> Option<fencelock_core::Guarantees> {
         "memory" => Some(fencelock_core::memory::GUARANTEES),
         #[cfg(unix)]
         "file" => Some(fencelock_core::file::GUARANTEES),
+        // Without a server at hand, the weaker promise; a connected backend knows better.
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => Some(fencelock_redis::GUARANTEES),
         _ => None,
     }
 }

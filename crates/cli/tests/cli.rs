@@ -41,12 +41,13 @@ fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-#[test]
-fn eight_processes_never_overlap_and_tokens_grow_in_entry_order() {
+/// Eight `fencelock run` processes on one key of `backend`: never two inside at once, and
+/// the tokens grow in the order they got in.
+fn assert_eight_processes_exclusive(backend: &str) {
     let dir = tempfile::tempdir().expect("temp dir");
     let work = dir.path().join("work");
     std::fs::create_dir(&work).expect("mkdir");
-    // Inside the lock: fail loudly if someone else is inside, log the token, work a little.
+    // Inside the lock: note it if someone else is inside, log the token, work a little.
     let script = r#"
         set -e
         if ! mkdir "$WORK/inside" 2>/dev/null; then echo overlap >> "$WORK/overlap"; fi
@@ -56,8 +57,20 @@ fn eight_processes_never_overlap_and_tokens_grow_in_entry_order() {
     "#;
     let children: Vec<_> = (0..8)
         .map(|_| {
-            fencelock(dir.path())
-                .args(["run", "k", "--wait", "60s", "--", "sh", "-c", script])
+            Command::new(BIN)
+                .env_remove("FENCELOCK_BACKEND")
+                .args([
+                    "--backend",
+                    backend,
+                    "run",
+                    "k",
+                    "--wait",
+                    "60s",
+                    "--",
+                    "sh",
+                    "-c",
+                    script,
+                ])
                 .env("WORK", &work)
                 .stderr(Stdio::piped())
                 .spawn()
@@ -83,6 +96,18 @@ fn eight_processes_never_overlap_and_tokens_grow_in_entry_order() {
         "tokens not increasing in entry order: {tokens:?}"
     );
     assert!(log.lines().all(|l| l.ends_with(" k")), "FENCELOCK_KEY missing: {log}");
+}
+
+#[test]
+fn eight_processes_on_files_never_overlap_and_tokens_grow() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    assert_eight_processes_exclusive(&format!("file://{}", dir.path().display()));
+}
+
+#[test]
+fn eight_processes_on_redis_never_overlap_and_tokens_grow() {
+    let server = fencelock_testkit::redis_server::RedisServer::start();
+    assert_eight_processes_exclusive(&server.url());
 }
 
 /// Holds `k` with a `fencelock run` whose command waits for stdin to close, and returns
@@ -140,7 +165,7 @@ fn a_held_lock_gives_status_75_after_the_wait() {
 
 #[test]
 fn bad_backends_and_input_fail_on_one_line_without_panic() {
-    let cases: [(&[&str], i32, &str); 6] = [
+    let cases: [(&[&str], i32, &str); 7] = [
         (
             &["--backend", "nope://x", "run", "k", "--", "true"],
             78,
@@ -158,8 +183,13 @@ fn bad_backends_and_input_fail_on_one_line_without_panic() {
         ),
         (
             &["--backend", "redis://127.0.0.1:1", "run", "k", "--", "true"],
+            69,
+            "unreachable",
+        ),
+        (
+            &["--backend", "redis://127.0.0.1:notaport", "run", "k", "--", "true"],
             78,
-            "Cargo feature `redis`",
+            "bad port",
         ),
         (&["--backend", "memory://", "run", "", "--", "true"], 64, "key is empty"),
         (
