@@ -37,7 +37,10 @@ async fn evalsha_calls(conn: &mut redis::aio::ConnectionManager) -> u64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let server = RedisServer::start();
-    let opts = LockOptions::new().with_ttl(Duration::from_secs(10)).with_wait(Duration::from_secs(30)).with_auto_renew(false);
+    let opts = LockOptions::new()
+        .with_ttl(Duration::from_secs(10))
+        .with_wait(Duration::from_secs(30))
+        .with_auto_renew(false);
 
     // The yardstick: one round trip.
     let locks = RedisLock::connect(&server.url()).await.unwrap();
@@ -110,7 +113,11 @@ async fn main() {
     println!("### Redis (single server), loopback\n");
     println!("| measure | p50 | p99 | note |");
     println!("|---|---|---|---|");
-    println!("| raw round trip (PING) | {} | {} | yardstick |", us(rtt50), us(percentile(&rtt, 0.99)));
+    println!(
+        "| raw round trip (PING) | {} | {} | yardstick |",
+        us(rtt50),
+        us(percentile(&rtt, 0.99))
+    );
     println!(
         "| uncontended acquire + release | {} | {} | {:.2} round trips; {:.0} cycles/s; server ran {per_cycle_cmds:.2} client commands per cycle |",
         us(percentile(&cycle, 0.5)),

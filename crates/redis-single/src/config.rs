@@ -12,6 +12,7 @@ use fencelock_core::{LockError, Result};
 /// | `prefix` | `fencelock:` | prefix of every Redis key and channel the backend uses |
 /// | `timeout` | `1s` | the longest wait for one reply; a slower server is "unavailable" |
 /// | `connect_timeout` | `1s` | the longest wait for a connection |
+/// | `ca_file` | system roots | (`rediss://` only) a PEM file of the CA that signed the server's certificate |
 /// | `poll` | `500ms` | the fallback re-check of a waiter, jittered to 50–100 %, in case a release message is lost (never longer than the holder's remaining TTL) |
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
@@ -27,6 +28,8 @@ pub struct RedisConfig {
     pub connect_timeout: Duration,
     /// Fallback poll interval for waiters.
     pub poll: Duration,
+    /// For `rediss://`: the CA certificate (PEM) to trust instead of the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl RedisConfig {
@@ -65,6 +68,7 @@ impl RedisConfig {
             timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
             poll: Duration::from_millis(500),
+            ca_file: None,
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -74,9 +78,11 @@ impl RedisConfig {
                 "timeout" => cfg.timeout = duration()?,
                 "connect_timeout" => cfg.connect_timeout = duration()?,
                 "poll" => cfg.poll = duration()?,
+                "ca_file" if base.starts_with("rediss://") => cfg.ca_file = Some(v.into()),
+                "ca_file" => return Err(bad("ca_file needs rediss:// (TLS)".into())),
                 _ => {
                     return Err(bad(format!(
-                        "unknown option `{k}` (the redis backend takes prefix, timeout, connect_timeout, poll)"
+                        "unknown option `{k}` (the redis backend takes prefix, timeout, connect_timeout, poll, ca_file)"
                     )))
                 }
             }

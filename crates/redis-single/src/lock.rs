@@ -146,10 +146,7 @@ impl RedisLock {
 
     /// Connects with explicit options.
     pub async fn connect_with(cfg: RedisConfig) -> Result<Self> {
-        let client = redis::Client::open(cfg.client_url.as_str()).map_err(|e| LockError::InvalidConfig {
-            message: format!("`{}` is not a valid Redis URL", cfg.server()),
-            source: Some(Box::new(e)),
-        })?;
+        let client = open_client(&cfg)?;
         let manager_cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.connect_timeout))
             .set_response_timeout(Some(cfg.timeout))
@@ -289,6 +286,32 @@ impl RedisLock {
             }
         }
     }
+}
+
+/// The client for the URL; for `rediss://`, with ring as the crypto provider (unless the
+/// process installed one) and the configured CA.
+fn open_client(cfg: &RedisConfig) -> Result<redis::Client> {
+    let invalid = |e: redis::RedisError| LockError::InvalidConfig {
+        message: format!("`{}` is not a valid Redis URL", cfg.server()),
+        source: Some(Box::new(e)),
+    };
+    #[cfg(feature = "tls")]
+    if cfg.client_url.starts_with("rediss://") {
+        // Err means another provider is already installed: use that one.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        if let Some(path) = &cfg.ca_file {
+            let root_cert = std::fs::read(path).map_err(|e| LockError::InvalidConfig {
+                message: format!("cannot read ca_file {}", path.display()),
+                source: Some(Box::new(e)),
+            })?;
+            let certs = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root_cert),
+            };
+            return redis::Client::build_with_tls(cfg.client_url.as_str(), certs).map_err(invalid);
+        }
+    }
+    redis::Client::open(cfg.client_url.as_str()).map_err(invalid)
 }
 
 /// `true` when the server fsyncs every write, so the token counter survives a crash.

@@ -255,3 +255,28 @@ async fn uncontended_acquire_and_release_cost_one_round_trip_each() {
         .collect();
     assert!(stray.is_empty(), "commands beyond the two scripts: {stray:?}");
 }
+
+#[cfg(feature = "tls")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_password_and_a_private_ca() {
+    let server = RedisServer::start_with(RedisOptions {
+        password: Some("s3cret".into()),
+        tls: true,
+        ..Default::default()
+    });
+    let url = server.url();
+    assert!(url.starts_with("rediss://"), "{url}");
+    let locks = RedisLock::connect(&url).await.expect("connect over TLS");
+    let lease = locks.acquire("k", &opts(1000)).await.unwrap();
+    assert!(locks.try_acquire("k", &opts(1000)).await.unwrap().is_none());
+    lease.release().await.unwrap();
+    // Without the CA the server's certificate is not trusted: a clear error, no panic.
+    let untrusted = url.split_once('?').unwrap().0.to_owned();
+    assert!(RedisLock::connect(&untrusted).await.is_err());
+    // Plain text to a TLS-only port fails too.
+    let plain = format!(
+        "redis://:s3cret@127.0.0.1:{}?timeout=300ms&connect_timeout=300ms",
+        server.port()
+    );
+    assert!(RedisLock::connect(&plain).await.is_err());
+}

@@ -37,3 +37,4 @@ pub mod overlap;
 pub mod ports;
 pub mod process;
 pub mod redis_server;
+pub mod tls;

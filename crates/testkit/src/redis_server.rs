@@ -28,6 +28,9 @@ pub struct RedisOptions {
     pub persistence: Option<Persistence>,
     /// `requirepass`, if any.
     pub password: Option<String>,
+    /// Serve TLS only (certificates from [`crate::tls::make_certs`]); the URL is then
+    /// `rediss://…?ca_file=…`.
+    pub tls: bool,
 }
 
 /// A running redis-server on 127.0.0.1.
@@ -38,6 +41,7 @@ pub struct RedisServer {
     options: RedisOptions,
     process: Option<ServerProcess>,
     starts: u32,
+    certs: Option<crate::tls::TestCerts>,
 }
 
 impl RedisServer {
@@ -52,12 +56,14 @@ impl RedisServer {
             .prefix("fencelock-redis-")
             .tempdir()
             .expect("temp dir");
+        let certs = options.tls.then(|| crate::tls::make_certs(dir.path()));
         let mut server = RedisServer {
             port: 0,
             dir,
             options,
             process: None,
             starts: 0,
+            certs,
         };
         let mut last_log = String::new();
         for _ in 0..5 {
@@ -78,21 +84,35 @@ impl RedisServer {
     fn launch(&mut self) -> Result<(), String> {
         self.starts += 1;
         let mut cmd = Command::new("redis-server");
-        cmd.arg("--port")
-            .arg(self.port.to_string())
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--protected-mode",
-                "no",
-                "--save",
-                "",
-                "--daemonize",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .args(["--logfile", ""]);
+        match &self.certs {
+            None => {
+                cmd.arg("--port").arg(self.port.to_string());
+            }
+            Some(c) => {
+                cmd.args(["--port", "0", "--tls-port"])
+                    .arg(self.port.to_string())
+                    .arg("--tls-cert-file")
+                    .arg(&c.server_cert)
+                    .arg("--tls-key-file")
+                    .arg(&c.server_key)
+                    .arg("--tls-ca-cert-file")
+                    .arg(&c.ca_cert)
+                    .args(["--tls-auth-clients", "no"]);
+            }
+        }
+        cmd.args([
+            "--bind",
+            "127.0.0.1",
+            "--protected-mode",
+            "no",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(self.dir.path())
+        .args(["--logfile", ""]);
         match self.options.persistence.unwrap_or(Persistence::None) {
             Persistence::None => {
                 cmd.args(["--appendonly", "no"]);
@@ -107,9 +127,16 @@ impl RedisServer {
         let log = self.log_path();
         let mut process = ServerProcess::spawn("redis-server", cmd, &log, INSTALL_HINT);
         let port = self.port;
+        let tls = self.certs.is_some();
+        let log_for_probe = log.clone();
         wait_until("redis-server", Duration::from_secs(10), &log, &mut process, || {
-            // Ready when it answers PING (or demands a password).
-            tcp_exchange(port, b"PING\r\n").is_some_and(|r| r.starts_with(b"+PONG") || r.starts_with(b"-NOAUTH"))
+            if tls {
+                // A TLS port does not answer plain text: trust the server's own word.
+                std::fs::read_to_string(&log_for_probe).is_ok_and(|l| l.contains("Ready to accept connections"))
+            } else {
+                // Ready when it answers PING (or demands a password).
+                tcp_exchange(port, b"PING\r\n").is_some_and(|r| r.starts_with(b"+PONG") || r.starts_with(b"-NOAUTH"))
+            }
         })?;
         self.process = Some(process);
         Ok(())
@@ -120,11 +147,17 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://[:PASSWORD@]127.0.0.1:PORT`.
+    /// `redis://[:PASSWORD@]127.0.0.1:PORT`, or `rediss://…?ca_file=CA` with TLS.
     pub fn url(&self) -> String {
-        match &self.options.password {
-            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
-            None => format!("redis://127.0.0.1:{}", self.port),
+        let auth = self
+            .options
+            .password
+            .as_ref()
+            .map(|p| format!(":{p}@"))
+            .unwrap_or_default();
+        match &self.certs {
+            Some(c) => format!("rediss://{auth}127.0.0.1:{}?ca_file={}", self.port, c.ca_cert.display()),
+            None => format!("redis://{auth}127.0.0.1:{}", self.port),
         }
     }
 
