@@ -44,7 +44,7 @@ async fn main() {
 
     // The yardstick: one round trip.
     let locks = RedisLock::connect(&server.url()).await.unwrap();
-    let mut conn = locks.connection();
+    let mut conn = locks.connection().await.unwrap();
     let mut rtt = Vec::new();
     for _ in 0..3000 {
         let t = Instant::now();

@@ -17,7 +17,7 @@ use crate::scripts::FENCED_WRITE;
 /// # async fn demo() -> fencelock_core::Result<()> {
 /// use fencelock_core::{DistributedLock, LockOptions};
 /// let locks = fencelock_redis::RedisLock::connect("redis://127.0.0.1:6379").await?;
-/// let store = fencelock_redis::RedisFencedStore::new(&locks);
+/// let store = fencelock_redis::RedisFencedStore::new(&locks).await?;
 /// let lease = locks.acquire("balance", &LockOptions::new()).await?;
 /// store.write("balance", &lease.fence(), b"42").await?; // Err(Fenced) if stale
 /// lease.release().await?;
@@ -40,12 +40,12 @@ impl std::fmt::Debug for RedisFencedStore {
 
 impl RedisFencedStore {
     /// A store on the same server and connection as `lock`, under its key prefix.
-    pub fn new(lock: &crate::RedisLock) -> Self {
-        RedisFencedStore {
-            conn: lock.connection(),
+    pub async fn new(lock: &crate::RedisLock) -> Result<Self> {
+        Ok(RedisFencedStore {
+            conn: lock.connection().await?,
             prefix: lock.config().prefix.clone(),
             server: lock.config().server().to_owned(),
-        }
+        })
     }
 
     fn keys(&self, resource: &str) -> (String, String) {

@@ -1,16 +1,14 @@
 //! One grant on the server: extend and release by compare-and-act on our grant id.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use fencelock_core::{LeaseOps, Result};
 
-use crate::lock::Inner;
-use crate::scripts::EXTEND;
+use crate::node::RedisNode;
 
 pub(crate) struct RedisGrant {
-    pub inner: Arc<Inner>,
+    pub node: RedisNode,
     pub key: String,
     pub grant: String,
 }
@@ -18,13 +16,10 @@ pub(crate) struct RedisGrant {
 #[async_trait]
 impl LeaseOps for RedisGrant {
     async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
-        let mut invocation = EXTEND.key(self.inner.keys.lock(&self.key));
-        invocation.arg(&self.grant).arg(ttl.as_millis() as u64);
-        let n: i64 = self.inner.invoke_idempotent("extend script", &invocation).await?;
-        Ok((n == 1).then_some(ttl))
+        Ok(self.node.extend(&self.key, &self.grant, ttl).await?.then_some(ttl))
     }
 
     async fn release(&self) -> Result<bool> {
-        self.inner.release(&self.key, &self.grant).await
+        self.node.release(&self.key, &self.grant).await
     }
 }

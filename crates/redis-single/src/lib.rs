@@ -34,9 +34,11 @@ mod error;
 mod fence;
 mod grant;
 mod lock;
+mod node;
 mod scripts;
 mod waiters;
 
 pub use config::RedisConfig;
 pub use fence::RedisFencedStore;
 pub use lock::{RedisLock, GUARANTEES, GUARANTEES_DURABLE};
+pub use node::{NodeGrant, NodeSubscription, RedisNode};

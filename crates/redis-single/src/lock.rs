@@ -7,17 +7,16 @@ use async_trait::async_trait;
 use fencelock_core::options::validate_key;
 use fencelock_core::waiting::{acquire_with, detached, jitter, Attempt};
 use fencelock_core::{
-    DistributedLock, Exclusion, FencingToken, GrantId, Guarantees, Lease, LeaseParts, LockError, LockOptions, Result,
-    Scope, TokenOrder,
+    DistributedLock, Exclusion, FencingToken, GrantId, Guarantees, Lease, LeaseParts, LockOptions, Result, Scope,
+    TokenOrder,
 };
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use tokio::time::Instant;
 
 use crate::config::RedisConfig;
-use crate::error::{failed, BACKEND};
+use crate::error::BACKEND;
 use crate::grant::RedisGrant;
-use crate::scripts::{ACQUIRE, RELEASE};
-use crate::waiters::{Subscription, Waiters};
+use crate::node::{NodeGrant, NodeSubscription, RedisNode};
 
 /// What the backend promises when the server persists every write (`appendonly yes`,
 /// `appendfsync always`), so the token counter survives a crash or restart.
@@ -47,71 +46,10 @@ pub const GUARANTEES: Guarantees = Guarantees {
     ],
 };
 
-/// Redis keys and channels of one lock key. The `{KEY}` hash tag keeps them on one slot.
-#[derive(Debug, Clone)]
-pub(crate) struct Keys {
-    prefix: String,
-}
-
-impl Keys {
-    pub(crate) fn lock(&self, key: &str) -> String {
-        format!("{}{{{key}}}:lock", self.prefix)
-    }
-    fn counter(&self, key: &str) -> String {
-        format!("{}{{{key}}}:token", self.prefix)
-    }
-    pub(crate) fn channel(&self, key: &str) -> String {
-        format!("{}{{{key}}}:released", self.prefix)
-    }
-}
-
-pub(crate) struct Inner {
-    pub(crate) conn: ConnectionManager,
-    pub(crate) keys: Keys,
-    pub(crate) cfg: RedisConfig,
-    waiters: Arc<Waiters>,
-    guarantees: Guarantees,
-}
-
-impl Inner {
-    pub(crate) fn failed(&self, doing: &'static str, e: redis::RedisError) -> LockError {
-        failed(doing, self.cfg.server(), e)
-    }
-
-    pub(crate) async fn release(&self, key: &str, grant: &str) -> Result<bool> {
-        let mut invocation = RELEASE.key(self.keys.lock(key));
-        invocation.arg(grant).arg(self.keys.channel(key));
-        let n: i64 = self.invoke_idempotent("release script", &invocation).await?;
-        Ok(n == 1)
-    }
-
-    /// Runs a script that is safe to run twice (compare-and-act on our grant), trying once
-    /// more when the first try found the connection dropped (the first command after a
-    /// server restart does): the connection manager reconnects in between.
-    pub(crate) async fn invoke_idempotent<T: redis::FromRedisValue>(
-        &self,
-        doing: &'static str,
-        invocation: &redis::ScriptInvocation<'_>,
-    ) -> Result<T> {
-        let mut conn = self.conn.clone();
-        match invocation.invoke_async(&mut conn).await {
-            Ok(v) => Ok(v),
-            Err(e) if e.is_connection_dropped() || e.is_io_error() => {
-                tracing::debug!(error = %e, "{doing}: connection dropped; trying once more");
-                invocation
-                    .invoke_async(&mut conn)
-                    .await
-                    .map_err(|e| self.failed(doing, e))
-            }
-            Err(e) => Err(self.failed(doing, e)),
-        }
-    }
-}
-
 enum Outcome {
     Granted(Lease),
-    /// Held by someone else for this many more milliseconds (-1: no TTL on the key).
-    Busy(i64),
+    /// Held by someone else for this many more milliseconds (`None`: no TTL on the key).
+    Busy(Option<u64>),
 }
 
 /// The single-instance Redis lock service.
@@ -125,17 +63,10 @@ enum Outcome {
 /// lease.release().await?;
 /// # Ok(()) }
 /// ```
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct RedisLock {
-    inner: Arc<Inner>,
-}
-
-impl std::fmt::Debug for RedisLock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisLock")
-            .field("server", &self.inner.cfg.server())
-            .finish_non_exhaustive()
-    }
+    node: RedisNode,
+    guarantees: Guarantees,
 }
 
 impl RedisLock {
@@ -146,94 +77,46 @@ impl RedisLock {
 
     /// Connects with explicit options.
     pub async fn connect_with(cfg: RedisConfig) -> Result<Self> {
-        let client = open_client(&cfg)?;
-        let manager_cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(cfg.connect_timeout))
-            .set_response_timeout(Some(cfg.timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(Duration::from_millis(100));
-        let bound = cfg.connect_timeout * 3 + cfg.timeout;
-        let mut conn =
-            match tokio::time::timeout(bound, ConnectionManager::new_with_config(client.clone(), manager_cfg)).await {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => return Err(failed("connecting", cfg.server(), e)),
-                Err(_) => {
-                    return Err(LockError::Unavailable {
-                        message: format!("redis unreachable: no connection to {} within {bound:?}", cfg.server()),
-                        source: None,
-                    })
-                }
-            };
-        let guarantees = if persists_every_write(&mut conn).await {
+        let node = RedisNode::connect(cfg).await?;
+        let guarantees = if node.persists_every_write().await {
             GUARANTEES_DURABLE
         } else {
             GUARANTEES
         };
-        let waiters = Arc::new(Waiters::new(
-            client,
-            cfg.server().to_owned(),
-            cfg.timeout.max(cfg.connect_timeout),
-        ));
-        let keys = Keys {
-            prefix: cfg.prefix.clone(),
-        };
-        Ok(RedisLock {
-            inner: Arc::new(Inner {
-                conn,
-                keys,
-                cfg,
-                waiters,
-                guarantees,
-            }),
-        })
+        Ok(RedisLock { node, guarantees })
     }
 
     /// The connection, e.g. for a [`RedisFencedStore`](crate::RedisFencedStore) on the
     /// same server.
-    pub fn connection(&self) -> ConnectionManager {
-        self.inner.conn.clone()
+    pub async fn connection(&self) -> Result<ConnectionManager> {
+        self.node.connection().await
     }
 
     /// The options in use.
     pub fn config(&self) -> &RedisConfig {
-        &self.inner.cfg
+        self.node.config()
+    }
+
+    /// The server as a [`RedisNode`].
+    pub fn node(&self) -> &RedisNode {
+        &self.node
     }
 
     /// One acquire script call, in its own task (cancel safety: a grant that lands after
     /// the caller gave up is released by the lease's drop there).
     async fn grant(&self, key: &str, opts: &LockOptions) -> Result<Outcome> {
-        let inner = Arc::clone(&self.inner);
+        let node = self.node.clone();
         let (key, opts) = (key.to_owned(), *opts);
         detached(BACKEND, async move {
             let grant = GrantId::random();
             let sent_at = Instant::now();
-            let mut conn = inner.conn.clone();
-            let reply: std::result::Result<(i64, i64), _> = ACQUIRE
-                .key(inner.keys.lock(&key))
-                .key(inner.keys.counter(&key))
-                .arg(grant.as_str())
-                .arg(opts.ttl().as_millis() as u64)
-                .invoke_async(&mut conn)
-                .await;
-            let (granted, n) = match reply {
-                Ok(r) => r,
-                Err(e) => {
-                    // The script may have run without our hearing back: free our grant if so.
-                    let (inner2, key2, grant2) = (Arc::clone(&inner), key.clone(), grant.to_string());
-                    tokio::spawn(async move {
-                        let _ = inner2.release(&key2, &grant2).await;
-                    });
-                    return Err(inner.failed("acquire script", e));
-                }
+            let token = match node.try_grant(&key, &grant, opts.ttl(), Duration::ZERO).await? {
+                NodeGrant::Granted(token) => FencingToken::new(token),
+                NodeGrant::Busy(pttl) => return Ok(Outcome::Busy(pttl)),
             };
-            if granted != 1 {
-                return Ok(Outcome::Busy(n));
-            }
-            let token = FencingToken::new(u64::try_from(n).unwrap_or(0));
             tracing::debug!(%key, %token, "granted");
             let ops = Arc::new(RedisGrant {
-                inner: Arc::clone(&inner),
+                node,
                 key: key.clone(),
                 grant: grant.to_string(),
             });
@@ -257,7 +140,7 @@ impl RedisLock {
         &self,
         key: &str,
         opts: &LockOptions,
-        sub: &tokio::sync::Mutex<Option<Subscription>>,
+        sub: &tokio::sync::Mutex<Option<NodeSubscription>>,
     ) -> Result<Attempt> {
         let mut sub = sub.lock().await;
         let wake = match sub.as_ref() {
@@ -270,15 +153,15 @@ impl RedisLock {
         match self.grant(key, opts).await? {
             Outcome::Granted(lease) => Ok(Attempt::Acquired(lease)),
             Outcome::Busy(_) if sub.is_none() => {
-                *sub = Some(self.inner.waiters.subscribe(&self.inner.keys.channel(key)).await?);
+                *sub = Some(self.node.subscribe(key).await?);
                 Ok(Attempt::Busy {
                     wake: None,
                     retry_at: Some(Instant::now()),
                 })
             }
             Outcome::Busy(pttl_ms) => {
-                let fallback = jitter(self.inner.cfg.poll);
-                let until_expiry = u64::try_from(pttl_ms).map_or(fallback, Duration::from_millis);
+                let fallback = jitter(self.node.config().poll);
+                let until_expiry = pttl_ms.map_or(fallback, Duration::from_millis);
                 Ok(Attempt::Busy {
                     wake,
                     retry_at: Some(Instant::now() + fallback.min(until_expiry)),
@@ -286,42 +169,6 @@ impl RedisLock {
             }
         }
     }
-}
-
-/// The client for the URL; for `rediss://`, with ring as the crypto provider (unless the
-/// process installed one) and the configured CA.
-fn open_client(cfg: &RedisConfig) -> Result<redis::Client> {
-    let invalid = |e: redis::RedisError| LockError::InvalidConfig {
-        message: format!("`{}` is not a valid Redis URL", cfg.server()),
-        source: Some(Box::new(e)),
-    };
-    #[cfg(feature = "tls")]
-    if cfg.client_url.starts_with("rediss://") {
-        // Err means another provider is already installed: use that one.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        if let Some(path) = &cfg.ca_file {
-            let root_cert = std::fs::read(path).map_err(|e| LockError::InvalidConfig {
-                message: format!("cannot read ca_file {}", path.display()),
-                source: Some(Box::new(e)),
-            })?;
-            let certs = redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(root_cert),
-            };
-            return redis::Client::build_with_tls(cfg.client_url.as_str(), certs).map_err(invalid);
-        }
-    }
-    redis::Client::open(cfg.client_url.as_str()).map_err(invalid)
-}
-
-/// `true` when the server fsyncs every write, so the token counter survives a crash.
-async fn persists_every_write(conn: &mut ConnectionManager) -> bool {
-    async fn get(conn: &mut ConnectionManager, name: &str) -> Option<String> {
-        let pair: Vec<String> = redis::cmd("CONFIG").arg("GET").arg(name).query_async(conn).await.ok()?;
-        pair.get(1).cloned()
-    }
-    get(conn, "appendonly").await.as_deref() == Some("yes")
-        && get(conn, "appendfsync").await.as_deref() == Some("always")
 }
 
 #[async_trait]
@@ -343,10 +190,10 @@ impl DistributedLock for RedisLock {
     }
 
     fn guarantees(&self) -> Guarantees {
-        self.inner.guarantees.clone()
+        self.guarantees.clone()
     }
 
     fn describe(&self) -> String {
-        self.inner.cfg.server().to_owned()
+        self.node.server().to_owned()
     }
 }

@@ -4,11 +4,32 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// KEYS: lock, counter. ARGV: grant id, ttl ms.
-/// Returns `{1, token}` when granted, `{0, pttl}` when someone holds the lock.
+/// KEYS: lock, counter, boot marker. ARGV: grant id, ttl ms, restart delay ms.
+/// Returns `{1, token}` when granted, `{0, ms}` when not: someone holds the lock for `ms`
+/// more (PTTL), or the node is still inside its restart delay for `ms` more.
+///
+/// The restart delay (Redlock's "delayed restart", 0 = off): a node that has no boot marker
+/// has started empty — new, or restarted without persistence — and may have forgotten
+/// locks it granted. It sets the marker (server `TIME`) and refuses every grant until the
+/// delay has passed, so a lock it forgot has expired everywhere else by then. With
+/// persistence the marker survives a restart, and so do the locks: no delay is needed.
 pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
+local delay = tonumber(ARGV[3])
+if delay > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local boot = redis.call('GET', KEYS[3])
+  if not boot then
+    redis.call('SET', KEYS[3], now)
+    return {0, delay}
+  end
+  local age = now - tonumber(boot)
+  if age < delay then
+    return {0, delay - age}
+  end
+end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {1, redis.call('INCR', KEYS[2])}
 end

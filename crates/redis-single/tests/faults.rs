@@ -179,7 +179,7 @@ async fn passwords_in_the_url_are_used_and_wrong_ones_are_config_errors() {
 async fn the_fenced_store_refuses_a_paused_holders_late_write() {
     let server = RedisServer::start();
     let locks = RedisLock::connect(&server.url()).await.unwrap();
-    let store = RedisFencedStore::new(&locks);
+    let store = RedisFencedStore::new(&locks).await.unwrap();
     let short = opts(300).with_auto_renew(false);
     let stale = locks.acquire("acct", &short).await.unwrap();
     assert_eq!(
@@ -234,7 +234,7 @@ async fn uncontended_acquire_and_release_cost_one_round_trip_each() {
     let locks = RedisLock::connect(&server.url()).await.unwrap();
     let o = opts(10_000).with_auto_renew(false);
     locks.acquire("warm", &o).await.unwrap().release().await.unwrap(); // loads the scripts
-    let mut admin = locks.connection();
+    let mut admin = locks.connection().await.unwrap();
     let _: () = redis::cmd("CONFIG")
         .arg("RESETSTAT")
         .query_async(&mut admin)

@@ -1,0 +1,285 @@
+//! [`RedisNode`]: one Redis server as the lock backends use it — the scripts, the release
+//! channel, the connection. The single-server backend uses one; Redlock uses N.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fencelock_core::waiting::WakeFuture;
+use fencelock_core::{GrantId, LockError, Result};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::config::RedisConfig;
+use crate::error::failed;
+use crate::scripts::{ACQUIRE, EXTEND, RELEASE};
+use crate::waiters::{Subscription, Waiters};
+
+/// What a node answered to an acquire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeGrant {
+    /// Granted; the node's token counter for the key is now this.
+    Granted(u64),
+    /// Held by another grant for this many more milliseconds (`None`: the key has no TTL).
+    Busy(Option<u64>),
+}
+
+/// Redis keys and channels of one lock key. The `{KEY}` hash tag keeps them on one slot.
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    pub(crate) prefix: String,
+}
+
+impl Keys {
+    pub(crate) fn lock(&self, key: &str) -> String {
+        format!("{}{{{key}}}:lock", self.prefix)
+    }
+    pub(crate) fn counter(&self, key: &str) -> String {
+        format!("{}{{{key}}}:token", self.prefix)
+    }
+    pub(crate) fn channel(&self, key: &str) -> String {
+        format!("{}{{{key}}}:released", self.prefix)
+    }
+    pub(crate) fn boot(&self) -> String {
+        format!("{}boot", self.prefix)
+    }
+}
+
+/// One Redis server. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct RedisNode {
+    inner: Arc<NodeInner>,
+}
+
+struct NodeInner {
+    client: redis::Client,
+    cfg: RedisConfig,
+    keys: Keys,
+    conn: tokio::sync::Mutex<Option<ConnectionManager>>,
+    waiters: Arc<Waiters>,
+}
+
+impl std::fmt::Debug for RedisNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisNode")
+            .field("server", &self.inner.cfg.server())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisNode {
+    /// A node that connects on first use (and again after a failed connect), each attempt
+    /// bounded by the connect timeout: a dead node costs at most that per operation.
+    pub fn lazy(cfg: RedisConfig) -> Result<Self> {
+        let client = open_client(&cfg)?;
+        let waiters = Arc::new(Waiters::new(
+            client.clone(),
+            cfg.server().to_owned(),
+            cfg.timeout.max(cfg.connect_timeout),
+        ));
+        let keys = Keys {
+            prefix: cfg.prefix.clone(),
+        };
+        Ok(RedisNode {
+            inner: Arc::new(NodeInner {
+                client,
+                cfg,
+                keys,
+                conn: tokio::sync::Mutex::new(None),
+                waiters,
+            }),
+        })
+    }
+
+    /// A node connected now: fails with `Unavailable` when the server cannot be reached.
+    pub async fn connect(cfg: RedisConfig) -> Result<Self> {
+        let node = Self::lazy(cfg)?;
+        node.connection().await?;
+        Ok(node)
+    }
+
+    /// The options of this node.
+    pub fn config(&self) -> &RedisConfig {
+        &self.inner.cfg
+    }
+
+    /// The server, for messages (no password).
+    pub fn server(&self) -> &str {
+        self.inner.cfg.server()
+    }
+
+    /// The connection, connecting if there is none yet.
+    pub async fn connection(&self) -> Result<ConnectionManager> {
+        let mut slot = self.inner.conn.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let cfg = &self.inner.cfg;
+        let manager_cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(cfg.connect_timeout))
+            .set_response_timeout(Some(cfg.timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(100));
+        let bound = cfg.connect_timeout * 2 + cfg.timeout;
+        let connecting = ConnectionManager::new_with_config(self.inner.client.clone(), manager_cfg);
+        let conn = match tokio::time::timeout(bound, connecting).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(failed("connecting", cfg.server(), e)),
+            Err(_) => {
+                return Err(LockError::Unavailable {
+                    message: format!("redis unreachable: no connection to {} within {bound:?}", cfg.server()),
+                    source: None,
+                })
+            }
+        };
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    fn failed(&self, doing: &'static str, e: redis::RedisError) -> LockError {
+        failed(doing, self.server(), e)
+    }
+
+    /// Runs a script that is safe to run twice (compare-and-act on our grant), trying once
+    /// more when the first try found the connection dropped (the first command after a
+    /// server restart does): the connection manager reconnects in between.
+    async fn invoke_idempotent<T: redis::FromRedisValue>(
+        &self,
+        doing: &'static str,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T> {
+        let mut conn = self.connection().await?;
+        match invocation.invoke_async(&mut conn).await {
+            Ok(v) => Ok(v),
+            Err(e) if e.is_connection_dropped() || e.is_io_error() => {
+                tracing::debug!(error = %e, "{doing}: connection dropped; trying once more");
+                invocation
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|e| self.failed(doing, e))
+            }
+            Err(e) => Err(self.failed(doing, e)),
+        }
+    }
+
+    /// One acquire script: `SET NX PX` and, when set, `INCR` of the key's counter. With a
+    /// `restart_delay`, a node whose boot marker is younger than that refuses (see
+    /// [`ACQUIRE`]'s docs) and answers busy for the rest of the delay.
+    ///
+    /// Not retried on a dropped connection (it is not idempotent: the counter would grow
+    /// twice); when the answer is lost, a release of `grant` is sent in the background, so
+    /// an unheard grant does not block others for a whole TTL.
+    pub async fn try_grant(
+        &self,
+        key: &str,
+        grant: &GrantId,
+        ttl: Duration,
+        restart_delay: Duration,
+    ) -> Result<NodeGrant> {
+        let mut conn = self.connection().await?;
+        let reply: std::result::Result<(i64, i64), _> = ACQUIRE
+            .key(self.inner.keys.lock(key))
+            .key(self.inner.keys.counter(key))
+            .key(self.inner.keys.boot())
+            .arg(grant.as_str())
+            .arg(ttl.as_millis() as u64)
+            .arg(restart_delay.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await;
+        match reply {
+            Ok((1, token)) => Ok(NodeGrant::Granted(u64::try_from(token).unwrap_or(0))),
+            Ok((_, pttl)) => Ok(NodeGrant::Busy(u64::try_from(pttl).ok())),
+            Err(e) => {
+                let (node, key, grant) = (self.clone(), key.to_owned(), grant.to_string());
+                tokio::spawn(async move {
+                    let _ = node.release(&key, &grant).await;
+                });
+                Err(self.failed("acquire script", e))
+            }
+        }
+    }
+
+    /// Sets a new TTL if the key still holds `grant`; `false` if it does not.
+    pub async fn extend(&self, key: &str, grant: &str, ttl: Duration) -> Result<bool> {
+        let mut invocation = EXTEND.key(self.inner.keys.lock(key));
+        invocation.arg(grant).arg(ttl.as_millis() as u64);
+        let n: i64 = self.invoke_idempotent("extend script", &invocation).await?;
+        Ok(n == 1)
+    }
+
+    /// Deletes the key if it holds `grant`, and announces it; `false` if it did not hold it.
+    pub async fn release(&self, key: &str, grant: &str) -> Result<bool> {
+        let mut invocation = RELEASE.key(self.inner.keys.lock(key));
+        invocation.arg(grant).arg(self.inner.keys.channel(key));
+        let n: i64 = self.invoke_idempotent("release script", &invocation).await?;
+        Ok(n == 1)
+    }
+
+    /// Subscribes to the key's release channel (shared with every other waiter here).
+    pub async fn subscribe(&self, key: &str) -> Result<NodeSubscription> {
+        let sub = self.inner.waiters.subscribe(&self.inner.keys.channel(key)).await?;
+        Ok(NodeSubscription { sub })
+    }
+
+    /// `true` when the server fsyncs every write (`appendonly yes`, `appendfsync always`),
+    /// so its token counters survive a crash. Asks the server; `false` when it cannot.
+    pub async fn persists_every_write(&self) -> bool {
+        let Ok(mut conn) = self.connection().await else {
+            return false;
+        };
+        async fn get(conn: &mut ConnectionManager, name: &str) -> Option<String> {
+            let pair: Vec<String> = redis::cmd("CONFIG").arg("GET").arg(name).query_async(conn).await.ok()?;
+            pair.get(1).cloned()
+        }
+        get(&mut conn, "appendonly").await.as_deref() == Some("yes")
+            && get(&mut conn, "appendfsync").await.as_deref() == Some("always")
+    }
+}
+
+/// A subscription to one key's release channel on one node.
+pub struct NodeSubscription {
+    sub: Subscription,
+}
+
+impl std::fmt::Debug for NodeSubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeSubscription").finish_non_exhaustive()
+    }
+}
+
+impl NodeSubscription {
+    /// Resubscribes if the pub/sub connection was replaced since.
+    pub async fn ensure(&self) -> Result<()> {
+        self.sub.ensure().await
+    }
+
+    /// Completes on the next release message (registered at once).
+    pub fn notified(&self) -> WakeFuture {
+        self.sub.notified()
+    }
+}
+
+/// The client for the URL; for `rediss://`, with ring as the crypto provider (unless the
+/// process installed one) and the configured CA.
+fn open_client(cfg: &RedisConfig) -> Result<redis::Client> {
+    let invalid = |e: redis::RedisError| LockError::InvalidConfig {
+        message: format!("`{}` is not a valid Redis URL", cfg.server()),
+        source: Some(Box::new(e)),
+    };
+    #[cfg(feature = "tls")]
+    if cfg.client_url.starts_with("rediss://") {
+        // Err means another provider is already installed: use that one.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        if let Some(path) = &cfg.ca_file {
+            let root_cert = std::fs::read(path).map_err(|e| LockError::InvalidConfig {
+                message: format!("cannot read ca_file {}", path.display()),
+                source: Some(Box::new(e)),
+            })?;
+            let certs = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root_cert),
+            };
+            return redis::Client::build_with_tls(cfg.client_url.as_str(), certs).map_err(invalid);
+        }
+    }
+    redis::Client::open(cfg.client_url.as_str()).map_err(invalid)
+}
