@@ -187,3 +187,20 @@ impl RedisServer {
         self.process.as_ref().expect("redis-server is running").resume();
     }
 }
+
+/// `redlock://127.0.0.1:P1,127.0.0.1:P2,...` for independent servers (no password, no
+/// TLS), followed by `query` when it is not empty.
+pub fn redlock_url(servers: &[RedisServer], query: &str) -> String {
+    let hosts: Vec<String> = servers.iter().map(|s| format!("127.0.0.1:{}", s.port())).collect();
+    let q = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{query}")
+    };
+    format!("redlock://{}{q}", hosts.join(","))
+}
+
+/// Starts `n` independent servers without persistence.
+pub fn start_many(n: usize) -> Vec<RedisServer> {
+    (0..n).map(|_| RedisServer::start()).collect()
+}

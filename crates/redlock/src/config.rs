@@ -1,0 +1,192 @@
+//! `redlock://` URLs and the algorithm's options.
+
+use std::time::Duration;
+
+use fencelock_core::options::duration_text::parse_duration;
+use fencelock_core::{LockError, Result};
+use fencelock_redis::RedisConfig;
+
+/// The options of the Redlock backend, from the URL's query or set in code.
+///
+/// | query key | default | meaning |
+/// |---|---|---|
+/// | `per_node_timeout` | `50ms` | the longest wait for one node's answer (and connection); a dead or slow node costs at most this per operation. Keep it far below the TTL |
+/// | `drift_factor` | `0.01` | clock drift allowance as a fraction of the TTL; validity = TTL − elapsed − (TTL × factor + 2 ms) |
+/// | `retry_delay` | `200ms` | the base of the random delay (50–100 %) before retrying after a failed round, also the fallback re-check of a waiter when no release message arrives (never longer than the holder's remaining TTL) |
+/// | `restart_delay` | `0s` (off) | the "delayed restart" rule: a node that started empty refuses grants for this long (set it ≥ your longest TTL); see the crate docs |
+/// | `prefix` | `fencelock:` | key prefix on every node |
+#[derive(Debug, Clone)]
+pub struct RedlockConfig {
+    /// One entry per node.
+    pub nodes: Vec<RedisConfig>,
+    /// Per-node timeout.
+    pub per_node_timeout: Duration,
+    /// Clock drift factor.
+    pub drift_factor: f64,
+    /// Base of the random retry delay.
+    pub retry_delay: Duration,
+    /// Delayed-restart rule (zero: off).
+    pub restart_delay: Duration,
+    pub(crate) display: String,
+}
+
+/// The constant part of the drift allowance, for timer resolution (the Redlock paper's 2 ms).
+pub const DRIFT_CONSTANT: Duration = Duration::from_millis(2);
+
+impl RedlockConfig {
+    /// Parses `redlock://[[USER]:PASSWORD@]H1:P1,H2:P2,...[/DB][?per_node_timeout=D&drift_factor=F&retry_delay=D&restart_delay=D&prefix=P]`.
+    /// Any number of nodes ≥ 1 is accepted; the quorum is N/2 + 1.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let shown = fencelock_redis_redact(url);
+        let bad = |why: String| LockError::invalid_config(format!("`{shown}`: {why}"));
+        let rest = url
+            .strip_prefix("redlock://")
+            .ok_or_else(|| bad("a Redlock URL starts with redlock://".into()))?;
+        let (base, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (authority, db) = match base.split_once('/') {
+            Some((a, db)) => (a, Some(db)),
+            None => (base, None),
+        };
+        let (auth, hosts) = match authority.rsplit_once('@') {
+            Some((auth, hosts)) => (Some(auth), hosts),
+            None => (None, authority),
+        };
+        let mut cfg = RedlockConfig {
+            nodes: Vec::new(),
+            per_node_timeout: Duration::from_millis(50),
+            drift_factor: 0.01,
+            retry_delay: Duration::from_millis(200),
+            restart_delay: Duration::ZERO,
+            display: shown.clone(),
+        };
+        let mut prefix = "fencelock:".to_owned();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let duration = || parse_duration(v).map_err(|e| bad(format!("{k}: {e}")));
+            match k {
+                "per_node_timeout" => cfg.per_node_timeout = duration()?,
+                "retry_delay" => cfg.retry_delay = duration()?,
+                "restart_delay" => cfg.restart_delay = duration()?,
+                "prefix" => prefix = v.to_owned(),
+                "drift_factor" => {
+                    cfg.drift_factor = v
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|f| (0.0..0.5).contains(f))
+                        .ok_or_else(|| bad(format!("drift_factor must be a number in [0, 0.5), got `{v}`")))?
+                }
+                _ => {
+                    return Err(bad(format!(
+                        "unknown option `{k}` (redlock takes per_node_timeout, drift_factor, retry_delay, restart_delay, prefix)"
+                    )))
+                }
+            }
+        }
+        if cfg.per_node_timeout.is_zero() || cfg.per_node_timeout > Duration::from_secs(60) {
+            return Err(bad(format!(
+                "per_node_timeout must be between 1ms and 60s, got {:?}",
+                cfg.per_node_timeout
+            )));
+        }
+        if cfg.retry_delay.is_zero() {
+            return Err(bad("retry_delay must be positive".into()));
+        }
+        for host in hosts.split(',') {
+            let host = host.trim();
+            if host.is_empty() {
+                return Err(bad(
+                    "an empty node in the list: write redlock://H1:P1,H2:P2,H3:P3".into()
+                ));
+            }
+            let mut node_url = String::from("redis://");
+            if let Some(a) = auth {
+                node_url.push_str(a);
+                node_url.push('@');
+            }
+            node_url.push_str(host);
+            if let Some(db) = db {
+                node_url.push('/');
+                node_url.push_str(db);
+            }
+            let t = fencelock_core::options::duration_text::format_duration(cfg.per_node_timeout);
+            node_url.push_str(&format!("?timeout={t}&connect_timeout={t}&prefix={prefix}"));
+            let node = RedisConfig::from_url(&node_url).map_err(|e| bad(format!("node `{host}`: {e}")))?;
+            cfg.nodes.push(node);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for n in &cfg.nodes {
+            if !seen.insert(n.server().to_owned()) {
+                return Err(bad(format!(
+                    "node {} is listed twice; Redlock needs independent nodes",
+                    n.server()
+                )));
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// How many nodes must agree: N/2 + 1.
+    pub fn quorum(&self) -> usize {
+        self.nodes.len() / 2 + 1
+    }
+
+    /// The drift allowance for a TTL.
+    pub fn drift(&self, ttl: Duration) -> Duration {
+        ttl.mul_f64(self.drift_factor) + DRIFT_CONSTANT
+    }
+}
+
+/// The URL with the password hidden.
+fn fencelock_redis_redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((creds, hosts)) => {
+            let user = creds.split_once(':').map_or("", |(u, _)| u);
+            format!("{scheme}://{user}:***@{hosts}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_nodes_options_and_quorum() {
+        let c = RedlockConfig::from_url(
+            "redlock://:pw@127.0.0.1:1,127.0.0.1:2,127.0.0.1:3,127.0.0.1:4,127.0.0.1:5?per_node_timeout=20ms&restart_delay=30s",
+        )
+        .unwrap();
+        assert_eq!(c.nodes.len(), 5);
+        assert_eq!(c.quorum(), 3);
+        assert_eq!(c.per_node_timeout, Duration::from_millis(20));
+        assert_eq!(c.restart_delay, Duration::from_secs(30));
+        assert_eq!(c.nodes[0].timeout, Duration::from_millis(20));
+        assert!(!c.display.contains("pw"));
+        assert_eq!(RedlockConfig::from_url("redlock://h:1").unwrap().quorum(), 1);
+        assert_eq!(RedlockConfig::from_url("redlock://h:1,h:2").unwrap().quorum(), 2);
+        assert_eq!(
+            RedlockConfig::from_url("redlock://h:1,h:2,h:3,h:4").unwrap().quorum(),
+            3
+        );
+    }
+
+    #[test]
+    fn rejects_bad_urls_clearly() {
+        for (url, says) in [
+            ("redlock://", "empty node"),
+            ("redlock://h:1,,h:2", "empty node"),
+            ("redlock://h:1,h:1", "listed twice"),
+            ("redlock://h:x", "bad port"),
+            ("redlock://h:1?drift_factor=2", "drift_factor"),
+            ("redlock://h:1?per_node_timeout=0ms", "per_node_timeout"),
+            ("redlock://h:1?quorum=1", "unknown option"),
+        ] {
+            let e = RedlockConfig::from_url(url).unwrap_err().to_string();
+            assert!(e.contains(says), "{url}: {e}");
+        }
+    }
+}

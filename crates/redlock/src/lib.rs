@@ -1,0 +1,35 @@
+//! # fencelock-redlock
+//!
+//! The Redlock algorithm (`redlock://H1:P1,H2:P2,...`) over N independent Redis masters,
+//! implemented as published, with its failure modes shown by tests rather than claimed.
+//!
+//! * **Acquire**: the same one-round-trip script as the single-server backend
+//!   (`SET NX PX` + `INCR`, from `fencelock-redis`) on **all nodes in parallel**, each bounded
+//!   by `per_node_timeout`. Granted when a quorum (N/2 + 1) said yes and validity =
+//!   TTL − elapsed − drift is still positive; otherwise released on **all** nodes (those that
+//!   did not answer too) and retried after a random delay while `acquire`'s wait lasts.
+//! * **Validity**: the lease's `valid_until` is the start of the round + TTL − drift, not the
+//!   TTL. **Extend** needs a quorum again and recomputes it. **Release** goes to every node.
+//! * **Tokens** are best effort: the highest of the quorum's per-node counters. They grow
+//!   in the fault-free case, and can repeat or go back when a node restarts without its data
+//!   or when the quorum's nodes missed increments that other nodes saw.
+//! * **Waiting**: subscriptions to the key's release channel on every node, and the random
+//!   fallback.
+//! * **Delayed restart** (`restart_delay`): enforced by the client on each node through a
+//!   boot marker in the acquire script — a node that started empty refuses grants until the
+//!   delay has passed.
+//!
+//! ## When to choose it
+//!
+//! When the lock must survive the loss of a minority of Redis servers and you accept that
+//! its safety rests on timing (bounded clock drift, pauses and delays) and on nodes that
+//! keep their data or stay out after a restart. When two holders at once would corrupt
+//! data, fence the resource with the token — but know that Redlock's tokens are best
+//! effort — or use etcd or ZooKeeper. See `docs/backends/redlock.md`.
+
+mod config;
+mod lock;
+mod quorum;
+
+pub use config::{RedlockConfig, DRIFT_CONSTANT};
+pub use lock::{RedlockLock, GUARANTEES};

@@ -1,0 +1,314 @@
+//! [`RedlockLock`]: the algorithm.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fencelock_core::options::validate_key;
+use fencelock_core::waiting::{acquire_with, detached, jitter, Attempt, WakeFuture};
+use fencelock_core::{
+    DistributedLock, Exclusion, FencingToken, GrantId, Guarantees, Lease, LeaseOps, LeaseParts, LockError, LockOptions,
+    Result, Scope, TokenOrder,
+};
+use fencelock_redis::{NodeGrant, NodeSubscription, RedisNode};
+use tokio::time::Instant;
+
+use crate::config::RedlockConfig;
+use crate::quorum::{fan_out, no_quorum};
+
+const BACKEND: &str = "redlock";
+
+/// What Redlock promises.
+pub const GUARANTEES: Guarantees = Guarantees {
+    backend: "redlock",
+    exclusion: Exclusion::Conditional,
+    tokens: TokenOrder::BestEffort,
+    scope: Scope::Network,
+    assumptions: &[
+        "exclusive while a majority of nodes keep their data: a node restarted empty (no fsync-always persistence) must stay out for the longest TTL (restart_delay), or it can help grant a held lock again",
+        "exclusive while clocks run at nearly the same rate and do not jump: every node expires keys by its wall clock; the validity subtracts drift_factor × TTL + 2 ms",
+        "exclusive only for holders that finish within their validity: a process pause or network delay after the check is not covered (use the token)",
+        "tokens are the highest of the quorum's per-node counters: they can repeat or go back after a node restart without persistence, or when the quorum's nodes missed earlier increments",
+        "nodes are independent masters, not replicas of each other",
+    ],
+};
+
+/// Redlock over N independent Redis servers.
+///
+/// ```no_run
+/// # async fn demo() -> fencelock_core::Result<()> {
+/// use fencelock_core::{DistributedLock, LockOptions};
+/// let locks = fencelock_redlock::RedlockLock::connect(
+///     "redlock://10.0.0.1:6379,10.0.0.2:6379,10.0.0.3:6379,10.0.0.4:6379,10.0.0.5:6379",
+/// ).await?;
+/// let lease = locks.acquire("job", &LockOptions::new()).await?;
+/// lease.release().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct RedlockLock {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    nodes: Vec<RedisNode>,
+    cfg: RedlockConfig,
+}
+
+enum Round {
+    Granted(Lease),
+    /// Not granted; retry no later than this (the shortest holder TTL seen, or a node's
+    /// restart delay).
+    Busy(Option<Duration>),
+}
+
+impl RedlockLock {
+    /// Builds from a `redlock://` URL. Connects to no node yet: each node is connected on
+    /// first use, so a minority of dead nodes never stops the lock from working.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::with_config(RedlockConfig::from_url(url)?)
+    }
+
+    /// Builds from explicit options.
+    pub fn with_config(cfg: RedlockConfig) -> Result<Self> {
+        let nodes = cfg
+            .nodes
+            .iter()
+            .cloned()
+            .map(RedisNode::lazy)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RedlockLock {
+            inner: Arc::new(Inner { nodes, cfg }),
+        })
+    }
+
+    /// The options in use.
+    pub fn config(&self) -> &RedlockConfig {
+        &self.inner.cfg
+    }
+
+    fn check_ttl(&self, opts: &LockOptions) -> Result<()> {
+        let cfg = &self.inner.cfg;
+        let floor = cfg.per_node_timeout * 2 + cfg.drift(opts.ttl());
+        if opts.ttl() <= floor {
+            return Err(LockError::invalid_input(format!(
+                "ttl {:?} leaves no validity: Redlock needs a TTL well above 2 × per_node_timeout ({:?}) + drift",
+                opts.ttl(),
+                cfg.per_node_timeout
+            )));
+        }
+        Ok(())
+    }
+
+    /// One round of the algorithm, in its own task (cancel safety).
+    async fn round(&self, key: &str, opts: &LockOptions) -> Result<Round> {
+        let inner = Arc::clone(&self.inner);
+        let (key, opts) = (key.to_owned(), *opts);
+        detached(BACKEND, async move {
+            let cfg = &inner.cfg;
+            let (ttl, quorum, per_node) = (opts.ttl(), cfg.quorum(), cfg.per_node_timeout);
+            let grant = GrantId::random();
+            let start = Instant::now();
+            let answers = {
+                let (key, grant, delay) = (key.clone(), grant.clone(), cfg.restart_delay);
+                fan_out(&inner.nodes, per_node, move |n| {
+                    let (key, grant) = (key.clone(), grant.clone());
+                    async move { n.try_grant(&key, &grant, ttl, delay).await }
+                })
+                .await
+            };
+            let elapsed = start.elapsed();
+            let drift = cfg.drift(ttl);
+            let tokens: Vec<u64> = answers
+                .iter()
+                .filter_map(|a| match a {
+                    Ok(NodeGrant::Granted(t)) => Some(*t),
+                    _ => None,
+                })
+                .collect();
+            if tokens.len() >= quorum && elapsed + drift < ttl {
+                let token = FencingToken::new(tokens.iter().copied().max().unwrap_or(0));
+                tracing::debug!(%key, %token, granted = tokens.len(), ?elapsed, "granted by a quorum");
+                let ops = Arc::new(RedlockGrant {
+                    inner: Arc::clone(&inner),
+                    key: key.clone(),
+                    grant: grant.to_string(),
+                });
+                return Ok(Round::Granted(Lease::new(LeaseParts {
+                    key,
+                    token,
+                    grant,
+                    sent_at: start,
+                    validity: ttl - drift,
+                    options: opts,
+                    ops,
+                })));
+            }
+            // Failed: undo on every node, including those that did not answer.
+            let g = grant.to_string();
+            let k = key.clone();
+            fan_out(&inner.nodes, per_node, move |n| {
+                let (k, g) = (k.clone(), g.clone());
+                async move { n.release(&k, &g).await }
+            })
+            .await;
+            let answered = answers.iter().filter(|a| a.is_ok()).count();
+            if answered < quorum {
+                return Err(no_quorum("acquire", &answers, quorum, per_node));
+            }
+            if tokens.len() >= quorum {
+                tracing::debug!(%key, ?elapsed, "a quorum granted, but too late: no validity left");
+            }
+            let shortest = answers
+                .iter()
+                .filter_map(|a| match a {
+                    Ok(NodeGrant::Busy(Some(ms))) => Some(Duration::from_millis(*ms)),
+                    _ => None,
+                })
+                .min();
+            Ok(Round::Busy(shortest))
+        })
+        .await
+    }
+
+    async fn attempt(
+        &self,
+        key: &str,
+        opts: &LockOptions,
+        subs: &tokio::sync::Mutex<Option<Vec<NodeSubscription>>>,
+    ) -> Result<Attempt> {
+        let mut subs = subs.lock().await;
+        let wake = match subs.as_ref() {
+            Some(list) => {
+                for s in list {
+                    let _ = s.ensure().await;
+                }
+                Some(any_of(list.iter().map(NodeSubscription::notified).collect()))
+            }
+            None => None,
+        };
+        match self.round(key, opts).await? {
+            Round::Granted(lease) => Ok(Attempt::Acquired(lease)),
+            Round::Busy(_) if subs.is_none() => {
+                // Subscribe on every node that answers (a release is published on each).
+                let per_node = self.inner.cfg.per_node_timeout;
+                let k = key.to_owned();
+                let answers = fan_out(&self.inner.nodes, per_node, move |n| {
+                    let k = k.clone();
+                    async move { n.subscribe(&k).await }
+                })
+                .await;
+                *subs = Some(answers.into_iter().filter_map(|a| a.ok()).collect());
+                Ok(Attempt::Busy {
+                    wake: None,
+                    retry_at: Some(Instant::now()),
+                })
+            }
+            Round::Busy(shortest) => {
+                // The algorithm's random delay, so contenders that split the vote do not
+                // collide again; never longer than the shortest holder TTL seen. Release
+                // messages (`wake`) usually end the wait first.
+                let retry = self.inner.cfg.retry_delay;
+                let delay = jitter(shortest.map_or(retry, |s| s.min(retry)).max(Duration::from_millis(1)));
+                Ok(Attempt::Busy {
+                    wake,
+                    retry_at: Some(Instant::now() + delay),
+                })
+            }
+        }
+    }
+}
+
+/// Completes when any of the futures does.
+fn any_of(mut futs: Vec<WakeFuture>) -> WakeFuture {
+    Box::pin(std::future::poll_fn(move |cx| {
+        if futs.is_empty() {
+            return std::task::Poll::Pending;
+        }
+        for f in futs.iter_mut() {
+            if f.as_mut().poll(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+        }
+        std::task::Poll::Pending
+    }))
+}
+
+#[async_trait]
+impl DistributedLock for RedlockLock {
+    #[tracing::instrument(level = "debug", skip(self, opts), fields(backend = "redlock"))]
+    async fn try_acquire(&self, key: &str, opts: &LockOptions) -> Result<Option<Lease>> {
+        validate_key(key)?;
+        opts.validate_for_try()?;
+        self.check_ttl(opts)?;
+        match self.round(key, opts).await? {
+            Round::Granted(lease) => Ok(Some(lease)),
+            Round::Busy(_) => Ok(None),
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, opts), fields(backend = "redlock"))]
+    async fn acquire(&self, key: &str, opts: &LockOptions) -> Result<Lease> {
+        validate_key(key)?;
+        opts.validate_for_wait()?;
+        self.check_ttl(opts)?;
+        let subs = tokio::sync::Mutex::new(None);
+        acquire_with(key, opts, || self.attempt(key, opts, &subs)).await
+    }
+
+    fn guarantees(&self) -> Guarantees {
+        GUARANTEES
+    }
+
+    fn describe(&self) -> String {
+        self.inner.cfg.display.clone()
+    }
+}
+
+/// One Redlock grant: extend needs a quorum again; release goes to every node.
+struct RedlockGrant {
+    inner: Arc<Inner>,
+    key: String,
+    grant: String,
+}
+
+#[async_trait]
+impl LeaseOps for RedlockGrant {
+    async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
+        let cfg = &self.inner.cfg;
+        let start = Instant::now();
+        let (k, g) = (self.key.clone(), self.grant.clone());
+        let answers = fan_out(&self.inner.nodes, cfg.per_node_timeout, move |n| {
+            let (k, g) = (k.clone(), g.clone());
+            async move { n.extend(&k, &g, ttl).await }
+        })
+        .await;
+        let extended = answers.iter().filter(|a| matches!(a, Ok(true))).count();
+        let answered = answers.iter().filter(|a| a.is_ok()).count();
+        let drift = cfg.drift(ttl);
+        if extended >= cfg.quorum() && start.elapsed() + drift < ttl {
+            return Ok(Some(ttl - drift));
+        }
+        if answered < cfg.quorum() {
+            return Err(no_quorum("extend", &answers, cfg.quorum(), cfg.per_node_timeout));
+        }
+        Ok(None)
+    }
+
+    async fn release(&self) -> Result<bool> {
+        let cfg = &self.inner.cfg;
+        let (k, g) = (self.key.clone(), self.grant.clone());
+        let answers = fan_out(&self.inner.nodes, cfg.per_node_timeout, move |n| {
+            let (k, g) = (k.clone(), g.clone());
+            async move { n.release(&k, &g).await }
+        })
+        .await;
+        let released = answers.iter().filter(|a| matches!(a, Ok(true))).count();
+        let answered = answers.iter().filter(|a| a.is_ok()).count();
+        if answered < cfg.quorum() {
+            return Err(no_quorum("release", &answers, cfg.quorum(), cfg.per_node_timeout));
+        }
+        Ok(released >= cfg.quorum())
+    }
+}

@@ -1,0 +1,67 @@
+//! Fan-out to every node in parallel, each bounded by the per-node timeout.
+
+use std::future::Future;
+use std::time::Duration;
+
+use fencelock_core::{LockError, Result};
+use fencelock_redis::RedisNode;
+
+/// One node's answer, or why there was none.
+pub(crate) type Answer<T> = std::result::Result<T, String>;
+
+/// Runs `op` on every node at once and returns the answers in node order. A node that does
+/// not answer within `per_node` counts as silent; the whole call takes at most about
+/// `per_node`, whatever the nodes do.
+pub(crate) async fn fan_out<T, F, Fut>(nodes: &[RedisNode], per_node: Duration, op: F) -> Vec<Answer<T>>
+where
+    T: Send + 'static,
+    F: Fn(RedisNode) -> Fut,
+    Fut: Future<Output = Result<T>> + Send + 'static,
+{
+    let handles: Vec<_> = nodes
+        .iter()
+        .map(|n| {
+            let fut = op(n.clone());
+            let server = n.server().to_owned();
+            tokio::spawn(async move {
+                match tokio::time::timeout(per_node, fut).await {
+                    Ok(Ok(v)) => Ok(v),
+                    Ok(Err(e)) => Err(format!("{server}: {}", short(&e))),
+                    Err(_) => Err(format!("{server}: no answer within {per_node:?}")),
+                }
+            })
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(handles.len());
+    for h in handles {
+        answers.push(h.await.unwrap_or_else(|e| Err(format!("node task failed: {e}"))));
+    }
+    answers
+}
+
+fn short(e: &LockError) -> String {
+    let mut text = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        text = format!("{text}: {s}");
+        src = s.source();
+    }
+    text
+}
+
+/// The "no quorum" error: how many answered, within what, and who did not.
+pub(crate) fn no_quorum<T>(doing: &str, answers: &[Answer<T>], quorum: usize, per_node: Duration) -> LockError {
+    let answered = answers.iter().filter(|a| a.is_ok()).count();
+    let silent: Vec<&str> = answers
+        .iter()
+        .filter_map(|a| a.as_ref().err().map(String::as_str))
+        .collect();
+    LockError::Unavailable {
+        message: format!(
+            "no quorum for {doing}: {answered} of {} nodes answered within {per_node:?} (need {quorum}); {}",
+            answers.len(),
+            silent.join("; ")
+        ),
+        source: None,
+    }
+}
