@@ -56,6 +56,8 @@ pub async fn connect(url: &str) -> Result<Arc<dyn DistributedLock>> {
         "file" => Ok(Arc::new(fencelock_core::file::FileLock::from_url(url)?)),
         #[cfg(feature = "redis")]
         "redis" | "rediss" => Ok(Arc::new(fencelock_redis::RedisLock::connect(url).await?)),
+        #[cfg(feature = "redlock")]
+        "redlock" => Ok(Arc::new(fencelock_redlock::RedlockLock::connect(url).await?)),
         _ => Err(LockError::invalid_config(format!(
             "the `{scheme}://` backend is listed but not wired in; this is a bug"
         ))),

@@ -36,6 +36,9 @@ pub use fencelock_core::{
 /// The single-instance Redis backend (feature `redis`).
 #[cfg(feature = "redis")]
 pub use fencelock_redis as redis;
+/// The Redlock backend (feature `redlock`).
+#[cfg(feature = "redlock")]
+pub use fencelock_redlock as redlock;
 
 mod config;
 mod connect;

@@ -43,7 +43,7 @@ pub const SCHEMES: &[Scheme] = &[
     Scheme {
         names: &["redlock"],
         feature: Some("redlock"),
-        compiled: false,
+        compiled: cfg!(feature = "redlock"),
         form: "redlock://H1:P1,H2:P2,H3:P3[,...]",
         summary: "Redlock quorum over independent Redis servers; best-effort tokens",
     },
@@ -83,6 +83,8 @@ pub fn guarantees(scheme: &str) -> Option<fencelock_core::Guarantees> {
         // Without a server at hand, the weaker promise; a connected backend knows better.
         #[cfg(feature = "redis")]
         "redis" | "rediss" => Some(fencelock_redis::GUARANTEES),
+        #[cfg(feature = "redlock")]
+        "redlock" => Some(fencelock_redlock::GUARANTEES),
         _ => None,
     }
 }

@@ -105,6 +105,15 @@ fn eight_processes_on_files_never_overlap_and_tokens_grow() {
 }
 
 #[test]
+fn eight_processes_on_redlock_never_overlap_and_tokens_grow() {
+    let servers = fencelock_testkit::redis_server::start_many(5);
+    assert_eight_processes_exclusive(&fencelock_testkit::redis_server::redlock_url(
+        &servers,
+        "per_node_timeout=100ms",
+    ));
+}
+
+#[test]
 fn eight_processes_on_redis_never_overlap_and_tokens_grow() {
     let server = fencelock_testkit::redis_server::RedisServer::start();
     assert_eight_processes_exclusive(&server.url());

@@ -53,7 +53,10 @@ struct NodeInner {
     client: redis::Client,
     cfg: RedisConfig,
     keys: Keys,
-    conn: tokio::sync::Mutex<Option<ConnectionManager>>,
+    /// The connection once made (read on every call, so a plain mutex held for a clone).
+    conn: std::sync::Mutex<Option<ConnectionManager>>,
+    /// Held while connecting, so concurrent first calls make one connection.
+    connecting: tokio::sync::Mutex<()>,
     waiters: Arc<Waiters>,
 }
 
@@ -83,7 +86,8 @@ impl RedisNode {
                 client,
                 cfg,
                 keys,
-                conn: tokio::sync::Mutex::new(None),
+                conn: std::sync::Mutex::new(None),
+                connecting: tokio::sync::Mutex::new(()),
                 waiters,
             }),
         })
@@ -108,9 +112,12 @@ impl RedisNode {
 
     /// The connection, connecting if there is none yet.
     pub async fn connection(&self) -> Result<ConnectionManager> {
-        let mut slot = self.inner.conn.lock().await;
-        if let Some(c) = slot.as_ref() {
-            return Ok(c.clone());
+        if let Some(c) = self.cached() {
+            return Ok(c);
+        }
+        let _connecting = self.inner.connecting.lock().await;
+        if let Some(c) = self.cached() {
+            return Ok(c);
         }
         let cfg = &self.inner.cfg;
         let manager_cfg = ConnectionManagerConfig::new()
@@ -131,8 +138,12 @@ impl RedisNode {
                 })
             }
         };
-        *slot = Some(conn.clone());
+        *self.inner.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
         Ok(conn)
+    }
+
+    fn cached(&self) -> Option<ConnectionManager> {
+        self.inner.conn.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn failed(&self, doing: &'static str, e: redis::RedisError) -> LockError {

@@ -14,29 +14,50 @@ pub(crate) type Answer<T> = std::result::Result<T, String>;
 /// `per_node`, whatever the nodes do.
 pub(crate) async fn fan_out<T, F, Fut>(nodes: &[RedisNode], per_node: Duration, op: F) -> Vec<Answer<T>>
 where
-    T: Send + 'static,
     F: Fn(RedisNode) -> Fut,
-    Fut: Future<Output = Result<T>> + Send + 'static,
+    Fut: Future<Output = Result<T>>,
 {
-    let handles: Vec<_> = nodes
+    // Polled together in this task (no spawn per node): one wake-up per answer, no hop to
+    // another worker thread.
+    let mut pending: Vec<_> = nodes
         .iter()
         .map(|n| {
             let fut = op(n.clone());
             let server = n.server().to_owned();
-            tokio::spawn(async move {
+            Some(Box::pin(async move {
                 match tokio::time::timeout(per_node, fut).await {
                     Ok(Ok(v)) => Ok(v),
                     Ok(Err(e)) => Err(format!("{server}: {}", short(&e))),
                     Err(_) => Err(format!("{server}: no answer within {per_node:?}")),
                 }
-            })
+            }))
         })
         .collect();
-    let mut answers = Vec::with_capacity(handles.len());
-    for h in handles {
-        answers.push(h.await.unwrap_or_else(|e| Err(format!("node task failed: {e}"))));
-    }
+    let mut answers: Vec<Option<Answer<T>>> = (0..pending.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut open = false;
+        for (slot, fut) in answers.iter_mut().zip(pending.iter_mut()) {
+            if let Some(f) = fut {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(a) => {
+                        *slot = Some(a);
+                        *fut = None;
+                    }
+                    std::task::Poll::Pending => open = true,
+                }
+            }
+        }
+        if open {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
     answers
+        .into_iter()
+        .map(|a| a.unwrap_or_else(|| Err("no answer".into())))
+        .collect()
 }
 
 fn short(e: &LockError) -> String {
