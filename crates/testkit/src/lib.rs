@@ -8,6 +8,8 @@
 //! * [`overlap`] — a detector of two holders inside one critical section;
 //! * [`keys`] — unique keys, so tests sharing a server never see each other's locks.
 //!
+//! * [`etcd_server`] — real `etcd` members, single or as a cluster, with kill, restart,
+//!   pause and leader lookup;
 //! * [`redis_server`] — real `redis-server` processes on free loopback ports (killed on
 //!   drop, restartable, pausable), built on [`process`] and [`ports`].
 //!
@@ -32,6 +34,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod conformance;
+pub mod etcd_server;
 pub mod keys;
 pub mod overlap;
 pub mod ports;

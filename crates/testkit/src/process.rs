@@ -120,3 +120,21 @@ pub fn tcp_exchange(port: u16, request: &[u8]) -> Option<Vec<u8>> {
     let n = s.read(&mut buf).ok()?;
     Some(buf[..n].to_vec())
 }
+
+/// Sends one HTTP/1.1 request to 127.0.0.1:`port` and returns the response body, if a
+/// complete response arrived within a second.
+pub fn http(port: u16, method: &str, path: &str, body: &str) -> Option<String> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).ok()?;
+    let mut response = Vec::new();
+    s.read_to_end(&mut response).ok()?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| rest.to_owned())
+}

@@ -1,0 +1,73 @@
+//! The etcd client with every unary call bounded by the request timeout.
+
+use std::future::Future;
+
+use etcd_client::{Client, ConnectOptions};
+use fencelock_core::Result;
+
+use crate::config::EtcdConfig;
+use crate::error::{failed, timed_out};
+
+/// A connected client and the options it was made with.
+#[derive(Clone)]
+pub(crate) struct Cluster {
+    pub client: Client,
+    pub cfg: EtcdConfig,
+}
+
+impl Cluster {
+    /// Connects to every endpoint (the client balances over them) and checks that the
+    /// cluster answers with a leader: `Unavailable` otherwise.
+    pub async fn connect(cfg: EtcdConfig) -> Result<Self> {
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(cfg.connect_timeout)
+            // HTTP/2 pings find dead connections; etcd refuses pings more often than every
+            // 5 s (--grpc-keepalive-min-time) by closing the connection, so stay above that.
+            .with_keep_alive(std::time::Duration::from_secs(10), cfg.timeout)
+            .with_require_leader(true);
+        if let Some((u, p)) = &cfg.user {
+            options = options.with_user(u.clone(), p.clone());
+        }
+        let endpoints: Vec<String> = cfg.endpoints.iter().map(|e| format!("http://{e}")).collect();
+        let connecting = Client::connect(endpoints, Some(options));
+        let client = match tokio::time::timeout(cfg.connect_timeout + cfg.timeout, connecting).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(failed("connecting", &cfg.display, e)),
+            Err(_) => return Err(timed_out("connecting", &cfg.display, cfg.connect_timeout + cfg.timeout)),
+        };
+        let cluster = Cluster { client, cfg };
+        // The client connects lazily: one linearizable read proves a leader answers.
+        let mut c = cluster.client.clone();
+        let probe = format!("{}/", cluster.cfg.prefix);
+        cluster
+            .call("checking the cluster", async move { c.get(probe, None).await })
+            .await?;
+        Ok(cluster)
+    }
+
+    /// Runs one request, bounded by the request timeout, errors mapped.
+    pub async fn call<T>(
+        &self,
+        doing: &'static str,
+        fut: impl Future<Output = std::result::Result<T, etcd_client::Error>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.cfg.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(failed(doing, &self.cfg.display, e)),
+            Err(_) => Err(timed_out(doing, &self.cfg.display, self.cfg.timeout)),
+        }
+    }
+
+    /// The cluster, for messages.
+    pub fn display(&self) -> &str {
+        &self.cfg.display
+    }
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("endpoints", &self.cfg.endpoints)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,142 @@
+//! `etcd://` URLs and the backend's options.
+
+use std::time::Duration;
+
+use fencelock_core::options::duration_text::parse_duration;
+use fencelock_core::{LockError, Result};
+
+/// The options of the etcd backend, from the URL or set in code.
+///
+/// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX][?session_ttl=10s&timeout=2s&connect_timeout=1s&user=U&password=P]`
+///
+/// | part | default | meaning |
+/// |---|---|---|
+/// | `/PREFIX` | `/fencelock` | where the lock keys live: `PREFIX/KEY/LEASE.GRANT` |
+/// | `session_ttl` | `10s` | TTL of the session lease shared by every auto-renewed lock of this instance: how long after this process dies or is cut off its locks are freed. Whole seconds, at least etcd's minimum (1.5 × election timeout, rounded up: 1 s with 100 ms elections, 3 s with etcd's defaults) |
+/// | `timeout` | `2s` | the longest wait for one request (a cluster without quorum answers nothing) |
+/// | `connect_timeout` | `1s` | the longest wait for a connection |
+/// | `user`, `password` | none | etcd authentication |
+#[derive(Debug, Clone)]
+pub struct EtcdConfig {
+    /// `HOST:PORT` of every member to use.
+    pub endpoints: Vec<String>,
+    /// Key prefix, without a trailing slash.
+    pub prefix: String,
+    /// Session lease TTL.
+    pub session_ttl: Duration,
+    /// Request timeout.
+    pub timeout: Duration,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Credentials.
+    pub user: Option<(String, String)>,
+    pub(crate) display: String,
+}
+
+impl EtcdConfig {
+    /// Parses an `etcd://` URL.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let shown = match url.split_once("password=") {
+            Some((head, tail)) => format!("{head}password=***{}", tail.find('&').map_or("", |i| &tail[i..])),
+            None => url.to_owned(),
+        };
+        let bad = |why: String| LockError::invalid_config(format!("`{shown}`: {why}"));
+        let rest = url
+            .strip_prefix("etcd://")
+            .ok_or_else(|| bad("an etcd URL starts with etcd://".into()))?;
+        let (base, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (hosts, prefix) = match base.split_once('/') {
+            Some((h, p)) => (h, format!("/{}", p.trim_end_matches('/'))),
+            None => (base, "/fencelock".to_owned()),
+        };
+        if prefix == "/" || prefix.contains("//") {
+            return Err(bad(format!("bad key prefix `{prefix}`")));
+        }
+        let mut endpoints = Vec::new();
+        for h in hosts.split(',') {
+            let h = h.trim();
+            let (host, port) = h
+                .rsplit_once(':')
+                .ok_or_else(|| bad(format!("endpoint `{h}` needs HOST:PORT")))?;
+            if host.is_empty() || port.parse::<u16>().is_err() {
+                return Err(bad(format!("bad endpoint `{h}`: write HOST:PORT, e.g. 127.0.0.1:2379")));
+            }
+            endpoints.push(h.to_owned());
+        }
+        let mut cfg = EtcdConfig {
+            endpoints,
+            prefix,
+            session_ttl: Duration::from_secs(10),
+            timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(1),
+            user: None,
+            display: shown.clone(),
+        };
+        let (mut user, mut password) = (None, None);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let duration = || parse_duration(v).map_err(|e| bad(format!("{k}: {e}")));
+            match k {
+                "session_ttl" => cfg.session_ttl = duration()?,
+                "timeout" => cfg.timeout = duration()?,
+                "connect_timeout" => cfg.connect_timeout = duration()?,
+                "user" => user = Some(v.to_owned()),
+                "password" => password = Some(v.to_owned()),
+                _ => {
+                    return Err(bad(format!(
+                        "unknown option `{k}` (etcd takes session_ttl, timeout, connect_timeout, user, password)"
+                    )))
+                }
+            }
+        }
+        cfg.user = match (user, password) {
+            (Some(u), Some(p)) => Some((u, p)),
+            (None, None) => None,
+            _ => return Err(bad("user and password go together".into())),
+        };
+        if cfg.session_ttl < Duration::from_secs(1) || cfg.session_ttl.subsec_nanos() != 0 {
+            return Err(bad(format!(
+                "session_ttl must be whole seconds, at least 1s; got {:?}",
+                cfg.session_ttl
+            )));
+        }
+        for (name, d) in [("timeout", cfg.timeout), ("connect_timeout", cfg.connect_timeout)] {
+            if d.is_zero() || d > Duration::from_secs(600) {
+                return Err(bad(format!("{name} must be between 1ms and 10m, got {d:?}")));
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_endpoints_prefix_and_options() {
+        let c = EtcdConfig::from_url("etcd://127.0.0.1:1,127.0.0.1:2/app/locks?session_ttl=5s&user=u&password=secret")
+            .unwrap();
+        assert_eq!(c.endpoints, vec!["127.0.0.1:1", "127.0.0.1:2"]);
+        assert_eq!(c.prefix, "/app/locks");
+        assert_eq!(c.session_ttl, Duration::from_secs(5));
+        assert_eq!(c.user, Some(("u".into(), "secret".into())));
+        assert!(!c.display.contains("secret"));
+        assert_eq!(EtcdConfig::from_url("etcd://h:1").unwrap().prefix, "/fencelock");
+    }
+
+    #[test]
+    fn rejects_bad_urls_clearly() {
+        for (url, says) in [
+            ("etcd://", "HOST:PORT"),
+            ("etcd://h", "HOST:PORT"),
+            ("etcd://h:x", "bad endpoint"),
+            ("etcd://h:1?session_ttl=500ms", "whole seconds"),
+            ("etcd://h:1?user=u", "together"),
+            ("etcd://h:1?ttl=1s", "unknown option"),
+        ] {
+            let e = EtcdConfig::from_url(url).unwrap_err().to_string();
+            assert!(e.contains(says), "{url}: {e}");
+        }
+    }
+}

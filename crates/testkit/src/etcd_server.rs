@@ -1,0 +1,214 @@
+//! Real `etcd` members for tests: a single node or a cluster on free loopback ports, with
+//! temp data dirs and short heartbeat/election timeouts; kill, restart and pause any
+//! member; find the leader.
+//!
+//! Heartbeat 10 ms and election 100 ms make etcd's minimum lease TTL
+//! (1.5 × election timeout, rounded up to whole seconds) 1 s, so fault tests stay fast.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::ports::free_port;
+use crate::process::{http, wait_until, ServerProcess};
+
+/// How to install etcd when it is missing.
+pub const INSTALL_HINT: &str = "install it with `apt-get install etcd-server` (or run scripts/setup-deps)";
+
+#[derive(Debug)]
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    process: Option<ServerProcess>,
+    starts: u32,
+}
+
+/// A running etcd cluster of one or more members on 127.0.0.1.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    dir: tempfile::TempDir,
+    members: Vec<Member>,
+    initial_cluster: String,
+}
+
+impl EtcdCluster {
+    /// One member.
+    pub fn single() -> Self {
+        Self::start(1)
+    }
+
+    /// `n` members, started together and waited for until each reports healthy.
+    pub fn start(n: usize) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("fencelock-etcd-")
+            .tempdir()
+            .expect("temp dir");
+        let members: Vec<Member> = (0..n)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                process: None,
+                starts: 0,
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = EtcdCluster {
+            dir,
+            members,
+            initial_cluster,
+        };
+        for i in 0..n {
+            cluster.spawn(i);
+        }
+        for i in 0..n {
+            cluster.wait_healthy(i);
+        }
+        cluster
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let data = self.dir.path().join(&self.members[i].name);
+        let m = &mut self.members[i];
+        m.starts += 1;
+        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let mut cmd = Command::new("etcd");
+        cmd.arg("--name")
+            .arg(&m.name)
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--listen-client-urls")
+            .arg(&client)
+            .arg("--advertise-client-urls")
+            .arg(&client)
+            .arg("--listen-peer-urls")
+            .arg(&peer)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer)
+            .arg("--initial-cluster")
+            .arg(&self.initial_cluster)
+            .args([
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                "fencelock-test",
+            ])
+            .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
+            .args(["--log-level", "warn"]);
+        let log = self.dir.path().join(format!("{}-{}.log", m.name, m.starts));
+        m.process = Some(ServerProcess::spawn("etcd", cmd, &log, INSTALL_HINT));
+    }
+
+    fn wait_healthy(&mut self, i: usize) {
+        let m = &mut self.members[i];
+        let log = self.dir.path().join(format!("{}-{}.log", m.name, m.starts));
+        let port = m.client_port;
+        let process = m.process.as_mut().expect("member running");
+        if let Err(e) = wait_until("etcd", Duration::from_secs(20), &log, process, || {
+            http(port, "GET", "/health", "").is_some_and(|b| b.contains("\"health\":\"true\""))
+        }) {
+            panic!("{e}");
+        }
+    }
+
+    /// Number of members.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// `true` for a cluster without members (never, once started).
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// `127.0.0.1:PORT` of every member's client port.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.client_port))
+            .collect()
+    }
+
+    /// `etcd://H:P,H:P,...` with `query` appended when not empty.
+    pub fn url(&self, query: &str) -> String {
+        let q = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{query}")
+        };
+        format!("etcd://{}{q}", self.endpoints().join(","))
+    }
+
+    /// Kills member `i` (SIGKILL).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut p) = self.members[i].process.take() {
+            p.kill();
+        }
+    }
+
+    /// Starts member `i` again with its data dir and ports, and waits until it is healthy.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i);
+        self.wait_healthy(i);
+    }
+
+    /// SIGSTOP member `i`.
+    pub fn pause(&self, i: usize) {
+        self.members[i].process.as_ref().expect("member running").pause();
+    }
+
+    /// SIGCONT member `i`.
+    pub fn resume(&self, i: usize) {
+        self.members[i].process.as_ref().expect("member running").resume();
+    }
+
+    /// The index of the member that is the Raft leader, as the members that answer report
+    /// it; `None` when no running member knows a leader.
+    pub fn leader(&self) -> Option<usize> {
+        for m in self.members.iter().filter(|m| m.process.is_some()) {
+            let Some(body) = http(m.client_port, "POST", "/v3/maintenance/status", "{}") else {
+                continue;
+            };
+            let leader = json_field(&body, "leader");
+            for (i, other) in self.members.iter().enumerate() {
+                if other.process.is_none() {
+                    continue;
+                }
+                let Some(b) = http(other.client_port, "POST", "/v3/maintenance/status", "{}") else {
+                    continue;
+                };
+                let me = b.split("\"header\":").nth(1).and_then(|h| json_field(h, "member_id"));
+                if me.is_some() && me == leader {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
+    /// Waits (bounded) until some running member is the leader and returns it.
+    pub fn wait_for_leader(&self, limit: Duration) -> usize {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(l) = self.leader() {
+                return l;
+            }
+            assert!(start.elapsed() < limit, "no etcd leader within {limit:?}");
+            std::thread::sleep(Duration::from_millis(20)); // polling a starting cluster
+        }
+    }
+}
+
+/// The string value of `"name":"VALUE"` or `"name":VALUE` in a flat JSON text.
+fn json_field(json: &str, name: &str) -> Option<String> {
+    let at = json.find(&format!("\"{name}\":"))? + name.len() + 3;
+    let rest = json[at..].trim_start().trim_start_matches('"');
+    let end = rest.find(|c: char| c == '"' || c == ',' || c == '}')?;
+    Some(rest[..end].to_owned())
+}
