@@ -37,24 +37,43 @@ impl Cluster {
         };
         let cluster = Cluster { client, cfg };
         // The client connects lazily: one linearizable read proves a leader answers.
-        let mut c = cluster.client.clone();
         let probe = format!("{}/", cluster.cfg.prefix);
         cluster
-            .call("checking the cluster", async move { c.get(probe, None).await })
+            .call("checking the cluster", |mut c| {
+                let probe = probe.clone();
+                async move { c.get(probe, None).await }
+            })
             .await?;
         Ok(cluster)
     }
 
-    /// Runs one request, bounded by the request timeout, errors mapped.
-    pub async fn call<T>(
-        &self,
-        doing: &'static str,
-        fut: impl Future<Output = std::result::Result<T, etcd_client::Error>>,
-    ) -> Result<T> {
-        match tokio::time::timeout(self.cfg.timeout, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(failed(doing, &self.cfg.display, e)),
-            Err(_) => Err(timed_out(doing, &self.cfg.display, self.cfg.timeout)),
+    /// Runs one request, bounded in all by the request timeout, errors mapped. A request
+    /// that fails at the transport (the member it went to is down: refused, reset) is sent
+    /// again — the client balances over the endpoints, so another member takes it — up to
+    /// once per endpoint. Every request we send is safe to repeat: puts and deletes are
+    /// guarded by compares on our own key, reads and keep-alives are idempotent, and a
+    /// duplicate lease grant only leaves a lease that expires unused.
+    pub async fn call<T, F, Fut>(&self, doing: &'static str, op: F) -> Result<T>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.cfg.timeout;
+        let mut last = None;
+        for _ in 0..=self.cfg.endpoints.len() {
+            match tokio::time::timeout_at(deadline, op(self.client.clone())).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) if at_transport(&e) => {
+                    tracing::debug!(error = %e, "{doing}: transport failure; trying another member");
+                    last = Some(e);
+                }
+                Ok(Err(e)) => return Err(failed(doing, &self.cfg.display, e)),
+                Err(_) => return Err(timed_out(doing, &self.cfg.display, self.cfg.timeout)),
+            }
+        }
+        match last {
+            Some(e) => Err(failed(doing, &self.cfg.display, e)),
+            None => Err(timed_out(doing, &self.cfg.display, self.cfg.timeout)),
         }
     }
 
@@ -69,5 +88,17 @@ impl std::fmt::Debug for Cluster {
         f.debug_struct("Cluster")
             .field("endpoints", &self.cfg.endpoints)
             .finish_non_exhaustive()
+    }
+}
+
+/// A failure to reach a member at all (as opposed to an answer from one).
+fn at_transport(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => {
+            let m = s.message();
+            m.contains("transport error") || m.contains("connect error") || m.contains("broken pipe")
+        }
+        _ => false,
     }
 }

@@ -25,7 +25,8 @@ pub(crate) fn failed(doing: &'static str, cluster: &str, source: etcd_client::Er
                 grpc::CANCELLED | grpc::UNKNOWN | grpc::DEADLINE_EXCEEDED | grpc::UNAVAILABLE
             ) || s.message().contains("no leader")
         }
-        etcd_client::Error::LeaseKeepAliveError(_) | etcd_client::Error::WatchError(_) => true,
+        etcd_client::Error::LeaseKeepAliveError(m) => !m.contains("not found"),
+        etcd_client::Error::WatchError(_) => true,
         _ => false,
     };
     let auth = matches!(&source, etcd_client::Error::GRpcStatus(s)
@@ -69,4 +70,15 @@ mod grpc {
     pub(super) const PERMISSION_DENIED: i32 = 7;
     pub(super) const UNAVAILABLE: i32 = 14;
     pub(super) const UNAUTHENTICATED: i32 = 16;
+}
+
+/// `true` when etcd says the lease does not exist (expired or revoked).
+pub(crate) fn lease_not_found(e: &LockError) -> bool {
+    let mut text = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        text.push_str(&s.to_string());
+        src = s.source();
+    }
+    text.contains("lease not found")
 }

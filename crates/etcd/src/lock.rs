@@ -103,21 +103,18 @@ impl Drop for Queued {
             let c = &inner.cluster;
             match holding {
                 Holding::Own { lease, .. } => {
-                    let mut cl = c.client.clone();
                     let _ = c
-                        .call(
-                            "revoking an abandoned lease",
-                            async move { cl.lease_revoke(lease).await },
-                        )
+                        .call("revoking an abandoned lease", |mut cl| async move {
+                            cl.lease_revoke(lease).await
+                        })
                         .await;
                 }
                 Holding::Session(_) => {
-                    let mut cl = c.client.clone();
                     let _ = c
-                        .call(
-                            "deleting an abandoned queue key",
-                            async move { cl.delete(key, None).await },
-                        )
+                        .call("deleting an abandoned queue key", |mut cl| {
+                            let key = key.clone();
+                            async move { cl.delete(key, None).await }
+                        })
                         .await;
                 }
             }
@@ -193,10 +190,12 @@ impl EtcdLock {
             return Ok(Holding::Session(self.session().await?));
         }
         let c = &self.inner.cluster;
-        let mut cl = c.client.clone();
         let secs = opts.ttl().as_secs_f64().ceil().max(1.0) as i64;
         let r = c
-            .call("granting a lease", async move { cl.lease_grant(secs, None).await })
+            .call(
+                "granting a lease",
+                |mut cl| async move { cl.lease_grant(secs, None).await },
+            )
             .await?;
         self.inner.leases_granted.fetch_add(1, Ordering::Relaxed);
         Ok(Holding::Own {
@@ -241,9 +240,11 @@ impl EtcdLock {
                     TxnOp::get(dir.clone(), Some(owner_get)),
                 ]);
             let c = &me.inner.cluster;
-            let mut cl = c.client.clone();
             let resp = c
-                .call("queueing for the lock", async move { cl.txn(txn).await })
+                .call("queueing for the lock", |mut cl| {
+                    let txn = txn.clone();
+                    async move { cl.txn(txn).await }
+                })
                 .await?;
             let mut owner_rev = 0;
             for op in resp.op_responses() {
@@ -286,23 +287,23 @@ impl EtcdLock {
                 .with_sort(SortTarget::Create, SortOrder::Descend)
                 .with_limit(1)
                 .with_keys_only();
-            let (mut cl, dir) = (c.client.clone(), q.dir.clone());
+            let dir = q.dir.clone();
             let resp = c
-                .call(
-                    "looking for the predecessor",
-                    async move { cl.get(dir, Some(opts)).await },
-                )
+                .call("looking for the predecessor", |mut cl| {
+                    let (dir, opts) = (dir.clone(), opts.clone());
+                    async move { cl.get(dir, Some(opts)).await }
+                })
                 .await?;
             let Some(pred) = resp.kvs().first() else { break };
             let pred_key = pred.key().to_vec();
             let from = resp.header().map_or(0, |h| h.revision()) + 1;
-            let mut cl = c.client.clone();
             let wopts = WatchOptions::new()
                 .with_start_revision(from)
                 .with_filters([WatchFilterType::NoPut]);
             let mut stream = c
-                .call("watching the predecessor", async move {
-                    cl.watch(pred_key, Some(wopts)).await
+                .call("watching the predecessor", |mut cl| {
+                    let (pred_key, wopts) = (pred_key.clone(), wopts.clone());
+                    async move { cl.watch(pred_key, Some(wopts)).await }
                 })
                 .await?;
             loop {
@@ -317,7 +318,7 @@ impl EtcdLock {
                     Ok(Ok(None)) | Ok(Err(_)) => break, // re-check from the top
                     Err(_) => {
                         if let Holding::Own { lease, .. } = &q.holding {
-                            if keep_alive_once(c, *lease).await?.is_none() {
+                            if !keep_alive_once(c, *lease).await? {
                                 return Ok(false);
                             }
                         }
@@ -325,9 +326,12 @@ impl EtcdLock {
                 }
             }
         }
-        let (mut cl, key) = (c.client.clone(), q.key.clone());
+        let key = q.key.clone();
         let mine = c
-            .call("re-reading our key", async move { cl.get(key, None).await })
+            .call("re-reading our key", |mut cl| {
+                let key = key.clone();
+                async move { cl.get(key, None).await }
+            })
             .await?;
         Ok(mine
             .kvs()
@@ -371,19 +375,19 @@ impl EtcdLock {
     }
 }
 
-/// One keep-alive of a lease: `Some(ttl)` when it lives, `None` when it is gone.
-async fn keep_alive_once(c: &Cluster, lease: i64) -> Result<Option<Duration>> {
-    let mut cl = c.client.clone();
-    let reply = c
-        .call("keeping a lease alive", async move {
-            let (mut keeper, mut replies) = cl.lease_keep_alive(lease).await?;
-            keeper.keep_alive().await?;
-            replies.message().await
+/// One keep-alive of a lease: `true` when it lives (renewed to its granted TTL), `false`
+/// when it is gone. Opening the keep-alive stream sends the request and checks the answer.
+async fn keep_alive_once(c: &Cluster, lease: i64) -> Result<bool> {
+    let opened = c
+        .call("keeping a lease alive", |mut cl| async move {
+            cl.lease_keep_alive(lease).await.map(|_| ())
         })
-        .await?;
-    Ok(reply
-        .filter(|r| r.ttl() > 0)
-        .map(|r| Duration::from_secs(r.ttl() as u64)))
+        .await;
+    match opened {
+        Ok(()) => Ok(true),
+        Err(e) if crate::error::lease_not_found(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 #[async_trait]
@@ -465,13 +469,11 @@ impl EtcdGrant {
     /// create revision, and so the token, stays), then revoke the old lease.
     async fn move_to_longer_lease(&self, old: i64, ttl: Duration) -> Result<Option<Duration>> {
         let c = &self.cluster;
-        let mut cl = c.client.clone();
         let secs = ttl.as_secs_f64().ceil().max(1.0) as i64;
         let fresh = c
-            .call(
-                "granting a longer lease",
-                async move { cl.lease_grant(secs, None).await },
-            )
+            .call("granting a longer lease", |mut cl| async move {
+                cl.lease_grant(secs, None).await
+            })
             .await?;
         let txn = Txn::new()
             .when([
@@ -483,23 +485,21 @@ impl EtcdGrant {
                 "",
                 Some(PutOptions::new().with_lease(fresh.id())),
             )]);
-        let mut cl = c.client.clone();
         let moved = c
-            .call("moving the lock to the longer lease", async move { cl.txn(txn).await })
+            .call("moving the lock to the longer lease", |mut cl| {
+                let txn = txn.clone();
+                async move { cl.txn(txn).await }
+            })
             .await;
-        let (mut cl, revoke) = (
-            c.client.clone(),
-            if matches!(moved, Ok(ref r) if r.succeeded()) {
-                old
-            } else {
-                fresh.id()
-            },
-        );
+        let revoke = if matches!(moved, Ok(ref r) if r.succeeded()) {
+            old
+        } else {
+            fresh.id()
+        };
         let _ = c
-            .call(
-                "revoking the replaced lease",
-                async move { cl.lease_revoke(revoke).await },
-            )
+            .call("revoking the replaced lease", |mut cl| async move {
+                cl.lease_revoke(revoke).await
+            })
             .await;
         if !moved?.succeeded() {
             return Ok(None);
@@ -523,9 +523,7 @@ impl LeaseOps for EtcdGrant {
             Holding::Own { lease, granted } => {
                 // A shorter ttl cannot shorten the lease on the server: the holder believes
                 // `ttl` (safe), the key may outlive it by up to `granted`.
-                Ok(keep_alive_once(&self.cluster, lease)
-                    .await?
-                    .map(|live| ttl.min(live).min(granted)))
+                Ok(keep_alive_once(&self.cluster, lease).await?.then_some(ttl.min(granted)))
             }
         }
     }
@@ -535,9 +533,11 @@ impl LeaseOps for EtcdGrant {
         match &self.holding() {
             Holding::Own { lease, .. } => {
                 // Revoking the lease deletes our key with it, in one request.
-                let (mut cl, lease) = (c.client.clone(), *lease);
+                let lease = *lease;
                 match c
-                    .call("revoking the lock's lease", async move { cl.lease_revoke(lease).await })
+                    .call("revoking the lock's lease", |mut cl| async move {
+                        cl.lease_revoke(lease).await
+                    })
                     .await
                 {
                     Ok(_) => Ok(true),
@@ -556,8 +556,13 @@ impl LeaseOps for EtcdGrant {
                 let txn = Txn::new()
                     .when([Compare::create_revision(self.key.clone(), CompareOp::Equal, self.rev)])
                     .and_then([TxnOp::delete(self.key.clone(), None)]);
-                let mut cl = c.client.clone();
-                match c.call("deleting the lock key", async move { cl.txn(txn).await }).await {
+                match c
+                    .call("deleting the lock key", |mut cl| {
+                        let txn = txn.clone();
+                        async move { cl.txn(txn).await }
+                    })
+                    .await
+                {
                     Ok(r) => Ok(r.succeeded()),
                     Err(e) => {
                         // Not confirmed: keep trying in the background; if it still fails and no
@@ -582,18 +587,22 @@ async fn retry_delete(c: Cluster, key: String, rev: i64, session: Arc<Session>) 
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, rev)])
             .and_then([TxnOp::delete(key.clone(), None)]);
-        let mut cl = c.client.clone();
-        if c.call("deleting the lock key (retry)", async move { cl.txn(txn).await })
-            .await
-            .is_ok()
+        if c.call("deleting the lock key (retry)", |mut cl| {
+            let txn = txn.clone();
+            async move { cl.txn(txn).await }
+        })
+        .await
+        .is_ok()
         {
             return;
         }
     }
     if session.is_alive() && session.lock_count() == 0 {
-        let (mut cl, id) = (c.client.clone(), session.id);
+        let id = session.id;
         let _ = c
-            .call("revoking the session lease", async move { cl.lease_revoke(id).await })
+            .call("revoking the session lease", |mut cl| async move {
+                cl.lease_revoke(id).await
+            })
             .await;
         session.stop();
     }

@@ -47,13 +47,11 @@ impl Session {
     /// Grants a lease of `ttl` and starts keeping it alive.
     pub async fn start(cluster: &Cluster, ttl: Duration, keepalives: Arc<AtomicU64>) -> Result<Arc<Session>> {
         let sent = Instant::now();
-        let mut c = cluster.client.clone();
         let secs = ttl.as_secs().max(1) as i64;
         let granted = cluster
-            .call(
-                "granting the session lease",
-                async move { c.lease_grant(secs, None).await },
-            )
+            .call("granting the session lease", |mut c| async move {
+                c.lease_grant(secs, None).await
+            })
             .await?;
         let ttl = Duration::from_secs(granted.ttl().max(1) as u64);
         let (state, _) = watch::channel(SessionState::Alive(sent + ttl));
@@ -171,22 +169,33 @@ async fn keep_alive(session: std::sync::Weak<Session>, cluster: Cluster, granted
             return;
         }
         if stream.is_none() {
-            let mut c = cluster.client.clone();
-            match cluster
-                .call(
-                    "opening the keep-alive stream",
-                    async move { c.lease_keep_alive(id).await },
-                )
-                .await
-            {
-                Ok(pair) => stream = Some(pair),
+            // Opening the stream sends a keep-alive and waits for its answer: it renews too.
+            let sent = Instant::now();
+            counter.fetch_add(1, Ordering::Relaxed);
+            let opened = cluster
+                .call("opening the keep-alive stream", |mut c| async move {
+                    c.lease_keep_alive(id).await
+                })
+                .await;
+            match opened {
+                Ok(pair) => {
+                    stream = Some(pair);
+                    last_ok = sent;
+                    backoff = Duration::from_millis(10);
+                    s.state.send_replace(SessionState::Alive(sent + ttl));
+                    next = sent + interval;
+                }
+                Err(e) if crate::error::lease_not_found(&e) => {
+                    s.lose("the lease expired or was revoked on the server".into());
+                    return;
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "keep-alive stream failed; retrying while the lease may live");
                     next = (Instant::now() + backoff).min(deadline);
                     backoff = (backoff * 2).min(interval.max(Duration::from_millis(10)));
-                    continue;
                 }
             }
+            continue;
         }
         let Some((keeper, replies)) = stream.as_mut() else {
             continue;
@@ -206,6 +215,14 @@ async fn keep_alive(session: std::sync::Weak<Session>, cluster: Cluster, granted
                 next = sent + interval;
             }
             Ok(Ok(Some(_))) => {
+                s.lose("the lease expired or was revoked on the server".into());
+                return;
+            }
+            Ok(Err(e)) if e.to_string().contains("not found") => {
+                s.lose(format!("the lease is gone on the server: {e}"));
+                return;
+            }
+            Ok(Err(etcd_client::Error::LeaseKeepAliveError(m))) if m.contains("not found") => {
                 s.lose("the lease expired or was revoked on the server".into());
                 return;
             }

@@ -205,6 +205,21 @@ impl EtcdCluster {
     }
 }
 
+impl EtcdCluster {
+    /// How many gRPC calls of `method` (e.g. `"Txn"`, `"Range"`, `"LeaseGrant"`) member `i`
+    /// has handled, from its Prometheus metrics; `None` when it does not answer.
+    pub fn grpc_calls(&self, i: usize, method: &str) -> Option<u64> {
+        let body = http(self.members[i].client_port, "GET", "/metrics", "")?;
+        let needle = format!("grpc_method=\"{method}\"");
+        Some(
+            body.lines()
+                .filter(|l| l.starts_with("grpc_server_handled_total{") && l.contains(&needle))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>() as u64,
+        )
+    }
+}
+
 /// The string value of `"name":"VALUE"` or `"name":VALUE` in a flat JSON text.
 fn json_field(json: &str, name: &str) -> Option<String> {
     let at = json.find(&format!("\"{name}\":"))? + name.len() + 3;

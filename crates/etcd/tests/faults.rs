@@ -1,0 +1,191 @@
+//! etcd fault tests on a real 3-member cluster: the leader killed while a lock is held and
+//! others wait, 2 of 3 members down, a session lease revoked from outside; plus the
+//! keep-alive cost of 1,000 held locks and the round trips of one lock.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fencelock_core::{DistributedLock, LockError, LockOptions, LostReason};
+use fencelock_etcd::EtcdLock;
+use fencelock_testkit::etcd_server::EtcdCluster;
+use fencelock_testkit::overlap::OverlapDetector;
+use tokio::time::Instant;
+
+const SLACK: Duration = Duration::from_secs(3);
+
+fn held() -> LockOptions {
+    LockOptions::new()
+        .with_ttl(Duration::from_secs(30))
+        .with_wait(Duration::from_secs(30))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_keeps_the_lock_and_waiters_proceed() {
+    let mut cluster = EtcdCluster::start(3);
+    let url = cluster.url("session_ttl=2s&timeout=1s");
+    let holder = EtcdLock::connect(&url).await.unwrap();
+    let lease = holder.acquire("k", &held()).await.unwrap();
+    let detector = Arc::new(OverlapDetector::new());
+    let _first_inside = detector.enter(lease.token());
+    let mut waiters = Vec::new();
+    for _ in 0..2 {
+        let (url, detector) = (url.clone(), Arc::clone(&detector));
+        waiters.push(tokio::spawn(async move {
+            let locks = EtcdLock::connect(&url).await.unwrap();
+            let l = locks
+                .acquire("k", &held())
+                .await
+                .expect("a waiter gets the lock after the release");
+            {
+                let _inside = detector.enter(l.token());
+                tokio::task::yield_now().await;
+            }
+            l.release().await.unwrap();
+        }));
+    }
+    let leader = cluster.wait_for_leader(Duration::from_secs(10));
+    cluster.kill(leader);
+    let new_leader = cluster.wait_for_leader(Duration::from_secs(10));
+    assert_ne!(new_leader, leader);
+    // Hold across more than a whole session TTL after the failover: the keep-alive must
+    // have moved to a live member.
+    tokio::select! {
+        reason = lease.lost() => panic!("the lock was lost in the leader change: {reason}"),
+        _ = tokio::time::sleep(Duration::from_secs(3)) => {}
+    }
+    assert!(lease.is_held());
+    drop(_first_inside);
+    lease.release().await.expect("release after the failover");
+    for w in waiters {
+        tokio::time::timeout(Duration::from_secs(30), w)
+            .await
+            .expect("waiter finished")
+            .unwrap();
+    }
+    assert_eq!(detector.overlaps(), 0);
+    assert_eq!(detector.entries().len(), 3);
+    assert!(detector.token_regressions().is_empty(), "{:?}", detector.entries());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_of_three_down_is_unavailable_within_the_bound() {
+    let mut cluster = EtcdCluster::start(3);
+    let locks = EtcdLock::connect(&cluster.url("timeout=500ms")).await.unwrap();
+    locks.acquire("warm", &held()).await.unwrap().release().await.unwrap();
+    cluster.kill(0);
+    cluster.kill(1);
+    let start = Instant::now();
+    let err = locks
+        .try_acquire("k", &held())
+        .await
+        .expect_err("granted without a quorum");
+    assert!(matches!(err, LockError::Unavailable { .. }), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_millis(500) * 2 + SLACK,
+        "try_acquire took {:?}",
+        start.elapsed()
+    );
+    let wait = Duration::from_secs(1);
+    let start = Instant::now();
+    let err = locks
+        .acquire("k", &held().with_wait(wait))
+        .await
+        .expect_err("granted without a quorum");
+    assert!(
+        matches!(err, LockError::Unavailable { .. } | LockError::Timeout { .. }),
+        "{err}"
+    );
+    assert!(start.elapsed() < wait + SLACK, "acquire took {:?}", start.elapsed());
+    let start = Instant::now();
+    assert!(EtcdLock::connect(&cluster.url("timeout=500ms")).await.is_err());
+    assert!(start.elapsed() < SLACK, "connect took {:?}", start.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_revoked_from_outside_is_reported_lost() {
+    let cluster = EtcdCluster::start(3);
+    let url = cluster.url("session_ttl=3s");
+    let holder = EtcdLock::connect(&url).await.unwrap();
+    let lease = holder.acquire("k", &held()).await.unwrap();
+    let id = holder.session_lease().await.expect("a live session");
+    let endpoints: Vec<String> = cluster.endpoints().iter().map(|e| format!("http://{e}")).collect();
+    let mut admin = etcd_client::Client::connect(endpoints, None).await.unwrap();
+    let revoked_at = Instant::now();
+    admin.lease_revoke(id).await.unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(3) + SLACK, lease.lost())
+        .await
+        .expect("the holder was told");
+    assert!(matches!(reason, LostReason::Backend(_)), "{reason:?}");
+    assert!(
+        revoked_at.elapsed() <= Duration::from_secs(1) + SLACK,
+        "told after {:?}",
+        revoked_at.elapsed()
+    );
+    let other = EtcdLock::connect(&url).await.unwrap();
+    let next = other
+        .try_acquire("k", &held())
+        .await
+        .unwrap()
+        .expect("the revoked lock is free");
+    assert!(next.token() > lease.token());
+    next.release().await.unwrap();
+    // A new lock on the first instance gets a new session.
+    holder
+        .acquire("k2", &held())
+        .await
+        .expect("a fresh session")
+        .release()
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_locks_share_one_keep_alive_stream() {
+    let cluster = EtcdCluster::single();
+    let locks = EtcdLock::connect(&cluster.url("session_ttl=3s")).await.unwrap();
+    let mut leases = Vec::new();
+    for i in 0..1000 {
+        leases.push(locks.acquire(&format!("many-{i}"), &held()).await.unwrap());
+    }
+    assert_eq!(locks.leases_granted(), 1, "one session lease for every lock");
+    let before = locks.keepalive_requests();
+    let grants_before = cluster.grpc_calls(0, "LeaseGrant").unwrap();
+    let txns_before = cluster.grpc_calls(0, "Txn").unwrap();
+    let period = Duration::from_secs(4);
+    tokio::time::sleep(period).await; // the time under test: renewals happen meanwhile
+    let keepalives = locks.keepalive_requests() - before;
+    // One every third of the 3 s TTL: about 4 in 4 s, not 1000 × 4.
+    assert!(
+        (2..=8).contains(&keepalives),
+        "{keepalives} keep-alive requests for 1000 locks in {period:?}"
+    );
+    assert_eq!(cluster.grpc_calls(0, "LeaseGrant").unwrap(), grants_before);
+    assert_eq!(
+        cluster.grpc_calls(0, "Txn").unwrap(),
+        txns_before,
+        "renewal must not touch the lock keys"
+    );
+    assert!(leases.iter().all(|l| l.is_held()));
+    for l in leases {
+        l.release().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncontended_lock_costs_two_requests() {
+    let cluster = EtcdCluster::single();
+    let locks = EtcdLock::connect(&cluster.url("")).await.unwrap();
+    locks.acquire("warm", &held()).await.unwrap().release().await.unwrap(); // starts the session
+    let calls = |m: &str| cluster.grpc_calls(0, m).unwrap();
+    let (txn, range, grant, revoke) = (calls("Txn"), calls("Range"), calls("LeaseGrant"), calls("LeaseRevoke"));
+    const N: u64 = 20;
+    for _ in 0..N {
+        locks.acquire("k", &held()).await.unwrap().release().await.unwrap();
+    }
+    assert_eq!(calls("Txn") - txn, 2 * N, "one transaction to acquire, one to release");
+    assert_eq!(calls("Range") - range, 0);
+    assert_eq!(calls("LeaseGrant") - grant, 0);
+    assert_eq!(calls("LeaseRevoke") - revoke, 0);
+}
