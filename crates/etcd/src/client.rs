@@ -48,10 +48,12 @@ impl Cluster {
     }
 
     /// Runs one request, bounded in all by the request timeout, errors mapped. A request
-    /// that fails at the transport (the member it went to is down: refused, reset) is sent
-    /// again — the client balances over the endpoints, so another member takes it — up to
-    /// once per endpoint. Every request we send is safe to repeat: puts and deletes are
-    /// guarded by compares on our own key, reads and keep-alives are idempotent, and a
+    /// that failed without an answer from a healthy leader — the member it went to is down
+    /// (refused, reset), or the cluster is between leaders ("leader changed", "no leader")
+    /// — is sent again after a short pause while the timeout lasts; the client balances
+    /// over the endpoints, so another member may take it. Every request we send is safe to
+    /// repeat: puts and deletes are guarded by compares on our own key (a put that did land
+    /// is found by the retry's else branch), reads and keep-alives are idempotent, and a
     /// duplicate lease grant only leaves a lease that expires unused.
     pub async fn call<T, F, Fut>(&self, doing: &'static str, op: F) -> Result<T>
     where
@@ -59,16 +61,22 @@ impl Cluster {
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         let deadline = tokio::time::Instant::now() + self.cfg.timeout;
+        let mut pause = std::time::Duration::from_millis(20);
         let mut last = None;
-        for _ in 0..=self.cfg.endpoints.len() {
+        for _ in 0..10 {
             match tokio::time::timeout_at(deadline, op(self.client.clone())).await {
                 Ok(Ok(v)) => return Ok(v),
-                Ok(Err(e)) if at_transport(&e) => {
-                    tracing::debug!(error = %e, "{doing}: transport failure; trying another member");
+                Ok(Err(e)) if worth_another_try(&e) => {
+                    tracing::debug!(error = %e, "{doing}: no answer from a leader; trying again");
                     last = Some(e);
+                    if tokio::time::Instant::now() + pause >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_millis(200));
                 }
                 Ok(Err(e)) => return Err(failed(doing, &self.cfg.display, e)),
-                Err(_) => return Err(timed_out(doing, &self.cfg.display, self.cfg.timeout)),
+                Err(_) => break,
             }
         }
         match last {
@@ -91,13 +99,18 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
-/// A failure to reach a member at all (as opposed to an answer from one).
-fn at_transport(e: &etcd_client::Error) -> bool {
+/// A failure to reach a member, or a cluster between leaders: nothing a retry could
+/// make worse (see [`Cluster::call`]).
+fn worth_another_try(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
         etcd_client::Error::GRpcStatus(s) => {
             let m = s.message();
-            m.contains("transport error") || m.contains("connect error") || m.contains("broken pipe")
+            m.contains("transport error")
+                || m.contains("connect error")
+                || m.contains("broken pipe")
+                || m.contains("leader changed")
+                || m.contains("no leader")
         }
         _ => false,
     }
