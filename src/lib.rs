@@ -33,6 +33,9 @@ pub use fencelock_core::{
     FenceRejection, FencingToken, GrantId, Guarantees, Lease, LeaseOps, LeaseParts, LeaseRef, LeaseReporter,
     LeaseState, LeaseStatus, LockError, LockExt, LockOptions, LostReason, Requirement, Result, Scope, TokenOrder,
 };
+/// The etcd backend (feature `etcd`).
+#[cfg(feature = "etcd")]
+pub use fencelock_etcd as etcd;
 /// The single-instance Redis backend (feature `redis`).
 #[cfg(feature = "redis")]
 pub use fencelock_redis as redis;

@@ -50,7 +50,7 @@ pub const SCHEMES: &[Scheme] = &[
     Scheme {
         names: &["etcd"],
         feature: Some("etcd"),
-        compiled: false,
+        compiled: cfg!(feature = "etcd"),
         form: "etcd://HOST:PORT[,HOST:PORT...][/PREFIX]",
         summary: "etcd (Raft); strict exclusion, revision tokens",
     },
@@ -85,6 +85,8 @@ pub fn guarantees(scheme: &str) -> Option<fencelock_core::Guarantees> {
         "redis" | "rediss" => Some(fencelock_redis::GUARANTEES),
         #[cfg(feature = "redlock")]
         "redlock" => Some(fencelock_redlock::GUARANTEES),
+        #[cfg(feature = "etcd")]
+        "etcd" => Some(fencelock_etcd::GUARANTEES),
         _ => None,
     }
 }

@@ -113,6 +113,13 @@ fn eight_processes_on_redlock_never_overlap_and_tokens_grow() {
     ));
 }
 
+#[cfg(feature = "etcd")]
+#[test]
+fn eight_processes_on_etcd_never_overlap_and_tokens_grow() {
+    let cluster = fencelock_testkit::etcd_server::EtcdCluster::start(3);
+    assert_eight_processes_exclusive(&cluster.url(""));
+}
+
 #[test]
 fn eight_processes_on_redis_never_overlap_and_tokens_grow() {
     let server = fencelock_testkit::redis_server::RedisServer::start();
