@@ -224,6 +224,6 @@ impl EtcdCluster {
 fn json_field(json: &str, name: &str) -> Option<String> {
     let at = json.find(&format!("\"{name}\":"))? + name.len() + 3;
     let rest = json[at..].trim_start().trim_start_matches('"');
-    let end = rest.find(|c: char| c == '"' || c == ',' || c == '}')?;
+    let end = rest.find(['"', ',', '}'])?;
     Some(rest[..end].to_owned())
 }
