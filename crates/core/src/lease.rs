@@ -495,6 +495,72 @@ impl LeaseReporter {
     }
 }
 
+/// The live leases that ride on one backend session (an etcd lease, a ZooKeeper session),
+/// so the session can tell all of them at once when it is lost or suspended.
+#[derive(Debug, Default)]
+pub struct LeaseRegistry {
+    next: std::sync::atomic::AtomicU64,
+    leases: Mutex<std::collections::HashMap<u64, LeaseReporter>>,
+}
+
+impl LeaseRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, LeaseReporter>> {
+        self.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a lease; returns the id to remove it with.
+    pub fn register(&self, reporter: LeaseReporter) -> u64 {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.map().insert(id, reporter);
+        id
+    }
+
+    /// Removes a lease (released).
+    pub fn unregister(&self, id: u64) {
+        self.map().remove(&id);
+    }
+
+    /// How many leases are registered.
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    /// `true` when no lease is registered.
+    pub fn is_empty(&self) -> bool {
+        self.map().is_empty()
+    }
+
+    fn all(&self) -> Vec<LeaseReporter> {
+        self.map().values().cloned().collect()
+    }
+
+    /// Every lease is lost, for `reason`.
+    pub fn lost_all(&self, reason: &LostReason) {
+        for r in self.all() {
+            r.lost(reason.clone());
+        }
+    }
+
+    /// Every lease is suspended (connection interrupted).
+    pub fn suspended_all(&self) {
+        for r in self.all() {
+            r.suspended();
+        }
+    }
+
+    /// Every lease is held again (connection back, session intact).
+    pub fn resumed_all(&self) {
+        for r in self.all() {
+            r.resumed();
+        }
+    }
+}
+
 /// The first delay after a failed renewal; it doubles on each failure.
 const RENEW_RETRY_FIRST: Duration = Duration::from_millis(10);
 
@@ -515,7 +581,15 @@ async fn guard(shared: Weak<Shared>, auto_renew: bool) {
         }
         let now = Instant::now();
         if now >= status.valid_until {
-            s.mark_lost(s.expiry_reason());
+            if s.mark_lost(s.expiry_reason()) {
+                // The lease lapsed: give the grant back on the backend (only ours is ever
+                // touched), so that backends whose grants do not expire by themselves —
+                // a ZooKeeper node lives as long as its session — honour the TTL too.
+                let ops = Arc::clone(&s.ops);
+                tokio::spawn(async move {
+                    let _ = ops.release().await;
+                });
+            }
             return;
         }
         let last_sent = s.renewal().last_sent;

@@ -42,7 +42,7 @@ pub mod waiting;
 pub use error::{BoxError, FenceRejection, LockError, LostReason, Result};
 pub use ext::{LeaseRef, LockExt};
 pub use guarantees::{Exclusion, Guarantees, Requirement, Scope, TokenOrder};
-pub use lease::{Lease, LeaseOps, LeaseParts, LeaseReporter, LeaseState, LeaseStatus};
+pub use lease::{Lease, LeaseOps, LeaseParts, LeaseRegistry, LeaseReporter, LeaseState, LeaseStatus};
 pub use lock::DistributedLock;
 pub use options::LockOptions;
 pub use token::{Fence, FencingToken, GrantId};

@@ -2,12 +2,11 @@
 //! in the background and shared by every auto-renewed lock the instance holds, so renewal
 //! cost does not grow with the number of locks.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fencelock_core::{LeaseReporter, LostReason, Result};
+use fencelock_core::{LeaseRegistry, LeaseReporter, LostReason, Result};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -28,8 +27,7 @@ pub(crate) struct Session {
     pub id: i64,
     pub ttl: Duration,
     state: watch::Sender<SessionState>,
-    locks: Mutex<HashMap<u64, LeaseReporter>>,
-    next_lock: AtomicU64,
+    locks: LeaseRegistry,
     keepalives: Arc<AtomicU64>,
     task: Mutex<Option<AbortHandle>>,
 }
@@ -59,8 +57,7 @@ impl Session {
             id: granted.id(),
             ttl,
             state,
-            locks: Mutex::default(),
-            next_lock: AtomicU64::new(0),
+            locks: LeaseRegistry::new(),
             keepalives,
             task: Mutex::new(None),
         });
@@ -85,25 +82,25 @@ impl Session {
 
     /// Registers a lock's reporter, to be told when the session is lost. Returns its id.
     pub fn register(&self, reporter: LeaseReporter) -> u64 {
-        let id = self.next_lock.fetch_add(1, Ordering::Relaxed);
-        self.locks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, reporter);
+        let id = self.locks.register(reporter);
         if let SessionState::Lost(why) = &*self.state.borrow() {
-            self.tell_all(why);
+            self.locks.lost_all(&Self::reason(why));
         }
         id
     }
 
     /// Forgets a lock (released).
     pub fn unregister(&self, id: u64) {
-        self.locks.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        self.locks.unregister(id);
     }
 
     /// How many locks ride on this session.
     pub fn lock_count(&self) -> usize {
-        self.locks.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.locks.len()
+    }
+
+    fn reason(why: &str) -> LostReason {
+        LostReason::Backend(format!("etcd session lease lost: {why}"))
     }
 
     fn lose(&self, why: String) {
@@ -117,20 +114,7 @@ impl Session {
         });
         if changed {
             tracing::warn!(lease = format_args!("{:x}", self.id), %why, "session lost");
-            self.tell_all(&why);
-        }
-    }
-
-    fn tell_all(&self, why: &str) {
-        let locks: Vec<LeaseReporter> = self
-            .locks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        for r in locks {
-            r.lost(LostReason::Backend(format!("etcd session lease lost: {why}")));
+            self.locks.lost_all(&Self::reason(&why));
         }
     }
 

@@ -10,7 +10,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::config::RedisConfig;
 use crate::error::failed;
-use crate::scripts::{ACQUIRE, EXTEND, RELEASE};
+use crate::scripts::{ACQUIRE, EXTEND, RELEASE, RELEASE_RAISING};
 use crate::waiters::{Subscription, Waiters};
 
 /// What a node answered to an acquire.
@@ -221,6 +221,19 @@ impl RedisNode {
     pub async fn release(&self, key: &str, grant: &str) -> Result<bool> {
         let mut invocation = RELEASE.key(self.inner.keys.lock(key));
         invocation.arg(grant).arg(self.inner.keys.channel(key));
+        let n: i64 = self.invoke_idempotent("release script", &invocation).await?;
+        Ok(n == 1)
+    }
+
+    /// Like [`release`](Self::release), and raises the key's token counter on this node to
+    /// at least `token` (Redlock: see the crate docs of `fencelock-redlock`).
+    pub async fn release_raising(&self, key: &str, grant: &str, token: u64) -> Result<bool> {
+        let mut invocation = RELEASE_RAISING.key(self.inner.keys.lock(key));
+        invocation
+            .key(self.inner.keys.counter(key))
+            .arg(grant)
+            .arg(self.inner.keys.channel(key))
+            .arg(token);
         let n: i64 = self.invoke_idempotent("release script", &invocation).await?;
         Ok(n == 1)
     }

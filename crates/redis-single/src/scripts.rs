@@ -53,6 +53,28 @@ return 0
     )
 });
 
+/// KEYS: lock, counter. ARGV: grant id, channel, token. Like [`RELEASE`], and also raises
+/// the node's token counter to at least `token` (whether or not the grant was still
+/// there). Redlock releases with it, so that every node a later quorum is made of — each
+/// must have seen this release to grant again — counts on from this grant's token:
+/// tokens then grow in the fault-free case even when they came from another node's counter.
+pub(crate) static RELEASE_RAISING: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local counter = tonumber(redis.call('GET', KEYS[2]) or '0')
+if counter < tonumber(ARGV[3]) then
+  redis.call('SET', KEYS[2], ARGV[3])
+end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], '')
+  return 1
+end
+return 0
+",
+    )
+});
+
 /// KEYS: lock. ARGV: grant id, ttl ms. Sets a new TTL only if the lock holds our grant.
 /// Returns 1 when extended, 0 when it was not ours.
 pub(crate) static EXTEND: LazyLock<Script> = LazyLock::new(|| {

@@ -10,9 +10,10 @@
 //!   did not answer too) and retried after a random delay while `acquire`'s wait lasts.
 //! * **Validity**: the lease's `valid_until` is the start of the round + TTL − drift, not the
 //!   TTL. **Extend** needs a quorum again and recomputes it. **Release** goes to every node.
-//! * **Tokens** are best effort: the highest of the quorum's per-node counters. They grow
-//!   in the fault-free case, and can repeat or go back when a node restarts without its data
-//!   or when the quorum's nodes missed increments that other nodes saw.
+//! * **Tokens** are best effort: the highest of the quorum's per-node counters; release
+//!   raises every node's counter to the released token, so they grow in the fault-free
+//!   case, and can repeat or go back when a node restarts without its data or a grant ends
+//!   without its release reaching the nodes.
 //! * **Waiting**: subscriptions to the key's release channel on every node, and the random
 //!   fallback.
 //! * **Delayed restart** (`restart_delay`): enforced by the client on each node through a

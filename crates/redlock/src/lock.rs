@@ -134,6 +134,7 @@ impl RedlockLock {
                     inner: Arc::clone(&inner),
                     key: key.clone(),
                     grant: grant.to_string(),
+                    token: token.get(),
                 });
                 return Ok(Round::Granted(Lease::new(LeaseParts {
                     key,
@@ -271,6 +272,7 @@ struct RedlockGrant {
     inner: Arc<Inner>,
     key: String,
     grant: String,
+    token: u64,
 }
 
 #[async_trait]
@@ -298,10 +300,10 @@ impl LeaseOps for RedlockGrant {
 
     async fn release(&self) -> Result<bool> {
         let cfg = &self.inner.cfg;
-        let (k, g) = (self.key.clone(), self.grant.clone());
+        let (k, g, token) = (self.key.clone(), self.grant.clone(), self.token);
         let answers = fan_out(&self.inner.nodes, cfg.per_node_timeout, move |n| {
             let (k, g) = (k.clone(), g.clone());
-            async move { n.release(&k, &g).await }
+            async move { n.release_raising(&k, &g, token).await }
         })
         .await;
         let released = answers.iter().filter(|a| matches!(a, Ok(true))).count();

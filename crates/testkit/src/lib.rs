@@ -10,6 +10,8 @@
 //!
 //! * [`etcd_server`] — real `etcd` members, single or as a cluster, with kill, restart,
 //!   pause and leader lookup;
+//! * [`zk_server`] — real ZooKeeper servers (standalone or an ensemble), run with `java`;
+//! * [`proxy`] — a fault-injecting TCP proxy (pass, blackhole, reset) for partitions;
 //! * [`redis_server`] — real `redis-server` processes on free loopback ports (killed on
 //!   drop, restartable, pausable), built on [`process`] and [`ports`].
 //!
@@ -39,5 +41,7 @@ pub mod keys;
 pub mod overlap;
 pub mod ports;
 pub mod process;
+pub mod proxy;
 pub mod redis_server;
 pub mod tls;
+pub mod zk_server;

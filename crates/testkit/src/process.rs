@@ -138,3 +138,22 @@ pub fn http(port: u16, method: &str, path: &str, body: &str) -> Option<String> {
     let (head, rest) = text.split_once("\r\n\r\n")?;
     head.starts_with("HTTP/1.1 200").then(|| rest.to_owned())
 }
+
+/// Sends `request` to 127.0.0.1:`port` and returns everything the server sent before it
+/// closed the connection (at most 64 KiB, within a second).
+pub fn tcp_exchange_to_eof(port: u16, request: &[u8]) -> Option<Vec<u8>> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    s.write_all(request).ok()?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while out.len() < 64 * 1024 {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}

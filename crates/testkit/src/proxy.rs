@@ -1,0 +1,135 @@
+//! A fault-injecting TCP proxy on loopback: sits between clients and one server and, per
+//! direction, passes bytes, blackholes them (holds everything, sends nothing) or resets
+//! the connections — switchable at run time. Used to make partitions without root.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// What the proxy does with bytes flowing one way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Forward them.
+    Pass,
+    /// Keep the connections open but forward nothing (a partition: the peer sees silence).
+    Blackhole,
+    /// Close every connection now and refuse new ones until switched back.
+    Reset,
+}
+
+/// A running proxy; dropping it stops it and closes its connections.
+#[derive(Debug)]
+pub struct FaultProxy {
+    port: u16,
+    to_server: watch::Sender<Mode>,
+    to_client: watch::Sender<Mode>,
+    task: tokio::task::JoinHandle<()>,
+    connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy on a free loopback port in front of 127.0.0.1:`upstream`.
+    pub async fn start(upstream: u16) -> Self {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("bind proxy");
+        let port = listener.local_addr().expect("proxy addr").port();
+        let (to_server, _) = watch::channel(Mode::Pass);
+        let (to_client, _) = watch::channel(Mode::Pass);
+        let connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let (up_rx, down_rx, conns) = (to_server.subscribe(), to_client.subscribe(), Arc::clone(&connections));
+        let task = tokio::spawn(async move {
+            let server = SocketAddr::from((Ipv4Addr::LOCALHOST, upstream));
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                if *up_rx.borrow() == Mode::Reset || *down_rx.borrow() == Mode::Reset {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(server).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                let mut list = conns.lock().unwrap_or_else(|p| p.into_inner());
+                list.push(tokio::spawn(pump(cr, sw, up_rx.clone())));
+                list.push(tokio::spawn(pump(sr, cw, down_rx.clone())));
+            }
+        });
+        FaultProxy {
+            port,
+            to_server,
+            to_client,
+            task,
+            connections,
+        }
+    }
+
+    /// The port clients connect to.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Sets both directions.
+    pub fn set(&self, mode: Mode) {
+        self.to_server.send_replace(mode);
+        self.to_client.send_replace(mode);
+        if mode == Mode::Reset {
+            for c in self.connections.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+                c.abort();
+            }
+        }
+    }
+
+    /// Sets the client → server direction only.
+    pub fn set_to_server(&self, mode: Mode) {
+        self.to_server.send_replace(mode);
+    }
+
+    /// Sets the server → client direction only.
+    pub fn set_to_client(&self, mode: Mode) {
+        self.to_client.send_replace(mode);
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        for c in self.connections.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            c.abort();
+        }
+    }
+}
+
+/// Copies one direction, obeying the mode: in `Blackhole` it stops reading (bytes stay in
+/// the kernel buffers, nothing is delivered) until the mode changes; `Reset` ends it.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut mode: watch::Receiver<Mode>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let current = *mode.borrow_and_update();
+        match current {
+            Mode::Reset => return,
+            Mode::Blackhole => {
+                if mode.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Mode::Pass => {}
+        }
+        tokio::select! {
+            changed = mode.changed() => if changed.is_err() { return },
+            n = from.read(&mut buf) => match n {
+                Ok(0) | Err(_) => return,
+                Ok(n) => if to.write_all(&buf[..n]).await.is_err() { return },
+            },
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! Real ZooKeeper servers for tests (Debian's `zookeeper` package, run with `java` and the
+//! package's jar): standalone or a 3-server ensemble on free loopback ports with a temp
+//! config and data dir; kill, restart and pause any server; find the leader.
+//!
+//! `tickTime=100` so sessions can be as short as 200 ms (2 ticks) and session-expiry tests
+//! take about a second.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::ports::free_port;
+use crate::process::{tcp_exchange_to_eof as tcp_exchange, wait_until, ServerProcess};
+
+/// How to install ZooKeeper when it is missing.
+pub const INSTALL_HINT: &str =
+    "install it with `apt-get install zookeeper` (it brings /usr/share/java/zookeeper.jar and a JRE; or run scripts/setup-deps)";
+
+/// The jar of Debian's package.
+pub const JAR: &str = "/usr/share/java/zookeeper.jar";
+
+#[derive(Debug)]
+struct Server {
+    id: usize,
+    client_port: u16,
+    process: Option<ServerProcess>,
+    starts: u32,
+}
+
+/// A running ZooKeeper ensemble (one server: standalone).
+#[derive(Debug)]
+pub struct ZkEnsemble {
+    dir: tempfile::TempDir,
+    servers: Vec<Server>,
+}
+
+impl ZkEnsemble {
+    /// One standalone server.
+    pub fn standalone() -> Self {
+        Self::start(1)
+    }
+
+    /// `n` servers (1 = standalone), started together and waited for until each serves.
+    pub fn start(n: usize) -> Self {
+        assert!(
+            std::path::Path::new(JAR).exists(),
+            "ZooKeeper is not installed ({JAR} is missing): {INSTALL_HINT}"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("fencelock-zk-")
+            .tempdir()
+            .expect("temp dir");
+        let ports: Vec<(u16, u16, u16)> = (0..n).map(|_| (free_port(), free_port(), free_port())).collect();
+        let mut servers = Vec::new();
+        for (i, (client, _, _)) in ports.iter().enumerate() {
+            let id = i + 1;
+            let sdir = dir.path().join(format!("s{id}"));
+            std::fs::create_dir_all(sdir.join("data")).expect("mkdir");
+            std::fs::write(sdir.join("data/myid"), format!("{id}\n")).expect("myid");
+            let mut cfg = format!(
+                "tickTime=100\ninitLimit=20\nsyncLimit=10\ndataDir={}\nclientPort={client}\nclientPortAddress=127.0.0.1\n\
+                 admin.enableServer=false\n4lw.commands.whitelist=*\nminSessionTimeout=200\nmaxSessionTimeout=60000\n",
+                sdir.join("data").display()
+            );
+            if n > 1 {
+                for (j, (_, peer, election)) in ports.iter().enumerate() {
+                    cfg.push_str(&format!("server.{}=127.0.0.1:{peer}:{election}\n", j + 1));
+                }
+            }
+            std::fs::write(sdir.join("zoo.cfg"), cfg).expect("zoo.cfg");
+            std::fs::write(
+                sdir.join("log4j.properties"),
+                "log4j.rootLogger=WARN, CONSOLE\nlog4j.appender.CONSOLE=org.apache.log4j.ConsoleAppender\n\
+                 log4j.appender.CONSOLE.layout=org.apache.log4j.PatternLayout\n\
+                 log4j.appender.CONSOLE.layout.ConversionPattern=%d %p %c{1}: %m%n\n",
+            )
+            .expect("log4j");
+            servers.push(Server {
+                id,
+                client_port: *client,
+                process: None,
+                starts: 0,
+            });
+        }
+        let mut ensemble = ZkEnsemble { dir, servers };
+        for i in 0..n {
+            ensemble.spawn(i);
+        }
+        for i in 0..n {
+            ensemble.wait_serving(i);
+        }
+        ensemble
+    }
+
+    fn server_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("s{}", self.servers[i].id))
+    }
+
+    fn log(&self, i: usize) -> PathBuf {
+        self.server_dir(i)
+            .join(format!("server-{}.log", self.servers[i].starts))
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let sdir = self.server_dir(i);
+        self.servers[i].starts += 1;
+        let mut cmd = Command::new("java");
+        cmd.arg("-Xmx128m")
+            .arg("-XX:+UseSerialGC")
+            .arg("-XX:TieredStopAtLevel=1")
+            .arg("-cp")
+            .arg(format!("{}:{JAR}", sdir.display()))
+            .arg(format!("-Dzookeeper.log.dir={}", sdir.display()))
+            .arg("-Dzookeeper.admin.enableServer=false")
+            .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
+            .arg(sdir.join("zoo.cfg"));
+        let log = self.log(i);
+        self.servers[i].process = Some(ServerProcess::spawn("java (ZooKeeper)", cmd, &log, INSTALL_HINT));
+    }
+
+    fn mode(&self, i: usize) -> Option<String> {
+        let reply = tcp_exchange(self.servers[i].client_port, b"srvr")?;
+        let text = String::from_utf8_lossy(&reply).into_owned();
+        text.lines().find_map(|l| l.strip_prefix("Mode: ").map(str::to_owned))
+    }
+
+    fn wait_serving(&mut self, i: usize) {
+        let log = self.log(i);
+        let port = self.servers[i].client_port;
+        let process = self.servers[i].process.as_mut().expect("server running");
+        if let Err(e) = wait_until("ZooKeeper", Duration::from_secs(30), &log, process, || {
+            tcp_exchange(port, b"srvr").is_some_and(|r| String::from_utf8_lossy(&r).contains("Mode: "))
+        }) {
+            panic!("{e}");
+        }
+    }
+
+    /// `127.0.0.1:PORT` of every server.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.servers
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.client_port))
+            .collect()
+    }
+
+    /// The client port of server `i`.
+    pub fn port(&self, i: usize) -> u16 {
+        self.servers[i].client_port
+    }
+
+    /// `zk://H:P,H:P,...[/chroot]` with `query` appended when not empty.
+    pub fn url(&self, chroot: &str, query: &str) -> String {
+        let q = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{query}")
+        };
+        format!("zk://{}{chroot}{q}", self.endpoints().join(","))
+    }
+
+    /// Kills server `i` (SIGKILL).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut p) = self.servers[i].process.take() {
+            p.kill();
+        }
+    }
+
+    /// Starts server `i` again and waits until it serves.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i);
+        self.wait_serving(i);
+    }
+
+    /// SIGSTOP server `i`.
+    pub fn pause(&self, i: usize) {
+        self.servers[i].process.as_ref().expect("server running").pause();
+    }
+
+    /// SIGCONT server `i`.
+    pub fn resume(&self, i: usize) {
+        self.servers[i].process.as_ref().expect("server running").resume();
+    }
+
+    /// The index of the server in `leader` (or `standalone`) mode, if one answers.
+    pub fn leader(&self) -> Option<usize> {
+        (0..self.servers.len())
+            .filter(|i| self.servers[*i].process.is_some())
+            .find(|i| matches!(self.mode(*i).as_deref(), Some("leader") | Some("standalone")))
+    }
+}

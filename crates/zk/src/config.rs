@@ -1,0 +1,112 @@
+//! `zk://` URLs and the backend's options.
+
+use std::time::Duration;
+
+use fencelock_core::options::duration_text::parse_duration;
+use fencelock_core::{LockError, Result};
+
+/// The options of the ZooKeeper backend.
+///
+/// `zk://HOST:PORT[,HOST:PORT...][/CHROOT][?session_timeout=10s&timeout=2s&connect_timeout=1s]`
+///
+/// | part | default | meaning |
+/// |---|---|---|
+/// | `/CHROOT` | `/fencelock` | every lock lives under it, as `CHROOT/KEY/lock-GRANT-SEQUENCE` |
+/// | `session_timeout` | `10s` | the session's timeout: plays the TTL's role — how long after this process dies or is cut off its locks are freed (the server bounds it to 2–20 ticks) |
+/// | `timeout` | `2s` | the longest wait for one request |
+/// | `connect_timeout` | `1s` | the longest wait for a connection to one server |
+#[derive(Debug, Clone)]
+pub struct ZkConfig {
+    /// `HOST:PORT` of every server.
+    pub servers: Vec<String>,
+    /// The chroot.
+    pub chroot: String,
+    /// Session timeout.
+    pub session_timeout: Duration,
+    /// Request timeout.
+    pub timeout: Duration,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    pub(crate) display: String,
+}
+
+impl ZkConfig {
+    /// Parses a `zk://` URL.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let bad = |why: String| LockError::invalid_config(format!("`{url}`: {why}"));
+        let rest = url.strip_prefix("zk://").ok_or_else(|| bad("a ZooKeeper URL starts with zk://".into()))?;
+        let (base, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (hosts, chroot) = match base.split_once('/') {
+            Some((h, c)) => (h, format!("/{}", c.trim_end_matches('/'))),
+            None => (base, "/fencelock".to_owned()),
+        };
+        if chroot == "/" || chroot.contains("//") {
+            return Err(bad(format!("bad chroot `{chroot}`")));
+        }
+        let mut servers = Vec::new();
+        for h in hosts.split(',') {
+            let h = h.trim();
+            let ok = h.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !ok {
+                return Err(bad(format!("bad server `{h}`: write HOST:PORT, e.g. 127.0.0.1:2181")));
+            }
+            servers.push(h.to_owned());
+        }
+        let mut cfg = ZkConfig {
+            servers,
+            chroot,
+            session_timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(1),
+            display: url.to_owned(),
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let d = parse_duration(v).map_err(|e| bad(format!("{k}: {e}")));
+            match k {
+                "session_timeout" => cfg.session_timeout = d?,
+                "timeout" => cfg.timeout = d?,
+                "connect_timeout" => cfg.connect_timeout = d?,
+                _ => {
+                    return Err(bad(format!(
+                        "unknown option `{k}` (zk takes session_timeout, timeout, connect_timeout)"
+                    )))
+                }
+            }
+        }
+        for (name, d) in [("session_timeout", cfg.session_timeout), ("timeout", cfg.timeout), ("connect_timeout", cfg.connect_timeout)] {
+            if d < Duration::from_millis(1) || d > Duration::from_secs(600) {
+                return Err(bad(format!("{name} must be between 1ms and 10m, got {d:?}")));
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// The connect string: `H:P,H:P/CHROOT`.
+    pub(crate) fn connect_string(&self) -> String {
+        format!("{}{}", self.servers.join(","), self.chroot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_servers_chroot_and_options() {
+        let c = ZkConfig::from_url("zk://127.0.0.1:1,127.0.0.1:2/app/locks?session_timeout=500ms").unwrap();
+        assert_eq!(c.servers.len(), 2);
+        assert_eq!(c.chroot, "/app/locks");
+        assert_eq!(c.session_timeout, Duration::from_millis(500));
+        assert_eq!(c.connect_string(), "127.0.0.1:1,127.0.0.1:2/app/locks");
+        assert_eq!(ZkConfig::from_url("zk://h:1").unwrap().chroot, "/fencelock");
+    }
+
+    #[test]
+    fn rejects_bad_urls_clearly() {
+        for (url, says) in [("zk://", "bad server"), ("zk://h", "bad server"), ("zk://h:1?ttl=1s", "unknown option"), ("zk://h:1//x", "chroot")] {
+            let e = ZkConfig::from_url(url).unwrap_err().to_string();
+            assert!(e.contains(says), "{url}: {e}");
+        }
+    }
+}
