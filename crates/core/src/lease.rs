@@ -157,6 +157,17 @@ impl Shared {
         });
         if changed {
             tracing::warn!(key = %self.key, token = %self.token, %reason, "lease lost");
+            if matches!(reason, LostReason::Expired | LostReason::RenewalFailed(_)) {
+                // The lease lapsed: give the grant back on the backend (only ours is ever
+                // touched), so that backends whose grants do not expire by themselves —
+                // a ZooKeeper node lives as long as its session — honour the TTL too.
+                if let Ok(rt) = Handle::try_current() {
+                    let ops = Arc::clone(&self.ops);
+                    rt.spawn(async move {
+                        let _ = ops.release().await;
+                    });
+                }
+            }
         }
         changed
     }
@@ -581,15 +592,7 @@ async fn guard(shared: Weak<Shared>, auto_renew: bool) {
         }
         let now = Instant::now();
         if now >= status.valid_until {
-            if s.mark_lost(s.expiry_reason()) {
-                // The lease lapsed: give the grant back on the backend (only ours is ever
-                // touched), so that backends whose grants do not expire by themselves —
-                // a ZooKeeper node lives as long as its session — honour the TTL too.
-                let ops = Arc::clone(&s.ops);
-                tokio::spawn(async move {
-                    let _ = ops.release().await;
-                });
-            }
+            s.mark_lost(s.expiry_reason());
             return;
         }
         let last_sent = s.renewal().last_sent;

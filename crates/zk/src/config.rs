@@ -34,7 +34,9 @@ impl ZkConfig {
     /// Parses a `zk://` URL.
     pub fn from_url(url: &str) -> Result<Self> {
         let bad = |why: String| LockError::invalid_config(format!("`{url}`: {why}"));
-        let rest = url.strip_prefix("zk://").ok_or_else(|| bad("a ZooKeeper URL starts with zk://".into()))?;
+        let rest = url
+            .strip_prefix("zk://")
+            .ok_or_else(|| bad("a ZooKeeper URL starts with zk://".into()))?;
         let (base, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (hosts, chroot) = match base.split_once('/') {
             Some((h, c)) => (h, format!("/{}", c.trim_end_matches('/'))),
@@ -46,7 +48,9 @@ impl ZkConfig {
         let mut servers = Vec::new();
         for h in hosts.split(',') {
             let h = h.trim();
-            let ok = h.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            let ok = h
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
             if !ok {
                 return Err(bad(format!("bad server `{h}`: write HOST:PORT, e.g. 127.0.0.1:2181")));
             }
@@ -74,7 +78,11 @@ impl ZkConfig {
                 }
             }
         }
-        for (name, d) in [("session_timeout", cfg.session_timeout), ("timeout", cfg.timeout), ("connect_timeout", cfg.connect_timeout)] {
+        for (name, d) in [
+            ("session_timeout", cfg.session_timeout),
+            ("timeout", cfg.timeout),
+            ("connect_timeout", cfg.connect_timeout),
+        ] {
             if d < Duration::from_millis(1) || d > Duration::from_secs(600) {
                 return Err(bad(format!("{name} must be between 1ms and 10m, got {d:?}")));
             }
@@ -104,7 +112,12 @@ mod tests {
 
     #[test]
     fn rejects_bad_urls_clearly() {
-        for (url, says) in [("zk://", "bad server"), ("zk://h", "bad server"), ("zk://h:1?ttl=1s", "unknown option"), ("zk://h:1//x", "chroot")] {
+        for (url, says) in [
+            ("zk://", "bad server"),
+            ("zk://h", "bad server"),
+            ("zk://h:1?ttl=1s", "unknown option"),
+            ("zk://h:1//x", "chroot"),
+        ] {
             let e = ZkConfig::from_url(url).unwrap_err().to_string();
             assert!(e.contains(says), "{url}: {e}");
         }

@@ -17,18 +17,37 @@ pub(crate) struct ZkFailure {
 pub(crate) fn failed(doing: &'static str, cluster: &str, source: zookeeper_client::Error) -> LockError {
     use zookeeper_client::Error as E;
     let kind = match &source {
-        E::ConnectionLoss | E::Timeout | E::NoHosts | E::SessionExpired | E::ClientClosed | E::SessionMoved => "unreachable",
+        E::ConnectionLoss | E::Timeout | E::NoHosts | E::SessionExpired | E::ClientClosed | E::SessionMoved => {
+            "unreachable"
+        }
         E::NoAuth | E::AuthFailed => "auth",
         _ => "other",
     };
-    let f = ZkFailure { doing, cluster: cluster.to_owned(), source };
+    let f = ZkFailure {
+        doing,
+        cluster: cluster.to_owned(),
+        source,
+    };
     match kind {
-        "unreachable" => LockError::Unavailable { message: format!("zookeeper unreachable: {doing} on {cluster}"), source: Some(Box::new(f)) },
-        "auth" => LockError::InvalidConfig { message: format!("zookeeper refused the credentials: {doing}"), source: Some(Box::new(f)) },
-        _ => LockError::Backend { backend: BACKEND, message: format!("{doing} failed"), source: Some(Box::new(f)) },
+        "unreachable" => LockError::Unavailable {
+            message: format!("zookeeper unreachable: {doing} on {cluster}"),
+            source: Some(Box::new(f)),
+        },
+        "auth" => LockError::InvalidConfig {
+            message: format!("zookeeper refused the credentials: {doing}"),
+            source: Some(Box::new(f)),
+        },
+        _ => LockError::Backend {
+            backend: BACKEND,
+            message: format!("{doing} failed"),
+            source: Some(Box::new(f)),
+        },
     }
 }
 
 pub(crate) fn timed_out(doing: &'static str, cluster: &str, limit: std::time::Duration) -> LockError {
-    LockError::Unavailable { message: format!("zookeeper unreachable: no answer to {doing} within {limit:?} from {cluster}"), source: None }
+    LockError::Unavailable {
+        message: format!("zookeeper unreachable: no answer to {doing} within {limit:?} from {cluster}"),
+        source: None,
+    }
 }

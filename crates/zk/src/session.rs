@@ -20,17 +20,20 @@ pub(crate) struct Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").field("id", &self.client.session_id()).finish_non_exhaustive()
+        f.debug_struct("Session")
+            .field("id", &self.client.session_id())
+            .finish_non_exhaustive()
     }
 }
 
 impl Session {
     /// Connects a new session, bounded by the connect and request timeouts.
     pub async fn connect(cfg: &ZkConfig) -> Result<Arc<Session>> {
+        let connect_string = cfg.connect_string();
         let connecting = Client::connector()
             .with_session_timeout(cfg.session_timeout)
             .with_connection_timeout(cfg.connect_timeout)
-            .connect(&cfg.connect_string());
+            .connect(&connect_string);
         let limit = cfg.connect_timeout * (cfg.servers.len() as u32 + 1) + cfg.timeout;
         let client = match tokio::time::timeout(limit, connecting).await {
             Ok(Ok(c)) => c,
@@ -43,7 +46,11 @@ impl Session {
             Ok(Err(e)) => return Err(failed("connecting", &cfg.display, e)),
             Err(_) => return Err(timed_out("connecting", &cfg.display, limit)),
         };
-        let session = Arc::new(Session { client, locks: LeaseRegistry::new(), monitor: std::sync::Mutex::new(None) });
+        let session = Arc::new(Session {
+            client,
+            locks: LeaseRegistry::new(),
+            monitor: std::sync::Mutex::new(None),
+        });
         let weak = Arc::downgrade(&session);
         let mut states = session.client.state_watcher();
         let task = tokio::spawn(async move {
@@ -54,11 +61,13 @@ impl Session {
                     SessionState::Disconnected => s.locks.suspended_all(),
                     SessionState::SyncConnected | SessionState::ConnectedReadOnly => s.locks.resumed_all(),
                     SessionState::Expired => {
-                        s.locks.lost_all(&LostReason::Backend("zookeeper session expired".into()));
+                        s.locks
+                            .lost_all(&LostReason::Backend("zookeeper session expired".into()));
                         return;
                     }
                     SessionState::Closed | SessionState::AuthFailed => {
-                        s.locks.lost_all(&LostReason::Backend(format!("zookeeper session ended: {state:?}")));
+                        s.locks
+                            .lost_all(&LostReason::Backend(format!("zookeeper session ended: {state:?}")));
                         return;
                     }
                 }
@@ -70,7 +79,10 @@ impl Session {
 
     /// `true` while the session can still be used.
     pub fn is_usable(&self) -> bool {
-        !matches!(self.client.state(), SessionState::Expired | SessionState::Closed | SessionState::AuthFailed)
+        !matches!(
+            self.client.state(),
+            SessionState::Expired | SessionState::Closed | SessionState::AuthFailed
+        )
     }
 
     /// The negotiated session timeout.
