@@ -432,8 +432,9 @@ impl Lease {
             let result = shared.ops.release().await;
             shared.status.send_modify(|s| s.state = LeaseState::Released);
             match (before.state, result) {
+                // Lost before: that is what the holder must learn, whatever the backend said.
+                (LeaseState::Lost(reason), _) => Err(shared.lost_error(reason)),
                 (_, Err(e)) => Err(e),
-                (LeaseState::Lost(reason), Ok(_)) => Err(shared.lost_error(reason)),
                 (_, Ok(false)) => Err(shared.lost_error(LostReason::NotHeld)),
                 (_, Ok(true)) if Instant::now() >= before.valid_until => Err(shared.lost_error(LostReason::Expired)),
                 (_, Ok(true)) => Ok(()),

@@ -182,6 +182,14 @@ impl ZkEnsemble {
         self.servers[i].process.as_ref().expect("server running").resume();
     }
 
+    /// The number of watches server `i` holds (`wchs`), if it answers.
+    pub fn watch_count(&self, i: usize) -> Option<usize> {
+        let reply = tcp_exchange(self.servers[i].client_port, b"wchs")?;
+        let text = String::from_utf8_lossy(&reply).into_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix("Total watches:")?.trim().parse().ok())
+    }
+
     /// The index of the server in `leader` (or `standalone`) mode, if one answers.
     pub fn leader(&self) -> Option<usize> {
         (0..self.servers.len())

@@ -17,9 +17,14 @@ pub(crate) struct ZkFailure {
 pub(crate) fn failed(doing: &'static str, cluster: &str, source: zookeeper_client::Error) -> LockError {
     use zookeeper_client::Error as E;
     let kind = match &source {
-        E::ConnectionLoss | E::Timeout | E::NoHosts | E::SessionExpired | E::ClientClosed | E::SessionMoved => {
-            "unreachable"
-        }
+        // `Custom` carries the connection's I/O errors (reset, refused).
+        E::ConnectionLoss
+        | E::Timeout
+        | E::NoHosts
+        | E::SessionExpired
+        | E::ClientClosed
+        | E::SessionMoved
+        | E::Custom(_) => "unreachable",
         E::NoAuth | E::AuthFailed => "auth",
         _ => "other",
     };

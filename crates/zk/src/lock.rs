@@ -120,9 +120,11 @@ impl ZkLock {
         Self::connect_with(ZkConfig::from_url(url)?).await
     }
 
-    /// Connects with explicit options. Creates the chroot if it is missing.
+    /// Connects with explicit options. Creates the chroot if it is missing. A server that
+    /// is down or between leaders is retried (the client tries the other servers) while
+    /// the connect and request timeouts last.
     pub async fn connect_with(cfg: ZkConfig) -> Result<Self> {
-        ensure_chroot(&cfg).await?;
+        let deadline = Instant::now() + cfg.connect_timeout * (cfg.servers.len() as u32 + 1) + cfg.timeout;
         let lock = ZkLock {
             inner: Arc::new(Inner {
                 cfg,
@@ -130,8 +132,22 @@ impl ZkLock {
                 wakeups: AtomicU64::new(0),
             }),
         };
-        lock.session().await?;
-        Ok(lock)
+        let mut pause = Duration::from_millis(25);
+        loop {
+            let attempt = async {
+                ensure_chroot(&lock.inner.cfg).await?;
+                lock.session().await.map(|_| ())
+            };
+            match attempt.await {
+                Ok(()) => return Ok(lock),
+                Err(e) if e.is_temporary() && Instant::now() + pause < deadline => {
+                    tracing::debug!(error = %e, "connect failed; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// How many times a waiter was woken by its predecessor's watch (for tests: each

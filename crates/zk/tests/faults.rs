@@ -1,0 +1,221 @@
+//! ZooKeeper fault tests on real servers: the ensemble leader killed while a lock is held
+//! and others wait; a session expired by a blackholed connection; 2 of 3 servers down; and
+//! 50 waiters, each woken exactly once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fencelock_core::{DistributedLock, LeaseState, LockError, LockOptions};
+use fencelock_testkit::overlap::OverlapDetector;
+use fencelock_testkit::proxy::{FaultProxy, Mode};
+use fencelock_testkit::zk_server::ZkEnsemble;
+use fencelock_zk::ZkLock;
+use tokio::time::Instant;
+
+const SLACK: Duration = Duration::from_secs(3);
+
+fn held() -> LockOptions {
+    LockOptions::new()
+        .with_ttl(Duration::from_secs(30))
+        .with_wait(Duration::from_secs(30))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_keeps_the_lock_and_waiters_proceed() {
+    let mut ensemble = ZkEnsemble::start(3);
+    let url = ensemble.url("/leader", "session_timeout=6s");
+    let holder = ZkLock::connect(&url).await.unwrap();
+    let lease = holder.acquire("k", &held()).await.unwrap();
+    let detector = Arc::new(OverlapDetector::new());
+    let first = detector.enter(lease.token());
+    let mut waiters = Vec::new();
+    for _ in 0..2 {
+        let (url, detector) = (url.clone(), Arc::clone(&detector));
+        waiters.push(tokio::spawn(async move {
+            let locks = ZkLock::connect(&url).await.unwrap();
+            let l = locks
+                .acquire("k", &held())
+                .await
+                .expect("a waiter gets the lock after the release");
+            {
+                let _inside = detector.enter(l.token());
+                tokio::task::yield_now().await;
+            }
+            l.release().await.unwrap();
+        }));
+    }
+    let leader = ensemble.leader().expect("a leader");
+    ensemble.kill(leader);
+    // The holder may be suspended while its client moves to another server; it must come
+    // back to Held within the session timeout, not be lost.
+    let mut status = lease.watch();
+    let back = tokio::time::timeout(Duration::from_secs(6) + SLACK, async {
+        tokio::time::sleep(Duration::from_millis(500)).await; // let the failover begin
+        status
+            .wait_for(|s| s.state == LeaseState::Held || matches!(s.state, LeaseState::Lost(_)))
+            .await
+            .map(|s| s.state.clone())
+    })
+    .await
+    .expect("the lease settled")
+    .expect("watch");
+    assert_eq!(back, LeaseState::Held, "the lock did not survive the leader change");
+    drop(first);
+    lease.release().await.expect("release after the failover");
+    for w in waiters {
+        tokio::time::timeout(Duration::from_secs(30), w)
+            .await
+            .expect("waiter finished")
+            .unwrap();
+    }
+    assert_eq!(detector.overlaps(), 0);
+    assert_eq!(detector.entries().len(), 3);
+    assert!(detector.token_regressions().is_empty(), "{:?}", detector.entries());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_session_loses_the_lock_and_another_client_gets_it() {
+    let ensemble = ZkEnsemble::standalone();
+    let proxy = FaultProxy::start(ensemble.port(0)).await;
+    let behind_proxy = format!(
+        "zk://127.0.0.1:{}/expiry?session_timeout=1s&timeout=500ms",
+        proxy.port()
+    );
+    let holder = ZkLock::connect(&behind_proxy).await.unwrap();
+    let lease = holder.acquire("k", &held()).await.unwrap();
+    proxy.set(Mode::Blackhole); // the holder's packets go nowhere; the server expires the session
+    let cut_at = Instant::now();
+    let reason = tokio::time::timeout(Duration::from_secs(1) + SLACK, lease.lost())
+        .await
+        .expect("the holder was told");
+    assert!(
+        cut_at.elapsed() <= Duration::from_secs(1) + SLACK,
+        "told after {:?}: {reason}",
+        cut_at.elapsed()
+    );
+    let other = ZkLock::connect(&ensemble.url("/expiry", "")).await.unwrap();
+    let start = Instant::now();
+    let next = other
+        .acquire("k", &held())
+        .await
+        .expect("the expired holder's lock is freed");
+    assert!(
+        start.elapsed() < Duration::from_secs(1) + SLACK,
+        "freed after {:?}",
+        start.elapsed()
+    );
+    assert!(next.token() > lease.token());
+    proxy.set(Mode::Pass);
+    let err = lease
+        .release()
+        .await
+        .expect_err("release after expiry reported success");
+    assert!(err.is_lease_lost(), "{err}");
+    assert!(next.is_held());
+    next.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_of_three_down_is_unavailable_within_the_bound() {
+    let mut ensemble = ZkEnsemble::start(3);
+    let locks = ZkLock::connect(&ensemble.url("/quorum", "session_timeout=2s&timeout=500ms&connect_timeout=300ms"))
+        .await
+        .unwrap();
+    locks.acquire("warm", &held()).await.unwrap().release().await.unwrap();
+    ensemble.kill(0);
+    ensemble.kill(1);
+    let start = Instant::now();
+    let result = locks.try_acquire("k", &held()).await;
+    assert!(matches!(result, Err(LockError::Unavailable { .. })), "{result:?}");
+    assert!(
+        start.elapsed() < Duration::from_millis(500) * 3 + SLACK,
+        "try_acquire took {:?}",
+        start.elapsed()
+    );
+    let wait = Duration::from_secs(1);
+    let start = Instant::now();
+    let result = locks.acquire("k", &held().with_wait(wait)).await;
+    assert!(
+        matches!(
+            result,
+            Err(LockError::Unavailable { .. }) | Err(LockError::Timeout { .. })
+        ),
+        "{result:?}"
+    );
+    assert!(start.elapsed() < wait + SLACK, "acquire took {:?}", start.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_waiters_each_release_wakes_exactly_one() {
+    let ensemble = ZkEnsemble::standalone();
+    let url = ensemble.url("/herd", "");
+    let holder = ZkLock::connect(&url).await.unwrap();
+    let lease = holder.acquire("k", &held()).await.unwrap();
+    let clients: Vec<ZkLock> = {
+        let mut v = Vec::new();
+        for _ in 0..5 {
+            v.push(ZkLock::connect(&url).await.unwrap());
+        }
+        v
+    };
+    let detector = Arc::new(OverlapDetector::new());
+    let mut waiters = Vec::new();
+    for i in 0..50 {
+        let (client, detector) = (clients[i % 5].clone(), Arc::clone(&detector));
+        waiters.push(tokio::spawn(async move {
+            let l = client
+                .acquire("k", &held().with_wait(Duration::from_secs(60)))
+                .await
+                .unwrap();
+            {
+                let _inside = detector.enter(l.token());
+                tokio::task::yield_now().await;
+            }
+            l.release().await.unwrap();
+        }));
+    }
+    // Wait, by a children watch, until all 50 are queued behind the holder.
+    let zk = zookeeper_client::Client::connect(&format!("127.0.0.1:{}/herd", ensemble.port(0)))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let (children, _, watcher) = zk.get_and_watch_children("/k").await.unwrap();
+            if children.len() == 51 {
+                return;
+            }
+            watcher.changed().await;
+        }
+    })
+    .await
+    .expect("all 50 waiters queued");
+    // ... and until each of them watches its predecessor (the server's own count: 50 data
+    // watches and this test's children watch), so
+    // that every hand-off below goes through a watch.
+    let start = Instant::now();
+    while ensemble.watch_count(0).unwrap_or(0) < 51 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "waiters did not all set their watch"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling the server's watch count
+    }
+    let woken_before: u64 = clients.iter().map(ZkLock::watch_wakeups).sum();
+    assert_eq!(woken_before, 0, "a waiter was woken while the lock was held");
+    lease.release().await.unwrap();
+    for w in waiters {
+        tokio::time::timeout(Duration::from_secs(60), w)
+            .await
+            .expect("waiter finished")
+            .unwrap();
+    }
+    let woken: u64 = clients.iter().map(ZkLock::watch_wakeups).sum();
+    assert_eq!(
+        woken, 50,
+        "51 releases in a queue of 51 should wake each of the 50 waiters exactly once"
+    );
+    assert_eq!(detector.overlaps(), 0);
+    assert!(detector.token_regressions().is_empty());
+}
