@@ -60,6 +60,8 @@ pub async fn connect(url: &str) -> Result<Arc<dyn DistributedLock>> {
         "redlock" => Ok(Arc::new(fencelock_redlock::RedlockLock::connect(url).await?)),
         #[cfg(feature = "etcd")]
         "etcd" => Ok(Arc::new(fencelock_etcd::EtcdLock::connect(url).await?)),
+        #[cfg(feature = "zookeeper")]
+        "zk" => Ok(Arc::new(fencelock_zk::ZkLock::connect(url).await?)),
         _ => Err(LockError::invalid_config(format!(
             "the `{scheme}://` backend is listed but not wired in; this is a bug"
         ))),

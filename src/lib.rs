@@ -42,6 +42,9 @@ pub use fencelock_redis as redis;
 /// The Redlock backend (feature `redlock`).
 #[cfg(feature = "redlock")]
 pub use fencelock_redlock as redlock;
+/// The ZooKeeper backend (feature `zookeeper`).
+#[cfg(feature = "zookeeper")]
+pub use fencelock_zk as zk;
 
 mod config;
 mod connect;

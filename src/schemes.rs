@@ -57,7 +57,7 @@ pub const SCHEMES: &[Scheme] = &[
     Scheme {
         names: &["zk"],
         feature: Some("zookeeper"),
-        compiled: false,
+        compiled: cfg!(feature = "zookeeper"),
         form: "zk://HOST:PORT[,HOST:PORT...][/CHROOT]",
         summary: "ZooKeeper (ZAB); strict exclusion, zxid tokens",
     },
@@ -87,6 +87,8 @@ pub fn guarantees(scheme: &str) -> Option<fencelock_core::Guarantees> {
         "redlock" => Some(fencelock_redlock::GUARANTEES),
         #[cfg(feature = "etcd")]
         "etcd" => Some(fencelock_etcd::GUARANTEES),
+        #[cfg(feature = "zookeeper")]
+        "zk" => Some(fencelock_zk::GUARANTEES),
         _ => None,
     }
 }

@@ -113,6 +113,12 @@ fn eight_processes_on_redlock_never_overlap_and_tokens_grow() {
     ));
 }
 
+#[test]
+fn eight_processes_on_zookeeper_never_overlap_and_tokens_grow() {
+    let ensemble = fencelock_testkit::zk_server::ZkEnsemble::start(3);
+    assert_eight_processes_exclusive(&ensemble.url("/cli", ""));
+}
+
 #[cfg(feature = "etcd")]
 #[test]
 fn eight_processes_on_etcd_never_overlap_and_tokens_grow() {
