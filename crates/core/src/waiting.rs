@@ -76,26 +76,18 @@ where
         waited: start.elapsed(),
     };
     let mut last_error: Option<LockError> = None;
-    let mut backoff = RETRY_FIRST;
+    let mut backoff = Backoff::new(deadline);
     for _ in 0..MAX_ATTEMPTS {
         let outcome = match tokio::time::timeout_at(deadline, attempt()).await {
             Ok(Ok(outcome)) => outcome,
-            Ok(Err(e)) if e.is_temporary() && !e.is_timeout() => {
-                let pause = jitter(backoff);
-                backoff = (backoff * 2).min(RETRY_MAX);
-                if Instant::now() + pause >= deadline {
-                    return Err(e);
-                }
-                tracing::debug!(error = %e, ?pause, "acquire attempt failed; retrying while the wait lasts");
-                last_error = Some(e);
-                tokio::time::sleep(pause).await;
+            Ok(Err(e)) => {
+                last_error = Some(backoff.pause_or_fail(e).await?);
                 continue;
             }
-            Ok(Err(e)) => return Err(e),
             Err(_) => return Err(last_error.take().unwrap_or_else(timeout)),
         };
         last_error = None;
-        backoff = RETRY_FIRST;
+        backoff.reset();
         match outcome {
             Attempt::Acquired(lease) => return Ok(lease),
             Attempt::Busy { wake, retry_at } => {
@@ -116,6 +108,75 @@ where
         }
     }
     Err(timeout())
+}
+
+/// Like [`acquire_with`], for backends whose waiting is a queue rather than attempts with
+/// wake signals (etcd, ZooKeeper): `attempt` takes a place in the queue and waits for its
+/// turn in its own way, returning the lease, or `Ok(None)` to start over at once (our place
+/// vanished). Temporary errors are retried with backoff while the wait lasts; the whole is
+/// bounded by `opts.wait()`. Validates the key and options first.
+pub async fn queue_with<F, Fut>(key: &str, opts: &LockOptions, mut attempt: F) -> Result<Lease>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<Lease>>>,
+{
+    validate_key(key)?;
+    opts.validate_for_wait()?;
+    let start = Instant::now();
+    let deadline = start + opts.wait();
+    let timeout = || LockError::Timeout {
+        key: key.to_owned(),
+        waited: start.elapsed(),
+    };
+    let mut backoff = Backoff::new(deadline);
+    for _ in 0..MAX_ATTEMPTS {
+        match tokio::time::timeout_at(deadline, attempt()).await {
+            Ok(Ok(Some(lease))) => return Ok(lease),
+            Ok(Ok(None)) => continue,
+            Ok(Err(e)) => {
+                backoff.pause_or_fail(e).await?;
+            }
+            Err(_) => return Err(timeout()),
+        }
+    }
+    Err(timeout())
+}
+
+/// Jittered exponential backoff between attempts that failed with a temporary error,
+/// bounded by a deadline.
+struct Backoff {
+    next: Duration,
+    deadline: Instant,
+}
+
+impl Backoff {
+    fn new(deadline: Instant) -> Self {
+        Backoff {
+            next: RETRY_FIRST,
+            deadline,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = RETRY_FIRST;
+    }
+
+    /// Returns `e` at once when it is not temporary, or when waiting would cross the
+    /// deadline; otherwise waits (jittered, doubling up to [`RETRY_MAX`]) and hands `e`
+    /// back as the last error seen.
+    async fn pause_or_fail(&mut self, e: LockError) -> Result<LockError> {
+        if !e.is_temporary() || e.is_timeout() {
+            return Err(e);
+        }
+        let pause = jitter(self.next);
+        self.next = (self.next * 2).min(RETRY_MAX);
+        if Instant::now() + pause >= self.deadline {
+            return Err(e);
+        }
+        tracing::debug!(error = %e, ?pause, "acquire attempt failed; retrying while the wait lasts");
+        tokio::time::sleep(pause).await;
+        Ok(e)
+    }
 }
 
 /// Runs `fut` in its own task and awaits it, so that dropping the caller does not cut the

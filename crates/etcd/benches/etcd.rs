@@ -7,21 +7,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use etcd_client::PutOptions;
-use fencelock_core::{DistributedLock, LockOptions};
+use fencelock_core::DistributedLock;
 use fencelock_etcd::EtcdLock;
+use fencelock_testkit::bench::{bench_options, cycles, handoff, percentile, us};
 use fencelock_testkit::etcd_server::EtcdCluster;
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn us(d: Duration) -> String {
-    format!("{:.0} µs", d.as_secs_f64() * 1e6)
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -44,59 +37,24 @@ async fn main() {
     }
     raw_cycle.sort();
 
+    // Auto-renew on (the default): the locks ride on the session lease.
     let locks = EtcdLock::connect(&url).await.unwrap();
-    let opts = LockOptions::new()
-        .with_ttl(Duration::from_secs(10))
-        .with_wait(Duration::from_secs(30));
-    for _ in 0..100 {
-        locks.acquire("warm", &opts).await.unwrap().release().await.unwrap();
-    }
-    let mut cycle = Vec::with_capacity(N);
     let start = Instant::now();
-    for _ in 0..N {
-        let t = Instant::now();
-        locks.acquire("solo", &opts).await.unwrap().release().await.unwrap();
-        cycle.push(t.elapsed());
-    }
+    let opts = bench_options().with_auto_renew(true);
+    let cycle = cycles(&locks, "solo", &opts, N).await;
     let rate = N as f64 / start.elapsed().as_secs_f64();
-    cycle.sort();
 
     const CLIENTS: usize = 8;
-    const GRANTS: usize = 800;
-    let released_at: Arc<Mutex<Option<Instant>>> = Arc::default();
-    let handoffs: Arc<Mutex<Vec<Duration>>> = Arc::default();
-    let remaining = Arc::new(std::sync::atomic::AtomicUsize::new(GRANTS));
-    let mut tasks = Vec::new();
-    let start = Instant::now();
-    for _ in 0..CLIENTS {
-        let client = EtcdLock::connect(&url).await.unwrap();
-        let (released_at, handoffs, remaining) = (released_at.clone(), handoffs.clone(), remaining.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut mine = 0usize;
-            loop {
-                let lease = client.acquire("contended", &opts).await.unwrap();
-                if let Some(t) = released_at.lock().unwrap().take() {
-                    handoffs.lock().unwrap().push(t.elapsed());
-                }
-                let left = remaining.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                mine += 1;
-                *released_at.lock().unwrap() = Some(Instant::now());
-                lease.release().await.unwrap();
-                if left <= CLIENTS {
-                    return mine;
-                }
-            }
-        }));
-    }
-    let mut per_client = Vec::new();
-    for t in tasks {
-        per_client.push(t.await.unwrap() as f64);
-    }
-    let grants: f64 = per_client.iter().sum();
-    let rate_contended = grants / start.elapsed().as_secs_f64();
-    let jain = grants * grants / (per_client.len() as f64 * per_client.iter().map(|x| x * x).sum::<f64>());
-    let mut h = handoffs.lock().unwrap().clone();
-    h.sort();
+    let h = handoff(
+        || {
+            let url = url.clone();
+            async move { Arc::new(EtcdLock::connect(&url).await.unwrap()) as Arc<dyn DistributedLock> }
+        },
+        &opts,
+        CLIENTS,
+        800,
+    )
+    .await;
 
     println!("### etcd (single member), loopback\n");
     println!("| measure | p50 | p99 | note |");
@@ -113,9 +71,14 @@ async fn main() {
         percentile(&cycle, 0.5).as_secs_f64() / percentile(&raw_cycle, 0.5).as_secs_f64()
     );
     println!(
-        "| hand-off, {CLIENTS} clients on one key | {} | {} | release → next holder; {rate_contended:.0} grants/s |",
-        us(percentile(&h, 0.5)),
-        us(percentile(&h, 0.99))
+        "| hand-off, {CLIENTS} clients on one key | {} | {} | release → next holder; {:.0} grants/s |",
+        us(percentile(&h.latencies, 0.5)),
+        us(percentile(&h.latencies, 0.99)),
+        h.grants_per_sec
     );
-    println!("\nFairness over {CLIENTS} clients: grants per client {per_client:?}, Jain's index {jain:.3}.");
+    println!(
+        "\nFairness over {CLIENTS} clients: grants per client {:?}, Jain's index {:.3}.",
+        h.per_client,
+        h.jain()
+    );
 }

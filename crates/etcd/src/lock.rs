@@ -10,7 +10,7 @@ use etcd_client::{
     WatchFilterType, WatchOptions,
 };
 use fencelock_core::options::validate_key;
-use fencelock_core::waiting::{detached, jitter};
+use fencelock_core::waiting::{detached, jitter, queue_with};
 use fencelock_core::{
     DistributedLock, Exclusion, FencingToken, GrantId, Guarantees, Lease, LeaseOps, LeaseParts, LockError, LockOptions,
     Result, Scope, TokenOrder,
@@ -405,39 +405,14 @@ impl DistributedLock for EtcdLock {
 
     #[tracing::instrument(level = "debug", skip(self, opts), fields(backend = "etcd"))]
     async fn acquire(&self, key: &str, opts: &LockOptions) -> Result<Lease> {
-        validate_key(key)?;
-        opts.validate_for_wait()?;
-        let start = Instant::now();
-        let deadline = start + opts.wait();
-        let timeout = || LockError::Timeout {
-            key: key.to_owned(),
-            waited: start.elapsed(),
-        };
-        let mut backoff = Duration::from_millis(25);
-        for _ in 0..10_000 {
-            let attempt = async {
-                let q = self.enqueue(key, opts).await?;
-                if q.owner || self.wait_turn(&q).await? {
-                    return Ok::<_, LockError>(self.grant(key, opts, q));
-                }
-                Ok(None) // our key vanished while queued: queue again
-            };
-            match tokio::time::timeout_at(deadline, attempt).await {
-                Ok(Ok(Some(lease))) => return Ok(lease),
-                Ok(Ok(None)) => continue,
-                Ok(Err(e)) if e.is_temporary() => {
-                    let pause = jitter(backoff);
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
-                    if Instant::now() + pause >= deadline {
-                        return Err(e);
-                    }
-                    tokio::time::sleep(pause).await;
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Err(timeout()),
+        queue_with(key, opts, || async {
+            let q = self.enqueue(key, opts).await?;
+            if q.owner || self.wait_turn(&q).await? {
+                return Ok(self.grant(key, opts, q));
             }
-        }
-        Err(timeout())
+            Ok(None) // our key vanished while queued: queue again
+        })
+        .await
     }
 
     fn guarantees(&self) -> Guarantees {

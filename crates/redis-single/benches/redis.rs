@@ -10,21 +10,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
-use fencelock_core::{DistributedLock, LockOptions};
+use fencelock_core::DistributedLock;
 use fencelock_redis::RedisLock;
+use fencelock_testkit::bench::{bench_options, cycles, handoff, percentile, us};
 use fencelock_testkit::redis_server::RedisServer;
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
-fn us(d: Duration) -> String {
-    format!("{:.0} µs", d.as_secs_f64() * 1e6)
-}
 
 async fn evalsha_calls(conn: &mut redis::aio::ConnectionManager) -> u64 {
     let info: String = redis::cmd("INFO").arg("commandstats").query_async(conn).await.unwrap();
@@ -37,13 +29,8 @@ async fn evalsha_calls(conn: &mut redis::aio::ConnectionManager) -> u64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let server = RedisServer::start();
-    let opts = LockOptions::new()
-        .with_ttl(Duration::from_secs(10))
-        .with_wait(Duration::from_secs(30))
-        .with_auto_renew(false);
-
-    // The yardstick: one round trip.
-    let locks = RedisLock::connect(&server.url()).await.unwrap();
+    let url = server.url();
+    let locks = RedisLock::connect(&url).await.unwrap();
     let mut conn = locks.connection().await.unwrap();
     let mut rtt = Vec::new();
     for _ in 0..3000 {
@@ -54,61 +41,25 @@ async fn main() {
     rtt.sort();
     let rtt50 = percentile(&rtt, 0.5);
 
-    // Uncontended acquire + release.
-    for _ in 0..200 {
-        locks.acquire("warm", &opts).await.unwrap().release().await.unwrap();
-    }
-    let before = evalsha_calls(&mut conn).await;
     const N: usize = 3000;
-    let mut cycle = Vec::with_capacity(N);
+    let before = evalsha_calls(&mut conn).await;
     let start = Instant::now();
-    for _ in 0..N {
-        let t = Instant::now();
-        locks.acquire("solo", &opts).await.unwrap().release().await.unwrap();
-        cycle.push(t.elapsed());
-    }
-    let solo_elapsed = start.elapsed();
-    let per_cycle_cmds = (evalsha_calls(&mut conn).await - before) as f64 / N as f64;
-    cycle.sort();
+    let opts = bench_options();
+    let cycle = cycles(&locks, "solo", &opts, N).await;
+    let rate = N as f64 / start.elapsed().as_secs_f64();
+    let per_cycle_cmds = (evalsha_calls(&mut conn).await - before) as f64 / (N + 100) as f64;
 
-    // 8 clients, one key.
     const CLIENTS: usize = 8;
-    const GRANTS: usize = 2000;
-    let released_at: Arc<Mutex<Option<Instant>>> = Arc::default();
-    let handoffs: Arc<Mutex<Vec<Duration>>> = Arc::default();
-    let remaining = Arc::new(std::sync::atomic::AtomicUsize::new(GRANTS));
-    let mut tasks = Vec::new();
-    let start = Instant::now();
-    for _ in 0..CLIENTS {
-        let client = RedisLock::connect(&server.url()).await.unwrap();
-        let (released_at, handoffs, remaining) = (released_at.clone(), handoffs.clone(), remaining.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut mine = 0usize;
-            loop {
-                let lease = client.acquire("contended", &opts).await.unwrap();
-                if let Some(t) = released_at.lock().unwrap().take() {
-                    handoffs.lock().unwrap().push(t.elapsed());
-                }
-                let left = remaining.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                mine += 1;
-                *released_at.lock().unwrap() = Some(Instant::now());
-                lease.release().await.unwrap();
-                if left <= CLIENTS {
-                    // Stop with everyone still contending until the very end.
-                    return mine;
-                }
-            }
-        }));
-    }
-    let mut per_client = Vec::new();
-    for t in tasks {
-        per_client.push(t.await.unwrap() as f64);
-    }
-    let contended_elapsed = start.elapsed();
-    let grants: f64 = per_client.iter().sum();
-    let jain = grants * grants / (per_client.len() as f64 * per_client.iter().map(|x| x * x).sum::<f64>());
-    let mut h = handoffs.lock().unwrap().clone();
-    h.sort();
+    let h = handoff(
+        || {
+            let url = url.clone();
+            async move { Arc::new(RedisLock::connect(&url).await.unwrap()) as Arc<dyn DistributedLock> }
+        },
+        &opts,
+        CLIENTS,
+        2000,
+    )
+    .await;
 
     println!("### Redis (single server), loopback\n");
     println!("| measure | p50 | p99 | note |");
@@ -119,18 +70,21 @@ async fn main() {
         us(percentile(&rtt, 0.99))
     );
     println!(
-        "| uncontended acquire + release | {} | {} | {:.2} round trips; {:.0} cycles/s; server ran {per_cycle_cmds:.2} client commands per cycle |",
+        "| uncontended acquire + release | {} | {} | {:.2} round trips; {rate:.0} cycles/s; server ran {per_cycle_cmds:.2} client commands per cycle |",
         us(percentile(&cycle, 0.5)),
         us(percentile(&cycle, 0.99)),
         percentile(&cycle, 0.5).as_secs_f64() / rtt50.as_secs_f64(),
-        N as f64 / solo_elapsed.as_secs_f64()
     );
     println!(
         "| hand-off, {CLIENTS} clients on one key | {} | {} | release → next holder; {} hand-offs; {:.0} grants/s |",
-        us(percentile(&h, 0.5)),
-        us(percentile(&h, 0.99)),
-        h.len(),
-        grants / contended_elapsed.as_secs_f64()
+        us(percentile(&h.latencies, 0.5)),
+        us(percentile(&h.latencies, 0.99)),
+        h.latencies.len(),
+        h.grants_per_sec
     );
-    println!("\nFairness over {CLIENTS} clients: grants per client {per_client:?}, Jain's index {jain:.3} (1 = perfectly even).");
+    println!(
+        "\nFairness over {CLIENTS} clients: grants per client {:?}, Jain's index {:.3} (1 = perfectly even).",
+        h.per_client,
+        h.jain()
+    );
 }

@@ -6,73 +6,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fencelock_core::{DistributedLock, LockOptions};
+use fencelock_testkit::bench::{bench_options, cycles, handoff, percentile, us};
 use fencelock_testkit::redis_server::{redlock_url, start_many};
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn us(d: Duration) -> String {
-    format!("{:.0} µs", d.as_secs_f64() * 1e6)
-}
-
-async fn cycles(lock: &dyn DistributedLock, key: &str, n: usize) -> Vec<Duration> {
-    let opts = LockOptions::new()
-        .with_ttl(Duration::from_secs(10))
-        .with_auto_renew(false);
-    for _ in 0..200 {
-        lock.acquire("warm", &opts).await.unwrap().release().await.unwrap();
-    }
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        lock.acquire(key, &opts).await.unwrap().release().await.unwrap();
-        out.push(t.elapsed());
-    }
-    out.sort();
-    out
-}
-
-async fn handoff(url: &str, clients: usize, grants: usize) -> (Vec<Duration>, f64) {
-    let opts = LockOptions::new()
-        .with_ttl(Duration::from_secs(10))
-        .with_wait(Duration::from_secs(30))
-        .with_auto_renew(false);
-    let released_at: Arc<Mutex<Option<Instant>>> = Arc::default();
-    let handoffs: Arc<Mutex<Vec<Duration>>> = Arc::default();
-    let remaining = Arc::new(std::sync::atomic::AtomicUsize::new(grants));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let lock = fencelock::connect(url).await.unwrap();
-        let (released_at, handoffs, remaining) = (released_at.clone(), handoffs.clone(), remaining.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let lease = lock.acquire("contended", &opts).await.unwrap();
-                if let Some(t) = released_at.lock().unwrap().take() {
-                    handoffs.lock().unwrap().push(t.elapsed());
-                }
-                let left = remaining.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                *released_at.lock().unwrap() = Some(Instant::now());
-                lease.release().await.unwrap();
-                if left <= clients {
-                    return;
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let rate = grants as f64 / start.elapsed().as_secs_f64();
-    let mut h = handoffs.lock().unwrap().clone();
-    h.sort();
-    (h, rate)
-}
 
 /// The raw minimum for N nodes: `SET NX PX` to every node at once, then `DEL` to every
 /// node at once, with the client crate directly (no scripts, no tokens, no lease).
@@ -145,12 +82,13 @@ async fn main() {
     let single = fencelock::connect(&single_url).await.unwrap();
     let five = fencelock::connect(&redlock).await.unwrap();
     const N: usize = 3000;
+    let opts = bench_options();
     // Interleave the two so that machine noise hits both alike.
     let mut s_all = Vec::new();
     let mut r_all = Vec::new();
     for _ in 0..3 {
-        s_all.extend(cycles(&*single, "solo-1", N / 3).await);
-        r_all.extend(cycles(&*five, "solo-5", N / 3).await);
+        s_all.extend(cycles(&*single, "solo-1", &opts, N / 3).await);
+        r_all.extend(cycles(&*five, "solo-5", &opts, N / 3).await);
     }
     s_all.sort();
     r_all.sort();
@@ -158,8 +96,16 @@ async fn main() {
     let ports: Vec<u16> = servers.iter().map(|s| s.port()).collect();
     let raw1 = raw_fan_out(&ports[..1], N).await;
     let raw5 = raw_fan_out(&ports, N).await;
-    let (hs, rate_s) = handoff(&single_url, 8, 1000).await;
-    let (hr, rate_r) = handoff(&redlock, 8, 1000).await;
+    let connect = |url: String| {
+        move || {
+            let url = url.clone();
+            async move { fencelock::connect(&url).await.unwrap() }
+        }
+    };
+    let hs = handoff(connect(single_url.clone()), &opts, 8, 1000).await;
+    let hr = handoff(connect(redlock.clone()), &opts, 8, 1000).await;
+    let (rate_s, rate_r) = (hs.grants_per_sec, hr.grants_per_sec);
+    let (hs, hr) = (hs.latencies, hr.latencies);
     println!("### Redlock (5 nodes) beside one Redis, same run, loopback\n");
     println!("| measure | one Redis p50 / p99 | Redlock, 5 nodes p50 / p99 | ratio (p50) |");
     println!("|---|---|---|---|");

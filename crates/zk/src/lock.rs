@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use fencelock_core::options::validate_key;
-use fencelock_core::waiting::detached;
+use fencelock_core::waiting::{detached, queue_with};
 use fencelock_core::{
     DistributedLock, Exclusion, FencingToken, GrantId, Guarantees, Lease, LeaseOps, LeaseParts, LockError, LockOptions,
     Result, Scope, TokenOrder,
@@ -356,37 +356,12 @@ impl DistributedLock for ZkLock {
 
     #[tracing::instrument(level = "debug", skip(self, opts), fields(backend = "zookeeper"))]
     async fn acquire(&self, key: &str, opts: &LockOptions) -> Result<Lease> {
-        validate_key(key)?;
-        opts.validate_for_wait()?;
-        let start = Instant::now();
-        let deadline = start + opts.wait();
-        let mut pause = Duration::from_millis(25);
-        for _ in 0..10_000 {
-            let attempt = async {
-                let q = self.enqueue(key).await?;
-                self.wait_turn(&q).await?;
-                Ok::<_, LockError>(self.grant(key, opts, q))
-            };
-            match tokio::time::timeout_at(deadline, attempt).await {
-                Ok(Ok(lease)) => return Ok(lease),
-                Ok(Err(e)) if e.is_temporary() && Instant::now() + pause < deadline => {
-                    tracing::debug!(error = %e, "acquire attempt failed; retrying while the wait lasts");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(500));
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(_) => {
-                    return Err(LockError::Timeout {
-                        key: key.to_owned(),
-                        waited: start.elapsed(),
-                    })
-                }
-            }
-        }
-        Err(LockError::Timeout {
-            key: key.to_owned(),
-            waited: start.elapsed(),
+        queue_with(key, opts, || async {
+            let q = self.enqueue(key).await?;
+            self.wait_turn(&q).await?;
+            Ok(Some(self.grant(key, opts, q)))
         })
+        .await
     }
 
     fn guarantees(&self) -> Guarantees {
