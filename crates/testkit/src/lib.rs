@@ -38,7 +38,9 @@
 pub mod bench;
 pub mod conformance;
 pub mod etcd_server;
+pub mod history;
 pub mod keys;
+pub mod lab;
 pub mod overlap;
 pub mod ports;
 pub mod process;

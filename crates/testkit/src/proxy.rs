@@ -1,6 +1,7 @@
 //! A fault-injecting TCP proxy on loopback: sits between clients and one server and, per
-//! direction, passes bytes, blackholes them (holds everything, sends nothing) or resets
-//! the connections — switchable at run time. Used to make partitions without root.
+//! direction, passes bytes, delays them, blackholes them (holds everything, sends nothing)
+//! or resets the connections — switchable at run time. Used to make partitions and slow
+//! links without root.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -14,6 +15,8 @@ use tokio::sync::watch;
 pub enum Mode {
     /// Forward them.
     Pass,
+    /// Forward them after holding each chunk this long (a slow link).
+    Delay(std::time::Duration),
     /// Keep the connections open but forward nothing (a partition: the peer sees silence).
     Blackhole,
     /// Close every connection now and refuse new ones until switched back.
@@ -122,13 +125,18 @@ async fn pump(
                 }
                 continue;
             }
-            Mode::Pass => {}
+            Mode::Pass | Mode::Delay(_) => {}
         }
         tokio::select! {
             changed = mode.changed() => if changed.is_err() { return },
             n = from.read(&mut buf) => match n {
                 Ok(0) | Err(_) => return,
-                Ok(n) => if to.write_all(&buf[..n]).await.is_err() { return },
+                Ok(n) => {
+                    if let Mode::Delay(d) = current {
+                        tokio::time::sleep(d).await;
+                    }
+                    if to.write_all(&buf[..n]).await.is_err() { return }
+                }
             },
         }
     }

@@ -1,0 +1,189 @@
+//! Safety scenarios: the background document's claims as runnable, checked histories.
+//!
+//! Each scenario takes a [`ClientFactory`] (independent clients of one backend on real
+//! servers), plays a fault, records a [`History`] and returns the checker's [`Report`] with a
+//! timeline a person can follow.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use fencelock_core::fencing::FencingChecker;
+use fencelock_core::{Fence, LockOptions};
+
+use crate::conformance::ClientFactory;
+use crate::history::{Event, History, Report};
+use crate::keys::unique_key;
+
+/// What a scenario run produced.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The checker's findings.
+    pub report: Report,
+    /// One line per event, in order, relative to the start.
+    pub timeline: Vec<String>,
+}
+
+/// The protected resource: fenced (refuses stale tokens) or not (last write wins).
+enum Resource {
+    Fenced(FencingChecker),
+    Unfenced,
+}
+
+impl Resource {
+    fn write(&self, fence: &Fence) -> bool {
+        match self {
+            Resource::Fenced(c) => c.check("resource", fence).is_ok(),
+            Resource::Unfenced => true,
+        }
+    }
+}
+
+struct Log {
+    start: Instant,
+    lines: Mutex<Vec<String>>,
+}
+
+impl Log {
+    fn say(&self, what: String) {
+        let ms = self.start.elapsed().as_millis();
+        self.lines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(format!("{ms:>6} ms  {what}"));
+    }
+}
+
+/// **Holder paused past its TTL, then writes** (Kleppmann's scenario, matrix F1/S1).
+///
+/// Client A takes the lock (`ttl`, no auto-renew) and reads the shadow register, then
+/// stalls — a stop-the-world pause, modelled by A doing nothing until its validity has run
+/// out (its library still hands the lock back, which only makes the scenario kinder to the
+/// lock service). Client B then takes the lock, increments the register and writes to the
+/// resource. A wakes up and finishes its read-modify-write and its write, with its old token.
+///
+/// With `fenced`, the resource checks tokens: A's write is refused. Without, A's write
+/// lands and B's increment is lost. No backend can prevent A's late action (a belief
+/// overlap); only the token can make it harmless.
+pub async fn paused_holder(f: &dyn ClientFactory, ttl: Duration, fenced: bool) -> Outcome {
+    let (a, b) = (f.client().await, f.client().await);
+    let key = unique_key("lab-paused");
+    let history = History::new();
+    let log = Log {
+        start: Instant::now(),
+        lines: Mutex::default(),
+    };
+    let resource = if fenced {
+        Resource::Fenced(FencingChecker::new())
+    } else {
+        Resource::Unfenced
+    };
+    let shadow = Mutex::new(0u64);
+    let opts = LockOptions::new()
+        .with_ttl(ttl)
+        .with_wait(Duration::from_secs(30))
+        .with_auto_renew(false);
+
+    let la = a.acquire(&key, &opts).await.expect("A acquires");
+    history.record(Event::Granted {
+        client: 0,
+        token: la.token(),
+        grant: la.grant().clone(),
+        at: Instant::now(),
+        valid_until: la.valid_until().into_std(),
+    });
+    log.say(format!(
+        "A acquired, token {}, valid for {:?}",
+        la.token(),
+        la.remaining()
+    ));
+    let a_read = *shadow.lock().unwrap_or_else(|p| p.into_inner());
+    log.say(format!("A read the shadow register: {a_read}; A pauses"));
+
+    let lost = tokio::time::timeout(ttl + Duration::from_secs(5), la.lost())
+        .await
+        .expect("A's validity ends");
+    log.say(format!(
+        "A's lease ended ({lost}) — A is still paused and does not know"
+    ));
+
+    let lb = b
+        .acquire(&key, &opts.with_ttl(Duration::from_secs(30)))
+        .await
+        .expect("B acquires after A's TTL");
+    history.record(Event::Granted {
+        client: 1,
+        token: lb.token(),
+        grant: lb.grant().clone(),
+        at: Instant::now(),
+        valid_until: lb.valid_until().into_std(),
+    });
+    log.say(format!("B acquired, token {}", lb.token()));
+    let b_read = {
+        let mut v = shadow.lock().unwrap_or_else(|p| p.into_inner());
+        let read = *v;
+        *v = read + 1;
+        read
+    };
+    history.record(Event::ShadowIncrement {
+        client: 1,
+        grant: lb.grant().clone(),
+        read: b_read,
+        at: Instant::now(),
+    });
+    log.say(format!("B incremented the shadow register: {b_read} -> {}", b_read + 1));
+    let ok = resource.write(&lb.fence());
+    history.record(Event::FencedWrite {
+        client: 1,
+        token: lb.token(),
+        grant: lb.grant().clone(),
+        at: Instant::now(),
+        accepted: ok,
+    });
+    log.say(format!(
+        "B wrote to the resource with token {}: {}",
+        lb.token(),
+        if ok { "accepted" } else { "REFUSED" }
+    ));
+
+    // A wakes up and finishes what it was doing, with what it had.
+    *shadow.lock().unwrap_or_else(|p| p.into_inner()) = a_read + 1;
+    history.record(Event::ShadowIncrement {
+        client: 0,
+        grant: la.grant().clone(),
+        read: a_read,
+        at: Instant::now(),
+    });
+    log.say(format!(
+        "A wakes up and writes the shadow register: {a_read} -> {} (overwriting B's)",
+        a_read + 1
+    ));
+    let ok = resource.write(&la.fence());
+    history.record(Event::FencedWrite {
+        client: 0,
+        token: la.token(),
+        grant: la.grant().clone(),
+        at: Instant::now(),
+        accepted: ok,
+    });
+    log.say(format!(
+        "A writes to the resource with its old token {}: {}",
+        la.token(),
+        if ok { "ACCEPTED (stale)" } else { "refused" }
+    ));
+
+    let b_grant = lb.grant().clone();
+    let released = lb.release().await;
+    history.record(Event::Released {
+        grant: b_grant,
+        at: Instant::now(),
+    });
+    log.say(format!(
+        "B released: {}",
+        if released.is_ok() { "ok" } else { "lease lost" }
+    ));
+    let _ = la.release().await;
+    Outcome {
+        report: history.check(),
+        timeline: log.lines.into_inner().unwrap_or_default(),
+    }
+}
