@@ -58,6 +58,9 @@ pub enum Command {
     Backends,
     /// Show mutual exclusion: start several `fencelock run` processes on one key
     Demo(DemoArgs),
+    /// Run safety scenarios on real servers it starts itself (or on --backend), print a
+    /// timeline of each, and optionally write the report (docs/safety.md)
+    Lab(LabArgs),
     /// (internal) the work a demo process does under the lock
     #[command(hide = true, name = "__demo-work")]
     DemoWork,
@@ -101,4 +104,19 @@ pub struct DemoArgs {
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     fencelock::options::duration_text::parse_duration(text)
+}
+
+/// `fencelock lab`.
+#[derive(Debug, clap::Args)]
+pub struct LabArgs {
+    /// The scenario (default: all): paused-holder
+    pub scenario: Option<String>,
+
+    /// Write the scenario × backend table, as Markdown, to this file
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<std::path::PathBuf>,
+
+    /// Print only the table, not the timelines
+    #[arg(long)]
+    pub quiet: bool,
 }

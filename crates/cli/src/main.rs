@@ -13,6 +13,7 @@ mod backend;
 mod backends_cmd;
 mod demo;
 mod exit;
+mod lab;
 mod run;
 
 use std::process::ExitCode;
@@ -21,7 +22,9 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
-    init_logging(cli.verbose);
+    // The lab loses leases on purpose: keep their warnings out of its timelines.
+    let quiet = matches!(cli.command, args::Command::Lab(_));
+    init_logging(cli.verbose, quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
             args::Command::Run(a) => run::run(&cli, a).await,
             args::Command::Backends => backends_cmd::backends().await,
             args::Command::Demo(a) => demo::demo(&cli, a).await,
+            args::Command::Lab(a) => lab::lab(&cli, a).await,
             args::Command::DemoWork => demo::demo_work().await,
         }
     });
@@ -43,8 +47,9 @@ fn main() -> ExitCode {
     code
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, quiet: bool) {
     let default = match verbose {
+        0 if quiet => "error",
         0 => "warn",
         1 => "fencelock=info,fencelock_core=info,fencelock_cli=info",
         _ => "debug",

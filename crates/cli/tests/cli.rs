@@ -304,3 +304,33 @@ fn backends_lists_what_is_compiled_in() {
     assert!(text.contains("file:///") && text.contains("[compiled in]"), "{text}");
     assert!(text.contains("strictly monotonic"), "{text}");
 }
+
+#[test]
+fn the_lab_runs_a_scenario_and_prints_its_timeline_and_table() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let report = dir.path().join("safety.md");
+    let out = Command::new(BIN)
+        .args(["--backend", "memory://lab-cli", "lab", "paused-holder", "--report"])
+        .arg(&report)
+        .env_remove("FENCELOCK_BACKEND")
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", stderr_of(&out));
+    assert!(
+        text.contains("A writes to the resource with its old token 1: refused"),
+        "{text}"
+    );
+    assert!(text.contains("ACCEPTED (stale)"), "{text}");
+    let written = std::fs::read_to_string(&report).expect("report written");
+    assert!(
+        written.contains("| paused-holder | given | 0 | 0 | 0 | 4 | 0 | 1 | 1 |"),
+        "{written}"
+    );
+    let out = Command::new(BIN)
+        .args(["--backend", "memory://", "lab", "no-such"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(stderr_of(&out).contains("unknown scenario"));
+}
