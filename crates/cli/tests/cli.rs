@@ -334,3 +334,35 @@ fn the_lab_runs_a_scenario_and_prints_its_timeline_and_table() {
     assert_eq!(out.status.code(), Some(64));
     assert!(stderr_of(&out).contains("unknown scenario"));
 }
+
+#[test]
+fn the_lab_shows_which_backends_survive_a_restart_while_held() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let report = dir.path().join("safety.md");
+    let out = Command::new(BIN)
+        .args(["lab", "restart-while-held", "--quiet", "--report"])
+        .arg(&report)
+        .env_remove("FENCELOCK_BACKEND")
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let table = std::fs::read_to_string(&report).expect("report");
+    // The documented outcomes (docs/backends/*.md, docs/safety.md): a restart without
+    // persistence lets a second holder in on Redis and on a Redlock bare quorum, with the
+    // same token (refused by the fenced resource); persistence, the delayed restart and
+    // consensus keep the lock exclusive.
+    for row in [
+        "| restart-while-held | redis | 1 | 0 | 1 | 0 | 0 | – | – |",
+        "| restart-while-held | redis (appendfsync always) | 0 | 0 | 0 | 0 | 0 | – | – |",
+        "| restart-while-held | redlock | 1 | 0 | 1 | 0 | 0 | – | – |",
+        "| restart-while-held | redlock (restart_delay 3s) | 0 | 0 | 0 | 0 | 0 | – | – |",
+        "| restart-while-held | zookeeper | 0 | 0 | 0 | 0 | 0 | – | – |",
+    ] {
+        assert!(table.contains(row), "missing `{row}` in:\n{table}");
+    }
+    #[cfg(feature = "etcd")]
+    assert!(
+        table.contains("| restart-while-held | etcd | 0 | 0 | 0 | 0 | 0 | – | – |"),
+        "{table}"
+    );
+}

@@ -187,3 +187,101 @@ pub async fn paused_holder(f: &dyn ClientFactory, ttl: Duration, fenced: bool) -
         timeline: log.lines.into_inner().unwrap_or_default(),
     }
 }
+
+/// **A fault strikes while the lock is held** (servers restarted empty, failed over,
+/// partitioned): client A takes the lock for 30 s, `fault` runs, and client B tries to take
+/// the lock within `wait` — long before A's validity ends. A correct lock service makes B
+/// wait (or fail); if B gets it, the checker reports a validity overlap, and usually a token
+/// regression or reuse. Both holders then write to a fenced resource in turn (B first).
+pub async fn fault_while_held<F, Fut>(f: &dyn ClientFactory, fault: F, wait: Duration) -> Outcome
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let a = f.client().await;
+    let key = unique_key("lab-fault");
+    let history = History::new();
+    let log = Log {
+        start: Instant::now(),
+        lines: Mutex::default(),
+    };
+    let resource = FencingChecker::new();
+    let opts = LockOptions::new()
+        .with_ttl(Duration::from_secs(30))
+        .with_wait(Duration::from_secs(30))
+        .with_auto_renew(false);
+    let la = a.acquire(&key, &opts).await.expect("A acquires");
+    history.record(Event::Granted {
+        client: 0,
+        token: la.token(),
+        grant: la.grant().clone(),
+        at: Instant::now(),
+        valid_until: la.valid_until().into_std(),
+    });
+    log.say(format!(
+        "A acquired, token {}, valid for {:?}",
+        la.token(),
+        la.remaining()
+    ));
+    let ok = resource.check("resource", &la.fence()).is_ok();
+    history.record(Event::FencedWrite {
+        client: 0,
+        token: la.token(),
+        grant: la.grant().clone(),
+        at: Instant::now(),
+        accepted: ok,
+    });
+    log.say(format!("A wrote to the resource with token {}", la.token()));
+    fault().await;
+    log.say("FAULT injected".to_owned());
+    let b = f.client().await;
+    match b.acquire(&key, &opts.with_wait(wait)).await {
+        Ok(lb) => {
+            history.record(Event::Granted {
+                client: 1,
+                token: lb.token(),
+                grant: lb.grant().clone(),
+                at: Instant::now(),
+                valid_until: lb.valid_until().into_std(),
+            });
+            log.say(format!(
+                "B acquired, token {} — while A's lease is still valid for {:?}",
+                lb.token(),
+                la.remaining()
+            ));
+            let ok = resource.check("resource", &lb.fence()).is_ok();
+            history.record(Event::FencedWrite {
+                client: 1,
+                token: lb.token(),
+                grant: lb.grant().clone(),
+                at: Instant::now(),
+                accepted: ok,
+            });
+            log.say(format!(
+                "B wrote to the resource with token {}: {}",
+                lb.token(),
+                if ok {
+                    "accepted"
+                } else {
+                    "refused (token not above A's)"
+                }
+            ));
+            let _ = lb.release().await;
+        }
+        Err(e) => log.say(format!("B could not acquire within {wait:?}: {e}")),
+    }
+    let a_grant = la.grant().clone();
+    let released = la.release().await;
+    history.record(Event::Released {
+        grant: a_grant,
+        at: Instant::now(),
+    });
+    log.say(format!(
+        "A released: {}",
+        if released.is_ok() { "ok" } else { "lease lost" }
+    ));
+    Outcome {
+        report: history.check(),
+        timeline: log.lines.into_inner().unwrap_or_default(),
+    }
+}
