@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use fencelock::DistributedLock;
 use fencelock_testkit::history::Report;
-use fencelock_testkit::lab::{fault_while_held, paused_holder, Outcome};
+use fencelock_testkit::lab::{contention_with_fault, fault_while_held, paused_holder, Outcome};
 
 use crate::args::{Cli, LabArgs};
 use crate::exit;
 
 /// The scenarios, by name.
-const SCENARIOS: &[&str] = &["paused-holder", "restart-while-held"];
+const SCENARIOS: &[&str] = &["paused-holder", "restart-while-held", "fault-during-contention"];
 
 /// A backend under test and what keeps its servers alive.
 struct Target {
@@ -126,6 +126,75 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
+/// `fault-during-contention`: three clients take turns on one key while the backend loses
+/// part of itself — one Redis restarted empty, two of five Redlock nodes killed, the etcd
+/// and ZooKeeper leaders killed.
+async fn contention_cases() -> Vec<(&'static str, Outcome)> {
+    use fencelock_testkit::redis_server::{redlock_url, start_many, RedisServer};
+    let (clients, rounds) = (3, 5);
+    let mut out = Vec::new();
+    {
+        let mut server = blocking(RedisServer::start);
+        let f = connect_factory(server.url());
+        let server = &mut server;
+        out.push((
+            "redis (restarted empty)",
+            contention_with_fault(
+                &f,
+                clients,
+                rounds,
+                move || async move { blocking(|| server.restart()) },
+            )
+            .await,
+        ));
+    }
+    {
+        let mut servers = blocking(|| start_many(5));
+        let f = connect_factory(redlock_url(&servers, "per_node_timeout=50ms"));
+        let servers = &mut servers;
+        let fault = move || async move {
+            servers[1].kill();
+            servers[3].kill();
+        };
+        out.push((
+            "redlock (2 of 5 killed)",
+            contention_with_fault(&f, clients, rounds, fault).await,
+        ));
+    }
+    if fencelock::schemes::find("etcd").is_some_and(|s| s.compiled) {
+        let mut cluster = blocking(|| fencelock_testkit::etcd_server::EtcdCluster::start(3));
+        let f = connect_factory(cluster.url("session_ttl=3s&timeout=1s"));
+        let cluster = &mut cluster;
+        let fault = move || async move {
+            blocking(|| {
+                let leader = cluster.wait_for_leader(Duration::from_secs(10));
+                cluster.kill(leader);
+            })
+        };
+        out.push((
+            "etcd (leader killed)",
+            contention_with_fault(&f, clients, rounds, fault).await,
+        ));
+    }
+    if fencelock::schemes::find("zk").is_some_and(|s| s.compiled) {
+        let mut ensemble = blocking(|| fencelock_testkit::zk_server::ZkEnsemble::start(3));
+        let f = connect_factory(ensemble.url("/lab", "session_timeout=4s"));
+        let ensemble = &mut ensemble;
+        let fault = move || async move {
+            blocking(|| {
+                if let Some(leader) = ensemble.leader() {
+                    ensemble.kill(leader);
+                }
+            })
+        };
+        out.push((
+            "zookeeper (leader killed)",
+            contention_with_fault(&f, clients, rounds, fault).await,
+        ));
+    }
+    out
+}
+
 /// `restart-while-held` on each backend with servers of its own (the fault destroys them):
 /// Redis restarted without persistence and with `appendfsync always`; Redlock with the
 /// holder on a bare quorum (nodes 3 and 4 down), then node 0 restarted empty and 3 and 4
@@ -213,11 +282,16 @@ pub async fn lab(cli: &Cli, args: &LabArgs) -> ExitCode {
     let mut rows = Vec::new();
     let mut failed = false;
     for scenario in chosen {
-        if scenario == "restart-while-held" {
+        if scenario == "restart-while-held" || scenario == "fault-during-contention" {
             if cli.backend.is_some() {
-                eprintln!("fencelock lab: restart-while-held starts its own servers; --backend is ignored for it");
+                eprintln!("fencelock lab: {scenario} starts its own servers; --backend is ignored for it");
             }
-            match tokio::spawn(restart_cases()).await {
+            let cases = if scenario == "restart-while-held" {
+                tokio::spawn(restart_cases()).await
+            } else {
+                tokio::spawn(contention_cases()).await
+            };
+            match cases {
                 Ok(cases) => {
                     for (backend, o) in cases {
                         print_timeline(args, &format!("{scenario} on {backend}"), &o);
@@ -359,14 +433,21 @@ const REPORT_TAIL: &str = "
   reason the checker keys on grant ids, not tokens alone. Persistence, the delayed restart
   and consensus keep B out.
 
+* **fault-during-contention** (F9; S9): three clients take turns on one key (five grants
+  each, a fenced write under every grant) while the backend loses part of itself: the one
+  Redis server is killed and restarted empty; two of five Redlock nodes are killed; the etcd
+  and ZooKeeper leaders are killed. Redis comes back with its counter at zero, so the next
+  grants reuse or lower tokens (the fenced resource refuses those writes); Redlock tolerates
+  the minority; etcd and ZooKeeper elect a new leader and keep the lock exclusive with
+  strictly increasing tokens.
+
 ## Where this departs from the reliability matrix, and what is still to come
 
-The matrix proposes sixteen scenarios (S0–S15). This report covers S1 and S5/S6 so far, and
-runs the restart scenario against all backends rather than only the Redis ones, to show
+The matrix proposes sixteen scenarios (S0–S15). This report covers S1, S5/S6 and S9 so far,
+and runs the restart scenario against all backends rather than only the Redis ones, to show
 the consensus backends' answer to the same fault. Still to come, with the fault proxy
 already in the testkit (pass, delay, blackhole, reset) and the launchers' kill / restart /
 pause: Redis failover before replication (F4), a clock jump on one Redlock node under
-libfaketime (F7), client partitions from a minority and a majority (F3/F3'), and a
-consensus leader killed during contention (F9, today tests in `crates/etcd/tests/faults.rs`
-and `crates/zk/tests/faults.rs`), plus an SVG timeline per scenario.
+libfaketime (F7), and client partitions from a minority and a majority (F3/F3'), plus an
+SVG timeline per scenario.
 ";

@@ -285,3 +285,97 @@ where
         timeline: log.lines.into_inner().unwrap_or_default(),
     }
 }
+
+/// **A fault during contention** (F9: a consensus leader killed; Redlock losing a minority):
+/// `clients` clients take turns on one key for `rounds` grants each, writing to a fenced
+/// resource under every grant, while `fault` runs once the first grants are in. Records
+/// every grant's validity window; the checker reports overlaps, regressions and stale
+/// writes. Attempts that fail (the backend unavailable for a moment) are retried within each
+/// client's wait bound.
+pub async fn contention_with_fault<F, Fut>(f: &dyn ClientFactory, clients: usize, rounds: usize, fault: F) -> Outcome
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use std::sync::Arc;
+
+    let key = unique_key("lab-contention");
+    let history = Arc::new(History::new());
+    let log = Arc::new(Log {
+        start: Instant::now(),
+        lines: Mutex::default(),
+    });
+    let resource = Arc::new(FencingChecker::new());
+    let opts = LockOptions::new()
+        .with_ttl(Duration::from_secs(10))
+        .with_wait(Duration::from_secs(30));
+    let granted = Arc::new(tokio::sync::Notify::new());
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let lock = f.client().await;
+        let (key, history, log, resource, granted) = (
+            key.clone(),
+            Arc::clone(&history),
+            Arc::clone(&log),
+            Arc::clone(&resource),
+            Arc::clone(&granted),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0;
+            for _ in 0..rounds * 20 {
+                if done == rounds {
+                    break;
+                }
+                let lease = match lock.acquire(&key, &opts).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        log.say(format!("client {c}: acquire failed: {e}"));
+                        continue;
+                    }
+                };
+                history.record(Event::Granted {
+                    client: c,
+                    token: lease.token(),
+                    grant: lease.grant().clone(),
+                    at: Instant::now(),
+                    valid_until: lease.valid_until().into_std(),
+                });
+                let ok = resource.check("resource", &lease.fence()).is_ok();
+                history.record(Event::FencedWrite {
+                    client: c,
+                    token: lease.token(),
+                    grant: lease.grant().clone(),
+                    at: Instant::now(),
+                    accepted: ok,
+                });
+                log.say(format!(
+                    "client {c}: holds token {} (write {})",
+                    lease.token(),
+                    if ok { "accepted" } else { "refused" }
+                ));
+                granted.notify_one();
+                tokio::task::yield_now().await;
+                let g = lease.grant().clone();
+                let released_at = Instant::now();
+                let _ = lease.release().await;
+                history.record(Event::Released {
+                    grant: g,
+                    at: released_at,
+                });
+                done += 1;
+            }
+        }));
+    }
+    granted.notified().await;
+    log.say("FAULT injected".to_owned());
+    fault().await;
+    log.say("fault over".to_owned());
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(120), t).await;
+    }
+    let timeline = log.lines.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Outcome {
+        report: history.check(),
+        timeline,
+    }
+}
