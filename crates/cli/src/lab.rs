@@ -13,7 +13,12 @@ use crate::args::{Cli, LabArgs};
 use crate::exit;
 
 /// The scenarios, by name.
-const SCENARIOS: &[&str] = &["paused-holder", "restart-while-held", "fault-during-contention"];
+const SCENARIOS: &[&str] = &[
+    "paused-holder",
+    "restart-while-held",
+    "fault-during-contention",
+    "failover-before-replication",
+];
 
 /// A backend under test and what keeps its servers alive.
 struct Target {
@@ -124,6 +129,58 @@ fn print_timeline(args: &LabArgs, title: &str, o: &Outcome) {
 /// Starts a server set in a blocking section (the launchers wait for readiness).
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
+}
+
+/// `failover-before-replication` (F4): a Redis primary with a replica whose replication
+/// link runs through the fault proxy. After a few replicated grants the link is cut
+/// (blackholed — pausing the replica would not do: its kernel buffers would still
+/// deliver); A takes the lock on the primary; the primary is killed and the replica promoted
+/// with `REPLICAOF NO ONE`; clients move to it; B asks for the lock there.
+async fn failover_cases() -> Vec<(&'static str, Outcome)> {
+    use fencelock_testkit::proxy::{FaultProxy, Mode};
+    use fencelock_testkit::redis_server::{RedisOptions, RedisServer};
+    let mut primary = blocking(RedisServer::start);
+    let link = FaultProxy::start(primary.port()).await;
+    let replica = blocking(|| {
+        RedisServer::start_with(RedisOptions {
+            replica_of: Some(link.port()),
+            ..Default::default()
+        })
+    });
+    let current = Arc::new(std::sync::Mutex::new(primary.url()));
+    let factory = {
+        let current = Arc::clone(&current);
+        #[allow(clippy::expect_used)] // scenarios fail by panicking; the caller runs them in a task
+        move || {
+            let url = current.lock().map(|u| u.clone()).unwrap_or_default();
+            async move { fencelock::connect(&url).await.expect("connect") as Arc<dyn DistributedLock> }
+        }
+    };
+    // A few grants that do reach the replica: replication is up and caught up before the cut.
+    let warm = fencelock_testkit::conformance::ClientFactory::client(&factory).await;
+    let opts = fencelock::LockOptions::new().with_auto_renew(false);
+    for _ in 0..3 {
+        if let Ok(l) = warm.acquire("lab-failover-warm", &opts).await {
+            let _ = l.release().await;
+        }
+    }
+    let start = std::time::Instant::now();
+    while primary.repl_offset() != replica.repl_offset() && start.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling replication catch-up
+    }
+    link.set(Mode::Blackhole);
+    let primary = &mut primary;
+    let promoted = &replica;
+    let fault = move || async move {
+        blocking(|| primary.kill());
+        let _ = promoted.command("REPLICAOF NO ONE");
+        if let Ok(mut u) = current.lock() {
+            *u = promoted.url();
+        }
+    };
+    let outcome = fault_while_held(&factory, fault, Duration::from_secs(2)).await;
+    drop(replica); // stops the promoted replica
+    vec![("redis (primary + async replica)", outcome)]
 }
 
 /// `fault-during-contention`: three clients take turns on one key while the backend loses
@@ -282,14 +339,14 @@ pub async fn lab(cli: &Cli, args: &LabArgs) -> ExitCode {
     let mut rows = Vec::new();
     let mut failed = false;
     for scenario in chosen {
-        if scenario == "restart-while-held" || scenario == "fault-during-contention" {
+        if scenario != "paused-holder" {
             if cli.backend.is_some() {
                 eprintln!("fencelock lab: {scenario} starts its own servers; --backend is ignored for it");
             }
-            let cases = if scenario == "restart-while-held" {
-                tokio::spawn(restart_cases()).await
-            } else {
-                tokio::spawn(contention_cases()).await
+            let cases = match scenario {
+                "restart-while-held" => tokio::spawn(restart_cases()).await,
+                "fault-during-contention" => tokio::spawn(contention_cases()).await,
+                _ => tokio::spawn(failover_cases()).await,
             };
             match cases {
                 Ok(cases) => {
@@ -441,13 +498,22 @@ const REPORT_TAIL: &str = "
   the minority; etcd and ZooKeeper elect a new leader and keep the lock exclusive with
   strictly increasing tokens.
 
+* **failover-before-replication** (F4; S4): a Redis primary with an asynchronous replica
+  whose replication link runs through the fault proxy. Once replication has caught up the
+  link is blackholed (pausing the replica would not do: its kernel buffers would still
+  deliver); A takes the lock on the primary; the primary is killed and the replica promoted
+  with `REPLICAOF NO ONE`; clients move to it and B asks for the lock: the replica never saw
+  A's grant nor its token increment, so B gets the lock at once with A's token — two
+  holders, token reused, and only the grant id lets the fenced resource refuse B's write.
+  The consensus backends' answer to losing their leader is the `fault-during-contention`
+  rows; Redlock's to losing a node, the same rows and `restart-while-held`.
+
 ## Where this departs from the reliability matrix, and what is still to come
 
-The matrix proposes sixteen scenarios (S0–S15). This report covers S1, S5/S6 and S9 so far,
+The matrix proposes sixteen scenarios (S0–S15). This report covers S1, S4, S5/S6 and S9 so far,
 and runs the restart scenario against all backends rather than only the Redis ones, to show
 the consensus backends' answer to the same fault. Still to come, with the fault proxy
 already in the testkit (pass, delay, blackhole, reset) and the launchers' kill / restart /
-pause: Redis failover before replication (F4), a clock jump on one Redlock node under
-libfaketime (F7), and client partitions from a minority and a majority (F3/F3'), plus an
-SVG timeline per scenario.
+pause: a clock jump on one Redlock node under libfaketime (F7), and client partitions from a
+minority and a majority (F3/F3'), plus an SVG timeline per scenario.
 ";

@@ -405,3 +405,18 @@ fn the_lab_shows_consensus_staying_exclusive_through_a_fault_during_contention()
     assert!(tokens_wrong >= 1, "{r:?}");
     assert_eq!(r[6], "0", "a fenced resource accepted a stale write: {r:?}");
 }
+
+#[test]
+fn the_lab_shows_a_redis_failover_granting_the_lock_twice() {
+    let out = Command::new(BIN)
+        .args(["lab", "failover-before-replication", "--quiet"])
+        .env_remove("FENCELOCK_BACKEND")
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("| failover-before-replication | redis (primary + async replica) | 1 | 0 | 1 | 0 | 0 | – | – |"),
+        "{text}"
+    );
+}

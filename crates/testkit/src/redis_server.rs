@@ -28,6 +28,9 @@ pub struct RedisOptions {
     pub persistence: Option<Persistence>,
     /// `requirepass`, if any.
     pub password: Option<String>,
+    /// Replicate from the server on this port (`--replicaof 127.0.0.1 PORT`), e.g. through
+    /// a [`FaultProxy`](crate::proxy::FaultProxy) so the replication link can be cut.
+    pub replica_of: Option<u16>,
     /// Serve TLS only (certificates from [`crate::tls::make_certs`]); the URL is then
     /// `rediss://…?ca_file=…`.
     pub tls: bool,
@@ -121,6 +124,9 @@ impl RedisServer {
                 cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
             }
         }
+        if let Some(primary) = self.options.replica_of {
+            cmd.args(["--replicaof", "127.0.0.1"]).arg(primary.to_string());
+        }
         if let Some(pass) = &self.options.password {
             cmd.args(["--requirepass", pass]);
         }
@@ -175,6 +181,22 @@ impl RedisServer {
         if let Err(log) = self.launch() {
             panic!("redis-server did not restart on port {}; log:\n{log}", self.port);
         }
+    }
+
+    /// Runs one inline command (e.g. `INFO replication`, `REPLICAOF NO ONE`) over a plain
+    /// connection and returns the reply's text (no password, no TLS).
+    pub fn command(&self, inline: &str) -> String {
+        let request = format!("{inline}\r\nQUIT\r\n");
+        crate::process::tcp_exchange_to_eof(self.port, request.as_bytes())
+            .map(|r| String::from_utf8_lossy(&r).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// `master_repl_offset` from `INFO replication`.
+    pub fn repl_offset(&self) -> Option<u64> {
+        self.command("INFO replication")
+            .lines()
+            .find_map(|l| l.strip_prefix("master_repl_offset:")?.trim().parse().ok())
     }
 
     /// SIGSTOP: the server stops answering but keeps its connections.
