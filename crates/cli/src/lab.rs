@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use fencelock::DistributedLock;
 use fencelock_testkit::history::Report;
-use fencelock_testkit::lab::{contention_with_fault, fault_while_held, paused_holder, Outcome};
+use fencelock_testkit::lab::{
+    client_partition, contention_with_fault, fault_while_held, paused_holder, Outcome, Phase,
+};
 
 use crate::args::{Cli, LabArgs};
 use crate::exit;
@@ -17,6 +19,7 @@ const SCENARIOS: &[&str] = &[
     "paused-holder",
     "restart-while-held",
     "fault-during-contention",
+    "client-partition",
     "failover-before-replication",
 ];
 
@@ -129,6 +132,93 @@ fn print_timeline(args: &LabArgs, title: &str, o: &Outcome) {
 /// Starts a server set in a blocking section (the launchers wait for readiness).
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
+}
+
+/// Phases of a partition: cut A from `minority` links, then from `majority` links, then
+/// from all, then heal.
+fn partition_phases<'a>(
+    proxies: &'a [fencelock_testkit::proxy::FaultProxy],
+    minority: usize,
+    majority: usize,
+) -> Vec<Phase<'a>> {
+    use fencelock_testkit::proxy::Mode;
+    let n = proxies.len();
+    let cut = move |k: usize| -> Box<dyn FnOnce() + Send + 'a> {
+        Box::new(move || {
+            for (i, p) in proxies.iter().enumerate() {
+                p.set(if i < k { Mode::Blackhole } else { Mode::Pass });
+            }
+        })
+    };
+    vec![
+        Phase {
+            name: format!("A cut from {minority} of {n} nodes (a minority)"),
+            apply: cut(minority),
+        },
+        Phase {
+            name: format!("A cut from {majority} of {n} nodes (a majority)"),
+            apply: cut(majority),
+        },
+        Phase {
+            name: format!("A cut from all {n} nodes"),
+            apply: cut(n),
+        },
+        Phase {
+            name: "healed".to_owned(),
+            apply: cut(0),
+        },
+    ]
+}
+
+/// `client-partition` (F3/F3'): client A reaches the servers only through fault proxies and
+/// is cut from a minority, a majority, then all of them, then healed; client B is never cut.
+async fn partition_cases() -> Vec<(&'static str, Outcome)> {
+    use fencelock_testkit::proxy::FaultProxy;
+    let mut out = Vec::new();
+    {
+        let servers = blocking(|| fencelock_testkit::redis_server::start_many(5));
+        let mut proxies = Vec::new();
+        for s in &servers {
+            proxies.push(FaultProxy::start(s.port()).await);
+        }
+        let via: Vec<String> = proxies.iter().map(|p| format!("127.0.0.1:{}", p.port())).collect();
+        let a = connect_factory(format!("redlock://{}?per_node_timeout=100ms", via.join(",")));
+        let b = connect_factory(fencelock_testkit::redis_server::redlock_url(
+            &servers,
+            "per_node_timeout=100ms",
+        ));
+        out.push((
+            "redlock",
+            client_partition(&a, &b, partition_phases(&proxies, 2, 3)).await,
+        ));
+    }
+    if fencelock::schemes::find("etcd").is_some_and(|s| s.compiled) {
+        let cluster = blocking(|| fencelock_testkit::etcd_server::EtcdCluster::start(3));
+        let mut proxies = Vec::new();
+        for e in cluster.endpoints() {
+            let port = e.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
+            proxies.push(FaultProxy::start(port).await);
+        }
+        let via: Vec<String> = proxies.iter().map(|p| format!("127.0.0.1:{}", p.port())).collect();
+        let a = connect_factory(format!("etcd://{}?timeout=1s", via.join(",")));
+        let b = connect_factory(cluster.url(""));
+        out.push(("etcd", client_partition(&a, &b, partition_phases(&proxies, 1, 2)).await));
+    }
+    if fencelock::schemes::find("zk").is_some_and(|s| s.compiled) {
+        let ensemble = blocking(|| fencelock_testkit::zk_server::ZkEnsemble::start(3));
+        let mut proxies = Vec::new();
+        for i in 0..3 {
+            proxies.push(FaultProxy::start(ensemble.port(i)).await);
+        }
+        let via: Vec<String> = proxies.iter().map(|p| format!("127.0.0.1:{}", p.port())).collect();
+        let a = connect_factory(format!("zk://{}/lab?session_timeout=4s&timeout=1s", via.join(",")));
+        let b = connect_factory(ensemble.url("/lab", ""));
+        out.push((
+            "zookeeper",
+            client_partition(&a, &b, partition_phases(&proxies, 1, 2)).await,
+        ));
+    }
+    out
 }
 
 /// `failover-before-replication` (F4): a Redis primary with a replica whose replication
@@ -346,6 +436,7 @@ pub async fn lab(cli: &Cli, args: &LabArgs) -> ExitCode {
             let cases = match scenario {
                 "restart-while-held" => tokio::spawn(restart_cases()).await,
                 "fault-during-contention" => tokio::spawn(contention_cases()).await,
+                "client-partition" => tokio::spawn(partition_cases()).await,
                 _ => tokio::spawn(failover_cases()).await,
             };
             match cases {
@@ -508,12 +599,23 @@ const REPORT_TAIL: &str = "
   The consensus backends' answer to losing their leader is the `fault-during-contention`
   rows; Redlock's to losing a node, the same rows and `restart-while-held`.
 
+* **client-partition** (F3/F3'; S3): client A reaches the servers only through fault proxies
+  and is cut (blackholed: silence, not refusal) from a minority, then a majority, then all of
+  them, then healed; client B is never cut and checks exclusivity. Redlock grants with a
+  minority cut off in about the per-node timeout, answers \"no quorum\" with a majority cut off,
+  and recovers when healed. etcd stays available as long as A reaches any one member (the
+  members still reach each other; each request try gets a share of the timeout, so silent
+  members cost only that share). ZooKeeper's client moves its session to a reachable server
+  (an attempt during the move fails, and a node an abandoned attempt left behind can keep
+  the key busy until its background delete lands). B never gets the lock while A holds it.
+
 ## Where this departs from the reliability matrix, and what is still to come
 
-The matrix proposes sixteen scenarios (S0–S15). This report covers S1, S4, S5/S6 and S9 so far,
+The matrix proposes sixteen scenarios (S0–S15). This report covers S1, S3, S4, S5/S6 and S9 so far,
 and runs the restart scenario against all backends rather than only the Redis ones, to show
 the consensus backends' answer to the same fault. Still to come, with the fault proxy
 already in the testkit (pass, delay, blackhole, reset) and the launchers' kill / restart /
-pause: a clock jump on one Redlock node under libfaketime (F7), and client partitions from a
-minority and a majority (F3/F3'), plus an SVG timeline per scenario.
+pause: a clock jump on one Redlock node under libfaketime (F7), partitions between servers
+(F3 among the nodes themselves), slow links (the proxy's delay mode), and an SVG timeline per
+scenario.
 ";

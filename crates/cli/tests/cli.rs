@@ -420,3 +420,45 @@ fn the_lab_shows_a_redis_failover_granting_the_lock_twice() {
         "{text}"
     );
 }
+
+#[test]
+fn the_lab_partitions_a_client_from_minorities_and_majorities() {
+    let out = Command::new(BIN)
+        .args(["lab", "client-partition"])
+        .env_remove("FENCELOCK_BACKEND")
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for row in [
+        "| client-partition | redlock | 0 | 0 | 0 | 0 | 0 | – | – |",
+        "| client-partition | zookeeper | 0 | 0 | 0 | 0 | 0 | – | – |",
+    ] {
+        assert!(text.contains(row), "missing `{row}` in:\n{text}");
+    }
+    #[cfg(feature = "etcd")]
+    assert!(
+        text.contains("| client-partition | etcd | 0 | 0 | 0 | 0 | 0 | – | – |"),
+        "{text}"
+    );
+    // Redlock: available with a minority cut off, "no quorum" with a majority cut off,
+    // available again once healed; never two holders.
+    let redlock = text.split("== client-partition on redlock").nth(1).unwrap_or("");
+    let redlock = redlock.split("== ").next().unwrap_or("");
+    let phases: Vec<&str> = redlock.split("  A cut from").collect();
+    assert!(phases.get(1).is_some_and(|p| p.contains("A acquired")), "{redlock}");
+    assert!(
+        phases
+            .get(2)
+            .is_some_and(|p| p.contains("no quorum for acquire: 2 of 5")),
+        "{redlock}"
+    );
+    assert!(
+        redlock
+            .split("healed:")
+            .nth(1)
+            .is_some_and(|p| p.contains("A acquired")),
+        "{redlock}"
+    );
+    assert!(!text.contains("B ALSO acquired"), "{text}");
+}

@@ -47,8 +47,10 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Runs one request, bounded in all by the request timeout, errors mapped. A request
-    /// that failed without an answer from a healthy leader — the member it went to is down
+    /// Runs one request, bounded in all by the request timeout, errors mapped. Each try
+    /// gets a share of the timeout (timeout / (endpoints + 1), at least 100 ms), so a silent
+    /// member costs only that share. A request that failed without an answer from a healthy
+    /// leader — the member it went to is down
     /// (refused, reset), or the cluster is between leaders ("leader changed", "no leader")
     /// — is sent again after a short pause while the timeout lasts; the client balances
     /// over the endpoints, so another member may take it. Every request we send is safe to
@@ -61,10 +63,23 @@ impl Cluster {
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         let deadline = tokio::time::Instant::now() + self.cfg.timeout;
+        // A member that is silent (partitioned, not refusing) must not eat the whole
+        // timeout: each try gets a share of it, so later tries can reach another member.
+        let share =
+            (self.cfg.timeout / (self.cfg.endpoints.len() as u32 + 1)).max(std::time::Duration::from_millis(100));
         let mut pause = std::time::Duration::from_millis(20);
         let mut last = None;
         for _ in 0..10 {
-            match tokio::time::timeout_at(deadline, op(self.client.clone())).await {
+            let until = (tokio::time::Instant::now() + share).min(deadline);
+            let attempt = tokio::time::timeout_at(until, op(self.client.clone())).await;
+            let attempt = match attempt {
+                Err(_) if tokio::time::Instant::now() < deadline && self.cfg.endpoints.len() > 1 => {
+                    tracing::debug!("{doing}: no answer within {share:?}; trying again");
+                    continue;
+                }
+                other => other,
+            };
+            match attempt {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) if worth_another_try(&e) => {
                     tracing::debug!(error = %e, "{doing}: no answer from a leader; trying again");

@@ -379,3 +379,79 @@ where
         timeline,
     }
 }
+
+/// One phase of a partition scenario: cut some links, try to lock, report.
+pub struct Phase<'a> {
+    /// What the phase does, for the timeline.
+    pub name: String,
+    /// Applied before the phase's attempt (cuts or heals links).
+    pub apply: Box<dyn FnOnce() + Send + 'a>,
+}
+
+/// **The client partitioned from some nodes** (F3/F3'): for each phase, apply it (cut or
+/// heal proxy links between client A and the servers), then A tries the lock (`try_acquire`,
+/// bounded by the backend's own timeouts) while client B, never partitioned, checks that it
+/// cannot get the lock A holds. Records grants; the timeline says which phases were
+/// available and how long each attempt took.
+pub async fn client_partition(a: &dyn ClientFactory, b: &dyn ClientFactory, phases: Vec<Phase<'_>>) -> Outcome {
+    let (a, b) = (a.client().await, b.client().await);
+    let key = unique_key("lab-partition");
+    let history = History::new();
+    let log = Log {
+        start: Instant::now(),
+        lines: Mutex::default(),
+    };
+    let opts = LockOptions::new()
+        .with_ttl(Duration::from_secs(10))
+        .with_auto_renew(false);
+    for phase in phases {
+        (phase.apply)();
+        log.say(format!("{}:", phase.name));
+        let started = Instant::now();
+        match a.try_acquire(&key, &opts).await {
+            Ok(Some(la)) => {
+                history.record(Event::Granted {
+                    client: 0,
+                    token: la.token(),
+                    grant: la.grant().clone(),
+                    at: Instant::now(),
+                    valid_until: la.valid_until().into_std(),
+                });
+                log.say(format!("  A acquired in {:?}, token {}", started.elapsed(), la.token()));
+                match b.try_acquire(&key, &opts).await {
+                    Ok(Some(lb)) => {
+                        history.record(Event::Granted {
+                            client: 1,
+                            token: lb.token(),
+                            grant: lb.grant().clone(),
+                            at: Instant::now(),
+                            valid_until: lb.valid_until().into_std(),
+                        });
+                        log.say(format!("  B ALSO acquired, token {}", lb.token()));
+                        let _ = lb.release().await;
+                    }
+                    Ok(None) => log.say("  B (not partitioned) could not take it: exclusive".to_owned()),
+                    Err(e) => log.say(format!("  B: {e}")),
+                }
+                let g = la.grant().clone();
+                let at = Instant::now();
+                let released = la.release().await;
+                history.record(Event::Released { grant: g, at });
+                log.say(format!(
+                    "  A released: {}",
+                    if released.is_ok() {
+                        "ok"
+                    } else {
+                        "not confirmed by a quorum"
+                    }
+                ));
+            }
+            Ok(None) => log.say(format!("  A: busy after {:?}", started.elapsed())),
+            Err(e) => log.say(format!("  A: unavailable after {:?}: {e}", started.elapsed())),
+        }
+    }
+    Outcome {
+        report: history.check(),
+        timeline: log.lines.into_inner().unwrap_or_default(),
+    }
+}
