@@ -21,6 +21,7 @@ const SCENARIOS: &[&str] = &[
     "fault-during-contention",
     "client-partition",
     "failover-before-replication",
+    "clock-jump",
 ];
 
 /// A backend under test and what keeps its servers alive.
@@ -219,6 +220,56 @@ async fn partition_cases() -> Vec<(&'static str, Outcome)> {
         ));
     }
     out
+}
+
+/// `clock-jump` (F7), Kleppmann's first Redlock schedule: A reaches nodes 3 and 4 only
+/// through proxies, which are cut, so A's grant lands on nodes {0, 1, 2}; then node 0's
+/// clock "jumps forward" and its copy of the lock expires early; B, who reaches every node,
+/// asks for the lock and gets {0, 3, 4}. The jump is emulated by expiring the lock keys on
+/// node 0 (`PEXPIRE … 1`): libfaketime 0.9.10 hangs Debian's redis-server 7.0 at start
+/// (recursive `clock_gettime` from its allocator), and an early expiry is exactly what a
+/// forward jump does to a key.
+async fn clock_jump_cases() -> Vec<(&'static str, Outcome)> {
+    use fencelock_testkit::proxy::{FaultProxy, Mode};
+    let servers = blocking(|| fencelock_testkit::redis_server::start_many(5));
+    let (p3, p4) = (
+        FaultProxy::start(servers[3].port()).await,
+        FaultProxy::start(servers[4].port()).await,
+    );
+    let a_nodes = [
+        format!("127.0.0.1:{}", servers[0].port()),
+        format!("127.0.0.1:{}", servers[1].port()),
+        format!("127.0.0.1:{}", servers[2].port()),
+        format!("127.0.0.1:{}", p3.port()),
+        format!("127.0.0.1:{}", p4.port()),
+    ];
+    let a_url = format!("redlock://{}?per_node_timeout=100ms", a_nodes.join(","));
+    let b_url = fencelock_testkit::redis_server::redlock_url(&servers, "per_node_timeout=100ms");
+    // A first, then B: the factory hands out A's view once, B's after that.
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let factory = {
+        let calls = Arc::clone(&calls);
+        #[allow(clippy::expect_used)] // scenarios fail by panicking; the caller runs them in a task
+        move || {
+            let url = if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                a_url.clone()
+            } else {
+                b_url.clone()
+            };
+            async move { fencelock::connect(&url).await.expect("connect") as Arc<dyn DistributedLock> }
+        }
+    };
+    p3.set(Mode::Blackhole);
+    p4.set(Mode::Blackhole);
+    let node0 = &servers[0];
+    let fault = move || async move {
+        let _ = node0
+            .command("EVAL \"for _, k in ipairs(redis.call('KEYS', '*:lock')) do redis.call('PEXPIRE', k, 1) end\" 0");
+    };
+    let outcome = fault_while_held(&factory, fault, Duration::from_secs(2)).await;
+    p3.set(Mode::Pass);
+    p4.set(Mode::Pass);
+    vec![("redlock (node 0 expires early)", outcome)]
 }
 
 /// `failover-before-replication` (F4): a Redis primary with a replica whose replication
@@ -437,6 +488,7 @@ pub async fn lab(cli: &Cli, args: &LabArgs) -> ExitCode {
                 "restart-while-held" => tokio::spawn(restart_cases()).await,
                 "fault-during-contention" => tokio::spawn(contention_cases()).await,
                 "client-partition" => tokio::spawn(partition_cases()).await,
+                "clock-jump" => tokio::spawn(clock_jump_cases()).await,
                 _ => tokio::spawn(failover_cases()).await,
             };
             match cases {
@@ -609,13 +661,24 @@ const REPORT_TAIL: &str = "
   (an attempt during the move fails, and a node an abandoned attempt left behind can keep
   the key busy until its background delete lands). B never gets the lock while A holds it.
 
+* **clock-jump** (F7; S7), Kleppmann's first Redlock schedule: A reaches nodes 3 and 4 only
+  through proxies, which are cut, so A's grant lands on nodes {0, 1, 2}; node 0's clock then
+  jumps forward and its copy of the lock expires early; B, who reaches every node, gets
+  {0, 3, 4} while A's lease is valid — a validity overlap. The jump is emulated by expiring
+  the lock keys on node 0 (`PEXPIRE … 1`): libfaketime 0.9.10 hangs Debian's redis-server
+  7.0 at start (recursive `clock_gettime` from its allocator), and an early expiry is what a
+  forward jump does to a key. Here B's token came from node 0's counter, which A's grant had
+  raised, so it is higher than A's and the fenced resource would refuse A's later writes;
+  with counters that had drifted apart it could as well have been lower.
+
 ## Where this departs from the reliability matrix, and what is still to come
 
-The matrix proposes sixteen scenarios (S0–S15). This report covers S1, S3, S4, S5/S6 and S9 so far,
+The matrix proposes sixteen scenarios (S0–S15). This report covers S1, S3, S4, S5/S6, S7 and S9 so far,
 and runs the restart scenario against all backends rather than only the Redis ones, to show
 the consensus backends' answer to the same fault. Still to come, with the fault proxy
 already in the testkit (pass, delay, blackhole, reset) and the launchers' kill / restart /
-pause: a clock jump on one Redlock node under libfaketime (F7), partitions between servers
+pause: a real clock jump under a time-faking library once one works with redis-server,
+partitions between servers
 (F3 among the nodes themselves), slow links (the proxy's delay mode), and an SVG timeline per
 scenario.
 ";

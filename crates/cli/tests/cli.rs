@@ -462,3 +462,18 @@ fn the_lab_partitions_a_client_from_minorities_and_majorities() {
     );
     assert!(!text.contains("B ALSO acquired"), "{text}");
 }
+
+#[test]
+fn the_lab_shows_an_early_expiry_on_one_redlock_node_granting_twice() {
+    let out = Command::new(BIN)
+        .args(["lab", "clock-jump", "--quiet"])
+        .env_remove("FENCELOCK_BACKEND")
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("| clock-jump | redlock (node 0 expires early) | 1 | 0 | 0 | 0 | 0 | – | – |"),
+        "{text}"
+    );
+}
