@@ -109,6 +109,22 @@ struct Row {
     fenced: Report,
     /// The run against an unfenced resource, for scenarios that have one.
     unfenced: Option<Report>,
+    /// SVG timelines: (file name, picture).
+    pictures: Vec<(String, String)>,
+}
+
+fn slug(text: &str) -> String {
+    let s: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    s.split('-').filter(|p| !p.is_empty()).collect::<Vec<_>>().join("-")
 }
 
 fn connect_factory(url: String) -> impl fencelock_testkit::conformance::ClientFactory + 'static {
@@ -495,11 +511,14 @@ pub async fn lab(cli: &Cli, args: &LabArgs) -> ExitCode {
                 Ok(cases) => {
                     for (backend, o) in cases {
                         print_timeline(args, &format!("{scenario} on {backend}"), &o);
+                        let name = format!("{scenario}-{}.svg", slug(backend));
+                        let picture = o.svg(&format!("{scenario} on {backend}"));
                         rows.push(Row {
                             scenario,
                             backend,
                             fenced: o.report,
                             unfenced: None,
+                            pictures: vec![(name, picture)],
                         });
                     }
                 }
@@ -535,18 +554,46 @@ pub async fn lab(cli: &Cli, args: &LabArgs) -> ExitCode {
                 &fenced,
             );
             print_timeline(args, &format!("{scenario} on {}, unfenced resource", t.name), &unfenced);
+            let pictures = vec![
+                (
+                    format!("{scenario}-{}-fenced.svg", slug(t.name)),
+                    fenced.svg(&format!("{scenario} on {}, fenced resource", t.name)),
+                ),
+                (
+                    format!("{scenario}-{}-unfenced.svg", slug(t.name)),
+                    unfenced.svg(&format!("{scenario} on {}, unfenced resource", t.name)),
+                ),
+            ];
             rows.push(Row {
                 scenario,
                 backend: t.name,
                 fenced: fenced.report,
                 unfenced: Some(unfenced.report),
+                pictures,
             });
         }
     }
     let table = table(&rows);
     println!("{table}");
     if let Some(path) = &args.report {
-        let text = format!("{}{table}{}", REPORT_HEAD, REPORT_TAIL);
+        // Pictures go beside the report, in `safety/`.
+        let dir = path.parent().unwrap_or(std::path::Path::new(".")).join("safety");
+        let mut links = String::from("\n## Timelines\n\n");
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            return exit::fail(&format!("cannot create {}: {e}", dir.display()), exit::FAILURE);
+        }
+        for r in &rows {
+            for (name, picture) in &r.pictures {
+                if let Err(e) = std::fs::write(dir.join(name), picture) {
+                    return exit::fail(
+                        &format!("cannot write {}: {e}", dir.join(name).display()),
+                        exit::FAILURE,
+                    );
+                }
+                let _ = writeln!(links, "* [{name}](safety/{name})");
+            }
+        }
+        let text = format!("{}{table}{links}{}", REPORT_HEAD, REPORT_TAIL);
         if let Err(e) = std::fs::write(path, text) {
             return exit::fail(&format!("cannot write {}: {e}", path.display()), exit::FAILURE);
         }
@@ -675,10 +722,10 @@ const REPORT_TAIL: &str = "
 
 The matrix proposes sixteen scenarios (S0–S15). This report covers S1, S3, S4, S5/S6, S7 and S9 so far,
 and runs the restart scenario against all backends rather than only the Redis ones, to show
-the consensus backends' answer to the same fault. Still to come, with the fault proxy
+the consensus backends' answer to the same fault. Each run also leaves an SVG timeline in
+`docs/safety/` (listed above). Still to come, with the fault proxy
 already in the testkit (pass, delay, blackhole, reset) and the launchers' kill / restart /
 pause: a real clock jump under a time-faking library once one works with redis-server,
 partitions between servers
-(F3 among the nodes themselves), slow links (the proxy's delay mode), and an SVG timeline per
-scenario.
+(F3 among the nodes themselves) and slow links (the proxy's delay mode).
 ";

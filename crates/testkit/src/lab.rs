@@ -21,6 +21,125 @@ pub struct Outcome {
     pub report: Report,
     /// One line per event, in order, relative to the start.
     pub timeline: Vec<String>,
+    /// The recorded events and the instant the scenario started, for pictures.
+    pub events: Vec<Event>,
+    /// When the scenario started.
+    pub start: Instant,
+}
+
+impl Outcome {
+    fn of(history: &History, log: &Log) -> Outcome {
+        Outcome {
+            report: history.check(),
+            timeline: log.lines.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            events: history.events(),
+            start: log.start,
+        }
+    }
+
+    /// An SVG timeline: one lane per client, a bar per grant from acquisition to its release
+    /// or the end of its validity (cut at the right edge), a dot per write (green: accepted,
+    /// red: refused), a cross per shadow-register write.
+    pub fn svg(&self, title: &str) -> String {
+        use std::fmt::Write as _;
+        let ms = |t: Instant| t.saturating_duration_since(self.start).as_secs_f64() * 1000.0;
+        let releases: Vec<(fencelock_core::GrantId, Instant)> = self
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Released { grant, at } => Some((grant.clone(), *at)),
+                _ => None,
+            })
+            .collect();
+        // The scale covers what happened (grants, writes, releases), not validities that run
+        // on long after: bars that reach past the last event are cut at the right edge.
+        let mut end_ms: f64 = 1.0;
+        let mut lanes = 0usize;
+        for e in &self.events {
+            match e {
+                Event::Granted { client, at, .. }
+                | Event::FencedWrite { client, at, .. }
+                | Event::ShadowIncrement { client, at, .. } => {
+                    lanes = lanes.max(client + 1);
+                    end_ms = end_ms.max(ms(*at));
+                }
+                Event::Released { at, .. } => end_ms = end_ms.max(ms(*at)),
+            }
+        }
+        let end_ms = end_ms * 1.3 + 20.0;
+        let (width, lane_h, left) = (960.0, 40.0, 90.0);
+        let height = 60.0 + lane_h * lanes as f64;
+        let x = |t: f64| left + (width - left - 20.0) * (t / end_ms).min(1.0);
+        let mut svg = format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"10\" y=\"18\" font-weight=\"bold\">{}</text>\n",
+            title.replace('&', "&amp;").replace('<', "&lt;")
+        );
+        for lane in 0..lanes {
+            let y = 40.0 + lane_h * lane as f64;
+            let _ = writeln!(
+                svg,
+                "<text x=\"10\" y=\"{}\">client {}</text>",
+                y + 18.0,
+                (b'A' + lane as u8) as char
+            );
+        }
+        for e in &self.events {
+            match e {
+                Event::Granted {
+                    client,
+                    token,
+                    grant,
+                    at,
+                    valid_until,
+                } => {
+                    let y = 40.0 + lane_h * *client as f64 + 6.0;
+                    let released = releases.iter().find(|(g, _)| g == grant).map(|(_, r)| ms(*r));
+                    let valid_end = ms(*valid_until).min(end_ms);
+                    let held_end = released.map_or(valid_end, |r| r.min(valid_end));
+                    let _ = writeln!(
+                        svg,
+                        "<rect x=\"{:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"18\" fill=\"#7fb2e5\"/>",
+                        x(ms(*at)),
+                        (x(held_end) - x(ms(*at))).max(1.0)
+                    );
+                    let _ = writeln!(
+                        svg,
+                        "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"black\">token {token}</text>",
+                        x(ms(*at)) + 8.0,
+                        y + 13.0
+                    );
+                }
+                Event::FencedWrite {
+                    client, at, accepted, ..
+                } => {
+                    let y = 40.0 + lane_h * *client as f64 + 15.0;
+                    let color = if *accepted { "#2e9e44" } else { "#d0021b" };
+                    let _ = writeln!(
+                        svg,
+                        "<circle cx=\"{:.1}\" cy=\"{y:.1}\" r=\"5\" fill=\"{color}\" stroke=\"black\"/>",
+                        x(ms(*at))
+                    );
+                }
+                Event::ShadowIncrement { client, at, .. } => {
+                    let (cx, cy) = (x(ms(*at)), 40.0 + lane_h * *client as f64 + 32.0);
+                    let _ = writeln!(
+                        svg,
+                        "<path d=\"M{:.1} {:.1} l8 8 m0 -8 l-8 8\" stroke=\"#f5a623\" stroke-width=\"2\"/>",
+                        cx - 4.0,
+                        cy - 4.0
+                    );
+                }
+                Event::Released { .. } => {}
+            }
+        }
+        let _ = writeln!(
+            svg,
+            "<text x=\"10\" y=\"{:.1}\" fill=\"#555\">0 … {:.0} ms · bar: grant, until its release or the end of its validity · dot: write (green accepted, red refused) · cross: shadow-register write</text>\n</svg>",
+            height - 8.0,
+            end_ms
+        );
+        svg
+    }
 }
 
 /// The protected resource: fenced (refuses stale tokens) or not (last write wins).
@@ -182,10 +301,7 @@ pub async fn paused_holder(f: &dyn ClientFactory, ttl: Duration, fenced: bool) -
         if released.is_ok() { "ok" } else { "lease lost" }
     ));
     let _ = la.release().await;
-    Outcome {
-        report: history.check(),
-        timeline: log.lines.into_inner().unwrap_or_default(),
-    }
+    Outcome::of(&history, &log)
 }
 
 /// **A fault strikes while the lock is held** (servers restarted empty, failed over,
@@ -280,10 +396,7 @@ where
         "A released: {}",
         if released.is_ok() { "ok" } else { "lease lost" }
     ));
-    Outcome {
-        report: history.check(),
-        timeline: log.lines.into_inner().unwrap_or_default(),
-    }
+    Outcome::of(&history, &log)
 }
 
 /// **A fault during contention** (F9: a consensus leader killed; Redlock losing a minority):
@@ -373,11 +486,7 @@ where
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(120), t).await;
     }
-    let timeline = log.lines.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    Outcome {
-        report: history.check(),
-        timeline,
-    }
+    Outcome::of(&history, &log)
 }
 
 /// One phase of a partition scenario: cut some links, try to lock, report.
@@ -450,8 +559,5 @@ pub async fn client_partition(a: &dyn ClientFactory, b: &dyn ClientFactory, phas
             Err(e) => log.say(format!("  A: unavailable after {:?}: {e}", started.elapsed())),
         }
     }
-    Outcome {
-        report: history.check(),
-        timeline: log.lines.into_inner().unwrap_or_default(),
-    }
+    Outcome::of(&history, &log)
 }
