@@ -126,6 +126,28 @@ impl History {
         self.events.lock().unwrap_or_else(|p| p.into_inner()).push(e);
     }
 
+    /// Records a grant of `lease` to `client`, now.
+    pub fn granted(&self, client: usize, lease: &fencelock_core::Lease) {
+        self.record(Event::Granted {
+            client,
+            token: lease.token(),
+            grant: lease.grant().clone(),
+            at: Instant::now(),
+            valid_until: lease.valid_until().into_std(),
+        });
+    }
+
+    /// Records a write to the fenced resource under `lease`, now.
+    pub fn fenced_write(&self, client: usize, lease: &fencelock_core::Lease, accepted: bool) {
+        self.record(Event::FencedWrite {
+            client,
+            token: lease.token(),
+            grant: lease.grant().clone(),
+            at: Instant::now(),
+            accepted,
+        });
+    }
+
     /// A copy of the events.
     pub fn events(&self) -> Vec<Event> {
         self.events.lock().unwrap_or_else(|p| p.into_inner()).clone()

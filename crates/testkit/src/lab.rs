@@ -203,13 +203,7 @@ pub async fn paused_holder(f: &dyn ClientFactory, ttl: Duration, fenced: bool) -
         .with_auto_renew(false);
 
     let la = a.acquire(&key, &opts).await.expect("A acquires");
-    history.record(Event::Granted {
-        client: 0,
-        token: la.token(),
-        grant: la.grant().clone(),
-        at: Instant::now(),
-        valid_until: la.valid_until().into_std(),
-    });
+    history.granted(0, &la);
     log.say(format!(
         "A acquired, token {}, valid for {:?}",
         la.token(),
@@ -229,13 +223,7 @@ pub async fn paused_holder(f: &dyn ClientFactory, ttl: Duration, fenced: bool) -
         .acquire(&key, &opts.with_ttl(Duration::from_secs(30)))
         .await
         .expect("B acquires after A's TTL");
-    history.record(Event::Granted {
-        client: 1,
-        token: lb.token(),
-        grant: lb.grant().clone(),
-        at: Instant::now(),
-        valid_until: lb.valid_until().into_std(),
-    });
+    history.granted(1, &lb);
     log.say(format!("B acquired, token {}", lb.token()));
     let b_read = {
         let mut v = shadow.lock().unwrap_or_else(|p| p.into_inner());
@@ -251,13 +239,7 @@ pub async fn paused_holder(f: &dyn ClientFactory, ttl: Duration, fenced: bool) -
     });
     log.say(format!("B incremented the shadow register: {b_read} -> {}", b_read + 1));
     let ok = resource.write(&lb.fence());
-    history.record(Event::FencedWrite {
-        client: 1,
-        token: lb.token(),
-        grant: lb.grant().clone(),
-        at: Instant::now(),
-        accepted: ok,
-    });
+    history.fenced_write(1, &lb, ok);
     log.say(format!(
         "B wrote to the resource with token {}: {}",
         lb.token(),
@@ -277,13 +259,7 @@ pub async fn paused_holder(f: &dyn ClientFactory, ttl: Duration, fenced: bool) -
         a_read + 1
     ));
     let ok = resource.write(&la.fence());
-    history.record(Event::FencedWrite {
-        client: 0,
-        token: la.token(),
-        grant: la.grant().clone(),
-        at: Instant::now(),
-        accepted: ok,
-    });
+    history.fenced_write(0, &la, ok);
     log.say(format!(
         "A writes to the resource with its old token {}: {}",
         la.token(),
@@ -327,52 +303,28 @@ where
         .with_wait(Duration::from_secs(30))
         .with_auto_renew(false);
     let la = a.acquire(&key, &opts).await.expect("A acquires");
-    history.record(Event::Granted {
-        client: 0,
-        token: la.token(),
-        grant: la.grant().clone(),
-        at: Instant::now(),
-        valid_until: la.valid_until().into_std(),
-    });
+    history.granted(0, &la);
     log.say(format!(
         "A acquired, token {}, valid for {:?}",
         la.token(),
         la.remaining()
     ));
     let ok = resource.check("resource", &la.fence()).is_ok();
-    history.record(Event::FencedWrite {
-        client: 0,
-        token: la.token(),
-        grant: la.grant().clone(),
-        at: Instant::now(),
-        accepted: ok,
-    });
+    history.fenced_write(0, &la, ok);
     log.say(format!("A wrote to the resource with token {}", la.token()));
     fault().await;
     log.say("FAULT injected".to_owned());
     let b = f.client().await;
     match b.acquire(&key, &opts.with_wait(wait)).await {
         Ok(lb) => {
-            history.record(Event::Granted {
-                client: 1,
-                token: lb.token(),
-                grant: lb.grant().clone(),
-                at: Instant::now(),
-                valid_until: lb.valid_until().into_std(),
-            });
+            history.granted(1, &lb);
             log.say(format!(
                 "B acquired, token {} — while A's lease is still valid for {:?}",
                 lb.token(),
                 la.remaining()
             ));
             let ok = resource.check("resource", &lb.fence()).is_ok();
-            history.record(Event::FencedWrite {
-                client: 1,
-                token: lb.token(),
-                grant: lb.grant().clone(),
-                at: Instant::now(),
-                accepted: ok,
-            });
+            history.fenced_write(1, &lb, ok);
             log.say(format!(
                 "B wrote to the resource with token {}: {}",
                 lb.token(),
@@ -446,21 +398,9 @@ where
                         continue;
                     }
                 };
-                history.record(Event::Granted {
-                    client: c,
-                    token: lease.token(),
-                    grant: lease.grant().clone(),
-                    at: Instant::now(),
-                    valid_until: lease.valid_until().into_std(),
-                });
+                history.granted(c, &lease);
                 let ok = resource.check("resource", &lease.fence()).is_ok();
-                history.record(Event::FencedWrite {
-                    client: c,
-                    token: lease.token(),
-                    grant: lease.grant().clone(),
-                    at: Instant::now(),
-                    accepted: ok,
-                });
+                history.fenced_write(c, &lease, ok);
                 log.say(format!(
                     "client {c}: holds token {} (write {})",
                     lease.token(),
@@ -519,23 +459,11 @@ pub async fn client_partition(a: &dyn ClientFactory, b: &dyn ClientFactory, phas
         let started = Instant::now();
         match a.try_acquire(&key, &opts).await {
             Ok(Some(la)) => {
-                history.record(Event::Granted {
-                    client: 0,
-                    token: la.token(),
-                    grant: la.grant().clone(),
-                    at: Instant::now(),
-                    valid_until: la.valid_until().into_std(),
-                });
+                history.granted(0, &la);
                 log.say(format!("  A acquired in {:?}, token {}", started.elapsed(), la.token()));
                 match b.try_acquire(&key, &opts).await {
                     Ok(Some(lb)) => {
-                        history.record(Event::Granted {
-                            client: 1,
-                            token: lb.token(),
-                            grant: lb.grant().clone(),
-                            at: Instant::now(),
-                            valid_until: lb.valid_until().into_std(),
-                        });
+                        history.granted(1, &lb);
                         log.say(format!("  B ALSO acquired, token {}", lb.token()));
                         let _ = lb.release().await;
                     }
