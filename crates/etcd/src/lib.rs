@@ -15,7 +15,7 @@
 //!   lowest, watch only the key with the next-lower create revision (no thundering herd),
 //!   re-check after each deletion, and finally **re-read our own key** — the lease may have
 //!   expired while we were queued (etcd issue 11456).
-//! * **Release** deletes only our key (compare on its create revision); an own lease is
+//! * **Release** deletes only our key (its name is unique to the grant); an own lease is
 //!   revoked instead, which deletes the key in the same request. An unconfirmed delete is
 //!   retried in the background, and the session lease is revoked if it stays unconfirmed
 //!   and no other lock uses the session.

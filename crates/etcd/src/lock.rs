@@ -528,17 +528,16 @@ impl LeaseOps for EtcdGrant {
                 if let Some(id) = self.registration.get() {
                     session.unregister(*id);
                 }
-                let txn = Txn::new()
-                    .when([Compare::create_revision(self.key.clone(), CompareOp::Equal, self.rev)])
-                    .and_then([TxnOp::delete(self.key.clone(), None)]);
+                // A plain delete is enough: the key's name carries our lease and 64 random bits,
+                // so no other grant can ever have it; the count says whether it was still there.
                 match c
                     .call("deleting the lock key", |mut cl| {
-                        let txn = txn.clone();
-                        async move { cl.txn(txn).await }
+                        let key = self.key.clone();
+                        async move { cl.delete(key, None).await }
                     })
                     .await
                 {
-                    Ok(r) => Ok(r.succeeded()),
+                    Ok(r) => Ok(r.deleted() == 1),
                     Err(e) => {
                         // Not confirmed: keep trying in the background; if it still fails and no
                         // other lock rides on the session, revoke the session lease, which

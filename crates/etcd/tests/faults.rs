@@ -179,12 +179,19 @@ async fn an_uncontended_lock_costs_two_requests() {
     let locks = EtcdLock::connect(&cluster.url("")).await.unwrap();
     locks.acquire("warm", &held()).await.unwrap().release().await.unwrap(); // starts the session
     let calls = |m: &str| cluster.grpc_calls(0, m).unwrap();
-    let (txn, range, grant, revoke) = (calls("Txn"), calls("Range"), calls("LeaseGrant"), calls("LeaseRevoke"));
+    let (txn, delete, range, grant, revoke) = (
+        calls("Txn"),
+        calls("DeleteRange"),
+        calls("Range"),
+        calls("LeaseGrant"),
+        calls("LeaseRevoke"),
+    );
     const N: u64 = 20;
     for _ in 0..N {
         locks.acquire("k", &held()).await.unwrap().release().await.unwrap();
     }
-    assert_eq!(calls("Txn") - txn, 2 * N, "one transaction to acquire, one to release");
+    assert_eq!(calls("Txn") - txn, N, "one transaction to acquire");
+    assert_eq!(calls("DeleteRange") - delete, N, "one delete to release");
     assert_eq!(calls("Range") - range, 0);
     assert_eq!(calls("LeaseGrant") - grant, 0);
     assert_eq!(calls("LeaseRevoke") - revoke, 0);
