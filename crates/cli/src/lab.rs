@@ -646,8 +646,9 @@ Redlock, a 3-member etcd 3.4 cluster, a 3-server ZooKeeper 3.8 ensemble). Each r
 asserted by a test (`tests/safety_paused_holder.rs`, and the lab tests in
 `crates/cli/tests/cli.rs`), so the table cannot silently change.
 
-Each scenario runs twice per backend: once against a resource that checks fencing tokens,
-once against one that does not. Columns:
+`paused-holder` runs twice per backend: once against a resource that checks fencing
+tokens, once against one that does not; the other scenarios write to a fencing resource
+only (– in the unfenced columns). Counts add up both runs. Columns:
 
 * **validity overlaps** — two grants whose validity windows overlapped: the lock service's
   own fault;
