@@ -528,22 +528,14 @@ impl LeaseOps for EtcdGrant {
                 if let Some(id) = self.registration.get() {
                     session.unregister(*id);
                 }
-                // A plain delete is enough: the key's name carries our lease and 64 random bits,
-                // so no other grant can ever have it; the count says whether it was still there.
-                match c
-                    .call("deleting the lock key", |mut cl| {
-                        let key = self.key.clone();
-                        async move { cl.delete(key, None).await }
-                    })
-                    .await
-                {
-                    Ok(r) => Ok(r.deleted() == 1),
+                match delete_key(c, &self.key).await {
+                    Ok(deleted) => Ok(deleted),
                     Err(e) => {
                         // Not confirmed: keep trying in the background; if it still fails and no
                         // other lock rides on the session, revoke the session lease, which
                         // deletes the key with it.
-                        let (c, key, rev, session) = (c.clone(), self.key.clone(), self.rev, Arc::clone(session));
-                        tokio::spawn(async move { retry_delete(c, key, rev, session).await });
+                        let (c, key, session) = (c.clone(), self.key.clone(), Arc::clone(session));
+                        tokio::spawn(async move { retry_delete(c, key, session).await });
                         Err(e)
                     }
                 }
@@ -552,22 +544,25 @@ impl LeaseOps for EtcdGrant {
     }
 }
 
-async fn retry_delete(c: Cluster, key: String, rev: i64, session: Arc<Session>) {
+/// Deletes our lock key; `true` if it was still there. A plain delete is enough: the key's
+/// name carries our lease and 64 random bits, so no other grant can ever have it.
+async fn delete_key(c: &Cluster, key: &str) -> Result<bool> {
+    let r = c
+        .call("deleting the lock key", |mut cl| {
+            let key = key.to_owned();
+            async move { cl.delete(key, None).await }
+        })
+        .await?;
+    Ok(r.deleted() == 1)
+}
+
+async fn retry_delete(c: Cluster, key: String, session: Arc<Session>) {
     let mut pause = Duration::from_millis(50);
     let until = Instant::now() + session.ttl;
     while Instant::now() < until && session.is_alive() {
         tokio::time::sleep(jitter(pause)).await;
         pause = (pause * 2).min(Duration::from_secs(1));
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, rev)])
-            .and_then([TxnOp::delete(key.clone(), None)]);
-        if c.call("deleting the lock key (retry)", |mut cl| {
-            let txn = txn.clone();
-            async move { cl.txn(txn).await }
-        })
-        .await
-        .is_ok()
-        {
+        if delete_key(&c, &key).await.is_ok() {
             return;
         }
     }
