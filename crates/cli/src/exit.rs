@@ -35,20 +35,7 @@ pub fn status_for(e: &LockError) -> u8 {
     }
 }
 
-/// The error and its sources on one line.
-pub fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text.replace('\n', " ")
-}
+pub use fencelock::error::one_line;
 
 /// Prints `fencelock: MESSAGE` to stderr and returns `status`.
 pub fn fail(message: &str, status: u8) -> ExitCode {

@@ -155,6 +155,22 @@ pub enum LockError {
     },
 }
 
+/// An error and its sources on one line (`outer: cause: root`), a source left out when the
+/// text before already says it, newlines folded.
+pub fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text.replace('\n', " ")
+}
+
 impl LockError {
     /// Builds an [`LockError::InvalidInput`].
     pub fn invalid_input(message: impl Into<String>) -> Self {

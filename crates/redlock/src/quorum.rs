@@ -27,7 +27,7 @@ where
             Some(Box::pin(async move {
                 match tokio::time::timeout(per_node, fut).await {
                     Ok(Ok(v)) => Ok(v),
-                    Ok(Err(e)) => Err(format!("{server}: {}", short(&e))),
+                    Ok(Err(e)) => Err(format!("{server}: {}", fencelock_core::error::one_line(&e))),
                     Err(_) => Err(format!("{server}: no answer within {per_node:?}")),
                 }
             }))
@@ -58,16 +58,6 @@ where
         .into_iter()
         .map(|a| a.unwrap_or_else(|| Err("no answer".into())))
         .collect()
-}
-
-fn short(e: &LockError) -> String {
-    let mut text = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        text = format!("{text}: {s}");
-        src = s.source();
-    }
-    text
 }
 
 /// The "no quorum" error: how many answered, within what, and who did not.
