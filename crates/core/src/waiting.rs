@@ -67,14 +67,8 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Attempt>>,
 {
-    validate_key(key)?;
-    opts.validate_for_wait()?;
-    let start = Instant::now();
-    let deadline = start + opts.wait();
-    let timeout = || LockError::Timeout {
-        key: key.to_owned(),
-        waited: start.elapsed(),
-    };
+    let wait = WaitBound::start(key, opts)?;
+    let (deadline, timeout) = (wait.deadline, || wait.timeout());
     let mut last_error: Option<LockError> = None;
     let mut backoff = Backoff::new(deadline);
     for _ in 0..MAX_ATTEMPTS {
@@ -120,14 +114,8 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Option<Lease>>>,
 {
-    validate_key(key)?;
-    opts.validate_for_wait()?;
-    let start = Instant::now();
-    let deadline = start + opts.wait();
-    let timeout = || LockError::Timeout {
-        key: key.to_owned(),
-        waited: start.elapsed(),
-    };
+    let wait = WaitBound::start(key, opts)?;
+    let (deadline, timeout) = (wait.deadline, || wait.timeout());
     let mut backoff = Backoff::new(deadline);
     for _ in 0..MAX_ATTEMPTS {
         match tokio::time::timeout_at(deadline, attempt()).await {
@@ -140,6 +128,34 @@ where
         }
     }
     Err(timeout())
+}
+
+/// The bound of one `acquire`: validates its key and options, and knows its deadline and
+/// the timeout error to give when it passes.
+struct WaitBound<'a> {
+    key: &'a str,
+    start: Instant,
+    deadline: Instant,
+}
+
+impl<'a> WaitBound<'a> {
+    fn start(key: &'a str, opts: &LockOptions) -> Result<Self> {
+        validate_key(key)?;
+        opts.validate_for_wait()?;
+        let start = Instant::now();
+        Ok(WaitBound {
+            key,
+            start,
+            deadline: start + opts.wait(),
+        })
+    }
+
+    fn timeout(&self) -> LockError {
+        LockError::Timeout {
+            key: self.key.to_owned(),
+            waited: self.start.elapsed(),
+        }
+    }
 }
 
 /// Jittered exponential backoff between attempts that failed with a temporary error,
