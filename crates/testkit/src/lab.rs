@@ -163,6 +163,13 @@ struct Log {
 }
 
 impl Log {
+    fn new() -> Self {
+        Log {
+            start: Instant::now(),
+            lines: Mutex::default(),
+        }
+    }
+
     fn say(&self, what: String) {
         let ms = self.start.elapsed().as_millis();
         self.lines
@@ -187,10 +194,7 @@ pub async fn paused_holder(f: &dyn ClientFactory, ttl: Duration, fenced: bool) -
     let (a, b) = (f.client().await, f.client().await);
     let key = unique_key("lab-paused");
     let history = History::new();
-    let log = Log {
-        start: Instant::now(),
-        lines: Mutex::default(),
-    };
+    let log = Log::new();
     let resource = if fenced {
         Resource::Fenced(FencingChecker::new())
     } else {
@@ -293,10 +297,7 @@ where
     let a = f.client().await;
     let key = unique_key("lab-fault");
     let history = History::new();
-    let log = Log {
-        start: Instant::now(),
-        lines: Mutex::default(),
-    };
+    let log = Log::new();
     let resource = FencingChecker::new();
     let opts = LockOptions::new()
         .with_ttl(Duration::from_secs(30))
@@ -366,10 +367,7 @@ where
 
     let key = unique_key("lab-contention");
     let history = Arc::new(History::new());
-    let log = Arc::new(Log {
-        start: Instant::now(),
-        lines: Mutex::default(),
-    });
+    let log = Arc::new(Log::new());
     let resource = Arc::new(FencingChecker::new());
     let opts = LockOptions::new()
         .with_ttl(Duration::from_secs(10))
@@ -446,10 +444,7 @@ pub async fn client_partition(a: &dyn ClientFactory, b: &dyn ClientFactory, phas
     let (a, b) = (a.client().await, b.client().await);
     let key = unique_key("lab-partition");
     let history = History::new();
-    let log = Log {
-        start: Instant::now(),
-        lines: Mutex::default(),
-    };
+    let log = Log::new();
     let opts = LockOptions::new()
         .with_ttl(Duration::from_secs(10))
         .with_auto_renew(false);
