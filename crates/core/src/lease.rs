@@ -33,6 +33,15 @@ pub trait LeaseOps: Send + Sync + 'static {
     /// not be asked (temporary errors are retried by auto-renew while validity remains).
     async fn extend(&self, ttl: Duration) -> Result<Option<Duration>>;
 
+    /// The auto-renewal's extend: the same answer as [`extend`](Self::extend), which it
+    /// calls unless the backend overrides it. A backend that renews many leases in one
+    /// request (Redis batches a window of renewals into one script) overrides this, so an
+    /// explicit [`Lease::extend`] still goes out at once while background renewals wait
+    /// for their batch. The validity is still counted from the moment the lease called.
+    async fn renew(&self, ttl: Duration) -> Result<Option<Duration>> {
+        self.extend(ttl).await
+    }
+
     /// Releases this grant, and only this grant.
     ///
     /// Returns `Ok(true)` when our grant was removed, `Ok(false)` when it was no longer
@@ -620,7 +629,7 @@ async fn guard(shared: Weak<Shared>, auto_renew: bool) {
             continue; // expiry, handled at the top of the loop
         }
         let ttl = s.renewal().ttl;
-        match tokio::time::timeout(valid_until - sent, s.ops.extend(ttl)).await {
+        match tokio::time::timeout(valid_until - sent, s.ops.renew(ttl)).await {
             Ok(Ok(Some(validity))) => {
                 tracing::debug!(ttl_ms = ttl.as_millis() as u64, "renewed");
                 s.apply_validity(sent, validity, ttl);

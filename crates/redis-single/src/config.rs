@@ -14,6 +14,7 @@ use fencelock_core::{LockError, Result};
 /// | `connect_timeout` | `1s` | the longest wait for a connection |
 /// | `ca_file` | system roots | (`rediss://` only) a PEM file of the CA that signed the server's certificate |
 /// | `poll` | `500ms` | the fallback re-check of a waiter, jittered to 50–100 %, in case a release message is lost (never longer than the holder's remaining TTL) |
+/// | `renew_window` | `50ms` | how long a background renewal may wait to share one script with others (capped at a tenth of its TTL; `0ms`: only those already queued share); explicit `Lease::extend` never waits |
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
     /// The URL for the redis client: scheme, credentials, host, port, db.
@@ -30,10 +31,12 @@ pub struct RedisConfig {
     pub poll: Duration,
     /// For `rediss://`: the CA certificate (PEM) to trust instead of the system's roots.
     pub ca_file: Option<std::path::PathBuf>,
+    /// How long a background renewal may wait for others to share its script with.
+    pub renew_window: Duration,
 }
 
 impl RedisConfig {
-    /// Parses `redis://[[USER]:PASSWORD@]HOST:PORT[/DB][?prefix=P&timeout=D&connect_timeout=D&poll=D]`
+    /// Parses `redis://[[USER]:PASSWORD@]HOST:PORT[/DB][?prefix=P&timeout=D&connect_timeout=D&poll=D&renew_window=D]`
     /// (or `rediss://` for TLS, with the `tls` feature).
     pub fn from_url(url: &str) -> Result<Self> {
         let bad = |why: String| LockError::invalid_config(format!("`{}`: {why}", redact(url)));
@@ -69,6 +72,7 @@ impl RedisConfig {
             connect_timeout: Duration::from_secs(1),
             poll: Duration::from_millis(500),
             ca_file: None,
+            renew_window: Duration::from_millis(50),
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -78,11 +82,12 @@ impl RedisConfig {
                 "timeout" => cfg.timeout = duration()?,
                 "connect_timeout" => cfg.connect_timeout = duration()?,
                 "poll" => cfg.poll = duration()?,
+                "renew_window" => cfg.renew_window = duration()?,
                 "ca_file" if base.starts_with("rediss://") => cfg.ca_file = Some(v.into()),
                 "ca_file" => return Err(bad("ca_file needs rediss:// (TLS)".into())),
                 _ => {
                     return Err(bad(format!(
-                        "unknown option `{k}` (the redis backend takes prefix, timeout, connect_timeout, poll, ca_file)"
+                        "unknown option `{k}` (the redis backend takes prefix, timeout, connect_timeout, poll, renew_window, ca_file)"
                     )))
                 }
             }
@@ -95,6 +100,9 @@ impl RedisConfig {
             if d.is_zero() || d > Duration::from_secs(600) {
                 return Err(bad(format!("{name} must be between 1ms and 10m, got {d:?}")));
             }
+        }
+        if cfg.renew_window > Duration::from_secs(10) {
+            return Err(bad(format!("renew_window must be at most 10s, got {:?}", cfg.renew_window)));
         }
         Ok(cfg)
     }
@@ -132,6 +140,9 @@ mod tests {
         assert_eq!(c.prefix, "app:");
         assert_eq!(c.timeout, Duration::from_millis(250));
         assert_eq!(c.poll, Duration::from_secs(1));
+        assert_eq!(c.renew_window, Duration::from_millis(50));
+        let c = RedisConfig::from_url("redis://h:1?renew_window=0ms").unwrap();
+        assert_eq!(c.renew_window, Duration::ZERO);
     }
 
     #[test]
@@ -143,6 +154,7 @@ mod tests {
             ("redis://h:1?tiemout=1s", "unknown option `tiemout`"),
             ("redis://h:1?timeout=0s", "between 1ms"),
             ("redis://:pw@h:1?timeout=x", "timeout"),
+            ("redis://h:1?renew_window=1m", "renew_window must be at most 10s"),
         ] {
             let e = RedisConfig::from_url(url).unwrap_err().to_string();
             assert!(e.contains(says), "{url}: {e}");

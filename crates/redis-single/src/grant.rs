@@ -1,4 +1,5 @@
-//! One grant on the server: extend and release by compare-and-act on our grant id.
+//! One grant on the server: extend and release by compare-and-act on our grant id;
+//! background renewals batched with the node's others.
 
 use std::time::Duration;
 
@@ -17,6 +18,10 @@ pub(crate) struct RedisGrant {
 impl LeaseOps for RedisGrant {
     async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
         Ok(self.node.extend(&self.key, &self.grant, ttl).await?.then_some(ttl))
+    }
+
+    async fn renew(&self, ttl: Duration) -> Result<Option<Duration>> {
+        Ok(self.node.renew(&self.key, &self.grant, ttl).await?.then_some(ttl))
     }
 
     async fn release(&self) -> Result<bool> {

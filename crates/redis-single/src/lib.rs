@@ -35,6 +35,7 @@ mod fence;
 mod grant;
 mod lock;
 mod node;
+mod renewals;
 mod scripts;
 mod waiters;
 

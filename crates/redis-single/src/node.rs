@@ -10,7 +10,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::config::RedisConfig;
 use crate::error::failed;
-use crate::scripts::{ACQUIRE, EXTEND, RELEASE, RELEASE_RAISING};
+use crate::renewals::{Renewal, Renewals};
+use crate::scripts::{ACQUIRE, EXTEND, EXTEND_MANY, RELEASE, RELEASE_RAISING};
 use crate::waiters::{Subscription, Waiters};
 
 /// What a node answered to an acquire.
@@ -49,7 +50,7 @@ pub struct RedisNode {
     inner: Arc<NodeInner>,
 }
 
-struct NodeInner {
+pub(crate) struct NodeInner {
     client: redis::Client,
     cfg: RedisConfig,
     keys: Keys,
@@ -58,6 +59,7 @@ struct NodeInner {
     /// Held while connecting, so concurrent first calls make one connection.
     connecting: tokio::sync::Mutex<()>,
     waiters: Arc<Waiters>,
+    renewals: Renewals,
 }
 
 impl std::fmt::Debug for RedisNode {
@@ -89,6 +91,7 @@ impl RedisNode {
                 conn: std::sync::Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),
                 waiters,
+                renewals: Renewals::default(),
             }),
         })
     }
@@ -215,6 +218,80 @@ impl RedisNode {
         invocation.arg(grant).arg(ttl.as_millis() as u64);
         let n: i64 = self.invoke_idempotent("extend script", &invocation).await?;
         Ok(n == 1)
+    }
+
+    /// Like [`extend`](Self::extend), batched with the other background renewals on this
+    /// node: waits up to the `renew_window` (at most a tenth of `ttl`) to share one script.
+    pub async fn renew(&self, key: &str, grant: &str, ttl: Duration) -> Result<bool> {
+        let window = self.inner.cfg.renew_window;
+        self.inner
+            .renewals
+            .renew(self, window, self.inner.keys.lock(key), grant, ttl)
+            .await
+    }
+
+    /// The longest a [`renew`](Self::renew) of a `ttl` lease waits for its batch.
+    pub fn renew_wait(&self, ttl: Duration) -> Duration {
+        self.inner.cfg.renew_window.min(ttl / 10)
+    }
+
+    /// Sends one batch of renewals as one script and answers each.
+    pub(crate) async fn extend_batch(&self, batch: Vec<Renewal>) {
+        let mut invocation = EXTEND_MANY.prepare_invoke();
+        for r in &batch {
+            invocation.key(&r.lock_key).arg(&r.grant).arg(r.ttl_ms);
+        }
+        let answer: Result<Vec<i64>> = self.invoke_idempotent("batched renewal script", &invocation).await;
+        match answer {
+            Ok(ns) if ns.len() == batch.len() => {
+                for (r, n) in batch.into_iter().zip(ns) {
+                    let _ = r.reply.send(Ok(n == 1));
+                }
+            }
+            Ok(ns) => {
+                let message = format!(
+                    "batched renewal script on {} answered {} results for {} grants",
+                    self.server(),
+                    ns.len(),
+                    batch.len()
+                );
+                for r in batch {
+                    let _ = r.reply.send(Err(LockError::Backend {
+                        backend: crate::error::BACKEND,
+                        message: message.clone(),
+                        source: None,
+                    }));
+                }
+            }
+            Err(e) => {
+                // Every renewal in the batch failed alike; each gets the same kind of error.
+                let temporary = e.is_temporary();
+                let message = fencelock_core::error::one_line(&e);
+                for r in batch {
+                    let e = if temporary {
+                        LockError::Unavailable {
+                            message: message.clone(),
+                            source: None,
+                        }
+                    } else {
+                        LockError::Backend {
+                            backend: crate::error::BACKEND,
+                            message: message.clone(),
+                            source: None,
+                        }
+                    };
+                    let _ = r.reply.send(Err(e));
+                }
+            }
+        }
+    }
+
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<NodeInner> {
+        Arc::downgrade(&self.inner)
+    }
+
+    pub(crate) fn upgrade(weak: &std::sync::Weak<NodeInner>) -> Option<Self> {
+        weak.upgrade().map(|inner| RedisNode { inner })
     }
 
     /// Deletes the key if it holds `grant`, and announces it; `false` if it did not hold it.

@@ -88,6 +88,24 @@ return 0
     )
 });
 
+/// KEYS: locks 1..n. ARGV: grant id 1, ttl ms 1, …, grant id n, ttl ms n. [`EXTEND`] for
+/// many grants in one round trip (batched auto-renewals). Returns one 1/0 per key.
+pub(crate) static EXTEND_MANY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local out = {}
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[2 * i - 1] then
+    out[i] = redis.call('PEXPIRE', KEYS[i], ARGV[2 * i])
+  else
+    out[i] = 0
+  end
+end
+return out
+",
+    )
+});
+
 /// KEYS: fence hash, data key. ARGV: token (decimal), grant id, value, write (1/0).
 /// The fencing rule of `fencelock_core::fencing::admit`, atomically: admit a higher token,
 /// or the highest again from the same grant; then record it and (when asked) store the

@@ -256,6 +256,49 @@ async fn uncontended_acquire_and_release_cost_one_round_trip_each() {
     assert!(stray.is_empty(), "commands beyond the two scripts: {stray:?}");
 }
 
+/// Background renewals of many held locks share scripts: the server runs far fewer
+/// scripts than there are renewals, and every lease stays held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_renewals_of_many_locks_share_one_script_per_window() {
+    let server = RedisServer::start();
+    let locks = RedisLock::connect(&format!("{}?renew_window=50ms", server.url()))
+        .await
+        .unwrap();
+    const LOCKS: usize = 300;
+    let ttl = Duration::from_millis(900); // renewed every ~300 ms
+    let mut leases = Vec::new();
+    for i in 0..LOCKS {
+        leases.push(locks.acquire(&format!("held-{i}"), &opts(900)).await.unwrap());
+    }
+    let mut admin = locks.connection().await.unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    // Valid beyond t0 + 1.6 TTL means renewed after t0 + 0.6 TTL: at least twice since t0.
+    let renewed_twice = |l: &fencelock_core::Lease| l.valid_until() > t0 + ttl * 8 / 5;
+    let deadline = t0 + Duration::from_secs(10);
+    while !leases.iter().all(renewed_twice) {
+        assert!(Instant::now() < deadline, "leases were not renewed within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling a condition, bounded
+    }
+    let calls = command_calls(&mut admin).await;
+    let count = |name: &str| calls.iter().find(|(n, _)| n == name).map_or(0, |(_, c)| *c);
+    let scripts = count("evalsha") + count("eval");
+    let renewals = count("pexpire");
+    assert!(renewals >= 2 * LOCKS as u64, "expected ≥ {} renewals on the server: {calls:?}", 2 * LOCKS);
+    assert!(
+        scripts * 10 < renewals,
+        "{scripts} scripts carried {renewals} renewals: not batched ({calls:?})"
+    );
+    assert!(leases.iter().all(|l| l.is_held()), "a lease was lost while renewing");
+    for l in leases {
+        l.release().await.unwrap();
+    }
+}
+
 #[cfg(feature = "tls")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_a_password_and_a_private_ca() {

@@ -275,15 +275,28 @@ struct RedlockGrant {
     token: u64,
 }
 
-#[async_trait]
-impl LeaseOps for RedlockGrant {
-    async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
+impl RedlockGrant {
+    /// Extends on every node at once; a quorum must answer yes within the validity.
+    /// `batched`: each node's part joins that node's batch of background renewals, and
+    /// the per-node timeout grows by the batch window.
+    async fn extend_on_quorum(&self, ttl: Duration, batched: bool) -> Result<Option<Duration>> {
         let cfg = &self.inner.cfg;
         let start = Instant::now();
         let (k, g) = (self.key.clone(), self.grant.clone());
-        let answers = fan_out(&self.inner.nodes, cfg.per_node_timeout, move |n| {
+        let wait = if batched {
+            self.inner.nodes.iter().map(|n| n.renew_wait(ttl)).max().unwrap_or_default()
+        } else {
+            Duration::ZERO
+        };
+        let answers = fan_out(&self.inner.nodes, cfg.per_node_timeout + wait, move |n| {
             let (k, g) = (k.clone(), g.clone());
-            async move { n.extend(&k, &g, ttl).await }
+            async move {
+                if batched {
+                    n.renew(&k, &g, ttl).await
+                } else {
+                    n.extend(&k, &g, ttl).await
+                }
+            }
         })
         .await;
         let extended = answers.iter().filter(|a| matches!(a, Ok(true))).count();
@@ -293,9 +306,20 @@ impl LeaseOps for RedlockGrant {
             return Ok(Some(ttl - drift));
         }
         if answered < cfg.quorum() {
-            return Err(no_quorum("extend", &answers, cfg.quorum(), cfg.per_node_timeout));
+            return Err(no_quorum("extend", &answers, cfg.quorum(), cfg.per_node_timeout + wait));
         }
         Ok(None)
+    }
+}
+
+#[async_trait]
+impl LeaseOps for RedlockGrant {
+    async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
+        self.extend_on_quorum(ttl, false).await
+    }
+
+    async fn renew(&self, ttl: Duration) -> Result<Option<Duration>> {
+        self.extend_on_quorum(ttl, true).await
     }
 
     async fn release(&self) -> Result<bool> {
