@@ -102,7 +102,10 @@ impl RedisConfig {
             }
         }
         if cfg.renew_window > Duration::from_secs(10) {
-            return Err(bad(format!("renew_window must be at most 10s, got {:?}", cfg.renew_window)));
+            return Err(bad(format!(
+                "renew_window must be at most 10s, got {:?}",
+                cfg.renew_window
+            )));
         }
         Ok(cfg)
     }

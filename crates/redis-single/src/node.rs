@@ -4,13 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use fencelock_core::batch::spread_error;
 use fencelock_core::waiting::WakeFuture;
 use fencelock_core::{GrantId, LockError, Result};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::config::RedisConfig;
 use crate::error::failed;
-use crate::renewals::{Renewal, Renewals};
+use crate::renewals::{renewals, Renewal, Renewals};
 use crate::scripts::{ACQUIRE, EXTEND, EXTEND_MANY, RELEASE, RELEASE_RAISING};
 use crate::waiters::{Subscription, Waiters};
 
@@ -91,7 +92,7 @@ impl RedisNode {
                 conn: std::sync::Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),
                 waiters,
-                renewals: Renewals::default(),
+                renewals: renewals(),
             }),
         })
     }
@@ -223,11 +224,24 @@ impl RedisNode {
     /// Like [`extend`](Self::extend), batched with the other background renewals on this
     /// node: waits up to the `renew_window` (at most a tenth of `ttl`) to share one script.
     pub async fn renew(&self, key: &str, grant: &str, ttl: Duration) -> Result<bool> {
-        let window = self.inner.cfg.renew_window;
-        self.inner
-            .renewals
-            .renew(self, window, self.inner.keys.lock(key), grant, ttl)
-            .await
+        let renewal = Renewal {
+            lock_key: self.inner.keys.lock(key),
+            grant: grant.to_owned(),
+            ttl_ms: ttl.as_millis() as u64,
+        };
+        let weak = Arc::downgrade(&self.inner);
+        let flush = move || {
+            move |batch: Vec<Renewal>| {
+                let weak = weak.clone();
+                async move {
+                    match weak.upgrade() {
+                        Some(inner) => RedisNode { inner }.extend_batch(&batch).await,
+                        None => spread_error(&LockError::invalid_config("the redis node was dropped"), batch.len()),
+                    }
+                }
+            }
+        };
+        self.inner.renewals.submit(renewal, self.renew_wait(ttl), flush).await
     }
 
     /// The longest a [`renew`](Self::renew) of a `ttl` lease waits for its batch.
@@ -235,63 +249,19 @@ impl RedisNode {
         self.inner.cfg.renew_window.min(ttl / 10)
     }
 
-    /// Sends one batch of renewals as one script and answers each.
-    pub(crate) async fn extend_batch(&self, batch: Vec<Renewal>) {
+    /// Sends one batch of renewals as one script; answers each.
+    async fn extend_batch(&self, batch: &[Renewal]) -> Vec<Result<bool>> {
         let mut invocation = EXTEND_MANY.prepare_invoke();
-        for r in &batch {
+        for r in batch {
             invocation.key(&r.lock_key).arg(&r.grant).arg(r.ttl_ms);
         }
-        let answer: Result<Vec<i64>> = self.invoke_idempotent("batched renewal script", &invocation).await;
-        match answer {
-            Ok(ns) if ns.len() == batch.len() => {
-                for (r, n) in batch.into_iter().zip(ns) {
-                    let _ = r.reply.send(Ok(n == 1));
-                }
-            }
-            Ok(ns) => {
-                let message = format!(
-                    "batched renewal script on {} answered {} results for {} grants",
-                    self.server(),
-                    ns.len(),
-                    batch.len()
-                );
-                for r in batch {
-                    let _ = r.reply.send(Err(LockError::Backend {
-                        backend: crate::error::BACKEND,
-                        message: message.clone(),
-                        source: None,
-                    }));
-                }
-            }
-            Err(e) => {
-                // Every renewal in the batch failed alike; each gets the same kind of error.
-                let temporary = e.is_temporary();
-                let message = fencelock_core::error::one_line(&e);
-                for r in batch {
-                    let e = if temporary {
-                        LockError::Unavailable {
-                            message: message.clone(),
-                            source: None,
-                        }
-                    } else {
-                        LockError::Backend {
-                            backend: crate::error::BACKEND,
-                            message: message.clone(),
-                            source: None,
-                        }
-                    };
-                    let _ = r.reply.send(Err(e));
-                }
-            }
+        match self
+            .invoke_idempotent::<Vec<i64>>("batched renewal script", &invocation)
+            .await
+        {
+            Ok(ns) => ns.into_iter().map(|n| Ok(n == 1)).collect(),
+            Err(e) => spread_error(&e, batch.len()),
         }
-    }
-
-    pub(crate) fn downgrade(&self) -> std::sync::Weak<NodeInner> {
-        Arc::downgrade(&self.inner)
-    }
-
-    pub(crate) fn upgrade(weak: &std::sync::Weak<NodeInner>) -> Option<Self> {
-        weak.upgrade().map(|inner| RedisNode { inner })
     }
 
     /// Deletes the key if it holds `grant`, and announces it; `false` if it did not hold it.

@@ -288,7 +288,11 @@ async fn background_renewals_of_many_locks_share_one_script_per_window() {
     let count = |name: &str| calls.iter().find(|(n, _)| n == name).map_or(0, |(_, c)| *c);
     let scripts = count("evalsha") + count("eval");
     let renewals = count("pexpire");
-    assert!(renewals >= 2 * LOCKS as u64, "expected ≥ {} renewals on the server: {calls:?}", 2 * LOCKS);
+    assert!(
+        renewals >= 2 * LOCKS as u64,
+        "expected ≥ {} renewals on the server: {calls:?}",
+        2 * LOCKS
+    );
     assert!(
         scripts * 10 < renewals,
         "{scripts} scripts carried {renewals} renewals: not batched ({calls:?})"

@@ -284,7 +284,12 @@ impl RedlockGrant {
         let start = Instant::now();
         let (k, g) = (self.key.clone(), self.grant.clone());
         let wait = if batched {
-            self.inner.nodes.iter().map(|n| n.renew_wait(ttl)).max().unwrap_or_default()
+            self.inner
+                .nodes
+                .iter()
+                .map(|n| n.renew_wait(ttl))
+                .max()
+                .unwrap_or_default()
         } else {
             Duration::ZERO
         };

@@ -190,6 +190,15 @@ impl ZkEnsemble {
             .find_map(|l| l.strip_prefix("Total watches:")?.trim().parse().ok())
     }
 
+    /// The number of packets server `i` has received from clients (`mntr`'s
+    /// `zk_packets_received`: every request and ping), if it answers.
+    pub fn packets_received(&self, i: usize) -> Option<u64> {
+        let reply = tcp_exchange(self.servers[i].client_port, b"mntr")?;
+        let text = String::from_utf8_lossy(&reply).into_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix("zk_packets_received")?.trim().parse().ok())
+    }
+
     /// The index of the server in `leader` (or `standalone`) mode, if one answers.
     pub fn leader(&self) -> Option<usize> {
         (0..self.servers.len())

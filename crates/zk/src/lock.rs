@@ -5,6 +5,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use fencelock_core::batch::spread_error;
 use fencelock_core::options::validate_key;
 use fencelock_core::waiting::{detached, queue_with};
 use fencelock_core::{
@@ -12,11 +13,11 @@ use fencelock_core::{
     Result, Scope, TokenOrder,
 };
 use tokio::time::Instant;
-use zookeeper_client::{Acls, CreateMode, EventType};
+use zookeeper_client::{Acls, CreateMode, EventType, MultiReadResult};
 
 use crate::config::ZkConfig;
 use crate::error::{failed, timed_out, BACKEND};
-use crate::session::Session;
+use crate::session::{Session, RENEW_WINDOW};
 
 /// What the ZooKeeper backend promises.
 pub const GUARANTEES: Guarantees = Guarantees {
@@ -373,6 +374,37 @@ impl DistributedLock for ZkLock {
     }
 }
 
+/// Reads every node of a renewal batch in one multi-read: each answers whether the node is
+/// still there with its creation zxid.
+async fn check_nodes(session: &Session, cfg: &ZkConfig, batch: &[(String, i64)]) -> Vec<Result<bool>> {
+    let mut reader = session.client.new_multi_reader();
+    for (path, _) in batch {
+        if let Err(e) = reader.add_get_data(path) {
+            return spread_error(&failed("checking our lock nodes", &cfg.display, e), batch.len());
+        }
+    }
+    match tokio::time::timeout(cfg.timeout, reader.commit()).await {
+        Ok(Ok(results)) => results
+            .into_iter()
+            .zip(batch)
+            .map(|(r, (_, czxid))| match r {
+                MultiReadResult::Data { stat, .. } => Ok(stat.czxid == *czxid),
+                MultiReadResult::Error {
+                    err: zookeeper_client::Error::NoNode,
+                } => Ok(false),
+                MultiReadResult::Error { err } => Err(failed("checking our lock node", &cfg.display, err)),
+                // A get-data answered with something else: not a node we can vouch for.
+                _ => Ok(false),
+            })
+            .collect(),
+        Ok(Err(e)) => spread_error(&failed("checking our lock nodes", &cfg.display, e), batch.len()),
+        Err(_) => spread_error(
+            &timed_out("checking our lock nodes", &cfg.display, cfg.timeout),
+            batch.len(),
+        ),
+    }
+}
+
 /// One grant: our node, in our session.
 struct ZkGrant {
     session: Arc<Session>,
@@ -398,6 +430,36 @@ impl LeaseOps for ZkGrant {
             Ok(Err(e)) => Err(failed("checking our lock node", &self.cfg.display, e)),
             Err(_) => Err(timed_out("checking our lock node", &self.cfg.display, self.cfg.timeout)),
         }
+    }
+
+    /// Background renewals check the node like `extend`, batched: the nodes of every lock
+    /// in the session that renews within a window are read in one multi-read request.
+    async fn renew(&self, ttl: Duration) -> Result<Option<Duration>> {
+        if !self.session.is_usable() {
+            return Ok(None);
+        }
+        let weak = Arc::downgrade(&self.session);
+        let (cfg, wait) = (self.cfg.clone(), RENEW_WINDOW.min(ttl / 10));
+        let flush = move || {
+            move |batch: Vec<(String, i64)>| {
+                let (weak, cfg) = (weak.clone(), cfg.clone());
+                async move {
+                    let Some(session) = weak.upgrade() else {
+                        return spread_error(
+                            &LockError::invalid_config("the ZooKeeper session was dropped"),
+                            batch.len(),
+                        );
+                    };
+                    check_nodes(&session, &cfg, &batch).await
+                }
+            }
+        };
+        let held = self
+            .session
+            .renewals
+            .submit((self.path.clone(), self.czxid), wait, flush)
+            .await?;
+        Ok(held.then(|| ttl.min(self.session.timeout())))
     }
 
     async fn release(&self) -> Result<bool> {

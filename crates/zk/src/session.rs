@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use fencelock_core::batch::Batcher;
 use fencelock_core::{LeaseRegistry, LockError, LostReason, Result};
 use tokio::task::AbortHandle;
 use zookeeper_client::{Client, SessionState};
@@ -11,10 +12,20 @@ use zookeeper_client::{Client, SessionState};
 use crate::config::ZkConfig;
 use crate::error::{failed, timed_out};
 
+/// The most lock nodes one renewal multi-read checks (each answer is a ~100-byte stat,
+/// far under ZooKeeper's 1 MB packet limit).
+pub(crate) const MAX_RENEWAL_BATCH: usize = 500;
+
+/// The longest a background renewal waits to share its multi-read (capped at a tenth of
+/// the lease's TTL).
+pub(crate) const RENEW_WINDOW: Duration = Duration::from_millis(50);
+
 /// One session.
 pub(crate) struct Session {
     pub client: Client,
     pub locks: LeaseRegistry,
+    /// Background renewals of this session's locks, checked together in one multi-read.
+    pub renewals: Batcher<(String, i64), bool>,
     monitor: std::sync::Mutex<Option<AbortHandle>>,
 }
 
@@ -49,6 +60,7 @@ impl Session {
         let session = Arc::new(Session {
             client,
             locks: LeaseRegistry::new(),
+            renewals: Batcher::new(MAX_RENEWAL_BATCH),
             monitor: std::sync::Mutex::new(None),
         });
         let weak = Arc::downgrade(&session);

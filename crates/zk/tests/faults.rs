@@ -219,3 +219,36 @@ async fn fifty_waiters_each_release_wakes_exactly_one() {
     assert_eq!(detector.overlaps(), 0);
     assert!(detector.token_regressions().is_empty());
 }
+
+/// Background renewals of many held locks share multi-reads: the server receives far
+/// fewer packets than there are renewals, and every lease stays held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_renewals_of_many_locks_share_one_request_per_window() {
+    let ensemble = ZkEnsemble::standalone();
+    let locks = ZkLock::connect(&ensemble.url("/renewals", "")).await.unwrap();
+    const LOCKS: usize = 300;
+    let ttl = Duration::from_millis(900); // renewed every ~300 ms
+    let opts = LockOptions::new().with_ttl(ttl).with_wait(Duration::from_secs(10));
+    let mut leases = Vec::new();
+    for i in 0..LOCKS {
+        leases.push(locks.acquire(&format!("held-{i}"), &opts).await.unwrap());
+    }
+    let before = ensemble.packets_received(0).expect("mntr answers");
+    let t0 = Instant::now();
+    // Valid beyond t0 + 1.6 TTL means renewed after t0 + 0.6 TTL: at least twice since t0.
+    let renewed_twice = |l: &fencelock_core::Lease| l.valid_until() > t0 + ttl * 8 / 5;
+    while !leases.iter().all(renewed_twice) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "leases were not renewed within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling a condition, bounded
+    }
+    let packets = ensemble.packets_received(0).expect("mntr answers") - before;
+    let renewals = 2 * LOCKS as u64;
+    assert!(
+        packets * 10 < renewals,
+        "{packets} packets for at least {renewals} renewals: not batched"
+    );
+    assert!(leases.iter().all(|l| l.is_held()), "a lease was lost while renewing");
+    for l in leases {
+        l.release().await.unwrap();
+    }
+}

@@ -1,0 +1,216 @@
+//! Batching many small requests into one (for backend authors): background renewals of
+//! many leases on one server share a request per window, so holding 10,000 locks costs a
+//! few requests per renewal period instead of 10,000.
+//!
+//! A submitted item joins the open batch and waits at most its own `wait`, or until the
+//! batch holds `max_batch` items; then the batch goes out through the backend's flush
+//! function while the next one collects. Used by the Redis backends (one `EXTEND_MANY`
+//! script per batch) and ZooKeeper (one multi-read per batch).
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> fencelock_core::Result<()> {
+//! use std::time::Duration;
+//! use fencelock_core::batch::Batcher;
+//! let doubler: Batcher<u32, u32> = Batcher::new(100);
+//! let flush = || |items: Vec<u32>| async move { items.into_iter().map(|i| Ok(i * 2)).collect() };
+//! let (a, b) = tokio::join!(
+//!     doubler.submit(1, Duration::from_millis(5), flush),
+//!     doubler.submit(2, Duration::from_millis(5), flush),
+//! );
+//! assert_eq!((a?, b?), (2, 4)); // one flush carried both
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::error::{one_line, LockError, Result};
+
+struct Pending<T, R> {
+    item: T,
+    due: Instant,
+    reply: oneshot::Sender<Result<R>>,
+}
+
+/// Collects items into batches and flushes each batch with one call.
+pub struct Batcher<T, R> {
+    queue: Mutex<Option<mpsc::UnboundedSender<Pending<T, R>>>>,
+    max_batch: usize,
+}
+
+impl<T, R> std::fmt::Debug for Batcher<T, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batcher")
+            .field("max_batch", &self.max_batch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
+    /// A batcher whose batches hold at most `max_batch` items (at least 1).
+    pub fn new(max_batch: usize) -> Self {
+        Batcher {
+            queue: Mutex::new(None),
+            max_batch: max_batch.max(1),
+        }
+    }
+
+    /// Submits `item`, which may wait up to `wait` for others to share its batch, and
+    /// returns its answer. `flush` makes the function that sends one batch and answers
+    /// each item in order; it is called only when the batching task (re)starts, so it
+    /// should hold the backend weakly (the task runs until the batcher is dropped).
+    pub async fn submit<M, F, Fut>(&self, item: T, wait: Duration, flush: M) -> Result<R>
+    where
+        M: FnOnce() -> F,
+        F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<Result<R>>> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            item,
+            due: Instant::now() + wait,
+            reply,
+        };
+        {
+            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            let unsent = match queue.as_ref() {
+                Some(tx) => tx.send(pending).err().map(|mpsc::error::SendError(p)| p),
+                None => Some(pending),
+            };
+            // No task yet, or it ended with the runtime it ran on: start one.
+            if let Some(p) = unsent {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(batching(rx, self.max_batch, flush()));
+                // The receiver is alive: it was just moved into the task.
+                let _ = tx.send(p);
+                *queue = Some(tx);
+            }
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(LockError::Unavailable {
+                message: "a batched request was dropped before it was answered".into(),
+                source: None,
+            })
+        })
+    }
+}
+
+/// Collects items into batches and flushes each from its own task, until the batcher is
+/// dropped.
+async fn batching<T, R, F, Fut>(mut rx: mpsc::UnboundedReceiver<Pending<T, R>>, max_batch: usize, flush: F)
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Vec<Result<R>>> + Send + 'static,
+{
+    while let Some(first) = rx.recv().await {
+        let mut flush_at = first.due;
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            tokio::select! {
+                biased;
+                next = rx.recv() => match next {
+                    Some(p) => {
+                        flush_at = flush_at.min(p.due);
+                        batch.push(p);
+                    }
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(flush_at) => break,
+            }
+        }
+        let (items, replies): (Vec<T>, Vec<_>) = batch.into_iter().map(|p| (p.item, p.reply)).unzip();
+        let sent = flush(items);
+        // Answered from its own task, so the next batch collects meanwhile.
+        tokio::spawn(async move {
+            let n = replies.len();
+            let mut answers = sent.await;
+            if answers.len() != n {
+                let e = LockError::Backend {
+                    backend: "batch",
+                    message: format!("a batch of {n} was answered with {} results", answers.len()),
+                    source: None,
+                };
+                answers = spread_error(&e, n);
+            }
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                let _ = reply.send(answer);
+            }
+        });
+    }
+}
+
+/// One error for each of `n` items of a batch that failed as a whole: the same kind
+/// (temporary or not) and message.
+pub fn spread_error<R>(e: &LockError, n: usize) -> Vec<Result<R>> {
+    let message = one_line(e);
+    let temporary = e.is_temporary();
+    (0..n)
+        .map(|_| {
+            Err(if temporary {
+                LockError::Unavailable {
+                    message: message.clone(),
+                    source: None,
+                }
+            } else {
+                LockError::Backend {
+                    backend: "batch",
+                    message: message.clone(),
+                    source: None,
+                }
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn items_within_the_window_share_one_flush_and_a_full_batch_goes_at_once() {
+        let batcher: Arc<Batcher<usize, usize>> = Arc::new(Batcher::new(3));
+        let flushes = Arc::new(AtomicUsize::new(0));
+        let flush = {
+            let flushes = flushes.clone();
+            move || {
+                move |items: Vec<usize>| {
+                    flushes.fetch_add(1, Ordering::SeqCst);
+                    async move { items.into_iter().map(|i| Ok(i + 100)).collect() }
+                }
+            }
+        };
+        let mut tasks = Vec::new();
+        for i in 0..5 {
+            let (b, f) = (batcher.clone(), flush.clone());
+            tasks.push(tokio::spawn(
+                async move { b.submit(i, Duration::from_secs(1), f).await },
+            ));
+        }
+        for (i, t) in tasks.into_iter().enumerate() {
+            assert_eq!(t.await.unwrap().unwrap(), i + 100);
+        }
+        // 3 (full batch) + 2 (after the window).
+        assert_eq!(flushes.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wrong_count_of_answers_fails_every_item() {
+        let batcher: Batcher<u8, u8> = Batcher::new(10);
+        let flush = || |_items: Vec<u8>| async move { vec![Ok(1)] };
+        let (a, b) = tokio::join!(
+            batcher.submit(1, Duration::from_millis(5), flush),
+            batcher.submit(2, Duration::from_millis(5), flush)
+        );
+        assert!(a.unwrap_err().to_string().contains("answered with 1 results"));
+        assert!(b.is_err());
+    }
+}
