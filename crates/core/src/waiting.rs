@@ -210,6 +210,53 @@ where
     }
 }
 
+/// Runs a clean-up when dropped while still armed: cancel safety without a task per call.
+/// A backend arms it before sending a grant request (the clean-up releases that grant in
+/// the background) and disarms it once the outcome is handled — so when the caller drops
+/// `acquire` midway, a grant that may have landed is given back instead of blocking others
+/// until its TTL.
+///
+/// ```
+/// use std::sync::atomic::{AtomicBool, Ordering};
+/// use fencelock_core::waiting::CancelGuard;
+/// static UNDONE: AtomicBool = AtomicBool::new(false);
+/// drop(CancelGuard::new(|| UNDONE.store(true, Ordering::SeqCst)));
+/// assert!(UNDONE.load(Ordering::SeqCst));
+/// CancelGuard::new(|| panic!("disarmed guards do nothing")).disarm();
+/// ```
+#[must_use = "a guard dropped at once runs its clean-up at once"]
+pub struct CancelGuard<F: FnOnce()> {
+    cleanup: Option<F>,
+}
+
+impl<F: FnOnce()> CancelGuard<F> {
+    /// Armed with `cleanup`.
+    pub fn new(cleanup: F) -> Self {
+        CancelGuard { cleanup: Some(cleanup) }
+    }
+
+    /// The work completed: no clean-up.
+    pub fn disarm(mut self) {
+        self.cleanup = None;
+    }
+}
+
+impl<F: FnOnce()> Drop for CancelGuard<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.cleanup.take() {
+            f();
+        }
+    }
+}
+
+impl<F: FnOnce()> std::fmt::Debug for CancelGuard<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CancelGuard")
+            .field("armed", &self.cleanup.is_some())
+            .finish()
+    }
+}
+
 /// A random fraction of `base` between 50% and 100%, to spread retries of many waiters.
 pub fn jitter(base: Duration) -> Duration {
     let f: f64 = 0.5 + rand::random::<f64>() * 0.5;

@@ -4,7 +4,8 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// KEYS: lock, counter, boot marker. ARGV: grant id, ttl ms, restart delay ms.
+/// KEYS: lock, counter, boot marker. ARGV: grant id, ttl ms, restart delay ms (> 0: with
+/// no restart delay the acquire is a pipeline of plain commands, see `RedisNode::try_grant`).
 /// Returns `{1, token}` when granted, `{0, ms}` when not: someone holds the lock for `ms`
 /// more (PTTL), or the node is still inside its restart delay for `ms` more.
 ///

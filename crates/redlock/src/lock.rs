@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use fencelock_core::options::validate_key;
-use fencelock_core::waiting::{acquire_with, detached, jitter, Attempt, WakeFuture};
+use fencelock_core::waiting::{acquire_with, jitter, Attempt, CancelGuard, WakeFuture};
 use fencelock_core::{
     DistributedLock, Exclusion, FencingToken, GrantId, Guarantees, Lease, LeaseOps, LeaseParts, LockError, LockOptions,
     Result, Scope, TokenOrder,
@@ -15,8 +15,6 @@ use tokio::time::Instant;
 
 use crate::config::RedlockConfig;
 use crate::quorum::{fan_out, no_quorum};
-
-const BACKEND: &str = "redlock";
 
 /// What Redlock promises.
 pub const GUARANTEES: Guarantees = Guarantees {
@@ -101,76 +99,81 @@ impl RedlockLock {
         Ok(())
     }
 
-    /// One round of the algorithm, in its own task (cancel safety).
+    /// One round of the algorithm. Cancel safe without a task of its own (a spawn and a
+    /// hop between threads per acquire, measurable on a loaded machine): a guard armed
+    /// before the first request releases the grant on every node in the background when
+    /// the caller drops the round before its outcome is handled.
     async fn round(&self, key: &str, opts: &LockOptions) -> Result<Round> {
-        let inner = Arc::clone(&self.inner);
-        let (key, opts) = (key.to_owned(), *opts);
-        detached(BACKEND, async move {
-            let cfg = &inner.cfg;
-            let (ttl, quorum, per_node) = (opts.ttl(), cfg.quorum(), cfg.per_node_timeout);
-            let grant = GrantId::random();
-            let start = Instant::now();
-            let answers = {
-                let (key, grant, delay) = (key.clone(), grant.clone(), cfg.restart_delay);
-                fan_out(&inner.nodes, per_node, move |n| {
-                    let (key, grant) = (key.clone(), grant.clone());
-                    async move { n.try_grant(&key, &grant, ttl, delay).await }
-                })
-                .await
-            };
-            let elapsed = start.elapsed();
-            let drift = cfg.drift(ttl);
-            let tokens: Vec<u64> = answers
-                .iter()
-                .filter_map(|a| match a {
-                    Ok(NodeGrant::Granted(t)) => Some(*t),
-                    _ => None,
-                })
-                .collect();
-            if tokens.len() >= quorum && elapsed + drift < ttl {
-                let token = FencingToken::new(tokens.iter().copied().max().unwrap_or(0));
-                tracing::debug!(%key, %token, granted = tokens.len(), ?elapsed, "granted by a quorum");
-                let ops = Arc::new(RedlockGrant {
-                    inner: Arc::clone(&inner),
-                    key: key.clone(),
-                    grant: grant.to_string(),
-                    token: token.get(),
-                });
-                return Ok(Round::Granted(Lease::new(LeaseParts {
-                    key,
-                    token,
-                    grant,
-                    sent_at: start,
-                    validity: ttl - drift,
-                    options: opts,
-                    ops,
-                })));
-            }
-            // Failed: undo on every node, including those that did not answer.
-            let g = grant.to_string();
-            let k = key.clone();
-            fan_out(&inner.nodes, per_node, move |n| {
-                let (k, g) = (k.clone(), g.clone());
-                async move { n.release(&k, &g).await }
+        let inner = &self.inner;
+        let cfg = &inner.cfg;
+        let (ttl, quorum, per_node) = (opts.ttl(), cfg.quorum(), cfg.per_node_timeout);
+        let grant = GrantId::random();
+        let undo = {
+            let (inner, k, g) = (Arc::clone(inner), key.to_owned(), grant.to_string());
+            CancelGuard::new(move || {
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(release_everywhere(inner, k, g));
+                }
             })
-            .await;
-            let answered = answers.iter().filter(|a| a.is_ok()).count();
-            if answered < quorum {
-                return Err(no_quorum("acquire", &answers, quorum, per_node));
-            }
-            if tokens.len() >= quorum {
-                tracing::debug!(%key, ?elapsed, "a quorum granted, but too late: no validity left");
-            }
-            let shortest = answers
-                .iter()
-                .filter_map(|a| match a {
-                    Ok(NodeGrant::Busy(Some(ms))) => Some(Duration::from_millis(*ms)),
-                    _ => None,
-                })
-                .min();
-            Ok(Round::Busy(shortest))
-        })
-        .await
+        };
+        let start = Instant::now();
+        let answers = {
+            let (key, grant, delay) = (key.to_owned(), grant.clone(), cfg.restart_delay);
+            fan_out(&inner.nodes, per_node, move |n| {
+                let (key, grant) = (key.clone(), grant.clone());
+                async move { n.try_grant(&key, &grant, ttl, delay).await }
+            })
+            .await
+        };
+        let elapsed = start.elapsed();
+        let drift = cfg.drift(ttl);
+        let tokens: Vec<u64> = answers
+            .iter()
+            .filter_map(|a| match a {
+                Ok(NodeGrant::Granted(t)) => Some(*t),
+                _ => None,
+            })
+            .collect();
+        if tokens.len() >= quorum && elapsed + drift < ttl {
+            let token = FencingToken::new(tokens.iter().copied().max().unwrap_or(0));
+            tracing::debug!(%key, %token, granted = tokens.len(), ?elapsed, "granted by a quorum");
+            let ops = Arc::new(RedlockGrant {
+                inner: Arc::clone(inner),
+                key: key.to_owned(),
+                grant: grant.to_string(),
+                token: token.get(),
+            });
+            let lease = Lease::new(LeaseParts {
+                key: key.to_owned(),
+                token,
+                grant,
+                sent_at: start,
+                validity: ttl - drift,
+                options: *opts,
+                ops,
+            });
+            // From here the lease's drop releases the grant.
+            undo.disarm();
+            return Ok(Round::Granted(lease));
+        }
+        // Failed: undo on every node, including those that did not answer.
+        release_everywhere(Arc::clone(inner), key.to_owned(), grant.to_string()).await;
+        undo.disarm();
+        let answered = answers.iter().filter(|a| a.is_ok()).count();
+        if answered < quorum {
+            return Err(no_quorum("acquire", &answers, quorum, per_node));
+        }
+        if tokens.len() >= quorum {
+            tracing::debug!(%key, ?elapsed, "a quorum granted, but too late: no validity left");
+        }
+        let shortest = answers
+            .iter()
+            .filter_map(|a| match a {
+                Ok(NodeGrant::Busy(Some(ms))) => Some(Duration::from_millis(*ms)),
+                _ => None,
+            })
+            .min();
+        Ok(Round::Busy(shortest))
     }
 
     async fn attempt(
@@ -265,6 +268,16 @@ impl DistributedLock for RedlockLock {
     fn describe(&self) -> String {
         self.inner.cfg.display.clone()
     }
+}
+
+/// Releases `grant` of `key` on every node (compare-and-delete: a node that never granted
+/// it is untouched), each bounded by the per-node timeout.
+async fn release_everywhere(inner: Arc<Inner>, key: String, grant: String) {
+    fan_out(&inner.nodes, inner.cfg.per_node_timeout, move |n| {
+        let (k, g) = (key.clone(), grant.clone());
+        async move { n.release(&k, &g).await }
+    })
+    .await;
 }
 
 /// One Redlock grant: extend needs a quorum again; release goes to every node.
