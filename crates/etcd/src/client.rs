@@ -55,9 +55,9 @@ impl Cluster {
     /// — is sent again after a short pause while the timeout lasts; the client balances
     /// over the endpoints, so another member may take it. Every request we send is safe to
     /// repeat: puts are guarded by a compare on our own key (a put that did land is found by
-    /// the retry's else branch), a delete only ever removes our uniquely named key (a repeat
+    /// the retry's else branch), a delete is guarded by our key's create revision (a repeat
     /// after one that landed finds nothing, and release then conservatively reports the
-    /// lease lost), reads and keep-alives are idempotent, and a duplicate lease grant only
+    /// lease lost; it can never remove a newer key of the same name), reads and keep-alives are idempotent, and a duplicate lease grant only
     /// leaves a lease that expires unused.
     pub async fn call<T, F, Fut>(&self, doing: &'static str, op: F) -> Result<T>
     where

@@ -34,6 +34,7 @@ mod config;
 mod error;
 mod lock;
 mod session;
+mod slots;
 
 pub use config::EtcdConfig;
 pub use lock::{EtcdLock, GUARANTEES};

@@ -21,6 +21,7 @@ use crate::client::Cluster;
 use crate::config::EtcdConfig;
 use crate::error::BACKEND;
 use crate::session::Session;
+use crate::slots::{Slot, SlotPool};
 
 /// What the etcd backend promises.
 pub const GUARANTEES: Guarantees = Guarantees {
@@ -57,6 +58,9 @@ struct Inner {
     session: tokio::sync::Mutex<Option<Arc<Session>>>,
     keepalives: Arc<AtomicU64>,
     leases_granted: AtomicU64,
+    /// Names this instance's queue keys (`INSTANCE.SLOT`), see [`crate::slots`].
+    instance: u64,
+    slots: Arc<SlotPool>,
 }
 
 /// How a lock's key stays alive.
@@ -82,6 +86,8 @@ impl Holding {
 struct Queued {
     inner: Arc<Inner>,
     key: String,
+    /// The slot of `key`'s name; freed once the key is known to be gone.
+    slot: Option<Slot>,
     dir: String,
     rev: i64,
     holding: Holding,
@@ -95,20 +101,29 @@ impl Drop for Queued {
         if !self.armed {
             return;
         }
-        let (inner, key, holding) = (Arc::clone(&self.inner), self.key.clone(), self.holding.clone());
+        let (inner, key, holding, rev, slot) = (
+            Arc::clone(&self.inner),
+            self.key.clone(),
+            self.holding.clone(),
+            self.rev,
+            self.slot.take(),
+        );
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
         rt.spawn(async move {
             let c = &inner.cluster;
-            match holding {
-                Holding::Own { lease, .. } => {
-                    let _ = c
-                        .call("revoking an abandoned lease", |mut cl| async move {
-                            cl.lease_revoke(lease).await
-                        })
-                        .await;
-                }
+            let gone = match holding {
+                Holding::Own { lease, .. } => c
+                    .call("revoking an abandoned lease", |mut cl| async move {
+                        cl.lease_revoke(lease).await
+                    })
+                    .await
+                    .is_ok(),
+                // Our key at a known revision: a guarded delete, after which the name is free.
+                Holding::Session(_) if rev > 0 => delete_key(c, &key, rev).await.is_ok(),
+                // The queueing request failed without an answer: it may still land. Delete
+                // by name, and keep the slot taken so the name is never reused.
                 Holding::Session(_) => {
                     let _ = c
                         .call("deleting an abandoned queue key", |mut cl| {
@@ -116,7 +131,11 @@ impl Drop for Queued {
                             async move { cl.delete(key, None).await }
                         })
                         .await;
+                    false
                 }
+            };
+            if let (true, Some(slot)) = (gone, slot) {
+                slot.free();
             }
         });
     }
@@ -142,6 +161,8 @@ impl EtcdLock {
                 session: tokio::sync::Mutex::new(None),
                 keepalives: Arc::default(),
                 leases_granted: AtomicU64::new(0),
+                instance: rand::random(),
+                slots: Arc::default(),
             }),
         })
     }
@@ -213,11 +234,12 @@ impl EtcdLock {
         detached(BACKEND, async move {
             let holding = me.holding(&opts).await?;
             let dir = format!("{}/{}/", me.inner.cluster.cfg.prefix, escape(&key));
-            let suffix: u64 = rand::random();
-            let my_key = format!("{dir}{:016x}.{suffix:016x}", holding.lease());
+            let slot = me.inner.slots.take(&dir);
+            let my_key = format!("{dir}{:016x}.{:08x}", me.inner.instance, slot.n);
             let mut queued = Queued {
                 inner: Arc::clone(&me.inner),
                 key: my_key.clone(),
+                slot: Some(slot),
                 dir: dir.clone(),
                 rev: 0,
                 holding: holding.clone(),
@@ -357,6 +379,7 @@ impl EtcdLock {
             rev: q.rev,
             holding: std::sync::Mutex::new(q.holding.clone()),
             registration: OnceLock::new(),
+            slot: std::sync::Mutex::new(q.slot.take()),
         });
         let lease = Lease::new(LeaseParts {
             key: key.to_owned(),
@@ -432,11 +455,20 @@ struct EtcdGrant {
     /// An own lease can be swapped for a longer one by `extend`.
     holding: std::sync::Mutex<Holding>,
     registration: OnceLock<u64>,
+    /// The slot of `key`'s name; freed once the key is known to be gone.
+    slot: std::sync::Mutex<Option<Slot>>,
 }
 
 impl EtcdGrant {
     fn holding(&self) -> Holding {
         self.holding.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Our key is known to be gone: its name may be used again.
+    fn free_slot(&self) {
+        if let Some(slot) = self.slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            slot.free();
+        }
     }
 
     /// Moves our key onto a new lease of `ttl` (etcd cannot lengthen a lease): grant, then
@@ -509,7 +541,7 @@ impl LeaseOps for EtcdGrant {
             Holding::Own { lease, .. } => {
                 // Revoking the lease deletes our key with it, in one request.
                 let lease = *lease;
-                match c
+                let revoked = match c
                     .call("revoking the lock's lease", |mut cl| async move {
                         cl.lease_revoke(lease).await
                     })
@@ -522,20 +554,28 @@ impl LeaseOps for EtcdGrant {
                         Ok(false)
                     }
                     Err(e) => Err(e),
+                };
+                if revoked.is_ok() {
+                    self.free_slot();
                 }
+                revoked
             }
             Holding::Session(session) => {
                 if let Some(id) = self.registration.get() {
                     session.unregister(*id);
                 }
-                match delete_key(c, &self.key).await {
-                    Ok(deleted) => Ok(deleted),
+                match delete_key(c, &self.key, self.rev).await {
+                    Ok(deleted) => {
+                        self.free_slot();
+                        Ok(deleted)
+                    }
                     Err(e) => {
                         // Not confirmed: keep trying in the background; if it still fails and no
                         // other lock rides on the session, revoke the session lease, which
                         // deletes the key with it.
-                        let (c, key, session) = (c.clone(), self.key.clone(), Arc::clone(session));
-                        tokio::spawn(async move { retry_delete(c, key, session).await });
+                        let (c, key, rev, session) = (c.clone(), self.key.clone(), self.rev, Arc::clone(session));
+                        let slot = self.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+                        tokio::spawn(async move { retry_delete(c, key, rev, session, slot).await });
                         Err(e)
                     }
                 }
@@ -544,25 +584,32 @@ impl LeaseOps for EtcdGrant {
     }
 }
 
-/// Deletes our lock key; `true` if it was still there. A plain delete is enough: the key's
-/// name carries our lease and 64 random bits, so no other grant can ever have it.
-async fn delete_key(c: &Cluster, key: &str) -> Result<bool> {
+/// Deletes our lock key if it is still the one created at `rev`; `true` if it was. The
+/// compare makes a late repeat harmless: it can never delete a newer key of the same name
+/// (names are reused, see [`crate::slots`]).
+async fn delete_key(c: &Cluster, key: &str, rev: i64) -> Result<bool> {
+    let txn = Txn::new()
+        .when([Compare::create_revision(key.to_owned(), CompareOp::Equal, rev)])
+        .and_then([TxnOp::delete(key.to_owned(), None)]);
     let r = c
         .call("deleting the lock key", |mut cl| {
-            let key = key.to_owned();
-            async move { cl.delete(key, None).await }
+            let txn = txn.clone();
+            async move { cl.txn(txn).await }
         })
         .await?;
-    Ok(r.deleted() == 1)
+    Ok(r.succeeded())
 }
 
-async fn retry_delete(c: Cluster, key: String, session: Arc<Session>) {
+async fn retry_delete(c: Cluster, key: String, rev: i64, session: Arc<Session>, slot: Option<Slot>) {
     let mut pause = Duration::from_millis(50);
     let until = Instant::now() + session.ttl;
     while Instant::now() < until && session.is_alive() {
         tokio::time::sleep(jitter(pause)).await;
         pause = (pause * 2).min(Duration::from_secs(1));
-        if delete_key(&c, &key).await.is_ok() {
+        if delete_key(&c, &key, rev).await.is_ok() {
+            if let Some(slot) = slot {
+                slot.free();
+            }
             return;
         }
     }

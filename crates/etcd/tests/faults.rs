@@ -173,6 +173,58 @@ async fn a_thousand_locks_share_one_keep_alive_stream() {
     }
 }
 
+/// A lock taken again and again reuses its queue key's name instead of leaving a trail of
+/// deleted keys (which etcd's owner range read walks until the next compaction).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_acquires_reuse_the_queue_key_name() {
+    let cluster = EtcdCluster::single();
+    let locks = EtcdLock::connect(&cluster.url("")).await.unwrap();
+    let mut raw = etcd_client::Client::connect(cluster.endpoints(), None).await.unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let lease = locks.acquire("k", &held()).await.unwrap();
+        let r = raw
+            .get("", Some(etcd_client::GetOptions::new().with_all_keys().with_keys_only()))
+            .await
+            .unwrap();
+        let queue: Vec<String> = r
+            .kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+            .filter(|k| k.contains("/k/"))
+            .collect();
+        assert_eq!(queue.len(), 1, "{queue:?}");
+        names.extend(queue);
+        lease.release().await.unwrap();
+    }
+    assert_eq!(names.len(), 1, "one name for 20 sequential grants: {names:?}");
+    // Two at once from one instance: two names (the second queues behind the first).
+    let first = locks.acquire("k", &held()).await.unwrap();
+    let second = tokio::spawn({
+        let locks = locks.clone();
+        async move { locks.acquire("k", &held()).await.unwrap() }
+    });
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let r = raw
+                .get("", Some(etcd_client::GetOptions::new().with_all_keys().with_keys_only()))
+                .await
+                .unwrap();
+            if r.kvs().iter().filter(|kv| String::from_utf8_lossy(kv.key()).contains("/k/")).count() == 2 {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the second acquire queued");
+    let first_token = first.token();
+    first.release().await.unwrap();
+    let second = second.await.unwrap();
+    assert!(second.token() > first_token);
+    second.release().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_uncontended_lock_costs_two_requests() {
     let cluster = EtcdCluster::single();
@@ -190,8 +242,10 @@ async fn an_uncontended_lock_costs_two_requests() {
     for _ in 0..N {
         locks.acquire("k", &held()).await.unwrap().release().await.unwrap();
     }
-    assert_eq!(calls("Txn") - txn, N, "one transaction to acquire");
-    assert_eq!(calls("DeleteRange") - delete, N, "one delete to release");
+    // One transaction to acquire (put + owner read), one to release (delete guarded by
+    // our key's create revision).
+    assert_eq!(calls("Txn") - txn, 2 * N, "two transactions per lock");
+    assert_eq!(calls("DeleteRange") - delete, 0);
     assert_eq!(calls("Range") - range, 0);
     assert_eq!(calls("LeaseGrant") - grant, 0);
     assert_eq!(calls("LeaseRevoke") - revoke, 0);
