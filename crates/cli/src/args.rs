@@ -15,16 +15,19 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     /// Backend URL: file:///DIR, memory://, redis://HOST:PORT, redlock://H1:P1,H2:P2,...,
     /// etcd://HOST:PORT, zk://HOST:PORT (see `fencelock backends`)
+    ///
+    /// Only `bench` takes several (each measured in turn); the other commands take one.
     #[arg(
         long,
         global = true,
         env = "FENCELOCK_BACKEND",
         value_name = "URL",
-        conflicts_with = "config"
+        conflicts_with = "config",
+        action = clap::ArgAction::Append
     )]
-    pub backend: Option<String>,
+    pub backend: Vec<String>,
 
-    /// A TOML or JSON file with `backend = "URL"`, an optional `require` and [defaults]
+    /// A TOML or JSON file with `backend = "URL"`, an optional `require` and `[defaults]`
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -61,6 +64,11 @@ pub enum Command {
     /// Run safety scenarios on real servers it starts itself (or on --backend), print a
     /// timeline of each, and optionally write the report (docs/safety.md)
     Lab(LabArgs),
+    /// Measure what a lock costs per backend — against the raw minimum of its client
+    /// crate and against peer crates, uncontended, under contention and at scale — on
+    /// servers it starts itself (or on each --backend), and print or write the report
+    #[cfg(feature = "bench")]
+    Bench(BenchArgs),
     /// (internal) the work a demo process does under the lock
     #[command(hide = true, name = "__demo-work")]
     DemoWork,
@@ -119,4 +127,30 @@ pub struct LabArgs {
     /// Print only the table, not the timelines
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// `fencelock bench`.
+#[cfg(feature = "bench")]
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Print the report as JSON instead of Markdown
+    #[arg(long)]
+    pub json: bool,
+
+    /// A run of seconds instead of minutes (fewer cycles, 8 clients only, 100 held locks)
+    #[arg(long)]
+    pub quick: bool,
+
+    /// Only these backends, when starting servers: redis, redlock, etcd, zookeeper
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub only: Vec<String>,
+
+    /// Leave out the peer crates (rslock, distributed-lock)
+    #[arg(long)]
+    pub no_peers: bool,
+
+    /// Write the Markdown report to FILE and its charts to a folder beside it
+    /// (docs/benchmarks.md → docs/benchmarks/*.svg)
+    #[arg(long, value_name = "FILE")]
+    pub write: Option<std::path::PathBuf>,
 }

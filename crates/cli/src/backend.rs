@@ -21,11 +21,23 @@ pub fn config(cli: &Cli) -> Result<LockConfig, LockError> {
     if let Some(path) = &cli.config {
         return LockConfig::from_path(path);
     }
-    let url = match &cli.backend {
-        Some(url) if !url.trim().is_empty() => url.clone(),
+    let url = match single_backend(cli)? {
+        Some(url) if !url.trim().is_empty() => url.to_owned(),
         _ => format!("file://{}", default_dir().display()),
     };
     Ok(LockConfig::new(url))
+}
+
+/// The one `--backend` URL, if given; more than one is an error (only `bench` takes several).
+pub fn single_backend(cli: &Cli) -> Result<Option<&str>, LockError> {
+    match cli.backend.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one)),
+        many => Err(LockError::invalid_config(format!(
+            "{} --backend URLs given; this command takes one (only `bench` takes several)",
+            many.len()
+        ))),
+    }
 }
 
 /// Connects to the selected backend; returns it with the default options.

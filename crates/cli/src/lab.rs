@@ -35,10 +35,11 @@ struct Target {
 /// Starts every backend this build has, on servers of its own. A server that cannot start
 /// (not installed) is reported and left out.
 fn targets(cli: &Cli) -> Vec<Target> {
-    if let Some(url) = &cli.backend {
+    if let Ok(Some(url)) = crate::backend::single_backend(cli) {
+        let url = url.to_owned();
         return vec![Target {
             name: "given",
-            url: url.clone(),
+            url,
             ttl: Duration::from_secs(1),
             _servers: Box::new(()),
         }];
@@ -480,6 +481,9 @@ async fn restart_cases() -> Vec<(&'static str, Outcome)> {
 
 /// Runs the chosen scenarios on every target, prints timelines, writes the report.
 pub async fn lab(cli: &Cli, args: &LabArgs) -> ExitCode {
+    if let Err(e) = crate::backend::single_backend(cli) {
+        return exit::fail(&exit::one_line(&e), exit::status_for(&e));
+    }
     let chosen: Vec<&'static str> = match &args.scenario {
         None => SCENARIOS.to_vec(),
         Some(s) => match SCENARIOS.iter().find(|n| **n == s.as_str()) {
@@ -497,7 +501,7 @@ pub async fn lab(cli: &Cli, args: &LabArgs) -> ExitCode {
     let mut failed = false;
     for scenario in chosen {
         if scenario != "paused-holder" {
-            if cli.backend.is_some() {
+            if !cli.backend.is_empty() {
                 eprintln!("fencelock lab: {scenario} starts its own servers; --backend is ignored for it");
             }
             let cases = match scenario {

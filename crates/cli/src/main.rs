@@ -11,6 +11,8 @@
 mod args;
 mod backend;
 mod backends_cmd;
+#[cfg(feature = "bench")]
+mod bench;
 mod demo;
 mod exit;
 mod lab;
@@ -22,8 +24,14 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
-    // The lab loses leases on purpose: keep their warnings out of its timelines.
-    let quiet = matches!(cli.command, args::Command::Lab(_));
+    // The lab loses leases on purpose, and the bench stops servers under peer clients that
+    // then complain: keep those warnings out of their output.
+    let quiet = match &cli.command {
+        args::Command::Lab(_) => true,
+        #[cfg(feature = "bench")]
+        args::Command::Bench(_) => true,
+        _ => false,
+    };
     init_logging(cli.verbose, quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -39,6 +47,8 @@ fn main() -> ExitCode {
             args::Command::Backends => backends_cmd::backends().await,
             args::Command::Demo(a) => demo::demo(&cli, a).await,
             args::Command::Lab(a) => lab::lab(&cli, a).await,
+            #[cfg(feature = "bench")]
+            args::Command::Bench(a) => bench::bench(&cli, a).await,
             args::Command::DemoWork => demo::demo_work().await,
         }
     });

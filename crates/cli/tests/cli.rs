@@ -187,7 +187,21 @@ fn a_held_lock_gives_status_75_after_the_wait() {
 
 #[test]
 fn bad_backends_and_input_fail_on_one_line_without_panic() {
-    let cases: [(&[&str], i32, &str); 7] = [
+    let cases: [(&[&str], i32, &str); 8] = [
+        (
+            &[
+                "--backend",
+                "memory://",
+                "--backend",
+                "memory://",
+                "run",
+                "k",
+                "--",
+                "true",
+            ],
+            78,
+            "this command takes one",
+        ),
         (
             &["--backend", "nope://x", "run", "k", "--", "true"],
             78,
@@ -476,4 +490,30 @@ fn the_lab_shows_an_early_expiry_on_one_redlock_node_granting_twice() {
         text.contains("| clock-jump | redlock (node 0 expires early) | 1 | 0 | 0 | 0 | 0 | – | – |"),
         "{text}"
     );
+}
+
+#[cfg(feature = "bench")]
+#[test]
+fn bench_refuses_bad_choices_on_one_line() {
+    for (args, says) in [
+        (&["bench", "--only", "mysql"][..], "unknown backend `mysql`"),
+        (
+            &["--backend", "redis://127.0.0.1:1", "bench", "--only", "redis"][..],
+            "--only",
+        ),
+        (&["--backend", "file:///tmp", "bench"][..], "cannot benchmark `file://`"),
+    ] {
+        let out = Command::new(BIN)
+            .args(args)
+            .env_remove("FENCELOCK_BACKEND")
+            .output()
+            .expect("run");
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {err}");
+        let last = err.lines().last().unwrap_or("");
+        assert!(
+            last.starts_with("fencelock: ") && last.contains(says),
+            "{args:?}: {err}"
+        );
+    }
 }

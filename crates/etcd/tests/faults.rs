@@ -184,7 +184,10 @@ async fn repeated_acquires_reuse_the_queue_key_name() {
     for _ in 0..20 {
         let lease = locks.acquire("k", &held()).await.unwrap();
         let r = raw
-            .get("", Some(etcd_client::GetOptions::new().with_all_keys().with_keys_only()))
+            .get(
+                "",
+                Some(etcd_client::GetOptions::new().with_all_keys().with_keys_only()),
+            )
             .await
             .unwrap();
         let queue: Vec<String> = r
@@ -207,10 +210,18 @@ async fn repeated_acquires_reuse_the_queue_key_name() {
     tokio::time::timeout(std::time::Duration::from_secs(10), async {
         loop {
             let r = raw
-                .get("", Some(etcd_client::GetOptions::new().with_all_keys().with_keys_only()))
+                .get(
+                    "",
+                    Some(etcd_client::GetOptions::new().with_all_keys().with_keys_only()),
+                )
                 .await
                 .unwrap();
-            if r.kvs().iter().filter(|kv| String::from_utf8_lossy(kv.key()).contains("/k/")).count() == 2 {
+            if r.kvs()
+                .iter()
+                .filter(|kv| String::from_utf8_lossy(kv.key()).contains("/k/"))
+                .count()
+                == 2
+            {
                 return;
             }
             tokio::task::yield_now().await;

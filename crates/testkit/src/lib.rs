@@ -35,7 +35,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-pub mod bench;
 pub mod conformance;
 pub mod etcd_server;
 pub mod history;

@@ -238,7 +238,10 @@ async fn background_renewals_of_many_locks_share_one_request_per_window() {
     // Valid beyond t0 + 1.6 TTL means renewed after t0 + 0.6 TTL: at least twice since t0.
     let renewed_twice = |l: &fencelock_core::Lease| l.valid_until() > t0 + ttl * 8 / 5;
     while !leases.iter().all(renewed_twice) {
-        assert!(t0.elapsed() < Duration::from_secs(10), "leases were not renewed within 10 s");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "leases were not renewed within 10 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await; // polling a condition, bounded
     }
     let packets = ensemble.packets_received(0).expect("mntr answers") - before;

@@ -1,0 +1,127 @@
+//! Contention: several clients, each its own connection, taking turns on one key.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::error::{BenchError, Result};
+use crate::stats::{jain, micros, Latency};
+use crate::subject::Subject;
+
+/// How much longer than the run's time limit one acquire may wait before its client
+/// gives up (and the run records why).
+const GRACE: Duration = Duration::from_secs(5);
+
+/// What a contention run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Contention {
+    /// Clients contending.
+    pub clients: usize,
+    /// Grants made.
+    pub grants: usize,
+    /// Release → next holder's acquire returning.
+    pub hand_off: Latency,
+    /// Grants per second over the run.
+    pub grants_per_sec: f64,
+    /// Grants each client got.
+    pub per_client: Vec<usize>,
+    /// Jain's index over `per_client` (1 = even).
+    pub jain: f64,
+    /// The longest any one acquire waited, in milliseconds.
+    pub max_wait_ms: f64,
+    /// Clients that gave up: their acquire failed, or waited past the run's limit plus
+    /// a grace period.
+    pub gave_up: usize,
+    /// Why the first of them gave up.
+    pub gave_up_because: Option<String>,
+}
+
+/// `clients` clients (each made by `connect`) take one key in turns until `grants` grants
+/// were made or `limit` passed. A client whose acquire fails or waits past `limit` + 5 s
+/// gives up; the others go on, and the result counts it.
+pub async fn measure<F, Fut>(connect: F, clients: usize, grants: usize, limit: Duration) -> Result<Contention>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<Box<dyn Subject>>>,
+{
+    let released_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let hand_offs: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let max_wait: Arc<Mutex<Duration>> = Arc::default();
+    let gave_up: Arc<Mutex<Vec<String>>> = Arc::default();
+    let made = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut subjects = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        subjects.push(Arc::<dyn Subject>::from(connect().await?));
+    }
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(clients);
+    for subject in subjects {
+        let (released_at, hand_offs, max_wait) = (released_at.clone(), hand_offs.clone(), max_wait.clone());
+        let (made, stop, gave_up) = (made.clone(), stop.clone(), gave_up.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut mine = 0usize;
+            while !stop.load(Ordering::SeqCst) {
+                let asked = Instant::now();
+                let bound = limit + GRACE;
+                let held = match tokio::time::timeout(bound, subject.acquire("bench-contended")).await {
+                    Ok(Ok(held)) => held,
+                    Ok(Err(e)) => {
+                        lock(&gave_up).push(crate::error::one_line(&e));
+                        break;
+                    }
+                    Err(_) => {
+                        lock(&gave_up).push(format!("an acquire waited over {bound:?}"));
+                        break;
+                    }
+                };
+                let waited = asked.elapsed();
+                if let Some(t) = lock(&released_at).take() {
+                    lock(&hand_offs).push(t.elapsed());
+                }
+                {
+                    let mut m = lock(&max_wait);
+                    *m = (*m).max(waited);
+                }
+                mine += 1;
+                if made.fetch_add(1, Ordering::SeqCst) + 1 >= grants || start.elapsed() >= limit {
+                    stop.store(true, Ordering::SeqCst);
+                }
+                *lock(&released_at) = Some(Instant::now());
+                held.await?;
+            }
+            Ok::<usize, BenchError>(mine)
+        }));
+    }
+    let mut per_client = Vec::with_capacity(clients);
+    for t in tasks {
+        per_client.push(
+            t.await
+                .map_err(|e| BenchError::Usage(format!("a contending client panicked: {e}")))??,
+        );
+    }
+    let elapsed = start.elapsed();
+    let total: usize = per_client.iter().sum();
+    let shares: Vec<f64> = per_client.iter().map(|g| *g as f64).collect();
+    let hand_off = Latency::of(std::mem::take(&mut *lock(&hand_offs)));
+    let max_wait_ms = micros(*lock(&max_wait)) / 1000.0;
+    let gave_up = std::mem::take(&mut *lock(&gave_up));
+    Ok(Contention {
+        clients,
+        grants: total,
+        hand_off,
+        grants_per_sec: total as f64 / elapsed.as_secs_f64(),
+        jain: jain(&shares),
+        per_client,
+        max_wait_ms,
+        gave_up: gave_up.len(),
+        gave_up_because: gave_up.into_iter().next(),
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

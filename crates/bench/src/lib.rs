@@ -1,0 +1,33 @@
+//! # fencelock-bench
+//!
+//! What a lock costs, per backend, side by side in one run: `fencelock bench` (the CLI,
+//! built with its `bench` feature) calls [`run`] and writes `docs/benchmarks.md`.
+//!
+//! For each backend it measures, on servers it starts itself (or on the URLs given):
+//!
+//! * uncontended acquire + release, ours beside the **raw minimum** ([`raw`]: the fewest
+//!   client-crate requests a correct lock needs) and beside the **peer crates**
+//!   ([`peers`]: `rslock`, `distributed-lock`), interleaved so machine noise hits all alike;
+//! * contention: 8 and 64 clients on one key — hand-off latency, throughput, fairness;
+//! * scale: 100 to 10,000 locks held by one process with auto-renew — renewal requests per
+//!   second at the server, client CPU and memory.
+//!
+//! The peers are dependencies of this crate only, never of the library.
+
+pub mod contention;
+pub mod error;
+pub mod machine;
+pub mod peers;
+pub mod plan;
+pub mod raw;
+pub mod report;
+pub mod scale;
+pub mod stats;
+pub mod subject;
+pub mod svg;
+pub mod targets;
+pub mod uncontended;
+
+pub use error::{BenchError, Result};
+pub use plan::{run, Plan};
+pub use report::Report;

@@ -1,0 +1,311 @@
+//! The backends a run measures: started here on loopback (and stopped when dropped), or
+//! named by URL. Each knows its raw minimum, its peers, and how to read the server's own
+//! request counters.
+
+use std::time::Duration;
+
+use fencelock_testkit::etcd_server::EtcdCluster;
+use fencelock_testkit::process::{http, tcp_exchange_to_eof};
+use fencelock_testkit::redis_server::{redlock_url, start_many, RedisServer};
+use fencelock_testkit::zk_server::ZkEnsemble;
+use serde::Serialize;
+
+use crate::error::{BenchError, Result};
+use crate::peers::{DistributedLockRedis, Rslock};
+use crate::raw::{RawEtcd, RawRedis, RawZk};
+use crate::subject::Subject;
+
+/// The kind of backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// One Redis server.
+    Redis,
+    /// Redlock over independent Redis servers.
+    Redlock,
+    /// etcd.
+    Etcd,
+    /// ZooKeeper.
+    Zookeeper,
+}
+
+impl Kind {
+    /// Every kind, in report order.
+    pub const ALL: [Kind; 4] = [Kind::Redis, Kind::Redlock, Kind::Etcd, Kind::Zookeeper];
+
+    /// The name used in the report and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Redis => "redis",
+            Kind::Redlock => "redlock",
+            Kind::Etcd => "etcd",
+            Kind::Zookeeper => "zookeeper",
+        }
+    }
+
+    /// Parses a name from `--only`.
+    pub fn parse(name: &str) -> Result<Kind> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.name() == name || (name == "zk" && *k == Kind::Zookeeper))
+            .ok_or_else(|| BenchError::Usage(format!("unknown backend `{name}` (redis, redlock, etcd, zookeeper)")))
+    }
+}
+
+/// Servers this run started; stopped when dropped.
+enum Owned {
+    None,
+    Redis(Vec<RedisServer>),
+    Etcd(EtcdCluster),
+    Zk(ZkEnsemble),
+}
+
+/// One backend under measurement.
+pub struct Target {
+    /// Its kind.
+    pub kind: Kind,
+    /// What the report calls it, e.g. `redlock (5 nodes)`.
+    pub label: String,
+    /// Our URL for it.
+    pub url: String,
+    /// For the raw minimum and the peers: `redis://H:P` per node (Redis, Redlock),
+    /// `H:P` per member (etcd), or the connect string (ZooKeeper).
+    pub nodes: Vec<String>,
+    owned: Owned,
+}
+
+/// The number of Redlock nodes a run starts.
+pub const REDLOCK_NODES: usize = 5;
+
+impl Target {
+    /// Starts the servers for `kind` on loopback, on free ports. Fails (with how to install
+    /// it) when a server cannot start.
+    pub async fn start(kind: Kind) -> Result<Target> {
+        let started = tokio::task::spawn_blocking(move || match kind {
+            Kind::Redis => Owned::Redis(start_many(1)),
+            Kind::Redlock => Owned::Redis(start_many(REDLOCK_NODES)),
+            Kind::Etcd => Owned::Etcd(EtcdCluster::single()),
+            Kind::Zookeeper => Owned::Zk(ZkEnsemble::standalone()),
+        })
+        .await
+        .map_err(|e| {
+            let why = e
+                .try_into_panic()
+                .ok()
+                .and_then(|p| {
+                    p.downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                })
+                .unwrap_or_else(|| "the launcher failed".into());
+            BenchError::Usage(format!("cannot start the {} server(s): {why}", kind.name()))
+        })?;
+        let (label, url, nodes) = match &started {
+            Owned::Redis(servers) if kind == Kind::Redis => ("redis".into(), servers[0].url(), vec![servers[0].url()]),
+            Owned::Redis(servers) => (
+                format!("redlock ({} nodes)", servers.len()),
+                redlock_url(servers, ""),
+                servers.iter().map(|s| s.url()).collect(),
+            ),
+            Owned::Etcd(c) => ("etcd".into(), c.url(""), c.endpoints()),
+            Owned::Zk(z) => (
+                "zookeeper".into(),
+                z.url("/fencelock-bench", ""),
+                vec![z.endpoints().join(",")],
+            ),
+            Owned::None => unreachable_owned()?,
+        };
+        Ok(Target {
+            kind,
+            label,
+            url,
+            nodes,
+            owned: started,
+        })
+    }
+
+    /// A backend named by URL (`redis://`, `redlock://`, `etcd://`, `zk://`): measured as
+    /// it is; its servers are not ours to start or stop.
+    pub fn from_url(url: &str) -> Result<Target> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| BenchError::Usage(format!("`{url}` is not a URL (e.g. redis://127.0.0.1:6379)")))?;
+        if !matches!(scheme, "redis" | "redlock" | "etcd" | "zk") {
+            return Err(BenchError::Usage(format!(
+                "cannot benchmark `{scheme}://` (redis, redlock, etcd, zk)"
+            )));
+        }
+        let authority = rest.split(['/', '?']).next().unwrap_or("");
+        let (creds, hosts) = match authority.rsplit_once('@') {
+            Some((c, h)) => (format!("{c}@"), h),
+            None => (String::new(), authority),
+        };
+        if hosts.is_empty() {
+            return Err(BenchError::Usage(format!("`{url}` names no host")));
+        }
+        let hosts: Vec<&str> = hosts.split(',').collect();
+        let (kind, nodes) = match scheme {
+            "redis" => (Kind::Redis, vec![format!("redis://{creds}{}", hosts[0])]),
+            "redlock" => (
+                Kind::Redlock,
+                hosts.iter().map(|h| format!("redis://{creds}{h}")).collect(),
+            ),
+            "etcd" => (Kind::Etcd, hosts.iter().map(|h| h.to_string()).collect()),
+            _ => (Kind::Zookeeper, vec![hosts.join(",")]),
+        };
+        let label = match kind {
+            Kind::Redlock => format!("redlock ({} nodes)", nodes.len()),
+            k => k.name().to_owned(),
+        };
+        Ok(Target {
+            kind,
+            label,
+            url: url.to_owned(),
+            nodes,
+            owned: Owned::None,
+        })
+    }
+
+    /// The raw minimum for this backend.
+    pub async fn raw(&self) -> Result<Box<dyn Subject>> {
+        Ok(match self.kind {
+            Kind::Redis | Kind::Redlock => Box::new(RawRedis::connect(&self.nodes).await?),
+            Kind::Etcd => Box::new(RawEtcd::connect(&self.nodes).await?),
+            Kind::Zookeeper => Box::new(RawZk::connect(&self.nodes[0]).await?),
+        })
+    }
+
+    /// The names of the peer crates that support this backend.
+    pub fn peer_names(&self) -> &'static [&'static str] {
+        match self.kind {
+            Kind::Redis | Kind::Redlock => &["rslock", "distributed-lock"],
+            // Neither peer has an etcd or ZooKeeper backend.
+            Kind::Etcd | Kind::Zookeeper => &[],
+        }
+    }
+
+    /// A new client of peer `name` (one of [`peer_names`](Self::peer_names)).
+    pub async fn peer(&self, name: &str) -> Result<Box<dyn Subject>> {
+        Ok(match name {
+            "rslock" => Box::new(Rslock::new(&self.nodes)),
+            "distributed-lock" => Box::new(DistributedLockRedis::connect(&self.nodes).await?),
+            other => return Err(BenchError::Usage(format!("no peer `{other}` for {}", self.label))),
+        })
+    }
+
+    /// Requests the servers have received so far, by their own counters: Redis script
+    /// calls (`EVALSHA` + `EVAL`, summed over nodes), etcd gRPC messages received (unary
+    /// calls and stream messages such as keep-alives), ZooKeeper packets received (requests
+    /// and pings). `None` when the counters cannot be read (etcd and ZooKeeper counters
+    /// are read on loopback only).
+    pub async fn server_requests(&self) -> Option<u64> {
+        match self.kind {
+            Kind::Redis | Kind::Redlock => {
+                let mut total = 0;
+                for url in &self.nodes {
+                    total += redis_script_calls(url).await?;
+                }
+                Some(total)
+            }
+            Kind::Etcd => {
+                let mut total = 0;
+                for ep in &self.nodes {
+                    let port = loopback_port(ep)?;
+                    let body = tokio::task::spawn_blocking(move || http(port, "GET", "/metrics", ""))
+                        .await
+                        .ok()??;
+                    total += body
+                        .lines()
+                        .filter(|l| l.starts_with("grpc_server_msg_received_total{"))
+                        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                        .sum::<f64>() as u64;
+                }
+                Some(total)
+            }
+            Kind::Zookeeper => {
+                let mut total = 0;
+                for ep in self.nodes[0].split(',') {
+                    let port = loopback_port(ep)?;
+                    let reply = tokio::task::spawn_blocking(move || tcp_exchange_to_eof(port, b"mntr"))
+                        .await
+                        .ok()??;
+                    total += String::from_utf8_lossy(&reply)
+                        .lines()
+                        .find_map(|l| l.strip_prefix("zk_packets_received")?.trim().parse::<u64>().ok())?;
+                }
+                Some(total)
+            }
+        }
+    }
+
+    /// What the counters of [`server_requests`](Self::server_requests) count, for the report.
+    pub fn request_unit(&self) -> &'static str {
+        match self.kind {
+            Kind::Redis | Kind::Redlock => "script calls (all nodes)",
+            Kind::Etcd => "gRPC messages received",
+            Kind::Zookeeper => "packets received",
+        }
+    }
+
+    /// The version the server reports, when it can be read.
+    pub async fn server_version(&self) -> Option<String> {
+        match self.kind {
+            Kind::Redis | Kind::Redlock => {
+                let client = redis::Client::open(self.nodes[0].as_str()).ok()?;
+                let mut c = client.get_multiplexed_async_connection().await.ok()?;
+                let info: String = redis::cmd("INFO").arg("server").query_async(&mut c).await.ok()?;
+                info.lines()
+                    .find_map(|l| l.strip_prefix("redis_version:"))
+                    .map(|v| format!("redis-server {}", v.trim()))
+            }
+            Kind::Etcd => {
+                let port = loopback_port(&self.nodes[0])?;
+                let body = tokio::task::spawn_blocking(move || http(port, "GET", "/version", ""))
+                    .await
+                    .ok()??;
+                let at = body.find("\"etcdserver\":\"")? + 14;
+                Some(format!("etcd {}", body[at..].split('"').next()?))
+            }
+            Kind::Zookeeper => {
+                let port = loopback_port(self.nodes[0].split(',').next()?)?;
+                let reply = tokio::task::spawn_blocking(move || tcp_exchange_to_eof(port, b"mntr"))
+                    .await
+                    .ok()??;
+                let text = String::from_utf8_lossy(&reply).into_owned();
+                let v = text.lines().find_map(|l| l.strip_prefix("zk_version"))?.trim();
+                Some(format!("ZooKeeper {}", v.split(['-', ',']).next().unwrap_or(v)))
+            }
+        }
+    }
+
+    /// Whether this run started (and will stop) the servers.
+    pub fn started_here(&self) -> bool {
+        !matches!(self.owned, Owned::None)
+    }
+}
+
+fn unreachable_owned<T>() -> Result<T> {
+    Err(BenchError::Usage("internal: no servers were started".into()))
+}
+
+/// The port of `127.0.0.1:PORT` / `localhost:PORT`; `None` for other hosts.
+fn loopback_port(endpoint: &str) -> Option<u16> {
+    let (host, port) = endpoint.rsplit_once(':')?;
+    matches!(host, "127.0.0.1" | "localhost").then(|| port.parse().ok())?
+}
+
+/// `EVALSHA` + `EVAL` calls the server has run (`INFO commandstats`).
+async fn redis_script_calls(url: &str) -> Option<u64> {
+    let client = redis::Client::open(url).ok()?;
+    let mut c = tokio::time::timeout(Duration::from_secs(2), client.get_multiplexed_async_connection())
+        .await
+        .ok()?
+        .ok()?;
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut c).await.ok()?;
+    Some(
+        info.lines()
+            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+            .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+            .sum(),
+    )
+}

@@ -1,0 +1,130 @@
+//! The benchmark harness on a real redis-server: every measurement comes back sane, the
+//! renewals are batched, and the report files are written. Small sizes: this checks the
+//! harness, not the numbers.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+use std::time::Duration;
+
+use fencelock_bench::report::Role;
+use fencelock_bench::targets::Kind;
+use fencelock_bench::{run, Plan};
+use fencelock_testkit::redis_server::RedisServer;
+
+fn tiny() -> Plan {
+    Plan {
+        cycles: 60,
+        rounds: 2,
+        clients: vec![4],
+        grants: 60,
+        contention_limit: Duration::from_secs(5),
+        scale_counts: vec![300],
+        hold: Duration::from_secs(2),
+        command: "test".into(),
+        ..Plan::quick()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_on_redis_measures_ours_raw_and_peers_and_writes_the_report() {
+    let plan = Plan {
+        only: vec![Kind::Redis],
+        ..tiny()
+    };
+    let report = run(&plan, &|_| {}).await.unwrap();
+    assert_eq!(report.backends.len(), 1);
+    let b = &report.backends[0];
+    let subjects: Vec<(&str, Role)> = b.uncontended.iter().map(|u| (u.subject.as_str(), u.role)).collect();
+    assert_eq!(
+        subjects,
+        [
+            ("fencelock", Role::Ours),
+            ("raw minimum", Role::Raw),
+            ("rslock", Role::Peer),
+            ("distributed-lock", Role::Peer)
+        ]
+    );
+    for u in &b.uncontended {
+        assert_eq!(u.latency.n, 60, "{}", u.subject);
+        assert!(u.latency.p50_us > 0.0 && u.latency.p99_us >= u.latency.p50_us, "{u:?}");
+        assert!(u.vs_raw.is_finite() && u.vs_raw > 0.0, "{u:?}");
+    }
+    assert_eq!(b.uncontended[1].vs_raw, 1.0);
+    // Ours under contention: every grant counted, everyone served, nobody gave up.
+    let ours = b.contention.iter().find(|c| c.role == Role::Ours).unwrap();
+    assert!(ours.result.grants >= 60, "{ours:?}");
+    assert_eq!(ours.result.per_client.len(), 4);
+    assert_eq!(ours.result.per_client.iter().sum::<usize>(), ours.result.grants);
+    assert_eq!(ours.result.gave_up, 0, "{ours:?}");
+    assert!(ours.result.jain > 0.25 && ours.result.jain <= 1.0 + 1e-9);
+    assert_eq!(
+        ours.result.hand_off.n,
+        ours.result.grants - 1,
+        "a hand-off per grant after the first"
+    );
+    // Scale: all held, and the renewals reached the server batched.
+    let p = &b.scale[0];
+    assert!(p.all_held, "{p:?}");
+    let requests = p.server_requests_per_sec.expect("redis counters readable");
+    assert!(
+        requests * 10.0 < p.renewals_needed_per_sec,
+        "{requests} script calls/s for {} renewals/s: not batched",
+        p.renewals_needed_per_sec
+    );
+    // The report: Markdown with the command and the tables, charts beside it, JSON.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bench.md");
+    report.write(&path).unwrap();
+    let md = std::fs::read_to_string(&path).unwrap();
+    for needle in [
+        "```sh\ntest\n```",
+        "| redis | fencelock |",
+        "| redis | raw minimum |",
+        "bench/latency.svg",
+    ] {
+        assert!(md.contains(needle), "missing {needle:?} in\n{md}");
+    }
+    for chart in ["latency.svg", "handoff.svg", "renewals.svg"] {
+        let svg = std::fs::read_to_string(dir.path().join("bench").join(chart)).unwrap();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{chart}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&report.json()).unwrap();
+    assert_eq!(json["backends"][0]["kind"], "redis");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_given_by_url_is_measured_as_it_is() {
+    let server = RedisServer::start();
+    let plan = Plan {
+        urls: vec![server.url()],
+        peers: false,
+        clients: vec![],
+        scale_counts: vec![],
+        ..tiny()
+    };
+    let report = run(&plan, &|_| {}).await.unwrap();
+    let b = &report.backends[0];
+    assert!(!b.started_here);
+    assert_eq!(b.uncontended.len(), 2, "ours and the raw minimum, no peers");
+    assert!(
+        b.server.as_deref().unwrap_or("").starts_with("redis-server "),
+        "{:?}",
+        b.server
+    );
+}
+
+#[tokio::test]
+async fn bad_urls_are_clear_errors() {
+    for (url, says) in [
+        ("redis", "not a URL"),
+        ("file:///tmp/x", "cannot benchmark `file://`"),
+        ("redis://", "names no host"),
+    ] {
+        let plan = Plan {
+            urls: vec![url.into()],
+            ..tiny()
+        };
+        let e = run(&plan, &|_| {}).await.expect_err("an error").to_string();
+        assert!(e.contains(says), "{url}: {e}");
+    }
+}

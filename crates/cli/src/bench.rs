@@ -1,0 +1,58 @@
+//! `fencelock bench`: the benchmark of `fencelock-bench`, from the command line.
+
+use std::process::ExitCode;
+
+use fencelock_bench::targets::Kind;
+use fencelock_bench::{BenchError, Plan};
+
+use crate::args::{BenchArgs, Cli};
+use crate::exit;
+
+/// The cargo invocation that builds this command, for the report's header.
+const CARGO_RUN: &str = "cargo run --release -p fencelock-cli --features bench --";
+
+pub async fn bench(cli: &Cli, args: &BenchArgs) -> ExitCode {
+    let mut plan = if args.quick { Plan::quick() } else { Plan::full() };
+    plan.urls = cli.backend.clone();
+    plan.peers = !args.no_peers;
+    if !args.only.is_empty() {
+        if !plan.urls.is_empty() {
+            return exit::fail(
+                "--only picks the servers bench starts; with --backend, name only those",
+                exit::BAD_INPUT,
+            );
+        }
+        match args.only.iter().map(|n| Kind::parse(n.trim())).collect() {
+            Ok(kinds) => plan.only = kinds,
+            Err(e) => return exit::fail(&e.to_string(), exit::BAD_INPUT),
+        }
+    }
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    plan.command = format!("{CARGO_RUN} {}", argv.join(" "));
+    let progress = |step: &str| eprintln!("fencelock bench: {step}");
+    let report = match fencelock_bench::run(&plan, &progress).await {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    if let Some(path) = &args.write {
+        if let Err(e) = report.write(path) {
+            return fail(&e);
+        }
+        eprintln!("fencelock bench: wrote {}", path.display());
+    }
+    if args.json {
+        println!("{}", report.json());
+    } else if args.write.is_none() {
+        print!("{}", report.markdown("benchmarks"));
+    }
+    ExitCode::SUCCESS
+}
+
+fn fail(e: &BenchError) -> ExitCode {
+    let status = match e {
+        BenchError::Usage(_) => exit::BAD_INPUT,
+        BenchError::Lock { source, .. } => exit::status_for(source),
+        _ => exit::FAILURE,
+    };
+    exit::fail(&format!("bench: {}", exit::one_line(e)), status)
+}
