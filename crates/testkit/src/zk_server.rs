@@ -57,9 +57,12 @@ impl ZkEnsemble {
             let sdir = dir.path().join(format!("s{id}"));
             std::fs::create_dir_all(sdir.join("data")).expect("mkdir");
             std::fs::write(sdir.join("data/myid"), format!("{id}\n")).expect("myid");
+            // maxClientCnxns: ZooKeeper allows 60 connections per client address by default;
+            // every client here comes from 127.0.0.1 (the benchmark contends with 64).
             let mut cfg = format!(
                 "tickTime=100\ninitLimit=20\nsyncLimit=10\ndataDir={}\nclientPort={client}\nclientPortAddress=127.0.0.1\n\
-                 admin.enableServer=false\n4lw.commands.whitelist=*\nminSessionTimeout=200\nmaxSessionTimeout=60000\n",
+                 admin.enableServer=false\n4lw.commands.whitelist=*\nminSessionTimeout=200\nmaxSessionTimeout=60000\n\
+                 maxClientCnxns=1000\n",
                 sdir.join("data").display()
             );
             if n > 1 {
