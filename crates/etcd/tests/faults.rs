@@ -173,6 +173,17 @@ async fn a_thousand_locks_share_one_keep_alive_stream() {
     }
 }
 
+/// Every key under a lock's queue directory (`/KEY/`), read directly.
+async fn queue_keys(raw: &mut etcd_client::Client, dir: &str) -> Vec<String> {
+    let all = etcd_client::GetOptions::new().with_all_keys().with_keys_only();
+    let r = raw.get("", Some(all)).await.unwrap();
+    r.kvs()
+        .iter()
+        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+        .filter(|k| k.contains(dir))
+        .collect()
+}
+
 /// A lock taken again and again reuses its queue key's name instead of leaving a trail of
 /// deleted keys (which etcd's owner range read walks until the next compaction).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,19 +194,7 @@ async fn repeated_acquires_reuse_the_queue_key_name() {
     let mut names = std::collections::BTreeSet::new();
     for _ in 0..20 {
         let lease = locks.acquire("k", &held()).await.unwrap();
-        let r = raw
-            .get(
-                "",
-                Some(etcd_client::GetOptions::new().with_all_keys().with_keys_only()),
-            )
-            .await
-            .unwrap();
-        let queue: Vec<String> = r
-            .kvs()
-            .iter()
-            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
-            .filter(|k| k.contains("/k/"))
-            .collect();
+        let queue = queue_keys(&mut raw, "/k/").await;
         assert_eq!(queue.len(), 1, "{queue:?}");
         names.extend(queue);
         lease.release().await.unwrap();
@@ -209,19 +208,7 @@ async fn repeated_acquires_reuse_the_queue_key_name() {
     });
     tokio::time::timeout(std::time::Duration::from_secs(10), async {
         loop {
-            let r = raw
-                .get(
-                    "",
-                    Some(etcd_client::GetOptions::new().with_all_keys().with_keys_only()),
-                )
-                .await
-                .unwrap();
-            if r.kvs()
-                .iter()
-                .filter(|kv| String::from_utf8_lossy(kv.key()).contains("/k/"))
-                .count()
-                == 2
-            {
+            if queue_keys(&mut raw, "/k/").await.len() == 2 {
                 return;
             }
             tokio::task::yield_now().await;

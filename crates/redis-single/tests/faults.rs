@@ -9,6 +9,7 @@ use fencelock_core::fencing::Admission;
 use fencelock_core::{DistributedLock, LockError, LockOptions, LostReason, TokenOrder};
 use fencelock_redis::{RedisFencedStore, RedisLock};
 use fencelock_testkit::redis_server::{Persistence, RedisOptions, RedisServer};
+use fencelock_testkit::renewals::wait_renewed_twice;
 use tokio::time::Instant;
 
 const SLACK: Duration = Duration::from_secs(2);
@@ -287,13 +288,7 @@ async fn background_renewals_of_many_locks_share_one_script_per_window() {
         .await
         .unwrap();
     let t0 = Instant::now();
-    // Valid beyond t0 + 1.6 TTL means renewed after t0 + 0.6 TTL: at least twice since t0.
-    let renewed_twice = |l: &fencelock_core::Lease| l.valid_until() > t0 + ttl * 8 / 5;
-    let deadline = t0 + Duration::from_secs(10);
-    while !leases.iter().all(renewed_twice) {
-        assert!(Instant::now() < deadline, "leases were not renewed within 10 s");
-        tokio::time::sleep(Duration::from_millis(20)).await; // polling a condition, bounded
-    }
+    wait_renewed_twice(&leases, t0, ttl, Duration::from_secs(10)).await;
     let calls = command_calls(&mut admin).await;
     let count = |name: &str| calls.iter().find(|(n, _)| n == name).map_or(0, |(_, c)| *c);
     let scripts = count("evalsha") + count("eval");

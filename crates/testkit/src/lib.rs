@@ -45,5 +45,6 @@ pub mod ports;
 pub mod process;
 pub mod proxy;
 pub mod redis_server;
+pub mod renewals;
 pub mod tls;
 pub mod zk_server;

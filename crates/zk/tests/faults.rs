@@ -10,6 +10,7 @@ use std::time::Duration;
 use fencelock_core::{DistributedLock, LeaseState, LockError, LockOptions};
 use fencelock_testkit::overlap::OverlapDetector;
 use fencelock_testkit::proxy::{FaultProxy, Mode};
+use fencelock_testkit::renewals::wait_renewed_twice;
 use fencelock_testkit::zk_server::ZkEnsemble;
 use fencelock_zk::ZkLock;
 use tokio::time::Instant;
@@ -235,15 +236,7 @@ async fn background_renewals_of_many_locks_share_one_request_per_window() {
     }
     let before = ensemble.packets_received(0).expect("mntr answers");
     let t0 = Instant::now();
-    // Valid beyond t0 + 1.6 TTL means renewed after t0 + 0.6 TTL: at least twice since t0.
-    let renewed_twice = |l: &fencelock_core::Lease| l.valid_until() > t0 + ttl * 8 / 5;
-    while !leases.iter().all(renewed_twice) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "leases were not renewed within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await; // polling a condition, bounded
-    }
+    wait_renewed_twice(&leases, t0, ttl, Duration::from_secs(10)).await;
     let packets = ensemble.packets_received(0).expect("mntr answers") - before;
     let renewals = 2 * LOCKS as u64;
     assert!(
