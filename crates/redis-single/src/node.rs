@@ -177,7 +177,8 @@ impl RedisNode {
     }
 
     /// One acquire round trip. Without a restart delay: a pipeline of plain commands,
-    /// `SET lock grant NX PX ttl`, `INCR counter`, `PTTL lock` — no script, which costs the
+    /// `SET lock grant NX PX ttl` and `INCR counter` (then, only when busy, `PTTL lock`) —
+    /// no script, which costs the
     /// server less CPU than Lua (measured: 5 nodes on 2 cores, 40 µs a cycle). The counter
     /// grows on refused attempts too; tokens still grow with every grant, because a grant's
     /// `INCR` is answered before its holder can release, so every later grant's `INCR`
@@ -198,7 +199,7 @@ impl RedisNode {
         let mut conn = self.connection().await?;
         let keys = &self.inner.keys;
         let reply: std::result::Result<(bool, i64), _> = if restart_delay.is_zero() {
-            let piped: std::result::Result<(Option<String>, i64, i64), _> = redis::pipe()
+            let piped: std::result::Result<(Option<String>, i64), _> = redis::pipe()
                 .cmd("SET")
                 .arg(keys.lock(key))
                 .arg(grant.as_str())
@@ -207,11 +208,19 @@ impl RedisNode {
                 .arg(ttl.as_millis() as u64)
                 .cmd("INCR")
                 .arg(keys.counter(key))
-                .cmd("PTTL")
-                .arg(keys.lock(key))
                 .query_async(&mut conn)
                 .await;
-            piped.map(|(set, token, pttl)| if set.is_some() { (true, token) } else { (false, pttl) })
+            match piped {
+                Ok((Some(_), token)) => Ok((true, token)),
+                // Busy: how long the holder has left, asked only now (a waiter sleeps
+                // anyway; the uncontended path does not pay for it). No answer: unknown.
+                Ok((None, _)) => {
+                    let pttl: std::result::Result<i64, _> =
+                        redis::cmd("PTTL").arg(keys.lock(key)).query_async(&mut conn).await;
+                    return Ok(NodeGrant::Busy(pttl.ok().and_then(|ms| u64::try_from(ms).ok())));
+                }
+                Err(e) => Err(e),
+            }
         } else {
             ACQUIRE
                 .key(keys.lock(key))

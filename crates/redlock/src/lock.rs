@@ -161,7 +161,7 @@ impl RedlockLock {
         let ask = |nodes: Vec<RedisNode>| {
             let (key, grant) = (key.to_owned(), grant.clone());
             async move {
-                fan_out(&nodes, per_node, move |n| {
+                fan_out(&nodes, per_node, move |_, n| {
                     let (key, grant) = (key.clone(), grant.clone());
                     async move { n.try_grant(&key, &grant, ttl, delay).await }
                 })
@@ -199,11 +199,16 @@ impl RedlockLock {
         if tokens.len() >= quorum && elapsed + drift < ttl {
             let token = FencingToken::new(tokens.iter().copied().max().unwrap_or(0));
             tracing::debug!(%key, %token, granted = tokens.len(), ?elapsed, "granted by a quorum");
+            let lagging = answers
+                .iter()
+                .map(|a| !matches!(a, Ok(NodeGrant::Granted(t)) if *t == token.get()))
+                .collect();
             let ops = Arc::new(RedlockGrant {
                 inner: Arc::clone(inner),
                 key: key.to_owned(),
                 grant: grant.to_string(),
                 token: token.get(),
+                lagging,
             });
             let lease = Lease::new(LeaseParts {
                 key: key.to_owned(),
@@ -270,7 +275,7 @@ impl RedlockLock {
                 // Subscribe on every node that answers (a release is published on each).
                 let per_node = self.inner.cfg.per_node_timeout;
                 let k = key.to_owned();
-                let answers = fan_out(&self.inner.nodes, per_node, move |n| {
+                let answers = fan_out(&self.inner.nodes, per_node, move |_, n| {
                     let k = k.clone();
                     async move { n.subscribe(&k).await }
                 })
@@ -354,7 +359,7 @@ impl DistributedLock for RedlockLock {
 /// Releases `grant` of `key` on every node (compare-and-delete: a node that never granted
 /// it is untouched), each bounded by the per-node timeout.
 async fn release_everywhere(inner: Arc<Inner>, key: String, grant: String) {
-    fan_out(&inner.nodes, inner.cfg.per_node_timeout, move |n| {
+    fan_out(&inner.nodes, inner.cfg.per_node_timeout, move |_, n| {
         let (k, g) = (key.clone(), grant.clone());
         async move { n.release(&k, &g).await }
     })
@@ -367,6 +372,11 @@ struct RedlockGrant {
     key: String,
     grant: String,
     token: u64,
+    /// Per node: its counter may be below `token` (it did not grant, or granted with a
+    /// lower count), so release raises it. Nodes that granted with `token` itself already
+    /// count from there and get the plain compare-and-delete — in the fault-free steady
+    /// state that is every node, and the release costs what a bare Redlock's does.
+    lagging: Vec<bool>,
 }
 
 impl RedlockGrant {
@@ -387,7 +397,7 @@ impl RedlockGrant {
         } else {
             Duration::ZERO
         };
-        let answers = fan_out(&self.inner.nodes, cfg.per_node_timeout + wait, move |n| {
+        let answers = fan_out(&self.inner.nodes, cfg.per_node_timeout + wait, move |_, n| {
             let (k, g) = (k.clone(), g.clone());
             async move {
                 if batched {
@@ -424,9 +434,17 @@ impl LeaseOps for RedlockGrant {
     async fn release(&self) -> Result<bool> {
         let cfg = &self.inner.cfg;
         let (k, g, token) = (self.key.clone(), self.grant.clone(), self.token);
-        let answers = fan_out(&self.inner.nodes, cfg.per_node_timeout, move |n| {
+        let lagging = self.lagging.clone();
+        let answers = fan_out(&self.inner.nodes, cfg.per_node_timeout, move |i, n| {
             let (k, g) = (k.clone(), g.clone());
-            async move { n.release_raising(&k, &g, token).await }
+            let raise = lagging.get(i).copied().unwrap_or(true);
+            async move {
+                if raise {
+                    n.release_raising(&k, &g, token).await
+                } else {
+                    n.release(&k, &g).await
+                }
+            }
         })
         .await;
         let released = answers.iter().filter(|a| matches!(a, Ok(true))).count();

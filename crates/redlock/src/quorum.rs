@@ -9,20 +9,22 @@ use fencelock_redis::RedisNode;
 /// One node's answer, or why there was none.
 pub(crate) type Answer<T> = std::result::Result<T, String>;
 
-/// Runs `op` on every node at once and returns the answers in node order. A node that does
+/// Runs `op` on every node at once (with the node's index) and returns the answers in
+/// node order. A node that does
 /// not answer within `per_node` counts as silent; the whole call takes at most about
 /// `per_node`, whatever the nodes do.
 pub(crate) async fn fan_out<T, F, Fut>(nodes: &[RedisNode], per_node: Duration, op: F) -> Vec<Answer<T>>
 where
-    F: Fn(RedisNode) -> Fut,
+    F: Fn(usize, RedisNode) -> Fut,
     Fut: Future<Output = Result<T>>,
 {
     // Polled together in this task (no spawn per node): one wake-up per answer, no hop to
     // another worker thread.
     let mut pending: Vec<_> = nodes
         .iter()
-        .map(|n| {
-            let fut = op(n.clone());
+        .enumerate()
+        .map(|(i, n)| {
+            let fut = op(i, n.clone());
             let server = n.server().to_owned();
             Some(Box::pin(async move {
                 match tokio::time::timeout(per_node, fut).await {
