@@ -244,7 +244,25 @@ impl Report {
         self.uncontended_section(&mut out, charts);
         self.contention_section(&mut out, charts);
         self.scale_section(&mut out, charts);
+        self.reading(&mut out);
         out
+    }
+
+    /// What the numbers mean, and what they do not.
+    fn reading(&self, out: &mut String) {
+        let _ = writeln!(out, "## Reading it
+");
+        let lines = [
+            "* **Same servers, same run.** Every subject of a backend ran against the same server processes, interleaved ten cycles at a time, so the ratios compare like with like; absolute figures move with the machine (here two cores are shared by the client and up to five servers).",
+            "* **The raw minimum** is what a hand-written lock with the client crate costs: Redis `SET NX PX` + compare-and-delete; Redlock the same to every node at once; etcd a create-if-absent transaction + a delete guarded by create revision; ZooKeeper create ephemeral-sequential + list + delete. fencelock adds a fencing token (Redis `INCR`, etcd/ZooKeeper revisions), a lease with a loss signal and auto-renewal, waiting by server notification, and cancel safety.",
+            "* **Hand-off** is measured from the holder's release call to the next holder's acquire returning. fencelock's waiters are woken by the server (Redis pub/sub, etcd and ZooKeeper watches on the predecessor only), so it is about one round trip plus the acquire; the peers poll (`rslock` retries after a random delay of up to 200 ms, `distributed-lock` makes one attempt per call and the bench retries it after 1–10 ms), which shows in their longest waits and in Jain's index — whoever polls at the right moment wins again.",
+            "* **`distributed-lock` on Redlock under contention** stalls: its acquire does not release the nodes it did get when it misses the quorum, so contenders hold minorities of the nodes until their keys expire (10 s). The clients that gave up are counted in the table.",
+            "* **Renewals at scale**: etcd's locks ride on one session lease, renewed by one keep-alive stream whatever the number of locks; Redis and Redlock batch the renewals due within a window into one script per node (up to 500 locks each); ZooKeeper checks the nodes due within a window in one multi-read (up to 500). The dashed line is what one request per lock per renewal would cost.",
+        ];
+        for l in lines {
+            let _ = writeln!(out, "{l}");
+        }
+        out.push('\n');
     }
 
     fn verdicts(&self, out: &mut String) {
