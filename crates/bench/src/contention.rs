@@ -22,7 +22,8 @@ pub struct Contention {
     pub clients: usize,
     /// Grants made.
     pub grants: usize,
-    /// Release → next holder's acquire returning.
+    /// Release → another client's acquire returning (a client that takes the lock again
+    /// right after its own release is not a hand-off; Jain's index shows that instead).
     pub hand_off: Latency,
     /// Grants per second over the run.
     pub grants_per_sec: f64,
@@ -47,7 +48,8 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<Box<dyn Subject>>>,
 {
-    let released_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+    // When the lock was last released, and by which client.
+    let released_at: Arc<Mutex<Option<(Instant, usize)>>> = Arc::default();
     let hand_offs: Arc<Mutex<Vec<Duration>>> = Arc::default();
     let max_wait: Arc<Mutex<Duration>> = Arc::default();
     let gave_up: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -59,7 +61,7 @@ where
     }
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(clients);
-    for subject in subjects {
+    for (me, subject) in subjects.into_iter().enumerate() {
         let (released_at, hand_offs, max_wait) = (released_at.clone(), hand_offs.clone(), max_wait.clone());
         let (made, stop, gave_up) = (made.clone(), stop.clone(), gave_up.clone());
         tasks.push(tokio::spawn(async move {
@@ -79,8 +81,10 @@ where
                     }
                 };
                 let waited = asked.elapsed();
-                if let Some(t) = lock(&released_at).take() {
-                    lock(&hand_offs).push(t.elapsed());
+                if let Some((t, by)) = lock(&released_at).take() {
+                    if by != me {
+                        lock(&hand_offs).push(t.elapsed());
+                    }
                 }
                 {
                     let mut m = lock(&max_wait);
@@ -90,7 +94,7 @@ where
                 if made.fetch_add(1, Ordering::SeqCst) + 1 >= grants || start.elapsed() >= limit {
                     stop.store(true, Ordering::SeqCst);
                 }
-                *lock(&released_at) = Some(Instant::now());
+                *lock(&released_at) = Some((Instant::now(), me));
                 held.await?;
             }
             Ok::<usize, BenchError>(mine)

@@ -250,12 +250,15 @@ impl Report {
 
     /// What the numbers mean, and what they do not.
     fn reading(&self, out: &mut String) {
-        let _ = writeln!(out, "## Reading it
-");
+        let _ = writeln!(
+            out,
+            "## Reading it
+"
+        );
         let lines = [
             "* **Same servers, same run.** Every subject of a backend ran against the same server processes, interleaved ten cycles at a time, so the ratios compare like with like; absolute figures move with the machine (here two cores are shared by the client and up to five servers).",
             "* **The raw minimum** is what a hand-written lock with the client crate costs: Redis `SET NX PX` + compare-and-delete; Redlock the same to every node at once; etcd a create-if-absent transaction + a delete guarded by create revision; ZooKeeper create ephemeral-sequential + list + delete. fencelock adds a fencing token (Redis `INCR`, etcd/ZooKeeper revisions), a lease with a loss signal and auto-renewal, waiting by server notification, and cancel safety.",
-            "* **Hand-off** is measured from the holder's release call to the next holder's acquire returning. fencelock's waiters are woken by the server (Redis pub/sub, etcd and ZooKeeper watches on the predecessor only), so it is about one round trip plus the acquire; the peers poll (`rslock` retries after a random delay of up to 200 ms, `distributed-lock` makes one attempt per call and the bench retries it after 1–10 ms), which shows in their longest waits and in Jain's index — whoever polls at the right moment wins again.",
+            "* **Hand-off** is measured from the holder's release call to another client's acquire returning (a client that takes the lock straight back is no hand-off: it shows in Jain's index). fencelock's waiters are woken by the server (Redis pub/sub, etcd and ZooKeeper watches on the predecessor only), so it is about one round trip plus the acquire; the peers poll (`rslock` retries after a random delay of up to 200 ms, `distributed-lock` makes one attempt per call and the bench retries it after 1–10 ms), which shows in their longest waits and in Jain's index — whoever polls at the right moment wins again.",
             "* **`distributed-lock` on Redlock under contention** stalls: its acquire does not release the nodes it did get when it misses the quorum, so contenders hold minorities of the nodes until their keys expire (10 s). The clients that gave up are counted in the table.",
             "* **Renewals at scale**: etcd's locks ride on one session lease, renewed by one keep-alive stream whatever the number of locks; Redis and Redlock batch the renewals due within a window into one script per node (up to 500 locks each); ZooKeeper checks the nodes due within a window in one multi-read (up to 500). The dashed line is what one request per lock per renewal would cost.",
         ];
@@ -336,7 +339,7 @@ impl Report {
         let _ = writeln!(
             out,
             "## Contention: clients taking turns on one key\n\nEach client its own connection; each run stops after {} grants or {:.0} s. \
-             Hand-off: from the holder's release call to the next holder's acquire returning. \
+             Hand-off: from the holder's release call to the next holder's acquire returning, counted when the next holder is another client. \
              Fairness: Jain's index over grants per client (1 = even) and the longest any one acquire waited.\n",
             s.grants, s.contention_limit_secs
         );

@@ -78,8 +78,8 @@ pub type Series = (String, Vec<(f64, f64)>);
 
 /// Lines on log₁₀ axes (points ≤ 0 left out), with a legend.
 pub fn line_chart(title: &str, x_unit: &str, y_unit: &str, series: &[Series]) -> String {
-    let (left, right, top, bottom) = (70.0, 220.0, 40.0, 50.0);
-    let (width, height) = (900.0, 420.0);
+    let (left, right, top, bottom) = (70.0, 330.0, 40.0, 50.0);
+    let (width, height) = (1000.0, 420.0);
     let xs: Vec<f64> = series
         .iter()
         .flat_map(|(_, p)| p.iter().map(|(x, _)| *x))
@@ -248,7 +248,7 @@ mod tests {
         assert_eq!(svg.matches("<circle").count(), 2);
         for c in svg.split("<circle cx=\"").skip(1) {
             let x: f64 = c.split('"').next().unwrap().parse().unwrap();
-            assert!((70.0..=680.0).contains(&x), "{x}");
+            assert!((70.0..=670.0).contains(&x), "{x}");
         }
     }
 

