@@ -37,6 +37,24 @@ fn output_within(mut child: std::process::Child, limit: Duration) -> Output {
     }
 }
 
+/// Runs the CLI with `args` and asserts it exits with `code`, saying `says` on one line
+/// that starts with `fencelock: `, without a panic.
+fn assert_fails_on_one_line(args: &[&str], code: i32, says: &str) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("FENCELOCK_BACKEND")
+        .output()
+        .expect("run");
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "{args:?}: not one line: {err}");
+    assert!(err.starts_with("fencelock: ") && err.contains(says), "{args:?}: {err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{args:?}: {err}"
+    );
+}
+
 fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -235,19 +253,7 @@ fn bad_backends_and_input_fail_on_one_line_without_panic() {
         ),
     ];
     for (args, code, says) in cases {
-        let out = Command::new(BIN)
-            .args(args)
-            .env_remove("FENCELOCK_BACKEND")
-            .output()
-            .expect("run");
-        let err = stderr_of(&out);
-        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
-        assert_eq!(err.lines().count(), 1, "{args:?}: not one line: {err}");
-        assert!(err.starts_with("fencelock: ") && err.contains(says), "{args:?}: {err}");
-        assert!(
-            !err.contains("panicked") && !err.contains("backtrace"),
-            "{args:?}: {err}"
-        );
+        assert_fails_on_one_line(args, code, says);
     }
     let out = Command::new(BIN)
         .args(["run", "k", "--ttl", "5 parsecs", "--", "true"])
@@ -503,17 +509,6 @@ fn bench_refuses_bad_choices_on_one_line() {
         ),
         (&["--backend", "file:///tmp", "bench"][..], "cannot benchmark `file://`"),
     ] {
-        let out = Command::new(BIN)
-            .args(args)
-            .env_remove("FENCELOCK_BACKEND")
-            .output()
-            .expect("run");
-        let err = stderr_of(&out);
-        assert_eq!(out.status.code(), Some(64), "{args:?}: {err}");
-        let last = err.lines().last().unwrap_or("");
-        assert!(
-            last.starts_with("fencelock: ") && last.contains(says),
-            "{args:?}: {err}"
-        );
+        assert_fails_on_one_line(args, 64, says);
     }
 }
