@@ -137,7 +137,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// A run of seconds instead of minutes (fewer cycles, 8 clients only, 100 held locks)
+    /// A run of seconds instead of minutes (200 cycles, 8 clients only, 100 held locks):
+    /// a first look, its ratios move by ±15 % from run to run
     #[arg(long)]
     pub quick: bool,
 

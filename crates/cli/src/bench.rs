@@ -12,6 +12,12 @@ use crate::exit;
 const CARGO_RUN: &str = "cargo run --release -p fencelock-cli --features bench --";
 
 pub async fn bench(cli: &Cli, args: &BenchArgs) -> ExitCode {
+    if cli.config.is_some() {
+        return exit::fail(
+            "bench measures --backend URLs (or servers it starts), not a --config file",
+            exit::BAD_INPUT,
+        );
+    }
     let mut plan = if args.quick { Plan::quick() } else { Plan::full() };
     plan.urls = cli.backend.clone();
     plan.peers = !args.no_peers;

@@ -508,6 +508,7 @@ fn bench_refuses_bad_choices_on_one_line() {
             "--only",
         ),
         (&["--backend", "file:///tmp", "bench"][..], "cannot benchmark `file://`"),
+        (&["--config", "/nonexistent.toml", "bench"][..], "not a --config file"),
     ] {
         assert_fails_on_one_line(args, 64, says);
     }
