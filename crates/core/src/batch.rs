@@ -145,27 +145,29 @@ where
     }
 }
 
-/// One error for each of `n` items of a batch that failed as a whole: the same kind
-/// (temporary or not) and message.
+/// One error for each of `n` items of a batch that failed as a whole: the same variant
+/// (`Unavailable`, `Backend` with its backend, `InvalidConfig`; anything else becomes a
+/// `Backend` error) and message.
 pub fn spread_error<R>(e: &LockError, n: usize) -> Vec<Result<R>> {
     let message = one_line(e);
-    let temporary = e.is_temporary();
-    (0..n)
-        .map(|_| {
-            Err(if temporary {
-                LockError::Unavailable {
-                    message: message.clone(),
-                    source: None,
-                }
-            } else {
-                LockError::Backend {
-                    backend: "batch",
-                    message: message.clone(),
-                    source: None,
-                }
-            })
-        })
-        .collect()
+    let one = || match e {
+        LockError::Unavailable { .. } => LockError::Unavailable {
+            message: message.clone(),
+            source: None,
+        },
+        LockError::InvalidConfig { .. } => LockError::invalid_config(message.clone()),
+        LockError::Backend { backend, .. } => LockError::Backend {
+            backend,
+            message: message.clone(),
+            source: None,
+        },
+        _ => LockError::Backend {
+            backend: "batch",
+            message: message.clone(),
+            source: None,
+        },
+    };
+    (0..n).map(|_| Err(one())).collect()
 }
 
 #[cfg(test)]
@@ -200,6 +202,26 @@ mod tests {
         }
         // 3 (full batch) + 2 (after the window).
         assert_eq!(flushes.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_spread_error_keeps_kind_backend_and_message() {
+        let temporary = LockError::Unavailable {
+            message: "down".into(),
+            source: None,
+        };
+        let spread: Vec<Result<()>> = spread_error(&temporary, 3);
+        assert_eq!(spread.len(), 3);
+        assert!(spread.iter().all(|r| r
+            .as_ref()
+            .is_err_and(|e| e.is_temporary() && e.to_string().contains("down"))));
+        let backend = LockError::Backend {
+            backend: "redis",
+            message: "script failed".into(),
+            source: None,
+        };
+        let spread: Vec<Result<()>> = spread_error(&backend, 1);
+        assert!(matches!(&spread[0], Err(LockError::Backend { backend: "redis", .. })));
     }
 
     #[tokio::test(start_paused = true)]
