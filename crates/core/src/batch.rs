@@ -9,20 +9,23 @@
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> fencelock_core::Result<()> {
+//! use std::sync::Arc;
 //! use std::time::Duration;
 //! use fencelock_core::batch::Batcher;
-//! let doubler: Batcher<u32, u32> = Batcher::new(100);
-//! let flush = || |items: Vec<u32>| async move { items.into_iter().map(|i| Ok(i * 2)).collect() };
+//! struct Server { factor: u32 } // stands for the backend's connection
+//! let server = Arc::new(Server { factor: 2 });
+//! let batcher: Batcher<u32, u32> = Batcher::new(100);
+//! let flush = |s: Arc<Server>, items: Vec<u32>| async move { items.into_iter().map(|i| Ok(i * s.factor)).collect() };
 //! let (a, b) = tokio::join!(
-//!     doubler.submit(1, Duration::from_millis(5), flush),
-//!     doubler.submit(2, Duration::from_millis(5), flush),
+//!     batcher.submit(1, Duration::from_millis(5), &server, flush),
+//!     batcher.submit(2, Duration::from_millis(5), &server, flush),
 //! );
 //! assert_eq!((a?, b?), (2, 4)); // one flush carried both
 //! # Ok(()) }
 //! ```
 
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -60,13 +63,14 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     }
 
     /// Submits `item`, which may wait up to `wait` for others to share its batch, and
-    /// returns its answer. `flush` makes the function that sends one batch and answers
-    /// each item in order; it is called only when the batching task (re)starts, so it
-    /// should hold the backend weakly (the task runs until the batcher is dropped).
-    pub async fn submit<M, F, Fut>(&self, item: T, wait: Duration, flush: M) -> Result<R>
+    /// returns its answer. `flush` sends one batch through `owner` (the backend's
+    /// connection or session) and answers each item in order. The batching task holds
+    /// `owner` weakly, so it never keeps the backend alive; it ends when the batcher is
+    /// dropped, and a batch whose owner is gone fails.
+    pub async fn submit<S, F, Fut>(&self, item: T, wait: Duration, owner: &Arc<S>, flush: F) -> Result<R>
     where
-        M: FnOnce() -> F,
-        F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
+        S: Send + Sync + 'static,
+        F: Fn(Arc<S>, Vec<T>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<Result<R>>> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
@@ -84,7 +88,18 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
             // No task yet, or it ended with the runtime it ran on: start one.
             if let Some(p) = unsent {
                 let (tx, rx) = mpsc::unbounded_channel();
-                tokio::spawn(batching(rx, self.max_batch, flush()));
+                let owner = Arc::downgrade(owner);
+                let send = move |items: Vec<T>| {
+                    let n = items.len();
+                    let sent = owner.upgrade().map(|o| flush(o, items));
+                    async move {
+                        match sent {
+                            Some(sent) => sent.await,
+                            None => spread_error(&LockError::invalid_config("the backend was dropped"), n),
+                        }
+                    }
+                };
+                tokio::spawn(batching(rx, self.max_batch, send));
                 // The receiver is alive: it was just moved into the task.
                 let _ = tx.send(p);
                 *queue = Some(tx);
@@ -180,22 +195,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn items_within_the_window_share_one_flush_and_a_full_batch_goes_at_once() {
         let batcher: Arc<Batcher<usize, usize>> = Arc::new(Batcher::new(3));
+        // The owner counts the flushes.
         let flushes = Arc::new(AtomicUsize::new(0));
-        let flush = {
-            let flushes = flushes.clone();
-            move || {
-                move |items: Vec<usize>| {
-                    flushes.fetch_add(1, Ordering::SeqCst);
-                    async move { items.into_iter().map(|i| Ok(i + 100)).collect() }
-                }
-            }
+        let flush = |flushes: Arc<AtomicUsize>, items: Vec<usize>| {
+            flushes.fetch_add(1, Ordering::SeqCst);
+            async move { items.into_iter().map(|i| Ok(i + 100)).collect() }
         };
         let mut tasks = Vec::new();
         for i in 0..5 {
-            let (b, f) = (batcher.clone(), flush.clone());
-            tasks.push(tokio::spawn(
-                async move { b.submit(i, Duration::from_secs(1), f).await },
-            ));
+            let (b, owner) = (batcher.clone(), flushes.clone());
+            tasks.push(tokio::spawn(async move {
+                b.submit(i, Duration::from_secs(1), &owner, flush).await
+            }));
         }
         for (i, t) in tasks.into_iter().enumerate() {
             assert_eq!(t.await.unwrap().unwrap(), i + 100);
@@ -227,10 +238,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_wrong_count_of_answers_fails_every_item() {
         let batcher: Batcher<u8, u8> = Batcher::new(10);
-        let flush = || |_items: Vec<u8>| async move { vec![Ok(1)] };
+        let owner = Arc::new(());
+        let flush = |_: Arc<()>, _items: Vec<u8>| async move { vec![Ok(1)] };
         let (a, b) = tokio::join!(
-            batcher.submit(1, Duration::from_millis(5), flush),
-            batcher.submit(2, Duration::from_millis(5), flush)
+            batcher.submit(1, Duration::from_millis(5), &owner, flush),
+            batcher.submit(2, Duration::from_millis(5), &owner, flush)
         );
         assert!(a.unwrap_err().to_string().contains("answered with 1 results"));
         assert!(b.is_err());

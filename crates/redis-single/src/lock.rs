@@ -109,14 +109,8 @@ impl RedisLock {
         let node = &self.node;
         let grant = GrantId::random();
         let undo = {
-            let (node, key, grant) = (node.clone(), key.to_owned(), grant.to_string());
-            CancelGuard::new(move || {
-                if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                    rt.spawn(async move {
-                        let _ = node.release(&key, &grant).await;
-                    });
-                }
-            })
+            let grant = grant.to_string();
+            CancelGuard::new(move || node.release_later(key, &grant))
         };
         let sent_at = Instant::now();
         let answer = node.try_grant(key, &grant, opts.ttl(), Duration::ZERO).await;

@@ -51,7 +51,7 @@ pub struct RedisNode {
     inner: Arc<NodeInner>,
 }
 
-pub(crate) struct NodeInner {
+struct NodeInner {
     client: redis::Client,
     cfg: RedisConfig,
     keys: Keys,
@@ -178,13 +178,12 @@ impl RedisNode {
 
     /// One acquire round trip. Without a restart delay: a pipeline of plain commands,
     /// `SET lock grant NX PX ttl` and `INCR counter` (then, only when busy, `PTTL lock`) —
-    /// no script, which costs the
-    /// server less CPU than Lua (measured: 5 nodes on 2 cores, 40 µs a cycle). The counter
-    /// grows on refused attempts too; tokens still grow with every grant, because a grant's
-    /// `INCR` is answered before its holder can release, so every later grant's `INCR`
-    /// runs after it. With a `restart_delay`, the `ACQUIRE` script, which also keeps the
-    /// node's boot marker: a node whose marker is younger than the delay refuses and
-    /// answers busy for the rest of the delay.
+    /// no script, which costs the server less CPU than Lua (measured: 5 nodes on 2 cores,
+    /// 40 µs a cycle). The counter grows on refused attempts too; tokens still grow with
+    /// every grant, because a grant's `INCR` is answered before its holder can release, so
+    /// every later grant's `INCR` runs after it. With a `restart_delay`, the `ACQUIRE`
+    /// script, which also keeps the node's boot marker: a node whose marker is younger than
+    /// the delay refuses and answers busy for the rest of the delay.
     ///
     /// Not retried on a dropped connection (the counter would grow twice, harmless, but a
     /// grant could land unheard); when the answer is lost, a release of `grant` is sent in
@@ -198,8 +197,9 @@ impl RedisNode {
     ) -> Result<NodeGrant> {
         let mut conn = self.connection().await?;
         let keys = &self.inner.keys;
-        let reply: std::result::Result<(bool, i64), _> = if restart_delay.is_zero() {
-            let piped: std::result::Result<(Option<String>, i64), _> = redis::pipe()
+        let to_u64 = |n: i64| u64::try_from(n).ok();
+        let answer: redis::RedisResult<NodeGrant> = if restart_delay.is_zero() {
+            let piped: redis::RedisResult<(Option<String>, i64)> = redis::pipe()
                 .cmd("SET")
                 .arg(keys.lock(key))
                 .arg(grant.as_str())
@@ -211,13 +211,13 @@ impl RedisNode {
                 .query_async(&mut conn)
                 .await;
             match piped {
-                Ok((Some(_), token)) => Ok((true, token)),
+                Ok((Some(_), token)) => Ok(NodeGrant::Granted(to_u64(token).unwrap_or(0))),
                 // Busy: how long the holder has left, asked only now (a waiter sleeps
                 // anyway; the uncontended path does not pay for it). No answer: unknown.
                 Ok((None, _)) => {
-                    let pttl: std::result::Result<i64, _> =
+                    let pttl: redis::RedisResult<i64> =
                         redis::cmd("PTTL").arg(keys.lock(key)).query_async(&mut conn).await;
-                    return Ok(NodeGrant::Busy(pttl.ok().and_then(|ms| u64::try_from(ms).ok())));
+                    Ok(NodeGrant::Busy(pttl.ok().and_then(to_u64)))
                 }
                 Err(e) => Err(e),
             }
@@ -231,18 +231,25 @@ impl RedisNode {
                 .arg(restart_delay.as_millis() as u64)
                 .invoke_async::<(i64, i64)>(&mut conn)
                 .await
-                .map(|(granted, n)| (granted == 1, n))
+                .map(|(granted, n)| match granted {
+                    1 => NodeGrant::Granted(to_u64(n).unwrap_or(0)),
+                    _ => NodeGrant::Busy(to_u64(n)),
+                })
         };
-        match reply {
-            Ok((true, token)) => Ok(NodeGrant::Granted(u64::try_from(token).unwrap_or(0))),
-            Ok((false, pttl)) => Ok(NodeGrant::Busy(u64::try_from(pttl).ok())),
-            Err(e) => {
-                let (node, key, grant) = (self.clone(), key.to_owned(), grant.to_string());
-                tokio::spawn(async move {
-                    let _ = node.release(&key, &grant).await;
-                });
-                Err(self.failed("acquire", e))
-            }
+        answer.map_err(|e| {
+            self.release_later(key, grant.as_str());
+            self.failed("acquire", e)
+        })
+    }
+
+    /// Sends a release of `grant` in the background (for a grant whose fate is unknown:
+    /// its answer was lost, or its caller gave up). Nothing when no runtime is running.
+    pub fn release_later(&self, key: &str, grant: &str) {
+        let (node, key, grant) = (self.clone(), key.to_owned(), grant.to_owned());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = node.release(&key, &grant).await;
+            });
         }
     }
 
@@ -262,19 +269,11 @@ impl RedisNode {
             grant: grant.to_owned(),
             ttl_ms: ttl.as_millis() as u64,
         };
-        let weak = Arc::downgrade(&self.inner);
-        let flush = move || {
-            move |batch: Vec<Renewal>| {
-                let weak = weak.clone();
-                async move {
-                    match weak.upgrade() {
-                        Some(inner) => RedisNode { inner }.extend_batch(&batch).await,
-                        None => spread_error(&LockError::invalid_config("the redis node was dropped"), batch.len()),
-                    }
-                }
-            }
-        };
-        self.inner.renewals.submit(renewal, self.renew_wait(ttl), flush).await
+        let flush = |inner, batch: Vec<Renewal>| async move { RedisNode { inner }.extend_batch(&batch).await };
+        self.inner
+            .renewals
+            .submit(renewal, self.renew_wait(ttl), &self.inner, flush)
+            .await
     }
 
     /// The longest a [`renew`](Self::renew) of a `ttl` lease waits for its batch.

@@ -438,26 +438,15 @@ impl LeaseOps for ZkGrant {
         if !self.session.is_usable() {
             return Ok(None);
         }
-        let weak = Arc::downgrade(&self.session);
         let (cfg, wait) = (self.cfg.clone(), RENEW_WINDOW.min(ttl / 10));
-        let flush = move || {
-            move |batch: Vec<(String, i64)>| {
-                let (weak, cfg) = (weak.clone(), cfg.clone());
-                async move {
-                    let Some(session) = weak.upgrade() else {
-                        return spread_error(
-                            &LockError::invalid_config("the ZooKeeper session was dropped"),
-                            batch.len(),
-                        );
-                    };
-                    check_nodes(&session, &cfg, &batch).await
-                }
-            }
+        let flush = move |session: Arc<Session>, batch: Vec<(String, i64)>| {
+            let cfg = cfg.clone();
+            async move { check_nodes(&session, &cfg, &batch).await }
         };
         let held = self
             .session
             .renewals
-            .submit((self.path.clone(), self.czxid), wait, flush)
+            .submit((self.path.clone(), self.czxid), wait, &self.session, flush)
             .await?;
         Ok(held.then(|| ttl.min(self.session.timeout())))
     }
