@@ -15,7 +15,7 @@ use fencelock_redis::{NodeGrant, NodeSubscription, RedisNode};
 use tokio::time::Instant;
 
 use crate::config::RedlockConfig;
-use crate::quorum::{fan_out, no_quorum};
+use crate::quorum::{fan_out, no_quorum, Answer};
 
 /// What Redlock promises.
 pub const GUARANTEES: Guarantees = Guarantees {
@@ -157,35 +157,28 @@ impl RedlockLock {
             })
         };
         let start = Instant::now();
-        let delay = cfg.restart_delay;
-        let ask = |nodes: Vec<RedisNode>| {
-            let (key, grant) = (key.to_owned(), grant.clone());
-            async move {
-                fan_out(&nodes, per_node, move |_, n| {
-                    let (key, grant) = (key.clone(), grant.clone());
-                    async move { n.try_grant(&key, &grant, ttl, delay).await }
-                })
-                .await
-            }
-        };
+        let ask = async |nodes: &[RedisNode]| grant_on(nodes, per_node, key, &grant, ttl, cfg.restart_delay).await;
         let answers = if contended && inner.nodes.len() > 1 {
             let p = primary(key, inner.nodes.len());
-            let mut first = ask(vec![inner.nodes[p].clone()]).await;
+            let mut first = ask(std::slice::from_ref(&inner.nodes[p])).await;
             match first.pop() {
                 Some(Ok(NodeGrant::Busy(pttl))) => {
                     undo.disarm(); // refused by the primary: granted nowhere
                     return Ok(Round::Busy(pttl.map(Duration::from_millis)));
                 }
                 Some(Ok(NodeGrant::Granted(t))) => {
-                    let others = inner.nodes.iter().enumerate().filter(|(i, _)| *i != p);
-                    let mut rest = ask(others.map(|(_, n)| n.clone()).collect()).await;
+                    let others: Vec<RedisNode> = (inner.nodes.iter().enumerate())
+                        .filter(|(i, _)| *i != p)
+                        .map(|(_, n)| n.clone())
+                        .collect();
+                    let mut rest = ask(&others).await;
                     rest.insert(p, Ok(NodeGrant::Granted(t)));
                     rest
                 }
-                _ => ask(inner.nodes.clone()).await,
+                _ => ask(&inner.nodes).await,
             }
         } else {
-            ask(inner.nodes.clone()).await
+            ask(&inner.nodes).await
         };
         let elapsed = start.elapsed();
         let drift = cfg.drift(ttl);
@@ -354,6 +347,21 @@ impl DistributedLock for RedlockLock {
     fn describe(&self) -> String {
         self.inner.cfg.display.clone()
     }
+}
+
+/// Asks `nodes` at once to grant `grant` of `key`, each bounded by `per_node`.
+async fn grant_on(
+    nodes: &[RedisNode],
+    per_node: Duration,
+    key: &str,
+    grant: &GrantId,
+    ttl: Duration,
+    restart_delay: Duration,
+) -> Vec<Answer<NodeGrant>> {
+    fan_out(nodes, per_node, |_, n| async move {
+        n.try_grant(key, grant, ttl, restart_delay).await
+    })
+    .await
 }
 
 /// Releases `grant` of `key` on every node (compare-and-delete: a node that never granted

@@ -25,7 +25,7 @@ where
         .enumerate()
         .map(|(i, n)| {
             let fut = op(i, n.clone());
-            let server = n.server().to_owned();
+            let server = n.server(); // named only in a failure, borrowed till then
             Some(Box::pin(async move {
                 match tokio::time::timeout(per_node, fut).await {
                     Ok(Ok(v)) => Ok(v),
