@@ -50,15 +50,15 @@ impl Cluster {
     /// Runs one request, bounded in all by the request timeout, errors mapped. Each try
     /// gets a share of the timeout (timeout / (endpoints + 1), at least 100 ms), so a silent
     /// member costs only that share. A request that failed without an answer from a healthy
-    /// leader — the member it went to is down
-    /// (refused, reset), or the cluster is between leaders ("leader changed", "no leader")
-    /// — is sent again after a short pause while the timeout lasts; the client balances
-    /// over the endpoints, so another member may take it. Every request we send is safe to
-    /// repeat: puts are guarded by a compare on our own key (a put that did land is found by
-    /// the retry's else branch), a delete is guarded by our key's create revision (a repeat
-    /// after one that landed finds nothing, and release then conservatively reports the
-    /// lease lost; it can never remove a newer key of the same name), reads and keep-alives are idempotent, and a duplicate lease grant only
-    /// leaves a lease that expires unused.
+    /// leader — the member it went to is down (refused, reset), or the cluster is between
+    /// leaders ("leader changed", "no leader") — is sent again after a short pause while
+    /// the timeout lasts; the client balances over the endpoints, so another member may
+    /// take it. Every request we send is safe to repeat: puts are guarded by a compare on
+    /// our own key (a put that did land is found by the retry's else branch), a delete is
+    /// guarded by our key's create revision (a repeat after one that landed finds nothing,
+    /// and release then conservatively reports the lease lost; it can never remove a newer
+    /// key of the same name), reads and keep-alives are idempotent, and a duplicate lease
+    /// grant only leaves a lease that expires unused.
     pub async fn call<T, F, Fut>(&self, doing: &'static str, op: F) -> Result<T>
     where
         F: Fn(Client) -> Fut,
