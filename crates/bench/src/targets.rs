@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use fencelock_testkit::etcd_server::EtcdCluster;
 use fencelock_testkit::process::{http, tcp_exchange_to_eof};
-use fencelock_testkit::redis_server::{redlock_url, start_many, RedisServer};
+use fencelock_testkit::redis_server::{redlock_url, start_many};
 use fencelock_testkit::zk_server::ZkEnsemble;
 use serde::Serialize;
 
@@ -52,13 +52,8 @@ impl Kind {
     }
 }
 
-/// Servers this run started; stopped when dropped.
-enum Owned {
-    None,
-    Redis(Vec<RedisServer>),
-    Etcd(EtcdCluster),
-    Zk(ZkEnsemble),
-}
+/// Servers this run started, held only to be stopped when dropped.
+type Owned = Box<dyn std::any::Any + Send + Sync>;
 
 /// One backend under measurement.
 pub struct Target {
@@ -71,7 +66,7 @@ pub struct Target {
     /// For the raw minimum and the peers: `redis://H:P` per node (Redis, Redlock),
     /// `H:P` per member (etcd), or the connect string (ZooKeeper).
     pub nodes: Vec<String>,
-    owned: Owned,
+    owned: Option<Owned>,
 }
 
 /// The number of Redlock nodes a run starts.
@@ -82,10 +77,22 @@ impl Target {
     /// it) when a server cannot start.
     pub async fn start(kind: Kind) -> Result<Target> {
         let started = tokio::task::spawn_blocking(move || match kind {
-            Kind::Redis => Owned::Redis(start_many(1)),
-            Kind::Redlock => Owned::Redis(start_many(REDLOCK_NODES)),
-            Kind::Etcd => Owned::Etcd(EtcdCluster::single()),
-            Kind::Zookeeper => Owned::Zk(ZkEnsemble::standalone()),
+            Kind::Redis => {
+                let servers = start_many(1);
+                (servers[0].url(), Box::new(servers) as Owned)
+            }
+            Kind::Redlock => {
+                let servers = start_many(REDLOCK_NODES);
+                (redlock_url(&servers, ""), Box::new(servers) as Owned)
+            }
+            Kind::Etcd => {
+                let cluster = EtcdCluster::single();
+                (cluster.url(""), Box::new(cluster) as Owned)
+            }
+            Kind::Zookeeper => {
+                let ensemble = ZkEnsemble::standalone();
+                (ensemble.url("/fencelock-bench", ""), Box::new(ensemble) as Owned)
+            }
         })
         .await
         .map_err(|e| {
@@ -100,27 +107,11 @@ impl Target {
                 .unwrap_or_else(|| "the launcher failed".into());
             BenchError::Usage(format!("cannot start the {} server(s): {why}", kind.name()))
         })?;
-        let (label, url, nodes) = match &started {
-            Owned::Redis(servers) if kind == Kind::Redis => ("redis".into(), servers[0].url(), vec![servers[0].url()]),
-            Owned::Redis(servers) => (
-                format!("redlock ({} nodes)", servers.len()),
-                redlock_url(servers, ""),
-                servers.iter().map(|s| s.url()).collect(),
-            ),
-            Owned::Etcd(c) => ("etcd".into(), c.url(""), c.endpoints()),
-            Owned::Zk(z) => (
-                "zookeeper".into(),
-                z.url("/fencelock-bench", ""),
-                vec![z.endpoints().join(",")],
-            ),
-            Owned::None => unreachable_owned()?,
-        };
+        // The URL says the rest (label, nodes), as for servers named on the command line.
+        let (url, owned) = started;
         Ok(Target {
-            kind,
-            label,
-            url,
-            nodes,
-            owned: started,
+            owned: Some(owned),
+            ..Target::from_url(&url)?
         })
     }
 
@@ -162,7 +153,7 @@ impl Target {
             label,
             url: url.to_owned(),
             nodes,
-            owned: Owned::None,
+            owned: None,
         })
     }
 
@@ -280,12 +271,8 @@ impl Target {
 
     /// Whether this run started (and will stop) the servers.
     pub fn started_here(&self) -> bool {
-        !matches!(self.owned, Owned::None)
+        self.owned.is_some()
     }
-}
-
-fn unreachable_owned<T>() -> Result<T> {
-    Err(BenchError::Usage("internal: no servers were started".into()))
 }
 
 /// The port of `127.0.0.1:PORT` / `localhost:PORT`; `None` for other hosts.
