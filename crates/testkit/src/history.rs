@@ -290,29 +290,28 @@ mod tests {
         g
     }
 
+    /// Records a fenced write by `client` with `token` of grant `g` at `base` + `at` ms.
+    fn write(h: &History, base: Instant, client: usize, token: u64, g: GrantId, at: u64, accepted: bool) {
+        h.record(Event::FencedWrite {
+            client,
+            token: FencingToken::new(token),
+            grant: g,
+            at: t(base, at),
+            accepted,
+        });
+    }
+
     #[test]
     fn a_clean_history_passes() {
         let (h, b) = (History::new(), Instant::now());
         let g1 = grant(&h, b, 0, 1, "a", 0, 100);
-        h.record(Event::FencedWrite {
-            client: 0,
-            token: FencingToken::new(1),
-            grant: g1.clone(),
-            at: t(b, 10),
-            accepted: true,
-        });
+        write(&h, b, 0, 1, g1.clone(), 10, true);
         h.record(Event::Released {
             grant: g1,
             at: t(b, 20),
         });
         let g2 = grant(&h, b, 1, 2, "b", 30, 130);
-        h.record(Event::FencedWrite {
-            client: 1,
-            token: FencingToken::new(2),
-            grant: g2,
-            at: t(b, 40),
-            accepted: true,
-        });
+        write(&h, b, 1, 2, g2, 40, true);
         let r = h.check();
         assert!(!r.has_violations(), "{r:?}");
         assert_eq!(r.belief_overlaps, 0);
@@ -351,13 +350,7 @@ mod tests {
             read: 7,
             at: t(b, 160),
         });
-        h.record(Event::FencedWrite {
-            client: 1,
-            token: FencingToken::new(2),
-            grant: g2,
-            at: t(b, 170),
-            accepted: true,
-        });
+        write(&h, b, 1, 2, g2, 170, true);
         // The paused first holder wakes at 200, past its validity, while "b" holds:
         h.record(Event::ShadowIncrement {
             client: 0,
@@ -365,13 +358,7 @@ mod tests {
             read: 7,
             at: t(b, 200),
         });
-        h.record(Event::FencedWrite {
-            client: 0,
-            token: FencingToken::new(1),
-            grant: g1,
-            at: t(b, 210),
-            accepted: true,
-        });
+        write(&h, b, 0, 1, g1, 210, true);
         let r = h.check();
         assert!(r.overlaps.is_empty(), "validity windows did not overlap: {r:?}");
         assert_eq!(r.belief_overlaps, 2);
@@ -388,20 +375,8 @@ mod tests {
         let (h, b) = (History::new(), Instant::now());
         let g1 = grant(&h, b, 0, 1, "a", 0, 100);
         let g2 = grant(&h, b, 1, 2, "b", 150, 300);
-        h.record(Event::FencedWrite {
-            client: 1,
-            token: FencingToken::new(2),
-            grant: g2,
-            at: t(b, 170),
-            accepted: true,
-        });
-        h.record(Event::FencedWrite {
-            client: 0,
-            token: FencingToken::new(1),
-            grant: g1,
-            at: t(b, 210),
-            accepted: false,
-        });
+        write(&h, b, 1, 2, g2, 170, true);
+        write(&h, b, 0, 1, g1, 210, false);
         let r = h.check();
         assert!(!r.has_violations(), "{r:?}");
         assert_eq!(r.writes_refused, 1);
