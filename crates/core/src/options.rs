@@ -160,6 +160,36 @@ pub fn validate_key(key: &str) -> Result<()> {
     Ok(())
 }
 
+/// The query of a backend URL (`?key=value&…`), read the same way by every backend.
+pub mod url_query {
+    use std::time::Duration;
+
+    /// The `key=value` pairs of a query, in order; empty pairs are skipped and a key
+    /// without `=` has the value `""`.
+    ///
+    /// ```
+    /// let pairs: Vec<_> = fencelock_core::options::url_query::pairs("a=1&&b").collect();
+    /// assert_eq!(pairs, [("a", "1"), ("b", "")]);
+    /// ```
+    pub fn pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
+        query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| p.split_once('=').unwrap_or((p, "")))
+    }
+
+    /// Checks that each named timeout is above zero and at most 10 minutes; the error
+    /// names the first that is not.
+    pub fn check_timeouts(named: &[(&str, Duration)]) -> Result<(), String> {
+        for (name, d) in named {
+            if d.is_zero() || *d > Duration::from_secs(600) {
+                return Err(format!("{name} must be between 1ms and 10m, got {d:?}"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Serde of durations as human text ("500ms", "30s") or as a number of milliseconds.
 pub mod duration_text {
     use std::time::Duration;

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use fencelock_core::options::duration_text::parse_duration;
+use fencelock_core::options::url_query;
 use fencelock_core::{LockError, Result};
 
 /// The options of the etcd backend, from the URL or set in code.
@@ -73,8 +74,7 @@ impl EtcdConfig {
             display: shown.clone(),
         };
         let (mut user, mut password) = (None, None);
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        for (k, v) in url_query::pairs(query) {
             let duration = || parse_duration(v).map_err(|e| bad(format!("{k}: {e}")));
             match k {
                 "session_ttl" => cfg.session_ttl = duration()?,
@@ -100,11 +100,8 @@ impl EtcdConfig {
                 cfg.session_ttl
             )));
         }
-        for (name, d) in [("timeout", cfg.timeout), ("connect_timeout", cfg.connect_timeout)] {
-            if d.is_zero() || d > Duration::from_secs(600) {
-                return Err(bad(format!("{name} must be between 1ms and 10m, got {d:?}")));
-            }
-        }
+        url_query::check_timeouts(&[("timeout", cfg.timeout), ("connect_timeout", cfg.connect_timeout)])
+            .map_err(bad)?;
         Ok(cfg)
     }
 }

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use fencelock_core::options::duration_text::parse_duration;
+use fencelock_core::options::url_query;
 use fencelock_core::{LockError, Result};
 
 /// The backend's options, from the URL's query or set in code.
@@ -74,8 +75,7 @@ impl RedisConfig {
             ca_file: None,
             renew_window: Duration::from_millis(50),
         };
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        for (k, v) in url_query::pairs(query) {
             let duration = || parse_duration(v).map_err(|e| bad(format!("{k}: {e}")));
             match k {
                 "prefix" => cfg.prefix = v.to_owned(),
@@ -92,15 +92,12 @@ impl RedisConfig {
                 }
             }
         }
-        for (name, d) in [
+        url_query::check_timeouts(&[
             ("timeout", cfg.timeout),
             ("connect_timeout", cfg.connect_timeout),
             ("poll", cfg.poll),
-        ] {
-            if d.is_zero() || d > Duration::from_secs(600) {
-                return Err(bad(format!("{name} must be between 1ms and 10m, got {d:?}")));
-            }
-        }
+        ])
+        .map_err(bad)?;
         if cfg.renew_window > Duration::from_secs(10) {
             return Err(bad(format!(
                 "renew_window must be at most 10s, got {:?}",

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use fencelock_core::options::duration_text::parse_duration;
+use fencelock_core::options::url_query;
 use fencelock_core::{LockError, Result};
 use fencelock_redis::RedisConfig;
 
@@ -60,8 +61,7 @@ impl RedlockConfig {
             display: shown.clone(),
         };
         let mut prefix = "fencelock:".to_owned();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        for (k, v) in url_query::pairs(query) {
             let duration = || parse_duration(v).map_err(|e| bad(format!("{k}: {e}")));
             match k {
                 "per_node_timeout" => cfg.per_node_timeout = duration()?,

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use fencelock_core::options::duration_text::parse_duration;
+use fencelock_core::options::url_query;
 use fencelock_core::{LockError, Result};
 
 /// The options of the ZooKeeper backend.
@@ -64,8 +65,7 @@ impl ZkConfig {
             connect_timeout: Duration::from_secs(1),
             display: url.to_owned(),
         };
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        for (k, v) in url_query::pairs(query) {
             let d = parse_duration(v).map_err(|e| bad(format!("{k}: {e}")));
             match k {
                 "session_timeout" => cfg.session_timeout = d?,
