@@ -175,7 +175,7 @@ impl DistributedLock for MemoryLock {
         validate_key(key)?;
         opts.validate_for_try()?;
         match self.attempt(key, opts) {
-            Attempt::Acquired(lease) => Ok(Some(lease)),
+            Attempt::Acquired(lease) => Ok(Some(lease.into_live()?)),
             Attempt::Busy { .. } => Ok(None),
         }
     }
