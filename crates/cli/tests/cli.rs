@@ -259,8 +259,8 @@ fn bad_backends_and_input_fail_on_one_line_without_panic() {
         .args(["run", "k", "--ttl", "5 parsecs", "--", "true"])
         .output()
         .expect("run");
-    assert_eq!(out.status.code(), Some(2), "clap's usage error");
-    assert!(stderr_of(&out).contains("unknown unit"));
+    assert_eq!(out.status.code(), Some(64), "a usage error is EX_USAGE, not clap's 2");
+    assert!(stderr_of(&out).contains("unknown time unit"));
 }
 
 #[test]
