@@ -81,6 +81,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
         opts = opts.with_wait(wait);
     }
     let try_once = args.no_wait || args.wait == Some(Duration::ZERO);
+    tracing::info!(key = %args.key, wait = ?(!try_once).then(|| opts.wait()), on = %locks.describe(), "acquiring");
     let acquired = tokio::select! {
         r = acquire(&*locks, &args.key, &opts, try_once) => r,
         sig = signals.next() => {
@@ -97,11 +98,13 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
         Ok(lease) => lease,
         Err(LockError::Timeout { key, waited }) => {
             close(&*locks).await;
+            let how = if try_once {
+                "not waiting (--no-wait)".to_owned()
+            } else {
+                format!("not acquired within {waited:.1?}")
+            };
             return fail(
-                &format!(
-                    "lock `{key}` is held by someone else; not acquired within {waited:.1?} (on {})",
-                    locks.describe()
-                ),
+                &format!("lock `{key}` is held by someone else; {how} (on {})", locks.describe()),
                 args.conflict_exit_code,
             );
         }
