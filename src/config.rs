@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 /// ```toml
 /// backend = "file:///var/lock/myapp"   # any URL `connect` takes
 /// require = "strict"                   # optional: any | monotonic_tokens | strict
+/// metrics_key_label = false            # optional: label metrics with the key too
 ///
 /// [defaults]                           # optional LockOptions
 /// ttl = "30s"
@@ -47,6 +48,10 @@ pub struct LockConfig {
     /// Default options for locks taken through this configuration.
     #[serde(default)]
     pub defaults: LockOptions,
+    /// Label [metrics](fencelock_core::metrics) with the lock's key too (default off: each
+    /// key is a new time series; turn on only for a small, fixed set of keys).
+    #[serde(default)]
+    pub metrics_key_label: bool,
 }
 
 impl LockConfig {
@@ -56,6 +61,7 @@ impl LockConfig {
             backend: backend.into(),
             require: Requirement::Any,
             defaults: LockOptions::default(),
+            metrics_key_label: false,
         }
     }
 
@@ -135,7 +141,7 @@ impl LockConfig {
     /// Validates the default options, builds the backend and checks the requirement.
     pub async fn connect(&self) -> Result<Arc<dyn DistributedLock>> {
         self.defaults.validate_for_try()?;
-        let lock = crate::connect(&self.backend).await?;
+        let lock = crate::connect::connect_with(&self.backend, self.metrics_key_label).await?;
         self.require.check(&lock.guarantees())?;
         Ok(lock)
     }

@@ -129,6 +129,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = crate::exit::LEASE_LOST)]
     pub lost_exit_code: u8,
 
+    /// Serve the lock's metrics for Prometheus at http://ADDR/metrics while running (e.g.
+    /// 127.0.0.1:9898; see docs/metrics.md)
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
     /// The command and its arguments
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,

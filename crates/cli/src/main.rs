@@ -18,6 +18,7 @@ mod exit;
 mod guard;
 mod lab;
 mod logging;
+mod metrics;
 mod run;
 
 use std::process::ExitCode;

@@ -69,6 +69,11 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
     if let Err(e) = fencelock::options::validate_key(&args.key) {
         return exit::fail_with(&e);
     }
+    if let Some(addr) = args.metrics_addr {
+        if let Err(message) = crate::metrics::serve(addr) {
+            return fail(&message, exit::CONFIG);
+        }
+    }
     let (locks, defaults) = match backend::connect_for_processes(cli, "run").await {
         Ok(v) => v,
         Err(e) => return exit::fail_with(&e),

@@ -354,7 +354,10 @@ fn a_lost_lease_exits_76_or_the_lost_exit_code() {
 #[test]
 fn log_lines_carry_no_colour_off_a_terminal() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let out = on_files(dir.path()).args(["-v", "run", "k", "--", "true"]).output().expect("run");
+    let out = on_files(dir.path())
+        .args(["-v", "run", "k", "--", "true"])
+        .output()
+        .expect("run");
     let err = stderr_of(&out);
     assert!(err.contains("acquiring"), "no log line: {err}");
     assert!(!err.contains('\u{1b}'), "ANSI escape in piped stderr: {err:?}");
