@@ -115,7 +115,7 @@ pub struct RunArgs {
     #[arg(long, conflicts_with = "wait")]
     pub no_wait: bool,
 
-    /// After a lost lease or a forwarded signal, how long CMD's process group gets between
+    /// After a lost lease or a forwarded SIGTERM, how long CMD's process group gets between
     /// SIGTERM and SIGKILL (the group is killed at once when the lease's validity ends)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
     pub kill_after: Duration,

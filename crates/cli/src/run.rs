@@ -219,7 +219,6 @@ fn start(args: &RunArgs, lease: &Lease) -> std::io::Result<Started> {
         .env("FENCELOCK_TOKEN", lease.token().to_string())
         .env("FENCELOCK_KEY", lease.key())
         .env("FENCELOCK_GRANT", lease.grant().as_str())
-        .env_remove("FENCELOCK_BACKEND")
         .process_group(0)
         .stdin(Stdio::inherit())
         .kill_on_drop(false)
@@ -246,7 +245,8 @@ enum Outcome {
     WaitFailed(std::io::Error),
 }
 
-/// Waits for the guard; tells it every new deadline; forwards signals to the group; on a
+/// Waits for the guard; tells it every new deadline; forwards signals to the group (a
+/// SIGTERM is followed by SIGKILL after `kill_after` if the group is still there); on a
 /// lost lease sends the group SIGTERM, then SIGKILL after `kill_after`.
 async fn watch(
     child: &mut Child,
@@ -259,6 +259,8 @@ async fn watch(
     let mut status = lease.watch();
     let lost = lease.lost();
     tokio::pin!(lost);
+    // After a forwarded SIGTERM: when the group is sent SIGKILL if it is still there.
+    let mut kill_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             status = child.wait() => return match status {
@@ -285,7 +287,17 @@ async fn watch(
                 }
                 return Outcome::LeaseLost("exiting: the lease was lost".into());
             }
-            sig = signals.next() => signal_group(group, sig),
+            sig = signals.next() => {
+                signal_group(group, sig);
+                if sig == Signal::TERM && kill_at.is_none() {
+                    kill_at = Some(tokio::time::Instant::now() + kill_after);
+                }
+            }
+            _ = sleep_until(kill_at) => {
+                eprintln!("fencelock: the command ignored SIGTERM for {kill_after:?}; sending its process group SIGKILL");
+                signal_group(group, Signal::KILL);
+                kill_at = None;
+            }
         }
     }
 }
@@ -314,6 +326,14 @@ async fn stop_group(group: Pid, kill_after: Duration) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Sleeps until `at`; never, when there is no `at`.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -292,3 +292,50 @@ fn on_zookeeper_a_signal_while_waiting_leaves_no_queue_entry() {
         signal_while_waiting(&url, sig, &queued);
     }
 }
+
+#[test]
+fn a_forwarded_sigterm_reaches_the_whole_group_and_sigkill_follows_after_kill_after() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = file_url(dir.path());
+    // The group ignores SIGTERM (sh and its sleep inherit the ignored disposition).
+    let mut run = fencelock(&url)
+        .args(["run", "k", "--kill-after", "300ms", "--"])
+        .args(["sh", "-c", "trap '' TERM; echo in; sleep 30; echo survived"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut first = String::new();
+    BufReader::new(run.stdout.as_mut().expect("stdout"))
+        .read_line(&mut first)
+        .expect("line");
+    assert_eq!(first.trim(), "in");
+    let start = Instant::now();
+    kill_process(pid_of(&run), Signal::TERM).expect("SIGTERM");
+    let out = output_within(run, Duration::from_secs(10));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(128 + 9), "{err}");
+    assert!(err.contains("ignored SIGTERM"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("survived"));
+    // And the lock is free again.
+    let next = fencelock(&url)
+        .args(["run", "k", "--no-wait", "--", "true"])
+        .output()
+        .expect("run");
+    assert!(next.status.success(), "{}", String::from_utf8_lossy(&next.stderr));
+}
+
+#[test]
+fn the_command_keeps_fencelock_backend_for_nested_runs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = file_url(dir.path());
+    let out = Command::new(BIN)
+        .env("FENCELOCK_BACKEND", &url)
+        .args(["run", "outer", "--", "sh", "-c"])
+        .arg(format!("{BIN} run inner -- sh -c 'echo $FENCELOCK_KEY'"))
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "inner");
+}
