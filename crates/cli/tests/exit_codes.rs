@@ -362,3 +362,34 @@ fn log_lines_carry_no_colour_off_a_terminal() {
     assert!(err.contains("acquiring"), "no log line: {err}");
     assert!(!err.contains('\u{1b}'), "ANSI escape in piped stderr: {err:?}");
 }
+
+/// Runs `fencelock -v run` on a pseudo-terminal (`script(1)`), returns what it printed.
+fn on_a_terminal(dir: &Path, no_color: Option<&str>) -> String {
+    let line = format!("{BIN} --backend file://{} -v run k -- true", dir.display());
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &line, "/dev/null"])
+        .env_remove("FENCELOCK_BACKEND")
+        .env_remove("RUST_LOG");
+    match no_color {
+        Some(v) => cmd.env("NO_COLOR", v),
+        None => cmd.env_remove("NO_COLOR"),
+    };
+    let out = cmd.output().expect("script(1)");
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn log_lines_are_coloured_on_a_terminal_unless_no_color_is_set() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tty = on_a_terminal(dir.path(), None);
+    assert!(
+        tty.contains("acquiring") && tty.contains('\u{1b}'),
+        "no colour on a terminal: {tty:?}"
+    );
+    let plain = on_a_terminal(dir.path(), Some("1"));
+    assert!(
+        plain.contains("acquiring") && !plain.contains('\u{1b}'),
+        "colour despite NO_COLOR: {plain:?}"
+    );
+}
