@@ -66,7 +66,8 @@ fn parse(line: &str) -> Option<Message> {
 fn read_control(fd: i32) -> std::io::Result<mpsc::UnboundedReceiver<Message>> {
     // The pipe was inherited as descriptor `fd`. Opening its /proc entry gives a new
     // descriptor to the same pipe without the `unsafe` of adopting a raw descriptor.
-    let file = std::fs::File::open(format!("/proc/self/fd/{fd}"))?;
+    let file =
+        std::fs::File::open(format!("/proc/self/fd/{fd}")).or_else(|_| std::fs::File::open(format!("/dev/fd/{fd}")))?;
     let (tx, rx) = mpsc::unbounded_channel();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(file).lines() {

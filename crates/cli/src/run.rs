@@ -263,18 +263,16 @@ async fn watch(
     let mut kill_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
-            status = child.wait() => return match status {
-                Ok(s) => Outcome::Exited(guard::status_code(s)),
-                Err(e) => Outcome::WaitFailed(e),
-            },
-            changed = status.changed() => {
-                if changed.is_ok() && status.borrow_and_update().state.is_live() {
-                    // A full pipe (a stopped guard) drops the line: the guard then acts on
-                    // the older, earlier deadline — the safe side.
-                    let _ = control.write_all(guard::until_line(lease.remaining()).as_bytes());
-                }
-            }
+            // A loss is reported as such even when the guard already ended the command.
+            biased;
             reason = &mut lost => {
+                if let Ok(Some(_)) = child.try_wait() {
+                    eprintln!(
+                        "fencelock: lease on `{}` (token {}) lost while the command ran: {reason}; the guard had already killed its process group when the validity ended",
+                        lease.key(), lease.token()
+                    );
+                    return Outcome::LeaseLost("exiting: the lease was lost".into());
+                }
                 eprintln!(
                     "fencelock: lease on `{}` (token {}) lost while the command ran: {reason}; sending its process group SIGTERM",
                     lease.key(), lease.token()
@@ -286,6 +284,17 @@ async fn watch(
                     let _ = child.wait().await;
                 }
                 return Outcome::LeaseLost("exiting: the lease was lost".into());
+            }
+            status = child.wait() => return match status {
+                Ok(s) => Outcome::Exited(guard::status_code(s)),
+                Err(e) => Outcome::WaitFailed(e),
+            },
+            changed = status.changed() => {
+                if changed.is_ok() && status.borrow_and_update().state.is_live() {
+                    // A full pipe (a stopped guard) drops the line: the guard then acts on
+                    // the older, earlier deadline — the safe side.
+                    let _ = control.write_all(guard::until_line(lease.remaining()).as_bytes());
+                }
             }
             sig = signals.next() => {
                 signal_group(group, sig);

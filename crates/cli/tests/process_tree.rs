@@ -222,15 +222,15 @@ fn on_redis_a_paused_or_killed_holder_never_runs_beside_the_next() {
 #[test]
 fn on_etcd_a_paused_or_killed_holder_never_runs_beside_the_next() {
     let cluster = fencelock_testkit::etcd_server::EtcdCluster::single();
-    paused_holder_with_a_grandchild(&cluster.url("session_ttl=2s"));
-    killed_holder_with_a_grandchild(&cluster.url("session_ttl=2s"));
+    paused_holder_with_a_grandchild(&cluster.url("session_ttl=3s"));
+    killed_holder_with_a_grandchild(&cluster.url("session_ttl=3s"));
 }
 
 #[test]
 fn on_zookeeper_a_paused_or_killed_holder_never_runs_beside_the_next() {
     let zk = fencelock_testkit::zk_server::ZkEnsemble::standalone();
-    paused_holder_with_a_grandchild(&zk.url("/tree-paused", "session_timeout=2s"));
-    killed_holder_with_a_grandchild(&zk.url("/tree-killed", "session_timeout=2s"));
+    paused_holder_with_a_grandchild(&zk.url("/tree-paused", "session_timeout=4s"));
+    killed_holder_with_a_grandchild(&zk.url("/tree-killed", "session_timeout=4s"));
 }
 
 #[test]
