@@ -180,6 +180,7 @@ impl Shared {
             }
         });
         if changed {
+            self.metrics.lost(&reason);
             tracing::warn!(key = %self.key, token = %self.token, %reason, "lease lost");
             if matches!(reason, LostReason::Expired | LostReason::RenewalFailed(_)) {
                 // The lease lapsed: give the grant back on the backend (only ours is ever

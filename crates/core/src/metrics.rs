@@ -22,6 +22,7 @@
 //! only when asked for with [`Metered::with_key_label`]: keys are unbounded in number (one
 //! per invoice, per job…) and each value is a new time series in the monitoring system.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -30,7 +31,7 @@ use metrics::{counter, gauge, histogram, Label};
 
 use crate::error::{LockError, LostReason, Result};
 use crate::guarantees::Guarantees;
-use crate::lease::{Lease, LeaseState};
+use crate::lease::Lease;
 use crate::lock::DistributedLock;
 use crate::options::LockOptions;
 
@@ -81,40 +82,37 @@ impl<L: DistributedLock> Metered<L> {
         labels
     }
 
-    /// Records a grant and follows the lease to its end in a background task.
+    /// Records a grant and follows the lease to its end in a background task (held gauge,
+    /// hold time; the loss itself is counted by the lease when it happens).
     fn granted(&self, lease: &Lease, labels: &[Label]) {
         counter!("fencelock_grants_total", labels.to_vec()).increment(1);
-        let _ = lease.metrics().labels.set(labels.to_vec());
+        let Some(lost) = lease.metrics().attach(labels.to_vec()) else {
+            return;
+        };
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
         let held = gauge!("fencelock_leases_held", labels.to_vec());
         held.increment(1.0);
-        let labels = labels.to_vec();
+        let mut labels = labels.to_vec();
         let mut status = lease.watch();
         let since = Instant::now();
         rt.spawn(async move {
-            let end = loop {
-                let state = status.borrow_and_update().state.clone();
-                if !state.is_live() {
-                    break state;
-                }
+            // A watch shows the latest state only (a loss followed at once by the drop is
+            // seen as `Released`); whether it was lost comes from the lease's own flag.
+            while status.borrow_and_update().state.is_live() {
                 if status.changed().await.is_err() {
-                    break LeaseState::Released;
+                    break;
                 }
-            };
-            held.decrement(1.0);
-            let mut with = labels.clone();
-            match &end {
-                LeaseState::Lost(reason) => {
-                    with.push(Label::new("end", "lost"));
-                    let mut lost = labels;
-                    lost.push(Label::new("reason", lost_reason(reason)));
-                    counter!("fencelock_leases_lost_total", lost).increment(1);
-                }
-                _ => with.push(Label::new("end", "released")),
             }
-            histogram!("fencelock_hold_seconds", with).record(since.elapsed().as_secs_f64());
+            held.decrement(1.0);
+            let end = if lost.load(Ordering::Acquire) {
+                "lost"
+            } else {
+                "released"
+            };
+            labels.push(Label::new("end", end));
+            histogram!("fencelock_hold_seconds", labels).record(since.elapsed().as_secs_f64());
         });
     }
 }
@@ -239,25 +237,239 @@ impl<L: DistributedLock> DistributedLock for Metered<L> {
     }
 }
 
-/// The labels a lease's renewals are counted under; empty (nothing counted) unless the lease
-/// came through [`Metered`].
+/// The labels a lease's renewals and loss are counted under; nothing is counted unless the
+/// lease came through [`Metered`].
 #[derive(Debug, Default)]
 pub(crate) struct LeaseMetrics {
-    labels: OnceLock<Vec<Label>>,
+    attached: OnceLock<Attached>,
+}
+
+#[derive(Debug)]
+struct Attached {
+    labels: Vec<Label>,
+    /// Set when the lease is lost; read by the watcher that records the hold time.
+    lost: Arc<AtomicBool>,
 }
 
 impl LeaseMetrics {
+    /// Starts counting under `labels`; returns the lease's lost flag (`None` if attached
+    /// already).
+    fn attach(&self, labels: Vec<Label>) -> Option<Arc<AtomicBool>> {
+        let lost = Arc::new(AtomicBool::new(false));
+        self.attached
+            .set(Attached {
+                labels,
+                lost: Arc::clone(&lost),
+            })
+            .ok()
+            .map(|()| lost)
+    }
+
     /// A background renewal succeeded.
     pub(crate) fn renewed(&self) {
-        if let Some(labels) = self.labels.get() {
-            counter!("fencelock_renewals_total", labels.clone()).increment(1);
+        if let Some(a) = self.attached.get() {
+            counter!("fencelock_renewals_total", a.labels.clone()).increment(1);
         }
     }
 
     /// A background renewal attempt failed.
     pub(crate) fn renewal_failed(&self) {
-        if let Some(labels) = self.labels.get() {
-            counter!("fencelock_renewal_failures_total", labels.clone()).increment(1);
+        if let Some(a) = self.attached.get() {
+            counter!("fencelock_renewal_failures_total", a.labels.clone()).increment(1);
         }
+    }
+
+    /// The lease was lost (called once, when it moves from live to lost).
+    pub(crate) fn lost(&self, reason: &LostReason) {
+        if let Some(a) = self.attached.get() {
+            a.lost.store(true, Ordering::Release);
+            let mut labels = a.labels.clone();
+            labels.push(Label::new("reason", lost_reason(reason)));
+            counter!("fencelock_leases_lost_total", labels).increment(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+
+    use super::*;
+    use crate::memory::MemoryLock;
+
+    /// A recorder that keeps every value by `name{label=value,…}`: counters and gauges their
+    /// value, histograms their number of observations.
+    #[derive(Default)]
+    struct Sink {
+        values: Arc<Mutex<BTreeMap<String, f64>>>,
+    }
+
+    struct Cell {
+        name: String,
+        values: Arc<Mutex<BTreeMap<String, f64>>>,
+    }
+
+    impl Cell {
+        fn change(&self, f: impl FnOnce(&mut f64)) {
+            let mut values = self.values.lock().unwrap_or_else(|p| p.into_inner());
+            f(values.entry(self.name.clone()).or_default());
+        }
+    }
+
+    impl metrics::CounterFn for Cell {
+        fn increment(&self, value: u64) {
+            self.change(|v| *v += value as f64);
+        }
+        fn absolute(&self, value: u64) {
+            self.change(|v| *v = value as f64);
+        }
+    }
+
+    impl metrics::GaugeFn for Cell {
+        fn increment(&self, value: f64) {
+            self.change(|v| *v += value);
+        }
+        fn decrement(&self, value: f64) {
+            self.change(|v| *v -= value);
+        }
+        fn set(&self, value: f64) {
+            self.change(|v| *v = value);
+        }
+    }
+
+    impl metrics::HistogramFn for Cell {
+        fn record(&self, _: f64) {
+            self.change(|v| *v += 1.0);
+        }
+    }
+
+    impl Sink {
+        fn cell(&self, key: &Key) -> Arc<Cell> {
+            let mut labels: Vec<String> = key.labels().map(|l| format!("{}={}", l.key(), l.value())).collect();
+            labels.sort();
+            Arc::new(Cell {
+                name: format!("{}{{{}}}", key.name(), labels.join(",")),
+                values: Arc::clone(&self.values),
+            })
+        }
+
+        fn get(&self, name: &str) -> f64 {
+            let values = self.values.lock().unwrap_or_else(|p| p.into_inner());
+            values
+                .get(name)
+                .copied()
+                .unwrap_or_else(|| panic!("no {name} in {values:?}"))
+        }
+    }
+
+    impl Recorder for Sink {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::from_arc(self.cell(key))
+        }
+        fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::from_arc(self.cell(key))
+        }
+        fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::from_arc(self.cell(key))
+        }
+    }
+
+    /// Runs `f` on a current-thread runtime with `sink` as the recorder of this thread (the
+    /// lease watchers are spawned on that same thread, so they record into it too).
+    fn recorded<F: std::future::Future<Output = ()>>(sink: &Sink, f: impl FnOnce() -> F) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        metrics::with_local_recorder(sink, || rt.block_on(f()));
+    }
+
+    #[test]
+    fn grants_holds_losses_timeouts_and_cancels_are_recorded() {
+        let sink = Sink::default();
+        recorded(&sink, || async {
+            let locks = Metered::new(MemoryLock::new(), "memory");
+            let short = LockOptions::new()
+                .with_ttl(Duration::from_millis(30))
+                .with_wait(Duration::from_millis(20))
+                .with_auto_renew(false);
+            // Granted, then lost by expiry (no renewal).
+            let lease = locks.acquire("k", &short).await.expect("acquire");
+            // Busy while held: a try is `busy`, a wait times out.
+            assert!(locks.try_acquire("k", &short).await.expect("try").is_none());
+            assert!(matches!(
+                locks.acquire("k", &short).await,
+                Err(LockError::Timeout { .. })
+            ));
+            let reason = lease.lost().await;
+            assert_eq!(reason, LostReason::Expired);
+            drop(lease);
+            // A second lease, renewed in the background, then released.
+            let renewed = LockOptions::new().with_ttl(Duration::from_millis(30));
+            let lease = locks.acquire("k2", &renewed).await.expect("acquire");
+            let mut status = lease.watch();
+            status.borrow_and_update();
+            let renewal = tokio::time::timeout(Duration::from_secs(5), status.changed()).await;
+            assert!(matches!(renewal, Ok(Ok(()))), "no renewal within 5 s");
+            lease.release().await.expect("release");
+            // An acquire dropped while it waits.
+            let held = locks.acquire("k3", &LockOptions::new()).await.expect("acquire");
+            let opts = LockOptions::new();
+            let waiting = locks.acquire("k3", &opts);
+            assert!(tokio::time::timeout(Duration::from_millis(10), waiting).await.is_err());
+            held.release().await.expect("release");
+            // Let the lease watchers see the ends.
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+        });
+        assert_eq!(sink.get("fencelock_grants_total{backend=memory}"), 3.0);
+        assert_eq!(sink.get("fencelock_leases_held{backend=memory}"), 0.0);
+        assert_eq!(
+            sink.get("fencelock_leases_lost_total{backend=memory,reason=expired}"),
+            1.0
+        );
+        assert_eq!(sink.get("fencelock_hold_seconds{backend=memory,end=lost}"), 1.0);
+        assert_eq!(sink.get("fencelock_hold_seconds{backend=memory,end=released}"), 2.0);
+        assert_eq!(sink.get("fencelock_timeouts_total{backend=memory}"), 1.0);
+        assert_eq!(
+            sink.get("fencelock_acquire_duration_seconds{backend=memory,outcome=busy}"),
+            1.0
+        );
+        assert_eq!(sink.get("fencelock_wait_seconds{backend=memory,outcome=acquired}"), 3.0);
+        assert_eq!(sink.get("fencelock_wait_seconds{backend=memory,outcome=timeout}"), 1.0);
+        assert_eq!(
+            sink.get("fencelock_wait_seconds{backend=memory,outcome=cancelled}"),
+            1.0
+        );
+        assert!(sink.get("fencelock_renewals_total{backend=memory}") >= 1.0);
+    }
+
+    #[test]
+    fn the_key_is_a_label_only_when_asked_for() {
+        let sink = Sink::default();
+        recorded(&sink, || async {
+            let locks = Metered::new(MemoryLock::new(), "memory").with_key_label(true);
+            let lease = locks
+                .try_acquire("job-1", &LockOptions::new())
+                .await
+                .expect("try")
+                .expect("free");
+            lease.release().await.expect("release");
+            let err = locks.try_acquire("", &LockOptions::new()).await.expect_err("empty key");
+            assert!(matches!(err, LockError::InvalidInput(_)));
+        });
+        assert_eq!(sink.get("fencelock_grants_total{backend=memory,key=job-1}"), 1.0);
+        assert_eq!(
+            sink.get("fencelock_errors_total{backend=memory,key=,kind=invalid_input,op=try_acquire}"),
+            1.0
+        );
     }
 }
