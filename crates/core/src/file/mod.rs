@@ -139,6 +139,32 @@ impl FileLock {
         &self.dir
     }
 
+    /// Breaks `key`'s lock by hand, as an operator would with `rm DIR/STEM.*.live`: removes
+    /// the liveness file(s) of its holder, keeping the state file and its token counter.
+    /// The holder learns of it at its next extend or renewal (`LeaseLost`). Returns how
+    /// many files were removed.
+    pub fn remove_grant(&self, key: &str) -> Result<usize> {
+        validate_key(key)?;
+        let files = KeyFiles::new(&self.dir, key, self.durable);
+        let mut removed = 0;
+        for path in files.live_files()? {
+            match fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error(format!("cannot remove {}", path.display()), e)),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// How many files in the directory stand for a holder of `key` now (its liveness
+    /// files); `0` when nobody holds it. The state and mutex files, which keep the token
+    /// counter, are not counted.
+    pub fn records(&self, key: &str) -> Result<usize> {
+        validate_key(key)?;
+        Ok(KeyFiles::new(&self.dir, key, self.durable).live_files()?.len())
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&KeyFiles) -> Result<T> + Send + 'static,
@@ -241,6 +267,21 @@ impl KeyFiles {
             stem: naming::stem(key),
             durable,
         }
+    }
+
+    /// The liveness files of this key now in the directory.
+    fn live_files(&self) -> Result<Vec<PathBuf>> {
+        let entries =
+            fs::read_dir(&self.dir).map_err(|e| io_error(format!("cannot list {}", self.dir.display()), e))?;
+        let mut found = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| io_error(format!("cannot list {}", self.dir.display()), e))?;
+            let name = entry.file_name();
+            if name.to_str().is_some_and(|n| naming::is_live_file_of(&self.stem, n)) {
+                found.push(entry.path());
+            }
+        }
+        Ok(found)
     }
 
     fn path(&self, suffix: &str) -> PathBuf {

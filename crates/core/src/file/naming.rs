@@ -22,6 +22,20 @@ pub(crate) fn stem(key: &str) -> String {
     format!("h-{hex}")
 }
 
+/// The liveness file name of grant `grant` of the key with stem `stem`.
+pub(crate) fn live_file(stem: &str, grant: &str) -> String {
+    format!("{stem}.{grant}.live")
+}
+
+/// `true` when `name` is a liveness file of the key with stem `stem`: `STEM.GRANT.live`
+/// with a grant id of hex digits (so the files of key `a` never match those of `a.b`).
+pub(crate) fn is_live_file_of(stem: &str, name: &str) -> bool {
+    name.strip_prefix(stem)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .and_then(|rest| rest.strip_suffix(".live"))
+        .is_some_and(|grant| !grant.is_empty() && grant.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::stem;
