@@ -178,3 +178,65 @@ async fn a_killed_holder_frees_the_lock_and_tokens_survive() {
     assert!(next.token().get() > child_token + 1);
     next.release().await.expect("release");
 }
+
+/// Whether this process has the file backend's wait thread (`comm` keeps 15 bytes of the
+/// name `fencelock-file-wait`): it exists exactly while some acquire here waits.
+fn waiting_here() -> bool {
+    std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .flatten()
+        .any(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|n| n.starts_with("fencelock-file-")))
+}
+
+/// A waiter already waiting when the holder process is SIGKILLed is woken by the kernel's
+/// close of the dead holder's liveness file — within a second or two, not at the holder's
+/// 60 s TTL and not by polling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_is_woken_when_the_holder_is_killed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("file://{}", dir.path().display());
+    let mut holder = child("child_hold_forever", dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdout = holder.stdout.take().expect("stdout");
+    let held = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .any(|l| l.is_ok_and(|l| l.contains("held ")))
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_secs(30), held)
+            .await
+            .expect("child reported")
+            .expect("join"),
+        "the child did not hold the lock"
+    );
+    let locks = fencelock::connect(&url).await.expect("connect");
+    let waiter = tokio::spawn(async move {
+        let opts = LockOptions::new()
+            .with_ttl(Duration::from_secs(60))
+            .with_wait(Duration::from_secs(30));
+        locks.acquire("crash", &opts).await
+    });
+    // Bounded poll for the waiter to be waiting (its watch thread exists).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !waiting_here() {
+        assert!(std::time::Instant::now() < deadline, "the waiter never started waiting");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    holder.kill().expect("kill");
+    let killed_at = std::time::Instant::now();
+    holder.wait().expect("reap");
+    let lease = tokio::time::timeout(Duration::from_secs(20), waiter)
+        .await
+        .expect("the waiter was not woken")
+        .expect("join")
+        .expect("acquire after the holder was killed");
+    let woke = killed_at.elapsed();
+    assert!(
+        woke < Duration::from_secs(2),
+        "the waiter got the lock {woke:?} after the holder was killed"
+    );
+    lease.release().await.expect("release");
+}
