@@ -96,6 +96,11 @@ impl FileConfig {
                     .mode(mode)
                     .create(dir)
                     .map_err(|e| cannot(dir, "create", e))?;
+                if self.shared {
+                    // The umask may have taken the group's write bit away.
+                    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+                        .map_err(|e| cannot(dir, "set the mode of", e))?;
+                }
                 fs::symlink_metadata(dir).map_err(|e| cannot(dir, "read", e))?
             }
             Err(e) => return Err(cannot(dir, "read", e)),

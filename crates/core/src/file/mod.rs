@@ -86,6 +86,16 @@ const POLL_WITHOUT_WATCH: Duration = Duration::from_millis(50);
 /// lease.release().await?;
 /// # std::fs::remove_dir_all(&dir).ok(); Ok(()) }
 /// ```
+///
+/// # Cancel safety
+///
+/// Every async method is cancel safe: each decision (grant, extend, release) runs to its
+/// end in a blocking task even when the caller's future is dropped. A grant nobody claims
+/// closes its liveness file there, which frees the key at once; a release dropped in
+/// flight still completes; a dropped `acquire` removes its watch of the holder.
+///
+/// The operator tools [`remove_grant`](Self::remove_grant) and
+/// [`records`](Self::records) are synchronous (a directory listing).
 #[derive(Debug, Clone)]
 pub struct FileLock {
     dir: Arc<PathBuf>,

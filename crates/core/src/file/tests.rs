@@ -191,6 +191,11 @@ async fn group_writable_directory_needs_shared() {
     let shared = FileLock::from_url(&format!("file://{}?shared=true", dir.display())).unwrap();
     let lease = shared.acquire("job", &long()).await.unwrap();
     lease.release().await.unwrap();
+    // A shared directory it creates is group writable whatever the umask.
+    use std::os::unix::fs::MetadataExt;
+    let created = parent.path().join("new-shared");
+    FileLock::from_url(&format!("file://{}?shared=true", created.display())).unwrap();
+    assert_eq!(std::fs::metadata(&created).unwrap().mode() & 0o777, 0o770);
 }
 
 #[test]
