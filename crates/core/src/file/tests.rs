@@ -249,3 +249,22 @@ fn symlinked_directory_is_refused() {
     let e = FileLock::open(&link).unwrap_err();
     assert!(matches!(e, LockError::InvalidConfig { .. }), "{e}");
 }
+
+#[tokio::test]
+async fn corrupt_state_is_a_permanent_error_not_retried_for_the_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("k-job.state"), b"{not json").unwrap();
+    let locks = FileLock::open(dir.path()).unwrap();
+    let started = std::time::Instant::now();
+    let e = locks
+        .acquire("job", &long().with_wait(Duration::from_secs(20)))
+        .await
+        .unwrap_err();
+    assert!(!e.is_temporary(), "{e}");
+    assert!(e.to_string().contains("corrupt"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a corrupt state file was retried for {:?}",
+        started.elapsed()
+    );
+}
