@@ -240,3 +240,54 @@ async fn a_waiter_is_woken_when_the_holder_is_killed() {
     );
     lease.release().await.expect("release");
 }
+
+#[test]
+#[ignore = "started by the_default_directory_follows_xdg_runtime_dir_then_tmpdir"]
+fn child_open_default() {
+    let locks = fencelock::file::FileLock::open_default().expect("open the default directory");
+    // libtest prints "test NAME ... " before this on the same line: the parent splits at
+    // the last "default ".
+    println!("default {}", locks.dir().display());
+}
+
+/// Runs `child_open_default` with the given environment and returns the directory it
+/// reported.
+fn default_dir_with(env: &[(&str, Option<&Path>)]) -> PathBuf {
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let mut cmd = child("child_open_default", scratch.path());
+    for (name, value) in env {
+        match value {
+            Some(v) => cmd.env(name, v),
+            None => cmd.env_remove(name),
+        };
+    }
+    let out = cmd.output().expect("run child");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "child failed: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = text
+        .lines()
+        .find_map(|l| l.rsplit_once("default ").map(|(_, d)| d.to_owned()))
+        .expect("the child printed its directory");
+    PathBuf::from(line)
+}
+
+/// The default directory is `$XDG_RUNTIME_DIR/fencelock` when set, else
+/// `$TMPDIR/fencelock-UID`, created 0700 either way.
+#[test]
+fn the_default_directory_follows_xdg_runtime_dir_then_tmpdir() {
+    use std::os::unix::fs::MetadataExt;
+    let runtime = tempfile::tempdir().expect("temp dir");
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let got = default_dir_with(&[("XDG_RUNTIME_DIR", Some(runtime.path())), ("TMPDIR", Some(tmp.path()))]);
+    assert_eq!(got, runtime.path().join("fencelock"));
+    assert_eq!(std::fs::metadata(&got).expect("created").mode() & 0o777, 0o700);
+
+    let got = default_dir_with(&[("XDG_RUNTIME_DIR", None), ("TMPDIR", Some(tmp.path()))]);
+    let uid = std::fs::metadata("/proc/self").expect("/proc/self").uid();
+    assert_eq!(got, tmp.path().join(format!("fencelock-{uid}")));
+    assert_eq!(std::fs::metadata(&got).expect("created").mode() & 0o777, 0o700);
+}
