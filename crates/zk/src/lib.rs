@@ -38,3 +38,9 @@ mod session;
 
 pub use config::ZkConfig;
 pub use lock::{ZkLock, GUARANTEES};
+
+/// The name of the node that holds `key`'s queue of lock nodes, directly under the chroot
+/// (`CHROOT/NAME/lock-GRANT-SEQUENCE`): for operators and tests that inspect the server.
+pub fn key_node(key: &str) -> String {
+    lock::escape(key)
+}

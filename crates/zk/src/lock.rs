@@ -56,7 +56,7 @@ struct Inner {
 }
 
 /// `%` and `/` escaped: a key is one path segment.
-fn escape(key: &str) -> String {
+pub(crate) fn escape(key: &str) -> String {
     key.replace('%', "%25").replace('/', "%2F")
 }
 
