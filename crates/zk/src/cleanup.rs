@@ -1,5 +1,5 @@
 //! Background clean-ups owned by a session: deleting nodes whose release or abandonment
-//! was not confirmed (Curator's "guaranteed delete"), and following up creates whose answer
+//! was not confirmed (a "guaranteed delete"), and following up creates whose answer
 //! was lost. Each is bounded in attempts and time, and stops when the session ends (its end
 //! deletes every ephemeral node it owns). [`DistributedLock::close`] waits for them.
 //!
@@ -72,7 +72,7 @@ pub(crate) fn spawn(session: &Arc<Session>, work: impl Future<Output = ()> + Sen
 }
 
 /// Deletes `path` in the background, retrying until ZooKeeper confirms (deleted, or already
-/// gone) or the session ends — Curator's "guaranteed delete". Each attempt waits at most
+/// gone) or the session ends — a "guaranteed delete". Each attempt waits at most
 /// `timeout`.
 pub(crate) fn delete(session: &Arc<Session>, timeout: Duration, path: String) {
     let s = Arc::clone(session);

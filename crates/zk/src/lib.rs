@@ -1,10 +1,10 @@
 //! # fencelock-zk
 //!
-//! The ZooKeeper backend of fencelock (`zk://HOST:PORT[,HOST:PORT...][/CHROOT]`): the
-//! Curator-style lock recipe on a ZAB-replicated ensemble, with the lock node's **creation
-//! zxid** as the fencing token.
+//! The ZooKeeper backend of fencelock (`zk://HOST:PORT[,HOST:PORT...][/CHROOT]`): the lock
+//! recipe of ZooKeeper's documentation on a ZAB-replicated ensemble, with the lock node's
+//! **creation zxid** as the fencing token.
 //!
-//! * **Lock**: an ephemeral sequential node `CHROOT/KEY/lock-GRANT-SEQUENCE` under a
+//! * **Lock**: an ephemeral sequential node `CHROOT/KEYNODE/lock-GRANT-SEQUENCE` under a
 //!   container node; the holder is the lowest sequence. Others watch **only their
 //!   predecessor** (no herd) and look again when it goes.
 //! * **Key → node name**: one znode name per key, escaped where ZooKeeper refuses a name
@@ -17,7 +17,7 @@
 //!   parent and restart when an empty container parent is deleted and re-created, while
 //!   the zxid grows across the whole ensemble for ever.
 //! * **Release** deletes the node, retrying in the background until confirmed or the session
-//!   ends (Curator's guaranteed delete).
+//!   ends (a "guaranteed delete").
 //! * **Close**: `close()` waits (bounded) for the background deletions, then closes the
 //!   session, which deletes every node it still owns at once.
 //! * **Session**: one per backend instance. Its expiry loses every lock held in it, at once;
@@ -38,6 +38,9 @@
 //! waiting for the turn) · `grant` (the lease and its extend/renew/release) · `session` ·
 //! `cleanup` (background deletions and follow-ups) · `names` (key encoding) · `config` ·
 //! `error`.
+//!
+//! The node names are not Curator's: do not point Curator's `InterProcessMutex` (or any
+//! other ZooKeeper lock library) at the same path — both could believe they hold the lock.
 //!
 //! We implement the recipe rather than wrap `zookeeper_client::Client::lock`, because a
 //! lock here must carry a token (the czxid), outlive a borrow of the client (`Lease` is
