@@ -120,27 +120,46 @@ async fn a_long_wait_keeps_its_place_and_gets_full_validity() {
     last.release().await.unwrap();
 }
 
-/// K3: creates held by the network past the client's request timeout, then delivered when
-/// the link heals, leave no node behind while the client lives on (its session timeout is
-/// 10 s, far longer than the check) — for `try_acquire` and for an `acquire` that retries.
+/// How the network loses a create's answer.
+#[derive(Debug, Clone, Copy)]
+enum Lost {
+    /// The request is held past the timeout, then delivered when the link heals.
+    RequestDelayed,
+    /// The request arrives, its answer is held, then the connection is reset (the client
+    /// sees a connection loss and reconnects: only a look-up can tell what happened).
+    AnswerAndConnection,
+}
+
+/// K3: creates whose answer is lost leave no node behind while the client lives on (its
+/// session timeout is 10 s, far longer than the check) — held requests delivered late, for
+/// `try_acquire` and for an `acquire` that retries, and an answer lost with its connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn creates_delivered_after_their_timeout_leave_no_node() {
+async fn creates_whose_answer_is_lost_leave_no_node() {
     let ensemble = ZkEnsemble::standalone();
     let proxy = FaultProxy::start(ensemble.port(0)).await;
-    let url = format!("zk://127.0.0.1:{}/late?session_timeout=10s&timeout=300ms", proxy.port());
+    let url = format!(
+        "zk://127.0.0.1:{}/late?session_timeout=10s&timeout=300ms&connect_timeout=300ms",
+        proxy.port()
+    );
     let client = ZkLock::connect(&url).await.unwrap();
     let other = ZkLock::connect(&ensemble.url("/late", "")).await.unwrap();
     let op = Operator::connect(&ensemble, "/late").await;
     let opts = LockOptions::new()
         .with_ttl(Duration::from_secs(60))
         .with_auto_renew(false);
-    for waiting in [false, true] {
-        let key = if waiting { "acquire" } else { "try" };
+    for (key, waiting, lost) in [
+        ("try", false, Lost::RequestDelayed),
+        ("acquire", true, Lost::RequestDelayed),
+        ("reset", false, Lost::AnswerAndConnection),
+    ] {
         // The key has been used: its container exists, so a held create makes a node when
         // it is delivered (on a new key it would fail for want of the container).
         let warm = client.try_acquire(key, &opts).await.unwrap().expect("a free key");
         warm.release().await.unwrap();
-        proxy.set_to_server(Mode::Blackhole);
+        match lost {
+            Lost::RequestDelayed => proxy.set_to_server(Mode::Blackhole),
+            Lost::AnswerAndConnection => proxy.set_to_client(Mode::Blackhole),
+        }
         let got = if waiting {
             client
                 .acquire(key, &opts.with_wait(Duration::from_millis(1500)))
@@ -149,21 +168,30 @@ async fn creates_delivered_after_their_timeout_leave_no_node() {
         } else {
             client.try_acquire(key, &opts).await
         };
-        assert!(got.is_err(), "a call whose requests were held returned {got:?}");
+        assert!(
+            got.is_err(),
+            "a call whose answers were lost returned {got:?} ({lost:?})"
+        );
+        if let Lost::AnswerAndConnection = lost {
+            proxy.set(Mode::Reset);
+        }
         proxy.set(Mode::Pass);
-        // Another client queues behind whatever the late create made, and must get the
-        // key long before the holder's session (10 s) or TTL (60 s) would end.
+        // Another client queues behind whatever the create made, and must get the key
+        // long before the first client's session (10 s) or TTL (60 s) would end.
         let next = other.acquire(key, &opts.with_wait(SLACK)).await.unwrap_or_else(|e| {
-            panic!("the key stayed blocked after the held create was delivered (waiting={waiting}): {e}")
+            panic!("the key stayed blocked after a create's answer was lost ({lost:?}, waiting={waiting}): {e}")
         });
         next.release().await.unwrap();
         assert_eq!(
             op.until_nodes(key, 0, SLACK).await,
             0,
-            "lock nodes left behind after the held creates were delivered (waiting={waiting}): {:?}",
+            "lock nodes left behind after a create's answer was lost ({lost:?}, waiting={waiting}): {:?}",
             op.nodes(key).await
         );
-        let lease = client.try_acquire(key, &opts).await.unwrap().expect("the key is free");
+        let lease = tokio::time::timeout(SLACK, client.acquire(key, &opts.with_wait(SLACK)))
+            .await
+            .expect("the client works again")
+            .expect("the key is free");
         lease.release().await.unwrap();
     }
 }
