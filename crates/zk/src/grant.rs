@@ -30,7 +30,7 @@ pub(crate) fn lease(key: &str, opts: &LockOptions, mut q: Queued, confirmed_at: 
     let grant = GrantId::from_string(format!("{:x}:{}", q.session.id(), q.path()));
     let ops = Arc::new(ZkGrant {
         session: Arc::clone(&q.session),
-        cfg: q.cfg.clone(),
+        cfg: Arc::clone(&q.cfg),
         path: q.path(),
         czxid: q.czxid,
         registration: OnceLock::new(),
@@ -87,7 +87,7 @@ async fn check_nodes(session: &Session, cfg: &ZkConfig, batch: &[(String, i64)])
 /// One grant: our node, in our session.
 struct ZkGrant {
     session: Arc<Session>,
-    cfg: ZkConfig,
+    cfg: Arc<ZkConfig>,
     path: String,
     czxid: i64,
     registration: OnceLock<u64>,
@@ -122,9 +122,9 @@ impl LeaseOps for ZkGrant {
         if !self.session.is_usable() {
             return Ok(None);
         }
-        let (cfg, wait) = (self.cfg.clone(), RENEW_WINDOW.min(ttl / 10));
+        let (cfg, wait) = (Arc::clone(&self.cfg), RENEW_WINDOW.min(ttl / 10));
         let flush = move |session: Arc<Session>, batch: Vec<(String, i64)>| {
-            let cfg = cfg.clone();
+            let cfg = Arc::clone(&cfg);
             async move { check_nodes(&session, &cfg, &batch).await }
         };
         let held = self

@@ -53,7 +53,7 @@ pub struct ZkLock {
 
 #[derive(Debug)]
 struct Inner {
-    cfg: ZkConfig,
+    cfg: Arc<ZkConfig>,
     session: tokio::sync::Mutex<Option<Arc<Session>>>,
     wakeups: AtomicU64,
 }
@@ -85,7 +85,7 @@ impl ZkLock {
         let deadline = Instant::now() + cfg.connect_limit();
         let lock = ZkLock {
             inner: Arc::new(Inner {
-                cfg,
+                cfg: Arc::new(cfg),
                 session: tokio::sync::Mutex::new(None),
                 wakeups: AtomicU64::new(0),
             }),
@@ -171,7 +171,7 @@ impl DistributedLock for ZkLock {
         validate_key(key)?;
         opts.validate_for_try()?;
         let session = self.session().await?;
-        let q = enqueue(&session, &self.inner.cfg, key, &mut Pending::new()).await?;
+        let q = enqueue(&session, &self.inner.cfg, key, &Pending::new()).await?;
         let pos = position(&q).await?;
         match pos.predecessor {
             None => Ok(Some(grant::lease(key, opts, q, pos.sent_at).into_live()?)),
@@ -193,10 +193,10 @@ impl DistributedLock for ZkLock {
     /// unanswered create (whose node, if it is made, is deleted when the answer comes).
     #[tracing::instrument(level = "debug", skip(self, opts), fields(backend = "zookeeper"))]
     async fn acquire(&self, key: &str, opts: &LockOptions) -> Result<Lease> {
-        let pending = tokio::sync::Mutex::new(Pending::new());
+        let pending = Pending::new();
         queue_with(key, opts, || async {
             let session = self.session().await?;
-            let q = enqueue(&session, &self.inner.cfg, key, &mut *pending.lock().await).await?;
+            let q = enqueue(&session, &self.inner.cfg, key, &pending).await?;
             let confirmed_at = wait_turn(&q, &self.inner.wakeups).await?;
             Ok(Some(grant::lease(key, opts, q, confirmed_at)))
         })

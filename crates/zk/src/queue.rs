@@ -26,7 +26,7 @@ const MAX_FOLLOW_UPS: u32 = 20;
 /// deletes it in the background.
 pub(crate) struct Queued {
     pub session: Arc<Session>,
-    pub cfg: ZkConfig,
+    pub cfg: Arc<ZkConfig>,
     pub dir: String,
     pub name: String,
     pub czxid: i64,
@@ -58,7 +58,7 @@ impl Drop for Queued {
 /// whatever the create made.
 pub(crate) struct Pending {
     grant: GrantId,
-    answer: Option<oneshot::Receiver<Result<Queued>>>,
+    answer: std::sync::Mutex<Option<oneshot::Receiver<Result<Queued>>>>,
 }
 
 impl Pending {
@@ -66,7 +66,7 @@ impl Pending {
     pub fn new() -> Self {
         Pending {
             grant: GrantId::random(),
-            answer: None,
+            answer: std::sync::Mutex::new(None),
         }
     }
 }
@@ -78,15 +78,21 @@ impl Pending {
 /// after that, leaving the create in `pending` for the next attempt.
 pub(crate) async fn enqueue(
     session: &Arc<Session>,
-    cfg: &ZkConfig,
+    cfg: &Arc<ZkConfig>,
     key: &str,
-    pending: &mut Pending,
+    pending: &Pending,
 ) -> Result<Queued> {
-    let answer = match pending.answer.take() {
+    let waiting = pending.answer.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let answer = match waiting {
         Some(answer) => answer,
         None => {
             let (tx, rx) = oneshot::channel();
-            let (s, cfg2, key2, grant) = (Arc::clone(session), cfg.clone(), key.to_owned(), pending.grant.clone());
+            let (s, cfg2, key2, grant) = (
+                Arc::clone(session),
+                Arc::clone(cfg),
+                key.to_owned(),
+                pending.grant.clone(),
+            );
             cleanup::spawn(session, async move {
                 let outcome = create(&s, &cfg2, &key2, &grant).await;
                 // A caller that gave up dropped the receiver: the node (if any) comes back
@@ -104,7 +110,7 @@ pub(crate) async fn enqueue(
             source: None,
         }),
         Err(_) => {
-            pending.answer = Some(answer);
+            *pending.answer.lock().unwrap_or_else(|p| p.into_inner()) = Some(answer);
             Err(timed_out("creating the lock node", &cfg.display, cfg.timeout * 2))
         }
     }
@@ -114,7 +120,7 @@ pub(crate) async fn enqueue(
 /// client keeps the request (it fails requests when a connection is lost), bounded by two
 /// session timeouts and a request timeout; when no answer comes, or the connection was lost
 /// with the request in flight, the outcome is unknown and [`follow_up`] finds out.
-async fn create(session: &Arc<Session>, cfg: &ZkConfig, key: &str, grant: &GrantId) -> Result<Queued> {
+async fn create(session: &Arc<Session>, cfg: &Arc<ZkConfig>, key: &str, grant: &GrantId) -> Result<Queued> {
     let client = session.client()?;
     let dir = key_dir(key);
     let prefix = format!("{dir}/{}", lock_prefix(grant));
@@ -125,7 +131,7 @@ async fn create(session: &Arc<Session>, cfg: &ZkConfig, key: &str, grant: &Grant
             Ok(Ok((stat, seq))) => {
                 return Ok(Queued {
                     session: Arc::clone(session),
-                    cfg: cfg.clone(),
+                    cfg: Arc::clone(cfg),
                     name: format!("{}{seq}", lock_prefix(grant)),
                     dir,
                     czxid: stat.czxid,
@@ -164,7 +170,7 @@ async fn create(session: &Arc<Session>, cfg: &ZkConfig, key: &str, grant: &Grant
 /// armed, so a caller that gave up deletes it). Not found after a sync: it was never made.
 /// Retried with backoff while the look-up itself gets no answer, bounded; after that, or
 /// once the session ended, the session's end removes whatever is left.
-async fn follow_up(session: &Arc<Session>, cfg: &ZkConfig, dir: &str, grant: &GrantId) -> Result<Queued> {
+async fn follow_up(session: &Arc<Session>, cfg: &Arc<ZkConfig>, dir: &str, grant: &GrantId) -> Result<Queued> {
     let mut pause = Duration::from_millis(50);
     for _ in 0..MAX_FOLLOW_UPS {
         if !session.is_usable() {
@@ -185,7 +191,7 @@ async fn follow_up(session: &Arc<Session>, cfg: &ZkConfig, dir: &str, grant: &Gr
                 tracing::debug!(%dir, %name, "a lock node whose create answer was lost was found");
                 return Ok(Queued {
                     session: Arc::clone(session),
-                    cfg: cfg.clone(),
+                    cfg: Arc::clone(cfg),
                     dir: dir.to_owned(),
                     name,
                     czxid,

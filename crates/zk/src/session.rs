@@ -26,7 +26,7 @@ pub(crate) const RENEW_WINDOW: Duration = Duration::from_millis(50);
 pub(crate) struct Session {
     /// The client; `None` once [`Session::close`] let go of it (zookeeper-client closes the
     /// session when its last handle is dropped).
-    client: std::sync::Mutex<Option<Client>>,
+    client: std::sync::Mutex<Option<Arc<Client>>>,
     states: StateWatcher,
     id: i64,
     timeout: Duration,
@@ -68,7 +68,7 @@ impl Session {
             states: client.state_watcher(),
             id: client.session_id().0,
             timeout: client.session_timeout(),
-            client: std::sync::Mutex::new(Some(client)),
+            client: std::sync::Mutex::new(Some(Arc::new(client))),
             locks: LeaseRegistry::new(),
             renewals: Batcher::new(MAX_RENEWAL_BATCH),
             cleanups: Cleanups::default(),
@@ -102,7 +102,7 @@ impl Session {
 
     /// A handle of the client for one request, or `Unavailable` once the session was
     /// closed.
-    pub fn client(&self) -> Result<Client> {
+    pub fn client(&self) -> Result<Arc<Client>> {
         self.client
             .lock()
             .unwrap_or_else(|p| p.into_inner())
