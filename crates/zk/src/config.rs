@@ -32,7 +32,12 @@ pub struct ZkConfig {
 }
 
 impl ZkConfig {
-    /// Parses a `zk://` URL.
+    /// Parses a `zk://` URL and checks it as [`ZkConfig::validate`] does.
+    ///
+    /// # Errors
+    /// [`LockError::InvalidConfig`] naming the URL and what is wrong with it: another
+    /// scheme, a server without a port, a bad chroot, an unknown option, a duration that
+    /// does not parse or is outside 1 ms..10 min.
     pub fn from_url(url: &str) -> Result<Self> {
         let bad = |why: String| LockError::invalid_config(format!("`{url}`: {why}"));
         let rest = url

@@ -115,6 +115,9 @@ impl ZkLock {
     }
 
     /// The current session id, if connected (for tests).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
     pub async fn session_id(&self) -> Option<i64> {
         self.inner
             .session
