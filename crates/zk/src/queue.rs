@@ -22,6 +22,10 @@ use crate::session::Session;
 /// (if any) to the session's end.
 const MAX_FOLLOW_UPS: u32 = 20;
 
+/// How many times a create is tried when the key's container is missing (a new key, or the
+/// server removed the empty container between our creates).
+const CONTAINER_TRIES: u32 = 3;
+
 /// Our node in the queue. Dropping it while armed (an abandoned, failed or late acquire)
 /// deletes it in the background.
 pub(crate) struct Queued {
@@ -126,7 +130,7 @@ async fn create(session: &Arc<Session>, cfg: &Arc<ZkConfig>, key: &str, grant: &
     let prefix = format!("{dir}/{}", lock_prefix(grant));
     let node = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
     let limit = session.timeout() * 2 + cfg.timeout;
-    for attempt in 0..2 {
+    for _ in 0..CONTAINER_TRIES {
         match tokio::time::timeout(limit, client.create(&prefix, b"", &node)).await {
             Ok(Ok((stat, seq))) => {
                 return Ok(Queued {
@@ -139,7 +143,7 @@ async fn create(session: &Arc<Session>, cfg: &Arc<ZkConfig>, key: &str, grant: &
                 })
             }
             // A new key, or its empty container was removed: make the container, then again.
-            Ok(Err(zookeeper_client::Error::NoNode)) if attempt == 0 => {
+            Ok(Err(zookeeper_client::Error::NoNode)) => {
                 let container = CreateMode::Container.with_acls(Acls::anyone_all());
                 match tokio::time::timeout(cfg.timeout, client.create(&dir, b"", &container)).await {
                     Ok(Ok(_)) | Ok(Err(zookeeper_client::Error::NodeExists)) => {}
@@ -147,8 +151,8 @@ async fn create(session: &Arc<Session>, cfg: &Arc<ZkConfig>, key: &str, grant: &
                         return Err(refused_name(key, &key_node(key), e))
                     }
                     Ok(Err(e)) => return Err(failed("creating the lock's container", &cfg.display, e)),
-                    // No node is made by a container create that we then retry: the node
-                    // create below would meet NoNode again and fail plainly.
+                    // A container made late is harmless: it holds no lock node, and the
+                    // server removes empty containers.
                     Err(_) => return Err(timed_out("creating the lock's container", &cfg.display, cfg.timeout)),
                 }
             }
@@ -159,7 +163,7 @@ async fn create(session: &Arc<Session>, cfg: &Arc<ZkConfig>, key: &str, grant: &
         }
     }
     Err(LockError::Unavailable {
-        message: format!("the lock's container {dir} vanished twice while creating the lock node"),
+        message: format!("the lock's container {dir} vanished {CONTAINER_TRIES} times while creating the lock node"),
         source: None,
     })
 }
