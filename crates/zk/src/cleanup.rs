@@ -28,10 +28,18 @@ pub(crate) struct Cleanups {
     idle: tokio::sync::Notify,
 }
 
-/// Counts one clean-up while it lives.
-struct Running<'a>(&'a Cleanups);
+/// Counts one clean-up while it lives — also when its task is dropped unpolled (a runtime
+/// shutting down), so `close` never waits for work that will not run.
+struct Running(Arc<Cleanups>);
 
-impl Drop for Running<'_> {
+impl Running {
+    fn start(c: Arc<Cleanups>) -> Self {
+        c.active.fetch_add(1, Ordering::AcqRel);
+        Running(c)
+    }
+}
+
+impl Drop for Running {
     fn drop(&mut self) {
         if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();
@@ -63,10 +71,9 @@ pub(crate) fn spawn(session: &Arc<Session>, work: impl Future<Output = ()> + Sen
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
         return;
     };
-    session.cleanups.active.fetch_add(1, Ordering::AcqRel);
-    let session = Arc::clone(session);
+    let running = Running::start(Arc::clone(&session.cleanups));
     rt.spawn(async move {
-        let _running = Running(&session.cleanups);
+        let _running = running;
         work.await;
     });
 }
@@ -102,16 +109,26 @@ mod tests {
     async fn wait_idle_returns_when_the_last_clean_up_ends() {
         let c = Arc::new(Cleanups::default());
         assert!(c.wait_idle(Duration::from_millis(1)).await);
-        c.active.fetch_add(1, Ordering::AcqRel);
-        let c2 = Arc::clone(&c);
+        let running = Running::start(Arc::clone(&c));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let t = tokio::spawn(async move {
-            let _r = Running(&c2);
+            let _r = running;
             let _ = rx.await;
         });
         assert!(!c.wait_idle(Duration::from_millis(20)).await, "one is still running");
         tx.send(()).unwrap();
         assert!(c.wait_idle(Duration::from_secs(5)).await);
         t.await.unwrap();
+    }
+
+    #[test]
+    fn a_clean_up_dropped_unpolled_is_not_waited_for() {
+        let c = Arc::new(Cleanups::default());
+        let running = Running::start(Arc::clone(&c));
+        let never_run = async move {
+            let _r = running;
+        };
+        drop(never_run);
+        assert_eq!(c.active.load(Ordering::Acquire), 0);
     }
 }

@@ -34,7 +34,7 @@ pub(crate) struct Session {
     /// Background renewals of this session's locks, checked together in one multi-read.
     pub renewals: Batcher<(String, i64), bool>,
     /// Deletions and follow-ups still running in the background.
-    pub cleanups: Cleanups,
+    pub cleanups: Arc<Cleanups>,
     monitor: std::sync::Mutex<Option<AbortHandle>>,
 }
 
@@ -71,7 +71,7 @@ impl Session {
             client: std::sync::Mutex::new(Some(Arc::new(client))),
             locks: LeaseRegistry::new(),
             renewals: Batcher::new(MAX_RENEWAL_BATCH),
-            cleanups: Cleanups::default(),
+            cleanups: Arc::default(),
             monitor: std::sync::Mutex::new(None),
         });
         let weak = Arc::downgrade(&session);
