@@ -7,9 +7,9 @@ use clap::{Parser, Subcommand};
 
 /// Run commands under a distributed lock with a fencing token.
 ///
-/// Without --backend, FENCELOCK_BACKEND or --config, locks live in files under the system
-/// temp directory (file backend): processes on this host exclude each other, no server
-/// needed.
+/// Without --backend, --config or FENCELOCK_BACKEND, locks live in files under
+/// $XDG_RUNTIME_DIR/fencelock, or the temp directory without it (file backend): processes on
+/// this host exclude each other, no server needed.
 #[derive(Debug, Parser)]
 #[command(name = "fencelock", version, about, long_about = None, after_help = EXAMPLES)]
 pub struct Cli {

@@ -10,13 +10,12 @@ use crate::args::Cli;
 /// The environment variable that names a backend URL when no flag or file does.
 pub const ENV: &str = "FENCELOCK_BACKEND";
 
-/// The directory of the default file backend: `$TMPDIR/fencelock-UID`, private to the user
-/// and shared by all of that user's processes. Tokens there survive restarts of the
-/// processes, and of the host unless the temp directory is wiped at boot; give an explicit
-/// `file:///var/lib/...` for tokens that must outlive everything.
+/// The directory of the default file backend (`fencelock::file::default_dir`):
+/// `$XDG_RUNTIME_DIR/fencelock` when set, else `$TMPDIR/fencelock-UID`; private to the user
+/// (created 0700, refused when others may write to it) and shared by all of that user's
+/// processes. Give an explicit `file:///var/lib/...` for tokens that must outlive a reboot.
 pub fn default_dir() -> PathBuf {
-    let uid = rustix::process::getuid().as_raw();
-    std::env::temp_dir().join(format!("fencelock-{uid}"))
+    fencelock::file::default_dir()
 }
 
 /// The configuration the command line selects: `--config FILE` or `--backend URL` (both
