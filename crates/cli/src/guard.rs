@@ -83,8 +83,24 @@ fn read_control(fd: i32) -> std::io::Result<mpsc::UnboundedReceiver<Message>> {
     Ok(rx)
 }
 
+/// Gives the terminal back to `run`'s group if the command's group has it (`run` handed it
+/// over for an interactive command). Allowed without SIGTTOU: the guard is in the
+/// terminal's foreground group when it does this.
+fn give_back_terminal() {
+    let stdin = std::io::stdin();
+    let ours = rustix::process::getpgrp();
+    if !rustix::termios::isatty(&stdin) || !rustix::termios::tcgetpgrp(&stdin).is_ok_and(|fg| fg == ours) {
+        return;
+    }
+    let parent = rustix::process::getppid().and_then(|p| rustix::process::getpgid(Some(p)).ok());
+    if let Some(parent) = parent {
+        let _ = rustix::termios::tcsetpgrp(&stdin, parent);
+    }
+}
+
 /// Kills the guard's group (the guard included) with SIGKILL.
 fn kill_group(why: &str) -> ExitCode {
+    give_back_terminal();
     eprintln!("fencelock: {why}; killing the command's process group");
     let _ = kill_process_group(rustix::process::getpgrp(), Signal::KILL);
     // Only reached if the kill failed.
@@ -94,6 +110,7 @@ fn kill_group(why: &str) -> ExitCode {
 /// Runs the guard: see the module documentation.
 pub async fn guard(args: &GuardArgs) -> ExitCode {
     // Catch what is sent to the group before the command exists, so the guard outlives it.
+    let mut stop = tokio::signal::unix::signal(SignalKind::from_raw(Signal::TSTP.as_raw())).ok();
     let _caught: Vec<_> = [
         SignalKind::interrupt(),
         SignalKind::terminate(),
@@ -134,19 +151,37 @@ pub async fn guard(args: &GuardArgs) -> ExitCode {
         let left = Duration::from_nanos(deadline.saturating_sub(now_nanos()).min(u64::MAX as u128) as u64);
         tokio::select! {
             status = child.wait() => return match status {
-                Ok(s) => ExitCode::from(status_code(s)),
+                Ok(s) => {
+                    give_back_terminal();
+                    ExitCode::from(status_code(s))
+                }
                 Err(e) => exit::fail(&format!("guard: lost track of `{program}`: {e}"), exit::FAILURE),
             },
             message = control.recv() => match message {
                 Some(Message::Until(d)) => deadline = d,
                 Some(Message::Closed) | None => return kill_group("`fencelock run` is gone"),
             },
+            Some(()) = recv(&mut stop) => {
+                // Ctrl-Z on the terminal the command owns: a stopped group would hold the
+                // terminal while `run` (which the shell waits for) runs on, so job control
+                // cannot stop it; the group goes on.
+                eprintln!("fencelock: a command under `fencelock run` cannot be stopped with Ctrl-Z; it goes on");
+                let _ = kill_process_group(rustix::process::getpgrp(), Signal::CONT);
+            }
             _ = tokio::time::sleep(left) => {
                 if now_nanos() >= deadline {
                     return kill_group("the lease's validity ended without a renewal reaching the guard");
                 }
             }
         }
+    }
+}
+
+/// The next delivery of a signal we listen for; never, when we could not listen.
+async fn recv(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match s {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
     }
 }
 

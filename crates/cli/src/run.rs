@@ -229,9 +229,25 @@ fn start(args: &RunArgs, lease: &Lease) -> std::io::Result<Started> {
         .id()
         .and_then(|id| Pid::from_raw(id as i32))
         .ok_or_else(|| std::io::Error::other("the guard has no process id"))?;
+    // Before the guard may start the command (it waits for the deadline written below).
+    give_terminal(group);
     let mut control = std::fs::File::from(write);
     let _ = control.write_all(guard::until_line(lease.remaining()).as_bytes());
     Ok(Started { child, group, control })
+}
+
+/// When `run` owns the terminal (stdin is one and our group is its foreground group), hands
+/// it to the command's group, so an interactive command (an editor, a `sudo` password
+/// prompt) can read it instead of being stopped by SIGTTIN; the guard gives it back when
+/// the command exits. Ctrl-C then reaches the command's group directly.
+fn give_terminal(group: Pid) {
+    let stdin = std::io::stdin();
+    let ours = rustix::process::getpgrp();
+    if rustix::termios::isatty(&stdin) && rustix::termios::tcgetpgrp(&stdin).is_ok_and(|fg| fg == ours) {
+        if let Err(e) = rustix::termios::tcsetpgrp(&stdin, group) {
+            tracing::warn!(error = %e, "cannot give the terminal to the command");
+        }
+    }
 }
 
 fn read_fd_number(fd: &OwnedFd) -> i32 {

@@ -54,6 +54,25 @@ fn output_within(mut child: Child, limit: Duration) -> Output {
     child.wait_with_output().expect("output")
 }
 
+/// SIGKILLs every process whose command line mentions `needle` (a test's own temporary
+/// directory), by pid: what a test started under script(1) is in another session.
+fn kill_processes_mentioning(needle: &str) {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(needle) && pid != std::process::id() as i32 {
+            if let Some(pid) = Pid::from_raw(pid) {
+                let _ = kill_process(pid, Signal::KILL);
+            }
+        }
+    }
+}
+
 fn log_of(log: &Path) -> String {
     std::fs::read_to_string(log).unwrap_or_default()
 }
@@ -365,4 +384,99 @@ fn the_command_keeps_fencelock_backend_for_nested_runs() {
         .expect("run");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "inner");
+}
+
+/// Runs `line` under `script(1)` (a pseudo-terminal; its stdin is typed into the terminal),
+/// typing `input`; fails after 20 s (a command stopped by SIGTTIN would hang), killing
+/// every process that mentions `cleanup`.
+fn on_a_terminal(line: &str, input: &str, cleanup: &str) -> (Option<i32>, String) {
+    use std::io::Write;
+    let mut child = Command::new("script")
+        .args(["-qec", line, "/dev/null"])
+        .env_remove("FENCELOCK_BACKEND")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script(1)");
+    child
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("type");
+    let start = Instant::now();
+    while child.try_wait().expect("try_wait").is_none() {
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            kill_processes_mentioning(cleanup);
+            let out = child.wait_with_output().expect("output");
+            panic!("hung on the terminal: {}", String::from_utf8_lossy(&out.stdout));
+        }
+        std::thread::sleep(Duration::from_millis(10)); // polling a child's exit with a deadline
+    }
+    let out = child.wait_with_output().expect("output");
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn an_interactive_command_gets_the_terminal() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // `read` from the terminal: a command outside the terminal's foreground group would be
+    // stopped by SIGTTIN (and this would hang), as `sudo` asking for a password would.
+    let line = format!(
+        "{BIN} --backend file://{} run k -- sh -c 'read answer < /dev/tty; echo got=$answer'",
+        dir.path().display()
+    );
+    let (code, text) = on_a_terminal(&line, "yes\n", &dir.path().display().to_string());
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("got=yes"), "{text}");
+}
+
+#[test]
+fn ctrl_z_does_not_leave_the_terminal_to_a_stopped_command() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cleanup = dir.path().display().to_string();
+    let line = format!(
+        "{BIN} --backend file://{cleanup} run k -- sh -c 'echo ready; read a < /dev/tty; echo second; read b < /dev/tty; echo got=$a$b'"
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env_remove("FENCELOCK_BACKEND")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("script(1)");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let mut wait_for = |what: &str, seen: &mut Vec<String>| {
+        let start = Instant::now();
+        while !seen.iter().any(|l| l.trim() == what) {
+            match rx.recv_timeout(Duration::from_secs(20).saturating_sub(start.elapsed())) {
+                Ok(line) => seen.push(line),
+                Err(_) => {
+                    kill_processes_mentioning(&cleanup);
+                    panic!("never saw `{what}`: {seen:?}");
+                }
+            }
+        }
+    };
+    wait_for("ready", &mut seen);
+    stdin.write_all(b"x\n").expect("type");
+    wait_for("second", &mut seen);
+    // Ctrl-Z while the command reads the terminal: its group is continued at once.
+    stdin.write_all(b"\x1a").expect("type");
+    stdin.write_all(b"y\n").expect("type");
+    wait_for("got=xy", &mut seen);
+    let out = output_within(child, Duration::from_secs(20));
+    assert!(out.status.success());
 }
