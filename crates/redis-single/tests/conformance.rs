@@ -26,7 +26,9 @@ impl Redis {
     /// Runs `f` on the server off the runtime (the launcher's commands are blocking).
     async fn on_server<T: Send + 'static>(&self, f: impl FnOnce(&RedisServer) -> T + Send + 'static) -> T {
         let server = Arc::clone(&self.server);
-        tokio::task::spawn_blocking(move || f(&server)).await.expect("server command")
+        tokio::task::spawn_blocking(move || f(&server))
+            .await
+            .expect("server command")
     }
 }
 
@@ -66,7 +68,10 @@ impl Fixture for Redis {
         Box::pin(async move {
             let proxy = FaultProxy::start(self.server.port()).await;
             let ms = request_timeout.as_millis();
-            let url = format!("redis://127.0.0.1:{}?timeout={ms}ms&connect_timeout={ms}ms", proxy.port());
+            let url = format!(
+                "redis://127.0.0.1:{}?timeout={ms}ms&connect_timeout={ms}ms",
+                proxy.port()
+            );
             let lock = fencelock_redis::RedisLock::connect(&url)
                 .await
                 .expect("connect through the proxy");

@@ -53,7 +53,10 @@ impl Fixture for Redlock {
                 .await
                 .into_iter()
                 .sum();
-            assert!(removed >= 3, "the operator's DEL found the grant on {removed} of 5 nodes");
+            assert!(
+                removed >= 3,
+                "the operator's DEL found the grant on {removed} of 5 nodes"
+            );
         })
     }
 

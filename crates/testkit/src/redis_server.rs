@@ -210,7 +210,13 @@ impl RedisServer {
     /// The integer reply of an inline command (`EXISTS k`, `DEL k`, `DBSIZE`); `None` when
     /// the reply is not an integer.
     pub fn integer(&self, inline: &str) -> Option<i64> {
-        self.command(inline).lines().next()?.strip_prefix(':')?.trim().parse().ok()
+        self.command(inline)
+            .lines()
+            .next()?
+            .strip_prefix(':')?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// `master_repl_offset` from `INFO replication`.
