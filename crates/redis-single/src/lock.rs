@@ -80,7 +80,14 @@ impl RedisLock {
         Self::connect_with(RedisConfig::from_url(url)?).await
     }
 
-    /// Connects with explicit options.
+    /// Connects with explicit options, checked as a URL's are ([`RedisConfig::validate`]),
+    /// and reads the server's persistence and eviction settings to choose between
+    /// [`GUARANTEES_DURABLE`] and [`GUARANTEES`].
+    ///
+    /// # Errors
+    /// [`LockError::InvalidConfig`](fencelock_core::LockError::InvalidConfig) for bad
+    /// options or refused credentials; `Unavailable` when the server cannot be reached
+    /// within the connect timeout.
     pub async fn connect_with(cfg: RedisConfig) -> Result<Self> {
         let node = RedisNode::connect(cfg).await?;
         let guarantees = match node.keeps_token_counters().await {

@@ -74,7 +74,12 @@ impl std::fmt::Debug for RedisNode {
 impl RedisNode {
     /// A node that connects on first use (and again after a failed connect), each attempt
     /// bounded by the connect timeout: a dead node costs at most that per operation.
+    ///
+    /// # Errors
+    /// [`LockError::InvalidConfig`] for options [`RedisConfig::validate`] refuses or a URL
+    /// the client cannot use.
     pub fn lazy(cfg: RedisConfig) -> Result<Self> {
+        cfg.validate()?;
         let client = open_client(&cfg)?;
         let waiters = Arc::new(Waiters::new(
             client.clone(),

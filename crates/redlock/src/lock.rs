@@ -95,8 +95,12 @@ impl RedlockLock {
         Self::with_config(RedlockConfig::from_url(url)?)
     }
 
-    /// Builds from explicit options.
+    /// Builds from explicit options, checked as a URL's are ([`RedlockConfig::validate`]).
+    ///
+    /// # Errors
+    /// [`LockError::InvalidConfig`] for options the check refuses.
     pub fn with_config(cfg: RedlockConfig) -> Result<Self> {
+        cfg.validate()?;
         let nodes = cfg
             .nodes
             .iter()
