@@ -38,7 +38,7 @@ mod lock;
 mod node;
 mod renewals;
 mod scripts;
-mod waiters;
+mod wait;
 
 pub use config::RedisConfig;
 pub use fence::RedisFencedStore;

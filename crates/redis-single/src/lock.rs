@@ -134,7 +134,8 @@ impl RedisLock {
         let grant = GrantId::random();
         let undo = {
             let grant = grant.to_string();
-            CancelGuard::new(move || node.release_later(key, &grant))
+            let ttl = opts.ttl();
+            CancelGuard::new(move || node.release_later(key, &grant, ttl))
         };
         let sent_at = Instant::now();
         let answer = node.try_grant(key, &grant, opts.ttl(), Duration::ZERO).await;

@@ -13,7 +13,7 @@ use crate::config::RedisConfig;
 use crate::error::failed;
 use crate::renewals::{renewals, Renewal, Renewals};
 use crate::scripts::{ACQUIRE, EXTEND, EXTEND_MANY, RELEASE, RELEASE_RAISING};
-use crate::waiters::{Subscription, Waiters};
+use crate::wait::{Subscription, Waiters};
 
 /// What a node answered to an acquire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,20 +247,40 @@ impl RedisNode {
                 })
         };
         answer.map_err(|e| {
-            self.release_later(key, grant.as_str());
+            self.release_later(key, grant.as_str(), ttl);
             self.failed("acquire", e)
         })
     }
 
     /// Sends a release of `grant` in the background (for a grant whose fate is unknown:
-    /// its answer was lost, or its caller gave up). Nothing when no runtime is running.
-    pub fn release_later(&self, key: &str, grant: &str) {
-        let (node, key, grant) = (self.clone(), key.to_owned(), grant.to_owned());
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let _ = node.release(&key, &grant).await;
-            });
-        }
+    /// its answer was lost, or its caller gave up), and again while no answer comes —
+    /// after 20 ms, doubling to at most 1 s — until the server answers, `ttl` has passed
+    /// (the grant, if it was made, has expired by then) or 20 tries were sent. The task
+    /// holds the node only weakly between tries, so a dropped instance ends it. Nothing
+    /// when no runtime is running.
+    pub fn release_later(&self, key: &str, grant: &str, ttl: Duration) {
+        let (node, key, grant) = (Arc::downgrade(&self.inner), key.to_owned(), grant.to_owned());
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            let until = tokio::time::Instant::now() + ttl;
+            let mut pause = Duration::from_millis(20);
+            for _ in 0..20 {
+                let Some(inner) = node.upgrade() else { return };
+                let node = RedisNode { inner };
+                match node.release(&key, &grant).await {
+                    Ok(_) => return,
+                    Err(e) => tracing::debug!(%key, error = %e, "background release unanswered; trying again"),
+                }
+                drop(node);
+                if tokio::time::Instant::now() + pause >= until {
+                    return;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        });
     }
 
     /// Sets a new TTL if the key still holds `grant`; `false` if it does not.
