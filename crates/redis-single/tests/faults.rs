@@ -582,3 +582,43 @@ async fn a_grant_and_its_token_are_one_atomic_step_even_when_the_request_arrives
     assert!(next.token().get() > 1, "token {} after 1", next.token());
     next.release().await.unwrap();
 }
+
+/// K3: an acquire whose answer is lost leaves nothing held while the client lives, even
+/// when the first release sent for it is lost too (the link resets under it): the release
+/// is sent again until the server answers. Failed before the fix: the one background
+/// release died with the link and the grant blocked the key for its whole 60 s TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_acquire_answer_is_followed_up_until_the_grant_is_gone() {
+    use fencelock_testkit::proxy::{FaultProxy, Mode};
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port()).await;
+    let locks = RedisLock::connect(&format!(
+        "redis://127.0.0.1:{}?timeout=300ms&connect_timeout=300ms",
+        proxy.port()
+    ))
+    .await
+    .unwrap();
+    let o = opts(60_000).with_auto_renew(false);
+    let held = || server.integer("EXISTS fencelock:{k}:lock");
+    proxy.set_to_client(Mode::Blackhole); // the grant is made; its answer never comes
+    let call = tokio::spawn({
+        let (locks, o) = (locks.clone(), o);
+        async move { locks.try_acquire("k", &o).await }
+    });
+    let deadline = Instant::now() + SLACK;
+    while held() != Some(1) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(held(), Some(1), "the acquire did not reach the server");
+    proxy.set_to_server(Mode::Blackhole); // the follow-up release is held too...
+    let got = tokio::time::timeout(SLACK, call).await.unwrap().unwrap();
+    assert!(got.is_err(), "an unanswered acquire returned {got:?}");
+    proxy.set(Mode::Reset); // ...and lost with the link, which stays down for a second
+    tokio::time::sleep(Duration::from_secs(1)).await; // the fault being modelled
+    proxy.set(Mode::Pass);
+    let deadline = Instant::now() + SLACK * 2;
+    while held() != Some(0) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(held(), Some(0), "the unanswered grant stayed on the server");
+}
