@@ -76,6 +76,10 @@ pub struct RedisLock {
 
 impl RedisLock {
     /// Connects to the server a `redis://` URL names (see [`RedisConfig::from_url`]).
+    ///
+    /// # Cancel safety
+    /// Dropping it leaves nothing behind: a connection being made is closed with the
+    /// future.
     pub async fn connect(url: &str) -> Result<Self> {
         Self::connect_with(RedisConfig::from_url(url)?).await
     }
@@ -88,6 +92,10 @@ impl RedisLock {
     /// [`LockError::InvalidConfig`](fencelock_core::LockError::InvalidConfig) for bad
     /// options or refused credentials; `Unavailable` when the server cannot be reached
     /// within the connect timeout.
+    ///
+    /// # Cancel safety
+    /// Dropping it leaves nothing behind: a connection being made is closed with the
+    /// future.
     pub async fn connect_with(cfg: RedisConfig) -> Result<Self> {
         let node = RedisNode::connect(cfg).await?;
         let guarantees = match node.keeps_token_counters().await {
@@ -111,6 +119,10 @@ impl RedisLock {
 
     /// The connection, e.g. for a [`RedisFencedStore`](crate::RedisFencedStore) on the
     /// same server.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropped while connecting, nothing is kept and the next call connects
+    /// again.
     pub async fn connection(&self) -> Result<ConnectionManager> {
         self.node.connection().await
     }

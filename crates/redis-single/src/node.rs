@@ -103,6 +103,10 @@ impl RedisNode {
     }
 
     /// A node connected now: fails with `Unavailable` when the server cannot be reached.
+    ///
+    /// # Cancel safety
+    /// Dropping it leaves nothing behind: a connection being made is closed with the
+    /// future.
     pub async fn connect(cfg: RedisConfig) -> Result<Self> {
         let node = Self::lazy(cfg)?;
         node.connection().await?;
@@ -120,6 +124,10 @@ impl RedisNode {
     }
 
     /// The connection, connecting if there is none yet.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropped while connecting, nothing is cached and the next call connects
+    /// again.
     pub async fn connection(&self) -> Result<ConnectionManager> {
         if let Some(c) = self.cached() {
             return Ok(c);
@@ -197,6 +205,12 @@ impl RedisNode {
     /// Not retried on a dropped connection (the counter would grow twice, harmless, but a
     /// grant could land unheard); when the answer is lost, a release of `grant` is sent in
     /// the background, so an unheard grant does not block others for a whole TTL.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe on its own: dropped after the request was sent, the grant may land
+    /// unheard and hold the key until its TTL. Callers arm a guard before calling it that
+    /// sends [`release_later`](Self::release_later) when the future is dropped, as
+    /// `RedisLock` and Redlock do. An error answer already triggers that release here.
     pub async fn try_grant(
         &self,
         key: &str,
@@ -284,6 +298,11 @@ impl RedisNode {
     }
 
     /// Sets a new TTL if the key still holds `grant`; `false` if it does not.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropped in flight, the new TTL may or may not be set; the grant stays
+    /// ours either way, and the lease's belief never exceeds what was asked (see
+    /// `Lease::extend`).
     pub async fn extend(&self, key: &str, grant: &str, ttl: Duration) -> Result<bool> {
         let mut invocation = EXTEND.key(self.inner.keys.lock(key));
         invocation.arg(grant).arg(ttl.as_millis() as u64);
@@ -293,6 +312,10 @@ impl RedisNode {
 
     /// Like [`extend`](Self::extend), batched with the other background renewals on this
     /// node: waits up to the `renew_window` (at most a tenth of `ttl`) to share one script.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropped, the renewal may still go out with its batch; the grant stays
+    /// ours either way.
     pub async fn renew(&self, key: &str, grant: &str, ttl: Duration) -> Result<bool> {
         let renewal = Renewal {
             lock_key: self.inner.keys.lock(key),
@@ -327,6 +350,11 @@ impl RedisNode {
     }
 
     /// Deletes the key if it holds `grant`, and announces it; `false` if it did not hold it.
+    ///
+    /// # Cancel safety
+    /// Cancel safe in effect: dropped in flight, the delete may or may not happen; it is
+    /// idempotent, and `Lease::release` sends it again from a background task when its own
+    /// future is dropped.
     pub async fn release(&self, key: &str, grant: &str) -> Result<bool> {
         let mut invocation = RELEASE.key(self.inner.keys.lock(key));
         invocation.arg(grant).arg(self.inner.keys.channel(key));
@@ -336,6 +364,9 @@ impl RedisNode {
 
     /// Like [`release`](Self::release), and raises the key's token counter on this node to
     /// at least `token` (Redlock: see the crate docs of `fencelock-redlock`).
+    ///
+    /// # Cancel safety
+    /// As [`release`](Self::release): idempotent, so a dropped call is simply sent again.
     pub async fn release_raising(&self, key: &str, grant: &str, token: u64) -> Result<bool> {
         let mut invocation = RELEASE_RAISING.key(self.inner.keys.lock(key));
         invocation
@@ -348,6 +379,10 @@ impl RedisNode {
     }
 
     /// Subscribes to the key's release channel (shared with every other waiter here).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropped before it returns, its interest in the channel is given back
+    /// (and the channel unsubscribed when nobody else waits on it).
     pub async fn subscribe(&self, key: &str) -> Result<NodeSubscription> {
         let sub = self.inner.waiters.subscribe(&self.inner.keys.channel(key)).await?;
         Ok(NodeSubscription { sub })
@@ -361,6 +396,9 @@ impl RedisNode {
     /// # Errors
     /// `Err(reason)` when the settings could not be read (`CONFIG` renamed or disabled, an
     /// ACL refusing it, no connection): the caller must assume the counters can be lost.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads settings.
     pub async fn keeps_token_counters(&self) -> std::result::Result<CounterSafety, String> {
         let mut conn = self.connection().await.map_err(|e| e.to_string())?;
         let get = |name: &str| redis::cmd("CONFIG").arg("GET").arg(name).to_owned();
@@ -420,6 +458,9 @@ impl std::fmt::Debug for NodeSubscription {
 
 impl NodeSubscription {
     /// Resubscribes if the pub/sub connection was replaced since.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a `SUBSCRIBE` dropped half-way is sent again by the next call.
     pub async fn ensure(&self) -> Result<()> {
         self.sub.ensure().await
     }

@@ -70,6 +70,9 @@ pub(crate) enum Round {
 impl RedlockLock {
     /// Builds from a `redlock://` URL. Connects to no node yet: each node is connected on
     /// first use, so a minority of dead nodes never stops the lock from working.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it makes no request (nodes are connected on first use).
     pub async fn connect(url: &str) -> Result<Self> {
         Self::with_config(RedlockConfig::from_url(url)?)
     }
