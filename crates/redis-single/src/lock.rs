@@ -245,4 +245,13 @@ impl DistributedLock for RedisLock {
     fn describe(&self) -> String {
         self.node.server().to_owned()
     }
+
+    /// Waits (at most twice the reply timeout plus the connect timeout, at least 1 s) for the releases
+    /// still under way in the background — of dropped leases, of grants whose answer was
+    /// lost or whose acquire was cancelled — then closes the pub/sub connection. Leases
+    /// still held stay held on the server until released or expired (Redis has no session
+    /// to end). `Unavailable` when releases were still running at the bound.
+    async fn close(&self) -> Result<()> {
+        self.node.close().await
+    }
 }

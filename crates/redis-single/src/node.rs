@@ -45,6 +45,42 @@ impl Keys {
     }
 }
 
+/// Background clean-ups of a node still under way — releases of dropped leases, of grants
+/// whose answer was lost — counted so that [`RedisNode::close`] can wait for them. The
+/// count lives apart from the node: a clean-up does not keep the node alive.
+#[derive(Clone, Default)]
+struct Cleanups(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Cleanups {
+    fn start(&self) -> CleanupGuard {
+        self.0.send_modify(|n| *n += 1);
+        CleanupGuard(Arc::clone(&self.0))
+    }
+
+    /// Waits until none runs, at most `bound`; `false` if some still ran then.
+    async fn idle(&self, bound: Duration) -> bool {
+        let mut rx = self.0.subscribe();
+        let done = tokio::time::timeout(bound, rx.wait_for(|n| *n == 0)).await;
+        matches!(done, Ok(Ok(_)))
+    }
+}
+
+/// One background clean-up under way on a node (see [`RedisNode::cleanup`]); dropping it
+/// marks it done.
+pub struct CleanupGuard(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Drop for CleanupGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+impl std::fmt::Debug for CleanupGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CleanupGuard").finish_non_exhaustive()
+    }
+}
+
 /// One Redis server. Cheap to clone (shared state).
 #[derive(Clone)]
 pub struct RedisNode {
@@ -61,6 +97,7 @@ struct NodeInner {
     connecting: tokio::sync::Mutex<()>,
     waiters: Arc<Waiters>,
     renewals: Renewals,
+    cleanups: Cleanups,
 }
 
 impl std::fmt::Debug for RedisNode {
@@ -98,6 +135,7 @@ impl RedisNode {
                 connecting: tokio::sync::Mutex::new(()),
                 waiters,
                 renewals: renewals(),
+                cleanups: Cleanups::default(),
             }),
         })
     }
@@ -277,7 +315,9 @@ impl RedisNode {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let cleanup = self.cleanup();
         rt.spawn(async move {
+            let _cleanup = cleanup;
             let until = tokio::time::Instant::now() + ttl;
             let mut pause = Duration::from_millis(20);
             for _ in 0..20 {
@@ -295,6 +335,42 @@ impl RedisNode {
                 pause = (pause * 2).min(Duration::from_secs(1));
             }
         });
+    }
+
+    /// Marks a background clean-up of this node as under way until the guard is dropped:
+    /// [`close`](Self::close) waits for it. Releases count themselves; Redlock's
+    /// background releases hold one between their rounds.
+    pub fn cleanup(&self) -> CleanupGuard {
+        self.inner.cleanups.start()
+    }
+
+    /// Ends this node's use before the process exits: waits for the background clean-ups
+    /// under way (releases of dropped leases and of unheard grants), at most twice the
+    /// reply timeout plus the connect timeout (at least 1 s), then closes the pub/sub
+    /// connection.
+    ///
+    /// # Errors
+    /// [`LockError::Unavailable`] when clean-ups were still running at the bound: what
+    /// they were removing ends with its TTL.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropped, the clean-ups go on in the background.
+    pub async fn close(&self) -> Result<()> {
+        let cfg = &self.inner.cfg;
+        let bound = (cfg.timeout * 2 + cfg.connect_timeout).max(Duration::from_secs(1));
+        let idle = self.inner.cleanups.idle(bound).await;
+        self.inner.waiters.close().await;
+        if idle {
+            Ok(())
+        } else {
+            Err(LockError::Unavailable {
+                message: format!(
+                    "redis: background releases on {} not finished within {bound:?}; their grants end with their TTL",
+                    self.server()
+                ),
+                source: None,
+            })
+        }
     }
 
     /// Sets a new TTL if the key still holds `grant`; `false` if it does not.
@@ -356,6 +432,7 @@ impl RedisNode {
     /// idempotent, and `Lease::release` sends it again from a background task when its own
     /// future is dropped.
     pub async fn release(&self, key: &str, grant: &str) -> Result<bool> {
+        let _cleanup = self.cleanup();
         let mut invocation = RELEASE.key(self.inner.keys.lock(key));
         invocation.arg(grant).arg(self.inner.keys.channel(key));
         let n: i64 = self.invoke_idempotent("release script", &invocation).await?;
@@ -368,6 +445,7 @@ impl RedisNode {
     /// # Cancel safety
     /// As [`release`](Self::release): idempotent, so a dropped call is simply sent again.
     pub async fn release_raising(&self, key: &str, grant: &str, token: u64) -> Result<bool> {
+        let _cleanup = self.cleanup();
         let mut invocation = RELEASE_RAISING.key(self.inner.keys.lock(key));
         invocation
             .key(self.inner.keys.counter(key))

@@ -177,6 +177,11 @@ impl Waiters {
         })
     }
 
+    /// Closes the pub/sub connection now (the next wait opens a new one).
+    pub(crate) async fn close(&self) {
+        *self.hub.lock().await = None;
+    }
+
     fn release_interest(self: &Arc<Self>, channel: &str) {
         let last = {
             let mut map = lock(&self.channels);

@@ -622,3 +622,41 @@ async fn a_lost_acquire_answer_is_followed_up_until_the_grant_is_gone() {
     }
     assert_eq!(held(), Some(0), "the unanswered grant stayed on the server");
 }
+
+/// `close()` finishes the background clean-ups before the process exits: an acquire
+/// cancelled after its grant landed (its release held by the network, then let through)
+/// is released by the time `close` returns. Before `close` waited, it returned at once and
+/// the grant was still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_waits_for_the_releases_under_way() {
+    use fencelock_testkit::proxy::{FaultProxy, Mode};
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port()).await;
+    let locks = RedisLock::connect(&format!("redis://127.0.0.1:{}?timeout=2s", proxy.port()))
+        .await
+        .unwrap();
+    let o = opts(60_000).with_auto_renew(false);
+    let held = || server.integer("EXISTS fencelock:{k}:lock");
+    proxy.set_to_client(Mode::Blackhole);
+    {
+        let call = locks.try_acquire("k", &o);
+        tokio::pin!(call);
+        let landed = async {
+            while held() != Some(1) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::select! {
+            got = &mut call => panic!("an acquire whose answer is held returned {got:?}"),
+            r = tokio::time::timeout(SLACK, landed) => r.expect("the grant did not land"),
+        }
+        proxy.set_to_server(Mode::Blackhole); // the release the cancellation sends is held
+    } // the acquire is cancelled here, after its grant landed
+    proxy.set(Mode::Pass);
+    locks.close().await.expect("close");
+    assert_eq!(
+        held(),
+        Some(0),
+        "close() returned before the cancelled grant was released"
+    );
+}

@@ -194,8 +194,11 @@ impl ReleasePlan {
             raise_to,
         } = self;
         let weak = Arc::downgrade(&inner);
+        // Counted on the nodes while it runs, so `close` waits for it.
+        let cleanups: Vec<_> = pending.iter().map(|&i| inner.nodes[i].cleanup()).collect();
         drop(inner);
         rt.spawn(async move {
+            let _cleanups = cleanups;
             for _ in 0..RELEASE_ROUNDS {
                 if pending.is_empty() || Instant::now() >= until {
                     return;

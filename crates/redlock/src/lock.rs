@@ -266,6 +266,32 @@ impl DistributedLock for RedlockLock {
     fn describe(&self) -> String {
         self.inner.cfg.display.clone()
     }
+
+    /// Closes every node at once ([`RedisNode::close`]): waits, bounded, for the releases
+    /// still under way in the background — dropped leases, failed or cancelled rounds,
+    /// releases nodes did not confirm in time — then closes the pub/sub connections.
+    /// `Unavailable` naming the nodes whose releases were still running at the bound.
+    async fn close(&self) -> Result<()> {
+        // Each node's close is bounded by itself (at most 3 × per_node_timeout, at least
+        // 1 s); this outer bound only guards against a hang.
+        let bound = self.inner.cfg.per_node_timeout * 4 + Duration::from_secs(2);
+        let answers = fan_out(&self.inner.nodes, bound, |_, n| async move { n.close().await }).await;
+        if answers.iter().all(|a| a.is_ok()) {
+            return Ok(());
+        }
+        let failed: Vec<&str> = answers
+            .iter()
+            .filter_map(|a| a.as_ref().err())
+            .map(String::as_str)
+            .collect();
+        Err(LockError::Unavailable {
+            message: format!(
+                "redlock: closing left background releases running: {}",
+                failed.join("; ")
+            ),
+            source: None,
+        })
+    }
 }
 
 /// Asks `nodes` at once to grant `grant` of `key`, each bounded by `per_node`.
