@@ -32,6 +32,7 @@ pub const GUARANTEES: Guarantees = Guarantees {
         "exclusive only for holders that finish within their validity: a process pause or network delay after the check is not covered (use the token)",
         "tokens are the highest of the quorum's per-node counters: they can repeat or go back after a node restart without persistence, or when the quorum's nodes missed earlier increments",
         "nodes are independent masters, not replicas of each other",
+        "nodes never evict a held lock's key: run them with maxmemory-policy noeviction (any other policy may evict it under memory pressure and let a second holder in)",
     ],
 };
 
