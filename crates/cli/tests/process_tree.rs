@@ -458,7 +458,7 @@ fn ctrl_z_does_not_leave_the_terminal_to_a_stopped_command() {
         }
     });
     let mut seen = Vec::new();
-    let mut wait_for = |what: &str, seen: &mut Vec<String>| {
+    let wait_for = |what: &str, seen: &mut Vec<String>| {
         let start = Instant::now();
         while !seen.iter().any(|l| l.trim() == what) {
             match rx.recv_timeout(Duration::from_secs(20).saturating_sub(start.elapsed())) {
