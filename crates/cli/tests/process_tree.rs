@@ -111,52 +111,26 @@ fn start_a(url: &str, log: &Path, ttl: &str) -> Child {
     a
 }
 
-/// How B takes the lock.
-#[derive(Clone, Copy)]
-enum B {
-    /// One `run --wait 60s`.
-    Waits,
-    /// `run --no-wait` every 100 ms, for at most 60 s. For ZooKeeper: a lease granted there
-    /// after a long wait starts with its validity counted from when its node was created
-    /// (min(TTL, session timeout)), so B could lose it at once — a backend matter this test
-    /// is not about.
-    Tries,
-}
-
-/// B logs its entry, works one second inside, logs its exit.
-fn run_b(url: &str, log: &Path, how: B) {
-    let start = Instant::now();
-    loop {
-        let b = fencelock(url)
-            .args(["run", "k"])
-            .args(match how {
-                B::Waits => ["--wait", "60s"].as_slice(),
-                B::Tries => ["--no-wait"].as_slice(),
-            })
-            .args(["--", "sh", "-c", HOLDER_B])
-            .env("LOG", log)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn B");
-        let out = output_within(b, Duration::from_secs(90));
-        match (how, out.status.code()) {
-            (_, Some(0)) => return,
-            (B::Tries, Some(75)) if start.elapsed() < Duration::from_secs(60) => {
-                std::thread::sleep(Duration::from_millis(100)); // polling for the lock with a deadline
-            }
-            _ => panic!("B: {:?}: {}", out.status, String::from_utf8_lossy(&out.stderr)),
-        }
-    }
+/// B waits for the lock, logs its entry, works one second inside, logs its exit.
+fn run_b(url: &str, log: &Path) {
+    let b = fencelock(url)
+        .args(["run", "k", "--wait", "60s", "--", "sh", "-c", HOLDER_B])
+        .env("LOG", log)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn B");
+    let out = output_within(b, Duration::from_secs(90));
+    assert!(out.status.success(), "B: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// SIGSTOP fencelock A past its TTL, let B take the lock and finish, SIGCONT A: A exits 76,
 /// and nothing of A's tree ran while B was inside.
-fn paused_holder_with_a_grandchild(url: &str, how: B) {
+fn paused_holder_with_a_grandchild(url: &str) {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("log");
     let a = start_a(url, &log, "1s");
     kill_process(pid_of(&a), Signal::STOP).expect("SIGSTOP");
-    run_b(url, &log, how);
+    run_b(url, &log);
     kill_process(pid_of(&a), Signal::CONT).expect("SIGCONT");
     let out = output_within(a, Duration::from_secs(40));
     assert_eq!(
@@ -170,13 +144,13 @@ fn paused_holder_with_a_grandchild(url: &str, how: B) {
 
 /// SIGKILL fencelock A while its command runs; B takes the lock: nothing of A's tree runs
 /// while B is inside.
-fn killed_holder_with_a_grandchild(url: &str, how: B) {
+fn killed_holder_with_a_grandchild(url: &str) {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("log");
     let mut a = start_a(url, &log, "2s");
     a.kill().expect("SIGKILL");
     a.wait().expect("reap A");
-    run_b(url, &log, how);
+    run_b(url, &log);
     assert_never_two_inside(&log);
 }
 
@@ -251,32 +225,32 @@ fn file_url(dir: &Path) -> String {
 #[test]
 fn on_files_a_paused_or_killed_holder_never_runs_beside_the_next() {
     let dir = tempfile::tempdir().expect("temp dir");
-    paused_holder_with_a_grandchild(&file_url(dir.path()), B::Waits);
+    paused_holder_with_a_grandchild(&file_url(dir.path()));
     let dir = tempfile::tempdir().expect("temp dir");
-    killed_holder_with_a_grandchild(&file_url(dir.path()), B::Waits);
+    killed_holder_with_a_grandchild(&file_url(dir.path()));
 }
 
 #[test]
 fn on_redis_a_paused_or_killed_holder_never_runs_beside_the_next() {
     let server = fencelock_testkit::redis_server::RedisServer::start();
-    paused_holder_with_a_grandchild(&server.url(), B::Waits);
+    paused_holder_with_a_grandchild(&server.url());
     server.command("FLUSHALL");
-    killed_holder_with_a_grandchild(&server.url(), B::Waits);
+    killed_holder_with_a_grandchild(&server.url());
 }
 
 #[cfg(feature = "etcd")]
 #[test]
 fn on_etcd_a_paused_or_killed_holder_never_runs_beside_the_next() {
     let cluster = fencelock_testkit::etcd_server::EtcdCluster::single();
-    paused_holder_with_a_grandchild(&cluster.url("session_ttl=2s"), B::Waits);
-    killed_holder_with_a_grandchild(&cluster.url("session_ttl=2s"), B::Waits);
+    paused_holder_with_a_grandchild(&cluster.url("session_ttl=2s"));
+    killed_holder_with_a_grandchild(&cluster.url("session_ttl=2s"));
 }
 
 #[test]
 fn on_zookeeper_a_paused_or_killed_holder_never_runs_beside_the_next() {
     let zk = fencelock_testkit::zk_server::ZkEnsemble::standalone();
-    paused_holder_with_a_grandchild(&zk.url("/tree-paused", "session_timeout=2s"), B::Tries);
-    killed_holder_with_a_grandchild(&zk.url("/tree-killed", "session_timeout=2s"), B::Tries);
+    paused_holder_with_a_grandchild(&zk.url("/tree-paused", "session_timeout=2s"));
+    killed_holder_with_a_grandchild(&zk.url("/tree-killed", "session_timeout=2s"));
 }
 
 #[test]
