@@ -109,7 +109,7 @@ struct Shared {
     status: watch::Sender<LeaseStatus>,
     /// The TTL used for renewals, and the send instant of the newest applied validity.
     renewal: Mutex<Renewal>,
-    /// Renewal counters, labelled when the lease came through `metrics::Metered`.
+    /// Renewal and loss counters, labelled when the lease came through `metrics::Metered`.
     metrics: crate::metrics::LeaseMetrics,
 }
 
