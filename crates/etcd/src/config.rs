@@ -106,6 +106,22 @@ impl EtcdConfig {
     }
 }
 
+impl EtcdConfig {
+    /// The directory that holds `key`'s lock and queue keys: `PREFIX/ESCAPED_KEY/`, with
+    /// `%` and `/` percent-escaped so that the escape is injective (no two keys share a
+    /// directory) and no key reaches into another key's directory (a prefix read of one
+    /// directory never sees another's keys, because every directory ends with the `/`
+    /// that no escaped key contains). For operators: `etcdctl get --prefix DIR`.
+    pub fn lock_dir(&self, key: &str) -> String {
+        format!("{}/{}/", self.prefix, escape(key))
+    }
+}
+
+/// `%` first, then `/`: the output has no `/`, and decoding is unambiguous.
+fn escape(key: &str) -> String {
+    key.replace('%', "%25").replace('/', "%2F")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

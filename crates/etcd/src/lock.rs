@@ -141,11 +141,6 @@ impl Drop for Queued {
     }
 }
 
-/// `%` and `/` escaped, so a key never reaches into another key's directory.
-fn escape(key: &str) -> String {
-    key.replace('%', "%25").replace('/', "%2F")
-}
-
 impl EtcdLock {
     /// Connects to the cluster an `etcd://` URL names (see [`EtcdConfig::from_url`]).
     pub async fn connect(url: &str) -> Result<Self> {
@@ -233,7 +228,7 @@ impl EtcdLock {
         let (key, opts) = (key.to_owned(), *opts);
         detached(BACKEND, async move {
             let holding = me.holding(&opts).await?;
-            let dir = format!("{}/{}/", me.inner.cluster.cfg.prefix, escape(&key));
+            let dir = me.inner.cluster.cfg.lock_dir(&key);
             let slot = me.inner.slots.take(&dir);
             let my_key = format!("{dir}{:016x}.{:08x}", me.inner.instance, slot.n);
             let mut queued = Queued {
