@@ -29,12 +29,16 @@
 //! lease's TTL can still act after another got the lock — that is what the token is for.
 //! See `docs/backends/etcd.md`.
 
+mod cleanup;
 mod client;
 mod config;
 mod error;
+mod grant;
 mod lock;
+mod queue;
 mod session;
 mod slots;
+mod wait;
 
 pub use config::EtcdConfig;
 pub use lock::{EtcdLock, GUARANTEES};
