@@ -279,4 +279,25 @@ mod tests {
         }
         good.validate().unwrap();
     }
+
+    #[test]
+    fn lock_dirs_are_distinct_and_never_nest() {
+        let cfg = EtcdConfig::from_url("etcd://h:1/app").unwrap();
+        let keys = [
+            "a", "a/b", "a%2Fb", "a%2fb", "%", "%25", "/", "//", "a/", "/a", ".", "..",
+        ];
+        let dirs: Vec<String> = keys.iter().map(|k| cfg.lock_dir(k)).collect();
+        for (i, d) in dirs.iter().enumerate() {
+            let inner = &d["/app/".len()..d.len() - 1];
+            assert!(!inner.contains('/'), "{:?} escaped to {d}", keys[i]);
+            for (j, e) in dirs.iter().enumerate() {
+                assert!(
+                    i == j || !e.starts_with(d.as_str()),
+                    "{:?} and {:?} collide: {d} {e}",
+                    keys[i],
+                    keys[j]
+                );
+            }
+        }
+    }
 }

@@ -228,10 +228,12 @@ impl LeaseOps for EtcdGrant {
         }
         match &self.holding {
             GrantHolding::Session { session, claim } => {
-                // Unclaimed first: if the delete below is not confirmed, the session's key
-                // check deletes the key at its next period.
-                session.unclaim(*claim);
+                // Unclaimed only after the delete: while claimed, the session's key check
+                // never deletes the key under us (which would turn this release's answer
+                // into "not held"); if the delete is not confirmed, the check deletes the
+                // now unclaimed key at its next period.
                 let deleted = delete_key(&c, &self.key, self.rev).await;
+                session.unclaim(*claim);
                 if let (Ok(_), false, Some(slot)) = (&deleted, self.echoes, self.take_slot()) {
                     slot.free();
                 }

@@ -273,6 +273,7 @@ async fn keep_alive(session: std::sync::Weak<Session>, cluster: Cluster, granted
     let mut stream = None;
     let mut backoff = Duration::from_millis(10);
     let mut next = last_ok + interval;
+    let mut checking = None;
     loop {
         tokio::time::sleep_until(next).await;
         let Some(s) = session.upgrade() else { return };
@@ -351,9 +352,18 @@ async fn keep_alive(session: std::sync::Weak<Session>, cluster: Cluster, granted
                     SessionState::Lost(_) => false,
                 });
                 next = sent + interval;
-                if !s.check_keys(&cluster).await {
-                    s.lose("the lease expired or was revoked on the server".into());
-                    return;
+                // The key check runs beside the keep-alives (a slow listing of many keys
+                // must not delay the next keep-alive), one at a time.
+                if checking
+                    .as_ref()
+                    .is_none_or(|c: &tokio::task::JoinHandle<()>| c.is_finished())
+                {
+                    let (s, cluster) = (Arc::clone(&s), cluster.clone());
+                    checking = Some(tokio::spawn(async move {
+                        if !s.check_keys(&cluster).await {
+                            s.lose("the lease expired or was revoked on the server".into());
+                        }
+                    }));
                 }
             }
             None => {
