@@ -169,6 +169,9 @@ impl EtcdLock {
 
     /// The session lease id, if a session is alive (e.g. to revoke it from outside in a
     /// test).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads local state (it waits for a session being started).
     pub async fn session_lease(&self) -> Option<i64> {
         self.inner
             .session

@@ -201,7 +201,7 @@ impl Session {
             Ok(_) => return false, // TTL -1: the lease does not exist
             Err(e) if lease_gone(&e) => return false,
             Err(e) => {
-                tracing::debug!(error = %e, "listing the session's keys failed; next period");
+                tracing::warn!(error = %e, "listing the session's keys failed: deleted keys go unnoticed until the next period");
                 return true;
             }
         };
