@@ -325,7 +325,9 @@ impl Lease {
     /// [`LockError::Unavailable`] (temporary: `acquire` tries again while its wait lasts)
     /// when no validity was left.
     pub fn into_live(self) -> Result<Lease> {
-        let status = self.shared.refresh();
+        // Read without `refresh`, which would mark the lease lost and give the grant back
+        // itself; the drop below gives it back once.
+        let status = self.shared.status.borrow().clone();
         if status.state == LeaseState::Held && Instant::now() < status.valid_until {
             return Ok(self);
         }
@@ -748,5 +750,117 @@ async fn guard(shared: Weak<Shared>, auto_renew: bool) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Counts releases; extends answer with `validity`, after `delay`.
+    struct Counting {
+        releases: AtomicUsize,
+        delay: Duration,
+    }
+
+    #[async_trait]
+    impl LeaseOps for Counting {
+        async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
+            tokio::time::sleep(self.delay).await;
+            Ok(Some(ttl))
+        }
+
+        async fn release(&self) -> Result<bool> {
+            tokio::time::sleep(self.delay).await;
+            self.releases.fetch_add(1, Ordering::SeqCst);
+            Ok(true)
+        }
+    }
+
+    fn lease(ops: &Arc<Counting>, sent_at: Instant, validity: Duration) -> Lease {
+        Lease::new(LeaseParts {
+            key: "k".into(),
+            token: FencingToken::new(1),
+            grant: GrantId::random(),
+            sent_at,
+            validity,
+            options: LockOptions::new().with_ttl(validity).with_auto_renew(false),
+            ops: Arc::clone(ops) as Arc<dyn LeaseOps>,
+        })
+    }
+
+    fn ops(delay: Duration) -> Arc<Counting> {
+        Arc::new(Counting {
+            releases: AtomicUsize::new(0),
+            delay,
+        })
+    }
+
+    /// Lets spawned background tasks run to completion on the paused clock.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_grant_with_no_validity_left_is_given_back_not_handed_out() {
+        let ops = ops(Duration::ZERO);
+        let sent = Instant::now();
+        tokio::time::advance(Duration::from_millis(50)).await; // the answer took 50 ms
+        let err = lease(&ops, sent, Duration::from_millis(20))
+            .into_live()
+            .expect_err("a dead grant was handed out");
+        assert!(
+            matches!(err, LockError::Unavailable { .. }) && err.is_temporary(),
+            "{err}"
+        );
+        settle().await;
+        assert_eq!(
+            ops.releases.load(Ordering::SeqCst),
+            1,
+            "the dead grant was not given back"
+        );
+
+        let live = lease(&ops, Instant::now(), Duration::from_secs(1))
+            .into_live()
+            .expect("a live grant");
+        assert!(live.is_held());
+        live.release().await.expect("release");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_release_dropped_in_flight_still_releases() {
+        let ops = ops(Duration::from_millis(10));
+        let held = lease(&ops, Instant::now(), Duration::from_secs(60));
+        let watch = held.watch();
+        let cut = tokio::time::timeout(Duration::from_millis(5), held.release()).await;
+        assert!(cut.is_err(), "the release was meant to be cut off in flight");
+        assert_eq!(watch.borrow().state, LeaseState::Released);
+        settle().await;
+        assert_eq!(
+            ops.releases.load(Ordering::SeqCst),
+            1,
+            "the cut-off release never reached the backend"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_extend_to_a_shorter_ttl_lowers_the_belief_even_if_dropped() {
+        let ops = ops(Duration::from_millis(10));
+        let held = lease(&ops, Instant::now(), Duration::from_secs(60));
+        let cut = tokio::time::timeout(Duration::from_millis(5), held.extend(Duration::from_secs(1))).await;
+        assert!(cut.is_err(), "the extend was meant to be cut off in flight");
+        assert!(
+            held.remaining() <= Duration::from_secs(1),
+            "after a dropped extend to 1 s the holder still believes {:?}",
+            held.remaining()
+        );
+        held.release().await.expect("release");
     }
 }
