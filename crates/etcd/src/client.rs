@@ -48,7 +48,8 @@ impl Cluster {
     }
 
     /// Runs one request, bounded in all by the request timeout, errors mapped. Each try
-    /// gets a share of the timeout (timeout / (endpoints + 1), at least 100 ms), so a silent
+    /// gets a share of the timeout (timeout / (endpoints + 1), at least 100 ms; all of it with
+    /// one endpoint), so a silent
     /// member costs only that share. A request that failed without an answer from a healthy
     /// leader — the member it went to is down (refused, reset), or the cluster is between
     /// leaders ("leader changed", "no leader") — is sent again after a short pause while
@@ -79,8 +80,11 @@ impl Cluster {
         let deadline = tokio::time::Instant::now() + self.cfg.timeout;
         // A member that is silent (partitioned, not refusing) must not eat the whole
         // timeout: each try gets a share of it, so later tries can reach another member.
-        let share =
-            (self.cfg.timeout / (self.cfg.endpoints.len() as u32 + 1)).max(std::time::Duration::from_millis(100));
+        // With one member there is nowhere else to go: its try gets the whole timeout.
+        let share = match self.cfg.endpoints.len() {
+            1 => self.cfg.timeout,
+            n => (self.cfg.timeout / (n as u32 + 1)).max(std::time::Duration::from_millis(100)),
+        };
         let mut pause = std::time::Duration::from_millis(20);
         let mut last = None;
         let mut echoes = false;
