@@ -48,9 +48,8 @@ impl Cluster {
     }
 
     /// Runs one request, bounded in all by the request timeout, errors mapped. Each try
-    /// gets a share of the timeout (timeout / (endpoints + 1), at least 100 ms; all of it with
-    /// one endpoint), so a silent
-    /// member costs only that share. A request that failed without an answer from a healthy
+    /// gets a share of the timeout (timeout / (endpoints + 1), at least 100 ms; all of it
+    /// with one endpoint), so a silent member costs only that share. A request that failed without an answer from a healthy
     /// leader — the member it went to is down (refused, reset), or the cluster is between
     /// leaders ("leader changed", "no leader") — is sent again after a short pause while
     /// the timeout lasts (see [`crate::error::kind`]: `Kind::Unreachable`); the client
