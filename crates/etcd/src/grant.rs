@@ -49,6 +49,8 @@ pub(crate) struct EtcdGrant {
     pub echoes: bool,
     /// This grant's id in the instance's registry of own-lease grants (for `close`).
     pub registration: Mutex<Option<u64>>,
+    /// Held by the extend of an own-lease grant while it runs.
+    pub extending: tokio::sync::Mutex<()>,
     pub me: Weak<EtcdGrant>,
 }
 
@@ -154,7 +156,8 @@ impl EtcdGrant {
         // Which lease carries our key now (`None`: our key is gone).
         let on = match &moved {
             Ok(r) if r.succeeded() => Some(fresh),
-            Ok(_) => None,
+            // The compare failed: our key is gone, or (an operator's put) on another lease.
+            Ok(_) => self.our_key().await.ok().flatten(),
             Err(_) => match self.our_key().await {
                 Ok(on) => on,
                 Err(_) => {
@@ -177,9 +180,13 @@ impl EtcdGrant {
         }
         self.inner.retire_own_lease(fresh);
         match (on, moved) {
-            // Still on the old lease: the move did not happen; say why.
+            // Our key is still there but the move did not happen: say why.
             (Some(_), Err(e)) => Err(e),
-            _ => Ok(None),
+            (Some(_), Ok(_)) => Err(LockError::Unavailable {
+                message: "moving the lock key to a longer lease did not take; extend again".into(),
+                source: None,
+            }),
+            (None, _) => Ok(None),
         }
     }
 }
@@ -195,16 +202,23 @@ impl LeaseOps for EtcdGrant {
                 Ok(valid.filter(|_| on == Some(session.id)))
             }
             GrantHolding::Own(_) => {
-                let granted = self.own().map_or(Duration::ZERO, |o| o.granted);
-                if ttl <= granted {
-                    // A shorter ttl cannot shorten the lease on the server: the holder
-                    // believes `ttl` (safe), the key may outlive it by up to `granted`.
-                    return self.extend_own(ttl).await;
-                }
+                // In a task of its own, so a dropped `extend` cannot stop a lease move
+                // halfway; one at a time, so two moves never race over the same key.
                 let Some(me) = self.me.upgrade() else { return Ok(None) };
-                match tokio::spawn(me.move_to_longer_lease(ttl)).await {
+                let task = async move {
+                    let _one_at_a_time = me.extending.lock().await;
+                    let granted = me.own().map_or(Duration::ZERO, |o| o.granted);
+                    if ttl <= granted {
+                        // A shorter ttl cannot shorten the lease on the server: the holder
+                        // believes `ttl` (safe), the key may outlive it by up to `granted`.
+                        me.extend_own(ttl).await
+                    } else {
+                        Arc::clone(&me).move_to_longer_lease(ttl).await
+                    }
+                };
+                match tokio::spawn(task).await {
                     Ok(r) => r,
-                    Err(e) => Err(LockError::backend(crate::error::BACKEND, "the lease move failed", e)),
+                    Err(e) => Err(LockError::backend(crate::error::BACKEND, "the extend task failed", e)),
                 }
             }
         }

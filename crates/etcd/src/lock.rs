@@ -219,6 +219,7 @@ impl EtcdLock {
             slot: Mutex::new(q.slot.take()),
             echoes: q.echoes,
             registration: Mutex::new(None),
+            extending: tokio::sync::Mutex::new(()),
             me: me.clone(),
         });
         let lease = Lease::new(LeaseParts {

@@ -170,3 +170,37 @@ async fn close_removes_every_key_of_the_client() {
     drop(on_own);
     blocker.release().await.unwrap();
 }
+
+/// K4: `extend` to a longer TTL moves the key onto a new lease; dropped at points swept
+/// across its requests (the key read, the lease grant, the move), it leaves a lease that
+/// is still held, extends again, and releases cleanly — no key left on any lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_lease_move_leaves_a_consistent_lease() {
+    let cluster = EtcdCluster::single();
+    let url = cluster.url("");
+    let locks = EtcdLock::connect(&url).await.unwrap();
+    let short = LockOptions::new()
+        .with_ttl(Duration::from_secs(2))
+        .with_auto_renew(false);
+    for step in 0..16u64 {
+        let cut = Duration::from_micros(step * 500);
+        let key = unique_key("move-cut");
+        let lease = locks.acquire(&key, &short).await.unwrap();
+        let _ = tokio::time::timeout(cut, lease.extend(Duration::from_secs(10))).await;
+        assert!(lease.is_held(), "extend dropped after {cut:?} lost the lease");
+        lease
+            .extend(Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|e| panic!("extend after one dropped after {cut:?}: {e}"));
+        assert!(
+            lease.remaining() > Duration::from_secs(10),
+            "after {cut:?}: {:?} left",
+            lease.remaining()
+        );
+        lease
+            .release()
+            .await
+            .unwrap_or_else(|e| panic!("release after an extend dropped after {cut:?}: {e}"));
+        assert_eq!(records(&cluster, &url, &key).await, 0, "after {cut:?}: the key stayed");
+    }
+}
