@@ -204,3 +204,34 @@ async fn a_dropped_lease_move_leaves_a_consistent_lease() {
         assert_eq!(records(&cluster, &url, &key).await, 0, "after {cut:?}: the key stayed");
     }
 }
+
+/// K8: a release whose delete is not confirmed (the network holds it) leaves the session
+/// alive and usable — nothing revokes it behind the other locks — and the key is deleted
+/// later, by the session's key check if the held delete does not land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unconfirmed_release_keeps_the_session_usable() {
+    let cluster = EtcdCluster::single();
+    let proxy = FaultProxy::start(cluster.client_ports()[0]).await;
+    let url = format!("etcd://127.0.0.1:{}?session_ttl=3s&timeout=500ms", proxy.port());
+    let cut = EtcdLock::connect(&url).await.unwrap();
+    let opts = LockOptions::new().with_ttl(Duration::from_secs(60));
+    let (first, second) = (unique_key("unconfirmed-a"), unique_key("unconfirmed-b"));
+    let other_lock = cut.acquire(&second, &opts).await.unwrap();
+    let lease = cut.acquire(&first, &opts).await.unwrap();
+    proxy.set_to_server(Mode::Blackhole);
+    let released = lease.release().await;
+    assert!(released.is_err(), "a release whose request was held said {released:?}");
+    proxy.set(Mode::Pass);
+    let start = Instant::now();
+    let again = cut
+        .acquire(&unique_key("unconfirmed-c"), &opts.with_wait(Duration::from_secs(5)))
+        .await
+        .expect("a new lock on the same client after an unconfirmed release");
+    assert!(start.elapsed() < Duration::from_secs(2), "took {:?}", start.elapsed());
+    assert_eq!(cut.leases_granted(), 1, "the session was replaced");
+    assert!(other_lock.is_held(), "the other lock on the session was lost");
+    let left = records_settle(&cluster, &cluster.url(""), &first, Duration::from_secs(4)).await;
+    assert_eq!(left, 0, "the unconfirmed release's key stayed");
+    again.release().await.unwrap();
+    other_lock.release().await.unwrap();
+}
