@@ -1,0 +1,406 @@
+//! [`PgNode`]: the server as the backend uses it — one connection at a time (made on first
+//! use and again after it ended), the statements, the release notifications.
+//!
+//! One connection carries everything: acquire, extend, release, batched renewals, and the
+//! `LISTEN` on the release channel. tokio-postgres pipelines concurrent statements on it,
+//! and its notifications arrive on the same socket, so the connection that holds our
+//! leases is the one whose death wakes our waiters. It is our own connection, never a
+//! pooled one (a transaction-mode pooler would drop the `LISTEN`).
+
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use fencelock_core::batch::spread_error;
+use fencelock_core::{GrantId, LockError, Result};
+use futures_util::StreamExt;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use crate::config::PgConfig;
+use crate::error::{failed, no_answer};
+use crate::renewals::{renewals, Renewal, Renewals};
+use crate::session::{Session, Statements};
+use crate::sql;
+use crate::waiters::Waiters;
+
+/// What the server answered to an acquire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NodeGrant {
+    /// Granted; the key's token counter is now this.
+    Granted(u64),
+    /// Held by another grant for this many more milliseconds by the server's clock
+    /// (`None`: unknown).
+    Busy(Option<u64>),
+}
+
+/// The server settings that decide the guarantees, read at connect time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Settings {
+    pub fsync: String,
+    pub synchronous_commit: String,
+    pub in_recovery: bool,
+}
+
+struct Texts {
+    create: String,
+    acquire: String,
+    release: String,
+    extend: String,
+    renew_many: String,
+    enqueue: String,
+    dequeue: String,
+}
+
+pub(crate) struct NodeInner {
+    cfg: PgConfig,
+    texts: Texts,
+    session: std::sync::Mutex<Option<Arc<Session>>>,
+    connecting: tokio::sync::Mutex<()>,
+    waiters: Waiters,
+    renewals: Renewals,
+}
+
+/// The server. Cheap to clone (shared state).
+#[derive(Clone)]
+pub(crate) struct PgNode {
+    inner: Arc<NodeInner>,
+}
+
+impl std::fmt::Debug for PgNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgNode")
+            .field("server", &self.inner.cfg.server())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgNode {
+    pub(crate) fn new(cfg: PgConfig) -> Self {
+        let schema = cfg.schema.clone();
+        let texts = Texts {
+            create: sql::create(&schema),
+            acquire: sql::acquire(&schema),
+            release: sql::release(&schema, &cfg.channel()),
+            extend: sql::extend(&schema),
+            renew_many: sql::renew_many(&schema),
+            enqueue: sql::enqueue(&schema),
+            dequeue: sql::dequeue(&schema),
+        };
+        PgNode {
+            inner: Arc::new(NodeInner {
+                cfg,
+                texts,
+                session: std::sync::Mutex::new(None),
+                connecting: tokio::sync::Mutex::new(()),
+                waiters: Waiters::default(),
+                renewals: renewals(),
+            }),
+        }
+    }
+
+    pub(crate) fn config(&self) -> &PgConfig {
+        &self.inner.cfg
+    }
+
+    pub(crate) fn server(&self) -> &str {
+        self.inner.cfg.server()
+    }
+
+    pub(crate) fn waiters(&self) -> &Waiters {
+        &self.inner.waiters
+    }
+
+    fn cached(&self) -> Option<Arc<Session>> {
+        let s = self.inner.session.lock().unwrap_or_else(|p| p.into_inner());
+        s.as_ref().filter(|s| s.is_alive()).cloned()
+    }
+
+    /// The live session, connecting when there is none (one connect at a time).
+    pub(crate) async fn session(&self) -> Result<Arc<Session>> {
+        if let Some(s) = self.cached() {
+            return Ok(s);
+        }
+        let _connecting = self.inner.connecting.lock().await;
+        if let Some(s) = self.cached() {
+            return Ok(s);
+        }
+        let old = self.inner.session.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(old) = old {
+            self.end_session(&old, "the connection was closed");
+        }
+        let cfg = &self.inner.cfg;
+        let bound = cfg.connect_timeout + cfg.timeout * 2;
+        let session = match tokio::time::timeout(bound, self.open()).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(LockError::Unavailable {
+                    message: format!(
+                        "postgres unreachable: no ready connection to {} within {bound:?}",
+                        cfg.server()
+                    ),
+                    source: None,
+                })
+            }
+        };
+        *self.inner.session.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&session));
+        Ok(session)
+    }
+
+    /// Connects, creates the tables if missing, listens on the release channel and
+    /// prepares the statements.
+    async fn open(&self) -> Result<Arc<Session>> {
+        let cfg = &self.inner.cfg;
+        let server = cfg.server();
+        let (client, mut connection) = cfg
+            .pg
+            .connect(NoTls)
+            .await
+            .map_err(|e| failed("connecting", server, e))?;
+        let slot: Arc<OnceLock<Weak<Session>>> = Arc::default();
+        let (node, session_slot) = (Arc::downgrade(&self.inner), Arc::clone(&slot));
+        let driver = tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            let mut why = "the server closed it".to_owned();
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notification(n)) => {
+                        if let Some(inner) = node.upgrade() {
+                            inner.waiters.dispatch(n.payload());
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        why = e.to_string();
+                        break;
+                    }
+                }
+            }
+            let (Some(inner), Some(session)) = (node.upgrade(), session_slot.get().and_then(Weak::upgrade)) else {
+                return;
+            };
+            PgNode { inner }.end_session(&session, &why);
+        });
+        let abort = driver.abort_handle();
+        let setup = async {
+            let doing = |what| move |e| failed(what, server, e);
+            client
+                .batch_execute(&self.inner.texts.create)
+                .await
+                .map_err(doing("creating the tables"))?;
+            client
+                .batch_execute(&format!("LISTEN {}", cfg.channel()))
+                .await
+                .map_err(doing("LISTEN"))?;
+            let t = &self.inner.texts;
+            let prepare = |text| client.prepare(text);
+            let st = Statements {
+                acquire: prepare(&t.acquire).await.map_err(doing("preparing acquire"))?,
+                release: prepare(&t.release).await.map_err(doing("preparing release"))?,
+                extend: prepare(&t.extend).await.map_err(doing("preparing extend"))?,
+                renew_many: prepare(&t.renew_many).await.map_err(doing("preparing renewals"))?,
+                enqueue: prepare(&t.enqueue).await.map_err(doing("preparing enqueue"))?,
+                dequeue: prepare(&t.dequeue).await.map_err(doing("preparing dequeue"))?,
+            };
+            let pid: i32 = client
+                .query_one("SELECT pg_backend_pid()", &[])
+                .await
+                .map_err(doing("reading the backend pid"))?
+                .get(0);
+            Ok::<_, LockError>((st, pid))
+        };
+        match setup.await {
+            Ok((st, pid)) => {
+                let session = Arc::new(Session::new(client, st, pid, abort));
+                // The driver holds the session weakly: dropping the node ends it.
+                let _ = slot.set(Arc::downgrade(&session));
+                Ok(session)
+            }
+            Err(e) => {
+                abort.abort();
+                Err(e)
+            }
+        }
+    }
+
+    /// Ends `session`: its leases are reported lost and released through a new
+    /// connection, our waiters retry.
+    fn end_session(&self, session: &Session, why: &str) {
+        let lost = session.end(why);
+        if !lost.is_empty() {
+            tracing::warn!(server = %self.server(), %why, leases = lost.len(), "connection ended; its leases are lost");
+        }
+        for (key, grant) in lost {
+            self.release_later(&key, &grant);
+        }
+        self.inner.waiters.wake_all();
+    }
+
+    /// Runs one statement on the live session, bounded by the statement timeout. A
+    /// statement without an answer in time cuts the connection (its state is unknown);
+    /// a closed connection ends the session.
+    async fn call<T, F, Fut>(&self, doing: &'static str, f: F) -> Result<(T, Arc<Session>)>
+    where
+        F: FnOnce(Arc<Session>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+    {
+        let session = self.session().await?;
+        let timeout = self.inner.cfg.timeout;
+        match tokio::time::timeout(timeout, f(Arc::clone(&session))).await {
+            Ok(Ok(v)) => Ok((v, session)),
+            Ok(Err(e)) => {
+                if e.is_closed() || e.code().is_none() {
+                    self.end_session(&session, &e.to_string());
+                }
+                Err(failed(doing, self.server(), e))
+            }
+            Err(_) => {
+                self.end_session(&session, &format!("no answer to {doing} within {timeout:?}"));
+                Err(no_answer(doing, self.server(), timeout))
+            }
+        }
+    }
+
+    /// One acquire round trip (the prepared acquire statement). Not retried: when the
+    /// answer is lost a release of `grant` is sent in the background, so an unheard
+    /// grant does not block others for a whole TTL.
+    pub(crate) async fn try_grant(
+        &self,
+        key: &str,
+        grant: &GrantId,
+        ttl: Duration,
+        ticket: Option<i64>,
+    ) -> Result<(NodeGrant, Arc<Session>)> {
+        let ttl_ms = ttl.as_millis() as i64;
+        let answer = self
+            .call("acquire", |s| async move {
+                s.client
+                    .query_one(&s.st.acquire, &[&key, &grant.as_str(), &ttl_ms, &ticket])
+                    .await
+            })
+            .await;
+        match answer {
+            Ok((row, s)) => {
+                let token: Option<i64> = row.get(0);
+                let holder_ms: Option<i64> = row.get(1);
+                let outcome = match token {
+                    Some(t) => NodeGrant::Granted(u64::try_from(t).unwrap_or(0)),
+                    None => NodeGrant::Busy(holder_ms.map(|ms| u64::try_from(ms).unwrap_or(0))),
+                };
+                Ok((outcome, s))
+            }
+            Err(e) => {
+                if e.is_temporary() {
+                    self.release_later(key, grant.as_str());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends a release of `grant` in the background (for a grant whose fate is unknown).
+    /// Nothing when no runtime is running.
+    pub(crate) fn release_later(&self, key: &str, grant: &str) {
+        let (node, key, grant) = (self.clone(), key.to_owned(), grant.to_owned());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = node.release(&key, &grant).await;
+            });
+        }
+    }
+
+    /// Deletes our row and notifies the next waiter; `false` if the row was not ours.
+    pub(crate) async fn release(&self, key: &str, grant: &str) -> Result<bool> {
+        let (rows, _) = self
+            .call("release", |s| async move {
+                s.client.query(&s.st.release, &[&key, &grant]).await
+            })
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
+    /// Sets a new expiry `ttl` from now if the row still holds `grant` unexpired.
+    pub(crate) async fn extend(&self, key: &str, grant: &str, ttl: Duration) -> Result<bool> {
+        let ttl_ms = ttl.as_millis() as i64;
+        let (n, _) = self
+            .call("extend", |s| async move {
+                s.client.execute(&s.st.extend, &[&key, &grant, &ttl_ms]).await
+            })
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Like [`extend`](Self::extend), batched with the other background renewals.
+    pub(crate) async fn renew(&self, key: &str, grant: &str, ttl: Duration) -> Result<bool> {
+        let renewal = Renewal {
+            key: key.to_owned(),
+            grant: grant.to_owned(),
+            ttl_ms: ttl.as_millis() as i64,
+        };
+        let flush = |inner, batch: Vec<Renewal>| async move { PgNode { inner }.renew_batch(&batch).await };
+        let wait = self.inner.cfg.renew_window.min(ttl / 10);
+        self.inner.renewals.submit(renewal, wait, &self.inner, flush).await
+    }
+
+    /// One statement renews the whole batch; answers each.
+    async fn renew_batch(&self, batch: &[Renewal]) -> Vec<Result<bool>> {
+        let keys: Vec<&str> = batch.iter().map(|r| r.key.as_str()).collect();
+        let grants: Vec<&str> = batch.iter().map(|r| r.grant.as_str()).collect();
+        let ttls: Vec<i64> = batch.iter().map(|r| r.ttl_ms).collect();
+        let (keys, grants, ttls) = (&keys, &grants, &ttls);
+        let answer = self
+            .call("batched renewal", |s| async move {
+                s.client.query(&s.st.renew_many, &[keys, grants, ttls]).await
+            })
+            .await;
+        match answer {
+            Ok((rows, _)) => {
+                let renewed: std::collections::HashSet<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+                batch.iter().map(|r| Ok(renewed.contains(&r.grant))).collect()
+            }
+            Err(e) => spread_error(&e, batch.len()),
+        }
+    }
+
+    /// Takes a ticket in the key's waiter queue, valid for `wait`.
+    pub(crate) async fn enqueue(&self, key: &str, wait: Duration) -> Result<i64> {
+        let wait_ms = wait.as_millis() as i64;
+        let (row, _) = self
+            .call("joining the waiter queue", |s| async move {
+                s.client.query_one(&s.st.enqueue, &[&key, &wait_ms]).await
+            })
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Leaves the queue in the background.
+    pub(crate) fn dequeue_later(&self, ticket: i64) {
+        let node = self.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = node
+                    .call("leaving the waiter queue", |s| async move {
+                        s.client.execute(&s.st.dequeue, &[&ticket]).await
+                    })
+                    .await;
+            });
+        }
+    }
+
+    /// `fsync`, `synchronous_commit` and whether the server is a standby.
+    pub(crate) async fn settings(&self) -> Result<Settings> {
+        let (row, _) = self
+            .call("reading fsync and synchronous_commit", |s| async move {
+                s.client
+                    .query_one(
+                        "SELECT current_setting('fsync'), current_setting('synchronous_commit'), pg_is_in_recovery()",
+                        &[],
+                    )
+                    .await
+            })
+            .await?;
+        Ok(Settings {
+            fsync: row.get(0),
+            synchronous_commit: row.get(1),
+            in_recovery: row.get(2),
+        })
+    }
+}

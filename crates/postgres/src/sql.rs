@@ -1,0 +1,160 @@
+//! The SQL of the backend, with the schema spliced in (a validated plain identifier).
+//!
+//! Every statement that decides something is one statement, run in its own implicit
+//! transaction, and reads the server's clock once: `statement_timestamp()`, the instant
+//! the server received the statement. Using that one reading both to judge expiry and to
+//! set it keeps a statement consistent with itself; it is never later than the moment the
+//! statement acts, so an expiry check can only find a lease still valid a little longer
+//! (never free too early), and a new expiry starts after the client sent the request, so
+//! the server keeps a grant at least as long as the client believes in it.
+
+/// Guards the schema creation across concurrent first users: `CREATE … IF NOT EXISTS`
+/// alone can fail with a unique violation when two sessions create the same table at
+/// once, so the DDL runs in one transaction holding this advisory lock.
+pub(crate) const DDL_LOCK: i64 = 0x6665_6e63_656c_6b00; // "fencelk\0"
+
+/// The tables, created idempotently in one transaction (one round trip, simple protocol).
+pub(crate) fn create(schema: &str) -> String {
+    format!(
+        "BEGIN;
+SELECT pg_advisory_xact_lock({DDL_LOCK});
+CREATE SCHEMA IF NOT EXISTS {schema};
+CREATE TABLE IF NOT EXISTS {schema}.locks (
+    key text PRIMARY KEY,
+    grant_id text NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {schema}.tokens (
+    key text PRIMARY KEY,
+    token bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {schema}.waiters (
+    ticket bigserial PRIMARY KEY,
+    key text NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS waiters_by_key ON {schema}.waiters (key, ticket);
+CREATE TABLE IF NOT EXISTS {schema}.fences (
+    resource text PRIMARY KEY,
+    token bigint NOT NULL,
+    grant_id text NOT NULL
+);
+COMMIT;"
+    )
+}
+
+/// Acquire: `$1` key, `$2` grant id, `$3` TTL in ms, `$4` our waiter ticket or NULL.
+/// Takes the row when it is free or expired (the upsert's `WHERE` is evaluated on the
+/// latest row version, under its row lock), bumps the key's counter only when it took it,
+/// and drops our waiter ticket only then. Returns the token (NULL when busy) and the
+/// holder's remaining ms by the server's clock (NULL when unknown).
+pub(crate) fn acquire(schema: &str) -> String {
+    format!(
+        "WITH taken AS (
+    INSERT INTO {schema}.locks AS l (key, grant_id, expires_at)
+    VALUES ($1, $2, statement_timestamp() + $3::bigint * interval '1 millisecond')
+    ON CONFLICT (key) DO UPDATE SET grant_id = excluded.grant_id, expires_at = excluded.expires_at
+        WHERE l.expires_at <= statement_timestamp()
+    RETURNING l.key
+), bumped AS (
+    INSERT INTO {schema}.tokens AS t (key, token) SELECT key, 1 FROM taken
+    ON CONFLICT (key) DO UPDATE SET token = t.token + 1
+    RETURNING t.token
+), dequeued AS (
+    DELETE FROM {schema}.waiters WHERE ticket = $4::bigint AND EXISTS (SELECT 1 FROM taken)
+)
+SELECT (SELECT token FROM bumped) AS token,
+       (SELECT ceil(extract(epoch FROM h.expires_at - statement_timestamp()) * 1000)::bigint
+          FROM {schema}.locks h WHERE h.key = $1) AS holder_ms"
+    )
+}
+
+/// Release: `$1` key, `$2` grant id. Deletes our row only, and then notifies the
+/// release channel naming the oldest live waiter ticket of the key (`-` when none):
+/// `TICKET:KEY`. One row comes back when our row was deleted.
+pub(crate) fn release(schema: &str, channel: &str) -> String {
+    format!(
+        "WITH gone AS (
+    DELETE FROM {schema}.locks WHERE key = $1 AND grant_id = $2 RETURNING key
+), next AS (
+    SELECT min(ticket) AS ticket FROM {schema}.waiters
+    WHERE key = $1 AND expires_at > statement_timestamp()
+)
+SELECT pg_notify('{channel}', coalesce(next.ticket::text, '-') || ':' || gone.key) FROM gone, next"
+    )
+}
+
+/// Extend: `$1` key, `$2` grant id, `$3` TTL in ms. Only our row, only while unexpired.
+pub(crate) fn extend(schema: &str) -> String {
+    format!(
+        "UPDATE {schema}.locks SET expires_at = statement_timestamp() + $3::bigint * interval '1 millisecond'
+WHERE key = $1 AND grant_id = $2 AND expires_at > statement_timestamp()"
+    )
+}
+
+/// Batched renewal: `$1` keys, `$2` grant ids, `$3` TTLs in ms (arrays of one length).
+/// Returns the grant ids it renewed.
+pub(crate) fn renew_many(schema: &str) -> String {
+    format!(
+        "UPDATE {schema}.locks l
+SET expires_at = statement_timestamp() + b.ttl_ms * interval '1 millisecond'
+FROM unnest($1::text[], $2::text[], $3::bigint[]) AS b(key, grant_id, ttl_ms)
+WHERE l.key = b.key AND l.grant_id = b.grant_id AND l.expires_at > statement_timestamp()
+RETURNING l.grant_id"
+    )
+}
+
+/// Joins the key's waiter queue: `$1` key, `$2` how long the ticket lives in ms (the
+/// acquire's wait bound). Also sweeps the key's tickets that expired a minute ago (left
+/// by crashed waiters). Returns the ticket.
+pub(crate) fn enqueue(schema: &str) -> String {
+    format!(
+        "WITH swept AS (
+    DELETE FROM {schema}.waiters WHERE key = $1 AND expires_at < statement_timestamp() - interval '1 minute'
+)
+INSERT INTO {schema}.waiters (key, expires_at)
+VALUES ($1, statement_timestamp() + $2::bigint * interval '1 millisecond')
+RETURNING ticket"
+    )
+}
+
+/// Leaves the queue: `$1` ticket.
+pub(crate) fn dequeue(schema: &str) -> String {
+    format!("DELETE FROM {schema}.waiters WHERE ticket = $1")
+}
+
+/// The fence check inside the user's transaction: `$1` resource, `$2` token, `$3` grant
+/// id. Records the fence when it is higher than the resource's, or equal from the same
+/// grant, and refuses it otherwise — atomically, holding the fence row's lock until the
+/// user's transaction ends, so a concurrent writer of the same resource waits and then
+/// sees this fence. Returns whether it was admitted and the fence it replaced.
+pub(crate) fn fence(schema: &str) -> String {
+    format!(
+        "WITH prior AS (
+    SELECT token, grant_id FROM {schema}.fences WHERE resource = $1
+), admitted AS (
+    INSERT INTO {schema}.fences AS f (resource, token, grant_id) VALUES ($1, $2, $3)
+    ON CONFLICT (resource) DO UPDATE SET token = excluded.token, grant_id = excluded.grant_id
+        WHERE f.token < excluded.token OR (f.token = excluded.token AND f.grant_id = excluded.grant_id)
+    RETURNING f.token
+)
+SELECT (SELECT count(*) FROM admitted) AS admitted,
+       (SELECT token FROM prior) AS prior_token,
+       (SELECT grant_id FROM prior) AS prior_grant"
+    )
+}
+
+/// The fence table alone, for the user's database when it is not the lock database.
+pub(crate) fn create_fences(schema: &str) -> String {
+    format!(
+        "BEGIN;
+SELECT pg_advisory_xact_lock({DDL_LOCK});
+CREATE SCHEMA IF NOT EXISTS {schema};
+CREATE TABLE IF NOT EXISTS {schema}.fences (
+    resource text PRIMARY KEY,
+    token bigint NOT NULL,
+    grant_id text NOT NULL
+);
+COMMIT;"
+    )
+}
