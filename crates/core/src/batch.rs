@@ -150,6 +150,7 @@ where
                     backend: "batch",
                     message: format!("a batch of {n} was answered with {} results", answers.len()),
                     source: None,
+                    temporary: false,
                 };
                 answers = spread_error(&e, n);
             }
@@ -171,15 +172,17 @@ pub fn spread_error<R>(e: &LockError, n: usize) -> Vec<Result<R>> {
             source: None,
         },
         LockError::InvalidConfig { .. } => LockError::invalid_config(message.clone()),
-        LockError::Backend { backend, .. } => LockError::Backend {
+        LockError::Backend { backend, temporary, .. } => LockError::Backend {
             backend,
             message: message.clone(),
             source: None,
+            temporary: *temporary,
         },
         _ => LockError::Backend {
             backend: "batch",
             message: message.clone(),
             source: None,
+            temporary: e.is_temporary(),
         },
     };
     (0..n).map(|_| Err(one())).collect()
@@ -230,6 +233,7 @@ mod tests {
             backend: "redis",
             message: "script failed".into(),
             source: None,
+            temporary: false,
         };
         let spread: Vec<Result<()>> = spread_error(&backend, 1);
         assert!(matches!(&spread[0], Err(LockError::Backend { backend: "redis", .. })));

@@ -143,6 +143,10 @@ pub enum LockError {
     Fenced(FenceRejection),
 
     /// Any other failure of the backend, with its source.
+    ///
+    /// Whether a retry may help is decided per error by the backend that raises it
+    /// (`temporary`), from the client crate's error kind — a refused script, a wrong type, a
+    /// corrupt state file are permanent; a server that is loading its data set is not.
     #[error("{backend} backend: {message}")]
     Backend {
         /// The backend's name.
@@ -152,6 +156,8 @@ pub enum LockError {
         /// The underlying error.
         #[source]
         source: Option<BoxError>,
+        /// `true` when the same call may succeed later.
+        temporary: bool,
     },
 }
 
@@ -193,23 +199,38 @@ impl LockError {
         }
     }
 
-    /// Builds an [`LockError::Backend`] with a source.
+    /// Builds a permanent [`LockError::Backend`] with a source: retrying will not help (a
+    /// corrupt state file, a refused script, a value of the wrong type).
     pub fn backend(backend: &'static str, message: impl Into<String>, source: impl Into<BoxError>) -> Self {
         LockError::Backend {
             backend,
             message: message.into(),
             source: Some(source.into()),
+            temporary: false,
         }
     }
 
-    /// `true` when the same call may succeed later (timeouts, unavailable backends, transient
-    /// backend failures); `false` for bad input, bad configuration, lost leases and refusals.
-    /// A retry loop must never retry an error for which this is `false`.
+    /// Builds a temporary [`LockError::Backend`] with a source: the same call may succeed
+    /// later (the server is loading its data, a leader election is under way).
+    pub fn backend_temporary(backend: &'static str, message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        LockError::Backend {
+            backend,
+            message: message.into(),
+            source: Some(source.into()),
+            temporary: true,
+        }
+    }
+
+    /// `true` when the same call may succeed later (timeouts, unavailable backends, backend
+    /// failures the backend marked temporary); `false` for bad input, bad configuration,
+    /// lost leases, refusals and permanent backend failures. A retry loop must never retry
+    /// an error for which this is `false`.
     pub fn is_temporary(&self) -> bool {
-        matches!(
-            self,
-            LockError::Timeout { .. } | LockError::Unavailable { .. } | LockError::Backend { .. }
-        )
+        match self {
+            LockError::Timeout { .. } | LockError::Unavailable { .. } => true,
+            LockError::Backend { temporary, .. } => *temporary,
+            _ => false,
+        }
     }
 
     /// `true` for [`LockError::LeaseLost`].
@@ -248,5 +269,13 @@ mod tests {
         let e = LockError::backend("file", "cannot write state", io);
         let source = std::error::Error::source(&e).map(|s| s.to_string());
         assert_eq!(source.as_deref(), Some("disk on fire"));
+    }
+
+    #[test]
+    fn backend_errors_are_temporary_only_when_marked() {
+        let corrupt = LockError::backend("file", "state file is not JSON", std::io::Error::other("x"));
+        assert!(!corrupt.is_temporary(), "a corrupt state file must not be retried");
+        let loading = LockError::backend_temporary("redis", "server is loading", std::io::Error::other("x"));
+        assert!(loading.is_temporary());
     }
 }

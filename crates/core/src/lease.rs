@@ -20,6 +20,7 @@ use tracing::Instrument;
 use crate::error::{LockError, LostReason, Result};
 use crate::options::{validate_ttl, LockOptions};
 use crate::token::{Fence, FencingToken, GrantId};
+use crate::waiting::CancelGuard;
 
 /// How a backend extends and releases one grant. Implemented by every backend; called only
 /// by [`Lease`].
@@ -147,6 +148,18 @@ impl Shared {
         self.status.send_if_modified(|s| {
             if s.state.is_live() {
                 s.valid_until = sent + validity;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Lowers the validity to `until` if it ends later (never raises it).
+    fn cap_validity(&self, until: Instant) {
+        self.status.send_if_modified(|s| {
+            if s.state.is_live() && until < s.valid_until {
+                s.valid_until = until;
                 true
             } else {
                 false
@@ -300,6 +313,36 @@ impl Lease {
         }
     }
 
+    /// Hands the lease out only if it is still live: a grant whose validity had already run
+    /// out by the time the backend's answer came back (the reply took longer than the TTL,
+    /// or a queued waiter's turn came after its validity was spent) is given back in the
+    /// background and never returned to the caller. Every `acquire` and `try_acquire`
+    /// passes its lease through here before returning it (the waiting loops in
+    /// [`crate::waiting`] do it for `acquire`); the Redlock page calls such a grant invalid
+    /// for the same reason.
+    ///
+    /// # Errors
+    /// [`LockError::Unavailable`] (temporary: `acquire` tries again while its wait lasts)
+    /// when no validity was left.
+    pub fn into_live(self) -> Result<Lease> {
+        // Read without `refresh`, which would mark the lease lost and give the grant back
+        // itself; the drop below gives it back once.
+        let status = self.shared.status.borrow().clone();
+        if status.state == LeaseState::Held && Instant::now() < status.valid_until {
+            return Ok(self);
+        }
+        let message = format!(
+            "the grant of `{}` (token {}) arrived with no validity left (TTL {:?}): the answer \
+             took longer than the TTL; it was given back",
+            self.shared.key,
+            self.shared.token,
+            self.shared.renewal().ttl
+        );
+        tracing::warn!(key = %self.shared.key, token = %self.shared.token, "grant arrived with no validity left; given back");
+        drop(self); // releases in the background
+        Err(LockError::Unavailable { message, source: None })
+    }
+
     /// The key this lease is for.
     pub fn key(&self) -> &str {
         &self.shared.key
@@ -388,6 +431,16 @@ impl Lease {
     /// Fails with [`LockError::LeaseLost`] when the lease is already lost or its validity ran
     /// out — even if the backend would still accept it, because another holder may have come
     /// and gone in between — or when the backend no longer holds our grant.
+    ///
+    /// # Errors
+    /// [`LockError::InvalidInput`] for a TTL out of range; [`LockError::LeaseLost`] as
+    /// above; the backend's error when it could not be asked (the lease keeps its current
+    /// validity, or `now + ttl` if that is shorter).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the future leaves the lease consistent. The request may still
+    /// reach the backend; so that a shorter TTL can never outlive the holder's belief, the
+    /// validity is lowered to `now + ttl` before the request is sent when that is earlier.
     pub async fn extend(&self, ttl: Duration) -> Result<()> {
         validate_ttl(ttl)?;
         let shared = &self.shared;
@@ -402,6 +455,10 @@ impl Lease {
             }
             let sent = Instant::now();
             let remaining = status.valid_until.saturating_duration_since(sent);
+            // A shorter TTL may take effect on the backend whatever becomes of this call
+            // (no answer, an error, the future dropped): believe the shorter of the two
+            // from now on, so the holder never trusts a validity the backend cut.
+            shared.cap_validity(sent + ttl);
             match tokio::time::timeout(remaining, shared.ops.extend(ttl)).await {
                 Ok(Ok(Some(validity))) => {
                     shared.apply_validity(sent, validity, ttl);
@@ -429,16 +486,33 @@ impl Lease {
     /// before (expired, taken, reported by the backend), our grant is still removed if the
     /// backend has it, and the result is [`LockError::LeaseLost`] so the holder learns that
     /// its critical section may not have been exclusive to the end.
+    ///
+    /// # Errors
+    /// [`LockError::LeaseLost`] as above; the backend's error (`Unavailable`, …) when it
+    /// could not confirm the release — the grant then ends with its TTL or session at the
+    /// latest.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: once called, the release completes. Dropping the future (say under
+    /// `tokio::time::timeout`) before it is first polled drops the lease, which releases it
+    /// in the background; dropping it while the request is in flight sends the release
+    /// again from a background task. Either way the lease is `Released` at once.
     pub async fn release(mut self) -> Result<()> {
         self.finished = true;
         if let Some(g) = self.guardian.take() {
             g.abort();
         }
         let shared = Arc::clone(&self.shared);
+        let runtime = self.runtime.clone();
         let span = tracing::info_span!("fencelock.release", key = %shared.key, token = %shared.token);
         async move {
             let before = shared.refresh();
+            // Once started, a release completes: if this future is dropped while the
+            // request is in flight, the guard sends it again from a background task (a
+            // release only ever removes our own grant, so a repeat is harmless).
+            let guard = release_guard(&shared, runtime);
             let result = shared.ops.release().await;
+            guard.disarm();
             shared.status.send_modify(|s| s.state = LeaseState::Released);
             match (before.state, result) {
                 // Lost before: that is what the holder must learn, whatever the backend said.
@@ -454,6 +528,38 @@ impl Lease {
     }
 }
 
+/// Arms a clean-up that releases the grant in the background (and marks the lease
+/// released) if the release in flight is dropped before its answer.
+fn release_guard(shared: &Arc<Shared>, runtime: Option<Handle>) -> CancelGuard<impl FnOnce()> {
+    let shared = Arc::clone(shared);
+    CancelGuard::new(move || {
+        shared.status.send_modify(|s| s.state = LeaseState::Released);
+        spawn_release(&shared, runtime.as_ref(), "release_after_cancel");
+    })
+}
+
+/// Releases the grant from a task of its own on `runtime` (or the current one); without a
+/// runtime, logs that the TTL will free it.
+fn spawn_release(shared: &Shared, runtime: Option<&Handle>, what: &'static str) {
+    let ops = Arc::clone(&shared.ops);
+    let (key, token) = (shared.key.clone(), shared.token);
+    let current = Handle::try_current().ok();
+    match runtime.or(current.as_ref()) {
+        Some(rt) => {
+            let span = tracing::debug_span!("fencelock.background_release", %key, %token, what);
+            rt.spawn(
+                async move {
+                    if let Err(e) = ops.release().await {
+                        tracing::warn!(error = %e, "background release failed; the TTL will free the lock");
+                    }
+                }
+                .instrument(span),
+            );
+        }
+        None => tracing::warn!(%key, %token, what, "lease left outside a tokio runtime; the TTL will free it"),
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
         if self.finished {
@@ -463,22 +569,7 @@ impl Drop for Lease {
             g.abort();
         }
         self.shared.status.send_modify(|s| s.state = LeaseState::Released);
-        let ops = Arc::clone(&self.shared.ops);
-        let (key, token) = (self.shared.key.clone(), self.shared.token);
-        match &self.runtime {
-            Some(rt) => {
-                let span = tracing::debug_span!("fencelock.release_on_drop", %key, %token);
-                rt.spawn(
-                    async move {
-                        if let Err(e) = ops.release().await {
-                            tracing::warn!(error = %e, "background release of a dropped lease failed; the TTL will free it");
-                        }
-                    }
-                    .instrument(span),
-                );
-            }
-            None => tracing::warn!(%key, %token, "lease dropped outside a tokio runtime; the TTL will free it"),
-        }
+        spawn_release(&self.shared, self.runtime.as_ref(), "release_on_drop");
     }
 }
 
@@ -659,5 +750,117 @@ async fn guard(shared: Weak<Shared>, auto_renew: bool) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Counts releases; extends answer with `validity`, after `delay`.
+    struct Counting {
+        releases: AtomicUsize,
+        delay: Duration,
+    }
+
+    #[async_trait]
+    impl LeaseOps for Counting {
+        async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
+            tokio::time::sleep(self.delay).await;
+            Ok(Some(ttl))
+        }
+
+        async fn release(&self) -> Result<bool> {
+            tokio::time::sleep(self.delay).await;
+            self.releases.fetch_add(1, Ordering::SeqCst);
+            Ok(true)
+        }
+    }
+
+    fn lease(ops: &Arc<Counting>, sent_at: Instant, validity: Duration) -> Lease {
+        Lease::new(LeaseParts {
+            key: "k".into(),
+            token: FencingToken::new(1),
+            grant: GrantId::random(),
+            sent_at,
+            validity,
+            options: LockOptions::new().with_ttl(validity).with_auto_renew(false),
+            ops: Arc::clone(ops) as Arc<dyn LeaseOps>,
+        })
+    }
+
+    fn ops(delay: Duration) -> Arc<Counting> {
+        Arc::new(Counting {
+            releases: AtomicUsize::new(0),
+            delay,
+        })
+    }
+
+    /// Lets spawned background tasks run to completion on the paused clock.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_grant_with_no_validity_left_is_given_back_not_handed_out() {
+        let ops = ops(Duration::ZERO);
+        let sent = Instant::now();
+        tokio::time::advance(Duration::from_millis(50)).await; // the answer took 50 ms
+        let err = lease(&ops, sent, Duration::from_millis(20))
+            .into_live()
+            .expect_err("a dead grant was handed out");
+        assert!(
+            matches!(err, LockError::Unavailable { .. }) && err.is_temporary(),
+            "{err}"
+        );
+        settle().await;
+        assert_eq!(
+            ops.releases.load(Ordering::SeqCst),
+            1,
+            "the dead grant was not given back"
+        );
+
+        let live = lease(&ops, Instant::now(), Duration::from_secs(1))
+            .into_live()
+            .expect("a live grant");
+        assert!(live.is_held());
+        live.release().await.expect("release");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_release_dropped_in_flight_still_releases() {
+        let ops = ops(Duration::from_millis(10));
+        let held = lease(&ops, Instant::now(), Duration::from_secs(60));
+        let watch = held.watch();
+        let cut = tokio::time::timeout(Duration::from_millis(5), held.release()).await;
+        assert!(cut.is_err(), "the release was meant to be cut off in flight");
+        assert_eq!(watch.borrow().state, LeaseState::Released);
+        settle().await;
+        assert_eq!(
+            ops.releases.load(Ordering::SeqCst),
+            1,
+            "the cut-off release never reached the backend"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_extend_to_a_shorter_ttl_lowers_the_belief_even_if_dropped() {
+        let ops = ops(Duration::from_millis(10));
+        let held = lease(&ops, Instant::now(), Duration::from_secs(60));
+        let cut = tokio::time::timeout(Duration::from_millis(5), held.extend(Duration::from_secs(1))).await;
+        assert!(cut.is_err(), "the extend was meant to be cut off in flight");
+        assert!(
+            held.remaining() <= Duration::from_secs(1),
+            "after a dropped extend to 1 s the holder still believes {:?}",
+            held.remaining()
+        );
+        held.release().await.expect("release");
     }
 }

@@ -52,6 +52,29 @@ pub trait DistributedLock: Send + Sync + std::fmt::Debug {
 
     /// A description of this backend for logs and messages (a URL without credentials).
     fn describe(&self) -> String;
+
+    /// Ends this client cleanly before the process exits: finishes (bounded by the
+    /// backend's request timeout) the clean-ups it runs in the background — releases of
+    /// dropped leases, deletions of queue entries whose outcome was unknown — and ends its
+    /// session where it has one (etcd revokes its lease, as etcd's `Session.Close` does;
+    /// ZooKeeper closes its session), which removes every grant and queue entry the session
+    /// still owns. Leases still held through this client are lost afterwards (their
+    /// `lost()` resolves).
+    ///
+    /// Call it at the end of a short-lived process (the CLI does, also after SIGINT/SIGTERM
+    /// while waiting), so that nothing it took stays behind for a TTL or session timeout.
+    /// The default does nothing: backends whose grants all go through TTL-bounded requests
+    /// already confirmed or cleaned up (memory, file) have nothing to end.
+    ///
+    /// # Errors
+    /// [`LockError::Unavailable`](crate::LockError::Unavailable) when the backend did not
+    /// confirm in time; what was left then ends with the session timeout or TTL.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the future leaves the clean-ups running in the background.
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -71,6 +94,10 @@ impl<T: DistributedLock + ?Sized> DistributedLock for Arc<T> {
     fn describe(&self) -> String {
         (**self).describe()
     }
+
+    async fn close(&self) -> Result<()> {
+        (**self).close().await
+    }
 }
 
 #[async_trait]
@@ -89,5 +116,9 @@ impl<T: DistributedLock + ?Sized> DistributedLock for Box<T> {
 
     fn describe(&self) -> String {
         (**self).describe()
+    }
+
+    async fn close(&self) -> Result<()> {
+        (**self).close().await
     }
 }

@@ -129,6 +129,29 @@ impl MemoryLock {
         Ok(Self::named(name))
     }
 
+    /// Removes the current grant of `key`, as an operator deleting a lock by hand would; the
+    /// token counter stays. Returns whether there was a live grant. Its holder learns of it
+    /// at its next extend or renewal (`LeaseLost`); waiters are woken.
+    pub fn remove_grant(&self, key: &str) -> bool {
+        let mut keys = self.table.lock();
+        let Some(state) = keys.get_mut(key) else {
+            return false;
+        };
+        let live = state.live_holder(Instant::now()).is_some();
+        state.holder = None;
+        state.released.notify_waiters();
+        live
+    }
+
+    /// How many grants of `key` the table holds now: `1` while someone holds it, else `0`
+    /// (what a server-side count shows for the other backends).
+    pub fn records(&self, key: &str) -> usize {
+        let keys = self.table.lock();
+        keys.get(key)
+            .and_then(|s| s.live_holder(Instant::now()))
+            .map_or(0, |_| 1)
+    }
+
     /// One attempt: grant now, or say who to wait for. Never awaits, so it is cancel safe.
     fn attempt(&self, key: &str, opts: &LockOptions) -> Attempt {
         let sent_at = Instant::now();
@@ -175,7 +198,7 @@ impl DistributedLock for MemoryLock {
         validate_key(key)?;
         opts.validate_for_try()?;
         match self.attempt(key, opts) {
-            Attempt::Acquired(lease) => Ok(Some(lease)),
+            Attempt::Acquired(lease) => Ok(Some(lease.into_live()?)),
             Attempt::Busy { .. } => Ok(None),
         }
     }

@@ -83,7 +83,10 @@ where
         last_error = None;
         backoff.reset();
         match outcome {
-            Attempt::Acquired(lease) => return Ok(lease),
+            Attempt::Acquired(lease) => match lease.into_live() {
+                Ok(lease) => return Ok(lease),
+                Err(e) => last_error = Some(backoff.pause_or_fail(e).await?),
+            },
             Attempt::Busy { wake, retry_at } => {
                 let until = retry_at.map_or(deadline, |r| r.min(deadline));
                 if Instant::now() >= deadline {
@@ -119,7 +122,12 @@ where
     let mut backoff = Backoff::new(deadline);
     for _ in 0..MAX_ATTEMPTS {
         match tokio::time::timeout_at(deadline, attempt()).await {
-            Ok(Ok(Some(lease))) => return Ok(lease),
+            Ok(Ok(Some(lease))) => match lease.into_live() {
+                Ok(lease) => return Ok(lease),
+                Err(e) => {
+                    backoff.pause_or_fail(e).await?;
+                }
+            },
             Ok(Ok(None)) => continue,
             Ok(Err(e)) => {
                 backoff.pause_or_fail(e).await?;

@@ -51,6 +51,8 @@ pub(crate) fn failed(doing: &'static str, cluster: &str, source: etcd_client::Er
             backend: BACKEND,
             message: format!("{doing} failed"),
             source: Some(Box::new(f)),
+            // Decided per error kind in the hardening work (issue 12 K7); today's behaviour kept.
+            temporary: true,
         }
     }
 }

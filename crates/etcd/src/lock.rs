@@ -288,6 +288,7 @@ impl EtcdLock {
                     backend: BACKEND,
                     message: "queue key vanished at once".into(),
                     source: None,
+                    temporary: true,
                 });
             }
             queued.owner = owner_rev == queued.rev;
@@ -440,7 +441,7 @@ impl DistributedLock for EtcdLock {
         if !q.owner {
             return Ok(None); // dropping `q` takes our key out of the queue
         }
-        Ok(self.grant(key, opts, q))
+        self.grant(key, opts, q).map(Lease::into_live).transpose()
     }
 
     #[tracing::instrument(level = "debug", skip(self, opts), fields(backend = "etcd"))]

@@ -39,6 +39,8 @@ impl From<RedisFailure> for LockError {
                 backend: BACKEND,
                 message: format!("{} failed", f.doing),
                 source: Some(Box::new(f)),
+                // Decided per error kind in the hardening work (issue 12 K7); today's behaviour kept.
+                temporary: true,
             }
         }
     }

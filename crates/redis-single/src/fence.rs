@@ -100,6 +100,7 @@ impl RedisFencedStore {
                 backend: crate::error::BACKEND,
                 message: format!("unexpected reply from the fenced write script: {reply:?}"),
                 source: None,
+                temporary: false,
             }),
         }
     }

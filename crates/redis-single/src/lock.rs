@@ -190,7 +190,7 @@ impl DistributedLock for RedisLock {
         validate_key(key)?;
         opts.validate_for_try()?;
         match self.grant(key, opts).await? {
-            Outcome::Granted(lease) => Ok(Some(lease)),
+            Outcome::Granted(lease) => Ok(Some(lease.into_live()?)),
             Outcome::Busy(_) => Ok(None),
         }
     }

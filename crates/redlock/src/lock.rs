@@ -326,7 +326,7 @@ impl DistributedLock for RedlockLock {
         opts.validate_for_try()?;
         self.check_ttl(opts)?;
         match self.round(key, opts, false).await? {
-            Round::Granted(lease) => Ok(Some(lease)),
+            Round::Granted(lease) => Ok(Some(lease.into_live()?)),
             Round::Busy(_) => Ok(None),
         }
     }

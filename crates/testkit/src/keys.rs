@@ -13,3 +13,56 @@ pub fn unique_key(prefix: &str) -> String {
         .unwrap_or(0);
     format!("{prefix}-{}-{n}-{salt:08x}", std::process::id())
 }
+
+/// Keys that `validate_key` accepts but that servers treat specially: path segments and
+/// separators, percent signs (so an escape cannot collide with a literal), names the
+/// servers reserve, other libraries' node-name markers, non-ASCII, the maximum length.
+/// Each is used as it is (no unique prefix), so a test using them owns its server.
+pub fn awkward_keys() -> Vec<String> {
+    let mut keys: Vec<String> = [
+        ".",
+        "..",
+        "...",
+        "/",
+        "//",
+        "a/b",
+        "a%2Fb",
+        "a%2fb",
+        "%",
+        "%%",
+        "/lead",
+        "trail/",
+        "a//b",
+        " ",
+        "a b",
+        " pad ",
+        "\\",
+        "a:b",
+        "*",
+        "?",
+        "#frag",
+        "[x]",
+        "{x}",
+        "'\"",
+        "~",
+        "-",
+        "_",
+        "zookeeper",
+        "lock-0000000001",
+        "_c_0f7c1a4e-lock-",
+        "x__lock__0000000001",
+        "ñ",
+        "東京",
+        "🔒",
+        "a\u{200b}b",
+        "NUL",
+        "CON",
+    ]
+    .iter()
+    .map(|k| (*k).to_owned())
+    .collect();
+    keys.push("k".repeat(fencelock_core::options::MAX_KEY_LEN));
+    keys.push("é".repeat(fencelock_core::options::MAX_KEY_LEN / 2));
+    keys.push(format!("{}/{}", "d".repeat(120), "e".repeat(120)));
+    keys
+}

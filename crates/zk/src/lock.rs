@@ -350,7 +350,7 @@ impl DistributedLock for ZkLock {
         opts.validate_for_try()?;
         let q = self.enqueue(key).await?;
         match self.position(&q).await? {
-            None => Ok(Some(self.grant(key, opts, q))),
+            None => Ok(Some(self.grant(key, opts, q).into_live()?)),
             Some(_) => Ok(None), // dropping `q` deletes our node
         }
     }

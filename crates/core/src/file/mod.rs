@@ -201,7 +201,7 @@ impl DistributedLock for FileLock {
         validate_key(key)?;
         opts.validate_for_try()?;
         match self.attempt(key, opts, &Mutex::new(None)).await? {
-            Attempt::Acquired(lease) => Ok(Some(lease)),
+            Attempt::Acquired(lease) => Ok(Some(lease.into_live()?)),
             Attempt::Busy { .. } => Ok(None),
         }
     }

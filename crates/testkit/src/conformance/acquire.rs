@@ -14,6 +14,7 @@ fn long() -> LockOptions {
 
 /// `try_acquire` on a held key returns `Ok(None)` at once instead of waiting.
 pub async fn try_acquire_never_waits(f: &dyn ClientFactory, cfg: &SuiteConfig) {
+    let _gate = super::shared_gate().await;
     let (a, b) = (f.client().await, f.client().await);
     let key = unique_key("try-never-waits");
     let held = a
@@ -39,6 +40,7 @@ pub async fn try_acquire_never_waits(f: &dyn ClientFactory, cfg: &SuiteConfig) {
 
 /// `acquire` gives up with `Timeout` after its wait bound, not before and not much after.
 pub async fn acquire_times_out_after_wait(f: &dyn ClientFactory, cfg: &SuiteConfig) {
+    let _gate = super::shared_gate().await;
     let (a, b) = (f.client().await, f.client().await);
     let key = unique_key("times-out");
     let held = a.acquire(&key, &long()).await.expect("acquire a free key");
@@ -65,6 +67,7 @@ pub async fn acquire_times_out_after_wait(f: &dyn ClientFactory, cfg: &SuiteConf
 
 /// A waiter gets the lock soon after the holder releases it, long before the TTL.
 pub async fn acquire_is_woken_by_release(f: &dyn ClientFactory, cfg: &SuiteConfig) {
+    let _gate = super::shared_gate().await;
     let (a, b) = (f.client().await, f.client().await);
     let key = unique_key("woken");
     let held = a.acquire(&key, &long()).await.expect("acquire");
@@ -90,6 +93,7 @@ pub async fn acquire_is_woken_by_release(f: &dyn ClientFactory, cfg: &SuiteConfi
 /// Dropping `acquire` futures at arbitrary points (before, during and after the grant)
 /// leaves the key free: a fresh client gets it long before any TTL could free it.
 pub async fn cancelled_acquire_leaves_nothing_held(f: &dyn ClientFactory, cfg: &SuiteConfig) {
+    let _gate = super::shared_gate().await;
     let (a, b, c) = (f.client().await, f.client().await, f.client().await);
     let key = unique_key("cancel");
     // On a free key: cut off after 0, 1, 2, ... ms.
@@ -126,6 +130,7 @@ pub async fn cancelled_acquire_leaves_nothing_held(f: &dyn ClientFactory, cfg: &
 
 /// Dropping an unreleased lease releases it in the background, without blocking the drop.
 pub async fn dropped_lease_is_released(f: &dyn ClientFactory, cfg: &SuiteConfig) {
+    let _gate = super::shared_gate().await;
     let (a, b) = (f.client().await, f.client().await);
     let key = unique_key("drop");
     let lease = a.acquire(&key, &long()).await.expect("acquire");
@@ -145,6 +150,7 @@ pub async fn dropped_lease_is_released(f: &dyn ClientFactory, cfg: &SuiteConfig)
 
 /// `release` returns `Ok` for a lease held to the end, and frees the key at once.
 pub async fn release_frees_the_key(f: &dyn ClientFactory, _cfg: &SuiteConfig) {
+    let _gate = super::shared_gate().await;
     let (a, b) = (f.client().await, f.client().await);
     let key = unique_key("release");
     let lease = a.acquire(&key, &long()).await.expect("acquire");

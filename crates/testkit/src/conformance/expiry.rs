@@ -18,6 +18,7 @@ fn short(cfg: &SuiteConfig) -> LockOptions {
 /// After our TTL ran out and someone else acquired, our `release` fails with `LeaseLost`
 /// and leaves their lock alone.
 pub async fn release_after_expiry_spares_new_holder(f: &dyn ClientFactory, cfg: &SuiteConfig) {
+    let _gate = super::shared_gate().await;
     let (a, b, c) = (f.client().await, f.client().await, f.client().await);
     let key = unique_key("release-expired");
     let stale = a.acquire(&key, &short(cfg)).await.expect("acquire");
@@ -46,6 +47,7 @@ pub async fn release_after_expiry_spares_new_holder(f: &dyn ClientFactory, cfg: 
 /// After our TTL ran out and someone else acquired, our `extend` fails with `LeaseLost` and
 /// does not touch their lock.
 pub async fn extend_after_expiry_fails(f: &dyn ClientFactory, cfg: &SuiteConfig) {
+    let _gate = super::shared_gate().await;
     let (a, b, c) = (f.client().await, f.client().await, f.client().await);
     let key = unique_key("extend-expired");
     let stale = a.acquire(&key, &short(cfg)).await.expect("acquire");
@@ -65,6 +67,7 @@ pub async fn extend_after_expiry_fails(f: &dyn ClientFactory, cfg: &SuiteConfig)
 
 /// `extend` moves the validity forward; the lease outlives its first TTL.
 pub async fn extend_prolongs_lease(f: &dyn ClientFactory, cfg: &SuiteConfig) {
+    let _gate = super::shared_gate().await;
     let (a, b) = (f.client().await, f.client().await);
     let key = unique_key("extend");
     let lease = a.acquire(&key, &short(cfg)).await.expect("acquire");
@@ -86,6 +89,7 @@ pub async fn extend_prolongs_lease(f: &dyn ClientFactory, cfg: &SuiteConfig) {
 
 /// With auto-renew, a lease outlives several TTLs while its holder lives.
 pub async fn auto_renew_keeps_lease(f: &dyn ClientFactory, cfg: &SuiteConfig) {
+    let _gate = super::shared_gate().await;
     let (a, b) = (f.client().await, f.client().await);
     let key = unique_key("auto-renew");
     let lease = a
@@ -112,6 +116,7 @@ pub async fn auto_renew_keeps_lease(f: &dyn ClientFactory, cfg: &SuiteConfig) {
 /// A lease that is not renewed is reported lost (through `lost()`, `watch()` and
 /// `is_held()`) when its validity runs out.
 pub async fn loss_is_observable(f: &dyn ClientFactory, cfg: &SuiteConfig) {
+    let _gate = super::shared_gate().await;
     let a = f.client().await;
     let key = unique_key("loss");
     let lease = a.acquire(&key, &short(cfg)).await.expect("acquire");
@@ -143,6 +148,7 @@ pub async fn loss_is_observable(f: &dyn ClientFactory, cfg: &SuiteConfig) {
 /// backend that counted from the reply would overshoot `before + TTL` by the round trip;
 /// network backends check that through a delaying proxy in their own fault tests.)
 pub async fn validity_counts_from_send(f: &dyn ClientFactory, cfg: &SuiteConfig) {
+    let _gate = super::shared_gate().await;
     let a = f.client().await;
     let key = unique_key("validity");
     let ttl = Duration::from_secs(10);

@@ -18,6 +18,7 @@ fn assert_invalid<T: std::fmt::Debug>(what: &str, r: Result<T, LockError>) {
 /// Empty, over-long or control-character keys, zero or absurd TTLs and a zero wait for
 /// `acquire` are clear `InvalidInput` errors (never a panic, never a hang).
 pub async fn bad_input_is_rejected(f: &dyn ClientFactory, _cfg: &SuiteConfig) {
+    let _gate = super::shared_gate().await;
     let a = f.client().await;
     let ok = LockOptions::new().with_ttl(LONG_TTL).with_wait(Duration::from_secs(1));
     let long_key = "k".repeat(MAX_KEY_LEN + 1);
@@ -48,6 +49,7 @@ pub async fn bad_input_is_rejected(f: &dyn ClientFactory, _cfg: &SuiteConfig) {
 
 /// Holding one key does not block another, and each key counts its own tokens.
 pub async fn keys_are_independent(f: &dyn ClientFactory, _cfg: &SuiteConfig) {
+    let _gate = super::shared_gate().await;
     let (a, b) = (f.client().await, f.client().await);
     let (k1, k2) = (unique_key("iso-a"), unique_key("iso-b"));
     let opts = LockOptions::new().with_ttl(LONG_TTL).with_auto_renew(false);

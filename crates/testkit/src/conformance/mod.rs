@@ -1,5 +1,6 @@
 //! The conformance suite: one public async function per behaviour of the
-//! [`DistributedLock`] contract, each taking a [`ClientFactory`] and a [`SuiteConfig`].
+//! [`DistributedLock`] contract, each taking a [`ClientFactory`] (the hardening cases: a
+//! [`Fixture`], which adds hooks into the real server) and a [`SuiteConfig`].
 //!
 //! Every function panics (fails the test) when the backend breaks the contract. Backend
 //! differences are arguments ([`SuiteConfig`]) or read from
@@ -9,9 +10,16 @@
 //! each, on a multi-threaded runtime) or [`run_all`].
 
 mod acquire;
+mod awkward;
+mod cancel;
 mod expiry;
+mod fixture;
 mod input;
+mod removal;
+mod resources;
 mod tokens;
+mod unanswered;
+mod validity;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,12 +32,19 @@ pub use acquire::{
     acquire_is_woken_by_release, acquire_times_out_after_wait, cancelled_acquire_leaves_nothing_held,
     dropped_lease_is_released, release_frees_the_key, try_acquire_never_waits,
 };
+pub use awkward::awkward_keys_work;
+pub use cancel::cancelled_methods_leave_nothing_held;
 pub use expiry::{
     auto_renew_keeps_lease, extend_after_expiry_fails, extend_prolongs_lease, loss_is_observable,
     release_after_expiry_spares_new_holder, validity_counts_from_send,
 };
+pub use fixture::{BoxFuture, Fixture, Proxied};
 pub use input::{bad_input_is_rejected, keys_are_independent};
+pub use removal::removed_grant_is_noticed;
+pub use resources::resources_do_not_grow;
 pub use tokens::{mutual_exclusion_under_contention, tokens_increase_with_each_grant};
+pub use unanswered::unanswered_request_leaves_nothing_behind;
+pub use validity::{dead_on_arrival_grant_is_not_handed_out, long_wait_grants_full_validity};
 
 /// Makes independent clients of one backend: each call is a new connection (or instance)
 /// to the same lock space, as separate processes would have.
@@ -62,6 +77,10 @@ pub struct SuiteConfig {
     pub tasks_per_client: usize,
     /// Grants per task in the contention test.
     pub rounds: usize,
+    /// How long the server keeps a vanished client's grants and queue entries: the session
+    /// timeout of etcd and ZooKeeper, the TTL elsewhere. The long-wait case waits longer
+    /// than this and the TTL together.
+    pub session_timeout: Duration,
 }
 
 impl Default for SuiteConfig {
@@ -72,6 +91,7 @@ impl Default for SuiteConfig {
             clients: 3,
             tasks_per_client: 4,
             rounds: 5,
+            session_timeout: Duration::from_millis(300),
         }
     }
 }
@@ -94,10 +114,17 @@ pub const ALL: &[&str] = &[
     "validity_counts_from_send",
     "bad_input_is_rejected",
     "keys_are_independent",
+    "long_wait_grants_full_validity",
+    "dead_on_arrival_grant_is_not_handed_out",
+    "removed_grant_is_noticed",
+    "unanswered_request_leaves_nothing_behind",
+    "cancelled_methods_leave_nothing_held",
+    "resources_do_not_grow",
+    "awkward_keys_work",
 ];
 
 /// Runs every test of the suite in turn.
-pub async fn run_all(f: &dyn ClientFactory, cfg: &SuiteConfig) {
+pub async fn run_all(f: &dyn Fixture, cfg: &SuiteConfig) {
     try_acquire_never_waits(f, cfg).await;
     acquire_times_out_after_wait(f, cfg).await;
     acquire_is_woken_by_release(f, cfg).await;
@@ -114,11 +141,18 @@ pub async fn run_all(f: &dyn ClientFactory, cfg: &SuiteConfig) {
     validity_counts_from_send(f, cfg).await;
     bad_input_is_rejected(f, cfg).await;
     keys_are_independent(f, cfg).await;
+    long_wait_grants_full_validity(f, cfg).await;
+    dead_on_arrival_grant_is_not_handed_out(f, cfg).await;
+    removed_grant_is_noticed(f, cfg).await;
+    unanswered_request_leaves_nothing_behind(f, cfg).await;
+    cancelled_methods_leave_nothing_held(f, cfg).await;
+    resources_do_not_grow(f, cfg).await;
+    awkward_keys_work(f, cfg).await;
 }
 
 /// Generates one `#[tokio::test]` per conformance test.
 ///
-/// `$factory` is an expression of a future that yields a [`ClientFactory`] (so a test can
+/// `$factory` is an expression of a future that yields a [`Fixture`] (so a test can
 /// start or connect to a server first); it is evaluated once per test. `$config` is a
 /// [`SuiteConfig`]. The calling crate needs `tokio` (with `macros` and `rt-multi-thread`)
 /// among its dev-dependencies.
@@ -131,7 +165,10 @@ macro_rules! conformance_suite {
             tokens_increase_with_each_grant, mutual_exclusion_under_contention,
             release_after_expiry_spares_new_holder, extend_after_expiry_fails, extend_prolongs_lease,
             auto_renew_keeps_lease, loss_is_observable, validity_counts_from_send,
-            bad_input_is_rejected, keys_are_independent);
+            bad_input_is_rejected, keys_are_independent, long_wait_grants_full_validity,
+            dead_on_arrival_grant_is_not_handed_out, removed_grant_is_noticed,
+            unanswered_request_leaves_nothing_behind, cancelled_methods_leave_nothing_held,
+            resources_do_not_grow, awkward_keys_work);
     };
     (@each $factory:expr, $config:expr; $($name:ident),+) => {
         $(
@@ -142,6 +179,21 @@ macro_rules! conformance_suite {
             }
         )+
     };
+}
+
+/// Tests of one process share servers' CPU and the process's threads and files; the
+/// resource-counting case must run alone. Every case holds this gate shared, that one
+/// exclusively. (A tokio lock: it is held across awaits, by tests on separate runtimes.)
+static SUITE_GATE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// The gate held by every case but the resource count.
+pub(crate) async fn shared_gate() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    SUITE_GATE.read().await
+}
+
+/// The gate held by the resource count: no other case of this process runs meanwhile.
+pub(crate) async fn exclusive_gate() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    SUITE_GATE.write().await
 }
 
 /// Awaits `fut` for at most `limit`, failing the test with `what` if it takes longer: every

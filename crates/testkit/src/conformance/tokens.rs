@@ -11,6 +11,7 @@ use crate::overlap::OverlapDetector;
 
 /// Each grant of a key, from any client, carries a token greater than the one before.
 pub async fn tokens_increase_with_each_grant(f: &dyn ClientFactory, _cfg: &SuiteConfig) {
+    let _gate = super::shared_gate().await;
     let clients = [f.client().await, f.client().await];
     let key = unique_key("tokens");
     let opts = LockOptions::new().with_ttl(LONG_TTL).with_auto_renew(false);
@@ -29,6 +30,7 @@ pub async fn tokens_increase_with_each_grant(f: &dyn ClientFactory, _cfg: &Suite
 /// once, and (for backends with strictly monotonic tokens) tokens grow in the order the
 /// holders got in.
 pub async fn mutual_exclusion_under_contention(f: &dyn ClientFactory, cfg: &SuiteConfig) {
+    let _gate = super::shared_gate().await;
     let key = unique_key("contention");
     let detector = Arc::new(OverlapDetector::new());
     let opts = LockOptions::new().with_ttl(LONG_TTL).with_wait(Duration::from_secs(60));

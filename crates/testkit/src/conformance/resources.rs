@@ -1,0 +1,112 @@
+//! Hardening K5: resources do not grow with use — threads, open files, server connections
+//! and server records come back after try_acquire on a held key, timed-out acquires and
+//! dropped clients that had waited.
+
+use std::time::Duration;
+
+use fencelock_core::{LockError, LockOptions};
+
+use super::unanswered::settle;
+use super::{exclusive_gate, Fixture, SuiteConfig, LONG_TTL};
+use crate::keys::unique_key;
+
+/// Operations of each kind.
+const N: usize = 20;
+/// Growth that does not scale with `N`: a client's lazily opened second connection, a
+/// runtime's timer, the test harness's own.
+const THREADS_ALLOWED: usize = 2;
+const FILES_ALLOWED: usize = 4;
+const CONNECTIONS_ALLOWED: usize = 2;
+
+/// This process's threads, not counting tokio's own pool (it keeps idle blocking threads
+/// alive for ten seconds by design).
+fn threads() -> usize {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).map_or(true, |name| !name.starts_with("tokio-runtime"))
+        })
+        .count()
+}
+
+/// This process's open file descriptors.
+fn open_files() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Count {
+    threads: usize,
+    files: usize,
+    connections: Option<usize>,
+}
+
+async fn count(f: &dyn Fixture) -> Count {
+    Count {
+        threads: threads(),
+        files: open_files(),
+        connections: f.connections().await,
+    }
+}
+
+fn within_allowance(before: Count, now: Count) -> bool {
+    now.threads <= before.threads + THREADS_ALLOWED
+        && now.files <= before.files + FILES_ALLOWED
+        && match (before.connections, now.connections) {
+            (Some(b), Some(n)) => n <= b + CONNECTIONS_ALLOWED,
+            _ => true,
+        }
+}
+
+/// `N` try_acquires of a held key, `N` acquires that time out, and `N` clients dropped
+/// after waiting: afterwards the process's threads and open files, the server's client
+/// connections and the key's server records are back where they were (within a small
+/// constant). Runs alone in its test process (it takes the suite gate exclusively), so
+/// other tests' threads do not count.
+pub async fn resources_do_not_grow(f: &dyn Fixture, cfg: &SuiteConfig) {
+    let _gate = exclusive_gate().await;
+    let (a, b) = (f.client().await, f.client().await);
+    let key = unique_key("resources");
+    let long = LockOptions::new().with_ttl(LONG_TTL).with_auto_renew(false);
+    // Warm up both clients (connections, pub/sub, sessions) before counting.
+    let held = a.acquire(&key, &long).await.expect("acquire");
+    assert!(b.try_acquire(&key, &long).await.expect("try_acquire").is_none());
+    let before = count(f).await;
+    let short_wait = long.with_wait(Duration::from_millis(20));
+    for _ in 0..N {
+        let got = b.try_acquire(&key, &long).await.expect("try_acquire on a held key");
+        assert!(got.is_none(), "a held key was granted");
+    }
+    for _ in 0..N {
+        let err = b.acquire(&key, &short_wait).await.expect_err("a held key was granted");
+        assert!(
+            matches!(err, LockError::Timeout { .. }),
+            "expected a timeout, got {err}"
+        );
+    }
+    for _ in 0..N {
+        let c = f.client().await;
+        let err = c.acquire(&key, &short_wait).await.expect_err("a held key was granted");
+        assert!(
+            matches!(err, LockError::Timeout { .. }),
+            "expected a timeout, got {err}"
+        );
+        drop(c);
+    }
+    let after = settle(cfg.slack * 3, || count(f), |now| within_allowance(before, now)).await;
+    assert!(
+        within_allowance(before, after),
+        "resources grew over {N} try_acquires, {N} timed-out acquires and {N} dropped waiting \
+         clients: before {before:?}, after {after:?} (allowed +{THREADS_ALLOWED} threads, \
+         +{FILES_ALLOWED} files, +{CONNECTIONS_ALLOWED} connections)"
+    );
+    held.release().await.expect("release");
+    let left = settle(cfg.slack * 2, || f.records(&key), |n| n == 0).await;
+    assert_eq!(
+        left, 0,
+        "records of a released key left on the server after {N} waiters gave up"
+    );
+}

@@ -1,0 +1,84 @@
+//! Hardening K3: a request whose outcome is unknown (held by the network past its timeout,
+//! delivered after the link heals) is followed up until its effect is gone — nothing stays
+//! behind for as long as the client lives.
+
+use std::time::Duration;
+
+use fencelock_core::LockOptions;
+
+use super::{shared_gate, within, Fixture, SuiteConfig, LONG_TTL};
+use crate::keys::unique_key;
+use crate::proxy::Mode;
+
+/// The request timeout of the proxied client.
+const REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// An acquire (and a try_acquire) whose request the network holds past the client's
+/// timeout, then delivers: the call fails, and the grant or queue entry it made on the
+/// server is removed in the background while the client lives on — another client gets
+/// the key well before the 60 s TTL, and no record of it is left.
+pub async fn unanswered_request_leaves_nothing_behind(f: &dyn Fixture, cfg: &SuiteConfig) {
+    let _gate = shared_gate().await;
+    let Some(cut) = f.proxied_client(REQUEST_TIMEOUT).await else {
+        return; // no network: no request can go unanswered
+    };
+    let other = f.client().await;
+    let opts = LockOptions::new().with_ttl(LONG_TTL).with_auto_renew(false);
+    for waiting in [false, true] {
+        let key = unique_key(if waiting {
+            "unanswered-acquire"
+        } else {
+            "unanswered-try"
+        });
+        cut.set_to_server(Mode::Blackhole);
+        let call = async {
+            if waiting {
+                cut.client
+                    .acquire(&key, &opts.with_wait(REQUEST_TIMEOUT * 2))
+                    .await
+                    .map(Some)
+            } else {
+                cut.client.try_acquire(&key, &opts).await
+            }
+        };
+        let got = within(REQUEST_TIMEOUT * 8 + cfg.slack, "a call whose request is held", call).await;
+        assert!(
+            !matches!(got, Ok(Some(_))),
+            "a call whose request never reached the server returned a lease (waiting={waiting})"
+        );
+        drop(got);
+        // The link heals: the held request reaches the server now.
+        cut.set(Mode::Pass);
+        let next = within(
+            cfg.slack * 4,
+            "another client after the held request was delivered",
+            other.acquire(&key, &opts.with_wait(cfg.slack * 3)),
+        )
+        .await
+        .unwrap_or_else(|e| {
+            panic!("the key stayed blocked after an unanswered request was delivered late (waiting={waiting}): {e}")
+        });
+        next.release().await.expect("release");
+        let left = settle(cfg.slack * 2, || f.records(&key), |n| n == 0).await;
+        assert_eq!(left, 0, "records of the key left on the server (waiting={waiting})");
+    }
+    drop(cut);
+}
+
+/// Re-reads `read` until `done` holds or `limit` passes (a bounded wait for a background
+/// clean-up); returns the last value read.
+pub(crate) async fn settle<T, F, Fut>(limit: Duration, mut read: F, done: impl Fn(T) -> bool) -> T
+where
+    T: Copy,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let v = read().await;
+        if done(v) || tokio::time::Instant::now() >= deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
