@@ -47,10 +47,15 @@ impl From<PgFailure> for LockError {
                 };
             }
             if !unreachable_state(code) {
+                // 40 transaction rollback (serialization failure, deadlock) and 55 object
+                // not in prerequisite state (lock not available) can pass; the rest
+                // (constraint, data, internal errors) will not.
+                let temporary = code.code().starts_with("40") || code.code().starts_with("55");
                 return LockError::Backend {
                     backend: BACKEND,
                     message: format!("{} failed (SQLSTATE {})", f.doing, code.code()),
                     source: Some(Box::new(f)),
+                    temporary,
                 };
             }
         }

@@ -133,6 +133,7 @@ impl TransactionFence {
             backend: crate::error::BACKEND,
             message: "the fence check returned no row".into(),
             source: None,
+            temporary: false,
         })?;
         let admitted: i64 = row.get(0);
         let prior_token: Option<i64> = row.get(1);

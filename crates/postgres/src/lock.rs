@@ -244,7 +244,7 @@ impl DistributedLock for PgLock {
         validate_key(key)?;
         opts.validate_for_try()?;
         match self.grant(key, opts, None).await? {
-            Outcome::Granted(lease) => Ok(Some(lease)),
+            Outcome::Granted(lease) => Ok(Some(lease.into_live()?)),
             Outcome::Busy(_) => Ok(None),
         }
     }
@@ -273,6 +273,42 @@ impl DistributedLock for PgLock {
 
     fn describe(&self) -> String {
         self.node.server().to_owned()
+    }
+
+    /// Finishes the background clean-ups (abandoned grants, left queues, releases of
+    /// dropped leases), releases the leases still held through this instance (they are
+    /// reported lost), and closes the connection.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Unavailable`] when the clean-ups or releases did not finish within
+    /// four statement timeouts; what is left then ends with its TTL.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the clean-ups go on in the background.
+    async fn close(&self) -> Result<()> {
+        let limit = self.node.config().timeout * 4;
+        let cleaned = self.node.cleanups_finished(limit).await;
+        let held = self.node.close_session("the client closed it");
+        let releases = async {
+            for (key, grant) in &held {
+                let _ = self.node.release(key, grant).await;
+            }
+        };
+        let released = tokio::time::timeout(limit, releases).await.is_ok();
+        self.node.close_session("the client closed it");
+        if cleaned && released {
+            Ok(())
+        } else {
+            Err(LockError::Unavailable {
+                message: format!(
+                    "postgres clean-ups did not finish within {limit:?} on {}; their TTLs will end what is left",
+                    self.node.server()
+                ),
+                source: None,
+            })
+        }
     }
 }
 

@@ -22,6 +22,9 @@ use crate::session::{Session, Statements};
 use crate::sql;
 use crate::waiters::Waiters;
 
+/// The longest a background clean-up is retried.
+pub(crate) const CLEANUP_LIMIT: Duration = Duration::from_secs(600);
+
 /// What the server answered to an acquire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum NodeGrant {
@@ -48,6 +51,8 @@ struct Texts {
     renew_many: String,
     enqueue: String,
     dequeue: String,
+    abandon_mark: String,
+    abandon_expire: String,
 }
 
 pub(crate) struct NodeInner {
@@ -57,6 +62,9 @@ pub(crate) struct NodeInner {
     connecting: tokio::sync::Mutex<()>,
     waiters: Waiters,
     renewals: Renewals,
+    /// Background clean-ups still running (abandoned grants, left queues, releases).
+    cleanups: std::sync::atomic::AtomicUsize,
+    cleanups_done: tokio::sync::Notify,
 }
 
 /// The server. Cheap to clone (shared state).
@@ -84,6 +92,8 @@ impl PgNode {
             renew_many: sql::renew_many(&schema),
             enqueue: sql::enqueue(&schema),
             dequeue: sql::dequeue(&schema),
+            abandon_mark: sql::abandon_mark(&schema),
+            abandon_expire: sql::abandon_expire(&schema),
         };
         PgNode {
             inner: Arc::new(NodeInner {
@@ -93,6 +103,8 @@ impl PgNode {
                 connecting: tokio::sync::Mutex::new(()),
                 waiters: Waiters::default(),
                 renewals: renewals(),
+                cleanups: std::sync::atomic::AtomicUsize::new(0),
+                cleanups_done: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -199,6 +211,8 @@ impl PgNode {
                 renew_many: prepare(&t.renew_many).await.map_err(doing("preparing renewals"))?,
                 enqueue: prepare(&t.enqueue).await.map_err(doing("preparing enqueue"))?,
                 dequeue: prepare(&t.dequeue).await.map_err(doing("preparing dequeue"))?,
+                abandon_mark: prepare(&t.abandon_mark).await.map_err(doing("preparing abandon"))?,
+                abandon_expire: prepare(&t.abandon_expire).await.map_err(doing("preparing abandon"))?,
             };
             let pid: i32 = client
                 .query_one("SELECT pg_backend_pid()", &[])
@@ -229,7 +243,7 @@ impl PgNode {
             tracing::warn!(server = %self.server(), %why, leases = lost.len(), "connection ended; its leases are lost");
         }
         for (key, grant) in lost {
-            self.release_later(&key, &grant);
+            self.release_in_background(&key, &grant);
         }
         self.inner.waiters.wake_all();
     }
@@ -296,15 +310,101 @@ impl PgNode {
         }
     }
 
-    /// Sends a release of `grant` in the background (for a grant whose fate is unknown).
+    /// Runs a clean-up in the background until it is confirmed: temporary failures
+    /// (server unreachable, partition) are retried with backoff (25 ms doubling to
+    /// 500 ms) for as long as this backend instance lives, at most [`CLEANUP_LIMIT`].
     /// Nothing when no runtime is running.
+    fn cleanup<F, Fut>(&self, what: &'static str, step: F)
+    where
+        F: Fn(PgNode) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+    {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        use std::sync::atomic::Ordering;
+        self.inner.cleanups.fetch_add(1, Ordering::SeqCst);
+        let weak = Arc::downgrade(&self.inner);
+        rt.spawn(async move {
+            let deadline = tokio::time::Instant::now() + CLEANUP_LIMIT;
+            let mut pause = Duration::from_millis(25);
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                let result = step(PgNode { inner }).await;
+                match result {
+                    Ok(()) => break,
+                    Err(e) if e.is_temporary() && tokio::time::Instant::now() + pause < deadline => {
+                        tracing::debug!(error = %e, ?pause, "{what}: retrying");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(500));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "{what} failed; the TTL will end what it left");
+                        break;
+                    }
+                }
+            }
+            if let Some(inner) = weak.upgrade() {
+                if inner.cleanups.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    inner.cleanups_done.notify_waiters();
+                }
+            }
+        });
+    }
+
+    /// Abandons `grant` in the background (a grant whose fate is unknown: its answer was
+    /// lost, or its caller gave up): see [`sql::abandon_mark`] for why three statements,
+    /// in order, leave nothing behind even when the acquire reaches the server later.
     pub(crate) fn release_later(&self, key: &str, grant: &str) {
-        let (node, key, grant) = (self.clone(), key.to_owned(), grant.to_owned());
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let _ = node.release(&key, &grant).await;
-            });
+        let (key, grant) = (key.to_owned(), grant.to_owned());
+        self.cleanup("abandoning an unconfirmed grant", move |node| {
+            let (key, grant) = (key.clone(), grant.clone());
+            async move { node.abandon(&key, &grant).await }
+        });
+    }
+
+    async fn abandon(&self, key: &str, grant: &str) -> Result<()> {
+        self.call("abandon (mark)", |s| async move {
+            s.client.execute(&s.st.abandon_mark, &[&grant]).await
+        })
+        .await?;
+        self.call("abandon (expire)", |s| async move {
+            s.client.execute(&s.st.abandon_expire, &[&key, &grant]).await
+        })
+        .await?;
+        self.release(key, grant).await.map(|_| ())
+    }
+
+    /// Releases a known grant in the background, retried until confirmed.
+    pub(crate) fn release_in_background(&self, key: &str, grant: &str) {
+        let (key, grant) = (key.to_owned(), grant.to_owned());
+        self.cleanup("releasing a lost lease", move |node| {
+            let (key, grant) = (key.clone(), grant.clone());
+            async move { node.release(&key, &grant).await.map(|_| ()) }
+        });
+    }
+
+    /// Waits (at most `limit`) until every background clean-up has finished.
+    pub(crate) async fn cleanups_finished(&self, limit: Duration) -> bool {
+        use std::sync::atomic::Ordering;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let done = self.inner.cleanups_done.notified();
+            if self.inner.cleanups.load(Ordering::SeqCst) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, done).await.is_err() {
+                return self.inner.cleanups.load(Ordering::SeqCst) == 0;
+            }
         }
+    }
+
+    /// Ends the current session, if any (its leases are reported lost).
+    pub(crate) fn close_session(&self, why: &str) -> Vec<(String, String)> {
+        let session = self.inner.session.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let lost = session.map(|s| s.end(why)).unwrap_or_default();
+        self.inner.waiters.wake_all();
+        lost
     }
 
     /// Deletes our row and notifies the next waiter; `false` if the row was not ours.
@@ -371,18 +471,15 @@ impl PgNode {
         Ok(row.get(0))
     }
 
-    /// Leaves the queue in the background.
+    /// Leaves the queue in the background, retried until confirmed.
     pub(crate) fn dequeue_later(&self, ticket: i64) {
-        let node = self.clone();
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let _ = node
-                    .call("leaving the waiter queue", |s| async move {
-                        s.client.execute(&s.st.dequeue, &[&ticket]).await
-                    })
-                    .await;
-            });
-        }
+        self.cleanup("leaving the waiter queue", move |node| async move {
+            node.call("leaving the waiter queue", |s| async move {
+                s.client.execute(&s.st.dequeue, &[&ticket]).await
+            })
+            .await
+            .map(|_| ())
+        });
     }
 
     /// `fsync`, `synchronous_commit` and whether the server is a standby.

@@ -25,6 +25,8 @@ pub(crate) struct Statements {
     pub renew_many: Statement,
     pub enqueue: Statement,
     pub dequeue: Statement,
+    pub abandon_mark: Statement,
+    pub abandon_expire: Statement,
 }
 
 struct Tracked {

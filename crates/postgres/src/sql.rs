@@ -34,6 +34,10 @@ CREATE TABLE IF NOT EXISTS {schema}.waiters (
     expires_at timestamptz NOT NULL
 );
 CREATE INDEX IF NOT EXISTS waiters_by_key ON {schema}.waiters (key, ticket);
+CREATE TABLE IF NOT EXISTS {schema}.abandoned (
+    grant_id text PRIMARY KEY,
+    at timestamptz NOT NULL
+);
 CREATE TABLE IF NOT EXISTS {schema}.fences (
     resource text PRIMARY KEY,
     token bigint NOT NULL,
@@ -44,6 +48,7 @@ COMMIT;"
 }
 
 /// Acquire: `$1` key, `$2` grant id, `$3` TTL in ms, `$4` our waiter ticket or NULL.
+/// A grant id the client has abandoned (see [`abandon_mark`]) is never granted.
 /// Takes the row when it is free or expired (the upsert's `WHERE` is evaluated on the
 /// latest row version, under its row lock), bumps the key's counter only when it took it,
 /// and drops our waiter ticket only then. Returns the token (NULL when busy) and the
@@ -52,9 +57,10 @@ pub(crate) fn acquire(schema: &str) -> String {
     format!(
         "WITH taken AS (
     INSERT INTO {schema}.locks AS l (key, grant_id, expires_at)
-    VALUES ($1, $2, statement_timestamp() + $3::bigint * interval '1 millisecond')
+    SELECT $1::text, $2::text, statement_timestamp() + $3::bigint * interval '1 millisecond'
+    WHERE NOT EXISTS (SELECT 1 FROM {schema}.abandoned a WHERE a.grant_id = $2::text)
     ON CONFLICT (key) DO UPDATE SET grant_id = excluded.grant_id, expires_at = excluded.expires_at
-        WHERE l.expires_at <= statement_timestamp()
+        WHERE l.expires_at <= statement_timestamp() AND l.grant_id <> excluded.grant_id
     RETURNING l.key
 ), bumped AS (
     INSERT INTO {schema}.tokens AS t (key, token) SELECT key, 1 FROM taken
@@ -156,5 +162,39 @@ CREATE TABLE IF NOT EXISTS {schema}.fences (
     grant_id text NOT NULL
 );
 COMMIT;"
+    )
+}
+
+/// Abandoning a grant whose outcome is unknown (its answer was lost, its caller dropped
+/// the acquire): three statements, run in order, each after the previous committed, so
+/// that the acquire — which may still reach the server later, e.g. held by a partition —
+/// can never leave a grant behind:
+///
+/// 1. record the grant id as abandoned: every acquire whose snapshot is taken after this
+///    commits refuses that grant id;
+/// 2. expire the key's row if it is ours, or put an expired placeholder with our grant id
+///    in its place when the row is missing or expired: this upsert waits for an acquire
+///    of the key still in flight and then sees its row, and an acquire that reaches the
+///    key after it finds our own grant id there and refuses (`grant_id <> excluded…`);
+/// 3. release (delete our row or placeholder, notify the next waiter).
+///
+/// Step 1 also sweeps abandoned ids older than the longest TTL (a day): no acquire sent
+/// that long ago can still arrive and matter.
+pub(crate) fn abandon_mark(schema: &str) -> String {
+    format!(
+        "WITH swept AS (
+    DELETE FROM {schema}.abandoned WHERE at < statement_timestamp() - interval '1 day 1 minute'
+)
+INSERT INTO {schema}.abandoned (grant_id, at) VALUES ($1, statement_timestamp())
+ON CONFLICT (grant_id) DO NOTHING"
+    )
+}
+
+/// Step 2 of abandoning: `$1` key, `$2` grant id.
+pub(crate) fn abandon_expire(schema: &str) -> String {
+    format!(
+        "INSERT INTO {schema}.locks AS l (key, grant_id, expires_at) VALUES ($1, $2, 'epoch')
+ON CONFLICT (key) DO UPDATE SET grant_id = excluded.grant_id, expires_at = excluded.expires_at
+    WHERE l.grant_id = excluded.grant_id OR l.expires_at <= statement_timestamp()"
     )
 }
