@@ -6,16 +6,18 @@
 //! `initdb` and `postgres` as the package's unprivileged `postgres` user (the temp dir is
 //! handed to that user); otherwise as the current user. The user is switched by the
 //! standard library's `CommandExt::uid`/`gid` (no `runuser` parent process that could be
-//! killed while the server lives on), and the server leads its own process group, so that
-//! killing it also kills every backend process it forked — otherwise a restart finds the
-//! old shared memory still attached and refuses to start.
+//! killed while the server lives on). Every backend process calls `setsid()`, so a signal
+//! to the postmaster's process group does not reach them: kill, pause and resume signal
+//! the postmaster and each of its children (found in `/proc`) — pausing only the
+//! postmaster would leave the backends answering, and a restart must not find the old
+//! backends still attached to the shared memory.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use rustix::process::{kill_process_group, test_kill_process_group, Pid, Signal};
+use rustix::process::{kill_process, test_kill_process, Pid, Signal};
 
 use crate::ports::free_port;
 use crate::process::tail;
@@ -235,11 +237,16 @@ impl PgServer {
         }
     }
 
-    fn signal_group(&self, sig: Signal) {
-        let Some(pid) = self.pid().and_then(|p| Pid::from_raw(p as i32)) else {
+    /// Sends `sig` to the postmaster and every process it forked.
+    fn signal_all(&self, sig: Signal) {
+        let Some(pid) = self.pid() else {
             panic!("postgres is not running");
         };
-        kill_process_group(pid, sig).unwrap_or_else(|e| panic!("cannot signal postgres: {e}"));
+        for p in std::iter::once(pid as i32).chain(children(pid as i32)) {
+            if let Some(p) = Pid::from_raw(p) {
+                let _ = kill_process(p, sig);
+            }
+        }
     }
 
     /// The postmaster's process id, while it runs.
@@ -271,15 +278,20 @@ impl PgServer {
     /// checkpoint, like a crash or power loss. Idempotent.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            if let Some(pid) = Pid::from_raw(child.id() as i32) {
-                let _ = kill_process_group(pid, Signal::KILL);
-            }
+            let pid = child.id() as i32;
+            let backends = children(pid);
             let _ = child.kill();
             let _ = child.wait();
-            // Backends die of the same signal; wait (bounded) until none holds the group.
-            let pgid = child.id() as i32;
+            for b in &backends {
+                if let Some(p) = Pid::from_raw(*b) {
+                    let _ = kill_process(p, Signal::KILL);
+                }
+            }
+            // Wait (bounded) until no backend is left holding the shared memory.
             for _ in 0..250 {
-                let alive = Pid::from_raw(pgid).is_some_and(|p| test_kill_process_group(p).is_ok());
+                let alive = backends
+                    .iter()
+                    .any(|b| Pid::from_raw(*b).is_some_and(|p| test_kill_process(p).is_ok() && is_running(*b)));
                 if !alive {
                     break;
                 }
@@ -304,12 +316,12 @@ impl PgServer {
 
     /// SIGSTOP to the server and all its backends: nothing answers, connections stay open.
     pub fn pause(&self) {
-        self.signal_group(Signal::STOP);
+        self.signal_all(Signal::STOP);
     }
 
     /// SIGCONT after [`pause`](Self::pause).
     pub fn resume(&self) {
-        self.signal_group(Signal::CONT);
+        self.signal_all(Signal::CONT);
     }
 
     /// Runs SQL with `psql` over the unix socket and returns its unaligned output
@@ -336,13 +348,30 @@ impl PgServer {
 
 impl Drop for PgServer {
     fn drop(&mut self) {
-        if self.child.is_some() {
-            // A paused group must be resumed to die promptly; SIGKILL works on stopped
-            // processes anyway, CONT is harmless.
-            if let Some(pid) = self.pid().and_then(|p| Pid::from_raw(p as i32)) {
-                let _ = kill_process_group(pid, Signal::CONT);
-            }
-        }
         self.kill();
     }
+}
+
+/// The processes whose parent is `pid` (from `/proc/*/stat`).
+fn children(pid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let child: i32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // `pid (comm) state ppid …`; comm may hold spaces, so read after the last `)`.
+            let ppid: i32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == pid).then_some(child)
+        })
+        .collect()
+}
+
+/// `true` unless the process is gone or a zombie.
+fn is_running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .is_some_and(|zombie| !zombie)
 }
