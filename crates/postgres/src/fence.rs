@@ -43,6 +43,7 @@ use crate::sql;
 pub struct TransactionFence {
     schema: String,
     check: String,
+    current: String,
 }
 
 impl Default for TransactionFence {
@@ -51,6 +52,7 @@ impl Default for TransactionFence {
         TransactionFence {
             schema: DEFAULT_SCHEMA.to_owned(),
             check: sql::fence(DEFAULT_SCHEMA),
+            current: sql::fence_current(DEFAULT_SCHEMA),
         }
     }
 }
@@ -68,6 +70,7 @@ impl TransactionFence {
         Ok(TransactionFence {
             schema: schema.to_owned(),
             check: sql::fence(schema),
+            current: sql::fence_current(schema),
         })
     }
 
@@ -96,7 +99,11 @@ impl TransactionFence {
     }
 
     /// Admits `fence` for `resource` inside `tx` — one statement, one round trip — or
-    /// refuses it with [`LockError::Fenced`]. An admitted fence is recorded when the
+    /// refuses it with [`LockError::Fenced`] (a second statement then reads the fence
+    /// that refused it, for the error). The [`Admission`] kind is read from the
+    /// statement's snapshot: with concurrent writers of one resource it may say `Newer`
+    /// where the fence had just been recorded by the same grant; the admission itself is
+    /// decided on the latest row. An admitted fence is recorded when the
     /// transaction commits, together with the user's writes; after a refusal the
     /// transaction must not commit the write (drop it to roll back).
     ///
@@ -145,8 +152,19 @@ impl TransactionFence {
                 _ => Admission::Newer,
             });
         }
-        let highest = FencingToken::new(prior_token.map_or(u64::MAX, |t| u64::try_from(t).unwrap_or(0)));
-        let grant = GrantId::from_string(prior_grant.unwrap_or_default());
+        // Refused. The check's snapshot predates a fence committed while it waited for the
+        // row (READ COMMITTED): read the fence that refused us with a fresh snapshot (a
+        // second round trip, on refusals only).
+        let latest = tx
+            .query_typed(&self.current, &[(&resource, Type::TEXT)])
+            .await
+            .map_err(|e| failed("reading the refusing fence", "the user's transaction", e))?;
+        let (highest, grant) = match latest.first() {
+            Some(r) => (r.get::<_, i64>(0), r.get::<_, String>(1)),
+            None => (prior_token.unwrap_or(i64::MAX), prior_grant.unwrap_or_default()),
+        };
+        let highest = FencingToken::new(u64::try_from(highest).unwrap_or(0));
+        let grant = GrantId::from_string(grant);
         Err(LockError::Fenced(FenceRejection {
             resource: resource.to_owned(),
             presented: fence.token,

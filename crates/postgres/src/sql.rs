@@ -150,6 +150,11 @@ SELECT (SELECT count(*) FROM admitted) AS admitted,
     )
 }
 
+/// The fence recorded for `$1` resource.
+pub(crate) fn fence_current(schema: &str) -> String {
+    format!("SELECT token, grant_id FROM {schema}.fences WHERE resource = $1")
+}
+
 /// The fence table alone, for the user's database when it is not the lock database.
 pub(crate) fn create_fences(schema: &str) -> String {
     format!(
