@@ -501,3 +501,40 @@ impl PgNode {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use fencelock_testkit::pg_server::PgServer;
+
+    /// The late-delivery hazard, made deterministic: the acquire of a grant whose answer
+    /// was lost reaches the server only after the client cleaned up. A plain release run
+    /// first leaves that late acquire free to grant for a whole TTL; an abandon refuses it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_acquire_arriving_after_its_abandon_is_refused() {
+        let server = PgServer::start();
+        let node = PgNode::new(PgConfig::from_url(&server.url()).unwrap());
+        let ttl = Duration::from_secs(60);
+
+        let released = GrantId::random();
+        assert!(!node.release("k1", released.as_str()).await.unwrap());
+        let (late, _) = node.try_grant("k1", &released, ttl, None).await.unwrap();
+        assert!(
+            matches!(late, NodeGrant::Granted(_)),
+            "the hazard this guards against: a release before the late acquire does not stop it"
+        );
+
+        let abandoned = GrantId::random();
+        node.abandon("k2", abandoned.as_str()).await.unwrap();
+        let (late, _) = node.try_grant("k2", &abandoned, ttl, None).await.unwrap();
+        assert!(
+            matches!(late, NodeGrant::Busy(_)),
+            "an abandoned grant landed late: {late:?}"
+        );
+        // And the key is free for everyone else: the placeholder is expired and released.
+        let (other, _) = node.try_grant("k2", &GrantId::random(), ttl, None).await.unwrap();
+        assert!(matches!(other, NodeGrant::Granted(_)), "{other:?}");
+    }
+}
