@@ -19,6 +19,15 @@ pub(crate) struct PgGrant {
 }
 
 impl PgGrant {
+    /// The validity after an extend (counted from its send instant by the lease); a
+    /// grant the server no longer holds is forgotten by the session too.
+    fn answer(&self, held: bool, ttl: Duration) -> Option<Duration> {
+        if !held {
+            self.untrack();
+        }
+        held.then_some(ttl)
+    }
+
     fn untrack(&self) {
         let tracked = self.tracked.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some((session, id)) = tracked {
@@ -32,11 +41,13 @@ impl PgGrant {
 #[async_trait]
 impl LeaseOps for PgGrant {
     async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
-        Ok(self.node.extend(&self.key, &self.grant, ttl).await?.then_some(ttl))
+        let held = self.node.extend(&self.key, &self.grant, ttl).await?;
+        Ok(self.answer(held, ttl))
     }
 
     async fn renew(&self, ttl: Duration) -> Result<Option<Duration>> {
-        Ok(self.node.renew(&self.key, &self.grant, ttl).await?.then_some(ttl))
+        let held = self.node.renew(&self.key, &self.grant, ttl).await?;
+        Ok(self.answer(held, ttl))
     }
 
     async fn release(&self) -> Result<bool> {

@@ -194,10 +194,23 @@ impl PgNode {
         let abort = driver.abort_handle();
         let setup = async {
             let doing = |what| move |e| failed(what, server, e);
-            client
-                .batch_execute(&self.inner.texts.create)
+            // Only when a table is missing: `CREATE SCHEMA IF NOT EXISTS` checks the
+            // CREATE privilege before it looks, so a role whose tables were made by a
+            // migration could not even run the no-op.
+            let present: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = $1 AND tablename = ANY($2)",
+                    &[&cfg.schema, &&sql::TABLES[..]],
+                )
                 .await
-                .map_err(doing("creating the tables"))?;
+                .map_err(doing("looking for the tables"))?
+                .get(0);
+            if present < sql::TABLES.len() as i64 {
+                client
+                    .batch_execute(&self.inner.texts.create)
+                    .await
+                    .map_err(doing("creating the tables"))?;
+            }
             client
                 .batch_execute(&format!("LISTEN {}", cfg.channel()))
                 .await

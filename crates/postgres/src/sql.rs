@@ -13,6 +13,9 @@
 /// once, so the DDL runs in one transaction holding this advisory lock.
 pub(crate) const DDL_LOCK: i64 = 0x6665_6e63_656c_6b00; // "fencelk\0"
 
+/// The tables [`create`] makes.
+pub(crate) const TABLES: [&str; 5] = ["locks", "tokens", "waiters", "abandoned", "fences"];
+
 /// The tables, created idempotently in one transaction (one round trip, simple protocol).
 pub(crate) fn create(schema: &str) -> String {
     format!(

@@ -217,6 +217,35 @@ async fn guarantees_follow_fsync_and_synchronous_commit() {
     assert!(!locks.describe().contains("password"));
 }
 
+/// Teams that manage schemas themselves: the tables made by a migration (the SQL of
+/// docs/backends/postgres.md), a role with only DML privileges on them and no CREATE
+/// anywhere — the backend uses them as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_without_create_uses_tables_made_by_a_migration() {
+    let server = PgServer::start();
+    drop(PgLock::connect(&server.url()).await.unwrap()); // the "migration", as superuser
+    server.psql(
+        "CREATE ROLE app LOGIN;
+         REVOKE CREATE ON DATABASE postgres FROM PUBLIC;
+         REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+         GRANT USAGE ON SCHEMA fencelock TO app;
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA fencelock TO app;
+         GRANT USAGE ON ALL SEQUENCES IN SCHEMA fencelock TO app;",
+    );
+    let url = format!("postgres://app@127.0.0.1:{}/postgres?sslmode=disable", server.port());
+    let locks = PgLock::connect(&url).await.expect("a DML-only role connects");
+    let lease = locks.acquire("k", &opts(60_000)).await.unwrap();
+    let other = PgLock::connect(&url).await.unwrap();
+    let waiter = tokio::spawn(async move { other.acquire("k", &opts(60_000)).await.map(|l| l.token()) });
+    lease.release().await.unwrap();
+    let token = tokio::time::timeout(SLACK, waiter)
+        .await
+        .expect("hand-off")
+        .unwrap()
+        .unwrap();
+    assert_eq!(token.get(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_credentials_and_databases_are_config_errors() {
     let server = PgServer::start();
