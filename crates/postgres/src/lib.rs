@@ -10,7 +10,8 @@
 //!   remaining TTL by the server's clock.
 //! * **Release** and **extend** are one statement each and act only on our grant id;
 //!   release also notifies the waiter that queued first for the key (`LISTEN/NOTIFY`), so
-//!   a release wakes one waiter, not all of them.
+//!   a release wakes one waiter, not all of them, and the key goes to waiters in FIFO
+//!   order.
 //! * **Auto-renewals** of all leases of an instance share one statement per window.
 //! * **Loss**: the leases granted through a connection are reported lost the moment it
 //!   ends (server down, backend terminated, a statement unanswered within `timeout`),

@@ -205,7 +205,7 @@ impl PgLock {
                 Ok(Attempt::Acquired(lease))
             }
             Outcome::Busy(_) if queue.is_none() => {
-                let ticket = self.node.enqueue(key, opts.wait() + Duration::from_secs(1)).await?;
+                let ticket = self.node.enqueue(key).await?;
                 *queue = Some(Ticket::new(self.node.clone(), ticket));
                 Ok(Attempt::Busy {
                     wake: None,

@@ -297,10 +297,13 @@ impl PgNode {
         ticket: Option<i64>,
     ) -> Result<(NodeGrant, Arc<Session>)> {
         let ttl_ms = ttl.as_millis() as i64;
+        let ticket_ms = self.ticket_life().as_millis() as i64;
+        // No connection: nothing was sent, nothing to abandon.
+        self.session().await?;
         let answer = self
             .call("acquire", |s| async move {
                 s.client
-                    .query_one(&s.st.acquire, &[&key, &grant.as_str(), &ttl_ms, &ticket])
+                    .query_one(&s.st.acquire, &[&key, &grant.as_str(), &ttl_ms, &ticket, &ticket_ms])
                     .await
             })
             .await;
@@ -473,9 +476,16 @@ impl PgNode {
         }
     }
 
-    /// Takes a ticket in the key's waiter queue, valid for `wait`.
-    pub(crate) async fn enqueue(&self, key: &str, wait: Duration) -> Result<i64> {
-        let wait_ms = wait.as_millis() as i64;
+    /// How long a waiter's ticket lives past its last attempt: a waiter attempts at
+    /// least every `poll` (the fallback re-check), so twice that plus a second of slack
+    /// for a slow statement. A waiter gone without a word blocks the queue that long.
+    pub(crate) fn ticket_life(&self) -> Duration {
+        self.inner.cfg.poll * 2 + Duration::from_secs(1)
+    }
+
+    /// Takes a ticket in the key's waiter queue.
+    pub(crate) async fn enqueue(&self, key: &str) -> Result<i64> {
+        let wait_ms = self.ticket_life().as_millis() as i64;
         let (row, _) = self
             .call("joining the waiter queue", |s| async move {
                 s.client.query_one(&s.st.enqueue, &[&key, &wait_ms]).await

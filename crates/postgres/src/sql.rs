@@ -50,8 +50,12 @@ COMMIT;"
     )
 }
 
-/// Acquire: `$1` key, `$2` grant id, `$3` TTL in ms, `$4` our waiter ticket or NULL.
-/// A grant id the client has abandoned (see [`abandon_mark`]) is never granted.
+/// Acquire: `$1` key, `$2` grant id, `$3` TTL in ms, `$4` our waiter ticket or NULL, `$5`
+/// how long our ticket lives from now when we are refused (ms).
+/// A grant id the client has abandoned (see [`abandon_mark`]) is never granted, and a
+/// free key goes to the oldest live ticket first: a client without a ticket, or with a
+/// younger one, is refused while an older ticket of the key lives (FIFO hand-off; a
+/// ticket lives as long as its waiter keeps attempting, see [`enqueue`]).
 /// Takes the row when it is free or expired (the upsert's `WHERE` is evaluated on the
 /// latest row version, under its row lock), bumps the key's counter only when it took it,
 /// and drops our waiter ticket only then. Returns the token (NULL when busy) and the
@@ -62,6 +66,10 @@ pub(crate) fn acquire(schema: &str) -> String {
     INSERT INTO {schema}.locks AS l (key, grant_id, expires_at)
     SELECT $1::text, $2::text, statement_timestamp() + $3::bigint * interval '1 millisecond'
     WHERE NOT EXISTS (SELECT 1 FROM {schema}.abandoned a WHERE a.grant_id = $2::text)
+      AND NOT EXISTS (
+        SELECT 1 FROM {schema}.waiters w
+        WHERE w.key = $1::text AND w.expires_at > statement_timestamp()
+          AND w.ticket < coalesce($4::bigint, 9223372036854775807))
     ON CONFLICT (key) DO UPDATE SET grant_id = excluded.grant_id, expires_at = excluded.expires_at
         WHERE l.expires_at <= statement_timestamp() AND l.grant_id <> excluded.grant_id
     RETURNING l.key
@@ -71,6 +79,9 @@ pub(crate) fn acquire(schema: &str) -> String {
     RETURNING t.token
 ), dequeued AS (
     DELETE FROM {schema}.waiters WHERE ticket = $4::bigint AND EXISTS (SELECT 1 FROM taken)
+), kept AS (
+    UPDATE {schema}.waiters SET expires_at = statement_timestamp() + $5::bigint * interval '1 millisecond'
+    WHERE ticket = $4::bigint AND NOT EXISTS (SELECT 1 FROM taken)
 )
 SELECT (SELECT token FROM bumped) AS token,
        (SELECT ceil(extract(epoch FROM h.expires_at - statement_timestamp()) * 1000)::bigint
@@ -113,9 +124,10 @@ RETURNING l.grant_id"
     )
 }
 
-/// Joins the key's waiter queue: `$1` key, `$2` how long the ticket lives in ms (the
-/// acquire's wait bound). Also sweeps the key's tickets that expired a minute ago (left
-/// by crashed waiters). Returns the ticket.
+/// Joins the key's waiter queue: `$1` key, `$2` how long the ticket lives in ms. Every
+/// refused attempt of the waiter renews it for as long again, so a waiter that crashed
+/// or stopped waiting blocks the queue for at most that long. Also sweeps the key's
+/// tickets that expired a minute ago. Returns the ticket.
 pub(crate) fn enqueue(schema: &str) -> String {
     format!(
         "WITH swept AS (

@@ -4,12 +4,15 @@
 //! waiter holding that ticket wakes — in whichever process it is — instead of every
 //! waiter racing for the key; the others sleep on until their turn or their fallback poll.
 //!
-//! The queue orders wake-ups, not grants: a client that was not waiting can still take a
-//! free key first (no starvation guard beyond that), and the woken waiter then waits for
-//! the next release, still first in line. Notifications are not persistent: one sent while
-//! our connection was being replaced is lost, and a ticket left by a crashed waiter is
-//! named in vain until it expires. The jittered fallback poll, bounded by the holder's
-//! remaining TTL, covers both.
+//! The queue also orders grants: the acquire statement refuses a free key to a client
+//! without a ticket, or with a younger one, while an older ticket of the key lives — so a
+//! holder that releases and asks again goes to the back of the line, and hand-offs go
+//! round in FIFO order. A ticket lives as long as its waiter keeps attempting (each
+//! refused attempt renews it for twice the fallback poll plus a second), so a waiter that
+//! crashed blocks the queue for at most that long. Notifications are not persistent: one
+//! sent while our connection was being replaced is lost, and a ticket left by a crashed
+//! waiter is named in vain until it expires. The jittered fallback poll, bounded by the
+//! holder's remaining TTL, covers both.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -387,3 +387,42 @@ async fn a_release_wakes_one_waiter_not_the_herd() {
     let tokens = order.lock().unwrap().clone();
     assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
 }
+
+/// Hand-offs go round in queue order, and a holder that releases and asks again at once
+/// goes to the back of the line instead of taking the key straight back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_offs_follow_the_queue_and_a_returning_holder_waits_its_turn() {
+    let server = PgServer::start();
+    let holder = Arc::new(PgLock::connect(&server.url()).await.unwrap());
+    let first = holder.acquire("k", &opts(60_000)).await.unwrap();
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    let long = opts(60_000).with_wait(Duration::from_secs(20));
+    for name in ["w1", "w2", "w3", "w4"] {
+        let c = PgLock::connect(&server.url()).await.unwrap();
+        let order = Arc::clone(&order);
+        tasks.push(tokio::spawn(async move {
+            let lease = c.acquire("k", &long).await.unwrap();
+            order.lock().unwrap().push((name, lease.token().get()));
+            lease.release().await.unwrap();
+        }));
+        // Queued before the next one starts (bounded polling of a condition).
+        let queued = tasks.len().to_string();
+        let deadline = Instant::now() + SLACK;
+        while server.psql("SELECT count(*) FROM fencelock.waiters WHERE key = 'k'") != queued {
+            assert!(Instant::now() < deadline, "{name} did not queue");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    first.release().await.unwrap();
+    let again = holder.acquire("k", &long).await.unwrap();
+    order.lock().unwrap().push(("holder again", again.token().get()));
+    again.release().await.unwrap();
+    for t in tasks {
+        tokio::time::timeout(SLACK * 5, t).await.expect("hand-offs").unwrap();
+    }
+    let mut got = order.lock().unwrap().clone();
+    got.sort_by_key(|(_, token)| *token);
+    let names: Vec<&str> = got.iter().map(|(n, _)| *n).collect();
+    assert_eq!(names, ["w1", "w2", "w3", "w4", "holder again"], "{got:?}");
+}
