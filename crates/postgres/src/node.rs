@@ -248,15 +248,15 @@ impl PgNode {
         }
     }
 
-    /// Ends `session`: its leases are reported lost and released through a new
-    /// connection, our waiters retry.
+    /// Ends `session`: its leases are reported lost, our waiters retry. Their rows are
+    /// left to expire on the server: the server's expiry is never earlier than the end of
+    /// the validity each holder was given, so a holder that missed the loss signal (paused,
+    /// or not watching `lost()`) is still alone until its validity ends. Releasing the
+    /// rows now would hand the key to another client inside that window.
     fn end_session(&self, session: &Session, why: &str) {
         let lost = session.end(why);
         if !lost.is_empty() {
             tracing::warn!(server = %self.server(), %why, leases = lost.len(), "connection ended; its leases are lost");
-        }
-        for (key, grant) in lost {
-            self.release_in_background(&key, &grant);
         }
         self.inner.waiters.wake_all();
     }
@@ -389,15 +389,6 @@ impl PgNode {
         })
         .await?;
         self.release(key, grant).await.map(|_| ())
-    }
-
-    /// Releases a known grant in the background, retried until confirmed.
-    pub(crate) fn release_in_background(&self, key: &str, grant: &str) {
-        let (key, grant) = (key.to_owned(), grant.to_owned());
-        self.cleanup("releasing a lost lease", move |node| {
-            let (key, grant) = (key.clone(), grant.clone());
-            async move { node.release(&key, &grant).await.map(|_| ()) }
-        });
     }
 
     /// Waits (at most `limit`) until every background clean-up has finished.

@@ -5,8 +5,9 @@
 //! session: when the connection ends (the server died or restarted, the backend was
 //! terminated, a statement got no answer within the timeout and the connection was cut),
 //! every live lease of the session is reported lost at once — long before its TTL could
-//! have run out on the server — and its row is released in the background through a new
-//! connection, so that others need not wait for the TTL.
+//! have run out on the server. Its row stays until it expires on the server (never before
+//! the validity the holder was given ends), so no one else is granted the key while the
+//! old holder could still believe in it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
