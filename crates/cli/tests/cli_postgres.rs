@@ -87,3 +87,27 @@ fn eight_processes_on_postgres_never_overlap_and_tokens_grow() {
         "0"
     );
 }
+
+/// `fencelock lab restart-while-held`: PostgreSQL keeps its data through a crash restart,
+/// and the holder's row outlives the loss signal its client gets when the connection ends,
+/// so no second grant lands inside the holder's validity.
+#[test]
+fn the_lab_shows_postgres_exclusive_through_a_restart_while_held() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let report = dir.path().join("safety.md");
+    let out = Command::new(BIN)
+        .args(["lab", "restart-while-held", "--quiet", "--report"])
+        .arg(&report)
+        .env_remove("FENCELOCK_BACKEND")
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = std::fs::read_to_string(&report).expect("report");
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("| restart-while-held | postgres (data kept) |"))
+        .unwrap_or_else(|| panic!("no postgres row in:\n{table}"));
+    let cells: Vec<&str> = line.split('|').map(str::trim).filter(|c| !c.is_empty()).collect();
+    // Columns: scenario, backend, overlaps, regressions, reuse, late actions, stale (fenced).
+    assert_eq!(&cells[2..7], &["0", "0", "0", "0", "0"], "{line}");
+}
