@@ -414,14 +414,15 @@ impl PgNode {
         lost
     }
 
-    /// Deletes our row and notifies the next waiter; `false` if the row was not ours.
+    /// Deletes our row and notifies the next waiter, if any; `false` if the row was not
+    /// ours.
     pub(crate) async fn release(&self, key: &str, grant: &str) -> Result<bool> {
-        let (rows, _) = self
+        let (row, _) = self
             .call("release", |s| async move {
-                s.client.query(&s.st.release, &[&key, &grant]).await
+                s.client.query_one(&s.st.release, &[&key, &grant]).await
             })
             .await?;
-        Ok(!rows.is_empty())
+        Ok(row.get::<_, i64>(0) == 1)
     }
 
     /// Sets a new expiry `ttl` from now if the row still holds `grant` unexpired.
