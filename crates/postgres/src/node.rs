@@ -46,6 +46,7 @@ pub(crate) struct Settings {
 struct Texts {
     create: String,
     acquire: String,
+    acquire_queued: String,
     release: String,
     extend: String,
     renew_many: String,
@@ -86,7 +87,8 @@ impl PgNode {
         let schema = cfg.schema.clone();
         let texts = Texts {
             create: sql::create(&schema),
-            acquire: sql::acquire(&schema),
+            acquire: sql::acquire(&schema, false),
+            acquire_queued: sql::acquire(&schema, true),
             release: sql::release(&schema, &cfg.channel()),
             extend: sql::extend(&schema),
             renew_many: sql::renew_many(&schema),
@@ -219,6 +221,7 @@ impl PgNode {
             let prepare = |text| client.prepare(text);
             let st = Statements {
                 acquire: prepare(&t.acquire).await.map_err(doing("preparing acquire"))?,
+                acquire_queued: prepare(&t.acquire_queued).await.map_err(doing("preparing acquire"))?,
                 release: prepare(&t.release).await.map_err(doing("preparing release"))?,
                 extend: prepare(&t.extend).await.map_err(doing("preparing extend"))?,
                 renew_many: prepare(&t.renew_many).await.map_err(doing("preparing renewals"))?,
@@ -302,9 +305,18 @@ impl PgNode {
         self.session().await?;
         let answer = self
             .call("acquire", |s| async move {
-                s.client
-                    .query_one(&s.st.acquire, &[&key, &grant.as_str(), &ttl_ms, &ticket, &ticket_ms])
-                    .await
+                match ticket {
+                    Some(t) => {
+                        s.client
+                            .query_one(&s.st.acquire_queued, &[&key, &grant.as_str(), &ttl_ms, &t, &ticket_ms])
+                            .await
+                    }
+                    None => {
+                        s.client
+                            .query_one(&s.st.acquire, &[&key, &grant.as_str(), &ttl_ms])
+                            .await
+                    }
+                }
             })
             .await;
         match answer {

@@ -21,6 +21,7 @@ use tokio_postgres::{Client, Statement};
 /// round trip: Bind + Execute, no Parse).
 pub(crate) struct Statements {
     pub acquire: Statement,
+    pub acquire_queued: Statement,
     pub release: Statement,
     pub extend: Statement,
     pub renew_many: Statement,
