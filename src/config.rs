@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 /// ```toml
 /// backend = "file:///var/lock/myapp"   # any URL `connect` takes
 /// require = "strict"                   # optional: any | monotonic_tokens | strict
+/// metrics_key_label = false            # optional: label metrics with the key too
 ///
 /// [defaults]                           # optional LockOptions
 /// ttl = "30s"
@@ -19,6 +20,8 @@ use serde::{Deserialize, Serialize};
 /// ```
 ///
 /// Unknown fields are errors, so a typo does not silently fall back to a default.
+/// Durations are text with a unit (`"500ms"`, `"30s"`, `"2m"`); a bare number such as
+/// `ttl = 5` is an error that names the unit to add, never silently milliseconds.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> fencelock::Result<()> {
@@ -45,6 +48,10 @@ pub struct LockConfig {
     /// Default options for locks taken through this configuration.
     #[serde(default)]
     pub defaults: LockOptions,
+    /// Label [metrics](fencelock_core::metrics) with the lock's key too (default off: each
+    /// key is a new time series; turn on only for a small, fixed set of keys).
+    #[serde(default)]
+    pub metrics_key_label: bool,
 }
 
 impl LockConfig {
@@ -54,23 +61,61 @@ impl LockConfig {
             backend: backend.into(),
             require: Requirement::Any,
             defaults: LockOptions::default(),
+            metrics_key_label: false,
         }
     }
 
     /// Parses TOML.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidConfig`] for a syntax error, an unknown field, a bad value, or a
+    /// duration given as a bare number.
     pub fn from_toml(text: &str) -> Result<Self> {
-        toml::from_str(text).map_err(|e| LockError::InvalidConfig {
-            message: format!("bad TOML configuration: {}", e.message()),
+        let bad = |e: toml::de::Error| LockError::InvalidConfig {
+            message: format!("bad TOML configuration: {}", e.message().trim_end()),
             source: Some(e.into()),
-        })
+        };
+        let mut value: toml::Value = toml::from_str(text).map_err(bad)?;
+        if let Some(defaults) = value.get_mut("defaults").and_then(|d| d.as_table_mut()) {
+            for field in DURATIONS {
+                if let Some(v) = defaults.get_mut(*field) {
+                    if v.is_integer() || v.is_float() {
+                        return Err(bare_number(field, &v.to_string()));
+                    }
+                    if let Some(text) = v.as_str() {
+                        *v = toml::Value::String(canonical(field, text)?);
+                    }
+                }
+            }
+        }
+        LockConfig::deserialize(value).map_err(bad)
     }
 
     /// Parses JSON.
+    ///
+    /// # Errors
+    ///
+    /// As [`from_toml`](Self::from_toml).
     pub fn from_json(text: &str) -> Result<Self> {
-        serde_json::from_str(text).map_err(|e| LockError::InvalidConfig {
+        let bad = |e: serde_json::Error| LockError::InvalidConfig {
             message: format!("bad JSON configuration: {e}"),
             source: Some(e.into()),
-        })
+        };
+        let mut value: serde_json::Value = serde_json::from_str(text).map_err(bad)?;
+        if let Some(defaults) = value.get_mut("defaults").and_then(|d| d.as_object_mut()) {
+            for field in DURATIONS {
+                if let Some(v) = defaults.get_mut(*field) {
+                    if v.is_number() {
+                        return Err(bare_number(field, &v.to_string()));
+                    }
+                    if let Some(text) = v.as_str() {
+                        *v = serde_json::Value::String(canonical(field, text)?);
+                    }
+                }
+            }
+        }
+        serde_json::from_value(value).map_err(bad)
     }
 
     /// Reads a file: JSON when it ends in `.json`, TOML otherwise.
@@ -96,8 +141,58 @@ impl LockConfig {
     /// Validates the default options, builds the backend and checks the requirement.
     pub async fn connect(&self) -> Result<Arc<dyn DistributedLock>> {
         self.defaults.validate_for_try()?;
-        let lock = crate::connect(&self.backend).await?;
+        let lock = crate::connect::connect_with(&self.backend, self.metrics_key_label).await?;
         self.require.check(&lock.guarantees())?;
         Ok(lock)
+    }
+}
+
+/// The duration fields of `[defaults]`.
+const DURATIONS: &[&str] = &["ttl", "wait"];
+
+/// A duration given as a bare number (`ttl = 5`): seconds or milliseconds? The error names
+/// the unit to add.
+fn bare_number(field: &str, number: &str) -> LockError {
+    LockError::invalid_config(format!(
+        "defaults.{field} = {number} has no unit: write it as text with one, e.g. \"{number}s\" or \"{number}ms\""
+    ))
+}
+
+/// Reads a duration's text with `humantime` (`"1.5s"`, `"2m 30s"`, `"500ms"`, `"250µs"`) and
+/// writes it back in whole nanoseconds, the form `LockOptions` reads, so configuration files
+/// take the same durations as the command line.
+fn canonical(field: &str, text: &str) -> Result<String> {
+    let d = humantime::parse_duration(text.trim()).map_err(|e| {
+        LockError::invalid_config(format!(
+            "defaults.{field} = \"{text}\" is not a duration ({e}); write e.g. \"500ms\", \"1.5s\" or \"30s\""
+        ))
+    })?;
+    Ok(format!("{}ns", d.as_nanos()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_number_for_a_duration_names_the_unit_to_add() {
+        for (parsed, form) in [
+            (
+                LockConfig::from_toml("backend = \"memory://\"\n[defaults]\nttl = 5\n"),
+                "toml",
+            ),
+            (
+                LockConfig::from_json(r#"{"backend":"memory://","defaults":{"wait":250}}"#),
+                "json",
+            ),
+        ] {
+            let Err(e) = parsed else {
+                panic!("{form}: accepted a bare number")
+            };
+            let text = e.to_string();
+            assert!(text.contains("has no unit") && text.contains("s\""), "{form}: {text}");
+        }
+        let ok = LockConfig::from_toml("backend = \"memory://\"\n[defaults]\nttl = \"1.5s\"\n");
+        assert!(ok.is_ok(), "{ok:?}");
     }
 }

@@ -29,8 +29,25 @@ use crate::schemes::{self, SCHEMES};
 /// assert!(fencelock::connect("nope://x").await.is_err());
 /// # Ok(()) }
 /// ```
+///
+/// The backend comes wrapped in [`Metered`](fencelock_core::metrics::Metered), so it
+/// records [metrics](fencelock_core::metrics) once the application installs a recorder,
+/// labelled by backend (the scheme) but not by key; [`LockConfig`](crate::LockConfig)'s
+/// `metrics_key_label` adds the key.
 pub async fn connect(url: &str) -> Result<Arc<dyn DistributedLock>> {
+    connect_with(url, false).await
+}
+
+/// [`connect`], with the key as a metrics label or not.
+pub(crate) async fn connect_with(url: &str, key_label: bool) -> Result<Arc<dyn DistributedLock>> {
     let url = url.trim();
+    let (scheme, lock) = connect_backend(url).await?;
+    Ok(Arc::new(
+        fencelock_core::metrics::Metered::new(lock, scheme).with_key_label(key_label),
+    ))
+}
+
+async fn connect_backend(url: &str) -> Result<(String, Arc<dyn DistributedLock>)> {
     let Some(scheme) = schemes::scheme_of(url) else {
         return Err(LockError::invalid_config(format!(
             "`{url}` is not a backend URL: expected SCHEME://..., e.g. file:///var/lock/app or redis://127.0.0.1:6379"
@@ -51,22 +68,25 @@ pub async fn connect(url: &str) -> Result<Arc<dyn DistributedLock>> {
             ))),
         };
     }
-    match scheme.as_str() {
-        "memory" => Ok(Arc::new(fencelock_core::memory::MemoryLock::from_url(url)?)),
+    let lock: Arc<dyn DistributedLock> = match scheme.as_str() {
+        "memory" => Arc::new(fencelock_core::memory::MemoryLock::from_url(url)?),
         #[cfg(unix)]
-        "file" => Ok(Arc::new(fencelock_core::file::FileLock::from_url(url)?)),
+        "file" => Arc::new(fencelock_core::file::FileLock::from_url(url)?),
         #[cfg(feature = "redis")]
-        "redis" | "rediss" => Ok(Arc::new(fencelock_redis::RedisLock::connect(url).await?)),
+        "redis" | "rediss" => Arc::new(fencelock_redis::RedisLock::connect(url).await?),
         #[cfg(feature = "redlock")]
-        "redlock" => Ok(Arc::new(fencelock_redlock::RedlockLock::connect(url).await?)),
+        "redlock" => Arc::new(fencelock_redlock::RedlockLock::connect(url).await?),
         #[cfg(feature = "etcd")]
-        "etcd" => Ok(Arc::new(fencelock_etcd::EtcdLock::connect(url).await?)),
+        "etcd" => Arc::new(fencelock_etcd::EtcdLock::connect(url).await?),
         #[cfg(feature = "zookeeper")]
-        "zk" => Ok(Arc::new(fencelock_zk::ZkLock::connect(url).await?)),
+        "zk" => Arc::new(fencelock_zk::ZkLock::connect(url).await?),
         #[cfg(feature = "postgres")]
-        "postgres" | "postgresql" => Ok(Arc::new(fencelock_postgres::PgLock::connect(url).await?)),
-        _ => Err(LockError::invalid_config(format!(
-            "the `{scheme}://` backend is listed but not wired in; this is a bug"
-        ))),
-    }
+        "postgres" | "postgresql" => Arc::new(fencelock_postgres::PgLock::connect(url).await?),
+        _ => {
+            return Err(LockError::invalid_config(format!(
+                "the `{scheme}://` backend is listed but not wired in; this is a bug"
+            )))
+        }
+    };
+    Ok((scheme, lock))
 }

@@ -75,8 +75,9 @@ async fn toml_and_json_configs_build_the_same_backend() {
     let toml = format!(
         "backend = \"{url}\"\nrequire = \"strict\"\n[defaults]\nttl = \"2s\"\nwait = \"500ms\"\nauto_renew = false\n"
     );
-    let json =
-        format!(r#"{{"backend":"{url}","require":"strict","defaults":{{"ttl":"2s","wait":500,"auto_renew":false}}}}"#);
+    let json = format!(
+        r#"{{"backend":"{url}","require":"strict","defaults":{{"ttl":"2s","wait":"500ms","auto_renew":false}}}}"#
+    );
     let a = LockConfig::from_toml(&toml).expect("toml");
     let b = LockConfig::from_json(&json).expect("json");
     assert_eq!(a, b);
@@ -98,7 +99,10 @@ async fn config_errors_are_clear() {
     assert!(e.to_string().contains("unknown field"), "{e}");
     let e = LockConfig::from_toml("backend = \"memory://\"\n[defaults]\nttl = \"5 parsecs\"\n")
         .expect_err("bad duration accepted");
-    assert!(e.to_string().contains("unknown unit"), "{e}");
+    assert!(e.to_string().contains("unknown time unit"), "{e}");
+    // A bare number: seconds or milliseconds? Refused, naming the unit to add.
+    let e = LockConfig::from_json(r#"{"backend":"memory://","defaults":{"wait":500}}"#).expect_err("bare number");
+    assert!(e.to_string().contains("defaults.wait = 500 has no unit"), "{e}");
     let e = LockConfig::from_toml("backend = \"memory://\"\n[defaults]\nttl = \"0s\"\n").expect("parses");
     assert!(matches!(e.connect().await, Err(LockError::InvalidInput(_))));
     let e = LockConfig::from_path(std::path::Path::new("/nonexistent/fencelock.toml")).expect_err("missing file");

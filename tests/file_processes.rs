@@ -178,3 +178,116 @@ async fn a_killed_holder_frees_the_lock_and_tokens_survive() {
     assert!(next.token().get() > child_token + 1);
     next.release().await.expect("release");
 }
+
+/// Whether this process has the file backend's wait thread (`comm` keeps 15 bytes of the
+/// name `fencelock-file-wait`): it exists exactly while some acquire here waits.
+fn waiting_here() -> bool {
+    std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .flatten()
+        .any(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|n| n.starts_with("fencelock-file-")))
+}
+
+/// A waiter already waiting when the holder process is SIGKILLed is woken by the kernel's
+/// close of the dead holder's liveness file — within a second or two, not at the holder's
+/// 60 s TTL and not by polling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_is_woken_when_the_holder_is_killed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("file://{}", dir.path().display());
+    let mut holder = child("child_hold_forever", dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdout = holder.stdout.take().expect("stdout");
+    let held = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .any(|l| l.is_ok_and(|l| l.contains("held ")))
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_secs(30), held)
+            .await
+            .expect("child reported")
+            .expect("join"),
+        "the child did not hold the lock"
+    );
+    let locks = fencelock::connect(&url).await.expect("connect");
+    let waiter = tokio::spawn(async move {
+        let opts = LockOptions::new()
+            .with_ttl(Duration::from_secs(60))
+            .with_wait(Duration::from_secs(30));
+        locks.acquire("crash", &opts).await
+    });
+    // Bounded poll for the waiter to be waiting (its watch thread exists).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !waiting_here() {
+        assert!(std::time::Instant::now() < deadline, "the waiter never started waiting");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    holder.kill().expect("kill");
+    let killed_at = std::time::Instant::now();
+    holder.wait().expect("reap");
+    let lease = tokio::time::timeout(Duration::from_secs(20), waiter)
+        .await
+        .expect("the waiter was not woken")
+        .expect("join")
+        .expect("acquire after the holder was killed");
+    let woke = killed_at.elapsed();
+    assert!(
+        woke < Duration::from_secs(2),
+        "the waiter got the lock {woke:?} after the holder was killed"
+    );
+    lease.release().await.expect("release");
+}
+
+#[test]
+#[ignore = "started by the_default_directory_follows_xdg_runtime_dir_then_tmpdir"]
+fn child_open_default() {
+    let locks = fencelock::file::FileLock::open_default().expect("open the default directory");
+    // libtest prints "test NAME ... " before this on the same line: the parent splits at
+    // the last "default ".
+    println!("default {}", locks.dir().display());
+}
+
+/// Runs `child_open_default` with the given environment and returns the directory it
+/// reported.
+fn default_dir_with(env: &[(&str, Option<&Path>)]) -> PathBuf {
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let mut cmd = child("child_open_default", scratch.path());
+    for (name, value) in env {
+        match value {
+            Some(v) => cmd.env(name, v),
+            None => cmd.env_remove(name),
+        };
+    }
+    let out = cmd.output().expect("run child");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "child failed: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = text
+        .lines()
+        .find_map(|l| l.rsplit_once("default ").map(|(_, d)| d.to_owned()))
+        .expect("the child printed its directory");
+    PathBuf::from(line)
+}
+
+/// The default directory is `$XDG_RUNTIME_DIR/fencelock` when set, else
+/// `$TMPDIR/fencelock-UID`, created 0700 either way.
+#[test]
+fn the_default_directory_follows_xdg_runtime_dir_then_tmpdir() {
+    use std::os::unix::fs::MetadataExt;
+    let runtime = tempfile::tempdir().expect("temp dir");
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let got = default_dir_with(&[("XDG_RUNTIME_DIR", Some(runtime.path())), ("TMPDIR", Some(tmp.path()))]);
+    assert_eq!(got, runtime.path().join("fencelock"));
+    assert_eq!(std::fs::metadata(&got).expect("created").mode() & 0o777, 0o700);
+
+    let got = default_dir_with(&[("XDG_RUNTIME_DIR", None), ("TMPDIR", Some(tmp.path()))]);
+    let uid = std::fs::metadata("/proc/self").expect("/proc/self").uid();
+    assert_eq!(got, tmp.path().join(format!("fencelock-{uid}")));
+    assert_eq!(std::fs::metadata(&got).expect("created").mode() & 0o777, 0o700);
+}

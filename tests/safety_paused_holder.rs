@@ -73,12 +73,14 @@ async fn file() {
     .await;
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis() {
     let server = fencelock_testkit::redis_server::RedisServer::start();
     check("redis", &factory(server.url()), Duration::from_millis(300)).await;
 }
 
+#[cfg(feature = "redlock")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redlock() {
     let servers = fencelock_testkit::redis_server::start_many(5);

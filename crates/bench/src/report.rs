@@ -225,14 +225,19 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "Run on {}: {} ({} cores available), {} GiB, {}, {} build. Servers on loopback, started by the command \
-             and stopped after their backend's measurements, so one backend's servers share the machine at a time: {}.\n",
+            "Run on {}: {} ({} cores available), {} GiB, {}, {} build. {}: {}.\n",
             m.date,
             m.cpu,
             m.cores,
             m.memory_gib,
             m.os,
             m.profile,
+            if !self.backends.iter().all(|b| b.started_here) {
+                "Servers given by URL (--backend), not started by the command"
+            } else {
+                "Servers on loopback, started by the command and stopped after their backend's measurements, so \
+                 one backend's servers share the machine at a time"
+            },
             self.backends
                 .iter()
                 .map(|b| format!("{} — {}", b.backend, b.server.as_deref().unwrap_or("version unknown")))

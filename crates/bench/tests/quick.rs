@@ -107,6 +107,11 @@ async fn a_backend_given_by_url_is_measured_as_it_is() {
     let report = run(&plan, &|_| {}).await.unwrap();
     let b = &report.backends[0];
     assert!(!b.started_here);
+    let text = report.markdown("charts");
+    assert!(
+        text.contains("Servers given by URL (--backend), not started by the command"),
+        "{text}"
+    );
     assert_eq!(b.uncontended.len(), 2, "ours and the raw minimum, no peers");
     assert!(
         b.server.as_deref().unwrap_or("").starts_with("redis-server "),

@@ -7,9 +7,9 @@ use clap::{Parser, Subcommand};
 
 /// Run commands under a distributed lock with a fencing token.
 ///
-/// Without --backend, FENCELOCK_BACKEND or --config, locks live in files under the system
-/// temp directory (file backend): processes on this host exclude each other, no server
-/// needed.
+/// Without --backend, --config or FENCELOCK_BACKEND, locks live in files under
+/// $XDG_RUNTIME_DIR/fencelock, or the temp directory without it (file backend): processes on
+/// this host exclude each other, no server needed.
 #[derive(Debug, Parser)]
 #[command(name = "fencelock", version, about, long_about = None, after_help = EXAMPLES)]
 pub struct Cli {
@@ -17,12 +17,13 @@ pub struct Cli {
     /// etcd://HOST:PORT, zk://HOST:PORT (see `fencelock backends`)
     ///
     /// Only `bench` takes several (each measured in turn); the other commands take one.
+    ///
+    /// A --backend flag or a --config file wins over FENCELOCK_BACKEND in the environment;
+    /// giving both --backend and --config is an error.
     #[arg(
         long,
         global = true,
-        env = "FENCELOCK_BACKEND",
         value_name = "URL",
-        conflicts_with = "config",
         action = clap::ArgAction::Append
     )]
     pub backend: Vec<String>,
@@ -47,15 +48,20 @@ Examples:
   fencelock backends
   fencelock demo
 
-Exit status of `run`: the command's own; 75 when the lock was not acquired within --wait;
-76 when the lease was lost while the command ran (it was sent SIGTERM); 64 bad input;
-69 backend unavailable; 78 bad configuration; 127 command not found; 126 not executable.";
+The command of `run` gets FENCELOCK_KEY, FENCELOCK_TOKEN (the fencing token: send it with
+every write) and FENCELOCK_GRANT (the grant's unique id) in its environment.
+
+Exit status of `run` (docs/cli.md): the command's own; 75 not acquired within --wait (see
+--conflict-exit-code); 76 lease lost while the command ran (see --lost-exit-code); 64 bad
+input; 69 backend unavailable; 70 internal failure; 78 bad configuration; 126 command not
+executable; 127 command not found; 128+N signal N while waiting for the lock.";
 
 /// What to do.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Acquire KEY, run CMD with FENCELOCK_TOKEN and FENCELOCK_KEY set, renew the lease
-    /// while it runs, release it after, and exit with CMD's status
+    /// Acquire KEY, run CMD in a process group of its own with FENCELOCK_TOKEN,
+    /// FENCELOCK_GRANT and FENCELOCK_KEY set, renew the lease while it runs, release it
+    /// after, and exit with CMD's status
     Run(RunArgs),
     /// List the backends compiled into this build, with what each guarantees
     Backends,
@@ -72,6 +78,20 @@ pub enum Command {
     /// (internal) the work a demo process does under the lock
     #[command(hide = true, name = "__demo-work")]
     DemoWork,
+    /// (internal) the supervisor between `run` and its command (see guard.rs)
+    #[command(hide = true, name = "__guard")]
+    Guard(GuardArgs),
+}
+
+/// `fencelock __guard FD -- CMD…` (internal).
+#[derive(Debug, clap::Args)]
+pub struct GuardArgs {
+    /// The inherited read end of the control pipe from `run`
+    pub control_fd: i32,
+
+    /// The command and its arguments
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }
 
 /// `fencelock run`.
@@ -80,22 +100,39 @@ pub struct RunArgs {
     /// The lock's name (1 to 256 bytes, no control characters)
     pub key: String,
 
-    /// How long the lease lives without renewal; it is renewed every third of it while
-    /// CMD runs, so a crashed fencelock frees the lock after at most this long
+    /// How long the lease lives without renewal (e.g. 30s, 1.5s, 500ms; at least 1ms); it is
+    /// renewed every third of it while CMD runs, so a crashed fencelock frees the lock after
+    /// at most this long
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub ttl: Option<Duration>,
 
-    /// How long to wait for the lock before giving up with status 75 (e.g. 500ms, 30s, 2m)
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    /// How long to wait for the lock before giving up (e.g. 500ms, 30s, 2m); 0 means do not
+    /// wait: try once and fail at once if the lock is held, like `flock -w 0`
+    #[arg(long, value_name = "DURATION", value_parser = parse_wait)]
     pub wait: Option<Duration>,
 
-    /// Do not wait at all: exit 75 at once if the lock is held
+    /// Do not wait at all: fail at once if the lock is held (the same as --wait 0)
     #[arg(long, conflicts_with = "wait")]
     pub no_wait: bool,
 
-    /// After a lost lease, how long CMD gets between SIGTERM and SIGKILL
+    /// After a lost lease or a forwarded SIGTERM, how long CMD's process group gets between
+    /// SIGTERM and SIGKILL (the group is killed at once when the lease's validity ends)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
     pub kill_after: Duration,
+
+    /// The exit status when the lock is not acquired (default 75, EX_TEMPFAIL), so that a
+    /// command's own 75 can be told apart (like `flock -E`)
+    #[arg(long, value_name = "N", default_value_t = crate::exit::NOT_ACQUIRED)]
+    pub conflict_exit_code: u8,
+
+    /// The exit status when the lease is lost while the command runs (default 76)
+    #[arg(long, value_name = "N", default_value_t = crate::exit::LEASE_LOST)]
+    pub lost_exit_code: u8,
+
+    /// Serve the lock's metrics for Prometheus at http://ADDR/metrics while running (e.g.
+    /// 127.0.0.1:9898; see docs/metrics.md)
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 
     /// The command and its arguments
     #[arg(last = true, required = true, value_name = "CMD")]
@@ -110,14 +147,29 @@ pub struct DemoArgs {
     pub processes: u8,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    fencelock::options::duration_text::parse_duration(text)
+/// A duration as `humantime` reads it (`30s`, `1.5s`, `2m 30s`, `500ms`), at least 1 ms.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. 500ms, 1.5s, 30s or 2m"))?;
+    if d < fencelock::options::MIN_TTL {
+        return Err(format!("{} is below the minimum of 1ms", humantime::format_duration(d)));
+    }
+    Ok(d)
+}
+
+/// A wait: a duration of at least 1 ms, or `0` for not waiting.
+fn parse_wait(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text.trim()) {
+        Ok(d) if d.is_zero() => Ok(d),
+        _ => parse_duration(text),
+    }
 }
 
 /// `fencelock lab`.
 #[derive(Debug, clap::Args)]
 pub struct LabArgs {
-    /// The scenario (default: all): paused-holder
+    /// The scenario (default: all): paused-holder, restart-while-held,
+    /// fault-during-contention, client-partition, failover-before-replication, clock-jump
     pub scenario: Option<String>,
 
     /// Write the scenario × backend table, as Markdown, to this file

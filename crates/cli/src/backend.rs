@@ -1,4 +1,4 @@
-//! Choosing the backend: --backend, FENCELOCK_BACKEND, --config, or the file default.
+//! Choosing the backend: --backend or --config, then FENCELOCK_BACKEND, then the file default.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -7,32 +7,60 @@ use fencelock::{DistributedLock, LockConfig, LockError, LockOptions};
 
 use crate::args::Cli;
 
-/// The directory of the default file backend: `$TMPDIR/fencelock-UID`, private to the user
-/// and shared by all of that user's processes. Tokens there survive restarts of the
-/// processes, and of the host unless the temp directory is wiped at boot; give an explicit
-/// `file:///var/lib/...` for tokens that must outlive everything.
+/// The environment variable that names a backend URL when no flag or file does.
+pub const ENV: &str = "FENCELOCK_BACKEND";
+
+/// The directory of the default file backend (`fencelock::file::default_dir`):
+/// `$XDG_RUNTIME_DIR/fencelock` when set, else `$TMPDIR/fencelock-UID`; private to the user
+/// (created 0700, refused when others may write to it) and shared by all of that user's
+/// processes. Give an explicit `file:///var/lib/...` for tokens that must outlive a reboot.
 pub fn default_dir() -> PathBuf {
-    let uid = rustix::process::getuid().as_raw();
-    std::env::temp_dir().join(format!("fencelock-{uid}"))
+    fencelock::file::default_dir()
 }
 
-/// The configuration the command line selects.
+/// The configuration the command line selects: `--config FILE` or `--backend URL` (both
+/// given is an error), else `FENCELOCK_BACKEND`, else the file backend in [`default_dir`].
+/// A flag or file on the command line wins over the environment, as usual.
 pub fn config(cli: &Cli) -> Result<LockConfig, LockError> {
     if let Some(path) = &cli.config {
+        if !cli.backend.is_empty() {
+            return Err(LockError::invalid_config(
+                "--backend and --config both name a backend; give one",
+            ));
+        }
         return LockConfig::from_path(path);
     }
-    let url = match single_backend(cli)? {
-        Some(url) if !url.trim().is_empty() => url.to_owned(),
-        _ => format!("file://{}", default_dir().display()),
+    let url = match backend_urls(cli)?.as_slice() {
+        [] => format!("file://{}", default_dir().display()),
+        [one] => one.clone(),
+        many => {
+            return Err(LockError::invalid_config(format!(
+                "{} --backend URLs given; this command takes one (only `bench` takes several)",
+                many.len()
+            )))
+        }
     };
     Ok(LockConfig::new(url))
 }
 
-/// The one `--backend` URL, if given; more than one is an error (only `bench` takes several).
-pub fn single_backend(cli: &Cli) -> Result<Option<&str>, LockError> {
-    match cli.backend.as_slice() {
+/// The backend URLs: the --backend flags, or else FENCELOCK_BACKEND (empty: none).
+pub fn backend_urls(cli: &Cli) -> Result<Vec<String>, LockError> {
+    if !cli.backend.is_empty() || cli.config.is_some() {
+        return Ok(cli.backend.clone());
+    }
+    match std::env::var(ENV) {
+        Ok(url) if !url.trim().is_empty() => Ok(vec![url]),
+        Ok(_) | Err(std::env::VarError::NotPresent) => Ok(Vec::new()),
+        Err(std::env::VarError::NotUnicode(_)) => Err(LockError::invalid_config(format!("{ENV} is not valid UTF-8"))),
+    }
+}
+
+/// The one backend URL given by flag or environment, if any; more than one is an error.
+pub fn single_backend(cli: &Cli) -> Result<Option<String>, LockError> {
+    let urls = backend_urls(cli)?;
+    match urls.as_slice() {
         [] => Ok(None),
-        [one] => Ok(Some(one)),
+        [one] => Ok(Some(one.clone())),
         many => Err(LockError::invalid_config(format!(
             "{} --backend URLs given; this command takes one (only `bench` takes several)",
             many.len()
@@ -40,9 +68,30 @@ pub fn single_backend(cli: &Cli) -> Result<Option<&str>, LockError> {
     }
 }
 
-/// Connects to the selected backend; returns it with the default options.
-pub async fn connect(cli: &Cli) -> Result<(Arc<dyn DistributedLock>, LockOptions), LockError> {
+/// Refuses `memory://` for a command whose point is exclusion between processes: each
+/// process would have a table of its own, and nothing would exclude anything.
+pub fn refuse_in_process(config: &LockConfig, command: &str) -> Result<(), LockError> {
+    let scheme = config
+        .backend
+        .trim()
+        .split_once("://")
+        .map(|(s, _)| s.to_ascii_lowercase());
+    if scheme.as_deref() == Some("memory") {
+        return Err(LockError::invalid_config(format!(
+            "`{command}` cannot use memory://: it lives inside one process, so separate processes would not exclude each other; use file:///DIR (one host) or a server backend"
+        )));
+    }
+    Ok(())
+}
+
+/// Connects to the selected backend for a command that excludes other processes (refusing
+/// `memory://`); returns it with the default options.
+pub async fn connect_for_processes(
+    cli: &Cli,
+    command: &str,
+) -> Result<(Arc<dyn DistributedLock>, LockOptions), LockError> {
     let config = config(cli)?;
+    refuse_in_process(&config, command)?;
     let lock = config.connect().await?;
     Ok((lock, config.defaults))
 }

@@ -19,7 +19,10 @@ pub async fn bench(cli: &Cli, args: &BenchArgs) -> ExitCode {
         );
     }
     let mut plan = if args.quick { Plan::quick() } else { Plan::full() };
-    plan.urls = cli.backend.clone();
+    plan.urls = match crate::backend::backend_urls(cli) {
+        Ok(urls) => urls,
+        Err(e) => return exit::fail_with(&e),
+    };
     plan.peers = !args.no_peers;
     if !args.only.is_empty() {
         if !plan.urls.is_empty() {

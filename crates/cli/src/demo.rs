@@ -18,7 +18,7 @@ const WORK: Duration = Duration::from_millis(300);
 /// lines in the order they arrive, then checks that no two were inside at once and that
 /// tokens grew in the order they got in.
 pub async fn demo(cli: &Cli, args: &DemoArgs) -> ExitCode {
-    let config = match backend::config(cli) {
+    let config = match backend::config(cli).and_then(|c| backend::refuse_in_process(&c, "demo").map(|()| c)) {
         Ok(c) => c,
         Err(e) => return exit::fail_with(&e),
     };

@@ -47,3 +47,26 @@ pub fn fail(message: &str, status: u8) -> ExitCode {
 pub fn fail_with(e: &LockError) -> ExitCode {
     fail(&one_line(e), status_for(e))
 }
+
+/// Reports a command-line error from clap: `--help` and `--version` print and exit 0;
+/// anything else is a one-line message and [`BAD_INPUT`] (64, EX_USAGE) — not clap's own 2,
+/// so that scripts see the sysexits code the README promises.
+pub fn usage(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            ExitCode::from(BAD_INPUT)
+        }
+        _ => {
+            let text = e.to_string();
+            let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("bad arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            fail(&format!("{first} (see --help)"), BAD_INPUT)
+        }
+    }
+}

@@ -36,7 +36,6 @@ struct Target {
 /// (not installed) is reported and left out.
 fn targets(cli: &Cli) -> Vec<Target> {
     if let Ok(Some(url)) = crate::backend::single_backend(cli) {
-        let url = url.to_owned();
         return vec![Target {
             name: "given",
             url,

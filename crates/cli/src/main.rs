@@ -6,7 +6,7 @@
 //! fencelock demo
 //! ```
 //!
-//! See `fencelock --help` and the README.
+//! See `fencelock --help`, the README and docs/cli.md.
 
 mod args;
 mod backend;
@@ -15,7 +15,10 @@ mod backends_cmd;
 mod bench;
 mod demo;
 mod exit;
+mod guard;
 mod lab;
+mod logging;
+mod metrics;
 mod run;
 
 use std::process::ExitCode;
@@ -23,7 +26,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = args::Cli::parse();
+    let cli = match args::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return exit::usage(e),
+    };
     // The lab loses leases on purpose, and the bench stops servers under peer clients that
     // then complain: keep those warnings out of their output.
     let quiet = match &cli.command {
@@ -32,7 +38,7 @@ fn main() -> ExitCode {
         args::Command::Bench(_) => true,
         _ => false,
     };
-    init_logging(cli.verbose, quiet);
+    logging::init(cli.verbose, quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -50,25 +56,10 @@ fn main() -> ExitCode {
             #[cfg(feature = "bench")]
             args::Command::Bench(a) => bench::bench(&cli, a).await,
             args::Command::DemoWork => demo::demo_work().await,
+            args::Command::Guard(a) => guard::guard(a).await,
         }
     });
     // Background releases were awaited by `run`; don't wait for anything else.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     code
-}
-
-fn init_logging(verbose: u8, quiet: bool) {
-    let default = match verbose {
-        0 if quiet => "error",
-        0 => "warn",
-        1 => "fencelock=info,fencelock_core=info,fencelock_cli=info",
-        _ => "debug",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
 }

@@ -1,20 +1,80 @@
 //! `fencelock run KEY -- CMD`: a command under a lock.
+//!
+//! The process tree, from the top:
+//!
+//! ```text
+//! fencelock run            holds the lease, renews it, forwards signals to the group
+//! └─ fencelock __guard     leader of a new process group; kills the group when the
+//!    │                     validity ends unrenewed or `run` dies (see guard.rs)
+//!    └─ CMD …              the command and everything it starts, in that group
+//! ```
+//!
+//! Loss, forwarded SIGINT/SIGTERM/SIGHUP and the `--kill-after` SIGKILL go to the whole
+//! group; when the command exits, what it left running in its group is stopped too before
+//! the lock is released. What remains possible: a descendant that leaves the group
+//! (`setsid`, `setpgid`, a daemon) is out of reach — the fencing token in its environment
+//! is then the protection: a fenced resource refuses its writes once a newer holder wrote.
 
-use std::process::{ExitCode, ExitStatus};
-use std::time::Duration;
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
 
-use fencelock::{Lease, LockError};
-use rustix::process::{kill_process, Pid, Signal};
+use fencelock::{DistributedLock, Lease, LockError};
+use rustix::process::{kill_process_group, test_kill_process_group, Pid, Signal};
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::args::{Cli, RunArgs};
-use crate::backend;
 use crate::exit;
+use crate::guard;
+use crate::{backend, exit::fail};
+
+/// How long `run` gives the backend to clean up (an etcd/ZooKeeper queue entry, a session)
+/// before it exits.
+const CLOSE_WITHIN: Duration = Duration::from_secs(5);
+
+/// The signals `run` forwards to the command's group, and that end a wait for the lock.
+struct Signals {
+    int: Option<tokio::signal::unix::Signal>,
+    term: Option<tokio::signal::unix::Signal>,
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Self {
+        Signals {
+            int: listen(SignalKind::interrupt()),
+            term: listen(SignalKind::terminate()),
+            hup: listen(SignalKind::hangup()),
+        }
+    }
+
+    /// The next of them to arrive.
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            Some(()) = recv(&mut self.int) => Signal::INT,
+            Some(()) = recv(&mut self.term) => Signal::TERM,
+            Some(()) = recv(&mut self.hup) => Signal::HUP,
+            else => std::future::pending().await,
+        }
+    }
+}
 
 /// Runs the command under the lock and returns the exit status to use.
 pub async fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
-    let (locks, defaults) = match backend::connect(cli).await {
+    // Before anything else: a signal during the connect or the wait must be ours to handle
+    // (to leave no queue entry behind), not kill us by default.
+    let mut signals = Signals::install();
+    if let Err(e) = fencelock::options::validate_key(&args.key) {
+        return exit::fail_with(&e);
+    }
+    if let Some(addr) = args.metrics_addr {
+        if let Err(message) = crate::metrics::serve(addr) {
+            return fail(&message, exit::CONFIG);
+        }
+    }
+    let (locks, defaults) = match backend::connect_for_processes(cli, "run").await {
         Ok(v) => v,
         Err(e) => return exit::fail_with(&e),
     };
@@ -25,118 +85,297 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
     if let Some(wait) = args.wait {
         opts = opts.with_wait(wait);
     }
-    let acquired = if args.no_wait || args.wait == Some(Duration::ZERO) {
-        match locks.try_acquire(&args.key, &opts).await {
-            Ok(Some(lease)) => Ok(lease),
-            Ok(None) => Err(LockError::Timeout {
-                key: args.key.clone(),
-                waited: Duration::ZERO,
-            }),
-            Err(e) => Err(e),
+    let try_once = args.no_wait || args.wait == Some(Duration::ZERO);
+    tracing::info!(key = %args.key, wait = ?(!try_once).then(|| opts.wait()), on = %locks.describe(), "acquiring");
+    let acquired = tokio::select! {
+        r = acquire(&*locks, &args.key, &opts, try_once) => r,
+        sig = signals.next() => {
+            // The acquire future is dropped here: the backend gives up its place in line
+            // (cancel safety of `acquire`); close() then removes what is left of our session.
+            close(&*locks).await;
+            return fail(
+                &format!("{} while waiting for `{}`; not acquired", signal_name(sig), args.key),
+                128 + sig.as_raw() as u8,
+            );
         }
-    } else {
-        locks.acquire(&args.key, &opts).await
     };
     let lease = match acquired {
         Ok(lease) => lease,
         Err(LockError::Timeout { key, waited }) => {
-            return exit::fail(
-                &format!(
-                    "lock `{key}` is held by someone else; not acquired within {waited:.1?} (on {})",
-                    locks.describe()
-                ),
-                exit::NOT_ACQUIRED,
-            )
+            close(&*locks).await;
+            let how = if try_once {
+                "not waiting (--no-wait)".to_owned()
+            } else {
+                format!("not acquired within {waited:.1?}")
+            };
+            return fail(
+                &format!("lock `{key}` is held by someone else; {how} (on {})", locks.describe()),
+                args.conflict_exit_code,
+            );
         }
-        Err(e) => return exit::fail_with(&e),
+        Err(e) => {
+            close(&*locks).await;
+            return exit::fail_with(&e);
+        }
     };
     tracing::info!(key = %args.key, token = %lease.token(), "acquired");
-    supervise(args, lease).await
+    let code = supervise(args, lease, &mut signals).await;
+    close(&*locks).await;
+    code
 }
 
-/// Starts the command, watches it and the lease, and cleans up.
-async fn supervise(args: &RunArgs, lease: Lease) -> ExitCode {
-    let (program, rest) = match args.command.split_first() {
-        Some(split) => split,
-        None => return exit::fail("no command given after --", exit::BAD_INPUT),
-    };
-    let spawned = Command::new(program)
-        .args(rest)
-        .env("FENCELOCK_TOKEN", lease.token().to_string())
-        .env("FENCELOCK_KEY", lease.key())
-        .env("FENCELOCK_GRANT", lease.grant().as_str())
-        .kill_on_drop(true)
-        .spawn();
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) => {
-            let status = match e.kind() {
-                std::io::ErrorKind::NotFound => exit::NOT_FOUND,
-                _ => exit::CANNOT_EXECUTE,
-            };
-            let _ = lease.release().await;
-            return exit::fail(&format!("cannot run `{program}`: {e}"), status);
-        }
-    };
-    let outcome = watch_child(&mut child, &lease, args.kill_after).await;
-    let released = lease.release().await;
-    match outcome {
-        Outcome::Exited(status) => match released {
-            Err(e @ LockError::LeaseLost { .. }) => exit::fail(
-                &format!(
-                    "{}; `{program}` finished, but not entirely under the lock",
-                    exit::one_line(&e)
-                ),
-                exit::LEASE_LOST,
-            ),
-            Err(e) => {
-                tracing::warn!(error = %exit::one_line(&e), "release failed; the lease will expire by its TTL");
-                ExitCode::from(status_code(status))
-            }
-            Ok(()) => ExitCode::from(status_code(status)),
-        },
-        Outcome::LeaseLost(message) => exit::fail(&message, exit::LEASE_LOST),
-        Outcome::WaitFailed(e) => exit::fail(&format!("lost track of `{program}`: {e}"), exit::FAILURE),
+async fn acquire(
+    locks: &dyn DistributedLock,
+    key: &str,
+    opts: &fencelock::LockOptions,
+    try_once: bool,
+) -> Result<Lease, LockError> {
+    if !try_once {
+        return locks.acquire(key, opts).await;
+    }
+    match locks.try_acquire(key, opts).await {
+        Ok(Some(lease)) => Ok(lease),
+        Ok(None) => Err(LockError::Timeout {
+            key: key.to_owned(),
+            waited: Duration::ZERO,
+        }),
+        Err(e) => Err(e),
     }
 }
 
+/// Gives the backend [`CLOSE_WITHIN`] to end its session (queue entries, ephemeral nodes).
+async fn close(locks: &dyn DistributedLock) {
+    match tokio::time::timeout(CLOSE_WITHIN, locks.close()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %exit::one_line(&e), "closing the backend failed"),
+        Err(_) => tracing::warn!("closing the backend took longer than {CLOSE_WITHIN:?}; exiting anyway"),
+    }
+}
+
+/// Starts the guard and the command, watches them and the lease, and cleans up.
+async fn supervise(args: &RunArgs, lease: Lease, signals: &mut Signals) -> ExitCode {
+    let Some(program) = args.command.first() else {
+        return fail("no command given after --", exit::BAD_INPUT);
+    };
+    let started = match start(args, &lease) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = lease.release().await;
+            return fail(&format!("cannot start the guard of `{program}`: {e}"), exit::FAILURE);
+        }
+    };
+    let Started {
+        mut child,
+        group,
+        control,
+    } = started;
+    let outcome = watch(&mut child, group, control, &lease, args.kill_after, signals).await;
+    // Nothing of the command may run once the lock is given back.
+    stop_group(group, args.kill_after).await;
+    let released = lease.release().await;
+    let lost = |message: String| fail(&message, args.lost_exit_code);
+    match outcome {
+        Outcome::Exited(code) => match released {
+            Err(e @ LockError::LeaseLost { .. }) => lost(format!(
+                "{}; `{program}` finished, but not entirely under the lock",
+                exit::one_line(&e)
+            )),
+            Err(e) => {
+                tracing::warn!(error = %exit::one_line(&e), "release failed; the lease will expire by its TTL");
+                ExitCode::from(code)
+            }
+            Ok(()) => ExitCode::from(code),
+        },
+        Outcome::LeaseLost(message) => lost(message),
+        Outcome::WaitFailed(e) => fail(&format!("lost track of `{program}`: {e}"), exit::FAILURE),
+    }
+}
+
+struct Started {
+    child: Child,
+    group: Pid,
+    control: std::fs::File,
+}
+
+/// Checks the lease, then starts `fencelock __guard` in a new process group with the read
+/// end of the control pipe, and tells it the lease's deadline.
+fn start(args: &RunArgs, lease: &Lease) -> std::io::Result<Started> {
+    if !lease.is_held() {
+        return Err(std::io::Error::other(
+            "the lease was lost before the command could start",
+        ));
+    }
+    let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    // The guard inherits the read end; the write end stays here alone (close-on-exec), so
+    // the guard sees end-of-file exactly when this process is gone.
+    rustix::io::fcntl_setfd(&read, rustix::io::FdFlags::empty())?;
+    rustix::fs::fcntl_setfl(&write, rustix::fs::OFlags::NONBLOCK)?;
+    let exe = std::env::current_exe()?;
+    let spawned = Command::new(exe)
+        .arg("__guard")
+        .arg(read_fd_number(&read).to_string())
+        .arg("--")
+        .args(&args.command)
+        .env("FENCELOCK_TOKEN", lease.token().to_string())
+        .env("FENCELOCK_KEY", lease.key())
+        .env("FENCELOCK_GRANT", lease.grant().as_str())
+        .process_group(0)
+        .stdin(Stdio::inherit())
+        .kill_on_drop(false)
+        .spawn();
+    drop(read);
+    let child = spawned?;
+    let group = child
+        .id()
+        .and_then(|id| Pid::from_raw(id as i32))
+        .ok_or_else(|| std::io::Error::other("the guard has no process id"))?;
+    // Before the guard may start the command (it waits for the deadline written below).
+    give_terminal(group);
+    let mut control = std::fs::File::from(write);
+    let _ = control.write_all(guard::until_line(lease.remaining()).as_bytes());
+    Ok(Started { child, group, control })
+}
+
+/// When `run` owns the terminal (stdin is one and our group is its foreground group), hands
+/// it to the command's group, so an interactive command (an editor, a `sudo` password
+/// prompt) can read it instead of being stopped by SIGTTIN; the guard gives it back when
+/// the command exits. Ctrl-C then reaches the command's group directly.
+fn give_terminal(group: Pid) {
+    let stdin = std::io::stdin();
+    let ours = rustix::process::getpgrp();
+    if rustix::termios::isatty(&stdin) && rustix::termios::tcgetpgrp(&stdin).is_ok_and(|fg| fg == ours) {
+        if let Err(e) = rustix::termios::tcsetpgrp(&stdin, group) {
+            tracing::warn!(error = %e, "cannot give the terminal to the command");
+        }
+    }
+}
+
+fn read_fd_number(fd: &OwnedFd) -> i32 {
+    use std::os::fd::AsRawFd;
+    fd.as_raw_fd()
+}
+
 enum Outcome {
-    Exited(ExitStatus),
+    Exited(u8),
     LeaseLost(String),
     WaitFailed(std::io::Error),
 }
 
-/// Waits for the child; forwards SIGINT, SIGTERM and SIGHUP to it; on a lost lease sends it
-/// SIGTERM, then SIGKILL after `kill_after`.
-async fn watch_child(child: &mut Child, lease: &Lease, kill_after: Duration) -> Outcome {
-    let mut int = listen(SignalKind::interrupt());
-    let mut term = listen(SignalKind::terminate());
-    let mut hup = listen(SignalKind::hangup());
+/// Waits for the guard; tells it every new deadline; forwards signals to the group (a
+/// SIGTERM is followed by SIGKILL after `kill_after` if the group is still there); on a
+/// lost lease sends the group SIGTERM, then SIGKILL after `kill_after`.
+async fn watch(
+    child: &mut Child,
+    group: Pid,
+    mut control: std::fs::File,
+    lease: &Lease,
+    kill_after: Duration,
+    signals: &mut Signals,
+) -> Outcome {
+    let mut status = lease.watch();
     let lost = lease.lost();
     tokio::pin!(lost);
+    // After a forwarded SIGTERM: when the group is sent SIGKILL if it is still there.
+    let mut kill_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
-            status = child.wait() => return match status {
-                Ok(s) => Outcome::Exited(s),
-                Err(e) => Outcome::WaitFailed(e),
-            },
+            // A loss is reported as such even when the guard already ended the command.
+            biased;
             reason = &mut lost => {
+                if let Ok(Some(_)) = child.try_wait() {
+                    eprintln!(
+                        "fencelock: lease on `{}` (token {}) lost while the command ran: {reason}; the guard had already killed its process group when the validity ended",
+                        lease.key(), lease.token()
+                    );
+                    return Outcome::LeaseLost("exiting: the lease was lost".into());
+                }
                 eprintln!(
-                    "fencelock: lease on `{}` (token {}) lost while the command ran: {reason}; sending it SIGTERM",
+                    "fencelock: lease on `{}` (token {}) lost while the command ran: {reason}; sending its process group SIGTERM",
                     lease.key(), lease.token()
                 );
-                send(child, Signal::TERM);
+                signal_group(group, Signal::TERM);
                 if tokio::time::timeout(kill_after, child.wait()).await.is_err() {
-                    eprintln!("fencelock: the command ignored SIGTERM for {kill_after:?}; sending SIGKILL");
-                    let _ = child.start_kill();
+                    eprintln!("fencelock: the command ignored SIGTERM for {kill_after:?}; sending its process group SIGKILL");
+                    signal_group(group, Signal::KILL);
                     let _ = child.wait().await;
                 }
-                return Outcome::LeaseLost(format!("exiting with status {} (lease lost)", exit::LEASE_LOST));
+                return Outcome::LeaseLost("exiting: the lease was lost".into());
             }
-            Some(()) = recv(&mut int) => send(child, Signal::INT),
-            Some(()) = recv(&mut term) => send(child, Signal::TERM),
-            Some(()) = recv(&mut hup) => send(child, Signal::HUP),
+            status = child.wait() => return match status {
+                Ok(s) => Outcome::Exited(guard::status_code(s)),
+                Err(e) => Outcome::WaitFailed(e),
+            },
+            changed = status.changed() => {
+                if changed.is_ok() && status.borrow_and_update().state.is_live() {
+                    // A full pipe (a stopped guard) drops the line: the guard then acts on
+                    // the older, earlier deadline — the safe side.
+                    let _ = control.write_all(guard::until_line(lease.remaining()).as_bytes());
+                }
+            }
+            sig = signals.next() => {
+                signal_group(group, sig);
+                if sig == Signal::TERM && kill_at.is_none() {
+                    kill_at = Some(tokio::time::Instant::now() + kill_after);
+                }
+            }
+            _ = sleep_until(kill_at) => {
+                eprintln!("fencelock: the command ignored SIGTERM for {kill_after:?}; sending its process group SIGKILL");
+                signal_group(group, Signal::KILL);
+                kill_at = None;
+            }
         }
+    }
+}
+
+/// Stops what is left of the command's group after its guard exited: SIGTERM, then SIGKILL
+/// after `kill_after`. Polls for the group's end (there is no event for it) every 10 ms,
+/// bounded by `kill_after` plus one second.
+async fn stop_group(group: Pid, kill_after: Duration) {
+    if test_kill_process_group(group).is_err() {
+        return; // nobody left
+    }
+    tracing::info!(
+        group = group.as_raw_nonzero().get(),
+        "the command left processes behind; stopping them"
+    );
+    signal_group(group, Signal::TERM);
+    let start = Instant::now();
+    let mut killed = false;
+    while test_kill_process_group(group).is_ok() {
+        if !killed && start.elapsed() >= kill_after {
+            signal_group(group, Signal::KILL);
+            killed = true;
+        }
+        if start.elapsed() >= kill_after + Duration::from_secs(1) {
+            tracing::warn!("processes of the command's group are still there after SIGKILL");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Sleeps until `at`; never, when there is no `at`.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn signal_group(group: Pid, sig: Signal) {
+    match kill_process_group(group, sig) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::SRCH) => {} // already gone
+        Err(e) => tracing::warn!(error = %e, "cannot signal the command's process group"),
+    }
+}
+
+fn signal_name(sig: Signal) -> &'static str {
+    match sig {
+        Signal::INT => "SIGINT",
+        Signal::TERM => "SIGTERM",
+        Signal::HUP => "SIGHUP",
+        _ => "a signal",
     }
 }
 
@@ -155,23 +394,5 @@ async fn recv(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
     match s {
         Some(s) => s.recv().await,
         None => std::future::pending().await,
-    }
-}
-
-fn send(child: &Child, sig: Signal) {
-    if let Some(pid) = child.id().and_then(|id| Pid::from_raw(id as i32)) {
-        if let Err(e) = kill_process(pid, sig) {
-            tracing::warn!(error = %e, "cannot signal the command");
-        }
-    }
-}
-
-/// The command's exit code, or 128 + signal when a signal ended it (as shells report).
-fn status_code(status: ExitStatus) -> u8 {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => (code & 0xff) as u8,
-        (None, Some(sig)) => 128u8.saturating_add(sig as u8),
-        (None, None) => exit::FAILURE,
     }
 }

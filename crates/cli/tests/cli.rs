@@ -259,8 +259,8 @@ fn bad_backends_and_input_fail_on_one_line_without_panic() {
         .args(["run", "k", "--ttl", "5 parsecs", "--", "true"])
         .output()
         .expect("run");
-    assert_eq!(out.status.code(), Some(2), "clap's usage error");
-    assert!(stderr_of(&out).contains("unknown unit"));
+    assert_eq!(out.status.code(), Some(64), "a usage error is EX_USAGE, not clap's 2");
+    assert!(stderr_of(&out).contains("unknown time unit"));
 }
 
 #[test]
@@ -309,7 +309,8 @@ fn a_lost_lease_terminates_the_command_with_status_76() {
     let out = output_within(holder, Duration::from_secs(10));
     assert_eq!(out.status.code(), Some(76), "stderr: {}", stderr_of(&out));
     let err = stderr_of(&out);
-    assert!(err.contains("lost") && err.contains("SIGTERM"), "{err}");
+    // The guard killed the group when the validity ended (fencelock itself was stopped).
+    assert!(err.contains("lost") && err.contains("process group"), "{err}");
     assert!(
         !String::from_utf8_lossy(&out.stdout).contains("done"),
         "the command ran on after the loss"

@@ -109,6 +109,8 @@ struct Shared {
     status: watch::Sender<LeaseStatus>,
     /// The TTL used for renewals, and the send instant of the newest applied validity.
     renewal: Mutex<Renewal>,
+    /// Renewal and loss counters, labelled when the lease came through `metrics::Metered`.
+    metrics: crate::metrics::LeaseMetrics,
 }
 
 #[derive(Clone)]
@@ -178,6 +180,7 @@ impl Shared {
             }
         });
         if changed {
+            self.metrics.lost(&reason);
             tracing::warn!(key = %self.key, token = %self.token, %reason, "lease lost");
             if matches!(reason, LostReason::Expired | LostReason::RenewalFailed(_)) {
                 // The lease lapsed: give the grant back on the backend (only ours is ever
@@ -298,6 +301,7 @@ impl Lease {
                 last_sent: sent_at,
                 last_error: None,
             }),
+            metrics: Default::default(),
         });
         let runtime = Handle::try_current().ok();
         let guardian = runtime.as_ref().map(|rt| {
@@ -341,6 +345,10 @@ impl Lease {
         tracing::warn!(key = %self.shared.key, token = %self.shared.token, "grant arrived with no validity left; given back");
         drop(self); // releases in the background
         Err(LockError::Unavailable { message, source: None })
+    }
+
+    pub(crate) fn metrics(&self) -> &crate::metrics::LeaseMetrics {
+        &self.shared.metrics
     }
 
     /// The key this lease is for.
@@ -722,6 +730,7 @@ async fn guard(shared: Weak<Shared>, auto_renew: bool) {
         let ttl = s.renewal().ttl;
         match tokio::time::timeout(valid_until - sent, s.ops.renew(ttl)).await {
             Ok(Ok(Some(validity))) => {
+                s.metrics.renewed();
                 tracing::debug!(ttl_ms = ttl.as_millis() as u64, "renewed");
                 s.apply_validity(sent, validity, ttl);
                 retry_at = None;
@@ -732,10 +741,12 @@ async fn guard(shared: Weak<Shared>, auto_renew: bool) {
                 return;
             }
             Ok(Err(e)) if !e.is_temporary() => {
+                s.metrics.renewal_failed();
                 s.mark_lost(LostReason::RenewalFailed(e.to_string()));
                 return;
             }
             Ok(Err(e)) => {
+                s.metrics.renewal_failed();
                 tracing::debug!(error = %e, failures, "renewal failed; retrying while validity remains");
                 failures = failures.saturating_add(1);
                 let backoff = RENEW_RETRY_FIRST.saturating_mul(1u32 << failures.min(10));
@@ -744,6 +755,7 @@ async fn guard(shared: Weak<Shared>, auto_renew: bool) {
                 s.renewal().last_error = Some(e.to_string());
             }
             Err(_) => {
+                s.metrics.renewal_failed();
                 s.mark_lost(LostReason::RenewalFailed(
                     "no answer to renewal before the validity ran out".into(),
                 ));

@@ -36,6 +36,7 @@ pub mod guarantees;
 pub mod lease;
 mod lock;
 pub mod memory;
+pub mod metrics;
 pub mod options;
 mod token;
 pub mod waiting;

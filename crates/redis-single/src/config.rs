@@ -92,19 +92,34 @@ impl RedisConfig {
                 }
             }
         }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks the options, whether they came from a URL or were set in code: the one
+    /// validation path both [`from_url`](Self::from_url) and
+    /// [`RedisLock::connect_with`](crate::RedisLock::connect_with) (and every
+    /// [`RedisNode`](crate::RedisNode)) go through.
+    ///
+    /// # Errors
+    /// [`LockError::InvalidConfig`] when `timeout`, `connect_timeout` or `poll` is outside
+    /// 1 ms ..= 10 min, or `renew_window` is above 10 s (durations that large would
+    /// overflow the clock arithmetic of a wait or a renewal).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |why: String| LockError::invalid_config(format!("`{}`: {why}", self.display));
         url_query::check_timeouts(&[
-            ("timeout", cfg.timeout),
-            ("connect_timeout", cfg.connect_timeout),
-            ("poll", cfg.poll),
+            ("timeout", self.timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("poll", self.poll),
         ])
         .map_err(bad)?;
-        if cfg.renew_window > Duration::from_secs(10) {
+        if self.renew_window > Duration::from_secs(10) {
             return Err(bad(format!(
                 "renew_window must be at most 10s, got {:?}",
-                cfg.renew_window
+                self.renew_window
             )));
         }
-        Ok(cfg)
+        Ok(())
     }
 
     /// The server, for messages (no password).
@@ -160,5 +175,27 @@ mod tests {
             assert!(e.contains(says), "{url}: {e}");
             assert!(!e.contains("pw@"), "password leaked: {e}");
         }
+    }
+
+    #[test]
+    fn options_set_in_code_are_checked_like_the_url() {
+        let ok = RedisConfig::from_url("redis://h:1").unwrap();
+        for (change, says) in [
+            (
+                (|c: &mut RedisConfig| c.timeout = Duration::MAX) as fn(&mut RedisConfig),
+                "timeout",
+            ),
+            (|c| c.timeout = Duration::ZERO, "timeout"),
+            (|c| c.connect_timeout = Duration::from_secs(u64::MAX), "connect_timeout"),
+            (|c| c.poll = Duration::MAX, "poll"),
+            (|c| c.renew_window = Duration::MAX, "renew_window"),
+        ] {
+            let mut c = ok.clone();
+            change(&mut c);
+            let e = c.validate().unwrap_err();
+            assert!(matches!(e, LockError::InvalidConfig { .. }), "{e}");
+            assert!(e.to_string().contains(says), "{e}");
+        }
+        assert!(ok.validate().is_ok());
     }
 }

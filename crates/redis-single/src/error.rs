@@ -1,6 +1,9 @@
-//! Mapping the redis crate's errors into `LockError`, in one place.
+//! Mapping the redis crate's errors into `LockError`, in one place. What kind of failure
+//! it is comes from the client crate's [`redis::ErrorKind`] and the server's error code,
+//! never from the message text.
 
 use fencelock_core::LockError;
+use redis::{ErrorKind, ServerErrorKind};
 
 pub(crate) const BACKEND: &str = "redis";
 
@@ -14,33 +17,72 @@ pub(crate) struct RedisFailure {
     pub source: redis::RedisError,
 }
 
+/// What kind of failure a client error is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// Credentials or settings refused: the same call fails again.
+    Config,
+    /// No answer, or the connection failed: the server may be back soon.
+    Unreachable,
+    /// The server answered with an error that passes: loading its data set after a restart
+    /// (`LOADING`), a failover under way (`MASTERDOWN`, `READONLY`, `TRYAGAIN`,
+    /// `CLUSTERDOWN`, `MOVED`/`ASK`), a script running long (`BUSY`), out of memory
+    /// under `noeviction` until keys expire (`OOM`).
+    Temporary,
+    /// An error the same request meets again: a key of the wrong type (`WRONGTYPE`), a
+    /// script error or a script missing after the client already re-sent it (`NOSCRIPT`:
+    /// the redis crate loads the script once on its own), an aborted transaction
+    /// (`EXECABORT`), a reply of an unexpected type, a refused command (`ERR`, `NOPERM`).
+    Permanent,
+}
+
+/// Classifies one client error by its kind and its server error code.
+pub(crate) fn classify(e: &redis::RedisError) -> Class {
+    match e.kind() {
+        ErrorKind::AuthenticationFailed | ErrorKind::InvalidClientConfig => return Class::Config,
+        ErrorKind::Server(ServerErrorKind::NoPerm) => return Class::Config,
+        _ => {}
+    }
+    if matches!(e.code(), Some("NOAUTH" | "WRONGPASS")) {
+        return Class::Config;
+    }
+    if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() {
+        return Class::Unreachable;
+    }
+    match e.kind() {
+        ErrorKind::Io => Class::Unreachable,
+        ErrorKind::Server(
+            ServerErrorKind::BusyLoading
+            | ServerErrorKind::TryAgain
+            | ServerErrorKind::ClusterDown
+            | ServerErrorKind::MasterDown
+            | ServerErrorKind::ReadOnly
+            | ServerErrorKind::Moved
+            | ServerErrorKind::Ask,
+        ) => Class::Temporary,
+        ErrorKind::Extension if matches!(e.code(), Some("BUSY" | "OOM")) => Class::Temporary,
+        _ => Class::Permanent,
+    }
+}
+
 impl From<RedisFailure> for LockError {
     fn from(f: RedisFailure) -> Self {
-        let e = &f.source;
-        if matches!(
-            e.kind(),
-            redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::InvalidClientConfig
-        ) || e.to_string().contains("NOAUTH")
-            || e.to_string().contains("WRONGPASS")
-        {
-            return LockError::InvalidConfig {
+        match classify(&f.source) {
+            Class::Config => LockError::InvalidConfig {
                 message: format!("redis refused the credentials or settings: {} on {}", f.doing, f.server),
                 source: Some(Box::new(f)),
-            };
-        }
-        let unreachable = e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped();
-        if unreachable {
-            LockError::Unavailable {
+            },
+            Class::Unreachable => LockError::Unavailable {
                 message: format!("redis unreachable: {} on {}", f.doing, f.server),
                 source: Some(Box::new(f)),
+            },
+            Class::Temporary => {
+                let message = format!("{} failed; the server says to try again", f.doing);
+                LockError::backend_temporary(BACKEND, message, f)
             }
-        } else {
-            LockError::Backend {
-                backend: BACKEND,
-                message: format!("{} failed", f.doing),
-                source: Some(Box::new(f)),
-                // Decided per error kind in the hardening work (issue 12 K7); today's behaviour kept.
-                temporary: true,
+            Class::Permanent => {
+                let message = format!("{} failed", f.doing);
+                LockError::backend(BACKEND, message, f)
             }
         }
     }
@@ -54,4 +96,56 @@ pub(crate) fn failed(doing: &'static str, server: &str, source: redis::RedisErro
         source,
     }
     .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(k: ErrorKind) -> redis::RedisError {
+        redis::RedisError::from((k, "test"))
+    }
+
+    fn code(c: &str) -> redis::RedisError {
+        redis::make_extension_error(c.to_owned(), Some("test".to_owned()))
+    }
+
+    #[test]
+    fn each_error_is_classified_by_its_kind_or_code() {
+        for k in [
+            ServerErrorKind::BusyLoading,
+            ServerErrorKind::TryAgain,
+            ServerErrorKind::ClusterDown,
+            ServerErrorKind::MasterDown,
+            ServerErrorKind::ReadOnly,
+        ] {
+            assert_eq!(classify(&kind(ErrorKind::Server(k))), Class::Temporary, "{k:?}");
+        }
+        for k in [
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            ErrorKind::Server(ServerErrorKind::NoScript),
+            ErrorKind::Server(ServerErrorKind::ExecAbort),
+            ErrorKind::UnexpectedReturnType,
+            ErrorKind::Parse,
+        ] {
+            assert_eq!(classify(&kind(k)), Class::Permanent, "{k:?}");
+        }
+        assert_eq!(classify(&kind(ErrorKind::Io)), Class::Unreachable);
+        assert_eq!(classify(&kind(ErrorKind::AuthenticationFailed)), Class::Config);
+        assert_eq!(classify(&code("NOAUTH")), Class::Config);
+        assert_eq!(classify(&code("WRONGPASS")), Class::Config);
+        assert_eq!(classify(&code("WRONGTYPE")), Class::Permanent);
+        assert_eq!(classify(&code("BUSY")), Class::Temporary);
+        assert_eq!(classify(&code("OOM")), Class::Temporary);
+        assert_eq!(classify(&code("MISCONF")), Class::Permanent);
+    }
+
+    #[test]
+    fn lock_errors_carry_the_class() {
+        let err = |e| failed("acquire", "redis://h:1", e);
+        assert!(err(kind(ErrorKind::Server(ServerErrorKind::BusyLoading))).is_temporary());
+        assert!(!err(code("WRONGTYPE")).is_temporary());
+        assert!(matches!(err(code("NOAUTH")), LockError::InvalidConfig { .. }));
+        assert!(matches!(err(kind(ErrorKind::Io)), LockError::Unavailable { .. }));
+    }
 }

@@ -40,6 +40,9 @@ impl std::fmt::Debug for RedisFencedStore {
 
 impl RedisFencedStore {
     /// A store on the same server and connection as `lock`, under its key prefix.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only connects.
     pub async fn new(lock: &crate::RedisLock) -> Result<Self> {
         Ok(RedisFencedStore {
             conn: lock.connection().await?,
@@ -106,17 +109,29 @@ impl RedisFencedStore {
     }
 
     /// Admits `fence` for `resource` (recording it) without storing data.
+    ///
+    /// # Cancel safety
+    /// Dropped in flight, the admission may or may not have been recorded (the script is
+    /// atomic: all or nothing); checking again with the same fence is admitted as the same
+    /// grant.
     pub async fn check(&self, resource: &str, fence: &Fence) -> Result<Admission> {
         self.run(resource, fence, None).await
     }
 
     /// Admits `fence` and stores `value` for `resource`, atomically; refused writes change
     /// nothing.
+    ///
+    /// # Cancel safety
+    /// Dropped in flight, the value may or may not have been stored (the script is atomic:
+    /// all or nothing); writing again with the same fence is admitted as the same grant.
     pub async fn write(&self, resource: &str, fence: &Fence, value: &[u8]) -> Result<Admission> {
         self.run(resource, fence, Some(value)).await
     }
 
     /// The value last written for `resource`.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
     pub async fn read(&self, resource: &str) -> Result<Option<Vec<u8>>> {
         let (_, data_key) = self.keys(resource);
         let mut conn = self.conn.clone();

@@ -3,8 +3,9 @@
 //! The single-instance Redis backend of fencelock (`redis://HOST:PORT`): the "vanilla"
 //! Redis lock, done as well as it can be done.
 //!
-//! * **Acquire** is one round trip: a Lua script runs `SET key grant NX PX ttl` and, when it
-//!   succeeded, `INCR` of the key's token counter, returning the token.
+//! * **Acquire** is one round trip: one transaction (`MULTI`, `SET key grant NX PX ttl`,
+//!   `INCR` of the key's token counter, `EXEC`) in one pipeline, so the grant and its token
+//!   are one atomic step.
 //! * **Release** and **extend** are one round trip each, compare-and-delete /
 //!   compare-and-pexpire on our grant id; release also publishes on the key's channel.
 //! * **Waiters** are woken by that message (pub/sub), with a jittered fallback poll bounded
@@ -16,9 +17,9 @@
 //! When one Redis is already there and an occasional double grant after a Redis crash or
 //! failover is tolerable (efficiency locks), or when every write goes through a fenced
 //! resource anyway. Mutual exclusion holds only while that one server stays up and keeps
-//! its data; tokens are strictly monotonic only when the server fsyncs every write — see
-//! [`GUARANTEES`] and [`GUARANTEES_DURABLE`], chosen at connect time from the server's
-//! `appendonly`/`appendfsync`. For strict exclusion use etcd or ZooKeeper.
+//! its data; tokens are strictly monotonic only when the server fsyncs every write and
+//! never evicts the token counter — see [`GUARANTEES`] and [`GUARANTEES_DURABLE`], chosen
+//! at connect time from the server's `appendonly`, `appendfsync` and `maxmemory-policy`. For strict exclusion use etcd or ZooKeeper.
 //!
 //! ```no_run
 //! # async fn demo() -> fencelock_core::Result<()> {
@@ -37,9 +38,9 @@ mod lock;
 mod node;
 mod renewals;
 mod scripts;
-mod waiters;
+mod wait;
 
 pub use config::RedisConfig;
 pub use fence::RedisFencedStore;
 pub use lock::{RedisLock, GUARANTEES, GUARANTEES_DURABLE};
-pub use node::{NodeGrant, NodeSubscription, RedisNode};
+pub use node::{CleanupGuard, CounterSafety, NodeGrant, NodeSubscription, RedisNode};

@@ -17,8 +17,10 @@ use crate::config::RedisConfig;
 use crate::grant::RedisGrant;
 use crate::node::{NodeGrant, NodeSubscription, RedisNode};
 
-/// What the backend promises when the server persists every write (`appendonly yes`,
-/// `appendfsync always`), so the token counter survives a crash or restart.
+/// What the backend promises when the server keeps its token counters: it fsyncs every
+/// write (`appendonly yes`, `appendfsync always`), so a counter survives a crash or restart,
+/// and its `maxmemory-policy` is `noeviction` or `volatile-*`, so a counter (a key without
+/// a TTL) is never evicted under memory pressure — both read with `CONFIG GET` at connect.
 pub const GUARANTEES_DURABLE: Guarantees = Guarantees {
     backend: "redis",
     exclusion: Exclusion::Conditional,
@@ -26,13 +28,16 @@ pub const GUARANTEES_DURABLE: Guarantees = Guarantees {
     scope: Scope::Network,
     assumptions: &[
         "exclusive only while the one server stays up and keeps its data; a failover to an asynchronously replicated replica can grant the lock twice and reuse tokens",
-        "tokens strictly increase because the server fsyncs every write (appendfsync always, seen at connect time); turning that off later breaks this",
+        "tokens strictly increase because the server fsyncs every write (appendonly yes, appendfsync always) and never evicts the token counter, a key without a TTL (maxmemory-policy noeviction or volatile-*), both seen at connect time; changing either later breaks this",
+        "a volatile-* policy may still evict a held lock's key (it has a TTL) under memory pressure and grant the lock twice; only noeviction never does",
         "lock expiry runs on the server's wall clock: a clock jump there can end a lease early",
     ],
 };
 
-/// What the backend promises when the server does not fsync every write: a restart loses
-/// the locks and the token counter, so tokens can start again from 1.
+/// What the backend promises when the server was not seen keeping its token counters: it
+/// does not fsync every write, or it may evict keys without a TTL (`allkeys-*`), or its
+/// settings could not be read (`CONFIG` renamed or refused) — a restart or memory pressure
+/// can then reset the counter, and tokens start again from 1.
 pub const GUARANTEES: Guarantees = Guarantees {
     backend: "redis",
     exclusion: Exclusion::Conditional,
@@ -40,7 +45,8 @@ pub const GUARANTEES: Guarantees = Guarantees {
     scope: Scope::Network,
     assumptions: &[
         "exclusive only while the one server stays up and keeps its data; a restart without persistence or a failover to an asynchronously replicated replica can grant the lock twice",
-        "tokens increase only while the counter survives: the server was not seen persisting every write (appendonly yes + appendfsync always), so a restart can reset them",
+        "tokens increase only while the token counter survives: the server was not seen both fsyncing every write (appendonly yes + appendfsync always) and sparing keys without a TTL from eviction (maxmemory-policy noeviction or volatile-*), or CONFIG GET was refused so neither could be checked; a restart or memory pressure can reset them",
+        "an eviction policy other than noeviction may evict a held lock's key under memory pressure and grant the lock twice",
         "lock expiry runs on the server's wall clock: a clock jump there can end a lease early",
     ],
 };
@@ -70,23 +76,53 @@ pub struct RedisLock {
 
 impl RedisLock {
     /// Connects to the server a `redis://` URL names (see [`RedisConfig::from_url`]).
+    ///
+    /// # Cancel safety
+    /// Dropping it leaves nothing behind: a connection being made is closed with the
+    /// future.
     pub async fn connect(url: &str) -> Result<Self> {
         Self::connect_with(RedisConfig::from_url(url)?).await
     }
 
-    /// Connects with explicit options.
+    /// Connects with explicit options, checked as a URL's are ([`RedisConfig::validate`]),
+    /// and reads the server's persistence and eviction settings to choose between
+    /// [`GUARANTEES_DURABLE`] and [`GUARANTEES`].
+    ///
+    /// # Errors
+    /// [`LockError::InvalidConfig`](fencelock_core::LockError::InvalidConfig) for bad
+    /// options or refused credentials; `Unavailable` when the server cannot be reached
+    /// within the connect timeout.
+    ///
+    /// # Cancel safety
+    /// Dropping it leaves nothing behind: a connection being made is closed with the
+    /// future.
     pub async fn connect_with(cfg: RedisConfig) -> Result<Self> {
         let node = RedisNode::connect(cfg).await?;
-        let guarantees = if node.persists_every_write().await {
-            GUARANTEES_DURABLE
-        } else {
-            GUARANTEES
+        let guarantees = match node.keeps_token_counters().await {
+            Ok(settings) if settings.strict_tokens() => GUARANTEES_DURABLE,
+            Ok(settings) => {
+                tracing::info!(
+                    server = node.server(),
+                    fsync_always = settings.fsync_always,
+                    eviction_policy = %settings.eviction_policy,
+                    "tokens are best effort: the token counter can be lost in a crash or evicted"
+                );
+                GUARANTEES
+            }
+            Err(why) => {
+                tracing::warn!(server = node.server(), "{why}; assuming best-effort tokens");
+                GUARANTEES
+            }
         };
         Ok(RedisLock { node, guarantees })
     }
 
     /// The connection, e.g. for a [`RedisFencedStore`](crate::RedisFencedStore) on the
     /// same server.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropped while connecting, nothing is kept and the next call connects
+    /// again.
     pub async fn connection(&self) -> Result<ConnectionManager> {
         self.node.connection().await
     }
@@ -110,7 +146,8 @@ impl RedisLock {
         let grant = GrantId::random();
         let undo = {
             let grant = grant.to_string();
-            CancelGuard::new(move || node.release_later(key, &grant))
+            let ttl = opts.ttl();
+            CancelGuard::new(move || node.release_later(key, &grant, ttl))
         };
         let sent_at = Instant::now();
         let answer = node.try_grant(key, &grant, opts.ttl(), Duration::ZERO).await;
@@ -207,5 +244,14 @@ impl DistributedLock for RedisLock {
 
     fn describe(&self) -> String {
         self.node.server().to_owned()
+    }
+
+    /// Waits (at most twice the reply timeout plus the connect timeout, at least 1 s) for the releases
+    /// still under way in the background — of dropped leases, of grants whose answer was
+    /// lost or whose acquire was cancelled — then closes the pub/sub connection. Leases
+    /// still held stay held on the server until released or expired (Redis has no session
+    /// to end). `Unavailable` when releases were still running at the bound.
+    async fn close(&self) -> Result<()> {
+        self.node.close().await
     }
 }

@@ -13,7 +13,7 @@ use crate::config::RedisConfig;
 use crate::error::failed;
 use crate::renewals::{renewals, Renewal, Renewals};
 use crate::scripts::{ACQUIRE, EXTEND, EXTEND_MANY, RELEASE, RELEASE_RAISING};
-use crate::waiters::{Subscription, Waiters};
+use crate::wait::{Subscription, Waiters};
 
 /// What a node answered to an acquire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +45,42 @@ impl Keys {
     }
 }
 
+/// Background clean-ups of a node still under way — releases of dropped leases, of grants
+/// whose answer was lost — counted so that [`RedisNode::close`] can wait for them. The
+/// count lives apart from the node: a clean-up does not keep the node alive.
+#[derive(Clone, Default)]
+struct Cleanups(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Cleanups {
+    fn start(&self) -> CleanupGuard {
+        self.0.send_modify(|n| *n += 1);
+        CleanupGuard(Arc::clone(&self.0))
+    }
+
+    /// Waits until none runs, at most `bound`; `false` if some still ran then.
+    async fn idle(&self, bound: Duration) -> bool {
+        let mut rx = self.0.subscribe();
+        let done = tokio::time::timeout(bound, rx.wait_for(|n| *n == 0)).await;
+        matches!(done, Ok(Ok(_)))
+    }
+}
+
+/// One background clean-up under way on a node (see [`RedisNode::cleanup`]); dropping it
+/// marks it done.
+pub struct CleanupGuard(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Drop for CleanupGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+impl std::fmt::Debug for CleanupGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CleanupGuard").finish_non_exhaustive()
+    }
+}
+
 /// One Redis server. Cheap to clone (shared state).
 #[derive(Clone)]
 pub struct RedisNode {
@@ -61,6 +97,7 @@ struct NodeInner {
     connecting: tokio::sync::Mutex<()>,
     waiters: Arc<Waiters>,
     renewals: Renewals,
+    cleanups: Cleanups,
 }
 
 impl std::fmt::Debug for RedisNode {
@@ -74,7 +111,12 @@ impl std::fmt::Debug for RedisNode {
 impl RedisNode {
     /// A node that connects on first use (and again after a failed connect), each attempt
     /// bounded by the connect timeout: a dead node costs at most that per operation.
+    ///
+    /// # Errors
+    /// [`LockError::InvalidConfig`] for options [`RedisConfig::validate`] refuses or a URL
+    /// the client cannot use.
     pub fn lazy(cfg: RedisConfig) -> Result<Self> {
+        cfg.validate()?;
         let client = open_client(&cfg)?;
         let waiters = Arc::new(Waiters::new(
             client.clone(),
@@ -93,11 +135,16 @@ impl RedisNode {
                 connecting: tokio::sync::Mutex::new(()),
                 waiters,
                 renewals: renewals(),
+                cleanups: Cleanups::default(),
             }),
         })
     }
 
     /// A node connected now: fails with `Unavailable` when the server cannot be reached.
+    ///
+    /// # Cancel safety
+    /// Dropping it leaves nothing behind: a connection being made is closed with the
+    /// future.
     pub async fn connect(cfg: RedisConfig) -> Result<Self> {
         let node = Self::lazy(cfg)?;
         node.connection().await?;
@@ -115,6 +162,10 @@ impl RedisNode {
     }
 
     /// The connection, connecting if there is none yet.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropped while connecting, nothing is cached and the next call connects
+    /// again.
     pub async fn connection(&self) -> Result<ConnectionManager> {
         if let Some(c) = self.cached() {
             return Ok(c);
@@ -176,18 +227,28 @@ impl RedisNode {
         }
     }
 
-    /// One acquire round trip. Without a restart delay: a pipeline of plain commands,
-    /// `SET lock grant NX PX ttl` and `INCR counter` (then, only when busy, `PTTL lock`) —
-    /// no script, which costs the server less CPU than Lua (measured: 5 nodes on 2 cores,
-    /// 40 µs a cycle). The counter grows on refused attempts too; tokens still grow with
-    /// every grant, because a grant's `INCR` is answered before its holder can release, so
-    /// every later grant's `INCR` runs after it. With a `restart_delay`, the `ACQUIRE`
-    /// script, which also keeps the node's boot marker: a node whose marker is younger than
-    /// the delay refuses and answers busy for the rest of the delay.
+    /// One acquire round trip. Without a restart delay: one transaction of plain commands
+    /// in one pipeline, `MULTI`, `SET lock grant NX PX ttl`, `INCR counter`, `EXEC` (then,
+    /// only when busy, `PTTL lock`) — no script, which costs the server more CPU than the
+    /// transaction (measured: 5 nodes on 2 cores, 40 µs a cycle). The transaction makes the
+    /// grant and its token one atomic step: no other client's command runs between the
+    /// `SET` and the `INCR`, so each grant's token is above every earlier grant's even when
+    /// the request reaches the server in pieces and a short TTL ends in between (as two
+    /// plain pipelined commands, an `INCR` arriving late could follow a later grant's).
+    /// The counter grows on refused attempts too, which only leaves gaps. With a
+    /// `restart_delay`, the `ACQUIRE` script, which also keeps the node's boot marker: a
+    /// node whose marker is younger than the delay refuses and answers busy for the rest
+    /// of the delay.
     ///
     /// Not retried on a dropped connection (the counter would grow twice, harmless, but a
     /// grant could land unheard); when the answer is lost, a release of `grant` is sent in
     /// the background, so an unheard grant does not block others for a whole TTL.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe on its own: dropped after the request was sent, the grant may land
+    /// unheard and hold the key until its TTL. Callers arm a guard before calling it that
+    /// sends [`release_later`](Self::release_later) when the future is dropped, as
+    /// `RedisLock` and Redlock do. An error answer already triggers that release here.
     pub async fn try_grant(
         &self,
         key: &str,
@@ -200,6 +261,7 @@ impl RedisNode {
         let to_u64 = |n: i64| u64::try_from(n).ok();
         let answer: redis::RedisResult<NodeGrant> = if restart_delay.is_zero() {
             let piped: redis::RedisResult<(Option<String>, i64)> = redis::pipe()
+                .atomic()
                 .cmd("SET")
                 .arg(keys.lock(key))
                 .arg(grant.as_str())
@@ -237,23 +299,86 @@ impl RedisNode {
                 })
         };
         answer.map_err(|e| {
-            self.release_later(key, grant.as_str());
+            self.release_later(key, grant.as_str(), ttl);
             self.failed("acquire", e)
         })
     }
 
     /// Sends a release of `grant` in the background (for a grant whose fate is unknown:
-    /// its answer was lost, or its caller gave up). Nothing when no runtime is running.
-    pub fn release_later(&self, key: &str, grant: &str) {
-        let (node, key, grant) = (self.clone(), key.to_owned(), grant.to_owned());
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let _ = node.release(&key, &grant).await;
-            });
+    /// its answer was lost, or its caller gave up), and again while no answer comes —
+    /// after 20 ms, doubling to at most 1 s — until the server answers, `ttl` has passed
+    /// (the grant, if it was made, has expired by then) or 20 tries were sent. The task
+    /// holds the node only weakly between tries, so a dropped instance ends it. Nothing
+    /// when no runtime is running.
+    pub fn release_later(&self, key: &str, grant: &str, ttl: Duration) {
+        let (node, key, grant) = (Arc::downgrade(&self.inner), key.to_owned(), grant.to_owned());
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let cleanup = self.cleanup();
+        rt.spawn(async move {
+            let _cleanup = cleanup;
+            let until = tokio::time::Instant::now() + ttl;
+            let mut pause = Duration::from_millis(20);
+            for _ in 0..20 {
+                let Some(inner) = node.upgrade() else { return };
+                let node = RedisNode { inner };
+                match node.release(&key, &grant).await {
+                    Ok(_) => return,
+                    Err(e) => tracing::debug!(%key, error = %e, "background release unanswered; trying again"),
+                }
+                drop(node);
+                if tokio::time::Instant::now() + pause >= until {
+                    return;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        });
+    }
+
+    /// Marks a background clean-up of this node as under way until the guard is dropped:
+    /// [`close`](Self::close) waits for it. Releases count themselves; Redlock's
+    /// background releases hold one between their rounds.
+    pub fn cleanup(&self) -> CleanupGuard {
+        self.inner.cleanups.start()
+    }
+
+    /// Ends this node's use before the process exits: waits for the background clean-ups
+    /// under way (releases of dropped leases and of unheard grants), at most twice the
+    /// reply timeout plus the connect timeout (at least 1 s), then closes the pub/sub
+    /// connection.
+    ///
+    /// # Errors
+    /// [`LockError::Unavailable`] when clean-ups were still running at the bound: what
+    /// they were removing ends with its TTL.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropped, the clean-ups go on in the background.
+    pub async fn close(&self) -> Result<()> {
+        let cfg = &self.inner.cfg;
+        let bound = (cfg.timeout * 2 + cfg.connect_timeout).max(Duration::from_secs(1));
+        let idle = self.inner.cleanups.idle(bound).await;
+        self.inner.waiters.close().await;
+        if idle {
+            Ok(())
+        } else {
+            Err(LockError::Unavailable {
+                message: format!(
+                    "redis: background releases on {} not finished within {bound:?}; their grants end with their TTL",
+                    self.server()
+                ),
+                source: None,
+            })
         }
     }
 
     /// Sets a new TTL if the key still holds `grant`; `false` if it does not.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropped in flight, the new TTL may or may not be set; the grant stays
+    /// ours either way, and the lease's belief never exceeds what was asked (see
+    /// `Lease::extend`).
     pub async fn extend(&self, key: &str, grant: &str, ttl: Duration) -> Result<bool> {
         let mut invocation = EXTEND.key(self.inner.keys.lock(key));
         invocation.arg(grant).arg(ttl.as_millis() as u64);
@@ -263,6 +388,10 @@ impl RedisNode {
 
     /// Like [`extend`](Self::extend), batched with the other background renewals on this
     /// node: waits up to the `renew_window` (at most a tenth of `ttl`) to share one script.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropped, the renewal may still go out with its batch; the grant stays
+    /// ours either way.
     pub async fn renew(&self, key: &str, grant: &str, ttl: Duration) -> Result<bool> {
         let renewal = Renewal {
             lock_key: self.inner.keys.lock(key),
@@ -297,7 +426,13 @@ impl RedisNode {
     }
 
     /// Deletes the key if it holds `grant`, and announces it; `false` if it did not hold it.
+    ///
+    /// # Cancel safety
+    /// Cancel safe in effect: dropped in flight, the delete may or may not happen; it is
+    /// idempotent, and `Lease::release` sends it again from a background task when its own
+    /// future is dropped.
     pub async fn release(&self, key: &str, grant: &str) -> Result<bool> {
+        let _cleanup = self.cleanup();
         let mut invocation = RELEASE.key(self.inner.keys.lock(key));
         invocation.arg(grant).arg(self.inner.keys.channel(key));
         let n: i64 = self.invoke_idempotent("release script", &invocation).await?;
@@ -306,7 +441,11 @@ impl RedisNode {
 
     /// Like [`release`](Self::release), and raises the key's token counter on this node to
     /// at least `token` (Redlock: see the crate docs of `fencelock-redlock`).
+    ///
+    /// # Cancel safety
+    /// As [`release`](Self::release): idempotent, so a dropped call is simply sent again.
     pub async fn release_raising(&self, key: &str, grant: &str, token: u64) -> Result<bool> {
+        let _cleanup = self.cleanup();
         let mut invocation = RELEASE_RAISING.key(self.inner.keys.lock(key));
         invocation
             .key(self.inner.keys.counter(key))
@@ -318,23 +457,69 @@ impl RedisNode {
     }
 
     /// Subscribes to the key's release channel (shared with every other waiter here).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropped before it returns, its interest in the channel is given back
+    /// (and the channel unsubscribed when nobody else waits on it).
     pub async fn subscribe(&self, key: &str) -> Result<NodeSubscription> {
         let sub = self.inner.waiters.subscribe(&self.inner.keys.channel(key)).await?;
         Ok(NodeSubscription { sub })
     }
 
-    /// `true` when the server fsyncs every write (`appendonly yes`, `appendfsync always`),
-    /// so its token counters survive a crash. Asks the server; `false` when it cannot.
-    pub async fn persists_every_write(&self) -> bool {
-        let Ok(mut conn) = self.connection().await else {
-            return false;
-        };
-        async fn get(conn: &mut ConnectionManager, name: &str) -> Option<String> {
-            let pair: Vec<String> = redis::cmd("CONFIG").arg("GET").arg(name).query_async(conn).await.ok()?;
-            pair.get(1).cloned()
-        }
-        get(&mut conn, "appendonly").await.as_deref() == Some("yes")
-            && get(&mut conn, "appendfsync").await.as_deref() == Some("always")
+    /// Whether the server keeps its token counters (keys without a TTL) through a crash
+    /// and under memory pressure, from its settings read with `CONFIG GET` in one round
+    /// trip: `appendonly yes` with `appendfsync always`, and a `maxmemory-policy` that never
+    /// evicts a key without a TTL (`noeviction` or `volatile-*`).
+    ///
+    /// # Errors
+    /// `Err(reason)` when the settings could not be read (`CONFIG` renamed or disabled, an
+    /// ACL refusing it, no connection): the caller must assume the counters can be lost.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads settings.
+    pub async fn keeps_token_counters(&self) -> std::result::Result<CounterSafety, String> {
+        let mut conn = self.connection().await.map_err(|e| e.to_string())?;
+        let get = |name: &str| redis::cmd("CONFIG").arg("GET").arg(name).to_owned();
+        let read: redis::RedisResult<(Vec<String>, Vec<String>, Vec<String>)> = redis::pipe()
+            .add_command(get("appendonly"))
+            .add_command(get("appendfsync"))
+            .add_command(get("maxmemory-policy"))
+            .query_async(&mut conn)
+            .await;
+        let (appendonly, appendfsync, policy) = read.map_err(|e| {
+            format!(
+                "CONFIG GET refused on {} ({e}): cannot check persistence and eviction",
+                self.server()
+            )
+        })?;
+        let value = |pair: Vec<String>| pair.into_iter().nth(1).unwrap_or_default();
+        Ok(CounterSafety {
+            fsync_always: value(appendonly) == "yes" && value(appendfsync) == "always",
+            eviction_policy: value(policy),
+        })
+    }
+}
+
+/// What a server's settings say about its token counters (see
+/// [`RedisNode::keeps_token_counters`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterSafety {
+    /// `appendonly yes` and `appendfsync always`: an acknowledged `INCR` survives a crash.
+    pub fsync_always: bool,
+    /// `maxmemory-policy` as the server reported it.
+    pub eviction_policy: String,
+}
+
+impl CounterSafety {
+    /// `true` when the policy never evicts a key without a TTL: `noeviction`, or a
+    /// `volatile-*` policy (those evict only keys with a TTL; the counter has none).
+    pub fn spares_counters(&self) -> bool {
+        self.eviction_policy == "noeviction" || self.eviction_policy.starts_with("volatile-")
+    }
+
+    /// Both: the counter survives a crash and memory pressure, so tokens strictly increase.
+    pub fn strict_tokens(&self) -> bool {
+        self.fsync_always && self.spares_counters()
     }
 }
 
@@ -351,6 +536,9 @@ impl std::fmt::Debug for NodeSubscription {
 
 impl NodeSubscription {
     /// Resubscribes if the pub/sub connection was replaced since.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a `SUBSCRIBE` dropped half-way is sent again by the next call.
     pub async fn ensure(&self) -> Result<()> {
         self.sub.ensure().await
     }

@@ -249,9 +249,9 @@ async fn uncontended_acquire_and_release_cost_one_round_trip_each() {
     }
     let calls = command_calls(&mut admin).await;
     let count = |name: &str| calls.iter().find(|(n, _)| n == name).map_or(0, |(_, c)| *c);
-    // Acquire: one pipeline of SET NX PX + INCR (no script; PTTL only when busy).
-    // Release: one script.
-    for name in ["set", "incr", "evalsha"] {
+    // Acquire: one pipeline of MULTI, SET NX PX, INCR, EXEC (no script; PTTL only when
+    // busy). Release: one script.
+    for name in ["multi", "set", "incr", "exec", "evalsha"] {
         assert_eq!(count(name), N, "{name}: {calls:?}");
     }
     // Everything else ran inside the release script, or is this test's own INFO.
@@ -259,7 +259,8 @@ async fn uncontended_acquire_and_release_cost_one_round_trip_each() {
     let stray: Vec<_> = calls
         .iter()
         .filter(|(n, _)| {
-            !["set", "incr", "pttl", "evalsha"].contains(&n.as_str()) && !script_inner.contains(&n.as_str())
+            !["multi", "set", "incr", "exec", "pttl", "evalsha"].contains(&n.as_str())
+                && !script_inner.contains(&n.as_str())
         })
         .collect();
     assert!(
@@ -332,4 +333,330 @@ async fn tls_with_a_password_and_a_private_ca() {
         server.port()
     );
     assert!(RedisLock::connect(&plain).await.is_err());
+}
+
+/// Starts a server with AOF fsync-always and extra settings.
+fn durable_server_with(settings: &[(&str, &str)]) -> RedisServer {
+    RedisServer::start_with(RedisOptions {
+        persistence: Some(Persistence::AofAlways),
+        settings: settings
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        ..Default::default()
+    })
+}
+
+/// K7: with `appendfsync always` but `maxmemory-policy allkeys-lru`, memory pressure
+/// evicts the token counter (it has no TTL) and tokens start again from 1 — so the backend
+/// must not claim strictly monotonic tokens there. Failed before the fix: guarantees()
+/// said StrictlyMonotonic on this server. The policies that spare the counter do claim it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicting_policy_loses_the_token_counter_and_claims_best_effort_tokens() {
+    let server = durable_server_with(&[("maxmemory", "4mb"), ("maxmemory-policy", "allkeys-lru")]);
+    let locks = RedisLock::connect(&server.url()).await.unwrap();
+    assert_eq!(
+        locks.guarantees().tokens,
+        TokenOrder::BestEffort,
+        "allkeys-lru can evict the counter: tokens must not be claimed strictly monotonic"
+    );
+    let o = opts(60_000).with_auto_renew(false);
+    let mut last = 0;
+    for _ in 0..3 {
+        let lease = locks.acquire("k", &o).await.unwrap();
+        last = lease.token().get();
+        lease.release().await.unwrap();
+    }
+    assert_eq!(last, 3);
+    // Memory pressure: fill the server until the counter is evicted (bounded).
+    let mut conn = locks.connection().await.unwrap();
+    let filler = vec![b'x'; 64 * 1024];
+    let mut evicted = false;
+    for i in 0..400 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("filler:{i}"))
+            .arg(&filler)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if server.integer("EXISTS fencelock:{k}:token") == Some(0) {
+            evicted = true;
+            break;
+        }
+    }
+    assert!(evicted, "the counter was not evicted under allkeys-lru");
+    let lease = locks.acquire("k", &o).await.unwrap();
+    assert!(
+        lease.token().get() <= last,
+        "the evicted counter restarted below the earlier tokens (token {} after {last})",
+        lease.token()
+    );
+    lease.release().await.unwrap();
+
+    // The policies that never evict a key without a TTL keep the strict claim.
+    for policy in ["noeviction", "volatile-lru", "volatile-ttl"] {
+        let server = durable_server_with(&[("maxmemory", "64mb"), ("maxmemory-policy", policy)]);
+        let locks = RedisLock::connect(&server.url()).await.unwrap();
+        assert_eq!(locks.guarantees().tokens, TokenOrder::StrictlyMonotonic, "{policy}");
+    }
+}
+
+/// K7: a server whose CONFIG command is renamed away cannot be checked: the backend
+/// assumes the weaker guarantee (and logs why) instead of failing or claiming more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_config_gets_best_effort_tokens() {
+    let server = durable_server_with(&[("rename-command", "CONFIG \"\"")]);
+    let locks = RedisLock::connect(&server.url()).await.unwrap();
+    assert_eq!(locks.guarantees().tokens, TokenOrder::BestEffort);
+    let lease = locks.acquire("k", &opts(10_000)).await.unwrap();
+    lease.release().await.unwrap();
+}
+
+/// K7: an error the same request meets again (here WRONGTYPE: the counter key holds a
+/// hash) is permanent: `acquire` returns it at once instead of retrying for its whole wait.
+/// Failed before the fix: every Backend error was temporary and the acquire ran 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_type_is_a_permanent_error_and_not_retried() {
+    let server = RedisServer::start();
+    assert_eq!(server.integer("HSET fencelock:{k}:token a b"), Some(1));
+    let locks = RedisLock::connect(&server.url()).await.unwrap();
+    let err = locks
+        .try_acquire("k", &opts(10_000))
+        .await
+        .expect_err("granted on a broken counter");
+    assert!(!err.is_temporary(), "WRONGTYPE marked temporary: {err}");
+    let start = Instant::now();
+    let err = locks
+        .acquire("k", &opts(10_000).with_wait(Duration::from_secs(5)))
+        .await
+        .expect_err("granted on a broken counter");
+    assert!(!err.is_temporary(), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "a permanent error was retried for {:?}",
+        start.elapsed()
+    );
+    // The grant the transaction made before its INCR failed is given back in the background.
+    let deadline = Instant::now() + SLACK;
+    while server.integer("EXISTS fencelock:{k}:lock") != Some(0) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        server.integer("EXISTS fencelock:{k}:lock"),
+        Some(0),
+        "the failed grant stayed"
+    );
+}
+
+/// The length of the first complete RESP command at the start of `buf`, if it holds one
+/// and more after it.
+fn first_command_len(buf: &[u8]) -> Option<usize> {
+    let line = |at: usize| -> Option<(usize, usize)> {
+        let end = at + buf.get(at..)?.windows(2).position(|w| w == b"\r\n")?;
+        let n = std::str::from_utf8(buf.get(at + 1..end)?).ok()?.parse().ok()?;
+        Some((n, end + 2))
+    };
+    if buf.first() != Some(&b'*') {
+        return None;
+    }
+    let (args, mut at) = line(0)?;
+    for _ in 0..args {
+        let (len, data) = line(at)?;
+        at = data + len + 2;
+    }
+    (at < buf.len()).then_some(at)
+}
+
+/// A loopback proxy that, once armed, delivers the first command of the next request and
+/// holds the rest of it for `hold` (a request split across TCP segments, the rest late).
+struct SplittingProxy {
+    port: u16,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    split: std::sync::Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SplittingProxy {
+    async fn start(upstream: u16, hold: Duration) -> Self {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let split = std::sync::Arc::new(tokio::sync::Notify::new());
+        let (a, s) = (armed.clone(), split.clone());
+        let task = tokio::spawn(async move {
+            let mut pumps = tokio::task::JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let server = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await.unwrap();
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                pumps.spawn(async move {
+                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                });
+                let (a, s) = (a.clone(), s.clone());
+                pumps.spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        let chunk = &buf[..n];
+                        match first_command_len(chunk).filter(|_| a.load(Ordering::SeqCst)) {
+                            Some(cut) => {
+                                a.store(false, Ordering::SeqCst);
+                                if sw.write_all(&chunk[..cut]).await.is_err() {
+                                    return;
+                                }
+                                s.notify_one();
+                                tokio::time::sleep(hold).await;
+                                if sw.write_all(&chunk[cut..]).await.is_err() {
+                                    return;
+                                }
+                            }
+                            None => {
+                                if sw.write_all(chunk).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        SplittingProxy {
+            port,
+            armed,
+            split,
+            task,
+        }
+    }
+}
+
+impl Drop for SplittingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// K8: the grant and its token are one atomic step. A's acquire reaches the server in two
+/// pieces with the second 600 ms late; meanwhile B asks for the key. Nothing of A's
+/// request may have taken effect yet, so B gets the key (and the lowest token) and A's
+/// request, completed later, is refused. Failed before the fix: the first piece was a
+/// plain `SET NX PX` that granted at once, its `INCR` still to come — with a TTL shorter
+/// than the gap, a later grant then got a lower token than this one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_and_its_token_are_one_atomic_step_even_when_the_request_arrives_in_pieces() {
+    let server = RedisServer::start();
+    let proxy = SplittingProxy::start(server.port(), Duration::from_millis(600)).await;
+    let a = RedisLock::connect(&format!("redis://127.0.0.1:{}?timeout=5s", proxy.port))
+        .await
+        .unwrap();
+    let b = RedisLock::connect(&server.url()).await.unwrap();
+    let o = opts(60_000).with_auto_renew(false);
+    a.try_acquire("warm", &o)
+        .await
+        .unwrap()
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    proxy.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let split = proxy.split.notified();
+    let first = tokio::spawn({
+        let (a, o) = (a.clone(), o);
+        async move { a.try_acquire("k", &o).await }
+    });
+    tokio::time::timeout(SLACK, split).await.expect("A's request was split");
+    let b_lease = b
+        .try_acquire("k", &o)
+        .await
+        .unwrap()
+        .expect("half of A's request took effect: B found the key held while A's token was not yet taken");
+    assert_eq!(b_lease.token().get(), 1);
+    let a_got = tokio::time::timeout(SLACK, first).await.unwrap().unwrap().unwrap();
+    assert!(a_got.is_none(), "A was granted a key B holds");
+    b_lease.release().await.unwrap();
+    let next = a.try_acquire("k", &o).await.unwrap().expect("free");
+    assert!(next.token().get() > 1, "token {} after 1", next.token());
+    next.release().await.unwrap();
+}
+
+/// K3: an acquire whose answer is lost leaves nothing held while the client lives, even
+/// when the first release sent for it is lost too (the link resets under it): the release
+/// is sent again until the server answers. Failed before the fix: the one background
+/// release died with the link and the grant blocked the key for its whole 60 s TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_acquire_answer_is_followed_up_until_the_grant_is_gone() {
+    use fencelock_testkit::proxy::{FaultProxy, Mode};
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port()).await;
+    let locks = RedisLock::connect(&format!(
+        "redis://127.0.0.1:{}?timeout=300ms&connect_timeout=300ms",
+        proxy.port()
+    ))
+    .await
+    .unwrap();
+    let o = opts(60_000).with_auto_renew(false);
+    let held = || server.integer("EXISTS fencelock:{k}:lock");
+    proxy.set_to_client(Mode::Blackhole); // the grant is made; its answer never comes
+    let call = tokio::spawn({
+        let (locks, o) = (locks.clone(), o);
+        async move { locks.try_acquire("k", &o).await }
+    });
+    let deadline = Instant::now() + SLACK;
+    while held() != Some(1) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(held(), Some(1), "the acquire did not reach the server");
+    proxy.set_to_server(Mode::Blackhole); // the follow-up release is held too...
+    let got = tokio::time::timeout(SLACK, call).await.unwrap().unwrap();
+    assert!(got.is_err(), "an unanswered acquire returned {got:?}");
+    proxy.set(Mode::Reset); // ...and lost with the link, which stays down for a second
+    tokio::time::sleep(Duration::from_secs(1)).await; // the fault being modelled
+    proxy.set(Mode::Pass);
+    let deadline = Instant::now() + SLACK * 2;
+    while held() != Some(0) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(held(), Some(0), "the unanswered grant stayed on the server");
+}
+
+/// `close()` finishes the background clean-ups before the process exits: an acquire
+/// cancelled after its grant landed (its release held by the network, then let through)
+/// is released by the time `close` returns. Before `close` waited, it returned at once and
+/// the grant was still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_waits_for_the_releases_under_way() {
+    use fencelock_testkit::proxy::{FaultProxy, Mode};
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port()).await;
+    let locks = RedisLock::connect(&format!("redis://127.0.0.1:{}?timeout=2s", proxy.port()))
+        .await
+        .unwrap();
+    let o = opts(60_000).with_auto_renew(false);
+    let held = || server.integer("EXISTS fencelock:{k}:lock");
+    proxy.set_to_client(Mode::Blackhole);
+    {
+        let call = locks.try_acquire("k", &o);
+        tokio::pin!(call);
+        let landed = async {
+            while held() != Some(1) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::select! {
+            got = &mut call => panic!("an acquire whose answer is held returned {got:?}"),
+            r = tokio::time::timeout(SLACK, landed) => r.expect("the grant did not land"),
+        }
+        proxy.set_to_server(Mode::Blackhole); // the release the cancellation sends is held
+    } // the acquire is cancelled here, after its grant landed
+    proxy.set(Mode::Pass);
+    locks.close().await.expect("close");
+    assert_eq!(
+        held(),
+        Some(0),
+        "close() returned before the cancelled grant was released"
+    );
 }

@@ -71,9 +71,7 @@ impl RedlockConfig {
                 "drift_factor" => {
                     cfg.drift_factor = v
                         .parse::<f64>()
-                        .ok()
-                        .filter(|f| (0.0..0.5).contains(f))
-                        .ok_or_else(|| bad(format!("drift_factor must be a number in [0, 0.5), got `{v}`")))?
+                        .map_err(|_| bad(format!("drift_factor must be a number in [0, 0.5), got `{v}`")))?
                 }
                 _ => {
                     return Err(bad(format!(
@@ -81,15 +79,6 @@ impl RedlockConfig {
                     )))
                 }
             }
-        }
-        if cfg.per_node_timeout.is_zero() || cfg.per_node_timeout > Duration::from_secs(60) {
-            return Err(bad(format!(
-                "per_node_timeout must be between 1ms and 60s, got {:?}",
-                cfg.per_node_timeout
-            )));
-        }
-        if cfg.retry_delay.is_zero() {
-            return Err(bad("retry_delay must be positive".into()));
         }
         for host in hosts.split(',') {
             let host = host.trim();
@@ -113,8 +102,52 @@ impl RedlockConfig {
             let node = RedisConfig::from_url(&node_url).map_err(|e| bad(format!("node `{host}`: {e}")))?;
             cfg.nodes.push(node);
         }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks the options, whether they came from a URL or were set in code: the one
+    /// validation path of [`from_url`](Self::from_url) and
+    /// [`RedlockLock::with_config`](crate::RedlockLock::with_config).
+    ///
+    /// # Errors
+    /// [`LockError::InvalidConfig`] when there are no nodes or a node is listed twice;
+    /// `per_node_timeout` is outside 1 ms ..= 60 s; `retry_delay` is outside 1 ms ..= 10 min;
+    /// `restart_delay` is above 1 day; `drift_factor` is not a finite number in [0, 0.5)
+    /// (NaN would panic in the drift arithmetic, huge durations would overflow `Instant`);
+    /// or a node's own options fail [`RedisConfig::validate`].
+    pub fn validate(&self) -> Result<()> {
+        let bad = |why: String| LockError::invalid_config(format!("`{}`: {why}", self.display));
+        if self.nodes.is_empty() {
+            return Err(bad("no nodes: Redlock needs at least one".into()));
+        }
+        if self.per_node_timeout.is_zero() || self.per_node_timeout > Duration::from_secs(60) {
+            return Err(bad(format!(
+                "per_node_timeout must be between 1ms and 60s, got {:?}",
+                self.per_node_timeout
+            )));
+        }
+        if self.retry_delay.is_zero() || self.retry_delay > Duration::from_secs(600) {
+            return Err(bad(format!(
+                "retry_delay must be between 1ms and 10m, got {:?}",
+                self.retry_delay
+            )));
+        }
+        if self.restart_delay > Duration::from_secs(86_400) {
+            return Err(bad(format!(
+                "restart_delay must be at most 1 day, got {:?}",
+                self.restart_delay
+            )));
+        }
+        if !(self.drift_factor.is_finite() && (0.0..0.5).contains(&self.drift_factor)) {
+            return Err(bad(format!(
+                "drift_factor must be a number in [0, 0.5), got {}",
+                self.drift_factor
+            )));
+        }
         let mut seen = std::collections::HashSet::new();
-        for n in &cfg.nodes {
+        for n in &self.nodes {
+            n.validate().map_err(|e| bad(format!("node {}: {e}", n.server())))?;
             if !seen.insert(n.server().to_owned()) {
                 return Err(bad(format!(
                     "node {} is listed twice; Redlock needs independent nodes",
@@ -122,7 +155,7 @@ impl RedlockConfig {
                 )));
             }
         }
-        Ok(cfg)
+        Ok(())
     }
 
     /// How many nodes must agree: N/2 + 1.
@@ -188,5 +221,33 @@ mod tests {
             let e = RedlockConfig::from_url(url).unwrap_err().to_string();
             assert!(e.contains(says), "{url}: {e}");
         }
+    }
+
+    #[test]
+    fn options_set_in_code_are_checked_like_the_url() {
+        let ok = RedlockConfig::from_url("redlock://h:1,h:2,h:3").unwrap();
+        type Change = fn(&mut RedlockConfig);
+        let cases: [(Change, &str); 10] = [
+            (|c| c.drift_factor = f64::NAN, "drift_factor"),
+            (|c| c.drift_factor = f64::INFINITY, "drift_factor"),
+            (|c| c.drift_factor = -0.1, "drift_factor"),
+            (|c| c.per_node_timeout = Duration::MAX, "per_node_timeout"),
+            (|c| c.per_node_timeout = Duration::ZERO, "per_node_timeout"),
+            (|c| c.retry_delay = Duration::MAX, "retry_delay"),
+            (|c| c.restart_delay = Duration::MAX, "restart_delay"),
+            (|c| c.nodes.clear(), "no nodes"),
+            (|c| c.nodes[1] = c.nodes[0].clone(), "listed twice"),
+            (|c| c.nodes[0].timeout = Duration::MAX, "timeout"),
+        ];
+        for (change, says) in cases {
+            let mut c = ok.clone();
+            change(&mut c);
+            let e = c.validate().unwrap_err();
+            assert!(matches!(e, LockError::InvalidConfig { .. }), "{e}");
+            assert!(e.to_string().contains(says), "{says}: {e}");
+            let e = crate::RedlockLock::with_config(c).unwrap_err();
+            assert!(matches!(e, LockError::InvalidConfig { .. }), "{e}");
+        }
+        assert!(ok.validate().is_ok());
     }
 }

@@ -2,14 +2,20 @@
 //!
 //! The Redlock algorithm (`redlock://H1:P1,H2:P2,...`) over N independent Redis masters,
 //! implemented as published, with its failure modes shown by tests rather than claimed.
+//! Files: `config` (options, one validation path), `lock` (the round of the algorithm),
+//! `grant` (extend and release of one grant, background release), `wait` (waiting and
+//! contention), `quorum` (the fan-out), `error` (the no-quorum error).
 //!
-//! * **Acquire**: the same one-round-trip script as the single-server backend
-//!   (`SET NX PX` + `INCR`, from `fencelock-redis`) on **all nodes in parallel**, each bounded
+//! * **Acquire**: the same one-round-trip transaction as the single-server backend
+//!   (`MULTI`, `SET NX PX`, `INCR`, `EXEC`, from `fencelock-redis`) on **all nodes in parallel**, each bounded
 //!   by `per_node_timeout`. Granted when a quorum (N/2 + 1) said yes and validity =
 //!   TTL − elapsed − drift is still positive; otherwise released on **all** nodes (those that
 //!   did not answer too) and retried after a random delay while `acquire`'s wait lasts.
 //! * **Validity**: the lease's `valid_until` is the start of the round + TTL − drift, not the
-//!   TTL. **Extend** needs a quorum again and recomputes it. **Release** goes to every node.
+//!   TTL. **Extend** needs a quorum again and recomputes it. **Release** goes to every node;
+//!   nodes that do not answer within `per_node_timeout` get it again in the background
+//!   (bounded by the grant's TTL), and the release returns `Ok` with a logged warning —
+//!   it fails (`LeaseLost`) only when more than N − quorum nodes say the grant is not theirs.
 //! * **Tokens** are best effort: the highest of the quorum's per-node counters; release
 //!   raises every node's counter to the released token, so they grow in the fault-free
 //!   case, and can repeat or go back when a node restarts without its data or a grant ends
@@ -29,8 +35,11 @@
 //! effort — or use etcd or ZooKeeper. See `docs/backends/redlock.md`.
 
 mod config;
+mod error;
+mod grant;
 mod lock;
 mod quorum;
+mod wait;
 
 pub use config::{RedlockConfig, DRIFT_CONSTANT};
 pub use lock::{RedlockLock, GUARANTEES};

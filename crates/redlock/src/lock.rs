@@ -1,21 +1,24 @@
 //! [`RedlockLock`]: the algorithm.
 
-use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use fencelock_core::options::validate_key;
-use fencelock_core::waiting::{acquire_with, jitter, Attempt, CancelGuard, WakeFuture};
+use fencelock_core::waiting::{acquire_with, CancelGuard};
 use fencelock_core::{
-    DistributedLock, Exclusion, FencingToken, GrantId, Guarantees, Lease, LeaseOps, LeaseParts, LockError, LockOptions,
-    Result, Scope, TokenOrder,
+    DistributedLock, Exclusion, FencingToken, GrantId, Guarantees, Lease, LeaseParts, LockError, LockOptions, Result,
+    Scope, TokenOrder,
 };
-use fencelock_redis::{NodeGrant, NodeSubscription, RedisNode};
+use fencelock_redis::{NodeGrant, RedisNode};
 use tokio::time::Instant;
 
 use crate::config::RedlockConfig;
-use crate::quorum::{fan_out, no_quorum, Answer};
+use crate::error::no_quorum;
+use crate::grant::{RedlockGrant, ReleasePlan};
+use crate::quorum::{fan_out, Answer};
+use crate::wait::{primary, Contention};
 
 /// What Redlock promises.
 pub const GUARANTEES: Guarantees = Guarantees {
@@ -29,6 +32,7 @@ pub const GUARANTEES: Guarantees = Guarantees {
         "exclusive only for holders that finish within their validity: a process pause or network delay after the check is not covered (use the token)",
         "tokens are the highest of the quorum's per-node counters: they can repeat or go back after a node restart without persistence, or when the quorum's nodes missed earlier increments",
         "nodes are independent masters, not replicas of each other",
+        "nodes never evict a held lock's key: run them with maxmemory-policy noeviction (any other policy may evict it under memory pressure and let a second holder in)",
     ],
 };
 
@@ -46,42 +50,18 @@ pub const GUARANTEES: Guarantees = Guarantees {
 /// ```
 #[derive(Clone, Debug)]
 pub struct RedlockLock {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 #[derive(Debug)]
-struct Inner {
-    nodes: Vec<RedisNode>,
-    cfg: RedlockConfig,
-    /// Keys this instance recently found busy, and when: their next acquires ask the
-    /// primary first from the start (see [`RedlockLock::round`]).
-    busy: std::sync::Mutex<HashMap<String, Instant>>,
+pub(crate) struct Inner {
+    pub(crate) nodes: Vec<RedisNode>,
+    pub(crate) cfg: RedlockConfig,
+    /// Keys this instance recently found busy.
+    pub(crate) busy: Contention,
 }
 
-/// How long a key counts as contended after it was last found busy.
-const CONTENDED_FOR: Duration = Duration::from_secs(1);
-/// The most keys remembered as contended (older ones are forgotten first).
-const CONTENDED_KEYS: usize = 1024;
-
-impl Inner {
-    fn recently_busy(&self, key: &str) -> bool {
-        let busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
-        busy.get(key).is_some_and(|t| t.elapsed() < CONTENDED_FOR)
-    }
-
-    fn found_busy(&self, key: &str) {
-        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
-        if busy.len() >= CONTENDED_KEYS {
-            busy.retain(|_, t| t.elapsed() < CONTENDED_FOR);
-            if busy.len() >= CONTENDED_KEYS {
-                busy.clear();
-            }
-        }
-        busy.insert(key.to_owned(), Instant::now());
-    }
-}
-
-enum Round {
+pub(crate) enum Round {
     Granted(Lease),
     /// Not granted; retry no later than this (the shortest holder TTL seen, or a node's
     /// restart delay).
@@ -91,12 +71,19 @@ enum Round {
 impl RedlockLock {
     /// Builds from a `redlock://` URL. Connects to no node yet: each node is connected on
     /// first use, so a minority of dead nodes never stops the lock from working.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it makes no request (nodes are connected on first use).
     pub async fn connect(url: &str) -> Result<Self> {
         Self::with_config(RedlockConfig::from_url(url)?)
     }
 
-    /// Builds from explicit options.
+    /// Builds from explicit options, checked as a URL's are ([`RedlockConfig::validate`]).
+    ///
+    /// # Errors
+    /// [`LockError::InvalidConfig`] for options the check refuses.
     pub fn with_config(cfg: RedlockConfig) -> Result<Self> {
+        cfg.validate()?;
         let nodes = cfg
             .nodes
             .iter()
@@ -107,7 +94,7 @@ impl RedlockLock {
             inner: Arc::new(Inner {
                 nodes,
                 cfg,
-                busy: std::sync::Mutex::new(HashMap::new()),
+                busy: Contention::default(),
             }),
         })
     }
@@ -143,16 +130,21 @@ impl RedlockLock {
     /// first exactly one of them wins that node and the rest learn "busy" in one round trip,
     /// touching nothing. The quorum rule is unchanged (the primary is one of the votes, the
     /// validity counts from the first request); a silent primary falls back to asking all.
-    async fn round(&self, key: &str, opts: &LockOptions, contended: bool) -> Result<Round> {
+    pub(crate) async fn round(&self, key: &str, opts: &LockOptions, contended: bool) -> Result<Round> {
         let inner = &self.inner;
         let cfg = &inner.cfg;
         let (ttl, quorum, per_node) = (opts.ttl(), cfg.quorum(), cfg.per_node_timeout);
         let grant = GrantId::random();
         let undo = {
-            let (inner, k, g) = (Arc::clone(inner), key.to_owned(), grant.to_string());
+            let plan = ReleasePlan {
+                inner: Arc::clone(inner),
+                key: key.to_owned(),
+                grant: grant.to_string(),
+                raise_to: None,
+            };
             CancelGuard::new(move || {
                 if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                    rt.spawn(release_everywhere(inner, k, g));
+                    rt.spawn(plan.everywhere(Instant::now() + ttl));
                 }
             })
         };
@@ -202,6 +194,7 @@ impl RedlockLock {
                 grant: grant.to_string(),
                 token: token.get(),
                 lagging,
+                ttl_ms: AtomicU64::new(ttl.as_millis() as u64),
             });
             let lease = Lease::new(LeaseParts {
                 key: key.to_owned(),
@@ -217,7 +210,15 @@ impl RedlockLock {
             return Ok(Round::Granted(lease));
         }
         // Failed: undo on every node, including those that did not answer.
-        release_everywhere(Arc::clone(inner), key.to_owned(), grant.to_string()).await;
+        // Bounded by the TTL: a node that stays silent has let the grant expire by then.
+        ReleasePlan {
+            inner: Arc::clone(inner),
+            key: key.to_owned(),
+            grant: grant.to_string(),
+            raise_to: None,
+        }
+        .everywhere(Instant::now() + ttl)
+        .await;
         undo.disarm();
         let answered = answers.iter().filter(|a| a.is_ok()).count();
         if answered < quorum {
@@ -235,87 +236,6 @@ impl RedlockLock {
             .min();
         Ok(Round::Busy(shortest))
     }
-
-    async fn attempt(
-        &self,
-        key: &str,
-        opts: &LockOptions,
-        subs: &tokio::sync::Mutex<Option<Vec<Option<NodeSubscription>>>>,
-    ) -> Result<Attempt> {
-        let mut subs = subs.lock().await;
-        // Waiting on the primary's release channel alone: every release is published on
-        // each node, and five wake-ups per waiter per release were most of the cost of a
-        // 64-waiter herd. Any node's channel when the primary's could not be subscribed.
-        let wake = match subs.as_ref() {
-            Some(list) => {
-                let p = primary(key, self.inner.nodes.len());
-                let chosen: Vec<&NodeSubscription> = match list.get(p) {
-                    Some(Some(s)) => vec![s],
-                    _ => list.iter().flatten().collect(),
-                };
-                for s in &chosen {
-                    let _ = s.ensure().await;
-                }
-                Some(any_of(chosen.into_iter().map(NodeSubscription::notified).collect()))
-            }
-            None => None,
-        };
-        let contended = subs.is_some() || self.inner.recently_busy(key);
-        match self.round(key, opts, contended).await? {
-            Round::Granted(lease) => Ok(Attempt::Acquired(lease)),
-            Round::Busy(_) if subs.is_none() => {
-                self.inner.found_busy(key);
-                // Subscribe on every node that answers (a release is published on each).
-                let per_node = self.inner.cfg.per_node_timeout;
-                let k = key.to_owned();
-                let answers = fan_out(&self.inner.nodes, per_node, move |_, n| {
-                    let k = k.clone();
-                    async move { n.subscribe(&k).await }
-                })
-                .await;
-                *subs = Some(answers.into_iter().map(|a| a.ok()).collect());
-                Ok(Attempt::Busy {
-                    wake: None,
-                    retry_at: Some(Instant::now()),
-                })
-            }
-            Round::Busy(shortest) => {
-                self.inner.found_busy(key);
-                // The algorithm's random delay, so contenders that split the vote do not
-                // collide again; never longer than the shortest holder TTL seen. Release
-                // messages (`wake`) usually end the wait first.
-                let retry = self.inner.cfg.retry_delay;
-                let delay = jitter(shortest.map_or(retry, |s| s.min(retry)).max(Duration::from_millis(1)));
-                Ok(Attempt::Busy {
-                    wake,
-                    retry_at: Some(Instant::now() + delay),
-                })
-            }
-        }
-    }
-}
-
-/// The node a contended key asks first: FNV-1a of the key, so keys spread over the nodes.
-fn primary(key: &str, nodes: usize) -> usize {
-    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    (hash % nodes.max(1) as u64) as usize
-}
-
-/// Completes when any of the futures does.
-fn any_of(mut futs: Vec<WakeFuture>) -> WakeFuture {
-    Box::pin(std::future::poll_fn(move |cx| {
-        if futs.is_empty() {
-            return std::task::Poll::Pending;
-        }
-        for f in futs.iter_mut() {
-            if f.as_mut().poll(cx).is_ready() {
-                return std::task::Poll::Ready(());
-            }
-        }
-        std::task::Poll::Pending
-    }))
 }
 
 #[async_trait]
@@ -347,6 +267,32 @@ impl DistributedLock for RedlockLock {
     fn describe(&self) -> String {
         self.inner.cfg.display.clone()
     }
+
+    /// Closes every node at once ([`RedisNode::close`]): waits, bounded, for the releases
+    /// still under way in the background — dropped leases, failed or cancelled rounds,
+    /// releases nodes did not confirm in time — then closes the pub/sub connections.
+    /// `Unavailable` naming the nodes whose releases were still running at the bound.
+    async fn close(&self) -> Result<()> {
+        // Each node's close is bounded by itself (at most 3 × per_node_timeout, at least
+        // 1 s); this outer bound only guards against a hang.
+        let bound = self.inner.cfg.per_node_timeout * 4 + Duration::from_secs(2);
+        let answers = fan_out(&self.inner.nodes, bound, |_, n| async move { n.close().await }).await;
+        if answers.iter().all(|a| a.is_ok()) {
+            return Ok(());
+        }
+        let failed: Vec<&str> = answers
+            .iter()
+            .filter_map(|a| a.as_ref().err())
+            .map(String::as_str)
+            .collect();
+        Err(LockError::Unavailable {
+            message: format!(
+                "redlock: closing left background releases running: {}",
+                failed.join("; ")
+            ),
+            source: None,
+        })
+    }
 }
 
 /// Asks `nodes` at once to grant `grant` of `key`, each bounded by `per_node`.
@@ -362,104 +308,4 @@ async fn grant_on(
         n.try_grant(key, grant, ttl, restart_delay).await
     })
     .await
-}
-
-/// Releases `grant` of `key` on every node (compare-and-delete: a node that never granted
-/// it is untouched), each bounded by the per-node timeout.
-async fn release_everywhere(inner: Arc<Inner>, key: String, grant: String) {
-    fan_out(&inner.nodes, inner.cfg.per_node_timeout, move |_, n| {
-        let (k, g) = (key.clone(), grant.clone());
-        async move { n.release(&k, &g).await }
-    })
-    .await;
-}
-
-/// One Redlock grant: extend needs a quorum again; release goes to every node.
-struct RedlockGrant {
-    inner: Arc<Inner>,
-    key: String,
-    grant: String,
-    token: u64,
-    /// Per node: its counter may be below `token` (it did not grant, or granted with a
-    /// lower count), so release raises it. Nodes that granted with `token` itself already
-    /// count from there and get the plain compare-and-delete — in the fault-free steady
-    /// state that is every node, and the release costs what a bare Redlock's does.
-    lagging: Vec<bool>,
-}
-
-impl RedlockGrant {
-    /// Extends on every node at once; a quorum must answer yes within the validity.
-    /// `batched`: each node's part joins that node's batch of background renewals, and
-    /// the per-node timeout grows by the batch window.
-    async fn extend_on_quorum(&self, ttl: Duration, batched: bool) -> Result<Option<Duration>> {
-        let cfg = &self.inner.cfg;
-        let start = Instant::now();
-        let (k, g) = (self.key.clone(), self.grant.clone());
-        let wait = if batched {
-            self.inner
-                .nodes
-                .iter()
-                .map(|n| n.renew_wait(ttl))
-                .max()
-                .unwrap_or_default()
-        } else {
-            Duration::ZERO
-        };
-        let answers = fan_out(&self.inner.nodes, cfg.per_node_timeout + wait, move |_, n| {
-            let (k, g) = (k.clone(), g.clone());
-            async move {
-                if batched {
-                    n.renew(&k, &g, ttl).await
-                } else {
-                    n.extend(&k, &g, ttl).await
-                }
-            }
-        })
-        .await;
-        let extended = answers.iter().filter(|a| matches!(a, Ok(true))).count();
-        let answered = answers.iter().filter(|a| a.is_ok()).count();
-        let drift = cfg.drift(ttl);
-        if extended >= cfg.quorum() && start.elapsed() + drift < ttl {
-            return Ok(Some(ttl - drift));
-        }
-        if answered < cfg.quorum() {
-            return Err(no_quorum("extend", &answers, cfg.quorum(), cfg.per_node_timeout + wait));
-        }
-        Ok(None)
-    }
-}
-
-#[async_trait]
-impl LeaseOps for RedlockGrant {
-    async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
-        self.extend_on_quorum(ttl, false).await
-    }
-
-    async fn renew(&self, ttl: Duration) -> Result<Option<Duration>> {
-        self.extend_on_quorum(ttl, true).await
-    }
-
-    async fn release(&self) -> Result<bool> {
-        let cfg = &self.inner.cfg;
-        let (k, g, token) = (self.key.clone(), self.grant.clone(), self.token);
-        let lagging = self.lagging.clone();
-        let answers = fan_out(&self.inner.nodes, cfg.per_node_timeout, move |i, n| {
-            let (k, g) = (k.clone(), g.clone());
-            let raise = lagging.get(i).copied().unwrap_or(true);
-            async move {
-                if raise {
-                    n.release_raising(&k, &g, token).await
-                } else {
-                    n.release(&k, &g).await
-                }
-            }
-        })
-        .await;
-        let released = answers.iter().filter(|a| matches!(a, Ok(true))).count();
-        let answered = answers.iter().filter(|a| a.is_ok()).count();
-        if answered < cfg.quorum() {
-            return Err(no_quorum("release", &answers, cfg.quorum(), cfg.per_node_timeout));
-        }
-        Ok(released >= cfg.quorum())
-    }
 }

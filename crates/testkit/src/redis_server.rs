@@ -34,6 +34,9 @@ pub struct RedisOptions {
     /// Serve TLS only (certificates from [`crate::tls::make_certs`]); the URL is then
     /// `rediss://…?ca_file=…`.
     pub tls: bool,
+    /// More `--name value` settings for the server, e.g. `("maxmemory", "2mb")`,
+    /// `("maxmemory-policy", "allkeys-lru")`, `("rename-command", "CONFIG \"\"")`.
+    pub settings: Vec<(String, String)>,
 }
 
 /// A running redis-server on 127.0.0.1.
@@ -130,6 +133,9 @@ impl RedisServer {
         if let Some(pass) = &self.options.password {
             cmd.args(["--requirepass", pass]);
         }
+        for (name, value) in &self.options.settings {
+            cmd.arg(format!("--{name}")).args(value.split(' '));
+        }
         let log = self.log_path();
         let mut process = ServerProcess::spawn("redis-server", cmd, &log, INSTALL_HINT);
         let port = self.port;
@@ -190,6 +196,27 @@ impl RedisServer {
         crate::process::tcp_exchange_to_eof(self.port, request.as_bytes())
             .map(|r| String::from_utf8_lossy(&r).into_owned())
             .unwrap_or_default()
+    }
+
+    /// Client connections the server has now (`connected_clients` of `INFO clients`), not
+    /// counting the one this call makes.
+    pub fn clients(&self) -> usize {
+        self.command("INFO clients")
+            .lines()
+            .find_map(|l| l.strip_prefix("connected_clients:")?.trim().parse::<usize>().ok())
+            .map_or(0, |n| n.saturating_sub(1))
+    }
+
+    /// The integer reply of an inline command (`EXISTS k`, `DEL k`, `DBSIZE`); `None` when
+    /// the reply is not an integer.
+    pub fn integer(&self, inline: &str) -> Option<i64> {
+        self.command(inline)
+            .lines()
+            .next()?
+            .strip_prefix(':')?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// `master_repl_offset` from `INFO replication`.

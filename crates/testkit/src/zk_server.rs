@@ -202,6 +202,26 @@ impl ZkEnsemble {
             .find_map(|l| l.strip_prefix("zk_packets_received")?.trim().parse().ok())
     }
 
+    /// The client connections server `i` has open now (`mntr`'s
+    /// `zk_num_alive_connections`; the four-letter command's own connection included), if
+    /// it answers.
+    pub fn alive_connections(&self, i: usize) -> Option<usize> {
+        let reply = tcp_exchange(self.servers[i].client_port, b"mntr")?;
+        let text = String::from_utf8_lossy(&reply).into_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix("zk_num_alive_connections")?.trim().parse().ok())
+    }
+
+    /// The number of servers.
+    pub fn len(&self) -> usize {
+        self.servers.len()
+    }
+
+    /// `true` when the ensemble has no servers (never: [`ZkEnsemble::start`] needs one).
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty()
+    }
+
     /// The index of the server in `leader` (or `standalone`) mode, if one answers.
     pub fn leader(&self) -> Option<usize> {
         (0..self.servers.len())

@@ -32,7 +32,12 @@ pub struct ZkConfig {
 }
 
 impl ZkConfig {
-    /// Parses a `zk://` URL.
+    /// Parses a `zk://` URL and checks it as [`ZkConfig::validate`] does.
+    ///
+    /// # Errors
+    /// [`LockError::InvalidConfig`] naming the URL and what is wrong with it: another
+    /// scheme, a server without a port, a bad chroot, an unknown option, a duration that
+    /// does not parse or is outside 1 ms..10 min.
     pub fn from_url(url: &str) -> Result<Self> {
         let bad = |why: String| LockError::invalid_config(format!("`{url}`: {why}"));
         let rest = url
@@ -46,17 +51,7 @@ impl ZkConfig {
         if chroot == "/" || chroot.contains("//") {
             return Err(bad(format!("bad chroot `{chroot}`")));
         }
-        let mut servers = Vec::new();
-        for h in hosts.split(',') {
-            let h = h.trim();
-            let ok = h
-                .rsplit_once(':')
-                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-            if !ok {
-                return Err(bad(format!("bad server `{h}`: write HOST:PORT, e.g. 127.0.0.1:2181")));
-            }
-            servers.push(h.to_owned());
-        }
+        let servers = hosts.split(',').map(|h| h.trim().to_owned()).collect();
         let mut cfg = ZkConfig {
             servers,
             chroot,
@@ -78,16 +73,54 @@ impl ZkConfig {
                 }
             }
         }
-        for (name, d) in [
-            ("session_timeout", cfg.session_timeout),
-            ("timeout", cfg.timeout),
-            ("connect_timeout", cfg.connect_timeout),
-        ] {
-            if d < Duration::from_millis(1) || d > Duration::from_secs(600) {
-                return Err(bad(format!("{name} must be between 1ms and 10m, got {d:?}")));
+        cfg.validate().map_err(|e| bad(e.to_string()))?;
+        Ok(cfg)
+    }
+
+    /// Checks the options, whether they came from a URL or were set in code: at least one
+    /// `HOST:PORT` server, a chroot that is empty (for the chroot's own creation) or an
+    /// absolute path without empty segments, and every duration between 1 ms and 10 min
+    /// (so no deadline arithmetic can overflow).
+    ///
+    /// # Errors
+    /// [`LockError::InvalidConfig`] naming the first option out of range.
+    pub fn validate(&self) -> Result<()> {
+        if self.servers.is_empty() {
+            return Err(LockError::invalid_config("no ZooKeeper server given"));
+        }
+        for h in &self.servers {
+            let ok = h
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !ok {
+                return Err(LockError::invalid_config(format!(
+                    "bad server `{h}`: write HOST:PORT, e.g. 127.0.0.1:2181"
+                )));
             }
         }
-        Ok(cfg)
+        let c = &self.chroot;
+        if !c.is_empty() && (c == "/" || !c.starts_with('/') || c.ends_with('/') || c.contains("//")) {
+            return Err(LockError::invalid_config(format!("bad chroot `{c}`")));
+        }
+        for (name, d) in [
+            ("session_timeout", self.session_timeout),
+            ("timeout", self.timeout),
+            ("connect_timeout", self.connect_timeout),
+        ] {
+            if d < Duration::from_millis(1) || d > Duration::from_secs(600) {
+                return Err(LockError::invalid_config(format!(
+                    "{name} must be between 1ms and 10m, got {d:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The longest a connect may take: a connect timeout per server, one more, and a
+    /// request timeout.
+    pub(crate) fn connect_limit(&self) -> Duration {
+        let tries = u32::try_from(self.servers.len()).unwrap_or(u32::MAX).saturating_add(1);
+        self.connect_timeout.saturating_mul(tries).saturating_add(self.timeout)
     }
 
     /// The connect string: `H:P,H:P/CHROOT`.
@@ -121,5 +154,35 @@ mod tests {
             let e = ZkConfig::from_url(url).unwrap_err().to_string();
             assert!(e.contains(says), "{url}: {e}");
         }
+    }
+
+    #[test]
+    fn configs_changed_in_code_are_checked_like_urls() {
+        let good = ZkConfig::from_url("zk://h:1").unwrap();
+        for (change, says) in [
+            (
+                &(|c: &mut ZkConfig| c.timeout = Duration::MAX) as &dyn Fn(&mut ZkConfig),
+                "timeout",
+            ),
+            (
+                &|c: &mut ZkConfig| c.session_timeout = Duration::ZERO,
+                "session_timeout",
+            ),
+            (
+                &|c: &mut ZkConfig| c.connect_timeout = Duration::from_secs(u64::MAX),
+                "connect_timeout",
+            ),
+            (&|c: &mut ZkConfig| c.servers.clear(), "no ZooKeeper server"),
+            (&|c: &mut ZkConfig| c.servers = vec!["nohost".into()], "bad server"),
+            (&|c: &mut ZkConfig| c.chroot = "rel".into(), "chroot"),
+        ] {
+            let mut c = good.clone();
+            change(&mut c);
+            let e = c.validate().unwrap_err();
+            assert!(matches!(e, LockError::InvalidConfig { .. }), "{e}");
+            assert!(e.to_string().contains(says), "{e}");
+        }
+        assert!(ZkConfig::from_url("zk://h:1?timeout=100000000000s").is_err());
+        assert_eq!(good.connect_limit(), Duration::from_secs(4));
     }
 }

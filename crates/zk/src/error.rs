@@ -1,4 +1,5 @@
-//! Mapping zookeeper-client errors into `LockError`, in one place.
+//! Mapping zookeeper-client errors into `LockError`, in one place: the kind of the client's
+//! error decides whether a retry can help (`LockError::is_temporary`), never its message.
 
 use fencelock_core::LockError;
 
@@ -14,9 +15,23 @@ pub(crate) struct ZkFailure {
     pub source: zookeeper_client::Error,
 }
 
-pub(crate) fn failed(doing: &'static str, cluster: &str, source: zookeeper_client::Error) -> LockError {
+/// What a client error means for the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// No answer, or the session cannot serve now: another try (on another connection or
+    /// session) can succeed.
+    Unreachable,
+    /// The server is alive but pushed back (throttled, read-only): temporary.
+    Busy,
+    /// The credentials or ACLs were refused: a configuration problem.
+    Auth,
+    /// The request itself is wrong, or the server's state contradicts it: permanent.
+    Refused,
+}
+
+fn kind(e: &zookeeper_client::Error) -> Kind {
     use zookeeper_client::Error as E;
-    let kind = match &source {
+    match e {
         // `Custom` carries the connection's I/O errors (reset, refused).
         E::ConnectionLoss
         | E::Timeout
@@ -24,37 +39,88 @@ pub(crate) fn failed(doing: &'static str, cluster: &str, source: zookeeper_clien
         | E::SessionExpired
         | E::ClientClosed
         | E::SessionMoved
-        | E::Custom(_) => "unreachable",
-        E::NoAuth | E::AuthFailed => "auth",
-        _ => "other",
-    };
+        | E::Custom(_) => Kind::Unreachable,
+        E::Throttled | E::NotReadOnly => Kind::Busy,
+        E::NoAuth | E::AuthFailed | E::InvalidAcl => Kind::Auth,
+        _ => Kind::Refused,
+    }
+}
+
+/// `true` when the request may or may not have been applied: the connection went away or
+/// no answer came in time. Only such outcomes need a follow-up.
+pub(crate) fn outcome_unknown(e: &zookeeper_client::Error) -> bool {
+    use zookeeper_client::Error as E;
+    matches!(e, E::ConnectionLoss | E::Timeout | E::Custom(_))
+}
+
+/// The `LockError` for a client error met while `doing` something on `cluster`.
+pub(crate) fn failed(doing: &'static str, cluster: &str, source: zookeeper_client::Error) -> LockError {
+    let kind = kind(&source);
     let f = ZkFailure {
         doing,
         cluster: cluster.to_owned(),
         source,
     };
     match kind {
-        "unreachable" => LockError::Unavailable {
+        Kind::Unreachable => LockError::Unavailable {
             message: format!("zookeeper unreachable: {doing} on {cluster}"),
             source: Some(Box::new(f)),
         },
-        "auth" => LockError::InvalidConfig {
+        Kind::Auth => LockError::InvalidConfig {
             message: format!("zookeeper refused the credentials: {doing}"),
             source: Some(Box::new(f)),
         },
-        _ => LockError::Backend {
-            backend: BACKEND,
-            message: format!("{doing} failed"),
-            source: Some(Box::new(f)),
-            // Decided per error kind in the hardening work (issue 12 K7); today's behaviour kept.
-            temporary: true,
-        },
+        Kind::Busy => LockError::backend_temporary(BACKEND, format!("{doing}: the server pushed back"), f),
+        Kind::Refused => LockError::backend(BACKEND, format!("{doing} failed"), f),
     }
+}
+
+/// A key whose node name ZooKeeper (or its client's identical check) refuses, although
+/// the encoding in `names` should make every valid key a valid name: a bad input, never
+/// worth retrying.
+pub(crate) fn refused_name(key: &str, node: &str, source: zookeeper_client::Error) -> LockError {
+    LockError::invalid_input(format!(
+        "zookeeper refuses the node name `{node}` made for the key {key:?}: {source}"
+    ))
 }
 
 pub(crate) fn timed_out(doing: &'static str, cluster: &str, limit: std::time::Duration) -> LockError {
     LockError::Unavailable {
         message: format!("zookeeper unreachable: no answer to {doing} within {limit:?} from {cluster}"),
         source: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zookeeper_client::Error as E;
+
+    #[test]
+    fn temporary_per_error_kind() {
+        for e in [E::ConnectionLoss, E::SessionMoved, E::Timeout, E::NoHosts, E::Throttled] {
+            assert!(failed("x", "c", e.clone()).is_temporary(), "{e:?} should be temporary");
+        }
+        for e in [
+            E::BadArguments(&"bad"),
+            E::NoNode,
+            E::NoAuth,
+            E::NodeExists,
+            E::NoChildrenForEphemerals,
+            E::QuotaExceeded,
+            E::Unimplemented,
+            E::MarshallingError,
+        ] {
+            assert!(!failed("x", "c", e.clone()).is_temporary(), "{e:?} should be permanent");
+        }
+        assert!(matches!(failed("x", "c", E::NoAuth), LockError::InvalidConfig { .. }));
+    }
+
+    #[test]
+    fn only_lost_answers_are_unknown_outcomes() {
+        assert!(outcome_unknown(&E::ConnectionLoss));
+        assert!(outcome_unknown(&E::Timeout));
+        assert!(!outcome_unknown(&E::NodeExists));
+        assert!(!outcome_unknown(&E::SessionExpired));
     }
 }

@@ -1,19 +1,25 @@
 //! # fencelock-zk
 //!
-//! The ZooKeeper backend of fencelock (`zk://HOST:PORT[,HOST:PORT...][/CHROOT]`): the
-//! Curator-style lock recipe on a ZAB-replicated ensemble, with the lock node's **creation
-//! zxid** as the fencing token.
+//! The ZooKeeper backend of fencelock (`zk://HOST:PORT[,HOST:PORT...][/CHROOT]`): the lock
+//! recipe of ZooKeeper's documentation on a ZAB-replicated ensemble, with the lock node's
+//! **creation zxid** as the fencing token.
 //!
-//! * **Lock**: an ephemeral sequential node `CHROOT/KEY/lock-GRANT-SEQUENCE` under a
+//! * **Lock**: an ephemeral sequential node `CHROOT/KEYNODE/lock-GRANT-SEQUENCE` under a
 //!   container node; the holder is the lowest sequence. Others watch **only their
 //!   predecessor** (no herd) and look again when it goes.
-//! * **Protected name**: the grant id in the node's name finds the node again when the
-//!   create's answer is lost; an abandoned attempt deletes its node in the background.
+//! * **Key → node name**: one znode name per key, escaped where ZooKeeper refuses a name
+//!   (see [`key_node`]); distinct keys stay distinct.
+//! * **Grant id in the name**: the node's name carries the attempt's grant id, kept across
+//!   the retries of one `acquire`. When a create's answer is lost, a follow-up syncs and
+//!   lists the key's children to find the node by that id, and deletes it if its caller
+//!   gave up; a create answered late is deleted when its answer arrives.
 //! * **Token** = the node's czxid, not its sequence number: sequence numbers are counted per
 //!   parent and restart when an empty container parent is deleted and re-created, while
 //!   the zxid grows across the whole ensemble for ever.
 //! * **Release** deletes the node, retrying in the background until confirmed or the session
-//!   ends (Curator's guaranteed delete).
+//!   ends (a "guaranteed delete").
+//! * **Close**: `close()` waits (bounded) for the background deletions, then closes the
+//!   session, which deletes every node it still owns at once.
 //! * **Session**: one per backend instance. Its expiry loses every lock held in it, at once;
 //!   a disconnect suspends them (`LeaseState::Suspended`) and a reconnect within the session
 //!   timeout resumes them.
@@ -23,18 +29,39 @@
 //! ZooKeeper nodes have no TTL of their own: a lock node lives as long as its session, and
 //! the client keeps the session alive. `session_timeout` therefore plays the TTL's role for a
 //! holder that dies or is cut off. The lease's validity is `min(ttl, session timeout)` from
-//! the create's send instant; auto-renew checks (one read) that the node still exists and
+//! the send instant of the queue listing that found our node first (not from the create:
+//! a long wait must not spend the validity); auto-renew checks (one read) that the node still exists and
 //! extends the validity by the same rule. Without auto-renew, the client gives the node
 //! back itself when the TTL ends; a frozen client's node goes when its session expires.
+//!
+//! Modules, top-down: `lock` (the instance and its methods) · `queue` (taking a place and
+//! waiting for the turn) · `grant` (the lease and its extend/renew/release) · `session` ·
+//! `cleanup` (background deletions and follow-ups) · `names` (key encoding) · `config` ·
+//! `error`.
+//!
+//! The node names are not Curator's: do not point Curator's `InterProcessMutex` (or any
+//! other ZooKeeper lock library) at the same path — both could believe they hold the lock.
 //!
 //! We implement the recipe rather than wrap `zookeeper_client::Client::lock`, because a
 //! lock here must carry a token (the czxid), outlive a borrow of the client (`Lease` is
 //! `'static`), report suspension and loss per lease, and count its watch wake-ups.
 
+mod cleanup;
 mod config;
 mod error;
+mod grant;
 mod lock;
+mod names;
+mod queue;
 mod session;
 
 pub use config::ZkConfig;
 pub use lock::{ZkLock, GUARANTEES};
+
+/// The name of the node under which `key`'s lock nodes queue, directly under the chroot
+/// (`CHROOT/NAME/lock-GRANT-SEQUENCE`): `%`, `/` and the characters ZooKeeper refuses are
+/// written `%XX` per UTF-8 byte, `.` and `..` as `%2E` and `%2E%2E`; every other key is
+/// its own name. For operators and tests that inspect the server.
+pub fn key_node(key: &str) -> String {
+    names::key_node(key)
+}

@@ -1,5 +1,6 @@
-//! The ZooKeeper session of one backend instance: the client, and the monitor that turns
-//! session states into lease states for every lock held in it.
+//! The ZooKeeper session of one backend instance: the client, the monitor that turns
+//! session states into lease states for every lock held in it, the background clean-ups
+//! it owns, and its end (`close`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,8 +8,9 @@ use std::time::Duration;
 use fencelock_core::batch::Batcher;
 use fencelock_core::{LeaseRegistry, LockError, LostReason, Result};
 use tokio::task::AbortHandle;
-use zookeeper_client::{Client, SessionState};
+use zookeeper_client::{Client, SessionState, StateWatcher};
 
+use crate::cleanup::Cleanups;
 use crate::config::ZkConfig;
 use crate::error::{failed, timed_out};
 
@@ -22,18 +24,23 @@ pub(crate) const RENEW_WINDOW: Duration = Duration::from_millis(50);
 
 /// One session.
 pub(crate) struct Session {
-    pub client: Client,
+    /// The client; `None` once [`Session::close`] let go of it (zookeeper-client closes the
+    /// session when its last handle is dropped).
+    client: std::sync::Mutex<Option<Arc<Client>>>,
+    states: StateWatcher,
+    id: i64,
+    timeout: Duration,
     pub locks: LeaseRegistry,
     /// Background renewals of this session's locks, checked together in one multi-read.
     pub renewals: Batcher<(String, i64), bool>,
+    /// Deletions and follow-ups still running in the background.
+    pub cleanups: Arc<Cleanups>,
     monitor: std::sync::Mutex<Option<AbortHandle>>,
 }
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session")
-            .field("id", &self.client.session_id())
-            .finish_non_exhaustive()
+        f.debug_struct("Session").field("id", &self.id).finish_non_exhaustive()
     }
 }
 
@@ -45,7 +52,7 @@ impl Session {
             .with_session_timeout(cfg.session_timeout)
             .with_connection_timeout(cfg.connect_timeout)
             .connect(&connect_string);
-        let limit = cfg.connect_timeout * (cfg.servers.len() as u32 + 1) + cfg.timeout;
+        let limit = cfg.connect_limit();
         let client = match tokio::time::timeout(limit, connecting).await {
             Ok(Ok(c)) => c,
             Ok(Err(zookeeper_client::Error::NoNode)) => {
@@ -58,13 +65,17 @@ impl Session {
             Err(_) => return Err(timed_out("connecting", &cfg.display, limit)),
         };
         let session = Arc::new(Session {
-            client,
+            states: client.state_watcher(),
+            id: client.session_id().0,
+            timeout: client.session_timeout(),
+            client: std::sync::Mutex::new(Some(Arc::new(client))),
             locks: LeaseRegistry::new(),
             renewals: Batcher::new(MAX_RENEWAL_BATCH),
+            cleanups: Arc::default(),
             monitor: std::sync::Mutex::new(None),
         });
         let weak = Arc::downgrade(&session);
-        let mut states = session.client.state_watcher();
+        let mut states = session.states.clone();
         let task = tokio::spawn(async move {
             loop {
                 let state = states.changed().await;
@@ -89,17 +100,66 @@ impl Session {
         Ok(session)
     }
 
+    /// A handle of the client for one request, or `Unavailable` once the session was
+    /// closed.
+    pub fn client(&self) -> Result<Arc<Client>> {
+        self.client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| LockError::Unavailable {
+                message: "the zookeeper session was closed".into(),
+                source: None,
+            })
+    }
+
     /// `true` while the session can still be used.
     pub fn is_usable(&self) -> bool {
-        !matches!(
-            self.client.state(),
+        let open = self.client.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+        open && !matches!(
+            self.states.peek_state(),
             SessionState::Expired | SessionState::Closed | SessionState::AuthFailed
         )
     }
 
+    /// The session id.
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
     /// The negotiated session timeout.
     pub fn timeout(&self) -> Duration {
-        self.client.session_timeout()
+        self.timeout
+    }
+
+    /// Ends the session: lets go of the client (zookeeper-client then sends
+    /// `closeSession`, and the server deletes every ephemeral node of the session at once)
+    /// and waits up to `limit` for the client to report it closed. Requests still in
+    /// flight keep their own handle until they finish (each is bounded by the request
+    /// timeout).
+    pub async fn close(&self, limit: Duration) -> bool {
+        let client = self.client.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(client);
+        let mut states = self.states.clone();
+        let ended = |s: SessionState| {
+            matches!(
+                s,
+                SessionState::Closed | SessionState::Expired | SessionState::AuthFailed
+            )
+        };
+        if ended(states.peek_state()) {
+            return true;
+        }
+        tokio::time::timeout(limit, async {
+            for _ in 0..16 {
+                if ended(states.changed().await) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false)
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Choose it to serialise cron jobs, deploy scripts or workers on one machine without
 //! running a server; it is the CLI's default. It needs a local filesystem with working
-//! `flock` (not NFS).
+//! `flock` (not NFS). Guide: `docs/backends/file.md`.
 //!
 //! # How it works
 //!
@@ -15,37 +15,49 @@
 //!   growing across restarts and power loss;
 //! * `STEM.GRANT.live` — created and flocked by the holder for as long as it lives. When
 //!   the holder crashes the kernel drops that flock, so its lock is free at once; when it
-//!   releases, it unlocks the file, which also wakes every waiter blocked on it.
+//!   releases, it closes the file, which wakes every waiter watching it (`wait`).
 //!
 //! A key is free when the state has no holder, the holder's expiry has passed (a holder
 //! paused past its TTL loses the lock, as with every other backend), or nobody holds the
-//! holder's liveness flock (it crashed). Waiters block on the holder's liveness file in a
-//! helper thread — the kernel wakes them — and retry at the holder's expiry otherwise.
+//! holder's liveness flock (it crashed, or an operator removed the file). Extend and
+//! release check that the liveness file is still the one the holder created, so a grant
+//! removed by hand is noticed (`LeaseLost`) even before anyone else takes the key.
 //!
-//! URL: `file:///absolute/dir[?durable=false]`. `durable=false` skips fsync (tokens may go
-//! back after a power loss, not after a process crash); use it only on tmpfs or in tests.
+//! No file is ever opened through a symbolic link (`O_NOFOLLOW`, `O_EXCL`, and `tempfile`'s
+//! exclusive create for the state's replacement), and the directory must be private to the
+//! user unless `shared=true` (`config`).
+//!
+//! Files: `config` (URL, default directory, directory checks) · `grant` (the decisions
+//! under the key's mutex, `LeaseOps`) · `wait` (waking waiters) · `state` · `naming` · `os`
+//! · `error`.
 
+mod config;
+mod error;
+mod grant;
 mod naming;
 mod os;
 mod state;
+mod wait;
 
-use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::error::{LockError, Result};
+pub use config::{default_dir, FileConfig};
+
+use crate::error::Result;
 use crate::guarantees::{Exclusion, Guarantees, Scope, TokenOrder};
-use crate::lease::{Lease, LeaseOps, LeaseParts};
+use crate::lease::{Lease, LeaseParts};
 use crate::lock::DistributedLock;
 use crate::options::{validate_key, LockOptions};
 use crate::token::{FencingToken, GrantId};
-use crate::waiting::{acquire_with, Attempt, WakeFuture};
-use state::{io_error, HolderRecord, KeyState, BACKEND};
+use crate::waiting::{acquire_with, Attempt};
+use error::io_error;
+use grant::{blocking, Decision, FileGrant, KeyFiles};
+use wait::{HolderWake, Subscription};
 
 /// What the file backend promises.
 pub const GUARANTEES: Guarantees = Guarantees {
@@ -59,6 +71,9 @@ pub const GUARANTEES: Guarantees = Guarantees {
     ],
 };
 
+/// How often a waiter re-checks a holder when no inotify watch can be set up.
+const POLL_WITHOUT_WATCH: Duration = Duration::from_millis(50);
+
 /// The file lock service over one directory.
 ///
 /// ```
@@ -71,67 +86,71 @@ pub const GUARANTEES: Guarantees = Guarantees {
 /// lease.release().await?;
 /// # std::fs::remove_dir_all(&dir).ok(); Ok(()) }
 /// ```
+///
+/// # Cancel safety
+///
+/// Every async method is cancel safe: each decision (grant, extend, release) runs to its
+/// end in a blocking task even when the caller's future is dropped. A grant nobody claims
+/// closes its liveness file there, which frees the key at once; a release dropped in
+/// flight still completes; a dropped `acquire` removes its watch of the holder.
+///
+/// The operator tools [`remove_grant`](Self::remove_grant) and
+/// [`records`](Self::records) are synchronous (a directory listing).
 #[derive(Debug, Clone)]
 pub struct FileLock {
     dir: Arc<PathBuf>,
     durable: bool,
+    mode: u32,
 }
 
 impl FileLock {
-    /// Uses `dir` (created if missing) with durable state.
+    /// Uses `dir` (created 0700 if missing) with durable state.
+    ///
+    /// # Errors
+    /// `InvalidConfig` when `dir` is relative, cannot be created, is a symbolic link or not a
+    /// directory, is owned by another user, or is writable by group or others (see
+    /// [`FileConfig`]; `shared` relaxes the last two).
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
-        Self::open_with(dir.as_ref(), true)
+        Self::connect_with(FileConfig::new(dir.as_ref()))
     }
 
-    /// Uses `dir`; `durable = false` skips fsync (see the module docs).
+    /// Uses `dir`; `durable = false` skips fsync (see [`FileConfig::durable`]). Errors as
+    /// [`open`](Self::open).
     pub fn open_with(dir: &Path, durable: bool) -> Result<Self> {
-        if !dir.is_absolute() {
-            return Err(LockError::invalid_config(format!(
-                "lock directory `{}` must be an absolute path",
-                dir.display()
-            )));
-        }
-        fs::create_dir_all(dir).map_err(|e| LockError::InvalidConfig {
-            message: format!("cannot create lock directory {}", dir.display()),
-            source: Some(e.into()),
-        })?;
-        let meta = fs::metadata(dir).map_err(|e| io_error(format!("cannot read {}", dir.display()), e))?;
-        if !meta.is_dir() {
-            return Err(LockError::invalid_config(format!(
-                "{} is not a directory",
-                dir.display()
-            )));
-        }
-        Ok(FileLock {
-            dir: Arc::new(dir.to_owned()),
+        Self::connect_with(FileConfig {
             durable,
+            ..FileConfig::new(dir)
         })
     }
 
-    /// Builds from `file:///absolute/dir[?durable=true|false]`.
+    /// Uses the [`default_dir`]: `$XDG_RUNTIME_DIR/fencelock`, else `$TMPDIR/fencelock-UID`.
+    /// Errors as [`open`](Self::open).
+    pub fn open_default() -> Result<Self> {
+        Self::open(default_dir())
+    }
+
+    /// The default directory (see [`default_dir`]), for callers that build a URL from it.
+    pub fn default_dir() -> PathBuf {
+        default_dir()
+    }
+
+    /// Builds from a configuration, with the same checks as a URL. Errors as
+    /// [`open`](Self::open).
+    pub fn connect_with(config: FileConfig) -> Result<Self> {
+        config.prepare_dir()?;
+        Ok(FileLock {
+            dir: Arc::new(config.dir.clone()),
+            durable: config.durable,
+            mode: config.file_mode(),
+        })
+    }
+
+    /// Builds from `file:///absolute/dir[?durable=true|false][&shared=true|false]`.
+    ///
+    /// # Errors
+    /// `InvalidConfig` for a malformed URL or an unknown option, and as [`open`](Self::open).
     pub fn from_url(url: &str) -> Result<Self> {
-        let rest = url
-            .strip_prefix("file://")
-            .ok_or_else(|| LockError::invalid_config(format!("`{url}` is not a file:// URL")))?;
-        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-        if !path.starts_with('/') {
-            return Err(LockError::invalid_config(format!(
-                "`{url}`: a file URL needs an absolute path, e.g. file:///var/lock/myapp (three slashes)"
-            )));
-        }
-        let mut durable = true;
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            match pair.split_once('=') {
-                Some(("durable", "true")) => durable = true,
-                Some(("durable", "false")) => durable = false,
-                _ => {
-                    return Err(LockError::invalid_config(format!(
-                        "`{url}`: unknown option `{pair}` (the file backend takes durable=true|false)"
-                    )))
-                }
-            }
-        }
-        Self::open_with(Path::new(path), durable)
+        Self::connect_with(FileConfig::from_url(url)?)
     }
 
     /// The lock directory.
@@ -139,32 +158,73 @@ impl FileLock {
         &self.dir
     }
 
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&KeyFiles) -> Result<T> + Send + 'static,
-        key: &str,
-    ) -> Result<T> {
-        let files = KeyFiles::new(&self.dir, key, self.durable);
-        match tokio::task::spawn_blocking(move || f(&files)).await {
-            Ok(r) => r,
-            Err(e) => Err(LockError::backend(BACKEND, "file operation task failed", e)),
+    fn files(&self, key: &str) -> KeyFiles {
+        KeyFiles::new(&self.dir, key, self.durable, self.mode)
+    }
+
+    /// Breaks `key`'s lock by hand, as an operator would with `rm DIR/STEM.*.live`: removes
+    /// the liveness file(s) of its holder, keeping the state file and its token counter.
+    /// The key is free at once; the holder learns of it at its next extend or renewal
+    /// (`LeaseLost`). Returns how many files were removed.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a key `validate_key` refuses; `Backend` when the directory
+    /// cannot be listed or a file cannot be removed.
+    pub fn remove_grant(&self, key: &str) -> Result<usize> {
+        validate_key(key)?;
+        let mut removed = 0;
+        for path in self.files(key).live_files()? {
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error(format!("cannot remove {}", path.display()), e)),
+            }
         }
+        Ok(removed)
+    }
+
+    /// How many files in the directory stand for a holder of `key` now (its liveness
+    /// files; waiters leave no files); `0` when nobody holds it. The state and mutex files,
+    /// which keep the token counter, are not counted.
+    ///
+    /// # Errors
+    /// As [`remove_grant`](Self::remove_grant).
+    pub fn records(&self, key: &str) -> Result<usize> {
+        validate_key(key)?;
+        Ok(self.files(key).live_files()?.len())
     }
 
     /// One attempt. Runs in a blocking task that completes even if the caller is dropped;
     /// an unclaimed grant closes its liveness file there, which frees the key at once.
-    async fn attempt(&self, key: &str, opts: &LockOptions, waiter: &Mutex<Option<LiveWaiter>>) -> Result<Attempt> {
+    /// `watch` is the acquire's subscription to the holder it waits for (`None` for
+    /// try_acquire, which never waits and so watches nothing).
+    async fn attempt(
+        &self,
+        key: &str,
+        opts: &LockOptions,
+        watch: Option<&Mutex<Option<Arc<Subscription>>>>,
+    ) -> Result<Attempt> {
         let sent_at = Instant::now();
         let ttl = opts.ttl();
-        let outcome = self.blocking(move |files| files.try_grant(ttl), key).await?;
+        let files = self.files(key);
+        let cached = watch.and_then(|w| lock(w).clone());
+        let want_watch = watch.is_some();
+        let outcome = blocking(move || {
+            Ok(match files.try_grant(ttl)? {
+                Decision::Granted { grant, token, live } => {
+                    let ops = FileGrant::new(files, grant.clone(), live)?;
+                    Ok((ops, grant, token))
+                }
+                Decision::Busy { live, expires_in } => {
+                    let wake = want_watch.then(|| wait::watch_holder(&live, cached));
+                    Err((wake, expires_in))
+                }
+            })
+        })
+        .await?;
         match outcome {
-            Decision::Granted { grant, token, live } => {
+            Ok((ops, grant, token)) => {
                 tracing::debug!(key, %token, "granted");
-                let ops = Arc::new(FileGrant {
-                    files: KeyFiles::new(&self.dir, key, self.durable),
-                    grant: grant.clone(),
-                    live: Mutex::new(Some(live)),
-                });
                 Ok(Attempt::Acquired(Lease::new(LeaseParts {
                     key: key.to_owned(),
                     token: FencingToken::new(token),
@@ -172,26 +232,32 @@ impl FileLock {
                     sent_at,
                     validity: ttl,
                     options: *opts,
-                    ops,
+                    ops: Arc::new(ops),
                 })))
             }
-            Decision::Busy { live, expires_in } => {
-                let mut waiter = match waiter.lock() {
-                    Ok(w) => w,
-                    Err(poisoned) => poisoned.into_inner(),
-                };
-                // One helper thread per holder we wait for, reused across retries.
-                if waiter.as_ref().is_none_or(|w| w.path != live) {
-                    *waiter = Some(LiveWaiter::start(live));
+            Err((wake, expires_in)) => {
+                let now = Instant::now();
+                let mut retry_at = now + expires_in;
+                if let (Some(w), Some(wake)) = (watch, &wake) {
+                    *lock(w) = match wake {
+                        HolderWake::Watch(sub, _) => Some(Arc::clone(sub)),
+                        _ => None,
+                    };
+                    if matches!(wake, HolderWake::Unavailable) {
+                        retry_at = retry_at.min(now + POLL_WITHOUT_WATCH);
+                    }
                 }
-                let wake = waiter.as_ref().map(LiveWaiter::wake);
                 Ok(Attempt::Busy {
-                    wake,
-                    retry_at: Some(Instant::now() + expires_in),
+                    wake: wake.as_ref().and_then(HolderWake::future),
+                    retry_at: Some(retry_at),
                 })
             }
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[async_trait]
@@ -200,7 +266,7 @@ impl DistributedLock for FileLock {
     async fn try_acquire(&self, key: &str, opts: &LockOptions) -> Result<Option<Lease>> {
         validate_key(key)?;
         opts.validate_for_try()?;
-        match self.attempt(key, opts, &Mutex::new(None)).await? {
+        match self.attempt(key, opts, None).await? {
             Attempt::Acquired(lease) => Ok(Some(lease.into_live()?)),
             Attempt::Busy { .. } => Ok(None),
         }
@@ -208,8 +274,11 @@ impl DistributedLock for FileLock {
 
     #[tracing::instrument(level = "debug", skip(self, opts), fields(backend = "file"))]
     async fn acquire(&self, key: &str, opts: &LockOptions) -> Result<Lease> {
-        let waiter = Mutex::new(None);
-        acquire_with(key, opts, || self.attempt(key, opts, &waiter)).await
+        // The holder watch is kept across attempts and dropped with the call (returned,
+        // timed out or cancelled), which removes it and, if it was the last, ends the
+        // helper thread.
+        let watch = Mutex::new(None);
+        acquire_with(key, opts, || self.attempt(key, opts, Some(&watch))).await
     }
 
     fn guarantees(&self) -> Guarantees {
@@ -221,201 +290,5 @@ impl DistributedLock for FileLock {
     }
 }
 
-/// The files of one key.
-#[derive(Clone)]
-struct KeyFiles {
-    dir: PathBuf,
-    stem: String,
-    durable: bool,
-}
-
-enum Decision {
-    Granted { grant: String, token: u64, live: File },
-    Busy { live: PathBuf, expires_in: Duration },
-}
-
-impl KeyFiles {
-    fn new(dir: &Path, key: &str, durable: bool) -> Self {
-        KeyFiles {
-            dir: dir.to_owned(),
-            stem: naming::stem(key),
-            durable,
-        }
-    }
-
-    fn path(&self, suffix: &str) -> PathBuf {
-        self.dir.join(format!("{}.{suffix}", self.stem))
-    }
-
-    /// Runs `f` on the key's state while holding the key's mutex flock.
-    fn locked<T>(&self, f: impl FnOnce(&mut KeyState) -> Result<(T, bool)>) -> Result<T> {
-        let mutex_path = self.path("mutex");
-        let mutex = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&mutex_path)
-            .map_err(|e| io_error(format!("cannot open {}", mutex_path.display()), e))?;
-        os::lock_exclusive(&mutex).map_err(|e| io_error(format!("cannot flock {}", mutex_path.display()), e))?;
-        let state_path = self.path("state");
-        let mut st = state::read(&state_path)?;
-        let (value, changed) = f(&mut st)?;
-        if changed {
-            state::write(&self.dir, &state_path, &st, self.durable)?;
-        }
-        Ok(value)
-        // `mutex` is closed here, which drops the flock.
-    }
-
-    /// `Some(holder)` when the recorded holder is live: not expired and its liveness file
-    /// is flocked by someone.
-    fn live_holder(&self, st: &KeyState) -> Result<Option<(PathBuf, Duration)>> {
-        let Some(h) = &st.holder else { return Ok(None) };
-        let now = os::mono_ns();
-        if h.expires_mono_ns <= now {
-            return Ok(None);
-        }
-        let live = self.dir.join(&h.live);
-        let alive = os::held_by_someone(&live).map_err(|e| io_error(format!("cannot check {}", live.display()), e))?;
-        Ok(alive.then(|| (live, Duration::from_nanos(h.expires_mono_ns - now))))
-    }
-
-    fn try_grant(&self, ttl: Duration) -> Result<Decision> {
-        self.locked(|st| {
-            if let Some((live, expires_in)) = self.live_holder(st)? {
-                return Ok((Decision::Busy { live, expires_in }, false));
-            }
-            let token = st.last_token.checked_add(1).ok_or_else(|| {
-                LockError::backend(
-                    BACKEND,
-                    "token counter exhausted",
-                    std::io::Error::other("u64 overflow"),
-                )
-            })?;
-            let grant = GrantId::random().to_string();
-            let live_name = format!("{}.{grant}.live", self.stem);
-            let live_path = self.dir.join(&live_name);
-            let live = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&live_path)
-                .map_err(|e| io_error(format!("cannot create {}", live_path.display()), e))?;
-            let locked = os::try_lock_exclusive(&live)
-                .map_err(|e| io_error(format!("cannot flock {}", live_path.display()), e))?;
-            if !locked {
-                let _ = fs::remove_file(&live_path);
-                return Err(LockError::backend(
-                    BACKEND,
-                    "a new liveness file was already locked",
-                    std::io::Error::other(live_name),
-                ));
-            }
-            let stale = st.holder.take();
-            st.last_token = token;
-            let expires_mono_ns = os::mono_ns().saturating_add(ttl.as_nanos().min(u64::MAX as u128) as u64);
-            st.holder = Some(HolderRecord {
-                grant: grant.clone(),
-                expires_mono_ns,
-                live: live_name,
-            });
-            if let Some(stale) = stale {
-                let _ = fs::remove_file(self.dir.join(stale.live));
-            }
-            Ok((Decision::Granted { grant, token, live }, true))
-        })
-    }
-
-    fn extend(&self, grant: &str, ttl: Duration) -> Result<Option<Duration>> {
-        self.locked(|st| match st.holder.as_mut() {
-            Some(h) if h.grant == grant && h.expires_mono_ns > os::mono_ns() => {
-                h.expires_mono_ns = os::mono_ns().saturating_add(ttl.as_nanos().min(u64::MAX as u128) as u64);
-                Ok((Some(ttl), true))
-            }
-            _ => Ok((None, false)),
-        })
-    }
-
-    fn release(&self, grant: &str) -> Result<bool> {
-        self.locked(|st| match &st.holder {
-            Some(h) if h.grant == grant => {
-                let was_live = h.expires_mono_ns > os::mono_ns();
-                let live = self.dir.join(&h.live);
-                st.holder = None;
-                let _ = fs::remove_file(live);
-                Ok((was_live, true))
-            }
-            _ => Ok((false, false)),
-        })
-    }
-}
-
-/// One grant: its id and the open, flocked liveness file.
-struct FileGrant {
-    files: KeyFiles,
-    grant: String,
-    live: Mutex<Option<File>>,
-}
-
-#[async_trait]
-impl LeaseOps for FileGrant {
-    async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
-        let files = self.files.clone();
-        let grant = self.grant.clone();
-        match tokio::task::spawn_blocking(move || files.extend(&grant, ttl)).await {
-            Ok(r) => r,
-            Err(e) => Err(LockError::backend(BACKEND, "file operation task failed", e)),
-        }
-    }
-
-    async fn release(&self) -> Result<bool> {
-        let files = self.files.clone();
-        let grant = self.grant.clone();
-        let result = match tokio::task::spawn_blocking(move || files.release(&grant)).await {
-            Ok(r) => r,
-            Err(e) => Err(LockError::backend(BACKEND, "file operation task failed", e)),
-        };
-        // Closing the liveness file drops its flock: waiters blocked on it wake up.
-        let live = match self.live.lock() {
-            Ok(mut l) => l.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
-        drop(live);
-        result
-    }
-}
-
-/// A helper thread blocked on a holder's liveness file; signals when the holder releases
-/// or dies. A plain thread, not a runtime blocking task, so a runtime shutting down never
-/// waits for another process to release.
-struct LiveWaiter {
-    path: PathBuf,
-    freed: watch::Receiver<bool>,
-}
-
-impl LiveWaiter {
-    fn start(path: PathBuf) -> Self {
-        let (tx, freed) = watch::channel(false);
-        let p = path.clone();
-        let spawned = std::thread::Builder::new()
-            .name("fencelock-file-wait".into())
-            .spawn(move || {
-                os::wait_until_free(&p);
-                let _ = tx.send(true);
-            });
-        if spawned.is_err() {
-            tracing::warn!("cannot start a wait thread; waiting for the holder's expiry instead");
-        }
-        LiveWaiter { path, freed }
-    }
-
-    fn wake(&self) -> WakeFuture {
-        let mut rx = self.freed.clone();
-        Box::pin(async move {
-            if rx.wait_for(|freed| *freed).await.is_err() {
-                // The thread could not start or ended without a signal: wait for retry_at.
-                std::future::pending::<()>().await;
-            }
-        })
-    }
-}
+#[cfg(test)]
+mod tests;

@@ -1,10 +1,13 @@
-//! The operating-system pieces: flock and the host-wide monotonic clock.
+//! The operating-system pieces: flock, the host-wide monotonic clock, and opening the key's
+//! files without ever following a symbolic link.
 
 use std::fs::File;
-use std::io::ErrorKind;
+use std::io::{self, ErrorKind};
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use rustix::fs::{flock, FlockOperation};
+use rustix::fs::{flock, FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
 
 /// Nanoseconds of `CLOCK_MONOTONIC`, which every process on the host shares (and which
@@ -16,13 +19,62 @@ pub(crate) fn mono_ns() -> u64 {
         .saturating_add(t.tv_nsec as u64)
 }
 
+/// The flags of every open here: `O_NOFOLLOW` so a symbolic link planted under a lock
+/// file's name is an error (`ELOOP`), never followed to a victim file; `O_NONBLOCK` so a
+/// planted FIFO cannot block the open; close-on-exec so a command we start does not keep
+/// a holder's flock alive.
+fn safe(flags: OFlags) -> OFlags {
+    flags | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC
+}
+
+/// Opens `path` for reading; `None` if it does not exist.
+pub(crate) fn open_read(path: &Path) -> io::Result<Option<File>> {
+    match rustix::fs::open(path, safe(OFlags::RDONLY), Mode::empty()) {
+        Ok(fd) => Ok(Some(File::from(fd))),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Opens `path` for flocking, creating it with `mode` if missing. Read-only suffices for
+/// flock, so users sharing a directory need no write permission on each other's files.
+pub(crate) fn open_or_create(path: &Path, mode: u32) -> io::Result<File> {
+    let fd = rustix::fs::open(path, safe(OFlags::RDONLY | OFlags::CREATE), Mode::from_raw_mode(mode))?;
+    Ok(File::from(fd))
+}
+
+/// Creates `path`, which must not exist (`O_EXCL`: never a link), open for writing. The
+/// holder's liveness file is open for writing so its last close — release, or the kernel
+/// closing it when the process dies — is reported to watchers as `IN_CLOSE_WRITE`.
+pub(crate) fn create_new(path: &Path, mode: u32) -> io::Result<File> {
+    let flags = safe(OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL);
+    let fd = rustix::fs::open(path, flags, Mode::from_raw_mode(mode))?;
+    Ok(File::from(fd))
+}
+
+/// The identity (device, inode) of an open file.
+pub(crate) fn file_id(f: &File) -> io::Result<(u64, u64)> {
+    let st = rustix::fs::fstat(f.as_fd())?;
+    Ok((st.st_dev, st.st_ino))
+}
+
+/// The identity (device, inode) of the file at `path` itself (a link is not followed);
+/// `None` if there is none.
+pub(crate) fn path_id(path: &Path) -> io::Result<Option<(u64, u64)>> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) => Ok(Some((m.dev(), m.ino()))),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Takes an exclusive flock, waiting for it.
-pub(crate) fn lock_exclusive(f: &File) -> std::io::Result<()> {
+pub(crate) fn lock_exclusive(f: &File) -> io::Result<()> {
     retry_eintr(|| flock(f, FlockOperation::LockExclusive))
 }
 
 /// Takes an exclusive flock if free; `Ok(false)` if someone holds it.
-pub(crate) fn try_lock_exclusive(f: &File) -> std::io::Result<bool> {
+pub(crate) fn try_lock_exclusive(f: &File) -> io::Result<bool> {
     match flock(f, FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(true),
         Err(Errno::WOULDBLOCK) => Ok(false),
@@ -32,11 +84,9 @@ pub(crate) fn try_lock_exclusive(f: &File) -> std::io::Result<bool> {
 
 /// `true` while some process holds an exclusive flock on the file at `path` (a live
 /// holder); `false` when the file is gone or nobody holds it (the holder released or died).
-pub(crate) fn held_by_someone(path: &Path) -> std::io::Result<bool> {
-    let f = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
+pub(crate) fn held_by_someone(path: &Path) -> io::Result<bool> {
+    let Some(f) = open_read(path)? else {
+        return Ok(false);
     };
     match flock(&f, FlockOperation::NonBlockingLockShared) {
         Ok(()) => Ok(false),
@@ -45,19 +95,12 @@ pub(crate) fn held_by_someone(path: &Path) -> std::io::Result<bool> {
     }
 }
 
-/// Blocks until nobody holds an exclusive flock on `path` (or it is gone).
-pub(crate) fn wait_until_free(path: &Path) {
-    if let Ok(f) = File::open(path) {
-        let _ = retry_eintr(|| flock(&f, FlockOperation::LockShared));
-    }
-}
-
-fn retry_eintr(mut op: impl FnMut() -> rustix::io::Result<()>) -> std::io::Result<()> {
+fn retry_eintr(mut op: impl FnMut() -> rustix::io::Result<()>) -> io::Result<()> {
     for _ in 0..1000 {
         match op() {
             Err(Errno::INTR) => continue,
             other => return other.map_err(Into::into),
         }
     }
-    Err(std::io::Error::other("flock interrupted 1000 times in a row"))
+    Err(io::Error::other("flock interrupted 1000 times in a row"))
 }

@@ -30,6 +30,16 @@ pub async fn unanswered_request_leaves_nothing_behind(f: &dyn Fixture, cfg: &Sui
         } else {
             "unanswered-try"
         });
+        // Use the key once first: servers that keep per-key structure (ZooKeeper's parent
+        // node) would otherwise refuse the late request for a missing parent and hide the
+        // fault.
+        other
+            .acquire(&key, &opts)
+            .await
+            .expect("acquire before the fault")
+            .release()
+            .await
+            .expect("release before the fault");
         cut.set_to_server(Mode::Blackhole);
         let call = async {
             if waiting {

@@ -6,10 +6,15 @@
 //! that attempt. Messages can still be lost (the pub/sub connection drops, or a
 //! subscription races with another waiter's unsubscribe); the jittered fallback poll in
 //! the backend covers that, bounded by the holder's remaining TTL.
+//!
+//! The pub/sub connection and the task reading it live only while they are needed: the
+//! task stops (dropping the stream, which closes the connection) when its [`Hub`] is
+//! dropped — with the last clone of the backend instance, or [`IDLE_CLOSE`] after the last
+//! waiter here gave up its interest. Nothing of it outlives the instance.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use fencelock_core::waiting::WakeFuture;
@@ -20,10 +25,17 @@ use tokio::sync::Notify;
 
 use crate::error::failed;
 
+/// How long the pub/sub connection stays open with nobody waiting: long enough that a
+/// key changing hands again soon (a waiter per hand-off) reuses it, short enough that an
+/// instance that waited once does not keep a server connection for its whole life.
+pub(crate) const IDLE_CLOSE: Duration = Duration::from_secs(1);
+
 struct Hub {
     sink: PubSubSink,
     alive: Arc<AtomicBool>,
     generation: u64,
+    /// Dropped with the hub: tells the reading task to stop and close the connection.
+    _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 struct Channel {
@@ -41,6 +53,8 @@ pub(crate) struct Waiters {
     hub: tokio::sync::Mutex<Option<Hub>>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     generations: AtomicU64,
+    /// Counts subscriptions; an idle close goes ahead only if none came since it was planned.
+    uses: AtomicU64,
 }
 
 fn lock(m: &Mutex<HashMap<String, Channel>>) -> MutexGuard<'_, HashMap<String, Channel>> {
@@ -56,12 +70,14 @@ impl Waiters {
             hub: tokio::sync::Mutex::new(None),
             channels: Arc::default(),
             generations: AtomicU64::new(0),
+            uses: AtomicU64::new(0),
         }
     }
 
     /// Registers interest in `channel` and makes sure it is subscribed on a live pub/sub
     /// connection; returns a guard whose drop gives the interest back.
     pub(crate) async fn subscribe(self: &Arc<Self>, channel: &str) -> Result<Subscription> {
+        self.uses.fetch_add(1, Ordering::SeqCst);
         let notify = {
             let mut map = lock(&self.channels);
             let entry = map.entry(channel.to_owned()).or_insert_with(|| Channel {
@@ -131,8 +147,15 @@ impl Waiters {
         let generation = self.generations.fetch_add(1, Ordering::SeqCst) + 1;
         let channels = Arc::clone(&self.channels);
         let flag = Arc::clone(&alive);
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
-            while let Some(msg) = stream.next().await {
+            loop {
+                let msg = tokio::select! {
+                    // The hub was dropped: end, dropping the stream closes the connection.
+                    _ = &mut stopped => break,
+                    msg = stream.next() => msg,
+                };
+                let Some(msg) = msg else { break };
                 let notify = lock(&channels)
                     .get(msg.get_channel_name())
                     .map(|c| Arc::clone(&c.notify));
@@ -150,7 +173,13 @@ impl Waiters {
             sink,
             alive,
             generation,
+            _stop: stop,
         })
+    }
+
+    /// Closes the pub/sub connection now (the next wait opens a new one).
+    pub(crate) async fn close(&self) {
+        *self.hub.lock().await = None;
     }
 
     fn release_interest(self: &Arc<Self>, channel: &str) {
@@ -169,22 +198,40 @@ impl Waiters {
             }
         };
         if last {
-            let me = Arc::clone(self);
+            // Weak: a clean-up never keeps the instance (and its connection) alive.
+            let me = Arc::downgrade(self);
             let channel = channel.to_owned();
+            let planned_at = self.uses.load(Ordering::SeqCst);
             let Ok(rt) = tokio::runtime::Handle::try_current() else {
                 return;
             };
             rt.spawn(async move {
-                let mut hub = me.hub.lock().await;
-                // Someone may have started waiting again meanwhile: then keep it.
-                if lock(&me.channels).contains_key(&channel) {
-                    return;
-                }
-                if let Some(h) = hub.as_mut() {
-                    let _ = tokio::time::timeout(me.timeout, h.sink.unsubscribe(&channel)).await;
-                }
+                unsubscribe(&me, &channel).await;
+                tokio::time::sleep(IDLE_CLOSE).await;
+                close_if_idle(&me, planned_at).await;
             });
         }
+    }
+}
+
+/// Unsubscribes `channel` unless someone started waiting on it again meanwhile.
+async fn unsubscribe(me: &Weak<Waiters>, channel: &str) {
+    let Some(me) = me.upgrade() else { return };
+    let mut hub = me.hub.lock().await;
+    if lock(&me.channels).contains_key(channel) {
+        return;
+    }
+    if let Some(h) = hub.as_mut() {
+        let _ = tokio::time::timeout(me.timeout, h.sink.unsubscribe(channel)).await;
+    }
+}
+
+/// Drops the pub/sub connection if nobody waits and nobody subscribed since `planned_at`.
+async fn close_if_idle(me: &Weak<Waiters>, planned_at: u64) {
+    let Some(me) = me.upgrade() else { return };
+    let mut hub = me.hub.lock().await;
+    if me.uses.load(Ordering::SeqCst) == planned_at && lock(&me.channels).is_empty() {
+        *hub = None;
     }
 }
 

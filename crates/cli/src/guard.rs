@@ -1,0 +1,212 @@
+//! `fencelock __guard`: the supervisor between `fencelock run` and the command.
+//!
+//! `fencelock run` starts this hidden mode of its own binary as the leader of a new process
+//! group; the guard starts the command in that group and waits for it. It exists so that
+//! the command's whole process tree stops when the lock stops being ours, even when
+//! `fencelock run` itself cannot act:
+//!
+//! * **The deadline.** `run` writes the end of the lease's validity to a control pipe, as an
+//!   absolute `CLOCK_MONOTONIC` instant (one clock for every process of the host), after
+//!   the acquire and after every renewal. When that instant passes without a newer one —
+//!   `run` was paused (SIGSTOP, a stalled VM), hung, or could not renew — the guard kills
+//!   the group with SIGKILL: from then on another holder may be inside.
+//! * **Death of `run`.** The guard holds the only read end of the pipe; the write end lives
+//!   in `run` alone. When `run` dies, however it dies (even SIGKILL), the guard reads
+//!   end-of-file and kills the group. This is the parent-death signal done without
+//!   `pre_exec` (which would need `unsafe`) and without its race: there is no window
+//!   between `fork` and a `prctl` in which the parent's death is missed, because the pipe
+//!   was open before the guard started.
+//! * **The last check before exec.** The guard starts the command only after reading a
+//!   deadline that has not passed yet.
+//!
+//! Signals sent to the group (forwarded SIGINT/SIGTERM/SIGHUP, the lease-loss SIGTERM) are
+//! caught by the guard so it stays to report the command's status; SIGKILL ends it with
+//! the rest of the group. The guard exits with the command's code, or 128 + the signal that
+//! ended the command, as shells report.
+
+use std::io::BufRead;
+use std::process::{ExitCode, ExitStatus};
+use std::time::Duration;
+
+use rustix::process::{kill_process_group, Signal};
+use rustix::time::{clock_gettime, ClockId, Timespec};
+use tokio::process::Command;
+use tokio::signal::unix::SignalKind;
+use tokio::sync::mpsc;
+
+use crate::args::GuardArgs;
+use crate::exit;
+
+/// What `run` says on the control pipe.
+enum Message {
+    /// The lease is valid until this `CLOCK_MONOTONIC` instant, in nanoseconds.
+    Until(u128),
+    /// The pipe closed: `run` is gone.
+    Closed,
+}
+
+/// The line `run` writes to tell the guard the lease's validity ends `remaining` from now.
+pub fn until_line(remaining: Duration) -> String {
+    let deadline = now_nanos().saturating_add(remaining.as_nanos());
+    format!("until {deadline}\n")
+}
+
+fn now_nanos() -> u128 {
+    let Timespec { tv_sec, tv_nsec } = clock_gettime(ClockId::Monotonic);
+    (tv_sec.max(0) as u128) * 1_000_000_000 + tv_nsec.max(0) as u128
+}
+
+fn parse(line: &str) -> Option<Message> {
+    let nanos = line.trim().strip_prefix("until ")?.parse().ok()?;
+    Some(Message::Until(nanos))
+}
+
+/// Reads the control pipe on a thread of its own (a blocking read of a pipe; the thread
+/// ends at end-of-file, or with the process).
+fn read_control(fd: i32) -> std::io::Result<mpsc::UnboundedReceiver<Message>> {
+    // The pipe was inherited as descriptor `fd`. Opening its /proc entry gives a new
+    // descriptor to the same pipe without the `unsafe` of adopting a raw descriptor.
+    let file =
+        std::fs::File::open(format!("/proc/self/fd/{fd}")).or_else(|_| std::fs::File::open(format!("/dev/fd/{fd}")))?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(file).lines() {
+            let Ok(line) = line else { break };
+            if let Some(m) = parse(&line) {
+                if tx.send(m).is_err() {
+                    return;
+                }
+            }
+        }
+        let _ = tx.send(Message::Closed);
+    });
+    Ok(rx)
+}
+
+/// Gives the terminal back to `run`'s group if the command's group has it (`run` handed it
+/// over for an interactive command). Allowed without SIGTTOU: the guard is in the
+/// terminal's foreground group when it does this.
+fn give_back_terminal() {
+    let stdin = std::io::stdin();
+    let ours = rustix::process::getpgrp();
+    if !rustix::termios::isatty(&stdin) || !rustix::termios::tcgetpgrp(&stdin).is_ok_and(|fg| fg == ours) {
+        return;
+    }
+    let parent = rustix::process::getppid().and_then(|p| rustix::process::getpgid(Some(p)).ok());
+    if let Some(parent) = parent {
+        let _ = rustix::termios::tcsetpgrp(&stdin, parent);
+    }
+}
+
+/// Kills the guard's group (the guard included) with SIGKILL.
+fn kill_group(why: &str) -> ExitCode {
+    give_back_terminal();
+    eprintln!("fencelock: {why}; killing the command's process group");
+    let _ = kill_process_group(rustix::process::getpgrp(), Signal::KILL);
+    // Only reached if the kill failed.
+    ExitCode::from(exit::FAILURE)
+}
+
+/// Runs the guard: see the module documentation.
+pub async fn guard(args: &GuardArgs) -> ExitCode {
+    // Catch what is sent to the group before the command exists, so the guard outlives it.
+    let mut stop = tokio::signal::unix::signal(SignalKind::from_raw(Signal::TSTP.as_raw())).ok();
+    let _caught: Vec<_> = [
+        SignalKind::interrupt(),
+        SignalKind::terminate(),
+        SignalKind::hangup(),
+        SignalKind::quit(),
+    ]
+    .into_iter()
+    .filter_map(|k| tokio::signal::unix::signal(k).ok())
+    .collect();
+    let mut control = match read_control(args.control_fd) {
+        Ok(rx) => rx,
+        Err(e) => return exit::fail(&format!("guard: cannot open the control pipe: {e}"), exit::FAILURE),
+    };
+    let mut deadline = match control.recv().await {
+        Some(Message::Until(d)) => d,
+        _ => return ExitCode::from(exit::FAILURE), // `run` is gone before the start
+    };
+    if now_nanos() >= deadline {
+        return exit::fail(
+            "the lease ran out before the command could start; not starting it",
+            exit::LEASE_LOST,
+        );
+    }
+    let Some((program, rest)) = args.command.split_first() else {
+        return exit::fail("no command given after --", exit::BAD_INPUT);
+    };
+    let mut child = match Command::new(program).args(rest).spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let status = match e.kind() {
+                std::io::ErrorKind::NotFound => exit::NOT_FOUND,
+                _ => exit::CANNOT_EXECUTE,
+            };
+            return exit::fail(&format!("cannot run `{program}`: {e}"), status);
+        }
+    };
+    loop {
+        let left = Duration::from_nanos(deadline.saturating_sub(now_nanos()).min(u64::MAX as u128) as u64);
+        tokio::select! {
+            status = child.wait() => return match status {
+                Ok(s) => {
+                    give_back_terminal();
+                    ExitCode::from(status_code(s))
+                }
+                Err(e) => exit::fail(&format!("guard: lost track of `{program}`: {e}"), exit::FAILURE),
+            },
+            message = control.recv() => match message {
+                Some(Message::Until(d)) => deadline = d,
+                Some(Message::Closed) | None => return kill_group("`fencelock run` is gone"),
+            },
+            Some(()) = recv(&mut stop) => {
+                // Ctrl-Z on the terminal the command owns: a stopped group would hold the
+                // terminal while `run` (which the shell waits for) runs on, so job control
+                // cannot stop it; the group goes on.
+                eprintln!("fencelock: a command under `fencelock run` cannot be stopped with Ctrl-Z; it goes on");
+                let _ = kill_process_group(rustix::process::getpgrp(), Signal::CONT);
+            }
+            _ = tokio::time::sleep(left) => {
+                if now_nanos() >= deadline {
+                    return kill_group("the lease's validity ended without a renewal reaching the guard");
+                }
+            }
+        }
+    }
+}
+
+/// The next delivery of a signal we listen for; never, when we could not listen.
+async fn recv(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match s {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The command's exit code, or 128 + signal when a signal ended it (as shells report).
+pub fn status_code(status: ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => (code & 0xff) as u8,
+        (None, Some(sig)) => 128u8.saturating_add(sig as u8),
+        (None, None) => exit::FAILURE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deadline_line_round_trips() {
+        let line = until_line(Duration::from_secs(1));
+        let Some(Message::Until(d)) = parse(&line) else {
+            panic!("unparsed: {line}")
+        };
+        let left = d.saturating_sub(now_nanos());
+        assert!(left > 900_000_000 && left <= 1_000_000_000, "{left}");
+        assert!(parse("nonsense").is_none());
+    }
+}

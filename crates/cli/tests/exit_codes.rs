@@ -1,0 +1,395 @@
+//! Every exit status of `fencelock` (the table in docs/cli.md), and every bad input with its
+//! status and one-line message.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fencelock");
+
+fn fencelock() -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_remove("FENCELOCK_BACKEND").env_remove("RUST_LOG");
+    cmd
+}
+
+fn on_files(dir: &Path) -> Command {
+    let mut cmd = fencelock();
+    cmd.arg("--backend").arg(format!("file://{}", dir.display()));
+    cmd
+}
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts the status and that stderr is one line starting `fencelock: ` containing `says`.
+fn assert_one_line(out: &Output, code: i32, says: &str, what: &str) {
+    let err = stderr_of(out);
+    assert_eq!(out.status.code(), Some(code), "{what}: {err}");
+    assert_eq!(err.lines().count(), 1, "{what}: not one line: {err}");
+    assert!(err.starts_with("fencelock: ") && err.contains(says), "{what}: {err}");
+    assert!(!err.contains("panicked"), "{what}: {err}");
+}
+
+/// Holds `k` in `dir` until the returned child's stdin is closed.
+fn hold(dir: &Path) -> std::process::Child {
+    let mut holder = on_files(dir)
+        .args(["run", "k", "--", "sh", "-c", "echo in; read _ || true"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn holder");
+    let mut line = String::new();
+    BufReader::new(holder.stdout.as_mut().expect("stdout"))
+        .read_line(&mut line)
+        .expect("holder's line");
+    assert_eq!(line.trim(), "in");
+    holder
+}
+
+fn end(mut holder: std::process::Child) {
+    drop(holder.stdin.take());
+    assert!(holder.wait().expect("wait").success());
+}
+
+#[test]
+fn bad_inputs_exit_64_or_78_on_one_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = format!("file://{}", dir.path().display());
+    let f = file.as_str();
+    let cases: &[(&[&str], i32, &str)] = &[
+        // Durations (humantime): below the minimum, no unit, unknown unit, negative.
+        (
+            &["--backend", f, "run", "k", "--ttl", "5µs", "--", "true"],
+            64,
+            "5us is below the minimum of 1ms",
+        ),
+        (
+            &["--backend", f, "run", "k", "--ttl", "0", "--", "true"],
+            64,
+            "below the minimum of 1ms",
+        ),
+        (
+            &["--backend", f, "run", "k", "--wait", "30", "--", "true"],
+            64,
+            "not a duration",
+        ),
+        (
+            &["--backend", f, "run", "k", "--ttl", "5 parsecs", "--", "true"],
+            64,
+            "unknown time unit",
+        ),
+        (
+            &["--backend", f, "run", "k", "--kill-after", "-1s", "--", "true"],
+            64,
+            "unexpected argument",
+        ),
+        // Usage errors are EX_USAGE (64), on one line, not clap's 2.
+        (&["run", "k"], 64, "required"),
+        (&["run", "k", "--nope", "--", "true"], 64, "--nope"),
+        (&["frobnicate"], 64, "frobnicate"),
+        (
+            &["--backend", f, "run", "k", "--conflict-exit-code", "300", "--", "true"],
+            64,
+            "300",
+        ),
+        (
+            &["--backend", f, "run", "k", "--no-wait", "--wait", "1s", "--", "true"],
+            64,
+            "cannot be used with",
+        ),
+        // Keys.
+        (&["--backend", f, "run", "", "--", "true"], 64, "key is empty"),
+        (&["--backend", f, "run", "a\nb", "--", "true"], 64, "control character"),
+        // Backends and configuration: 78.
+        (
+            &["--backend", "memory://", "run", "k", "--", "true"],
+            78,
+            "cannot use memory://",
+        ),
+        (&["--backend", "memory://", "demo"], 78, "cannot use memory://"),
+        (
+            &["--backend", "nope://x", "run", "k", "--", "true"],
+            78,
+            "unknown backend scheme",
+        ),
+        (
+            &["--backend", "not a url", "run", "k", "--", "true"],
+            78,
+            "not a backend URL",
+        ),
+        (
+            &["--backend", f, "--backend", f, "run", "k", "--", "true"],
+            78,
+            "this command takes one",
+        ),
+        (
+            &[
+                "--backend",
+                f,
+                "--config",
+                "/nonexistent.toml",
+                "run",
+                "k",
+                "--",
+                "true",
+            ],
+            78,
+            "give one",
+        ),
+        (
+            &["--config", "/nonexistent.toml", "run", "k", "--", "true"],
+            78,
+            "cannot read configuration",
+        ),
+    ];
+    for (args, code, says) in cases {
+        let out = fencelock().args(*args).output().expect("run");
+        assert_one_line(&out, *code, says, &format!("{args:?}"));
+    }
+}
+
+#[test]
+fn a_config_file_refuses_bare_numbers_and_takes_humantime() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("lock.toml");
+    let backend = format!("backend = \"file://{}\"\n", dir.path().display());
+    std::fs::write(&config, format!("{backend}[defaults]\nttl = 5\n")).expect("write");
+    let out = fencelock()
+        .arg("--config")
+        .arg(&config)
+        .args(["run", "k", "--", "true"])
+        .output()
+        .expect("run");
+    assert_one_line(
+        &out,
+        78,
+        "defaults.ttl = 5 has no unit: write it as text with one, e.g. \"5s\"",
+        "bare ttl",
+    );
+    std::fs::write(
+        &config,
+        format!("{backend}[defaults]\nttl = \"1.5s\"\nwait = \"2m 30s\"\n"),
+    )
+    .expect("write");
+    let out = fencelock()
+        .arg("--config")
+        .arg(&config)
+        .args(["run", "k", "--", "true"])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", stderr_of(&out));
+}
+
+#[test]
+fn a_flag_or_a_config_file_wins_over_the_environment() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("lock.toml");
+    std::fs::write(&config, format!("backend = \"file://{}\"\n", dir.path().display())).expect("write");
+    // The environment names a backend that would fail (memory:// is refused by run).
+    let out = fencelock()
+        .env("FENCELOCK_BACKEND", "memory://")
+        .arg("--config")
+        .arg(&config)
+        .args(["run", "k", "--", "true"])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "--config lost to FENCELOCK_BACKEND: {}",
+        stderr_of(&out)
+    );
+    let out = fencelock()
+        .env("FENCELOCK_BACKEND", "memory://")
+        .arg("--backend")
+        .arg(format!("file://{}", dir.path().display()))
+        .args(["run", "k", "--", "true"])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "--backend lost to FENCELOCK_BACKEND: {}",
+        stderr_of(&out)
+    );
+    // Alone, the environment is used.
+    let out = fencelock()
+        .env("FENCELOCK_BACKEND", "memory://")
+        .args(["run", "k", "--", "true"])
+        .output()
+        .expect("run");
+    assert_one_line(&out, 78, "cannot use memory://", "FENCELOCK_BACKEND alone");
+}
+
+#[test]
+fn help_and_version_exit_0_and_help_lists_what_it_should() {
+    for args in [&["--help"][..], &["--version"], &["run", "--help"], &["lab", "--help"]] {
+        let out = fencelock().args(args).output().expect("run");
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+    }
+    let help = fencelock().arg("--help").output().expect("run");
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        text.contains("FENCELOCK_GRANT") && text.contains("FENCELOCK_TOKEN"),
+        "{text}"
+    );
+    let lab = fencelock().args(["lab", "--help"]).output().expect("run");
+    let text = String::from_utf8_lossy(&lab.stdout);
+    for scenario in [
+        "paused-holder",
+        "restart-while-held",
+        "fault-during-contention",
+        "client-partition",
+        "failover-before-replication",
+        "clock-jump",
+    ] {
+        assert!(text.contains(scenario), "lab --help misses {scenario}: {text}");
+    }
+    // No subcommand: the help, on stderr, as a usage error.
+    let out = fencelock().output().expect("run");
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn every_exit_status_of_run() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    // 0 and the command's own status.
+    assert_eq!(
+        on_files(d)
+            .args(["run", "k", "--", "true"])
+            .status()
+            .expect("run")
+            .code(),
+        Some(0)
+    );
+    let own = on_files(d)
+        .args(["run", "k", "--", "sh", "-c", "exit 75"])
+        .status()
+        .expect("run");
+    assert_eq!(own.code(), Some(75), "the command's own 75");
+    // 128 + N: the command was ended by signal N.
+    let killed = on_files(d)
+        .args(["run", "k", "--", "sh", "-c", "kill -9 $$"])
+        .status()
+        .expect("run");
+    assert_eq!(killed.code(), Some(128 + 9));
+    // 127 and 126.
+    let out = on_files(d)
+        .args(["run", "k", "--", "/nonexistent/cmd"])
+        .output()
+        .expect("run");
+    assert_one_line(&out, 127, "cannot run `/nonexistent/cmd`", "not found");
+    let out = on_files(d).args(["run", "k", "--"]).arg(d).output().expect("run");
+    assert_one_line(&out, 126, "cannot run", "not executable");
+    // 75 (not acquired), and remapped by --conflict-exit-code.
+    let holder = hold(d);
+    let out = on_files(d)
+        .args(["run", "k", "--no-wait", "--", "true"])
+        .output()
+        .expect("run");
+    assert_one_line(&out, 75, "held by someone else; not waiting", "--no-wait");
+    let out = on_files(d)
+        .args(["run", "k", "--wait", "0", "--", "true"])
+        .output()
+        .expect("run");
+    assert_one_line(&out, 75, "held by someone else", "--wait 0");
+    let out = on_files(d)
+        .args(["run", "k", "--wait", "50ms", "--", "true"])
+        .output()
+        .expect("run");
+    assert_one_line(&out, 75, "not acquired within", "--wait 50ms");
+    let out = on_files(d)
+        .args(["run", "k", "--no-wait", "--conflict-exit-code", "3", "--", "true"])
+        .output()
+        .expect("run");
+    assert_one_line(&out, 3, "held by someone else", "--conflict-exit-code");
+    end(holder);
+    // 69: the backend cannot be reached.
+    let out = fencelock()
+        .args(["--backend", "redis://127.0.0.1:1", "run", "k", "--", "true"])
+        .output()
+        .expect("run");
+    assert_one_line(&out, 69, "unreachable", "unreachable");
+    // 70: the backend failed (a corrupt state file).
+    std::fs::write(d.join("k-corrupt.state"), "not json").expect("write");
+    let out = on_files(d)
+        .args(["run", "corrupt", "--", "true"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(70), "corrupt state: {}", stderr_of(&out));
+}
+
+#[test]
+fn a_lost_lease_exits_76_or_the_lost_exit_code() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (extra, code) in [(&[][..], 76), (&["--lost-exit-code", "9"][..], 9)] {
+        let mut holder = on_files(dir.path())
+            .args(["run", "k", "--ttl", "300ms"])
+            .args(extra)
+            .args(["--", "sh", "-c", "echo in; sleep 30"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let mut line = String::new();
+        BufReader::new(holder.stdout.as_mut().expect("stdout"))
+            .read_line(&mut line)
+            .expect("line");
+        let pid = rustix::process::Pid::from_raw(holder.id() as i32).expect("pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::STOP).expect("SIGSTOP");
+        let other = on_files(dir.path())
+            .args(["run", "k", "--wait", "10s", "--", "true"])
+            .output()
+            .expect("run");
+        assert!(other.status.success(), "{}", stderr_of(&other));
+        rustix::process::kill_process(pid, rustix::process::Signal::CONT).expect("SIGCONT");
+        let out = holder.wait_with_output().expect("wait");
+        assert_eq!(out.status.code(), Some(code), "{}", stderr_of(&out));
+    }
+}
+
+#[test]
+fn log_lines_carry_no_colour_off_a_terminal() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = on_files(dir.path())
+        .args(["-v", "run", "k", "--", "true"])
+        .output()
+        .expect("run");
+    let err = stderr_of(&out);
+    assert!(err.contains("acquiring"), "no log line: {err}");
+    assert!(!err.contains('\u{1b}'), "ANSI escape in piped stderr: {err:?}");
+}
+
+/// Runs `fencelock -v run` on a pseudo-terminal (`script(1)`), returns what it printed.
+fn on_a_terminal(dir: &Path, no_color: Option<&str>) -> String {
+    let line = format!("{BIN} --backend file://{} -v run k -- true", dir.display());
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &line, "/dev/null"])
+        .env_remove("FENCELOCK_BACKEND")
+        .env_remove("RUST_LOG");
+    match no_color {
+        Some(v) => cmd.env("NO_COLOR", v),
+        None => cmd.env_remove("NO_COLOR"),
+    };
+    let out = cmd.output().expect("script(1)");
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn log_lines_are_coloured_on_a_terminal_unless_no_color_is_set() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tty = on_a_terminal(dir.path(), None);
+    assert!(
+        tty.contains("acquiring") && tty.contains('\u{1b}'),
+        "no colour on a terminal: {tty:?}"
+    );
+    let plain = on_a_terminal(dir.path(), Some("1"));
+    assert!(
+        plain.contains("acquiring") && !plain.contains('\u{1b}'),
+        "colour despite NO_COLOR: {plain:?}"
+    );
+}

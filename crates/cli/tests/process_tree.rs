@@ -1,0 +1,456 @@
+//! `fencelock run` owns its command's whole process tree: never two commands inside the lock
+//! at once, even when the holder is paused past its TTL or killed, and a signal while
+//! waiting leaves nothing behind. On file, Redis, etcd and ZooKeeper, real servers.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rustix::process::{kill_process, Pid, Signal};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fencelock");
+
+/// A: logs its entry, then starts a grandchild that logs `A-ALIVE` every 50 ms (at most
+/// 30 s), and waits for it — the `sh -c 'sleep 30 & wait'` of the issue, made visible.
+const HOLDER_A: &str = r#"echo A-IN >> "$LOG"
+( i=0; while [ $i -lt 600 ]; do echo A-ALIVE >> "$LOG"; i=$((i+1)); sleep 0.05; done ) &
+wait"#;
+
+/// B: inside for one second.
+const HOLDER_B: &str = r#"echo B-IN >> "$LOG"; sleep 1; echo B-OUT >> "$LOG""#;
+
+fn fencelock(url: &str) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_remove("FENCELOCK_BACKEND")
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .arg("--backend")
+        .arg(url);
+    cmd
+}
+
+fn pid_of(child: &Child) -> Pid {
+    Pid::from_raw(child.id() as i32).expect("pid")
+}
+
+/// Polls `cond` every 10 ms until it holds; fails the test after `limit`.
+fn poll_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(10)); // polling a condition with a deadline
+    }
+}
+
+/// Waits for a child with a bound, so a hung CLI fails the test instead of hanging it.
+fn output_within(mut child: Child, limit: Duration) -> Output {
+    poll_until(limit, "fencelock exited", || {
+        child.try_wait().expect("try_wait").is_some()
+    });
+    child.wait_with_output().expect("output")
+}
+
+/// SIGKILLs every process whose command line mentions `needle` (a test's own temporary
+/// directory), by pid: what a test started under script(1) is in another session.
+fn kill_processes_mentioning(needle: &str) {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(needle) && pid != std::process::id() as i32 {
+            if let Some(pid) = Pid::from_raw(pid) {
+                let _ = kill_process(pid, Signal::KILL);
+            }
+        }
+    }
+}
+
+fn log_of(log: &Path) -> String {
+    std::fs::read_to_string(log).unwrap_or_default()
+}
+
+/// The log shows B inside, A's grandchild alive before B came in, and no line of A from
+/// B's entry on (so also not between B-IN and B-OUT).
+fn assert_never_two_inside(log: &Path) {
+    let text = log_of(log);
+    let lines: Vec<&str> = text.lines().collect();
+    let b_in = lines
+        .iter()
+        .position(|l| *l == "B-IN")
+        .unwrap_or_else(|| panic!("B never got in: {text}"));
+    assert!(lines.contains(&"B-OUT"), "B did not finish: {text}");
+    assert!(lines[..b_in].contains(&"A-ALIVE"), "A's grandchild never ran: {text}");
+    let late: Vec<&&str> = lines[b_in..].iter().filter(|l| l.starts_with("A-")).collect();
+    assert!(
+        late.is_empty(),
+        "A's process tree ran on after B got in ({} lines): {text}",
+        late.len()
+    );
+}
+
+/// Starts A under the lock with its grandchild and returns once the grandchild logs.
+fn start_a(url: &str, log: &Path, ttl: &str) -> Child {
+    let a = fencelock(url)
+        .args(["run", "k", "--ttl", ttl, "--", "sh", "-c", HOLDER_A])
+        .env("LOG", log)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn A");
+    poll_until(Duration::from_secs(30), "A's grandchild logs", || {
+        log_of(log).contains("A-ALIVE")
+    });
+    a
+}
+
+/// B waits for the lock, logs its entry, works one second inside, logs its exit.
+fn run_b(url: &str, log: &Path) {
+    let b = fencelock(url)
+        .args(["run", "k", "--wait", "60s", "--", "sh", "-c", HOLDER_B])
+        .env("LOG", log)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn B");
+    let out = output_within(b, Duration::from_secs(90));
+    assert!(out.status.success(), "B: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// SIGSTOP fencelock A past its TTL, let B take the lock and finish, SIGCONT A: A exits 76,
+/// and nothing of A's tree ran while B was inside.
+fn paused_holder_with_a_grandchild(url: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("log");
+    let a = start_a(url, &log, "1s");
+    kill_process(pid_of(&a), Signal::STOP).expect("SIGSTOP");
+    run_b(url, &log);
+    kill_process(pid_of(&a), Signal::CONT).expect("SIGCONT");
+    let out = output_within(a, Duration::from_secs(40));
+    assert_eq!(
+        out.status.code(),
+        Some(76),
+        "A: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_never_two_inside(&log);
+}
+
+/// SIGKILL fencelock A while its command runs; B takes the lock: nothing of A's tree runs
+/// while B is inside.
+fn killed_holder_with_a_grandchild(url: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("log");
+    let mut a = start_a(url, &log, "2s");
+    a.kill().expect("SIGKILL");
+    a.wait().expect("reap A");
+    run_b(url, &log);
+    assert_never_two_inside(&log);
+}
+
+/// H holds `k`; W waits for it and is sent `sig` once `queued` says its place in line
+/// exists; W exits 128 + sig at once; after H ends, a `--no-wait` run gets the lock at once
+/// (no queue entry of W is left in front of it).
+fn signal_while_waiting(url: &str, sig: Signal, queued: &dyn Fn() -> bool) {
+    let mut holder = fencelock(url)
+        .args(["run", "k", "--", "sh", "-c", "echo in; read _ || true"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn holder");
+    let mut first = String::new();
+    BufReader::new(holder.stdout.as_mut().expect("stdout"))
+        .read_line(&mut first)
+        .expect("holder's line");
+    assert_eq!(first.trim(), "in");
+    let _ = queued(); // records the server's count before the waiter comes
+    let mut waiter = fencelock(url)
+        .args(["-v", "run", "k", "--wait", "60s", "--", "true"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn waiter");
+    let (tx, rx) = mpsc::channel();
+    let err = waiter.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let start = Instant::now();
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l.contains("acquiring")) {
+        let left = Duration::from_secs(20).saturating_sub(start.elapsed());
+        match rx.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(_) => panic!("the waiter never said it was acquiring: {lines:?}"),
+        }
+    }
+    poll_until(Duration::from_secs(20), "the waiter is in line", queued);
+    kill_process(pid_of(&waiter), sig).expect("signal the waiter");
+    let status = {
+        poll_until(Duration::from_secs(10), "the waiter exits", || {
+            waiter.try_wait().expect("try_wait").is_some()
+        });
+        waiter.wait().expect("wait")
+    };
+    lines.extend(rx.try_iter());
+    assert_eq!(status.code(), Some(128 + sig.as_raw()), "waiter: {lines:?}");
+    drop(holder.stdin.take());
+    let out = output_within(holder, Duration::from_secs(20));
+    assert!(out.status.success(), "holder: {}", String::from_utf8_lossy(&out.stderr));
+    let start = Instant::now();
+    let next = fencelock(url)
+        .args(["run", "k", "--no-wait", "--", "true"])
+        .output()
+        .expect("run");
+    assert!(
+        next.status.success(),
+        "a queue entry of the signalled waiter was left: {}",
+        String::from_utf8_lossy(&next.stderr)
+    );
+    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+}
+
+fn file_url(dir: &Path) -> String {
+    format!("file://{}", dir.display())
+}
+
+#[test]
+fn on_files_a_paused_or_killed_holder_never_runs_beside_the_next() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    paused_holder_with_a_grandchild(&file_url(dir.path()));
+    let dir = tempfile::tempdir().expect("temp dir");
+    killed_holder_with_a_grandchild(&file_url(dir.path()));
+}
+
+#[test]
+fn on_redis_a_paused_or_killed_holder_never_runs_beside_the_next() {
+    let server = fencelock_testkit::redis_server::RedisServer::start();
+    paused_holder_with_a_grandchild(&server.url());
+    server.command("FLUSHALL");
+    killed_holder_with_a_grandchild(&server.url());
+}
+
+#[cfg(feature = "etcd")]
+#[test]
+fn on_etcd_a_paused_or_killed_holder_never_runs_beside_the_next() {
+    let cluster = fencelock_testkit::etcd_server::EtcdCluster::single();
+    paused_holder_with_a_grandchild(&cluster.url("session_ttl=2s"));
+    killed_holder_with_a_grandchild(&cluster.url("session_ttl=2s"));
+}
+
+#[test]
+fn on_zookeeper_a_paused_or_killed_holder_never_runs_beside_the_next() {
+    let zk = fencelock_testkit::zk_server::ZkEnsemble::standalone();
+    paused_holder_with_a_grandchild(&zk.url("/tree-paused", "session_timeout=2s"));
+    killed_holder_with_a_grandchild(&zk.url("/tree-killed", "session_timeout=2s"));
+}
+
+#[test]
+fn on_files_a_signal_while_waiting_leaves_nothing_behind() {
+    for sig in [Signal::INT, Signal::TERM] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        signal_while_waiting(&file_url(dir.path()), sig, &|| true);
+    }
+}
+
+#[test]
+fn on_redis_a_signal_while_waiting_leaves_nothing_behind() {
+    let server = fencelock_testkit::redis_server::RedisServer::start();
+    for sig in [Signal::INT, Signal::TERM] {
+        signal_while_waiting(&server.url(), sig, &|| true);
+    }
+}
+
+#[cfg(feature = "etcd")]
+#[test]
+fn on_etcd_a_signal_while_waiting_leaves_no_queue_entry() {
+    let cluster = fencelock_testkit::etcd_server::EtcdCluster::single();
+    // Long session TTL: only close() can remove the waiter's queue key in time.
+    let url = cluster.url("session_ttl=30s");
+    for sig in [Signal::INT, Signal::TERM] {
+        let txns = std::cell::Cell::new(None::<u64>);
+        // In line once the waiter's queue-key Txn was handled after the holder's.
+        let queued = || {
+            let now = cluster.grpc_calls(0, "Txn");
+            match (txns.get(), now) {
+                (None, Some(n)) => {
+                    txns.set(Some(n));
+                    false
+                }
+                (Some(base), Some(n)) => n > base,
+                _ => false,
+            }
+        };
+        signal_while_waiting(&url, sig, &queued);
+    }
+}
+
+#[test]
+fn on_zookeeper_a_signal_while_waiting_leaves_no_queue_entry() {
+    let zk = fencelock_testkit::zk_server::ZkEnsemble::standalone();
+    // Long session timeout: only close() can remove the waiter's node in time.
+    let url = zk.url("/waiting", "session_timeout=20s");
+    for sig in [Signal::INT, Signal::TERM] {
+        let base = std::cell::Cell::new(None::<usize>);
+        // In line once the waiter watches its predecessor.
+        let queued = || match (base.get(), zk.watch_count(0)) {
+            (None, Some(n)) => {
+                base.set(Some(n));
+                false
+            }
+            (Some(b), Some(n)) => n > b,
+            _ => false,
+        };
+        signal_while_waiting(&url, sig, &queued);
+    }
+}
+
+#[test]
+fn a_forwarded_sigterm_reaches_the_whole_group_and_sigkill_follows_after_kill_after() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = file_url(dir.path());
+    // The group ignores SIGTERM (sh and its sleep inherit the ignored disposition).
+    let mut run = fencelock(&url)
+        .args(["run", "k", "--kill-after", "300ms", "--"])
+        .args(["sh", "-c", "trap '' TERM; echo in; sleep 30; echo survived"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut first = String::new();
+    BufReader::new(run.stdout.as_mut().expect("stdout"))
+        .read_line(&mut first)
+        .expect("line");
+    assert_eq!(first.trim(), "in");
+    let start = Instant::now();
+    kill_process(pid_of(&run), Signal::TERM).expect("SIGTERM");
+    let out = output_within(run, Duration::from_secs(10));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(128 + 9), "{err}");
+    assert!(err.contains("ignored SIGTERM"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("survived"));
+    // And the lock is free again.
+    let next = fencelock(&url)
+        .args(["run", "k", "--no-wait", "--", "true"])
+        .output()
+        .expect("run");
+    assert!(next.status.success(), "{}", String::from_utf8_lossy(&next.stderr));
+}
+
+#[test]
+fn the_command_keeps_fencelock_backend_for_nested_runs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = file_url(dir.path());
+    let out = Command::new(BIN)
+        .env("FENCELOCK_BACKEND", &url)
+        .args(["run", "outer", "--", "sh", "-c"])
+        .arg(format!("{BIN} run inner -- sh -c 'echo $FENCELOCK_KEY'"))
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "inner");
+}
+
+/// Runs `line` under `script(1)` (a pseudo-terminal; its stdin is typed into the terminal),
+/// typing `input`; fails after 20 s (a command stopped by SIGTTIN would hang), killing
+/// every process that mentions `cleanup`.
+fn on_a_terminal(line: &str, input: &str, cleanup: &str) -> (Option<i32>, String) {
+    use std::io::Write;
+    let mut child = Command::new("script")
+        .args(["-qec", line, "/dev/null"])
+        .env_remove("FENCELOCK_BACKEND")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script(1)");
+    child
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("type");
+    let start = Instant::now();
+    while child.try_wait().expect("try_wait").is_none() {
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            kill_processes_mentioning(cleanup);
+            let out = child.wait_with_output().expect("output");
+            panic!("hung on the terminal: {}", String::from_utf8_lossy(&out.stdout));
+        }
+        std::thread::sleep(Duration::from_millis(10)); // polling a child's exit with a deadline
+    }
+    let out = child.wait_with_output().expect("output");
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn an_interactive_command_gets_the_terminal() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // `read` from the terminal: a command outside the terminal's foreground group would be
+    // stopped by SIGTTIN (and this would hang), as `sudo` asking for a password would.
+    let line = format!(
+        "{BIN} --backend file://{} run k -- sh -c 'read answer < /dev/tty; echo got=$answer'",
+        dir.path().display()
+    );
+    let (code, text) = on_a_terminal(&line, "yes\n", &dir.path().display().to_string());
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("got=yes"), "{text}");
+}
+
+#[test]
+fn ctrl_z_does_not_leave_the_terminal_to_a_stopped_command() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cleanup = dir.path().display().to_string();
+    let line = format!(
+        "{BIN} --backend file://{cleanup} run k -- sh -c 'echo ready; read a < /dev/tty; echo second; read b < /dev/tty; echo got=$a$b'"
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env_remove("FENCELOCK_BACKEND")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("script(1)");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let wait_for = |what: &str, seen: &mut Vec<String>| {
+        let start = Instant::now();
+        while !seen.iter().any(|l| l.trim() == what) {
+            match rx.recv_timeout(Duration::from_secs(20).saturating_sub(start.elapsed())) {
+                Ok(line) => seen.push(line),
+                Err(_) => {
+                    kill_processes_mentioning(&cleanup);
+                    panic!("never saw `{what}`: {seen:?}");
+                }
+            }
+        }
+    };
+    wait_for("ready", &mut seen);
+    stdin.write_all(b"x\n").expect("type");
+    wait_for("second", &mut seen);
+    // Ctrl-Z while the command reads the terminal: its group is continued at once.
+    stdin.write_all(b"\x1a").expect("type");
+    stdin.write_all(b"y\n").expect("type");
+    wait_for("got=xy", &mut seen);
+    let out = output_within(child, Duration::from_secs(20));
+    assert!(out.status.success());
+}

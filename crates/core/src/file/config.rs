@@ -1,0 +1,202 @@
+//! The file backend's configuration: the URL, the default directory, and the checks that
+//! keep a lock directory private.
+//!
+//! A lock directory must be the user's own: a directory another user owns or can write
+//! lets that user replace state files (tokens go back), plant links, or break locks. So it
+//! is created 0700, and an existing one is refused unless it is a real directory (not a
+//! symbolic link) owned by this user and not writable by group or others. `shared=true`
+//! opts into a directory shared by a group of users who trust each other: any owner, group
+//! writable; files are then created 0660. A directory every user can write (mode o+w,
+//! with or without the sticky bit) is refused even then: any local user could plant files
+//! in it, and with the sticky bit one user cannot replace another's state file at all.
+
+use std::fs::{self, DirBuilder};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::{LockError, Result};
+
+/// How a `FileLock` is built: from a URL or in code, through the same checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileConfig {
+    /// The lock directory, an absolute path; created (0700, or 0770 when `shared`) if
+    /// missing.
+    pub dir: PathBuf,
+    /// fsync every state change (default `true`). `false` keeps tokens across process
+    /// crashes but not power loss: use it only on tmpfs or in tests.
+    pub durable: bool,
+    /// Accept a directory shared by a group (any owner, group writable) and create files
+    /// group readable and writable (default `false`: the directory must be the user's own
+    /// and writable by nobody else).
+    pub shared: bool,
+}
+
+impl FileConfig {
+    /// A private, durable configuration for `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        FileConfig {
+            dir: dir.into(),
+            durable: true,
+            shared: false,
+        }
+    }
+
+    /// Parses `file:///absolute/dir[?durable=true|false][&shared=true|false]`.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let rest = url
+            .strip_prefix("file://")
+            .ok_or_else(|| LockError::invalid_config(format!("`{url}` is not a file:// URL")))?;
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        if !path.starts_with('/') {
+            return Err(LockError::invalid_config(format!(
+                "`{url}`: a file URL needs an absolute path, e.g. file:///var/lock/myapp (three slashes)"
+            )));
+        }
+        let mut config = FileConfig::new(path);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let flag = match pair.split_once('=') {
+                Some((_, "true")) => true,
+                Some((_, "false")) => false,
+                _ => return Err(unknown_option(url, pair)),
+            };
+            match pair.split_once('=').map(|(name, _)| name) {
+                Some("durable") => config.durable = flag,
+                Some("shared") => config.shared = flag,
+                _ => return Err(unknown_option(url, pair)),
+            }
+        }
+        Ok(config)
+    }
+
+    /// The file mode of files this configuration creates.
+    pub(crate) fn file_mode(&self) -> u32 {
+        if self.shared {
+            0o660
+        } else {
+            0o600
+        }
+    }
+
+    /// Creates the directory if missing and checks that it may be used (module docs):
+    /// `InvalidConfig` otherwise, naming the directory and what is wrong.
+    pub(crate) fn prepare_dir(&self) -> Result<()> {
+        let dir = &self.dir;
+        if !dir.is_absolute() {
+            return Err(LockError::invalid_config(format!(
+                "lock directory `{}` must be an absolute path",
+                dir.display()
+            )));
+        }
+        let meta = match fs::symlink_metadata(dir) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mode = if self.shared { 0o770 } else { 0o700 };
+                DirBuilder::new()
+                    .recursive(true)
+                    .mode(mode)
+                    .create(dir)
+                    .map_err(|e| cannot(dir, "create", e))?;
+                if self.shared {
+                    // The umask may have taken the group's write bit away.
+                    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+                        .map_err(|e| cannot(dir, "set the mode of", e))?;
+                }
+                fs::symlink_metadata(dir).map_err(|e| cannot(dir, "read", e))?
+            }
+            Err(e) => return Err(cannot(dir, "read", e)),
+        };
+        let refuse =
+            |why: String| LockError::invalid_config(format!("refusing lock directory {}: {why}", dir.display()));
+        if meta.file_type().is_symlink() {
+            return Err(refuse(
+                "it is a symbolic link (give the directory it points to, if you trust it)".into(),
+            ));
+        }
+        if !meta.is_dir() {
+            return Err(refuse("it is not a directory".into()));
+        }
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o002 != 0 {
+            return Err(refuse(format!(
+                "every user can write it (mode {mode:04o}), so any of them could replace its state files or break its locks; use a directory only you (or your group, with ?shared=true) can write"
+            )));
+        }
+        if self.shared {
+            return Ok(());
+        }
+        let me = rustix::process::geteuid().as_raw();
+        if meta.uid() != me {
+            return Err(refuse(format!(
+                "it is owned by uid {}, not by this user (uid {me}); that user could replace its state files. Use a directory you own, or add ?shared=true if you share it on purpose",
+                meta.uid()
+            )));
+        }
+        if mode & 0o020 != 0 {
+            return Err(refuse(format!(
+                "its group can write it (mode {mode:04o}); add ?shared=true if you share it with your group on purpose, or chmod g-w it"
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn unknown_option(url: &str, pair: &str) -> LockError {
+    LockError::invalid_config(format!(
+        "`{url}`: unknown option `{pair}` (the file backend takes durable=true|false and shared=true|false)"
+    ))
+}
+
+fn cannot(dir: &Path, what: &str, e: std::io::Error) -> LockError {
+    LockError::InvalidConfig {
+        message: format!("cannot {what} lock directory {}", dir.display()),
+        source: Some(e.into()),
+    }
+}
+
+/// The default lock directory: `$XDG_RUNTIME_DIR/fencelock` when `XDG_RUNTIME_DIR` is set
+/// to an absolute path (a private per-user tmpfs, emptied at logout and reboot), else
+/// `$TMPDIR/fencelock-UID` (`/tmp` without `TMPDIR`). Computed only; opening it creates it
+/// 0700 and checks it like any other.
+pub fn default_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        Some(runtime) if runtime.is_absolute() => runtime.join("fencelock"),
+        _ => {
+            let uid = rustix::process::geteuid().as_raw();
+            std::env::temp_dir().join(format!("fencelock-{uid}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_options() {
+        let c = FileConfig::from_url("file:///var/lock/app?durable=false&shared=true").unwrap();
+        assert_eq!(
+            c,
+            FileConfig {
+                dir: "/var/lock/app".into(),
+                durable: false,
+                shared: true
+            }
+        );
+        assert_eq!(FileConfig::from_url("file:///x").unwrap(), FileConfig::new("/x"));
+        for bad in [
+            "file://rel/dir",
+            "file:///x?shared=yes",
+            "file:///x?mode=1",
+            "redis://x",
+        ] {
+            let e = FileConfig::from_url(bad).unwrap_err();
+            assert!(matches!(e, LockError::InvalidConfig { .. }), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn relative_dir_built_in_code_is_refused() {
+        let e = FileConfig::new("locks").prepare_dir().unwrap_err();
+        assert!(matches!(e, LockError::InvalidConfig { .. }), "{e}");
+    }
+}

@@ -1,0 +1,238 @@
+//! Granting, extending and releasing one key: the decisions made under the key's mutex
+//! flock, and the `LeaseOps` of a grant.
+
+use std::fs::{self, File};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::error::{io_error, BACKEND};
+use super::state::{self, HolderRecord, KeyState};
+use super::{naming, os};
+use crate::error::{LockError, Result};
+use crate::lease::LeaseOps;
+use crate::token::GrantId;
+
+/// The files of one key, and how to write them.
+#[derive(Clone)]
+pub(crate) struct KeyFiles {
+    dir: Arc<PathBuf>,
+    stem: String,
+    durable: bool,
+    /// The mode of files this process creates: 0600, or 0660 in a shared directory.
+    mode: u32,
+}
+
+/// The outcome of one attempt.
+pub(crate) enum Decision {
+    /// Ours: the grant id, its token, and the open, flocked liveness file.
+    Granted { grant: String, token: u64, live: File },
+    /// Held by a live holder whose liveness file is `live`, for `expires_in` at most.
+    Busy { live: PathBuf, expires_in: Duration },
+}
+
+fn ns(d: Duration) -> u64 {
+    d.as_nanos().min(u128::from(u64::MAX)) as u64
+}
+
+impl KeyFiles {
+    pub(crate) fn new(dir: &Arc<PathBuf>, key: &str, durable: bool, mode: u32) -> Self {
+        KeyFiles {
+            dir: Arc::clone(dir),
+            stem: naming::stem(key),
+            durable,
+            mode,
+        }
+    }
+
+    fn path(&self, suffix: &str) -> PathBuf {
+        self.dir.join(format!("{}.{suffix}", self.stem))
+    }
+
+    /// The liveness files of this key now in the directory.
+    pub(crate) fn live_files(&self) -> Result<Vec<PathBuf>> {
+        let cannot_list = |e| io_error(format!("cannot list {}", self.dir.display()), e);
+        let mut found = Vec::new();
+        for entry in fs::read_dir(&*self.dir).map_err(cannot_list)? {
+            let entry = entry.map_err(cannot_list)?;
+            if entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| naming::is_live_file_of(&self.stem, n))
+            {
+                found.push(entry.path());
+            }
+        }
+        Ok(found)
+    }
+
+    /// Runs `f` on the key's state while holding the key's mutex flock; writes the state
+    /// back when `f` says it changed.
+    fn locked<T>(&self, f: impl FnOnce(&mut KeyState) -> Result<(T, bool)>) -> Result<T> {
+        let mutex_path = self.path("mutex");
+        let mutex = os::open_or_create(&mutex_path, self.mode)
+            .map_err(|e| io_error(format!("cannot open {}", mutex_path.display()), e))?;
+        os::lock_exclusive(&mutex).map_err(|e| io_error(format!("cannot flock {}", mutex_path.display()), e))?;
+        let state_path = self.path("state");
+        let mut st = state::read(&state_path)?;
+        let (value, changed) = f(&mut st)?;
+        if changed {
+            state::write(&self.dir, &self.stem, &state_path, &st, self.durable, self.mode)?;
+        }
+        Ok(value)
+        // `mutex` is closed here, which drops the flock.
+    }
+
+    /// `Some((liveness file, time left))` when the recorded holder is live: not expired,
+    /// and its liveness file is flocked by someone (not crashed, not removed by hand).
+    fn live_holder(&self, st: &KeyState) -> Result<Option<(PathBuf, Duration)>> {
+        let Some(h) = &st.holder else { return Ok(None) };
+        let now = os::mono_ns();
+        if h.expires_mono_ns <= now {
+            return Ok(None);
+        }
+        let live = self.dir.join(&h.live);
+        let alive = os::held_by_someone(&live).map_err(|e| io_error(format!("cannot check {}", live.display()), e))?;
+        Ok(alive.then(|| (live, Duration::from_nanos(h.expires_mono_ns - now))))
+    }
+
+    pub(crate) fn try_grant(&self, ttl: Duration) -> Result<Decision> {
+        self.locked(|st| {
+            if let Some((live, expires_in)) = self.live_holder(st)? {
+                return Ok((Decision::Busy { live, expires_in }, false));
+            }
+            let token = st.last_token.checked_add(1).ok_or_else(|| {
+                LockError::backend(
+                    BACKEND,
+                    "token counter exhausted",
+                    std::io::Error::other("u64 overflow"),
+                )
+            })?;
+            let grant = GrantId::random().to_string();
+            let live_name = naming::live_file(&self.stem, &grant);
+            let live_path = self.dir.join(&live_name);
+            let live = os::create_new(&live_path, self.mode)
+                .map_err(|e| io_error(format!("cannot create {}", live_path.display()), e))?;
+            let locked = os::try_lock_exclusive(&live)
+                .map_err(|e| io_error(format!("cannot flock {}", live_path.display()), e))?;
+            if !locked {
+                let _ = fs::remove_file(&live_path);
+                return Err(LockError::backend(
+                    BACKEND,
+                    "a new liveness file was already locked",
+                    std::io::Error::other(live_name),
+                ));
+            }
+            let stale = st.holder.take();
+            st.last_token = token;
+            st.holder = Some(HolderRecord {
+                grant: grant.clone(),
+                expires_mono_ns: os::mono_ns().saturating_add(ns(ttl)),
+                live: live_name,
+            });
+            if let Some(stale) = stale {
+                let _ = fs::remove_file(self.dir.join(stale.live));
+            }
+            Ok((Decision::Granted { grant, token, live }, true))
+        })
+    }
+
+    /// `true` when the state names `grant` as holder and its liveness file is still the
+    /// one we created (`live_id`): an operator's `rm` of it removed the grant.
+    fn is_ours(&self, h: &HolderRecord, grant: &str, live_id: (u64, u64)) -> Result<bool> {
+        if h.grant != grant {
+            return Ok(false);
+        }
+        let live = self.dir.join(&h.live);
+        let id = os::path_id(&live).map_err(|e| io_error(format!("cannot check {}", live.display()), e))?;
+        Ok(id == Some(live_id))
+    }
+
+    /// Extends our grant to `ttl` from now; `None` when it is not ours any more (expired,
+    /// taken over, or removed by hand).
+    fn extend(&self, grant: &str, live_id: (u64, u64), ttl: Duration) -> Result<Option<Duration>> {
+        self.locked(|st| {
+            let now = os::mono_ns();
+            match st.holder.as_mut() {
+                Some(h) if h.expires_mono_ns > now && self.is_ours(h, grant, live_id)? => {
+                    h.expires_mono_ns = now.saturating_add(ns(ttl));
+                    Ok((Some(ttl), true))
+                }
+                _ => Ok((None, false)),
+            }
+        })
+    }
+
+    /// Releases our grant: clears the holder and removes our liveness file. `true` when
+    /// the grant was still ours and valid. Another holder's grant is never touched.
+    fn release(&self, grant: &str, live_id: (u64, u64)) -> Result<bool> {
+        self.locked(|st| match &st.holder {
+            Some(h) if h.grant == grant => {
+                let was_live = h.expires_mono_ns > os::mono_ns() && self.is_ours(h, grant, live_id)?;
+                let live = self.dir.join(&h.live);
+                if os::path_id(&live).ok().flatten() == Some(live_id) {
+                    let _ = fs::remove_file(live);
+                }
+                st.holder = None;
+                Ok((was_live, true))
+            }
+            _ => Ok((false, false)),
+        })
+    }
+}
+
+/// One grant: its id and the open, flocked liveness file.
+pub(crate) struct FileGrant {
+    pub(crate) files: KeyFiles,
+    pub(crate) grant: String,
+    /// The liveness file's identity, to tell it from a file put in its place.
+    pub(crate) live_id: (u64, u64),
+    pub(crate) live: Mutex<Option<File>>,
+}
+
+impl FileGrant {
+    pub(crate) fn new(files: KeyFiles, grant: String, live: File) -> Result<Self> {
+        let live_id = os::file_id(&live).map_err(|e| io_error("cannot stat a liveness file".into(), e))?;
+        Ok(FileGrant {
+            files,
+            grant,
+            live_id,
+            live: Mutex::new(Some(live)),
+        })
+    }
+}
+
+/// Runs `f` in a blocking task, which completes even if the caller is dropped.
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(LockError::backend(BACKEND, "file operation task failed", e)),
+    }
+}
+
+#[async_trait]
+impl LeaseOps for FileGrant {
+    async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
+        let (files, grant, id) = (self.files.clone(), self.grant.clone(), self.live_id);
+        blocking(move || files.extend(&grant, id, ttl)).await
+    }
+
+    async fn release(&self) -> Result<bool> {
+        let (files, grant, id) = (self.files.clone(), self.grant.clone(), self.live_id);
+        let live = match self.live.lock() {
+            Ok(mut l) => l.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        // The liveness file is closed in the task, after the state no longer names us, so
+        // a release dropped in flight still ends with the file closed; closing it drops
+        // its flock and wakes every waiter.
+        blocking(move || {
+            let released = files.release(&grant, id);
+            drop(live);
+            released
+        })
+        .await
+    }
+}

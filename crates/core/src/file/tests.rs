@@ -1,0 +1,270 @@
+//! Tests of the file backend on a real directory: resources of waiting (K5), grants
+//! removed by hand (K2), and the directory's privacy (symbolic links, foreign and shared
+//! directories).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+use super::FileLock;
+use crate::error::LockError;
+use crate::lock::DistributedLock;
+use crate::options::LockOptions;
+
+/// Tests that count this process's wait threads run one at a time.
+static COUNTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn long() -> LockOptions {
+    LockOptions::new()
+        .with_ttl(Duration::from_secs(60))
+        .with_auto_renew(false)
+}
+
+/// Threads of this process named like the backend's wait helper (`comm` keeps the first
+/// 15 bytes of a thread's name).
+fn wait_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|n| n.starts_with("fencelock-file-")))
+        .count()
+}
+
+/// Open descriptors of this process that point into `dir`.
+fn files_in(dir: &Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target.starts_with(dir)))
+        .count()
+}
+
+/// Re-reads `read` until it returns `want` or 5 s pass; returns the last value.
+async fn settles_to(want: usize, read: impl Fn() -> usize) -> usize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = read();
+        if now == want || tokio::time::Instant::now() >= deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn try_acquire_and_timed_out_acquire_leave_no_thread_or_file() {
+    let _one = COUNTING.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (FileLock::open(dir.path()).unwrap(), FileLock::open(dir.path()).unwrap());
+    let held = a.acquire("k", &long()).await.unwrap();
+    let files_before = files_in(dir.path());
+    for _ in 0..50 {
+        assert!(b.try_acquire("k", &long()).await.unwrap().is_none());
+    }
+    for _ in 0..20 {
+        let e = b
+            .acquire("k", &long().with_wait(Duration::from_millis(10)))
+            .await
+            .unwrap_err();
+        assert!(e.is_timeout(), "{e}");
+    }
+    assert_eq!(settles_to(0, wait_threads).await, 0, "wait threads left behind");
+    let files = settles_to(files_before, || files_in(dir.path())).await;
+    assert_eq!(files, files_before, "open files left behind");
+    held.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_of_one_holder_share_one_thread_which_ends_with_them() {
+    let _one = COUNTING.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = FileLock::open(dir.path()).unwrap();
+    let held = a.acquire("k", &long()).await.unwrap();
+    let waiters: Vec<_> = (0..6)
+        .map(|_| {
+            let b = FileLock::open(dir.path()).unwrap();
+            tokio::spawn(async move {
+                let lease = b.acquire("k", &long().with_wait(Duration::from_secs(30))).await?;
+                lease.release().await
+            })
+        })
+        .collect();
+    // Every waiter holds a share of the holder's watch once it waits.
+    assert_eq!(settles_to(6, super::wait::waiters).await, 6, "not every waiter waits");
+    assert_eq!(wait_threads(), 1, "waiters of one holder did not share one thread");
+    held.release().await.unwrap();
+    for w in waiters {
+        tokio::time::timeout(Duration::from_secs(20), w)
+            .await
+            .expect("a waiter was not woken")
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(
+        settles_to(0, wait_threads).await,
+        0,
+        "the wait thread outlived its waiters"
+    );
+}
+
+#[tokio::test]
+async fn removed_grant_is_noticed_by_extend_and_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let locks = FileLock::open(dir.path()).unwrap();
+    let lease = locks.acquire("k", &long()).await.unwrap();
+    assert_eq!(locks.records("k").unwrap(), 1);
+    assert_eq!(locks.remove_grant("k").unwrap(), 1);
+    assert_eq!(locks.records("k").unwrap(), 0);
+    // Nobody took the key meanwhile: only the missing liveness file tells.
+    let e = lease.extend(Duration::from_secs(60)).await.unwrap_err();
+    assert!(e.is_lease_lost(), "extend of a removed grant: {e}");
+    let e = lease.release().await.unwrap_err();
+    assert!(e.is_lease_lost(), "release of a removed grant: {e}");
+    let next = locks.try_acquire("k", &long()).await.unwrap().expect("the key is free");
+    assert!(next.token().get() > 1, "the token counter was kept");
+    next.release().await.unwrap();
+}
+
+/// A file outside the lock directory that a planted link points at.
+fn victim(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("victim");
+    std::fs::write(&path, "precious").unwrap();
+    path
+}
+
+#[tokio::test]
+async fn planted_links_are_never_followed() {
+    let outside = tempfile::tempdir().unwrap();
+    let victim = victim(outside.path());
+    // The temporary state file's old fixed name: taking the lock must work and leave the
+    // victim untouched.
+    let dir = tempfile::tempdir().unwrap();
+    symlink(&victim, dir.path().join("k-job.state-tmp")).unwrap();
+    let locks = FileLock::open(dir.path()).unwrap();
+    let lease = locks.acquire("job", &long()).await.unwrap();
+    lease.release().await.unwrap();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    // Links in place of the state or mutex file: a permanent error, victim untouched.
+    for name in ["k-job.state", "k-job.mutex"] {
+        let dir = tempfile::tempdir().unwrap();
+        symlink(&victim, dir.path().join(name)).unwrap();
+        let locks = FileLock::open(dir.path()).unwrap();
+        let e = locks.try_acquire("job", &long()).await.unwrap_err();
+        assert!(!e.is_temporary(), "a planted {name} link gave a temporary error: {e}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious", "{name}");
+    }
+}
+
+#[tokio::test]
+async fn world_writable_directory_is_refused() {
+    let outside = tempfile::tempdir().unwrap();
+    let victim = victim(outside.path());
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("fencelock-shared");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    symlink(&victim, dir.join("k-job.state-tmp")).unwrap();
+    for url in [
+        format!("file://{}", dir.display()),
+        format!("file://{}?shared=true", dir.display()),
+    ] {
+        match FileLock::from_url(&url) {
+            Err(LockError::InvalidConfig { message, .. }) => {
+                assert!(message.contains("every user can write"), "{message}")
+            }
+            other => panic!("{url}: a 0777 directory was accepted: {other:?}"),
+        }
+    }
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+}
+
+#[tokio::test]
+async fn group_writable_directory_needs_shared() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("group");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o770)).unwrap();
+    let e = FileLock::open(&dir).unwrap_err();
+    assert!(matches!(e, LockError::InvalidConfig { .. }), "{e}");
+    let shared = FileLock::from_url(&format!("file://{}?shared=true", dir.display())).unwrap();
+    let lease = shared.acquire("job", &long()).await.unwrap();
+    lease.release().await.unwrap();
+    // A shared directory it creates is group writable whatever the umask.
+    use std::os::unix::fs::MetadataExt;
+    let created = parent.path().join("new-shared");
+    FileLock::from_url(&format!("file://{}?shared=true", created.display())).unwrap();
+    assert_eq!(std::fs::metadata(&created).unwrap().mode() & 0o777, 0o770);
+}
+
+#[test]
+fn directory_of_another_user_is_refused() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = if rustix::process::geteuid().is_root() {
+        let dir = parent.path().join("theirs");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        // nobody (65534): what another user's pre-created directory looks like.
+        std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+        dir
+    } else {
+        Path::new("/usr").to_owned() // owned by root, not by us
+    };
+    match FileLock::open(&dir) {
+        Err(LockError::InvalidConfig { message, .. }) => assert!(message.contains("owned by uid"), "{message}"),
+        other => panic!("a directory of another user was accepted: {other:?}"),
+    }
+}
+
+#[test]
+fn created_directory_and_files_are_private() {
+    use std::os::unix::fs::MetadataExt;
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("new").join("locks");
+    let locks = FileLock::open(&dir).unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let lease = locks.acquire("job", &long()).await.unwrap();
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            assert_eq!(mode(&entry.path()), 0o600, "{:?}", entry.file_name());
+        }
+        lease.release().await.unwrap();
+    });
+}
+
+#[test]
+fn symlinked_directory_is_refused() {
+    let parent = tempfile::tempdir().unwrap();
+    let real = parent.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let link = parent.path().join("link");
+    symlink(&real, &link).unwrap();
+    let e = FileLock::open(&link).unwrap_err();
+    assert!(matches!(e, LockError::InvalidConfig { .. }), "{e}");
+}
+
+#[tokio::test]
+async fn corrupt_state_is_a_permanent_error_not_retried_for_the_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("k-job.state"), b"{not json").unwrap();
+    let locks = FileLock::open(dir.path()).unwrap();
+    let started = std::time::Instant::now();
+    let e = locks
+        .acquire("job", &long().with_wait(Duration::from_secs(20)))
+        .await
+        .unwrap_err();
+    assert!(!e.is_temporary(), "{e}");
+    assert!(e.to_string().contains("corrupt"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a corrupt state file was retried for {:?}",
+        started.elapsed()
+    );
+}

@@ -1,0 +1,227 @@
+//! [`RedlockGrant`]: one Redlock grant — extend needs a quorum again; release goes to every
+//! node and, where a node did not confirm in time, goes on in the background until that
+//! node answers or its copy of the grant has expired.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fencelock_core::{LeaseOps, Result};
+use tokio::time::Instant;
+
+use crate::error::no_quorum;
+use crate::lock::Inner;
+use crate::quorum::fan_out;
+
+/// The most rounds a background release sends to the nodes that have not answered yet.
+const RELEASE_ROUNDS: u32 = 50;
+
+/// One Redlock grant: extend needs a quorum again; release goes to every node.
+pub(crate) struct RedlockGrant {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) key: String,
+    pub(crate) grant: String,
+    pub(crate) token: u64,
+    /// Per node: its counter may be below `token` (it did not grant, or granted with a
+    /// lower count), so release raises it. Nodes that granted with `token` itself already
+    /// count from there and get the plain compare-and-delete — in the fault-free steady
+    /// state that is every node, and the release costs what a bare Redlock's does.
+    pub(crate) lagging: Vec<bool>,
+    /// The TTL (ms) last set on the nodes: a node's copy of the grant is gone at most this
+    /// long after now, which bounds a background release.
+    pub(crate) ttl_ms: AtomicU64,
+}
+
+impl RedlockGrant {
+    /// Extends on every node at once; a quorum must answer yes within the validity.
+    /// `batched`: each node's part joins that node's batch of background renewals, and
+    /// the per-node timeout grows by the batch window.
+    async fn extend_on_quorum(&self, ttl: Duration, batched: bool) -> Result<Option<Duration>> {
+        let cfg = &self.inner.cfg;
+        let start = Instant::now();
+        let (k, g) = (self.key.clone(), self.grant.clone());
+        let wait = if batched {
+            self.inner
+                .nodes
+                .iter()
+                .map(|n| n.renew_wait(ttl))
+                .max()
+                .unwrap_or_default()
+        } else {
+            Duration::ZERO
+        };
+        // Whatever the answers, some node may now hold the grant for `ttl`.
+        self.ttl_ms.fetch_max(ttl.as_millis() as u64, Ordering::Relaxed);
+        let answers = fan_out(&self.inner.nodes, cfg.per_node_timeout + wait, move |_, n| {
+            let (k, g) = (k.clone(), g.clone());
+            async move {
+                if batched {
+                    n.renew(&k, &g, ttl).await
+                } else {
+                    n.extend(&k, &g, ttl).await
+                }
+            }
+        })
+        .await;
+        let extended = answers.iter().filter(|a| matches!(a, Ok(true))).count();
+        let answered = answers.iter().filter(|a| a.is_ok()).count();
+        let drift = cfg.drift(ttl);
+        if extended >= cfg.quorum() && start.elapsed() + drift < ttl {
+            return Ok(Some(ttl - drift));
+        }
+        if answered < cfg.quorum() {
+            return Err(no_quorum("extend", &answers, cfg.quorum(), cfg.per_node_timeout + wait));
+        }
+        Ok(None)
+    }
+
+    fn release_plan(&self) -> ReleasePlan {
+        ReleasePlan {
+            inner: Arc::clone(&self.inner),
+            key: self.key.clone(),
+            grant: self.grant.clone(),
+            raise_to: Some((self.token, self.lagging.clone())),
+        }
+    }
+}
+
+#[async_trait]
+impl LeaseOps for RedlockGrant {
+    async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
+        self.extend_on_quorum(ttl, false).await
+    }
+
+    async fn renew(&self, ttl: Duration) -> Result<Option<Duration>> {
+        self.extend_on_quorum(ttl, true).await
+    }
+
+    /// Sends the release to every node at once, each bounded by the per-node timeout.
+    /// `Ok(false)` (the lease was lost) when more than N − quorum nodes answered that the
+    /// grant was not theirs: fewer than a quorum can still have held it. Otherwise `Ok(true)`
+    /// — the lease's own validity says whether it was held to the end — and nodes that did
+    /// not answer in time get the release again **in the background**, logged as a warning,
+    /// until each answers or the grant's TTL has passed (their copy has expired by then),
+    /// at most [`RELEASE_ROUNDS`] rounds. An unconfirmed release is therefore not an error:
+    /// under load a slow quorum used to turn a release into `Unavailable` although it was
+    /// still going on.
+    async fn release(&self) -> Result<bool> {
+        let plan = self.release_plan();
+        let n = self.inner.nodes.len();
+        let quorum = self.inner.cfg.quorum();
+        let everyone: Vec<usize> = (0..n).collect();
+        let answers = plan.send(&everyone).await;
+        let refused = answers.iter().filter(|(_, a)| matches!(a, Ok(false))).count();
+        let silent: Vec<usize> = answers.iter().filter(|(_, a)| a.is_err()).map(|(i, _)| *i).collect();
+        if !silent.is_empty() {
+            let until = Instant::now() + Duration::from_millis(self.ttl_ms.load(Ordering::Relaxed));
+            let list: Vec<_> = answers.iter().map(|(_, a)| a.clone()).collect();
+            tracing::warn!(
+                key = %self.key,
+                token = self.token,
+                "release not confirmed in time ({}); sending it again in the background to the {} silent node(s) until they answer or the TTL has passed",
+                no_quorum("release", &list, quorum, self.inner.cfg.per_node_timeout),
+                silent.len()
+            );
+            plan.finish_later(silent, until);
+        }
+        Ok(refused <= n - quorum)
+    }
+}
+
+/// A release of one grant on a set of nodes: compare-and-delete, raising lagging counters
+/// when the grant's token is known.
+pub(crate) struct ReleasePlan {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) key: String,
+    pub(crate) grant: String,
+    /// The token and, per node, whether its counter must be raised to it.
+    pub(crate) raise_to: Option<(u64, Vec<bool>)>,
+}
+
+impl ReleasePlan {
+    /// One release request to each node of `which` at once; the answers, by node index.
+    async fn send(&self, which: &[usize]) -> Vec<(usize, crate::quorum::Answer<bool>)> {
+        let nodes: Vec<_> = which.iter().map(|&i| self.inner.nodes[i].clone()).collect();
+        let per_node = self.inner.cfg.per_node_timeout;
+        let answers = fan_out(&nodes, per_node, |j, node| {
+            let (k, g) = (self.key.clone(), self.grant.clone());
+            let raise = self
+                .raise_to
+                .as_ref()
+                .and_then(|(token, lagging)| lagging.get(which[j]).copied().unwrap_or(true).then_some(*token));
+            async move {
+                match raise {
+                    Some(token) => node.release_raising(&k, &g, token).await,
+                    None => node.release(&k, &g).await,
+                }
+            }
+        })
+        .await;
+        which.iter().copied().zip(answers).collect()
+    }
+
+    /// Sends the release to every node, then keeps sending it in the background to the
+    /// nodes that did not answer, until `until` (see [`finish_later`](Self::finish_later)).
+    pub(crate) async fn everywhere(self, until: Instant) {
+        let everyone: Vec<usize> = (0..self.inner.nodes.len()).collect();
+        let silent: Vec<usize> = self
+            .send(&everyone)
+            .await
+            .into_iter()
+            .filter(|(_, a)| a.is_err())
+            .map(|(i, _)| i)
+            .collect();
+        if !silent.is_empty() {
+            tracing::debug!(key = %self.key, silent = silent.len(), "release unanswered; going on in the background");
+            self.finish_later(silent, until);
+        }
+    }
+
+    /// In a background task: sends the release again to the nodes of `pending` that have
+    /// not answered, pausing twice the per-node timeout between rounds, until every one
+    /// answered, `until` passed, or [`RELEASE_ROUNDS`] rounds were sent. Holds the instance
+    /// only weakly between rounds: a dropped instance ends it. Nothing without a runtime.
+    pub(crate) fn finish_later(self, mut pending: Vec<usize>, until: Instant) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let pause = self.inner.cfg.per_node_timeout * 2;
+        let ReleasePlan {
+            inner,
+            key,
+            grant,
+            raise_to,
+        } = self;
+        let weak = Arc::downgrade(&inner);
+        // Counted on the nodes while it runs, so `close` waits for it.
+        let cleanups: Vec<_> = pending.iter().map(|&i| inner.nodes[i].cleanup()).collect();
+        drop(inner);
+        rt.spawn(async move {
+            let _cleanups = cleanups;
+            for _ in 0..RELEASE_ROUNDS {
+                if pending.is_empty() || Instant::now() >= until {
+                    return;
+                }
+                tokio::time::sleep(pause).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let plan = ReleasePlan {
+                    inner,
+                    key: key.clone(),
+                    grant: grant.clone(),
+                    raise_to: raise_to.clone(),
+                };
+                pending = plan
+                    .send(&pending)
+                    .await
+                    .into_iter()
+                    .filter(|(_, a)| a.is_err())
+                    .map(|(i, _)| i)
+                    .collect();
+            }
+            if !pending.is_empty() {
+                tracing::warn!(%key, nodes = pending.len(), "release still unconfirmed after {RELEASE_ROUNDS} rounds; the grant expires there by its TTL");
+            }
+        });
+    }
+}

@@ -1,0 +1,288 @@
+//! The queue of lock nodes under a key: taking a place (the create, with its answer
+//! followed up when lost), finding our position, and waiting for our turn by watching only
+//! our predecessor (no herd) — the recipe of ZooKeeper's documentation ("Locks", in
+//! "ZooKeeper Recipes and Solutions").
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fencelock_core::{GrantId, LockError, Result};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use zookeeper_client::{Acls, CreateMode, EventType};
+
+use crate::cleanup;
+use crate::config::ZkConfig;
+use crate::error::{failed, outcome_unknown, refused_name, timed_out};
+use crate::names::{find_ours, key_dir, key_node, lock_prefix, sequence};
+use crate::session::Session;
+
+/// The most look-ups a follow-up of a lost create answer makes before it leaves the node
+/// (if any) to the session's end.
+const MAX_FOLLOW_UPS: u32 = 20;
+
+/// How many times a create is tried when the key's container is missing (a new key, or the
+/// server removed the empty container between our creates).
+const CONTAINER_TRIES: u32 = 3;
+
+/// Our node in the queue. Dropping it while armed (an abandoned, failed or late acquire)
+/// deletes it in the background.
+pub(crate) struct Queued {
+    pub session: Arc<Session>,
+    pub cfg: Arc<ZkConfig>,
+    pub dir: String,
+    pub name: String,
+    pub czxid: i64,
+    armed: bool,
+}
+
+impl Queued {
+    pub fn path(&self) -> String {
+        format!("{}/{}", self.dir, self.name)
+    }
+
+    /// The node became a lease: its release is the lease's business now.
+    pub fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        if self.armed {
+            cleanup::delete(&self.session, self.cfg.timeout, self.path());
+        }
+    }
+}
+
+/// A create whose answer has not reached its caller yet. Kept across the attempts of one
+/// `acquire` (with the same grant id), so a retry waits for the first create instead of
+/// making a second node; dropping it hands the outcome to the background, which deletes
+/// whatever the create made.
+pub(crate) struct Pending {
+    grant: GrantId,
+    answer: std::sync::Mutex<Option<oneshot::Receiver<Result<Queued>>>>,
+}
+
+impl Pending {
+    /// A new grant id, no create sent yet.
+    pub fn new() -> Self {
+        Pending {
+            grant: GrantId::random(),
+            answer: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+/// Takes a place in `key`'s queue: creates our ephemeral sequential node
+/// `KEYNODE/lock-GRANT-SEQUENCE` (the container first if it is missing). The create runs
+/// in its own task, which waits for the client's answer however late it comes; this call
+/// waits at most two request timeouts (container and node) and returns `Unavailable`
+/// after that, leaving the create in `pending` for the next attempt.
+pub(crate) async fn enqueue(
+    session: &Arc<Session>,
+    cfg: &Arc<ZkConfig>,
+    key: &str,
+    pending: &Pending,
+) -> Result<Queued> {
+    let waiting = pending.answer.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let answer = match waiting {
+        Some(answer) => answer,
+        None => {
+            let (tx, rx) = oneshot::channel();
+            let (s, cfg2, key2, grant) = (
+                Arc::clone(session),
+                Arc::clone(cfg),
+                key.to_owned(),
+                pending.grant.clone(),
+            );
+            cleanup::spawn(session, async move {
+                let outcome = create(&s, &cfg2, &key2, &grant).await;
+                // A caller that gave up dropped the receiver: the node (if any) comes back
+                // here and its drop deletes it.
+                drop(tx.send(outcome));
+            });
+            rx
+        }
+    };
+    let mut answer = answer;
+    match tokio::time::timeout(cfg.timeout * 2, &mut answer).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(_)) => Err(LockError::Unavailable {
+            message: "the lock node's create task ended without an answer (no runtime?)".into(),
+            source: None,
+        }),
+        Err(_) => {
+            *pending.answer.lock().unwrap_or_else(|p| p.into_inner()) = Some(answer);
+            Err(timed_out("creating the lock node", &cfg.display, cfg.timeout * 2))
+        }
+    }
+}
+
+/// The create itself, in the background task. Its answer is awaited for as long as the
+/// client keeps the request (it fails requests when a connection is lost), bounded by two
+/// session timeouts and a request timeout; when no answer comes, or the connection was lost
+/// with the request in flight, the outcome is unknown and [`follow_up`] finds out.
+async fn create(session: &Arc<Session>, cfg: &Arc<ZkConfig>, key: &str, grant: &GrantId) -> Result<Queued> {
+    let client = session.client()?;
+    let dir = key_dir(key);
+    let prefix = format!("{dir}/{}", lock_prefix(grant));
+    let node = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
+    let limit = session.timeout() * 2 + cfg.timeout;
+    for _ in 0..CONTAINER_TRIES {
+        match tokio::time::timeout(limit, client.create(&prefix, b"", &node)).await {
+            Ok(Ok((stat, seq))) => {
+                return Ok(Queued {
+                    session: Arc::clone(session),
+                    cfg: Arc::clone(cfg),
+                    name: format!("{}{seq}", lock_prefix(grant)),
+                    dir,
+                    czxid: stat.czxid,
+                    armed: true,
+                })
+            }
+            // A new key, or its empty container was removed: make the container, then again.
+            Ok(Err(zookeeper_client::Error::NoNode)) => {
+                let container = CreateMode::Container.with_acls(Acls::anyone_all());
+                match tokio::time::timeout(cfg.timeout, client.create(&dir, b"", &container)).await {
+                    Ok(Ok(_)) | Ok(Err(zookeeper_client::Error::NodeExists)) => {}
+                    Ok(Err(e @ zookeeper_client::Error::BadArguments(_))) => {
+                        return Err(refused_name(key, &key_node(key), e))
+                    }
+                    Ok(Err(e)) => return Err(failed("creating the lock's container", &cfg.display, e)),
+                    // A container made late is harmless: it holds no lock node, and the
+                    // server removes empty containers.
+                    Err(_) => return Err(timed_out("creating the lock's container", &cfg.display, cfg.timeout)),
+                }
+            }
+            Ok(Err(e @ zookeeper_client::Error::BadArguments(_))) => return Err(refused_name(key, &key_node(key), e)),
+            Ok(Err(e)) if outcome_unknown(&e) => return follow_up(session, cfg, &dir, grant).await,
+            Ok(Err(e)) => return Err(failed("creating the lock node", &cfg.display, e)),
+            Err(_) => return follow_up(session, cfg, &dir, grant).await,
+        }
+    }
+    Err(LockError::Unavailable {
+        message: format!("the lock's container {dir} vanished {CONTAINER_TRIES} times while creating the lock node"),
+        source: None,
+    })
+}
+
+/// Finds out what a create whose answer was lost did: `sync` (so the server we read from has
+/// applied everything the leader committed before, our create included if it was), then
+/// list the key's children and look for our grant id. Found: the node is ours (returned
+/// armed, so a caller that gave up deletes it). Not found after a sync: it was never made.
+/// Retried with backoff while the look-up itself gets no answer, bounded; after that, or
+/// once the session ended, the session's end removes whatever is left.
+async fn follow_up(session: &Arc<Session>, cfg: &Arc<ZkConfig>, dir: &str, grant: &GrantId) -> Result<Queued> {
+    let mut pause = Duration::from_millis(50);
+    for _ in 0..MAX_FOLLOW_UPS {
+        if !session.is_usable() {
+            break;
+        }
+        let client = session.client()?;
+        let look = async {
+            client.sync(dir).await?;
+            let children = client.list_children(dir).await?;
+            let Some(name) = find_ours(&children, grant) else {
+                return Ok(None);
+            };
+            let stat = client.check_stat(&format!("{dir}/{name}")).await?;
+            Ok::<_, zookeeper_client::Error>(stat.map(|s| (name, s.czxid)))
+        };
+        match tokio::time::timeout(cfg.timeout, look).await {
+            Ok(Ok(Some((name, czxid)))) => {
+                tracing::debug!(%dir, %name, "a lock node whose create answer was lost was found");
+                return Ok(Queued {
+                    session: Arc::clone(session),
+                    cfg: Arc::clone(cfg),
+                    dir: dir.to_owned(),
+                    name,
+                    czxid,
+                    armed: true,
+                });
+            }
+            Ok(Ok(None)) | Ok(Err(zookeeper_client::Error::NoNode)) => {
+                return Err(LockError::Unavailable {
+                    message: "the lock node's create got no answer, and the node was not made".into(),
+                    source: None,
+                })
+            }
+            Ok(Err(e)) => tracing::debug!(%dir, error = %e, "looking for a lost create failed; trying again"),
+            Err(_) => tracing::debug!(%dir, "looking for a lost create got no answer; trying again"),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+    Err(LockError::Unavailable {
+        message: "the lock node's create got no answer and could not be looked up; the session's end removes it".into(),
+        source: None,
+    })
+}
+
+/// Where we stand in the queue, and the send instant of the listing that says so.
+pub(crate) struct Position {
+    /// The node just before ours; `None` when ours is first (we hold the lock).
+    pub predecessor: Option<String>,
+    /// When the listing was sent: if we are first, the lock is ours from no later than
+    /// this, and the answer proves the server heard our session then.
+    pub sent_at: Instant,
+}
+
+/// Lists the queue. `Err` when our node is gone (the session expired, or an operator
+/// deleted it).
+pub(crate) async fn position(q: &Queued) -> Result<Position> {
+    let client = q.session.client()?;
+    let sent_at = Instant::now();
+    let mut children = match tokio::time::timeout(q.cfg.timeout, client.list_children(&q.dir)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(failed("listing the queue", &q.cfg.display, e)),
+        Err(_) => return Err(timed_out("listing the queue", &q.cfg.display, q.cfg.timeout)),
+    };
+    children.retain(|c| sequence(c).is_some());
+    children.sort_by_key(|c| sequence(c).unwrap_or(i64::MAX));
+    let Some(at) = children.iter().position(|c| *c == q.name) else {
+        return Err(LockError::Unavailable {
+            message: "our lock node is gone (session expired, or deleted by someone else)".into(),
+            source: None,
+        });
+    };
+    Ok(Position {
+        predecessor: (at > 0).then(|| children[at - 1].clone()),
+        sent_at,
+    })
+}
+
+/// Waits until our node is first, watching only our predecessor; returns the send instant
+/// of the listing that found us first (the lease's validity counts from there, not from
+/// the create: a long wait must not eat the TTL). `wakeups` counts watch wake-ups.
+pub(crate) async fn wait_turn(q: &Queued, wakeups: &AtomicU64) -> Result<Instant> {
+    for _ in 0..100_000 {
+        let pos = position(q).await?;
+        let Some(pred) = pos.predecessor else {
+            return Ok(pos.sent_at);
+        };
+        let path = format!("{}/{pred}", q.dir);
+        let client = q.session.client()?;
+        let (stat, watcher) = match tokio::time::timeout(q.cfg.timeout, client.check_and_watch_stat(&path)).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return Err(failed("watching the predecessor", &q.cfg.display, e)),
+            Err(_) => return Err(timed_out("watching the predecessor", &q.cfg.display, q.cfg.timeout)),
+        };
+        if stat.is_none() {
+            continue; // gone between the listing and the watch: look again
+        }
+        let event = watcher.changed().await;
+        wakeups.fetch_add(1, Ordering::Relaxed);
+        if event.event_type == EventType::Session && !q.session.is_usable() {
+            return Err(LockError::Unavailable {
+                message: "the zookeeper session ended while waiting".into(),
+                source: None,
+            });
+        }
+    }
+    Err(LockError::Unavailable {
+        message: "the queue did not settle".into(),
+        source: None,
+    })
+}

@@ -1,0 +1,277 @@
+//! ZooKeeper-specific checks of issue 12's fault kinds, on a real server, beyond what the
+//! shared conformance cases can see from outside: where a waiter stands in the queue after
+//! a long wait (K1), what a create delivered after its timeout leaves behind (K3), and what
+//! `close()` does for a waiter dropped at the end of a process (K4).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+use std::time::Duration;
+
+use fencelock_core::{DistributedLock, LockOptions};
+use fencelock_testkit::proxy::{FaultProxy, Mode};
+use fencelock_testkit::zk_server::ZkEnsemble;
+use fencelock_zk::ZkLock;
+use tokio::time::Instant;
+
+const SLACK: Duration = Duration::from_secs(3);
+
+/// An operator's view of the server: the lock nodes queued under a key.
+struct Operator(zookeeper_client::Client);
+
+impl Operator {
+    async fn connect(ensemble: &ZkEnsemble, chroot: &str) -> Operator {
+        let client = zookeeper_client::Client::connector()
+            .with_session_timeout(Duration::from_secs(10))
+            .connect(&format!("{}{chroot}", ensemble.endpoints().join(",")))
+            .await
+            .expect("the operator's connection");
+        Operator(client)
+    }
+
+    /// The key's lock nodes, in queue order.
+    async fn nodes(&self, key: &str) -> Vec<String> {
+        let dir = format!("/{}", fencelock_zk::key_node(key));
+        let mut children = match self.0.list_children(&dir).await {
+            Ok(c) => c,
+            Err(zookeeper_client::Error::NoNode) => Vec::new(),
+            Err(e) => panic!("list {dir}: {e}"),
+        };
+        children.sort_by_key(|c| c.rsplit('-').next().and_then(|s| s.parse::<i64>().ok()));
+        children
+    }
+
+    async fn czxid(&self, key: &str, node: &str) -> u64 {
+        let path = format!("/{}/{node}", fencelock_zk::key_node(key));
+        let stat = self.0.check_stat(&path).await.unwrap().expect("the node exists");
+        u64::try_from(stat.czxid).unwrap()
+    }
+
+    /// Polls (bounded) until the key has `n` nodes; returns how many it has at the end.
+    async fn until_nodes(&self, key: &str, n: usize, limit: Duration) -> usize {
+        let deadline = Instant::now() + limit;
+        loop {
+            let now = self.nodes(key).await.len();
+            if now == n || Instant::now() >= deadline {
+                return now;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// K1: a waiter whose wait outlasts both its TTL and the session timeout is served in its
+/// queue position — with the node it queued, its full validity, before a later waiter —
+/// rather than being handed a lapsed grant, giving it back and queueing again at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_wait_keeps_its_place_and_gets_full_validity() {
+    let ensemble = ZkEnsemble::standalone();
+    let url = ensemble.url("/longwait", "session_timeout=2s");
+    let (a, b, c) = (
+        ZkLock::connect(&url).await.unwrap(),
+        ZkLock::connect(&url).await.unwrap(),
+        ZkLock::connect(&url).await.unwrap(),
+    );
+    let op = Operator::connect(&ensemble, "/longwait").await;
+    let ttl = Duration::from_secs(1);
+    let opts = LockOptions::new()
+        .with_ttl(ttl)
+        .with_auto_renew(false)
+        .with_wait(Duration::from_secs(30));
+    let held = a
+        .acquire("k", &LockOptions::new().with_ttl(ttl).with_auto_renew(true))
+        .await
+        .unwrap();
+    let second = tokio::spawn({
+        let (b, opts) = (b.clone(), opts);
+        async move { b.acquire("k", &opts).await }
+    });
+    assert_eq!(op.until_nodes("k", 2, SLACK).await, 2, "the second waiter queued");
+    let third = tokio::spawn({
+        let (c, opts) = (c.clone(), opts);
+        async move { c.acquire("k", &opts).await }
+    });
+    assert_eq!(op.until_nodes("k", 3, SLACK).await, 3, "the third waiter queued");
+    let queued = op.nodes("k").await;
+    let second_token = op.czxid("k", &queued[1]).await;
+    // The fault being modelled: the holder keeps the lock longer than the waiters' TTL and
+    // session timeout.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    held.release().await.unwrap();
+    let lease = tokio::time::timeout(SLACK, second)
+        .await
+        .expect("the second waiter was served")
+        .unwrap()
+        .expect("the second waiter got the lock");
+    assert_eq!(
+        lease.token().get(),
+        second_token,
+        "the second waiter was not served with the node it queued (it queued again?)"
+    );
+    assert!(
+        lease.remaining() >= ttl / 2,
+        "only {:?} of {ttl:?} left",
+        lease.remaining()
+    );
+    assert!(!third.is_finished(), "the third waiter was served before the second");
+    let second_token = lease.token();
+    lease.release().await.unwrap();
+    let last = tokio::time::timeout(SLACK, third).await.unwrap().unwrap().unwrap();
+    assert!(last.token() > second_token);
+    last.release().await.unwrap();
+}
+
+/// How the network loses a create's answer.
+#[derive(Debug, Clone, Copy)]
+enum Lost {
+    /// The request is held past the timeout, then delivered when the link heals.
+    RequestDelayed,
+    /// The request arrives, its answer is held, then the connection is reset (the client
+    /// sees a connection loss and reconnects: only a look-up can tell what happened).
+    AnswerAndConnection,
+}
+
+/// K3: creates whose answer is lost leave no node behind while the client lives on (its
+/// session timeout is 10 s, far longer than the check) — held requests delivered late, for
+/// `try_acquire` and for an `acquire` that retries, and an answer lost with its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_whose_answer_is_lost_leave_no_node() {
+    creates_whose_answer_is_lost(1).await;
+}
+
+/// The same on a 3-server ensemble, where the look-up may read from a follower that has
+/// not yet applied the create (hence the `sync` before listing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_whose_answer_is_lost_leave_no_node_on_an_ensemble() {
+    creates_whose_answer_is_lost(3).await;
+}
+
+/// One fault proxy per server, all switched together.
+struct Proxies(Vec<FaultProxy>);
+
+impl Proxies {
+    fn set(&self, mode: Mode) {
+        self.0.iter().for_each(|p| p.set(mode));
+    }
+    fn set_to_server(&self, mode: Mode) {
+        self.0.iter().for_each(|p| p.set_to_server(mode));
+    }
+    fn set_to_client(&self, mode: Mode) {
+        self.0.iter().for_each(|p| p.set_to_client(mode));
+    }
+}
+
+async fn creates_whose_answer_is_lost(servers: usize) {
+    let ensemble = ZkEnsemble::start(servers);
+    let mut proxies = Vec::new();
+    for i in 0..servers {
+        proxies.push(FaultProxy::start(ensemble.port(i)).await);
+    }
+    let hosts: Vec<String> = proxies.iter().map(|p| format!("127.0.0.1:{}", p.port())).collect();
+    let proxy = Proxies(proxies);
+    let url = format!(
+        "zk://{}/late?session_timeout=10s&timeout=300ms&connect_timeout=300ms",
+        hosts.join(",")
+    );
+    let client = ZkLock::connect(&url).await.unwrap();
+    let other = ZkLock::connect(&ensemble.url("/late", "")).await.unwrap();
+    let op = Operator::connect(&ensemble, "/late").await;
+    let opts = LockOptions::new()
+        .with_ttl(Duration::from_secs(60))
+        .with_auto_renew(false);
+    for (key, waiting, lost) in [
+        ("try", false, Lost::RequestDelayed),
+        ("acquire", true, Lost::RequestDelayed),
+        ("reset", false, Lost::AnswerAndConnection),
+    ] {
+        // The key has been used: its container exists, so a held create makes a node when
+        // it is delivered (on a new key it would fail for want of the container).
+        let warm = client.try_acquire(key, &opts).await.unwrap().expect("a free key");
+        warm.release().await.unwrap();
+        match lost {
+            Lost::RequestDelayed => proxy.set_to_server(Mode::Blackhole),
+            Lost::AnswerAndConnection => proxy.set_to_client(Mode::Blackhole),
+        }
+        let got = if waiting {
+            client
+                .acquire(key, &opts.with_wait(Duration::from_millis(1500)))
+                .await
+                .map(Some)
+        } else {
+            client.try_acquire(key, &opts).await
+        };
+        assert!(
+            got.is_err(),
+            "a call whose answers were lost returned {got:?} ({lost:?})"
+        );
+        if let Lost::AnswerAndConnection = lost {
+            proxy.set(Mode::Reset);
+        }
+        proxy.set(Mode::Pass);
+        // Another client queues behind whatever the create made, and must get the key
+        // long before the first client's session (10 s) or TTL (60 s) would end.
+        let next = other.acquire(key, &opts.with_wait(SLACK)).await.unwrap_or_else(|e| {
+            panic!("the key stayed blocked after a create's answer was lost ({lost:?}, waiting={waiting}): {e}")
+        });
+        next.release().await.unwrap();
+        assert_eq!(
+            op.until_nodes(key, 0, SLACK).await,
+            0,
+            "lock nodes left behind after a create's answer was lost ({lost:?}, waiting={waiting}): {:?}",
+            op.nodes(key).await
+        );
+        let lease = tokio::time::timeout(SLACK, client.acquire(key, &opts.with_wait(SLACK)))
+            .await
+            .expect("the client works again")
+            .expect("the key is free");
+        lease.release().await.unwrap();
+    }
+}
+
+/// K4: a waiter dropped while queued, in a process that then ends (as `fencelock run`
+/// after SIGINT): `close()` deletes its node before the runtime goes away, and ends the
+/// session so a lease still held through the instance is freed at once, not after the
+/// session timeout (10 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_cleans_up_before_the_process_ends() {
+    let ensemble = ZkEnsemble::standalone();
+    let url = ensemble.url("/close", "session_timeout=10s");
+    let holder = ZkLock::connect(&url).await.unwrap();
+    let op = Operator::connect(&ensemble, "/close").await;
+    let long = LockOptions::new()
+        .with_ttl(Duration::from_secs(60))
+        .with_auto_renew(false);
+    let held = holder.acquire("queued", &long).await.unwrap();
+    let process = {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let locks = ZkLock::connect(&url).await.unwrap();
+                let kept = locks.acquire("kept", &long).await.unwrap();
+                let wait_long = long.with_wait(Duration::from_secs(60));
+                let waiting = locks.acquire("queued", &wait_long);
+                assert!(tokio::time::timeout(Duration::from_millis(500), waiting).await.is_err());
+                locks.close().await.expect("close");
+                let told = tokio::time::timeout(Duration::from_secs(1), kept.lost()).await;
+                assert!(told.is_ok(), "a lease of a closed instance was not told it is lost");
+                std::mem::forget(kept); // the process ends without releasing it
+            });
+            drop(rt); // the process ends: nothing spawned runs any more
+        })
+    };
+    process.join().expect("the short-lived process");
+    assert_eq!(
+        op.until_nodes("queued", 1, Duration::from_millis(300)).await,
+        1,
+        "the dropped waiter's node outlived its process"
+    );
+    assert_eq!(
+        op.until_nodes("kept", 0, Duration::from_millis(300)).await,
+        0,
+        "the closed session's lock node outlived its process"
+    );
+    held.release().await.unwrap();
+}
