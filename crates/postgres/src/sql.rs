@@ -62,7 +62,8 @@ COMMIT;"
 /// holder's remaining ms by the server's clock (NULL when unknown).
 pub(crate) fn acquire(schema: &str, queued: bool) -> String {
     // Without a ticket (the uncontended path) the statement leaves the waiter queue
-    // alone: no DELETE/UPDATE nodes to set up, a few dozen microseconds less per acquire.
+    // alone: no DELETE/UPDATE nodes to set up (the bench did not show the saving above
+    // its noise; see docs/backends/postgres.md, "Measured").
     let (older, queue_ctes) = if queued {
         (
             "AND w.ticket < $4::bigint",
