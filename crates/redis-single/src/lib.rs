@@ -43,4 +43,4 @@ mod wait;
 pub use config::RedisConfig;
 pub use fence::RedisFencedStore;
 pub use lock::{RedisLock, GUARANTEES, GUARANTEES_DURABLE};
-pub use node::{CleanupGuard, CounterSafety, NodeGrant, NodeSubscription, RedisNode};
+pub use node::{CleanupGuard, CounterSafety, NodeGrant, NodeSubscription, RedisNode, Turn, HANDOFF_CLAIM};

@@ -13,7 +13,7 @@
 //! waiter here gave up its interest. Nothing of it outlives the instance.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -30,6 +30,11 @@ use crate::error::failed;
 /// instance that waited once does not keep a server connection for its whole life.
 pub(crate) const IDLE_CLOSE: Duration = Duration::from_secs(1);
 
+/// A waiter's message `g`: the lock is reserved for you, claim it.
+pub(crate) const TURN: u8 = 1;
+/// A waiter's message `n`: you are next; the head's reservation ends within the claim window.
+pub(crate) const NEXT: u8 = 2;
+
 struct Hub {
     sink: PubSubSink,
     alive: Arc<AtomicBool>,
@@ -41,6 +46,8 @@ struct Hub {
 struct Channel {
     count: usize,
     notify: Arc<Notify>,
+    /// Which kinds of message came since the waiter last looked ([`TURN`], [`NEXT`]).
+    seen: Arc<AtomicU8>,
     /// The hub generation under which it was last subscribed.
     subscribed_in: u64,
 }
@@ -83,15 +90,18 @@ impl Waiters {
             let entry = map.entry(channel.to_owned()).or_insert_with(|| Channel {
                 count: 0,
                 notify: Arc::new(Notify::new()),
+                seen: Arc::default(),
                 subscribed_in: 0,
             });
             entry.count += 1;
-            Arc::clone(&entry.notify)
+            (Arc::clone(&entry.notify), Arc::clone(&entry.seen))
         };
+        let (notify, seen) = notify;
         let sub = Subscription {
             waiters: Arc::clone(self),
             channel: channel.to_owned(),
             notify,
+            seen,
         };
         sub.ensure().await?;
         Ok(sub)
@@ -156,9 +166,15 @@ impl Waiters {
                     msg = stream.next() => msg,
                 };
                 let Some(msg) = msg else { break };
-                let notify = lock(&channels)
-                    .get(msg.get_channel_name())
-                    .map(|c| Arc::clone(&c.notify));
+                let kind = match msg.get_payload_bytes().first() {
+                    Some(b'g') => TURN,
+                    Some(b'n') => NEXT,
+                    _ => 0,
+                };
+                let notify = lock(&channels).get(msg.get_channel_name()).map(|c| {
+                    c.seen.fetch_or(kind, Ordering::SeqCst);
+                    Arc::clone(&c.notify)
+                });
                 if let Some(n) = notify {
                     n.notify_waiters();
                 }
@@ -240,9 +256,15 @@ pub(crate) struct Subscription {
     waiters: Arc<Waiters>,
     channel: String,
     notify: Arc<Notify>,
+    seen: Arc<AtomicU8>,
 }
 
 impl Subscription {
+    /// The kinds of message ([`TURN`], [`NEXT`], or'ed) that came since the last call.
+    pub(crate) fn take_seen(&self) -> u8 {
+        self.seen.swap(0, Ordering::SeqCst)
+    }
+
     /// Resubscribes if the pub/sub connection was replaced since.
     pub(crate) async fn ensure(&self) -> Result<()> {
         self.waiters.ensure_subscribed(&self.channel).await
