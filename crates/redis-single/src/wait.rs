@@ -1,11 +1,12 @@
-//! Push-based waiting: one pub/sub connection per backend instance, one channel per key
-//! that someone here waits for, and a `Notify` per channel that wakes the waiters.
+//! Push-based waiting: one pub/sub connection per backend instance, one channel per
+//! waiter (`{k}:w:GRANT`), and a `Notify` per channel that wakes it, with the kinds of
+//! message seen since it last looked ([`TURN`]: the lock is reserved for you; [`NEXT`]:
+//! you are next in line).
 //!
-//! A release publishes on the key's channel inside the release script. Waiters subscribe
-//! *before* their next attempt, so a release between "busy" and "subscribed" is caught by
-//! that attempt. Messages can still be lost (the pub/sub connection drops, or a
-//! subscription races with another waiter's unsubscribe); the jittered fallback poll in
-//! the backend covers that, bounded by the holder's remaining TTL.
+//! A waiter subscribes *before* it queues, so a hand-off message cannot come too early.
+//! Messages can still be lost (the pub/sub connection drops: every waiter here is then
+//! woken to take a turn); the queue's claim window and the waiter's fallback re-check
+//! bound what a lost one costs (see `docs/backends/redis.md`).
 //!
 //! The pub/sub connection and the task reading it live only while they are needed: the
 //! task stops (dropping the stream, which closes the connection) when its [`Hub`] is
