@@ -139,24 +139,40 @@ impl RedlockLock {
                 }
             })
         };
+        let p = primary(key, self.inner.nodes.len());
+        let others: Vec<RedisNode> = (self.inner.nodes.iter().enumerate())
+            .filter(|(i, _)| *i != p)
+            .map(|(_, n)| n.clone())
+            .collect();
         let start = Instant::now();
-        let asked = q.primary.wait_turn(
-            key,
-            q.grant.as_str(),
-            opts.ttl(),
-            &q.entry,
-            opts.wait(),
-            cfg.restart_delay,
+        let asked = tokio::time::timeout(
+            per_node,
+            q.primary.wait_turn(
+                key,
+                q.grant.as_str(),
+                opts.ttl(),
+                &q.entry,
+                opts.wait(),
+                cfg.restart_delay,
+            ),
         );
-        let retry = match tokio::time::timeout(per_node, asked).await {
+        // Handed the lock (`g`): the previous holder's release, sent to every node at
+        // once, has freed the others too — ask them in the same round trip as the claim.
+        // Otherwise (queueing, a fallback re-check) only the primary is asked.
+        let (first, early) = if turn {
+            let rest = grant_on(&others, per_node, key, &q.grant, opts.ttl(), cfg.restart_delay);
+            let (first, rest) = tokio::join!(asked, rest);
+            (first, Some(rest))
+        } else {
+            (asked.await, None)
+        };
+        let retry = match first {
             Ok(Ok(Turn::Granted(token))) => {
-                // The primary's vote, counted from `start`; now the others'.
-                let p = primary(key, self.inner.nodes.len());
-                let others: Vec<RedisNode> = (self.inner.nodes.iter().enumerate())
-                    .filter(|(i, _)| *i != p)
-                    .map(|(_, n)| n.clone())
-                    .collect();
-                let mut answers = grant_on(&others, per_node, key, &q.grant, opts.ttl(), cfg.restart_delay).await;
+                // The primary's vote, counted from `start`, with the others'.
+                let mut answers = match early {
+                    Some(rest) => rest,
+                    None => grant_on(&others, per_node, key, &q.grant, opts.ttl(), cfg.restart_delay).await,
+                };
                 answers.insert(p, Ok(NodeGrant::Granted(token)));
                 let round = self.conclude(key, opts, q.grant.clone(), &answers, start).await;
                 undo.disarm();
@@ -170,8 +186,15 @@ impl RedlockLock {
                 }
             }
             Ok(Ok(Turn::Queued { pttl, entry })) => {
-                undo.disarm(); // granted nowhere
                 q.entry = entry;
+                let granted_elsewhere = early
+                    .as_ref()
+                    .is_some_and(|rest| rest.iter().any(|a| !matches!(a, Ok(NodeGrant::Busy(_)))));
+                if granted_elsewhere {
+                    drop(undo); // the turn was lost: give back what the others granted
+                } else {
+                    undo.disarm(); // granted nowhere
+                }
                 let fallback = jitter(cfg.retry_delay * QUEUED_POLL_FACTOR);
                 pttl.map_or(fallback, |ms| fallback.min(Duration::from_millis(ms + 1)))
             }
