@@ -83,3 +83,62 @@ async fn commands_per_hand_off_do_not_grow_with_waiters() {
         "commands per hand-off grow with waiters: 4 → {few:.2}, 32 → {many:.2}"
     );
 }
+
+/// A waiter whose links die while it is queued on the primary (its process SIGKILLed, or
+/// cut off) holds up the next waiter by at most one claim window after the release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_queued_waiter_costs_at_most_one_claim_window() {
+    use fencelock_testkit::proxy::{FaultProxy, Mode};
+    use tokio::time::Instant;
+    let servers = start_many(5);
+    let mut proxies = Vec::new();
+    for s in &servers {
+        proxies.push(FaultProxy::start(s.port()).await);
+    }
+    let hosts: Vec<String> = proxies.iter().map(|p| format!("127.0.0.1:{}", p.port())).collect();
+    let holder = RedlockLock::connect(&redlock_url(&servers, "")).await.unwrap();
+    let doomed = RedlockLock::connect(&format!("redlock://{}", hosts.join(",")))
+        .await
+        .unwrap();
+    let next = RedlockLock::connect(&redlock_url(&servers, "")).await.unwrap();
+    // The queue lives on the key's primary only: the sum over the nodes is its length.
+    let queued = || -> i64 {
+        servers
+            .iter()
+            .map(|s| s.integer("LLEN fencelock:{k}:queue").unwrap_or(0))
+            .sum()
+    };
+    let until_queued = |n: i64| async move {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while queued() < n {
+            assert!(Instant::now() < deadline, "{n} waiter(s) never queued");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+
+    let lease = holder.acquire("k", &opts()).await.unwrap();
+    let dead = tokio::spawn(async move { doomed.acquire("k", &opts()).await });
+    until_queued(1).await;
+    for p in &proxies {
+        p.set(Mode::Blackhole);
+    }
+    dead.abort();
+    let waiting = tokio::spawn(async move {
+        let lease = next.acquire("k", &opts()).await.unwrap();
+        (Instant::now(), lease)
+    });
+    until_queued(2).await;
+    let released_at = Instant::now();
+    lease.release().await.unwrap();
+    let (granted_at, lease) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the live waiter got its turn")
+        .unwrap();
+    let delay = granted_at - released_at;
+    eprintln!("a dead queued waiter delayed the next by {delay:?}");
+    assert!(
+        delay <= fencelock_redis::HANDOFF_CLAIM + Duration::from_millis(500),
+        "delayed {delay:?}"
+    );
+    lease.release().await.unwrap();
+}
