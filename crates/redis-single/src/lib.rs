@@ -7,9 +7,13 @@
 //!   `INCR` of the key's token counter, `EXEC`) in one pipeline, so the grant and its token
 //!   are one atomic step.
 //! * **Release** and **extend** are one round trip each, compare-and-delete /
-//!   compare-and-pexpire on our grant id; release also publishes on the key's channel.
-//! * **Waiters** are woken by that message (pub/sub), with a jittered fallback poll bounded
-//!   by the holder's remaining TTL for lost messages.
+//!   compare-and-pexpire on our grant id; release also hands the lock to the first live
+//!   waiter queued on the key.
+//! * **Waiters** queue on the server (a FIFO list per contended key) and are woken one at
+//!   a time on their own pub/sub channel: a release reserves the lock for the queue head
+//!   for [`HANDOFF_CLAIM`], and the head's next turn claims it. Server work per hand-off
+//!   does not grow with the number of waiters; a waiter that died while queued costs the
+//!   others at most one claim window. A jittered fallback re-check covers lost messages.
 //! * [`RedisFencedStore`] fences data kept in Redis itself.
 //!
 //! ## When to choose it
@@ -43,4 +47,4 @@ mod wait;
 pub use config::RedisConfig;
 pub use fence::RedisFencedStore;
 pub use lock::{RedisLock, GUARANTEES, GUARANTEES_DURABLE};
-pub use node::{CleanupGuard, CounterSafety, NodeGrant, NodeSubscription, RedisNode};
+pub use node::{CleanupGuard, CounterSafety, NodeGrant, NodeSubscription, RedisNode, Turn, HANDOFF_CLAIM};

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::config::RedisConfig;
 use crate::grant::RedisGrant;
-use crate::node::{NodeGrant, NodeSubscription, RedisNode};
+use crate::node::{NodeGrant, NodeSubscription, RedisNode, Turn, HANDOFF_CLAIM};
 
 /// What the backend promises when the server keeps its token counters: it fsyncs every
 /// write (`appendonly yes`, `appendfsync always`), so a counter survives a crash or restart,
@@ -53,8 +53,8 @@ pub const GUARANTEES: Guarantees = Guarantees {
 
 enum Outcome {
     Granted(Lease),
-    /// Held by someone else for this many more milliseconds (`None`: no TTL on the key).
-    Busy(Option<u64>),
+    /// Held by someone else.
+    Busy,
 }
 
 /// The single-instance Redis lock service.
@@ -153,9 +153,9 @@ impl RedisLock {
         let answer = node.try_grant(key, &grant, opts.ttl(), Duration::ZERO).await;
         let token = match answer {
             Ok(NodeGrant::Granted(token)) => FencingToken::new(token),
-            Ok(NodeGrant::Busy(pttl)) => {
+            Ok(NodeGrant::Busy(_)) => {
                 undo.disarm(); // refused: granted nowhere
-                return Ok(Outcome::Busy(pttl));
+                return Ok(Outcome::Busy);
             }
             Err(e) => {
                 undo.disarm(); // try_grant already releases an unheard grant
@@ -163,12 +163,20 @@ impl RedisLock {
             }
         };
         tracing::debug!(%key, %token, "granted");
+        let lease = self.lease(key, grant, token, sent_at, opts);
+        // From here the lease's drop releases the grant.
+        undo.disarm();
+        Ok(Outcome::Granted(lease))
+    }
+
+    /// A lease for a grant this instance holds on the server since `sent_at`.
+    fn lease(&self, key: &str, grant: GrantId, token: FencingToken, sent_at: Instant, opts: &LockOptions) -> Lease {
         let ops = Arc::new(RedisGrant {
-            node: node.clone(),
+            node: self.node.clone(),
             key: key.to_owned(),
             grant: grant.to_string(),
         });
-        let lease = Lease::new(LeaseParts {
+        Lease::new(LeaseParts {
             key: key.to_owned(),
             token,
             grant,
@@ -176,46 +184,111 @@ impl RedisLock {
             validity: opts.ttl(),
             options: *opts,
             ops,
-        });
-        // From here the lease's drop releases the grant.
-        undo.disarm();
-        Ok(Outcome::Granted(lease))
+        })
     }
 
-    /// One attempt of `acquire`. The first busy answer subscribes to the key's release
-    /// channel and re-checks at once; later ones wait for a release message, the holder's
-    /// expiry, or the jittered fallback poll, whichever comes first.
+    /// One attempt of `acquire`. The first is the uncontended path (one transaction); a
+    /// busy answer makes this acquire a queued waiter: it subscribes to its own channel
+    /// and takes its turns ([`RedisNode::wait_turn`]) — at once, then when a release hands
+    /// the lock to it (`g`), when the reservation of the waiter ahead lapses (after an `n`:
+    /// one claim window), or at the fallback poll for lost messages.
     async fn attempt(
         &self,
         key: &str,
         opts: &LockOptions,
-        sub: &tokio::sync::Mutex<Option<NodeSubscription>>,
+        state: &tokio::sync::Mutex<Option<Queued>>,
     ) -> Result<Attempt> {
-        let mut sub = sub.lock().await;
-        let wake = match sub.as_ref() {
-            Some(s) => {
-                s.ensure().await?;
-                Some(s.notified())
-            }
-            None => None,
+        let mut state = state.lock().await;
+        let Some(q) = state.as_mut() else {
+            return match self.grant(key, opts).await? {
+                Outcome::Granted(lease) => Ok(Attempt::Acquired(lease)),
+                Outcome::Busy => {
+                    let grant = GrantId::random();
+                    let sub = self.node.subscribe(key, grant.as_str()).await?;
+                    *state = Some(Queued {
+                        node: self.node.clone(),
+                        key: key.to_owned(),
+                        ttl: opts.ttl(),
+                        sub,
+                        grant,
+                        entry: String::new(),
+                        done: false,
+                    });
+                    Ok(Attempt::Busy {
+                        wake: None,
+                        retry_at: Some(Instant::now()),
+                    })
+                }
+            };
         };
-        match self.grant(key, opts).await? {
-            Outcome::Granted(lease) => Ok(Attempt::Acquired(lease)),
-            Outcome::Busy(_) if sub.is_none() => {
-                *sub = Some(self.node.subscribe(key).await?);
-                Ok(Attempt::Busy {
-                    wake: None,
-                    retry_at: Some(Instant::now()),
-                })
+        q.sub.ensure().await?;
+        // Registered before the messages are read: one arriving in between still wakes us.
+        let wake = q.sub.notified();
+        let (turn, next) = q.sub.take_messages();
+        if next && !turn {
+            // The waiter ahead has the reservation: its claim or its lapse comes first.
+            return Ok(Attempt::Busy {
+                wake: Some(wake),
+                retry_at: Some(Instant::now() + HANDOFF_CLAIM + NEXT_MARGIN),
+            });
+        }
+        let sent_at = Instant::now();
+        match self
+            .node
+            .wait_turn(key, q.grant.as_str(), opts.ttl(), &q.entry, opts.wait(), Duration::ZERO)
+            .await?
+        {
+            Turn::Granted(token) => {
+                q.done = true;
+                let token = FencingToken::new(token);
+                tracing::debug!(%key, %token, "granted from the queue");
+                Ok(Attempt::Acquired(self.lease(
+                    key,
+                    q.grant.clone(),
+                    token,
+                    sent_at,
+                    opts,
+                )))
             }
-            Outcome::Busy(pttl_ms) => {
-                let fallback = jitter(self.node.config().poll);
-                let until_expiry = pttl_ms.map_or(fallback, Duration::from_millis);
+            Turn::Queued { pttl, entry } => {
+                q.entry = entry;
+                let fallback = jitter(self.node.config().poll * QUEUED_POLL_FACTOR);
+                let until_expiry = pttl.map_or(fallback, |ms| Duration::from_millis(ms + 1));
                 Ok(Attempt::Busy {
-                    wake,
+                    wake: Some(wake),
                     retry_at: Some(Instant::now() + fallback.min(until_expiry)),
                 })
             }
+        }
+    }
+}
+
+/// How much later than the configured `poll` a queued waiter re-checks without a message:
+/// hand-offs are addressed to it, so the poll only covers a lost message (a lost `g`
+/// costs that waiter its turn, not the others: the next one takes over after the claim
+/// window).
+const QUEUED_POLL_FACTOR: u32 = 8;
+
+/// Slack after a reservation's claim window before the next waiter takes over.
+const NEXT_MARGIN: Duration = Duration::from_millis(5);
+
+/// One `acquire` queued on the server; dropped before it was granted (timed out,
+/// cancelled, failed), it leaves the queue in the background.
+pub(crate) struct Queued {
+    node: RedisNode,
+    key: String,
+    ttl: Duration,
+    sub: NodeSubscription,
+    grant: GrantId,
+    entry: String,
+    done: bool,
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        if !self.done {
+            self.node
+                .leave_later(&self.key, self.grant.as_str(), &self.entry, self.ttl);
         }
     }
 }
@@ -228,14 +301,14 @@ impl DistributedLock for RedisLock {
         opts.validate_for_try()?;
         match self.grant(key, opts).await? {
             Outcome::Granted(lease) => Ok(Some(lease.into_live()?)),
-            Outcome::Busy(_) => Ok(None),
+            Outcome::Busy => Ok(None),
         }
     }
 
     #[tracing::instrument(level = "debug", skip(self, opts), fields(backend = "redis"))]
     async fn acquire(&self, key: &str, opts: &LockOptions) -> Result<Lease> {
-        let sub = tokio::sync::Mutex::new(None);
-        acquire_with(key, opts, || self.attempt(key, opts, &sub)).await
+        let queued = tokio::sync::Mutex::new(None);
+        acquire_with(key, opts, || self.attempt(key, opts, &queued)).await
     }
 
     fn guarantees(&self) -> Guarantees {

@@ -12,7 +12,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use crate::config::RedisConfig;
 use crate::error::failed;
 use crate::renewals::{renewals, Renewal, Renewals};
-use crate::scripts::{ACQUIRE, EXTEND, EXTEND_MANY, RELEASE, RELEASE_RAISING};
+use crate::scripts::{ACQUIRE, EXTEND, EXTEND_MANY, LEAVE, RELEASE, RELEASE_RAISING, WAIT_TURN};
 use crate::wait::{Subscription, Waiters};
 
 /// What a node answered to an acquire.
@@ -37,8 +37,17 @@ impl Keys {
     pub(crate) fn counter(&self, key: &str) -> String {
         format!("{}{{{key}}}:token", self.prefix)
     }
-    pub(crate) fn channel(&self, key: &str) -> String {
-        format!("{}{{{key}}}:released", self.prefix)
+    /// The FIFO queue of waiters (a list of `GRANT|DEADLINE_MS`).
+    pub(crate) fn queue(&self, key: &str) -> String {
+        format!("{}{{{key}}}:queue", self.prefix)
+    }
+    /// The reservation of the queue head: `GRANT TOKEN`, expiring with the reserved lock.
+    pub(crate) fn reservation(&self, key: &str) -> String {
+        format!("{}{{{key}}}:reserved", self.prefix)
+    }
+    /// The prefix of each waiter's own channel (followed by its grant id).
+    pub(crate) fn waiter_channels(&self, key: &str) -> String {
+        format!("{}{{{key}}}:w:", self.prefix)
     }
     pub(crate) fn boot(&self) -> String {
         format!("{}boot", self.prefix)
@@ -79,6 +88,26 @@ impl std::fmt::Debug for CleanupGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CleanupGuard").finish_non_exhaustive()
     }
+}
+
+/// How long the lock stays reserved for the queue head after a release hands it over: the
+/// head claims it (to its full TTL) within this, or loses its turn. It is also the most a
+/// waiter that died while queued (SIGKILLed, cut off) delays the others: the next waiter
+/// is told it is next at the hand-off and takes over when the reservation lapses.
+pub const HANDOFF_CLAIM: Duration = Duration::from_millis(250);
+
+/// What a waiter's turn ([`RedisNode::wait_turn`]) answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Turn {
+    /// Ours, with this token; the lock's TTL counts from the request's send instant.
+    Granted(u64),
+    /// Queued (entry kept for the next turn); the holder has this many ms left.
+    Queued {
+        /// The holder's remaining TTL in ms (`None`: no TTL).
+        pttl: Option<u64>,
+        /// Our entry in the queue, passed back on the next turn.
+        entry: String,
+    },
 }
 
 /// One Redis server. Cheap to clone (shared state).
@@ -433,8 +462,12 @@ impl RedisNode {
     /// future is dropped.
     pub async fn release(&self, key: &str, grant: &str) -> Result<bool> {
         let _cleanup = self.cleanup();
-        let mut invocation = RELEASE.key(self.inner.keys.lock(key));
-        invocation.arg(grant).arg(self.inner.keys.channel(key));
+        let mut invocation = RELEASE.prepare_invoke();
+        self.queue_keys(&mut invocation, key);
+        invocation
+            .arg(grant)
+            .arg(self.inner.keys.waiter_channels(key))
+            .arg(claim_ms());
         let n: i64 = self.invoke_idempotent("release script", &invocation).await?;
         Ok(n == 1)
     }
@@ -446,24 +479,130 @@ impl RedisNode {
     /// As [`release`](Self::release): idempotent, so a dropped call is simply sent again.
     pub async fn release_raising(&self, key: &str, grant: &str, token: u64) -> Result<bool> {
         let _cleanup = self.cleanup();
-        let mut invocation = RELEASE_RAISING.key(self.inner.keys.lock(key));
+        let mut invocation = RELEASE_RAISING.prepare_invoke();
+        self.queue_keys(&mut invocation, key);
         invocation
-            .key(self.inner.keys.counter(key))
             .arg(grant)
-            .arg(self.inner.keys.channel(key))
+            .arg(self.inner.keys.waiter_channels(key))
+            .arg(claim_ms())
             .arg(token);
         let n: i64 = self.invoke_idempotent("release script", &invocation).await?;
         Ok(n == 1)
     }
 
-    /// Subscribes to the key's release channel (shared with every other waiter here).
+    /// The four keys the queue scripts take: lock, counter, queue, reservation.
+    fn queue_keys(&self, invocation: &mut redis::ScriptInvocation<'_>, key: &str) {
+        let keys = &self.inner.keys;
+        invocation
+            .key(keys.lock(key))
+            .key(keys.counter(key))
+            .key(keys.queue(key))
+            .key(keys.reservation(key));
+    }
+
+    /// Subscribes to the waiter's own channel for `grant` (on this instance's shared
+    /// pub/sub connection): a release that hands the lock to it says `g` there, and one
+    /// that makes it the next in line says `n`. Subscribe before the first
+    /// [`wait_turn`](Self::wait_turn), so no hand-off message is missed.
     ///
     /// # Cancel safety
     /// Cancel safe: dropped before it returns, its interest in the channel is given back
-    /// (and the channel unsubscribed when nobody else waits on it).
-    pub async fn subscribe(&self, key: &str) -> Result<NodeSubscription> {
-        let sub = self.inner.waiters.subscribe(&self.inner.keys.channel(key)).await?;
+    /// (and the channel unsubscribed).
+    pub async fn subscribe(&self, key: &str, grant: &str) -> Result<NodeSubscription> {
+        let channel = format!("{}{grant}", self.inner.keys.waiter_channels(key));
+        let sub = self.inner.waiters.subscribe(&channel).await?;
         Ok(NodeSubscription { sub })
+    }
+
+    /// A waiter's turn, one round trip (the `WAIT_TURN` script): claims the lock when a
+    /// release reserved it for `grant` (setting its TTL to `ttl` from now), takes it when
+    /// it is free and nobody queues, and otherwise queues `grant` at the back of the key's
+    /// FIFO queue — or keeps it there: pass the entry of the last answer as `entry`
+    /// (`""` the first time). The entry lapses `wait` after it was made. A turn does the
+    /// same work whatever the number of waiters. With a `restart_delay` (Redlock), a node
+    /// still inside it refuses as [`try_grant`](Self::try_grant) does, queueing nothing.
+    ///
+    /// # Errors
+    /// `Unavailable` when the server does not answer in time; `Backend` for a script error.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe on its own: dropped after sending, `grant` may be queued or hold the
+    /// lock unheard. Callers send [`leave_later`](Self::leave_later) when they give up.
+    pub async fn wait_turn(
+        &self,
+        key: &str,
+        grant: &str,
+        ttl: Duration,
+        entry: &str,
+        wait: Duration,
+        restart_delay: Duration,
+    ) -> Result<Turn> {
+        let mut invocation = WAIT_TURN.prepare_invoke();
+        self.queue_keys(&mut invocation, key);
+        invocation.key(self.inner.keys.boot());
+        invocation
+            .arg(grant)
+            .arg(ttl.as_millis() as u64)
+            .arg(self.inner.keys.waiter_channels(key))
+            .arg(claim_ms())
+            .arg(wait.as_millis() as u64)
+            .arg(entry)
+            .arg(restart_delay.as_millis() as u64);
+        let mut conn = self.connection().await?;
+        let (status, n, entry): (i64, i64, String) = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.failed("waiter's turn script", e))?;
+        Ok(match status {
+            1 => Turn::Granted(u64::try_from(n).unwrap_or(0)),
+            _ => Turn::Queued {
+                pttl: u64::try_from(n).ok(),
+                entry,
+            },
+        })
+    }
+
+    /// A waiter gives up, in the background (the `LEAVE` script, sent again while no
+    /// answer comes, bounded like [`release_later`](Self::release_later) by `ttl` and 20
+    /// tries): its queue entry goes, and a lock reserved for `grant` (or claimed by an
+    /// answer that never came) is handed to the next waiter.
+    pub fn leave_later(&self, key: &str, grant: &str, entry: &str, ttl: Duration) {
+        let (node, key, grant, entry) = (
+            Arc::downgrade(&self.inner),
+            key.to_owned(),
+            grant.to_owned(),
+            entry.to_owned(),
+        );
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let cleanup = self.cleanup();
+        rt.spawn(async move {
+            let _cleanup = cleanup;
+            let until = tokio::time::Instant::now() + ttl;
+            let mut pause = Duration::from_millis(20);
+            for _ in 0..20 {
+                let Some(inner) = node.upgrade() else { return };
+                let node = RedisNode { inner };
+                let mut invocation = LEAVE.prepare_invoke();
+                node.queue_keys(&mut invocation, &key);
+                invocation
+                    .arg(&grant)
+                    .arg(node.inner.keys.waiter_channels(&key))
+                    .arg(claim_ms())
+                    .arg(&entry);
+                match node.invoke_idempotent::<i64>("leave script", &invocation).await {
+                    Ok(_) => return,
+                    Err(e) => tracing::debug!(%key, error = %e, "leaving the queue unanswered; trying again"),
+                }
+                drop(node);
+                if tokio::time::Instant::now() + pause >= until {
+                    return;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        });
     }
 
     /// Whether the server keeps its token counters (keys without a TTL) through a crash
@@ -523,7 +662,11 @@ impl CounterSafety {
     }
 }
 
-/// A subscription to one key's release channel on one node.
+fn claim_ms() -> u64 {
+    HANDOFF_CLAIM.as_millis() as u64
+}
+
+/// A subscription to one waiter's own channel on one node.
 pub struct NodeSubscription {
     sub: Subscription,
 }
@@ -543,9 +686,17 @@ impl NodeSubscription {
         self.sub.ensure().await
     }
 
-    /// Completes on the next release message (registered at once).
+    /// Completes on the next message (registered at once), or when the pub/sub
+    /// connection drops.
     pub fn notified(&self) -> WakeFuture {
         self.sub.notified()
+    }
+
+    /// Whether a hand-off message (`g`: the lock is reserved for us) came since the last
+    /// call, and whether a "you are next" message (`n`) did.
+    pub fn take_messages(&self) -> (bool, bool) {
+        let seen = self.sub.take_seen();
+        (seen & crate::wait::TURN != 0, seen & crate::wait::NEXT != 0)
     }
 }
 

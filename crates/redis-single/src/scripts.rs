@@ -39,41 +39,161 @@ return {0, redis.call('PTTL', KEYS[1])}
     )
 });
 
-/// KEYS: lock. ARGV: grant id, channel. Deletes the lock only if it holds our grant and
-/// announces the release. Returns 1 when deleted, 0 when it was not ours.
+/// The queue's hand-off, shared by the scripts that free the lock (release, leave) and
+/// the waiter's turn: pops the queue head (KEYS[3], entries `GRANT|DEADLINE_MS`, server
+/// time) — skipping, for free, entries whose waiter's wait has ended — and reserves the
+/// lock for it: `SET lock GRANT PX claim`, a token from the counter kept beside it
+/// (KEYS[4], `GRANT TOKEN`, same expiry), `PUBLISH` of `g` on that waiter's own channel and
+/// of `n` on the new head's ("you are next: watch the reservation"). Constant work per
+/// hand-off whatever the queue's length (each skipped entry is popped once, ever).
+const HAND_OFF: &str = r"
+local function hand_off(claim_ms, channels)
+  local now = nil
+  while true do
+    local e = redis.call('LPOP', KEYS[3])
+    if not e then return false end
+    if not now then
+      local t = redis.call('TIME')
+      now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    end
+    local sep = string.find(e, '|', 1, true)
+    local id = string.sub(e, 1, sep - 1)
+    if tonumber(string.sub(e, sep + 1)) > now then
+      local token = redis.call('INCR', KEYS[2])
+      redis.call('SET', KEYS[1], id, 'PX', claim_ms)
+      redis.call('SET', KEYS[4], id .. ' ' .. token, 'PX', claim_ms)
+      redis.call('PUBLISH', channels .. id, 'g')
+      local nxt = redis.call('LINDEX', KEYS[3], 0)
+      if nxt then
+        redis.call('PUBLISH', channels .. string.sub(nxt, 1, string.find(nxt, '|', 1, true) - 1), 'n')
+      end
+      return true
+    end
+  end
+end
+";
+
+/// KEYS: lock, counter, queue, reservation. ARGV: grant id, waiter channel prefix, claim
+/// ms. Deletes the lock only if it holds our grant and hands it to the first live waiter
+/// queued ([`HAND_OFF`]). Returns 1 when deleted, 0 when it was not ours.
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
+    Script::new(&format!(
+        r"{HAND_OFF}
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], '')
+  hand_off(ARGV[3], ARGV[2])
   return 1
 end
 return 0
-",
-    )
+"
+    ))
 });
 
-/// KEYS: lock, counter. ARGV: grant id, channel, token. Like [`RELEASE`], and also raises
-/// the node's token counter to at least `token` (whether or not the grant was still
-/// there). Redlock releases with it, so that every node a later quorum is made of — each
-/// must have seen this release to grant again — counts on from this grant's token:
-/// tokens then grow in the fault-free case even when they came from another node's counter.
+/// KEYS: lock, counter, queue, reservation. ARGV: grant id, waiter channel prefix, claim
+/// ms, token. Like [`RELEASE`], and also raises the node's token counter to at least
+/// `token` (whether or not the grant was still there). Redlock releases with it, so that
+/// every node a later quorum is made of — each must have seen this release to grant again
+/// — counts on from this grant's token: tokens then grow in the fault-free case even when
+/// they came from another node's counter.
 pub(crate) static RELEASE_RAISING: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
+    Script::new(&format!(
+        r"{HAND_OFF}
 local counter = tonumber(redis.call('GET', KEYS[2]) or '0')
-if counter < tonumber(ARGV[3]) then
-  redis.call('SET', KEYS[2], ARGV[3])
+if counter < tonumber(ARGV[4]) then
+  redis.call('SET', KEYS[2], ARGV[4])
 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], '')
+  hand_off(ARGV[3], ARGV[2])
   return 1
 end
 return 0
-",
-    )
+"
+    ))
+});
+
+/// KEYS: lock, counter, queue, reservation, boot marker. ARGV: grant id, ttl ms, waiter
+/// channel prefix, claim ms, wait ms, our queue entry (`` when not queued yet), restart
+/// delay ms (0: off; otherwise refused as [`ACQUIRE`] refuses, without queueing).
+///
+/// A waiter's turn, one round trip: claims the lock when it is reserved for our grant
+/// (`PEXPIRE` to the full TTL from now, token from the reservation — or a fresh one from
+/// the counter when the reservation is gone); takes it at once when it is free and nobody
+/// queues; when it is free with a queue (the holder expired, or a reserved waiter never
+/// claimed), hands it to the queue head first. Otherwise queues us at the back (again,
+/// when our entry was popped: we lost a turn) with an entry that lapses `wait ms` from now,
+/// and keeps the queue key from outliving its entries.
+///
+/// Returns `{1, token, ''}` when ours, `{0, pttl, entry}` when not (`pttl` -1: no TTL).
+pub(crate) static WAIT_TURN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{HAND_OFF}
+local delay = tonumber(ARGV[7])
+if delay > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local boot = redis.call('GET', KEYS[5])
+  if not boot then
+    redis.call('SET', KEYS[5], now)
+    return {{0, delay, ARGV[6]}}
+  end
+  if now - tonumber(boot) < delay then
+    return {{0, delay - (now - tonumber(boot)), ARGV[6]}}
+  end
+end
+local holder = redis.call('GET', KEYS[1])
+if not holder and redis.call('LLEN', KEYS[3]) > 0 then
+  hand_off(ARGV[4], ARGV[3])
+  holder = redis.call('GET', KEYS[1])
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return {{1, redis.call('INCR', KEYS[2]), ''}}
+end
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  local r = redis.call('GET', KEYS[4])
+  local prefix = ARGV[1] .. ' '
+  if r and string.sub(r, 1, #prefix) == prefix then
+    redis.call('DEL', KEYS[4])
+    return {{1, tonumber(string.sub(r, #prefix + 1)), ''}}
+  end
+  return {{1, redis.call('INCR', KEYS[2]), ''}}
+end
+local entry = ARGV[6]
+if entry == '' or not redis.call('LPOS', KEYS[3], entry) then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  entry = ARGV[1] .. '|' .. (now + tonumber(ARGV[5]))
+  redis.call('RPUSH', KEYS[3], entry)
+  local life = tonumber(ARGV[5]) + tonumber(ARGV[4])
+  if redis.call('PTTL', KEYS[3]) < life then
+    redis.call('PEXPIRE', KEYS[3], life)
+  end
+end
+return {{0, redis.call('PTTL', KEYS[1]), entry}}
+"
+    ))
+});
+
+/// KEYS: lock, counter, queue, reservation. ARGV: grant id, waiter channel prefix, claim
+/// ms, our queue entry. A waiter gives up (its wait ended, it was cancelled): removes its
+/// entry, and when the lock is reserved for it (or was claimed by an answer that never
+/// arrived), frees it and hands it to the next waiter. Returns 1 when it freed the lock.
+pub(crate) static LEAVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{HAND_OFF}
+if ARGV[4] ~= '' then
+  redis.call('LREM', KEYS[3], 1, ARGV[4])
+end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1], KEYS[4])
+  hand_off(ARGV[3], ARGV[2])
+  return 1
+end
+return 0
+"
+    ))
 });
 
 /// KEYS: lock. ARGV: grant id, ttl ms. Sets a new TTL only if the lock holds our grant.

@@ -1,11 +1,12 @@
-//! Push-based waiting: one pub/sub connection per backend instance, one channel per key
-//! that someone here waits for, and a `Notify` per channel that wakes the waiters.
+//! Push-based waiting: one pub/sub connection per backend instance, one channel per
+//! waiter (`{k}:w:GRANT`), and a `Notify` per channel that wakes it, with the kinds of
+//! message seen since it last looked ([`TURN`]: the lock is reserved for you; [`NEXT`]:
+//! you are next in line).
 //!
-//! A release publishes on the key's channel inside the release script. Waiters subscribe
-//! *before* their next attempt, so a release between "busy" and "subscribed" is caught by
-//! that attempt. Messages can still be lost (the pub/sub connection drops, or a
-//! subscription races with another waiter's unsubscribe); the jittered fallback poll in
-//! the backend covers that, bounded by the holder's remaining TTL.
+//! A waiter subscribes *before* it queues, so a hand-off message cannot come too early.
+//! Messages can still be lost (the pub/sub connection drops: every waiter here is then
+//! woken to take a turn); the queue's claim window and the waiter's fallback re-check
+//! bound what a lost one costs (see `docs/backends/redis.md`).
 //!
 //! The pub/sub connection and the task reading it live only while they are needed: the
 //! task stops (dropping the stream, which closes the connection) when its [`Hub`] is
@@ -13,7 +14,7 @@
 //! waiter here gave up its interest. Nothing of it outlives the instance.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -30,6 +31,11 @@ use crate::error::failed;
 /// instance that waited once does not keep a server connection for its whole life.
 pub(crate) const IDLE_CLOSE: Duration = Duration::from_secs(1);
 
+/// A waiter's message `g`: the lock is reserved for you, claim it.
+pub(crate) const TURN: u8 = 1;
+/// A waiter's message `n`: you are next; the head's reservation ends within the claim window.
+pub(crate) const NEXT: u8 = 2;
+
 struct Hub {
     sink: PubSubSink,
     alive: Arc<AtomicBool>,
@@ -41,6 +47,8 @@ struct Hub {
 struct Channel {
     count: usize,
     notify: Arc<Notify>,
+    /// Which kinds of message came since the waiter last looked ([`TURN`], [`NEXT`]).
+    seen: Arc<AtomicU8>,
     /// The hub generation under which it was last subscribed.
     subscribed_in: u64,
 }
@@ -83,15 +91,18 @@ impl Waiters {
             let entry = map.entry(channel.to_owned()).or_insert_with(|| Channel {
                 count: 0,
                 notify: Arc::new(Notify::new()),
+                seen: Arc::default(),
                 subscribed_in: 0,
             });
             entry.count += 1;
-            Arc::clone(&entry.notify)
+            (Arc::clone(&entry.notify), Arc::clone(&entry.seen))
         };
+        let (notify, seen) = notify;
         let sub = Subscription {
             waiters: Arc::clone(self),
             channel: channel.to_owned(),
             notify,
+            seen,
         };
         sub.ensure().await?;
         Ok(sub)
@@ -156,9 +167,15 @@ impl Waiters {
                     msg = stream.next() => msg,
                 };
                 let Some(msg) = msg else { break };
-                let notify = lock(&channels)
-                    .get(msg.get_channel_name())
-                    .map(|c| Arc::clone(&c.notify));
+                let kind = match msg.get_payload_bytes().first() {
+                    Some(b'g') => TURN,
+                    Some(b'n') => NEXT,
+                    _ => 0,
+                };
+                let notify = lock(&channels).get(msg.get_channel_name()).map(|c| {
+                    c.seen.fetch_or(kind, Ordering::SeqCst);
+                    Arc::clone(&c.notify)
+                });
                 if let Some(n) = notify {
                     n.notify_waiters();
                 }
@@ -240,9 +257,15 @@ pub(crate) struct Subscription {
     waiters: Arc<Waiters>,
     channel: String,
     notify: Arc<Notify>,
+    seen: Arc<AtomicU8>,
 }
 
 impl Subscription {
+    /// The kinds of message ([`TURN`], [`NEXT`], or'ed) that came since the last call.
+    pub(crate) fn take_seen(&self) -> u8 {
+        self.seen.swap(0, Ordering::SeqCst)
+    }
+
     /// Resubscribes if the pub/sub connection was replaced since.
     pub(crate) async fn ensure(&self) -> Result<()> {
         self.waiters.ensure_subscribed(&self.channel).await

@@ -133,7 +133,7 @@ impl RedlockLock {
     pub(crate) async fn round(&self, key: &str, opts: &LockOptions, contended: bool) -> Result<Round> {
         let inner = &self.inner;
         let cfg = &inner.cfg;
-        let (ttl, quorum, per_node) = (opts.ttl(), cfg.quorum(), cfg.per_node_timeout);
+        let (ttl, per_node) = (opts.ttl(), cfg.per_node_timeout);
         let grant = GrantId::random();
         let undo = {
             let plan = ReleasePlan {
@@ -172,6 +172,26 @@ impl RedlockLock {
         } else {
             ask(&inner.nodes).await
         };
+        let round = self.conclude(key, opts, grant, &answers, start).await;
+        undo.disarm();
+        round
+    }
+
+    /// The end of a round whose votes are `answers` (by node), asked from `start`: a lease
+    /// for `grant` when a quorum granted it with validity left; otherwise the grant is
+    /// undone on every node (in the background for silent ones, bounded by the TTL) and
+    /// the round is busy — or `Unavailable` when fewer than a quorum answered.
+    pub(crate) async fn conclude(
+        &self,
+        key: &str,
+        opts: &LockOptions,
+        grant: GrantId,
+        answers: &[Answer<NodeGrant>],
+        start: Instant,
+    ) -> Result<Round> {
+        let inner = &self.inner;
+        let cfg = &inner.cfg;
+        let (ttl, quorum, per_node) = (opts.ttl(), cfg.quorum(), cfg.per_node_timeout);
         let elapsed = start.elapsed();
         let drift = cfg.drift(ttl);
         let tokens: Vec<u64> = answers
@@ -205,8 +225,6 @@ impl RedlockLock {
                 options: *opts,
                 ops,
             });
-            // From here the lease's drop releases the grant.
-            undo.disarm();
             return Ok(Round::Granted(lease));
         }
         // Failed: undo on every node, including those that did not answer.
@@ -219,10 +237,9 @@ impl RedlockLock {
         }
         .everywhere(Instant::now() + ttl)
         .await;
-        undo.disarm();
         let answered = answers.iter().filter(|a| a.is_ok()).count();
         if answered < quorum {
-            return Err(no_quorum("acquire", &answers, quorum, per_node));
+            return Err(no_quorum("acquire", answers, quorum, per_node));
         }
         if tokens.len() >= quorum {
             tracing::debug!(%key, ?elapsed, "a quorum granted, but too late: no validity left");
@@ -256,8 +273,8 @@ impl DistributedLock for RedlockLock {
         validate_key(key)?;
         opts.validate_for_wait()?;
         self.check_ttl(opts)?;
-        let subs = tokio::sync::Mutex::new(None);
-        acquire_with(key, opts, || self.attempt(key, opts, &subs)).await
+        let queued = tokio::sync::Mutex::new(None);
+        acquire_with(key, opts, || self.attempt(key, opts, &queued)).await
     }
 
     fn guarantees(&self) -> Guarantees {
@@ -296,7 +313,7 @@ impl DistributedLock for RedlockLock {
 }
 
 /// Asks `nodes` at once to grant `grant` of `key`, each bounded by `per_node`.
-async fn grant_on(
+pub(crate) async fn grant_on(
     nodes: &[RedisNode],
     per_node: Duration,
     key: &str,

@@ -1,17 +1,16 @@
-//! Waiting and contention: one `acquire` attempt of [`RedlockLock`] (subscribe to the
-//! key's release channels, then wait for a message or the algorithm's random delay), the
-//! primary node a contended key asks first, and the memory of which keys were busy.
+//! Waiting and contention: one `acquire` attempt of [`RedlockLock`] (queued on the key's
+//! primary node, woken by the hand-off addressed to it), the primary node a contended key
+//! asks first, and the memory of which keys were busy.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use fencelock_core::waiting::{jitter, Attempt, WakeFuture};
-use fencelock_core::{LockOptions, Result};
-use fencelock_redis::NodeSubscription;
+use fencelock_core::waiting::{jitter, Attempt, CancelGuard};
+use fencelock_core::{GrantId, LockOptions, Result};
+use fencelock_redis::{NodeGrant, NodeSubscription, RedisNode, Turn, HANDOFF_CLAIM};
 use tokio::time::Instant;
 
-use crate::lock::{RedlockLock, Round};
-use crate::quorum::fan_out;
+use crate::lock::{grant_on, RedlockLock, Round};
 
 /// How long a key counts as contended after it was last found busy.
 const CONTENDED_FOR: Duration = Duration::from_secs(1);
@@ -43,64 +42,195 @@ impl Contention {
     }
 }
 
-/// The subscriptions of one `acquire` (one per node; `None` where subscribing failed),
-/// made on its first busy answer.
-pub(crate) type Subscriptions = tokio::sync::Mutex<Option<Vec<Option<NodeSubscription>>>>;
+/// One `acquire` queued on the key's primary node: its own channel there, its grant id
+/// (the same for every turn) and its queue entry. Dropped before it was granted (timed
+/// out, cancelled, failed), it leaves the queue in the background.
+pub(crate) struct Queued {
+    primary: RedisNode,
+    key: String,
+    ttl: Duration,
+    sub: NodeSubscription,
+    grant: GrantId,
+    entry: String,
+    done: bool,
+}
 
-impl RedlockLock {
-    pub(crate) async fn attempt(&self, key: &str, opts: &LockOptions, subs: &Subscriptions) -> Result<Attempt> {
-        let mut subs = subs.lock().await;
-        // Waiting on the primary's release channel alone: every release is published on
-        // each node, and five wake-ups per waiter per release were most of the cost of a
-        // 64-waiter herd. Any node's channel when the primary's could not be subscribed.
-        let wake = match subs.as_ref() {
-            Some(list) => {
-                let p = primary(key, self.inner.nodes.len());
-                let chosen: Vec<&NodeSubscription> = match list.get(p) {
-                    Some(Some(s)) => vec![s],
-                    _ => list.iter().flatten().collect(),
-                };
-                for s in &chosen {
-                    let _ = s.ensure().await;
-                }
-                Some(any_of(chosen.into_iter().map(NodeSubscription::notified).collect()))
-            }
-            None => None,
-        };
-        let contended = subs.is_some() || self.inner.busy.recently_busy(key);
-        match self.round(key, opts, contended).await? {
-            Round::Granted(lease) => Ok(Attempt::Acquired(lease)),
-            Round::Busy(_) if subs.is_none() => {
-                self.inner.busy.found_busy(key);
-                // Subscribe on every node that answers (a release is published on each).
-                let per_node = self.inner.cfg.per_node_timeout;
-                let k = key.to_owned();
-                let answers = fan_out(&self.inner.nodes, per_node, move |_, n| {
-                    let k = k.clone();
-                    async move { n.subscribe(&k).await }
-                })
-                .await;
-                *subs = Some(answers.into_iter().map(|a| a.ok()).collect());
-                Ok(Attempt::Busy {
-                    wake: None,
-                    retry_at: Some(Instant::now()),
-                })
-            }
-            Round::Busy(shortest) => {
-                self.inner.busy.found_busy(key);
-                // The algorithm's random delay, so contenders that split the vote do not
-                // collide again; never longer than the shortest holder TTL seen. Release
-                // messages (`wake`) usually end the wait first.
-                let retry = self.inner.cfg.retry_delay;
-                let delay = jitter(shortest.map_or(retry, |s| s.min(retry)).max(Duration::from_millis(1)));
-                Ok(Attempt::Busy {
-                    wake,
-                    retry_at: Some(Instant::now() + delay),
-                })
-            }
+impl Drop for Queued {
+    fn drop(&mut self) {
+        if !self.done {
+            self.primary
+                .leave_later(&self.key, self.grant.as_str(), &self.entry, self.ttl);
         }
     }
 }
+
+/// The waiting state of one `acquire`: `None` until its first busy round.
+pub(crate) type Waiting = tokio::sync::Mutex<Option<Queued>>;
+
+/// Slack after a reservation's claim window before the next waiter takes over.
+const NEXT_MARGIN: Duration = Duration::from_millis(5);
+
+impl RedlockLock {
+    /// One attempt of `acquire`. The first is a plain round of the algorithm; a busy answer
+    /// queues this acquire on the key's primary node (the FIFO queue of `fencelock-redis`)
+    /// and later attempts are its turns: when a release hands the primary's lock to it
+    /// (`g`), it claims it there and asks the other nodes in the same round.
+    pub(crate) async fn attempt(&self, key: &str, opts: &LockOptions, waiting: &Waiting) -> Result<Attempt> {
+        let mut state = waiting.lock().await;
+        let per_node = self.inner.cfg.per_node_timeout;
+        let Some(q) = state.as_mut() else {
+            let contended = self.inner.busy.recently_busy(key);
+            return match self.round(key, opts, contended).await? {
+                Round::Granted(lease) => Ok(Attempt::Acquired(lease)),
+                Round::Busy(shortest) => {
+                    self.inner.busy.found_busy(key);
+                    let primary = self.inner.nodes[primary(key, self.inner.nodes.len())].clone();
+                    let grant = GrantId::random();
+                    match tokio::time::timeout(per_node, primary.subscribe(key, grant.as_str())).await {
+                        Ok(Ok(sub)) => {
+                            *state = Some(Queued {
+                                primary,
+                                key: key.to_owned(),
+                                ttl: opts.ttl(),
+                                sub,
+                                grant,
+                                entry: String::new(),
+                                done: false,
+                            });
+                            Ok(Attempt::Busy {
+                                wake: None,
+                                retry_at: Some(Instant::now()),
+                            })
+                        }
+                        // No queue without the primary: the algorithm's random delay.
+                        _ => Ok(Attempt::Busy {
+                            wake: None,
+                            retry_at: Some(Instant::now() + self.random_delay(shortest)),
+                        }),
+                    }
+                }
+            };
+        };
+        let _ = tokio::time::timeout(per_node, q.sub.ensure()).await;
+        // Registered before the messages are read: one arriving in between still wakes us.
+        let wake = q.sub.notified();
+        let (turn, next) = q.sub.take_messages();
+        if next && !turn {
+            return Ok(Attempt::Busy {
+                wake: Some(wake),
+                retry_at: Some(Instant::now() + HANDOFF_CLAIM + NEXT_MARGIN),
+            });
+        }
+        let cfg = &self.inner.cfg;
+        // Armed before the first request: dropped anywhere in the round, the grant is
+        // released on every node in the background (the queue's leave frees the primary
+        // too; both are idempotent).
+        let undo = {
+            let plan = crate::grant::ReleasePlan {
+                inner: std::sync::Arc::clone(&self.inner),
+                key: key.to_owned(),
+                grant: q.grant.to_string(),
+                raise_to: None,
+            };
+            let ttl = opts.ttl();
+            CancelGuard::new(move || {
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(plan.everywhere(Instant::now() + ttl));
+                }
+            })
+        };
+        let p = primary(key, self.inner.nodes.len());
+        let others: Vec<RedisNode> = (self.inner.nodes.iter().enumerate())
+            .filter(|(i, _)| *i != p)
+            .map(|(_, n)| n.clone())
+            .collect();
+        let start = Instant::now();
+        let asked = tokio::time::timeout(
+            per_node,
+            q.primary.wait_turn(
+                key,
+                q.grant.as_str(),
+                opts.ttl(),
+                &q.entry,
+                opts.wait(),
+                cfg.restart_delay,
+            ),
+        );
+        // Handed the lock (`g`): the previous holder's release, sent to every node at
+        // once, has freed the others too — ask them in the same round trip as the claim.
+        // Otherwise (queueing, a fallback re-check) only the primary is asked.
+        let (first, early) = if turn {
+            let rest = grant_on(&others, per_node, key, &q.grant, opts.ttl(), cfg.restart_delay);
+            let (first, rest) = tokio::join!(asked, rest);
+            (first, Some(rest))
+        } else {
+            (asked.await, None)
+        };
+        let retry = match first {
+            Ok(Ok(Turn::Granted(token))) => {
+                // The primary's vote, counted from `start`, with the others'.
+                let mut answers = match early {
+                    Some(rest) => rest,
+                    None => grant_on(&others, per_node, key, &q.grant, opts.ttl(), cfg.restart_delay).await,
+                };
+                answers.insert(p, Ok(NodeGrant::Granted(token)));
+                let round = self.conclude(key, opts, q.grant.clone(), &answers, start).await;
+                undo.disarm();
+                match round? {
+                    Round::Granted(lease) => {
+                        q.done = true;
+                        return Ok(Attempt::Acquired(lease));
+                    }
+                    // Undone everywhere (the primary handed the lock on to the next
+                    // waiter): queue again at once. No random delay — only this waiter
+                    // had the turn, so there is no herd to spread out, and a delay here
+                    // was the longest wait of the quick bench (~190 ms).
+                    Round::Busy(_) => Duration::ZERO,
+                }
+            }
+            Ok(Ok(Turn::Queued { pttl, entry })) => {
+                q.entry = entry;
+                let granted_elsewhere = early
+                    .as_ref()
+                    .is_some_and(|rest| rest.iter().any(|a| !matches!(a, Ok(NodeGrant::Busy(_)))));
+                if granted_elsewhere {
+                    drop(undo); // the turn was lost: give back what the others granted
+                } else {
+                    undo.disarm(); // granted nowhere
+                }
+                let fallback = jitter(cfg.retry_delay * QUEUED_POLL_FACTOR);
+                pttl.map_or(fallback, |ms| fallback.min(Duration::from_millis(ms + 1)))
+            }
+            // The primary is silent or failing: a plain round, so the other nodes can
+            // still grant (the queue entry stays, and lapses or is left later).
+            _ => {
+                drop(undo); // the primary's answer is unknown: release our grant everywhere
+                return match self.round(key, opts, false).await? {
+                    Round::Granted(lease) => Ok(Attempt::Acquired(lease)),
+                    Round::Busy(shortest) => Ok(Attempt::Busy {
+                        wake: Some(wake),
+                        retry_at: Some(Instant::now() + self.random_delay(shortest)),
+                    }),
+                };
+            }
+        };
+        Ok(Attempt::Busy {
+            wake: Some(wake),
+            retry_at: Some(Instant::now() + retry),
+        })
+    }
+
+    /// The algorithm's random delay, so contenders that split the vote do not collide
+    /// again; never longer than the shortest holder TTL seen.
+    fn random_delay(&self, shortest: Option<Duration>) -> Duration {
+        let retry = self.inner.cfg.retry_delay;
+        jitter(shortest.map_or(retry, |s| s.min(retry)).max(Duration::from_millis(1)))
+    }
+}
+
+/// How much later than `retry_delay` a queued waiter re-checks without a message (the
+/// hand-off is addressed to it; the poll only covers a lost message).
+const QUEUED_POLL_FACTOR: u32 = 20;
 
 /// The node a contended key asks first: FNV-1a of the key, so keys spread over the nodes.
 pub(crate) fn primary(key: &str, nodes: usize) -> usize {
@@ -108,19 +238,4 @@ pub(crate) fn primary(key: &str, nodes: usize) -> usize {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
     (hash % nodes.max(1) as u64) as usize
-}
-
-/// Completes when any of the futures does.
-pub(crate) fn any_of(mut futs: Vec<WakeFuture>) -> WakeFuture {
-    Box::pin(std::future::poll_fn(move |cx| {
-        if futs.is_empty() {
-            return std::task::Poll::Pending;
-        }
-        for f in futs.iter_mut() {
-            if f.as_mut().poll(cx).is_ready() {
-                return std::task::Poll::Ready(());
-            }
-        }
-        std::task::Poll::Pending
-    }))
 }

@@ -253,3 +253,30 @@ pub fn redlock_url(servers: &[RedisServer], query: &str) -> String {
 pub fn start_many(n: usize) -> Vec<RedisServer> {
     (0..n).map(|_| RedisServer::start()).collect()
 }
+
+impl RedisServer {
+    /// Calls per command since start (or the last `CONFIG RESETSTAT`), from `INFO
+    /// commandstats`: lower-case command name → calls. Commands run inside scripts count
+    /// too (under their own names), as do the `EVALSHA`s themselves; this call's own
+    /// `INFO` is not included in its reply.
+    pub fn commandstats(&self) -> std::collections::BTreeMap<String, u64> {
+        self.command("INFO commandstats")
+            .lines()
+            .filter_map(|l| {
+                let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+                let calls = rest.strip_prefix("calls=")?.split(',').next()?.parse().ok()?;
+                Some((name.to_owned(), calls))
+            })
+            .collect()
+    }
+
+    /// All calls of [`commandstats`](Self::commandstats) except `info` and `config`
+    /// (the test's own reading of the server): the server work clients asked for.
+    pub fn client_commands(&self) -> u64 {
+        self.commandstats()
+            .iter()
+            .filter(|(name, _)| name.as_str() != "info" && !name.starts_with("config"))
+            .map(|(_, n)| n)
+            .sum()
+    }
+}

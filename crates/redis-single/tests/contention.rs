@@ -1,0 +1,112 @@
+//! Contention on one key: the server work per hand-off does not grow with the number of
+//! waiters (no herd), and a waiter that dies while queued costs the others at most one
+//! claim window.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fencelock_core::{DistributedLock, LockOptions};
+use fencelock_redis::RedisLock;
+use fencelock_testkit::proxy::{FaultProxy, Mode};
+use fencelock_testkit::redis_server::RedisServer;
+use tokio::time::Instant;
+
+fn opts() -> LockOptions {
+    LockOptions::new()
+        .with_ttl(Duration::from_secs(10))
+        .with_wait(Duration::from_secs(30))
+}
+
+/// Server commands per grant while `waiters` clients (one backend instance each) take
+/// `grants` turns on one key, each holding it for 1 ms.
+async fn commands_per_grant(server: &RedisServer, waiters: usize, grants: u64) -> f64 {
+    let mut clients = Vec::new();
+    for _ in 0..waiters {
+        clients.push(RedisLock::connect(&server.url()).await.unwrap());
+    }
+    let done = Arc::new(AtomicU64::new(0));
+    let before = server.client_commands();
+    let mut tasks = Vec::new();
+    for locks in clients {
+        let done = Arc::clone(&done);
+        tasks.push(tokio::spawn(async move {
+            while done.load(Ordering::SeqCst) < grants {
+                let lease = locks.acquire("herd", &opts()).await.unwrap();
+                done.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(1)).await; // the holder's work
+                lease.release().await.unwrap();
+            }
+            locks.close().await.unwrap();
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(120), t)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let used = server.client_commands() - before;
+    used as f64 / done.load(Ordering::SeqCst) as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_per_hand_off_do_not_grow_with_waiters() {
+    let server = RedisServer::start();
+    let few = commands_per_grant(&server, 4, 400).await;
+    let many = commands_per_grant(&server, 32, 400).await;
+    eprintln!("server commands per grant: 4 waiters {few:.2}, 32 waiters {many:.2}");
+    assert!(
+        many <= few * 1.3 + 1.0,
+        "commands per hand-off grow with waiters: 4 → {few:.2}, 32 → {many:.2}"
+    );
+}
+
+/// A waiter whose link dies while it is queued (its process SIGKILLed, or cut off) holds
+/// up the next waiter by at most one claim window after the holder's release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_queued_waiter_costs_at_most_one_claim_window() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port()).await;
+    let holder = RedisLock::connect(&server.url()).await.unwrap();
+    let doomed = RedisLock::connect(&format!("redis://127.0.0.1:{}", proxy.port()))
+        .await
+        .unwrap();
+    let next = RedisLock::connect(&server.url()).await.unwrap();
+    let queue_len = || server.integer("LLEN fencelock:{k}:queue").unwrap_or(0);
+
+    let lease = holder.acquire("k", &opts()).await.unwrap();
+    let dead = tokio::spawn(async move { doomed.acquire("k", &opts()).await });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while queue_len() < 1 {
+        assert!(Instant::now() < deadline, "the waiter never queued");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The waiter dies: nothing it sends reaches the server any more, nothing comes back.
+    proxy.set(Mode::Blackhole);
+    dead.abort();
+    let waiting = tokio::spawn(async move {
+        let lease = next.acquire("k", &opts()).await.unwrap();
+        (Instant::now(), lease)
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while queue_len() < 2 {
+        assert!(Instant::now() < deadline, "the second waiter never queued");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let released_at = Instant::now();
+    lease.release().await.unwrap();
+    let (granted_at, lease) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the live waiter got its turn")
+        .unwrap();
+    let delay = granted_at - released_at;
+    eprintln!("a dead queued waiter delayed the next by {delay:?}");
+    assert!(
+        delay <= fencelock_redis::HANDOFF_CLAIM + Duration::from_millis(500),
+        "delayed {delay:?}"
+    );
+    lease.release().await.unwrap();
+}

@@ -1,0 +1,144 @@
+//! Contention on one key over five nodes: the server work per hand-off (summed over the
+//! nodes) does not grow with the number of waiters (no herd, no split votes).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fencelock_core::{DistributedLock, LockOptions};
+use fencelock_redlock::RedlockLock;
+use fencelock_testkit::redis_server::{redlock_url, start_many, RedisServer};
+
+fn opts() -> LockOptions {
+    LockOptions::new()
+        .with_ttl(Duration::from_secs(10))
+        .with_wait(Duration::from_secs(60))
+}
+
+fn commands(servers: &[RedisServer]) -> u64 {
+    servers.iter().map(RedisServer::client_commands).sum()
+}
+
+/// Server commands (all nodes) per grant while `waiters` clients (one instance each) take
+/// `grants` turns on one key, each holding it for 1 ms.
+async fn commands_per_grant(servers: &[RedisServer], waiters: usize, grants: u64) -> f64 {
+    let url = redlock_url(servers, "");
+    let clients: Vec<_> = (0..waiters).map(|_| RedlockLock::connect(&url)).collect();
+    let mut ready = Vec::new();
+    for c in clients {
+        ready.push(c.await.unwrap());
+    }
+    // Connect every node before counting (nodes connect on first use).
+    for c in &ready {
+        c.try_acquire("warm", &opts().with_wait(Duration::ZERO))
+            .await
+            .unwrap()
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+    }
+    let done = Arc::new(AtomicU64::new(0));
+    let before = commands(servers);
+    let mut tasks = Vec::new();
+    for locks in ready {
+        let done = Arc::clone(&done);
+        tasks.push(tokio::spawn(async move {
+            while done.load(Ordering::SeqCst) < grants {
+                let lease = locks.acquire("herd", &opts()).await.unwrap();
+                done.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(1)).await; // the holder's work
+                lease.release().await.unwrap();
+            }
+            locks.close().await.unwrap();
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(180), t)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let used = commands(servers) - before;
+    let mut by_name = std::collections::BTreeMap::new();
+    for s in servers {
+        for (name, n) in s.commandstats() {
+            *by_name.entry(name).or_insert(0u64) += n;
+        }
+    }
+    eprintln!("{waiters} waiters, cumulative: {by_name:?}");
+    used as f64 / done.load(Ordering::SeqCst) as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_per_hand_off_do_not_grow_with_waiters() {
+    let servers = start_many(5);
+    let few = commands_per_grant(&servers, 4, 200).await;
+    let many = commands_per_grant(&servers, 32, 200).await;
+    eprintln!("server commands per grant (5 nodes): 4 waiters {few:.2}, 32 waiters {many:.2}");
+    assert!(
+        many <= few * 1.3 + 2.0,
+        "commands per hand-off grow with waiters: 4 → {few:.2}, 32 → {many:.2}"
+    );
+}
+
+/// A waiter whose links die while it is queued on the primary (its process SIGKILLed, or
+/// cut off) holds up the next waiter by at most one claim window after the release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_queued_waiter_costs_at_most_one_claim_window() {
+    use fencelock_testkit::proxy::{FaultProxy, Mode};
+    use tokio::time::Instant;
+    let servers = start_many(5);
+    let mut proxies = Vec::new();
+    for s in &servers {
+        proxies.push(FaultProxy::start(s.port()).await);
+    }
+    let hosts: Vec<String> = proxies.iter().map(|p| format!("127.0.0.1:{}", p.port())).collect();
+    let holder = RedlockLock::connect(&redlock_url(&servers, "")).await.unwrap();
+    let doomed = RedlockLock::connect(&format!("redlock://{}", hosts.join(",")))
+        .await
+        .unwrap();
+    let next = RedlockLock::connect(&redlock_url(&servers, "")).await.unwrap();
+    // The queue lives on the key's primary only: the sum over the nodes is its length.
+    let queued = || -> i64 {
+        servers
+            .iter()
+            .map(|s| s.integer("LLEN fencelock:{k}:queue").unwrap_or(0))
+            .sum()
+    };
+    let until_queued = |n: i64| async move {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while queued() < n {
+            assert!(Instant::now() < deadline, "{n} waiter(s) never queued");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+
+    let lease = holder.acquire("k", &opts()).await.unwrap();
+    let dead = tokio::spawn(async move { doomed.acquire("k", &opts()).await });
+    until_queued(1).await;
+    for p in &proxies {
+        p.set(Mode::Blackhole);
+    }
+    dead.abort();
+    let waiting = tokio::spawn(async move {
+        let lease = next.acquire("k", &opts()).await.unwrap();
+        (Instant::now(), lease)
+    });
+    until_queued(2).await;
+    let released_at = Instant::now();
+    lease.release().await.unwrap();
+    let (granted_at, lease) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the live waiter got its turn")
+        .unwrap();
+    let delay = granted_at - released_at;
+    eprintln!("a dead queued waiter delayed the next by {delay:?}");
+    assert!(
+        delay <= fencelock_redis::HANDOFF_CLAIM + Duration::from_millis(500),
+        "delayed {delay:?}"
+    );
+    lease.release().await.unwrap();
+}
