@@ -1,0 +1,44 @@
+//! The election conformance suite against `memory://`: clients share one named table.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fencelock::election::Election;
+use fencelock_testkit::conformance::election::{self as suite, ElectionConfig};
+
+fn config() -> ElectionConfig {
+    ElectionConfig {
+        short_ttl: Duration::from_millis(200),
+        slack: Duration::from_millis(500),
+        ..ElectionConfig::default()
+    }
+}
+
+/// Every client comes through the facade, on one named table.
+async fn client() -> Arc<dyn Election> {
+    fencelock::connect_election("memory://election-suite")
+        .await
+        .expect("connect_election memory://")
+}
+
+macro_rules! election_tests {
+    ($($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            suite::$name(&client, &config()).await;
+        }
+    )*};
+}
+
+election_tests!(
+    leader_reports_value_and_term,
+    at_most_one_leader_and_terms_increase,
+    resign_hands_over_promptly,
+    dropped_campaign_leaves_nothing_behind,
+    proclaim_needs_our_own_grant,
+    paused_leader_is_fenced,
+    observers_see_changes_in_order,
+    bad_election_input_is_rejected,
+);
