@@ -15,6 +15,7 @@ use crate::schemes;
 /// | URL | election |
 /// |---|---|
 /// | `memory://[NAME]` | in-process seats (same NAME, same elections) |
+/// | `file:///ABSOLUTE/DIR` | seats beside the file locks of DIR, for one host |
 /// | others | not yet: [`LockError::InvalidConfig`] naming the backend |
 ///
 /// ```
@@ -38,8 +39,10 @@ pub async fn connect_election(url: &str) -> Result<Arc<dyn Election>> {
         Some("memory") => Ok(Arc::new(fencelock_core::election::memory::MemoryElection::from_url(
             url,
         )?)),
+        #[cfg(unix)]
+        Some("file") => Ok(Arc::new(fencelock_core::election::file::FileElection::from_url(url)?)),
         Some(scheme) => Err(LockError::invalid_config(format!(
-            "leader election is not implemented for the `{scheme}://` backend yet (available: memory://)"
+            "leader election is not implemented for the `{scheme}://` backend yet (available: memory://, file://)"
         ))),
         None => Err(LockError::invalid_config(format!(
             "`{url}` is not a backend URL: expected SCHEME://..., e.g. memory://"

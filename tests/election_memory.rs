@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fencelock::election::Election;
-use fencelock_testkit::conformance::election::{self as suite, ElectionConfig};
+use fencelock_testkit::conformance::election::{self as suite, ElectionConfig, ElectionFactory, ElectionFixture};
+use std::future::Future;
+use std::pin::Pin;
 
 fn config() -> ElectionConfig {
     ElectionConfig {
@@ -23,11 +25,28 @@ async fn client() -> Arc<dyn Election> {
         .expect("connect_election memory://")
 }
 
+/// The "server": the named table.
+struct Seats;
+
+impl ElectionFactory for Seats {
+    fn election(&self) -> Pin<Box<dyn Future<Output = Arc<dyn Election>> + Send + '_>> {
+        Box::pin(client())
+    }
+}
+
+impl ElectionFixture for Seats {
+    fn remove_leader<'a>(&'a self, name: &'a str) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            fencelock::election::memory::MemoryElection::named("election-suite").remove_leader(name);
+        })
+    }
+}
+
 macro_rules! election_tests {
     ($($name:ident),* $(,)?) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
-            suite::$name(&client, &config()).await;
+            suite::$name(&Seats, &config()).await;
         }
     )*};
 }

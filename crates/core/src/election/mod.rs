@@ -13,7 +13,7 @@
 //!   plus [`proclaim`](Leadership::proclaim) and [`resign`](Leadership::resign).
 //! * [`Observer`]: the leader changes of one election, in order.
 //! * [`ElectionCapabilities`]: what a backend gives, as data — never a silent downgrade.
-//! * [`memory`]: the in-process reference implementation.
+//! * [`memory`]: the in-process reference implementation; `file`: processes of one host.
 //!
 //! Pitfalls designed against (see `docs/election.md`): a leader that cannot confirm its
 //! validity stops at once (its lease is lost first, client-go #44887); every "is it still
@@ -21,6 +21,8 @@
 //! with an old session's node); expiry is judged on the backend's or our own monotonic
 //! clock, never on wall-clock stamps written by other machines.
 
+#[cfg(unix)]
+pub mod file;
 pub mod memory;
 mod observer;
 

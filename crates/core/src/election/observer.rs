@@ -67,6 +67,12 @@ impl ObserverFeed {
     pub fn subscribe(&self) -> Observer {
         Observer::new(self.tx.subscribe(), None)
     }
+
+    /// A new observer that aborts `task` (the backend's watcher feeding this feed) when
+    /// dropped.
+    pub fn subscribe_with(&self, task: AbortHandle) -> Observer {
+        Observer::new(self.tx.subscribe(), Some(task))
+    }
 }
 
 /// The leader changes of one election, from [`Election::observe`](super::Election::observe).

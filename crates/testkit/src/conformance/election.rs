@@ -35,6 +35,14 @@ where
     }
 }
 
+/// One backend's hook into its real server: acting on the seat as an operator would.
+pub trait ElectionFixture: ElectionFactory {
+    /// Removes the current leader's seat record on the server (`DEL`, `deleteall`, `rm`)
+    /// without telling its holder, whose lease goes on believing until it renews or
+    /// proclaims. Returns when the server confirmed.
+    fn remove_leader<'a>(&'a self, name: &'a str) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+}
+
 /// Timing and sizes of the election suite, set per backend.
 #[derive(Debug, Clone, Copy)]
 pub struct ElectionConfig {
@@ -82,7 +90,7 @@ pub const ALL_ELECTION: &[&str] = &[
 ];
 
 /// Runs every election test in turn.
-pub async fn run_all_elections(f: &dyn ElectionFactory, cfg: &ElectionConfig) {
+pub async fn run_all_elections(f: &dyn ElectionFixture, cfg: &ElectionConfig) {
     leader_reports_value_and_term(f, cfg).await;
     at_most_one_leader_and_terms_increase(f, cfg).await;
     resign_hands_over_promptly(f, cfg).await;
@@ -95,7 +103,7 @@ pub async fn run_all_elections(f: &dyn ElectionFactory, cfg: &ElectionConfig) {
 
 /// `leader` is `None` on an empty seat, names the campaign's value and term, follows a
 /// proclaim with the same term, and is `None` again after resign.
-pub async fn leader_reports_value_and_term(f: &dyn ElectionFactory, cfg: &ElectionConfig) {
+pub async fn leader_reports_value_and_term(f: &dyn ElectionFixture, cfg: &ElectionConfig) {
     let name = unique_key("elect-leader");
     let (a, reader) = (f.election().await, f.election().await);
     assert_eq!(
@@ -131,7 +139,7 @@ pub async fn leader_reports_value_and_term(f: &dyn ElectionFactory, cfg: &Electi
 
 /// Candidates on separate clients campaign again and again: the history checker finds no
 /// two leaders whose validity windows overlap, no term going back and no term reused.
-pub async fn at_most_one_leader_and_terms_increase(f: &dyn ElectionFactory, cfg: &ElectionConfig) {
+pub async fn at_most_one_leader_and_terms_increase(f: &dyn ElectionFixture, cfg: &ElectionConfig) {
     let name = unique_key("elect-one");
     let history = Arc::new(History::new());
     let mut tasks = Vec::new();
@@ -173,7 +181,7 @@ pub async fn at_most_one_leader_and_terms_increase(f: &dyn ElectionFactory, cfg:
 }
 
 /// A waiting candidate takes over within the slack of the leader's resign.
-pub async fn resign_hands_over_promptly(f: &dyn ElectionFactory, cfg: &ElectionConfig) {
+pub async fn resign_hands_over_promptly(f: &dyn ElectionFixture, cfg: &ElectionConfig) {
     let name = unique_key("elect-resign");
     let (a, b) = (f.election().await, f.election().await);
     // A long TTL: only the resign can hand over in time.
@@ -204,7 +212,7 @@ pub async fn resign_hands_over_promptly(f: &dyn ElectionFactory, cfg: &ElectionC
 /// A campaign dropped while waiting leaves no candidacy: after the leader resigns the seat
 /// is empty (the dropped candidate did not win in the background) and a new candidate
 /// wins at once.
-pub async fn dropped_campaign_leaves_nothing_behind(f: &dyn ElectionFactory, cfg: &ElectionConfig) {
+pub async fn dropped_campaign_leaves_nothing_behind(f: &dyn ElectionFixture, cfg: &ElectionConfig) {
     let name = unique_key("elect-drop");
     let (a, b, c) = (f.election().await, f.election().await, f.election().await);
     let la = a.campaign(&name, b"a", &opts(cfg.slack)).await.expect("campaign a");
@@ -232,11 +240,45 @@ pub async fn dropped_campaign_leaves_nothing_behind(f: &dyn ElectionFactory, cfg
     lc.resign().await.expect("resign c");
 }
 
-/// Proclaim and resign act on our own grant only: a leader whose lease ran out and was
-/// replaced gets `LeaseLost` from proclaim, and its resign leaves the successor in place.
-pub async fn proclaim_needs_our_own_grant(f: &dyn ElectionFactory, cfg: &ElectionConfig) {
-    let name = unique_key("elect-proclaim");
+/// Proclaim and resign act on our own grant only — "my grant", not "a seat record exists"
+/// (Curator's LeaderLatch once took an old session's node for its own). A leader whose
+/// seat an operator removed, and whose lease has not noticed yet, gets `LeaseLost` from
+/// proclaim once another candidate won, and its resign leaves the successor in place; the
+/// same for a leader whose lease ran out.
+pub async fn proclaim_needs_our_own_grant(f: &dyn ElectionFixture, cfg: &ElectionConfig) {
+    let name = unique_key("elect-removed");
     let (a, b) = (f.election().await, f.election().await);
+    let long = opts(cfg.slack).with_ttl(cfg.slack * 20).with_auto_renew(false);
+    let la = a.campaign(&name, b"a", &long).await.expect("campaign a");
+    f.remove_leader(&name).await;
+    let lb = b
+        .campaign(&name, b"b", &opts(cfg.slack))
+        .await
+        .expect("b after the removal");
+    assert!(
+        la.is_leader(),
+        "precondition: a's lease has not noticed the removal yet"
+    );
+    match la.proclaim(b"a again").await {
+        Err(LockError::LeaseLost { .. }) => {}
+        other => panic!("proclaim by a removed leader while b leads: {other:?}"),
+    }
+    let seen = a.leader(&name).await.expect("leader").expect("b still leads");
+    assert_eq!(
+        (seen.value.as_slice(), seen.term),
+        (&b"b"[..], lb.term()),
+        "a's proclaim touched b's seat"
+    );
+    let _ = la.resign().await;
+    let seen = a
+        .leader(&name)
+        .await
+        .expect("leader")
+        .expect("b still leads after a resigned");
+    assert_eq!(seen.term, lb.term(), "a's resign removed b");
+    lb.resign().await.expect("resign b");
+
+    let name = unique_key("elect-proclaim");
     let short = opts(cfg.slack * 4).with_ttl(cfg.short_ttl).with_auto_renew(false);
     let la = a.campaign(&name, b"a", &short).await.expect("campaign a");
     let lb = b
@@ -259,7 +301,7 @@ pub async fn proclaim_needs_our_own_grant(f: &dyn ElectionFactory, cfg: &Electio
 /// A leader paused past its validity (its lease not renewed) is replaced; its writes
 /// with the old term are refused by the fenced resource while the successor's are
 /// accepted.
-pub async fn paused_leader_is_fenced(f: &dyn ElectionFactory, cfg: &ElectionConfig) {
+pub async fn paused_leader_is_fenced(f: &dyn ElectionFixture, cfg: &ElectionConfig) {
     let name = unique_key("elect-paused");
     let (a, b) = (f.election().await, f.election().await);
     let resource = FencingChecker::new();
@@ -288,7 +330,7 @@ pub async fn paused_leader_is_fenced(f: &dyn ElectionFactory, cfg: &ElectionConf
 /// Observers on separate clients see the leader changes in order with no term going back,
 /// and all end at the final state. With `Observation::Unavailable` observe must fail
 /// with `GuaranteeNotMet` instead.
-pub async fn observers_see_changes_in_order(f: &dyn ElectionFactory, cfg: &ElectionConfig) {
+pub async fn observers_see_changes_in_order(f: &dyn ElectionFixture, cfg: &ElectionConfig) {
     let name = unique_key("elect-observe");
     let driver = f.election().await;
     if driver.capabilities().observe == Observation::Unavailable {
@@ -362,7 +404,7 @@ pub async fn observers_see_changes_in_order(f: &dyn ElectionFactory, cfg: &Elect
 }
 
 /// Bad names, oversized values and a zero wait are errors, not panics or hangs.
-pub async fn bad_election_input_is_rejected(f: &dyn ElectionFactory, cfg: &ElectionConfig) {
+pub async fn bad_election_input_is_rejected(f: &dyn ElectionFixture, cfg: &ElectionConfig) {
     let e = f.election().await;
     let invalid = |r: &Result<_, LockError>| matches!(r, Err(LockError::InvalidInput(_)));
     let r = e.campaign("", b"v", &opts(cfg.slack)).await.map(|_| ());
