@@ -173,6 +173,20 @@ pub trait Election: Send + Sync + fmt::Debug {
 
     /// A description of this backend for logs and messages (a URL without credentials).
     fn describe(&self) -> String;
+
+    /// Ends this client cleanly before the process exits, as
+    /// [`DistributedLock::close`](crate::DistributedLock::close): a backend with a session
+    /// ends it, which removes its candidacies and resigns its seats. The default does
+    /// nothing (memory and file have nothing to end).
+    ///
+    /// # Errors
+    /// [`LockError::Unavailable`] when the backend did not confirm in time.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the future leaves the clean-ups running in the background.
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -191,6 +205,9 @@ impl<T: Election + ?Sized> Election for Arc<T> {
     }
     fn describe(&self) -> String {
         (**self).describe()
+    }
+    async fn close(&self) -> Result<()> {
+        (**self).close().await
     }
 }
 
