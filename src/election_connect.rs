@@ -49,3 +49,8 @@ pub async fn connect_election(url: &str) -> Result<Arc<dyn Election>> {
         ))),
     }
 }
+
+// docs/election.md's example compiles as a doctest.
+#[doc = include_str!("../docs/election.md")]
+#[cfg(doctest)]
+pub struct ElectionDoctests;
