@@ -31,6 +31,7 @@
 //! ```
 
 mod config;
+mod election;
 mod error;
 mod fence;
 mod grant;
@@ -41,6 +42,7 @@ mod scripts;
 mod wait;
 
 pub use config::RedisConfig;
+pub use election::RedisElection;
 pub use fence::RedisFencedStore;
 pub use lock::{RedisLock, GUARANTEES, GUARANTEES_DURABLE};
 pub use node::{CleanupGuard, CounterSafety, NodeGrant, NodeSubscription, RedisNode};

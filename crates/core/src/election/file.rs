@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     validate_value, Election, ElectionCapabilities, LeaderInfo, LeaderRead, Leadership, Observation, Observer,
-    ObserverFeed, ProclaimOps,
+    ProclaimOps,
 };
 use crate::error::{LockError, Result};
 use crate::file::{blocking, FileLock, KeyFiles};
@@ -190,24 +190,10 @@ impl Election for FileElection {
     async fn observe(&self, name: &str) -> Result<Observer> {
         let files = self.lock.files(&seat_key(name)?);
         let dir = self.lock.dir().to_path_buf();
-        let feed = ObserverFeed::default();
-        let rx_feed = feed.clone();
-        // Lives as long as the observer, which aborts it when dropped.
-        let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(POLL_INTERVAL);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let (d, f) = (dir.clone(), files.clone());
-                match blocking(move || read_leader(&d, &f)).await {
-                    Ok(state) => {
-                        feed.publish(state);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "file election observer could not read the seat"),
-                }
-            }
-        });
-        Ok(rx_feed.subscribe_with(task.abort_handle()))
+        Ok(super::polled(POLL_INTERVAL, move || {
+            let (d, f) = (dir.clone(), files.clone());
+            blocking(move || read_leader(&d, &f))
+        }))
     }
 
     fn capabilities(&self) -> ElectionCapabilities {

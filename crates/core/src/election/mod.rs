@@ -39,7 +39,7 @@ use crate::lease::Lease;
 use crate::options::LockOptions;
 use crate::token::{Fence, FencingToken};
 
-pub use observer::{Observer, ObserverFeed};
+pub use observer::{polled, Observer, ObserverFeed};
 
 /// The longest value a candidate may publish, in bytes (etcd's and ZooKeeper's practical
 /// limits are far above; Redis channels and PostgreSQL NOTIFY carry it too).

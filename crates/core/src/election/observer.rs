@@ -75,6 +75,32 @@ impl ObserverFeed {
     }
 }
 
+/// An observer fed by reading the seat every `interval` with `read` (for backends without
+/// a change notification that carries the value). The polling task lives as long as the
+/// observer and is aborted with it; a failed read is logged and retried at the next tick.
+pub fn polled<F, Fut>(interval: std::time::Duration, read: F) -> Observer
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = crate::Result<Option<LeaderInfo>>> + Send + 'static,
+{
+    let feed = ObserverFeed::default();
+    let tx = feed.clone();
+    let task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match read().await {
+                Ok(state) => {
+                    tx.publish(state);
+                }
+                Err(e) => tracing::warn!(error = %e, "election observer could not read the seat"),
+            }
+        }
+    });
+    feed.subscribe_with(task.abort_handle())
+}
+
 /// The leader changes of one election, from [`Election::observe`](super::Election::observe).
 ///
 /// ```
