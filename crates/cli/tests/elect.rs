@@ -1,7 +1,7 @@
 //! `fencelock elect` and `fencelock leader` across processes: five candidates, exactly one
 //! command at a time, each with a larger FENCELOCK_TERM; killing the leader's process
-//! starts exactly one successor. On the file backend (the server backends have no
-//! election yet: docs/election.md).
+//! starts exactly one successor. On file and on a real redis-server started by the test
+//! (the other server backends have no election yet: docs/election.md).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 
@@ -64,10 +64,40 @@ fn spawn(url: &str, i: usize, log: &Path, script: &str) -> Child {
         .expect("spawn fencelock elect")
 }
 
+fn file_url(dir: &tempfile::TempDir) -> String {
+    format!("file://{}", dir.path().join("locks").display())
+}
+
 #[test]
-fn five_candidates_run_one_command_at_a_time_with_growing_terms() {
+fn file_five_candidates_run_one_at_a_time() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!("file://{}", dir.path().join("locks").display());
+    one_command_at_a_time(&file_url(&dir), &dir);
+}
+
+#[test]
+fn redis_five_candidates_run_one_at_a_time() {
+    let server = fencelock_testkit::redis_server::RedisServer::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    one_command_at_a_time(&server.url(), &dir);
+}
+
+#[test]
+fn file_killing_the_leader_starts_exactly_one_successor() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    one_successor_after_kill(&file_url(&dir), &dir);
+}
+
+#[test]
+fn redis_killing_the_leader_starts_exactly_one_successor() {
+    let server = fencelock_testkit::redis_server::RedisServer::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    one_successor_after_kill(&server.url(), &dir);
+}
+
+/// Five candidates, each running a short command: the commands never overlap and each
+/// has a larger FENCELOCK_TERM than the one before.
+fn one_command_at_a_time(url: &str, dir: &tempfile::TempDir) {
+    let url = url.to_owned();
     let log = dir.path().join("log");
     let script = r#"echo "in $FENCELOCK_TERM" >> "$LOG"; sleep 0.1; echo "out $FENCELOCK_TERM" >> "$LOG""#;
     let mut candidates = Candidates((0..5).map(|i| spawn(&url, i, &log, script)).collect());
@@ -92,10 +122,11 @@ fn five_candidates_run_one_command_at_a_time_with_growing_terms() {
     }
 }
 
-#[test]
-fn killing_the_leader_starts_exactly_one_successor() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!("file://{}", dir.path().join("locks").display());
+/// Five candidates, the leader's command runs until killed: SIGKILL of the leader's
+/// `fencelock elect` starts exactly one successor (within the TTL at most), with a
+/// larger term, and `fencelock leader` names it.
+fn one_successor_after_kill(url: &str, dir: &tempfile::TempDir) {
+    let url = url.to_owned();
     let log = dir.path().join("log");
     // Runs until killed (bounded: 60 s).
     let script = r#"echo "in $FENCELOCK_TERM" >> "$LOG"; exec sleep 60"#;
