@@ -17,6 +17,7 @@ use crate::schemes;
 /// | `memory://[NAME]` | in-process seats (same NAME, same elections) |
 /// | `file:///ABSOLUTE/DIR` | seats beside the file locks of DIR, for one host |
 /// | `redis://…`, `rediss://…` | seats beside the locks of one Redis server (feature `redis`) |
+/// | `zk://…` | ephemeral sequential nodes with data, lowest leads (feature `zookeeper`) |
 /// | others | not yet: [`LockError::InvalidConfig`] naming the backend |
 ///
 /// ```
@@ -44,8 +45,10 @@ pub async fn connect_election(url: &str) -> Result<Arc<dyn Election>> {
         Some("file") => Ok(Arc::new(fencelock_core::election::file::FileElection::from_url(url)?)),
         #[cfg(feature = "redis")]
         Some("redis" | "rediss") => Ok(Arc::new(fencelock_redis::RedisElection::connect(url).await?)),
+        #[cfg(feature = "zookeeper")]
+        Some("zk") => Ok(Arc::new(fencelock_zk::ZkElection::connect(url).await?)),
         Some(scheme) => Err(LockError::invalid_config(format!(
-            "leader election is not implemented for the `{scheme}://` backend yet (available: memory://, file://, redis://)"
+            "leader election is not implemented for the `{scheme}://` backend yet (available: memory://, file://, redis://, zk://)"
         ))),
         None => Err(LockError::invalid_config(format!(
             "`{url}` is not a backend URL: expected SCHEME://..., e.g. memory://"
