@@ -1,6 +1,7 @@
 //! `fencelock elect` and `fencelock leader` across processes: five candidates, exactly one
 //! command at a time, each with a larger FENCELOCK_TERM; killing the leader's process
-//! starts exactly one successor. On file and on a real redis-server started by the test
+//! starts exactly one successor. On file, and on a real redis-server and ZooKeeper started
+//! by the test
 //! (the other server backends have no election yet: docs/election.md).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
@@ -92,6 +93,20 @@ fn redis_killing_the_leader_starts_exactly_one_successor() {
     let server = fencelock_testkit::redis_server::RedisServer::start();
     let dir = tempfile::tempdir().expect("temp dir");
     one_successor_after_kill(&server.url(), &dir);
+}
+
+#[test]
+fn zookeeper_five_candidates_run_one_at_a_time() {
+    let zk = fencelock_testkit::zk_server::ZkEnsemble::standalone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    one_command_at_a_time(&zk.url("/elect", "session_timeout=2s"), &dir);
+}
+
+#[test]
+fn zookeeper_killing_the_leader_starts_exactly_one_successor() {
+    let zk = fencelock_testkit::zk_server::ZkEnsemble::standalone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    one_successor_after_kill(&zk.url("/elect", "session_timeout=2s"), &dir);
 }
 
 /// Five candidates, each running a short command: the commands never overlap and each
