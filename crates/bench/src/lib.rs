@@ -7,7 +7,8 @@
 //!
 //! * uncontended acquire + release, ours beside the **raw minimum** ([`raw`]: the fewest
 //!   client-crate requests a correct lock needs) and beside the **peer crates**
-//!   ([`peers`]: `rslock`, `distributed-lock`), interleaved so machine noise hits all alike;
+//!   ([`peers`]: `rslock`, `distributed-lock`; for PostgreSQL [`pg`]), interleaved so
+//!   machine noise hits all alike;
 //! * contention: 8 and 64 clients on one key — hand-off latency, throughput, fairness;
 //! * scale: 100 to 10,000 locks held by one process with auto-renew — renewal requests per
 //!   second at the server, client CPU and memory.
@@ -18,6 +19,7 @@ pub mod contention;
 pub mod error;
 pub mod machine;
 pub mod peers;
+pub mod pg;
 pub mod plan;
 pub mod raw;
 pub mod report;
