@@ -1,7 +1,7 @@
 //! `fencelock elect` and `fencelock leader` across processes: five candidates, exactly one
 //! command at a time, each with a larger FENCELOCK_TERM; killing the leader's process
-//! starts exactly one successor. On file, and on a real redis-server and ZooKeeper started
-//! by the test
+//! starts exactly one successor. On file, and on a real redis-server, ZooKeeper and
+//! PostgreSQL started by the test
 //! (the other server backends have no election yet: docs/election.md).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
@@ -107,6 +107,20 @@ fn zookeeper_killing_the_leader_starts_exactly_one_successor() {
     let zk = fencelock_testkit::zk_server::ZkEnsemble::standalone();
     let dir = tempfile::tempdir().expect("temp dir");
     one_successor_after_kill(&zk.url("/elect", "session_timeout=2s"), &dir);
+}
+
+#[test]
+fn postgres_five_candidates_run_one_at_a_time() {
+    let pg = fencelock_testkit::pg_server::PgServer::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    one_command_at_a_time(&pg.url(), &dir);
+}
+
+#[test]
+fn postgres_killing_the_leader_starts_exactly_one_successor() {
+    let pg = fencelock_testkit::pg_server::PgServer::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    one_successor_after_kill(&pg.url(), &dir);
 }
 
 /// Five candidates, each running a short command: the commands never overlap and each
