@@ -61,3 +61,21 @@ election_tests!(
     observers_see_changes_in_order,
     bad_election_input_is_rejected,
 );
+
+/// A backend without an election fails at connect time with a clear error, never a
+/// silently weaker election.
+#[tokio::test]
+async fn connect_election_refuses_backends_without_an_election() {
+    for url in ["redlock://127.0.0.1:1,127.0.0.1:2,127.0.0.1:3", "etcd://127.0.0.1:1"] {
+        match fencelock::connect_election(url).await {
+            Err(fencelock::LockError::InvalidConfig { message, .. }) => {
+                assert!(message.contains("not implemented"), "{url}: {message}");
+            }
+            other => panic!("{url}: {other:?}"),
+        }
+    }
+    match fencelock::connect_election("no-scheme").await {
+        Err(fencelock::LockError::InvalidConfig { .. }) => {}
+        other => panic!("a URL without a scheme: {other:?}"),
+    }
+}
