@@ -17,6 +17,7 @@ use crate::schemes;
 /// | `memory://[NAME]` | in-process seats (same NAME, same elections) |
 /// | `file:///ABSOLUTE/DIR` | seats beside the file locks of DIR, for one host |
 /// | `redis://…`, `rediss://…` | seats beside the locks of one Redis server (feature `redis`) |
+/// | `redlock://…` | best effort: `leader` by quorum agreement, no `observe` (feature `redlock`) |
 /// | `zk://…` | ephemeral sequential nodes with data, lowest leads (feature `zookeeper`) |
 /// | `postgres://…` | the lock row as the seat, a `leaders` row beside it (feature `postgres`) |
 /// | others | not yet: [`LockError::InvalidConfig`] naming the backend |
@@ -50,8 +51,10 @@ pub async fn connect_election(url: &str) -> Result<Arc<dyn Election>> {
         Some("zk") => Ok(Arc::new(fencelock_zk::ZkElection::connect(url).await?)),
         #[cfg(feature = "postgres")]
         Some("postgres" | "postgresql") => Ok(Arc::new(fencelock_postgres::PgElection::connect(url).await?)),
+        #[cfg(feature = "redlock")]
+        Some("redlock") => Ok(Arc::new(fencelock_redlock::RedlockElection::connect(url).await?)),
         Some(scheme) => Err(LockError::invalid_config(format!(
-            "leader election is not implemented for the `{scheme}://` backend yet (available: memory://, file://, redis://, zk://, postgres://)"
+            "leader election is not implemented for the `{scheme}://` backend yet (available: memory://, file://, redis://, redlock://, zk://, postgres://)"
         ))),
         None => Err(LockError::invalid_config(format!(
             "`{url}` is not a backend URL: expected SCHEME://..., e.g. memory://"

@@ -21,7 +21,7 @@ use fencelock_core::{DistributedLock, FencingToken, LockError, LockOptions, Lost
 use redis::Script;
 
 use crate::error::failed;
-use crate::RedisLock;
+use crate::{RedisLock, RedisNode};
 
 /// How often a Redis observer reads the seat.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -105,30 +105,79 @@ impl RedisElection {
     }
 }
 
-async fn read_leader(lock: &RedisLock, keys: &SeatKeys) -> Result<Option<LeaderInfo>> {
-    let script = Script::new(LEADER);
+/// What one node holds for an election's seat (for Redlock, which asks every node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeSeat {
+    /// No live grant.
+    Empty,
+    /// The live grant's record.
+    Leader(LeaderInfo),
+    /// A live grant whose record is not written yet; the node's token counter.
+    Unwritten(FencingToken),
+}
+
+/// Reads election `name`'s seat on one node, in one script.
+///
+/// # Errors
+/// [`LockError::InvalidInput`] for a bad name; the node's error.
+///
+/// # Cancel safety
+/// Cancel safe: it only reads.
+pub async fn read_seat_on(node: &RedisNode, name: &str) -> Result<NodeSeat> {
+    let (_, keys) = SeatKeys::new(&node.config().prefix, name)?;
+    let mut conn = node.connection().await?;
+    let (state, term, value): (i64, u64, Vec<u8>) = Script::new(LEADER)
+        .key(&keys.lock)
+        .key(&keys.record)
+        .key(&keys.counter)
+        .invoke_async(&mut conn)
+        .await
+        .map_err(|e| failed("reading the election's leader", node.server(), e))?;
+    let term = FencingToken::new(term);
+    Ok(match state {
+        0 => NodeSeat::Empty,
+        1 => NodeSeat::Leader(LeaderInfo { value, term }),
+        _ => NodeSeat::Unwritten(term),
+    })
+}
+
+/// Writes election `name`'s value on one node if its lock key holds `grant`; returns
+/// whether it did.
+///
+/// # Errors
+/// [`LockError::InvalidInput`] for a bad name; the node's error.
+///
+/// # Cancel safety
+/// The value may or may not have been written.
+pub async fn proclaim_on(node: &RedisNode, name: &str, grant: &str, term: u64, value: &[u8]) -> Result<bool> {
+    let (_, keys) = SeatKeys::new(&node.config().prefix, name)?;
+    let mut conn = node.connection().await?;
+    let written: i64 = Script::new(PROCLAIM)
+        .key(&keys.lock)
+        .key(&keys.record)
+        .arg(grant)
+        .arg(term)
+        .arg(value)
+        .invoke_async(&mut conn)
+        .await
+        .map_err(|e| failed("proclaiming the election's value", node.server(), e))?;
+    Ok(written == 1)
+}
+
+async fn read_leader(lock: &RedisLock, name: &str) -> Result<Option<LeaderInfo>> {
     let deadline = tokio::time::Instant::now() + RECORD_WAIT;
     // Bounded by RECORD_WAIT / 5 ms turns.
     loop {
-        let mut conn = lock.connection().await?;
-        let (state, term, value): (i64, u64, Vec<u8>) = script
-            .key(&keys.lock)
-            .key(&keys.record)
-            .key(&keys.counter)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| failed("reading the election's leader", &lock.describe(), e))?;
-        let term = FencingToken::new(term);
-        match state {
-            0 => return Ok(None),
-            1 => return Ok(Some(LeaderInfo { value, term })),
-            _ if tokio::time::Instant::now() >= deadline => {
+        match read_seat_on(lock.node(), name).await? {
+            NodeSeat::Empty => return Ok(None),
+            NodeSeat::Leader(l) => return Ok(Some(l)),
+            NodeSeat::Unwritten(term) if tokio::time::Instant::now() >= deadline => {
                 return Ok(Some(LeaderInfo {
                     value: Vec::new(),
                     term,
                 }))
             }
-            _ => tokio::time::sleep(Duration::from_millis(5)).await,
+            NodeSeat::Unwritten(_) => tokio::time::sleep(Duration::from_millis(5)).await,
         }
     }
 }
@@ -138,11 +187,11 @@ impl Election for RedisElection {
     #[tracing::instrument(level = "debug", skip(self, value, opts), fields(backend = "redis"))]
     async fn campaign(&self, name: &str, value: &[u8], opts: &LockOptions) -> Result<Leadership> {
         validate_value(value)?;
-        let (seat, keys) = SeatKeys::new(&self.lock.config().prefix, name)?;
+        let (seat, _) = SeatKeys::new(&self.lock.config().prefix, name)?;
         let lease = self.lock.acquire(&seat, opts).await?;
         let ops = Arc::new(RedisSeat {
             lock: self.lock.clone(),
-            keys,
+            name: name.to_owned(),
             grant: lease.grant().to_string(),
             term: lease.token().get(),
         });
@@ -159,16 +208,15 @@ impl Election for RedisElection {
     }
 
     async fn leader(&self, name: &str) -> Result<Option<LeaderInfo>> {
-        let (_, keys) = SeatKeys::new(&self.lock.config().prefix, name)?;
-        read_leader(&self.lock, &keys).await
+        read_leader(&self.lock, name).await
     }
 
     async fn observe(&self, name: &str) -> Result<Observer> {
-        let (_, keys) = SeatKeys::new(&self.lock.config().prefix, name)?;
-        let lock = self.lock.clone();
+        SeatKeys::new(&self.lock.config().prefix, name)?;
+        let (lock, name) = (self.lock.clone(), name.to_owned());
         Ok(polled(POLL_INTERVAL, move || {
-            let (lock, keys) = (lock.clone(), keys.clone());
-            async move { read_leader(&lock, &keys).await }
+            let (lock, name) = (lock.clone(), name.clone());
+            async move { read_leader(&lock, &name).await }
         }))
     }
 
@@ -196,7 +244,7 @@ impl Election for RedisElection {
 /// One leader's grant of a Redis seat.
 struct RedisSeat {
     lock: RedisLock,
-    keys: SeatKeys,
+    name: String,
     grant: String,
     term: u64,
 }
@@ -204,16 +252,6 @@ struct RedisSeat {
 #[async_trait]
 impl ProclaimOps for RedisSeat {
     async fn proclaim(&self, value: &[u8]) -> Result<bool> {
-        let mut conn = self.lock.connection().await?;
-        let written: i64 = Script::new(PROCLAIM)
-            .key(&self.keys.lock)
-            .key(&self.keys.record)
-            .arg(&self.grant)
-            .arg(self.term)
-            .arg(value)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| failed("proclaiming the election's value", &self.lock.describe(), e))?;
-        Ok(written == 1)
+        proclaim_on(self.lock.node(), &self.name, &self.grant, self.term, value).await
     }
 }

@@ -42,7 +42,7 @@ mod scripts;
 mod wait;
 
 pub use config::RedisConfig;
-pub use election::RedisElection;
+pub use election::{proclaim_on, read_seat_on, NodeSeat, RedisElection};
 pub use fence::RedisFencedStore;
 pub use lock::{RedisLock, GUARANTEES, GUARANTEES_DURABLE};
 pub use node::{CleanupGuard, CounterSafety, NodeGrant, NodeSubscription, RedisNode};
