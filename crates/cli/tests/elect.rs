@@ -1,7 +1,7 @@
 //! `fencelock elect` and `fencelock leader` across processes: five candidates, exactly one
 //! command at a time, each with a larger FENCELOCK_TERM; killing the leader's process
-//! starts exactly one successor. On file, and on a real redis-server, ZooKeeper and
-//! PostgreSQL started by the test
+//! starts exactly one successor. On file, and on real redis-server(s) (single and Redlock),
+//! ZooKeeper and PostgreSQL started by the test
 //! (the other server backends have no election yet: docs/election.md).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
@@ -121,6 +121,20 @@ fn postgres_killing_the_leader_starts_exactly_one_successor() {
     let pg = fencelock_testkit::pg_server::PgServer::start();
     let dir = tempfile::tempdir().expect("temp dir");
     one_successor_after_kill(&pg.url(), &dir);
+}
+
+#[test]
+fn redlock_five_candidates_run_one_at_a_time() {
+    let servers = fencelock_testkit::redis_server::start_many(5);
+    let dir = tempfile::tempdir().expect("temp dir");
+    one_command_at_a_time(&fencelock_testkit::redis_server::redlock_url(&servers, ""), &dir);
+}
+
+#[test]
+fn redlock_killing_the_leader_starts_exactly_one_successor() {
+    let servers = fencelock_testkit::redis_server::start_many(5);
+    let dir = tempfile::tempdir().expect("temp dir");
+    one_successor_after_kill(&fencelock_testkit::redis_server::redlock_url(&servers, ""), &dir);
 }
 
 /// Five candidates, each running a short command: the commands never overlap and each
