@@ -29,9 +29,10 @@
 #[cfg(unix)]
 pub use fencelock_core::file;
 pub use fencelock_core::{
-    error, fencing, guarantees, lease, memory, metrics, options, waiting, BoxError, DistributedLock, Exclusion, Fence,
-    FenceRejection, FencingToken, GrantId, Guarantees, Lease, LeaseOps, LeaseParts, LeaseRef, LeaseReporter,
-    LeaseState, LeaseStatus, LockError, LockExt, LockOptions, LostReason, Requirement, Result, Scope, TokenOrder,
+    election, error, fencing, guarantees, lease, memory, metrics, options, waiting, BoxError, DistributedLock,
+    Exclusion, Fence, FenceRejection, FencingToken, GrantId, Guarantees, Lease, LeaseOps, LeaseParts, LeaseRef,
+    LeaseReporter, LeaseState, LeaseStatus, LockError, LockExt, LockOptions, LostReason, Requirement, Result, Scope,
+    TokenOrder,
 };
 /// The etcd backend (feature `etcd`).
 #[cfg(feature = "etcd")]
@@ -51,10 +52,12 @@ pub use fencelock_zk as zk;
 
 mod config;
 mod connect;
+mod election_connect;
 pub mod schemes;
 
 pub use config::LockConfig;
 pub use connect::connect;
+pub use election_connect::connect_election;
 
 // The README's example compiles as a doctest.
 #[doc = include_str!("../README.md")]

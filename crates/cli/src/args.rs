@@ -63,6 +63,12 @@ pub enum Command {
     /// FENCELOCK_GRANT and FENCELOCK_KEY set, renew the lease while it runs, release it
     /// after, and exit with CMD's status
     Run(RunArgs),
+    /// Campaign to lead election NAME and run CMD only while leading (as `run` does, with
+    /// FENCELOCK_TERM set); resign when CMD exits (docs/election.md)
+    Elect(ElectArgs),
+    /// Print the leader of election NAME and its term (`TERM VALUE`); --watch: one line
+    /// per change
+    Leader(LeaderArgs),
     /// List the backends compiled into this build, with what each guarantees
     Backends,
     /// Show mutual exclusion: start several `fencelock run` processes on one key
@@ -137,6 +143,53 @@ pub struct RunArgs {
     /// The command and its arguments
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// `fencelock elect`.
+#[derive(Debug, clap::Args)]
+pub struct ElectArgs {
+    /// The election's name (1 to 256 bytes, no control characters)
+    pub name: String,
+
+    /// What to publish as this candidate's value (e.g. its address); default HOST:PID
+    #[arg(long, value_name = "V")]
+    pub value: Option<String>,
+
+    /// How long the seat's lease lives without renewal (e.g. 10s); a hung leader blocks
+    /// the seat for at most this long
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+
+    /// How long to campaign before giving up with status 75 (e.g. 30s, 1h)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub wait: Option<Duration>,
+
+    /// As for `run`: SIGTERM → SIGKILL delay for CMD's group after a loss
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    pub kill_after: Duration,
+
+    /// The exit status when not elected within --wait (default 75)
+    #[arg(long, value_name = "N", default_value_t = crate::exit::NOT_ACQUIRED)]
+    pub conflict_exit_code: u8,
+
+    /// The exit status when leadership is lost while CMD runs (default 76)
+    #[arg(long, value_name = "N", default_value_t = crate::exit::LEASE_LOST)]
+    pub lost_exit_code: u8,
+
+    /// The command and its arguments
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// `fencelock leader`.
+#[derive(Debug, clap::Args)]
+pub struct LeaderArgs {
+    /// The election's name
+    pub name: String,
+
+    /// Print one line per change of leader until interrupted
+    #[arg(long)]
+    pub watch: bool,
 }
 
 /// `fencelock demo`.

@@ -14,9 +14,11 @@ mod backends_cmd;
 #[cfg(feature = "bench")]
 mod bench;
 mod demo;
+mod elect;
 mod exit;
 mod guard;
 mod lab;
+mod leader;
 mod logging;
 mod metrics;
 mod run;
@@ -50,6 +52,8 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async {
         match &cli.command {
             args::Command::Run(a) => run::run(&cli, a).await,
+            args::Command::Elect(a) => elect::elect(&cli, a).await,
+            args::Command::Leader(a) => leader::leader(&cli, a).await,
             args::Command::Backends => backends_cmd::backends().await,
             args::Command::Demo(a) => demo::demo(&cli, a).await,
             args::Command::Lab(a) => lab::lab(&cli, a).await,

@@ -35,14 +35,14 @@ use crate::{backend, exit::fail};
 const CLOSE_WITHIN: Duration = Duration::from_secs(5);
 
 /// The signals `run` forwards to the command's group, and that end a wait for the lock.
-struct Signals {
+pub(crate) struct Signals {
     int: Option<tokio::signal::unix::Signal>,
     term: Option<tokio::signal::unix::Signal>,
     hup: Option<tokio::signal::unix::Signal>,
 }
 
 impl Signals {
-    fn install() -> Self {
+    pub(crate) fn install() -> Self {
         Signals {
             int: listen(SignalKind::interrupt()),
             term: listen(SignalKind::terminate()),
@@ -51,7 +51,7 @@ impl Signals {
     }
 
     /// The next of them to arrive.
-    async fn next(&mut self) -> Signal {
+    pub(crate) async fn next(&mut self) -> Signal {
         tokio::select! {
             Some(()) = recv(&mut self.int) => Signal::INT,
             Some(()) = recv(&mut self.term) => Signal::TERM,
@@ -144,7 +144,7 @@ async fn acquire(
 }
 
 /// Gives the backend [`CLOSE_WITHIN`] to end its session (queue entries, ephemeral nodes).
-async fn close(locks: &dyn DistributedLock) {
+pub(crate) async fn close(locks: &dyn DistributedLock) {
     match tokio::time::timeout(CLOSE_WITHIN, locks.close()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %exit::one_line(&e), "closing the backend failed"),
@@ -154,10 +154,22 @@ async fn close(locks: &dyn DistributedLock) {
 
 /// Starts the guard and the command, watches them and the lease, and cleans up.
 async fn supervise(args: &RunArgs, lease: Lease, signals: &mut Signals) -> ExitCode {
+    supervise_with(args, lease, signals, &[]).await
+}
+
+/// [`supervise`], with `env` added to the command's environment (`elect` adds
+/// FENCELOCK_TERM); everything else — process group, guard, loss and exit codes — is
+/// the same.
+pub(crate) async fn supervise_with(
+    args: &RunArgs,
+    lease: Lease,
+    signals: &mut Signals,
+    env: &[(&str, String)],
+) -> ExitCode {
     let Some(program) = args.command.first() else {
         return fail("no command given after --", exit::BAD_INPUT);
     };
-    let started = match start(args, &lease) {
+    let started = match start(args, &lease, env) {
         Ok(s) => s,
         Err(e) => {
             let _ = lease.release().await;
@@ -199,7 +211,7 @@ struct Started {
 
 /// Checks the lease, then starts `fencelock __guard` in a new process group with the read
 /// end of the control pipe, and tells it the lease's deadline.
-fn start(args: &RunArgs, lease: &Lease) -> std::io::Result<Started> {
+fn start(args: &RunArgs, lease: &Lease, env: &[(&str, String)]) -> std::io::Result<Started> {
     if !lease.is_held() {
         return Err(std::io::Error::other(
             "the lease was lost before the command could start",
@@ -219,6 +231,7 @@ fn start(args: &RunArgs, lease: &Lease) -> std::io::Result<Started> {
         .env("FENCELOCK_TOKEN", lease.token().to_string())
         .env("FENCELOCK_KEY", lease.key())
         .env("FENCELOCK_GRANT", lease.grant().as_str())
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .process_group(0)
         .stdin(Stdio::inherit())
         .kill_on_drop(false)
@@ -370,7 +383,7 @@ fn signal_group(group: Pid, sig: Signal) {
     }
 }
 
-fn signal_name(sig: Signal) -> &'static str {
+pub(crate) fn signal_name(sig: Signal) -> &'static str {
     match sig {
         Signal::INT => "SIGINT",
         Signal::TERM => "SIGTERM",

@@ -7,6 +7,7 @@
 //! * [`Lease`]: one grant, with its [`FencingToken`], validity, auto-renewal and loss signal.
 //! * [`LockOptions`]: TTL, wait bound, auto-renew.
 //! * [`Guarantees`] and [`Requirement`]: what a backend promises, as data.
+//! * [`Election`]: leader election with fencing terms ([`election`]).
 //! * [`fencing`]: the resource-side check that refuses stale tokens.
 //! * [`memory`] (`memory://`) and [`file`] (`file:///dir`): backends that need no server.
 //!
@@ -27,6 +28,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod batch;
+pub mod election;
 pub mod error;
 mod ext;
 pub mod fencing;
@@ -41,6 +43,7 @@ pub mod options;
 mod token;
 pub mod waiting;
 
+pub use election::{Election, ElectionCapabilities, LeaderInfo, Leadership, Observer};
 pub use error::{BoxError, FenceRejection, LockError, LostReason, Result};
 pub use ext::{LeaseRef, LockExt};
 pub use guarantees::{Exclusion, Guarantees, Requirement, Scope, TokenOrder};

@@ -45,6 +45,7 @@
 //! ```
 
 mod config;
+mod election;
 mod error;
 mod fence;
 mod grant;
@@ -56,6 +57,7 @@ mod sql;
 mod waiters;
 
 pub use config::{PgConfig, DEFAULT_SCHEMA};
+pub use election::PgElection;
 pub use fence::TransactionFence;
 pub use lock::{PgLock, GUARANTEES, GUARANTEES_DURABLE};
 /// The client crate, re-exported so that callers of [`TransactionFence`] use the same

@@ -120,6 +120,11 @@ impl PgLock {
         Ok(PgLock { node, guarantees })
     }
 
+    /// The server this instance talks to (for the election, which shares its connection).
+    pub(crate) fn node(&self) -> &PgNode {
+        &self.node
+    }
+
     /// The options in use.
     pub fn config(&self) -> &PgConfig {
         self.node.config()

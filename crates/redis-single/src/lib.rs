@@ -35,6 +35,7 @@
 //! ```
 
 mod config;
+mod election;
 mod error;
 mod fence;
 mod grant;
@@ -45,6 +46,7 @@ mod scripts;
 mod wait;
 
 pub use config::RedisConfig;
+pub use election::{proclaim_on, read_seat_on, NodeSeat, RedisElection};
 pub use fence::RedisFencedStore;
 pub use lock::{RedisLock, GUARANTEES, GUARANTEES_DURABLE};
 pub use node::{CleanupGuard, CounterSafety, NodeGrant, NodeSubscription, RedisNode, Turn, HANDOFF_CLAIM};

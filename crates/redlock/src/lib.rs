@@ -35,6 +35,7 @@
 //! effort — or use etcd or ZooKeeper. See `docs/backends/redlock.md`.
 
 mod config;
+mod election;
 mod error;
 mod grant;
 mod lock;
@@ -42,4 +43,5 @@ mod quorum;
 mod wait;
 
 pub use config::{RedlockConfig, DRIFT_CONSTANT};
+pub use election::RedlockElection;
 pub use lock::{RedlockLock, GUARANTEES};

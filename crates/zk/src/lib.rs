@@ -48,6 +48,7 @@
 
 mod cleanup;
 mod config;
+mod election;
 mod error;
 mod grant;
 mod lock;
@@ -56,6 +57,7 @@ mod queue;
 mod session;
 
 pub use config::ZkConfig;
+pub use election::ZkElection;
 pub use lock::{ZkLock, GUARANTEES};
 
 /// The name of the node under which `key`'s lock nodes queue, directly under the chroot

@@ -108,6 +108,11 @@ impl ZkLock {
         }
     }
 
+    /// The options in use (for the election).
+    pub(crate) fn cfg(&self) -> &ZkConfig {
+        &self.inner.cfg
+    }
+
     /// How many times a waiter was woken by its predecessor's watch (for tests: each
     /// release should wake exactly one waiter).
     pub fn watch_wakeups(&self) -> u64 {
@@ -128,7 +133,7 @@ impl ZkLock {
             .map(|s| s.id())
     }
 
-    async fn session(&self) -> Result<Arc<Session>> {
+    pub(crate) async fn session(&self) -> Result<Arc<Session>> {
         let mut slot = self.inner.session.lock().await;
         if let Some(s) = slot.as_ref().filter(|s| s.is_usable()) {
             return Ok(Arc::clone(s));

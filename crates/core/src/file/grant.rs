@@ -98,6 +98,22 @@ impl KeyFiles {
         Ok(alive.then(|| (live, Duration::from_nanos(h.expires_mono_ns - now))))
     }
 
+    /// The live holder's grant id and token, if any (for the file election, which must
+    /// compare grants, not merely see that the key is taken).
+    pub(crate) fn live_grant(&self) -> Result<Option<(String, u64)>> {
+        self.locked(|st| {
+            let live = self.live_holder(st)?.is_some();
+            let holder = st.holder.as_ref().filter(|_| live);
+            Ok((holder.map(|h| (h.grant.clone(), st.last_token)), false))
+        })
+    }
+
+    /// The key's file stem in the directory (for files kept beside the key's, like the
+    /// election's value records).
+    pub(crate) fn stem(&self) -> &str {
+        &self.stem
+    }
+
     pub(crate) fn try_grant(&self, ttl: Duration) -> Result<Decision> {
         self.locked(|st| {
             if let Some((live, expires_in)) = self.live_holder(st)? {

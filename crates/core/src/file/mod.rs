@@ -56,7 +56,8 @@ use crate::options::{validate_key, LockOptions};
 use crate::token::{FencingToken, GrantId};
 use crate::waiting::{acquire_with, Attempt};
 use error::io_error;
-use grant::{blocking, Decision, FileGrant, KeyFiles};
+pub(crate) use grant::{blocking, KeyFiles};
+use grant::{Decision, FileGrant};
 use wait::{HolderWake, Subscription};
 
 /// What the file backend promises.
@@ -158,7 +159,7 @@ impl FileLock {
         &self.dir
     }
 
-    fn files(&self, key: &str) -> KeyFiles {
+    pub(crate) fn files(&self, key: &str) -> KeyFiles {
         KeyFiles::new(&self.dir, key, self.durable, self.mode)
     }
 

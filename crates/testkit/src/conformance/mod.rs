@@ -12,6 +12,7 @@
 mod acquire;
 mod awkward;
 mod cancel;
+pub mod election;
 mod expiry;
 mod fixture;
 mod input;
