@@ -16,6 +16,7 @@ use crate::schemes::{self, SCHEMES};
 /// | `redlock://H1:P1,H2:P2,H3:P3[,…]` | Redlock over independent Redis servers (feature `redlock`) |
 /// | `etcd://HOST:PORT[,HOST:PORT…][/PREFIX]` | etcd (feature `etcd`) |
 /// | `zk://HOST:PORT[,HOST:PORT…][/CHROOT]` | ZooKeeper (feature `zookeeper`) |
+/// | `postgres://[USER[:PASSWORD]@]HOST[:PORT][/DB][?…]`, `postgresql://…` | PostgreSQL (feature `postgres`) |
 ///
 /// A scheme whose feature is off is [`LockError::FeatureDisabled`], naming the feature; a
 /// malformed URL is [`LockError::InvalidConfig`], saying what is wrong.
@@ -79,6 +80,8 @@ async fn connect_backend(url: &str) -> Result<(String, Arc<dyn DistributedLock>)
         "etcd" => Arc::new(fencelock_etcd::EtcdLock::connect(url).await?),
         #[cfg(feature = "zookeeper")]
         "zk" => Arc::new(fencelock_zk::ZkLock::connect(url).await?),
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => Arc::new(fencelock_postgres::PgLock::connect(url).await?),
         _ => {
             return Err(LockError::invalid_config(format!(
                 "the `{scheme}://` backend is listed but not wired in; this is a bug"

@@ -36,6 +36,9 @@ pub use fencelock_core::{
 /// The etcd backend (feature `etcd`).
 #[cfg(feature = "etcd")]
 pub use fencelock_etcd as etcd;
+/// The PostgreSQL backend (feature `postgres`).
+#[cfg(feature = "postgres")]
+pub use fencelock_postgres as postgres;
 /// The single-instance Redis backend (feature `redis`).
 #[cfg(feature = "redis")]
 pub use fencelock_redis as redis;

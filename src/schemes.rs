@@ -61,6 +61,13 @@ pub const SCHEMES: &[Scheme] = &[
         form: "zk://HOST:PORT[,HOST:PORT...][/CHROOT]",
         summary: "ZooKeeper (ZAB); strict exclusion, zxid tokens",
     },
+    Scheme {
+        names: &["postgres", "postgresql"],
+        feature: Some("postgres"),
+        compiled: cfg!(feature = "postgres"),
+        form: "postgres://[USER[:PASSWORD]@]HOST[:PORT][/DB][?sslmode=disable&schema=S] (or postgresql://)",
+        summary: "PostgreSQL lease table; strict on one durable primary, fence inside your transaction",
+    },
 ];
 
 /// The scheme part of `url` (before `://`), lowercased, or `None` if there is none.
@@ -89,6 +96,8 @@ pub fn guarantees(scheme: &str) -> Option<fencelock_core::Guarantees> {
         "etcd" => Some(fencelock_etcd::GUARANTEES),
         #[cfg(feature = "zookeeper")]
         "zk" => Some(fencelock_zk::GUARANTEES),
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => Some(fencelock_postgres::GUARANTEES),
         _ => None,
     }
 }

@@ -7,7 +7,8 @@
 //!
 //! * uncontended acquire + release, ours beside the **raw minimum** ([`raw`]: the fewest
 //!   client-crate requests a correct lock needs) and beside the **peer crates**
-//!   ([`peers`]: `rslock`, `distributed-lock`), interleaved so machine noise hits all alike;
+//!   ([`peers`]: `rslock`, `distributed-lock`; for PostgreSQL [`pg`]), interleaved so
+//!   machine noise hits all alike;
 //! * contention: 8 and 64 clients on one key — hand-off latency, throughput, fairness, and
 //!   server commands per grant from the servers' own counters;
 //! * many keys at once: 1,000 keys each contended by 4 clients (the shape of a service);
@@ -26,6 +27,7 @@ pub mod dead_waiter;
 pub mod error;
 pub mod machine;
 pub mod peers;
+pub mod pg;
 pub mod plan;
 pub mod raw;
 pub mod report;

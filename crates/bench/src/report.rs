@@ -500,7 +500,9 @@ impl Report {
         let mut hand_offs = Vec::new();
         let mut base = Vec::new();
         let (mut beats_peers, mut fair, mut bounded, mut quick) = (true, true, true, true);
-        let queued = matches!(b.kind, Kind::Etcd | Kind::Zookeeper);
+        // Where waiters queue at the server (etcd, ZooKeeper, and PostgreSQL's lock queue), a
+        // hand-off should cost about one commit plus the wake-up: under the uncontended cycle.
+        let queued = matches!(b.kind, Kind::Etcd | Kind::Zookeeper | Kind::Postgres);
         for run in self.all_runs() {
             let Some(rb) = run.get(bi) else { continue };
             let rows = rb.contention.iter().filter(|c| c.result.clients == n);

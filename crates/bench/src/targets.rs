@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use fencelock_testkit::etcd_server::EtcdCluster;
+use fencelock_testkit::pg_server::PgServer;
 use fencelock_testkit::process::{http, tcp_exchange_to_eof};
 use fencelock_testkit::redis_server::{redlock_url, start_many};
 use fencelock_testkit::zk_server::ZkEnsemble;
@@ -12,6 +13,7 @@ use serde::Serialize;
 
 use crate::error::{BenchError, Result};
 use crate::peers::{DistributedLockRedis, Rslock};
+use crate::pg::{DistributedLockPostgres, RawPg};
 use crate::raw::{RawEtcd, RawRedis, RawZk};
 use crate::subject::Subject;
 
@@ -27,11 +29,13 @@ pub enum Kind {
     Etcd,
     /// ZooKeeper.
     Zookeeper,
+    /// PostgreSQL.
+    Postgres,
 }
 
 impl Kind {
     /// Every kind, in report order.
-    pub const ALL: [Kind; 4] = [Kind::Redis, Kind::Redlock, Kind::Etcd, Kind::Zookeeper];
+    pub const ALL: [Kind; 5] = [Kind::Redis, Kind::Redlock, Kind::Etcd, Kind::Zookeeper, Kind::Postgres];
 
     /// The name used in the report and on the command line.
     pub fn name(self) -> &'static str {
@@ -40,6 +44,7 @@ impl Kind {
             Kind::Redlock => "redlock",
             Kind::Etcd => "etcd",
             Kind::Zookeeper => "zookeeper",
+            Kind::Postgres => "postgres",
         }
     }
 
@@ -48,7 +53,11 @@ impl Kind {
         Kind::ALL
             .into_iter()
             .find(|k| k.name() == name || (name == "zk" && *k == Kind::Zookeeper))
-            .ok_or_else(|| BenchError::Usage(format!("unknown backend `{name}` (redis, redlock, etcd, zookeeper)")))
+            .ok_or_else(|| {
+                BenchError::Usage(format!(
+                    "unknown backend `{name}` (redis, redlock, etcd, zookeeper, postgres)"
+                ))
+            })
     }
 }
 
@@ -93,6 +102,10 @@ impl Target {
                 let ensemble = ZkEnsemble::standalone();
                 (ensemble.url("/fencelock-bench", ""), Box::new(ensemble) as Owned)
             }
+            Kind::Postgres => {
+                let server = PgServer::start();
+                (server.url(), Box::new(server) as Owned)
+            }
         })
         .await
         .map_err(|e| {
@@ -121,9 +134,9 @@ impl Target {
         let (scheme, rest) = url
             .split_once("://")
             .ok_or_else(|| BenchError::Usage(format!("`{url}` is not a URL (e.g. redis://127.0.0.1:6379)")))?;
-        if !matches!(scheme, "redis" | "redlock" | "etcd" | "zk") {
+        if !matches!(scheme, "redis" | "redlock" | "etcd" | "zk" | "postgres" | "postgresql") {
             return Err(BenchError::Usage(format!(
-                "cannot benchmark `{scheme}://` (redis, redlock, etcd, zk)"
+                "cannot benchmark `{scheme}://` (redis, redlock, etcd, zk, postgres)"
             )));
         }
         let authority = rest.split(['/', '?']).next().unwrap_or("");
@@ -142,6 +155,8 @@ impl Target {
                 hosts.iter().map(|h| format!("redis://{creds}{h}")).collect(),
             ),
             "etcd" => (Kind::Etcd, hosts.iter().map(|h| h.to_string()).collect()),
+            // tokio-postgres takes the whole URL (libpq form) for the raw minimum and the peer.
+            "postgres" | "postgresql" => (Kind::Postgres, vec![url.to_owned()]),
             _ => (Kind::Zookeeper, vec![hosts.join(",")]),
         };
         let label = match kind {
@@ -163,6 +178,7 @@ impl Target {
             Kind::Redis | Kind::Redlock => Box::new(RawRedis::connect(&self.nodes).await?),
             Kind::Etcd => Box::new(RawEtcd::connect(&self.nodes).await?),
             Kind::Zookeeper => Box::new(RawZk::connect(&self.nodes[0]).await?),
+            Kind::Postgres => Box::new(RawPg::connect(&self.nodes[0]).await?),
         })
     }
 
@@ -170,6 +186,7 @@ impl Target {
     pub fn peer_names(&self) -> &'static [&'static str] {
         match self.kind {
             Kind::Redis | Kind::Redlock => &["rslock", "distributed-lock"],
+            Kind::Postgres => &["distributed-lock"],
             // Neither peer has an etcd or ZooKeeper backend.
             Kind::Etcd | Kind::Zookeeper => &[],
         }
@@ -179,6 +196,9 @@ impl Target {
     pub async fn peer(&self, name: &str) -> Result<Box<dyn Subject>> {
         Ok(match name {
             "rslock" => Box::new(Rslock::new(&self.nodes)),
+            "distributed-lock" if self.kind == Kind::Postgres => {
+                Box::new(DistributedLockPostgres::connect(&self.nodes[0]).await?)
+            }
             "distributed-lock" => Box::new(DistributedLockRedis::connect(&self.nodes).await?),
             other => return Err(BenchError::Usage(format!("no peer `{other}` for {}", self.label))),
         })
@@ -196,8 +216,13 @@ impl Target {
     /// Commands the servers have run so far, by their own counters: every Redis command
     /// (`INFO commandstats`, summed over nodes, less the `INFO` calls that read them);
     /// etcd and ZooKeeper count as in [`server_requests`](Self::server_requests). For the
-    /// contention runs' commands per grant. `None` when the counters cannot be read.
+    /// contention runs' commands per grant. `None` when the counters cannot be read, and
+    /// for PostgreSQL, whose backends flush their statistics lazily (up to seconds after
+    /// the fact), so a count over a run of seconds would be wrong rather than rough.
     pub async fn server_commands(&self) -> Option<u64> {
+        if self.kind == Kind::Postgres {
+            return None;
+        }
         self.counter(RedisCount::All).await
     }
 
@@ -207,6 +232,7 @@ impl Target {
             Kind::Redis | Kind::Redlock => "Redis commands (all nodes)",
             Kind::Etcd => "gRPC messages received",
             Kind::Zookeeper => "packets received",
+            Kind::Postgres => "not counted (statistics flushed lazily)",
         }
     }
 
@@ -247,6 +273,10 @@ impl Target {
                 }
                 Some(total)
             }
+            Kind::Postgres => {
+                let row = pg_query_one(&self.nodes[0], "SELECT sum(xact_commit)::bigint FROM pg_stat_database").await?;
+                u64::try_from(row.get::<_, i64>(0)).ok()
+            }
         }
     }
 
@@ -256,6 +286,7 @@ impl Target {
             Kind::Redis | Kind::Redlock => "script calls (all nodes)",
             Kind::Etcd => "gRPC messages received",
             Kind::Zookeeper => "packets received",
+            Kind::Postgres => "transactions committed (statistics flushed about once a second)",
         }
     }
 
@@ -286,6 +317,10 @@ impl Target {
                 let text = String::from_utf8_lossy(&reply).into_owned();
                 let v = text.lines().find_map(|l| l.strip_prefix("zk_version"))?.trim();
                 Some(format!("ZooKeeper {}", v.split(['-', ',']).next().unwrap_or(v)))
+            }
+            Kind::Postgres => {
+                let row = pg_query_one(&self.nodes[0], "SELECT current_setting('server_version')").await?;
+                Some(format!("PostgreSQL {}", row.get::<_, String>(0)))
             }
         }
     }
@@ -328,4 +363,18 @@ async fn redis_command_calls(url: &str, which: RedisCount) -> Option<u64> {
             .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
             .sum(),
     )
+}
+
+/// One row of `sql` on a fresh connection to `url` (bounded by 2 s); `None` on failure.
+async fn pg_query_one(url: &str, sql: &str) -> Option<tokio_postgres::Row> {
+    let connecting = tokio_postgres::connect(url, tokio_postgres::NoTls);
+    let (client, connection) = tokio::time::timeout(Duration::from_secs(2), connecting)
+        .await
+        .ok()?
+        .ok()?;
+    tokio::spawn(connection);
+    tokio::time::timeout(Duration::from_secs(2), client.query_one(sql, &[]))
+        .await
+        .ok()?
+        .ok()
 }

@@ -194,7 +194,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub quick: bool,
 
-    /// Only these backends, when starting servers: redis, redlock, etcd, zookeeper
+    /// Only these backends, when starting servers: redis, redlock, etcd, zookeeper, postgres
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     pub only: Vec<String>,
 

@@ -100,6 +100,12 @@ fn targets(cli: &Cli) -> Vec<Target> {
             (e.url("/lab", ""), Box::new(e))
         });
     }
+    if fencelock::schemes::find("postgres").is_some_and(|s| s.compiled) {
+        start("postgres", short, &|| {
+            let s = fencelock_testkit::pg_server::PgServer::start();
+            (s.url(), Box::new(s))
+        });
+    }
     out
 }
 
@@ -406,6 +412,21 @@ async fn contention_cases() -> Vec<(&'static str, Outcome)> {
             contention_with_fault(&f, clients, rounds, fault).await,
         ));
     }
+    if fencelock::schemes::find("postgres").is_some_and(|s| s.compiled) {
+        let mut server = blocking(fencelock_testkit::pg_server::PgServer::start);
+        let f = connect_factory(server.url());
+        let server = &mut server;
+        out.push((
+            "postgres (restarted, data kept)",
+            contention_with_fault(
+                &f,
+                clients,
+                rounds,
+                move || async move { blocking(|| server.restart()) },
+            )
+            .await,
+        ));
+    }
     out
 }
 
@@ -474,6 +495,13 @@ async fn restart_cases() -> Vec<(&'static str, Outcome)> {
             })
         };
         out.push(("zookeeper", fault_while_held(&f, fault, wait).await));
+    }
+    if fencelock::schemes::find("postgres").is_some_and(|s| s.compiled) {
+        let mut server = blocking(fencelock_testkit::pg_server::PgServer::start);
+        let f = connect_factory(server.url());
+        let server = &mut server;
+        let o = fault_while_held(&f, move || async move { blocking(|| server.restart()) }, wait).await;
+        out.push(("postgres (data kept)", o));
     }
     out
 }

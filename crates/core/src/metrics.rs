@@ -384,8 +384,11 @@ mod tests {
     /// Runs `f` on a current-thread runtime with `sink` as the recorder of this thread (the
     /// lease watchers are spawned on that same thread, so they record into it too).
     fn recorded<F: std::future::Future<Output = ()>>(sink: &Sink, f: impl FnOnce() -> F) {
+        // Paused clock: the TTLs and waits below are tens of milliseconds, which a loaded
+        // machine overran (the timed acquire found the 30 ms lease already expired).
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .start_paused(true)
             .build()
             .expect("runtime");
         metrics::with_local_recorder(sink, || rt.block_on(f()));

@@ -6,7 +6,7 @@ use etcd_client::{Client, ConnectOptions};
 use fencelock_core::Result;
 
 use crate::config::EtcdConfig;
-use crate::error::{failed, timed_out};
+use crate::error::{failed, kind, timed_out, Kind};
 
 /// A connected client and the options it was made with.
 #[derive(Clone)]
@@ -48,11 +48,12 @@ impl Cluster {
     }
 
     /// Runs one request, bounded in all by the request timeout, errors mapped. Each try
-    /// gets a share of the timeout (timeout / (endpoints + 1), at least 100 ms), so a silent
-    /// member costs only that share. A request that failed without an answer from a healthy
+    /// gets a share of the timeout (timeout / (endpoints + 1), at least 100 ms; all of it
+    /// with one endpoint), so a silent member costs only that share. A request that failed without an answer from a healthy
     /// leader — the member it went to is down (refused, reset), or the cluster is between
     /// leaders ("leader changed", "no leader") — is sent again after a short pause while
-    /// the timeout lasts; the client balances over the endpoints, so another member may
+    /// the timeout lasts (see [`crate::error::kind`]: `Kind::Unreachable`); the client
+    /// balances over the endpoints, so another member may
     /// take it. Every request we send is safe to repeat: puts are guarded by a compare on
     /// our own key (a put that did land is found by the retry's else branch), a delete is
     /// guarded by our key's create revision (a repeat after one that landed finds nothing,
@@ -64,27 +65,44 @@ impl Cluster {
         F: Fn(Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
+        self.call_counting_echoes(doing, op).await.0
+    }
+
+    /// [`call`](Self::call), also saying whether some try went out without an answer (cut
+    /// off by its share of the timeout, or failed on the way): such a try may still reach
+    /// the server later — an *echo* of the request that the caller must allow for.
+    pub async fn call_counting_echoes<T, F, Fut>(&self, doing: &'static str, op: F) -> (Result<T>, bool)
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
         let deadline = tokio::time::Instant::now() + self.cfg.timeout;
         // A member that is silent (partitioned, not refusing) must not eat the whole
         // timeout: each try gets a share of it, so later tries can reach another member.
-        let share =
-            (self.cfg.timeout / (self.cfg.endpoints.len() as u32 + 1)).max(std::time::Duration::from_millis(100));
+        // With one member there is nowhere else to go: its try gets the whole timeout.
+        let share = match self.cfg.endpoints.len() {
+            1 => self.cfg.timeout,
+            n => (self.cfg.timeout / (n as u32 + 1)).max(std::time::Duration::from_millis(100)),
+        };
         let mut pause = std::time::Duration::from_millis(20);
         let mut last = None;
+        let mut echoes = false;
         for _ in 0..10 {
             let until = (tokio::time::Instant::now() + share).min(deadline);
             let attempt = tokio::time::timeout_at(until, op(self.client.clone())).await;
             let attempt = match attempt {
                 Err(_) if tokio::time::Instant::now() < deadline && self.cfg.endpoints.len() > 1 => {
                     tracing::debug!("{doing}: no answer within {share:?}; trying again");
+                    echoes = true;
                     continue;
                 }
                 other => other,
             };
             match attempt {
-                Ok(Ok(v)) => return Ok(v),
-                Ok(Err(e)) if worth_another_try(&e) => {
+                Ok(Ok(v)) => return (Ok(v), echoes),
+                Ok(Err(e)) if kind(&e) == Kind::Unreachable => {
                     tracing::debug!(error = %e, "{doing}: no answer from a leader; trying again");
+                    echoes = true;
                     last = Some(e);
                     if tokio::time::Instant::now() + pause >= deadline {
                         break;
@@ -92,14 +110,18 @@ impl Cluster {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(std::time::Duration::from_millis(200));
                 }
-                Ok(Err(e)) => return Err(failed(doing, &self.cfg.display, e)),
-                Err(_) => break,
+                Ok(Err(e)) => return (Err(failed(doing, &self.cfg.display, e)), echoes),
+                Err(_) => {
+                    echoes = true;
+                    break;
+                }
             }
         }
-        match last {
-            Some(e) => Err(failed(doing, &self.cfg.display, e)),
-            None => Err(timed_out(doing, &self.cfg.display, self.cfg.timeout)),
-        }
+        let e = match last {
+            Some(e) => failed(doing, &self.cfg.display, e),
+            None => timed_out(doing, &self.cfg.display, self.cfg.timeout),
+        };
+        (Err(e), echoes)
     }
 
     /// The cluster, for messages.
@@ -113,22 +135,5 @@ impl std::fmt::Debug for Cluster {
         f.debug_struct("Cluster")
             .field("endpoints", &self.cfg.endpoints)
             .finish_non_exhaustive()
-    }
-}
-
-/// A failure to reach a member, or a cluster between leaders: nothing a retry could
-/// make worse (see [`Cluster::call`]).
-fn worth_another_try(e: &etcd_client::Error) -> bool {
-    match e {
-        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
-        etcd_client::Error::GRpcStatus(s) => {
-            let m = s.message();
-            m.contains("transport error")
-                || m.contains("connect error")
-                || m.contains("broken pipe")
-                || m.contains("leader changed")
-                || m.contains("no leader")
-        }
-        _ => false,
     }
 }

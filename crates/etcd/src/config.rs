@@ -13,10 +13,13 @@ use fencelock_core::{LockError, Result};
 /// | part | default | meaning |
 /// |---|---|---|
 /// | `/PREFIX` | `/fencelock` | where the lock keys live: `PREFIX/KEY/LEASE.GRANT` |
-/// | `session_ttl` | `10s` | TTL of the session lease shared by every auto-renewed lock of this instance: how long after this process dies or is cut off its locks are freed. Whole seconds, at least etcd's minimum (1.5 × election timeout, rounded up: 1 s with 100 ms elections, 3 s with etcd's defaults) |
-/// | `timeout` | `2s` | the longest wait for one request (a cluster without quorum answers nothing) |
-/// | `connect_timeout` | `1s` | the longest wait for a connection |
+/// | `session_ttl` | `10s` | TTL of the session lease shared by every auto-renewed lock of this instance: how long after this process dies or is cut off its locks are freed. Also the validity of every auto-renewed lock, and a third of it is how soon a lock key deleted on the server is noticed. Whole seconds, at least etcd's minimum (1.5 × election timeout, rounded up: 1 s with 100 ms elections, 3 s with etcd's defaults), at most 1 day |
+/// | `timeout` | `2s` | the longest wait for one request (a cluster without quorum answers nothing); 1 ms ..= 10 min |
+/// | `connect_timeout` | `1s` | the longest wait for a connection; 1 ms ..= 10 min |
 /// | `user`, `password` | none | etcd authentication |
+///
+/// Options set in code are checked by [`validate`](Self::validate) when connecting, as a
+/// URL's are when parsed.
 #[derive(Debug, Clone)]
 pub struct EtcdConfig {
     /// `HOST:PORT` of every member to use.
@@ -94,16 +97,81 @@ impl EtcdConfig {
             (None, None) => None,
             _ => return Err(bad("user and password go together".into())),
         };
-        if cfg.session_ttl < Duration::from_secs(1) || cfg.session_ttl.subsec_nanos() != 0 {
-            return Err(bad(format!(
-                "session_ttl must be whole seconds, at least 1s; got {:?}",
-                cfg.session_ttl
-            )));
-        }
-        url_query::check_timeouts(&[("timeout", cfg.timeout), ("connect_timeout", cfg.connect_timeout)])
-            .map_err(bad)?;
+        cfg.validate()?;
         Ok(cfg)
     }
+
+    /// Checks the options, whether they came from a URL or were set in code: the one
+    /// validation path that [`from_url`](Self::from_url) and
+    /// [`EtcdLock::connect_with`](crate::EtcdLock::connect_with) share, so that no value
+    /// can reach a timer or an `Instant` sum that would overflow.
+    ///
+    /// # Errors
+    /// [`LockError::InvalidConfig`] naming the option: no endpoints or one that is not
+    /// `HOST:PORT`; a prefix that is empty, `/`, does not start with `/`, ends with `/` or
+    /// holds `//`; `session_ttl` not whole seconds between 1 s and 1 day (etcd's own
+    /// maximum is far longer, but a session that outlives its process by a day is a
+    /// mistake); `timeout` or `connect_timeout` outside 1 ms ..= 10 min; an empty user.
+    pub fn validate(&self) -> Result<()> {
+        let shown = if self.display.is_empty() {
+            self.endpoints.join(",")
+        } else {
+            self.display.clone()
+        };
+        let bad = |why: String| Err(LockError::invalid_config(format!("`{shown}`: {why}")));
+        if self.endpoints.is_empty() {
+            return bad("no endpoints: give at least one HOST:PORT".into());
+        }
+        for h in &self.endpoints {
+            match h.rsplit_once(':') {
+                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+                _ => return bad(format!("bad endpoint `{h}`: write HOST:PORT, e.g. 127.0.0.1:2379")),
+            }
+        }
+        let p = &self.prefix;
+        if !p.starts_with('/') || p == "/" || p.ends_with('/') || p.contains("//") {
+            return bad(format!(
+                "bad key prefix `{p}`: write /NAME[/NAME...] without a trailing slash"
+            ));
+        }
+        if self.session_ttl < Duration::from_secs(1)
+            || self.session_ttl > MAX_SESSION_TTL
+            || self.session_ttl.subsec_nanos() != 0
+        {
+            return bad(format!(
+                "session_ttl must be whole seconds, at least 1s and at most 1 day; got {:?}",
+                self.session_ttl
+            ));
+        }
+        if let Err(why) =
+            url_query::check_timeouts(&[("timeout", self.timeout), ("connect_timeout", self.connect_timeout)])
+        {
+            return bad(why);
+        }
+        if self.user.as_ref().is_some_and(|(u, _)| u.is_empty()) {
+            return bad("the user name is empty".into());
+        }
+        Ok(())
+    }
+}
+
+/// The longest session TTL accepted.
+const MAX_SESSION_TTL: Duration = Duration::from_secs(24 * 3600);
+
+impl EtcdConfig {
+    /// The directory that holds `key`'s lock and queue keys: `PREFIX/ESCAPED_KEY/`, with
+    /// `%` and `/` percent-escaped so that the escape is injective (no two keys share a
+    /// directory) and no key reaches into another key's directory (a prefix read of one
+    /// directory never sees another's keys, because every directory ends with the `/`
+    /// that no escaped key contains). For operators: `etcdctl get --prefix DIR`.
+    pub fn lock_dir(&self, key: &str) -> String {
+        format!("{}/{}/", self.prefix, escape(key))
+    }
+}
+
+/// `%` first, then `/`: the output has no `/`, and decoding is unambiguous.
+fn escape(key: &str) -> String {
+    key.replace('%', "%25").replace('/', "%2F")
 }
 
 #[cfg(test)]
@@ -131,9 +199,108 @@ mod tests {
             ("etcd://h:1?session_ttl=500ms", "whole seconds"),
             ("etcd://h:1?user=u", "together"),
             ("etcd://h:1?ttl=1s", "unknown option"),
+            ("etcd://h:1?session_ttl=100000h", "at most 1 day"),
+            ("etcd://h:1?timeout=100000h", "timeout"),
         ] {
             let e = EtcdConfig::from_url(url).unwrap_err().to_string();
             assert!(e.contains(says), "{url}: {e}");
+        }
+    }
+
+    #[test]
+    fn configs_set_in_code_get_the_same_checks() {
+        let good = EtcdConfig::from_url("etcd://h:1").unwrap();
+        for (what, cfg, says) in [
+            (
+                "huge session",
+                EtcdConfig {
+                    session_ttl: Duration::MAX,
+                    ..good.clone()
+                },
+                "session_ttl",
+            ),
+            (
+                "fractional session",
+                EtcdConfig {
+                    session_ttl: Duration::from_millis(1500),
+                    ..good.clone()
+                },
+                "session_ttl",
+            ),
+            (
+                "huge timeout",
+                EtcdConfig {
+                    timeout: Duration::MAX,
+                    ..good.clone()
+                },
+                "timeout",
+            ),
+            (
+                "zero connect",
+                EtcdConfig {
+                    connect_timeout: Duration::ZERO,
+                    ..good.clone()
+                },
+                "connect_timeout",
+            ),
+            (
+                "no endpoints",
+                EtcdConfig {
+                    endpoints: vec![],
+                    ..good.clone()
+                },
+                "no endpoints",
+            ),
+            (
+                "bad endpoint",
+                EtcdConfig {
+                    endpoints: vec!["h".into()],
+                    ..good.clone()
+                },
+                "HOST:PORT",
+            ),
+            (
+                "bad prefix",
+                EtcdConfig {
+                    prefix: "x".into(),
+                    ..good.clone()
+                },
+                "prefix",
+            ),
+            (
+                "slash prefix",
+                EtcdConfig {
+                    prefix: "/a/".into(),
+                    ..good.clone()
+                },
+                "prefix",
+            ),
+        ] {
+            let e = cfg.validate().expect_err(what);
+            assert!(matches!(e, LockError::InvalidConfig { .. }), "{what}: {e}");
+            assert!(e.to_string().contains(says), "{what}: {e}");
+        }
+        good.validate().unwrap();
+    }
+
+    #[test]
+    fn lock_dirs_are_distinct_and_never_nest() {
+        let cfg = EtcdConfig::from_url("etcd://h:1/app").unwrap();
+        let keys = [
+            "a", "a/b", "a%2Fb", "a%2fb", "%", "%25", "/", "//", "a/", "/a", ".", "..",
+        ];
+        let dirs: Vec<String> = keys.iter().map(|k| cfg.lock_dir(k)).collect();
+        for (i, d) in dirs.iter().enumerate() {
+            let inner = &d["/app/".len()..d.len() - 1];
+            assert!(!inner.contains('/'), "{:?} escaped to {d}", keys[i]);
+            for (j, e) in dirs.iter().enumerate() {
+                assert!(
+                    i == j || !e.starts_with(d.as_str()),
+                    "{:?} and {:?} collide: {d} {e}",
+                    keys[i],
+                    keys[j]
+                );
+            }
         }
     }
 }

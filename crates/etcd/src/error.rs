@@ -1,4 +1,13 @@
-//! Mapping etcd client errors into `LockError`, in one place.
+//! Mapping etcd client errors into `LockError`, in one place, decided per error from the
+//! client's error kind and the gRPC status code — never from message text.
+//!
+//! etcd's server errors are gRPC statuses with fixed codes (etcd's `api/v3rpc/rpctypes`):
+//! "no leader", "leader changed" and "request timed out" are `Unavailable`; "lease not
+//! found" is `NotFound`; "too many operations in txn" and "request too large" are
+//! `InvalidArgument`; "lease TTL too large" is `OutOfRange`; a failed authentication is
+//! `Unauthenticated` / `PermissionDenied`. A status that carries a local cause (tonic sets
+//! one when the connection failed, was reset or timed out on our side) never came from a
+//! server: the request may not have arrived, so it is temporary whatever its code.
 
 use std::time::Duration;
 
@@ -16,44 +25,65 @@ pub(crate) struct EtcdFailure {
     pub source: etcd_client::Error,
 }
 
+/// How a client error is to be treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// No answer from a server (transport, I/O, a local cause) or a server that cannot
+    /// serve now (no leader, timeout, overload): the same request may succeed later.
+    Unreachable,
+    /// The server refused our credentials: a configuration error.
+    Auth,
+    /// The lease does not exist (expired or revoked): final for that lease.
+    LeaseGone,
+    /// A stream (watch) broke: open it again.
+    StreamBroke,
+    /// The server answered that the request itself is wrong: retrying cannot help.
+    Permanent,
+}
+
+/// Classifies one client error.
+pub(crate) fn kind(e: &etcd_client::Error) -> Kind {
+    use etcd_client::Error as E;
+    match e {
+        E::TransportError(_) | E::IoError(_) => Kind::Unreachable,
+        E::GRpcStatus(s) if std::error::Error::source(s).is_some() => Kind::Unreachable,
+        E::GRpcStatus(s) => match s.code() as i32 {
+            grpc::CANCELLED
+            | grpc::UNKNOWN
+            | grpc::DEADLINE_EXCEEDED
+            | grpc::RESOURCE_EXHAUSTED
+            | grpc::ABORTED
+            | grpc::UNAVAILABLE => Kind::Unreachable,
+            grpc::UNAUTHENTICATED | grpc::PERMISSION_DENIED => Kind::Auth,
+            grpc::NOT_FOUND => Kind::LeaseGone,
+            _ => Kind::Permanent,
+        },
+        // The client's keep-alive opener returns this kind only when the first answer has
+        // TTL 0 (its channel send cannot fail: the receiver was made a line before).
+        E::LeaseKeepAliveError(_) => Kind::LeaseGone,
+        E::WatchError(_) => Kind::StreamBroke,
+        _ => Kind::Permanent,
+    }
+}
+
 pub(crate) fn failed(doing: &'static str, cluster: &str, source: etcd_client::Error) -> LockError {
-    let unreachable = match &source {
-        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
-        etcd_client::Error::GRpcStatus(s) => {
-            matches!(
-                s.code() as i32,
-                grpc::CANCELLED | grpc::UNKNOWN | grpc::DEADLINE_EXCEEDED | grpc::UNAVAILABLE
-            ) || s.message().contains("no leader")
-        }
-        etcd_client::Error::LeaseKeepAliveError(m) => !m.contains("not found"),
-        etcd_client::Error::WatchError(_) => true,
-        _ => false,
-    };
-    let auth = matches!(&source, etcd_client::Error::GRpcStatus(s)
-        if matches!(s.code() as i32, grpc::UNAUTHENTICATED | grpc::PERMISSION_DENIED));
+    let k = kind(&source);
     let f = EtcdFailure {
         doing,
         cluster: cluster.to_owned(),
         source,
     };
-    if auth {
-        LockError::InvalidConfig {
+    match k {
+        Kind::Auth => LockError::InvalidConfig {
             message: format!("etcd refused the credentials: {doing}"),
             source: Some(Box::new(f)),
-        }
-    } else if unreachable {
-        LockError::Unavailable {
+        },
+        Kind::Unreachable => LockError::Unavailable {
             message: format!("etcd unreachable: {doing} on {cluster}"),
             source: Some(Box::new(f)),
-        }
-    } else {
-        LockError::Backend {
-            backend: BACKEND,
-            message: format!("{doing} failed"),
-            source: Some(Box::new(f)),
-            // Decided per error kind in the hardening work (issue 12 K7); today's behaviour kept.
-            temporary: true,
-        }
+        },
+        Kind::StreamBroke => LockError::backend_temporary(BACKEND, format!("{doing} failed"), f),
+        Kind::LeaseGone | Kind::Permanent => LockError::backend(BACKEND, format!("{doing} failed"), f),
     }
 }
 
@@ -69,18 +99,83 @@ mod grpc {
     pub(super) const CANCELLED: i32 = 1;
     pub(super) const UNKNOWN: i32 = 2;
     pub(super) const DEADLINE_EXCEEDED: i32 = 4;
+    pub(super) const NOT_FOUND: i32 = 5;
     pub(super) const PERMISSION_DENIED: i32 = 7;
+    pub(super) const RESOURCE_EXHAUSTED: i32 = 8;
+    pub(super) const ABORTED: i32 = 10;
     pub(super) const UNAVAILABLE: i32 = 14;
     pub(super) const UNAUTHENTICATED: i32 = 16;
 }
 
-/// `true` when etcd says the lease does not exist (expired or revoked).
-pub(crate) fn lease_not_found(e: &LockError) -> bool {
-    let mut text = e.to_string();
+/// `true` when the error says the lease does not exist (expired or revoked): the gRPC
+/// `NotFound` code etcd gives "lease not found", found through the error's source chain.
+pub(crate) fn lease_gone(e: &LockError) -> bool {
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {
-        text.push_str(&s.to_string());
+        if let Some(f) = s.downcast_ref::<EtcdFailure>() {
+            return kind(&f.source) == Kind::LeaseGone;
+        }
         src = s.source();
     }
-    text.contains("lease not found")
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: tonic::Code) -> etcd_client::Error {
+        etcd_client::Error::GRpcStatus(tonic::Status::new(code, "from the server"))
+    }
+
+    #[test]
+    fn server_codes_decide_temporary_or_not() {
+        for code in [
+            tonic::Code::Unavailable,
+            tonic::Code::DeadlineExceeded,
+            tonic::Code::Cancelled,
+            tonic::Code::Unknown,
+        ] {
+            let e = failed("doing", "c", status(code));
+            assert!(e.is_temporary(), "{code:?}: {e}");
+        }
+        for code in [
+            tonic::Code::InvalidArgument,
+            tonic::Code::FailedPrecondition,
+            tonic::Code::OutOfRange,
+            tonic::Code::NotFound,
+            tonic::Code::Internal,
+        ] {
+            let e = failed("doing", "c", status(code));
+            assert!(!e.is_temporary(), "{code:?}: {e}");
+        }
+        let e = failed("doing", "c", status(tonic::Code::Unauthenticated));
+        assert!(matches!(e, LockError::InvalidConfig { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_local_cause_is_temporary_whatever_the_code() {
+        let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "pipe");
+        let s = tonic::Status::from_error(Box::new(io));
+        let e = failed("doing", "c", etcd_client::Error::GRpcStatus(s));
+        assert!(e.is_temporary(), "{e}");
+    }
+
+    #[test]
+    fn lease_not_found_is_recognised_by_code_not_text() {
+        let gone = failed("revoking", "c", status(tonic::Code::NotFound));
+        assert!(lease_gone(&gone));
+        let other = failed(
+            "revoking",
+            "c",
+            etcd_client::Error::GRpcStatus(tonic::Status::invalid_argument("lease not found")),
+        );
+        assert!(!lease_gone(&other), "the message text must not decide");
+        let opener = failed(
+            "keeping alive",
+            "c",
+            etcd_client::Error::LeaseKeepAliveError("x".into()),
+        );
+        assert!(lease_gone(&opener));
+    }
 }

@@ -10,17 +10,28 @@
 //!   the background and shared by every auto-renewed lock the instance holds — renewal
 //!   cost does not grow with the number of locks. Locks without auto-renew get a lease of
 //!   their own with their TTL (whole seconds, rounded up).
-//! * **Lock**: put `PREFIX/KEY/LEASE.RANDOM` with the lease and read the current owner (the
+//! * **Lock**: put `PREFIX/KEY/INSTANCE.SLOT` with the lease and read the current owner (the
 //!   lowest create revision under `PREFIX/KEY/`) in **one transaction**. If ours is not the
 //!   lowest, watch only the key with the next-lower create revision (no thundering herd),
 //!   re-check after each deletion, and finally **re-read our own key** — the lease may have
-//!   expired while we were queued (etcd issue 11456).
-//! * **Release** deletes only our key (its name is unique to the grant); an own lease is
-//!   revoked instead, which deletes the key in the same request. An unconfirmed delete is
-//!   retried in the background, and the session lease is revoked if it stays unconfirmed
-//!   and no other lock uses the session.
+//!   expired while we were queued (etcd issue 11456) — renewing an own lease in the same
+//!   step, so validity counts from our turn, not from the start of the wait.
+//! * **Release** deletes only our key, guarded by its create revision (its name is unique to
+//!   the grant while it lives); an own lease is revoked afterwards in the background.
+//! * **Checks**: after each keep-alive the session lists the keys on its lease (one request
+//!   for any number of locks): a grant whose key was deleted behind its back is told it is
+//!   lost, and a key that no grant or waiter claims (a put whose answer was lost and that
+//!   landed late, a release that was not confirmed) is deleted. `extend` reads our key.
 //! * **Loss**: a keep-alive answered with TTL 0 (expired or revoked) or no keep-alive
 //!   confirmed within the TTL loses the session, and every lock on it is told at once.
+//! * **Close**: [`DistributedLock::close`](fencelock_core::DistributedLock::close) finishes
+//!   the background follow-ups (bounded) and revokes the session, as etcd's `Session.Close`.
+//!
+//! Files: `config` (URL, validation, key escape) · `error` (per-error classification) ·
+//! `client` (bounded, repeated requests) · `lock` ([`EtcdLock`]) · `queue` (joining the
+//! queue) · `wait` (the predecessor watch, confirming our turn) · `grant` (extend, release,
+//! lease moves) · `session` (the shared lease and its key check) · `cleanup` (follow-ups) ·
+//! `slots` (queue key names).
 //!
 //! ## When to choose it
 //!
@@ -29,12 +40,16 @@
 //! lease's TTL can still act after another got the lock — that is what the token is for.
 //! See `docs/backends/etcd.md`.
 
+mod cleanup;
 mod client;
 mod config;
 mod error;
+mod grant;
 mod lock;
+mod queue;
 mod session;
 mod slots;
+mod wait;
 
 pub use config::EtcdConfig;
 pub use lock::{EtcdLock, GUARANTEES};

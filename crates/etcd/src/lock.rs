@@ -1,27 +1,29 @@
-//! [`EtcdLock`]: the lock recipe (etcd's concurrency mutex, with fencing tokens).
+//! [`EtcdLock`]: the lock recipe (etcd's concurrency mutex, with fencing tokens) put
+//! together — queueing in [`crate::queue`], waiting in [`crate::wait`], grants in
+//! [`crate::grant`], the shared lease in [`crate::session`], follow-ups in
+//! [`crate::cleanup`].
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use etcd_client::{
-    Compare, CompareOp, EventType, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
-    WatchFilterType, WatchOptions,
-};
 use fencelock_core::options::validate_key;
-use fencelock_core::waiting::{detached, jitter, queue_with};
+use fencelock_core::waiting::queue_with;
 use fencelock_core::{
-    DistributedLock, Exclusion, FencingToken, GrantId, Guarantees, Lease, LeaseOps, LeaseParts, LockError, LockOptions,
-    Result, Scope, TokenOrder,
+    DistributedLock, Exclusion, FencingToken, GrantId, Guarantees, Lease, LeaseParts, LeaseRegistry, LockError,
+    LockOptions, LostReason, Result, Scope, TokenOrder,
 };
 use tokio::time::Instant;
 
+use crate::cleanup::{revoke, until_confirmed, Cleanups};
 use crate::client::Cluster;
 use crate::config::EtcdConfig;
-use crate::error::BACKEND;
+use crate::grant::{EtcdGrant, GrantHolding, OwnLeases};
+use crate::queue::{enqueue, Holding, Queued};
 use crate::session::Session;
-use crate::slots::{Slot, SlotPool};
+use crate::slots::SlotPool;
+use crate::wait::wait_turn;
 
 /// What the etcd backend promises.
 pub const GUARANTEES: Guarantees = Guarantees {
@@ -45,6 +47,7 @@ pub const GUARANTEES: Guarantees = Guarantees {
 /// let lease = locks.acquire("migration", &LockOptions::new()).await?;
 /// println!("token (create revision) {}", lease.token());
 /// lease.release().await?;
+/// locks.close().await?; // ends the session: nothing stays behind for a session TTL
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug)]
@@ -52,108 +55,91 @@ pub struct EtcdLock {
     inner: Arc<Inner>,
 }
 
+/// What every grant and background task of one instance shares.
 #[derive(Debug)]
-struct Inner {
-    cluster: Cluster,
+pub(crate) struct Inner {
+    pub cluster: Cluster,
     session: tokio::sync::Mutex<Option<Arc<Session>>>,
     keepalives: Arc<AtomicU64>,
-    leases_granted: AtomicU64,
+    pub leases_granted: AtomicU64,
     /// Names this instance's queue keys (`INSTANCE.SLOT`), see [`crate::slots`].
-    instance: u64,
-    slots: Arc<SlotPool>,
+    pub instance: u64,
+    pub slots: Arc<SlotPool>,
+    pub cleanups: Arc<Cleanups>,
+    /// Own leases that may still exist (revoked by `close`).
+    own_leases: Mutex<HashSet<i64>>,
+    /// Live grants on own leases (told they are lost by `close`).
+    pub own_grants: LeaseRegistry,
 }
 
-/// How a lock's key stays alive.
-#[derive(Debug, Clone)]
-enum Holding {
-    /// On the instance's shared session lease (auto-renewed locks).
-    Session(Arc<Session>),
-    /// On a lease of its own, with the TTL the lock asked for (locks without auto-renew).
-    Own { lease: i64, granted: Duration },
-}
-
-impl Holding {
-    fn lease(&self) -> i64 {
-        match self {
-            Holding::Session(s) => s.id,
-            Holding::Own { lease, .. } => *lease,
+impl Inner {
+    /// The live session, started (one lease grant) if there is none or it was lost — a lost
+    /// session is replaced at once, so new locks never wait for an old one's TTL.
+    pub async fn session(&self) -> Result<Arc<Session>> {
+        let mut slot = self.session.lock().await;
+        if let Some(s) = slot.as_ref().filter(|s| s.is_alive()) {
+            return Ok(Arc::clone(s));
         }
+        let s = Session::start(
+            &self.cluster,
+            self.cluster.cfg.session_ttl,
+            Arc::clone(&self.keepalives),
+        )
+        .await?;
+        self.leases_granted.fetch_add(1, Ordering::Relaxed);
+        *slot = Some(Arc::clone(&s));
+        Ok(s)
     }
-}
 
-/// Our key in the queue. Dropping it (an abandoned or failed acquire) deletes the key in
-/// the background — and revokes an own lease — unless it became a lease.
-struct Queued {
-    inner: Arc<Inner>,
-    key: String,
-    /// The slot of `key`'s name; freed once the key is known to be gone.
-    slot: Option<Slot>,
-    dir: String,
-    rev: i64,
-    holding: Holding,
-    sent_at: Instant,
-    owner: bool,
-    armed: bool,
-}
+    fn own_leases(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
+        self.own_leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
 
-impl Drop for Queued {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let (inner, key, holding, rev, slot) = (
-            Arc::clone(&self.inner),
-            self.key.clone(),
-            self.holding.clone(),
-            self.rev,
-            self.slot.take(),
-        );
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        rt.spawn(async move {
-            let c = &inner.cluster;
-            let gone = match holding {
-                Holding::Own { lease, .. } => c
-                    .call("revoking an abandoned lease", |mut cl| async move {
-                        cl.lease_revoke(lease).await
-                    })
-                    .await
-                    .is_ok(),
-                // Our key at a known revision: a guarded delete, after which the name is free.
-                Holding::Session(_) if rev > 0 => delete_key(c, &key, rev).await.is_ok(),
-                // The queueing request failed without an answer: it may still land. Delete
-                // by name, and keep the slot taken so the name is never reused.
-                Holding::Session(_) => {
-                    let _ = c
-                        .call("deleting an abandoned queue key", |mut cl| {
-                            let key = key.clone();
-                            async move { cl.delete(key, None).await }
-                        })
-                        .await;
-                    false
-                }
-            };
-            if let (true, Some(slot)) = (gone, slot) {
-                slot.free();
+    /// An own lease was granted.
+    pub fn remember_own_lease(&self, lease: i64) {
+        self.own_leases().insert(lease);
+    }
+
+    /// An own lease is known to be gone.
+    pub fn forget_own_lease(&self, lease: i64) {
+        self.own_leases().remove(&lease);
+    }
+
+    /// An own lease is no longer needed: revoked in the background (bounded).
+    pub fn retire_own_lease(self: &Arc<Self>, lease: i64) {
+        let inner = Arc::clone(self);
+        self.cleanups.spawn("revoking a replaced lease", async move {
+            let c = inner.cluster.clone();
+            if until_confirmed("revoke", || revoke(&c, lease)).await {
+                inner.forget_own_lease(lease);
             }
         });
     }
 }
 
-/// `%` and `/` escaped, so a key never reaches into another key's directory.
-fn escape(key: &str) -> String {
-    key.replace('%', "%25").replace('/', "%2F")
-}
-
 impl EtcdLock {
     /// Connects to the cluster an `etcd://` URL names (see [`EtcdConfig::from_url`]).
+    ///
+    /// # Errors
+    /// [`LockError::InvalidConfig`] for a bad URL or refused credentials;
+    /// [`LockError::Unavailable`] when no leader answers within the connect and request
+    /// timeouts.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: nothing is created on the server before it returns.
     pub async fn connect(url: &str) -> Result<Self> {
         Self::connect_with(EtcdConfig::from_url(url)?).await
     }
 
-    /// Connects with explicit options.
+    /// Connects with explicit options, checked by [`EtcdConfig::validate`] as a URL's are.
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: nothing is created on the server before it returns.
     pub async fn connect_with(cfg: EtcdConfig) -> Result<Self> {
+        cfg.validate()?;
         let cluster = Cluster::connect(cfg).await?;
         Ok(EtcdLock {
             inner: Arc::new(Inner {
@@ -163,6 +149,9 @@ impl EtcdLock {
                 leases_granted: AtomicU64::new(0),
                 instance: rand::random(),
                 slots: Arc::default(),
+                cleanups: Arc::default(),
+                own_leases: Mutex::default(),
+                own_grants: LeaseRegistry::new(),
             }),
         })
     }
@@ -180,6 +169,9 @@ impl EtcdLock {
 
     /// The session lease id, if a session is alive (e.g. to revoke it from outside in a
     /// test).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads local state (it waits for a session being started).
     pub async fn session_lease(&self) -> Option<i64> {
         self.inner
             .session
@@ -190,214 +182,45 @@ impl EtcdLock {
             .map(|s| s.id)
     }
 
-    async fn session(&self) -> Result<Arc<Session>> {
-        let mut slot = self.inner.session.lock().await;
-        if let Some(s) = slot.as_ref().filter(|s| s.is_alive()) {
-            return Ok(Arc::clone(s));
-        }
-        let s = Session::start(
-            &self.inner.cluster,
-            self.inner.cluster.cfg.session_ttl,
-            Arc::clone(&self.inner.keepalives),
-        )
-        .await?;
-        self.inner.leases_granted.fetch_add(1, Ordering::Relaxed);
-        *slot = Some(Arc::clone(&s));
-        Ok(s)
-    }
-
-    async fn holding(&self, opts: &LockOptions) -> Result<Holding> {
-        if opts.auto_renew() {
-            return Ok(Holding::Session(self.session().await?));
-        }
-        let c = &self.inner.cluster;
-        let secs = opts.ttl().as_secs_f64().ceil().max(1.0) as i64;
-        let r = c
-            .call(
-                "granting a lease",
-                |mut cl| async move { cl.lease_grant(secs, None).await },
-            )
-            .await?;
-        self.inner.leases_granted.fetch_add(1, Ordering::Relaxed);
-        Ok(Holding::Own {
-            lease: r.id(),
-            granted: Duration::from_secs(r.ttl().max(1) as u64),
-        })
-    }
-
-    /// Puts our key with the lease and reads the current owner, in one transaction. Runs
-    /// in its own task: if the caller is gone when it completes, the `Queued` is dropped
-    /// there, which deletes the key.
-    async fn enqueue(&self, key: &str, opts: &LockOptions) -> Result<Queued> {
-        let me = self.clone();
-        let (key, opts) = (key.to_owned(), *opts);
-        detached(BACKEND, async move {
-            let holding = me.holding(&opts).await?;
-            let dir = format!("{}/{}/", me.inner.cluster.cfg.prefix, escape(&key));
-            let slot = me.inner.slots.take(&dir);
-            let my_key = format!("{dir}{:016x}.{:08x}", me.inner.instance, slot.n);
-            let mut queued = Queued {
-                inner: Arc::clone(&me.inner),
-                key: my_key.clone(),
-                slot: Some(slot),
-                dir: dir.clone(),
-                rev: 0,
-                holding: holding.clone(),
-                sent_at: Instant::now(),
-                owner: false,
-                armed: true,
-            };
-            let owner_get = GetOptions::new()
-                .with_prefix()
-                .with_sort(SortTarget::Create, SortOrder::Ascend)
-                .with_limit(1);
-            let txn = Txn::new()
-                .when([Compare::create_revision(my_key.clone(), CompareOp::Equal, 0)])
-                .and_then([
-                    TxnOp::put(my_key.clone(), "", Some(PutOptions::new().with_lease(holding.lease()))),
-                    TxnOp::get(dir.clone(), Some(owner_get.clone())),
-                ])
-                .or_else([
-                    TxnOp::get(my_key.clone(), None),
-                    TxnOp::get(dir.clone(), Some(owner_get)),
-                ]);
-            let c = &me.inner.cluster;
-            let resp = c
-                .call("queueing for the lock", |mut cl| {
-                    let txn = txn.clone();
-                    async move { cl.txn(txn).await }
-                })
-                .await?;
-            let mut owner_rev = 0;
-            for op in resp.op_responses() {
-                match op {
-                    TxnOpResponse::Get(g)
-                        if g.kvs().first().is_some_and(|kv| kv.key() == my_key.as_bytes()) && !resp.succeeded() =>
-                    {
-                        queued.rev = g.kvs()[0].create_revision();
-                    }
-                    TxnOpResponse::Get(g) => owner_rev = g.kvs().first().map_or(0, |kv| kv.create_revision()),
-                    _ => {}
-                }
-            }
-            if resp.succeeded() {
-                queued.rev = resp.header().map_or(0, |h| h.revision());
-            }
-            if queued.rev == 0 {
-                return Err(LockError::Backend {
-                    backend: BACKEND,
-                    message: "queue key vanished at once".into(),
-                    source: None,
-                    temporary: true,
-                });
-            }
-            queued.owner = owner_rev == queued.rev;
-            Ok(queued)
-        })
-        .await
-    }
-
-    /// Waits until no key older than ours is left: watches only the key just before ours
-    /// (no herd), and re-checks after each deletion. Keeps an own lease alive meanwhile.
-    /// Finally re-reads our own key: the lease may have expired while we were queued (the
-    /// etcd 3.4.3 Jepsen finding, etcd issue 11456).
-    async fn wait_turn(&self, q: &Queued) -> Result<bool> {
-        let c = &self.inner.cluster;
-        for _ in 0..100_000 {
-            let opts = GetOptions::new()
-                .with_prefix()
-                .with_max_create_revision(q.rev - 1)
-                .with_sort(SortTarget::Create, SortOrder::Descend)
-                .with_limit(1)
-                .with_keys_only();
-            let dir = q.dir.clone();
-            let resp = c
-                .call("looking for the predecessor", |mut cl| {
-                    let (dir, opts) = (dir.clone(), opts.clone());
-                    async move { cl.get(dir, Some(opts)).await }
-                })
-                .await?;
-            let Some(pred) = resp.kvs().first() else { break };
-            let (pred_key, pred_rev) = (pred.key().to_vec(), pred.create_revision());
-            let seen = resp.header().map_or(0, |h| h.revision());
-            // Watch from now, not from `seen + 1`: a watch that starts in the past is put in
-            // etcd's "unsynced" group and caught up only every 100 ms — under contention the
-            // revision always moves on, so that was the p99 of every hand-off (85 ms). A
-            // deletion between `seen` and the watch's creation is caught by the check below.
-            let wopts = WatchOptions::new().with_filters([WatchFilterType::NoPut]);
-            let mut stream = c
-                .call("watching the predecessor", |mut cl| {
-                    let (pred_key, wopts) = (pred_key.clone(), wopts.clone());
-                    async move { cl.watch(pred_key, Some(wopts)).await }
-                })
-                .await?;
-            let created = match tokio::time::timeout(c.cfg.timeout, stream.message()).await {
-                Ok(Ok(Some(r))) if r.created() => r.header().map_or(i64::MAX, |h| h.revision()),
-                _ => continue, // no watch: look again
-            };
-            if created > seen {
-                let still = c
-                    .call("checking the predecessor", |mut cl| {
-                        let pred_key = pred_key.clone();
-                        async move { cl.get(pred_key, Some(GetOptions::new().with_keys_only())).await }
-                    })
-                    .await?;
-                if still.kvs().first().is_none_or(|kv| kv.create_revision() != pred_rev) {
-                    continue; // it went before the watch began
-                }
-            }
-            loop {
-                let refresh = match &q.holding {
-                    Holding::Own { granted, .. } => *granted / 3,
-                    Holding::Session(_) => Duration::from_secs(3600),
-                };
-                match tokio::time::timeout(refresh, stream.message()).await {
-                    Ok(Ok(Some(r))) if r.events().iter().any(|e| e.event_type() == EventType::Delete) => break,
-                    Ok(Ok(Some(r))) if r.canceled() => break,
-                    Ok(Ok(Some(_))) => continue,
-                    Ok(Ok(None)) | Ok(Err(_)) => break, // re-check from the top
-                    Err(_) => {
-                        if let Holding::Own { lease, .. } = &q.holding {
-                            if !keep_alive_once(c, *lease).await? {
-                                return Ok(false);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        let key = q.key.clone();
-        let mine = c
-            .call("re-reading our key", |mut cl| {
-                let key = key.clone();
-                async move { cl.get(key, None).await }
-            })
-            .await?;
-        Ok(mine
-            .kvs()
-            .first()
-            .is_some_and(|kv| kv.create_revision() == q.rev && kv.lease() == q.holding.lease()))
-    }
-
-    /// Turns our queue position into a lease.
-    fn grant(&self, key: &str, opts: &LockOptions, mut q: Queued) -> Option<Lease> {
-        let (sent_at, validity) = match &q.holding {
-            Holding::Session(s) => {
+    /// Turns our queue position into a lease, valid from `since` for an own lease (the
+    /// send instant of the request that confirmed it) or as long as the session lives.
+    fn grant(&self, key: &str, opts: &LockOptions, mut q: Queued, since: Option<Instant>) -> Option<Lease> {
+        let (sent_at, validity, holding) = match &q.holding {
+            Holding::Session { session, claim } => {
                 let now = Instant::now();
-                (now, s.valid_until()?.saturating_duration_since(now))
+                let validity = session.valid_until()?.saturating_duration_since(now);
+                (
+                    now,
+                    validity,
+                    GrantHolding::Session {
+                        session: Arc::clone(session),
+                        claim: *claim,
+                    },
+                )
             }
-            Holding::Own { granted, .. } => (q.sent_at, opts.ttl().min(*granted)),
+            Holding::Own { lease, granted, sent } => (
+                since.unwrap_or(*sent),
+                opts.ttl().min(*granted),
+                GrantHolding::Own(Mutex::new(OwnLeases {
+                    current: *lease,
+                    granted: *granted,
+                    others: Vec::new(),
+                })),
+            ),
         };
         q.armed = false;
         let token = FencingToken::new(u64::try_from(q.rev).unwrap_or(0));
         let grant = GrantId::from_string(format!("{:x}@{}", q.holding.lease(), q.rev));
-        let ops = Arc::new(EtcdGrant {
-            cluster: self.inner.cluster.clone(),
+        let ops = Arc::new_cyclic(|me| EtcdGrant {
+            inner: Arc::clone(&self.inner),
             key: q.key.clone(),
             rev: q.rev,
-            holding: std::sync::Mutex::new(q.holding.clone()),
-            registration: OnceLock::new(),
-            slot: std::sync::Mutex::new(q.slot.take()),
+            holding,
+            slot: Mutex::new(q.slot.take()),
+            echoes: q.echoes,
+            registration: Mutex::new(None),
+            extending: tokio::sync::Mutex::new(()),
+            me: me.clone(),
         });
         let lease = Lease::new(LeaseParts {
             key: key.to_owned(),
@@ -408,50 +231,53 @@ impl EtcdLock {
             options: *opts,
             ops: ops.clone(),
         });
-        if let Holding::Session(s) = &q.holding {
-            let _ = ops.registration.set(s.register(lease.reporter()));
+        match &q.holding {
+            Holding::Session { session, claim } => session.granted(*claim, lease.reporter()),
+            Holding::Own { .. } => {
+                let id = self.inner.own_grants.register(lease.reporter());
+                *ops.registration.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
+            }
         }
         tracing::debug!(key, %token, "granted");
         Some(lease)
     }
 }
 
-/// One keep-alive of a lease: `true` when it lives (renewed to its granted TTL), `false`
-/// when it is gone. Opening the keep-alive stream sends the request and checks the answer.
-async fn keep_alive_once(c: &Cluster, lease: i64) -> Result<bool> {
-    let opened = c
-        .call("keeping a lease alive", |mut cl| async move {
-            cl.lease_keep_alive(lease).await.map(|_| ())
-        })
-        .await;
-    match opened {
-        Ok(()) => Ok(true),
-        Err(e) if crate::error::lease_not_found(&e) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
 #[async_trait]
 impl DistributedLock for EtcdLock {
+    /// One transaction: our key put and the owner read together.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the request runs in a task of its own; a grant or queue entry it makes
+    /// after the caller is gone is undone in the background.
     #[tracing::instrument(level = "debug", skip(self, opts), fields(backend = "etcd"))]
     async fn try_acquire(&self, key: &str, opts: &LockOptions) -> Result<Option<Lease>> {
         validate_key(key)?;
         opts.validate_for_try()?;
-        let q = self.enqueue(key, opts).await?;
+        let q = enqueue(Arc::clone(&self.inner), key, opts).await?;
         if !q.owner {
             return Ok(None); // dropping `q` takes our key out of the queue
         }
-        self.grant(key, opts, q).map(Lease::into_live).transpose()
+        self.grant(key, opts, q, None).map(Lease::into_live).transpose()
     }
 
+    /// Queues, waits for the key just before ours, then confirms our turn.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dropped waiter's queue entry is deleted in the background at once
+    /// (an own lease is revoked), so it never blocks the next client; `close()` waits for
+    /// those deletions before a process exits.
     #[tracing::instrument(level = "debug", skip(self, opts), fields(backend = "etcd"))]
     async fn acquire(&self, key: &str, opts: &LockOptions) -> Result<Lease> {
         queue_with(key, opts, || async {
-            let q = self.enqueue(key, opts).await?;
-            if q.owner || self.wait_turn(&q).await? {
-                return Ok(self.grant(key, opts, q));
+            let q = enqueue(Arc::clone(&self.inner), key, opts).await?;
+            if q.owner {
+                return Ok(self.grant(key, opts, q, None));
             }
-            Ok(None) // our key vanished while queued: queue again
+            match wait_turn(&self.inner.cluster, &q).await? {
+                Some(since) => Ok(self.grant(key, opts, q, Some(since))),
+                None => Ok(None), // our key vanished while queued: queue again
+            }
         })
         .await
     }
@@ -463,181 +289,44 @@ impl DistributedLock for EtcdLock {
     fn describe(&self) -> String {
         self.inner.cluster.display().to_owned()
     }
-}
 
-/// One grant: our key at its create revision, on the session or its own lease.
-struct EtcdGrant {
-    cluster: Cluster,
-    key: String,
-    rev: i64,
-    /// An own lease can be swapped for a longer one by `extend`.
-    holding: std::sync::Mutex<Holding>,
-    registration: OnceLock<u64>,
-    /// The slot of `key`'s name; freed once the key is known to be gone.
-    slot: std::sync::Mutex<Option<Slot>>,
-}
-
-impl EtcdGrant {
-    fn holding(&self) -> Holding {
-        self.holding.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Our key is known to be gone: its name may be used again.
-    fn free_slot(&self) {
-        if let Some(slot) = self.slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            slot.free();
+    /// Waits (up to the request timeout) for background deletions and revocations to
+    /// finish, then revokes the session lease — every key on it goes in that one request,
+    /// as etcd's `Session.Close` does — and every own lease still known. Every lease held
+    /// through this client is told it is lost. Later calls start a new session.
+    ///
+    /// # Errors
+    /// [`LockError::Unavailable`] when a revoke was not confirmed: what it would have
+    /// removed ends with the session TTL or the lock's TTL.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping it leaves the background work running; the session may then
+    /// stay until its TTL.
+    async fn close(&self) -> Result<()> {
+        let inner = &self.inner;
+        let limit = inner.cluster.cfg.timeout;
+        if !inner.cleanups.drained(limit).await {
+            tracing::warn!("close: background clean-ups still running after {limit:?}; ending the session anyway");
         }
-    }
-
-    /// Moves our key onto a new lease of `ttl` (etcd cannot lengthen a lease): grant, then
-    /// re-put our key with the new lease only if it is still ours on the old one (the
-    /// create revision, and so the token, stays), then revoke the old lease.
-    async fn move_to_longer_lease(&self, old: i64, ttl: Duration) -> Result<Option<Duration>> {
-        let c = &self.cluster;
-        let secs = ttl.as_secs_f64().ceil().max(1.0) as i64;
-        let fresh = c
-            .call("granting a longer lease", |mut cl| async move {
-                cl.lease_grant(secs, None).await
-            })
-            .await?;
-        let txn = Txn::new()
-            .when([
-                Compare::create_revision(self.key.clone(), CompareOp::Equal, self.rev),
-                Compare::lease(self.key.clone(), CompareOp::Equal, old),
-            ])
-            .and_then([TxnOp::put(
-                self.key.clone(),
-                "",
-                Some(PutOptions::new().with_lease(fresh.id())),
-            )]);
-        let moved = c
-            .call("moving the lock to the longer lease", |mut cl| {
-                let txn = txn.clone();
-                async move { cl.txn(txn).await }
-            })
-            .await;
-        let revoke = if matches!(moved, Ok(ref r) if r.succeeded()) {
-            old
-        } else {
-            fresh.id()
-        };
-        let _ = c
-            .call("revoking the replaced lease", |mut cl| async move {
-                cl.lease_revoke(revoke).await
-            })
-            .await;
-        if !moved?.succeeded() {
-            return Ok(None);
-        }
-        let granted = Duration::from_secs(fresh.ttl().max(1) as u64);
-        *self.holding.lock().unwrap_or_else(|p| p.into_inner()) = Holding::Own {
-            lease: fresh.id(),
-            granted,
-        };
-        Ok(Some(ttl.min(granted)))
-    }
-}
-
-#[async_trait]
-impl LeaseOps for EtcdGrant {
-    async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
-        match self.holding() {
-            // The session's keep-alive stream renews every lock on it: no request per lock.
-            Holding::Session(s) => Ok(s.valid_until().map(|t| t.saturating_duration_since(Instant::now()))),
-            Holding::Own { lease, granted } if ttl > granted => self.move_to_longer_lease(lease, ttl).await,
-            Holding::Own { lease, granted } => {
-                // A shorter ttl cannot shorten the lease on the server: the holder believes
-                // `ttl` (safe), the key may outlive it by up to `granted`.
-                Ok(keep_alive_once(&self.cluster, lease).await?.then_some(ttl.min(granted)))
+        let session = inner.session.lock().await.take();
+        let mut result = Ok(());
+        if let Some(s) = session {
+            if let Err(e) = s.end(&inner.cluster).await {
+                result = Err(e);
             }
         }
-    }
-
-    async fn release(&self) -> Result<bool> {
-        let c = &self.cluster;
-        match &self.holding() {
-            Holding::Own { lease, .. } => {
-                // Revoking the lease deletes our key with it, in one request.
-                let lease = *lease;
-                let revoked = match c
-                    .call("revoking the lock's lease", |mut cl| async move {
-                        cl.lease_revoke(lease).await
-                    })
-                    .await
-                {
-                    Ok(_) => Ok(true),
-                    Err(LockError::Backend { source: Some(s), .. })
-                        if s.to_string().contains("not found") || format!("{s:?}").contains("not found") =>
-                    {
-                        Ok(false)
-                    }
-                    Err(e) => Err(e),
-                };
-                if revoked.is_ok() {
-                    self.free_slot();
-                }
-                revoked
-            }
-            Holding::Session(session) => {
-                if let Some(id) = self.registration.get() {
-                    session.unregister(*id);
-                }
-                match delete_key(c, &self.key, self.rev).await {
-                    Ok(deleted) => {
-                        self.free_slot();
-                        Ok(deleted)
-                    }
-                    Err(e) => {
-                        // Not confirmed: keep trying in the background; if it still fails and no
-                        // other lock rides on the session, revoke the session lease, which
-                        // deletes the key with it.
-                        let (c, key, rev, session) = (c.clone(), self.key.clone(), self.rev, Arc::clone(session));
-                        let slot = self.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-                        tokio::spawn(async move { retry_delete(c, key, rev, session, slot).await });
-                        Err(e)
-                    }
-                }
+        inner
+            .own_grants
+            .lost_all(&LostReason::Backend("the client was closed".into()));
+        let leases: Vec<i64> = inner.own_leases().drain().collect();
+        for lease in leases {
+            if let Err(e) = revoke(&inner.cluster, lease).await {
+                result = Err(e);
             }
         }
-    }
-}
-
-/// Deletes our lock key if it is still the one created at `rev`; `true` if it was. The
-/// compare makes a late repeat harmless: it can never delete a newer key of the same name
-/// (names are reused, see [`crate::slots`]).
-async fn delete_key(c: &Cluster, key: &str, rev: i64) -> Result<bool> {
-    let txn = Txn::new()
-        .when([Compare::create_revision(key.to_owned(), CompareOp::Equal, rev)])
-        .and_then([TxnOp::delete(key.to_owned(), None)]);
-    let r = c
-        .call("deleting the lock key", |mut cl| {
-            let txn = txn.clone();
-            async move { cl.txn(txn).await }
+        result.map_err(|e| LockError::Unavailable {
+            message: format!("closing the etcd client was not confirmed: {e}"),
+            source: Some(Box::new(e)),
         })
-        .await?;
-    Ok(r.succeeded())
-}
-
-async fn retry_delete(c: Cluster, key: String, rev: i64, session: Arc<Session>, slot: Option<Slot>) {
-    let mut pause = Duration::from_millis(50);
-    let until = Instant::now() + session.ttl;
-    while Instant::now() < until && session.is_alive() {
-        tokio::time::sleep(jitter(pause)).await;
-        pause = (pause * 2).min(Duration::from_secs(1));
-        if delete_key(&c, &key, rev).await.is_ok() {
-            if let Some(slot) = slot {
-                slot.free();
-            }
-            return;
-        }
-    }
-    if session.is_alive() && session.lock_count() == 0 {
-        let id = session.id;
-        let _ = c
-            .call("revoking the session lease", |mut cl| async move {
-                cl.lease_revoke(id).await
-            })
-            .await;
-        session.stop();
     }
 }

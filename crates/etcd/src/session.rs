@@ -1,17 +1,32 @@
 //! The session: one etcd lease per backend instance, kept alive by one keep-alive stream
 //! in the background and shared by every auto-renewed lock the instance holds, so renewal
 //! cost does not grow with the number of locks.
+//!
+//! A live lease alone says nothing about the keys on it (an operator may delete them), so
+//! after each confirmed keep-alive the session also lists the keys attached to its lease —
+//! one `LeaseTimeToLive` request with keys, whatever the number of locks — and compares
+//! them with its **claims**: the key of every queue entry and grant of ours on this lease,
+//! registered before its put is sent.
+//!
+//! * A granted claim whose key is missing is lost: its holder is told at once
+//!   (`LostReason::NotHeld`), within one keep-alive period of the deletion.
+//! * A key on our lease that no claim names is an abandoned one — a queue put that went
+//!   unanswered and landed late, a release that was not confirmed — and is deleted, guarded
+//!   so that it can only remove a key created before the listing.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fencelock_core::{LeaseRegistry, LeaseReporter, LostReason, Result};
+use etcd_client::{Compare, CompareOp, LeaseTimeToLiveOptions, Txn, TxnOp};
+use fencelock_core::{LeaseReporter, LostReason, Result};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::client::Cluster;
+use crate::error::{kind, lease_gone, Kind};
 
 /// Where the session stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,12 +37,22 @@ pub(crate) enum SessionState {
     Lost(String),
 }
 
+/// A key of ours on the session lease.
+#[derive(Debug)]
+struct Claim {
+    key: String,
+    /// Set once the queue entry became a grant: whom to tell if the key disappears, and
+    /// since when (a listing sent before then may not show the key yet).
+    granted: Option<(LeaseReporter, Instant)>,
+}
+
 /// One lease and its keep-alive task.
 pub(crate) struct Session {
     pub id: i64,
     pub ttl: Duration,
     state: watch::Sender<SessionState>,
-    locks: LeaseRegistry,
+    claims: Mutex<HashMap<u64, Claim>>,
+    next_claim: AtomicU64,
     keepalives: Arc<AtomicU64>,
     task: Mutex<Option<AbortHandle>>,
 }
@@ -57,7 +82,8 @@ impl Session {
             id: granted.id(),
             ttl,
             state,
-            locks: LeaseRegistry::new(),
+            claims: Mutex::default(),
+            next_claim: AtomicU64::new(0),
             keepalives,
             task: Mutex::new(None),
         });
@@ -80,23 +106,37 @@ impl Session {
         self.valid_until().is_some()
     }
 
-    /// Registers a lock's reporter, to be told when the session is lost. Returns its id.
-    pub fn register(&self, reporter: LeaseReporter) -> u64 {
-        let id = self.locks.register(reporter);
-        if let SessionState::Lost(why) = &*self.state.borrow() {
-            self.locks.lost_all(&Self::reason(why));
-        }
+    fn claims(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Claim>> {
+        self.claims.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Claims `key` as ours before its put is sent; returns the claim's id.
+    pub fn claim(&self, key: &str) -> u64 {
+        let id = self.next_claim.fetch_add(1, Ordering::Relaxed);
+        self.claims().insert(
+            id,
+            Claim {
+                key: key.to_owned(),
+                granted: None,
+            },
+        );
         id
     }
 
-    /// Forgets a lock (released).
-    pub fn unregister(&self, id: u64) {
-        self.locks.unregister(id);
+    /// The claim became a grant: its holder is told when the session or the key is lost.
+    pub fn granted(&self, id: u64, reporter: LeaseReporter) {
+        if let Some(c) = self.claims().get_mut(&id) {
+            c.granted = Some((reporter.clone(), Instant::now()));
+        }
+        if let SessionState::Lost(why) = &*self.state.borrow() {
+            reporter.lost(Self::reason(why));
+        }
     }
 
-    /// How many locks ride on this session.
-    pub fn lock_count(&self) -> usize {
-        self.locks.len()
+    /// The key is no longer ours to keep (released or abandoned): if it is still on the
+    /// lease at the next check, the check deletes it.
+    pub fn unclaim(&self, id: u64) {
+        self.claims().remove(&id);
     }
 
     fn reason(why: &str) -> LostReason {
@@ -114,15 +154,103 @@ impl Session {
         });
         if changed {
             tracing::warn!(lease = format_args!("{:x}", self.id), %why, "session lost");
-            self.locks.lost_all(&Self::reason(&why));
+            let reporters: Vec<LeaseReporter> = self
+                .claims()
+                .values()
+                .filter_map(|c| c.granted.as_ref().map(|(r, _)| r.clone()))
+                .collect();
+            let reason = Self::reason(&why);
+            for r in reporters {
+                r.lost(reason.clone());
+            }
         }
     }
 
     /// Stops keeping the lease alive (the lease then expires on the server by its TTL).
-    pub fn stop(&self) {
+    fn stop(&self) {
         if let Some(t) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
             t.abort();
         }
+    }
+
+    /// Ends the session as etcd's `Session.Close` does: every lock on it is told it is
+    /// lost, the keep-alive stops, and the lease is revoked, which deletes every key on it
+    /// in one request.
+    ///
+    /// # Errors
+    /// The revoke's error when it was not confirmed; the lease then expires by its TTL.
+    pub async fn end(&self, cluster: &Cluster) -> Result<()> {
+        self.lose("the client closed its session".into());
+        self.stop();
+        crate::cleanup::revoke(cluster, self.id).await
+    }
+
+    /// Lists the keys on the lease and settles them against the claims (see the module
+    /// docs). Returns `false` when the lease is gone.
+    async fn check_keys(&self, cluster: &Cluster) -> bool {
+        let sent = Instant::now();
+        let id = self.id;
+        let listed = cluster
+            .call("listing the session's keys", |mut c| async move {
+                c.lease_time_to_live(id, Some(LeaseTimeToLiveOptions::new().with_keys()))
+                    .await
+            })
+            .await;
+        let listed = match listed {
+            Ok(l) if l.ttl() > 0 => l,
+            Ok(_) => return false, // TTL -1: the lease does not exist
+            Err(e) if lease_gone(&e) => return false,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing the session's keys failed: deleted keys go unnoticed until the next period");
+                return true;
+            }
+        };
+        let listed_at = listed.header().map_or(0, |h| h.revision());
+        let on_lease: HashSet<&[u8]> = listed.keys().iter().map(Vec::as_slice).collect();
+        let (gone, strays) = {
+            let claims = self.claims();
+            let gone: Vec<LeaseReporter> = claims
+                .values()
+                .filter_map(|c| match &c.granted {
+                    Some((r, at)) if *at < sent && !on_lease.contains(c.key.as_bytes()) => Some(r.clone()),
+                    _ => None,
+                })
+                .collect();
+            let claimed: HashSet<&[u8]> = claims.values().map(|c| c.key.as_bytes()).collect();
+            let strays: Vec<Vec<u8>> = listed
+                .keys()
+                .iter()
+                .filter(|k| !claimed.contains(k.as_slice()))
+                .cloned()
+                .collect();
+            (gone, strays)
+        };
+        for r in gone {
+            if r.lost(LostReason::NotHeld) {
+                tracing::warn!(
+                    lease = format_args!("{:x}", id),
+                    "a lock key on the session was deleted on the server"
+                );
+            }
+        }
+        for key in strays {
+            // Only a key created before the listing and still on our lease: a claim made
+            // after the listing puts a key with a later create revision.
+            let txn = Txn::new()
+                .when([
+                    Compare::create_revision(key.clone(), CompareOp::Less, listed_at + 1),
+                    Compare::lease(key.clone(), CompareOp::Equal, id),
+                ])
+                .and_then([TxnOp::delete(key.clone(), None)]);
+            let deleted = cluster
+                .call("deleting an abandoned key of the session", |mut c| {
+                    let txn = txn.clone();
+                    async move { c.txn(txn).await }
+                })
+                .await;
+            tracing::debug!(key = %String::from_utf8_lossy(&key), ok = deleted.is_ok(), "abandoned key deleted");
+        }
+        true
     }
 }
 
@@ -134,7 +262,8 @@ impl Drop for Session {
 
 /// The keep-alive loop: one stream, one request every third of the TTL; a broken stream is
 /// reopened (another member may answer) while the lease can still be alive; a reply with
-/// TTL 0 (expired or revoked) or no confirmed reply within the TTL loses the session.
+/// TTL 0 (expired or revoked) or no confirmed reply within the TTL loses the session. After
+/// each confirmed keep-alive, the keys on the lease are checked.
 async fn keep_alive(session: std::sync::Weak<Session>, cluster: Cluster, granted_at: Instant) {
     let Some(s) = session.upgrade() else { return };
     let (id, ttl, counter) = (s.id, s.ttl, Arc::clone(&s.keepalives));
@@ -144,6 +273,7 @@ async fn keep_alive(session: std::sync::Weak<Session>, cluster: Cluster, granted
     let mut stream = None;
     let mut backoff = Duration::from_millis(10);
     let mut next = last_ok + interval;
+    let mut checking = None;
     loop {
         tokio::time::sleep_until(next).await;
         let Some(s) = session.upgrade() else { return };
@@ -152,7 +282,7 @@ async fn keep_alive(session: std::sync::Weak<Session>, cluster: Cluster, granted
             s.lose(format!("no keep-alive confirmed within the {ttl:?} TTL"));
             return;
         }
-        if stream.is_none() {
+        let confirmed = if stream.is_none() {
             // Opening the stream sends a keep-alive and waits for its answer: it renews too.
             let sent = Instant::now();
             counter.fetch_add(1, Ordering::Relaxed);
@@ -164,60 +294,81 @@ async fn keep_alive(session: std::sync::Weak<Session>, cluster: Cluster, granted
             match opened {
                 Ok(pair) => {
                     stream = Some(pair);
-                    last_ok = sent;
-                    backoff = Duration::from_millis(10);
-                    s.state.send_replace(SessionState::Alive(sent + ttl));
-                    next = sent + interval;
+                    Some((sent, ttl))
                 }
-                Err(e) if crate::error::lease_not_found(&e) => {
+                Err(e) if lease_gone(&e) => {
                     s.lose("the lease expired or was revoked on the server".into());
                     return;
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "keep-alive stream failed; retrying while the lease may live");
-                    next = (Instant::now() + backoff).min(deadline);
-                    backoff = (backoff * 2).min(interval.max(Duration::from_millis(10)));
+                    None
                 }
             }
-            continue;
-        }
-        let Some((keeper, replies)) = stream.as_mut() else {
-            continue;
+        } else if let Some((keeper, replies)) = stream.as_mut() {
+            let sent = Instant::now();
+            counter.fetch_add(1, Ordering::Relaxed);
+            let exchange = async {
+                // A failed send means the stream is closed: open a new one.
+                if keeper.keep_alive().await.is_err() {
+                    return Ok(None);
+                }
+                replies.message().await
+            };
+            match tokio::time::timeout(deadline.saturating_duration_since(sent), exchange).await {
+                Ok(Ok(Some(reply))) if reply.ttl() > 0 => {
+                    Some((sent, Duration::from_secs(reply.ttl() as u64).min(ttl)))
+                }
+                Ok(Ok(Some(_))) => {
+                    s.lose("the lease expired or was revoked on the server".into());
+                    return;
+                }
+                Ok(Err(e)) if kind(&e) == Kind::LeaseGone => {
+                    s.lose(format!("the lease is gone on the server: {e}"));
+                    return;
+                }
+                Ok(Ok(None)) | Ok(Err(_)) => {
+                    stream = None;
+                    None
+                }
+                Err(_) => {
+                    s.lose(format!("no keep-alive confirmed within the {ttl:?} TTL"));
+                    return;
+                }
+            }
+        } else {
+            None
         };
-        let sent = Instant::now();
-        counter.fetch_add(1, Ordering::Relaxed);
-        let exchange = async {
-            keeper.keep_alive().await?;
-            replies.message().await
-        };
-        match tokio::time::timeout(deadline.saturating_duration_since(sent), exchange).await {
-            Ok(Ok(Some(reply))) if reply.ttl() > 0 => {
+        match confirmed {
+            Some((sent, valid)) => {
                 last_ok = sent;
                 backoff = Duration::from_millis(10);
-                let valid = sent + Duration::from_secs(reply.ttl() as u64).min(ttl);
-                s.state.send_replace(SessionState::Alive(valid));
+                // Never revives a session that was ended meanwhile.
+                s.state.send_if_modified(|st| match st {
+                    SessionState::Alive(_) => {
+                        *st = SessionState::Alive(sent + valid);
+                        true
+                    }
+                    SessionState::Lost(_) => false,
+                });
                 next = sent + interval;
+                // The key check runs beside the keep-alives (a slow listing of many keys
+                // must not delay the next keep-alive), one at a time.
+                if checking
+                    .as_ref()
+                    .is_none_or(|c: &tokio::task::JoinHandle<()>| c.is_finished())
+                {
+                    let (s, cluster) = (Arc::clone(&s), cluster.clone());
+                    checking = Some(tokio::spawn(async move {
+                        if !s.check_keys(&cluster).await {
+                            s.lose("the lease expired or was revoked on the server".into());
+                        }
+                    }));
+                }
             }
-            Ok(Ok(Some(_))) => {
-                s.lose("the lease expired or was revoked on the server".into());
-                return;
-            }
-            Ok(Err(e)) if e.to_string().contains("not found") => {
-                s.lose(format!("the lease is gone on the server: {e}"));
-                return;
-            }
-            Ok(Err(etcd_client::Error::LeaseKeepAliveError(m))) if m.contains("not found") => {
-                s.lose("the lease expired or was revoked on the server".into());
-                return;
-            }
-            Ok(Ok(None)) | Ok(Err(_)) => {
-                stream = None;
+            None => {
                 next = (Instant::now() + backoff).min(deadline);
                 backoff = (backoff * 2).min(interval.max(Duration::from_millis(10)));
-            }
-            Err(_) => {
-                s.lose(format!("no keep-alive confirmed within the {ttl:?} TTL"));
-                return;
             }
         }
     }

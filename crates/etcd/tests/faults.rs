@@ -153,6 +153,7 @@ async fn a_thousand_locks_share_one_keep_alive_stream() {
     let before = locks.keepalive_requests();
     let grants_before = cluster.grpc_calls(0, "LeaseGrant").unwrap();
     let txns_before = cluster.grpc_calls(0, "Txn").unwrap();
+    let checks_before = cluster.grpc_calls(0, "LeaseTimeToLive").unwrap();
     let period = Duration::from_secs(4);
     tokio::time::sleep(period).await; // the time under test: renewals happen meanwhile
     let keepalives = locks.keepalive_requests() - before;
@@ -166,6 +167,12 @@ async fn a_thousand_locks_share_one_keep_alive_stream() {
         cluster.grpc_calls(0, "Txn").unwrap(),
         txns_before,
         "renewal must not touch the lock keys"
+    );
+    // The key check (are our keys still there?) is one listing per keep-alive, not per lock.
+    let checks = cluster.grpc_calls(0, "LeaseTimeToLive").unwrap() - checks_before;
+    assert!(
+        (2..=8).contains(&checks),
+        "{checks} key checks for 1000 locks in {period:?}"
     );
     assert!(leases.iter().all(|l| l.is_held()));
     for l in leases {

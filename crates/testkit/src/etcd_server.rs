@@ -220,6 +220,39 @@ impl EtcdCluster {
     }
 }
 
+impl EtcdCluster {
+    /// The client port of every member.
+    pub fn client_ports(&self) -> Vec<u16> {
+        self.members.iter().map(|m| m.client_port).collect()
+    }
+
+    /// Established TCP connections to the members' client ports, as the kernel lists them
+    /// (`/proc/net/tcp` and `/proc/net/tcp6`: the server's end of each connection, state
+    /// `01`). Counts every client on this machine, including the members' own gateway
+    /// connections, so compare counts before and after rather than reading one alone.
+    pub fn client_connections(&self) -> usize {
+        let ports = self.client_ports();
+        ["/proc/net/tcp", "/proc/net/tcp6"]
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(f).ok())
+            .map(|table| {
+                table
+                    .lines()
+                    .skip(1)
+                    .filter(|line| {
+                        let cols: Vec<&str> = line.split_whitespace().collect();
+                        let local_port = cols
+                            .get(1)
+                            .and_then(|a| a.rsplit(':').next())
+                            .and_then(|p| u16::from_str_radix(p, 16).ok());
+                        cols.get(3) == Some(&"01") && local_port.is_some_and(|p| ports.contains(&p))
+                    })
+                    .count()
+            })
+            .sum::<usize>()
+    }
+}
+
 /// The string value of `"name":"VALUE"` or `"name":VALUE` in a flat JSON text.
 fn json_field(json: &str, name: &str) -> Option<String> {
     let at = json.find(&format!("\"{name}\":"))? + name.len() + 3;

@@ -12,6 +12,8 @@
 //!   pause and leader lookup;
 //! * [`zk_server`] — real ZooKeeper servers (standalone or an ensemble), run with `java`;
 //! * [`proxy`] — a fault-injecting TCP proxy (pass, blackhole, reset) for partitions;
+//! * [`pg_server`] — real PostgreSQL clusters (`initdb` + `postgres`, as the `postgres`
+//!   user when run as root), killed with their backends on drop, restartable, pausable;
 //! * [`redis_server`] — real `redis-server` processes on free loopback ports (killed on
 //!   drop, restartable, pausable), built on [`process`] and [`ports`].
 //!
@@ -41,6 +43,7 @@ pub mod history;
 pub mod keys;
 pub mod lab;
 pub mod overlap;
+pub mod pg_server;
 pub mod ports;
 pub mod process;
 pub mod proxy;

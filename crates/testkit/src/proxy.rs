@@ -128,6 +128,9 @@ async fn pump(
             Mode::Pass | Mode::Delay(_) => {}
         }
         tokio::select! {
+            // A mode change first: bytes that arrive together with a switch to Blackhole
+            // must be held, not forwarded by a random pick.
+            biased;
             changed = mode.changed() => if changed.is_err() { return },
             n = from.read(&mut buf) => match n {
                 Ok(0) | Err(_) => return,

@@ -1,0 +1,143 @@
+//! Background follow-ups of requests whose effect must be undone — an abandoned queue key,
+//! a release that was not confirmed, a lease left over from a lease move — each retried a
+//! bounded number of times, and counted so that [`EtcdLock::close`](crate::EtcdLock) can
+//! wait for them (bounded) before it ends the session.
+//!
+//! What a follow-up cannot confirm is still bounded: a key on the session lease that no
+//! grant or waiter of ours claims is deleted by the session's periodic key check (see
+//! [`crate::session`]) for as long as the session lives; an own lease ends with its TTL.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use fencelock_core::waiting::jitter;
+use fencelock_core::Result;
+use tokio::sync::watch;
+
+use crate::client::Cluster;
+use crate::error::lease_gone;
+
+/// Tries of one follow-up (each bounded by the request timeout), with a jittered pause
+/// doubling from 50 ms up to 1 s between them.
+const TRIES: u32 = 8;
+
+/// The follow-ups running in the background.
+#[derive(Debug)]
+pub(crate) struct Cleanups {
+    pending: watch::Sender<usize>,
+}
+
+impl Default for Cleanups {
+    fn default() -> Self {
+        Cleanups {
+            pending: watch::channel(0).0,
+        }
+    }
+}
+
+/// Counts one follow-up down when its task ends — also when the task is dropped unpolled
+/// because the runtime shuts down.
+struct Running(Arc<Cleanups>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.pending.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+impl Cleanups {
+    /// Runs `work` in the background on the current runtime, counted until it ends.
+    /// Without a runtime (a drop outside tokio) nothing can be sent: the TTL or the session
+    /// ends what was left.
+    pub fn spawn(self: &Arc<Self>, what: &'static str, work: impl Future<Output = ()> + Send + 'static) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(what, "no tokio runtime: left to the TTL or the session to end");
+            return;
+        };
+        self.pending.send_modify(|n| *n += 1);
+        let running = Running(Arc::clone(self));
+        rt.spawn(async move {
+            let _running = running;
+            work.await;
+        });
+    }
+
+    /// Waits until no follow-up runs, for at most `limit`; `true` if none is left.
+    pub async fn drained(&self, limit: Duration) -> bool {
+        let mut rx = self.pending.subscribe();
+        let drained = matches!(tokio::time::timeout(limit, rx.wait_for(|n| *n == 0)).await, Ok(Ok(_)));
+        drained
+    }
+}
+
+/// Repeats `op` until it succeeds, fails for good (a permanent error), or [`TRIES`] tries
+/// have failed; `true` when it succeeded.
+pub(crate) async fn until_confirmed<F, Fut>(what: &'static str, mut op: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let mut pause = Duration::from_millis(50);
+    for attempt in 1..=TRIES {
+        match op().await {
+            Ok(()) => return true,
+            Err(e) if !e.is_temporary() => {
+                tracing::warn!(what, error = %e, "follow-up refused; left to the TTL or the session");
+                return false;
+            }
+            Err(e) => tracing::debug!(what, attempt, error = %e, "follow-up failed; trying again"),
+        }
+        if attempt < TRIES {
+            tokio::time::sleep(jitter(pause)).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+    tracing::warn!(
+        what,
+        "follow-up not confirmed after {TRIES} tries; left to the TTL or the session"
+    );
+    false
+}
+
+/// Revokes `lease`; a lease already gone counts as revoked. Revoking deletes every key on
+/// the lease, and a late put that names the lease fails afterwards ("lease not found").
+pub(crate) async fn revoke(c: &Cluster, lease: i64) -> Result<()> {
+    match c
+        .call("revoking a lease", |mut cl| async move { cl.lease_revoke(lease).await })
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if lease_gone(&e) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes our key if it is still the one created at `rev`; `true` if it was. The compare
+/// makes a late repeat harmless: it can never delete a newer key of the same name (names
+/// are reused, see [`crate::slots`]).
+pub(crate) async fn delete_key(c: &Cluster, key: &str, rev: i64) -> Result<bool> {
+    let txn = Txn::new()
+        .when([Compare::create_revision(key.to_owned(), CompareOp::Equal, rev)])
+        .and_then([TxnOp::delete(key.to_owned(), None)]);
+    let r = c
+        .call("deleting the lock key", |mut cl| {
+            let txn = txn.clone();
+            async move { cl.txn(txn).await }
+        })
+        .await?;
+    Ok(r.succeeded())
+}
+
+/// Deletes a key by name, for a queue key whose put went unanswered (its create revision
+/// is unknown). Safe because its name stays reserved (the slot is never freed), so the
+/// name cannot belong to a newer request of ours.
+pub(crate) async fn delete_name(c: &Cluster, key: &str) -> Result<()> {
+    c.call("deleting an abandoned queue key", |mut cl| {
+        let key = key.to_owned();
+        async move { cl.delete(key, None).await }
+    })
+    .await
+    .map(|_| ())
+}

@@ -1,0 +1,294 @@
+//! [`EtcdGrant`]: one grant — our key at its create revision — and how it is extended,
+//! renewed and released ([`LeaseOps`]), including the move of a key onto a longer lease.
+//!
+//! Every extend confirms that the grant still exists on the server (our key with our
+//! create revision): a key deleted behind the holder's back (an operator's
+//! `etcdctl del --prefix`) is reported as `Ok(None)` (not held), never renewed blindly.
+//! Auto-renewals of session locks send nothing per lock: the session's key check
+//! confirms every key on its lease in one request per keep-alive period.
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use fencelock_core::{LeaseOps, LockError, Result};
+use tokio::time::Instant;
+
+use crate::cleanup::{delete_key, revoke, until_confirmed};
+use crate::lock::Inner;
+use crate::session::Session;
+use crate::slots::Slot;
+use crate::wait::keep_alive_once;
+
+/// How the grant's key stays alive.
+pub(crate) enum GrantHolding {
+    /// On the session lease, under the session's claim `claim`.
+    Session { session: Arc<Session>, claim: u64 },
+    /// On leases of our own: the current one, and others that may carry the key after a
+    /// lease move whose outcome was unknown (revoked at release).
+    Own(Mutex<OwnLeases>),
+}
+
+pub(crate) struct OwnLeases {
+    pub current: i64,
+    pub granted: Duration,
+    /// Other leases of this grant, with their granted TTLs.
+    pub others: Vec<(i64, Duration)>,
+}
+
+/// One grant.
+pub(crate) struct EtcdGrant {
+    pub inner: Arc<Inner>,
+    pub key: String,
+    pub rev: i64,
+    pub holding: GrantHolding,
+    /// The slot of `key`'s name; freed once the key is known to be gone for good.
+    pub slot: Mutex<Option<Slot>>,
+    /// A copy of the queue put may still land (see [`crate::queue::Queued::echoes`]).
+    pub echoes: bool,
+    /// This grant's id in the instance's registry of own-lease grants (for `close`).
+    pub registration: Mutex<Option<u64>>,
+    /// Held by the extend of an own-lease grant while it runs.
+    pub extending: tokio::sync::Mutex<()>,
+    pub me: Weak<EtcdGrant>,
+}
+
+impl EtcdGrant {
+    fn own(&self) -> Option<std::sync::MutexGuard<'_, OwnLeases>> {
+        match &self.holding {
+            GrantHolding::Own(m) => Some(m.lock().unwrap_or_else(|p| p.into_inner())),
+            GrantHolding::Session { .. } => None,
+        }
+    }
+
+    fn take_slot(&self) -> Option<Slot> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Reads our key: `Some(lease it rides on)` when it still exists with our create
+    /// revision.
+    async fn our_key(&self) -> Result<Option<i64>> {
+        let key = self.key.clone();
+        let r = self
+            .inner
+            .cluster
+            .call("checking the lock key", |mut cl| {
+                let key = key.clone();
+                async move { cl.get(key, Some(GetOptions::new().with_keys_only())).await }
+            })
+            .await?;
+        Ok(r.kvs()
+            .first()
+            .filter(|kv| kv.create_revision() == self.rev)
+            .map(|kv| kv.lease()))
+    }
+
+    /// Makes `on`, the lease our key was found on, the current one if it is one of ours
+    /// (a lease move whose answer was lost may have landed); its granted TTL, or `None`
+    /// when it is not ours (then the key is not ours any more either).
+    fn adopt(&self, on: i64) -> Option<Duration> {
+        let mut own = self.own()?;
+        if on != own.current {
+            let i = own.others.iter().position(|(l, _)| *l == on)?;
+            let (lease, granted) = own.others.swap_remove(i);
+            let old = (own.current, own.granted);
+            own.others.push(old);
+            own.current = lease;
+            own.granted = granted;
+        }
+        Some(own.granted)
+    }
+
+    /// Extends an own-lease grant within its granted TTL: confirms our key, then keeps
+    /// alive the lease it actually rides on.
+    async fn extend_own(&self, ttl: Duration) -> Result<Option<Duration>> {
+        let Some(on) = self.our_key().await? else {
+            return Ok(None);
+        };
+        let Some(granted) = self.adopt(on) else {
+            return Ok(None);
+        };
+        Ok(keep_alive_once(&self.inner.cluster, on)
+            .await?
+            .then_some(ttl.min(granted)))
+    }
+
+    /// Moves our key onto a new lease of `ttl` (etcd cannot lengthen a lease): grant, then
+    /// re-put our key with the new lease only if it is still ours (the create revision,
+    /// and so the token, stays), then revoke the old lease. Runs in a task of its own, so
+    /// a dropped `extend` cannot stop it halfway. A move whose answer is lost is settled
+    /// by reading which lease carries the key; if even that fails, both leases are kept
+    /// (neither is revoked, so the key is never deleted by mistake) and the next extend or
+    /// the release sorts them out.
+    async fn move_to_longer_lease(self: Arc<Self>, ttl: Duration) -> Result<Option<Duration>> {
+        let c = self.inner.cluster.clone();
+        let Some(old) = self.our_key().await? else {
+            return Ok(None);
+        };
+        if self.adopt(old).is_none() {
+            return Ok(None);
+        }
+        let secs = ttl.as_secs_f64().ceil().max(1.0) as i64;
+        let fresh = c
+            .call("granting a longer lease", |mut cl| async move {
+                cl.lease_grant(secs, None).await
+            })
+            .await?;
+        let (fresh, fresh_granted) = (fresh.id(), Duration::from_secs(fresh.ttl().max(1) as u64));
+        self.inner.remember_own_lease(fresh);
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(self.key.clone(), CompareOp::Equal, self.rev),
+                Compare::lease(self.key.clone(), CompareOp::Equal, old),
+            ])
+            .and_then([TxnOp::put(
+                self.key.clone(),
+                "",
+                Some(PutOptions::new().with_lease(fresh)),
+            )]);
+        let moved = c
+            .call("moving the lock to the longer lease", |mut cl| {
+                let txn = txn.clone();
+                async move { cl.txn(txn).await }
+            })
+            .await;
+        // Which lease carries our key now (`None`: our key is gone).
+        let on = match &moved {
+            Ok(r) if r.succeeded() => Some(fresh),
+            // The compare failed: our key is gone, or (an operator's put) on another lease.
+            Ok(_) => self.our_key().await.ok().flatten(),
+            Err(_) => match self.our_key().await {
+                Ok(on) => on,
+                Err(_) => {
+                    // Unknown: keep both leases and revoke neither, so the key is never
+                    // deleted by mistake; the next extend or the release settles it.
+                    if let Some(mut own) = self.own() {
+                        own.others.push((fresh, fresh_granted));
+                    }
+                    return moved.map(|_| None);
+                }
+            },
+        };
+        if on == Some(fresh) {
+            if let Some(mut own) = self.own() {
+                own.current = fresh;
+                own.granted = fresh_granted;
+            }
+            self.inner.retire_own_lease(old);
+            return Ok(Some(ttl.min(fresh_granted)));
+        }
+        self.inner.retire_own_lease(fresh);
+        match (on, moved) {
+            // Our key is still there but the move did not happen: say why.
+            (Some(_), Err(e)) => Err(e),
+            (Some(_), Ok(_)) => Err(LockError::Unavailable {
+                message: "moving the lock key to a longer lease did not take; extend again".into(),
+                source: None,
+            }),
+            (None, _) => Ok(None),
+        }
+    }
+}
+
+#[async_trait]
+impl LeaseOps for EtcdGrant {
+    async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
+        match &self.holding {
+            GrantHolding::Session { session, .. } => {
+                let sent = Instant::now();
+                let on = self.our_key().await?;
+                let valid = session.valid_until().map(|t| t.saturating_duration_since(sent));
+                Ok(valid.filter(|_| on == Some(session.id)))
+            }
+            GrantHolding::Own(_) => {
+                // In a task of its own, so a dropped `extend` cannot stop a lease move
+                // halfway; one at a time, so two moves never race over the same key.
+                let Some(me) = self.me.upgrade() else { return Ok(None) };
+                let task = async move {
+                    let _one_at_a_time = me.extending.lock().await;
+                    let granted = me.own().map_or(Duration::ZERO, |o| o.granted);
+                    if ttl <= granted {
+                        // A shorter ttl cannot shorten the lease on the server: the holder
+                        // believes `ttl` (safe), the key may outlive it by up to `granted`.
+                        me.extend_own(ttl).await
+                    } else {
+                        Arc::clone(&me).move_to_longer_lease(ttl).await
+                    }
+                };
+                match tokio::spawn(task).await {
+                    Ok(r) => r,
+                    Err(e) => Err(LockError::backend(crate::error::BACKEND, "the extend task failed", e)),
+                }
+            }
+        }
+    }
+
+    /// Session locks: the session's keep-alive stream renews their lease and its key check
+    /// confirms their keys, for all of them at once — nothing is sent per lock.
+    async fn renew(&self, ttl: Duration) -> Result<Option<Duration>> {
+        match &self.holding {
+            GrantHolding::Session { session, .. } => Ok(session
+                .valid_until()
+                .map(|t| t.saturating_duration_since(Instant::now()))),
+            GrantHolding::Own(_) => self.extend(ttl).await,
+        }
+    }
+
+    async fn release(&self) -> Result<bool> {
+        let c = self.inner.cluster.clone();
+        if let Some(id) = self.registration.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            self.inner.own_grants.unregister(id);
+        }
+        match &self.holding {
+            GrantHolding::Session { session, claim } => {
+                // Unclaimed only after the delete: while claimed, the session's key check
+                // never deletes the key under us (which would turn this release's answer
+                // into "not held"); if the delete is not confirmed, the check deletes the
+                // now unclaimed key at its next period.
+                let deleted = delete_key(&c, &self.key, self.rev).await;
+                session.unclaim(*claim);
+                if let (Ok(_), false, Some(slot)) = (&deleted, self.echoes, self.take_slot()) {
+                    slot.free();
+                }
+                deleted
+            }
+            GrantHolding::Own(_) => {
+                // One transaction decides the answer; the leases are revoked afterwards in
+                // the background (they carry nothing of ours any more, or — if the delete
+                // was not confirmed — revoking them deletes the key).
+                let deleted = delete_key(&c, &self.key, self.rev).await;
+                let leases: Vec<i64> = self
+                    .own()
+                    .map(|o| {
+                        std::iter::once(o.current)
+                            .chain(o.others.iter().map(|(l, _)| *l))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let (inner, slot, confirmed) = (
+                    Arc::clone(&self.inner),
+                    self.take_slot(),
+                    deleted.is_ok() && !self.echoes,
+                );
+                self.inner
+                    .cleanups
+                    .spawn("revoking a released lock's leases", async move {
+                        let mut all = true;
+                        for lease in leases {
+                            let c = inner.cluster.clone();
+                            if until_confirmed("revoke", || revoke(&c, lease)).await {
+                                inner.forget_own_lease(lease);
+                            } else {
+                                all = false;
+                            }
+                        }
+                        if let (true, Some(slot)) = (all || confirmed, slot) {
+                            slot.free();
+                        }
+                    });
+                deleted
+            }
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Joining a lock's queue: the lease our key rides on, the put of `DIR/INSTANCE.SLOT` and
+//! the owner read in one transaction, and what an abandoned queue entry leaves to clean up.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse};
+use fencelock_core::waiting::detached;
+use fencelock_core::{LockError, LockOptions, Result};
+use tokio::time::Instant;
+
+use crate::cleanup::{delete_key, delete_name, revoke, until_confirmed};
+use crate::error::BACKEND;
+use crate::lock::Inner;
+use crate::session::Session;
+use crate::slots::Slot;
+
+/// How a lock's key stays alive.
+#[derive(Debug, Clone)]
+pub(crate) enum Holding {
+    /// On the instance's shared session lease (auto-renewed locks), under a claim.
+    Session { session: Arc<Session>, claim: u64 },
+    /// On a lease of its own, with the TTL the lock asked for (locks without auto-renew).
+    Own {
+        lease: i64,
+        /// The TTL etcd granted (whole seconds, at least the lock's TTL).
+        granted: Duration,
+        /// When the grant request was sent: the lease lives at least `granted` from then.
+        sent: Instant,
+    },
+}
+
+impl Holding {
+    pub fn lease(&self) -> i64 {
+        match self {
+            Holding::Session { session, .. } => session.id,
+            Holding::Own { lease, .. } => *lease,
+        }
+    }
+}
+
+/// Our key in the queue. Dropping it while armed (an abandoned, cancelled or failed
+/// acquire) undoes it in the background: see [`Queued::abandon`].
+pub(crate) struct Queued {
+    pub inner: Arc<Inner>,
+    pub key: String,
+    /// The slot of `key`'s name; freed once the key is known to be gone for good.
+    pub slot: Option<Slot>,
+    pub dir: String,
+    /// Our key's create revision (the fencing token); 0 while the put is unconfirmed.
+    pub rev: i64,
+    pub holding: Holding,
+    /// Some try of the put went out without an answer: a copy may still land later, even
+    /// after our key was deleted. The name is then never reused.
+    pub echoes: bool,
+    pub owner: bool,
+    pub armed: bool,
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        if self.armed {
+            self.abandon();
+        }
+    }
+}
+
+impl Queued {
+    /// Undoes the queue entry in the background, until confirmed (bounded):
+    ///
+    /// * on an own lease: revoke the lease — it deletes the key if it landed, and a put
+    ///   still in flight fails after it ("lease not found"), so the outcome is certain;
+    /// * on the session: give up the claim (from now on the session's key check deletes
+    ///   the key whenever it sees it) and delete the key at once — guarded by its create
+    ///   revision when known, else by its name, which stays reserved.
+    fn abandon(&mut self) {
+        let (inner, key, rev, slot, echoes) = (
+            Arc::clone(&self.inner),
+            self.key.clone(),
+            self.rev,
+            self.slot.take(),
+            self.echoes,
+        );
+        let c = inner.cluster.clone();
+        match self.holding.clone() {
+            Holding::Own { lease, .. } => {
+                let inner2 = Arc::clone(&inner);
+                inner
+                    .cleanups
+                    .spawn("revoking an abandoned queue entry's lease", async move {
+                        if until_confirmed("revoke", || revoke(&c, lease)).await {
+                            inner2.forget_own_lease(lease);
+                            if let Some(slot) = slot {
+                                slot.free();
+                            }
+                        }
+                    });
+            }
+            Holding::Session { session, claim } => {
+                session.unclaim(claim);
+                inner.cleanups.spawn("deleting an abandoned queue key", async move {
+                    if rev > 0 {
+                        let gone =
+                            until_confirmed("delete", || async { delete_key(&c, &key, rev).await.map(|_| ()) }).await;
+                        if let (true, false, Some(slot)) = (gone, echoes, slot) {
+                            slot.free();
+                        }
+                    } else {
+                        until_confirmed("delete by name", || delete_name(&c, &key)).await;
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// The lease for a new queue entry: the session's, or a new own lease of the lock's TTL.
+async fn holding(inner: &Arc<Inner>, opts: &LockOptions) -> Result<Holding> {
+    if opts.auto_renew() {
+        let session = inner.session().await?;
+        return Ok(Holding::Session { session, claim: 0 });
+    }
+    let secs = opts.ttl().as_secs_f64().ceil().max(1.0) as i64;
+    let sent = Instant::now();
+    let r = inner
+        .cluster
+        .call(
+            "granting a lease",
+            |mut cl| async move { cl.lease_grant(secs, None).await },
+        )
+        .await?;
+    inner.leases_granted.fetch_add(1, Ordering::Relaxed);
+    inner.remember_own_lease(r.id());
+    Ok(Holding::Own {
+        lease: r.id(),
+        granted: Duration::from_secs(r.ttl().max(1) as u64),
+        sent,
+    })
+}
+
+/// Puts our key with the lease and reads the current owner, in one transaction. Runs in
+/// its own task: if the caller is gone when it completes, the `Queued` is dropped there,
+/// which undoes the entry.
+pub(crate) async fn enqueue(inner: Arc<Inner>, key: &str, opts: &LockOptions) -> Result<Queued> {
+    let (key, opts) = (key.to_owned(), *opts);
+    detached(BACKEND, async move {
+        let mut holding = holding(&inner, &opts).await?;
+        let dir = inner.cluster.cfg.lock_dir(&key);
+        let slot = inner.slots.take(&dir);
+        let my_key = format!("{dir}{:016x}.{:08x}", inner.instance, slot.n);
+        if let Holding::Session { session, claim } = &mut holding {
+            *claim = session.claim(&my_key);
+        }
+        let mut queued = Queued {
+            inner: Arc::clone(&inner),
+            key: my_key.clone(),
+            slot: Some(slot),
+            dir: dir.clone(),
+            rev: 0,
+            holding: holding.clone(),
+            echoes: false,
+            owner: false,
+            armed: true,
+        };
+        let owner_get = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Create, SortOrder::Ascend)
+            .with_limit(1);
+        let txn = Txn::new()
+            .when([Compare::create_revision(my_key.clone(), CompareOp::Equal, 0)])
+            .and_then([
+                TxnOp::put(my_key.clone(), "", Some(PutOptions::new().with_lease(holding.lease()))),
+                TxnOp::get(dir.clone(), Some(owner_get.clone())),
+            ])
+            .or_else([
+                TxnOp::get(my_key.clone(), None),
+                TxnOp::get(dir.clone(), Some(owner_get)),
+            ]);
+        let (resp, echoes) = inner
+            .cluster
+            .call_counting_echoes("queueing for the lock", |mut cl| {
+                let txn = txn.clone();
+                async move { cl.txn(txn).await }
+            })
+            .await;
+        queued.echoes = echoes;
+        let resp = resp?;
+        let mut owner_rev = 0;
+        for op in resp.op_responses() {
+            match op {
+                TxnOpResponse::Get(g)
+                    if g.kvs().first().is_some_and(|kv| kv.key() == my_key.as_bytes()) && !resp.succeeded() =>
+                {
+                    queued.rev = g.kvs()[0].create_revision();
+                }
+                TxnOpResponse::Get(g) => owner_rev = g.kvs().first().map_or(0, |kv| kv.create_revision()),
+                _ => {}
+            }
+        }
+        if resp.succeeded() {
+            queued.rev = resp.header().map_or(0, |h| h.revision());
+        }
+        if queued.rev == 0 {
+            return Err(LockError::Backend {
+                backend: BACKEND,
+                message: "queue key vanished at once".into(),
+                source: None,
+                temporary: true,
+            });
+        }
+        queued.owner = owner_rev == queued.rev;
+        Ok(queued)
+    })
+    .await
+}

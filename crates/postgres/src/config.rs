@@ -1,0 +1,226 @@
+//! `postgres://` URLs: the standard libpq URL form, read by tokio-postgres, plus the
+//! backend's own options, which are taken out of the query before tokio-postgres sees it.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use fencelock_core::options::duration_text::parse_duration;
+use fencelock_core::options::url_query;
+use fencelock_core::{LockError, Result};
+use tokio_postgres::config::SslMode;
+
+/// The schema the backend's tables live in unless the URL names another.
+pub const DEFAULT_SCHEMA: &str = "fencelock";
+
+/// The backend's options, from the URL's query or set in code.
+///
+/// Everything else in the URL — user, password, host(s), port, database, and libpq
+/// parameters such as `sslmode`, `application_name`, `options`, `keepalives` — is the
+/// standard libpq URL form, parsed by tokio-postgres.
+///
+/// | query key | default | meaning |
+/// |---|---|---|
+/// | `schema` | `fencelock` | the schema of the backend's tables (`locks`, `tokens`, `waiters`, `fences`); an SQL identifier of lowercase letters, digits and `_`, at most 40 bytes, created on first use |
+/// | `timeout` | `1s` | the longest wait for one statement's answer; a slower server is "unavailable", and the connection is dropped (its leases are reported lost) |
+/// | `connect_timeout` | `1s` | the longest wait for a connection (a plain number is seconds, as in libpq) |
+/// | `poll` | `500ms` | the fallback re-check of a waiter, jittered to 50–100 %, in case a release notification is lost (never longer than the holder's remaining TTL) |
+/// | `renew_window` | `50ms` | how long a background renewal may wait to share one statement with others (capped at a tenth of its TTL) |
+///
+/// `sslmode=disable` and `prefer` (the libpq default) connect without TLS;
+/// `require` and the `verify-*` modes are refused with [`LockError::InvalidConfig`],
+/// because this build has no TLS connector.
+#[derive(Debug, Clone)]
+pub struct PgConfig {
+    /// What tokio-postgres connects with.
+    pub(crate) pg: tokio_postgres::Config,
+    /// The URL without the password, for messages.
+    pub(crate) display: String,
+    /// The schema of the tables.
+    pub schema: String,
+    /// Statement timeout.
+    pub timeout: Duration,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Fallback poll interval for waiters.
+    pub poll: Duration,
+    /// How long a background renewal may wait for others to share its statement with.
+    pub renew_window: Duration,
+}
+
+impl PgConfig {
+    /// Parses `postgres://[USER[:PASSWORD]@]HOST[:PORT][/DB][?libpq params&schema=S&timeout=D&connect_timeout=D&poll=D&renew_window=D]`
+    /// (or `postgresql://…`).
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidConfig`] for another scheme, a bad option or duration, a schema
+    /// that is not a plain identifier, a URL tokio-postgres cannot read, or an `sslmode`
+    /// that needs TLS. The message never contains the password.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let display = redact(url);
+        let bad = |why: String| LockError::invalid_config(format!("`{display}`: {why}"));
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(bad("a PostgreSQL URL starts with postgres:// or postgresql://".into()));
+        }
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut cfg = PgConfig {
+            pg: tokio_postgres::Config::new(),
+            display: redact(base),
+            schema: DEFAULT_SCHEMA.into(),
+            timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            poll: Duration::from_millis(500),
+            renew_window: Duration::from_millis(50),
+        };
+        let mut passed: Vec<String> = Vec::new();
+        for (k, v) in url_query::pairs(query) {
+            let duration = || parse_duration(v).map_err(|e| bad(format!("{k}: {e}")));
+            match k {
+                "schema" => cfg.schema = v.to_owned(),
+                "timeout" => cfg.timeout = duration()?,
+                "connect_timeout" if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+                    let secs: u64 = v.parse().map_err(|_| bad(format!("connect_timeout `{v}` too large")))?;
+                    cfg.connect_timeout = Duration::from_secs(secs);
+                }
+                "connect_timeout" => cfg.connect_timeout = duration()?,
+                "poll" => cfg.poll = duration()?,
+                "renew_window" => cfg.renew_window = duration()?,
+                _ => passed.push(if v.is_empty() { k.to_owned() } else { format!("{k}={v}") }),
+            }
+        }
+        check_identifier(&cfg.schema).map_err(|why| bad(format!("schema: {why}")))?;
+        url_query::check_timeouts(&[
+            ("timeout", cfg.timeout),
+            ("connect_timeout", cfg.connect_timeout),
+            ("poll", cfg.poll),
+        ])
+        .map_err(bad)?;
+        if cfg.renew_window > Duration::from_secs(10) {
+            return Err(bad(format!(
+                "renew_window must be at most 10s, got {:?}",
+                cfg.renew_window
+            )));
+        }
+        let libpq = if passed.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", passed.join("&"))
+        };
+        let mut pg = tokio_postgres::Config::from_str(&libpq).map_err(|e| LockError::InvalidConfig {
+            message: format!(
+                "`{display}` is not a PostgreSQL URL tokio-postgres can read (the backend's own options are schema, timeout, connect_timeout, poll, renew_window; sslmode takes disable or prefer)"
+            ),
+            source: Some(Box::new(e)),
+        })?;
+        if pg.get_hosts().is_empty() {
+            return Err(bad("no host: write postgres://USER@HOST:PORT/DB".into()));
+        }
+        if pg.get_ssl_mode() == SslMode::Require {
+            return Err(bad(
+                "sslmode=require needs TLS, which this build of fencelock-postgres does not have: use sslmode=disable (or prefer) on a trusted network, or a TLS-terminating proxy".into(),
+            ));
+        }
+        if pg.get_application_name().is_none() {
+            pg.application_name("fencelock");
+        }
+        pg.connect_timeout(cfg.connect_timeout);
+        cfg.pg = pg;
+        Ok(cfg)
+    }
+
+    /// The server, for messages (no password).
+    pub fn server(&self) -> &str {
+        &self.display
+    }
+
+    /// The notification channel of releases: `<schema>_released`.
+    pub(crate) fn channel(&self) -> String {
+        format!("{}_released", self.schema)
+    }
+}
+
+/// Checks a schema name: `[a-z_][a-z0-9_]*`, 1 to 40 bytes, so that it needs no quoting
+/// and `<schema>_released` stays within PostgreSQL's 63-byte identifiers.
+pub(crate) fn check_identifier(name: &str) -> std::result::Result<(), String> {
+    let ok_first = name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_');
+    let ok_rest = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if name.is_empty() || name.len() > 40 || !ok_first || !ok_rest {
+        return Err(format!(
+            "`{name}` is not a plain identifier: use 1 to 40 lowercase letters, digits and `_`, not starting with a digit"
+        ));
+    }
+    Ok(())
+}
+
+/// The URL with any password replaced by `***`.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let mut out = match rest[..authority_end].rsplit_once('@') {
+        Some((creds, host)) => match creds.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{}", &rest[authority_end..]),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    };
+    // A password can also come as a query parameter.
+    if let Some(start) = out.find("password=") {
+        let end = out[start..].find('&').map_or(out.len(), |e| start + e);
+        out.replace_range(start..end, "password=***");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_options_and_hides_passwords() {
+        let c = PgConfig::from_url(
+            "postgres://app:s3cret@127.0.0.1:5433/db?sslmode=disable&schema=locks_a&timeout=250ms&poll=1s&connect_timeout=3",
+        )
+        .unwrap();
+        assert_eq!(c.server(), "postgres://app:***@127.0.0.1:5433/db");
+        assert_eq!(c.schema, "locks_a");
+        assert_eq!(c.timeout, Duration::from_millis(250));
+        assert_eq!(c.poll, Duration::from_secs(1));
+        assert_eq!(c.connect_timeout, Duration::from_secs(3));
+        assert_eq!(c.pg.get_user(), Some("app"));
+        assert_eq!(c.pg.get_dbname(), Some("db"));
+        assert_eq!(c.pg.get_ports(), [5433]);
+        assert_eq!(c.pg.get_ssl_mode(), SslMode::Disable);
+        assert_eq!(c.pg.get_application_name(), Some("fencelock"));
+        assert_eq!(c.channel(), "locks_a_released");
+        let c = PgConfig::from_url("postgresql://u@h/d?application_name=mine").unwrap();
+        assert_eq!(c.pg.get_application_name(), Some("mine"));
+        assert_eq!(c.schema, DEFAULT_SCHEMA);
+    }
+
+    #[test]
+    fn rejects_bad_urls_clearly() {
+        for (url, says) in [
+            ("redis://h:1", "postgres://"),
+            ("postgres://u:pw@h/d?schema=Bad", "schema"),
+            ("postgres://u:pw@h/d?schema=a;drop", "schema"),
+            ("postgres://u:pw@h/d?schema=1a", "schema"),
+            ("postgres://u:pw@h/d?timeout=0s", "between 1ms"),
+            ("postgres://u:pw@h/d?poll=x", "poll"),
+            ("postgres://u:pw@h/d?sslmode=require", "sslmode=require needs TLS"),
+            ("postgres://u:pw@h/d?sslmode=verify-full", "tokio-postgres can read"),
+            ("postgres://u:pw@h/d?nosuch=1", "tokio-postgres can read"),
+            (
+                "postgres://u:pw@h/d?renew_window=1m",
+                "renew_window must be at most 10s",
+            ),
+        ] {
+            let e = PgConfig::from_url(url).unwrap_err().to_string();
+            assert!(e.contains(says), "{url}: {e}");
+            assert!(!e.contains("pw@"), "password leaked: {e}");
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! Mapping tokio-postgres errors into `LockError`, in one place.
+
+use fencelock_core::LockError;
+use tokio_postgres::error::SqlState;
+
+pub(crate) const BACKEND: &str = "postgres";
+
+/// The backend's own error: what it was doing when the client failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{doing} on {server}")]
+pub(crate) struct PgFailure {
+    pub doing: &'static str,
+    pub server: String,
+    #[source]
+    pub source: tokio_postgres::Error,
+}
+
+/// SQLSTATE classes that mean "the server cannot serve us now": 08 connection exception,
+/// 57 operator intervention (admin shutdown, `pg_terminate_backend`, crash shutdown,
+/// cannot connect now), 53 insufficient resources (too many connections).
+fn unreachable_state(code: &SqlState) -> bool {
+    let c = code.code();
+    c.starts_with("08") || c.starts_with("57") || c.starts_with("53")
+}
+
+/// SQLSTATE classes that mean "retrying will not help": 28 invalid authorization, 3D
+/// invalid catalog name (no such database), 42 syntax error or access rule violation
+/// (no privilege to create the tables), 25006 read-only transaction (a standby).
+fn config_state(code: &SqlState) -> bool {
+    let c = code.code();
+    c.starts_with("28") || c.starts_with("3D") || c.starts_with("42") || c == "25006"
+}
+
+impl From<PgFailure> for LockError {
+    fn from(f: PgFailure) -> Self {
+        let e = &f.source;
+        if let Some(code) = e.code() {
+            if config_state(code) {
+                return LockError::InvalidConfig {
+                    message: format!(
+                        "postgres refused: {} on {} (SQLSTATE {}): check the user, password, database and its privileges",
+                        f.doing,
+                        f.server,
+                        code.code()
+                    ),
+                    source: Some(Box::new(f)),
+                };
+            }
+            if !unreachable_state(code) {
+                // 40 transaction rollback (serialization failure, deadlock) and 55 object
+                // not in prerequisite state (lock not available) can pass; the rest
+                // (constraint, data, internal errors) will not.
+                let temporary = code.code().starts_with("40") || code.code().starts_with("55");
+                return LockError::Backend {
+                    backend: BACKEND,
+                    message: format!("{} failed (SQLSTATE {})", f.doing, code.code()),
+                    source: Some(Box::new(f)),
+                    temporary,
+                };
+            }
+        }
+        // No SQLSTATE: an I/O error, a closed connection, a protocol error — all mean the
+        // server could not be talked to.
+        LockError::Unavailable {
+            message: format!("postgres unreachable: {} on {}", f.doing, f.server),
+            source: Some(Box::new(f)),
+        }
+    }
+}
+
+/// Wraps a client error with what we were doing.
+pub(crate) fn failed(doing: &'static str, server: &str, source: tokio_postgres::Error) -> LockError {
+    PgFailure {
+        doing,
+        server: server.to_owned(),
+        source,
+    }
+    .into()
+}
+
+/// No answer within the statement timeout.
+pub(crate) fn no_answer(doing: &str, server: &str, timeout: std::time::Duration) -> LockError {
+    LockError::Unavailable {
+        message: format!("postgres unreachable: no answer to {doing} within {timeout:?} from {server}"),
+        source: None,
+    }
+}

@@ -1,0 +1,57 @@
+//! One grant on the server: extend and release act on our row only (key and grant id);
+//! background renewals are batched with the instance's others.
+
+use std::sync::{Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fencelock_core::{LeaseOps, Result};
+
+use crate::node::PgNode;
+use crate::session::Session;
+
+pub(crate) struct PgGrant {
+    pub node: PgNode,
+    pub key: String,
+    pub grant: String,
+    /// The session that granted it and the lease's id there, once tracked.
+    pub tracked: Mutex<Option<(Weak<Session>, u64)>>,
+}
+
+impl PgGrant {
+    /// The validity after an extend (counted from its send instant by the lease); a
+    /// grant the server no longer holds is forgotten by the session too.
+    fn answer(&self, held: bool, ttl: Duration) -> Option<Duration> {
+        if !held {
+            self.untrack();
+        }
+        held.then_some(ttl)
+    }
+
+    fn untrack(&self) {
+        let tracked = self.tracked.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((session, id)) = tracked {
+            if let Some(s) = session.upgrade() {
+                s.untrack(id);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl LeaseOps for PgGrant {
+    async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
+        let held = self.node.extend(&self.key, &self.grant, ttl).await?;
+        Ok(self.answer(held, ttl))
+    }
+
+    async fn renew(&self, ttl: Duration) -> Result<Option<Duration>> {
+        let held = self.node.renew(&self.key, &self.grant, ttl).await?;
+        Ok(self.answer(held, ttl))
+    }
+
+    async fn release(&self) -> Result<bool> {
+        self.untrack();
+        self.node.release(&self.key, &self.grant).await
+    }
+}

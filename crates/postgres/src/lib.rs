@@ -1,0 +1,63 @@
+//! # fencelock-postgres
+//!
+//! The PostgreSQL backend of fencelock (`postgres://` / `postgresql://`, the standard
+//! libpq URL form): a lease table with the expiry on the server's clock, a per-key token
+//! counter that is never deleted, and a fence that runs inside the user's own transaction.
+//!
+//! * **Acquire** is one statement, one round trip: an upsert takes the key's row when it
+//!   is free or expired (by `statement_timestamp()`), and only then bumps the key's
+//!   counter in the same statement, returning the token — or, when busy, the holder's
+//!   remaining TTL by the server's clock.
+//! * **Release** and **extend** are one statement each and act only on our grant id;
+//!   release also notifies the waiter that queued first for the key (`LISTEN/NOTIFY`), so
+//!   a release wakes one waiter, not all of them, and the key goes to waiters in FIFO
+//!   order.
+//! * **Auto-renewals** of all leases of an instance share one statement per window.
+//! * **Loss**: the leases granted through a connection are reported lost the moment it
+//!   ends (server down, backend terminated, a statement unanswered within `timeout`),
+//!   long before their TTL runs out on the server.
+//! * [`TransactionFence`] records a fence and refuses a stale one atomically with the
+//!   user's write, in the user's `tokio_postgres::Transaction`.
+//!
+//! The tables (`locks`, `tokens`, `waiters`, `fences` in the schema named by the URL's
+//! `schema` option, default `fencelock`) are created on first use, idempotently and safely
+//! from many clients at once; docs/backends/postgres.md gives the SQL for teams that
+//! manage schemas themselves.
+//!
+//! ## When to choose it
+//!
+//! When PostgreSQL is already there and the protected data lives in it: the lock is
+//! strict on one primary with `fsync` and `synchronous_commit` on (see
+//! [`GUARANTEES_DURABLE`]; read at connect time, else [`GUARANTEES`]), and the fence can
+//! be checked in the same transaction as the write. A failover to an asynchronously
+//! replicated standby can lose the last grants: then exclusion is conditional.
+//!
+//! TLS: this build has no TLS connector; `sslmode=require` is refused with a clear
+//! error, `disable` and `prefer` connect in plain text.
+//!
+//! ```no_run
+//! # async fn demo() -> fencelock_core::Result<()> {
+//! use fencelock_core::{DistributedLock, LockOptions};
+//! let locks = fencelock_postgres::PgLock::connect("postgres://app@127.0.0.1/app?timeout=500ms").await?;
+//! let lease = locks.acquire("nightly", &LockOptions::new()).await?;
+//! lease.release().await?;
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod error;
+mod fence;
+mod grant;
+mod lock;
+mod node;
+mod renewals;
+mod session;
+mod sql;
+mod waiters;
+
+pub use config::{PgConfig, DEFAULT_SCHEMA};
+pub use fence::TransactionFence;
+pub use lock::{PgLock, GUARANTEES, GUARANTEES_DURABLE};
+/// The client crate, re-exported so that callers of [`TransactionFence`] use the same
+/// version of `tokio_postgres::Transaction`.
+pub use tokio_postgres;

@@ -1,0 +1,120 @@
+//! [`Session`]: one server connection, its prepared statements, and the leases granted
+//! through it.
+//!
+//! A lease belongs to the session that granted it, as a ZooKeeper node belongs to its
+//! session: when the connection ends (the server died or restarted, the backend was
+//! terminated, a statement got no answer within the timeout and the connection was cut),
+//! every live lease of the session is reported lost at once — long before its TTL could
+//! have run out on the server. Its row stays until it expires on the server (never before
+//! the validity the holder was given ends), so no one else is granted the key while the
+//! old holder could still believe in it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use fencelock_core::{LeaseReporter, LostReason};
+use tokio::task::AbortHandle;
+use tokio_postgres::{Client, Statement};
+
+/// The prepared statements of one connection (prepared once, so each later call is one
+/// round trip: Bind + Execute, no Parse).
+pub(crate) struct Statements {
+    pub acquire: Statement,
+    pub acquire_queued: Statement,
+    pub release: Statement,
+    pub extend: Statement,
+    pub renew_many: Statement,
+    pub enqueue: Statement,
+    pub dequeue: Statement,
+    pub abandon_mark: Statement,
+    pub abandon_expire: Statement,
+}
+
+struct Tracked {
+    reporter: LeaseReporter,
+    key: String,
+    grant: String,
+}
+
+/// One live connection.
+pub(crate) struct Session {
+    pub client: Client,
+    pub st: Statements,
+    /// The server process serving this connection (`pg_backend_pid()`).
+    pub backend_pid: i32,
+    alive: AtomicBool,
+    driver: AbortHandle,
+    next_id: AtomicU64,
+    leases: Mutex<HashMap<u64, Tracked>>,
+}
+
+impl Session {
+    pub(crate) fn new(client: Client, st: Statements, backend_pid: i32, driver: AbortHandle) -> Self {
+        Session {
+            client,
+            st,
+            backend_pid,
+            alive: AtomicBool::new(true),
+            driver,
+            next_id: AtomicU64::new(0),
+            leases: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Tracked>> {
+        self.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `true` until the connection ended.
+    pub(crate) fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst) && !self.client.is_closed()
+    }
+
+    /// Ties a lease to this session. Returns its id, or `None` when the session had
+    /// already ended (the lease is then reported lost here and must be released).
+    pub(crate) fn track(&self, reporter: LeaseReporter, key: &str, grant: &str) -> Option<u64> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.leases().insert(
+            id,
+            Tracked {
+                reporter: reporter.clone(),
+                key: key.to_owned(),
+                grant: grant.to_owned(),
+            },
+        );
+        if self.is_alive() {
+            return Some(id);
+        }
+        self.leases().remove(&id);
+        reporter.lost(LostReason::Backend("the connection that granted it ended".into()));
+        None
+    }
+
+    /// Forgets a released lease.
+    pub(crate) fn untrack(&self, id: u64) {
+        self.leases().remove(&id);
+    }
+
+    /// Ends the session (idempotent): cuts the connection, reports every live lease lost
+    /// for `why`, and returns their `(key, grant)` to release elsewhere.
+    pub(crate) fn end(&self, why: &str) -> Vec<(String, String)> {
+        if !self.alive.swap(false, Ordering::SeqCst) {
+            return Vec::new();
+        }
+        self.driver.abort();
+        let tracked: Vec<Tracked> = self.leases().drain().map(|(_, t)| t).collect();
+        let reason = LostReason::Backend(format!("the connection to postgres ended: {why}"));
+        tracked
+            .into_iter()
+            .filter(|t| t.reporter.lost(reason.clone()))
+            .map(|t| (t.key, t.grant))
+            .collect()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}

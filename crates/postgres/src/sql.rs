@@ -1,0 +1,247 @@
+//! The SQL of the backend, with the schema spliced in (a validated plain identifier).
+//!
+//! Every statement that decides something is one statement, run in its own implicit
+//! transaction, and reads the server's clock once: `statement_timestamp()`, the instant
+//! the server received the statement. Using that one reading both to judge expiry and to
+//! set it keeps a statement consistent with itself; it is never later than the moment the
+//! statement acts, so an expiry check can only find a lease still valid a little longer
+//! (never free too early), and a new expiry starts after the client sent the request, so
+//! the server keeps a grant at least as long as the client believes in it.
+
+/// Guards the schema creation across concurrent first users: `CREATE … IF NOT EXISTS`
+/// alone can fail with a unique violation when two sessions create the same table at
+/// once, so the DDL runs in one transaction holding this advisory lock.
+pub(crate) const DDL_LOCK: i64 = 0x6665_6e63_656c_6b00; // "fencelk\0"
+
+/// The tables [`create`] makes.
+pub(crate) const TABLES: [&str; 5] = ["locks", "tokens", "waiters", "abandoned", "fences"];
+
+/// The tables, created idempotently in one transaction (one round trip, simple protocol).
+pub(crate) fn create(schema: &str) -> String {
+    format!(
+        "BEGIN;
+SELECT pg_advisory_xact_lock({DDL_LOCK});
+CREATE SCHEMA IF NOT EXISTS {schema};
+CREATE TABLE IF NOT EXISTS {schema}.locks (
+    key text PRIMARY KEY,
+    grant_id text NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {schema}.tokens (
+    key text PRIMARY KEY,
+    token bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {schema}.waiters (
+    ticket bigserial PRIMARY KEY,
+    key text NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS waiters_by_key ON {schema}.waiters (key, ticket);
+CREATE TABLE IF NOT EXISTS {schema}.abandoned (
+    grant_id text PRIMARY KEY,
+    at timestamptz NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {schema}.fences (
+    resource text PRIMARY KEY,
+    token bigint NOT NULL,
+    grant_id text NOT NULL
+);
+COMMIT;"
+    )
+}
+
+/// Acquire: `$1` key, `$2` grant id, `$3` TTL in ms; when `queued`, also `$4` our waiter
+/// ticket and `$5` how long it lives from now when we are refused (ms).
+/// A grant id the client has abandoned (see [`abandon_mark`]) is never granted, and a
+/// free key goes to the oldest live ticket first: a client without a ticket, or with a
+/// younger one, is refused while an older ticket of the key lives (FIFO hand-off; a
+/// ticket lives as long as its waiter keeps attempting, see [`enqueue`]).
+/// Takes the row when it is free or expired (the upsert's `WHERE` is evaluated on the
+/// latest row version, under its row lock), bumps the key's counter only when it took it,
+/// and drops our waiter ticket only then. Returns the token (NULL when busy) and the
+/// holder's remaining ms by the server's clock (NULL when unknown).
+pub(crate) fn acquire(schema: &str, queued: bool) -> String {
+    // The holder's remaining TTL is computed only when refused: measured in a server-side
+    // loop (3,000 acquire + release cycles), computing it on every grant cost about 50 µs
+    // a cycle, a sixth of the whole cycle.
+    //
+    // Without a ticket (the uncontended path) the statement leaves the waiter queue
+    // alone: no DELETE/UPDATE nodes to set up (the bench did not show the saving above
+    // its noise; see docs/backends/postgres.md, "Measured").
+    let (older, queue_ctes) = if queued {
+        (
+            "AND w.ticket < $4::bigint",
+            format!(
+                ", dequeued AS (
+    DELETE FROM {schema}.waiters WHERE ticket = $4::bigint AND EXISTS (SELECT 1 FROM taken)
+), kept AS (
+    UPDATE {schema}.waiters SET expires_at = statement_timestamp() + $5::bigint * interval '1 millisecond'
+    WHERE ticket = $4::bigint AND NOT EXISTS (SELECT 1 FROM taken)
+)"
+            ),
+        )
+    } else {
+        ("", String::new())
+    };
+    format!(
+        "WITH taken AS (
+    INSERT INTO {schema}.locks AS l (key, grant_id, expires_at)
+    SELECT $1::text, $2::text, statement_timestamp() + $3::bigint * interval '1 millisecond'
+    WHERE NOT EXISTS (SELECT 1 FROM {schema}.abandoned a WHERE a.grant_id = $2::text)
+      AND NOT EXISTS (
+        SELECT 1 FROM {schema}.waiters w
+        WHERE w.key = $1::text AND w.expires_at > statement_timestamp() {older})
+    ON CONFLICT (key) DO UPDATE SET grant_id = excluded.grant_id, expires_at = excluded.expires_at
+        WHERE l.expires_at <= statement_timestamp() AND l.grant_id <> excluded.grant_id
+    RETURNING l.key
+), bumped AS (
+    INSERT INTO {schema}.tokens AS t (key, token) SELECT key, 1 FROM taken
+    ON CONFLICT (key) DO UPDATE SET token = t.token + 1
+    RETURNING t.token
+){queue_ctes}
+SELECT tk.token,
+       CASE WHEN tk.token IS NULL THEN
+           (SELECT ceil(extract(epoch FROM h.expires_at - statement_timestamp()) * 1000)::bigint
+              FROM {schema}.locks h WHERE h.key = $1)
+       END AS holder_ms
+FROM (SELECT (SELECT token FROM bumped) AS token) tk"
+    )
+}
+
+/// Release: `$1` key, `$2` grant id. Deletes our row only, and then — only when someone
+/// waits — notifies the release channel naming the oldest live waiter ticket of the key:
+/// `TICKET:KEY`. Returns how many rows were deleted (1 when ours was) and how many
+/// notifications were sent.
+///
+/// Without waiters there is no `NOTIFY`: it would serialise the commit on the server's
+/// notification queue and wake every listener for nothing. A waiter that has not taken
+/// its ticket yet re-checks right after taking it, so it misses nothing.
+pub(crate) fn release(schema: &str, channel: &str) -> String {
+    format!(
+        "WITH gone AS (
+    DELETE FROM {schema}.locks WHERE key = $1 AND grant_id = $2 RETURNING key
+), next AS (
+    SELECT min(ticket) AS ticket FROM {schema}.waiters
+    WHERE key = $1 AND expires_at > statement_timestamp()
+), notified AS (
+    SELECT pg_notify('{channel}', next.ticket::text || ':' || gone.key) FROM gone, next
+    WHERE next.ticket IS NOT NULL
+)
+SELECT (SELECT count(*) FROM gone) AS released, (SELECT count(*) FROM notified) AS notified"
+    )
+}
+
+/// Extend: `$1` key, `$2` grant id, `$3` TTL in ms. Only our row, only while unexpired.
+pub(crate) fn extend(schema: &str) -> String {
+    format!(
+        "UPDATE {schema}.locks SET expires_at = statement_timestamp() + $3::bigint * interval '1 millisecond'
+WHERE key = $1 AND grant_id = $2 AND expires_at > statement_timestamp()"
+    )
+}
+
+/// Batched renewal: `$1` keys, `$2` grant ids, `$3` TTLs in ms (arrays of one length).
+/// Returns the grant ids it renewed.
+pub(crate) fn renew_many(schema: &str) -> String {
+    format!(
+        "UPDATE {schema}.locks l
+SET expires_at = statement_timestamp() + b.ttl_ms * interval '1 millisecond'
+FROM unnest($1::text[], $2::text[], $3::bigint[]) AS b(key, grant_id, ttl_ms)
+WHERE l.key = b.key AND l.grant_id = b.grant_id AND l.expires_at > statement_timestamp()
+RETURNING l.grant_id"
+    )
+}
+
+/// Joins the key's waiter queue: `$1` key, `$2` how long the ticket lives in ms. Every
+/// refused attempt of the waiter renews it for as long again, so a waiter that crashed
+/// or stopped waiting blocks the queue for at most that long. Also sweeps the key's
+/// tickets that expired a minute ago. Returns the ticket.
+pub(crate) fn enqueue(schema: &str) -> String {
+    format!(
+        "WITH swept AS (
+    DELETE FROM {schema}.waiters WHERE key = $1 AND expires_at < statement_timestamp() - interval '1 minute'
+)
+INSERT INTO {schema}.waiters (key, expires_at)
+VALUES ($1, statement_timestamp() + $2::bigint * interval '1 millisecond')
+RETURNING ticket"
+    )
+}
+
+/// Leaves the queue: `$1` ticket.
+pub(crate) fn dequeue(schema: &str) -> String {
+    format!("DELETE FROM {schema}.waiters WHERE ticket = $1")
+}
+
+/// The fence check inside the user's transaction: `$1` resource, `$2` token, `$3` grant
+/// id. Records the fence when it is higher than the resource's, or equal from the same
+/// grant, and refuses it otherwise — atomically, holding the fence row's lock until the
+/// user's transaction ends, so a concurrent writer of the same resource waits and then
+/// sees this fence. Returns whether it was admitted and the fence it replaced.
+pub(crate) fn fence(schema: &str) -> String {
+    format!(
+        "WITH prior AS (
+    SELECT token, grant_id FROM {schema}.fences WHERE resource = $1
+), admitted AS (
+    INSERT INTO {schema}.fences AS f (resource, token, grant_id) VALUES ($1, $2, $3)
+    ON CONFLICT (resource) DO UPDATE SET token = excluded.token, grant_id = excluded.grant_id
+        WHERE f.token < excluded.token OR (f.token = excluded.token AND f.grant_id = excluded.grant_id)
+    RETURNING f.token
+)
+SELECT (SELECT count(*) FROM admitted) AS admitted,
+       (SELECT token FROM prior) AS prior_token,
+       (SELECT grant_id FROM prior) AS prior_grant"
+    )
+}
+
+/// The fence recorded for `$1` resource.
+pub(crate) fn fence_current(schema: &str) -> String {
+    format!("SELECT token, grant_id FROM {schema}.fences WHERE resource = $1")
+}
+
+/// The fence table alone, for the user's database when it is not the lock database.
+pub(crate) fn create_fences(schema: &str) -> String {
+    format!(
+        "BEGIN;
+SELECT pg_advisory_xact_lock({DDL_LOCK});
+CREATE SCHEMA IF NOT EXISTS {schema};
+CREATE TABLE IF NOT EXISTS {schema}.fences (
+    resource text PRIMARY KEY,
+    token bigint NOT NULL,
+    grant_id text NOT NULL
+);
+COMMIT;"
+    )
+}
+
+/// Abandoning a grant whose outcome is unknown (its answer was lost, its caller dropped
+/// the acquire): three statements, run in order, each after the previous committed, so
+/// that the acquire — which may still reach the server later, e.g. held by a partition —
+/// can never leave a grant behind:
+///
+/// 1. record the grant id as abandoned: every acquire whose snapshot is taken after this
+///    commits refuses that grant id;
+/// 2. expire the key's row if it is ours, or put an expired placeholder with our grant id
+///    in its place when the row is missing or expired: this upsert waits for an acquire
+///    of the key still in flight and then sees its row, and an acquire that reaches the
+///    key after it finds our own grant id there and refuses (`grant_id <> excluded…`);
+/// 3. release (delete our row or placeholder, notify the next waiter).
+///
+/// Step 1 also sweeps abandoned ids older than the longest TTL (a day): no acquire sent
+/// that long ago can still arrive and matter.
+pub(crate) fn abandon_mark(schema: &str) -> String {
+    format!(
+        "WITH swept AS (
+    DELETE FROM {schema}.abandoned WHERE at < statement_timestamp() - interval '1 day 1 minute'
+)
+INSERT INTO {schema}.abandoned (grant_id, at) VALUES ($1, statement_timestamp())
+ON CONFLICT (grant_id) DO NOTHING"
+    )
+}
+
+/// Step 2 of abandoning: `$1` key, `$2` grant id.
+pub(crate) fn abandon_expire(schema: &str) -> String {
+    format!(
+        "INSERT INTO {schema}.locks AS l (key, grant_id, expires_at) VALUES ($1, $2, 'epoch')
+ON CONFLICT (key) DO UPDATE SET grant_id = excluded.grant_id, expires_at = excluded.expires_at
+    WHERE l.grant_id = excluded.grant_id OR l.expires_at <= statement_timestamp()"
+    )
+}

@@ -1,0 +1,100 @@
+//! Push-based waiting without a herd: a waiter that found the key busy takes a ticket in
+//! the key's queue (a row of the `waiters` table, numbered by a sequence), and a release
+//! notifies the channel naming the oldest live ticket of the key (`TICKET:KEY`). Only the
+//! waiter holding that ticket wakes — in whichever process it is — instead of every
+//! waiter racing for the key; the others sleep on until their turn or their fallback poll.
+//!
+//! The queue also orders grants: the acquire statement refuses a free key to a client
+//! without a ticket, or with a younger one, while an older ticket of the key lives — so a
+//! holder that releases and asks again goes to the back of the line, and hand-offs go
+//! round in FIFO order. A ticket lives as long as its waiter keeps attempting (each
+//! refused attempt renews it for twice the fallback poll plus a second), so a waiter that
+//! crashed blocks the queue for at most that long. Notifications are not persistent: one
+//! sent while our connection was being replaced is lost, and a ticket left by a crashed
+//! waiter is named in vain until it expires. The jittered fallback poll, bounded by the
+//! holder's remaining TTL, covers both.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use fencelock_core::waiting::WakeFuture;
+use tokio::sync::Notify;
+
+use crate::node::PgNode;
+
+/// The tickets of the waiters of this backend instance.
+#[derive(Default)]
+pub(crate) struct Waiters {
+    tickets: Mutex<HashMap<i64, Arc<Notify>>>,
+}
+
+impl Waiters {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Arc<Notify>>> {
+        self.tickets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn register(&self, ticket: i64) -> Arc<Notify> {
+        Arc::clone(self.map().entry(ticket).or_default())
+    }
+
+    pub(crate) fn forget(&self, ticket: i64) {
+        self.map().remove(&ticket);
+    }
+
+    /// A release notification `TICKET:KEY`: wakes that ticket's waiter if it is ours.
+    pub(crate) fn dispatch(&self, payload: &str) {
+        let Some((ticket, _key)) = payload.split_once(':') else {
+            return;
+        };
+        let Ok(ticket) = ticket.parse::<i64>() else {
+            return; // `-`: nobody was queued
+        };
+        if let Some(n) = self.map().get(&ticket) {
+            n.notify_one();
+        }
+    }
+
+    /// The connection ended: every waiter tries again (and reconnects).
+    pub(crate) fn wake_all(&self) {
+        for n in self.map().values() {
+            n.notify_one();
+        }
+    }
+}
+
+/// Our place in a key's queue. Dropping it leaves the queue (in the background), unless
+/// the acquire statement that granted us the key already removed the row.
+pub(crate) struct Ticket {
+    pub node: PgNode,
+    pub ticket: i64,
+    notify: Arc<Notify>,
+    pub consumed: bool,
+}
+
+impl Ticket {
+    pub(crate) fn new(node: PgNode, ticket: i64) -> Self {
+        let notify = node.waiters().register(ticket);
+        Ticket {
+            node,
+            ticket,
+            notify,
+            consumed: false,
+        }
+    }
+
+    /// Completes when a release names this ticket (or the connection ends). A wake-up
+    /// sent before this future is polled is kept (`notify_one` stores a permit).
+    pub(crate) fn notified(&self) -> WakeFuture {
+        let n = Arc::clone(&self.notify);
+        Box::pin(async move { n.notified().await })
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.node.waiters().forget(self.ticket);
+        if !self.consumed {
+            self.node.dequeue_later(self.ticket);
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! The conformance suite, hardening cases included, against a real PostgreSQL server
+//! started by the test (one per test).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fencelock_core::DistributedLock;
+use fencelock_postgres::tokio_postgres::{Client, NoTls};
+use fencelock_postgres::PgLock;
+use fencelock_testkit::conformance::{BoxFuture, ClientFactory, Fixture, Proxied, SuiteConfig};
+use fencelock_testkit::pg_server::PgServer;
+use fencelock_testkit::proxy::FaultProxy;
+use tokio::sync::OnceCell;
+
+/// One server per test, and an operator's connection to it.
+struct Pg {
+    server: PgServer,
+    admin: OnceCell<Client>,
+}
+
+impl Pg {
+    /// The operator's connection (made once; not counted in `connections`).
+    async fn admin(&self) -> &Client {
+        self.admin
+            .get_or_init(|| async {
+                let (client, connection) = self
+                    .server
+                    .url()
+                    .parse::<fencelock_postgres::tokio_postgres::Config>()
+                    .expect("server URL")
+                    .application_name("fixture")
+                    .connect(NoTls)
+                    .await
+                    .expect("operator connection");
+                tokio::spawn(connection);
+                client
+            })
+            .await
+    }
+}
+
+impl ClientFactory for Pg {
+    fn client(&self) -> BoxFuture<'_, Arc<dyn DistributedLock>> {
+        let url = self.server.url();
+        Box::pin(async move {
+            Arc::new(PgLock::connect(&url).await.expect("connect to postgres")) as Arc<dyn DistributedLock>
+        })
+    }
+}
+
+impl Fixture for Pg {
+    fn remove_grant<'a>(&'a self, key: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            self.admin()
+                .await
+                .execute("DELETE FROM fencelock.locks WHERE key = $1", &[&key])
+                .await
+                .expect("DELETE the grant's row");
+        })
+    }
+
+    /// The key's row in the lock table and its live waiter tickets (an expired ticket is
+    /// ignored by every statement and swept by the next waiter of the key).
+    fn records<'a>(&'a self, key: &'a str) -> BoxFuture<'a, usize> {
+        Box::pin(async move {
+            let row = self
+                .admin()
+                .await
+                .query_one(
+                    "SELECT (SELECT count(*) FROM fencelock.locks WHERE key = $1)
+                          + (SELECT count(*) FROM fencelock.waiters WHERE key = $1 AND expires_at > statement_timestamp())",
+                    &[&key],
+                )
+                .await
+                .expect("count the key's rows");
+            usize::try_from(row.get::<_, i64>(0)).unwrap()
+        })
+    }
+
+    fn connections(&self) -> BoxFuture<'_, Option<usize>> {
+        Box::pin(async move {
+            let row = self
+                .admin()
+                .await
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .expect("count connections");
+            Some(usize::try_from(row.get::<_, i64>(0)).unwrap())
+        })
+    }
+
+    fn proxied_client(&self, request_timeout: Duration) -> BoxFuture<'_, Option<Proxied>> {
+        Box::pin(async move {
+            let proxy = FaultProxy::start(self.server.port()).await;
+            let url = format!(
+                "{}&timeout={}ms",
+                self.server.url_through(proxy.port()),
+                request_timeout.as_millis()
+            );
+            let client = PgLock::connect(&url).await.expect("connect through the proxy");
+            Some(Proxied {
+                client: Arc::new(client),
+                proxies: vec![proxy],
+            })
+        })
+    }
+}
+
+fencelock_testkit::conformance_suite!(
+    async {
+        let pg = Pg {
+            server: PgServer::start(),
+            admin: OnceCell::new(),
+        };
+        // Create the tables before the fixture reads them.
+        drop(pg.client().await);
+        pg
+    },
+    SuiteConfig::default()
+);

@@ -1,0 +1,439 @@
+//! Fault tests on real PostgreSQL servers: killed, restarted with its data, a holder's
+//! backend terminated, a client partitioned by the fault proxy, a paused server; the
+//! guarantees read at connect time; batched renewals; the no-herd hand-off.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fencelock_core::{DistributedLock, Exclusion, LockError, LockOptions, LostReason, TokenOrder};
+use fencelock_postgres::PgLock;
+use fencelock_testkit::pg_server::{PgOptions, PgServer};
+use fencelock_testkit::proxy::{FaultProxy, Mode};
+use fencelock_testkit::renewals::wait_renewed_twice;
+use tokio::time::Instant;
+
+const SLACK: Duration = Duration::from_secs(2);
+
+fn opts(ttl_ms: u64) -> LockOptions {
+    LockOptions::new()
+        .with_ttl(Duration::from_millis(ttl_ms))
+        .with_wait(Duration::from_secs(5))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_means_lost_lease_and_unavailable_acquire() {
+    let mut server = PgServer::start();
+    let locks = PgLock::connect(&format!("{}&timeout=300ms&connect_timeout=300ms", server.url()))
+        .await
+        .unwrap();
+    let lease = locks.acquire("k", &opts(3000)).await.unwrap();
+    server.kill();
+    let killed_at = Instant::now();
+    let reason = tokio::time::timeout(Duration::from_millis(3000) + SLACK, lease.lost())
+        .await
+        .expect("loss reported");
+    assert!(matches!(reason, LostReason::Backend(_)), "{reason:?}");
+    // Reported at once, on the connection's end — well before the validity ran out.
+    assert!(Instant::now() < lease.valid_until(), "reported only at expiry");
+    assert!(
+        killed_at.elapsed() < SLACK,
+        "loss reported after {:?}",
+        killed_at.elapsed()
+    );
+
+    let wait = Duration::from_millis(800);
+    let start = Instant::now();
+    let err = locks
+        .acquire("k", &opts(1000).with_wait(wait))
+        .await
+        .expect_err("acquired from a dead server");
+    assert!(matches!(err, LockError::Unavailable { .. }), "{err}");
+    assert!(start.elapsed() < wait + SLACK, "took {:?}", start.elapsed());
+    let err = locks
+        .try_acquire("k", &opts(1000))
+        .await
+        .expect_err("try_acquire from a dead server");
+    assert!(matches!(err, LockError::Unavailable { .. }), "{err}");
+
+    let start = Instant::now();
+    let err = PgLock::connect(&format!("{}&connect_timeout=200ms", server.url()))
+        .await
+        .expect_err("connected to a dead server");
+    assert!(matches!(err, LockError::Unavailable { .. }), "{err}");
+    assert!(start.elapsed() < SLACK, "connect took {:?}", start.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_the_lock_and_the_counter() {
+    let mut server = PgServer::start();
+    let first = PgLock::connect(&server.url()).await.unwrap();
+    assert_eq!(first.guarantees().tokens, TokenOrder::StrictlyMonotonic);
+    assert_eq!(first.guarantees().exclusion, Exclusion::Strict);
+    let mut last = 0;
+    for _ in 0..3 {
+        let lease = first.acquire("k", &opts(60_000)).await.unwrap();
+        assert!(lease.token().get() > last);
+        last = lease.token().get();
+        lease.release().await.unwrap();
+    }
+    // A holder behind a proxy that goes silent: it cannot release its row after the
+    // restart, so what the second client sees is what the server kept.
+    let proxy = FaultProxy::start(server.port()).await;
+    let holder = PgLock::connect(&format!("{}&timeout=300ms", server.url_through(proxy.port())))
+        .await
+        .unwrap();
+    let held = holder.acquire("k", &opts(60_000).with_auto_renew(false)).await.unwrap();
+    assert!(held.token().get() > last);
+    proxy.set(Mode::Blackhole);
+    server.restart(); // SIGKILL of every process, crash recovery from the WAL
+    let second = PgLock::connect(&server.url()).await.unwrap();
+    assert!(
+        second.try_acquire("k", &opts(60_000)).await.unwrap().is_none(),
+        "the committed lock row was lost in the restart"
+    );
+    let other = second.acquire("other", &opts(60_000)).await.unwrap();
+    other.release().await.unwrap();
+    // The holder's row expires by itself only after 60 s; delete it as an operator would,
+    // then the counter must go on from where it was.
+    server.psql("DELETE FROM fencelock.locks WHERE key = 'k'");
+    let next = second.try_acquire("k", &opts(60_000)).await.unwrap().expect("free");
+    assert_eq!(
+        next.token().get(),
+        held.token().get() + 1,
+        "the counter did not survive the restart"
+    );
+    next.release().await.unwrap();
+    drop(held);
+    drop(proxy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_backend_means_loss_and_no_double_grant() {
+    let server = PgServer::start();
+    let a = PgLock::connect(&server.url()).await.unwrap();
+    let b = PgLock::connect(&server.url()).await.unwrap();
+    let ttl = 2000;
+    let held = a.acquire("k", &opts(ttl)).await.unwrap(); // auto-renewed
+    let a_token = held.token();
+    let lost = held.lost();
+    let waiter = tokio::spawn(async move {
+        let lease = b.acquire("k", &opts(60_000).with_wait(Duration::from_secs(10))).await;
+        (lease, Instant::now(), b)
+    });
+    let pid = a.backend_pid().await.unwrap();
+    assert_eq!(
+        server.psql(&format!("SELECT pg_terminate_backend({pid})")),
+        "t",
+        "terminate the holder's backend"
+    );
+    let reason = tokio::time::timeout(SLACK, lost).await.expect("loss reported");
+    assert!(matches!(reason, LostReason::Backend(_)), "{reason:?}");
+    assert!(!held.is_held());
+    assert!(
+        Instant::now() < held.valid_until(),
+        "reported only at the end of the validity"
+    );
+    // The row is left to expire on the server: the waiter is granted only after the old
+    // holder's validity ended — never while it could still believe in its lease.
+    let (lease, granted_at, _b) = tokio::time::timeout(Duration::from_millis(ttl) + SLACK * 2, waiter)
+        .await
+        .expect("waiter")
+        .unwrap();
+    let lease = lease.expect("the waiter gets the key once the old row expired");
+    assert!(
+        granted_at >= held.valid_until(),
+        "granted {:?} before the old holder's validity ended",
+        held.valid_until() - granted_at
+    );
+    assert!(lease.token() > a_token);
+    let err = held.release().await.expect_err("a lost lease released cleanly");
+    assert!(err.is_lease_lost(), "{err}");
+    assert!(lease.is_held(), "the old holder's release touched the new grant");
+    lease.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_client_loses_its_lease_before_another_is_granted() {
+    let server = PgServer::start();
+    let proxy = FaultProxy::start(server.port()).await;
+    let cut = PgLock::connect(&format!("{}&timeout=300ms", server.url_through(proxy.port())))
+        .await
+        .unwrap();
+    let other = PgLock::connect(&server.url()).await.unwrap();
+    let ttl = 1500;
+    let held = cut.acquire("k", &opts(ttl)).await.unwrap(); // auto-renewed
+    let lost = held.lost();
+    let told = tokio::spawn(async move {
+        let reason = lost.await;
+        (reason, Instant::now())
+    });
+    proxy.set(Mode::Blackhole);
+    let start = Instant::now();
+    let next = other
+        .acquire("k", &opts(60_000).with_wait(Duration::from_millis(ttl) + SLACK * 2))
+        .await
+        .expect("the key is free once the partitioned holder's row expired");
+    let granted_at = Instant::now();
+    let (reason, lost_at) = tokio::time::timeout(SLACK, told).await.expect("loss").unwrap();
+    assert!(
+        lost_at <= granted_at,
+        "another client was granted {:?} before the partitioned holder was told ({reason})",
+        lost_at - granted_at
+    );
+    assert!(start.elapsed() < Duration::from_millis(ttl) + SLACK * 2);
+    assert!(next.token() > held.token());
+    next.release().await.unwrap();
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_server_is_unavailable_within_the_statement_timeout() {
+    let server = PgServer::start();
+    let locks = PgLock::connect(&format!("{}&timeout=200ms", server.url()))
+        .await
+        .unwrap();
+    locks
+        .acquire("warm", &opts(1000))
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    server.pause();
+    let start = Instant::now();
+    let result = locks.try_acquire("k", &opts(1000)).await;
+    let took = start.elapsed();
+    server.resume();
+    assert!(matches!(result, Err(LockError::Unavailable { .. })), "{result:?}");
+    assert!(took < Duration::from_millis(200) + SLACK, "took {took:?}");
+    // After the pause the client reconnects by itself.
+    let lease = tokio::time::timeout(SLACK * 2, locks.acquire("k", &opts(60_000)))
+        .await
+        .expect("acquire after resume")
+        .unwrap();
+    lease.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guarantees_follow_fsync_and_synchronous_commit() {
+    let server = PgServer::start_with(PgOptions {
+        fsync: true,
+        synchronous_commit: false,
+    });
+    let locks = PgLock::connect(&server.url()).await.unwrap();
+    assert_eq!(locks.guarantees(), fencelock_postgres::GUARANTEES);
+    assert_eq!(locks.guarantees().tokens, TokenOrder::BestEffort);
+    assert!(!locks.describe().contains("password"));
+}
+
+/// Teams that manage schemas themselves: the tables made by a migration (the SQL of
+/// docs/backends/postgres.md), a role with only DML privileges on them and no CREATE
+/// anywhere — the backend uses them as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_without_create_uses_tables_made_by_a_migration() {
+    let server = PgServer::start();
+    drop(PgLock::connect(&server.url()).await.unwrap()); // the "migration", as superuser
+    server.psql(
+        "CREATE ROLE app LOGIN;
+         REVOKE CREATE ON DATABASE postgres FROM PUBLIC;
+         REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+         GRANT USAGE ON SCHEMA fencelock TO app;
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA fencelock TO app;
+         GRANT USAGE ON ALL SEQUENCES IN SCHEMA fencelock TO app;",
+    );
+    let url = format!("postgres://app@127.0.0.1:{}/postgres?sslmode=disable", server.port());
+    let locks = PgLock::connect(&url).await.expect("a DML-only role connects");
+    let lease = locks.acquire("k", &opts(60_000)).await.unwrap();
+    let other = PgLock::connect(&url).await.unwrap();
+    let waiter = tokio::spawn(async move { other.acquire("k", &opts(60_000)).await.map(|l| l.token()) });
+    lease.release().await.unwrap();
+    let token = tokio::time::timeout(SLACK, waiter)
+        .await
+        .expect("hand-off")
+        .unwrap()
+        .unwrap();
+    assert_eq!(token.get(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_and_databases_are_config_errors() {
+    let server = PgServer::start();
+    server.psql("CREATE ROLE app LOGIN PASSWORD 's3cret'");
+    server.psql("ALTER SYSTEM SET password_encryption = 'scram-sha-256'");
+    let url = format!(
+        "postgres://app:s3cret@127.0.0.1:{}/nosuchdb?sslmode=disable",
+        server.port()
+    );
+    let err = PgLock::connect(&url)
+        .await
+        .expect_err("connected to a missing database");
+    assert!(matches!(err, LockError::InvalidConfig { .. }), "{err}");
+    assert!(!err.to_string().contains("s3cret"), "password leaked: {err}");
+    let url = format!("postgres://nobody@127.0.0.1:{}/postgres?sslmode=disable", server.port());
+    let err = PgLock::connect(&url).await.expect_err("connected as a missing role");
+    assert!(matches!(err, LockError::InvalidConfig { .. }), "{err}");
+    // A role without CREATE on the database cannot make the tables: a config error that
+    // says so, not a retry loop.
+    let url = format!(
+        "postgres://app:s3cret@127.0.0.1:{}/postgres?sslmode=disable&schema=app_locks",
+        server.port()
+    );
+    server.psql("REVOKE CREATE ON DATABASE postgres FROM PUBLIC");
+    let err = PgLock::connect(&url)
+        .await
+        .expect_err("created tables without the privilege");
+    assert!(matches!(err, LockError::InvalidConfig { .. }), "{err}");
+}
+
+/// Counts `event` (INSERT or UPDATE) statements on `fencelock.locks` with a
+/// statement-level trigger and a sequence (the server's own count, exact and immediate).
+fn count_statements(server: &PgServer, event: &str) {
+    let name = event.to_lowercase();
+    server.psql(&format!(
+        "CREATE SEQUENCE public.{name}_statements;
+         CREATE FUNCTION public.count_{name}() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN PERFORM nextval('public.{name}_statements'); RETURN NULL; END $$;
+         CREATE TRIGGER count_{name} AFTER {event} ON fencelock.locks
+           FOR EACH STATEMENT EXECUTE FUNCTION public.count_{name}();"
+    ));
+}
+
+fn statements(server: &PgServer, event: &str) -> i64 {
+    let name = event.to_lowercase();
+    server
+        .psql(&format!(
+            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM public.{name}_statements"
+        ))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_of_many_leases_share_statements() {
+    let server = PgServer::start();
+    let locks = PgLock::connect(&server.url()).await.unwrap();
+    count_statements(&server, "UPDATE");
+    let ttl = Duration::from_millis(900);
+    let n = 50;
+    let mut leases = Vec::new();
+    for i in 0..n {
+        let lease = locks
+            .acquire(&format!("k{i}"), &LockOptions::new().with_ttl(ttl))
+            .await
+            .unwrap();
+        leases.push(lease);
+    }
+    let before = statements(&server, "UPDATE");
+    let t0 = Instant::now();
+    wait_renewed_twice(&leases, t0, ttl, Duration::from_secs(10)).await;
+    let used = statements(&server, "UPDATE") - before;
+    assert!(leases.iter().all(|l| l.is_held()));
+    eprintln!("batched renewals: {used} UPDATE statements renewed {n} leases at least twice each");
+    assert!(
+        used < (2 * n as i64) / 3,
+        "{used} statements for {} renewals: not batched",
+        2 * n
+    );
+    for l in leases {
+        l.release().await.unwrap();
+    }
+}
+
+/// A release wakes one waiter, not all: with 8 waiters queued on a key, each hand-off
+/// costs about one acquire statement, where a herd costs one per waiter still queued.
+/// Counted on the server (statement-level trigger).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_wakes_one_waiter_not_the_herd() {
+    let server = PgServer::start();
+    let holder = PgLock::connect(&server.url()).await.unwrap();
+    let first = holder.acquire("k", &opts(60_000)).await.unwrap();
+    count_statements(&server, "INSERT");
+    let waiters = 8;
+    let mut clients = Vec::new();
+    for _ in 0..waiters {
+        // A long fallback poll: every wake-up seen here came from a notification.
+        clients.push(Arc::new(
+            PgLock::connect(&format!("{}&poll=10s", server.url())).await.unwrap(),
+        ));
+    }
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for c in &clients {
+        let (c, order) = (Arc::clone(c), Arc::clone(&order));
+        tasks.push(tokio::spawn(async move {
+            let lease = c
+                .acquire("k", &opts(60_000).with_wait(Duration::from_secs(20)))
+                .await
+                .unwrap();
+            order.lock().unwrap().push(lease.token().get());
+            lease.release().await.unwrap();
+        }));
+    }
+    // Every waiter queued (a ticket each) before the hand-offs start.
+    let deadline = Instant::now() + SLACK * 2;
+    while server.psql("SELECT count(*) FROM fencelock.waiters WHERE key = 'k'") != waiters.to_string() {
+        assert!(Instant::now() < deadline, "waiters did not queue");
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling a condition, bounded
+    }
+    let before = statements(&server, "INSERT");
+    let start = Instant::now();
+    first.release().await.unwrap();
+    for t in tasks {
+        tokio::time::timeout(SLACK * 5, t).await.expect("hand-offs").unwrap();
+    }
+    let took = start.elapsed();
+    let attempts = statements(&server, "INSERT") - before;
+    eprintln!(
+        "no-herd: {attempts} acquire statements for {waiters} hand-offs to queued waiters in {took:?} (a herd: ~{})",
+        waiters * (waiters + 1) / 2
+    );
+    assert!(
+        attempts <= waiters as i64 + 2,
+        "{attempts} acquire statements for {waiters} hand-offs: the waiters raced"
+    );
+    // Woken by notifications, not by the 10 s fallback poll.
+    assert!(took < SLACK * 2, "hand-offs took {took:?}");
+    let tokens = order.lock().unwrap().clone();
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
+}
+
+/// Hand-offs go round in queue order, and a holder that releases and asks again at once
+/// goes to the back of the line instead of taking the key straight back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_offs_follow_the_queue_and_a_returning_holder_waits_its_turn() {
+    let server = PgServer::start();
+    let holder = Arc::new(PgLock::connect(&server.url()).await.unwrap());
+    let first = holder.acquire("k", &opts(60_000)).await.unwrap();
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    let long = opts(60_000).with_wait(Duration::from_secs(20));
+    for name in ["w1", "w2", "w3", "w4"] {
+        let c = PgLock::connect(&server.url()).await.unwrap();
+        let order = Arc::clone(&order);
+        tasks.push(tokio::spawn(async move {
+            let lease = c.acquire("k", &long).await.unwrap();
+            order.lock().unwrap().push((name, lease.token().get()));
+            lease.release().await.unwrap();
+        }));
+        // Queued before the next one starts (bounded polling of a condition).
+        let queued = tasks.len().to_string();
+        let deadline = Instant::now() + SLACK;
+        while server.psql("SELECT count(*) FROM fencelock.waiters WHERE key = 'k'") != queued {
+            assert!(Instant::now() < deadline, "{name} did not queue");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    first.release().await.unwrap();
+    let again = holder.acquire("k", &long).await.unwrap();
+    order.lock().unwrap().push(("holder again", again.token().get()));
+    again.release().await.unwrap();
+    for t in tasks {
+        tokio::time::timeout(SLACK * 5, t).await.expect("hand-offs").unwrap();
+    }
+    let mut got = order.lock().unwrap().clone();
+    got.sort_by_key(|(_, token)| *token);
+    let names: Vec<&str> = got.iter().map(|(n, _)| *n).collect();
+    assert_eq!(names, ["w1", "w2", "w3", "w4", "holder again"], "{got:?}");
+}

@@ -1,0 +1,377 @@
+//! Real PostgreSQL servers for tests, from Debian's `postgresql` package: `initdb` into a
+//! temp dir, `postgres` on a free loopback port with its unix socket inside that dir, killed
+//! with its whole process group on drop, restartable on the same data, pausable.
+//!
+//! The server refuses to run as root. When the test runs as root, the launcher runs
+//! `initdb` and `postgres` as the package's unprivileged `postgres` user (the temp dir is
+//! handed to that user); otherwise as the current user. The user is switched by the
+//! standard library's `CommandExt::uid`/`gid` (no `runuser` parent process that could be
+//! killed while the server lives on). Every backend process calls `setsid()`, so a signal
+//! to the postmaster's process group does not reach them: kill, pause and resume signal
+//! the postmaster and each of its children (found in `/proc`) — pausing only the
+//! postmaster would leave the backends answering, and a restart must not find the old
+//! backends still attached to the shared memory.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rustix::process::{kill_process, test_kill_process, Pid, Signal};
+
+use crate::ports::free_port;
+use crate::process::tail;
+
+/// How to install the server when it is missing.
+pub const INSTALL_HINT: &str = "install it with `apt-get install postgresql` (or run scripts/setup-deps)";
+
+/// Options for [`PgServer::start_with`].
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// `fsync` (default on): off lets a crash lose acknowledged commits.
+    pub fsync: bool,
+    /// `synchronous_commit` (default on).
+    pub synchronous_commit: bool,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            fsync: true,
+            synchronous_commit: true,
+        }
+    }
+}
+
+/// A running PostgreSQL server on 127.0.0.1, superuser `postgres`, trust authentication.
+#[derive(Debug)]
+pub struct PgServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    owner: Option<(u32, u32)>,
+    options: PgOptions,
+    child: Option<Child>,
+    starts: u32,
+}
+
+/// The newest `/usr/lib/postgresql/<version>/bin` that has `postgres` in it.
+fn bin_dir() -> PathBuf {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version: u32 = e.file_name().to_str()?.split('.').next()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("postgres").exists().then_some((version, bin))
+        })
+        .collect();
+    found.sort();
+    match found.pop() {
+        Some((_, bin)) => bin,
+        None => panic!("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/postgres): {INSTALL_HINT}"),
+    }
+}
+
+/// The uid and gid of the `postgres` user from /etc/passwd, when we are root (the server
+/// refuses root); `None` when we are not root.
+fn server_owner() -> Option<(u32, u32)> {
+    if !rustix::process::geteuid().is_root() {
+        return None;
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").expect("read /etc/passwd");
+    let entry = passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&"postgres") && f.len() > 3)
+        .unwrap_or_else(|| {
+            panic!("running as root, and there is no `postgres` user to run the server as: {INSTALL_HINT}")
+        });
+    let id = |s: &str| s.parse::<u32>().expect("numeric id in /etc/passwd");
+    Some((id(entry[2]), id(entry[3])))
+}
+
+impl PgServer {
+    /// Starts a server with the default options (fsync and synchronous_commit on).
+    pub fn start() -> Self {
+        Self::start_with(PgOptions::default())
+    }
+
+    /// Runs `initdb` in a new temp dir and starts the server on a free port.
+    pub fn start_with(options: PgOptions) -> Self {
+        let bin = bin_dir();
+        let owner = server_owner();
+        let dir = tempfile::Builder::new()
+            .prefix("fencelock-pg-")
+            .tempdir()
+            .expect("temp dir");
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("hand the temp dir to postgres");
+        }
+        let mut server = PgServer {
+            port: 0,
+            dir,
+            bin,
+            owner,
+            options,
+            child: None,
+            starts: 0,
+        };
+        server.initdb();
+        let mut last_log = String::new();
+        for _ in 0..5 {
+            server.port = free_port();
+            match server.launch() {
+                Ok(()) => return server,
+                Err(log) => last_log = log,
+            }
+        }
+        panic!("postgres did not start on a free port in 5 tries; last log:\n{last_log}");
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(self.bin.join(program));
+        if let Some((uid, gid)) = self.owner {
+            cmd.uid(uid).gid(gid);
+        }
+        // Its own locale-neutral environment; HOME of root is not readable by postgres.
+        cmd.env("LC_ALL", "C").env("HOME", self.dir.path());
+        cmd
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn initdb(&self) {
+        let log = self.dir.path().join("initdb.log");
+        let out = std::fs::File::create(&log).expect("create initdb log");
+        let err = out.try_clone().expect("clone log handle");
+        let status = self
+            .command("initdb")
+            .arg("-D")
+            .arg(self.data_dir())
+            .args([
+                "--auth=trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .status();
+        match status {
+            Ok(s) if s.success() => {}
+            Ok(s) => panic!("initdb failed with {s}; log:\n{}", tail(&log)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                panic!("initdb is not installed ({e}): {INSTALL_HINT}")
+            }
+            Err(e) => panic!("cannot run initdb: {e}"),
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join(format!("postgres-{}.log", self.starts))
+    }
+
+    /// Starts the server on `self.port`; Err(log) if it exited or never became ready.
+    fn launch(&mut self) -> Result<(), String> {
+        self.starts += 1;
+        let log = self.log_path();
+        let out = std::fs::File::create(&log).expect("create server log");
+        let err = out.try_clone().expect("clone log handle");
+        let on_off = |b: bool| if b { "on" } else { "off" };
+        let mut cmd = self.command("postgres");
+        cmd.arg("-D")
+            .arg(self.data_dir())
+            .args(["-h", "127.0.0.1", "-p"])
+            .arg(self.port.to_string())
+            .arg("-k")
+            .arg(self.dir.path())
+            .args(["-c", &format!("fsync={}", on_off(self.options.fsync))])
+            .args([
+                "-c",
+                &format!("synchronous_commit={}", on_off(self.options.synchronous_commit)),
+            ])
+            .args(["-c", "max_connections=200", "-c", "shared_buffers=16MB"])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                panic!("postgres is not installed ({e}): {INSTALL_HINT}")
+            }
+            Err(e) => panic!("cannot start postgres: {e}"),
+        };
+        self.child = Some(child);
+        let pid_file = self.data_dir().join("postmaster.pid");
+        let start = std::time::Instant::now();
+        loop {
+            // The postmaster writes `ready` as the 8th line of its pid file once it accepts
+            // connections (a readiness probe of a starting server). The file of a killed
+            // predecessor stays behind, so the pid on its first line must be this one's.
+            let ready = std::fs::read_to_string(&pid_file).is_ok_and(|t| {
+                let lines: Vec<&str> = t.lines().collect();
+                lines.first().and_then(|l| l.trim().parse::<u32>().ok()) == self.pid()
+                    && lines.get(7).is_some_and(|l| l.trim() == "ready")
+            });
+            if ready {
+                return Ok(());
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.kill();
+                return Err(format!("postgres exited with {status}; log:\n{}", tail(&log)));
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                self.kill();
+                return Err(format!("postgres not ready within 30s; log:\n{}", tail(&log)));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `sig` to the postmaster and every process it forked.
+    fn signal_all(&self, sig: Signal) {
+        let Some(pid) = self.pid() else {
+            panic!("postgres is not running");
+        };
+        for p in std::iter::once(pid as i32).chain(children(pid as i32)) {
+            if let Some(p) = Pid::from_raw(p) {
+                let _ = kill_process(p, sig);
+            }
+        }
+    }
+
+    /// The postmaster's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The directory of the unix socket (and of the data).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/postgres?sslmode=disable`.
+    pub fn url(&self) -> String {
+        self.url_through(self.port)
+    }
+
+    /// The same URL with another port, e.g. a [`FaultProxy`](crate::proxy::FaultProxy)'s.
+    pub fn url_through(&self, port: u16) -> String {
+        format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=disable")
+    }
+
+    /// Kills the server and every backend it forked (SIGKILL to the process group): no
+    /// checkpoint, like a crash or power loss. Idempotent.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id() as i32;
+            let backends = children(pid);
+            let _ = child.kill();
+            let _ = child.wait();
+            for b in &backends {
+                if let Some(p) = Pid::from_raw(*b) {
+                    let _ = kill_process(p, Signal::KILL);
+                }
+            }
+            // Wait (bounded) until no backend is left holding the shared memory.
+            for _ in 0..250 {
+                let alive = backends
+                    .iter()
+                    .any(|b| Pid::from_raw(*b).is_some_and(|p| test_kill_process(p).is_ok() && is_running(*b)));
+                if !alive {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Starts the server again on the same port and data (kills it first if running): it
+    /// runs crash recovery and keeps every committed row.
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut last = String::new();
+        for _ in 0..3 {
+            match self.launch() {
+                Ok(()) => return,
+                Err(log) => last = log,
+            }
+        }
+        panic!("postgres did not restart on port {}; log:\n{last}", self.port);
+    }
+
+    /// SIGSTOP to the server and all its backends: nothing answers, connections stay open.
+    pub fn pause(&self) {
+        self.signal_all(Signal::STOP);
+    }
+
+    /// SIGCONT after [`pause`](Self::pause).
+    pub fn resume(&self) {
+        self.signal_all(Signal::CONT);
+    }
+
+    /// Runs SQL with `psql` over the unix socket and returns its unaligned output
+    /// (`-Atc`), e.g. `SELECT pg_terminate_backend(…)`. Panics when psql fails.
+    pub fn psql(&self, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-h"])
+            .arg(self.dir.path())
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(["-d", "postgres", "-c", sql])
+            .env("LC_ALL", "C")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run psql: {e}: {INSTALL_HINT}"));
+        assert!(
+            out.status.success(),
+            "psql `{sql}` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The processes whose parent is `pid` (from `/proc/*/stat`).
+fn children(pid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let child: i32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // `pid (comm) state ppid …`; comm may hold spaces, so read after the last `)`.
+            let ppid: i32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == pid).then_some(child)
+        })
+        .collect()
+}
+
+/// `true` unless the process is gone or a zombie.
+fn is_running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .is_some_and(|zombie| !zombie)
+}
