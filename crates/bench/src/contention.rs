@@ -1,4 +1,6 @@
-//! Contention: several clients, each its own connection, taking turns on one key.
+//! Contention: several clients, each its own connection, taking turns on one key — or on
+//! each of many keys at once (the shape of a real service: a few processes, each waiting
+//! on many keys through one connection).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -6,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+
+use futures_util::future::BoxFuture;
 
 use crate::error::{BenchError, Result};
 use crate::stats::{jain, micros, Latency};
@@ -18,7 +22,9 @@ const GRACE: Duration = Duration::from_secs(5);
 /// What a contention run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Contention {
-    /// Clients contending.
+    /// Keys contended at once (1: the one-key runs).
+    pub keys: usize,
+    /// Clients contending for each key (each its own connection, shared by its keys).
     pub clients: usize,
     /// Grants made.
     pub grants: usize,
@@ -27,8 +33,11 @@ pub struct Contention {
     pub hand_off: Latency,
     /// Grants per second over the run.
     pub grants_per_sec: f64,
-    /// Grants each client got.
+    /// Grants each client got (with many keys: each client on each key, key-major).
     pub per_client: Vec<usize>,
+    /// Server commands per grant over the run, by the servers' own counters (see
+    /// `Target::server_commands`); `None` when they cannot be read.
+    pub commands_per_grant: Option<f64>,
     /// Jain's index over `per_client` (1 = even).
     pub jain: f64,
     /// The longest any one acquire waited, in milliseconds.
@@ -40,16 +49,30 @@ pub struct Contention {
     pub gave_up_because: Option<String>,
 }
 
-/// `clients` clients (each made by `connect`) take one key in turns until `grants` grants
-/// were made or `limit` passed. A client whose acquire fails or waits past `limit` + 5 s
-/// gives up; the others go on, and the result counts it.
-pub async fn measure<F, Fut>(connect: F, clients: usize, grants: usize, limit: Duration) -> Result<Contention>
+/// When a key's lock was last released, and by which client.
+type LastRelease = Mutex<Option<(Instant, usize)>>;
+
+/// Reads a server's command counter (`None`: unreadable).
+pub type Counter<'a> = &'a (dyn Fn() -> BoxFuture<'a, Option<u64>> + Sync);
+
+/// `clients` clients (each made by `connect`) take each of `keys` keys in turns until
+/// `grants` grants were made or `limit` passed; `counter` is read before and after, for the
+/// server commands per grant. A client whose acquire fails or waits past `limit` + 5 s gives
+/// up on that key; the others go on, and the result counts it.
+pub async fn measure<F, Fut>(
+    connect: F,
+    keys: usize,
+    clients: usize,
+    grants: usize,
+    limit: Duration,
+    counter: Counter<'_>,
+) -> Result<Contention>
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<Box<dyn Subject>>>,
 {
-    // When the lock was last released, and by which client.
-    let released_at: Arc<Mutex<Option<(Instant, usize)>>> = Arc::default();
+    // Per key: when the lock was last released, and by which client.
+    let released_at: Arc<Vec<LastRelease>> = Arc::new((0..keys).map(|_| Mutex::new(None)).collect());
     let hand_offs: Arc<Mutex<Vec<Duration>>> = Arc::default();
     let max_wait: Arc<Mutex<Duration>> = Arc::default();
     let gave_up: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -59,48 +82,57 @@ where
     for _ in 0..clients {
         subjects.push(Arc::<dyn Subject>::from(connect().await?));
     }
+    let commands_before = counter().await;
     let start = Instant::now();
-    let mut tasks = Vec::with_capacity(clients);
-    for (me, subject) in subjects.into_iter().enumerate() {
-        let (released_at, hand_offs, max_wait) = (released_at.clone(), hand_offs.clone(), max_wait.clone());
-        let (made, stop, gave_up) = (made.clone(), stop.clone(), gave_up.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut mine = 0usize;
-            while !stop.load(Ordering::SeqCst) {
-                let asked = Instant::now();
-                let bound = limit + GRACE;
-                let held = match tokio::time::timeout(bound, subject.acquire("bench-contended")).await {
-                    Ok(Ok(held)) => held,
-                    Ok(Err(e)) => {
-                        lock(&gave_up).push(crate::error::one_line(&e));
-                        break;
+    let mut tasks = Vec::with_capacity(keys * clients);
+    for k in 0..keys {
+        let key = if keys == 1 {
+            "bench-contended".to_owned()
+        } else {
+            format!("bench-contended-{k}")
+        };
+        for (me, subject) in subjects.iter().enumerate() {
+            let (subject, key) = (subject.clone(), key.clone());
+            let (released_at, hand_offs, max_wait) = (released_at.clone(), hand_offs.clone(), max_wait.clone());
+            let (made, stop, gave_up) = (made.clone(), stop.clone(), gave_up.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut mine = 0usize;
+                while !stop.load(Ordering::SeqCst) {
+                    let asked = Instant::now();
+                    let bound = limit + GRACE;
+                    let held = match tokio::time::timeout(bound, subject.acquire(&key)).await {
+                        Ok(Ok(held)) => held,
+                        Ok(Err(e)) => {
+                            lock(&gave_up).push(crate::error::one_line(&e));
+                            break;
+                        }
+                        Err(_) => {
+                            lock(&gave_up).push(format!("an acquire waited over {bound:?}"));
+                            break;
+                        }
+                    };
+                    let waited = asked.elapsed();
+                    if let Some((t, by)) = lock(&released_at[k]).take() {
+                        if by != me {
+                            lock(&hand_offs).push(t.elapsed());
+                        }
                     }
-                    Err(_) => {
-                        lock(&gave_up).push(format!("an acquire waited over {bound:?}"));
-                        break;
+                    {
+                        let mut m = lock(&max_wait);
+                        *m = (*m).max(waited);
                     }
-                };
-                let waited = asked.elapsed();
-                if let Some((t, by)) = lock(&released_at).take() {
-                    if by != me {
-                        lock(&hand_offs).push(t.elapsed());
+                    mine += 1;
+                    if made.fetch_add(1, Ordering::SeqCst) + 1 >= grants || start.elapsed() >= limit {
+                        stop.store(true, Ordering::SeqCst);
                     }
+                    *lock(&released_at[k]) = Some((Instant::now(), me));
+                    held.await?;
                 }
-                {
-                    let mut m = lock(&max_wait);
-                    *m = (*m).max(waited);
-                }
-                mine += 1;
-                if made.fetch_add(1, Ordering::SeqCst) + 1 >= grants || start.elapsed() >= limit {
-                    stop.store(true, Ordering::SeqCst);
-                }
-                *lock(&released_at) = Some((Instant::now(), me));
-                held.await?;
-            }
-            Ok::<usize, BenchError>(mine)
-        }));
+                Ok::<usize, BenchError>(mine)
+            }));
+        }
     }
-    let mut per_client = Vec::with_capacity(clients);
+    let mut per_client = Vec::with_capacity(tasks.len());
     for t in tasks {
         per_client.push(
             t.await
@@ -108,18 +140,25 @@ where
         );
     }
     let elapsed = start.elapsed();
+    let commands_after = counter().await;
     let total: usize = per_client.iter().sum();
     let shares: Vec<f64> = per_client.iter().map(|g| *g as f64).collect();
     let hand_off = Latency::of(std::mem::take(&mut *lock(&hand_offs)));
     let max_wait_ms = micros(*lock(&max_wait)) / 1000.0;
     let gave_up = std::mem::take(&mut *lock(&gave_up));
+    let commands_per_grant = match (commands_before, commands_after) {
+        (Some(a), Some(b)) if total > 0 => Some(b.saturating_sub(a) as f64 / total as f64),
+        _ => None,
+    };
     Ok(Contention {
+        keys,
         clients,
         grants: total,
         hand_off,
         grants_per_sec: total as f64 / elapsed.as_secs_f64(),
         jain: jain(&shares),
         per_client,
+        commands_per_grant,
         max_wait_ms,
         gave_up: gave_up.len(),
         gave_up_because: gave_up.into_iter().next(),

@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+
 use crate::contention::{self, Contention};
+use crate::dead_waiter;
 use crate::error::Result;
 use crate::machine::Machine;
 use crate::report::{BackendReport, ContentionRow, Report, Role, Settings, SubjectLatency};
@@ -33,6 +36,16 @@ pub struct Plan {
     pub scale_counts: Vec<usize>,
     /// How long each scale run holds its locks while measuring.
     pub hold: Duration,
+    /// Keys contended at once in the many-keys run (0: skip it).
+    pub many_keys: usize,
+    /// Clients contending for each of those keys.
+    pub many_keys_clients: usize,
+    /// Time per many-keys run (at most).
+    pub many_keys_limit: Duration,
+    /// Dead-waiter trials per subject (0: skip).
+    pub dead_waiter_trials: usize,
+    /// Full measurements per backend, for the spread across runs (at least 1).
+    pub runs: usize,
     /// Measure the peer crates too.
     pub peers: bool,
     /// The command line, for the report's header.
@@ -54,6 +67,11 @@ impl Plan {
             contention_limit: Duration::from_secs(10),
             scale_counts: vec![100, 1000, 10_000],
             hold: Duration::from_secs(6),
+            many_keys: 1000,
+            many_keys_clients: 4,
+            many_keys_limit: Duration::from_secs(4),
+            dead_waiter_trials: 5,
+            runs: 1,
             peers: true,
             command: String::new(),
         }
@@ -69,6 +87,9 @@ impl Plan {
             contention_limit: Duration::from_secs(3),
             scale_counts: vec![100],
             hold: Duration::from_secs(2),
+            many_keys: 100,
+            many_keys_limit: Duration::from_secs(2),
+            dead_waiter_trials: 2,
             ..Plan::full()
         }
     }
@@ -83,15 +104,26 @@ pub async fn run(plan: &Plan, progress: &(dyn Fn(&str) + Sync)) -> Result<Report
             // Started just before and stopped just after, so only one backend's servers
             // share the machine with the measurement.
             let target = Target::start(*kind).await?;
-            backends.push(measure(plan, &target, progress).await?);
+            backends.push(measure_runs(plan, &target, progress).await?);
         }
     } else {
         for url in &plan.urls {
             let target = Target::from_url(url)?;
-            backends.push(measure(plan, &target, progress).await?);
+            backends.push(measure_runs(plan, &target, progress).await?);
         }
     }
+    // backends[b][r] → runs[r][b]
+    let runs = plan.runs.max(1);
+    let mut by_run: Vec<Vec<BackendReport>> = (0..runs).map(|_| Vec::new()).collect();
+    for per_backend in backends {
+        for (r, b) in per_backend.into_iter().enumerate() {
+            by_run[r].push(b);
+        }
+    }
+    let mut by_run = by_run.into_iter();
+    let backends = by_run.next().unwrap_or_default();
     Ok(Report {
+        later_runs: by_run.collect(),
         command: plan.command.clone(),
         machine: Machine::describe(),
         settings: Settings {
@@ -102,9 +134,29 @@ pub async fn run(plan: &Plan, progress: &(dyn Fn(&str) + Sync)) -> Result<Report
             contention_limit_secs: plan.contention_limit.as_secs_f64(),
             scale_ttl_secs: scale::SCALE_TTL.as_secs_f64(),
             hold_secs: plan.hold.as_secs_f64(),
+            many_keys_limit_secs: plan.many_keys_limit.as_secs_f64(),
+            dead_waiter_trials: plan.dead_waiter_trials,
+            runs: plan.runs.max(1),
         },
         backends,
     })
+}
+
+/// `plan.runs` full measurements of one backend, on the same servers.
+async fn measure_runs(plan: &Plan, target: &Target, progress: &(dyn Fn(&str) + Sync)) -> Result<Vec<BackendReport>> {
+    let runs = plan.runs.max(1);
+    let mut out = Vec::with_capacity(runs);
+    for r in 1..=runs {
+        let tell = |step: &str| {
+            if runs > 1 {
+                progress(&format!("run {r} of {runs}: {step}"))
+            } else {
+                progress(step)
+            }
+        };
+        out.push(measure(plan, target, &tell).await?);
+    }
+    Ok(out)
 }
 
 async fn measure(plan: &Plan, target: &Target, progress: &(dyn Fn(&str) + Sync)) -> Result<BackendReport> {
@@ -123,19 +175,21 @@ async fn measure(plan: &Plan, target: &Target, progress: &(dyn Fn(&str) + Sync))
     }
     let refs: Vec<&dyn Subject> = subjects.iter().map(|(_, _, s)| s.as_ref()).collect();
     let latencies = uncontended::measure(&refs, plan.cycles, plan.rounds).await?;
-    let raw_p50 = latencies[1].p50_us;
+    let raw_p50 = latencies[1].0.p50_us;
     let uncontended = subjects
         .iter()
         .zip(&latencies)
-        .map(|((name, role, _), l)| SubjectLatency {
+        .map(|((name, role, _), (l, a))| SubjectLatency {
             subject: name.clone(),
             role: *role,
             latency: *l,
+            acquire: *a,
             vs_raw: l.p50_us / raw_p50,
         })
         .collect();
     drop(subjects);
 
+    let counter = || -> BoxFuture<'_, Option<u64>> { Box::pin(target.server_commands()) };
     let mut contention_rows = Vec::new();
     for &clients in &plan.clients {
         progress(&format!("{name}: {clients} clients on one key"));
@@ -145,9 +199,11 @@ async fn measure(plan: &Plan, target: &Target, progress: &(dyn Fn(&str) + Sync))
                 let url = url.clone();
                 async move { Ok(Box::new(Ours::connect(&url).await?) as Box<dyn Subject>) }
             },
+            1,
             clients,
             plan.grants,
             plan.contention_limit,
+            &counter,
         )
         .await?;
         contention_rows.push(ContentionRow {
@@ -158,13 +214,77 @@ async fn measure(plan: &Plan, target: &Target, progress: &(dyn Fn(&str) + Sync))
         if plan.peers {
             for peer in target.peer_names() {
                 progress(&format!("{name}: {clients} {peer} clients on one key"));
-                let result =
-                    contention::measure(|| target.peer(peer), clients, plan.grants, plan.contention_limit).await?;
+                let result = contention::measure(
+                    || target.peer(peer),
+                    1,
+                    clients,
+                    plan.grants,
+                    plan.contention_limit,
+                    &counter,
+                )
+                .await?;
                 contention_rows.push(ContentionRow {
                     subject: peer.to_string(),
                     role: Role::Peer,
                     result,
                 });
+            }
+        }
+    }
+
+    let mut many_keys = Vec::new();
+    if plan.many_keys > 0 {
+        let (keys, clients) = (plan.many_keys, plan.many_keys_clients);
+        // Bounded by time: a grant cap no run of a few seconds reaches.
+        let grants = keys * 1000;
+        progress(&format!("{name}: {keys} keys × {clients} clients"));
+        let url = target.url.clone();
+        let result = contention::measure(
+            || {
+                let url = url.clone();
+                async move { Ok(Box::new(Ours::connect(&url).await?) as Box<dyn Subject>) }
+            },
+            keys,
+            clients,
+            grants,
+            plan.many_keys_limit,
+            &counter,
+        )
+        .await?;
+        many_keys.push(ContentionRow {
+            subject: "fencelock".into(),
+            role: Role::Ours,
+            result,
+        });
+        if plan.peers {
+            for peer in target.peer_names() {
+                progress(&format!("{name}: {keys} keys × {clients} {peer} clients"));
+                let result = contention::measure(
+                    || target.peer(peer),
+                    keys,
+                    clients,
+                    grants,
+                    plan.many_keys_limit,
+                    &counter,
+                )
+                .await?;
+                many_keys.push(ContentionRow {
+                    subject: peer.to_string(),
+                    role: Role::Peer,
+                    result,
+                });
+            }
+        }
+    }
+
+    let mut dead_waiter = Vec::new();
+    if plan.dead_waiter_trials > 0 {
+        progress(&format!("{name}: a waiter dies while queued"));
+        dead_waiter.push(dead_waiter::measure_ours(target, plan.dead_waiter_trials).await?);
+        if plan.peers {
+            for peer in target.peer_names() {
+                progress(&format!("{name}: a {peer} waiter dies while queued"));
+                dead_waiter.push(dead_waiter::measure_peer(target, peer, plan.dead_waiter_trials).await?);
             }
         }
     }
@@ -180,6 +300,9 @@ async fn measure(plan: &Plan, target: &Target, progress: &(dyn Fn(&str) + Sync))
         server: target.server_version().await,
         started_here: target.started_here(),
         request_unit: target.request_unit(),
+        command_unit: target.command_unit(),
+        many_keys,
+        dead_waiter,
         uncontended,
         contention: contention_rows,
         scale: scale_points,

@@ -6,15 +6,37 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::contention::Contention;
+use crate::dead_waiter::DeadWaiter;
 use crate::error::{BenchError, Result};
 use crate::machine::Machine;
 use crate::scale::ScalePoint;
-use crate::stats::Latency;
+use crate::stats::{median, spread, Latency};
 use crate::svg;
 use crate::targets::Kind;
 
-/// The target ours must meet against the raw minimum, uncontended (issue 8).
-pub const RATIO_TARGET: f64 = 1.15;
+/// The target ours must meet against the raw minimum, uncontended: the median over runs
+/// (issue 14).
+pub const RATIO_TARGET: f64 = 1.05;
+
+/// The ratio no single run may exceed (issue 14).
+pub const RATIO_CEILING: f64 = 1.10;
+
+/// Under contention, Jain's index at least this (issue 14).
+pub const JAIN_TARGET: f64 = 0.95;
+
+/// Under contention, the longest wait at most this many median hand-offs (issue 14).
+pub const LONGEST_WAIT_HAND_OFFS: f64 = 20.0;
+
+/// Redis and Redlock: hand-off p50 at most this many uncontended acquire p50s (issue 14).
+pub const HAND_OFF_VS_ACQUIRE: f64 = 2.0;
+
+/// etcd and ZooKeeper: hand-off p50 at most this share of the uncontended acquire +
+/// release cycle p50 (issue 14).
+pub const HAND_OFF_VS_CYCLE: f64 = 0.6;
+
+/// Server commands per grant count as constant in the number of waiters when the most
+/// clients' figure is within this factor of the fewest clients' figure.
+pub const COMMANDS_CONSTANT_WITHIN: f64 = 1.25;
 
 /// Who a measured subject is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -37,6 +59,8 @@ pub struct SubjectLatency {
     pub role: Role,
     /// Acquire + release.
     pub latency: Latency,
+    /// Acquire alone (the first part of the same cycles).
+    pub acquire: Latency,
     /// Median ÷ the raw minimum's median.
     pub vs_raw: f64,
 }
@@ -65,10 +89,16 @@ pub struct BackendReport {
     pub started_here: bool,
     /// What the scale run's server request counter counts.
     pub request_unit: &'static str,
+    /// What the contention runs' server command counter counts.
+    pub command_unit: &'static str,
     /// Uncontended, ours first, then the raw minimum, then peers.
     pub uncontended: Vec<SubjectLatency>,
     /// Contention runs.
     pub contention: Vec<ContentionRow>,
+    /// Many keys at once, each contended by a few clients.
+    pub many_keys: Vec<ContentionRow>,
+    /// A waiter dies while queued.
+    pub dead_waiter: Vec<DeadWaiter>,
     /// Scale runs.
     pub scale: Vec<ScalePoint>,
 }
@@ -90,6 +120,12 @@ pub struct Settings {
     pub scale_ttl_secs: f64,
     /// Seconds each scale run measured.
     pub hold_secs: f64,
+    /// Seconds per many-keys run (at most).
+    pub many_keys_limit_secs: f64,
+    /// Dead-waiter trials per subject.
+    pub dead_waiter_trials: usize,
+    /// Full measurements per backend.
+    pub runs: usize,
 }
 
 /// A whole run.
@@ -101,8 +137,10 @@ pub struct Report {
     pub machine: Machine,
     /// Its settings.
     pub settings: Settings,
-    /// Per backend.
+    /// Per backend: the first run.
     pub backends: Vec<BackendReport>,
+    /// The runs after the first (`--runs N`), each per backend in the same order.
+    pub later_runs: Vec<Vec<BackendReport>>,
 }
 
 impl Report {
@@ -140,8 +178,30 @@ impl Report {
         std::fs::write(path, self.markdown(&stem)).map_err(io(path))
     }
 
+    /// Every subject in the report, in first-seen order: the charts' one legend, so each
+    /// subject has the same colour in every chart.
+    pub fn subjects(&self) -> Vec<String> {
+        let mut out: Vec<String> = vec!["fencelock".into()];
+        for b in &self.backends {
+            let names = b
+                .uncontended
+                .iter()
+                .map(|u| &u.subject)
+                .chain(b.contention.iter().map(|c| &c.subject))
+                .chain(b.many_keys.iter().map(|c| &c.subject))
+                .chain(b.dead_waiter.iter().map(|d| &d.subject));
+            for n in names {
+                if !out.contains(n) {
+                    out.push(n.clone());
+                }
+            }
+        }
+        out
+    }
+
     /// The charts: (file name, SVG).
     pub fn charts(&self) -> Vec<(&'static str, String)> {
+        let legend = self.subjects();
         let latency: Vec<svg::Group> = self
             .backends
             .iter()
@@ -149,7 +209,7 @@ impl Report {
                 let bars = b
                     .uncontended
                     .iter()
-                    .map(|s| (s.subject.clone(), s.latency.p50_us))
+                    .map(|s| (s.subject.clone(), s.subject.clone(), s.latency.p50_us))
                     .collect();
                 (b.backend.clone(), bars)
             })
@@ -161,7 +221,26 @@ impl Report {
                 let bars = b
                     .contention
                     .iter()
-                    .map(|c| (format!("{} ×{}", c.subject, c.result.clients), c.result.hand_off.p50_us))
+                    .map(|c| {
+                        (
+                            format!("{} ×{}", c.subject, c.result.clients),
+                            c.subject.clone(),
+                            c.result.hand_off.p50_us,
+                        )
+                    })
+                    .collect();
+                (b.backend.clone(), bars)
+            })
+            .collect();
+        let many_keys: Vec<svg::Group> = self
+            .backends
+            .iter()
+            .filter(|b| !b.many_keys.is_empty())
+            .map(|b| {
+                let bars = b
+                    .many_keys
+                    .iter()
+                    .map(|c| (c.subject.clone(), c.subject.clone(), c.result.grants_per_sec))
                     .collect();
                 (b.backend.clone(), bars)
             })
@@ -190,7 +269,12 @@ impl Report {
         vec![
             (
                 "latency.svg",
-                svg::bar_chart("Uncontended acquire + release, median (log scale)", "µs", &latency),
+                svg::bar_chart(
+                    "Uncontended acquire + release, median (log scale)",
+                    "µs",
+                    &latency,
+                    &legend,
+                ),
             ),
             (
                 "handoff.svg",
@@ -198,6 +282,16 @@ impl Report {
                     "Hand-off under contention, median release → next holder (log scale)",
                     "µs",
                     &hand_off,
+                    &legend,
+                ),
+            ),
+            (
+                "manykeys.svg",
+                svg::bar_chart(
+                    "Many keys at once, each contended by a few clients: grants per second (log scale)",
+                    "grants/s",
+                    &many_keys,
+                    &legend,
                 ),
             ),
             (
@@ -274,25 +368,105 @@ impl Report {
         out.push('\n');
     }
 
+    /// Every run's backends, the first first.
+    pub fn all_runs(&self) -> impl Iterator<Item = &[BackendReport]> {
+        std::iter::once(self.backends.as_slice()).chain(self.later_runs.iter().map(Vec::as_slice))
+    }
+
+    /// `f` of each run (runs where it is `None` left out).
+    fn across(&self, f: impl Fn(&[BackendReport]) -> Option<f64>) -> Vec<f64> {
+        self.all_runs().filter_map(f).collect()
+    }
+
+    /// `f` of row `ri` of `rows(backend bi)` in each run, shown as its spread.
+    fn cell<R>(
+        &self,
+        bi: usize,
+        ri: usize,
+        rows: fn(&BackendReport) -> &[R],
+        f: impl Fn(&R) -> Option<f64>,
+        fmt: impl Fn(f64) -> String,
+    ) -> String {
+        spread(&self.across(|run| f(rows(run.get(bi)?).get(ri)?)), fmt)
+    }
+
     fn verdicts(&self, out: &mut String) {
         let _ = writeln!(out, "## At a glance\n");
-        if let Some((backend, worst)) = self.worst_ratio() {
-            let ok = if worst <= RATIO_TARGET { "met" } else { "**not met**" };
+        let runs = self.settings.runs;
+        let met = |ok: bool| if ok { "met" } else { "**not met**" };
+        let _ = writeln!(
+            out,
+            "Each target is checked on the data below{}.\n",
+            if runs > 1 {
+                format!(" of all {runs} runs (figures: median over runs, then min–max)")
+            } else {
+                String::new()
+            }
+        );
+        for (bi, b) in self.backends.iter().enumerate() {
+            let ratios = self.across(|run| Some(run.get(bi)?.ours()?.vs_raw));
+            if ratios.is_empty() {
+                continue;
+            }
+            let worst = ratios.iter().copied().fold(0.0, f64::max);
             let _ = writeln!(
                 out,
-                "* fencelock ÷ raw minimum, uncontended median: at most {worst:.2}× (worst: {backend}); target ≤ {RATIO_TARGET}× — {ok}."
+                "* {}: fencelock ÷ raw minimum, uncontended median {} — target ≤ {RATIO_TARGET:.2}× ({}), never above {RATIO_CEILING:.2}× in a run ({}).",
+                b.backend,
+                spread(&ratios, |v| format!("{v:.2}×")),
+                met(median(&ratios) <= RATIO_TARGET),
+                met(worst <= RATIO_CEILING),
             );
         }
-        for b in &self.backends {
-            if let Some(c) = b
+        for (bi, b) in self.backends.iter().enumerate() {
+            let mut clients: Vec<usize> = b
                 .contention
                 .iter()
-                .find(|c| c.role == Role::Ours && c.result.clients == 8)
-            {
+                .filter(|c| c.role == Role::Ours)
+                .map(|c| c.result.clients)
+                .collect();
+            clients.dedup();
+            for &n in &clients {
+                self.contention_verdict(out, bi, n);
+            }
+            let per_grant: Vec<(usize, Vec<f64>)> = clients
+                .iter()
+                .map(|&n| {
+                    let v = self.across(|run| {
+                        run.get(bi)?
+                            .contention
+                            .iter()
+                            .find(|c| c.role == Role::Ours && c.result.clients == n)?
+                            .result
+                            .commands_per_grant
+                    });
+                    (n, v)
+                })
+                .collect();
+            if let (Some((lo_n, lo)), Some((hi_n, hi))) = (per_grant.first(), per_grant.last()) {
+                if lo_n != hi_n && !lo.is_empty() && !hi.is_empty() {
+                    let ratio = median(hi) / median(lo);
+                    let _ = writeln!(
+                        out,
+                        "* {}: server {} per grant {} with {lo_n} clients, {} with {hi_n} — constant in the number of waiters (within {COMMANDS_CONSTANT_WITHIN}×): {} ({ratio:.2}×).",
+                        b.backend,
+                        b.command_unit,
+                        spread(lo, |v| format!("{v:.1}")),
+                        spread(hi, |v| format!("{v:.1}")),
+                        met(ratio <= COMMANDS_CONSTANT_WITHIN),
+                    );
+                }
+            }
+        }
+        for (bi, b) in self.backends.iter().enumerate() {
+            if let Some(di) = b.dead_waiter.iter().position(|d| d.role == Role::Ours) {
+                let rows: fn(&BackendReport) -> &[DeadWaiter] = |b| b.dead_waiter.as_slice();
                 let _ = writeln!(
                     out,
-                    "* {}: hand-off with 8 clients, median {:.0} µs; Jain's index {:.3}, longest wait {:.1} ms.",
-                    b.backend, c.result.hand_off.p50_us, c.result.jain, c.result.max_wait_ms
+                    "* {}: a waiter that dies while queued delays the next live waiter's grant to {} ms median, {} ms at most (release → grant).",
+                    b.backend,
+                    self.cell(bi, di, rows, |d| Some(d.p50_ms), |v| format!("{v:.1}")),
+                    self.cell(bi, di, rows, |d| Some(d.max_ms), |v| format!("{v:.1}")),
                 );
             }
         }
@@ -315,29 +489,151 @@ impl Report {
         out.push('\n');
     }
 
+    /// The contention targets for ours with `n` clients on backend `bi`, checked in every run.
+    fn contention_verdict(&self, out: &mut String, bi: usize, n: usize) {
+        let b = &self.backends[bi];
+        let met = |ok: bool| if ok { "met" } else { "**not met**" };
+        let mut ours_rate = Vec::new();
+        let mut peer_rate = Vec::new();
+        let mut jains = Vec::new();
+        let mut waits = Vec::new();
+        let mut hand_offs = Vec::new();
+        let mut base = Vec::new();
+        let (mut beats_peers, mut fair, mut bounded, mut quick) = (true, true, true, true);
+        // Where waiters queue at the server (etcd, ZooKeeper, and PostgreSQL's lock queue), a
+        // hand-off should cost about one commit plus the wake-up: under the uncontended cycle.
+        let queued = matches!(b.kind, Kind::Etcd | Kind::Zookeeper | Kind::Postgres);
+        for run in self.all_runs() {
+            let Some(rb) = run.get(bi) else { continue };
+            let rows = rb.contention.iter().filter(|c| c.result.clients == n);
+            let Some(ours) = rows.clone().find(|c| c.role == Role::Ours) else {
+                continue;
+            };
+            let r = &ours.result;
+            let best_peer = rows
+                .filter(|c| c.role == Role::Peer)
+                .map(|c| c.result.grants_per_sec)
+                .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+            if let Some(p) = best_peer {
+                beats_peers &= r.grants_per_sec >= p;
+                peer_rate.push(p);
+            }
+            ours_rate.push(r.grants_per_sec);
+            jains.push(r.jain);
+            fair &= r.jain >= JAIN_TARGET;
+            waits.push(r.max_wait_ms * 1000.0 / r.hand_off.p50_us.max(f64::MIN_POSITIVE));
+            bounded &= r.max_wait_ms * 1000.0 <= LONGEST_WAIT_HAND_OFFS * r.hand_off.p50_us;
+            hand_offs.push(r.hand_off.p50_us);
+            if let Some(u) = rb.ours() {
+                let (limit, against) = if queued {
+                    (HAND_OFF_VS_CYCLE * u.latency.p50_us, u.latency.p50_us)
+                } else {
+                    (HAND_OFF_VS_ACQUIRE * u.acquire.p50_us, u.acquire.p50_us)
+                };
+                base.push(r.hand_off.p50_us / against);
+                quick &= r.hand_off.p50_us <= limit;
+            }
+        }
+        if ours_rate.is_empty() {
+            return;
+        }
+        let rate = |v: f64| format!("{v:.0}/s");
+        let peers = if peer_rate.is_empty() {
+            "no peer".to_owned()
+        } else {
+            format!(
+                "best peer {} — grants/s ≥ best peer in every run: {}",
+                spread(&peer_rate, rate),
+                met(beats_peers)
+            )
+        };
+        let _ = writeln!(
+            out,
+            "* {} with {n} clients on one key: {} grants/s ({peers}); Jain {} — ≥ {JAIN_TARGET}: {}; longest wait {} median hand-offs — ≤ {LONGEST_WAIT_HAND_OFFS:.0}: {}; hand-off p50 {} µs = {} {} — ≤ {}: {}.",
+            b.backend,
+            spread(&ours_rate, |v| format!("{v:.0}")),
+            spread(&jains, |v| format!("{v:.3}")),
+            met(fair),
+            spread(&waits, |v| format!("{v:.1}")),
+            met(bounded),
+            spread(&hand_offs, |v| format!("{v:.0}")),
+            spread(&base, |v| format!("{v:.2}×")),
+            if queued { "the uncontended acquire + release p50" } else { "the uncontended acquire p50" },
+            if queued { HAND_OFF_VS_CYCLE } else { HAND_OFF_VS_ACQUIRE },
+            met(quick),
+        );
+    }
+
     fn uncontended_section(&self, out: &mut String, charts: &str) {
         let s = &self.settings;
         let _ = writeln!(
             out,
             "## Uncontended acquire + release, one client\n\n{} cycles per subject after 100 of warm-up, in {} interleaved rounds. \
              The raw minimum is the fewest client-crate requests a correct lock needs, with nothing else \
-             (see `crates/bench/src/raw.rs`); peers are measured as their documentation shows.\n",
-            s.cycles, s.rounds
+             (see `crates/bench/src/raw.rs`); peers are measured as their documentation shows.{}\n",
+            s.cycles,
+            s.rounds,
+            runs_note(s.runs)
         );
         let _ = writeln!(
             out,
-            "| backend | subject | p50 | p99 | cycles/s | ÷ raw (p50) |\n|---|---|---|---|---|---|"
+            "| backend | subject | p50 | p99 | acquire p50 | cycles/s | ÷ raw (p50) |\n|---|---|---|---|---|---|---|"
         );
-        for b in &self.backends {
-            for u in &b.uncontended {
+        let rows: fn(&BackendReport) -> &[SubjectLatency] = |b| b.uncontended.as_slice();
+        let us = |v: f64| format!("{v:.0} µs");
+        for (bi, b) in self.backends.iter().enumerate() {
+            for (ui, u) in b.uncontended.iter().enumerate() {
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {:.0} µs | {:.0} µs | {:.0} | {:.2}× |",
-                    b.backend, u.subject, u.latency.p50_us, u.latency.p99_us, u.latency.per_sec, u.vs_raw
+                    "| {} | {} | {} | {} | {} | {} | {} |",
+                    b.backend,
+                    u.subject,
+                    self.cell(bi, ui, rows, |u| Some(u.latency.p50_us), us),
+                    self.cell(bi, ui, rows, |u| Some(u.latency.p99_us), us),
+                    self.cell(bi, ui, rows, |u| Some(u.acquire.p50_us), us),
+                    self.cell(bi, ui, rows, |u| Some(u.latency.per_sec), |v| format!("{v:.0}")),
+                    self.cell(bi, ui, rows, |u| Some(u.vs_raw), |v| format!("{v:.2}×")),
                 );
             }
         }
         let _ = writeln!(out, "\n![uncontended latency]({charts}/latency.svg)\n");
+    }
+
+    /// One table row per contention run of `rows`, each figure's spread across runs.
+    fn contention_table(&self, out: &mut String, rows: fn(&BackendReport) -> &[ContentionRow]) {
+        let _ = writeln!(
+            out,
+            "| backend | subject | keys × clients | hand-off p50 | p99 | grants/s | Jain | longest wait | server commands per grant | grants per client (min–max) | clients that gave up |\n|---|---|---|---|---|---|---|---|---|---|---|"
+        );
+        let us = |v: f64| format!("{v:.0} µs");
+        for (bi, b) in self.backends.iter().enumerate() {
+            for (ci, c) in rows(b).iter().enumerate() {
+                let r = &c.result;
+                let min = r.per_client.iter().min().copied().unwrap_or(0);
+                let max = r.per_client.iter().max().copied().unwrap_or(0);
+                let gave_up: Vec<f64> = self.across(|run| Some(rows(run.get(bi)?).get(ci)?.result.gave_up as f64));
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} × {} | {} | {} | {} | {} | {} | {} | {min}–{max} of {} | {} |",
+                    b.backend,
+                    c.subject,
+                    r.keys,
+                    r.clients,
+                    self.cell(bi, ci, rows, |c| Some(c.result.hand_off.p50_us), us),
+                    self.cell(bi, ci, rows, |c| Some(c.result.hand_off.p99_us), us),
+                    self.cell(bi, ci, rows, |c| Some(c.result.grants_per_sec), |v| format!("{v:.0}")),
+                    self.cell(bi, ci, rows, |c| Some(c.result.jain), |v| format!("{v:.3}")),
+                    self.cell(bi, ci, rows, |c| Some(c.result.max_wait_ms), |v| format!("{v:.1} ms")),
+                    self.cell(bi, ci, rows, |c| c.result.commands_per_grant, |v| format!("{v:.1}")),
+                    r.grants,
+                    match &r.gave_up_because {
+                        None if gave_up.iter().all(|g| *g == 0.0) => "none".to_owned(),
+                        None => spread(&gave_up, |v| format!("{v:.0}")),
+                        Some(why) => format!("{}: {}", spread(&gave_up, |v| format!("{v:.0}")), why.replace('|', "/")),
+                    }
+                );
+            }
+        }
     }
 
     fn contention_section(&self, out: &mut String, charts: &str) {
@@ -346,38 +642,59 @@ impl Report {
             out,
             "## Contention: clients taking turns on one key\n\nEach client its own connection; each run stops after {} grants or {:.0} s. \
              Hand-off: from the holder's release call to the next holder's acquire returning, counted when the next holder is another client. \
-             Fairness: Jain's index over grants per client (1 = even) and the longest any one acquire waited.\n",
-            s.grants, s.contention_limit_secs
+             Fairness: Jain's index over grants per client (1 = even) and the longest any one acquire waited. \
+             Server commands per grant: the servers' own counters over the run ({}), divided by the grants — \
+             flat in the number of clients when a release wakes one waiter, growing with it when every waiter races.{}\n",
+            s.grants,
+            s.contention_limit_secs,
+            self.backends
+                .iter()
+                .map(|b| format!("{}: {}", b.backend, b.command_unit))
+                .collect::<Vec<_>>()
+                .join("; "),
+            runs_note(s.runs)
         );
-        let _ = writeln!(
-            out,
-            "| backend | subject | clients | hand-off p50 | p99 | grants/s | Jain | longest wait | grants per client (min–max) | clients that gave up |\n|---|---|---|---|---|---|---|---|---|---|"
-        );
-        for b in &self.backends {
-            for c in &b.contention {
-                let r = &c.result;
-                let min = r.per_client.iter().min().copied().unwrap_or(0);
-                let max = r.per_client.iter().max().copied().unwrap_or(0);
-                let _ = writeln!(
-                    out,
-                    "| {} | {} | {} | {:.0} µs | {:.0} µs | {:.0} | {:.3} | {:.1} ms | {min}–{max} of {} | {} |",
-                    b.backend,
-                    c.subject,
-                    r.clients,
-                    r.hand_off.p50_us,
-                    r.hand_off.p99_us,
-                    r.grants_per_sec,
-                    r.jain,
-                    r.max_wait_ms,
-                    r.grants,
-                    match &r.gave_up_because {
-                        None => "none".to_owned(),
-                        Some(why) => format!("{}: {}", r.gave_up, why.replace('|', "/")),
-                    }
-                );
-            }
-        }
+        self.contention_table(out, |b| b.contention.as_slice());
         let _ = writeln!(out, "\n![hand-off under contention]({charts}/handoff.svg)\n");
+        if self.backends.iter().any(|b| !b.many_keys.is_empty()) {
+            let _ = writeln!(
+                out,
+                "## Many keys at once\n\nThe shape of a real service: a few client processes (each one connection) and many keys, each key contended by every client at once; each run stops after {:.0} s. \
+                 Jain's index is over every (key, client) pair; the longest wait is the longest any one acquire waited on any key.\n",
+                s.many_keys_limit_secs
+            );
+            self.contention_table(out, |b| b.many_keys.as_slice());
+            let _ = writeln!(out, "\n![many keys at once]({charts}/manykeys.svg)\n");
+        }
+        if self.backends.iter().any(|b| !b.dead_waiter.is_empty()) {
+            let _ = writeln!(
+                out,
+                "## A waiter dies while queued\n\n{} trials per subject. A holder takes a fresh key; the victim, connected through a fault proxy, queues for it, and two live clients queue behind it. \
+                 The victim then dies as a SIGKILLed process does: the proxy resets its connections, its acquire is aborted and its client dropped, with no clean-up. \
+                 The holder releases; the figure is release call → the next live waiter's acquire returning (compare the hand-off p50 above). \
+                 A trial where no live waiter got the lock within one TTL + 5 s counts as stuck.\n",
+                s.dead_waiter_trials
+            );
+            let _ = writeln!(
+                out,
+                "| backend | subject | release → next live grant, median | max | stuck trials |\n|---|---|---|---|---|"
+            );
+            let rows: fn(&BackendReport) -> &[DeadWaiter] = |b| b.dead_waiter.as_slice();
+            for (bi, b) in self.backends.iter().enumerate() {
+                for (di, d) in b.dead_waiter.iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        "| {} | {} | {} | {} | {} |",
+                        b.backend,
+                        d.subject,
+                        self.cell(bi, di, rows, |d| Some(d.p50_ms), |v| format!("{v:.1} ms")),
+                        self.cell(bi, di, rows, |d| Some(d.max_ms), |v| format!("{v:.1} ms")),
+                        self.cell(bi, di, rows, |d| Some(d.stuck as f64), |v| format!("{v:.0}")),
+                    );
+                }
+            }
+            out.push('\n');
+        }
     }
 
     fn scale_section(&self, out: &mut String, charts: &str) {
@@ -416,6 +733,15 @@ impl Report {
             }
         }
         let _ = writeln!(out, "\n![renewal cost vs locks held]({charts}/renewals.svg)\n");
+    }
+}
+
+/// The note under a table when several runs were made.
+fn runs_note(runs: usize) -> String {
+    if runs > 1 {
+        format!(" Each figure: the median of {runs} runs, then their min–max.")
+    } else {
+        String::new()
     }
 }
 

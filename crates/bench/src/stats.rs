@@ -59,9 +59,38 @@ pub fn jain(shares: &[f64]) -> f64 {
     sum * sum / (shares.len() as f64 * squares)
 }
 
+/// The median of `values` (any order; 0 for none).
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// One figure across runs: the value itself for one run; `median (min–max)` for several;
+/// `n/a` for none.
+pub fn spread(values: &[f64], fmt: impl Fn(f64) -> String) -> String {
+    match values {
+        [] => "n/a".into(),
+        [v] => fmt(*v),
+        _ => {
+            let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            format!("{} ({}–{})", fmt(median(values)), fmt(min), fmt(max))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spreads_show_the_median_and_the_range() {
+        let f = |v: f64| format!("{v:.1}");
+        assert_eq!(spread(&[], f), "n/a");
+        assert_eq!(spread(&[2.0], f), "2.0");
+        assert_eq!(spread(&[3.0, 1.0, 2.0], f), "2.0 (1.0–3.0)");
+    }
 
     #[test]
     fn percentiles_and_rates() {

@@ -3,8 +3,9 @@
 
 use std::fmt::Write as _;
 
-/// The colour of series `i`.
-fn colour(i: usize) -> &'static str {
+/// The colour of series `i` (for bars: of subject `i` of the legend, so one subject has one
+/// colour in every chart).
+pub fn colour(i: usize) -> &'static str {
     const PALETTE: [&str; 6] = ["#1f77b4", "#7f7f7f", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"];
     PALETTE[i % PALETTE.len()]
 }
@@ -16,32 +17,41 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// One group of bars: a label and (series name, value) pairs.
-pub type Group = (String, Vec<(String, f64)>);
+/// One group of bars: a label and (bar label, subject, value) triples.
+pub type Group = (String, Vec<(String, String, f64)>);
 
-/// Horizontal bars, one row per (group, series), on a log₁₀ axis (values > 0; others are
-/// left out), with the value written at the end of each bar.
-pub fn bar_chart(title: &str, unit: &str, groups: &[Group]) -> String {
+/// Horizontal bars, one row per (group, bar), on a log₁₀ axis (values > 0; others are
+/// left out), with the value written at the end of each bar. A bar's colour is its
+/// subject's place in `legend` (drawn under the title), the same in every chart given the
+/// same legend.
+pub fn bar_chart(title: &str, unit: &str, groups: &[Group], legend: &[String]) -> String {
     let rows: usize = groups.iter().map(|(_, bars)| bars.len()).sum();
-    let (left, right, row_h, top) = (260.0, 110.0, 18.0, 40.0);
+    let (left, right, row_h, top) = (260.0, 110.0, 18.0, 62.0);
     let width = 900.0;
     let height = top + rows as f64 * row_h + groups.len() as f64 * 10.0 + 40.0;
     let values: Vec<f64> = groups
         .iter()
-        .flat_map(|(_, b)| b.iter().map(|(_, v)| *v))
+        .flat_map(|(_, b)| b.iter().map(|(_, _, v)| *v))
         .filter(|v| *v > 0.0)
         .collect();
     let (lo, hi) = log_range(&values);
     let x = |v: f64| left + (v.log10() - lo) / (hi - lo) * (width - left - right);
     let mut s = header(width, height, title);
+    let mut lx = 10.0;
+    for (i, subject) in legend.iter().enumerate() {
+        let _ = write!(
+            s,
+            r#"<rect x="{lx:.0}" y="34" width="12" height="12" fill="{}"/><text x="{:.0}" y="44" font-size="11">{}</text>"#,
+            colour(i),
+            lx + 16.0,
+            escape(subject)
+        );
+        lx += 16.0 + 7.0 * subject.chars().count() as f64 + 18.0;
+    }
     let mut y = top;
-    let mut series: Vec<String> = Vec::new();
     for (group, bars) in groups {
-        for (name, v) in bars {
-            if !series.contains(name) {
-                series.push(name.clone());
-            }
-            let ci = series.iter().position(|n| n == name).unwrap_or(0);
+        for (name, subject, v) in bars {
+            let ci = legend.iter().position(|n| n == subject).unwrap_or(legend.len());
             let _ = write!(
                 s,
                 r#"<text x="{:.0}" y="{:.0}" text-anchor="end" font-size="11">{} · {}</text>"#,
@@ -228,8 +238,17 @@ mod tests {
             "µs",
             &[(
                 "redis".into(),
-                vec![("ours".into(), 200.0), ("raw".into(), 180.0), ("zero".into(), 0.0)],
+                vec![
+                    ("ours".into(), "ours".into(), 200.0),
+                    ("raw".into(), "raw".into(), 180.0),
+                    ("zero".into(), "raw".into(), 0.0),
+                ],
             )],
+            &["ours".into(), "raw".into()],
+        );
+        assert!(
+            svg.contains(r##"<rect x="10" y="34" width="12" height="12" fill="#1f77b4"/>"##),
+            "{svg}"
         );
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
         assert!(svg.contains("a &lt;b&gt; &amp; c"));

@@ -210,11 +210,38 @@ impl Target {
     /// and pings). `None` when the counters cannot be read (etcd and ZooKeeper counters
     /// are read on loopback only).
     pub async fn server_requests(&self) -> Option<u64> {
+        self.counter(RedisCount::Scripts).await
+    }
+
+    /// Commands the servers have run so far, by their own counters: every Redis command
+    /// (`INFO commandstats`, summed over nodes, less the `INFO` calls that read them);
+    /// etcd and ZooKeeper count as in [`server_requests`](Self::server_requests). For the
+    /// contention runs' commands per grant. `None` when the counters cannot be read, and
+    /// for PostgreSQL, whose backends flush their statistics lazily (up to seconds after
+    /// the fact), so a count over a run of seconds would be wrong rather than rough.
+    pub async fn server_commands(&self) -> Option<u64> {
+        if self.kind == Kind::Postgres {
+            return None;
+        }
+        self.counter(RedisCount::All).await
+    }
+
+    /// What the counters of [`server_commands`](Self::server_commands) count.
+    pub fn command_unit(&self) -> &'static str {
+        match self.kind {
+            Kind::Redis | Kind::Redlock => "Redis commands (all nodes)",
+            Kind::Etcd => "gRPC messages received",
+            Kind::Zookeeper => "packets received",
+            Kind::Postgres => "not counted (statistics flushed lazily)",
+        }
+    }
+
+    async fn counter(&self, redis: RedisCount) -> Option<u64> {
         match self.kind {
             Kind::Redis | Kind::Redlock => {
                 let mut total = 0;
                 for url in &self.nodes {
-                    total += redis_script_calls(url).await?;
+                    total += redis_command_calls(url, redis).await?;
                 }
                 Some(total)
             }
@@ -310,8 +337,17 @@ fn loopback_port(endpoint: &str) -> Option<u16> {
     matches!(host, "127.0.0.1" | "localhost").then(|| port.parse().ok())?
 }
 
-/// `EVALSHA` + `EVAL` calls the server has run (`INFO commandstats`).
-async fn redis_script_calls(url: &str) -> Option<u64> {
+/// Which Redis commands a counter sums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RedisCount {
+    /// `EVALSHA` + `EVAL`.
+    Scripts,
+    /// Every command but `INFO` (the reading itself).
+    All,
+}
+
+/// The calls of the commands `which` the server has run (`INFO commandstats`).
+async fn redis_command_calls(url: &str, which: RedisCount) -> Option<u64> {
     let client = redis::Client::open(url).ok()?;
     let mut c = tokio::time::timeout(Duration::from_secs(2), client.get_multiplexed_async_connection())
         .await
@@ -320,7 +356,10 @@ async fn redis_script_calls(url: &str) -> Option<u64> {
     let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut c).await.ok()?;
     Some(
         info.lines()
-            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+            .filter(|l| match which {
+                RedisCount::Scripts => l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"),
+                RedisCount::All => l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info:"),
+            })
             .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
             .sum(),
     )

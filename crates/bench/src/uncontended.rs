@@ -12,9 +12,11 @@ const WARM_UP: usize = 100;
 /// Measures `n` acquire + release cycles of each subject, in `rounds` interleaved rounds
 /// (subject A's share, then B's, …, repeated), so that a burst of machine noise hits all
 /// of them alike. Each subject uses its own key.
-pub async fn measure(subjects: &[&dyn Subject], n: usize, rounds: usize) -> Result<Vec<Latency>> {
+/// Returns, per subject, (acquire + release, acquire alone).
+pub async fn measure(subjects: &[&dyn Subject], n: usize, rounds: usize) -> Result<Vec<(Latency, Latency)>> {
     let rounds = rounds.max(1);
     let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(n); subjects.len()];
+    let mut acquires: Vec<Vec<Duration>> = vec![Vec::with_capacity(n); subjects.len()];
     for (i, s) in subjects.iter().enumerate() {
         for _ in 0..WARM_UP {
             s.acquire(&key(i)).await?.await?;
@@ -26,12 +28,18 @@ pub async fn measure(subjects: &[&dyn Subject], n: usize, rounds: usize) -> Resu
             let key = key(i);
             for _ in 0..share {
                 let t = Instant::now();
-                s.acquire(&key).await?.await?;
+                let held = s.acquire(&key).await?;
+                acquires[i].push(t.elapsed());
+                held.await?;
                 samples[i].push(t.elapsed());
             }
         }
     }
-    Ok(samples.into_iter().map(Latency::of).collect())
+    Ok(samples
+        .into_iter()
+        .zip(acquires)
+        .map(|(cycle, acquire)| (Latency::of(cycle), Latency::of(acquire)))
+        .collect())
 }
 
 fn key(i: usize) -> String {

@@ -20,6 +20,11 @@ fn tiny() -> Plan {
         contention_limit: Duration::from_secs(5),
         scale_counts: vec![300],
         hold: Duration::from_secs(2),
+        many_keys: 20,
+        many_keys_clients: 4,
+        many_keys_limit: Duration::from_secs(1),
+        dead_waiter_trials: 1,
+        runs: 1,
         command: "test".into(),
         ..Plan::quick()
     }
@@ -64,6 +69,25 @@ async fn a_run_on_redis_measures_ours_raw_and_peers_and_writes_the_report() {
         "{hand_offs} hand-offs between clients for {} grants",
         ours.result.grants
     );
+    // The servers' own counters give the commands per grant.
+    let per_grant = ours.result.commands_per_grant.expect("redis commandstats readable");
+    assert!(
+        per_grant >= 2.0,
+        "an acquire and a release are two commands at least: {per_grant}"
+    );
+    // Many keys: every subject, every (key, client) pair counted, nobody gave up.
+    let many: Vec<&str> = b.many_keys.iter().map(|c| c.subject.as_str()).collect();
+    assert_eq!(many, ["fencelock", "rslock", "distributed-lock"]);
+    let m = &b.many_keys[0].result;
+    assert_eq!((m.keys, m.clients, m.per_client.len()), (20, 4, 80), "{m:?}");
+    assert!(m.grants >= 20 && m.gave_up == 0, "{m:?}");
+    assert!(m.hand_off.n > 0 && m.commands_per_grant.is_some(), "{m:?}");
+    // Dead waiter: every subject; ours hands over past the dead waiter within the bound.
+    let dead: Vec<&str> = b.dead_waiter.iter().map(|d| d.subject.as_str()).collect();
+    assert_eq!(dead, ["fencelock", "rslock", "distributed-lock"]);
+    let d = &b.dead_waiter[0];
+    assert_eq!((d.trials, d.stuck), (1, 0), "{d:?}");
+    assert!(d.max_ms > 0.0 && d.max_ms >= d.p50_ms, "{d:?}");
     // Scale: all held, and the renewals reached the server batched.
     let p = &b.scale[0];
     assert!(p.all_held, "{p:?}");
@@ -83,12 +107,40 @@ async fn a_run_on_redis_measures_ours_raw_and_peers_and_writes_the_report() {
         "| redis | fencelock |",
         "| redis | raw minimum |",
         "bench/latency.svg",
+        "bench/manykeys.svg",
+        "## Many keys at once",
+        "| redis | fencelock | 20 × 4 |",
+        "## A waiter dies while queued",
+        "server commands per grant",
+        "target ≤ 1.05× (",
+        "never above 1.10× in a run (",
+        "Jain",
+        "≥ 0.95: ",
     ] {
         assert!(md.contains(needle), "missing {needle:?} in\n{md}");
     }
-    for chart in ["latency.svg", "handoff.svg", "renewals.svg"] {
+    // One legend for every chart: each subject keeps its colour across charts.
+    let legend = report.subjects();
+    assert_eq!(legend[..2], ["fencelock".to_owned(), "raw minimum".to_owned()]);
+    for chart in ["latency.svg", "handoff.svg", "manykeys.svg", "renewals.svg"] {
         let svg = std::fs::read_to_string(dir.path().join("bench").join(chart)).unwrap();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{chart}");
+        if chart != "renewals.svg" {
+            for (i, subject) in legend.iter().enumerate() {
+                let colour = fencelock_bench::svg::colour(i);
+                assert!(
+                    svg.contains(&format!(r#"fill="{colour}"/><text x=""#)),
+                    "{chart}: no legend entry for {subject}"
+                );
+            }
+            let rslock = fencelock_bench::svg::colour(legend.iter().position(|s| s == "rslock").unwrap());
+            let bars: Vec<&str> = svg.split("· rslock").skip(1).collect();
+            assert!(!bars.is_empty(), "{chart}: no rslock bar");
+            for bar in bars {
+                let fill = bar.split("fill=\"").nth(1).and_then(|f| f.split('"').next());
+                assert_eq!(fill, Some(rslock), "{chart}: an rslock bar in another colour");
+            }
+        }
     }
     let json: serde_json::Value = serde_json::from_str(&report.json()).unwrap();
     assert_eq!(json["backends"][0]["kind"], "redis");
@@ -118,6 +170,38 @@ async fn a_backend_given_by_url_is_measured_as_it_is() {
         "{:?}",
         b.server
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_runs_report_each_figure_with_its_spread() {
+    let server = RedisServer::start();
+    let plan = Plan {
+        urls: vec![server.url()],
+        peers: false,
+        clients: vec![],
+        scale_counts: vec![],
+        many_keys: 0,
+        dead_waiter_trials: 0,
+        runs: 3,
+        ..tiny()
+    };
+    let report = run(&plan, &|_| {}).await.unwrap();
+    assert_eq!(report.later_runs.len(), 2);
+    assert_eq!(report.settings.runs, 3);
+    let ratios: Vec<f64> = report.all_runs().map(|r| r[0].uncontended[0].vs_raw).collect();
+    let (lo, hi) = ratios
+        .iter()
+        .fold((f64::MAX, 0.0f64), |(l, h), v| (l.min(*v), h.max(*v)));
+    let text = report.markdown("charts");
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("| redis | fencelock |"))
+        .expect("our uncontended row");
+    assert!(
+        row.contains(&format!("({lo:.2}×–{hi:.2}×)")),
+        "{row}: ratios {ratios:?}"
+    );
+    assert!(text.contains("the median of 3 runs, then their min–max"), "{text}");
 }
 
 #[tokio::test]

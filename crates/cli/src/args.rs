@@ -255,6 +255,11 @@ pub struct BenchArgs {
     #[arg(long)]
     pub no_peers: bool,
 
+    /// Repeat the whole measurement N times (on the same servers) and report each figure
+    /// as the median of the runs with their min–max
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=20))]
+    pub runs: u16,
+
     /// Write the Markdown report to FILE and its charts to a folder beside it
     /// (docs/benchmarks.md → docs/benchmarks/*.svg)
     #[arg(long, value_name = "FILE")]

@@ -24,6 +24,7 @@ pub async fn bench(cli: &Cli, args: &BenchArgs) -> ExitCode {
         Err(e) => return exit::fail_with(&e),
     };
     plan.peers = !args.no_peers;
+    plan.runs = usize::from(args.runs);
     if !args.only.is_empty() {
         if !plan.urls.is_empty() {
             return exit::fail(
