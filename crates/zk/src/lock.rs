@@ -200,10 +200,7 @@ impl DistributedLock for ZkLock {
         queue_with(key, opts, || async {
             let session = self.session().await?;
             let q = enqueue(&session, &self.inner.cfg, key, &pending).await?;
-            // The listing after the watch is saved only while the watch is younger than a
-            // tenth of the validity (see `wait_turn`).
-            let fresh_for = opts.ttl().min(session.timeout()) / 10;
-            let confirmed_at = wait_turn(&q, &self.inner.wakeups, fresh_for).await?;
+            let confirmed_at = wait_turn(&q, &self.inner.wakeups).await?;
             Ok(Some(grant::lease(key, opts, q, confirmed_at)))
         })
         .await

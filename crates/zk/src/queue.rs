@@ -224,9 +224,6 @@ async fn follow_up(session: &Arc<Session>, cfg: &Arc<ZkConfig>, dir: &str, grant
 pub(crate) struct Position {
     /// The node just before ours; `None` when ours is first (we hold the lock).
     pub predecessor: Option<String>,
-    /// The predecessor is the first node: once it is deleted, ours is first (sequence
-    /// numbers only grow, so no node made later can come before ours).
-    pub predecessor_first: bool,
     /// When the listing was sent: if we are first, the lock is ours from no later than
     /// this, and the answer proves the server heard our session then.
     pub sent_at: Instant,
@@ -252,26 +249,14 @@ pub(crate) async fn position(q: &Queued) -> Result<Position> {
     };
     Ok(Position {
         predecessor: (at > 0).then(|| children[at - 1].clone()),
-        predecessor_first: at == 1,
         sent_at,
     })
 }
 
-/// Waits until our node is first, watching only our predecessor; returns the instant the
-/// lease's validity counts from (not the create: a long wait must not eat the TTL).
-/// `wakeups` counts watch wake-ups.
-///
-/// A hand-off costs the predecessor's delete, the watch push and at most one request:
-/// when the predecessor was the first node and the watch reports it deleted, ours is first
-/// without listing the queue again, and validity counts from the send instant of our watch
-/// request — the server answered it after that instant, so our session (and with it our
-/// ephemeral node) was alive then, and the session cannot expire sooner than a session
-/// timeout after the server last heard from us. That saves the listing only while the
-/// watch is younger than `fresh_for` (a tenth of the validity): a long wait would
-/// otherwise eat the validity, and then the listing below gives a fresh instant. When the
-/// predecessor was not first (it left the queue, and nodes before it may remain), one
-/// listing finds the new predecessor.
-pub(crate) async fn wait_turn(q: &Queued, wakeups: &AtomicU64, fresh_for: Duration) -> Result<Instant> {
+/// Waits until our node is first, watching only our predecessor; returns the send instant
+/// of the listing that found us first (the lease's validity counts from there, not from
+/// the create: a long wait must not eat the TTL). `wakeups` counts watch wake-ups.
+pub(crate) async fn wait_turn(q: &Queued, wakeups: &AtomicU64) -> Result<Instant> {
     for _ in 0..100_000 {
         let pos = position(q).await?;
         let Some(pred) = pos.predecessor else {
@@ -279,7 +264,6 @@ pub(crate) async fn wait_turn(q: &Queued, wakeups: &AtomicU64, fresh_for: Durati
         };
         let path = format!("{}/{pred}", q.dir);
         let client = q.session.client()?;
-        let watch_sent = Instant::now();
         let (stat, watcher) = match tokio::time::timeout(q.cfg.timeout, client.check_and_watch_stat(&path)).await {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => return Err(failed("watching the predecessor", &q.cfg.display, e)),
@@ -295,13 +279,6 @@ pub(crate) async fn wait_turn(q: &Queued, wakeups: &AtomicU64, fresh_for: Durati
                 message: "the zookeeper session ended while waiting".into(),
                 source: None,
             });
-        }
-        if pos.predecessor_first
-            && event.event_type == EventType::NodeDeleted
-            && q.session.is_usable()
-            && watch_sent.elapsed() <= fresh_for
-        {
-            return Ok(watch_sent);
         }
     }
     Err(LockError::Unavailable {

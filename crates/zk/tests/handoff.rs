@@ -1,6 +1,8 @@
-//! Issue 14: what a hand-off costs the server. The waiter watches its predecessor; when
-//! that was the first node, its deletion makes the waiter first, so from the holder's
-//! release to the waiter's grant the server receives only the holder's delete.
+//! Issue 14: what a hand-off costs the server. The waiter watches its predecessor; from
+//! the holder's release to the waiter's grant the server receives the holder's delete and
+//! the waiter's one listing of the queue. (Skipping that listing when the predecessor was
+//! the first node was tried and reverted: it granted a held key once in the three-server
+//! conformance run, cause not found in time — see the issue-14 report.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 
@@ -11,11 +13,10 @@ use fencelock_testkit::zk_server::ZkEnsemble;
 use fencelock_zk::ZkLock;
 use tokio::time::Instant;
 
-/// From the holder's release to the waiter's grant the server receives one packet, the
-/// holder's delete. Before issue 14 the waiter listed the queue again after the watch
-/// fired: two packets.
+/// From the holder's release to the waiter's grant the server receives two packets: the
+/// holder's delete and the waiter's listing (nothing per other waiter, no retry).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hand_off_from_the_first_node_costs_only_the_delete() {
+async fn a_hand_off_costs_the_delete_and_one_listing() {
     let ensemble = ZkEnsemble::standalone();
     // A long session timeout: the clients' pings (every third of it) stay out of the way.
     let url = ensemble.url("/handoff", "session_timeout=30s");
@@ -49,6 +50,6 @@ async fn a_hand_off_from_the_first_node_costs_only_the_delete() {
         .unwrap()
         .unwrap();
     let packets = ensemble.packets_received(0).expect("mntr") - before - reading;
-    assert_eq!(packets, 1, "packets from the release to the grant");
+    assert_eq!(packets, 2, "packets from the release to the grant");
     lease.release().await.unwrap();
 }
