@@ -200,12 +200,17 @@ pub struct DemoArgs {
     pub processes: u8,
 }
 
-/// A duration as `humantime` reads it (`30s`, `1.5s`, `2m 30s`, `500ms`), at least 1 ms.
+/// A duration as `humantime` reads it (`30s`, `1.5s`, `2m 30s`, `500ms`), from 1 ms to
+/// 24 h inclusive — the library's own bounds for TTLs and waits, and a bound on
+/// `--kill-after`, so no deadline arithmetic can overflow.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(text.trim())
         .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. 500ms, 1.5s, 30s or 2m"))?;
     if d < fencelock::options::MIN_TTL {
         return Err(format!("{} is below the minimum of 1ms", humantime::format_duration(d)));
+    }
+    if d > fencelock::options::MAX_TTL {
+        return Err(format!("{} is above the maximum of 24h", humantime::format_duration(d)));
     }
     Ok(d)
 }

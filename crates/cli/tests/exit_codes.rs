@@ -87,6 +87,11 @@ fn bad_inputs_exit_64_or_78_on_one_line() {
             64,
             "unexpected argument",
         ),
+        (
+            &["--backend", f, "run", "k", "--kill-after", "1000days", "--", "true"],
+            64,
+            "above the maximum of 24h",
+        ),
         // Usage errors are EX_USAGE (64), on one line, not clap's 2.
         (&["run", "k"], 64, "required"),
         (&["run", "k", "--nope", "--", "true"], 64, "--nope"),

@@ -88,19 +88,7 @@ impl PgConfig {
                 _ => passed.push(if v.is_empty() { k.to_owned() } else { format!("{k}={v}") }),
             }
         }
-        check_identifier(&cfg.schema).map_err(|why| bad(format!("schema: {why}")))?;
-        url_query::check_timeouts(&[
-            ("timeout", cfg.timeout),
-            ("connect_timeout", cfg.connect_timeout),
-            ("poll", cfg.poll),
-        ])
-        .map_err(bad)?;
-        if cfg.renew_window > Duration::from_secs(10) {
-            return Err(bad(format!(
-                "renew_window must be at most 10s, got {:?}",
-                cfg.renew_window
-            )));
-        }
+        cfg.validate()?;
         let libpq = if passed.is_empty() {
             base.to_owned()
         } else {
@@ -126,6 +114,32 @@ impl PgConfig {
         pg.connect_timeout(cfg.connect_timeout);
         cfg.pg = pg;
         Ok(cfg)
+    }
+
+    /// The one check of the options, whether they came from a URL or were set in code
+    /// ([`PgLock::connect_with`](crate::PgLock::connect_with) runs it too): the schema is
+    /// spliced into SQL, so it must be a plain identifier; durations within the bounds
+    /// every backend uses (1 ms to 10 min), so no `Instant` arithmetic can overflow.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidConfig`] naming the option.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |why: String| LockError::invalid_config(format!("`{}`: {why}", self.display));
+        check_identifier(&self.schema).map_err(|why| bad(format!("schema: {why}")))?;
+        url_query::check_timeouts(&[
+            ("timeout", self.timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("poll", self.poll),
+        ])
+        .map_err(bad)?;
+        if self.renew_window > Duration::from_secs(10) {
+            return Err(bad(format!(
+                "renew_window must be at most 10s, got {:?}",
+                self.renew_window
+            )));
+        }
+        Ok(())
     }
 
     /// The server, for messages (no password).
@@ -199,6 +213,24 @@ mod tests {
         let c = PgConfig::from_url("postgresql://u@h/d?application_name=mine").unwrap();
         assert_eq!(c.pg.get_application_name(), Some("mine"));
         assert_eq!(c.schema, DEFAULT_SCHEMA);
+    }
+
+    #[test]
+    fn options_set_in_code_are_checked_like_the_url() {
+        let good = PgConfig::from_url("postgres://u@127.0.0.1:5432/db").expect("url");
+        let mut cfg = good.clone();
+        cfg.schema = "x; DROP TABLE locks".into();
+        assert!(
+            cfg.validate().is_err(),
+            "a schema spliced into SQL must be an identifier"
+        );
+        let mut cfg = good.clone();
+        cfg.poll = Duration::MAX;
+        assert!(cfg.validate().is_err(), "a huge poll would overflow Instant arithmetic");
+        let mut cfg = good.clone();
+        cfg.timeout = Duration::ZERO;
+        assert!(cfg.validate().is_err());
+        assert!(good.validate().is_ok());
     }
 
     #[test]

@@ -108,6 +108,7 @@ impl PgLock {
     ///
     /// Cancel safe, as [`connect`](Self::connect).
     pub async fn connect_with(cfg: PgConfig) -> Result<Self> {
+        cfg.validate()?;
         let node = PgNode::new(cfg);
         let settings = node.settings().await?;
         if settings.in_recovery {
