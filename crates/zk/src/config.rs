@@ -6,16 +6,19 @@ use fencelock_core::options::duration_text::parse_duration;
 use fencelock_core::options::url_query;
 use fencelock_core::{LockError, Result};
 
+use crate::layout::ZkLayout;
+
 /// The options of the ZooKeeper backend.
 ///
-/// `zk://HOST:PORT[,HOST:PORT...][/CHROOT][?session_timeout=10s&timeout=2s&connect_timeout=1s]`
+/// `zk://HOST:PORT[,HOST:PORT...][/CHROOT][?session_timeout=10s&timeout=2s&connect_timeout=1s&layout=fencelock]`
 ///
 /// | part | default | meaning |
 /// |---|---|---|
-/// | `/CHROOT` | `/fencelock` | every lock lives under it, as `CHROOT/KEY/lock-GRANT-SEQUENCE` |
+/// | `/CHROOT` | `/fencelock` | every lock lives under it: `CHROOT/KEYNODE/lock-GRANT-lock-SEQUENCE` in the default layout, `CHROOT/KEY/…` (the key a path, as given) in the `curator` and `kazoo` layouts; a bare `/` is the root, for those two layouts only |
 /// | `session_timeout` | `10s` | the session's timeout: plays the TTL's role — how long after this process dies or is cut off its locks are freed (the server bounds it to 2–20 ticks) |
 /// | `timeout` | `2s` | the longest wait for one request |
 /// | `connect_timeout` | `1s` | the longest wait for a connection to one server |
+/// | `layout` | `fencelock` | the node names: `fencelock`, `curator` (Curator's `InterProcessMutex`), `kazoo` (kazoo's `Lock`) — see [`ZkLayout`] and `docs/interop-zookeeper.md` |
 #[derive(Debug, Clone)]
 pub struct ZkConfig {
     /// `HOST:PORT` of every server.
@@ -28,6 +31,8 @@ pub struct ZkConfig {
     pub timeout: Duration,
     /// Connect timeout.
     pub connect_timeout: Duration,
+    /// Node names and lock path (issue 17): fencelock's own, or a peer library's.
+    pub layout: ZkLayout,
     pub(crate) display: String,
 }
 
@@ -36,8 +41,9 @@ impl ZkConfig {
     ///
     /// # Errors
     /// [`LockError::InvalidConfig`] naming the URL and what is wrong with it: another
-    /// scheme, a server without a port, a bad chroot, an unknown option, a duration that
-    /// does not parse or is outside 1 ms..10 min.
+    /// scheme, a server without a port, a bad chroot (a bare `/` outside the `curator` and
+    /// `kazoo` layouts), an unknown option or layout, a duration that does not parse or is
+    /// outside 1 ms..10 min.
     pub fn from_url(url: &str) -> Result<Self> {
         let bad = |why: String| LockError::invalid_config(format!("`{url}`: {why}"));
         let rest = url
@@ -48,7 +54,7 @@ impl ZkConfig {
             Some((h, c)) => (h, format!("/{}", c.trim_end_matches('/'))),
             None => (base, "/fencelock".to_owned()),
         };
-        if chroot == "/" || chroot.contains("//") {
+        if chroot.contains("//") {
             return Err(bad(format!("bad chroot `{chroot}`")));
         }
         let servers = hosts.split(',').map(|h| h.trim().to_owned()).collect();
@@ -58,9 +64,14 @@ impl ZkConfig {
             session_timeout: Duration::from_secs(10),
             timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(1),
+            layout: ZkLayout::Fencelock,
             display: url.to_owned(),
         };
         for (k, v) in url_query::pairs(query) {
+            if k == "layout" {
+                cfg.layout = v.parse().map_err(|e: LockError| bad(e.to_string()))?;
+                continue;
+            }
             let d = parse_duration(v).map_err(|e| bad(format!("{k}: {e}")));
             match k {
                 "session_timeout" => cfg.session_timeout = d?,
@@ -68,10 +79,18 @@ impl ZkConfig {
                 "connect_timeout" => cfg.connect_timeout = d?,
                 _ => {
                     return Err(bad(format!(
-                        "unknown option `{k}` (zk takes session_timeout, timeout, connect_timeout)"
+                        "unknown option `{k}` (zk takes session_timeout, timeout, connect_timeout, layout)"
                     )))
                 }
             }
+        }
+        if cfg.chroot == "/" {
+            if !cfg.layout.takes_paths() {
+                return Err(bad(
+                    "a bare `/` (the root) is a chroot only for layout=curator or layout=kazoo, whose keys are paths; fencelock's own layout needs a chroot such as /fencelock".into(),
+                ));
+            }
+            cfg.chroot = String::new();
         }
         cfg.validate().map_err(|e| bad(e.to_string()))?;
         Ok(cfg)
@@ -144,12 +163,25 @@ mod tests {
     }
 
     #[test]
+    fn layouts_and_the_root_chroot() {
+        assert_eq!(ZkConfig::from_url("zk://h:1").unwrap().layout, ZkLayout::Fencelock);
+        let c = ZkConfig::from_url("zk://h:1/?layout=curator").unwrap();
+        assert_eq!((c.layout, c.chroot.as_str()), (ZkLayout::Curator, ""));
+        assert_eq!(c.connect_string(), "h:1");
+        let k = ZkConfig::from_url("zk://h:1/apps?layout=kazoo").unwrap();
+        assert_eq!((k.layout, k.chroot.as_str()), (ZkLayout::Kazoo, "/apps"));
+    }
+
+    #[test]
     fn rejects_bad_urls_clearly() {
         for (url, says) in [
             ("zk://", "bad server"),
             ("zk://h", "bad server"),
             ("zk://h:1?ttl=1s", "unknown option"),
             ("zk://h:1//x", "chroot"),
+            ("zk://h:1?layout=Curator", "unknown layout"),
+            ("zk://h:1/", "layout=curator or layout=kazoo"),
+            ("zk://h:1/?layout=fencelock", "a bare `/`"),
         ] {
             let e = ZkConfig::from_url(url).unwrap_err().to_string();
             assert!(e.contains(says), "{url}: {e}");

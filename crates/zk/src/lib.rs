@@ -4,9 +4,15 @@
 //! recipe of ZooKeeper's documentation on a ZAB-replicated ensemble, with the lock node's
 //! **creation zxid** as the fencing token.
 //!
-//! * **Lock**: an ephemeral sequential node `CHROOT/KEYNODE/lock-GRANT-SEQUENCE` under a
-//!   container node; the holder is the lowest sequence. Others watch **only their
+//! * **Lock**: an ephemeral sequential node `CHROOT/KEYNODE/lock-GRANT-lock-SEQUENCE` under
+//!   a container node; the holder is the lowest sequence among **all** children whose names
+//!   end in a sequence number (whichever library made them). Others watch **only their
 //!   predecessor** (no herd) and look again when it goes.
+//! * **Layouts** ([`ZkLayout`], `?layout=`): `curator` and `kazoo` name our nodes as Curator's
+//!   `InterProcessMutex` and kazoo's `Lock` do, directly under the lock path given as the
+//!   key, so fencelock queues with them (`docs/interop-zookeeper.md`). The default layout's
+//!   `…-lock-SEQ` suffix is ordered correctly by Curator too; beside kazoo's nodes it
+//!   refuses to queue (`InvalidConfig`), as kazoo does not see fencelock's names.
 //! * **Key → node name**: one znode name per key, escaped where ZooKeeper refuses a name
 //!   (see [`key_node`]); distinct keys stay distinct.
 //! * **Grant id in the name**: the node's name carries the attempt's grant id, kept across
@@ -39,8 +45,8 @@
 //! `cleanup` (background deletions and follow-ups) · `names` (key encoding) · `config` ·
 //! `error`.
 //!
-//! The node names are not Curator's: do not point Curator's `InterProcessMutex` (or any
-//! other ZooKeeper lock library) at the same path — both could believe they hold the lock.
+//! A peer library's grants carry no fencing token: beside Curator or kazoo, only
+//! fencelock's holders send tokens (czxids) to the resource, so only their writes are fenced.
 //!
 //! We implement the recipe rather than wrap `zookeeper_client::Client::lock`, because a
 //! lock here must carry a token (the czxid), outlive a borrow of the client (`Lease` is
@@ -51,6 +57,7 @@ mod config;
 mod election;
 mod error;
 mod grant;
+mod layout;
 mod lock;
 mod names;
 mod queue;
@@ -58,10 +65,11 @@ mod session;
 
 pub use config::ZkConfig;
 pub use election::ZkElection;
+pub use layout::ZkLayout;
 pub use lock::{ZkLock, GUARANTEES};
 
 /// The name of the node under which `key`'s lock nodes queue, directly under the chroot
-/// (`CHROOT/NAME/lock-GRANT-SEQUENCE`): `%`, `/` and the characters ZooKeeper refuses are
+/// in the default layout (`CHROOT/NAME/lock-GRANT-lock-SEQUENCE`): `%`, `/` and the characters ZooKeeper refuses are
 /// written `%XX` per UTF-8 byte, `.` and `..` as `%2E` and `%2E%2E`; every other key is
 /// its own name. For operators and tests that inspect the server.
 pub fn key_node(key: &str) -> String {

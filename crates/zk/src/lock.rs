@@ -144,8 +144,12 @@ impl ZkLock {
     }
 }
 
-/// Creates the chroot (persistent) with a client that is not chrooted.
+/// Creates the chroot (persistent) with a client that is not chrooted; nothing for the root
+/// (an empty chroot).
 async fn ensure_chroot(cfg: &ZkConfig) -> Result<()> {
+    if cfg.chroot.is_empty() {
+        return Ok(());
+    }
     let plain = ZkConfig {
         chroot: String::new(),
         ..cfg.clone()

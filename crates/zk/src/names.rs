@@ -13,8 +13,6 @@
 
 use std::fmt::Write as _;
 
-use fencelock_core::GrantId;
-
 /// The name of the node under which `key`'s lock nodes queue (directly under the chroot).
 pub(crate) fn key_node(key: &str) -> String {
     if key == "." || key == ".." {
@@ -36,7 +34,7 @@ pub(crate) fn key_node(key: &str) -> String {
 
 /// The characters ZooKeeper's path validation refuses (server `PathUtils.validatePath`,
 /// mirrored by zookeeper-client's `validate_path`).
-fn refused_by_zookeeper(c: char) -> bool {
+pub(crate) fn refused_by_zookeeper(c: char) -> bool {
     matches!(u32::from(c), 0..=0x1f | 0x7f..=0x9f | 0xd800..=0xf8ff | 0xfff0..)
 }
 
@@ -45,23 +43,26 @@ pub(crate) fn key_dir(key: &str) -> String {
     format!("/{}", key_node(key))
 }
 
-/// The prefix of our lock node's name: `lock-GRANT-` (ZooKeeper appends the sequence).
-/// The grant id in the name finds the node again when a create's answer is lost.
-pub(crate) fn lock_prefix(grant: &GrantId) -> String {
-    format!("lock-{grant}-")
-}
-
-/// The sequence number ZooKeeper appended to a child's name.
+/// The sequence number ZooKeeper appended to a child's name: its last 10 characters
+/// (`%010d`, so a negative number after the parent's counter overflowed is `-` and 9
+/// digits). Every child named so counts, whatever library made it — fencelock's
+/// `…-lock-SEQ`, Curator's `_c_UUID-lock-SEQ`, kazoo's `HEX__lock__SEQ` — so a foreign
+/// contender is never ignored.
 pub(crate) fn sequence(name: &str) -> Option<i64> {
-    name.rsplit('-').next()?.parse().ok()
+    let tail = name.get(name.len().checked_sub(10)?..)?;
+    let digits = tail.strip_prefix('-').unwrap_or(tail);
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    tail.parse().ok()
 }
 
-/// Our node among `children`, by the grant id in its name.
-pub(crate) fn find_ours(children: &[String], grant: &GrantId) -> Option<String> {
-    let prefix = lock_prefix(grant);
+/// Our node among `children`: the one named `prefix` (which holds our grant id) and a
+/// sequence number.
+pub(crate) fn find_ours(children: &[String], prefix: &str) -> Option<String> {
     children
         .iter()
-        .find(|c| c.starts_with(&prefix) && sequence(c).is_some())
+        .find(|c| c.strip_prefix(prefix).is_some_and(|rest| rest.len() == 10) && sequence(c).is_some())
         .cloned()
 }
 
@@ -117,10 +118,31 @@ mod tests {
 
     #[test]
     fn finds_our_node_by_grant_id_only() {
-        let g = GrantId::from_string("abc");
-        let children = vec!["lock-abcd-0000000001".to_owned(), "lock-abc-0000000002".to_owned()];
-        assert_eq!(find_ours(&children, &g).as_deref(), Some("lock-abc-0000000002"));
-        assert_eq!(sequence("lock-abc-0000000002"), Some(2));
-        assert_eq!(find_ours(&children[..1], &g), None);
+        let children = vec![
+            "lock-abcd-lock-0000000001".to_owned(),
+            "lock-abc-lock-0000000002".to_owned(),
+        ];
+        assert_eq!(
+            find_ours(&children, "lock-abc-lock-").as_deref(),
+            Some("lock-abc-lock-0000000002")
+        );
+        assert_eq!(find_ours(&children[..1], "lock-abc-lock-"), None);
+    }
+
+    #[test]
+    fn every_library_s_sequence_counts() {
+        for (name, seq) in [
+            ("lock-abc-lock-0000000002", Some(2)),
+            ("lock-abc-0000000007", Some(7)), // fencelock before issue 17
+            ("_c_0f7c1a4e-1111-2222-3333-444455556666-lock-0000000013", Some(13)),
+            ("5f1d3a6c2e8b4f0a9c7d1e2f3a4b5c6d__lock__0000000021", Some(21)),
+            ("x-lock--000000005", Some(-5)),
+            ("lease_holder", None),
+            ("123456789", None),
+            ("lock-+000000001", None),
+            ("ñ00000000", None),
+        ] {
+            assert_eq!(sequence(name), seq, "{name}");
+        }
     }
 }

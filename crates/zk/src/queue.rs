@@ -15,7 +15,7 @@ use zookeeper_client::{Acls, CreateMode, EventType};
 use crate::cleanup;
 use crate::config::ZkConfig;
 use crate::error::{failed, outcome_unknown, refused_name, timed_out};
-use crate::names::{find_ours, key_dir, key_node, lock_prefix, sequence};
+use crate::names::{find_ours, sequence};
 use crate::session::Session;
 
 /// The most look-ups a follow-up of a lost create answer makes before it leaves the node
@@ -76,7 +76,8 @@ impl Pending {
 }
 
 /// Takes a place in `key`'s queue: creates our ephemeral sequential node
-/// `KEYNODE/lock-GRANT-SEQUENCE` (the container first if it is missing). The create runs
+/// `DIR/PREFIX-SEQUENCE`, named by the configured layout (the container first if it is
+/// missing). The create runs
 /// in its own task, which waits for the client's answer however late it comes; this call
 /// waits at most two request timeouts (container and node) and returns `Unavailable`
 /// after that, leaving the create in `pending` for the next attempt.
@@ -126,8 +127,9 @@ pub(crate) async fn enqueue(
 /// with the request in flight, the outcome is unknown and [`follow_up`] finds out.
 async fn create(session: &Arc<Session>, cfg: &Arc<ZkConfig>, key: &str, grant: &GrantId) -> Result<Queued> {
     let client = session.client()?;
-    let dir = key_dir(key);
-    let prefix = format!("{dir}/{}", lock_prefix(grant));
+    let dir = cfg.layout.dir(key)?;
+    let name_prefix = cfg.layout.prefix(grant);
+    let prefix = format!("{dir}/{name_prefix}");
     let node = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
     let limit = session.timeout() * 2 + cfg.timeout;
     for _ in 0..CONTAINER_TRIES {
@@ -136,27 +138,25 @@ async fn create(session: &Arc<Session>, cfg: &Arc<ZkConfig>, key: &str, grant: &
                 return Ok(Queued {
                     session: Arc::clone(session),
                     cfg: Arc::clone(cfg),
-                    name: format!("{}{seq}", lock_prefix(grant)),
+                    name: format!("{name_prefix}{seq}"),
                     dir,
                     czxid: stat.czxid,
                     armed: true,
                 })
             }
-            // A new key, or its empty container was removed: make the container, then again.
+            // A new key, or its empty container was removed: make the container (and, for
+            // a peer layout's path, its missing ancestors), then again.
             Ok(Err(zookeeper_client::Error::NoNode)) => {
-                let container = CreateMode::Container.with_acls(Acls::anyone_all());
-                match tokio::time::timeout(cfg.timeout, client.create(&dir, b"", &container)).await {
-                    Ok(Ok(_)) | Ok(Err(zookeeper_client::Error::NodeExists)) => {}
-                    Ok(Err(e @ zookeeper_client::Error::BadArguments(_))) => {
-                        return Err(refused_name(key, &key_node(key), e))
-                    }
+                match tokio::time::timeout(cfg.timeout, make_dir(&client, &dir)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e @ zookeeper_client::Error::BadArguments(_))) => return Err(refused_name(key, &dir, e)),
                     Ok(Err(e)) => return Err(failed("creating the lock's container", &cfg.display, e)),
                     // A container made late is harmless: it holds no lock node, and the
                     // server removes empty containers.
                     Err(_) => return Err(timed_out("creating the lock's container", &cfg.display, cfg.timeout)),
                 }
             }
-            Ok(Err(e @ zookeeper_client::Error::BadArguments(_))) => return Err(refused_name(key, &key_node(key), e)),
+            Ok(Err(e @ zookeeper_client::Error::BadArguments(_))) => return Err(refused_name(key, &dir, e)),
             Ok(Err(e)) if outcome_unknown(&e) => return follow_up(session, cfg, &dir, grant).await,
             Ok(Err(e)) => return Err(failed("creating the lock node", &cfg.display, e)),
             Err(_) => return follow_up(session, cfg, &dir, grant).await,
@@ -166,6 +166,22 @@ async fn create(session: &Arc<Session>, cfg: &Arc<ZkConfig>, key: &str, grant: &
         message: format!("the lock's container {dir} vanished {CONTAINER_TRIES} times while creating the lock node"),
         source: None,
     })
+}
+
+/// Creates `dir` and each missing ancestor as container nodes (Curator makes a lock path's
+/// parents so too; the server removes them once empty). An existing node is fine.
+async fn make_dir(client: &zookeeper_client::Client, dir: &str) -> std::result::Result<(), zookeeper_client::Error> {
+    let container = CreateMode::Container.with_acls(Acls::anyone_all());
+    let ends = dir.match_indices('/').skip(1).map(|(i, _)| i).chain([dir.len()]);
+    for end in ends {
+        match client.create(&dir[..end], b"", &container).await {
+            Ok(_) | Err(zookeeper_client::Error::NodeExists) => {}
+            // An ancestor container removed meanwhile: the caller's bounded loop tries again.
+            Err(zookeeper_client::Error::NoNode) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Finds out what a create whose answer was lost did: `sync` (so the server we read from has
@@ -184,7 +200,7 @@ async fn follow_up(session: &Arc<Session>, cfg: &Arc<ZkConfig>, dir: &str, grant
         let look = async {
             client.sync(dir).await?;
             let children = client.list_children(dir).await?;
-            let Some(name) = find_ours(&children, grant) else {
+            let Some(name) = find_ours(&children, &cfg.layout.prefix(grant)) else {
                 return Ok(None);
             };
             let stat = client.check_stat(&format!("{dir}/{name}")).await?;
@@ -239,6 +255,7 @@ pub(crate) async fn position(q: &Queued) -> Result<Position> {
         Ok(Err(e)) => return Err(failed("listing the queue", &q.cfg.display, e)),
         Err(_) => return Err(timed_out("listing the queue", &q.cfg.display, q.cfg.timeout)),
     };
+    q.cfg.layout.check_neighbours(&q.dir, &children)?;
     children.retain(|c| sequence(c).is_some());
     children.sort_by_key(|c| sequence(c).unwrap_or(i64::MAX));
     let Some(at) = children.iter().position(|c| *c == q.name) else {
