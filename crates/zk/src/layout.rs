@@ -142,7 +142,14 @@ fn uuid_form(hex: &str) -> String {
     if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return hex.to_owned();
     }
-    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
 }
 
 #[cfg(test)]
@@ -164,7 +171,10 @@ mod tests {
     #[test]
     fn node_names_are_the_peers_names() {
         let g = GrantId::from_string("0123456789abcdef0123456789abcdef");
-        assert_eq!(ZkLayout::Fencelock.prefix(&g), "lock-0123456789abcdef0123456789abcdef-lock-");
+        assert_eq!(
+            ZkLayout::Fencelock.prefix(&g),
+            "lock-0123456789abcdef0123456789abcdef-lock-"
+        );
         assert_eq!(
             ZkLayout::Curator.prefix(&g),
             "_c_01234567-89ab-cdef-0123-456789abcdef-lock-"

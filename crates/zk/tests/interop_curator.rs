@@ -19,9 +19,16 @@ use peers::{Peer, SharedLog};
 
 /// `_c_` + a UUID + `-lock-` + 10 digits: Curator's protected lock node.
 fn curator_named(n: &str) -> bool {
-    let Some(rest) = n.strip_prefix("_c_") else { return false };
-    let Some((uuid, seq)) = rest.split_once("-lock-") else { return false };
-    uuid.len() == 36 && uuid.split('-').map(str::len).eq([8, 4, 4, 4, 12]) && seq.len() == 10 && seq.bytes().all(|b| b.is_ascii_digit())
+    let Some(rest) = n.strip_prefix("_c_") else {
+        return false;
+    };
+    let Some((uuid, seq)) = rest.split_once("-lock-") else {
+        return false;
+    };
+    uuid.len() == 36
+        && uuid.split('-').map(str::len).eq([8, 4, 4, 4, 12])
+        && seq.len() == 10
+        && seq.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// With `layout=curator` and the key as Curator's path, each side waits for the other; the
@@ -36,10 +43,7 @@ async fn curator_layout_excludes_in_both_directions() {
     let fl = ZkLock::connect(&zk.url("/", "layout=curator")).await.unwrap();
     let mut peer = Peer::curator(&hosts, &path, "curator-1", &log.path);
     // Curator's own nodes are what fencelock's must look like.
-    let probe = peer_holds_fencelock_waits(&mut peer, &fl, &key, (&hosts, &path), &|n| {
-        curator_named(n)
-    })
-    .await;
+    let probe = peer_holds_fencelock_waits(&mut peer, &fl, &key, (&hosts, &path), &|n| curator_named(n)).await;
     let back = fencelock_holds_peer_waits(&mut peer, &fl, &key, (&hosts, &path)).await;
     eprintln!("hand-off curator->fencelock {probe:?}, fencelock->curator {back:?}");
     fl.close().await.unwrap();
@@ -53,7 +57,10 @@ async fn curator_layout_mixed_stress_has_no_overlap() {
     let key = format!("locks/{}", unique_key("cur-stress"));
     let log = SharedLog::new();
     let url = zk.url("/", "layout=curator");
-    let fl = [ZkLock::connect(&url).await.unwrap(), ZkLock::connect(&url).await.unwrap()];
+    let fl = [
+        ZkLock::connect(&url).await.unwrap(),
+        ZkLock::connect(&url).await.unwrap(),
+    ];
     let mut peers = [
         Peer::curator(&hosts, &format!("/{key}"), "curator-1", &log.path),
         Peer::curator(&hosts, &format!("/{key}"), "curator-2", &log.path),

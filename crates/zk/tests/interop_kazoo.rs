@@ -19,8 +19,13 @@ use peers::{Peer, SharedLog};
 
 /// 32 hex + `__lock__` + 10 digits: kazoo's lock node.
 fn kazoo_named(n: &str) -> bool {
-    let Some((hex, seq)) = n.split_once("__lock__") else { return false };
-    hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()) && seq.len() == 10 && seq.bytes().all(|b| b.is_ascii_digit())
+    let Some((hex, seq)) = n.split_once("__lock__") else {
+        return false;
+    };
+    hex.len() == 32
+        && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        && seq.len() == 10
+        && seq.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// With `layout=kazoo` and the key as kazoo's path, each side waits for the other; the node
@@ -49,7 +54,10 @@ async fn kazoo_layout_mixed_stress_has_no_overlap() {
     let path = format!("/locks/{key}");
     let log = SharedLog::new();
     let url = zk.url("/locks", "layout=kazoo");
-    let fl = [ZkLock::connect(&url).await.unwrap(), ZkLock::connect(&url).await.unwrap()];
+    let fl = [
+        ZkLock::connect(&url).await.unwrap(),
+        ZkLock::connect(&url).await.unwrap(),
+    ];
     let mut peers = [
         Peer::kazoo(&hosts, &path, "kazoo-1", &log.path, None),
         Peer::kazoo(&hosts, &path, "kazoo-2", &log.path, None),
@@ -77,27 +85,44 @@ async fn default_layout_refuses_kazoo_and_a_told_kazoo_waits() {
     let mut plain = Peer::kazoo(&hosts, &path, "kazoo-plain", &log.path, None);
 
     // kazoo holds: fencelock refuses, with the layout to use, and leaves no node behind.
-    assert_eq!(tokio::task::block_in_place(|| plain.ask("acquire 10000", Duration::from_secs(20))), "acquired");
+    assert_eq!(
+        tokio::task::block_in_place(|| plain.ask("acquire 10000", Duration::from_secs(20))),
+        "acquired"
+    );
     for e in [
         fl.try_acquire(&key, &LockOptions::new()).await.unwrap_err(),
-        fl.acquire(&key, &LockOptions::new().with_wait(Duration::from_secs(5))).await.unwrap_err(),
+        fl.acquire(&key, &LockOptions::new().with_wait(Duration::from_secs(5)))
+            .await
+            .unwrap_err(),
     ] {
         assert!(matches!(e, LockError::InvalidConfig { .. }), "{e}");
         assert!(e.to_string().contains("layout=kazoo"), "{e}");
     }
     await_children(&hosts, &path, 1).await;
-    assert_eq!(tokio::task::block_in_place(|| plain.ask("release", Duration::from_secs(10))), "released");
+    assert_eq!(
+        tokio::task::block_in_place(|| plain.ask("release", Duration::from_secs(10))),
+        "released"
+    );
 
     // fencelock holds: a kazoo given `-lock-` waits; a plain kazoo does not see fencelock.
     let mut told = Peer::kazoo(&hosts, &path, "kazoo-told", &log.path, Some("-lock-"));
-    let lease = fl.acquire(&key, &LockOptions::new().with_wait(Duration::from_secs(5))).await.unwrap();
-    assert_eq!(tokio::task::block_in_place(|| told.ask("acquire 500", Duration::from_secs(20))), "timeout");
+    let lease = fl
+        .acquire(&key, &LockOptions::new().with_wait(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(
+        tokio::task::block_in_place(|| told.ask("acquire 500", Duration::from_secs(20))),
+        "timeout"
+    );
     assert_eq!(
         tokio::task::block_in_place(|| plain.ask("acquire 500", Duration::from_secs(20))),
         "acquired",
         "a plain kazoo now waits for fencelock's default nodes: update docs/interop-zookeeper.md"
     );
-    assert_eq!(tokio::task::block_in_place(|| plain.ask("release", Duration::from_secs(10))), "released");
+    assert_eq!(
+        tokio::task::block_in_place(|| plain.ask("release", Duration::from_secs(10))),
+        "released"
+    );
     lease.release().await.unwrap();
     fl.close().await.unwrap();
 }

@@ -6,8 +6,10 @@
 //   release        -> "released"
 //   loop N HOLD_MS -> N rounds of acquire / log "enter" / hold / log "exit" / release, then "done"
 //   quit           -> closes the client and exits
-// Prints "ready" once connected. Log lines: "<epoch µs> <NAME> enter|exit" appended with
-// one write each to the shared LOG_FILE (enter after the grant, exit before the release).
+// Prints "ready" once connected. Log lines: "<epoch µs> <NAME> enter <czxid>" and
+// "<epoch µs> <NAME> exit", appended with one write each to the shared LOG_FILE (enter
+// after the grant, exit before the release). The czxid of the holder's own node is the
+// token a Curator user can read (getLockPath() is protected, hence the subclass).
 // Exits (status 2) when stdin closes, so a test that dies leaves no JVM behind.
 
 import java.io.BufferedReader;
@@ -24,6 +26,17 @@ import org.apache.curator.framework.recipes.locks.InterProcessMutex;
 import org.apache.curator.retry.RetryNTimes;
 
 public final class CuratorPeer {
+    /** Exposes the protected path of the node this thread holds. */
+    static final class TokenMutex extends InterProcessMutex {
+        TokenMutex(CuratorFramework client, String path) {
+            super(client, path);
+        }
+
+        String heldNode() {
+            return getLockPath();
+        }
+    }
+
     private static FileOutputStream log;
     private static String name;
 
@@ -48,7 +61,7 @@ public final class CuratorPeer {
             System.out.println("error: not connected");
             System.exit(1);
         }
-        InterProcessMutex mutex = new InterProcessMutex(client, path);
+        TokenMutex mutex = new TokenMutex(client, path);
         BufferedReader in = new BufferedReader(new InputStreamReader(System.in, StandardCharsets.UTF_8));
         System.out.println("ready");
         System.out.flush();
@@ -72,7 +85,8 @@ public final class CuratorPeer {
                             System.out.println("error: no grant within 60 s");
                             System.exit(1);
                         }
-                        logLine("enter");
+                        long czxid = client.checkExists().forPath(mutex.heldNode()).getCzxid();
+                        logLine("enter " + czxid);
                         Thread.sleep(hold); // the work done while holding
                         logLine("exit");
                         mutex.release();

@@ -5,7 +5,8 @@ Same line protocol as CuratorPeer.java (stdin commands, one stdout line each):
   acquire MS -> "acquired" | "timeout";  release -> "released";
   loop N HOLD_MS -> N rounds of acquire / log enter / hold / log exit / release, "done";
   quit -> "bye".
-Prints "ready" once connected. EXTRA_PATTERN is passed to Lock(extra_lock_patterns=[...])
+Prints "ready" once connected. Log lines: "<epoch us> NAME enter <czxid>" (after the
+grant, the czxid of kazoo's own node) and "<epoch us> NAME exit" (before the release). EXTRA_PATTERN is passed to Lock(extra_lock_patterns=[...])
 (kazoo >= 2.7.1), e.g. "-lock-" to see fencelock's default nodes.
 Exits (status 2) when stdin closes, so a test that dies leaves no peer behind.
 """
@@ -55,7 +56,9 @@ def main():
                 if not lock.acquire(blocking=True, timeout=60):  # LockTimeout ends the peer
                     say("error: no grant within 60 s")
                     sys.exit(1)
-                log("enter")
+                # The czxid of kazoo's own node: the token a kazoo user can read.
+                czxid = client.exists(lock.path + "/" + lock.node).czxid
+                log("enter %d" % czxid)
                 time.sleep(hold / 1000.0)  # the work done while holding
                 log("exit")
                 lock.release()

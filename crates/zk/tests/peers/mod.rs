@@ -4,7 +4,7 @@
 //! on stdin/stdout (see the peer sources); a missing tool FAILS the test with the command
 //! that installs it. Every wait here is bounded.
 //!
-//! The shared log: each holder appends `<epoch µs> <NAME> enter|exit [token]` with one write
+//! The shared log: each holder appends `<epoch µs> <NAME> enter TOKEN|exit` with one write
 //! per line, `enter` after its grant and `exit` before its release, so in file order (which
 //! follows the lock's own happens-before) at most one holder may be inside.
 
@@ -99,7 +99,12 @@ fn curator_peer_classpath() -> &'static str {
             std::fs::create_dir_all(&tmp).expect("mkdir");
             run(
                 "compiling CuratorPeer.java",
-                Command::new("javac").arg("-d").arg(&tmp).arg("-cp").arg(&jars).arg(&src),
+                Command::new("javac")
+                    .arg("-d")
+                    .arg(&tmp)
+                    .arg("-cp")
+                    .arg(&jars)
+                    .arg(&src),
                 CURATOR_HINT,
             );
             // Another test binary may have finished first: either copy is good.
@@ -135,7 +140,11 @@ fn kazoo_python() -> &'static Path {
             );
             std::fs::write(&ready, KAZOO_VERSION).expect("mark venv");
         }
-        assert!(ready.exists(), "the kazoo virtualenv {} is incomplete: {KAZOO_HINT}", venv.display());
+        assert!(
+            ready.exists(),
+            "the kazoo virtualenv {} is incomplete: {KAZOO_HINT}",
+            venv.display()
+        );
         python
     })
 }
@@ -199,7 +208,12 @@ impl Peer {
             stderr: err,
         };
         let ready = peer.next_line(Duration::from_secs(60));
-        assert_eq!(ready, "ready", "peer {name} did not start: {}\n{hint}", peer.stderr_text());
+        assert_eq!(
+            ready,
+            "ready",
+            "peer {name} did not start: {}\n{hint}",
+            peer.stderr_text()
+        );
         peer
     }
 
@@ -222,7 +236,9 @@ impl Peer {
     /// Sends one command without waiting for its answer.
     pub fn send(&mut self, cmd: &str) {
         let stdin = self.stdin.as_mut().expect("peer stdin open");
-        writeln!(stdin, "{cmd}").and_then(|()| stdin.flush()).expect("write to peer");
+        writeln!(stdin, "{cmd}")
+            .and_then(|()| stdin.flush())
+            .expect("write to peer");
     }
 
     /// Sends one command and returns its answer (waiting at most `limit`).
@@ -249,7 +265,10 @@ pub struct SharedLog {
 
 impl SharedLog {
     pub fn new() -> Self {
-        let dir = tempfile::Builder::new().prefix("fencelock-interop-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("fencelock-interop-")
+            .tempdir()
+            .expect("temp dir");
         let path = dir.path().join("holders.log");
         std::fs::write(&path, "").expect("create log");
         SharedLog { path, _dir: dir }
@@ -277,8 +296,12 @@ impl LogWriter {
             .duration_since(std::time::UNIX_EPOCH)
             .expect("clock after 1970")
             .as_micros();
-        let mut f = std::fs::OpenOptions::new().append(true).open(&self.0).expect("open log");
-        f.write_all(format!("{micros} {name} {what}\n").as_bytes()).expect("write log");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.0)
+            .expect("open log");
+        f.write_all(format!("{micros} {name} {what}\n").as_bytes())
+            .expect("write log");
     }
 }
 
@@ -289,8 +312,10 @@ pub struct LogReport {
     pub overlaps: usize,
     /// Entries per holder name.
     pub entries: std::collections::BTreeMap<String, usize>,
-    /// fencelock tokens in log order.
+    /// fencelock's tokens in log order.
     pub tokens: Vec<u64>,
+    /// Every holder's token (the peers log their node's czxid) in log order.
+    pub all_tokens: Vec<u64>,
     /// Hand-offs between different libraries: (from, to, µs from `exit` to `enter`).
     pub cross_handoffs: Vec<(String, String, u64)>,
 }
@@ -315,7 +340,11 @@ impl LogReport {
                         }
                     }
                     if let Some(tok) = f.get(3) {
-                        r.tokens.push(tok.parse().expect("token"));
+                        let tok: u64 = tok.parse().expect("token");
+                        if library(&who) == "fencelock" {
+                            r.tokens.push(tok);
+                        }
+                        r.all_tokens.push(tok);
                     }
                     *r.entries.entry(who.clone()).or_default() += 1;
                     inside.push(who);
@@ -330,9 +359,14 @@ impl LogReport {
         r
     }
 
-    /// `true` when the fencelock tokens only grow.
+    /// `true` when fencelock's tokens only grow.
     pub fn tokens_strictly_increase(&self) -> bool {
         self.tokens.windows(2).all(|w| w[0] < w[1])
+    }
+
+    /// `true` when every holder's czxid only grows (one token order for all libraries).
+    pub fn all_tokens_strictly_increase(&self) -> bool {
+        self.all_tokens.windows(2).all(|w| w[0] < w[1])
     }
 
     /// Median and maximum of the cross-library hand-offs, in ms.

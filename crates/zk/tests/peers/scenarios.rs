@@ -13,7 +13,9 @@ use super::{Peer, SharedLog};
 
 /// Lists `path`'s children with a plain client (no chroot).
 pub async fn children(hosts: &str, path: &str) -> Vec<String> {
-    let client = zookeeper_client::Client::connect(hosts).await.expect("plain client connects");
+    let client = zookeeper_client::Client::connect(hosts)
+        .await
+        .expect("plain client connects");
     match client.list_children(path).await {
         Ok(c) => c,
         Err(zookeeper_client::Error::NoNode) => Vec::new(),
@@ -23,7 +25,9 @@ pub async fn children(hosts: &str, path: &str) -> Vec<String> {
 
 /// Waits (bounded: 20 s, polling every 20 ms) until `path` has `n` children; returns them.
 pub async fn await_children(hosts: &str, path: &str, n: usize) -> Vec<String> {
-    let client = zookeeper_client::Client::connect(hosts).await.expect("plain client connects");
+    let client = zookeeper_client::Client::connect(hosts)
+        .await
+        .expect("plain client connects");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let c = client.list_children(path).await.unwrap_or_default();
@@ -50,7 +54,10 @@ pub async fn peer_holds_fencelock_waits(
     (hosts, path): (&str, &str),
     our_node: &dyn Fn(&str) -> bool,
 ) -> Duration {
-    assert_eq!(block_in_place(|| peer.ask("acquire 10000", Duration::from_secs(20))), "acquired");
+    assert_eq!(
+        block_in_place(|| peer.ask("acquire 10000", Duration::from_secs(20))),
+        "acquired"
+    );
     assert!(
         fl.try_acquire(key, &LockOptions::new()).await.unwrap().is_none(),
         "fencelock got a lock {} holds",
@@ -68,8 +75,14 @@ pub async fn peer_holds_fencelock_waits(
         "fencelock's node is not named as expected: {nodes:?}"
     );
     let released_at = Instant::now();
-    assert_eq!(block_in_place(|| peer.ask("release", Duration::from_secs(10))), "released");
-    let lease = waiter.await.unwrap().expect("fencelock is granted after the peer releases");
+    assert_eq!(
+        block_in_place(|| peer.ask("release", Duration::from_secs(10))),
+        "released"
+    );
+    let lease = waiter
+        .await
+        .unwrap()
+        .expect("fencelock is granted after the peer releases");
     let handoff = released_at.elapsed();
     assert!(lease.token().get() > 0);
     lease.release().await.unwrap();
@@ -78,7 +91,12 @@ pub async fn peer_holds_fencelock_waits(
 
 /// fencelock holds: the peer's short acquire times out; a waiting one is granted once
 /// fencelock releases. Returns the hand-off (fencelock's release → the peer's answer).
-pub async fn fencelock_holds_peer_waits(peer: &mut Peer, fl: &ZkLock, key: &str, (hosts, path): (&str, &str)) -> Duration {
+pub async fn fencelock_holds_peer_waits(
+    peer: &mut Peer,
+    fl: &ZkLock,
+    key: &str,
+    (hosts, path): (&str, &str),
+) -> Duration {
     let lease = fl.acquire(key, &opts(Duration::from_secs(10))).await.unwrap();
     assert_eq!(
         block_in_place(|| peer.ask("acquire 500", Duration::from_secs(20))),
@@ -92,13 +110,16 @@ pub async fn fencelock_holds_peer_waits(peer: &mut Peer, fl: &ZkLock, key: &str,
     lease.release().await.unwrap();
     assert_eq!(block_in_place(|| peer.next_line(Duration::from_secs(25))), "acquired");
     let handoff = released_at.elapsed();
-    assert_eq!(block_in_place(|| peer.ask("release", Duration::from_secs(10))), "released");
+    assert_eq!(
+        block_in_place(|| peer.ask("release", Duration::from_secs(10))),
+        "released"
+    );
     handoff
 }
 
 /// `peers` (already started) and `ours` fencelock loops take the lock `rounds` times each,
 /// holding `hold`, logging to `log`. Checks: 0 overlaps, every round logged, fencelock's
-/// tokens strictly increasing. Returns the cross-library hand-offs' (median, max) in ms.
+/// tokens strictly increasing, and every holder's czxid too (the peers log theirs). Returns the cross-library hand-offs' (median, max) in ms.
 pub async fn mixed_stress(
     peers: &mut [Peer],
     fl: &[ZkLock],
@@ -131,13 +152,24 @@ pub async fn mixed_stress(
     }
     for p in peers.iter_mut() {
         let name = p.name.clone();
-        assert_eq!(block_in_place(|| p.next_line(Duration::from_secs(90))), "done", "{name}");
+        assert_eq!(
+            block_in_place(|| p.next_line(Duration::from_secs(90))),
+            "done",
+            "{name}"
+        );
     }
     let r = log.check();
     assert_eq!(r.overlaps, 0, "two holders at once: {r:?}");
     assert_eq!(r.entries.len(), peers.len() + fl.len(), "{r:?}");
     assert!(r.entries.values().all(|n| *n == rounds), "{r:?}");
     assert_eq!(r.tokens.len(), fl.len() * rounds);
-    assert!(r.tokens_strictly_increase(), "fencelock tokens went back: {:?}", r.tokens);
+    assert!(
+        r.tokens_strictly_increase(),
+        "fencelock tokens went back: {:?}",
+        r.tokens
+    );
+    // The peers' own czxids (read by the peer scripts) continue the same order.
+    assert_eq!(r.all_tokens.len(), (peers.len() + fl.len()) * rounds);
+    assert!(r.all_tokens_strictly_increase(), "czxids went back: {:?}", r.all_tokens);
     r.handoff_ms()
 }
