@@ -15,9 +15,22 @@
 use std::fmt;
 use std::str::FromStr;
 
-use fencelock_core::{GrantId, LockError, Result};
+use fencelock_core::{GrantId, Guarantees, LockError, Result};
 
+use crate::lock::GUARANTEES;
 use crate::names::{key_dir, refused_by_zookeeper, sequence};
+
+/// What the backend promises in the `curator` and `kazoo` layouts: the same, with what
+/// sharing the lock with a peer library changes spelled out.
+const PEER_LAYOUT_GUARANTEES: Guarantees = Guarantees {
+    assumptions: &[
+        "the ensemble keeps a quorum; node creation and deletion are ZAB-committed",
+        "tokens are the lock node's creation zxid: strictly increasing across the whole ensemble",
+        "the session timeout plays the TTL's role: a holder that pauses past it can still act after another holder got the lock: send the token to the resource",
+        "every holder of the shared path follows the ZooKeeper lock recipe (Curator's InterProcessMutex, kazoo's Lock); a peer's grant carries no fencing token, so only fencelock's writes are fenced unless the peer sends its own node's czxid",
+    ],
+    ..GUARANTEES
+};
 
 /// The node names and lock path fencelock uses for a key (URL option `layout=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -77,6 +90,15 @@ impl ZkLayout {
             }
         }
         Ok(format!("/{key}"))
+    }
+
+    /// What the backend promises in this layout (see [`PEER_LAYOUT_GUARANTEES`]).
+    pub(crate) fn guarantees(self) -> Guarantees {
+        if self.takes_paths() {
+            PEER_LAYOUT_GUARANTEES
+        } else {
+            GUARANTEES
+        }
     }
 
     /// The prefix of our node's name (ZooKeeper appends the 10-digit sequence). The grant id
@@ -195,6 +217,18 @@ mod tests {
         ZkLayout::Fencelock.check_neighbours("/k", &[curator]).unwrap();
         ZkLayout::Kazoo.check_neighbours("/k", &[kazoo]).unwrap();
         assert!(is_kazoo_node("x__rlock__0000000001"));
+        assert_eq!(ZkLayout::Fencelock.guarantees(), GUARANTEES);
+        let peer = ZkLayout::Curator.guarantees();
+        assert_eq!((peer.exclusion, peer.tokens), (GUARANTEES.exclusion, GUARANTEES.tokens));
+        assert!(peer
+            .assumptions
+            .iter()
+            .any(|a| a.contains("only fencelock's writes are fenced")));
+        // The peer layouts' list repeats the default one and adds to it: keep them in step.
+        assert_eq!(
+            &peer.assumptions[..GUARANTEES.assumptions.len()],
+            GUARANTEES.assumptions
+        );
         assert!(!is_kazoo_node("x__lock__"));
     }
 }

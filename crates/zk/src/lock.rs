@@ -216,7 +216,7 @@ impl DistributedLock for ZkLock {
     }
 
     fn guarantees(&self) -> Guarantees {
-        GUARANTEES
+        self.inner.cfg.layout.guarantees()
     }
 
     fn describe(&self) -> String {
