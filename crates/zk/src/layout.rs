@@ -11,6 +11,12 @@
 //! number ([`crate::names::sequence`]), so it never ignores a foreign contender. The default
 //! layout refuses to queue beside kazoo's `__lock__`/`__rlock__` nodes (kazoo, unless told
 //! otherwise, does not see ours); see `docs/interop-zookeeper.md`.
+//!
+//! Sources of the peers' rules (read for the facts, checked by `tests/interop_*.rs` against
+//! the real clients): Curator 5.4 `StandardLockInternalsDriver.fixForSorting` (the text after
+//! the last `lock-`, compared as strings, over every child) and `CreateBuilder.withProtection`
+//! (`_c_UUID-`); kazoo 2.11 `Lock` (`uuid4().hex + "__lock__"`, contenders matched by
+//! `(__lock__|extra_lock_patterns)(-?\d{10})$`).
 
 use std::fmt;
 use std::str::FromStr;

@@ -183,7 +183,9 @@ impl Peer {
     }
 
     fn spawn(name: &str, mut cmd: Command, hint: &str) -> Peer {
-        let err = std::env::temp_dir().join(format!("fencelock-interop-{name}-{}.err", std::process::id()));
+        static SPAWNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = SPAWNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let err = std::env::temp_dir().join(format!("fencelock-interop-{name}-{}-{n}.err", std::process::id()));
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&err).expect("peer stderr file"));

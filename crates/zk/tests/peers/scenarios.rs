@@ -11,18 +11,6 @@ use tokio::time::Instant;
 
 use super::{Peer, SharedLog};
 
-/// Lists `path`'s children with a plain client (no chroot).
-pub async fn children(hosts: &str, path: &str) -> Vec<String> {
-    let client = zookeeper_client::Client::connect(hosts)
-        .await
-        .expect("plain client connects");
-    match client.list_children(path).await {
-        Ok(c) => c,
-        Err(zookeeper_client::Error::NoNode) => Vec::new(),
-        Err(e) => panic!("listing {path}: {e}"),
-    }
-}
-
 /// Waits (bounded: 20 s, polling every 20 ms) until `path` has `n` children; returns them.
 pub async fn await_children(hosts: &str, path: &str, n: usize) -> Vec<String> {
     let client = zookeeper_client::Client::connect(hosts)
