@@ -10,7 +10,7 @@ mod peers;
 
 use std::time::Duration;
 
-use fencelock_core::DistributedLock;
+use fencelock_core::{DistributedLock, LockError, LockOptions};
 use fencelock_testkit::keys::unique_key;
 use fencelock_testkit::zk_server::ZkEnsemble;
 use fencelock_zk::ZkLock;
@@ -41,6 +41,11 @@ async fn curator_layout_excludes_in_both_directions() {
     let path = format!("/{key}");
     let log = SharedLog::new();
     let fl = ZkLock::connect(&zk.url("/", "layout=curator")).await.unwrap();
+    // The key is the path as given: one that is not a relative znode path is refused.
+    for bad in ["/locks/m", "locks//m", "locks/../m"] {
+        let e = fl.try_acquire(bad, &LockOptions::new()).await.unwrap_err();
+        assert!(matches!(e, LockError::InvalidInput { .. }), "{bad}: {e}");
+    }
     let mut peer = Peer::curator(&hosts, &path, "curator-1", &log.path);
     // Curator's own nodes are what fencelock's must look like.
     let probe = peer_holds_fencelock_waits(&mut peer, &fl, &key, (&hosts, &path), &|n| curator_named(n)).await;
