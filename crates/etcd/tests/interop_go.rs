@@ -27,7 +27,7 @@ const HINT: &str = "install it with `apt-get install etcd-client` (or run script
 const STEP: Duration = Duration::from_secs(15);
 
 fn etcdctl(ep: &str) -> Command {
-    require_tool("etcdctl", HINT);
+    require_tool("etcdctl", &["version"], HINT);
     let mut c = Command::new("etcdctl");
     c.env("ETCDCTL_API", "3").arg(format!("--endpoints={ep}"));
     c.kill_on_drop(true);
@@ -108,6 +108,9 @@ async fn go_holds_and_fencelock_waits_its_turn() {
     let go_rev = queue(&mut c, &dir).await[0].1;
 
     assert!(locks.try_acquire(&name, &opts()).await.unwrap().is_none(), "Go holds it");
+    // The refused try's key goes in the background; until it is gone its name (our
+    // session lease) stays taken, and a new entry would ride on a lease of its own.
+    until_queued(&mut c, &dir, 1).await;
     let waiter = tokio::spawn({
         let (locks, name) = (locks.clone(), name.clone());
         async move { locks.acquire(&name, &opts()).await }
@@ -181,7 +184,7 @@ async fn mixed_stress_go_and_fencelock_never_overlap() {
             );
             for _ in 0..ROUNDS {
                 let run = etcdctl(&ep)
-                    .args(["lock", &name, "sh", "-c", &script])
+                    .args(["lock", &name, "--", "sh", "-c", &script])
                     .stdout(Stdio::null())
                     .status();
                 let status = timeout(Duration::from_secs(30), run).await.expect("a round ends").unwrap();

@@ -17,19 +17,20 @@ use tokio::time::Instant;
 /// The node-redlock the tests run, and the Redis client it drives; pinned.
 pub const NODE_PACKAGES: [&str; 2] = ["redlock@4.2.0", "ioredis@4.28.5"];
 
-/// Fails the test (never skips) when `program` cannot be run, with `hint`.
+/// Fails the test (never skips) when `program` cannot be run, with `hint`: runs
+/// `program probe` (e.g. `["--version"]`; etcdctl takes `["version"]`).
 ///
 /// # Panics
-/// When `program --version` cannot be started or fails.
-pub fn require_tool(program: &str, hint: &str) {
+/// When `program probe` cannot be started or fails.
+pub fn require_tool(program: &str, probe: &[&str], hint: &str) {
     let ran = Command::new(program)
-        .arg("--version")
+        .args(probe)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
     match ran {
         Ok(s) if s.success() => {}
-        Ok(s) => panic!("`{program} --version` failed ({s}): {hint}"),
+        Ok(s) => panic!("`{program} {}` failed ({s}): {hint}", probe.join(" ")),
         Err(e) => panic!("{program} is not installed ({e}): {hint}"),
     }
 }
@@ -45,8 +46,8 @@ static NODE_INSTALL: Mutex<()> = Mutex::new(());
 /// When node or npm is missing, or the install fails (with npm's output and a hint).
 pub fn node_redlock(dir: &str) -> PathBuf {
     const HINT: &str = "install Node.js and npm with `apt-get install nodejs npm` (or run scripts/setup-deps); the registry must be reachable for the first run";
-    require_tool("node", HINT);
-    require_tool("npm", HINT);
+    require_tool("node", &["--version"], HINT);
+    require_tool("npm", &["--version"], HINT);
     let _one = NODE_INSTALL.lock().unwrap_or_else(|p| p.into_inner());
     let root = Path::new(dir).join("interop-node");
     let modules = root.join("node_modules");
