@@ -117,11 +117,9 @@ impl EtcdConfig {
                 "user" => user = Some(v.to_owned()),
                 "password" => password = Some(v.to_owned()),
                 "layout" => cfg.layout = EtcdLayout::parse(v).map_err(bad)?,
-                _ => {
-                    return Err(bad(format!(
-                        "unknown option `{k}` (etcd takes session_ttl, timeout, connect_timeout, user, password, layout)"
-                    )))
-                }
+                _ => return Err(bad(format!(
+                    "unknown option `{k}` (etcd takes session_ttl, timeout, connect_timeout, user, password, layout)"
+                ))),
             }
         }
         // The Go layout has no prefix unless the URL names one (`etcd://h:p` and
@@ -357,17 +355,17 @@ mod tests {
         }
         let c = EtcdConfig::from_url("etcd://h:1/app?layout=go").unwrap();
         assert_eq!(c.lock_dir("mylock"), "/app/mylock/");
-        assert_eq!(c.queue_key("mylock/", 7, 0, 0x694d_8a1b_22c0_5f04), "mylock/694d8a1b22c05f04");
+        assert_eq!(
+            c.queue_key("mylock/", 7, 0, 0x694d_8a1b_22c0_5f04),
+            "mylock/694d8a1b22c05f04"
+        );
         assert_eq!(c.queue_key("d/", 7, 0, 0x1f), "d/1f", "Go's %x: no padding");
         assert!(!c.needs_own_lease(0) && c.needs_own_lease(1));
         let d = EtcdConfig::from_url("etcd://h:1?layout=fencelock").unwrap();
         assert_eq!(d.prefix, "/fencelock");
         assert_eq!(d.queue_key("d/", 0xab, 2, 5), "d/00000000000000ab.00000002");
         assert!(!d.needs_own_lease(5));
-        for (url, says) in [
-            ("etcd://h:1/", "prefix"),
-            ("etcd://h:1?layout=java", "layout must be"),
-        ] {
+        for (url, says) in [("etcd://h:1/", "prefix"), ("etcd://h:1?layout=java", "layout must be")] {
             let e = EtcdConfig::from_url(url).unwrap_err().to_string();
             assert!(e.contains(says), "{url}: {e}");
         }

@@ -103,11 +103,18 @@ async fn go_holds_and_fencelock_waits_its_turn() {
     let mut c = client(&cluster).await;
 
     let (peer, mut out) = go_holder(&ep, &name);
-    let go_key = timeout(STEP, out.next_line()).await.expect("etcdctl takes the free lock").unwrap().unwrap();
+    let go_key = timeout(STEP, out.next_line())
+        .await
+        .expect("etcdctl takes the free lock")
+        .unwrap()
+        .unwrap();
     assert!(go_key.starts_with(&dir), "Go's key {go_key} is in {dir}");
     let go_rev = queue(&mut c, &dir).await[0].1;
 
-    assert!(locks.try_acquire(&name, &opts()).await.unwrap().is_none(), "Go holds it");
+    assert!(
+        locks.try_acquire(&name, &opts()).await.unwrap().is_none(),
+        "Go holds it"
+    );
     // The refused try's key goes in the background; until it is gone its name (our
     // session lease) stays taken, and a new entry would ride on a lease of its own.
     until_queued(&mut c, &dir, 1).await;
@@ -117,15 +124,26 @@ async fn go_holds_and_fencelock_waits_its_turn() {
     });
     let q = until_queued(&mut c, &dir, 2).await;
     let lease = locks.session_lease().await.expect("a session");
-    assert_eq!(q[1].0, format!("{dir}{lease:x}"), "our key is DIR/<lease hex>, as Go names its own");
+    assert_eq!(
+        q[1].0,
+        format!("{dir}{lease:x}"),
+        "our key is DIR/<lease hex>, as Go names its own"
+    );
     assert!(!waiter.is_finished(), "fencelock waits behind Go");
 
     let released = Instant::now();
     interrupt(peer).await;
-    let held = timeout(STEP, waiter).await.expect("fencelock is served").unwrap().unwrap();
+    let held = timeout(STEP, waiter)
+        .await
+        .expect("fencelock is served")
+        .unwrap()
+        .unwrap();
     let latency = released.elapsed();
     println!("etcd hand-off Go -> fencelock: {latency:?} (from SIGINT to etcdctl)");
-    assert!(held.token().get() > go_rev as u64, "token above the Go key's create revision");
+    assert!(
+        held.token().get() > go_rev as u64,
+        "token above the Go key's create revision"
+    );
     assert_eq!(held.token().get(), q[1].1 as u64, "token = our key's create revision");
     held.release().await.unwrap();
     locks.close().await.unwrap();
@@ -152,7 +170,11 @@ async fn fencelock_holds_and_go_waits_its_turn() {
 
     let released = Instant::now();
     held.release().await.unwrap();
-    let go_key = timeout(STEP, out.next_line()).await.expect("etcdctl is served").unwrap().unwrap();
+    let go_key = timeout(STEP, out.next_line())
+        .await
+        .expect("etcdctl is served")
+        .unwrap()
+        .unwrap();
     let latency = released.elapsed();
     println!("etcd hand-off fencelock -> Go: {latency:?} (from release to etcdctl's output)");
     assert_eq!(go_key, q[1].0);
@@ -218,9 +240,15 @@ async fn mixed_stress_go_and_fencelock_never_overlap() {
     );
     assert_eq!(
         check.entries,
-        ["fencelock-a", "fencelock-b", "go-a", "go-b"].map(|w| (w.to_owned(), ROUNDS)).to_vec()
+        ["fencelock-a", "fencelock-b", "go-a", "go-b"]
+            .map(|w| (w.to_owned(), ROUNDS))
+            .to_vec()
     );
     assert_eq!(check.overlaps, 0, "two holders at once");
     assert_eq!(check.tokens.len(), 4 * ROUNDS, "every entry has a token");
-    assert!(check.regressions.is_empty(), "tokens went back: {:?}", check.regressions);
+    assert!(
+        check.regressions.is_empty(),
+        "tokens went back: {:?}",
+        check.regressions
+    );
 }

@@ -161,7 +161,11 @@ mod tests {
             let k = keys(layout);
             assert_eq!(k.lock("orders"), lock);
             assert_eq!(k.counter("orders"), format!("fencelock:{{{lock}}}:token"));
-            assert_eq!(hash_tag(&k.counter("orders")), Some(lock), "same slot as the whole lock key");
+            assert_eq!(
+                hash_tag(&k.counter("orders")),
+                Some(lock),
+                "same slot as the whole lock key"
+            );
             assert_eq!(hash_tag(&k.queue("orders")), Some(lock));
             // A key with its own tag keeps it: every key lands in the tag's slot.
             assert_eq!(hash_tag(&k.lock("a{t}b")), Some("t"));
@@ -179,7 +183,10 @@ mod tests {
     #[test]
     fn layout_names_parse() {
         assert_eq!(RedisLayout::parse("bare"), Ok(RedisLayout::Bare));
-        assert_eq!(RedisLayout::parse("python-redis-lock"), Ok(RedisLayout::PythonRedisLock));
+        assert_eq!(
+            RedisLayout::parse("python-redis-lock"),
+            Ok(RedisLayout::PythonRedisLock)
+        );
         assert_eq!(RedisLayout::parse("pottery"), Ok(RedisLayout::Pottery));
         assert_eq!(RedisLayout::parse("fencelock"), Ok(RedisLayout::Fencelock));
         assert!(RedisLayout::parse("redisson").unwrap_err().contains("layout must be"));

@@ -31,7 +31,11 @@ fn peer(server: &RedisServer) -> NodePeer {
 }
 
 async fn connect(server: &RedisServer) -> Arc<dyn DistributedLock> {
-    Arc::new(RedisLock::connect(&format!("{}?layout=bare", server.url())).await.unwrap())
+    Arc::new(
+        RedisLock::connect(&format!("{}?layout=bare", server.url()))
+            .await
+            .unwrap(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,9 +74,15 @@ async fn mixed_stress_node_redlock_and_fencelock_never_overlap() {
     println!("redis mixed stress: {:?} in {:?}", check.entries, started.elapsed());
     assert_eq!(
         check.entries,
-        ["fencelock-a", "fencelock-b", "node-a", "node-b"].map(|w| (w.to_owned(), ROUNDS)).to_vec()
+        ["fencelock-a", "fencelock-b", "node-a", "node-b"]
+            .map(|w| (w.to_owned(), ROUNDS))
+            .to_vec()
     );
     assert_eq!(check.overlaps, 0, "two holders at once");
     assert_eq!(check.tokens.len(), 2 * ROUNDS);
-    assert!(check.regressions.is_empty(), "tokens went back: {:?}", check.regressions);
+    assert!(
+        check.regressions.is_empty(),
+        "tokens went back: {:?}",
+        check.regressions
+    );
 }

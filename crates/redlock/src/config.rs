@@ -101,7 +101,9 @@ impl RedlockConfig {
                 node_url.push_str(db);
             }
             let t = fencelock_core::options::duration_text::format_duration(cfg.per_node_timeout);
-            node_url.push_str(&format!("?timeout={t}&connect_timeout={t}&prefix={prefix}&layout={layout}"));
+            node_url.push_str(&format!(
+                "?timeout={t}&connect_timeout={t}&prefix={prefix}&layout={layout}"
+            ));
             let node = RedisConfig::from_url(&node_url).map_err(|e| bad(format!("node `{host}`: {e}")))?;
             cfg.nodes.push(node);
         }

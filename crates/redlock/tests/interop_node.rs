@@ -23,13 +23,21 @@ use fencelock_testkit::redis_server::{redlock_url, start_many, RedisServer};
 fn peer(servers: &[RedisServer]) -> NodePeer {
     NodePeer {
         modules: node_redlock(env!("CARGO_TARGET_TMPDIR")),
-        script: concat!(env!("CARGO_MANIFEST_DIR"), "/../redis-single/tests/peers/redlock-peer.js").into(),
+        script: concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../redis-single/tests/peers/redlock-peer.js"
+        )
+        .into(),
         ports: servers.iter().map(RedisServer::port).collect(),
     }
 }
 
 async fn connect(servers: &[RedisServer]) -> Arc<dyn DistributedLock> {
-    Arc::new(RedlockLock::connect(&redlock_url(servers, "layout=bare")).await.unwrap())
+    Arc::new(
+        RedlockLock::connect(&redlock_url(servers, "layout=bare"))
+            .await
+            .unwrap(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,7 +47,10 @@ async fn node_redlock_holds_and_fencelock_waits() {
     let key = unique_key("nodelock");
     let latency = node_redlock_holds_fencelock_waits(connect(&servers).await, &peer, &key).await;
     println!("redlock hand-off node-redlock -> fencelock (retry_delay 200ms): {latency:?}");
-    assert!(latency < Duration::from_millis(600), "bounded by the retry delay: {latency:?}");
+    assert!(
+        latency < Duration::from_millis(600),
+        "bounded by the retry delay: {latency:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,9 +80,15 @@ async fn mixed_stress_node_redlock_and_fencelock_never_overlap() {
     println!("redlock mixed stress: {:?} in {:?}", check.entries, started.elapsed());
     assert_eq!(
         check.entries,
-        ["fencelock-a", "fencelock-b", "node-a", "node-b"].map(|w| (w.to_owned(), ROUNDS)).to_vec()
+        ["fencelock-a", "fencelock-b", "node-a", "node-b"]
+            .map(|w| (w.to_owned(), ROUNDS))
+            .to_vec()
     );
     assert_eq!(check.overlaps, 0, "two holders at once");
     assert_eq!(check.tokens.len(), 2 * ROUNDS);
-    assert!(check.regressions.is_empty(), "tokens went back: {:?}", check.regressions);
+    assert!(
+        check.regressions.is_empty(),
+        "tokens went back: {:?}",
+        check.regressions
+    );
 }

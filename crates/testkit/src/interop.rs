@@ -150,7 +150,11 @@ impl SharedLog {
                 _ => panic!("bad line in the shared log: {line:?}"),
             }
         }
-        let regressions = tokens.windows(2).filter(|w| w[1] <= w[0]).map(|w| (w[0], w[1])).collect();
+        let regressions = tokens
+            .windows(2)
+            .filter(|w| w[1] <= w[0])
+            .map(|w| (w[0], w[1]))
+            .collect();
         LogCheck {
             entries: entries.into_iter().collect(),
             overlaps,
@@ -190,8 +194,9 @@ impl NodePeer {
     }
 
     /// Starts a peer that takes `resource` (TTL 10 s, waiting up to `wait_ms`) and holds
-    /// it until [`HeldPeer::release`].
-    pub fn hold(&self, resource: &str, wait_ms: u64) -> HeldPeer {
+    /// it until [`HeldPeer::release`]; returns once the peer is connected (`ready`), so a
+    /// hand-off is timed from a peer that is already trying, not from Node's start-up.
+    pub async fn hold(&self, resource: &str, wait_ms: u64) -> HeldPeer {
         let mut child = self
             .command(&["hold", resource, "10000", &wait_ms.to_string()])
             .stdin(Stdio::piped())
@@ -200,7 +205,9 @@ impl NodePeer {
             .expect("node starts");
         let stdin = child.stdin.take();
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        HeldPeer { child, stdin, lines }
+        let mut peer = HeldPeer { child, stdin, lines };
+        assert_eq!(peer.line(STEP).await.as_deref(), Some("ready"), "the peer connects");
+        peer
     }
 
     /// Runs `rounds` rounds of the peer's loop on `log` as `who` (see the script).
@@ -241,7 +248,9 @@ impl HeldPeer {
     /// Waits for `held VALUE`; returns the value it stored under the key.
     pub async fn held(&mut self) -> String {
         let l = self.line(STEP).await.expect("the peer takes the lock");
-        l.strip_prefix("held ").unwrap_or_else(|| panic!("peer said {l:?}")).to_owned()
+        l.strip_prefix("held ")
+            .unwrap_or_else(|| panic!("peer said {l:?}"))
+            .to_owned()
     }
 
     /// Tells the peer to release, and waits until it did and exited.
@@ -264,8 +273,12 @@ fn waiting_opts() -> LockOptions {
 /// node-redlock holds `key`, fencelock (`locks`, configured with the peer's layout) is
 /// refused, then waits, and is served once the peer releases. Returns the hand-off
 /// latency, from the peer's release request to fencelock's grant.
-pub async fn node_redlock_holds_fencelock_waits(locks: Arc<dyn DistributedLock>, peer: &NodePeer, key: &str) -> Duration {
-    let mut held = peer.hold(key, 5_000);
+pub async fn node_redlock_holds_fencelock_waits(
+    locks: Arc<dyn DistributedLock>,
+    peer: &NodePeer,
+    key: &str,
+) -> Duration {
+    let mut held = peer.hold(key, 5_000).await;
     held.held().await;
     assert!(
         locks.try_acquire(key, &waiting_opts()).await.unwrap().is_none(),
@@ -277,10 +290,17 @@ pub async fn node_redlock_holds_fencelock_waits(locks: Arc<dyn DistributedLock>,
     });
     // Shows absence: the waiter is still waiting a while after it started.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!waiter.is_finished(), "fencelock's waiter got a lock node-redlock holds");
+    assert!(
+        !waiter.is_finished(),
+        "fencelock's waiter got a lock node-redlock holds"
+    );
     let released = Instant::now();
     held.release().await;
-    let lease = tokio::time::timeout(STEP, waiter).await.expect("fencelock is served").unwrap().unwrap();
+    let lease = tokio::time::timeout(STEP, waiter)
+        .await
+        .expect("fencelock is served")
+        .unwrap()
+        .unwrap();
     let latency = released.elapsed();
     lease.release().await.unwrap();
     latency
@@ -289,9 +309,13 @@ pub async fn node_redlock_holds_fencelock_waits(locks: Arc<dyn DistributedLock>,
 /// fencelock holds `key`; node-redlock (retrying every 20 ms) is kept out, and gets the
 /// lock once fencelock releases. Returns the hand-off latency, from fencelock's release to
 /// the peer's `held`.
-pub async fn fencelock_holds_node_redlock_waits(locks: Arc<dyn DistributedLock>, peer: &NodePeer, key: &str) -> Duration {
+pub async fn fencelock_holds_node_redlock_waits(
+    locks: Arc<dyn DistributedLock>,
+    peer: &NodePeer,
+    key: &str,
+) -> Duration {
     let lease = locks.acquire(key, &waiting_opts()).await.unwrap();
-    let mut waiting = peer.hold(key, 10_000);
+    let mut waiting = peer.hold(key, 10_000).await;
     assert_eq!(
         waiting.line(Duration::from_millis(300)).await,
         None,
@@ -317,7 +341,9 @@ where
     let mut tasks = Vec::new();
     for who in ["node-a", "node-b"] {
         let (peer, key, log) = (peer.clone(), key.to_owned(), log.clone());
-        tasks.push(tokio::spawn(async move { peer.run_loop(&key, rounds, &log, who).await }));
+        tasks.push(tokio::spawn(
+            async move { peer.run_loop(&key, rounds, &log, who).await },
+        ));
     }
     for who in ["fencelock-a", "fencelock-b"] {
         let (locks, key, log) = (connect().await, key.to_owned(), log.clone());

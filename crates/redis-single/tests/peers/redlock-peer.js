@@ -3,7 +3,8 @@
 // by the tests with the machine's npm (pinned versions, see fencelock_testkit::interop).
 //
 //   node redlock-peer.js hold PORTS RESOURCE TTL_MS WAIT_MS
-//     takes the lock (retrying every 20 ms, at most WAIT_MS), prints `held VALUE`, waits
+//     connects, prints `ready`, takes the lock (retrying every 20 ms, at most WAIT_MS),
+//     prints `held VALUE`, waits
 //     for a line on stdin, releases, prints `released`, exits.
 //   node redlock-peer.js loop PORTS RESOURCE TTL_MS WAIT_MS ROUNDS LOG WHO
 //     ROUNDS times: takes the lock, appends `enter WHO -` to LOG, holds 20 ms, appends
@@ -46,6 +47,9 @@ async function take() {
 }
 
 async function hold() {
+  // Connected to every server before the first attempt: the test times hand-offs from here.
+  await Promise.all(clients.map((c) => c.ping()));
+  process.stdout.write('ready\n');
   const lock = await take();
   if (!lock) return;
   process.stdout.write(`held ${lock.value}\n`);
