@@ -117,9 +117,11 @@ impl EtcdConfig {
                 "user" => user = Some(v.to_owned()),
                 "password" => password = Some(v.to_owned()),
                 "layout" => cfg.layout = EtcdLayout::parse(v).map_err(bad)?,
-                _ => return Err(bad(format!(
+                _ => {
+                    return Err(bad(format!(
                     "unknown option `{k}` (etcd takes session_ttl, timeout, connect_timeout, user, password, layout)"
-                ))),
+                )))
+                }
             }
         }
         // The Go layout has no prefix unless the URL names one (`etcd://h:p` and
