@@ -8,11 +8,12 @@ use fencelock_core::{LockError, Result};
 
 /// The options of the etcd backend, from the URL or set in code.
 ///
-/// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX][?session_ttl=10s&timeout=2s&connect_timeout=1s&user=U&password=P]`
+/// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX][?session_ttl=10s&timeout=2s&connect_timeout=1s&user=U&password=P&layout=fencelock]`
 ///
 /// | part | default | meaning |
 /// |---|---|---|
-/// | `/PREFIX` | `/fencelock` | where the lock keys live: `PREFIX/KEY/LEASE.GRANT` |
+/// | `/PREFIX` | `/fencelock` (`layout=go`: none) | where the lock keys live: `PREFIX/KEY/INSTANCE.SLOT` (`layout=go`: `[PREFIX/]KEY/LEASE`) |
+/// | `layout` | `fencelock` | the names of the queue keys, see [`EtcdLayout`]: `go` takes part in the queue of Go's `concurrency.Mutex` (and `etcdctl lock KEY`) |
 /// | `session_ttl` | `10s` | TTL of the session lease shared by every auto-renewed lock of this instance: how long after this process dies or is cut off its locks are freed. Also the validity of every auto-renewed lock, and a third of it is how soon a lock key deleted on the server is noticed. Whole seconds, at least etcd's minimum (1.5 × election timeout, rounded up: 1 s with 100 ms elections, 3 s with etcd's defaults), at most 1 day |
 /// | `timeout` | `2s` | the longest wait for one request (a cluster without quorum answers nothing); 1 ms ..= 10 min |
 /// | `connect_timeout` | `1s` | the longest wait for a connection; 1 ms ..= 10 min |
@@ -34,7 +35,39 @@ pub struct EtcdConfig {
     pub connect_timeout: Duration,
     /// Credentials.
     pub user: Option<(String, String)>,
+    /// How lock keys are named (fencelock's own, or Go's `concurrency.Mutex`).
+    pub layout: EtcdLayout,
     pub(crate) display: String,
+}
+
+/// How the queue keys of a lock are named on the server. Both layouts queue the same way
+/// (the key with the lowest create revision under the lock's directory holds the lock;
+/// a waiter watches the key just before its own), so the layout only decides the names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EtcdLayout {
+    /// `PREFIX/ESCAPED_KEY/INSTANCE.SLOT`: `/` and `%` in the key are escaped, so keys never
+    /// nest, and one instance may queue several times for one key.
+    #[default]
+    Fencelock,
+    /// Go's `concurrency.Mutex` (what `etcdctl lock KEY` uses): the directory is the key
+    /// exactly as given plus `/` (`mylock` → `mylock/`, no leading slash unless the key
+    /// has one), under `PREFIX/` only when the URL names a prefix; each contender's key is
+    /// `DIR/<lease id in lowercase hex>` on that lease. Nothing is escaped, so as in Go a
+    /// lock named `a` also sees the contenders of `a/b` (its directory is a prefix of
+    /// theirs): name locks so that none is a prefix of another's directory. Source: etcd's
+    /// `client/v3/concurrency/mutex.go`, checked against `etcdctl lock` 3.4.
+    Go,
+}
+
+impl EtcdLayout {
+    /// Reads `fencelock` or `go`.
+    fn parse(v: &str) -> std::result::Result<Self, String> {
+        match v {
+            "fencelock" => Ok(EtcdLayout::Fencelock),
+            "go" => Ok(EtcdLayout::Go),
+            _ => Err(format!("layout must be `fencelock` or `go`, got `{v}`")),
+        }
+    }
 }
 
 impl EtcdConfig {
@@ -49,13 +82,10 @@ impl EtcdConfig {
             .strip_prefix("etcd://")
             .ok_or_else(|| bad("an etcd URL starts with etcd://".into()))?;
         let (base, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (hosts, prefix) = match base.split_once('/') {
-            Some((h, p)) => (h, format!("/{}", p.trim_end_matches('/'))),
-            None => (base, "/fencelock".to_owned()),
+        let (hosts, path) = match base.split_once('/') {
+            Some((h, p)) => (h, Some(p.trim_end_matches('/'))),
+            None => (base, None),
         };
-        if prefix == "/" || prefix.contains("//") {
-            return Err(bad(format!("bad key prefix `{prefix}`")));
-        }
         let mut endpoints = Vec::new();
         for h in hosts.split(',') {
             let h = h.trim();
@@ -69,11 +99,12 @@ impl EtcdConfig {
         }
         let mut cfg = EtcdConfig {
             endpoints,
-            prefix,
+            prefix: String::new(),
             session_ttl: Duration::from_secs(10),
             timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(1),
             user: None,
+            layout: EtcdLayout::Fencelock,
             display: shown.clone(),
         };
         let (mut user, mut password) = (None, None);
@@ -85,13 +116,21 @@ impl EtcdConfig {
                 "connect_timeout" => cfg.connect_timeout = duration()?,
                 "user" => user = Some(v.to_owned()),
                 "password" => password = Some(v.to_owned()),
+                "layout" => cfg.layout = EtcdLayout::parse(v).map_err(bad)?,
                 _ => {
                     return Err(bad(format!(
-                        "unknown option `{k}` (etcd takes session_ttl, timeout, connect_timeout, user, password)"
-                    )))
+                    "unknown option `{k}` (etcd takes session_ttl, timeout, connect_timeout, user, password, layout)"
+                )))
                 }
             }
         }
+        // The Go layout has no prefix unless the URL names one (`etcd://h:p` and
+        // `etcd://h:p/` both reach Go's default `NAME/`); fencelock's own needs one.
+        cfg.prefix = match (path, cfg.layout) {
+            (Some(""), EtcdLayout::Go) | (None, EtcdLayout::Go) => String::new(),
+            (None, EtcdLayout::Fencelock) => "/fencelock".to_owned(),
+            (Some(p), _) => format!("/{p}"),
+        };
         cfg.user = match (user, password) {
             (Some(u), Some(p)) => Some((u, p)),
             (None, None) => None,
@@ -108,8 +147,8 @@ impl EtcdConfig {
     ///
     /// # Errors
     /// [`LockError::InvalidConfig`] naming the option: no endpoints or one that is not
-    /// `HOST:PORT`; a prefix that is empty, `/`, does not start with `/`, ends with `/` or
-    /// holds `//`; `session_ttl` not whole seconds between 1 s and 1 day (etcd's own
+    /// `HOST:PORT`; a prefix that is `/`, does not start with `/`, ends with `/` or holds
+    /// `//`, or is empty in the fencelock layout (the Go layout allows none); `session_ttl` not whole seconds between 1 s and 1 day (etcd's own
     /// maximum is far longer, but a session that outlives its process by a day is a
     /// mistake); `timeout` or `connect_timeout` outside 1 ms ..= 10 min; an empty user.
     pub fn validate(&self) -> Result<()> {
@@ -129,7 +168,8 @@ impl EtcdConfig {
             }
         }
         let p = &self.prefix;
-        if !p.starts_with('/') || p == "/" || p.ends_with('/') || p.contains("//") {
+        let no_prefix = p.is_empty() && self.layout == EtcdLayout::Go;
+        if !no_prefix && (!p.starts_with('/') || p == "/" || p.ends_with('/') || p.contains("//")) {
             return bad(format!(
                 "bad key prefix `{p}`: write /NAME[/NAME...] without a trailing slash"
             ));
@@ -164,8 +204,31 @@ impl EtcdConfig {
     /// directory) and no key reaches into another key's directory (a prefix read of one
     /// directory never sees another's keys, because every directory ends with the `/`
     /// that no escaped key contains). For operators: `etcdctl get --prefix DIR`.
+    ///
+    /// In the Go layout: `KEY/` exactly as given (`PREFIX/KEY/` with a prefix), as Go's
+    /// `concurrency.NewMutex(session, KEY)` names it.
     pub fn lock_dir(&self, key: &str) -> String {
-        format!("{}/{}/", self.prefix, escape(key))
+        match (self.layout, self.prefix.is_empty()) {
+            (EtcdLayout::Fencelock, _) => format!("{}/{}/", self.prefix, escape(key)),
+            (EtcdLayout::Go, true) => format!("{key}/"),
+            (EtcdLayout::Go, false) => format!("{}/{key}/", self.prefix),
+        }
+    }
+
+    /// The name of one queue entry in `dir`: `INSTANCE.SLOT` (hex), or in the Go layout
+    /// the id of the lease it rides on in lowercase hex, as Go writes it (`%x`).
+    pub(crate) fn queue_key(&self, dir: &str, instance: u64, slot: u32, lease: i64) -> String {
+        match self.layout {
+            EtcdLayout::Fencelock => format!("{dir}{instance:016x}.{slot:08x}"),
+            EtcdLayout::Go => format!("{dir}{lease:x}"),
+        }
+    }
+
+    /// Whether a queue entry must ride on a lease of its own even when auto-renewed: in the
+    /// Go layout a key's name is its lease, so only the first entry (slot 0) of this
+    /// instance in a directory may use the shared session lease; others get their own.
+    pub(crate) fn needs_own_lease(&self, slot: u32) -> bool {
+        self.layout == EtcdLayout::Go && slot > 0
     }
 }
 
@@ -281,6 +344,44 @@ mod tests {
             assert!(e.to_string().contains(says), "{what}: {e}");
         }
         good.validate().unwrap();
+    }
+
+    #[test]
+    fn go_layout_reaches_go_names_exactly() {
+        for url in ["etcd://h:1?layout=go", "etcd://h:1/?layout=go"] {
+            let c = EtcdConfig::from_url(url).unwrap();
+            assert_eq!(c.layout, EtcdLayout::Go);
+            assert_eq!(c.lock_dir("mylock"), "mylock/", "{url}");
+            assert_eq!(c.lock_dir("/abs/lock"), "/abs/lock/", "{url}");
+            assert_eq!(c.lock_dir("a/b%c"), "a/b%c/", "{url}: nothing escaped");
+        }
+        let c = EtcdConfig::from_url("etcd://h:1/app?layout=go").unwrap();
+        assert_eq!(c.lock_dir("mylock"), "/app/mylock/");
+        assert_eq!(
+            c.queue_key("mylock/", 7, 0, 0x694d_8a1b_22c0_5f04),
+            "mylock/694d8a1b22c05f04"
+        );
+        assert_eq!(c.queue_key("d/", 7, 0, 0x1f), "d/1f", "Go's %x: no padding");
+        assert!(!c.needs_own_lease(0) && c.needs_own_lease(1));
+        let d = EtcdConfig::from_url("etcd://h:1?layout=fencelock").unwrap();
+        assert_eq!(d.prefix, "/fencelock");
+        assert_eq!(d.queue_key("d/", 0xab, 2, 5), "d/00000000000000ab.00000002");
+        assert!(!d.needs_own_lease(5));
+        for (url, says) in [("etcd://h:1/", "prefix"), ("etcd://h:1?layout=java", "layout must be")] {
+            let e = EtcdConfig::from_url(url).unwrap_err().to_string();
+            assert!(e.contains(says), "{url}: {e}");
+        }
+        let code = EtcdConfig {
+            prefix: String::new(),
+            ..EtcdConfig::from_url("etcd://h:1").unwrap()
+        };
+        assert!(code.validate().is_err(), "an empty prefix needs the Go layout");
+        assert!(EtcdConfig {
+            layout: EtcdLayout::Go,
+            ..code
+        }
+        .validate()
+        .is_ok());
     }
 
     #[test]

@@ -51,5 +51,5 @@ mod session;
 mod slots;
 mod wait;
 
-pub use config::EtcdConfig;
+pub use config::{EtcdConfig, EtcdLayout};
 pub use lock::{EtcdLock, GUARANTEES};

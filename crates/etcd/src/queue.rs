@@ -115,9 +115,11 @@ impl Queued {
     }
 }
 
-/// The lease for a new queue entry: the session's, or a new own lease of the lock's TTL.
-async fn holding(inner: &Arc<Inner>, opts: &LockOptions) -> Result<Holding> {
-    if opts.auto_renew() {
+/// The lease for a new queue entry: the session's, or a new own lease of the lock's TTL
+/// (also for an auto-renewed lock when `own` is set: the Go layout's second entry of one
+/// instance in a directory, whose name must differ from the first's).
+async fn holding(inner: &Arc<Inner>, opts: &LockOptions, own: bool) -> Result<Holding> {
+    if opts.auto_renew() && !own {
         let session = inner.session().await?;
         return Ok(Holding::Session { session, claim: 0 });
     }
@@ -145,10 +147,17 @@ async fn holding(inner: &Arc<Inner>, opts: &LockOptions) -> Result<Holding> {
 pub(crate) async fn enqueue(inner: Arc<Inner>, key: &str, opts: &LockOptions) -> Result<Queued> {
     let (key, opts) = (key.to_owned(), *opts);
     detached(BACKEND, async move {
-        let mut holding = holding(&inner, &opts).await?;
-        let dir = inner.cluster.cfg.lock_dir(&key);
+        let cfg = &inner.cluster.cfg;
+        let dir = cfg.lock_dir(&key);
         let slot = inner.slots.take(&dir);
-        let my_key = format!("{dir}{:016x}.{:08x}", inner.instance, slot.n);
+        let mut holding = match holding(&inner, &opts, cfg.needs_own_lease(slot.n)).await {
+            Ok(h) => h,
+            Err(e) => {
+                slot.free(); // no key was put under it
+                return Err(e);
+            }
+        };
+        let my_key = cfg.queue_key(&dir, inner.instance, slot.n, holding.lease());
         if let Holding::Session { session, claim } = &mut holding {
             *claim = session.claim(&my_key);
         }

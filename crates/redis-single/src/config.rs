@@ -6,6 +6,8 @@ use fencelock_core::options::duration_text::parse_duration;
 use fencelock_core::options::url_query;
 use fencelock_core::{LockError, Result};
 
+use crate::layout::RedisLayout;
+
 /// The backend's options, from the URL's query or set in code.
 ///
 /// | query key | default | meaning |
@@ -15,6 +17,7 @@ use fencelock_core::{LockError, Result};
 /// | `connect_timeout` | `1s` | the longest wait for a connection |
 /// | `ca_file` | system roots | (`rediss://` only) a PEM file of the CA that signed the server's certificate |
 /// | `poll` | `500ms` | the fallback re-check of a waiter, jittered to 50–100 %, in case a release message is lost (never longer than the holder's remaining TTL) |
+/// | `layout` | `fencelock` | the key names, [`RedisLayout`]: `bare` (the key as given: node-redlock, redsync), `python-redis-lock` (`lock:KEY`), `pottery` (`redlock:KEY`) to share a lock with those libraries; see `docs/interop.md` |
 /// | `renew_window` | `50ms` | how long a background renewal may wait to share one script with others (capped at a tenth of its TTL; `0ms`: only those already queued share); explicit `Lease::extend` never waits |
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
@@ -34,10 +37,12 @@ pub struct RedisConfig {
     pub ca_file: Option<std::path::PathBuf>,
     /// How long a background renewal may wait for others to share its script with.
     pub renew_window: Duration,
+    /// The key names: fencelock's own, or a peer library's (see [`RedisLayout`]).
+    pub layout: RedisLayout,
 }
 
 impl RedisConfig {
-    /// Parses `redis://[[USER]:PASSWORD@]HOST:PORT[/DB][?prefix=P&timeout=D&connect_timeout=D&poll=D&renew_window=D]`
+    /// Parses `redis://[[USER]:PASSWORD@]HOST:PORT[/DB][?prefix=P&timeout=D&connect_timeout=D&poll=D&renew_window=D&layout=L]`
     /// (or `rediss://` for TLS, with the `tls` feature).
     pub fn from_url(url: &str) -> Result<Self> {
         let bad = |why: String| LockError::invalid_config(format!("`{}`: {why}", redact(url)));
@@ -74,6 +79,7 @@ impl RedisConfig {
             poll: Duration::from_millis(500),
             ca_file: None,
             renew_window: Duration::from_millis(50),
+            layout: RedisLayout::Fencelock,
         };
         for (k, v) in url_query::pairs(query) {
             let duration = || parse_duration(v).map_err(|e| bad(format!("{k}: {e}")));
@@ -83,11 +89,12 @@ impl RedisConfig {
                 "connect_timeout" => cfg.connect_timeout = duration()?,
                 "poll" => cfg.poll = duration()?,
                 "renew_window" => cfg.renew_window = duration()?,
+                "layout" => cfg.layout = RedisLayout::parse(v).map_err(bad)?,
                 "ca_file" if base.starts_with("rediss://") => cfg.ca_file = Some(v.into()),
                 "ca_file" => return Err(bad("ca_file needs rediss:// (TLS)".into())),
                 _ => {
                     return Err(bad(format!(
-                        "unknown option `{k}` (the redis backend takes prefix, timeout, connect_timeout, poll, renew_window, ca_file)"
+                        "unknown option `{k}` (the redis backend takes prefix, timeout, connect_timeout, poll, renew_window, layout, ca_file)"
                     )))
                 }
             }
@@ -104,7 +111,9 @@ impl RedisConfig {
     /// # Errors
     /// [`LockError::InvalidConfig`] when `timeout`, `connect_timeout` or `poll` is outside
     /// 1 ms ..= 10 min, or `renew_window` is above 10 s (durations that large would
-    /// overflow the clock arithmetic of a wait or a renewal).
+    /// overflow the clock arithmetic of a wait or a renewal), or a peer `layout` has a
+    /// `prefix` with `{` or `}` (it would move fencelock's keys out of the lock key's hash
+    /// slot).
     pub fn validate(&self) -> Result<()> {
         let bad = |why: String| LockError::invalid_config(format!("`{}`: {why}", self.display));
         url_query::check_timeouts(&[
@@ -113,6 +122,12 @@ impl RedisConfig {
             ("poll", self.poll),
         ])
         .map_err(bad)?;
+        if self.layout.is_peer() && self.prefix.contains(['{', '}']) {
+            return Err(bad(format!(
+                "prefix `{}` has a brace: with a peer layout, fencelock's keys take the lock key's hash tag, which a brace in the prefix would replace",
+                self.prefix
+            )));
+        }
         if self.renew_window > Duration::from_secs(10) {
             return Err(bad(format!(
                 "renew_window must be at most 10s, got {:?}",
@@ -158,6 +173,9 @@ mod tests {
         assert_eq!(c.renew_window, Duration::from_millis(50));
         let c = RedisConfig::from_url("redis://h:1?renew_window=0ms").unwrap();
         assert_eq!(c.renew_window, Duration::ZERO);
+        assert_eq!(c.layout, RedisLayout::Fencelock);
+        let c = RedisConfig::from_url("redis://h:1?layout=python-redis-lock").unwrap();
+        assert_eq!(c.layout, RedisLayout::PythonRedisLock);
     }
 
     #[test]
@@ -170,6 +188,8 @@ mod tests {
             ("redis://h:1?timeout=0s", "between 1ms"),
             ("redis://:pw@h:1?timeout=x", "timeout"),
             ("redis://h:1?renew_window=1m", "renew_window must be at most 10s"),
+            ("redis://h:1?layout=redisson", "layout must be"),
+            ("redis://h:1?layout=bare&prefix={x}:", "brace"),
         ] {
             let e = RedisConfig::from_url(url).unwrap_err().to_string();
             assert!(e.contains(says), "{url}: {e}");

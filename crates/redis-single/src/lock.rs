@@ -252,7 +252,11 @@ impl RedisLock {
             }
             Turn::Queued { pttl, entry } => {
                 q.entry = entry;
-                let fallback = jitter(self.node.config().poll * QUEUED_POLL_FACTOR);
+                // A peer library's release sends no message: with a peer layout the poll
+                // is the hand-off path, so it is not stretched (still bounded by the PTTL).
+                let cfg = self.node.config();
+                let factor = if cfg.layout.is_peer() { 1 } else { QUEUED_POLL_FACTOR };
+                let fallback = jitter(cfg.poll * factor);
                 let until_expiry = pttl.map_or(fallback, |ms| Duration::from_millis(ms + 1));
                 Ok(Attempt::Busy {
                     wake: Some(wake),
@@ -298,6 +302,7 @@ impl DistributedLock for RedisLock {
     #[tracing::instrument(level = "debug", skip(self, opts), fields(backend = "redis"))]
     async fn try_acquire(&self, key: &str, opts: &LockOptions) -> Result<Option<Lease>> {
         validate_key(key)?;
+        self.node.check_key(key)?;
         opts.validate_for_try()?;
         match self.grant(key, opts).await? {
             Outcome::Granted(lease) => Ok(Some(lease.into_live()?)),
@@ -307,6 +312,7 @@ impl DistributedLock for RedisLock {
 
     #[tracing::instrument(level = "debug", skip(self, opts), fields(backend = "redis"))]
     async fn acquire(&self, key: &str, opts: &LockOptions) -> Result<Lease> {
+        self.node.check_key(key)?;
         let queued = tokio::sync::Mutex::new(None);
         acquire_with(key, opts, || self.attempt(key, opts, &queued)).await
     }

@@ -11,6 +11,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::config::RedisConfig;
 use crate::error::failed;
+use crate::layout::Keys;
 use crate::renewals::{renewals, Renewal, Renewals};
 use crate::scripts::{ACQUIRE, EXTEND, EXTEND_MANY, LEAVE, RELEASE, RELEASE_RAISING, WAIT_TURN};
 use crate::wait::{Subscription, Waiters};
@@ -22,36 +23,6 @@ pub enum NodeGrant {
     Granted(u64),
     /// Held by another grant for this many more milliseconds (`None`: the key has no TTL).
     Busy(Option<u64>),
-}
-
-/// Redis keys and channels of one lock key. The `{KEY}` hash tag keeps them on one slot.
-#[derive(Debug, Clone)]
-pub(crate) struct Keys {
-    pub(crate) prefix: String,
-}
-
-impl Keys {
-    pub(crate) fn lock(&self, key: &str) -> String {
-        format!("{}{{{key}}}:lock", self.prefix)
-    }
-    pub(crate) fn counter(&self, key: &str) -> String {
-        format!("{}{{{key}}}:token", self.prefix)
-    }
-    /// The FIFO queue of waiters (a list of `GRANT|DEADLINE_MS`).
-    pub(crate) fn queue(&self, key: &str) -> String {
-        format!("{}{{{key}}}:queue", self.prefix)
-    }
-    /// The reservation of the queue head: `GRANT TOKEN`, expiring with the reserved lock.
-    pub(crate) fn reservation(&self, key: &str) -> String {
-        format!("{}{{{key}}}:reserved", self.prefix)
-    }
-    /// The prefix of each waiter's own channel (followed by its grant id).
-    pub(crate) fn waiter_channels(&self, key: &str) -> String {
-        format!("{}{{{key}}}:w:", self.prefix)
-    }
-    pub(crate) fn boot(&self) -> String {
-        format!("{}boot", self.prefix)
-    }
 }
 
 /// Background clean-ups of a node still under way — releases of dropped leases, of grants
@@ -154,6 +125,7 @@ impl RedisNode {
         ));
         let keys = Keys {
             prefix: cfg.prefix.clone(),
+            layout: cfg.layout,
         };
         Ok(RedisNode {
             inner: Arc::new(NodeInner {
@@ -188,6 +160,15 @@ impl RedisNode {
     /// The server, for messages (no password).
     pub fn server(&self) -> &str {
         self.inner.cfg.server()
+    }
+
+    /// Checks that `key` can be laid out in this node's layout (see
+    /// [`RedisLayout`](crate::RedisLayout)).
+    ///
+    /// # Errors
+    /// [`LockError::InvalidInput`] for a peer layout's key with a `}` but no hash tag.
+    pub fn check_key(&self, key: &str) -> Result<()> {
+        self.inner.keys.check(key)
     }
 
     /// The connection, connecting if there is none yet.

@@ -16,6 +16,7 @@ use fencelock_redis::RedisConfig;
 /// | `retry_delay` | `200ms` | the base of the random delay (50–100 %) before retrying after a failed round, also the fallback re-check of a waiter when no release message arrives (never longer than the holder's remaining TTL) |
 /// | `restart_delay` | `0s` (off) | the "delayed restart" rule: a node that started empty refuses grants for this long (set it ≥ your longest TTL); see the crate docs |
 /// | `prefix` | `fencelock:` | key prefix on every node |
+/// | `layout` | `fencelock` | the key names on every node ([`RedisLayout`](fencelock_redis::RedisLayout)): `bare` shares a lock with node-redlock and redsync, `pottery` with pottery's `Redlock`; see `docs/interop.md` |
 #[derive(Debug, Clone)]
 pub struct RedlockConfig {
     /// One entry per node.
@@ -35,7 +36,7 @@ pub struct RedlockConfig {
 pub const DRIFT_CONSTANT: Duration = Duration::from_millis(2);
 
 impl RedlockConfig {
-    /// Parses `redlock://[[USER]:PASSWORD@]H1:P1,H2:P2,...[/DB][?per_node_timeout=D&drift_factor=F&retry_delay=D&restart_delay=D&prefix=P]`.
+    /// Parses `redlock://[[USER]:PASSWORD@]H1:P1,H2:P2,...[/DB][?per_node_timeout=D&drift_factor=F&retry_delay=D&restart_delay=D&prefix=P&layout=L]`.
     /// Any number of nodes ≥ 1 is accepted; the quorum is N/2 + 1.
     pub fn from_url(url: &str) -> Result<Self> {
         let shown = fencelock_redis_redact(url);
@@ -61,6 +62,7 @@ impl RedlockConfig {
             display: shown.clone(),
         };
         let mut prefix = "fencelock:".to_owned();
+        let mut layout = "fencelock".to_owned();
         for (k, v) in url_query::pairs(query) {
             let duration = || parse_duration(v).map_err(|e| bad(format!("{k}: {e}")));
             match k {
@@ -68,6 +70,7 @@ impl RedlockConfig {
                 "retry_delay" => cfg.retry_delay = duration()?,
                 "restart_delay" => cfg.restart_delay = duration()?,
                 "prefix" => prefix = v.to_owned(),
+                "layout" => layout = v.to_owned(),
                 "drift_factor" => {
                     cfg.drift_factor = v
                         .parse::<f64>()
@@ -75,7 +78,7 @@ impl RedlockConfig {
                 }
                 _ => {
                     return Err(bad(format!(
-                        "unknown option `{k}` (redlock takes per_node_timeout, drift_factor, retry_delay, restart_delay, prefix)"
+                        "unknown option `{k}` (redlock takes per_node_timeout, drift_factor, retry_delay, restart_delay, prefix, layout)"
                     )))
                 }
             }
@@ -98,7 +101,9 @@ impl RedlockConfig {
                 node_url.push_str(db);
             }
             let t = fencelock_core::options::duration_text::format_duration(cfg.per_node_timeout);
-            node_url.push_str(&format!("?timeout={t}&connect_timeout={t}&prefix={prefix}"));
+            node_url.push_str(&format!(
+                "?timeout={t}&connect_timeout={t}&prefix={prefix}&layout={layout}"
+            ));
             let node = RedisConfig::from_url(&node_url).map_err(|e| bad(format!("node `{host}`: {e}")))?;
             cfg.nodes.push(node);
         }

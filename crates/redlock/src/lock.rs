@@ -255,11 +255,19 @@ impl RedlockLock {
     }
 }
 
+impl RedlockLock {
+    /// The key fits the nodes' layout (they share one, from the URL).
+    fn check_key(&self, key: &str) -> Result<()> {
+        self.inner.nodes.iter().try_for_each(|n| n.check_key(key))
+    }
+}
+
 #[async_trait]
 impl DistributedLock for RedlockLock {
     #[tracing::instrument(level = "debug", skip(self, opts), fields(backend = "redlock"))]
     async fn try_acquire(&self, key: &str, opts: &LockOptions) -> Result<Option<Lease>> {
         validate_key(key)?;
+        self.check_key(key)?;
         opts.validate_for_try()?;
         self.check_ttl(opts)?;
         match self.round(key, opts, false).await? {
@@ -271,6 +279,7 @@ impl DistributedLock for RedlockLock {
     #[tracing::instrument(level = "debug", skip(self, opts), fields(backend = "redlock"))]
     async fn acquire(&self, key: &str, opts: &LockOptions) -> Result<Lease> {
         validate_key(key)?;
+        self.check_key(key)?;
         opts.validate_for_wait()?;
         self.check_ttl(opts)?;
         let queued = tokio::sync::Mutex::new(None);

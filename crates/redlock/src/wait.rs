@@ -198,7 +198,11 @@ impl RedlockLock {
                 } else {
                     undo.disarm(); // granted nowhere
                 }
-                let fallback = jitter(cfg.retry_delay * QUEUED_POLL_FACTOR);
+                // A peer library's release sends no message: with a peer layout the
+                // re-check is the hand-off path, so it is not stretched.
+                let layout = q.primary.config().layout;
+                let factor = if layout.is_peer() { 1 } else { QUEUED_POLL_FACTOR };
+                let fallback = jitter(cfg.retry_delay * factor);
                 pttl.map_or(fallback, |ms| fallback.min(Duration::from_millis(ms + 1)))
             }
             // The primary is silent or failing: a plain round, so the other nodes can

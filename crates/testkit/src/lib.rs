@@ -40,6 +40,7 @@
 pub mod conformance;
 pub mod etcd_server;
 pub mod history;
+pub mod interop;
 pub mod keys;
 pub mod lab;
 pub mod overlap;

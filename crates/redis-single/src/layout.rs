@@ -1,0 +1,194 @@
+//! Key layouts: where a lock lives on the server, fencelock's own names or those of another
+//! library's Redis lock, so that fencelock and that library exclude each other on one key.
+//!
+//! Every peer layout keeps the lock itself as those libraries do — one string key, `SET NX
+//! PX` with a random value, released by compare-value-then-`DEL` and extended by
+//! compare-value-then-`PEXPIRE` — and fencelock's grant id (32 hex digits) is that value,
+//! so a peer's compare-and-delete works on fencelock's lock and fencelock's on theirs.
+//! fencelock's own keys beside it (the token counter, the waiter queue, the reservation)
+//! share the lock key's Redis Cluster hash slot: they carry the lock key's hash tag, or
+//! the whole lock key as their tag when it has none.
+//!
+//! Facts about the peers (observed on Redis 7.0 with the real clients, see
+//! `docs/interop.md`): node-redlock and redsync use the resource name as the key; pottery's
+//! `Redlock` uses `redlock:NAME`; python-redis-lock uses `lock:NAME` (and a list
+//! `lock-signal:NAME` that its releasers push to).
+
+use fencelock_core::{LockError, Result};
+
+/// How the Redis keys of a lock are named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RedisLayout {
+    /// fencelock's own: `PREFIX{KEY}:lock`, `PREFIX{KEY}:token`, … (the default).
+    #[default]
+    Fencelock,
+    /// The key exactly as given, as node-redlock, redsync and rslock name it.
+    Bare,
+    /// `lock:KEY`, as python-redis-lock names it.
+    PythonRedisLock,
+    /// `redlock:KEY`, as pottery's `Redlock` names it.
+    Pottery,
+}
+
+impl RedisLayout {
+    /// Reads `fencelock`, `bare`, `python-redis-lock` or `pottery` (the URL's `layout=`).
+    ///
+    /// # Errors
+    /// A message naming the accepted values.
+    pub fn parse(v: &str) -> std::result::Result<Self, String> {
+        match v {
+            "fencelock" => Ok(RedisLayout::Fencelock),
+            "bare" => Ok(RedisLayout::Bare),
+            "python-redis-lock" => Ok(RedisLayout::PythonRedisLock),
+            "pottery" => Ok(RedisLayout::Pottery),
+            _ => Err(format!(
+                "layout must be fencelock, bare, python-redis-lock or pottery; got `{v}`"
+            )),
+        }
+    }
+
+    /// `true` for a peer library's layout: peers publish nothing on fencelock's channels,
+    /// so a waiter re-checks at the configured poll (bounded by the holder's PTTL) instead
+    /// of only when a hand-off message would be lost.
+    pub fn is_peer(self) -> bool {
+        self != RedisLayout::Fencelock
+    }
+
+    /// The lock key of `key` in a peer layout; `None` in fencelock's own.
+    fn peer_lock(self, key: &str) -> Option<String> {
+        match self {
+            RedisLayout::Fencelock => None,
+            RedisLayout::Bare => Some(key.to_owned()),
+            RedisLayout::PythonRedisLock => Some(format!("lock:{key}")),
+            RedisLayout::Pottery => Some(format!("redlock:{key}")),
+        }
+    }
+}
+
+/// Redis Cluster's hash tag of a key: the text between the first `{` and the first `}`
+/// after it, when that text is not empty.
+fn hash_tag(name: &str) -> Option<&str> {
+    let open = name.find('{')?;
+    let len = name[open + 1..].find('}')?;
+    (len > 0).then(|| &name[open + 1..open + 1 + len])
+}
+
+/// Redis keys and channels of one lock key, per layout.
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    pub(crate) prefix: String,
+    pub(crate) layout: RedisLayout,
+}
+
+impl Keys {
+    /// Checks that `key` can be laid out: in a peer layout, a lock key without a hash tag
+    /// of its own becomes the tag of fencelock's keys beside it, which a `}` would cut.
+    ///
+    /// # Errors
+    /// [`LockError::InvalidInput`] naming the key.
+    pub(crate) fn check(&self, key: &str) -> Result<()> {
+        match self.layout.peer_lock(key) {
+            Some(name) if hash_tag(&name).is_none() && name.contains('}') => Err(LockError::invalid_input(format!(
+                "key `{key}`: in a peer layout a key with `}}` needs a hash tag `{{...}}` of its own, so fencelock's token counter can share its Redis Cluster slot"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// A key of fencelock's beside the lock, in its hash slot.
+    fn beside(&self, key: &str, what: &str) -> String {
+        match self.layout.peer_lock(key) {
+            None => format!("{}{{{key}}}:{what}", self.prefix),
+            Some(name) if hash_tag(&name).is_some() => format!("{}{name}:{what}", self.prefix),
+            Some(name) => format!("{}{{{name}}}:{what}", self.prefix),
+        }
+    }
+
+    pub(crate) fn lock(&self, key: &str) -> String {
+        self.layout
+            .peer_lock(key)
+            .unwrap_or_else(|| format!("{}{{{key}}}:lock", self.prefix))
+    }
+    pub(crate) fn counter(&self, key: &str) -> String {
+        self.beside(key, "token")
+    }
+    /// The FIFO queue of waiters (a list of `GRANT|DEADLINE_MS`).
+    pub(crate) fn queue(&self, key: &str) -> String {
+        self.beside(key, "queue")
+    }
+    /// The reservation of the queue head: `GRANT TOKEN`, expiring with the reserved lock.
+    pub(crate) fn reservation(&self, key: &str) -> String {
+        self.beside(key, "reserved")
+    }
+    /// The prefix of each waiter's own channel (followed by its grant id).
+    pub(crate) fn waiter_channels(&self, key: &str) -> String {
+        self.beside(key, "w:")
+    }
+    pub(crate) fn boot(&self) -> String {
+        format!("{}boot", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(layout: RedisLayout) -> Keys {
+        Keys {
+            prefix: "fencelock:".into(),
+            layout,
+        }
+    }
+
+    #[test]
+    fn fencelock_layout_is_unchanged() {
+        let k = keys(RedisLayout::Fencelock);
+        assert_eq!(k.lock("a"), "fencelock:{a}:lock");
+        assert_eq!(k.counter("a"), "fencelock:{a}:token");
+        assert_eq!(k.queue("a"), "fencelock:{a}:queue");
+        assert_eq!(k.reservation("a"), "fencelock:{a}:reserved");
+        assert_eq!(k.waiter_channels("a"), "fencelock:{a}:w:");
+        k.check("a}b").unwrap();
+    }
+
+    #[test]
+    fn peer_layouts_use_the_peer_key_and_share_its_slot() {
+        for (layout, lock) in [
+            (RedisLayout::Bare, "orders"),
+            (RedisLayout::PythonRedisLock, "lock:orders"),
+            (RedisLayout::Pottery, "redlock:orders"),
+        ] {
+            let k = keys(layout);
+            assert_eq!(k.lock("orders"), lock);
+            assert_eq!(k.counter("orders"), format!("fencelock:{{{lock}}}:token"));
+            assert_eq!(
+                hash_tag(&k.counter("orders")),
+                Some(lock),
+                "same slot as the whole lock key"
+            );
+            assert_eq!(hash_tag(&k.queue("orders")), Some(lock));
+            // A key with its own tag keeps it: every key lands in the tag's slot.
+            assert_eq!(hash_tag(&k.lock("a{t}b")), Some("t"));
+            assert_eq!(hash_tag(&k.counter("a{t}b")), Some("t"));
+            assert_eq!(hash_tag(&k.reservation("a{t}b")), Some("t"));
+            // No valid tag but an opening brace: the whole name is the tag.
+            assert_eq!(hash_tag(&k.counter("a{")), Some(k.lock("a{").as_str()));
+            assert!(k.check("a}b").is_err());
+            assert!(k.check("a{}b}").is_err());
+            k.check("a{t}b}").unwrap();
+        }
+        assert!(RedisLayout::Bare.is_peer() && !RedisLayout::Fencelock.is_peer());
+    }
+
+    #[test]
+    fn layout_names_parse() {
+        assert_eq!(RedisLayout::parse("bare"), Ok(RedisLayout::Bare));
+        assert_eq!(
+            RedisLayout::parse("python-redis-lock"),
+            Ok(RedisLayout::PythonRedisLock)
+        );
+        assert_eq!(RedisLayout::parse("pottery"), Ok(RedisLayout::Pottery));
+        assert_eq!(RedisLayout::parse("fencelock"), Ok(RedisLayout::Fencelock));
+        assert!(RedisLayout::parse("redisson").unwrap_err().contains("layout must be"));
+    }
+}
