@@ -14,7 +14,7 @@
 //! on it. An observer subscribes before each read and re-reads on each message; an expiry,
 //! which sends no message, is seen by a re-read at the holder's `PTTL`.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -39,26 +39,35 @@ pub const CHANGED: &str = "changed";
 /// Writes the record if the lock key holds our grant, and announces it. KEYS: lock,
 /// record. ARGV: grant, term, value, change channel. Returns 1 when written, 0 when the
 /// seat is not ours.
-const PROCLAIM: &str = r"
+static PROCLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('HSET', KEYS[2], 'grant', ARGV[1], 'term', ARGV[2], 'value', ARGV[3])
   redis.call('PUBLISH', ARGV[4], 'p')
   return 1
 end
 return 0
-";
+",
+    )
+});
 
 /// Reads the seat. KEYS: lock, record, token counter. Returns {0, 0, '', -2} for an empty
 /// seat, {1, term, value, pttl} for the live grant's record, {2, counter, '', pttl} while
 /// the live grant has not written its record yet.
-const LEADER: &str = r"
+/// (A static script: its SHA1 is computed once, not per read.)
+static LEADER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 local g = redis.call('GET', KEYS[1])
 if not g then return {0, 0, '', -2} end
 local ttl = redis.call('PTTL', KEYS[1])
 local r = redis.call('HMGET', KEYS[2], 'grant', 'term', 'value')
 if r[1] == g then return {1, tonumber(r[2]), r[3], ttl} end
 return {2, tonumber(redis.call('GET', KEYS[3]) or '0'), '', ttl}
-";
+",
+    )
+});
 
 /// The election on one Redis server.
 #[derive(Debug, Clone)]
@@ -124,7 +133,7 @@ impl RedisElection {
 pub async fn read_seat_on(node: &RedisNode, name: &str) -> Result<SeatRead> {
     let keys = SeatKeys::new(&node.config().prefix, name)?;
     let mut conn = node.connection().await?;
-    let (state, term, value, pttl): (i64, u64, Vec<u8>, i64) = Script::new(LEADER)
+    let (state, term, value, pttl): (i64, u64, Vec<u8>, i64) = LEADER
         .key(&keys.lock)
         .key(&keys.record)
         .key(&keys.counter)
@@ -155,7 +164,7 @@ pub async fn read_seat_on(node: &RedisNode, name: &str) -> Result<SeatRead> {
 pub async fn proclaim_on(node: &RedisNode, name: &str, grant: &str, term: u64, value: &[u8]) -> Result<bool> {
     let keys = SeatKeys::new(&node.config().prefix, name)?;
     let mut conn = node.connection().await?;
-    let written: i64 = Script::new(PROCLAIM)
+    let written: i64 = PROCLAIM
         .key(&keys.lock)
         .key(&keys.record)
         .arg(grant)

@@ -46,6 +46,14 @@ pub const RECORD_WAIT: Duration = Duration::from_millis(200);
 /// notification costs.
 pub const FALLBACK_MAX: Duration = Duration::from_secs(5);
 
+/// The least time between two reads of one pushed observer. A change after a quiet spell
+/// is read at once; a burst of changes (a resign and the next campaign, a run of
+/// proclaims) costs at most one read per gap, the observer skipping intermediate states as
+/// a slow observer may — so a burst never costs more reads than the old 50 ms poll did,
+/// and a quiet seat costs none. Correctness does not rest on it: the notification is
+/// re-armed before each read, so no change after a read is missed.
+pub const READ_GAP: Duration = Duration::from_millis(50);
+
 /// How long a pushed observer waits before reading again after a failed read.
 pub const READ_RETRY: Duration = Duration::from_millis(250);
 
@@ -169,8 +177,9 @@ where
 
 /// An observer pushed by `watch`: reads the seat at once (so `observe` fails when the
 /// backend cannot be asked), then in a task that lives as long as the observer re-reads
-/// on every notification, at the holder's expiry, and at the latest after
-/// [`FALLBACK_MAX`]. A failed read is logged and retried after [`READ_RETRY`].
+/// on every notification (at most once per [`READ_GAP`]), at the
+/// holder's expiry, and at the latest after [`FALLBACK_MAX`]. A failed read is logged and
+/// retried after [`READ_RETRY`].
 ///
 /// # Errors
 /// The first read's error.
@@ -182,12 +191,17 @@ pub async fn watched(mut watch: Box<dyn SeatWatch>) -> Result<Observer> {
         unwritten: None,
     };
     let mut next = follow.apply(first);
+    let mut last_read = Instant::now();
     let task = tokio::spawn(async move {
         loop {
-            tokio::select! {
-                () = watch.changed() => {}
-                () = tokio::time::sleep(next) => {}
+            let notified = tokio::select! {
+                () = watch.changed() => true,
+                () = tokio::time::sleep(next) => false,
+            };
+            if notified {
+                tokio::time::sleep_until(last_read + READ_GAP).await;
             }
+            last_read = Instant::now();
             next = match watch.arm_and_read().await {
                 Ok(read) => follow.apply(read),
                 Err(e) => {
