@@ -323,3 +323,61 @@ impl<S: SeatBackend> Election for S {
         self.seat_lock().close().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+    use super::*;
+
+    fn follow() -> (Follow, ObserverFeed) {
+        let feed = ObserverFeed::default();
+        (
+            Follow {
+                feed: feed.clone(),
+                unwritten: None,
+            },
+            feed,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unwritten_leader_is_reported_after_the_record_wait_only() {
+        let (mut f, feed) = follow();
+        let read = SeatRead {
+            state: SeatState::Unwritten(FencingToken::new(7)),
+            expires_in: Some(Duration::from_secs(30)),
+        };
+        assert_eq!(f.apply(read.clone()), RECORD_WAIT, "re-read when the record is due");
+        assert_eq!(feed.current(), None, "not reported before its record wait");
+        tokio::time::advance(RECORD_WAIT).await;
+        assert_eq!(f.apply(read), FALLBACK_MAX);
+        assert_eq!(
+            feed.current().map(|l| (l.term, l.value)),
+            Some((FencingToken::new(7), vec![]))
+        );
+    }
+
+    #[test]
+    fn a_leader_is_re_read_at_its_expiry_and_an_empty_seat_at_the_fallback() {
+        let (mut f, feed) = follow();
+        let leader = LeaderInfo {
+            value: b"a".to_vec(),
+            term: FencingToken::new(3),
+        };
+        let wait = f.apply(SeatRead {
+            state: SeatState::Leader(leader.clone()),
+            expires_in: Some(Duration::from_millis(300)),
+        });
+        assert_eq!(wait, Duration::from_millis(301));
+        assert_eq!(feed.current(), Some(leader));
+        assert_eq!(f.apply(SeatRead::new(SeatState::Empty)), FALLBACK_MAX);
+        assert_eq!(feed.current(), None);
+    }
+
+    #[test]
+    fn seat_keys_are_checked_like_lock_keys() {
+        assert_eq!(seat_key("scheduler").unwrap(), "election.scheduler");
+        assert!(matches!(seat_key(""), Err(LockError::InvalidInput(_))));
+    }
+}
