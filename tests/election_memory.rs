@@ -2,13 +2,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 
-use std::sync::Arc;
+#[macro_use]
+mod election_support;
+
 use std::time::Duration;
 
-use fencelock::election::Election;
-use fencelock_testkit::conformance::election::{self as suite, ElectionConfig, ElectionFactory, ElectionFixture};
-use std::future::Future;
-use std::pin::Pin;
+use election_support::Local;
+use fencelock_testkit::conformance::election::ElectionConfig;
 
 fn config() -> ElectionConfig {
     ElectionConfig {
@@ -19,48 +19,13 @@ fn config() -> ElectionConfig {
 }
 
 /// Every client comes through the facade, on one named table.
-async fn client() -> Arc<dyn Election> {
-    fencelock::connect_election("memory://election-suite")
-        .await
-        .expect("connect_election memory://")
-}
-
-/// The "server": the named table.
-struct Seats;
-
-impl ElectionFactory for Seats {
-    fn election(&self) -> Pin<Box<dyn Future<Output = Arc<dyn Election>> + Send + '_>> {
-        Box::pin(client())
+fn seats() -> Local {
+    Local {
+        url: "memory://election-suite".into(),
     }
 }
 
-impl ElectionFixture for Seats {
-    fn remove_leader<'a>(&'a self, name: &'a str) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
-        Box::pin(async move {
-            fencelock::election::memory::MemoryElection::named("election-suite").remove_leader(name);
-        })
-    }
-}
-
-macro_rules! election_tests {
-    ($($name:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            suite::$name(&Seats, &config()).await;
-        }
-    )*};
-}
-
-election_tests!(
-    leader_reports_value_and_term,
-    at_most_one_leader_and_terms_increase,
-    resign_hands_over_promptly,
-    dropped_campaign_leaves_nothing_behind,
-    proclaim_needs_our_own_grant,
-    paused_leader_is_fenced,
-    observers_see_changes_in_order,
-    bad_election_input_is_rejected,
-);
+election_suite!(seats(), config());
 
 /// A backend without an election (etcd, for now) fails at connect time with a clear
 /// error, never a silently weaker election.

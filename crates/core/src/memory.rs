@@ -51,18 +51,62 @@ impl KeyState {
     }
 }
 
-#[derive(Debug, Default)]
-struct Table {
-    keys: Mutex<HashMap<String, KeyState>>,
+/// A table of per-key states: what one in-process "server" holds, shared by its clients
+/// (the lock's keys here, the election's seats in [`crate::election::memory`]).
+#[derive(Debug)]
+pub(crate) struct Table<S> {
+    keys: Mutex<HashMap<String, S>>,
 }
 
-impl Table {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, KeyState>> {
+impl<S> Default for Table<S> {
+    fn default() -> Self {
+        Table { keys: Mutex::default() }
+    }
+}
+
+impl<S> Table<S> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, HashMap<String, S>> {
         match self.keys.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         }
     }
+}
+
+/// The process-wide tables of one kind, by name: each is created on first use and kept
+/// for the life of the process, so its tokens keep growing.
+pub(crate) struct NamedTables<S>(OnceLock<Mutex<HashMap<String, Arc<Table<S>>>>>);
+
+impl<S> NamedTables<S> {
+    pub(crate) const fn new() -> Self {
+        NamedTables(OnceLock::new())
+    }
+
+    /// The table called `name`.
+    pub(crate) fn get(&self, name: &str) -> Arc<Table<S>> {
+        let tables = self.0.get_or_init(Mutex::default);
+        let mut tables = match tables.lock() {
+            Ok(t) => t,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        Arc::clone(tables.entry(name.to_owned()).or_default())
+    }
+}
+
+/// The NAME of a `memory://[NAME]` URL.
+///
+/// # Errors
+/// [`LockError::InvalidConfig`](crate::LockError::InvalidConfig) for another URL.
+pub(crate) fn url_name(url: &str) -> Result<&str> {
+    let name = url
+        .strip_prefix("memory://")
+        .ok_or_else(|| crate::LockError::invalid_config(format!("`{url}` is not a memory:// URL")))?;
+    if name.contains(['/', '?', '#']) {
+        return Err(crate::LockError::invalid_config(format!(
+            "`{url}`: a memory URL is memory://NAME with a plain name (no '/', '?' or '#')"
+        )));
+    }
+    Ok(name)
 }
 
 /// The in-memory lock service.
@@ -81,7 +125,7 @@ impl Table {
 #[derive(Debug, Clone)]
 pub struct MemoryLock {
     name: String,
-    table: Arc<Table>,
+    table: Arc<Table<KeyState>>,
 }
 
 impl Default for MemoryLock {
@@ -103,30 +147,16 @@ impl MemoryLock {
     /// kept for the life of the process, so its tokens keep growing). `memory://NAME` gives
     /// the same table; `memory://` is the table named `""`.
     pub fn named(name: &str) -> Self {
-        static TABLES: OnceLock<Mutex<HashMap<String, Arc<Table>>>> = OnceLock::new();
-        let tables = TABLES.get_or_init(Mutex::default);
-        let mut tables = match tables.lock() {
-            Ok(t) => t,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let table = Arc::clone(tables.entry(name.to_owned()).or_default());
+        static TABLES: NamedTables<KeyState> = NamedTables::new();
         MemoryLock {
             name: name.to_owned(),
-            table,
+            table: TABLES.get(name),
         }
     }
 
     /// Builds from `memory://[NAME]`.
     pub fn from_url(url: &str) -> Result<Self> {
-        let name = url
-            .strip_prefix("memory://")
-            .ok_or_else(|| crate::LockError::invalid_config(format!("`{url}` is not a memory:// URL")))?;
-        if name.contains(['/', '?', '#']) {
-            return Err(crate::LockError::invalid_config(format!(
-                "`{url}`: a memory URL is memory://NAME with a plain name (no '/', '?' or '#')"
-            )));
-        }
-        Ok(Self::named(name))
+        Ok(Self::named(url_name(url)?))
     }
 
     /// Removes the current grant of `key`, as an operator deleting a lock by hand would; the
@@ -219,7 +249,7 @@ impl DistributedLock for MemoryLock {
 
 /// One grant in the table.
 struct MemoryGrant {
-    table: Arc<Table>,
+    table: Arc<Table<KeyState>>,
     key: String,
     grant: GrantId,
 }

@@ -6,29 +6,36 @@
 //! the `locks` row holds our grant id and has not expired on the server's clock, with the
 //! `locks` row locked `FOR SHARE` so a new grant cannot commit in between — the grant is
 //! compared, never merely "a row exists". `leader` reads both tables in one statement.
-//! Observers poll (see [`POLL_INTERVAL`]); LISTEN/NOTIFY is not used yet and
-//! [`ElectionCapabilities::observe`] says so.
+//! The campaign, `leader` and the rest are the shared seat glue of
+//! `fencelock_core::election::seat`.
+//!
+//! Observers are pushed by `LISTEN/NOTIFY` on a channel per election,
+//! `fencelock_e_<md5 of SCHEMA.election.NAME>`: the proclaim statement notifies it (a
+//! campaign's first value and every proclaim), and so does a trigger on the deletion of a
+//! seat's `locks` row (resign, a dropped leadership; the trigger fires for `election.*`
+//! keys only, so other locks pay nothing). Each observer listens on a connection of its
+//! own and re-reads on each notification; an expiry, which deletes nothing, is seen by a
+//! re-read at the holder's `expires_at` (the server's clock).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fencelock_core::election::{
-    polled, validate_value, Election, ElectionCapabilities, LeaderInfo, LeaderRead, Leadership, Observation, Observer,
-    ProclaimOps,
-};
-use fencelock_core::options::validate_key;
-use fencelock_core::{DistributedLock, FencingToken, LockError, LockOptions, LostReason, Result};
+use fencelock_core::election::seat::{SeatBackend, SeatRead, SeatState, SeatWatch};
+use fencelock_core::election::{ElectionCapabilities, LeaderInfo, LeaderRead, Observation, ProclaimOps};
+use fencelock_core::{DistributedLock, FencingToken, Lease, Result};
+use futures_util::StreamExt;
+use tokio::sync::Notify;
+use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::error::{failed, no_answer};
 use crate::PgLock;
 
-/// How often a PostgreSQL observer reads the seat.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
-
-/// How long `leader` waits for a just-elected leader to write its value before reporting
-/// its term with an empty value.
-pub const RECORD_WAIT: Duration = Duration::from_millis(200);
+/// The SQL expression of a seat's notification channel, for the seat key `key` (an SQL
+/// expression) in `schema`.
+fn channel_of(schema: &str, key: &str) -> String {
+    format!("'fencelock_e_' || md5('{schema}.' || {key})")
+}
 
 /// The election on one PostgreSQL server.
 #[derive(Debug, Clone)]
@@ -36,15 +43,9 @@ pub struct PgElection {
     lock: PgLock,
 }
 
-fn seat_key(name: &str) -> Result<String> {
-    validate_key(name)?;
-    let seat = format!("election.{name}");
-    validate_key(&seat)?;
-    Ok(seat)
-}
-
 impl PgElection {
-    /// Connects as [`PgLock::connect`] and creates the `leaders` table if it is missing.
+    /// Connects as [`PgLock::connect`] and creates the `leaders` table and the trigger that
+    /// announces a seat's release if they are missing.
     ///
     /// # Errors
     /// As [`PgLock::connect`]; a backend error when the table cannot be created.
@@ -60,8 +61,21 @@ impl PgElection {
             "BEGIN;
 SELECT pg_advisory_xact_lock({lock_id});
 CREATE TABLE IF NOT EXISTS {schema}.leaders (key text PRIMARY KEY, grant_id text NOT NULL, term bigint NOT NULL, value bytea NOT NULL);
+CREATE OR REPLACE FUNCTION {schema}.election_released() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+  PERFORM pg_notify({channel}, 'r');
+  RETURN NULL;
+END $f$;
+DO $d$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
+                 WHERE tgname = 'election_released' AND tgrelid = '{schema}.locks'::regclass) THEN
+    CREATE TRIGGER election_released AFTER DELETE ON {schema}.locks
+    FOR EACH ROW WHEN (OLD.key LIKE 'election.%') EXECUTE FUNCTION {schema}.election_released();
+  END IF;
+END $d$;
 COMMIT;",
-            lock_id = crate::sql::DDL_LOCK
+            lock_id = crate::sql::DDL_LOCK,
+            channel = channel_of(&schema, "OLD.key"),
         );
         let me = PgElection { lock };
         me.run("creating the leaders table", |c| {
@@ -88,100 +102,124 @@ COMMIT;",
         }
     }
 
-    async fn read_leader(&self, seat: &str) -> Result<Option<LeaderInfo>> {
-        let schema = &self.lock.config().schema;
-        let sql = format!(
-            "SELECT r.grant_id IS NOT DISTINCT FROM l.grant_id, COALESCE(t.token, 0), r.value
-             FROM {schema}.locks l
-             LEFT JOIN {schema}.leaders r ON r.key = l.key
-             LEFT JOIN {schema}.tokens t ON t.key = l.key
-             WHERE l.key = $1 AND l.expires_at > clock_timestamp()"
-        );
-        let deadline = tokio::time::Instant::now() + RECORD_WAIT;
-        // Bounded by RECORD_WAIT / 5 ms turns.
-        loop {
-            let rows = self
-                .run("reading the election's leader", |s| {
-                    let (sql, seat) = (sql.clone(), seat.to_owned());
-                    async move { s.client.query(&sql, &[&seat]).await }
-                })
-                .await?;
-            let Some(row) = rows.first() else { return Ok(None) };
-            let ours: bool = row.get(0);
-            let term = FencingToken::new(u64::try_from(row.get::<_, i64>(1)).unwrap_or(0));
-            if ours {
-                return Ok(Some(LeaderInfo {
-                    value: row.get::<_, Option<Vec<u8>>>(2).unwrap_or_default(),
-                    term,
-                }));
+    /// The notification channel of `seat`, as the server names it.
+    async fn channel(&self, seat: &str) -> Result<String> {
+        let sql = format!("SELECT {}", channel_of(&self.lock.config().schema, "$1::text"));
+        self.run("naming the election's channel", |s| {
+            let seat = seat.to_owned();
+            async move { s.client.query_one(&sql, &[&seat]).await.map(|r| r.get(0)) }
+        })
+        .await
+    }
+
+    /// Opens a connection of its own that listens on `channel`; each notification (and
+    /// the connection's end) wakes `wake`. Bounded by the connect and statement timeouts.
+    async fn listen(&self, channel: &str, wake: &Arc<Notify>) -> Result<Listener> {
+        let cfg = self.lock.config();
+        let server = self.lock.node().server().to_owned();
+        let connect = cfg.pg.connect(NoTls);
+        let (client, mut connection) = match tokio::time::timeout(cfg.connect_timeout, connect).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(failed("connecting to listen", &server, e)),
+            Err(_) => return Err(no_answer("connecting to listen", &server, cfg.connect_timeout)),
+        };
+        let (notify, ended) = (Arc::clone(wake), Arc::new(std::sync::atomic::AtomicBool::new(false)));
+        let ended_flag = Arc::clone(&ended);
+        let driver = tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notification(_)) => notify.notify_one(),
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
             }
-            if tokio::time::Instant::now() >= deadline {
-                return Ok(Some(LeaderInfo {
-                    value: Vec::new(),
-                    term,
-                }));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            ended_flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            notify.notify_one();
+        });
+        let listener = Listener {
+            client,
+            ended,
+            driver: driver.abort_handle(),
+        };
+        match tokio::time::timeout(cfg.timeout, listener.client.batch_execute(&format!("LISTEN {channel}"))).await {
+            Ok(Ok(())) => Ok(listener),
+            Ok(Err(e)) => Err(failed("LISTEN", &server, e)),
+            Err(_) => Err(no_answer("LISTEN", &server, cfg.timeout)),
         }
     }
 }
 
 #[async_trait]
-impl Election for PgElection {
-    #[tracing::instrument(level = "debug", skip(self, value, opts), fields(backend = "postgres"))]
-    async fn campaign(&self, name: &str, value: &[u8], opts: &LockOptions) -> Result<Leadership> {
-        validate_value(value)?;
-        let seat = seat_key(name)?;
-        let lease = self.lock.acquire(&seat, opts).await?;
-        let ops = Arc::new(PgSeat {
-            election: self.clone(),
-            seat: seat.clone(),
-            grant: lease.grant().to_string(),
-            term: i64::try_from(lease.token().get()).unwrap_or(i64::MAX),
-        });
-        // Dropped here, the lease is released in the background: no seat is left.
-        if !ops.proclaim(value).await? {
-            return Err(LockError::LeaseLost {
-                key: seat,
-                token: lease.token(),
-                reason: LostReason::NotHeld,
-            });
-        }
-        tracing::debug!(name, term = %lease.token(), "elected");
-        Ok(Leadership::new(name, lease, ops))
+impl SeatBackend for PgElection {
+    fn seat_lock(&self) -> &dyn DistributedLock {
+        &self.lock
     }
 
-    async fn leader(&self, name: &str) -> Result<Option<LeaderInfo>> {
-        self.read_leader(&seat_key(name)?).await
-    }
-
-    async fn observe(&self, name: &str) -> Result<Observer> {
-        let seat = seat_key(name)?;
-        let me = self.clone();
-        Ok(polled(POLL_INTERVAL, move || {
-            let (me, seat) = (me.clone(), seat.clone());
-            async move { me.read_leader(&seat).await }
-        }))
-    }
-
-    fn capabilities(&self) -> ElectionCapabilities {
+    fn election_capabilities(&self) -> ElectionCapabilities {
         ElectionCapabilities {
             backend: "postgres",
             terms: self.lock.guarantees().tokens,
             leader: LeaderRead::Exact,
-            observe: Observation::Polled {
-                interval_ms: POLL_INTERVAL.as_millis() as u64,
-            },
+            observe: Observation::Native,
             dead_leader_blocks: "its TTL (expiry on the server's clock)",
         }
     }
 
-    fn describe(&self) -> String {
-        self.lock.describe()
+    async fn seat_grant(&self, _name: &str, seat: &str, lease: &Lease) -> Result<Arc<dyn ProclaimOps>> {
+        Ok(Arc::new(PgSeat {
+            election: self.clone(),
+            seat: seat.to_owned(),
+            grant: lease.grant().to_string(),
+            term: i64::try_from(lease.token().get()).unwrap_or(i64::MAX),
+        }))
     }
 
-    async fn close(&self) -> Result<()> {
-        self.lock.close().await
+    async fn read_seat(&self, _name: &str, seat: &str) -> Result<SeatRead> {
+        let schema = &self.lock.config().schema;
+        let sql = format!(
+            "SELECT r.grant_id IS NOT DISTINCT FROM l.grant_id, COALESCE(t.token, 0), r.value,
+                    ceil(extract(epoch FROM l.expires_at - clock_timestamp()) * 1000)::bigint
+             FROM {schema}.locks l
+             LEFT JOIN {schema}.leaders r ON r.key = l.key
+             LEFT JOIN {schema}.tokens t ON t.key = l.key
+             WHERE l.key = $1 AND l.expires_at > clock_timestamp()"
+        );
+        let rows = self
+            .run("reading the election's leader", |s| {
+                let seat = seat.to_owned();
+                async move { s.client.query(&sql, &[&seat]).await }
+            })
+            .await?;
+        let Some(row) = rows.first() else {
+            return Ok(SeatRead::new(SeatState::Empty));
+        };
+        let term = FencingToken::new(u64::try_from(row.get::<_, i64>(1)).unwrap_or(0));
+        let state = if row.get::<_, bool>(0) {
+            SeatState::Leader(LeaderInfo {
+                value: row.get::<_, Option<Vec<u8>>>(2).unwrap_or_default(),
+                term,
+            })
+        } else {
+            SeatState::Unwritten(term)
+        };
+        Ok(SeatRead {
+            state,
+            expires_in: u64::try_from(row.get::<_, i64>(3)).ok().map(Duration::from_millis),
+        })
+    }
+
+    async fn seat_watch(&self, _name: &str, seat: &str) -> Result<Box<dyn SeatWatch>> {
+        let channel = self.channel(seat).await?;
+        let wake = Arc::new(Notify::new());
+        let listener = self.listen(&channel, &wake).await?;
+        Ok(Box::new(PgWatch {
+            election: self.clone(),
+            seat: seat.to_owned(),
+            channel,
+            wake,
+            listener,
+        }))
     }
 }
 
@@ -202,19 +240,63 @@ impl ProclaimOps for PgSeat {
                 SELECT key FROM {schema}.locks
                 WHERE key = $1 AND grant_id = $2 AND expires_at > clock_timestamp()
                 FOR SHARE
+             ), written AS (
+                INSERT INTO {schema}.leaders (key, grant_id, term, value)
+                SELECT key, $2, $3, $4 FROM seat
+                ON CONFLICT (key) DO UPDATE
+                SET grant_id = EXCLUDED.grant_id, term = EXCLUDED.term, value = EXCLUDED.value
+                RETURNING key
              )
-             INSERT INTO {schema}.leaders (key, grant_id, term, value)
-             SELECT key, $2, $3, $4 FROM seat
-             ON CONFLICT (key) DO UPDATE
-             SET grant_id = EXCLUDED.grant_id, term = EXCLUDED.term, value = EXCLUDED.value"
+             SELECT count(pg_notify({channel}, 'p')) FROM written",
+            channel = channel_of(schema, "written.key"),
         );
         let (seat, grant, term, value) = (self.seat.clone(), self.grant.clone(), self.term, value.to_vec());
-        let written = self
+        let written: i64 = self
             .election
             .run("proclaiming the election's value", |s| async move {
-                s.client.execute(&sql, &[&seat, &grant, &term, &value]).await
+                s.client
+                    .query_one(&sql, &[&seat, &grant, &term, &value])
+                    .await
+                    .map(|r| r.get(0))
             })
             .await?;
         Ok(written == 1)
+    }
+}
+
+/// An observer's own connection, listening on a seat's channel.
+struct Listener {
+    client: tokio_postgres::Client,
+    ended: Arc<std::sync::atomic::AtomicBool>,
+    driver: tokio::task::AbortHandle,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// An observer's `LISTEN` on a seat's channel. A notification is a stored permit of
+/// `wake`, so one that comes while the observer reads is not lost, and many are one.
+struct PgWatch {
+    election: PgElection,
+    seat: String,
+    channel: String,
+    wake: Arc<Notify>,
+    listener: Listener,
+}
+
+#[async_trait]
+impl SeatWatch for PgWatch {
+    async fn arm_and_read(&mut self) -> Result<SeatRead> {
+        if self.listener.ended.load(std::sync::atomic::Ordering::SeqCst) || self.listener.client.is_closed() {
+            self.listener = self.election.listen(&self.channel, &self.wake).await?;
+        }
+        self.election.read_seat("", &self.seat).await
+    }
+
+    async fn changed(&mut self) {
+        self.wake.notified().await;
     }
 }

@@ -7,18 +7,16 @@
 //! leader a quorum agrees on — a best guess, as Redlock's own guarantees are conditional on
 //! timing ([`LeaderRead::BestEffort`]). There is no `observe`: no node's view is
 //! authoritative, so it fails with `GuaranteeNotMet` ([`Observation::Unavailable`]) rather
-//! than give a feed that could go back.
+//! than give a feed that could name a leader no quorum holds. The campaign, `leader` and
+//! the rest are the shared seat glue of `fencelock_core::election::seat`.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use fencelock_core::election::{
-    validate_value, Election, ElectionCapabilities, LeaderInfo, LeaderRead, Leadership, Observation, Observer,
-    ProclaimOps,
-};
-use fencelock_core::options::validate_key;
-use fencelock_core::{DistributedLock, LockError, LockOptions, LostReason, Result};
-use fencelock_redis::{proclaim_on, read_seat_on, NodeSeat};
+use fencelock_core::election::seat::{SeatBackend, SeatRead, SeatState};
+use fencelock_core::election::{ElectionCapabilities, LeaderInfo, LeaderRead, Observation, ProclaimOps};
+use fencelock_core::{DistributedLock, Lease, LockError, Result};
+use fencelock_redis::{proclaim_on, read_seat_on};
 
 use crate::quorum::fan_out;
 use crate::RedlockLock;
@@ -27,13 +25,6 @@ use crate::RedlockLock;
 #[derive(Debug, Clone)]
 pub struct RedlockElection {
     lock: RedlockLock,
-}
-
-fn seat_key(name: &str) -> Result<String> {
-    validate_key(name)?;
-    let seat = format!("election.{name}");
-    validate_key(&seat)?;
-    Ok(seat)
 }
 
 impl RedlockElection {
@@ -55,32 +46,32 @@ impl RedlockElection {
 }
 
 #[async_trait]
-impl Election for RedlockElection {
-    #[tracing::instrument(level = "debug", skip(self, value, opts), fields(backend = "redlock"))]
-    async fn campaign(&self, name: &str, value: &[u8], opts: &LockOptions) -> Result<Leadership> {
-        validate_value(value)?;
-        let seat = seat_key(name)?;
-        let lease = self.lock.acquire(&seat, opts).await?;
-        let ops = Arc::new(RedlockSeat {
+impl SeatBackend for RedlockElection {
+    fn seat_lock(&self) -> &dyn DistributedLock {
+        &self.lock
+    }
+
+    fn election_capabilities(&self) -> ElectionCapabilities {
+        ElectionCapabilities {
+            backend: "redlock",
+            terms: self.lock.guarantees().tokens,
+            leader: LeaderRead::BestEffort,
+            observe: Observation::Unavailable,
+            dead_leader_blocks: "its TTL",
+        }
+    }
+
+    async fn seat_grant(&self, name: &str, _seat: &str, lease: &Lease) -> Result<Arc<dyn ProclaimOps>> {
+        Ok(Arc::new(RedlockSeat {
             lock: self.lock.clone(),
             name: name.to_owned(),
             grant: lease.grant().to_string(),
             term: lease.token().get(),
-        });
-        // Dropped here, the lease is released in the background: no seat is left.
-        if !ops.proclaim(value).await? {
-            return Err(LockError::LeaseLost {
-                key: seat,
-                token: lease.token(),
-                reason: LostReason::NotHeld,
-            });
-        }
-        tracing::debug!(name, term = %lease.token(), "elected");
-        Ok(Leadership::new(name, lease, ops))
+        }))
     }
 
-    async fn leader(&self, name: &str) -> Result<Option<LeaderInfo>> {
-        seat_key(name)?;
+    /// The leader a quorum of nodes agrees on, or an empty seat a quorum agrees on.
+    async fn read_seat(&self, name: &str, _seat: &str) -> Result<SeatRead> {
         let per_node = self.lock.config().per_node_timeout;
         let answers = fan_out(&self.lock.inner.nodes, per_node, |_, n| {
             let name = name.to_owned();
@@ -91,51 +82,25 @@ impl Election for RedlockElection {
         let mut votes: Vec<(LeaderInfo, usize)> = Vec::new();
         let mut empty = 0;
         for a in answers.into_iter().flatten() {
-            match a {
-                NodeSeat::Leader(l) => match votes.iter_mut().find(|(v, _)| *v == l) {
+            match a.state {
+                SeatState::Leader(l) => match votes.iter_mut().find(|(v, _)| *v == l) {
                     Some((_, n)) => *n += 1,
                     None => votes.push((l, 1)),
                 },
-                NodeSeat::Empty => empty += 1,
-                NodeSeat::Unwritten(_) => {}
+                SeatState::Empty => empty += 1,
+                SeatState::Unwritten(_) => {}
             }
         }
         if let Some((l, _)) = votes.into_iter().find(|(_, n)| *n >= quorum) {
-            return Ok(Some(l));
+            return Ok(SeatRead::new(SeatState::Leader(l)));
         }
         if empty >= quorum {
-            return Ok(None);
+            return Ok(SeatRead::new(SeatState::Empty));
         }
         Err(LockError::Unavailable {
             message: format!("no quorum of {quorum} nodes agrees on the leader of `{name}`"),
             source: None,
         })
-    }
-
-    async fn observe(&self, _name: &str) -> Result<Observer> {
-        Err(LockError::GuaranteeNotMet {
-            backend: "redlock",
-            message: "observe is unavailable on Redlock: no node's view is authoritative, so a feed could go back"
-                .into(),
-        })
-    }
-
-    fn capabilities(&self) -> ElectionCapabilities {
-        ElectionCapabilities {
-            backend: "redlock",
-            terms: self.lock.guarantees().tokens,
-            leader: LeaderRead::BestEffort,
-            observe: Observation::Unavailable,
-            dead_leader_blocks: "its TTL",
-        }
-    }
-
-    fn describe(&self) -> String {
-        self.lock.describe()
-    }
-
-    async fn close(&self) -> Result<()> {
-        self.lock.close().await
     }
 }
 

@@ -7,41 +7,29 @@
 //! data of its own node (`v` + value; empty until written), so "my grant" is built in: a
 //! proclaim writes our node by its path, which carries our grant id, and fails with
 //! `NoNode` once the node is gone — an old session's node is never taken for ours
-//! (CURATOR-696). Observers poll (see [`POLL_INTERVAL`]); a watch-driven observer is not
-//! built yet and [`ElectionCapabilities::observe`] says so.
+//! (CURATOR-696). The campaign, `leader` and the rest are the shared seat glue of
+//! `fencelock_core::election::seat`.
+//!
+//! Observers are pushed by watches: each read sets a watch on the seat's children (a
+//! candidate joins or leaves, the leader's node goes with its session) and a data watch
+//! on the lowest node (a proclaim), and every event makes the observer read — and re-arm
+//! — again. A seat node not created yet is watched for its creation.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use fencelock_core::election::{
-    polled, validate_value, Election, ElectionCapabilities, LeaderInfo, LeaderRead, Leadership, Observation, Observer,
-    ProclaimOps,
-};
-use fencelock_core::options::validate_key;
-use fencelock_core::{DistributedLock, FencingToken, LockError, LockOptions, LostReason, Result};
+use fencelock_core::election::seat::{SeatBackend, SeatRead, SeatState, SeatWatch};
+use fencelock_core::election::{ElectionCapabilities, LeaderInfo, LeaderRead, Observation, ProclaimOps};
+use fencelock_core::{DistributedLock, FencingToken, Lease, LockError, Result};
+use zookeeper_client::{Client, Error as ZkError, OneshotWatcher};
 
 use crate::error::{failed, timed_out};
 use crate::{names, ZkLock};
-
-/// How often a ZooKeeper observer reads the seat.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
-
-/// How long `leader` waits for a just-elected leader to write its value before reporting
-/// its term with an empty value.
-pub const RECORD_WAIT: Duration = Duration::from_millis(200);
 
 /// The election on a ZooKeeper ensemble.
 #[derive(Debug, Clone)]
 pub struct ZkElection {
     lock: ZkLock,
-}
-
-fn seat_key(name: &str) -> Result<String> {
-    validate_key(name)?;
-    let seat = format!("election.{name}");
-    validate_key(&seat)?;
-    Ok(seat)
 }
 
 /// The node of a grant, from the lock's grant id `SESSION:PATH`.
@@ -72,46 +60,18 @@ impl ZkElection {
     /// # Errors
     /// [`LockError::InvalidInput`] for a bad name.
     pub fn seat_node(name: &str) -> Result<String> {
-        Ok(names::key_dir(&seat_key(name)?))
+        Ok(names::key_dir(&fencelock_core::election::seat::seat_key(name)?))
     }
 
-    /// Reads the lowest node's data and creation zxid once; `None` for an empty seat,
-    /// `Some((term, None))` while its value is not written yet.
-    async fn read_once(&self, dir: &str) -> Result<Option<(FencingToken, Option<Vec<u8>>)>> {
+    /// Reads the lowest node's data and creation zxid once, bounded by twice the session
+    /// timeout. With `watches`, sets the watches of an observer (and skips the `sync`: a
+    /// watch event reaches this session before any read that follows it); without, syncs
+    /// first so the read is as fresh as the leader's.
+    async fn read(&self, dir: &str, watches: Option<&mut Armed>) -> Result<SeatRead> {
         let cfg = self.lock.cfg();
         let client = self.lock.session().await?.client()?;
-        let look = async {
-            match client.sync(dir).await {
-                Ok(()) | Err(zookeeper_client::Error::NoNode) => {}
-                Err(e) => return Err(e),
-            }
-            let children = match client.list_children(dir).await {
-                Ok(c) => c,
-                Err(zookeeper_client::Error::NoNode) => return Ok(None),
-                Err(e) => return Err(e),
-            };
-            let mut queue: Vec<(i64, String)> = children
-                .into_iter()
-                .filter(|c| c.starts_with("lock-"))
-                .filter_map(|c| names::sequence(&c).map(|s| (s, c)))
-                .collect();
-            queue.sort();
-            // The lowest may vanish between the listing and the read: take the next.
-            for (_, child) in queue {
-                match client.get_data(&format!("{dir}/{child}")).await {
-                    Ok((data, stat)) => {
-                        let term = FencingToken::new(u64::try_from(stat.czxid).unwrap_or(0));
-                        let value = data.strip_prefix(b"v").map(<[u8]>::to_vec);
-                        return Ok(Some((term, value)));
-                    }
-                    Err(zookeeper_client::Error::NoNode) => continue,
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok(None)
-        };
-        match tokio::time::timeout(cfg.timeout * 2, look).await {
-            Ok(Ok(r)) => Ok(r),
+        match tokio::time::timeout(cfg.timeout * 2, read_lowest(&client, dir, watches)).await {
+            Ok(Ok(r)) => Ok(SeatRead::new(r)),
             Ok(Err(e)) => Err(failed("reading the election's leader", &cfg.display, e)),
             Err(_) => Err(timed_out(
                 "reading the election's leader",
@@ -120,90 +80,114 @@ impl ZkElection {
             )),
         }
     }
+}
 
-    async fn read_leader(&self, dir: &str) -> Result<Option<LeaderInfo>> {
-        let deadline = tokio::time::Instant::now() + RECORD_WAIT;
-        // Bounded by RECORD_WAIT / 5 ms turns.
-        loop {
-            match self.read_once(dir).await? {
-                None => return Ok(None),
-                Some((term, Some(value))) => return Ok(Some(LeaderInfo { value, term })),
-                Some((term, None)) if tokio::time::Instant::now() >= deadline => {
-                    return Ok(Some(LeaderInfo {
-                        value: Vec::new(),
-                        term,
-                    }))
-                }
-                Some(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+/// The lowest candidate's state; the lowest may vanish between the listing and the read,
+/// then the next is taken (bounded by the listing).
+async fn read_lowest(
+    client: &Client,
+    dir: &str,
+    mut watches: Option<&mut Armed>,
+) -> std::result::Result<SeatState, ZkError> {
+    let listed = match watches.as_deref_mut() {
+        Some(w) => match client.get_and_watch_children(dir).await {
+            Ok((children, _, watcher)) => {
+                w.seat = Some(watcher);
+                Ok(children)
             }
+            Err(e) => Err(e),
+        },
+        None => match client.sync(dir).await {
+            Ok(()) | Err(ZkError::NoNode) => client.list_children(dir).await,
+            Err(e) => Err(e),
+        },
+    };
+    let children = match listed {
+        Ok(c) => c,
+        Err(ZkError::NoNode) => {
+            if let Some(w) = watches {
+                // Watch for the seat's creation; created in between, it is read at the
+                // observer's next fallback re-read.
+                let (_, watcher) = client.check_and_watch_stat(dir).await?;
+                w.seat = Some(watcher);
+            }
+            return Ok(SeatState::Empty);
+        }
+        Err(e) => return Err(e),
+    };
+    let mut queue: Vec<(i64, String)> = children
+        .into_iter()
+        .filter(|c| c.starts_with("lock-"))
+        .filter_map(|c| names::sequence(&c).map(|s| (s, c)))
+        .collect();
+    queue.sort();
+    for (_, child) in queue {
+        let path = format!("{dir}/{child}");
+        let read = match watches.as_deref_mut() {
+            Some(w) => client.get_and_watch_data(&path).await.map(|(data, stat, watcher)| {
+                w.lowest = Some(watcher);
+                (data, stat)
+            }),
+            None => client.get_data(&path).await,
+        };
+        match read {
+            Ok((data, stat)) => {
+                let term = FencingToken::new(u64::try_from(stat.czxid).unwrap_or(0));
+                return Ok(match data.strip_prefix(b"v") {
+                    Some(value) => SeatState::Leader(LeaderInfo {
+                        value: value.to_vec(),
+                        term,
+                    }),
+                    None => SeatState::Unwritten(term),
+                });
+            }
+            Err(ZkError::NoNode) => continue,
+            Err(e) => return Err(e),
         }
     }
+    Ok(SeatState::Empty)
 }
 
 #[async_trait]
-impl Election for ZkElection {
-    #[tracing::instrument(level = "debug", skip(self, value, opts), fields(backend = "zookeeper"))]
-    async fn campaign(&self, name: &str, value: &[u8], opts: &LockOptions) -> Result<Leadership> {
-        validate_value(value)?;
-        let seat = seat_key(name)?;
-        let lease = self.lock.acquire(&seat, opts).await?;
-        let node = node_of(lease.grant().as_str())
-            .ok_or_else(|| {
-                LockError::backend(
-                    "zookeeper",
-                    "a grant id without its node path",
-                    std::io::Error::other(lease.grant().to_string()),
-                )
-            })?
-            .to_owned();
-        let ops = Arc::new(ZkSeat {
-            lock: self.lock.clone(),
-            node,
-        });
-        // Dropped here, the lease is released in the background: no node is left.
-        if !ops.proclaim(value).await? {
-            return Err(LockError::LeaseLost {
-                key: seat,
-                token: lease.token(),
-                reason: LostReason::NotHeld,
-            });
-        }
-        tracing::debug!(name, term = %lease.token(), "elected");
-        Ok(Leadership::new(name, lease, ops))
+impl SeatBackend for ZkElection {
+    fn seat_lock(&self) -> &dyn DistributedLock {
+        &self.lock
     }
 
-    async fn leader(&self, name: &str) -> Result<Option<LeaderInfo>> {
-        let dir = Self::seat_node(name)?;
-        self.read_leader(&dir).await
-    }
-
-    async fn observe(&self, name: &str) -> Result<Observer> {
-        let dir = Self::seat_node(name)?;
-        let me = self.clone();
-        Ok(polled(POLL_INTERVAL, move || {
-            let (me, dir) = (me.clone(), dir.clone());
-            async move { me.read_leader(&dir).await }
-        }))
-    }
-
-    fn capabilities(&self) -> ElectionCapabilities {
+    fn election_capabilities(&self) -> ElectionCapabilities {
         ElectionCapabilities {
             backend: "zookeeper",
             terms: self.lock.guarantees().tokens,
             leader: LeaderRead::Exact,
-            observe: Observation::Polled {
-                interval_ms: POLL_INTERVAL.as_millis() as u64,
-            },
+            observe: Observation::Native,
             dead_leader_blocks: "the session timeout (its ephemeral node goes with the session)",
         }
     }
 
-    fn describe(&self) -> String {
-        self.lock.describe()
+    async fn seat_grant(&self, _name: &str, _seat: &str, lease: &Lease) -> Result<Arc<dyn ProclaimOps>> {
+        let node = node_of(lease.grant().as_str()).ok_or_else(|| {
+            LockError::backend(
+                "zookeeper",
+                "a grant id without its node path",
+                std::io::Error::other(lease.grant().to_string()),
+            )
+        })?;
+        Ok(Arc::new(ZkSeat {
+            lock: self.lock.clone(),
+            node: node.to_owned(),
+        }))
     }
 
-    async fn close(&self) -> Result<()> {
-        self.lock.close().await
+    async fn read_seat(&self, _name: &str, seat: &str) -> Result<SeatRead> {
+        self.read(&names::key_dir(seat), None).await
+    }
+
+    async fn seat_watch(&self, _name: &str, seat: &str) -> Result<Box<dyn SeatWatch>> {
+        Ok(Box::new(ZkWatch {
+            election: self.clone(),
+            dir: names::key_dir(seat),
+            armed: Armed::default(),
+        }))
     }
 }
 
@@ -223,13 +207,50 @@ impl ProclaimOps for ZkSeat {
         data.extend_from_slice(value);
         match tokio::time::timeout(cfg.timeout * 2, client.set_data(&self.node, &data, None)).await {
             Ok(Ok(_)) => Ok(true),
-            Ok(Err(zookeeper_client::Error::NoNode)) => Ok(false),
+            Ok(Err(ZkError::NoNode)) => Ok(false),
             Ok(Err(e)) => Err(failed("proclaiming the election's value", &cfg.display, e)),
             Err(_) => Err(timed_out(
                 "proclaiming the election's value",
                 &cfg.display,
                 cfg.timeout * 2,
             )),
+        }
+    }
+}
+
+/// An observer's watches on a seat: its node's children (or its creation) and the
+/// lowest candidate's data.
+#[derive(Default)]
+struct Armed {
+    seat: Option<OneshotWatcher>,
+    lowest: Option<OneshotWatcher>,
+}
+
+struct ZkWatch {
+    election: ZkElection,
+    dir: String,
+    armed: Armed,
+}
+
+#[async_trait]
+impl SeatWatch for ZkWatch {
+    async fn arm_and_read(&mut self) -> Result<SeatRead> {
+        self.armed = Armed::default();
+        self.election.read(&self.dir, Some(&mut self.armed)).await
+    }
+
+    async fn changed(&mut self) {
+        async fn fired(watch: Option<OneshotWatcher>) {
+            match watch {
+                Some(w) => drop(w.changed().await),
+                None => std::future::pending().await,
+            }
+        }
+        let Armed { seat, lowest } = std::mem::take(&mut self.armed);
+        // Any one event (a session event too) is a change worth a read.
+        tokio::select! {
+            () = fired(seat) => {}
+            () = fired(lowest) => {}
         }
     }
 }

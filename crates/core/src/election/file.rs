@@ -6,8 +6,9 @@
 //! its flock). The leader's value lives beside the lock in `STEM.GRANT.leader`, one file per
 //! grant, so a deposed leader's late proclaim writes its own file and never the
 //! successor's. [`leader`](Election::leader) reports a record only when its grant is the
-//! key's live holder — the grant is compared, never the mere existence of a file.
-//! Observers poll (there is no change notification that carries values).
+//! key's live holder — the grant is compared, never the mere existence of a file. The
+//! campaign, `leader` and the rest are the shared seat glue of [`super::seat`]. Observers
+//! poll (there is no change notification that carries values).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,23 +17,20 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::{
-    validate_value, Election, ElectionCapabilities, LeaderInfo, LeaderRead, Leadership, Observation, Observer,
-    ProclaimOps,
-};
+use super::seat::{seat_key, SeatBackend, SeatRead, SeatState};
+use super::{ElectionCapabilities, LeaderInfo, LeaderRead, Observation, ProclaimOps};
 use crate::error::{LockError, Result};
 use crate::file::{blocking, FileLock, KeyFiles};
 use crate::guarantees::TokenOrder;
+use crate::lease::Lease;
 use crate::lock::DistributedLock;
-use crate::options::{validate_key, LockOptions};
 use crate::token::FencingToken;
 
 /// How often a file observer reads the seat.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
-/// How long [`leader`](Election::leader) waits for a just-elected leader to write its
-/// value before reporting its term with an empty value.
-pub const RECORD_WAIT: Duration = Duration::from_millis(200);
+/// How long [`leader`](super::Election::leader) waits for a just-elected leader's value.
+pub use super::seat::RECORD_WAIT;
 
 /// What the file election gives.
 pub const CAPABILITIES: ElectionCapabilities = ElectionCapabilities {
@@ -55,13 +53,6 @@ struct Record {
 #[derive(Debug, Clone)]
 pub struct FileElection {
     lock: FileLock,
-}
-
-fn seat_key(name: &str) -> Result<String> {
-    validate_key(name)?;
-    let key = format!("election.{name}");
-    validate_key(&key)?;
-    Ok(key)
 }
 
 fn record_path(dir: &Path, files: &KeyFiles, grant: &str) -> PathBuf {
@@ -110,26 +101,16 @@ fn remove_other_records(dir: &Path, files: &KeyFiles, keep: &str) {
     }
 }
 
-/// Reads the seat: the live holder's term and value. Blocking.
-fn read_leader(dir: &Path, files: &KeyFiles) -> Result<Option<LeaderInfo>> {
-    let deadline = std::time::Instant::now() + RECORD_WAIT;
-    // Bounded: RECORD_WAIT / 5 ms turns at most.
-    loop {
-        let Some((grant, term)) = files.live_grant()? else {
-            return Ok(None);
-        };
-        let term = FencingToken::new(term);
-        match read_record(&record_path(dir, files, &grant))? {
-            Some(r) if r.term == term.get() => return Ok(Some(LeaderInfo { value: r.value, term })),
-            _ if std::time::Instant::now() >= deadline => {
-                return Ok(Some(LeaderInfo {
-                    value: Vec::new(),
-                    term,
-                }))
-            }
-            _ => std::thread::sleep(Duration::from_millis(5)),
-        }
-    }
+/// Reads the seat once: the live holder's term, and its value when written. Blocking.
+fn read_seat(dir: &Path, files: &KeyFiles) -> Result<SeatState> {
+    let Some((grant, term)) = files.live_grant()? else {
+        return Ok(SeatState::Empty);
+    };
+    let term = FencingToken::new(term);
+    Ok(match read_record(&record_path(dir, files, &grant))? {
+        Some(r) if r.term == term.get() => SeatState::Leader(LeaderInfo { value: r.value, term }),
+        _ => SeatState::Unwritten(term),
+    })
 }
 
 impl FileElection {
@@ -158,50 +139,35 @@ impl FileElection {
 }
 
 #[async_trait]
-impl Election for FileElection {
-    #[tracing::instrument(level = "debug", skip(self, value, opts), fields(backend = "file"))]
-    async fn campaign(&self, name: &str, value: &[u8], opts: &LockOptions) -> Result<Leadership> {
-        validate_value(value)?;
-        let key = seat_key(name)?;
-        let lease = self.lock.acquire(&key, opts).await?;
-        let ops = Arc::new(FileSeat {
-            dir: self.lock.dir().to_path_buf(),
-            files: self.lock.files(&key),
-            grant: lease.grant().to_string(),
-            term: lease.token().get(),
-        });
-        // Dropping the future here drops the lease, which releases the seat.
-        let (o, value) = (Arc::clone(&ops), value.to_vec());
-        blocking(move || {
-            remove_other_records(&o.dir, &o.files, &o.grant);
-            o.write(value)
-        })
-        .await?;
-        tracing::debug!(name, term = %lease.token(), "elected");
-        Ok(Leadership::new(name, lease, ops))
+impl SeatBackend for FileElection {
+    fn seat_lock(&self) -> &dyn DistributedLock {
+        &self.lock
     }
 
-    async fn leader(&self, name: &str) -> Result<Option<LeaderInfo>> {
-        let files = self.lock.files(&seat_key(name)?);
-        let dir = self.lock.dir().to_path_buf();
-        blocking(move || read_leader(&dir, &files)).await
-    }
-
-    async fn observe(&self, name: &str) -> Result<Observer> {
-        let files = self.lock.files(&seat_key(name)?);
-        let dir = self.lock.dir().to_path_buf();
-        Ok(super::polled(POLL_INTERVAL, move || {
-            let (d, f) = (dir.clone(), files.clone());
-            blocking(move || read_leader(&d, &f))
-        }))
-    }
-
-    fn capabilities(&self) -> ElectionCapabilities {
+    fn election_capabilities(&self) -> ElectionCapabilities {
         CAPABILITIES
     }
 
-    fn describe(&self) -> String {
-        self.lock.describe()
+    async fn seat_grant(&self, _name: &str, seat: &str, lease: &Lease) -> Result<Arc<dyn ProclaimOps>> {
+        let ops = Arc::new(FileSeat {
+            dir: self.lock.dir().to_path_buf(),
+            files: self.lock.files(seat),
+            grant: lease.grant().to_string(),
+            term: lease.token().get(),
+        });
+        let o = Arc::clone(&ops);
+        blocking(move || {
+            remove_other_records(&o.dir, &o.files, &o.grant);
+            Ok(())
+        })
+        .await?;
+        Ok(ops)
+    }
+
+    async fn read_seat(&self, _name: &str, seat: &str) -> Result<SeatRead> {
+        let files = self.lock.files(seat);
+        let dir = self.lock.dir().to_path_buf();
+        blocking(move || read_seat(&dir, &files).map(SeatRead::new)).await
     }
 }
 

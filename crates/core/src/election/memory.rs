@@ -6,8 +6,7 @@
 //! feed. Every check of "do we still lead" compares the grant id, never only that the seat
 //! is taken.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,6 +20,7 @@ use super::{
 use crate::error::Result;
 use crate::guarantees::TokenOrder;
 use crate::lease::{Lease, LeaseOps, LeaseParts};
+use crate::memory::{url_name, NamedTables, Table};
 use crate::options::{validate_key, LockOptions};
 use crate::token::{FencingToken, GrantId};
 use crate::waiting::{acquire_with, Attempt};
@@ -64,20 +64,6 @@ impl Seat {
     }
 }
 
-#[derive(Debug, Default)]
-struct Table {
-    seats: Mutex<HashMap<String, Seat>>,
-}
-
-impl Table {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Seat>> {
-        match self.seats.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
-    }
-}
-
 /// The in-process election service. Instances made with the same name share one table.
 ///
 /// ```
@@ -94,7 +80,7 @@ impl Table {
 #[derive(Debug, Clone)]
 pub struct MemoryElection {
     name: String,
-    table: Arc<Table>,
+    table: Arc<Table<Seat>>,
 }
 
 impl Default for MemoryElection {
@@ -115,15 +101,10 @@ impl MemoryElection {
     /// The process-wide table called `name` (kept for the life of the process, so terms
     /// keep growing); `memory://NAME` gives the same one.
     pub fn named(name: &str) -> Self {
-        static TABLES: OnceLock<Mutex<HashMap<String, Arc<Table>>>> = OnceLock::new();
-        let tables = TABLES.get_or_init(Mutex::default);
-        let mut tables = match tables.lock() {
-            Ok(t) => t,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        static TABLES: NamedTables<Seat> = NamedTables::new();
         MemoryElection {
             name: name.to_owned(),
-            table: Arc::clone(tables.entry(name.to_owned()).or_default()),
+            table: TABLES.get(name),
         }
     }
 
@@ -132,15 +113,7 @@ impl MemoryElection {
     /// # Errors
     /// [`LockError::InvalidConfig`](crate::LockError::InvalidConfig) for another URL.
     pub fn from_url(url: &str) -> Result<Self> {
-        let name = url
-            .strip_prefix("memory://")
-            .ok_or_else(|| crate::LockError::invalid_config(format!("`{url}` is not a memory:// URL")))?;
-        if name.contains(['/', '?', '#']) {
-            return Err(crate::LockError::invalid_config(format!(
-                "`{url}`: a memory URL is memory://NAME with a plain name (no '/', '?' or '#')"
-            )));
-        }
-        Ok(Self::named(name))
+        Ok(Self::named(url_name(url)?))
     }
 
     /// Empties the seat of `name` as an operator would; its leader learns at its next
@@ -267,7 +240,7 @@ impl Election for MemoryElection {
 
 /// One leader's grant of a seat.
 struct SeatGrant {
-    table: Arc<Table>,
+    table: Arc<Table<Seat>>,
     name: String,
     grant: GrantId,
 }

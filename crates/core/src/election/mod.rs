@@ -13,6 +13,8 @@
 //!   plus [`proclaim`](Leadership::proclaim) and [`resign`](Leadership::resign).
 //! * [`Observer`]: the leader changes of one election, in order.
 //! * [`ElectionCapabilities`]: what a backend gives, as data — never a silent downgrade.
+//! * [`seat`]: the glue of every lock-backed election (a seat lock plus a value record),
+//!   with pushed observation ([`seat::SeatWatch`]).
 //! * [`memory`]: the in-process reference implementation; `file`: processes of one host.
 //!
 //! Pitfalls designed against (see `docs/election.md`): a leader that cannot confirm its
@@ -25,6 +27,7 @@
 pub mod file;
 pub mod memory;
 mod observer;
+pub mod seat;
 
 use std::fmt;
 use std::future::Future;

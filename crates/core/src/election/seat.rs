@@ -1,0 +1,383 @@
+//! The election glue every lock-backed backend shares: a **seat** (the lock on key
+//! `election.NAME`, whose token is the term) with the leader's **value record** beside it.
+//!
+//! A backend implements [`SeatBackend`] — how to write its record for one grant
+//! ([`seat_grant`](SeatBackend::seat_grant)), how to read the seat once
+//! ([`read_seat`](SeatBackend::read_seat)) and, for a native observe, how to be told of a
+//! change ([`seat_watch`](SeatBackend::seat_watch)) — and gets [`Election`] from the
+//! blanket implementation here: the campaign (acquire, then publish the first value under
+//! the grant, or give the seat back), `leader` (waiting up to [`RECORD_WAIT`] for a
+//! just-elected leader's record), `observe` (polled, pushed or unavailable, as its
+//! [`ElectionCapabilities::observe`] says), `describe` and `close` (the lock's).
+//!
+//! Pushed observation ([`SeatWatch`], driven by [`watched`]) arms the backend's
+//! notification *before* each read, so a change after the read always wakes the observer;
+//! notifications that pile up while it reads are coalesced into one re-read. A fallback
+//! re-read at the holder's expiry (the backend reports the remaining validity, on its own
+//! clock) sees an expiry that sends no message; [`FALLBACK_MAX`] bounds the wait when the
+//! backend reports none, in case a notification was lost.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::{
+    polled, validate_value, Election, ElectionCapabilities, LeaderInfo, Leadership, Observation, Observer,
+    ObserverFeed, ProclaimOps,
+};
+use crate::error::{LockError, LostReason, Result};
+use crate::lease::Lease;
+use crate::lock::DistributedLock;
+use crate::options::{validate_key, LockOptions};
+use crate::token::FencingToken;
+
+/// How long [`Election::leader`] waits for a just-elected leader to write its value before
+/// reporting its term with an empty value (and how long an observer holds back such a
+/// leader before reporting it).
+pub const RECORD_WAIT: Duration = Duration::from_millis(200);
+
+/// The longest a pushed observer goes without re-reading the seat when the backend gives
+/// no expiry to wait for (an empty seat, a session-bound leader): bounds what a lost
+/// notification costs.
+pub const FALLBACK_MAX: Duration = Duration::from_secs(5);
+
+/// The least time between two reads of one pushed observer. A change after a quiet spell
+/// is read at once; a burst of changes (a resign and the next campaign, a run of
+/// proclaims) costs at most one read per gap, the observer skipping intermediate states as
+/// a slow observer may — so a burst never costs more reads than the old 50 ms poll did,
+/// and a quiet seat costs none. Correctness does not rest on it: the notification is
+/// re-armed before each read, so no change after a read is missed.
+pub const READ_GAP: Duration = Duration::from_millis(50);
+
+/// How long a pushed observer waits before reading again after a failed read.
+pub const READ_RETRY: Duration = Duration::from_millis(250);
+
+/// The lock key of election `name`'s seat: `election.NAME`.
+///
+/// # Errors
+/// [`LockError::InvalidInput`] when `name` (or the seat key made of it) is not a valid key.
+pub fn seat_key(name: &str) -> Result<String> {
+    validate_key(name)?;
+    let seat = format!("election.{name}");
+    validate_key(&seat)?;
+    Ok(seat)
+}
+
+/// What one read of a seat found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeatState {
+    /// No live grant.
+    Empty,
+    /// The live grant's record.
+    Leader(LeaderInfo),
+    /// A live grant whose record is not written yet, with its term (or the best the
+    /// backend can tell: Redis gives its token counter).
+    Unwritten(FencingToken),
+}
+
+/// One read of a seat: its state and, when the backend tells, how long the live grant
+/// has left on the backend's clock (so an observer re-reads when it would expire).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeatRead {
+    /// What the seat holds.
+    pub state: SeatState,
+    /// The live grant's remaining validity on the backend, if it has one.
+    pub expires_in: Option<Duration>,
+}
+
+impl SeatRead {
+    /// A read without an expiry (an empty seat, a session-bound grant).
+    pub fn new(state: SeatState) -> Self {
+        SeatRead {
+            state,
+            expires_in: None,
+        }
+    }
+}
+
+/// A lock-backed election: implement this and [`Election`] comes with it (for backend
+/// authors). The seat of election `NAME` is the lock on [`seat_key`]`(NAME)`; the term is
+/// that lock's token; the value is a record the backend keeps beside it, written only
+/// while the record's grant holds the lock.
+#[async_trait]
+pub trait SeatBackend: Clone + Send + Sync + fmt::Debug + 'static {
+    /// The lock whose keys are the seats.
+    fn seat_lock(&self) -> &dyn DistributedLock;
+
+    /// What this election gives ([`Election::capabilities`] returns it; `observe` reads
+    /// its [`observe`](ElectionCapabilities::observe) to choose how to follow a seat).
+    fn election_capabilities(&self) -> ElectionCapabilities;
+
+    /// The value writer of a grant just won on `seat` (the lock key of election `name`).
+    /// The campaign writes the first value through it and gives the seat back when that
+    /// fails. A backend may clean up earlier grants' records here.
+    async fn seat_grant(&self, name: &str, seat: &str, lease: &Lease) -> Result<Arc<dyn ProclaimOps>>;
+
+    /// Reads `seat` once: its live grant's record, comparing the grant — never merely that
+    /// a record exists.
+    async fn read_seat(&self, name: &str, seat: &str) -> Result<SeatRead>;
+
+    /// The change notifications of `seat`, for [`Observation::Native`]. The default says
+    /// the backend has none.
+    async fn seat_watch(&self, name: &str, seat: &str) -> Result<Box<dyn SeatWatch>> {
+        let _ = (name, seat);
+        Err(LockError::GuaranteeNotMet {
+            backend: self.election_capabilities().backend,
+            message: "this backend has no change notification for an election's seat".into(),
+        })
+    }
+}
+
+/// A backend's change notification for one seat (for backend authors), driven by
+/// [`watched`].
+#[async_trait]
+pub trait SeatWatch: Send + 'static {
+    /// Arms the notification for the next change (subscribes, listens, sets a watch),
+    /// then reads the seat: a change after the read completes
+    /// [`changed`](Self::changed).
+    async fn arm_and_read(&mut self) -> Result<SeatRead>;
+
+    /// Resolves on the first notification since the last arm (several are one), or when
+    /// the notification channel broke — a spurious wake costs one read, never a change.
+    /// Cancel safe: the next [`arm_and_read`](Self::arm_and_read) arms again.
+    async fn changed(&mut self);
+}
+
+/// Reads the seat until it is settled: waits up to [`RECORD_WAIT`] for a just-elected
+/// leader's record, then reports its term with an empty value. Bounded by RECORD_WAIT /
+/// 5 ms reads.
+///
+/// # Errors
+/// The first failed read's error.
+pub async fn settle<F, Fut>(mut read: F) -> Result<Option<LeaderInfo>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<SeatRead>>,
+{
+    let deadline = Instant::now() + RECORD_WAIT;
+    loop {
+        match read().await?.state {
+            SeatState::Empty => return Ok(None),
+            SeatState::Leader(l) => return Ok(Some(l)),
+            SeatState::Unwritten(term) if Instant::now() >= deadline => {
+                return Ok(Some(LeaderInfo {
+                    value: Vec::new(),
+                    term,
+                }))
+            }
+            SeatState::Unwritten(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+}
+
+/// An observer pushed by `watch`: reads the seat at once (so `observe` fails when the
+/// backend cannot be asked), then in a task that lives as long as the observer re-reads
+/// on every notification (at most once per [`READ_GAP`]), at the
+/// holder's expiry, and at the latest after [`FALLBACK_MAX`]. A failed read is logged and
+/// retried after [`READ_RETRY`].
+///
+/// # Errors
+/// The first read's error.
+pub async fn watched(mut watch: Box<dyn SeatWatch>) -> Result<Observer> {
+    let first = watch.arm_and_read().await?;
+    let feed = ObserverFeed::default();
+    let mut follow = Follow {
+        feed: feed.clone(),
+        unwritten: None,
+    };
+    let mut next = follow.apply(first);
+    let mut last_read = Instant::now();
+    let task = tokio::spawn(async move {
+        loop {
+            let notified = tokio::select! {
+                () = watch.changed() => true,
+                () = tokio::time::sleep(next) => false,
+            };
+            if notified {
+                tokio::time::sleep_until(last_read + READ_GAP).await;
+            }
+            last_read = Instant::now();
+            next = match watch.arm_and_read().await {
+                Ok(read) => follow.apply(read),
+                Err(e) => {
+                    tracing::warn!(error = %e, "election observer could not read the seat");
+                    READ_RETRY
+                }
+            };
+        }
+    });
+    Ok(feed.subscribe_with(task.abort_handle()))
+}
+
+/// What a pushed observer knows between reads.
+struct Follow {
+    feed: ObserverFeed,
+    /// A live grant seen without its record, and since when.
+    unwritten: Option<(FencingToken, Instant)>,
+}
+
+impl Follow {
+    /// Publishes what a read found; returns how long to wait, at most, before reading again.
+    fn apply(&mut self, read: SeatRead) -> Duration {
+        let until_expiry = read
+            .expires_in
+            .map_or(FALLBACK_MAX, |d| (d + Duration::from_millis(1)).min(FALLBACK_MAX));
+        match read.state {
+            SeatState::Empty => {
+                self.unwritten = None;
+                self.feed.publish(None);
+                FALLBACK_MAX
+            }
+            SeatState::Leader(l) => {
+                self.unwritten = None;
+                self.feed.publish(Some(l));
+                until_expiry
+            }
+            SeatState::Unwritten(term) => {
+                let since = match self.unwritten {
+                    Some((t, since)) if t == term => since,
+                    _ => Instant::now(),
+                };
+                self.unwritten = Some((term, since));
+                let waited = since.elapsed();
+                if waited >= RECORD_WAIT {
+                    self.feed.publish(Some(LeaderInfo {
+                        value: Vec::new(),
+                        term,
+                    }));
+                    until_expiry
+                } else {
+                    (RECORD_WAIT - waited).min(until_expiry)
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl<S: SeatBackend> Election for S {
+    async fn campaign(&self, name: &str, value: &[u8], opts: &LockOptions) -> Result<Leadership> {
+        validate_value(value)?;
+        let seat = seat_key(name)?;
+        let backend = self.election_capabilities().backend;
+        let span = tracing::debug_span!("fencelock.campaign", backend, name);
+        async move {
+            let lease = self.seat_lock().acquire(&seat, opts).await?;
+            // Dropped from here on, the lease is released in the background: no seat is left.
+            let ops = self.seat_grant(name, &seat, &lease).await?;
+            if !ops.proclaim(value).await? {
+                return Err(LockError::LeaseLost {
+                    key: seat,
+                    token: lease.token(),
+                    reason: LostReason::NotHeld,
+                });
+            }
+            tracing::debug!(term = %lease.token(), "elected");
+            Ok(Leadership::new(name, lease, ops))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn leader(&self, name: &str) -> Result<Option<LeaderInfo>> {
+        let seat = seat_key(name)?;
+        settle(|| self.read_seat(name, &seat)).await
+    }
+
+    async fn observe(&self, name: &str) -> Result<Observer> {
+        let seat = seat_key(name)?;
+        let caps = self.election_capabilities();
+        match caps.observe {
+            Observation::Native => watched(self.seat_watch(name, &seat).await?).await,
+            Observation::Polled { interval_ms } => {
+                let (me, name) = (self.clone(), name.to_owned());
+                Ok(polled(Duration::from_millis(interval_ms), move || {
+                    let (me, name, seat) = (me.clone(), name.clone(), seat.clone());
+                    async move { settle(|| me.read_seat(&name, &seat)).await }
+                }))
+            }
+            Observation::Unavailable => Err(LockError::GuaranteeNotMet {
+                backend: caps.backend,
+                message: format!(
+                    "observe is unavailable on {}: see its election capabilities",
+                    caps.backend
+                ),
+            }),
+        }
+    }
+
+    fn capabilities(&self) -> ElectionCapabilities {
+        self.election_capabilities()
+    }
+
+    fn describe(&self) -> String {
+        self.seat_lock().describe()
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.seat_lock().close().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+    use super::*;
+
+    fn follow() -> (Follow, ObserverFeed) {
+        let feed = ObserverFeed::default();
+        (
+            Follow {
+                feed: feed.clone(),
+                unwritten: None,
+            },
+            feed,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unwritten_leader_is_reported_after_the_record_wait_only() {
+        let (mut f, feed) = follow();
+        let read = SeatRead {
+            state: SeatState::Unwritten(FencingToken::new(7)),
+            expires_in: Some(Duration::from_secs(30)),
+        };
+        assert_eq!(f.apply(read.clone()), RECORD_WAIT, "re-read when the record is due");
+        assert_eq!(feed.current(), None, "not reported before its record wait");
+        tokio::time::advance(RECORD_WAIT).await;
+        assert_eq!(f.apply(read), FALLBACK_MAX);
+        assert_eq!(
+            feed.current().map(|l| (l.term, l.value)),
+            Some((FencingToken::new(7), vec![]))
+        );
+    }
+
+    #[test]
+    fn a_leader_is_re_read_at_its_expiry_and_an_empty_seat_at_the_fallback() {
+        let (mut f, feed) = follow();
+        let leader = LeaderInfo {
+            value: b"a".to_vec(),
+            term: FencingToken::new(3),
+        };
+        let wait = f.apply(SeatRead {
+            state: SeatState::Leader(leader.clone()),
+            expires_in: Some(Duration::from_millis(300)),
+        });
+        assert_eq!(wait, Duration::from_millis(301));
+        assert_eq!(feed.current(), Some(leader));
+        assert_eq!(f.apply(SeatRead::new(SeatState::Empty)), FALLBACK_MAX);
+        assert_eq!(feed.current(), None);
+    }
+
+    #[test]
+    fn seat_keys_are_checked_like_lock_keys() {
+        assert_eq!(seat_key("scheduler").unwrap(), "election.scheduler");
+        assert!(matches!(seat_key(""), Err(LockError::InvalidInput(_))));
+    }
+}
