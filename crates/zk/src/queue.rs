@@ -292,6 +292,7 @@ type Watch = (String, Pin<Box<dyn Future<Output = WatchedEvent> + Send>>);
 pub(crate) async fn wait_turn(q: &Queued, wakeups: &AtomicU64, validity: Duration) -> Result<Instant> {
     let path_of = |name: &str| format!("{}/{name}", q.dir);
     let mut deleted: HashSet<String> = HashSet::new();
+    let mut watches: Vec<Watch> = Vec::new();
     for _ in 0..100_000 {
         let pos = position(q).await?;
         let mut confirmed = pos.sent_at;
@@ -312,10 +313,11 @@ pub(crate) async fn wait_turn(q: &Queued, wakeups: &AtomicU64, validity: Duratio
         }
         let client = q.session.client()?;
         let sent = Instant::now();
-        // Sent at once, answered in order on the one connection.
-        let asked: Vec<_> = known.iter().map(|n| client.check_and_watch_stat(&path_of(n))).collect();
-        let mut watches: Vec<Watch> = Vec::new();
-        for (name, answer) in known.iter().zip(asked) {
+        // Sent at once, answered in order on the one connection. A node still watched from
+        // an earlier round keeps its watch (no re-watch, no removal).
+        let fresh: Vec<&String> = known.iter().filter(|n| !watches.iter().any(|(w, _)| w == *n)).collect();
+        let asked: Vec<_> = fresh.iter().map(|n| client.check_and_watch_stat(&path_of(n))).collect();
+        for (name, answer) in fresh.into_iter().zip(asked) {
             match tokio::time::timeout(q.cfg.timeout, answer).await {
                 Ok(Ok((Some(_), watcher))) => watches.push((name.clone(), Box::pin(watcher.changed()))),
                 Ok(Ok((None, _))) => {
