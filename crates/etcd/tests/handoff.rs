@@ -101,3 +101,58 @@ async fn a_hand_off_costs_only_the_delete() {
         x.close().await.unwrap();
     }
 }
+
+/// Not a check: prints hand-off p50/p99 under 8 clients and the uncontended acquire +
+/// release p50 on one server (debug build; for comparing before/after a change, run with
+/// `cargo test -p fencelock-etcd --test handoff -- --ignored --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn measure_hand_off_against_the_uncontended_cycle() {
+    use std::sync::{Arc, Mutex};
+    let cluster = EtcdCluster::single();
+    let url = cluster.url("");
+    let opts = LockOptions::new()
+        .with_ttl(Duration::from_secs(10))
+        .with_wait(Duration::from_secs(20));
+    let solo = EtcdLock::connect(&url).await.unwrap();
+    let mut cycles = Vec::new();
+    for i in 0..300 {
+        let t = Instant::now();
+        solo.acquire("solo", &opts).await.unwrap().release().await.unwrap();
+        if i >= 50 {
+            cycles.push(t.elapsed());
+        }
+    }
+    cycles.sort();
+    let released: Arc<Mutex<Option<(Instant, usize)>>> = Arc::default();
+    let hand_offs: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for me in 0..8 {
+        let lock = EtcdLock::connect(&url).await.unwrap();
+        let (released, hand_offs) = (released.clone(), hand_offs.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..100 {
+                let lease = lock.acquire("hot", &opts).await.unwrap();
+                if let Some((t, by)) = released.lock().unwrap().take() {
+                    if by != me {
+                        hand_offs.lock().unwrap().push(t.elapsed());
+                    }
+                }
+                *released.lock().unwrap() = Some((Instant::now(), me));
+                lease.release().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut h = hand_offs.lock().unwrap().clone();
+    h.sort();
+    let p = |v: &[Duration], q: f64| v[((v.len() as f64 - 1.0) * q) as usize];
+    let (c50, h50, h99) = (p(&cycles, 0.5), p(&h, 0.5), p(&h, 0.99));
+    eprintln!(
+        "MEASURE etcd: cycle p50 {c50:?}; hand-off p50 {h50:?} p99 {h99:?}; p50 ratio {:.2} ({} hand-offs)",
+        h50.as_secs_f64() / c50.as_secs_f64(),
+        h.len()
+    );
+}
