@@ -274,7 +274,7 @@ impl DistributedLock for EtcdLock {
             if q.owner {
                 return Ok(self.grant(key, opts, q, None));
             }
-            match wait_turn(&self.inner.cluster, &q).await? {
+            match wait_turn(&self.inner.cluster, &q, opts.ttl()).await? {
                 Some(since) => Ok(self.grant(key, opts, q, Some(since))),
                 None => Ok(None), // our key vanished while queued: queue again
             }

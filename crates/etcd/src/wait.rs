@@ -1,16 +1,34 @@
-//! Waiting for our turn in a lock's queue: watch only the key just before ours (no herd),
-//! and when it goes, confirm in one request that our key is first and still ours — and, on
-//! an own lease, renew it in parallel — so that the grant's validity counts from that
-//! confirmation, not from the start of the wait.
+//! Waiting for our turn in a lock's queue without a request at the hand-off.
 //!
-//! Requests per hand-off (from the predecessor's delete to our grant): one transaction
-//! (the queue read below) on the session; that transaction and one keep-alive, sent
-//! together, on an own lease. The watch push itself is the only other message.
+//! The keys older than ours (create revision below ours) only ever go: a key made later
+//! gets a later revision, and a queue name reused after its deletion is a new key, younger
+//! than ours. So once we know that set exactly, the watch events of its deletions are
+//! enough to know we are first — no read after the predecessor's delete.
+//!
+//! The recipe (etcd's concurrency mutex, extended to two keys): read the **two** keys just
+//! older than ours and whether any older one is left (the range's `more` flag, computed
+//! after the create-revision filter — its `count` is not: it counts the whole directory),
+//! together with our own key, in one transaction; watch both keys on one watch stream.
+//!
+//! * Both known older keys deleted and nothing else older: we are first — granted on the
+//!   watch push alone.
+//! * One of them deleted while others older may be left: read again (at most one read per
+//!   key that goes; under steady contention this read happens when the key two ahead of
+//!   ours is released, i.e. while our predecessor holds — off the hand-off's path).
+//!
+//! Each release is pushed to at most two waiters (the two behind it): constant in the
+//! number of waiters, no herd.
+//!
+//! Validity: on the session, the session's own keep-alives say how long the key lives
+//! (the grant counts from them); on an own lease, from the send instant of the last
+//! confirmed keep-alive or lease grant, which the wait keeps within a fifth of the
+//! validity (a keep-alive is sent at our turn only if it is older than a quarter).
 
+use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use etcd_client::{
-    EventType, GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions,
+    EventType, GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions, WatchStream,
 };
 use fencelock_core::Result;
 use tokio::time::Instant;
@@ -19,27 +37,29 @@ use crate::client::Cluster;
 use crate::error::lease_gone;
 use crate::queue::{Holding, Queued};
 
+/// How many keys just older than ours one read fetches and the wait watches.
+const TRACKED: i64 = 2;
+
 /// What one queue read (a single transaction) says about our place.
 struct Place {
-    /// The key just before ours and its create revision; `None` when ours is first.
-    pred: Option<(Vec<u8>, i64)>,
-    /// How many keys are older than ours (etcd counts past the read's limit of one).
-    older: i64,
+    /// Up to [`TRACKED`] keys just older than ours, youngest first.
+    older: Vec<Vec<u8>>,
+    /// Keys older than these are left too.
+    more: bool,
     /// Our key still exists with our create revision, on our lease.
     ours: bool,
     /// The revision the read saw.
     seen: i64,
 }
 
-/// Reads, in one transaction, the key just before ours (with the number of keys older than
-/// ours) and our own key. Reading both together is what makes one request enough at our
-/// turn: "nothing older is left" and "our key is still ours" hold at the same revision.
+/// Reads, in one transaction, the keys just before ours and our own key: "which older keys
+/// are left" and "our key is still ours" hold at the same revision.
 async fn read_place(c: &Cluster, q: &Queued) -> Result<Place> {
     let older = GetOptions::new()
         .with_prefix()
         .with_max_create_revision(q.rev - 1)
         .with_sort(SortTarget::Create, SortOrder::Descend)
-        .with_limit(1)
+        .with_limit(TRACKED)
         .with_keys_only();
     let txn = Txn::new().and_then([
         TxnOp::get(q.dir.clone(), Some(older)),
@@ -52,113 +72,215 @@ async fn read_place(c: &Cluster, q: &Queued) -> Result<Place> {
         })
         .await?;
     let mut place = Place {
-        pred: None,
-        older: 0,
+        older: Vec::new(),
+        more: false,
         ours: false,
         seen: resp.header().map_or(0, |h| h.revision()),
     };
     for (i, op) in resp.op_responses().into_iter().enumerate() {
         let TxnOpResponse::Get(g) = op else { continue };
-        let first = g.kvs().first();
         if i == 0 {
-            place.older = g.count();
-            place.pred = first.map(|kv| (kv.key().to_vec(), kv.create_revision()));
+            place.older = g.kvs().iter().map(|kv| kv.key().to_vec()).collect();
+            place.more = g.more();
         } else {
-            place.ours = first.is_some_and(|kv| kv.create_revision() == q.rev && kv.lease() == q.holding.lease());
+            place.ours = g
+                .kvs()
+                .first()
+                .is_some_and(|kv| kv.create_revision() == q.rev && kv.lease() == q.holding.lease());
         }
     }
     Ok(place)
 }
 
-/// Waits until no key older than ours is left: watches only the key just before ours, and
-/// re-reads the queue after each deletion. Keeps an own lease alive meanwhile. Our key may
-/// have expired while we were queued (the etcd 3.4.3 Jepsen finding, etcd issue 11456):
-/// every queue read also checks it.
-///
-/// Returns `Some(since)` when we own the lock, valid from `since` (the send instant of the
-/// request(s) that confirmed it); `None` when our key or lease vanished (queue again).
-pub(crate) async fn wait_turn(c: &Cluster, q: &Queued) -> Result<Option<Instant>> {
-    // Set when the key that just went was the only one older than ours: the next read
-    // very likely finds us first, so an own lease's keep-alive goes out with it.
-    let mut likely_first = false;
-    for _ in 0..100_000 {
-        // Validity must count from a request that confirmed ownership (issue 12, K1). On an
-        // own lease that is the keep-alive: it renews the lease to its full TTL at a server
-        // instant after `since`, and the read sent at `since` too proves our key is first
-        // and on that lease. Not the watch request's send instant: a watch renews no lease,
-        // so the TTL would still count from the last periodic keep-alive (up to a third of
-        // the TTL earlier). On the session, the grant's validity comes from the session's
-        // own keep-alives, and the read alone confirms the key.
-        let since = Instant::now();
-        let (place, alive) = match (&q.holding, likely_first) {
-            (Holding::Own { lease, .. }, true) => {
-                let (p, a) = tokio::join!(read_place(c, q), keep_alive_once(c, *lease));
-                (p?, Some(a?))
+/// The watches of one wait, all on one watch stream, and what they saw.
+#[derive(Default)]
+struct Watches {
+    stream: Option<WatchStream>,
+    /// Keys whose watch was asked for and not yet confirmed (etcd confirms in order).
+    pending: VecDeque<Vec<u8>>,
+    watched: HashSet<Vec<u8>>,
+    /// Keys older than ours whose deletion was pushed: gone for good (see the module docs).
+    deleted: HashSet<Vec<u8>>,
+    /// Some watch was created at a revision after the last read: a deletion between the
+    /// two would be missed, so the place is read again.
+    late: bool,
+}
+
+impl Watches {
+    /// Watches every key of `keys` not watched yet, from now (a watch from a past revision
+    /// is parked by etcd in its "unsynced" group and caught up only every 100 ms).
+    async fn add(&mut self, c: &Cluster, keys: &[Vec<u8>]) -> Result<()> {
+        let wopts = WatchOptions::new().with_filters([WatchFilterType::NoPut]);
+        for key in keys {
+            if self.watched.contains(key) || self.pending.contains(key) {
+                continue;
             }
-            _ => (read_place(c, q).await?, None),
-        };
-        if !place.ours || alive == Some(false) {
+            let added = match self.stream.as_mut() {
+                Some(s) => s.watch(key.clone(), Some(wopts.clone())).await.is_ok(),
+                None => false,
+            };
+            if !added {
+                if self.stream.is_some() {
+                    self.reset(); // the stream broke: its watches are gone
+                }
+                let s = c
+                    .call("watching the keys before ours", |mut cl| {
+                        let (key, wopts) = (key.clone(), wopts.clone());
+                        async move { cl.watch(key, Some(wopts)).await }
+                    })
+                    .await?;
+                self.stream = Some(s);
+            }
+            self.pending.push_back(key.clone());
+        }
+        Ok(())
+    }
+
+    /// Forgets the stream and its watches (what was deleted stays known).
+    fn reset(&mut self) {
+        self.pending.clear();
+        self.watched.clear();
+        self.stream = None;
+        self.late = true;
+    }
+}
+
+/// What the wait for a push ended with.
+enum Woken {
+    /// Every older key is gone: ours is first.
+    First,
+    /// Read the place again.
+    Look,
+}
+
+/// Waits until no key older than ours is left (see the module docs). `ttl` is the lock's
+/// TTL (an own lease's validity is the smaller of it and the granted TTL).
+///
+/// Returns `Some(since)` when we own the lock, valid from `since`; `None` when our key or
+/// own lease vanished while queued (the etcd 3.4.3 Jepsen finding, etcd issue 11456: every
+/// read also checks our key) — queue again.
+pub(crate) async fn wait_turn(c: &Cluster, q: &Queued, ttl: Duration) -> Result<Option<Instant>> {
+    // The send instant of the last confirmed grant or keep-alive of an own lease: the
+    // lease lives at least its granted TTL from then.
+    let (validity, mut confirmed) = match &q.holding {
+        Holding::Own { granted, sent, .. } => (ttl.min(*granted), *sent),
+        Holding::Session { .. } => (ttl, Instant::now()),
+    };
+    let mut w = Watches::default();
+    for _ in 0..100_000 {
+        let place = read_place(c, q).await?;
+        if !place.ours {
             return Ok(None);
         }
-        let Some((pred_key, pred_rev)) = place.pred else {
-            return match (&q.holding, alive) {
-                (Holding::Own { .. }, Some(true)) | (Holding::Session { .. }, _) => Ok(Some(since)),
-                (Holding::Own { lease, .. }, _) => {
-                    // Not expected first: renew now, and count from this keep-alive.
-                    let since = Instant::now();
-                    Ok(keep_alive_once(c, *lease).await?.then_some(since))
-                }
-            };
-        };
-        likely_first = place.older == 1;
-        let seen = place.seen;
-        // Watch from now, not from `seen + 1`: a watch that starts in the past is put in
-        // etcd's "unsynced" group and caught up only every 100 ms — under contention the
-        // revision always moves on, so that was the p99 of every hand-off (85 ms). A
-        // deletion between `seen` and the watch's creation is caught by the check below.
-        let wopts = WatchOptions::new().with_filters([WatchFilterType::NoPut]);
-        let mut stream = c
-            .call("watching the predecessor", |mut cl| {
-                let (pred_key, wopts) = (pred_key.clone(), wopts.clone());
-                async move { cl.watch(pred_key, Some(wopts)).await }
-            })
-            .await?;
-        let created = match tokio::time::timeout(c.cfg.timeout, stream.message()).await {
-            Ok(Ok(Some(r))) if r.created() => r.header().map_or(i64::MAX, |h| h.revision()),
-            _ => continue, // no watch: look again
-        };
-        if created > seen {
-            let still = c
-                .call("checking the predecessor", |mut cl| {
-                    let pred_key = pred_key.clone();
-                    async move { cl.get(pred_key, Some(GetOptions::new().with_keys_only())).await }
-                })
-                .await?;
-            if still.kvs().first().is_none_or(|kv| kv.create_revision() != pred_rev) {
-                continue; // it went before the watch began
-            }
+        let known: Vec<Vec<u8>> = place.older.into_iter().filter(|k| !w.deleted.contains(k)).collect();
+        if known.is_empty() && !place.more {
+            return turn(c, q, validity, confirmed).await;
         }
-        loop {
-            let refresh = match &q.holding {
-                Holding::Own { granted, .. } => *granted / 3,
-                Holding::Session { .. } => Duration::from_secs(3600),
-            };
-            match tokio::time::timeout(refresh, stream.message()).await {
-                Ok(Ok(Some(r))) if r.events().iter().any(|e| e.event_type() == EventType::Delete) => break,
-                Ok(Ok(Some(r))) if r.canceled() => break,
-                Ok(Ok(Some(_))) => continue,
-                Ok(Ok(None)) | Ok(Err(_)) => break, // re-check from the top
-                Err(_) => {
-                    if let Holding::Own { lease, .. } = &q.holding {
-                        if !keep_alive_once(c, *lease).await? {
-                            return Ok(None);
+        if known.is_empty() {
+            continue; // both went since the read; older ones are left
+        }
+        w.late = false;
+        w.add(c, &known).await?;
+        let woken = wait_push(c, q, &mut w, &known, place.more, place.seen, validity, &mut confirmed).await?;
+        match woken {
+            Some(Woken::First) => return turn(c, q, validity, confirmed).await,
+            Some(Woken::Look) => {}
+            None => return Ok(None), // the own lease is gone
+        }
+    }
+    Ok(None) // the queue never settled (bounded): queue again
+}
+
+/// Waits for the watch stream to say something that changes our view: `First` when every
+/// known older key went and nothing else older is left, `Look` when the place must be read
+/// again. Keeps an own lease fresh meanwhile; `None` when it is gone.
+#[allow(clippy::too_many_arguments)]
+async fn wait_push(
+    c: &Cluster,
+    q: &Queued,
+    w: &mut Watches,
+    known: &[Vec<u8>],
+    more: bool,
+    seen: i64,
+    validity: Duration,
+    confirmed: &mut Instant,
+) -> Result<Option<Woken>> {
+    let refresh = match &q.holding {
+        Holding::Own { .. } => validity / 5,
+        Holding::Session { .. } => Duration::from_secs(3600),
+    };
+    for _ in 0..1_000_000 {
+        let Some(stream) = w.stream.as_mut() else {
+            return Ok(Some(Woken::Look));
+        };
+        let wake = (*confirmed + refresh).max(Instant::now() + Duration::from_millis(1));
+        match tokio::time::timeout_at(wake, stream.message()).await {
+            Ok(Ok(Some(r))) => {
+                if r.created() {
+                    if let Some(key) = w.pending.pop_front() {
+                        let at = r.header().map_or(i64::MAX, |h| h.revision());
+                        w.late |= at > seen;
+                        w.watched.insert(key);
+                    }
+                }
+                if r.canceled() {
+                    w.reset(); // compacted, or refused: start over
+                    return Ok(Some(Woken::Look));
+                }
+                for e in r.events() {
+                    if e.event_type() == EventType::Delete {
+                        if let Some(kv) = e.kv() {
+                            w.deleted.insert(kv.key().to_vec());
                         }
                     }
                 }
             }
+            Ok(Ok(None)) | Ok(Err(_)) => {
+                w.reset();
+                return Ok(Some(Woken::Look));
+            }
+            Err(_) => {
+                if let Holding::Own { lease, .. } = &q.holding {
+                    let sent = Instant::now();
+                    if !keep_alive_once(c, *lease).await? {
+                        return Ok(None);
+                    }
+                    *confirmed = sent;
+                }
+                continue;
+            }
+        }
+        if !w.pending.is_empty() {
+            continue; // not every watch is in place yet
+        }
+        if w.late {
+            return Ok(Some(Woken::Look)); // a watch began after the read: look again
+        }
+        let left = known.iter().filter(|k| !w.deleted.contains(*k)).count();
+        if left == 0 && !more {
+            return Ok(Some(Woken::First));
+        }
+        if left < known.len() && more {
+            return Ok(Some(Woken::Look)); // older keys may be left: see which
         }
     }
-    Ok(None) // the queue never settled (bounded): queue again
+    Ok(Some(Woken::Look))
+}
+
+/// Our turn came: the validity's start. On the session it comes from the session (the
+/// grant reads it); on an own lease from the last confirmed keep-alive if that is recent
+/// (within a quarter of the validity), else from one sent now.
+async fn turn(c: &Cluster, q: &Queued, validity: Duration, confirmed: Instant) -> Result<Option<Instant>> {
+    match &q.holding {
+        Holding::Session { .. } => Ok(Some(Instant::now())),
+        Holding::Own { lease, .. } => {
+            if confirmed.elapsed() <= validity / 4 {
+                return Ok(Some(confirmed));
+            }
+            let since = Instant::now();
+            Ok(keep_alive_once(c, *lease).await?.then_some(since))
+        }
+    }
 }
 
 /// One keep-alive of a lease: `true` when it lives (renewed to its granted TTL), `false`

@@ -209,7 +209,8 @@ impl DistributedLock for ZkLock {
         queue_with(key, opts, || async {
             let session = self.session().await?;
             let q = enqueue(&session, &self.inner.cfg, key, &pending).await?;
-            let confirmed_at = wait_turn(&q, &self.inner.wakeups).await?;
+            let validity = opts.ttl().min(session.timeout());
+            let confirmed_at = wait_turn(&q, &self.inner.wakeups, validity).await?;
             Ok(Some(grant::lease(key, opts, q, confirmed_at)))
         })
         .await

@@ -3,14 +3,18 @@
 //! our predecessor (no herd) — the recipe of ZooKeeper's documentation ("Locks", in
 //! "ZooKeeper Recipes and Solutions").
 
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use fencelock_core::{GrantId, LockError, Result};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-use zookeeper_client::{Acls, CreateMode, EventType};
+use zookeeper_client::{Acls, CreateMode, EventType, WatchedEvent};
 
 use crate::cleanup;
 use crate::config::ZkConfig;
@@ -240,6 +244,8 @@ async fn follow_up(session: &Arc<Session>, cfg: &Arc<ZkConfig>, dir: &str, grant
 pub(crate) struct Position {
     /// The node just before ours; `None` when ours is first (we hold the lock).
     pub predecessor: Option<String>,
+    /// Every node before ours, oldest first.
+    pub older: Vec<String>,
     /// When the listing was sent: if we are first, the lock is ours from no later than
     /// this, and the answer proves the server heard our session then.
     pub sent_at: Instant,
@@ -259,47 +265,161 @@ pub(crate) async fn position(q: &Queued) -> Result<Position> {
     children.retain(|c| sequence(c).is_some());
     children.sort_by_key(|c| sequence(c).unwrap_or(i64::MAX));
     let Some(at) = children.iter().position(|c| *c == q.name) else {
-        return Err(LockError::Unavailable {
-            message: "our lock node is gone (session expired, or deleted by someone else)".into(),
-            source: None,
-        });
+        return Err(node_gone());
     };
+    children.truncate(at);
     Ok(Position {
-        predecessor: (at > 0).then(|| children[at - 1].clone()),
+        predecessor: children.last().cloned(),
+        older: children,
         sent_at,
     })
 }
 
-/// Waits until our node is first, watching only our predecessor; returns the send instant
-/// of the listing that found us first (the lease's validity counts from there, not from
-/// the create: a long wait must not eat the TTL). `wakeups` counts watch wake-ups.
-pub(crate) async fn wait_turn(q: &Queued, wakeups: &AtomicU64) -> Result<Instant> {
+fn node_gone() -> LockError {
+    LockError::Unavailable {
+        message: "our lock node is gone (session expired, or deleted by someone else)".into(),
+        source: None,
+    }
+}
+
+/// How many nodes just before ours the wait watches.
+const TRACKED: usize = 2;
+
+/// A watch on one node before ours, until it fires.
+type Watch = (String, Pin<Box<dyn Future<Output = WatchedEvent> + Send>>);
+
+/// Waits until our node is first; returns the send instant of a request answered after
+/// it was sent that proves the server heard our session then (the lease's validity counts
+/// from there, not from the create: a long wait must not eat the TTL). `validity` is the
+/// lease's (the smaller of its TTL and the session timeout); `wakeups` counts watch
+/// wake-ups.
+///
+/// Nodes before ours only ever go (a sequence number is never given twice under one
+/// parent), so the recipe of ZooKeeper's documentation is extended to two nodes: watch
+/// the **two** nodes just before ours. When both are gone and the listing showed nothing
+/// older, we are first — on the watch push alone, no listing after the predecessor's
+/// delete. When one goes while older nodes may be left, list again: under steady
+/// contention that happens when the node two ahead of ours is released, while our
+/// predecessor holds — off the hand-off's path. Each release wakes at most the two
+/// waiters behind it: constant in the number of waiters, no herd.
+///
+/// While waiting, our own node is checked every fifth of `validity` (an `exists`), which
+/// keeps the last proof of our session recent: a grant on the push counts from it when it
+/// is within a quarter of `validity`, else one listing is sent at our turn.
+pub(crate) async fn wait_turn(q: &Queued, wakeups: &AtomicU64, validity: Duration) -> Result<Instant> {
+    let path_of = |name: &str| format!("{}/{name}", q.dir);
+    let mut deleted: HashSet<String> = HashSet::new();
+    let mut watches: Vec<Watch> = Vec::new();
     for _ in 0..100_000 {
         let pos = position(q).await?;
-        let Some(pred) = pos.predecessor else {
-            return Ok(pos.sent_at);
-        };
-        let path = format!("{}/{pred}", q.dir);
-        let client = q.session.client()?;
-        let (stat, watcher) = match tokio::time::timeout(q.cfg.timeout, client.check_and_watch_stat(&path)).await {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => return Err(failed("watching the predecessor", &q.cfg.display, e)),
-            Err(_) => return Err(timed_out("watching the predecessor", &q.cfg.display, q.cfg.timeout)),
-        };
-        if stat.is_none() {
-            continue; // gone between the listing and the watch: look again
+        let mut confirmed = pos.sent_at;
+        let more = pos.older.len() > TRACKED;
+        let known: Vec<String> = pos
+            .older
+            .iter()
+            .rev()
+            .take(TRACKED)
+            .filter(|n| !deleted.contains(*n))
+            .cloned()
+            .collect();
+        if known.is_empty() {
+            if pos.older.is_empty() {
+                return Ok(pos.sent_at);
+            }
+            continue;
         }
-        let event = watcher.changed().await;
-        wakeups.fetch_add(1, Ordering::Relaxed);
-        if event.event_type == EventType::Session && !q.session.is_usable() {
-            return Err(LockError::Unavailable {
-                message: "the zookeeper session ended while waiting".into(),
-                source: None,
-            });
+        let client = q.session.client()?;
+        let sent = Instant::now();
+        // Sent at once, answered in order on the one connection. A node still watched from
+        // an earlier round keeps its watch (no re-watch, no removal).
+        let fresh: Vec<&String> = known.iter().filter(|n| !watches.iter().any(|(w, _)| w == *n)).collect();
+        let asked: Vec<_> = fresh.iter().map(|n| client.check_and_watch_stat(&path_of(n))).collect();
+        for (name, answer) in fresh.into_iter().zip(asked) {
+            match tokio::time::timeout(q.cfg.timeout, answer).await {
+                Ok(Ok((Some(_), watcher))) => watches.push((name.clone(), Box::pin(watcher.changed()))),
+                Ok(Ok((None, _))) => {
+                    deleted.insert(name.clone());
+                }
+                Ok(Err(e)) => return Err(failed("watching the nodes before ours", &q.cfg.display, e)),
+                Err(_) => {
+                    return Err(timed_out(
+                        "watching the nodes before ours",
+                        &q.cfg.display,
+                        q.cfg.timeout,
+                    ))
+                }
+            }
+        }
+        confirmed = confirmed.max(sent);
+        for _ in 0..1_000_000 {
+            let left = known.iter().filter(|n| !deleted.contains(*n)).count();
+            if left == 0 && !more {
+                return first(q, confirmed, validity).await;
+            }
+            if left < known.len() && more {
+                break; // older nodes may be left: see which
+            }
+            let wake = confirmed + validity / 5;
+            let fired = tokio::time::timeout_at(
+                wake,
+                std::future::poll_fn(|cx| {
+                    for (i, (_, w)) in watches.iter_mut().enumerate() {
+                        if let Poll::Ready(e) = w.as_mut().poll(cx) {
+                            return Poll::Ready((i, e));
+                        }
+                    }
+                    Poll::Pending
+                }),
+            )
+            .await;
+            match fired {
+                Ok((i, event)) => {
+                    let (name, _) = watches.swap_remove(i);
+                    wakeups.fetch_add(1, Ordering::Relaxed);
+                    match event.event_type {
+                        EventType::NodeDeleted => {
+                            deleted.insert(name);
+                        }
+                        EventType::Session if !q.session.is_usable() => {
+                            return Err(LockError::Unavailable {
+                                message: "the zookeeper session ended while waiting".into(),
+                                source: None,
+                            })
+                        }
+                        _ => break, // something else: list again
+                    }
+                }
+                Err(_) => {
+                    // Our node is still there, and the server heard our session now.
+                    let sent = Instant::now();
+                    match tokio::time::timeout(q.cfg.timeout, client.check_stat(&q.path())).await {
+                        Ok(Ok(Some(stat))) if stat.czxid == q.czxid => confirmed = sent,
+                        Ok(Ok(_)) => return Err(node_gone()),
+                        Ok(Err(e)) => return Err(failed("checking our lock node", &q.cfg.display, e)),
+                        Err(_) => return Err(timed_out("checking our lock node", &q.cfg.display, q.cfg.timeout)),
+                    }
+                }
+            }
         }
     }
     Err(LockError::Unavailable {
         message: "the queue did not settle".into(),
         source: None,
     })
+}
+
+/// Our turn came on a push: the validity counts from `confirmed` if that is recent
+/// (within a quarter of `validity`), else from one listing sent now.
+async fn first(q: &Queued, confirmed: Instant, validity: Duration) -> Result<Instant> {
+    if confirmed.elapsed() <= validity / 4 {
+        return Ok(confirmed);
+    }
+    let pos = position(q).await?;
+    match pos.predecessor {
+        None => Ok(pos.sent_at),
+        Some(_) => Err(LockError::Unavailable {
+            message: "a node older than ours appeared in the queue (not made by this library?)".into(),
+            source: None,
+        }),
+    }
 }

@@ -1,8 +1,6 @@
-//! Issue 14: what a hand-off costs the server. The waiter watches its predecessor; from
-//! the holder's release to the waiter's grant the server receives the holder's delete and
-//! the waiter's one listing of the queue. (Skipping that listing when the predecessor was
-//! the first node was tried and reverted: it granted a held key once in the three-server
-//! conformance run, cause not found in time — see the issue-14 report.)
+//! Issue 14: what a hand-off costs the server. Waiters watch the two nodes before their
+//! own; from each release to the next grant the server receives the holder's delete and
+//! nothing else: the watch push is the hand-off.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 
@@ -13,14 +11,17 @@ use fencelock_testkit::zk_server::ZkEnsemble;
 use fencelock_zk::ZkLock;
 use tokio::time::Instant;
 
-/// From the holder's release to the waiter's grant the server receives two packets: the
-/// holder's delete and the waiter's listing (nothing per other waiter, no retry).
+/// From each release to the next waiter's grant the server receives one packet: the
+/// holder's delete (nothing per other waiter, no listing, no retry). Two hand-offs in a
+/// row: the second waiter knew both nodes before its own and watched them. Failed before
+/// the change: 4 packets (each waiter listed the queue after the push).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hand_off_costs_the_delete_and_one_listing() {
+async fn a_hand_off_costs_only_the_delete() {
     let ensemble = ZkEnsemble::standalone();
     // A long session timeout: the clients' pings (every third of it) stay out of the way.
     let url = ensemble.url("/handoff", "session_timeout=30s");
-    let (a, b) = (
+    let (a, b, c) = (
+        ZkLock::connect(&url).await.unwrap(),
         ZkLock::connect(&url).await.unwrap(),
         ZkLock::connect(&url).await.unwrap(),
     );
@@ -29,27 +30,45 @@ async fn a_hand_off_costs_the_delete_and_one_listing() {
         .with_wait(Duration::from_secs(20));
     let held = a.acquire("k", &opts).await.unwrap();
     let base_watches = ensemble.watch_count(0).expect("the server answers wchs");
-    let waiter = tokio::spawn({
+    let first = tokio::spawn({
         let b = b.clone();
         async move { b.acquire("k", &opts).await }
     });
-    // The waiter is settled once its watch on the predecessor exists (bounded polling).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while ensemble.watch_count(0).expect("wchs") <= base_watches {
-        assert!(Instant::now() < deadline, "the waiter never watched its predecessor");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // `mntr` counts itself as a received packet: measure what one reading adds.
+    until_watches(&ensemble, base_watches + 1).await; // b watches a's node
+    let second = tokio::spawn({
+        let c = c.clone();
+        async move { c.acquire("k", &opts).await }
+    });
+    until_watches(&ensemble, base_watches + 3).await; // c watches b's and a's nodes
+                                                      // `mntr` counts itself as a received packet: measure what one reading adds.
     let idle = ensemble.packets_received(0).expect("the server answers mntr");
     let before = ensemble.packets_received(0).expect("the server answers mntr");
     let reading = before - idle;
     held.release().await.unwrap();
-    let lease = tokio::time::timeout(Duration::from_secs(10), waiter)
+    let lease = tokio::time::timeout(Duration::from_secs(10), first)
         .await
-        .expect("the waiter is served")
+        .expect("the first waiter is served")
+        .unwrap()
+        .unwrap();
+    lease.release().await.unwrap();
+    let lease = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("the second waiter is served")
         .unwrap()
         .unwrap();
     let packets = ensemble.packets_received(0).expect("mntr") - before - reading;
-    assert_eq!(packets, 2, "packets from the release to the grant");
+    assert_eq!(packets, 2, "packets over two hand-offs (two releases, two grants)");
     lease.release().await.unwrap();
+}
+
+/// Waits (bounded polling of `wchs`) until the server counts `n` watched paths.
+async fn until_watches(ensemble: &ZkEnsemble, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ensemble.watch_count(0).expect("wchs") < n {
+        assert!(
+            Instant::now() < deadline,
+            "the waiters never watched the nodes before theirs"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
