@@ -7,7 +7,6 @@ use std::time::Duration;
 use fencelock_core::options::duration_text::parse_duration;
 use fencelock_core::options::url_query;
 use fencelock_core::{LockError, Result};
-use tokio_postgres::config::SslMode;
 
 /// The schema the backend's tables live in unless the URL names another.
 pub const DEFAULT_SCHEMA: &str = "fencelock";
@@ -26,9 +25,11 @@ pub const DEFAULT_SCHEMA: &str = "fencelock";
 /// | `poll` | `500ms` | the fallback re-check of a waiter, jittered to 50–100 %, in case a release notification is lost (never longer than the holder's remaining TTL) |
 /// | `renew_window` | `50ms` | how long a background renewal may wait to share one statement with others (capped at a tenth of its TTL) |
 ///
-/// `sslmode=disable` and `prefer` (the libpq default) connect without TLS;
-/// `require` and the `verify-*` modes are refused with [`LockError::InvalidConfig`],
-/// because this build has no TLS connector.
+/// `sslmode=disable`, `allow` and `prefer` (the libpq default) connect without TLS;
+/// `require`, `verify-ca` and `verify-full`, an unknown mode, and libpq's TLS file
+/// options (`sslrootcert`, `sslcert`, `sslkey`, …) are refused with
+/// [`LockError::InvalidConfig`], because this build has no TLS connector: a lock that
+/// asked for TLS never silently runs in plain text.
 #[derive(Debug, Clone)]
 pub struct PgConfig {
     /// What tokio-postgres connects with.
@@ -85,6 +86,8 @@ impl PgConfig {
                 "connect_timeout" => cfg.connect_timeout = duration()?,
                 "poll" => cfg.poll = duration()?,
                 "renew_window" => cfg.renew_window = duration()?,
+                "sslmode" => passed.push(format!("sslmode={}", plain_sslmode(v).map_err(bad)?)),
+                k if TLS_FILE_KEYS.contains(&k) => return Err(bad(format!("{k}: {NO_TLS}"))),
                 _ => passed.push(if v.is_empty() { k.to_owned() } else { format!("{k}={v}") }),
             }
         }
@@ -96,17 +99,12 @@ impl PgConfig {
         };
         let mut pg = tokio_postgres::Config::from_str(&libpq).map_err(|e| LockError::InvalidConfig {
             message: format!(
-                "`{display}` is not a PostgreSQL URL tokio-postgres can read (the backend's own options are schema, timeout, connect_timeout, poll, renew_window; sslmode takes disable or prefer)"
+                "`{display}` is not a PostgreSQL URL tokio-postgres can read (the backend's own options are schema, timeout, connect_timeout, poll, renew_window)"
             ),
             source: Some(Box::new(e)),
         })?;
         if pg.get_hosts().is_empty() {
             return Err(bad("no host: write postgres://USER@HOST:PORT/DB".into()));
-        }
-        if pg.get_ssl_mode() == SslMode::Require {
-            return Err(bad(
-                "sslmode=require needs TLS, which this build of fencelock-postgres does not have: use sslmode=disable (or prefer) on a trusted network, or a TLS-terminating proxy".into(),
-            ));
         }
         if pg.get_application_name().is_none() {
             pg.application_name("fencelock");
@@ -153,6 +151,27 @@ impl PgConfig {
     }
 }
 
+/// Why a TLS setting is refused.
+const NO_TLS: &str = "this build of fencelock-postgres has no TLS connector: use sslmode=disable (or prefer) on a trusted network or loopback, or a TLS-terminating proxy";
+
+/// libpq's TLS file options: refused, since nothing would read them.
+const TLS_FILE_KEYS: [&str; 6] = ["sslcert", "sslkey", "sslrootcert", "sslcrl", "sslpassword", "sslcrldir"];
+
+/// libpq's `sslmode` values, without TLS: `disable` and `allow` (which tries plain text
+/// first) connect in plain text, `prefer` (libpq's default) too since there is no TLS to
+/// prefer; `require`, `verify-ca` and `verify-full` are refused rather than silently
+/// weakened. Returns the mode tokio-postgres is given.
+pub(crate) fn plain_sslmode(mode: &str) -> std::result::Result<&'static str, String> {
+    match mode {
+        "disable" | "allow" => Ok("disable"),
+        "prefer" => Ok("prefer"),
+        "require" | "verify-ca" | "verify-full" => Err(format!("sslmode={mode} needs TLS, and {NO_TLS}")),
+        _ => Err(format!(
+            "sslmode `{mode}` is not one of disable, allow, prefer, require, verify-ca, verify-full (libpq's values; this build connects without TLS: disable, allow or prefer)"
+        )),
+    }
+}
+
 /// Checks a schema name: `[a-z_][a-z0-9_]*`, 1 to 40 bytes, so that it needs no quoting
 /// and `<schema>_released` stays within PostgreSQL's 63-byte identifiers.
 pub(crate) fn check_identifier(name: &str) -> std::result::Result<(), String> {
@@ -192,6 +211,7 @@ pub(crate) fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_postgres::config::SslMode;
 
     #[test]
     fn parses_options_and_hides_passwords() {
@@ -213,6 +233,21 @@ mod tests {
         let c = PgConfig::from_url("postgresql://u@h/d?application_name=mine").unwrap();
         assert_eq!(c.pg.get_application_name(), Some("mine"));
         assert_eq!(c.schema, DEFAULT_SCHEMA);
+    }
+
+    #[test]
+    fn plain_text_sslmodes_are_accepted() {
+        for (mode, want) in [
+            ("disable", SslMode::Disable),
+            ("allow", SslMode::Disable),
+            ("prefer", SslMode::Prefer),
+        ] {
+            let c = PgConfig::from_url(&format!("postgres://u@h/d?sslmode={mode}")).unwrap();
+            assert_eq!(c.pg.get_ssl_mode(), want, "{mode}");
+        }
+        // libpq's default when the URL says nothing.
+        let c = PgConfig::from_url("postgres://u@h/d").unwrap();
+        assert_eq!(c.pg.get_ssl_mode(), SslMode::Prefer);
     }
 
     #[test]
@@ -243,7 +278,21 @@ mod tests {
             ("postgres://u:pw@h/d?timeout=0s", "between 1ms"),
             ("postgres://u:pw@h/d?poll=x", "poll"),
             ("postgres://u:pw@h/d?sslmode=require", "sslmode=require needs TLS"),
-            ("postgres://u:pw@h/d?sslmode=verify-full", "tokio-postgres can read"),
+            ("postgres://u:pw@h/d?sslmode=verify-ca", "sslmode=verify-ca needs TLS"),
+            (
+                "postgres://u:pw@h/d?sslmode=verify-full",
+                "sslmode=verify-full needs TLS",
+            ),
+            ("postgres://u:pw@h/d?sslmode=REQUIRE", "not one of disable, allow"),
+            ("postgres://u:pw@h/d?sslmode=", "not one of disable, allow"),
+            (
+                "postgres://u:pw@h/d?sslmode=disable&sslrootcert=/ca.pem",
+                "sslrootcert: this build",
+            ),
+            (
+                "postgres://u:pw@h/d?sslcert=/c.pem&sslkey=/k.pem",
+                "sslcert: this build",
+            ),
             ("postgres://u:pw@h/d?nosuch=1", "tokio-postgres can read"),
             (
                 "postgres://u:pw@h/d?renew_window=1m",

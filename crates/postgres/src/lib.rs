@@ -21,8 +21,8 @@
 //!
 //! The tables (`locks`, `tokens`, `waiters`, `fences` in the schema named by the URL's
 //! `schema` option, default `fencelock`) are created on first use, idempotently and safely
-//! from many clients at once; docs/backends/postgres.md gives the SQL for teams that
-//! manage schemas themselves.
+//! from many clients at once; [`schema_sql`] (and docs/backends/postgres.md) gives the
+//! SQL for teams that manage schemas themselves.
 //!
 //! ## When to choose it
 //!
@@ -32,8 +32,9 @@
 //! be checked in the same transaction as the write. A failover to an asynchronously
 //! replicated standby can lose the last grants: then exclusion is conditional.
 //!
-//! TLS: this build has no TLS connector; `sslmode=require` is refused with a clear
-//! error, `disable` and `prefer` connect in plain text.
+//! TLS: this build has no TLS connector; `sslmode=require`, `verify-ca` and
+//! `verify-full` are refused with a clear error, `disable`, `allow` and `prefer` connect
+//! in plain text.
 //!
 //! ```no_run
 //! # async fn demo() -> fencelock_core::Result<()> {
@@ -60,6 +61,7 @@ pub use config::{PgConfig, DEFAULT_SCHEMA};
 pub use election::PgElection;
 pub use fence::TransactionFence;
 pub use lock::{PgLock, GUARANTEES, GUARANTEES_DURABLE};
+pub use sql::schema_sql;
 /// The client crate, re-exported so that callers of [`TransactionFence`] use the same
 /// version of `tokio_postgres::Transaction`.
 pub use tokio_postgres;

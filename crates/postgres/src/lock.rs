@@ -155,10 +155,9 @@ impl PgLock {
             let grant = grant.to_string();
             CancelGuard::new(move || node.release_later(key, &grant))
         };
-        let sent_at = Instant::now();
-        let (token, session) = match node.try_grant(key, &grant, opts.ttl(), ticket).await {
-            Ok((NodeGrant::Granted(token), session)) => (FencingToken::new(token), session),
-            Ok((NodeGrant::Busy(ms), _)) => {
+        let (token, session, sent_at) = match node.try_grant(key, &grant, opts.ttl(), ticket).await {
+            Ok((NodeGrant::Granted(token), session, sent_at)) => (FencingToken::new(token), session, sent_at),
+            Ok((NodeGrant::Busy(ms), _, _)) => {
                 undo.disarm(); // refused: granted nowhere
                 return Ok(Outcome::Busy(ms));
             }
@@ -185,7 +184,7 @@ impl PgLock {
         });
         // From here the lease's drop releases the grant.
         undo.disarm();
-        if let Some(id) = session.track(lease.reporter(), key, grant.as_str()) {
+        if let Some(id) = session.track(lease.reporter(), key, grant.as_str(), opts.ttl()) {
             *ops.tracked.lock().unwrap_or_else(|p| p.into_inner()) = Some((Arc::downgrade(&session), id));
         }
         Ok(Outcome::Granted(lease))

@@ -17,13 +17,29 @@ use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::config::PgConfig;
 use crate::error::{failed, no_answer};
-use crate::renewals::{renewals, Renewal, Renewals};
+use crate::renewals::{self, renewals, Pending, Renewal, Renewals};
 use crate::session::{Session, Statements};
 use crate::sql;
 use crate::waiters::Waiters;
 
 /// The longest a background clean-up is retried.
 pub(crate) const CLEANUP_LIMIT: Duration = Duration::from_secs(600);
+
+/// Statements (other than renewals) of one instance on its connection at once. The
+/// server answers a connection's statements one after another, so a statement sent
+/// behind many others waits for all of them: with at most this many in flight, the
+/// statement `timeout` — counted from the moment a statement is sent — measures the
+/// server, not the length of our own queue. More in flight would not be faster: the
+/// server works through them in order anyway, and four cover a loopback or LAN round
+/// trip; fewer leave the renewal statements (their own two turns) a larger share.
+pub(crate) const IN_FLIGHT: usize = 4;
+
+/// How many statement timeouts a statement may wait for its turn to be sent. Nothing
+/// was sent yet, so a wait that runs out fails (`Unavailable`) without cutting the
+/// connection. Every statement ahead ends within its own timeout, so only a burst of
+/// more than `IN_FLIGHT × QUEUE_TIMEOUTS` concurrent requests on one instance, or a
+/// server answering each at the limit, waits this long.
+pub(crate) const QUEUE_TIMEOUTS: u32 = 10;
 
 /// What the server answered to an acquire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +79,10 @@ pub(crate) struct NodeInner {
     connecting: tokio::sync::Mutex<()>,
     waiters: Waiters,
     renewals: Renewals,
+    /// Renewals waiting for a statement, and the turns to send one.
+    pending: Pending,
+    /// The turns to send any other statement.
+    turns: tokio::sync::Semaphore,
     /// Background clean-ups still running (abandoned grants, left queues, releases).
     cleanups: std::sync::atomic::AtomicUsize,
     cleanups_done: tokio::sync::Notify,
@@ -105,6 +125,8 @@ impl PgNode {
                 connecting: tokio::sync::Mutex::new(()),
                 waiters: Waiters::default(),
                 renewals: renewals(),
+                pending: Pending::default(),
+                turns: tokio::sync::Semaphore::new(IN_FLIGHT),
                 cleanups: std::sync::atomic::AtomicUsize::new(0),
                 cleanups_done: tokio::sync::Notify::new(),
             }),
@@ -264,47 +286,101 @@ impl PgNode {
         self.inner.waiters.wake_all();
     }
 
-    /// Runs one statement on the live session, bounded by the statement timeout. A
-    /// statement without an answer in time cuts the connection (its state is unknown);
-    /// a closed connection ends the session.
+    /// Waits, at most `limit`, for a turn in `turns` to send a statement. Nothing is
+    /// sent yet: a wait that runs out is `Unavailable` and leaves the connection alone.
+    async fn turn<'a>(
+        &self,
+        turns: &'a tokio::sync::Semaphore,
+        doing: &str,
+        limit: Duration,
+    ) -> Result<tokio::sync::SemaphorePermit<'a>> {
+        match tokio::time::timeout(limit, turns.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            // The semaphores are never closed; a closed one is as good as no turn.
+            Ok(Err(_)) | Err(_) => Err(LockError::Unavailable {
+                message: format!(
+                    "postgres busy: {doing} waited {limit:?} for its turn behind this client's other statements to {}; nothing was sent",
+                    self.server()
+                ),
+                source: None,
+            }),
+        }
+    }
+
+    /// Runs one statement on the live session, once it has its turn (at most
+    /// [`IN_FLIGHT`] at once, waiting at most [`QUEUE_TIMEOUTS`] statement timeouts for
+    /// it), bounded by the statement timeout from when it is sent. A statement without an
+    /// answer in time cuts the connection (its state is unknown); a closed connection
+    /// ends the session.
     async fn call<T, F, Fut>(&self, doing: &'static str, f: F) -> Result<(T, Arc<Session>)>
     where
         F: FnOnce(Arc<Session>) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>>,
     {
-        let session = self.session().await?;
         let timeout = self.inner.cfg.timeout;
+        let _turn = self.turn(&self.inner.turns, doing, timeout * QUEUE_TIMEOUTS).await?;
+        self.send(doing, timeout, f).await
+    }
+
+    /// Sends one statement now (the caller holds its turn) on the live session, bounded
+    /// by `timeout`. Without an answer in time the statement fails (`Unavailable`), and
+    /// the connection is cut (its leases reported lost) only if it looks dead: see
+    /// [`Session::is_dead`].
+    async fn send<T, F, Fut>(&self, doing: &'static str, timeout: Duration, f: F) -> Result<(T, Arc<Session>)>
+    where
+        F: FnOnce(Arc<Session>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+    {
+        let session = self.session().await?;
+        let sent = tokio::time::Instant::now();
         match tokio::time::timeout(timeout, f(Arc::clone(&session))).await {
-            Ok(Ok(v)) => Ok((v, session)),
+            Ok(Ok(v)) => {
+                session.answered();
+                Ok((v, session))
+            }
             Ok(Err(e)) => {
                 if e.is_closed() || e.code().is_none() {
                     self.end_session(&session, &e.to_string());
+                } else {
+                    session.answered(); // the server answered with an error
                 }
                 Err(failed(doing, self.server(), e))
             }
             Err(_) => {
-                self.end_session(&session, &format!("no answer to {doing} within {timeout:?}"));
+                // A late answer is read and dropped by the client; the connection stays
+                // in step. It is cut only when it looks dead, not merely slow.
+                if session.is_dead(sent, self.inner.cfg.timeout) {
+                    self.end_session(&session, &format!("no answer to {doing} within {timeout:?}"));
+                }
                 Err(no_answer(doing, self.server(), timeout))
             }
         }
     }
 
-    /// One acquire round trip (the prepared acquire statement). Not retried: when the
-    /// answer is lost a release of `grant` is sent in the background, so an unheard
-    /// grant does not block others for a whole TTL.
+    /// One acquire round trip (the prepared acquire statement), and the instant it was
+    /// sent (after its wait for a turn), from which the lease's validity counts. Not
+    /// retried: when the answer is lost a release of `grant` is sent in the background,
+    /// so an unheard grant does not block others for a whole TTL.
     pub(crate) async fn try_grant(
         &self,
         key: &str,
         grant: &GrantId,
         ttl: Duration,
         ticket: Option<i64>,
-    ) -> Result<(NodeGrant, Arc<Session>)> {
+    ) -> Result<(NodeGrant, Arc<Session>, tokio::time::Instant)> {
         let ttl_ms = ttl.as_millis() as i64;
         let ticket_ms = self.ticket_life().as_millis() as i64;
-        // No connection: nothing was sent, nothing to abandon.
+        let timeout = self.inner.cfg.timeout;
+        // No turn, no connection: nothing was sent, nothing to abandon.
+        let _turn = self
+            .turn(&self.inner.turns, "acquire", timeout * QUEUE_TIMEOUTS)
+            .await?;
         self.session().await?;
+        // The validity counts from here, not from before the wait for a turn: the server
+        // sets the expiry from when it receives the statement, which is later still.
+        let sent_at = tokio::time::Instant::now();
         let answer = self
-            .call("acquire", |s| async move {
+            .send("acquire", timeout, |s| async move {
                 match ticket {
                     Some(t) => {
                         s.client
@@ -327,7 +403,7 @@ impl PgNode {
                     Some(t) => NodeGrant::Granted(u64::try_from(t).unwrap_or(0)),
                     None => NodeGrant::Busy(holder_ms.map(|ms| u64::try_from(ms).unwrap_or(0))),
                 };
-                Ok((outcome, s))
+                Ok((outcome, s, sent_at))
             }
             Err(e) => {
                 if e.is_temporary() {
@@ -455,19 +531,65 @@ impl PgNode {
             grant: grant.to_owned(),
             ttl_ms: ttl.as_millis() as i64,
         };
-        let flush = |inner, batch: Vec<Renewal>| async move { PgNode { inner }.renew_batch(&batch).await };
+        let flush = |inner, batch: Vec<Renewal>| async move { PgNode { inner }.renew_batch(batch).await };
         let wait = self.inner.cfg.renew_window.min(ttl / 10);
         self.inner.renewals.submit(renewal, wait, &self.inner, flush).await
     }
 
-    /// One statement renews the whole batch; answers each.
-    async fn renew_batch(&self, batch: &[Renewal]) -> Vec<Result<bool>> {
+    /// Renews a batch the window made: queues it, then — while any of it is still
+    /// queued — takes a turn (at most [`renewals::IN_FLIGHT`] renewal statements at once)
+    /// and sends the oldest queued renewals, ours or others', in one statement. Answers
+    /// each of ours. Bounded: each turn and each statement by [`renewals::bound`] of our
+    /// shortest TTL, and each pass sends at least one queued renewal.
+    async fn renew_batch(&self, batch: Vec<Renewal>) -> Vec<Result<bool>> {
+        let pending = &self.inner.pending;
+        let ttl_ms = batch.iter().map(|r| r.ttl_ms).min().unwrap_or(0);
+        let bound = renewals::bound_ms(self.inner.cfg.timeout, ttl_ms);
+        let ticket = pending.push(batch);
+        while !pending.gone(&ticket) {
+            let turn = match self.turn(pending.turns(), "batched renewal", bound).await {
+                Ok(turn) => turn,
+                Err(e) => {
+                    pending.withdraw(&ticket, &e);
+                    break;
+                }
+            };
+            let items = pending.take();
+            if items.is_empty() {
+                break;
+            }
+            let (renewals, replies): (Vec<Renewal>, Vec<_>) = items.into_iter().map(|q| (q.renewal, q.reply)).unzip();
+            let answers = self.renew_statement(&renewals).await;
+            drop(turn);
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                let _ = reply.send(answer);
+            }
+        }
+        let mut answers = Vec::with_capacity(ticket.answers.len());
+        for answer in ticket.answers {
+            // Every reply is sent by the pass that took it, which is bounded; a dropped
+            // one (its runtime shut down) is an unknown outcome.
+            answers.push(answer.await.unwrap_or_else(|_| {
+                Err(LockError::Unavailable {
+                    message: "a batched renewal was dropped before it was answered".into(),
+                    source: None,
+                })
+            }));
+        }
+        answers
+    }
+
+    /// One statement renews `batch` (the caller holds a renewal turn), bounded by
+    /// [`renewals::bound`] of its shortest TTL; answers each.
+    async fn renew_statement(&self, batch: &[Renewal]) -> Vec<Result<bool>> {
         let keys: Vec<&str> = batch.iter().map(|r| r.key.as_str()).collect();
         let grants: Vec<&str> = batch.iter().map(|r| r.grant.as_str()).collect();
         let ttls: Vec<i64> = batch.iter().map(|r| r.ttl_ms).collect();
+        let ttl_ms = ttls.iter().copied().min().unwrap_or(0);
+        let bound = renewals::bound_ms(self.inner.cfg.timeout, ttl_ms);
         let (keys, grants, ttls) = (&keys, &grants, &ttls);
         let answer = self
-            .call("batched renewal", |s| async move {
+            .send("batched renewal", bound, |s| async move {
                 s.client.query(&s.st.renew_many, &[keys, grants, ttls]).await
             })
             .await;
@@ -547,7 +669,7 @@ mod tests {
 
         let released = GrantId::random();
         assert!(!node.release("k1", released.as_str()).await.unwrap());
-        let (late, _) = node.try_grant("k1", &released, ttl, None).await.unwrap();
+        let (late, _, _) = node.try_grant("k1", &released, ttl, None).await.unwrap();
         assert!(
             matches!(late, NodeGrant::Granted(_)),
             "the hazard this guards against: a release before the late acquire does not stop it"
@@ -555,13 +677,13 @@ mod tests {
 
         let abandoned = GrantId::random();
         node.abandon("k2", abandoned.as_str()).await.unwrap();
-        let (late, _) = node.try_grant("k2", &abandoned, ttl, None).await.unwrap();
+        let (late, _, _) = node.try_grant("k2", &abandoned, ttl, None).await.unwrap();
         assert!(
             matches!(late, NodeGrant::Busy(_)),
             "an abandoned grant landed late: {late:?}"
         );
         // And the key is free for everyone else: the placeholder is expired and released.
-        let (other, _) = node.try_grant("k2", &GrantId::random(), ttl, None).await.unwrap();
+        let (other, _, _) = node.try_grant("k2", &GrantId::random(), ttl, None).await.unwrap();
         assert!(matches!(other, NodeGrant::Granted(_)), "{other:?}");
     }
 }

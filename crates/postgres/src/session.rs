@@ -12,9 +12,11 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use fencelock_core::{LeaseReporter, LostReason};
 use tokio::task::AbortHandle;
+use tokio::time::Instant;
 use tokio_postgres::{Client, Statement};
 
 /// The prepared statements of one connection (prepared once, so each later call is one
@@ -35,6 +37,7 @@ struct Tracked {
     reporter: LeaseReporter,
     key: String,
     grant: String,
+    ttl: Duration,
 }
 
 /// One live connection.
@@ -47,6 +50,8 @@ pub(crate) struct Session {
     driver: AbortHandle,
     next_id: AtomicU64,
     leases: Mutex<HashMap<u64, Tracked>>,
+    /// When the server last answered a statement on this connection (or it was opened).
+    last_answer: Mutex<Instant>,
 }
 
 impl Session {
@@ -59,11 +64,32 @@ impl Session {
             driver,
             next_id: AtomicU64::new(0),
             leases: Mutex::new(HashMap::new()),
+            last_answer: Mutex::new(Instant::now()),
         }
     }
 
     fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Tracked>> {
         self.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes that the server answered a statement: the connection is alive.
+    pub(crate) fn answered(&self) {
+        *self.last_answer.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    /// Whether the connection is dead rather than slow, judged when a statement sent at
+    /// `sent` went unanswered: nothing at all was answered since then, for at least the
+    /// statement `timeout` — or, while leases are held through it, for at least a third
+    /// of the shortest of their TTLs (at most ten timeouts, [`crate::renewals::bound`]). A lease is renewed a third of the way into its
+    /// validity, so a server that answers within that grace keeps every lease; cutting the
+    /// connection sooner would report them all lost because one statement was slow (a
+    /// checkpoint, a busy disk). Their validity, counted on the client's clock, never
+    /// depends on this judgement: it only decides how soon the loss is reported.
+    pub(crate) fn is_dead(&self, sent: Instant, timeout: Duration) -> bool {
+        let last = *self.last_answer.lock().unwrap_or_else(|p| p.into_inner());
+        let shortest = self.leases().values().map(|t| t.ttl).min();
+        let grace = shortest.map_or(timeout, |ttl| crate::renewals::bound(timeout, ttl));
+        last < sent && sent.elapsed() >= grace
     }
 
     /// `true` until the connection ended.
@@ -73,7 +99,7 @@ impl Session {
 
     /// Ties a lease to this session. Returns its id, or `None` when the session had
     /// already ended (the lease is then reported lost here and must be released).
-    pub(crate) fn track(&self, reporter: LeaseReporter, key: &str, grant: &str) -> Option<u64> {
+    pub(crate) fn track(&self, reporter: LeaseReporter, key: &str, grant: &str, ttl: Duration) -> Option<u64> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.leases().insert(
             id,
@@ -81,6 +107,7 @@ impl Session {
                 reporter: reporter.clone(),
                 key: key.to_owned(),
                 grant: grant.to_owned(),
+                ttl,
             },
         );
         if self.is_alive() {

@@ -16,6 +16,29 @@ pub(crate) const DDL_LOCK: i64 = 0x6665_6e63_656c_6b00; // "fencelk\0"
 /// The tables [`create`] makes.
 pub(crate) const TABLES: [&str; 5] = ["locks", "tokens", "waiters", "abandoned", "fences"];
 
+/// The SQL that creates the backend's tables in `schema`, for teams that manage schemas
+/// themselves (a migration tool, a DBA): exactly what a client runs on connecting when a
+/// table is missing. Idempotent (`IF NOT EXISTS`) and safe to run from many sessions at
+/// once (one transaction under a transaction-scoped advisory lock). The role the
+/// clients then use needs `USAGE` on the schema, `SELECT, INSERT, UPDATE, DELETE` on the
+/// tables and `USAGE` on the `waiters` sequence; no `CREATE`.
+///
+/// ```
+/// let sql = fencelock_postgres::schema_sql("fencelock").unwrap();
+/// assert!(sql.contains("CREATE TABLE IF NOT EXISTS fencelock.tokens"));
+/// assert!(fencelock_postgres::schema_sql("Robert'); DROP TABLE x;--").is_err());
+/// ```
+///
+/// # Errors
+///
+/// [`LockError::InvalidConfig`](fencelock_core::LockError::InvalidConfig) when `schema`
+/// is not a plain identifier (1 to 40 lowercase letters, digits and `_`).
+pub fn schema_sql(schema: &str) -> fencelock_core::Result<String> {
+    crate::config::check_identifier(schema)
+        .map_err(|why| fencelock_core::LockError::invalid_config(format!("schema: {why}")))?;
+    Ok(create(schema))
+}
+
 /// The tables, created idempotently in one transaction (one round trip, simple protocol).
 pub(crate) fn create(schema: &str) -> String {
     format!(

@@ -1,0 +1,147 @@
+//! Many leases held at once through one client instance, with auto-renew, on a real
+//! server: the batched renewals must keep every one of them, however many are held.
+//!
+//! `fencelock bench` once lost all 10,000 of its held leases this way: the renewal
+//! batches and the acquires in flight queued on the instance's one connection (the
+//! server answers a connection's statements one after another), a statement waited
+//! behind the others past the 1 s statement timeout, the connection was cut for it, and
+//! every lease on it was reported lost — while the server was healthy, only slow.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fencelock_core::{DistributedLock, Lease, LockOptions};
+use fencelock_postgres::PgLock;
+use fencelock_testkit::pg_server::{PgOptions, PgServer};
+use futures_util::future::select_all;
+use tokio::time::Instant;
+
+/// Requests in flight at once, as in the bench's scale row.
+const PARALLEL: usize = 64;
+
+/// A slow but healthy server: every statement that writes the lock table takes this much
+/// longer (a statement trigger sleeps; an acquire's upsert fires two).
+const SLOW_MS: u32 = 10;
+
+/// 10,000 leases with the bench's 6 s TTL (a renewal every 2 s), then every write of the
+/// lock table slowed by 10 ms while 64 other clients of the same instance keep its
+/// connection busy, held for three renewal periods: none is lost.
+///
+/// The server commits without waiting for its disk (`synchronous_commit = off`): this
+/// machine's disk is shared with builds, and its stalls would decide the test. The
+/// slowness is added deterministically instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_auto_renewed_leases_outlive_a_slow_busy_server() {
+    let server = PgServer::start_with(PgOptions {
+        fsync: true,
+        synchronous_commit: false,
+    });
+    let locks = Arc::new(PgLock::connect(&server.url()).await.unwrap());
+    let n = 10_000;
+    let ttl = Duration::from_secs(6);
+    let opts = LockOptions::new()
+        .with_ttl(ttl)
+        .with_wait(Duration::from_secs(30))
+        .with_auto_renew(true);
+
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..PARALLEL {
+        let (locks, next) = (locks.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= n {
+                    return held;
+                }
+                match locks.acquire(&format!("held-{i}"), &opts).await {
+                    Ok(lease) => held.push(lease),
+                    Err(e) => panic!("acquire {i} failed after {:?}: {e}", started.elapsed()),
+                }
+            }
+        }));
+    }
+    let mut leases: Vec<Lease> = Vec::with_capacity(n);
+    for w in workers {
+        leases.extend(w.await.unwrap());
+    }
+    eprintln!("acquired {n} leases in {:?}", started.elapsed());
+    if let Some(lost) = leases.iter().find(|l| !l.is_held()) {
+        panic!(
+            "leases lost while the others were acquired ({} of {n} held); {}: {:?}",
+            leases.iter().filter(|l| l.is_held()).count(),
+            lost.key(),
+            lost.lost().await
+        );
+    }
+
+    server.psql(&format!(
+        "CREATE FUNCTION public.slow() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN PERFORM pg_sleep({SLOW_MS} / 1000.0); RETURN NULL; END $$;
+         CREATE TRIGGER slow AFTER INSERT OR UPDATE OR DELETE ON fencelock.locks
+           FOR EACH STATEMENT EXECUTE FUNCTION public.slow();"
+    ));
+    // Other work on the same instance: 64 clients taking and giving back other keys.
+    let stop = Arc::new(AtomicBool::new(false));
+    let cycles = Arc::new(AtomicUsize::new(0));
+    let mut busy = Vec::new();
+    for t in 0..PARALLEL {
+        let (locks, stop, cycles) = (locks.clone(), stop.clone(), cycles.clone());
+        busy.push(tokio::spawn(async move {
+            let opts = LockOptions::new()
+                .with_ttl(Duration::from_secs(10))
+                .with_wait(Duration::from_secs(30));
+            while !stop.load(Ordering::SeqCst) {
+                let lease = locks.acquire(&format!("busy-{t}"), &opts).await.unwrap();
+                lease.release().await.unwrap();
+                cycles.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+
+    // Three renewal periods; the first loss, if any, ends the wait.
+    let hold = ttl;
+    let t0 = Instant::now();
+    let first_loss = select_all(leases.iter().map(|l| Box::pin(l.lost())));
+    if let Ok((reason, i, _)) = tokio::time::timeout(hold, first_loss).await {
+        panic!(
+            "lease {i} lost {:?} into the hold ({} of {n} still held): {reason:?}",
+            t0.elapsed(),
+            leases.iter().filter(|l| l.is_held()).count()
+        );
+    }
+    stop.store(true, Ordering::SeqCst);
+    for b in busy {
+        tokio::time::timeout(Duration::from_secs(30), b)
+            .await
+            .expect("the other work stops")
+            .unwrap();
+    }
+    eprintln!(
+        "held {n} leases for {hold:?} with {SLOW_MS} ms slower writes and {} other acquire + release cycles",
+        cycles.load(Ordering::SeqCst)
+    );
+    assert!(leases.iter().all(Lease::is_held));
+    assert!(
+        leases.iter().all(|l| l.valid_until() > t0 + ttl),
+        "a lease was not renewed during the hold"
+    );
+
+    server.psql("DROP TRIGGER slow ON fencelock.locks");
+    let mut leases = leases.into_iter();
+    loop {
+        let chunk: Vec<Lease> = leases.by_ref().take(PARALLEL).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        for r in futures_util::future::join_all(chunk.into_iter().map(Lease::release)).await {
+            r.unwrap();
+        }
+    }
+    locks.close().await.unwrap();
+}
