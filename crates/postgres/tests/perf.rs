@@ -111,6 +111,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 /// With every commit waiting for the disk, as the bench runs it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check: run with --ignored --nocapture"]
 async fn uncontended_cycles_split_between_statements_and_client() {
     split(PgServer::start(), "commits flushed").await;
 }
@@ -118,6 +119,7 @@ async fn uncontended_cycles_split_between_statements_and_client() {
 /// Without waiting for the disk (`synchronous_commit = off`): what is left is CPU and
 /// round trips, where the client's and the statements' own costs show.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check: run with --ignored --nocapture"]
 async fn uncontended_cycles_split_without_waiting_for_the_disk() {
     let server = PgServer::start_with(PgOptions {
         fsync: true,

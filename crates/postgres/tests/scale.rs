@@ -26,7 +26,7 @@ const PARALLEL: usize = 64;
 /// longer (a statement trigger sleeps; an acquire's upsert fires two).
 const SLOW_MS: u32 = 10;
 
-/// 10,000 leases with the bench's 6 s TTL (a renewal every 2 s), then every write of the
+/// 2,000 leases (the bench holds 10,000) with the bench's 6 s TTL (a renewal every 2 s), then every write of the
 /// lock table slowed by 10 ms while 64 other clients of the same instance keep its
 /// connection busy, held for three renewal periods: none is lost.
 ///
@@ -34,13 +34,16 @@ const SLOW_MS: u32 = 10;
 /// machine's disk is shared with builds, and its stalls would decide the test. The
 /// slowness is added deterministically instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_auto_renewed_leases_outlive_a_slow_busy_server() {
+async fn many_auto_renewed_leases_outlive_a_slow_busy_server() {
     let server = PgServer::start_with(PgOptions {
         fsync: true,
         synchronous_commit: false,
     });
     let locks = Arc::new(PgLock::connect(&server.url()).await.unwrap());
-    let n = 10_000;
+    // 2,000 here, 10,000 in `fencelock bench`'s scale row: acquiring 10,000 leases one
+    // statement each takes about a minute on a 2-core CI machine, too long for the suite;
+    // the failure this pins (every lease cut with the connection) showed at any count.
+    let n = 2_000;
     let ttl = Duration::from_secs(6);
     let opts = LockOptions::new()
         .with_ttl(ttl)
