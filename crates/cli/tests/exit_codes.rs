@@ -405,7 +405,10 @@ fn log_lines_are_coloured_on_a_terminal_unless_no_color_is_set() {
 #[test]
 fn bad_backend_urls_exit_78_on_one_line_without_the_password() {
     let cases: &[(&str, &str)] = &[
-        ("redis://127.0.0.1:notaport", "bad host `127.0.0.1:notaport`: invalid port number"),
+        (
+            "redis://127.0.0.1:notaport",
+            "bad host `127.0.0.1:notaport`: invalid port number",
+        ),
         ("redis://127.0.0.1:70000", "invalid port number"),
         ("redis://[::1:6379", "bad host"),
         ("redis://127.0.0.1:1/x", "the DB index `x` is not a number"),
@@ -440,12 +443,11 @@ fn bad_backend_urls_exit_78_on_one_line_without_the_password() {
 #[test]
 fn passwords_with_url_characters_reach_the_server_and_never_show() {
     let password = "p@ss/w?r#d:1";
-    let server = fencelock_testkit::redis_server::RedisServer::start_with(
-        fencelock_testkit::redis_server::RedisOptions {
+    let server =
+        fencelock_testkit::redis_server::RedisServer::start_with(fencelock_testkit::redis_server::RedisOptions {
             password: Some(password.into()),
             ..Default::default()
-        },
-    );
+        });
     let url = format!("redis://:p@ss%2Fw%3Fr%23d:1@127.0.0.1:{}", server.port());
     let out = fencelock()
         .args(["--backend", &url, "run", "k", "--", "true"])
@@ -485,7 +487,14 @@ fn redis_db_index_ipv6_and_default_port_in_messages() {
     assert!(out.status.success(), "DB 15: {}", stderr_of(&out));
     // IPv6 in brackets: parsed and named (nothing listens there: unreachable, 69).
     let out = fencelock()
-        .args(["--backend", "redis://[::1]:1?connect_timeout=200ms", "run", "k", "--", "true"])
+        .args([
+            "--backend",
+            "redis://[::1]:1?connect_timeout=200ms",
+            "run",
+            "k",
+            "--",
+            "true",
+        ])
         .output()
         .expect("run");
     assert_one_line(&out, 69, "redis://[::1]:1", "IPv6");
@@ -523,7 +532,12 @@ fn rediss_to_a_plaintext_server_hints_at_tls() {
         .output()
         .expect("run");
     if cfg!(feature = "redis-tls") {
-        assert_one_line(&out, 69, "did not answer the TLS handshake: is it plaintext? then use redis://", "rediss");
+        assert_one_line(
+            &out,
+            69,
+            "did not answer the TLS handshake: is it plaintext? then use redis://",
+            "rediss",
+        );
     } else {
         assert_one_line(&out, 78, "enable the Cargo feature `redis-tls`", "rediss");
     }
@@ -536,7 +550,10 @@ fn a_lock_directory_that_is_not_private_exits_78() {
     let dir = tempfile::tempdir().expect("temp dir");
     for mode in [0o777, 0o770, 0o755 | 0o020] {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).expect("chmod");
-        let out = on_files(dir.path()).args(["run", "k", "--", "true"]).output().expect("run");
+        let out = on_files(dir.path())
+            .args(["run", "k", "--", "true"])
+            .output()
+            .expect("run");
         assert_one_line(
             &out,
             78,
@@ -545,6 +562,9 @@ fn a_lock_directory_that_is_not_private_exits_78() {
         );
     }
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
-    let out = on_files(dir.path()).args(["run", "k", "--", "true"]).output().expect("run");
+    let out = on_files(dir.path())
+        .args(["run", "k", "--", "true"])
+        .output()
+        .expect("run");
     assert!(out.status.success(), "0700: {}", stderr_of(&out));
 }

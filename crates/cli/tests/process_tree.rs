@@ -242,7 +242,12 @@ fn children_of(pid: Pid) -> Vec<Pid> {
         };
         let ppid = after_name.split(' ').nth(1).and_then(|p| p.parse::<i32>().ok());
         if ppid == Some(pid.as_raw_nonzero().get()) {
-            if let Some(child) = entry.file_name().to_str().and_then(|n| n.parse().ok()).and_then(Pid::from_raw) {
+            if let Some(child) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse().ok())
+                .and_then(Pid::from_raw)
+            {
                 found.push(child);
             }
         }

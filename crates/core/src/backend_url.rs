@@ -340,7 +340,9 @@ fn parse(url: &str) -> std::result::Result<BackendUrl, ParseError> {
         .split_once("://")
         .ok_or_else(|| ParseError::new("not a URL: expected SCHEME://HOST..."))?;
     let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
     if !scheme_ok {
         return Err(ParseError::new(format!("`{scheme}` is not a URL scheme")));
     }
@@ -380,7 +382,10 @@ fn parse(url: &str) -> std::result::Result<BackendUrl, ParseError> {
     let hosts: Vec<HostPort> = if raw_hosts.is_empty() {
         Vec::new()
     } else {
-        raw_hosts.split(',').map(parse_host).collect::<std::result::Result<_, _>>()?
+        raw_hosts
+            .split(',')
+            .map(parse_host)
+            .collect::<std::result::Result<_, _>>()?
     };
     let mut query = Vec::new();
     for raw in raw_query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
@@ -410,9 +415,7 @@ fn parse(url: &str) -> std::result::Result<BackendUrl, ParseError> {
 /// authority, not a list).
 fn parse_host(raw: &str) -> std::result::Result<HostPort, ParseError> {
     if raw.is_empty() {
-        return Err(ParseError::new(
-            "an empty host in the list: write HOST:PORT,HOST:PORT",
-        ));
+        return Err(ParseError::new("an empty host in the list: write HOST:PORT,HOST:PORT"));
     }
     let bad = |e: url::ParseError| ParseError {
         why: format!("bad host `{raw}`: {e}"),
@@ -425,7 +428,11 @@ fn parse_host(raw: &str) -> std::result::Result<HostPort, ParseError> {
         Some(url::Host::Ipv6(a)) => (a.to_string(), true),
         Some(url::Host::Ipv4(a)) => (a.to_string(), false),
         Some(url::Host::Domain(d)) if !d.is_empty() => (d.to_owned(), false),
-        _ => return Err(ParseError::new(format!("bad host `{raw}`: no host name before the port"))),
+        _ => {
+            return Err(ParseError::new(format!(
+                "bad host `{raw}`: no host name before the port"
+            )))
+        }
     };
     if !parsed.path().is_empty() {
         return Err(ParseError::new(format!("bad host `{raw}`")));
@@ -447,7 +454,14 @@ mod tests {
         assert_eq!(u.scheme(), "redis");
         assert_eq!(u.user(), Some("user"));
         assert_eq!(u.password(), Some("p@ss"));
-        assert_eq!(u.hosts(), [HostPort { host: "h".into(), ipv6: false, port: Some(1) }]);
+        assert_eq!(
+            u.hosts(),
+            [HostPort {
+                host: "h".into(),
+                ipv6: false,
+                port: Some(1)
+            }]
+        );
         assert_eq!(u.path(), "/2");
         let q: Vec<(&str, &str)> = u.query().iter().map(|p| (p.key.as_str(), p.value.as_str())).collect();
         assert_eq!(q, [("prefix", "a&b"), ("timeout", "1s"), ("flag", "")]);
@@ -502,7 +516,10 @@ mod tests {
             assert!(!e.contains("Sec") && !e.contains("RET"), "{url} leaks: {e}");
         }
         assert_eq!(redact("redis://:Sec/RET@h:1"), "redis://***@h:1");
-        assert_eq!(redact("etcd://h:1?user=u&password=x%26y&k=v"), "etcd://h:1?user=u&password=***&k=v");
+        assert_eq!(
+            redact("etcd://h:1?user=u&password=x%26y&k=v"),
+            "etcd://h:1?user=u&password=***&k=v"
+        );
         assert_eq!(redact("etcd://h:x?password=s&k=v"), "etcd://h:x?password=***&k=v");
         assert_eq!(redact("no url at all"), "no url at all");
     }

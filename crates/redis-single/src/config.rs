@@ -125,11 +125,7 @@ impl RedisConfig {
         }
         let db = parse_db(url.path()).map_err(|why| url.invalid(why))?;
         let scheme = if tls { "rediss" } else { "redis" };
-        let mut display = format!(
-            "{scheme}://{}{}",
-            url.redacted_userinfo(),
-            host.address(DEFAULT_PORT)
-        );
+        let mut display = format!("{scheme}://{}{}", url.redacted_userinfo(), host.address(DEFAULT_PORT));
         if db != 0 {
             display.push_str(&format!("/{db}"));
         }
@@ -234,7 +230,10 @@ mod tests {
             assert_eq!(c.addr.password.as_deref(), Some(password), "{url}");
             for shown in [c.server().to_owned(), format!("{c:?}")] {
                 assert!(shown.contains(":***@"), "{url}: {shown}");
-                assert!(!shown.contains(password) && !shown.contains("%2F"), "{url} leaks: {shown}");
+                assert!(
+                    !shown.contains(password) && !shown.contains("%2F"),
+                    "{url} leaks: {shown}"
+                );
             }
         }
     }

@@ -711,7 +711,10 @@ impl NodeSubscription {
 /// own) is a configuration error, not a backend failure; a failure over TLS says what a
 /// plaintext server looks like.
 fn connect_failed(cfg: &RedisConfig, e: redis::RedisError) -> LockError {
-    let refused = matches!(e.kind(), redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError));
+    let refused = matches!(
+        e.kind(),
+        redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
+    );
     if cfg.addr.db != 0 && refused {
         return LockError::InvalidConfig {
             message: format!(

@@ -167,7 +167,10 @@ mod tests {
         assert_eq!(c.restart_delay, Duration::from_secs(30));
         assert_eq!(c.nodes[0].timeout, Duration::from_millis(20));
         assert!(!c.display.contains("pw"));
-        assert!(c.nodes.iter().all(|n| n.server().starts_with("redis://:***@127.0.0.1:")));
+        assert!(c
+            .nodes
+            .iter()
+            .all(|n| n.server().starts_with("redis://:***@127.0.0.1:")));
         assert!(!format!("{c:?}").contains("pw"));
         let c = RedlockConfig::from_url("redlock://:a%40b@[::1]:1,h?prefix=p:").unwrap();
         assert_eq!(c.nodes[0].server(), "redis://:***@[::1]:1");

@@ -298,7 +298,11 @@ async fn inherit_leaves_the_liveness_file_open_across_exec_and_only_then() {
     let d = dir.path().join("locks");
     let plain = FileLock::from_url(&format!("file://{}", d.display())).unwrap();
     let lease = plain.acquire("k", &long()).await.unwrap();
-    assert_eq!(live_fds_cloexec(&d), [true], "by default a liveness file is close-on-exec");
+    assert_eq!(
+        live_fds_cloexec(&d),
+        [true],
+        "by default a liveness file is close-on-exec"
+    );
     lease.release().await.unwrap();
     let inherit = FileLock::from_url(&format!("file://{}?inherit=true", d.display())).unwrap();
     let lease = inherit.acquire("k", &long()).await.unwrap();
