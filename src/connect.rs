@@ -19,7 +19,10 @@ use crate::schemes::{self, SCHEMES};
 /// | `postgres://[USER[:PASSWORD]@]HOST[:PORT][/DB][?…]`, `postgresql://…` | PostgreSQL (feature `postgres`) |
 ///
 /// A scheme whose feature is off is [`LockError::FeatureDisabled`], naming the feature; a
-/// malformed URL is [`LockError::InvalidConfig`], saying what is wrong.
+/// malformed URL is [`LockError::InvalidConfig`], saying what is wrong. The server
+/// backends' URLs share one parser, [`fencelock_core::backend_url`]: credentials are
+/// percent-decoded (`/`, `?`, `#` in a password written `%2F`, `%3F`, `%23`), IPv6 hosts go
+/// in brackets (`redis://[::1]:6379`), and messages show passwords as `***`.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> fencelock::Result<()> {
@@ -48,15 +51,16 @@ pub(crate) async fn connect_with(url: &str, key_label: bool) -> Result<Arc<dyn D
 }
 
 async fn connect_backend(url: &str) -> Result<(String, Arc<dyn DistributedLock>)> {
+    let shown = fencelock_core::backend_url::redact(url);
     let Some(scheme) = schemes::scheme_of(url) else {
         return Err(LockError::invalid_config(format!(
-            "`{url}` is not a backend URL: expected SCHEME://..., e.g. file:///var/lock/app or redis://127.0.0.1:6379"
+            "`{shown}` is not a backend URL: expected SCHEME://..., e.g. file:///var/lock/app or redis://127.0.0.1:6379"
         )));
     };
     let Some(entry) = schemes::find(&scheme) else {
         let known: Vec<&str> = SCHEMES.iter().flat_map(|s| s.names.iter().copied()).collect();
         return Err(LockError::invalid_config(format!(
-            "unknown backend scheme `{scheme}://` in `{url}`; known schemes: {}",
+            "unknown backend scheme `{scheme}://` in `{shown}`; known schemes: {}",
             known.join(", ")
         )));
     };

@@ -57,7 +57,8 @@ pub async fn connect_election(url: &str) -> Result<Arc<dyn Election>> {
             "leader election is not implemented for the `{scheme}://` backend yet (available: memory://, file://, redis://, redlock://, zk://, postgres://)"
         ))),
         None => Err(LockError::invalid_config(format!(
-            "`{url}` is not a backend URL: expected SCHEME://..., e.g. memory://"
+            "`{}` is not a backend URL: expected SCHEME://..., e.g. memory://",
+            fencelock_core::backend_url::redact(url)
         ))),
     }
 }

@@ -37,14 +37,14 @@ pub const SCHEMES: &[Scheme] = &[
         names: &["redis", "rediss"],
         feature: Some("redis"),
         compiled: cfg!(feature = "redis"),
-        form: "redis://[:PASSWORD@]HOST:PORT[/DB] (rediss:// for TLS)",
+        form: "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] (port 6379 if left out; rediss:// for TLS)",
         summary: "one Redis server; fast, exclusive while that server lives and keeps its data",
     },
     Scheme {
         names: &["redlock"],
         feature: Some("redlock"),
         compiled: cfg!(feature = "redlock"),
-        form: "redlock://H1:P1,H2:P2,H3:P3[,...]",
+        form: "redlock://[[USER]:PASSWORD@]H1:P1,H2:P2,H3:P3[,...][/DB]",
         summary: "Redlock quorum over independent Redis servers; best-effort tokens",
     },
     Scheme {

@@ -85,13 +85,29 @@ pub fn refuse_in_process(config: &LockConfig, command: &str) -> Result<(), LockE
 }
 
 /// Connects to the selected backend for a command that excludes other processes (refusing
-/// `memory://`); returns it with the default options.
+/// `memory://`); returns it with the default options. On `file://` it adds `inherit=true`:
+/// the guard (and the command's group through it) shares the flocked liveness file of the
+/// lease, so a SIGKILLed `run` leaves the lock held until the guard has killed the group
+/// and died with it — never free while the command may still run (docs/cli.md).
 pub async fn connect_for_processes(
     cli: &Cli,
     command: &str,
 ) -> Result<(Arc<dyn DistributedLock>, LockOptions), LockError> {
-    let config = config(cli)?;
+    let mut config = config(cli)?;
     refuse_in_process(&config, command)?;
+    config.backend = inherit_liveness(&config.backend);
     let lock = config.connect().await?;
     Ok((lock, config.defaults))
+}
+
+/// A `file://` URL with `inherit=true` added (unless it sets `inherit` itself); any other
+/// URL as it is.
+fn inherit_liveness(url: &str) -> String {
+    let url = url.trim();
+    let is_file = url.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("file://"));
+    if !is_file || url.contains("inherit=") {
+        return url.to_owned();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}inherit=true")
 }

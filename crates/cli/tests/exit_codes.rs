@@ -398,3 +398,173 @@ fn log_lines_are_coloured_on_a_terminal_unless_no_color_is_set() {
         "colour despite NO_COLOR: {plain:?}"
     );
 }
+
+/// Backend URLs: one parser (fencelock-core's `backend_url`) for every server backend.
+/// Each bad URL exits 78 with one line that names what is wrong, and never shows the
+/// password, whatever characters it holds.
+#[test]
+fn bad_backend_urls_exit_78_on_one_line_without_the_password() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "redis://127.0.0.1:notaport",
+            "bad host `127.0.0.1:notaport`: invalid port number",
+        ),
+        ("redis://127.0.0.1:70000", "invalid port number"),
+        ("redis://[::1:6379", "bad host"),
+        ("redis://127.0.0.1:1/x", "the DB index `x` is not a number"),
+        ("redis://127.0.0.1:1?tiemout=1s", "unknown option `tiemout`"),
+        ("redis://127.0.0.1:1,127.0.0.1:2", "several hosts: use redlock://"),
+        // A password with `/`, `?` or `#` written as it is: ambiguous, refused with how to
+        // encode it, and hidden in the message.
+        ("redis://:Se/CRET@127.0.0.1:1", "percent-encode"),
+        ("redis://:Se?CRET@127.0.0.1:1", "percent-encode"),
+        ("redis://:Se#CRET@127.0.0.1:1", "%23"),
+        ("redlock://:Se/CRET@127.0.0.1:1,127.0.0.1:2", "percent-encode"),
+        ("redlock://127.0.0.1:1,,127.0.0.1:2", "empty host"),
+        ("zk://127.0.0.1:1?ttl=1s", "unknown option `ttl`"),
+        ("zk://u:SeCRET@127.0.0.1:1", "authentication is not supported"),
+        ("postgres://u:Se/CRET@127.0.0.1/db", "percent-encode"),
+        ("postgres://u:SeCRET@127.0.0.1:x/db", "invalid port number"),
+        ("nope://u:SeCRET@h:1", "unknown backend scheme"),
+    ];
+    for (url, says) in cases {
+        let out = fencelock()
+            .args(["--backend", url, "run", "k", "--", "true"])
+            .output()
+            .expect("run");
+        assert_one_line(&out, 78, says, url);
+        let err = stderr_of(&out);
+        assert!(!err.contains("CRET"), "{url}: the password shows: {err}");
+    }
+}
+
+/// A password holding every URL delimiter, percent-encoded where RFC 3986 says, reaches
+/// the server decoded; a wrong one is exit 78 without the password in the message.
+#[test]
+fn passwords_with_url_characters_reach_the_server_and_never_show() {
+    let password = "p@ss/w?r#d:1";
+    let server =
+        fencelock_testkit::redis_server::RedisServer::start_with(fencelock_testkit::redis_server::RedisOptions {
+            password: Some(password.into()),
+            ..Default::default()
+        });
+    let url = format!("redis://:p@ss%2Fw%3Fr%23d:1@127.0.0.1:{}", server.port());
+    let out = fencelock()
+        .args(["--backend", &url, "run", "k", "--", "true"])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let wrong = format!("redis://:p@ss%2Fw%3Fr%23d:2@127.0.0.1:{}", server.port());
+    let out = fencelock()
+        .args(["--backend", &wrong, "run", "k", "--", "true"])
+        .output()
+        .expect("run");
+    assert_one_line(&out, 78, "redis refused the credentials", "wrong password");
+    let err = stderr_of(&out);
+    assert!(
+        !err.contains("p@ss") && !err.contains("%2F") && !err.contains("r#d"),
+        "the password shows: {err}"
+    );
+    assert!(err.contains(":***@127.0.0.1:"), "{err}");
+}
+
+/// A DB index the server does not have is a configuration error (78), not a backend
+/// failure (70); an IPv6 host and a port left out are named in the message.
+#[test]
+fn redis_db_index_ipv6_and_default_port_in_messages() {
+    let server = fencelock_testkit::redis_server::RedisServer::start();
+    let url = format!("redis://127.0.0.1:{}/99", server.port());
+    let out = fencelock()
+        .args(["--backend", &url, "run", "k", "--", "true"])
+        .output()
+        .expect("run");
+    assert_one_line(&out, 78, "refused DB index 99", "DB 99");
+    let url = format!("redis://127.0.0.1:{}/15", server.port());
+    let out = fencelock()
+        .args(["--backend", &url, "run", "k", "--", "true"])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "DB 15: {}", stderr_of(&out));
+    // IPv6 in brackets: parsed and named (nothing listens there: unreachable, 69).
+    let out = fencelock()
+        .args([
+            "--backend",
+            "redis://[::1]:1?connect_timeout=200ms",
+            "run",
+            "k",
+            "--",
+            "true",
+        ])
+        .output()
+        .expect("run");
+    assert_one_line(&out, 69, "redis://[::1]:1", "IPv6");
+    // No port: 6379, and the message says so. The test holds 127.0.0.1:6379 with a
+    // listener that never answers, so no real server there can take the connection.
+    let listener = std::net::TcpListener::bind("127.0.0.1:6379")
+        .expect("127.0.0.1:6379 must be free for this test (it stands in for a silent server there)");
+    let out = fencelock()
+        .args([
+            "--backend",
+            "redis://127.0.0.1?connect_timeout=100ms&timeout=100ms",
+            "run",
+            "k",
+            "--",
+            "true",
+        ])
+        .output()
+        .expect("run");
+    drop(listener);
+    assert_one_line(&out, 69, "redis://127.0.0.1:6379 (default port)", "default port");
+}
+
+/// `rediss://` to a plaintext server: with TLS compiled in (`redis-tls`), the message says
+/// the server did not answer the TLS handshake and suggests redis://; without it, rediss://
+/// is refused up front (78) naming the feature.
+#[test]
+fn rediss_to_a_plaintext_server_hints_at_tls() {
+    let server = fencelock_testkit::redis_server::RedisServer::start();
+    let url = format!(
+        "rediss://127.0.0.1:{}?connect_timeout=300ms&timeout=300ms",
+        server.port()
+    );
+    let out = fencelock()
+        .args(["--backend", &url, "run", "k", "--", "true"])
+        .output()
+        .expect("run");
+    if cfg!(feature = "redis-tls") {
+        assert_one_line(
+            &out,
+            69,
+            "did not answer the TLS handshake: is it plaintext? then use redis://",
+            "rediss",
+        );
+    } else {
+        assert_one_line(&out, 78, "enable the Cargo feature `redis-tls`", "rediss");
+    }
+}
+
+/// A file-backend directory others may write to is refused: 78, naming the directory.
+#[test]
+fn a_lock_directory_that_is_not_private_exits_78() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    for mode in [0o777, 0o770, 0o755 | 0o020] {
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).expect("chmod");
+        let out = on_files(dir.path())
+            .args(["run", "k", "--", "true"])
+            .output()
+            .expect("run");
+        assert_one_line(
+            &out,
+            78,
+            &format!("refusing lock directory {}", dir.path().display()),
+            &format!("mode {mode:o}"),
+        );
+    }
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let out = on_files(dir.path())
+        .args(["run", "k", "--", "true"])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "0700: {}", stderr_of(&out));
+}

@@ -230,6 +230,93 @@ fn on_files_a_paused_or_killed_holder_never_runs_beside_the_next() {
     killed_holder_with_a_grandchild(&file_url(dir.path()));
 }
 
+/// The children of `pid`, from /proc/*/stat (field 4, after the parenthesised name).
+fn children_of(pid: Pid) -> Vec<Pid> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((_, after_name)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let ppid = after_name.split(' ').nth(1).and_then(|p| p.parse::<i32>().ok());
+        if ppid == Some(pid.as_raw_nonzero().get()) {
+            if let Some(child) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse().ok())
+                .and_then(Pid::from_raw)
+            {
+                found.push(child);
+            }
+        }
+    }
+    found
+}
+
+/// The file backend's SIGKILL window (docs/cli.md): a SIGKILLed `run` must not free the
+/// lock before its guard has killed the command's group. The guard is held stopped while
+/// `run` dies, so it cannot act: the lock must stay held (the guard shares the flocked
+/// liveness file) and B must not get in while A's grandchild runs; once the guard goes on,
+/// it kills the group and B gets in. (Written first, and failing, against the `run` that
+/// left the liveness file close-on-exec: B got in at once.)
+#[test]
+fn on_files_a_killed_holder_keeps_the_lock_until_its_group_is_dead() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = file_url(dir.path());
+    let log = dir.path().join("log");
+    let mut a = start_a(&url, &log, "30s");
+    let guards = children_of(pid_of(&a));
+    let [guard] = guards.as_slice() else {
+        panic!("A should have one child, its guard: {guards:?}")
+    };
+    // Whatever happens below, A's group (led by the guard) does not outlive the test.
+    struct KillGroup(Pid);
+    impl Drop for KillGroup {
+        fn drop(&mut self) {
+            let _ = rustix::process::kill_process_group(self.0, Signal::KILL);
+        }
+    }
+    let _cleanup = KillGroup(*guard);
+    // A member of A's group whose parent is this test (same session, other group), so the
+    // group does not become orphaned when A dies — the kernel would then send the stopped
+    // guard SIGCONT at once (POSIX orphaned-group rule) and the test would prove nothing.
+    let mut anchor = {
+        use std::os::unix::process::CommandExt;
+        Command::new("sleep")
+            .arg("60")
+            .process_group(guard.as_raw_nonzero().get())
+            .spawn()
+            .expect("spawn a member of A's group")
+    };
+    kill_process(*guard, Signal::STOP).expect("SIGSTOP the guard");
+    a.kill().expect("SIGKILL A");
+    a.wait().expect("reap A");
+    let b = fencelock(&url)
+        .args(["run", "k", "--wait", "60s", "--", "sh", "-c", HOLDER_B])
+        .env("LOG", &log)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn B");
+    // While the guard cannot act, A's grandchild runs on, so B must stay out: watch the
+    // log for a second (B gets in within milliseconds when the lock is free).
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(1) {
+        assert!(
+            !log_of(&log).contains("B-IN"),
+            "B got in while A's guard was stopped and A's grandchild ran: {}",
+            log_of(&log)
+        );
+        std::thread::sleep(Duration::from_millis(10)); // polling a condition with a deadline
+    }
+    kill_process(*guard, Signal::CONT).expect("SIGCONT the guard");
+    let out = output_within(b, Duration::from_secs(90));
+    let _ = anchor.wait(); // killed with A's group
+    assert!(out.status.success(), "B: {}", String::from_utf8_lossy(&out.stderr));
+    assert_never_two_inside(&log);
+}
+
 #[test]
 fn on_redis_a_paused_or_killed_holder_never_runs_beside_the_next() {
     let server = fencelock_testkit::redis_server::RedisServer::start();

@@ -18,8 +18,8 @@ pub trait LockExt: DistributedLock {
     /// yields that error, so `Ok` means the work ran under the lock from start to end.
     ///
     /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> fencelock_core::Result<()> {
-    /// use fencelock_core::{memory::MemoryLock, LockExt, LockOptions};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> fencelock::Result<()> {
+    /// use fencelock::{memory::MemoryLock, LockExt, LockOptions};
     /// let locks = MemoryLock::new();
     /// let token = locks.with_lock("job", &LockOptions::new(), |lease| async move { lease.token() }).await?;
     /// assert!(token.get() >= 1);

@@ -27,8 +27,8 @@ pub enum Admission {
 /// for Redis): admit a higher token, or the highest token again from the same grant.
 ///
 /// ```
-/// use fencelock_core::fencing::{admit, Admission};
-/// use fencelock_core::{Fence, FencingToken, GrantId};
+/// use fencelock::fencing::{admit, Admission};
+/// use fencelock::{Fence, FencingToken, GrantId};
 /// let g = GrantId::from_string("a");
 /// let newer = Fence { token: FencingToken::new(5), grant: GrantId::from_string("b") };
 /// assert_eq!(admit("r", Some((FencingToken::new(4), &g)), &newer), Ok(Admission::Newer));
@@ -59,8 +59,8 @@ pub fn admit(
 /// checks on their behalf). Thread safe.
 ///
 /// ```
-/// use fencelock_core::fencing::FencingChecker;
-/// use fencelock_core::{Fence, FencingToken, GrantId};
+/// use fencelock::fencing::FencingChecker;
+/// use fencelock::{Fence, FencingToken, GrantId};
 /// let checker = FencingChecker::new();
 /// let old = Fence { token: FencingToken::new(1), grant: GrantId::random() };
 /// let new = Fence { token: FencingToken::new(2), grant: GrantId::random() };

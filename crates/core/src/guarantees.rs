@@ -101,7 +101,7 @@ impl Requirement {
     /// saying what is missing.
     ///
     /// ```
-    /// use fencelock_core::{memory::MemoryLock, DistributedLock, Requirement};
+    /// use fencelock::{memory::MemoryLock, DistributedLock, Requirement};
     /// let lock = MemoryLock::new();
     /// assert!(Requirement::Strict.check(&lock.guarantees()).is_ok());
     /// ```

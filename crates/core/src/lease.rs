@@ -247,8 +247,8 @@ impl Shared {
 /// in its lease for no longer than the backend keeps it.
 ///
 /// ```
-/// # #[tokio::main(flavor = "current_thread")] async fn main() -> fencelock_core::Result<()> {
-/// use fencelock_core::{memory::MemoryLock, DistributedLock, LockOptions};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> fencelock::Result<()> {
+/// use fencelock::{memory::MemoryLock, DistributedLock, LockOptions};
 /// let locks = MemoryLock::new();
 /// let lease = locks.acquire("report", &LockOptions::new()).await?;
 /// println!("writing with token {}", lease.token());

@@ -15,8 +15,8 @@
 //! and builds a backend from a URL.
 //!
 //! ```
-//! # #[tokio::main(flavor = "current_thread")] async fn main() -> fencelock_core::Result<()> {
-//! use fencelock_core::{fencing::FencingChecker, memory::MemoryLock, DistributedLock, LockOptions};
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> fencelock::Result<()> {
+//! use fencelock::{fencing::FencingChecker, memory::MemoryLock, DistributedLock, LockOptions};
 //! let locks = MemoryLock::new();
 //! let storage = FencingChecker::new(); // lives beside the protected resource
 //! let lease = locks.acquire("invoice-7", &LockOptions::new()).await?;
@@ -27,6 +27,7 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod backend_url;
 pub mod batch;
 pub mod election;
 pub mod error;

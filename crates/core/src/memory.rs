@@ -112,8 +112,8 @@ pub(crate) fn url_name(url: &str) -> Result<&str> {
 /// The in-memory lock service.
 ///
 /// ```
-/// # #[tokio::main(flavor = "current_thread")] async fn main() -> fencelock_core::Result<()> {
-/// use fencelock_core::{memory::MemoryLock, DistributedLock, LockOptions};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> fencelock::Result<()> {
+/// use fencelock::{memory::MemoryLock, DistributedLock, LockOptions};
 /// let a = MemoryLock::named("shared");
 /// let b = MemoryLock::named("shared");
 /// let lease = a.acquire("k", &LockOptions::new()).await?;

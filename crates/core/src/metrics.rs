@@ -38,8 +38,8 @@ use crate::options::LockOptions;
 /// A [`DistributedLock`] that records metrics of `L` (see the module documentation).
 ///
 /// ```
-/// # #[tokio::main(flavor = "current_thread")] async fn main() -> fencelock_core::Result<()> {
-/// use fencelock_core::{memory::MemoryLock, metrics::Metered, DistributedLock, LockOptions};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> fencelock::Result<()> {
+/// use fencelock::{memory::MemoryLock, metrics::Metered, DistributedLock, LockOptions};
 /// let locks = Metered::new(MemoryLock::new(), "memory").with_key_label(true);
 /// let lease = locks.acquire("nightly-report", &LockOptions::new()).await?;
 /// lease.release().await?;

@@ -31,7 +31,7 @@ pub const MAX_WAIT: Duration = Duration::from_secs(24 * 60 * 60);
 ///
 /// ```
 /// use std::time::Duration;
-/// use fencelock_core::LockOptions;
+/// use fencelock::LockOptions;
 /// let opts = LockOptions::new().with_ttl(Duration::from_secs(5)).with_wait(Duration::from_secs(1));
 /// assert_eq!(opts.ttl(), Duration::from_secs(5));
 /// assert!(opts.auto_renew());
@@ -136,7 +136,7 @@ pub fn validate_ttl(ttl: Duration) -> Result<()> {
 /// Checks a key: 1 to [`MAX_KEY_LEN`] bytes of UTF-8 without control characters.
 ///
 /// ```
-/// use fencelock_core::options::validate_key;
+/// use fencelock::options::validate_key;
 /// assert!(validate_key("orders/42").is_ok());
 /// assert!(validate_key("").is_err());
 /// assert!(validate_key("bad\nkey").is_err());
@@ -168,7 +168,7 @@ pub mod url_query {
     /// without `=` has the value `""`.
     ///
     /// ```
-    /// let pairs: Vec<_> = fencelock_core::options::url_query::pairs("a=1&&b").collect();
+    /// let pairs: Vec<_> = fencelock::options::url_query::pairs("a=1&&b").collect();
     /// assert_eq!(pairs, [("a", "1"), ("b", "")]);
     /// ```
     pub fn pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {

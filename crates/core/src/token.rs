@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 /// [`Guarantees`](crate::Guarantees).
 ///
 /// ```
-/// use fencelock_core::FencingToken;
+/// use fencelock::FencingToken;
 /// assert!(FencingToken::new(2) > FencingToken::new(1));
 /// assert_eq!(FencingToken::new(7).to_string(), "7");
 /// ```

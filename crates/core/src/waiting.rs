@@ -226,7 +226,7 @@ where
 ///
 /// ```
 /// use std::sync::atomic::{AtomicBool, Ordering};
-/// use fencelock_core::waiting::CancelGuard;
+/// use fencelock::waiting::CancelGuard;
 /// static UNDONE: AtomicBool = AtomicBool::new(false);
 /// drop(CancelGuard::new(|| UNDONE.store(true, Ordering::SeqCst)));
 /// assert!(UNDONE.load(Ordering::SeqCst));

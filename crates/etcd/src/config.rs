@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use fencelock_core::backend_url::BackendUrl;
 use fencelock_core::options::duration_text::parse_duration;
 use fencelock_core::options::url_query;
 use fencelock_core::{LockError, Result};
@@ -21,7 +22,7 @@ use fencelock_core::{LockError, Result};
 ///
 /// Options set in code are checked by [`validate`](Self::validate) when connecting, as a
 /// URL's are when parsed.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EtcdConfig {
     /// `HOST:PORT` of every member to use.
     pub endpoints: Vec<String>,
@@ -70,32 +71,52 @@ impl EtcdLayout {
     }
 }
 
+impl std::fmt::Debug for EtcdConfig {
+    /// Every option but the password, which shows as `***`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdConfig")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("session_ttl", &self.session_ttl)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("user", &self.user.as_ref().map(|(u, _)| (u, "***")))
+            .field("layout", &self.layout)
+            .finish_non_exhaustive()
+    }
+}
+
 impl EtcdConfig {
-    /// Parses an `etcd://` URL.
+    /// Parses an `etcd://` URL with fencelock-core's one URL parser
+    /// ([`fencelock_core::backend_url`]): hosts `HOST:PORT` (IPv6 in brackets,
+    /// `[::1]:2379`), the prefix percent-decoded, the credentials either before the hosts
+    /// (`etcd://USER:PASSWORD@HOST:PORT`, percent-decoded) or as `user=` and `password=`
+    /// options.
+    ///
+    /// # Errors
+    /// [`LockError::InvalidConfig`] naming the URL (password hidden) and what is wrong.
     pub fn from_url(url: &str) -> Result<Self> {
-        let shown = match url.split_once("password=") {
-            Some((head, tail)) => format!("{head}password=***{}", tail.find('&').map_or("", |i| &tail[i..])),
-            None => url.to_owned(),
-        };
-        let bad = |why: String| LockError::invalid_config(format!("`{shown}`: {why}"));
-        let rest = url
-            .strip_prefix("etcd://")
-            .ok_or_else(|| bad("an etcd URL starts with etcd://".into()))?;
-        let (base, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (hosts, path) = match base.split_once('/') {
-            Some((h, p)) => (h, Some(p.trim_end_matches('/'))),
-            None => (base, None),
+        let u = BackendUrl::parse(url)?;
+        let shown = u.redacted();
+        let bad = |why: String| u.invalid(why);
+        u.expect_scheme(&["etcd"], "etcd")?;
+        // The path as given, without its outer slashes; None when the URL has no path.
+        let path = match u.path() {
+            "" => None,
+            _ => {
+                let p = u.path_decoded("key prefix")?;
+                Some(p.trim_start_matches('/').trim_end_matches('/').to_owned())
+            }
         };
         let mut endpoints = Vec::new();
-        for h in hosts.split(',') {
-            let h = h.trim();
-            let (host, port) = h
-                .rsplit_once(':')
-                .ok_or_else(|| bad(format!("endpoint `{h}` needs HOST:PORT")))?;
-            if host.is_empty() || port.parse::<u16>().is_err() {
-                return Err(bad(format!("bad endpoint `{h}`: write HOST:PORT, e.g. 127.0.0.1:2379")));
-            }
-            endpoints.push(h.to_owned());
+        for h in u.hosts() {
+            let endpoint = h
+                .address_with_port()
+                .ok_or_else(|| bad(format!("endpoint `{h}` needs HOST:PORT, e.g. 127.0.0.1:2379")))?;
+            endpoints.push(endpoint);
+        }
+        if endpoints.is_empty() {
+            return Err(bad("no endpoints: give at least one HOST:PORT".into()));
         }
         let mut cfg = EtcdConfig {
             endpoints,
@@ -107,8 +128,13 @@ impl EtcdConfig {
             layout: EtcdLayout::Fencelock,
             display: shown.clone(),
         };
-        let (mut user, mut password) = (None, None);
-        for (k, v) in url_query::pairs(query) {
+        let (mut user, mut password) = (u.user().map(str::to_owned), u.password().map(str::to_owned));
+        let in_authority = user.is_some() || password.is_some();
+        for pair in u.query() {
+            let (k, v) = (pair.key.as_str(), pair.value.as_str());
+            if in_authority && (k == "user" || k == "password") {
+                return Err(bad(format!("`{k}` given twice: before the host and as an option")));
+            }
             let duration = || parse_duration(v).map_err(|e| bad(format!("{k}: {e}")));
             match k {
                 "session_ttl" => cfg.session_ttl = duration()?,
@@ -126,11 +152,14 @@ impl EtcdConfig {
         }
         // The Go layout has no prefix unless the URL names one (`etcd://h:p` and
         // `etcd://h:p/` both reach Go's default `NAME/`); fencelock's own needs one.
-        cfg.prefix = match (path, cfg.layout) {
-            (Some(""), EtcdLayout::Go) | (None, EtcdLayout::Go) => String::new(),
+        cfg.prefix = match (path.as_deref(), cfg.layout) {
+            (Some("") | None, EtcdLayout::Go) => String::new(),
             (None, EtcdLayout::Fencelock) => "/fencelock".to_owned(),
             (Some(p), _) => format!("/{p}"),
         };
+        if cfg.layout == EtcdLayout::Fencelock && (cfg.prefix == "/" || cfg.prefix.contains("//")) {
+            return Err(bad(format!("bad key prefix `{}`", cfg.prefix)));
+        }
         cfg.user = match (user, password) {
             (Some(u), Some(p)) => Some((u, p)),
             (None, None) => None,
@@ -250,6 +279,15 @@ mod tests {
         assert_eq!(c.session_ttl, Duration::from_secs(5));
         assert_eq!(c.user, Some(("u".into(), "secret".into())));
         assert!(!c.display.contains("secret"));
+        assert!(!format!("{c:?}").contains("secret"));
+        let c = EtcdConfig::from_url("etcd://u:p%40ss%2Fw@[::1]:2379/a%40b").unwrap();
+        assert_eq!(c.endpoints, vec!["[::1]:2379"]);
+        assert_eq!(c.user, Some(("u".into(), "p@ss/w".into())));
+        assert_eq!(c.prefix, "/a@b");
+        assert_eq!(c.display, "etcd://u:***@[::1]:2379/a%40b");
+        let c = EtcdConfig::from_url("etcd://h:1?user=u&password=a%26b%3Dc").unwrap();
+        assert_eq!(c.user, Some(("u".into(), "a&b=c".into())));
+        assert_eq!(c.display, "etcd://h:1?user=u&password=***");
         assert_eq!(EtcdConfig::from_url("etcd://h:1").unwrap().prefix, "/fencelock");
     }
 
@@ -258,7 +296,10 @@ mod tests {
         for (url, says) in [
             ("etcd://", "HOST:PORT"),
             ("etcd://h", "HOST:PORT"),
-            ("etcd://h:x", "bad endpoint"),
+            ("etcd://h:x", "invalid port number"),
+            ("etcd://u:pw@h:1?password=pw", "given twice"),
+            ("etcd://h:1?user=u&password=pw&bad=1", "unknown option `bad`"),
+            ("etcd://h:1//x", "bad key prefix"),
             ("etcd://h:1?session_ttl=500ms", "whole seconds"),
             ("etcd://h:1?user=u", "together"),
             ("etcd://h:1?ttl=1s", "unknown option"),
@@ -267,6 +308,7 @@ mod tests {
         ] {
             let e = EtcdConfig::from_url(url).unwrap_err().to_string();
             assert!(e.contains(says), "{url}: {e}");
+            assert!(!e.contains("pw"), "password leaked: {e}");
         }
     }
 

@@ -4,6 +4,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use fencelock_core::backend_url::BackendUrl;
 use fencelock_core::options::duration_text::parse_duration;
 use fencelock_core::options::url_query;
 use fencelock_core::{LockError, Result};
@@ -58,15 +59,15 @@ impl PgConfig {
     /// that is not a plain identifier, a URL tokio-postgres cannot read, or an `sslmode`
     /// that needs TLS. The message never contains the password.
     pub fn from_url(url: &str) -> Result<Self> {
-        let display = redact(url);
-        let bad = |why: String| LockError::invalid_config(format!("`{display}`: {why}"));
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(bad("a PostgreSQL URL starts with postgres:// or postgresql://".into()));
-        }
-        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        // fencelock-core's one URL parser splits, decodes and redacts; tokio-postgres then
+        // reads the libpq form itself, from the URL as written minus the backend's options.
+        let u = BackendUrl::parse(url)?;
+        let display = u.redacted();
+        let bad = |why: String| u.invalid(why);
+        u.expect_scheme(&["postgres", "postgresql"], "PostgreSQL")?;
         let mut cfg = PgConfig {
             pg: tokio_postgres::Config::new(),
-            display: redact(base),
+            display: u.redacted_base(),
             schema: DEFAULT_SCHEMA.into(),
             timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
@@ -74,7 +75,8 @@ impl PgConfig {
             renew_window: Duration::from_millis(50),
         };
         let mut passed: Vec<String> = Vec::new();
-        for (k, v) in url_query::pairs(query) {
+        for pair in u.query() {
+            let (k, v) = (pair.key.as_str(), pair.value.as_str());
             let duration = || parse_duration(v).map_err(|e| bad(format!("{k}: {e}")));
             match k {
                 "schema" => cfg.schema = v.to_owned(),
@@ -86,16 +88,18 @@ impl PgConfig {
                 "connect_timeout" => cfg.connect_timeout = duration()?,
                 "poll" => cfg.poll = duration()?,
                 "renew_window" => cfg.renew_window = duration()?,
-                "sslmode" => passed.push(format!("sslmode={}", plain_sslmode(v).map_err(bad)?)),
-                k if TLS_FILE_KEYS.contains(&k) => return Err(bad(format!("{k}: {NO_TLS}"))),
-                _ => passed.push(if v.is_empty() { k.to_owned() } else { format!("{k}={v}") }),
+                "sslmode" => passed.push(format!("sslmode={}", plain_sslmode(v).map_err(|e| u.invalid(e))?)),
+                k if TLS_FILE_KEYS.contains(&k) => return Err(u.invalid(format!("{k}: {NO_TLS}"))),
+                _ => passed.push(pair.raw.clone()),
             }
         }
         cfg.validate()?;
+        // The credentials go to tokio-postgres decoded, apart from the URL: its own URL
+        // parser need not agree with ours on a password holding `@` or `:`.
         let libpq = if passed.is_empty() {
-            base.to_owned()
+            u.raw_base_without_userinfo()
         } else {
-            format!("{base}?{}", passed.join("&"))
+            format!("{}?{}", u.raw_base_without_userinfo(), passed.join("&"))
         };
         let mut pg = tokio_postgres::Config::from_str(&libpq).map_err(|e| LockError::InvalidConfig {
             message: format!(
@@ -103,6 +107,12 @@ impl PgConfig {
             ),
             source: Some(Box::new(e)),
         })?;
+        if let Some(user) = u.user() {
+            pg.user(user);
+        }
+        if let Some(password) = u.password() {
+            pg.password(password);
+        }
         if pg.get_hosts().is_empty() {
             return Err(bad("no host: write postgres://USER@HOST:PORT/DB".into()));
         }
@@ -187,27 +197,6 @@ pub(crate) fn check_identifier(name: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// The URL with any password replaced by `***`.
-pub(crate) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let mut out = match rest[..authority_end].rsplit_once('@') {
-        Some((creds, host)) => match creds.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{}", &rest[authority_end..]),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    };
-    // A password can also come as a query parameter.
-    if let Some(start) = out.find("password=") {
-        let end = out[start..].find('&').map_or(out.len(), |e| start + e);
-        out.replace_range(start..end, "password=***");
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +219,14 @@ mod tests {
         assert_eq!(c.pg.get_ssl_mode(), SslMode::Disable);
         assert_eq!(c.pg.get_application_name(), Some("fencelock"));
         assert_eq!(c.channel(), "locks_a_released");
+        let c = PgConfig::from_url("postgres://app:p%40s%2Fs%3F%23@[::1]:5433/db?password=x").unwrap();
+        assert_eq!(c.server(), "postgres://app:***@[::1]:5433/db");
+        assert!(!format!("{c:?}").contains("p@s"), "{c:?}");
+        assert_eq!(c.pg.get_password(), Some(&b"p@s/s?#"[..]));
+        let c = PgConfig::from_url("postgres://u:a:b@h1:1,h2:2/db").unwrap();
+        assert_eq!(c.pg.get_password(), Some(&b"a:b"[..]));
+        assert_eq!(c.pg.get_ports(), [1, 2]);
+        assert_eq!(c.server(), "postgres://u:***@h1:1,h2:2/db");
         let c = PgConfig::from_url("postgresql://u@h/d?application_name=mine").unwrap();
         assert_eq!(c.pg.get_application_name(), Some("mine"));
         assert_eq!(c.schema, DEFAULT_SCHEMA);
@@ -272,6 +269,9 @@ mod tests {
     fn rejects_bad_urls_clearly() {
         for (url, says) in [
             ("redis://h:1", "postgres://"),
+            ("postgres://u:pw/x@h/d", "percent-encode"),
+            ("postgres://u:pw@h:x/d", "invalid port number"),
+            ("postgres://u@h/d?password=pw&nosuch=1", "tokio-postgres can read"),
             ("postgres://u:pw@h/d?schema=Bad", "schema"),
             ("postgres://u:pw@h/d?schema=a;drop", "schema"),
             ("postgres://u:pw@h/d?schema=1a", "schema"),

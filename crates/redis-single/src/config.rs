@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use fencelock_core::backend_url::{BackendUrl, HostPort};
 use fencelock_core::options::duration_text::parse_duration;
 use fencelock_core::options::url_query;
 use fencelock_core::{LockError, Result};
@@ -21,9 +22,10 @@ use crate::layout::RedisLayout;
 /// | `renew_window` | `50ms` | how long a background renewal may wait to share one script with others (capped at a tenth of its TTL; `0ms`: only those already queued share); explicit `Lease::extend` never waits |
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// The URL for the redis client: scheme, credentials, host, port, db.
-    pub(crate) client_url: String,
-    /// The URL without the password, for messages.
+    /// Where and how to connect: host, port, TLS, DB, credentials (decoded).
+    pub(crate) addr: NodeAddr,
+    /// The server without the password, for messages: `redis://[USER:***@]HOST:PORT[/DB]`,
+    /// followed by ` (default port)` when the URL gave none.
     pub(crate) display: String,
     /// Key prefix.
     pub prefix: String,
@@ -41,59 +43,70 @@ pub struct RedisConfig {
     pub layout: RedisLayout,
 }
 
+/// Redis's own port, used when the URL gives none (and named in messages then).
+pub const DEFAULT_PORT: u16 = 6379;
+
+/// Where one Redis server is and how to log in; `Debug` hides the password.
+#[derive(Clone)]
+pub(crate) struct NodeAddr {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) tls: bool,
+    pub(crate) db: i64,
+    pub(crate) user: Option<String>,
+    pub(crate) password: Option<String>,
+}
+
+impl std::fmt::Debug for NodeAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeAddr")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("db", &self.db)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
 impl RedisConfig {
-    /// Parses `redis://[[USER]:PASSWORD@]HOST:PORT[/DB][?prefix=P&timeout=D&connect_timeout=D&poll=D&renew_window=D&layout=L]`
-    /// (or `rediss://` for TLS, with the `tls` feature).
+    /// Parses `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB][?prefix=P&timeout=D&connect_timeout=D&poll=D&renew_window=D&layout=L]`
+    /// (or `rediss://` for TLS, with the `tls` feature) with fencelock-core's one URL
+    /// parser ([`fencelock_core::backend_url`]): USER and PASSWORD are percent-decoded
+    /// (`/`, `?`, `#` in a password must be written `%2F`, `%3F`, `%23`), an IPv6 host is
+    /// written in brackets (`[::1]:6379`), PORT defaults to 6379 (messages then say
+    /// "(default port)"), DB is a number (default 0).
+    ///
+    /// # Errors
+    /// [`LockError::InvalidConfig`] naming the URL (password hidden) and what is wrong:
+    /// another scheme, no host or several, a bad port, a DB that is not a number, an
+    /// unknown option, a bad duration. [`LockError::FeatureDisabled`] for `rediss://`
+    /// without the `tls` feature.
     pub fn from_url(url: &str) -> Result<Self> {
-        let bad = |why: String| LockError::invalid_config(format!("`{}`: {why}", redact(url)));
-        let (base, query) = url.split_once('?').unwrap_or((url, ""));
-        let rest = base
-            .strip_prefix("redis://")
-            .or_else(|| base.strip_prefix("rediss://"))
-            .ok_or_else(|| bad("a Redis URL starts with redis:// or rediss://".into()))?;
-        let authority = rest.split('/').next().unwrap_or("");
-        let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
-        if host_port.is_empty() {
-            return Err(bad("no host: write redis://HOST:PORT".into()));
-        }
-        if host_port.contains(',') {
-            return Err(bad("several hosts: use redlock://H1:P1,H2:P2,... for Redlock".into()));
-        }
-        if let Some((_, port)) = host_port.rsplit_once(':') {
-            if !port.is_empty() && port.parse::<u16>().is_err() {
-                return Err(bad(format!("bad port `{port}`")));
-            }
-        }
-        if base.starts_with("rediss://") && !cfg!(feature = "tls") {
-            return Err(LockError::FeatureDisabled {
-                scheme: "rediss".into(),
-                feature: "redis-tls",
-            });
-        }
-        let mut cfg = RedisConfig {
-            client_url: base.to_owned(),
-            display: redact(base),
-            prefix: "fencelock:".into(),
-            timeout: Duration::from_secs(1),
-            connect_timeout: Duration::from_secs(1),
-            poll: Duration::from_millis(500),
-            ca_file: None,
-            renew_window: Duration::from_millis(50),
-            layout: RedisLayout::Fencelock,
+        let u = BackendUrl::parse(url)?;
+        u.expect_scheme(&["redis", "rediss"], "Redis")?;
+        let host = match u.hosts() {
+            [] => return Err(u.invalid("no host: write redis://HOST:PORT")),
+            [h] => h,
+            _ => return Err(u.invalid("several hosts: use redlock://H1:P1,H2:P2,... for Redlock")),
         };
-        for (k, v) in url_query::pairs(query) {
-            let duration = || parse_duration(v).map_err(|e| bad(format!("{k}: {e}")));
+        let tls = u.scheme() == "rediss";
+        let mut cfg = Self::for_host(&u, host, tls)?;
+        for pair in u.query() {
+            let (k, v) = (pair.key.as_str(), pair.value.as_str());
+            let duration = || parse_duration(v).map_err(|e| u.invalid(format!("{k}: {e}")));
             match k {
                 "prefix" => cfg.prefix = v.to_owned(),
                 "timeout" => cfg.timeout = duration()?,
                 "connect_timeout" => cfg.connect_timeout = duration()?,
                 "poll" => cfg.poll = duration()?,
                 "renew_window" => cfg.renew_window = duration()?,
-                "layout" => cfg.layout = RedisLayout::parse(v).map_err(bad)?,
-                "ca_file" if base.starts_with("rediss://") => cfg.ca_file = Some(v.into()),
-                "ca_file" => return Err(bad("ca_file needs rediss:// (TLS)".into())),
+                "layout" => cfg.layout = RedisLayout::parse(v).map_err(|e| u.invalid(e))?,
+                "ca_file" if tls => cfg.ca_file = Some(v.into()),
+                "ca_file" => return Err(u.invalid("ca_file needs rediss:// (TLS)")),
                 _ => {
-                    return Err(bad(format!(
+                    return Err(u.invalid(format!(
                         "unknown option `{k}` (the redis backend takes prefix, timeout, connect_timeout, poll, renew_window, layout, ca_file)"
                     )))
                 }
@@ -101,6 +114,48 @@ impl RedisConfig {
         }
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The options of one server of a parsed URL, at their defaults: the URL's credentials
+    /// and DB (its path), `host`, TLS or not. Redlock builds each node with it.
+    ///
+    /// # Errors
+    /// [`LockError::InvalidConfig`] when the path is not a DB number;
+    /// [`LockError::FeatureDisabled`] for TLS without the `tls` feature.
+    pub fn for_host(url: &BackendUrl, host: &HostPort, tls: bool) -> Result<Self> {
+        if tls && !cfg!(feature = "tls") {
+            return Err(LockError::FeatureDisabled {
+                scheme: "rediss".into(),
+                feature: "redis-tls",
+            });
+        }
+        let db = parse_db(url.path()).map_err(|why| url.invalid(why))?;
+        let scheme = if tls { "rediss" } else { "redis" };
+        let mut display = format!("{scheme}://{}{}", url.redacted_userinfo(), host.address(DEFAULT_PORT));
+        if db != 0 {
+            display.push_str(&format!("/{db}"));
+        }
+        if host.port.is_none() {
+            display.push_str(" (default port)");
+        }
+        Ok(RedisConfig {
+            addr: NodeAddr {
+                host: host.host.clone(),
+                port: host.port.unwrap_or(DEFAULT_PORT),
+                tls,
+                db,
+                user: url.user().map(str::to_owned),
+                password: url.password().map(str::to_owned),
+            },
+            display,
+            prefix: "fencelock:".into(),
+            timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            poll: Duration::from_millis(500),
+            ca_file: None,
+            renew_window: Duration::from_millis(50),
+            layout: RedisLayout::Fencelock,
+        })
     }
 
     /// Checks the options, whether they came from a URL or were set in code: the one
@@ -143,18 +198,18 @@ impl RedisConfig {
     }
 }
 
-/// The URL with any password replaced by `***`.
-pub(crate) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rsplit_once('@') {
-        Some((creds, host)) => {
-            let user = creds.split_once(':').map_or("", |(u, _)| u);
-            format!("{scheme}://{user}:***@{host}{}", &rest[authority_end..])
-        }
-        None => url.to_owned(),
+/// The DB index of a path: `""` or `/` is 0, `/N` is N (a number the server's
+/// `databases` setting bounds, 16 by default: a higher one is refused on connecting).
+fn parse_db(path: &str) -> std::result::Result<i64, String> {
+    let db = path.strip_prefix('/').unwrap_or(path);
+    if db.is_empty() {
+        return Ok(0);
+    }
+    match db.parse::<u32>() {
+        Ok(n) => Ok(i64::from(n)),
+        Err(_) => Err(format!(
+            "the DB index `{db}` is not a number: write redis://HOST:PORT/N, N from 0 to the server's `databases` - 1 (15 by default)"
+        )),
     }
 }
 
@@ -165,8 +220,10 @@ mod tests {
     #[test]
     fn parses_options_and_hides_passwords() {
         let c = RedisConfig::from_url("redis://:s3cret@127.0.0.1:7000/2?prefix=app:&timeout=250ms&poll=1s").unwrap();
-        assert_eq!(c.client_url, "redis://:s3cret@127.0.0.1:7000/2");
+        assert_eq!((c.addr.host.as_str(), c.addr.port, c.addr.db), ("127.0.0.1", 7000, 2));
+        assert_eq!(c.addr.password.as_deref(), Some("s3cret"));
         assert_eq!(c.server(), "redis://:***@127.0.0.1:7000/2");
+        assert!(!format!("{c:?}").contains("s3cret"), "{c:?}");
         assert_eq!(c.prefix, "app:");
         assert_eq!(c.timeout, Duration::from_millis(250));
         assert_eq!(c.poll, Duration::from_secs(1));
@@ -179,10 +236,42 @@ mod tests {
     }
 
     #[test]
+    fn passwords_with_url_characters_are_decoded_and_never_shown() {
+        for (url, user, password) in [
+            ("redis://:p@ss@h:1", None, "p@ss"),
+            ("redis://app:a:b@h:1", Some("app"), "a:b"),
+            ("redis://:a%2Fb%3Fc%23d@h:1/3", None, "a/b?c#d"),
+            ("redis://us%40er:%40%2F%3F%23%3A@[::1]:1", Some("us@er"), "@/?#:"),
+        ] {
+            let c = RedisConfig::from_url(url).unwrap();
+            assert_eq!(c.addr.user.as_deref(), user, "{url}");
+            assert_eq!(c.addr.password.as_deref(), Some(password), "{url}");
+            for shown in [c.server().to_owned(), format!("{c:?}")] {
+                assert!(shown.contains(":***@"), "{url}: {shown}");
+                assert!(
+                    !shown.contains(password) && !shown.contains("%2F"),
+                    "{url} leaks: {shown}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn ipv6_default_port_and_db() {
+        let c = RedisConfig::from_url("redis://[::1]:7000/5").unwrap();
+        assert_eq!((c.addr.host.as_str(), c.addr.port, c.addr.db), ("::1", 7000, 5));
+        assert_eq!(c.server(), "redis://[::1]:7000/5");
+        let c = RedisConfig::from_url("redis://127.0.0.1").unwrap();
+        assert_eq!(c.addr.port, 6379);
+        assert_eq!(c.server(), "redis://127.0.0.1:6379 (default port)");
+        assert_eq!(RedisConfig::from_url("redis://h:1/").unwrap().addr.db, 0);
+    }
+
+    #[test]
     fn rejects_bad_urls_clearly() {
         for (url, says) in [
             ("redis://", "no host"),
-            ("redis://h:notaport", "bad port"),
+            ("redis://h:notaport", "bad host `h:notaport`: invalid port number"),
             ("redis://h:1,h:2", "redlock://"),
             ("redis://h:1?tiemout=1s", "unknown option `tiemout`"),
             ("redis://h:1?timeout=0s", "between 1ms"),
@@ -190,10 +279,18 @@ mod tests {
             ("redis://h:1?renew_window=1m", "renew_window must be at most 10s"),
             ("redis://h:1?layout=redisson", "layout must be"),
             ("redis://h:1?layout=bare&prefix={x}:", "brace"),
+            ("redis://h:1/x", "the DB index `x` is not a number"),
+            ("redis://h:1/-1", "the DB index `-1` is not a number"),
+            ("redis://:pw/x@h:1", "percent-encode"),
+            ("redis://:pw#x@h:1", "%23"),
+            ("redis://[::1:1", "bad host"),
+            ("http://h:1", "a Redis URL starts with redis:// or rediss://"),
         ] {
-            let e = RedisConfig::from_url(url).unwrap_err().to_string();
+            let e = RedisConfig::from_url(url).unwrap_err();
+            assert!(matches!(e, LockError::InvalidConfig { .. }), "{url}: {e}");
+            let e = e.to_string();
             assert!(e.contains(says), "{url}: {e}");
-            assert!(!e.contains("pw@"), "password leaked: {e}");
+            assert!(!e.contains("pw"), "password leaked: {e}");
         }
     }
 

@@ -195,10 +195,14 @@ impl RedisNode {
         let connecting = ConnectionManager::new_with_config(self.inner.client.clone(), manager_cfg);
         let conn = match tokio::time::timeout(bound, connecting).await {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(failed("connecting", cfg.server(), e)),
+            Ok(Err(e)) => return Err(connect_failed(cfg, e)),
             Err(_) => {
                 return Err(LockError::Unavailable {
-                    message: format!("redis unreachable: no connection to {} within {bound:?}", cfg.server()),
+                    message: format!(
+                        "redis unreachable: no connection to {} within {bound:?}{}",
+                        cfg.server(),
+                        tls_hint(cfg)
+                    ),
                     source: None,
                 })
             }
@@ -683,13 +687,72 @@ impl NodeSubscription {
 
 /// The client for the URL; for `rediss://`, with ring as the crypto provider (unless the
 /// process installed one) and the configured CA.
+/// A failed connect as a [`LockError`]: a DB index the server refuses (its `SELECT`
+/// answers an error, the only server error a connect meets besides the credentials'
+/// own) is a configuration error, not a backend failure; a failure over TLS says what a
+/// plaintext server looks like.
+fn connect_failed(cfg: &RedisConfig, e: redis::RedisError) -> LockError {
+    let refused = matches!(
+        e.kind(),
+        redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
+    );
+    if cfg.addr.db != 0 && refused {
+        return LockError::InvalidConfig {
+            message: format!(
+                "{} refused DB index {}: the server has fewer databases (its `databases` setting, 16 by default, allows 0 to databases - 1)",
+                cfg.server(),
+                cfg.addr.db
+            ),
+            source: Some(Box::new(e)),
+        };
+    }
+    let hint = tls_hint(cfg);
+    match failed("connecting", cfg.server(), e) {
+        LockError::Unavailable { message, source } if !hint.is_empty() => LockError::Unavailable {
+            message: format!("{message}{hint}"),
+            source,
+        },
+        other => other,
+    }
+}
+
+/// For `rediss://`, what a connect that got no TLS answer most likely means.
+fn tls_hint(cfg: &RedisConfig) -> &'static str {
+    if cfg.addr.tls {
+        "; the server did not answer the TLS handshake: is it plaintext? then use redis://"
+    } else {
+        ""
+    }
+}
+
 fn open_client(cfg: &RedisConfig) -> Result<redis::Client> {
     let invalid = |e: redis::RedisError| LockError::InvalidConfig {
-        message: format!("`{}` is not a valid Redis URL", cfg.server()),
+        message: format!("`{}` is not a Redis server the client can use", cfg.server()),
         source: Some(Box::new(e)),
     };
+    let a = &cfg.addr;
+    let addr = if a.tls {
+        redis::ConnectionAddr::TcpTls {
+            host: a.host.clone(),
+            port: a.port,
+            insecure: false,
+            tls_params: None,
+        }
+    } else {
+        redis::ConnectionAddr::Tcp(a.host.clone(), a.port)
+    };
+    let mut settings = redis::RedisConnectionInfo::default().set_db(a.db);
+    if let Some(user) = &a.user {
+        settings = settings.set_username(user);
+    }
+    if let Some(password) = &a.password {
+        settings = settings.set_password(password);
+    }
+    let info = redis::IntoConnectionInfo::into_connection_info(addr)
+        .map_err(invalid)?
+        .set_redis_settings(settings);
     #[cfg(feature = "tls")]
-    if cfg.client_url.starts_with("rediss://") {
+    if a.tls {
         // Err means another provider is already installed: use that one.
         let _ = rustls::crypto::ring::default_provider().install_default();
         if let Some(path) = &cfg.ca_file {
@@ -701,8 +764,8 @@ fn open_client(cfg: &RedisConfig) -> Result<redis::Client> {
                 client_tls: None,
                 root_cert: Some(root_cert),
             };
-            return redis::Client::build_with_tls(cfg.client_url.as_str(), certs).map_err(invalid);
+            return redis::Client::build_with_tls(info, certs).map_err(invalid);
         }
     }
-    redis::Client::open(cfg.client_url.as_str()).map_err(invalid)
+    redis::Client::open(info).map_err(invalid)
 }

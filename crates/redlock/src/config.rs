@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
+use fencelock_core::backend_url::BackendUrl;
 use fencelock_core::options::duration_text::parse_duration;
-use fencelock_core::options::url_query;
 use fencelock_core::{LockError, Result};
-use fencelock_redis::RedisConfig;
+use fencelock_redis::{RedisConfig, RedisLayout};
 
 /// The options of the Redlock backend, from the URL's query or set in code.
 ///
@@ -36,75 +36,56 @@ pub struct RedlockConfig {
 pub const DRIFT_CONSTANT: Duration = Duration::from_millis(2);
 
 impl RedlockConfig {
-    /// Parses `redlock://[[USER]:PASSWORD@]H1:P1,H2:P2,...[/DB][?per_node_timeout=D&drift_factor=F&retry_delay=D&restart_delay=D&prefix=P&layout=L]`.
-    /// Any number of nodes ≥ 1 is accepted; the quorum is N/2 + 1.
+    /// Parses `redlock://[[USER]:PASSWORD@]H1[:P1],H2[:P2],...[/DB][?per_node_timeout=D&drift_factor=F&retry_delay=D&restart_delay=D&prefix=P&layout=L]`
+    /// with fencelock-core's one URL parser ([`fencelock_core::backend_url`]: credentials
+    /// percent-decoded, IPv6 hosts in brackets, a port defaults to 6379). The credentials
+    /// and DB apply to every node. Any number of nodes ≥ 1 is accepted; the quorum is N/2 + 1.
+    ///
+    /// # Errors
+    /// [`LockError::InvalidConfig`] naming the URL (password hidden) and what is wrong.
     pub fn from_url(url: &str) -> Result<Self> {
-        let shown = fencelock_redis_redact(url);
-        let bad = |why: String| LockError::invalid_config(format!("`{shown}`: {why}"));
-        let rest = url
-            .strip_prefix("redlock://")
-            .ok_or_else(|| bad("a Redlock URL starts with redlock://".into()))?;
-        let (base, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (authority, db) = match base.split_once('/') {
-            Some((a, db)) => (a, Some(db)),
-            None => (base, None),
-        };
-        let (auth, hosts) = match authority.rsplit_once('@') {
-            Some((auth, hosts)) => (Some(auth), hosts),
-            None => (None, authority),
-        };
+        let u = BackendUrl::parse(url)?;
+        u.expect_scheme(&["redlock"], "Redlock")?;
+        if u.hosts().is_empty() {
+            return Err(u.invalid("an empty node in the list: write redlock://H1:P1,H2:P2,H3:P3"));
+        }
         let mut cfg = RedlockConfig {
             nodes: Vec::new(),
             per_node_timeout: Duration::from_millis(50),
             drift_factor: 0.01,
             retry_delay: Duration::from_millis(200),
             restart_delay: Duration::ZERO,
-            display: shown.clone(),
+            display: u.redacted(),
         };
         let mut prefix = "fencelock:".to_owned();
-        let mut layout = "fencelock".to_owned();
-        for (k, v) in url_query::pairs(query) {
-            let duration = || parse_duration(v).map_err(|e| bad(format!("{k}: {e}")));
+        let mut layout = RedisLayout::Fencelock;
+        for pair in u.query() {
+            let (k, v) = (pair.key.as_str(), pair.value.as_str());
+            let duration = || parse_duration(v).map_err(|e| u.invalid(format!("{k}: {e}")));
             match k {
                 "per_node_timeout" => cfg.per_node_timeout = duration()?,
                 "retry_delay" => cfg.retry_delay = duration()?,
                 "restart_delay" => cfg.restart_delay = duration()?,
                 "prefix" => prefix = v.to_owned(),
-                "layout" => layout = v.to_owned(),
+                "layout" => layout = RedisLayout::parse(v).map_err(|e| u.invalid(e))?,
                 "drift_factor" => {
                     cfg.drift_factor = v
                         .parse::<f64>()
-                        .map_err(|_| bad(format!("drift_factor must be a number in [0, 0.5), got `{v}`")))?
+                        .map_err(|_| u.invalid(format!("drift_factor must be a number in [0, 0.5), got `{v}`")))?
                 }
                 _ => {
-                    return Err(bad(format!(
+                    return Err(u.invalid(format!(
                         "unknown option `{k}` (redlock takes per_node_timeout, drift_factor, retry_delay, restart_delay, prefix, layout)"
                     )))
                 }
             }
         }
-        for host in hosts.split(',') {
-            let host = host.trim();
-            if host.is_empty() {
-                return Err(bad(
-                    "an empty node in the list: write redlock://H1:P1,H2:P2,H3:P3".into()
-                ));
-            }
-            let mut node_url = String::from("redis://");
-            if let Some(a) = auth {
-                node_url.push_str(a);
-                node_url.push('@');
-            }
-            node_url.push_str(host);
-            if let Some(db) = db {
-                node_url.push('/');
-                node_url.push_str(db);
-            }
-            let t = fencelock_core::options::duration_text::format_duration(cfg.per_node_timeout);
-            node_url.push_str(&format!(
-                "?timeout={t}&connect_timeout={t}&prefix={prefix}&layout={layout}"
-            ));
-            let node = RedisConfig::from_url(&node_url).map_err(|e| bad(format!("node `{host}`: {e}")))?;
+        for host in u.hosts() {
+            let mut node = RedisConfig::for_host(&u, host, false)?;
+            node.timeout = cfg.per_node_timeout;
+            node.connect_timeout = cfg.per_node_timeout;
+            node.prefix = prefix.clone();
+            node.layout = layout;
             cfg.nodes.push(node);
         }
         cfg.validate()?;
@@ -174,20 +155,6 @@ impl RedlockConfig {
     }
 }
 
-/// The URL with the password hidden.
-fn fencelock_redis_redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    match rest.split_once('@') {
-        Some((creds, hosts)) => {
-            let user = creds.split_once(':').map_or("", |(u, _)| u);
-            format!("{scheme}://{user}:***@{hosts}")
-        }
-        None => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,6 +171,14 @@ mod tests {
         assert_eq!(c.restart_delay, Duration::from_secs(30));
         assert_eq!(c.nodes[0].timeout, Duration::from_millis(20));
         assert!(!c.display.contains("pw"));
+        assert!(c
+            .nodes
+            .iter()
+            .all(|n| n.server().starts_with("redis://:***@127.0.0.1:")));
+        assert!(!format!("{c:?}").contains("pw"));
+        let c = RedlockConfig::from_url("redlock://:a%40b@[::1]:1,h?prefix=p:").unwrap();
+        assert_eq!(c.nodes[0].server(), "redis://:***@[::1]:1");
+        assert_eq!(c.nodes[1].server(), "redis://:***@h:6379 (default port)");
         assert_eq!(RedlockConfig::from_url("redlock://h:1").unwrap().quorum(), 1);
         assert_eq!(RedlockConfig::from_url("redlock://h:1,h:2").unwrap().quorum(), 2);
         assert_eq!(
@@ -216,9 +191,11 @@ mod tests {
     fn rejects_bad_urls_clearly() {
         for (url, says) in [
             ("redlock://", "empty node"),
-            ("redlock://h:1,,h:2", "empty node"),
+            ("redlock://h:1,,h:2", "empty host in the list"),
             ("redlock://h:1,h:1", "listed twice"),
-            ("redlock://h:x", "bad port"),
+            ("redlock://h:x", "invalid port number"),
+            ("redlock://h:1/x", "DB index `x` is not a number"),
+            ("redlock://:pw/x@h:1", "percent-encode"),
             ("redlock://h:1?drift_factor=2", "drift_factor"),
             ("redlock://h:1?per_node_timeout=0ms", "per_node_timeout"),
             ("redlock://h:1?quorum=1", "unknown option"),

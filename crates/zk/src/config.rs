@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use fencelock_core::backend_url::BackendUrl;
 use fencelock_core::options::duration_text::parse_duration;
-use fencelock_core::options::url_query;
 use fencelock_core::{LockError, Result};
 
 use crate::layout::ZkLayout;
@@ -45,19 +45,23 @@ impl ZkConfig {
     /// `kazoo` layouts), an unknown option or layout, a duration that does not parse or is
     /// outside 1 ms..10 min.
     pub fn from_url(url: &str) -> Result<Self> {
-        let bad = |why: String| LockError::invalid_config(format!("`{url}`: {why}"));
-        let rest = url
-            .strip_prefix("zk://")
-            .ok_or_else(|| bad("a ZooKeeper URL starts with zk://".into()))?;
-        let (base, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (hosts, chroot) = match base.split_once('/') {
-            Some((h, c)) => (h, format!("/{}", c.trim_end_matches('/'))),
-            None => (base, "/fencelock".to_owned()),
+        let u = BackendUrl::parse(url)?;
+        let bad = |why: String| u.invalid(why);
+        u.expect_scheme(&["zk"], "ZooKeeper")?;
+        u.expect_no_userinfo("ZooKeeper authentication is not supported")?;
+        let chroot = match u.path() {
+            "" => "/fencelock".to_owned(),
+            _ => {
+                let c = u.path_decoded("chroot")?;
+                format!("/{}", c.strip_prefix('/').unwrap_or(&c).trim_end_matches('/'))
+            }
         };
         if chroot.contains("//") {
             return Err(bad(format!("bad chroot `{chroot}`")));
         }
-        let servers = hosts.split(',').map(|h| h.trim().to_owned()).collect();
+        // HOST:PORT as the client's connect string takes it; a missing port is named by
+        // `validate`.
+        let servers = u.hosts().iter().map(|h| h.to_string()).collect();
         let mut cfg = ZkConfig {
             servers,
             chroot,
@@ -65,9 +69,10 @@ impl ZkConfig {
             timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(1),
             layout: ZkLayout::Fencelock,
-            display: url.to_owned(),
+            display: u.redacted(),
         };
-        for (k, v) in url_query::pairs(query) {
+        for pair in u.query() {
+            let (k, v) = (pair.key.as_str(), pair.value.as_str());
             if k == "layout" {
                 cfg.layout = v.parse().map_err(|e: LockError| bad(e.to_string()))?;
                 continue;
@@ -160,6 +165,9 @@ mod tests {
         assert_eq!(c.session_timeout, Duration::from_millis(500));
         assert_eq!(c.connect_string(), "127.0.0.1:1,127.0.0.1:2/app/locks");
         assert_eq!(ZkConfig::from_url("zk://h:1").unwrap().chroot, "/fencelock");
+        let c = ZkConfig::from_url("zk://[::1]:2181,h:2/a%40b").unwrap();
+        assert_eq!(c.servers, ["[::1]:2181", "h:2"]);
+        assert_eq!(c.chroot, "/a@b");
     }
 
     #[test]
@@ -175,7 +183,9 @@ mod tests {
     #[test]
     fn rejects_bad_urls_clearly() {
         for (url, says) in [
-            ("zk://", "bad server"),
+            ("zk://", "no ZooKeeper server"),
+            ("zk://h:x", "invalid port number"),
+            ("zk://u:pw@h:1", "authentication is not supported"),
             ("zk://h", "bad server"),
             ("zk://h:1?ttl=1s", "unknown option"),
             ("zk://h:1//x", "chroot"),

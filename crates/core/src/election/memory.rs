@@ -67,9 +67,9 @@ impl Seat {
 /// The in-process election service. Instances made with the same name share one table.
 ///
 /// ```
-/// # #[tokio::main(flavor = "current_thread")] async fn main() -> fencelock_core::Result<()> {
-/// use fencelock_core::election::{memory::MemoryElection, Election};
-/// use fencelock_core::LockOptions;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> fencelock::Result<()> {
+/// use fencelock::election::{memory::MemoryElection, Election};
+/// use fencelock::LockOptions;
 /// let a = MemoryElection::named("docs");
 /// let leadership = a.campaign("scheduler", b"node-a", &LockOptions::new()).await?;
 /// let leader = MemoryElection::named("docs").leader("scheduler").await?.expect("a leader");

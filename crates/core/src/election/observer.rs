@@ -104,9 +104,9 @@ where
 /// The leader changes of one election, from [`Election::observe`](super::Election::observe).
 ///
 /// ```
-/// # #[tokio::main(flavor = "current_thread")] async fn main() -> fencelock_core::Result<()> {
-/// use fencelock_core::election::{memory::MemoryElection, Election};
-/// use fencelock_core::LockOptions;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> fencelock::Result<()> {
+/// use fencelock::election::{memory::MemoryElection, Election};
+/// use fencelock::LockOptions;
 /// let elections = MemoryElection::new();
 /// let mut observer = elections.observe("scheduler").await?;
 /// assert_eq!(observer.changed().await, Some(None)); // the seat is empty at first

@@ -29,6 +29,14 @@ pub struct FileConfig {
     /// group readable and writable (default `false`: the directory must be the user's own
     /// and writable by nobody else).
     pub shared: bool,
+    /// Let child processes inherit each liveness file's descriptor (default `false`: it is
+    /// close-on-exec). A grant then stays live while *any* process sharing the descriptor
+    /// lives — this one or a child it started after the grant (and their children) — or
+    /// until its TTL ends unrenewed. `fencelock run` sets it so that, when `run` is
+    /// SIGKILLed, the lock stays held until its guard has killed the command's process
+    /// group, as flock(1) hands its lock to the command. Leave it off in a library: a
+    /// child that outlives its holder would keep the key busy until the TTL.
+    pub inherit: bool,
 }
 
 impl FileConfig {
@@ -38,10 +46,11 @@ impl FileConfig {
             dir: dir.into(),
             durable: true,
             shared: false,
+            inherit: false,
         }
     }
 
-    /// Parses `file:///absolute/dir[?durable=true|false][&shared=true|false]`.
+    /// Parses `file:///absolute/dir[?durable=true|false][&shared=true|false][&inherit=true|false]`.
     pub fn from_url(url: &str) -> Result<Self> {
         let rest = url
             .strip_prefix("file://")
@@ -62,6 +71,7 @@ impl FileConfig {
             match pair.split_once('=').map(|(name, _)| name) {
                 Some("durable") => config.durable = flag,
                 Some("shared") => config.shared = flag,
+                Some("inherit") => config.inherit = flag,
                 _ => return Err(unknown_option(url, pair)),
             }
         }
@@ -142,7 +152,7 @@ impl FileConfig {
 
 fn unknown_option(url: &str, pair: &str) -> LockError {
     LockError::invalid_config(format!(
-        "`{url}`: unknown option `{pair}` (the file backend takes durable=true|false and shared=true|false)"
+        "`{url}`: unknown option `{pair}` (the file backend takes durable, shared and inherit, each =true or =false)"
     ))
 }
 
@@ -173,13 +183,14 @@ mod tests {
 
     #[test]
     fn url_options() {
-        let c = FileConfig::from_url("file:///var/lock/app?durable=false&shared=true").unwrap();
+        let c = FileConfig::from_url("file:///var/lock/app?durable=false&shared=true&inherit=true").unwrap();
         assert_eq!(
             c,
             FileConfig {
                 dir: "/var/lock/app".into(),
                 durable: false,
-                shared: true
+                shared: true,
+                inherit: true,
             }
         );
         assert_eq!(FileConfig::from_url("file:///x").unwrap(), FileConfig::new("/x"));

@@ -23,6 +23,8 @@ pub(crate) struct KeyFiles {
     durable: bool,
     /// The mode of files this process creates: 0600, or 0660 in a shared directory.
     mode: u32,
+    /// Liveness descriptors without close-on-exec (see `FileConfig::inherit`).
+    inherit: bool,
 }
 
 /// The outcome of one attempt.
@@ -44,7 +46,15 @@ impl KeyFiles {
             stem: naming::stem(key),
             durable,
             mode,
+            inherit: false,
         }
+    }
+
+    /// With `inherit`, each liveness file this process creates is left open across `exec`:
+    /// a child started after the grant shares its open file, hence its flock.
+    pub(crate) fn inheritable(mut self, inherit: bool) -> Self {
+        self.inherit = inherit;
+        self
     }
 
     fn path(&self, suffix: &str) -> PathBuf {
@@ -140,6 +150,10 @@ impl KeyFiles {
                     "a new liveness file was already locked",
                     std::io::Error::other(live_name),
                 ));
+            }
+            if self.inherit {
+                rustix::io::fcntl_setfd(&live, rustix::io::FdFlags::empty())
+                    .map_err(|e| io_error(format!("cannot make {} inheritable", live_path.display()), e.into()))?;
             }
             let stale = st.holder.take();
             st.last_token = token;

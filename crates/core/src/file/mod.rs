@@ -78,8 +78,8 @@ const POLL_WITHOUT_WATCH: Duration = Duration::from_millis(50);
 /// The file lock service over one directory.
 ///
 /// ```
-/// # #[tokio::main(flavor = "current_thread")] async fn main() -> fencelock_core::Result<()> {
-/// use fencelock_core::{file::FileLock, DistributedLock, LockOptions};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> fencelock::Result<()> {
+/// use fencelock::{file::FileLock, DistributedLock, LockOptions};
 /// let dir = std::env::temp_dir().join(format!("fencelock-doc-{}", std::process::id()));
 /// let locks = FileLock::open(&dir)?;
 /// let lease = locks.acquire("nightly-backup", &LockOptions::new()).await?;
@@ -102,6 +102,8 @@ pub struct FileLock {
     dir: Arc<PathBuf>,
     durable: bool,
     mode: u32,
+    /// Liveness descriptors inheritable by children ([`FileConfig::inherit`]).
+    inherit: bool,
 }
 
 impl FileLock {
@@ -143,10 +145,12 @@ impl FileLock {
             dir: Arc::new(config.dir.clone()),
             durable: config.durable,
             mode: config.file_mode(),
+            inherit: config.inherit,
         })
     }
 
-    /// Builds from `file:///absolute/dir[?durable=true|false][&shared=true|false]`.
+    /// Builds from `file:///absolute/dir[?durable=true|false][&shared=true|false][&inherit=true|false]`
+    /// (see [`FileConfig`]).
     ///
     /// # Errors
     /// `InvalidConfig` for a malformed URL or an unknown option, and as [`open`](Self::open).
@@ -160,7 +164,7 @@ impl FileLock {
     }
 
     pub(crate) fn files(&self, key: &str) -> KeyFiles {
-        KeyFiles::new(&self.dir, key, self.durable, self.mode)
+        KeyFiles::new(&self.dir, key, self.durable, self.mode).inheritable(self.inherit)
     }
 
     /// Breaks `key`'s lock by hand, as an operator would with `rm DIR/STEM.*.live`: removes

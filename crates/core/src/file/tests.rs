@@ -268,3 +268,44 @@ async fn corrupt_state_is_a_permanent_error_not_retried_for_the_wait() {
         started.elapsed()
     );
 }
+
+/// Whether this process's descriptors of `.live` files in `dir` are close-on-exec, from
+/// /proc/self/fdinfo (`flags:` in octal; O_CLOEXEC is 02000000).
+fn live_fds_cloexec(dir: &Path) -> Vec<bool> {
+    let mut found = Vec::new();
+    for fd in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let is_live = std::fs::read_link(fd.path())
+            .is_ok_and(|t| t.starts_with(dir) && t.extension().is_some_and(|e| e == "live"));
+        if !is_live {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.file_name().to_string_lossy()))
+            .unwrap_or_default();
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok());
+        if let Some(flags) = flags {
+            found.push(flags & 0o2_000_000 != 0);
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn inherit_leaves_the_liveness_file_open_across_exec_and_only_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("locks");
+    let plain = FileLock::from_url(&format!("file://{}", d.display())).unwrap();
+    let lease = plain.acquire("k", &long()).await.unwrap();
+    assert_eq!(
+        live_fds_cloexec(&d),
+        [true],
+        "by default a liveness file is close-on-exec"
+    );
+    lease.release().await.unwrap();
+    let inherit = FileLock::from_url(&format!("file://{}?inherit=true", d.display())).unwrap();
+    let lease = inherit.acquire("k", &long()).await.unwrap();
+    assert_eq!(live_fds_cloexec(&d), [false], "inherit=true: children share the flock");
+    lease.release().await.unwrap();
+}

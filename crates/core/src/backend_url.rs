@@ -1,0 +1,543 @@
+//! Backend URLs: the one parser of every server backend's URL, and the one redaction of
+//! the passwords in them.
+//!
+//! The form is `SCHEME://[USER[:PASSWORD]@]HOST[:PORT][,HOST[:PORT]...][/PATH][?KEY=VALUE&...]`.
+//!
+//! * USER, PASSWORD and query keys and values are percent-decoded (`%40` is `@`). Inside a
+//!   password, `/`, `?` and `#` must be percent-encoded (`%2F`, `%3F`, `%23`), as RFC 3986
+//!   says; `@` and `:` may be written as they are (the host starts after the *last* `@`,
+//!   the password after the *first* `:`).
+//! * A literal `@` after the hosts, or a `#` anywhere, is refused with a message that says
+//!   how to encode it: such a URL would be ambiguous (is `redis://u:a/b@h` a password
+//!   `a/b` or host `u` port `a`?), and an ambiguous URL cannot be redacted with certainty.
+//! * Each host is parsed by the [`url`] crate (IPv6 in brackets, `[::1]:6379`; a port
+//!   that is not a `u16` is refused). The `url` crate does not parse an authority that
+//!   lists several hosts (`h1:1,h2:2`), so the list is split here, in this one place, and
+//!   each host is handed to `url` on its own.
+//!
+//! Messages and `Debug` show a URL through [`BackendUrl::redacted`] (or [`redact`] for
+//! text that did not parse): the password, and any `password=` query value, become `***`.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use percent_encoding::percent_decode_str;
+
+use crate::{LockError, Result};
+
+/// One host of a backend URL, as the [`url`] crate parsed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    /// The host name or address; an IPv6 address without its brackets.
+    pub host: String,
+    /// Whether `host` is an IPv6 address (written in brackets in URLs and `HOST:PORT`).
+    pub ipv6: bool,
+    /// The port, when the URL gives one.
+    pub port: Option<u16>,
+}
+
+impl HostPort {
+    /// `HOST:PORT` with `default` when the URL gives no port; an IPv6 host in brackets.
+    pub fn address(&self, default: u16) -> String {
+        format!("{}:{}", self.bracketed(), self.port.unwrap_or(default))
+    }
+
+    /// `HOST:PORT`, or `None` when the URL gives no port.
+    pub fn address_with_port(&self) -> Option<String> {
+        self.port.map(|p| format!("{}:{p}", self.bracketed()))
+    }
+
+    /// The host as written in a URL: an IPv6 address in brackets.
+    pub fn bracketed(&self) -> Cow<'_, str> {
+        if self.ipv6 {
+            Cow::Owned(format!("[{}]", self.host))
+        } else {
+            Cow::Borrowed(&self.host)
+        }
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.port {
+            Some(p) => write!(f, "{}:{p}", self.bracketed()),
+            None => f.write_str(&self.bracketed()),
+        }
+    }
+}
+
+/// One `KEY=VALUE` of the query.
+#[derive(Clone, PartialEq, Eq)]
+pub struct QueryPair {
+    /// The key, percent-decoded.
+    pub key: String,
+    /// The value, percent-decoded (`""` for a key without `=`).
+    pub value: String,
+    /// The pair as written, for handing on to a client library unchanged.
+    pub raw: String,
+}
+
+impl fmt::Debug for QueryPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let value = if is_secret_key(&self.key) { "***" } else { &self.value };
+        write!(f, "{}={value:?}", self.key)
+    }
+}
+
+/// A parsed backend URL (see the [module docs](self) for the form). `Debug` and
+/// `Display` show it redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BackendUrl {
+    scheme: String,
+    user: Option<String>,
+    password: Option<String>,
+    hosts: Vec<HostPort>,
+    path: String,
+    query: Vec<QueryPair>,
+    /// The URL as written, up to the `?`.
+    raw_base: String,
+    /// The user as written (percent-encoded), for the redacted form.
+    raw_user: Option<String>,
+    /// The hosts as written.
+    raw_hosts: String,
+}
+
+impl BackendUrl {
+    /// Parses `url`.
+    ///
+    /// # Errors
+    /// [`LockError::InvalidConfig`] naming the URL (redacted) and what is wrong: no
+    /// `SCHEME://`, a `#`, a literal `@` after the hosts, an empty host in a list, a host
+    /// or port the `url` crate refuses, a percent-encoding that is not UTF-8.
+    pub fn parse(url: &str) -> Result<Self> {
+        parse(url).map_err(|e| e.into_lock_error(url))
+    }
+
+    /// The scheme, lowercased.
+    pub fn scheme(&self) -> &str {
+        &self.scheme
+    }
+
+    /// The user, percent-decoded; `None` when the URL has none (or an empty one).
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    /// The password, percent-decoded; `None` when the URL has none.
+    pub fn password(&self) -> Option<&str> {
+        self.password.as_deref()
+    }
+
+    /// The hosts, in order; empty when the URL has none (`postgres:///db`).
+    pub fn hosts(&self) -> &[HostPort] {
+        &self.hosts
+    }
+
+    /// The path as written, from its `/` on (`""` when there is none). Not decoded: a
+    /// backend that takes a path (a key prefix, a chroot, a database) says how it reads it.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The path, percent-decoded; `what` names it in the error.
+    ///
+    /// # Errors
+    /// [`LockError::InvalidConfig`] when the decoded path is not UTF-8.
+    pub fn path_decoded(&self, what: &str) -> Result<String> {
+        decode(what, &self.path).map_err(|e| self.invalid(e.why))
+    }
+
+    /// The query's pairs, in order.
+    pub fn query(&self) -> &[QueryPair] {
+        &self.query
+    }
+
+    /// The URL as written up to the `?`: for a client library that parses the same form
+    /// itself (it carries the password; never show it).
+    pub fn raw_base(&self) -> &str {
+        &self.raw_base
+    }
+
+    /// The URL as written up to the `?`, without the user and password: for a client
+    /// library that parses the rest itself and takes the (decoded) credentials apart.
+    pub fn raw_base_without_userinfo(&self) -> String {
+        format!("{}://{}{}", self.scheme, self.raw_hosts, self.path)
+    }
+
+    /// The same URL with only host `i` (for a backend that gives each host a client).
+    pub fn with_only_host(&self, i: usize) -> Option<BackendUrl> {
+        let host = self.hosts.get(i)?.clone();
+        let raw_hosts = host.to_string();
+        let raw_base = self.raw_base.replacen(&self.raw_hosts, &raw_hosts, 1);
+        Some(BackendUrl {
+            hosts: vec![host],
+            raw_hosts,
+            raw_base,
+            ..self.clone()
+        })
+    }
+
+    /// The URL with the password and any `password=` query value replaced by `***`, for
+    /// messages and logs.
+    pub fn redacted(&self) -> String {
+        let mut out = self.redacted_base();
+        if !self.query.is_empty() {
+            out.push('?');
+            let pairs: Vec<String> = self
+                .query
+                .iter()
+                .map(|p| {
+                    if is_secret_key(&p.key) {
+                        format!("{}=***", p.raw.split('=').next().unwrap_or(""))
+                    } else {
+                        p.raw.clone()
+                    }
+                })
+                .collect();
+            out.push_str(&pairs.join("&"));
+        }
+        out
+    }
+
+    /// [`redacted`](Self::redacted) without the query: what a backend shows as its server.
+    pub fn redacted_base(&self) -> String {
+        let mut out = format!("{}://", self.scheme);
+        out.push_str(&self.redacted_userinfo());
+        out.push_str(&self.raw_hosts);
+        out.push_str(&self.path);
+        out
+    }
+
+    /// `USER:***@`, `USER@`, `:***@` or `""`, as written but with the password hidden.
+    pub fn redacted_userinfo(&self) -> String {
+        let user = self.raw_user.as_deref().unwrap_or("");
+        match (&self.password, user) {
+            (Some(_), u) => format!("{u}:***@"),
+            (None, "") => String::new(),
+            (None, u) => format!("{u}@"),
+        }
+    }
+
+    /// An [`LockError::InvalidConfig`] "`URL`: why", with the URL redacted.
+    pub fn invalid(&self, why: impl fmt::Display) -> LockError {
+        LockError::invalid_config(format!("`{}`: {why}", self.redacted()))
+    }
+
+    /// Checks the scheme is one of `schemes`.
+    ///
+    /// # Errors
+    /// [`LockError::InvalidConfig`] "a NAME URL starts with S1:// or S2://".
+    pub fn expect_scheme(&self, schemes: &[&str], name: &str) -> Result<()> {
+        if schemes.contains(&self.scheme.as_str()) {
+            return Ok(());
+        }
+        let list: Vec<String> = schemes.iter().map(|s| format!("{s}://")).collect();
+        Err(self.invalid(format!("a {name} URL starts with {}", list.join(" or "))))
+    }
+
+    /// Refuses a user or password, for a backend that takes none in the authority.
+    ///
+    /// # Errors
+    /// [`LockError::InvalidConfig`] when the URL has a user or a password.
+    pub fn expect_no_userinfo(&self, instead: &str) -> Result<()> {
+        if self.user.is_some() || self.password.is_some() {
+            return Err(self.invalid(format!("no user or password before the host here; {instead}")));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for BackendUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Debug for BackendUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("BackendUrl").field(&self.redacted()).finish()
+    }
+}
+
+/// `url` with any password hidden, for messages about text that may not parse: a URL that
+/// parses is shown as [`BackendUrl::redacted`]; anything else has everything between
+/// `://` and its last `@` replaced by `***` (more than the password, never less), and
+/// `password=` query values hidden.
+pub fn redact(url: &str) -> String {
+    if let Ok(parsed) = parse(url) {
+        return parsed.redacted();
+    }
+    let (head, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
+    };
+    let out = match rest.rfind('@') {
+        Some(i) => format!("{head}***{}", &rest[i..]),
+        None => url.to_owned(),
+    };
+    hide_query_passwords(&out)
+}
+
+/// Hides `password=VALUE` (up to the next `&`) wherever it follows `?` or `&`.
+fn hide_query_passwords(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(['?', '&']) {
+        out.push_str(&rest[..=i]);
+        rest = &rest[i + 1..];
+        let key_end = rest.find(['=', '&']).unwrap_or(rest.len());
+        if rest[key_end..].starts_with('=') && is_secret_key(&decode_lossy(&rest[..key_end])) {
+            out.push_str(&rest[..=key_end]);
+            out.push_str("***");
+            rest = &rest[key_end + 1..];
+            rest = &rest[rest.find('&').unwrap_or(rest.len())..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn decode_lossy(s: &str) -> String {
+    percent_decode_str(s).decode_utf8_lossy().into_owned()
+}
+
+fn is_secret_key(key: &str) -> bool {
+    key.eq_ignore_ascii_case("password")
+}
+
+/// What is wrong, before the URL is known to be safe to show.
+struct ParseError {
+    why: String,
+    source: Option<url::ParseError>,
+}
+
+impl ParseError {
+    fn new(why: impl Into<String>) -> Self {
+        ParseError {
+            why: why.into(),
+            source: None,
+        }
+    }
+
+    fn into_lock_error(self, url: &str) -> LockError {
+        LockError::InvalidConfig {
+            message: format!("`{}`: {}", redact(url), self.why),
+            source: self.source.map(|e| Box::new(e) as crate::BoxError),
+        }
+    }
+}
+
+fn decode(what: &str, s: &str) -> std::result::Result<String, ParseError> {
+    percent_decode_str(s)
+        .decode_utf8()
+        .map(Cow::into_owned)
+        .map_err(|_| ParseError::new(format!("the {what} is not UTF-8 once percent-decoded")))
+}
+
+fn parse(url: &str) -> std::result::Result<BackendUrl, ParseError> {
+    let url = url.trim();
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| ParseError::new("not a URL: expected SCHEME://HOST..."))?;
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !scheme_ok {
+        return Err(ParseError::new(format!("`{scheme}` is not a URL scheme")));
+    }
+    if url.contains('#') {
+        return Err(ParseError::new(
+            "a `#` is not allowed here: in a password or an option write it as %23",
+        ));
+    }
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, after) = rest.split_at(authority_end);
+    if after.contains('@') {
+        return Err(ParseError::new(
+            "an `@` after the host: percent-encode `/` and `?` in a password (%2F, %3F), and write a literal `@` after the host as %40",
+        ));
+    }
+    let (path, raw_query) = match after.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (after, None),
+    };
+    // The host list starts after the last `@`: a password may hold `@` and `:`.
+    let (userinfo, raw_hosts) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    let (mut raw_user, mut user, mut password) = (None, None, None);
+    if let Some(info) = userinfo {
+        let (u, p) = match info.split_once(':') {
+            Some((u, p)) => (u, Some(p)),
+            None => (info, None),
+        };
+        if !u.is_empty() {
+            raw_user = Some(u.to_owned());
+            user = Some(decode("user", u)?);
+        }
+        password = p.map(|p| decode("password", p)).transpose()?;
+    }
+    let hosts: Vec<HostPort> = if raw_hosts.is_empty() {
+        Vec::new()
+    } else {
+        raw_hosts
+            .split(',')
+            .map(parse_host)
+            .collect::<std::result::Result<_, _>>()?
+    };
+    let mut query = Vec::new();
+    for raw in raw_query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = raw.split_once('=').unwrap_or((raw, ""));
+        let key = decode("option name", k)?;
+        let value = decode(&format!("value of `{key}`"), v)?;
+        query.push(QueryPair {
+            key,
+            value,
+            raw: raw.to_owned(),
+        });
+    }
+    Ok(BackendUrl {
+        scheme: scheme.to_ascii_lowercase(),
+        user,
+        password,
+        hosts,
+        path: path.to_owned(),
+        query,
+        raw_base: format!("{scheme}://{authority}{path}"),
+        raw_user,
+        raw_hosts: raw_hosts.to_owned(),
+    })
+}
+
+/// One `HOST[:PORT]` of the list, given to the `url` crate on its own (it parses one
+/// authority, not a list).
+fn parse_host(raw: &str) -> std::result::Result<HostPort, ParseError> {
+    if raw.is_empty() {
+        return Err(ParseError::new("an empty host in the list: write HOST:PORT,HOST:PORT"));
+    }
+    let bad = |e: url::ParseError| ParseError {
+        why: format!("bad host `{raw}`: {e}"),
+        source: Some(e),
+    };
+    // A scheme the `url` crate has no defaults for: no port is dropped as "the default",
+    // no host is rewritten, an IPv6 address is checked.
+    let parsed = url::Url::parse(&format!("fencelock-host://{raw}")).map_err(bad)?;
+    let (host, ipv6) = match parsed.host() {
+        Some(url::Host::Ipv6(a)) => (a.to_string(), true),
+        Some(url::Host::Ipv4(a)) => (a.to_string(), false),
+        Some(url::Host::Domain(d)) if !d.is_empty() => (d.to_owned(), false),
+        _ => {
+            return Err(ParseError::new(format!(
+                "bad host `{raw}`: no host name before the port"
+            )))
+        }
+    };
+    if !parsed.path().is_empty() {
+        return Err(ParseError::new(format!("bad host `{raw}`")));
+    }
+    Ok(HostPort {
+        host,
+        ipv6,
+        port: parsed.port(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_part_and_decodes_credentials() {
+        let u = BackendUrl::parse("redis://us%65r:p%40ss@h:1/2?prefix=a%26b&timeout=1s&flag").unwrap();
+        assert_eq!(u.scheme(), "redis");
+        assert_eq!(u.user(), Some("user"));
+        assert_eq!(u.password(), Some("p@ss"));
+        assert_eq!(
+            u.hosts(),
+            [HostPort {
+                host: "h".into(),
+                ipv6: false,
+                port: Some(1)
+            }]
+        );
+        assert_eq!(u.path(), "/2");
+        let q: Vec<(&str, &str)> = u.query().iter().map(|p| (p.key.as_str(), p.value.as_str())).collect();
+        assert_eq!(q, [("prefix", "a&b"), ("timeout", "1s"), ("flag", "")]);
+        assert_eq!(u.redacted(), "redis://us%65r:***@h:1/2?prefix=a%26b&timeout=1s&flag");
+    }
+
+    #[test]
+    fn ipv6_and_host_lists() {
+        let u = BackendUrl::parse("etcd://[::1]:2379,127.0.0.1:2,name/pre").unwrap();
+        let hosts: Vec<String> = u.hosts().iter().map(|h| h.address(9)).collect();
+        assert_eq!(hosts, ["[::1]:2379", "127.0.0.1:2", "name:9"]);
+        assert!(u.hosts()[0].ipv6);
+        assert_eq!(u.hosts()[0].host, "::1");
+        assert_eq!(u.path(), "/pre");
+        let one = u.with_only_host(1).unwrap();
+        assert_eq!(one.hosts().len(), 1);
+        assert_eq!(one.raw_base(), "etcd://127.0.0.1:2/pre");
+        assert!(BackendUrl::parse("postgres:///db").unwrap().hosts().is_empty());
+    }
+
+    #[test]
+    fn passwords_with_special_characters_never_show() {
+        // Written as they may be: `@` and `:` literally; `/`, `?`, `#` encoded.
+        for (url, password) in [
+            ("redis://:p@ss@h:1", "p@ss"),
+            ("redis://u:p:ss@h:1/0", "p:ss"),
+            ("redis://:p%2Fss@h:1", "p/ss"),
+            ("redis://:p%3Fss@h:1?timeout=1s", "p?ss"),
+            ("redis://:p%23ss@h:1", "p#ss"),
+            ("redis://:%40%2F%3F%23%3A@[::1]:1", "@/?#:"),
+        ] {
+            let u = BackendUrl::parse(url).unwrap();
+            assert_eq!(u.password(), Some(password), "{url}");
+            for shown in [u.redacted(), format!("{u:?}"), u.to_string(), redact(url)] {
+                assert!(shown.contains(":***@"), "{url}: {shown}");
+                assert!(!shown.contains("ss") && !shown.contains("%40"), "{url} leaks: {shown}");
+            }
+        }
+    }
+
+    #[test]
+    fn ambiguous_urls_are_refused_and_redacted_conservatively() {
+        for (url, says) in [
+            ("redis://:Sec/RET@h:1", "percent-encode"),
+            ("redis://u:Sec?RET@h:1", "percent-encode"),
+            ("redis://:Sec#RET@h:1", "%23"),
+            ("redis://u:1/RET@h", "percent-encode"),
+            ("redis://h:1?prefix=a@b", "%40"),
+        ] {
+            let e = BackendUrl::parse(url).unwrap_err().to_string();
+            assert!(e.contains(says), "{url}: {e}");
+            assert!(!e.contains("Sec") && !e.contains("RET"), "{url} leaks: {e}");
+        }
+        assert_eq!(redact("redis://:Sec/RET@h:1"), "redis://***@h:1");
+        assert_eq!(
+            redact("etcd://h:1?user=u&password=x%26y&k=v"),
+            "etcd://h:1?user=u&password=***&k=v"
+        );
+        assert_eq!(redact("etcd://h:x?password=s&k=v"), "etcd://h:x?password=***&k=v");
+        assert_eq!(redact("no url at all"), "no url at all");
+    }
+
+    #[test]
+    fn bad_hosts_and_ports_are_named() {
+        for (url, says) in [
+            ("redis://h:notaport", "bad host `h:notaport`: invalid port number"),
+            ("redis://h:70000", "invalid port number"),
+            ("redis://[::1:1", "bad host"),
+            ("redis://:1", "bad host `:1`"),
+            ("etcd://h:1,,h:2", "empty host"),
+            ("redis://h:1?k=%ff", "not UTF-8"),
+            ("h:1", "not a URL"),
+        ] {
+            let e = BackendUrl::parse(url).unwrap_err();
+            assert!(matches!(e, LockError::InvalidConfig { .. }), "{url}: {e}");
+            assert!(e.to_string().contains(says), "{url}: {e}");
+        }
+    }
+}
