@@ -150,6 +150,28 @@ async fn candidates_are_keys_holding_their_values() {
     b.close().await.expect("close b");
 }
 
+/// A campaign without auto-renew whose lease is extended past its granted TTL moves its key
+/// onto a longer lease: the value must stay (the move re-puts the key). Failed before the
+/// move kept the value (`ignore_value`): the key then held an empty value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extending_onto_a_longer_lease_keeps_the_value() {
+    let etcd = Etcd::start().await;
+    let e = etcd.connect().await;
+    let name = unique_key("elect-move");
+    let opts = LockOptions::new()
+        .with_ttl(Duration::from_secs(2))
+        .with_auto_renew(false);
+    let l = e.campaign(&name, b"addr", &opts).await.expect("campaign");
+    l.lease()
+        .extend(Duration::from_secs(30))
+        .await
+        .expect("extend onto a longer lease");
+    let leader = e.leader(&name).await.expect("leader").expect("still leads");
+    assert_eq!((leader.value.as_slice(), leader.term), (&b"addr"[..], l.term()));
+    l.resign().await.expect("resign");
+    e.close().await.expect("close");
+}
+
 /// A leader whose client is cut off without resigning (its session lease is no longer
 /// kept alive) is replaced within the session TTL, and an observer sees the successor; closing
 /// the client instead revokes the session at once.
