@@ -292,13 +292,15 @@ fn lab_paused_leader(url: &str) {
         .output()
         .expect("run the lab");
     let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        text.contains("writes with its old term") && text.contains(": refused"),
+        "{text}"
     );
-    assert!(text.contains("writes with its old term") && text.contains(": refused"), "{text}");
-    assert!(!text.contains("ACCEPTED (stale)") && !text.contains("REFUSED"), "{text}");
+    assert!(
+        !text.contains("ACCEPTED (stale)") && !text.contains("REFUSED"),
+        "{text}"
+    );
     let written = std::fs::read_to_string(&report).expect("report written");
     assert!(
         written.contains("| paused-leader | given | 0 | 0 | 0 | 1 | 0 | – | – |"),

@@ -179,7 +179,13 @@ impl Election for EtcdElection {
             .into_inner()
             .unwrap_or_else(|p| p.into_inner())
             .filter(|(_, rev)| term_of(*rev) == lease.token())
-            .ok_or_else(|| LockError::backend(crate::error::BACKEND, "a won campaign without its key", std::io::Error::other(seat.clone())))?;
+            .ok_or_else(|| {
+                LockError::backend(
+                    crate::error::BACKEND,
+                    "a won campaign without its key",
+                    std::io::Error::other(seat.clone()),
+                )
+            })?;
         tracing::Span::current().record("term", lease.token().get());
         tracing::debug!(name, term = %lease.token(), "elected");
         let ops = Arc::new(Candidate {
@@ -336,14 +342,7 @@ async fn follow(c: Cluster, dir: String, mut seats: Seats, mut rev: i64, feed: O
 /// One watch on `dir` from `rev + 1`, applied to `seats`; publishes the lowest candidate
 /// after each revision. Resets `failures` once the watch delivered something. Returns why
 /// the watch ended (broken, cancelled by a compaction or a lost leader, or closed).
-async fn watch(
-    c: &Cluster,
-    dir: &str,
-    seats: &mut Seats,
-    rev: i64,
-    feed: &ObserverFeed,
-    failures: &mut u32,
-) -> String {
+async fn watch(c: &Cluster, dir: &str, seats: &mut Seats, rev: i64, feed: &ObserverFeed, failures: &mut u32) -> String {
     let wopts = WatchOptions::new().with_prefix().with_start_revision(rev + 1);
     let stream = c
         .call("watching the election", |mut cl| {

@@ -181,7 +181,11 @@ pub(crate) async fn enqueue_with_value(
         let txn = Txn::new()
             .when([Compare::create_revision(my_key.clone(), CompareOp::Equal, 0)])
             .and_then([
-                TxnOp::put(my_key.clone(), value, Some(PutOptions::new().with_lease(holding.lease()))),
+                TxnOp::put(
+                    my_key.clone(),
+                    value,
+                    Some(PutOptions::new().with_lease(holding.lease())),
+                ),
                 TxnOp::get(dir.clone(), Some(owner_get.clone())),
             ])
             .or_else([

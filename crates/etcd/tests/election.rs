@@ -54,7 +54,10 @@ impl Etcd {
             .with_prefix()
             .with_sort(SortTarget::Create, SortOrder::Ascend);
         let r = self.admin.clone().get(dir, Some(opts)).await.expect("operator's read");
-        r.kvs().iter().map(|kv| (kv.key().to_vec(), kv.value().to_vec())).collect()
+        r.kvs()
+            .iter()
+            .map(|kv| (kv.key().to_vec(), kv.value().to_vec()))
+            .collect()
     }
 }
 
@@ -74,7 +77,12 @@ impl ElectionFixture for Etcd {
                 .into_iter()
                 .next()
                 .expect("a leader's key to remove");
-            let r = self.admin.clone().delete(lowest, None).await.expect("operator's delete");
+            let r = self
+                .admin
+                .clone()
+                .delete(lowest, None)
+                .await
+                .expect("operator's delete");
             assert_eq!(r.deleted(), 1, "the operator's delete found no key");
         })
     }
@@ -129,14 +137,21 @@ async fn candidates_are_keys_holding_their_values() {
     // Bounded: b's key appears within the wait (its put is one request).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while etcd.candidates(&name).await.len() < 2 {
-        assert!(tokio::time::Instant::now() < deadline, "b's candidate key never appeared");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b's candidate key never appeared"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let values: Vec<Vec<u8>> = etcd.candidates(&name).await.into_iter().map(|(_, v)| v).collect();
     assert_eq!(values, vec![b"a:1".to_vec(), b"b:1".to_vec()]);
     la.proclaim(b"a:2").await.expect("proclaim");
     let values: Vec<Vec<u8>> = etcd.candidates(&name).await.into_iter().map(|(_, v)| v).collect();
-    assert_eq!(values, vec![b"a:2".to_vec(), b"b:1".to_vec()], "proclaim touched only our key");
+    assert_eq!(
+        values,
+        vec![b"a:2".to_vec(), b"b:1".to_vec()],
+        "proclaim touched only our key"
+    );
     let leader = b.leader(&name).await.expect("leader").expect("a leads");
     assert_eq!((leader.value.as_slice(), leader.term), (&b"a:2"[..], la.term()));
     let term_a = la.term();
@@ -185,11 +200,16 @@ async fn a_dead_leader_is_replaced_within_the_session_ttl() {
         proxy.port(),
         SESSION_TTL.as_secs()
     );
-    let dead = EtcdElection::connect(&dead_url).await.expect("connect through the proxy");
+    let dead = EtcdElection::connect(&dead_url)
+        .await
+        .expect("connect through the proxy");
     let (next, watcher) = (etcd.connect().await, etcd.connect().await);
     let mut observer = watcher.observe(&name).await.expect("observe");
     assert_eq!(observer.changed().await, Some(None));
-    let l = dead.campaign(&name, b"dead", &LockOptions::new()).await.expect("campaign");
+    let l = dead
+        .campaign(&name, b"dead", &LockOptions::new())
+        .await
+        .expect("campaign");
     let dead_term = l.term();
     let seen = observer.changed().await.flatten().expect("the first leader");
     assert_eq!(seen.term, dead_term);
@@ -221,7 +241,10 @@ async fn a_dead_leader_is_replaced_within_the_session_ttl() {
     next.close().await.expect("close");
     assert!(matches!(lost.await, LostReason::Backend(_)));
     let after = watcher.leader(&name).await.expect("leader");
-    assert_eq!(after, None, "close revoked the session and its key (term {closed_term})");
+    assert_eq!(
+        after, None,
+        "close revoked the session and its key (term {closed_term})"
+    );
     watcher.close().await.expect("close watcher");
     assert!(!l.is_leader(), "the cut-off leader still believes it leads");
     drop((l, dead, proxy));
