@@ -18,9 +18,11 @@ use crate::schemes;
 /// | `file:///ABSOLUTE/DIR` | seats beside the file locks of DIR, for one host |
 /// | `redis://…`, `rediss://…` | seats beside the locks of one Redis server (feature `redis`) |
 /// | `redlock://…` | best effort: `leader` by quorum agreement, no `observe` (feature `redlock`) |
+/// | `etcd://…` | a key per candidate holding its value, lowest create revision leads, observe by watch (feature `etcd`) |
 /// | `zk://…` | ephemeral sequential nodes with data, lowest leads (feature `zookeeper`) |
 /// | `postgres://…` | the lock row as the seat, a `leaders` row beside it (feature `postgres`) |
-/// | others | not yet: [`LockError::InvalidConfig`] naming the backend |
+/// | a backend whose feature is off | [`LockError::FeatureDisabled`] naming the feature |
+/// | others | [`LockError::InvalidConfig`] |
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> fencelock::Result<()> {
@@ -33,7 +35,9 @@ use crate::schemes;
 /// ```
 ///
 /// # Errors
-/// [`LockError::InvalidConfig`] for a malformed URL or a backend without an election yet.
+/// [`LockError::InvalidConfig`] for a malformed URL or an unknown scheme;
+/// [`LockError::FeatureDisabled`] for a backend not compiled in; the backend's connect
+/// errors.
 ///
 /// # Cancel safety
 /// Cancel safe: nothing is left behind.
@@ -47,15 +51,28 @@ pub async fn connect_election(url: &str) -> Result<Arc<dyn Election>> {
         Some("file") => Ok(Arc::new(fencelock_core::election::file::FileElection::from_url(url)?)),
         #[cfg(feature = "redis")]
         Some("redis" | "rediss") => Ok(Arc::new(fencelock_redis::RedisElection::connect(url).await?)),
+        #[cfg(feature = "etcd")]
+        Some("etcd") => Ok(Arc::new(fencelock_etcd::EtcdElection::connect(url).await?)),
         #[cfg(feature = "zookeeper")]
         Some("zk") => Ok(Arc::new(fencelock_zk::ZkElection::connect(url).await?)),
         #[cfg(feature = "postgres")]
         Some("postgres" | "postgresql") => Ok(Arc::new(fencelock_postgres::PgElection::connect(url).await?)),
         #[cfg(feature = "redlock")]
         Some("redlock") => Ok(Arc::new(fencelock_redlock::RedlockElection::connect(url).await?)),
-        Some(scheme) => Err(LockError::invalid_config(format!(
-            "leader election is not implemented for the `{scheme}://` backend yet (available: memory://, file://, redis://, redlock://, zk://, postgres://)"
-        ))),
+        Some(scheme) => match schemes::find(scheme) {
+            Some(entry) if !entry.compiled => match entry.feature {
+                Some(feature) => Err(LockError::FeatureDisabled {
+                    scheme: scheme.to_owned(),
+                    feature,
+                }),
+                None => Err(LockError::invalid_config(format!(
+                    "the `{scheme}://` backend is not available on this platform"
+                ))),
+            },
+            _ => Err(LockError::invalid_config(format!(
+                "no leader election for `{scheme}://` (elections: memory://, file://, redis://, redlock://, etcd://, zk://, postgres://)"
+            ))),
+        },
         None => Err(LockError::invalid_config(format!(
             "`{}` is not a backend URL: expected SCHEME://..., e.g. memory://",
             fencelock_core::backend_url::redact(url)

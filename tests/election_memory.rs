@@ -27,20 +27,19 @@ fn seats() -> Local {
 
 election_suite!(seats(), config());
 
-/// A backend without an election (etcd, for now) fails at connect time with a clear
-/// error, never a silently weaker election.
+/// Every backend has an election now: a scheme whose backend is not compiled in names
+/// its feature, and an unknown scheme or a URL without one is a clear configuration error.
 #[tokio::test]
-async fn connect_election_refuses_backends_without_an_election() {
-    for url in ["etcd://127.0.0.1:1"] {
+async fn connect_election_refuses_unknown_and_disabled_backends() {
+    #[cfg(not(feature = "etcd"))]
+    match fencelock::connect_election("etcd://127.0.0.1:1").await {
+        Err(fencelock::LockError::FeatureDisabled { feature, .. }) => assert_eq!(feature, "etcd"),
+        other => panic!("etcd without its feature: {other:?}"),
+    }
+    for url in ["nosuch://x", "no-scheme"] {
         match fencelock::connect_election(url).await {
-            Err(fencelock::LockError::InvalidConfig { message, .. }) => {
-                assert!(message.contains("not implemented"), "{url}: {message}");
-            }
+            Err(fencelock::LockError::InvalidConfig { .. }) => {}
             other => panic!("{url}: {other:?}"),
         }
-    }
-    match fencelock::connect_election("no-scheme").await {
-        Err(fencelock::LockError::InvalidConfig { .. }) => {}
-        other => panic!("a URL without a scheme: {other:?}"),
     }
 }

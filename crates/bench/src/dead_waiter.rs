@@ -91,14 +91,14 @@ pub async fn measure_peer(target: &Target, peer: &str, trials: usize) -> Result<
     .await
 }
 
-/// A target's URL with every host behind its own proxy.
-struct Proxied {
-    url: String,
+/// A target's URL with every host behind its own proxy (also used by [`crate::failover`]).
+pub(crate) struct Proxied {
+    pub(crate) url: String,
     proxies: Vec<FaultProxy>,
 }
 
 impl Proxied {
-    fn set(&self, mode: Mode) {
+    pub(crate) fn set(&self, mode: Mode) {
         for p in &self.proxies {
             p.set(mode);
         }
@@ -106,7 +106,7 @@ impl Proxied {
 }
 
 /// Puts a proxy in front of every `127.0.0.1:PORT` / `localhost:PORT` host of `url`.
-async fn proxied(url: &str) -> Result<Proxied> {
+pub(crate) async fn proxied(url: &str) -> Result<Proxied> {
     let (scheme, rest) = url
         .split_once("://")
         .ok_or_else(|| BenchError::Usage(format!("`{url}` is not a URL")))?;

@@ -7,6 +7,7 @@ use futures_util::future::BoxFuture;
 use crate::contention::{self, Contention};
 use crate::dead_waiter;
 use crate::error::Result;
+use crate::failover;
 use crate::machine::Machine;
 use crate::report::{BackendReport, ContentionRow, Report, Role, Settings, SubjectLatency};
 use crate::scale;
@@ -44,6 +45,10 @@ pub struct Plan {
     pub many_keys_limit: Duration,
     /// Dead-waiter trials per subject (0: skip).
     pub dead_waiter_trials: usize,
+    /// Failovers per backend: leader killed → successor elected (0: skip).
+    pub failovers: usize,
+    /// Measure the failover row only (`--failover-only`): nothing else per backend.
+    pub failover_only: bool,
     /// Full measurements per backend, for the spread across runs (at least 1).
     pub runs: usize,
     /// Measure the peer crates too.
@@ -71,6 +76,8 @@ impl Plan {
             many_keys_clients: 4,
             many_keys_limit: Duration::from_secs(4),
             dead_waiter_trials: 5,
+            failovers: 50,
+            failover_only: false,
             runs: 1,
             peers: true,
             command: String::new(),
@@ -90,6 +97,7 @@ impl Plan {
             many_keys: 100,
             many_keys_limit: Duration::from_secs(2),
             dead_waiter_trials: 2,
+            failovers: 5,
             ..Plan::full()
         }
     }
@@ -136,6 +144,8 @@ pub async fn run(plan: &Plan, progress: &(dyn Fn(&str) + Sync)) -> Result<Report
             hold_secs: plan.hold.as_secs_f64(),
             many_keys_limit_secs: plan.many_keys_limit.as_secs_f64(),
             dead_waiter_trials: plan.dead_waiter_trials,
+            failovers: plan.failovers,
+            failover_ttl_secs: failover::FAILOVER_TTL.as_secs_f64(),
             runs: plan.runs.max(1),
         },
         backends,
@@ -161,6 +171,28 @@ async fn measure_runs(plan: &Plan, target: &Target, progress: &(dyn Fn(&str) + S
 
 async fn measure(plan: &Plan, target: &Target, progress: &(dyn Fn(&str) + Sync)) -> Result<BackendReport> {
     let name = target.label.clone();
+    let failover = if plan.failovers > 0 {
+        progress(&format!("{name}: {} failovers (leader killed)", plan.failovers));
+        Some(failover::measure(target, plan.failovers).await?)
+    } else {
+        None
+    };
+    if plan.failover_only {
+        return Ok(BackendReport {
+            backend: name,
+            kind: target.kind,
+            server: target.server_version().await,
+            started_here: target.started_here(),
+            request_unit: target.request_unit(),
+            command_unit: target.command_unit(),
+            many_keys: Vec::new(),
+            dead_waiter: Vec::new(),
+            failover,
+            uncontended: Vec::new(),
+            contention: Vec::new(),
+            scale: Vec::new(),
+        });
+    }
     progress(&format!("{name}: uncontended acquire + release"));
     let ours = Ours::connect(&target.url).await?;
     let raw = target.raw().await?;
@@ -303,6 +335,7 @@ async fn measure(plan: &Plan, target: &Target, progress: &(dyn Fn(&str) + Sync))
         command_unit: target.command_unit(),
         many_keys,
         dead_waiter,
+        failover,
         uncontended,
         contention: contention_rows,
         scale: scale_points,

@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::contention::Contention;
 use crate::dead_waiter::DeadWaiter;
 use crate::error::{BenchError, Result};
+use crate::failover::Failover;
 use crate::machine::Machine;
 use crate::scale::ScalePoint;
 use crate::stats::{median, spread, Latency};
@@ -99,6 +100,8 @@ pub struct BackendReport {
     pub many_keys: Vec<ContentionRow>,
     /// A waiter dies while queued.
     pub dead_waiter: Vec<DeadWaiter>,
+    /// Leader killed → successor elected (`None`: not measured).
+    pub failover: Option<Failover>,
     /// Scale runs.
     pub scale: Vec<ScalePoint>,
 }
@@ -124,6 +127,10 @@ pub struct Settings {
     pub many_keys_limit_secs: f64,
     /// Dead-waiter trials per subject.
     pub dead_waiter_trials: usize,
+    /// Failovers per backend.
+    pub failovers: usize,
+    /// TTL and session bound of the failover row's campaigns, seconds.
+    pub failover_ttl_secs: f64,
     /// Full measurements per backend.
     pub runs: usize,
 }
@@ -342,6 +349,7 @@ impl Report {
         self.verdicts(&mut out);
         self.uncontended_section(&mut out, charts);
         self.contention_section(&mut out, charts);
+        self.failover_section(&mut out);
         self.scale_section(&mut out, charts);
         self.reading(&mut out);
         out
@@ -695,6 +703,37 @@ impl Report {
             }
             out.push('\n');
         }
+    }
+
+    /// Failover time per backend (issue 16), from the first run (the spread of several
+    /// runs is not shown for this row).
+    fn failover_section(&self, out: &mut String) {
+        if self.backends.iter().all(|b| b.failover.is_none()) {
+            return;
+        }
+        let s = &self.settings;
+        let _ = writeln!(
+            out,
+            "## Failover: leader killed → successor elected\n\n{} failovers per backend. A leader, connected through a fault proxy, wins a campaign on a fresh election name; a successor campaigns and waits. \
+             The leader then dies as a SIGKILLed process does: the proxy resets its connections and refuses new ones, and its client is dropped without resigning. \
+             The figure is kill → the successor's campaign returning. For this row only, every campaign has a {:.0} s TTL and the session-based backends a {:.0} s session bound (set in the URL), so the figures are that bound plus the detection and wake-up; with the defaults they grow with the TTL or session bound. \
+             A failover that took longer than the bound + 10 s counts as stuck (at that bound).\n",
+            s.failovers, s.failover_ttl_secs, s.failover_ttl_secs
+        );
+        let _ = writeln!(
+            out,
+            "| backend | failovers | median | p99 | max | stuck | how the leader died, what bounds it |\n|---|---|---|---|---|---|---|"
+        );
+        for b in &self.backends {
+            if let Some(f) = &b.failover {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {:.0} ms | {:.0} ms | {:.0} ms | {} | {} |",
+                    b.backend, f.failovers, f.p50_ms, f.p99_ms, f.max_ms, f.stuck, f.note
+                );
+            }
+        }
+        out.push('\n');
     }
 
     fn scale_section(&self, out: &mut String, charts: &str) {

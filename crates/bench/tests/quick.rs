@@ -24,10 +24,36 @@ fn tiny() -> Plan {
         many_keys_clients: 4,
         many_keys_limit: Duration::from_secs(1),
         dead_waiter_trials: 1,
+        failovers: 0,
         runs: 1,
         command: "test".into(),
         ..Plan::quick()
     }
+}
+
+/// The failover row alone: a leader killed (connections reset by a proxy) on Redis is
+/// replaced once its 1 s TTL runs out — never before the seat was free, never stuck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_failover_row_measures_a_killed_leader() {
+    let plan = Plan {
+        only: vec![Kind::Redis],
+        failovers: 3,
+        failover_only: true,
+        ..tiny()
+    };
+    let report = run(&plan, &|_| {}).await.unwrap();
+    let b = &report.backends[0];
+    assert!(b.uncontended.is_empty() && b.contention.is_empty(), "failover only");
+    let f = b.failover.as_ref().expect("the failover row");
+    assert_eq!((f.failovers, f.stuck), (3, 0), "{f:?}");
+    // Auto-renew renews every third of the TTL, so the seat outlives the kill by 2/3 to all
+    // of the TTL; the upper bound leaves the loaded machine its slack.
+    let ttl_ms = fencelock_bench::failover::FAILOVER_TTL.as_secs_f64() * 1000.0;
+    assert!(f.p50_ms >= ttl_ms / 2.0 && f.max_ms < ttl_ms + 3000.0, "{f:?}");
+    assert!(f.p99_ms >= f.p50_ms && f.max_ms >= f.p99_ms, "{f:?}");
+    let md = report.markdown("charts");
+    assert!(md.contains("## Failover: leader killed → successor elected"), "{md}");
+    assert!(md.contains("| redis | 3 | "), "{md}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

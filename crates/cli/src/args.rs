@@ -226,7 +226,7 @@ fn parse_wait(text: &str) -> Result<Duration, String> {
 /// `fencelock lab`.
 #[derive(Debug, clap::Args)]
 pub struct LabArgs {
-    /// The scenario (default: all): paused-holder, restart-while-held,
+    /// The scenario (default: all): paused-holder, paused-leader, restart-while-held,
     /// fault-during-contention, client-partition, failover-before-replication, clock-jump
     pub scenario: Option<String>,
 
@@ -264,6 +264,15 @@ pub struct BenchArgs {
     /// as the median of the runs with their min–max
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=20))]
     pub runs: u16,
+
+    /// Failovers per backend (leader killed → successor elected, 1 s TTL/session bound);
+    /// default 50 (5 with --quick); 0 leaves the row out
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=1000))]
+    pub failovers: Option<u16>,
+
+    /// Measure only the failover row (with --only to pick backends)
+    #[arg(long)]
+    pub failover_only: bool,
 
     /// Write the Markdown report to FILE and its charts to a folder beside it
     /// (docs/benchmarks.md → docs/benchmarks/*.svg)

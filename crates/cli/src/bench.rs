@@ -25,6 +25,13 @@ pub async fn bench(cli: &Cli, args: &BenchArgs) -> ExitCode {
     };
     plan.peers = !args.no_peers;
     plan.runs = usize::from(args.runs);
+    if let Some(n) = args.failovers {
+        plan.failovers = usize::from(n);
+    }
+    plan.failover_only = args.failover_only;
+    if plan.failover_only && plan.failovers == 0 {
+        return exit::fail("--failover-only with --failovers 0 measures nothing", exit::BAD_INPUT);
+    }
     if !args.only.is_empty() {
         if !plan.urls.is_empty() {
             return exit::fail(

@@ -8,7 +8,7 @@ use std::time::Duration;
 use fencelock::DistributedLock;
 use fencelock_testkit::history::Report;
 use fencelock_testkit::lab::{
-    client_partition, contention_with_fault, fault_while_held, paused_holder, Outcome, Phase,
+    client_partition, contention_with_fault, fault_while_held, paused_holder, paused_leader, Outcome, Phase,
 };
 
 use crate::args::{Cli, LabArgs};
@@ -17,6 +17,7 @@ use crate::exit;
 /// The scenarios, by name.
 const SCENARIOS: &[&str] = &[
     "paused-holder",
+    "paused-leader",
     "restart-while-held",
     "fault-during-contention",
     "client-partition",
@@ -139,6 +140,15 @@ fn connect_factory(url: String) -> impl fencelock_testkit::conformance::ClientFa
     move || {
         let url = url.clone();
         async move { fencelock::connect(&url).await.expect("connect") as Arc<dyn DistributedLock> }
+    }
+}
+
+fn election_factory(url: String) -> impl fencelock_testkit::conformance::election::ElectionFactory + 'static {
+    // Scenarios fail by panicking (they are test tools); callers run them in a task.
+    #[allow(clippy::expect_used)]
+    move || {
+        let url = url.clone();
+        async move { fencelock::connect_election(&url).await.expect("connect_election") }
     }
 }
 
@@ -527,6 +537,32 @@ pub async fn lab(cli: &Cli, args: &LabArgs) -> ExitCode {
     let mut rows = Vec::new();
     let mut failed = false;
     for scenario in chosen {
+        if scenario == "paused-leader" {
+            for t in &targets {
+                let (url, ttl) = (t.url.clone(), t.ttl);
+                // In its own task, as paused-holder: a panic becomes a one-line message.
+                let run = tokio::spawn(async move { paused_leader(&election_factory(url), ttl).await });
+                let outcome = match run.await {
+                    Ok(o) => o,
+                    Err(e) => {
+                        eprintln!("fencelock lab: {scenario} on {} failed: {e}", t.name);
+                        failed = true;
+                        continue;
+                    }
+                };
+                let title = format!("{scenario} on {} ({}), fenced resource", t.name, t.url);
+                print_timeline(args, &title, &outcome);
+                let picture = outcome.svg(&format!("{scenario} on {}, fenced resource", t.name));
+                rows.push(Row {
+                    scenario,
+                    backend: t.name,
+                    fenced: outcome.report,
+                    unfenced: None,
+                    pictures: vec![(format!("{scenario}-{}.svg", slug(t.name)), picture)],
+                });
+            }
+            continue;
+        }
         if scenario != "paused-holder" {
             if !cli.backend.is_empty() {
                 eprintln!("fencelock lab: {scenario} starts its own servers; --backend is ignored for it");
@@ -701,6 +737,12 @@ const REPORT_TAIL: &str = "
   only makes the scenario kinder to the lock service. Every backend shows the late actions
   (two per run); with fencing the late write is refused on every backend; without, it lands
   and B's increment is lost. No backend can prevent this; only the token makes it harmless.
+* **paused-leader** (issue 16; the election form of paused-holder): A is elected
+  (`campaign`, no auto-renew) and writes with its term, then stalls past its validity; B's
+  campaign wins and B writes with its term; A wakes and writes with its old term, and B
+  writes again. The resource checks terms (a `FencingChecker`): A's late write is refused
+  on every backend, B's are accepted. One late action per run (A's write); fenced only
+  (– in the unfenced columns).
 * **restart-while-held** (F5/F6; S5/S6): A takes the lock for 30 s and writes; then the
   servers lose state — Redis is SIGKILLed and restarted (without persistence, and with
   `appendfsync always`); for Redlock, A holds on a bare quorum (nodes 3 and 4 were down when

@@ -1,8 +1,7 @@
 //! `fencelock elect` and `fencelock leader` across processes: five candidates, exactly one
 //! command at a time, each with a larger FENCELOCK_TERM; killing the leader's process
 //! starts exactly one successor. On file, and on real redis-server(s) (single and Redlock),
-//! ZooKeeper and PostgreSQL started by the test
-//! (the other server backends have no election yet: docs/election.md).
+//! ZooKeeper, PostgreSQL and etcd (feature `etcd`) started by the test.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 
@@ -137,6 +136,24 @@ fn redlock_killing_the_leader_starts_exactly_one_successor() {
     one_successor_after_kill(&fencelock_testkit::redis_server::redlock_url(&servers, ""), &dir);
 }
 
+#[cfg(feature = "etcd")]
+#[test]
+fn etcd_five_candidates_run_one_at_a_time() {
+    let cluster = fencelock_testkit::etcd_server::EtcdCluster::start(1);
+    let dir = tempfile::tempdir().expect("temp dir");
+    one_command_at_a_time(&cluster.url("session_ttl=2s"), &dir);
+}
+
+/// The killed leader's key rides on its session lease: the successor comes within the
+/// session TTL (2 s here).
+#[cfg(feature = "etcd")]
+#[test]
+fn etcd_killing_the_leader_starts_exactly_one_successor() {
+    let cluster = fencelock_testkit::etcd_server::EtcdCluster::start(1);
+    let dir = tempfile::tempdir().expect("temp dir");
+    one_successor_after_kill(&cluster.url("session_ttl=2s"), &dir);
+}
+
 /// Five candidates, each running a short command: the commands never overlap and each
 /// has a larger FENCELOCK_TERM than the one before.
 fn one_command_at_a_time(url: &str, dir: &tempfile::TempDir) {
@@ -262,4 +279,43 @@ fn leader_watch_prints_each_change() {
     .expect("SIGTERM the watcher");
     let status = watcher.0[0].wait().expect("wait for the watcher");
     assert!(status.success(), "leader --watch exits 0 on SIGTERM: {status:?}");
+}
+
+/// `fencelock lab paused-leader` on one backend: A's write with its old term is refused,
+/// B's are accepted, and the table has the row (one late action: A's write).
+fn lab_paused_leader(url: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let report = dir.path().join("safety.md");
+    let out = fencelock(url)
+        .args(["lab", "paused-leader", "--report"])
+        .arg(&report)
+        .output()
+        .expect("run the lab");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("writes with its old term") && text.contains(": refused"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("ACCEPTED (stale)") && !text.contains("REFUSED"),
+        "{text}"
+    );
+    let written = std::fs::read_to_string(&report).expect("report written");
+    assert!(
+        written.contains("| paused-leader | given | 0 | 0 | 0 | 1 | 0 | – | – |"),
+        "{written}"
+    );
+}
+
+#[test]
+fn lab_paused_leader_is_fenced_on_memory() {
+    lab_paused_leader("memory://lab-leader");
+}
+
+#[cfg(feature = "etcd")]
+#[test]
+fn lab_paused_leader_is_fenced_on_etcd() {
+    let cluster = fencelock_testkit::etcd_server::EtcdCluster::start(1);
+    lab_paused_leader(&cluster.url(""));
 }

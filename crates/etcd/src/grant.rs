@@ -142,10 +142,11 @@ impl EtcdGrant {
                 Compare::create_revision(self.key.clone(), CompareOp::Equal, self.rev),
                 Compare::lease(self.key.clone(), CompareOp::Equal, old),
             ])
+            // The value stays as it is (an election candidate's key carries one).
             .and_then([TxnOp::put(
                 self.key.clone(),
                 "",
-                Some(PutOptions::new().with_lease(fresh)),
+                Some(PutOptions::new().with_lease(fresh).with_ignore_value()),
             )]);
         let moved = c
             .call("moving the lock to the longer lease", |mut cl| {

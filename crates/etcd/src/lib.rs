@@ -31,7 +31,8 @@
 //! `client` (bounded, repeated requests) · `lock` ([`EtcdLock`]) · `queue` (joining the
 //! queue) · `wait` (the predecessor watch, confirming our turn) · `grant` (extend, release,
 //! lease moves) · `session` (the shared lease and its key check) · `cleanup` (follow-ups) ·
-//! `slots` (queue key names).
+//! `slots` (queue key names) · `election` ([`EtcdElection`]: candidates as queue keys holding
+//! their value, observe by watch).
 //!
 //! ## When to choose it
 //!
@@ -43,6 +44,7 @@
 mod cleanup;
 mod client;
 mod config;
+mod election;
 mod error;
 mod grant;
 mod lock;
@@ -52,4 +54,5 @@ mod slots;
 mod wait;
 
 pub use config::{EtcdConfig, EtcdLayout};
+pub use election::{EtcdElection, MAX_WATCH_FAILURES};
 pub use lock::{EtcdLock, GUARANTEES};

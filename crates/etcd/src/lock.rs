@@ -52,7 +52,7 @@ pub const GUARANTEES: Guarantees = Guarantees {
 /// ```
 #[derive(Clone, Debug)]
 pub struct EtcdLock {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 /// What every grant and background task of one instance shares.
@@ -184,7 +184,7 @@ impl EtcdLock {
 
     /// Turns our queue position into a lease, valid from `since` for an own lease (the
     /// send instant of the request that confirmed it) or as long as the session lives.
-    fn grant(&self, key: &str, opts: &LockOptions, mut q: Queued, since: Option<Instant>) -> Option<Lease> {
+    pub(crate) fn grant(&self, key: &str, opts: &LockOptions, mut q: Queued, since: Option<Instant>) -> Option<Lease> {
         let (sent_at, validity, holding) = match &q.holding {
             Holding::Session { session, claim } => {
                 let now = Instant::now();

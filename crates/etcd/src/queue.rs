@@ -145,6 +145,17 @@ async fn holding(inner: &Arc<Inner>, opts: &LockOptions, own: bool) -> Result<Ho
 /// its own task: if the caller is gone when it completes, the `Queued` is dropped there,
 /// which undoes the entry.
 pub(crate) async fn enqueue(inner: Arc<Inner>, key: &str, opts: &LockOptions) -> Result<Queued> {
+    enqueue_with_value(inner, key, Vec::new(), opts).await
+}
+
+/// [`enqueue`] with `value` as our key's value (an election candidate's, see
+/// [`crate::election`]); lock keys hold an empty value.
+pub(crate) async fn enqueue_with_value(
+    inner: Arc<Inner>,
+    key: &str,
+    value: Vec<u8>,
+    opts: &LockOptions,
+) -> Result<Queued> {
     let (key, opts) = (key.to_owned(), *opts);
     detached(BACKEND, async move {
         let cfg = &inner.cluster.cfg;
@@ -179,7 +190,11 @@ pub(crate) async fn enqueue(inner: Arc<Inner>, key: &str, opts: &LockOptions) ->
         let txn = Txn::new()
             .when([Compare::create_revision(my_key.clone(), CompareOp::Equal, 0)])
             .and_then([
-                TxnOp::put(my_key.clone(), "", Some(PutOptions::new().with_lease(holding.lease()))),
+                TxnOp::put(
+                    my_key.clone(),
+                    value,
+                    Some(PutOptions::new().with_lease(holding.lease())),
+                ),
                 TxnOp::get(dir.clone(), Some(owner_get.clone())),
             ])
             .or_else([

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use fencelock_core::fencing::FencingChecker;
 use fencelock_core::{Fence, LockOptions};
 
+use crate::conformance::election::ElectionFactory;
 use crate::conformance::ClientFactory;
 use crate::history::{Event, History, Report};
 use crate::keys::unique_key;
@@ -281,6 +282,93 @@ pub async fn paused_holder(f: &dyn ClientFactory, ttl: Duration, fenced: bool) -
         if released.is_ok() { "ok" } else { "lease lost" }
     ));
     let _ = la.release().await;
+    Outcome::of(&history, &log)
+}
+
+/// **Leader paused past its validity, then writes** (issue 16; the election form of
+/// [`paused_holder`]).
+///
+/// Client A campaigns (`ttl`, no auto-renew) and writes to a fenced resource with its term,
+/// then stalls — modelled by A doing nothing until its leadership's validity has run out.
+/// Client B's campaign then wins, and B writes with its term. A wakes up and writes with
+/// its old term: the resource ([`FencingChecker`]) refuses it, while B's writes before and
+/// after are accepted. No election can stop A's late write from being sent (a belief
+/// overlap); only the term makes it harmless.
+pub async fn paused_leader(f: &dyn ElectionFactory, ttl: Duration) -> Outcome {
+    let (a, b) = (f.election().await, f.election().await);
+    let name = unique_key("lab-leader");
+    let history = History::new();
+    let log = Log::new();
+    let resource = Resource::Fenced(FencingChecker::new());
+    let opts = LockOptions::new()
+        .with_ttl(ttl)
+        .with_wait(Duration::from_secs(30))
+        .with_auto_renew(false);
+
+    let la = a.campaign(&name, b"A", &opts).await.expect("A is elected");
+    history.granted(0, la.lease());
+    log.say(format!(
+        "A elected, term {}, valid for {:?}",
+        la.term(),
+        la.lease().remaining()
+    ));
+    let ok = resource.write(&la.fence());
+    history.fenced_write(0, la.lease(), ok);
+    log.say(format!(
+        "A wrote with term {}: {}; A pauses",
+        la.term(),
+        if ok { "accepted" } else { "REFUSED" }
+    ));
+
+    let lost = tokio::time::timeout(ttl + Duration::from_secs(5), la.lost())
+        .await
+        .expect("A's validity ends");
+    log.say(format!(
+        "A's leadership ended ({lost}) — A is still paused and does not know"
+    ));
+
+    let lb = b
+        .campaign(&name, b"B", &opts.with_ttl(Duration::from_secs(30)))
+        .await
+        .expect("B is elected after A's validity");
+    history.granted(1, lb.lease());
+    log.say(format!("B elected, term {}", lb.term()));
+    let ok = resource.write(&lb.fence());
+    history.fenced_write(1, lb.lease(), ok);
+    log.say(format!(
+        "B wrote with term {}: {}",
+        lb.term(),
+        if ok { "accepted" } else { "REFUSED" }
+    ));
+
+    let ok = resource.write(&la.fence());
+    history.fenced_write(0, la.lease(), ok);
+    log.say(format!(
+        "A wakes up and writes with its old term {}: {}",
+        la.term(),
+        if ok { "ACCEPTED (stale)" } else { "refused" }
+    ));
+    let ok = resource.write(&lb.fence());
+    history.fenced_write(1, lb.lease(), ok);
+    log.say(format!(
+        "B writes again with term {}: {}",
+        lb.term(),
+        if ok { "accepted" } else { "REFUSED" }
+    ));
+
+    let b_grant = lb.lease().grant().clone();
+    let resigned = lb.resign().await;
+    history.record(Event::Released {
+        grant: b_grant,
+        at: Instant::now(),
+    });
+    log.say(format!(
+        "B resigned: {}",
+        if resigned.is_ok() { "ok" } else { "leadership lost" }
+    ));
+    let _ = la.resign().await;
+    let _ = a.close().await;
+    let _ = b.close().await;
     Outcome::of(&history, &log)
 }
 

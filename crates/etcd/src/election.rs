@@ -1,0 +1,384 @@
+//! Leader election on etcd ([`EtcdElection`]), native: the shape of etcd's own
+//! `concurrency.Election` recipe (the `v3election` service), with fencing terms.
+//!
+//! * **Candidates**: each campaign puts one key under the election's directory — the lock
+//!   directory of key `election.NAME`, see [`EtcdElection::seat_dir`] — holding the
+//!   candidate's value, attached to the instance's session lease (or to a lease of its own
+//!   when the campaign does not auto-renew). It is the lock's queue entry
+//!   ([`crate::queue`]), so the put and the owner read are one transaction.
+//! * **Leader**: the key with the lowest create revision. A campaign waits by watching
+//!   only the key just before its own and confirms its turn as the lock does
+//!   ([`crate::wait`]); the **term** is the leader key's create revision, strictly
+//!   increasing across leaders (across the whole cluster, in fact).
+//! * **Proclaim**: a put of a new value on our key, in a transaction guarded by our key's
+//!   create revision (the grant, never merely "a key of that name"), keeping its lease.
+//! * **Resign**: the lock's release: a delete guarded the same way.
+//! * **Leader read**: one range read of the directory, sorted by create revision, limit 1.
+//! * **Observe**: one `WATCH` on the directory (pushed by etcd, not polled), applied in
+//!   revision order to a local copy of the candidates; after each revision the lowest
+//!   candidate is published. A broken or compacted watch is replaced after a fresh read.
+//!
+//! Facts from etcd's `client/v3/concurrency/election.go`: candidates are keys
+//! `PFX/LEASE-ID` with the value, the leader is the lowest create revision, `Proclaim` is
+//! a put guarded by the key's create revision, `Observe` follows the lowest key by watch.
+//! Differences: our keys are named per grant (`INSTANCE.SLOT`, reused only when known to be
+//! gone), so two campaigns of one session are two candidates, and the term is exposed as a
+//! fencing token.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Compare, CompareOp, EventType, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, WatchOptions,
+};
+use fencelock_core::election::{
+    validate_value, Election, ElectionCapabilities, LeaderInfo, LeaderRead, Leadership, Observation, Observer,
+    ObserverFeed, ProclaimOps,
+};
+use fencelock_core::options::validate_key;
+use fencelock_core::waiting::queue_with;
+use fencelock_core::{DistributedLock, FencingToken, LockError, LockOptions, Result};
+
+use crate::client::Cluster;
+use crate::queue::enqueue_with_value;
+use crate::wait::wait_turn;
+use crate::{EtcdConfig, EtcdLock};
+
+/// How many times in a row an observer's watch may fail (and be replaced after a fresh
+/// read) before the observation ends.
+pub const MAX_WATCH_FAILURES: u32 = 20;
+
+/// The election on an etcd cluster.
+///
+/// ```no_run
+/// # async fn demo() -> fencelock_core::Result<()> {
+/// use fencelock_core::election::Election;
+/// use fencelock_core::LockOptions;
+/// let elections = fencelock_etcd::EtcdElection::connect("etcd://127.0.0.1:2379/myapp").await?;
+/// let leadership = elections.campaign("scheduler", b"10.0.0.7:8080", &LockOptions::new()).await?;
+/// println!("leading with term {}", leadership.term()); // the leader key's create revision
+/// leadership.resign().await?;
+/// elections.close().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct EtcdElection {
+    lock: EtcdLock,
+}
+
+/// The lock key of election `name`'s seat.
+fn seat_key(name: &str) -> Result<String> {
+    validate_key(name)?;
+    let seat = format!("election.{name}");
+    validate_key(&seat)?;
+    Ok(seat)
+}
+
+impl EtcdElection {
+    /// The election over `lock`'s cluster, prefix and session (its candidates ride on the
+    /// same session lease as its locks).
+    pub fn new(lock: EtcdLock) -> Self {
+        EtcdElection { lock }
+    }
+
+    /// Connects as [`EtcdLock::connect`].
+    ///
+    /// # Errors
+    /// As [`EtcdLock::connect`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe: nothing is created on the server before it returns.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Ok(Self::new(EtcdLock::connect(url).await?))
+    }
+
+    /// Connects as [`EtcdLock::connect_with`].
+    ///
+    /// # Errors
+    /// As [`EtcdLock::connect_with`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe: nothing is created on the server before it returns.
+    pub async fn connect_with(cfg: EtcdConfig) -> Result<Self> {
+        Ok(Self::new(EtcdLock::connect_with(cfg).await?))
+    }
+
+    /// The lock client underneath (sessions, counters).
+    pub fn lock(&self) -> &EtcdLock {
+        &self.lock
+    }
+
+    /// The directory holding election `name`'s candidate keys, one per campaign (for
+    /// operators: `etcdctl get --prefix DIR`; the lowest create revision leads).
+    ///
+    /// # Errors
+    /// [`LockError::InvalidInput`] for a bad name.
+    pub fn seat_dir(&self, name: &str) -> Result<String> {
+        Ok(self.cluster().cfg.lock_dir(&seat_key(name)?))
+    }
+
+    fn cluster(&self) -> &Cluster {
+        &self.lock.inner.cluster
+    }
+}
+
+/// The lowest-create-revision key under `dir`, in one range read.
+async fn read_leader(c: &Cluster, dir: &str) -> Result<Option<LeaderInfo>> {
+    let opts = GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Create, SortOrder::Ascend)
+        .with_limit(1);
+    let r = c
+        .call("reading the election's leader", |mut cl| {
+            let (dir, opts) = (dir.to_owned(), opts.clone());
+            async move { cl.get(dir, Some(opts)).await }
+        })
+        .await?;
+    Ok(r.kvs().first().map(|kv| LeaderInfo {
+        value: kv.value().to_vec(),
+        term: term_of(kv.create_revision()),
+    }))
+}
+
+fn term_of(create_revision: i64) -> FencingToken {
+    FencingToken::new(u64::try_from(create_revision).unwrap_or(0))
+}
+
+#[async_trait]
+impl Election for EtcdElection {
+    /// Puts our candidate key with the value (and reads the leader) in one transaction,
+    /// then waits as the lock does: watching only the key just before ours.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the put runs in a task of its own, and a candidate key whose campaign
+    /// is gone is deleted in the background at once (an own lease is revoked), as a
+    /// dropped lock waiter's.
+    #[tracing::instrument(level = "debug", skip(self, value, opts), fields(backend = "etcd", term))]
+    async fn campaign(&self, name: &str, value: &[u8], opts: &LockOptions) -> Result<Leadership> {
+        validate_value(value)?;
+        let seat = seat_key(name)?;
+        let won: Mutex<Option<(String, i64)>> = Mutex::new(None);
+        let lease = queue_with(&seat, opts, || async {
+            let inner = Arc::clone(&self.lock.inner);
+            let q = enqueue_with_value(inner, &seat, value.to_vec(), opts).await?;
+            let since = if q.owner {
+                None
+            } else {
+                match wait_turn(self.cluster(), &q).await? {
+                    Some(since) => Some(since),
+                    None => return Ok(None), // our key vanished while queued: again
+                }
+            };
+            *won.lock().unwrap_or_else(|p| p.into_inner()) = Some((q.key.clone(), q.rev));
+            Ok(self.lock.grant(&seat, opts, q, since))
+        })
+        .await?;
+        let (key, rev) = won
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner())
+            .filter(|(_, rev)| term_of(*rev) == lease.token())
+            .ok_or_else(|| {
+                LockError::backend(
+                    crate::error::BACKEND,
+                    "a won campaign without its key",
+                    std::io::Error::other(seat.clone()),
+                )
+            })?;
+        tracing::Span::current().record("term", lease.token().get());
+        tracing::debug!(name, term = %lease.token(), "elected");
+        let ops = Arc::new(Candidate {
+            cluster: self.cluster().clone(),
+            key,
+            rev,
+        });
+        Ok(Leadership::new(name, lease, ops))
+    }
+
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
+    async fn leader(&self, name: &str) -> Result<Option<LeaderInfo>> {
+        let dir = self.seat_dir(name)?;
+        read_leader(self.cluster(), &dir).await
+    }
+
+    /// One range read of every candidate, then a watch on the directory from the next
+    /// revision, in a task that lives as long as the observer.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the watch task starts only once the read is done.
+    async fn observe(&self, name: &str) -> Result<Observer> {
+        let dir = self.seat_dir(name)?;
+        let (seats, rev) = Seats::read(self.cluster(), &dir).await?;
+        let feed = ObserverFeed::new(seats.lowest());
+        let task = tokio::spawn(follow(self.cluster().clone(), dir, seats, rev, feed.clone()));
+        Ok(feed.subscribe_with(task.abort_handle()))
+    }
+
+    fn capabilities(&self) -> ElectionCapabilities {
+        ElectionCapabilities {
+            backend: "etcd",
+            terms: self.lock.guarantees().tokens,
+            leader: LeaderRead::Exact,
+            observe: Observation::Native,
+            dead_leader_blocks: "its lease's TTL: the session TTL (session_ttl, 10 s by default) for auto-renewed campaigns, else the campaign's TTL rounded up to whole seconds",
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.lock.describe()
+    }
+
+    /// Ends the session (as [`EtcdLock::close`]): its candidate keys go with its lease.
+    async fn close(&self) -> Result<()> {
+        self.lock.close().await
+    }
+}
+
+/// One leader's candidate key.
+struct Candidate {
+    cluster: Cluster,
+    key: String,
+    rev: i64,
+}
+
+#[async_trait]
+impl ProclaimOps for Candidate {
+    /// A put of the value on our key, only while it is the key created at our revision;
+    /// the key keeps its lease.
+    async fn proclaim(&self, value: &[u8]) -> Result<bool> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(self.key.clone(), CompareOp::Equal, self.rev)])
+            .and_then([TxnOp::put(
+                self.key.clone(),
+                value.to_vec(),
+                Some(PutOptions::new().with_ignore_lease()),
+            )]);
+        let r = self
+            .cluster
+            .call("proclaiming the election's value", |mut cl| {
+                let txn = txn.clone();
+                async move { cl.txn(txn).await }
+            })
+            .await?;
+        Ok(r.succeeded())
+    }
+}
+
+/// An observer's copy of the candidates: key → create revision, and by create revision
+/// the key and value.
+#[derive(Debug, Default)]
+struct Seats {
+    by_rev: BTreeMap<i64, (Vec<u8>, Vec<u8>)>,
+    by_key: HashMap<Vec<u8>, i64>,
+}
+
+impl Seats {
+    /// Every candidate under `dir` and the revision of the read.
+    async fn read(c: &Cluster, dir: &str) -> Result<(Seats, i64)> {
+        let r = c
+            .call("reading the election's candidates", |mut cl| {
+                let dir = dir.to_owned();
+                async move { cl.get(dir, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await?;
+        let mut seats = Seats::default();
+        for kv in r.kvs() {
+            seats.put(kv.key(), kv.create_revision(), kv.value());
+        }
+        Ok((seats, r.header().map_or(0, |h| h.revision())))
+    }
+
+    fn put(&mut self, key: &[u8], create_revision: i64, value: &[u8]) {
+        if let Some(old) = self.by_key.insert(key.to_vec(), create_revision) {
+            self.by_rev.remove(&old);
+        }
+        self.by_rev.insert(create_revision, (key.to_vec(), value.to_vec()));
+    }
+
+    fn delete(&mut self, key: &[u8]) {
+        if let Some(rev) = self.by_key.remove(key) {
+            self.by_rev.remove(&rev);
+        }
+    }
+
+    fn lowest(&self) -> Option<LeaderInfo> {
+        self.by_rev.iter().next().map(|(rev, (_, value))| LeaderInfo {
+            value: value.clone(),
+            term: term_of(*rev),
+        })
+    }
+}
+
+/// Keeps `feed` up to date from a watch on `dir`, starting after revision `rev` (that of
+/// the read that made `seats`). A failed watch is replaced after a fresh read, at most
+/// [`MAX_WATCH_FAILURES`] times in a row; then the feed is dropped, which ends the
+/// observer's `changed()` with `None`. The task is aborted when its observer is dropped.
+async fn follow(c: Cluster, dir: String, mut seats: Seats, mut rev: i64, feed: ObserverFeed) {
+    let mut failures: u32 = 0;
+    loop {
+        let why = watch(&c, &dir, &mut seats, rev, &feed, &mut failures).await;
+        failures += 1;
+        if failures > MAX_WATCH_FAILURES {
+            tracing::warn!(%dir, %why, "election observer gives up after {MAX_WATCH_FAILURES} failed watches");
+            return;
+        }
+        tracing::debug!(%dir, %why, "election watch ended; reading afresh");
+        // 20 ms, doubling with each failure in a row, at most 1 s.
+        let pause = Duration::from_millis(20) * 2u32.pow(failures.min(6));
+        tokio::time::sleep(pause.min(Duration::from_secs(1))).await;
+        match Seats::read(&c, &dir).await {
+            Ok((fresh, at)) => {
+                seats = fresh;
+                rev = at;
+                feed.publish(seats.lowest());
+            }
+            Err(e) => tracing::debug!(%dir, error = %e, "election observer could not read the candidates"),
+        }
+    }
+}
+
+/// One watch on `dir` from `rev + 1`, applied to `seats`; publishes the lowest candidate
+/// after each revision. Resets `failures` once the watch delivered something. Returns why
+/// the watch ended (broken, cancelled by a compaction or a lost leader, or closed).
+async fn watch(c: &Cluster, dir: &str, seats: &mut Seats, rev: i64, feed: &ObserverFeed, failures: &mut u32) -> String {
+    let wopts = WatchOptions::new().with_prefix().with_start_revision(rev + 1);
+    let stream = c
+        .call("watching the election", |mut cl| {
+            let (dir, wopts) = (dir.to_owned(), wopts.clone());
+            async move { cl.watch(dir, Some(wopts)).await }
+        })
+        .await;
+    let mut stream = match stream {
+        Ok(s) => s,
+        Err(e) => return e.to_string(),
+    };
+    loop {
+        let msg = match stream.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return "the watch stream ended".into(),
+            Err(e) => return e.to_string(),
+        };
+        if msg.canceled() {
+            return format!(
+                "the watch was cancelled (compacted at {}): {}",
+                msg.compact_revision(),
+                msg.cancel_reason()
+            );
+        }
+        *failures = 0;
+        let events = msg.events();
+        for (i, e) in events.iter().enumerate() {
+            let Some(kv) = e.kv() else { continue };
+            match e.event_type() {
+                EventType::Put => seats.put(kv.key(), kv.create_revision(), kv.value()),
+                EventType::Delete => seats.delete(kv.key()),
+            }
+            let next_rev = events.get(i + 1).and_then(|n| n.kv()).map(|n| n.mod_revision());
+            if next_rev != Some(kv.mod_revision()) {
+                feed.publish(seats.lowest());
+            }
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! The election conformance suite against a real etcd member started by the test (one per
+//! test; etcd starts in well under a second), plus etcd-specific election checks. The
+//! operator hook deletes the leader's key (the lowest create revision under the
+//! election's directory) through a client of its own, as `etcdctl del` would.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{GetOptions, SortOrder, SortTarget};
+use fencelock_core::election::{Election, Observation};
+use fencelock_core::{LockOptions, LostReason};
+use fencelock_etcd::EtcdElection;
+use fencelock_testkit::conformance::election::{self as suite, ElectionConfig, ElectionFactory, ElectionFixture};
+use fencelock_testkit::etcd_server::EtcdCluster;
+use fencelock_testkit::keys::unique_key;
+use fencelock_testkit::proxy::{FaultProxy, Mode};
+
+/// The session TTL of every client (etcd leases are whole seconds).
+const SESSION_TTL: Duration = Duration::from_secs(2);
+
+struct Etcd {
+    cluster: EtcdCluster,
+    admin: etcd_client::Client,
+}
+
+impl Etcd {
+    async fn start() -> Etcd {
+        let cluster = tokio::task::spawn_blocking(|| EtcdCluster::start(1))
+            .await
+            .expect("start etcd");
+        let endpoints: Vec<String> = cluster.endpoints().iter().map(|e| format!("http://{e}")).collect();
+        let admin = etcd_client::Client::connect(endpoints, None)
+            .await
+            .expect("operator's connection to etcd");
+        Etcd { cluster, admin }
+    }
+
+    fn url(&self) -> String {
+        self.cluster.url(&format!("session_ttl={}s", SESSION_TTL.as_secs()))
+    }
+
+    async fn connect(&self) -> EtcdElection {
+        EtcdElection::connect(&self.url()).await.expect("connect to etcd")
+    }
+
+    /// The candidate keys of `name`, lowest create revision first: (key, value).
+    async fn candidates(&self, name: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let dir = self.connect().await.seat_dir(name).expect("seat dir");
+        let opts = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Create, SortOrder::Ascend);
+        let r = self.admin.clone().get(dir, Some(opts)).await.expect("operator's read");
+        r.kvs()
+            .iter()
+            .map(|kv| (kv.key().to_vec(), kv.value().to_vec()))
+            .collect()
+    }
+}
+
+impl ElectionFactory for Etcd {
+    fn election(&self) -> Pin<Box<dyn Future<Output = Arc<dyn Election>> + Send + '_>> {
+        Box::pin(async move { Arc::new(self.connect().await) as Arc<dyn Election> })
+    }
+}
+
+impl ElectionFixture for Etcd {
+    /// `etcdctl del KEY` of the lowest candidate key.
+    fn remove_leader<'a>(&'a self, name: &'a str) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            let (lowest, _) = self
+                .candidates(name)
+                .await
+                .into_iter()
+                .next()
+                .expect("a leader's key to remove");
+            let r = self
+                .admin
+                .clone()
+                .delete(lowest, None)
+                .await
+                .expect("operator's delete");
+            assert_eq!(r.deleted(), 1, "the operator's delete found no key");
+        })
+    }
+}
+
+fn config() -> ElectionConfig {
+    ElectionConfig {
+        short_ttl: Duration::from_secs(1),
+        slack: Duration::from_secs(2),
+        ..ElectionConfig::default()
+    }
+}
+
+macro_rules! election_tests {
+    ($($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let etcd = Etcd::start().await;
+            suite::$name(&etcd, &config()).await;
+        }
+    )*};
+}
+
+election_tests!(
+    leader_reports_value_and_term,
+    at_most_one_leader_and_terms_increase,
+    resign_hands_over_promptly,
+    dropped_campaign_leaves_nothing_behind,
+    proclaim_needs_our_own_grant,
+    paused_leader_is_fenced,
+    observers_see_changes_in_order,
+    bad_election_input_is_rejected,
+);
+
+/// The recipe's shape on the server: every candidate is one key under the election's
+/// directory holding its value; the lowest create revision leads and its create revision
+/// is the term; a proclaim changes only our key's value; observe is a push.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn candidates_are_keys_holding_their_values() {
+    let etcd = Etcd::start().await;
+    let (a, b) = (etcd.connect().await, etcd.connect().await);
+    assert_eq!(a.capabilities().observe, Observation::Native);
+    let name = unique_key("elect-shape");
+    let la = a
+        .campaign(&name, b"a:1", &LockOptions::new())
+        .await
+        .expect("campaign a");
+    let waiting = tokio::spawn({
+        let (b, name) = (b.clone(), name.clone());
+        async move { b.campaign(&name, b"b:1", &LockOptions::new()).await }
+    });
+    // Bounded: b's key appears within the wait (its put is one request).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while etcd.candidates(&name).await.len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b's candidate key never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let values: Vec<Vec<u8>> = etcd.candidates(&name).await.into_iter().map(|(_, v)| v).collect();
+    assert_eq!(values, vec![b"a:1".to_vec(), b"b:1".to_vec()]);
+    la.proclaim(b"a:2").await.expect("proclaim");
+    let values: Vec<Vec<u8>> = etcd.candidates(&name).await.into_iter().map(|(_, v)| v).collect();
+    assert_eq!(
+        values,
+        vec![b"a:2".to_vec(), b"b:1".to_vec()],
+        "proclaim touched only our key"
+    );
+    let leader = b.leader(&name).await.expect("leader").expect("a leads");
+    assert_eq!((leader.value.as_slice(), leader.term), (&b"a:2"[..], la.term()));
+    let term_a = la.term();
+    la.resign().await.expect("resign a");
+    let lb = waiting.await.expect("b's task").expect("b's campaign");
+    assert!(lb.term() > term_a);
+    assert_eq!(etcd.candidates(&name).await.len(), 1);
+    lb.resign().await.expect("resign b");
+    assert!(etcd.candidates(&name).await.is_empty(), "resign leaves nothing behind");
+    a.close().await.expect("close a");
+    b.close().await.expect("close b");
+}
+
+/// A campaign without auto-renew whose lease is extended past its granted TTL moves its key
+/// onto a longer lease: the value must stay (the move re-puts the key). Failed before the
+/// move kept the value (`ignore_value`): the key then held an empty value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extending_onto_a_longer_lease_keeps_the_value() {
+    let etcd = Etcd::start().await;
+    let e = etcd.connect().await;
+    let name = unique_key("elect-move");
+    let opts = LockOptions::new()
+        .with_ttl(Duration::from_secs(2))
+        .with_auto_renew(false);
+    let l = e.campaign(&name, b"addr", &opts).await.expect("campaign");
+    l.lease()
+        .extend(Duration::from_secs(30))
+        .await
+        .expect("extend onto a longer lease");
+    let leader = e.leader(&name).await.expect("leader").expect("still leads");
+    assert_eq!((leader.value.as_slice(), leader.term), (&b"addr"[..], l.term()));
+    l.resign().await.expect("resign");
+    e.close().await.expect("close");
+}
+
+/// A leader whose client is cut off without resigning (its session lease is no longer
+/// kept alive) is replaced within the session TTL, and an observer sees the successor; closing
+/// the client instead revokes the session at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_leader_is_replaced_within_the_session_ttl() {
+    let etcd = Etcd::start().await;
+    let name = unique_key("elect-dead");
+    let proxy = FaultProxy::start(etcd.cluster.client_ports()[0]).await;
+    let dead_url = format!(
+        "etcd://127.0.0.1:{}?session_ttl={}s",
+        proxy.port(),
+        SESSION_TTL.as_secs()
+    );
+    let dead = EtcdElection::connect(&dead_url)
+        .await
+        .expect("connect through the proxy");
+    let (next, watcher) = (etcd.connect().await, etcd.connect().await);
+    let mut observer = watcher.observe(&name).await.expect("observe");
+    assert_eq!(observer.changed().await, Some(None));
+    let l = dead
+        .campaign(&name, b"dead", &LockOptions::new())
+        .await
+        .expect("campaign");
+    let dead_term = l.term();
+    let seen = observer.changed().await.flatten().expect("the first leader");
+    assert_eq!(seen.term, dead_term);
+    // The "kill": every connection of the leader's client is cut and refused from now on,
+    // so nothing is resigned or revoked and its session lease ends by its TTL.
+    let started = tokio::time::Instant::now();
+    proxy.set(Mode::Reset);
+    let wait = SESSION_TTL + Duration::from_secs(4);
+    let ln = next
+        .campaign(&name, b"next", &LockOptions::new().with_wait(wait))
+        .await
+        .expect("successor");
+    let took = started.elapsed();
+    assert!(ln.term() > dead_term);
+    assert!(took <= SESSION_TTL + Duration::from_secs(2), "successor after {took:?}");
+    // Bounded by the observer's own timeout.
+    let seen = loop {
+        let s = tokio::time::timeout(Duration::from_secs(5), observer.changed())
+            .await
+            .expect("observer stalled")
+            .expect("feed ended");
+        if let Some(s) = s.filter(|s| s.term == ln.term()) {
+            break s;
+        }
+    };
+    assert_eq!(seen.value, b"next");
+    let closed_term = ln.term();
+    let lost = ln.lost();
+    next.close().await.expect("close");
+    assert!(matches!(lost.await, LostReason::Backend(_)));
+    let after = watcher.leader(&name).await.expect("leader");
+    assert_eq!(
+        after, None,
+        "close revoked the session and its key (term {closed_term})"
+    );
+    watcher.close().await.expect("close watcher");
+    assert!(!l.is_leader(), "the cut-off leader still believes it leads");
+    drop((l, dead, proxy));
+}
