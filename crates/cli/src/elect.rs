@@ -79,7 +79,7 @@ pub async fn elect(cli: &Cli, args: &ElectArgs) -> ExitCode {
         Err(LockError::Timeout { .. }) => {
             close(&*election).await;
             let how = if try_once {
-                "tried once, without waiting".to_owned()
+                "not waiting: tried once".to_owned()
             } else {
                 format!("not elected within {}", humantime::format_duration(opts.wait()))
             };

@@ -75,7 +75,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
         Err(LockError::Timeout { key, waited }) => {
             close(&*locks).await;
             let how = if try_once {
-                "tried once, without waiting".to_owned()
+                "not waiting: tried once".to_owned()
             } else {
                 format!("not acquired within {waited:.1?}")
             };

@@ -117,7 +117,7 @@ fn a_zero_wait_in_the_config_file_means_try_once() {
         .args(["run", "k", "--", "true"])
         .output()
         .expect("run");
-    assert_one_line(&out, 75, "tried once, without waiting", "config wait 0");
+    assert_one_line(&out, 75, "not waiting: tried once", "config wait 0");
     assert!(start.elapsed() < Duration::from_secs(5));
     end(holder);
     let out = bare()
@@ -182,7 +182,7 @@ fn elect_takes_no_wait_and_names_the_requested_bound() {
             .args(["--", "true"])
             .output()
             .expect("elect");
-        assert_one_line(&out, 75, "tried once, without waiting", &format!("{flags:?}"));
+        assert_one_line(&out, 75, "not waiting: tried once", &format!("{flags:?}"));
         assert!(
             start.elapsed() < Duration::from_secs(3),
             "{flags:?} took {:?}",

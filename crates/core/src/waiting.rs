@@ -165,9 +165,13 @@ struct DeadOnArrival {
 }
 
 impl DeadOnArrival {
-    /// Records one dead grant; the [`MAX_DEAD_ON_ARRIVAL`]th is an error naming the TTL and
-    /// the round trip measured.
+    /// Records one dead grant; the [`MAX_DEAD_ON_ARRIVAL`]th whose answer took at least the
+    /// TTL is an error naming the TTL and the round trip measured. A grant dead for another
+    /// reason (lost on the server before it was handed out) is only retried, as before.
     fn record(&mut self, key: &str, round_trip: Duration, ttl: Duration) -> Result<()> {
+        if round_trip < ttl {
+            return Ok(());
+        }
         self.count += 1;
         self.slowest = self.slowest.max(round_trip);
         if self.count < MAX_DEAD_ON_ARRIVAL {
