@@ -102,6 +102,35 @@ pub fn guarantees(scheme: &str) -> Option<fencelock_core::Guarantees> {
     }
 }
 
+/// The guarantees of `scheme`'s backend in each case its server's settings decide, each
+/// with the condition that selects it (empty when there is one case), strongest first. This
+/// is what `fencelock backends` lists without a server at hand; a connected backend's
+/// [`guarantees`](fencelock_core::DistributedLock::guarantees) is the one case that holds.
+pub fn guarantees_by_condition(scheme: &str) -> Vec<(&'static str, fencelock_core::Guarantees)> {
+    match scheme {
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => vec![
+            (
+                "when the server fsyncs every write (appendonly yes, appendfsync always) and never evicts keys without a TTL (maxmemory-policy noeviction or volatile-*), as read with CONFIG GET at connect",
+                fencelock_redis::GUARANTEES_DURABLE,
+            ),
+            (
+                "otherwise, or when CONFIG GET is refused",
+                fencelock_redis::GUARANTEES,
+            ),
+        ],
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => vec![
+            (
+                "when fsync and synchronous_commit are on (PostgreSQL's defaults), as read at connect",
+                fencelock_postgres::GUARANTEES_DURABLE,
+            ),
+            ("when fsync or synchronous_commit is off", fencelock_postgres::GUARANTEES),
+        ],
+        _ => guarantees(scheme).map(|g| ("", g)).into_iter().collect(),
+    }
+}
+
 /// The entry for a scheme name.
 pub fn find(scheme: &str) -> Option<&'static Scheme> {
     SCHEMES.iter().find(|s| s.names.contains(&scheme))

@@ -14,7 +14,8 @@ use clap::{Parser, Subcommand};
 #[command(name = "fencelock", version, about, long_about = None, after_help = EXAMPLES)]
 pub struct Cli {
     /// Backend URL: file:///DIR, memory://, redis://HOST:PORT, redlock://H1:P1,H2:P2,...,
-    /// etcd://HOST:PORT, zk://HOST:PORT (see `fencelock backends`)
+    /// etcd://HOST:PORT, zk://HOST:PORT, postgres://USER@HOST:PORT/DB (or postgresql://;
+    /// see `fencelock backends`)
     ///
     /// Only `bench` takes several (each measured in turn); the other commands take one.
     ///
@@ -104,16 +105,22 @@ pub struct GuardArgs {
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// The lock's name (1 to 256 bytes, no control characters)
+    #[arg(value_name = "KEY")]
     pub key: String,
 
-    /// How long the lease lives without renewal (e.g. 30s, 1.5s, 500ms; at least 1ms); it is
-    /// renewed every third of it while CMD runs, so a crashed fencelock frees the lock after
-    /// at most this long
+    /// How long the lease lives without renewal (e.g. 30s, 1.5s, 500ms; default 30s, from
+    /// 1ms to 24h, and well above the backend's round trip); it is renewed every third of it
+    /// while CMD runs, so a crashed fencelock frees the lock after at most this long. On
+    /// etcd and zk the session frees it: --ttl sets the URL's session_ttl (whole seconds,
+    /// rounded up; etcd raises it to its minimum, 3s by default) / session_timeout (the
+    /// server bounds it) unless the URL gives one; without --ttl the session's default is
+    /// 10s
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub ttl: Option<Duration>,
 
-    /// How long to wait for the lock before giving up (e.g. 500ms, 30s, 2m); 0 means do not
-    /// wait: try once and fail at once if the lock is held, like `flock -w 0`
+    /// How long to wait for the lock before giving up (e.g. 500ms, 30s, 2m; default 30s, at
+    /// most 24h); 0 means do not wait: try once and fail at once if the lock is held, like
+    /// `flock -w 0`
     #[arg(long, value_name = "DURATION", value_parser = parse_wait)]
     pub wait: Option<Duration>,
 
@@ -135,9 +142,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = crate::exit::LEASE_LOST)]
     pub lost_exit_code: u8,
 
-    /// Serve the lock's metrics for Prometheus at http://ADDR/metrics while running (e.g.
-    /// 127.0.0.1:9898; see docs/metrics.md)
-    #[arg(long, value_name = "ADDR")]
+    /// Serve the lock's metrics for Prometheus at http://ADDR/metrics while running: an IP
+    /// address and port, not a host name (e.g. 127.0.0.1:9898; port 0 picks a free one,
+    /// printed on stderr; see docs/metrics.md)
+    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]
     pub metrics_addr: Option<std::net::SocketAddr>,
 
     /// The command and its arguments
@@ -149,20 +157,27 @@ pub struct RunArgs {
 #[derive(Debug, clap::Args)]
 pub struct ElectArgs {
     /// The election's name (1 to 256 bytes, no control characters)
+    #[arg(value_name = "NAME")]
     pub name: String,
 
     /// What to publish as this candidate's value (e.g. its address); default HOST:PID
     #[arg(long, value_name = "V")]
     pub value: Option<String>,
 
-    /// How long the seat's lease lives without renewal (e.g. 10s); a hung leader blocks
-    /// the seat for at most this long
+    /// How long the seat's lease lives without renewal (e.g. 10s; default 30s); a hung
+    /// leader blocks the seat for at most this long (on etcd and zk it sets the session's
+    /// session_ttl / session_timeout, as for `run`)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub ttl: Option<Duration>,
 
-    /// How long to campaign before giving up with status 75 (e.g. 30s, 1h)
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    /// How long to campaign before giving up with status 75 (e.g. 30s, 1h; default 30s, at
+    /// most 24h); 0 means do not wait: give up at once when the seat is led
+    #[arg(long, value_name = "DURATION", value_parser = parse_wait)]
     pub wait: Option<Duration>,
+
+    /// Do not wait: give up at once when the seat is led (the same as --wait 0)
+    #[arg(long, conflicts_with = "wait")]
+    pub no_wait: bool,
 
     /// As for `run`: SIGTERM → SIGKILL delay for CMD's group after a loss
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
@@ -187,7 +202,8 @@ pub struct LeaderArgs {
     /// The election's name
     pub name: String,
 
-    /// Print one line per change of leader until interrupted
+    /// Print one line per change of leader until interrupted (`unknown` while the backend
+    /// cannot be read)
     #[arg(long)]
     pub watch: bool,
 }
@@ -195,7 +211,7 @@ pub struct LeaderArgs {
 /// `fencelock demo`.
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// How many processes contend for the lock
+    /// How many processes contend for the lock (2 to 16)
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(2..=16))]
     pub processes: u8,
 }

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use fencelock::{DistributedLock, LockConfig, LockError, LockOptions};
 
@@ -28,7 +29,11 @@ pub fn config(cli: &Cli) -> Result<LockConfig, LockError> {
                 "--backend and --config both name a backend; give one",
             ));
         }
-        return LockConfig::from_path(path);
+        let config = LockConfig::from_path(path)?;
+        refuse_root_dir(&config.backend)?;
+        crate::lock_opts::check_file_defaults(&config.defaults)
+            .map_err(|message| LockError::invalid_config(format!("{}: {message}", path.display())))?;
+        return Ok(config);
     }
     let url = match backend_urls(cli)?.as_slice() {
         [] => format!("file://{}", default_dir().display()),
@@ -40,7 +45,27 @@ pub fn config(cli: &Cli) -> Result<LockConfig, LockError> {
             )))
         }
     };
+    refuse_root_dir(&url)?;
     Ok(LockConfig::new(url))
+}
+
+/// Refuses `file:///` (the root directory): the lock files would be scattered in `/`.
+fn refuse_root_dir(url: &str) -> Result<(), LockError> {
+    let url = url.trim();
+    let Some(path) = url
+        .get(..7)
+        .filter(|s| s.eq_ignore_ascii_case("file://"))
+        .map(|_| &url[7..])
+    else {
+        return Ok(());
+    };
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    if !path.is_empty() && path.bytes().all(|b| b == b'/') {
+        return Err(LockError::invalid_config(format!(
+            "`{url}` names the root directory; give the locks a directory of their own, e.g. file:///var/lock/myapp"
+        )));
+    }
+    Ok(())
 }
 
 /// The backend URLs: the --backend flags, or else FENCELOCK_BACKEND (empty: none).
@@ -84,16 +109,46 @@ pub fn refuse_in_process(config: &LockConfig, command: &str) -> Result<(), LockE
     Ok(())
 }
 
+/// For etcd and ZooKeeper, whose session (not the lock's TTL) decides how soon a crashed
+/// `fencelock` frees its locks: when the URL sets no `session_ttl` / `session_timeout`,
+/// sets it from `ttl` (the --ttl flag, or a TTL the configuration file sets), so that --ttl
+/// means the same on every backend. etcd takes whole seconds (rounded up, at least 1 s; the
+/// server raises it to its own minimum, 3 s with its default election timeout); ZooKeeper
+/// bounds it to 2–20 ticks of the server.
+pub fn session_from_ttl(mut config: LockConfig, ttl: Option<Duration>) -> LockConfig {
+    let ttl = ttl.or_else(|| (config.defaults.ttl() != LockOptions::default().ttl()).then(|| config.defaults.ttl()));
+    let Some(ttl) = ttl else {
+        return config;
+    };
+    let url = config.backend.trim();
+    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    let (option, value) = match scheme.as_deref() {
+        Some("etcd") => {
+            let whole = (ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)).max(1);
+            ("session_ttl", format!("{whole}s"))
+        }
+        Some("zk") => ("session_timeout", format!("{}ms", ttl.as_millis().max(1))),
+        _ => return config,
+    };
+    if url.contains(&format!("{option}=")) || url.contains('#') {
+        return config;
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    config.backend = format!("{url}{sep}{option}={value}");
+    config
+}
+
 /// Connects to the selected backend for a command that excludes other processes (refusing
-/// `memory://`); returns it with the default options. On `file://` it adds `inherit=true`:
+/// `memory://`); returns it with the default options. `ttl`: see [`session_from_ttl`]. On `file://` it adds `inherit=true`:
 /// the guard (and the command's group through it) shares the flocked liveness file of the
 /// lease, so a SIGKILLed `run` leaves the lock held until the guard has killed the group
 /// and died with it — never free while the command may still run (docs/cli.md).
 pub async fn connect_for_processes(
     cli: &Cli,
     command: &str,
+    ttl: Option<Duration>,
 ) -> Result<(Arc<dyn DistributedLock>, LockOptions), LockError> {
-    let mut config = config(cli)?;
+    let mut config = session_from_ttl(config(cli)?, ttl);
     refuse_in_process(&config, command)?;
     config.backend = inherit_liveness(&config.backend);
     let lock = config.connect().await?;
@@ -110,4 +165,32 @@ fn inherit_liveness(url: &str) -> String {
     }
     let sep = if url.contains('?') { '&' } else { '?' };
     format!("{url}{sep}inherit=true")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_session_follows_the_ttl_unless_the_url_sets_it() {
+        let url = |u: &str, ttl: Option<Duration>| session_from_ttl(LockConfig::new(u), ttl).backend;
+        let s = Some(Duration::from_millis(2500));
+        assert_eq!(url("etcd://h:1", s), "etcd://h:1?session_ttl=3s");
+        assert_eq!(
+            url("etcd://h:1/p?timeout=2s", s),
+            "etcd://h:1/p?timeout=2s&session_ttl=3s"
+        );
+        assert_eq!(
+            url("etcd://h:1", Some(Duration::from_millis(10))),
+            "etcd://h:1?session_ttl=1s"
+        );
+        assert_eq!(
+            url("etcd://h:1", Some(Duration::from_secs(10))),
+            "etcd://h:1?session_ttl=10s"
+        );
+        assert_eq!(url("etcd://h:1?session_ttl=5s", s), "etcd://h:1?session_ttl=5s");
+        assert_eq!(url("zk://h:1/c", s), "zk://h:1/c?session_timeout=2500ms");
+        assert_eq!(url("zk://h:1", None), "zk://h:1");
+        assert_eq!(url("redis://h:1", s), "redis://h:1");
+    }
 }

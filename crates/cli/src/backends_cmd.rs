@@ -1,11 +1,27 @@
 //! `fencelock backends`: what this build can talk to, and what each backend promises.
+//!
+//! Without a backend selected, a static listing: every scheme, and for a backend whose
+//! promise depends on its server's settings (Redis, PostgreSQL) each case with its
+//! condition. With one (--backend, --config or FENCELOCK_BACKEND), it connects and prints
+//! what that server actually gives, read from it.
 
 use std::process::ExitCode;
 
 use fencelock::schemes::SCHEMES;
 
-/// Prints every known scheme, whether it is compiled in, and its guarantees.
-pub async fn backends() -> ExitCode {
+use crate::args::Cli;
+use crate::exit;
+
+/// Prints the static listing, or the guarantees of the selected backend's server.
+pub async fn backends(cli: &Cli) -> ExitCode {
+    let selected = cli.config.is_some()
+        || match crate::backend::single_backend(cli) {
+            Ok(url) => url.is_some(),
+            Err(e) => return exit::fail_with(&e),
+        };
+    if selected {
+        return connected(cli).await;
+    }
     for s in SCHEMES {
         let status = match (s.compiled, s.feature) {
             (true, _) => "compiled in".to_owned(),
@@ -14,12 +30,40 @@ pub async fn backends() -> ExitCode {
         };
         println!("{}  [{status}]", s.form);
         println!("    {}", s.summary);
-        if let Some(g) = fencelock::schemes::guarantees(s.names[0]) {
+        for (condition, g) in fencelock::schemes::guarantees_by_condition(s.names[0]) {
+            if !condition.is_empty() {
+                println!("    {condition}:");
+            }
+            let indent = if condition.is_empty() { "    " } else { "      " };
             for line in g.to_string().lines() {
-                println!("    {}", line.trim_start());
+                println!("{indent}{}", line.trim_start());
             }
         }
         println!();
     }
+    println!("(`fencelock --backend URL backends` connects and prints what that server gives)");
     ExitCode::SUCCESS
+}
+
+/// Connects to the selected backend and prints its guarantees as read from the server.
+async fn connected(cli: &Cli) -> ExitCode {
+    let config = match crate::backend::config(cli) {
+        Ok(c) => c,
+        Err(e) => return exit::fail_with(&e),
+    };
+    let locks = match fencelock::connect(&config.backend).await {
+        Ok(l) => l,
+        Err(e) => return exit::fail_with(&e),
+    };
+    println!("{}", locks.describe());
+    println!("    as read from this server just now:");
+    for line in locks.guarantees().to_string().lines() {
+        println!("    {}", line.trim_start());
+    }
+    let check = config.require.check(&locks.guarantees());
+    crate::run::close(&*locks).await;
+    match check {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => exit::fail_with(&e),
+    }
 }

@@ -26,8 +26,9 @@ const CLOSE_WITHIN: Duration = Duration::from_secs(5);
 pub async fn connect(
     cli: &Cli,
     command: &str,
+    ttl: Option<Duration>,
 ) -> Result<(std::sync::Arc<dyn Election>, fencelock::LockOptions), LockError> {
-    let config = crate::backend::config(cli)?;
+    let config = crate::backend::session_from_ttl(crate::backend::config(cli)?, ttl);
     crate::backend::refuse_in_process(&config, command)?;
     let election = fencelock::connect_election(&config.backend).await?;
     Ok((election, config.defaults))
@@ -45,24 +46,25 @@ pub async fn close(election: &dyn Election) {
 /// Campaigns, runs the command while leading, resigns, and returns the exit status to use.
 pub async fn elect(cli: &Cli, args: &ElectArgs) -> ExitCode {
     let mut signals = Signals::install();
-    if let Err(e) = fencelock::options::validate_key(&args.name) {
-        return exit::fail_with(&e);
+    if let Err(message) = check_name(&args.name) {
+        return fail(&message, exit::BAD_INPUT);
     }
-    let (election, defaults) = match connect(cli, "elect").await {
+    let value = args.value.clone().unwrap_or_else(default_value);
+    if let Err(message) = check_value(&value) {
+        return fail(&message, exit::BAD_INPUT);
+    }
+    let (election, defaults) = match connect(cli, "elect", args.ttl).await {
         Ok(v) => v,
         Err(e) => return exit::fail_with(&e),
     };
-    let mut opts = defaults.with_auto_renew(true);
-    if let Some(ttl) = args.ttl {
-        opts = opts.with_ttl(ttl);
+    let crate::lock_opts::Chosen { mut opts, try_once } =
+        crate::lock_opts::choose(defaults, args.ttl, args.wait, args.no_wait);
+    if try_once {
+        opts = opts.with_wait(NO_WAIT_CAMPAIGN);
     }
-    if let Some(wait) = args.wait {
-        opts = opts.with_wait(wait);
-    }
-    let value = args.value.clone().unwrap_or_else(default_value);
     tracing::info!(name = %args.name, wait = ?opts.wait(), on = %election.describe(), "campaigning");
     let won = tokio::select! {
-        r = election.campaign(&args.name, value.as_bytes(), &opts) => r,
+        r = campaign(&*election, &args.name, value.as_bytes(), &opts, try_once) => r,
         sig = signals.next() => {
             // The campaign future is dropped here: cancel safe, no candidacy is left.
             close(&*election).await;
@@ -74,11 +76,16 @@ pub async fn elect(cli: &Cli, args: &ElectArgs) -> ExitCode {
     };
     let leadership = match won {
         Ok(l) => l,
-        Err(LockError::Timeout { waited, .. }) => {
+        Err(LockError::Timeout { .. }) => {
             close(&*election).await;
+            let how = if try_once {
+                "not waiting: tried once".to_owned()
+            } else {
+                format!("not elected within {}", humantime::format_duration(opts.wait()))
+            };
             return fail(
                 &format!(
-                    "election `{}` is led by someone else; not elected within {waited:.1?} (on {})",
+                    "election `{}` is led by someone else; {how} (on {})",
                     args.name,
                     election.describe()
                 ),
@@ -96,7 +103,7 @@ pub async fn elect(cli: &Cli, args: &ElectArgs) -> ExitCode {
         key: args.name.clone(),
         ttl: args.ttl,
         wait: args.wait,
-        no_wait: false,
+        no_wait: args.no_wait,
         kill_after: args.kill_after,
         conflict_exit_code: args.conflict_exit_code,
         lost_exit_code: args.lost_exit_code,
@@ -111,6 +118,53 @@ pub async fn elect(cli: &Cli, args: &ElectArgs) -> ExitCode {
     let code = run::supervise_with(&run_args, leadership.into_lease(), &mut signals, &env).await;
     close(&*election).await;
     code
+}
+
+/// How long `elect --no-wait` (or a zero wait) campaigns for a seat it found empty: one
+/// round trip's worth, so that a free seat is won but a led one is not waited for.
+const NO_WAIT_CAMPAIGN: Duration = Duration::from_secs(2);
+
+/// Campaigns; with `try_once`, gives up at once when the seat is led (a campaign for an
+/// empty seat is bounded by [`NO_WAIT_CAMPAIGN`]).
+async fn campaign(
+    election: &dyn Election,
+    name: &str,
+    value: &[u8],
+    opts: &fencelock::LockOptions,
+    try_once: bool,
+) -> Result<fencelock::election::Leadership, LockError> {
+    if try_once && election.leader(name).await?.is_some() {
+        return Err(LockError::Timeout {
+            key: name.to_owned(),
+            waited: Duration::ZERO,
+        });
+    }
+    election.campaign(name, value, opts).await
+}
+
+/// Checks an election's name (the rules of a lock key), naming it as such.
+pub fn check_name(name: &str) -> Result<(), String> {
+    fencelock::options::validate_key(name).map_err(|e| {
+        let text = exit::one_line(&e);
+        let text = text
+            .replace("key is", "election name is")
+            .replace("key contains", "election name contains");
+        text.strip_prefix("invalid input: ").map(str::to_owned).unwrap_or(text)
+    })
+}
+
+/// Checks a value to publish: one line of text for `leader --watch` (no newline or other
+/// control character), not empty, within the backend's size bound.
+fn check_value(value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err("--value is empty; give the text to publish (default: HOST:PID)".into());
+    }
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "--value contains the control character {c:?}; `leader --watch` prints one line per change, so a value is one line of text"
+        ));
+    }
+    fencelock::election::validate_value(value.as_bytes()).map_err(|e| exit::one_line(&e))
 }
 
 /// The value published when --value is not given: `HOST:PID`.

@@ -64,9 +64,18 @@ pub fn usage(e: clap::Error) -> ExitCode {
         }
         _ => {
             let text = e.to_string();
-            let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("bad arguments");
+            let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+            let first = lines.next().unwrap_or("bad arguments");
             let first = first.strip_prefix("error: ").unwrap_or(first);
-            fail(&format!("{first} (see --help)"), BAD_INPUT)
+            // "the following required arguments were not provided:" lists the names on
+            // the indented lines after it: keep them, on the same line.
+            let message = if first.trim_end().ends_with(':') {
+                let names: Vec<&str> = lines.take_while(|l| l.starts_with(' ')).map(str::trim).collect();
+                format!("{} {}", first.trim_end(), names.join(" "))
+            } else {
+                first.to_owned()
+            };
+            fail(&format!("{} (see --help)", message.trim_end()), BAD_INPUT)
         }
     }
 }

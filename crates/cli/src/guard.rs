@@ -111,15 +111,7 @@ fn kill_group(why: &str) -> ExitCode {
 pub async fn guard(args: &GuardArgs) -> ExitCode {
     // Catch what is sent to the group before the command exists, so the guard outlives it.
     let mut stop = tokio::signal::unix::signal(SignalKind::from_raw(Signal::TSTP.as_raw())).ok();
-    let _caught: Vec<_> = [
-        SignalKind::interrupt(),
-        SignalKind::terminate(),
-        SignalKind::hangup(),
-        SignalKind::quit(),
-    ]
-    .into_iter()
-    .filter_map(|k| tokio::signal::unix::signal(k).ok())
-    .collect();
+    let _caught = crate::signals::ignore_all();
     let mut control = match read_control(args.control_fd) {
         Ok(rx) => rx,
         Err(e) => return exit::fail(&format!("guard: cannot open the control pipe: {e}"), exit::FAILURE),
@@ -137,7 +129,15 @@ pub async fn guard(args: &GuardArgs) -> ExitCode {
     let Some((program, rest)) = args.command.split_first() else {
         return exit::fail("no command given after --", exit::BAD_INPUT);
     };
-    let mut child = match Command::new(program).args(rest).spawn() {
+    let spawned = match Command::new(program).args(rest).spawn() {
+        // An executable text file without `#!`: run it with /bin/sh, as execvp(3), env(1)
+        // and shells do.
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOEXEC.raw_os_error()) => {
+            Command::new("/bin/sh").arg(program).args(rest).spawn()
+        }
+        other => other,
+    };
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             let status = match e.kind() {

@@ -33,12 +33,23 @@ struct Target {
     _servers: Box<dyn std::any::Any>,
 }
 
+/// The backend column's label for a URL given with --backend: its backend's name (`file`,
+/// `redis`, …), from the scheme table.
+fn scheme_label(url: &str) -> &'static str {
+    let scheme = url.split_once("://").map_or("", |(s, _)| s).to_ascii_lowercase();
+    match fencelock::schemes::find(&scheme) {
+        Some(s) if s.names[0] == "zk" => "zookeeper",
+        Some(s) => s.names[0],
+        None => "given",
+    }
+}
+
 /// Starts every backend this build has, on servers of its own. A server that cannot start
 /// (not installed) is reported and left out.
 fn targets(cli: &Cli) -> Vec<Target> {
     if let Ok(Some(url)) = crate::backend::single_backend(cli) {
         return vec![Target {
-            name: "given",
+            name: scheme_label(&url),
             url,
             ttl: Duration::from_secs(1),
             _servers: Box::new(()),

@@ -1,25 +1,40 @@
 //! `fencelock leader NAME [--watch]`: who leads the election NAME, with its term.
 //!
-//! Prints `TERM VALUE` for the leader. Without --watch: one line and status 0, or
-//! `no leader` on stderr and status 1 when the seat is empty. With --watch: one line per
-//! change (`none` when the seat empties), in order, never a term going back, until
-//! SIGINT/SIGTERM (status 0) or the backend ends the observation (status 69).
+//! Prints `TERM VALUE` for the leader (`TERM` alone when the value is empty). Without
+//! --watch: one line and status 0, or `no leader` on stderr and status 1 when the seat is
+//! empty. With --watch: one line per change (`none` when the seat empties), in order,
+//! never a term going back, until SIGINT/SIGTERM (status 0) or the backend ends the
+//! observation (status 69). While the backend cannot be read, --watch prints `unknown` once
+//! (the last line is no longer to be trusted) and warns on stderr at that change and then
+//! every [`WARN_EVERY`]; when it answers again, the current state follows on a new line.
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use fencelock::election::LeaderInfo;
+use fencelock::election::{Election, LeaderInfo};
 
 use crate::args::{Cli, LeaderArgs};
-use crate::elect::{close, connect};
+use crate::elect::{check_name, close, connect};
 use crate::exit::{self, fail};
 use crate::run::Signals;
 
 /// Status when `leader` finds the seat empty.
 pub const NO_LEADER: u8 = 1;
 
+/// The line --watch prints while the backend cannot be read.
+pub const UNKNOWN: &str = "unknown";
+
+/// How often --watch checks that the backend still answers (each check bounded by as
+/// long): the observers of some backends only log their failed reads.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// How often --watch repeats its warning while the backend stays unreadable.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
 fn line(state: &Option<LeaderInfo>) -> String {
     match state {
+        Some(l) if l.value.is_empty() => l.term.to_string(),
         Some(l) => format!("{} {}", l.term, l.value_lossy()),
         None => "none".to_owned(),
     }
@@ -28,7 +43,10 @@ fn line(state: &Option<LeaderInfo>) -> String {
 /// Prints the leader, or follows it with --watch.
 pub async fn leader(cli: &Cli, args: &LeaderArgs) -> ExitCode {
     let mut signals = Signals::install();
-    let (election, _) = match connect(cli, "leader").await {
+    if let Err(message) = check_name(&args.name) {
+        return fail(&message, exit::BAD_INPUT);
+    }
+    let (election, _) = match connect(cli, "leader", None).await {
         Ok(v) => v,
         Err(e) => return exit::fail_with(&e),
     };
@@ -44,25 +62,95 @@ pub async fn leader(cli: &Cli, args: &LeaderArgs) -> ExitCode {
         close(&*election).await;
         return code;
     }
-    let mut observer = match election.observe(&args.name).await {
+    let code = watch(&*election, &args.name, &mut signals).await;
+    close(&*election).await;
+    code
+}
+
+/// The --watch loop: the observer's changes, and a check every [`CHECK_EVERY`] that the
+/// backend still answers.
+async fn watch(election: &dyn Election, name: &str, signals: &mut Signals) -> ExitCode {
+    let mut observer = match election.observe(name).await {
         Ok(o) => o,
         Err(e) => return exit::fail_with(&e),
     };
-    let mut stdout = std::io::stdout();
-    let code = loop {
+    let mut out = Printer::default();
+    let mut check = tokio::time::interval(CHECK_EVERY);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Some(when we last warned) while the backend cannot be read.
+    let mut down_since_warned: Option<tokio::time::Instant> = None;
+    loop {
         tokio::select! {
             next = observer.changed() => match next {
-                Some(state) => {
-                    if writeln!(stdout, "{}", line(&state)).and_then(|()| stdout.flush()).is_err() {
-                        break ExitCode::SUCCESS; // the reader went away
+                Some(state) if down_since_warned.is_none() => {
+                    if out.print(&line(&state)).is_err() {
+                        return ExitCode::SUCCESS; // the reader went away
                     }
                 }
-                None => break fail("the backend ended the observation", exit::UNAVAILABLE),
+                Some(_) => {} // the check below prints the state once the backend answers
+                None => return fail("the backend ended the observation", exit::UNAVAILABLE),
             },
-            _ = signals.next() => break ExitCode::SUCCESS,
+            _ = check.tick() => {
+                let read = tokio::time::timeout(CHECK_EVERY, election.leader(name)).await;
+                let printed = match (read, down_since_warned) {
+                    (Ok(Ok(state)), Some(_)) => {
+                        eprintln!("fencelock: election `{name}` can be read again");
+                        down_since_warned = None;
+                        out.print(&line(&state))
+                    }
+                    (Ok(Ok(_)), None) => Ok(()),
+                    (Ok(Err(e)), warned) => unreadable(&mut out, &mut down_since_warned, warned, name, &exit::one_line(&e)),
+                    (Err(_), warned) => unreadable(&mut out, &mut down_since_warned, warned, name, &format!("no answer within {CHECK_EVERY:?}")),
+                };
+                if printed.is_err() {
+                    return ExitCode::SUCCESS;
+                }
+            }
+            _ = signals.next() => return ExitCode::SUCCESS,
         }
-    };
-    drop(observer);
-    close(&*election).await;
-    code
+    }
+}
+
+/// The backend could not be read: prints [`UNKNOWN`] at the change, and warns then and
+/// every [`WARN_EVERY`].
+fn unreadable(
+    out: &mut Printer,
+    down_since_warned: &mut Option<tokio::time::Instant>,
+    warned: Option<tokio::time::Instant>,
+    name: &str,
+    why: &str,
+) -> std::io::Result<()> {
+    let now = tokio::time::Instant::now();
+    match warned {
+        None => {
+            eprintln!("fencelock: cannot read election `{name}` ({why}); printed `{UNKNOWN}` until it answers again");
+            *down_since_warned = Some(now);
+            out.print(UNKNOWN)
+        }
+        Some(at) if now.duration_since(at) >= WARN_EVERY => {
+            eprintln!("fencelock: election `{name}` still cannot be read ({why})");
+            *down_since_warned = Some(now);
+            Ok(())
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+/// Prints lines to stdout, flushing each, and never the same line twice in a row.
+#[derive(Default)]
+struct Printer {
+    last: Option<String>,
+}
+
+impl Printer {
+    fn print(&mut self, text: &str) -> std::io::Result<()> {
+        if self.last.as_deref() == Some(text) {
+            return Ok(());
+        }
+        let mut stdout = std::io::stdout();
+        writeln!(stdout, "{text}")?;
+        stdout.flush()?;
+        self.last = Some(text.to_owned());
+        Ok(())
+    }
 }

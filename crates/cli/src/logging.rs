@@ -9,13 +9,21 @@ pub fn colour() -> bool {
     !no_color && std::io::stderr().is_terminal()
 }
 
-/// Sets up `tracing` output: `-v` info, `-vv` debug, or `RUST_LOG`.
-pub fn init(verbose: u8, quiet: bool) {
+/// The election observer's per-read warning (one every poll, ~20 a second while a server
+/// is down); `leader --watch` reports that state itself, rate-limited, so it is hidden
+/// below `-vv`.
+const OBSERVER_READS: &str = "fencelock_core::election::observer=error";
+
+/// Sets up `tracing` output: `-v` info, `-vv` debug, or `RUST_LOG`. `watching`: the command
+/// is `leader --watch` (see [`OBSERVER_READS`]).
+pub fn init(verbose: u8, quiet: bool, watching: bool) {
     let default = match verbose {
-        0 if quiet => "error",
-        0 => "warn",
-        1 => "fencelock=info,fencelock_core=info,fencelock_cli=info",
-        _ => "debug",
+        0 if quiet => "error".to_owned(),
+        0 if watching => format!("warn,{OBSERVER_READS}"),
+        0 => "warn".to_owned(),
+        1 if watching => format!("fencelock=info,fencelock_core=info,fencelock_cli=info,{OBSERVER_READS}"),
+        1 => "fencelock=info,fencelock_core=info,fencelock_cli=info".to_owned(),
+        _ => "debug".to_owned(),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));

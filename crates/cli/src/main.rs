@@ -13,15 +13,18 @@ mod backend;
 mod backends_cmd;
 #[cfg(feature = "bench")]
 mod bench;
+mod command_check;
 mod demo;
 mod elect;
 mod exit;
 mod guard;
 mod lab;
 mod leader;
+mod lock_opts;
 mod logging;
 mod metrics;
 mod run;
+mod signals;
 
 use std::process::ExitCode;
 
@@ -40,7 +43,8 @@ fn main() -> ExitCode {
         args::Command::Bench(_) => true,
         _ => false,
     };
-    logging::init(cli.verbose, quiet);
+    let watching = matches!(&cli.command, args::Command::Leader(a) if a.watch);
+    logging::init(cli.verbose, quiet, watching);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -54,7 +58,7 @@ fn main() -> ExitCode {
             args::Command::Run(a) => run::run(&cli, a).await,
             args::Command::Elect(a) => elect::elect(&cli, a).await,
             args::Command::Leader(a) => leader::leader(&cli, a).await,
-            args::Command::Backends => backends_cmd::backends().await,
+            args::Command::Backends => backends_cmd::backends(&cli).await,
             args::Command::Demo(a) => demo::demo(&cli, a).await,
             args::Command::Lab(a) => lab::lab(&cli, a).await,
             #[cfg(feature = "bench")]

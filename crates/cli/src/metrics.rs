@@ -12,10 +12,29 @@ const BUCKETS: &[f64] = &[
 
 /// Installs the Prometheus recorder and serves `GET /metrics` on `addr` (plain HTTP; keep it
 /// on loopback or a private interface).
+/// on loopback or a private interface). Port 0 picks a free port, printed on stderr (the
+/// exporter binds it itself, so the port is found by binding it first and letting it go).
 pub fn serve(addr: SocketAddr) -> Result<(), String> {
+    let addr = if addr.port() == 0 {
+        let chosen = std::net::TcpListener::bind(addr)
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+        eprintln!("fencelock: serving metrics at http://{chosen}/metrics");
+        chosen
+    } else {
+        addr
+    };
     PrometheusBuilder::new()
         .with_http_listener(addr)
         .set_buckets(BUCKETS)
         .and_then(|b| b.install())
         .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))
+}
+
+/// Reads `--metrics-addr`: an IP address and port; a host name is refused with a message
+/// that says so.
+pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    text.trim().parse().map_err(|_| {
+        format!("`{text}` is not an IP address and port (host names are not accepted); write e.g. 127.0.0.1:9898, [::1]:9898 or 127.0.0.1:0")
+    })
 }

@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 use fencelock::{DistributedLock, Lease, LockError};
 use rustix::process::{kill_process_group, test_kill_process_group, Pid, Signal};
 use tokio::process::{Child, Command};
-use tokio::signal::unix::{signal, SignalKind};
 
 use crate::args::{Cli, RunArgs};
 use crate::exit;
@@ -34,32 +33,7 @@ use crate::{backend, exit::fail};
 /// before it exits.
 const CLOSE_WITHIN: Duration = Duration::from_secs(5);
 
-/// The signals `run` forwards to the command's group, and that end a wait for the lock.
-pub(crate) struct Signals {
-    int: Option<tokio::signal::unix::Signal>,
-    term: Option<tokio::signal::unix::Signal>,
-    hup: Option<tokio::signal::unix::Signal>,
-}
-
-impl Signals {
-    pub(crate) fn install() -> Self {
-        Signals {
-            int: listen(SignalKind::interrupt()),
-            term: listen(SignalKind::terminate()),
-            hup: listen(SignalKind::hangup()),
-        }
-    }
-
-    /// The next of them to arrive.
-    pub(crate) async fn next(&mut self) -> Signal {
-        tokio::select! {
-            Some(()) = recv(&mut self.int) => Signal::INT,
-            Some(()) = recv(&mut self.term) => Signal::TERM,
-            Some(()) = recv(&mut self.hup) => Signal::HUP,
-            else => std::future::pending().await,
-        }
-    }
-}
+pub(crate) use crate::signals::Signals;
 
 /// Runs the command under the lock and returns the exit status to use.
 pub async fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
@@ -69,23 +43,20 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
     if let Err(e) = fencelock::options::validate_key(&args.key) {
         return exit::fail_with(&e);
     }
+    if let Some(Err((status, message))) = args.command.first().map(|p| crate::command_check::check(p)) {
+        return fail(&message, status);
+    }
     if let Some(addr) = args.metrics_addr {
         if let Err(message) = crate::metrics::serve(addr) {
             return fail(&message, exit::CONFIG);
         }
     }
-    let (locks, defaults) = match backend::connect_for_processes(cli, "run").await {
+    let (locks, defaults) = match backend::connect_for_processes(cli, "run", args.ttl).await {
         Ok(v) => v,
         Err(e) => return exit::fail_with(&e),
     };
-    let mut opts = defaults.with_auto_renew(true);
-    if let Some(ttl) = args.ttl {
-        opts = opts.with_ttl(ttl);
-    }
-    if let Some(wait) = args.wait {
-        opts = opts.with_wait(wait);
-    }
-    let try_once = args.no_wait || args.wait == Some(Duration::ZERO);
+    let crate::lock_opts::Chosen { opts, try_once } =
+        crate::lock_opts::choose(defaults, args.ttl, args.wait, args.no_wait);
     tracing::info!(key = %args.key, wait = ?(!try_once).then(|| opts.wait()), on = %locks.describe(), "acquiring");
     let acquired = tokio::select! {
         r = acquire(&*locks, &args.key, &opts, try_once) => r,
@@ -104,7 +75,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
         Err(LockError::Timeout { key, waited }) => {
             close(&*locks).await;
             let how = if try_once {
-                "not waiting (--no-wait)".to_owned()
+                "not waiting: tried once".to_owned()
             } else {
                 format!("not acquired within {waited:.1?}")
             };
@@ -181,9 +152,19 @@ pub(crate) async fn supervise_with(
         group,
         control,
     } = started;
-    let outcome = watch(&mut child, group, control, &lease, args.kill_after, signals).await;
+    let mut killed = false;
+    let outcome = watch(
+        &mut child,
+        group,
+        control,
+        &lease,
+        args.kill_after,
+        signals,
+        &mut killed,
+    )
+    .await;
     // Nothing of the command may run once the lock is given back.
-    stop_group(group, args.kill_after).await;
+    stop_group(group, args.kill_after, killed).await;
     let released = lease.release().await;
     let lost = |message: String| fail(&message, args.lost_exit_code);
     match outcome {
@@ -202,6 +183,16 @@ pub(crate) async fn supervise_with(
         Outcome::WaitFailed(e) => fail(&format!("lost track of `{program}`: {e}"), exit::FAILURE),
     }
 }
+
+/// The variables `run` and `elect` give the command: TOKEN, KEY and GRANT always, TERM and
+/// ELECTION under `elect` only. Inherited values of any of them are removed.
+pub(crate) const LOCK_ENV: [&str; 5] = [
+    "FENCELOCK_TOKEN",
+    "FENCELOCK_KEY",
+    "FENCELOCK_GRANT",
+    "FENCELOCK_TERM",
+    "FENCELOCK_ELECTION",
+];
 
 struct Started {
     child: Child,
@@ -223,15 +214,23 @@ fn start(args: &RunArgs, lease: &Lease, env: &[(&str, String)]) -> std::io::Resu
     rustix::io::fcntl_setfd(&read, rustix::io::FdFlags::empty())?;
     rustix::fs::fcntl_setfl(&write, rustix::fs::OFlags::NONBLOCK)?;
     let exe = std::env::current_exe()?;
-    let spawned = Command::new(exe)
+    let mut command = Command::new(exe);
+    command
         .arg("__guard")
         .arg(read_fd_number(&read).to_string())
         .arg("--")
-        .args(&args.command)
+        .args(&args.command);
+    // The one place the command's lock variables are set: all of them are cleared first,
+    // so that an inherited one (a stale FENCELOCK_TERM from an outer `elect`, say) never
+    // sits beside this grant's.
+    for name in LOCK_ENV {
+        command.env_remove(name);
+    }
+    let spawned = command
         .env("FENCELOCK_TOKEN", lease.token().to_string())
         .env("FENCELOCK_KEY", lease.key())
         .env("FENCELOCK_GRANT", lease.grant().as_str())
-        .envs(env.iter().map(|(k, v)| (k, v)))
+        .envs(env.iter().filter(|(k, _)| LOCK_ENV.contains(k)).map(|(k, v)| (k, v)))
         .process_group(0)
         .stdin(Stdio::inherit())
         .kill_on_drop(false)
@@ -284,6 +283,7 @@ async fn watch(
     lease: &Lease,
     kill_after: Duration,
     signals: &mut Signals,
+    killed: &mut bool,
 ) -> Outcome {
     let mut status = lease.watch();
     let lost = lease.lost();
@@ -300,6 +300,7 @@ async fn watch(
                         "fencelock: lease on `{}` (token {}) lost while the command ran: {reason}; the guard had already killed its process group when the validity ended",
                         lease.key(), lease.token()
                     );
+                    *killed = true;
                     return Outcome::LeaseLost("exiting: the lease was lost".into());
                 }
                 eprintln!(
@@ -310,6 +311,7 @@ async fn watch(
                 if tokio::time::timeout(kill_after, child.wait()).await.is_err() {
                     eprintln!("fencelock: the command ignored SIGTERM for {kill_after:?}; sending its process group SIGKILL");
                     signal_group(group, Signal::KILL);
+                    *killed = true;
                     let _ = child.wait().await;
                 }
                 return Outcome::LeaseLost("exiting: the lease was lost".into());
@@ -334,6 +336,7 @@ async fn watch(
             _ = sleep_until(kill_at) => {
                 eprintln!("fencelock: the command ignored SIGTERM for {kill_after:?}; sending its process group SIGKILL");
                 signal_group(group, Signal::KILL);
+                *killed = true;
                 kill_at = None;
             }
         }
@@ -341,20 +344,25 @@ async fn watch(
 }
 
 /// Stops what is left of the command's group after its guard exited: SIGTERM, then SIGKILL
-/// after `kill_after`. Polls for the group's end (there is no event for it) every 10 ms,
-/// bounded by `kill_after` plus one second.
-async fn stop_group(group: Pid, kill_after: Duration) {
-    if test_kill_process_group(group).is_err() {
+/// after `kill_after` — or SIGKILL at once when the group already had one (`killed`).
+/// Polls for the group's end (there is no event for it) every 10 ms, bounded by
+/// `kill_after` plus one second. Zombies (killed, not yet reaped by their new parent) do
+/// not count: they run nothing.
+async fn stop_group(group: Pid, kill_after: Duration, killed: bool) {
+    if !group_alive(group) {
         return; // nobody left
     }
     tracing::info!(
         group = group.as_raw_nonzero().get(),
         "the command left processes behind; stopping them"
     );
-    signal_group(group, Signal::TERM);
+    let kill_after = if killed { Duration::ZERO } else { kill_after };
+    if !killed {
+        signal_group(group, Signal::TERM);
+    }
     let start = Instant::now();
     let mut killed = false;
-    while test_kill_process_group(group).is_ok() {
+    while group_alive(group) {
         if !killed && start.elapsed() >= kill_after {
             signal_group(group, Signal::KILL);
             killed = true;
@@ -365,6 +373,33 @@ async fn stop_group(group: Pid, kill_after: Duration) {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Whether a process of `group` is still running: on Linux, a member in /proc that is not a
+/// zombie; elsewhere (no /proc), whether the group can be signalled at all.
+fn group_alive(group: Pid) -> bool {
+    if test_kill_process_group(group).is_err() {
+        return false;
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    let want = group.as_raw_nonzero().get().to_string();
+    entries.flatten().any(|entry| {
+        let is_pid = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
+        is_pid
+            && std::fs::read_to_string(entry.path().join("stat")).is_ok_and(|stat| {
+                // `PID (COMM) STATE PPID PGRP …`; COMM may hold spaces and parentheses.
+                let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+                let mut fields = after.split_whitespace();
+                let state = fields.next();
+                let pgrp = fields.nth(1);
+                pgrp == Some(want.as_str()) && state != Some("Z") && state != Some("X")
+            })
+    })
 }
 
 /// Sleeps until `at`; never, when there is no `at`.
@@ -384,28 +419,5 @@ fn signal_group(group: Pid, sig: Signal) {
 }
 
 pub(crate) fn signal_name(sig: Signal) -> &'static str {
-    match sig {
-        Signal::INT => "SIGINT",
-        Signal::TERM => "SIGTERM",
-        Signal::HUP => "SIGHUP",
-        _ => "a signal",
-    }
-}
-
-fn listen(kind: SignalKind) -> Option<tokio::signal::unix::Signal> {
-    match signal(kind) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for a signal to forward");
-            None
-        }
-    }
-}
-
-/// The next delivery of a signal we listen for; never, when we could not listen.
-async fn recv(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
-    match s {
-        Some(s) => s.recv().await,
-        None => std::future::pending().await,
-    }
+    crate::signals::name(sig)
 }

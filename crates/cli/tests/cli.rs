@@ -345,7 +345,7 @@ fn the_lab_runs_a_scenario_and_prints_its_timeline_and_table() {
     assert!(text.contains("ACCEPTED (stale)"), "{text}");
     let written = std::fs::read_to_string(&report).expect("report written");
     assert!(
-        written.contains("| paused-holder | given | 0 | 0 | 0 | 4 | 0 | 1 | 1 |"),
+        written.contains("| paused-holder | memory | 0 | 0 | 0 | 4 | 0 | 1 | 1 |"),
         "{written}"
     );
     let out = Command::new(BIN)

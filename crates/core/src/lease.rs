@@ -342,9 +342,24 @@ impl Lease {
             self.shared.token,
             self.shared.renewal().ttl
         );
-        tracing::warn!(key = %self.shared.key, token = %self.shared.token, "grant arrived with no validity left; given back");
+        if DEAD_ON_ARRIVAL_WARNING.allow() {
+            tracing::warn!(key = %self.shared.key, token = %self.shared.token, "grant arrived with no validity left; given back (this warning is shown at most once a second)");
+        } else {
+            tracing::debug!(key = %self.shared.key, token = %self.shared.token, "grant arrived with no validity left; given back");
+        }
         drop(self); // releases in the background
         Err(LockError::Unavailable { message, source: None })
+    }
+
+    /// How long ago the request that made (or last extended) this grant was sent: for a
+    /// fresh grant, the round trip of its acquire as far as the backend's answer.
+    pub(crate) fn since_sent(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.shared.renewal().last_sent)
+    }
+
+    /// The TTL this lease was granted with.
+    pub(crate) fn ttl(&self) -> Duration {
+        self.shared.renewal().ttl
     }
 
     pub(crate) fn metrics(&self) -> &crate::metrics::LeaseMetrics {
@@ -762,6 +777,39 @@ async fn guard(shared: Weak<Shared>, auto_renew: bool) {
                 return;
             }
         }
+    }
+}
+
+/// Rate limit of the "grant arrived with no validity left" warning: a TTL shorter than the
+/// backend's round trip would otherwise print one per attempt (dozens a second).
+static DEAD_ON_ARRIVAL_WARNING: RateLimit = RateLimit::new(Duration::from_secs(1));
+
+/// Allows an event at most once per `every`, process-wide (lock-free; a race lets at most
+/// one extra through).
+struct RateLimit {
+    every_ms: u64,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl RateLimit {
+    const fn new(every: Duration) -> Self {
+        RateLimit {
+            every_ms: every.as_millis() as u64,
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn allow(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        // +every so that the first event is always allowed.
+        let now = EPOCH.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + self.every_ms;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        now >= last + self.every_ms
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 }
 

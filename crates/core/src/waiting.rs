@@ -71,6 +71,7 @@ where
     let (deadline, timeout) = (wait.deadline, || wait.timeout());
     let mut last_error: Option<LockError> = None;
     let mut backoff = Backoff::new(deadline);
+    let mut dead = DeadOnArrival::default();
     for _ in 0..MAX_ATTEMPTS {
         let outcome = match tokio::time::timeout_at(deadline, attempt()).await {
             Ok(Ok(outcome)) => outcome,
@@ -83,10 +84,16 @@ where
         last_error = None;
         backoff.reset();
         match outcome {
-            Attempt::Acquired(lease) => match lease.into_live() {
-                Ok(lease) => return Ok(lease),
-                Err(e) => last_error = Some(backoff.pause_or_fail(e).await?),
-            },
+            Attempt::Acquired(lease) => {
+                let (round_trip, ttl) = (lease.since_sent(), lease.ttl());
+                match lease.into_live() {
+                    Ok(lease) => return Ok(lease),
+                    Err(e) => {
+                        dead.record(key, round_trip, ttl)?;
+                        last_error = Some(backoff.pause_or_fail(e).await?);
+                    }
+                }
+            }
             Attempt::Busy { wake, retry_at } => {
                 let until = retry_at.map_or(deadline, |r| r.min(deadline));
                 if Instant::now() >= deadline {
@@ -120,14 +127,19 @@ where
     let wait = WaitBound::start(key, opts)?;
     let (deadline, timeout) = (wait.deadline, || wait.timeout());
     let mut backoff = Backoff::new(deadline);
+    let mut dead = DeadOnArrival::default();
     for _ in 0..MAX_ATTEMPTS {
         match tokio::time::timeout_at(deadline, attempt()).await {
-            Ok(Ok(Some(lease))) => match lease.into_live() {
-                Ok(lease) => return Ok(lease),
-                Err(e) => {
-                    backoff.pause_or_fail(e).await?;
+            Ok(Ok(Some(lease))) => {
+                let (round_trip, ttl) = (lease.since_sent(), lease.ttl());
+                match lease.into_live() {
+                    Ok(lease) => return Ok(lease),
+                    Err(e) => {
+                        dead.record(key, round_trip, ttl)?;
+                        backoff.pause_or_fail(e).await?;
+                    }
                 }
-            },
+            }
             Ok(Ok(None)) => continue,
             Ok(Err(e)) => {
                 backoff.pause_or_fail(e).await?;
@@ -136,6 +148,42 @@ where
         }
     }
     Err(timeout())
+}
+
+/// How many grants of one `acquire` may arrive with no validity left before it stops with
+/// [`LockError::InvalidInput`]: one such grant can be bad luck (a pause, a slow answer),
+/// several in a row mean the TTL is shorter than the backend's grant round trip, and every
+/// further attempt would only burn a token.
+pub const MAX_DEAD_ON_ARRIVAL: u32 = 3;
+
+/// Counts the grants of one `acquire` that arrived with no validity left, and the slowest
+/// of their round trips.
+#[derive(Default)]
+struct DeadOnArrival {
+    count: u32,
+    slowest: Duration,
+}
+
+impl DeadOnArrival {
+    /// Records one dead grant; the [`MAX_DEAD_ON_ARRIVAL`]th whose answer took at least the
+    /// TTL is an error naming the TTL and the round trip measured. A grant dead for another
+    /// reason (lost on the server before it was handed out) is only retried, as before.
+    fn record(&mut self, key: &str, round_trip: Duration, ttl: Duration) -> Result<()> {
+        if round_trip < ttl {
+            return Ok(());
+        }
+        self.count += 1;
+        self.slowest = self.slowest.max(round_trip);
+        if self.count < MAX_DEAD_ON_ARRIVAL {
+            return Ok(());
+        }
+        Err(LockError::invalid_input(format!(
+            "ttl {ttl:?} is shorter than this backend's grant round trip: {} grants of `{key}` in one acquire \
+             arrived with no validity left (the slowest answer took {:?}); use a TTL well above that \
+             (seconds, not milliseconds)",
+            self.count, self.slowest
+        )))
+    }
 }
 
 /// The bound of one `acquire`: validates its key and options, and knows its deadline and
@@ -269,4 +317,100 @@ impl<F: FnOnce()> std::fmt::Debug for CancelGuard<F> {
 pub fn jitter(base: Duration) -> Duration {
     let f: f64 = 0.5 + rand::random::<f64>() * 0.5;
     base.mul_f64(f)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::lease::{LeaseOps, LeaseParts};
+    use crate::token::{FencingToken, GrantId};
+
+    /// A grant that releases at once.
+    struct Gone;
+
+    #[async_trait]
+    impl LeaseOps for Gone {
+        async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
+            Ok(Some(ttl))
+        }
+        async fn release(&self) -> Result<bool> {
+            Ok(true)
+        }
+    }
+
+    /// A grant whose answer took `round_trip`, longer than its TTL of 1 ms.
+    async fn late_grant(n: u32, round_trip: Duration, opts: LockOptions) -> Lease {
+        let sent_at = Instant::now();
+        tokio::time::advance(round_trip).await;
+        Lease::new(LeaseParts {
+            key: "k".into(),
+            token: FencingToken::new(u64::from(n)),
+            grant: GrantId::random(),
+            sent_at,
+            validity: opts.ttl(),
+            options: opts,
+            ops: Arc::new(Gone),
+        })
+    }
+
+    // Issue 13 A4: a TTL shorter than the grant round trip looped for the whole wait,
+    // burning a token per attempt. Now the third dead grant ends the acquire.
+    #[tokio::test(start_paused = true)]
+    async fn a_ttl_shorter_than_the_round_trip_stops_after_a_few_dead_grants() {
+        let opts = LockOptions::new()
+            .with_ttl(Duration::from_millis(1))
+            .with_wait(Duration::from_secs(60));
+        let attempts = AtomicU32::new(0);
+        let err = acquire_with("k", &opts, || {
+            let n = attempts.fetch_add(1, Ordering::SeqCst) + 1;
+            async move { Ok(Attempt::Acquired(late_grant(n, Duration::from_millis(5), opts).await)) }
+        })
+        .await
+        .expect_err("a dead grant was handed out");
+        assert_eq!(attempts.load(Ordering::SeqCst), MAX_DEAD_ON_ARRIVAL);
+        assert!(matches!(err, LockError::InvalidInput(_)), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("ttl 1ms is shorter than this backend's grant round trip"),
+            "{text}"
+        );
+        assert!(text.contains("5ms"), "the measured round trip is named: {text}");
+
+        let attempts = AtomicU32::new(0);
+        let err = queue_with("k", &opts, || {
+            let n = attempts.fetch_add(1, Ordering::SeqCst) + 1;
+            async move { Ok(Some(late_grant(n, Duration::from_millis(5), opts).await)) }
+        })
+        .await
+        .expect_err("a dead grant was handed out");
+        assert_eq!(attempts.load(Ordering::SeqCst), MAX_DEAD_ON_ARRIVAL);
+        assert!(matches!(err, LockError::InvalidInput(_)), "{err:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_dead_grant_is_retried() {
+        let opts = LockOptions::new()
+            .with_ttl(Duration::from_millis(10))
+            .with_wait(Duration::from_secs(60));
+        let attempts = AtomicU32::new(0);
+        let lease = acquire_with("k", &opts, || {
+            let n = attempts.fetch_add(1, Ordering::SeqCst) + 1;
+            let round_trip = if n == 1 {
+                Duration::from_millis(50)
+            } else {
+                Duration::ZERO
+            };
+            async move { Ok(Attempt::Acquired(late_grant(n, round_trip, opts).await)) }
+        })
+        .await
+        .expect("the second grant is live");
+        assert_eq!(lease.token(), FencingToken::new(2));
+    }
 }

@@ -1,0 +1,53 @@
+//! Checks, before waiting for the lock, that the command can be found and executed — so
+//! that `run KEY -- nosuchcmd` fails at once (127, or 126) instead of after the wait.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::exit;
+
+/// `Ok` when `program` names an executable file (a path, or a name found in `PATH`, as
+/// execvp(3) searches); otherwise the status (127 not found, 126 not executable) and a
+/// message.
+pub fn check(program: &str) -> Result<(), (u8, String)> {
+    if program.contains('/') {
+        return executable(Path::new(program)).map_err(|status| (status, message(program, status)));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    let mut found_not_executable = false;
+    for dir in std::env::split_paths(&path) {
+        let candidate: PathBuf = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        }
+        .join(program);
+        match executable(&candidate) {
+            Ok(()) => return Ok(()),
+            Err(exit::CANNOT_EXECUTE) => found_not_executable = true,
+            Err(_) => {}
+        }
+    }
+    let status = if found_not_executable {
+        exit::CANNOT_EXECUTE
+    } else {
+        exit::NOT_FOUND
+    };
+    Err((status, message(program, status)))
+}
+
+fn executable(path: &Path) -> Result<(), u8> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(()),
+        Ok(_) => Err(exit::CANNOT_EXECUTE),
+        Err(_) => Err(exit::NOT_FOUND),
+    }
+}
+
+fn message(program: &str, status: u8) -> String {
+    if status == exit::NOT_FOUND {
+        format!("cannot run `{program}`: command not found; not waiting for the lock")
+    } else {
+        format!("cannot run `{program}`: not an executable file; not waiting for the lock")
+    }
+}

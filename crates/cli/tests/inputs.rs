@@ -1,0 +1,330 @@
+//! Issue 13, a newcomer's findings on inputs (A4, A6, B2–B4, C nits): each bad input has
+//! its exit code and a one-line message; config files and flags mean the same things.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fencelock");
+
+fn bare() -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_remove("FENCELOCK_BACKEND").env_remove("RUST_LOG");
+    cmd
+}
+
+fn fencelock(dir: &Path) -> Command {
+    let mut cmd = bare();
+    cmd.arg("--backend").arg(format!("file://{}", dir.display()));
+    cmd
+}
+
+/// A configuration file in `dir` on the file backend in `dir/locks`, with `defaults`.
+fn config(dir: &Path, defaults: &str) -> std::path::PathBuf {
+    let locks = dir.join("locks");
+    std::fs::create_dir_all(&locks).expect("mkdir");
+    let path = dir.join("fencelock.toml");
+    std::fs::write(
+        &path,
+        format!("backend = \"file://{}\"\n[defaults]\n{defaults}\n", locks.display()),
+    )
+    .expect("write config");
+    path
+}
+
+fn poll_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(10)); // polling a condition with a deadline
+    }
+}
+
+fn output_within(mut child: Child, limit: Duration) -> Output {
+    poll_until(limit, "fencelock exited", || {
+        child.try_wait().expect("try_wait").is_some()
+    });
+    child.wait_with_output().expect("output")
+}
+
+/// Asserts status `code` and a one-line `fencelock: …` message containing `says`.
+fn assert_one_line(out: &Output, code: i32, says: &str, what: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{what}: {err}");
+    assert_eq!(err.lines().count(), 1, "{what}: not one line: {err}");
+    assert!(err.starts_with("fencelock: ") && err.contains(says), "{what}: {err}");
+}
+
+/// Starts a holder of `key` (via `cmd`, which names the backend) that stays inside until
+/// its stdin closes.
+fn hold(mut cmd: Command, run: &[&str]) -> Child {
+    let mut child = cmd
+        .args(run)
+        .args(["--", "sh", "-c", "echo in; read _ || true"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn holder");
+    let mut first = String::new();
+    BufReader::new(child.stdout.as_mut().expect("stdout"))
+        .read_line(&mut first)
+        .expect("holder's line");
+    assert_eq!(first.trim(), "in");
+    child
+}
+
+fn end(mut holder: Child) {
+    drop(holder.stdin.take());
+    let out = output_within(holder, Duration::from_secs(20));
+    assert!(out.status.success(), "holder: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+// A4: a TTL shorter than the grant round trip looped for the whole wait (burning a token
+// per attempt, ~40 warnings a second) and exited 69. Now: 64 after a few attempts.
+#[test]
+fn a_ttl_shorter_than_the_round_trip_is_bad_input_not_a_retry_loop() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let start = Instant::now();
+    let child = fencelock(dir.path())
+        .args(["run", "k", "--ttl", "1ms", "--wait", "20s", "--", "true"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let out = output_within(child, Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.contains("shorter than this backend's grant round trip"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+    assert!(err.lines().count() <= 10, "a flood of warnings: {err}");
+}
+
+// B3: `wait = "0s"` in a configuration file means "do not wait", as `--wait 0` does.
+#[test]
+fn a_zero_wait_in_the_config_file_means_try_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = config(dir.path(), "wait = \"0s\"");
+    let mut cmd = bare();
+    cmd.arg("--config").arg(&cfg);
+    let holder = hold(cmd, &["run", "k"]);
+    let start = Instant::now();
+    let out = bare()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["run", "k", "--", "true"])
+        .output()
+        .expect("run");
+    assert_one_line(&out, 75, "not waiting: tried once", "config wait 0");
+    assert!(start.elapsed() < Duration::from_secs(5));
+    end(holder);
+    let out = bare()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["run", "k", "--", "true"])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+// B4: an out-of-range value in a configuration file is a configuration error (78), like
+// any other in the file; the same value as a flag stays a usage error (64).
+#[test]
+fn out_of_range_values_in_a_config_file_exit_78() {
+    for (defaults, says) in [
+        ("ttl = \"0s\"", "defaults.ttl"),
+        ("ttl = \"100y\"", "defaults.ttl"),
+        ("wait = \"25h\"", "defaults.wait"),
+    ] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cfg = config(dir.path(), defaults);
+        let out = bare()
+            .arg("--config")
+            .arg(&cfg)
+            .args(["run", "k", "--", "true"])
+            .output()
+            .expect("run");
+        assert_one_line(&out, 78, says, defaults);
+    }
+}
+
+// A6: `auto_renew = false` in the file was silently ignored by `run`; it is honoured: the
+// lease is not renewed, so the command is stopped when the TTL runs out (76).
+#[test]
+fn auto_renew_off_in_the_config_file_ends_the_command_at_the_ttl() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = config(dir.path(), "ttl = \"1s\"\nauto_renew = false");
+    let start = Instant::now();
+    let child = bare()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["run", "k", "--kill-after", "200ms", "--", "sleep", "10"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let out = output_within(child, Duration::from_secs(9));
+    assert_eq!(out.status.code(), Some(76), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+}
+
+// B3, C4: `elect` takes --no-wait and --wait 0 like `run`; its timeout names the bound.
+#[test]
+fn elect_takes_no_wait_and_names_the_requested_bound() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let holder = hold(fencelock(dir.path()), &["elect", "e"]);
+    for flags in [&["--no-wait"][..], &["--wait", "0"][..]] {
+        let start = Instant::now();
+        let out = fencelock(dir.path())
+            .args(["elect", "e"])
+            .args(flags)
+            .args(["--", "true"])
+            .output()
+            .expect("elect");
+        assert_one_line(&out, 75, "not waiting: tried once", &format!("{flags:?}"));
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{flags:?} took {:?}",
+            start.elapsed()
+        );
+    }
+    let out = fencelock(dir.path())
+        .args(["elect", "e", "--wait", "500ms", "--", "true"])
+        .output()
+        .expect("elect");
+    assert_one_line(&out, 75, "not elected within 500ms", "--wait 500ms");
+    end(holder);
+    let out = fencelock(dir.path())
+        .args(["elect", "e", "--no-wait", "--", "true"])
+        .output()
+        .expect("elect");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+// C1, C5, C6, C9, C14, B2: bad inputs, each with its status and one line.
+#[test]
+fn bad_inputs_name_what_is_wrong() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let f = format!("file://{}", dir.path().display());
+    let cases: &[(&[&str], i32, &str)] = &[
+        (&["run", "k"], 64, "<CMD>"),
+        (&["leader"], 64, "<NAME>"),
+        (&["--backend", &f, "leader", ""], 64, "election name is empty"),
+        (
+            &["--backend", &f, "elect", "e", "--value", "two\nlines", "--", "true"],
+            64,
+            "control character",
+        ),
+        (
+            &["--backend", &f, "elect", "e", "--value", "", "--", "true"],
+            64,
+            "--value is empty",
+        ),
+        (
+            &[
+                "--backend",
+                &f,
+                "run",
+                "k",
+                "--metrics-addr",
+                "localhost:9898",
+                "--",
+                "true",
+            ],
+            64,
+            "host names are not accepted",
+        ),
+        (
+            &["--backend", "file:///", "run", "k", "--", "true"],
+            78,
+            "root directory",
+        ),
+        (&["--backend", "nonsense", "backends"], 78, "nonsense"),
+    ];
+    for (args, code, says) in cases {
+        let out = bare().args(*args).output().expect("run");
+        assert_one_line(&out, *code, says, &format!("{args:?}"));
+    }
+}
+
+// C9: `--metrics-addr 127.0.0.1:0` says which port it chose.
+#[test]
+fn metrics_on_port_zero_prints_the_chosen_address() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = fencelock(dir.path())
+        .args(["run", "k", "--metrics-addr", "127.0.0.1:0", "--", "true"])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let addr = err
+        .lines()
+        .find_map(|l| l.strip_prefix("fencelock: serving metrics at http://"))
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("no address printed: {err}"));
+    let addr: std::net::SocketAddr = addr.parse().expect("an address");
+    assert_ne!(addr.port(), 0);
+}
+
+// B2: `backends` states conditions without a server, and reads them from one with a URL.
+#[test]
+fn backends_states_conditions_and_reads_a_given_server() {
+    let out = bare().arg("backends").output().expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.contains("when fsync and synchronous_commit are on"), "{text}");
+    assert!(text.contains("when the server fsyncs every write"), "{text}");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = fencelock(dir.path()).arg("backends").output().expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("as read from this server"), "{text}");
+    assert!(text.contains("exclusion: strict"), "{text}");
+
+    let server = fencelock_testkit::redis_server::RedisServer::start();
+    let out = bare()
+        .args(["--backend", &server.url(), "backends"])
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("as read from this server") && text.contains("redis"),
+        "{text}"
+    );
+    assert!(!text.contains("when fsync"), "a static listing instead: {text}");
+}
+
+// C8: a command that cannot be found fails at once (127), before waiting for the lock.
+#[test]
+fn a_missing_command_fails_before_the_wait() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let holder = hold(fencelock(dir.path()), &["run", "k"]);
+    let start = Instant::now();
+    let out = fencelock(dir.path())
+        .args(["run", "k", "--wait", "20s", "--", "fencelock-no-such-command"])
+        .output()
+        .expect("run");
+    assert_one_line(&out, 127, "command not found", "missing command");
+    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+    end(holder);
+}
+
+// C7: an executable text file without `#!` runs with /bin/sh, as shells and env(1) do.
+#[test]
+fn a_script_without_a_shebang_runs_with_sh() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = dir.path().join("noshebang");
+    std::fs::write(&script, "echo ran-by-sh\n").expect("write");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = fencelock(dir.path())
+        .args(["run", "k", "--"])
+        .arg(&script)
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ran-by-sh"));
+}
