@@ -166,7 +166,7 @@ impl Election for EtcdElection {
             let since = if q.owner {
                 None
             } else {
-                match wait_turn(self.cluster(), &q).await? {
+                match wait_turn(self.cluster(), &q, opts.ttl()).await? {
                     Some(since) => Some(since),
                     None => return Ok(None), // our key vanished while queued: again
                 }
