@@ -41,7 +41,7 @@ pub(crate) fn judge_second_grant(held: &Lease, granted: &Lease, granted_at: Inst
     }
     eprintln!(
         "{what}: the key was granted {:?} after its holder's validity ended ({:?}, token {}): \
-         not a violation; the case takes the key again",
+         not a violation",
         granted_at - holder.valid_until,
         holder.state,
         held.token()
