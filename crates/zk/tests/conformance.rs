@@ -128,6 +128,9 @@ impl Fixture for Zk {
 fn config() -> SuiteConfig {
     SuiteConfig {
         session_timeout: SESSION_TIMEOUT,
+        // Renewed every third: 300 ms left a renewal 200 ms to answer, which a 3-JVM
+        // ensemble on a loaded 2-core machine missed (auto_renew_keeps_lease lapsed).
+        short_ttl: Duration::from_secs(1),
         ..SuiteConfig::default()
     }
 }

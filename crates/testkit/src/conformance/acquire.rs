@@ -5,6 +5,7 @@ use std::time::Duration;
 use fencelock_core::{LockError, LockOptions};
 use tokio::time::Instant;
 
+use super::holder::{holder_options, judge_second_grant};
 use super::{within, ClientFactory, SuiteConfig, LONG_TTL};
 use crate::keys::unique_key;
 
@@ -12,57 +13,80 @@ fn long() -> LockOptions {
     LockOptions::new().with_ttl(LONG_TTL).with_auto_renew(false)
 }
 
+/// How many times a case that needs a held key starts over when its holder's validity
+/// ended before the check (no violation, see [`judge_second_grant`]) before it fails.
+const HOLDER_ATTEMPTS: usize = 3;
+
 /// `try_acquire` on a held key returns `Ok(None)` at once instead of waiting.
 pub async fn try_acquire_never_waits(f: &dyn ClientFactory, cfg: &SuiteConfig) {
     let _gate = super::shared_gate().await;
     let (a, b) = (f.client().await, f.client().await);
-    let key = unique_key("try-never-waits");
-    let held = a
-        .try_acquire(&key, &long())
+    for _ in 0..HOLDER_ATTEMPTS {
+        let key = unique_key("try-never-waits");
+        let held = a
+            .try_acquire(&key, &holder_options())
+            .await
+            .expect("try_acquire on a free key")
+            .expect("free key granted");
+        let start = Instant::now();
+        let second = within(
+            cfg.slack,
+            "try_acquire on a held key",
+            b.try_acquire(&key, &long().with_wait(LONG_TTL)),
+        )
         .await
-        .expect("try_acquire on a free key")
-        .expect("free key granted");
-    let start = Instant::now();
-    let second = within(
-        cfg.slack,
-        "try_acquire on a held key",
-        b.try_acquire(&key, &long().with_wait(LONG_TTL)),
-    )
-    .await;
-    assert!(
-        second.expect("try_acquire on a held key is not an error").is_none(),
-        "a held key was granted twice"
-    );
-    assert!(start.elapsed() < cfg.slack, "try_acquire waited {:?}", start.elapsed());
-    assert!(held.is_held());
-    held.release().await.expect("release");
+        .expect("try_acquire on a held key is not an error");
+        let at = Instant::now();
+        if let Some(granted) = second {
+            judge_second_grant(&held, &granted, at, "try_acquire on a held key");
+            continue;
+        }
+        assert!(start.elapsed() < cfg.slack, "try_acquire waited {:?}", start.elapsed());
+        if !held.is_held() {
+            continue; // lost to load meanwhile (its session or renewals): try again
+        }
+        held.release().await.expect("release");
+        return;
+    }
+    panic!("the holder's lease ended before the check in all {HOLDER_ATTEMPTS} attempts: the machine is too slow for this backend's session timeout")
 }
 
 /// `acquire` gives up with `Timeout` after its wait bound, not before and not much after.
 pub async fn acquire_times_out_after_wait(f: &dyn ClientFactory, cfg: &SuiteConfig) {
     let _gate = super::shared_gate().await;
     let (a, b) = (f.client().await, f.client().await);
-    let key = unique_key("times-out");
-    let held = a.acquire(&key, &long()).await.expect("acquire a free key");
-    let wait = Duration::from_millis(300);
-    let start = Instant::now();
-    let err = within(
-        wait + cfg.slack,
-        "acquire with a wait bound",
-        b.acquire(&key, &long().with_wait(wait)),
-    )
-    .await
-    .expect_err("a held key was granted to a waiter");
-    let waited = start.elapsed();
-    assert!(
-        matches!(err, LockError::Timeout { .. }),
-        "expected a timeout, got {err}"
-    );
-    assert!(
-        waited >= wait,
-        "gave up after {waited:?}, before the wait bound {wait:?}"
-    );
-    held.release().await.expect("release");
+    for _ in 0..HOLDER_ATTEMPTS {
+        let key = unique_key("times-out");
+        let held = a.acquire(&key, &holder_options()).await.expect("acquire a free key");
+        let wait = Duration::from_millis(300);
+        let start = Instant::now();
+        let got = within(
+            wait + cfg.slack,
+            "acquire with a wait bound",
+            b.acquire(&key, &long().with_wait(wait)),
+        )
+        .await;
+        let at = Instant::now();
+        let err = match got {
+            Ok(granted) => {
+                judge_second_grant(&held, &granted, at, "acquire on a held key");
+                continue;
+            }
+            Err(e) => e,
+        };
+        let waited = start.elapsed();
+        assert!(
+            matches!(err, LockError::Timeout { .. }),
+            "expected a timeout, got {err}"
+        );
+        assert!(
+            waited >= wait,
+            "gave up after {waited:?}, before the wait bound {wait:?}"
+        );
+        drop(held.release().await);
+        return;
+    }
+    panic!("the holder's lease ended before the check in all {HOLDER_ATTEMPTS} attempts: the machine is too slow for this backend's session timeout")
 }
 
 /// A waiter gets the lock soon after the holder releases it, long before the TTL.

@@ -15,6 +15,7 @@ mod cancel;
 pub mod election;
 mod expiry;
 mod fixture;
+mod holder;
 mod input;
 mod removal;
 mod resources;
