@@ -12,7 +12,7 @@ pub fn colour() -> bool {
 /// The election observer's per-read warning (one every poll, ~20 a second while a server
 /// is down); `leader --watch` reports that state itself, rate-limited, so it is hidden
 /// below `-vv`.
-const OBSERVER_READS: &str = "fencelock_core::election::observer=error";
+const OBSERVER_READS: &str = "fencelock_core::election::observer=error,fencelock_core::election::seat=error";
 
 /// Sets up `tracing` output: `-v` info, `-vv` debug, or `RUST_LOG`. `watching`: the command
 /// is `leader --watch` (see [`OBSERVER_READS`]).

@@ -243,7 +243,7 @@ fn bad_backends_and_input_fail_on_one_line_without_panic() {
         (
             &["--backend", "redis://127.0.0.1:notaport", "run", "k", "--", "true"],
             78,
-            "bad port",
+            "invalid port number",
         ),
         (&["--backend", "memory://", "run", "", "--", "true"], 64, "key is empty"),
         (

@@ -466,6 +466,15 @@ fn passwords_with_url_characters_reach_the_server_and_never_show() {
         "the password shows: {err}"
     );
     assert!(err.contains(":***@127.0.0.1:"), "{err}");
+    // No password at all for a server that needs one: the same 78 at once (it was a panic
+    // inside the client, then 69 "unreachable" or a wait for the whole --wait).
+    let none = format!("redis://127.0.0.1:{}", server.port());
+    let out = fencelock()
+        .args(["--backend", &none, "run", "k", "--wait", "20s", "--", "true"])
+        .output()
+        .expect("run");
+    assert_one_line(&out, 78, "redis refused the credentials", "no password");
+    assert!(!stderr_of(&out).contains("panicked"), "{}", stderr_of(&out));
 }
 
 /// A DB index the server does not have is a configuration error (78), not a backend

@@ -105,7 +105,7 @@ impl EtcdConfig {
             "" => None,
             _ => {
                 let p = u.path_decoded("key prefix")?;
-                Some(p.trim_start_matches('/').trim_end_matches('/').to_owned())
+                Some(p.strip_prefix('/').unwrap_or(&p).trim_end_matches('/').to_owned())
             }
         };
         let mut endpoints = Vec::new();

@@ -98,7 +98,7 @@ impl RedisLock {
     /// future.
     pub async fn connect_with(cfg: RedisConfig) -> Result<Self> {
         let node = RedisNode::connect(cfg).await?;
-        let guarantees = match node.keeps_token_counters().await {
+        let guarantees = match node.keeps_token_counters().await? {
             Ok(settings) if settings.strict_tokens() => GUARANTEES_DURABLE,
             Ok(settings) => {
                 tracing::info!(

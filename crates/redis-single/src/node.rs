@@ -596,13 +596,18 @@ impl RedisNode {
     /// evicts a key without a TTL (`noeviction` or `volatile-*`).
     ///
     /// # Errors
-    /// `Err(reason)` when the settings could not be read (`CONFIG` renamed or disabled, an
-    /// ACL refusing it, no connection): the caller must assume the counters can be lost.
+    /// [`LockError::InvalidConfig`] when the server refuses the login (`NOAUTH`: it needs
+    /// a password the URL does not give; `WRONGPASS`). `Ok(Err(reason))` when the settings
+    /// could not be read otherwise (`CONFIG` renamed or disabled, an ACL refusing it, no
+    /// connection): the caller must assume the counters can be lost.
     ///
     /// # Cancel safety
     /// Cancel safe: it only reads settings.
-    pub async fn keeps_token_counters(&self) -> std::result::Result<CounterSafety, String> {
-        let mut conn = self.connection().await.map_err(|e| e.to_string())?;
+    pub async fn keeps_token_counters(&self) -> Result<std::result::Result<CounterSafety, String>> {
+        let mut conn = match self.connection().await {
+            Ok(conn) => conn,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
         let get = |name: &str| redis::cmd("CONFIG").arg("GET").arg(name).to_owned();
         let read: redis::RedisResult<(Vec<String>, Vec<String>, Vec<String>)> = redis::pipe()
             .add_command(get("appendonly"))
@@ -610,17 +615,33 @@ impl RedisNode {
             .add_command(get("maxmemory-policy"))
             .query_async(&mut conn)
             .await;
-        let (appendonly, appendfsync, policy) = read.map_err(|e| {
-            format!(
-                "CONFIG GET refused on {} ({e}): cannot check persistence and eviction",
-                self.server()
-            )
-        })?;
+        let (appendonly, appendfsync, policy) = match read {
+            Ok(settings) => settings,
+            // Credentials the server refused (or none for a server that needs them) are
+            // the URL's fault and every later command meets them again: say so now, as
+            // InvalidConfig, rather than carry on into a connection that cannot work (it
+            // ended in "unreachable" after the whole wait, and in a panic inside the client).
+            Err(e) if is_refused_login(&e) => {
+                return Err(LockError::InvalidConfig {
+                    message: format!(
+                        "redis refused the credentials on {} (no password given for a server that needs one, or a wrong one)",
+                        self.server()
+                    ),
+                    source: Some(Box::new(e)),
+                });
+            }
+            Err(e) => {
+                return Ok(Err(format!(
+                    "CONFIG GET refused on {} ({e}): cannot check persistence and eviction",
+                    self.server()
+                )))
+            }
+        };
         let value = |pair: Vec<String>| pair.into_iter().nth(1).unwrap_or_default();
-        Ok(CounterSafety {
+        Ok(Ok(CounterSafety {
             fsync_always: value(appendonly) == "yes" && value(appendfsync) == "always",
             eviction_policy: value(policy),
-        })
+        }))
     }
 }
 
@@ -768,4 +789,16 @@ fn open_client(cfg: &RedisConfig) -> Result<redis::Client> {
         }
     }
     redis::Client::open(info).map_err(invalid)
+}
+
+/// A login the server refused: no password for a server that needs one (`NOAUTH`), or a
+/// wrong one (`WRONGPASS`, or the client's own authentication failure).
+fn is_refused_login(e: &redis::RedisError) -> bool {
+    if e.kind() == redis::ErrorKind::AuthenticationFailed || matches!(e.code(), Some("NOAUTH" | "WRONGPASS")) {
+        return true;
+    }
+    // In a pipeline the client reports the first command's server error inside another
+    // error, where `code()` does not reach; its text still carries the server's code.
+    let text = e.to_string();
+    text.contains("NOAUTH") || text.contains("WRONGPASS")
 }

@@ -75,14 +75,18 @@ end
 
 /// KEYS: lock, counter, queue, reservation. ARGV: grant id, waiter channel prefix, claim
 /// ms. Deletes the lock only if it holds our grant, announces it on the key's `changed`
-/// channel (an election's observers listen there) and hands it to the first live waiter
+/// channel when the key is an election's seat (`{election.NAME}`: its observers listen
+/// there; a plain lock's release stays one command cheaper, a string test in Lua rather
+/// than a `PUBLISH` nobody hears) and hands it to the first live waiter
 /// queued ([`HAND_OFF`]). Returns 1 when deleted, 0 when it was not ours.
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{HAND_OFF}
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2] .. 'changed', 'r')
+  if string.find(KEYS[1], '{{election.', 1, true) then
+    redis.call('PUBLISH', ARGV[2] .. 'changed', 'r')
+  end
   hand_off(ARGV[3], ARGV[2])
   return 1
 end
