@@ -6,13 +6,15 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rustix::process::{kill_process, Pid, Signal};
 
-const BIN: &str = env!("CARGO_BIN_EXE_fencelock");
+mod common;
+
+use common::{fencelock, file_url, output_within, pid_of, poll_until, signal_while_waiting, BIN};
 
 /// A: logs its entry, then starts a grandchild that logs `A-ALIVE` every 50 ms (at most
 /// 30 s), and waits for it — the `sh -c 'sleep 30 & wait'` of the issue, made visible.
@@ -22,37 +24,6 @@ wait"#;
 
 /// B: inside for one second.
 const HOLDER_B: &str = r#"echo B-IN >> "$LOG"; sleep 1; echo B-OUT >> "$LOG""#;
-
-fn fencelock(url: &str) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env_remove("FENCELOCK_BACKEND")
-        .env_remove("RUST_LOG")
-        .env_remove("NO_COLOR")
-        .arg("--backend")
-        .arg(url);
-    cmd
-}
-
-fn pid_of(child: &Child) -> Pid {
-    Pid::from_raw(child.id() as i32).expect("pid")
-}
-
-/// Polls `cond` every 10 ms until it holds; fails the test after `limit`.
-fn poll_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
-        std::thread::sleep(Duration::from_millis(10)); // polling a condition with a deadline
-    }
-}
-
-/// Waits for a child with a bound, so a hung CLI fails the test instead of hanging it.
-fn output_within(mut child: Child, limit: Duration) -> Output {
-    poll_until(limit, "fencelock exited", || {
-        child.try_wait().expect("try_wait").is_some()
-    });
-    child.wait_with_output().expect("output")
-}
 
 /// SIGKILLs every process whose command line mentions `needle` (a test's own temporary
 /// directory), by pid: what a test started under script(1) is in another session.
@@ -157,71 +128,6 @@ fn killed_holder_with_a_grandchild(url: &str) {
 /// H holds `k`; W waits for it and is sent `sig` once `queued` says its place in line
 /// exists; W exits 128 + sig at once; after H ends, a `--no-wait` run gets the lock at once
 /// (no queue entry of W is left in front of it).
-fn signal_while_waiting(url: &str, sig: Signal, queued: &dyn Fn() -> bool) {
-    let mut holder = fencelock(url)
-        .args(["run", "k", "--", "sh", "-c", "echo in; read _ || true"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn holder");
-    let mut first = String::new();
-    BufReader::new(holder.stdout.as_mut().expect("stdout"))
-        .read_line(&mut first)
-        .expect("holder's line");
-    assert_eq!(first.trim(), "in");
-    let _ = queued(); // records the server's count before the waiter comes
-    let mut waiter = fencelock(url)
-        .args(["-v", "run", "k", "--wait", "60s", "--", "true"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn waiter");
-    let (tx, rx) = mpsc::channel();
-    let err = waiter.stderr.take().expect("stderr");
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let start = Instant::now();
-    let mut lines = Vec::new();
-    while !lines.iter().any(|l: &String| l.contains("acquiring")) {
-        let left = Duration::from_secs(20).saturating_sub(start.elapsed());
-        match rx.recv_timeout(left) {
-            Ok(line) => lines.push(line),
-            Err(_) => panic!("the waiter never said it was acquiring: {lines:?}"),
-        }
-    }
-    poll_until(Duration::from_secs(20), "the waiter is in line", queued);
-    kill_process(pid_of(&waiter), sig).expect("signal the waiter");
-    let status = {
-        poll_until(Duration::from_secs(10), "the waiter exits", || {
-            waiter.try_wait().expect("try_wait").is_some()
-        });
-        waiter.wait().expect("wait")
-    };
-    lines.extend(rx.try_iter());
-    assert_eq!(status.code(), Some(128 + sig.as_raw()), "waiter: {lines:?}");
-    drop(holder.stdin.take());
-    let out = output_within(holder, Duration::from_secs(20));
-    assert!(out.status.success(), "holder: {}", String::from_utf8_lossy(&out.stderr));
-    let start = Instant::now();
-    let next = fencelock(url)
-        .args(["run", "k", "--no-wait", "--", "true"])
-        .output()
-        .expect("run");
-    assert!(
-        next.status.success(),
-        "a queue entry of the signalled waiter was left: {}",
-        String::from_utf8_lossy(&next.stderr)
-    );
-    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
-}
-
-fn file_url(dir: &Path) -> String {
-    format!("file://{}", dir.display())
-}
-
 #[test]
 fn on_files_a_paused_or_killed_holder_never_runs_beside_the_next() {
     let dir = tempfile::tempdir().expect("temp dir");
