@@ -99,13 +99,25 @@ impl KeyFiles {
     /// and its liveness file is flocked by someone (not crashed, not removed by hand).
     fn live_holder(&self, st: &KeyState) -> Result<Option<(PathBuf, Duration)>> {
         let Some(h) = &st.holder else { return Ok(None) };
-        let now = os::mono_ns();
-        if h.expires_mono_ns <= now {
-            return Ok(None);
-        }
         let live = self.dir.join(&h.live);
-        let alive = os::held_by_someone(&live).map_err(|e| io_error(format!("cannot check {}", live.display()), e))?;
-        Ok(alive.then(|| (live, Duration::from_nanos(h.expires_mono_ns - now))))
+        let liveness = os::read_live(&live).map_err(|e| io_error(format!("cannot check {}", live.display()), e))?;
+        let os::Liveness::Held { expires_mono_ns } = liveness else {
+            return Ok(None);
+        };
+        let expires = expires_mono_ns.unwrap_or(h.expires_mono_ns);
+        let now = os::mono_ns();
+        Ok((expires > now).then(|| (live, Duration::from_nanos(expires - now))))
+    }
+
+    /// The expiry of `h` now: the one its holder last wrote into its liveness file (by
+    /// `extend`), else the one recorded at the grant.
+    fn expiry(&self, h: &HolderRecord) -> u64 {
+        match os::read_live(&self.dir.join(&h.live)) {
+            Ok(os::Liveness::Held {
+                expires_mono_ns: Some(at),
+            }) => at,
+            _ => h.expires_mono_ns,
+        }
     }
 
     /// The live holder's grant id and token, if any (for the file election, which must
@@ -181,14 +193,18 @@ impl KeyFiles {
     }
 
     /// Extends our grant to `ttl` from now; `None` when it is not ours any more (expired,
-    /// taken over, or removed by hand).
-    fn extend(&self, grant: &str, live_id: (u64, u64), ttl: Duration) -> Result<Option<Duration>> {
+    /// taken over, or removed by hand). The new expiry goes into our own liveness file
+    /// `live`, not the state file: it matters only while we live (a crash ends the grant
+    /// through the flock whatever the file says), so a renewal costs no fsync — the durable
+    /// state, with the token counter, is replaced only by grants and releases.
+    fn extend(&self, grant: &str, live_id: (u64, u64), live: &File, ttl: Duration) -> Result<Option<Duration>> {
         self.locked(|st| {
             let now = os::mono_ns();
-            match st.holder.as_mut() {
-                Some(h) if h.expires_mono_ns > now && self.is_ours(h, grant, live_id)? => {
-                    h.expires_mono_ns = now.saturating_add(ns(ttl));
-                    Ok((Some(ttl), true))
+            match st.holder.as_ref() {
+                Some(h) if self.expiry(h) > now && self.is_ours(h, grant, live_id)? => {
+                    os::write_expiry(live, now.saturating_add(ns(ttl)))
+                        .map_err(|e| io_error(format!("cannot write {}", self.dir.join(&h.live).display()), e))?;
+                    Ok((Some(ttl), false))
                 }
                 _ => Ok((None, false)),
             }
@@ -200,7 +216,7 @@ impl KeyFiles {
     fn release(&self, grant: &str, live_id: (u64, u64)) -> Result<bool> {
         self.locked(|st| match &st.holder {
             Some(h) if h.grant == grant => {
-                let was_live = h.expires_mono_ns > os::mono_ns() && self.is_ours(h, grant, live_id)?;
+                let was_live = self.expiry(h) > os::mono_ns() && self.is_ours(h, grant, live_id)?;
                 let live = self.dir.join(&h.live);
                 if os::path_id(&live).ok().flatten() == Some(live_id) {
                     let _ = fs::remove_file(live);
@@ -219,7 +235,7 @@ pub(crate) struct FileGrant {
     pub(crate) grant: String,
     /// The liveness file's identity, to tell it from a file put in its place.
     pub(crate) live_id: (u64, u64),
-    pub(crate) live: Mutex<Option<File>>,
+    pub(crate) live: Mutex<Option<Arc<File>>>,
 }
 
 impl FileGrant {
@@ -229,7 +245,7 @@ impl FileGrant {
             files,
             grant,
             live_id,
-            live: Mutex::new(Some(live)),
+            live: Mutex::new(Some(Arc::new(live))),
         })
     }
 }
@@ -246,7 +262,14 @@ pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + 
 impl LeaseOps for FileGrant {
     async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
         let (files, grant, id) = (self.files.clone(), self.grant.clone(), self.live_id);
-        blocking(move || files.extend(&grant, id, ttl)).await
+        let live = match self.live.lock() {
+            Ok(l) => l.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let Some(live) = live else {
+            return Ok(None); // released: nothing left to extend
+        };
+        blocking(move || files.extend(&grant, id, &live, ttl)).await
     }
 
     async fn release(&self) -> Result<bool> {

@@ -95,6 +95,51 @@ pub(crate) fn held_by_someone(path: &Path) -> io::Result<bool> {
     }
 }
 
+/// What a holder's liveness file says about its holder.
+pub(crate) enum Liveness {
+    /// Nobody holds its flock, or the file is gone: the holder released or died.
+    Gone,
+    /// Its holder lives; `expires_mono_ns` is the expiry it last wrote into the file
+    /// (`None` before its first extend: the state file's expiry holds).
+    Held { expires_mono_ns: Option<u64> },
+}
+
+/// Bytes of the expiry record in a liveness file: 20 decimal digits and a newline, always
+/// the same length so a rewrite in place never leaves a longer record's tail behind.
+const EXPIRY_LEN: usize = 21;
+
+/// Writes `expires_mono_ns` at the start of the holder's own liveness file, in place and
+/// without fsync: the value matters only while the holder lives, and a reader takes the
+/// key's mutex flock first, as the writer does, so it never sees half a record.
+pub(crate) fn write_expiry(live: &File, expires_mono_ns: u64) -> io::Result<()> {
+    let record = format!("{expires_mono_ns:020}\n");
+    let n = rustix::io::pwrite(live, record.as_bytes(), 0)?;
+    if n == EXPIRY_LEN {
+        Ok(())
+    } else {
+        Err(io::Error::new(ErrorKind::WriteZero, "short write of a liveness file"))
+    }
+}
+
+/// Whether the holder of the liveness file at `path` lives, and the expiry it last wrote.
+/// A file with no valid record (not yet extended) reads as `expires_mono_ns: None`.
+pub(crate) fn read_live(path: &Path) -> io::Result<Liveness> {
+    let Some(f) = open_read(path)? else {
+        return Ok(Liveness::Gone);
+    };
+    match flock(&f, FlockOperation::NonBlockingLockShared) {
+        Ok(()) => return Ok(Liveness::Gone),
+        Err(Errno::WOULDBLOCK) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut buf = [0u8; EXPIRY_LEN];
+    let n = rustix::io::pread(&f, &mut buf, 0)?;
+    let expires_mono_ns = (n == EXPIRY_LEN && buf[EXPIRY_LEN - 1] == b'\n')
+        .then(|| std::str::from_utf8(&buf[..EXPIRY_LEN - 1]).ok()?.parse().ok())
+        .flatten();
+    Ok(Liveness::Held { expires_mono_ns })
+}
+
 fn retry_eintr(mut op: impl FnMut() -> rustix::io::Result<()>) -> io::Result<()> {
     for _ in 0..1000 {
         match op() {

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
@@ -125,6 +125,41 @@ async fn removed_grant_is_noticed_by_extend_and_release() {
     let next = locks.try_acquire("k", &long()).await.unwrap().expect("the key is free");
     assert!(next.token().get() > 1, "the token counter was kept");
     next.release().await.unwrap();
+}
+
+/// Renewal must not wait for the disk: an extend changes only how long the holder stays
+/// valid, which matters only while the holder lives, so it is never fsynced. (CI caught
+/// `auto_renew_keeps_lease` losing a 300 ms lease when two fsyncs per renewal outran the
+/// 200 ms left on a busy disk.) The state file, which holds the token counter and is
+/// replaced durably, stays untouched; the new expiry is seen by other holders.
+#[tokio::test]
+async fn extend_leaves_the_durable_state_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (FileLock::open(dir.path()).unwrap(), FileLock::open(dir.path()).unwrap());
+    let short = LockOptions::new()
+        .with_ttl(Duration::from_millis(300))
+        .with_auto_renew(false);
+    let lease = a.acquire("k", &short).await.unwrap();
+    let state = dir.path().join("k-k.state");
+    let before = std::fs::symlink_metadata(&state).unwrap();
+    let bytes_before = std::fs::read(&state).unwrap();
+    lease.extend(Duration::from_secs(60)).await.unwrap();
+    let after = std::fs::symlink_metadata(&state).unwrap();
+    assert_eq!(
+        (before.ino(), std::fs::read(&state).unwrap()),
+        (after.ino(), bytes_before),
+        "extend replaced the state file (a durable write on the renewal path)"
+    );
+    // The first TTL passing is the condition under test, not a synchronisation.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        b.try_acquire("k", &short).await.unwrap().is_none(),
+        "another holder did not see the extended expiry"
+    );
+    lease.extend(Duration::from_millis(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let next = b.try_acquire("k", &short).await.unwrap();
+    assert!(next.is_some(), "a shortened expiry was not seen by another holder");
 }
 
 /// A file outside the lock directory that a planted link points at.
