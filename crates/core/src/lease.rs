@@ -505,10 +505,13 @@ impl Lease {
 
     /// Releases the lease. Only our own grant is ever removed.
     ///
-    /// `Ok(())` means the lease was ours from acquisition to release. When it had been lost
-    /// before (expired, taken, reported by the backend), our grant is still removed if the
-    /// backend has it, and the result is [`LockError::LeaseLost`] so the holder learns that
-    /// its critical section may not have been exclusive to the end.
+    /// `Ok(())` means the lease was ours from acquisition to the call of `release` — where
+    /// the holder's critical section ends. When it had been lost before the call (expired,
+    /// taken, reported by the backend), our grant is still removed if the backend has it,
+    /// and the result is [`LockError::LeaseLost`] so the holder learns that its critical
+    /// section may not have been exclusive to the end. A release called in time whose
+    /// answer arrives after the validity (a slow disk or server) is `Ok(())`: the work was
+    /// done within the validity.
     ///
     /// # Errors
     /// [`LockError::LeaseLost`] as above; the backend's error (`Unavailable`, …) when it
@@ -542,7 +545,9 @@ impl Lease {
                 (LeaseState::Lost(reason), _) => Err(shared.lost_error(reason)),
                 (_, Err(e)) => Err(e),
                 (_, Ok(false)) => Err(shared.lost_error(LostReason::NotHeld)),
-                (_, Ok(true)) if Instant::now() >= before.valid_until => Err(shared.lost_error(LostReason::Expired)),
+                // `before` was taken when the release was called, and was live: the holder's
+                // work ended within the validity. How long the answer takes does not matter
+                // (CI saw a fsynced file release outlast a 300 ms lease under load).
                 (_, Ok(true)) => Ok(()),
             }
         }
@@ -892,6 +897,30 @@ mod tests {
             .expect("a live grant");
         assert!(live.is_held());
         live.release().await.expect("release");
+    }
+
+    /// The holder's work ends when it calls `release`; a backend that confirms the grant was
+    /// still ours when it removed it has just said nobody else held the key meanwhile. An
+    /// answer that arrives after the validity (a slow disk or server under load) is no loss.
+    /// (CI reported `LeaseLost { reason: Expired }` for such a release of a file lease.)
+    #[tokio::test(start_paused = true)]
+    async fn a_release_sent_in_time_and_confirmed_late_is_not_a_loss() {
+        let ops = ops(Duration::from_millis(300));
+        let held = lease(&ops, Instant::now(), Duration::from_millis(100));
+        held.release()
+            .await
+            .expect("a release sent within the validity and confirmed");
+        assert_eq!(ops.releases.load(Ordering::SeqCst), 1);
+    }
+
+    /// A release called after the validity ran out still reports the loss.
+    #[tokio::test(start_paused = true)]
+    async fn a_release_sent_after_the_validity_reports_the_loss() {
+        let ops = ops(Duration::from_millis(1));
+        let held = lease(&ops, Instant::now(), Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let err = held.release().await.expect_err("released after its validity");
+        assert!(err.is_lease_lost(), "{err}");
     }
 
     #[tokio::test(start_paused = true)]
