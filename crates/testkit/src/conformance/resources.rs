@@ -51,6 +51,22 @@ fn open_files() -> usize {
         .count()
 }
 
+/// The names in `after` beyond those in `before` (as multisets), for the failure message.
+fn new_names(before: &[String], after: &[String]) -> Vec<String> {
+    let mut left = before.to_vec();
+    after
+        .iter()
+        .filter(|n| match left.iter().position(|b| b == *n) {
+            Some(i) => {
+                left.swap_remove(i);
+                false
+            }
+            None => true,
+        })
+        .cloned()
+        .collect()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Count {
     threads: usize,
@@ -97,6 +113,7 @@ pub async fn resources_do_not_grow(f: &dyn Fixture, cfg: &SuiteConfig) {
         held = take_again(&*a, &key, held, granted, Instant::now(), "try_acquire (warm-up)", &take).await;
     }
     let before = count(f).await;
+    let names_before = thread_names();
     let short_wait = long.with_wait(Duration::from_millis(20));
     for _ in 0..N {
         let got = b.try_acquire(&key, &long).await.expect("try_acquire on a held key");
@@ -122,7 +139,9 @@ pub async fn resources_do_not_grow(f: &dyn Fixture, cfg: &SuiteConfig) {
         within_allowance(before, after),
         "resources grew over {N} try_acquires, {N} timed-out acquires and {N} dropped waiting \
          clients: before {before:?}, after {after:?} (allowed +{THREADS_ALLOWED} threads, none of \
-         them `fencelock-…`, +{FILES_ALLOWED} files, +{CONNECTIONS_ALLOWED} connections)"
+         them `fencelock-…`, +{FILES_ALLOWED} files, +{CONNECTIONS_ALLOWED} connections); threads \
+         that appeared: {:?}",
+        new_names(&names_before, &thread_names())
     );
     // Whether the holder kept the key to the end is not this case's question (a lease lost
     // meanwhile was judged above if anyone got the key); its node must go either way.
