@@ -84,7 +84,7 @@ impl KeyFiles {
         let mutex_path = self.path("mutex");
         let mutex = os::open_or_create(&mutex_path, self.mode)
             .map_err(|e| io_error(format!("cannot open {}", mutex_path.display()), e))?;
-        os::lock_exclusive(&mutex).map_err(|e| io_error(format!("cannot flock {}", mutex_path.display()), e))?;
+        lock_mutex(&mutex).map_err(|e| io_error(format!("cannot flock {}", mutex_path.display()), e))?;
         let state_path = self.path("state");
         let mut st = state::read(&state_path)?;
         let (value, changed) = f(&mut st)?;
@@ -226,6 +226,39 @@ impl KeyFiles {
             }
             _ => Ok((false, false)),
         })
+    }
+}
+
+/// How long one decision waits for the key's mutex flock. A live process holds it for one
+/// decision: a grant or a release (two fsyncs: milliseconds, up to a few hundred on a
+/// saturated disk) or an extend (a read and a 21-byte write). A process stopped while it
+/// holds it (SIGSTOP, a debugger) would otherwise block every other process of the key,
+/// and the thread waiting in `flock`, until it continues or dies.
+const MUTEX_WAIT: Duration = Duration::from_secs(2);
+/// The first pause between attempts on a busy mutex; it doubles up to [`MUTEX_PAUSE_MAX`].
+const MUTEX_PAUSE_FIRST: Duration = Duration::from_micros(200);
+const MUTEX_PAUSE_MAX: Duration = Duration::from_millis(20);
+
+/// Takes the key's mutex flock, waiting at most [`MUTEX_WAIT`]: then a `TimedOut` error
+/// (temporary: an acquire retries it while its wait lasts). Non-blocking attempts with a
+/// doubling pause, because a blocking `flock` cannot be given a timeout.
+fn lock_mutex(mutex: &File) -> std::io::Result<()> {
+    let start = std::time::Instant::now();
+    let mut pause = MUTEX_PAUSE_FIRST;
+    loop {
+        if os::try_lock_exclusive(mutex)? {
+            return Ok(());
+        }
+        if start.elapsed() >= MUTEX_WAIT {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the key's mutex has been held by another process for {MUTEX_WAIT:?} (stopped, or hung in a disk write?); it is freed when that process continues or dies"
+                ),
+            ));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(MUTEX_PAUSE_MAX);
     }
 }
 

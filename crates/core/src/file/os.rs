@@ -68,11 +68,6 @@ pub(crate) fn path_id(path: &Path) -> io::Result<Option<(u64, u64)>> {
     }
 }
 
-/// Takes an exclusive flock, waiting for it.
-pub(crate) fn lock_exclusive(f: &File) -> io::Result<()> {
-    retry_eintr(|| flock(f, FlockOperation::LockExclusive))
-}
-
 /// Takes an exclusive flock if free; `Ok(false)` if someone holds it.
 pub(crate) fn try_lock_exclusive(f: &File) -> io::Result<bool> {
     match flock(f, FlockOperation::NonBlockingLockExclusive) {
@@ -138,14 +133,4 @@ pub(crate) fn read_live(path: &Path) -> io::Result<Liveness> {
         .then(|| std::str::from_utf8(&buf[..EXPIRY_LEN - 1]).ok()?.parse().ok())
         .flatten();
     Ok(Liveness::Held { expires_mono_ns })
-}
-
-fn retry_eintr(mut op: impl FnMut() -> rustix::io::Result<()>) -> io::Result<()> {
-    for _ in 0..1000 {
-        match op() {
-            Err(Errno::INTR) => continue,
-            other => return other.map_err(Into::into),
-        }
-    }
-    Err(io::Error::other("flock interrupted 1000 times in a row"))
 }

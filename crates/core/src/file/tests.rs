@@ -162,6 +162,41 @@ async fn extend_leaves_the_durable_state_untouched() {
     assert!(next.is_some(), "a shortened expiry was not seen by another holder");
 }
 
+/// A process stopped (SIGSTOP, a debugger) while it holds a key's mutex flock — for the
+/// microseconds of a decision — must not freeze every other process of the key: each
+/// decision waits for the mutex a bounded time and then fails, temporarily, so
+/// `try_acquire` answers and `acquire` gives up at its wait. (A newcomer froze `fencelock
+/// leader` and `run --no-wait` for good by stopping a renewing holder inside it.) The
+/// stopped process is played by this test holding the flock through its own descriptor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mutex_held_by_a_stopped_process_delays_but_never_freezes() {
+    let dir = tempfile::tempdir().unwrap();
+    let locks = FileLock::open(dir.path()).unwrap();
+    let held = locks.acquire("k", &long()).await.unwrap();
+    let mutex = std::fs::File::open(dir.path().join("k-k.mutex")).unwrap();
+    rustix::fs::flock(&mutex, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let bound = Duration::from_secs(10);
+    let tried = tokio::time::timeout(bound, locks.try_acquire("k", &long())).await;
+    let err = tried
+        .expect("try_acquire froze behind a stopped mutex holder")
+        .expect_err("try_acquire decided without the key's mutex");
+    assert!(err.is_temporary(), "a busy mutex is a temporary failure: {err}");
+    assert!(err.to_string().contains("mutex"), "the message names the mutex: {err}");
+    let waited = tokio::time::timeout(bound, locks.acquire("k", &long().with_wait(Duration::from_millis(300)))).await;
+    assert!(
+        waited.expect("acquire froze behind a stopped mutex holder").is_err(),
+        "acquire decided without the key's mutex"
+    );
+    let extended = tokio::time::timeout(bound, held.extend(Duration::from_secs(60))).await;
+    assert!(
+        extended.expect("extend froze behind a stopped mutex holder").is_err(),
+        "extend decided without the key's mutex"
+    );
+    drop(mutex); // the stopped process continues
+    let next = locks.try_acquire("other", &long()).await.unwrap();
+    assert!(next.is_some(), "another key was affected");
+}
+
 /// A file outside the lock directory that a planted link points at.
 fn victim(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("victim");
