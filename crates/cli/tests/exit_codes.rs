@@ -563,3 +563,45 @@ fn a_lock_directory_that_is_not_private_exits_78() {
         .expect("run");
     assert!(out.status.success(), "0700: {}", stderr_of(&out));
 }
+
+/// etcd credentials that cannot work are a configuration error (78) on one line, each
+/// with what to change: a user or password for a server with authentication disabled
+/// (it was 70, "not in a state required"), and, once authentication is on, a wrong
+/// password or none at all (70 before: etcd answers both with InvalidArgument).
+#[cfg(feature = "etcd")]
+#[test]
+fn etcd_credentials_that_cannot_work_exit_78() {
+    use fencelock_testkit::process::http;
+    let cluster = fencelock_testkit::etcd_server::EtcdCluster::single();
+    let port = cluster.client_ports()[0];
+    let run = |url: &str| {
+        fencelock()
+            .args(["--backend", url, "run", "k", "--", "true"])
+            .output()
+            .expect("run")
+    };
+    for url in [
+        format!("etcd://root:secret@127.0.0.1:{port}"),
+        format!("etcd://127.0.0.1:{port}?user=root&password=secret"),
+    ] {
+        let out = run(&url);
+        assert_one_line(&out, 78, "authentication disabled", &url);
+        assert!(!stderr_of(&out).contains("secret"), "{}", stderr_of(&out));
+    }
+    // Authentication on (etcd's JSON gateway: root user with the root role, then enable).
+    for (path, body) in [
+        ("/v3/auth/user/add", r#"{"name":"root","password":"pw"}"#),
+        ("/v3/auth/role/add", r#"{"name":"root"}"#),
+        ("/v3/auth/user/grant", r#"{"user":"root","role":"root"}"#),
+        ("/v3/auth/enable", "{}"),
+    ] {
+        assert!(http(port, "POST", path, body).is_some(), "{path} failed");
+    }
+    let out = run(&format!("etcd://root:pw@127.0.0.1:{port}"));
+    assert!(out.status.success(), "right password: {}", stderr_of(&out));
+    let out = run(&format!("etcd://root:wrong@127.0.0.1:{port}"));
+    assert_one_line(&out, 78, "etcd refused the user or password", "wrong password");
+    assert!(!stderr_of(&out).contains("wrong"), "{}", stderr_of(&out));
+    let out = run(&format!("etcd://127.0.0.1:{port}"));
+    assert_one_line(&out, 78, "requires a user", "no credentials");
+}
