@@ -605,3 +605,20 @@ fn etcd_credentials_that_cannot_work_exit_78() {
     let out = run(&format!("etcd://127.0.0.1:{port}"));
     assert_one_line(&out, 78, "requires a user", "no credentials");
 }
+
+/// A ZooKeeper URL whose one server refuses the connection (nothing listens on the port)
+/// is unavailable (69) at once, as on Redis and etcd; it took the whole connect limit
+/// (4 s with the default timeouts) before.
+#[test]
+fn zookeeper_refused_at_connect_exits_69_at_once() {
+    let port = fencelock_testkit::ports::free_port();
+    let start = std::time::Instant::now();
+    let out = fencelock()
+        .args(["--backend", &format!("zk://127.0.0.1:{port}"), "run", "k", "--", "true"])
+        .output()
+        .expect("run");
+    let took = start.elapsed();
+    assert_one_line(&out, 69, "refused the connection", "zk refused");
+    assert!(took < std::time::Duration::from_millis(1500), "took {took:?}");
+}
+
