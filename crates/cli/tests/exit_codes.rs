@@ -85,7 +85,7 @@ fn bad_inputs_exit_64_or_78_on_one_line() {
         (
             &["--backend", f, "run", "k", "--kill-after", "-1s", "--", "true"],
             64,
-            "unexpected argument",
+            "durations cannot be negative",
         ),
         (
             &["--backend", f, "run", "k", "--kill-after", "1000days", "--", "true"],
@@ -622,3 +622,38 @@ fn zookeeper_refused_at_connect_exits_69_at_once() {
     assert!(took < std::time::Duration::from_millis(1500), "took {took:?}");
 }
 
+/// A negative duration says so (it was "unexpected argument '-5' found" for `--ttl -5s`,
+/// and "expected number at 0" for `--ttl=-5s`); a TOML syntax error in --config prints
+/// its message once, with where (it printed it twice, around a flattened excerpt).
+#[test]
+fn negative_durations_and_toml_errors_are_one_clear_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for args in [
+        &["run", "--ttl", "-5s", "k", "--", "true"][..],
+        &["run", "--ttl=-5s", "k", "--", "true"],
+        &["run", "--wait", "-1s", "k", "--", "true"],
+        &["run", "--kill-after", "-2s", "k", "--", "true"],
+    ] {
+        let out = on_files(dir.path()).args(args).output().expect("run");
+        assert_one_line(&out, 64, "durations cannot be negative", &format!("{args:?}"));
+    }
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        format!("backend = \"file://{}\"\n[defaults\n", dir.path().display()),
+    )
+    .expect("write config");
+    let out = fencelock()
+        .arg("--config")
+        .arg(&config)
+        .args(["run", "k", "--", "true"])
+        .output()
+        .expect("run");
+    assert_one_line(&out, 78, "at line 2, column 10: unclosed table", "TOML syntax");
+    assert_eq!(
+        stderr_of(&out).matches("unclosed table").count(),
+        1,
+        "{}",
+        stderr_of(&out)
+    );
+}
