@@ -72,9 +72,20 @@ impl LockConfig {
     /// [`LockError::InvalidConfig`] for a syntax error, an unknown field, a bad value, or a
     /// duration given as a bare number.
     pub fn from_toml(text: &str) -> Result<Self> {
-        let bad = |e: toml::de::Error| LockError::InvalidConfig {
-            message: format!("bad TOML configuration: {}", e.message().trim_end()),
-            source: Some(e.into()),
+        // The message and where, once: the toml error's own Display repeats the message
+        // under a multi-line excerpt, which a one-line report would print twice.
+        let bad = |e: toml::de::Error| {
+            let at = e.span().map(|span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+                format!(" at line {line}, column {column}")
+            });
+            LockError::invalid_config(format!(
+                "bad TOML configuration{}: {}",
+                at.unwrap_or_default(),
+                e.message().trim_end()
+            ))
         };
         let mut value: toml::Value = toml::from_str(text).map_err(bad)?;
         if let Some(defaults) = value.get_mut("defaults").and_then(|d| d.as_table_mut()) {
@@ -162,6 +173,11 @@ fn bare_number(field: &str, number: &str) -> LockError {
 /// writes it back in whole nanoseconds, the form `LockOptions` reads, so configuration files
 /// take the same durations as the command line.
 fn canonical(field: &str, text: &str) -> Result<String> {
+    if text.trim_start().starts_with('-') {
+        return Err(LockError::invalid_config(format!(
+            "defaults.{field} = \"{text}\": durations cannot be negative; write e.g. \"500ms\", \"1.5s\" or \"30s\""
+        )));
+    }
     let d = humantime::parse_duration(text.trim()).map_err(|e| {
         LockError::invalid_config(format!(
             "defaults.{field} = \"{text}\" is not a duration ({e}); write e.g. \"500ms\", \"1.5s\" or \"30s\""
@@ -173,6 +189,29 @@ fn canonical(field: &str, text: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_toml_error_says_where_and_what_once() {
+        for (text, says) in [
+            (
+                "backend = \"memory://\"\n[defaults\n",
+                "at line 2, column 10: unclosed table",
+            ),
+            ("backend = \"memory://\"\nbogus = 1\n", "unknown field `bogus`"),
+        ] {
+            let e = LockConfig::from_toml(text).unwrap_err();
+            let shown = crate::error::one_line(&e);
+            assert!(shown.contains(says), "{shown}");
+            let what = says.rsplit(": ").next().unwrap_or(says);
+            assert_eq!(shown.matches(what).count(), 1, "said twice: {shown}");
+        }
+    }
+
+    #[test]
+    fn a_negative_duration_is_named_as_such() {
+        let e = LockConfig::from_toml("backend = \"memory://\"\n[defaults]\nttl = \"-5s\"\n").unwrap_err();
+        assert!(e.to_string().contains("durations cannot be negative"), "{e}");
+    }
 
     #[test]
     fn a_bare_number_for_a_duration_names_the_unit_to_add() {

@@ -115,13 +115,13 @@ pub struct RunArgs {
     /// rounded up; etcd raises it to its minimum, 3s by default) / session_timeout (the
     /// server bounds it) unless the URL gives one; without --ttl the session's default is
     /// 10s
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_duration)]
     pub ttl: Option<Duration>,
 
     /// How long to wait for the lock before giving up (e.g. 500ms, 30s, 2m; default 30s, at
     /// most 24h); 0 means do not wait: try once and fail at once if the lock is held, like
     /// `flock -w 0`
-    #[arg(long, value_name = "DURATION", value_parser = parse_wait)]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_wait)]
     pub wait: Option<Duration>,
 
     /// Do not wait at all: fail at once if the lock is held (the same as --wait 0)
@@ -130,7 +130,7 @@ pub struct RunArgs {
 
     /// After a lost lease or a forwarded SIGTERM, how long CMD's process group gets between
     /// SIGTERM and SIGKILL (the group is killed at once when the lease's validity ends)
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_duration, default_value = "10s")]
     pub kill_after: Duration,
 
     /// The exit status when the lock is not acquired (default 75, EX_TEMPFAIL), so that a
@@ -167,12 +167,12 @@ pub struct ElectArgs {
     /// How long the seat's lease lives without renewal (e.g. 10s; default 30s); a hung
     /// leader blocks the seat for at most this long (on etcd and zk it sets the session's
     /// session_ttl / session_timeout, as for `run`)
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_duration)]
     pub ttl: Option<Duration>,
 
     /// How long to campaign before giving up with status 75 (e.g. 30s, 1h; default 30s, at
     /// most 24h); 0 means do not wait: give up at once when the seat is led
-    #[arg(long, value_name = "DURATION", value_parser = parse_wait)]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_wait)]
     pub wait: Option<Duration>,
 
     /// Do not wait: give up at once when the seat is led (the same as --wait 0)
@@ -180,7 +180,7 @@ pub struct ElectArgs {
     pub no_wait: bool,
 
     /// As for `run`: SIGTERM → SIGKILL delay for CMD's group after a loss
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_duration, default_value = "10s")]
     pub kill_after: Duration,
 
     /// The exit status when not elected within --wait (default 75)
@@ -218,8 +218,15 @@ pub struct DemoArgs {
 
 /// A duration as `humantime` reads it (`30s`, `1.5s`, `2m 30s`, `500ms`), from 1 ms to
 /// 24 h inclusive — the library's own bounds for TTLs and waits, and a bound on
-/// `--kill-after`, so no deadline arithmetic can overflow.
+/// `--kill-after`, so no deadline arithmetic can overflow. A leading `-` is refused as
+/// negative (the duration options take values that start with `-`, so that `--ttl -5s`
+/// reaches this check instead of being read as an unknown flag `-5`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    if text.trim_start().starts_with('-') {
+        return Err(format!(
+            "`{text}`: durations cannot be negative; write e.g. 500ms, 1.5s, 30s or 2m"
+        ));
+    }
     let d = humantime::parse_duration(text.trim())
         .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. 500ms, 1.5s, 30s or 2m"))?;
     if d < fencelock::options::MIN_TTL {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fencelock::{DistributedLock, LockConfig, LockError, LockOptions};
+use fencelock_core::backend_url::{with_query_option, IfSet};
 
 use crate::args::Cli;
 
@@ -120,8 +121,11 @@ pub fn session_from_ttl(mut config: LockConfig, ttl: Option<Duration>) -> LockCo
     let Some(ttl) = ttl else {
         return config;
     };
-    let url = config.backend.trim();
-    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    let scheme = config
+        .backend
+        .trim()
+        .split_once("://")
+        .map(|(s, _)| s.to_ascii_lowercase());
     let (option, value) = match scheme.as_deref() {
         Some("etcd") => {
             let whole = (ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)).max(1);
@@ -130,11 +134,7 @@ pub fn session_from_ttl(mut config: LockConfig, ttl: Option<Duration>) -> LockCo
         Some("zk") => ("session_timeout", format!("{}ms", ttl.as_millis().max(1))),
         _ => return config,
     };
-    if url.contains(&format!("{option}=")) || url.contains('#') {
-        return config;
-    }
-    let sep = if url.contains('?') { '&' } else { '?' };
-    config.backend = format!("{url}{sep}{option}={value}");
+    config.backend = with_query_option(&config.backend, option, &value, IfSet::Keep);
     config
 }
 
@@ -159,12 +159,10 @@ pub async fn connect_for_processes(
 /// URL as it is.
 fn inherit_liveness(url: &str) -> String {
     let url = url.trim();
-    let is_file = url.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("file://"));
-    if !is_file || url.contains("inherit=") {
+    if !url.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("file://")) {
         return url.to_owned();
     }
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}inherit=true")
+    with_query_option(url, "inherit", "true", IfSet::Keep)
 }
 
 #[cfg(test)]
@@ -192,5 +190,35 @@ mod tests {
         assert_eq!(url("zk://h:1/c", s), "zk://h:1/c?session_timeout=2500ms");
         assert_eq!(url("zk://h:1", None), "zk://h:1");
         assert_eq!(url("redis://h:1", s), "redis://h:1");
+    }
+
+    #[test]
+    fn options_are_added_to_the_query_not_matched_anywhere_in_the_url() {
+        let url = |u: &str, ttl: Option<Duration>| session_from_ttl(LockConfig::new(u), ttl).backend;
+        let s = Some(Duration::from_secs(2));
+        // A password that happens to read like the option is not the option.
+        assert_eq!(
+            url("etcd://u:session_ttl=9@h:1,h:2/p", s),
+            "etcd://u:session_ttl=9@h:1,h:2/p?session_ttl=2s"
+        );
+        assert_eq!(
+            url("zk://h:1,[::1]:2/c?x=1", s),
+            "zk://h:1,[::1]:2/c?x=1&session_timeout=2000ms"
+        );
+        // A directory whose name reads like the option still gets it.
+        assert_eq!(
+            inherit_liveness("file:///tmp/inherit=x"),
+            "file:///tmp/inherit=x?inherit=true"
+        );
+        assert_eq!(
+            inherit_liveness("file:///tmp/a@b?durable=false"),
+            "file:///tmp/a@b?durable=false&inherit=true"
+        );
+        // The user's own choice stays.
+        assert_eq!(
+            inherit_liveness("file:///tmp/d?inherit=false"),
+            "file:///tmp/d?inherit=false"
+        );
+        assert_eq!(inherit_liveness("redis://h:1"), "redis://h:1");
     }
 }

@@ -85,7 +85,7 @@ fn bad_inputs_exit_64_or_78_on_one_line() {
         (
             &["--backend", f, "run", "k", "--kill-after", "-1s", "--", "true"],
             64,
-            "unexpected argument",
+            "durations cannot be negative",
         ),
         (
             &["--backend", f, "run", "k", "--kill-after", "1000days", "--", "true"],
@@ -562,4 +562,98 @@ fn a_lock_directory_that_is_not_private_exits_78() {
         .output()
         .expect("run");
     assert!(out.status.success(), "0700: {}", stderr_of(&out));
+}
+
+/// etcd credentials that cannot work are a configuration error (78) on one line, each
+/// with what to change: a user or password for a server with authentication disabled
+/// (it was 70, "not in a state required"), and, once authentication is on, a wrong
+/// password or none at all (70 before: etcd answers both with InvalidArgument).
+#[cfg(feature = "etcd")]
+#[test]
+fn etcd_credentials_that_cannot_work_exit_78() {
+    use fencelock_testkit::process::http;
+    let cluster = fencelock_testkit::etcd_server::EtcdCluster::single();
+    let port = cluster.client_ports()[0];
+    let run = |url: &str| {
+        fencelock()
+            .args(["--backend", url, "run", "k", "--", "true"])
+            .output()
+            .expect("run")
+    };
+    for url in [
+        format!("etcd://root:secret@127.0.0.1:{port}"),
+        format!("etcd://127.0.0.1:{port}?user=root&password=secret"),
+    ] {
+        let out = run(&url);
+        assert_one_line(&out, 78, "authentication disabled", &url);
+        assert!(!stderr_of(&out).contains("secret"), "{}", stderr_of(&out));
+    }
+    // Authentication on (etcd's JSON gateway: root user with the root role, then enable).
+    for (path, body) in [
+        ("/v3/auth/user/add", r#"{"name":"root","password":"pw"}"#),
+        ("/v3/auth/role/add", r#"{"name":"root"}"#),
+        ("/v3/auth/user/grant", r#"{"user":"root","role":"root"}"#),
+        ("/v3/auth/enable", "{}"),
+    ] {
+        assert!(http(port, "POST", path, body).is_some(), "{path} failed");
+    }
+    let out = run(&format!("etcd://root:pw@127.0.0.1:{port}"));
+    assert!(out.status.success(), "right password: {}", stderr_of(&out));
+    let out = run(&format!("etcd://root:wrong@127.0.0.1:{port}"));
+    assert_one_line(&out, 78, "etcd refused the user or password", "wrong password");
+    assert!(!stderr_of(&out).contains("wrong"), "{}", stderr_of(&out));
+    let out = run(&format!("etcd://127.0.0.1:{port}"));
+    assert_one_line(&out, 78, "requires a user", "no credentials");
+}
+
+/// A ZooKeeper URL whose one server refuses the connection (nothing listens on the port)
+/// is unavailable (69) at once, as on Redis and etcd; it took the whole connect limit
+/// (4 s with the default timeouts) before.
+#[test]
+fn zookeeper_refused_at_connect_exits_69_at_once() {
+    let port = fencelock_testkit::ports::free_port();
+    let start = std::time::Instant::now();
+    let out = fencelock()
+        .args(["--backend", &format!("zk://127.0.0.1:{port}"), "run", "k", "--", "true"])
+        .output()
+        .expect("run");
+    let took = start.elapsed();
+    assert_one_line(&out, 69, "refused the connection", "zk refused");
+    assert!(took < std::time::Duration::from_millis(1500), "took {took:?}");
+}
+
+/// A negative duration says so (it was "unexpected argument '-5' found" for `--ttl -5s`,
+/// and "expected number at 0" for `--ttl=-5s`); a TOML syntax error in --config prints
+/// its message once, with where (it printed it twice, around a flattened excerpt).
+#[test]
+fn negative_durations_and_toml_errors_are_one_clear_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for args in [
+        &["run", "--ttl", "-5s", "k", "--", "true"][..],
+        &["run", "--ttl=-5s", "k", "--", "true"],
+        &["run", "--wait", "-1s", "k", "--", "true"],
+        &["run", "--kill-after", "-2s", "k", "--", "true"],
+    ] {
+        let out = on_files(dir.path()).args(args).output().expect("run");
+        assert_one_line(&out, 64, "durations cannot be negative", &format!("{args:?}"));
+    }
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        format!("backend = \"file://{}\"\n[defaults\n", dir.path().display()),
+    )
+    .expect("write config");
+    let out = fencelock()
+        .arg("--config")
+        .arg(&config)
+        .args(["run", "k", "--", "true"])
+        .output()
+        .expect("run");
+    assert_one_line(&out, 78, "at line 2, column 10: unclosed table", "TOML syntax");
+    assert_eq!(
+        stderr_of(&out).matches("unclosed table").count(),
+        1,
+        "{}",
+        stderr_of(&out)
+    );
 }

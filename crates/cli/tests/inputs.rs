@@ -3,12 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_fencelock");
+mod common;
+use common::{first_line, output_within, BIN};
 
 fn bare() -> Command {
     let mut cmd = Command::new(BIN);
@@ -35,21 +35,6 @@ fn config(dir: &Path, defaults: &str) -> std::path::PathBuf {
     path
 }
 
-fn poll_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
-        std::thread::sleep(Duration::from_millis(10)); // polling a condition with a deadline
-    }
-}
-
-fn output_within(mut child: Child, limit: Duration) -> Output {
-    poll_until(limit, "fencelock exited", || {
-        child.try_wait().expect("try_wait").is_some()
-    });
-    child.wait_with_output().expect("output")
-}
-
 /// Asserts status `code` and a one-line `fencelock: …` message containing `says`.
 fn assert_one_line(out: &Output, code: i32, says: &str, what: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
@@ -69,11 +54,7 @@ fn hold(mut cmd: Command, run: &[&str]) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn holder");
-    let mut first = String::new();
-    BufReader::new(child.stdout.as_mut().expect("stdout"))
-        .read_line(&mut first)
-        .expect("holder's line");
-    assert_eq!(first.trim(), "in");
+    assert_eq!(first_line(&mut child), "in");
     child
 }
 

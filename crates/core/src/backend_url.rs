@@ -278,6 +278,62 @@ pub fn redact(url: &str) -> String {
     hide_query_passwords(&out)
 }
 
+/// What [`with_query_option`] does when the URL already sets the option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfSet {
+    /// Leave the URL's own value: the option is a default the URL may override.
+    Keep,
+    /// Replace the URL's value (every occurrence of the key) with the new one.
+    Replace,
+}
+
+/// The characters a query key or value keeps as written; every other byte is
+/// percent-encoded, so that the parser here (which percent-decodes, and reads `+` as
+/// itself) reads back exactly `key` and `value`.
+const QUERY_COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `url` with the query option `key=value` added, or (with [`IfSet::Replace`]) replacing
+/// the value the URL gives it. Everything else stays as written, byte for byte: the user
+/// and password, a host list (`h1:1,h2:2`, which the [`url`] crate cannot parse), the path
+/// and the other options in their order. `key` and `value` are percent-encoded as needed.
+///
+/// The query starts at the first `?`, the rule of [`BackendUrl::parse`] (a `?` in a
+/// password must be written `%3F`) and of `file://` URLs alike; a key is matched
+/// percent-decoded, only among the query's keys (never in a password or a path). A URL
+/// that does not parse is handled by the same rule, so that the backend's own parser
+/// reports what is wrong with it.
+pub fn with_query_option(url: &str, key: &str, value: &str, if_set: IfSet) -> String {
+    let url = url.trim();
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let encode = |s: &str| percent_encoding::utf8_percent_encode(s, QUERY_COMPONENT).to_string();
+    let new_pair = format!("{}={}", encode(key), encode(value));
+    let is_key = |pair: &&str| decode_lossy(pair.split('=').next().unwrap_or("")) == key;
+    let pairs: Vec<&str> = query.unwrap_or("").split('&').filter(|p| !p.is_empty()).collect();
+    let mut out: Vec<String> = Vec::with_capacity(pairs.len() + 1);
+    let mut set = false;
+    for pair in &pairs {
+        if !is_key(pair) {
+            out.push((*pair).to_owned());
+        } else if if_set == IfSet::Keep {
+            return url.to_owned();
+        } else if !set {
+            out.push(new_pair.clone());
+            set = true;
+        }
+    }
+    if !set {
+        out.push(new_pair);
+    }
+    format!("{base}?{}", out.join("&"))
+}
+
 /// Hides `password=VALUE` (up to the next `&`) wherever it follows `?` or `&`.
 fn hide_query_passwords(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -522,6 +578,39 @@ mod tests {
         );
         assert_eq!(redact("etcd://h:x?password=s&k=v"), "etcd://h:x?password=***&k=v");
         assert_eq!(redact("no url at all"), "no url at all");
+    }
+
+    #[test]
+    fn query_options_are_added_or_replaced_and_the_rest_kept() {
+        use IfSet::{Keep, Replace};
+        let add = |u: &str, k: &str, v: &str| with_query_option(u, k, v, Keep);
+        assert_eq!(add("etcd://h:1", "session_ttl", "3s"), "etcd://h:1?session_ttl=3s");
+        assert_eq!(add("etcd://h:1/p?", "a", "1"), "etcd://h:1/p?a=1");
+        assert_eq!(
+            add(" etcd://u:p%3Fw@h:1,[::1]:2/p?timeout=2s ", "session_ttl", "3s"),
+            "etcd://u:p%3Fw@h:1,[::1]:2/p?timeout=2s&session_ttl=3s"
+        );
+        // Only the query's keys count: not a password, a path, or a longer key.
+        assert_eq!(add("etcd://u:k=1@h:1", "k", "2"), "etcd://u:k=1@h:1?k=2");
+        assert_eq!(add("file:///tmp/k=1", "k", "2"), "file:///tmp/k=1?k=2");
+        assert_eq!(add("zk://h:1?xk=1", "k", "2"), "zk://h:1?xk=1&k=2");
+        // A key written encoded is the same key.
+        assert_eq!(add("zk://h:1?%6B=1", "k", "2"), "zk://h:1?%6B=1");
+        assert_eq!(
+            with_query_option("redis://:pw@h:1/0?k=1&j=2&k=3", "k", "9", Replace),
+            "redis://:pw@h:1/0?k=9&j=2"
+        );
+        assert_eq!(with_query_option("redis://h:1", "k", "9", Replace), "redis://h:1?k=9");
+        // Encoded so that the parser reads back exactly what was given.
+        let u = add("etcd://u:p%40ss@h:1,h:2/p?x=1", "password", "a&b=c d+e/%");
+        assert_eq!(u, "etcd://u:p%40ss@h:1,h:2/p?x=1&password=a%26b%3Dc%20d%2Be%2F%25");
+        let parsed = BackendUrl::parse(&u).unwrap();
+        assert_eq!(parsed.password(), Some("p@ss"));
+        assert_eq!(parsed.hosts().len(), 2);
+        assert_eq!(parsed.path(), "/p");
+        let last = parsed.query().last().unwrap();
+        assert_eq!((last.key.as_str(), last.value.as_str()), ("password", "a&b=c d+e/%"));
+        assert!(!parsed.redacted().contains("a%26b"));
     }
 
     #[test]

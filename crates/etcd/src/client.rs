@@ -6,7 +6,7 @@ use etcd_client::{Client, ConnectOptions};
 use fencelock_core::Result;
 
 use crate::config::EtcdConfig;
-use crate::error::{failed, kind, timed_out, Kind};
+use crate::error::{failed, failed_connecting, failed_first_read, kind, timed_out, Kind};
 
 /// A connected client and the options it was made with.
 #[derive(Clone)]
@@ -32,7 +32,7 @@ impl Cluster {
         let connecting = Client::connect(endpoints, Some(options));
         let client = match tokio::time::timeout(cfg.connect_timeout + cfg.timeout, connecting).await {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(failed("connecting", &cfg.display, e)),
+            Ok(Err(e)) => return Err(failed_connecting(&cfg.display, cfg.user.is_some(), e)),
             Err(_) => return Err(timed_out("connecting", &cfg.display, cfg.connect_timeout + cfg.timeout)),
         };
         let cluster = Cluster { client, cfg };
@@ -43,7 +43,8 @@ impl Cluster {
                 let probe = probe.clone();
                 async move { c.get(probe, None).await }
             })
-            .await?;
+            .await
+            .map_err(|e| failed_first_read(e, &cluster.cfg.display, cluster.cfg.user.is_some()))?;
         Ok(cluster)
     }
 

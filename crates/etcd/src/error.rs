@@ -4,8 +4,14 @@
 //! etcd's server errors are gRPC statuses with fixed codes (etcd's `api/v3rpc/rpctypes`):
 //! "no leader", "leader changed" and "request timed out" are `Unavailable`; "lease not
 //! found" is `NotFound`; "too many operations in txn" and "request too large" are
-//! `InvalidArgument`; "lease TTL too large" is `OutOfRange`; a failed authentication is
-//! `Unauthenticated` / `PermissionDenied`. A status that carries a local cause (tonic sets
+//! `InvalidArgument`; "lease TTL too large" is `OutOfRange`; an invalid or expired auth
+//! token is `Unauthenticated`, a missing permission `PermissionDenied`. Authentication
+//! itself answers otherwise, so the connect step reads its codes apart
+//! ([`failed_connecting`], [`failed_first_read`]): a user or password sent to a server with
+//! authentication disabled is `FailedPrecondition` ("authentication is not enabled"), a
+//! wrong user or password `InvalidArgument` ("authentication failed"), and a request
+//! without a user to a server with authentication on `InvalidArgument` ("user name is
+//! empty"). A status that carries a local cause (tonic sets
 //! one when the connection failed, was reset or timed out on our side) never came from a
 //! server: the request may not have arrived, so it is temporary whatever its code.
 
@@ -87,6 +93,68 @@ pub(crate) fn failed(doing: &'static str, cluster: &str, source: etcd_client::Er
     }
 }
 
+/// The gRPC code of an answer the server gave (not one with a local cause).
+fn server_code(e: &etcd_client::Error) -> Option<i32> {
+    match e {
+        etcd_client::Error::GRpcStatus(s) if std::error::Error::source(s).is_none() => Some(s.code() as i32),
+        _ => None,
+    }
+}
+
+/// Maps an error of connecting. With a user and password the client authenticates while
+/// it connects (etcd's `Authenticate` call), and the server's answer to that call names a
+/// configuration error: `FailedPrecondition` is "authentication is not enabled" (the only
+/// precondition `Authenticate` checks), `InvalidArgument` is "authentication failed,
+/// invalid user ID or password". Both are [`LockError::InvalidConfig`]; anything else
+/// maps as [`failed`] does.
+pub(crate) fn failed_connecting(cluster: &str, with_user: bool, source: etcd_client::Error) -> LockError {
+    let message = match server_code(&source) {
+        Some(grpc::FAILED_PRECONDITION) if with_user => format!(
+            "etcd at {cluster} has authentication disabled, so it takes no user or password: remove them from the URL (or enable authentication on the server: `etcdctl auth enable`)"
+        ),
+        Some(grpc::INVALID_ARGUMENT) if with_user => {
+            format!("etcd refused the user or password (authentication failed) at {cluster}")
+        }
+        _ => return failed("connecting", cluster, source),
+    };
+    LockError::InvalidConfig {
+        message,
+        source: Some(Box::new(EtcdFailure {
+            doing: "authenticating",
+            cluster: cluster.to_owned(),
+            source,
+        })),
+    }
+}
+
+/// Maps an error of the first read after connecting (which proves a leader answers).
+/// Without a user, `InvalidArgument` to that plain read is etcd's "user name is empty":
+/// the server has authentication on, a [`LockError::InvalidConfig`]. Any other error is
+/// returned as it is.
+pub(crate) fn failed_first_read(e: LockError, cluster: &str, with_user: bool) -> LockError {
+    if with_user || failure_in(&e).and_then(|f| server_code(&f.source)) != Some(grpc::INVALID_ARGUMENT) {
+        return e;
+    }
+    LockError::InvalidConfig {
+        message: format!(
+            "etcd at {cluster} requires a user and password (authentication is enabled): add USER:PASSWORD@ before the host"
+        ),
+        source: Some(Box::new(e)),
+    }
+}
+
+/// The [`EtcdFailure`] in `e`'s source chain, if any.
+fn failure_in(e: &LockError) -> Option<&EtcdFailure> {
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(f) = s.downcast_ref::<EtcdFailure>() {
+            return Some(f);
+        }
+        src = s.source();
+    }
+    None
+}
+
 pub(crate) fn timed_out(doing: &'static str, cluster: &str, limit: Duration) -> LockError {
     LockError::Unavailable {
         message: format!("etcd unreachable: no answer to {doing} within {limit:?} from {cluster} (no quorum?)"),
@@ -98,10 +166,12 @@ pub(crate) fn timed_out(doing: &'static str, cluster: &str, limit: Duration) -> 
 mod grpc {
     pub(super) const CANCELLED: i32 = 1;
     pub(super) const UNKNOWN: i32 = 2;
+    pub(super) const INVALID_ARGUMENT: i32 = 3;
     pub(super) const DEADLINE_EXCEEDED: i32 = 4;
     pub(super) const NOT_FOUND: i32 = 5;
     pub(super) const PERMISSION_DENIED: i32 = 7;
     pub(super) const RESOURCE_EXHAUSTED: i32 = 8;
+    pub(super) const FAILED_PRECONDITION: i32 = 9;
     pub(super) const ABORTED: i32 = 10;
     pub(super) const UNAVAILABLE: i32 = 14;
     pub(super) const UNAUTHENTICATED: i32 = 16;
@@ -110,14 +180,7 @@ mod grpc {
 /// `true` when the error says the lease does not exist (expired or revoked): the gRPC
 /// `NotFound` code etcd gives "lease not found", found through the error's source chain.
 pub(crate) fn lease_gone(e: &LockError) -> bool {
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        if let Some(f) = s.downcast_ref::<EtcdFailure>() {
-            return kind(&f.source) == Kind::LeaseGone;
-        }
-        src = s.source();
-    }
-    false
+    failure_in(e).is_some_and(|f| kind(&f.source) == Kind::LeaseGone)
 }
 
 #[cfg(test)]
@@ -159,6 +222,29 @@ mod tests {
         let s = tonic::Status::from_error(Box::new(io));
         let e = failed("doing", "c", etcd_client::Error::GRpcStatus(s));
         assert!(e.is_temporary(), "{e}");
+    }
+
+    #[test]
+    fn authentication_answers_at_connect_are_configuration_errors() {
+        let code = |c| status(c);
+        for c in [tonic::Code::FailedPrecondition, tonic::Code::InvalidArgument] {
+            let e = failed_connecting("etcd://h:1", true, code(c));
+            assert!(matches!(e, LockError::InvalidConfig { .. }), "{c:?}: {e}");
+            // Without credentials the client sent no Authenticate: the usual mapping.
+            let e = failed_connecting("etcd://h:1", false, code(c));
+            assert!(!matches!(e, LockError::InvalidConfig { .. }), "{c:?}: {e}");
+        }
+        assert!(
+            failed_connecting("etcd://h:1", true, code(tonic::Code::FailedPrecondition))
+                .to_string()
+                .contains("authentication disabled")
+        );
+        assert!(failed_connecting("etcd://h:1", true, code(tonic::Code::Unavailable)).is_temporary());
+        let read = failed("checking the cluster", "c", code(tonic::Code::InvalidArgument));
+        let e = failed_first_read(read, "etcd://h:1", false);
+        assert!(e.to_string().contains("requires a user"), "{e}");
+        let read = failed("checking the cluster", "c", code(tonic::Code::Unavailable));
+        assert!(failed_first_read(read, "etcd://h:1", false).is_temporary());
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::ports::free_port;
+use crate::ports::start_on_free_ports;
 use crate::process::{http, wait_until, ServerProcess};
 
 /// How to install etcd when it is missing.
@@ -37,8 +37,17 @@ impl EtcdCluster {
         Self::start(1)
     }
 
-    /// `n` members, started together and waited for until each reports healthy.
+    /// `n` members, started together and waited for until each reports healthy. Each
+    /// member takes a client and a peer port; when one is taken before the member binds it,
+    /// the whole cluster starts again on fresh ports and data dirs
+    /// ([`start_on_free_ports`]).
     pub fn start(n: usize) -> Self {
+        start_on_free_ports("etcd", 2 * n, |ports| Self::try_start(n, ports))
+    }
+
+    /// Starts `n` members on `ports` (client and peer port of member 0, then of member 1,
+    /// ...); Err(what went wrong, with the log's tail) once every member is stopped again.
+    fn try_start(n: usize, ports: &[u16]) -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("fencelock-etcd-")
             .tempdir()
@@ -46,8 +55,8 @@ impl EtcdCluster {
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
                 name: format!("m{i}"),
-                client_port: free_port(),
-                peer_port: free_port(),
+                client_port: ports[2 * i],
+                peer_port: ports[2 * i + 1],
                 process: None,
                 starts: 0,
             })
@@ -66,9 +75,10 @@ impl EtcdCluster {
             cluster.spawn(i);
         }
         for i in 0..n {
-            cluster.wait_healthy(i);
+            // On Err, dropping `cluster` kills every member.
+            cluster.wait_healthy(i)?;
         }
-        cluster
+        Ok(cluster)
     }
 
     fn spawn(&mut self, i: usize) {
@@ -104,16 +114,16 @@ impl EtcdCluster {
         m.process = Some(ServerProcess::spawn("etcd", cmd, &log, INSTALL_HINT));
     }
 
-    fn wait_healthy(&mut self, i: usize) {
+    /// Waits (at most 20 s) until member `i` reports healthy; Err(what went wrong, with
+    /// the log's tail) when it exits or does not.
+    fn wait_healthy(&mut self, i: usize) -> Result<(), String> {
         let m = &mut self.members[i];
         let log = self.dir.path().join(format!("{}-{}.log", m.name, m.starts));
         let port = m.client_port;
         let process = m.process.as_mut().expect("member running");
-        if let Err(e) = wait_until("etcd", Duration::from_secs(20), &log, process, || {
+        wait_until("etcd", Duration::from_secs(20), &log, process, || {
             http(port, "GET", "/health", "").is_some_and(|b| b.contains("\"health\":\"true\""))
-        }) {
-            panic!("{e}");
-        }
+        })
     }
 
     /// Number of members.
@@ -155,7 +165,9 @@ impl EtcdCluster {
     pub fn restart(&mut self, i: usize) {
         self.kill(i);
         self.spawn(i);
-        self.wait_healthy(i);
+        if let Err(e) = self.wait_healthy(i) {
+            panic!("etcd member {i} did not restart on its ports: {e}");
+        }
     }
 
     /// SIGSTOP member `i`.

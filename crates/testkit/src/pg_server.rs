@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use rustix::process::{kill_process, test_kill_process, Pid, Signal};
 
-use crate::ports::free_port;
+use crate::ports::start_on_free_ports;
 use crate::process::tail;
 
 /// How to install the server when it is missing.
@@ -98,7 +98,8 @@ impl PgServer {
         Self::start_with(PgOptions::default())
     }
 
-    /// Runs `initdb` in a new temp dir and starts the server on a free port.
+    /// Runs `initdb` in a new temp dir and starts the server on a free port (another one if
+    /// that port is taken before the server binds it: [`start_on_free_ports`]).
     pub fn start_with(options: PgOptions) -> Self {
         let bin = bin_dir();
         let owner = server_owner();
@@ -119,15 +120,11 @@ impl PgServer {
             starts: 0,
         };
         server.initdb();
-        let mut last_log = String::new();
-        for _ in 0..5 {
-            server.port = free_port();
-            match server.launch() {
-                Ok(()) => return server,
-                Err(log) => last_log = log,
-            }
-        }
-        panic!("postgres did not start on a free port in 5 tries; last log:\n{last_log}");
+        start_on_free_ports("postgres", 1, |ports| {
+            server.port = ports[0];
+            server.launch()
+        });
+        server
     }
 
     fn command(&self, program: &str) -> Command {

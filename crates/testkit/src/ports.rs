@@ -1,11 +1,157 @@
-//! Free loopback ports.
+//! Free loopback ports, and the one place where launchers start a server on them.
+//!
+//! A free port is only free until someone binds it: [`free_port`] binds port 0, reads the
+//! port back and closes, and the server binds it a moment later. Under load another process
+//! can take it in between (a ZooKeeper of a parallel test once exited 14 so). Every
+//! launcher therefore starts its server through [`start_on_free_ports`], which starts it
+//! again on fresh ports when it failed because an address was in use.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::net::{Ipv4Addr, TcpListener};
 
+/// How many times [`start_on_free_ports`] starts a server (the first start included) when
+/// each attempt finds an address in use.
+pub const START_ATTEMPTS: usize = 3;
+
+thread_local! {
+    /// Ports [`free_port`] hands out before picking free ones: the test hook of
+    /// [`with_next_ports`].
+    static NEXT_PORTS: RefCell<VecDeque<u16>> = const { RefCell::new(VecDeque::new()) };
+}
+
 /// A port on 127.0.0.1 that was free a moment ago: bind port 0, read the port back, close.
-/// Another process could take it before the server binds it; launchers retry with a new
-/// port when the server fails to start.
+/// Another process could take it before the server binds it; [`start_on_free_ports`]
+/// retries with new ports when the server fails so.
+///
+/// Inside [`with_next_ports`], the ports given there come first.
 pub fn free_port() -> u16 {
+    if let Some(port) = NEXT_PORTS.with(|q| q.borrow_mut().pop_front()) {
+        return port;
+    }
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local addr").port()
+}
+
+/// Runs `f` with [`free_port`] handing out `ports` first (in order, each once, on this
+/// thread), then free ones: a test gives a launcher a port it holds itself, to show the
+/// launcher starts on another one. Ports `f` did not take are forgotten afterwards.
+pub fn with_next_ports<T>(ports: &[u16], f: impl FnOnce() -> T) -> T {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            NEXT_PORTS.with(|q| q.borrow_mut().clear());
+        }
+    }
+    NEXT_PORTS.with(|q| *q.borrow_mut() = ports.iter().copied().collect());
+    let _reset = Reset;
+    f()
+}
+
+/// `true` when another socket holds 127.0.0.1:`port` (binding it fails with "address in
+/// use"). Binds with `SO_REUSEADDR` (the standard library's default on Unix), so a port
+/// whose connections linger in TIME_WAIT counts as free, as it does for the servers.
+fn held_by_another(port: u16) -> bool {
+    matches!(
+        TcpListener::bind((Ipv4Addr::LOCALHOST, port)),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse
+    )
+}
+
+/// `true` when a server's message or log says it could not bind: every server tested
+/// writes "address already in use" in some case (Redis, etcd, PostgreSQL, Java's
+/// `BindException`).
+fn says_address_in_use(message: &str) -> bool {
+    message.to_ascii_lowercase().contains("address already in use")
+}
+
+/// Starts a server on `n` ports from [`free_port`]: `start(ports)` starts it and waits
+/// until it serves, or stops every process it started and returns what went wrong (with
+/// the log's tail). When the failure is an address in use — the message says so, or one of
+/// the ports is now held by another process although the server's own processes are gone
+/// — the server is started again on `n` fresh ports, at most [`START_ATTEMPTS`] times in
+/// all. Any other failure fails the test at once, as does the last attempt.
+///
+/// `what` names the server in the panic message.
+pub fn start_on_free_ports<T>(what: &str, n: usize, mut start: impl FnMut(&[u16]) -> Result<T, String>) -> T {
+    let mut failures = Vec::new();
+    for _ in 0..START_ATTEMPTS {
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let message = match start(&ports) {
+            Ok(server) => return server,
+            Err(message) => message,
+        };
+        let taken: Vec<u16> = ports.iter().copied().filter(|p| held_by_another(*p)).collect();
+        if taken.is_empty() && !says_address_in_use(&message) {
+            panic!("{what} did not start (ports {ports:?}): {message}");
+        }
+        tracing::warn!(server = what, ?ports, ?taken, "address in use; starting on fresh ports");
+        failures.push(format!(
+            "ports {ports:?} (held by another process: {taken:?}): {message}"
+        ));
+    }
+    panic!(
+        "{what} did not start in {START_ATTEMPTS} attempts, each finding an address in use:\n{}",
+        failures.join("\n---\n")
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hook_hands_out_its_ports_first_then_free_ones() {
+        let held = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let p = held.local_addr().unwrap().port();
+        let (first, second) = with_next_ports(&[p], || (free_port(), free_port()));
+        assert_eq!(first, p);
+        assert_ne!(second, p);
+        assert!(held_by_another(p));
+        assert!(!held_by_another(second));
+        assert_ne!(free_port(), p, "the hook ends with its closure");
+    }
+
+    #[test]
+    fn a_start_that_finds_its_port_taken_is_retried_on_a_fresh_one() {
+        let held = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let p = held.local_addr().unwrap().port();
+        let mut tried = Vec::new();
+        let got = with_next_ports(&[p], || {
+            start_on_free_ports("test server", 1, |ports| {
+                tried.push(ports[0]);
+                TcpListener::bind((Ipv4Addr::LOCALHOST, ports[0])).map_err(|e| e.to_string())
+            })
+        });
+        assert_eq!(tried[0], p);
+        assert_eq!(tried.len(), 2);
+        assert_eq!(got.local_addr().unwrap().port(), tried[1]);
+    }
+
+    #[test]
+    fn other_failures_are_not_retried() {
+        let mut calls = 0;
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            start_on_free_ports("test server", 1, |_| {
+                calls += 1;
+                Err::<(), _>("bad configuration".to_owned())
+            })
+        }));
+        let message = *outcome.unwrap_err().downcast::<String>().unwrap();
+        assert!(message.contains("test server did not start") && message.contains("bad configuration"));
+        assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn attempts_are_bounded() {
+        let mut calls = 0;
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            start_on_free_ports("test server", 2, |_| {
+                calls += 1;
+                Err::<(), _>("bind: Address already in use".to_owned())
+            })
+        }));
+        assert!(outcome.is_err());
+        assert_eq!(calls, START_ATTEMPTS);
+    }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::ports::free_port;
+use crate::ports::start_on_free_ports;
 use crate::process::{tcp_exchange, wait_until, ServerProcess};
 
 /// How to install the server when it is missing.
@@ -56,7 +56,8 @@ impl RedisServer {
         Self::start_with(RedisOptions::default())
     }
 
-    /// Starts a server with `options` on a free port.
+    /// Starts a server with `options` on a free port (another one if that port is taken
+    /// before the server binds it: [`start_on_free_ports`]).
     pub fn start_with(options: RedisOptions) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("fencelock-redis-")
@@ -71,22 +72,19 @@ impl RedisServer {
             starts: 0,
             certs,
         };
-        let mut last_log = String::new();
-        for _ in 0..5 {
-            server.port = free_port();
-            match server.launch() {
-                Ok(()) => return server,
-                Err(log) => last_log = log,
-            }
-        }
-        panic!("redis-server did not start on a free port in 5 tries; last log:\n{last_log}");
+        start_on_free_ports("redis-server", 1, |ports| {
+            server.port = ports[0];
+            server.launch()
+        });
+        server
     }
 
     fn log_path(&self) -> PathBuf {
         self.dir.path().join(format!("redis-{}.log", self.starts))
     }
 
-    /// Starts the process on `self.port`; Err(log) if it exited (e.g. the port was taken).
+    /// Starts the process on `self.port`; Err(log) if it exited (e.g. the port was taken)
+    /// or did not answer within 10 s (then it is killed).
     fn launch(&mut self) -> Result<(), String> {
         self.starts += 1;
         let mut cmd = Command::new("redis-server");

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::ports::free_port;
+use crate::ports::start_on_free_ports;
 use crate::process::{tcp_exchange_to_eof as tcp_exchange, wait_until, ServerProcess};
 
 /// How to install ZooKeeper when it is missing.
@@ -41,16 +41,26 @@ impl ZkEnsemble {
     }
 
     /// `n` servers (1 = standalone), started together and waited for until each serves.
+    /// Each server takes a client, a peer and an election port (the last two unused when
+    /// standalone); when one is taken before the server binds it, the whole ensemble starts
+    /// again on fresh ports and data dirs ([`start_on_free_ports`]).
     pub fn start(n: usize) -> Self {
         assert!(
             std::path::Path::new(JAR).exists(),
             "ZooKeeper is not installed ({JAR} is missing): {INSTALL_HINT}"
         );
+        start_on_free_ports("ZooKeeper", 3 * n, |ports| Self::try_start(n, ports))
+    }
+
+    /// Starts `n` servers on `ports` (client, peer and election port of server 1, then of
+    /// server 2, ...); Err(what went wrong, with the log's tail) once every server is
+    /// stopped again.
+    fn try_start(n: usize, ports: &[u16]) -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("fencelock-zk-")
             .tempdir()
             .expect("temp dir");
-        let ports: Vec<(u16, u16, u16)> = (0..n).map(|_| (free_port(), free_port(), free_port())).collect();
+        let ports: Vec<(u16, u16, u16)> = ports.chunks_exact(3).map(|p| (p[0], p[1], p[2])).collect();
         let mut servers = Vec::new();
         for (i, (client, _, _)) in ports.iter().enumerate() {
             let id = i + 1;
@@ -90,9 +100,10 @@ impl ZkEnsemble {
             ensemble.spawn(i);
         }
         for i in 0..n {
-            ensemble.wait_serving(i);
+            // On Err, dropping `ensemble` kills every server.
+            ensemble.wait_serving(i)?;
         }
-        ensemble
+        Ok(ensemble)
     }
 
     fn server_dir(&self, i: usize) -> PathBuf {
@@ -127,15 +138,15 @@ impl ZkEnsemble {
         text.lines().find_map(|l| l.strip_prefix("Mode: ").map(str::to_owned))
     }
 
-    fn wait_serving(&mut self, i: usize) {
+    /// Waits (at most 30 s) until server `i` serves; Err(what went wrong, with the log's
+    /// tail) when it exits or does not.
+    fn wait_serving(&mut self, i: usize) -> Result<(), String> {
         let log = self.log(i);
         let port = self.servers[i].client_port;
         let process = self.servers[i].process.as_mut().expect("server running");
-        if let Err(e) = wait_until("ZooKeeper", Duration::from_secs(30), &log, process, || {
+        wait_until("ZooKeeper", Duration::from_secs(30), &log, process, || {
             tcp_exchange(port, b"srvr").is_some_and(|r| String::from_utf8_lossy(&r).contains("Mode: "))
-        }) {
-            panic!("{e}");
-        }
+        })
     }
 
     /// `127.0.0.1:PORT` of every server.
@@ -172,7 +183,9 @@ impl ZkEnsemble {
     pub fn restart(&mut self, i: usize) {
         self.kill(i);
         self.spawn(i);
-        self.wait_serving(i);
+        if let Err(e) = self.wait_serving(i) {
+            panic!("ZooKeeper server {i} did not restart on its ports: {e}");
+        }
     }
 
     /// SIGSTOP server `i`.

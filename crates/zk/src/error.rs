@@ -75,6 +75,31 @@ pub(crate) fn failed(doing: &'static str, cluster: &str, source: zookeeper_clien
     }
 }
 
+/// The one server of a URL refused the connection: nothing listens there.
+#[derive(Debug, thiserror::Error)]
+#[error("{server} refused the connection")]
+pub(crate) struct Refused {
+    pub server: String,
+}
+
+/// `Unavailable` for a refused connection to `server`, the one server of `cluster`.
+pub(crate) fn refused(server: &str, cluster: &str) -> LockError {
+    LockError::Unavailable {
+        message: format!(
+            "zookeeper unreachable: {server} refused the connection (is ZooKeeper running there?) for {cluster}"
+        ),
+        source: Some(Box::new(Refused {
+            server: server.to_owned(),
+        })),
+    }
+}
+
+/// `true` for [`refused`]'s error: temporary (the server may be started), but trying again
+/// at once would only be refused again, so connecting reports it rather than retrying.
+pub(crate) fn is_refused(e: &LockError) -> bool {
+    std::error::Error::source(e).is_some_and(|s| s.is::<Refused>())
+}
+
 /// A key whose node name ZooKeeper (or its client's identical check) refuses, although
 /// the encoding in `names` should make every valid key a valid name: a bad input, never
 /// worth retrying.

@@ -98,7 +98,7 @@ impl ZkLock {
             };
             match attempt.await {
                 Ok(()) => return Ok(lock),
-                Err(e) if e.is_temporary() && Instant::now() + pause < deadline => {
+                Err(e) if e.is_temporary() && !crate::error::is_refused(&e) && Instant::now() + pause < deadline => {
                     tracing::debug!(error = %e, "connect failed; trying again");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(500));

@@ -12,7 +12,7 @@ use zookeeper_client::{Client, SessionState, StateWatcher};
 
 use crate::cleanup::Cleanups;
 use crate::config::ZkConfig;
-use crate::error::{failed, timed_out};
+use crate::error::{failed, refused, timed_out};
 
 /// The most lock nodes one renewal multi-read checks (each answer is a ~100-byte stat,
 /// far under ZooKeeper's 1 MB packet limit).
@@ -44,16 +44,57 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// `true` when a TCP connect to `server` (`HOST:PORT`) is refused before `deadline`:
+/// nothing listens there. Any other outcome (accepted, unresolvable, no answer) is `false`.
+async fn refused_now(server: &str, deadline: tokio::time::Instant) -> bool {
+    matches!(
+        tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(server)).await,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
+    )
+}
+
 impl Session {
-    /// Connects a new session, bounded by the connect and request timeouts.
+    /// Connects a new session, bounded by the connect and request timeouts
+    /// ([`ZkConfig::connect_limit`]).
+    ///
+    /// With one server, a refused connection is reported at once (`Unavailable`), as the
+    /// Redis and etcd backends do, instead of after the whole limit: the client is told to
+    /// fail once every server was tried (`with_fail_eagerly`), and when it does, one TCP
+    /// connect tells a refusal (nothing listens there) from a server that accepted but did
+    /// not serve a session (still starting, between leaders), which is given the rest of
+    /// the limit as before. With several servers, the client keeps trying the others for
+    /// the whole limit: one that is down is what a list of servers is for.
+    ///
+    /// # Errors
+    /// `Unavailable` when no session could be made within the limit or the one server
+    /// refused the connection; `InvalidConfig` when the chroot does not exist.
     pub async fn connect(cfg: &ZkConfig) -> Result<Arc<Session>> {
         let connect_string = cfg.connect_string();
-        let connecting = Client::connector()
-            .with_session_timeout(cfg.session_timeout)
-            .with_connection_timeout(cfg.connect_timeout)
-            .connect(&connect_string);
+        let connector = || {
+            Client::connector()
+                .with_session_timeout(cfg.session_timeout)
+                .with_connection_timeout(cfg.connect_timeout)
+        };
         let limit = cfg.connect_limit();
-        let client = match tokio::time::timeout(limit, connecting).await {
+        let deadline = tokio::time::Instant::now() + limit;
+        let eager = match cfg.servers.as_slice() {
+            [one] => {
+                let eager = tokio::time::timeout_at(deadline, connector().with_fail_eagerly().connect(&connect_string));
+                match eager.await {
+                    Ok(Err(zookeeper_client::Error::NoHosts)) if refused_now(one, deadline).await => {
+                        return Err(refused(one, &cfg.display));
+                    }
+                    Ok(Err(zookeeper_client::Error::NoHosts)) => None,
+                    other => Some(other),
+                }
+            }
+            _ => None,
+        };
+        let connected = match eager {
+            Some(outcome) => outcome,
+            None => tokio::time::timeout_at(deadline, connector().connect(&connect_string)).await,
+        };
+        let client = match connected {
             Ok(Ok(c)) => c,
             Ok(Err(zookeeper_client::Error::NoNode)) => {
                 return Err(LockError::invalid_config(format!(
@@ -168,5 +209,47 @@ impl Drop for Session {
         if let Some(t) = self.monitor.lock().unwrap_or_else(|p| p.into_inner()).take() {
             t.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+    use std::time::Instant;
+
+    use super::*;
+
+    /// A port nobody listens on: refused at once, well inside the 4 s connect limit of the
+    /// default timeouts (it was reported only when that limit ran out).
+    #[tokio::test]
+    async fn a_refused_connection_to_the_one_server_is_reported_at_once() {
+        let port = fencelock_testkit::ports::free_port();
+        let cfg = ZkConfig::from_url(&format!("zk://127.0.0.1:{port}")).unwrap();
+        assert_eq!(cfg.connect_limit(), Duration::from_secs(4));
+        let start = Instant::now();
+        let e = Session::connect(&cfg).await.unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(1), "took {:?}", start.elapsed());
+        assert!(crate::error::is_refused(&e), "{e}");
+        // Nor does connecting the backend retry it for the limit.
+        let start = Instant::now();
+        let e = crate::ZkLock::connect(&format!("zk://127.0.0.1:{port}"))
+            .await
+            .unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(1), "took {:?}", start.elapsed());
+        assert!(matches!(e, LockError::Unavailable { .. }), "{e}");
+        assert!(e.is_temporary(), "{e}");
+        assert!(e.to_string().contains("refused the connection"), "{e}");
+    }
+
+    /// With several servers, one that refuses is skipped for the next.
+    #[tokio::test]
+    async fn with_several_servers_a_refusing_one_is_skipped() {
+        let zk = fencelock_testkit::zk_server::ZkEnsemble::standalone();
+        let down = fencelock_testkit::ports::free_port();
+        let lock = crate::ZkLock::connect(&format!("zk://127.0.0.1:{down},127.0.0.1:{}", zk.port(0)))
+            .await
+            .unwrap();
+        assert!(lock.session_id().await.is_some());
     }
 }

@@ -1,4 +1,4 @@
-//! Helpers the CLI's process tests share (`signals.rs`, `process_tree.rs`): run the
+//! Helpers the CLI's process tests share (`signals.rs`, `process_tree.rs`, `inputs.rs`): run the
 //! binary against one backend, wait for children with a bound, and the
 //! signal-while-waiting scenario.
 
