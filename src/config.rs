@@ -3,7 +3,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use fencelock_core::{DistributedLock, LockError, LockOptions, Requirement, Result};
+use fencelock_core::election::{Election, ElectionCapabilities};
+use fencelock_core::{DistributedLock, Exclusion, Guarantees, LockError, LockOptions, Requirement, Result, Scope};
 use serde::{Deserialize, Serialize};
 
 /// Which backend to use and how, as a deployment writes it.
@@ -156,6 +157,46 @@ impl LockConfig {
         self.require.check(&lock.guarantees())?;
         Ok(lock)
     }
+
+    /// Validates the default options, builds the backend's leader election and checks the
+    /// requirement against what the election's seat gives: its terms' order as the
+    /// connected backend reports it (a Redis without `appendfsync always` gives best-effort
+    /// terms, which restart after a restart) and the exclusion of the scheme's lock (the
+    /// seat is a lock of that backend). Refused elections are closed before returning.
+    ///
+    /// # Errors
+    /// As [`connect_election`](crate::connect_election), and
+    /// [`LockError::GuaranteeNotMet`] when the requirement is not met.
+    pub async fn connect_election(&self) -> Result<Arc<dyn Election>> {
+        self.defaults.validate_for_try()?;
+        let election = crate::election_connect::connect_election(&self.backend).await?;
+        if let Err(e) = self
+            .require
+            .check(&seat_guarantees(&self.backend, &election.capabilities()))
+        {
+            let _ = election.close().await;
+            return Err(e);
+        }
+        Ok(election)
+    }
+}
+
+/// The guarantees of an election's seat: the scheme's lock with the terms' order the
+/// connected election reports.
+fn seat_guarantees(url: &str, caps: &ElectionCapabilities) -> Guarantees {
+    let scheme = crate::schemes::scheme_of(url);
+    let mut g = scheme
+        .as_deref()
+        .and_then(crate::schemes::guarantees)
+        .unwrap_or(Guarantees {
+            backend: caps.backend,
+            exclusion: Exclusion::Conditional,
+            tokens: caps.terms,
+            scope: Scope::Network,
+            assumptions: &[],
+        });
+    g.tokens = caps.terms;
+    g
 }
 
 /// The duration fields of `[defaults]`.

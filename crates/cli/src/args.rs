@@ -156,7 +156,8 @@ pub struct RunArgs {
 /// `fencelock elect`.
 #[derive(Debug, clap::Args)]
 pub struct ElectArgs {
-    /// The election's name (1 to 256 bytes, no control characters)
+    /// The election's name (1 to 247 bytes, no control characters: its seat is the lock
+    /// key `election.NAME`, at most 256 bytes)
     #[arg(value_name = "NAME")]
     pub name: String,
 

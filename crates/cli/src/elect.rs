@@ -30,7 +30,7 @@ pub async fn connect(
 ) -> Result<(std::sync::Arc<dyn Election>, fencelock::LockOptions), LockError> {
     let config = crate::backend::session_from_ttl(crate::backend::config(cli)?, ttl);
     crate::backend::refuse_in_process(&config, command)?;
-    let election = fencelock::connect_election(&config.backend).await?;
+    let election = config.connect_election().await?;
     Ok((election, config.defaults))
 }
 
@@ -144,11 +144,8 @@ async fn campaign(
 
 /// Checks an election's name (the rules of a lock key), naming it as such.
 pub fn check_name(name: &str) -> Result<(), String> {
-    fencelock::options::validate_key(name).map_err(|e| {
+    fencelock::election::validate_name(name).map_err(|e| {
         let text = exit::one_line(&e);
-        let text = text
-            .replace("key is", "election name is")
-            .replace("key contains", "election name contains");
         text.strip_prefix("invalid input: ").map(str::to_owned).unwrap_or(text)
     })
 }

@@ -121,10 +121,7 @@ pub async fn guard(args: &GuardArgs) -> ExitCode {
         _ => return ExitCode::from(exit::FAILURE), // `run` is gone before the start
     };
     if now_nanos() >= deadline {
-        return exit::fail(
-            "the lease ran out before the command could start; not starting it",
-            exit::LEASE_LOST,
-        );
+        return exit::fail(crate::run::LOST_BEFORE_START, exit::LEASE_LOST);
     }
     let Some((program, rest)) = args.command.split_first() else {
         return exit::fail("no command given after --", exit::BAD_INPUT);
@@ -159,7 +156,7 @@ pub async fn guard(args: &GuardArgs) -> ExitCode {
             },
             message = control.recv() => match message {
                 Some(Message::Until(d)) => deadline = d,
-                Some(Message::Closed) | None => return kill_group("`fencelock run` is gone"),
+                Some(Message::Closed) | None => return kill_group("its `fencelock run` or `fencelock elect` is gone"),
             },
             Some(()) = recv(&mut stop) => {
                 // Ctrl-Z on the terminal the command owns: a stopped group would hold the

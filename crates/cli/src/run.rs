@@ -140,6 +140,12 @@ pub(crate) async fn supervise_with(
     let Some(program) = args.command.first() else {
         return fail("no command given after --", exit::BAD_INPUT);
     };
+    // Lost between the grant and here (a TTL little above the round trip): the same loss,
+    // with the same exit status, as the guard's own check just before it starts CMD.
+    if !lease.is_held() {
+        let _ = lease.release().await;
+        return fail(LOST_BEFORE_START, exit::LEASE_LOST);
+    }
     let started = match start(args, &lease, env) {
         Ok(s) => s,
         Err(e) => {
@@ -194,20 +200,18 @@ pub(crate) const LOCK_ENV: [&str; 5] = [
     "FENCELOCK_ELECTION",
 ];
 
+/// What `run` and `elect` say (exit 76) when the lease is gone before CMD starts.
+pub(crate) const LOST_BEFORE_START: &str = "the lease ran out before the command could start; not starting it";
+
 struct Started {
     child: Child,
     group: Pid,
     control: std::fs::File,
 }
 
-/// Checks the lease, then starts `fencelock __guard` in a new process group with the read
+/// Starts `fencelock __guard` in a new process group with the read
 /// end of the control pipe, and tells it the lease's deadline.
 fn start(args: &RunArgs, lease: &Lease, env: &[(&str, String)]) -> std::io::Result<Started> {
-    if !lease.is_held() {
-        return Err(std::io::Error::other(
-            "the lease was lost before the command could start",
-        ));
-    }
     let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     // The guard inherits the read end; the write end stays here alone (close-on-exec), so
     // the guard sees end-of-file exactly when this process is gone.
@@ -420,4 +424,37 @@ fn signal_group(group: Pid, sig: Signal) {
 
 pub(crate) fn signal_name(sig: Signal) -> &'static str {
     crate::signals::name(sig)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use fencelock::{DistributedLock, LockOptions};
+
+    use super::*;
+
+    /// A lease lost between the grant and the start of CMD is exit 76, like every other
+    /// loss — not 70 (a newcomer saw 70 or 76 for the same too-short TTL, depending on
+    /// which check noticed).
+    #[tokio::test]
+    async fn a_lease_lost_before_the_start_is_exit_76() {
+        let locks = fencelock::memory::MemoryLock::new();
+        let opts = LockOptions::new()
+            .with_ttl(Duration::from_millis(30))
+            .with_auto_renew(false);
+        let lease = locks.acquire("k", &opts).await.unwrap();
+        lease.lost().await; // the validity running out is the condition under test
+        #[derive(clap::Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        let args = <Wrap as clap::Parser>::try_parse_from(["run", "k", "--", "true"])
+            .unwrap()
+            .run;
+        let mut signals = Signals::install();
+        let code = supervise_with(&args, lease, &mut signals, &[]).await;
+        assert_eq!(code, ExitCode::from(exit::LEASE_LOST));
+    }
 }

@@ -322,3 +322,55 @@ fn lab_paused_leader_is_fenced_on_etcd() {
     let cluster = fencelock_testkit::etcd_server::EtcdCluster::start(1);
     lab_paused_leader(&cluster.url(""));
 }
+
+/// `require` in the configuration binds `elect` and `leader` as it binds `run`: a Redis
+/// without persistence hands out best-effort terms (they restart at 1 after a restart),
+/// which `require = "monotonic_tokens"` exists to refuse. (A newcomer's `elect` ran under
+/// that requirement with exit 0, and its terms went 3 → 1 across a Redis restart.)
+#[test]
+fn elect_and_leader_honour_the_configured_requirement() {
+    let server = fencelock_testkit::redis_server::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mono.toml");
+    std::fs::write(
+        &config,
+        format!("backend = \"{}\"\nrequire = \"monotonic_tokens\"\n", server.url()),
+    )
+    .unwrap();
+    let marker = dir.path().join("ran");
+    for args in [
+        vec!["elect", "sched", "--", "touch", marker.to_str().unwrap()],
+        vec!["leader", "sched"],
+    ] {
+        let out = Command::new(BIN)
+            .env_remove("FENCELOCK_BACKEND")
+            .env_remove("RUST_LOG")
+            .arg("--config")
+            .arg(&config)
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(78),
+            "{args:?} under an unmet requirement: {stderr}"
+        );
+        assert!(
+            stderr.contains("best effort"),
+            "{args:?}: the message says what is missing: {stderr}"
+        );
+    }
+    assert!(!marker.exists(), "elect ran its command under an unmet requirement");
+    // The same backend under `any` elects (the requirement, not the backend, refused).
+    std::fs::write(&config, format!("backend = \"{}\"\n", server.url())).unwrap();
+    let out = Command::new(BIN)
+        .env_remove("FENCELOCK_BACKEND")
+        .arg("--config")
+        .arg(&config)
+        .args(["elect", "sched", "--", "touch", marker.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(marker.exists());
+}

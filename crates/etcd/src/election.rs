@@ -33,11 +33,11 @@ use async_trait::async_trait;
 use etcd_client::{
     Compare, CompareOp, EventType, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, WatchOptions,
 };
+use fencelock_core::election::seat::seat_key;
 use fencelock_core::election::{
     validate_value, Election, ElectionCapabilities, LeaderInfo, LeaderRead, Leadership, Observation, Observer,
     ObserverFeed, ProclaimOps,
 };
-use fencelock_core::options::validate_key;
 use fencelock_core::waiting::queue_with;
 use fencelock_core::{DistributedLock, FencingToken, LockError, LockOptions, Result};
 
@@ -66,14 +66,6 @@ pub const MAX_WATCH_FAILURES: u32 = 20;
 #[derive(Debug, Clone)]
 pub struct EtcdElection {
     lock: EtcdLock,
-}
-
-/// The lock key of election `name`'s seat.
-fn seat_key(name: &str) -> Result<String> {
-    validate_key(name)?;
-    let seat = format!("election.{name}");
-    validate_key(&seat)?;
-    Ok(seat)
 }
 
 impl EtcdElection {

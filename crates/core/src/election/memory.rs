@@ -21,7 +21,7 @@ use crate::error::Result;
 use crate::guarantees::TokenOrder;
 use crate::lease::{Lease, LeaseOps, LeaseParts};
 use crate::memory::{url_name, NamedTables, Table};
-use crate::options::{validate_key, LockOptions};
+use crate::options::LockOptions;
 use crate::token::{FencingToken, GrantId};
 use crate::waiting::{acquire_with, Attempt};
 
@@ -212,7 +212,7 @@ impl Election for MemoryElection {
     }
 
     async fn leader(&self, name: &str) -> Result<Option<LeaderInfo>> {
-        validate_key(name)?;
+        super::validate_name(name)?;
         let seats = self.table.lock();
         Ok(seats
             .get(name)
@@ -224,7 +224,7 @@ impl Election for MemoryElection {
     }
 
     async fn observe(&self, name: &str) -> Result<Observer> {
-        validate_key(name)?;
+        super::validate_name(name)?;
         let mut seats = self.table.lock();
         Ok(seats.entry(name.to_owned()).or_default().feed.subscribe())
     }

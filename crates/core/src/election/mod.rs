@@ -214,6 +214,35 @@ impl<T: Election + ?Sized> Election for Arc<T> {
     }
 }
 
+/// The prefix of every election's seat key (`election.NAME`), which shares the lock
+/// namespace of its backend.
+pub const SEAT_PREFIX: &str = "election.";
+
+/// The longest election name, in bytes: the seat key `election.NAME` must be a valid key
+/// ([`MAX_KEY_LEN`](crate::options::MAX_KEY_LEN) bytes), so 247.
+pub const MAX_NAME_LEN: usize = crate::options::MAX_KEY_LEN - SEAT_PREFIX.len();
+
+/// Checks an election name: 1 to [`MAX_NAME_LEN`] bytes of UTF-8 without control
+/// characters, on every backend.
+///
+/// # Errors
+/// [`LockError::InvalidInput`] saying what is wrong with the name.
+pub fn validate_name(name: &str) -> Result<()> {
+    let name_error = |e: LockError| match e {
+        LockError::InvalidInput(m) => LockError::invalid_input(m.replacen("key", "election name", 1)),
+        other => other,
+    };
+    crate::options::validate_key(name).map_err(name_error)?;
+    if name.len() > MAX_NAME_LEN {
+        return Err(LockError::invalid_input(format!(
+            "election name is {} bytes long; the maximum is {MAX_NAME_LEN} (its seat key `{SEAT_PREFIX}NAME` must fit in {} bytes)",
+            name.len(),
+            crate::options::MAX_KEY_LEN
+        )));
+    }
+    Ok(())
+}
+
 /// Checks a candidate's value.
 pub fn validate_value(value: &[u8]) -> Result<()> {
     if value.len() > MAX_VALUE_LEN {

@@ -33,7 +33,7 @@ use super::{
 use crate::error::{LockError, LostReason, Result};
 use crate::lease::Lease;
 use crate::lock::DistributedLock;
-use crate::options::{validate_key, LockOptions};
+use crate::options::LockOptions;
 use crate::token::FencingToken;
 
 /// How long [`Election::leader`] waits for a just-elected leader to write its value before
@@ -62,10 +62,8 @@ pub const READ_RETRY: Duration = Duration::from_millis(250);
 /// # Errors
 /// [`LockError::InvalidInput`] when `name` (or the seat key made of it) is not a valid key.
 pub fn seat_key(name: &str) -> Result<String> {
-    validate_key(name)?;
-    let seat = format!("election.{name}");
-    validate_key(&seat)?;
-    Ok(seat)
+    super::validate_name(name)?;
+    Ok(format!("{}{name}", super::SEAT_PREFIX))
 }
 
 /// What one read of a seat found.
@@ -379,5 +377,18 @@ mod tests {
     fn seat_keys_are_checked_like_lock_keys() {
         assert_eq!(seat_key("scheduler").unwrap(), "election.scheduler");
         assert!(matches!(seat_key(""), Err(LockError::InvalidInput(_))));
+    }
+
+    /// One limit on every backend: a name whose seat key fits (247 bytes) is taken, one
+    /// byte more is refused as an election name, not as a key the caller never wrote.
+    #[test]
+    fn the_longest_name_is_one_whose_seat_key_fits() {
+        let longest = "n".repeat(super::super::MAX_NAME_LEN);
+        assert_eq!(longest.len(), 247);
+        assert_eq!(seat_key(&longest).unwrap().len(), crate::options::MAX_KEY_LEN);
+        let e = seat_key(&format!("{longest}n")).unwrap_err().to_string();
+        assert!(e.contains("election name is 248 bytes long; the maximum is 247"), "{e}");
+        let e = seat_key("a\nb").unwrap_err().to_string();
+        assert!(e.contains("election name contains"), "{e}");
     }
 }
