@@ -124,6 +124,11 @@ impl Keys {
     pub(crate) fn waiter_channels(&self, key: &str) -> String {
         self.beside(key, "w:")
     }
+    /// python-redis-lock's signal list, `lock-signal:KEY`, in that layout only: its
+    /// waiters `BLPOP` it, its releases push it, and so do fencelock's (see `RELEASE`).
+    pub(crate) fn signal(&self, key: &str) -> Option<String> {
+        (self.layout == RedisLayout::PythonRedisLock).then(|| format!("lock-signal:{key}"))
+    }
     pub(crate) fn boot(&self) -> String {
         format!("{}boot", self.prefix)
     }
@@ -148,6 +153,7 @@ mod tests {
         assert_eq!(k.queue("a"), "fencelock:{a}:queue");
         assert_eq!(k.reservation("a"), "fencelock:{a}:reserved");
         assert_eq!(k.waiter_channels("a"), "fencelock:{a}:w:");
+        assert_eq!(k.signal("a"), None);
         k.check("a}b").unwrap();
     }
 
@@ -178,6 +184,9 @@ mod tests {
             k.check("a{t}b}").unwrap();
         }
         assert!(RedisLayout::Bare.is_peer() && !RedisLayout::Fencelock.is_peer());
+        assert_eq!(keys(RedisLayout::PythonRedisLock).signal("o"), Some("lock-signal:o".into()));
+        assert_eq!(keys(RedisLayout::Pottery).signal("o"), None);
+        assert_eq!(keys(RedisLayout::Bare).signal("o"), None);
     }
 
     #[test]
