@@ -54,6 +54,33 @@ impl RedisLayout {
         self != RedisLayout::Fencelock
     }
 
+    /// The layout's name, as the URL's `layout=` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            RedisLayout::Fencelock => "fencelock",
+            RedisLayout::Bare => "bare",
+            RedisLayout::PythonRedisLock => "python-redis-lock",
+            RedisLayout::Pottery => "pottery",
+        }
+    }
+
+    /// Elections (Redis and Redlock) run in fencelock's own layout only: the seat keeps its
+    /// record, counter and change channel under fencelock's names (`PREFIX{election.NAME}:…`),
+    /// which a peer layout's lock key does not match, and none of the peers has an election
+    /// recipe on these keys to share.
+    ///
+    /// # Errors
+    /// [`LockError::InvalidConfig`] for a peer layout, naming it and the fix.
+    pub fn refuse_for_elections(self) -> Result<()> {
+        if !self.is_peer() {
+            return Ok(());
+        }
+        Err(LockError::invalid_config(format!(
+            "leader election does not support layout={}: an election's keys are fencelock's own and no peer library elects on them; run elections in the default layout (drop `layout=`)",
+            self.name()
+        )))
+    }
+
     /// The lock key of `key` in a peer layout; `None` in fencelock's own.
     fn peer_lock(self, key: &str) -> Option<String> {
         match self {
@@ -199,5 +226,9 @@ mod tests {
         assert_eq!(RedisLayout::parse("pottery"), Ok(RedisLayout::Pottery));
         assert_eq!(RedisLayout::parse("fencelock"), Ok(RedisLayout::Fencelock));
         assert!(RedisLayout::parse("redisson").unwrap_err().contains("layout must be"));
+        for l in [RedisLayout::Fencelock, RedisLayout::Bare, RedisLayout::PythonRedisLock, RedisLayout::Pottery] {
+            assert_eq!(RedisLayout::parse(l.name()), Ok(l));
+            assert_eq!(l.refuse_for_elections().is_ok(), !l.is_peer());
+        }
     }
 }

@@ -211,3 +211,22 @@ async fn mixed_stress_pottery_and_fencelock_never_overlap() {
     println!("pottery mixed stress: {:?} in {:?}", check.entries, started.elapsed());
     assert_clean(&check, ROUNDS);
 }
+
+/// Issue 17: the election's seat keeps its record, counter and change channel under
+/// fencelock's own names, which a peer layout's lock key (`lock:election.NAME`, …) does not
+/// match, and no peer library has an election recipe on these keys: an election in a peer
+/// layout is refused at connect as a configuration error (CLI exit 78) saying what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elections_refuse_peer_layouts() {
+    let server = RedisServer::start();
+    for layout in ["bare", "python-redis-lock", "pottery"] {
+        let e = fencelock_redis::RedisElection::connect(&format!("{}?layout={layout}", server.url()))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("layout={layout}: an election was made"));
+        assert!(matches!(e, fencelock_core::LockError::InvalidConfig { .. }), "{e}");
+        assert!(e.to_string().contains(&format!("layout={layout}")), "{e}");
+        assert!(e.to_string().contains("default layout"), "{e}");
+    }
+    fencelock_redis::RedisElection::connect(&server.url()).await.unwrap();
+}
