@@ -168,7 +168,8 @@ fn assert_clean(check: &LogCheck, rounds: usize) {
 async fn python_redis_lock_holds_and_fencelock_waits() {
     let latency = peer_holds_fencelock_waits(Lib::PythonRedisLock).await;
     println!("redis hand-off python-redis-lock -> fencelock (poll 500ms): {latency:?}");
-    assert!(latency < Duration::from_millis(600), "bounded by the poll: {latency:?}");
+    // The poll (500 ms, jittered 50-100 %) plus the scheduling noise of a shared machine.
+    assert!(latency < Duration::from_millis(750), "bounded by the poll: {latency:?}");
 }
 
 /// Written before fencelock's release pushed `lock-signal:NAME`: the Python waiter then
@@ -193,7 +194,8 @@ async fn mixed_stress_python_redis_lock_and_fencelock_never_overlap() {
 async fn pottery_holds_and_fencelock_waits() {
     let latency = peer_holds_fencelock_waits(Lib::Pottery).await;
     println!("redis hand-off pottery -> fencelock (poll 500ms): {latency:?}");
-    assert!(latency < Duration::from_millis(600), "bounded by the poll: {latency:?}");
+    // The poll (500 ms, jittered 50-100 %) plus the scheduling noise of a shared machine.
+    assert!(latency < Duration::from_millis(750), "bounded by the poll: {latency:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
