@@ -211,7 +211,10 @@ mod tests {
             k.check("a{t}b}").unwrap();
         }
         assert!(RedisLayout::Bare.is_peer() && !RedisLayout::Fencelock.is_peer());
-        assert_eq!(keys(RedisLayout::PythonRedisLock).signal("o"), Some("lock-signal:o".into()));
+        assert_eq!(
+            keys(RedisLayout::PythonRedisLock).signal("o"),
+            Some("lock-signal:o".into())
+        );
         assert_eq!(keys(RedisLayout::Pottery).signal("o"), None);
         assert_eq!(keys(RedisLayout::Bare).signal("o"), None);
     }
@@ -226,7 +229,12 @@ mod tests {
         assert_eq!(RedisLayout::parse("pottery"), Ok(RedisLayout::Pottery));
         assert_eq!(RedisLayout::parse("fencelock"), Ok(RedisLayout::Fencelock));
         assert!(RedisLayout::parse("redisson").unwrap_err().contains("layout must be"));
-        for l in [RedisLayout::Fencelock, RedisLayout::Bare, RedisLayout::PythonRedisLock, RedisLayout::Pottery] {
+        for l in [
+            RedisLayout::Fencelock,
+            RedisLayout::Bare,
+            RedisLayout::PythonRedisLock,
+            RedisLayout::Pottery,
+        ] {
             assert_eq!(RedisLayout::parse(l.name()), Ok(l));
             assert_eq!(l.refuse_for_elections().is_ok(), !l.is_peer());
         }

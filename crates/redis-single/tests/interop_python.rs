@@ -69,7 +69,11 @@ async fn peer_holds_fencelock_waits(lib: Lib) -> Duration {
     });
     // Shows absence: the waiter is still waiting a while after it started.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!waiter.is_finished(), "fencelock's waiter got a lock {} holds", lib.name());
+    assert!(
+        !waiter.is_finished(),
+        "fencelock's waiter got a lock {} holds",
+        lib.name()
+    );
     let released = Instant::now();
     assert_eq!(peer.ask("release", STEP).await, "released");
     let lease = tokio::time::timeout(STEP, waiter)
@@ -79,7 +83,10 @@ async fn peer_holds_fencelock_waits(lib: Lib) -> Duration {
         .unwrap();
     let latency = released.elapsed();
     let stored = server.command(&format!("GET {}", lib.key(&name)));
-    assert!(stored.contains(lease.grant().as_str()), "fencelock's value under the peer's key: {stored:?}");
+    assert!(
+        stored.contains(lease.grant().as_str()),
+        "fencelock's value under the peer's key: {stored:?}"
+    );
     lease.release().await.unwrap();
     peer.quit().await;
     locks.close().await.unwrap();
@@ -161,7 +168,11 @@ fn assert_clean(check: &LogCheck, rounds: usize) {
     );
     assert_eq!(check.overlaps, 0, "two holders at once");
     assert_eq!(check.tokens.len(), 2 * rounds);
-    assert!(check.regressions.is_empty(), "tokens went back: {:?}", check.regressions);
+    assert!(
+        check.regressions.is_empty(),
+        "tokens went back: {:?}",
+        check.regressions
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,7 +189,10 @@ async fn python_redis_lock_holds_and_fencelock_waits() {
 async fn fencelock_release_wakes_a_python_redis_lock_waiter_at_once() {
     let latency = fencelock_holds_peer_waits(Lib::PythonRedisLock).await;
     println!("redis hand-off fencelock -> python-redis-lock (its BLPOP on lock-signal): {latency:?}");
-    assert!(latency < Duration::from_secs(1), "woken by the signal list: {latency:?}");
+    assert!(
+        latency < Duration::from_secs(1),
+        "woken by the signal list: {latency:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,7 +200,11 @@ async fn mixed_stress_python_redis_lock_and_fencelock_never_overlap() {
     const ROUNDS: usize = 15;
     let started = Instant::now();
     let check = mixed_stress(Lib::PythonRedisLock, ROUNDS).await;
-    println!("python-redis-lock mixed stress: {:?} in {:?}", check.entries, started.elapsed());
+    println!(
+        "python-redis-lock mixed stress: {:?} in {:?}",
+        check.entries,
+        started.elapsed()
+    );
     assert_clean(&check, ROUNDS);
 }
 
@@ -202,7 +220,10 @@ async fn pottery_holds_and_fencelock_waits() {
 async fn fencelock_holds_and_pottery_waits() {
     let latency = fencelock_holds_peer_waits(Lib::Pottery).await;
     println!("redis hand-off fencelock -> pottery (its retry 0-200ms): {latency:?}");
-    assert!(latency < Duration::from_secs(1), "bounded by pottery's retry: {latency:?}");
+    assert!(
+        latency < Duration::from_secs(1),
+        "bounded by pottery's retry: {latency:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

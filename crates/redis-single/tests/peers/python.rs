@@ -67,7 +67,13 @@ impl PyPeer {
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start the {} peer: {e}: {}", lib.name(), fencelock_testkit::python::HINT));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start the {} peer: {e}: {}",
+                    lib.name(),
+                    fencelock_testkit::python::HINT
+                )
+            });
         let stdin = child.stdin.take().unwrap();
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut peer = PyPeer {
