@@ -3,8 +3,9 @@
 `redlock:NAME`). Run by crates/redis-single/tests/interop_python.rs from a virtualenv the
 test makes (fencelock_testkit::python).
 
-Usage: python py_lock_peer.py LIB PORT NAME WHO
-  LIB: python-redis-lock | pottery; PORT: the loopback Redis port; NAME: the lock name as
+Usage: python py_lock_peer.py LIB PORTS NAME WHO
+  LIB: python-redis-lock | pottery; PORTS: the loopback Redis port (pottery: one or several,
+  comma-separated, its Redlock masters; python-redis-lock: one); NAME: the lock name as
   the library takes it; WHO: this peer's name in the shared log.
 Prints "ready" once connected, then one line per stdin command:
   acquire MS         -> "acquired" | "timeout"   (waits at most about MS; python-redis-lock
@@ -30,14 +31,22 @@ TTL_S = 10  # the lock's expiry; every wait below is shorter
 
 
 def main():
-    lib, port, name, who = sys.argv[1:5]
+    lib, ports, name, who = sys.argv[1:5]
     # socket_timeout above any BLPOP python-redis-lock sends (redis-py 8's default of 5 s
     # would cut a waiter's 10 s BLPOP short with a TimeoutError).
-    client = redis.Redis(host="127.0.0.1", port=int(port), socket_connect_timeout=5, socket_timeout=30)
-    client.ping()
+    clients = [
+        redis.Redis(host="127.0.0.1", port=int(p), socket_connect_timeout=5, socket_timeout=30)
+        for p in ports.split(",")
+    ]
+    for c in clients:
+        c.ping()
+    client = clients[0]
 
     if lib == "python-redis-lock":
         import redis_lock
+
+        if len(clients) != 1:
+            sys.exit("python-redis-lock takes one Redis")
 
         lock = redis_lock.Lock(client, name, expire=TTL_S)
 
@@ -48,7 +57,7 @@ def main():
     elif lib == "pottery":
         from pottery import Redlock
 
-        lock = Redlock(key=name, masters={client}, auto_release_time=TTL_S)
+        lock = Redlock(key=name, masters=set(clients), auto_release_time=TTL_S)
 
         def acquire(ms):
             return lock.acquire(blocking=True, timeout=ms / 1000)
