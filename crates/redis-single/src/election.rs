@@ -98,19 +98,26 @@ impl SeatKeys {
 
 impl RedisElection {
     /// The election over `lock`'s server and key prefix.
-    pub fn new(lock: RedisLock) -> Self {
-        RedisElection { lock }
+    ///
+    /// # Errors
+    /// `InvalidConfig` when `lock` uses a peer library's layout
+    /// ([`RedisLayout::refuse_for_elections`](crate::RedisLayout::refuse_for_elections)).
+    pub fn new(lock: RedisLock) -> Result<Self> {
+        lock.config().layout.refuse_for_elections()?;
+        Ok(RedisElection { lock })
     }
 
     /// Connects as [`RedisLock::connect`].
     ///
     /// # Errors
-    /// As [`RedisLock::connect`].
+    /// `InvalidConfig` for a peer library's layout, before connecting; otherwise as
+    /// [`RedisLock::connect`].
     ///
     /// # Cancel safety
     /// Cancel safe: nothing is kept when dropped.
     pub async fn connect(url: &str) -> Result<Self> {
-        Ok(Self::new(RedisLock::connect(url).await?))
+        crate::RedisConfig::from_url(url)?.layout.refuse_for_elections()?;
+        Self::new(RedisLock::connect(url).await?)
     }
 
     /// The lock key of election `name`'s seat (what an operator would `DEL`).

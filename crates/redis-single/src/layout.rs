@@ -54,6 +54,33 @@ impl RedisLayout {
         self != RedisLayout::Fencelock
     }
 
+    /// The layout's name, as the URL's `layout=` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            RedisLayout::Fencelock => "fencelock",
+            RedisLayout::Bare => "bare",
+            RedisLayout::PythonRedisLock => "python-redis-lock",
+            RedisLayout::Pottery => "pottery",
+        }
+    }
+
+    /// Elections (Redis and Redlock) run in fencelock's own layout only: the seat keeps its
+    /// record, counter and change channel under fencelock's names (`PREFIX{election.NAME}:…`),
+    /// which a peer layout's lock key does not match, and none of the peers has an election
+    /// recipe on these keys to share.
+    ///
+    /// # Errors
+    /// [`LockError::InvalidConfig`] for a peer layout, naming it and the fix.
+    pub fn refuse_for_elections(self) -> Result<()> {
+        if !self.is_peer() {
+            return Ok(());
+        }
+        Err(LockError::invalid_config(format!(
+            "leader election does not support layout={}: an election's keys are fencelock's own and no peer library elects on them; run elections in the default layout (drop `layout=`)",
+            self.name()
+        )))
+    }
+
     /// The lock key of `key` in a peer layout; `None` in fencelock's own.
     fn peer_lock(self, key: &str) -> Option<String> {
         match self {
@@ -124,6 +151,11 @@ impl Keys {
     pub(crate) fn waiter_channels(&self, key: &str) -> String {
         self.beside(key, "w:")
     }
+    /// python-redis-lock's signal list, `lock-signal:KEY`, in that layout only: its
+    /// waiters `BLPOP` it, its releases push it, and so do fencelock's (see `RELEASE`).
+    pub(crate) fn signal(&self, key: &str) -> Option<String> {
+        (self.layout == RedisLayout::PythonRedisLock).then(|| format!("lock-signal:{key}"))
+    }
     pub(crate) fn boot(&self) -> String {
         format!("{}boot", self.prefix)
     }
@@ -148,6 +180,7 @@ mod tests {
         assert_eq!(k.queue("a"), "fencelock:{a}:queue");
         assert_eq!(k.reservation("a"), "fencelock:{a}:reserved");
         assert_eq!(k.waiter_channels("a"), "fencelock:{a}:w:");
+        assert_eq!(k.signal("a"), None);
         k.check("a}b").unwrap();
     }
 
@@ -178,6 +211,12 @@ mod tests {
             k.check("a{t}b}").unwrap();
         }
         assert!(RedisLayout::Bare.is_peer() && !RedisLayout::Fencelock.is_peer());
+        assert_eq!(
+            keys(RedisLayout::PythonRedisLock).signal("o"),
+            Some("lock-signal:o".into())
+        );
+        assert_eq!(keys(RedisLayout::Pottery).signal("o"), None);
+        assert_eq!(keys(RedisLayout::Bare).signal("o"), None);
     }
 
     #[test]
@@ -190,5 +229,14 @@ mod tests {
         assert_eq!(RedisLayout::parse("pottery"), Ok(RedisLayout::Pottery));
         assert_eq!(RedisLayout::parse("fencelock"), Ok(RedisLayout::Fencelock));
         assert!(RedisLayout::parse("redisson").unwrap_err().contains("layout must be"));
+        for l in [
+            RedisLayout::Fencelock,
+            RedisLayout::Bare,
+            RedisLayout::PythonRedisLock,
+            RedisLayout::Pottery,
+        ] {
+            assert_eq!(RedisLayout::parse(l.name()), Ok(l));
+            assert_eq!(l.refuse_for_elections().is_ok(), !l.is_peer());
+        }
     }
 }

@@ -449,6 +449,9 @@ impl RedisNode {
         let _cleanup = self.cleanup();
         let mut invocation = RELEASE.prepare_invoke();
         self.queue_keys(&mut invocation, key);
+        if let Some(signal) = self.inner.keys.signal(key) {
+            invocation.key(signal); // python-redis-lock's waiters BLPOP it (see RELEASE)
+        }
         invocation
             .arg(grant)
             .arg(self.inner.keys.waiter_channels(key))

@@ -79,6 +79,11 @@ end
 /// there; a plain lock's release stays one command cheaper, a string test in Lua rather
 /// than a `PUBLISH` nobody hears) and hands it to the first live waiter
 /// queued ([`HAND_OFF`]). Returns 1 when deleted, 0 when it was not ours.
+///
+/// KEYS[5], given only in the `python-redis-lock` layout: that library's signal list
+/// (`lock-signal:KEY`). When the lock is left free (no fencelock waiter took it over), it is
+/// pushed as that library's own unlock does (`DEL`, `LPUSH 1`, `PEXPIRE` 1000 ms, its
+/// default `signal_expire`), so a Python waiter blocked in `BLPOP` on it wakes at once.
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{HAND_OFF}
@@ -87,7 +92,11 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   if string.find(KEYS[1], '{{election.', 1, true) then
     redis.call('PUBLISH', ARGV[2] .. 'changed', 'r')
   end
-  hand_off(ARGV[3], ARGV[2])
+  if not hand_off(ARGV[3], ARGV[2]) and KEYS[5] then
+    redis.call('DEL', KEYS[5])
+    redis.call('LPUSH', KEYS[5], 1)
+    redis.call('PEXPIRE', KEYS[5], 1000)
+  end
   return 1
 end
 return 0

@@ -29,19 +29,26 @@ pub struct RedlockElection {
 
 impl RedlockElection {
     /// The election over `lock`'s nodes.
-    pub fn new(lock: RedlockLock) -> Self {
-        RedlockElection { lock }
+    ///
+    /// # Errors
+    /// `InvalidConfig` when the nodes use a peer library's layout
+    /// ([`RedisLayout::refuse_for_elections`](fencelock_redis::RedisLayout::refuse_for_elections)).
+    pub fn new(lock: RedlockLock) -> Result<Self> {
+        for node in &lock.config().nodes {
+            node.layout.refuse_for_elections()?;
+        }
+        Ok(RedlockElection { lock })
     }
 
     /// Builds from a `redlock://` URL, as [`RedlockLock::connect`].
     ///
     /// # Errors
-    /// As [`RedlockLock::connect`].
+    /// `InvalidConfig` for a peer library's layout; otherwise as [`RedlockLock::connect`].
     ///
     /// # Cancel safety
     /// Cancel safe.
     pub async fn connect(url: &str) -> Result<Self> {
-        Ok(Self::new(RedlockLock::connect(url).await?))
+        Self::new(RedlockLock::connect(url).await?)
     }
 }
 

@@ -48,6 +48,7 @@ pub mod pg_server;
 pub mod ports;
 pub mod process;
 pub mod proxy;
+pub mod python;
 pub mod redis_server;
 pub mod renewals;
 pub mod tls;

@@ -32,6 +32,23 @@ pub struct ZkElection {
     lock: ZkLock,
 }
 
+/// Elections run in fencelock's own layout only. In a peer's layout (issue 17) the seat
+/// would be shared with nobody: Curator's `LeaderLatch` queues `_c_UUID-latch-SEQ` nodes and
+/// kazoo's `Election` its own lock's nodes, each with the leader's id as node data where
+/// fencelock keeps `v` + value, and fencelock's leader read looks for its own layout's nodes.
+/// A peer's election recipe therefore never excludes ours; refusing says so at once.
+///
+/// # Errors
+/// [`LockError::InvalidConfig`] for `curator` and `kazoo`, naming the layout and the fix.
+fn refuse_peer_layout(layout: crate::ZkLayout) -> Result<()> {
+    if layout == crate::ZkLayout::Fencelock {
+        return Ok(());
+    }
+    Err(LockError::invalid_config(format!(
+        "leader election does not support layout={layout}: the peer's election recipe (Curator's LeaderLatch, kazoo's Election) uses other node names and node data, so it would not see fencelock's candidates nor fencelock its leader; run fencelock's elections in the default layout (drop `layout=`), under a path the peer does not use"
+    )))
+}
+
 /// The node of a grant, from the lock's grant id `SESSION:PATH`.
 fn node_of(grant: &str) -> Option<&str> {
     grant.split_once(':').map(|(_, path)| path)
@@ -39,19 +56,26 @@ fn node_of(grant: &str) -> Option<&str> {
 
 impl ZkElection {
     /// The election over `lock`'s ensemble and chroot.
-    pub fn new(lock: ZkLock) -> Self {
-        ZkElection { lock }
+    ///
+    /// # Errors
+    /// [`LockError::InvalidConfig`] when `lock` uses a peer library's layout (`curator`,
+    /// `kazoo`): see [`refuse_peer_layout`].
+    pub fn new(lock: ZkLock) -> Result<Self> {
+        refuse_peer_layout(lock.cfg().layout)?;
+        Ok(ZkElection { lock })
     }
 
     /// Connects as [`ZkLock::connect`].
     ///
     /// # Errors
-    /// As [`ZkLock::connect`].
+    /// [`LockError::InvalidConfig`] for a peer library's layout, before connecting (see
+    /// [`refuse_peer_layout`]); otherwise as [`ZkLock::connect`].
     ///
     /// # Cancel safety
     /// Cancel safe: dropping the future drops the half-made session.
     pub async fn connect(url: &str) -> Result<Self> {
-        Ok(Self::new(ZkLock::connect(url).await?))
+        refuse_peer_layout(crate::ZkConfig::from_url(url)?.layout)?;
+        Self::new(ZkLock::connect(url).await?)
     }
 
     /// The node under which election `name`'s candidates queue, relative to the chroot
@@ -252,5 +276,36 @@ impl SeatWatch for ZkWatch {
             () = fired(seat) => {}
             () = fired(lowest) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+    use super::*;
+    use fencelock_testkit::zk_server::ZkEnsemble;
+
+    /// Issue 17: an election in a peer's lock layout would neither be seen by that peer's
+    /// election recipe (Curator's `LeaderLatch` queues `_c_UUID-latch-SEQ`, kazoo's `Election`
+    /// runs its own lock and stores the leader's id as node data) nor read back by fencelock's
+    /// own leader read, which looks for the default layout's nodes: refused at connect, with
+    /// a running server, as a configuration error (CLI exit 78) that says what to do.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn peer_layouts_are_refused_for_elections() {
+        let zk = ZkEnsemble::standalone();
+        for layout in ["curator", "kazoo"] {
+            let e = ZkElection::connect(&zk.url("/elections", &format!("layout={layout}")))
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("layout={layout}: an election was made"));
+            assert!(matches!(e, LockError::InvalidConfig { .. }), "{e}");
+            let text = e.to_string();
+            assert!(text.contains(&format!("layout={layout}")), "{text}");
+            assert!(text.contains("default layout"), "{text}");
+        }
+        // The default layout still elects.
+        let ok = ZkElection::connect(&zk.url("/elections", "")).await.unwrap();
+        ok.lock.close().await.unwrap();
     }
 }

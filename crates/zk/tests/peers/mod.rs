@@ -35,7 +35,7 @@ const CURATOR_JARS: &[&str] = &[
 ];
 
 const CURATOR_HINT: &str = "install Curator and a JDK with `apt-get install libcurator-recipes-java default-jdk-headless` (or run scripts/setup-deps)";
-const KAZOO_HINT: &str = "kazoo needs python3 with venv and pip and access to PyPI: `apt-get install python3-venv` (or run scripts/setup-deps)";
+const KAZOO_HINT: &str = fencelock_testkit::python::HINT;
 
 /// Where the built peers are kept between runs (`target/tmp/fencelock-interop`).
 fn work_dir() -> PathBuf {
@@ -116,36 +116,15 @@ fn curator_peer_classpath() -> &'static str {
     })
 }
 
-/// Makes (once per kazoo version) a virtualenv with kazoo; returns its python.
+/// A virtualenv with kazoo (made once, by fencelock_testkit::python); returns its python.
 fn kazoo_python() -> &'static Path {
     static PY: OnceLock<PathBuf> = OnceLock::new();
     PY.get_or_init(|| {
-        let venv = work_dir().join(format!("kazoo-venv-{KAZOO_VERSION}"));
-        let python = venv.join("bin/python");
-        let ready = venv.join(".installed");
-        if !ready.exists() {
-            // Only interop_kazoo builds it; a half-made venv (no marker) is made again.
-            let _ = std::fs::remove_dir_all(&venv);
-            run(
-                "making the kazoo virtualenv",
-                Command::new("python3").arg("-m").arg("venv").arg(&venv),
-                KAZOO_HINT,
-            );
-            run(
-                "installing kazoo",
-                Command::new(&python)
-                    .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
-                    .arg(format!("kazoo=={KAZOO_VERSION}")),
-                KAZOO_HINT,
-            );
-            std::fs::write(&ready, KAZOO_VERSION).expect("mark venv");
-        }
-        assert!(
-            ready.exists(),
-            "the kazoo virtualenv {} is incomplete: {KAZOO_HINT}",
-            venv.display()
-        );
-        python
+        fencelock_testkit::python::venv(
+            env!("CARGO_TARGET_TMPDIR"),
+            &format!("kazoo-{KAZOO_VERSION}"),
+            &[&format!("kazoo=={KAZOO_VERSION}")],
+        )
     })
 }
 
