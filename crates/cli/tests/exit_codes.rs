@@ -657,3 +657,23 @@ fn negative_durations_and_toml_errors_are_one_clear_line() {
         stderr_of(&out)
     );
 }
+
+/// A command that went well prints nothing of its own on stderr, on etcd too: closing the
+/// session at exit, with no lease held, is no loss to warn about. (Every etcd `run`, `elect`
+/// and `leader` printed `WARN session lost … the client closed its session`.)
+#[cfg(feature = "etcd")]
+#[test]
+fn a_clean_etcd_run_elect_and_leader_print_no_warning() {
+    let cluster = fencelock_testkit::etcd_server::EtcdCluster::single();
+    let url = cluster.url("");
+    for args in [
+        vec!["run", "quiet", "--", "true"],
+        vec!["elect", "quiet", "--", "true"],
+        vec!["leader", "quiet"],
+    ] {
+        let out = fencelock().arg("--backend").arg(&url).args(&args).output().unwrap();
+        let err = stderr_of(&out);
+        assert!(!err.contains("WARN"), "{args:?} warned on a clean exit: {err}");
+        assert!(out.status.code() == Some(0) || args[0] == "leader", "{args:?}: {err}");
+    }
+}

@@ -144,6 +144,11 @@ impl Session {
     }
 
     fn lose(&self, why: String) {
+        self.lose_or_end(why, false);
+    }
+
+    /// Marks the session lost (`closing`: by our own `end`) and tells every lease on it.
+    fn lose_or_end(&self, why: String, closing: bool) {
         let changed = self.state.send_if_modified(|s| {
             if matches!(s, SessionState::Alive(_)) {
                 *s = SessionState::Lost(why.clone());
@@ -153,12 +158,18 @@ impl Session {
             }
         });
         if changed {
-            tracing::warn!(lease = format_args!("{:x}", self.id), %why, "session lost");
             let reporters: Vec<LeaseReporter> = self
                 .claims()
                 .values()
                 .filter_map(|c| c.granted.as_ref().map(|(r, _)| r.clone()))
                 .collect();
+            // Closing a session that holds nothing is the normal end of a client, not a
+            // loss anyone must hear about; every other end of a session is.
+            if closing && reporters.is_empty() {
+                tracing::debug!(lease = format_args!("{:x}", self.id), %why, "session ended");
+            } else {
+                tracing::warn!(lease = format_args!("{:x}", self.id), %why, held = reporters.len(), "session lost");
+            }
             let reason = Self::reason(&why);
             for r in reporters {
                 r.lost(reason.clone());
@@ -180,7 +191,7 @@ impl Session {
     /// # Errors
     /// The revoke's error when it was not confirmed; the lease then expires by its TTL.
     pub async fn end(&self, cluster: &Cluster) -> Result<()> {
-        self.lose("the client closed its session".into());
+        self.lose_or_end("the client closed its session".into(), true);
         self.stop();
         crate::cleanup::revoke(cluster, self.id).await
     }
