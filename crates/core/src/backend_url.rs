@@ -448,6 +448,9 @@ fn parse(url: &str) -> std::result::Result<BackendUrl, ParseError> {
         let (k, v) = raw.split_once('=').unwrap_or((raw, ""));
         let key = decode("option name", k)?;
         let value = decode(&format!("value of `{key}`"), v)?;
+        if query.iter().any(|p: &QueryPair| p.key == key) {
+            return Err(ParseError::new(format!("option `{key}` is given twice; give it once")));
+        }
         query.push(QueryPair {
             key,
             value,
@@ -473,9 +476,18 @@ fn parse_host(raw: &str) -> std::result::Result<HostPort, ParseError> {
     if raw.is_empty() {
         return Err(ParseError::new("an empty host in the list: write HOST:PORT,HOST:PORT"));
     }
-    let bad = |e: url::ParseError| ParseError {
-        why: format!("bad host `{raw}`: {e}"),
-        source: Some(e),
+    let bad = |e: url::ParseError| {
+        // `::1:6379`: an IPv6 address, whose colons cannot be told from the port's.
+        let hint = if raw.matches(':').count() > 1 && !raw.starts_with('[') {
+            let (addr, port) = raw.rsplit_once(':').unwrap_or((raw, "PORT"));
+            format!(" (an IPv6 address goes in brackets: [{addr}]:{port})")
+        } else {
+            String::new()
+        };
+        ParseError {
+            why: format!("bad host `{raw}`: {e}{hint}"),
+            source: Some(e),
+        }
     };
     // A scheme the `url` crate has no defaults for: no port is dropped as "the default",
     // no host is rewritten, an IPv6 address is checked.
@@ -503,6 +515,18 @@ fn parse_host(raw: &str) -> std::result::Result<HostPort, ParseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Which of two values wins is a guess the reader should not have to make: an option
+    /// given twice is refused. An IPv6 address without brackets gets the form to use.
+    #[test]
+    fn repeated_options_and_bare_ipv6_are_refused_with_the_fix() {
+        let e = BackendUrl::parse("etcd://127.0.0.1:2379?session_ttl=2s&session_ttl=5s")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`session_ttl` is given twice"), "{e}");
+        let e = BackendUrl::parse("redis://::1:6379").unwrap_err().to_string();
+        assert!(e.contains("[::1]:6379"), "{e}");
+    }
 
     #[test]
     fn parses_every_part_and_decodes_credentials() {

@@ -62,18 +62,30 @@ impl FileConfig {
             )));
         }
         let mut config = FileConfig::new(path);
+        let mut seen: Vec<&str> = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let flag = match pair.split_once('=') {
-                Some((_, "true")) => true,
-                Some((_, "false")) => false,
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let field = match name {
+                "durable" => &mut config.durable,
+                "shared" => &mut config.shared,
+                "inherit" => &mut config.inherit,
                 _ => return Err(unknown_option(url, pair)),
             };
-            match pair.split_once('=').map(|(name, _)| name) {
-                Some("durable") => config.durable = flag,
-                Some("shared") => config.shared = flag,
-                Some("inherit") => config.inherit = flag,
-                _ => return Err(unknown_option(url, pair)),
+            if seen.contains(&name) {
+                return Err(LockError::invalid_config(format!(
+                    "`{url}`: option `{name}` is given twice; give it once"
+                )));
             }
+            seen.push(name);
+            *field = match value {
+                "true" => true,
+                "false" => false,
+                _ => {
+                    return Err(LockError::invalid_config(format!(
+                        "`{url}`: option `{name}` takes true or false, not `{value}`"
+                    )))
+                }
+            };
         }
         Ok(config)
     }
@@ -180,6 +192,19 @@ pub fn default_dir() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A known option with a bad value is named as such; an option given twice is refused.
+    #[test]
+    fn bad_values_and_repeats_are_named() {
+        let e = FileConfig::from_url("file:///tmp/x?durable=maybe")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("option `durable` takes true or false, not `maybe`"), "{e}");
+        let e = FileConfig::from_url("file:///tmp/x?shared=true&shared=false")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`shared` is given twice"), "{e}");
+    }
 
     #[test]
     fn url_options() {
