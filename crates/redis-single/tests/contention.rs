@@ -23,12 +23,19 @@ fn opts() -> LockOptions {
 /// Server commands per grant while `waiters` clients (one backend instance each) take
 /// `grants` turns on one key, each holding it for 1 ms.
 async fn commands_per_grant(server: &RedisServer, waiters: usize, grants: u64) -> f64 {
+    command_mix(server, waiters, grants).await.0
+}
+
+/// [`commands_per_grant`], and each command's calls per grant (scripts' inner calls
+/// under their own names), most called first.
+async fn command_mix(server: &RedisServer, waiters: usize, grants: u64) -> (f64, Vec<(String, f64)>) {
     let mut clients = Vec::new();
     for _ in 0..waiters {
         clients.push(RedisLock::connect(&server.url()).await.unwrap());
     }
     let done = Arc::new(AtomicU64::new(0));
     let before = server.client_commands();
+    let stats_before = server.commandstats();
     let mut tasks = Vec::new();
     for locks in clients {
         let done = Arc::clone(&done);
@@ -49,7 +56,19 @@ async fn commands_per_grant(server: &RedisServer, waiters: usize, grants: u64) -
             .unwrap();
     }
     let used = server.client_commands() - before;
-    used as f64 / done.load(Ordering::SeqCst) as f64
+    let granted = done.load(Ordering::SeqCst) as f64;
+    let mut mix: Vec<(String, f64)> = server
+        .commandstats()
+        .into_iter()
+        .filter(|(name, _)| name.as_str() != "info" && !name.starts_with("config"))
+        .map(|(name, n)| {
+            let was = stats_before.get(&name).copied().unwrap_or(0);
+            (name, (n - was) as f64 / granted)
+        })
+        .filter(|(_, per)| *per > 0.0)
+        .collect();
+    mix.sort_by(|a, b| b.1.total_cmp(&a.1));
+    (used as f64 / granted, mix)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,6 +81,21 @@ async fn commands_per_hand_off_do_not_grow_with_waiters() {
         many <= few * 1.3 + 1.0,
         "commands per hand-off grow with waiters: 4 → {few:.2}, 32 → {many:.2}"
     );
+}
+
+/// A hand-off costs the release script, one push to the next waiter and that waiter's
+/// claim, plus the one request that queued it: no subscribe/unsubscribe per wait (one
+/// channel per backend instance, subscribed once), no polling while a push is expected.
+/// Issue 14 measured 25.7 commands per grant with per-waiter channels (8 clients).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_off_costs_few_server_commands() {
+    let server = RedisServer::start();
+    let (per_grant, mix) = command_mix(&server, 8, 800).await;
+    let shown: Vec<String> = mix.iter().map(|(c, n)| format!("{c} {n:.2}")).collect();
+    eprintln!("8 clients: {per_grant:.2} server commands per grant: {}", shown.join(", "));
+    let subscribes = mix.iter().find(|(c, _)| c == "subscribe").map_or(0.0, |m| m.1);
+    assert!(subscribes < 0.05, "a SUBSCRIBE per wait: {subscribes:.2} per grant");
+    assert!(per_grant <= 16.0, "{per_grant:.2} commands per grant: {}", shown.join(", "));
 }
 
 /// A waiter whose link dies while it is queued (its process SIGKILLed, or cut off) holds
