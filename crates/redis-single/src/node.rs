@@ -118,10 +118,13 @@ impl RedisNode {
     pub fn lazy(cfg: RedisConfig) -> Result<Self> {
         cfg.validate()?;
         let client = open_client(&cfg)?;
+        // One channel per instance: every hand-off to one of its waiters comes there.
+        let instance = format!("{}i:{}", cfg.prefix, GrantId::random());
         let waiters = Arc::new(Waiters::new(
             client.clone(),
             cfg.server().to_owned(),
             cfg.timeout.max(cfg.connect_timeout),
+            instance,
         ));
         let keys = Keys {
             prefix: cfg.prefix.clone(),
@@ -485,16 +488,31 @@ impl RedisNode {
             .key(keys.reservation(key));
     }
 
-    /// Subscribes to the waiter's own channel for `grant` (on this instance's shared
-    /// pub/sub connection): a release that hands the lock to it says `g` there, and one
-    /// that makes it the next in line says `n`. Subscribe before the first
-    /// [`wait_turn`](Self::wait_turn), so no hand-off message is missed.
+    /// Registers a waiter for `grant` on this instance's channel (subscribed on the shared
+    /// pub/sub connection at the first wait, then kept: no command per wait): a release
+    /// that hands the lock to it publishes `g GRANT` there, and one that makes it the next
+    /// in line `n GRANT`. Register before the first [`wait_turn`](Self::wait_turn), so no
+    /// hand-off message is missed.
+    ///
+    /// # Errors
+    /// `Unavailable` when the pub/sub connection or its `SUBSCRIBE` gets no answer within
+    /// the timeout.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropped before it returns, the registration is given back.
+    pub async fn wait_as(&self, grant: &str) -> Result<NodeSubscription> {
+        let sub = self.inner.waiters.wait_as(grant).await?;
+        Ok(NodeSubscription { sub })
+    }
+
+    /// Subscribes to the key's named channel `name` (`PREFIX{key}:w:NAME`, e.g. an
+    /// election seat's `changed`) on this instance's shared pub/sub connection.
     ///
     /// # Cancel safety
     /// Cancel safe: dropped before it returns, its interest in the channel is given back
     /// (and the channel unsubscribed).
-    pub async fn subscribe(&self, key: &str, grant: &str) -> Result<NodeSubscription> {
-        let channel = format!("{}{grant}", self.inner.keys.waiter_channels(key));
+    pub async fn subscribe(&self, key: &str, name: &str) -> Result<NodeSubscription> {
+        let channel = format!("{}{name}", self.inner.keys.waiter_channels(key));
         let sub = self.inner.waiters.subscribe(&channel).await?;
         Ok(NodeSubscription { sub })
     }
@@ -532,7 +550,8 @@ impl RedisNode {
             .arg(claim_ms())
             .arg(wait.as_millis() as u64)
             .arg(entry)
-            .arg(restart_delay.as_millis() as u64);
+            .arg(restart_delay.as_millis() as u64)
+            .arg(self.inner.waiters.instance());
         let mut conn = self.connection().await?;
         let (status, n, entry): (i64, i64, String) = invocation
             .invoke_async(&mut conn)

@@ -2,45 +2,15 @@
 //! primary node, woken by the hand-off addressed to it), the primary node a contended key
 //! asks first, and the memory of which keys were busy.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use fencelock_core::waiting::{jitter, Attempt, CancelGuard};
 use fencelock_core::{GrantId, LockOptions, Result};
 use fencelock_redis::{NodeGrant, NodeSubscription, RedisNode, Turn, HANDOFF_CLAIM};
+pub(crate) use fencelock_redis::Contention;
 use tokio::time::Instant;
 
 use crate::lock::{grant_on, RedlockLock, Round};
-
-/// How long a key counts as contended after it was last found busy.
-const CONTENDED_FOR: Duration = Duration::from_secs(1);
-/// The most keys remembered as contended (older ones are forgotten first).
-const CONTENDED_KEYS: usize = 1024;
-
-/// Keys this instance recently found busy, and when: their next acquires ask the primary
-/// first from the start (see `RedlockLock::round`).
-#[derive(Debug, Default)]
-pub(crate) struct Contention {
-    busy: std::sync::Mutex<HashMap<String, Instant>>,
-}
-
-impl Contention {
-    pub(crate) fn recently_busy(&self, key: &str) -> bool {
-        let busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
-        busy.get(key).is_some_and(|t| t.elapsed() < CONTENDED_FOR)
-    }
-
-    pub(crate) fn found_busy(&self, key: &str) {
-        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
-        if busy.len() >= CONTENDED_KEYS {
-            busy.retain(|_, t| t.elapsed() < CONTENDED_FOR);
-            if busy.len() >= CONTENDED_KEYS {
-                busy.clear();
-            }
-        }
-        busy.insert(key.to_owned(), Instant::now());
-    }
-}
 
 /// One `acquire` queued on the key's primary node: its own channel there, its grant id
 /// (the same for every turn) and its queue entry. Dropped before it was granted (timed
@@ -86,7 +56,7 @@ impl RedlockLock {
                     self.inner.busy.found_busy(key);
                     let primary = self.inner.nodes[primary(key, self.inner.nodes.len())].clone();
                     let grant = GrantId::random();
-                    match tokio::time::timeout(per_node, primary.subscribe(key, grant.as_str())).await {
+                    match tokio::time::timeout(per_node, primary.wait_as(grant.as_str())).await {
                         Ok(Ok(sub)) => {
                             *state = Some(Queued {
                                 primary,
