@@ -48,44 +48,55 @@ impl RedlockLock {
     pub(crate) async fn attempt(&self, key: &str, opts: &LockOptions, waiting: &Waiting) -> Result<Attempt> {
         let mut state = waiting.lock().await;
         let per_node = self.inner.cfg.per_node_timeout;
-        let Some(q) = state.as_mut() else {
-            let contended = self.inner.busy.recently_busy(key);
-            return match self.round(key, opts, contended).await? {
-                Round::Granted(lease) => Ok(Attempt::Acquired(lease)),
-                Round::Busy(shortest) => {
-                    self.inner.busy.found_busy(key);
-                    let primary = self.inner.nodes[primary(key, self.inner.nodes.len())].clone();
-                    let grant = GrantId::random();
-                    match tokio::time::timeout(per_node, primary.wait_as(grant.as_str())).await {
-                        Ok(Ok(sub)) => {
-                            *state = Some(Queued {
-                                primary,
-                                key: key.to_owned(),
-                                ttl: opts.ttl(),
-                                sub,
-                                grant,
-                                entry: String::new(),
-                                done: false,
-                            });
-                            Ok(Attempt::Busy {
-                                wake: None,
-                                retry_at: Some(Instant::now()),
-                            })
-                        }
-                        // No queue without the primary: the algorithm's random delay.
-                        _ => Ok(Attempt::Busy {
-                            wake: None,
-                            retry_at: Some(Instant::now() + self.random_delay(shortest)),
-                        }),
+        let first_turn = state.is_none();
+        let q = match &mut *state {
+            Some(q) => q,
+            slot @ None => {
+                let contended = self.inner.busy.recently_busy(key);
+                let mut shortest = None;
+                if !contended {
+                    match self.round(key, opts).await? {
+                        Round::Granted(lease) => return Ok(Attempt::Acquired(lease)),
+                        Round::Busy(s) => shortest = s,
                     }
                 }
-            };
+                // Found busy (now, or by this instance within the last second): queue on
+                // the primary at once — its turn grants a free key too, and asks the other
+                // nodes only then — rather than a round whose answer would be "busy".
+                self.inner.busy.found_busy(key);
+                let primary = self.inner.nodes[primary(key, self.inner.nodes.len())].clone();
+                let grant = GrantId::random();
+                match tokio::time::timeout(per_node, primary.wait_as(grant.as_str())).await {
+                    Ok(Ok(sub)) => slot.insert(Queued {
+                        primary,
+                        key: key.to_owned(),
+                        ttl: opts.ttl(),
+                        sub,
+                        grant,
+                        entry: String::new(),
+                        done: false,
+                    }),
+                    // No queue without the primary: a plain round (the other nodes can
+                    // still make a quorum), else the algorithm's random delay.
+                    _ => {
+                        if contended {
+                            if let Round::Granted(lease) = self.round(key, opts).await? {
+                                return Ok(Attempt::Acquired(lease));
+                            }
+                        }
+                        return Ok(Attempt::Busy {
+                            wake: None,
+                            retry_at: Some(Instant::now() + self.random_delay(shortest)),
+                        });
+                    }
+                }
+            }
         };
         let _ = tokio::time::timeout(per_node, q.sub.ensure()).await;
         // Registered before the messages are read: one arriving in between still wakes us.
         let wake = q.sub.notified();
         let (turn, next) = q.sub.take_messages();
-        if next && !turn {
+        if next && !turn && !first_turn {
             return Ok(Attempt::Busy {
                 wake: Some(wake),
                 retry_at: Some(Instant::now() + HANDOFF_CLAIM + NEXT_MARGIN),
@@ -179,7 +190,7 @@ impl RedlockLock {
             // still grant (the queue entry stays, and lapses or is left later).
             _ => {
                 drop(undo); // the primary's answer is unknown: release our grant everywhere
-                return match self.round(key, opts, false).await? {
+                return match self.round(key, opts).await? {
                     Round::Granted(lease) => Ok(Attempt::Acquired(lease)),
                     Round::Busy(shortest) => Ok(Attempt::Busy {
                         wake: Some(wake),
