@@ -146,3 +146,61 @@ async fn a_dead_queued_waiter_costs_at_most_one_claim_window() {
     );
     lease.release().await.unwrap();
 }
+
+/// A waiter whose process died (SIGKILL: the kernel closes its connections, so the server
+/// drops its pub/sub subscription) costs the others nothing measurable: the release's
+/// `PUBLISH` to its instance channel reaches nobody, and the release hands the lock on to
+/// the next entry at once instead of reserving it for a claim that cannot come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_queued_waiter_costs_no_claim_window() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port()).await;
+    let holder = RedisLock::connect(&server.url()).await.unwrap();
+    let doomed = RedisLock::connect(&format!("redis://127.0.0.1:{}", proxy.port()))
+        .await
+        .unwrap();
+    let next = RedisLock::connect(&server.url()).await.unwrap();
+    let queue_len = || server.integer("LLEN fencelock:{k}:queue").unwrap_or(0);
+
+    let lease = holder.acquire("k", &opts()).await.unwrap();
+    let dead = tokio::spawn(async move { doomed.acquire("k", &opts()).await });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while queue_len() < 1 {
+        assert!(Instant::now() < deadline, "the waiter never queued");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let waiting = tokio::spawn(async move {
+        let lease = next.acquire("k", &opts()).await.unwrap();
+        (Instant::now(), lease)
+    });
+    while queue_len() < 2 {
+        assert!(Instant::now() < deadline, "the second waiter never queued");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The waiter's process dies: its connections are closed, it never sends again.
+    proxy.set(Mode::Reset);
+    dead.abort();
+    while pubsub_clients(&server) > 1 {
+        assert!(Instant::now() < deadline, "the server never saw the dead subscriber go");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let released_at = Instant::now();
+    lease.release().await.unwrap();
+    let (granted_at, lease) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the live waiter got its turn")
+        .unwrap();
+    let delay = granted_at - released_at;
+    eprintln!("a killed queued waiter delayed the next by {delay:?}");
+    assert!(delay < Duration::from_millis(100), "delayed {delay:?}");
+    lease.release().await.unwrap();
+}
+
+/// Clients of the server subscribed to some channel (`CLIENT LIST`, `sub=` above 0).
+fn pubsub_clients(server: &RedisServer) -> usize {
+    server
+        .command("CLIENT LIST")
+        .lines()
+        .filter(|l| l.split(' ').any(|f| f.strip_prefix("sub=").is_some_and(|n| n != "0")))
+        .count()
+}
