@@ -43,9 +43,11 @@ return {0, redis.call('PTTL', KEYS[1])}
 /// the waiter's turn: pops the queue head (KEYS[3], entries `GRANT@CHANNEL|DEADLINE_MS`,
 /// server time; `CHANNEL` is the waiting instance's own channel) — skipping, for free,
 /// entries whose waiter's wait has ended and entries it cannot read — and reserves the
-/// lock for it: `SET lock GRANT PX claim` (the token is counted when the waiter claims),
-/// `PUBLISH` of `g GRANT` on its instance's channel and of `n GRANT` on the new head's
-/// ("you are next: watch the reservation"). An entry without `@CHANNEL` (queued by a
+/// lock for it: `PUBLISH` of `g GRANT` on its instance's channel — when that reaches no
+/// subscriber, the waiter's process is gone (its connections closed) and the next entry
+/// is tried at once — then `SET lock GRANT PX claim` (the token is counted when the
+/// waiter claims) and `PUBLISH` of `n GRANT` on the new head's ("you are next: watch the
+/// reservation"). An entry without `@CHANNEL` (queued by a
 /// version with a channel per waiter) is told on `PREFIX GRANT` with a bare `g`/`n`.
 /// Constant work per hand-off whatever the queue's length (each skipped entry is popped
 /// once, ever). Returns true when it reserved the lock for a waiter.
@@ -53,11 +55,9 @@ const HAND_OFF: &str = r"
 local function tell(who, kind, channels)
   local at = string.find(who, '@', 1, true)
   if at then
-    redis.call('PUBLISH', string.sub(who, at + 1), kind .. ' ' .. string.sub(who, 1, at - 1))
-    return string.sub(who, 1, at - 1)
+    return redis.call('PUBLISH', string.sub(who, at + 1), kind .. ' ' .. string.sub(who, 1, at - 1))
   end
-  redis.call('PUBLISH', channels .. who, kind)
-  return who
+  return redis.call('PUBLISH', channels .. who, kind)
 end
 local function hand_off(claim_ms, channels)
   local now = nil
@@ -70,17 +70,20 @@ local function hand_off(claim_ms, channels)
     end
     local who, deadline = string.match(e, '^(.+)|(%d+)$')
     if who and tonumber(deadline) > now then
-      local at = string.find(who, '@', 1, true)
-      local id = who
-      if at then id = string.sub(who, 1, at - 1) end
-      redis.call('SET', KEYS[1], id, 'PX', claim_ms)
-      tell(who, 'g', channels)
-      local nxt = redis.call('LINDEX', KEYS[3], 0)
-      if nxt then
-        local next_who = string.match(nxt, '^(.+)|%d+$')
-        if next_who then tell(next_who, 'n', channels) end
+      -- Told first: nobody subscribed there (its process died, the server closed
+      -- its connections) means nobody will claim — on to the next entry at once.
+      if tell(who, 'g', channels) > 0 then
+        local at = string.find(who, '@', 1, true)
+        local id = who
+        if at then id = string.sub(who, 1, at - 1) end
+        redis.call('SET', KEYS[1], id, 'PX', claim_ms)
+        local nxt = redis.call('LINDEX', KEYS[3], 0)
+        if nxt then
+          local next_who = string.match(nxt, '^(.+)|%d+$')
+          if next_who then tell(next_who, 'n', channels) end
+        end
+        return true
       end
-      return true
     end
   end
 end
