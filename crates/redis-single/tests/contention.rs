@@ -94,10 +94,17 @@ async fn a_hand_off_costs_few_server_commands() {
     let server = RedisServer::start();
     let (per_grant, mix) = command_mix(&server, 8, 800).await;
     let shown: Vec<String> = mix.iter().map(|(c, n)| format!("{c} {n:.2}")).collect();
-    eprintln!("8 clients: {per_grant:.2} server commands per grant: {}", shown.join(", "));
+    eprintln!(
+        "8 clients: {per_grant:.2} server commands per grant: {}",
+        shown.join(", ")
+    );
     let subscribes = mix.iter().find(|(c, _)| c == "subscribe").map_or(0.0, |m| m.1);
     assert!(subscribes < 0.05, "a SUBSCRIBE per wait: {subscribes:.2} per grant");
-    assert!(per_grant <= 20.0, "{per_grant:.2} commands per grant: {}", shown.join(", "));
+    assert!(
+        per_grant <= 20.0,
+        "{per_grant:.2} commands per grant: {}",
+        shown.join(", ")
+    );
 }
 
 /// A waiter whose link dies while it is queued (its process SIGKILLed, or cut off) holds

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use fencelock_core::waiting::{jitter, Attempt, CancelGuard};
 use fencelock_core::{GrantId, LockOptions, Result};
-use fencelock_redis::{NodeGrant, NodeSubscription, RedisNode, Turn, HANDOFF_CLAIM};
 pub(crate) use fencelock_redis::Contention;
+use fencelock_redis::{NodeGrant, NodeSubscription, RedisNode, Turn, HANDOFF_CLAIM};
 use tokio::time::Instant;
 
 use crate::lock::{grant_on, RedlockLock, Round};

@@ -347,7 +347,11 @@ async fn a_dead_primary_does_not_strand_contended_acquires() {
         .expect("the queued waiter got the lock")
         .unwrap()
         .unwrap();
-    assert!(released.elapsed() < SLACK + Duration::from_secs(1), "{:?}", released.elapsed());
+    assert!(
+        released.elapsed() < SLACK + Duration::from_secs(1),
+        "{:?}",
+        released.elapsed()
+    );
     got.release().await.unwrap();
 
     // Again, with the key remembered as busy by b from the start.
@@ -364,6 +368,10 @@ async fn a_dead_primary_does_not_strand_contended_acquires() {
         .expect("the waiter got the lock")
         .unwrap()
         .unwrap();
-    assert!(released.elapsed() < SLACK + Duration::from_secs(1), "{:?}", released.elapsed());
+    assert!(
+        released.elapsed() < SLACK + Duration::from_secs(1),
+        "{:?}",
+        released.elapsed()
+    );
     got.release().await.unwrap();
 }
