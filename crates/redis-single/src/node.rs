@@ -13,7 +13,7 @@ use crate::config::RedisConfig;
 use crate::error::failed;
 use crate::layout::Keys;
 use crate::renewals::{renewals, Renewal, Renewals};
-use crate::scripts::{ACQUIRE, EXTEND, EXTEND_MANY, LEAVE, RELEASE, RELEASE_RAISING, WAIT_TURN};
+use crate::scripts::{ACQUIRE, EXTEND, EXTEND_MANY, LEAVE, RELEASE, RELEASE_RAISING, RELEASE_UNQUEUED, WAIT_TURN};
 use crate::wait::{Subscription, Waiters};
 
 /// What a node answered to an acquire.
@@ -474,6 +474,25 @@ impl RedisNode {
             .arg(self.inner.keys.waiter_channels(key))
             .arg(claim_ms())
             .arg(token);
+        let n: i64 = self.invoke_idempotent("release script", &invocation).await?;
+        Ok(n == 1)
+    }
+
+    /// Deletes the key if it holds `grant` (raising the token counter to `raise` first, when
+    /// given), without looking at a queue: for a node where nobody queues for `key` —
+    /// Redlock's nodes other than the key's primary. One server command less than
+    /// [`release`](Self::release). `false` if it did not hold it.
+    ///
+    /// # Cancel safety
+    /// As [`release`](Self::release): idempotent, so a dropped call is simply sent again.
+    pub async fn release_unqueued(&self, key: &str, grant: &str, raise: Option<u64>) -> Result<bool> {
+        let _cleanup = self.cleanup();
+        let keys = &self.inner.keys;
+        let mut invocation = RELEASE_UNQUEUED.key(keys.lock(key));
+        invocation
+            .key(keys.counter(key))
+            .arg(grant)
+            .arg(raise.map_or_else(String::new, |t| t.to_string()));
         let n: i64 = self.invoke_idempotent("release script", &invocation).await?;
         Ok(n == 1)
     }

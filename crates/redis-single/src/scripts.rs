@@ -136,6 +136,29 @@ return 0
     ))
 });
 
+/// KEYS: lock, counter. ARGV: grant id, token (`` for none). Compare-and-delete for a
+/// node where nobody queues for the key (Redlock's nodes other than the key's primary):
+/// no queue to look at, so one command less than [`RELEASE`] and a short script; with a
+/// token, raises the counter to it first as [`RELEASE_RAISING`] does. Returns 1 when
+/// deleted, 0 when it was not ours.
+pub(crate) static RELEASE_UNQUEUED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if ARGV[2] ~= '' then
+  local counter = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if counter < tonumber(ARGV[2]) then
+    redis.call('SET', KEYS[2], ARGV[2])
+  end
+end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+",
+    )
+});
+
 /// KEYS: lock, counter, queue, reservation, boot marker. ARGV: grant id, ttl ms, waiter
 /// channel prefix, claim ms, wait ms, our queue entry (`` when not queued yet), restart
 /// delay ms (0: off; otherwise refused as [`ACQUIRE`] refuses, without queueing), this

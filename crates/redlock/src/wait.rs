@@ -64,7 +64,7 @@ impl RedlockLock {
                 // the primary at once — its turn grants a free key too, and asks the other
                 // nodes only then — rather than a round whose answer would be "busy".
                 self.inner.busy.found_busy(key);
-                let primary = self.inner.nodes[primary(key, self.inner.nodes.len())].clone();
+                let primary = self.inner.nodes[primary(key, &self.inner.nodes)].clone();
                 let grant = GrantId::random();
                 match tokio::time::timeout(per_node, primary.wait_as(grant.as_str())).await {
                     Ok(Ok(sub)) => slot.insert(Queued {
@@ -120,7 +120,7 @@ impl RedlockLock {
                 }
             })
         };
-        let p = primary(key, self.inner.nodes.len());
+        let p = primary(key, &self.inner.nodes);
         let others: Vec<RedisNode> = (self.inner.nodes.iter().enumerate())
             .filter(|(i, _)| *i != p)
             .map(|(_, n)| n.clone())
@@ -217,10 +217,52 @@ impl RedlockLock {
 /// hand-off is addressed to it; the poll only covers a lost message).
 const QUEUED_POLL_FACTOR: u32 = 20;
 
-/// The node a contended key asks first: FNV-1a of the key, so keys spread over the nodes.
-pub(crate) fn primary(key: &str, nodes: usize) -> usize {
-    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    (hash % nodes.max(1) as u64) as usize
+/// The node a contended key queues on (its primary): the node whose address ranks highest
+/// for the key (rendezvous hashing: FNV-1a of key and `host:port`), so keys spread over
+/// the nodes and every client that names the same addresses picks the same node for a
+/// key, in whatever order its URL lists them. Only the primary can hold a queue for the
+/// key; releases elsewhere skip the queue ([`RedisNode::release_unqueued`]).
+pub(crate) fn primary(key: &str, nodes: &[RedisNode]) -> usize {
+    let fnv = |h: u64, bytes: &[u8]| {
+        bytes
+            .iter()
+            .fold(h, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    };
+    let of_key = fnv(0xcbf2_9ce4_8422_2325, key.as_bytes());
+    (0..nodes.len())
+        .max_by_key(|&i| {
+            (
+                fnv(fnv(of_key, b"\0"), nodes[i].server().as_bytes()),
+                std::cmp::Reverse(i),
+            )
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use fencelock_redis::RedisConfig;
+
+    fn nodes(ports: &[u16]) -> Vec<RedisNode> {
+        ports
+            .iter()
+            .map(|p| RedisNode::lazy(RedisConfig::from_url(&format!("redis://127.0.0.1:{p}")).unwrap()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_primary_does_not_depend_on_the_order_of_the_nodes() {
+        let a = nodes(&[7001, 7002, 7003, 7004, 7005]);
+        let b = nodes(&[7004, 7002, 7005, 7001, 7003]);
+        let mut used = std::collections::HashSet::new();
+        for i in 0..200 {
+            let key = format!("key-{i}");
+            let (pa, pb) = (primary(&key, &a), primary(&key, &b));
+            assert_eq!(a[pa].server(), b[pb].server(), "{key}");
+            used.insert(pa);
+        }
+        assert_eq!(used.len(), 5, "keys spread over every node");
+    }
 }
