@@ -710,7 +710,7 @@ fn claim_ms() -> u64 {
     HANDOFF_CLAIM.as_millis() as u64
 }
 
-/// A subscription to one waiter's own channel on one node.
+/// A waiter's registration on its instance's channel (or a named channel) on one node.
 pub struct NodeSubscription {
     sub: Subscription,
 }
