@@ -13,8 +13,8 @@ use tokio::time::Instant;
 use crate::lock::{grant_on, RedlockLock, Round};
 
 /// One `acquire` queued on the key's primary node: registered on the instance's channel
-/// there, its grant id (the same for every turn) and its queue entry. Dropped before it was granted (timed
-/// out, cancelled, failed), it leaves the queue in the background.
+/// there, its grant id (the same for every turn) and its queue entry. Dropped before it
+/// was granted (timed out, cancelled, failed), it leaves the queue in the background.
 pub(crate) struct Queued {
     primary: RedisNode,
     key: String,
