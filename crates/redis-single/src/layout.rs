@@ -139,15 +139,17 @@ impl Keys {
     pub(crate) fn counter(&self, key: &str) -> String {
         self.beside(key, "token")
     }
-    /// The FIFO queue of waiters (a list of `GRANT|DEADLINE_MS`).
+    /// The FIFO queue of waiters (a list of `GRANT@INSTANCE_CHANNEL|DEADLINE_MS`).
     pub(crate) fn queue(&self, key: &str) -> String {
         self.beside(key, "queue")
     }
-    /// The reservation of the queue head: `GRANT TOKEN`, expiring with the reserved lock.
+    /// The reservation of the queue head written by earlier versions (`GRANT TOKEN`,
+    /// expiring with the reserved lock): no longer written; a leave still deletes it.
     pub(crate) fn reservation(&self, key: &str) -> String {
         self.beside(key, "reserved")
     }
-    /// The prefix of each waiter's own channel (followed by its grant id).
+    /// The prefix of the key's named channels (`changed` of an election seat; earlier
+    /// versions' per-waiter channels, followed by a grant id).
     pub(crate) fn waiter_channels(&self, key: &str) -> String {
         self.beside(key, "w:")
     }

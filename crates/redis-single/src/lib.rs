@@ -35,6 +35,7 @@
 //! ```
 
 mod config;
+mod contention;
 mod election;
 mod error;
 mod fence;
@@ -47,6 +48,7 @@ mod scripts;
 mod wait;
 
 pub use config::RedisConfig;
+pub use contention::Contention;
 pub use election::{proclaim_on, read_seat_on, NodeSeat, RedisElection};
 pub use fence::RedisFencedStore;
 pub use layout::RedisLayout;

@@ -12,8 +12,10 @@ use fencelock_core::{
 };
 use redis::aio::ConnectionManager;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::config::RedisConfig;
+use crate::contention::Contention;
 use crate::grant::RedisGrant;
 use crate::node::{NodeGrant, NodeSubscription, RedisNode, Turn, HANDOFF_CLAIM};
 
@@ -72,6 +74,8 @@ enum Outcome {
 pub struct RedisLock {
     node: RedisNode,
     guarantees: Guarantees,
+    /// Keys this instance recently found busy (shared by its clones).
+    contention: Arc<Contention>,
 }
 
 impl RedisLock {
@@ -114,7 +118,11 @@ impl RedisLock {
                 GUARANTEES
             }
         };
-        Ok(RedisLock { node, guarantees })
+        Ok(RedisLock {
+            node,
+            guarantees,
+            contention: Arc::default(),
+        })
     }
 
     /// The connection, e.g. for a [`RedisFencedStore`](crate::RedisFencedStore) on the
@@ -187,11 +195,13 @@ impl RedisLock {
         })
     }
 
-    /// One attempt of `acquire`. The first is the uncontended path (one transaction); a
-    /// busy answer makes this acquire a queued waiter: it subscribes to its own channel
-    /// and takes its turns ([`RedisNode::wait_turn`]) — at once, then when a release hands
-    /// the lock to it (`g`), when the reservation of the waiter ahead lapses (after an `n`:
-    /// one claim window), or at the fallback poll for lost messages.
+    /// One attempt of `acquire`. The first is the uncontended path (one transaction) —
+    /// unless this instance found the key busy within the last second: then it queues at
+    /// once (a turn grants a free key too, and the transaction would cost five server
+    /// commands to learn "busy" again). Queued, the acquire is a waiter registered on this
+    /// instance's channel, taking its turns ([`RedisNode::wait_turn`]) — at once, then when
+    /// a release hands the lock to it (`g`), when the reservation of the waiter ahead
+    /// lapses (after an `n`: one claim window), or at the fallback poll for lost messages.
     async fn attempt(
         &self,
         key: &str,
@@ -199,33 +209,35 @@ impl RedisLock {
         state: &tokio::sync::Mutex<Option<Queued>>,
     ) -> Result<Attempt> {
         let mut state = state.lock().await;
-        let Some(q) = state.as_mut() else {
-            return match self.grant(key, opts).await? {
-                Outcome::Granted(lease) => Ok(Attempt::Acquired(lease)),
-                Outcome::Busy => {
-                    let grant = GrantId::random();
-                    let sub = self.node.subscribe(key, grant.as_str()).await?;
-                    *state = Some(Queued {
-                        node: self.node.clone(),
-                        key: key.to_owned(),
-                        ttl: opts.ttl(),
-                        sub,
-                        grant,
-                        entry: String::new(),
-                        done: false,
-                    });
-                    Ok(Attempt::Busy {
-                        wake: None,
-                        retry_at: Some(Instant::now()),
-                    })
+        let first_turn = state.is_none();
+        let q = match &mut *state {
+            Some(q) => q,
+            slot @ None => {
+                if !self.contention.recently_busy(key) {
+                    match self.grant(key, opts).await? {
+                        Outcome::Granted(lease) => return Ok(Attempt::Acquired(lease)),
+                        Outcome::Busy => self.contention.found_busy(key),
+                    }
                 }
-            };
+                // Registered before the first turn queues us: no hand-off message is missed.
+                let grant = GrantId::random();
+                let sub = self.node.wait_as(grant.as_str()).await?;
+                slot.insert(Queued {
+                    node: self.node.clone(),
+                    key: key.to_owned(),
+                    ttl: opts.ttl(),
+                    sub,
+                    grant,
+                    entry: String::new(),
+                    done: false,
+                })
+            }
         };
         q.sub.ensure().await?;
         // Registered before the messages are read: one arriving in between still wakes us.
         let wake = q.sub.notified();
         let (turn, next) = q.sub.take_messages();
-        if next && !turn {
+        if next && !turn && !first_turn {
             // The waiter ahead has the reservation: its claim or its lapse comes first.
             return Ok(Attempt::Busy {
                 wake: Some(wake),
@@ -233,11 +245,13 @@ impl RedisLock {
             });
         }
         let sent_at = Instant::now();
-        match self
+        let span = tracing::debug_span!("turn", %key, grant = %q.grant, handed = turn);
+        let answer = self
             .node
             .wait_turn(key, q.grant.as_str(), opts.ttl(), &q.entry, opts.wait(), Duration::ZERO)
-            .await?
-        {
+            .instrument(span)
+            .await?;
+        match answer {
             Turn::Granted(token) => {
                 q.done = true;
                 let token = FencingToken::new(token);
@@ -251,6 +265,7 @@ impl RedisLock {
                 )))
             }
             Turn::Queued { pttl, entry } => {
+                self.contention.found_busy(key);
                 q.entry = entry;
                 // A peer library's release sends no message: with a peer layout the poll
                 // is the hand-off path, so it is not stretched (still bounded by the PTTL).

@@ -13,7 +13,7 @@ use crate::config::RedisConfig;
 use crate::error::failed;
 use crate::layout::Keys;
 use crate::renewals::{renewals, Renewal, Renewals};
-use crate::scripts::{ACQUIRE, EXTEND, EXTEND_MANY, LEAVE, RELEASE, RELEASE_RAISING, WAIT_TURN};
+use crate::scripts::{ACQUIRE, EXTEND, EXTEND_MANY, LEAVE, RELEASE, RELEASE_RAISING, RELEASE_UNQUEUED, WAIT_TURN};
 use crate::wait::{Subscription, Waiters};
 
 /// What a node answered to an acquire.
@@ -118,10 +118,13 @@ impl RedisNode {
     pub fn lazy(cfg: RedisConfig) -> Result<Self> {
         cfg.validate()?;
         let client = open_client(&cfg)?;
+        // One channel per instance: every hand-off to one of its waiters comes there.
+        let instance = format!("{}i:{}", cfg.prefix, GrantId::random());
         let waiters = Arc::new(Waiters::new(
             client.clone(),
             cfg.server().to_owned(),
             cfg.timeout.max(cfg.connect_timeout),
+            instance,
         ));
         let keys = Keys {
             prefix: cfg.prefix.clone(),
@@ -478,6 +481,25 @@ impl RedisNode {
         Ok(n == 1)
     }
 
+    /// Deletes the key if it holds `grant` (raising the token counter to `raise` first, when
+    /// given), without looking at a queue: for a node where nobody queues for `key` —
+    /// Redlock's nodes other than the key's primary. One server command less than
+    /// [`release`](Self::release). `false` if it did not hold it.
+    ///
+    /// # Cancel safety
+    /// As [`release`](Self::release): idempotent, so a dropped call is simply sent again.
+    pub async fn release_unqueued(&self, key: &str, grant: &str, raise: Option<u64>) -> Result<bool> {
+        let _cleanup = self.cleanup();
+        let keys = &self.inner.keys;
+        let mut invocation = RELEASE_UNQUEUED.key(keys.lock(key));
+        invocation
+            .key(keys.counter(key))
+            .arg(grant)
+            .arg(raise.map_or_else(String::new, |t| t.to_string()));
+        let n: i64 = self.invoke_idempotent("release script", &invocation).await?;
+        Ok(n == 1)
+    }
+
     /// The four keys the queue scripts take: lock, counter, queue, reservation.
     fn queue_keys(&self, invocation: &mut redis::ScriptInvocation<'_>, key: &str) {
         let keys = &self.inner.keys;
@@ -488,16 +510,31 @@ impl RedisNode {
             .key(keys.reservation(key));
     }
 
-    /// Subscribes to the waiter's own channel for `grant` (on this instance's shared
-    /// pub/sub connection): a release that hands the lock to it says `g` there, and one
-    /// that makes it the next in line says `n`. Subscribe before the first
-    /// [`wait_turn`](Self::wait_turn), so no hand-off message is missed.
+    /// Registers a waiter for `grant` on this instance's channel (subscribed on the shared
+    /// pub/sub connection at the first wait, then kept: no command per wait): a release
+    /// that hands the lock to it publishes `g GRANT` there, and one that makes it the next
+    /// in line `n GRANT`. Register before the first [`wait_turn`](Self::wait_turn), so no
+    /// hand-off message is missed.
+    ///
+    /// # Errors
+    /// `Unavailable` when the pub/sub connection or its `SUBSCRIBE` gets no answer within
+    /// the timeout.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropped before it returns, the registration is given back.
+    pub async fn wait_as(&self, grant: &str) -> Result<NodeSubscription> {
+        let sub = self.inner.waiters.wait_as(grant).await?;
+        Ok(NodeSubscription { sub })
+    }
+
+    /// Subscribes to the key's named channel `name` (`PREFIX{key}:w:NAME`, e.g. an
+    /// election seat's `changed`) on this instance's shared pub/sub connection.
     ///
     /// # Cancel safety
     /// Cancel safe: dropped before it returns, its interest in the channel is given back
     /// (and the channel unsubscribed).
-    pub async fn subscribe(&self, key: &str, grant: &str) -> Result<NodeSubscription> {
-        let channel = format!("{}{grant}", self.inner.keys.waiter_channels(key));
+    pub async fn subscribe(&self, key: &str, name: &str) -> Result<NodeSubscription> {
+        let channel = format!("{}{name}", self.inner.keys.waiter_channels(key));
         let sub = self.inner.waiters.subscribe(&channel).await?;
         Ok(NodeSubscription { sub })
     }
@@ -535,7 +572,8 @@ impl RedisNode {
             .arg(claim_ms())
             .arg(wait.as_millis() as u64)
             .arg(entry)
-            .arg(restart_delay.as_millis() as u64);
+            .arg(restart_delay.as_millis() as u64)
+            .arg(self.inner.waiters.instance());
         let mut conn = self.connection().await?;
         let (status, n, entry): (i64, i64, String) = invocation
             .invoke_async(&mut conn)
@@ -675,7 +713,7 @@ fn claim_ms() -> u64 {
     HANDOFF_CLAIM.as_millis() as u64
 }
 
-/// A subscription to one waiter's own channel on one node.
+/// A waiter's registration on its instance's channel (or a named channel) on one node.
 pub struct NodeSubscription {
     sub: Subscription,
 }

@@ -40,13 +40,25 @@ return {0, redis.call('PTTL', KEYS[1])}
 });
 
 /// The queue's hand-off, shared by the scripts that free the lock (release, leave) and
-/// the waiter's turn: pops the queue head (KEYS[3], entries `GRANT|DEADLINE_MS`, server
-/// time) — skipping, for free, entries whose waiter's wait has ended — and reserves the
-/// lock for it: `SET lock GRANT PX claim`, a token from the counter kept beside it
-/// (KEYS[4], `GRANT TOKEN`, same expiry), `PUBLISH` of `g` on that waiter's own channel and
-/// of `n` on the new head's ("you are next: watch the reservation"). Constant work per
-/// hand-off whatever the queue's length (each skipped entry is popped once, ever).
+/// the waiter's turn: pops the queue head (KEYS[3], entries `GRANT@CHANNEL|DEADLINE_MS`,
+/// server time; `CHANNEL` is the waiting instance's own channel) — skipping, for free,
+/// entries whose waiter's wait has ended and entries it cannot read — and reserves the
+/// lock for it: `PUBLISH` of `g GRANT` on its instance's channel — when that reaches no
+/// subscriber, the waiter's process is gone (its connections closed) and the next entry
+/// is tried at once — then `SET lock GRANT PX claim` (the token is counted when the
+/// waiter claims) and `PUBLISH` of `n GRANT` on the new head's ("you are next: watch the
+/// reservation"). An entry without `@CHANNEL` (queued by a
+/// version with a channel per waiter) is told on `PREFIX GRANT` with a bare `g`/`n`.
+/// Constant work per hand-off whatever the queue's length (each skipped entry is popped
+/// once, ever). Returns true when it reserved the lock for a waiter.
 const HAND_OFF: &str = r"
+local function tell(who, kind, channels)
+  local at = string.find(who, '@', 1, true)
+  if at then
+    return redis.call('PUBLISH', string.sub(who, at + 1), kind .. ' ' .. string.sub(who, 1, at - 1))
+  end
+  return redis.call('PUBLISH', channels .. who, kind)
+end
 local function hand_off(claim_ms, channels)
   local now = nil
   while true do
@@ -56,18 +68,22 @@ local function hand_off(claim_ms, channels)
       local t = redis.call('TIME')
       now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
     end
-    local sep = string.find(e, '|', 1, true)
-    local id = string.sub(e, 1, sep - 1)
-    if tonumber(string.sub(e, sep + 1)) > now then
-      local token = redis.call('INCR', KEYS[2])
-      redis.call('SET', KEYS[1], id, 'PX', claim_ms)
-      redis.call('SET', KEYS[4], id .. ' ' .. token, 'PX', claim_ms)
-      redis.call('PUBLISH', channels .. id, 'g')
-      local nxt = redis.call('LINDEX', KEYS[3], 0)
-      if nxt then
-        redis.call('PUBLISH', channels .. string.sub(nxt, 1, string.find(nxt, '|', 1, true) - 1), 'n')
+    local who, deadline = string.match(e, '^(.+)|(%d+)$')
+    if who and tonumber(deadline) > now then
+      -- Told first: nobody subscribed there (its process died, the server closed
+      -- its connections) means nobody will claim — on to the next entry at once.
+      if tell(who, 'g', channels) > 0 then
+        local at = string.find(who, '@', 1, true)
+        local id = who
+        if at then id = string.sub(who, 1, at - 1) end
+        redis.call('SET', KEYS[1], id, 'PX', claim_ms)
+        local nxt = redis.call('LINDEX', KEYS[3], 0)
+        if nxt then
+          local next_who = string.match(nxt, '^(.+)|%d+$')
+          if next_who then tell(next_who, 'n', channels) end
+        end
+        return true
       end
-      return true
     end
   end
 end
@@ -88,14 +104,16 @@ pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{HAND_OFF}
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
   if string.find(KEYS[1], '{{election.', 1, true) then
     redis.call('PUBLISH', ARGV[2] .. 'changed', 'r')
   end
-  if not hand_off(ARGV[3], ARGV[2]) and KEYS[5] then
-    redis.call('DEL', KEYS[5])
-    redis.call('LPUSH', KEYS[5], 1)
-    redis.call('PEXPIRE', KEYS[5], 1000)
+  if not hand_off(ARGV[3], ARGV[2]) then
+    redis.call('DEL', KEYS[1])
+    if KEYS[5] then
+      redis.call('DEL', KEYS[5])
+      redis.call('LPUSH', KEYS[5], 1)
+      redis.call('PEXPIRE', KEYS[5], 1000)
+    end
   end
   return 1
 end
@@ -118,8 +136,9 @@ if counter < tonumber(ARGV[4]) then
   redis.call('SET', KEYS[2], ARGV[4])
 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  hand_off(ARGV[3], ARGV[2])
+  if not hand_off(ARGV[3], ARGV[2]) then
+    redis.call('DEL', KEYS[1])
+  end
   return 1
 end
 return 0
@@ -127,13 +146,37 @@ return 0
     ))
 });
 
+/// KEYS: lock, counter. ARGV: grant id, token (`` for none). Compare-and-delete for a
+/// node where nobody queues for the key (Redlock's nodes other than the key's primary):
+/// no queue to look at, so one command less than [`RELEASE`] and a short script; with a
+/// token, raises the counter to it first as [`RELEASE_RAISING`] does. Returns 1 when
+/// deleted, 0 when it was not ours.
+pub(crate) static RELEASE_UNQUEUED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if ARGV[2] ~= '' then
+  local counter = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if counter < tonumber(ARGV[2]) then
+    redis.call('SET', KEYS[2], ARGV[2])
+  end
+end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+",
+    )
+});
+
 /// KEYS: lock, counter, queue, reservation, boot marker. ARGV: grant id, ttl ms, waiter
 /// channel prefix, claim ms, wait ms, our queue entry (`` when not queued yet), restart
-/// delay ms (0: off; otherwise refused as [`ACQUIRE`] refuses, without queueing).
+/// delay ms (0: off; otherwise refused as [`ACQUIRE`] refuses, without queueing), this
+/// instance's channel (hand-off messages for our grant go there).
 ///
 /// A waiter's turn, one round trip: claims the lock when it is reserved for our grant
-/// (`PEXPIRE` to the full TTL from now, token from the reservation — or a fresh one from
-/// the counter when the reservation is gone); takes it at once when it is free and nobody
+/// (`PEXPIRE` to the full TTL from now, a token from the counter: the grant starts now,
+/// and nobody else was granted in between, the lock being reserved); takes it at once when it is free and nobody
 /// queues; when it is free with a queue (the holder expired, or a reserved waiter never
 /// claimed), hands it to the queue head first. Otherwise queues us at the back (again,
 /// when our entry was popped: we lost a turn) with an entry that lapses `wait ms` from now,
@@ -167,23 +210,24 @@ if not holder then
 end
 if holder == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  local r = redis.call('GET', KEYS[4])
-  local prefix = ARGV[1] .. ' '
-  if r and string.sub(r, 1, #prefix) == prefix then
-    redis.call('DEL', KEYS[4])
-    return {{1, tonumber(string.sub(r, #prefix + 1)), ''}}
-  end
   return {{1, redis.call('INCR', KEYS[2]), ''}}
 end
 local entry = ARGV[6]
 if entry == '' or not redis.call('LPOS', KEYS[3], entry) then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  entry = ARGV[1] .. '|' .. (now + tonumber(ARGV[5]))
-  redis.call('RPUSH', KEYS[3], entry)
+  local who = ARGV[1]
+  if ARGV[8] ~= '' then who = who .. '@' .. ARGV[8] end
+  entry = who .. '|' .. (now + tonumber(ARGV[5]))
   local life = tonumber(ARGV[5]) + tonumber(ARGV[4])
-  if redis.call('PTTL', KEYS[3]) < life then
+  if redis.call('RPUSH', KEYS[3], entry) == 1 then
     redis.call('PEXPIRE', KEYS[3], life)
+  else
+    -- Only ever lengthened: GT (Redis 7) in one command, else read and compare.
+    local r = redis.pcall('PEXPIRE', KEYS[3], life, 'GT')
+    if type(r) == 'table' and r.err and redis.call('PTTL', KEYS[3]) < life then
+      redis.call('PEXPIRE', KEYS[3], life)
+    end
   end
 end
 return {{0, redis.call('PTTL', KEYS[1]), entry}}

@@ -661,3 +661,38 @@ async fn close_waits_for_the_releases_under_way() {
         "close() returned before the cancelled grant was released"
     );
 }
+
+/// Queue entries the release cannot read (written by hand, by another program, or cut
+/// short) are skipped, never a script error: the next well-formed waiter gets the lock
+/// at once, and tokens keep increasing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_queue_entries_are_skipped_by_the_hand_off() {
+    let server = RedisServer::start();
+    let holder = RedisLock::connect(&server.url()).await.unwrap();
+    let waiter = RedisLock::connect(&server.url()).await.unwrap();
+    let lease = holder.acquire("q", &opts(10_000)).await.unwrap();
+    for junk in ["junk", "x|notanumber", "|", "@|99999999999999", "a@|1"] {
+        server.command(&format!("RPUSH fencelock:{{q}}:queue \"{junk}\""));
+    }
+    let first = lease.token();
+    let waiting = tokio::spawn(async move { waiter.acquire("q", &opts(10_000)).await });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.integer("LLEN fencelock:{q}:queue").unwrap_or(0) < 6 {
+        assert!(Instant::now() < deadline, "the waiter never queued");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let released = Instant::now();
+    lease.release().await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the waiter got the lock")
+        .unwrap()
+        .unwrap();
+    assert!(
+        released.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        released.elapsed()
+    );
+    assert!(next.token() > first);
+    next.release().await.unwrap();
+}

@@ -144,16 +144,20 @@ impl ReleasePlan {
     async fn send(&self, which: &[usize]) -> Vec<(usize, crate::quorum::Answer<bool>)> {
         let nodes: Vec<_> = which.iter().map(|&i| self.inner.nodes[i].clone()).collect();
         let per_node = self.inner.cfg.per_node_timeout;
+        let primary = crate::wait::primary(&self.key, &self.inner.nodes);
         let answers = fan_out(&nodes, per_node, |j, node| {
             let (k, g) = (self.key.clone(), self.grant.clone());
             let raise = self
                 .raise_to
                 .as_ref()
                 .and_then(|(token, lagging)| lagging.get(which[j]).copied().unwrap_or(true).then_some(*token));
+            let queued_here = which[j] == primary;
             async move {
-                match raise {
-                    Some(token) => node.release_raising(&k, &g, token).await,
-                    None => node.release(&k, &g).await,
+                match (queued_here, raise) {
+                    (true, Some(token)) => node.release_raising(&k, &g, token).await,
+                    (true, None) => node.release(&k, &g).await,
+                    // Nobody queues for the key on this node: no queue to hand off.
+                    (false, raise) => node.release_unqueued(&k, &g, raise).await,
                 }
             }
         })

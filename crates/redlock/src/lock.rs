@@ -18,7 +18,7 @@ use crate::config::RedlockConfig;
 use crate::error::no_quorum;
 use crate::grant::{RedlockGrant, ReleasePlan};
 use crate::quorum::{fan_out, Answer};
-use crate::wait::{primary, Contention};
+use crate::wait::Contention;
 
 /// What Redlock promises.
 pub const GUARANTEES: Guarantees = Guarantees {
@@ -122,15 +122,9 @@ impl RedlockLock {
     /// before the first request releases the grant on every node in the background when
     /// the caller drops the round before its outcome is handled.
     ///
-    /// `contended` (this acquire, or another of this instance within the last second, found
-    /// the key busy): ask the key's primary node first and
-    /// the others only once it said yes. Waiters woken together by a release otherwise all
-    /// race to every node, split the votes, undo, and wait out the random delay — with 64
-    /// waiters that was 40 grants/s and waits of 11 s (`fencelock bench`). With the primary
-    /// first exactly one of them wins that node and the rest learn "busy" in one round trip,
-    /// touching nothing. The quorum rule is unchanged (the primary is one of the votes, the
-    /// validity counts from the first request); a silent primary falls back to asking all.
-    pub(crate) async fn round(&self, key: &str, opts: &LockOptions, contended: bool) -> Result<Round> {
+    /// (A contended key does not come here: its acquire queues on the key's primary node,
+    /// see `wait.rs`, and asks the other nodes once the primary granted.)
+    pub(crate) async fn round(&self, key: &str, opts: &LockOptions) -> Result<Round> {
         let inner = &self.inner;
         let cfg = &inner.cfg;
         let (ttl, per_node) = (opts.ttl(), cfg.per_node_timeout);
@@ -149,29 +143,7 @@ impl RedlockLock {
             })
         };
         let start = Instant::now();
-        let ask = async |nodes: &[RedisNode]| grant_on(nodes, per_node, key, &grant, ttl, cfg.restart_delay).await;
-        let answers = if contended && inner.nodes.len() > 1 {
-            let p = primary(key, inner.nodes.len());
-            let mut first = ask(std::slice::from_ref(&inner.nodes[p])).await;
-            match first.pop() {
-                Some(Ok(NodeGrant::Busy(pttl))) => {
-                    undo.disarm(); // refused by the primary: granted nowhere
-                    return Ok(Round::Busy(pttl.map(Duration::from_millis)));
-                }
-                Some(Ok(NodeGrant::Granted(t))) => {
-                    let others: Vec<RedisNode> = (inner.nodes.iter().enumerate())
-                        .filter(|(i, _)| *i != p)
-                        .map(|(_, n)| n.clone())
-                        .collect();
-                    let mut rest = ask(&others).await;
-                    rest.insert(p, Ok(NodeGrant::Granted(t)));
-                    rest
-                }
-                _ => ask(&inner.nodes).await,
-            }
-        } else {
-            ask(&inner.nodes).await
-        };
+        let answers = grant_on(&inner.nodes, per_node, key, &grant, ttl, cfg.restart_delay).await;
         let round = self.conclude(key, opts, grant, &answers, start).await;
         undo.disarm();
         round
@@ -270,7 +242,7 @@ impl DistributedLock for RedlockLock {
         self.check_key(key)?;
         opts.validate_for_try()?;
         self.check_ttl(opts)?;
-        match self.round(key, opts, false).await? {
+        match self.round(key, opts).await? {
             Round::Granted(lease) => Ok(Some(lease.into_live()?)),
             Round::Busy(_) => Ok(None),
         }

@@ -2,49 +2,19 @@
 //! primary node, woken by the hand-off addressed to it), the primary node a contended key
 //! asks first, and the memory of which keys were busy.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use fencelock_core::waiting::{jitter, Attempt, CancelGuard};
 use fencelock_core::{GrantId, LockOptions, Result};
+pub(crate) use fencelock_redis::Contention;
 use fencelock_redis::{NodeGrant, NodeSubscription, RedisNode, Turn, HANDOFF_CLAIM};
 use tokio::time::Instant;
 
 use crate::lock::{grant_on, RedlockLock, Round};
 
-/// How long a key counts as contended after it was last found busy.
-const CONTENDED_FOR: Duration = Duration::from_secs(1);
-/// The most keys remembered as contended (older ones are forgotten first).
-const CONTENDED_KEYS: usize = 1024;
-
-/// Keys this instance recently found busy, and when: their next acquires ask the primary
-/// first from the start (see `RedlockLock::round`).
-#[derive(Debug, Default)]
-pub(crate) struct Contention {
-    busy: std::sync::Mutex<HashMap<String, Instant>>,
-}
-
-impl Contention {
-    pub(crate) fn recently_busy(&self, key: &str) -> bool {
-        let busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
-        busy.get(key).is_some_and(|t| t.elapsed() < CONTENDED_FOR)
-    }
-
-    pub(crate) fn found_busy(&self, key: &str) {
-        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
-        if busy.len() >= CONTENDED_KEYS {
-            busy.retain(|_, t| t.elapsed() < CONTENDED_FOR);
-            if busy.len() >= CONTENDED_KEYS {
-                busy.clear();
-            }
-        }
-        busy.insert(key.to_owned(), Instant::now());
-    }
-}
-
-/// One `acquire` queued on the key's primary node: its own channel there, its grant id
-/// (the same for every turn) and its queue entry. Dropped before it was granted (timed
-/// out, cancelled, failed), it leaves the queue in the background.
+/// One `acquire` queued on the key's primary node: registered on the instance's channel
+/// there, its grant id (the same for every turn) and its queue entry. Dropped before it
+/// was granted (timed out, cancelled, failed), it leaves the queue in the background.
 pub(crate) struct Queued {
     primary: RedisNode,
     key: String,
@@ -78,44 +48,55 @@ impl RedlockLock {
     pub(crate) async fn attempt(&self, key: &str, opts: &LockOptions, waiting: &Waiting) -> Result<Attempt> {
         let mut state = waiting.lock().await;
         let per_node = self.inner.cfg.per_node_timeout;
-        let Some(q) = state.as_mut() else {
-            let contended = self.inner.busy.recently_busy(key);
-            return match self.round(key, opts, contended).await? {
-                Round::Granted(lease) => Ok(Attempt::Acquired(lease)),
-                Round::Busy(shortest) => {
-                    self.inner.busy.found_busy(key);
-                    let primary = self.inner.nodes[primary(key, self.inner.nodes.len())].clone();
-                    let grant = GrantId::random();
-                    match tokio::time::timeout(per_node, primary.subscribe(key, grant.as_str())).await {
-                        Ok(Ok(sub)) => {
-                            *state = Some(Queued {
-                                primary,
-                                key: key.to_owned(),
-                                ttl: opts.ttl(),
-                                sub,
-                                grant,
-                                entry: String::new(),
-                                done: false,
-                            });
-                            Ok(Attempt::Busy {
-                                wake: None,
-                                retry_at: Some(Instant::now()),
-                            })
-                        }
-                        // No queue without the primary: the algorithm's random delay.
-                        _ => Ok(Attempt::Busy {
-                            wake: None,
-                            retry_at: Some(Instant::now() + self.random_delay(shortest)),
-                        }),
+        let first_turn = state.is_none();
+        let q = match &mut *state {
+            Some(q) => q,
+            slot @ None => {
+                let contended = self.inner.busy.recently_busy(key);
+                let mut shortest = None;
+                if !contended {
+                    match self.round(key, opts).await? {
+                        Round::Granted(lease) => return Ok(Attempt::Acquired(lease)),
+                        Round::Busy(s) => shortest = s,
                     }
                 }
-            };
+                // Found busy (now, or by this instance within the last second): queue on
+                // the primary at once — its turn grants a free key too, and asks the other
+                // nodes only then — rather than a round whose answer would be "busy".
+                self.inner.busy.found_busy(key);
+                let primary = self.inner.nodes[primary(key, &self.inner.nodes)].clone();
+                let grant = GrantId::random();
+                match tokio::time::timeout(per_node, primary.wait_as(grant.as_str())).await {
+                    Ok(Ok(sub)) => slot.insert(Queued {
+                        primary,
+                        key: key.to_owned(),
+                        ttl: opts.ttl(),
+                        sub,
+                        grant,
+                        entry: String::new(),
+                        done: false,
+                    }),
+                    // No queue without the primary: a plain round (the other nodes can
+                    // still make a quorum), else the algorithm's random delay.
+                    _ => {
+                        if contended {
+                            if let Round::Granted(lease) = self.round(key, opts).await? {
+                                return Ok(Attempt::Acquired(lease));
+                            }
+                        }
+                        return Ok(Attempt::Busy {
+                            wake: None,
+                            retry_at: Some(Instant::now() + self.random_delay(shortest)),
+                        });
+                    }
+                }
+            }
         };
         let _ = tokio::time::timeout(per_node, q.sub.ensure()).await;
         // Registered before the messages are read: one arriving in between still wakes us.
         let wake = q.sub.notified();
         let (turn, next) = q.sub.take_messages();
-        if next && !turn {
+        if next && !turn && !first_turn {
             return Ok(Attempt::Busy {
                 wake: Some(wake),
                 retry_at: Some(Instant::now() + HANDOFF_CLAIM + NEXT_MARGIN),
@@ -139,7 +120,7 @@ impl RedlockLock {
                 }
             })
         };
-        let p = primary(key, self.inner.nodes.len());
+        let p = primary(key, &self.inner.nodes);
         let others: Vec<RedisNode> = (self.inner.nodes.iter().enumerate())
             .filter(|(i, _)| *i != p)
             .map(|(_, n)| n.clone())
@@ -209,7 +190,7 @@ impl RedlockLock {
             // still grant (the queue entry stays, and lapses or is left later).
             _ => {
                 drop(undo); // the primary's answer is unknown: release our grant everywhere
-                return match self.round(key, opts, false).await? {
+                return match self.round(key, opts).await? {
                     Round::Granted(lease) => Ok(Attempt::Acquired(lease)),
                     Round::Busy(shortest) => Ok(Attempt::Busy {
                         wake: Some(wake),
@@ -236,10 +217,52 @@ impl RedlockLock {
 /// hand-off is addressed to it; the poll only covers a lost message).
 const QUEUED_POLL_FACTOR: u32 = 20;
 
-/// The node a contended key asks first: FNV-1a of the key, so keys spread over the nodes.
-pub(crate) fn primary(key: &str, nodes: usize) -> usize {
-    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    (hash % nodes.max(1) as u64) as usize
+/// The node a contended key queues on (its primary): the node whose address ranks highest
+/// for the key (rendezvous hashing: FNV-1a of key and `host:port`), so keys spread over
+/// the nodes and every client that names the same addresses picks the same node for a
+/// key, in whatever order its URL lists them. Only the primary can hold a queue for the
+/// key; releases elsewhere skip the queue ([`RedisNode::release_unqueued`]).
+pub(crate) fn primary(key: &str, nodes: &[RedisNode]) -> usize {
+    let fnv = |h: u64, bytes: &[u8]| {
+        bytes
+            .iter()
+            .fold(h, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    };
+    let of_key = fnv(0xcbf2_9ce4_8422_2325, key.as_bytes());
+    (0..nodes.len())
+        .max_by_key(|&i| {
+            (
+                fnv(fnv(of_key, b"\0"), nodes[i].server().as_bytes()),
+                std::cmp::Reverse(i),
+            )
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use fencelock_redis::RedisConfig;
+
+    fn nodes(ports: &[u16]) -> Vec<RedisNode> {
+        ports
+            .iter()
+            .map(|p| RedisNode::lazy(RedisConfig::from_url(&format!("redis://127.0.0.1:{p}")).unwrap()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_primary_does_not_depend_on_the_order_of_the_nodes() {
+        let a = nodes(&[7001, 7002, 7003, 7004, 7005]);
+        let b = nodes(&[7004, 7002, 7005, 7001, 7003]);
+        let mut used = std::collections::HashSet::new();
+        for i in 0..200 {
+            let key = format!("key-{i}");
+            let (pa, pb) = (primary(&key, &a), primary(&key, &b));
+            assert_eq!(a[pa].server(), b[pb].server(), "{key}");
+            used.insert(pa);
+        }
+        assert_eq!(used.len(), 5, "keys spread over every node");
+    }
 }

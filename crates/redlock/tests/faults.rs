@@ -315,3 +315,63 @@ async fn an_unconfirmed_release_goes_on_in_the_background() {
         "the grant stayed on nodes the release did not reach at first"
     );
 }
+
+/// The key's primary node (where its waiters queue) dies while a waiter is queued there,
+/// and later acquires of the same instance still remember the key as contended: both fall
+/// back to plain rounds on the four live nodes and get the lock soon after its release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_primary_does_not_strand_contended_acquires() {
+    let mut servers = start_many(5);
+    let a = client(&servers, "").await;
+    let b = client(&servers, "").await;
+    let o = opts(Duration::from_secs(10));
+    let lease = a.acquire("k", &o).await.unwrap();
+    let waiting = {
+        let (b, o) = (b.clone(), o);
+        tokio::spawn(async move { b.acquire("k", &o).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let primary = loop {
+        let queued = (0..servers.len()).find(|&i| servers[i].integer("LLEN fencelock:{k}:queue").unwrap_or(0) > 0);
+        if let Some(i) = queued {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "the waiter never queued");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    servers[primary].kill();
+    let released = Instant::now();
+    lease.release().await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(8), waiting)
+        .await
+        .expect("the queued waiter got the lock")
+        .unwrap()
+        .unwrap();
+    assert!(
+        released.elapsed() < SLACK + Duration::from_secs(1),
+        "{:?}",
+        released.elapsed()
+    );
+    got.release().await.unwrap();
+
+    // Again, with the key remembered as busy by b from the start.
+    let lease = a.acquire("k", &o).await.unwrap();
+    let waiting = {
+        let (b, o) = (b.clone(), o);
+        tokio::spawn(async move { b.acquire("k", &o).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await; // the holder's work
+    let released = Instant::now();
+    lease.release().await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(8), waiting)
+        .await
+        .expect("the waiter got the lock")
+        .unwrap()
+        .unwrap();
+    assert!(
+        released.elapsed() < SLACK + Duration::from_secs(1),
+        "{:?}",
+        released.elapsed()
+    );
+    got.release().await.unwrap();
+}
