@@ -155,6 +155,41 @@ impl RedisNode {
         Ok(node)
     }
 
+    /// Checks, once, that the server takes the URL's login: a `PING` on the node's
+    /// connection, bounded by the connect and response timeouts. Only a refused login is an
+    /// error; a server that cannot be reached now passes (a lazy node is connected again on
+    /// first use — Redlock tolerates a minority of silent nodes).
+    ///
+    /// # Errors
+    /// [`LockError::InvalidConfig`] when the server refuses the login (`NOAUTH`: it needs
+    /// a password the URL does not give; `WRONGPASS`).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
+    pub async fn check_login(&self) -> Result<()> {
+        let cfg = &self.inner.cfg;
+        let bound = cfg.connect_timeout * 2 + cfg.timeout;
+        let ping = async {
+            let mut conn = self.connection().await.ok()?;
+            redis::cmd("PING").query_async::<String>(&mut conn).await.err()
+        };
+        match tokio::time::timeout(bound, ping).await {
+            Ok(Some(e)) if is_refused_login(&e) => Err(self.refused_login(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The error for a login the server refused.
+    fn refused_login(&self, e: redis::RedisError) -> LockError {
+        LockError::InvalidConfig {
+            message: format!(
+                "redis refused the credentials on {} (no password given for a server that needs one, or a wrong one)",
+                self.server()
+            ),
+            source: Some(Box::new(e)),
+        }
+    }
+
     /// The options of this node.
     pub fn config(&self) -> &RedisConfig {
         &self.inner.cfg
@@ -662,15 +697,7 @@ impl RedisNode {
             // the URL's fault and every later command meets them again: say so now, as
             // InvalidConfig, rather than carry on into a connection that cannot work (it
             // ended in "unreachable" after the whole wait, and in a panic inside the client).
-            Err(e) if is_refused_login(&e) => {
-                return Err(LockError::InvalidConfig {
-                    message: format!(
-                        "redis refused the credentials on {} (no password given for a server that needs one, or a wrong one)",
-                        self.server()
-                    ),
-                    source: Some(Box::new(e)),
-                });
-            }
+            Err(e) if is_refused_login(&e) => return Err(self.refused_login(e)),
             Err(e) => {
                 return Ok(Err(format!(
                     "CONFIG GET refused on {} ({e}): cannot check persistence and eviction",

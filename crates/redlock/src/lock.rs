@@ -69,13 +69,31 @@ pub(crate) enum Round {
 }
 
 impl RedlockLock {
-    /// Builds from a `redlock://` URL. Connects to no node yet: each node is connected on
-    /// first use, so a minority of dead nodes never stops the lock from working.
+    /// Builds from a `redlock://` URL and checks, on every node at once, that the nodes
+    /// that answer take the URL's login (bounded by the connect and response timeouts). A
+    /// node that does not answer is not waited for: it is connected again on first use,
+    /// so a minority of dead nodes never stops the lock from working.
+    ///
+    /// # Errors
+    /// [`LockError::InvalidConfig`] for a bad URL, and when a node refuses the login
+    /// (a password the URL does not give, or a wrong one): that is the URL's fault, not a
+    /// failed node for the quorum to outvote.
     ///
     /// # Cancel safety
-    /// Cancel safe: it makes no request (nodes are connected on first use).
+    /// Cancel safe: the check only reads.
     pub async fn connect(url: &str) -> Result<Self> {
-        Self::with_config(RedlockConfig::from_url(url)?)
+        let locks = Self::with_config(RedlockConfig::from_url(url)?)?;
+        let mut checks = tokio::task::JoinSet::new();
+        for node in &locks.inner.nodes {
+            let node = node.clone();
+            checks.spawn(async move { node.check_login().await });
+        }
+        while let Some(checked) = checks.join_next().await {
+            if let Ok(Err(refused)) = checked {
+                return Err(refused); // the other checks are aborted with the set
+            }
+        }
+        Ok(locks)
     }
 
     /// Builds from explicit options, checked as a URL's are ([`RedlockConfig::validate`]).

@@ -375,3 +375,42 @@ async fn a_dead_primary_does_not_strand_contended_acquires() {
     );
     got.release().await.unwrap();
 }
+
+/// A node that refuses the URL's login (it needs a password the URL does not give) is the
+/// URL's fault, not a failed node to outvote: connect says so (InvalidConfig) instead of
+/// carrying on (a newcomer saw a grant on the other nodes, a panic inside the redis client
+/// and "no answer" warnings for that node). A node that does not answer stays lazy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refusing_the_login_is_a_configuration_error_at_connect() {
+    use fencelock_testkit::redis_server::RedisOptions;
+    let mut servers = start_many(2);
+    servers.push(RedisServer::start_with(RedisOptions {
+        password: Some("s3cret".into()),
+        ..RedisOptions::default()
+    }));
+    let url = redlock_url(&servers, "");
+    match RedlockLock::connect(&url).await {
+        Err(LockError::InvalidConfig { message, .. }) => {
+            assert!(message.contains("refused the credentials"), "{message}");
+            assert!(
+                message.contains(&servers[2].port().to_string()),
+                "names the node: {message}"
+            );
+        }
+        Err(other) => panic!("expected InvalidConfig, got {other}"),
+        Ok(_) => panic!("connected to a node that refuses the login"),
+    }
+    // One node down (nothing listening) is no configuration error: Redlock tolerates it.
+    let free = fencelock_testkit::ports::free_port();
+    let lazy = format!(
+        "redlock://127.0.0.1:{},127.0.0.1:{},127.0.0.1:{free}",
+        servers[0].port(),
+        servers[1].port()
+    );
+    let locks = RedlockLock::connect(&lazy).await.expect("a silent node is tolerated");
+    let lease = locks
+        .acquire("k", &opts(Duration::from_secs(5)))
+        .await
+        .expect("quorum of 2 of 3");
+    lease.release().await.unwrap();
+}
