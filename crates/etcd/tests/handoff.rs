@@ -158,7 +158,12 @@ async fn a_waiter_reads_the_queue_two_hand_offs_before_its_turn() {
     let c = next().await;
     // b's key was the oldest e watched, with `a` older still: e reads the queue now (a, b
     // deleted: two Txn; e's read: one more), while c holds.
-    until_txns(&cluster, txn0 + 3, "the last waiter did not read the queue when the key three ahead went").await;
+    until_txns(
+        &cluster,
+        txn0 + 3,
+        "the last waiter did not read the queue when the key three ahead went",
+    )
+    .await;
     let (txn1, range1) = (calls(&cluster, "Txn"), calls(&cluster, "Range"));
     c.release().await.unwrap();
     let d = next().await;
