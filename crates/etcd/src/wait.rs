@@ -5,18 +5,23 @@
 //! than ours. So once we know that set exactly, the watch events of its deletions are
 //! enough to know we are first — no read after the predecessor's delete.
 //!
-//! The recipe (etcd's concurrency mutex, extended to two keys): read the **two** keys just
-//! older than ours and whether any older one is left (the range's `more` flag, computed
-//! after the create-revision filter — its `count` is not: it counts the whole directory),
-//! together with our own key, in one transaction; watch both keys on one watch stream.
+//! The recipe (etcd's concurrency mutex, extended to [`TRACKED`] keys): read the **three**
+//! keys just older than ours and whether any older one is left (the range's `more` flag,
+//! computed after the create-revision filter — its `count` is not: it counts the whole
+//! directory), together with our own key, in one transaction; watch them on one watch stream.
 //!
-//! * Both known older keys deleted and nothing else older: we are first — granted on the
+//! * Every known older key deleted and nothing else older: we are first — granted on the
 //!   watch push alone.
 //! * One of them deleted while others older may be left: read again (at most one read per
-//!   key that goes; under steady contention this read happens when the key two ahead of
-//!   ours is released, i.e. while our predecessor holds — off the hand-off's path).
+//!   key that goes, two when a new watch began after the read). Under steady contention
+//!   this read happens when the key three ahead of ours is released — two hand-offs before
+//!   our turn, off the hand-off's path. With two keys tracked (before issue 14's
+//!   measurement) it happened one hand-off before our turn: a holder that releases at once
+//!   (the bench's clients do) released while that read was still in flight, and a
+//!   linearizable read waits for the writes committing with it, so the next hand-off
+//!   waited for it (etcd hand-off p50 1.45× the uncontended cycle at 8 clients).
 //!
-//! Each release is pushed to at most two waiters (the two behind it): constant in the
+//! Each release is pushed to at most three waiters (the three behind it): constant in the
 //! number of waiters, no herd.
 //!
 //! Validity: on the session, the session's own keep-alives say how long the key lives
@@ -38,7 +43,7 @@ use crate::error::lease_gone;
 use crate::queue::{Holding, Queued};
 
 /// How many keys just older than ours one read fetches and the wait watches.
-const TRACKED: i64 = 2;
+const TRACKED: i64 = 3;
 
 /// What one queue read (a single transaction) says about our place.
 struct Place {

@@ -102,6 +102,85 @@ async fn a_hand_off_costs_only_the_delete() {
     }
 }
 
+/// Txn calls on member 0 reach at least `n` (bounded polling of the counter).
+async fn until_txns(cluster: &EtcdCluster, n: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while calls(cluster, "Txn") < n {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A waiter re-reads the queue two hand-offs before its turn, not one: it watches the
+/// three keys before its own, so the read that follows the release of the key three ahead
+/// is done before the next two releases, and those two hand-offs cost only their deletes.
+/// With two keys watched the waiter read when the key two ahead went — one hand-off before
+/// its turn, so a holder releasing at once released while that read was in flight, and the
+/// bench's hand-off p50 was 1.45× the uncontended cycle (issue 14). Failed before the
+/// change: the last waiter watched two keys, not three (the watcher gauge never reached
+/// base + 9).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_reads_the_queue_two_hand_offs_before_its_turn() {
+    let cluster = EtcdCluster::single();
+    let url = cluster.url("session_ttl=60s");
+    let mut locks = Vec::new();
+    for _ in 0..5 {
+        locks.push(EtcdLock::connect(&url).await.unwrap());
+    }
+    let key = unique_key("handoff3");
+    let opts = LockOptions::new()
+        .with_ttl(Duration::from_secs(10))
+        .with_wait(Duration::from_secs(20));
+    let held = locks[0].acquire(&key, &opts).await.unwrap();
+    let base = watchers(&cluster);
+    let mut waiting = Vec::new();
+    // b watches a; c watches b, a; d watches c, b, a; e watches d, c, b (a is older: `more`).
+    for (i, total) in [(1, 1), (2, 3), (3, 6), (4, 9)] {
+        let (lock, key) = (locks[i].clone(), key.clone());
+        waiting.push(tokio::spawn(async move { lock.acquire(&key, &opts).await }));
+        until_watchers(&cluster, base + total).await;
+    }
+    let mut waiting = waiting.into_iter();
+    let mut next = || {
+        let w = waiting.next().unwrap();
+        async move {
+            tokio::time::timeout(Duration::from_secs(10), w)
+                .await
+                .expect("the next waiter is served")
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let txn0 = calls(&cluster, "Txn");
+    held.release().await.unwrap();
+    let b = next().await;
+    b.release().await.unwrap();
+    let c = next().await;
+    // b's key was the oldest e watched, with `a` older still: e reads the queue now (a, b
+    // deleted: two Txn; e's read: one more), while c holds.
+    until_txns(
+        &cluster,
+        txn0 + 3,
+        "the last waiter did not read the queue when the key three ahead went",
+    )
+    .await;
+    let (txn1, range1) = (calls(&cluster, "Txn"), calls(&cluster, "Range"));
+    c.release().await.unwrap();
+    let d = next().await;
+    d.release().await.unwrap();
+    let e = next().await;
+    let (txn, range) = (calls(&cluster, "Txn") - txn1, calls(&cluster, "Range") - range1);
+    assert_eq!(
+        (txn, range),
+        (2, 0),
+        "Txn and Range calls over the last two hand-offs (two releases, two grants)"
+    );
+    e.release().await.unwrap();
+    for x in locks {
+        x.close().await.unwrap();
+    }
+}
+
 /// Not a check: prints hand-off p50/p99 under 8 clients and the uncontended acquire +
 /// release p50 on one server (debug build; for comparing before/after a change, run with
 /// `cargo test -p fencelock-etcd --test handoff -- --ignored --nocapture`).

@@ -283,7 +283,7 @@ fn node_gone() -> LockError {
 }
 
 /// How many nodes just before ours the wait watches.
-const TRACKED: usize = 2;
+const TRACKED: usize = 3;
 
 /// A watch on one node before ours, until it fires.
 type Watch = (String, Pin<Box<dyn Future<Output = WatchedEvent> + Send>>);
@@ -295,13 +295,16 @@ type Watch = (String, Pin<Box<dyn Future<Output = WatchedEvent> + Send>>);
 /// wake-ups.
 ///
 /// Nodes before ours only ever go (a sequence number is never given twice under one
-/// parent), so the recipe of ZooKeeper's documentation is extended to two nodes: watch
-/// the **two** nodes just before ours. When both are gone and the listing showed nothing
-/// older, we are first — on the watch push alone, no listing after the predecessor's
-/// delete. When one goes while older nodes may be left, list again: under steady
-/// contention that happens when the node two ahead of ours is released, while our
-/// predecessor holds — off the hand-off's path. Each release wakes at most the two
-/// waiters behind it: constant in the number of waiters, no herd.
+/// parent), so the recipe of ZooKeeper's documentation is extended to [`TRACKED`] nodes:
+/// watch the **three** nodes just before ours. When all are gone and the listing showed
+/// nothing older, we are first — on the watch push alone, no listing after the
+/// predecessor's delete. When one goes while older nodes may be left, list again: under
+/// steady contention that happens when the node three ahead of ours is released, two
+/// hand-offs before our turn — off the hand-off's path even when holders release at once
+/// (with two nodes tracked the listing came one hand-off before our turn, and with 64
+/// waiters a holder that released at once did so while that listing of 64 children was
+/// still in flight). Each release wakes at most the three waiters behind it: constant in
+/// the number of waiters, no herd.
 ///
 /// While waiting, our own node is checked every fifth of `validity` (an `exists`), which
 /// keeps the last proof of our session recent: a grant on the push counts from it when it

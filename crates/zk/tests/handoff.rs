@@ -1,4 +1,4 @@
-//! Issue 14: what a hand-off costs the server. Waiters watch the two nodes before their
+//! Issue 14: what a hand-off costs the server. Waiters watch the three nodes before their
 //! own; from each release to the next grant the server receives the holder's delete and
 //! nothing else: the watch push is the hand-off.
 
