@@ -59,6 +59,19 @@ impl From<PgFailure> for LockError {
                 };
             }
         }
+        // No SQLSTATE, but the client found the configuration cannot work (the server asked
+        // for a password the URL does not give, an option it cannot use). tokio-postgres
+        // exposes its error kind only through the text ("invalid configuration: …"), so
+        // the text decides here; retrying will not help.
+        if e.to_string().starts_with("invalid configuration") {
+            return LockError::InvalidConfig {
+                message: format!(
+                    "postgres cannot use the URL: {} on {}: {e} (a server that asks for a password needs USER:PASSWORD@ in the URL)",
+                    f.doing, f.server
+                ),
+                source: Some(Box::new(f)),
+            };
+        }
         // No SQLSTATE: an I/O error, a closed connection, a protocol error — all mean the
         // server could not be talked to.
         LockError::Unavailable {

@@ -437,3 +437,42 @@ async fn hand_offs_follow_the_queue_and_a_returning_holder_waits_its_turn() {
     let names: Vec<&str> = got.iter().map(|(n, _)| *n).collect();
     assert_eq!(names, ["w1", "w2", "w3", "w4", "holder again"], "{got:?}");
 }
+
+/// A server that needs a password and a URL without one is the URL's fault (78), as a
+/// wrong password is — not "unreachable" (69), which scripts retry for ever. (A newcomer
+/// saw 69 with the message "invalid configuration: password missing".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_wrong_password_is_a_configuration_error() {
+    let server = PgServer::start();
+    server.psql("CREATE ROLE pwuser LOGIN SUPERUSER PASSWORD 'right'");
+    let hba = server.dir().join("data").join("pg_hba.conf");
+    let old = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(&hba, format!("host all pwuser 127.0.0.1/32 scram-sha-256\n{old}")).unwrap();
+    server.psql("SELECT pg_reload_conf()");
+    let at = |auth: &str| format!("postgres://{auth}@127.0.0.1:{}/postgres?sslmode=disable", server.port());
+    // The reload is asynchronous: wait (bounded) until a wrong password is refused.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match PgLock::connect(&at("pwuser:wrong")).await {
+            Err(LockError::InvalidConfig { .. }) => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "pg_hba.conf not reloaded within 10 s: {:?}",
+                other.map(|_| ())
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    match PgLock::connect(&at("pwuser")).await {
+        Err(LockError::InvalidConfig { message, .. }) => {
+            assert!(message.contains("password"), "says what is missing: {message}")
+        }
+        other => panic!(
+            "no password for a server that needs one: expected InvalidConfig, got {:?}",
+            other.map(|_| ())
+        ),
+    }
+    PgLock::connect(&at("pwuser:right"))
+        .await
+        .expect("the right password connects");
+}
