@@ -336,8 +336,13 @@ impl DistributedLock for RedisLock {
         self.guarantees.clone()
     }
 
+    /// The server, and the layout when it is a peer's: which layout was used is the first
+    /// question when two libraries share a lock.
     fn describe(&self) -> String {
-        self.node.server().to_owned()
+        match self.node.config().layout {
+            crate::layout::RedisLayout::Fencelock => self.node.server().to_owned(),
+            peer => format!("{}?layout={}", self.node.server(), peer.name()),
+        }
     }
 
     /// Waits (at most twice the reply timeout plus the connect timeout, at least 1 s) for the releases

@@ -129,3 +129,22 @@ async fn elections_refuse_peer_layouts() {
     }
     fencelock_redis::RedisElection::connect(&server.url()).await.unwrap();
 }
+
+/// Messages name the layout in use (a newcomer's "held by someone else (on
+/// redis://127.0.0.1:36379)" hid that the lock was python-redis-lock's key).
+#[tokio::test]
+async fn describe_names_a_peer_layout() {
+    let server = RedisServer::start();
+    for layout in ["bare", "python-redis-lock", "pottery"] {
+        let locks = RedisLock::connect(&format!("{}?layout={layout}", server.url()))
+            .await
+            .unwrap();
+        assert!(
+            locks.describe().ends_with(&format!("?layout={layout}")),
+            "{}",
+            locks.describe()
+        );
+    }
+    let plain = RedisLock::connect(&server.url()).await.unwrap();
+    assert!(!plain.describe().contains("layout"), "{}", plain.describe());
+}
