@@ -80,12 +80,18 @@ pub(crate) fn try_lock_exclusive(f: &File) -> io::Result<bool> {
 /// `true` while some process holds an exclusive flock on the file at `path` (a live
 /// holder); `false` when the file is gone or nobody holds it (the holder released or died).
 pub(crate) fn held_by_someone(path: &Path) -> io::Result<bool> {
+    Ok(open_if_held(path)?.is_some())
+}
+
+/// The file at `path`, open for reading, when some process holds an exclusive flock on
+/// it; `None` when it is gone or nobody holds it.
+fn open_if_held(path: &Path) -> io::Result<Option<File>> {
     let Some(f) = open_read(path)? else {
-        return Ok(false);
+        return Ok(None);
     };
     match flock(&f, FlockOperation::NonBlockingLockShared) {
-        Ok(()) => Ok(false),
-        Err(Errno::WOULDBLOCK) => Ok(true),
+        Ok(()) => Ok(None),
+        Err(Errno::WOULDBLOCK) => Ok(Some(f)),
         Err(e) => Err(e.into()),
     }
 }
@@ -119,14 +125,9 @@ pub(crate) fn write_expiry(live: &File, expires_mono_ns: u64) -> io::Result<()> 
 /// Whether the holder of the liveness file at `path` lives, and the expiry it last wrote.
 /// A file with no valid record (not yet extended) reads as `expires_mono_ns: None`.
 pub(crate) fn read_live(path: &Path) -> io::Result<Liveness> {
-    let Some(f) = open_read(path)? else {
+    let Some(f) = open_if_held(path)? else {
         return Ok(Liveness::Gone);
     };
-    match flock(&f, FlockOperation::NonBlockingLockShared) {
-        Ok(()) => return Ok(Liveness::Gone),
-        Err(Errno::WOULDBLOCK) => {}
-        Err(e) => return Err(e.into()),
-    }
     let mut buf = [0u8; EXPIRY_LEN];
     let n = rustix::io::pread(&f, &mut buf, 0)?;
     let expires_mono_ns = (n == EXPIRY_LEN && buf[EXPIRY_LEN - 1] == b'\n')
