@@ -29,8 +29,15 @@ pub(crate) struct KeyFiles {
 
 /// The outcome of one attempt.
 pub(crate) enum Decision {
-    /// Ours: the grant id, its token, and the open, flocked liveness file.
-    Granted { grant: String, token: u64, live: File },
+    /// Ours: the grant id, its token, the open, flocked liveness file, and the instant the
+    /// grant took effect — after the mutex wait and the durable write of the state, so that
+    /// local latency (a saturated disk) is not counted against the lease's validity.
+    Granted {
+        grant: String,
+        token: u64,
+        live: File,
+        valid_from: std::time::Instant,
+    },
     /// Held by a live holder whose liveness file is `live`, for `expires_in` at most.
     Busy { live: PathBuf, expires_in: Duration },
 }
@@ -81,6 +88,16 @@ impl KeyFiles {
     /// Runs `f` on the key's state while holding the key's mutex flock; writes the state
     /// back when `f` says it changed.
     fn locked<T>(&self, f: impl FnOnce(&mut KeyState) -> Result<(T, bool)>) -> Result<T> {
+        self.locked_then(f, |value| Ok(value))
+    }
+
+    /// As [`locked`](Self::locked), then `then` on the outcome after the state is written,
+    /// still under the mutex: what no other process may see before it is done.
+    fn locked_then<T, U>(
+        &self,
+        f: impl FnOnce(&mut KeyState) -> Result<(T, bool)>,
+        then: impl FnOnce(T) -> Result<U>,
+    ) -> Result<U> {
         let mutex_path = self.path("mutex");
         let mutex = os::open_or_create(&mutex_path, self.mode)
             .map_err(|e| io_error(format!("cannot open {}", mutex_path.display()), e))?;
@@ -91,7 +108,7 @@ impl KeyFiles {
         if changed {
             state::write(&self.dir, &self.stem, &state_path, &st, self.durable, self.mode)?;
         }
-        Ok(value)
+        then(value)
         // `mutex` is closed here, which drops the flock.
     }
 
@@ -120,6 +137,12 @@ impl KeyFiles {
         }
     }
 
+    /// How long the live holder's recorded expiry is from now, if there is one (tests).
+    #[cfg(test)]
+    pub(crate) fn expires_in(&self) -> Result<Option<Duration>> {
+        self.locked(|st| Ok((self.live_holder(st)?.map(|(_, left)| left), false)))
+    }
+
     /// The live holder's grant id and token, if any (for the file election, which must
     /// compare grants, not merely see that the key is taken).
     pub(crate) fn live_grant(&self) -> Result<Option<(String, u64)>> {
@@ -136,49 +159,80 @@ impl KeyFiles {
         &self.stem
     }
 
+    /// One grant decision. The expiry recorded in the state is stamped before its durable
+    /// write; once written, the expiry is stamped again, from now, into our liveness file
+    /// (which readers prefer), so the validity counts from when the grant took effect.
     pub(crate) fn try_grant(&self, ttl: Duration) -> Result<Decision> {
-        self.locked(|st| {
-            if let Some((live, expires_in)) = self.live_holder(st)? {
-                return Ok((Decision::Busy { live, expires_in }, false));
-            }
-            let token = st.last_token.checked_add(1).ok_or_else(|| {
-                LockError::backend(
-                    BACKEND,
-                    "token counter exhausted",
-                    std::io::Error::other("u64 overflow"),
-                )
-            })?;
-            let grant = GrantId::random().to_string();
-            let live_name = naming::live_file(&self.stem, &grant);
-            let live_path = self.dir.join(&live_name);
-            let live = os::create_new(&live_path, self.mode)
-                .map_err(|e| io_error(format!("cannot create {}", live_path.display()), e))?;
-            let locked = os::try_lock_exclusive(&live)
-                .map_err(|e| io_error(format!("cannot flock {}", live_path.display()), e))?;
-            if !locked {
-                let _ = fs::remove_file(&live_path);
-                return Err(LockError::backend(
-                    BACKEND,
-                    "a new liveness file was already locked",
-                    std::io::Error::other(live_name),
-                ));
-            }
-            if self.inherit {
-                rustix::io::fcntl_setfd(&live, rustix::io::FdFlags::empty())
-                    .map_err(|e| io_error(format!("cannot make {} inheritable", live_path.display()), e.into()))?;
-            }
-            let stale = st.holder.take();
-            st.last_token = token;
-            st.holder = Some(HolderRecord {
-                grant: grant.clone(),
-                expires_mono_ns: os::mono_ns().saturating_add(ns(ttl)),
-                live: live_name,
-            });
-            if let Some(stale) = stale {
-                let _ = fs::remove_file(self.dir.join(stale.live));
-            }
-            Ok((Decision::Granted { grant, token, live }, true))
-        })
+        self.locked_then(
+            |st| {
+                if let Some((live, expires_in)) = self.live_holder(st)? {
+                    return Ok((Decision::Busy { live, expires_in }, false));
+                }
+                let token = st.last_token.checked_add(1).ok_or_else(|| {
+                    LockError::backend(
+                        BACKEND,
+                        "token counter exhausted",
+                        std::io::Error::other("u64 overflow"),
+                    )
+                })?;
+                let grant = GrantId::random().to_string();
+                let live_name = naming::live_file(&self.stem, &grant);
+                let live_path = self.dir.join(&live_name);
+                let live = os::create_new(&live_path, self.mode)
+                    .map_err(|e| io_error(format!("cannot create {}", live_path.display()), e))?;
+                let locked = os::try_lock_exclusive(&live)
+                    .map_err(|e| io_error(format!("cannot flock {}", live_path.display()), e))?;
+                if !locked {
+                    let _ = fs::remove_file(&live_path);
+                    return Err(LockError::backend(
+                        BACKEND,
+                        "a new liveness file was already locked",
+                        std::io::Error::other(live_name),
+                    ));
+                }
+                if self.inherit {
+                    rustix::io::fcntl_setfd(&live, rustix::io::FdFlags::empty())
+                        .map_err(|e| io_error(format!("cannot make {} inheritable", live_path.display()), e.into()))?;
+                }
+                let stale = st.holder.take();
+                st.last_token = token;
+                st.holder = Some(HolderRecord {
+                    grant: grant.clone(),
+                    expires_mono_ns: os::mono_ns().saturating_add(ns(ttl)),
+                    live: live_name,
+                });
+                if let Some(stale) = stale {
+                    let _ = fs::remove_file(self.dir.join(stale.live));
+                }
+                let valid_from = std::time::Instant::now(); // stamped again after the write
+                Ok((
+                    Decision::Granted {
+                        grant,
+                        token,
+                        live,
+                        valid_from,
+                    },
+                    true,
+                ))
+            },
+            |mut decision| {
+                if let Decision::Granted {
+                    grant,
+                    live,
+                    valid_from,
+                    ..
+                } = &mut decision
+                {
+                    // `valid_from` is read before the expiry's clock, so the lease never
+                    // outlives the recorded expiry.
+                    *valid_from = std::time::Instant::now();
+                    let expires = os::mono_ns().saturating_add(ns(ttl));
+                    os::write_expiry(live, expires)
+                        .map_err(|e| io_error(format!("cannot write the liveness file of grant {grant}"), e))?;
+                }
+                Ok(decision)
+            },
+        )
     }
 
     /// `true` when the state names `grant` as holder and its liveness file is still the

@@ -209,16 +209,20 @@ impl FileLock {
         opts: &LockOptions,
         watch: Option<&Mutex<Option<Arc<Subscription>>>>,
     ) -> Result<Attempt> {
-        let sent_at = Instant::now();
         let ttl = opts.ttl();
         let files = self.files(key);
         let cached = watch.and_then(|w| lock(w).clone());
         let want_watch = watch.is_some();
         let outcome = blocking(move || {
             Ok(match files.try_grant(ttl)? {
-                Decision::Granted { grant, token, live } => {
+                Decision::Granted {
+                    grant,
+                    token,
+                    live,
+                    valid_from,
+                } => {
                     let ops = FileGrant::new(files, grant.clone(), live)?;
-                    Ok((ops, grant, token))
+                    Ok((ops, grant, token, Instant::from_std(valid_from)))
                 }
                 Decision::Busy { live, expires_in } => {
                     let wake = want_watch.then(|| wait::watch_holder(&live, cached));
@@ -228,7 +232,7 @@ impl FileLock {
         })
         .await?;
         match outcome {
-            Ok((ops, grant, token)) => {
+            Ok((ops, grant, token, sent_at)) => {
                 tracing::debug!(key, %token, "granted");
                 Ok(Attempt::Acquired(Lease::new(LeaseParts {
                     key: key.to_owned(),

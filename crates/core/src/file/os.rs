@@ -101,7 +101,7 @@ pub(crate) enum Liveness {
     /// Nobody holds its flock, or the file is gone: the holder released or died.
     Gone,
     /// Its holder lives; `expires_mono_ns` is the expiry it last wrote into the file
-    /// (`None` before its first extend: the state file's expiry holds).
+    /// (`None` if it wrote none yet: the state file's expiry holds).
     Held { expires_mono_ns: Option<u64> },
 }
 
@@ -123,7 +123,7 @@ pub(crate) fn write_expiry(live: &File, expires_mono_ns: u64) -> io::Result<()> 
 }
 
 /// Whether the holder of the liveness file at `path` lives, and the expiry it last wrote.
-/// A file with no valid record (not yet extended) reads as `expires_mono_ns: None`.
+/// A file with no valid record reads as `expires_mono_ns: None`.
 pub(crate) fn read_live(path: &Path) -> io::Result<Liveness> {
     let Some(f) = open_if_held(path)? else {
         return Ok(Liveness::Gone);

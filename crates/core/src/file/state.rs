@@ -22,7 +22,8 @@ pub(crate) struct HolderRecord {
     /// The grant id.
     pub grant: String,
     /// When the grant expires, in nanoseconds of the host's monotonic clock, as granted;
-    /// after the holder's first extend, the expiry in its liveness file overrides this one
+    /// once the holder has written an expiry into its liveness file (right after the
+    /// grant is written, and at each extend), that one overrides this one
     /// (see `KeyFiles::extend`).
     pub expires_mono_ns: u64,
     /// The holder's liveness file (name within the directory), flocked while it lives.

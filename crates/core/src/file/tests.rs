@@ -197,6 +197,45 @@ async fn a_mutex_held_by_a_stopped_process_delays_but_never_freezes() {
     assert!(next.is_some(), "another key was affected");
 }
 
+/// A grant's validity counts from the moment the grant took effect, not from before the
+/// local work that precedes it: waiting for the key's mutex (another process's decision,
+/// up to a few hundred milliseconds on a saturated disk) or the durable write of the state.
+/// CI lost 700 ms of a 1 s lease that way after a long wait. The slow disk is played by
+/// this test holding the mutex flock for 1.2 s of a 2 s TTL, the fault's duration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validity_counts_from_the_grant_not_from_the_mutex_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let locks = FileLock::open(dir.path()).unwrap();
+    locks.acquire("k", &long()).await.unwrap().release().await.unwrap();
+    let mutex = std::fs::File::open(dir.path().join("k-k.mutex")).unwrap();
+    rustix::fs::flock(&mutex, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let ttl = Duration::from_secs(2);
+    let opts = LockOptions::new().with_ttl(ttl).with_auto_renew(false);
+    let attempt = {
+        let locks = locks.clone();
+        tokio::spawn(async move { locks.try_acquire("k", &opts).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    drop(mutex);
+    let lease = attempt.await.unwrap().unwrap().expect("the key was free");
+    let left = lease.remaining();
+    assert!(
+        left >= ttl - Duration::from_millis(500),
+        "a grant made after a 1.2 s mutex wait came with {left:?} of its {ttl:?} TTL left"
+    );
+    // Nobody else may see the key free before our validity ends: the recorded expiry is
+    // no earlier than the lease's.
+    let other = FileLock::open(dir.path()).unwrap();
+    assert!(other.try_acquire("k", &long()).await.unwrap().is_none());
+    let files = super::grant::KeyFiles::new(&std::sync::Arc::new(dir.path().to_path_buf()), "k", true, 0o600);
+    let recorded = files.expires_in().unwrap().expect("a live holder");
+    assert!(
+        recorded + Duration::from_millis(50) >= lease.remaining(),
+        "the recorded expiry ({recorded:?} from now) is earlier than the lease's ({:?})",
+        lease.remaining()
+    );
+}
+
 /// A file outside the lock directory that a planted link points at.
 fn victim(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("victim");
