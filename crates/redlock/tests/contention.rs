@@ -142,3 +142,86 @@ async fn a_dead_queued_waiter_costs_at_most_one_claim_window() {
     );
     lease.release().await.unwrap();
 }
+
+/// Many keys at once, the shape of a real service (issue 14: the bench's "1000 keys × 4
+/// clients" row, where every acquire gave up): `clients` instances each take every one of
+/// `keys` keys `rounds` times, all keys at once. Every acquire must succeed within its
+/// wait, no two holders of a key overlap, and each key's tokens increase.
+async fn many_keys_at_once(servers: &[RedisServer], keys: usize, clients: usize, rounds: usize) {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Mutex;
+    use tokio::time::Instant;
+    let url = redlock_url(servers, "");
+    let mut instances = Vec::new();
+    for _ in 0..clients {
+        instances.push(Arc::new(RedlockLock::connect(&url).await.unwrap()));
+    }
+    let held: Arc<Vec<AtomicBool>> = Arc::new((0..keys).map(|_| AtomicBool::new(false)).collect());
+    let last_token: Arc<Vec<Mutex<u64>>> = Arc::new((0..keys).map(|_| Mutex::new(0)).collect());
+    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for k in 0..keys {
+        for locks in &instances {
+            let (locks, held, last_token, failures) =
+                (Arc::clone(locks), Arc::clone(&held), Arc::clone(&last_token), Arc::clone(&failures));
+            tasks.push(tokio::spawn(async move {
+                let key = format!("many-{k}");
+                let opts = LockOptions::new()
+                    .with_ttl(Duration::from_secs(10))
+                    .with_wait(Duration::from_secs(20));
+                for _ in 0..rounds {
+                    let lease = match locks.acquire(&key, &opts).await {
+                        Ok(lease) => lease,
+                        Err(e) => {
+                            failures.lock().unwrap().push(format!("{key}: {e}"));
+                            return;
+                        }
+                    };
+                    assert!(!held[k].swap(true, Ordering::SeqCst), "{key}: two holders at once");
+                    {
+                        let mut last = last_token[k].lock().unwrap();
+                        let token = lease.token().get();
+                        assert!(token > *last, "{key}: token {token} after {}", *last);
+                        *last = token;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await; // the holder's work
+                    held[k].store(false, Ordering::SeqCst);
+                    lease.release().await.unwrap();
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("an acquire task hung past its wait")
+            .unwrap();
+    }
+    let took = started.elapsed();
+    let failures = failures.lock().unwrap().clone();
+    eprintln!(
+        "{keys} keys × {clients} clients × {rounds} rounds: {} grants in {took:?}, {} failed",
+        keys * clients * rounds - failures.len(),
+        failures.len()
+    );
+    for f in failures.iter().take(3) {
+        eprintln!("  {f}");
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} acquires failed, first: {}",
+        failures.len(),
+        keys * clients * rounds,
+        failures[0]
+    );
+    for locks in &instances {
+        locks.close().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_keys_each_contended_by_four_clients_all_get_their_turns() {
+    let servers = start_many(5);
+    many_keys_at_once(&servers, 200, 4, 2).await;
+}
