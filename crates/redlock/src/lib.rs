@@ -3,6 +3,7 @@
 //! The Redlock algorithm (`redlock://H1:P1,H2:P2,...`) over N independent Redis masters,
 //! implemented as published, with its failure modes shown by tests rather than claimed.
 //! Files: `config` (options, one validation path), `lock` (the round of the algorithm),
+//! `admission` (how many rounds one instance has in flight),
 //! `grant` (extend and release of one grant, background release), `wait` (waiting and
 //! contention), `quorum` (the fan-out), `error` (the no-quorum error).
 //!
@@ -34,6 +35,7 @@
 //! data, fence the resource with the token — but know that Redlock's tokens are best
 //! effort — or use etcd or ZooKeeper. See `docs/backends/redlock.md`.
 
+mod admission;
 mod config;
 mod election;
 mod error;

@@ -14,6 +14,7 @@ use fencelock_core::{
 use fencelock_redis::{NodeGrant, RedisNode};
 use tokio::time::Instant;
 
+use crate::admission::Admission;
 use crate::config::RedlockConfig;
 use crate::error::no_quorum;
 use crate::grant::{RedlockGrant, ReleasePlan};
@@ -59,6 +60,8 @@ pub(crate) struct Inner {
     pub(crate) cfg: RedlockConfig,
     /// Keys this instance recently found busy.
     pub(crate) busy: Contention,
+    /// Rounds in flight (see `admission.rs`: issue 14).
+    pub(crate) admission: Admission,
 }
 
 pub(crate) enum Round {
@@ -113,6 +116,7 @@ impl RedlockLock {
                 nodes,
                 cfg,
                 busy: Contention::default(),
+                admission: Admission::default(),
             }),
         })
     }
@@ -135,7 +139,8 @@ impl RedlockLock {
         Ok(())
     }
 
-    /// One round of the algorithm. Cancel safe without a task of its own (a spawn and a
+    /// One round of the algorithm; the caller holds a place in flight (`admission.rs`).
+    /// Cancel safe without a task of its own (a spawn and a
     /// hop between threads per acquire, measurable on a loaded machine): a guard armed
     /// before the first request releases the grant on every node in the background when
     /// the caller drops the round before its outcome is handled.
@@ -260,6 +265,7 @@ impl DistributedLock for RedlockLock {
         self.check_key(key)?;
         opts.validate_for_try()?;
         self.check_ttl(opts)?;
+        let _permit = self.inner.admission.round().await;
         match self.round(key, opts).await? {
             Round::Granted(lease) => Ok(Some(lease.into_live()?)),
             Round::Busy(_) => Ok(None),

@@ -49,9 +49,13 @@ impl RedlockLock {
         let mut state = waiting.lock().await;
         let per_node = self.inner.cfg.per_node_timeout;
         let first_turn = state.is_none();
+        // A place in flight before anything is sent (`admission.rs`); a turn that claims
+        // a lock handed to us takes one from its own pool, below.
+        let mut permit = None;
         let q = match &mut *state {
             Some(q) => q,
             slot @ None => {
+                permit = Some(self.inner.admission.round().await);
                 let contended = self.inner.busy.recently_busy(key);
                 let mut shortest = None;
                 if !contended {
@@ -102,6 +106,14 @@ impl RedlockLock {
                 retry_at: Some(Instant::now() + HANDOFF_CLAIM + NEXT_MARGIN),
             });
         }
+        if permit.is_none() {
+            permit = Some(if turn {
+                self.inner.admission.claim().await
+            } else {
+                self.inner.admission.round().await
+            });
+        }
+        let _permit = permit;
         let cfg = &self.inner.cfg;
         // Armed before the first request: dropped anywhere in the round, the grant is
         // released on every node in the background (the queue's leave frees the primary
@@ -147,6 +159,9 @@ impl RedlockLock {
         } else {
             (asked.await, None)
         };
+        // Set when this turn's grant was (or may have been) made on some node and is being
+        // undone: the grant id is then never asked for again (see below).
+        let mut spent = false;
         let retry = match first {
             Ok(Ok(Turn::Granted(token))) => {
                 // The primary's vote, counted from `start`, with the others'.
@@ -166,7 +181,10 @@ impl RedlockLock {
                     // waiter): queue again at once. No random delay — only this waiter
                     // had the turn, so there is no herd to spread out, and a delay here
                     // was the longest wait of the quick bench (~190 ms).
-                    Round::Busy(_) => Duration::ZERO,
+                    Round::Busy(_) => {
+                        spent = true;
+                        Duration::ZERO
+                    }
                 }
             }
             Ok(Ok(Turn::Queued { pttl, entry })) => {
@@ -176,6 +194,7 @@ impl RedlockLock {
                     .is_some_and(|rest| rest.iter().any(|a| !matches!(a, Ok(NodeGrant::Busy(_)))));
                 if granted_elsewhere {
                     drop(undo); // the turn was lost: give back what the others granted
+                    spent = true;
                 } else {
                     undo.disarm(); // granted nowhere
                 }
@@ -190,6 +209,7 @@ impl RedlockLock {
             // still grant (the queue entry stays, and lapses or is left later).
             _ => {
                 drop(undo); // the primary's answer is unknown: release our grant everywhere
+                *state = None; // spent (see below): leave the queue, queue afresh next turn
                 return match self.round(key, opts).await? {
                     Round::Granted(lease) => Ok(Attempt::Acquired(lease)),
                     Round::Busy(shortest) => Ok(Attempt::Busy {
@@ -199,6 +219,19 @@ impl RedlockLock {
                 };
             }
         };
+        if spent {
+            // Issue 14: the undo of a grant goes on in the background (a silent node's
+            // release, a lost answer's) for up to a TTL; were the same grant id asked for
+            // again, a late undo could delete the *next* turn's grant on a node — a holder
+            // losing its lock unheard (seen as releases answering "not held" with many
+            // keys). So the waiter leaves the queue under this id (the drop of `Queued`)
+            // and queues again at once under a new one: it had lost its place anyway.
+            *state = None;
+            return Ok(Attempt::Busy {
+                wake: None,
+                retry_at: Some(Instant::now()),
+            });
+        }
         Ok(Attempt::Busy {
             wake: Some(wake),
             retry_at: Some(Instant::now() + retry),
