@@ -18,7 +18,7 @@ use fencelock_core::election::{ElectionCapabilities, LeaderInfo, LeaderRead, Obs
 use fencelock_core::{DistributedLock, Lease, LockError, Result};
 use fencelock_redis::{proclaim_on, read_seat_on};
 
-use crate::quorum::fan_out;
+use crate::quorum::{fan_out, Bound};
 use crate::RedlockLock;
 
 /// The election over Redlock's independent Redis nodes.
@@ -80,7 +80,7 @@ impl SeatBackend for RedlockElection {
     /// The leader a quorum of nodes agrees on, or an empty seat a quorum agrees on.
     async fn read_seat(&self, name: &str, _seat: &str) -> Result<SeatRead> {
         let per_node = self.lock.config().per_node_timeout;
-        let answers = fan_out(&self.lock.inner.nodes, per_node, |_, n| {
+        let answers = fan_out(&self.lock.inner.nodes, Bound::strict(per_node), |_, n| {
             let name = name.to_owned();
             async move { read_seat_on(&n, &name).await }
         })
@@ -123,7 +123,7 @@ struct RedlockSeat {
 impl ProclaimOps for RedlockSeat {
     async fn proclaim(&self, value: &[u8]) -> Result<bool> {
         let per_node = self.lock.config().per_node_timeout;
-        let answers = fan_out(&self.lock.inner.nodes, per_node, |_, n| {
+        let answers = fan_out(&self.lock.inner.nodes, Bound::strict(per_node), |_, n| {
             let (name, grant, term, value) = (self.name.clone(), self.grant.clone(), self.term, value.to_vec());
             async move { proclaim_on(&n, &name, &grant, term, &value).await }
         })

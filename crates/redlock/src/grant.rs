@@ -12,10 +12,12 @@ use tokio::time::Instant;
 
 use crate::error::no_quorum;
 use crate::lock::Inner;
-use crate::quorum::fan_out;
+use crate::quorum::{fan_out, Bound};
 
 /// The most rounds a background release sends to the nodes that have not answered yet.
 const RELEASE_ROUNDS: u32 = 50;
+/// The longest pause between two rounds of a background release.
+const RELEASE_PAUSE_MAX: Duration = Duration::from_secs(1);
 
 /// One Redlock grant: extend needs a quorum again; release goes to every node.
 pub(crate) struct RedlockGrant {
@@ -53,7 +55,8 @@ impl RedlockGrant {
         };
         // Whatever the answers, some node may now hold the grant for `ttl`.
         self.ttl_ms.fetch_max(ttl.as_millis() as u64, Ordering::Relaxed);
-        let answers = fan_out(&self.inner.nodes, cfg.per_node_timeout + wait, move |_, n| {
+        let bound = Bound::quorum(cfg.per_node_timeout + wait, cfg.quorum());
+        let answers = fan_out(&self.inner.nodes, bound, move |_, n| {
             let (k, g) = (k.clone(), g.clone());
             async move {
                 if batched {
@@ -110,7 +113,7 @@ impl LeaseOps for RedlockGrant {
         let n = self.inner.nodes.len();
         let quorum = self.inner.cfg.quorum();
         let everyone: Vec<usize> = (0..n).collect();
-        let answers = plan.send(&everyone).await;
+        let answers = plan.send(&everyone, true).await;
         let refused = answers.iter().filter(|(_, a)| matches!(a, Ok(false))).count();
         let silent: Vec<usize> = answers.iter().filter(|(_, a)| a.is_err()).map(|(i, _)| *i).collect();
         if !silent.is_empty() {
@@ -141,11 +144,20 @@ pub(crate) struct ReleasePlan {
 
 impl ReleasePlan {
     /// One release request to each node of `which` at once; the answers, by node index.
-    async fn send(&self, which: &[usize]) -> Vec<(usize, crate::quorum::Answer<bool>)> {
+    /// `judge`: the answers decide whether the lease was held, so a quorum's are awaited
+    /// (late ones too, [`Bound::quorum`]); otherwise each node gets `per_node_timeout`,
+    /// and the silent ones get the release again in the background.
+    async fn send(&self, which: &[usize], judge: bool) -> Vec<(usize, crate::quorum::Answer<bool>)> {
         let nodes: Vec<_> = which.iter().map(|&i| self.inner.nodes[i].clone()).collect();
         let per_node = self.inner.cfg.per_node_timeout;
         let primary = crate::wait::primary(&self.key, &self.inner.nodes);
-        let answers = fan_out(&nodes, per_node, |j, node| {
+        let quorum = self.inner.cfg.quorum().min(nodes.len());
+        let bound = if judge {
+            Bound::quorum(per_node, quorum)
+        } else {
+            Bound::strict(per_node)
+        };
+        let answers = fan_out(&nodes, bound, |j, node| {
             let (k, g) = (self.key.clone(), self.grant.clone());
             let raise = self
                 .raise_to
@@ -170,7 +182,7 @@ impl ReleasePlan {
     pub(crate) async fn everywhere(self, until: Instant) {
         let everyone: Vec<usize> = (0..self.inner.nodes.len()).collect();
         let silent: Vec<usize> = self
-            .send(&everyone)
+            .send(&everyone, false)
             .await
             .into_iter()
             .filter(|(_, a)| a.is_err())
@@ -183,14 +195,15 @@ impl ReleasePlan {
     }
 
     /// In a background task: sends the release again to the nodes of `pending` that have
-    /// not answered, pausing twice the per-node timeout between rounds, until every one
+    /// not answered, pausing twice the per-node timeout, doubling up to 1 s, between rounds, until every one
     /// answered, `until` passed, or [`RELEASE_ROUNDS`] rounds were sent. Holds the instance
     /// only weakly between rounds: a dropped instance ends it. Nothing without a runtime.
     pub(crate) fn finish_later(self, mut pending: Vec<usize>, until: Instant) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let pause = self.inner.cfg.per_node_timeout * 2;
+        // Doubling pauses (issue 14): under overload every round of re-sends added to it.
+        let mut pause = self.inner.cfg.per_node_timeout * 2;
         let ReleasePlan {
             inner,
             key,
@@ -208,6 +221,7 @@ impl ReleasePlan {
                     return;
                 }
                 tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RELEASE_PAUSE_MAX.max(pause));
                 let Some(inner) = weak.upgrade() else { return };
                 let plan = ReleasePlan {
                     inner,
@@ -216,7 +230,7 @@ impl ReleasePlan {
                     raise_to: raise_to.clone(),
                 };
                 pending = plan
-                    .send(&pending)
+                    .send(&pending, false)
                     .await
                     .into_iter()
                     .filter(|(_, a)| a.is_err())

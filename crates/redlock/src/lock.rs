@@ -18,7 +18,7 @@ use crate::admission::Admission;
 use crate::config::RedlockConfig;
 use crate::error::no_quorum;
 use crate::grant::{RedlockGrant, ReleasePlan};
-use crate::quorum::{fan_out, Answer};
+use crate::quorum::{fan_out, late, Answer, Bound};
 use crate::wait::Contention;
 
 /// What Redlock promises.
@@ -105,11 +105,17 @@ impl RedlockLock {
     /// [`LockError::InvalidConfig`] for options the check refuses.
     pub fn with_config(cfg: RedlockConfig) -> Result<Self> {
         cfg.validate()?;
+        // A node's reply may come late and still count (`quorum.rs`): the client's own
+        // reply timeout must not cut it off first.
+        let late = late(cfg.per_node_timeout);
         let nodes = cfg
             .nodes
             .iter()
             .cloned()
-            .map(RedisNode::lazy)
+            .map(|mut n| {
+                n.timeout = n.timeout.max(late);
+                RedisNode::lazy(n)
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(RedlockLock {
             inner: Arc::new(Inner {
@@ -166,7 +172,8 @@ impl RedlockLock {
             })
         };
         let start = Instant::now();
-        let answers = grant_on(&inner.nodes, per_node, key, &grant, ttl, cfg.restart_delay).await;
+        let bound = Bound::quorum(per_node, cfg.quorum());
+        let answers = grant_on(&inner.nodes, bound, key, &grant, ttl, cfg.restart_delay).await;
         let round = self.conclude(key, opts, grant, &answers, start).await;
         undo.disarm();
         round
@@ -298,7 +305,10 @@ impl DistributedLock for RedlockLock {
         // Each node's close is bounded by itself (at most 3 × per_node_timeout, at least
         // 1 s); this outer bound only guards against a hang.
         let bound = self.inner.cfg.per_node_timeout * 4 + Duration::from_secs(2);
-        let answers = fan_out(&self.inner.nodes, bound, |_, n| async move { n.close().await }).await;
+        let answers = fan_out(&self.inner.nodes, Bound::strict(bound), |_, n| async move {
+            n.close().await
+        })
+        .await;
         if answers.iter().all(|a| a.is_ok()) {
             return Ok(());
         }
@@ -317,16 +327,16 @@ impl DistributedLock for RedlockLock {
     }
 }
 
-/// Asks `nodes` at once to grant `grant` of `key`, each bounded by `per_node`.
+/// Asks `nodes` at once to grant `grant` of `key`, within `bound`.
 pub(crate) async fn grant_on(
     nodes: &[RedisNode],
-    per_node: Duration,
+    bound: Bound,
     key: &str,
     grant: &GrantId,
     ttl: Duration,
     restart_delay: Duration,
 ) -> Vec<Answer<NodeGrant>> {
-    fan_out(nodes, per_node, |_, n| async move {
+    fan_out(nodes, bound, |_, n| async move {
         n.try_grant(key, grant, ttl, restart_delay).await
     })
     .await

@@ -9,15 +9,65 @@ use fencelock_redis::RedisNode;
 /// One node's answer, or why there was none.
 pub(crate) type Answer<T> = std::result::Result<T, String>;
 
+/// How long answers still count after `per_node_timeout` while fewer than a quorum of
+/// nodes have answered, as a multiple of it, at most [`LATE_CAP`] (issue 14). A busy client reads its answers
+/// late — its runtime lags behind the socket — and counting those as silence turned
+/// every round into an undo and a retry, more work for the already busy client, until no
+/// acquire succeeded at all. Safety does not rest on it: a grant counts only with validity
+/// left, measured from the round's start.
+pub(crate) const LATE_FACTOR: u32 = 10;
+/// The most [`late`] stretches the wait (never below `per_node_timeout` itself).
+pub(crate) const LATE_CAP: Duration = Duration::from_secs(1);
+
+/// How long a late answer still counts: [`LATE_FACTOR`] × `per_node`, at most
+/// [`LATE_CAP`] or `per_node` if that is longer (500 ms with the default 50 ms).
+pub(crate) fn late(per_node: Duration) -> Duration {
+    (per_node * LATE_FACTOR).min(per_node.max(LATE_CAP))
+}
+
+/// When a fan-out stops waiting for the nodes that have not answered.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bound {
+    /// The wait for every node.
+    pub(crate) per_node: Duration,
+    /// Past `per_node`, the wait goes on while fewer than this many nodes answered…
+    pub(crate) quorum: usize,
+    /// …up to this much in all.
+    pub(crate) late: Duration,
+}
+
+impl Bound {
+    /// Each node bounded by `per_node`, whatever the others do.
+    pub(crate) fn strict(per_node: Duration) -> Self {
+        Bound {
+            per_node,
+            quorum: 0,
+            late: per_node,
+        }
+    }
+
+    /// `per_node` once `quorum` nodes answered, else up to [`late`]`(per_node)`.
+    pub(crate) fn quorum(per_node: Duration, quorum: usize) -> Self {
+        Bound {
+            per_node,
+            quorum,
+            late: late(per_node),
+        }
+    }
+}
+
 /// Runs `op` on every node at once (with the node's index) and returns the answers in
-/// node order. A node that does
-/// not answer within `per_node` counts as silent; the whole call takes at most about
-/// `per_node`, whatever the nodes do.
-pub(crate) async fn fan_out<T, F, Fut>(nodes: &[RedisNode], per_node: Duration, op: F) -> Vec<Answer<T>>
+/// node order. A node that does not answer within `bound.per_node` counts as silent —
+/// unless fewer than `bound.quorum` nodes have answered (an answer or an error) by then:
+/// then the wait goes on until they have, or `bound.late` has passed. The whole call takes
+/// at most about `bound.late`, whatever the nodes do.
+pub(crate) async fn fan_out<T, F, Fut>(nodes: &[RedisNode], bound: Bound, op: F) -> Vec<Answer<T>>
 where
     F: Fn(usize, RedisNode) -> Fut,
     Fut: Future<Output = Result<T>>,
 {
+    let Bound { per_node, quorum, late } = bound;
+    let late = late.max(per_node);
     // Polled together in this task (no spawn per node): one wake-up per answer, no hop to
     // another worker thread.
     let mut pending: Vec<_> = nodes
@@ -27,15 +77,17 @@ where
             let fut = op(i, n.clone());
             let server = n.server(); // named only in a failure, borrowed till then
             Some(Box::pin(async move {
-                match tokio::time::timeout(per_node, fut).await {
+                match tokio::time::timeout(late, fut).await {
                     Ok(Ok(v)) => Ok(v),
                     Ok(Err(e)) => Err(format!("{server}: {}", fencelock_core::error::one_line(&e))),
-                    Err(_) => Err(format!("{server}: no answer within {per_node:?}")),
+                    Err(_) => Err(format!("{server}: no answer within {late:?}")),
                 }
             }))
         })
         .collect();
     let mut answers: Vec<Option<Answer<T>>> = (0..pending.len()).map(|_| None).collect();
+    let mut on_time = Box::pin(tokio::time::sleep(per_node));
+    let mut past_per_node = false;
     std::future::poll_fn(|cx| {
         let mut open = false;
         for (slot, fut) in answers.iter_mut().zip(pending.iter_mut()) {
@@ -49,15 +101,23 @@ where
                 }
             }
         }
-        if open {
-            std::task::Poll::Pending
-        } else {
+        if !open {
+            return std::task::Poll::Ready(());
+        }
+        if !past_per_node && on_time.as_mut().poll(cx).is_ready() {
+            past_per_node = true;
+        }
+        let answered = answers.iter().filter(|a| a.is_some()).count();
+        if past_per_node && answered >= quorum {
             std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
         }
     })
     .await;
     answers
         .into_iter()
-        .map(|a| a.unwrap_or_else(|| Err("no answer".into())))
+        .zip(nodes)
+        .map(|(a, n)| a.unwrap_or_else(|| Err(format!("{}: no answer within {per_node:?}", n.server()))))
         .collect()
 }

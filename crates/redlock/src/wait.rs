@@ -11,6 +11,7 @@ use fencelock_redis::{NodeGrant, NodeSubscription, RedisNode, Turn, HANDOFF_CLAI
 use tokio::time::Instant;
 
 use crate::lock::{grant_on, RedlockLock, Round};
+use crate::quorum::{late, Bound};
 
 /// One `acquire` queued on the key's primary node: registered on the instance's channel
 /// there, its grant id (the same for every turn) and its queue entry. Dropped before it
@@ -137,9 +138,12 @@ impl RedlockLock {
             .filter(|(i, _)| *i != p)
             .map(|(_, n)| n.clone())
             .collect();
+        // The primary's vote counts with quorum − 1 of the others'; a late answer still
+        // counts within the late bound (`quorum.rs`).
+        let rest_bound = Bound::quorum(per_node, cfg.quorum().saturating_sub(1));
         let start = Instant::now();
         let asked = tokio::time::timeout(
-            per_node,
+            late(per_node),
             q.primary.wait_turn(
                 key,
                 q.grant.as_str(),
@@ -153,7 +157,7 @@ impl RedlockLock {
         // once, has freed the others too — ask them in the same round trip as the claim.
         // Otherwise (queueing, a fallback re-check) only the primary is asked.
         let (first, early) = if turn {
-            let rest = grant_on(&others, per_node, key, &q.grant, opts.ttl(), cfg.restart_delay);
+            let rest = grant_on(&others, rest_bound, key, &q.grant, opts.ttl(), cfg.restart_delay);
             let (first, rest) = tokio::join!(asked, rest);
             (first, Some(rest))
         } else {
@@ -167,7 +171,7 @@ impl RedlockLock {
                 // The primary's vote, counted from `start`, with the others'.
                 let mut answers = match early {
                     Some(rest) => rest,
-                    None => grant_on(&others, per_node, key, &q.grant, opts.ttl(), cfg.restart_delay).await,
+                    None => grant_on(&others, rest_bound, key, &q.grant, opts.ttl(), cfg.restart_delay).await,
                 };
                 answers.insert(p, Ok(NodeGrant::Granted(token)));
                 let round = self.conclude(key, opts, q.grant.clone(), &answers, start).await;

@@ -159,12 +159,13 @@ async fn many_keys_at_once(servers: &[RedisServer], keys: usize, clients: usize,
     let held: Arc<Vec<AtomicBool>> = Arc::new((0..keys).map(|_| AtomicBool::new(false)).collect());
     let last_token: Arc<Vec<Mutex<u64>>> = Arc::new((0..keys).map(|_| Mutex::new(0)).collect());
     let failures: Arc<Mutex<Vec<String>>> = Arc::default();
+    let granted = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for k in 0..keys {
         for locks in &instances {
-            let (locks, held, last_token, failures) =
-                (Arc::clone(locks), Arc::clone(&held), Arc::clone(&last_token), Arc::clone(&failures));
+            let (locks, held, last_token) = (Arc::clone(locks), Arc::clone(&held), Arc::clone(&last_token));
+            let (failures, granted) = (Arc::clone(&failures), Arc::clone(&granted));
             tasks.push(tokio::spawn(async move {
                 let key = format!("many-{k}");
                 let opts = LockOptions::new()
@@ -178,6 +179,7 @@ async fn many_keys_at_once(servers: &[RedisServer], keys: usize, clients: usize,
                             return;
                         }
                     };
+                    granted.fetch_add(1, Ordering::SeqCst);
                     assert!(!held[k].swap(true, Ordering::SeqCst), "{key}: two holders at once");
                     {
                         let mut last = last_token[k].lock().unwrap();
@@ -201,10 +203,17 @@ async fn many_keys_at_once(servers: &[RedisServer], keys: usize, clients: usize,
     let took = started.elapsed();
     let failures = failures.lock().unwrap().clone();
     eprintln!(
-        "{keys} keys × {clients} clients × {rounds} rounds: {} grants in {took:?}, {} failed",
-        keys * clients * rounds - failures.len(),
+        "{keys} keys × {clients} clients × {rounds} rounds: {} grants in {took:?}, {} acquires failed",
+        granted.load(Ordering::SeqCst),
         failures.len()
     );
+    let mut by_name = std::collections::BTreeMap::new();
+    for s in servers {
+        for (name, n) in s.commandstats() {
+            *by_name.entry(name).or_insert(0u64) += n;
+        }
+    }
+    eprintln!("commands (all nodes): {by_name:?}");
     for f in failures.iter().take(3) {
         eprintln!("  {f}");
     }
