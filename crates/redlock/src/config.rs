@@ -11,7 +11,7 @@ use fencelock_redis::{RedisConfig, RedisLayout};
 ///
 /// | query key | default | meaning |
 /// |---|---|---|
-/// | `per_node_timeout` | `50ms` | the longest wait for one node's answer (and connection); a dead or slow node costs at most this per operation. Keep it far below the TTL |
+/// | `per_node_timeout` | `50ms` | the longest wait for one node's answer (and connection) once a quorum has answered; a dead or slow minority costs at most this per operation. While fewer than a quorum have answered, answers still count up to 10 × this (at most 1 s): a busy client reads them late (issue 14). Keep it far below the TTL |
 /// | `drift_factor` | `0.01` | clock drift allowance as a fraction of the TTL; validity = TTL − elapsed − (TTL × factor + 2 ms) |
 /// | `retry_delay` | `200ms` | the base of the random delay (50–100 %) before retrying after a failed round, also the fallback re-check of a waiter when no release message arrives (never longer than the holder's remaining TTL) |
 /// | `restart_delay` | `0s` (off) | the "delayed restart" rule: a node that started empty refuses grants for this long (set it ≥ your longest TTL); see the crate docs |
