@@ -14,7 +14,8 @@ use crate::lock::{grant_on, RedlockLock, Round};
 use crate::quorum::{late, Bound};
 
 /// One `acquire` queued on the key's primary node: registered on the instance's channel
-/// there, its grant id (the same for every turn) and its queue entry. Dropped before it
+/// there, its grant id (the same for every turn until a turn whose grant is undone spends
+/// it) and its queue entry. Dropped before it
 /// was granted (timed out, cancelled, failed), it leaves the queue in the background.
 pub(crate) struct Queued {
     primary: RedisNode,
@@ -210,7 +211,7 @@ impl RedlockLock {
                 pttl.map_or(fallback, |ms| fallback.min(Duration::from_millis(ms + 1)))
             }
             // The primary is silent or failing: a plain round, so the other nodes can
-            // still grant (the queue entry stays, and lapses or is left later).
+            // still grant; the waiter leaves the queue and queues afresh next time.
             _ => {
                 drop(undo); // the primary's answer is unknown: release our grant everywhere
                 *state = None; // spent (see below): leave the queue, queue afresh next turn
