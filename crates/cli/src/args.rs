@@ -161,7 +161,8 @@ pub struct ElectArgs {
     #[arg(value_name = "NAME")]
     pub name: String,
 
-    /// What to publish as this candidate's value (e.g. its address); default HOST:PID
+    /// What to publish as this candidate's value (e.g. its address): one line of text, 1 to
+    /// 4096 bytes; default HOST:PID
     #[arg(long, value_name = "V")]
     pub value: Option<String>,
 

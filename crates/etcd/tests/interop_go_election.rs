@@ -115,7 +115,11 @@ async fn go_and_fencelock_share_one_election() {
     let go_rev = candidates(&mut c, &dir).await[0].1;
     let seen = elections.leader(&name).await.unwrap().expect("Go leads");
     assert_eq!(seen.value, b"GOVAL");
-    assert_eq!(seen.term.get(), u64::try_from(go_rev).unwrap(), "term = Go's key's create revision");
+    assert_eq!(
+        seen.term.get(),
+        u64::try_from(go_rev).unwrap(),
+        "term = Go's key's create revision"
+    );
 
     // fencelock campaigns behind Go, and leads when Go resigns.
     let campaign = tokio::spawn({

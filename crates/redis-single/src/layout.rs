@@ -14,7 +14,10 @@
 //! `Redlock` uses `redlock:NAME`; python-redis-lock uses `lock:NAME` (and a list
 //! `lock-signal:NAME` that its releasers push to).
 
-use fencelock_core::{LockError, Result};
+use fencelock_core::{Guarantees, LockError, Result};
+
+/// What a peer layout adds to a backend's assumptions.
+const PEER_ASSUMPTION: &str = "the lock key is shared with another library's recipe (layout=bare, python-redis-lock or pottery): exclusion holds against it, but a peer's grant carries no fencing token, so only fencelock's writes can be fenced";
 
 /// How the Redis keys of a lock are named.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -79,6 +82,15 @@ impl RedisLayout {
             "leader election does not support layout={}: an election's keys are fencelock's own and no peer library elects on them; run elections in the default layout (drop `layout=`)",
             self.name()
         )))
+    }
+
+    /// `base` as it holds in this layout: a peer layout adds that a peer's grant carries
+    /// no fencing token, so only fencelock's writes are fenced.
+    pub fn guarantees(self, base: Guarantees) -> Guarantees {
+        match self {
+            RedisLayout::Fencelock => base,
+            _ => base.with_assumption(PEER_ASSUMPTION),
+        }
     }
 
     /// The lock key of `key` in a peer layout; `None` in fencelock's own.
@@ -279,6 +291,15 @@ mod tests {
         ] {
             assert_eq!(RedisLayout::parse(l.name()), Ok(l));
             assert_eq!(l.refuse_for_elections().is_ok(), !l.is_peer());
+            let g = l.guarantees(crate::GUARANTEES_DURABLE);
+            assert_eq!(g.tokens, crate::GUARANTEES_DURABLE.tokens);
+            assert_eq!(
+                g.assumptions
+                    .iter()
+                    .any(|a| a.contains("peer's grant carries no fencing token")),
+                l.is_peer(),
+                "{l:?}: {g}"
+            );
         }
     }
 }
