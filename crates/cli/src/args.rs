@@ -79,7 +79,10 @@ pub enum Command {
     Lab(LabArgs),
     /// Measure what a lock costs per backend — against the raw minimum of its client
     /// crate and against peer crates, uncontended, under contention and at scale — on
-    /// servers it starts itself (or on each --backend), and print or write the report
+    /// servers it starts itself (or on each --backend), and print or write the report.
+    /// On a --backend server it leaves the token counters of its `bench-*` keys behind (as
+    /// every lock does: a counter is never deleted); nothing fences with them, so they may
+    /// be deleted by hand
     #[cfg(feature = "bench")]
     Bench(BenchArgs),
     /// (internal) the work a demo process does under the lock
