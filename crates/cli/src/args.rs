@@ -112,13 +112,13 @@ pub struct RunArgs {
     pub key: String,
 
     /// How long the lease lives without renewal (e.g. 30s, 1.5s, 500ms; default 30s, from
-    /// 1ms to 24h, and well above the backend's round trip); it is renewed every third of it
+    /// 100ms to 24h, and well above the backend's round trip); it is renewed every third of it
     /// while CMD runs, so a crashed fencelock frees the lock after at most this long. On
     /// etcd and zk the session frees it: --ttl sets the URL's session_ttl (whole seconds,
     /// rounded up; etcd raises it to its minimum, 3s by default) / session_timeout (the
     /// server bounds it) unless the URL gives one; without --ttl the session's default is
     /// 10s
-    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_command_ttl)]
     pub ttl: Option<Duration>,
 
     /// How long to wait for the lock before giving up (e.g. 500ms, 30s, 2m; default 30s, at
@@ -172,7 +172,7 @@ pub struct ElectArgs {
     /// How long the seat's lease lives without renewal (e.g. 10s; default 30s); a hung
     /// leader blocks the seat for at most this long (on etcd and zk it sets the session's
     /// session_ttl / session_timeout, as for `run`)
-    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_command_ttl)]
     pub ttl: Option<Duration>,
 
     /// How long to campaign before giving up with status 75 (e.g. 30s, 1h; default 30s, at
@@ -240,6 +240,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if d > fencelock::options::MAX_TTL {
         return Err(format!("{} is above the maximum of 24h", humantime::format_duration(d)));
     }
+    Ok(d)
+}
+
+/// A TTL for `run` and `elect`: a duration of at least [`MIN_COMMAND_TTL`](crate::lock_opts::MIN_COMMAND_TTL).
+fn parse_command_ttl(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    crate::lock_opts::check_command_ttl(d)?;
     Ok(d)
 }
 
