@@ -114,6 +114,7 @@ election_tests!(
     proclaim_needs_our_own_grant,
     paused_leader_is_fenced,
     observers_see_changes_in_order,
+    observer_started_with_the_first_campaign_sees_it,
     bad_election_input_is_rejected,
 );
 
