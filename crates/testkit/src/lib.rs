@@ -6,7 +6,8 @@
 //!   functions that take a [`ClientFactory`](conformance::ClientFactory), and the
 //!   [`conformance_suite!`] macro that turns it into one `#[tokio::test]` per behaviour;
 //! * [`overlap`] — a detector of two holders inside one critical section;
-//! * [`keys`] — unique keys, so tests sharing a server never see each other's locks.
+//! * [`keys`] — unique keys, so tests sharing a server never see each other's locks;
+//! * [`faults`] — what the backends' fault tests check the same way on every backend.
 //!
 //! * [`etcd_server`] — real `etcd` members, single or as a cluster, with kill, restart,
 //!   pause and leader lookup;
@@ -39,6 +40,7 @@
 
 pub mod conformance;
 pub mod etcd_server;
+pub mod faults;
 pub mod history;
 pub mod interop;
 pub mod keys;
