@@ -1,6 +1,7 @@
-//! Helpers the CLI's process tests share (`signals.rs`, `process_tree.rs`, `inputs.rs`): run the
-//! binary against one backend, wait for children with a bound, and the
-//! signal-while-waiting scenario.
+//! Helpers the CLI's process tests share (`cli.rs`, `cli_postgres.rs`, `exit_codes.rs`,
+//! `inputs.rs`, `signals.rs`, `process_tree.rs`): run the binary against one backend, wait
+//! for children with a bound, check a one-line error, hold a key, and the scenarios more
+//! than one backend runs (eight processes on one key, a signal while waiting).
 
 // Each test crate that includes this module uses only some of the helpers.
 #![allow(dead_code)]
@@ -15,18 +16,66 @@ use rustix::process::{kill_process, Pid, Signal};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_fencelock");
 
-pub fn fencelock(url: &str) -> Command {
+/// The binary with none of the caller's `FENCELOCK_BACKEND`, `RUST_LOG` or `NO_COLOR`.
+pub fn bare() -> Command {
     let mut cmd = Command::new(BIN);
     cmd.env_remove("FENCELOCK_BACKEND")
         .env_remove("RUST_LOG")
-        .env_remove("NO_COLOR")
-        .arg("--backend")
-        .arg(url);
+        .env_remove("NO_COLOR");
     cmd
+}
+
+/// [`bare`] with `--backend url`.
+pub fn fencelock(url: &str) -> Command {
+    let mut cmd = bare();
+    cmd.arg("--backend").arg(url);
+    cmd
+}
+
+/// [`fencelock`] on the file backend in `dir`.
+pub fn on_files(dir: &Path) -> Command {
+    fencelock(&file_url(dir))
 }
 
 pub fn file_url(dir: &Path) -> String {
     format!("file://{}", dir.display())
+}
+
+pub fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts status `code` and a one-line `fencelock: …` message on stderr containing
+/// `says`, with no panic or backtrace; `what` names the case in a failure.
+pub fn assert_one_line(out: &Output, code: i32, says: &str, what: &str) {
+    let err = stderr_of(out);
+    assert_eq!(out.status.code(), Some(code), "{what}: {err}");
+    assert_eq!(err.lines().count(), 1, "{what}: not one line: {err}");
+    assert!(err.starts_with("fencelock: ") && err.contains(says), "{what}: {err}");
+    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{what}: {err}");
+}
+
+/// Starts a holder (`cmd`, which names the backend, then `run`, e.g. `["run", "k"]`) whose
+/// command prints `in` and stays inside until its stdin closes; returns once it is inside.
+/// End it with [`end`].
+pub fn hold(mut cmd: Command, run: &[&str]) -> Child {
+    let mut child = cmd
+        .args(run)
+        .args(["--", "sh", "-c", "echo in; read _ || true"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn holder");
+    assert_eq!(first_line(&mut child), "in");
+    child
+}
+
+/// Closes the stdin of a holder from [`hold`] and asserts it exits 0 (within 20 s).
+pub fn end(mut holder: Child) {
+    drop(holder.stdin.take());
+    let out = output_within(holder, Duration::from_secs(20));
+    assert!(out.status.success(), "holder: {}", stderr_of(&out));
 }
 
 pub fn pid_of(child: &Child) -> Pid {
@@ -42,10 +91,18 @@ pub fn poll_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Waits for `child` with a bound: a hung CLI is killed and fails the test (with its
+/// stderr) instead of hanging it.
 pub fn output_within(mut child: Child, limit: Duration) -> Output {
-    poll_until(limit, "fencelock exited", || {
-        child.try_wait().expect("try_wait").is_some()
-    });
+    let start = Instant::now();
+    while child.try_wait().expect("try_wait").is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!("fencelock did not exit within {limit:?}; stderr: {}", stderr_of(&out));
+        }
+        std::thread::sleep(Duration::from_millis(10)); // polling a child's exit, bounded
+    }
     child.wait_with_output().expect("output")
 }
 
@@ -117,4 +174,83 @@ pub fn signal_while_waiting(url: &str, sig: Signal, queued: &dyn Fn() -> bool) {
         String::from_utf8_lossy(&next.stderr)
     );
     assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+}
+
+/// Eight `fencelock --backend <backend> run` processes on one key: never two inside at
+/// once, the tokens grow in the order they got in, and each command saw its key.
+pub fn assert_eight_processes_exclusive(backend: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).expect("mkdir");
+    // Inside the lock: note it if someone else is inside, log the token, work a little.
+    let script = r#"
+        set -e
+        if ! mkdir "$WORK/inside" 2>/dev/null; then echo overlap >> "$WORK/overlap"; fi
+        echo "$FENCELOCK_TOKEN $FENCELOCK_KEY" >> "$WORK/log"
+        i=0; while [ $i -lt 2000 ]; do i=$((i+1)); done
+        rmdir "$WORK/inside"
+    "#;
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            fencelock(backend)
+                .args(["run", "k", "--wait", "60s", "--", "sh", "-c", script])
+                .env("WORK", &work)
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    for c in children {
+        let out = output_within(c, Duration::from_secs(120));
+        assert!(out.status.success(), "a run failed: {}", stderr_of(&out));
+    }
+    assert!(
+        !work.join("overlap").exists(),
+        "two commands ran inside the lock at once"
+    );
+    let log = std::fs::read_to_string(work.join("log")).expect("log");
+    let tokens: Vec<u64> = log
+        .lines()
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(tokens.len(), 8, "{log}");
+    assert!(
+        tokens.windows(2).all(|w| w[1] > w[0]),
+        "tokens not increasing in entry order: {tokens:?}"
+    );
+    assert!(log.lines().all(|l| l.ends_with(" k")), "FENCELOCK_KEY missing: {log}");
+}
+
+/// Runs `fencelock lab <args>` (no backend from the environment) and asserts it exits 0;
+/// returns its stdout.
+pub fn lab(args: &[&str]) -> String {
+    let out = bare().arg("lab").args(args).output().expect("run");
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `fencelock lab <scenario> --quiet --report FILE` and returns the report's table.
+pub fn lab_report(scenario: &str) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let report = dir.path().join("safety.md");
+    let out = bare()
+        .args(["lab", scenario, "--quiet", "--report"])
+        .arg(&report)
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    std::fs::read_to_string(&report).expect("report")
+}
+
+/// The cells of the row of `table` for `scenario` on `backend` (columns: scenario,
+/// backend, overlaps, regressions, reuse, late actions, stale (fenced), …).
+pub fn lab_row(table: &str, scenario: &str, backend: &str) -> Vec<String> {
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(&format!("| {scenario} | {backend} |")))
+        .unwrap_or_else(|| panic!("no row for {backend} in:\n{table}"));
+    line.split('|')
+        .map(|c| c.trim().to_owned())
+        .filter(|c| !c.is_empty())
+        .collect()
 }
