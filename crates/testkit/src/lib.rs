@@ -46,6 +46,7 @@ pub mod interop;
 pub mod keys;
 pub mod lab;
 pub mod overlap;
+pub mod pg_raw;
 pub mod pg_server;
 pub mod ports;
 pub mod process;
