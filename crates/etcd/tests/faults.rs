@@ -24,14 +24,8 @@ async fn killing_the_leader_keeps_the_lock_and_waiters_proceed() {
     let lease = holder.acquire("k", &held()).await.unwrap();
     let detector = Arc::new(OverlapDetector::new());
     let _first_inside = detector.enter(lease.token());
-    let connect = {
-        let url = url.clone();
-        move || {
-            let url = url.clone();
-            async move { EtcdLock::connect(&url).await.unwrap() }
-        }
-    };
-    let waiters = faults::spawn_waiters(2, "k", connect, &detector);
+    let connect = |url: String| async move { EtcdLock::connect(&url).await.unwrap() };
+    let waiters = faults::spawn_waiters(2, "k", &url, connect, &detector);
     let leader = cluster.wait_for_leader(Duration::from_secs(10));
     cluster.kill(leader);
     let new_leader = cluster.wait_for_leader(Duration::from_secs(10));

@@ -85,13 +85,8 @@ pub async fn assert_unavailable_while_paused(
     timeout: Duration,
     slack: Duration,
 ) {
-    locks
-        .acquire("warm", &opts(1000))
-        .await
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
+    let warm = locks.acquire("warm", &opts(1000)).await.unwrap();
+    warm.release().await.unwrap();
     pause();
     let start = Instant::now();
     let result = locks.try_acquire("k", &opts(1000)).await;
@@ -101,20 +96,27 @@ pub async fn assert_unavailable_while_paused(
     assert!(took < timeout + slack, "took {took:?}");
 }
 
-/// Spawns `n` waiters for `key`, each on its own client from `connect` (connected inside
-/// its task): each acquires with [`held`], enters `detector` with its token, and releases.
-/// Join them with [`assert_waiters_took_turns`].
-pub fn spawn_waiters<F, Fut, L>(n: usize, key: &str, connect: F, detector: &Arc<OverlapDetector>) -> Vec<JoinHandle<()>>
+/// Spawns `n` waiters for `key`, each on its own client from `connect(url)` (connected
+/// inside its task): each acquires with [`held`], enters `detector` with its token, and
+/// releases. Join them with [`assert_waiters_took_turns`].
+pub fn spawn_waiters<F, Fut, L>(
+    n: usize,
+    key: &str,
+    url: &str,
+    connect: F,
+    detector: &Arc<OverlapDetector>,
+) -> Vec<JoinHandle<()>>
 where
-    F: Fn() -> Fut + Clone + Send + 'static,
+    F: Fn(String) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = L> + Send,
     L: DistributedLock + 'static,
 {
     (0..n)
         .map(|_| {
-            let (connect, detector, key) = (connect.clone(), Arc::clone(detector), key.to_owned());
+            let (connect, detector) = (connect.clone(), Arc::clone(detector));
+            let (key, url) = (key.to_owned(), url.to_owned());
             tokio::spawn(async move {
-                let locks = connect().await;
+                let locks = connect(url).await;
                 let l = locks
                     .acquire(&key, &held())
                     .await

@@ -26,14 +26,8 @@ async fn killing_the_leader_keeps_the_lock_and_waiters_proceed() {
     let lease = holder.acquire("k", &held()).await.unwrap();
     let detector = Arc::new(OverlapDetector::new());
     let first = detector.enter(lease.token());
-    let connect = {
-        let url = url.clone();
-        move || {
-            let url = url.clone();
-            async move { ZkLock::connect(&url).await.unwrap() }
-        }
-    };
-    let waiters = faults::spawn_waiters(2, "k", connect, &detector);
+    let connect = |url: String| async move { ZkLock::connect(&url).await.unwrap() };
+    let waiters = faults::spawn_waiters(2, "k", &url, connect, &detector);
     let leader = ensemble.leader().expect("a leader");
     ensemble.kill(leader);
     // The holder may be suspended while its client moves to another server; it must come
