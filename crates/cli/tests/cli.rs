@@ -2,7 +2,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 
-use std::io::Read;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -60,23 +59,8 @@ fn eight_processes_on_redis_never_overlap_and_tokens_grow() {
 /// Holds `k` with a `fencelock run` whose command waits for stdin to close, and returns
 /// once the command is running (it printed its token).
 fn hold(dir: &Path, extra: &[&str]) -> (std::process::Child, String) {
-    let mut holder = fencelock(dir)
-        .args(["run", "k"])
-        .args(extra)
-        .args(["--", "sh", "-c", "echo $FENCELOCK_TOKEN; read _; echo done"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn holder");
-    let mut stdout = holder.stdout.take().expect("stdout");
-    let mut token = String::new();
-    let mut byte = [0u8; 1];
-    while stdout.read(&mut byte).expect("read") == 1 && byte[0] != b'\n' {
-        token.push(byte[0] as char);
-    }
-    holder.stdout = Some(stdout);
-    (holder, token)
+    let run = [&["run", "k"][..], extra].concat();
+    common::spawn_holder(fencelock(dir), &run, "echo $FENCELOCK_TOKEN; read _; echo done")
 }
 
 #[test]

@@ -4,11 +4,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{assert_one_line, bare, end, first_line, hold, on_files as fencelock, output_within, BIN};
+use common::{assert_one_line, bare, end, hold, on_files as fencelock, output_within};
 
 /// A configuration file in `dir` on the file backend in `dir/locks`, with `defaults`.
 fn config(dir: &Path, defaults: &str) -> std::path::PathBuf {

@@ -6,7 +6,7 @@
 // Each test crate that includes this module uses only some of the helpers.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -58,17 +58,25 @@ pub fn assert_one_line(out: &Output, code: i32, says: &str, what: &str) {
 /// Starts a holder (`cmd`, which names the backend, then `run`, e.g. `["run", "k"]`) whose
 /// command prints `in` and stays inside until its stdin closes; returns once it is inside.
 /// End it with [`end`].
-pub fn hold(mut cmd: Command, run: &[&str]) -> Child {
+pub fn hold(cmd: Command, run: &[&str]) -> Child {
+    let (child, first) = spawn_holder(cmd, run, "echo in; read _ || true");
+    assert_eq!(first, "in");
+    child
+}
+
+/// Spawns `cmd` `run` `-- sh -c script` with stdin, stdout and stderr piped; returns it
+/// with the first line its command printed (read without reading past it).
+pub fn spawn_holder(mut cmd: Command, run: &[&str], script: &str) -> (Child, String) {
     let mut child = cmd
         .args(run)
-        .args(["--", "sh", "-c", "echo in; read _ || true"])
+        .args(["--", "sh", "-c", script])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn holder");
-    assert_eq!(first_line(&mut child), "in");
-    child
+    let first = first_line(&mut child);
+    (child, first)
 }
 
 /// Closes the stdin of a holder from [`hold`] and asserts it exits 0 (within 20 s).
@@ -106,26 +114,22 @@ pub fn output_within(mut child: Child, limit: Duration) -> Output {
     child.wait_with_output().expect("output")
 }
 
-/// Reads the first line of the child's stdout.
+/// Reads the first line of the child's stdout, a byte at a time: nothing after it is
+/// consumed, so the rest stays readable (e.g. by [`output_within`]).
 pub fn first_line(child: &mut Child) -> String {
-    let mut first = String::new();
-    BufReader::new(child.stdout.as_mut().expect("stdout"))
-        .read_line(&mut first)
-        .expect("first line");
-    first.trim().to_owned()
+    let stdout = child.stdout.as_mut().expect("stdout");
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while stdout.read(&mut byte).expect("first line") == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    String::from_utf8_lossy(&line).trim().to_owned()
 }
 
 /// H holds `k`; W waits and is sent `sig` once `queued` says it is in line; W exits
 /// 128 + sig; after H ends, a `--no-wait` run gets the lock at once (no entry of W left).
 pub fn signal_while_waiting(url: &str, sig: Signal, queued: &dyn Fn() -> bool) {
-    let mut holder = fencelock(url)
-        .args(["run", "k", "--", "sh", "-c", "echo in; read _ || true"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn holder");
-    assert_eq!(first_line(&mut holder), "in");
+    let holder = hold(fencelock(url), &["run", "k"]);
     let _ = queued(); // records the server's count before the waiter comes
     let mut waiter = fencelock(url)
         .args(["-v", "run", "k", "--wait", "60s", "--", "true"])
@@ -160,9 +164,7 @@ pub fn signal_while_waiting(url: &str, sig: Signal, queued: &dyn Fn() -> bool) {
         Some(128 + sig.as_raw()),
         "{sig:?}: waiter: {status:?} {lines:?}"
     );
-    drop(holder.stdin.take());
-    let out = output_within(holder, Duration::from_secs(20));
-    assert!(out.status.success(), "holder: {}", String::from_utf8_lossy(&out.stderr));
+    end(holder);
     let start = Instant::now();
     let next = fencelock(url)
         .args(["run", "k", "--no-wait", "--", "true"])
@@ -253,4 +255,27 @@ pub fn lab_row(table: &str, scenario: &str, backend: &str) -> Vec<String> {
         .map(|c| c.trim().to_owned())
         .filter(|c| !c.is_empty())
         .collect()
+}
+
+/// A `queued` condition for [`signal_while_waiting`] read from a server-side count:
+/// `false` on its first call, which notes `count()` (called before the waiter starts);
+/// afterwards, whether `count()` grew past that.
+pub fn count_grew<T: PartialOrd + Copy>(count: impl Fn() -> Option<T>) -> impl Fn() -> bool {
+    let base = std::cell::Cell::new(None);
+    move || match (base.get(), count()) {
+        (None, Some(n)) => {
+            base.set(Some(n));
+            false
+        }
+        (Some(b), Some(n)) => n > b,
+        _ => false,
+    }
+}
+
+/// [`signal_while_waiting`] on ZooKeeper for each of `sigs`: the waiter is in line once it
+/// watches its predecessor (the server's watch count grew).
+pub fn signals_while_waiting_on_zookeeper(zk: &fencelock_testkit::zk_server::ZkEnsemble, url: &str, sigs: &[Signal]) {
+    for &sig in sigs {
+        signal_while_waiting(url, sig, &count_grew(|| zk.watch_count(0)));
+    }
 }
