@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fencelock_core::{DistributedLock, LockOptions};
+use fencelock_core::{DistributedLock, Lease, LockOptions};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::time::Instant;
 
@@ -270,6 +270,38 @@ fn waiting_opts() -> LockOptions {
         .with_wait(Duration::from_secs(20))
 }
 
+/// While a peer library (`peer`, for messages) holds `key`: fencelock's `try_acquire` is
+/// refused, and an `acquire` (TTL 10 s, wait 20 s) is still waiting 300 ms after it started.
+/// Returns that acquire, for [`served`].
+pub async fn fencelock_kept_out(
+    locks: &Arc<dyn DistributedLock>,
+    key: &str,
+    peer: &str,
+) -> tokio::task::JoinHandle<fencelock_core::Result<Lease>> {
+    assert!(
+        locks.try_acquire(key, &waiting_opts()).await.unwrap().is_none(),
+        "fencelock took a lock {peer} holds"
+    );
+    let waiter = tokio::spawn({
+        let (locks, key) = (Arc::clone(locks), key.to_owned());
+        async move { locks.acquire(&key, &waiting_opts()).await }
+    });
+    // Shows absence: the waiter is still waiting a while after it started.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "fencelock's waiter got a lock {peer} holds");
+    waiter
+}
+
+/// The lease the acquire from [`fencelock_kept_out`] is granted once the peer released
+/// (within 15 s).
+pub async fn served(waiter: tokio::task::JoinHandle<fencelock_core::Result<Lease>>) -> Lease {
+    tokio::time::timeout(STEP, waiter)
+        .await
+        .expect("fencelock is served")
+        .unwrap()
+        .unwrap()
+}
+
 /// node-redlock holds `key`, fencelock (`locks`, configured with the peer's layout) is
 /// refused, then waits, and is served once the peer releases. Returns the hand-off
 /// latency, from the peer's release request to fencelock's grant.
@@ -280,27 +312,10 @@ pub async fn node_redlock_holds_fencelock_waits(
 ) -> Duration {
     let mut held = peer.hold(key, 5_000).await;
     held.held().await;
-    assert!(
-        locks.try_acquire(key, &waiting_opts()).await.unwrap().is_none(),
-        "fencelock took a lock node-redlock holds"
-    );
-    let waiter = tokio::spawn({
-        let (locks, key) = (Arc::clone(&locks), key.to_owned());
-        async move { locks.acquire(&key, &waiting_opts()).await }
-    });
-    // Shows absence: the waiter is still waiting a while after it started.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !waiter.is_finished(),
-        "fencelock's waiter got a lock node-redlock holds"
-    );
+    let waiter = fencelock_kept_out(&locks, key, "node-redlock").await;
     let released = Instant::now();
     held.release().await;
-    let lease = tokio::time::timeout(STEP, waiter)
-        .await
-        .expect("fencelock is served")
-        .unwrap()
-        .unwrap();
+    let lease = served(waiter).await;
     let latency = released.elapsed();
     lease.release().await.unwrap();
     latency

@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use fencelock_core::{DistributedLock, LockOptions};
-use fencelock_testkit::interop::{spawn_fencelock_loops, LogCheck, SharedLog};
+use fencelock_testkit::interop::{fencelock_kept_out, served, spawn_fencelock_loops, LogCheck, SharedLog};
 use fencelock_testkit::keys::unique_key;
 use fencelock_testkit::redis_server::RedisServer;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -168,29 +168,10 @@ where
     assert_eq!(peer.ask("acquire 5000", STEP).await, "acquired");
     let stored = server.command(&format!("GET {}", lib.key(&name)));
     assert!(!stored.trim().is_empty(), "the peer's value under {}", lib.key(&name));
-    assert!(
-        locks.try_acquire(&name, &opts()).await.unwrap().is_none(),
-        "fencelock took a lock {} holds",
-        lib.name()
-    );
-    let waiter = tokio::spawn({
-        let (locks, name) = (Arc::clone(&locks), name.clone());
-        async move { locks.acquire(&name, &opts()).await }
-    });
-    // Shows absence: the waiter is still waiting a while after it started.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !waiter.is_finished(),
-        "fencelock's waiter got a lock {} holds",
-        lib.name()
-    );
+    let waiter = fencelock_kept_out(&locks, &name, lib.name()).await;
     let released = Instant::now();
     assert_eq!(peer.ask("release", STEP).await, "released");
-    let lease = tokio::time::timeout(STEP, waiter)
-        .await
-        .expect("fencelock is served")
-        .unwrap()
-        .unwrap();
+    let lease = served(waiter).await;
     let latency = released.elapsed();
     let stored = server.command(&format!("GET {}", lib.key(&name)));
     assert!(
