@@ -3,9 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 mod common;
 use common::{assert_one_line, bare as fencelock, end, on_files, stderr_of, BIN};
@@ -86,6 +85,11 @@ fn bad_inputs_exit_64_or_78_on_one_line() {
     }
 }
 
+/// `cmd` with `run k -- true`, run to its end.
+fn run_true(cmd: &mut Command) -> Output {
+    cmd.args(run_tail("k")).output().expect("run")
+}
+
 /// `run KEY -- true`
 fn run_tail(key: &str) -> [&str; 4] {
     ["run", key, "--", "true"]
@@ -97,12 +101,7 @@ fn a_config_file_refuses_bare_numbers_and_takes_humantime() {
     let config = dir.path().join("lock.toml");
     let backend = format!("backend = \"file://{}\"\n", dir.path().display());
     std::fs::write(&config, format!("{backend}[defaults]\nttl = 5\n")).expect("write");
-    let out = fencelock()
-        .arg("--config")
-        .arg(&config)
-        .args(["run", "k", "--", "true"])
-        .output()
-        .expect("run");
+    let out = run_true(fencelock().arg("--config").arg(&config));
     assert_one_line(
         &out,
         78,
@@ -114,12 +113,7 @@ fn a_config_file_refuses_bare_numbers_and_takes_humantime() {
         format!("{backend}[defaults]\nttl = \"1.5s\"\nwait = \"2m 30s\"\n"),
     )
     .expect("write");
-    let out = fencelock()
-        .arg("--config")
-        .arg(&config)
-        .args(["run", "k", "--", "true"])
-        .output()
-        .expect("run");
+    let out = run_true(fencelock().arg("--config").arg(&config));
     assert!(out.status.success(), "{}", stderr_of(&out));
 }
 
@@ -129,13 +123,12 @@ fn a_flag_or_a_config_file_wins_over_the_environment() {
     let config = dir.path().join("lock.toml");
     std::fs::write(&config, format!("backend = \"file://{}\"\n", dir.path().display())).expect("write");
     // The environment names a backend that would fail (memory:// is refused by run).
-    let out = fencelock()
-        .env("FENCELOCK_BACKEND", "memory://")
-        .arg("--config")
-        .arg(&config)
-        .args(["run", "k", "--", "true"])
-        .output()
-        .expect("run");
+    let out = run_true(
+        fencelock()
+            .env("FENCELOCK_BACKEND", "memory://")
+            .arg("--config")
+            .arg(&config),
+    );
     assert!(
         out.status.success(),
         "--config lost to FENCELOCK_BACKEND: {}",
@@ -154,11 +147,7 @@ fn a_flag_or_a_config_file_wins_over_the_environment() {
         stderr_of(&out)
     );
     // Alone, the environment is used.
-    let out = fencelock()
-        .env("FENCELOCK_BACKEND", "memory://")
-        .args(["run", "k", "--", "true"])
-        .output()
-        .expect("run");
+    let out = run_true(fencelock().env("FENCELOCK_BACKEND", "memory://"));
     assert_one_line(&out, 78, "cannot use memory://", "FENCELOCK_BACKEND alone");
 }
 
@@ -237,18 +226,8 @@ fn every_exit_status_of_run() {
 fn a_lost_lease_exits_76_or_the_lost_exit_code() {
     let dir = tempfile::tempdir().expect("temp dir");
     for (extra, code) in [(&[][..], 76), (&["--lost-exit-code", "9"][..], 9)] {
-        let mut holder = on_files(dir.path())
-            .args(["run", "k", "--ttl", "300ms"])
-            .args(extra)
-            .args(["--", "sh", "-c", "echo in; sleep 30"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        let mut line = String::new();
-        BufReader::new(holder.stdout.as_mut().expect("stdout"))
-            .read_line(&mut line)
-            .expect("line");
+        let run = [&["run", "k", "--ttl", "300ms"][..], extra].concat();
+        let (holder, _in) = common::spawn_holder(on_files(dir.path()), &run, "echo in; sleep 30");
         let pid = rustix::process::Pid::from_raw(holder.id() as i32).expect("pid");
         rustix::process::kill_process(pid, rustix::process::Signal::STOP).expect("SIGSTOP");
         let other = run_k(&common::file_url(dir.path()), &["--wait", "10s"]);
@@ -498,12 +477,7 @@ fn negative_durations_and_toml_errors_are_one_clear_line() {
         format!("backend = \"file://{}\"\n[defaults\n", dir.path().display()),
     )
     .expect("write config");
-    let out = fencelock()
-        .arg("--config")
-        .arg(&config)
-        .args(["run", "k", "--", "true"])
-        .output()
-        .expect("run");
+    let out = run_true(fencelock().arg("--config").arg(&config));
     assert_one_line(&out, 78, "at line 2, column 10: unclosed table", "TOML syntax");
     assert_eq!(
         stderr_of(&out).matches("unclosed table").count(),
