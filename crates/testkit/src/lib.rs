@@ -4,7 +4,8 @@
 //!
 //! * [`conformance`] — the behaviour suite every backend must pass, as public async
 //!   functions that take a [`ClientFactory`](conformance::ClientFactory), and the
-//!   [`conformance_suite!`] macro that turns it into one `#[tokio::test]` per behaviour;
+//!   [`conformance_suite!`] macro that turns it into one `#[tokio::test]` per behaviour
+//!   ([`election_suite!`] does the same for the election suite);
 //! * [`overlap`] — a detector of two holders inside one critical section;
 //! * [`keys`] — unique keys, so tests sharing a server never see each other's locks;
 //! * [`faults`] — what the backends' fault tests check the same way on every backend.
@@ -15,6 +16,7 @@
 //! * [`proxy`] — a fault-injecting TCP proxy (pass, blackhole, reset) for partitions;
 //! * [`pg_server`] — real PostgreSQL clusters (`initdb` + `postgres`, as the `postgres`
 //!   user when run as root), killed with their backends on drop, restartable, pausable;
+//! * [`pg_raw`] — the raw minimum of a PostgreSQL lease lock, as SQL (bench and perf test);
 //! * [`redis_server`] — real `redis-server` processes on free loopback ports (killed on
 //!   drop, restartable, pausable), built on [`process`] and [`ports`].
 //!
