@@ -62,7 +62,7 @@ pub async fn assert_acquire_gives_up(
 ) {
     let start = Instant::now();
     let err = locks
-        .acquire(key, &opts.clone().with_wait(wait))
+        .acquire(key, &opts.with_wait(wait))
         .await
         .expect_err("acquired from an unavailable server");
     let expected = match err {
