@@ -307,7 +307,7 @@ fn bad_backend_urls_exit_78_on_one_line_without_the_password() {
         ("nope://u:SeCRET@h:1", "unknown backend scheme"),
     ];
     for (url, says) in cases {
-        let out = run_k(&url, &[]);
+        let out = run_k(url, &[]);
         assert_one_line(&out, 78, says, url);
         let err = stderr_of(&out);
         assert!(!err.contains("CRET"), "{url}: the password shows: {err}");
@@ -416,7 +416,7 @@ fn etcd_credentials_that_cannot_work_exit_78() {
     use fencelock_testkit::process::http;
     let cluster = fencelock_testkit::etcd_server::EtcdCluster::single();
     let port = cluster.client_ports()[0];
-    let run = |url: &str| run_k(&url, &[]);
+    let run = |url: &str| run_k(url, &[]);
     for url in [
         format!("etcd://root:secret@127.0.0.1:{port}"),
         format!("etcd://127.0.0.1:{port}?user=root&password=secret"),
