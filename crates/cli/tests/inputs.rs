@@ -4,23 +4,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{first_line, output_within, BIN};
-
-fn bare() -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env_remove("FENCELOCK_BACKEND").env_remove("RUST_LOG");
-    cmd
-}
-
-fn fencelock(dir: &Path) -> Command {
-    let mut cmd = bare();
-    cmd.arg("--backend").arg(format!("file://{}", dir.display()));
-    cmd
-}
+use common::{assert_one_line, bare, end, hold, on_files as fencelock, output_within};
 
 /// A configuration file in `dir` on the file backend in `dir/locks`, with `defaults`.
 fn config(dir: &Path, defaults: &str) -> std::path::PathBuf {
@@ -33,35 +21,6 @@ fn config(dir: &Path, defaults: &str) -> std::path::PathBuf {
     )
     .expect("write config");
     path
-}
-
-/// Asserts status `code` and a one-line `fencelock: …` message containing `says`.
-fn assert_one_line(out: &Output, code: i32, says: &str, what: &str) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(code), "{what}: {err}");
-    assert_eq!(err.lines().count(), 1, "{what}: not one line: {err}");
-    assert!(err.starts_with("fencelock: ") && err.contains(says), "{what}: {err}");
-}
-
-/// Starts a holder of `key` (via `cmd`, which names the backend) that stays inside until
-/// its stdin closes.
-fn hold(mut cmd: Command, run: &[&str]) -> Child {
-    let mut child = cmd
-        .args(run)
-        .args(["--", "sh", "-c", "echo in; read _ || true"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn holder");
-    assert_eq!(first_line(&mut child), "in");
-    child
-}
-
-fn end(mut holder: Child) {
-    drop(holder.stdin.take());
-    let out = output_within(holder, Duration::from_secs(20));
-    assert!(out.status.success(), "holder: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 // A4: a TTL shorter than the grant round trip looped for the whole wait (burning a token

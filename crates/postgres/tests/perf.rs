@@ -1,7 +1,7 @@
 //! Where an uncontended acquire + release goes, split three ways on one real server:
 //!
 //! * raw — the minimum statements a lease lock with tokens needs, by hand (the bench's
-//!   raw subject, `crates/bench/src/pg.rs`);
+//!   raw subject, `crates/bench/src/pg.rs`; the SQL is `fencelock_testkit::pg_raw`);
 //! * our SQL by hand — the backend's own acquire and release statements, by hand on a
 //!   plain tokio-postgres client: ours ÷ raw is what the statements cost the server;
 //! * ours — `PgLock::acquire` + `Lease::release`: the rest is the client library.
@@ -15,27 +15,9 @@ use std::time::{Duration, Instant};
 
 use fencelock_core::{DistributedLock, LockOptions};
 use fencelock_postgres::PgLock;
+use fencelock_testkit::pg_raw::{ACQUIRE as RAW_ACQUIRE, RELEASE as RAW_RELEASE, SCHEMA as RAW_SCHEMA};
 use fencelock_testkit::pg_server::{PgOptions, PgServer};
 use tokio_postgres::{Client, NoTls, Statement};
-
-const RAW_SCHEMA: &str = "CREATE SCHEMA IF NOT EXISTS perf_raw;
-CREATE TABLE IF NOT EXISTS perf_raw.locks (key text PRIMARY KEY, holder text NOT NULL, expires_at timestamptz NOT NULL);
-CREATE TABLE IF NOT EXISTS perf_raw.tokens (key text PRIMARY KEY, token bigint NOT NULL);";
-
-const RAW_ACQUIRE: &str = "WITH taken AS (
-    INSERT INTO perf_raw.locks AS l (key, holder, expires_at)
-    VALUES ($1, $2, statement_timestamp() + $3::bigint * interval '1 millisecond')
-    ON CONFLICT (key) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
-        WHERE l.expires_at <= statement_timestamp()
-    RETURNING l.key
-), bumped AS (
-    INSERT INTO perf_raw.tokens AS t (key, token) SELECT key, 1 FROM taken
-    ON CONFLICT (key) DO UPDATE SET token = t.token + 1
-    RETURNING t.token
-)
-SELECT token FROM bumped";
-
-const RAW_RELEASE: &str = "DELETE FROM perf_raw.locks WHERE key = $1 AND holder = $2";
 
 /// The backend's uncontended acquire and its release, as `sql.rs` builds them for the
 /// default schema.

@@ -90,6 +90,25 @@ pub const ALL_ELECTION: &[&str] = &[
     "bad_election_input_is_rejected",
 ];
 
+/// Generates one `#[tokio::test]` per election conformance test (the names of
+/// [`ALL_ELECTION`]), as [`conformance_suite!`](crate::conformance_suite) does for locks.
+///
+/// `$fixture` is an expression of a future that yields an [`ElectionFixture`] (so a test
+/// can start or connect to a server first); it is evaluated once per test. `$config` is an
+/// [`ElectionConfig`]. The calling crate needs `tokio` (with `macros` and
+/// `rt-multi-thread`) among its dev-dependencies.
+#[macro_export]
+macro_rules! election_suite {
+    ($fixture:expr, $config:expr) => {
+        $crate::conformance_suite!(@each_of $crate::conformance::election; $fixture, $config;
+            leader_reports_value_and_term, at_most_one_leader_and_terms_increase,
+            resign_hands_over_promptly, dropped_campaign_leaves_nothing_behind,
+            proclaim_needs_our_own_grant, paused_leader_is_fenced,
+            observers_see_changes_in_order, observer_started_with_the_first_campaign_sees_it,
+            bad_election_input_is_rejected);
+    };
+}
+
 /// Runs every election test in turn.
 pub async fn run_all_elections(f: &dyn ElectionFixture, cfg: &ElectionConfig) {
     leader_reports_value_and_term(f, cfg).await;
