@@ -294,6 +294,10 @@ impl PgNode {
         doing: &str,
         limit: Duration,
     ) -> Result<tokio::sync::SemaphorePermit<'a>> {
+        // A free turn needs no timer (the common, uncontended case).
+        if let Ok(permit) = turns.try_acquire() {
+            return Ok(permit);
+        }
         match tokio::time::timeout(limit, turns.acquire()).await {
             Ok(Ok(permit)) => Ok(permit),
             // The semaphores are never closed; a closed one is as good as no turn.

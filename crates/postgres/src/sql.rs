@@ -1,12 +1,31 @@
 //! The SQL of the backend, with the schema spliced in (a validated plain identifier).
 //!
 //! Every statement that decides something is one statement, run in its own implicit
-//! transaction, and reads the server's clock once: `statement_timestamp()`, the instant
+//! transaction (only a grant, an extension and a renewal wait for the WAL flush at commit:
+//! see [`LAZY_COMMIT`]), and reads the server's clock once: `statement_timestamp()`, the instant
 //! the server received the statement. Using that one reading both to judge expiry and to
 //! set it keeps a statement consistent with itself; it is never later than the moment the
 //! statement acts, so an expiry check can only find a lease still valid a little longer
 //! (never free too early), and a new expiry starts after the client sent the request, so
 //! the server keeps a grant at least as long as the client believes in it.
+
+/// Commits the statement's transaction without waiting for its WAL flush (for that
+/// transaction only; `set_config(…, true)` is transaction-local). Used by the statements
+/// that grant nothing — a release, a refused acquire, joining or leaving the waiter
+/// queue — so that only a grant (and an extension, a renewal) waits for the disk:
+///
+/// * a **release** lost in a crash leaves the key held by a grant nobody uses until its
+///   expiry on the server: no second holder, no token reused. The grant that follows a
+///   release commits durably, and the WAL is flushed in order, so once that grant is on
+///   disk the release before it is too;
+/// * a **refused acquire** changed only a row lock and its waiter ticket's expiry;
+/// * a **ticket** (or its removal) lost in a crash costs at most the FIFO order of the
+///   waiters, whose connections the crash ended anyway.
+///
+/// The release's `NOTIFY` is sent at commit, so the next waiter is woken without waiting
+/// for the release's flush: the hand-off has one flush on its path (the grant's) instead
+/// of two, and the waiters' own bookkeeping no longer queues its flushes before it.
+pub(crate) const LAZY_COMMIT: &str = "set_config('synchronous_commit', 'off', true)";
 
 /// Guards the schema creation across concurrent first users: `CREATE … IF NOT EXISTS`
 /// alone can fail with a unique violation when two sessions create the same table at
@@ -126,7 +145,8 @@ SELECT tk.token,
        CASE WHEN tk.token IS NULL THEN
            (SELECT ceil(extract(epoch FROM h.expires_at - statement_timestamp()) * 1000)::bigint
               FROM {schema}.locks h WHERE h.key = $1)
-       END AS holder_ms
+       END AS holder_ms,
+       CASE WHEN tk.token IS NULL THEN {LAZY_COMMIT} END AS lazy
 FROM (SELECT (SELECT token FROM bumped) AS token) tk"
     )
 }
@@ -150,7 +170,8 @@ pub(crate) fn release(schema: &str, channel: &str) -> String {
     SELECT pg_notify('{channel}', next.ticket::text || ':' || gone.key) FROM gone, next
     WHERE next.ticket IS NOT NULL
 )
-SELECT (SELECT count(*) FROM gone) AS released, (SELECT count(*) FROM notified) AS notified"
+SELECT (SELECT count(*) FROM gone) AS released, (SELECT count(*) FROM notified) AS notified,
+       {LAZY_COMMIT} AS lazy"
     )
 }
 
@@ -185,13 +206,13 @@ pub(crate) fn enqueue(schema: &str) -> String {
 )
 INSERT INTO {schema}.waiters (key, expires_at)
 VALUES ($1, statement_timestamp() + $2::bigint * interval '1 millisecond')
-RETURNING ticket"
+RETURNING ticket, {LAZY_COMMIT} AS lazy"
     )
 }
 
 /// Leaves the queue: `$1` ticket.
 pub(crate) fn dequeue(schema: &str) -> String {
-    format!("DELETE FROM {schema}.waiters WHERE ticket = $1")
+    format!("WITH gone AS (DELETE FROM {schema}.waiters WHERE ticket = $1) SELECT {LAZY_COMMIT}")
 }
 
 /// The fence check inside the user's transaction: `$1` resource, `$2` token, `$3` grant
