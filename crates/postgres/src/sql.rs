@@ -100,8 +100,9 @@ COMMIT;"
 /// ticket lives as long as its waiter keeps attempting, see [`enqueue`]).
 /// Takes the row when it is free or expired (the upsert's `WHERE` is evaluated on the
 /// latest row version, under its row lock), bumps the key's counter only when it took it,
-/// and drops our waiter ticket only then. Returns the token (NULL when busy) and the
-/// holder's remaining ms by the server's clock (NULL when unknown).
+/// and drops our waiter ticket only then. Returns the token (NULL when busy), the
+/// holder's remaining ms by the server's clock (NULL when unknown) and, with a ticket,
+/// the remaining ms of the oldest older live ticket of the key (NULL: none).
 pub(crate) fn acquire(schema: &str, queued: bool) -> String {
     // The holder's remaining TTL is computed only when refused: measured in a server-side
     // loop (3,000 acquire + release cycles), computing it on every grant cost about 50 µs
@@ -110,6 +111,21 @@ pub(crate) fn acquire(schema: &str, queued: bool) -> String {
     // Without a ticket (the uncontended path) the statement leaves the waiter queue
     // alone: no DELETE/UPDATE nodes to set up (the bench did not show the saving above
     // its noise; see docs/backends/postgres.md, "Measured").
+    // With a ticket, a refusal also answers how long the oldest older live ticket of the
+    // key lives on (NULL: ours is the oldest): until then a waiter behind it cannot be
+    // granted, and when a waiter dies that is when the next one must look again.
+    let head_ms = if queued {
+        format!(
+            "CASE WHEN tk.token IS NULL THEN
+           (SELECT ceil(extract(epoch FROM w.expires_at - statement_timestamp()) * 1000)::bigint
+              FROM {schema}.waiters w
+             WHERE w.key = $1::text AND w.ticket < $4::bigint AND w.expires_at > statement_timestamp()
+             ORDER BY w.ticket LIMIT 1)
+       END"
+        )
+    } else {
+        "NULL::bigint".to_owned()
+    };
     let (older, queue_ctes) = if queued {
         (
             "AND w.ticket < $4::bigint",
@@ -146,6 +162,7 @@ SELECT tk.token,
            (SELECT ceil(extract(epoch FROM h.expires_at - statement_timestamp()) * 1000)::bigint
               FROM {schema}.locks h WHERE h.key = $1)
        END AS holder_ms,
+       {head_ms} AS head_ms,
        CASE WHEN tk.token IS NULL THEN {LAZY_COMMIT} END AS lazy
 FROM (SELECT (SELECT token FROM bumped) AS token) tk"
     )
@@ -207,6 +224,20 @@ pub(crate) fn enqueue(schema: &str) -> String {
 INSERT INTO {schema}.waiters (key, expires_at)
 VALUES ($1, statement_timestamp() + $2::bigint * interval '1 millisecond')
 RETURNING ticket, {LAZY_COMMIT} AS lazy"
+    )
+}
+
+/// Keeps the tickets of one client instance alive: `$1` tickets, `$2` how long they live
+/// from now (ms). One statement per fallback poll for all waiters of the instance, so a
+/// waiter behind others need not attempt just to keep its place. Commits lazily (a
+/// ticket is no grant, see [`LAZY_COMMIT`]).
+pub(crate) fn keep_tickets(schema: &str) -> String {
+    format!(
+        "WITH kept AS (
+    UPDATE {schema}.waiters SET expires_at = statement_timestamp() + $2::bigint * interval '1 millisecond'
+    WHERE ticket = ANY($1::bigint[])
+)
+SELECT {LAZY_COMMIT}"
     )
 }
 

@@ -25,20 +25,49 @@ use crate::node::PgNode;
 /// The tickets of the waiters of this backend instance.
 #[derive(Default)]
 pub(crate) struct Waiters {
-    tickets: Mutex<HashMap<i64, Arc<Notify>>>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    tickets: HashMap<i64, Arc<Notify>>,
+    /// Whether the task that keeps the tickets alive runs (see [`PgNode::register_ticket`]).
+    keeping: bool,
 }
 
 impl Waiters {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Arc<Notify>>> {
-        self.tickets.lock().unwrap_or_else(|p| p.into_inner())
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn register(&self, ticket: i64) -> Arc<Notify> {
-        Arc::clone(self.map().entry(ticket).or_default())
+    /// Registers `ticket`; also says whether the keeper task must be started (it was not
+    /// running).
+    pub(crate) fn register(&self, ticket: i64) -> (Arc<Notify>, bool) {
+        let mut state = self.state();
+        let notify = Arc::clone(state.tickets.entry(ticket).or_default());
+        let start = !std::mem::replace(&mut state.keeping, true);
+        (notify, start)
     }
 
     pub(crate) fn forget(&self, ticket: i64) {
-        self.map().remove(&ticket);
+        self.state().tickets.remove(&ticket);
+    }
+
+    /// The tickets to keep alive now; `None` (and the keeper is marked stopped, in the
+    /// same critical section as [`register`](Self::register) checks it) when there are
+    /// none left.
+    pub(crate) fn to_keep(&self) -> Option<Vec<i64>> {
+        let mut state = self.state();
+        if state.tickets.is_empty() {
+            state.keeping = false;
+            return None;
+        }
+        Some(state.tickets.keys().copied().collect())
+    }
+
+    /// The keeper could not be started (no runtime).
+    pub(crate) fn keeper_stopped(&self) {
+        self.state().keeping = false;
     }
 
     /// A release notification `TICKET:KEY`: wakes that ticket's waiter if it is ours.
@@ -49,14 +78,14 @@ impl Waiters {
         let Ok(ticket) = ticket.parse::<i64>() else {
             return; // `-`: nobody was queued
         };
-        if let Some(n) = self.map().get(&ticket) {
+        if let Some(n) = self.state().tickets.get(&ticket) {
             n.notify_one();
         }
     }
 
     /// The connection ended: every waiter tries again (and reconnects).
     pub(crate) fn wake_all(&self) {
-        for n in self.map().values() {
+        for n in self.state().tickets.values() {
             n.notify_one();
         }
     }
@@ -73,7 +102,7 @@ pub(crate) struct Ticket {
 
 impl Ticket {
     pub(crate) fn new(node: PgNode, ticket: i64) -> Self {
-        let notify = node.waiters().register(ticket);
+        let notify = node.register_ticket(ticket);
         Ticket {
             node,
             ticket,
