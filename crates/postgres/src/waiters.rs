@@ -7,12 +7,14 @@
 //! The queue also orders grants: the acquire statement refuses a free key to a client
 //! without a ticket, or with a younger one, while an older ticket of the key lives — so a
 //! holder that releases and asks again goes to the back of the line, and hand-offs go
-//! round in FIFO order. A ticket lives as long as its waiter keeps attempting (each
-//! refused attempt renews it for twice the fallback poll plus a second), so a waiter that
-//! crashed blocks the queue for at most that long. Notifications are not persistent: one
-//! sent while our connection was being replaced is lost, and a ticket left by a crashed
-//! waiter is named in vain until it expires. The jittered fallback poll, bounded by the
-//! holder's remaining TTL, covers both.
+//! round in FIFO order. A ticket lives as long as its instance keeps it alive (one
+//! statement per `poll` renews all of an instance's tickets for twice the poll plus a
+//! second, and each refused attempt renews its own), so a waiter that crashed blocks the
+//! queue for at most that long. Notifications are not persistent: one sent while our
+//! connection was being replaced is lost (the connection's end wakes every waiter anyway),
+//! and a ticket left by a crashed waiter is named in vain until it expires. A refused
+//! waiter therefore looks again when the ticket ahead of it expires, or — first in line —
+//! when the holder's lease does, at the latest every four polls (see `lock::retry_in`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -58,7 +58,9 @@ SELECT tk.token,
        CASE WHEN tk.token IS NULL THEN
            (SELECT ceil(extract(epoch FROM h.expires_at - statement_timestamp()) * 1000)::bigint
               FROM fencelock.locks h WHERE h.key = $1)
-       END AS holder_ms
+       END AS holder_ms,
+       NULL::bigint AS head_ms,
+       CASE WHEN tk.token IS NULL THEN set_config('synchronous_commit', 'off', true) END AS lazy
 FROM (SELECT (SELECT token FROM bumped) AS token) tk";
 
 const OUR_RELEASE: &str = "WITH gone AS (
@@ -70,7 +72,8 @@ const OUR_RELEASE: &str = "WITH gone AS (
     SELECT pg_notify('fencelock_released', next.ticket::text || ':' || gone.key) FROM gone, next
     WHERE next.ticket IS NOT NULL
 )
-SELECT (SELECT count(*) FROM gone) AS released, (SELECT count(*) FROM notified) AS notified";
+SELECT (SELECT count(*) FROM gone) AS released, (SELECT count(*) FROM notified) AS notified,
+       set_config('synchronous_commit', 'off', true) AS lazy";
 
 struct ByHand {
     client: Client,
