@@ -252,7 +252,8 @@ impl DistributedLock for PgLock {
     }
 
     /// Takes the key, waiting up to `opts.wait()`: woken by the release notification
-    /// that names our waiter ticket, or at the holder's expiry, or by the fallback poll.
+    /// that names our waiter ticket, or looking again when the ticket ahead of ours or
+    /// the holder's lease expires (at the latest every `4 × poll`).
     ///
     /// # Errors
     ///

@@ -626,9 +626,10 @@ impl PgNode {
         }
     }
 
-    /// How long a waiter's ticket lives past its last attempt: a waiter attempts at
-    /// least every `poll` (the fallback re-check), so twice that plus a second of slack
-    /// for a slow statement. A waiter gone without a word blocks the queue that long.
+    /// How long a waiter's ticket lives past its last renewal: its instance renews it at
+    /// least every `poll` (see [`register_ticket`](Self::register_ticket)), so twice that
+    /// plus a second of slack for a slow statement. A waiter whose process died blocks
+    /// the queue that long.
     pub(crate) fn ticket_life(&self) -> Duration {
         self.inner.cfg.poll * 2 + Duration::from_secs(1)
     }

@@ -2,7 +2,7 @@
 //! the key's queue (a row of the `waiters` table, numbered by a sequence), and a release
 //! notifies the channel naming the oldest live ticket of the key (`TICKET:KEY`). Only the
 //! waiter holding that ticket wakes — in whichever process it is — instead of every
-//! waiter racing for the key; the others sleep on until their turn or their fallback poll.
+//! waiter racing for the key; the others sleep on until their turn (or a re-check).
 //!
 //! The queue also orders grants: the acquire statement refuses a free key to a client
 //! without a ticket, or with a younger one, while an older ticket of the key lives — so a
