@@ -70,7 +70,7 @@ pub async fn connect_election(url: &str) -> Result<Arc<dyn Election>> {
                 ))),
             },
             _ => Err(LockError::invalid_config(format!(
-                "no leader election for `{scheme}://` (elections: memory://, file://, redis://, redlock://, etcd://, zk://, postgres://)"
+                "no leader election for `{scheme}://` (elections: file://, redis://, redlock://, etcd://, zk://, postgres://, and memory:// within one process)"
             ))),
         },
         None => Err(LockError::invalid_config(format!(

@@ -3,7 +3,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 
-#[macro_use]
 mod election_support;
 
 use std::time::Duration;
@@ -28,4 +27,4 @@ fn seats() -> Local {
     }
 }
 
-election_suite!(seats(), config());
+fencelock_testkit::election_suite!(async { seats() }, config());

@@ -2,7 +2,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 
-#[macro_use]
 mod election_support;
 
 use std::time::Duration;
@@ -25,7 +24,7 @@ fn seats() -> Local {
     }
 }
 
-election_suite!(seats(), config());
+fencelock_testkit::election_suite!(async { seats() }, config());
 
 /// Every backend has an election now: a scheme whose backend is not compiled in names
 /// its feature, and an unknown scheme or a URL without one is a clear configuration error.

@@ -1,6 +1,6 @@
 //! What the election suites of the local backends share: a fixture whose clients all come
 //! through the facade from one URL (`memory://NAME` or `file:///DIR`), with the operator's
-//! hook, and [`election_suite!`], one test per case of the conformance suite.
+//! hook; `fencelock_testkit::election_suite!` makes one test per case of the suite.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -41,27 +41,4 @@ impl ElectionFixture for Local {
             assert!(removed, "no seat to remove");
         })
     }
-}
-
-/// One `#[tokio::test]` per case of the election conformance suite, each running it on
-/// `$fixture` (an expression making a fixture) with `$config`.
-macro_rules! election_suite {
-    ($fixture:expr, $config:expr) => {
-        election_suite!(@cases $fixture, $config;
-            leader_reports_value_and_term,
-            at_most_one_leader_and_terms_increase,
-            resign_hands_over_promptly,
-            dropped_campaign_leaves_nothing_behind,
-            proclaim_needs_our_own_grant,
-            paused_leader_is_fenced,
-            observers_see_changes_in_order,
-            bad_election_input_is_rejected,
-        );
-    };
-    (@cases $fixture:expr, $config:expr; $($name:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            fencelock_testkit::conformance::election::$name(&$fixture, &$config).await;
-        }
-    )*};
 }

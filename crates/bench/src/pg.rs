@@ -21,24 +21,7 @@ use crate::subject::{Held, Subject, TTL};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-const RAW_SCHEMA: &str = "CREATE SCHEMA IF NOT EXISTS fencelock_raw;
-CREATE TABLE IF NOT EXISTS fencelock_raw.locks (key text PRIMARY KEY, holder text NOT NULL, expires_at timestamptz NOT NULL);
-CREATE TABLE IF NOT EXISTS fencelock_raw.tokens (key text PRIMARY KEY, token bigint NOT NULL);";
-
-const RAW_ACQUIRE: &str = "WITH taken AS (
-    INSERT INTO fencelock_raw.locks AS l (key, holder, expires_at)
-    VALUES ($1, $2, statement_timestamp() + $3::bigint * interval '1 millisecond')
-    ON CONFLICT (key) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
-        WHERE l.expires_at <= statement_timestamp()
-    RETURNING l.key
-), bumped AS (
-    INSERT INTO fencelock_raw.tokens AS t (key, token) SELECT key, 1 FROM taken
-    ON CONFLICT (key) DO UPDATE SET token = t.token + 1
-    RETURNING t.token
-)
-SELECT token FROM bumped";
-
-const RAW_RELEASE: &str = "DELETE FROM fencelock_raw.locks WHERE key = $1 AND holder = $2";
+use fencelock_testkit::pg_raw::{ACQUIRE as RAW_ACQUIRE, RELEASE as RAW_RELEASE, SCHEMA as RAW_SCHEMA};
 
 /// The raw minimum on one connection.
 pub struct RawPg {

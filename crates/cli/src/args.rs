@@ -79,7 +79,10 @@ pub enum Command {
     Lab(LabArgs),
     /// Measure what a lock costs per backend — against the raw minimum of its client
     /// crate and against peer crates, uncontended, under contention and at scale — on
-    /// servers it starts itself (or on each --backend), and print or write the report
+    /// servers it starts itself (or on each --backend), and print or write the report.
+    /// On a --backend server it leaves the token counters of its `bench-*` keys behind (as
+    /// every lock does: a counter is never deleted); nothing fences with them, so they may
+    /// be deleted by hand
     #[cfg(feature = "bench")]
     Bench(BenchArgs),
     /// (internal) the work a demo process does under the lock
@@ -109,13 +112,13 @@ pub struct RunArgs {
     pub key: String,
 
     /// How long the lease lives without renewal (e.g. 30s, 1.5s, 500ms; default 30s, from
-    /// 1ms to 24h, and well above the backend's round trip); it is renewed every third of it
+    /// 100ms to 24h, and well above the backend's round trip); it is renewed every third of it
     /// while CMD runs, so a crashed fencelock frees the lock after at most this long. On
     /// etcd and zk the session frees it: --ttl sets the URL's session_ttl (whole seconds,
     /// rounded up; etcd raises it to its minimum, 3s by default) / session_timeout (the
     /// server bounds it) unless the URL gives one; without --ttl the session's default is
     /// 10s
-    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_command_ttl)]
     pub ttl: Option<Duration>,
 
     /// How long to wait for the lock before giving up (e.g. 500ms, 30s, 2m; default 30s, at
@@ -161,14 +164,15 @@ pub struct ElectArgs {
     #[arg(value_name = "NAME")]
     pub name: String,
 
-    /// What to publish as this candidate's value (e.g. its address); default HOST:PID
+    /// What to publish as this candidate's value (e.g. its address): one line of text, 1 to
+    /// 4096 bytes; default HOST:PID
     #[arg(long, value_name = "V")]
     pub value: Option<String>,
 
     /// How long the seat's lease lives without renewal (e.g. 10s; default 30s); a hung
     /// leader blocks the seat for at most this long (on etcd and zk it sets the session's
     /// session_ttl / session_timeout, as for `run`)
-    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_command_ttl)]
     pub ttl: Option<Duration>,
 
     /// How long to campaign before giving up with status 75 (e.g. 30s, 1h; default 30s, at
@@ -236,6 +240,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if d > fencelock::options::MAX_TTL {
         return Err(format!("{} is above the maximum of 24h", humantime::format_duration(d)));
     }
+    Ok(d)
+}
+
+/// A TTL for `run` and `elect`: a duration of at least [`MIN_COMMAND_TTL`](crate::lock_opts::MIN_COMMAND_TTL).
+fn parse_command_ttl(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    crate::lock_opts::check_command_ttl(d)?;
     Ok(d)
 }
 

@@ -8,8 +8,13 @@ use fencelock_bench::{BenchError, Plan};
 use crate::args::{BenchArgs, Cli};
 use crate::exit;
 
-/// The cargo invocation that builds this command, for the report's header.
-const CARGO_RUN: &str = "cargo run --release -p fencelock-cli --features bench --";
+/// The cargo invocation that builds this command, for the report's header: the profile of
+/// this very binary, so a report made by a debug build says so in its command too.
+const CARGO_RUN: &str = if cfg!(debug_assertions) {
+    "cargo run -p fencelock-cli --features bench --"
+} else {
+    "cargo run --release -p fencelock-cli --features bench --"
+};
 
 pub async fn bench(cli: &Cli, args: &BenchArgs) -> ExitCode {
     if cli.config.is_some() {

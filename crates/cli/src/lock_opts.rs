@@ -10,6 +10,24 @@ use std::time::Duration;
 
 use fencelock::LockOptions;
 
+/// The shortest TTL `run` and `elect` take (the library's own minimum is 1 ms). The guard
+/// must renew the lease every third of the TTL and stop CMD before it runs out; below
+/// 100 ms one scheduling hiccup of a loaded machine loses the lease, and a TTL shorter than
+/// the grant round trip made grants that were lost at once, each burning a token — so such
+/// a TTL is refused as bad input before anything is granted.
+pub const MIN_COMMAND_TTL: Duration = Duration::from_millis(100);
+
+/// Checks a `run`/`elect` TTL against [`MIN_COMMAND_TTL`] (the maximum is the library's).
+pub fn check_command_ttl(ttl: Duration) -> Result<(), String> {
+    if ttl < MIN_COMMAND_TTL {
+        return Err(format!(
+            "{} is below the minimum of 100ms for a lease that guards a command",
+            humantime::format_duration(ttl)
+        ));
+    }
+    Ok(())
+}
+
 /// What `run`/`elect` acquire with.
 #[derive(Debug, Clone, Copy)]
 pub struct Chosen {
@@ -39,6 +57,7 @@ pub fn choose(defaults: LockOptions, ttl: Option<Duration>, wait: Option<Duratio
 pub fn check_file_defaults(defaults: &LockOptions) -> Result<(), String> {
     fencelock::options::validate_ttl(defaults.ttl())
         .map_err(|e| format!("defaults.ttl: {}", fencelock::error::one_line(&e)))?;
+    check_command_ttl(defaults.ttl()).map_err(|e| format!("defaults.ttl: {e}"))?;
     let max = fencelock::options::MAX_WAIT;
     if defaults.wait() > max {
         return Err(format!(

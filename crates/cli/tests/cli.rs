@@ -2,118 +2,24 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_fencelock");
+mod common;
+use common::{
+    assert_eight_processes_exclusive, assert_one_line, bare, lab, lab_report, lab_row, output_within, stderr_of,
+};
 
-fn fencelock(dir: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env_remove("FENCELOCK_BACKEND")
-        .env_remove("RUST_LOG")
-        .arg("--backend")
-        .arg(format!("file://{}", dir.display()));
-    cmd
-}
-
-/// Waits for a child with a bound, so a hung CLI fails the test instead of hanging it.
-fn output_within(mut child: std::process::Child, limit: Duration) -> Output {
-    let start = Instant::now();
-    loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
-            panic!(
-                "fencelock did not exit within {limit:?}; stderr: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10)); // polling a child's exit
-    }
+fn fencelock(dir: &Path) -> std::process::Command {
+    common::on_files(dir)
 }
 
 /// Runs the CLI with `args` and asserts it exits with `code`, saying `says` on one line
 /// that starts with `fencelock: `, without a panic.
 fn assert_fails_on_one_line(args: &[&str], code: i32, says: &str) {
-    let out = Command::new(BIN)
-        .args(args)
-        .env_remove("FENCELOCK_BACKEND")
-        .output()
-        .expect("run");
-    let err = stderr_of(&out);
-    assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
-    assert_eq!(err.lines().count(), 1, "{args:?}: not one line: {err}");
-    assert!(err.starts_with("fencelock: ") && err.contains(says), "{args:?}: {err}");
-    assert!(
-        !err.contains("panicked") && !err.contains("backtrace"),
-        "{args:?}: {err}"
-    );
-}
-
-fn stderr_of(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Eight `fencelock run` processes on one key of `backend`: never two inside at once, and
-/// the tokens grow in the order they got in.
-fn assert_eight_processes_exclusive(backend: &str) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let work = dir.path().join("work");
-    std::fs::create_dir(&work).expect("mkdir");
-    // Inside the lock: note it if someone else is inside, log the token, work a little.
-    let script = r#"
-        set -e
-        if ! mkdir "$WORK/inside" 2>/dev/null; then echo overlap >> "$WORK/overlap"; fi
-        echo "$FENCELOCK_TOKEN $FENCELOCK_KEY" >> "$WORK/log"
-        i=0; while [ $i -lt 2000 ]; do i=$((i+1)); done
-        rmdir "$WORK/inside"
-    "#;
-    let children: Vec<_> = (0..8)
-        .map(|_| {
-            Command::new(BIN)
-                .env_remove("FENCELOCK_BACKEND")
-                .args([
-                    "--backend",
-                    backend,
-                    "run",
-                    "k",
-                    "--wait",
-                    "60s",
-                    "--",
-                    "sh",
-                    "-c",
-                    script,
-                ])
-                .env("WORK", &work)
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn")
-        })
-        .collect();
-    for c in children {
-        let out = output_within(c, Duration::from_secs(120));
-        assert!(out.status.success(), "a run failed: {}", stderr_of(&out));
-    }
-    assert!(
-        !work.join("overlap").exists(),
-        "two commands ran inside the lock at once"
-    );
-    let log = std::fs::read_to_string(work.join("log")).expect("log");
-    let tokens: Vec<u64> = log
-        .lines()
-        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
-        .collect();
-    assert_eq!(tokens.len(), 8);
-    assert!(
-        tokens.windows(2).all(|w| w[1] > w[0]),
-        "tokens not increasing in entry order: {tokens:?}"
-    );
-    assert!(log.lines().all(|l| l.ends_with(" k")), "FENCELOCK_KEY missing: {log}");
+    let out = bare().args(args).output().expect("run");
+    assert_one_line(&out, code, says, &format!("{args:?}"));
 }
 
 #[test]
@@ -153,23 +59,8 @@ fn eight_processes_on_redis_never_overlap_and_tokens_grow() {
 /// Holds `k` with a `fencelock run` whose command waits for stdin to close, and returns
 /// once the command is running (it printed its token).
 fn hold(dir: &Path, extra: &[&str]) -> (std::process::Child, String) {
-    let mut holder = fencelock(dir)
-        .args(["run", "k"])
-        .args(extra)
-        .args(["--", "sh", "-c", "echo $FENCELOCK_TOKEN; read _; echo done"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn holder");
-    let mut stdout = holder.stdout.take().expect("stdout");
-    let mut token = String::new();
-    let mut byte = [0u8; 1];
-    while stdout.read(&mut byte).expect("read") == 1 && byte[0] != b'\n' {
-        token.push(byte[0] as char);
-    }
-    holder.stdout = Some(stdout);
-    (holder, token)
+    let run = [&["run", "k"][..], extra].concat();
+    common::spawn_holder(fencelock(dir), &run, "echo $FENCELOCK_TOKEN; read _; echo done")
 }
 
 #[test]
@@ -205,57 +96,25 @@ fn a_held_lock_gives_status_75_after_the_wait() {
 
 #[test]
 fn bad_backends_and_input_fail_on_one_line_without_panic() {
-    let cases: [(&[&str], i32, &str); 8] = [
-        (
-            &[
-                "--backend",
-                "memory://",
-                "--backend",
-                "memory://",
-                "run",
-                "k",
-                "--",
-                "true",
-            ],
-            78,
-            "this command takes one",
-        ),
-        (
-            &["--backend", "nope://x", "run", "k", "--", "true"],
-            78,
-            "unknown backend scheme",
-        ),
-        (
-            &["--backend", "file://relative", "run", "k", "--", "true"],
-            78,
-            "absolute path",
-        ),
-        (
-            &["--backend", "not a url", "run", "k", "--", "true"],
-            78,
-            "not a backend URL",
-        ),
-        (
-            &["--backend", "redis://127.0.0.1:1", "run", "k", "--", "true"],
-            69,
-            "unreachable",
-        ),
-        (
-            &["--backend", "redis://127.0.0.1:notaport", "run", "k", "--", "true"],
-            78,
-            "invalid port number",
-        ),
-        (&["--backend", "memory://", "run", "", "--", "true"], 64, "key is empty"),
-        (
-            &["--backend", "memory://", "run", "k", "--ttl", "0s", "--", "true"],
-            64,
-            "ttl",
-        ),
+    // `--backend B run KEY FLAGS -- true`
+    let run = |backend: &'static str, key: &'static str, flags: &[&'static str]| {
+        [&["--backend", backend, "run", key][..], flags, &["--", "true"]].concat()
+    };
+    let twice = [&["--backend", "memory://"][..], &run("memory://", "k", &[])].concat();
+    let cases = [
+        (twice, 78, "this command takes one"),
+        (run("nope://x", "k", &[]), 78, "unknown backend scheme"),
+        (run("file://relative", "k", &[]), 78, "absolute path"),
+        (run("not a url", "k", &[]), 78, "not a backend URL"),
+        (run("redis://127.0.0.1:1", "k", &[]), 69, "unreachable"),
+        (run("redis://127.0.0.1:notaport", "k", &[]), 78, "invalid port number"),
+        (run("memory://", "", &[]), 64, "key is empty"),
+        (run("memory://", "k", &["--ttl", "0s"]), 64, "ttl"),
     ];
     for (args, code, says) in cases {
-        assert_fails_on_one_line(args, code, says);
+        assert_fails_on_one_line(&args, code, says);
     }
-    let out = Command::new(BIN)
+    let out = bare()
         .args(["run", "k", "--ttl", "5 parsecs", "--", "true"])
         .output()
         .expect("run");
@@ -319,7 +178,7 @@ fn a_lost_lease_terminates_the_command_with_status_76() {
 
 #[test]
 fn backends_lists_what_is_compiled_in() {
-    let out = Command::new(BIN).arg("backends").output().expect("run");
+    let out = bare().arg("backends").output().expect("run");
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("file:///") && text.contains("[compiled in]"), "{text}");
@@ -330,10 +189,9 @@ fn backends_lists_what_is_compiled_in() {
 fn the_lab_runs_a_scenario_and_prints_its_timeline_and_table() {
     let dir = tempfile::tempdir().expect("temp dir");
     let report = dir.path().join("safety.md");
-    let out = Command::new(BIN)
+    let out = bare()
         .args(["--backend", "memory://lab-cli", "lab", "paused-holder", "--report"])
         .arg(&report)
-        .env_remove("FENCELOCK_BACKEND")
         .output()
         .expect("run");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -348,7 +206,7 @@ fn the_lab_runs_a_scenario_and_prints_its_timeline_and_table() {
         written.contains("| paused-holder | memory | 0 | 0 | 0 | 4 | 0 | 1 | 1 |"),
         "{written}"
     );
-    let out = Command::new(BIN)
+    let out = bare()
         .args(["--backend", "memory://", "lab", "no-such"])
         .output()
         .expect("run");
@@ -358,16 +216,7 @@ fn the_lab_runs_a_scenario_and_prints_its_timeline_and_table() {
 
 #[test]
 fn the_lab_shows_which_backends_survive_a_restart_while_held() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let report = dir.path().join("safety.md");
-    let out = Command::new(BIN)
-        .args(["lab", "restart-while-held", "--quiet", "--report"])
-        .arg(&report)
-        .env_remove("FENCELOCK_BACKEND")
-        .output()
-        .expect("run");
-    assert!(out.status.success(), "{}", stderr_of(&out));
-    let table = std::fs::read_to_string(&report).expect("report");
+    let table = lab_report("restart-while-held");
     // The documented outcomes (docs/backends/*.md, docs/safety.md): a restart without
     // persistence lets a second holder in on Redis and on a Redlock bare quorum, with the
     // same token (refused by the fenced resource); persistence, the delayed restart and
@@ -390,26 +239,8 @@ fn the_lab_shows_which_backends_survive_a_restart_while_held() {
 
 #[test]
 fn the_lab_shows_consensus_staying_exclusive_through_a_fault_during_contention() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let report = dir.path().join("safety.md");
-    let out = Command::new(BIN)
-        .args(["lab", "fault-during-contention", "--quiet", "--report"])
-        .arg(&report)
-        .env_remove("FENCELOCK_BACKEND")
-        .output()
-        .expect("run");
-    assert!(out.status.success(), "{}", stderr_of(&out));
-    let table = std::fs::read_to_string(&report).expect("report");
-    let row = |backend: &str| -> Vec<String> {
-        let line = table
-            .lines()
-            .find(|l| l.starts_with(&format!("| fault-during-contention | {backend} |")))
-            .unwrap_or_else(|| panic!("no row for {backend} in:\n{table}"));
-        line.split('|')
-            .map(|c| c.trim().to_owned())
-            .filter(|c| !c.is_empty())
-            .collect()
-    };
+    let table = lab_report("fault-during-contention");
+    let row = |backend: &str| lab_row(&table, "fault-during-contention", backend);
     // Columns: scenario, backend, overlaps, regressions, reuse, late actions, stale (fenced).
     let safe = |backend: &str| {
         let r = row(backend);
@@ -429,13 +260,7 @@ fn the_lab_shows_consensus_staying_exclusive_through_a_fault_during_contention()
 
 #[test]
 fn the_lab_shows_a_redis_failover_granting_the_lock_twice() {
-    let out = Command::new(BIN)
-        .args(["lab", "failover-before-replication", "--quiet"])
-        .env_remove("FENCELOCK_BACKEND")
-        .output()
-        .expect("run");
-    assert!(out.status.success(), "{}", stderr_of(&out));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = lab(&["failover-before-replication", "--quiet"]);
     assert!(
         text.contains("| failover-before-replication | redis (primary + async replica) | 1 | 0 | 1 | 0 | 0 | – | – |"),
         "{text}"
@@ -444,13 +269,7 @@ fn the_lab_shows_a_redis_failover_granting_the_lock_twice() {
 
 #[test]
 fn the_lab_partitions_a_client_from_minorities_and_majorities() {
-    let out = Command::new(BIN)
-        .args(["lab", "client-partition"])
-        .env_remove("FENCELOCK_BACKEND")
-        .output()
-        .expect("run");
-    assert!(out.status.success(), "{}", stderr_of(&out));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = lab(&["client-partition"]);
     for row in [
         "| client-partition | redlock | 0 | 0 | 0 | 0 | 0 | – | – |",
         "| client-partition | zookeeper | 0 | 0 | 0 | 0 | 0 | – | – |",
@@ -486,13 +305,7 @@ fn the_lab_partitions_a_client_from_minorities_and_majorities() {
 
 #[test]
 fn the_lab_shows_an_early_expiry_on_one_redlock_node_granting_twice() {
-    let out = Command::new(BIN)
-        .args(["lab", "clock-jump", "--quiet"])
-        .env_remove("FENCELOCK_BACKEND")
-        .output()
-        .expect("run");
-    assert!(out.status.success(), "{}", stderr_of(&out));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = lab(&["clock-jump", "--quiet"]);
     assert!(
         text.contains("| clock-jump | redlock (node 0 expires early) | 1 | 0 | 0 | 0 | 0 | – | – |"),
         "{text}"

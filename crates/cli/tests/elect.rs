@@ -59,10 +59,25 @@ fn spawn(url: &str, i: usize, log: &Path, script: &str) -> Child {
         .args(["sh", "-c", script])
         .env("LOG", log)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr_file(log, i))
         .spawn()
         .expect("spawn fencelock elect")
 }
+
+/// Candidate `i`'s stderr goes to a file beside the log, for the failure message.
+fn stderr_file(log: &Path, i: usize) -> std::fs::File {
+    std::fs::File::create(log.with_extension(format!("stderr{i}"))).expect("create a stderr file")
+}
+
+/// What candidate `i` wrote on stderr.
+fn stderr_of(log: &Path, i: usize) -> String {
+    std::fs::read_to_string(log.with_extension(format!("stderr{i}"))).unwrap_or_default()
+}
+
+/// Redlock's per-node timeout (default 50 ms) sized for a loaded 2-core CI machine: these
+/// cases test exclusion and term order, not the timeout; with 50 ms a renewal of five
+/// processes' leases under load missed its quorum and a candidate exited 76.
+const REDLOCK_OPTS: &str = "per_node_timeout=300ms";
 
 fn file_url(dir: &tempfile::TempDir) -> String {
     format!("file://{}", dir.path().join("locks").display())
@@ -126,14 +141,20 @@ fn postgres_killing_the_leader_starts_exactly_one_successor() {
 fn redlock_five_candidates_run_one_at_a_time() {
     let servers = fencelock_testkit::redis_server::start_many(5);
     let dir = tempfile::tempdir().expect("temp dir");
-    one_command_at_a_time(&fencelock_testkit::redis_server::redlock_url(&servers, ""), &dir);
+    one_command_at_a_time(
+        &fencelock_testkit::redis_server::redlock_url(&servers, REDLOCK_OPTS),
+        &dir,
+    );
 }
 
 #[test]
 fn redlock_killing_the_leader_starts_exactly_one_successor() {
     let servers = fencelock_testkit::redis_server::start_many(5);
     let dir = tempfile::tempdir().expect("temp dir");
-    one_successor_after_kill(&fencelock_testkit::redis_server::redlock_url(&servers, ""), &dir);
+    one_successor_after_kill(
+        &fencelock_testkit::redis_server::redlock_url(&servers, REDLOCK_OPTS),
+        &dir,
+    );
 }
 
 #[cfg(feature = "etcd")]
@@ -161,11 +182,16 @@ fn one_command_at_a_time(url: &str, dir: &tempfile::TempDir) {
     let log = dir.path().join("log");
     let script = r#"echo "in $FENCELOCK_TERM" >> "$LOG"; sleep 0.1; echo "out $FENCELOCK_TERM" >> "$LOG""#;
     let mut candidates = Candidates((0..5).map(|i| spawn(&url, i, &log, script)).collect());
-    for c in &mut candidates.0 {
+    for (i, c) in candidates.0.iter_mut().enumerate() {
         poll_until(Duration::from_secs(60), "every candidate exited", || {
             c.try_wait().expect("try_wait").is_some()
         });
-        assert!(c.wait().expect("wait").success(), "a candidate failed");
+        let status = c.wait().expect("wait");
+        assert!(
+            status.success(),
+            "candidate {i} failed ({status}): {}",
+            stderr_of(&log, i)
+        );
     }
     let lines = lines(&log);
     assert_eq!(lines.len(), 10, "five commands in and out: {lines:?}");

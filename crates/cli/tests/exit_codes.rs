@@ -3,56 +3,30 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_fencelock");
+mod common;
+use common::{assert_one_line, bare as fencelock, end, on_files, stderr_of, BIN};
 
-fn fencelock() -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env_remove("FENCELOCK_BACKEND").env_remove("RUST_LOG");
-    cmd
-}
-
-fn on_files(dir: &Path) -> Command {
-    let mut cmd = fencelock();
-    cmd.arg("--backend").arg(format!("file://{}", dir.display()));
-    cmd
-}
-
-fn stderr_of(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Asserts the status and that stderr is one line starting `fencelock: ` containing `says`.
-fn assert_one_line(out: &Output, code: i32, says: &str, what: &str) {
-    let err = stderr_of(out);
-    assert_eq!(out.status.code(), Some(code), "{what}: {err}");
-    assert_eq!(err.lines().count(), 1, "{what}: not one line: {err}");
-    assert!(err.starts_with("fencelock: ") && err.contains(says), "{what}: {err}");
-    assert!(!err.contains("panicked"), "{what}: {err}");
-}
-
-/// Holds `k` in `dir` until the returned child's stdin is closed.
+/// Holds `k` in `dir` until the returned child's stdin is closed (see [`end`]).
 fn hold(dir: &Path) -> std::process::Child {
-    let mut holder = on_files(dir)
-        .args(["run", "k", "--", "sh", "-c", "echo in; read _ || true"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn holder");
-    let mut line = String::new();
-    BufReader::new(holder.stdout.as_mut().expect("stdout"))
-        .read_line(&mut line)
-        .expect("holder's line");
-    assert_eq!(line.trim(), "in");
-    holder
+    common::hold(on_files(dir), &["run", "k"])
 }
 
-fn end(mut holder: std::process::Child) {
-    drop(holder.stdin.take());
-    assert!(holder.wait().expect("wait").success());
+/// Runs `cmd` to its end.
+fn output_of(cmd: &mut Command) -> Output {
+    cmd.output().expect("run")
+}
+
+/// `fencelock --backend backend run k FLAGS -- true`, run to its end.
+fn run_k(backend: &str, flags: &[&str]) -> Output {
+    fencelock()
+        .args(["--backend", backend, "run", "k"])
+        .args(flags)
+        .args(["--", "true"])
+        .output()
+        .expect("run")
 }
 
 #[test]
@@ -60,101 +34,65 @@ fn bad_inputs_exit_64_or_78_on_one_line() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = format!("file://{}", dir.path().display());
     let f = file.as_str();
-    let cases: &[(&[&str], i32, &str)] = &[
+    // `--backend B run KEY FLAGS -- true`
+    let run = |backend: &'static str, key: &'static str, flags: &[&'static str]| {
+        [&["--backend", backend, "run", key][..], flags, &["--", "true"]].concat()
+    };
+    let on_f = |key: &'static str, flags: &[&'static str]| {
+        [&["--backend", f, "run", key][..], flags, &["--", "true"]].concat()
+    };
+    let cases: &[(Vec<&str>, i32, &str)] = &[
         // Durations (humantime): below the minimum, no unit, unknown unit, negative.
-        (
-            &["--backend", f, "run", "k", "--ttl", "5µs", "--", "true"],
-            64,
-            "5us is below the minimum of 1ms",
-        ),
-        (
-            &["--backend", f, "run", "k", "--ttl", "0", "--", "true"],
-            64,
-            "below the minimum of 1ms",
-        ),
-        (
-            &["--backend", f, "run", "k", "--wait", "30", "--", "true"],
-            64,
-            "not a duration",
-        ),
-        (
-            &["--backend", f, "run", "k", "--ttl", "5 parsecs", "--", "true"],
-            64,
-            "unknown time unit",
-        ),
-        (
-            &["--backend", f, "run", "k", "--kill-after", "-1s", "--", "true"],
-            64,
-            "durations cannot be negative",
-        ),
-        (
-            &["--backend", f, "run", "k", "--kill-after", "1000days", "--", "true"],
-            64,
-            "above the maximum of 24h",
-        ),
+        (on_f("k", &["--ttl", "5µs"]), 64, "5us is below the minimum of 1ms"),
+        (on_f("k", &["--ttl", "0"]), 64, "below the minimum of 1ms"),
+        (on_f("k", &["--wait", "30"]), 64, "not a duration"),
+        (on_f("k", &["--ttl", "5 parsecs"]), 64, "unknown time unit"),
+        (on_f("k", &["--kill-after", "-1s"]), 64, "durations cannot be negative"),
+        (on_f("k", &["--kill-after", "1000days"]), 64, "above the maximum of 24h"),
         // Usage errors are EX_USAGE (64), on one line, not clap's 2.
-        (&["run", "k"], 64, "required"),
-        (&["run", "k", "--nope", "--", "true"], 64, "--nope"),
-        (&["frobnicate"], 64, "frobnicate"),
-        (
-            &["--backend", f, "run", "k", "--conflict-exit-code", "300", "--", "true"],
-            64,
-            "300",
-        ),
-        (
-            &["--backend", f, "run", "k", "--no-wait", "--wait", "1s", "--", "true"],
-            64,
-            "cannot be used with",
-        ),
+        (vec!["run", "k"], 64, "required"),
+        (vec!["run", "k", "--nope", "--", "true"], 64, "--nope"),
+        (vec!["frobnicate"], 64, "frobnicate"),
+        (on_f("k", &["--conflict-exit-code", "300"]), 64, "300"),
+        (on_f("k", &["--no-wait", "--wait", "1s"]), 64, "cannot be used with"),
         // Keys.
-        (&["--backend", f, "run", "", "--", "true"], 64, "key is empty"),
-        (&["--backend", f, "run", "a\nb", "--", "true"], 64, "control character"),
+        (on_f("", &[]), 64, "key is empty"),
+        (on_f("a\nb", &[]), 64, "control character"),
         // Backends and configuration: 78.
+        (run("memory://", "k", &[]), 78, "cannot use memory://"),
+        (vec!["--backend", "memory://", "demo"], 78, "cannot use memory://"),
+        (run("nope://x", "k", &[]), 78, "unknown backend scheme"),
+        (run("not a url", "k", &[]), 78, "not a backend URL"),
         (
-            &["--backend", "memory://", "run", "k", "--", "true"],
-            78,
-            "cannot use memory://",
-        ),
-        (&["--backend", "memory://", "demo"], 78, "cannot use memory://"),
-        (
-            &["--backend", "nope://x", "run", "k", "--", "true"],
-            78,
-            "unknown backend scheme",
-        ),
-        (
-            &["--backend", "not a url", "run", "k", "--", "true"],
-            78,
-            "not a backend URL",
-        ),
-        (
-            &["--backend", f, "--backend", f, "run", "k", "--", "true"],
+            [&["--backend", f][..], &on_f("k", &[])].concat(),
             78,
             "this command takes one",
         ),
         (
-            &[
-                "--backend",
-                f,
-                "--config",
-                "/nonexistent.toml",
-                "run",
-                "k",
-                "--",
-                "true",
-            ],
+            [&["--backend", f, "--config", "/nonexistent.toml"][..], &run_tail("k")].concat(),
             78,
             "give one",
         ),
         (
-            &["--config", "/nonexistent.toml", "run", "k", "--", "true"],
+            [&["--config", "/nonexistent.toml"][..], &run_tail("k")].concat(),
             78,
             "cannot read configuration",
         ),
     ];
     for (args, code, says) in cases {
-        let out = fencelock().args(*args).output().expect("run");
+        let out = fencelock().args(args).output().expect("run");
         assert_one_line(&out, *code, says, &format!("{args:?}"));
     }
+}
+
+/// `cmd` with `run k -- true`, run to its end.
+fn run_true(cmd: &mut Command) -> Output {
+    cmd.args(run_tail("k")).output().expect("run")
+}
+
+/// `run KEY -- true`
+fn run_tail(key: &str) -> [&str; 4] {
+    ["run", key, "--", "true"]
 }
 
 #[test]
@@ -163,12 +101,7 @@ fn a_config_file_refuses_bare_numbers_and_takes_humantime() {
     let config = dir.path().join("lock.toml");
     let backend = format!("backend = \"file://{}\"\n", dir.path().display());
     std::fs::write(&config, format!("{backend}[defaults]\nttl = 5\n")).expect("write");
-    let out = fencelock()
-        .arg("--config")
-        .arg(&config)
-        .args(["run", "k", "--", "true"])
-        .output()
-        .expect("run");
+    let out = run_true(fencelock().arg("--config").arg(&config));
     assert_one_line(
         &out,
         78,
@@ -180,12 +113,7 @@ fn a_config_file_refuses_bare_numbers_and_takes_humantime() {
         format!("{backend}[defaults]\nttl = \"1.5s\"\nwait = \"2m 30s\"\n"),
     )
     .expect("write");
-    let out = fencelock()
-        .arg("--config")
-        .arg(&config)
-        .args(["run", "k", "--", "true"])
-        .output()
-        .expect("run");
+    let out = run_true(fencelock().arg("--config").arg(&config));
     assert!(out.status.success(), "{}", stderr_of(&out));
 }
 
@@ -195,13 +123,12 @@ fn a_flag_or_a_config_file_wins_over_the_environment() {
     let config = dir.path().join("lock.toml");
     std::fs::write(&config, format!("backend = \"file://{}\"\n", dir.path().display())).expect("write");
     // The environment names a backend that would fail (memory:// is refused by run).
-    let out = fencelock()
-        .env("FENCELOCK_BACKEND", "memory://")
-        .arg("--config")
-        .arg(&config)
-        .args(["run", "k", "--", "true"])
-        .output()
-        .expect("run");
+    let out = run_true(
+        fencelock()
+            .env("FENCELOCK_BACKEND", "memory://")
+            .arg("--config")
+            .arg(&config),
+    );
     assert!(
         out.status.success(),
         "--config lost to FENCELOCK_BACKEND: {}",
@@ -220,11 +147,7 @@ fn a_flag_or_a_config_file_wins_over_the_environment() {
         stderr_of(&out)
     );
     // Alone, the environment is used.
-    let out = fencelock()
-        .env("FENCELOCK_BACKEND", "memory://")
-        .args(["run", "k", "--", "true"])
-        .output()
-        .expect("run");
+    let out = run_true(fencelock().env("FENCELOCK_BACKEND", "memory://"));
     assert_one_line(&out, 78, "cannot use memory://", "FENCELOCK_BACKEND alone");
 }
 
@@ -262,14 +185,7 @@ fn every_exit_status_of_run() {
     let dir = tempfile::tempdir().expect("temp dir");
     let d = dir.path();
     // 0 and the command's own status.
-    assert_eq!(
-        on_files(d)
-            .args(["run", "k", "--", "true"])
-            .status()
-            .expect("run")
-            .code(),
-        Some(0)
-    );
+    assert_eq!(run_k(&common::file_url(d), &[]).status.code(), Some(0));
     let own = on_files(d)
         .args(["run", "k", "--", "sh", "-c", "exit 75"])
         .status()
@@ -282,48 +198,27 @@ fn every_exit_status_of_run() {
         .expect("run");
     assert_eq!(killed.code(), Some(128 + 9));
     // 127 and 126.
-    let out = on_files(d)
-        .args(["run", "k", "--", "/nonexistent/cmd"])
-        .output()
-        .expect("run");
+    let out = output_of(on_files(d).args(["run", "k", "--", "/nonexistent/cmd"]));
     assert_one_line(&out, 127, "cannot run `/nonexistent/cmd`", "not found");
     let out = on_files(d).args(["run", "k", "--"]).arg(d).output().expect("run");
     assert_one_line(&out, 126, "cannot run", "not executable");
     // 75 (not acquired), and remapped by --conflict-exit-code.
     let holder = hold(d);
-    let out = on_files(d)
-        .args(["run", "k", "--no-wait", "--", "true"])
-        .output()
-        .expect("run");
+    let out = run_k(&common::file_url(d), &["--no-wait"]);
     assert_one_line(&out, 75, "held by someone else; not waiting", "--no-wait");
-    let out = on_files(d)
-        .args(["run", "k", "--wait", "0", "--", "true"])
-        .output()
-        .expect("run");
+    let out = run_k(&common::file_url(d), &["--wait", "0"]);
     assert_one_line(&out, 75, "held by someone else", "--wait 0");
-    let out = on_files(d)
-        .args(["run", "k", "--wait", "50ms", "--", "true"])
-        .output()
-        .expect("run");
+    let out = run_k(&common::file_url(d), &["--wait", "50ms"]);
     assert_one_line(&out, 75, "not acquired within", "--wait 50ms");
-    let out = on_files(d)
-        .args(["run", "k", "--no-wait", "--conflict-exit-code", "3", "--", "true"])
-        .output()
-        .expect("run");
+    let out = run_k(&common::file_url(d), &["--no-wait", "--conflict-exit-code", "3"]);
     assert_one_line(&out, 3, "held by someone else", "--conflict-exit-code");
     end(holder);
     // 69: the backend cannot be reached.
-    let out = fencelock()
-        .args(["--backend", "redis://127.0.0.1:1", "run", "k", "--", "true"])
-        .output()
-        .expect("run");
+    let out = run_k("redis://127.0.0.1:1", &[]);
     assert_one_line(&out, 69, "unreachable", "unreachable");
     // 70: the backend failed (a corrupt state file).
     std::fs::write(d.join("k-corrupt.state"), "not json").expect("write");
-    let out = on_files(d)
-        .args(["run", "corrupt", "--", "true"])
-        .output()
-        .expect("run");
+    let out = output_of(on_files(d).args(["run", "corrupt", "--", "true"]));
     assert_eq!(out.status.code(), Some(70), "corrupt state: {}", stderr_of(&out));
 }
 
@@ -331,24 +226,11 @@ fn every_exit_status_of_run() {
 fn a_lost_lease_exits_76_or_the_lost_exit_code() {
     let dir = tempfile::tempdir().expect("temp dir");
     for (extra, code) in [(&[][..], 76), (&["--lost-exit-code", "9"][..], 9)] {
-        let mut holder = on_files(dir.path())
-            .args(["run", "k", "--ttl", "300ms"])
-            .args(extra)
-            .args(["--", "sh", "-c", "echo in; sleep 30"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        let mut line = String::new();
-        BufReader::new(holder.stdout.as_mut().expect("stdout"))
-            .read_line(&mut line)
-            .expect("line");
+        let run = [&["run", "k", "--ttl", "300ms"][..], extra].concat();
+        let (holder, _in) = common::spawn_holder(on_files(dir.path()), &run, "echo in; sleep 30");
         let pid = rustix::process::Pid::from_raw(holder.id() as i32).expect("pid");
         rustix::process::kill_process(pid, rustix::process::Signal::STOP).expect("SIGSTOP");
-        let other = on_files(dir.path())
-            .args(["run", "k", "--wait", "10s", "--", "true"])
-            .output()
-            .expect("run");
+        let other = run_k(&common::file_url(dir.path()), &["--wait", "10s"]);
         assert!(other.status.success(), "{}", stderr_of(&other));
         rustix::process::kill_process(pid, rustix::process::Signal::CONT).expect("SIGCONT");
         let out = holder.wait_with_output().expect("wait");
@@ -359,10 +241,7 @@ fn a_lost_lease_exits_76_or_the_lost_exit_code() {
 #[test]
 fn log_lines_carry_no_colour_off_a_terminal() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let out = on_files(dir.path())
-        .args(["-v", "run", "k", "--", "true"])
-        .output()
-        .expect("run");
+    let out = output_of(on_files(dir.path()).args(["-v", "run", "k", "--", "true"]));
     let err = stderr_of(&out);
     assert!(err.contains("acquiring"), "no log line: {err}");
     assert!(!err.contains('\u{1b}'), "ANSI escape in piped stderr: {err:?}");
@@ -428,10 +307,7 @@ fn bad_backend_urls_exit_78_on_one_line_without_the_password() {
         ("nope://u:SeCRET@h:1", "unknown backend scheme"),
     ];
     for (url, says) in cases {
-        let out = fencelock()
-            .args(["--backend", url, "run", "k", "--", "true"])
-            .output()
-            .expect("run");
+        let out = run_k(url, &[]);
         assert_one_line(&out, 78, says, url);
         let err = stderr_of(&out);
         assert!(!err.contains("CRET"), "{url}: the password shows: {err}");
@@ -449,16 +325,10 @@ fn passwords_with_url_characters_reach_the_server_and_never_show() {
             ..Default::default()
         });
     let url = format!("redis://:p@ss%2Fw%3Fr%23d:1@127.0.0.1:{}", server.port());
-    let out = fencelock()
-        .args(["--backend", &url, "run", "k", "--", "true"])
-        .output()
-        .expect("run");
+    let out = run_k(&url, &[]);
     assert!(out.status.success(), "{}", stderr_of(&out));
     let wrong = format!("redis://:p@ss%2Fw%3Fr%23d:2@127.0.0.1:{}", server.port());
-    let out = fencelock()
-        .args(["--backend", &wrong, "run", "k", "--", "true"])
-        .output()
-        .expect("run");
+    let out = run_k(&wrong, &[]);
     assert_one_line(&out, 78, "redis refused the credentials", "wrong password");
     let err = stderr_of(&out);
     assert!(
@@ -469,10 +339,7 @@ fn passwords_with_url_characters_reach_the_server_and_never_show() {
     // No password at all for a server that needs one: the same 78 at once (it was a panic
     // inside the client, then 69 "unreachable" or a wait for the whole --wait).
     let none = format!("redis://127.0.0.1:{}", server.port());
-    let out = fencelock()
-        .args(["--backend", &none, "run", "k", "--wait", "20s", "--", "true"])
-        .output()
-        .expect("run");
+    let out = run_k(&none, &["--wait", "20s"]);
     assert_one_line(&out, 78, "redis refused the credentials", "no password");
     assert!(!stderr_of(&out).contains("panicked"), "{}", stderr_of(&out));
 }
@@ -483,29 +350,13 @@ fn passwords_with_url_characters_reach_the_server_and_never_show() {
 fn redis_db_index_ipv6_and_default_port_in_messages() {
     let server = fencelock_testkit::redis_server::RedisServer::start();
     let url = format!("redis://127.0.0.1:{}/99", server.port());
-    let out = fencelock()
-        .args(["--backend", &url, "run", "k", "--", "true"])
-        .output()
-        .expect("run");
+    let out = run_k(&url, &[]);
     assert_one_line(&out, 78, "refused DB index 99", "DB 99");
     let url = format!("redis://127.0.0.1:{}/15", server.port());
-    let out = fencelock()
-        .args(["--backend", &url, "run", "k", "--", "true"])
-        .output()
-        .expect("run");
+    let out = run_k(&url, &[]);
     assert!(out.status.success(), "DB 15: {}", stderr_of(&out));
     // IPv6 in brackets: parsed and named (nothing listens there: unreachable, 69).
-    let out = fencelock()
-        .args([
-            "--backend",
-            "redis://[::1]:1?connect_timeout=200ms",
-            "run",
-            "k",
-            "--",
-            "true",
-        ])
-        .output()
-        .expect("run");
+    let out = run_k("redis://[::1]:1?connect_timeout=200ms", &[]);
     assert_one_line(&out, 69, "redis://[::1]:1", "IPv6");
     // No port means 6379 and messages say "(default port)": checked by the redis config's
     // unit test (`ipv6_default_port_and_db`), not here — a test must not assume 6379 is
@@ -522,10 +373,7 @@ fn rediss_to_a_plaintext_server_hints_at_tls() {
         "rediss://127.0.0.1:{}?connect_timeout=300ms&timeout=300ms",
         server.port()
     );
-    let out = fencelock()
-        .args(["--backend", &url, "run", "k", "--", "true"])
-        .output()
-        .expect("run");
+    let out = run_k(&url, &[]);
     if cfg!(feature = "redis-tls") {
         assert_one_line(
             &out,
@@ -545,10 +393,7 @@ fn a_lock_directory_that_is_not_private_exits_78() {
     let dir = tempfile::tempdir().expect("temp dir");
     for mode in [0o777, 0o770, 0o755 | 0o020] {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).expect("chmod");
-        let out = on_files(dir.path())
-            .args(["run", "k", "--", "true"])
-            .output()
-            .expect("run");
+        let out = run_k(&common::file_url(dir.path()), &[]);
         assert_one_line(
             &out,
             78,
@@ -557,10 +402,7 @@ fn a_lock_directory_that_is_not_private_exits_78() {
         );
     }
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
-    let out = on_files(dir.path())
-        .args(["run", "k", "--", "true"])
-        .output()
-        .expect("run");
+    let out = run_k(&common::file_url(dir.path()), &[]);
     assert!(out.status.success(), "0700: {}", stderr_of(&out));
 }
 
@@ -574,12 +416,7 @@ fn etcd_credentials_that_cannot_work_exit_78() {
     use fencelock_testkit::process::http;
     let cluster = fencelock_testkit::etcd_server::EtcdCluster::single();
     let port = cluster.client_ports()[0];
-    let run = |url: &str| {
-        fencelock()
-            .args(["--backend", url, "run", "k", "--", "true"])
-            .output()
-            .expect("run")
-    };
+    let run = |url: &str| run_k(url, &[]);
     for url in [
         format!("etcd://root:secret@127.0.0.1:{port}"),
         format!("etcd://127.0.0.1:{port}?user=root&password=secret"),
@@ -613,10 +450,7 @@ fn etcd_credentials_that_cannot_work_exit_78() {
 fn zookeeper_refused_at_connect_exits_69_at_once() {
     let port = fencelock_testkit::ports::free_port();
     let start = std::time::Instant::now();
-    let out = fencelock()
-        .args(["--backend", &format!("zk://127.0.0.1:{port}"), "run", "k", "--", "true"])
-        .output()
-        .expect("run");
+    let out = run_k(&format!("zk://127.0.0.1:{port}"), &[]);
     let took = start.elapsed();
     assert_one_line(&out, 69, "refused the connection", "zk refused");
     assert!(took < std::time::Duration::from_millis(1500), "took {took:?}");
@@ -643,12 +477,7 @@ fn negative_durations_and_toml_errors_are_one_clear_line() {
         format!("backend = \"file://{}\"\n[defaults\n", dir.path().display()),
     )
     .expect("write config");
-    let out = fencelock()
-        .arg("--config")
-        .arg(&config)
-        .args(["run", "k", "--", "true"])
-        .output()
-        .expect("run");
+    let out = run_true(fencelock().arg("--config").arg(&config));
     assert_one_line(&out, 78, "at line 2, column 10: unclosed table", "TOML syntax");
     assert_eq!(
         stderr_of(&out).matches("unclosed table").count(),

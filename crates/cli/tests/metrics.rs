@@ -2,12 +2,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_fencelock");
+mod common;
 
 /// `GET /metrics` on loopback; `None` while nothing answers.
 fn scrape(port: u16) -> Option<String> {
@@ -40,22 +39,11 @@ fn scrape_until(port: u16, needles: &[&str]) -> String {
 fn metrics_are_served_while_the_lock_is_held() {
     let dir = tempfile::tempdir().expect("temp dir");
     let port = fencelock_testkit::ports::free_port();
-    let mut holder = Command::new(BIN)
-        .env_remove("FENCELOCK_BACKEND")
-        .arg("--backend")
-        .arg(format!("file://{}", dir.path().display()))
-        .args(["run", "k", "--ttl", "300ms", "--metrics-addr"])
-        .arg(format!("127.0.0.1:{port}"))
-        .args(["--", "sh", "-c", "echo in; read _ || true"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut line = String::new();
-    BufReader::new(holder.stdout.as_mut().expect("stdout"))
-        .read_line(&mut line)
-        .expect("line");
-    assert_eq!(line.trim(), "in");
+    let addr = format!("127.0.0.1:{port}");
+    let holder = common::hold(
+        common::on_files(dir.path()),
+        &["run", "k", "--ttl", "300ms", "--metrics-addr", &addr],
+    );
     let page = scrape_until(
         port,
         &[
@@ -70,8 +58,7 @@ fn metrics_are_served_while_the_lock_is_held() {
         !page.contains("key=\""),
         "the key is a label only when asked for:\n{page}"
     );
-    drop(holder.stdin.take());
-    assert!(holder.wait().expect("wait").success());
+    common::end(holder);
 }
 
 #[test]
@@ -79,19 +66,16 @@ fn a_metrics_address_in_use_is_refused_on_one_line() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("addr");
     let dir = tempfile::tempdir().expect("temp dir");
-    let out = Command::new(BIN)
-        .env_remove("FENCELOCK_BACKEND")
-        .arg("--backend")
-        .arg(format!("file://{}", dir.path().display()))
+    let out = common::on_files(dir.path())
         .args(["run", "k", "--metrics-addr"])
         .arg(addr.to_string())
         .args(["--", "true"])
         .output()
         .expect("run");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(78), "{err}");
+    common::assert_one_line(&out, 78, "cannot serve metrics on", "address in use");
     assert!(
-        err.starts_with("fencelock: cannot serve metrics on") && err.lines().count() == 1,
-        "{err}"
+        common::stderr_of(&out).starts_with("fencelock: cannot serve metrics on"),
+        "{}",
+        common::stderr_of(&out)
     );
 }

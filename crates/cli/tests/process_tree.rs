@@ -14,7 +14,10 @@ use rustix::process::{kill_process, Pid, Signal};
 
 mod common;
 
-use common::{fencelock, file_url, output_within, pid_of, poll_until, signal_while_waiting, BIN};
+use common::{
+    count_grew, fencelock, file_url, output_within, pid_of, poll_until, signal_while_waiting,
+    signals_while_waiting_on_zookeeper, BIN,
+};
 
 /// A: logs its entry, then starts a grandchild that logs `A-ALIVE` every 50 ms (at most
 /// 30 s), and waits for it — the `sh -c 'sleep 30 & wait'` of the issue, made visible.
@@ -269,20 +272,8 @@ fn on_etcd_a_signal_while_waiting_leaves_no_queue_entry() {
     // Long session TTL: only close() can remove the waiter's queue key in time.
     let url = cluster.url("session_ttl=30s");
     for sig in [Signal::INT, Signal::TERM] {
-        let txns = std::cell::Cell::new(None::<u64>);
         // In line once the waiter's queue-key Txn was handled after the holder's.
-        let queued = || {
-            let now = cluster.grpc_calls(0, "Txn");
-            match (txns.get(), now) {
-                (None, Some(n)) => {
-                    txns.set(Some(n));
-                    false
-                }
-                (Some(base), Some(n)) => n > base,
-                _ => false,
-            }
-        };
-        signal_while_waiting(&url, sig, &queued);
+        signal_while_waiting(&url, sig, &count_grew(|| cluster.grpc_calls(0, "Txn")));
     }
 }
 
@@ -291,19 +282,7 @@ fn on_zookeeper_a_signal_while_waiting_leaves_no_queue_entry() {
     let zk = fencelock_testkit::zk_server::ZkEnsemble::standalone();
     // Long session timeout: only close() can remove the waiter's node in time.
     let url = zk.url("/waiting", "session_timeout=20s");
-    for sig in [Signal::INT, Signal::TERM] {
-        let base = std::cell::Cell::new(None::<usize>);
-        // In line once the waiter watches its predecessor.
-        let queued = || match (base.get(), zk.watch_count(0)) {
-            (None, Some(n)) => {
-                base.set(Some(n));
-                false
-            }
-            (Some(b), Some(n)) => n > b,
-            _ => false,
-        };
-        signal_while_waiting(&url, sig, &queued);
-    }
+    signals_while_waiting_on_zookeeper(&zk, &url, &[Signal::INT, Signal::TERM]);
 }
 
 #[test]

@@ -12,7 +12,9 @@ use rustix::process::{kill_process, Signal};
 
 mod common;
 
-use common::{fencelock, file_url, first_line, output_within, pid_of, signal_while_waiting};
+use common::{
+    fencelock, file_url, first_line, output_within, pid_of, signal_while_waiting, signals_while_waiting_on_zookeeper,
+};
 
 /// Signals other than INT/TERM/HUP whose default action ends a process.
 const OTHERS: [Signal; 4] = [Signal::USR1, Signal::USR2, Signal::QUIT, Signal::ALARM];
@@ -32,19 +34,7 @@ fn on_files_other_terminating_signals_while_waiting_exit_128_plus_n() {
 fn on_zookeeper_other_terminating_signals_while_waiting_leave_no_queue_entry() {
     let zk = fencelock_testkit::zk_server::ZkEnsemble::standalone();
     let url = zk.url("/waiting-others", "session_timeout=20s");
-    for sig in OTHERS {
-        let base = std::cell::Cell::new(None::<usize>);
-        // In line once the waiter watches its predecessor.
-        let queued = || match (base.get(), zk.watch_count(0)) {
-            (None, Some(n)) => {
-                base.set(Some(n));
-                false
-            }
-            (Some(b), Some(n)) => n > b,
-            _ => false,
-        };
-        signal_while_waiting(&url, sig, &queued);
-    }
+    signals_while_waiting_on_zookeeper(&zk, &url, &OTHERS);
 }
 
 // Issue 13 A9: a holder sent SIGUSR1 forwards it to its command instead of dying by it.

@@ -59,6 +59,32 @@ pub struct Guarantees {
     pub assumptions: &'static [&'static str],
 }
 
+impl Guarantees {
+    /// These guarantees with one more assumption at the end (e.g. what a peer library's
+    /// layout adds). The combined list is built once per distinct pair and kept for the
+    /// life of the process — a handful of entries, since both parts are `'static`
+    /// constants — so [`assumptions`](Self::assumptions) stays a plain `'static` slice.
+    pub fn with_assumption(&self, extra: &'static str) -> Guarantees {
+        type Combined = std::collections::HashMap<(usize, usize, usize), &'static [&'static str]>;
+        static COMBINED: std::sync::Mutex<Option<Combined>> = std::sync::Mutex::new(None);
+        let id = (
+            self.assumptions.as_ptr() as usize,
+            self.assumptions.len(),
+            extra.as_ptr() as usize,
+        );
+        let mut cache = COMBINED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let assumptions = *cache.get_or_insert_with(Default::default).entry(id).or_insert_with(|| {
+            let mut all = self.assumptions.to_vec();
+            all.push(extra);
+            Box::leak(all.into_boxed_slice())
+        });
+        Guarantees {
+            assumptions,
+            ..self.clone()
+        }
+    }
+}
+
 impl fmt::Display for Guarantees {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let exclusion = match self.exclusion {
@@ -140,6 +166,22 @@ mod tests {
         scope: Scope::Network,
         assumptions: &["clocks agree"],
     };
+
+    #[test]
+    fn an_added_assumption_is_listed_last_and_built_once() {
+        let a = WEAK.with_assumption("peers carry no token");
+        assert_eq!(a.assumptions, &["clocks agree", "peers carry no token"]);
+        assert_eq!(
+            (a.backend, a.exclusion, a.tokens),
+            (WEAK.backend, WEAK.exclusion, WEAK.tokens)
+        );
+        assert!(a.to_string().ends_with("- peers carry no token"), "{a}");
+        let b = WEAK.with_assumption("peers carry no token");
+        assert!(
+            std::ptr::eq(a.assumptions, b.assumptions),
+            "the pair's list is kept, not rebuilt"
+        );
+    }
 
     #[test]
     fn requirements_refuse_weaker_backends() {

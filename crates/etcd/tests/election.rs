@@ -14,7 +14,7 @@ use etcd_client::{GetOptions, SortOrder, SortTarget};
 use fencelock_core::election::{Election, Observation};
 use fencelock_core::{LockOptions, LostReason};
 use fencelock_etcd::EtcdElection;
-use fencelock_testkit::conformance::election::{self as suite, ElectionConfig, ElectionFactory, ElectionFixture};
+use fencelock_testkit::conformance::election::{ElectionConfig, ElectionFactory, ElectionFixture};
 use fencelock_testkit::etcd_server::EtcdCluster;
 use fencelock_testkit::keys::unique_key;
 use fencelock_testkit::proxy::{FaultProxy, Mode};
@@ -96,26 +96,7 @@ fn config() -> ElectionConfig {
     }
 }
 
-macro_rules! election_tests {
-    ($($name:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            let etcd = Etcd::start().await;
-            suite::$name(&etcd, &config()).await;
-        }
-    )*};
-}
-
-election_tests!(
-    leader_reports_value_and_term,
-    at_most_one_leader_and_terms_increase,
-    resign_hands_over_promptly,
-    dropped_campaign_leaves_nothing_behind,
-    proclaim_needs_our_own_grant,
-    paused_leader_is_fenced,
-    observers_see_changes_in_order,
-    bad_election_input_is_rejected,
-);
+fencelock_testkit::election_suite!(Etcd::start(), config());
 
 /// The recipe's shape on the server: every candidate is one key under the election's
 /// directory holding its value; the lowest create revision leads and its create revision

@@ -7,19 +7,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fencelock_core::{DistributedLock, LockError, LockOptions, LostReason};
+use fencelock_core::{DistributedLock, LostReason};
 use fencelock_etcd::EtcdLock;
 use fencelock_testkit::etcd_server::EtcdCluster;
+use fencelock_testkit::faults::{self, held};
 use fencelock_testkit::overlap::OverlapDetector;
 use tokio::time::Instant;
 
 const SLACK: Duration = Duration::from_secs(3);
-
-fn held() -> LockOptions {
-    LockOptions::new()
-        .with_ttl(Duration::from_secs(30))
-        .with_wait(Duration::from_secs(30))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_keeps_the_lock_and_waiters_proceed() {
@@ -29,22 +24,8 @@ async fn killing_the_leader_keeps_the_lock_and_waiters_proceed() {
     let lease = holder.acquire("k", &held()).await.unwrap();
     let detector = Arc::new(OverlapDetector::new());
     let _first_inside = detector.enter(lease.token());
-    let mut waiters = Vec::new();
-    for _ in 0..2 {
-        let (url, detector) = (url.clone(), Arc::clone(&detector));
-        waiters.push(tokio::spawn(async move {
-            let locks = EtcdLock::connect(&url).await.unwrap();
-            let l = locks
-                .acquire("k", &held())
-                .await
-                .expect("a waiter gets the lock after the release");
-            {
-                let _inside = detector.enter(l.token());
-                tokio::task::yield_now().await;
-            }
-            l.release().await.unwrap();
-        }));
-    }
+    let connect = |url: String| async move { EtcdLock::connect(&url).await.unwrap() };
+    let waiters = faults::spawn_waiters(2, "k", &url, connect, &detector);
     let leader = cluster.wait_for_leader(Duration::from_secs(10));
     cluster.kill(leader);
     let new_leader = cluster.wait_for_leader(Duration::from_secs(10));
@@ -58,15 +39,7 @@ async fn killing_the_leader_keeps_the_lock_and_waiters_proceed() {
     assert!(lease.is_held());
     drop(_first_inside);
     lease.release().await.expect("release after the failover");
-    for w in waiters {
-        tokio::time::timeout(Duration::from_secs(30), w)
-            .await
-            .expect("waiter finished")
-            .unwrap();
-    }
-    assert_eq!(detector.overlaps(), 0);
-    assert_eq!(detector.entries().len(), 3);
-    assert!(detector.token_regressions().is_empty(), "{:?}", detector.entries());
+    faults::assert_waiters_took_turns(waiters, &detector, 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,28 +49,10 @@ async fn two_of_three_down_is_unavailable_within_the_bound() {
     locks.acquire("warm", &held()).await.unwrap().release().await.unwrap();
     cluster.kill(0);
     cluster.kill(1);
-    let start = Instant::now();
-    let err = locks
-        .try_acquire("k", &held())
-        .await
-        .expect_err("granted without a quorum");
-    assert!(matches!(err, LockError::Unavailable { .. }), "{err}");
-    assert!(
-        start.elapsed() < Duration::from_millis(500) * 2 + SLACK,
-        "try_acquire took {:?}",
-        start.elapsed()
-    );
+    let within = Duration::from_millis(500) * 2 + SLACK;
+    faults::assert_try_acquire_unavailable(&locks, "k", &held(), Some(within)).await;
     let wait = Duration::from_secs(1);
-    let start = Instant::now();
-    let err = locks
-        .acquire("k", &held().with_wait(wait))
-        .await
-        .expect_err("granted without a quorum");
-    assert!(
-        matches!(err, LockError::Unavailable { .. } | LockError::Timeout { .. }),
-        "{err}"
-    );
-    assert!(start.elapsed() < wait + SLACK, "acquire took {:?}", start.elapsed());
+    faults::assert_acquire_gives_up(&locks, "k", &held(), wait, SLACK, true).await;
     let start = Instant::now();
     assert!(EtcdLock::connect(&cluster.url("timeout=500ms")).await.is_err());
     assert!(start.elapsed() < SLACK, "connect took {:?}", start.elapsed());

@@ -23,7 +23,7 @@ pub const DEFAULT_SCHEMA: &str = "fencelock";
 /// | `schema` | `fencelock` | the schema of the backend's tables (`locks`, `tokens`, `waiters`, `fences`); an SQL identifier of lowercase letters, digits and `_`, at most 40 bytes, created on first use |
 /// | `timeout` | `1s` | the longest wait for one statement's answer; a slower server is "unavailable", and the connection is dropped (its leases are reported lost) |
 /// | `connect_timeout` | `1s` | the longest wait for a connection (a plain number is seconds, as in libpq) |
-/// | `poll` | `500ms` | the fallback re-check of a waiter, jittered to 50–100 %, in case a release notification is lost (never longer than the holder's remaining TTL) |
+/// | `poll` | `500ms` | how often (jittered to 50–100 %) an instance renews its waiters' tickets, in one statement; a ticket lives `2 × poll + 1 s` past its last renewal (the dead-waiter bound), and a waiter re-checks at the latest every `4 × poll` (jittered) |
 /// | `renew_window` | `50ms` | how long a background renewal may wait to share one statement with others (capped at a tenth of its TTL) |
 ///
 /// `sslmode=disable`, `allow` and `prefer` (the libpq default) connect without TLS;
@@ -43,7 +43,8 @@ pub struct PgConfig {
     pub timeout: Duration,
     /// Connect timeout.
     pub connect_timeout: Duration,
-    /// Fallback poll interval for waiters.
+    /// How often the waiters' tickets are renewed; also sets their life (`2 × poll + 1 s`)
+    /// and a waiter's longest pause between re-checks (`4 × poll`).
     pub poll: Duration,
     /// How long a background renewal may wait for others to share its statement with.
     pub renew_window: Duration,

@@ -13,6 +13,10 @@
 //!   a release wakes one waiter, not all of them, and the key goes to waiters in FIFO
 //!   order.
 //! * **Auto-renewals** of all leases of an instance share one statement per window.
+//! * **Only a grant waits for the disk** (and an extension, a renewal): a release, a
+//!   refused acquire and the waiter queue commit without waiting for the WAL flush, so a
+//!   hand-off waits for one flush, not two; none of them gives anything out, so a crash
+//!   that undoes one costs at most a key held until its expiry (docs/backends/postgres.md).
 //! * **Loss**: the leases granted through a connection are reported lost the moment it
 //!   ends (server down, backend terminated, a statement unanswered within `timeout`),
 //!   long before their TTL runs out on the server.

@@ -46,9 +46,18 @@ pub(crate) const QUEUE_TIMEOUTS: u32 = 10;
 pub(crate) enum NodeGrant {
     /// Granted; the key's token counter is now this.
     Granted(u64),
-    /// Held by another grant for this many more milliseconds by the server's clock
-    /// (`None`: unknown).
-    Busy(Option<u64>),
+    /// Refused.
+    Busy(Busy),
+}
+
+/// Why an acquire was refused, by the server's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Busy {
+    /// The holder's remaining milliseconds (`None`: unknown, or no holder).
+    pub holder_ms: Option<u64>,
+    /// With a ticket: the remaining milliseconds of the oldest older live ticket of the
+    /// key (`None`: ours is the oldest, or we have none).
+    pub head_ms: Option<u64>,
 }
 
 /// The server settings that decide the guarantees, read at connect time.
@@ -68,6 +77,7 @@ struct Texts {
     renew_many: String,
     enqueue: String,
     dequeue: String,
+    keep_tickets: String,
     abandon_mark: String,
     abandon_expire: String,
 }
@@ -114,6 +124,7 @@ impl PgNode {
             renew_many: sql::renew_many(&schema),
             enqueue: sql::enqueue(&schema),
             dequeue: sql::dequeue(&schema),
+            keep_tickets: sql::keep_tickets(&schema),
             abandon_mark: sql::abandon_mark(&schema),
             abandon_expire: sql::abandon_expire(&schema),
         };
@@ -249,6 +260,9 @@ impl PgNode {
                 renew_many: prepare(&t.renew_many).await.map_err(doing("preparing renewals"))?,
                 enqueue: prepare(&t.enqueue).await.map_err(doing("preparing enqueue"))?,
                 dequeue: prepare(&t.dequeue).await.map_err(doing("preparing dequeue"))?,
+                keep_tickets: prepare(&t.keep_tickets)
+                    .await
+                    .map_err(doing("preparing keep_tickets"))?,
                 abandon_mark: prepare(&t.abandon_mark).await.map_err(doing("preparing abandon"))?,
                 abandon_expire: prepare(&t.abandon_expire).await.map_err(doing("preparing abandon"))?,
             };
@@ -294,6 +308,10 @@ impl PgNode {
         doing: &str,
         limit: Duration,
     ) -> Result<tokio::sync::SemaphorePermit<'a>> {
+        // A free turn needs no timer (the common, uncontended case).
+        if let Ok(permit) = turns.try_acquire() {
+            return Ok(permit);
+        }
         match tokio::time::timeout(limit, turns.acquire()).await {
             Ok(Ok(permit)) => Ok(permit),
             // The semaphores are never closed; a closed one is as good as no turn.
@@ -401,7 +419,13 @@ impl PgNode {
                 let holder_ms: Option<i64> = row.get(1);
                 let outcome = match token {
                     Some(t) => NodeGrant::Granted(u64::try_from(t).unwrap_or(0)),
-                    None => NodeGrant::Busy(holder_ms.map(|ms| u64::try_from(ms).unwrap_or(0))),
+                    None => {
+                        let ms = |v: Option<i64>| v.map(|ms| u64::try_from(ms).unwrap_or(0));
+                        NodeGrant::Busy(Busy {
+                            holder_ms: ms(holder_ms),
+                            head_ms: ms(row.get(2)),
+                        })
+                    }
                 };
                 Ok((outcome, s, sent_at))
             }
@@ -602,9 +626,10 @@ impl PgNode {
         }
     }
 
-    /// How long a waiter's ticket lives past its last attempt: a waiter attempts at
-    /// least every `poll` (the fallback re-check), so twice that plus a second of slack
-    /// for a slow statement. A waiter gone without a word blocks the queue that long.
+    /// How long a waiter's ticket lives past its last renewal: its instance renews it at
+    /// least every `poll` (see [`register_ticket`](Self::register_ticket)), so twice that
+    /// plus a second of slack for a slow statement. A waiter whose process died blocks
+    /// the queue that long.
     pub(crate) fn ticket_life(&self) -> Duration {
         self.inner.cfg.poll * 2 + Duration::from_secs(1)
     }
@@ -618,6 +643,43 @@ impl PgNode {
             })
             .await?;
         Ok(row.get(0))
+    }
+
+    /// Registers our waiter `ticket` for its release notification, and starts the
+    /// instance's ticket keeper when it is not running: every fallback poll (jittered),
+    /// one statement renews all of this instance's tickets for [`ticket_life`]
+    /// (Self::ticket_life), so that a waiter behind others need not attempt just to keep
+    /// its place. The keeper ends when no ticket is left or the instance is dropped; a
+    /// failed renewal is only logged (each waiter's own attempts renew its ticket too).
+    pub(crate) fn register_ticket(&self, ticket: i64) -> Arc<tokio::sync::Notify> {
+        let (notify, start) = self.inner.waiters.register(ticket);
+        if start {
+            let Ok(rt) = tokio::runtime::Handle::try_current() else {
+                self.inner.waiters.keeper_stopped();
+                return notify;
+            };
+            let weak = Arc::downgrade(&self.inner);
+            let poll = self.inner.cfg.poll;
+            rt.spawn(async move {
+                loop {
+                    tokio::time::sleep(fencelock_core::waiting::jitter(poll)).await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    let Some(tickets) = inner.waiters.to_keep() else { return };
+                    let node = PgNode { inner };
+                    let life = node.ticket_life().as_millis() as i64;
+                    let (tickets, life) = (&tickets, &life);
+                    let kept = node
+                        .call("keeping waiter tickets", |s| async move {
+                            s.client.execute(&s.st.keep_tickets, &[tickets, life]).await
+                        })
+                        .await;
+                    if let Err(e) = kept {
+                        tracing::debug!(error = %e, "keeping waiter tickets failed; their own attempts renew them");
+                    }
+                }
+            });
+        }
+        notify
     }
 
     /// Leaves the queue in the background, retried until confirmed.

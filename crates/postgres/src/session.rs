@@ -29,6 +29,7 @@ pub(crate) struct Statements {
     pub renew_many: Statement,
     pub enqueue: Statement,
     pub dequeue: Statement,
+    pub keep_tickets: Statement,
     pub abandon_mark: Statement,
     pub abandon_expire: Statement,
 }

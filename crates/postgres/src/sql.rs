@@ -1,12 +1,31 @@
 //! The SQL of the backend, with the schema spliced in (a validated plain identifier).
 //!
 //! Every statement that decides something is one statement, run in its own implicit
-//! transaction, and reads the server's clock once: `statement_timestamp()`, the instant
+//! transaction (only a grant, an extension and a renewal wait for the WAL flush at commit:
+//! see [`LAZY_COMMIT`]), and reads the server's clock once: `statement_timestamp()`, the instant
 //! the server received the statement. Using that one reading both to judge expiry and to
 //! set it keeps a statement consistent with itself; it is never later than the moment the
 //! statement acts, so an expiry check can only find a lease still valid a little longer
 //! (never free too early), and a new expiry starts after the client sent the request, so
 //! the server keeps a grant at least as long as the client believes in it.
+
+/// Commits the statement's transaction without waiting for its WAL flush (for that
+/// transaction only; `set_config(…, true)` is transaction-local). Used by the statements
+/// that grant nothing — a release, a refused acquire, joining or leaving the waiter
+/// queue — so that only a grant (and an extension, a renewal) waits for the disk:
+///
+/// * a **release** lost in a crash leaves the key held by a grant nobody uses until its
+///   expiry on the server: no second holder, no token reused. The grant that follows a
+///   release commits durably, and the WAL is flushed in order, so once that grant is on
+///   disk the release before it is too;
+/// * a **refused acquire** changed only a row lock and its waiter ticket's expiry;
+/// * a **ticket** (or its removal) lost in a crash costs at most the FIFO order of the
+///   waiters, whose connections the crash ended anyway.
+///
+/// The release's `NOTIFY` is sent at commit, so the next waiter is woken without waiting
+/// for the release's flush: the hand-off has one flush on its path (the grant's) instead
+/// of two, and the waiters' own bookkeeping no longer queues its flushes before it.
+pub(crate) const LAZY_COMMIT: &str = "set_config('synchronous_commit', 'off', true)";
 
 /// Guards the schema creation across concurrent first users: `CREATE … IF NOT EXISTS`
 /// alone can fail with a unique violation when two sessions create the same table at
@@ -81,8 +100,9 @@ COMMIT;"
 /// ticket lives as long as its waiter keeps attempting, see [`enqueue`]).
 /// Takes the row when it is free or expired (the upsert's `WHERE` is evaluated on the
 /// latest row version, under its row lock), bumps the key's counter only when it took it,
-/// and drops our waiter ticket only then. Returns the token (NULL when busy) and the
-/// holder's remaining ms by the server's clock (NULL when unknown).
+/// and drops our waiter ticket only then. Returns the token (NULL when busy), the
+/// holder's remaining ms by the server's clock (NULL when unknown) and, with a ticket,
+/// the remaining ms of the oldest older live ticket of the key (NULL: none).
 pub(crate) fn acquire(schema: &str, queued: bool) -> String {
     // The holder's remaining TTL is computed only when refused: measured in a server-side
     // loop (3,000 acquire + release cycles), computing it on every grant cost about 50 µs
@@ -91,6 +111,21 @@ pub(crate) fn acquire(schema: &str, queued: bool) -> String {
     // Without a ticket (the uncontended path) the statement leaves the waiter queue
     // alone: no DELETE/UPDATE nodes to set up (the bench did not show the saving above
     // its noise; see docs/backends/postgres.md, "Measured").
+    // With a ticket, a refusal also answers how long the oldest older live ticket of the
+    // key lives on (NULL: ours is the oldest): until then a waiter behind it cannot be
+    // granted, and when a waiter dies that is when the next one must look again.
+    let head_ms = if queued {
+        format!(
+            "CASE WHEN tk.token IS NULL THEN
+           (SELECT ceil(extract(epoch FROM w.expires_at - statement_timestamp()) * 1000)::bigint
+              FROM {schema}.waiters w
+             WHERE w.key = $1::text AND w.ticket < $4::bigint AND w.expires_at > statement_timestamp()
+             ORDER BY w.ticket LIMIT 1)
+       END"
+        )
+    } else {
+        "NULL::bigint".to_owned()
+    };
     let (older, queue_ctes) = if queued {
         (
             "AND w.ticket < $4::bigint",
@@ -126,7 +161,9 @@ SELECT tk.token,
        CASE WHEN tk.token IS NULL THEN
            (SELECT ceil(extract(epoch FROM h.expires_at - statement_timestamp()) * 1000)::bigint
               FROM {schema}.locks h WHERE h.key = $1)
-       END AS holder_ms
+       END AS holder_ms,
+       {head_ms} AS head_ms,
+       CASE WHEN tk.token IS NULL THEN {LAZY_COMMIT} END AS lazy
 FROM (SELECT (SELECT token FROM bumped) AS token) tk"
     )
 }
@@ -150,7 +187,8 @@ pub(crate) fn release(schema: &str, channel: &str) -> String {
     SELECT pg_notify('{channel}', next.ticket::text || ':' || gone.key) FROM gone, next
     WHERE next.ticket IS NOT NULL
 )
-SELECT (SELECT count(*) FROM gone) AS released, (SELECT count(*) FROM notified) AS notified"
+SELECT (SELECT count(*) FROM gone) AS released, (SELECT count(*) FROM notified) AS notified,
+       {LAZY_COMMIT} AS lazy"
     )
 }
 
@@ -185,13 +223,27 @@ pub(crate) fn enqueue(schema: &str) -> String {
 )
 INSERT INTO {schema}.waiters (key, expires_at)
 VALUES ($1, statement_timestamp() + $2::bigint * interval '1 millisecond')
-RETURNING ticket"
+RETURNING ticket, {LAZY_COMMIT} AS lazy"
+    )
+}
+
+/// Keeps the tickets of one client instance alive: `$1` tickets, `$2` how long they live
+/// from now (ms). One statement per fallback poll for all waiters of the instance, so a
+/// waiter behind others need not attempt just to keep its place. Commits lazily (a
+/// ticket is no grant, see [`LAZY_COMMIT`]).
+pub(crate) fn keep_tickets(schema: &str) -> String {
+    format!(
+        "WITH kept AS (
+    UPDATE {schema}.waiters SET expires_at = statement_timestamp() + $2::bigint * interval '1 millisecond'
+    WHERE ticket = ANY($1::bigint[])
+)
+SELECT {LAZY_COMMIT}"
     )
 }
 
 /// Leaves the queue: `$1` ticket.
 pub(crate) fn dequeue(schema: &str) -> String {
-    format!("DELETE FROM {schema}.waiters WHERE ticket = $1")
+    format!("WITH gone AS (DELETE FROM {schema}.waiters WHERE ticket = $1) SELECT {LAZY_COMMIT}")
 }
 
 /// The fence check inside the user's transaction: `$1` resource, `$2` token, `$3` grant

@@ -9,18 +9,13 @@ use std::time::Duration;
 
 use fencelock_core::{DistributedLock, Exclusion, LockError, LockOptions, LostReason, TokenOrder};
 use fencelock_postgres::PgLock;
+use fencelock_testkit::faults::{self, opts};
 use fencelock_testkit::pg_server::{PgOptions, PgServer};
 use fencelock_testkit::proxy::{FaultProxy, Mode};
 use fencelock_testkit::renewals::wait_renewed_twice;
 use tokio::time::Instant;
 
 const SLACK: Duration = Duration::from_secs(2);
-
-fn opts(ttl_ms: u64) -> LockOptions {
-    LockOptions::new()
-        .with_ttl(Duration::from_millis(ttl_ms))
-        .with_wait(Duration::from_secs(5))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_server_means_lost_lease_and_unavailable_acquire() {
@@ -44,18 +39,8 @@ async fn a_killed_server_means_lost_lease_and_unavailable_acquire() {
     );
 
     let wait = Duration::from_millis(800);
-    let start = Instant::now();
-    let err = locks
-        .acquire("k", &opts(1000).with_wait(wait))
-        .await
-        .expect_err("acquired from a dead server");
-    assert!(matches!(err, LockError::Unavailable { .. }), "{err}");
-    assert!(start.elapsed() < wait + SLACK, "took {:?}", start.elapsed());
-    let err = locks
-        .try_acquire("k", &opts(1000))
-        .await
-        .expect_err("try_acquire from a dead server");
-    assert!(matches!(err, LockError::Unavailable { .. }), "{err}");
+    faults::assert_acquire_gives_up(&locks, "k", &opts(1000), wait, SLACK, false).await;
+    faults::assert_try_acquire_unavailable(&locks, "k", &opts(1000), None).await;
 
     let start = Instant::now();
     let err = PgLock::connect(&format!("{}&connect_timeout=200ms", server.url()))
@@ -194,20 +179,8 @@ async fn a_paused_server_is_unavailable_within_the_statement_timeout() {
     let locks = PgLock::connect(&format!("{}&timeout=200ms", server.url()))
         .await
         .unwrap();
-    locks
-        .acquire("warm", &opts(1000))
-        .await
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
-    server.pause();
-    let start = Instant::now();
-    let result = locks.try_acquire("k", &opts(1000)).await;
-    let took = start.elapsed();
-    server.resume();
-    assert!(matches!(result, Err(LockError::Unavailable { .. })), "{result:?}");
-    assert!(took < Duration::from_millis(200) + SLACK, "took {took:?}");
+    let timeout = Duration::from_millis(200);
+    faults::assert_unavailable_while_paused(&locks, || server.pause(), || server.resume(), timeout, SLACK).await;
     // After the pause the client reconnects by itself.
     let lease = tokio::time::timeout(SLACK * 2, locks.acquire("k", &opts(60_000)))
         .await

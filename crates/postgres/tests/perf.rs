@@ -1,7 +1,7 @@
 //! Where an uncontended acquire + release goes, split three ways on one real server:
 //!
 //! * raw — the minimum statements a lease lock with tokens needs, by hand (the bench's
-//!   raw subject, `crates/bench/src/pg.rs`);
+//!   raw subject, `crates/bench/src/pg.rs`; the SQL is `fencelock_testkit::pg_raw`);
 //! * our SQL by hand — the backend's own acquire and release statements, by hand on a
 //!   plain tokio-postgres client: ours ÷ raw is what the statements cost the server;
 //! * ours — `PgLock::acquire` + `Lease::release`: the rest is the client library.
@@ -15,27 +15,9 @@ use std::time::{Duration, Instant};
 
 use fencelock_core::{DistributedLock, LockOptions};
 use fencelock_postgres::PgLock;
+use fencelock_testkit::pg_raw::{ACQUIRE as RAW_ACQUIRE, RELEASE as RAW_RELEASE, SCHEMA as RAW_SCHEMA};
 use fencelock_testkit::pg_server::{PgOptions, PgServer};
 use tokio_postgres::{Client, NoTls, Statement};
-
-const RAW_SCHEMA: &str = "CREATE SCHEMA IF NOT EXISTS perf_raw;
-CREATE TABLE IF NOT EXISTS perf_raw.locks (key text PRIMARY KEY, holder text NOT NULL, expires_at timestamptz NOT NULL);
-CREATE TABLE IF NOT EXISTS perf_raw.tokens (key text PRIMARY KEY, token bigint NOT NULL);";
-
-const RAW_ACQUIRE: &str = "WITH taken AS (
-    INSERT INTO perf_raw.locks AS l (key, holder, expires_at)
-    VALUES ($1, $2, statement_timestamp() + $3::bigint * interval '1 millisecond')
-    ON CONFLICT (key) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
-        WHERE l.expires_at <= statement_timestamp()
-    RETURNING l.key
-), bumped AS (
-    INSERT INTO perf_raw.tokens AS t (key, token) SELECT key, 1 FROM taken
-    ON CONFLICT (key) DO UPDATE SET token = t.token + 1
-    RETURNING t.token
-)
-SELECT token FROM bumped";
-
-const RAW_RELEASE: &str = "DELETE FROM perf_raw.locks WHERE key = $1 AND holder = $2";
 
 /// The backend's uncontended acquire and its release, as `sql.rs` builds them for the
 /// default schema.
@@ -58,7 +40,9 @@ SELECT tk.token,
        CASE WHEN tk.token IS NULL THEN
            (SELECT ceil(extract(epoch FROM h.expires_at - statement_timestamp()) * 1000)::bigint
               FROM fencelock.locks h WHERE h.key = $1)
-       END AS holder_ms
+       END AS holder_ms,
+       NULL::bigint AS head_ms,
+       CASE WHEN tk.token IS NULL THEN set_config('synchronous_commit', 'off', true) END AS lazy
 FROM (SELECT (SELECT token FROM bumped) AS token) tk";
 
 const OUR_RELEASE: &str = "WITH gone AS (
@@ -70,7 +54,8 @@ const OUR_RELEASE: &str = "WITH gone AS (
     SELECT pg_notify('fencelock_released', next.ticket::text || ':' || gone.key) FROM gone, next
     WHERE next.ticket IS NOT NULL
 )
-SELECT (SELECT count(*) FROM gone) AS released, (SELECT count(*) FROM notified) AS notified";
+SELECT (SELECT count(*) FROM gone) AS released, (SELECT count(*) FROM notified) AS notified,
+       set_config('synchronous_commit', 'off', true) AS lazy";
 
 struct ByHand {
     client: Client,
@@ -163,4 +148,91 @@ async fn split(server: PgServer, what: &str) {
         ratio(ours)
     );
     locks.close().await.unwrap();
+}
+
+/// `clients` instances (each its own connection) take one key in turns, as the bench's
+/// contention rows do, until `grants` grants; returns grants/s.
+async fn contend(url: &str, clients: usize, grants: usize) -> f64 {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let opts = LockOptions::new()
+        .with_ttl(Duration::from_secs(10))
+        .with_wait(Duration::from_secs(30));
+    let mut locks = Vec::new();
+    for _ in 0..clients {
+        locks.push(Arc::new(PgLock::connect(url).await.unwrap()));
+    }
+    let made = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for lock in &locks {
+        let (lock, made) = (Arc::clone(lock), Arc::clone(&made));
+        tasks.push(tokio::spawn(async move {
+            while made.fetch_add(1, Ordering::SeqCst) < grants {
+                lock.acquire("contended", &opts).await.unwrap().release().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let per_sec = grants as f64 / start.elapsed().as_secs_f64();
+    for lock in locks {
+        lock.close().await.unwrap();
+    }
+    per_sec
+}
+
+/// Where a contended grant's statements go: N clients on one key, the server's
+/// `pg_stat_statements` read before and after (calls per grant, by statement) and its
+/// WAL flushes (`pg_stat_wal.wal_sync`, flushed by the server's stats lazily: read after
+/// the clients closed). Needs a server with `shared_preload_libraries =
+/// pg_stat_statements`, named by `FENCELOCK_PERF_PG_URL` (the testkit's servers do not
+/// load it): `FENCELOCK_PERF_PG_URL=postgres://postgres@127.0.0.1:PORT/postgres cargo test
+/// --release -p fencelock-postgres --test perf statements_per_grant -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement against a server with pg_stat_statements: see the doc comment"]
+async fn statements_per_grant_under_contention() {
+    let url = std::env::var("FENCELOCK_PERF_PG_URL")
+        .expect("FENCELOCK_PERF_PG_URL: a server with shared_preload_libraries = pg_stat_statements");
+    let (admin, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    admin
+        .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .await
+        .unwrap();
+    let grants = 1000;
+    for clients in [1usize, 8, 64] {
+        admin
+            .batch_execute("SELECT pg_stat_statements_reset(); SELECT pg_stat_reset_shared('wal')")
+            .await
+            .unwrap();
+        let per_sec = contend(&url, clients, grants).await;
+        let rows = admin
+            .query(
+                "SELECT calls, left(regexp_replace(query, '\\s+', ' ', 'g'), 70) FROM pg_stat_statements
+                 WHERE query ILIKE '%fencelock.%' AND query NOT ILIKE '%pg_stat_statements%' ORDER BY calls DESC",
+                &[],
+            )
+            .await
+            .unwrap();
+        let syncs: i64 = admin
+            .query_one("SELECT wal_sync FROM pg_stat_wal", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let total: i64 = rows.iter().map(|r| r.get::<_, i64>(0)).sum();
+        eprintln!(
+            "{clients} clients: {per_sec:.0} grants/s, {:.2} statements per grant, {:.2} WAL flushes per grant (stats may lag)",
+            total as f64 / grants as f64,
+            syncs as f64 / grants as f64
+        );
+        for r in rows {
+            eprintln!(
+                "    {:>6.2} per grant  {}",
+                r.get::<_, i64>(0) as f64 / grants as f64,
+                r.get::<_, String>(1)
+            );
+        }
+    }
 }

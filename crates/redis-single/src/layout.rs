@@ -14,7 +14,10 @@
 //! `Redlock` uses `redlock:NAME`; python-redis-lock uses `lock:NAME` (and a list
 //! `lock-signal:NAME` that its releasers push to).
 
-use fencelock_core::{LockError, Result};
+use fencelock_core::{Guarantees, LockError, Result};
+
+/// What a peer layout adds to a backend's assumptions.
+const PEER_ASSUMPTION: &str = "the lock key is shared with another library's recipe (layout=bare, python-redis-lock or pottery): exclusion holds against it, but a peer's grant carries no fencing token, so only fencelock's writes can be fenced";
 
 /// How the Redis keys of a lock are named.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -81,6 +84,15 @@ impl RedisLayout {
         )))
     }
 
+    /// `base` as it holds in this layout: a peer layout adds that a peer's grant carries
+    /// no fencing token, so only fencelock's writes are fenced.
+    pub fn guarantees(self, base: Guarantees) -> Guarantees {
+        match self {
+            RedisLayout::Fencelock => base,
+            _ => base.with_assumption(PEER_ASSUMPTION),
+        }
+    }
+
     /// The lock key of `key` in a peer layout; `None` in fencelock's own.
     fn peer_lock(self, key: &str) -> Option<String> {
         match self {
@@ -113,13 +125,30 @@ impl Keys {
     ///
     /// # Errors
     /// [`LockError::InvalidInput`] naming the key.
+    ///
+    /// A peer lock key shaped like one of fencelock's own keys (`PREFIX{…`, `PREFIXboot`)
+    /// is refused too: it would be the physical key of a fencelock-layout lock counted by a
+    /// second token counter (two grants of one key with equal tokens), or a counter or
+    /// queue of fencelock's.
     pub(crate) fn check(&self, key: &str) -> Result<()> {
-        match self.layout.peer_lock(key) {
-            Some(name) if hash_tag(&name).is_none() && name.contains('}') => Err(LockError::invalid_input(format!(
+        let Some(name) = self.layout.peer_lock(key) else {
+            return Ok(());
+        };
+        if hash_tag(&name).is_none() && name.contains('}') {
+            return Err(LockError::invalid_input(format!(
                 "key `{key}`: in a peer layout a key with `}}` needs a hash tag `{{...}}` of its own, so fencelock's token counter can share its Redis Cluster slot"
-            ))),
-            _ => Ok(()),
+            )));
         }
+        if let Some(rest) = name.strip_prefix(&self.prefix) {
+            if rest.starts_with('{') || rest == "boot" {
+                return Err(LockError::invalid_input(format!(
+                    "key `{key}`: with layout={} its Redis key `{name}` lies in fencelock's own namespace (prefix `{}`), where it would be one of fencelock's keys, with a token counter of its own; choose a name outside it",
+                    self.layout.name(),
+                    self.prefix
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// A key of fencelock's beside the lock, in its hash slot.
@@ -221,6 +250,29 @@ mod tests {
         assert_eq!(keys(RedisLayout::Bare).signal("o"), None);
     }
 
+    /// A peer layout's lock key inside fencelock's own namespace would be the physical key
+    /// of a fencelock-layout lock with a second token counter (two grants of one Redis key
+    /// with token 1 each), or one of fencelock's counters or queues: refused, with the
+    /// reason. (A newcomer got token 1 twice on `fencelock:{zz2}:lock`.)
+    #[test]
+    fn peer_keys_in_fencelock_namespace_are_refused() {
+        let bare = keys(RedisLayout::Bare);
+        for own in ["fencelock:{zz2}:lock", "fencelock:{zz}:token", "fencelock:boot"] {
+            let err = bare.check(own).expect_err(own).to_string();
+            assert!(err.contains("fencelock:") && err.contains("namespace"), "{err}");
+        }
+        // Near misses stay allowed: another prefix, or the prefix's text without a tag.
+        bare.check("fencelockish:{a}").unwrap();
+        bare.check("fencelock:orders").unwrap();
+        // python-redis-lock's `lock:KEY` meets a prefix of `lock:`.
+        let k = Keys {
+            prefix: "lock:".into(),
+            layout: RedisLayout::PythonRedisLock,
+        };
+        assert!(k.check("{a}:x").is_err());
+        keys(RedisLayout::Fencelock).check("fencelock:{zz2}:lock").unwrap();
+    }
+
     #[test]
     fn layout_names_parse() {
         assert_eq!(RedisLayout::parse("bare"), Ok(RedisLayout::Bare));
@@ -239,6 +291,15 @@ mod tests {
         ] {
             assert_eq!(RedisLayout::parse(l.name()), Ok(l));
             assert_eq!(l.refuse_for_elections().is_ok(), !l.is_peer());
+            let g = l.guarantees(crate::GUARANTEES_DURABLE);
+            assert_eq!(g.tokens, crate::GUARANTEES_DURABLE.tokens);
+            assert_eq!(
+                g.assumptions
+                    .iter()
+                    .any(|a| a.contains("peer's grant carries no fencing token")),
+                l.is_peer(),
+                "{l:?}: {g}"
+            );
         }
     }
 }

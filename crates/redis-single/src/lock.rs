@@ -118,6 +118,7 @@ impl RedisLock {
                 GUARANTEES
             }
         };
+        let guarantees = node.config().layout.guarantees(guarantees);
         Ok(RedisLock {
             node,
             guarantees,

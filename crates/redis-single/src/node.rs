@@ -204,7 +204,8 @@ impl RedisNode {
     /// [`RedisLayout`](crate::RedisLayout)).
     ///
     /// # Errors
-    /// [`LockError::InvalidInput`] for a peer layout's key with a `}` but no hash tag.
+    /// [`LockError::InvalidInput`] for a peer layout's key with a `}` but no hash tag, or whose
+    /// Redis key lies in fencelock's own namespace (`PREFIX{…`).
     pub fn check_key(&self, key: &str) -> Result<()> {
         self.inner.keys.check(key)
     }

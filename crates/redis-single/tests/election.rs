@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use fencelock_core::election::Election;
 use fencelock_redis::RedisElection;
-use fencelock_testkit::conformance::election::{self as suite, ElectionConfig, ElectionFactory, ElectionFixture};
+use fencelock_testkit::conformance::election::{ElectionConfig, ElectionFactory, ElectionFixture};
 use fencelock_testkit::redis_server::RedisServer;
 
 struct Redis {
@@ -53,25 +53,11 @@ fn config() -> ElectionConfig {
     }
 }
 
-macro_rules! election_tests {
-    ($($name:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            let redis = Redis {
-                server: Arc::new(tokio::task::spawn_blocking(RedisServer::start).await.expect("start")),
-            };
-            suite::$name(&redis, &config()).await;
-        }
-    )*};
+/// A fixture on a fresh redis-server (started off the runtime's threads).
+async fn redis() -> Redis {
+    Redis {
+        server: Arc::new(tokio::task::spawn_blocking(RedisServer::start).await.expect("start")),
+    }
 }
 
-election_tests!(
-    leader_reports_value_and_term,
-    at_most_one_leader_and_terms_increase,
-    resign_hands_over_promptly,
-    dropped_campaign_leaves_nothing_behind,
-    proclaim_needs_our_own_grant,
-    paused_leader_is_fenced,
-    observers_see_changes_in_order,
-    bad_election_input_is_rejected,
-);
+fencelock_testkit::election_suite!(redis(), config());

@@ -290,7 +290,13 @@ impl DistributedLock for RedlockLock {
     }
 
     fn guarantees(&self) -> Guarantees {
-        GUARANTEES
+        let layout = self
+            .inner
+            .cfg
+            .nodes
+            .first()
+            .map_or(fencelock_redis::RedisLayout::Fencelock, |n| n.layout);
+        layout.guarantees(GUARANTEES)
     }
 
     fn describe(&self) -> String {

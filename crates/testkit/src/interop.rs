@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fencelock_core::{DistributedLock, LockOptions};
+use fencelock_core::{DistributedLock, Lease, LockOptions};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::time::Instant;
 
@@ -270,6 +270,38 @@ fn waiting_opts() -> LockOptions {
         .with_wait(Duration::from_secs(20))
 }
 
+/// While a peer library (`peer`, for messages) holds `key`: fencelock's `try_acquire` is
+/// refused, and an `acquire` (TTL 10 s, wait 20 s) is still waiting 300 ms after it started.
+/// Returns that acquire, for [`served`].
+pub async fn fencelock_kept_out(
+    locks: &Arc<dyn DistributedLock>,
+    key: &str,
+    peer: &str,
+) -> tokio::task::JoinHandle<fencelock_core::Result<Lease>> {
+    assert!(
+        locks.try_acquire(key, &waiting_opts()).await.unwrap().is_none(),
+        "fencelock took a lock {peer} holds"
+    );
+    let waiter = tokio::spawn({
+        let (locks, key) = (Arc::clone(locks), key.to_owned());
+        async move { locks.acquire(&key, &waiting_opts()).await }
+    });
+    // Shows absence: the waiter is still waiting a while after it started.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "fencelock's waiter got a lock {peer} holds");
+    waiter
+}
+
+/// The lease the acquire from [`fencelock_kept_out`] is granted once the peer released
+/// (within 15 s).
+pub async fn served(waiter: tokio::task::JoinHandle<fencelock_core::Result<Lease>>) -> Lease {
+    tokio::time::timeout(STEP, waiter)
+        .await
+        .expect("fencelock is served")
+        .unwrap()
+        .unwrap()
+}
+
 /// node-redlock holds `key`, fencelock (`locks`, configured with the peer's layout) is
 /// refused, then waits, and is served once the peer releases. Returns the hand-off
 /// latency, from the peer's release request to fencelock's grant.
@@ -280,27 +312,10 @@ pub async fn node_redlock_holds_fencelock_waits(
 ) -> Duration {
     let mut held = peer.hold(key, 5_000).await;
     held.held().await;
-    assert!(
-        locks.try_acquire(key, &waiting_opts()).await.unwrap().is_none(),
-        "fencelock took a lock node-redlock holds"
-    );
-    let waiter = tokio::spawn({
-        let (locks, key) = (Arc::clone(&locks), key.to_owned());
-        async move { locks.acquire(&key, &waiting_opts()).await }
-    });
-    // Shows absence: the waiter is still waiting a while after it started.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !waiter.is_finished(),
-        "fencelock's waiter got a lock node-redlock holds"
-    );
+    let waiter = fencelock_kept_out(&locks, key, "node-redlock").await;
     let released = Instant::now();
     held.release().await;
-    let lease = tokio::time::timeout(STEP, waiter)
-        .await
-        .expect("fencelock is served")
-        .unwrap()
-        .unwrap();
+    let lease = served(waiter).await;
     let latency = released.elapsed();
     lease.release().await.unwrap();
     latency
@@ -345,6 +360,28 @@ where
             async move { peer.run_loop(&key, rounds, &log, who).await },
         ));
     }
+    tasks.extend(spawn_fencelock_loops(connect, key, rounds, &log).await);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    log.check()
+}
+
+/// The fencelock half of a mixed stress: two loops, `fencelock-a` and `fencelock-b`, each
+/// on its own instance from `connect`, each taking `key` `rounds` times (TTL 10 s, wait
+/// 20 s) and logging its token on `log` for 20 ms inside; each closes its instance at the
+/// end. Join the returned tasks.
+pub async fn spawn_fencelock_loops<F, Fut>(
+    connect: F,
+    key: &str,
+    rounds: usize,
+    log: &SharedLog,
+) -> Vec<tokio::task::JoinHandle<()>>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Arc<dyn DistributedLock>>,
+{
+    let mut tasks = Vec::new();
     for who in ["fencelock-a", "fencelock-b"] {
         let (locks, key, log) = (connect().await, key.to_owned(), log.clone());
         tasks.push(tokio::spawn(async move {
@@ -358,10 +395,116 @@ where
             locks.close().await.unwrap();
         }));
     }
-    for t in tasks {
-        t.await.unwrap();
+    tasks
+}
+
+impl LogCheck {
+    /// Asserts what a clean mixed stress shows: every round of the two fencelock loops and
+    /// of the two peer loops (`{peer}-a`, `{peer}-b`), no overlap, and fencelock's tokens
+    /// strictly increasing.
+    pub fn assert_clean(&self, peer: &str, rounds: usize) {
+        let mut expected: Vec<(String, usize)> = ["fencelock-a", "fencelock-b"]
+            .map(str::to_owned)
+            .into_iter()
+            .chain(["a", "b"].map(|s| format!("{peer}-{s}")))
+            .map(|w| (w, rounds))
+            .collect();
+        expected.sort();
+        assert_eq!(self.entries, expected);
+        assert_eq!(self.overlaps, 0, "two holders at once");
+        assert_eq!(self.tokens.len(), 2 * rounds);
+        assert!(self.regressions.is_empty(), "tokens went back: {:?}", self.regressions);
     }
-    log.check()
+}
+
+/// The node-redlock interop cases of a backend on Redis servers (one Redis, or Redlock's
+/// several), run by [`node_redlock_interop_tests!`](crate::node_redlock_interop_tests).
+pub struct NodeInterop {
+    /// The backend, for the printed hand-off lines (`redis`, `redlock`).
+    pub backend: &'static str,
+    /// What bounds fencelock's wait for a lock the peer releases, for the printed line and
+    /// the message (`poll 500ms`, `retry_delay 200ms`).
+    pub waits_by: &'static str,
+    /// The servers both sides use; stopped when this is dropped.
+    pub servers: Vec<crate::redis_server::RedisServer>,
+    /// The peer, on the same servers.
+    pub peer: NodePeer,
+    /// A new fencelock instance on the servers, in `layout=bare`, per call.
+    pub connect: Box<dyn Fn() -> crate::conformance::BoxFuture<'static, Arc<dyn DistributedLock>> + Send + Sync>,
+}
+
+impl NodeInterop {
+    /// node-redlock holds, fencelock waits and is served within 600 ms of the release.
+    pub async fn peer_holds_fencelock_waits(&self) {
+        let key = crate::keys::unique_key("nodelock");
+        let latency = node_redlock_holds_fencelock_waits((self.connect)().await, &self.peer, &key).await;
+        println!(
+            "{} hand-off node-redlock -> fencelock ({}): {latency:?}",
+            self.backend, self.waits_by
+        );
+        assert!(
+            latency < Duration::from_millis(600),
+            "bounded by the {}: {latency:?}",
+            self.waits_by
+        );
+    }
+
+    /// fencelock's value is a plain string under the peer's own key name on every server;
+    /// then fencelock holds and node-redlock waits.
+    pub async fn fencelock_holds_peer_waits(&self) {
+        let key = crate::keys::unique_key("nodelock");
+        let locks = (self.connect)().await;
+        let lease = locks.acquire(&key, &LockOptions::new()).await.unwrap();
+        for s in &self.servers {
+            let stored = s.command(&format!("GET {key}"));
+            assert!(stored.contains(lease.grant().as_str()), "GET {key}: {stored:?}");
+        }
+        lease.release().await.unwrap();
+        let latency = fencelock_holds_node_redlock_waits(locks, &self.peer, &key).await;
+        println!(
+            "{} hand-off fencelock -> node-redlock (its retry 20ms): {latency:?}",
+            self.backend
+        );
+    }
+
+    /// Two node-redlock loops and two fencelock loops, `rounds` each: a clean log.
+    pub async fn mixed_stress(&self, rounds: usize) {
+        let key = crate::keys::unique_key("nodelock");
+        let started = Instant::now();
+        let check = node_redlock_mixed_stress(|| (self.connect)(), &self.peer, &key, rounds).await;
+        println!(
+            "{} mixed stress: {:?} in {:?}",
+            self.backend,
+            check.entries,
+            started.elapsed()
+        );
+        check.assert_clean("node", rounds);
+    }
+}
+
+/// Generates the node-redlock interop tests (`node_redlock_holds_and_fencelock_waits`,
+/// `fencelock_holds_and_node_redlock_waits`,
+/// `mixed_stress_node_redlock_and_fencelock_never_overlap`, 15 rounds) from `$interop`, an
+/// expression of a fresh [`NodeInterop`] (evaluated once per test, so each starts its own
+/// servers). The calling crate needs `tokio` with `macros` and `rt-multi-thread`.
+#[macro_export]
+macro_rules! node_redlock_interop_tests {
+    ($interop:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn node_redlock_holds_and_fencelock_waits() {
+            $interop.peer_holds_fencelock_waits().await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn fencelock_holds_and_node_redlock_waits() {
+            $interop.fencelock_holds_peer_waits().await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn mixed_stress_node_redlock_and_fencelock_never_overlap() {
+            $interop.mixed_stress(15).await;
+        }
+    };
 }
 
 #[cfg(test)]

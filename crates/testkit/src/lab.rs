@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use fencelock_core::fencing::FencingChecker;
-use fencelock_core::{Fence, LockOptions};
+use fencelock_core::{DistributedLock, Fence, GrantId, Lease, LockOptions};
 
 use crate::conformance::election::ElectionFactory;
 use crate::conformance::ClientFactory;
@@ -180,6 +180,66 @@ impl Log {
     }
 }
 
+/// A's options in the scenarios where A stalls: `ttl`, a 30 s wait, no auto-renew.
+fn unrenewed(ttl: Duration) -> LockOptions {
+    LockOptions::new()
+        .with_ttl(ttl)
+        .with_wait(Duration::from_secs(30))
+        .with_auto_renew(false)
+}
+
+/// Client A (client 0) takes `key`: recorded in `history` and said on the timeline.
+async fn a_acquires(a: &dyn DistributedLock, key: &str, opts: &LockOptions, history: &History, log: &Log) -> Lease {
+    let la = a.acquire(key, opts).await.expect("A acquires");
+    history.granted(0, &la);
+    log.say(format!(
+        "A acquired, token {}, valid for {:?}",
+        la.token(),
+        la.remaining()
+    ));
+    la
+}
+
+/// How the timeline words a write's verdict: a current holder's write is expected to land,
+/// a stale one's to be refused; the unexpected outcome is in capitals.
+#[derive(Clone, Copy)]
+enum Writer {
+    Current,
+    Stale,
+}
+
+/// `client` writes to `resource` with `lease`'s fence: recorded in `history`, and said on
+/// the timeline as `said(verdict)`.
+fn write_and_say(
+    resource: &Resource,
+    history: &History,
+    log: &Log,
+    client: usize,
+    lease: &Lease,
+    writer: Writer,
+    said: impl FnOnce(&str) -> String,
+) {
+    let ok = resource.write(&lease.fence());
+    history.fenced_write(client, lease, ok);
+    let verdict = match (writer, ok) {
+        (Writer::Current, true) => "accepted",
+        (Writer::Current, false) => "REFUSED",
+        (Writer::Stale, true) => "ACCEPTED (stale)",
+        (Writer::Stale, false) => "refused",
+    };
+    log.say(said(verdict));
+}
+
+/// A release (or resignation) of `grant` that ended now: recorded in `history`, and said
+/// on the timeline as `what: ok` or `what: lost`.
+fn say_ended(history: &History, log: &Log, grant: GrantId, what: &str, ok: bool, lost: &str) {
+    history.record(Event::Released {
+        grant,
+        at: Instant::now(),
+    });
+    log.say(format!("{what}: {}", if ok { "ok" } else { lost }));
+}
+
 /// **Holder paused past its TTL, then writes** (Kleppmann's scenario, matrix F1/S1).
 ///
 /// Client A takes the lock (`ttl`, no auto-renew) and reads the shadow register, then
@@ -202,18 +262,9 @@ pub async fn paused_holder(f: &dyn ClientFactory, ttl: Duration, fenced: bool) -
         Resource::Unfenced
     };
     let shadow = Mutex::new(0u64);
-    let opts = LockOptions::new()
-        .with_ttl(ttl)
-        .with_wait(Duration::from_secs(30))
-        .with_auto_renew(false);
+    let opts = unrenewed(ttl);
 
-    let la = a.acquire(&key, &opts).await.expect("A acquires");
-    history.granted(0, &la);
-    log.say(format!(
-        "A acquired, token {}, valid for {:?}",
-        la.token(),
-        la.remaining()
-    ));
+    let la = a_acquires(&*a, &key, &opts, &history, &log).await;
     let a_read = *shadow.lock().unwrap_or_else(|p| p.into_inner());
     log.say(format!("A read the shadow register: {a_read}; A pauses"));
 
@@ -243,13 +294,9 @@ pub async fn paused_holder(f: &dyn ClientFactory, ttl: Duration, fenced: bool) -
         at: Instant::now(),
     });
     log.say(format!("B incremented the shadow register: {b_read} -> {}", b_read + 1));
-    let ok = resource.write(&lb.fence());
-    history.fenced_write(1, &lb, ok);
-    log.say(format!(
-        "B wrote to the resource with token {}: {}",
-        lb.token(),
-        if ok { "accepted" } else { "REFUSED" }
-    ));
+    write_and_say(&resource, &history, &log, 1, &lb, Writer::Current, |v| {
+        format!("B wrote to the resource with token {}: {v}", lb.token())
+    });
 
     // A wakes up and finishes what it was doing, with what it had.
     *shadow.lock().unwrap_or_else(|p| p.into_inner()) = a_read + 1;
@@ -263,24 +310,13 @@ pub async fn paused_holder(f: &dyn ClientFactory, ttl: Duration, fenced: bool) -
         "A wakes up and writes the shadow register: {a_read} -> {} (overwriting B's)",
         a_read + 1
     ));
-    let ok = resource.write(&la.fence());
-    history.fenced_write(0, &la, ok);
-    log.say(format!(
-        "A writes to the resource with its old token {}: {}",
-        la.token(),
-        if ok { "ACCEPTED (stale)" } else { "refused" }
-    ));
+    write_and_say(&resource, &history, &log, 0, &la, Writer::Stale, |v| {
+        format!("A writes to the resource with its old token {}: {v}", la.token())
+    });
 
     let b_grant = lb.grant().clone();
-    let released = lb.release().await;
-    history.record(Event::Released {
-        grant: b_grant,
-        at: Instant::now(),
-    });
-    log.say(format!(
-        "B released: {}",
-        if released.is_ok() { "ok" } else { "lease lost" }
-    ));
+    let released = lb.release().await.is_ok();
+    say_ended(&history, &log, b_grant, "B released", released, "lease lost");
     let _ = la.release().await;
     Outcome::of(&history, &log)
 }
@@ -300,10 +336,7 @@ pub async fn paused_leader(f: &dyn ElectionFactory, ttl: Duration) -> Outcome {
     let history = History::new();
     let log = Log::new();
     let resource = Resource::Fenced(FencingChecker::new());
-    let opts = LockOptions::new()
-        .with_ttl(ttl)
-        .with_wait(Duration::from_secs(30))
-        .with_auto_renew(false);
+    let opts = unrenewed(ttl);
 
     let la = a.campaign(&name, b"A", &opts).await.expect("A is elected");
     history.granted(0, la.lease());
@@ -312,13 +345,9 @@ pub async fn paused_leader(f: &dyn ElectionFactory, ttl: Duration) -> Outcome {
         la.term(),
         la.lease().remaining()
     ));
-    let ok = resource.write(&la.fence());
-    history.fenced_write(0, la.lease(), ok);
-    log.say(format!(
-        "A wrote with term {}: {}; A pauses",
-        la.term(),
-        if ok { "accepted" } else { "REFUSED" }
-    ));
+    write_and_say(&resource, &history, &log, 0, la.lease(), Writer::Current, |v| {
+        format!("A wrote with term {}: {v}; A pauses", la.term())
+    });
 
     let lost = tokio::time::timeout(ttl + Duration::from_secs(5), la.lost())
         .await
@@ -333,39 +362,20 @@ pub async fn paused_leader(f: &dyn ElectionFactory, ttl: Duration) -> Outcome {
         .expect("B is elected after A's validity");
     history.granted(1, lb.lease());
     log.say(format!("B elected, term {}", lb.term()));
-    let ok = resource.write(&lb.fence());
-    history.fenced_write(1, lb.lease(), ok);
-    log.say(format!(
-        "B wrote with term {}: {}",
-        lb.term(),
-        if ok { "accepted" } else { "REFUSED" }
-    ));
+    write_and_say(&resource, &history, &log, 1, lb.lease(), Writer::Current, |v| {
+        format!("B wrote with term {}: {v}", lb.term())
+    });
 
-    let ok = resource.write(&la.fence());
-    history.fenced_write(0, la.lease(), ok);
-    log.say(format!(
-        "A wakes up and writes with its old term {}: {}",
-        la.term(),
-        if ok { "ACCEPTED (stale)" } else { "refused" }
-    ));
-    let ok = resource.write(&lb.fence());
-    history.fenced_write(1, lb.lease(), ok);
-    log.say(format!(
-        "B writes again with term {}: {}",
-        lb.term(),
-        if ok { "accepted" } else { "REFUSED" }
-    ));
+    write_and_say(&resource, &history, &log, 0, la.lease(), Writer::Stale, |v| {
+        format!("A wakes up and writes with its old term {}: {v}", la.term())
+    });
+    write_and_say(&resource, &history, &log, 1, lb.lease(), Writer::Current, |v| {
+        format!("B writes again with term {}: {v}", lb.term())
+    });
 
     let b_grant = lb.lease().grant().clone();
-    let resigned = lb.resign().await;
-    history.record(Event::Released {
-        grant: b_grant,
-        at: Instant::now(),
-    });
-    log.say(format!(
-        "B resigned: {}",
-        if resigned.is_ok() { "ok" } else { "leadership lost" }
-    ));
+    let resigned = lb.resign().await.is_ok();
+    say_ended(&history, &log, b_grant, "B resigned", resigned, "leadership lost");
     let _ = la.resign().await;
     let _ = a.close().await;
     let _ = b.close().await;
@@ -387,17 +397,8 @@ where
     let history = History::new();
     let log = Log::new();
     let resource = FencingChecker::new();
-    let opts = LockOptions::new()
-        .with_ttl(Duration::from_secs(30))
-        .with_wait(Duration::from_secs(30))
-        .with_auto_renew(false);
-    let la = a.acquire(&key, &opts).await.expect("A acquires");
-    history.granted(0, &la);
-    log.say(format!(
-        "A acquired, token {}, valid for {:?}",
-        la.token(),
-        la.remaining()
-    ));
+    let opts = unrenewed(Duration::from_secs(30));
+    let la = a_acquires(&*a, &key, &opts, &history, &log).await;
     let ok = resource.check("resource", &la.fence()).is_ok();
     history.fenced_write(0, &la, ok);
     log.say(format!("A wrote to the resource with token {}", la.token()));
@@ -428,15 +429,8 @@ where
         Err(e) => log.say(format!("B could not acquire within {wait:?}: {e}")),
     }
     let a_grant = la.grant().clone();
-    let released = la.release().await;
-    history.record(Event::Released {
-        grant: a_grant,
-        at: Instant::now(),
-    });
-    log.say(format!(
-        "A released: {}",
-        if released.is_ok() { "ok" } else { "lease lost" }
-    ));
+    let released = la.release().await.is_ok();
+    say_ended(&history, &log, a_grant, "A released", released, "lease lost");
     Outcome::of(&history, &log)
 }
 

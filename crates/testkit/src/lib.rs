@@ -4,9 +4,11 @@
 //!
 //! * [`conformance`] — the behaviour suite every backend must pass, as public async
 //!   functions that take a [`ClientFactory`](conformance::ClientFactory), and the
-//!   [`conformance_suite!`] macro that turns it into one `#[tokio::test]` per behaviour;
+//!   [`conformance_suite!`] macro that turns it into one `#[tokio::test]` per behaviour
+//!   ([`election_suite!`] does the same for the election suite);
 //! * [`overlap`] — a detector of two holders inside one critical section;
-//! * [`keys`] — unique keys, so tests sharing a server never see each other's locks.
+//! * [`keys`] — unique keys, so tests sharing a server never see each other's locks;
+//! * [`faults`] — what the backends' fault tests check the same way on every backend.
 //!
 //! * [`etcd_server`] — real `etcd` members, single or as a cluster, with kill, restart,
 //!   pause and leader lookup;
@@ -14,6 +16,7 @@
 //! * [`proxy`] — a fault-injecting TCP proxy (pass, blackhole, reset) for partitions;
 //! * [`pg_server`] — real PostgreSQL clusters (`initdb` + `postgres`, as the `postgres`
 //!   user when run as root), killed with their backends on drop, restartable, pausable;
+//! * [`pg_raw`] — the raw minimum of a PostgreSQL lease lock, as SQL (bench and perf test);
 //! * [`redis_server`] — real `redis-server` processes on free loopback ports (killed on
 //!   drop, restartable, pausable), built on [`process`] and [`ports`].
 //!
@@ -39,11 +42,13 @@
 
 pub mod conformance;
 pub mod etcd_server;
+pub mod faults;
 pub mod history;
 pub mod interop;
 pub mod keys;
 pub mod lab;
 pub mod overlap;
+pub mod pg_raw;
 pub mod pg_server;
 pub mod ports;
 pub mod process;

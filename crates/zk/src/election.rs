@@ -13,7 +13,9 @@
 //! Observers are pushed by watches: each read sets a watch on the seat's children (a
 //! candidate joins or leaves, the leader's node goes with its session) and a data watch
 //! on the lowest node (a proclaim), and every event makes the observer read — and re-arm
-//! — again. A seat node not created yet is watched for its creation.
+//! — again. A seat node not created yet is watched for its creation; one created between
+//! the listing and that check is listed again, so the first campaign of a new election is
+//! seen at once, not at the 5 s fallback re-read (finding A1).
 
 use std::sync::Arc;
 
@@ -90,12 +92,20 @@ impl ZkElection {
     /// Reads the lowest node's data and creation zxid once, bounded by twice the session
     /// timeout. With `watches`, sets the watches of an observer (and skips the `sync`: a
     /// watch event reaches this session before any read that follows it); without, syncs
-    /// first so the read is as fresh as the leader's.
+    /// first so the read is as fresh as the leader's. A temporary
+    /// [`LockError::Unavailable`] when the seat node never settled while the watch was set
+    /// (see [`ARM_TRIES`]); the observer reads again after its retry pause.
     async fn read(&self, dir: &str, watches: Option<&mut Armed>) -> Result<SeatRead> {
         let cfg = self.lock.cfg();
         let client = self.lock.session().await?.client()?;
         match tokio::time::timeout(cfg.timeout * 2, read_lowest(&client, dir, watches)).await {
-            Ok(Ok(r)) => Ok(SeatRead::new(r)),
+            Ok(Ok(Some(r))) => Ok(SeatRead::new(r)),
+            Ok(Ok(None)) => Err(LockError::Unavailable {
+                message: format!(
+                    "the election's seat node {dir} appeared and vanished {ARM_TRIES} times while an observer set its watch"
+                ),
+                source: None,
+            }),
             Ok(Err(e)) => Err(failed("reading the election's leader", &cfg.display, e)),
             Err(_) => Err(timed_out(
                 "reading the election's leader",
@@ -106,38 +116,68 @@ impl ZkElection {
     }
 }
 
-/// The lowest candidate's state; the lowest may vanish between the listing and the read,
-/// then the next is taken (bounded by the listing).
+/// How many times an observer's read lists a seat node that appears or vanishes between
+/// the listing and the existence check before the read gives up (a container node removed
+/// and made again so often within a few round trips: in practice never).
+const ARM_TRIES: usize = 4;
+
+/// What listing a seat found.
+enum Listed {
+    /// The seat node's children.
+    Children(Vec<String>),
+    /// No seat node (an observer's read has watched for its creation).
+    Missing,
+    /// The seat node came and went [`ARM_TRIES`] times while an observer armed its watch.
+    Unsettled,
+}
+
+/// Lists the seat's candidates. For an observer (`watches`), sets the watch that the next
+/// change of the seat fires: a children watch when the seat node is there, else an exists
+/// watch for its creation. An exists check on a node that is there sets only a data watch,
+/// which a new child does not fire; so a seat made between the listing and the check
+/// (the first campaign of a new election) is listed again, with a children watch, instead
+/// of being left to the fallback re-read (finding A1). Bounded by [`ARM_TRIES`].
+async fn list_seat(client: &Client, dir: &str, watches: Option<&mut Armed>) -> std::result::Result<Listed, ZkError> {
+    let Some(w) = watches else {
+        return match client.sync(dir).await {
+            Ok(()) | Err(ZkError::NoNode) => match client.list_children(dir).await {
+                Ok(children) => Ok(Listed::Children(children)),
+                Err(ZkError::NoNode) => Ok(Listed::Missing),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+    };
+    for _ in 0..ARM_TRIES {
+        match client.get_and_watch_children(dir).await {
+            Ok((children, _, watcher)) => {
+                w.seat = Some(watcher);
+                return Ok(Listed::Children(children));
+            }
+            Err(ZkError::NoNode) => {}
+            Err(e) => return Err(e),
+        }
+        if let (None, watcher) = client.check_and_watch_stat(dir).await? {
+            w.seat = Some(watcher);
+            return Ok(Listed::Missing);
+        }
+        // Made in between: its data watch is dropped unused; list it again.
+    }
+    Ok(Listed::Unsettled)
+}
+
+/// The lowest candidate's state (`None`: the seat never settled, see [`Listed::Unsettled`]);
+/// the lowest may vanish between the listing and the read, then the next is taken
+/// (bounded by the listing).
 async fn read_lowest(
     client: &Client,
     dir: &str,
     mut watches: Option<&mut Armed>,
-) -> std::result::Result<SeatState, ZkError> {
-    let listed = match watches.as_deref_mut() {
-        Some(w) => match client.get_and_watch_children(dir).await {
-            Ok((children, _, watcher)) => {
-                w.seat = Some(watcher);
-                Ok(children)
-            }
-            Err(e) => Err(e),
-        },
-        None => match client.sync(dir).await {
-            Ok(()) | Err(ZkError::NoNode) => client.list_children(dir).await,
-            Err(e) => Err(e),
-        },
-    };
-    let children = match listed {
-        Ok(c) => c,
-        Err(ZkError::NoNode) => {
-            if let Some(w) = watches {
-                // Watch for the seat's creation; created in between, it is read at the
-                // observer's next fallback re-read.
-                let (_, watcher) = client.check_and_watch_stat(dir).await?;
-                w.seat = Some(watcher);
-            }
-            return Ok(SeatState::Empty);
-        }
-        Err(e) => return Err(e),
+) -> std::result::Result<Option<SeatState>, ZkError> {
+    let children = match list_seat(client, dir, watches.as_deref_mut()).await? {
+        Listed::Children(c) => c,
+        Listed::Missing => return Ok(Some(SeatState::Empty)),
+        Listed::Unsettled => return Ok(None),
     };
     let mut queue: Vec<(i64, String)> = children
         .into_iter()
@@ -157,19 +197,19 @@ async fn read_lowest(
         match read {
             Ok((data, stat)) => {
                 let term = FencingToken::new(u64::try_from(stat.czxid).unwrap_or(0));
-                return Ok(match data.strip_prefix(b"v") {
+                return Ok(Some(match data.strip_prefix(b"v") {
                     Some(value) => SeatState::Leader(LeaderInfo {
                         value: value.to_vec(),
                         term,
                     }),
                     None => SeatState::Unwritten(term),
-                });
+                }));
             }
             Err(ZkError::NoNode) => continue,
             Err(e) => return Err(e),
         }
     }
-    Ok(SeatState::Empty)
+    Ok(Some(SeatState::Empty))
 }
 
 #[async_trait]

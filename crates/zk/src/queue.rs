@@ -261,7 +261,9 @@ pub(crate) async fn position(q: &Queued) -> Result<Position> {
         Ok(Err(e)) => return Err(failed("listing the queue", &q.cfg.display, e)),
         Err(_) => return Err(timed_out("listing the queue", &q.cfg.display, q.cfg.timeout)),
     };
-    q.cfg.layout.check_neighbours(&q.dir, &children)?;
+    // The message names the server's path (chroot included): the one a peer is given.
+    let server_path = format!("{}{}", q.cfg.chroot.trim_end_matches('/'), q.dir);
+    q.cfg.layout.check_neighbours(&server_path, &children)?;
     children.retain(|c| sequence(c).is_some());
     children.sort_by_key(|c| sequence(c).unwrap_or(i64::MAX));
     let Some(at) = children.iter().position(|c| *c == q.name) else {

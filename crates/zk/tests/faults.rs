@@ -7,7 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fencelock_core::{DistributedLock, LeaseState, LockError, LockOptions};
+use fencelock_core::{DistributedLock, LeaseState, LockOptions};
+use fencelock_testkit::faults::{self, held};
 use fencelock_testkit::overlap::OverlapDetector;
 use fencelock_testkit::proxy::{FaultProxy, Mode};
 use fencelock_testkit::renewals::wait_renewed_twice;
@@ -17,12 +18,6 @@ use tokio::time::Instant;
 
 const SLACK: Duration = Duration::from_secs(3);
 
-fn held() -> LockOptions {
-    LockOptions::new()
-        .with_ttl(Duration::from_secs(30))
-        .with_wait(Duration::from_secs(30))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_keeps_the_lock_and_waiters_proceed() {
     let mut ensemble = ZkEnsemble::start(3);
@@ -31,22 +26,8 @@ async fn killing_the_leader_keeps_the_lock_and_waiters_proceed() {
     let lease = holder.acquire("k", &held()).await.unwrap();
     let detector = Arc::new(OverlapDetector::new());
     let first = detector.enter(lease.token());
-    let mut waiters = Vec::new();
-    for _ in 0..2 {
-        let (url, detector) = (url.clone(), Arc::clone(&detector));
-        waiters.push(tokio::spawn(async move {
-            let locks = ZkLock::connect(&url).await.unwrap();
-            let l = locks
-                .acquire("k", &held())
-                .await
-                .expect("a waiter gets the lock after the release");
-            {
-                let _inside = detector.enter(l.token());
-                tokio::task::yield_now().await;
-            }
-            l.release().await.unwrap();
-        }));
-    }
+    let connect = |url: String| async move { ZkLock::connect(&url).await.unwrap() };
+    let waiters = faults::spawn_waiters(2, "k", &url, connect, &detector);
     let leader = ensemble.leader().expect("a leader");
     ensemble.kill(leader);
     // The holder may be suspended while its client moves to another server; it must come
@@ -65,15 +46,7 @@ async fn killing_the_leader_keeps_the_lock_and_waiters_proceed() {
     assert_eq!(back, LeaseState::Held, "the lock did not survive the leader change");
     drop(first);
     lease.release().await.expect("release after the failover");
-    for w in waiters {
-        tokio::time::timeout(Duration::from_secs(30), w)
-            .await
-            .expect("waiter finished")
-            .unwrap();
-    }
-    assert_eq!(detector.overlaps(), 0);
-    assert_eq!(detector.entries().len(), 3);
-    assert!(detector.token_regressions().is_empty(), "{:?}", detector.entries());
+    faults::assert_waiters_took_turns(waiters, &detector, 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,25 +100,10 @@ async fn two_of_three_down_is_unavailable_within_the_bound() {
     locks.acquire("warm", &held()).await.unwrap().release().await.unwrap();
     ensemble.kill(0);
     ensemble.kill(1);
-    let start = Instant::now();
-    let result = locks.try_acquire("k", &held()).await;
-    assert!(matches!(result, Err(LockError::Unavailable { .. })), "{result:?}");
-    assert!(
-        start.elapsed() < Duration::from_millis(500) * 3 + SLACK,
-        "try_acquire took {:?}",
-        start.elapsed()
-    );
+    let within = Duration::from_millis(500) * 3 + SLACK;
+    faults::assert_try_acquire_unavailable(&locks, "k", &held(), Some(within)).await;
     let wait = Duration::from_secs(1);
-    let start = Instant::now();
-    let result = locks.acquire("k", &held().with_wait(wait)).await;
-    assert!(
-        matches!(
-            result,
-            Err(LockError::Unavailable { .. }) | Err(LockError::Timeout { .. })
-        ),
-        "{result:?}"
-    );
-    assert!(start.elapsed() < wait + SLACK, "acquire took {:?}", start.elapsed());
+    faults::assert_acquire_gives_up(&locks, "k", &held(), wait, SLACK, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -97,6 +97,8 @@ async fn default_layout_refuses_kazoo_and_a_told_kazoo_waits() {
     ] {
         assert!(matches!(e, LockError::InvalidConfig { .. }), "{e}");
         assert!(e.to_string().contains("layout=kazoo"), "{e}");
+        // The path kazoo must be given: the server's, chroot included.
+        assert!(e.to_string().contains(&format!("{path} holds")), "{e}");
     }
     await_children(&hosts, &path, 1).await;
     assert_eq!(

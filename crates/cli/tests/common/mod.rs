@@ -1,11 +1,12 @@
-//! Helpers the CLI's process tests share (`signals.rs`, `process_tree.rs`, `inputs.rs`): run the
-//! binary against one backend, wait for children with a bound, and the
-//! signal-while-waiting scenario.
+//! Helpers the CLI's process tests share (`cli.rs`, `cli_postgres.rs`, `exit_codes.rs`,
+//! `inputs.rs`, `signals.rs`, `process_tree.rs`): run the binary against one backend, wait
+//! for children with a bound, check a one-line error, hold a key, and the scenarios more
+//! than one backend runs (eight processes on one key, a signal while waiting).
 
 // Each test crate that includes this module uses only some of the helpers.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -15,18 +16,74 @@ use rustix::process::{kill_process, Pid, Signal};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_fencelock");
 
-pub fn fencelock(url: &str) -> Command {
+/// The binary with none of the caller's `FENCELOCK_BACKEND`, `RUST_LOG` or `NO_COLOR`.
+pub fn bare() -> Command {
     let mut cmd = Command::new(BIN);
     cmd.env_remove("FENCELOCK_BACKEND")
         .env_remove("RUST_LOG")
-        .env_remove("NO_COLOR")
-        .arg("--backend")
-        .arg(url);
+        .env_remove("NO_COLOR");
     cmd
+}
+
+/// [`bare`] with `--backend url`.
+pub fn fencelock(url: &str) -> Command {
+    let mut cmd = bare();
+    cmd.arg("--backend").arg(url);
+    cmd
+}
+
+/// [`fencelock`] on the file backend in `dir`.
+pub fn on_files(dir: &Path) -> Command {
+    fencelock(&file_url(dir))
 }
 
 pub fn file_url(dir: &Path) -> String {
     format!("file://{}", dir.display())
+}
+
+pub fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts status `code` and a one-line `fencelock: …` message on stderr containing
+/// `says`, with no panic or backtrace; `what` names the case in a failure.
+pub fn assert_one_line(out: &Output, code: i32, says: &str, what: &str) {
+    let err = stderr_of(out);
+    assert_eq!(out.status.code(), Some(code), "{what}: {err}");
+    assert_eq!(err.lines().count(), 1, "{what}: not one line: {err}");
+    assert!(err.starts_with("fencelock: ") && err.contains(says), "{what}: {err}");
+    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{what}: {err}");
+}
+
+/// Starts a holder (`cmd`, which names the backend, then `run`, e.g. `["run", "k"]`) whose
+/// command prints `in` and stays inside until its stdin closes; returns once it is inside.
+/// End it with [`end`].
+pub fn hold(cmd: Command, run: &[&str]) -> Child {
+    let (child, first) = spawn_holder(cmd, run, "echo in; read _ || true");
+    assert_eq!(first, "in");
+    child
+}
+
+/// Spawns `cmd` `run` `-- sh -c script` with stdin, stdout and stderr piped; returns it
+/// with the first line its command printed (read without reading past it).
+pub fn spawn_holder(mut cmd: Command, run: &[&str], script: &str) -> (Child, String) {
+    let mut child = cmd
+        .args(run)
+        .args(["--", "sh", "-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn holder");
+    let first = first_line(&mut child);
+    (child, first)
+}
+
+/// Closes the stdin of a holder from [`hold`] and asserts it exits 0 (within 20 s).
+pub fn end(mut holder: Child) {
+    drop(holder.stdin.take());
+    let out = output_within(holder, Duration::from_secs(20));
+    assert!(out.status.success(), "holder: {}", stderr_of(&out));
 }
 
 pub fn pid_of(child: &Child) -> Pid {
@@ -42,33 +99,37 @@ pub fn poll_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Waits for `child` with a bound: a hung CLI is killed and fails the test (with its
+/// stderr) instead of hanging it.
 pub fn output_within(mut child: Child, limit: Duration) -> Output {
-    poll_until(limit, "fencelock exited", || {
-        child.try_wait().expect("try_wait").is_some()
-    });
+    let start = Instant::now();
+    while child.try_wait().expect("try_wait").is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!("fencelock did not exit within {limit:?}; stderr: {}", stderr_of(&out));
+        }
+        std::thread::sleep(Duration::from_millis(10)); // polling a child's exit, bounded
+    }
     child.wait_with_output().expect("output")
 }
 
-/// Reads the first line of the child's stdout.
+/// Reads the first line of the child's stdout, a byte at a time: nothing after it is
+/// consumed, so the rest stays readable (e.g. by [`output_within`]).
 pub fn first_line(child: &mut Child) -> String {
-    let mut first = String::new();
-    BufReader::new(child.stdout.as_mut().expect("stdout"))
-        .read_line(&mut first)
-        .expect("first line");
-    first.trim().to_owned()
+    let stdout = child.stdout.as_mut().expect("stdout");
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while stdout.read(&mut byte).expect("first line") == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    String::from_utf8_lossy(&line).trim().to_owned()
 }
 
 /// H holds `k`; W waits and is sent `sig` once `queued` says it is in line; W exits
 /// 128 + sig; after H ends, a `--no-wait` run gets the lock at once (no entry of W left).
 pub fn signal_while_waiting(url: &str, sig: Signal, queued: &dyn Fn() -> bool) {
-    let mut holder = fencelock(url)
-        .args(["run", "k", "--", "sh", "-c", "echo in; read _ || true"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn holder");
-    assert_eq!(first_line(&mut holder), "in");
+    let holder = hold(fencelock(url), &["run", "k"]);
     let _ = queued(); // records the server's count before the waiter comes
     let mut waiter = fencelock(url)
         .args(["-v", "run", "k", "--wait", "60s", "--", "true"])
@@ -103,9 +164,7 @@ pub fn signal_while_waiting(url: &str, sig: Signal, queued: &dyn Fn() -> bool) {
         Some(128 + sig.as_raw()),
         "{sig:?}: waiter: {status:?} {lines:?}"
     );
-    drop(holder.stdin.take());
-    let out = output_within(holder, Duration::from_secs(20));
-    assert!(out.status.success(), "holder: {}", String::from_utf8_lossy(&out.stderr));
+    end(holder);
     let start = Instant::now();
     let next = fencelock(url)
         .args(["run", "k", "--no-wait", "--", "true"])
@@ -117,4 +176,106 @@ pub fn signal_while_waiting(url: &str, sig: Signal, queued: &dyn Fn() -> bool) {
         String::from_utf8_lossy(&next.stderr)
     );
     assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+}
+
+/// Eight `fencelock --backend <backend> run` processes on one key: never two inside at
+/// once, the tokens grow in the order they got in, and each command saw its key.
+pub fn assert_eight_processes_exclusive(backend: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).expect("mkdir");
+    // Inside the lock: note it if someone else is inside, log the token, work a little.
+    let script = r#"
+        set -e
+        if ! mkdir "$WORK/inside" 2>/dev/null; then echo overlap >> "$WORK/overlap"; fi
+        echo "$FENCELOCK_TOKEN $FENCELOCK_KEY" >> "$WORK/log"
+        i=0; while [ $i -lt 2000 ]; do i=$((i+1)); done
+        rmdir "$WORK/inside"
+    "#;
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            fencelock(backend)
+                .args(["run", "k", "--wait", "60s", "--", "sh", "-c", script])
+                .env("WORK", &work)
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    for c in children {
+        let out = output_within(c, Duration::from_secs(120));
+        assert!(out.status.success(), "a run failed: {}", stderr_of(&out));
+    }
+    assert!(
+        !work.join("overlap").exists(),
+        "two commands ran inside the lock at once"
+    );
+    let log = std::fs::read_to_string(work.join("log")).expect("log");
+    let tokens: Vec<u64> = log
+        .lines()
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(tokens.len(), 8, "{log}");
+    assert!(
+        tokens.windows(2).all(|w| w[1] > w[0]),
+        "tokens not increasing in entry order: {tokens:?}"
+    );
+    assert!(log.lines().all(|l| l.ends_with(" k")), "FENCELOCK_KEY missing: {log}");
+}
+
+/// Runs `fencelock lab <args>` (no backend from the environment) and asserts it exits 0;
+/// returns its stdout.
+pub fn lab(args: &[&str]) -> String {
+    let out = bare().arg("lab").args(args).output().expect("run");
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `fencelock lab <scenario> --quiet --report FILE` and returns the report's table.
+pub fn lab_report(scenario: &str) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let report = dir.path().join("safety.md");
+    let out = bare()
+        .args(["lab", scenario, "--quiet", "--report"])
+        .arg(&report)
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    std::fs::read_to_string(&report).expect("report")
+}
+
+/// The cells of the row of `table` for `scenario` on `backend` (columns: scenario,
+/// backend, overlaps, regressions, reuse, late actions, stale (fenced), …).
+pub fn lab_row(table: &str, scenario: &str, backend: &str) -> Vec<String> {
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(&format!("| {scenario} | {backend} |")))
+        .unwrap_or_else(|| panic!("no row for {backend} in:\n{table}"));
+    line.split('|')
+        .map(|c| c.trim().to_owned())
+        .filter(|c| !c.is_empty())
+        .collect()
+}
+
+/// A `queued` condition for [`signal_while_waiting`] read from a server-side count:
+/// `false` on its first call, which notes `count()` (called before the waiter starts);
+/// afterwards, whether `count()` grew past that.
+pub fn count_grew<T: PartialOrd + Copy>(count: impl Fn() -> Option<T>) -> impl Fn() -> bool {
+    let base = std::cell::Cell::new(None);
+    move || match (base.get(), count()) {
+        (None, Some(n)) => {
+            base.set(Some(n));
+            false
+        }
+        (Some(b), Some(n)) => n > b,
+        _ => false,
+    }
+}
+
+/// [`signal_while_waiting`] on ZooKeeper for each of `sigs`: the waiter is in line once it
+/// watches its predecessor (the server's watch count grew).
+pub fn signals_while_waiting_on_zookeeper(zk: &fencelock_testkit::zk_server::ZkEnsemble, url: &str, sigs: &[Signal]) {
+    for &sig in sigs {
+        signal_while_waiting(url, sig, &count_grew(|| zk.watch_count(0)));
+    }
 }

@@ -86,8 +86,28 @@ pub const ALL_ELECTION: &[&str] = &[
     "proclaim_needs_our_own_grant",
     "paused_leader_is_fenced",
     "observers_see_changes_in_order",
+    "observer_started_with_the_first_campaign_sees_it",
     "bad_election_input_is_rejected",
 ];
+
+/// Generates one `#[tokio::test]` per election conformance test (the names of
+/// [`ALL_ELECTION`]), as [`conformance_suite!`](crate::conformance_suite) does for locks.
+///
+/// `$fixture` is an expression of a future that yields an [`ElectionFixture`] (so a test
+/// can start or connect to a server first); it is evaluated once per test. `$config` is an
+/// [`ElectionConfig`]. The calling crate needs `tokio` (with `macros` and
+/// `rt-multi-thread`) among its dev-dependencies.
+#[macro_export]
+macro_rules! election_suite {
+    ($fixture:expr, $config:expr) => {
+        $crate::conformance_suite!(@each_of $crate::conformance::election; $fixture, $config;
+            leader_reports_value_and_term, at_most_one_leader_and_terms_increase,
+            resign_hands_over_promptly, dropped_campaign_leaves_nothing_behind,
+            proclaim_needs_our_own_grant, paused_leader_is_fenced,
+            observers_see_changes_in_order, observer_started_with_the_first_campaign_sees_it,
+            bad_election_input_is_rejected);
+    };
+}
 
 /// Runs every election test in turn.
 pub async fn run_all_elections(f: &dyn ElectionFixture, cfg: &ElectionConfig) {
@@ -98,6 +118,7 @@ pub async fn run_all_elections(f: &dyn ElectionFixture, cfg: &ElectionConfig) {
     proclaim_needs_our_own_grant(f, cfg).await;
     paused_leader_is_fenced(f, cfg).await;
     observers_see_changes_in_order(f, cfg).await;
+    observer_started_with_the_first_campaign_sees_it(f, cfg).await;
     bad_election_input_is_rejected(f, cfg).await;
 }
 
@@ -400,6 +421,102 @@ pub async fn observers_see_changes_in_order(f: &dyn ElectionFixture, cfg: &Elect
     }
     if let Some(l) = leadership {
         l.resign().await.expect("resign last");
+    }
+}
+
+/// How many new elections [`observer_started_with_the_first_campaign_sees_it`] starts: the
+/// race it looks for is one round trip wide, so it is run several times over.
+const FIRST_CAMPAIGN_ROUNDS: usize = 8;
+
+/// Observers started together with the first campaign of a NEW election (a whole
+/// deployment starting at once) report that leader — value and term — within the slack,
+/// and the empty seat after its resign. The observers (`cfg.observers`, each on its own
+/// client) and the campaign start concurrently, so a backend whose watch is armed after
+/// its first read, or that watches a missing seat only for its own creation, misses the
+/// seat made in between (ZooKeeper did, until its 5 s re-read: finding A1).
+///
+/// Every other round the first leader resigns right after winning and campaigns again:
+/// so short a leadership may be skipped (a slow observer may skip leaders), but it must
+/// not leave the observers blind to the next one, which they must report within the slack.
+/// Bounded: [`FIRST_CAMPAIGN_ROUNDS`] rounds, each wait at most the slack.
+pub async fn observer_started_with_the_first_campaign_sees_it(f: &dyn ElectionFixture, cfg: &ElectionConfig) {
+    let candidate = f.election().await;
+    if candidate.capabilities().observe == Observation::Unavailable {
+        return; // observers_see_changes_in_order checks the refusal
+    }
+    let mut watchers = Vec::new();
+    for _ in 0..cfg.observers.max(1) {
+        watchers.push(f.election().await);
+    }
+    for round in 0..FIRST_CAMPAIGN_ROUNDS {
+        let name = unique_key("elect-first");
+        let value = format!("first-{round}");
+        let starting: Vec<_> = watchers
+            .iter()
+            .map(|w| {
+                let (w, name) = (Arc::clone(w), name.clone());
+                tokio::spawn(async move { w.observe(&name).await })
+            })
+            .collect();
+        let mut l = candidate
+            .campaign(&name, value.as_bytes(), &opts(cfg.slack))
+            .await
+            .expect("the first campaign");
+        let mut want = (value.into_bytes(), l.term());
+        if round % 2 == 1 {
+            let first = l.term();
+            l.resign().await.expect("resign right after winning");
+            l = candidate
+                .campaign(&name, b"second", &opts(cfg.slack))
+                .await
+                .expect("the second campaign");
+            assert!(l.term() > first, "term {} after {first}", l.term());
+            want = (b"second".to_vec(), l.term());
+        }
+        let mut observers = Vec::new();
+        for s in starting {
+            observers.push(s.await.expect("observe task").expect("observe"));
+        }
+        for (i, o) in observers.iter_mut().enumerate() {
+            let what = format!(
+                "round {round}, observer {i}: the leader {:?} with term {}",
+                String::from_utf8_lossy(&want.0),
+                want.1
+            );
+            let want = Some(want.clone());
+            expect_state(o, cfg.slack, &what, |s| {
+                s.as_ref().map(|l| (l.value.clone(), l.term)) == want
+            })
+            .await;
+        }
+        l.resign().await.expect("resign");
+        for (i, o) in observers.iter_mut().enumerate() {
+            let what = format!("round {round}, observer {i}: the empty seat after the resign");
+            expect_state(o, cfg.slack, &what, Option::is_none).await;
+        }
+    }
+}
+
+/// Reads `observer` until a state passes `wanted`, failing the test when none did within
+/// `slack` (naming `what` and every state seen).
+async fn expect_state(
+    observer: &mut fencelock_core::election::Observer,
+    slack: Duration,
+    what: &str,
+    wanted: impl Fn(&Option<fencelock_core::election::LeaderInfo>) -> bool,
+) {
+    let deadline = Instant::now() + slack;
+    let mut seen = Vec::new();
+    loop {
+        let state = match tokio::time::timeout_at(deadline, observer.changed()).await {
+            Ok(Some(state)) => state,
+            Ok(None) => panic!("{what}: the feed ended; seen {seen:?}"),
+            Err(_) => panic!("{what}: not reported within {slack:?}; seen {seen:?}"),
+        };
+        if wanted(&state) {
+            return;
+        }
+        seen.push(state);
     }
 }
 

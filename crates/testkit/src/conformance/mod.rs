@@ -161,7 +161,7 @@ pub async fn run_all(f: &dyn Fixture, cfg: &SuiteConfig) {
 #[macro_export]
 macro_rules! conformance_suite {
     ($factory:expr, $config:expr) => {
-        $crate::conformance_suite!(@each $factory, $config;
+        $crate::conformance_suite!(@each_of $crate::conformance; $factory, $config;
             try_acquire_never_waits, acquire_times_out_after_wait, acquire_is_woken_by_release,
             cancelled_acquire_leaves_nothing_held, dropped_lease_is_released, release_frees_the_key,
             tokens_increase_with_each_grant, mutual_exclusion_under_contention,
@@ -172,12 +172,14 @@ macro_rules! conformance_suite {
             unanswered_request_leaves_nothing_behind, cancelled_methods_leave_nothing_held,
             resources_do_not_grow, awkward_keys_work);
     };
-    (@each $factory:expr, $config:expr; $($name:ident),+) => {
+    // One test per name, each calling that function of `$module` (also the election suite's).
+    (@each_of $module:path; $factory:expr, $config:expr; $($name:ident),+) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
+                use $module as suite;
                 let factory = $factory.await;
-                $crate::conformance::$name(&factory, &$config).await;
+                suite::$name(&factory, &$config).await;
             }
         )+
     };

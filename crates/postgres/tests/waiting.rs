@@ -1,0 +1,135 @@
+//! How waiters look again on a real server: behind others they do not poll (their
+//! instance keeps their tickets alive in one statement), and a waiter behind a dead one
+//! looks again exactly when the dead one's ticket expires.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fencelock_core::{DistributedLock, LockOptions};
+use fencelock_postgres::PgLock;
+use fencelock_testkit::pg_server::PgServer;
+use tokio::time::Instant;
+
+const SLACK: Duration = Duration::from_millis(1500);
+
+fn opts(wait: Duration) -> LockOptions {
+    LockOptions::new().with_ttl(Duration::from_secs(60)).with_wait(wait)
+}
+
+/// Counts the statements that write `fencelock.locks` (every acquire is one; the
+/// server's own count, with a statement-level trigger and a sequence).
+fn count_acquires(server: &PgServer) {
+    server.psql(
+        "CREATE SEQUENCE public.acquires;
+         CREATE FUNCTION public.count_acquire() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN PERFORM nextval('public.acquires'); RETURN NULL; END $$;
+         CREATE TRIGGER count_acquire AFTER INSERT ON fencelock.locks
+           FOR EACH STATEMENT EXECUTE FUNCTION public.count_acquire();",
+    );
+}
+
+fn acquires(server: &PgServer) -> i64 {
+    server
+        .psql("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM public.acquires")
+        .parse()
+        .unwrap()
+}
+
+/// Waits (bounded) until `n` tickets of `key` are queued.
+async fn queued(server: &PgServer, key: &str, n: usize) {
+    let deadline = Instant::now() + SLACK * 4;
+    while server.psql(&format!("SELECT count(*) FROM fencelock.waiters WHERE key = '{key}'")) != n.to_string() {
+        assert!(Instant::now() < deadline, "the waiters did not queue");
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling a condition, bounded
+    }
+}
+
+/// 16 waiters queued behind a long holder, default `poll` (500 ms): each used to look
+/// again every 250–500 ms (about 2.7 acquire statements a second each) to keep its ticket
+/// alive; now their instance keeps the tickets and a waiter looks again only when the
+/// ticket ahead of it, or the holder's lease, can have expired (at the latest every 1–2 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_waiters_do_not_poll_to_keep_their_place() {
+    let server = PgServer::start();
+    let holder = PgLock::connect(&server.url()).await.unwrap();
+    let held = holder.acquire("k", &opts(Duration::from_secs(5))).await.unwrap();
+    count_acquires(&server);
+    let waiters = 16;
+    let mut clients = Vec::new();
+    for _ in 0..waiters / 2 {
+        clients.push(Arc::new(PgLock::connect(&server.url()).await.unwrap()));
+    }
+    let mut tasks = Vec::new();
+    for i in 0..waiters {
+        let c = Arc::clone(&clients[i % clients.len()]);
+        tasks.push(tokio::spawn(async move {
+            c.acquire("k", &opts(Duration::from_secs(30)))
+                .await
+                .unwrap()
+                .release()
+                .await
+                .unwrap();
+        }));
+    }
+    queued(&server, "k", waiters).await;
+    let before = acquires(&server);
+    let window = Duration::from_secs(4);
+    tokio::time::sleep(window).await; // the measurement window, not a synchronisation
+    let per_waiter_per_sec = (acquires(&server) - before) as f64 / waiters as f64 / window.as_secs_f64();
+    eprintln!("queued waiters: {per_waiter_per_sec:.2} acquire statements a second each (was about 2.7)");
+    assert!(
+        per_waiter_per_sec < 1.5,
+        "{per_waiter_per_sec:.2} acquire statements a second per queued waiter: they poll"
+    );
+    // The queue still works: every waiter gets its turn.
+    held.release().await.unwrap();
+    for t in tasks {
+        tokio::time::timeout(SLACK * 10, t).await.expect("hand-offs").unwrap();
+    }
+}
+
+/// A ticket nobody renews (its waiter's process died) heads the queue when the holder
+/// releases: the release names it in vain. The live waiter behind it looks again when
+/// that ticket expires — it learnt the expiry from its last refusal — not at a poll: here
+/// the poll is 10 s, so only that knowledge can get it in on time; and not before (FIFO).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_behind_a_dead_one_is_granted_when_its_ticket_expires() {
+    let server = PgServer::start();
+    let holder = PgLock::connect(&server.url()).await.unwrap();
+    let held = holder.acquire("k", &opts(Duration::from_secs(5))).await.unwrap();
+    let dead_for = Duration::from_secs(3);
+    let inserting = Instant::now();
+    server.psql(&format!(
+        "INSERT INTO fencelock.waiters (key, expires_at) VALUES ('k', now() + interval '{} ms')",
+        dead_for.as_millis()
+    ));
+    let inserted = Instant::now();
+    let live = Arc::new(PgLock::connect(&format!("{}&poll=10s", server.url())).await.unwrap());
+    let waiter = {
+        let live = Arc::clone(&live);
+        tokio::spawn(async move {
+            let lease = live.acquire("k", &opts(Duration::from_secs(30))).await.unwrap();
+            let at = Instant::now();
+            lease.release().await.unwrap();
+            at
+        })
+    };
+    queued(&server, "k", 2).await;
+    held.release().await.unwrap();
+    let granted = tokio::time::timeout(dead_for + SLACK * 4, waiter)
+        .await
+        .expect("the live waiter was not granted: it waits for its poll")
+        .unwrap();
+    assert!(
+        granted >= inserting + dead_for,
+        "granted {:?} after the dead ticket was made, before it expired ({dead_for:?}): FIFO broken",
+        granted - inserting
+    );
+    assert!(
+        granted <= inserted + dead_for + SLACK,
+        "granted {:?} after the dead ticket's expiry: it waited for a poll",
+        granted - (inserted + dead_for)
+    );
+}

@@ -1,0 +1,146 @@
+//! What the backends' fault tests (`crates/*/tests/faults.rs`) share: their lock options,
+//! and the checks they make the same way on every backend — a client whose server is down
+//! or paused gives up in time with [`LockError::Unavailable`], and waiters queued behind a
+//! holder that survives a failover each get the lock in turn, one at a time.
+//!
+//! What differs per backend (how a server is killed, paused or failed over) stays in the
+//! backend's test; these helpers take a connected client, closures or a connect function.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fencelock_core::{DistributedLock, LockError, LockOptions};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::overlap::OverlapDetector;
+
+/// Options of a short lease: TTL `ttl_ms` milliseconds, wait 5 s.
+pub fn opts(ttl_ms: u64) -> LockOptions {
+    LockOptions::new()
+        .with_ttl(Duration::from_millis(ttl_ms))
+        .with_wait(Duration::from_secs(5))
+}
+
+/// Options of a lease held through a failover: TTL 30 s, wait 30 s.
+pub fn held() -> LockOptions {
+    LockOptions::new()
+        .with_ttl(Duration::from_secs(30))
+        .with_wait(Duration::from_secs(30))
+}
+
+/// Asserts that `try_acquire` of `key` fails with [`LockError::Unavailable`] — when
+/// `within` is given, in less than that time.
+pub async fn assert_try_acquire_unavailable(
+    locks: &dyn DistributedLock,
+    key: &str,
+    opts: &LockOptions,
+    within: Option<Duration>,
+) {
+    let start = Instant::now();
+    let err = locks
+        .try_acquire(key, opts)
+        .await
+        .expect_err("try_acquire from an unavailable server");
+    assert!(matches!(err, LockError::Unavailable { .. }), "{err}");
+    if let Some(within) = within {
+        assert!(start.elapsed() < within, "try_acquire took {:?}", start.elapsed());
+    }
+}
+
+/// Asserts that `acquire` of `key` with `opts` and a wait of `wait` gives up in less than
+/// `wait` + `slack`, with [`LockError::Unavailable`] (or, when `timeout_too`,
+/// [`LockError::Timeout`]: a backend that cannot tell a dead server from a held key).
+pub async fn assert_acquire_gives_up(
+    locks: &dyn DistributedLock,
+    key: &str,
+    opts: &LockOptions,
+    wait: Duration,
+    slack: Duration,
+    timeout_too: bool,
+) {
+    let start = Instant::now();
+    let err = locks
+        .acquire(key, &opts.with_wait(wait))
+        .await
+        .expect_err("acquired from an unavailable server");
+    let expected = match err {
+        LockError::Unavailable { .. } => true,
+        LockError::Timeout { .. } => timeout_too,
+        _ => false,
+    };
+    assert!(expected, "{err}");
+    assert!(start.elapsed() < wait + slack, "acquire took {:?}", start.elapsed());
+}
+
+/// The paused-server case: after a warm-up grant on `locks`, `pause` stops the server;
+/// a `try_acquire` must fail with [`LockError::Unavailable`] in less than the client's
+/// request `timeout` + `slack`. `resume` runs before the asserts, so a failing test leaves
+/// no stopped server behind.
+pub async fn assert_unavailable_while_paused(
+    locks: &dyn DistributedLock,
+    pause: impl FnOnce(),
+    resume: impl FnOnce(),
+    timeout: Duration,
+    slack: Duration,
+) {
+    let warm = locks.acquire("warm", &opts(1000)).await.unwrap();
+    warm.release().await.unwrap();
+    pause();
+    let start = Instant::now();
+    let result = locks.try_acquire("k", &opts(1000)).await;
+    let took = start.elapsed();
+    resume();
+    assert!(matches!(result, Err(LockError::Unavailable { .. })), "{result:?}");
+    assert!(took < timeout + slack, "took {took:?}");
+}
+
+/// Spawns `n` waiters for `key`, each on its own client from `connect(url)` (connected
+/// inside its task): each acquires with [`held`], enters `detector` with its token, and
+/// releases. Join them with [`assert_waiters_took_turns`].
+pub fn spawn_waiters<F, Fut, L>(
+    n: usize,
+    key: &str,
+    url: &str,
+    connect: F,
+    detector: &Arc<OverlapDetector>,
+) -> Vec<JoinHandle<()>>
+where
+    F: Fn(String) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = L> + Send,
+    L: DistributedLock + 'static,
+{
+    (0..n)
+        .map(|_| {
+            let (connect, detector) = (connect.clone(), Arc::clone(detector));
+            let (key, url) = (key.to_owned(), url.to_owned());
+            tokio::spawn(async move {
+                let locks = connect(url).await;
+                let l = locks
+                    .acquire(&key, &held())
+                    .await
+                    .expect("a waiter gets the lock after the release");
+                {
+                    let _inside = detector.enter(l.token());
+                    tokio::task::yield_now().await;
+                }
+                l.release().await.unwrap();
+            })
+        })
+        .collect()
+}
+
+/// Joins the waiters of [`spawn_waiters`] (each within 30 s) and asserts that `detector`
+/// saw `entries` entries, no two at once, with tokens that never went back.
+pub async fn assert_waiters_took_turns(waiters: Vec<JoinHandle<()>>, detector: &OverlapDetector, entries: usize) {
+    for w in waiters {
+        tokio::time::timeout(Duration::from_secs(30), w)
+            .await
+            .expect("waiter finished")
+            .unwrap();
+    }
+    assert_eq!(detector.overlaps(), 0);
+    assert_eq!(detector.entries().len(), entries);
+    assert!(detector.token_regressions().is_empty(), "{:?}", detector.entries());
+}
