@@ -232,10 +232,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     use fencelock::options::duration_text::human;
     let d = fencelock::options::duration_text::parse_duration(text)?;
     if d < fencelock::options::MIN_TTL {
-        return Err(format!("{} is below the minimum of {}", human(d), human(fencelock::options::MIN_TTL)));
+        return Err(format!(
+            "{} is below the minimum of {}",
+            human(d),
+            human(fencelock::options::MIN_TTL)
+        ));
     }
     if d > fencelock::options::MAX_TTL {
-        return Err(format!("{} is above the maximum of {}", human(d), human(fencelock::options::MAX_TTL)));
+        return Err(format!(
+            "{} is above the maximum of {}",
+            human(d),
+            human(fencelock::options::MAX_TTL)
+        ));
     }
     Ok(d)
 }

@@ -128,7 +128,7 @@ fn bad_inputs_exit_64_or_78_on_one_line() {
         ),
         (
             &["--backend", f, "--backend", f, "run", "k", "--", "true"],
-            78,
+            64, // a usage mistake (FINDINGS3 C2), like other flag mistakes
             "this command takes one",
         ),
         (

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{file_url, fencelock, first_line, BIN};
+use common::{fencelock, file_url, first_line, BIN};
 use fencelock_testkit::redis_server::{redlock_url, start_many, RedisOptions, RedisServer};
 
 fn bare() -> Command {
@@ -39,7 +39,10 @@ fn demo_never_prints_the_password() {
         .expect("demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("redis://:***@127.0.0.1:1"), "{stdout}");
-    assert!(!stdout.contains("S3cretPW") && !stderr_of(&out).contains("S3cretPW"), "{stdout}");
+    assert!(
+        !stdout.contains("S3cretPW") && !stderr_of(&out).contains("S3cretPW"),
+        "{stdout}"
+    );
 }
 
 /// A2: Redlock nodes that refuse AUTH (a password given to nodes that need none, or a wrong
@@ -56,8 +59,14 @@ fn redlock_nodes_that_refuse_the_password_exit_78_at_once() {
         })
         .collect();
     for (url, what) in [
-        (redlock_url(&plain, "").replacen("redlock://", "redlock://:pw@", 1), "nodes need none"),
-        (redlock_url(&with_password, "").replacen("redlock://", "redlock://:Wr0ngPW@", 1), "a wrong one"),
+        (
+            redlock_url(&plain, "").replacen("redlock://", "redlock://:pw@", 1),
+            "nodes need none",
+        ),
+        (
+            redlock_url(&with_password, "").replacen("redlock://", "redlock://:Wr0ngPW@", 1),
+            "a wrong one",
+        ),
     ] {
         let start = Instant::now();
         let out = fencelock(&url)
@@ -65,8 +74,15 @@ fn redlock_nodes_that_refuse_the_password_exit_78_at_once() {
             .output()
             .expect("run");
         assert_one_line(&out, 78, "refused the credentials", what);
-        assert!(start.elapsed() < Duration::from_secs(5), "{what}: took {:?}", start.elapsed());
-        assert!(!stderr_of(&out).contains(":pw@") && !stderr_of(&out).contains("Wr0ngPW"), "{what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{what}: took {:?}",
+            start.elapsed()
+        );
+        assert!(
+            !stderr_of(&out).contains(":pw@") && !stderr_of(&out).contains("Wr0ngPW"),
+            "{what}"
+        );
     }
 }
 
@@ -74,7 +90,11 @@ fn redlock_nodes_that_refuse_the_password_exit_78_at_once() {
 /// connection.
 #[test]
 fn a_zookeeper_chroot_with_dot_segments_is_a_bad_url() {
-    for url in ["zk://127.0.0.1:1/a/b/../c", "zk://127.0.0.1:1/a/./c", "zk://127.0.0.1:1/.."] {
+    for url in [
+        "zk://127.0.0.1:1/a/b/../c",
+        "zk://127.0.0.1:1/a/./c",
+        "zk://127.0.0.1:1/..",
+    ] {
         let out = fencelock(url).args(["run", "k", "--", "true"]).output().expect("run");
         assert_one_line(&out, 78, "chroot", url);
     }
@@ -104,7 +124,11 @@ fn elect_checks_the_command_before_campaigning() {
             .output()
             .expect("elect");
         assert_one_line(&out, code, says, cmd);
-        assert!(start.elapsed() < Duration::from_secs(5), "{cmd}: waited {:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{cmd}: waited {:?}",
+            start.elapsed()
+        );
     }
     drop(leader.stdin.take());
     assert!(leader.wait().expect("wait").success());
@@ -124,7 +148,12 @@ fn url_durations_read_like_the_cli_and_keep_their_bounds() {
         .args(["run", "k", "--", "true"])
         .output()
         .expect("run");
-    assert_one_line(&out, 78, "`redis://:***@127.0.0.1:1?poll=1ns`: poll must be between 1ms and 10m", "1ns");
+    assert_one_line(
+        &out,
+        78,
+        "`redis://:***@127.0.0.1:1?poll=1ns`: poll must be between 1ms and 10m",
+        "1ns",
+    );
 }
 
 /// B5: `leader --watch` on Redlock says why it is refused and what to do instead.
@@ -165,7 +194,10 @@ fn elect_without_renewal_does_not_say_the_killed_command_finished() {
     let cfg = dir.path().join("ear.toml");
     std::fs::write(
         &cfg,
-        format!("backend = \"{}\"\n[defaults]\nttl = \"1s\"\nauto_renew = false\n", server.url()),
+        format!(
+            "backend = \"{}\"\n[defaults]\nttl = \"1s\"\nauto_renew = false\n",
+            server.url()
+        ),
     )
     .expect("config");
     let out = bare()
@@ -187,27 +219,63 @@ fn usage_mistakes_exit_64_with_a_clear_message() {
     let url = file_url(dir.path());
     let cases: Vec<(Vec<String>, i32, &str)> = vec![
         (
-            vec!["run".into(), "k".into(), "--conflict-exit-code".into(), "-1".into(), "--".into(), "true".into()],
+            vec![
+                "run".into(),
+                "k".into(),
+                "--conflict-exit-code".into(),
+                "-1".into(),
+                "--".into(),
+                "true".into(),
+            ],
             64,
             "0 to 255",
         ),
         (
-            vec!["elect".into(), "e".into(), "--lost-exit-code".into(), "-1".into(), "--".into(), "true".into()],
+            vec![
+                "elect".into(),
+                "e".into(),
+                "--lost-exit-code".into(),
+                "-1".into(),
+                "--".into(),
+                "true".into(),
+            ],
             64,
             "0 to 255",
         ),
         (
-            vec!["--backend".into(), url.clone(), "run".into(), "k".into(), "--".into(), "true".into()],
+            vec![
+                "--backend".into(),
+                url.clone(),
+                "run".into(),
+                "k".into(),
+                "--".into(),
+                "true".into(),
+            ],
             64,
             "2 --backend URLs given",
         ),
         (
-            vec!["elect".into(), "e".into(), "--value".into(), " ".into(), "--".into(), "true".into()],
+            vec![
+                "elect".into(),
+                "e".into(),
+                "--value".into(),
+                " ".into(),
+                "--".into(),
+                "true".into(),
+            ],
             64,
             "only whitespace",
         ),
-        (vec!["leader".into(), "e".repeat(248)], 64, "invalid input: election name is 248 bytes"),
-        (vec!["run".into(), "k".into(), "--".into(), String::new()], 127, "command not found"),
+        (
+            vec!["leader".into(), "e".repeat(248)],
+            64,
+            "invalid input: election name is 248 bytes",
+        ),
+        (
+            vec!["run".into(), "k".into(), "--".into(), String::new()],
+            127,
+            "command not found",
+        ),
     ];
     for (args, code, says) in cases {
         let out = fencelock(&url).args(&args).output().expect("run");
@@ -218,7 +286,10 @@ fn usage_mistakes_exit_64_with_a_clear_message() {
 /// C3: file URLs: messages quote what the user wrote, and the scheme is case-insensitive.
 #[test]
 fn file_urls_are_quoted_as_written_and_any_case() {
-    let out = fencelock("file://").args(["run", "k", "--", "true"]).output().expect("run");
+    let out = fencelock("file://")
+        .args(["run", "k", "--", "true"])
+        .output()
+        .expect("run");
     assert_one_line(&out, 78, "`file://`: a file URL needs an absolute path", "file://");
     assert!(!stderr_of(&out).contains("inherit"));
     let dir = tempfile::tempdir().expect("temp dir");
@@ -227,7 +298,10 @@ fn file_urls_are_quoted_as_written_and_any_case() {
     assert_eq!(out.status.code(), Some(78));
     assert!(!stderr_of(&out).contains("inherit=true"), "{}", stderr_of(&out));
     let upper = format!("FILE://{}", dir.path().display());
-    let out = fencelock(&upper).args(["run", "k", "--", "true"]).output().expect("run");
+    let out = fencelock(&upper)
+        .args(["run", "k", "--", "true"])
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
 }
 
@@ -248,7 +322,12 @@ fn config_format_by_content_and_humane_limits() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     let long = dir.path().join("long.toml");
     let mut f = std::fs::File::create(&long).expect("create");
-    writeln!(f, "backend = \"file://{}\"\n[defaults]\nttl = \"100y\"", locks.display()).expect("write");
+    writeln!(
+        f,
+        "backend = \"file://{}\"\n[defaults]\nttl = \"100y\"",
+        locks.display()
+    )
+    .expect("write");
     let out = bare()
         .arg("--config")
         .arg(&long)

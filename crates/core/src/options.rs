@@ -335,7 +335,9 @@ mod tests {
         assert!(check_timeouts(&[("poll", Duration::from_millis(1))]).is_ok());
         let e = check_timeouts(&[("timeout", Duration::ZERO)]).unwrap_err();
         assert!(e.ends_with("got 0s"), "{e}");
-        let e = validate_ttl(Duration::from_secs(100 * 365 * 86400)).unwrap_err().to_string();
+        let e = validate_ttl(Duration::from_secs(100 * 365 * 86400))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("above the maximum of 24h"), "{e}");
     }
 

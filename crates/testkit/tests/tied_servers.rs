@@ -32,7 +32,13 @@ fn child_starts_a_server_and_waits() {
 #[test]
 fn a_server_dies_with_its_sigkilled_starter() {
     let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "child_starts_a_server_and_waits", "--nocapture", "--test-threads", "1"])
+        .args([
+            "--exact",
+            "child_starts_a_server_and_waits",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
         .env(CHILD, "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -211,7 +211,10 @@ mod tests {
 
     #[test]
     fn the_scheme_is_case_insensitive() {
-        assert_eq!(FileConfig::from_url("FILE:///tmp/x").unwrap().dir, PathBuf::from("/tmp/x"));
+        assert_eq!(
+            FileConfig::from_url("FILE:///tmp/x").unwrap().dir,
+            PathBuf::from("/tmp/x")
+        );
         assert!(FileConfig::from_url("File:///tmp/x?durable=false").is_ok());
     }
 
