@@ -46,8 +46,13 @@ pub async fn leader(cli: &Cli, args: &LeaderArgs) -> ExitCode {
     if let Err(message) = check_name(&args.name) {
         return fail(&message, exit::BAD_INPUT);
     }
-    if let Err(e) = crate::backend::config(cli).and_then(|c| crate::backend::refuse_missing_dir(&c)) {
-        return exit::fail_with(&e);
+    // The one-shot query only reads: a missing file:// directory is a wrong URL, not "no
+    // leader". A watch waits for leaders to come, so it may start before the first `elect`
+    // has created the directory.
+    if !args.watch {
+        if let Err(e) = crate::backend::config(cli).and_then(|c| crate::backend::refuse_missing_dir(&c)) {
+            return exit::fail_with(&e);
+        }
     }
     let (election, _) = match connect(cli, "leader", None).await {
         Ok(v) => v,

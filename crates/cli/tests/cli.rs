@@ -217,7 +217,7 @@ fn bad_backends_and_input_fail_on_one_line_without_panic() {
                 "--",
                 "true",
             ],
-            78,
+            64, // a usage mistake (FINDINGS3 C2)
             "this command takes one",
         ),
         (
