@@ -130,13 +130,24 @@ impl LockConfig {
         serde_json::from_value(value).map_err(bad)
     }
 
-    /// Reads a file: JSON when it ends in `.json`, TOML otherwise.
+    /// Reads a file: JSON when it ends in `.json`, TOML when it ends in `.toml`; any other
+    /// name is read by its content: JSON when its first non-blank character is `{` (a
+    /// TOML file cannot start with one), TOML otherwise.
+    ///
+    /// # Errors
+    /// [`LockError::InvalidConfig`] naming the file: it cannot be read, or as
+    /// [`from_toml`](Self::from_toml) / [`from_json`](Self::from_json).
     pub fn from_path(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| LockError::InvalidConfig {
             message: format!("cannot read configuration {}", path.display()),
             source: Some(e.into()),
         })?;
-        let parsed = if path.extension().is_some_and(|e| e == "json") {
+        let json = match path.extension().and_then(|e| e.to_str()) {
+            Some(e) if e.eq_ignore_ascii_case("json") => true,
+            Some(e) if e.eq_ignore_ascii_case("toml") => false,
+            _ => text.trim_start().starts_with('{'),
+        };
+        let parsed = if json {
             Self::from_json(&text)
         } else {
             Self::from_toml(&text)

@@ -30,6 +30,8 @@ pub struct Cli {
     pub backend: Vec<String>,
 
     /// A TOML or JSON file with `backend = "URL"`, an optional `require` and `[defaults]`
+    /// (JSON when the name ends in .json, TOML in .toml; otherwise JSON when the content
+    /// starts with `{`)
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -136,13 +138,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_duration, default_value = "10s")]
     pub kill_after: Duration,
 
-    /// The exit status when the lock is not acquired (default 75, EX_TEMPFAIL), so that a
-    /// command's own 75 can be told apart (like `flock -E`)
-    #[arg(long, value_name = "N", default_value_t = crate::exit::NOT_ACQUIRED)]
+    /// The exit status when the lock is not acquired (75 is EX_TEMPFAIL), so that a
+    /// command's own 75 can be told apart (like `flock -E`); 0 to 255
+    #[arg(long, value_name = "N", default_value_t = crate::exit::NOT_ACQUIRED, allow_hyphen_values = true, value_parser = parse_exit_code)]
     pub conflict_exit_code: u8,
 
-    /// The exit status when the lease is lost while the command runs (default 76)
-    #[arg(long, value_name = "N", default_value_t = crate::exit::LEASE_LOST)]
+    /// The exit status when the lease is lost while the command runs; 0 to 255
+    #[arg(long, value_name = "N", default_value_t = crate::exit::LEASE_LOST, allow_hyphen_values = true, value_parser = parse_exit_code)]
     pub lost_exit_code: u8,
 
     /// Serve the lock's metrics for Prometheus at http://ADDR/metrics while running: an IP
@@ -188,12 +190,12 @@ pub struct ElectArgs {
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_duration, default_value = "10s")]
     pub kill_after: Duration,
 
-    /// The exit status when not elected within --wait (default 75)
-    #[arg(long, value_name = "N", default_value_t = crate::exit::NOT_ACQUIRED)]
+    /// The exit status when not elected within --wait; 0 to 255
+    #[arg(long, value_name = "N", default_value_t = crate::exit::NOT_ACQUIRED, allow_hyphen_values = true, value_parser = parse_exit_code)]
     pub conflict_exit_code: u8,
 
-    /// The exit status when leadership is lost while CMD runs (default 76)
-    #[arg(long, value_name = "N", default_value_t = crate::exit::LEASE_LOST)]
+    /// The exit status when leadership is lost while CMD runs; 0 to 255
+    #[arg(long, value_name = "N", default_value_t = crate::exit::LEASE_LOST, allow_hyphen_values = true, value_parser = parse_exit_code)]
     pub lost_exit_code: u8,
 
     /// The command and its arguments
@@ -227,18 +229,21 @@ pub struct DemoArgs {
 /// negative (the duration options take values that start with `-`, so that `--ttl -5s`
 /// reaches this check instead of being read as an unknown flag `-5`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    if text.trim_start().starts_with('-') {
+    use fencelock::options::duration_text::human;
+    let d = fencelock::options::duration_text::parse_duration(text)?;
+    if d < fencelock::options::MIN_TTL {
         return Err(format!(
-            "`{text}`: durations cannot be negative; write e.g. 500ms, 1.5s, 30s or 2m"
+            "{} is below the minimum of {}",
+            human(d),
+            human(fencelock::options::MIN_TTL)
         ));
     }
-    let d = humantime::parse_duration(text.trim())
-        .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. 500ms, 1.5s, 30s or 2m"))?;
-    if d < fencelock::options::MIN_TTL {
-        return Err(format!("{} is below the minimum of 1ms", humantime::format_duration(d)));
-    }
     if d > fencelock::options::MAX_TTL {
-        return Err(format!("{} is above the maximum of 24h", humantime::format_duration(d)));
+        return Err(format!(
+            "{} is above the maximum of {}",
+            human(d),
+            human(fencelock::options::MAX_TTL)
+        ));
     }
     Ok(d)
 }
@@ -248,6 +253,14 @@ fn parse_command_ttl(text: &str) -> Result<Duration, String> {
     let d = parse_duration(text)?;
     crate::lock_opts::check_command_ttl(d)?;
     Ok(d)
+}
+
+/// An exit status, 0 to 255. Its options take values that start with `-`, so that `-1`
+/// reaches this check instead of being read as an unknown flag.
+fn parse_exit_code(text: &str) -> Result<u8, String> {
+    text.trim()
+        .parse::<u8>()
+        .map_err(|_| format!("`{text}` is not an exit status: give a whole number from 0 to 255"))
 }
 
 /// A wait: a duration of at least 1 ms, or `0` for not waiting.

@@ -39,12 +39,7 @@ pub fn config(cli: &Cli) -> Result<LockConfig, LockError> {
     let url = match backend_urls(cli)?.as_slice() {
         [] => format!("file://{}", default_dir().display()),
         [one] => one.clone(),
-        many => {
-            return Err(LockError::invalid_config(format!(
-                "{} --backend URLs given; this command takes one (only `bench` takes several)",
-                many.len()
-            )))
-        }
+        many => return Err(too_many(many.len())),
     };
     refuse_root_dir(&url)?;
     Ok(LockConfig::new(url))
@@ -87,10 +82,36 @@ pub fn single_backend(cli: &Cli) -> Result<Option<String>, LockError> {
     match urls.as_slice() {
         [] => Ok(None),
         [one] => Ok(Some(one.clone())),
-        many => Err(LockError::invalid_config(format!(
-            "{} --backend URLs given; this command takes one (only `bench` takes several)",
-            many.len()
+        many => Err(too_many(many.len())),
+    }
+}
+
+/// Several `--backend` flags for a command that takes one: a usage mistake (64).
+fn too_many(n: usize) -> LockError {
+    LockError::invalid_input(format!(
+        "{n} --backend URLs given; this command takes one (only `bench` takes several)"
+    ))
+}
+
+/// Whether `url` is a `file://` URL (the scheme in any case).
+fn is_file_url(url: &str) -> bool {
+    url.trim().get(..7).is_some_and(|s| s.eq_ignore_ascii_case("file://"))
+}
+
+/// For a command that only reads (`leader`): refuses a `file://` lock directory that does
+/// not exist, instead of creating it as `run` and `elect` do (docs/backends/file.md) — a
+/// typo in the URL would otherwise answer "no leader" and leave a directory behind.
+pub fn refuse_missing_dir(config: &LockConfig) -> Result<(), LockError> {
+    if !is_file_url(&config.backend) {
+        return Ok(());
+    }
+    let dir = fencelock::file::FileConfig::from_url(config.backend.trim())?.dir;
+    match std::fs::symlink_metadata(&dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(LockError::invalid_config(format!(
+            "lock directory {} does not exist: nothing was ever locked there (`run` and `elect` create it); check the URL",
+            dir.display()
         ))),
+        _ => Ok(()),
     }
 }
 
@@ -150,6 +171,11 @@ pub async fn connect_for_processes(
 ) -> Result<(Arc<dyn DistributedLock>, LockOptions), LockError> {
     let mut config = session_from_ttl(config(cli)?, ttl);
     refuse_in_process(&config, command)?;
+    if is_file_url(&config.backend) {
+        // Checked as written, so that a message quotes the user's URL, not the
+        // `inherit=true` added below.
+        fencelock::file::FileConfig::from_url(config.backend.trim())?;
+    }
     config.backend = inherit_liveness(&config.backend);
     let lock = config.connect().await?;
     Ok((lock, config.defaults))
@@ -159,7 +185,7 @@ pub async fn connect_for_processes(
 /// URL as it is.
 fn inherit_liveness(url: &str) -> String {
     let url = url.trim();
-    if !url.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("file://")) {
+    if !is_file_url(url) {
         return url.to_owned();
     }
     with_query_option(url, "inherit", "true", IfSet::Keep)

@@ -10,6 +10,10 @@ use crate::exit;
 /// execvp(3) searches); otherwise the status (127 not found, 126 not executable) and a
 /// message.
 pub fn check(program: &str) -> Result<(), (u8, String)> {
+    if program.is_empty() {
+        // As shells say for an empty name (`''`): not found, not "a directory in PATH".
+        return Err((exit::NOT_FOUND, message("", exit::NOT_FOUND)));
+    }
     if program.contains('/') {
         return executable(Path::new(program)).map_err(|status| (status, message(program, status)));
     }
@@ -34,6 +38,15 @@ pub fn check(program: &str) -> Result<(), (u8, String)> {
         exit::NOT_FOUND
     };
     Err((status, message(program, status)))
+}
+
+/// The check `run` and `elect` make before waiting: the first word of `command`, by
+/// [`check`]. `Err` carries the exit code, after the message is printed.
+pub fn before_waiting(command: &[String]) -> Result<(), std::process::ExitCode> {
+    match command.first().map(|p| check(p)) {
+        Some(Err((status, message))) => Err(exit::fail(&message, status)),
+        _ => Ok(()),
+    }
 }
 
 fn executable(path: &Path) -> Result<(), u8> {

@@ -28,7 +28,8 @@ pub async fn demo(cli: &Cli, args: &DemoArgs) -> ExitCode {
     };
     println!(
         "{} processes want the lock `demo` on {} at the same time:",
-        args.processes, config.backend
+        args.processes,
+        fencelock_core::backend_url::redact(&config.backend)
     );
     let (tx, mut rx) = mpsc::unbounded_channel::<(usize, String)>();
     let mut children = Vec::new();

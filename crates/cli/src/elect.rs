@@ -53,6 +53,9 @@ pub async fn elect(cli: &Cli, args: &ElectArgs) -> ExitCode {
     if let Err(message) = check_value(&value) {
         return fail(&message, exit::BAD_INPUT);
     }
+    if let Err(code) = crate::command_check::before_waiting(&args.command) {
+        return code;
+    }
     let (election, defaults) = match connect(cli, "elect", args.ttl).await {
         Ok(v) => v,
         Err(e) => return exit::fail_with(&e),
@@ -144,10 +147,7 @@ async fn campaign(
 
 /// Checks an election's name (the rules of a lock key), naming it as such.
 pub fn check_name(name: &str) -> Result<(), String> {
-    fencelock::election::validate_name(name).map_err(|e| {
-        let text = exit::one_line(&e);
-        text.strip_prefix("invalid input: ").map(str::to_owned).unwrap_or(text)
-    })
+    fencelock::election::validate_name(name).map_err(|e| exit::one_line(&e))
 }
 
 /// Checks a value to publish: one line of text for `leader --watch` (no newline or other
@@ -155,6 +155,11 @@ pub fn check_name(name: &str) -> Result<(), String> {
 fn check_value(value: &str) -> Result<(), String> {
     if value.is_empty() {
         return Err("--value is empty; give the text to publish (default: HOST:PID)".into());
+    }
+    if value.trim().is_empty() {
+        return Err(
+            "--value is only whitespace: `leader` prints `TERM VALUE`, which could not be told from an empty value; give visible text".into(),
+        );
     }
     if let Some(c) = value.chars().find(|c| c.is_control()) {
         return Err(format!(

@@ -12,7 +12,7 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use fencelock::election::{Election, LeaderInfo};
+use fencelock::election::{Election, LeaderInfo, Observation};
 
 use crate::args::{Cli, LeaderArgs};
 use crate::elect::{check_name, close, connect};
@@ -46,6 +46,14 @@ pub async fn leader(cli: &Cli, args: &LeaderArgs) -> ExitCode {
     if let Err(message) = check_name(&args.name) {
         return fail(&message, exit::BAD_INPUT);
     }
+    // The one-shot query only reads: a missing file:// directory is a wrong URL, not "no
+    // leader". A watch waits for leaders to come, so it may start before the first `elect`
+    // has created the directory.
+    if !args.watch {
+        if let Err(e) = crate::backend::config(cli).and_then(|c| crate::backend::refuse_missing_dir(&c)) {
+            return exit::fail_with(&e);
+        }
+    }
     let (election, _) = match connect(cli, "leader", None).await {
         Ok(v) => v,
         Err(e) => return exit::fail_with(&e),
@@ -61,6 +69,16 @@ pub async fn leader(cli: &Cli, args: &LeaderArgs) -> ExitCode {
         };
         close(&*election).await;
         return code;
+    }
+    if election.capabilities().observe == Observation::Unavailable {
+        close(&*election).await;
+        return fail(
+            &format!(
+                "leader --watch is not available on {}: no node's view is authoritative; poll `fencelock leader` instead",
+                election.capabilities().backend
+            ),
+            exit::CONFIG,
+        );
     }
     let code = watch(&*election, &args.name, &mut signals).await;
     close(&*election).await;

@@ -62,8 +62,8 @@ pub fn check_file_defaults(defaults: &LockOptions) -> Result<(), String> {
     if defaults.wait() > max {
         return Err(format!(
             "defaults.wait: {} is above the maximum of {}",
-            humantime::format_duration(defaults.wait()),
-            humantime::format_duration(max)
+            fencelock::options::duration_text::human(defaults.wait()),
+            fencelock::options::duration_text::human(max)
         ));
     }
     Ok(())

@@ -35,6 +35,10 @@ pub fn serve(addr: SocketAddr) -> Result<(), String> {
 /// that says so.
 pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
     text.trim().parse().map_err(|_| {
+        // An address alone (`0.0.0.0`, `::1`): only the port is missing.
+        if text.trim().parse::<std::net::IpAddr>().is_ok() {
+            return format!("`{text}` has no port; write ADDRESS:PORT, e.g. 127.0.0.1:9898 (port 0 picks a free one)");
+        }
         format!("`{text}` is not an IP address and port (host names are not accepted); write e.g. 127.0.0.1:9898, [::1]:9898 or 127.0.0.1:0")
     })
 }

@@ -43,8 +43,8 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
     if let Err(e) = fencelock::options::validate_key(&args.key) {
         return exit::fail_with(&e);
     }
-    if let Some(Err((status, message))) = args.command.first().map(|p| crate::command_check::check(p)) {
-        return fail(&message, status);
+    if let Err(code) = crate::command_check::before_waiting(&args.command) {
+        return code;
     }
     if let Some(addr) = args.metrics_addr {
         if let Err(message) = crate::metrics::serve(addr) {
@@ -185,6 +185,13 @@ pub(crate) async fn supervise_with(
             }
             Ok(()) => ExitCode::from(code),
         },
+        Outcome::GuardKilled(code) => match released {
+            Err(e @ LockError::LeaseLost { .. }) => lost(format!(
+                "{}; `{program}` did not finish: the guard killed its process group when the lease's validity ended",
+                exit::one_line(&e)
+            )),
+            _ => ExitCode::from(code),
+        },
         Outcome::LeaseLost(message) => lost(message),
         Outcome::WaitFailed(e) => fail(&format!("lost track of `{program}`: {e}"), exit::FAILURE),
     }
@@ -273,6 +280,9 @@ fn read_fd_number(fd: &OwnedFd) -> i32 {
 
 enum Outcome {
     Exited(u8),
+    /// The guard died of SIGKILL: its own kill of the group at the end of the validity
+    /// (or someone else's); the status as a shell reports it.
+    GuardKilled(u8),
     LeaseLost(String),
     WaitFailed(std::io::Error),
 }
@@ -321,6 +331,10 @@ async fn watch(
                 return Outcome::LeaseLost("exiting: the lease was lost".into());
             }
             status = child.wait() => return match status {
+                // The guard kills its own group (itself included) when the validity ends.
+                Ok(s) if std::os::unix::process::ExitStatusExt::signal(&s) == Some(Signal::KILL.as_raw()) => {
+                    Outcome::GuardKilled(guard::status_code(s))
+                }
                 Ok(s) => Outcome::Exited(guard::status_code(s)),
                 Err(e) => Outcome::WaitFailed(e),
             },

@@ -102,7 +102,7 @@ fn bad_backends_and_input_fail_on_one_line_without_panic() {
     };
     let twice = [&["--backend", "memory://"][..], &run("memory://", "k", &[])].concat();
     let cases = [
-        (twice, 78, "this command takes one"),
+        (twice, 64, "this command takes one"), // a usage mistake (FINDINGS3 C2)
         (run("nope://x", "k", &[]), 78, "unknown backend scheme"),
         (run("file://relative", "k", &[]), 78, "absolute path"),
         (run("not a url", "k", &[]), 78, "not a backend URL"),

@@ -65,7 +65,7 @@ fn bad_inputs_exit_64_or_78_on_one_line() {
         (run("not a url", "k", &[]), 78, "not a backend URL"),
         (
             [&["--backend", f][..], &on_f("k", &[])].concat(),
-            78,
+            64, // a usage mistake (FINDINGS3 C2), like other flag mistakes
             "this command takes one",
         ),
         (

@@ -110,8 +110,9 @@ impl LockOptions {
         }
         if self.wait > MAX_WAIT {
             return Err(LockError::invalid_input(format!(
-                "wait {:?} is longer than the maximum {:?}",
-                self.wait, MAX_WAIT
+                "wait {} is above the maximum of {}",
+                duration_text::human(self.wait),
+                duration_text::human(MAX_WAIT)
             )));
         }
         Ok(())
@@ -122,12 +123,16 @@ impl LockOptions {
 pub fn validate_ttl(ttl: Duration) -> Result<()> {
     if ttl < MIN_TTL {
         return Err(LockError::invalid_input(format!(
-            "ttl {ttl:?} is shorter than the minimum {MIN_TTL:?}"
+            "ttl {} is below the minimum of {}",
+            duration_text::human(ttl),
+            duration_text::human(MIN_TTL)
         )));
     }
     if ttl > MAX_TTL {
         return Err(LockError::invalid_input(format!(
-            "ttl {ttl:?} is longer than the maximum {MAX_TTL:?}; hold the lock with auto-renew instead"
+            "ttl {} is above the maximum of {}; hold the lock with auto-renew instead",
+            duration_text::human(ttl),
+            duration_text::human(MAX_TTL)
         )));
     }
     Ok(())
@@ -178,13 +183,26 @@ pub mod url_query {
             .map(|p| p.split_once('=').unwrap_or((p, "")))
     }
 
-    /// Checks that each named timeout is above zero and at most 10 minutes; the error
+    /// Checks that each named timeout is between 1 ms and 10 minutes inclusive; the error
     /// names the first that is not.
     pub fn check_timeouts(named: &[(&str, Duration)]) -> Result<(), String> {
         for (name, d) in named {
-            if d.is_zero() || *d > Duration::from_secs(600) {
-                return Err(format!("{name} must be between 1ms and 10m, got {d:?}"));
-            }
+            check_range(name, *d, Duration::from_millis(1), Duration::from_secs(600))?;
+        }
+        Ok(())
+    }
+
+    /// Checks that `d` is within `min..=max`: "NAME must be between MIN and MAX, got D",
+    /// each duration as [`human`](super::duration_text::human) writes it.
+    pub fn check_range(name: &str, d: Duration, min: Duration, max: Duration) -> Result<(), String> {
+        use super::duration_text::human;
+        if d < min || d > max {
+            return Err(format!(
+                "{name} must be between {} and {}, got {}",
+                human(min),
+                human(max),
+                human(d)
+            ));
         }
         Ok(())
     }
@@ -215,49 +233,39 @@ pub mod duration_text {
         }
     }
 
-    /// Parses `"500ms"`, `"30s"`, `"1m30s"`, `"2h"` (units ns, us, ms, s, m, h; no sign).
+    /// Parses a duration as `humantime` reads it, the one reading of durations in URLs,
+    /// configuration files and on the command line: `"500ms"`, `"1.5s"`, `"30s"`,
+    /// `"1m30s"`, `"2h"`. A number needs a unit; a sign is refused.
+    ///
+    /// # Errors
+    /// A message quoting `text` and saying what is wrong (empty, negative, no unit, an
+    /// unknown unit, too large).
     pub fn parse_duration(text: &str) -> Result<Duration, String> {
         let t = text.trim();
         if t.is_empty() {
-            return Err("empty duration: write e.g. 500ms or 30s".into());
+            return Err("empty duration: write e.g. 500ms, 1.5s or 30s".into());
         }
-        let mut total = Duration::ZERO;
-        let mut rest = t;
-        while !rest.is_empty() {
-            let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
-            if digits == 0 {
-                return Err(format!("bad duration `{text}`: expected a number, e.g. 500ms or 30s"));
-            }
-            let value: u64 = rest[..digits]
-                .parse()
-                .map_err(|_| format!("bad duration `{text}`: number too large"))?;
-            rest = rest[digits..].trim_start();
-            let unit_len = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
-            let unit = &rest[..unit_len];
-            let part = match unit {
-                "ns" => Duration::from_nanos(value),
-                "us" | "µs" => Duration::from_micros(value),
-                "ms" => Duration::from_millis(value),
-                "s" | "sec" => Duration::from_secs(value),
-                "m" | "min" => value
-                    .checked_mul(60)
-                    .map(Duration::from_secs)
-                    .ok_or("duration too large")?,
-                "h" => value
-                    .checked_mul(3600)
-                    .map(Duration::from_secs)
-                    .ok_or("duration too large")?,
-                "" => return Err(format!("bad duration `{text}`: missing unit (ms, s, m, h)")),
-                other => {
-                    return Err(format!(
-                        "bad duration `{text}`: unknown unit `{other}` (use ns, us, ms, s, m, h)"
-                    ))
-                }
-            };
-            total = total.checked_add(part).ok_or("duration too large")?;
-            rest = rest[unit_len..].trim_start();
+        if t.starts_with('-') {
+            return Err(format!(
+                "`{text}`: durations cannot be negative; write e.g. 500ms, 1.5s or 30s"
+            ));
         }
-        Ok(total)
+        humantime::parse_duration(t)
+            .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. 500ms, 1.5s or 30s"))
+    }
+
+    /// A duration as people write it, for messages: `1ms`, `1s 500ms`, `0s`, and whole
+    /// hours from a day up as hours (`24h`, not `1day`) — the one formatter of the command
+    /// line's and the configuration's limit messages.
+    pub fn human(d: Duration) -> String {
+        const HOUR: u64 = 3600;
+        if d.is_zero() {
+            return "0s".into();
+        }
+        if d.subsec_nanos() == 0 && d.as_secs() >= 24 * HOUR && d.as_secs() % HOUR == 0 {
+            return format!("{}h", d.as_secs() / HOUR);
+        }
+        humantime::format_duration(d).to_string()
     }
 
     /// Formats a duration compactly, e.g. `1s 500ms`.
@@ -311,6 +319,26 @@ mod tests {
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("1 fortnight").is_err());
         assert!(parse_duration("99999999999999999999h").is_err());
+        // The command line's reading: fractions and words.
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1sec"), Ok(Duration::from_secs(1)));
+        assert!(parse_duration("1.5s").is_ok());
+        let e = parse_duration("-1s").unwrap_err();
+        assert!(e.contains("negative"), "{e}");
+    }
+
+    #[test]
+    fn timeouts_keep_their_documented_bounds_in_human_units() {
+        use super::url_query::check_timeouts;
+        let e = check_timeouts(&[("poll", Duration::from_nanos(1))]).unwrap_err();
+        assert_eq!(e, "poll must be between 1ms and 10m, got 1ns");
+        assert!(check_timeouts(&[("poll", Duration::from_millis(1))]).is_ok());
+        let e = check_timeouts(&[("timeout", Duration::ZERO)]).unwrap_err();
+        assert!(e.ends_with("got 0s"), "{e}");
+        let e = validate_ttl(Duration::from_secs(100 * 365 * 86400))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("above the maximum of 24h"), "{e}");
     }
 
     #[test]

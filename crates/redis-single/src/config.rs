@@ -112,7 +112,7 @@ impl RedisConfig {
                 }
             }
         }
-        cfg.validate()?;
+        cfg.validate_as(&u.redacted())?;
         Ok(cfg)
     }
 
@@ -170,7 +170,13 @@ impl RedisConfig {
     /// `prefix` with `{` or `}` (it would move fencelock's keys out of the lock key's hash
     /// slot).
     pub fn validate(&self) -> Result<()> {
-        let bad = |why: String| LockError::invalid_config(format!("`{}`: {why}", self.display));
+        self.validate_as(&self.display)
+    }
+
+    /// [`validate`](Self::validate), its messages naming `shown` (a URL's messages quote
+    /// it whole, with its query).
+    fn validate_as(&self, shown: &str) -> Result<()> {
+        let bad = |why: String| LockError::invalid_config(format!("`{shown}`: {why}"));
         url_query::check_timeouts(&[
             ("timeout", self.timeout),
             ("connect_timeout", self.connect_timeout),

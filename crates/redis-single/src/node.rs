@@ -162,7 +162,8 @@ impl RedisNode {
     ///
     /// # Errors
     /// [`LockError::InvalidConfig`] when the server refuses the login (`NOAUTH`: it needs
-    /// a password the URL does not give; `WRONGPASS`).
+    /// a password the URL does not give; `WRONGPASS`; or the `AUTH` at connect refused: a
+    /// password for a server that has none configured, or a wrong one).
     ///
     /// # Cancel safety
     /// Cancel safe: it only reads.
@@ -170,13 +171,20 @@ impl RedisNode {
         let cfg = &self.inner.cfg;
         let bound = cfg.connect_timeout * 2 + cfg.timeout;
         let ping = async {
-            let mut conn = self.connection().await.ok()?;
-            redis::cmd("PING").query_async::<String>(&mut conn).await.err()
+            let mut conn = match self.connection().await {
+                Ok(c) => c,
+                // The login itself refused (AUTH to a server without a password, or a
+                // wrong one) or another refused setting: the same error at once, for
+                // every node, as `redis://` gives.
+                Err(e @ LockError::InvalidConfig { .. }) => return Err(e),
+                Err(_) => return Ok(()),
+            };
+            match redis::cmd("PING").query_async::<String>(&mut conn).await {
+                Err(e) if is_refused_login(&e) => Err(self.refused_login(e)),
+                _ => Ok(()),
+            }
         };
-        match tokio::time::timeout(bound, ping).await {
-            Ok(Some(e)) if is_refused_login(&e) => Err(self.refused_login(e)),
-            _ => Ok(()),
-        }
+        tokio::time::timeout(bound, ping).await.unwrap_or(Ok(()))
     }
 
     /// The error for a login the server refused.
@@ -674,7 +682,8 @@ impl RedisNode {
     ///
     /// # Errors
     /// [`LockError::InvalidConfig`] when the server refuses the login (`NOAUTH`: it needs
-    /// a password the URL does not give; `WRONGPASS`). `Ok(Err(reason))` when the settings
+    /// a password the URL does not give; `WRONGPASS`; or the `AUTH` at connect refused: a
+    /// password for a server that has none configured, or a wrong one). `Ok(Err(reason))` when the settings
     /// could not be read otherwise (`CONFIG` renamed or disabled, an ACL refusing it, no
     /// connection): the caller must assume the counters can be lost.
     ///

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use fencelock_core::backend_url::BackendUrl;
 use fencelock_core::options::duration_text::parse_duration;
+use fencelock_core::options::url_query;
 use fencelock_core::{LockError, Result};
 use fencelock_redis::{RedisConfig, RedisLayout};
 
@@ -107,18 +108,9 @@ impl RedlockConfig {
         if self.nodes.is_empty() {
             return Err(bad("no nodes: Redlock needs at least one".into()));
         }
-        if self.per_node_timeout.is_zero() || self.per_node_timeout > Duration::from_secs(60) {
-            return Err(bad(format!(
-                "per_node_timeout must be between 1ms and 60s, got {:?}",
-                self.per_node_timeout
-            )));
-        }
-        if self.retry_delay.is_zero() || self.retry_delay > Duration::from_secs(600) {
-            return Err(bad(format!(
-                "retry_delay must be between 1ms and 10m, got {:?}",
-                self.retry_delay
-            )));
-        }
+        let ms = Duration::from_millis(1);
+        url_query::check_range("per_node_timeout", self.per_node_timeout, ms, Duration::from_secs(60)).map_err(bad)?;
+        url_query::check_range("retry_delay", self.retry_delay, ms, Duration::from_secs(600)).map_err(bad)?;
         if self.restart_delay > Duration::from_secs(86_400) {
             return Err(bad(format!(
                 "restart_delay must be at most 1 day, got {:?}",

@@ -5,7 +5,6 @@
 //! Heartbeat 10 ms and election 100 ms make etcd's minimum lease TTL
 //! (1.5 × election timeout, rounded up to whole seconds) 1 s, so fault tests stay fast.
 
-use std::process::Command;
 use std::time::Duration;
 
 use crate::ports::start_on_free_ports;
@@ -87,7 +86,7 @@ impl EtcdCluster {
         m.starts += 1;
         let client = format!("http://127.0.0.1:{}", m.client_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
-        let mut cmd = Command::new("etcd");
+        let mut cmd = crate::process::tied_command("etcd");
         cmd.arg("--name")
             .arg(&m.name)
             .arg("--data-dir")

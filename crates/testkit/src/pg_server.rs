@@ -128,7 +128,7 @@ impl PgServer {
     }
 
     fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new(self.bin.join(program));
+        let mut cmd = crate::process::tied_command(self.bin.join(program));
         if let Some((uid, gid)) = self.owner {
             cmd.uid(uid).gid(gid);
         }
@@ -200,7 +200,7 @@ impl PgServer {
             .stdout(out)
             .stderr(err)
             .process_group(0);
-        let child = match cmd.spawn() {
+        let child = match crate::process::spawn_tied(cmd) {
             Ok(c) => c,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 panic!("postgres is not installed ({e}): {INSTALL_HINT}")

@@ -1,5 +1,6 @@
 //! A server process started by a test: killed on drop, pausable, restartable.
 
+use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
@@ -7,6 +8,62 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rustix::process::{kill_process, Pid, Signal};
+
+/// A command for `program` that dies with this process: it runs through `setpriv
+/// --pdeathsig KILL` (util-linux), so the kernel sends the server SIGKILL when this process
+/// dies, even by SIGKILL (`PR_SET_PDEATHSIG`, Linux) — a test or `fencelock bench` killed
+/// outright leaves no server behind. (The workspace forbids `unsafe`, so the `prctl` cannot
+/// be made in a `pre_exec` hook here.) Spawn it with [`spawn_tied`]. When `program` or
+/// `setpriv` cannot be found, the plain command is returned, so that spawning it fails with
+/// "not found" and the caller's install hint.
+pub fn tied_command(program: impl AsRef<OsStr>) -> Command {
+    let program = program.as_ref();
+    if !found(program) || !found(OsStr::new("setpriv")) {
+        return Command::new(program);
+    }
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--pdeathsig", "KILL", "--"]).arg(program);
+    cmd
+}
+
+/// Whether `program` is a file, or a name found in `PATH`.
+fn found(program: &OsStr) -> bool {
+    let path = Path::new(program);
+    if path.components().count() > 1 {
+        return path.is_file();
+    }
+    std::env::var_os("PATH").is_some_and(|dirs| std::env::split_paths(&dirs).any(|d| d.join(program).is_file()))
+}
+
+/// Spawns `cmd` (from [`tied_command`]) from one spawner thread that lives as long as the
+/// process: the kernel sends the death signal when the *thread* that forked exits, not the
+/// process, so the fork is never made by a test's thread or a runtime's blocking thread,
+/// which end while their servers are still in use.
+///
+/// # Errors
+/// As [`Command::spawn`].
+pub fn spawn_tied(cmd: Command) -> std::io::Result<Child> {
+    use std::sync::mpsc;
+    use std::sync::OnceLock;
+    type Job = (Command, mpsc::Sender<std::io::Result<Child>>);
+    static SPAWNER: OnceLock<mpsc::Sender<Job>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("testkit-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("start the server spawner thread");
+        tx
+    });
+    let gone = || std::io::Error::other("the server spawner thread is gone");
+    let (reply, answer) = mpsc::channel();
+    spawner.send((cmd, reply)).map_err(|_| gone())?;
+    answer.recv().map_err(|_| gone())?
+}
 
 /// A running server process. Dropping it kills the process (SIGKILL) and reaps it.
 #[derive(Debug)]
@@ -22,7 +79,7 @@ impl ServerProcess {
         let out = std::fs::File::create(log).expect("create server log");
         let err = out.try_clone().expect("clone log handle");
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-        match cmd.spawn() {
+        match spawn_tied(cmd) {
             Ok(child) => ServerProcess {
                 name: name.to_owned(),
                 child: Some(child),

@@ -2,7 +2,6 @@
 //! off, killed on drop, restartable on the same port, pausable.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use crate::ports::start_on_free_ports;
@@ -87,7 +86,7 @@ impl RedisServer {
     /// or did not answer within 10 s (then it is killed).
     fn launch(&mut self) -> Result<(), String> {
         self.starts += 1;
-        let mut cmd = Command::new("redis-server");
+        let mut cmd = crate::process::tied_command("redis-server");
         match &self.certs {
             None => {
                 cmd.arg("--port").arg(self.port.to_string());

@@ -6,7 +6,6 @@
 //! take about a second.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use crate::ports::start_on_free_ports;
@@ -118,7 +117,7 @@ impl ZkEnsemble {
     fn spawn(&mut self, i: usize) {
         let sdir = self.server_dir(i);
         self.servers[i].starts += 1;
-        let mut cmd = Command::new("java");
+        let mut cmd = crate::process::tied_command("java");
         cmd.arg("-Xmx128m")
             .arg("-XX:+UseSerialGC")
             .arg("-XX:TieredStopAtLevel=1")

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use fencelock_core::backend_url::BackendUrl;
 use fencelock_core::options::duration_text::parse_duration;
+use fencelock_core::options::url_query;
 use fencelock_core::{LockError, Result};
 
 use crate::layout::ZkLayout;
@@ -126,18 +127,22 @@ impl ZkConfig {
         if !c.is_empty() && (c == "/" || !c.starts_with('/') || c.ends_with('/') || c.contains("//")) {
             return Err(LockError::invalid_config(format!("bad chroot `{c}`")));
         }
-        for (name, d) in [
+        if c.split('/').any(|s| s == "." || s == "..") {
+            return Err(LockError::invalid_config(format!(
+                "bad chroot `{c}`: ZooKeeper paths have no `.` or `..` segments"
+            )));
+        }
+        if c == "/zookeeper" || c.starts_with("/zookeeper/") {
+            return Err(LockError::invalid_config(format!(
+                "bad chroot `{c}`: /zookeeper is ZooKeeper's own reserved subtree"
+            )));
+        }
+        url_query::check_timeouts(&[
             ("session_timeout", self.session_timeout),
             ("timeout", self.timeout),
             ("connect_timeout", self.connect_timeout),
-        ] {
-            if d < Duration::from_millis(1) || d > Duration::from_secs(600) {
-                return Err(LockError::invalid_config(format!(
-                    "{name} must be between 1ms and 10m, got {d:?}"
-                )));
-            }
-        }
-        Ok(())
+        ])
+        .map_err(LockError::invalid_config)
     }
 
     /// The longest a connect may take: a connect timeout per server, one more, and a
@@ -189,6 +194,10 @@ mod tests {
             ("zk://h", "bad server"),
             ("zk://h:1?ttl=1s", "unknown option"),
             ("zk://h:1//x", "chroot"),
+            ("zk://h:1/a/b/../c", "no `.` or `..` segments"),
+            ("zk://h:1/a/./c", "no `.` or `..` segments"),
+            ("zk://h:1/zookeeper", "reserved"),
+            ("zk://h:1?timeout=1ns", "timeout must be between 1ms and 10m, got 1ns"),
             ("zk://h:1?layout=Curator", "unknown layout"),
             ("zk://h:1/", "layout=curator or layout=kazoo"),
             ("zk://h:1/?layout=fencelock", "a bare `/`"),

@@ -52,8 +52,11 @@ impl FileConfig {
 
     /// Parses `file:///absolute/dir[?durable=true|false][&shared=true|false][&inherit=true|false]`.
     pub fn from_url(url: &str) -> Result<Self> {
+        // The scheme in any case (RFC 3986: schemes are case-insensitive), as every backend.
         let rest = url
-            .strip_prefix("file://")
+            .get(..7)
+            .filter(|s| s.eq_ignore_ascii_case("file://"))
+            .map(|_| &url[7..])
             .ok_or_else(|| LockError::invalid_config(format!("`{url}` is not a file:// URL")))?;
         let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
         if !path.starts_with('/') {
@@ -204,6 +207,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("`shared` is given twice"), "{e}");
+    }
+
+    #[test]
+    fn the_scheme_is_case_insensitive() {
+        assert_eq!(
+            FileConfig::from_url("FILE:///tmp/x").unwrap().dir,
+            PathBuf::from("/tmp/x")
+        );
+        assert!(FileConfig::from_url("File:///tmp/x?durable=false").is_ok());
     }
 
     #[test]
