@@ -2,7 +2,8 @@
 //! `concurrency.Election` recipe (the `v3election` service), with fencing terms.
 //!
 //! * **Candidates**: each campaign puts one key under the election's directory — the lock
-//!   directory of key `election.NAME`, see [`EtcdElection::seat_dir`] — holding the
+//!   directory of key `election.NAME` (in `layout=go`: of `NAME`, as Go's election names
+//!   it), see [`EtcdElection::seat_dir`] — holding the
 //!   candidate's value, attached to the instance's session lease (or to a lease of its own
 //!   when the campaign does not auto-renew). It is the lock's queue entry
 //!   ([`crate::queue`]), so the put and the owner read are one transaction.
@@ -35,8 +36,8 @@ use etcd_client::{
 };
 use fencelock_core::election::seat::seat_key;
 use fencelock_core::election::{
-    validate_value, Election, ElectionCapabilities, LeaderInfo, LeaderRead, Leadership, Observation, Observer,
-    ObserverFeed, ProclaimOps,
+    validate_name, validate_value, Election, ElectionCapabilities, LeaderInfo, LeaderRead, Leadership, Observation,
+    Observer, ObserverFeed, ProclaimOps,
 };
 use fencelock_core::waiting::queue_with;
 use fencelock_core::{DistributedLock, FencingToken, LockError, LockOptions, Result};
@@ -44,7 +45,7 @@ use fencelock_core::{DistributedLock, FencingToken, LockError, LockOptions, Resu
 use crate::client::Cluster;
 use crate::queue::enqueue_with_value;
 use crate::wait::wait_turn;
-use crate::{EtcdConfig, EtcdLock};
+use crate::{EtcdConfig, EtcdLayout, EtcdLock};
 
 /// How many times in a row an observer's watch may fail (and be replaced after a fresh
 /// read) before the observation ends.
@@ -108,7 +109,21 @@ impl EtcdElection {
     /// # Errors
     /// [`LockError::InvalidInput`] for a bad name.
     pub fn seat_dir(&self, name: &str) -> Result<String> {
-        Ok(self.cluster().cfg.lock_dir(&seat_key(name)?))
+        Ok(self.cluster().cfg.lock_dir(&self.seat(name)?))
+    }
+
+    /// The lock key of election `name`'s seat: `election.NAME` in fencelock's own layout
+    /// (apart from the locks), or in `layout=go` the name itself, as Go's
+    /// `concurrency.NewElection(session, NAME)` and `etcdctl elect NAME` name it — so, as
+    /// in Go, a lock and an election of one name are one queue there.
+    fn seat(&self, name: &str) -> Result<String> {
+        match self.cluster().cfg.layout {
+            EtcdLayout::Go => {
+                validate_name(name)?;
+                Ok(name.to_owned())
+            }
+            EtcdLayout::Fencelock => seat_key(name),
+        }
     }
 
     fn cluster(&self) -> &Cluster {
@@ -150,7 +165,7 @@ impl Election for EtcdElection {
     #[tracing::instrument(level = "debug", skip(self, value, opts), fields(backend = "etcd", term))]
     async fn campaign(&self, name: &str, value: &[u8], opts: &LockOptions) -> Result<Leadership> {
         validate_value(value)?;
-        let seat = seat_key(name)?;
+        let seat = self.seat(name)?;
         let won: Mutex<Option<(String, i64)>> = Mutex::new(None);
         let lease = queue_with(&seat, opts, || async {
             let inner = Arc::clone(&self.lock.inner);

@@ -1,8 +1,8 @@
 //! fencelock's etcd election in `layout=go` shares its seat with Go's
 //! `concurrency.Election`, tested against the real `etcdctl elect` (Debian's etcd-client):
 //! candidates are `DIR/<lease hex>` keys holding the value, the lowest create revision
-//! leads, and the term is that key's create revision on both sides. Election `NAME` is the
-//! Go election `election.NAME` (fencelock's seat key), under the URL's prefix if any.
+//! leads, and the term is that key's create revision on both sides. In `layout=go` election
+//! `NAME` is Go's election `NAME` (`etcdctl elect NAME`), under the URL's prefix if any.
 //!
 //! Run: `cargo test -p fencelock-etcd --test interop_go_election`.
 
@@ -102,9 +102,13 @@ async fn go_and_fencelock_share_one_election() {
     let ep = cluster.endpoints()[0].clone();
     let elections = EtcdElection::connect(&format!("etcd://{ep}/?layout=go")).await.unwrap();
     let name = unique_key("goelect");
-    let go_name = format!("election.{name}");
+    let go_name = name.clone();
     let dir = elections.seat_dir(&name).unwrap();
-    assert_eq!(dir, format!("{go_name}/"), "the seat is Go's election directory");
+    assert_eq!(
+        dir,
+        format!("{go_name}/"),
+        "the seat is Go's election directory, named as Go names it"
+    );
     let mut c = Client::connect(cluster.endpoints(), None).await.unwrap();
 
     // Go campaigns first and leads: it prints its key, then its value.
