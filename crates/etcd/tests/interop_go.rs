@@ -12,27 +12,17 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use etcd_client::{Client, GetOptions};
 use fencelock_core::{DistributedLock, LockOptions};
 use fencelock_etcd::EtcdLock;
 use fencelock_testkit::etcd_server::EtcdCluster;
-use fencelock_testkit::interop::{require_tool, SharedLog};
+use fencelock_testkit::interop::SharedLog;
 use fencelock_testkit::keys::unique_key;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::{Child, ChildStdout};
 use tokio::time::{timeout, Instant};
 
-const HINT: &str = "install it with `apt-get install etcd-client` (or run scripts/setup-deps)";
-/// Bound on any single step.
-const STEP: Duration = Duration::from_secs(15);
-
-fn etcdctl(ep: &str) -> Command {
-    require_tool("etcdctl", &["version"], HINT);
-    let mut c = Command::new("etcdctl");
-    c.env("ETCDCTL_API", "3").arg(format!("--endpoints={ep}"));
-    c.kill_on_drop(true);
-    c
-}
+mod go_peer;
+use go_peer::{client, etcdctl, interrupt, queue, until_queued, HINT, STEP};
 
 /// `etcdctl lock NAME`: prints its key once it holds the lock, holds until SIGINT.
 fn go_holder(ep: &str, name: &str) -> (Child, Lines<BufReader<ChildStdout>>) {
@@ -44,46 +34,6 @@ fn go_holder(ep: &str, name: &str) -> (Child, Lines<BufReader<ChildStdout>>) {
         .unwrap_or_else(|e| panic!("etcdctl did not start ({e}): {HINT}"));
     let lines = BufReader::new(child.stdout.take().unwrap()).lines();
     (child, lines)
-}
-
-/// SIGINT: `etcdctl lock` unlocks and closes its session, then exits.
-async fn interrupt(mut child: Child) {
-    let pid = child.id().unwrap().to_string();
-    let sent = Command::new("kill").args(["-INT", &pid]).status().await.unwrap();
-    assert!(sent.success());
-    let status = timeout(STEP, child.wait()).await.expect("etcdctl exits").unwrap();
-    assert!(status.success(), "etcdctl lock: {status}");
-}
-
-async fn client(cluster: &EtcdCluster) -> Client {
-    Client::connect(cluster.endpoints(), None).await.unwrap()
-}
-
-/// The keys in `dir`, oldest (lowest create revision) first, with their create revisions.
-async fn queue(c: &mut Client, dir: &str) -> Vec<(String, i64)> {
-    let mut kvs: Vec<(String, i64)> = c
-        .get(dir, Some(GetOptions::new().with_prefix()))
-        .await
-        .unwrap()
-        .kvs()
-        .iter()
-        .map(|kv| (kv.key_str().unwrap().to_owned(), kv.create_revision()))
-        .collect();
-    kvs.sort_by_key(|k| k.1);
-    kvs
-}
-
-/// Polls (bounded) until `dir` holds `n` keys.
-async fn until_queued(c: &mut Client, dir: &str, n: usize) -> Vec<(String, i64)> {
-    let deadline = Instant::now() + STEP;
-    loop {
-        let q = queue(c, dir).await;
-        if q.len() == n {
-            return q;
-        }
-        assert!(Instant::now() < deadline, "{dir} never held {n} keys: {q:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 fn opts() -> LockOptions {

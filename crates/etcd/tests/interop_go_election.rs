@@ -11,32 +11,25 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use etcd_client::{Client, GetOptions};
 use fencelock_core::election::Election;
 use fencelock_core::LockOptions;
 use fencelock_etcd::EtcdElection;
 use fencelock_testkit::etcd_server::EtcdCluster;
-use fencelock_testkit::interop::require_tool;
 use fencelock_testkit::keys::unique_key;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
-use tokio::time::{timeout, Instant};
+use tokio::process::{Child, ChildStdout};
+use tokio::time::timeout;
 
-const HINT: &str = "install it with `apt-get install etcd-client` (or run scripts/setup-deps)";
-/// Bound on any single step.
-const STEP: Duration = Duration::from_secs(15);
+mod go_peer;
+use go_peer::{client, etcdctl, interrupt, queue as candidates, until_queued as until_candidates, HINT, STEP};
 
-/// `etcdctl elect ARGS…` with its stdout piped; killed if the test drops it.
+/// `etcdctl elect ARGS…` with its stdout piped.
 fn etcdctl_elect(ep: &str, args: &[&str]) -> (Child, Lines<BufReader<ChildStdout>>) {
-    require_tool("etcdctl", &["version"], HINT);
-    let mut child = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={ep}"))
+    let mut child = etcdctl(ep)
         .arg("elect")
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .unwrap_or_else(|e| panic!("etcdctl did not start ({e}): {HINT}"));
     let lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -49,42 +42,6 @@ async fn next_line(out: &mut Lines<BufReader<ChildStdout>>, what: &str) -> Strin
         .unwrap_or_else(|_| panic!("etcdctl printed no line within {STEP:?}: {what}"))
         .unwrap()
         .unwrap_or_else(|| panic!("etcdctl ended before {what}"))
-}
-
-/// SIGINT: `etcdctl elect` resigns and closes its session, then exits.
-async fn interrupt(mut child: Child) {
-    let pid = child.id().unwrap().to_string();
-    let sent = Command::new("kill").args(["-INT", &pid]).status().await.unwrap();
-    assert!(sent.success());
-    let status = timeout(STEP, child.wait()).await.expect("etcdctl exits").unwrap();
-    assert!(status.success(), "etcdctl elect: {status}");
-}
-
-/// The candidates in `dir`, oldest (lowest create revision) first.
-async fn candidates(c: &mut Client, dir: &str) -> Vec<(String, i64)> {
-    let mut kvs: Vec<(String, i64)> = c
-        .get(dir, Some(GetOptions::new().with_prefix()))
-        .await
-        .unwrap()
-        .kvs()
-        .iter()
-        .map(|kv| (kv.key_str().unwrap().to_owned(), kv.create_revision()))
-        .collect();
-    kvs.sort_by_key(|k| k.1);
-    kvs
-}
-
-/// Polls (bounded) until `dir` holds `n` candidates.
-async fn until_candidates(c: &mut Client, dir: &str, n: usize) -> Vec<(String, i64)> {
-    let deadline = Instant::now() + STEP;
-    loop {
-        let q = candidates(c, dir).await;
-        if q.len() == n {
-            return q;
-        }
-        assert!(Instant::now() < deadline, "{dir} never held {n} candidates: {q:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 fn opts() -> LockOptions {
@@ -109,7 +66,7 @@ async fn go_and_fencelock_share_one_election() {
         format!("{go_name}/"),
         "the seat is Go's election directory, named as Go names it"
     );
-    let mut c = Client::connect(cluster.endpoints(), None).await.unwrap();
+    let mut c = client(&cluster).await;
 
     // Go campaigns first and leads: it prints its key, then its value.
     let (go, mut out) = etcdctl_elect(&ep, &[&go_name, "GOVAL"]);
