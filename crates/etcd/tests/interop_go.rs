@@ -17,23 +17,16 @@ use fencelock_etcd::EtcdLock;
 use fencelock_testkit::etcd_server::EtcdCluster;
 use fencelock_testkit::interop::SharedLog;
 use fencelock_testkit::keys::unique_key;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::io::{BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
 use tokio::time::{timeout, Instant};
 
 mod go_peer;
-use go_peer::{client, etcdctl, interrupt, queue, until_queued, HINT, STEP};
+use go_peer::{client, etcdctl, etcdctl_lines, interrupt, queue, until_queued, STEP};
 
 /// `etcdctl lock NAME`: prints its key once it holds the lock, holds until SIGINT.
 fn go_holder(ep: &str, name: &str) -> (Child, Lines<BufReader<ChildStdout>>) {
-    let mut child = etcdctl(ep)
-        .args(["lock", name])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("etcdctl did not start ({e}): {HINT}"));
-    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    (child, lines)
+    etcdctl_lines(ep, &["lock", name])
 }
 
 fn opts() -> LockOptions {
@@ -73,7 +66,11 @@ async fn go_holds_and_fencelock_waits_its_turn() {
         async move { locks.acquire(&name, &opts()).await }
     });
     let q = until_queued(&mut c, &dir, 2).await;
-    let lease = locks.session_lease().await.expect("a session");
+    // Go's convention: a key is named by the lease it is attached to, in hex. (Which lease:
+    // the session's, or one of its own when the refused try's name was not yet known to be
+    // free — a race the client resolves either way.)
+    let ours = c.get(q[1].0.as_str(), None).await.unwrap();
+    let lease = ours.kvs()[0].lease();
     assert_eq!(
         q[1].0,
         format!("{dir}{lease:x}"),

@@ -8,7 +8,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use fencelock_core::election::Election;
@@ -16,24 +15,16 @@ use fencelock_core::LockOptions;
 use fencelock_etcd::EtcdElection;
 use fencelock_testkit::etcd_server::EtcdCluster;
 use fencelock_testkit::keys::unique_key;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::io::{BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
 use tokio::time::timeout;
 
 mod go_peer;
-use go_peer::{client, etcdctl, interrupt, queue as candidates, until_queued as until_candidates, HINT, STEP};
+use go_peer::{client, etcdctl_lines, interrupt, queue as candidates, until_queued as until_candidates, STEP};
 
 /// `etcdctl elect ARGS…` with its stdout piped.
 fn etcdctl_elect(ep: &str, args: &[&str]) -> (Child, Lines<BufReader<ChildStdout>>) {
-    let mut child = etcdctl(ep)
-        .arg("elect")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("etcdctl did not start ({e}): {HINT}"));
-    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    (child, lines)
+    etcdctl_lines(ep, &[&["elect"][..], args].concat())
 }
 
 async fn next_line(out: &mut Lines<BufReader<ChildStdout>>, what: &str) -> String {

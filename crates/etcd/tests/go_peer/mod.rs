@@ -8,7 +8,10 @@ use std::time::Duration;
 use etcd_client::{Client, GetOptions};
 use fencelock_testkit::etcd_server::EtcdCluster;
 use fencelock_testkit::interop::require_tool;
-use tokio::process::{Child, Command};
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
 use tokio::time::{timeout, Instant};
 
 pub const HINT: &str = "install it with `apt-get install etcd-client` (or run scripts/setup-deps)";
@@ -63,4 +66,16 @@ pub async fn until_queued(c: &mut Client, dir: &str, n: usize) -> Vec<(String, i
         assert!(Instant::now() < deadline, "{dir} never held {n} keys: {q:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// `etcdctl ARGS…` started with its stdout piped, read line by line.
+pub fn etcdctl_lines(ep: &str, args: &[&str]) -> (Child, Lines<BufReader<ChildStdout>>) {
+    let mut child = etcdctl(ep)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("etcdctl did not start ({e}): {HINT}"));
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
 }
