@@ -21,8 +21,9 @@ pub const MIN_COMMAND_TTL: Duration = Duration::from_millis(100);
 pub fn check_command_ttl(ttl: Duration) -> Result<(), String> {
     if ttl < MIN_COMMAND_TTL {
         return Err(format!(
-            "{} is below the minimum of 100ms for a lease that guards a command",
-            humantime::format_duration(ttl)
+            "{} is below the minimum of {} for a lease that guards a command",
+            fencelock::options::duration_text::human(ttl),
+            fencelock::options::duration_text::human(MIN_COMMAND_TTL)
         ));
     }
     Ok(())
