@@ -7,15 +7,19 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
-use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
+
+mod timer;
+
+use timer::{Due, Timer};
 
 use crate::error::{LockError, LostReason, Result};
 use crate::options::{validate_ttl, LockOptions};
@@ -111,6 +115,15 @@ struct Shared {
     renewal: Mutex<Renewal>,
     /// Renewal and loss counters, labelled when the lease came through `metrics::Metered`.
     metrics: crate::metrics::LeaseMetrics,
+    /// Wakes this lease when a renewal is due or its validity runs out (`None` outside a
+    /// tokio runtime: then nothing renews it, and its loss is seen when it is looked at).
+    timer: Option<Timer>,
+    /// This lease's entry in the timer.
+    entry: u64,
+    /// Itself, for the timer.
+    me: Weak<Shared>,
+    /// Set when the holder released or dropped the lease: nothing schedules it again.
+    finished: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -120,6 +133,24 @@ struct Renewal {
     /// The last renewal failure since the last success: the reason given if the validity
     /// runs out before a renewal succeeds.
     last_error: Option<String>,
+    /// Renew in the background (the lock options' auto-renew).
+    auto_renew: bool,
+    /// A renewal is in flight (it schedules the next wake-up when it ends).
+    renewing: bool,
+    /// After a failed renewal: when to try again, and how many failed in a row.
+    retry_at: Option<Instant>,
+    failures: u32,
+}
+
+impl Renewal {
+    /// When the next renewal is due, for a validity ending at `valid_until`: a third of the
+    /// way through it, or the retry instant after a failure. `None` without auto-renew.
+    fn due(&self, valid_until: Instant) -> Option<Instant> {
+        self.auto_renew.then(|| {
+            self.retry_at
+                .unwrap_or(self.last_sent + valid_until.saturating_duration_since(self.last_sent) / 3)
+        })
+    }
 }
 
 impl Shared {
@@ -159,7 +190,7 @@ impl Shared {
 
     /// Lowers the validity to `until` if it ends later (never raises it).
     fn cap_validity(&self, until: Instant) {
-        self.status.send_if_modified(|s| {
+        let lowered = self.status.send_if_modified(|s| {
             if s.state.is_live() && until < s.valid_until {
                 s.valid_until = until;
                 true
@@ -167,6 +198,9 @@ impl Shared {
                 false
             }
         });
+        if lowered {
+            self.schedule_next(); // the expiry may now come before the wake-up
+        }
     }
 
     /// Moves a live lease to `Lost(reason)`; returns `false` when it was not live.
@@ -180,6 +214,7 @@ impl Shared {
             }
         });
         if changed {
+            self.unschedule();
             self.metrics.lost(&reason);
             tracing::warn!(key = %self.key, token = %self.token, %reason, "lease lost");
             if matches!(reason, LostReason::Expired | LostReason::RenewalFailed(_)) {
@@ -206,6 +241,49 @@ impl Shared {
                 false
             }
         });
+    }
+
+    /// Moves the lease to `Released` (the holder released or dropped it): nothing renews it
+    /// any more, and a live lease's hold ends for the metrics.
+    fn set_released(&self) {
+        self.finished.store(true, Ordering::Release);
+        self.unschedule();
+        let mut was_live = false;
+        self.status.send_modify(|s| {
+            was_live = s.state.is_live();
+            s.state = LeaseState::Released;
+        });
+        if was_live {
+            self.metrics.ended(false);
+        }
+    }
+
+    /// Schedules the next wake-up of this live lease: its renewal, or else its expiry.
+    /// Nothing when it is finished, not live, or renewing (the renewal schedules when done).
+    fn schedule_next(&self) {
+        let Some(timer) = &self.timer else { return };
+        if self.finished.load(Ordering::Acquire) {
+            return;
+        }
+        let status = self.status.borrow().clone();
+        if !status.state.is_live() {
+            return;
+        }
+        let r = self.renewal();
+        if r.renewing {
+            return;
+        }
+        let at = r
+            .due(status.valid_until)
+            .map_or(status.valid_until, |due| due.min(status.valid_until));
+        drop(r);
+        timer.schedule(self.entry, at, self.me.clone() as Weak<dyn Due>);
+    }
+
+    fn unschedule(&self) {
+        if let Some(timer) = &self.timer {
+            timer.cancel(self.entry);
+        }
     }
 
     fn lost_error(&self, reason: LostReason) -> LockError {
@@ -257,7 +335,6 @@ impl Shared {
 /// ```
 pub struct Lease {
     shared: Arc<Shared>,
-    guardian: Option<AbortHandle>,
     runtime: Option<Handle>,
     finished: bool,
 }
@@ -274,8 +351,9 @@ impl fmt::Debug for Lease {
 }
 
 impl Lease {
-    /// Makes a lease of a grant the backend has just made. Starts the background task that
-    /// renews it (when auto-renew is on) and marks it lost when its validity runs out.
+    /// Makes a lease of a grant the backend has just made, and schedules it on the
+    /// runtime's lease timer (one task per runtime, not one per lease: see `lease/timer.rs`),
+    /// which renews it when auto-renew is on and marks it lost when its validity runs out.
     pub fn new(parts: LeaseParts) -> Lease {
         let LeaseParts {
             key,
@@ -290,7 +368,8 @@ impl Lease {
             state: LeaseState::Held,
             valid_until: sent_at + validity,
         });
-        let shared = Arc::new(Shared {
+        let runtime = Handle::try_current().ok();
+        let shared = Arc::new_cyclic(|me| Shared {
             key,
             token,
             grant,
@@ -300,18 +379,20 @@ impl Lease {
                 ttl: options.ttl(),
                 last_sent: sent_at,
                 last_error: None,
+                auto_renew: options.auto_renew(),
+                renewing: false,
+                retry_at: None,
+                failures: 0,
             }),
             metrics: Default::default(),
+            timer: Timer::current(),
+            entry: Timer::entry(),
+            me: me.clone(),
+            finished: AtomicBool::new(false),
         });
-        let runtime = Handle::try_current().ok();
-        let guardian = runtime.as_ref().map(|rt| {
-            let span = tracing::debug_span!("fencelock.guard", key = %shared.key, token = %shared.token);
-            rt.spawn(guard(Arc::downgrade(&shared), options.auto_renew()).instrument(span))
-                .abort_handle()
-        });
+        shared.schedule_next();
         Lease {
             shared,
-            guardian,
             runtime,
             finished: false,
         }
@@ -525,9 +606,9 @@ impl Lease {
     /// again from a background task. Either way the lease is `Released` at once.
     pub async fn release(mut self) -> Result<()> {
         self.finished = true;
-        if let Some(g) = self.guardian.take() {
-            g.abort();
-        }
+        // No renewal from here on (one in flight may still land; it schedules nothing).
+        self.shared.finished.store(true, Ordering::Release);
+        self.shared.unschedule();
         let shared = Arc::clone(&self.shared);
         let runtime = self.runtime.clone();
         let span = tracing::info_span!("fencelock.release", key = %shared.key, token = %shared.token);
@@ -539,7 +620,7 @@ impl Lease {
             let guard = release_guard(&shared, runtime);
             let result = shared.ops.release().await;
             guard.disarm();
-            shared.status.send_modify(|s| s.state = LeaseState::Released);
+            shared.set_released();
             match (before.state, result) {
                 // Lost before: that is what the holder must learn, whatever the backend said.
                 (LeaseState::Lost(reason), _) => Err(shared.lost_error(reason)),
@@ -561,7 +642,7 @@ impl Lease {
 fn release_guard(shared: &Arc<Shared>, runtime: Option<Handle>) -> CancelGuard<impl FnOnce()> {
     let shared = Arc::clone(shared);
     CancelGuard::new(move || {
-        shared.status.send_modify(|s| s.state = LeaseState::Released);
+        shared.set_released();
         spawn_release(&shared, runtime.as_ref(), "release_after_cancel");
     })
 }
@@ -593,10 +674,7 @@ impl Drop for Lease {
         if self.finished {
             return;
         }
-        if let Some(g) = self.guardian.take() {
-            g.abort();
-        }
-        self.shared.status.send_modify(|s| s.state = LeaseState::Released);
+        self.shared.set_released();
         spawn_release(&self.shared, self.runtime.as_ref(), "release_on_drop");
     }
 }
@@ -704,85 +782,87 @@ impl LeaseRegistry {
 /// The first delay after a failed renewal; it doubles on each failure.
 const RENEW_RETRY_FIRST: Duration = Duration::from_millis(10);
 
-/// The background task of a lease: renews it (when auto-renew is on) a third of the way
-/// through each validity, retries failed renewals while validity remains, and marks the
-/// lease lost when the validity runs out. Ends when the lease is released, dropped or lost.
-async fn guard(shared: Weak<Shared>, auto_renew: bool) {
-    let mut retry_at: Option<Instant> = None;
-    let mut failures: u32 = 0;
-    let Some(mut rx) = shared.upgrade().map(|s| s.status.subscribe()) else {
-        return;
-    };
-    loop {
-        let Some(s) = shared.upgrade() else { return };
-        let status = rx.borrow_and_update().clone();
+/// The timer's call: the lease is due for a renewal, or its validity ran out. Renews it (when
+/// auto-renew is on) a third of the way through each validity, retries failed renewals
+/// while validity remains, and marks the lease lost when the validity runs out.
+impl Due for Shared {
+    fn due(self: Arc<Self>) {
+        if self.finished.load(Ordering::Acquire) {
+            return;
+        }
+        let status = self.status.borrow().clone();
         if !status.state.is_live() {
             return;
         }
         let now = Instant::now();
         if now >= status.valid_until {
-            s.mark_lost(s.expiry_reason());
+            self.mark_lost(self.expiry_reason());
             return;
         }
-        let last_sent = s.renewal().last_sent;
-        let renew_due = if auto_renew {
-            Some(retry_at.unwrap_or(last_sent + (status.valid_until - last_sent) / 3))
-        } else {
-            None
-        };
-        let wake = renew_due.map_or(status.valid_until, |r| r.min(status.valid_until));
-        drop(s);
-        tokio::select! {
-            changed = rx.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                continue;
-            }
-            _ = tokio::time::sleep_until(wake) => {}
+        let mut r = self.renewal();
+        if r.renewing {
+            return;
         }
-        let Some(s) = shared.upgrade() else { return };
-        let sent = Instant::now();
-        let valid_until = s.status.borrow().valid_until;
-        if renew_due.is_none_or(|due| sent < due) || sent >= valid_until {
-            continue; // expiry, handled at the top of the loop
-        }
-        let ttl = s.renewal().ttl;
-        match tokio::time::timeout(valid_until - sent, s.ops.renew(ttl)).await {
-            Ok(Ok(Some(validity))) => {
-                s.metrics.renewed();
-                tracing::debug!(ttl_ms = ttl.as_millis() as u64, "renewed");
-                s.apply_validity(sent, validity, ttl);
-                retry_at = None;
-                failures = 0;
+        match r.due(status.valid_until) {
+            Some(due) if now >= due => {
+                r.renewing = true;
+                drop(r);
+                let span = tracing::debug_span!("fencelock.renew", key = %self.key, token = %self.token);
+                tokio::spawn(renew(self, status.valid_until).instrument(span));
             }
-            Ok(Ok(None)) => {
-                s.mark_lost(LostReason::NotHeld);
-                return;
-            }
-            Ok(Err(e)) if !e.is_temporary() => {
-                s.metrics.renewal_failed();
-                s.mark_lost(LostReason::RenewalFailed(e.to_string()));
-                return;
-            }
-            Ok(Err(e)) => {
-                s.metrics.renewal_failed();
-                tracing::debug!(error = %e, failures, "renewal failed; retrying while validity remains");
-                failures = failures.saturating_add(1);
-                let backoff = RENEW_RETRY_FIRST.saturating_mul(1u32 << failures.min(10));
-                let left = valid_until.saturating_duration_since(Instant::now());
-                retry_at = Some(Instant::now() + backoff.min(left / 4).max(Duration::from_millis(1)));
-                s.renewal().last_error = Some(e.to_string());
-            }
-            Err(_) => {
-                s.metrics.renewal_failed();
-                s.mark_lost(LostReason::RenewalFailed(
-                    "no answer to renewal before the validity ran out".into(),
-                ));
-                return;
+            _ => {
+                drop(r);
+                self.schedule_next();
             }
         }
     }
+}
+
+/// One background renewal, bounded by the validity left; then schedules the next wake-up.
+async fn renew(s: Arc<Shared>, valid_until: Instant) {
+    let sent = Instant::now();
+    let ttl = s.renewal().ttl;
+    let answer = tokio::time::timeout(valid_until.saturating_duration_since(sent), s.ops.renew(ttl)).await;
+    s.renewal().renewing = false;
+    match answer {
+        Ok(Ok(Some(validity))) => {
+            s.metrics.renewed();
+            tracing::debug!(ttl_ms = ttl.as_millis() as u64, "renewed");
+            {
+                let mut r = s.renewal();
+                r.retry_at = None;
+                r.failures = 0;
+            }
+            s.apply_validity(sent, validity, ttl);
+        }
+        Ok(Ok(None)) => {
+            s.mark_lost(LostReason::NotHeld);
+            return;
+        }
+        Ok(Err(e)) if !e.is_temporary() => {
+            s.metrics.renewal_failed();
+            s.mark_lost(LostReason::RenewalFailed(e.to_string()));
+            return;
+        }
+        Ok(Err(e)) => {
+            s.metrics.renewal_failed();
+            let mut r = s.renewal();
+            tracing::debug!(error = %e, failures = r.failures, "renewal failed; retrying while validity remains");
+            r.failures = r.failures.saturating_add(1);
+            let backoff = RENEW_RETRY_FIRST.saturating_mul(1u32 << r.failures.min(10));
+            let left = valid_until.saturating_duration_since(Instant::now());
+            r.retry_at = Some(Instant::now() + backoff.min(left / 4).max(Duration::from_millis(1)));
+            r.last_error = Some(e.to_string());
+        }
+        Err(_) => {
+            s.metrics.renewal_failed();
+            s.mark_lost(LostReason::RenewalFailed(
+                "no answer to renewal before the validity ran out".into(),
+            ));
+            return;
+        }
+    }
+    s.schedule_next();
 }
 
 /// Rate limit of the "grant arrived with no validity left" warning: a TTL shorter than the

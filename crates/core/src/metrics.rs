@@ -27,7 +27,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use async_trait::async_trait;
-use metrics::{counter, gauge, histogram, Label};
+use metrics::{counter, gauge, histogram, Gauge, Label};
 
 use crate::error::{LockError, LostReason, Result};
 use crate::guarantees::Guarantees;
@@ -82,38 +82,20 @@ impl<L: DistributedLock> Metered<L> {
         labels
     }
 
-    /// Records a grant and follows the lease to its end in a background task (held gauge,
-    /// hold time; the loss itself is counted by the lease when it happens).
+    /// Records a grant and attaches the labels to the lease, which counts its renewals and
+    /// loss and, when it ends (released or lost), the held gauge and the hold time. No task
+    /// follows the lease: that was a spawn and a wake-up per lock cycle.
     fn granted(&self, lease: &Lease, labels: &[Label]) {
         counter!("fencelock_grants_total", labels.to_vec()).increment(1);
-        let Some(lost) = lease.metrics().attach(labels.to_vec()) else {
-            return;
-        };
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         let held = gauge!("fencelock_leases_held", labels.to_vec());
-        held.increment(1.0);
-        let mut labels = labels.to_vec();
-        let mut status = lease.watch();
-        let since = Instant::now();
-        rt.spawn(async move {
-            // A watch shows the latest state only (a loss followed at once by the drop is
-            // seen as `Released`); whether it was lost comes from the lease's own flag.
-            while status.borrow_and_update().state.is_live() {
-                if status.changed().await.is_err() {
-                    break;
-                }
-            }
-            held.decrement(1.0);
-            let end = if lost.load(Ordering::Acquire) {
-                "lost"
-            } else {
-                "released"
-            };
-            labels.push(Label::new("end", end));
-            histogram!("fencelock_hold_seconds", labels).record(since.elapsed().as_secs_f64());
-        });
+        if !lease.metrics().attach(labels.to_vec(), held) {
+            return;
+        }
+        // Ended before the labels were attached: the lease could not record it itself.
+        if !lease.watch().borrow().state.is_live() {
+            let lost = matches!(lease.watch().borrow().state, crate::lease::LeaseState::Lost(_));
+            lease.metrics().ended(lost);
+        }
     }
 }
 
@@ -247,22 +229,42 @@ pub(crate) struct LeaseMetrics {
 #[derive(Debug)]
 struct Attached {
     labels: Vec<Label>,
-    /// Set when the lease is lost; read by the watcher that records the hold time.
-    lost: Arc<AtomicBool>,
+    /// `fencelock_leases_held`, raised at attach and lowered when the lease ends.
+    held: Gauge,
+    since: Instant,
+    /// Set when the end was recorded (once: a loss followed by the release is one end).
+    ended: AtomicBool,
 }
 
 impl LeaseMetrics {
-    /// Starts counting under `labels`; returns the lease's lost flag (`None` if attached
-    /// already).
-    fn attach(&self, labels: Vec<Label>) -> Option<Arc<AtomicBool>> {
-        let lost = Arc::new(AtomicBool::new(false));
-        self.attached
+    /// Starts counting under `labels` and raises `held`; `false` if attached already.
+    fn attach(&self, labels: Vec<Label>, held: Gauge) -> bool {
+        let attached = self
+            .attached
             .set(Attached {
                 labels,
-                lost: Arc::clone(&lost),
+                held: held.clone(),
+                since: Instant::now(),
+                ended: AtomicBool::new(false),
             })
-            .ok()
-            .map(|()| lost)
+            .is_ok();
+        if attached {
+            held.increment(1.0);
+        }
+        attached
+    }
+
+    /// The lease ended (`lost`, or released by its holder): lowers the held gauge and
+    /// records the hold time, once.
+    pub(crate) fn ended(&self, lost: bool) {
+        let Some(a) = self.attached.get() else { return };
+        if a.ended.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        a.held.decrement(1.0);
+        let mut labels = a.labels.clone();
+        labels.push(Label::new("end", if lost { "lost" } else { "released" }));
+        histogram!("fencelock_hold_seconds", labels).record(a.since.elapsed().as_secs_f64());
     }
 
     /// A background renewal succeeded.
@@ -282,11 +284,11 @@ impl LeaseMetrics {
     /// The lease was lost (called once, when it moves from live to lost).
     pub(crate) fn lost(&self, reason: &LostReason) {
         if let Some(a) = self.attached.get() {
-            a.lost.store(true, Ordering::Release);
             let mut labels = a.labels.clone();
             labels.push(Label::new("reason", lost_reason(reason)));
             counter!("fencelock_leases_lost_total", labels).increment(1);
         }
+        self.ended(true);
     }
 }
 
