@@ -1,11 +1,14 @@
 //! PostgreSQL in the bench: the raw minimum issued with tokio-postgres, and the
 //! `distributed-lock` crate's PostgreSQL backend as the peer.
 //!
-//! * Raw minimum: the statements a correct lease lock with tokens needs, prepared once and
-//!   issued by hand — one upsert that takes a free or expired row and bumps the key's
-//!   counter only when it took it, then a delete guarded by the holder's id (2 round
-//!   trips, like fencelock's acquire + release), in a schema of its own. Without
-//!   fencelock's waiter ticket, abandoned-grant check and release notification.
+//! * Raw minimum ([`RawPg`]): the statements a correct lease lock with fencing tokens needs,
+//!   prepared once and issued by hand, in a schema of its own (the SQL and why it is the
+//!   minimum: `fencelock_testkit::pg_raw`). Like for like with fencelock's uncontended
+//!   acquire + release: 2 round trips, and the same durability per statement — the
+//!   acquire (one upsert that takes a free or expired row and bumps the key's counter only
+//!   when it took it) waits for the WAL flush, the release (a delete guarded by the
+//!   holder's id) commits without waiting for it, as fencelock's does. Without fencelock's
+//!   waiter queue, abandoned-grant check, release notification, loss signal and renewals.
 //! * `distributed-lock-postgres` 0.2: session advisory locks through an sqlx pool; its
 //!   acquire waits on the server (`lock_timeout`) and answers no token.
 
@@ -23,7 +26,8 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 use fencelock_testkit::pg_raw::{ACQUIRE as RAW_ACQUIRE, RELEASE as RAW_RELEASE, SCHEMA as RAW_SCHEMA};
 
-/// The raw minimum on one connection.
+/// The raw minimum on one connection: `pg_raw::ACQUIRE` (durable commit), then
+/// `pg_raw::RELEASE` (lazy commit), one round trip each.
 pub struct RawPg {
     client: std::sync::Arc<Client>,
     acquire: Statement,

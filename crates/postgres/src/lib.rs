@@ -50,6 +50,7 @@
 //! ```
 
 mod config;
+mod deadlines;
 mod election;
 mod error;
 mod fence;

@@ -16,6 +16,7 @@ use futures_util::StreamExt;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::config::PgConfig;
+use crate::deadlines::Deadlines;
 use crate::error::{failed, no_answer};
 use crate::renewals::{self, renewals, Pending, Renewal, Renewals};
 use crate::session::{Session, Statements};
@@ -93,6 +94,8 @@ pub(crate) struct NodeInner {
     pending: Pending,
     /// The turns to send any other statement.
     turns: tokio::sync::Semaphore,
+    /// The statements' timeouts (see [`Deadlines`]: no runtime timer per statement).
+    deadlines: Arc<Deadlines>,
     /// Background clean-ups still running (abandoned grants, left queues, releases).
     cleanups: std::sync::atomic::AtomicUsize,
     cleanups_done: tokio::sync::Notify,
@@ -128,8 +131,11 @@ impl PgNode {
             abandon_mark: sql::abandon_mark(&schema),
             abandon_expire: sql::abandon_expire(&schema),
         };
+        // Every statement is bounded by `timeout` or longer (renewals: `renewals::bound`).
+        let deadlines = Deadlines::new(cfg.timeout);
         PgNode {
             inner: Arc::new(NodeInner {
+                deadlines,
                 cfg,
                 texts,
                 session: std::sync::Mutex::new(None),
@@ -351,12 +357,12 @@ impl PgNode {
     {
         let session = self.session().await?;
         let sent = tokio::time::Instant::now();
-        match tokio::time::timeout(timeout, f(Arc::clone(&session))).await {
-            Ok(Ok(v)) => {
+        match self.inner.deadlines.within(timeout, f(Arc::clone(&session))).await {
+            Some(Ok(v)) => {
                 session.answered();
                 Ok((v, session))
             }
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
                 if e.is_closed() || e.code().is_none() {
                     self.end_session(&session, &e.to_string());
                 } else {
@@ -364,7 +370,7 @@ impl PgNode {
                 }
                 Err(failed(doing, self.server(), e))
             }
-            Err(_) => {
+            None => {
                 // A late answer is read and dropped by the client; the connection stays
                 // in step. It is cut only when it looks dead, not merely slow.
                 if session.is_dead(sent, self.inner.cfg.timeout) {
@@ -393,6 +399,7 @@ impl PgNode {
         let _turn = self
             .turn(&self.inner.turns, "acquire", timeout * QUEUE_TIMEOUTS)
             .await?;
+        // Connect before the clock starts (the statement below finds the session ready).
         self.session().await?;
         // The validity counts from here, not from before the wait for a turn: the server
         // sets the expiry from when it receives the statement, which is later still.

@@ -150,6 +150,45 @@ async fn split(server: PgServer, what: &str) {
     locks.close().await.unwrap();
 }
 
+/// One subject's client cost alone, for `perf stat` (which counts this process only, not
+/// the server's): `FENCELOCK_PERF_SUBJECT` = `raw`, `sql` (our SQL by hand) or `ours`,
+/// `FENCELOCK_PERF_CYCLES` uncontended acquire + release cycles (default 5,000) against
+/// the server `FENCELOCK_PERF_PG_URL` names. Prints the wall time per cycle; divide
+/// `perf stat`'s task-clock and context switches by the cycles:
+/// `FENCELOCK_PERF_PG_URL=postgres://postgres@127.0.0.1:PORT/postgres FENCELOCK_PERF_SUBJECT=ours
+/// perf stat -e task-clock,context-switches target/release/deps/perf-HASH --ignored --nocapture
+/// client_cost_of_one_subject`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement for perf stat: see the doc comment"]
+async fn client_cost_of_one_subject() {
+    let url = std::env::var("FENCELOCK_PERF_PG_URL").expect("FENCELOCK_PERF_PG_URL: the server to measure against");
+    let subject = std::env::var("FENCELOCK_PERF_SUBJECT").unwrap_or_else(|_| "ours".into());
+    let cycles: u64 = std::env::var("FENCELOCK_PERF_CYCLES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(5_000);
+    let opts = LockOptions::new()
+        .with_ttl(Duration::from_secs(10))
+        .with_wait(Duration::from_secs(30));
+    let locks = PgLock::connect(&url).await.unwrap();
+    let raw = ByHand::connect(&url, RAW_ACQUIRE, RAW_RELEASE).await;
+    let sql = ByHand::connect(&url, OUR_ACQUIRE, OUR_RELEASE).await;
+    let start = Instant::now();
+    for n in 0..cycles {
+        match subject.as_str() {
+            "raw" => raw.cycle("solo-raw", n).await,
+            "sql" => sql.cycle("solo-sql", n).await,
+            "ours" => locks.acquire("solo", &opts).await.unwrap().release().await.unwrap(),
+            other => panic!("FENCELOCK_PERF_SUBJECT={other}: raw, sql or ours"),
+        }
+    }
+    eprintln!(
+        "{subject}: {cycles} cycles, {:?} per cycle",
+        start.elapsed() / u32::try_from(cycles).unwrap()
+    );
+    locks.close().await.unwrap();
+}
+
 /// `clients` instances (each its own connection) take one key in turns, as the bench's
 /// contention rows do, until `grants` grants; returns grants/s.
 async fn contend(url: &str, clients: usize, grants: usize) -> f64 {
