@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse};
-use fencelock_core::waiting::detached;
 use fencelock_core::{LockError, LockOptions, Result};
 use tokio::time::Instant;
 
 use crate::cleanup::{delete_key, delete_name, revoke, until_confirmed};
 use crate::error::BACKEND;
+use crate::finish::finish_on_drop;
 use crate::lock::Inner;
 use crate::session::Session;
 use crate::slots::Slot;
@@ -141,9 +141,9 @@ async fn holding(inner: &Arc<Inner>, opts: &LockOptions, own: bool) -> Result<Ho
     })
 }
 
-/// Puts our key with the lease and reads the current owner, in one transaction. Runs in
-/// its own task: if the caller is gone when it completes, the `Queued` is dropped there,
-/// which undoes the entry.
+/// Puts our key with the lease and reads the current owner, in one transaction. Runs to
+/// its end even when the caller drops it ([`finish_on_drop`]): if the caller is gone when
+/// it completes, the `Queued` is dropped in the background, which undoes the entry.
 pub(crate) async fn enqueue(inner: Arc<Inner>, key: &str, opts: &LockOptions) -> Result<Queued> {
     enqueue_with_value(inner, key, Vec::new(), opts).await
 }
@@ -157,7 +157,7 @@ pub(crate) async fn enqueue_with_value(
     opts: &LockOptions,
 ) -> Result<Queued> {
     let (key, opts) = (key.to_owned(), *opts);
-    detached(BACKEND, async move {
+    finish_on_drop(async move {
         let cfg = &inner.cluster.cfg;
         let dir = cfg.lock_dir(&key);
         let slot = inner.slots.take(&dir);
