@@ -183,47 +183,55 @@ pub(crate) async fn enqueue_with_value(
             owner: false,
             armed: true,
         };
+        // The directory is empty (a compare over a range with no key compares as one
+        // create revision 0): our put alone, and we own the lock — the raw minimum's
+        // create-if-absent, no read. Otherwise, as etcd's mutex does: our put if our key
+        // is not there yet (else it is read: an echo of an earlier try landed), and the
+        // oldest key of the directory read with it, in one nested transaction.
+        let put = TxnOp::put(
+            my_key.clone(),
+            value,
+            Some(PutOptions::new().with_lease(holding.lease())),
+        );
         let owner_get = GetOptions::new()
             .with_prefix()
             .with_sort(SortTarget::Create, SortOrder::Ascend)
             .with_limit(1);
-        let txn = Txn::new()
+        let queue = Txn::new()
             .when([Compare::create_revision(my_key.clone(), CompareOp::Equal, 0)])
-            .and_then([
-                TxnOp::put(
-                    my_key.clone(),
-                    value,
-                    Some(PutOptions::new().with_lease(holding.lease())),
-                ),
-                TxnOp::get(dir.clone(), Some(owner_get.clone())),
-            ])
+            .and_then([put.clone(), TxnOp::get(dir.clone(), Some(owner_get.clone()))])
             .or_else([
                 TxnOp::get(my_key.clone(), None),
                 TxnOp::get(dir.clone(), Some(owner_get)),
             ]);
-        let (resp, echoes) = inner
-            .cluster
-            .call_counting_echoes("queueing for the lock", |mut cl| {
-                let txn = txn.clone();
-                async move { cl.txn(txn).await }
-            })
-            .await;
+        let txn = Txn::new()
+            .when([Compare::create_revision(dir.clone(), CompareOp::Equal, 0).with_prefix()])
+            .and_then([put])
+            .or_else([TxnOp::txn(queue)]);
+        let (resp, echoes) = inner.cluster.txn_counting_echoes("queueing for the lock", &txn).await;
         queued.echoes = echoes;
         let resp = resp?;
+        let revision = resp.header().map_or(0, |h| h.revision());
         let mut owner_rev = 0;
-        for op in resp.op_responses() {
-            match op {
-                TxnOpResponse::Get(g)
-                    if g.kvs().first().is_some_and(|kv| kv.key() == my_key.as_bytes()) && !resp.succeeded() =>
-                {
-                    queued.rev = g.kvs()[0].create_revision();
-                }
-                TxnOpResponse::Get(g) => owner_rev = g.kvs().first().map_or(0, |kv| kv.create_revision()),
-                _ => {}
-            }
-        }
         if resp.succeeded() {
-            queued.rev = resp.header().map_or(0, |h| h.revision());
+            (queued.rev, owner_rev) = (revision, revision);
+        }
+        for op in resp.op_responses() {
+            let TxnOpResponse::Txn(queue) = op else { continue };
+            if queue.succeeded() {
+                queued.rev = revision;
+            }
+            for op in queue.op_responses() {
+                match op {
+                    TxnOpResponse::Get(g)
+                        if g.kvs().first().is_some_and(|kv| kv.key() == my_key.as_bytes()) && !queue.succeeded() =>
+                    {
+                        queued.rev = g.kvs()[0].create_revision();
+                    }
+                    TxnOpResponse::Get(g) => owner_rev = g.kvs().first().map_or(0, |kv| kv.create_revision()),
+                    _ => {}
+                }
+            }
         }
         if queued.rev == 0 {
             return Err(LockError::Backend {
