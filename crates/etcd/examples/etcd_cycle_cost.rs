@@ -4,7 +4,7 @@
 //! divided by the cycles), client CPU per cycle (this process's threads' run time, from
 //! `/proc/self/task/*/schedstat`), and the latency medians in interleaved rounds.
 //!
-//! `cargo run --release -p fencelock-etcd --example cycle_cost -- [CYCLES]` (starts its
+//! `cargo run --release -p fencelock-etcd --example etcd_cycle_cost -- [CYCLES]` (starts its
 //! own etcd on free loopback ports, stops it at the end).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -100,6 +100,8 @@ async fn main() {
         same: true,
     };
     let same_key = "fencelock/k-same/0123456789abcdef.00000000";
+    // The raw minimum with a key as long as ours.
+    let long_key = "fencelock/k-long/0123456789abcdef.00000000";
     for _ in 0..100 {
         ours.acquire("k-ours", &opts).await.unwrap().release().await.unwrap();
         raw.cycle("raw/k", Instant::now()).await;
@@ -157,11 +159,11 @@ async fn main() {
     }
     // Latency, one cycle of each subject in turn, the order rotated every cycle (the
     // first of a turn was seen to pay up to 100 µs more on a busy machine).
-    let mut v: [Vec<Duration>; 6] = Default::default();
+    let mut v: [Vec<Duration>; 8] = Default::default();
     for i in 0..n {
-        for j in 0..3 {
+        for j in 0..4 {
             let t = Instant::now();
-            match (i + j) % 3 {
+            match (i + j) % 4 {
                 0 => {
                     let l = ours.acquire("k-ours", &opts).await.unwrap();
                     v[0].push(t.elapsed());
@@ -172,17 +174,21 @@ async fn main() {
                     v[2].push(raw.cycle("raw/k", t).await);
                     v[3].push(t.elapsed());
                 }
-                _ => {
+                2 => {
                     v[4].push(same.cycle(same_key, t).await);
                     v[5].push(t.elapsed());
+                }
+                _ => {
+                    v[6].push(raw.cycle(long_key, t).await);
+                    v[7].push(t.elapsed());
                 }
             }
         }
     }
     let m: Vec<f64> = v.iter_mut().map(|x| p50(x).as_secs_f64() * 1e6).collect();
     println!(
-        "p50 µs (acquire/cycle): ours {:.0}/{:.0}  raw {:.0}/{:.0}  raw with the old acquire Txn (put + owner read) {:.0}/{:.0}  => ours/raw cycle {:.3}x acquire {:.3}x",
-        m[0], m[1], m[2], m[3], m[4], m[5], m[1] / m[3], m[0] / m[2]
+        "p50 µs (acquire/cycle): ours {:.0}/{:.0}  raw {:.0}/{:.0}  raw with the old acquire Txn (put + owner read) {:.0}/{:.0}  raw with our key's length {:.0}/{:.0}  => ours/raw cycle {:.3}x acquire {:.3}x",
+        m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[1] / m[3], m[0] / m[2]
     );
     ours.close().await.unwrap();
 }
