@@ -65,3 +65,35 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::sync::oneshot;
+
+    #[tokio::test]
+    async fn completed_work_returns_its_output_in_the_callers_task() {
+        assert_eq!(finish_on_drop(async { 7 }).await, 7);
+    }
+
+    #[tokio::test]
+    async fn work_dropped_midway_is_finished_in_the_background() {
+        let (go, wait) = oneshot::channel::<()>();
+        let (finished, done) = oneshot::channel::<()>();
+        let mut work = Box::pin(finish_on_drop(async move {
+            let _ = wait.await;
+            let _ = finished.send(());
+        }));
+        // Poll it once, so it is midway (waiting for `go`), then drop it.
+        tokio::select! {
+            biased;
+            _ = &mut work => unreachable!("it waits for `go`"),
+            _ = std::future::ready(()) => {}
+        }
+        drop(work);
+        go.send(()).unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(5), done).await;
+        assert!(matches!(outcome, Ok(Ok(()))), "the dropped work did not finish");
+    }
+}
