@@ -121,7 +121,13 @@ pub(crate) async fn delete_key(c: &Cluster, key: &str, rev: i64) -> Result<bool>
     let txn = Txn::new()
         .when([Compare::create_revision(key.to_owned(), CompareOp::Equal, rev)])
         .and_then([TxnOp::delete(key.to_owned(), None)]);
-    Ok(c.txn("deleting the lock key", &txn).await?.succeeded())
+    let r = c
+        .call("deleting the lock key", |mut cl| {
+            let txn = txn.clone();
+            async move { cl.txn(txn).await }
+        })
+        .await?;
+    Ok(r.succeeded())
 }
 
 /// Deletes a key by name, for a queue key whose put went unanswered (its create revision

@@ -46,7 +46,6 @@ mod client;
 mod config;
 mod election;
 mod error;
-mod finish;
 mod grant;
 mod lock;
 mod queue;
