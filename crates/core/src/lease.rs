@@ -246,8 +246,7 @@ impl Shared {
     /// Moves the lease to `Released` (the holder released or dropped it): nothing renews it
     /// any more, and a live lease's hold ends for the metrics.
     fn set_released(&self) {
-        self.finished.store(true, Ordering::Release);
-        self.unschedule();
+        self.stop_renewing();
         let mut was_live = false;
         self.status.send_modify(|s| {
             was_live = s.state.is_live();
@@ -278,6 +277,13 @@ impl Shared {
             .map_or(status.valid_until, |due| due.min(status.valid_until));
         drop(r);
         timer.schedule(self.entry, at, self.me.clone() as Weak<dyn Due>);
+    }
+
+    /// The holder is done with the lease: it is never scheduled again (a renewal in flight
+    /// may still land; it schedules nothing).
+    fn stop_renewing(&self) {
+        self.finished.store(true, Ordering::Release);
+        self.unschedule();
     }
 
     fn unschedule(&self) {
@@ -385,7 +391,7 @@ impl Lease {
                 failures: 0,
             }),
             metrics: Default::default(),
-            timer: Timer::current(),
+            timer: runtime.as_ref().map(Timer::of),
             entry: Timer::entry(),
             me: me.clone(),
             finished: AtomicBool::new(false),
@@ -606,9 +612,7 @@ impl Lease {
     /// again from a background task. Either way the lease is `Released` at once.
     pub async fn release(mut self) -> Result<()> {
         self.finished = true;
-        // No renewal from here on (one in flight may still land; it schedules nothing).
-        self.shared.finished.store(true, Ordering::Release);
-        self.shared.unschedule();
+        self.shared.stop_renewing();
         let shared = Arc::clone(&self.shared);
         let runtime = self.runtime.clone();
         let span = tracing::info_span!("fencelock.release", key = %shared.key, token = %shared.token);

@@ -92,9 +92,11 @@ impl<L: DistributedLock> Metered<L> {
             return;
         }
         // Ended before the labels were attached: the lease could not record it itself.
-        if !lease.watch().borrow().state.is_live() {
-            let lost = matches!(lease.watch().borrow().state, crate::lease::LeaseState::Lost(_));
-            lease.metrics().ended(lost);
+        let state = lease.watch().borrow().state.clone();
+        if !state.is_live() {
+            lease
+                .metrics()
+                .ended(matches!(state, crate::lease::LeaseState::Lost(_)));
         }
     }
 }

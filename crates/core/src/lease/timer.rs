@@ -70,8 +70,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Timer {
     /// The timer of the runtime this is called in, started on first use; `None` outside a
     /// tokio runtime.
+    #[cfg(test)]
     pub(super) fn current() -> Option<Timer> {
-        let handle = Handle::try_current().ok()?;
+        Handle::try_current().ok().map(|h| Timer::of(&h))
+    }
+
+    /// The timer of the runtime `handle` belongs to, started on first use.
+    pub(super) fn of(handle: &Handle) -> Timer {
         let id = handle.id();
         let cached = CACHED.with(|c| {
             c.borrow()
@@ -80,7 +85,7 @@ impl Timer {
                 .map(|(_, t)| t.clone())
         });
         if let Some(t) = cached {
-            return Some(t);
+            return t;
         }
         let timer = {
             let mut timers = lock(&TIMERS);
@@ -101,7 +106,7 @@ impl Timer {
             }
         };
         CACHED.with(|c| *c.borrow_mut() = Some((id, timer.clone())));
-        Some(timer)
+        timer
     }
 
     /// A fresh entry id (an entry is one lease).
