@@ -45,7 +45,7 @@ pub use input::{bad_input_is_rejected, keys_are_independent};
 pub use removal::removed_grant_is_noticed;
 pub use resources::resources_do_not_grow;
 pub use tokens::{mutual_exclusion_under_contention, tokens_increase_with_each_grant};
-pub use unanswered::unanswered_request_leaves_nothing_behind;
+pub use unanswered::{release_whose_answer_is_lost_is_not_reported_lost, unanswered_request_leaves_nothing_behind};
 pub use validity::{dead_on_arrival_grant_is_not_handed_out, long_wait_grants_full_validity};
 
 /// Makes independent clients of one backend: each call is a new connection (or instance)
@@ -120,6 +120,7 @@ pub const ALL: &[&str] = &[
     "dead_on_arrival_grant_is_not_handed_out",
     "removed_grant_is_noticed",
     "unanswered_request_leaves_nothing_behind",
+    "release_whose_answer_is_lost_is_not_reported_lost",
     "cancelled_methods_leave_nothing_held",
     "resources_do_not_grow",
     "awkward_keys_work",
@@ -147,6 +148,7 @@ pub async fn run_all(f: &dyn Fixture, cfg: &SuiteConfig) {
     dead_on_arrival_grant_is_not_handed_out(f, cfg).await;
     removed_grant_is_noticed(f, cfg).await;
     unanswered_request_leaves_nothing_behind(f, cfg).await;
+    release_whose_answer_is_lost_is_not_reported_lost(f, cfg).await;
     cancelled_methods_leave_nothing_held(f, cfg).await;
     resources_do_not_grow(f, cfg).await;
     awkward_keys_work(f, cfg).await;
@@ -169,7 +171,8 @@ macro_rules! conformance_suite {
             auto_renew_keeps_lease, loss_is_observable, validity_counts_from_send,
             bad_input_is_rejected, keys_are_independent, long_wait_grants_full_validity,
             dead_on_arrival_grant_is_not_handed_out, removed_grant_is_noticed,
-            unanswered_request_leaves_nothing_behind, cancelled_methods_leave_nothing_held,
+            unanswered_request_leaves_nothing_behind, release_whose_answer_is_lost_is_not_reported_lost,
+            cancelled_methods_leave_nothing_held,
             resources_do_not_grow, awkward_keys_work);
     };
     // One test per name, each calling that function of `$module` (also the election suite's).

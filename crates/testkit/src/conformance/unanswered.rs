@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use fencelock_core::LockOptions;
+use fencelock_core::{LockError, LockOptions};
 
 use super::{shared_gate, within, Fixture, SuiteConfig, LONG_TTL};
 use crate::keys::unique_key;
@@ -71,6 +71,65 @@ pub async fn unanswered_request_leaves_nothing_behind(f: &dyn Fixture, cfg: &Sui
         next.release().await.expect("release");
         let left = settle(cfg.slack * 2, || f.records(&key), |n| n == 0).await;
         assert_eq!(left, 0, "records of the key left on the server (waiting={waiting})");
+    }
+    drop(cut);
+}
+
+/// A release whose answer is lost after the server carried it out — the answer is held
+/// by the network, then delivered late (`Pass`), or the connection is cut under it
+/// (`Reset`) — is never reported as a lost lease: the lease was ours until the release.
+/// A client may repeat the request (on another member, or on a new connection); a repeat
+/// that finds our grant already gone must not be read as "taken from us". With the answer
+/// delivered the release is `Ok`; with the connection cut it is `Ok` or an error saying the
+/// outcome is unknown — never `LeaseLost`. Either way the key is free at once.
+///
+/// Found as a false "lost" from `fencelock run` on a loaded three-member etcd cluster: a
+/// guarded delete outlasted its share of the request timeout, was sent again to another
+/// member, and the repeat's failed compare was reported as the lease lost.
+pub async fn release_whose_answer_is_lost_is_not_reported_lost(f: &dyn Fixture, cfg: &SuiteConfig) {
+    let _gate = shared_gate().await;
+    let Some(cut) = f.proxied_client(REQUEST_TIMEOUT * 2).await else {
+        return; // no network: no answer can be lost
+    };
+    let other = f.client().await;
+    let opts = LockOptions::new().with_ttl(LONG_TTL).with_auto_renew(false);
+    for heal in [Mode::Pass, Mode::Reset] {
+        let key = unique_key("release-answer-lost");
+        // One whole cycle first, so that what a client loads once (Redis scripts: a first
+        // `EVALSHA` is answered "no script" and needs that answer) is loaded.
+        within(cfg.slack, "a cycle before the fault", async {
+            let warm = cut.client.acquire(&key, &opts).await.expect("acquire before the fault");
+            warm.release().await.expect("release before the fault");
+        })
+        .await;
+        let lease = within(cfg.slack, "acquire before the fault", cut.client.acquire(&key, &opts))
+            .await
+            .expect("acquire before the fault");
+        cut.set_to_client(Mode::Blackhole);
+        let release = tokio::spawn(lease.release());
+        // The server carries the release out; its answer stays in the network.
+        let left = settle(cfg.slack * 2, || f.records(&key), |n| n == 0).await;
+        assert_eq!(left, 0, "the release never reached the server ({heal:?})");
+        cut.set(heal);
+        cut.set(Mode::Pass);
+        let released = within(REQUEST_TIMEOUT * 8 + cfg.slack, "the release whose answer was lost", release)
+            .await
+            .expect("release task");
+        match (&released, heal) {
+            (Ok(()), _) => {}
+            (Err(LockError::LeaseLost { reason, .. }), _) => panic!(
+                "a release the server carried out was reported as a lost lease ({reason}) after its answer was lost ({heal:?})"
+            ),
+            (Err(e), Mode::Pass) => panic!("a release whose answer was delivered late failed: {e}"),
+            (Err(_), _) => {} // the connection was cut: an unknown outcome may be an error
+        }
+        let next = within(cfg.slack, "another client after the release", other.try_acquire(&key, &opts))
+            .await
+            .expect("try_acquire after the release");
+        assert!(next.is_some(), "the key is still held after its release ({heal:?})");
+        if let Some(next) = next {
+            next.release().await.expect("release");
+        }
     }
     drop(cut);
 }
