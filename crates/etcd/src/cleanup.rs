@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use fencelock_core::waiting::jitter;
-use fencelock_core::Result;
+use fencelock_core::{LockError, Result};
 use tokio::sync::watch;
 
 use crate::client::Cluster;
@@ -128,6 +128,53 @@ pub(crate) async fn delete_key(c: &Cluster, key: &str, rev: i64) -> Result<bool>
         })
         .await?;
     Ok(r.succeeded())
+}
+
+/// A release's delete of our key (created at `rev`, riding on `lease`): `true` when the key
+/// was ours until this delete.
+///
+/// A delete that went out more than once (a try cut off by its share of the timeout, or
+/// failed on the way, then repeated, perhaps on another member) may find the key already
+/// gone because an earlier try deleted it: the compare alone would then call a lease lost
+/// that was ours to the end. So when a repeat finds nothing, the key's lease is read: a
+/// lease that is still alive never expired, so its keys were not deleted by expiry, and
+/// the earlier try is what deleted ours — released. A lease that is gone means the key
+/// may have expired first: not held, the conservative answer. Left ambiguous: an operator
+/// deleting the key by hand in the same moment as our repeated release (then "released").
+///
+/// # Errors
+/// The delete's error; an `Unavailable` error saying the outcome is unknown when the
+/// follow-up read fails.
+pub(crate) async fn release_key(c: &Cluster, key: &str, rev: i64, lease: i64) -> Result<bool> {
+    let txn = Txn::new()
+        .when([Compare::create_revision(key.to_owned(), CompareOp::Equal, rev)])
+        .and_then([TxnOp::delete(key.to_owned(), None)]);
+    let (r, echoes) = c
+        .call_counting_echoes("deleting the lock key", |mut cl| {
+            let txn = txn.clone();
+            async move { cl.txn(txn).await }
+        })
+        .await;
+    let r = r?;
+    if r.succeeded() || !echoes {
+        return Ok(r.succeeded());
+    }
+    let alive = c
+        .call("reading the lease of a lock key whose delete was repeated", |mut cl| async move {
+            cl.lease_time_to_live(lease, None).await
+        })
+        .await;
+    match alive {
+        Ok(l) => Ok(l.ttl() > 0),
+        Err(e) if lease_gone(&e) => Ok(false),
+        Err(e) => Err(LockError::Unavailable {
+            message: format!(
+                "the release of `{key}` was sent more than once and the key is gone; whether an earlier try deleted it \
+                 could not be settled: {e}"
+            ),
+            source: Some(Box::new(e)),
+        }),
+    }
 }
 
 /// Deletes a key by name, for a queue key whose put went unanswered (its create revision

@@ -15,7 +15,7 @@ use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use fencelock_core::{LeaseOps, LockError, Result};
 use tokio::time::Instant;
 
-use crate::cleanup::{delete_key, revoke, until_confirmed};
+use crate::cleanup::{release_key, revoke, until_confirmed};
 use crate::lock::Inner;
 use crate::session::Session;
 use crate::slots::Slot;
@@ -247,7 +247,7 @@ impl LeaseOps for EtcdGrant {
                 // never deletes the key under us (which would turn this release's answer
                 // into "not held"); if the delete is not confirmed, the check deletes the
                 // now unclaimed key at its next period.
-                let deleted = delete_key(&c, &self.key, self.rev).await;
+                let deleted = release_key(&c, &self.key, self.rev, session.id).await;
                 session.unclaim(*claim);
                 if let (Ok(_), false, Some(slot)) = (&deleted, self.echoes, self.take_slot()) {
                     slot.free();
@@ -258,7 +258,8 @@ impl LeaseOps for EtcdGrant {
                 // One transaction decides the answer; the leases are revoked afterwards in
                 // the background (they carry nothing of ours any more, or — if the delete
                 // was not confirmed — revoking them deletes the key).
-                let deleted = delete_key(&c, &self.key, self.rev).await;
+                let current = self.own().map_or(0, |o| o.current);
+                let deleted = release_key(&c, &self.key, self.rev, current).await;
                 let leases: Vec<i64> = self
                     .own()
                     .map(|o| {

@@ -274,17 +274,50 @@ impl RedisNode {
         doing: &'static str,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T> {
+        self.invoke_repeatable(doing, invocation).await.map(|(v, _)| v)
+    }
+
+    /// [`invoke_idempotent`](Self::invoke_idempotent), also saying whether the script was
+    /// sent twice: then the first try may have run on the server unheard, and an answer
+    /// that depends on the state it left (a release finding our grant gone) is ambiguous.
+    async fn invoke_repeatable<T: redis::FromRedisValue>(
+        &self,
+        doing: &'static str,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<(T, bool)> {
         let mut conn = self.connection().await?;
         match invocation.invoke_async(&mut conn).await {
-            Ok(v) => Ok(v),
+            Ok(v) => Ok((v, false)),
             Err(e) if e.is_connection_dropped() || e.is_io_error() => {
                 tracing::debug!(error = %e, "{doing}: connection dropped; trying once more");
                 invocation
                     .invoke_async(&mut conn)
                     .await
+                    .map(|v| (v, true))
                     .map_err(|e| self.failed(doing, e))
             }
             Err(e) => Err(self.failed(doing, e)),
+        }
+    }
+
+    /// A release script's answer (`1`: our grant was deleted). When the script had to be
+    /// sent twice and the second try found our grant gone, the first try may have deleted
+    /// it unheard — or the grant was gone before (expired, a server restart without
+    /// persistence, an operator): Redis keeps no trace that tells them apart, so the
+    /// answer is an `Unavailable` error saying the outcome is unknown, never "not held"
+    /// (which would tell the holder its lock was taken when it was not).
+    fn released(&self, answer: (i64, bool)) -> Result<bool> {
+        match answer {
+            (1, _) => Ok(true),
+            (_, false) => Ok(false),
+            (_, true) => Err(LockError::Unavailable {
+                message: format!(
+                    "the release's connection to {} dropped after it was sent and the repeat found the grant gone: \
+                     released by the first try, or lost before it (expired, a server restart) — unknown",
+                    self.server()
+                ),
+                source: None,
+            }),
         }
     }
 
@@ -492,6 +525,11 @@ impl RedisNode {
     /// Cancel safe in effect: dropped in flight, the delete may or may not happen; it is
     /// idempotent, and `Lease::release` sends it again from a background task when its own
     /// future is dropped.
+    ///
+    /// # Errors
+    /// The server's or connection's error; `Unavailable` when the connection dropped after
+    /// the script was sent and the repeat found our grant gone (the outcome is unknown: see
+    /// [`released`](Self::released)). The same for the two other release methods.
     pub async fn release(&self, key: &str, grant: &str) -> Result<bool> {
         let _cleanup = self.cleanup();
         let mut invocation = RELEASE.prepare_invoke();
@@ -503,8 +541,8 @@ impl RedisNode {
             .arg(grant)
             .arg(self.inner.keys.waiter_channels(key))
             .arg(claim_ms());
-        let n: i64 = self.invoke_idempotent("release script", &invocation).await?;
-        Ok(n == 1)
+        let answer = self.invoke_repeatable("release script", &invocation).await?;
+        self.released(answer)
     }
 
     /// Like [`release`](Self::release), and raises the key's token counter on this node to
@@ -521,8 +559,8 @@ impl RedisNode {
             .arg(self.inner.keys.waiter_channels(key))
             .arg(claim_ms())
             .arg(token);
-        let n: i64 = self.invoke_idempotent("release script", &invocation).await?;
-        Ok(n == 1)
+        let answer = self.invoke_repeatable("release script", &invocation).await?;
+        self.released(answer)
     }
 
     /// Deletes the key if it holds `grant` (raising the token counter to `raise` first, when
@@ -540,8 +578,8 @@ impl RedisNode {
             .key(keys.counter(key))
             .arg(grant)
             .arg(raise.map_or_else(String::new, |t| t.to_string()));
-        let n: i64 = self.invoke_idempotent("release script", &invocation).await?;
-        Ok(n == 1)
+        let answer = self.invoke_repeatable("release script", &invocation).await?;
+        self.released(answer)
     }
 
     /// The four keys the queue scripts take: lock, counter, queue, reservation.
