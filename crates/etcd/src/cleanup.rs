@@ -121,13 +121,7 @@ pub(crate) async fn delete_key(c: &Cluster, key: &str, rev: i64) -> Result<bool>
     let txn = Txn::new()
         .when([Compare::create_revision(key.to_owned(), CompareOp::Equal, rev)])
         .and_then([TxnOp::delete(key.to_owned(), None)]);
-    let r = c
-        .call("deleting the lock key", |mut cl| {
-            let txn = txn.clone();
-            async move { cl.txn(txn).await }
-        })
-        .await?;
-    Ok(r.succeeded())
+    Ok(c.txn("deleting the lock key", &txn).await?.succeeded())
 }
 
 /// A release's delete of our key (created at `rev`, riding on `lease`): `true` when the key

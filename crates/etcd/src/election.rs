@@ -159,9 +159,9 @@ impl Election for EtcdElection {
     /// then waits as the lock does: watching only the key just before ours.
     ///
     /// # Cancel safety
-    /// Cancel safe: the put runs in a task of its own, and a candidate key whose campaign
-    /// is gone is deleted in the background at once (an own lease is revoked), as a
-    /// dropped lock waiter's.
+    /// Cancel safe: a put the caller drops midway is finished in a task of its own, and a
+    /// candidate key whose campaign is gone is deleted in the background at once (an own
+    /// lease is revoked), as a dropped lock waiter's.
     #[tracing::instrument(level = "debug", skip(self, value, opts), fields(backend = "etcd", term))]
     async fn campaign(&self, name: &str, value: &[u8], opts: &LockOptions) -> Result<Leadership> {
         validate_value(value)?;

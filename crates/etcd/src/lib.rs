@@ -46,6 +46,7 @@ mod client;
 mod config;
 mod election;
 mod error;
+mod finish;
 mod grant;
 mod lock;
 mod queue;

@@ -245,11 +245,12 @@ impl EtcdLock {
 
 #[async_trait]
 impl DistributedLock for EtcdLock {
-    /// One transaction: our key put and the owner read together.
+    /// One transaction: our key put alone when the lock's directory is empty, else our key
+    /// put and the owner read together.
     ///
     /// # Cancel safety
-    /// Cancel safe: the request runs in a task of its own; a grant or queue entry it makes
-    /// after the caller is gone is undone in the background.
+    /// Cancel safe: a request the caller drops midway is finished in a task of its own; a
+    /// grant or queue entry it makes after the caller is gone is undone in the background.
     #[tracing::instrument(level = "debug", skip(self, opts), fields(backend = "etcd"))]
     async fn try_acquire(&self, key: &str, opts: &LockOptions) -> Result<Option<Lease>> {
         validate_key(key)?;

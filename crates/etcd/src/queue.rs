@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse};
-use fencelock_core::waiting::detached;
 use fencelock_core::{LockError, LockOptions, Result};
 use tokio::time::Instant;
 
 use crate::cleanup::{delete_key, delete_name, revoke, until_confirmed};
 use crate::error::BACKEND;
+use crate::finish::finish_on_drop;
 use crate::lock::Inner;
 use crate::session::Session;
 use crate::slots::Slot;
@@ -141,9 +141,9 @@ async fn holding(inner: &Arc<Inner>, opts: &LockOptions, own: bool) -> Result<Ho
     })
 }
 
-/// Puts our key with the lease and reads the current owner, in one transaction. Runs in
-/// its own task: if the caller is gone when it completes, the `Queued` is dropped there,
-/// which undoes the entry.
+/// Puts our key with the lease and reads the current owner, in one transaction. Runs to
+/// its end even when the caller drops it ([`finish_on_drop`]): if the caller is gone when
+/// it completes, the `Queued` is dropped in the background, which undoes the entry.
 pub(crate) async fn enqueue(inner: Arc<Inner>, key: &str, opts: &LockOptions) -> Result<Queued> {
     enqueue_with_value(inner, key, Vec::new(), opts).await
 }
@@ -157,7 +157,7 @@ pub(crate) async fn enqueue_with_value(
     opts: &LockOptions,
 ) -> Result<Queued> {
     let (key, opts) = (key.to_owned(), *opts);
-    detached(BACKEND, async move {
+    finish_on_drop(async move {
         let cfg = &inner.cluster.cfg;
         let dir = cfg.lock_dir(&key);
         let slot = inner.slots.take(&dir);
@@ -183,47 +183,55 @@ pub(crate) async fn enqueue_with_value(
             owner: false,
             armed: true,
         };
+        // The directory is empty (a compare over a range with no key compares as one
+        // create revision 0): our put alone, and we own the lock — the raw minimum's
+        // create-if-absent, no read. Otherwise, as etcd's mutex does: our put if our key
+        // is not there yet (else it is read: an echo of an earlier try landed), and the
+        // oldest key of the directory read with it, in one nested transaction.
+        let put = TxnOp::put(
+            my_key.clone(),
+            value,
+            Some(PutOptions::new().with_lease(holding.lease())),
+        );
         let owner_get = GetOptions::new()
             .with_prefix()
             .with_sort(SortTarget::Create, SortOrder::Ascend)
             .with_limit(1);
-        let txn = Txn::new()
+        let queue = Txn::new()
             .when([Compare::create_revision(my_key.clone(), CompareOp::Equal, 0)])
-            .and_then([
-                TxnOp::put(
-                    my_key.clone(),
-                    value,
-                    Some(PutOptions::new().with_lease(holding.lease())),
-                ),
-                TxnOp::get(dir.clone(), Some(owner_get.clone())),
-            ])
+            .and_then([put.clone(), TxnOp::get(dir.clone(), Some(owner_get.clone()))])
             .or_else([
                 TxnOp::get(my_key.clone(), None),
                 TxnOp::get(dir.clone(), Some(owner_get)),
             ]);
-        let (resp, echoes) = inner
-            .cluster
-            .call_counting_echoes("queueing for the lock", |mut cl| {
-                let txn = txn.clone();
-                async move { cl.txn(txn).await }
-            })
-            .await;
+        let txn = Txn::new()
+            .when([Compare::create_revision(dir.clone(), CompareOp::Equal, 0).with_prefix()])
+            .and_then([put])
+            .or_else([TxnOp::txn(queue)]);
+        let (resp, echoes) = inner.cluster.txn_counting_echoes("queueing for the lock", &txn).await;
         queued.echoes = echoes;
         let resp = resp?;
+        let revision = resp.header().map_or(0, |h| h.revision());
         let mut owner_rev = 0;
-        for op in resp.op_responses() {
-            match op {
-                TxnOpResponse::Get(g)
-                    if g.kvs().first().is_some_and(|kv| kv.key() == my_key.as_bytes()) && !resp.succeeded() =>
-                {
-                    queued.rev = g.kvs()[0].create_revision();
-                }
-                TxnOpResponse::Get(g) => owner_rev = g.kvs().first().map_or(0, |kv| kv.create_revision()),
-                _ => {}
-            }
-        }
         if resp.succeeded() {
-            queued.rev = resp.header().map_or(0, |h| h.revision());
+            (queued.rev, owner_rev) = (revision, revision);
+        }
+        for op in resp.op_responses() {
+            let TxnOpResponse::Txn(queue) = op else { continue };
+            if queue.succeeded() {
+                queued.rev = revision;
+            }
+            for op in queue.op_responses() {
+                match op {
+                    TxnOpResponse::Get(g)
+                        if g.kvs().first().is_some_and(|kv| kv.key() == my_key.as_bytes()) && !queue.succeeded() =>
+                    {
+                        queued.rev = g.kvs()[0].create_revision();
+                    }
+                    TxnOpResponse::Get(g) => owner_rev = g.kvs().first().map_or(0, |kv| kv.create_revision()),
+                    _ => {}
+                }
+            }
         }
         if queued.rev == 0 {
             return Err(LockError::Backend {

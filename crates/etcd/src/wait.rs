@@ -70,12 +70,7 @@ async fn read_place(c: &Cluster, q: &Queued) -> Result<Place> {
         TxnOp::get(q.dir.clone(), Some(older)),
         TxnOp::get(q.key.clone(), Some(GetOptions::new().with_keys_only())),
     ]);
-    let resp = c
-        .call("reading our place in the queue", |mut cl| {
-            let txn = txn.clone();
-            async move { cl.txn(txn).await }
-        })
-        .await?;
+    let resp = c.txn("reading our place in the queue", &txn).await?;
     let mut place = Place {
         older: Vec::new(),
         more: false,

@@ -202,11 +202,42 @@ async fn an_uncontended_lock_costs_two_requests() {
     for _ in 0..N {
         locks.acquire("k", &held()).await.unwrap().release().await.unwrap();
     }
-    // One transaction to acquire (put + owner read), one to release (delete guarded by
-    // our key's create revision).
+    // One transaction to acquire (put if the lock's directory is empty), one to release
+    // (delete guarded by our key's create revision).
     assert_eq!(calls("Txn") - txn, 2 * N, "two transactions per lock");
     assert_eq!(calls("DeleteRange") - delete, 0);
     assert_eq!(calls("Range") - range, 0);
     assert_eq!(calls("LeaseGrant") - grant, 0);
     assert_eq!(calls("LeaseRevoke") - revoke, 0);
+}
+
+/// etcd's count of key-range reads (`etcd_mvcc_range_total`), which also counts the range
+/// each transaction compare reads.
+fn mvcc_ranges(cluster: &EtcdCluster) -> u64 {
+    let body = fencelock_testkit::process::http(cluster.client_ports()[0], "GET", "/metrics", "").unwrap();
+    body.lines()
+        .find_map(|l| l.strip_prefix("etcd_mvcc_range_total ")?.trim().parse::<f64>().ok())
+        .unwrap() as u64
+}
+
+/// Issue 14: the uncontended acquire's transaction is the raw minimum's create-if-absent
+/// (one compare, "the lock's directory is empty", and the put), with no owner read beside
+/// it; the release's is the guarded delete (one compare). Two reads at the server per lock,
+/// as the raw minimum's two compares.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncontended_lock_reads_no_more_than_the_raw_minimum() {
+    let cluster = EtcdCluster::single();
+    let locks = EtcdLock::connect(&cluster.url("")).await.unwrap();
+    locks.acquire("warm", &held()).await.unwrap().release().await.unwrap(); // starts the session
+    const N: u64 = 20;
+    let before = mvcc_ranges(&cluster);
+    for _ in 0..N {
+        locks.acquire("k", &held()).await.unwrap().release().await.unwrap();
+    }
+    assert_eq!(
+        mvcc_ranges(&cluster) - before,
+        2 * N,
+        "one compare per transaction, no owner read"
+    );
+    locks.close().await.unwrap();
 }
