@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use fencelock_core::{DistributedLock, LockOptions};
+use fencelock_testkit::cycle_cost::{cpu_ns, p50_us, print_cpu, Readings};
 use fencelock_testkit::etcd_server::EtcdCluster;
 use fencelock_testkit::process::http;
 
@@ -25,14 +26,6 @@ fn metrics(port: u16) -> BTreeMap<String, f64> {
             Some((name.to_owned(), v.parse().ok()?))
         })
         .collect()
-}
-
-fn cpu_ns() -> u64 {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
 }
 
 struct Raw {
@@ -71,11 +64,6 @@ impl Raw {
         self.kv.txn(guarded).await.unwrap();
         acq
     }
-}
-
-fn p50(v: &mut [Duration]) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 #[tokio::main(worker_threads = 2)]
@@ -133,30 +121,30 @@ async fn main() {
         raw.cycle("raw/k", Instant::now()).await;
     }
     let (m2, c2) = (metrics(port), cpu_ns());
-    println!(
-        "client CPU per cycle: ours {} µs, raw {} µs",
-        (c1 - c0) / n as u64 / 1000,
-        (c2 - c1) / n as u64 / 1000
-    );
-    println!("{:<100} {:>10} {:>10}", "metric (per cycle)", "ours", "raw");
-    for (k, v1) in &m1 {
-        let d_ours = v1 - m0.get(k).copied().unwrap_or(0.0);
-        let d_raw = m2.get(k).copied().unwrap_or(0.0) - v1;
-        let interesting = k.contains("grpc_server_msg_received_total")
-            || k.contains("grpc_server_handled_total")
-            || k.contains("fsync_duration_seconds_count")
-            || k.contains("backend_commit_duration_seconds_count")
-            || k.contains("proposals_committed")
-            || k.contains("mvcc_put_total")
-            || k.contains("mvcc_delete_total")
-            || k.contains("mvcc_range_total")
-            || k.contains("mvcc_txn_total")
-            || k.contains("network_client_grpc_received_bytes")
-            || k.contains("network_client_grpc_sent_bytes");
-        if interesting && (d_ours != 0.0 || d_raw != 0.0) {
-            println!("{:<100} {:>10.3} {:>10.3}", k, d_ours / n as f64, d_raw / n as f64);
-        }
-    }
+    print_cpu(c0, c1, c2, n);
+    let readings = Readings {
+        before: m0,
+        between: m1,
+        after: m2,
+        cycles: n,
+    };
+    readings.print("metric (per cycle)", |k| {
+        [
+            "grpc_server_msg_received_total",
+            "grpc_server_handled_total",
+            "fsync_duration_seconds_count",
+            "backend_commit_duration_seconds_count",
+            "proposals_committed",
+            "mvcc_put_total",
+            "mvcc_delete_total",
+            "mvcc_range_total",
+            "mvcc_txn_total",
+            "network_client_grpc_received_bytes",
+            "network_client_grpc_sent_bytes",
+        ]
+        .iter()
+        .any(|m| k.contains(m))
+    });
     // Latency, one cycle of each subject in turn, the order rotated every cycle (the
     // first of a turn was seen to pay up to 100 µs more on a busy machine).
     let mut v: [Vec<Duration>; 8] = Default::default();
@@ -185,7 +173,7 @@ async fn main() {
             }
         }
     }
-    let m: Vec<f64> = v.iter_mut().map(|x| p50(x).as_secs_f64() * 1e6).collect();
+    let m: Vec<f64> = v.iter_mut().map(|x| p50_us(x)).collect();
     println!(
         "p50 µs (acquire/cycle): ours {:.0}/{:.0}  raw {:.0}/{:.0}  raw with the old acquire Txn (put + owner read) {:.0}/{:.0}  raw with our key's length {:.0}/{:.0}  => ours/raw cycle {:.3}x acquire {:.3}x",
         m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[1] / m[3], m[0] / m[2]

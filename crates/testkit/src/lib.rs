@@ -41,6 +41,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod conformance;
+pub mod cycle_cost;
 pub mod etcd_server;
 pub mod faults;
 pub mod history;

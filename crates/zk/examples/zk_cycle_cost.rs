@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use fencelock_core::{DistributedLock, LockOptions};
+use fencelock_testkit::cycle_cost::{cpu_ns, p50_us, print_cpu, Readings};
 use fencelock_testkit::process::tcp_exchange_to_eof;
 use fencelock_testkit::zk_server::ZkEnsemble;
 use zookeeper_client::{Acls, CreateMode};
@@ -27,14 +28,6 @@ fn mntr(port: u16) -> BTreeMap<String, f64> {
         .collect()
 }
 
-fn cpu_ns() -> u64 {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
-}
-
 async fn raw_cycle(client: &zookeeper_client::Client, t0: Instant) -> Duration {
     let opts = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
     let (_, seq) = client.create("/raw/k/lock-", b"", &opts).await.unwrap();
@@ -44,11 +37,6 @@ async fn raw_cycle(client: &zookeeper_client::Client, t0: Instant) -> Duration {
     let acq = t0.elapsed();
     client.delete(&format!("/raw/k/{ours}"), None).await.unwrap();
     acq
-}
-
-fn p50(v: &mut [Duration]) -> f64 {
-    v.sort();
-    v[v.len() / 2].as_secs_f64() * 1e6
 }
 
 #[tokio::main(worker_threads = 2)]
@@ -77,20 +65,16 @@ async fn main() {
         raw_cycle(&raw, Instant::now()).await;
     }
     let (m2, c2) = (mntr(port), cpu_ns());
-    println!(
-        "client CPU per cycle: ours {} µs, raw {} µs",
-        (c1 - c0) / n as u64 / 1000,
-        (c2 - c1) / n as u64 / 1000
-    );
-    println!("{:<50} {:>10} {:>10}", "mntr counter (per cycle)", "ours", "raw");
-    for (k, v1) in &m1 {
-        let d_ours = v1 - m0.get(k).copied().unwrap_or(0.0);
-        let d_raw = m2.get(k).copied().unwrap_or(0.0) - v1;
-        let counter = k.ends_with("_count") || k.contains("packets") || k.contains("bytes") || k.contains("fsync");
-        if counter && (d_ours != 0.0 || d_raw != 0.0) {
-            println!("{:<50} {:>10.3} {:>10.3}", k, d_ours / n as f64, d_raw / n as f64);
-        }
-    }
+    print_cpu(c0, c1, c2, n);
+    let readings = Readings {
+        before: m0,
+        between: m1,
+        after: m2,
+        cycles: n,
+    };
+    readings.print("mntr counter (per cycle)", |k| {
+        k.ends_with("_count") || k.contains("packets") || k.contains("bytes") || k.contains("fsync")
+    });
     let mut v: [Vec<Duration>; 4] = Default::default();
     for i in 0..n {
         for j in 0..2 {
@@ -106,7 +90,7 @@ async fn main() {
             }
         }
     }
-    let m: Vec<f64> = v.iter_mut().map(|x| p50(x)).collect();
+    let m: Vec<f64> = v.iter_mut().map(|x| p50_us(x)).collect();
     println!(
         "p50 µs (acquire/cycle): ours {:.0}/{:.0}  raw {:.0}/{:.0}  => ours/raw cycle {:.3}x acquire {:.3}x",
         m[0],
