@@ -143,12 +143,7 @@ pub(crate) async fn release_key(c: &Cluster, key: &str, rev: i64, lease: i64) ->
     let txn = Txn::new()
         .when([Compare::create_revision(key.to_owned(), CompareOp::Equal, rev)])
         .and_then([TxnOp::delete(key.to_owned(), None)]);
-    let (r, echoes) = c
-        .call_counting_echoes("deleting the lock key", |mut cl| {
-            let txn = txn.clone();
-            async move { cl.txn(txn).await }
-        })
-        .await;
+    let (r, echoes) = c.txn_counting_echoes("deleting the lock key", &txn).await;
     let r = r?;
     if r.succeeded() || !echoes {
         return Ok(r.succeeded());
