@@ -133,8 +133,9 @@ pub(crate) async fn delete_key(c: &Cluster, key: &str, rev: i64) -> Result<bool>
 /// that was ours to the end. So when a repeat finds nothing, the key's lease is read: a
 /// lease that is still alive never expired, so its keys were not deleted by expiry, and
 /// the earlier try is what deleted ours — released. A lease that is gone means the key
-/// may have expired first: not held, the conservative answer. Left ambiguous: an operator
-/// deleting the key by hand in the same moment as our repeated release (then "released").
+/// may have expired first: not held, the conservative answer. Left ambiguous: a key
+/// deleted by an operator while its lease lived, found by a repeated release (then
+/// "released"; a release sent once still reports it).
 ///
 /// # Errors
 /// The delete's error; an `Unavailable` error saying the outcome is unknown when the
@@ -154,7 +155,8 @@ pub(crate) async fn release_key(c: &Cluster, key: &str, rev: i64, lease: i64) ->
         })
         .await;
     match alive {
-        Ok(l) => Ok(l.ttl() > 0),
+        // TTL -1: expired or revoked; 0 is a lease still there with under a second left.
+        Ok(l) => Ok(l.ttl() >= 0),
         Err(e) if lease_gone(&e) => Ok(false),
         Err(e) => Err(LockError::Unavailable {
             message: format!(

@@ -95,6 +95,11 @@ struct NodeInner {
     conn: std::sync::Mutex<Option<ConnectionManager>>,
     /// Held while connecting, so concurrent first calls make one connection.
     connecting: tokio::sync::Mutex<()>,
+    /// The server's `run_id` (`INFO server`) as read when the connection was made: a
+    /// release sent twice compares it with the current one to tell "our first try deleted
+    /// the grant" from "the server restarted and forgot it" ([`RedisNode::released`]).
+    /// `None` when it could not be read (`INFO` renamed away).
+    run_id: std::sync::Mutex<Option<String>>,
     waiters: Arc<Waiters>,
     renewals: Renewals,
     cleanups: Cleanups,
@@ -137,6 +142,7 @@ impl RedisNode {
                 keys,
                 conn: std::sync::Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),
+                run_id: std::sync::Mutex::new(None),
                 waiters,
                 renewals: renewals(),
                 cleanups: Cleanups::default(),
@@ -254,6 +260,8 @@ impl RedisNode {
                 })
             }
         };
+        let run_id = tokio::time::timeout(cfg.timeout, self.read_run_id(&conn)).await.ok().flatten();
+        *self.inner.run_id.lock().unwrap_or_else(|p| p.into_inner()) = run_id;
         *self.inner.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
         Ok(conn)
     }
@@ -300,20 +308,52 @@ impl RedisNode {
         }
     }
 
-    /// A release script's answer (`1`: our grant was deleted). When the script had to be
-    /// sent twice and the second try found our grant gone, the first try may have deleted
-    /// it unheard — or the grant was gone before (expired, a server restart without
-    /// persistence, an operator): Redis keeps no trace that tells them apart, so the
-    /// answer is an `Unavailable` error saying the outcome is unknown, never "not held"
-    /// (which would tell the holder its lock was taken when it was not).
-    fn released(&self, answer: (i64, bool)) -> Result<bool> {
+    /// The server's `run_id`, new at every start of the server; `None` if `INFO` fails.
+    async fn read_run_id(&self, conn: &ConnectionManager) -> Option<String> {
+        let info: String = redis::cmd("INFO").arg("server").query_async(&mut conn.clone()).await.ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_owned())
+    }
+
+    /// A release script's answer (`1`: our grant was deleted), settled when the script had
+    /// to be sent twice and the second try found our grant gone: the first try may have
+    /// deleted it unheard, or the grant was gone before. The server's `run_id` tells the
+    /// case that matters apart — a restart (without persistence it forgets every grant;
+    /// also what drops the connection): the same `run_id` as when we connected means no
+    /// restart, so the first try deleted our grant (released); another one means a
+    /// restart, so the grant may have been lost before (not held, the conservative
+    /// answer). Left ambiguous: a grant removed by an operator's `DEL` or by eviction in
+    /// the same moment as a repeated release (then "released").
+    ///
+    /// # Errors
+    /// `Unavailable` (outcome unknown) when the `run_id` cannot be read now or was not at
+    /// connect.
+    async fn released(&self, answer: (i64, bool)) -> Result<bool> {
         match answer {
-            (1, _) => Ok(true),
-            (_, false) => Ok(false),
-            (_, true) => Err(LockError::Unavailable {
+            (1, _) => return Ok(true),
+            (_, false) => return Ok(false),
+            (_, true) => {}
+        }
+        let then = self.inner.run_id.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let now = match self.connection().await {
+            Ok(conn) => tokio::time::timeout(self.inner.cfg.timeout, self.read_run_id(&conn))
+                .await
+                .ok()
+                .flatten(),
+            Err(_) => None,
+        };
+        match (then, now) {
+            (Some(then), Some(now)) if then == now => Ok(true),
+            (Some(_), Some(now)) => {
+                *self.inner.run_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
+                Ok(false)
+            }
+            _ => Err(LockError::Unavailable {
                 message: format!(
                     "the release's connection to {} dropped after it was sent and the repeat found the grant gone: \
-                     released by the first try, or lost before it (expired, a server restart) — unknown",
+                     released by the first try, or lost before it (a server restart) — unknown, the server's \
+                     run_id could not be read",
                     self.server()
                 ),
                 source: None,
@@ -528,8 +568,9 @@ impl RedisNode {
     ///
     /// # Errors
     /// The server's or connection's error; `Unavailable` when the connection dropped after
-    /// the script was sent and the repeat found our grant gone (the outcome is unknown: see
-    /// [`released`](Self::released)). The same for the two other release methods.
+    /// the script was sent, the repeat found our grant gone and whether the server
+    /// restarted in between cannot be read (see [`released`](Self::released)). The same
+    /// for the two other release methods.
     pub async fn release(&self, key: &str, grant: &str) -> Result<bool> {
         let _cleanup = self.cleanup();
         let mut invocation = RELEASE.prepare_invoke();
@@ -542,7 +583,7 @@ impl RedisNode {
             .arg(self.inner.keys.waiter_channels(key))
             .arg(claim_ms());
         let answer = self.invoke_repeatable("release script", &invocation).await?;
-        self.released(answer)
+        self.released(answer).await
     }
 
     /// Like [`release`](Self::release), and raises the key's token counter on this node to
@@ -560,7 +601,7 @@ impl RedisNode {
             .arg(claim_ms())
             .arg(token);
         let answer = self.invoke_repeatable("release script", &invocation).await?;
-        self.released(answer)
+        self.released(answer).await
     }
 
     /// Deletes the key if it holds `grant` (raising the token counter to `raise` first, when
@@ -579,7 +620,7 @@ impl RedisNode {
             .arg(grant)
             .arg(raise.map_or_else(String::new, |t| t.to_string()));
         let answer = self.invoke_repeatable("release script", &invocation).await?;
-        self.released(answer)
+        self.released(answer).await
     }
 
     /// The four keys the queue scripts take: lock, counter, queue, reservation.
