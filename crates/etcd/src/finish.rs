@@ -43,12 +43,18 @@ where
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         // Polled again after it completed: nothing left to do, and nothing will wake it.
-        let Some(work) = self.work.as_mut() else {
+        // Out of `self` while polled: if the work panics, `Drop` finds nothing to finish
+        // (a panicked future must not be polled again in the background).
+        let Some(mut work) = self.work.take() else {
             return Poll::Pending;
         };
-        let out = std::task::ready!(work.as_mut().poll(cx));
-        self.work = None;
-        Poll::Ready(out)
+        match work.as_mut().poll(cx) {
+            Poll::Ready(out) => Poll::Ready(out),
+            Poll::Pending => {
+                self.work = Some(work);
+                Poll::Pending
+            }
+        }
     }
 }
 
