@@ -57,9 +57,9 @@ impl Cluster {
     /// balances over the endpoints, so another member may
     /// take it. Every request we send is safe to repeat: puts are guarded by a compare on
     /// our own key (a put that did land is found by the retry's else branch), a delete is
-    /// guarded by our key's create revision (a repeat after one that landed finds nothing,
-    /// and release then conservatively reports the lease lost; it can never remove a newer
-    /// key of the same name), reads and keep-alives are idempotent, and a duplicate lease
+    /// guarded by our key's create revision (it can never remove a newer key of the same
+    /// name; a repeat after one that landed finds nothing, which the release settles by
+    /// reading the key's lease: [`crate::cleanup::release_key`]), reads and keep-alives are idempotent, and a duplicate lease
     /// grant only leaves a lease that expires unused.
     pub async fn call<T, F, Fut>(&self, doing: &'static str, op: F) -> Result<T>
     where

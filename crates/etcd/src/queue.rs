@@ -185,9 +185,9 @@ pub(crate) async fn enqueue_with_value(
         };
         // The directory is empty (a compare over a range with no key compares as one
         // create revision 0): our put alone, and we own the lock — the raw minimum's
-        // create-if-absent, no read. Otherwise, as etcd's mutex does: our put if our key
-        // is not there yet (else it is read: an echo of an earlier try landed), and the
-        // oldest key of the directory read with it, in one nested transaction.
+        // create-if-absent, no read. Otherwise, in one nested transaction: our put if our
+        // key is not there yet (we queue: an older key exists); else — an echo of an
+        // earlier try landed — our key and the directory's oldest key are read.
         let put = TxnOp::put(
             my_key.clone(),
             value,
@@ -199,7 +199,9 @@ pub(crate) async fn enqueue_with_value(
             .with_limit(1);
         let queue = Txn::new()
             .when([Compare::create_revision(my_key.clone(), CompareOp::Equal, 0)])
-            .and_then([put.clone(), TxnOp::get(dir.clone(), Some(owner_get.clone()))])
+            // Our key is new and an older one exists (the outer compare saw the directory
+            // non-empty, in the same transaction): we queue, no owner read needed.
+            .and_then([put.clone()])
             .or_else([
                 TxnOp::get(my_key.clone(), None),
                 TxnOp::get(dir.clone(), Some(owner_get)),
