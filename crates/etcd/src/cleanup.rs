@@ -133,9 +133,10 @@ pub(crate) async fn delete_key(c: &Cluster, key: &str, rev: i64) -> Result<bool>
 /// that was ours to the end. So when a repeat finds nothing, the key's lease is read: a
 /// lease that is still alive never expired, so its keys were not deleted by expiry, and
 /// the earlier try is what deleted ours — released. A lease that is gone means the key
-/// may have expired first: not held, the conservative answer. Left ambiguous: a key
-/// deleted by an operator while its lease lived, found by a repeated release (then
-/// "released"; a release sent once still reports it).
+/// may have expired first: not held, the conservative answer. Left ambiguous (etcd keeps
+/// no trace of who deleted a key): a key deleted by an operator while its lease lived,
+/// found by a repeated release, is answered "released" (a release sent once still reports
+/// it; marking our own delete with a second key would cost a write on every release).
 ///
 /// # Errors
 /// The delete's error; an `Unavailable` error saying the outcome is unknown when the
