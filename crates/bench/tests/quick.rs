@@ -51,7 +51,7 @@ async fn the_failover_row_measures_a_killed_leader() {
     let ttl_ms = fencelock_bench::failover::FAILOVER_TTL.as_secs_f64() * 1000.0;
     assert!(f.p50_ms >= ttl_ms / 2.0 && f.max_ms < ttl_ms + 3000.0, "{f:?}");
     assert!(f.p99_ms >= f.p50_ms && f.max_ms >= f.p99_ms, "{f:?}");
-    let md = report.markdown("charts");
+    let md = report.markdown(Some("charts"));
     assert!(md.contains("## Failover: leader killed → successor elected"), "{md}");
     assert!(md.contains("| redis | 3 | "), "{md}");
 }
@@ -185,7 +185,7 @@ async fn a_backend_given_by_url_is_measured_as_it_is() {
     let report = run(&plan, &|_| {}).await.unwrap();
     let b = &report.backends[0];
     assert!(!b.started_here);
-    let text = report.markdown("charts");
+    let text = report.markdown(Some("charts"));
     assert!(
         text.contains("Servers given by URL (--backend), not started by the command"),
         "{text}"
@@ -218,7 +218,7 @@ async fn several_runs_report_each_figure_with_its_spread() {
     let (lo, hi) = ratios
         .iter()
         .fold((f64::MAX, 0.0f64), |(l, h), v| (l.min(*v), h.max(*v)));
-    let text = report.markdown("charts");
+    let text = report.markdown(Some("charts"));
     let row = text
         .lines()
         .find(|l| l.starts_with("| redis | fencelock |"))

@@ -65,7 +65,7 @@ pub async fn bench(cli: &Cli, args: &BenchArgs) -> ExitCode {
     if args.json {
         println!("{}", report.json());
     } else if args.write.is_none() {
-        print!("{}", report.markdown("benchmarks"));
+        print!("{}", report.markdown(None));
     }
     ExitCode::SUCCESS
 }
