@@ -151,9 +151,10 @@ pub(crate) async fn release_key(c: &Cluster, key: &str, rev: i64, lease: i64) ->
         return Ok(r.succeeded());
     }
     let alive = c
-        .call("reading the lease of a lock key whose delete was repeated", |mut cl| async move {
-            cl.lease_time_to_live(lease, None).await
-        })
+        .call(
+            "reading the lease of a lock key whose delete was repeated",
+            |mut cl| async move { cl.lease_time_to_live(lease, None).await },
+        )
         .await;
     match alive {
         // TTL -1: expired or revoked; 0 is a lease still there with under a second left.

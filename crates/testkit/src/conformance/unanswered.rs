@@ -115,9 +115,13 @@ pub async fn release_whose_answer_is_lost_is_not_reported_lost(f: &dyn Fixture, 
         assert_eq!(left, 0, "the release never reached the server ({heal:?})");
         cut.set(heal);
         cut.set(Mode::Pass);
-        let released = within(REQUEST_TIMEOUT * 16 + cfg.slack, "the release whose answer was lost", release)
-            .await
-            .expect("release task");
+        let released = within(
+            REQUEST_TIMEOUT * 16 + cfg.slack,
+            "the release whose answer was lost",
+            release,
+        )
+        .await
+        .expect("release task");
         match (&released, heal) {
             (Ok(()), _) => {}
             (Err(LockError::LeaseLost { reason, .. }), _) => panic!(
@@ -126,9 +130,13 @@ pub async fn release_whose_answer_is_lost_is_not_reported_lost(f: &dyn Fixture, 
             (Err(e), Mode::Pass) => panic!("a release whose answer was delivered late failed: {e}"),
             (Err(_), _) => {} // the connection was cut: an unknown outcome may be an error
         }
-        let next = within(cfg.slack, "another client after the release", other.try_acquire(&key, &opts))
-            .await
-            .expect("try_acquire after the release");
+        let next = within(
+            cfg.slack,
+            "another client after the release",
+            other.try_acquire(&key, &opts),
+        )
+        .await
+        .expect("try_acquire after the release");
         assert!(next.is_some(), "the key is still held after its release ({heal:?})");
         if let Some(next) = next {
             next.release().await.expect("release");
