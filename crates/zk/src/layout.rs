@@ -73,8 +73,10 @@ impl ZkLayout {
     /// # Errors
     /// [`LockError::InvalidInput`] (peers' layouts) for a key that is not a relative
     /// znode path: a leading, trailing or doubled `/`, a `.` or `..` segment, or a
-    /// character ZooKeeper refuses in a name.
-    pub(crate) fn dir(self, key: &str) -> Result<String> {
+    /// character ZooKeeper refuses in a name; or, with no chroot (`/`), a key in
+    /// ZooKeeper's own reserved subtree (`zookeeper`, `zookeeper/…`), which the server
+    /// would refuse with an unclear error.
+    pub(crate) fn dir(self, key: &str, chroot: &str) -> Result<String> {
         if !self.takes_paths() {
             return Ok(key_dir(key));
         }
@@ -85,6 +87,9 @@ impl ZkLayout {
                 self.as_str()
             ))
         };
+        if chroot == "/" && key.split('/').next() == Some("zookeeper") {
+            return Err(bad("it lies in /zookeeper, ZooKeeper's own reserved subtree"));
+        }
         for segment in key.split('/') {
             match segment {
                 "" => return Err(bad("empty segment (leading, trailing or doubled `/`)")),
@@ -186,11 +191,18 @@ mod tests {
 
     #[test]
     fn peers_layouts_take_the_key_as_a_path_and_refuse_bad_ones() {
-        assert_eq!(ZkLayout::Curator.dir("locks/mylock").unwrap(), "/locks/mylock");
-        assert_eq!(ZkLayout::Kazoo.dir("mylock").unwrap(), "/mylock");
-        assert_eq!(ZkLayout::Fencelock.dir("locks/mylock").unwrap(), "/locks%2Fmylock");
+        assert_eq!(ZkLayout::Curator.dir("locks/mylock", "/").unwrap(), "/locks/mylock");
+        assert_eq!(ZkLayout::Kazoo.dir("mylock", "/").unwrap(), "/mylock");
+        assert_eq!(ZkLayout::Fencelock.dir("locks/mylock", "/").unwrap(), "/locks%2Fmylock");
+        // Under a chroot, `zookeeper` is an ordinary name; at the root it is reserved.
+        assert_eq!(ZkLayout::Curator.dir("zookeeper/x", "/apps").unwrap(), "/zookeeper/x");
+        assert_eq!(ZkLayout::Fencelock.dir("zookeeper", "/").unwrap(), "/zookeeper");
+        for key in ["zookeeper", "zookeeper/quota/x"] {
+            let e = ZkLayout::Kazoo.dir(key, "/").unwrap_err();
+            assert!(e.to_string().contains("reserved"), "{key:?}: {e}");
+        }
         for key in ["/locks", "locks/", "a//b", "a/./b", "..", "a/\u{1}"] {
-            let e = ZkLayout::Curator.dir(key).unwrap_err();
+            let e = ZkLayout::Curator.dir(key, "/").unwrap_err();
             assert!(matches!(e, LockError::InvalidInput { .. }), "{key:?}: {e}");
             assert!(e.to_string().contains("layout=curator"), "{e}");
         }

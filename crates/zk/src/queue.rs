@@ -131,7 +131,7 @@ pub(crate) async fn enqueue(
 /// with the request in flight, the outcome is unknown and [`follow_up`] finds out.
 async fn create(session: &Arc<Session>, cfg: &Arc<ZkConfig>, key: &str, grant: &GrantId) -> Result<Queued> {
     let client = session.client()?;
-    let dir = cfg.layout.dir(key)?;
+    let dir = cfg.layout.dir(key, &cfg.chroot)?;
     let name_prefix = cfg.layout.prefix(grant);
     let prefix = format!("{dir}/{name_prefix}");
     let node = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
