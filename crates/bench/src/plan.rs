@@ -9,7 +9,7 @@ use crate::dead_waiter;
 use crate::error::Result;
 use crate::failover;
 use crate::machine::Machine;
-use crate::report::{BackendReport, ContentionRow, Report, Role, Settings, SubjectLatency};
+use crate::report::{BackendReport, ContentionRow, FailedRow, Report, Role, Settings, SubjectLatency};
 use crate::scale;
 use crate::subject::{Ours, Subject, TTL};
 use crate::targets::{Kind, Target};
@@ -169,11 +169,47 @@ async fn measure_runs(plan: &Plan, target: &Target, progress: &(dyn Fn(&str) + S
     Ok(out)
 }
 
+/// What becomes of a row that failed. With one run it is recorded in the report
+/// ([`FailedRow`]) and the run goes on: a full bench takes half an hour, and one row that
+/// failed (a server that stalled, a peer that gave up) must not throw the others away.
+/// With several runs it fails the bench: the runs' rows are matched by position.
+struct Rows<'a> {
+    keep_going: bool,
+    failed: Vec<FailedRow>,
+    progress: &'a (dyn Fn(&str) + Sync),
+}
+
+impl Rows<'_> {
+    /// Tells `progress` the row starts; its result, `None` when it failed and was recorded.
+    async fn row<T>(
+        &mut self,
+        row: String,
+        measure: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<Option<T>> {
+        (self.progress)(&row);
+        match measure.await {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if self.keep_going => {
+                let error = e.to_string().lines().collect::<Vec<_>>().join(" ");
+                (self.progress)(&format!("{row}: failed, left out of the report: {error}"));
+                self.failed.push(FailedRow { row, error });
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
 async fn measure(plan: &Plan, target: &Target, progress: &(dyn Fn(&str) + Sync)) -> Result<BackendReport> {
     let name = target.label.clone();
+    let mut rows = Rows {
+        keep_going: plan.runs.max(1) == 1,
+        failed: Vec::new(),
+        progress,
+    };
     let failover = if plan.failovers > 0 {
-        progress(&format!("{name}: {} failovers (leader killed)", plan.failovers));
-        Some(failover::measure(target, plan.failovers).await?)
+        let row = format!("{name}: {} failovers (leader killed)", plan.failovers);
+        rows.row(row, failover::measure(target, plan.failovers)).await?
     } else {
         None
     };
@@ -191,6 +227,7 @@ async fn measure(plan: &Plan, target: &Target, progress: &(dyn Fn(&str) + Sync))
             uncontended: Vec::new(),
             contention: Vec::new(),
             scale: Vec::new(),
+            failed: rows.failed,
         });
     }
     progress(&format!("{name}: uncontended acquire + release"));
@@ -224,42 +261,52 @@ async fn measure(plan: &Plan, target: &Target, progress: &(dyn Fn(&str) + Sync))
     let counter = || -> BoxFuture<'_, Option<u64>> { Box::pin(target.server_commands()) };
     let mut contention_rows = Vec::new();
     for &clients in &plan.clients {
-        progress(&format!("{name}: {clients} clients on one key"));
         let url = target.url.clone();
-        let result: Contention = contention::measure(
-            || {
-                let url = url.clone();
-                async move { Ok(Box::new(Ours::connect(&url).await?) as Box<dyn Subject>) }
-            },
-            1,
-            clients,
-            plan.grants,
-            plan.contention_limit,
-            &counter,
-        )
-        .await?;
-        contention_rows.push(ContentionRow {
-            subject: "fencelock".into(),
-            role: Role::Ours,
-            result,
-        });
-        if plan.peers {
-            for peer in target.peer_names() {
-                progress(&format!("{name}: {clients} {peer} clients on one key"));
-                let result = contention::measure(
-                    || target.peer(peer),
+        let measured: Option<Contention> = rows
+            .row(
+                format!("{name}: {clients} clients on one key"),
+                contention::measure(
+                    || {
+                        let url = url.clone();
+                        async move { Ok(Box::new(Ours::connect(&url).await?) as Box<dyn Subject>) }
+                    },
                     1,
                     clients,
                     plan.grants,
                     plan.contention_limit,
                     &counter,
-                )
-                .await?;
-                contention_rows.push(ContentionRow {
-                    subject: peer.to_string(),
-                    role: Role::Peer,
-                    result,
-                });
+                ),
+            )
+            .await?;
+        if let Some(result) = measured {
+            contention_rows.push(ContentionRow {
+                subject: "fencelock".into(),
+                role: Role::Ours,
+                result,
+            });
+        }
+        if plan.peers {
+            for peer in target.peer_names() {
+                let measured = rows
+                    .row(
+                        format!("{name}: {clients} {peer} clients on one key"),
+                        contention::measure(
+                            || target.peer(peer),
+                            1,
+                            clients,
+                            plan.grants,
+                            plan.contention_limit,
+                            &counter,
+                        ),
+                    )
+                    .await?;
+                if let Some(result) = measured {
+                    contention_rows.push(ContentionRow {
+                        subject: peer.to_string(),
+                        role: Role::Peer,
+                        result,
+                    });
+                }
             }
         }
     }
@@ -269,62 +316,76 @@ async fn measure(plan: &Plan, target: &Target, progress: &(dyn Fn(&str) + Sync))
         let (keys, clients) = (plan.many_keys, plan.many_keys_clients);
         // Bounded by time: a grant cap no run of a few seconds reaches.
         let grants = keys * 1000;
-        progress(&format!("{name}: {keys} keys × {clients} clients"));
         let url = target.url.clone();
-        let result = contention::measure(
-            || {
-                let url = url.clone();
-                async move { Ok(Box::new(Ours::connect(&url).await?) as Box<dyn Subject>) }
-            },
-            keys,
-            clients,
-            grants,
-            plan.many_keys_limit,
-            &counter,
-        )
-        .await?;
-        many_keys.push(ContentionRow {
-            subject: "fencelock".into(),
-            role: Role::Ours,
-            result,
-        });
-        if plan.peers {
-            for peer in target.peer_names() {
-                progress(&format!("{name}: {keys} keys × {clients} {peer} clients"));
-                let result = contention::measure(
-                    || target.peer(peer),
+        let measured = rows
+            .row(
+                format!("{name}: {keys} keys × {clients} clients"),
+                contention::measure(
+                    || {
+                        let url = url.clone();
+                        async move { Ok(Box::new(Ours::connect(&url).await?) as Box<dyn Subject>) }
+                    },
                     keys,
                     clients,
                     grants,
                     plan.many_keys_limit,
                     &counter,
-                )
-                .await?;
-                many_keys.push(ContentionRow {
-                    subject: peer.to_string(),
-                    role: Role::Peer,
-                    result,
-                });
+                ),
+            )
+            .await?;
+        if let Some(result) = measured {
+            many_keys.push(ContentionRow {
+                subject: "fencelock".into(),
+                role: Role::Ours,
+                result,
+            });
+        }
+        if plan.peers {
+            for peer in target.peer_names() {
+                let measured = rows
+                    .row(
+                        format!("{name}: {keys} keys × {clients} {peer} clients"),
+                        contention::measure(
+                            || target.peer(peer),
+                            keys,
+                            clients,
+                            grants,
+                            plan.many_keys_limit,
+                            &counter,
+                        ),
+                    )
+                    .await?;
+                if let Some(result) = measured {
+                    many_keys.push(ContentionRow {
+                        subject: peer.to_string(),
+                        role: Role::Peer,
+                        result,
+                    });
+                }
             }
         }
     }
 
     let mut dead_waiter = Vec::new();
     if plan.dead_waiter_trials > 0 {
-        progress(&format!("{name}: a waiter dies while queued"));
-        dead_waiter.push(dead_waiter::measure_ours(target, plan.dead_waiter_trials).await?);
+        let row = format!("{name}: a waiter dies while queued");
+        dead_waiter.extend(
+            rows.row(row, dead_waiter::measure_ours(target, plan.dead_waiter_trials))
+                .await?,
+        );
         if plan.peers {
             for peer in target.peer_names() {
-                progress(&format!("{name}: a {peer} waiter dies while queued"));
-                dead_waiter.push(dead_waiter::measure_peer(target, peer, plan.dead_waiter_trials).await?);
+                let row = format!("{name}: a {peer} waiter dies while queued");
+                let measured = dead_waiter::measure_peer(target, peer, plan.dead_waiter_trials);
+                dead_waiter.extend(rows.row(row, measured).await?);
             }
         }
     }
 
     let mut scale_points = Vec::new();
     for &locks in &plan.scale_counts {
-        progress(&format!("{name}: {locks} locks held with auto-renew"));
-        scale_points.push(scale::measure(target, locks, plan.hold).await?);
+        let row = format!("{name}: {locks} locks held with auto-renew");
+        scale_points.extend(rows.row(row, scale::measure(target, locks, plan.hold)).await?);
     }
     Ok(BackendReport {
         backend: name,
@@ -339,5 +400,6 @@ async fn measure(plan: &Plan, target: &Target, progress: &(dyn Fn(&str) + Sync))
         uncontended,
         contention: contention_rows,
         scale: scale_points,
+        failed: rows.failed,
     })
 }

@@ -104,6 +104,18 @@ pub struct BackendReport {
     pub failover: Option<Failover>,
     /// Scale runs.
     pub scale: Vec<ScalePoint>,
+    /// Rows that failed and were left out (only in a one-run bench; see
+    /// [`crate::plan::run`]).
+    pub failed: Vec<FailedRow>,
+}
+
+/// A row of the report that could not be measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedRow {
+    /// Which row, as the progress lines name it (`redis: 64 clients on one key`).
+    pub row: String,
+    /// The error, on one line.
+    pub error: String,
 }
 
 /// The settings a run used.
@@ -355,6 +367,7 @@ impl Report {
         );
         let _ = writeln!(out, "Every lock has a {:.0} s TTL. Latencies are wall-clock on loopback, client and server together. Also as JSON: the same command with `--json`.\n", s.ttl_secs);
         self.verdicts(&mut out);
+        self.failed_section(&mut out);
         self.uncontended_section(&mut out, charts);
         self.contention_section(&mut out, charts);
         self.failover_section(&mut out);
@@ -715,6 +728,22 @@ impl Report {
 
     /// Failover time per backend (issue 16), from the first run (the spread of several
     /// runs is not shown for this row).
+    /// The rows that could not be measured, so a reader sees a row is missing, and why.
+    fn failed_section(&self, out: &mut String) {
+        let failed: Vec<&FailedRow> = self.backends.iter().flat_map(|b| &b.failed).collect();
+        if failed.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "## Rows that failed\n\nThese rows could not be measured and are missing below (the rest of the run went on):\n\n| row | error |\n|---|---|"
+        );
+        for f in failed {
+            let _ = writeln!(out, "| {} | {} |", f.row, f.error.replace('|', "\\|"));
+        }
+        out.push('\n');
+    }
+
     fn failover_section(&self, out: &mut String) {
         if self.backends.iter().all(|b| b.failover.is_none()) {
             return;

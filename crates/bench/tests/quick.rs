@@ -245,3 +245,45 @@ async fn bad_urls_are_clear_errors() {
         assert!(e.contains(says), "{url}: {e}");
     }
 }
+
+/// A row that fails (here: the server is stopped just before the contention row) is
+/// recorded and left out, and the one-run report still comes back with every other row —
+/// before, the whole bench failed and threw away what it had measured. With several runs
+/// the failure still fails the bench (rows are matched across runs by position).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_row_is_reported_and_the_run_goes_on() {
+    for runs in [1, 2] {
+        let server = std::sync::Mutex::new(Some(RedisServer::start()));
+        let url = server.lock().unwrap().as_ref().unwrap().url();
+        let plan = Plan {
+            urls: vec![url],
+            peers: false,
+            clients: vec![4],
+            many_keys: 0,
+            dead_waiter_trials: 0,
+            scale_counts: vec![],
+            runs,
+            ..tiny()
+        };
+        let stop_before_contention = |step: &str| {
+            if step.ends_with("clients on one key") {
+                drop(server.lock().unwrap().take()); // stops the server
+            }
+        };
+        let outcome = run(&plan, &stop_before_contention).await;
+        if runs > 1 {
+            assert!(outcome.is_err(), "several runs: a failed row fails the bench");
+            continue;
+        }
+        let report = outcome.expect("one run: the report comes back");
+        let b = &report.backends[0];
+        assert_eq!(b.uncontended.len(), 2, "the rows measured before the failure are kept");
+        assert!(b.contention.is_empty(), "the failed row is left out");
+        assert_eq!(b.failed.len(), 1, "{:?}", b.failed);
+        assert!(b.failed[0].row.ends_with("4 clients on one key"), "{:?}", b.failed);
+        assert!(!b.failed[0].error.is_empty() && !b.failed[0].error.contains('\n'));
+        let text = report.markdown(None);
+        assert!(text.contains("## Rows that failed"), "{text}");
+        assert!(!text.contains(".svg)"), "no chart is linked without --write: {text}");
+    }
+}
