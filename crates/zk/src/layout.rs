@@ -87,7 +87,9 @@ impl ZkLayout {
                 self.as_str()
             ))
         };
-        if chroot == "/" && key.split('/').next() == Some("zookeeper") {
+        // The root is stored as `` (a URL's bare `/`); `/` from a config set in code.
+        let at_root = chroot.is_empty() || chroot == "/";
+        if at_root && key.split('/').next() == Some("zookeeper") {
             return Err(bad("it lies in /zookeeper, ZooKeeper's own reserved subtree"));
         }
         for segment in key.split('/') {
@@ -197,9 +199,14 @@ mod tests {
         // Under a chroot, `zookeeper` is an ordinary name; at the root it is reserved.
         assert_eq!(ZkLayout::Curator.dir("zookeeper/x", "/apps").unwrap(), "/zookeeper/x");
         assert_eq!(ZkLayout::Fencelock.dir("zookeeper", "/").unwrap(), "/zookeeper");
-        for key in ["zookeeper", "zookeeper/quota/x"] {
-            let e = ZkLayout::Kazoo.dir(key, "/").unwrap_err();
-            assert!(e.to_string().contains("reserved"), "{key:?}: {e}");
+        // The root as a URL's bare `/` stores it (found by a newcomer: the check compared
+        // with `/` only and never fired), and as a config set in code may give it.
+        let cfg = crate::ZkConfig::from_url("zk://127.0.0.1:1/?layout=kazoo").unwrap();
+        for root in [cfg.chroot.as_str(), "/"] {
+            for key in ["zookeeper", "zookeeper/quota/x"] {
+                let e = ZkLayout::Kazoo.dir(key, root).unwrap_err();
+                assert!(e.to_string().contains("reserved"), "{key:?} at {root:?}: {e}");
+            }
         }
         for key in ["/locks", "locks/", "a//b", "a/./b", "..", "a/\u{1}"] {
             let e = ZkLayout::Curator.dir(key, "/").unwrap_err();
