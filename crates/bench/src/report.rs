@@ -830,7 +830,11 @@ impl BackendReport {
 
 /// Links a chart of the report's charts directory, when there is one.
 fn chart(out: &mut String, charts: Option<&str>, alt: &str, file: &str) {
-    if let Some(dir) = charts {
-        let _ = writeln!(out, "\n![{alt}]({dir}/{file}.svg)\n");
+    match charts {
+        Some(dir) => {
+            let _ = writeln!(out, "\n![{alt}]({dir}/{file}.svg)\n");
+        }
+        // The blank line that ends the table before the next heading.
+        None => out.push('\n'),
     }
 }

@@ -11,6 +11,7 @@ use fencelock::schemes::SCHEMES;
 
 use crate::args::Cli;
 use crate::exit;
+use crate::exit::outln;
 
 /// Prints the static listing, or the guarantees of the selected backend's server.
 pub async fn backends(cli: &Cli) -> ExitCode {
@@ -28,20 +29,20 @@ pub async fn backends(cli: &Cli) -> ExitCode {
             (false, Some(f)) => format!("not in this build (Cargo feature `{f}`)"),
             (false, None) => "not available on this platform".to_owned(),
         };
-        println!("{}  [{status}]", s.form);
-        println!("    {}", s.summary);
+        outln!("{}  [{status}]", s.form);
+        outln!("    {}", s.summary);
         for (condition, g) in fencelock::schemes::guarantees_by_condition(s.names[0]) {
             if !condition.is_empty() {
-                println!("    {condition}:");
+                outln!("    {condition}:");
             }
             let indent = if condition.is_empty() { "    " } else { "      " };
             for line in g.to_string().lines() {
-                println!("{indent}{}", line.trim_start());
+                outln!("{indent}{}", line.trim_start());
             }
         }
-        println!();
+        outln!();
     }
-    println!("(`fencelock --backend URL backends` connects and prints what that server gives)");
+    outln!("(`fencelock --backend URL backends` connects and prints what that server gives)");
     ExitCode::SUCCESS
 }
 
@@ -55,10 +56,10 @@ async fn connected(cli: &Cli) -> ExitCode {
         Ok(l) => l,
         Err(e) => return exit::fail_with(&e),
     };
-    println!("{}", locks.describe());
-    println!("    as read from this server just now:");
+    outln!("{}", locks.describe());
+    outln!("    as read from this server just now:");
     for line in locks.guarantees().to_string().lines() {
-        println!("    {}", line.trim_start());
+        outln!("    {}", line.trim_start());
     }
     let check = config.require.check(&locks.guarantees());
     crate::run::close(&*locks).await;

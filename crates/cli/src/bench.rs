@@ -7,6 +7,7 @@ use fencelock_bench::{BenchError, Plan};
 
 use crate::args::{BenchArgs, Cli};
 use crate::exit;
+use crate::exit::outln;
 
 /// The cargo invocation that builds this command, for the report's header: the profile of
 /// this very binary, so a report made by a debug build says so in its command too.
@@ -49,6 +50,24 @@ pub async fn bench(cli: &Cli, args: &BenchArgs) -> ExitCode {
             Err(e) => return exit::fail(&e.to_string(), exit::BAD_INPUT),
         }
     }
+    if let Some(path) = &args.write {
+        // Checked before measuring (a full bench takes half an hour), and never created:
+        // a mistyped directory is an error, not a new directory.
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        if !dir.is_dir() {
+            return exit::fail(
+                &format!(
+                    "--write {}: the directory {} does not exist",
+                    path.display(),
+                    dir.display()
+                ),
+                exit::BAD_INPUT,
+            );
+        }
+    }
     let argv: Vec<String> = std::env::args().skip(1).collect();
     plan.command = format!("{CARGO_RUN} {}", argv.join(" "));
     let progress = |step: &str| eprintln!("fencelock bench: {step}");
@@ -63,9 +82,9 @@ pub async fn bench(cli: &Cli, args: &BenchArgs) -> ExitCode {
         eprintln!("fencelock bench: wrote {}", path.display());
     }
     if args.json {
-        println!("{}", report.json());
+        outln!("{}", report.json());
     } else if args.write.is_none() {
-        print!("{}", report.markdown(None));
+        outln!("{}", report.markdown(None).trim_end());
     }
     ExitCode::SUCCESS
 }

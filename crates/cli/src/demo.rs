@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use crate::args::{Cli, DemoArgs};
 use crate::backend;
 use crate::exit;
+use crate::exit::outln;
 
 /// How long each demo process works under the lock.
 const WORK: Duration = Duration::from_millis(300);
@@ -26,7 +27,7 @@ pub async fn demo(cli: &Cli, args: &DemoArgs) -> ExitCode {
         Ok(p) => p,
         Err(e) => return exit::fail(&format!("cannot find my own executable: {e}"), exit::FAILURE),
     };
-    println!(
+    outln!(
         "{} processes want the lock `demo` on {} at the same time:",
         args.processes,
         fencelock_core::backend_url::redact(&config.backend)
@@ -63,7 +64,7 @@ pub async fn demo(cli: &Cli, args: &DemoArgs) -> ExitCode {
     let mut tokens = Vec::new();
     let mut overlap = false;
     while let Some((n, line)) = rx.recv().await {
-        println!("  process {n}: {line}");
+        outln!("  process {n}: {line}");
         let mut words = line.split_whitespace();
         match (words.next(), words.next().and_then(|t| t.parse::<u64>().ok())) {
             (Some("enter"), Some(token)) => {
@@ -80,23 +81,23 @@ pub async fn demo(cli: &Cli, args: &DemoArgs) -> ExitCode {
         failed |= !matches!(c.wait().await, Ok(s) if s.success());
     }
     let increasing = tokens.windows(2).all(|w| w[1] > w[0]);
-    println!();
+    outln!();
     if failed || overlap || !increasing || tokens.len() != usize::from(args.processes) {
-        println!("FAILED: overlap={overlap}, tokens in entry order {tokens:?}, a process failed={failed}");
+        outln!("FAILED: overlap={overlap}, tokens in entry order {tokens:?}, a process failed={failed}");
         return ExitCode::from(exit::FAILURE);
     }
-    println!("each process ran alone; tokens in the order they got in: {tokens:?} (strictly increasing)");
+    outln!("each process ran alone; tokens in the order they got in: {tokens:?} (strictly increasing)");
     ExitCode::SUCCESS
 }
 
 /// The work of one demo process, run by `fencelock run` with FENCELOCK_TOKEN set.
 pub async fn demo_work() -> ExitCode {
     let token = std::env::var("FENCELOCK_TOKEN").unwrap_or_else(|_| "?".into());
-    println!(
+    outln!(
         "enter {token} (pid {}) working for {WORK:?} with the lock",
         std::process::id()
     );
     tokio::time::sleep(WORK).await;
-    println!("leave {token}");
+    outln!("leave {token}");
     ExitCode::SUCCESS
 }

@@ -1,5 +1,30 @@
 //! Exit statuses and turning errors into one-line messages.
 
+/// `println!` for the commands that only print a report (`backends`, `bench`, `lab`,
+/// `demo`): a reader that closed the pipe early (`| head`, `| true`) ends the process
+/// quietly with status 0, as a coreutils program ends by SIGPIPE. Rust ignores SIGPIPE and
+/// `println!` panics on the error (exit 101). Not for `run`, `elect` or `leader`, which
+/// hold a lease: they must release it whatever happens to stdout.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            $crate::exit::stdout_failed(e);
+        }
+    }};
+}
+pub(crate) use outln;
+
+/// What [`outln!`] does when stdout fails: a closed pipe ends the process with status 0;
+/// any other error (a full disk) with a one-line message and `FAILURE`.
+pub fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("fencelock: writing to stdout failed: {e}");
+    std::process::exit(i32::from(FAILURE));
+}
+
 use std::process::ExitCode;
 
 use fencelock::LockError;

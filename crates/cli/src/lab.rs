@@ -13,6 +13,7 @@ use fencelock_testkit::lab::{
 
 use crate::args::{Cli, LabArgs};
 use crate::exit;
+use crate::exit::outln;
 
 /// The scenarios, by name.
 const SCENARIOS: &[&str] = &[
@@ -165,11 +166,11 @@ fn election_factory(url: String) -> impl fencelock_testkit::conformance::electio
 
 fn print_timeline(args: &LabArgs, title: &str, o: &Outcome) {
     if !args.quiet {
-        println!("== {title}");
+        outln!("== {title}");
         for line in &o.timeline {
-            println!("  {line}");
+            outln!("  {line}");
         }
-        println!();
+        outln!();
     }
 }
 
@@ -652,7 +653,7 @@ pub async fn lab(cli: &Cli, args: &LabArgs) -> ExitCode {
         }
     }
     let table = table(&rows);
-    println!("{table}");
+    outln!("{table}");
     if let Some(path) = &args.report {
         // Pictures go beside the report, in `safety/`.
         let dir = path.parent().unwrap_or(std::path::Path::new(".")).join("safety");

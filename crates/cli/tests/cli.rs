@@ -323,7 +323,37 @@ fn bench_refuses_bad_choices_on_one_line() {
         ),
         (&["--backend", "file:///tmp", "bench"][..], "cannot benchmark `file://`"),
         (&["--config", "/nonexistent.toml", "bench"][..], "not a --config file"),
+        // Refused before measuring, never created (a newcomer found it made the directory
+        // as root, and failed only after all the measuring as a normal user).
+        (
+            &[
+                "bench",
+                "--quick",
+                "--only",
+                "redis",
+                "--write",
+                "/nonexistent-dir/x.md",
+            ][..],
+            "the directory /nonexistent-dir does not exist",
+        ),
     ] {
         assert_fails_on_one_line(args, 64, says);
     }
+}
+
+/// A report command whose reader closed the pipe (`fencelock backends | true`) ends quietly
+/// with status 0; it panicked ("failed printing to stdout", exit 101) before. The read end
+/// is closed right after the spawn, long before the process has printed anything.
+#[test]
+fn a_report_into_a_closed_pipe_ends_quietly() {
+    let mut child = bare()
+        .arg("backends")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    let out = output_within(child, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr_of(&out));
+    assert!(!stderr_of(&out).contains("panicked"), "{}", stderr_of(&out));
 }
