@@ -157,7 +157,7 @@ fn failure_in(e: &LockError) -> Option<&EtcdFailure> {
 
 pub(crate) fn timed_out(doing: &'static str, cluster: &str, limit: Duration) -> LockError {
     LockError::Unavailable {
-        message: format!("etcd unreachable: no answer to {doing} within {limit:?} from {cluster} (no quorum?)"),
+        message: format!("etcd unreachable: no answer to {doing} within {limit:?} from {cluster} (a slow or cut network, or a cluster without a quorum)"),
         source: None,
     }
 }

@@ -297,18 +297,30 @@ impl RedisNode {
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<(T, bool)> {
         let mut conn = self.connection().await?;
-        match invocation.invoke_async(&mut conn).await {
-            Ok(v) => Ok((v, false)),
-            Err(e) if e.is_connection_dropped() || e.is_io_error() => {
-                tracing::debug!(error = %e, "{doing}: connection dropped; trying once more");
-                invocation
-                    .invoke_async(&mut conn)
-                    .await
-                    .map(|v| (v, true))
-                    .map_err(|e| self.failed(doing, e))
+        let first = match invocation.invoke_async(&mut conn).await {
+            Ok(v) => return Ok((v, false)),
+            Err(e) if dropped(&e) => e,
+            Err(e) => return Err(self.failed(doing, e)),
+        };
+        tracing::debug!(error = %first, "{doing}: connection dropped; trying again");
+        // The connection manager reconnects in the background once it has seen the
+        // connection fail; a repeat sent before that fails at once ("broken pipe", seen
+        // when the reset was noticed only at the reply timeout). So a few repeats, paused
+        // 10, 20, 40, 80 ms, within one more `timeout` in all.
+        let deadline = tokio::time::Instant::now() + self.inner.cfg.timeout;
+        let mut pause = Duration::from_millis(10);
+        let mut last = first;
+        for _ in 0..4 {
+            tokio::time::sleep(pause).await;
+            match tokio::time::timeout_at(deadline, invocation.invoke_async(&mut conn)).await {
+                Ok(Ok(v)) => return Ok((v, true)),
+                Ok(Err(e)) if dropped(&e) && tokio::time::Instant::now() + pause * 2 < deadline => last = e,
+                Ok(Err(e)) => return Err(self.failed(doing, e)),
+                Err(_) => break,
             }
-            Err(e) => Err(self.failed(doing, e)),
+            pause *= 2;
         }
+        Err(self.failed(doing, last))
     }
 
     /// The server's `run_id`, new at every start of the server; `None` if `INFO` fails.
@@ -868,6 +880,12 @@ impl NodeSubscription {
         let seen = self.sub.take_seen();
         (seen & crate::wait::TURN != 0, seen & crate::wait::NEXT != 0)
     }
+}
+
+/// A request that failed without a usable answer because of its connection (dropped,
+/// reset, an I/O error or timeout): it may have run on the server.
+fn dropped(e: &redis::RedisError) -> bool {
+    e.is_connection_dropped() || e.is_io_error()
 }
 
 /// The client for the URL; for `rediss://`, with ring as the crypto provider (unless the

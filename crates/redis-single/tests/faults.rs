@@ -669,3 +669,37 @@ async fn unreadable_queue_entries_are_skipped_by_the_hand_off() {
     assert!(next.token() > first);
     next.release().await.unwrap();
 }
+
+/// A release the server carried out, whose answer was lost with its connection (a link
+/// reset after the script ran): the script is sent again once the connection manager has
+/// reconnected — the first repeat, sent at once, found the old connection broken ("broken
+/// pipe") and the release failed although the key was gone (a newcomer's finding) — and
+/// the repeat, finding our grant gone on a server with the same `run_id`, says released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_whose_connection_drops_after_it_ran_is_released() {
+    use fencelock_testkit::proxy::{FaultProxy, Mode};
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port()).await;
+    let locks = RedisLock::connect(&format!("redis://127.0.0.1:{}?timeout=2s", proxy.port()))
+        .await
+        .unwrap();
+    let o = opts(60_000).with_auto_renew(false);
+    // A first cycle loads the release script, so the release below is one EVALSHA.
+    locks.acquire("k", &o).await.unwrap().release().await.unwrap();
+    let lease = locks.acquire("k", &o).await.unwrap();
+    let held = || server.integer("EXISTS fencelock:{k}:lock");
+    proxy.set_to_client(Mode::Blackhole); // the release runs; its answer never comes
+    let release = tokio::spawn(lease.release());
+    let deadline = Instant::now() + SLACK;
+    while held() != Some(0) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(held(), Some(0), "the release did not reach the server");
+    proxy.set(Mode::Reset); // the connection is cut under the answer
+    proxy.set(Mode::Pass); // and a new one can be made at once
+    let released = tokio::time::timeout(SLACK * 2, release).await.unwrap().unwrap();
+    assert!(
+        released.is_ok(),
+        "a release the server carried out failed: {released:?}"
+    );
+}
