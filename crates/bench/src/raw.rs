@@ -75,10 +75,14 @@ impl Subject for RawRedis {
                         .arg(ttl_ms)
                         .query_async(&mut c)
                         .await;
-                    matches!(r, Ok(Some(_)))
+                    r
                 }
             });
-            let granted = join_all(sets).await.into_iter().filter(|ok| *ok).count();
+            let answers = join_all(sets).await;
+            let granted = answers.iter().filter(|r| matches!(r, Ok(Some(_)))).count();
+            // A failed SET is not "busy": say what failed (a newcomer saw "the key was
+            // busy" once, not reproduced; an error answer would have read the same).
+            let failure = answers.into_iter().find_map(|r| r.err());
             let (conns, script, key, who) = (self.conns.clone(), self.script.clone(), key.to_owned(), self.who);
             let release: Held = Box::pin(async move {
                 let dels = conns.iter().map(|c| {
@@ -94,7 +98,10 @@ impl Subject for RawRedis {
             });
             if granted < self.conns.len() / 2 + 1 {
                 release.await?;
-                return Err(BenchError::client(self.who, "SET NX", "the key was busy"));
+                return Err(match failure {
+                    Some(e) => BenchError::client(self.who, "SET NX", e),
+                    None => BenchError::client(self.who, "SET NX", "the key was busy"),
+                });
             }
             Ok(release)
         })
