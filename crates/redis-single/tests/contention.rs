@@ -1,6 +1,7 @@
 //! Contention on one key: the server work per hand-off does not grow with the number of
-//! waiters (no herd), and a waiter that dies while queued costs the others at most one
-//! claim window.
+//! waiters (no herd), a hand-off costs no claim round trip, a waiter whose process dies
+//! while queued costs the others nothing measurable and one that is cut off at most its
+//! TTL.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 
@@ -107,27 +108,36 @@ async fn a_hand_off_costs_few_server_commands() {
     );
 }
 
-/// A waiter whose link dies while it is queued (its process SIGKILLed, or cut off) holds
-/// up the next waiter by at most one claim window after the holder's release.
+/// A waiter that is cut off while it is queued (its connections stay open but nothing
+/// comes back: a partition, a frozen process) is indistinguishable from a live one to the
+/// release, which grants it the lock directly with the TTL it queued with (issue 14:
+/// before, a 250 ms reservation it never claimed). It holds up the next waiter by at most
+/// that TTL plus one fallback re-check of the next waiter (≤ 8 × `poll`): then the next
+/// waiter's turn finds the lock free and takes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_queued_waiter_costs_at_most_one_claim_window() {
+async fn a_cut_off_queued_waiter_costs_at_most_its_ttl() {
     let server = RedisServer::start();
     let proxy = FaultProxy::start(server.port()).await;
     let holder = RedisLock::connect(&server.url()).await.unwrap();
     let doomed = RedisLock::connect(&format!("redis://127.0.0.1:{}", proxy.port()))
         .await
         .unwrap();
-    let next = RedisLock::connect(&server.url()).await.unwrap();
+    let poll = Duration::from_millis(100);
+    let next = RedisLock::connect(&format!("{}?poll=100ms", server.url()))
+        .await
+        .unwrap();
     let queue_len = || server.integer("LLEN fencelock:{k}:queue").unwrap_or(0);
+    let doomed_ttl = Duration::from_secs(1);
 
     let lease = holder.acquire("k", &opts()).await.unwrap();
-    let dead = tokio::spawn(async move { doomed.acquire("k", &opts()).await });
+    let dead = tokio::spawn(async move { doomed.acquire("k", &opts().with_ttl(doomed_ttl)).await });
     let deadline = Instant::now() + Duration::from_secs(5);
     while queue_len() < 1 {
         assert!(Instant::now() < deadline, "the waiter never queued");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // The waiter dies: nothing it sends reaches the server any more, nothing comes back.
+    // The waiter is cut off: nothing it sends reaches the server any more, nothing comes
+    // back, and the server still sees its connections (and its subscription).
     proxy.set(Mode::Blackhole);
     dead.abort();
     let waiting = tokio::spawn(async move {
@@ -146,9 +156,9 @@ async fn a_dead_queued_waiter_costs_at_most_one_claim_window() {
         .expect("the live waiter got its turn")
         .unwrap();
     let delay = granted_at - released_at;
-    eprintln!("a dead queued waiter delayed the next by {delay:?}");
+    eprintln!("a cut-off queued waiter delayed the next by {delay:?}");
     assert!(
-        delay <= fencelock_redis::HANDOFF_CLAIM + Duration::from_millis(500),
+        delay <= doomed_ttl + poll * 8 + Duration::from_millis(500),
         "delayed {delay:?}"
     );
     lease.release().await.unwrap();
