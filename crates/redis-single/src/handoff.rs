@@ -147,10 +147,7 @@ mod tests {
             None
         );
         // A TTL shorter than the drift constant.
-        assert_eq!(
-            validity(queued(c1), handed(0), Duration::from_millis(1), c1),
-            None
-        );
+        assert_eq!(validity(queued(c1), handed(0), Duration::from_millis(1), c1), None);
     }
 
     #[test]

@@ -267,7 +267,10 @@ impl RedisNode {
                 })
             }
         };
-        let run_id = tokio::time::timeout(cfg.timeout, self.read_run_id(&conn)).await.ok().flatten();
+        let run_id = tokio::time::timeout(cfg.timeout, self.read_run_id(&conn))
+            .await
+            .ok()
+            .flatten();
         *self.inner.run_id.lock().unwrap_or_else(|p| p.into_inner()) = run_id;
         *self.inner.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
         Ok(conn)
@@ -317,7 +320,11 @@ impl RedisNode {
 
     /// The server's `run_id`, new at every start of the server; `None` if `INFO` fails.
     async fn read_run_id(&self, conn: &ConnectionManager) -> Option<String> {
-        let info: String = redis::cmd("INFO").arg("server").query_async(&mut conn.clone()).await.ok()?;
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut conn.clone())
+            .await
+            .ok()?;
         info.lines()
             .find_map(|l| l.strip_prefix("run_id:"))
             .map(|id| id.trim().to_owned())

@@ -274,7 +274,12 @@ async fn a_hand_off_costs_no_claim_script() {
     eprintln!("8 clients: {evalsha:.2} EVALSHA and {incr:.2} INCR per grant");
     let tokens = tokens.lock().unwrap();
     for pair in tokens.windows(2) {
-        assert!(pair[0] < pair[1], "tokens out of grant order: {} then {}", pair[0], pair[1]);
+        assert!(
+            pair[0] < pair[1],
+            "tokens out of grant order: {} then {}",
+            pair[0],
+            pair[1]
+        );
     }
     assert!(
         evalsha <= 2.2,
