@@ -84,12 +84,14 @@ async fn commands_per_hand_off_do_not_grow_with_waiters() {
     );
 }
 
-/// A hand-off costs the release script, one push to the next waiter and that waiter's
-/// claim, plus the one request that queued it: no subscribe/unsubscribe per wait (one
-/// channel per backend instance, subscribed once), no polling while a push is expected.
-/// Issue 14 measured 25.7 commands per grant with per-waiter channels (8 clients); this
-/// test 29.9 before the fix (SUBSCRIBE + UNSUBSCRIBE per wait, a transaction and a PTTL
-/// before queueing, a separate reservation key) and 18 after it.
+/// A hand-off costs the release script (which grants the lock to the next waiter
+/// directly) and one push to that waiter, plus the one request that queued it: no claim,
+/// no subscribe/unsubscribe per wait (one channel per backend instance, subscribed once),
+/// no polling while a push is expected. Issue 14 measured 25.7 commands per grant with
+/// per-waiter channels (8 clients); this test 29.9 before the fix (SUBSCRIBE + UNSUBSCRIBE
+/// per wait, a transaction and a PTTL before queueing, a separate reservation key), 18
+/// with one channel per instance and a reserve + claim hand-off, 13.1 with the direct
+/// hand-off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_off_costs_few_server_commands() {
     let server = RedisServer::start();
@@ -102,7 +104,7 @@ async fn a_hand_off_costs_few_server_commands() {
     let subscribes = mix.iter().find(|(c, _)| c == "subscribe").map_or(0.0, |m| m.1);
     assert!(subscribes < 0.05, "a SUBSCRIBE per wait: {subscribes:.2} per grant");
     assert!(
-        per_grant <= 20.0,
+        per_grant <= 15.0,
         "{per_grant:.2} commands per grant: {}",
         shown.join(", ")
     );
