@@ -10,10 +10,13 @@
 //!   compare-and-pexpire on our grant id; release also hands the lock to the first live
 //!   waiter queued on the key.
 //! * **Waiters** queue on the server (a FIFO list per contended key) and are woken one at
-//!   a time on their own pub/sub channel: a release reserves the lock for the queue head
-//!   for [`HANDOFF_CLAIM`], and the head's next turn claims it. Server work per hand-off
-//!   does not grow with the number of waiters; a waiter that died while queued costs the
-//!   others at most one claim window. A jittered fallback re-check covers lost messages.
+//!   a time on their instance's pub/sub channel: a release grants the lock to the queue
+//!   head directly (its full TTL, the token counted in the release script) and pushes the
+//!   token to it — the waiter holds the lock on the push alone, its validity counted from
+//!   its last turn ([`handoff`]). Server work per hand-off does not grow with the number
+//!   of waiters; a waiter whose process died while queued is skipped at once. A jittered
+//!   fallback re-check covers lost messages. (Redlock's waiters, whose grant needs a
+//!   quorum, get a reservation of [`HANDOFF_CLAIM`] instead and claim it.)
 //! * [`RedisFencedStore`] fences data kept in Redis itself.
 //!
 //! ## When to choose it
@@ -40,6 +43,7 @@ mod election;
 mod error;
 mod fence;
 mod grant;
+pub mod handoff;
 mod layout;
 mod lock;
 mod node;

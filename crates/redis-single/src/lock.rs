@@ -17,6 +17,7 @@ use tracing::Instrument;
 use crate::config::RedisConfig;
 use crate::contention::Contention;
 use crate::grant::RedisGrant;
+use crate::handoff::{validity, Handed, QueuedAt};
 use crate::node::{NodeGrant, NodeSubscription, RedisNode, Turn, HANDOFF_CLAIM};
 
 /// What the backend promises when the server keeps its token counters: it fsyncs every
@@ -172,14 +173,23 @@ impl RedisLock {
             }
         };
         tracing::debug!(%key, %token, "granted");
-        let lease = self.lease(key, grant, token, sent_at, opts);
+        let lease = self.lease(key, grant, token, sent_at, opts.ttl(), opts);
         // From here the lease's drop releases the grant.
         undo.disarm();
         Ok(Outcome::Granted(lease))
     }
 
-    /// A lease for a grant this instance holds on the server since `sent_at`.
-    fn lease(&self, key: &str, grant: GrantId, token: FencingToken, sent_at: Instant, opts: &LockOptions) -> Lease {
+    /// A lease for a grant this instance holds on the server since `sent_at`, valid for
+    /// `validity` from then.
+    fn lease(
+        &self,
+        key: &str,
+        grant: GrantId,
+        token: FencingToken,
+        sent_at: Instant,
+        validity: Duration,
+        opts: &LockOptions,
+    ) -> Lease {
         let ops = Arc::new(RedisGrant {
             node: self.node.clone(),
             key: key.to_owned(),
@@ -190,7 +200,7 @@ impl RedisLock {
             token,
             grant,
             sent_at,
-            validity: opts.ttl(),
+            validity,
             options: *opts,
             ops,
         })
@@ -200,9 +210,14 @@ impl RedisLock {
     /// unless this instance found the key busy within the last second: then it queues at
     /// once (a turn grants a free key too, and the transaction would cost five server
     /// commands to learn "busy" again). Queued, the acquire is a waiter registered on this
-    /// instance's channel, taking its turns ([`RedisNode::wait_turn`]) — at once, then when
-    /// a release hands the lock to it (`g`), when the reservation of the waiter ahead
-    /// lapses (after an `n`: one claim window), or at the fallback poll for lost messages.
+    /// instance's channel, taking its turns ([`RedisNode::wait_turn_direct`]) — at once,
+    /// then at the fallback poll for lost messages (or the holder's expiry). A release
+    /// grants the lock to it directly and pushes the token (`g GRANT TOKEN NOW_MS`): the
+    /// attempt woken by that push returns the lease without a request, its validity
+    /// counted from the last turn ([`crate::handoff`]); when none would be left, the turn
+    /// it takes instead claims the lock. A bare `g` (a reservation: an entry of an earlier
+    /// version) is claimed by a turn; after an `n` the turn waits for the reservation of
+    /// the waiter ahead to lapse.
     async fn attempt(
         &self,
         key: &str,
@@ -210,6 +225,12 @@ impl RedisLock {
         state: &tokio::sync::Mutex<Option<Queued>>,
     ) -> Result<Attempt> {
         let mut state = state.lock().await;
+        if state.as_ref().is_some_and(|q| q.done) {
+            // This wait's grant was handed out and came back with no validity left (the
+            // waiting loop gave it back: its release hands the lock on). Its entry is gone
+            // and its grant id spent: wait again as a new waiter.
+            *state = None;
+        }
         let first_turn = state.is_none();
         let q = match &mut *state {
             Some(q) => q,
@@ -230,6 +251,7 @@ impl RedisLock {
                     sub,
                     grant,
                     entry: String::new(),
+                    queued_at: None,
                     done: false,
                 })
             }
@@ -238,6 +260,15 @@ impl RedisLock {
         // Registered before the messages are read: one arriving in between still wakes us.
         let wake = q.sub.notified();
         let (turn, next) = q.sub.take_messages();
+        if let Some(handed) = q.sub.take_handed() {
+            if let Some(lease) = self.handed_lease(q, handed, opts) {
+                q.done = true;
+                return Ok(Attempt::Acquired(lease));
+            }
+            // No validity left (a very long wait, a paused waiter): the turn below claims
+            // the lock, which holds our grant, with a validity of its own.
+            tracing::debug!(%key, grant = %q.grant, "handed the lock with no validity left; claiming it");
+        }
         if next && !turn && !first_turn {
             // The waiter ahead has the reservation: its claim or its lapse comes first.
             return Ok(Attempt::Busy {
@@ -249,7 +280,7 @@ impl RedisLock {
         let span = tracing::debug_span!("turn", %key, grant = %q.grant, handed = turn);
         let answer = self
             .node
-            .wait_turn(key, q.grant.as_str(), opts.ttl(), &q.entry, opts.wait(), Duration::ZERO)
+            .wait_turn_direct(key, q.grant.as_str(), opts.ttl(), &q.entry, opts.wait())
             .instrument(span)
             .await?;
         match answer {
@@ -262,12 +293,14 @@ impl RedisLock {
                     q.grant.clone(),
                     token,
                     sent_at,
+                    opts.ttl(),
                     opts,
                 )))
             }
-            Turn::Queued { pttl, entry } => {
+            Turn::Queued { pttl, entry, server_ms } => {
                 self.contention.found_busy(key);
                 q.entry = entry;
+                q.queued_at = server_ms.map(|server_ms| QueuedAt { sent_at, server_ms });
                 // A peer library's release sends no message: with a peer layout the poll
                 // is the hand-off path, so it is not stretched (still bounded by the PTTL).
                 let cfg = self.node.config();
@@ -281,12 +314,24 @@ impl RedisLock {
             }
         }
     }
+
+    /// The lease of a grant a release handed to this waiter directly, valid from its last
+    /// turn that was answered "queued" (see [`crate::handoff`]); `None` when no validity
+    /// is left, or no turn of this wait was answered yet — then a turn claims the lock.
+    fn handed_lease(&self, q: &Queued, handed: Handed, opts: &LockOptions) -> Option<Lease> {
+        let (start, valid_for) = validity(q.queued_at?, handed, opts.ttl(), Instant::now())?;
+        let token = FencingToken::new(handed.token);
+        let key = q.key.as_str();
+        tracing::debug!(%key, %token, grant = %q.grant, "granted by the release's hand-off");
+        Some(self.lease(key, q.grant.clone(), token, start, valid_for, opts))
+    }
 }
 
 /// How much later than the configured `poll` a queued waiter re-checks without a message:
-/// hand-offs are addressed to it, so the poll only covers a lost message (a lost `g`
-/// costs that waiter its turn, not the others: the next one takes over after the claim
-/// window).
+/// hand-offs are addressed to it, so the poll only covers a lost message (a lost direct
+/// `g` leaves the lock granted to that waiter until this re-check claims it — or its TTL
+/// ends — while a dropped pub/sub connection wakes every waiter of the instance at once;
+/// a lost reservation `g` costs the others one claim window).
 const QUEUED_POLL_FACTOR: u32 = 8;
 
 /// Slack after a reservation's claim window before the next waiter takes over.
@@ -301,6 +346,8 @@ pub(crate) struct Queued {
     sub: NodeSubscription,
     grant: GrantId,
     entry: String,
+    /// The last turn answered "queued": a direct hand-off's validity counts from it.
+    queued_at: Option<QueuedAt>,
     done: bool,
 }
 

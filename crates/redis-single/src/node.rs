@@ -11,6 +11,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::config::RedisConfig;
 use crate::error::failed;
+use crate::handoff::Handed;
 use crate::layout::Keys;
 use crate::renewals::{renewals, Renewal, Renewals};
 use crate::scripts::{ACQUIRE, EXTEND, EXTEND_MANY, LEAVE, RELEASE, RELEASE_RAISING, RELEASE_UNQUEUED, WAIT_TURN};
@@ -61,10 +62,12 @@ impl std::fmt::Debug for CleanupGuard {
     }
 }
 
-/// How long the lock stays reserved for the queue head after a release hands it over: the
-/// head claims it (to its full TTL) within this, or loses its turn. It is also the most a
-/// waiter that died while queued (SIGKILLed, cut off) delays the others: the next waiter
-/// is told it is next at the hand-off and takes over when the reservation lapses.
+/// How long the lock stays reserved for a queue head that must claim it — Redlock's
+/// waiters, whose grant needs a quorum (a `redis://` waiter is granted the lock directly,
+/// with its full TTL, by the release: no reservation): the head claims it (to its full
+/// TTL) within this, or loses its turn. It is also the most such a waiter that died while
+/// queued (cut off, its connections still open) delays the others: the next waiter is told
+/// it is next at the hand-off and takes over when the reservation lapses.
 pub const HANDOFF_CLAIM: Duration = Duration::from_millis(250);
 
 /// What a waiter's turn ([`RedisNode::wait_turn`]) answered.
@@ -78,6 +81,10 @@ pub enum Turn {
         pttl: Option<u64>,
         /// Our entry in the queue, passed back on the next turn.
         entry: String,
+        /// The server's time (`TIME`, ms since the Unix epoch) when the turn ran (`None`
+        /// when refused inside the restart delay): a direct hand-off's validity is counted
+        /// against it (see `handoff.rs`).
+        server_ms: Option<u64>,
     },
 }
 
@@ -588,7 +595,7 @@ impl RedisNode {
     /// # Errors
     /// The server's or connection's error; `Unavailable` when the connection dropped after
     /// the script was sent, the repeat found our grant gone and whether the server
-    /// restarted in between cannot be read (see [`released`](Self::released)). The same
+    /// restarted in between cannot be read (see the "release's answer lost" row of docs/backends/redis.md). The same
     /// for the two other release methods.
     pub async fn release(&self, key: &str, grant: &str) -> Result<bool> {
         let _cleanup = self.cleanup();
@@ -688,6 +695,8 @@ impl RedisNode {
     /// (`""` the first time). The entry lapses `wait` after it was made. A turn does the
     /// same work whatever the number of waiters. With a `restart_delay` (Redlock), a node
     /// still inside it refuses as [`try_grant`](Self::try_grant) does, queueing nothing.
+    /// The entry asks for a reservation and a claim, as a grant that needs a quorum must
+    /// (Redlock); a single server's waiter uses [`wait_turn_direct`](Self::wait_turn_direct).
     ///
     /// # Errors
     /// `Unavailable` when the server does not answer in time; `Backend` for a script error.
@@ -704,6 +713,45 @@ impl RedisNode {
         wait: Duration,
         restart_delay: Duration,
     ) -> Result<Turn> {
+        self.turn(key, grant, ttl, entry, wait, restart_delay, false).await
+    }
+
+    /// [`wait_turn`](Self::wait_turn) for a waiter the release grants the lock to directly
+    /// (issue 14): its queue entry carries `ttl`, and the release that reaches it sets the
+    /// lock to `grant` for `ttl`, counts the token and pushes both with the server's time
+    /// (`g GRANT TOKEN NOW_MS`, read with [`NodeSubscription::take_handed`]) — no claim
+    /// round trip. A turn still claims a lock that holds `grant` (a push that came too late
+    /// to be used, or was lost): `PEXPIRE` to `ttl` from now and a new token. No restart
+    /// delay (a single server has none).
+    ///
+    /// # Errors
+    /// As [`wait_turn`](Self::wait_turn).
+    ///
+    /// # Cancel safety
+    /// As [`wait_turn`](Self::wait_turn): callers send [`leave_later`](Self::leave_later)
+    /// when they give up, which also frees a lock granted to them directly.
+    pub async fn wait_turn_direct(
+        &self,
+        key: &str,
+        grant: &str,
+        ttl: Duration,
+        entry: &str,
+        wait: Duration,
+    ) -> Result<Turn> {
+        self.turn(key, grant, ttl, entry, wait, Duration::ZERO, true).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn turn(
+        &self,
+        key: &str,
+        grant: &str,
+        ttl: Duration,
+        entry: &str,
+        wait: Duration,
+        restart_delay: Duration,
+        direct: bool,
+    ) -> Result<Turn> {
         let mut invocation = WAIT_TURN.prepare_invoke();
         self.queue_keys(&mut invocation, key);
         invocation.key(self.inner.keys.boot());
@@ -715,9 +763,10 @@ impl RedisNode {
             .arg(wait.as_millis() as u64)
             .arg(entry)
             .arg(restart_delay.as_millis() as u64)
-            .arg(self.inner.waiters.instance());
+            .arg(self.inner.waiters.instance())
+            .arg(if direct { "1" } else { "" });
         let mut conn = self.connection().await?;
-        let (status, n, entry): (i64, i64, String) = invocation
+        let (status, n, entry, server_ms): (i64, i64, String, i64) = invocation
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.failed("waiter's turn script", e))?;
@@ -726,14 +775,16 @@ impl RedisNode {
             _ => Turn::Queued {
                 pttl: u64::try_from(n).ok(),
                 entry,
+                server_ms: u64::try_from(server_ms).ok(),
             },
         })
     }
 
     /// A waiter gives up, in the background (the `LEAVE` script, sent again while no
     /// answer comes, bounded like [`release_later`](Self::release_later) by `ttl` and 20
-    /// tries): its queue entry goes, and a lock reserved for `grant` (or claimed by an
-    /// answer that never came) is handed to the next waiter.
+    /// tries): its queue entry goes, and a lock that holds `grant` — granted to it directly
+    /// by a release, reserved for it, or claimed by an answer that never came — is
+    /// released and handed to the next waiter.
     pub fn leave_later(&self, key: &str, grant: &str, entry: &str, ttl: Duration) {
         let (node, key, grant, entry) = (
             Arc::downgrade(&self.inner),
@@ -874,11 +925,17 @@ impl NodeSubscription {
         self.sub.notified()
     }
 
-    /// Whether a hand-off message (`g`: the lock is reserved for us) came since the last
-    /// call, and whether a "you are next" message (`n`) did.
+    /// Whether a hand-off message (`g`: the lock is granted or reserved to us) came since
+    /// the last call, and whether a "you are next" message (`n`) did.
     pub fn take_messages(&self) -> (bool, bool) {
         let seen = self.sub.take_seen();
         (seen & crate::wait::TURN != 0, seen & crate::wait::NEXT != 0)
+    }
+
+    /// The direct grant a release pushed to us (`g GRANT TOKEN NOW_MS`) since the last
+    /// call, if one did: the lock holds our grant with the full TTL from the hand-off.
+    pub fn take_handed(&self) -> Option<Handed> {
+        self.sub.take_handed()
     }
 }
 

@@ -40,17 +40,27 @@ return {0, redis.call('PTTL', KEYS[1])}
 });
 
 /// The queue's hand-off, shared by the scripts that free the lock (release, leave) and
-/// the waiter's turn: pops the queue head (KEYS[3], entries `GRANT@CHANNEL|DEADLINE_MS`,
-/// server time; `CHANNEL` is the waiting instance's own channel) — skipping, for free,
-/// entries whose waiter's wait has ended and entries it cannot read — and reserves the
-/// lock for it: `PUBLISH` of `g GRANT` on its instance's channel — when that reaches no
-/// subscriber, the waiter's process is gone (its connections closed) and the next entry
-/// is tried at once — then `SET lock GRANT PX claim` (the token is counted when the
-/// waiter claims) and `PUBLISH` of `n GRANT` on the new head's ("you are next: watch the
-/// reservation"). An entry without `@CHANNEL` (queued by a
-/// version with a channel per waiter) is told on `PREFIX GRANT` with a bare `g`/`n`.
-/// Constant work per hand-off whatever the queue's length (each skipped entry is popped
-/// once, ever). Returns true when it reserved the lock for a waiter.
+/// the waiter's turn: pops the queue head (KEYS[3]; server time `now` read once) —
+/// skipping, for free, entries whose waiter's wait has ended and entries it cannot read —
+/// and gives it the lock. Two kinds of entry:
+///
+/// * `GRANT@CHANNEL|DEADLINE_MS|TTL_MS` (a `redis://` waiter): a **direct grant** — the
+///   token is counted (`INCR`), `PUBLISH` of `g GRANT TOKEN NOW` on the waiter's instance
+///   channel, and when that reached a subscriber `SET lock GRANT PXAT NOW+TTL` (absolute,
+///   so the lock expires exactly `TTL` after the `NOW` the waiter is told; Redis < 6.2
+///   without `PXAT`: `SET PX` + `PEXPIREAT`). The waiter holds the lock on the push alone.
+/// * `GRANT@CHANNEL|DEADLINE_MS` (Redlock's primary, whose grant needs a quorum; or an
+///   earlier version's entry): a **reservation** — `PUBLISH` of `g GRANT`, then
+///   `SET lock GRANT PX claim` (the token is counted when the waiter claims) and `PUBLISH`
+///   of `n GRANT` on the new head's channel ("you are next: watch the reservation"). An
+///   entry without `@CHANNEL` (a version with a channel per waiter) is told on
+///   `PREFIX GRANT` with a bare `g`/`n`.
+///
+/// A `PUBLISH` that reaches no subscriber means the waiter's process is gone (its
+/// connections closed): the next entry is tried at once (a direct grant's `INCR` then
+/// only leaves a gap in the tokens). Constant work per hand-off whatever the queue's
+/// length (each skipped entry is popped once, ever). Returns true when it gave the lock to
+/// a waiter.
 const HAND_OFF: &str = r"
 local function tell(who, kind, channels)
   local at = string.find(who, '@', 1, true)
@@ -58,6 +68,27 @@ local function tell(who, kind, channels)
     return redis.call('PUBLISH', string.sub(who, at + 1), kind .. ' ' .. string.sub(who, 1, at - 1))
   end
   return redis.call('PUBLISH', channels .. who, kind)
+end
+local function parse(e)
+  local who, deadline, ttl = string.match(e, '^(.+)|(%d+)|(%d+)$')
+  if who then return who, deadline, ttl end
+  who, deadline = string.match(e, '^(.+)|(%d+)$')
+  return who, deadline, nil
+end
+local function grant_directly(who, ttl, now)
+  local at = string.find(who, '@', 1, true)
+  if not at then return false end
+  local id = string.sub(who, 1, at - 1)
+  local token = redis.call('INCR', KEYS[2])
+  local told = 'g ' .. id .. ' ' .. string.format('%d', token) .. ' ' .. string.format('%d', now)
+  if redis.call('PUBLISH', string.sub(who, at + 1), told) == 0 then return false end
+  local until_ms = string.format('%d', now + tonumber(ttl))
+  local set = redis.pcall('SET', KEYS[1], id, 'PXAT', until_ms)
+  if type(set) == 'table' and set.err then
+    redis.call('SET', KEYS[1], id, 'PX', ttl)
+    redis.call('PEXPIREAT', KEYS[1], until_ms)
+  end
+  return true
 end
 local function hand_off(claim_ms, channels)
   local now = nil
@@ -68,18 +99,20 @@ local function hand_off(claim_ms, channels)
       local t = redis.call('TIME')
       now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
     end
-    local who, deadline = string.match(e, '^(.+)|(%d+)$')
+    local who, deadline, ttl = parse(e)
     if who and tonumber(deadline) > now then
+      if ttl then
+        if grant_directly(who, ttl, now) then return true end
       -- Told first: nobody subscribed there (its process died, the server closed
       -- its connections) means nobody will claim — on to the next entry at once.
-      if tell(who, 'g', channels) > 0 then
+      elseif tell(who, 'g', channels) > 0 then
         local at = string.find(who, '@', 1, true)
         local id = who
         if at then id = string.sub(who, 1, at - 1) end
         redis.call('SET', KEYS[1], id, 'PX', claim_ms)
         local nxt = redis.call('LINDEX', KEYS[3], 0)
         if nxt then
-          local next_who = string.match(nxt, '^(.+)|%d+$')
+          local next_who = parse(nxt)
           if next_who then tell(next_who, 'n', channels) end
         end
         return true
@@ -172,17 +205,22 @@ return 0
 /// KEYS: lock, counter, queue, reservation, boot marker. ARGV: grant id, ttl ms, waiter
 /// channel prefix, claim ms, wait ms, our queue entry (`` when not queued yet), restart
 /// delay ms (0: off; otherwise refused as [`ACQUIRE`] refuses, without queueing), this
-/// instance's channel (hand-off messages for our grant go there).
+/// instance's channel (hand-off messages for our grant go there), direct (`1`: queue an
+/// entry that carries the TTL, so a release grants the lock to us directly; `` for a
+/// reservation we claim: Redlock).
 ///
-/// A waiter's turn, one round trip: claims the lock when it is reserved for our grant
-/// (`PEXPIRE` to the full TTL from now, a token from the counter: the grant starts now,
-/// and nobody else was granted in between, the lock being reserved); takes it at once when it is free and nobody
-/// queues; when it is free with a queue (the holder expired, or a reserved waiter never
-/// claimed), hands it to the queue head first. Otherwise queues us at the back (again,
-/// when our entry was popped: we lost a turn) with an entry that lapses `wait ms` from now,
-/// and keeps the queue key from outliving its entries.
+/// A waiter's turn, one round trip: claims the lock when it holds our grant — reserved for
+/// us, or granted to us directly by a release whose push we could not use (`PEXPIRE` to
+/// the full TTL from now, a new token from the counter: the grant starts now, and nobody
+/// else was granted in between, the lock being ours); takes it at once when it is free and
+/// nobody queues; when it is free with a queue (the holder expired, or a reserved waiter
+/// never claimed), hands it to the queue head first. Otherwise queues us at the back
+/// (again, when our entry was popped: we lost a turn) with an entry that lapses `wait ms`
+/// from now, and keeps the queue key from outliving its entries.
 ///
-/// Returns `{1, token, ''}` when ours, `{0, pttl, entry}` when not (`pttl` -1: no TTL).
+/// Returns `{1, token, '', -1}` when ours, `{0, pttl, entry, now}` when not (`pttl` -1: no
+/// TTL; `now`: the server's time in ms when this turn ran, which a direct hand-off's
+/// validity is counted against; -1 when refused inside the restart delay).
 pub(crate) static WAIT_TURN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{HAND_OFF}
@@ -193,10 +231,10 @@ if delay > 0 then
   local boot = redis.call('GET', KEYS[5])
   if not boot then
     redis.call('SET', KEYS[5], now)
-    return {{0, delay, ARGV[6]}}
+    return {{0, delay, ARGV[6], -1}}
   end
   if now - tonumber(boot) < delay then
-    return {{0, delay - (now - tonumber(boot)), ARGV[6]}}
+    return {{0, delay - (now - tonumber(boot)), ARGV[6], -1}}
   end
 end
 local holder = redis.call('GET', KEYS[1])
@@ -206,19 +244,20 @@ if not holder and redis.call('LLEN', KEYS[3]) > 0 then
 end
 if not holder then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return {{1, redis.call('INCR', KEYS[2]), ''}}
+  return {{1, redis.call('INCR', KEYS[2]), '', -1}}
 end
 if holder == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return {{1, redis.call('INCR', KEYS[2]), ''}}
+  return {{1, redis.call('INCR', KEYS[2]), '', -1}}
 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local entry = ARGV[6]
 if entry == '' or not redis.call('LPOS', KEYS[3], entry) then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local who = ARGV[1]
   if ARGV[8] ~= '' then who = who .. '@' .. ARGV[8] end
-  entry = who .. '|' .. (now + tonumber(ARGV[5]))
+  entry = who .. '|' .. string.format('%d', now + tonumber(ARGV[5]))
+  if ARGV[9] == '1' and ARGV[8] ~= '' then entry = entry .. '|' .. ARGV[2] end
   local life = tonumber(ARGV[5]) + tonumber(ARGV[4])
   if redis.call('RPUSH', KEYS[3], entry) == 1 then
     redis.call('PEXPIRE', KEYS[3], life)
@@ -230,15 +269,17 @@ if entry == '' or not redis.call('LPOS', KEYS[3], entry) then
     end
   end
 end
-return {{0, redis.call('PTTL', KEYS[1]), entry}}
+return {{0, redis.call('PTTL', KEYS[1]), entry, now}}
 "
     ))
 });
 
 /// KEYS: lock, counter, queue, reservation. ARGV: grant id, waiter channel prefix, claim
 /// ms, our queue entry. A waiter gives up (its wait ended, it was cancelled): removes its
-/// entry, and when the lock is reserved for it (or was claimed by an answer that never
-/// arrived), frees it and hands it to the next waiter. Returns 1 when it freed the lock.
+/// entry, and when the lock holds its grant — granted to it directly by a release (full
+/// TTL: the push came after the waiter gave up), reserved for it, or claimed by an answer
+/// that never arrived — frees it and hands it to the next waiter, as a release does.
+/// Returns 1 when it freed the lock.
 pub(crate) static LEAVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{HAND_OFF}

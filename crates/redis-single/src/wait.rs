@@ -1,16 +1,17 @@
 //! Push-based waiting: one pub/sub connection per backend instance, and on it **one
 //! channel per instance** (`PREFIXi:ID`), subscribed once, at the first wait. A queued
-//! waiter's entry names that channel and its grant id; a release publishes `g GRANT` (the
-//! lock is reserved for you: [`TURN`]) or `n GRANT` (you are next: [`NEXT`]) on it, and the
-//! reading task routes the message to that waiter's `Notify` by grant id. A wait therefore
+//! waiter's entry names that channel and its grant id; a release publishes
+//! `g GRANT TOKEN NOW_MS` (the lock is granted to you: [`TURN`] with a [`Handed`]), `g GRANT`
+//! (reserved for you, claim it: Redlock) or `n GRANT` (you are next: [`NEXT`]) on it, and
+//! the reading task routes the message to that waiter's `Notify` by grant id. A wait therefore
 //! costs no `SUBSCRIBE`/`UNSUBSCRIBE` of its own (with a channel per waiter it cost two
 //! commands per wait: issue 14). Named channels (an election's `changed`) are still
 //! subscribed one by one.
 //!
 //! The channel is subscribed *before* a waiter queues, so a hand-off message cannot come
 //! too early. Messages can still be lost (the pub/sub connection drops: every waiter here
-//! is then woken to take a turn); the queue's claim window and the waiter's fallback
-//! re-check bound what a lost one costs (see `docs/backends/redis.md`).
+//! is then woken to take a turn); the waiter's fallback re-check (and, for a reservation,
+//! the claim window) bound what a lost one costs (see `docs/backends/redis.md`).
 //!
 //! The pub/sub connection and the task reading it live only while they are needed: the
 //! task stops (dropping the stream, which closes the connection) when its [`Hub`] is
@@ -29,13 +30,15 @@ use redis::aio::PubSubSink;
 use tokio::sync::Notify;
 
 use crate::error::failed;
+use crate::handoff::{parse_push, Handed};
 
 /// How long the pub/sub connection stays open with nobody waiting: long enough that a
 /// key changing hands again soon (a waiter per hand-off) reuses it, short enough that an
 /// instance that waited once does not keep a server connection for its whole life.
 pub(crate) const IDLE_CLOSE: Duration = Duration::from_secs(1);
 
-/// A waiter's message `g`: the lock is reserved for you, claim it.
+/// A waiter's message `g`: the lock is yours (granted directly: the message carries the
+/// token), or reserved for you (claim it).
 pub(crate) const TURN: u8 = 1;
 /// A waiter's message `n`: you are next; the head's reservation ends within the claim window.
 pub(crate) const NEXT: u8 = 2;
@@ -55,6 +58,8 @@ struct Channel {
     notify: Arc<Notify>,
     /// Which kinds of message came since the waiter last looked ([`TURN`], [`NEXT`]).
     seen: Arc<AtomicU8>,
+    /// The last direct grant pushed to the waiter and not yet taken.
+    handed: Arc<Mutex<Option<Handed>>>,
     /// The hub generation under which it was last subscribed (named channels only).
     subscribed_in: u64,
 }
@@ -65,6 +70,7 @@ impl Channel {
             count: 0,
             notify: Arc::new(Notify::new()),
             seen: Arc::default(),
+            handed: Arc::default(),
             subscribed_in: 0,
         }
     }
@@ -102,9 +108,14 @@ fn lock(m: &Mutex<HashMap<String, Channel>>) -> MutexGuard<'_, HashMap<String, C
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Marks `kind` seen on `entry` of `table` and wakes its waiter.
-fn route(table: &Mutex<HashMap<String, Channel>>, entry: &str, kind: u8) {
+/// Marks `kind` seen on `entry` of `table` (with the direct grant it was told, if any:
+/// stored before the kind, so a waiter that sees the kind sees the grant) and wakes its
+/// waiter.
+fn route(table: &Mutex<HashMap<String, Channel>>, entry: &str, kind: u8, handed: Option<Handed>) {
     let notify = lock(table).get(entry).map(|c| {
+        if handed.is_some() {
+            *c.handed.lock().unwrap_or_else(|p| p.into_inner()) = handed;
+        }
         c.seen.fetch_or(kind, Ordering::SeqCst);
         Arc::clone(&c.notify)
     });
@@ -164,17 +175,22 @@ impl Waiters {
     async fn register(self: &Arc<Self>, target: Target) -> Result<Subscription> {
         self.uses.fetch_add(1, Ordering::SeqCst);
         let (table, name) = self.table(&target);
-        let (notify, seen) = {
+        let (notify, seen, handed) = {
             let mut map = lock(table);
             let entry = map.entry(name).or_insert_with(Channel::new);
             entry.count += 1;
-            (Arc::clone(&entry.notify), Arc::clone(&entry.seen))
+            (
+                Arc::clone(&entry.notify),
+                Arc::clone(&entry.seen),
+                Arc::clone(&entry.handed),
+            )
         };
         let sub = Subscription {
             waiters: Arc::clone(self),
             target,
             notify,
             seen,
+            handed,
         };
         sub.ensure().await?;
         Ok(sub)
@@ -258,12 +274,13 @@ impl Waiters {
                 let payload = msg.get_payload_bytes();
                 let kind = kind_of(payload);
                 if msg.get_channel_name() == instance {
-                    // `g GRANT` / `n GRANT`: route to that waiter.
-                    if let Some(grant) = payload.get(2..).and_then(|g| std::str::from_utf8(g).ok()) {
-                        route(&slots, grant, kind);
+                    // `g GRANT [TOKEN NOW_MS]` / `n GRANT`: route to that waiter.
+                    let parsed = std::str::from_utf8(payload).ok().and_then(parse_push);
+                    if let Some((grant, handed)) = parsed {
+                        route(&slots, grant, kind, handed);
                     }
                 } else {
-                    route(&channels, msg.get_channel_name(), kind);
+                    route(&channels, msg.get_channel_name(), kind, None);
                 }
             }
             // The connection is gone: wake everyone so they retry (and resubscribe).
@@ -357,12 +374,18 @@ pub(crate) struct Subscription {
     target: Target,
     notify: Arc<Notify>,
     seen: Arc<AtomicU8>,
+    handed: Arc<Mutex<Option<Handed>>>,
 }
 
 impl Subscription {
     /// The kinds of message ([`TURN`], [`NEXT`], or'ed) that came since the last call.
     pub(crate) fn take_seen(&self) -> u8 {
         self.seen.swap(0, Ordering::SeqCst)
+    }
+
+    /// The direct grant pushed since the last call, if one was.
+    pub(crate) fn take_handed(&self) -> Option<Handed> {
+        self.handed.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     /// Resubscribes if the pub/sub connection was replaced since.

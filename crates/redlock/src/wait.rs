@@ -192,7 +192,7 @@ impl RedlockLock {
                     }
                 }
             }
-            Ok(Ok(Turn::Queued { pttl, entry })) => {
+            Ok(Ok(Turn::Queued { pttl, entry, .. })) => {
                 q.entry = entry;
                 let granted_elsewhere = early
                     .as_ref()
