@@ -595,8 +595,8 @@ impl RedisNode {
     /// # Errors
     /// The server's or connection's error; `Unavailable` when the connection dropped after
     /// the script was sent, the repeat found our grant gone and whether the server
-    /// restarted in between cannot be read (see the "release's answer lost" row of docs/backends/redis.md). The same
-    /// for the two other release methods.
+    /// restarted in between cannot be read (see the "release's answer lost" row of
+    /// docs/backends/redis.md). The same for the two other release methods.
     pub async fn release(&self, key: &str, grant: &str) -> Result<bool> {
         let _cleanup = self.cleanup();
         let mut invocation = RELEASE.prepare_invoke();
