@@ -16,7 +16,11 @@
 //! redis.io/docs/latest/develop/use/patterns/distributed-locks, and antirez's "Is Redlock
 //! safe?"), applied over the interval measured across the two clocks: `drift_factor ×
 //! (now − c1) + 2 ms`, the 2 ms also covering the millisecond rounding of `s` and `h`.
-//! When nothing is left (a very long wait, a paused waiter, a server clock that went
+//! `TIME` is the server's wall clock: a forward step of it between the turn and the
+//! hand-off (an NTP step) makes `h − s` too long by the step; capping the start at the
+//! push's arrival bounds the error to the push's delay, the same class of hazard as the
+//! documented "clock jump on the server" (docs/backends/redis.md), which shortens any
+//! Redis lease. When nothing is left (a very long wait, a paused waiter, a server clock that went
 //! back), the waiter falls back to a claim — one more turn, whose validity counts from its
 //! own send instant — and never hands out a dead lease.
 
