@@ -57,12 +57,13 @@ mod fence;
 mod grant;
 mod lock;
 mod node;
+mod pool;
 mod renewals;
 mod session;
 mod sql;
 mod waiters;
 
-pub use config::{PgConfig, DEFAULT_SCHEMA};
+pub use config::{PgConfig, DEFAULT_CONNECTIONS, DEFAULT_SCHEMA, MAX_CONNECTIONS};
 pub use election::PgElection;
 pub use fence::TransactionFence;
 pub use lock::{PgLock, GUARANTEES, GUARANTEES_DURABLE};

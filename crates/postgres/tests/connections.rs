@@ -25,11 +25,13 @@ fn opts() -> LockOptions {
 /// Waits (bounded) until `n` backends named `app` wait for a lock on the server.
 async fn blocked(server: &PgServer, app: &str, n: usize) {
     let deadline = Instant::now() + STUCK;
-    let sql = format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}' AND wait_event_type = 'Lock'"
-    );
+    let sql =
+        format!("SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}' AND wait_event_type = 'Lock'");
     while server.psql(&sql) != n.to_string() {
-        assert!(Instant::now() < deadline, "the acquire of `a` never blocked on the server");
+        assert!(
+            Instant::now() < deadline,
+            "the acquire of `a` never blocked on the server"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await; // polling a condition, bounded
     }
 }
