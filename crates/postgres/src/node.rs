@@ -233,7 +233,15 @@ impl PgNode {
                 let connecting = if live.is_empty() {
                     match tokio::time::timeout_at(deadline, pool.connecting.lock()).await {
                         Ok(guard) => Some(guard),
-                        Err(_) => return Err(busy()),
+                        Err(_) => {
+                            return Err(LockError::Unavailable {
+                                message: format!(
+                                    "postgres unreachable: {doing} waited {limit:?} for a connection to {} while other statements tried to connect; nothing was sent",
+                                    self.server()
+                                ),
+                                source: None,
+                            })
+                        }
                     }
                 } else {
                     pool.connecting.try_lock().ok()
