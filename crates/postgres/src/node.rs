@@ -215,15 +215,7 @@ impl PgNode {
     pub(crate) async fn pick(&self, doing: &str, limit: Duration) -> Result<(Arc<Session>, OwnedSemaphorePermit)> {
         let pool = &self.inner.pool;
         let deadline = tokio::time::Instant::now() + limit;
-        let busy = || {
-            LockError::Unavailable {
-            message: format!(
-                "postgres busy: {doing} waited {limit:?} for its turn behind this client's other statements to {}; nothing was sent",
-                self.server()
-            ),
-            source: None,
-        }
-        };
+        let busy = || no_turn(doing, limit, self.server());
         for _ in 0..PICK_ROUNDS {
             let live = pool.live();
             if let Some(turn) = idle_turn(&live) {
@@ -438,13 +430,7 @@ impl PgNode {
         match tokio::time::timeout(limit, turns.acquire()).await {
             Ok(Ok(permit)) => Ok(permit),
             // The semaphores are never closed; a closed one is as good as no turn.
-            Ok(Err(_)) | Err(_) => Err(LockError::Unavailable {
-                message: format!(
-                    "postgres busy: {doing} waited {limit:?} for its turn behind this client's other statements to {}; nothing was sent",
-                    self.server()
-                ),
-                source: None,
-            }),
+            Ok(Err(_)) | Err(_) => Err(no_turn(doing, limit, self.server())),
         }
     }
 
@@ -919,6 +905,16 @@ fn idle_turn(live: &[Arc<Session>]) -> Option<(Arc<Session>, OwnedSemaphorePermi
             .ok()
             .map(|turn| (Arc::clone(session), turn)),
         _ => None,
+    }
+}
+
+/// A statement that waited `limit` for its turn: nothing was sent.
+fn no_turn(doing: &str, limit: Duration, server: &str) -> LockError {
+    LockError::Unavailable {
+        message: format!(
+            "postgres busy: {doing} waited {limit:?} for its turn behind this client's other statements to {server}; nothing was sent"
+        ),
+        source: None,
     }
 }
 
