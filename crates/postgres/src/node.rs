@@ -47,8 +47,8 @@ pub(crate) const IN_FLIGHT: usize = 4;
 pub(crate) const QUEUE_TIMEOUTS: u32 = 10;
 
 /// The most rounds [`PgNode::pick`] goes through (each ends with a turn, a connect, or a
-/// wait for a turn that is bounded by the caller's limit): a round only repeats when a
-/// connection ended under it.
+/// wait for a turn that is bounded by the caller's limit), besides one per connection
+/// added while it waits: a round only repeats when a connection ended under it.
 const PICK_ROUNDS: usize = 8;
 
 /// What the server answered to an acquire.
@@ -216,7 +216,8 @@ impl PgNode {
         let pool = &self.inner.pool;
         let deadline = tokio::time::Instant::now() + limit;
         let busy = || no_turn(doing, limit, self.server());
-        for _ in 0..PICK_ROUNDS {
+        // A connection added while we wait makes one more round (at most the pool's size).
+        for _ in 0..PICK_ROUNDS + crate::config::MAX_CONNECTIONS {
             let live = pool.live();
             if let Some(turn) = idle_turn(&live) {
                 return Ok(turn);
@@ -260,6 +261,10 @@ impl PgNode {
                     }
                 }
             }
+            // Armed before the connections are listed, so none added after is missed.
+            let grown = pool.grown.notified();
+            tokio::pin!(grown);
+            grown.as_mut().enable();
             let live = pool.live();
             if let Some((session, _)) = least_busy(&live) {
                 if let Ok(turn) = Arc::clone(&session.turns).try_acquire_owned() {
@@ -269,13 +274,20 @@ impl PgNode {
             if live.is_empty() {
                 continue; // every connection ended meanwhile: connect again
             }
-            // Every turn taken: the first one freed, on any connection.
+            // Every turn taken: the first one freed, on any connection — or a connection
+            // added meanwhile (its free turns would otherwise go to statements that
+            // arrive later than us: at start-up, while the pool grows, a client that got
+            // its key early took it again and again ahead of the backlog).
             let waits = live.iter().map(|s| Box::pin(Arc::clone(&s.turns).acquire_owned()));
-            match tokio::time::timeout_at(deadline, futures_util::future::select_all(waits)).await {
-                Ok((Ok(turn), i, _)) if live[i].is_alive() => return Ok((Arc::clone(&live[i]), turn)),
-                // A closed semaphore (never closed) or an ended connection: look again.
-                Ok(_) => {}
-                Err(_) => return Err(busy()),
+            let first = tokio::time::timeout_at(deadline, futures_util::future::select_all(waits));
+            tokio::select! {
+                freed = first => match freed {
+                    Ok((Ok(turn), i, _)) if live[i].is_alive() => return Ok((Arc::clone(&live[i]), turn)),
+                    // A closed semaphore (never closed) or an ended connection: look again.
+                    Ok(_) => {}
+                    Err(_) => return Err(busy()),
+                },
+                () = &mut grown => {}
             }
         }
         Err(busy())

@@ -41,6 +41,9 @@ pub(crate) struct Pool {
     listener: Mutex<Weak<Session>>,
     /// No further connection is tried before this instant (after a failed one).
     grow_after: Mutex<Option<Instant>>,
+    /// Signalled when a connection is added: statements waiting for a turn on the others
+    /// look again, so the new one's turns go to them before later arrivals.
+    pub grown: tokio::sync::Notify,
 }
 
 impl Pool {
@@ -52,6 +55,7 @@ impl Pool {
             listening: tokio::sync::Mutex::new(()),
             listener: Mutex::default(),
             grow_after: Mutex::default(),
+            grown: tokio::sync::Notify::new(),
         }
     }
 
@@ -83,6 +87,7 @@ impl Pool {
     /// Adds a new connection.
     pub(crate) fn add(&self, session: Arc<Session>) {
         self.sessions().push(session);
+        self.grown.notify_waiters();
     }
 
     /// Takes every connection out of the pool (to end them).
