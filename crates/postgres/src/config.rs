@@ -25,6 +25,7 @@ pub const DEFAULT_SCHEMA: &str = "fencelock";
 /// | `connect_timeout` | `1s` | the longest wait for a connection (a plain number is seconds, as in libpq) |
 /// | `poll` | `500ms` | how often (jittered to 50–100 %) an instance renews its waiters' tickets, in one statement; a ticket lives `2 × poll + 1 s` past its last renewal (the dead-waiter bound), and a waiter re-checks at the latest every `4 × poll` (jittered) |
 /// | `renew_window` | `50ms` | how long a background renewal may wait to share one statement with others (capped at a tenth of its TTL) |
+/// | `connections` | `4` | the most connections the instance opens, 1 to 32: made one at a time when every open one is busy (the first statement makes one), so statements of different keys run side by side on the server; a lease stays with the connection that granted it |
 ///
 /// `sslmode=disable`, `allow` and `prefer` (the libpq default) connect without TLS;
 /// `require`, `verify-ca` and `verify-full`, an unknown mode, and libpq's TLS file
@@ -48,10 +49,20 @@ pub struct PgConfig {
     pub poll: Duration,
     /// How long a background renewal may wait for others to share its statement with.
     pub renew_window: Duration,
+    /// The most connections the instance opens ([`MAX_CONNECTIONS`] at most).
+    pub connections: usize,
 }
 
+/// The most connections one instance may open (`connections` in the URL): a few cover
+/// the server's cores and its group commit; more would only take the server's
+/// `max_connections` from other clients.
+pub const MAX_CONNECTIONS: usize = 32;
+
+/// The connections an instance opens at most unless the URL says otherwise.
+pub const DEFAULT_CONNECTIONS: usize = 4;
+
 impl PgConfig {
-    /// Parses `postgres://[USER[:PASSWORD]@]HOST[:PORT][/DB][?libpq params&schema=S&timeout=D&connect_timeout=D&poll=D&renew_window=D]`
+    /// Parses `postgres://[USER[:PASSWORD]@]HOST[:PORT][/DB][?libpq params&schema=S&timeout=D&connect_timeout=D&poll=D&renew_window=D&connections=N]`
     /// (or `postgresql://…`).
     ///
     /// # Errors
@@ -74,6 +85,7 @@ impl PgConfig {
             connect_timeout: Duration::from_secs(1),
             poll: Duration::from_millis(500),
             renew_window: Duration::from_millis(50),
+            connections: DEFAULT_CONNECTIONS,
         };
         let mut passed: Vec<String> = Vec::new();
         for pair in u.query() {
@@ -89,6 +101,13 @@ impl PgConfig {
                 "connect_timeout" => cfg.connect_timeout = duration()?,
                 "poll" => cfg.poll = duration()?,
                 "renew_window" => cfg.renew_window = duration()?,
+                "connections" => {
+                    cfg.connections = v.parse().map_err(|_| {
+                        bad(format!(
+                            "connections: `{v}` is not a whole number of connections (1 to {MAX_CONNECTIONS})"
+                        ))
+                    })?
+                }
                 "sslmode" => passed.push(format!("sslmode={}", plain_sslmode(v).map_err(|e| u.invalid(e))?)),
                 k if TLS_FILE_KEYS.contains(&k) => return Err(u.invalid(format!("{k}: {NO_TLS}"))),
                 _ => passed.push(pair.raw.clone()),
@@ -104,7 +123,7 @@ impl PgConfig {
         };
         let mut pg = tokio_postgres::Config::from_str(&libpq).map_err(|e| LockError::InvalidConfig {
             message: format!(
-                "`{display}` is not a PostgreSQL URL tokio-postgres can read (the backend's own options are schema, timeout, connect_timeout, poll, renew_window)"
+                "`{display}` is not a PostgreSQL URL tokio-postgres can read (the backend's own options are schema, timeout, connect_timeout, poll, renew_window, connections)"
             ),
             source: Some(Box::new(e)),
         })?;
@@ -128,7 +147,8 @@ impl PgConfig {
     /// The one check of the options, whether they came from a URL or were set in code
     /// ([`PgLock::connect_with`](crate::PgLock::connect_with) runs it too): the schema is
     /// spliced into SQL, so it must be a plain identifier; durations within the bounds
-    /// every backend uses (1 ms to 10 min), so no `Instant` arithmetic can overflow.
+    /// every backend uses (1 ms to 10 min), so no `Instant` arithmetic can overflow;
+    /// `connections` from 1 to [`MAX_CONNECTIONS`].
     ///
     /// # Errors
     ///
@@ -142,6 +162,12 @@ impl PgConfig {
             ("poll", self.poll),
         ])
         .map_err(bad)?;
+        if !(1..=MAX_CONNECTIONS).contains(&self.connections) {
+            return Err(bad(format!(
+                "connections must be from 1 to {MAX_CONNECTIONS}, got {}",
+                self.connections
+            )));
+        }
         if self.renew_window > Duration::from_secs(10) {
             return Err(bad(format!(
                 "renew_window must be at most 10s, got {:?}",
@@ -214,6 +240,15 @@ mod tests {
         assert_eq!(c.timeout, Duration::from_millis(250));
         assert_eq!(c.poll, Duration::from_secs(1));
         assert_eq!(c.connect_timeout, Duration::from_secs(3));
+        assert_eq!(c.connections, DEFAULT_CONNECTIONS);
+        let one = PgConfig::from_url("postgres://u@h/d?connections=1").unwrap();
+        assert_eq!(one.connections, 1);
+        let most = PgConfig::from_url("postgres://u@h/d?connections=32").unwrap();
+        assert_eq!(most.connections, MAX_CONNECTIONS);
+        assert!(
+            !format!("{:?}", most.pg).contains("connections"),
+            "taken out before tokio-postgres"
+        );
         assert_eq!(c.pg.get_user(), Some("app"));
         assert_eq!(c.pg.get_dbname(), Some("db"));
         assert_eq!(c.pg.get_ports(), [5433]);
@@ -263,6 +298,12 @@ mod tests {
         let mut cfg = good.clone();
         cfg.timeout = Duration::ZERO;
         assert!(cfg.validate().is_err());
+        for n in [0, MAX_CONNECTIONS + 1, usize::MAX] {
+            let mut cfg = good.clone();
+            cfg.connections = n;
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains("connections must be from 1 to 32"), "{n}: {e}");
+        }
         assert!(good.validate().is_ok());
     }
 
@@ -298,6 +339,30 @@ mod tests {
             (
                 "postgres://u:pw@h/d?renew_window=1m",
                 "renew_window must be at most 10s",
+            ),
+            (
+                "postgres://u:pw@h/d?connections=0",
+                "connections must be from 1 to 32, got 0",
+            ),
+            (
+                "postgres://u:pw@h/d?connections=33",
+                "connections must be from 1 to 32, got 33",
+            ),
+            (
+                "postgres://u:pw@h/d?connections=",
+                "connections: `` is not a whole number",
+            ),
+            (
+                "postgres://u:pw@h/d?connections=-1",
+                "connections: `-1` is not a whole number",
+            ),
+            (
+                "postgres://u:pw@h/d?connections=four",
+                "connections: `four` is not a whole number",
+            ),
+            (
+                "postgres://u:pw@h/d?connections=99999999999999999999999",
+                "is not a whole number",
             ),
         ] {
             let e = PgConfig::from_url(url).unwrap_err().to_string();

@@ -1,5 +1,6 @@
-//! One grant on the server: extend and release act on our row only (key and grant id);
-//! background renewals are batched with the instance's others.
+//! One grant on the server: extend and release act on our row only (key and grant id),
+//! through the connection that granted it; background renewals are batched with that
+//! connection's others.
 
 use std::sync::{Mutex, Weak};
 use std::time::Duration;
@@ -12,6 +13,8 @@ use crate::session::Session;
 
 pub(crate) struct PgGrant {
     pub node: PgNode,
+    /// The connection that granted it: extend, renewals and release go through it.
+    pub session: Weak<Session>,
     pub key: String,
     pub grant: String,
     /// The session that granted it and the lease's id there, once tracked.
@@ -41,17 +44,18 @@ impl PgGrant {
 #[async_trait]
 impl LeaseOps for PgGrant {
     async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
-        let held = self.node.extend(&self.key, &self.grant, ttl).await?;
+        let held = self.node.extend(&self.session, &self.key, &self.grant, ttl).await?;
         Ok(self.answer(held, ttl))
     }
 
     async fn renew(&self, ttl: Duration) -> Result<Option<Duration>> {
-        let held = self.node.renew(&self.key, &self.grant, ttl).await?;
+        let held = self.node.renew(&self.session, &self.key, &self.grant, ttl).await?;
         Ok(self.answer(held, ttl))
     }
 
     async fn release(&self) -> Result<bool> {
         self.untrack();
-        self.node.release(&self.key, &self.grant).await
+        let session = self.session.upgrade();
+        self.node.release(session.as_ref(), &self.key, &self.grant).await
     }
 }

@@ -12,7 +12,12 @@
 //!   release also notifies the waiter that queued first for the key (`LISTEN/NOTIFY`), so
 //!   a release wakes one waiter, not all of them, and the key goes to waiters in FIFO
 //!   order.
-//! * **Auto-renewals** of all leases of an instance share one statement per window.
+//! * **Connections**: an instance opens up to `connections` (default 4) lazily, sends a
+//!   new grant to an idle one, and keeps each lease on the connection that granted it
+//!   (extend, renewals, release); one of them `LISTEN`s. Keys are not serialised on one
+//!   connection, and concurrent grants share WAL flushes (group commit).
+//! * **Auto-renewals** of an instance's leases share one statement per window and
+//!   connection.
 //! * **Only a grant waits for the disk** (and an extension, a renewal): a release, a
 //!   refused acquire and the waiter queue commit without waiting for the WAL flush, so a
 //!   hand-off waits for one flush, not two; none of them gives anything out, so a crash
@@ -57,12 +62,13 @@ mod fence;
 mod grant;
 mod lock;
 mod node;
+mod pool;
 mod renewals;
 mod session;
 mod sql;
 mod waiters;
 
-pub use config::{PgConfig, DEFAULT_SCHEMA};
+pub use config::{PgConfig, DEFAULT_CONNECTIONS, DEFAULT_SCHEMA, MAX_CONNECTIONS};
 pub use election::PgElection;
 pub use fence::TransactionFence;
 pub use lock::{PgLock, GUARANTEES, GUARANTEES_DURABLE};

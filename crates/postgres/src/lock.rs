@@ -131,8 +131,12 @@ impl PgLock {
         self.node.config()
     }
 
-    /// The server process id of the connection this instance uses now (connecting if
-    /// needed): for `pg_terminate_backend` in fault tests, and for operators.
+    /// The server process id of the connection that listens for this instance's release
+    /// notifications, or of the least busy one when none listens yet (connecting if
+    /// needed): for operators, and for `pg_terminate_backend` in fault tests. The leases
+    /// are spread over up to `connections` connections: see
+    /// [`lease_backend_pid`](Self::lease_backend_pid) and
+    /// [`backend_pids`](Self::backend_pids).
     ///
     /// # Errors
     ///
@@ -142,7 +146,23 @@ impl PgLock {
     ///
     /// Cancel safe.
     pub async fn backend_pid(&self) -> Result<i32> {
+        if let Some(listener) = self.node.listener() {
+            return Ok(listener.backend_pid);
+        }
         Ok(self.node.session().await?.backend_pid)
+    }
+
+    /// The server process ids of this instance's open connections (none before the first
+    /// statement; at most `connections`).
+    pub fn backend_pids(&self) -> Vec<i32> {
+        self.node.sessions().iter().map(|s| s.backend_pid).collect()
+    }
+
+    /// The server process id of the connection that granted `lease` — the one whose end
+    /// (say by `pg_terminate_backend`) reports it lost — while the lease is held through
+    /// a live connection of this instance; `None` otherwise.
+    pub fn lease_backend_pid(&self, lease: &Lease) -> Option<i32> {
+        self.node.holder_of(lease.grant().as_str()).map(|s| s.backend_pid)
     }
 
     /// One acquire round trip. Cancel safe without a task of its own: a guard armed
@@ -169,6 +189,7 @@ impl PgLock {
         tracing::debug!(%key, %token, "granted");
         let ops = Arc::new(PgGrant {
             node: node.clone(),
+            session: Arc::downgrade(&session),
             key: key.to_owned(),
             grant: grant.to_string(),
             tracked: Mutex::new(None),
@@ -296,7 +317,7 @@ impl DistributedLock for PgLock {
         let held = self.node.close_session("the client closed it");
         let releases = async {
             for (key, grant) in &held {
-                let _ = self.node.release(key, grant).await;
+                let _ = self.node.release(None, key, grant).await;
             }
         };
         let released = tokio::time::timeout(limit, releases).await.is_ok();

@@ -1,14 +1,17 @@
-//! [`PgNode`]: the server as the backend uses it — one connection at a time (made on first
-//! use and again after it ended), the statements, the release notifications.
+//! [`PgNode`]: the server as the backend uses it — a few connections ([`Pool`], made on
+//! first use and again after they ended), the statements, the release notifications.
 //!
-//! One connection carries everything: acquire, extend, release, batched renewals, and the
-//! `LISTEN` on the release channel. tokio-postgres pipelines concurrent statements on it,
-//! and its notifications arrive on the same socket, so the connection that holds our
-//! leases is the one whose death wakes our waiters. It is our own connection, never a
-//! pooled one (a transaction-mode pooler would drop the `LISTEN`).
+//! A new grant (and every statement not tied to a lease: the waiter queue, clean-ups)
+//! goes to the least busy connection; a lease's extend, renewals and release go through
+//! the connection that granted it. One of the connections also `LISTEN`s on the release
+//! channel. tokio-postgres pipelines concurrent statements on each. They are our own
+//! connections, never a pooler's (a transaction-mode pooler would drop the `LISTEN`, and
+//! a lease is tied to the connection that granted it).
 
 use std::sync::{Arc, OnceLock, Weak};
+
 use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
 
 use fencelock_core::batch::spread_error;
 use fencelock_core::{GrantId, LockError, Result};
@@ -18,7 +21,8 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use crate::config::PgConfig;
 use crate::deadlines::Deadlines;
 use crate::error::{failed, no_answer};
-use crate::renewals::{self, renewals, Pending, Renewal, Renewals};
+use crate::pool::{least_busy, Pool};
+use crate::renewals::{self, renewals, Renewal, Renewals};
 use crate::session::{Session, Statements};
 use crate::sql;
 use crate::waiters::Waiters;
@@ -26,21 +30,26 @@ use crate::waiters::Waiters;
 /// The longest a background clean-up is retried.
 pub(crate) const CLEANUP_LIMIT: Duration = Duration::from_secs(600);
 
-/// Statements (other than renewals) of one instance on its connection at once. The
-/// server answers a connection's statements one after another, so a statement sent
-/// behind many others waits for all of them: with at most this many in flight, the
-/// statement `timeout` — counted from the moment a statement is sent — measures the
-/// server, not the length of our own queue. More in flight would not be faster: the
-/// server works through them in order anyway, and four cover a loopback or LAN round
-/// trip; fewer leave the renewal statements (their own two turns) a larger share.
+/// Statements (other than renewals) on one connection at once. The server answers a
+/// connection's statements one after another, so a statement sent behind many others
+/// waits for all of them: with at most this many in flight, the statement `timeout` —
+/// counted from the moment a statement is sent — measures the server, not the length of
+/// our own queue. More in flight would not be faster: the server works through them in
+/// order anyway, and four cover a loopback or LAN round trip; fewer leave the renewal
+/// statements (their own two turns) a larger share.
 pub(crate) const IN_FLIGHT: usize = 4;
 
 /// How many statement timeouts a statement may wait for its turn to be sent. Nothing
 /// was sent yet, so a wait that runs out fails (`Unavailable`) without cutting the
 /// connection. Every statement ahead ends within its own timeout, so only a burst of
-/// more than `IN_FLIGHT × QUEUE_TIMEOUTS` concurrent requests on one instance, or a
-/// server answering each at the limit, waits this long.
+/// more than `IN_FLIGHT × connections × QUEUE_TIMEOUTS` concurrent requests on one
+/// instance, or a server answering each at the limit, waits this long.
 pub(crate) const QUEUE_TIMEOUTS: u32 = 10;
+
+/// The most rounds [`PgNode::pick`] goes through (each ends with a turn, a connect, or a
+/// wait for a turn that is bounded by the caller's limit), besides one per connection
+/// added while it waits: a round only repeats when a connection ended under it.
+const PICK_ROUNDS: usize = 8;
 
 /// What the server answered to an acquire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,14 +95,10 @@ struct Texts {
 pub(crate) struct NodeInner {
     cfg: PgConfig,
     texts: Texts,
-    session: std::sync::Mutex<Option<Arc<Session>>>,
-    connecting: tokio::sync::Mutex<()>,
+    /// The connections.
+    pool: Pool,
     waiters: Waiters,
     renewals: Renewals,
-    /// Renewals waiting for a statement, and the turns to send one.
-    pending: Pending,
-    /// The turns to send any other statement.
-    turns: tokio::sync::Semaphore,
     /// The statements' timeouts (see [`Deadlines`]: no runtime timer per statement).
     deadlines: Arc<Deadlines>,
     /// Background clean-ups still running (abandoned grants, left queues, releases).
@@ -136,14 +141,11 @@ impl PgNode {
         PgNode {
             inner: Arc::new(NodeInner {
                 deadlines,
+                pool: Pool::new(cfg.connections),
                 cfg,
                 texts,
-                session: std::sync::Mutex::new(None),
-                connecting: tokio::sync::Mutex::new(()),
                 waiters: Waiters::default(),
                 renewals: renewals(),
-                pending: Pending::default(),
-                turns: tokio::sync::Semaphore::new(IN_FLIGHT),
                 cleanups: std::sync::atomic::AtomicUsize::new(0),
                 cleanups_done: tokio::sync::Notify::new(),
             }),
@@ -162,24 +164,31 @@ impl PgNode {
         &self.inner.waiters
     }
 
-    fn cached(&self) -> Option<Arc<Session>> {
-        let s = self.inner.session.lock().unwrap_or_else(|p| p.into_inner());
-        s.as_ref().filter(|s| s.is_alive()).cloned()
+    /// A live connection for statements that take no turn (the election's) and for
+    /// operators (`backend_pid`): the least busy, connecting when there is none.
+    pub(crate) async fn session(&self) -> Result<Arc<Session>> {
+        let (session, _turn) = self.pick("connecting", self.inner.cfg.timeout * QUEUE_TIMEOUTS).await?;
+        Ok(session)
     }
 
-    /// The live session, connecting when there is none (one connect at a time).
-    pub(crate) async fn session(&self) -> Result<Arc<Session>> {
-        if let Some(s) = self.cached() {
-            return Ok(s);
-        }
-        let _connecting = self.inner.connecting.lock().await;
-        if let Some(s) = self.cached() {
-            return Ok(s);
-        }
-        let old = self.inner.session.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(old) = old {
-            self.end_session(&old, "the connection was closed");
-        }
+    /// The live connections (for operators and tests).
+    pub(crate) fn sessions(&self) -> Vec<Arc<Session>> {
+        self.inner.pool.live()
+    }
+
+    /// The live connection that granted `grant`, while the lease is held.
+    pub(crate) fn holder_of(&self, grant: &str) -> Option<Arc<Session>> {
+        self.inner.pool.holder_of(grant)
+    }
+
+    /// The live connection that listens for release notifications, if any.
+    pub(crate) fn listener(&self) -> Option<Arc<Session>> {
+        self.inner.pool.listener()
+    }
+
+    /// Opens one more connection, bounded by the connect timeout plus two statement
+    /// timeouts (the set-up), and adds it to the pool. The caller holds `connecting`.
+    async fn connect(&self) -> Result<Arc<Session>> {
         let cfg = &self.inner.cfg;
         let bound = cfg.connect_timeout + cfg.timeout * 2;
         let session = match tokio::time::timeout(bound, self.open()).await {
@@ -194,12 +203,122 @@ impl PgNode {
                 })
             }
         };
-        *self.inner.session.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&session));
+        self.inner.pool.add(Arc::clone(&session));
         Ok(session)
     }
 
-    /// Connects, creates the tables if missing, listens on the release channel and
-    /// prepares the statements.
+    /// A connection for a statement not tied to a lease, and a turn on it: an idle one;
+    /// else a new one when the pool may grow (this statement waits for the connect; one
+    /// connect at a time, others meanwhile use the connections there are); else the
+    /// least busy with a free turn; else the first turn freed on any of them, waiting at
+    /// most `limit` (then `Unavailable`: nothing was sent). See [`Pool`] for why.
+    pub(crate) async fn pick(&self, doing: &str, limit: Duration) -> Result<(Arc<Session>, OwnedSemaphorePermit)> {
+        let pool = &self.inner.pool;
+        let deadline = tokio::time::Instant::now() + limit;
+        let busy = || no_turn(doing, limit, self.server());
+        // A connection added while we wait makes one more round (at most the pool's size).
+        for _ in 0..PICK_ROUNDS + crate::config::MAX_CONNECTIONS {
+            let live = pool.live();
+            if let Some(turn) = idle_turn(&live) {
+                return Ok(turn);
+            }
+            if pool.may_grow(live.len()) {
+                let connecting = if live.is_empty() {
+                    match tokio::time::timeout_at(deadline, pool.connecting.lock()).await {
+                        Ok(guard) => Some(guard),
+                        Err(_) => {
+                            return Err(LockError::Unavailable {
+                                message: format!(
+                                    "postgres unreachable: {doing} waited {limit:?} for a connection to {} while other statements tried to connect; nothing was sent",
+                                    self.server()
+                                ),
+                                source: None,
+                            })
+                        }
+                    }
+                } else {
+                    pool.connecting.try_lock().ok()
+                };
+                if let Some(_connecting) = connecting {
+                    // Another task may have connected while we waited for the lock.
+                    let live = pool.live();
+                    if let Some(turn) = idle_turn(&live) {
+                        return Ok(turn);
+                    }
+                    if pool.may_grow(live.len()) {
+                        match self.connect().await {
+                            Ok(session) => {
+                                if let Ok(turn) = Arc::clone(&session.turns).try_acquire_owned() {
+                                    return Ok((session, turn));
+                                }
+                            }
+                            Err(e) if live.is_empty() => return Err(e),
+                            Err(e) => {
+                                pool.grow_failed();
+                                tracing::debug!(error = %e, connections = live.len(), "no further connection; using the ones there are");
+                            }
+                        }
+                    }
+                }
+            }
+            // Armed before the connections are listed, so none added after is missed.
+            let grown = pool.grown.notified();
+            tokio::pin!(grown);
+            grown.as_mut().enable();
+            let live = pool.live();
+            if let Some((session, _)) = least_busy(&live) {
+                if let Ok(turn) = Arc::clone(&session.turns).try_acquire_owned() {
+                    return Ok((Arc::clone(session), turn));
+                }
+            }
+            if live.is_empty() {
+                continue; // every connection ended meanwhile: connect again
+            }
+            // Every turn taken: the first one freed, on any connection — or a connection
+            // added meanwhile (its free turns would otherwise go to statements that
+            // arrive later than us: at start-up, while the pool grows, a client that got
+            // its key early took it again and again ahead of the backlog).
+            let waits = live.iter().map(|s| Box::pin(Arc::clone(&s.turns).acquire_owned()));
+            let first = tokio::time::timeout_at(deadline, futures_util::future::select_all(waits));
+            tokio::select! {
+                freed = first => match freed {
+                    Ok((Ok(turn), i, _)) if live[i].is_alive() => return Ok((Arc::clone(&live[i]), turn)),
+                    // A closed semaphore (never closed) or an ended connection: look again.
+                    Ok(_) => {}
+                    Err(_) => return Err(busy()),
+                },
+                () = &mut grown => {}
+            }
+        }
+        Err(busy())
+    }
+
+    /// Makes `session` the instance's listener when no live connection listens: one
+    /// `LISTEN` (the caller holds a turn on `session`), bounded by the statement timeout,
+    /// one at a time. Called before every statement not tied to a lease, so a waiter's
+    /// next attempt after its listener ended is sent only once another one listens.
+    async fn ensure_listener(&self, session: &Arc<Session>) -> Result<()> {
+        let pool = &self.inner.pool;
+        if pool.listener().is_some() {
+            return Ok(());
+        }
+        let _one = pool.listening.lock().await;
+        if pool.listener().is_some() {
+            return Ok(());
+        }
+        let listen = format!("LISTEN {}", self.inner.cfg.channel());
+        let listen = &listen;
+        self.send_on(session, "LISTEN", self.inner.cfg.timeout, |s| async move {
+            s.client.batch_execute(listen).await
+        })
+        .await?;
+        if session.is_alive() {
+            pool.set_listener(session);
+        }
+        Ok(())
+    }
+
+    /// Connects, creates the tables if missing, and prepares the statements.
     async fn open(&self) -> Result<Arc<Session>> {
         let cfg = &self.inner.cfg;
         let server = cfg.server();
@@ -252,10 +371,6 @@ impl PgNode {
                     .await
                     .map_err(doing("creating the tables"))?;
             }
-            client
-                .batch_execute(&format!("LISTEN {}", cfg.channel()))
-                .await
-                .map_err(doing("LISTEN"))?;
             let t = &self.inner.texts;
             let prepare = |text| client.prepare(text);
             let st = Statements {
@@ -298,12 +413,18 @@ impl PgNode {
     /// the validity each holder was given, so a holder that missed the loss signal (paused,
     /// or not watching `lost()`) is still alone until its validity ends. Releasing the
     /// rows now would hand the key to another client inside that window.
+    ///
+    /// When it was the connection that listened, every waiter of the instance is woken
+    /// (a release notification may have been missed), and its next attempt makes another
+    /// connection listen first ([`ensure_listener`](Self::ensure_listener)).
     fn end_session(&self, session: &Session, why: &str) {
         let lost = session.end(why);
         if !lost.is_empty() {
-            tracing::warn!(server = %self.server(), %why, leases = lost.len(), "connection ended; its leases are lost");
+            tracing::warn!(server = %self.server(), backend_pid = session.backend_pid, %why, leases = lost.len(), "connection ended; its leases are lost");
         }
-        self.inner.waiters.wake_all();
+        if session.is_listening() {
+            self.inner.waiters.wake_all();
+        }
     }
 
     /// Waits, at most `limit`, for a turn in `turns` to send a statement. Nothing is
@@ -321,41 +442,58 @@ impl PgNode {
         match tokio::time::timeout(limit, turns.acquire()).await {
             Ok(Ok(permit)) => Ok(permit),
             // The semaphores are never closed; a closed one is as good as no turn.
-            Ok(Err(_)) | Err(_) => Err(LockError::Unavailable {
-                message: format!(
-                    "postgres busy: {doing} waited {limit:?} for its turn behind this client's other statements to {}; nothing was sent",
-                    self.server()
-                ),
-                source: None,
-            }),
+            Ok(Err(_)) | Err(_) => Err(no_turn(doing, limit, self.server())),
         }
     }
 
-    /// Runs one statement on the live session, once it has its turn (at most
-    /// [`IN_FLIGHT`] at once, waiting at most [`QUEUE_TIMEOUTS`] statement timeouts for
-    /// it), bounded by the statement timeout from when it is sent. A statement without an
-    /// answer in time cuts the connection (its state is unknown); a closed connection
-    /// ends the session.
+    /// Runs one statement not tied to a lease on the connection [`pick`](Self::pick)
+    /// chooses, once it has its turn (at most [`IN_FLIGHT`] at once per connection,
+    /// waiting at most [`QUEUE_TIMEOUTS`] statement timeouts for it), bounded by the
+    /// statement timeout from when it is sent. See [`send_on`](Self::send_on) for what
+    /// an unanswered statement does to the connection.
     async fn call<T, F, Fut>(&self, doing: &'static str, f: F) -> Result<(T, Arc<Session>)>
     where
         F: FnOnce(Arc<Session>) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>>,
     {
         let timeout = self.inner.cfg.timeout;
-        let _turn = self.turn(&self.inner.turns, doing, timeout * QUEUE_TIMEOUTS).await?;
-        self.send(doing, timeout, f).await
+        let (session, _turn) = self.pick(doing, timeout * QUEUE_TIMEOUTS).await?;
+        self.ensure_listener(&session).await?;
+        self.send_on(&session, doing, timeout, f).await
     }
 
-    /// Sends one statement now (the caller holds its turn) on the live session, bounded
-    /// by `timeout`. Without an answer in time the statement fails (`Unavailable`), and
-    /// the connection is cut (its leases reported lost) only if it looks dead: see
-    /// [`Session::is_dead`].
-    async fn send<T, F, Fut>(&self, doing: &'static str, timeout: Duration, f: F) -> Result<(T, Arc<Session>)>
+    /// Runs one statement of a lease on `session`, the connection that granted it, once
+    /// it has its turn there (as [`call`](Self::call)). A connection that ended is
+    /// `Unavailable` (nothing was sent; the lease was reported lost when it ended).
+    async fn call_on<T, F, Fut>(&self, session: &Arc<Session>, doing: &'static str, f: F) -> Result<T>
     where
         F: FnOnce(Arc<Session>) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>>,
     {
-        let session = self.session().await?;
+        let timeout = self.inner.cfg.timeout;
+        let _turn = self.turn(&session.turns, doing, timeout * QUEUE_TIMEOUTS).await?;
+        if !session.is_alive() {
+            return Err(ended(doing, self.server()));
+        }
+        self.send_on(session, doing, timeout, f).await.map(|(v, _)| v)
+    }
+
+    /// Sends one statement now on `session` (the caller holds its turn), bounded by
+    /// `timeout`. Without an answer in time the statement fails (`Unavailable`), and the
+    /// connection is cut (its leases reported lost) only if it looks dead: see
+    /// [`Session::is_dead`]. A closed connection ends the session.
+    async fn send_on<T, F, Fut>(
+        &self,
+        session: &Arc<Session>,
+        doing: &'static str,
+        timeout: Duration,
+        f: F,
+    ) -> Result<(T, Arc<Session>)>
+    where
+        F: FnOnce(Arc<Session>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+    {
+        let session = Arc::clone(session);
         let sent = tokio::time::Instant::now();
         match self.inner.deadlines.within(timeout, f(Arc::clone(&session))).await {
             Some(Ok(v)) => {
@@ -395,17 +533,15 @@ impl PgNode {
         let ttl_ms = ttl.as_millis() as i64;
         let ticket_ms = self.ticket_life().as_millis() as i64;
         let timeout = self.inner.cfg.timeout;
-        // No turn, no connection: nothing was sent, nothing to abandon.
-        let _turn = self
-            .turn(&self.inner.turns, "acquire", timeout * QUEUE_TIMEOUTS)
-            .await?;
-        // Connect before the clock starts (the statement below finds the session ready).
-        self.session().await?;
+        // No turn, no connection, no listener: nothing was sent, nothing to abandon. The
+        // connection (a new one, when every one is busy) is ready before the clock starts.
+        let (session, _turn) = self.pick("acquire", timeout * QUEUE_TIMEOUTS).await?;
+        self.ensure_listener(&session).await?;
         // The validity counts from here, not from before the wait for a turn: the server
         // sets the expiry from when it receives the statement, which is later still.
         let sent_at = tokio::time::Instant::now();
         let answer = self
-            .send("acquire", timeout, |s| async move {
+            .send_on(&session, "acquire", timeout, |s| async move {
                 match ticket {
                     Some(t) => {
                         s.client
@@ -507,7 +643,7 @@ impl PgNode {
             s.client.execute(&s.st.abandon_expire, &[&key, &grant]).await
         })
         .await?;
-        self.release(key, grant).await.map(|_| ())
+        self.release(None, key, grant).await.map(|_| ())
     }
 
     /// Waits (at most `limit`) until every background clean-up has finished.
@@ -525,39 +661,48 @@ impl PgNode {
         }
     }
 
-    /// Ends the current session, if any (its leases are reported lost).
+    /// Ends every connection (their leases are reported lost) and wakes every waiter.
     pub(crate) fn close_session(&self, why: &str) -> Vec<(String, String)> {
-        let session = self.inner.session.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let lost = session.map(|s| s.end(why)).unwrap_or_default();
+        let lost = self.inner.pool.take_all().iter().flat_map(|s| s.end(why)).collect();
         self.inner.waiters.wake_all();
         lost
     }
 
     /// Deletes our row and notifies the next waiter, if any; `false` if the row was not
-    /// ours.
-    pub(crate) async fn release(&self, key: &str, grant: &str) -> Result<bool> {
-        let (row, _) = self
-            .call("release", |s| async move {
-                s.client.query_one(&s.st.release, &[&key, &grant]).await
-            })
-            .await?;
+    /// ours. Through `session` (the connection that granted it) while it lives, else
+    /// through any: a release only ever removes our own grant, whichever connection
+    /// carries it.
+    pub(crate) async fn release(&self, session: Option<&Arc<Session>>, key: &str, grant: &str) -> Result<bool> {
+        let statement = |s: Arc<Session>| async move { s.client.query_one(&s.st.release, &[&key, &grant]).await };
+        let row = match session.filter(|s| s.is_alive()) {
+            Some(s) => self.call_on(s, "release", statement).await?,
+            None => self.call("release", statement).await?.0,
+        };
         Ok(row.get::<_, i64>(0) == 1)
     }
 
-    /// Sets a new expiry `ttl` from now if the row still holds `grant` unexpired.
-    pub(crate) async fn extend(&self, key: &str, grant: &str, ttl: Duration) -> Result<bool> {
+    /// Sets a new expiry `ttl` from now if the row still holds `grant` unexpired, through
+    /// `session`, the connection that granted it; `false` (not held) once that
+    /// connection ended — the lease was reported lost then, and another connection must
+    /// not bring it back.
+    pub(crate) async fn extend(&self, session: &Weak<Session>, key: &str, grant: &str, ttl: Duration) -> Result<bool> {
+        let Some(session) = session.upgrade().filter(|s| s.is_alive()) else {
+            return Ok(false);
+        };
         let ttl_ms = ttl.as_millis() as i64;
-        let (n, _) = self
-            .call("extend", |s| async move {
+        let n = self
+            .call_on(&session, "extend", |s| async move {
                 s.client.execute(&s.st.extend, &[&key, &grant, &ttl_ms]).await
             })
             .await?;
         Ok(n == 1)
     }
 
-    /// Like [`extend`](Self::extend), batched with the other background renewals.
-    pub(crate) async fn renew(&self, key: &str, grant: &str, ttl: Duration) -> Result<bool> {
+    /// Like [`extend`](Self::extend), batched with the other background renewals of the
+    /// same connection.
+    pub(crate) async fn renew(&self, session: &Weak<Session>, key: &str, grant: &str, ttl: Duration) -> Result<bool> {
         let renewal = Renewal {
+            session: session.clone(),
             key: key.to_owned(),
             grant: grant.to_owned(),
             ttl_ms: ttl.as_millis() as i64,
@@ -567,13 +712,57 @@ impl PgNode {
         self.inner.renewals.submit(renewal, wait, &self.inner, flush).await
     }
 
-    /// Renews a batch the window made: queues it, then — while any of it is still
-    /// queued — takes a turn (at most [`renewals::IN_FLIGHT`] renewal statements at once)
-    /// and sends the oldest queued renewals, ours or others', in one statement. Answers
-    /// each of ours. Bounded: each turn and each statement by [`renewals::bound`] of our
-    /// shortest TTL, and each pass sends at least one queued renewal.
+    /// Renews a batch the window made: splits it by connection (a lease is renewed
+    /// through the connection that granted it), renews each part on its connection at
+    /// the same time ([`renew_on`](Self::renew_on)), and answers each renewal in order.
+    /// A lease whose connection ended is answered "not held": it was reported lost then.
     async fn renew_batch(&self, batch: Vec<Renewal>) -> Vec<Result<bool>> {
-        let pending = &self.inner.pending;
+        let mut answers: Vec<Option<Result<bool>>> = Vec::with_capacity(batch.len());
+        let mut parts: Vec<(Arc<Session>, Vec<usize>, Vec<Renewal>)> = Vec::new();
+        for (i, renewal) in batch.into_iter().enumerate() {
+            answers.push(None);
+            let Some(session) = renewal.session.upgrade().filter(|s| s.is_alive()) else {
+                answers[i] = Some(Ok(false));
+                continue;
+            };
+            match parts.iter_mut().find(|(s, _, _)| Arc::ptr_eq(s, &session)) {
+                Some((_, at, part)) => {
+                    at.push(i);
+                    part.push(renewal);
+                }
+                None => parts.push((session, vec![i], vec![renewal])),
+            }
+        }
+        let (at, sent): (Vec<Vec<usize>>, Vec<_>) = parts
+            .into_iter()
+            .map(|(session, at, part)| (at, async move { self.renew_on(&session, part).await }))
+            .unzip();
+        for (at, part) in at.into_iter().zip(futures_util::future::join_all(sent).await) {
+            for (i, answer) in at.into_iter().zip(part) {
+                answers[i] = Some(answer);
+            }
+        }
+        answers
+            .into_iter()
+            .map(|a| {
+                a.unwrap_or_else(|| {
+                    Err(LockError::Unavailable {
+                        message: "a batched renewal was left unanswered".into(),
+                        source: None,
+                    })
+                })
+            })
+            .collect()
+    }
+
+    /// Renews one connection's part of a batch: queues it there, then — while any of it
+    /// is still queued — takes a turn (at most [`renewals::IN_FLIGHT`] renewal statements
+    /// at once on the connection) and sends the oldest queued renewals, ours or others',
+    /// in one statement. Answers each of ours. Bounded: each turn and each statement by
+    /// [`renewals::bound`] of our shortest TTL, and each pass sends at least one queued
+    /// renewal.
+    async fn renew_on(&self, session: &Arc<Session>, batch: Vec<Renewal>) -> Vec<Result<bool>> {
+        let pending = &session.renewals;
         let ttl_ms = batch.iter().map(|r| r.ttl_ms).min().unwrap_or(0);
         let bound = renewals::bound_ms(self.inner.cfg.timeout, ttl_ms);
         let ticket = pending.push(batch);
@@ -590,7 +779,7 @@ impl PgNode {
                 break;
             }
             let (renewals, replies): (Vec<Renewal>, Vec<_>) = items.into_iter().map(|q| (q.renewal, q.reply)).unzip();
-            let answers = self.renew_statement(&renewals).await;
+            let answers = self.renew_statement(session, &renewals).await;
             drop(turn);
             for (reply, answer) in replies.into_iter().zip(answers) {
                 let _ = reply.send(answer);
@@ -612,7 +801,7 @@ impl PgNode {
 
     /// One statement renews `batch` (the caller holds a renewal turn), bounded by
     /// [`renewals::bound`] of its shortest TTL; answers each.
-    async fn renew_statement(&self, batch: &[Renewal]) -> Vec<Result<bool>> {
+    async fn renew_statement(&self, session: &Arc<Session>, batch: &[Renewal]) -> Vec<Result<bool>> {
         let keys: Vec<&str> = batch.iter().map(|r| r.key.as_str()).collect();
         let grants: Vec<&str> = batch.iter().map(|r| r.grant.as_str()).collect();
         let ttls: Vec<i64> = batch.iter().map(|r| r.ttl_ms).collect();
@@ -620,7 +809,7 @@ impl PgNode {
         let bound = renewals::bound_ms(self.inner.cfg.timeout, ttl_ms);
         let (keys, grants, ttls) = (&keys, &grants, &ttls);
         let answer = self
-            .send("batched renewal", bound, |s| async move {
+            .send_on(session, "batched renewal", bound, |s| async move {
                 s.client.query(&s.st.renew_many, &[keys, grants, ttls]).await
             })
             .await;
@@ -720,6 +909,37 @@ impl PgNode {
     }
 }
 
+/// A turn on an idle connection of `live` (nothing in flight), if there is one.
+fn idle_turn(live: &[Arc<Session>]) -> Option<(Arc<Session>, OwnedSemaphorePermit)> {
+    match least_busy(live) {
+        Some((session, true)) => Arc::clone(&session.turns)
+            .try_acquire_owned()
+            .ok()
+            .map(|turn| (Arc::clone(session), turn)),
+        _ => None,
+    }
+}
+
+/// A statement that waited `limit` for its turn: nothing was sent.
+fn no_turn(doing: &str, limit: Duration, server: &str) -> LockError {
+    LockError::Unavailable {
+        message: format!(
+            "postgres busy: {doing} waited {limit:?} for its turn behind this client's other statements to {server}; nothing was sent"
+        ),
+        source: None,
+    }
+}
+
+/// A lease's statement whose connection ended before it was sent.
+fn ended(doing: &str, server: &str) -> LockError {
+    LockError::Unavailable {
+        message: format!(
+            "{doing} not sent to {server}: the connection that granted the lease ended (the lease was reported lost)"
+        ),
+        source: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -737,7 +957,7 @@ mod tests {
         let ttl = Duration::from_secs(60);
 
         let released = GrantId::random();
-        assert!(!node.release("k1", released.as_str()).await.unwrap());
+        assert!(!node.release(None, "k1", released.as_str()).await.unwrap());
         let (late, _, _) = node.try_grant("k1", &released, ttl, None).await.unwrap();
         assert!(
             matches!(late, NodeGrant::Granted(_)),

@@ -1,15 +1,16 @@
 //! Batched auto-renewals: the background renewals of every lease of one backend instance
-//! share one `UPDATE … FROM unnest(…)` statement per window (with
-//! `fencelock_core::batch`), so holding 10,000 locks costs a few statements per renewal
-//! period instead of 10,000.
+//! that came due in one window are sent as one `UPDATE … FROM unnest(…)` statement per
+//! connection (with `fencelock_core::batch`; a lease is renewed through the connection
+//! that granted it), so holding 10,000 locks costs a few statements per renewal period
+//! instead of 10,000.
 //!
 //! A renewal waits at most `renew_window`, capped at a tenth of its TTL. The lease counts
 //! the renewed validity from the moment it asked, before the wait, so waiting only ever
 //! shortens what the holder believes. Explicit `Lease::extend` calls do not come here.
 //!
 //! **Bounded in flight, merged while waiting.** At most [`IN_FLIGHT`] renewal statements
-//! are on the connection at once. The batches the window makes go into one queue
-//! ([`Pending`]); whoever gets a turn sends the oldest [`MAX_BATCH`] queued renewals, its
+//! are on a connection at once. The batches the window makes go into the connection's
+//! queue ([`Pending`]); whoever gets a turn sends the oldest [`MAX_BATCH`] queued renewals, its
 //! own or others'. So when the server is slow the batches grow (up to the cap) instead of
 //! piling up as statements queued behind one another on the one connection — which is how
 //! 10,000 held leases were once all lost: twenty batches pipelined at once, the last of
@@ -28,11 +29,13 @@ use tokio::sync::{oneshot, Semaphore};
 /// about 10–20 ms on a 10,000-row table, measured with `EXPLAIN ANALYZE`).
 pub(crate) const MAX_BATCH: usize = 500;
 
-/// Renewal statements on the connection at once.
+/// Renewal statements on one connection at once.
 pub(crate) const IN_FLIGHT: usize = 2;
 
 /// One renewal in a batch.
 pub(crate) struct Renewal {
+    /// The connection that granted the lease: the renewal goes through it.
+    pub session: std::sync::Weak<crate::session::Session>,
     pub key: String,
     pub grant: String,
     pub ttl_ms: i64,
@@ -168,6 +171,7 @@ mod tests {
 
     fn renewal(i: usize) -> Renewal {
         Renewal {
+            session: std::sync::Weak::new(),
             key: format!("k{i}"),
             grant: format!("g{i}"),
             ttl_ms: 6000,

@@ -1,5 +1,5 @@
-//! [`Session`]: one server connection, its prepared statements, and the leases granted
-//! through it.
+//! [`Session`]: one server connection, its prepared statements, its turns to send
+//! statements, its queued renewals, and the leases granted through it.
 //!
 //! A lease belongs to the session that granted it, as a ZooKeeper node belongs to its
 //! session: when the connection ends (the server died or restarted, the backend was
@@ -11,10 +11,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fencelock_core::{LeaseReporter, LostReason};
+use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tokio_postgres::{Client, Statement};
@@ -47,6 +48,14 @@ pub(crate) struct Session {
     pub st: Statements,
     /// The server process serving this connection (`pg_backend_pid()`).
     pub backend_pid: i32,
+    /// The turns to send a statement other than a renewal on this connection
+    /// ([`crate::node::IN_FLIGHT`]).
+    pub turns: Arc<Semaphore>,
+    /// The renewals of this connection's leases waiting for a statement, and the turns to
+    /// send one.
+    pub renewals: crate::renewals::Pending,
+    /// Whether this connection `LISTEN`s on the release channel (one of the instance's).
+    listening: AtomicBool,
     alive: AtomicBool,
     driver: AbortHandle,
     next_id: AtomicU64,
@@ -61,6 +70,9 @@ impl Session {
             client,
             st,
             backend_pid,
+            turns: Arc::new(Semaphore::new(crate::node::IN_FLIGHT)),
+            renewals: crate::renewals::Pending::default(),
+            listening: AtomicBool::new(false),
             alive: AtomicBool::new(true),
             driver,
             next_id: AtomicU64::new(0),
@@ -91,6 +103,29 @@ impl Session {
         let shortest = self.leases().values().map(|t| t.ttl).min();
         let grace = shortest.map_or(timeout, |ttl| crate::renewals::bound(timeout, ttl));
         last < sent && sent.elapsed() >= grace
+    }
+
+    /// Statements in flight on this connection or waiting for the server's answer
+    /// (renewals included): the pool sends a new grant to a connection with none.
+    pub(crate) fn in_flight(&self) -> usize {
+        let others = crate::node::IN_FLIGHT.saturating_sub(self.turns.available_permits());
+        let renewals = crate::renewals::IN_FLIGHT.saturating_sub(self.renewals.turns().available_permits());
+        others + renewals
+    }
+
+    /// Marks this connection as the instance's listener (its `LISTEN` was answered).
+    pub(crate) fn set_listening(&self) {
+        self.listening.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether this connection `LISTEN`s on the release channel.
+    pub(crate) fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::SeqCst)
+    }
+
+    /// Whether a live lease of `grant` was granted through this connection.
+    pub(crate) fn holds(&self, grant: &str) -> bool {
+        self.leases().values().any(|t| t.grant == grant)
     }
 
     /// `true` until the connection ended.

@@ -11,7 +11,8 @@
 //! statement per `poll` renews all of an instance's tickets for twice the poll plus a
 //! second, and each refused attempt renews its own), so a waiter that crashed blocks the
 //! queue for at most that long. Notifications are not persistent: one sent while our
-//! connection was being replaced is lost (the connection's end wakes every waiter anyway),
+//! listening connection was being replaced is lost (its end wakes every waiter anyway, and
+//! their next attempt makes another connection listen first),
 //! and a ticket left by a crashed waiter is named in vain until it expires. A refused
 //! waiter therefore looks again when the ticket ahead of it expires, or — first in line —
 //! when the holder's lease does, at the latest every four polls (see `lock::retry_in`).
@@ -85,7 +86,7 @@ impl Waiters {
         }
     }
 
-    /// The connection ended: every waiter tries again (and reconnects).
+    /// The listening connection ended: every waiter tries again (and listens again).
     pub(crate) fn wake_all(&self) {
         for n in self.state().tickets.values() {
             n.notify_one();

@@ -107,7 +107,9 @@ async fn a_terminated_backend_means_loss_and_no_double_grant() {
         let lease = b.acquire("k", &opts(60_000).with_wait(Duration::from_secs(10))).await;
         (lease, Instant::now(), b)
     });
-    let pid = a.backend_pid().await.unwrap();
+    // The connection that granted the lease (an instance has several): its end is what
+    // reports the lease lost.
+    let pid = a.lease_backend_pid(&held).expect("held through a live connection");
     assert_eq!(
         server.psql(&format!("SELECT pg_terminate_backend({pid})")),
         "t",

@@ -1,0 +1,138 @@
+//! [`Pool`]: the connections of one backend instance — 1 to `connections` of them, made
+//! lazily, one at a time, and made again when they end.
+//!
+//! The server runs one connection's statements one after another, and each grant's commit
+//! waits for its own WAL flush; statements on *different* connections run side by side,
+//! and their flushes are shared (group commit). So a new grant goes to a connection with
+//! nothing in flight, and when every connection is busy and the pool is not full, to a
+//! new one (the statement that finds them busy pays that one connect). Least busy rather
+//! than round-robin: round-robin would send a statement behind one that is stuck (a row
+//! lock held by someone's transaction, a slow disk) while another connection idles, and
+//! would open every connection even for an instance that never has two statements in
+//! flight (a client of one key keeps one connection; 64 of them do not take 256 of the
+//! server's `max_connections`).
+//!
+//! What a lease does after its grant (extend, renewals, release) goes through the
+//! connection that granted it ([`crate::session::Session`]: a lease is reported lost when
+//! that connection ends). Exactly one connection `LISTEN`s for release notifications;
+//! when it ends, every waiter of the instance is woken and the next statement sent makes
+//! another one listen ([`crate::node::PgNode`]).
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::session::Session;
+
+/// How long a pool that failed to make another connection (the server's
+/// `max_connections` reached, say) works with the ones it has before it tries again.
+pub(crate) const GROW_BACKOFF: Duration = Duration::from_secs(1);
+
+pub(crate) struct Pool {
+    /// The most connections (`connections` in the URL).
+    size: usize,
+    sessions: Mutex<Vec<Arc<Session>>>,
+    /// One connect at a time.
+    pub connecting: tokio::sync::Mutex<()>,
+    /// One `LISTEN` at a time.
+    pub listening: tokio::sync::Mutex<()>,
+    /// The connection that `LISTEN`s on the release channel.
+    listener: Mutex<Weak<Session>>,
+    /// No further connection is tried before this instant (after a failed one).
+    grow_after: Mutex<Option<Instant>>,
+    /// Signalled when a connection is added: statements waiting for a turn on the others
+    /// look again, so the new one's turns go to them before later arrivals.
+    pub grown: tokio::sync::Notify,
+}
+
+impl Pool {
+    pub(crate) fn new(size: usize) -> Self {
+        Pool {
+            size: size.max(1),
+            sessions: Mutex::default(),
+            connecting: tokio::sync::Mutex::new(()),
+            listening: tokio::sync::Mutex::new(()),
+            listener: Mutex::default(),
+            grow_after: Mutex::default(),
+            grown: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Session>>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The live connections. A connection found closed is dropped from the pool and
+    /// ended here (its leases reported lost) if its driver has not done so yet.
+    pub(crate) fn live(&self) -> Vec<Arc<Session>> {
+        let mut closed = Vec::new();
+        let live = {
+            let mut sessions = self.sessions();
+            sessions.retain(|s| {
+                let alive = s.is_alive();
+                if !alive {
+                    closed.push(Arc::clone(s));
+                }
+                alive
+            });
+            sessions.clone()
+        };
+        for s in closed {
+            s.end("the connection was closed");
+        }
+        live
+    }
+
+    /// Adds a new connection.
+    pub(crate) fn add(&self, session: Arc<Session>) {
+        self.sessions().push(session);
+        self.grown.notify_waiters();
+    }
+
+    /// Takes every connection out of the pool (to end them).
+    pub(crate) fn take_all(&self) -> Vec<Arc<Session>> {
+        std::mem::take(&mut *self.sessions())
+    }
+
+    /// Whether another connection may be made now, with `live` connections open.
+    pub(crate) fn may_grow(&self, live: usize) -> bool {
+        if live == 0 {
+            return true;
+        }
+        let after = *self.grow_after.lock().unwrap_or_else(|p| p.into_inner());
+        live < self.size && after.is_none_or(|t| Instant::now() >= t)
+    }
+
+    /// A connection could not be made: the pool works with the ones it has for
+    /// [`GROW_BACKOFF`].
+    pub(crate) fn grow_failed(&self) {
+        *self.grow_after.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + GROW_BACKOFF);
+    }
+
+    /// The live connection that listens, if any.
+    pub(crate) fn listener(&self) -> Option<Arc<Session>> {
+        let listener = self.listener.lock().unwrap_or_else(|p| p.into_inner());
+        listener.upgrade().filter(|s| s.is_alive())
+    }
+
+    /// `session` listens now (its `LISTEN` was answered).
+    pub(crate) fn set_listener(&self, session: &Arc<Session>) {
+        session.set_listening();
+        *self.listener.lock().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(session);
+    }
+
+    /// The live connection that granted `grant` (while it is held).
+    pub(crate) fn holder_of(&self, grant: &str) -> Option<Arc<Session>> {
+        self.live().into_iter().find(|s| s.holds(grant))
+    }
+}
+
+/// The connection to send a new statement on, and whether it is idle: the one with the
+/// fewest statements in flight that has a free turn (`None`: every turn is taken).
+pub(crate) fn least_busy(live: &[Arc<Session>]) -> Option<(&Arc<Session>, bool)> {
+    live.iter()
+        .filter(|s| s.turns.available_permits() > 0)
+        .min_by_key(|s| s.in_flight())
+        .map(|s| (s, s.in_flight() == 0))
+}

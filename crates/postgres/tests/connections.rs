@@ -1,0 +1,268 @@
+//! One instance, several connections: a statement stuck on one connection (a row lock
+//! held by someone else's transaction) does not hold up a grant of another key, and many
+//! keys at once are worked on by more than one server backend.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+use std::time::Duration;
+
+use fencelock_core::{DistributedLock, LockOptions};
+use fencelock_postgres::tokio_postgres::NoTls;
+use fencelock_postgres::PgLock;
+use fencelock_testkit::pg_server::PgServer;
+use tokio::time::Instant;
+
+/// The most any step here may take before the test counts it as stuck (a failure bound,
+/// not a measurement: every step that passes takes milliseconds).
+const STUCK: Duration = Duration::from_secs(10);
+
+fn opts() -> LockOptions {
+    LockOptions::new()
+        .with_ttl(Duration::from_secs(60))
+        .with_auto_renew(false)
+}
+
+/// Waits (bounded) until `n` backends named `app` wait for a lock on the server.
+async fn blocked(server: &PgServer, app: &str, n: usize) {
+    let deadline = Instant::now() + STUCK;
+    let sql =
+        format!("SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}' AND wait_event_type = 'Lock'");
+    while server.psql(&sql) != n.to_string() {
+        assert!(
+            Instant::now() < deadline,
+            "the acquire of `a` never blocked on the server"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await; // polling a condition, bounded
+    }
+}
+
+/// The server backends whose client named itself `app`.
+fn backends(server: &PgServer, app: &str) -> usize {
+    server
+        .psql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}'"
+        ))
+        .parse()
+        .unwrap()
+}
+
+/// An operator's transaction inserts key `a`'s row and keeps it uncommitted: the acquire
+/// of `a` (an upsert of that row) then waits on the server for that transaction. A grant
+/// of key `b` through the same instance must not wait behind it. With one connection per
+/// instance it did: the server runs one connection's statements one after another, so `b`
+/// was answered only after `a`'s blocker ended. (The statement timeout is set far above
+/// [`STUCK`] so that neither statement is cut by it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_is_not_held_up_behind_a_statement_blocked_on_another_key() {
+    let server = PgServer::start();
+    let app = "pgpool_blocked";
+    let lock = PgLock::connect(&format!("{}&application_name={app}&timeout=60s", server.url()))
+        .await
+        .unwrap();
+    let (mut operator, connection) = server
+        .url()
+        .parse::<fencelock_postgres::tokio_postgres::Config>()
+        .unwrap()
+        .application_name("operator")
+        .connect(NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let blocker = operator.transaction().await.unwrap();
+    blocker
+        .execute(
+            "INSERT INTO fencelock.locks (key, grant_id, expires_at) VALUES ('a', 'operator', now() - interval '1 hour')",
+            &[],
+        )
+        .await
+        .unwrap();
+
+    let a = {
+        let lock = lock.clone();
+        tokio::spawn(async move { lock.try_acquire("a", &opts()).await })
+    };
+    blocked(&server, app, 1).await;
+
+    let b = tokio::time::timeout(STUCK, lock.try_acquire("b", &opts()))
+        .await
+        .expect("the grant of `b` waited behind the statement blocked on `a`")
+        .unwrap()
+        .expect("`b` is free");
+    assert!(
+        !a.is_finished(),
+        "the order this test needs: `a` is still blocked when `b` is granted"
+    );
+    blocker.rollback().await.unwrap();
+    let a = tokio::time::timeout(STUCK, a)
+        .await
+        .expect("`a` is answered once its blocker ended")
+        .unwrap()
+        .unwrap()
+        .expect("`a` is free once the operator's row is gone");
+    a.release().await.unwrap();
+    b.release().await.unwrap();
+    lock.close().await.unwrap();
+}
+
+/// 200 keys acquired at once through one instance are worked on by more than one server
+/// backend (and by no more than the instance's connections, 4 by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_keys_at_once_use_more_than_one_backend() {
+    let server = PgServer::start();
+    let app = "pgpool_many";
+    let lock = PgLock::connect(&format!("{}&application_name={app}", server.url()))
+        .await
+        .unwrap();
+    let leases = futures_util::future::join_all((0..200).map(|i| {
+        let lock = lock.clone();
+        async move { lock.acquire(&format!("k{i}"), &opts()).await.unwrap() }
+    }))
+    .await;
+    let n = backends(&server, app);
+    assert!(
+        (2..=4).contains(&n),
+        "{n} server backends did the work of 200 keys at once (want 2 to 4)"
+    );
+    for lease in leases {
+        lease.release().await.unwrap();
+    }
+    lock.close().await.unwrap();
+}
+
+/// Connections are made lazily: connecting makes one, a client that never has two
+/// statements in flight keeps one, and `connections=1` keeps one however many keys are
+/// asked for at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_made_only_when_needed_and_never_more_than_asked() {
+    let server = PgServer::start();
+    let app = "pgpool_lazy";
+    let lock = PgLock::connect(&format!("{}&application_name={app}", server.url()))
+        .await
+        .unwrap();
+    assert_eq!(backends(&server, app), 1, "connect makes one connection, not four");
+    for i in 0..20 {
+        let lease = lock.acquire(&format!("k{i}"), &opts()).await.unwrap();
+        lease.extend(Duration::from_secs(30)).await.unwrap();
+        lease.release().await.unwrap();
+    }
+    assert_eq!(
+        backends(&server, app),
+        1,
+        "one statement at a time needs one connection"
+    );
+    assert_eq!(lock.backend_pids().len(), 1);
+    lock.close().await.unwrap();
+
+    let app = "pgpool_one";
+    let lock = PgLock::connect(&format!("{}&application_name={app}&connections=1", server.url()))
+        .await
+        .unwrap();
+    let leases = futures_util::future::join_all((0..200).map(|i| {
+        let lock = lock.clone();
+        async move { lock.acquire(&format!("k{i}"), &opts()).await.unwrap() }
+    }))
+    .await;
+    assert_eq!(backends(&server, app), 1, "connections=1");
+    for lease in leases {
+        lease.release().await.unwrap();
+    }
+    lock.close().await.unwrap();
+}
+
+/// A lease belongs to the connection that granted it: when one of an instance's
+/// connections ends (its backend terminated), exactly the leases it granted are reported
+/// lost; the leases of its other connections stay held, and extend and auto-renew through
+/// their own connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_end_of_one_connection_loses_only_its_own_leases() {
+    let server = PgServer::start();
+    let lock = PgLock::connect(&server.url()).await.unwrap();
+    let renewed = LockOptions::new().with_ttl(Duration::from_secs(3)); // auto-renewed
+    let leases = futures_util::future::join_all((0..200).map(|i| {
+        let lock = lock.clone();
+        async move { lock.acquire(&format!("k{i}"), &renewed).await.unwrap() }
+    }))
+    .await;
+    let pids: Vec<i32> = leases
+        .iter()
+        .map(|l| lock.lease_backend_pid(l).expect("held through a live connection"))
+        .collect();
+    let victim = pids[0];
+    assert!(
+        pids.iter().any(|p| *p != victim),
+        "the 200 leases were all granted through one connection: {:?}",
+        lock.backend_pids()
+    );
+    assert_eq!(server.psql(&format!("SELECT pg_terminate_backend({victim})")), "t");
+    let (lost, kept): (Vec<_>, Vec<_>) = leases.into_iter().zip(pids).partition(|(_, pid)| *pid == victim);
+    for (lease, _) in &lost {
+        tokio::time::timeout(STUCK, lease.lost())
+            .await
+            .expect("a lease of the terminated connection is reported lost");
+    }
+    // Longer than a renewal period (a third of the TTL) and than the validity: the
+    // others' auto-renewals went through their own connections.
+    tokio::time::sleep(Duration::from_secs(4)).await; // lets renewals run, not a synchronisation
+    for (lease, _) in &kept {
+        assert!(lease.is_held(), "a lease of another connection was lost");
+        lease.extend(Duration::from_secs(3)).await.unwrap();
+    }
+    for (lease, _) in lost {
+        assert!(lease.release().await.unwrap_err().is_lease_lost());
+    }
+    for (lease, _) in kept {
+        lease.release().await.unwrap();
+    }
+    lock.close().await.unwrap();
+}
+
+/// The connection that listens for release notifications ends while a waiter waits: the
+/// waiter is woken, its next attempt makes another connection listen first, and the
+/// release that follows wakes it by notification — its fallback re-check would come only
+/// at the holder's expiry (60 s), far beyond [`STUCK`].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_moves_to_another_connection_when_the_listener_ends() {
+    let server = PgServer::start();
+    let holder = PgLock::connect(&server.url()).await.unwrap();
+    let held = holder.acquire("k", &opts()).await.unwrap();
+    let waiting = PgLock::connect(&format!("{}&poll=5m", server.url())).await.unwrap();
+    let listener = waiting.backend_pid().await.unwrap();
+    let waiter = {
+        let waiting = waiting.clone();
+        tokio::spawn(async move { waiting.acquire("k", &opts().with_wait(STUCK * 3)).await })
+    };
+    let queued = || server.psql("SELECT count(*) FROM fencelock.waiters WHERE key = 'k'") == "1";
+    let deadline = Instant::now() + STUCK;
+    while !queued() {
+        assert!(Instant::now() < deadline, "the waiter did not queue");
+        tokio::time::sleep(Duration::from_millis(10)).await; // polling a condition, bounded
+    }
+    // Count the acquire statements from here: the waiter's attempt after its wake-up.
+    server.psql(
+        "CREATE SEQUENCE public.acquires;
+         CREATE FUNCTION public.count_acquire() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN PERFORM nextval('public.acquires'); RETURN NULL; END $$;
+         CREATE TRIGGER count_acquire AFTER INSERT ON fencelock.locks
+           FOR EACH STATEMENT EXECUTE FUNCTION public.count_acquire();",
+    );
+    assert_eq!(server.psql(&format!("SELECT pg_terminate_backend({listener})")), "t");
+    let attempted = || server.psql("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM public.acquires") != "0";
+    while !attempted() {
+        assert!(
+            Instant::now() < deadline + STUCK,
+            "the waiter was not woken when its listening connection ended"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await; // polling a condition, bounded
+    }
+    // That attempt was sent after another connection's LISTEN was answered.
+    let now_listening = waiting.backend_pid().await.unwrap();
+    assert_ne!(now_listening, listener);
+    held.release().await.unwrap();
+    let lease = tokio::time::timeout(STUCK, waiter)
+        .await
+        .expect("the release did not wake the waiter: nobody listens")
+        .unwrap()
+        .unwrap();
+    lease.release().await.unwrap();
+    waiting.close().await.unwrap();
+}
