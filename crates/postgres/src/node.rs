@@ -975,4 +975,61 @@ mod tests {
         let (other, _, _) = node.try_grant("k2", &GrantId::random(), ttl, None).await.unwrap();
         assert!(matches!(other, NodeGrant::Granted(_)), "{other:?}");
     }
+
+    /// A waiter's ticket is kept alive while every turn of the instance is taken: the
+    /// keeper does not queue behind the instance's own statements. (With 1,000 keys per
+    /// instance it did — a wait for a turn of over `ticket_life` — so tickets lapsed, a
+    /// client that released took its key again at once, and the bench's many-keys
+    /// fairness fell to Jain 0.12–0.17.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_ticket_is_kept_while_every_turn_is_taken() {
+        let server = PgServer::start();
+        let url = format!("{}&connections=1&poll=100ms", server.url());
+        let node = PgNode::new(PgConfig::from_url(&url).unwrap());
+        let ttl = Duration::from_secs(60);
+        let (held, _, _) = node.try_grant("k", &GrantId::random(), ttl, None).await.unwrap();
+        assert!(matches!(held, NodeGrant::Granted(_)), "{held:?}");
+        let ticket = node.enqueue("k").await.unwrap();
+        let _notify = node.register_ticket(ticket);
+
+        // Every turn of the one connection taken, as by a backlog of statements.
+        let live = node.inner.pool.live();
+        assert_eq!(live.len(), 1);
+        let _all_turns = Arc::clone(&live[0].turns)
+            .acquire_many_owned(IN_FLIGHT as u32)
+            .await
+            .unwrap();
+
+        // Watched from a connection of our own, for three ticket lives.
+        let (client, connection) = node
+            .inner
+            .cfg
+            .pg
+            .connect(tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let driver = tokio::spawn(connection);
+        let life = node.ticket_life();
+        let query = format!(
+            "SELECT expires_at > clock_timestamp(), extract(epoch FROM expires_at)::float8 FROM {}.waiters WHERE ticket = $1",
+            node.inner.cfg.schema
+        );
+        let started = tokio::time::Instant::now();
+        let mut first_expiry = None;
+        let mut renewed = false;
+        while started.elapsed() < life * 3 {
+            let row = client.query_one(&query, &[&ticket]).await.unwrap();
+            let (live, expiry): (bool, f64) = (row.get(0), row.get(1));
+            assert!(
+                live,
+                "the ticket lapsed {:?} after every turn was taken (life {life:?})",
+                started.elapsed()
+            );
+            let first = *first_expiry.get_or_insert(expiry);
+            renewed |= expiry > first;
+            tokio::time::sleep(Duration::from_millis(50)).await; // the watch's sampling interval
+        }
+        assert!(renewed, "the keeper never renewed the ticket");
+        driver.abort();
+    }
 }
