@@ -288,3 +288,74 @@ async fn a_hand_off_costs_no_claim_script() {
         "{evalsha:.2} scripts per grant: a hand-off still costs a claim (queue turn, release, claim = 3)"
     );
 }
+
+/// A waiter whose turn queued it on the server but whose answer never came back (the
+/// acquire was cut off in flight) does not know its queue entry; giving up must still take
+/// the entry out — else the next release grants the lock to a waiter that is gone, and
+/// the key stays held for that waiter's whole TTL. Seen as the conformance case
+/// `cancelled_acquire_leaves_nothing_held` failing now and then on Redis (a waiter
+/// cancelled while its first turn was in flight); made deterministic here with the
+/// answers held by the fault proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_cut_off_before_its_turn_was_answered_leaves_the_queue() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port()).await;
+    let holder = RedisLock::connect(&server.url()).await.unwrap();
+    let other = RedisLock::connect(&server.url()).await.unwrap();
+    let cut = Arc::new(
+        RedisLock::connect(&format!("redis://127.0.0.1:{}?timeout=300ms", proxy.port()))
+            .await
+            .unwrap(),
+    );
+    let long = opts().with_ttl(Duration::from_secs(60));
+    let queue_len = |key: &str| server.integer(&format!("LLEN fencelock:{{{key}}}:queue")).unwrap_or(0);
+    // The cut-off instance keeps its subscription through the fault: another of its
+    // waiters queues for another key first (a release's direct grant reaches it there).
+    let lease = holder.acquire("k", &long).await.unwrap();
+    let blocker = holder.acquire("k2", &long).await.unwrap();
+    let bystander = {
+        let cut = Arc::clone(&cut);
+        tokio::spawn(async move { cut.acquire("k2", &long).await })
+    };
+    until("the bystander queued", || queue_len("k2") >= 1).await;
+    // A first wait of the cut-off instance on `k`, given up before the fault: the
+    // instance found `k` busy (for a second its next acquire queues at once: a turn, not
+    // the uncontended path), and the server knows the give-up's script (a first `EVALSHA`
+    // is answered "no script", an answer the fault below would hold back).
+    let gave_up = cut.acquire("k", &long.with_wait(Duration::from_millis(200))).await;
+    assert!(gave_up.is_err(), "k is held");
+    until("the first give-up left the queue", || queue_len("k") == 0).await;
+
+    // Requests go through, answers are held: the turn queues the waiter, which never
+    // hears so, and the acquire is cut off.
+    proxy.set_to_client(Mode::Blackhole);
+    let cut_off = {
+        let cut = Arc::clone(&cut);
+        tokio::spawn(async move { tokio::time::timeout(Duration::from_secs(1), cut.acquire("k", &long)).await })
+    };
+    until("the waiter queued", || queue_len("k") >= 1).await;
+    assert!(
+        !matches!(cut_off.await.unwrap(), Ok(Ok(_))),
+        "a waiter that heard nothing was granted"
+    );
+    until("its give-up took the entry out of the queue", || queue_len("k") == 0).await;
+    proxy.set(Mode::Pass);
+
+    lease.release().await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(8), other.acquire("k", &opts().with_wait(Duration::from_secs(5))))
+        .await
+        .expect("bounded")
+        .expect("the key went to a live waiter, not to the one that gave up");
+    next.release().await.unwrap();
+    bystander.abort();
+    blocker.release().await.unwrap();
+}
+
+/// Polls `done` every 5 ms for at most 5 s (a bounded wait for the server's state).
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(Instant::now() < deadline, "not done within 5 s: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
