@@ -9,11 +9,12 @@
 //! holder that releases and asks again goes to the back of the line, and hand-offs go
 //! round in FIFO order. A ticket lives as long as its instance keeps it alive (one
 //! statement per `poll` renews all of an instance's tickets for twice the poll plus a
-//! second, and each refused attempt renews its own), so a waiter that crashed blocks the
-//! queue for at most that long. Notifications are not persistent: one sent while our
-//! listening connection was being replaced is lost (its end wakes every waiter anyway, and
-//! their next attempt makes another connection listen first),
-//! and a ticket left by a crashed waiter is named in vain until it expires. A refused
+//! second — sent without waiting for a turn behind the instance's other statements, which
+//! under load would outlast the tickets — and each refused attempt renews its own), so a
+//! waiter that crashed blocks the queue for at most that long. Notifications are not
+//! persistent: one sent while our listening connection was being replaced is lost (its
+//! end wakes every waiter anyway, and their next attempt makes another connection listen
+//! first), and a ticket left by a crashed waiter is named in vain until it expires. A refused
 //! waiter therefore looks again when the ticket ahead of it expires, or — first in line —
 //! when the holder's lease does, at the latest every four polls (see `lock::retry_in`).
 
