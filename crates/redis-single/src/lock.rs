@@ -278,11 +278,25 @@ impl RedisLock {
         }
         let sent_at = Instant::now();
         let span = tracing::debug_span!("turn", %key, grant = %q.grant, handed = turn);
-        let answer = self
+        let answer = match self
             .node
             .wait_turn_direct(key, q.grant.as_str(), opts.ttl(), &q.entry, opts.wait())
             .instrument(span)
-            .await?;
+            .await
+        {
+            Ok(answer) => answer,
+            Err(e) => {
+                // The turn's outcome is unknown: it may have queued us under an entry we
+                // never heard of (or granted us the lock). Give up this wait's place now —
+                // the give-up finds our entries by grant id and frees a lock that holds
+                // our grant — and, if the wait goes on, queue again under a new grant id:
+                // another turn under this one would queue a second entry beside the
+                // unknown one, and the one left over would later be granted the lock for
+                // its whole TTL with nobody to use it.
+                *state = None;
+                return Err(e);
+            }
+        };
         match answer {
             Turn::Granted(token) => {
                 q.done = true;

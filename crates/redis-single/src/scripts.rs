@@ -275,16 +275,33 @@ return {{0, redis.call('PTTL', KEYS[1]), entry, now}}
 });
 
 /// KEYS: lock, counter, queue, reservation. ARGV: grant id, waiter channel prefix, claim
-/// ms, our queue entry. A waiter gives up (its wait ended, it was cancelled): removes its
-/// entry, and when the lock holds its grant — granted to it directly by a release (full
-/// TTL: the push came after the waiter gave up), reserved for it, or claimed by an answer
-/// that never arrived — frees it and hands it to the next waiter, as a release does.
-/// Returns 1 when it freed the lock.
+/// ms, our queue entry (`` when unknown). A waiter gives up (its wait ended, it was
+/// cancelled): removes its entry, and when the lock holds its grant — granted to it
+/// directly by a release (full TTL: the push came after the waiter gave up), reserved for
+/// it, or claimed by an answer that never arrived — frees it and hands it to the next
+/// waiter, as a release does. Returns 1 when it freed the lock.
+///
+/// The waiter may not know its entry: the turn that queued it went unanswered (cut off in
+/// flight, timed out), or queued it again under a new deadline. Then its entries are
+/// found by grant id (`GRANT@…` or `GRANT|…`), every one of them: a look through the
+/// queue, O(its length), paid only when the entry named is not there (unknown, or already
+/// taken by a hand-off). Left behind, such an entry would be granted the lock by the next
+/// release, for its whole TTL, with nobody to use or free it.
 pub(crate) static LEAVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{HAND_OFF}
+local removed = 0
 if ARGV[4] ~= '' then
-  redis.call('LREM', KEYS[3], 1, ARGV[4])
+  removed = redis.call('LREM', KEYS[3], 1, ARGV[4])
+end
+if removed == 0 then
+  local n = string.len(ARGV[1])
+  for _, e in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
+    local after = string.sub(e, n + 1, n + 1)
+    if string.sub(e, 1, n) == ARGV[1] and (after == '@' or after == '|') then
+      redis.call('LREM', KEYS[3], 0, e)
+    end
+  end
 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1], KEYS[4])
