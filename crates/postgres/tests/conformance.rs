@@ -95,6 +95,10 @@ impl Fixture for Pg {
         })
     }
 
+    fn connections_per_client(&self) -> usize {
+        fencelock_postgres::DEFAULT_CONNECTIONS
+    }
+
     fn proxied_client(&self, request_timeout: Duration) -> BoxFuture<'_, Option<Proxied>> {
         Box::pin(async move {
             let proxy = FaultProxy::start(self.server.port()).await;

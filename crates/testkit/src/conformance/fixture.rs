@@ -67,6 +67,14 @@ pub trait Fixture: ClientFactory {
     /// without a server (memory, file).
     fn connections(&self) -> BoxFuture<'_, Option<usize>>;
 
+    /// The most connections one client opens to each server — a pool's bound (PostgreSQL's
+    /// `connections`, default 4); 1 where a client keeps a fixed set. A long-lived client
+    /// may grow its pool up to it as its statements overlap: bounded growth, not a leak,
+    /// which the resource case allows beside its fixed allowance.
+    fn connections_per_client(&self) -> usize {
+        1
+    }
+
     /// A new client whose connections pass through fault proxies, bounding each request
     /// by `request_timeout`; `None` for backends without a network (memory, file), where no
     /// request can go unanswered.

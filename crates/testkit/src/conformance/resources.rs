@@ -85,12 +85,16 @@ async fn count(f: &dyn Fixture) -> Count {
     }
 }
 
-fn within_allowance(before: Count, now: Count) -> bool {
+/// `pooled`: connections (and their sockets) the two long-lived clients may add by
+/// growing their pools to their bound ([`Fixture::connections_per_client`]) — bounded,
+/// where a leak grows with `N`. (Seen once on PostgreSQL: 2 → 5 connections, a client's
+/// pool grown from 1 to 4 while a background dequeue overlapped its next statement.)
+fn within_allowance(before: Count, now: Count, pooled: usize) -> bool {
     now.threads <= before.threads + THREADS_ALLOWED
         && now.ours <= before.ours
-        && now.files <= before.files + FILES_ALLOWED
+        && now.files <= before.files + FILES_ALLOWED + pooled
         && match (before.connections, now.connections) {
-            (Some(b), Some(n)) => n <= b + CONNECTIONS_ALLOWED,
+            (Some(b), Some(n)) => n <= b + CONNECTIONS_ALLOWED + pooled,
             _ => true,
         }
 }
@@ -134,13 +138,14 @@ pub async fn resources_do_not_grow(f: &dyn Fixture, cfg: &SuiteConfig) {
         held = expect_timeout(&*a, &key, held, got, at, &take).await;
         drop(c);
     }
-    let after = settle(cfg.slack * 3, || count(f), |now| within_allowance(before, now)).await;
+    let pooled = 2 * f.connections_per_client().saturating_sub(1);
+    let after = settle(cfg.slack * 3, || count(f), |now| within_allowance(before, now, pooled)).await;
     assert!(
-        within_allowance(before, after),
+        within_allowance(before, after, pooled),
         "resources grew over {N} try_acquires, {N} timed-out acquires and {N} dropped waiting \
          clients: before {before:?}, after {after:?} (allowed +{THREADS_ALLOWED} threads, none of \
-         them `fencelock-…`, +{FILES_ALLOWED} files, +{CONNECTIONS_ALLOWED} connections); threads \
-         that appeared: {:?}",
+         them `fencelock-…`, +{FILES_ALLOWED} files, +{CONNECTIONS_ALLOWED} connections; +{pooled} more files and connections for the two \
+         clients' pools); threads that appeared: {:?}",
         new_names(&names_before, &thread_names())
     );
     // Whether the holder kept the key to the end is not this case's question (a lease lost
