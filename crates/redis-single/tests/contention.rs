@@ -342,10 +342,13 @@ async fn a_waiter_cut_off_before_its_turn_was_answered_leaves_the_queue() {
     proxy.set(Mode::Pass);
 
     lease.release().await.unwrap();
-    let next = tokio::time::timeout(Duration::from_secs(8), other.acquire("k", &opts().with_wait(Duration::from_secs(5))))
-        .await
-        .expect("bounded")
-        .expect("the key went to a live waiter, not to the one that gave up");
+    let next = tokio::time::timeout(
+        Duration::from_secs(8),
+        other.acquire("k", &opts().with_wait(Duration::from_secs(5))),
+    )
+    .await
+    .expect("bounded")
+    .expect("the key went to a live waiter, not to the one that gave up");
     next.release().await.unwrap();
     bystander.abort();
     blocker.release().await.unwrap();
