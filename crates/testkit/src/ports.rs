@@ -33,9 +33,25 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
-/// `n` ports on 127.0.0.1 for one server, as [`free_port`] picks them (the hook's first).
+/// `n` distinct ports on 127.0.0.1 for one server, each free a moment ago (the hook's
+/// first, see [`with_next_ports`]). All `n` are held bound until the last is picked, so
+/// the kernel cannot hand one out twice — picked one at a time, a port just closed could
+/// come back as the next, and a ZooKeeper ensemble given one port twice among its 9
+/// exited 14.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    (0..n).map(|_| free_port()).collect()
+    let mut held = Vec::with_capacity(n);
+    let mut ports = Vec::with_capacity(n);
+    for _ in 0..n {
+        if let Some(port) = NEXT_PORTS.with(|q| q.borrow_mut().pop_front()) {
+            ports.push(port);
+            continue;
+        }
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+        ports.push(listener.local_addr().expect("local addr").port());
+        held.push(listener);
+    }
+    drop(held);
+    ports
 }
 
 /// Runs `f` with [`free_port`] handing out `ports` first (in order, each once, on this
