@@ -6,11 +6,13 @@
 
 use std::time::Duration;
 
-use fencelock_core::{DistributedLock, LockOptions};
+use fencelock_core::{DistributedLock, Lease, LockOptions};
 use fencelock_postgres::tokio_postgres::NoTls;
 use fencelock_postgres::PgLock;
 use fencelock_testkit::pg_server::PgServer;
 use tokio::time::Instant;
+
+mod common;
 
 /// The most any step here may take before the test counts it as stuck (a failure bound,
 /// not a measurement: every step that passes takes milliseconds).
@@ -36,6 +38,31 @@ async fn blocked(server: &PgServer, app: &str, n: usize) {
     }
 }
 
+/// An instance whose connections name themselves `app`, with the URL options `extra`
+/// (`&`-prefixed, or empty).
+async fn connect_as(server: &PgServer, app: &str, extra: &str) -> PgLock {
+    PgLock::connect(&format!("{}&application_name={app}{extra}", server.url()))
+        .await
+        .unwrap()
+}
+
+/// 200 keys acquired at once through `lock`.
+async fn acquire_200_at_once(lock: &PgLock) -> Vec<Lease> {
+    futures_util::future::join_all((0..200).map(|i| {
+        let lock = lock.clone();
+        async move { lock.acquire(&format!("k{i}"), &opts()).await.unwrap() }
+    }))
+    .await
+}
+
+/// Releases `leases`, then closes `lock`.
+async fn release_all_and_close(lock: &PgLock, leases: Vec<Lease>) {
+    for lease in leases {
+        lease.release().await.unwrap();
+    }
+    lock.close().await.unwrap();
+}
+
 /// The server backends whose client named itself `app`.
 fn backends(server: &PgServer, app: &str) -> usize {
     server
@@ -56,9 +83,7 @@ fn backends(server: &PgServer, app: &str) -> usize {
 async fn a_grant_is_not_held_up_behind_a_statement_blocked_on_another_key() {
     let server = PgServer::start();
     let app = "pgpool_blocked";
-    let lock = PgLock::connect(&format!("{}&application_name={app}&timeout=60s", server.url()))
-        .await
-        .unwrap();
+    let lock = connect_as(&server, app, "&timeout=60s").await;
     let (mut operator, connection) = server
         .url()
         .parse::<fencelock_postgres::tokio_postgres::Config>()
@@ -110,23 +135,14 @@ async fn a_grant_is_not_held_up_behind_a_statement_blocked_on_another_key() {
 async fn many_keys_at_once_use_more_than_one_backend() {
     let server = PgServer::start();
     let app = "pgpool_many";
-    let lock = PgLock::connect(&format!("{}&application_name={app}", server.url()))
-        .await
-        .unwrap();
-    let leases = futures_util::future::join_all((0..200).map(|i| {
-        let lock = lock.clone();
-        async move { lock.acquire(&format!("k{i}"), &opts()).await.unwrap() }
-    }))
-    .await;
+    let lock = connect_as(&server, app, "").await;
+    let leases = acquire_200_at_once(&lock).await;
     let n = backends(&server, app);
     assert!(
         (2..=4).contains(&n),
         "{n} server backends did the work of 200 keys at once (want 2 to 4)"
     );
-    for lease in leases {
-        lease.release().await.unwrap();
-    }
-    lock.close().await.unwrap();
+    release_all_and_close(&lock, leases).await;
 }
 
 /// Connections are made lazily: connecting makes one, a client that never has two
@@ -136,9 +152,7 @@ async fn many_keys_at_once_use_more_than_one_backend() {
 async fn connections_are_made_only_when_needed_and_never_more_than_asked() {
     let server = PgServer::start();
     let app = "pgpool_lazy";
-    let lock = PgLock::connect(&format!("{}&application_name={app}", server.url()))
-        .await
-        .unwrap();
+    let lock = connect_as(&server, app, "").await;
     assert_eq!(backends(&server, app), 1, "connect makes one connection, not four");
     for i in 0..20 {
         let lease = lock.acquire(&format!("k{i}"), &opts()).await.unwrap();
@@ -154,19 +168,10 @@ async fn connections_are_made_only_when_needed_and_never_more_than_asked() {
     lock.close().await.unwrap();
 
     let app = "pgpool_one";
-    let lock = PgLock::connect(&format!("{}&application_name={app}&connections=1", server.url()))
-        .await
-        .unwrap();
-    let leases = futures_util::future::join_all((0..200).map(|i| {
-        let lock = lock.clone();
-        async move { lock.acquire(&format!("k{i}"), &opts()).await.unwrap() }
-    }))
-    .await;
+    let lock = connect_as(&server, app, "&connections=1").await;
+    let leases = acquire_200_at_once(&lock).await;
     assert_eq!(backends(&server, app), 1, "connections=1");
-    for lease in leases {
-        lease.release().await.unwrap();
-    }
-    lock.close().await.unwrap();
+    release_all_and_close(&lock, leases).await;
 }
 
 /// A lease belongs to the connection that granted it: when one of an instance's
@@ -238,15 +243,9 @@ async fn listen_moves_to_another_connection_when_the_listener_ends() {
         tokio::time::sleep(Duration::from_millis(10)).await; // polling a condition, bounded
     }
     // Count the acquire statements from here: the waiter's attempt after its wake-up.
-    server.psql(
-        "CREATE SEQUENCE public.acquires;
-         CREATE FUNCTION public.count_acquire() RETURNS trigger LANGUAGE plpgsql AS
-           $$ BEGIN PERFORM nextval('public.acquires'); RETURN NULL; END $$;
-         CREATE TRIGGER count_acquire AFTER INSERT ON fencelock.locks
-           FOR EACH STATEMENT EXECUTE FUNCTION public.count_acquire();",
-    );
+    common::count_acquires(&server);
     assert_eq!(server.psql(&format!("SELECT pg_terminate_backend({listener})")), "t");
-    let attempted = || server.psql("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM public.acquires") != "0";
+    let attempted = || common::acquires(&server) > 0;
     while !attempted() {
         assert!(
             Instant::now() < deadline + STUCK,

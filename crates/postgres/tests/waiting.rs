@@ -12,29 +12,13 @@ use fencelock_postgres::PgLock;
 use fencelock_testkit::pg_server::PgServer;
 use tokio::time::Instant;
 
+mod common;
+use common::{acquires, count_acquires};
+
 const SLACK: Duration = Duration::from_millis(1500);
 
 fn opts(wait: Duration) -> LockOptions {
     LockOptions::new().with_ttl(Duration::from_secs(60)).with_wait(wait)
-}
-
-/// Counts the statements that write `fencelock.locks` (every acquire is one; the
-/// server's own count, with a statement-level trigger and a sequence).
-fn count_acquires(server: &PgServer) {
-    server.psql(
-        "CREATE SEQUENCE public.acquires;
-         CREATE FUNCTION public.count_acquire() RETURNS trigger LANGUAGE plpgsql AS
-           $$ BEGIN PERFORM nextval('public.acquires'); RETURN NULL; END $$;
-         CREATE TRIGGER count_acquire AFTER INSERT ON fencelock.locks
-           FOR EACH STATEMENT EXECUTE FUNCTION public.count_acquire();",
-    );
-}
-
-fn acquires(server: &PgServer) -> i64 {
-    server
-        .psql("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM public.acquires")
-        .parse()
-        .unwrap()
 }
 
 /// Waits (bounded) until `n` tickets of `key` are queued.
