@@ -877,7 +877,8 @@ impl PgNode {
     /// statements — 1,000 keys' waiters on 4 connections — a wait for a turn outlasted
     /// the tickets, and a lapsed ticket loses its waiter's place to a client that just
     /// released and asks again. On the connection, at most [`IN_FLIGHT`] statements and
-    /// the renewals in flight are ahead of it. No live connection: nothing is sent (the
+    /// the renewals in flight are ahead of it; it counts as one more in flight there while
+    /// it runs. No live connection: nothing is sent (the
     /// waiters' own attempts connect again, and renew their own tickets).
     async fn keep_tickets(&self, tickets: Vec<i64>) -> Result<()> {
         let live = self.inner.pool.live();
@@ -887,6 +888,9 @@ impl PgNode {
         let life = self.ticket_life().as_millis() as i64;
         let (tickets, life) = (&tickets, &life);
         let timeout = self.inner.cfg.timeout;
+        // Counted as in flight there, so that a new grant is not sent behind it as if the
+        // connection were idle.
+        let _counted = session.unturned();
         self.send_on(session, "keeping waiter tickets", timeout, |s| async move {
             s.client.execute(&s.st.keep_tickets, &[tickets, life]).await
         })

@@ -10,7 +10,7 @@
 //! old holder could still believe in it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -62,6 +62,8 @@ pub(crate) struct Session {
     leases: Mutex<HashMap<u64, Tracked>>,
     /// When the server last answered a statement on this connection (or it was opened).
     last_answer: Mutex<Instant>,
+    /// Statements sent without a turn (the waiter tickets' keeper) still unanswered.
+    unturned: AtomicUsize,
 }
 
 impl Session {
@@ -78,6 +80,7 @@ impl Session {
             next_id: AtomicU64::new(0),
             leases: Mutex::new(HashMap::new()),
             last_answer: Mutex::new(Instant::now()),
+            unturned: AtomicUsize::new(0),
         }
     }
 
@@ -110,7 +113,14 @@ impl Session {
     pub(crate) fn in_flight(&self) -> usize {
         let others = crate::node::IN_FLIGHT.saturating_sub(self.turns.available_permits());
         let renewals = crate::renewals::IN_FLIGHT.saturating_sub(self.renewals.turns().available_permits());
-        others + renewals
+        others + renewals + self.unturned.load(Ordering::SeqCst)
+    }
+
+    /// Counts a statement sent without a turn in [`in_flight`](Self::in_flight) until the
+    /// returned guard is dropped (its answer came, or it was given up).
+    pub(crate) fn unturned(self: &Arc<Self>) -> Unturned {
+        self.unturned.fetch_add(1, Ordering::SeqCst);
+        Unturned(Arc::clone(self))
     }
 
     /// Marks this connection as the instance's listener (its `LISTEN` was answered).
@@ -179,5 +189,15 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.driver.abort();
+    }
+}
+
+/// A statement sent without a turn, counted in its connection's statements in flight
+/// while it lives ([`Session::unturned`]).
+pub(crate) struct Unturned(Arc<Session>);
+
+impl Drop for Unturned {
+    fn drop(&mut self) {
+        self.0.unturned.fetch_sub(1, Ordering::SeqCst);
     }
 }
