@@ -13,7 +13,8 @@ use rustix::process::{kill_process, Signal};
 mod common;
 
 use common::{
-    fencelock, file_url, first_line, output_within, pid_of, signal_while_waiting, signals_while_waiting_on_zookeeper,
+    end, fencelock, file_url, first_line, hold, output_within, pid_of, signal_while_waiting,
+    signals_while_waiting_on_zookeeper, BIN,
 };
 
 /// Signals other than INT/TERM/HUP whose default action ends a process.
@@ -97,4 +98,50 @@ fn a_left_behind_process_killed_after_kill_after_gives_no_warning() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(!err.contains("still there"), "{err}");
     assert!(took < Duration::from_millis(2500), "exit took {took:?}: {err}");
+}
+
+/// A signal `fencelock` was started with set to "ignore" stays ignored, by the POSIX
+/// convention (a non-interactive shell starts `cmd &` with SIGINT and SIGQUIT ignored,
+/// `nohup` SIGHUP): a waiter sent SIGINT waits on and times out (75). Found by a newcomer:
+/// SIGINT in the first ~2 ms was ignored, later it ended the waiter (130) — the outcome
+/// depended on when the signal came. (Catching it would also give the command the default
+/// action back: exec keeps an ignored signal ignored, not a caught one.)
+#[test]
+fn a_signal_ignored_at_start_stays_ignored() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = file_url(dir.path());
+    let holder = hold(fencelock(&url), &["run", "k"]);
+    let mut waiter = std::process::Command::new("sh")
+        .args(["-c", "trap '' INT; exec \"$0\" \"$@\""])
+        .args([BIN, "--backend", &url, "-v", "run", "k", "--wait", "2s", "--", "true"])
+        .env_remove("FENCELOCK_BACKEND")
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn waiter");
+    // Sent once it is waiting (it says "acquiring" after its signal handling is set up).
+    let err = waiter.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l.contains("acquiring")) {
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => lines.push(line),
+            Err(_) => panic!("the waiter never said it was acquiring: {lines:?}"),
+        }
+    }
+    kill_process(pid_of(&waiter), Signal::INT).expect("SIGINT");
+    let status = output_within(waiter, Duration::from_secs(20)).status;
+    lines.extend(rx.try_iter());
+    assert_eq!(
+        status.code(),
+        Some(75),
+        "a SIGINT ignored at start ended the waiter: {status:?} {lines:?}"
+    );
+    end(holder);
 }
