@@ -7,6 +7,7 @@
 //! process group. Not caught: SIGKILL and SIGSTOP (impossible); SIGSEGV, SIGBUS, SIGFPE,
 //! SIGILL, SIGTRAP and SIGSYS (faults of the process itself); the real-time signals;
 //! SIGPIPE, which Rust programs ignore (a write to a closed pipe is an error, not a death).
+//! Nor any signal the process was started with set to "ignore" ([`ignored_at_start`]).
 
 use rustix::process::Signal;
 use tokio::signal::unix::{signal, SignalKind};
@@ -40,7 +41,7 @@ impl Signals {
     /// the process). Call it first thing, before any wait.
     pub(crate) fn install() -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        for sig in TERMINATING {
+        for sig in catchable() {
             match signal(SignalKind::from_raw(sig.as_raw())) {
                 Ok(mut s) => {
                     let tx = tx.clone();
@@ -70,10 +71,48 @@ impl Signals {
 /// Catches every [`TERMINATING`] signal and does nothing with them: for the guard, which
 /// must outlive what is sent to its group to report the command's status. Keep the value.
 pub(crate) fn ignore_all() -> Vec<tokio::signal::unix::Signal> {
-    TERMINATING
-        .into_iter()
+    catchable()
         .filter_map(|sig| signal(SignalKind::from_raw(sig.as_raw())).ok())
         .collect()
+}
+
+/// The [`TERMINATING`] signals not ignored at start.
+fn catchable() -> impl Iterator<Item = Signal> {
+    let ignored = ignored_at_start();
+    TERMINATING
+        .into_iter()
+        .filter(move |sig| ignored & signal_bit(sig.as_raw()) == 0)
+}
+
+/// Bit `n − 1` for signal `n`, as `/proc/PID/status` writes its masks.
+fn signal_bit(n: i32) -> u64 {
+    u32::try_from(n - 1).ok().and_then(|b| 1u64.checked_shl(b)).unwrap_or(0)
+}
+
+/// The signals this process was started with set to "ignore" (a bit per signal, see
+/// [`signal_bit`]). By the POSIX convention they stay ignored: a non-interactive shell
+/// starts `cmd &` with SIGINT and SIGQUIT ignored so that the terminal's Ctrl-C does not
+/// reach background jobs, and `nohup` ignores SIGHUP. Catching them would end such a
+/// `fencelock` anyway — and only once the handler is set, a few ms in, so the outcome
+/// would depend on when the signal came — and would give the command the default action
+/// back (exec keeps an ignored signal ignored, not a caught one).
+///
+/// Read from `/proc/self/status` (`SigIgn:`, hexadecimal): asking the kernel directly
+/// needs `sigaction`, i.e. `unsafe`, which the workspace forbids. Read before any handler
+/// of ours is set (a caught signal is no longer ignored). Without procfs: none.
+fn ignored_at_start() -> u64 {
+    static IGNORED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *IGNORED.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("SigIgn:"))
+                    .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            })
+            .unwrap_or(0)
+    })
 }
 
 /// `SIGTERM`, `SIGUSR1`, …
