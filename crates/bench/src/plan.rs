@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
-use crate::contention::{self, Contention};
+use crate::contention::{self, Counter};
 use crate::dead_waiter;
 use crate::error::Result;
 use crate::failover;
@@ -200,6 +200,68 @@ impl Rows<'_> {
     }
 }
 
+/// One shape of contention: `clients` clients taking each of `keys` keys in turns, until
+/// `grants` grants or `limit` (see [`contention::measure`]).
+struct Shape {
+    keys: usize,
+    clients: usize,
+    grants: usize,
+    limit: Duration,
+}
+
+impl Shape {
+    /// A row for fencelock and, with `plan.peers`, one for each peer of `target`, named
+    /// `label("")` and `label("PEER ")`; a row that failed is left out (see [`Rows`]).
+    async fn measure(
+        &self,
+        rows: &mut Rows<'_>,
+        plan: &Plan,
+        target: &Target,
+        label: impl Fn(&str) -> String,
+        counter: Counter<'_>,
+    ) -> Result<Vec<ContentionRow>> {
+        let mut out = Vec::new();
+        let url = target.url.clone();
+        let ours = || {
+            let url = url.clone();
+            async move { Ok(Box::new(Ours::connect(&url).await?) as Box<dyn Subject>) }
+        };
+        let (keys, clients, grants, limit) = (self.keys, self.clients, self.grants, self.limit);
+        let measured = rows
+            .row(
+                label(""),
+                contention::measure(ours, keys, clients, grants, limit, counter),
+            )
+            .await?;
+        if let Some(result) = measured {
+            out.push(ContentionRow {
+                subject: "fencelock".into(),
+                role: Role::Ours,
+                result,
+            });
+        }
+        if plan.peers {
+            for peer in target.peer_names() {
+                let connect = || target.peer(peer);
+                let measured = rows
+                    .row(
+                        label(&format!("{peer} ")),
+                        contention::measure(connect, keys, clients, grants, limit, counter),
+                    )
+                    .await?;
+                if let Some(result) = measured {
+                    out.push(ContentionRow {
+                        subject: peer.to_string(),
+                        role: Role::Peer,
+                        result,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 async fn measure(plan: &Plan, target: &Target, progress: &(dyn Fn(&str) + Sync)) -> Result<BackendReport> {
     let name = target.label.clone();
     let mut rows = Rows {
@@ -261,109 +323,28 @@ async fn measure(plan: &Plan, target: &Target, progress: &(dyn Fn(&str) + Sync))
     let counter = || -> BoxFuture<'_, Option<u64>> { Box::pin(target.server_commands()) };
     let mut contention_rows = Vec::new();
     for &clients in &plan.clients {
-        let url = target.url.clone();
-        let measured: Option<Contention> = rows
-            .row(
-                format!("{name}: {clients} clients on one key"),
-                contention::measure(
-                    || {
-                        let url = url.clone();
-                        async move { Ok(Box::new(Ours::connect(&url).await?) as Box<dyn Subject>) }
-                    },
-                    1,
-                    clients,
-                    plan.grants,
-                    plan.contention_limit,
-                    &counter,
-                ),
-            )
-            .await?;
-        if let Some(result) = measured {
-            contention_rows.push(ContentionRow {
-                subject: "fencelock".into(),
-                role: Role::Ours,
-                result,
-            });
-        }
-        if plan.peers {
-            for peer in target.peer_names() {
-                let measured = rows
-                    .row(
-                        format!("{name}: {clients} {peer} clients on one key"),
-                        contention::measure(
-                            || target.peer(peer),
-                            1,
-                            clients,
-                            plan.grants,
-                            plan.contention_limit,
-                            &counter,
-                        ),
-                    )
-                    .await?;
-                if let Some(result) = measured {
-                    contention_rows.push(ContentionRow {
-                        subject: peer.to_string(),
-                        role: Role::Peer,
-                        result,
-                    });
-                }
-            }
-        }
+        let shape = Shape {
+            keys: 1,
+            clients,
+            grants: plan.grants,
+            limit: plan.contention_limit,
+        };
+        let label = |who: &str| format!("{name}: {clients} {who}clients on one key");
+        contention_rows.extend(shape.measure(&mut rows, plan, target, label, &counter).await?);
     }
 
     let mut many_keys = Vec::new();
     if plan.many_keys > 0 {
         let (keys, clients) = (plan.many_keys, plan.many_keys_clients);
-        // Bounded by time: a grant cap no run of a few seconds reaches.
-        let grants = keys * 1000;
-        let url = target.url.clone();
-        let measured = rows
-            .row(
-                format!("{name}: {keys} keys × {clients} clients"),
-                contention::measure(
-                    || {
-                        let url = url.clone();
-                        async move { Ok(Box::new(Ours::connect(&url).await?) as Box<dyn Subject>) }
-                    },
-                    keys,
-                    clients,
-                    grants,
-                    plan.many_keys_limit,
-                    &counter,
-                ),
-            )
-            .await?;
-        if let Some(result) = measured {
-            many_keys.push(ContentionRow {
-                subject: "fencelock".into(),
-                role: Role::Ours,
-                result,
-            });
-        }
-        if plan.peers {
-            for peer in target.peer_names() {
-                let measured = rows
-                    .row(
-                        format!("{name}: {keys} keys × {clients} {peer} clients"),
-                        contention::measure(
-                            || target.peer(peer),
-                            keys,
-                            clients,
-                            grants,
-                            plan.many_keys_limit,
-                            &counter,
-                        ),
-                    )
-                    .await?;
-                if let Some(result) = measured {
-                    many_keys.push(ContentionRow {
-                        subject: peer.to_string(),
-                        role: Role::Peer,
-                        result,
-                    });
-                }
-            }
-        }
+        let shape = Shape {
+            keys,
+            clients,
+            // Bounded by time: a grant cap no run of a few seconds reaches.
+            grants: keys * 1000,
+            limit: plan.many_keys_limit,
+        };
+        let label = |who: &str| format!("{name}: {keys} keys × {clients} {who}clients");
+        many_keys = shape.measure(&mut rows, plan, target, label, &counter).await?;
     }
 
     let mut dead_waiter = Vec::new();
