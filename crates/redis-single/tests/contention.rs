@@ -21,30 +21,50 @@ fn opts() -> LockOptions {
         .with_wait(Duration::from_secs(30))
 }
 
-/// Server commands per grant while `waiters` clients (one backend instance each) take
-/// `grants` turns on one key, each holding it for 1 ms.
-async fn commands_per_grant(server: &RedisServer, waiters: usize, grants: u64) -> f64 {
-    command_mix(server, waiters, grants).await.0
+/// What [`contend`] measured.
+struct Contended {
+    /// Server commands per grant.
+    per_grant: f64,
+    /// Each command's calls per grant (scripts' inner calls under their own names), most
+    /// called first.
+    mix: Vec<(String, f64)>,
+    /// The tokens in the order their grants held the lock.
+    tokens: Vec<u64>,
 }
 
-/// [`commands_per_grant`], and each command's calls per grant (scripts' inner calls
-/// under their own names), most called first.
-async fn command_mix(server: &RedisServer, waiters: usize, grants: u64) -> (f64, Vec<(String, f64)>) {
+impl Contended {
+    /// Calls of `command` per grant.
+    fn calls(&self, command: &str) -> f64 {
+        self.mix.iter().find(|(c, _)| c == command).map_or(0.0, |m| m.1)
+    }
+}
+
+/// `waiters` clients (one backend instance each) take `grants` turns on one key, each
+/// holding it for 1 ms; asserts that no two ever hold it at once.
+async fn contend(server: &RedisServer, waiters: usize, grants: u64) -> Contended {
     let mut clients = Vec::new();
     for _ in 0..waiters {
         clients.push(RedisLock::connect(&server.url()).await.unwrap());
     }
+    let holders = Arc::new(AtomicU64::new(0));
+    // Tokens in grant order: pushed while the lock is held, so the vector's order is the
+    // order in which the grants held the lock.
+    let tokens = Arc::new(std::sync::Mutex::new(Vec::new()));
     let done = Arc::new(AtomicU64::new(0));
     let before = server.client_commands();
     let stats_before = server.commandstats();
     let mut tasks = Vec::new();
     for locks in clients {
-        let done = Arc::clone(&done);
+        let (holders, tokens, done) = (Arc::clone(&holders), Arc::clone(&tokens), Arc::clone(&done));
         tasks.push(tokio::spawn(async move {
             while done.load(Ordering::SeqCst) < grants {
                 let lease = locks.acquire("herd", &opts()).await.unwrap();
+                let others = holders.fetch_add(1, Ordering::SeqCst);
+                assert_eq!(others, 0, "two holders at once (token {})", lease.token());
+                tokens.lock().unwrap().push(lease.token().get());
                 done.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(1)).await; // the holder's work
+                holders.fetch_sub(1, Ordering::SeqCst);
                 lease.release().await.unwrap();
             }
             locks.close().await.unwrap();
@@ -69,14 +89,19 @@ async fn command_mix(server: &RedisServer, waiters: usize, grants: u64) -> (f64,
         .filter(|(_, per)| *per > 0.0)
         .collect();
     mix.sort_by(|a, b| b.1.total_cmp(&a.1));
-    (used as f64 / granted, mix)
+    let tokens = std::mem::take(&mut *tokens.lock().unwrap());
+    Contended {
+        per_grant: used as f64 / granted,
+        mix,
+        tokens,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_per_hand_off_do_not_grow_with_waiters() {
     let server = RedisServer::start();
-    let few = commands_per_grant(&server, 4, 400).await;
-    let many = commands_per_grant(&server, 32, 400).await;
+    let few = contend(&server, 4, 400).await.per_grant;
+    let many = contend(&server, 32, 400).await.per_grant;
     eprintln!("server commands per grant: 4 waiters {few:.2}, 32 waiters {many:.2}");
     assert!(
         many <= few * 1.3 + 1.0,
@@ -95,13 +120,14 @@ async fn commands_per_hand_off_do_not_grow_with_waiters() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_off_costs_few_server_commands() {
     let server = RedisServer::start();
-    let (per_grant, mix) = command_mix(&server, 8, 800).await;
-    let shown: Vec<String> = mix.iter().map(|(c, n)| format!("{c} {n:.2}")).collect();
+    let run = contend(&server, 8, 800).await;
+    let per_grant = run.per_grant;
+    let shown: Vec<String> = run.mix.iter().map(|(c, n)| format!("{c} {n:.2}")).collect();
     eprintln!(
         "8 clients: {per_grant:.2} server commands per grant: {}",
         shown.join(", ")
     );
-    let subscribes = mix.iter().find(|(c, _)| c == "subscribe").map_or(0.0, |m| m.1);
+    let subscribes = run.calls("subscribe");
     assert!(subscribes < 0.05, "a SUBSCRIBE per wait: {subscribes:.2} per grant");
     assert!(
         per_grant <= 15.0,
@@ -133,11 +159,7 @@ async fn a_cut_off_queued_waiter_costs_at_most_its_ttl() {
 
     let lease = holder.acquire("k", &opts()).await.unwrap();
     let dead = tokio::spawn(async move { doomed.acquire("k", &opts().with_ttl(doomed_ttl)).await });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while queue_len() < 1 {
-        assert!(Instant::now() < deadline, "the waiter never queued");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until("the waiter queued", || queue_len() >= 1).await;
     // The waiter is cut off: nothing it sends reaches the server any more, nothing comes
     // back, and the server still sees its connections (and its subscription).
     proxy.set(Mode::Blackhole);
@@ -146,11 +168,7 @@ async fn a_cut_off_queued_waiter_costs_at_most_its_ttl() {
         let lease = next.acquire("k", &opts()).await.unwrap();
         (Instant::now(), lease)
     });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while queue_len() < 2 {
-        assert!(Instant::now() < deadline, "the second waiter never queued");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until("the second waiter queued", || queue_len() >= 2).await;
     let released_at = Instant::now();
     lease.release().await.unwrap();
     let (granted_at, lease) = tokio::time::timeout(Duration::from_secs(10), waiting)
@@ -233,48 +251,10 @@ fn pubsub_clients(server: &RedisServer) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_off_costs_no_claim_script() {
     let server = RedisServer::start();
-    let grants: u64 = 800;
-    let mut clients = Vec::new();
-    for _ in 0..8 {
-        clients.push(RedisLock::connect(&server.url()).await.unwrap());
-    }
-    let holders = Arc::new(AtomicU64::new(0));
-    // Tokens in grant order: pushed while the lock is held, so the vector's order is the
-    // order in which the grants held the lock.
-    let tokens = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let done = Arc::new(AtomicU64::new(0));
-    let stats_before = server.commandstats();
-    let mut tasks = Vec::new();
-    for locks in clients {
-        let (holders, tokens, done) = (Arc::clone(&holders), Arc::clone(&tokens), Arc::clone(&done));
-        tasks.push(tokio::spawn(async move {
-            while done.load(Ordering::SeqCst) < grants {
-                let lease = locks.acquire("direct", &opts()).await.unwrap();
-                let others = holders.fetch_add(1, Ordering::SeqCst);
-                assert_eq!(others, 0, "two holders at once (token {})", lease.token());
-                tokens.lock().unwrap().push(lease.token().get());
-                done.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(1)).await; // the holder's work
-                holders.fetch_sub(1, Ordering::SeqCst);
-                lease.release().await.unwrap();
-            }
-            locks.close().await.unwrap();
-        }));
-    }
-    for t in tasks {
-        tokio::time::timeout(Duration::from_secs(120), t)
-            .await
-            .unwrap()
-            .unwrap();
-    }
-    let granted = done.load(Ordering::SeqCst) as f64;
-    let calls = |name: &str| {
-        let now = server.commandstats().get(name).copied().unwrap_or(0);
-        (now - stats_before.get(name).copied().unwrap_or(0)) as f64 / granted
-    };
-    let (evalsha, incr) = (calls("evalsha"), calls("incr"));
+    let run = contend(&server, 8, 800).await;
+    let (evalsha, incr) = (run.calls("evalsha"), run.calls("incr"));
     eprintln!("8 clients: {evalsha:.2} EVALSHA and {incr:.2} INCR per grant");
-    let tokens = tokens.lock().unwrap();
+    let tokens = &run.tokens;
     for pair in tokens.windows(2) {
         assert!(
             pair[0] < pair[1],
