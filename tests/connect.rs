@@ -70,19 +70,23 @@ async fn malformed_urls_say_what_is_wrong() {
 
 #[tokio::test]
 async fn toml_and_json_configs_build_the_same_backend() {
+    // The wait bounds a durable file grant, which fsyncs twice: a few hundred ms on a
+    // saturated CI disk (CI timed out once at 500 ms), so it is 30 s, well past any disk
+    // stall; an uncontended grant returns as soon as it is made either way.
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("file://{}", dir.path().display());
     let toml = format!(
-        "backend = \"{url}\"\nrequire = \"strict\"\n[defaults]\nttl = \"2s\"\nwait = \"500ms\"\nauto_renew = false\n"
+        "backend = \"{url}\"\nrequire = \"strict\"\n[defaults]\nttl = \"30s\"\nwait = \"30s\"\nauto_renew = false\n"
     );
     let json = format!(
-        r#"{{"backend":"{url}","require":"strict","defaults":{{"ttl":"2s","wait":"500ms","auto_renew":false}}}}"#
+        r#"{{"backend":"{url}","require":"strict","defaults":{{"ttl":"30s","wait":"30s","auto_renew":false}}}}"#
     );
     let a = LockConfig::from_toml(&toml).expect("toml");
     let b = LockConfig::from_json(&json).expect("json");
     assert_eq!(a, b);
     assert_eq!(a.require, Requirement::Strict);
-    assert_eq!(a.defaults.ttl(), Duration::from_secs(2));
+    assert_eq!(a.defaults.ttl(), Duration::from_secs(30));
+    assert_eq!(a.defaults.wait(), Duration::from_secs(30));
     let locks = a.connect().await.expect("connect");
     assert_eq!(locks.describe(), url);
     let lease = locks.acquire("cfg", &a.defaults).await.expect("acquire");
