@@ -1,0 +1,205 @@
+//! Measures what one uncontended acquire + release costs, ours against the raw minimum
+//! (the bench's `RawRedis`: `SET NX PX`, then a compare-and-delete script): server work per
+//! cycle (`INFO commandstats` calls and µs per command, `INFO cpu`), client CPU per cycle
+//! (this process's threads' run time, from `/proc/self/task/*/schedstat`), and the latency
+//! medians, one cycle of each subject in turn with the order rotated. Also measured: ours
+//! without auto-renewal, and the raw minimum with our acquire's commands (a `MULTI`/`SET NX
+//! PX`/`INCR`/`EXEC` pipeline), which tell client-side bookkeeping from server commands.
+//!
+//! `cargo run --release -p fencelock-redis --example redis_cycle_cost -- [CYCLES]` (starts
+//! its own redis-server on a free loopback port, stops it at the end).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use fencelock_core::{DistributedLock, LockOptions};
+use fencelock_testkit::cycle_cost::{cpu_ns, p50_us, print_cpu, Readings};
+use fencelock_testkit::redis_server::RedisServer;
+use redis::aio::MultiplexedConnection;
+
+/// Calls and µs per command (`calls.NAME`, `usec.NAME`), and the server's CPU seconds.
+fn server(redis: &RedisServer) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for l in redis.command("INFO commandstats").lines() {
+        let Some((name, rest)) = l.strip_prefix("cmdstat_").and_then(|l| l.split_once(':')) else {
+            continue;
+        };
+        for field in rest.split(',') {
+            if let Some((k, v)) = field.split_once('=') {
+                if k == "calls" || k == "usec" {
+                    out.insert(format!("{k}.{name}"), v.parse().unwrap_or(0.0));
+                }
+            }
+        }
+    }
+    for l in redis.command("INFO cpu").lines() {
+        if let Some((k, v)) = l.trim().split_once(':') {
+            if k == "used_cpu_sys" || k == "used_cpu_user" {
+                // µs, so that the per-cycle figure reads as µs.
+                out.insert(format!("cpu_us.{k}"), v.parse::<f64>().unwrap_or(0.0) * 1e6);
+            }
+        }
+    }
+    out
+}
+
+const COMPARE_AND_DELETE: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+
+struct Raw {
+    conn: MultiplexedConnection,
+    cad: redis::Script,
+    /// Acquire with our commands (`MULTI`, `SET NX PX`, `INCR`, `EXEC`) instead of `SET`.
+    with_token: bool,
+}
+
+impl Raw {
+    async fn cycle(&mut self, key: &str, t0: Instant) -> Duration {
+        let mut set = redis::cmd("SET");
+        set.arg(key).arg("me").arg("NX").arg("PX").arg(10_000);
+        let granted = if self.with_token {
+            let (ok, _token): (Option<String>, i64) = redis::pipe()
+                .atomic()
+                .add_command(set)
+                .cmd("INCR")
+                .arg(format!("{key}:token"))
+                .query_async(&mut self.conn)
+                .await
+                .unwrap();
+            ok.is_some()
+        } else {
+            let ok: Option<String> = set.query_async(&mut self.conn).await.unwrap();
+            ok.is_some()
+        };
+        assert!(granted, "{key} was busy");
+        let acq = t0.elapsed();
+        let _: i64 = self.cad.key(key).arg("me").invoke_async(&mut self.conn).await.unwrap();
+        acq
+    }
+}
+
+#[tokio::main(worker_threads = 2)]
+async fn main() {
+    let n: usize = std::env::args().nth(1).map_or(2000, |a| a.parse().unwrap());
+    let redis = RedisServer::start();
+    let ours = fencelock_redis::RedisLock::connect(&redis.url()).await.unwrap();
+    let opts = LockOptions::new()
+        .with_ttl(Duration::from_secs(10))
+        .with_wait(Duration::from_secs(30));
+    let unrenewed = opts.with_auto_renew(false);
+    let client = redis::Client::open(redis.url()).unwrap();
+    let conn = client.get_multiplexed_async_connection().await.unwrap();
+    let cad = redis::Script::new(COMPARE_AND_DELETE);
+    let mut raw = Raw {
+        conn: conn.clone(),
+        cad: cad.clone(),
+        with_token: false,
+    };
+    let mut tokened = Raw {
+        conn,
+        cad,
+        with_token: true,
+    };
+    for _ in 0..100 {
+        ours.acquire("k-ours", &opts).await.unwrap().release().await.unwrap();
+        raw.cycle("raw-k", Instant::now()).await;
+        tokened.cycle("raw-t", Instant::now()).await;
+    }
+    // Server work and client CPU, one subject at a time.
+    let (m0, c0) = (server(&redis), cpu_ns());
+    for _ in 0..n {
+        ours.acquire("k-ours", &opts).await.unwrap().release().await.unwrap();
+    }
+    let (m1, c1) = (server(&redis), cpu_ns());
+    for _ in 0..n {
+        raw.cycle("raw-k", Instant::now()).await;
+    }
+    let (m2, c2) = (server(&redis), cpu_ns());
+    print_cpu(c0, c1, c2, n);
+    Readings {
+        before: m0,
+        between: m1,
+        after: m2,
+        cycles: n,
+    }
+    .print("server, per cycle (calls, µs)", |k| !k.ends_with(".info"));
+    // Latency, one cycle of each subject in turn, the order rotated every cycle.
+    let mut v: [Vec<Duration>; 8] = Default::default();
+    for i in 0..n {
+        for j in 0..4 {
+            let t = Instant::now();
+            match (i + j) % 4 {
+                0 | 1 => {
+                    let o = if (i + j) % 4 == 0 { &opts } else { &unrenewed };
+                    let s = 2 * ((i + j) % 4);
+                    let l = ours.acquire("k-ours", o).await.unwrap();
+                    v[s].push(t.elapsed());
+                    l.release().await.unwrap();
+                    v[s + 1].push(t.elapsed());
+                }
+                2 => {
+                    v[4].push(raw.cycle("raw-k", t).await);
+                    v[5].push(t.elapsed());
+                }
+                _ => {
+                    v[6].push(tokened.cycle("raw-t", t).await);
+                    v[7].push(t.elapsed());
+                }
+            }
+        }
+    }
+    let m: Vec<f64> = v.iter_mut().map(|x| p50_us(x)).collect();
+    println!(
+        "p50 µs (acquire/cycle): ours {:.0}/{:.0}  ours without auto-renew {:.0}/{:.0}  raw {:.0}/{:.0}  raw with our acquire's commands {:.0}/{:.0}  => ours/raw cycle {:.3}x acquire {:.3}x",
+        m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[1] / m[5], m[0] / m[4]
+    );
+    contended(&redis, 8, n as u64).await;
+    contended(&redis, 64, n as u64).await;
+}
+
+/// `clients` instances (each its own connections) taking turns on one key until `grants`
+/// grants: server work and client CPU per grant, and grants/s.
+async fn contended(redis: &RedisServer, clients: usize, grants: u64) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let opts = LockOptions::new()
+        .with_ttl(Duration::from_secs(10))
+        .with_wait(Duration::from_secs(60));
+    let mut locks = Vec::new();
+    for _ in 0..clients {
+        locks.push(fencelock_redis::RedisLock::connect(&redis.url()).await.unwrap());
+    }
+    let done = Arc::new(AtomicU64::new(0));
+    let (m0, c0, t0) = (server(redis), cpu_ns(), Instant::now());
+    let tasks: Vec<_> = locks
+        .into_iter()
+        .map(|l| {
+            let done = Arc::clone(&done);
+            tokio::spawn(async move {
+                while done.load(Ordering::SeqCst) < grants {
+                    let lease = l.acquire("k-hot", &opts).await.unwrap();
+                    done.fetch_add(1, Ordering::SeqCst);
+                    lease.release().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (took, c1, m1) = (t0.elapsed(), cpu_ns(), server(redis));
+    let granted = done.load(Ordering::SeqCst);
+    println!(
+        "\n{clients} clients on one key: {granted} grants in {took:?} = {:.0}/s; client CPU per grant {} µs",
+        granted as f64 / took.as_secs_f64(),
+        c1.saturating_sub(c0) / granted / 1000
+    );
+    Readings {
+        before: m0,
+        between: m1.clone(),
+        after: m1,
+        cycles: granted as usize,
+    }
+    .print("server, per grant (calls, µs)", |k| !k.ends_with(".info"));
+}
