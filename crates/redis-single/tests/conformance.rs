@@ -17,6 +17,11 @@ fn lock_key(key: &str) -> String {
     format!("fencelock:{{{key}}}:lock")
 }
 
+/// The key's queue of waiters (`fencelock:{KEY}:queue`), one list entry per waiter.
+fn queue_key(key: &str) -> String {
+    format!("fencelock:{{{key}}}:queue")
+}
+
 /// One server per test.
 struct Redis {
     server: Arc<RedisServer>,
@@ -52,11 +57,14 @@ impl Fixture for Redis {
         })
     }
 
+    /// The lock key, if any, and each entry of the key's queue (a waiter).
     fn records<'a>(&'a self, key: &'a str) -> BoxFuture<'a, usize> {
-        let exists = format!("EXISTS {}", lock_key(key));
+        let (exists, queued) = (format!("EXISTS {}", lock_key(key)), format!("LLEN {}", queue_key(key)));
         Box::pin(async move {
-            let n = self.on_server(move |s| s.integer(&exists)).await;
-            usize::try_from(n.expect("EXISTS answers an integer")).unwrap_or(0)
+            let n = self
+                .on_server(move |s| s.integer(&exists).zip(s.integer(&queued)).map(|(a, b)| a + b))
+                .await;
+            usize::try_from(n.expect("EXISTS and LLEN answer integers")).unwrap_or(0)
         })
     }
 

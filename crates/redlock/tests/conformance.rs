@@ -20,6 +20,11 @@ fn lock_key(key: &str) -> String {
     format!("fencelock:{{{key}}}:lock")
 }
 
+/// The key's queue of waiters (`fencelock:{KEY}:queue`), one list entry per waiter.
+fn queue_key(key: &str) -> String {
+    format!("fencelock:{{{key}}}:queue")
+}
+
 /// Five independent servers per test.
 struct Redlock {
     servers: Arc<Vec<RedisServer>>,
@@ -60,14 +65,19 @@ impl Fixture for Redlock {
         })
     }
 
+    /// The lock key on each node, and each entry of the key's queue (a waiter; only the
+    /// key's primary node has one).
     fn records<'a>(&'a self, key: &'a str) -> BoxFuture<'a, usize> {
-        let exists = format!("EXISTS {}", lock_key(key));
+        let (exists, queued) = (format!("EXISTS {}", lock_key(key)), format!("LLEN {}", queue_key(key)));
         Box::pin(async move {
-            self.on_servers(move |s| s.integer(&exists).expect("EXISTS answers an integer"))
-                .await
-                .into_iter()
-                .map(|n| usize::try_from(n).unwrap_or(0))
-                .sum()
+            self.on_servers(move |s| {
+                s.integer(&exists).expect("EXISTS answers an integer")
+                    + s.integer(&queued).expect("LLEN answers an integer")
+            })
+            .await
+            .into_iter()
+            .map(|n| usize::try_from(n).unwrap_or(0))
+            .sum()
         })
     }
 

@@ -45,7 +45,10 @@ pub use input::{bad_input_is_rejected, keys_are_independent};
 pub use removal::removed_grant_is_noticed;
 pub use resources::resources_do_not_grow;
 pub use tokens::{mutual_exclusion_under_contention, tokens_increase_with_each_grant};
-pub use unanswered::{release_whose_answer_is_lost_is_not_reported_lost, unanswered_request_leaves_nothing_behind};
+pub use unanswered::{
+    queued_waiter_cut_off_gives_back_what_it_was_given, release_whose_answer_is_lost_is_not_reported_lost,
+    unanswered_request_leaves_nothing_behind,
+};
 pub use validity::{dead_on_arrival_grant_is_not_handed_out, long_wait_grants_full_validity};
 
 /// Makes independent clients of one backend: each call is a new connection (or instance)
@@ -121,6 +124,7 @@ pub const ALL: &[&str] = &[
     "removed_grant_is_noticed",
     "unanswered_request_leaves_nothing_behind",
     "release_whose_answer_is_lost_is_not_reported_lost",
+    "queued_waiter_cut_off_gives_back_what_it_was_given",
     "cancelled_methods_leave_nothing_held",
     "resources_do_not_grow",
     "awkward_keys_work",
@@ -149,6 +153,7 @@ pub async fn run_all(f: &dyn Fixture, cfg: &SuiteConfig) {
     removed_grant_is_noticed(f, cfg).await;
     unanswered_request_leaves_nothing_behind(f, cfg).await;
     release_whose_answer_is_lost_is_not_reported_lost(f, cfg).await;
+    queued_waiter_cut_off_gives_back_what_it_was_given(f, cfg).await;
     cancelled_methods_leave_nothing_held(f, cfg).await;
     resources_do_not_grow(f, cfg).await;
     awkward_keys_work(f, cfg).await;
@@ -172,7 +177,7 @@ macro_rules! conformance_suite {
             bad_input_is_rejected, keys_are_independent, long_wait_grants_full_validity,
             dead_on_arrival_grant_is_not_handed_out, removed_grant_is_noticed,
             unanswered_request_leaves_nothing_behind, release_whose_answer_is_lost_is_not_reported_lost,
-            cancelled_methods_leave_nothing_held,
+            queued_waiter_cut_off_gives_back_what_it_was_given, cancelled_methods_leave_nothing_held,
             resources_do_not_grow, awkward_keys_work);
     };
     // One test per name, each calling that function of `$module` (also the election suite's).

@@ -145,6 +145,70 @@ pub async fn release_whose_answer_is_lost_is_not_reported_lost(f: &dyn Fixture, 
     drop(cut);
 }
 
+/// A queued waiter whose answers stop arriving (its requests still reach the server) while
+/// the holder releases: the server may hand the key to it — a direct hand-off, a waiter
+/// node or ticket that is now first — without the waiter ever hearing. When its wait ends
+/// it gives up, and whatever it was given is given back: another client gets the key
+/// within the slack, long before the 60 s TTL, and no record of the waiter is left. The
+/// cut-off client stays alive throughout, so nothing here is freed by a closed connection.
+///
+/// Found on Redis: a waiter cut off while its queueing turn was unanswered left its entry
+/// behind, and the release's direct hand-off granted the key to it for a whole TTL.
+pub async fn queued_waiter_cut_off_gives_back_what_it_was_given(f: &dyn Fixture, cfg: &SuiteConfig) {
+    let _gate = shared_gate().await;
+    let Some(cut) = f.proxied_client(REQUEST_TIMEOUT).await else {
+        return; // no network: no answer can be lost
+    };
+    let other = f.client().await;
+    let opts = LockOptions::new().with_ttl(LONG_TTL).with_auto_renew(false);
+    let key = unique_key("cut-off-waiter");
+    within(cfg.slack, "a cycle before the fault", async {
+        let warm = cut.client.acquire(&key, &opts).await.expect("acquire before the fault");
+        warm.release().await.expect("release before the fault");
+    })
+    .await;
+    let holder = within(cfg.slack, "the holder's acquire", other.acquire(&key, &opts))
+        .await
+        .expect("the holder's acquire");
+    let held = f.records(&key).await;
+    let wait = REQUEST_TIMEOUT * 6;
+    let waiter = tokio::spawn({
+        let (client, key) = (std::sync::Arc::clone(&cut.client), key.clone());
+        async move { client.acquire(&key, &opts.with_wait(wait)).await.map(|l| l.token()) }
+    });
+    // Queued: the server keeps a record of the waiter beside the holder's.
+    let queued = settle(cfg.slack * 2, || f.records(&key), |n| n > held).await;
+    assert!(
+        queued > held,
+        "the waiter never queued ({held} records held, {queued} now)"
+    );
+    cut.set_to_client(Mode::Blackhole);
+    within(cfg.slack, "the holder's release", holder.release())
+        .await
+        .expect("the holder's release");
+    let outcome = within(wait + REQUEST_TIMEOUT * 8 + cfg.slack, "the cut-off waiter", waiter)
+        .await
+        .expect("waiter task");
+    assert!(
+        outcome.is_err(),
+        "a waiter that heard nothing from the server returned a lease: {outcome:?}"
+    );
+    let next = within(
+        cfg.slack * 4,
+        "another client after the cut-off waiter gave up",
+        other.acquire(&key, &opts.with_wait(cfg.slack * 3)),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("the key stayed with a waiter that had given up: {e}"));
+    next.release().await.expect("release");
+    let left = settle(cfg.slack * 2, || f.records(&key), |n| n == 0).await;
+    assert_eq!(
+        left, 0,
+        "records of the key left on the server after the waiter gave up"
+    );
+    drop(cut);
+}
+
 /// Re-reads `read` until `done` holds or `limit` passes (a bounded wait for a background
 /// clean-up); returns the last value read.
 pub(crate) async fn settle<T, F, Fut>(limit: Duration, mut read: F, done: impl Fn(T) -> bool) -> T
