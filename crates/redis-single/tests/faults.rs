@@ -603,6 +603,51 @@ async fn a_lost_acquire_answer_is_followed_up_until_the_grant_is_gone() {
     assert_eq!(held(), Some(0), "the unanswered grant stayed on the server");
 }
 
+/// A give-up sent while answers are lost runs even on a server that lost its scripts
+/// (restarted, `SCRIPT FLUSH`): its `EVALSHA` is refused `NOSCRIPT` unheard, so the next
+/// try loads the scripts first. Failed before: the waiter, granted the lock by the
+/// holder's release while cut off, gave up with an `EVALSHA` refused again and again, and
+/// the lock stayed with it for its whole 60 s TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_give_up_sent_unheard_runs_on_a_server_that_lost_its_scripts() {
+    use fencelock_testkit::proxy::{FaultProxy, Mode};
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port()).await;
+    let cut = RedisLock::connect(&format!(
+        "redis://127.0.0.1:{}?timeout=300ms&connect_timeout=300ms",
+        proxy.port()
+    ))
+    .await
+    .unwrap();
+    let other = RedisLock::connect(&server.url()).await.unwrap();
+    let o = opts(60_000).with_auto_renew(false);
+    let holder = other.acquire("k", &o).await.unwrap();
+    let waiter = tokio::spawn({
+        let (cut, o) = (cut.clone(), o);
+        async move { cut.acquire("k", &o.with_wait(Duration::from_millis(1500))).await }
+    });
+    let queued = || server.integer("LLEN fencelock:{k}:queue");
+    let deadline = Instant::now() + SLACK;
+    while queued() != Some(1) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(queued(), Some(1), "the waiter did not queue");
+    proxy.set_to_client(Mode::Blackhole);
+    let flushed = server.command("SCRIPT FLUSH");
+    assert!(flushed.ends_with("+OK\r\n"), "SCRIPT FLUSH: {flushed:?}");
+    // Reloads its own script (its answers flow) and hands the lock to the cut-off waiter.
+    holder.release().await.unwrap();
+    let held = || server.integer("EXISTS fencelock:{k}:lock");
+    assert_eq!(held(), Some(1), "the release did not hand the lock to the waiter");
+    let got = tokio::time::timeout(SLACK * 2, waiter).await.unwrap().unwrap();
+    assert!(got.is_err(), "a waiter that heard nothing returned {got:?}");
+    let deadline = Instant::now() + SLACK * 2;
+    while held() != Some(0) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(held(), Some(0), "the lock stayed with a waiter that had given up");
+}
+
 /// `close()` finishes the background clean-ups before the process exits: an acquire
 /// cancelled after its grant landed (its release held by the network, then let through)
 /// is released by the time `close` returns. Before `close` waited, it returned at once and
