@@ -14,7 +14,9 @@ use crate::error::failed;
 use crate::handoff::Handed;
 use crate::layout::Keys;
 use crate::renewals::{renewals, Renewal, Renewals};
-use crate::scripts::{ACQUIRE, EXTEND, EXTEND_MANY, LEAVE, RELEASE, RELEASE_RAISING, RELEASE_UNQUEUED, WAIT_TURN};
+use crate::scripts::{
+    self, ACQUIRE, EXTEND, EXTEND_MANY, LEAVE, RELEASE, RELEASE_RAISING, RELEASE_UNQUEUED, WAIT_TURN,
+};
 use crate::wait::{Subscription, Waiters};
 
 /// What a node answered to an acquire.
@@ -267,13 +269,49 @@ impl RedisNode {
                 })
             }
         };
-        let run_id = tokio::time::timeout(cfg.timeout, self.read_run_id(&conn))
-            .await
-            .ok()
-            .flatten();
+        // Both requests in flight at once on the one connection: no round trip added.
+        let (run_id, ()) = tokio::join!(
+            async {
+                tokio::time::timeout(cfg.timeout, self.read_run_id(&conn))
+                    .await
+                    .ok()
+                    .flatten()
+            },
+            Self::send_script_loads(&conn, cfg.timeout)
+        );
         *self.inner.run_id.lock().unwrap_or_else(|p| p.into_inner()) = run_id;
         *self.inner.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
         Ok(conn)
+    }
+
+    /// `SCRIPT LOAD` of every script, in one pipeline, the answer awaited at most
+    /// `timeout` and its outcome ignored: a load takes effect on the server even when its
+    /// answer is lost, and a call whose script is missing loads it as usual when answers
+    /// flow. Sent when a connection is made, so that a first call whose answer is lost
+    /// still runs — see [`Lua`](crate::scripts::Lua).
+    async fn send_script_loads(conn: &ConnectionManager, timeout: Duration) {
+        let mut pipe = redis::pipe();
+        for lua in scripts::all() {
+            pipe.cmd("SCRIPT").arg("LOAD").arg(lua.code()).ignore();
+        }
+        let mut conn = conn.clone();
+        let loaded = pipe.query_async::<()>(&mut conn);
+        if let Ok(Err(e)) = tokio::time::timeout(timeout, loaded).await {
+            tracing::debug!(error = %e, "scripts not loaded ahead; each loads at its first call");
+        }
+    }
+
+    /// Loads every script again (see `send_script_loads`), waiting at most the reply
+    /// timeout. A follow-up that went unanswered calls this before trying again: a server
+    /// that lost its scripts (restarted, `SCRIPT FLUSH`) while answers are lost would
+    /// otherwise refuse every repeat `NOSCRIPT`, unheard.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: loading a script twice is harmless.
+    pub async fn load_scripts(&self) {
+        if let Ok(conn) = self.connection().await {
+            Self::send_script_loads(&conn, self.inner.cfg.timeout).await;
+        }
     }
 
     fn cached(&self) -> Option<ConnectionManager> {
@@ -480,9 +518,12 @@ impl RedisNode {
             let _cleanup = cleanup;
             let until = tokio::time::Instant::now() + ttl;
             let mut pause = Duration::from_millis(20);
-            for _ in 0..20 {
+            for attempt in 0..20 {
                 let Some(inner) = node.upgrade() else { return };
                 let node = RedisNode { inner };
+                if attempt > 0 {
+                    node.load_scripts().await; // the last try may have met NOSCRIPT unheard
+                }
                 match node.release(&key, &grant).await {
                     Ok(_) => return,
                     Err(e) => tracing::debug!(%key, error = %e, "background release unanswered; trying again"),
@@ -800,9 +841,12 @@ impl RedisNode {
             let _cleanup = cleanup;
             let until = tokio::time::Instant::now() + ttl;
             let mut pause = Duration::from_millis(20);
-            for _ in 0..20 {
+            for attempt in 0..20 {
                 let Some(inner) = node.upgrade() else { return };
                 let node = RedisNode { inner };
+                if attempt > 0 {
+                    node.load_scripts().await; // the last try may have met NOSCRIPT unheard
+                }
                 let mut invocation = LEAVE.prepare_invoke();
                 node.queue_keys(&mut invocation, &key);
                 invocation

@@ -1,8 +1,57 @@
 //! The Lua scripts: each is one atomic round trip on the server.
 
+use std::ops::Deref;
 use std::sync::LazyLock;
 
 use redis::Script;
+
+/// A script with its source kept, so it can be loaded ahead of a call. A call is an
+/// `EVALSHA`, and a server that does not have the script (never sent it, restarted,
+/// `SCRIPT FLUSH`) answers `NOSCRIPT`; the client must hear that answer to load the script
+/// and call again. A follow-up sent while answers are lost (a waiter's give-up, the
+/// release of an unheard grant) would never run: it sends `SCRIPT LOAD` first, which
+/// takes effect on the server whether or not its answer comes back
+/// ([`RedisNode::load_scripts`](crate::node::RedisNode::load_scripts)).
+pub(crate) struct Lua {
+    code: String,
+    script: Script,
+}
+
+impl Lua {
+    fn new(code: &str) -> Self {
+        Lua {
+            code: code.to_owned(),
+            script: Script::new(code),
+        }
+    }
+
+    /// The source, for `SCRIPT LOAD`.
+    pub(crate) fn code(&self) -> &str {
+        &self.code
+    }
+}
+
+impl Deref for Lua {
+    type Target = Script;
+    fn deref(&self) -> &Script {
+        &self.script
+    }
+}
+
+/// Every script a node calls, loaded together when it connects.
+pub(crate) fn all() -> [&'static Lua; 9] {
+    [
+        &ACQUIRE,
+        &RELEASE,
+        &RELEASE_RAISING,
+        &RELEASE_UNQUEUED,
+        &WAIT_TURN,
+        &LEAVE,
+        &EXTEND,
+        &EXTEND_MANY,
+        &FENCED_WRITE,
+    ]
+}
 
 /// KEYS: lock, counter, boot marker. ARGV: grant id, ttl ms, restart delay ms (> 0: with
 /// no restart delay the acquire is a pipeline of plain commands, see `RedisNode::try_grant`).
@@ -14,8 +63,8 @@ use redis::Script;
 /// locks it granted. It sets the marker (server `TIME`) and refuses every grant until the
 /// delay has passed, so a lock it forgot has expired everywhere else by then. With
 /// persistence the marker survives a restart, and so do the locks: no delay is needed.
-pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+pub(crate) static ACQUIRE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
         r"
 local delay = tonumber(ARGV[3])
 if delay > 0 then
@@ -133,8 +182,8 @@ end
 /// (`lock-signal:KEY`). When the lock is left free (no fencelock waiter took it over), it is
 /// pushed as that library's own unlock does (`DEL`, `LPUSH 1`, `PEXPIRE` 1000 ms, its
 /// default `signal_expire`), so a Python waiter blocked in `BLPOP` on it wakes at once.
-pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
+pub(crate) static RELEASE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(&format!(
         r"{HAND_OFF}
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   if string.find(KEYS[1], '{{election.', 1, true) then
@@ -161,8 +210,8 @@ return 0
 /// every node a later quorum is made of — each must have seen this release to grant again
 /// — counts on from this grant's token: tokens then grow in the fault-free case even when
 /// they came from another node's counter.
-pub(crate) static RELEASE_RAISING: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
+pub(crate) static RELEASE_RAISING: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(&format!(
         r"{HAND_OFF}
 local counter = tonumber(redis.call('GET', KEYS[2]) or '0')
 if counter < tonumber(ARGV[4]) then
@@ -184,8 +233,8 @@ return 0
 /// no queue to look at, so one command less than [`RELEASE`] and a short script; with a
 /// token, raises the counter to it first as [`RELEASE_RAISING`] does. Returns 1 when
 /// deleted, 0 when it was not ours.
-pub(crate) static RELEASE_UNQUEUED: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+pub(crate) static RELEASE_UNQUEUED: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
         r"
 if ARGV[2] ~= '' then
   local counter = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -221,8 +270,8 @@ return 0
 /// Returns `{1, token, '', -1}` when ours, `{0, pttl, entry, now}` when not (`pttl` -1: no
 /// TTL; `now`: the server's time in ms when this turn ran, which a direct hand-off's
 /// validity is counted against; -1 when refused inside the restart delay).
-pub(crate) static WAIT_TURN: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
+pub(crate) static WAIT_TURN: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(&format!(
         r"{HAND_OFF}
 local delay = tonumber(ARGV[7])
 if delay > 0 then
@@ -287,8 +336,8 @@ return {{0, redis.call('PTTL', KEYS[1]), entry, now}}
 /// queue, O(its length), paid only when the entry named is not there (unknown, or already
 /// taken by a hand-off). Left behind, such an entry would be granted the lock by the next
 /// release, for its whole TTL, with nobody to use or free it.
-pub(crate) static LEAVE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
+pub(crate) static LEAVE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(&format!(
         r"{HAND_OFF}
 local removed = 0
 if ARGV[4] ~= '' then
@@ -315,8 +364,8 @@ return 0
 
 /// KEYS: lock. ARGV: grant id, ttl ms. Sets a new TTL only if the lock holds our grant.
 /// Returns 1 when extended, 0 when it was not ours.
-pub(crate) static EXTEND: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+pub(crate) static EXTEND: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
         r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -328,8 +377,8 @@ return 0
 
 /// KEYS: locks 1..n. ARGV: grant id 1, ttl ms 1, …, grant id n, ttl ms n. [`EXTEND`] for
 /// many grants in one round trip (batched auto-renewals). Returns one 1/0 per key.
-pub(crate) static EXTEND_MANY: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+pub(crate) static EXTEND_MANY: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
         r"
 local out = {}
 for i = 1, #KEYS do
@@ -349,8 +398,8 @@ return out
 /// or the highest again from the same grant; then record it and (when asked) store the
 /// value. Tokens are compared as decimal strings (length, then text), so every u64 is exact.
 /// Returns `{1, kind}` (kind: 0 first, 1 newer, 2 same grant) or `{0, highest, grant}`.
-pub(crate) static FENCED_WRITE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+pub(crate) static FENCED_WRITE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
         r"
 local function less(a, b)
   if #a ~= #b then return #a < #b end

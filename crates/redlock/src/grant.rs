@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use crate::error::no_quorum;
 use crate::lock::Inner;
 use crate::quorum::{fan_out, Bound};
+use fencelock_redis::RedisNode;
 
 /// The most rounds a background release sends to the nodes that have not answered yet.
 const RELEASE_ROUNDS: u32 = 50;
@@ -223,6 +224,14 @@ impl ReleasePlan {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(RELEASE_PAUSE_MAX.max(pause));
                 let Some(inner) = weak.upgrade() else { return };
+                // The last round may have met NOSCRIPT unheard (a node that lost its
+                // scripts while answers are lost): load them first, answer or not.
+                let silent: Vec<RedisNode> = pending.iter().map(|&i| inner.nodes[i].clone()).collect();
+                fan_out(&silent, Bound::strict(inner.cfg.per_node_timeout), |_, node| async move {
+                    node.load_scripts().await;
+                    Ok(())
+                })
+                .await;
                 let plan = ReleasePlan {
                     inner,
                     key: key.clone(),
