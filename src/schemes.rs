@@ -65,7 +65,8 @@ pub const SCHEMES: &[Scheme] = &[
         names: &["postgres", "postgresql"],
         feature: Some("postgres"),
         compiled: cfg!(feature = "postgres"),
-        form: "postgres://[USER[:PASSWORD]@]HOST[:PORT][/DB][?sslmode=disable&schema=S] (or postgresql://)",
+        form:
+            "postgres://[USER[:PASSWORD]@]HOST[:PORT][/DB][?sslmode=disable&schema=S&connections=N] (or postgresql://)",
         summary: "PostgreSQL lease table; strict on one durable primary, fence inside your transaction",
     },
 ];

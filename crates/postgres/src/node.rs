@@ -341,7 +341,7 @@ impl PgNode {
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        why = e.to_string();
+                        why = fencelock_core::error::one_line(&e);
                         break;
                     }
                 }
@@ -502,7 +502,7 @@ impl PgNode {
             }
             Some(Err(e)) => {
                 if e.is_closed() || e.code().is_none() {
-                    self.end_session(&session, &e.to_string());
+                    self.end_session(&session, &fencelock_core::error::one_line(&e));
                 } else {
                     session.answered(); // the server answered with an error
                 }

@@ -119,7 +119,9 @@ async fn a_terminated_backend_means_loss_and_no_double_grant() {
     assert!(matches!(reason, LostReason::Backend(_)), "{reason:?}");
     // The reason says what the server said, not only the client's "db error".
     assert!(
-        reason.to_string().contains("terminating connection due to administrator command"),
+        reason
+            .to_string()
+            .contains("terminating connection due to administrator command"),
         "the reason hides the server's message: {reason}"
     );
     assert!(!held.is_held());
