@@ -287,8 +287,10 @@ impl RedisNode {
     /// `SCRIPT LOAD` of every script, in one pipeline, the answer awaited at most
     /// `timeout` and its outcome ignored: a load takes effect on the server even when its
     /// answer is lost, and a call whose script is missing loads it as usual when answers
-    /// flow. Sent when a connection is made, so that a first call whose answer is lost
-    /// still runs — see [`Lua`](crate::scripts::Lua).
+    /// flow. Sent when the node makes its connection, so that a first call whose answer is
+    /// lost still runs — see [`Lua`](crate::scripts::Lua). The connection manager's own
+    /// reconnects (after a server restart) do not send it: the follow-ups' repeats load
+    /// the scripts again ([`load_scripts`](Self::load_scripts)).
     async fn send_script_loads(conn: &ConnectionManager, timeout: Duration) {
         let mut pipe = redis::pipe();
         for lua in scripts::all() {
@@ -301,8 +303,9 @@ impl RedisNode {
         }
     }
 
-    /// Loads every script again (see `send_script_loads`), waiting at most the reply
-    /// timeout. A follow-up that went unanswered calls this before trying again: a server
+    /// Loads every script again (see `send_script_loads`), waiting for the answer at most
+    /// the reply timeout (and, with no connection yet, first for one: at most twice the
+    /// connect timeout plus the reply timeout). A follow-up that went unanswered calls this before trying again: a server
     /// that lost its scripts (restarted, `SCRIPT FLUSH`) while answers are lost would
     /// otherwise refuse every repeat `NOSCRIPT`, unheard.
     ///
@@ -521,10 +524,16 @@ impl RedisNode {
             for attempt in 0..20 {
                 let Some(inner) = node.upgrade() else { return };
                 let node = RedisNode { inner };
-                if attempt > 0 {
-                    node.load_scripts().await; // the last try may have met NOSCRIPT unheard
-                }
-                match node.release(&key, &grant).await {
+                // The last try may have met NOSCRIPT unheard: load the scripts again, in
+                // flight together with the repeat (sent first on the one connection, so
+                // the server runs the load before it): no reply timeout added per repeat.
+                let load = async {
+                    if attempt > 0 {
+                        node.load_scripts().await;
+                    }
+                };
+                let ((), answer) = tokio::join!(load, node.release(&key, &grant));
+                match answer {
                     Ok(_) => return,
                     Err(e) => tracing::debug!(%key, error = %e, "background release unanswered; trying again"),
                 }
@@ -844,9 +853,6 @@ impl RedisNode {
             for attempt in 0..20 {
                 let Some(inner) = node.upgrade() else { return };
                 let node = RedisNode { inner };
-                if attempt > 0 {
-                    node.load_scripts().await; // the last try may have met NOSCRIPT unheard
-                }
                 let mut invocation = LEAVE.prepare_invoke();
                 node.queue_keys(&mut invocation, &key);
                 invocation
@@ -854,7 +860,15 @@ impl RedisNode {
                     .arg(node.inner.keys.waiter_channels(&key))
                     .arg(claim_ms())
                     .arg(&entry);
-                match node.invoke_idempotent::<i64>("leave script", &invocation).await {
+                // As in `release_later`: the load goes out just ahead of the repeat.
+                let load = async {
+                    if attempt > 0 {
+                        node.load_scripts().await;
+                    }
+                };
+                let leave = node.invoke_idempotent::<i64>("leave script", &invocation);
+                let ((), answer) = tokio::join!(load, leave);
+                match answer {
                     Ok(_) => return,
                     Err(e) => tracing::debug!(%key, error = %e, "leaving the queue unanswered; trying again"),
                 }

@@ -225,22 +225,23 @@ impl ReleasePlan {
                 pause = (pause * 2).min(RELEASE_PAUSE_MAX.max(pause));
                 let Some(inner) = weak.upgrade() else { return };
                 // The last round may have met NOSCRIPT unheard (a node that lost its
-                // scripts while answers are lost): load them first, answer or not.
+                // scripts while answers are lost): load them again, in flight together
+                // with the repeat — sent first on each node's one connection, so the node
+                // runs the load before it, answered or not; no wait added per round.
                 let silent: Vec<RedisNode> = pending.iter().map(|&i| inner.nodes[i].clone()).collect();
-                fan_out(&silent, Bound::strict(inner.cfg.per_node_timeout), |_, node| async move {
+                let bound = Bound::strict(inner.cfg.per_node_timeout);
+                let load = fan_out(&silent, bound, |_, node| async move {
                     node.load_scripts().await;
                     Ok(())
-                })
-                .await;
+                });
                 let plan = ReleasePlan {
                     inner,
                     key: key.clone(),
                     grant: grant.clone(),
                     raise_to: raise_to.clone(),
                 };
-                pending = plan
-                    .send(&pending, false)
-                    .await
+                let (_, answers) = tokio::join!(load, plan.send(&pending, false));
+                pending = answers
                     .into_iter()
                     .filter(|(_, a)| a.is_err())
                     .map(|(i, _)| i)
