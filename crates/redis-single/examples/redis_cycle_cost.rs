@@ -177,17 +177,32 @@ async fn contended(redis: &RedisServer, clients: usize, grants: u64) {
         .map(|l| {
             let done = Arc::clone(&done);
             tokio::spawn(async move {
+                // Each acquire's wait; the first is apart (it opens the pub/sub connection).
+                let mut waits = Vec::new();
                 while done.load(Ordering::SeqCst) < grants {
+                    let asked = Instant::now();
                     let lease = l.acquire("k-hot", &opts).await.unwrap();
+                    waits.push(asked.elapsed());
                     done.fetch_add(1, Ordering::SeqCst);
                     lease.release().await.unwrap();
                 }
+                waits
             })
         })
         .collect();
+    let (mut firsts, mut rest) = (Vec::new(), Vec::new());
     for t in tasks {
-        t.await.unwrap();
+        let waits = t.await.unwrap();
+        firsts.extend(waits.first().copied());
+        rest.extend(waits.into_iter().skip(1));
     }
+    let longest = |v: &[Duration]| v.iter().max().copied().unwrap_or_default();
+    println!(
+        "waits: longest first acquire {:?}, longest later acquire {:?}, median later acquire {:.0} µs",
+        longest(&firsts),
+        longest(&rest),
+        p50_us(&mut rest)
+    );
     let (took, c1, m1) = (t0.elapsed(), cpu_ns(), server(redis));
     let granted = done.load(Ordering::SeqCst);
     println!(
