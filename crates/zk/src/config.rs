@@ -204,6 +204,8 @@ mod tests {
         ] {
             let e = ZkConfig::from_url(url).unwrap_err().to_string();
             assert!(e.contains(says), "{url}: {e}");
+            // Said once: a check's own error is not wrapped in another.
+            assert_eq!(e.matches("invalid configuration").count(), 1, "{url}: {e}");
         }
     }
 
