@@ -113,7 +113,7 @@ impl PgConfig {
                 _ => passed.push(pair.raw.clone()),
             }
         }
-        cfg.validate()?;
+        cfg.check(&display)?;
         // The credentials go to tokio-postgres decoded, apart from the URL: its own URL
         // parser need not agree with ours on a password holding `@` or `:`.
         let libpq = if passed.is_empty() {
@@ -154,7 +154,13 @@ impl PgConfig {
     ///
     /// [`LockError::InvalidConfig`] naming the option.
     pub fn validate(&self) -> Result<()> {
-        let bad = |why: String| LockError::invalid_config(format!("`{}`: {why}", self.display));
+        self.check(&self.display)
+    }
+
+    /// [`validate`](Self::validate), naming the configuration as `shown` (from a URL: the
+    /// URL as given, password hidden, so the option in question is in sight).
+    fn check(&self, shown: &str) -> Result<()> {
+        let bad = |why: String| LockError::invalid_config(format!("`{shown}`: {why}"));
         check_identifier(&self.schema).map_err(|why| bad(format!("schema: {why}")))?;
         url_query::check_timeouts(&[
             ("timeout", self.timeout),
@@ -347,6 +353,11 @@ mod tests {
             (
                 "postgres://u:pw@h/d?connections=33",
                 "connections must be from 1 to 32, got 33",
+            ),
+            // A range error shows the URL with its options, so the one at fault is in sight.
+            (
+                "postgres://u:pw@h/d?schema=app&poll=0s",
+                "`postgres://u:***@h/d?schema=app&poll=0s`: poll must be between",
             ),
             (
                 "postgres://u:pw@h/d?connections=",

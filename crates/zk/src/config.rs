@@ -75,7 +75,7 @@ impl ZkConfig {
         for pair in u.query() {
             let (k, v) = (pair.key.as_str(), pair.value.as_str());
             if k == "layout" {
-                cfg.layout = v.parse().map_err(|e: LockError| bad(e.to_string()))?;
+                cfg.layout = v.parse().map_err(|e: LockError| bad(reason(e)))?;
                 continue;
             }
             let d = parse_duration(v).map_err(|e| bad(format!("{k}: {e}")));
@@ -98,7 +98,7 @@ impl ZkConfig {
             }
             cfg.chroot = String::new();
         }
-        cfg.validate().map_err(|e| bad(e.to_string()))?;
+        cfg.validate().map_err(|e| bad(reason(e)))?;
         Ok(cfg)
     }
 
@@ -155,6 +155,15 @@ impl ZkConfig {
     /// The connect string: `H:P,H:P/CHROOT`.
     pub(crate) fn connect_string(&self) -> String {
         format!("{}{}", self.servers.join(","), self.chroot)
+    }
+}
+
+/// What an `InvalidConfig` says, without its "invalid configuration" prefix, for a message
+/// that names the URL around it; any other error as it reads.
+fn reason(e: LockError) -> String {
+    match e {
+        LockError::InvalidConfig { message, .. } => message,
+        other => other.to_string(),
     }
 }
 
