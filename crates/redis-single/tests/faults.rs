@@ -648,6 +648,41 @@ async fn a_give_up_sent_unheard_runs_on_a_server_that_lost_its_scripts() {
     assert_eq!(held(), Some(0), "the lock stayed with a waiter that had given up");
 }
 
+/// A user whose ACL refuses the `SCRIPT` command (`-script`) may still run scripts: one the
+/// server does not have (flushed, restarted, never sent) is sent again with its source
+/// (`EVAL`) rather than loaded. Failed before: the client's `SCRIPT LOAD` on `NOSCRIPT` was
+/// refused `NOPERM`, so a release failed and left the key held for its TTL, and a
+/// waiter's turn failed with a configuration error (found by a newcomer pass).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_without_the_script_command_can_lock_and_wait() {
+    let server = RedisServer::start();
+    let made = server.command("ACL SETUSER lim on >pw ~* &* +@all -script");
+    assert!(made.ends_with("+OK\r\n"), "ACL SETUSER: {made:?}");
+    let url = format!("redis://lim:pw@127.0.0.1:{}", server.port());
+    let (a, b) = (RedisLock::connect(&url).await.unwrap(), RedisLock::connect(&url).await.unwrap());
+    let flushed = server.command("SCRIPT FLUSH");
+    assert!(flushed.ends_with("+OK\r\n"), "SCRIPT FLUSH: {flushed:?}");
+    let o = opts(60_000).with_auto_renew(false);
+    let held = a.acquire("k", &o).await.expect("acquire");
+    let waiter = tokio::spawn(async move {
+        let lease = b.acquire("k", &o.with_wait(Duration::from_secs(10))).await?;
+        lease.release().await
+    });
+    let queued = || server.integer("LLEN fencelock:{k}:queue");
+    let deadline = Instant::now() + SLACK;
+    while queued() != Some(1) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(queued(), Some(1), "the waiter did not queue");
+    held.release().await.expect("a release with the scripts flushed");
+    tokio::time::timeout(SLACK, waiter)
+        .await
+        .expect("the waiter was handed the key")
+        .unwrap()
+        .expect("the waiter's acquire and release");
+    assert_eq!(server.integer("EXISTS fencelock:{k}:lock"), Some(0), "the key was left held");
+}
+
 /// `close()` finishes the background clean-ups before the process exits: an acquire
 /// cancelled after its grant landed (its release held by the network, then let through)
 /// is released by the time `close` returns. Before `close` waited, it returned at once and
