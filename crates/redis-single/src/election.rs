@@ -17,12 +17,12 @@
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use crate::scripts::Lua;
 use async_trait::async_trait;
 use fencelock_core::election::seat::{seat_key, SeatBackend, SeatRead, SeatState, SeatWatch};
 use fencelock_core::election::{ElectionCapabilities, LeaderInfo, LeaderRead, Observation, ProclaimOps};
 use fencelock_core::waiting::WakeFuture;
 use fencelock_core::{DistributedLock, FencingToken, Lease, Result};
-use redis::Script;
 
 use crate::error::failed;
 use crate::node::NodeSubscription;
@@ -39,8 +39,8 @@ pub const CHANGED: &str = "changed";
 /// Writes the record if the lock key holds our grant, and announces it. KEYS: lock,
 /// record. ARGV: grant, term, value, change channel. Returns 1 when written, 0 when the
 /// seat is not ours.
-static PROCLAIM: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+static PROCLAIM: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
         r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('HSET', KEYS[2], 'grant', ARGV[1], 'term', ARGV[2], 'value', ARGV[3])
@@ -56,8 +56,8 @@ return 0
 /// seat, {1, term, value, pttl} for the live grant's record, {2, counter, '', pttl} while
 /// the live grant has not written its record yet.
 /// (A static script: its SHA1 is computed once, not per read.)
-static LEADER: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+static LEADER: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
         r"
 local g = redis.call('GET', KEYS[1])
 if not g then return {0, 0, '', -2} end
@@ -141,10 +141,11 @@ pub async fn read_seat_on(node: &RedisNode, name: &str) -> Result<SeatRead> {
     let keys = SeatKeys::new(&node.config().prefix, name)?;
     let mut conn = node.connection().await?;
     let (state, term, value, pttl): (i64, u64, Vec<u8>, i64) = LEADER
+        .call()
         .key(&keys.lock)
         .key(&keys.record)
         .key(&keys.counter)
-        .invoke_async(&mut conn)
+        .invoke(&mut conn)
         .await
         .map_err(|e| failed("reading the election's leader", node.server(), e))?;
     let term = FencingToken::new(term);
@@ -172,13 +173,14 @@ pub async fn proclaim_on(node: &RedisNode, name: &str, grant: &str, term: u64, v
     let keys = SeatKeys::new(&node.config().prefix, name)?;
     let mut conn = node.connection().await?;
     let written: i64 = PROCLAIM
+        .call()
         .key(&keys.lock)
         .key(&keys.record)
         .arg(grant)
         .arg(term)
         .arg(value)
         .arg(&keys.changed)
-        .invoke_async(&mut conn)
+        .invoke(&mut conn)
         .await
         .map_err(|e| failed("proclaiming the election's value", node.server(), e))?;
     Ok(written == 1)

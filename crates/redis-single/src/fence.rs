@@ -62,13 +62,14 @@ impl RedisFencedStore {
         let (fence_key, data_key) = self.keys(resource);
         let mut conn = self.conn.clone();
         let reply: Vec<redis::Value> = FENCED_WRITE
+            .call()
             .key(fence_key)
             .key(data_key)
             .arg(fence.token.get().to_string())
             .arg(fence.grant.as_str())
             .arg(value.unwrap_or_default())
             .arg(if value.is_some() { "1" } else { "0" })
-            .invoke_async(&mut conn)
+            .invoke(&mut conn)
             .await
             .map_err(|e| failed("fenced write script", &self.server, e))?;
         let int = |v: Option<&redis::Value>| -> i64 {

@@ -331,7 +331,7 @@ impl RedisNode {
     async fn invoke_idempotent<T: redis::FromRedisValue>(
         &self,
         doing: &'static str,
-        invocation: &redis::ScriptInvocation<'_>,
+        invocation: &scripts::Call<'_>,
     ) -> Result<T> {
         self.invoke_repeatable(doing, invocation).await.map(|(v, _)| v)
     }
@@ -342,10 +342,10 @@ impl RedisNode {
     async fn invoke_repeatable<T: redis::FromRedisValue>(
         &self,
         doing: &'static str,
-        invocation: &redis::ScriptInvocation<'_>,
+        invocation: &scripts::Call<'_>,
     ) -> Result<(T, bool)> {
         let mut conn = self.connection().await?;
-        let first = match invocation.invoke_async(&mut conn).await {
+        let first = match invocation.invoke(&mut conn).await {
             Ok(v) => return Ok((v, false)),
             Err(e) if dropped(&e) => e,
             Err(e) => return Err(self.failed(doing, e)),
@@ -360,7 +360,7 @@ impl RedisNode {
         let mut last = first;
         for _ in 0..4 {
             tokio::time::sleep(pause).await;
-            match tokio::time::timeout_at(deadline, invocation.invoke_async(&mut conn)).await {
+            match tokio::time::timeout_at(deadline, invocation.invoke(&mut conn)).await {
                 Ok(Ok(v)) => return Ok((v, true)),
                 Ok(Err(e)) if dropped(&e) && tokio::time::Instant::now() + pause * 2 < deadline => last = e,
                 Ok(Err(e)) => return Err(self.failed(doing, e)),
@@ -486,13 +486,14 @@ impl RedisNode {
             }
         } else {
             ACQUIRE
+                .call()
                 .key(keys.lock(key))
                 .key(keys.counter(key))
                 .key(keys.boot())
                 .arg(grant.as_str())
                 .arg(ttl.as_millis() as u64)
                 .arg(restart_delay.as_millis() as u64)
-                .invoke_async::<(i64, i64)>(&mut conn)
+                .invoke::<(i64, i64)>(&mut conn)
                 .await
                 .map(|(granted, n)| match granted {
                     1 => NodeGrant::Granted(to_u64(n).unwrap_or(0)),
@@ -590,8 +591,11 @@ impl RedisNode {
     /// ours either way, and the lease's belief never exceeds what was asked (see
     /// `Lease::extend`).
     pub async fn extend(&self, key: &str, grant: &str, ttl: Duration) -> Result<bool> {
-        let mut invocation = EXTEND.key(self.inner.keys.lock(key));
-        invocation.arg(grant).arg(ttl.as_millis() as u64);
+        let mut invocation = EXTEND.call();
+        invocation
+            .key(self.inner.keys.lock(key))
+            .arg(grant)
+            .arg(ttl.as_millis() as u64);
         let n: i64 = self.invoke_idempotent("extend script", &invocation).await?;
         Ok(n == 1)
     }
@@ -622,7 +626,7 @@ impl RedisNode {
 
     /// Sends one batch of renewals as one script; answers each.
     async fn extend_batch(&self, batch: &[Renewal]) -> Vec<Result<bool>> {
-        let mut invocation = EXTEND_MANY.prepare_invoke();
+        let mut invocation = EXTEND_MANY.call();
         for r in batch {
             invocation.key(&r.lock_key).arg(&r.grant).arg(r.ttl_ms);
         }
@@ -649,7 +653,7 @@ impl RedisNode {
     /// docs/backends/redis.md). The same for the two other release methods.
     pub async fn release(&self, key: &str, grant: &str) -> Result<bool> {
         let _cleanup = self.cleanup();
-        let mut invocation = RELEASE.prepare_invoke();
+        let mut invocation = RELEASE.call();
         self.queue_keys(&mut invocation, key);
         if let Some(signal) = self.inner.keys.signal(key) {
             invocation.key(signal); // python-redis-lock's waiters BLPOP it (see RELEASE)
@@ -669,7 +673,7 @@ impl RedisNode {
     /// As [`release`](Self::release): idempotent, so a dropped call is simply sent again.
     pub async fn release_raising(&self, key: &str, grant: &str, token: u64) -> Result<bool> {
         let _cleanup = self.cleanup();
-        let mut invocation = RELEASE_RAISING.prepare_invoke();
+        let mut invocation = RELEASE_RAISING.call();
         self.queue_keys(&mut invocation, key);
         invocation
             .arg(grant)
@@ -690,8 +694,9 @@ impl RedisNode {
     pub async fn release_unqueued(&self, key: &str, grant: &str, raise: Option<u64>) -> Result<bool> {
         let _cleanup = self.cleanup();
         let keys = &self.inner.keys;
-        let mut invocation = RELEASE_UNQUEUED.key(keys.lock(key));
+        let mut invocation = RELEASE_UNQUEUED.call();
         invocation
+            .key(keys.lock(key))
             .key(keys.counter(key))
             .arg(grant)
             .arg(raise.map_or_else(String::new, |t| t.to_string()));
@@ -700,7 +705,7 @@ impl RedisNode {
     }
 
     /// The four keys the queue scripts take: lock, counter, queue, reservation.
-    fn queue_keys(&self, invocation: &mut redis::ScriptInvocation<'_>, key: &str) {
+    fn queue_keys(&self, invocation: &mut scripts::Call<'_>, key: &str) {
         let keys = &self.inner.keys;
         invocation
             .key(keys.lock(key))
@@ -802,7 +807,7 @@ impl RedisNode {
         restart_delay: Duration,
         direct: bool,
     ) -> Result<Turn> {
-        let mut invocation = WAIT_TURN.prepare_invoke();
+        let mut invocation = WAIT_TURN.call();
         self.queue_keys(&mut invocation, key);
         invocation.key(self.inner.keys.boot());
         invocation
@@ -817,7 +822,7 @@ impl RedisNode {
             .arg(if direct { "1" } else { "" });
         let mut conn = self.connection().await?;
         let (status, n, entry, server_ms): (i64, i64, String, i64) = invocation
-            .invoke_async(&mut conn)
+            .invoke(&mut conn)
             .await
             .map_err(|e| self.failed("waiter's turn script", e))?;
         Ok(match status {
@@ -853,7 +858,7 @@ impl RedisNode {
             for attempt in 0..20 {
                 let Some(inner) = node.upgrade() else { return };
                 let node = RedisNode { inner };
-                let mut invocation = LEAVE.prepare_invoke();
+                let mut invocation = LEAVE.call();
                 node.queue_keys(&mut invocation, &key);
                 invocation
                     .arg(&grant)

@@ -1,16 +1,16 @@
 //! The Lua scripts: each is one atomic round trip on the server.
 
-use std::ops::Deref;
 use std::sync::LazyLock;
 
-use redis::Script;
+use redis::aio::ConnectionLike;
+use redis::{Cmd, ErrorKind, FromRedisValue, RedisResult, Script, ServerErrorKind, ToRedisArgs};
 
-/// A script with its source kept, so it can be loaded ahead of a call. A call is an
-/// `EVALSHA`, and a server that does not have the script (never sent it, restarted,
-/// `SCRIPT FLUSH`) answers `NOSCRIPT`; the client must hear that answer to load the script
-/// and call again. A follow-up sent while answers are lost (a waiter's give-up, the
-/// release of an unheard grant) would never run: it sends `SCRIPT LOAD` first, which
-/// takes effect on the server whether or not its answer comes back
+/// A script with its source kept. A call is an `EVALSHA`; a server that does not have the
+/// script (never sent it, restarted, `SCRIPT FLUSH`) answers `NOSCRIPT`, and the call is
+/// sent again as `EVAL` with the source ([`Call::invoke`]) — not loaded with `SCRIPT LOAD`,
+/// which an ACL may refuse to a user that can run scripts (`-script`). A follow-up sent
+/// while answers are lost would never hear the `NOSCRIPT`: it sends `SCRIPT LOAD` with each
+/// repeat, which takes effect whether or not its answer comes back
 /// ([`RedisNode::load_scripts`](crate::node::RedisNode::load_scripts)).
 pub(crate) struct Lua {
     code: String,
@@ -18,7 +18,7 @@ pub(crate) struct Lua {
 }
 
 impl Lua {
-    fn new(code: &str) -> Self {
+    pub(crate) fn new(code: &str) -> Self {
         Lua {
             code: code.to_owned(),
             script: Script::new(code),
@@ -29,12 +29,65 @@ impl Lua {
     pub(crate) fn code(&self) -> &str {
         &self.code
     }
+
+    /// A call of this script; add its keys and arguments, in order, then
+    /// [`invoke`](Call::invoke) it.
+    pub(crate) fn call(&self) -> Call<'_> {
+        Call {
+            lua: self,
+            keys: Vec::new(),
+            args: Vec::new(),
+        }
+    }
 }
 
-impl Deref for Lua {
-    type Target = Script;
-    fn deref(&self) -> &Script {
-        &self.script
+/// One call of a [`Lua`] script: its keys (`KEYS[i]`) and arguments (`ARGV[i]`).
+pub(crate) struct Call<'a> {
+    lua: &'a Lua,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+}
+
+impl Call<'_> {
+    /// Adds a key (`KEYS[i]`).
+    pub(crate) fn key<T: ToRedisArgs>(&mut self, key: T) -> &mut Self {
+        key.write_redis_args(&mut self.keys);
+        self
+    }
+
+    /// Adds an argument (`ARGV[i]`).
+    pub(crate) fn arg<T: ToRedisArgs>(&mut self, arg: T) -> &mut Self {
+        arg.write_redis_args(&mut self.args);
+        self
+    }
+
+    /// `EVALSHA` of the script's hash, or `EVAL` of its source.
+    fn command(&self, with_source: bool) -> Cmd {
+        let mut cmd = if with_source {
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(self.lua.code.as_bytes());
+            cmd
+        } else {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(self.lua.script.get_hash());
+            cmd
+        };
+        cmd.arg(self.keys.len()).arg(&*self.keys).arg(&*self.args);
+        cmd
+    }
+
+    /// Runs the call: `EVALSHA`, and when the server answers `NOSCRIPT`, `EVAL` with the
+    /// source (which also leaves the script cached on the server).
+    ///
+    /// # Cancel safety
+    /// As the script: dropped after a command was sent, the script may have run unheard.
+    pub(crate) async fn invoke<T: FromRedisValue>(&self, conn: &mut impl ConnectionLike) -> RedisResult<T> {
+        match self.command(false).query_async(conn).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.command(true).query_async(conn).await
+            }
+            answer => answer,
+        }
     }
 }
 
