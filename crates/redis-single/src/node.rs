@@ -1029,6 +1029,16 @@ fn connect_failed(cfg: &RedisConfig, e: redis::RedisError) -> LockError {
             source: Some(Box::new(e)),
         };
     }
+    if matches!(e.kind(), redis::ErrorKind::Parse) {
+        // The first answer was not RESP: another server on that port (HTTP, PostgreSQL…).
+        return LockError::InvalidConfig {
+            message: format!(
+                "{} does not answer in the Redis protocol: is the host and port right (another server listens there)?",
+                cfg.server()
+            ),
+            source: Some(Box::new(e)),
+        };
+    }
     let hint = tls_hint(cfg);
     match failed("connecting", cfg.server(), e) {
         LockError::Unavailable { message, source } if !hint.is_empty() => LockError::Unavailable {
