@@ -507,13 +507,33 @@ impl RedisNode {
     }
 
     /// Sends a release of `grant` in the background (for a grant whose fate is unknown:
-    /// its answer was lost, or its caller gave up), and again while no answer comes —
-    /// after 20 ms, doubling to at most 1 s — until the server answers, `ttl` has passed
-    /// (the grant, if it was made, has expired by then) or 20 tries were sent. The task
-    /// holds the node only weakly between tries, so a dropped instance ends it. Nothing
-    /// when no runtime is running.
+    /// its answer was lost, or its caller gave up), and again while no answer comes, as
+    /// [`follow_up`](Self::follow_up) bounds it: until the server answers, `ttl` has
+    /// passed (the grant, if it was made, has expired by then) or 20 tries were sent.
     pub fn release_later(&self, key: &str, grant: &str, ttl: Duration) {
-        let (node, key, grant) = (Arc::downgrade(&self.inner), key.to_owned(), grant.to_owned());
+        let (k, grant) = (key.to_owned(), grant.to_owned());
+        self.follow_up(key, "background release", ttl, move |node| {
+            let (k, grant) = (k.clone(), grant.clone());
+            async move { node.release(&k, &grant).await.map(|_| ()) }
+        });
+    }
+
+    /// Runs `step` in the background until the server answers it, for a follow-up whose
+    /// effect must not be left undone (a give-up, the release of an unheard grant): sent
+    /// again while no answer comes — after 20 ms, doubling to at most 1 s — until `ttl`
+    /// has passed (what it would remove has expired by then) or 20 tries were sent. Each
+    /// repeat goes out together with [`load_scripts`](Self::load_scripts), queued first
+    /// on the same connection: the last try may have met `NOSCRIPT` unheard, and a load
+    /// takes effect whether or not its answer comes back (no reply timeout is added per
+    /// repeat). Holds the node only weakly between tries, so a dropped instance ends it;
+    /// counted as a clean-up, so [`close`](Self::close) waits for it. Nothing when no
+    /// runtime is running.
+    fn follow_up<F, Fut>(&self, key: &str, what: &'static str, ttl: Duration, step: F)
+    where
+        F: Fn(RedisNode) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<()>> + Send,
+    {
+        let (node, key) = (Arc::downgrade(&self.inner), key.to_owned());
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -525,18 +545,15 @@ impl RedisNode {
             for attempt in 0..20 {
                 let Some(inner) = node.upgrade() else { return };
                 let node = RedisNode { inner };
-                // The last try may have met NOSCRIPT unheard: load the scripts again, in
-                // flight together with the repeat (sent first on the one connection, so
-                // the server runs the load before it): no reply timeout added per repeat.
                 let load = async {
                     if attempt > 0 {
                         node.load_scripts().await;
                     }
                 };
-                let ((), answer) = tokio::join!(load, node.release(&key, &grant));
+                let ((), answer) = tokio::join!(load, step(node.clone()));
                 match answer {
-                    Ok(_) => return,
-                    Err(e) => tracing::debug!(%key, error = %e, "background release unanswered; trying again"),
+                    Ok(()) => return,
+                    Err(e) => tracing::debug!(%key, error = %e, "{what} unanswered; trying again"),
                 }
                 drop(node);
                 if tokio::time::Instant::now() + pause >= until {
@@ -841,48 +858,20 @@ impl RedisNode {
     /// by a release, reserved for it, or claimed by an answer that never came — is
     /// released and handed to the next waiter.
     pub fn leave_later(&self, key: &str, grant: &str, entry: &str, ttl: Duration) {
-        let (node, key, grant, entry) = (
-            Arc::downgrade(&self.inner),
-            key.to_owned(),
-            grant.to_owned(),
-            entry.to_owned(),
-        );
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let cleanup = self.cleanup();
-        rt.spawn(async move {
-            let _cleanup = cleanup;
-            let until = tokio::time::Instant::now() + ttl;
-            let mut pause = Duration::from_millis(20);
-            for attempt in 0..20 {
-                let Some(inner) = node.upgrade() else { return };
-                let node = RedisNode { inner };
+        let (k, grant, entry) = (key.to_owned(), grant.to_owned(), entry.to_owned());
+        self.follow_up(key, "leaving the queue", ttl, move |node| {
+            let (k, grant, entry) = (k.clone(), grant.clone(), entry.clone());
+            async move {
                 let mut invocation = LEAVE.call();
-                node.queue_keys(&mut invocation, &key);
+                node.queue_keys(&mut invocation, &k);
                 invocation
                     .arg(&grant)
-                    .arg(node.inner.keys.waiter_channels(&key))
+                    .arg(node.inner.keys.waiter_channels(&k))
                     .arg(claim_ms())
                     .arg(&entry);
-                // As in `release_later`: the load goes out just ahead of the repeat.
-                let load = async {
-                    if attempt > 0 {
-                        node.load_scripts().await;
-                    }
-                };
-                let leave = node.invoke_idempotent::<i64>("leave script", &invocation);
-                let ((), answer) = tokio::join!(load, leave);
-                match answer {
-                    Ok(_) => return,
-                    Err(e) => tracing::debug!(%key, error = %e, "leaving the queue unanswered; trying again"),
-                }
-                drop(node);
-                if tokio::time::Instant::now() + pause >= until {
-                    return;
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(1));
+                node.invoke_idempotent::<i64>("leave script", &invocation)
+                    .await
+                    .map(|_| ())
             }
         });
     }
