@@ -26,11 +26,7 @@ thread_local! {
 ///
 /// Inside [`with_next_ports`], the ports given there come first.
 pub fn free_port() -> u16 {
-    if let Some(port) = NEXT_PORTS.with(|q| q.borrow_mut().pop_front()) {
-        return port;
-    }
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
+    free_ports(1).pop().expect("one port")
 }
 
 /// `n` distinct ports on 127.0.0.1 for one server, each free a moment ago (the hook's
