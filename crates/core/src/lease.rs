@@ -828,6 +828,12 @@ async fn renew(s: Arc<Shared>, valid_until: Instant) {
     let ttl = s.renewal().ttl;
     let answer = tokio::time::timeout(valid_until.saturating_duration_since(sent), s.ops.renew(ttl)).await;
     s.renewal().renewing = false;
+    if s.finished.load(Ordering::Acquire) {
+        // The holder released meanwhile: the release's answer decides whether the lease
+        // was held to the end. This one may say "not held" only because the release
+        // removed the grant first (a batched renewal can go out after the release).
+        return;
+    }
     match answer {
         Ok(Ok(Some(validity))) => {
             s.metrics.renewed();
@@ -1005,6 +1011,60 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(150)).await;
         let err = held.release().await.expect_err("released after its validity");
         assert!(err.is_lease_lost(), "{err}");
+    }
+
+    /// A background renewal in flight when the holder releases: the release removes the
+    /// grant, and the renewal then answers "not held". That is the release's doing, not a
+    /// loss — no `lost()`, no warning, no lost-lease metric. (Found on PostgreSQL, whose
+    /// batched renewal went out after the release: `run` warned "lease lost" after a
+    /// normal exit.)
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_answered_not_held_because_of_the_release_is_no_loss() {
+        struct Racing {
+            renewing: tokio::sync::Notify,
+            released: tokio::sync::Notify,
+        }
+        #[async_trait]
+        impl LeaseOps for Racing {
+            async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
+                Ok(Some(ttl))
+            }
+            async fn renew(&self, _ttl: Duration) -> Result<Option<Duration>> {
+                self.renewing.notify_one();
+                self.released.notified().await;
+                Ok(None) // the release removed the grant before this renewal arrived
+            }
+            async fn release(&self) -> Result<bool> {
+                self.released.notify_one();
+                // The renewal's answer lands while the release's is still on its way.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                Ok(true)
+            }
+        }
+        let ops = Arc::new(Racing {
+            renewing: tokio::sync::Notify::new(),
+            released: tokio::sync::Notify::new(),
+        });
+        let held = Lease::new(LeaseParts {
+            key: "k".into(),
+            token: FencingToken::new(1),
+            grant: GrantId::random(),
+            sent_at: Instant::now(),
+            validity: Duration::from_secs(3),
+            options: LockOptions::new().with_ttl(Duration::from_secs(3)),
+            ops: Arc::clone(&ops) as Arc<dyn LeaseOps>,
+        });
+        let lost = tokio::spawn(held.lost());
+        tokio::time::timeout(Duration::from_secs(2), ops.renewing.notified())
+            .await
+            .expect("a renewal a third of the way through the validity");
+        held.release().await.expect("a normal release");
+        settle().await;
+        assert!(
+            !lost.is_finished(),
+            "the release's own removal was reported as a lost lease: {:?}",
+            lost.await
+        );
     }
 
     #[tokio::test(start_paused = true)]
