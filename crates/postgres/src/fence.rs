@@ -23,6 +23,9 @@ use crate::config::{check_identifier, DEFAULT_SCHEMA};
 use crate::error::failed;
 use crate::sql;
 
+/// How to get out of a clash with a `fences` table that is not ours.
+const WAY_OUT: &str = "give the fences a schema of their own (`TransactionFence::new(schema)`; the SQL of the table: docs/backends/postgres.md)";
+
 /// Checks and records fences in a `fences` table of the user's database, inside the
 /// user's transaction.
 ///
@@ -95,7 +98,32 @@ impl TransactionFence {
         client
             .batch_execute(&sql::create_fences(&self.schema))
             .await
-            .map_err(|e| failed("creating the fence table", "the user's database", e))
+            .map_err(|e| failed("creating the fence table", "the user's database", e))?;
+        // `IF NOT EXISTS` keeps a table of that name that is not ours: refuse it here, not
+        // at the first write.
+        let found = client
+            .query(sql::COLUMNS_FOUND, &[&self.schema, &&["fences"][..]])
+            .await
+            .map_err(|e| failed("looking at the fence table", "the user's database", e))?;
+        let found: Vec<(String, String, String)> = found
+            .iter()
+            .filter_map(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?, r.try_get(2).ok()?)))
+            .collect();
+        sql::check_tables(&self.schema, &["fences"], &found, WAY_OUT)
+            .map(|_| ())
+            .map_err(LockError::invalid_config)
+    }
+
+    /// The error for an answer of the fence statements that does not decode: the table
+    /// is not the one [`create_table`](Self::create_table) makes.
+    fn not_ours(&self, e: tokio_postgres::Error) -> LockError {
+        LockError::InvalidConfig {
+            message: format!(
+                "table `{}.fences` is not fencelock's: its answer does not decode; {WAY_OUT}",
+                self.schema
+            ),
+            source: Some(Box::new(e)),
+        }
     }
 
     /// Admits `fence` for `resource` inside `tx` — one statement, one round trip — or
@@ -142,9 +170,9 @@ impl TransactionFence {
             source: None,
             temporary: false,
         })?;
-        let admitted: i64 = row.get(0);
-        let prior_token: Option<i64> = row.get(1);
-        let prior_grant: Option<String> = row.get(2);
+        let admitted: i64 = row.try_get(0).map_err(|e| self.not_ours(e))?;
+        let prior_token: Option<i64> = row.try_get(1).map_err(|e| self.not_ours(e))?;
+        let prior_grant: Option<String> = row.try_get(2).map_err(|e| self.not_ours(e))?;
         if admitted == 1 {
             return Ok(match (prior_token, prior_grant) {
                 (None, _) => Admission::First,
@@ -160,7 +188,10 @@ impl TransactionFence {
             .await
             .map_err(|e| failed("reading the refusing fence", "the user's transaction", e))?;
         let (highest, grant) = match latest.first() {
-            Some(r) => (r.get::<_, i64>(0), r.get::<_, String>(1)),
+            Some(r) => (
+                r.try_get::<_, i64>(0).map_err(|e| self.not_ours(e))?,
+                r.try_get::<_, String>(1).map_err(|e| self.not_ours(e))?,
+            ),
             None => (prior_token.unwrap_or(i64::MAX), prior_grant.unwrap_or_default()),
         };
         let highest = FencingToken::new(u64::try_from(highest).unwrap_or(0));

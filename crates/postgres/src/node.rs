@@ -354,18 +354,23 @@ impl PgNode {
         let abort = driver.abort_handle();
         let setup = async {
             let doing = |what| move |e| failed(what, server, e);
-            // Only when a table is missing: `CREATE SCHEMA IF NOT EXISTS` checks the
-            // CREATE privilege before it looks, so a role whose tables were made by a
-            // migration could not even run the no-op.
-            let present: i64 = client
-                .query_one(
-                    "SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = $1 AND tablename = ANY($2)",
-                    &[&cfg.schema, &&sql::TABLES[..]],
-                )
+            // Created only when a table is missing: `CREATE SCHEMA IF NOT EXISTS` checks
+            // the CREATE privilege before it looks, so a role whose tables were made by a
+            // migration could not even run the no-op. A table of our name that is not
+            // ours is refused before anything is created or granted.
+            let found = client
+                .query(sql::COLUMNS_FOUND, &[&cfg.schema, &&sql::TABLES[..]])
                 .await
-                .map_err(doing("looking for the tables"))?
-                .get(0);
-            if present < sql::TABLES.len() as i64 {
+                .map_err(doing("looking for the tables"))?;
+            let found: Vec<(String, String, String)> = found
+                .iter()
+                .filter_map(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?, r.try_get(2).ok()?)))
+                .collect();
+            let way_out = "give fencelock a schema of its own (`schema=` in the URL; the SQL of its tables: \
+                           docs/backends/postgres.md, \"The tables\")";
+            let missing = sql::check_tables(&cfg.schema, &sql::TABLES, &found, way_out)
+                .map_err(|why| LockError::invalid_config(format!("{server}: {why}")))?;
+            if !missing.is_empty() {
                 client
                     .batch_execute(&self.inner.texts.create)
                     .await
@@ -556,17 +561,35 @@ impl PgNode {
                 }
             })
             .await;
+        // Checked at connect (`sql::check_tables`); a table altered since then could still
+        // answer other types: an error and the grant given back, never a panic.
+        let answer = answer.and_then(|(row, s)| {
+            let decoded = (|| {
+                let d: (Option<i64>, Option<i64>, Option<i64>) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+                Ok::<_, tokio_postgres::Error>(d)
+            })();
+            decoded.map(|d| (d, s)).map_err(|e| {
+                self.release_later(key, grant.as_str()); // it may have been granted
+                LockError::Backend {
+                    backend: crate::error::BACKEND,
+                    message: format!(
+                        "the acquire's answer from {} does not decode: were fencelock's tables altered?",
+                        self.server()
+                    ),
+                    source: Some(Box::new(e)),
+                    temporary: false,
+                }
+            })
+        });
         match answer {
-            Ok((row, s)) => {
-                let token: Option<i64> = row.get(0);
-                let holder_ms: Option<i64> = row.get(1);
+            Ok(((token, holder_ms, head_ms), s)) => {
                 let outcome = match token {
                     Some(t) => NodeGrant::Granted(u64::try_from(t).unwrap_or(0)),
                     None => {
                         let ms = |v: Option<i64>| v.map(|ms| u64::try_from(ms).unwrap_or(0));
                         NodeGrant::Busy(Busy {
                             holder_ms: ms(holder_ms),
-                            head_ms: ms(row.get(2)),
+                            head_ms: ms(head_ms),
                         })
                     }
                 };

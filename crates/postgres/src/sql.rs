@@ -35,6 +35,79 @@ pub(crate) const DDL_LOCK: i64 = 0x6665_6e63_656c_6b00; // "fencelk\0"
 /// The tables [`create`] makes.
 pub(crate) const TABLES: [&str; 5] = ["locks", "tokens", "waiters", "abandoned", "fences"];
 
+/// The columns the statements use, per table, with their types as `format_type` names
+/// them: what a table of one of our names must have to be taken for ours (see
+/// [`check_tables`]). Other columns are left alone.
+pub(crate) const COLUMNS: [(&str, &[(&str, &str)]); 5] = [
+    (
+        "locks",
+        &[
+            ("key", "text"),
+            ("grant_id", "text"),
+            ("expires_at", "timestamp with time zone"),
+        ],
+    ),
+    ("tokens", &[("key", "text"), ("token", "bigint")]),
+    (
+        "waiters",
+        &[
+            ("ticket", "bigint"),
+            ("key", "text"),
+            ("expires_at", "timestamp with time zone"),
+        ],
+    ),
+    ("abandoned", &[("grant_id", "text"), ("at", "timestamp with time zone")]),
+    (
+        "fences",
+        &[("resource", "text"), ("token", "bigint"), ("grant_id", "text")],
+    ),
+];
+
+/// The columns of the tables named `$2` (a `text[]`) in schema `$1`: one row per column,
+/// `(table, column, type)`. One round trip tells both which tables exist and whether they
+/// are ours.
+pub(crate) const COLUMNS_FOUND: &str = "SELECT c.relname::text, a.attname::text, format_type(a.atttypid, a.atttypmod)
+FROM pg_catalog.pg_attribute a
+JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = $1 AND c.relname = ANY($2) AND c.relkind IN ('r', 'p')
+  AND a.attnum > 0 AND NOT a.attisdropped";
+
+/// Compares the `found` columns (`(table, column, type)` rows of [`COLUMNS_FOUND`]) of
+/// `tables` in `schema` with [`COLUMNS`]. Returns the tables that are missing (to be
+/// created), or, when a table of ours exists with a column missing or of another type
+/// (another application's `tokens`, a hand-made layout), why it is not ours: the
+/// statements would fail or misread it. `way_out` ends the message.
+pub(crate) fn check_tables(
+    schema: &str,
+    tables: &[&'static str],
+    found: &[(String, String, String)],
+    way_out: &str,
+) -> std::result::Result<Vec<&'static str>, String> {
+    let mut missing = Vec::new();
+    for &table in tables {
+        let Some((_, columns)) = COLUMNS.iter().find(|(t, _)| *t == table) else {
+            continue;
+        };
+        let mine: Vec<_> = found.iter().filter(|(t, _, _)| t == table).collect();
+        if mine.is_empty() {
+            missing.push(table);
+            continue;
+        }
+        for (column, wanted) in columns.iter() {
+            let problem = match mine.iter().find(|(_, c, _)| c == column) {
+                None => format!("column `{column}` ({wanted}) is missing"),
+                Some((_, _, ty)) if ty != wanted => format!("column `{column}` is {ty}, fencelock needs {wanted}"),
+                Some(_) => continue,
+            };
+            return Err(format!(
+                "table `{schema}.{table}` is not fencelock's: {problem}; {way_out}"
+            ));
+        }
+    }
+    Ok(missing)
+}
+
 /// The SQL that creates the backend's tables in `schema`, for teams that manage schemas
 /// themselves (a migration tool, a DBA): exactly what a client runs on connecting when a
 /// table is missing. Idempotent (`IF NOT EXISTS`) and safe to run from many sessions at

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fencelock_core::{DistributedLock, LockOptions};
+use fencelock_core::{DistributedLock, LockError, LockOptions};
 use fencelock_postgres::{schema_sql, PgLock};
 use fencelock_testkit::pg_server::PgServer;
 
@@ -129,4 +129,66 @@ fn the_sql_refuses_a_schema_that_is_not_a_plain_identifier() {
     assert!(schema_sql("team_b")
         .unwrap()
         .contains("CREATE SCHEMA IF NOT EXISTS team_b;"));
+}
+
+/// Tables of our names already in the schema that are not ours (another application's
+/// `tokens`, a hand-made layout): refused at connect, saying what differs, before anything
+/// is created or granted. Before, a `token int` column made the first acquire panic while
+/// decoding its answer — after the grant had committed, so the key stayed held by nobody
+/// for its TTL — and `fencelock backends` reported the server fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_that_clash_with_ours_are_refused_at_connect_saying_what_differs() {
+    let server = PgServer::start();
+    server.psql("CREATE SCHEMA clash; CREATE TABLE clash.tokens (key text PRIMARY KEY, token int NOT NULL)");
+    server.psql("CREATE SCHEMA other; CREATE TABLE other.locks (id serial PRIMARY KEY, name text)");
+    for (schema, says) in [
+        ("clash", ["`clash.tokens`", "`token`", "integer", "bigint"]),
+        ("other", ["`other.locks`", "`key`", "missing", "text"]),
+    ] {
+        let url = format!("{}&schema={schema}", server.url());
+        let err = match PgLock::connect(&url).await {
+            Ok(_) => panic!("{schema}: a clashing table was accepted"),
+            Err(e) => e,
+        };
+        assert!(matches!(err, LockError::InvalidConfig { .. }), "{schema}: {err:?}");
+        let text = err.to_string();
+        for s in says {
+            assert!(text.contains(s), "{schema}: `{s}` missing in: {text}");
+        }
+        assert!(text.contains("schema="), "{schema}: no way out named: {text}");
+        assert_eq!(
+            server.psql(&format!("SELECT count(*) FROM pg_tables WHERE schemaname = '{schema}'")),
+            "1",
+            "{schema}: tables were created beside the clashing one"
+        );
+    }
+}
+
+/// The fence helper's table in the user's database: a `fences` table that is not ours is
+/// refused by `create_table`, and `admit` answers an error rather than panicking when it
+/// was never checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fence_table_that_is_not_ours_is_an_error_not_a_panic() {
+    use fencelock_core::{Fence, FencingToken, GrantId};
+    use fencelock_postgres::tokio_postgres::NoTls;
+    use fencelock_postgres::TransactionFence;
+    let server = PgServer::start();
+    server.psql(
+        "CREATE SCHEMA app; CREATE TABLE app.fences (resource text PRIMARY KEY, token int NOT NULL, grant_id text NOT NULL)",
+    );
+    let (mut client, connection) = fencelock_postgres::tokio_postgres::connect(&server.url(), NoTls)
+        .await
+        .expect("application connection");
+    tokio::spawn(connection);
+    let fences = TransactionFence::new("app").unwrap();
+    let err = fences.create_table(&client).await.expect_err("a clashing fence table was accepted");
+    assert!(matches!(err, LockError::InvalidConfig { .. }), "{err:?}");
+    assert!(err.to_string().contains("`app.fences`"), "{err}");
+    let tx = client.transaction().await.unwrap();
+    let fence = Fence {
+        token: FencingToken::new(1),
+        grant: GrantId::from_string("g"),
+    };
+    let err = fences.admit(&tx, "r", &fence).await.expect_err("admitted through a clashing table");
+    assert!(err.to_string().contains("`app.fences`"), "{err}");
 }
