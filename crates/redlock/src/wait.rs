@@ -49,6 +49,12 @@ impl RedlockLock {
     /// (`g`), it claims it there and asks the other nodes in the same round.
     pub(crate) async fn attempt(&self, key: &str, opts: &LockOptions, waiting: &Waiting) -> Result<Attempt> {
         let mut state = waiting.lock().await;
+        if state.as_ref().is_some_and(|q| q.done) {
+            // This wait's grant was handed out and came back with no validity left: it is
+            // being released in the background under its grant id, so that id is spent
+            // (see `spent` below) — wait again as a new waiter.
+            *state = None;
+        }
         let per_node = self.inner.cfg.per_node_timeout;
         let first_turn = state.is_none();
         // A place in flight before anything is sent (`admission.rs`); a turn that claims
@@ -177,8 +183,8 @@ impl RedlockLock {
                 answers.insert(p, Ok(NodeGrant::Granted(token)));
                 let round = self.conclude(key, opts, q.grant.clone(), &answers, start).await;
                 undo.disarm();
-                match round? {
-                    Round::Granted(lease) => {
+                match round {
+                    Ok(Round::Granted(lease)) => {
                         q.done = true;
                         return Ok(Attempt::Acquired(lease));
                     }
@@ -186,9 +192,15 @@ impl RedlockLock {
                     // waiter): queue again at once. No random delay — only this waiter
                     // had the turn, so there is no herd to spread out, and a delay here
                     // was the longest wait of the quick bench (~190 ms).
-                    Round::Busy(_) => {
+                    Ok(Round::Busy(_)) => {
                         spent = true;
                         Duration::ZERO
+                    }
+                    // Fewer than a quorum answered: undone too, and the undo of the silent
+                    // nodes goes on in the background — spent like a busy round's id.
+                    Err(e) => {
+                        *state = None;
+                        return Err(e);
                     }
                 }
             }
