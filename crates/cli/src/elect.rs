@@ -56,7 +56,11 @@ pub async fn elect(cli: &Cli, args: &ElectArgs) -> ExitCode {
     if let Err(code) = crate::command_check::before_waiting(&args.command) {
         return code;
     }
-    let (election, defaults) = match connect(cli, "elect", args.ttl).await {
+    let connected = tokio::select! {
+        c = connect(cli, "elect", args.ttl) => c,
+        sig = signals.next() => return run::interrupted_connecting(sig),
+    };
+    let (election, defaults) = match connected {
         Ok(v) => v,
         Err(e) => return exit::fail_with(&e),
     };

@@ -51,7 +51,13 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
             return fail(&message, exit::CONFIG);
         }
     }
-    let (locks, defaults) = match backend::connect_for_processes(cli, "run", args.ttl).await {
+    // The connect races the signals too: a server that accepts and says nothing would
+    // otherwise hold a caught signal until the connect's own bound.
+    let connected = tokio::select! {
+        c = backend::connect_for_processes(cli, "run", args.ttl) => c,
+        sig = signals.next() => return interrupted_connecting(sig),
+    };
+    let (locks, defaults) = match connected {
         Ok(v) => v,
         Err(e) => return exit::fail_with(&e),
     };
@@ -93,6 +99,15 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
     let code = supervise(args, lease, &mut signals).await;
     close(&*locks).await;
     code
+}
+
+/// The exit for a signal that arrived while connecting: nothing was acquired or left
+/// behind (the connect futures are cancel safe), so nothing to close.
+pub(crate) fn interrupted_connecting(sig: Signal) -> ExitCode {
+    fail(
+        &format!("{} while connecting; nothing acquired", signal_name(sig)),
+        128 + sig.as_raw() as u8,
+    )
 }
 
 async fn acquire(

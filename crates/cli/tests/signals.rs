@@ -145,3 +145,52 @@ fn a_signal_ignored_at_start_stays_ignored() {
     );
     end(holder);
 }
+
+/// A signal while `run` or `elect` is still connecting — the server accepted the
+/// connection and says nothing (a hung server, the wrong service) — ends it at once with
+/// 128 + N, as while waiting. Before, the handlers (installed before connecting, so the
+/// signal does not kill by default) held the signal until the connect gave up at its own
+/// bound (`connect_timeout` + 2 × `timeout`: 30 s here) and the exit was 69.
+#[test]
+fn a_signal_while_connecting_exits_128_plus_n_at_once() {
+    for (args, sig) in [
+        (&["run", "k", "--", "true"][..], Signal::INT),
+        (&["elect", "e", "--", "true"][..], Signal::TERM),
+    ] {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        silent.set_nonblocking(true).expect("nonblocking");
+        let url = format!(
+            "postgres://u@127.0.0.1:{}/db?connect_timeout=10s&timeout=10s",
+            silent.local_addr().expect("addr").port()
+        );
+        let child = fencelock(&url)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        // Connected: the handlers were installed before the connect began.
+        let start = Instant::now();
+        let _conn = loop {
+            match silent.accept() {
+                Ok((conn, _)) => break conn,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(start.elapsed() < Duration::from_secs(10), "{args:?}: never connected");
+                    std::thread::sleep(Duration::from_millis(10)); // polling accept, bounded
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        kill_process(pid_of(&child), sig).expect("signal");
+        let sent = Instant::now();
+        let out = output_within(child, Duration::from_secs(40));
+        let took = sent.elapsed();
+        assert_eq!(
+            out.status.code(),
+            Some(128 + sig.as_raw()),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(took < Duration::from_secs(3), "{args:?}: exited {took:?} after the signal");
+    }
+}
