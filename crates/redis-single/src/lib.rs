@@ -37,6 +37,7 @@
 //! # Ok(()) }
 //! ```
 
+mod acl;
 mod config;
 mod contention;
 mod election;

@@ -269,16 +269,18 @@ impl RedisNode {
                 })
             }
         };
-        // Both requests in flight at once on the one connection: no round trip added.
-        let (run_id, ()) = tokio::join!(
+        // All in flight at once on the one connection: no round trip added.
+        let (run_id, (), allowed) = tokio::join!(
             async {
                 tokio::time::timeout(cfg.timeout, self.read_run_id(&conn))
                     .await
                     .ok()
                     .flatten()
             },
-            Self::send_script_loads(&conn, cfg.timeout)
+            Self::send_script_loads(&conn, cfg.timeout),
+            crate::acl::check(&conn, &self.inner.keys.prefix, cfg.server(), cfg.timeout)
         );
+        allowed?;
         *self.inner.run_id.lock().unwrap_or_else(|p| p.into_inner()) = run_id;
         *self.inner.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
         Ok(conn)

@@ -660,6 +660,8 @@ async fn a_user_without_the_script_command_can_lock_and_wait() {
     for (user, rules) in [
         ("lim", "~* &* +@all -script"),
         ("app", "~fencelock:* &fencelock:* +@all -@dangerous +config|get +info"),
+        // The least-privilege line of docs/backends/redis.md, word for word.
+        ("least", LEAST_PRIVILEGE),
     ] {
         let made = server.command(&format!("ACL SETUSER {user} on >pw {rules}"));
         assert!(made.ends_with("+OK\r\n"), "ACL SETUSER {user}: {made:?}");
@@ -690,6 +692,48 @@ async fn a_user_without_the_script_command_can_lock_and_wait() {
             .expect("the waiter's acquire and release");
         let left = server.integer(&format!("EXISTS fencelock:{{{user}}}:lock"));
         assert_eq!(left, Some(0), "{user}: the key was left held");
+    }
+}
+
+/// docs/backends/redis.md's least-privilege ACL rules (checked against the doc below).
+const LEAST_PRIVILEGE: &str = "~fencelock:* &fencelock:* -@all +set +get +del +incr +pexpire +pexpireat +pttl +time +publish +hmget +hset +lindex +llen +lpop +lpos +lpush +lrange +lrem +rpush +multi +exec +eval +evalsha +subscribe +unsubscribe +ping";
+
+#[test]
+fn the_least_privilege_line_is_the_documented_one() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/backends/redis.md"))
+        .expect("docs/backends/redis.md");
+    assert!(
+        doc.contains(&format!("ACL SETUSER app on >PASSWORD {LEAST_PRIVILEGE}")),
+        "docs/backends/redis.md does not show: {LEAST_PRIVILEGE}"
+    );
+}
+
+/// A Redis user refused a command fencelock needs is a configuration error at connect,
+/// naming it: `MULTI` (the uncontended acquire's transaction), a command a script calls
+/// (`LPOS`), `EVAL`/`EVALSHA`. Before: without `MULTI` the redis crate panicked on every
+/// acquire and `run` exited 69 after its whole wait; without a script's command the
+/// release failed with a warning and the key stayed held for its TTL. The explicit
+/// least-privilege line of docs/backends/redis.md is accepted and works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_refused_a_command_the_lock_needs_is_a_configuration_error_at_connect() {
+    let server = RedisServer::start();
+    for (user, rules, says) in [
+        ("nomulti", "~* &* +@all -multi", "MULTI"),
+        ("nolpos", "~* &* +@all -lpos", "LPOS"),
+        ("nopublish", "~* &* +@all -publish", "PUBLISH"),
+        ("noeval", "~* &* +@all -eval -evalsha", "EVAL, EVALSHA"),
+    ] {
+        let made = server.command(&format!("ACL SETUSER {user} on >pw {rules}"));
+        assert!(made.ends_with("+OK\r\n"), "ACL SETUSER {user}: {made:?}");
+        let url = format!("redis://{user}:pw@127.0.0.1:{}", server.port());
+        let err = tokio::time::timeout(SLACK, RedisLock::connect(&url))
+            .await
+            .expect("connect answered")
+            .expect_err("a user refused a needed command was accepted");
+        assert!(matches!(err, LockError::InvalidConfig { .. }), "{user}: {err:?}");
+        let text = err.to_string();
+        assert!(text.contains(says), "{user}: `{says}` not named in: {text}");
+        assert!(text.contains("What the Redis user needs"), "{user}: {text}");
     }
 }
 

@@ -1,0 +1,119 @@
+//! What the Redis user may run, asked once per connection in the connect's round trip.
+//!
+//! A user whose ACL refuses a command fencelock needs failed far from the cause: without
+//! `MULTI` the redis crate panicked on every acquire (its transaction reader underflows on
+//! a refused `MULTI`) and the acquire looked like a lost server until its wait ended;
+//! without a command a script calls (`LPOS`, `PUBLISH`, …) a release failed with a warning
+//! and left the key held for its TTL. So the connection asks, with the user's own rights,
+//! in one pipeline sent beside the connect's other requests:
+//!
+//! * an empty `MULTI`/`EXEC` transaction (the uncontended acquire's);
+//! * `EVALSHA` of a hash no script has: `NOSCRIPT` when the user may call it, `NOPERM`
+//!   when not;
+//! * `EVAL` of [`PROBE`], which asks `redis.acl_check_cmd` (Redis 7.0 and later; older
+//!   servers skip this part) about every command the scripts call, on a key and a channel
+//!   under the prefix. `EVAL` refused is itself the answer for `EVAL`.
+//!
+//! Any refusal is [`LockError::InvalidConfig`] naming the commands. Peer layouts' lock keys
+//! lie outside the prefix; only the prefix's keys are asked about.
+
+use fencelock_core::LockError;
+use redis::aio::ConnectionManager;
+use redis::{ErrorKind, Value};
+
+/// Asks `redis.acl_check_cmd` about each command the scripts call (`KEYS[1]` a key and
+/// `ARGV[1]` a channel under the prefix); returns the refused ones, upper case. Nothing on
+/// a server without `redis.acl_check_cmd`.
+pub(crate) const PROBE: &str = r"
+if not redis.acl_check_cmd then return {} end
+local k, ch = KEYS[1], ARGV[1]
+local probes = {
+  {'get', k}, {'set', k, 'v'}, {'del', k}, {'incr', k}, {'pexpire', k, '1'},
+  {'pexpireat', k, '1'}, {'pttl', k}, {'time'}, {'publish', ch, 'm'},
+  {'hmget', k, 'f'}, {'hset', k, 'f', 'v'}, {'lindex', k, '0'}, {'llen', k},
+  {'lpop', k}, {'lpos', k, 'x'}, {'lpush', k, 'x'}, {'lrange', k, '0', '1'},
+  {'lrem', k, '0', 'x'}, {'rpush', k, 'x'}, {'subscribe', ch},
+}
+local refused = {}
+for _, p in ipairs(probes) do
+  local ok, allowed = pcall(redis.acl_check_cmd, unpack(p))
+  if ok and not allowed then table.insert(refused, string.upper(p[1])) end
+end
+return refused
+";
+
+/// A SHA1 no script has (`EVALSHA` of it answers `NOSCRIPT` to a user allowed to call it).
+const NO_SCRIPT: &str = "0000000000000000000000000000000000000000";
+
+/// Asks the server what of fencelock's commands the connection's user is refused, in one
+/// pipeline; `Ok` when nothing is, or when no answer came within `timeout` (then the
+/// commands' own errors tell later). `prefix`: the keys' prefix; `server`: for messages.
+pub(crate) async fn check(
+    conn: &ConnectionManager,
+    prefix: &str,
+    server: &str,
+    timeout: std::time::Duration,
+) -> Result<(), LockError> {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    pipe.cmd("EVAL")
+        .arg(PROBE)
+        .arg(1)
+        .arg(format!("{prefix}{{acl-probe}}:lock"))
+        .arg(format!("{prefix}i:acl-probe"));
+    pipe.cmd("EVALSHA").arg(NO_SCRIPT).arg(0);
+    // Last and together: nothing of ours is queued inside the transaction.
+    pipe.cmd("MULTI").cmd("EXEC");
+    let mut conn = conn.clone();
+    let answers =
+        match tokio::time::timeout(timeout, pipe.query_async::<Vec<redis::RedisResult<Value>>>(&mut conn)).await {
+            Ok(Ok(answers)) => answers,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "could not ask which commands the user may run");
+                return Ok(());
+            }
+            Err(_) => return Ok(()),
+        };
+    let refused = refused(&answers);
+    if refused.is_empty() {
+        return Ok(());
+    }
+    Err(LockError::invalid_config(format!(
+        "the Redis user on {server} may not run {}, which fencelock needs (on keys and channels under `{prefix}`): \
+         grant them (docs/backends/redis.md, \"What the Redis user needs\")",
+        refused.join(", ")
+    )))
+}
+
+/// The commands the answers of [`check`]'s pipeline (probe, `EVALSHA`, `MULTI`, `EXEC`)
+/// say are refused.
+fn refused(answers: &[redis::RedisResult<Value>]) -> Vec<String> {
+    let denied = |a: Option<&redis::RedisResult<Value>>| match a {
+        Some(Err(e)) => {
+            e.kind() == ErrorKind::Server(redis::ServerErrorKind::NoPerm) || {
+                let text = e.to_string();
+                text.contains("NOPERM") || text.contains("unknown command")
+            }
+        }
+        _ => false,
+    };
+    let mut out = Vec::new();
+    match answers.first() {
+        Some(Ok(Value::Array(names))) => {
+            out.extend(
+                names
+                    .iter()
+                    .filter_map(|n| redis::from_redis_value_ref::<String>(n).ok()),
+            );
+        }
+        a if denied(a) => out.push("EVAL".to_owned()),
+        _ => {}
+    }
+    if denied(answers.get(1)) {
+        out.push("EVALSHA".to_owned());
+    }
+    if denied(answers.get(2)) {
+        out.push("MULTI".to_owned());
+    }
+    out
+}
