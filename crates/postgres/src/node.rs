@@ -358,10 +358,25 @@ impl PgNode {
             // the CREATE privilege before it looks, so a role whose tables were made by a
             // migration could not even run the no-op. A table of our name that is not
             // ours is refused before anything is created or granted.
-            let found = client
-                .query(sql::COLUMNS_FOUND, &[&cfg.schema, &&sql::TABLES[..]])
-                .await
-                .map_err(doing("looking for the tables"))?;
+            // Both in flight at once: one round trip.
+            let tables = &sql::TABLES[..];
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&cfg.schema, &tables];
+            let (recovery, found) = tokio::join!(
+                client.query_one("SELECT pg_is_in_recovery()", &[]),
+                client.query(sql::COLUMNS_FOUND, &params)
+            );
+            // A standby refuses every write (and `LISTEN`): say what it is, first.
+            if recovery
+                .map_err(doing("reading pg_is_in_recovery()"))?
+                .try_get::<_, bool>(0)
+                .unwrap_or(false)
+            {
+                return Err(LockError::invalid_config(format!(
+                    "{server} is a standby in recovery (read-only): connect to the primary \
+                     (with several hosts in the URL, add target_session_attrs=read-write)"
+                )));
+            }
+            let found = found.map_err(doing("looking for the tables"))?;
             let found: Vec<(String, String, String)> = found
                 .iter()
                 .filter_map(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?, r.try_get(2).ok()?)))

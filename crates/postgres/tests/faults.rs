@@ -269,6 +269,31 @@ async fn wrong_credentials_and_databases_are_config_errors() {
     assert!(matches!(err, LockError::InvalidConfig { .. }), "{err}");
 }
 
+/// A hot standby (read-only, in recovery) is refused at connect with what it is and what
+/// to do — with its tables already replicated from the primary and without. Before, the
+/// first connection's `LISTEN` failed first, and the error said "cannot execute LISTEN
+/// during recovery … check the user, password, database and its privileges".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_is_refused_at_connect_saying_it_is_one() {
+    let primary = PgServer::start();
+    for tables in [false, true] {
+        if tables {
+            PgLock::connect(&primary.url()).await.unwrap().close().await.unwrap();
+        }
+        let standby = PgServer::standby_of(&primary);
+        let err = PgLock::connect(&standby.url())
+            .await
+            .expect_err("connected to a standby");
+        assert!(matches!(err, LockError::InvalidConfig { .. }), "tables {tables}: {err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("is a standby in recovery (read-only): connect to the primary"),
+            "tables {tables}: {text}"
+        );
+        assert!(!text.contains("check the user"), "tables {tables}: misleading hint: {text}");
+    }
+}
+
 /// Counts `event` (INSERT or UPDATE) statements on `fencelock.locks` with a
 /// statement-level trigger and a sequence (the server's own count, exact and immediate).
 fn count_statements(server: &PgServer, event: &str) {

@@ -181,7 +181,10 @@ async fn a_fence_table_that_is_not_ours_is_an_error_not_a_panic() {
         .expect("application connection");
     tokio::spawn(connection);
     let fences = TransactionFence::new("app").unwrap();
-    let err = fences.create_table(&client).await.expect_err("a clashing fence table was accepted");
+    let err = fences
+        .create_table(&client)
+        .await
+        .expect_err("a clashing fence table was accepted");
     assert!(matches!(err, LockError::InvalidConfig { .. }), "{err:?}");
     assert!(err.to_string().contains("`app.fences`"), "{err}");
     let tx = client.transaction().await.unwrap();
@@ -189,6 +192,9 @@ async fn a_fence_table_that_is_not_ours_is_an_error_not_a_panic() {
         token: FencingToken::new(1),
         grant: GrantId::from_string("g"),
     };
-    let err = fences.admit(&tx, "r", &fence).await.expect_err("admitted through a clashing table");
+    let err = fences
+        .admit(&tx, "r", &fence)
+        .await
+        .expect_err("admitted through a clashing table");
     assert!(err.to_string().contains("`app.fences`"), "{err}");
 }

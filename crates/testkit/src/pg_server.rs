@@ -127,6 +127,53 @@ impl PgServer {
         server
     }
 
+    /// A hot standby of `primary`: `pg_basebackup -R` of its data (streaming the WAL, so
+    /// it follows the primary), started on a free port. It answers reads and refuses every
+    /// write ("cannot execute … in a read-only transaction" / "during recovery").
+    pub fn standby_of(primary: &PgServer) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("fencelock-pg-standby-")
+            .tempdir()
+            .expect("temp dir");
+        if let Some((uid, gid)) = primary.owner {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("hand the temp dir to postgres");
+        }
+        let mut server = PgServer {
+            port: 0,
+            dir,
+            bin: primary.bin.clone(),
+            owner: primary.owner,
+            options: primary.options.clone(),
+            child: None,
+            starts: 0,
+        };
+        let log = server.dir.path().join("basebackup.log");
+        let out = std::fs::File::create(&log).expect("create basebackup log");
+        let err = out.try_clone().expect("clone log handle");
+        let status = server
+            .command("pg_basebackup")
+            .arg("-D")
+            .arg(server.data_dir())
+            .args(["-R", "-X", "stream", "-U", "postgres", "-h"])
+            .arg(primary.dir())
+            .arg("-p")
+            .arg(primary.port().to_string())
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .status();
+        match status {
+            Ok(s) if s.success() => {}
+            Ok(s) => panic!("pg_basebackup failed with {s}; log:\n{}", tail(&log)),
+            Err(e) => panic!("cannot run pg_basebackup: {e}: {INSTALL_HINT}"),
+        }
+        start_on_free_ports("postgres standby", 1, |ports| {
+            server.port = ports[0];
+            server.launch()
+        });
+        server
+    }
+
     fn command(&self, program: &str) -> Command {
         let mut cmd = crate::process::tied_command(self.bin.join(program));
         if let Some((uid, gid)) = self.owner {
