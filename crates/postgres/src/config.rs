@@ -180,6 +180,27 @@ impl PgConfig {
                 self.renew_window
             )));
         }
+        // The start-up message is NUL-terminated strings: a NUL inside one cannot be sent
+        // (the client's "string contains embedded null" read as an unreachable server).
+        let pg = &self.pg;
+        let texts = [
+            ("user", pg.get_user().map(str::to_owned)),
+            ("database", pg.get_dbname().map(str::to_owned)),
+            ("options", pg.get_options().map(str::to_owned)),
+            ("application_name", pg.get_application_name().map(str::to_owned)),
+            (
+                "password",
+                pg.get_password().map(|p| String::from_utf8_lossy(p).into_owned()),
+            ),
+        ];
+        if let Some((what, _)) = texts
+            .iter()
+            .find(|(_, v)| v.as_deref().is_some_and(|v| v.contains('\0')))
+        {
+            return Err(bad(format!(
+                "the {what} contains a NUL character (%00), which PostgreSQL cannot take"
+            )));
+        }
         Ok(())
     }
 

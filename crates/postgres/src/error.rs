@@ -31,8 +31,52 @@ fn config_state(code: &SqlState) -> bool {
     c.starts_with("28") || c.starts_with("3D") || c.starts_with("42") || c == "25006"
 }
 
+/// The doing of a connection's start-up ([`failed`] with it is judged as a connect).
+pub(crate) const CONNECTING: &str = "connecting";
+
+/// What a failed start-up says about the URL, when it says something: the server's
+/// refusal of the start-up message (an option, the database, the role: retrying will not
+/// help), an answer that is not the PostgreSQL protocol (the wrong port), or an
+/// authentication the client cannot do (`channel_binding=require` without TLS).
+fn start_up_refused(f: &PgFailure) -> Option<String> {
+    let e = &f.source;
+    if let Some(db) = e.as_db_error() {
+        if !unreachable_state(db.code()) {
+            return Some(format!(
+                "postgres refused the connection to {}: {} (SQLSTATE {}): check the URL's user, database and options",
+                f.server,
+                db.message(),
+                db.code().code()
+            ));
+        }
+        return None;
+    }
+    let text = fencelock_core::error::one_line(e); // the kind, then its cause
+    if text.contains("bytes remaining on stream")
+        || text.starts_with("unexpected message from server")
+        || text.starts_with("error parsing response from server")
+    {
+        return Some(format!(
+            "{} does not answer in the PostgreSQL protocol: is the host and port right?",
+            f.server
+        ));
+    }
+    if text.starts_with("authentication error") {
+        return Some(format!("postgres authentication failed on {}: {text}", f.server));
+    }
+    None
+}
+
 impl From<PgFailure> for LockError {
     fn from(f: PgFailure) -> Self {
+        if f.doing == CONNECTING {
+            if let Some(message) = start_up_refused(&f) {
+                return LockError::InvalidConfig {
+                    message,
+                    source: Some(Box::new(f)),
+                };
+            }
+        }
         let e = &f.source;
         if let Some(code) = e.code() {
             if config_state(code) {

@@ -326,7 +326,7 @@ impl PgNode {
             .pg
             .connect(NoTls)
             .await
-            .map_err(|e| failed("connecting", server, e))?;
+            .map_err(|e| failed(crate::error::CONNECTING, server, e))?;
         let slot: Arc<OnceLock<Weak<Session>>> = Arc::default();
         let (node, session_slot) = (Arc::downgrade(&self.inner), Arc::clone(&slot));
         let driver = tokio::spawn(async move {

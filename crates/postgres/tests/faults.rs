@@ -284,13 +284,69 @@ async fn a_standby_is_refused_at_connect_saying_it_is_one() {
         let err = PgLock::connect(&standby.url())
             .await
             .expect_err("connected to a standby");
-        assert!(matches!(err, LockError::InvalidConfig { .. }), "tables {tables}: {err:?}");
+        assert!(
+            matches!(err, LockError::InvalidConfig { .. }),
+            "tables {tables}: {err:?}"
+        );
         let text = err.to_string();
         assert!(
             text.contains("is a standby in recovery (read-only): connect to the primary"),
             "tables {tables}: {text}"
         );
-        assert!(!text.contains("check the user"), "tables {tables}: misleading hint: {text}");
+        assert!(
+            !text.contains("check the user"),
+            "tables {tables}: misleading hint: {text}"
+        );
+    }
+}
+
+/// URLs that can never work are configuration errors (78 in the CLI: fix the URL), not
+/// "unreachable" (69: retry) or a backend failure (70): a port that answers another
+/// protocol, a NUL in the user name, `channel_binding=require` without TLS, and server
+/// options the server refuses at startup. All four were 69 or 70 before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn urls_that_can_never_work_are_configuration_errors() {
+    use std::io::{Read, Write};
+    let server = PgServer::start();
+    let http = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let http_port = http.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        // An HTTP server: reads the request (here the client's start-up packet), answers 400.
+        for conn in http.incoming().take(8) {
+            let Ok(mut conn) = conn else { continue };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = conn.read(&mut [0u8; 1024]);
+            let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    let port = server.port();
+    for (url, says) in [
+        (
+            format!("postgres://postgres@127.0.0.1:{http_port}/postgres?sslmode=disable&connect_timeout=2s"),
+            "does not answer in the PostgreSQL protocol",
+        ),
+        (
+            format!("postgres://postgres%00x@127.0.0.1:{port}/postgres?sslmode=disable"),
+            "NUL",
+        ),
+        (
+            format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=disable&channel_binding=require"),
+            "channel binding",
+        ),
+        (
+            format!(
+                "postgres://postgres@127.0.0.1:{port}/postgres?sslmode=disable&options=-c%20synchronous_commit%3Dbogus"
+            ),
+            "synchronous_commit",
+        ),
+    ] {
+        let err = tokio::time::timeout(Duration::from_secs(20), PgLock::connect(&url))
+            .await
+            .expect("connect answered")
+            .expect_err("connected with a URL that cannot work");
+        assert!(matches!(err, LockError::InvalidConfig { .. }), "{url}: {err:?}");
+        let text = fencelock_core::error::one_line(&err);
+        assert!(text.contains(says), "{url}: `{says}` not in: {text}");
     }
 }
 
