@@ -248,8 +248,125 @@ pub(crate) fn check_identifier(name: &str) -> std::result::Result<(), String> {
             "`{name}` is not a plain identifier: use 1 to 40 lowercase letters, digits and `_`, not starting with a digit"
         ));
     }
+    if RESERVED.contains(&name) {
+        return Err(format!(
+            "`{name}` is a reserved word in PostgreSQL's SQL, which cannot name a schema unquoted: choose another name"
+        ));
+    }
+    if name == "information_schema" || name.starts_with("pg_") {
+        return Err(format!(
+            "`{name}` is a system schema (or reserved for one): choose another name"
+        ));
+    }
     Ok(())
 }
+
+/// The words PostgreSQL reserves (`pg_get_keywords()` with `catcode` `R` or `T`, as of
+/// PostgreSQL 15): a schema of one of these names is a syntax error unquoted, and the
+/// backend splices the schema unquoted (a plain identifier is safe to splice; a quoted
+/// one would make the documented SQL harder to read for everyone else).
+const RESERVED: &[&str] = &[
+    "all",
+    "analyse",
+    "analyze",
+    "and",
+    "any",
+    "array",
+    "as",
+    "asc",
+    "asymmetric",
+    "authorization",
+    "binary",
+    "both",
+    "case",
+    "cast",
+    "check",
+    "collate",
+    "collation",
+    "column",
+    "concurrently",
+    "constraint",
+    "create",
+    "cross",
+    "current_catalog",
+    "current_date",
+    "current_role",
+    "current_schema",
+    "current_time",
+    "current_timestamp",
+    "current_user",
+    "default",
+    "deferrable",
+    "desc",
+    "distinct",
+    "do",
+    "else",
+    "end",
+    "except",
+    "false",
+    "fetch",
+    "for",
+    "foreign",
+    "freeze",
+    "from",
+    "full",
+    "grant",
+    "group",
+    "having",
+    "ilike",
+    "in",
+    "initially",
+    "inner",
+    "intersect",
+    "into",
+    "is",
+    "isnull",
+    "join",
+    "lateral",
+    "leading",
+    "left",
+    "like",
+    "limit",
+    "localtime",
+    "localtimestamp",
+    "natural",
+    "not",
+    "notnull",
+    "null",
+    "offset",
+    "on",
+    "only",
+    "or",
+    "order",
+    "outer",
+    "overlaps",
+    "placing",
+    "primary",
+    "references",
+    "returning",
+    "right",
+    "select",
+    "session_user",
+    "similar",
+    "some",
+    "symmetric",
+    "table",
+    "tablesample",
+    "then",
+    "to",
+    "trailing",
+    "true",
+    "union",
+    "unique",
+    "user",
+    "using",
+    "variadic",
+    "verbose",
+    "when",
+    "where",
+    "window",
+    "with",
+];
 
 #[cfg(test)]
 mod tests {

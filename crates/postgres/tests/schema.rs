@@ -126,6 +126,20 @@ fn the_sql_refuses_a_schema_that_is_not_a_plain_identifier() {
         let e = schema_sql(bad).unwrap_err();
         assert!(e.to_string().contains("schema"), "{bad}: {e}");
     }
+    // Plain, but not usable unquoted (reserved words: a syntax error at connect with a
+    // hint about credentials before), or a system schema (tables made in
+    // information_schema before).
+    for (bad, says) in [
+        ("select", "reserved word"),
+        ("user", "reserved word"),
+        ("order", "reserved word"),
+        ("information_schema", "system schema"),
+        ("pg_catalog", "system schema"),
+        ("pg_locks", "system schema"),
+    ] {
+        let e = schema_sql(bad).unwrap_err().to_string();
+        assert!(e.contains(says), "{bad}: {e}");
+    }
     assert!(schema_sql("team_b")
         .unwrap()
         .contains("CREATE SCHEMA IF NOT EXISTS team_b;"));
