@@ -20,11 +20,11 @@ pub const DEFAULT_SCHEMA: &str = "fencelock";
 ///
 /// | query key | default | meaning |
 /// |---|---|---|
-/// | `schema` | `fencelock` | the schema of the backend's tables (`locks`, `tokens`, `waiters`, `fences`); an SQL identifier of lowercase letters, digits and `_`, at most 40 bytes, created on first use |
-/// | `timeout` | `1s` | the longest wait for one statement's answer; a slower server is "unavailable", and the connection is dropped (its leases are reported lost) |
-/// | `connect_timeout` | `1s` | the longest wait for a connection (a plain number is seconds, as in libpq) |
+/// | `schema` | `fencelock` | the schema of the backend's tables (`locks`, `tokens`, `waiters`, `abandoned`, `fences`); an SQL identifier of lowercase letters, digits and `_`, at most 40 bytes, not a reserved word nor a system schema, created on first use |
+/// | `timeout` | `1s` | the longest wait for one statement's answer; a slower statement fails as "unavailable". The connection is cut (its leases reported lost) only when it looks dead: nothing answered for `timeout`, or, while leases are held through it, for a third of their shortest TTL (at most 10 × `timeout`) |
+/// | `connect_timeout` | `1s` | the longest wait for one TCP connect (a plain number is seconds, as in libpq); a whole connection with its set-up gets at most `connect_timeout` + 2 × `timeout` |
 /// | `poll` | `500ms` | how often (jittered to 50–100 %) an instance renews its waiters' tickets, in one statement; a ticket lives `2 × poll + 1 s` past its last renewal (the dead-waiter bound), and a waiter re-checks at the latest every `4 × poll` (jittered) |
-/// | `renew_window` | `50ms` | how long a background renewal may wait to share one statement with others (capped at a tenth of its TTL) |
+/// | `renew_window` | `50ms` | how long a background renewal may wait to share one statement with others (capped at a tenth of its TTL; `0ms`: only renewals already due share) |
 /// | `connections` | `4` | the most connections the instance opens, 1 to 32: made one at a time when every open one is busy (the first statement makes one), so statements of different keys run side by side on the server; a lease stays with the connection that granted it |
 ///
 /// `sslmode=disable`, `allow` and `prefer` (the libpq default) connect without TLS;
