@@ -191,6 +191,9 @@ fn a_signal_while_connecting_exits_128_plus_n_at_once() {
             "{args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(took < Duration::from_secs(3), "{args:?}: exited {took:?} after the signal");
+        assert!(
+            took < Duration::from_secs(3),
+            "{args:?}: exited {took:?} after the signal"
+        );
     }
 }
