@@ -213,6 +213,12 @@ impl RedisNode {
         }
     }
 
+    /// The server's `run_id` as last read (when the connection was made, or by a release
+    /// that found the server restarted); `None` before a connection or when `INFO` failed.
+    pub fn run_id(&self) -> Option<String> {
+        self.inner.run_id.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// The options of this node.
     pub fn config(&self) -> &RedisConfig {
         &self.inner.cfg

@@ -98,7 +98,9 @@ impl RedlockConfig {
     /// [`RedlockLock::with_config`](crate::RedlockLock::with_config).
     ///
     /// # Errors
-    /// [`LockError::InvalidConfig`] when there are no nodes or a node is listed twice;
+    /// [`LockError::InvalidConfig`] when there are no nodes or a node is listed twice (the
+    /// same text: one server under two spellings is found by
+    /// [`RedlockLock::connect`](crate::RedlockLock::connect), from the servers' `run_id`);
     /// `per_node_timeout` is outside 1 ms ..= 60 s; `retry_delay` is outside 1 ms ..= 10 min;
     /// `restart_delay` is above 1 day; `drift_factor` is not a finite number in [0, 0.5)
     /// (NaN would panic in the drift arithmetic, huge durations would overflow `Instant`);

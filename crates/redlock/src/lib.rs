@@ -7,6 +7,10 @@
 //! `grant` (extend and release of one grant, background release), `wait` (waiting and
 //! contention), `quorum` (the fan-out), `error` (the no-quorum error).
 //!
+//! * **Connect** (`RedlockLock::connect`): every node at once, each bounded; a node that
+//!   refuses the login, or two nodes that are one server (the same `run_id`, e.g.
+//!   `127.0.0.1:P` and `localhost:P`), are `InvalidConfig`; fewer than a quorum
+//!   connected is `Unavailable`; a minority that does not answer is connected on first use.
 //! * **Acquire**: the same one-round-trip transaction as the single-server backend
 //!   (`MULTI`, `SET NX PX`, `INCR`, `EXEC`, from `fencelock-redis`) on **all nodes in parallel**, each bounded
 //!   by `per_node_timeout`. Granted when a quorum (N/2 + 1) said yes and validity =

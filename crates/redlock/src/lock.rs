@@ -72,31 +72,77 @@ pub(crate) enum Round {
 }
 
 impl RedlockLock {
-    /// Builds from a `redlock://` URL and checks, on every node at once, that the nodes
-    /// that answer take the URL's login (bounded by the connect and response timeouts). A
-    /// node that does not answer is not waited for: it is connected again on first use,
-    /// so a minority of dead nodes never stops the lock from working.
+    /// Builds from a `redlock://` URL and connects to every node at once, each bounded as
+    /// its own connection is (twice the connect timeout and twice the response timeout,
+    /// about 1.1 s with the default `per_node_timeout`): it checks that the nodes that
+    /// answer take the URL's login and are distinct servers, and that at least a quorum
+    /// answered. A minority of nodes that do not answer is not waited for: they are
+    /// connected again on first use, so a minority of dead nodes never stops the lock from
+    /// working.
     ///
     /// # Errors
-    /// [`LockError::InvalidConfig`] for a bad URL, and when a node refuses the login
-    /// (a password the URL does not give, or a wrong one): that is the URL's fault, not a
+    /// [`LockError::InvalidConfig`] for a bad URL; when a node refuses the login (a
+    /// password the URL does not give, or a wrong one); and when two nodes answered with
+    /// the same `run_id`, one server listed under two spellings (`127.0.0.1:6379` and
+    /// `localhost:6379`), whose votes would count twice. Those are the URL's fault, not a
     /// failed node for the quorum to outvote.
     ///
+    /// [`LockError::Unavailable`] when fewer than a quorum (N/2 + 1) of the nodes could be
+    /// connected within the bound, naming how many answered and why each other one did
+    /// not: no acquire could succeed until more of them come back, and a caller such as
+    /// `fencelock run` should say so at once rather than wait (as `redis://` does when
+    /// its one server is down). A [`with_config`](Self::with_config) instance connects
+    /// lazily and checks none of this.
+    ///
     /// # Cancel safety
-    /// Cancel safe: the check only reads.
+    /// Cancel safe: the check only reads, and a dropped connect leaves nothing behind.
     pub async fn connect(url: &str) -> Result<Self> {
         let locks = Self::with_config(RedlockConfig::from_url(url)?)?;
+        locks.check_nodes().await?;
+        Ok(locks)
+    }
+
+    /// Connect's checks (see [`connect`](Self::connect)), on every node at once.
+    async fn check_nodes(&self) -> Result<()> {
+        let (nodes, cfg) = (&self.inner.nodes, &self.inner.cfg);
         let mut checks = tokio::task::JoinSet::new();
-        for node in &locks.inner.nodes {
+        for (i, node) in nodes.iter().enumerate() {
             let node = node.clone();
-            checks.spawn(async move { node.check_login().await });
+            checks.spawn(async move { (i, reach(&node).await) });
         }
+        let mut reached: Vec<Answer<Option<String>>> = nodes
+            .iter()
+            .map(|n| Err(format!("{}: its check ended without an answer", n.server())))
+            .collect();
         while let Some(checked) = checks.join_next().await {
-            if let Ok(Err(refused)) = checked {
-                return Err(refused); // the other checks are aborted with the set
+            // A refused login ends connect (the other checks are aborted with the set); a
+            // check that panicked leaves its node silent.
+            match checked {
+                Ok((i, Ok(answer))) => reached[i] = answer,
+                Ok((_, Err(refused))) => return Err(refused),
+                Err(_) => {}
             }
         }
-        Ok(locks)
+        // One server under two spellings (a name and its address): its votes would count
+        // twice. Checked before the quorum: it is the URL's fault whatever else answered.
+        let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for (i, answer) in reached.iter().enumerate() {
+            let Ok(Some(run_id)) = answer else { continue };
+            if let Some(first) = seen.insert(run_id.as_str(), i) {
+                return Err(LockError::invalid_config(format!(
+                    "`{}`: {} and {} are the same Redis server (same run_id): list each server once; Redlock needs independent nodes",
+                    cfg.display,
+                    nodes[first].server(),
+                    nodes[i].server()
+                )));
+            }
+        }
+        let answered = reached.iter().filter(|a| a.is_ok()).count();
+        if answered < cfg.quorum() {
+            let bound = nodes.first().map_or(Duration::ZERO, connect_bound);
+            return Err(no_quorum("connect", &reached, cfg.quorum(), bound));
+        }
+        Ok(())
     }
 
     /// Builds from explicit options, checked as a URL's are ([`RedlockConfig::validate`]).
@@ -331,6 +377,48 @@ impl DistributedLock for RedlockLock {
             source: None,
         })
     }
+}
+
+/// How long connect waits for one node's connection: as long as the node bounds its own
+/// connection (its connect attempts, then its first requests), so a node that answers
+/// within its timeouts is never cut off.
+fn connect_bound(node: &RedisNode) -> Duration {
+    let cfg = node.config();
+    cfg.connect_timeout * 2 + cfg.timeout * 2
+}
+
+/// Connects `node` for connect's checks: `Ok(Ok(run_id))` when it answered (its `run_id`,
+/// `None` if it could not be read), `Ok(Err(why))` when it could not be connected within
+/// [`connect_bound`], and `Err` for a refused login or another refused setting (the URL's
+/// fault: `InvalidConfig`).
+async fn reach(node: &RedisNode) -> Result<Answer<Option<String>>> {
+    let bound = connect_bound(node);
+    match tokio::time::timeout(bound, node.connection()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e @ LockError::InvalidConfig { .. })) => return Err(e),
+        Ok(Err(e)) => {
+            // The node's own error names its server and what failed; without the kind's
+            // prefix ("backend unavailable") repeated for every node.
+            let why = fencelock_core::error::one_line(&e);
+            let why = match &e {
+                LockError::Unavailable { message, .. } => {
+                    why.get(why.find(message.as_str()).unwrap_or(0)..).unwrap_or(&why)
+                }
+                _ => &why,
+            };
+            let server = node.server();
+            return Ok(Err(if why.contains(server) {
+                why.to_owned()
+            } else {
+                format!("{server}: {why}")
+            }));
+        }
+        Err(_) => return Ok(Err(format!("{}: no connection within {bound:?}", node.server()))),
+    }
+    // Bounded by itself; on the connection just made (a server that needs a password the
+    // URL does not give accepts the connection and refuses the first command).
+    node.check_login().await?;
+    Ok(Ok(node.run_id().filter(|id| !id.is_empty())))
 }
 
 /// Asks `nodes` at once to grant `grant` of `key`, within `bound`.

@@ -64,10 +64,12 @@ async fn two_of_five_down_still_grants_exclusively() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_of_five_down_is_no_quorum_within_the_bound() {
     let mut servers = start_many(5);
+    // Connected while all 5 answer (a connect that reaches fewer than a quorum fails: see
+    // `connect_needs_a_quorum_of_nodes_that_answer`), then 3 die under the instance.
+    let locks = client(&servers, "").await;
     for i in [0, 2, 4] {
         servers[i].kill();
     }
-    let locks = client(&servers, "").await;
     let start = Instant::now();
     let err = locks
         .try_acquire("k", &opts(Duration::from_secs(10)))
@@ -479,4 +481,95 @@ async fn a_turn_that_missed_the_quorum_is_never_undone_over_a_later_grant() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     lease.release().await.expect("the waiter held its lease to the end");
+}
+
+/// `n` distinct ports on 127.0.0.1 with nothing listening: each was bound, read and closed.
+fn closed_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+/// A `redlock://` URL over `ports` on 127.0.0.1, in that order.
+fn url_of(ports: &[u16]) -> String {
+    let hosts: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    format!(
+        "redlock://{}?per_node_timeout={}ms",
+        hosts.join(","),
+        PER_NODE.as_millis()
+    )
+}
+
+/// With fewer than a quorum of nodes reachable, `connect` fails at once with `Unavailable`
+/// naming how many answered and each silent node, as `redis://` does with its one server:
+/// `fencelock run` then exits 69 at once instead of after its whole `--wait`, and
+/// `fencelock backends` does not claim it read the servers. A minority of dead nodes is
+/// still fine. Before the fix: connect succeeded with 3 of 5 nodes unreachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_needs_a_quorum_of_nodes_that_answer() {
+    let servers = start_many(3);
+    let live: Vec<u16> = servers.iter().map(RedisServer::port).collect();
+    let dead = closed_ports(3);
+
+    // 3 of 5 unreachable: no quorum (3) can ever answer.
+    let url = url_of(&[dead[0], live[0], dead[1], live[1], dead[2]]);
+    let start = Instant::now();
+    let outcome = RedlockLock::connect(&url).await;
+    let took = start.elapsed();
+    match outcome {
+        Err(LockError::Unavailable { message, .. }) => {
+            assert!(
+                message.contains("2 of 5") && message.contains("quorum") && message.contains("need 3"),
+                "{message}"
+            );
+            for p in &dead {
+                assert!(message.contains(&format!(":{p}")), "names silent node {p}: {message}");
+            }
+        }
+        Err(other) => panic!("expected Unavailable, got {other}"),
+        Ok(_) => panic!("connected with 3 of 5 nodes unreachable"),
+    }
+    assert!(took < SLACK * 2, "connect took {took:?}");
+
+    // 2 of 5 unreachable: a quorum answers, and the lock works.
+    let url = url_of(&[dead[0], live[0], live[1], dead[1], live[2]]);
+    let locks = RedlockLock::connect(&url)
+        .await
+        .expect("a minority of unreachable nodes is tolerated");
+    let lease = locks
+        .acquire("k", &opts(Duration::from_secs(10)))
+        .await
+        .expect("a quorum of 3 of 5");
+    lease.release().await.unwrap();
+}
+
+/// One server listed twice under two spellings (`127.0.0.1:P` and `localhost:P`) passes the
+/// URL's textual "listed twice" check, but its two votes are one server's: Redlock's
+/// quorum then counts one server twice (and, with 3 nodes, a waiter queued on it saw the
+/// key "held by someone else" with nobody holding it). The nodes' `run_id`s tell: connect
+/// refuses it as a configuration error naming both spellings. Before the fix: connect
+/// succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_server_under_two_spellings_is_a_configuration_error() {
+    let servers = start_many(2);
+    let (p, q) = (servers[0].port(), servers[1].port());
+    let url = format!("redlock://127.0.0.1:{p},localhost:{p},127.0.0.1:{q}");
+    match RedlockLock::connect(&url).await {
+        Err(LockError::InvalidConfig { message, .. }) => {
+            assert!(
+                message.contains(&format!(
+                    "127.0.0.1:{p} and redis://localhost:{p} are the same Redis server (same run_id)"
+                )) && message.contains("list each server once"),
+                "{message}"
+            );
+        }
+        Err(other) => panic!("expected InvalidConfig, got {other}"),
+        Ok(_) => panic!("connected with one server listed twice"),
+    }
+    // Each server once under any spelling is fine.
+    let url = format!("redlock://localhost:{p},127.0.0.1:{q}");
+    let locks = RedlockLock::connect(&url).await.expect("two distinct servers");
+    let lease = locks.acquire("k", &opts(Duration::from_secs(10))).await.unwrap();
+    lease.release().await.unwrap();
 }
