@@ -147,26 +147,15 @@ impl PgServer {
             child: None,
             starts: 0,
         };
-        let log = server.dir.path().join("basebackup.log");
-        let out = std::fs::File::create(&log).expect("create basebackup log");
-        let err = out.try_clone().expect("clone log handle");
-        let status = server
-            .command("pg_basebackup")
+        let mut backup = server.command("pg_basebackup");
+        backup
             .arg("-D")
             .arg(server.data_dir())
             .args(["-R", "-X", "stream", "-U", "postgres", "-h"])
             .arg(primary.dir())
             .arg("-p")
-            .arg(primary.port().to_string())
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .status();
-        match status {
-            Ok(s) if s.success() => {}
-            Ok(s) => panic!("pg_basebackup failed with {s}; log:\n{}", tail(&log)),
-            Err(e) => panic!("cannot run pg_basebackup: {e}: {INSTALL_HINT}"),
-        }
+            .arg(primary.port().to_string());
+        server.run_logged("pg_basebackup", backup);
         start_on_free_ports("postgres standby", 1, |ports| {
             server.port = ports[0];
             server.launch()
@@ -189,33 +178,32 @@ impl PgServer {
     }
 
     fn initdb(&self) {
-        let log = self.dir.path().join("initdb.log");
-        let out = std::fs::File::create(&log).expect("create initdb log");
+        let mut initdb = self.command("initdb");
+        initdb.arg("-D").arg(self.data_dir()).args([
+            "--auth=trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]);
+        self.run_logged("initdb", initdb);
+    }
+
+    /// Runs one of the package's tools to the end, its output in `<what>.log` in the temp
+    /// dir; panics with the log's tail (or how to install the package) when it fails.
+    fn run_logged(&self, what: &str, mut cmd: Command) {
+        let log = self.dir.path().join(format!("{what}.log"));
+        let out = std::fs::File::create(&log).expect("create log");
         let err = out.try_clone().expect("clone log handle");
-        let status = self
-            .command("initdb")
-            .arg("-D")
-            .arg(self.data_dir())
-            .args([
-                "--auth=trust",
-                "-U",
-                "postgres",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-            ])
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .status();
-        match status {
+        match cmd.stdin(Stdio::null()).stdout(out).stderr(err).status() {
             Ok(s) if s.success() => {}
-            Ok(s) => panic!("initdb failed with {s}; log:\n{}", tail(&log)),
+            Ok(s) => panic!("{what} failed with {s}; log:\n{}", tail(&log)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                panic!("initdb is not installed ({e}): {INSTALL_HINT}")
+                panic!("{what} is not installed ({e}): {INSTALL_HINT}")
             }
-            Err(e) => panic!("cannot run initdb: {e}"),
+            Err(e) => panic!("cannot run {what}: {e}"),
         }
     }
 
