@@ -108,11 +108,14 @@ impl From<PgFailure> for LockError {
         // exposes its error kind only through the text ("invalid configuration: …"), so
         // the text decides here; retrying will not help.
         if e.to_string().starts_with("invalid configuration") {
+            // The password hint only where the client's complaint is about one.
+            let hint = if fencelock_core::error::one_line(e).contains("password") {
+                " (a server that asks for a password needs USER:PASSWORD@ in the URL)"
+            } else {
+                ""
+            };
             return LockError::InvalidConfig {
-                message: format!(
-                    "postgres cannot use the URL: {} on {}: {e} (a server that asks for a password needs USER:PASSWORD@ in the URL)",
-                    f.doing, f.server
-                ),
+                message: format!("postgres cannot use the URL: {} on {}: {e}{hint}", f.doing, f.server),
                 source: Some(Box::new(f)),
             };
         }

@@ -287,7 +287,8 @@ impl RedlockLock {
         .await;
         let answered = answers.iter().filter(|a| a.is_ok()).count();
         if answered < quorum {
-            return Err(no_quorum("acquire", answers, quorum, per_node));
+            // The round waited for late answers while fewer than a quorum had come.
+            return Err(no_quorum("acquire", answers, quorum, late(per_node)));
         }
         if tokens.len() >= quorum {
             tracing::debug!(%key, ?elapsed, "a quorum granted, but too late: no validity left");
