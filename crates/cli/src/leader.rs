@@ -54,7 +54,14 @@ pub async fn leader(cli: &Cli, args: &LeaderArgs) -> ExitCode {
             return exit::fail_with(&e);
         }
     }
-    let (election, _) = match connect(cli, "leader", None).await {
+    let connected = tokio::select! {
+        c = connect(cli, "leader", None) => c,
+        sig = signals.next() => {
+            // A signal is how a watch ends (0); a one-shot query was interrupted.
+            return if args.watch { ExitCode::SUCCESS } else { crate::run::interrupted_connecting(sig) };
+        }
+    };
+    let (election, _) = match connected {
         Ok(v) => v,
         Err(e) => return exit::fail_with(&e),
     };

@@ -146,16 +146,19 @@ fn a_signal_ignored_at_start_stays_ignored() {
     end(holder);
 }
 
-/// A signal while `run` or `elect` is still connecting — the server accepted the
+/// A signal while `run`, `elect` or `leader` is still connecting — the server accepted the
 /// connection and says nothing (a hung server, the wrong service) — ends it at once with
-/// 128 + N, as while waiting. Before, the handlers (installed before connecting, so the
+/// 128 + N, as while waiting (`leader --watch`: 0, as a signal ends a watch). Before, the handlers (installed before connecting, so the
 /// signal does not kill by default) held the signal until the connect gave up at its own
 /// bound (`connect_timeout` + 2 × `timeout`: 30 s here) and the exit was 69.
 #[test]
 fn a_signal_while_connecting_exits_128_plus_n_at_once() {
-    for (args, sig) in [
-        (&["run", "k", "--", "true"][..], Signal::INT),
-        (&["elect", "e", "--", "true"][..], Signal::TERM),
+    for (args, sig, code) in [
+        (&["run", "k", "--", "true"][..], Signal::INT, 130),
+        (&["elect", "e", "--", "true"][..], Signal::TERM, 143),
+        (&["leader", "e"][..], Signal::TERM, 143),
+        // A signal is how a watch ends: 0, connected or not.
+        (&["leader", "e", "--watch"][..], Signal::TERM, 0),
     ] {
         let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         silent.set_nonblocking(true).expect("nonblocking");
@@ -187,7 +190,7 @@ fn a_signal_while_connecting_exits_128_plus_n_at_once() {
         let took = sent.elapsed();
         assert_eq!(
             out.status.code(),
-            Some(128 + sig.as_raw()),
+            Some(code),
             "{args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );

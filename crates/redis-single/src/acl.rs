@@ -78,42 +78,57 @@ pub(crate) async fn check(
     if refused.is_empty() {
         return Ok(());
     }
-    Err(LockError::invalid_config(format!(
-        "the Redis user on {server} may not run {}, which fencelock needs (on keys and channels under `{prefix}`): \
-         grant them (docs/backends/redis.md, \"What the Redis user needs\")",
-        refused.join(", ")
-    )))
+    Err(LockError::invalid_config(
+        format!(
+            "the Redis user on {server} is refused what fencelock needs: {}; \
+         grant it (docs/backends/redis.md, \"What the Redis user needs\")",
+            refused.join(", ")
+        )
+        .replace("{prefix}", prefix),
+    ))
 }
 
-/// The commands the answers of [`check`]'s pipeline (probe, `EVALSHA`, `MULTI`, `EXEC`)
-/// say are refused.
+/// What the answers of [`check`]'s pipeline (probe, `EVALSHA`, `MULTI`, `EXEC`) say is
+/// refused: commands, or access to the keys or channels under the prefix (written
+/// `{prefix}`, filled in by the caller) — a `NOPERM` about keys is not about the command.
 fn refused(answers: &[redis::RedisResult<Value>]) -> Vec<String> {
-    let denied = |a: Option<&redis::RedisResult<Value>>| match a {
-        Some(Err(e)) => {
-            e.kind() == ErrorKind::Server(redis::ServerErrorKind::NoPerm) || {
-                let text = e.to_string();
-                text.contains("NOPERM") || text.contains("unknown command")
-            }
-        }
-        _ => false,
-    };
-    let mut out = Vec::new();
+    let mut out: Vec<String> = Vec::new();
     match answers.first() {
         Some(Ok(Value::Array(names))) => {
-            out.extend(
-                names
-                    .iter()
-                    .filter_map(|n| redis::from_redis_value_ref::<String>(n).ok()),
-            );
+            for n in names {
+                if let Ok(name) = redis::from_redis_value_ref::<String>(n) {
+                    note(&mut out, name);
+                }
+            }
         }
-        a if denied(a) => out.push("EVAL".to_owned()),
-        _ => {}
+        a => judge(&mut out, a, "EVAL"),
     }
-    if denied(answers.get(1)) {
-        out.push("EVALSHA".to_owned());
-    }
-    if denied(answers.get(2)) {
-        out.push("MULTI".to_owned());
+    judge(&mut out, answers.get(1), "EVALSHA");
+    judge(&mut out, answers.get(2), "MULTI");
+    // EXEC refused after an allowed MULTI aborts the transaction (`EXECABORT`); after a
+    // refused MULTI it says "EXEC without MULTI", which is MULTI's refusal, not its own.
+    if !matches!(answers.get(2), Some(Err(_))) {
+        judge(&mut out, answers.get(3), "EXEC");
     }
     out
+}
+
+fn note(out: &mut Vec<String>, what: String) {
+    if !out.contains(&what) {
+        out.push(what);
+    }
+}
+
+/// Notes what an error answer to `command` says is refused.
+fn judge(out: &mut Vec<String>, answer: Option<&redis::RedisResult<Value>>, command: &str) {
+    let Some(Err(e)) = answer else { return };
+    let text = fencelock_core::error::one_line(e);
+    let no_perm = e.kind() == ErrorKind::Server(redis::ServerErrorKind::NoPerm) || text.contains("NOPERM");
+    if no_perm && text.contains("keys") {
+        note(out, "access to the keys under `{prefix}`".to_owned());
+    } else if no_perm && text.contains("channel") {
+        note(out, "access to the channels under `{prefix}`".to_owned());
+    } else if no_perm || text.contains("unknown command") {
+        note(out, command.to_owned());
+    }
 }

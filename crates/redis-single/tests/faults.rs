@@ -722,6 +722,10 @@ async fn a_user_refused_a_command_the_lock_needs_is_a_configuration_error_at_con
         ("nolpos", "~* &* +@all -lpos", "LPOS"),
         ("nopublish", "~* &* +@all -publish", "PUBLISH"),
         ("noeval", "~* &* +@all -eval -evalsha", "EVAL, EVALSHA"),
+        ("noexec", "~* &* +@all -exec", "EXEC"),
+        // Every command allowed, but not on fencelock's keys: say so, not "EVAL".
+        ("nokeys", "~app:* &* +@all", "keys under `fencelock:`"),
+        ("readonly", "%R~* &* +@all", "keys under `fencelock:`"),
     ] {
         let made = server.command(&format!("ACL SETUSER {user} on >pw {rules}"));
         assert!(made.ends_with("+OK\r\n"), "ACL SETUSER {user}: {made:?}");
