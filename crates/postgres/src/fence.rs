@@ -105,10 +105,7 @@ impl TransactionFence {
             .query(sql::COLUMNS_FOUND, &[&self.schema, &&["fences"][..]])
             .await
             .map_err(|e| failed("looking at the fence table", "the user's database", e))?;
-        let found: Vec<(String, String, String)> = found
-            .iter()
-            .filter_map(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?, r.try_get(2).ok()?)))
-            .collect();
+        let found: Vec<sql::Found> = found.iter().filter_map(sql::Found::from_row).collect();
         sql::check_tables(&self.schema, &["fences"], &found, WAY_OUT)
             .map(|_| ())
             .map_err(LockError::invalid_config)

@@ -377,10 +377,7 @@ impl PgNode {
                 )));
             }
             let found = found.map_err(doing("looking for the tables"))?;
-            let found: Vec<(String, String, String)> = found
-                .iter()
-                .filter_map(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?, r.try_get(2).ok()?)))
-                .collect();
+            let found: Vec<sql::Found> = found.iter().filter_map(sql::Found::from_row).collect();
             let way_out = "give fencelock a schema of its own (`schema=` in the URL; the SQL of its tables: \
                            docs/backends/postgres.md, \"The tables\")";
             let missing = sql::check_tables(&cfg.schema, &sql::TABLES, &found, way_out)

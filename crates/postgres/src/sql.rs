@@ -63,25 +63,67 @@ pub(crate) const COLUMNS: [(&str, &[(&str, &str)]); 5] = [
     ),
 ];
 
-/// The columns of the tables named `$2` (a `text[]`) in schema `$1`: one row per column,
-/// `(table, column, type)`. One round trip tells both which tables exist and whether they
-/// are ours.
-pub(crate) const COLUMNS_FOUND: &str = "SELECT c.relname::text, a.attname::text, format_type(a.atttypid, a.atttypmod)
+/// Per table: the one column that must be unique alone (the statements' `ON CONFLICT`
+/// target, or the queue's order), and whether it must have a default (the queue's
+/// `bigserial` ticket).
+pub(crate) const KEYS: [(&str, &str, bool); 5] = [
+    ("locks", "key", false),
+    ("tokens", "key", false),
+    ("waiters", "ticket", true),
+    ("abandoned", "grant_id", false),
+    ("fences", "resource", false),
+];
+
+/// The relations named `$2` (a `text[]`) in schema `$1`, one row per column: `(table,
+/// relkind, column, type, NOT NULL, has a default, unique alone)`. One round trip tells
+/// which tables exist and whether the statements can use them.
+pub(crate) const COLUMNS_FOUND: &str = "SELECT c.relname::text, c.relkind::text, a.attname::text,
+       format_type(a.atttypid, a.atttypmod), a.attnotnull, a.atthasdef,
+       EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+               WHERE i.indrelid = c.oid AND i.indisunique AND i.indnatts = 1
+                 AND i.indkey[0] = a.attnum AND i.indpred IS NULL AND i.indexprs IS NULL)
 FROM pg_catalog.pg_attribute a
 JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = $1 AND c.relname = ANY($2) AND c.relkind IN ('r', 'p')
-  AND a.attnum > 0 AND NOT a.attisdropped";
+WHERE n.nspname = $1 AND c.relname = ANY($2) AND a.attnum > 0 AND NOT a.attisdropped";
 
-/// Compares the `found` columns (`(table, column, type)` rows of [`COLUMNS_FOUND`]) of
-/// `tables` in `schema` with [`COLUMNS`]. Returns the tables that are missing (to be
-/// created), or, when a table of ours exists with a column missing or of another type
-/// (another application's `tokens`, a hand-made layout), why it is not ours: the
-/// statements would fail or misread it. `way_out` ends the message.
+/// One row of [`COLUMNS_FOUND`].
+#[derive(Debug, Clone)]
+pub(crate) struct Found {
+    pub table: String,
+    pub kind: String,
+    pub column: String,
+    pub ty: String,
+    pub not_null: bool,
+    pub has_default: bool,
+    pub unique: bool,
+}
+
+impl Found {
+    /// Decodes a row of [`COLUMNS_FOUND`]; `None` if it does not decode.
+    pub(crate) fn from_row(r: &tokio_postgres::Row) -> Option<Self> {
+        Some(Found {
+            table: r.try_get(0).ok()?,
+            kind: r.try_get(1).ok()?,
+            column: r.try_get(2).ok()?,
+            ty: r.try_get(3).ok()?,
+            not_null: r.try_get(4).ok()?,
+            has_default: r.try_get(5).ok()?,
+            unique: r.try_get(6).ok()?,
+        })
+    }
+}
+
+/// Compares the relations `found` ([`COLUMNS_FOUND`]) of `tables` in `schema` with what
+/// the statements need: a table (not a view), [`COLUMNS`] with their types, [`KEYS`]'
+/// column unique alone (and defaulted where it must be), and no other column that an
+/// insert of ours would leave NULL (NOT NULL without a default). Returns the tables that
+/// are missing (to be created), or why one that exists is not usable — another
+/// application's table of that name, a hand-made layout. `way_out` ends the message.
 pub(crate) fn check_tables(
     schema: &str,
     tables: &[&'static str],
-    found: &[(String, String, String)],
+    found: &[Found],
     way_out: &str,
 ) -> std::result::Result<Vec<&'static str>, String> {
     let mut missing = Vec::new();
@@ -89,23 +131,62 @@ pub(crate) fn check_tables(
         let Some((_, columns)) = COLUMNS.iter().find(|(t, _)| *t == table) else {
             continue;
         };
-        let mine: Vec<_> = found.iter().filter(|(t, _, _)| t == table).collect();
-        if mine.is_empty() {
+        let mine: Vec<&Found> = found.iter().filter(|f| f.table == table).collect();
+        let Some(first) = mine.first() else {
             missing.push(table);
             continue;
-        }
-        for (column, wanted) in columns.iter() {
-            let problem = match mine.iter().find(|(_, c, _)| c == column) {
-                None => format!("column `{column}` ({wanted}) is missing"),
-                Some((_, _, ty)) if ty != wanted => format!("column `{column}` is {ty}, fencelock needs {wanted}"),
-                Some(_) => continue,
-            };
+        };
+        let problem = table_problem(table, &first.kind, columns, &mine);
+        if let Some(problem) = problem {
             return Err(format!(
                 "table `{schema}.{table}` is not fencelock's: {problem}; {way_out}"
             ));
         }
     }
     Ok(missing)
+}
+
+/// What makes one found relation unusable, if anything (see [`check_tables`]).
+fn table_problem(table: &str, kind: &str, columns: &[(&str, &str)], mine: &[&Found]) -> Option<String> {
+    if kind != "r" && kind != "p" {
+        let what = match kind {
+            "v" => "a view",
+            "m" => "a materialized view",
+            "f" => "a foreign table",
+            _ => "not an ordinary table",
+        };
+        return Some(format!("it is {what}, not a table"));
+    }
+    for (column, wanted) in columns.iter() {
+        match mine.iter().find(|f| f.column == *column) {
+            None => return Some(format!("column `{column}` ({wanted}) is missing")),
+            Some(f) if f.ty != *wanted => {
+                return Some(format!("column `{column}` is {}, fencelock needs {wanted}", f.ty))
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some((_, key, defaulted)) = KEYS.iter().find(|(t, _, _)| *t == table) {
+        let f = mine.iter().find(|f| f.column == *key)?;
+        if !f.unique {
+            return Some(format!(
+                "column `{key}` is not unique alone (fencelock makes it the primary key)"
+            ));
+        }
+        if *defaulted && !f.has_default {
+            return Some(format!(
+                "column `{key}` has no default (fencelock makes it a bigserial)"
+            ));
+        }
+    }
+    let ours = |c: &str| columns.iter().any(|(name, _)| *name == c);
+    if let Some(f) = mine.iter().find(|f| !ours(&f.column) && f.not_null && !f.has_default) {
+        return Some(format!(
+            "column `{}` is NOT NULL without a default, and fencelock's inserts do not set it",
+            f.column
+        ));
+    }
+    None
 }
 
 /// The SQL that creates the backend's tables in `schema`, for teams that manage schemas

@@ -155,9 +155,20 @@ async fn tables_that_clash_with_ours_are_refused_at_connect_saying_what_differs(
     let server = PgServer::start();
     server.psql("CREATE SCHEMA clash; CREATE TABLE clash.tokens (key text PRIMARY KEY, token int NOT NULL)");
     server.psql("CREATE SCHEMA other; CREATE TABLE other.locks (id serial PRIMARY KEY, name text)");
+    // Right columns, but not usable: found by a second review (each failed at acquire).
+    server.psql(
+        "CREATE SCHEMA owned; CREATE TABLE owned.locks (key text PRIMARY KEY, grant_id text NOT NULL, expires_at timestamptz NOT NULL, owner text NOT NULL)",
+    );
+    server.psql("CREATE SCHEMA nokey; CREATE TABLE nokey.locks (key text, grant_id text NOT NULL, expires_at timestamptz NOT NULL)");
+    server.psql("CREATE SCHEMA noseq; CREATE TABLE noseq.waiters (ticket bigint PRIMARY KEY, key text NOT NULL, expires_at timestamptz NOT NULL)");
+    server.psql("CREATE SCHEMA viewed; CREATE VIEW viewed.tokens AS SELECT 'k'::text AS key, 1::bigint AS token");
     for (schema, says) in [
         ("clash", ["`clash.tokens`", "`token`", "integer", "bigint"]),
         ("other", ["`other.locks`", "`key`", "missing", "text"]),
+        ("owned", ["`owned.locks`", "`owner`", "NOT NULL", "default"]),
+        ("nokey", ["`nokey.locks`", "`key`", "unique", "primary key"]),
+        ("noseq", ["`noseq.waiters`", "`ticket`", "default", "bigserial"]),
+        ("viewed", ["`viewed.tokens`", "view", "table", "schema="]),
     ] {
         let url = format!("{}&schema={schema}", server.url());
         let err = match PgLock::connect(&url).await {
@@ -171,7 +182,10 @@ async fn tables_that_clash_with_ours_are_refused_at_connect_saying_what_differs(
         }
         assert!(text.contains("schema="), "{schema}: no way out named: {text}");
         assert_eq!(
-            server.psql(&format!("SELECT count(*) FROM pg_tables WHERE schemaname = '{schema}'")),
+            server.psql(&format!(
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = '{schema}' AND c.relkind IN ('r', 'v')"
+            )),
             "1",
             "{schema}: tables were created beside the clashing one"
         );
