@@ -1016,13 +1016,18 @@ fn connect_failed(cfg: &RedisConfig, e: redis::RedisError) -> LockError {
         e.kind(),
         redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
     );
-    if cfg.addr.db != 0 && refused {
+    let no_perm = matches!(e.kind(), redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm)) || {
+        let text = fencelock_core::error::one_line(&e);
+        text.contains("NOPERM") || text.contains("no permissions")
+    };
+    if cfg.addr.db != 0 && (refused || no_perm) {
+        let why = if no_perm {
+            "the user may not run SELECT (grant it +select)"
+        } else {
+            "the server has fewer databases (its `databases` setting, 16 by default, allows 0 to databases - 1)"
+        };
         return LockError::InvalidConfig {
-            message: format!(
-                "{} refused DB index {}: the server has fewer databases (its `databases` setting, 16 by default, allows 0 to databases - 1)",
-                cfg.server(),
-                cfg.addr.db
-            ),
+            message: format!("{} refused DB index {}: {why}", cfg.server(), cfg.addr.db),
             source: Some(Box::new(e)),
         };
     }

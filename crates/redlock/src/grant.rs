@@ -119,13 +119,17 @@ impl LeaseOps for RedlockGrant {
         let silent: Vec<usize> = answers.iter().filter(|(_, a)| a.is_err()).map(|(i, _)| *i).collect();
         if !silent.is_empty() {
             let until = Instant::now() + Duration::from_millis(self.ttl_ms.load(Ordering::Relaxed));
-            let list: Vec<_> = answers.iter().map(|(_, a)| a.clone()).collect();
+            // Not a "no quorum": a quorum may well have confirmed; name only the silent.
+            let why: Vec<&str> = answers
+                .iter()
+                .filter_map(|(_, a)| a.as_ref().err().map(String::as_str))
+                .collect();
             tracing::warn!(
                 key = %self.key,
                 token = self.token,
-                "release not confirmed in time ({}); sending it again in the background to the {} silent node(s) until they answer or the TTL has passed",
-                no_quorum("release", &list, quorum, self.inner.cfg.per_node_timeout),
-                silent.len()
+                "release not confirmed in time by {} of {n} node(s) ({}); sending it again in the background until they answer or the TTL has passed",
+                silent.len(),
+                why.join("; ")
             );
             plan.finish_later(silent, until);
         }

@@ -137,6 +137,16 @@ impl RedlockLock {
                 )));
             }
         }
+        let unread: Vec<&str> = (reached.iter().zip(nodes))
+            .filter(|(a, _)| matches!(a, Ok(None)))
+            .map(|(_, n)| n.server())
+            .collect();
+        if !unread.is_empty() {
+            tracing::warn!(
+                nodes = %unread.join(", "),
+                "cannot check that the nodes are distinct servers: their run_id is unreadable (INFO refused?); one server listed twice would count twice"
+            );
+        }
         let answered = reached.iter().filter(|a| a.is_ok()).count();
         if answered < cfg.quorum() {
             let bound = nodes.first().map_or(Duration::ZERO, connect_bound);
