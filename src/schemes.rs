@@ -37,7 +37,7 @@ pub const SCHEMES: &[Scheme] = &[
         names: &["redis", "rediss"],
         feature: Some("redis"),
         compiled: cfg!(feature = "redis"),
-        form: "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] (port 6379 if left out; rediss:// for TLS)",
+        form: "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] (port 6379 if left out; rediss:// for TLS, with the Cargo feature `redis-tls`)",
         summary: "one Redis server; fast, exclusive while that server lives and keeps its data",
     },
     Scheme {

@@ -15,7 +15,7 @@ pub(crate) fn no_quorum<T>(doing: &str, answers: &[Answer<T>], quorum: usize, pe
         .collect();
     LockError::Unavailable {
         message: format!(
-            "no quorum for {doing}: {answered} of {} nodes answered within {per_node:?} (need {quorum}); {}",
+            "no quorum for {doing}: {answered} of {} nodes answered (waiting at most {per_node:?}; need {quorum}); {}",
             answers.len(),
             silent.join("; ")
         ),
