@@ -557,6 +557,14 @@ impl PgNode {
         // The validity counts from here, not from before the wait for a turn: the server
         // sets the expiry from when it receives the statement, which is later still.
         let sent_at = tokio::time::Instant::now();
+        // Should the answer not come — or this future be dropped before it came — the
+        // abandon is written on this connection, even after it was cut as dead.
+        let mut unheard = UnheardAcquire {
+            node: self,
+            hold: Some(session.hold_driver()),
+            key,
+            grant: grant.as_str(),
+        };
         let answer = self
             .send_on(&session, "acquire", timeout, |s| async move {
                 match ticket {
@@ -595,6 +603,7 @@ impl PgNode {
         });
         match answer {
             Ok(((token, holder_ms, head_ms), s)) => {
+                unheard.hold = None; // answered: nothing to abandon here
                 let outcome = match token {
                     Some(t) => NodeGrant::Granted(u64::try_from(t).unwrap_or(0)),
                     None => {
@@ -609,7 +618,10 @@ impl PgNode {
             }
             Err(e) => {
                 if e.is_temporary() {
+                    // `unheard` sends the abandon on this connection as it drops.
                     self.release_later(key, grant.as_str());
+                } else {
+                    unheard.hold = None;
                 }
                 Err(e)
             }
@@ -670,15 +682,27 @@ impl PgNode {
     }
 
     async fn abandon(&self, key: &str, grant: &str) -> Result<()> {
-        self.call("abandon (mark)", |s| async move {
-            s.client.execute(&s.st.abandon_mark, &[&grant]).await
-        })
-        .await?;
-        self.call("abandon (expire)", |s| async move {
-            s.client.execute(&s.st.abandon_expire, &[&key, &grant]).await
-        })
-        .await?;
-        self.release(None, key, grant).await.map(|_| ())
+        self.call("abandon", |s| async move { abandon_on(&s, key, grant).await })
+            .await
+            .map(|_| ())
+    }
+
+    /// Sends the abandon of `grant` on `session` now, right behind the acquire whose
+    /// answer did not come on that connection, and lets it run in the background: it
+    /// lands even when answers are lost and the connection is about to be cut as dead
+    /// (then no new connection can be made until the link heals, and a later abandon
+    /// could not go out). The background clean-up ([`release_later`](Self::release_later))
+    /// still confirms it.
+    fn abandon_now(&self, hold: crate::session::DriverHold, key: &str, grant: &str) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (key, grant) = (key.to_owned(), grant.to_owned());
+        let bound = self.inner.cfg.timeout * 2;
+        rt.spawn(async move {
+            let _ = tokio::time::timeout(bound, abandon_on(hold.session(), &key, &grant)).await;
+            drop(hold); // the driver of a session cut meanwhile stops now
+        });
     }
 
     /// Waits (at most `limit`) until every background clean-up has finished.
@@ -993,6 +1017,49 @@ fn ended(doing: &str, server: &str) -> LockError {
         ),
         source: None,
     }
+}
+
+/// An acquire sent on a connection whose answer has not been heard: dropped while armed
+/// (its answer lost, or the acquire's future dropped mid-flight), it sends the abandon on
+/// that connection at once ([`PgNode::abandon_now`]).
+struct UnheardAcquire<'a> {
+    node: &'a PgNode,
+    hold: Option<crate::session::DriverHold>,
+    key: &'a str,
+    grant: &'a str,
+}
+
+impl Drop for UnheardAcquire<'_> {
+    fn drop(&mut self) {
+        if let Some(hold) = self.hold.take() {
+            self.node.abandon_now(hold, self.key, self.grant);
+        }
+    }
+}
+
+/// The three statements of abandoning `grant` of `key` (see `sql::abandon_mark`), sent
+/// together on one connection: the server runs them in order, each in its own
+/// transaction committed before the next begins, so they keep the order the abandon
+/// needs without waiting for each answer — they all run even when no answer comes back
+/// (a link cut one way). Resolves with the release's row once all three answered.
+async fn abandon_on(
+    s: &Session,
+    key: &str,
+    grant: &str,
+) -> std::result::Result<tokio_postgres::Row, tokio_postgres::Error> {
+    // `join!` polls them in this order, and a first poll sends: the order on the wire.
+    let (by_grant, by_key): (
+        [&(dyn tokio_postgres::types::ToSql + Sync); 1],
+        [&(dyn tokio_postgres::types::ToSql + Sync); 2],
+    ) = ([&grant], [&key, &grant]);
+    let (mark, expire, release) = tokio::join!(
+        s.client.execute(&s.st.abandon_mark, &by_grant),
+        s.client.execute(&s.st.abandon_expire, &by_key),
+        s.client.query_one(&s.st.release, &by_key),
+    );
+    mark?;
+    expire?;
+    release
 }
 
 #[cfg(test)]

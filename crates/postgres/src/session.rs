@@ -64,6 +64,10 @@ pub(crate) struct Session {
     last_answer: Mutex<Instant>,
     /// Statements sent without a turn (the waiter tickets' keeper) still unanswered.
     unturned: AtomicUsize,
+    /// Holds on the connection's driver ([`hold_driver`](Self::hold_driver)), and whether
+    /// the session ended while one was held (the driver is then stopped by the last
+    /// release).
+    driver_holds: Mutex<(usize, bool)>,
 }
 
 impl Session {
@@ -78,6 +82,7 @@ impl Session {
             alive: AtomicBool::new(true),
             driver,
             next_id: AtomicU64::new(0),
+            driver_holds: Mutex::new((0, false)),
             leases: Mutex::new(HashMap::new()),
             last_answer: Mutex::new(Instant::now()),
             unturned: AtomicUsize::new(0),
@@ -164,6 +169,25 @@ impl Session {
         None
     }
 
+    /// Keeps the connection's driver running (writing what is queued, reading answers)
+    /// even if the session ends, until [`release_driver`](Self::release_driver): an
+    /// acquire in flight may need its abandon written on this connection after it was
+    /// cut as dead (see `PgNode::abandon_now`). Released when the hold is dropped.
+    pub(crate) fn hold_driver(self: &Arc<Self>) -> DriverHold {
+        self.driver_holds.lock().unwrap_or_else(|p| p.into_inner()).0 += 1;
+        DriverHold(Arc::clone(self))
+    }
+
+    /// Releases a [`hold_driver`](Self::hold_driver); the last one stops the driver of a
+    /// session that ended meanwhile.
+    fn release_driver(&self) {
+        let mut holds = self.driver_holds.lock().unwrap_or_else(|p| p.into_inner());
+        holds.0 = holds.0.saturating_sub(1);
+        if holds.0 == 0 && holds.1 {
+            self.driver.abort();
+        }
+    }
+
     /// Forgets a released lease.
     pub(crate) fn untrack(&self, id: u64) {
         self.leases().remove(&id);
@@ -175,7 +199,14 @@ impl Session {
         if !self.alive.swap(false, Ordering::SeqCst) {
             return Vec::new();
         }
-        self.driver.abort();
+        {
+            let mut holds = self.driver_holds.lock().unwrap_or_else(|p| p.into_inner());
+            if holds.0 == 0 {
+                self.driver.abort();
+            } else {
+                holds.1 = true; // the last hold stops it
+            }
+        }
         let tracked: Vec<Tracked> = self.leases().drain().map(|(_, t)| t).collect();
         let reason = LostReason::Backend(format!("the connection to postgres ended: {why}"));
         tracked
@@ -189,6 +220,22 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.driver.abort();
+    }
+}
+
+/// A hold on a session's driver ([`Session::hold_driver`]), released when dropped.
+pub(crate) struct DriverHold(Arc<Session>);
+
+impl DriverHold {
+    /// The session held.
+    pub(crate) fn session(&self) -> &Arc<Session> {
+        &self.0
+    }
+}
+
+impl Drop for DriverHold {
+    fn drop(&mut self) {
+        self.0.release_driver();
     }
 }
 

@@ -269,6 +269,43 @@ async fn wrong_credentials_and_databases_are_config_errors() {
     assert!(matches!(err, LockError::InvalidConfig { .. }), "{err}");
 }
 
+/// An acquire that lands while its answers are lost (the link cut one way: requests
+/// arrive, answers do not) is given back without the link healing: its abandon goes out
+/// on the same connection right behind it, all three statements at once, answered or
+/// not. Before, the abandon waited for each statement's answer, so only its first
+/// statement ever ran and the key stayed with a client that never knew it had it, for
+/// the whole TTL (the open gap of the conformance case
+/// `queued_waiter_cut_off_gives_back_what_it_was_given` without its healing step).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquire_landing_unheard_is_given_back_while_the_answers_stay_lost() {
+    let server = PgServer::start();
+    let proxy = FaultProxy::start(server.port()).await;
+    let cut = PgLock::connect(&format!(
+        "{}&timeout=500ms&connections=1",
+        server.url_through(proxy.port())
+    ))
+    .await
+    .unwrap();
+    let other = PgLock::connect(&server.url()).await.unwrap();
+    let o = opts(60_000);
+    // A cycle first: the connection and its LISTEN are up, so the acquire goes out.
+    cut.acquire("k", &o).await.unwrap().release().await.unwrap();
+    proxy.set_to_client(Mode::Blackhole);
+    let unheard = cut.try_acquire("k", &o).await;
+    assert!(
+        unheard.is_err(),
+        "an acquire whose answer was lost returned {unheard:?}"
+    );
+    let rows = || server.psql("SELECT count(*) FROM fencelock.locks WHERE key = 'k' AND expires_at > now()");
+    // The grant landed (the test's premise), and is given back with the link still cut.
+    let next = other
+        .acquire("k", &o.with_wait(SLACK * 2))
+        .await
+        .unwrap_or_else(|e| panic!("the unheard grant kept the key ({} live rows): {e}", rows()));
+    next.release().await.unwrap();
+    proxy.set(Mode::Pass);
+}
+
 /// A hot standby (read-only, in recovery) is refused at connect with what it is and what
 /// to do — with its tables already replicated from the primary and without. Before, the
 /// first connection's `LISTEN` failed first, and the error said "cannot execute LISTEN
