@@ -19,7 +19,7 @@
 
 use fencelock_core::LockError;
 use redis::aio::ConnectionManager;
-use redis::{ErrorKind, Value};
+use redis::Value;
 
 /// Asks `redis.acl_check_cmd` about each command the scripts call (`KEYS[1]` a key and
 /// `ARGV[1]` a channel under the prefix); returns the refused ones, upper case. Nothing on
@@ -74,24 +74,21 @@ pub(crate) async fn check(
             }
             Err(_) => return Ok(()),
         };
-    let refused = refused(&answers);
+    let refused = refused(&answers, prefix);
     if refused.is_empty() {
         return Ok(());
     }
-    Err(LockError::invalid_config(
-        format!(
-            "the Redis user on {server} is refused what fencelock needs: {}; \
+    Err(LockError::invalid_config(format!(
+        "the Redis user on {server} is refused what fencelock needs: {}; \
          grant it (docs/backends/redis.md, \"What the Redis user needs\")",
-            refused.join(", ")
-        )
-        .replace("{prefix}", prefix),
-    ))
+        refused.join(", ")
+    )))
 }
 
 /// What the answers of [`check`]'s pipeline (probe, `EVALSHA`, `MULTI`, `EXEC`) say is
-/// refused: commands, or access to the keys or channels under the prefix (written
-/// `{prefix}`, filled in by the caller) — a `NOPERM` about keys is not about the command.
-fn refused(answers: &[redis::RedisResult<Value>]) -> Vec<String> {
+/// refused: commands, or access to the keys or channels under `prefix` — a `NOPERM` about
+/// keys is not about the command.
+fn refused(answers: &[redis::RedisResult<Value>], prefix: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     match answers.first() {
         Some(Ok(Value::Array(names))) => {
@@ -101,14 +98,14 @@ fn refused(answers: &[redis::RedisResult<Value>]) -> Vec<String> {
                 }
             }
         }
-        a => judge(&mut out, a, "EVAL"),
+        a => judge(&mut out, a, "EVAL", prefix),
     }
-    judge(&mut out, answers.get(1), "EVALSHA");
-    judge(&mut out, answers.get(2), "MULTI");
+    judge(&mut out, answers.get(1), "EVALSHA", prefix);
+    judge(&mut out, answers.get(2), "MULTI", prefix);
     // EXEC refused after an allowed MULTI aborts the transaction (`EXECABORT`); after a
     // refused MULTI it says "EXEC without MULTI", which is MULTI's refusal, not its own.
     if !matches!(answers.get(2), Some(Err(_))) {
-        judge(&mut out, answers.get(3), "EXEC");
+        judge(&mut out, answers.get(3), "EXEC", prefix);
     }
     out
 }
@@ -120,14 +117,14 @@ fn note(out: &mut Vec<String>, what: String) {
 }
 
 /// Notes what an error answer to `command` says is refused.
-fn judge(out: &mut Vec<String>, answer: Option<&redis::RedisResult<Value>>, command: &str) {
+fn judge(out: &mut Vec<String>, answer: Option<&redis::RedisResult<Value>>, command: &str, prefix: &str) {
     let Some(Err(e)) = answer else { return };
     let text = fencelock_core::error::one_line(e);
-    let no_perm = e.kind() == ErrorKind::Server(redis::ServerErrorKind::NoPerm) || text.contains("NOPERM");
+    let no_perm = crate::error::no_permission(e);
     if no_perm && text.contains("keys") {
-        note(out, "access to the keys under `{prefix}`".to_owned());
+        note(out, format!("access to the keys under `{prefix}`"));
     } else if no_perm && text.contains("channel") {
-        note(out, "access to the channels under `{prefix}`".to_owned());
+        note(out, format!("access to the channels under `{prefix}`"));
     } else if no_perm || text.contains("unknown command") {
         note(out, command.to_owned());
     }

@@ -1,6 +1,6 @@
 //! Mapping the redis crate's errors into `LockError`, in one place. What kind of failure
 //! it is comes from the client crate's [`redis::ErrorKind`] and the server's error code,
-//! never from the message text.
+//! never from the message text (only [`no_permission`] reads it, for wrapped refusals).
 
 use fencelock_core::LockError;
 use redis::{ErrorKind, ServerErrorKind};
@@ -34,6 +34,18 @@ pub(crate) enum Class {
     /// the redis crate loads the script once on its own), an aborted transaction
     /// (`EXECABORT`), a reply of an unexpected type, a refused command (`ERR`, `NOPERM`).
     Permanent,
+}
+
+/// Whether the server refused `e` for the user's rights (`NOPERM`): by its kind, or — for a
+/// refusal the redis crate wraps in another error (an `EXECABORT`, the `SELECT` it sends
+/// while connecting) — by the server's words in the message, the one place this module
+/// reads them. Not used by [`classify`].
+pub(crate) fn no_permission(e: &redis::RedisError) -> bool {
+    if e.kind() == ErrorKind::Server(ServerErrorKind::NoPerm) {
+        return true;
+    }
+    let text = fencelock_core::error::one_line(e);
+    text.contains("NOPERM") || text.contains("no permissions")
 }
 
 /// Classifies one client error by its kind and its server error code.

@@ -1016,10 +1016,7 @@ fn connect_failed(cfg: &RedisConfig, e: redis::RedisError) -> LockError {
         e.kind(),
         redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
     );
-    let no_perm = matches!(e.kind(), redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm)) || {
-        let text = fencelock_core::error::one_line(&e);
-        text.contains("NOPERM") || text.contains("no permissions")
-    };
+    let no_perm = crate::error::no_permission(&e);
     if cfg.addr.db != 0 && (refused || no_perm) {
         let why = if no_perm {
             "the user may not run SELECT (grant it +select)"
