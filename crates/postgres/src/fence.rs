@@ -105,7 +105,6 @@ impl TransactionFence {
             .query(sql::COLUMNS_FOUND, &[&self.schema, &&["fences"][..]])
             .await
             .map_err(|e| failed("looking at the fence table", "the user's database", e))?;
-        let found: Vec<sql::Found> = found.iter().filter_map(sql::Found::from_row).collect();
         sql::check_tables(&self.schema, &["fences"], &found, WAY_OUT)
             .map(|_| ())
             .map_err(LockError::invalid_config)

@@ -377,7 +377,6 @@ impl PgNode {
                 )));
             }
             let found = found.map_err(doing("looking for the tables"))?;
-            let found: Vec<sql::Found> = found.iter().filter_map(sql::Found::from_row).collect();
             let way_out = "give fencelock a schema of its own (`schema=` in the URL; the SQL of its tables: \
                            docs/backends/postgres.md, \"The tables\")";
             let missing = sql::check_tables(&cfg.schema, &sql::TABLES, &found, way_out)
@@ -584,11 +583,7 @@ impl PgNode {
         // Checked at connect (`sql::check_tables`); a table altered since then could still
         // answer other types: an error and the grant given back, never a panic.
         let answer = answer.and_then(|(row, s)| {
-            let decoded = (|| {
-                let d: (Option<i64>, Option<i64>, Option<i64>) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-                Ok::<_, tokio_postgres::Error>(d)
-            })();
-            decoded.map(|d| (d, s)).map_err(|e| {
+            decode_acquire(&row).map(|d| (d, s)).map_err(|e| {
                 self.release_later(key, grant.as_str()); // it may have been granted
                 LockError::Backend {
                     backend: crate::error::BACKEND,
@@ -1017,6 +1012,14 @@ fn ended(doing: &str, server: &str) -> LockError {
         ),
         source: None,
     }
+}
+
+/// The acquire statement's answer: token, holder's remaining ms, head ticket's remaining
+/// ms (each NULL when it does not apply).
+type AcquireRow = (Option<i64>, Option<i64>, Option<i64>);
+
+fn decode_acquire(row: &tokio_postgres::Row) -> std::result::Result<AcquireRow, tokio_postgres::Error> {
+    Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
 }
 
 /// An acquire sent on a connection whose answer has not been heard: dropped while armed

@@ -64,10 +64,9 @@ pub(crate) struct Session {
     last_answer: Mutex<Instant>,
     /// Statements sent without a turn (the waiter tickets' keeper) still unanswered.
     unturned: AtomicUsize,
-    /// Holds on the connection's driver ([`hold_driver`](Self::hold_driver)), and whether
-    /// the session ended while one was held (the driver is then stopped by the last
-    /// release).
-    driver_holds: Mutex<(usize, bool)>,
+    /// Holds on the connection's driver ([`hold_driver`](Self::hold_driver)): while there
+    /// are any, ending the session leaves the driver to the last hold's release.
+    driver_holds: AtomicUsize,
 }
 
 impl Session {
@@ -82,7 +81,7 @@ impl Session {
             alive: AtomicBool::new(true),
             driver,
             next_id: AtomicU64::new(0),
-            driver_holds: Mutex::new((0, false)),
+            driver_holds: AtomicUsize::new(0),
             leases: Mutex::new(HashMap::new()),
             last_answer: Mutex::new(Instant::now()),
             unturned: AtomicUsize::new(0),
@@ -174,16 +173,17 @@ impl Session {
     /// acquire in flight may need its abandon written on this connection after it was
     /// cut as dead (see `PgNode::abandon_now`). Released when the hold is dropped.
     pub(crate) fn hold_driver(self: &Arc<Self>) -> DriverHold {
-        self.driver_holds.lock().unwrap_or_else(|p| p.into_inner()).0 += 1;
+        self.driver_holds.fetch_add(1, Ordering::SeqCst);
         DriverHold(Arc::clone(self))
     }
 
     /// Releases a [`hold_driver`](Self::hold_driver); the last one stops the driver of a
     /// session that ended meanwhile.
     fn release_driver(&self) {
-        let mut holds = self.driver_holds.lock().unwrap_or_else(|p| p.into_inner());
-        holds.0 = holds.0.saturating_sub(1);
-        if holds.0 == 0 && holds.1 {
+        // Either this sees the session ended, or `end` (which clears `alive` before it
+        // reads the holds) sees no hold left: one of them stops the driver (twice is
+        // harmless).
+        if self.driver_holds.fetch_sub(1, Ordering::SeqCst) == 1 && !self.alive.load(Ordering::SeqCst) {
             self.driver.abort();
         }
     }
@@ -199,13 +199,8 @@ impl Session {
         if !self.alive.swap(false, Ordering::SeqCst) {
             return Vec::new();
         }
-        {
-            let mut holds = self.driver_holds.lock().unwrap_or_else(|p| p.into_inner());
-            if holds.0 == 0 {
-                self.driver.abort();
-            } else {
-                holds.1 = true; // the last hold stops it
-            }
+        if self.driver_holds.load(Ordering::SeqCst) == 0 {
+            self.driver.abort(); // else the last hold's release does
         }
         let tracked: Vec<Tracked> = self.leases().drain().map(|(_, t)| t).collect();
         let reason = LostReason::Backend(format!("the connection to postgres ended: {why}"));

@@ -89,7 +89,7 @@ WHERE n.nspname = $1 AND c.relname = ANY($2) AND a.attnum > 0 AND NOT a.attisdro
 
 /// One row of [`COLUMNS_FOUND`].
 #[derive(Debug, Clone)]
-pub(crate) struct Found {
+struct Found {
     pub table: String,
     pub kind: String,
     pub column: String,
@@ -101,7 +101,7 @@ pub(crate) struct Found {
 
 impl Found {
     /// Decodes a row of [`COLUMNS_FOUND`]; `None` if it does not decode.
-    pub(crate) fn from_row(r: &tokio_postgres::Row) -> Option<Self> {
+    fn from_row(r: &tokio_postgres::Row) -> Option<Self> {
         Some(Found {
             table: r.try_get(0).ok()?,
             kind: r.try_get(1).ok()?,
@@ -114,7 +114,7 @@ impl Found {
     }
 }
 
-/// Compares the relations `found` ([`COLUMNS_FOUND`]) of `tables` in `schema` with what
+/// Compares the relations in `rows` ([`COLUMNS_FOUND`]) of `tables` in `schema` with what
 /// the statements need: a table (not a view), [`COLUMNS`] with their types, [`KEYS`]'
 /// column unique alone (and defaulted where it must be), and no other column that an
 /// insert of ours would leave NULL (NOT NULL without a default). Returns the tables that
@@ -123,9 +123,10 @@ impl Found {
 pub(crate) fn check_tables(
     schema: &str,
     tables: &[&'static str],
-    found: &[Found],
+    rows: &[tokio_postgres::Row],
     way_out: &str,
 ) -> std::result::Result<Vec<&'static str>, String> {
+    let found: Vec<Found> = rows.iter().filter_map(Found::from_row).collect();
     let mut missing = Vec::new();
     for &table in tables {
         let Some((_, columns)) = COLUMNS.iter().find(|(t, _)| *t == table) else {

@@ -101,24 +101,7 @@ impl PgServer {
     /// Runs `initdb` in a new temp dir and starts the server on a free port (another one if
     /// that port is taken before the server binds it: [`start_on_free_ports`]).
     pub fn start_with(options: PgOptions) -> Self {
-        let bin = bin_dir();
-        let owner = server_owner();
-        let dir = tempfile::Builder::new()
-            .prefix("fencelock-pg-")
-            .tempdir()
-            .expect("temp dir");
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("hand the temp dir to postgres");
-        }
-        let mut server = PgServer {
-            port: 0,
-            dir,
-            bin,
-            owner,
-            options,
-            child: None,
-            starts: 0,
-        };
+        let mut server = Self::unstarted("fencelock-pg-", bin_dir(), server_owner(), options);
         server.initdb();
         start_on_free_ports("postgres", 1, |ports| {
             server.port = ports[0];
@@ -131,22 +114,12 @@ impl PgServer {
     /// it follows the primary), started on a free port. It answers reads and refuses every
     /// write ("cannot execute … in a read-only transaction" / "during recovery").
     pub fn standby_of(primary: &PgServer) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("fencelock-pg-standby-")
-            .tempdir()
-            .expect("temp dir");
-        if let Some((uid, gid)) = primary.owner {
-            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("hand the temp dir to postgres");
-        }
-        let mut server = PgServer {
-            port: 0,
-            dir,
-            bin: primary.bin.clone(),
-            owner: primary.owner,
-            options: primary.options.clone(),
-            child: None,
-            starts: 0,
-        };
+        let mut server = Self::unstarted(
+            "fencelock-pg-standby-",
+            primary.bin.clone(),
+            primary.owner,
+            primary.options.clone(),
+        );
         let mut backup = server.command("pg_basebackup");
         backup
             .arg("-D")
@@ -161,6 +134,23 @@ impl PgServer {
             server.launch()
         });
         server
+    }
+
+    /// A server not started yet, in a new temp dir (named `prefix…`) handed to `owner`.
+    fn unstarted(prefix: &str, bin: PathBuf, owner: Option<(u32, u32)>, options: PgOptions) -> Self {
+        let dir = tempfile::Builder::new().prefix(prefix).tempdir().expect("temp dir");
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("hand the temp dir to postgres");
+        }
+        PgServer {
+            port: 0,
+            dir,
+            bin,
+            owner,
+            options,
+            child: None,
+            starts: 0,
+        }
     }
 
     fn command(&self, program: &str) -> Command {
