@@ -483,14 +483,6 @@ async fn a_turn_that_missed_the_quorum_is_never_undone_over_a_later_grant() {
     lease.release().await.expect("the waiter held its lease to the end");
 }
 
-/// `n` distinct ports on 127.0.0.1 with nothing listening: each was bound, read and closed.
-fn closed_ports(n: usize) -> Vec<u16> {
-    let held: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    held.iter().map(|l| l.local_addr().unwrap().port()).collect()
-}
-
 /// A `redlock://` URL over `ports` on 127.0.0.1, in that order.
 fn url_of(ports: &[u16]) -> String {
     let hosts: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
@@ -510,7 +502,7 @@ fn url_of(ports: &[u16]) -> String {
 async fn connect_needs_a_quorum_of_nodes_that_answer() {
     let servers = start_many(3);
     let live: Vec<u16> = servers.iter().map(RedisServer::port).collect();
-    let dead = closed_ports(3);
+    let dead = fencelock_testkit::ports::free_ports(3); // nothing listens there: closed
 
     // 3 of 5 unreachable: no quorum (3) can ever answer.
     let url = url_of(&[dead[0], live[0], dead[1], live[1], dead[2]]);
