@@ -392,16 +392,7 @@ fn rediss_to_a_plaintext_server_hints_at_tls() {
 /// the client's parse error as a backend failure (70). Found by a newcomer pass.
 #[test]
 fn redis_pointed_at_another_protocol_exits_78_and_says_so() {
-    use std::io::Write;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        // A bounded number of connections: the client's connect and its one retry.
-        for conn in listener.incoming().take(8) {
-            let Ok(mut conn) = conn else { continue };
-            let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
-        }
-    });
+    let port = fencelock_testkit::ports::http_port();
     let url = format!("redis://127.0.0.1:{port}?connect_timeout=1s&timeout=1s");
     let out = run_k(&url, &[]);
     assert_one_line(&out, 78, "does not answer in the Redis protocol", "an HTTP server");

@@ -343,19 +343,8 @@ async fn a_standby_is_refused_at_connect_saying_it_is_one() {
 /// options the server refuses at startup. All four were 69 or 70 before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn urls_that_can_never_work_are_configuration_errors() {
-    use std::io::{Read, Write};
     let server = PgServer::start();
-    let http = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let http_port = http.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        // An HTTP server: reads the request (here the client's start-up packet), answers 400.
-        for conn in http.incoming().take(8) {
-            let Ok(mut conn) = conn else { continue };
-            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-            let _ = conn.read(&mut [0u8; 1024]);
-            let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
-        }
-    });
+    let http_port = fencelock_testkit::ports::http_port(); // reads the start-up packet, answers 400
     let port = server.port();
     for (url, says) in [
         (
