@@ -68,6 +68,56 @@ impl Signals {
     }
 }
 
+/// SIGTSTP (Ctrl-Z, `kill -TSTP`) as it arrives, for `run` while it connects and waits.
+///
+/// A waiter stopped by its default action keeps its place in line: on Redis and Redlock a
+/// release hands the lock to the stopped process, which holds it unused until its TTL ends;
+/// on etcd and ZooKeeper its queue entry blocks the next waiter until its session expires.
+/// flock(1) stopped in its wait holds nobody up — the kernel grants the lock to a waiter
+/// that runs — and so `run` gives up its place, then stops (see `run::wait_for_lease`).
+pub(crate) struct Stops(Option<tokio::signal::unix::Signal>);
+
+impl Stops {
+    /// Starts catching SIGTSTP for the life of the process, unless it was ignored at start
+    /// (it then stays ignored, as [`ignored_at_start`] explains). Once caught, it no longer
+    /// stops the process by itself: after the wait, `run` leaves it unanswered (a holder
+    /// that stopped would stop renewing, and its command would be killed at the validity's
+    /// end; the guard keeps the command itself from being stopped, see guard.rs).
+    pub(crate) fn install() -> Self {
+        if ignored_at_start() & signal_bit(Signal::TSTP.as_raw()) != 0 {
+            return Stops(None);
+        }
+        match signal(SignalKind::from_raw(Signal::TSTP.as_raw())) {
+            Ok(s) => Stops(Some(s)),
+            Err(e) => {
+                tracing::warn!(error = %e, signal = "SIGTSTP", "cannot catch a signal");
+                Stops(None)
+            }
+        }
+    }
+
+    /// The next SIGTSTP (never, when it is not caught).
+    pub(crate) async fn next(&mut self) {
+        let got = match self.0.as_mut() {
+            Some(s) => s.recv().await,
+            None => None,
+        };
+        if got.is_none() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Stops this process with SIGSTOP, as SIGTSTP's default action would have (the shell sees
+/// the job stopped; `fg` or SIGCONT continues it), and returns once it is continued.
+/// SIGSTOP, because a caught SIGTSTP cannot be given back its default action without
+/// `sigaction`, i.e. `unsafe`, which the workspace forbids.
+pub(crate) fn stop_self() {
+    if let Err(e) = rustix::process::kill_process(rustix::process::getpid(), Signal::STOP) {
+        tracing::warn!(error = %e, "cannot stop this process");
+    }
+}
+
 /// Catches every [`TERMINATING`] signal and does nothing with them: for the guard, which
 /// must outlive what is sent to its group to report the command's status. Keep the value.
 pub(crate) fn ignore_all() -> Vec<tokio::signal::unix::Signal> {

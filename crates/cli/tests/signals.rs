@@ -14,7 +14,7 @@ mod common;
 
 use common::{
     end, fencelock, file_url, first_line, hold, output_within, pid_of, signal_while_waiting,
-    signals_while_waiting_on_zookeeper, BIN,
+    signals_while_waiting_on_zookeeper, stop_while_waiting, BIN,
 };
 
 /// Signals other than INT/TERM/HUP whose default action ends a process.
@@ -199,4 +199,20 @@ fn a_signal_while_connecting_exits_128_plus_n_at_once() {
             "{args:?}: exited {took:?} after the signal"
         );
     }
+}
+
+// Before the fix a waiter stopped with Ctrl-Z kept its place in line: on Redis the release
+// handed the lock to the stopped process, and the next waiter waited out its 30 s TTL.
+#[test]
+fn on_redis_ctrl_z_while_waiting_gives_up_the_place_in_line_until_continued() {
+    let server = fencelock_testkit::redis_server::RedisServer::start();
+    stop_while_waiting(&server.url(), &|| {
+        server.integer("LLEN fencelock:{k}:queue").unwrap_or(0) >= 1
+    });
+}
+
+#[test]
+fn on_files_ctrl_z_while_waiting_gives_up_the_place_in_line_until_continued() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    stop_while_waiting(&file_url(dir.path()), &|| true);
 }

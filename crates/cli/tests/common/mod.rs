@@ -279,3 +279,95 @@ pub fn signals_while_waiting_on_zookeeper(zk: &fencelock_testkit::zk_server::ZkE
         signal_while_waiting(url, sig, &count_grew(|| zk.watch_count(0)));
     }
 }
+
+/// Spawns a waiter on `k` (`-v run k --wait 60s --ttl 30s -- echo WORD`, every stream
+/// piped) and returns it with its stderr lines, once it said it is acquiring and `queued`
+/// says it is in line.
+fn waiter_in_line(url: &str, word: &str, queued: &dyn Fn() -> bool) -> (Child, mpsc::Receiver<String>) {
+    let mut waiter = fencelock(url)
+        .args(["-v", "run", "k", "--wait", "60s", "--ttl", "30s", "--", "echo", word])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn waiter");
+    let (tx, rx) = mpsc::channel();
+    let err = waiter.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let start = Instant::now();
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l.contains("acquiring")) {
+        let left = Duration::from_secs(20).saturating_sub(start.elapsed());
+        match rx.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(_) => panic!("the waiter never said it was acquiring: {lines:?}"),
+        }
+    }
+    poll_until(Duration::from_secs(20), "the waiter is in line", queued);
+    (waiter, rx)
+}
+
+/// The process's state letter from `/proc/PID/stat` (`T`: stopped).
+fn state_of(pid: Pid) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// H holds `k`; W waits (TTL 30 s) and, once `queued` says it is in line, is stopped as
+/// Ctrl-Z stops it (SIGTSTP); X then asks for `k` too. When H ends, X must get the lock
+/// at once — not after a place in line (or a grant handed to it) that the stopped W cannot
+/// use runs out. Continued, W queues again, gets the lock and runs its command.
+pub fn stop_while_waiting(url: &str, queued: &dyn Fn() -> bool) {
+    let holder = hold(fencelock(url), &["run", "k"]);
+    let _ = queued(); // records the server's count before the waiter comes
+    let (w, w_err) = waiter_in_line(url, "W ran", queued);
+    // Killed if the test fails before it ends: a stopped process would linger.
+    struct Killed(Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut w = Killed(w);
+    let w = &mut w.0;
+    kill_process(pid_of(w), Signal::TSTP).expect("SIGTSTP the waiter");
+    poll_until(Duration::from_secs(10), "the waiter is stopped", || {
+        state_of(pid_of(w)) == Some('T')
+    });
+    let x = fencelock(url)
+        .args(["run", "k", "--wait", "60s", "--ttl", "30s", "--", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn X");
+    end(holder);
+    let x = output_within(x, Duration::from_secs(10));
+    assert!(x.status.success(), "X: {}", stderr_of(&x));
+    kill_process(pid_of(w), Signal::CONT).expect("SIGCONT the waiter");
+    let start = Instant::now();
+    while w.try_wait().expect("try_wait").is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "W did not finish after SIGCONT"
+        );
+        std::thread::sleep(Duration::from_millis(10)); // polling a child's exit, bounded
+    }
+    let mut out = String::new();
+    w.stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("W's stdout");
+    let lines: Vec<String> = w_err.try_iter().collect();
+    assert!(w.wait().expect("wait").success(), "W: {lines:?}");
+    assert_eq!(out.trim(), "W ran", "W: {lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("left its place in line")),
+        "W did not say it left the line: {lines:?}"
+    );
+}
