@@ -101,6 +101,11 @@ pub struct GuardArgs {
     /// The inherited read end of the control pipe from `run`
     pub control_fd: i32,
 
+    /// `run`'s `--kill-after`, in ms: what the command left running in its group gets
+    /// between SIGTERM and SIGKILL once the command exited
+    #[arg(long, default_value_t = 10_000)]
+    pub kill_after_ms: u64,
+
     /// The command and its arguments
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,

@@ -17,7 +17,19 @@
 //!   between `fork` and a `prctl` in which the parent's death is missed, because the pipe
 //!   was open before the guard started.
 //! * **The last check before exec.** The guard starts the command only after reading a
-//!   deadline that has not passed yet.
+//!   deadline that has not passed yet, and not at all when a signal `run` forwards (SIGINT,
+//!   SIGTERM, SIGHUP, …) reached it first: with no command in the group yet, the guard alone
+//!   got it, and would otherwise start the command as if nothing had been sent. It then
+//!   exits 128 + N, as the command would have. (Left: a signal in the microseconds between
+//!   that check and the command's start still reaches neither.)
+//! * **After the command.** When the command exits, what it left running in the group
+//!   (`cmd &`, a daemon that did not leave the group) is stopped by the guard before it
+//!   exits — SIGTERM, then SIGKILL after `--kill-after` — with the deadline and the death
+//!   of `run` still watched meanwhile. Before, the guard exited with the command and `run`
+//!   alone stopped the rest: a `run` killed or paused during that `--kill-after` left it
+//!   running beside the next holder. Its SIGKILL goes to each process, not to the group,
+//!   so that the guard lives on to report the command's status; the deadline's and `run`'s
+//!   death's SIGKILL still go to the whole group.
 //!
 //! Signals sent to the group (forwarded SIGINT/SIGTERM/SIGHUP, the lease-loss SIGTERM) are
 //! caught by the guard so it stays to report the command's status; SIGKILL ends it with
@@ -111,15 +123,21 @@ fn kill_group(why: &str) -> ExitCode {
 pub async fn guard(args: &GuardArgs) -> ExitCode {
     // Catch what is sent to the group before the command exists, so the guard outlives it.
     let mut stop = tokio::signal::unix::signal(SignalKind::from_raw(Signal::TSTP.as_raw())).ok();
-    let _caught = crate::signals::ignore_all();
+    let mut caught = crate::signals::Signals::install();
     let mut control = match read_control(args.control_fd) {
         Ok(rx) => rx,
         Err(e) => return exit::fail(&format!("guard: cannot open the control pipe: {e}"), exit::FAILURE),
     };
-    let mut deadline = match control.recv().await {
-        Some(Message::Until(d)) => d,
-        _ => return ExitCode::from(exit::FAILURE), // `run` is gone before the start
+    let mut deadline = tokio::select! {
+        message = control.recv() => match message {
+            Some(Message::Until(d)) => d,
+            _ => return ExitCode::from(exit::FAILURE), // `run` is gone before the start
+        },
+        sig = caught.next() => return not_started(sig),
     };
+    if let Some(sig) = caught.try_next() {
+        return not_started(sig);
+    }
     if now_nanos() >= deadline {
         return exit::fail(crate::run::LOST_BEFORE_START, exit::LEASE_LOST);
     }
@@ -144,19 +162,19 @@ pub async fn guard(args: &GuardArgs) -> ExitCode {
             return exit::fail(&format!("cannot run `{program}`: {e}"), status);
         }
     };
-    loop {
-        let left = Duration::from_nanos(deadline.saturating_sub(now_nanos()).min(u64::MAX as u128) as u64);
+    let code = loop {
+        let left = until(deadline);
         tokio::select! {
-            status = child.wait() => return match status {
+            status = child.wait() => match status {
                 Ok(s) => {
                     give_back_terminal();
-                    ExitCode::from(status_code(s))
+                    break status_code(s);
                 }
-                Err(e) => exit::fail(&format!("guard: lost track of `{program}`: {e}"), exit::FAILURE),
+                Err(e) => return exit::fail(&format!("guard: lost track of `{program}`: {e}"), exit::FAILURE),
             },
             message = control.recv() => match message {
                 Some(Message::Until(d)) => deadline = d,
-                Some(Message::Closed) | None => return kill_group("its `fencelock run` or `fencelock elect` is gone"),
+                Some(Message::Closed) | None => return kill_group(RUN_GONE),
             },
             Some(()) = recv(&mut stop) => {
                 // Ctrl-Z on the terminal the command owns: a stopped group would hold the
@@ -167,9 +185,78 @@ pub async fn guard(args: &GuardArgs) -> ExitCode {
             }
             _ = tokio::time::sleep(left) => {
                 if now_nanos() >= deadline {
-                    return kill_group("the lease's validity ended without a renewal reaching the guard");
+                    return kill_group(VALIDITY_ENDED);
                 }
             }
+        }
+    };
+    stop_left_behind(code, Duration::from_millis(args.kill_after_ms), &mut control, deadline).await
+}
+
+const VALIDITY_ENDED: &str = "the lease's validity ended without a renewal reaching the guard";
+const RUN_GONE: &str = "its `fencelock run` or `fencelock elect` is gone";
+
+/// The time left until `deadline` (a `CLOCK_MONOTONIC` instant in ns).
+fn until(deadline: u128) -> Duration {
+    Duration::from_nanos(deadline.saturating_sub(now_nanos()).min(u64::MAX as u128) as u64)
+}
+
+/// A signal reached the guard before the command started: it does not start.
+fn not_started(sig: Signal) -> ExitCode {
+    exit::fail(
+        &format!(
+            "{} before the command started; not starting it",
+            crate::signals::name(sig)
+        ),
+        128 + sig.as_raw() as u8,
+    )
+}
+
+/// After the command exited with `code`: stops what it left running in the group
+/// (SIGTERM, then SIGKILL to each after `kill_after`; polled every 10 ms, there is no
+/// event for a group's end), still killing the whole group when the deadline passes or
+/// `run` is gone. Returns `code` once nothing else of the group runs — or when something
+/// still does 1 s after its SIGKILL (`run` then tries once more, see `run::stop_group`).
+async fn stop_left_behind(
+    code: u8,
+    kill_after: Duration,
+    control: &mut mpsc::UnboundedReceiver<Message>,
+    mut deadline: u128,
+) -> ExitCode {
+    let me = rustix::process::getpid();
+    let group = rustix::process::getpgrp();
+    let others = || crate::group::members(group).map(|m| m.into_iter().filter(|p| *p != me).collect::<Vec<_>>());
+    if others().is_none_or(|o| o.is_empty()) {
+        return ExitCode::from(code);
+    }
+    crate::group::signal(group, Signal::TERM); // the guard catches it
+    let start = tokio::time::Instant::now();
+    // Bounded: by `kill_after` + 1 s of 10 ms turns.
+    loop {
+        let left = others().unwrap_or_default();
+        if left.is_empty() {
+            return ExitCode::from(code);
+        }
+        if start.elapsed() >= kill_after {
+            if start.elapsed() >= kill_after + Duration::from_secs(1) {
+                eprintln!("fencelock: processes the command left in its group are still there after SIGKILL");
+                return ExitCode::from(code);
+            }
+            for pid in left {
+                let _ = rustix::process::kill_process(pid, Signal::KILL);
+            }
+        }
+        tokio::select! {
+            message = control.recv() => match message {
+                Some(Message::Until(d)) => deadline = d,
+                Some(Message::Closed) | None => return kill_group(RUN_GONE),
+            },
+            _ = tokio::time::sleep(until(deadline)) => {
+                if now_nanos() >= deadline {
+                    return kill_group(VALIDITY_ENDED);
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
         }
     }
 }

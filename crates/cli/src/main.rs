@@ -17,6 +17,7 @@ mod command_check;
 mod demo;
 mod elect;
 mod exit;
+mod group;
 mod guard;
 mod lab;
 mod leader;

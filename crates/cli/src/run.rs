@@ -21,7 +21,7 @@ use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use fencelock::{DistributedLock, Lease, LockError};
-use rustix::process::{kill_process_group, test_kill_process_group, Pid, Signal};
+use rustix::process::{Pid, Signal};
 use tokio::process::{Child, Command};
 
 use crate::args::{Cli, RunArgs};
@@ -297,6 +297,8 @@ fn start(args: &RunArgs, lease: &Lease, env: &[(&str, String)]) -> std::io::Resu
     command
         .arg("__guard")
         .arg(read_fd_number(&read).to_string())
+        .arg("--kill-after-ms")
+        .arg(args.kill_after.as_millis().to_string())
         .arg("--")
         .args(&args.command);
     // The one place the command's lock variables are set: all of them are cleared first,
@@ -435,7 +437,7 @@ async fn watch(
 /// `kill_after` plus one second. Zombies (killed, not yet reaped by their new parent) do
 /// not count: they run nothing.
 async fn stop_group(group: Pid, kill_after: Duration, killed: bool) {
-    if !group_alive(group) {
+    if !crate::group::alive(group) {
         return; // nobody left
     }
     tracing::info!(
@@ -448,7 +450,7 @@ async fn stop_group(group: Pid, kill_after: Duration, killed: bool) {
     }
     let start = Instant::now();
     let mut killed = false;
-    while group_alive(group) {
+    while crate::group::alive(group) {
         if !killed && start.elapsed() >= kill_after {
             signal_group(group, Signal::KILL);
             killed = true;
@@ -461,33 +463,6 @@ async fn stop_group(group: Pid, kill_after: Duration, killed: bool) {
     }
 }
 
-/// Whether a process of `group` is still running: on Linux, a member in /proc that is not a
-/// zombie; elsewhere (no /proc), whether the group can be signalled at all.
-fn group_alive(group: Pid) -> bool {
-    if test_kill_process_group(group).is_err() {
-        return false;
-    }
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return true;
-    };
-    let want = group.as_raw_nonzero().get().to_string();
-    entries.flatten().any(|entry| {
-        let is_pid = entry
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
-        is_pid
-            && std::fs::read_to_string(entry.path().join("stat")).is_ok_and(|stat| {
-                // `PID (COMM) STATE PPID PGRP …`; COMM may hold spaces and parentheses.
-                let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-                let mut fields = after.split_whitespace();
-                let state = fields.next();
-                let pgrp = fields.nth(1);
-                pgrp == Some(want.as_str()) && state != Some("Z") && state != Some("X")
-            })
-    })
-}
-
 /// Sleeps until `at`; never, when there is no `at`.
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
@@ -497,11 +472,7 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 }
 
 fn signal_group(group: Pid, sig: Signal) {
-    match kill_process_group(group, sig) {
-        Ok(()) => {}
-        Err(rustix::io::Errno::SRCH) => {} // already gone
-        Err(e) => tracing::warn!(error = %e, "cannot signal the command's process group"),
-    }
+    crate::group::signal(group, sig);
 }
 
 pub(crate) fn signal_name(sig: Signal) -> &'static str {

@@ -59,6 +59,11 @@ impl Signals {
         Signals { rx }
     }
 
+    /// One that arrived and was not taken yet, without waiting.
+    pub(crate) fn try_next(&mut self) -> Option<Signal> {
+        self.rx.try_recv().ok()
+    }
+
     /// The next of them to arrive (never, when none could be caught).
     pub(crate) async fn next(&mut self) -> Signal {
         match self.rx.recv().await {
@@ -116,14 +121,6 @@ pub(crate) fn stop_self() {
     if let Err(e) = rustix::process::kill_process(rustix::process::getpid(), Signal::STOP) {
         tracing::warn!(error = %e, "cannot stop this process");
     }
-}
-
-/// Catches every [`TERMINATING`] signal and does nothing with them: for the guard, which
-/// must outlive what is sent to its group to report the command's status. Keep the value.
-pub(crate) fn ignore_all() -> Vec<tokio::signal::unix::Signal> {
-    catchable()
-        .filter_map(|sig| signal(SignalKind::from_raw(sig.as_raw())).ok())
-        .collect()
 }
 
 /// The [`TERMINATING`] signals not ignored at start.

@@ -426,3 +426,132 @@ fn ctrl_z_does_not_leave_the_terminal_to_a_stopped_command() {
     let out = output_within(child, Duration::from_secs(20));
     assert!(out.status.success());
 }
+
+/// A command that writes its process group to `$LOG.group`, then exits at once and leaves
+/// behind a process that ignores SIGTERM and logs `A-ALIVE` every 50 ms (at most 60 s).
+const LEAVES_ONE_BEHIND: &str = r#"cut -d' ' -f5 /proc/$$/stat > "$LOG.group"
+( trap '' TERM; i=0; while [ $i -lt 1200 ]; do echo A-ALIVE >> "$LOG"; i=$((i+1)); sleep 0.05; done ) &
+exit 0"#;
+
+/// The processes of group `group` that run (zombies do not), from /proc/*/stat.
+fn members_of(group: Pid) -> Vec<Pid> {
+    let want = group.as_raw_nonzero().get().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((_, after_name)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let fields: Vec<&str> = after_name.split(' ').collect();
+        if fields.get(2) == Some(&want.as_str()) && !matches!(fields.first(), Some(&"Z") | Some(&"X")) {
+            if let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse().ok())
+                .and_then(Pid::from_raw)
+            {
+                found.push(pid);
+            }
+        }
+    }
+    found
+}
+
+/// A's command exits and leaves a process behind that ignores SIGTERM; while `run` waits
+/// out `--kill-after` (60 s) before its SIGKILL, `run` is SIGKILLed (`kill`) or paused past
+/// its TTL (`pause`). The left-behind process must not outlive that: once `run` is gone, or
+/// the lease's validity ended unrenewed, another holder may be inside.
+fn a_left_behind_process_dies_when_run_cannot_stop_it(how: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = file_url(dir.path());
+    let log = dir.path().join("log");
+    let mut a = fencelock(&url)
+        .args([
+            "run",
+            "k",
+            "--ttl",
+            "2s",
+            "--kill-after",
+            "60s",
+            "--",
+            "sh",
+            "-c",
+            LEAVES_ONE_BEHIND,
+        ])
+        .env("LOG", &log)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn A");
+    poll_until(Duration::from_secs(30), "A's left-behind process logs", || {
+        if let Ok(Some(status)) = a.try_wait() {
+            let mut err = String::new();
+            let _ = std::io::Read::read_to_string(&mut a.stderr.take().expect("stderr"), &mut err);
+            panic!("A exited first: {status:?} {err}");
+        }
+        log_of(&log).contains("A-ALIVE")
+    });
+    let group = std::fs::read_to_string(dir.path().join("log.group")).expect("A's group");
+    let group = &Pid::from_raw(group.trim().parse().expect("a process group")).expect("a pid");
+    struct KillGroup(Pid);
+    impl Drop for KillGroup {
+        fn drop(&mut self) {
+            let _ = rustix::process::kill_process_group(self.0, Signal::KILL);
+        }
+    }
+    let _cleanup = KillGroup(*group);
+    // The command itself has exited (the guard has no child left, or is gone): what is
+    // left of the group is being stopped.
+    poll_until(Duration::from_secs(10), "A's command exits", || {
+        children_of(*group).is_empty()
+    });
+    assert!(
+        !members_of(*group).is_empty(),
+        "the left-behind process is gone already"
+    );
+    let bound = match how {
+        "kill" => {
+            a.kill().expect("SIGKILL A");
+            a.wait().expect("reap A");
+            Duration::from_secs(5)
+        }
+        _ => {
+            kill_process(pid_of(&a), Signal::STOP).expect("SIGSTOP A");
+            Duration::from_secs(2 + 5) // the TTL, then the guard's deadline acts
+        }
+    };
+    let start = Instant::now();
+    while !members_of(*group).is_empty() {
+        assert!(
+            start.elapsed() < bound,
+            "{how}: A's left-behind process ran on {:?} after `run` could no longer stop it: {:?}",
+            start.elapsed(),
+            members_of(*group)
+        );
+        std::thread::sleep(Duration::from_millis(10)); // polling a condition with a deadline
+    }
+    if how != "kill" {
+        kill_process(pid_of(&a), Signal::CONT).expect("SIGCONT A");
+        let out = output_within(a, Duration::from_secs(20));
+        assert_eq!(
+            out.status.code(),
+            Some(76),
+            "A: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+// Before the fix the guard exited with the command, and only `run` stopped what the
+// command left behind: a SIGKILLed or paused `run` left it running beside the next holder.
+#[test]
+fn a_left_behind_process_dies_when_run_is_killed_while_stopping_it() {
+    a_left_behind_process_dies_when_run_cannot_stop_it("kill");
+}
+
+#[test]
+fn a_left_behind_process_dies_when_run_is_paused_while_stopping_it() {
+    a_left_behind_process_dies_when_run_cannot_stop_it("pause");
+}

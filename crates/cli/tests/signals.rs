@@ -216,3 +216,61 @@ fn on_files_ctrl_z_while_waiting_gives_up_the_place_in_line_until_continued() {
     let dir = tempfile::tempdir().expect("temp dir");
     stop_while_waiting(&file_url(dir.path()), &|| true);
 }
+
+/// Whether `pid` catches `sig` (its bit in `/proc/PID/status` `SigCgt:`).
+fn catches(pid: rustix::process::Pid, sig: Signal) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid.as_raw_nonzero())).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (sig.as_raw() - 1)) != 0)
+}
+
+// Before the fix a signal forwarded by `run` between the grant and the command's start
+// reached only the guard, which caught it and started the command anyway: the command ran
+// to its end and `run` exited 0 (5 of 80 runs in the review). The guard is driven here
+// as `run` drives it (the control pipe is its stdin, descriptor 0), so the signal comes
+// deterministically before the lease's deadline, i.e. before the start.
+#[test]
+fn a_signal_to_the_guard_before_the_command_starts_means_it_never_starts() {
+    for sig in [Signal::HUP, Signal::INT, Signal::TERM] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let started = dir.path().join("started");
+        let (read, mut write) = std::io::pipe().expect("pipe");
+        let mut guard = std::process::Command::new(BIN)
+            .args(["__guard", "0", "--", "sh", "-c", "echo > \"$0\"; sleep 30"])
+            .arg(&started)
+            .stdin(read)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the guard");
+        let pid = pid_of(&guard);
+        common::poll_until(Duration::from_secs(10), "the guard catches the signal", || {
+            catches(pid, sig)
+        });
+        kill_process(pid, sig).expect("signal the guard");
+        let out = {
+            let start = Instant::now();
+            while guard.try_wait().expect("try_wait").is_none() && start.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(10)); // polling a child's exit, bounded
+            }
+            if guard.try_wait().expect("try_wait").is_none() {
+                // What `run` would send next: the lease's deadline, 30 s from now.
+                use std::io::Write;
+                let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+                let nanos = now.tv_sec as u128 * 1_000_000_000 + now.tv_nsec as u128 + 30_000_000_000;
+                let _ = write.write_all(format!("until {nanos}\n").as_bytes());
+            }
+            output_within(guard, Duration::from_secs(10))
+        };
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !started.exists(),
+            "{sig:?} before the start: the command started anyway ({:?}, {err})",
+            out.status
+        );
+        assert_eq!(out.status.code(), Some(128 + sig.as_raw()), "{sig:?}: {err}");
+        assert!(err.contains("not starting"), "{sig:?}: {err}");
+    }
+}
