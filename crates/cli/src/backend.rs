@@ -46,17 +46,18 @@ pub fn config(cli: &Cli) -> Result<LockConfig, LockError> {
 }
 
 /// Refuses `file:///` (the root directory): the lock files would be scattered in `/`.
+/// Judged on the directory the file backend will use, which it normalises lexically, so
+/// `file:///.`, `file:////` and `file:///tmp/..` are refused as well.
 fn refuse_root_dir(url: &str) -> Result<(), LockError> {
     let url = url.trim();
-    let Some(path) = url
-        .get(..7)
-        .filter(|s| s.eq_ignore_ascii_case("file://"))
-        .map(|_| &url[7..])
-    else {
+    if !is_file_url(url) {
+        return Ok(());
+    }
+    // A malformed URL is left for the backend to name when it connects.
+    let Ok(file) = fencelock::file::FileConfig::from_url(url) else {
         return Ok(());
     };
-    let path = path.split(['?', '#']).next().unwrap_or("");
-    if !path.is_empty() && path.bytes().all(|b| b == b'/') {
+    if file.dir.parent().is_none() {
         return Err(LockError::invalid_config(format!(
             "`{url}` names the root directory; give the locks a directory of their own, e.g. file:///var/lock/myapp"
         )));
@@ -194,6 +195,32 @@ fn inherit_liveness(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_root_directory_is_refused_however_spelled() {
+        for url in [
+            "file:///",
+            "file:////",
+            "file:///.",
+            "file:///./",
+            "file:///tmp/..",
+            "file:///tmp/../",
+            "FILE:///tmp/a/../../.?durable=false",
+            " file:///. ",
+        ] {
+            let e = refuse_root_dir(url).expect_err(url);
+            assert!(e.to_string().contains("root directory"), "{url}: {e}");
+        }
+        for url in [
+            "file:///tmp",
+            "file:///tmp/.",
+            "file:///tmp/a/..",
+            "memory://",
+            "redis://h:1/",
+        ] {
+            assert!(refuse_root_dir(url).is_ok(), "{url}");
+        }
+    }
 
     #[test]
     fn the_session_follows_the_ttl_unless_the_url_sets_it() {

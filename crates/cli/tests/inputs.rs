@@ -190,6 +190,37 @@ fn bad_inputs_name_what_is_wrong() {
             78,
             "root directory",
         ),
+        // The root directory however spelled (the key is unusual, in case a regression
+        // does create lock files in /).
+        (
+            &["--backend", "file:///.", "run", "fencelock-root-test", "--", "true"],
+            78,
+            "root directory",
+        ),
+        (
+            &[
+                "--backend",
+                "file:///tmp/..",
+                "run",
+                "fencelock-root-test",
+                "--",
+                "true",
+            ],
+            78,
+            "root directory",
+        ),
+        (
+            &[
+                "--backend",
+                "FILE:///tmp/./../?durable=false",
+                "run",
+                "fencelock-root-test",
+                "--",
+                "true",
+            ],
+            78,
+            "root directory",
+        ),
         (&["--backend", "nonsense", "backends"], 78, "nonsense"),
     ];
     for (args, code, says) in cases {

@@ -98,8 +98,13 @@ impl<S> NamedTables<S> {
 /// # Errors
 /// [`LockError::InvalidConfig`](crate::LockError::InvalidConfig) for another URL.
 pub(crate) fn url_name(url: &str) -> Result<&str> {
+    // The scheme in any case (RFC 3986: schemes are case-insensitive), as every backend;
+    // the name after it keeps its case.
+    const SCHEME: &str = "memory://";
     let name = url
-        .strip_prefix("memory://")
+        .get(..SCHEME.len())
+        .filter(|scheme| scheme.eq_ignore_ascii_case(SCHEME))
+        .and_then(|_| url.get(SCHEME.len()..))
         .ok_or_else(|| crate::LockError::invalid_config(format!("`{url}` is not a memory:// URL")))?;
     if name.contains(['/', '?', '#']) {
         return Err(crate::LockError::invalid_config(format!(
@@ -284,5 +289,33 @@ impl LeaseOps for MemoryGrant {
             return Ok(live);
         }
         Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Schemes are read in any case (RFC 3986), as for every other backend.
+    #[tokio::test]
+    async fn the_scheme_is_case_insensitive() {
+        for url in ["MEMORY://", "Memory://x", "memory://x", "mEmOrY://case-test"] {
+            assert!(MemoryLock::from_url(url).is_ok(), "{url} was refused");
+        }
+        let (upper, lower) = (
+            MemoryLock::from_url("MEMORY://case-shared").unwrap(),
+            MemoryLock::from_url("memory://case-shared").unwrap(),
+        );
+        let lease = upper.acquire("k", &LockOptions::new()).await.unwrap();
+        assert!(
+            lower.try_acquire("k", &LockOptions::new()).await.unwrap().is_none(),
+            "MEMORY://NAME and memory://NAME are not the same table"
+        );
+        lease.release().await.unwrap();
+        // The name keeps its case: it is not part of the scheme.
+        assert_eq!(url_name("MEMORY://Name").unwrap(), "Name");
+        for bad in ["memory:/x", "memor://x", "file:///x", "memory://a/b", ""] {
+            assert!(url_name(bad).is_err(), "{bad} was accepted");
+        }
     }
 }

@@ -12,7 +12,7 @@
 
 use std::fs::{self, DirBuilder};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use crate::error::{LockError, Result};
 
@@ -64,7 +64,7 @@ impl FileConfig {
                 "`{url}`: a file URL needs an absolute path, e.g. file:///var/lock/myapp (three slashes)"
             )));
         }
-        let mut config = FileConfig::new(path);
+        let mut config = FileConfig::new(path).normalised();
         let mut seen: Vec<&str> = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -91,6 +91,31 @@ impl FileConfig {
             };
         }
         Ok(config)
+    }
+
+    /// The configuration with its directory normalised lexically: `.` components,
+    /// repeated and trailing slashes dropped, `..` taken as removing the component before
+    /// it (never above `/`). The checks must see the path that is used: `symlink_metadata`
+    /// follows a link when the path ends in `/` or `/.`, so `DIR/` would pass a symlinked
+    /// directory off as a real one; and `/.` or `/tmp/..` would hide the root directory
+    /// from the CLI's refusal. Every later step (checks, lock files) uses the normalised
+    /// path, so `..` taken on the text, not through links, names the directory used. A
+    /// relative path is left as it is, for `prepare_dir` to refuse.
+    pub(crate) fn normalised(mut self) -> Self {
+        if self.dir.is_absolute() {
+            let mut dir = PathBuf::from("/");
+            for part in self.dir.components() {
+                match part {
+                    Component::Normal(name) => dir.push(name),
+                    Component::ParentDir => {
+                        dir.pop();
+                    }
+                    Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+                }
+            }
+            self.dir = dir;
+        }
+        self
     }
 
     /// The file mode of files this configuration creates.
@@ -240,6 +265,24 @@ mod tests {
             let e = FileConfig::from_url(bad).unwrap_err();
             assert!(matches!(e, LockError::InvalidConfig { .. }), "{bad}: {e}");
         }
+    }
+
+    /// The directory is normalised on its text: `.`, repeated and trailing slashes and `..`
+    /// do not hide the root directory or a symbolic link from the checks (the CLI refuses
+    /// `/`; `prepare_dir` refuses links).
+    #[test]
+    fn the_directory_is_normalised() {
+        let dir = |url: &str| FileConfig::from_url(url).unwrap().dir;
+        assert_eq!(dir("file:///."), PathBuf::from("/"));
+        assert_eq!(dir("file:///tmp/.."), PathBuf::from("/"));
+        assert_eq!(dir("file:///tmp/../.."), PathBuf::from("/"));
+        assert_eq!(dir("file:////"), PathBuf::from("/"));
+        assert_eq!(dir("file:///var//lock/./app/"), PathBuf::from("/var/lock/app"));
+        assert_eq!(
+            dir("file:///var/lock/app/.?durable=false"),
+            PathBuf::from("/var/lock/app")
+        );
+        assert_eq!(dir("file:///var/lock/x/../app"), PathBuf::from("/var/lock/app"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Granting, extending and releasing one key: the decisions made under the key's mutex
 //! flock, and the `LeaseOps` of a grant.
 
+use std::cell::Cell;
 use std::fs::{self, File};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -103,7 +104,7 @@ impl KeyFiles {
             .map_err(|e| io_error(format!("cannot open {}", mutex_path.display()), e))?;
         lock_mutex(&mutex).map_err(|e| io_error(format!("cannot flock {}", mutex_path.display()), e))?;
         let state_path = self.path("state");
-        let mut st = state::read(&state_path)?;
+        let mut st = state::read(&state_path, &self.stem)?;
         let (value, changed) = f(&mut st)?;
         if changed {
             state::write(&self.dir, &self.stem, &state_path, &st, self.durable, self.mode)?;
@@ -162,7 +163,27 @@ impl KeyFiles {
     /// One grant decision. The expiry recorded in the state is stamped before its durable
     /// write; once written, the expiry is stamped again, from now, into our liveness file
     /// (which readers prefer), so the validity counts from when the grant took effect.
+    ///
+    /// An attempt that fails after creating its liveness file (the state write failed: a
+    /// full disk, out of descriptors) removes that file: nobody will ever hold or release
+    /// it, and `records` would count it as a holder for good.
     pub(crate) fn try_grant(&self, ttl: Duration) -> Result<Decision> {
+        let created: Cell<Option<PathBuf>> = Cell::new(None);
+        let decided = self.try_grant_noting(ttl, &created);
+        if decided.is_err() {
+            if let Some(live_path) = created.take() {
+                // The decision and its open file were dropped already, so no flock of
+                // ours keeps the file. The state may name it (the write went through and
+                // only its fsync or the expiry stamp failed): a missing liveness file
+                // reads as a holder gone, so the key stays free either way.
+                let _ = fs::remove_file(live_path);
+            }
+        }
+        decided
+    }
+
+    /// [`try_grant`](Self::try_grant), noting in `created` the liveness file it creates.
+    fn try_grant_noting(&self, ttl: Duration, created: &Cell<Option<PathBuf>>) -> Result<Decision> {
         self.locked_then(
             |st| {
                 if let Some((live, expires_in)) = self.live_holder(st)? {
@@ -180,10 +201,10 @@ impl KeyFiles {
                 let live_path = self.dir.join(&live_name);
                 let live = os::create_new(&live_path, self.mode)
                     .map_err(|e| io_error(format!("cannot create {}", live_path.display()), e))?;
+                created.set(Some(live_path.clone()));
                 let locked = os::try_lock_exclusive(&live)
                     .map_err(|e| io_error(format!("cannot flock {}", live_path.display()), e))?;
                 if !locked {
-                    let _ = fs::remove_file(&live_path);
                     return Err(LockError::backend(
                         BACKEND,
                         "a new liveness file was already locked",

@@ -140,6 +140,7 @@ impl FileLock {
     /// Builds from a configuration, with the same checks as a URL. Errors as
     /// [`open`](Self::open).
     pub fn connect_with(config: FileConfig) -> Result<Self> {
+        let config = config.normalised();
         config.prepare_dir()?;
         Ok(FileLock {
             dir: Arc::new(config.dir.clone()),

@@ -1,10 +1,10 @@
 //! The operating-system pieces: flock, the host-wide monotonic clock, and opening the key's
 //! files without ever following a symbolic link.
 
-use std::fs::File;
+use std::fs::{File, Permissions};
 use std::io::{self, ErrorKind};
 use std::os::fd::AsFd;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use rustix::fs::{flock, FlockOperation, Mode, OFlags};
@@ -39,17 +39,42 @@ pub(crate) fn open_read(path: &Path) -> io::Result<Option<File>> {
 /// Opens `path` for flocking, creating it with `mode` if missing. Read-only suffices for
 /// flock, so users sharing a directory need no write permission on each other's files.
 pub(crate) fn open_or_create(path: &Path, mode: u32) -> io::Result<File> {
-    let fd = rustix::fs::open(path, safe(OFlags::RDONLY | OFlags::CREATE), Mode::from_raw_mode(mode))?;
-    Ok(File::from(fd))
+    // Exclusive create first, so that we know when the file is ours to give its mode; a
+    // file someone else made is opened as it is (only its owner could change its mode).
+    // Bounded: the file would have to vanish between the two opens every time.
+    let mut tries = 0;
+    loop {
+        match create(path, OFlags::RDONLY, mode) {
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            created => return created,
+        }
+        match rustix::fs::open(path, safe(OFlags::RDONLY), Mode::empty()) {
+            Ok(fd) => return Ok(File::from(fd)),
+            Err(Errno::NOENT) if tries < 3 => tries += 1, // removed meanwhile: create it
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Creates `path`, which must not exist (`O_EXCL`: never a link), open for writing. The
 /// holder's liveness file is open for writing so its last close — release, or the kernel
 /// closing it when the process dies — is reported to watchers as `IN_CLOSE_WRITE`.
 pub(crate) fn create_new(path: &Path, mode: u32) -> io::Result<File> {
-    let flags = safe(OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL);
-    let fd = rustix::fs::open(path, flags, Mode::from_raw_mode(mode))?;
-    Ok(File::from(fd))
+    create(path, OFlags::WRONLY, mode)
+}
+
+/// Creates `path` exclusively, opened with `access`, with exactly `mode`. The mode given to
+/// `open` is cut by the process's umask: a member of a shared directory with umask 077
+/// would create 0600 files that lock the rest of the group out ("Permission denied" for
+/// good), so the mode is set again on the open file.
+fn create(path: &Path, access: OFlags, mode: u32) -> io::Result<File> {
+    let flags = safe(access | OFlags::CREATE | OFlags::EXCL);
+    let file = File::from(rustix::fs::open(path, flags, Mode::from_raw_mode(mode))?);
+    if let Err(e) = file.set_permissions(Permissions::from_mode(mode)) {
+        let _ = std::fs::remove_file(path); // ours, just made: nobody else uses it yet
+        return Err(e);
+    }
+    Ok(file)
 }
 
 /// The identity (device, inode) of an open file.

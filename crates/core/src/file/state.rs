@@ -1,19 +1,19 @@
 //! The per-key state file: the last token handed out and the current holder.
 //!
-//! Written by replacing it under the key's mutex flock — a new file made with `tempfile`'s
-//! exclusive create in the same directory (never through a planted link), fsynced, then
-//! renamed over the old one and the directory fsynced — so a crash leaves either the old
-//! or the new state, and the token counter survives restarts and power loss.
+//! Written by replacing it under the key's mutex flock — a new file of a fresh random name
+//! made with an exclusive create (`O_EXCL`: never through a planted link) in the same
+//! directory, fsynced, then renamed over the old one and the directory fsynced — so a
+//! crash leaves either the old or the new state, and the token counter survives restarts
+//! and power loss.
 
-use std::fs::{File, Permissions};
+use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use super::error::{io_error, BACKEND};
-use super::os;
+use super::{naming, os};
 use crate::error::{LockError, Result};
 
 /// The current holder of a key.
@@ -39,41 +39,70 @@ pub(crate) struct KeyState {
     pub holder: Option<HolderRecord>,
 }
 
-/// Reads the state; a missing file is the initial state. A file that cannot be parsed is a
-/// permanent error: resetting it would restart tokens and break fencing. A symbolic link
-/// in its place is refused (`ELOOP`), never followed.
-pub(crate) fn read(path: &Path) -> Result<KeyState> {
+/// Reads the state of the key with file stem `stem`; a missing file is the initial state.
+/// A file that cannot be parsed is a permanent error: resetting it would restart tokens
+/// and break fencing. A symbolic link in its place is refused (`ELOOP`), never followed.
+///
+/// So is a holder whose liveness file is not named as this backend names it for that
+/// grant (`naming::live_file`): a grant opens that file to see whether its holder lives
+/// and removes it when the holder is stale, so a crafted state (a member of a shared
+/// directory's group can write it) naming `../elsewhere` or another key's mutex would
+/// otherwise have us open or delete a file of its choosing.
+pub(crate) fn read(path: &Path, stem: &str) -> Result<KeyState> {
     let cannot_read = |e| io_error(format!("cannot read {}", path.display()), e);
     let Some(mut f) = os::open_read(path).map_err(cannot_read)? else {
         return Ok(KeyState::default());
     };
     let mut bytes = Vec::with_capacity(256);
     f.read_to_end(&mut bytes).map_err(cannot_read)?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        LockError::backend(
-            BACKEND,
-            format!(
-                "state file {} is corrupt; refusing to grant so tokens cannot go back. Restore it, or delete it only if no resource relies on this key's tokens",
-                path.display()
-            ),
-            e,
-        )
-    })
+    let state: KeyState = serde_json::from_slice(&bytes).map_err(|e| corrupt(path, e))?;
+    if let Some(h) = &state.holder {
+        if !naming::is_live_file_of(stem, &h.live) || h.live != naming::live_file(stem, &h.grant) {
+            return Err(corrupt(
+                path,
+                std::io::Error::other(format!(
+                    "its holder's liveness file `{}` is not the name this key's grant `{}` has (`{}`)",
+                    h.live.escape_debug(),
+                    h.grant.escape_debug(),
+                    naming::live_file(stem, &h.grant).escape_debug(),
+                )),
+            ));
+        }
+    }
+    Ok(state)
+}
+
+/// The state file at `path` cannot be trusted, because of `why`.
+fn corrupt(path: &Path, why: impl Into<crate::error::BoxError>) -> LockError {
+    LockError::backend(
+        BACKEND,
+        format!(
+            "state file {} is corrupt; refusing to grant so tokens cannot go back. Restore it, or delete it only if no resource relies on this key's tokens",
+            path.display()
+        ),
+        why,
+    )
 }
 
 /// Replaces the state atomically; with `durable`, fsyncs the file and the directory. The
-/// new file gets `mode` (0600, or 0660 in a shared directory).
+/// new file gets `mode` (0600, or 0660 in a shared directory) whatever the umask.
 pub(crate) fn write(dir: &Path, stem: &str, path: &Path, state: &KeyState, durable: bool, mode: u32) -> Result<()> {
     let bytes = serde_json::to_vec(state).map_err(|e| LockError::backend(BACKEND, "cannot encode state", e))?;
     let write = || -> std::io::Result<()> {
-        let mut tmp = tempfile::Builder::new()
+        // `tempfile` picks the fresh name and removes the file if we fail; the file is made
+        // by `os::create_new` (O_EXCL, never through a link, `mode` set explicitly) and
+        // written through the plain `File`. Not `tempfile_in` and `NamedTempFile`'s own
+        // writes: those wrap each error with its path in a way that hides the OS error code
+        // (the wrapper's `source()` skips it), so EMFILE or a full disk here read as
+        // permanent and an acquire gave up at once instead of retrying for its wait.
+        let tmp = tempfile::Builder::new()
             .prefix(&format!("{stem}."))
             .suffix(".state-tmp")
-            .permissions(Permissions::from_mode(mode))
-            .tempfile_in(dir)?;
-        tmp.write_all(&bytes)?;
+            .make_in(dir, |tmp_path| os::create_new(tmp_path, mode))?;
+        let mut file: &File = tmp.as_file();
+        file.write_all(&bytes)?;
         if durable {
-            tmp.as_file().sync_data()?;
+            file.sync_data()?;
         }
         tmp.persist(path).map_err(|e| e.error)?;
         if durable {

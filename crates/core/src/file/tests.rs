@@ -418,3 +418,221 @@ async fn inherit_leaves_the_liveness_file_open_across_exec_and_only_then() {
     assert_eq!(live_fds_cloexec(&d), [false], "inherit=true: children share the flock");
     lease.release().await.unwrap();
 }
+
+/// A state file names its holder's liveness file, and a grant removes a stale holder's
+/// one: a member of a shared directory's group who crafts the state could otherwise make
+/// the next process that takes the key delete (or open, and be held up by) any file it
+/// can reach. Only a liveness file name of this key, for the recorded grant, is accepted;
+/// anything else makes the state corrupt, and nothing is opened or removed.
+#[tokio::test]
+async fn a_state_naming_another_file_as_liveness_file_is_corrupt_and_nothing_is_removed() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("locks");
+    let locks = FileLock::open(&dir).unwrap();
+    std::fs::create_dir(parent.path().join("vhome")).unwrap();
+    let precious = parent.path().join("vhome").join("precious");
+    std::fs::write(&precious, "precious").unwrap();
+    // The key's own files: removing the mutex would let two processes decide at once.
+    locks.acquire("job", &long()).await.unwrap().release().await.unwrap();
+    let mutex = dir.join("k-job.mutex");
+    let lives = [
+        "../vhome/precious".to_owned(),
+        precious.display().to_string(),
+        "k-job.mutex".to_owned(),
+        ".".to_owned(),
+        "..".to_owned(),
+        "".to_owned(),
+        "k-other.00.live".to_owned(),
+        "k-job.ff.live".to_owned(), // another grant's name than the recorded "00"
+        "k-job.00.live/../k-job.mutex".to_owned(),
+    ];
+    for live in lives {
+        let state = serde_json::json!({
+            "last_token": 7,
+            "holder": {"grant": "00", "expires_mono_ns": 1, "live": live},
+        });
+        std::fs::write(dir.join("k-job.state"), state.to_string()).unwrap();
+        let e = locks
+            .acquire("job", &long().with_wait(Duration::from_secs(20)))
+            .await
+            .map(|lease| lease.token())
+            .expect_err(&format!("a state naming {live:?} as liveness file was accepted"));
+        assert!(
+            !e.is_temporary() && e.to_string().contains("corrupt"),
+            "{live:?}: not the corrupt-state error: {e}"
+        );
+        assert!(
+            precious.exists(),
+            "{live:?}: the file outside the directory was removed"
+        );
+        assert!(mutex.exists(), "{live:?}: the key's mutex file was removed");
+    }
+    // The liveness name the backend itself writes is still accepted.
+    let state = serde_json::json!({
+        "last_token": 7,
+        "holder": {"grant": "00", "expires_mono_ns": 1, "live": "k-job.00.live"},
+    });
+    std::fs::write(dir.join("k-job.state"), state.to_string()).unwrap();
+    let lease = locks
+        .try_acquire("job", &long())
+        .await
+        .unwrap()
+        .expect("the key is free");
+    assert_eq!(lease.token().get(), 8);
+    lease.release().await.unwrap();
+}
+
+/// The environment variable that tells a `child_*` test (run by its parent test in a
+/// process of its own) which directory to use.
+const CHILD_DIR: &str = "FENCELOCK_FILE_TEST_DIR";
+
+/// Runs the ignored test `name` of this test binary in a child process with `dir`, and
+/// fails with its output unless it ran and passed. For tests that change what is
+/// process-wide (the umask, the descriptor limit) and must not disturb the others.
+fn run_child(name: &str, dir: &Path) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .env(CHILD_DIR, dir)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "child {name} failed:\n{stdout}\n{stderr}"
+    );
+}
+
+fn child_dir() -> std::path::PathBuf {
+    std::env::var_os(CHILD_DIR)
+        .expect("run by its parent test, with FENCELOCK_FILE_TEST_DIR set")
+        .into()
+}
+
+/// Out of descriptors (EMFILE) when the state is written: `tempfile` wraps the error with
+/// its path, and it must still count as temporary (an acquire retries it while its wait
+/// lasts), and the liveness file the attempt created must not be left behind (it would be
+/// counted by `records` as a holder, forever).
+#[test]
+fn a_grant_out_of_descriptors_is_temporary_and_leaves_no_liveness_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let locks = FileLock::open(dir.path()).unwrap();
+    run_child("file::tests::child_grant_out_of_descriptors", dir.path());
+    assert_eq!(locks.records("k").unwrap(), 0, "a failed grant left a liveness file");
+}
+
+#[test]
+#[ignore = "run by a_grant_out_of_descriptors_is_temporary_and_leaves_no_liveness_file"]
+fn child_grant_out_of_descriptors() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let dir = std::sync::Arc::new(child_dir());
+    let files = super::grant::KeyFiles::new(&dir, "k", false, 0o600);
+    // A low limit, so filling it takes few files.
+    let limit = getrlimit(Resource::Nofile);
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(limit.maximum.map_or(64, |max| max.min(64))),
+            maximum: limit.maximum,
+        },
+    )
+    .unwrap();
+    let mut filler = Vec::new();
+    loop {
+        match std::fs::File::open("/dev/null") {
+            Ok(f) => filler.push(f),
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::MFILE.raw_os_error()) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // Two descriptors free: the key's mutex and the new liveness file. The state file is
+    // missing (a fresh key), so reading it takes none, and the state's replacement fails.
+    assert!(filler.len() >= 2, "too few descriptors to free: {}", filler.len());
+    filler.truncate(filler.len() - 2);
+    let outcome = files.try_grant(Duration::from_secs(60));
+    drop(filler);
+    let e = match outcome {
+        Ok(_) => panic!("the grant succeeded with no descriptor left for the state file"),
+        Err(e) => e,
+    };
+    let left = files.live_files().unwrap().len();
+    assert!(
+        e.is_temporary() && left == 0,
+        "temporary: {}, liveness files left: {left}; error: {e}",
+        e.is_temporary()
+    );
+}
+
+/// With `shared=true` the files are group readable and writable whatever the umask of
+/// the process that creates them: a member with umask 077 must not lock the others out.
+#[test]
+fn shared_files_are_0660_whatever_the_umask() {
+    let parent = tempfile::tempdir().unwrap();
+    run_child("file::tests::child_shared_files_under_umask_077", parent.path());
+}
+
+#[test]
+#[ignore = "run by shared_files_are_0660_whatever_the_umask"]
+fn child_shared_files_under_umask_077() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let dir = child_dir().join("shared");
+    let locks = FileLock::from_url(&format!("file://{}?shared=true", dir.display())).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let lease = locks.acquire("job", &long()).await.unwrap();
+        let mut modes: Vec<(String, String)> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                let mode = e.metadata().unwrap().mode() & 0o777;
+                (e.file_name().to_string_lossy().into_owned(), format!("{mode:04o}"))
+            })
+            .collect();
+        modes.sort();
+        assert_eq!(modes.len(), 3, "state, mutex and liveness file: {modes:?}");
+        assert!(
+            modes.iter().all(|(_, mode)| mode == "0660"),
+            "files of a shared directory under umask 077: {modes:?}"
+        );
+        lease.release().await.unwrap();
+    });
+}
+
+/// The directory checks look at the path as it will be used: a trailing `/` or `/.`
+/// makes `symlink_metadata` follow a link, so a symlinked directory spelled so must be
+/// refused all the same.
+#[test]
+fn symlinked_directory_is_refused_however_spelled() {
+    let parent = tempfile::tempdir().unwrap();
+    let real = parent.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let link = parent.path().join("link");
+    symlink(&real, &link).unwrap();
+    let link = link.display();
+    for spelled in [
+        format!("{link}/"),
+        format!("{link}//"),
+        format!("{link}/."),
+        format!("{link}/./"),
+        format!("{link}/../link/"),
+    ] {
+        match FileLock::open(&spelled) {
+            Err(LockError::InvalidConfig { message, .. }) => {
+                assert!(message.contains("symbolic link"), "{spelled}: {message}")
+            }
+            other => panic!("{spelled}: a symlinked directory was accepted: {other:?}"),
+        }
+        match FileLock::from_url(&format!("file://{spelled}?durable=false")) {
+            Err(LockError::InvalidConfig { message, .. }) => {
+                assert!(message.contains("symbolic link"), "file://{spelled}: {message}")
+            }
+            other => panic!("file://{spelled}: a symlinked directory was accepted: {other:?}"),
+        }
+    }
+}

@@ -26,6 +26,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags};
@@ -72,13 +73,22 @@ impl HolderWake {
 /// Watches the liveness file at `live` for a waiter, reusing `cached` when it watches the
 /// same file (an acquire keeps its subscription across attempts).
 pub(crate) fn watch_holder(live: &Path, cached: Option<Arc<Subscription>>) -> HolderWake {
+    watch_holder_with(live, cached, subscribe)
+}
+
+/// [`watch_holder`] with the way to subscribe given (tests make it fail).
+fn watch_holder_with(
+    live: &Path,
+    cached: Option<Arc<Subscription>>,
+    subscribe: impl FnOnce(&Path) -> io::Result<Option<Subscription>>,
+) -> HolderWake {
     let sub = match cached.filter(|s| s.path == live) {
         Some(sub) => sub,
         None => match subscribe(live) {
             Ok(Some(sub)) => Arc::new(sub),
             Ok(None) => return HolderWake::Free,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot watch the holder's liveness file; polling instead");
+                no_watch(&e);
                 return HolderWake::Unavailable;
             }
         },
@@ -89,6 +99,26 @@ pub(crate) fn watch_holder(live: &Path, cached: Option<Arc<Subscription>>) -> Ho
         _ => HolderWake::Watch(sub, seen),
     }
 }
+
+/// Logs that a waiter polls for want of a watch: at WARN the first time in this process,
+/// at DEBUG after that. A polling waiter comes back here every 50 ms (`POLL_WITHOUT_WATCH`),
+/// so a warning each time flooded the log (with the per-user inotify limit reached, 140
+/// waiters logged 1264 lines in 6 s); the cause and its remedy are the same every time.
+fn no_watch(e: &io::Error) {
+    let every = super::POLL_WITHOUT_WATCH;
+    if NO_WATCH_WARNED.swap(true, Ordering::Relaxed) {
+        tracing::debug!(error = %e, ?every, "cannot watch the holder's liveness file; polling instead");
+    } else {
+        tracing::warn!(
+            error = %e,
+            ?every,
+            "cannot watch the holder's liveness file; polling instead (if inotify instances ran out, raise fs.inotify.max_user_instances). Warned once per process; later failures are logged at debug level"
+        );
+    }
+}
+
+/// Whether [`no_watch`] has warned in this process.
+static NO_WATCH_WARNED: AtomicBool = AtomicBool::new(false);
 
 /// One waiter's share of a watch; dropping the last share removes the watch, and the last
 /// watch stops the thread.
@@ -274,4 +304,70 @@ fn serve(fds: &Fds) {
 #[cfg(test)]
 pub(crate) fn waiters() -> usize {
     registry().watches.values().map(|w| w.users).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::{Event, Level, Metadata, Subscriber};
+
+    use super::*;
+
+    /// Counts the events logged at WARN and at DEBUG.
+    #[derive(Default)]
+    struct Counts {
+        warn: AtomicUsize,
+        debug: AtomicUsize,
+    }
+
+    impl Subscriber for &'static Counts {
+        fn enabled(&self, _: &Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &Attributes<'_>) -> Id {
+            Id::from_u64(1)
+        }
+        fn record(&self, _: &Id, _: &Record<'_>) {}
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, event: &Event<'_>) {
+            match *event.metadata().level() {
+                Level::WARN => self.warn.fetch_add(1, Ordering::Relaxed),
+                Level::DEBUG => self.debug.fetch_add(1, Ordering::Relaxed),
+                _ => 0,
+            };
+        }
+        fn enter(&self, _: &Id) {}
+        fn exit(&self, _: &Id) {}
+    }
+
+    /// Out of inotify instances, every waiter re-checks every 50 ms: a warning each time
+    /// would flood the log (1264 lines in 6 s with 140 waiters). One warning per process
+    /// says what happened; the rest go to DEBUG.
+    #[test]
+    fn no_watch_is_warned_of_once() {
+        let counts: &'static Counts = Box::leak(Box::default());
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("k-k.00.live");
+        // Only this test fails watches on purpose; a real failure elsewhere in this process
+        // (the host out of inotify instances) would have used up the one warning.
+        let warned_before = NO_WATCH_WARNED.load(Ordering::Relaxed);
+        tracing::subscriber::with_default(counts, || {
+            for _ in 0..20 {
+                let wake = watch_holder_with(&live, None, |_| {
+                    Err(io::Error::from_raw_os_error(Errno::MFILE.raw_os_error()))
+                });
+                assert!(matches!(wake, HolderWake::Unavailable));
+            }
+        });
+        let (warn, debug) = (
+            counts.warn.load(Ordering::Relaxed),
+            counts.debug.load(Ordering::Relaxed),
+        );
+        assert_eq!(warn, usize::from(!warned_before), "warnings for 20 failed watches");
+        assert_eq!(warn + debug, 20, "every failure is logged, at WARN or DEBUG");
+    }
 }
