@@ -208,7 +208,9 @@ impl Session {
             })
             .await;
         let listed = match listed {
-            Ok(l) if l.ttl() > 0 => l,
+            // TimeToLive answers whole seconds rounded down: 0 is a lease still there with
+            // under a second left (a 1 s session reads 0 right after its keep-alive).
+            Ok(l) if l.ttl() >= 0 => l,
             Ok(_) => return false, // TTL -1: the lease does not exist
             Err(e) if lease_gone(&e) => return false,
             Err(e) => {

@@ -235,3 +235,24 @@ async fn an_unconfirmed_release_keeps_the_session_usable() {
     again.release().await.unwrap();
     other_lock.release().await.unwrap();
 }
+
+/// A 1 s session (etcd's smallest lease, on a cluster whose election timeout allows it):
+/// `LeaseTimeToLive` answers whole seconds rounded down, so a live lease with under a
+/// second left reads TTL 0. The session's key check took that for a lease gone and
+/// reported every lease lost 333 ms after the grant (a review: `run --ttl 1s` exited 76
+/// after 0.35 s, 6 of 6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_second_session_keeps_its_leases() {
+    let cluster = EtcdCluster::single();
+    let locks = EtcdLock::connect(&cluster.url("session_ttl=1s")).await.unwrap();
+    let key = unique_key("one-second");
+    let lease = locks
+        .acquire(&key, &LockOptions::new().with_ttl(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    // Six key checks (one per third of the session TTL) must find the lease alive.
+    let lost = tokio::time::timeout(Duration::from_secs(2), lease.lost()).await;
+    assert!(lost.is_err(), "the lease was reported lost: {lost:?}");
+    lease.release().await.expect("released, not lost");
+    locks.close().await.unwrap();
+}
