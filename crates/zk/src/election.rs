@@ -179,9 +179,11 @@ async fn read_lowest(
         Listed::Missing => return Ok(Some(SeatState::Empty)),
         Listed::Unsettled => return Ok(None),
     };
+    // Every sequenced child, whatever library made it, as the lock orders them
+    // (`queue::position`): a Curator or kazoo lock node on the seat holds it, and skipping
+    // it named the candidate waiting behind it as leader.
     let mut queue: Vec<(i64, String)> = children
         .into_iter()
-        .filter(|c| c.starts_with("lock-"))
         .filter_map(|c| names::sequence(&c).map(|s| (s, c)))
         .collect();
     queue.sort();
@@ -197,6 +199,14 @@ async fn read_lowest(
         match read {
             Ok((data, stat)) => {
                 let term = FencingToken::new(u64::try_from(stat.czxid).unwrap_or(0));
+                if !child.starts_with("lock-") {
+                    // Another library's node: its data is not a value of ours (Curator
+                    // writes the host's address), and it will never be written as one.
+                    return Ok(Some(SeatState::Leader(LeaderInfo {
+                        value: Vec::new(),
+                        term,
+                    })));
+                }
                 return Ok(Some(match data.strip_prefix(b"v") {
                     Some(value) => SeatState::Leader(LeaderInfo {
                         value: value.to_vec(),
