@@ -132,6 +132,15 @@ impl ZkConfig {
                 "bad chroot `{c}`: ZooKeeper paths have no `.` or `..` segments"
             )));
         }
+        if let Some(refused) = c.chars().find(|&ch| crate::names::refused_by_zookeeper(ch)) {
+            // Keys are escaped around these (names.rs); a chroot is the operator's path
+            // and is taken as written, so it is refused here, not by the server later.
+            return Err(LockError::invalid_config(format!(
+                "bad chroot `{}`: a character ZooKeeper refuses in a path (U+{:04X})",
+                c.escape_debug(),
+                u32::from(refused)
+            )));
+        }
         if c == "/zookeeper" || c.starts_with("/zookeeper/") {
             return Err(LockError::invalid_config(format!(
                 "bad chroot `{c}`: /zookeeper is ZooKeeper's own reserved subtree"
@@ -206,6 +215,11 @@ mod tests {
             ("zk://h:1/a/b/../c", "no `.` or `..` segments"),
             ("zk://h:1/a/./c", "no `.` or `..` segments"),
             ("zk://h:1/zookeeper", "reserved"),
+            // Characters the server refuses in a path (before: exit 70 from the server's
+            // "bad arguments" when the chroot was made).
+            ("zk://h:1/a%00b", "a character ZooKeeper refuses in a path (U+0000)"),
+            ("zk://h:1/%F0%9F%98%80", "a character ZooKeeper refuses in a path (U+1F600)"),
+            ("zk://h:1/x%7F", "a character ZooKeeper refuses in a path (U+007F)"),
             ("zk://h:1?timeout=1ns", "timeout must be between 1ms and 10m, got 1ns"),
             ("zk://h:1?layout=Curator", "unknown layout"),
             ("zk://h:1/", "layout=curator or layout=kazoo"),
