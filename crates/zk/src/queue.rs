@@ -64,8 +64,12 @@ impl Drop for Queued {
 /// `acquire` (with the same grant id), so a retry waits for the first create instead of
 /// making a second node; dropping it hands the outcome to the background, which deletes
 /// whatever the create made.
+///
+/// Once a create's answer was taken (its node handed to an attempt, which may drop it), the
+/// next create gets a new grant id: two nodes of one id — the dropped one still being
+/// deleted — would make a lost answer's follow-up ([`find_ours`]) ambiguous.
 pub(crate) struct Pending {
-    grant: GrantId,
+    grant: std::sync::Mutex<GrantId>,
     answer: std::sync::Mutex<Option<oneshot::Receiver<Result<Queued>>>>,
 }
 
@@ -73,9 +77,19 @@ impl Pending {
     /// A new grant id, no create sent yet.
     pub fn new() -> Self {
         Pending {
-            grant: GrantId::random(),
+            grant: std::sync::Mutex::new(GrantId::random()),
             answer: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The grant id of the next create.
+    fn grant(&self) -> GrantId {
+        self.grant.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A create's answer was taken: the next create is another node, under a new id.
+    fn answered(&self) {
+        *self.grant.lock().unwrap_or_else(|p| p.into_inner()) = GrantId::random();
     }
 }
 
@@ -96,12 +110,7 @@ pub(crate) async fn enqueue(
         Some(answer) => answer,
         None => {
             let (tx, rx) = oneshot::channel();
-            let (s, cfg2, key2, grant) = (
-                Arc::clone(session),
-                Arc::clone(cfg),
-                key.to_owned(),
-                pending.grant.clone(),
-            );
+            let (s, cfg2, key2, grant) = (Arc::clone(session), Arc::clone(cfg), key.to_owned(), pending.grant());
             cleanup::spawn(session, async move {
                 let outcome = create(&s, &cfg2, &key2, &grant).await;
                 // A caller that gave up dropped the receiver: the node (if any) comes back
@@ -113,7 +122,10 @@ pub(crate) async fn enqueue(
     };
     let mut answer = answer;
     match tokio::time::timeout(cfg.timeout * 2, &mut answer).await {
-        Ok(Ok(outcome)) => outcome,
+        Ok(Ok(outcome)) => {
+            pending.answered();
+            outcome
+        }
         Ok(Err(_)) => Err(LockError::Unavailable {
             message: "the lock node's create task ended without an answer (no runtime?)".into(),
             source: None,
@@ -426,5 +438,38 @@ async fn first(q: &Queued, confirmed: Instant, validity: Duration) -> Result<Ins
             message: "a node older than ours appeared in the queue (not made by this library?)".into(),
             source: None,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+    use super::*;
+
+    /// The first create of an acquire was answered, and its attempt then failed (its node is
+    /// dropped, deleted in the background): the attempt after it creates again. That
+    /// create must carry a grant id of its own — with the same one, a follow-up of its lost
+    /// answer (`find_ours` over the listing) could take the first node, still being deleted,
+    /// for it, and the new node stayed on the live session, blocking the key until the
+    /// session ended (a review, by reading the code).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_create_after_an_answered_one_has_a_grant_id_of_its_own() {
+        let zk = fencelock_testkit::zk_server::ZkEnsemble::standalone();
+        let url = zk.url("/queue-test", "");
+        drop(crate::ZkLock::connect(&url).await.unwrap()); // makes the chroot
+        let cfg = Arc::new(ZkConfig::from_url(&url).unwrap());
+        let session = Session::connect(&cfg).await.unwrap();
+        let pending = Pending::new();
+        let first = enqueue(&session, &cfg, "k", &pending).await.unwrap();
+        let second = enqueue(&session, &cfg, "k", &pending).await.unwrap();
+        let stem = |q: &Queued| q.name[..q.name.len() - 10].to_owned();
+        assert_ne!(
+            stem(&first),
+            stem(&second),
+            "two nodes of one acquire under one grant id"
+        );
+        let children = session.client().unwrap().list_children(&first.dir).await.unwrap();
+        assert!(find_ours(&children, &stem(&second)).is_some_and(|n| n == second.name));
     }
 }
