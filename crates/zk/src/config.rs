@@ -218,7 +218,10 @@ mod tests {
             // Characters the server refuses in a path (before: exit 70 from the server's
             // "bad arguments" when the chroot was made).
             ("zk://h:1/a%00b", "a character ZooKeeper refuses in a path (U+0000)"),
-            ("zk://h:1/%F0%9F%98%80", "a character ZooKeeper refuses in a path (U+1F600)"),
+            (
+                "zk://h:1/%F0%9F%98%80",
+                "a character ZooKeeper refuses in a path (U+1F600)",
+            ),
             ("zk://h:1/x%7F", "a character ZooKeeper refuses in a path (U+007F)"),
             ("zk://h:1?timeout=1ns", "timeout must be between 1ms and 10m, got 1ns"),
             ("zk://h:1?layout=Curator", "unknown layout"),
