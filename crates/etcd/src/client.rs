@@ -8,6 +8,60 @@ use fencelock_core::Result;
 use crate::config::EtcdConfig;
 use crate::error::{failed, failed_connecting, failed_first_read, kind, timed_out, Kind};
 
+/// The HTTP/2 client connection preface and an empty SETTINGS frame (RFC 9113 §3.4, §6.5).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// `e`, the connect's failure, as a configuration error when an endpoint turns out to
+/// answer in another protocol than HTTP/2 — the wrong service on the port. Asked only
+/// after a connect found no server to talk to (`Unavailable`): the HTTP/2 client reports
+/// the wrong service as a broken pipe or a protocol error indistinguishable from a dying
+/// member, and `fencelock` would exit 69 after the connect's bound (docs/cli.md promises
+/// 78 for it, as Redis and PostgreSQL give). Hand-written: a diagnosis of a few lines that
+/// no client crate offers.
+async fn wrong_service(cfg: &EtcdConfig, e: fencelock_core::LockError) -> fencelock_core::LockError {
+    if !matches!(e, fencelock_core::LockError::Unavailable { .. }) {
+        return e;
+    }
+    for endpoint in &cfg.endpoints {
+        if let Some(began) = answers_not_h2(endpoint, cfg.connect_timeout.min(std::time::Duration::from_secs(1))).await {
+            return fencelock_core::LockError::InvalidConfig {
+                message: format!(
+                    "{endpoint} does not speak etcd's gRPC (HTTP/2): it answered `{began}` — is it etcd's client port (2379 by default)? ({})",
+                    cfg.display
+                ),
+                source: Some(Box::new(e)),
+            };
+        }
+    }
+    e
+}
+
+/// Sends [`H2_PREFACE`] to `endpoint` and reads the first bytes back (bounded by `limit`
+/// for the connect and the read each): `Some(those bytes, printable)` when they are not
+/// the SETTINGS frame an HTTP/2 server begins with (type 4, stream 0); `None` when it
+/// speaks HTTP/2, says nothing, or cannot be reached.
+async fn answers_not_h2(endpoint: &str, limit: std::time::Duration) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::time::timeout(limit, tokio::net::TcpStream::connect(endpoint))
+        .await
+        .ok()?
+        .ok()?;
+    conn.write_all(H2_PREFACE).await.ok()?;
+    let mut buf = [0u8; 24];
+    let n = tokio::time::timeout(limit, conn.read(&mut buf)).await.ok()?.ok()?;
+    let first = &buf[..n];
+    let settings = n >= 9 && first[3] == 0x04 && first[5..9] == [0, 0, 0, 0];
+    if n == 0 || settings {
+        return None;
+    }
+    let text: String = String::from_utf8_lossy(first)
+        .chars()
+        .take_while(|c| *c != '\r' && *c != '\n')
+        .map(|c| if c.is_control() { '.' } else { c })
+        .collect();
+    Some(text)
+}
+
 /// A connected client and the options it was made with.
 #[derive(Clone)]
 pub(crate) struct Cluster {
@@ -32,19 +86,25 @@ impl Cluster {
         let connecting = Client::connect(endpoints, Some(options));
         let client = match tokio::time::timeout(cfg.connect_timeout + cfg.timeout, connecting).await {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(failed_connecting(&cfg.display, cfg.user.is_some(), e)),
+            Ok(Err(e)) => {
+                let e = failed_connecting(&cfg.display, cfg.user.is_some(), e);
+                return Err(wrong_service(&cfg, e).await);
+            }
             Err(_) => return Err(timed_out("connecting", &cfg.display, cfg.connect_timeout + cfg.timeout)),
         };
         let cluster = Cluster { client, cfg };
         // The client connects lazily: one linearizable read proves a leader answers.
         let probe = format!("{}/", cluster.cfg.prefix);
-        cluster
+        let read = cluster
             .call("checking the cluster", |mut c| {
                 let probe = probe.clone();
                 async move { c.get(probe, None).await }
             })
-            .await
-            .map_err(|e| failed_first_read(e, &cluster.cfg.display, cluster.cfg.user.is_some()))?;
+            .await;
+        if let Err(e) = read {
+            let e = failed_first_read(e, &cluster.cfg.display, cluster.cfg.user.is_some());
+            return Err(wrong_service(&cluster.cfg, e).await);
+        }
         Ok(cluster)
     }
 

@@ -241,3 +241,21 @@ async fn an_uncontended_lock_reads_no_more_than_the_raw_minimum() {
     );
     locks.close().await.unwrap();
 }
+
+/// The URL names a port where an HTTP/1 server answers (the wrong service): a configuration
+/// error naming the cause, at once — not `Unavailable` after the connect's bound with the
+/// HTTP/2 client's dump ("h2 protocol error … GoAway(FRAME_SIZE_ERROR)", exit 69), as a
+/// review found. Redis and PostgreSQL already say so (exit 78, docs/cli.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_answering_another_protocol_is_a_configuration_error() {
+    let port = fencelock_testkit::ports::http_port();
+    let start = Instant::now();
+    let e = EtcdLock::connect(&format!("etcd://127.0.0.1:{port}")).await.unwrap_err();
+    let text = fencelock_core::error::one_line(&e);
+    assert!(
+        matches!(e, fencelock_core::LockError::InvalidConfig { .. }),
+        "{text}"
+    );
+    assert!(text.contains("does not speak etcd's gRPC"), "{text}");
+    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+}

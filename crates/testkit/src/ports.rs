@@ -114,7 +114,7 @@ pub fn start_on_free_ports<T>(what: &str, n: usize, mut start: impl FnMut(&[u16]
 }
 
 /// A port on 127.0.0.1 where an HTTP server listens — the wrong service on the port a
-/// lock URL names. For each of its first 8 connections (a client's connect and its
+/// lock URL names. For each of its first 64 connections (a client's connect and its
 /// retries; then it stops listening) it reads what the client sends first (at most 1 KiB,
 /// waiting at most 5 s), as an HTTP server reads a request, and answers
 /// `400 Bad Request`.
@@ -123,7 +123,7 @@ pub fn http_port() -> u16 {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
     let port = listener.local_addr().expect("local addr").port();
     std::thread::spawn(move || {
-        for conn in listener.incoming().take(8) {
+        for conn in listener.incoming().take(64) {
             let Ok(mut conn) = conn else { continue };
             let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(5)));
             let _ = conn.read(&mut [0u8; 1024]);
