@@ -23,7 +23,8 @@ async fn wrong_service(cfg: &EtcdConfig, e: fencelock_core::LockError) -> fencel
         return e;
     }
     for endpoint in &cfg.endpoints {
-        if let Some(began) = answers_not_h2(endpoint, cfg.connect_timeout.min(std::time::Duration::from_secs(1))).await {
+        if let Some(began) = answers_not_h2(endpoint, cfg.connect_timeout.min(std::time::Duration::from_secs(1))).await
+        {
             return fencelock_core::LockError::InvalidConfig {
                 message: format!(
                     "{endpoint} does not speak etcd's gRPC (HTTP/2): it answered `{began}` — is it etcd's client port (2379 by default)? ({})",

@@ -250,12 +250,11 @@ async fn an_uncontended_lock_reads_no_more_than_the_raw_minimum() {
 async fn a_port_answering_another_protocol_is_a_configuration_error() {
     let port = fencelock_testkit::ports::http_port();
     let start = Instant::now();
-    let e = EtcdLock::connect(&format!("etcd://127.0.0.1:{port}")).await.unwrap_err();
+    let e = EtcdLock::connect(&format!("etcd://127.0.0.1:{port}"))
+        .await
+        .unwrap_err();
     let text = fencelock_core::error::one_line(&e);
-    assert!(
-        matches!(e, fencelock_core::LockError::InvalidConfig { .. }),
-        "{text}"
-    );
+    assert!(matches!(e, fencelock_core::LockError::InvalidConfig { .. }), "{text}");
     assert!(text.contains("does not speak etcd's gRPC"), "{text}");
     assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
 }
