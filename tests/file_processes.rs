@@ -242,7 +242,7 @@ async fn a_waiter_is_woken_when_the_holder_is_killed() {
 }
 
 #[test]
-#[ignore = "started by the_default_directory_follows_xdg_runtime_dir_then_tmpdir"]
+#[ignore = "started by the_default_directory_is_tmpdir_fencelock_uid_never_xdg_runtime_dir"]
 fn child_open_default() {
     let locks = fencelock::file::FileLock::open_default().expect("open the default directory");
     // libtest prints "test NAME ... " before this on the same line: the parent splits at
@@ -250,11 +250,18 @@ fn child_open_default() {
     println!("default {}", locks.dir().display());
 }
 
-/// Runs `child_open_default` with the given environment and returns the directory it
+#[test]
+#[ignore = "started by the_default_directory_is_tmpdir_fencelock_uid_never_xdg_runtime_dir"]
+fn child_default_dir() {
+    // Computed only, not opened: a run without TMPDIR must not create /tmp/fencelock-UID.
+    println!("default {}", fencelock::file::default_dir().display());
+}
+
+/// Runs the child test `test` with the given environment and returns the directory it
 /// reported.
-fn default_dir_with(env: &[(&str, Option<&Path>)]) -> PathBuf {
+fn default_dir_with(test: &str, env: &[(&str, Option<&Path>)]) -> PathBuf {
     let scratch = tempfile::tempdir().expect("temp dir");
-    let mut cmd = child("child_open_default", scratch.path());
+    let mut cmd = child(test, scratch.path());
     for (name, value) in env {
         match value {
             Some(v) => cmd.env(name, v),
@@ -275,19 +282,44 @@ fn default_dir_with(env: &[(&str, Option<&Path>)]) -> PathBuf {
     PathBuf::from(line)
 }
 
-/// The default directory is `$XDG_RUNTIME_DIR/fencelock` when set, else
-/// `$TMPDIR/fencelock-UID`, created 0700 either way.
+/// The default directory is `$TMPDIR/fencelock-UID` (`/tmp/fencelock-UID` without TMPDIR),
+/// created 0700, whether or not `XDG_RUNTIME_DIR` is set: a login shell (which has it) and
+/// a cron job or systemd unit (which do not) must lock in the same directory, or both get
+/// token 1 and run at once.
 #[test]
-fn the_default_directory_follows_xdg_runtime_dir_then_tmpdir() {
+fn the_default_directory_is_tmpdir_fencelock_uid_never_xdg_runtime_dir() {
     use std::os::unix::fs::MetadataExt;
     let runtime = tempfile::tempdir().expect("temp dir");
     let tmp = tempfile::tempdir().expect("temp dir");
-    let got = default_dir_with(&[("XDG_RUNTIME_DIR", Some(runtime.path())), ("TMPDIR", Some(tmp.path()))]);
-    assert_eq!(got, runtime.path().join("fencelock"));
-    assert_eq!(std::fs::metadata(&got).expect("created").mode() & 0o777, 0o700);
-
-    let got = default_dir_with(&[("XDG_RUNTIME_DIR", None), ("TMPDIR", Some(tmp.path()))]);
     let uid = std::fs::metadata("/proc/self").expect("/proc/self").uid();
-    assert_eq!(got, tmp.path().join(format!("fencelock-{uid}")));
-    assert_eq!(std::fs::metadata(&got).expect("created").mode() & 0o777, 0o700);
+    let want = tmp.path().join(format!("fencelock-{uid}"));
+
+    // As in a login shell: XDG_RUNTIME_DIR set.
+    let login = default_dir_with(
+        "child_open_default",
+        &[("XDG_RUNTIME_DIR", Some(runtime.path())), ("TMPDIR", Some(tmp.path()))],
+    );
+    assert_eq!(login, want, "XDG_RUNTIME_DIR must not be used");
+    assert!(
+        !runtime.path().join("fencelock").exists(),
+        "nothing may be created under XDG_RUNTIME_DIR"
+    );
+    assert_eq!(std::fs::metadata(&login).expect("created").mode() & 0o777, 0o700);
+
+    // As in cron or a systemd unit: no XDG_RUNTIME_DIR. The same directory.
+    let cron = default_dir_with(
+        "child_open_default",
+        &[("XDG_RUNTIME_DIR", None), ("TMPDIR", Some(tmp.path()))],
+    );
+    assert_eq!(cron, want);
+
+    // Without TMPDIR (or with one that is not an absolute path), /tmp.
+    let slash_tmp = PathBuf::from(format!("/tmp/fencelock-{uid}"));
+    for tmpdir in [None, Some(Path::new("")), Some(Path::new("relative/dir"))] {
+        let got = default_dir_with(
+            "child_default_dir",
+            &[("XDG_RUNTIME_DIR", Some(runtime.path())), ("TMPDIR", tmpdir)],
+        );
+        assert_eq!(got, slash_tmp, "TMPDIR {tmpdir:?}");
+    }
 }

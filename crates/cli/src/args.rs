@@ -8,8 +8,8 @@ use clap::{Parser, Subcommand};
 /// Run commands under a distributed lock with a fencing token.
 ///
 /// Without --backend, --config or FENCELOCK_BACKEND, locks live in files under
-/// $XDG_RUNTIME_DIR/fencelock, or the temp directory without it (file backend): processes on
-/// this host exclude each other, no server needed.
+/// $TMPDIR/fencelock-UID (/tmp/fencelock-UID without TMPDIR; file backend): the user's
+/// processes on this host exclude each other, from cron or a shell alike, no server needed.
 #[derive(Debug, Parser)]
 #[command(name = "fencelock", version, about, long_about = None, after_help = EXAMPLES)]
 pub struct Cli {

@@ -13,9 +13,11 @@ use crate::args::Cli;
 pub const ENV: &str = "FENCELOCK_BACKEND";
 
 /// The directory of the default file backend (`fencelock::file::default_dir`):
-/// `$XDG_RUNTIME_DIR/fencelock` when set, else `$TMPDIR/fencelock-UID`; private to the user
+/// `$TMPDIR/fencelock-UID` (`/tmp/fencelock-UID` without `TMPDIR`); private to the user
 /// (created 0700, refused when others may write to it) and shared by all of that user's
-/// processes. Give an explicit `file:///var/lib/...` for tokens that must outlive a reboot.
+/// processes — cron jobs and systemd units as well as shells, which is why
+/// `XDG_RUNTIME_DIR` (only login sessions have it) is not used. Give an explicit
+/// `file:///var/lib/...` for tokens that must outlive a reboot.
 pub fn default_dir() -> PathBuf {
     fencelock::file::default_dir()
 }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::seat::{seat_key, SeatBackend, SeatRead, SeatState};
 use super::{ElectionCapabilities, LeaderInfo, LeaderRead, Observation, ProclaimOps};
 use crate::error::{LockError, Result};
-use crate::file::{blocking, FileLock, KeyFiles};
+use crate::file::{blocking, io_error, FileLock, KeyFiles, BACKEND};
 use crate::guarantees::TokenOrder;
 use crate::lease::Lease;
 use crate::lock::DistributedLock;
@@ -55,31 +55,31 @@ pub struct FileElection {
     lock: FileLock,
 }
 
-fn record_path(dir: &Path, files: &KeyFiles, grant: &str) -> PathBuf {
-    dir.join(format!("{}.{grant}.leader", files.stem()))
+/// The name of grant `grant`'s value record within the key's files: `STEM.GRANT.leader`.
+fn record_name(grant: &str) -> String {
+    format!("{grant}.leader")
 }
 
-fn io_error(what: String, e: impl Into<crate::error::BoxError>) -> LockError {
-    LockError::backend("file", what, e)
+fn record_path(files: &KeyFiles, grant: &str) -> PathBuf {
+    files.path(&record_name(grant))
 }
 
-fn write_record(dir: &Path, path: &Path, record: &Record) -> Result<()> {
-    use std::io::Write;
-    let bytes = serde_json::to_vec(record).map_err(|e| io_error("cannot encode election record".into(), e))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .map_err(|e| io_error(format!("cannot create a file in {}", dir.display()), e))?;
-    tmp.write_all(&bytes)
-        .map_err(|e| io_error(format!("cannot write {}", tmp.path().display()), e))?;
-    tmp.persist(path)
-        .map_err(|e| io_error(format!("cannot write {}", path.display()), e.error))?;
-    Ok(())
+/// Writes `grant`'s value record as the lock's state file is written (`KeyFiles::replace`):
+/// other members of a shared directory can read it whatever this process's umask, and a
+/// full disk or EMFILE is temporary. Not fsynced: a record counts only while its grant's
+/// holder lives (`read_seat` compares it with the live holder), and after a crash or
+/// power loss that holder's flock is gone, so a lost record is never read.
+fn write_record(files: &KeyFiles, grant: &str, record: &Record) -> Result<()> {
+    let bytes =
+        serde_json::to_vec(record).map_err(|e| LockError::backend(BACKEND, "cannot encode election record", e))?;
+    files.replace(&record_name(grant), &bytes, false)
 }
 
 fn read_record(path: &Path) -> Result<Option<Record>> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| io_error(format!("election record {} is corrupt", path.display()), e)),
+            .map_err(|e| LockError::backend(BACKEND, format!("election record {} is corrupt", path.display()), e)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_error(format!("cannot read {}", path.display()), e)),
     }
@@ -102,12 +102,12 @@ fn remove_other_records(dir: &Path, files: &KeyFiles, keep: &str) {
 }
 
 /// Reads the seat once: the live holder's term, and its value when written. Blocking.
-fn read_seat(dir: &Path, files: &KeyFiles) -> Result<SeatState> {
+fn read_seat(files: &KeyFiles) -> Result<SeatState> {
     let Some((grant, term)) = files.live_grant()? else {
         return Ok(SeatState::Empty);
     };
     let term = FencingToken::new(term);
-    Ok(match read_record(&record_path(dir, files, &grant))? {
+    Ok(match read_record(&record_path(files, &grant))? {
         Some(r) if r.term == term.get() => SeatState::Leader(LeaderInfo { value: r.value, term }),
         _ => SeatState::Unwritten(term),
     })
@@ -166,8 +166,7 @@ impl SeatBackend for FileElection {
 
     async fn read_seat(&self, _name: &str, seat: &str) -> Result<SeatRead> {
         let files = self.lock.files(seat);
-        let dir = self.lock.dir().to_path_buf();
-        blocking(move || read_seat(&dir, &files).map(SeatRead::new)).await
+        blocking(move || read_seat(&files).map(SeatRead::new)).await
     }
 }
 
@@ -182,7 +181,7 @@ struct FileSeat {
 impl FileSeat {
     fn write(&self, value: Vec<u8>) -> Result<()> {
         let record = Record { term: self.term, value };
-        write_record(&self.dir, &record_path(&self.dir, &self.files, &self.grant), &record)
+        write_record(&self.files, &self.grant, &record)
     }
 }
 
@@ -204,5 +203,129 @@ impl ProclaimOps for FileSeat {
             Ok(ours)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+    use crate::election::Election;
+    use crate::file::tests::{child_dir, run_child};
+    use crate::options::LockOptions;
+
+    fn long() -> LockOptions {
+        LockOptions::new()
+            .with_ttl(Duration::from_secs(60))
+            .with_auto_renew(false)
+    }
+
+    /// The modes of the files in `dir`, by name.
+    fn modes(dir: &Path) -> Vec<(String, String)> {
+        let mut modes: Vec<(String, String)> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                let mode = e.metadata().unwrap().mode() & 0o777;
+                (e.file_name().to_string_lossy().into_owned(), format!("{mode:04o}"))
+            })
+            .collect();
+        modes.sort();
+        modes
+    }
+
+    /// With `shared=true` the leader's value record is group readable whatever the umask
+    /// of the leader, as the lock's own files are: a leader with umask 077 must not hide
+    /// its value from the other members (their `leader` failed with "Permission denied").
+    #[test]
+    fn shared_value_records_are_0660_whatever_the_umask() {
+        let parent = tempfile::tempdir().unwrap();
+        run_child(
+            "election::file::tests::child_shared_value_record_under_umask_077",
+            parent.path(),
+        );
+    }
+
+    #[test]
+    #[ignore = "run by shared_value_records_are_0660_whatever_the_umask"]
+    fn child_shared_value_record_under_umask_077() {
+        rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+        let dir = child_dir().join("shared");
+        let election = FileElection::from_url(&format!("file://{}?shared=true", dir.display())).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let leadership = election.campaign("sched", b"host-a", &long()).await.unwrap();
+            leadership.proclaim(b"host-b").await.unwrap();
+            let modes = modes(&dir);
+            assert_eq!(
+                modes.iter().filter(|(name, _)| name.ends_with(".leader")).count(),
+                1,
+                "one value record: {modes:?}"
+            );
+            assert_eq!(
+                modes.len(),
+                4,
+                "state, mutex, liveness file and value record: {modes:?}"
+            );
+            assert!(
+                modes.iter().all(|(_, mode)| mode == "0660"),
+                "files of a shared election under umask 077: {modes:?}"
+            );
+            leadership.resign().await.unwrap();
+        });
+    }
+
+    /// Out of descriptors (EMFILE) when a value record is written: temporary, as the same
+    /// failure at the lock's state file (the caller may retry), and no file is left behind.
+    #[test]
+    fn a_record_written_out_of_descriptors_is_temporary_and_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        run_child("election::file::tests::child_record_out_of_descriptors", dir.path());
+        let left = modes(dir.path());
+        assert!(left.is_empty(), "files left behind: {left:?}");
+    }
+
+    #[test]
+    #[ignore = "run by a_record_written_out_of_descriptors_is_temporary_and_leaves_no_file"]
+    fn child_record_out_of_descriptors() {
+        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+        let lock = FileLock::open_with(&child_dir(), false).unwrap();
+        let seat = FileSeat {
+            dir: lock.dir().to_path_buf(),
+            files: lock.files("election.sched"),
+            grant: "0123abcd".into(),
+            term: 1,
+        };
+        // A low limit, so filling it takes few files.
+        let limit = getrlimit(Resource::Nofile);
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(limit.maximum.map_or(64, |max| max.min(64))),
+                maximum: limit.maximum,
+            },
+        )
+        .unwrap();
+        let mut filler = Vec::new();
+        loop {
+            match std::fs::File::open("/dev/null") {
+                Ok(f) => filler.push(f),
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::MFILE.raw_os_error()) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        // No descriptor left: the record's new file cannot be made.
+        let outcome = seat.write(b"host-a".to_vec());
+        drop(filler);
+        match outcome {
+            Ok(()) => panic!("the record was written with no descriptor left"),
+            Err(e) => assert!(e.is_temporary(), "EMFILE should be temporary: {e}"),
+        }
     }
 }

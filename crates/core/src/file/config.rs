@@ -203,18 +203,27 @@ fn cannot(dir: &Path, what: &str, e: std::io::Error) -> LockError {
     }
 }
 
-/// The default lock directory: `$XDG_RUNTIME_DIR/fencelock` when `XDG_RUNTIME_DIR` is set
-/// to an absolute path (a private per-user tmpfs, emptied at logout and reboot), else
-/// `$TMPDIR/fencelock-UID` (`/tmp` without `TMPDIR`). Computed only; opening it creates it
-/// 0700 and checks it like any other.
+/// The default lock directory: `$TMPDIR/fencelock-UID`, or `/tmp/fencelock-UID` when
+/// `TMPDIR` is unset or not an absolute path. Computed only; opening it creates it 0700
+/// and checks it like any other.
+///
+/// The default must be the same for every process of the user, or a lock does not
+/// exclude: one user's cron jobs, systemd units, ssh sessions and terminals must all land
+/// here. So `XDG_RUNTIME_DIR` is not read: it is set only in login sessions (cron and
+/// systemd services do not have it, and `/run/user/UID` is removed at logout), so a job
+/// run from cron and the same job run from a shell used two directories, both got token
+/// 1 and ran at once. `TMPDIR` is still honoured, as the conventional way to move
+/// temporary files; it is rarely set differently between cron and shells. A `TMPDIR`
+/// that is empty or relative is ignored, as `XDG_RUNTIME_DIR` used to be: a relative
+/// default would change with each process's working directory. A unit with
+/// `PrivateTmp=yes` sees a `/tmp` of its own and needs an explicit directory.
 pub fn default_dir() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
-        Some(runtime) if runtime.is_absolute() => runtime.join("fencelock"),
-        _ => {
-            let uid = rustix::process::geteuid().as_raw();
-            std::env::temp_dir().join(format!("fencelock-{uid}"))
-        }
-    }
+    let uid = rustix::process::geteuid().as_raw();
+    let tmp = std::env::var_os("TMPDIR")
+        .map(PathBuf::from)
+        .filter(|dir| dir.is_absolute())
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    tmp.join(format!("fencelock-{uid}"))
 }
 
 #[cfg(test)]

@@ -65,8 +65,20 @@ impl KeyFiles {
         self
     }
 
-    fn path(&self, suffix: &str) -> PathBuf {
+    /// The key's file `STEM.SUFFIX` (`mutex`, `state`, or `GRANT.leader` for the election).
+    pub(crate) fn path(&self, suffix: &str) -> PathBuf {
         self.dir.join(format!("{}.{suffix}", self.stem))
+    }
+
+    /// Replaces this key's file `STEM.NAME` (`name` such as `GRANT.leader`) with `bytes`
+    /// the way the state file is replaced ([`os::replace`]): through a fresh
+    /// `STEM.RANDOM.NAME-tmp`, with this directory's file mode whatever the umask, and
+    /// errors temporary or permanent by their OS error. For the election's value records.
+    pub(crate) fn replace(&self, name: &str, bytes: &[u8], durable: bool) -> Result<()> {
+        let path = self.path(name);
+        let tmp_name = (&*format!("{}.", self.stem), &*format!(".{name}-tmp"));
+        os::replace(&self.dir, &path, tmp_name, bytes, durable, self.mode)
+            .map_err(|e| io_error(format!("cannot write {}", path.display()), e))
     }
 
     /// The liveness files of this key now in the directory.

@@ -55,7 +55,7 @@ use crate::lock::DistributedLock;
 use crate::options::{validate_key, LockOptions};
 use crate::token::{FencingToken, GrantId};
 use crate::waiting::{acquire_with, Attempt};
-use error::io_error;
+pub(crate) use error::{io_error, BACKEND};
 pub(crate) use grant::{blocking, KeyFiles};
 use grant::{Decision, FileGrant};
 use wait::{HolderWake, Subscription};
@@ -126,8 +126,8 @@ impl FileLock {
         })
     }
 
-    /// Uses the [`default_dir`]: `$XDG_RUNTIME_DIR/fencelock`, else `$TMPDIR/fencelock-UID`.
-    /// Errors as [`open`](Self::open).
+    /// Uses the [`default_dir`]: `$TMPDIR/fencelock-UID` (`/tmp/fencelock-UID` without
+    /// `TMPDIR`), the same for every process of the user. Errors as [`open`](Self::open).
     pub fn open_default() -> Result<Self> {
         Self::open(default_dir())
     }
@@ -301,4 +301,4 @@ impl DistributedLock for FileLock {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -2,7 +2,7 @@
 //! files without ever following a symbolic link.
 
 use std::fs::{File, Permissions};
-use std::io::{self, ErrorKind};
+use std::io::{self, ErrorKind, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -75,6 +75,43 @@ fn create(path: &Path, access: OFlags, mode: u32) -> io::Result<File> {
         return Err(e);
     }
     Ok(file)
+}
+
+/// Replaces the file at `path` (in `dir`) with one holding `bytes`, atomically: a new file
+/// named `PREFIX` + random characters + `SUFFIX` in `dir`, made by [`create_new`]
+/// (`O_EXCL`, so never through a planted link, and exactly `mode` whatever the umask),
+/// written, then renamed over `path`. With `durable`, the new file is fsynced before the
+/// rename and the directory after it, so a crash or power loss leaves the old content or
+/// the new one. The lock's state file and the election's value records both go through
+/// here, so both get the directory's mode and the same error judgement.
+///
+/// `tempfile` picks the fresh name and removes the new file if we fail. Not
+/// `tempfile_in` and `NamedTempFile`'s own writes: those create with the umask's mode,
+/// and wrap each error with its path in a way that hides the OS error code (the
+/// wrapper's `source()` skips it), so EMFILE or a full disk read as permanent and an
+/// acquire gave up at once instead of retrying for its wait.
+pub(crate) fn replace(
+    dir: &Path,
+    path: &Path,
+    (prefix, suffix): (&str, &str),
+    bytes: &[u8],
+    durable: bool,
+    mode: u32,
+) -> io::Result<()> {
+    let tmp = tempfile::Builder::new()
+        .prefix(prefix)
+        .suffix(suffix)
+        .make_in(dir, |tmp_path| create_new(tmp_path, mode))?;
+    let mut file: &File = tmp.as_file();
+    file.write_all(bytes)?;
+    if durable {
+        file.sync_data()?;
+    }
+    tmp.persist(path).map_err(|e| e.error)?;
+    if durable {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// The identity (device, inode) of an open file.

@@ -6,8 +6,7 @@
 //! crash leaves either the old or the new state, and the token counter survives restarts
 //! and power loss.
 
-use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -88,27 +87,7 @@ fn corrupt(path: &Path, why: impl Into<crate::error::BoxError>) -> LockError {
 /// new file gets `mode` (0600, or 0660 in a shared directory) whatever the umask.
 pub(crate) fn write(dir: &Path, stem: &str, path: &Path, state: &KeyState, durable: bool, mode: u32) -> Result<()> {
     let bytes = serde_json::to_vec(state).map_err(|e| LockError::backend(BACKEND, "cannot encode state", e))?;
-    let write = || -> std::io::Result<()> {
-        // `tempfile` picks the fresh name and removes the file if we fail; the file is made
-        // by `os::create_new` (O_EXCL, never through a link, `mode` set explicitly) and
-        // written through the plain `File`. Not `tempfile_in` and `NamedTempFile`'s own
-        // writes: those wrap each error with its path in a way that hides the OS error code
-        // (the wrapper's `source()` skips it), so EMFILE or a full disk here read as
-        // permanent and an acquire gave up at once instead of retrying for its wait.
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!("{stem}."))
-            .suffix(".state-tmp")
-            .make_in(dir, |tmp_path| os::create_new(tmp_path, mode))?;
-        let mut file: &File = tmp.as_file();
-        file.write_all(&bytes)?;
-        if durable {
-            file.sync_data()?;
-        }
-        tmp.persist(path).map_err(|e| e.error)?;
-        if durable {
-            File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    };
-    write().map_err(|e| io_error(format!("cannot write {}", path.display()), e))
+    let tmp_name = (&*format!("{stem}."), ".state-tmp");
+    os::replace(dir, path, tmp_name, &bytes, durable, mode)
+        .map_err(|e| io_error(format!("cannot write {}", path.display()), e))
 }

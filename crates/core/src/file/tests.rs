@@ -486,10 +486,11 @@ async fn a_state_naming_another_file_as_liveness_file_is_corrupt_and_nothing_is_
 /// process of its own) which directory to use.
 const CHILD_DIR: &str = "FENCELOCK_FILE_TEST_DIR";
 
-/// Runs the ignored test `name` of this test binary in a child process with `dir`, and
-/// fails with its output unless it ran and passed. For tests that change what is
-/// process-wide (the umask, the descriptor limit) and must not disturb the others.
-fn run_child(name: &str, dir: &Path) {
+/// Runs the ignored test `name` (its full path, as `file::tests::child_x`) of this test
+/// binary in a child process with `dir`, and fails with its output unless it ran and
+/// passed. For tests that change what is process-wide (the umask, the descriptor limit)
+/// and must not disturb the others; the election's tests use it too.
+pub(crate) fn run_child(name: &str, dir: &Path) {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args([name, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
         .env(CHILD_DIR, dir)
@@ -505,7 +506,7 @@ fn run_child(name: &str, dir: &Path) {
     );
 }
 
-fn child_dir() -> std::path::PathBuf {
+pub(crate) fn child_dir() -> std::path::PathBuf {
     std::env::var_os(CHILD_DIR)
         .expect("run by its parent test, with FENCELOCK_FILE_TEST_DIR set")
         .into()
