@@ -156,7 +156,7 @@ impl SeatBackend for FileElection {
             term: lease.token().get(),
         });
         let o = Arc::clone(&ops);
-        blocking(move || {
+        blocking(&self.lock.ops(), move || {
             remove_other_records(&o.dir, &o.files, &o.grant);
             Ok(())
         })
@@ -166,7 +166,7 @@ impl SeatBackend for FileElection {
 
     async fn read_seat(&self, _name: &str, seat: &str) -> Result<SeatRead> {
         let files = self.lock.files(seat);
-        blocking(move || read_seat(&files).map(SeatRead::new)).await
+        blocking(&self.lock.ops(), move || read_seat(&files).map(SeatRead::new)).await
     }
 }
 
@@ -195,7 +195,7 @@ impl ProclaimOps for FileSeat {
             term: self.term,
         });
         let value = value.to_vec();
-        blocking(move || {
+        blocking(&Arc::clone(&self.files.ops), move || {
             let ours = me.files.live_grant()?.is_some_and(|(g, _)| g == me.grant);
             if ours {
                 me.write(value)?;

@@ -26,6 +26,8 @@ pub(crate) struct KeyFiles {
     mode: u32,
     /// Liveness descriptors without close-on-exec (see `FileConfig::inherit`).
     inherit: bool,
+    /// The owning instance's running operations (see [`InFlight`]).
+    pub(crate) ops: Arc<InFlight>,
 }
 
 /// The outcome of one attempt.
@@ -55,7 +57,14 @@ impl KeyFiles {
             durable,
             mode,
             inherit: false,
+            ops: Arc::new(InFlight::new()),
         }
+    }
+
+    /// Counts this key's operations in `ops` (the instance's).
+    pub(crate) fn counted_in(mut self, ops: &Arc<InFlight>) -> Self {
+        self.ops = Arc::clone(ops);
+        self
     }
 
     /// With `inherit`, each liveness file this process creates is left open across `exec`:
@@ -370,9 +379,47 @@ impl FileGrant {
     }
 }
 
-/// Runs `f` in a blocking task, which completes even if the caller is dropped.
-pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    match tokio::task::spawn_blocking(f).await {
+/// The blocking file operations of one `FileLock` (its clones, grants and elections
+/// share it) still running: [`blocking`] counts them, `close` waits until none is left.
+#[derive(Debug)]
+pub(crate) struct InFlight(tokio::sync::watch::Sender<usize>);
+
+impl InFlight {
+    pub(crate) fn new() -> Self {
+        InFlight(tokio::sync::watch::channel(0).0)
+    }
+
+    /// Waits until no operation runs, at most `within`; `false` when some still did.
+    pub(crate) async fn idle(&self, within: Duration) -> bool {
+        let mut rx = self.0.subscribe();
+        let idle = tokio::time::timeout(within, rx.wait_for(|n| *n == 0)).await;
+        matches!(idle, Ok(Ok(_)))
+    }
+}
+
+/// One running operation of an [`InFlight`], counted until dropped.
+struct Running(Arc<InFlight>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0 .0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// Runs `f` in a blocking task, which completes even if the caller is dropped; counted in
+/// `ops` until it has.
+pub(crate) async fn blocking<T: Send + 'static>(
+    ops: &Arc<InFlight>,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    ops.0.send_modify(|n| *n += 1);
+    let running = Running(Arc::clone(ops));
+    match tokio::task::spawn_blocking(move || {
+        let _running = running;
+        f()
+    })
+    .await
+    {
         Ok(r) => r,
         Err(e) => Err(LockError::backend(BACKEND, "file operation task failed", e)),
     }
@@ -389,7 +436,8 @@ impl LeaseOps for FileGrant {
         let Some(live) = live else {
             return Ok(None); // released: nothing left to extend
         };
-        blocking(move || files.extend(&grant, id, &live, ttl)).await
+        let ops = Arc::clone(&files.ops);
+        blocking(&ops, move || files.extend(&grant, id, &live, ttl)).await
     }
 
     async fn release(&self) -> Result<bool> {
@@ -401,7 +449,8 @@ impl LeaseOps for FileGrant {
         // The liveness file is closed in the task, after the state no longer names us, so
         // a release dropped in flight still ends with the file closed; closing it drops
         // its flock and wakes every waiter.
-        blocking(move || {
+        let ops = Arc::clone(&files.ops);
+        blocking(&ops, move || {
             let released = files.release(&grant, id);
             drop(live);
             released

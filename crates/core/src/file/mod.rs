@@ -56,7 +56,7 @@ use crate::options::{validate_key, LockOptions};
 use crate::token::{FencingToken, GrantId};
 use crate::waiting::{acquire_with, Attempt};
 pub(crate) use error::{io_error, BACKEND};
-pub(crate) use grant::{blocking, KeyFiles};
+pub(crate) use grant::{blocking, InFlight, KeyFiles};
 use grant::{Decision, FileGrant};
 use wait::{HolderWake, Subscription};
 
@@ -104,7 +104,13 @@ pub struct FileLock {
     mode: u32,
     /// Liveness descriptors inheritable by children ([`FileConfig::inherit`]).
     inherit: bool,
+    /// The file operations of this instance (and its clones) still running.
+    ops: Arc<InFlight>,
 }
+
+/// How long [`FileLock::close`] waits for running file operations: a decision waits at most
+/// its mutex wait (2 s), then does a few writes.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 impl FileLock {
     /// Uses `dir` (created 0700 if missing) with durable state.
@@ -147,6 +153,7 @@ impl FileLock {
             durable: config.durable,
             mode: config.file_mode(),
             inherit: config.inherit,
+            ops: Arc::new(InFlight::new()),
         })
     }
 
@@ -164,8 +171,15 @@ impl FileLock {
         &self.dir
     }
 
+    /// The instance's running file operations (see [`InFlight`]).
+    pub(crate) fn ops(&self) -> Arc<InFlight> {
+        Arc::clone(&self.ops)
+    }
+
     pub(crate) fn files(&self, key: &str) -> KeyFiles {
-        KeyFiles::new(&self.dir, key, self.durable, self.mode).inheritable(self.inherit)
+        KeyFiles::new(&self.dir, key, self.durable, self.mode)
+            .inheritable(self.inherit)
+            .counted_in(&self.ops)
     }
 
     /// Breaks `key`'s lock by hand, as an operator would with `rm DIR/STEM.*.live`: removes
@@ -214,7 +228,7 @@ impl FileLock {
         let files = self.files(key);
         let cached = watch.and_then(|w| lock(w).clone());
         let want_watch = watch.is_some();
-        let outcome = blocking(move || {
+        let outcome = blocking(&self.ops, move || {
             Ok(match files.try_grant(ttl)? {
                 Decision::Granted {
                     grant,
@@ -297,6 +311,31 @@ impl DistributedLock for FileLock {
 
     fn describe(&self) -> String {
         format!("file://{}", self.dir.display())
+    }
+
+    /// Waits (at most 5 s) until the file operations of this instance and its clones have
+    /// ended — those of dropped acquires and releases go on in blocking threads. Nothing is
+    /// closed: a file lock holds no connection, and leases stay held until released.
+    /// Afterwards no thread of the instance holds a key's mutex, so the process may stop
+    /// (`fencelock run` does on Ctrl-Z) without freezing the key for other processes.
+    ///
+    /// # Errors
+    /// [`LockError::Unavailable`](crate::LockError::Unavailable) when some still ran after
+    /// 5 s (a key's mutex held by a stopped process, a hung disk).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only waits.
+    async fn close(&self) -> Result<()> {
+        if self.ops.idle(CLOSE_WAIT).await {
+            return Ok(());
+        }
+        Err(crate::error::LockError::Unavailable {
+            message: format!(
+                "file operations on {} still running after {CLOSE_WAIT:?} (a key's mutex held by a stopped process, or a hung disk?)",
+                self.dir.display()
+            ),
+            source: None,
+        })
     }
 }
 

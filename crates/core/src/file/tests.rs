@@ -637,3 +637,42 @@ fn symlinked_directory_is_refused_however_spelled() {
         }
     }
 }
+
+/// `close` returns only once the instance's file operations have ended. A dropped
+/// acquire's attempt goes on in its blocking thread (waiting for the key's mutex here, held
+/// by this test as a stopped process would hold it, or in the middle of a decision); and
+/// `fencelock run` stops itself after `close` on Ctrl-Z: stopped while such a thread held
+/// the key's mutex, it froze every other process of the key until continued (a CLI test
+/// saw the next waiter wait out the holder's TTL, 2 of about 20 runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_waits_for_the_file_operations_still_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let locks = FileLock::open(dir.path()).unwrap();
+    locks.acquire("k", &long()).await.unwrap().release().await.unwrap();
+    let mutex = std::fs::File::open(dir.path().join("k-k.mutex")).unwrap();
+    rustix::fs::flock(&mutex, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let attempt = tokio::spawn({
+        let locks = locks.clone();
+        async move { locks.try_acquire("k", &long()).await }
+    });
+    // Its blocking thread has the mutex file open (and polls its flock).
+    assert_eq!(
+        settles_to(2, || files_in(dir.path())).await,
+        2,
+        "the attempt never started"
+    );
+    attempt.abort(); // the caller gives up; the blocking thread goes on
+    let mut closing = tokio::spawn({
+        let locks = locks.clone();
+        async move { locks.close().await }
+    });
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut closing).await;
+    assert!(
+        early.is_err(),
+        "close returned while a file operation still ran: {early:?}"
+    );
+    drop(mutex); // the stopped process continues
+    let closed = tokio::time::timeout(Duration::from_secs(10), closing).await;
+    assert!(matches!(closed, Ok(Ok(Ok(())))), "{closed:?}");
+    assert_eq!(files_in(dir.path()), 0, "close left a file of the key open");
+}
