@@ -56,53 +56,15 @@ pub async fn elect(cli: &Cli, args: &ElectArgs) -> ExitCode {
     if let Err(code) = crate::command_check::before_waiting(&args.command) {
         return code;
     }
-    let connected = tokio::select! {
-        c = connect(cli, "elect", args.ttl) => c,
-        sig = signals.next() => return run::interrupted_connecting(sig),
+    let mut stops = crate::signals::Stops::install();
+    let wait = SeatWait {
+        cli,
+        args,
+        value: &value,
     };
-    let (election, defaults) = match connected {
+    let (election, leadership) = match crate::waiting::connect_and_wait(&wait, &mut signals, &mut stops).await {
         Ok(v) => v,
-        Err(e) => return exit::fail_with(&e),
-    };
-    let crate::lock_opts::Chosen { mut opts, try_once } =
-        crate::lock_opts::choose(defaults, args.ttl, args.wait, args.no_wait);
-    if try_once {
-        opts = opts.with_wait(NO_WAIT_CAMPAIGN);
-    }
-    tracing::info!(name = %args.name, wait = ?opts.wait(), on = %election.describe(), "campaigning");
-    let won = tokio::select! {
-        r = campaign(&*election, &args.name, value.as_bytes(), &opts, try_once) => r,
-        sig = signals.next() => {
-            // The campaign future is dropped here: cancel safe, no candidacy is left.
-            close(&*election).await;
-            return fail(
-                &format!("{} while campaigning for `{}`; not elected", run::signal_name(sig), args.name),
-                128 + sig.as_raw() as u8,
-            );
-        }
-    };
-    let leadership = match won {
-        Ok(l) => l,
-        Err(LockError::Timeout { .. }) => {
-            close(&*election).await;
-            let how = if try_once {
-                "not waiting: tried once".to_owned()
-            } else {
-                format!("not elected within {}", humantime::format_duration(opts.wait()))
-            };
-            return fail(
-                &format!(
-                    "election `{}` is led by someone else; {how} (on {})",
-                    args.name,
-                    election.describe()
-                ),
-                args.conflict_exit_code,
-            );
-        }
-        Err(e) => {
-            close(&*election).await;
-            return exit::fail_with(&e);
-        }
+        Err(code) => return code,
     };
     let term = leadership.term();
     tracing::info!(name = %args.name, %term, "elected");
@@ -125,6 +87,72 @@ pub async fn elect(cli: &Cli, args: &ElectArgs) -> ExitCode {
     let code = run::supervise_with(&run_args, leadership.into_lease(), &mut signals, &env).await;
     close(&*election).await;
     code
+}
+
+/// `elect`'s wait: a seat's leadership (see [`crate::waiting`]).
+struct SeatWait<'a> {
+    cli: &'a Cli,
+    args: &'a ElectArgs,
+    value: &'a str,
+}
+
+impl crate::waiting::Wait for SeatWait<'_> {
+    type Backend = std::sync::Arc<dyn Election>;
+    type Won = fencelock::election::Leadership;
+
+    fn what(&self) -> String {
+        format!("election `{}`", self.args.name)
+    }
+
+    async fn connect(&self) -> Result<(Self::Backend, fencelock::LockOptions), LockError> {
+        connect(self.cli, "elect", self.args.ttl).await
+    }
+
+    fn options(&self, defaults: fencelock::LockOptions) -> (fencelock::LockOptions, bool) {
+        let a = self.args;
+        let crate::lock_opts::Chosen { mut opts, try_once } =
+            crate::lock_opts::choose(defaults, a.ttl, a.wait, a.no_wait);
+        if try_once {
+            opts = opts.with_wait(NO_WAIT_CAMPAIGN);
+        }
+        (opts, try_once)
+    }
+
+    fn starting(&self, election: &Self::Backend, opts: &fencelock::LockOptions, _try_once: bool) {
+        tracing::info!(name = %self.args.name, wait = ?opts.wait(), on = %election.describe(), "campaigning");
+    }
+
+    async fn wait(
+        &self,
+        election: &Self::Backend,
+        opts: &fencelock::LockOptions,
+        try_once: bool,
+    ) -> Result<Self::Won, LockError> {
+        campaign(&**election, &self.args.name, self.value.as_bytes(), opts, try_once).await
+    }
+
+    async fn close(&self, election: &Self::Backend) {
+        close(&**election).await;
+    }
+
+    fn taken(&self, election: &Self::Backend, how: &str) -> ExitCode {
+        fail(
+            &format!(
+                "election `{}` is led by someone else; {how} (on {})",
+                self.args.name,
+                election.describe()
+            ),
+            self.args.conflict_exit_code,
+        )
+    }
+
+    fn interrupted(&self) -> String {
+        format!("campaigning for `{}`; not elected", self.args.name)
+    }
+
+    fn not_within(&self, asked: Duration, _waited: Duration) -> String {
+        format!("not elected within {}", humantime::format_duration(asked))
+    }
 }
 
 /// How long `elect --no-wait` (or a zero wait) campaigns for a seat it found empty: one

@@ -58,7 +58,7 @@ pub async fn leader(cli: &Cli, args: &LeaderArgs) -> ExitCode {
         c = connect(cli, "leader", None) => c,
         sig = signals.next() => {
             // A signal is how a watch ends (0); a one-shot query was interrupted.
-            return if args.watch { ExitCode::SUCCESS } else { crate::run::interrupted_connecting(sig) };
+            return if args.watch { ExitCode::SUCCESS } else { crate::waiting::interrupted_connecting(sig) };
         }
     };
     let (election, _) = match connected {

@@ -26,6 +26,7 @@ mod logging;
 mod metrics;
 mod run;
 mod signals;
+mod waiting;
 
 use std::process::ExitCode;
 

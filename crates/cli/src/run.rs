@@ -53,7 +53,8 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
             return fail(&message, exit::CONFIG);
         }
     }
-    let (locks, lease) = match wait_for_lease(cli, args, &mut signals, &mut stops).await {
+    let (locks, lease) = match crate::waiting::connect_and_wait(&LockWait { cli, args }, &mut signals, &mut stops).await
+    {
         Ok(v) => v,
         Err(code) => return code,
     };
@@ -63,104 +64,65 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
     code
 }
 
-/// Connects and acquires the lease, or returns the exit status to use (the backend closed).
-///
-/// SIGTSTP (Ctrl-Z) while connecting or waiting gives up the place in line first — the
-/// acquire is dropped (its cancel safety leaves no queue entry) and the backend closed, so
-/// that no release hands the lock to a stopped process and no session of ours outlives
-/// the stop — then stops `run` ([`crate::signals::Stops`] says why). Continued, it
-/// connects and queues again, at the back of the line; `--wait` keeps counting from the
-/// first attempt, the time stopped included (as flock(1)'s `-w` timer does).
-async fn wait_for_lease(
-    cli: &Cli,
-    args: &RunArgs,
-    signals: &mut Signals,
-    stops: &mut Stops,
-) -> Result<(std::sync::Arc<dyn DistributedLock>, Lease), ExitCode> {
-    let mut started: Option<Instant> = None;
-    // Bounded: each turn of the loop needs a SIGTSTP.
-    for _ in 0..10_000 {
-        // The connect races the signals too: a server that accepts and says nothing would
-        // otherwise hold a caught signal until the connect's own bound.
-        let connected = tokio::select! {
-            c = backend::connect_for_processes(cli, "run", args.ttl) => c,
-            sig = signals.next() => return Err(interrupted_connecting(sig)),
-            () = stops.next() => {
-                stopped_while_waiting(&args.key, "connecting");
-                continue;
-            }
-        };
-        let (locks, defaults) = connected.map_err(|e| exit::fail_with(&e))?;
-        let crate::lock_opts::Chosen {
-            mut opts,
-            try_once: asked_once,
-        } = crate::lock_opts::choose(defaults, args.ttl, args.wait, args.no_wait);
-        let first = *started.get_or_insert_with(Instant::now);
-        let mut try_once = asked_once;
-        if !asked_once {
-            let left = opts.wait().saturating_sub(first.elapsed());
-            opts = opts.with_wait(left);
-            try_once = left.is_zero();
-        }
-        tracing::info!(key = %args.key, wait = ?(!try_once).then(|| opts.wait()), on = %locks.describe(), "acquiring");
-        let acquired = tokio::select! {
-            r = acquire(&*locks, &args.key, &opts, try_once) => r,
-            sig = signals.next() => {
-                // The acquire future is dropped here: the backend gives up its place in line
-                // (cancel safety of `acquire`); close() then removes what is left of our session.
-                close(&*locks).await;
-                return Err(fail(
-                    &format!("{} while waiting for `{}`; not acquired", signal_name(sig), args.key),
-                    128 + sig.as_raw() as u8,
-                ));
-            }
-            () = stops.next() => {
-                close(&*locks).await;
-                stopped_while_waiting(&args.key, "waiting");
-                continue;
-            }
-        };
-        return match acquired {
-            Ok(lease) => Ok((locks, lease)),
-            Err(LockError::Timeout { key, waited }) => {
-                close(&*locks).await;
-                let how = if asked_once {
-                    "not waiting: tried once".to_owned()
-                } else {
-                    format!("not acquired within {:.1?}", waited.max(first.elapsed()))
-                };
-                Err(fail(
-                    &format!("lock `{key}` is held by someone else; {how} (on {})", locks.describe()),
-                    args.conflict_exit_code,
-                ))
-            }
-            Err(e) => {
-                close(&*locks).await;
-                Err(exit::fail_with(&e))
-            }
-        };
+/// `run`'s wait: a lock's lease (see [`crate::waiting`]).
+struct LockWait<'a> {
+    cli: &'a Cli,
+    args: &'a RunArgs,
+}
+
+impl crate::waiting::Wait for LockWait<'_> {
+    type Backend = std::sync::Arc<dyn DistributedLock>;
+    type Won = Lease;
+
+    fn what(&self) -> String {
+        format!("`{}`", self.args.key)
     }
-    Err(fail(
-        "stopped and continued too many times while waiting; not acquired",
-        exit::UNAVAILABLE,
-    ))
-}
 
-/// SIGTSTP while connecting or waiting, the place in line given up: says so, stops until
-/// continued, and says that too.
-fn stopped_while_waiting(key: &str, doing: &str) {
-    eprintln!("fencelock: SIGTSTP while {doing} for `{key}`: left its place in line; stopping (it queues again when continued)");
-    crate::signals::stop_self();
-    eprintln!("fencelock: continued; asking for `{key}` again");
-}
+    async fn connect(&self) -> Result<(Self::Backend, fencelock::LockOptions), LockError> {
+        backend::connect_for_processes(self.cli, "run", self.args.ttl).await
+    }
 
-/// The exit for a signal that arrived while connecting: nothing was acquired or left
-/// behind (the connect futures are cancel safe), so nothing to close.
-pub(crate) fn interrupted_connecting(sig: Signal) -> ExitCode {
-    fail(
-        &format!("{} while connecting; nothing acquired", signal_name(sig)),
-        128 + sig.as_raw() as u8,
-    )
+    fn options(&self, defaults: fencelock::LockOptions) -> (fencelock::LockOptions, bool) {
+        let a = self.args;
+        let chosen = crate::lock_opts::choose(defaults, a.ttl, a.wait, a.no_wait);
+        (chosen.opts, chosen.try_once)
+    }
+
+    fn starting(&self, locks: &Self::Backend, opts: &fencelock::LockOptions, try_once: bool) {
+        tracing::info!(key = %self.args.key, wait = ?(!try_once).then(|| opts.wait()), on = %locks.describe(), "acquiring");
+    }
+
+    async fn wait(
+        &self,
+        locks: &Self::Backend,
+        opts: &fencelock::LockOptions,
+        try_once: bool,
+    ) -> Result<Lease, LockError> {
+        acquire(&**locks, &self.args.key, opts, try_once).await
+    }
+
+    async fn close(&self, locks: &Self::Backend) {
+        close(&**locks).await;
+    }
+
+    fn taken(&self, locks: &Self::Backend, how: &str) -> ExitCode {
+        fail(
+            &format!(
+                "lock `{}` is held by someone else; {how} (on {})",
+                self.args.key,
+                locks.describe()
+            ),
+            self.args.conflict_exit_code,
+        )
+    }
+
+    fn interrupted(&self) -> String {
+        format!("waiting for `{}`; not acquired", self.args.key)
+    }
+
+    fn not_within(&self, _asked: Duration, waited: Duration) -> String {
+        format!("not acquired within {waited:.1?}")
+    }
 }
 
 async fn acquire(
@@ -473,10 +435,6 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 
 fn signal_group(group: Pid, sig: Signal) {
     crate::group::signal(group, sig);
-}
-
-pub(crate) fn signal_name(sig: Signal) -> &'static str {
-    crate::signals::name(sig)
 }
 
 #[cfg(test)]

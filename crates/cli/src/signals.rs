@@ -79,7 +79,7 @@ impl Signals {
 /// release hands the lock to the stopped process, which holds it unused until its TTL ends;
 /// on etcd and ZooKeeper its queue entry blocks the next waiter until its session expires.
 /// flock(1) stopped in its wait holds nobody up — the kernel grants the lock to a waiter
-/// that runs — and so `run` gives up its place, then stops (see `run::wait_for_lease`).
+/// that runs — and so `run` gives up its place, then stops (see `crate::waiting`).
 pub(crate) struct Stops(Option<tokio::signal::unix::Signal>);
 
 impl Stops {

@@ -206,15 +206,25 @@ fn a_signal_while_connecting_exits_128_plus_n_at_once() {
 #[test]
 fn on_redis_ctrl_z_while_waiting_gives_up_the_place_in_line_until_continued() {
     let server = fencelock_testkit::redis_server::RedisServer::start();
-    stop_while_waiting(&server.url(), &|| {
+    stop_while_waiting(&server.url(), "run", &|| {
         server.integer("LLEN fencelock:{k}:queue").unwrap_or(0) >= 1
+    });
+}
+
+// The same kind on `elect`: before, a candidate stopped while campaigning was handed the
+// seat and the next candidate waited out its TTL.
+#[test]
+fn on_redis_ctrl_z_while_campaigning_gives_up_the_place_in_line_until_continued() {
+    let server = fencelock_testkit::redis_server::RedisServer::start();
+    stop_while_waiting(&server.url(), "elect", &|| {
+        server.integer("LLEN fencelock:{election.k}:queue").unwrap_or(0) >= 1
     });
 }
 
 #[test]
 fn on_files_ctrl_z_while_waiting_gives_up_the_place_in_line_until_continued() {
     let dir = tempfile::tempdir().expect("temp dir");
-    stop_while_waiting(&file_url(dir.path()), &|| true);
+    stop_while_waiting(&file_url(dir.path()), "run", &|| true);
 }
 
 /// Whether `pid` catches `sig` (its bit in `/proc/PID/status` `SigCgt:`).

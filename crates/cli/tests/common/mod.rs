@@ -280,12 +280,12 @@ pub fn signals_while_waiting_on_zookeeper(zk: &fencelock_testkit::zk_server::ZkE
     }
 }
 
-/// Spawns a waiter on `k` (`-v run k --wait 60s --ttl 30s -- echo WORD`, every stream
-/// piped) and returns it with its stderr lines, once it said it is acquiring and `queued`
-/// says it is in line.
-fn waiter_in_line(url: &str, word: &str, queued: &dyn Fn() -> bool) -> (Child, mpsc::Receiver<String>) {
+/// Spawns a waiter on `k` (`-v VERB k --wait 60s --ttl 30s -- echo WORD`, VERB `run` or
+/// `elect`, every stream piped) and returns it with its stderr lines, once it said it is
+/// acquiring (campaigning) and `queued` says it is in line.
+fn waiter_in_line(url: &str, verb: &str, word: &str, queued: &dyn Fn() -> bool) -> (Child, mpsc::Receiver<String>) {
     let mut waiter = fencelock(url)
-        .args(["-v", "run", "k", "--wait", "60s", "--ttl", "30s", "--", "echo", word])
+        .args(["-v", verb, "k", "--wait", "60s", "--ttl", "30s", "--", "echo", word])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -300,11 +300,12 @@ fn waiter_in_line(url: &str, word: &str, queued: &dyn Fn() -> bool) -> (Child, m
     });
     let start = Instant::now();
     let mut lines = Vec::new();
-    while !lines.iter().any(|l: &String| l.contains("acquiring")) {
+    let starting = if verb == "elect" { "campaigning" } else { "acquiring" };
+    while !lines.iter().any(|l: &String| l.contains(starting)) {
         let left = Duration::from_secs(20).saturating_sub(start.elapsed());
         match rx.recv_timeout(left) {
             Ok(line) => lines.push(line),
-            Err(_) => panic!("the waiter never said it was acquiring: {lines:?}"),
+            Err(_) => panic!("the waiter never said it was {starting}: {lines:?}"),
         }
     }
     poll_until(Duration::from_secs(20), "the waiter is in line", queued);
@@ -317,14 +318,15 @@ fn state_of(pid: Pid) -> Option<char> {
     stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
-/// H holds `k`; W waits (TTL 30 s) and, once `queued` says it is in line, is stopped as
-/// Ctrl-Z stops it (SIGTSTP); X then asks for `k` too. When H ends, X must get the lock
-/// at once — not after a place in line (or a grant handed to it) that the stopped W cannot
-/// use runs out. Continued, W queues again, gets the lock and runs its command.
-pub fn stop_while_waiting(url: &str, queued: &dyn Fn() -> bool) {
-    let holder = hold(fencelock(url), &["run", "k"]);
+/// H holds `k` (VERB `run`: the lock; `elect`: the election's seat); W waits (TTL 30 s)
+/// and, once `queued` says it is in line, is stopped as Ctrl-Z stops it (SIGTSTP); X then
+/// asks for `k` too. When H ends, X must get it at once — not after a place in line (or a
+/// grant handed to it) that the stopped W cannot use runs out. Continued, W queues again,
+/// gets it and runs its command.
+pub fn stop_while_waiting(url: &str, verb: &str, queued: &dyn Fn() -> bool) {
+    let holder = hold(fencelock(url), &[verb, "k"]);
     let _ = queued(); // records the server's count before the waiter comes
-    let (w, w_err) = waiter_in_line(url, "W ran", queued);
+    let (w, w_err) = waiter_in_line(url, verb, "W ran", queued);
     // Killed if the test fails before it ends: a stopped process would linger.
     struct Killed(Child);
     impl Drop for Killed {
@@ -340,7 +342,7 @@ pub fn stop_while_waiting(url: &str, queued: &dyn Fn() -> bool) {
         state_of(pid_of(w)) == Some('T')
     });
     let x = fencelock(url)
-        .args(["run", "k", "--wait", "60s", "--ttl", "30s", "--", "true"])
+        .args([verb, "k", "--wait", "60s", "--ttl", "30s", "--", "true"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -1,0 +1,135 @@
+//! Connecting and waiting, as `run` (for a lock) and `elect` (for a seat) do: raced against
+//! the terminating signals and against SIGTSTP.
+//!
+//! * A terminating signal (SIGINT, SIGTERM, …) ends the wait: the wait's future is dropped
+//!   (its cancel safety leaves no queue entry or candidacy), the backend is closed (an
+//!   etcd session revoked, a ZooKeeper session closed), and the exit is 128 + N.
+//! * SIGTSTP (Ctrl-Z) gives up the place in line the same way, then stops the process
+//!   ([`crate::signals::Stops`] says why); continued, it connects and waits again, at the
+//!   back of the line, `--wait` counted from the first attempt, the time stopped included
+//!   (as flock(1)'s `-w` timer counts).
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use fencelock::{LockError, LockOptions};
+use rustix::process::Signal;
+
+use crate::exit::{self, fail};
+use crate::signals::{Signals, Stops};
+
+/// What `run` or `elect` waits for, and how it says so.
+pub(crate) trait Wait {
+    /// The connected backend (a lock or an election).
+    type Backend;
+    /// What the wait gets (a lease or a leadership).
+    type Won;
+    /// What is waited for, for messages: "`nightly`", "election `leader`".
+    fn what(&self) -> String;
+    /// Connects; returns the backend and its default options.
+    async fn connect(&self) -> Result<(Self::Backend, LockOptions), LockError>;
+    /// The options of one wait, from the defaults: `(options, try once)`.
+    fn options(&self, defaults: LockOptions) -> (LockOptions, bool);
+    /// Logs the start of one wait (the tests wait for these words).
+    fn starting(&self, backend: &Self::Backend, opts: &LockOptions, try_once: bool);
+    /// Waits (cancel safe: dropped, it leaves nothing behind).
+    async fn wait(&self, backend: &Self::Backend, opts: &LockOptions, try_once: bool) -> Result<Self::Won, LockError>;
+    /// Closes the backend, bounded.
+    async fn close(&self, backend: &Self::Backend);
+    /// The exit when another holds it past the wait (`how`: "not waiting: tried once", or
+    /// "not acquired within 2.0s").
+    fn taken(&self, backend: &Self::Backend, how: &str) -> ExitCode;
+    /// "waiting for `k`; not acquired", "campaigning for `n`; not elected".
+    fn interrupted(&self) -> String;
+    /// "not acquired within 2.0s": the wait ran out; `asked` is the whole `--wait`,
+    /// `waited` the time since the first attempt.
+    fn not_within(&self, asked: Duration, waited: Duration) -> String;
+}
+
+/// Connects and waits (see the module docs); the backend and what was won, or the exit
+/// status to use (the backend closed).
+pub(crate) async fn connect_and_wait<W: Wait>(
+    w: &W,
+    signals: &mut Signals,
+    stops: &mut Stops,
+) -> Result<(W::Backend, W::Won), ExitCode> {
+    let mut started: Option<Instant> = None;
+    // Bounded: each turn of the loop needs a SIGTSTP.
+    for _ in 0..10_000 {
+        // The connect races the signals too: a server that accepts and says nothing would
+        // otherwise hold a caught signal until the connect's own bound.
+        let connected = tokio::select! {
+            c = w.connect() => c,
+            sig = signals.next() => return Err(interrupted_connecting(sig)),
+            () = stops.next() => {
+                stopped(&w.what(), "connecting");
+                continue;
+            }
+        };
+        let (backend, defaults) = connected.map_err(|e| exit::fail_with(&e))?;
+        let (mut opts, asked_once) = w.options(defaults);
+        let asked = opts.wait();
+        let first = *started.get_or_insert_with(Instant::now);
+        let mut try_once = asked_once;
+        if !asked_once {
+            let left = opts.wait().saturating_sub(first.elapsed());
+            opts = opts.with_wait(left);
+            try_once = left.is_zero();
+        }
+        w.starting(&backend, &opts, try_once);
+        let waited = tokio::select! {
+            r = w.wait(&backend, &opts, try_once) => r,
+            sig = signals.next() => {
+                w.close(&backend).await;
+                return Err(fail(
+                    &format!("{} while {}", crate::signals::name(sig), w.interrupted()),
+                    128 + sig.as_raw() as u8,
+                ));
+            }
+            () = stops.next() => {
+                w.close(&backend).await;
+                stopped(&w.what(), "waiting");
+                continue;
+            }
+        };
+        return match waited {
+            Ok(won) => Ok((backend, won)),
+            Err(LockError::Timeout { waited, .. }) => {
+                w.close(&backend).await;
+                let how = if asked_once {
+                    "not waiting: tried once".to_owned()
+                } else {
+                    w.not_within(asked, waited.max(first.elapsed()))
+                };
+                Err(w.taken(&backend, &how))
+            }
+            Err(e) => {
+                w.close(&backend).await;
+                Err(exit::fail_with(&e))
+            }
+        };
+    }
+    Err(fail(
+        "stopped and continued too many times while waiting; giving up",
+        exit::UNAVAILABLE,
+    ))
+}
+
+/// SIGTSTP while connecting or waiting, the place in line given up: says so, stops until
+/// continued, and says that too.
+fn stopped(what: &str, doing: &str) {
+    eprintln!(
+        "fencelock: SIGTSTP while {doing} for {what}: left its place in line; stopping (it queues again when continued)"
+    );
+    crate::signals::stop_self();
+    eprintln!("fencelock: continued; asking for {what} again");
+}
+
+/// The exit for a signal that arrived while connecting: nothing was acquired or left
+/// behind (the connect futures are cancel safe), so nothing to close.
+pub(crate) fn interrupted_connecting(sig: Signal) -> ExitCode {
+    fail(
+        &format!("{} while connecting; nothing acquired", crate::signals::name(sig)),
+        128 + sig.as_raw() as u8,
+    )
+}
