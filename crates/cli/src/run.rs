@@ -354,6 +354,7 @@ async fn watch(
                     lease.key(), lease.token()
                 );
                 signal_group(group, Signal::TERM);
+                signal_group(group, Signal::CONT); // a stopped process acts on SIGTERM only when continued
                 if tokio::time::timeout(kill_after, child.wait()).await.is_err() {
                     eprintln!("fencelock: the command ignored SIGTERM for {kill_after:?}; sending its process group SIGKILL");
                     signal_group(group, Signal::KILL);
@@ -409,6 +410,7 @@ async fn stop_group(group: Pid, kill_after: Duration, killed: bool) {
     let kill_after = if killed { Duration::ZERO } else { kill_after };
     if !killed {
         signal_group(group, Signal::TERM);
+        signal_group(group, Signal::CONT); // a stopped process acts on SIGTERM only when continued
     }
     let start = Instant::now();
     let mut killed = false;

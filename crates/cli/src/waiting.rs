@@ -7,7 +7,8 @@
 //! * SIGTSTP (Ctrl-Z) gives up the place in line the same way, then stops the process
 //!   ([`crate::signals::Stops`] says why); continued, it connects and waits again, at the
 //!   back of the line, `--wait` counted from the first attempt, the time stopped included
-//!   (as flock(1)'s `-w` timer counts).
+//!   (as flock(1)'s `-w` timer counts); a connect that fails then for a reason that may
+//!   pass (the server restarting) is tried again while the wait lasts.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -53,23 +54,47 @@ pub(crate) async fn connect_and_wait<W: Wait>(
     signals: &mut Signals,
     stops: &mut Stops,
 ) -> Result<(W::Backend, W::Won), ExitCode> {
+    let began = Instant::now();
+    // The first attempt's start: `--wait` counts from it. Normally once the first connect
+    // is done (`--wait` bounds the wait, not the connect); from the first connect's start
+    // when a stop came before it was done (the time stopped counts).
     let mut started: Option<Instant> = None;
-    // Bounded: each turn of the loop needs a SIGTSTP.
-    for _ in 0..10_000 {
+    let mut stopped_once = false;
+    // The whole `--wait`'s end, known after the first connect: a connect after a stop
+    // that fails for a reason that may pass (the server restarting) is tried again until
+    // then, as a waiter that was never stopped rides the outage out.
+    let mut wait_ends: Option<Instant> = None;
+    // Bounded: each turn needs a SIGTSTP, or a failed connect after one (every 250 ms,
+    // until `wait_ends`).
+    for _ in 0..100_000 {
         // The connect races the signals too: a server that accepts and says nothing would
         // otherwise hold a caught signal until the connect's own bound.
         let connected = tokio::select! {
             c = w.connect() => c,
             sig = signals.next() => return Err(interrupted_connecting(sig)),
             () = stops.next() => {
+                stopped_once = true;
                 stopped(&w.what(), "connecting");
                 continue;
             }
         };
-        let (backend, defaults) = connected.map_err(|e| exit::fail_with(&e))?;
+        let (backend, defaults) = match connected {
+            Ok(v) => v,
+            Err(e) if e.is_temporary() && wait_ends.is_some_and(|end| Instant::now() < end) => {
+                tracing::info!(error = %exit::one_line(&e), "connecting again after the stop failed; trying again");
+                tokio::select! {
+                    () = tokio::time::sleep(RECONNECT_PAUSE) => {}
+                    sig = signals.next() => return Err(interrupted_connecting(sig)),
+                    () = stops.next() => stopped(&w.what(), "connecting"),
+                }
+                continue;
+            }
+            Err(e) => return Err(exit::fail_with(&e)),
+        };
         let (mut opts, asked_once) = w.options(defaults);
         let asked = opts.wait();
-        let first = *started.get_or_insert_with(Instant::now);
+        let first = *started.get_or_insert_with(|| if stopped_once { began } else { Instant::now() });
+        wait_ends.get_or_insert(first + asked);
         let mut try_once = asked_once;
         if !asked_once {
             let left = opts.wait().saturating_sub(first.elapsed());
@@ -88,6 +113,7 @@ pub(crate) async fn connect_and_wait<W: Wait>(
             }
             () = stops.next() => {
                 w.close(&backend).await;
+                stopped_once = true;
                 stopped(&w.what(), "waiting");
                 continue;
             }
@@ -114,6 +140,9 @@ pub(crate) async fn connect_and_wait<W: Wait>(
         exit::UNAVAILABLE,
     ))
 }
+
+/// Between connects that failed after a stop.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
 
 /// SIGTSTP while connecting or waiting, the place in line given up: says so, stops until
 /// continued, and says that too.

@@ -555,3 +555,32 @@ fn a_left_behind_process_dies_when_run_is_killed_while_stopping_it() {
 fn a_left_behind_process_dies_when_run_is_paused_while_stopping_it() {
     a_left_behind_process_dies_when_run_cannot_stop_it("pause");
 }
+
+// A review: a left-behind process that is stopped keeps its SIGTERM pending, so `run`
+// waited out the whole --kill-after (the lock held all that time) before its SIGKILL.
+#[test]
+fn a_stopped_left_behind_process_ends_at_its_sigterm_not_after_kill_after() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let start = Instant::now();
+    let run = fencelock(&file_url(dir.path()))
+        .args([
+            "run",
+            "k",
+            "--kill-after",
+            "30s",
+            "--",
+            "sh",
+            "-c",
+            "sleep 33 & kill -STOP $!; exit 0",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn run");
+    let out = output_within(run, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "took {:?}: the stopped process was waited for until --kill-after",
+        start.elapsed()
+    );
+}

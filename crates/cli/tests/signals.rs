@@ -284,3 +284,116 @@ fn a_signal_to_the_guard_before_the_command_starts_means_it_never_starts() {
         assert!(err.contains("not starting"), "{sig:?}: {err}");
     }
 }
+
+// The review after the fix above: a signal that reached the guard just before `run` told
+// it the deadline was still missed (2–7 of 150 runs: the command ran to its end, exit 0) —
+// the guard checked for it before tokio's signal task had passed it on. Here the deadline
+// is written the moment the signal is sent, twenty times.
+#[test]
+fn a_signal_to_the_guard_with_the_deadline_close_behind_still_means_it_never_starts() {
+    for round in 0..20 {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let started = dir.path().join("started");
+        let (read, mut write) = std::io::pipe().expect("pipe");
+        let guard = std::process::Command::new(BIN)
+            .args(["__guard", "0", "--", "sh", "-c", "echo > \"$0\"; sleep 30"])
+            .arg(&started)
+            .stdin(read)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the guard");
+        let pid = pid_of(&guard);
+        common::poll_until(Duration::from_secs(10), "the guard catches SIGTERM", || {
+            catches(pid, Signal::TERM)
+        });
+        kill_process(pid, Signal::TERM).expect("signal the guard");
+        {
+            use std::io::Write;
+            let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+            let nanos = now.tv_sec as u128 * 1_000_000_000 + now.tv_nsec as u128 + 30_000_000_000;
+            let _ = write.write_all(format!("until {nanos}\n").as_bytes());
+        }
+        let out = output_within(guard, Duration::from_secs(10));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !started.exists(),
+            "round {round}: SIGTERM before the start, the command started anyway ({:?}, {err})",
+            out.status
+        );
+        assert_eq!(out.status.code(), Some(143), "round {round}: {err}");
+    }
+}
+
+/// Waits (bounded) until `pid` is stopped.
+fn until_stopped(pid: rustix::process::Pid) {
+    common::poll_until(Duration::from_secs(10), "the waiter is stopped", || {
+        common::state_of(pid) == Some('T')
+    });
+}
+
+// A review: a waiter continued while its server was briefly down exited 69 at once, where
+// a waiter never stopped rides the same outage out within its --wait.
+#[test]
+fn a_waiter_continued_while_the_server_is_down_waits_for_it_within_its_wait() {
+    let mut server = fencelock_testkit::redis_server::RedisServer::start();
+    let url = server.url();
+    let mut holder = hold(fencelock(&url), &["run", "k"]);
+    let (mut w, w_err) = common::waiter_in_line(&url, "run", "W ran", &|| {
+        server.integer("LLEN fencelock:{k}:queue").unwrap_or(0) >= 1
+    });
+    kill_process(pid_of(&w), Signal::TSTP).expect("SIGTSTP");
+    until_stopped(pid_of(&w));
+    server.kill();
+    kill_process(pid_of(&w), Signal::CONT).expect("SIGCONT");
+    // Its connects are refused now; give it a second to (wrongly) give up.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(1) && w.try_wait().expect("try_wait").is_none() {
+        std::thread::sleep(Duration::from_millis(10)); // watching for an exit that must not come
+    }
+    let early = w.try_wait().expect("try_wait");
+    server.restart(); // empty: the holder's lock is gone with it
+    let _ = holder.kill(); // its lock went with the server's data
+    let _ = holder.wait();
+    let out = output_within(w, Duration::from_secs(30));
+    let lines: Vec<String> = w_err.try_iter().collect();
+    assert!(
+        early.is_none(),
+        "W gave up while the server was down: {early:?} {lines:?}"
+    );
+    assert!(out.status.success(), "W: {:?} {lines:?}", out.status);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "W ran");
+}
+
+// A review: time stopped during the first connect did not count against --wait (W waited
+// a further 2 s after 8 s had passed).
+#[test]
+fn time_stopped_while_connecting_counts_against_the_wait() {
+    let server = fencelock_testkit::redis_server::RedisServer::start();
+    let url = server.url();
+    let holder = hold(fencelock(&url), &["run", "k"]);
+    server.pause(); // W's connect hangs
+    let w = fencelock(&url)
+        .args(["-v", "run", "k", "--wait", "2s", "--", "true"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn W");
+    let pid = pid_of(&w);
+    common::poll_until(Duration::from_secs(10), "W catches SIGTSTP", || {
+        catches(pid, Signal::TSTP)
+    });
+    kill_process(pid, Signal::TSTP).expect("SIGTSTP");
+    until_stopped(pid);
+    std::thread::sleep(Duration::from_secs(3)); // W stays stopped past its whole --wait
+    server.resume();
+    let continued = Instant::now();
+    kill_process(pid, Signal::CONT).expect("SIGCONT");
+    let out = output_within(w, Duration::from_secs(20));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{err}");
+    assert!(
+        continued.elapsed() < Duration::from_millis(1900),
+        "W waited {:?} more after being continued past its --wait: {err}",
+        continued.elapsed()
+    );
+    end(holder);
+}

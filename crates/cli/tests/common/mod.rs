@@ -283,7 +283,7 @@ pub fn signals_while_waiting_on_zookeeper(zk: &fencelock_testkit::zk_server::ZkE
 /// Spawns a waiter on `k` (`-v VERB k --wait 60s --ttl 30s -- echo WORD`, VERB `run` or
 /// `elect`, every stream piped) and returns it with its stderr lines, once it said it is
 /// acquiring (campaigning) and `queued` says it is in line.
-fn waiter_in_line(url: &str, verb: &str, word: &str, queued: &dyn Fn() -> bool) -> (Child, mpsc::Receiver<String>) {
+pub fn waiter_in_line(url: &str, verb: &str, word: &str, queued: &dyn Fn() -> bool) -> (Child, mpsc::Receiver<String>) {
     let mut waiter = fencelock(url)
         .args(["-v", verb, "k", "--wait", "60s", "--ttl", "30s", "--", "echo", word])
         .stdin(Stdio::null())
@@ -313,7 +313,7 @@ fn waiter_in_line(url: &str, verb: &str, word: &str, queued: &dyn Fn() -> bool) 
 }
 
 /// The process's state letter from `/proc/PID/stat` (`T`: stopped).
-fn state_of(pid: Pid) -> Option<char> {
+pub fn state_of(pid: Pid) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())).ok()?;
     stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
