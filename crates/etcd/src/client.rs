@@ -48,11 +48,22 @@ async fn answers_not_h2(endpoint: &str, limit: std::time::Duration) -> Option<St
         .ok()?
         .ok()?;
     conn.write_all(H2_PREFACE).await.ok()?;
+    // Up to a frame header's 9 bytes (or 24 of anything else): a header may arrive in
+    // pieces, and a real etcd must never be taken for the wrong service.
     let mut buf = [0u8; 24];
-    let n = tokio::time::timeout(limit, conn.read(&mut buf)).await.ok()?.ok()?;
+    let mut n = 0;
+    let until = tokio::time::Instant::now() + limit;
+    while n < 9 {
+        match tokio::time::timeout_at(until, conn.read(&mut buf[n..])).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(got)) => n += got,
+        }
+    }
     let first = &buf[..n];
     let settings = n >= 9 && first[3] == 0x04 && first[5..9] == [0, 0, 0, 0];
-    if n == 0 || settings {
+    // Fewer than 9 bytes that could still begin a SETTINGS frame: not proof of anything.
+    let maybe_h2 = n < 9 && (n < 4 || first[3] == 0x04);
+    if n == 0 || settings || maybe_h2 {
         return None;
     }
     let text: String = String::from_utf8_lossy(first)
