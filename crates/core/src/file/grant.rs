@@ -407,21 +407,28 @@ impl Drop for Running {
 }
 
 /// Runs `f` in a blocking task, which completes even if the caller is dropped; counted in
-/// `ops` until it has.
+/// `ops` until it has, its answer included (dropped there when the caller is gone).
 pub(crate) async fn blocking<T: Send + 'static>(
     ops: &Arc<InFlight>,
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
     ops.0.send_modify(|n| *n += 1);
     let running = Running(Arc::clone(ops));
-    match tokio::task::spawn_blocking(move || {
-        let _running = running;
-        f()
-    })
-    .await
-    {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::task::spawn_blocking(move || {
+        // An answer nobody waits for any more (the caller was dropped) is dropped here,
+        // before the operation stops counting: an unclaimed grant has closed its liveness
+        // file (freeing the key) by the time `close` sees none running.
+        drop(tx.send(f()));
+        drop(running);
+    });
+    match rx.await {
         Ok(r) => r,
-        Err(e) => Err(LockError::backend(BACKEND, "file operation task failed", e)),
+        Err(e) => Err(LockError::backend(
+            BACKEND,
+            "file operation task failed (it panicked)",
+            e,
+        )),
     }
 }
 
