@@ -139,29 +139,36 @@ fn on_files_a_paused_or_killed_holder_never_runs_beside_the_next() {
     killed_holder_with_a_grandchild(&file_url(dir.path()));
 }
 
-/// The children of `pid`, from /proc/*/stat (field 4, after the parenthesised name).
-fn children_of(pid: Pid) -> Vec<Pid> {
+/// Every process: `(pid, state, ppid, pgrp)`, from /proc/*/stat (the fields after the
+/// parenthesised name).
+fn processes() -> Vec<(Pid, String, i32, i32)> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse().ok())
+            .and_then(Pid::from_raw)
+        else {
+            continue;
+        };
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
             continue;
         };
         let Some((_, after_name)) = stat.rsplit_once(") ") else {
             continue;
         };
-        let ppid = after_name.split(' ').nth(1).and_then(|p| p.parse::<i32>().ok());
-        if ppid == Some(pid.as_raw_nonzero().get()) {
-            if let Some(child) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse().ok())
-                .and_then(Pid::from_raw)
-            {
-                found.push(child);
-            }
-        }
+        let fields: Vec<&str> = after_name.split(' ').collect();
+        let number = |i: usize| fields.get(i).and_then(|f| f.parse::<i32>().ok()).unwrap_or(0);
+        found.push((pid, fields.first().unwrap_or(&"").to_string(), number(1), number(2)));
     }
     found
+}
+
+/// The children of `pid`.
+fn children_of(pid: Pid) -> Vec<Pid> {
+    let want = pid.as_raw_nonzero().get();
+    processes().into_iter().filter(|p| p.2 == want).map(|p| p.0).collect()
 }
 
 /// The file backend's SIGKILL window (docs/cli.md): a SIGKILLed `run` must not free the
@@ -433,30 +440,14 @@ const LEAVES_ONE_BEHIND: &str = r#"cut -d' ' -f5 /proc/$$/stat > "$LOG.group"
 ( trap '' TERM; i=0; while [ $i -lt 1200 ]; do echo A-ALIVE >> "$LOG"; i=$((i+1)); sleep 0.05; done ) &
 exit 0"#;
 
-/// The processes of group `group` that run (zombies do not), from /proc/*/stat.
+/// The processes of group `group` that run (zombies do not).
 fn members_of(group: Pid) -> Vec<Pid> {
-    let want = group.as_raw_nonzero().get().to_string();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let Some((_, after_name)) = stat.rsplit_once(") ") else {
-            continue;
-        };
-        let fields: Vec<&str> = after_name.split(' ').collect();
-        if fields.get(2) == Some(&want.as_str()) && !matches!(fields.first(), Some(&"Z") | Some(&"X")) {
-            if let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse().ok())
-                .and_then(Pid::from_raw)
-            {
-                found.push(pid);
-            }
-        }
-    }
-    found
+    let want = group.as_raw_nonzero().get();
+    processes()
+        .into_iter()
+        .filter(|p| p.3 == want && p.1 != "Z" && p.1 != "X")
+        .map(|p| p.0)
+        .collect()
 }
 
 /// A's command exits and leaves a process behind that ignores SIGTERM; while `run` waits

@@ -245,35 +245,15 @@ fn catches(pid: rustix::process::Pid, sig: Signal) -> bool {
 #[test]
 fn a_signal_to_the_guard_before_the_command_starts_means_it_never_starts() {
     for sig in [Signal::HUP, Signal::INT, Signal::TERM] {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let started = dir.path().join("started");
-        let (read, mut write) = std::io::pipe().expect("pipe");
-        let mut guard = std::process::Command::new(BIN)
-            .args(["__guard", "0", "--", "sh", "-c", "echo > \"$0\"; sleep 30"])
-            .arg(&started)
-            .stdin(read)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the guard");
-        let pid = pid_of(&guard);
-        common::poll_until(Duration::from_secs(10), "the guard catches the signal", || {
-            catches(pid, sig)
-        });
-        kill_process(pid, sig).expect("signal the guard");
-        let out = {
-            let start = Instant::now();
-            while guard.try_wait().expect("try_wait").is_none() && start.elapsed() < Duration::from_secs(5) {
-                std::thread::sleep(Duration::from_millis(10)); // polling a child's exit, bounded
-            }
-            if guard.try_wait().expect("try_wait").is_none() {
-                // What `run` would send next: the lease's deadline, 30 s from now.
-                use std::io::Write;
-                let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-                let nanos = now.tv_sec as u128 * 1_000_000_000 + now.tv_nsec as u128 + 30_000_000_000;
-                let _ = write.write_all(format!("until {nanos}\n").as_bytes());
-            }
-            output_within(guard, Duration::from_secs(10))
-        };
+        let (mut guard, mut control, started, _dir) = guard_in_wait(sig);
+        let start = Instant::now();
+        while guard.try_wait().expect("try_wait").is_none() && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10)); // polling a child's exit, bounded
+        }
+        if guard.try_wait().expect("try_wait").is_none() {
+            send_deadline(&mut control); // what `run` would send next
+        }
+        let out = output_within(guard, Duration::from_secs(10));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             !started.exists(),
@@ -285,6 +265,43 @@ fn a_signal_to_the_guard_before_the_command_starts_means_it_never_starts() {
     }
 }
 
+/// The guard driven as `run` drives it (the control pipe is its stdin, descriptor 0), its
+/// command `sh -c 'echo > STARTED; sleep 30'`, once it catches `sig`, which is then sent
+/// to it; returns it with the control pipe's write end, STARTED's path and its directory.
+fn guard_in_wait(
+    sig: Signal,
+) -> (
+    std::process::Child,
+    std::fs::File,
+    std::path::PathBuf,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let started = dir.path().join("started");
+    let (read, write) = rustix::pipe::pipe().expect("pipe");
+    let guard = std::process::Command::new(BIN)
+        .args(["__guard", "0", "--", "sh", "-c", "echo > \"$0\"; sleep 30"])
+        .arg(&started)
+        .stdin(read)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the guard");
+    let pid = pid_of(&guard);
+    common::poll_until(Duration::from_secs(10), "the guard catches the signal", || {
+        catches(pid, sig)
+    });
+    kill_process(pid, sig).expect("signal the guard");
+    (guard, std::fs::File::from(write), started, dir)
+}
+
+/// Writes the lease's deadline, 30 s from now, as `run` does after the grant.
+fn send_deadline(control: &mut std::fs::File) {
+    use std::io::Write;
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    let nanos = now.tv_sec as u128 * 1_000_000_000 + now.tv_nsec as u128 + 30_000_000_000;
+    let _ = control.write_all(format!("until {nanos}\n").as_bytes());
+}
+
 // The review after the fix above: a signal that reached the guard just before `run` told
 // it the deadline was still missed (2–7 of 150 runs: the command ran to its end, exit 0) —
 // the guard checked for it before tokio's signal task had passed it on. Here the deadline
@@ -292,27 +309,8 @@ fn a_signal_to_the_guard_before_the_command_starts_means_it_never_starts() {
 #[test]
 fn a_signal_to_the_guard_with_the_deadline_close_behind_still_means_it_never_starts() {
     for round in 0..20 {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let started = dir.path().join("started");
-        let (read, mut write) = std::io::pipe().expect("pipe");
-        let guard = std::process::Command::new(BIN)
-            .args(["__guard", "0", "--", "sh", "-c", "echo > \"$0\"; sleep 30"])
-            .arg(&started)
-            .stdin(read)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the guard");
-        let pid = pid_of(&guard);
-        common::poll_until(Duration::from_secs(10), "the guard catches SIGTERM", || {
-            catches(pid, Signal::TERM)
-        });
-        kill_process(pid, Signal::TERM).expect("signal the guard");
-        {
-            use std::io::Write;
-            let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-            let nanos = now.tv_sec as u128 * 1_000_000_000 + now.tv_nsec as u128 + 30_000_000_000;
-            let _ = write.write_all(format!("until {nanos}\n").as_bytes());
-        }
+        let (guard, mut control, started, _dir) = guard_in_wait(Signal::TERM);
+        send_deadline(&mut control);
         let out = output_within(guard, Duration::from_secs(10));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(

@@ -131,28 +131,8 @@ pub fn first_line(child: &mut Child) -> String {
 pub fn signal_while_waiting(url: &str, sig: Signal, queued: &dyn Fn() -> bool) {
     let holder = hold(fencelock(url), &["run", "k"]);
     let _ = queued(); // records the server's count before the waiter comes
-    let mut waiter = fencelock(url)
-        .args(["-v", "run", "k", "--wait", "60s", "--", "true"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn waiter");
-    let (tx, rx) = mpsc::channel();
-    let err = waiter.stderr.take().expect("stderr");
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let start = Instant::now();
-    let mut lines = Vec::new();
-    while !lines.iter().any(|l: &String| l.contains("acquiring")) {
-        let left = Duration::from_secs(20).saturating_sub(start.elapsed());
-        match rx.recv_timeout(left) {
-            Ok(line) => lines.push(line),
-            Err(_) => panic!("the waiter never said it was acquiring: {lines:?}"),
-        }
-    }
-    poll_until(Duration::from_secs(20), "the waiter is in line", queued);
+    let (mut waiter, rx) = waiter_in_line(url, "run", "W ran", queued);
+    let mut lines: Vec<String> = rx.try_iter().collect();
     kill_process(pid_of(&waiter), sig).expect("signal the waiter");
     poll_until(Duration::from_secs(10), "the waiter exits", || {
         waiter.try_wait().expect("try_wait").is_some()

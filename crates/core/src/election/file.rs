@@ -294,7 +294,6 @@ mod tests {
     #[test]
     #[ignore = "run by a_record_written_out_of_descriptors_is_temporary_and_leaves_no_file"]
     fn child_record_out_of_descriptors() {
-        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
         let lock = FileLock::open_with(&child_dir(), false).unwrap();
         let seat = FileSeat {
             dir: lock.dir().to_path_buf(),
@@ -302,24 +301,7 @@ mod tests {
             grant: "0123abcd".into(),
             term: 1,
         };
-        // A low limit, so filling it takes few files.
-        let limit = getrlimit(Resource::Nofile);
-        setrlimit(
-            Resource::Nofile,
-            Rlimit {
-                current: Some(limit.maximum.map_or(64, |max| max.min(64))),
-                maximum: limit.maximum,
-            },
-        )
-        .unwrap();
-        let mut filler = Vec::new();
-        loop {
-            match std::fs::File::open("/dev/null") {
-                Ok(f) => filler.push(f),
-                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::MFILE.raw_os_error()) => break,
-                Err(e) => panic!("{e}"),
-            }
-        }
+        let filler = crate::file::tests::use_up_descriptors();
         // No descriptor left: the record's new file cannot be made.
         let outcome = seat.write(b"host-a".to_vec());
         drop(filler);

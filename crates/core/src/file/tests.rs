@@ -347,18 +347,6 @@ fn created_directory_and_files_are_private() {
     });
 }
 
-#[test]
-fn symlinked_directory_is_refused() {
-    let parent = tempfile::tempdir().unwrap();
-    let real = parent.path().join("real");
-    std::fs::create_dir(&real).unwrap();
-    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let link = parent.path().join("link");
-    symlink(&real, &link).unwrap();
-    let e = FileLock::open(&link).unwrap_err();
-    assert!(matches!(e, LockError::InvalidConfig { .. }), "{e}");
-}
-
 #[tokio::test]
 async fn corrupt_state_is_a_permanent_error_not_retried_for_the_wait() {
     let dir = tempfile::tempdir().unwrap();
@@ -506,6 +494,30 @@ pub(crate) fn run_child(name: &str, dir: &Path) {
     );
 }
 
+/// For a child process only: lowers its descriptor limit (to 64, so that filling it takes
+/// few files) and opens `/dev/null` until no descriptor is left; returns the files, to be
+/// dropped (or truncated) to free some.
+pub(crate) fn use_up_descriptors() -> Vec<std::fs::File> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(limit.maximum.map_or(64, |max| max.min(64))),
+            maximum: limit.maximum,
+        },
+    )
+    .unwrap();
+    let mut filler = Vec::new();
+    loop {
+        match std::fs::File::open("/dev/null") {
+            Ok(f) => filler.push(f),
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::MFILE.raw_os_error()) => return filler,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
 pub(crate) fn child_dir() -> std::path::PathBuf {
     std::env::var_os(CHILD_DIR)
         .expect("run by its parent test, with FENCELOCK_FILE_TEST_DIR set")
@@ -527,27 +539,9 @@ fn a_grant_out_of_descriptors_is_temporary_and_leaves_no_liveness_file() {
 #[test]
 #[ignore = "run by a_grant_out_of_descriptors_is_temporary_and_leaves_no_liveness_file"]
 fn child_grant_out_of_descriptors() {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     let dir = std::sync::Arc::new(child_dir());
     let files = super::grant::KeyFiles::new(&dir, "k", false, 0o600);
-    // A low limit, so filling it takes few files.
-    let limit = getrlimit(Resource::Nofile);
-    setrlimit(
-        Resource::Nofile,
-        Rlimit {
-            current: Some(limit.maximum.map_or(64, |max| max.min(64))),
-            maximum: limit.maximum,
-        },
-    )
-    .unwrap();
-    let mut filler = Vec::new();
-    loop {
-        match std::fs::File::open("/dev/null") {
-            Ok(f) => filler.push(f),
-            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::MFILE.raw_os_error()) => break,
-            Err(e) => panic!("{e}"),
-        }
-    }
+    let mut filler = use_up_descriptors();
     // Two descriptors free: the key's mutex and the new liveness file. The state file is
     // missing (a fresh key), so reading it takes none, and the state's replacement fails.
     assert!(filler.len() >= 2, "too few descriptors to free: {}", filler.len());
@@ -604,9 +598,9 @@ fn child_shared_files_under_umask_077() {
     });
 }
 
-/// The directory checks look at the path as it will be used: a trailing `/` or `/.`
-/// makes `symlink_metadata` follow a link, so a symlinked directory spelled so must be
-/// refused all the same.
+/// A symlinked directory is refused, however spelled: the directory checks look at the
+/// path as it will be used, and a trailing `/` or `/.` makes `symlink_metadata` follow a
+/// link.
 #[test]
 fn symlinked_directory_is_refused_however_spelled() {
     let parent = tempfile::tempdir().unwrap();
@@ -617,6 +611,7 @@ fn symlinked_directory_is_refused_however_spelled() {
     symlink(&real, &link).unwrap();
     let link = link.display();
     for spelled in [
+        format!("{link}"),
         format!("{link}/"),
         format!("{link}//"),
         format!("{link}/."),
