@@ -76,13 +76,17 @@ fn write_record(files: &KeyFiles, grant: &str, record: &Record) -> Result<()> {
 }
 
 fn read_record(path: &Path) -> Result<Option<Record>> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| LockError::backend(BACKEND, format!("election record {} is corrupt", path.display()), e)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_error(format!("cannot read {}", path.display()), e)),
-    }
+    // As the lock's own files are opened (`os::open_read`): never through a symbolic link,
+    // and non-blocking, so a FIFO planted as a record cannot freeze the reader.
+    let cannot_read = |e| io_error(format!("cannot read {}", path.display()), e);
+    let Some(mut f) = crate::file::os::open_read(path).map_err(cannot_read)? else {
+        return Ok(None);
+    };
+    let mut bytes = Vec::with_capacity(128);
+    std::io::Read::read_to_end(&mut f, &mut bytes).map_err(cannot_read)?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| LockError::backend(BACKEND, format!("election record {} is corrupt", path.display()), e))
 }
 
 /// Removes the value records of grants other than `keep` (left by earlier leaders).
@@ -309,5 +313,30 @@ mod tests {
             Ok(()) => panic!("the record was written with no descriptor left"),
             Err(e) => assert!(e.is_temporary(), "EMFILE should be temporary: {e}"),
         }
+    }
+
+    /// A record is read as the lock's files are: never through a symbolic link, and a FIFO
+    /// planted in its place (a group member of a shared directory can) does not block the
+    /// reader. Before, `std::fs::read` followed a link to any file, and a FIFO froze
+    /// `leader` for good (a review, by reading the code).
+    #[test]
+    fn a_record_is_never_read_through_a_link_or_blocked_by_a_fifo() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere.json");
+        std::fs::write(&elsewhere, br#"{"term":7,"value":[104,105]}"#).unwrap();
+        let link = dir.path().join("k.00.leader");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        let read = read_record(&link);
+        assert!(read.is_err(), "a record was read through a symbolic link: {read:?}");
+
+        let fifo = dir.path().join("k.01.leader");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success(), "mkfifo");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(read_record(&fifo).is_ok());
+        });
+        let answered = rx.recv_timeout(Duration::from_secs(5));
+        assert!(answered.is_ok(), "reading a FIFO planted as a record blocked");
     }
 }

@@ -35,7 +35,7 @@ mod config;
 mod error;
 mod grant;
 mod naming;
-mod os;
+pub(crate) mod os;
 mod state;
 mod wait;
 
