@@ -61,3 +61,56 @@ async fn redis() -> Redis {
 }
 
 fencelock_testkit::election_suite!(redis(), config());
+
+/// Redis terms restart after the server loses its data (a restart without `appendfsync
+/// always`; FLUSHALL here), as docs/election.md says. An observer that had seen term 3
+/// refused every lower term from then on, so `leader --watch` showed the dead leader, then
+/// "none", while another led with term 1 (a review, 3 of 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_follows_terms_that_restart_after_the_server_lost_its_data() {
+    let fixture = redis().await;
+    let elections = RedisElection::connect(&fixture.server.url()).await.expect("connect");
+    let opts = fencelock_core::LockOptions::new().with_ttl(Duration::from_secs(30));
+    for _ in 0..2 {
+        elections
+            .campaign("restarts", b"old", &opts)
+            .await
+            .expect("campaign")
+            .resign()
+            .await
+            .expect("resign");
+    }
+    let mut observer = elections.observe("restarts").await.expect("observe");
+    let a = elections.campaign("restarts", b"A", &opts).await.expect("campaign A");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = tokio::time::timeout_at(deadline, observer.changed())
+            .await
+            .expect("A observed");
+        if seen.flatten().is_some_and(|l| l.term == a.term()) {
+            break;
+        }
+    }
+    let server = Arc::clone(&fixture.server);
+    tokio::task::spawn_blocking(move || server.command("FLUSHALL"))
+        .await
+        .expect("FLUSHALL");
+    let b = elections.campaign("restarts", b"B", &opts).await.expect("campaign B");
+    assert!(
+        b.term() < a.term(),
+        "the terms did not restart: {} then {}",
+        a.term(),
+        b.term()
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = tokio::time::timeout_at(deadline, observer.changed())
+            .await
+            .expect("the observer never reported the leader with the restarted term");
+        if seen.flatten().is_some_and(|l| l.term == b.term() && l.value == b"B") {
+            break;
+        }
+    }
+    drop(a);
+    b.resign().await.expect("resign");
+}

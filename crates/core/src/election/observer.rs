@@ -4,7 +4,11 @@
 //! skips intermediate leaders instead of queueing without bound — the "may skip, never go
 //! back" rule of etcd's Observe. The feed refuses a state whose term is lower than the one
 //! it holds, and each observer refuses one lower than it last reported, so a reordered
-//! backend notification cannot make an observer go back.
+//! backend notification cannot make an observer go back — for backends whose terms only
+//! grow. Where terms may restart (Redis without `appendfsync always` after it lost its
+//! data), a feed made [`restarting`](ObserverFeed::restarting) takes every state as it
+//! comes: the seat glue feeds it reads made one after another, each the truth when made,
+//! and refusing a lower term would hide every later leader.
 
 use std::fmt;
 
@@ -17,6 +21,8 @@ use super::LeaderInfo;
 #[derive(Debug, Clone)]
 pub struct ObserverFeed {
     tx: watch::Sender<Option<LeaderInfo>>,
+    /// Terms may go back (see the module docs): no state is refused for its term.
+    restarts: bool,
 }
 
 impl Default for ObserverFeed {
@@ -30,14 +36,24 @@ impl ObserverFeed {
     pub fn new(initial: Option<LeaderInfo>) -> Self {
         ObserverFeed {
             tx: watch::channel(initial).0,
+            restarts: false,
         }
     }
 
-    /// Publishes `state` unless it equals the current one or names a lower term than the
-    /// current leader's; returns whether it was published.
+    /// This feed for a backend whose terms may restart (its tokens are not strictly
+    /// monotonic): a lower term is published, and its observers report it.
+    pub fn restarting(mut self, restarts: bool) -> Self {
+        self.restarts = restarts;
+        self
+    }
+
+    /// Publishes `state` unless it equals the current one or (terms not
+    /// [`restarting`](Self::restarting)) names a lower term than the current leader's;
+    /// returns whether it was published.
     pub fn publish(&self, state: Option<LeaderInfo>) -> bool {
+        let restarts = self.restarts;
         self.tx.send_if_modified(|cur| {
-            let older = matches!((&*cur, &state), (Some(c), Some(s)) if s.term < c.term);
+            let older = !restarts && matches!((&*cur, &state), (Some(c), Some(s)) if s.term < c.term);
             if older || *cur == state {
                 return false;
             }
@@ -65,25 +81,26 @@ impl ObserverFeed {
 
     /// A new observer, starting at the current state.
     pub fn subscribe(&self) -> Observer {
-        Observer::new(self.tx.subscribe(), None)
+        Observer::new(self.tx.subscribe(), None).restarting(self.restarts)
     }
 
     /// A new observer that aborts `task` (the backend's watcher feeding this feed) when
     /// dropped.
     pub fn subscribe_with(&self, task: AbortHandle) -> Observer {
-        Observer::new(self.tx.subscribe(), Some(task))
+        Observer::new(self.tx.subscribe(), Some(task)).restarting(self.restarts)
     }
 }
 
 /// An observer fed by reading the seat every `interval` with `read` (for backends without
 /// a change notification that carries the value). The polling task lives as long as the
 /// observer and is aborted with it; a failed read is logged and retried at the next tick.
-pub fn polled<F, Fut>(interval: std::time::Duration, read: F) -> Observer
+/// `restarts`: the backend's terms may go back (see [`ObserverFeed::restarting`]).
+pub fn polled<F, Fut>(interval: std::time::Duration, restarts: bool, read: F) -> Observer
 where
     F: Fn() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = crate::Result<Option<LeaderInfo>>> + Send + 'static,
 {
-    let feed = ObserverFeed::default();
+    let feed = ObserverFeed::default().restarting(restarts);
     let tx = feed.clone();
     let task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
@@ -118,6 +135,8 @@ where
 pub struct Observer {
     rx: watch::Receiver<Option<LeaderInfo>>,
     last_term: Option<crate::FencingToken>,
+    /// Terms may go back: none is skipped (see [`ObserverFeed::restarting`]).
+    restarts: bool,
     started: bool,
     task: Option<AbortHandle>,
 }
@@ -145,9 +164,16 @@ impl Observer {
         Observer {
             rx,
             last_term: None,
+            restarts: false,
             started: false,
             task,
         }
+    }
+
+    /// This observer for a backend whose terms may restart: it reports a lower term too.
+    pub fn restarting(mut self, restarts: bool) -> Self {
+        self.restarts = restarts;
+        self
     }
 
     /// The state now, without waiting (and without marking it seen).
@@ -173,7 +199,7 @@ impl Observer {
             self.started = true;
             let state = self.rx.borrow_and_update().clone();
             match &state {
-                Some(l) if self.last_term.is_some_and(|t| l.term < t) => continue,
+                Some(l) if !self.restarts && self.last_term.is_some_and(|t| l.term < t) => continue,
                 Some(l) => self.last_term = Some(l.term),
                 None => {}
             }

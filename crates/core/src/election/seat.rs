@@ -181,9 +181,10 @@ where
 ///
 /// # Errors
 /// The first read's error.
-pub async fn watched(mut watch: Box<dyn SeatWatch>) -> Result<Observer> {
+/// `restarts`: the backend's terms may go back (see [`ObserverFeed::restarting`]).
+pub async fn watched(mut watch: Box<dyn SeatWatch>, restarts: bool) -> Result<Observer> {
     let first = watch.arm_and_read().await?;
-    let feed = ObserverFeed::default();
+    let feed = ObserverFeed::default().restarting(restarts);
     let mut follow = Follow {
         feed: feed.clone(),
         unwritten: None,
@@ -290,11 +291,14 @@ impl<S: SeatBackend> Election for S {
     async fn observe(&self, name: &str) -> Result<Observer> {
         let seat = seat_key(name)?;
         let caps = self.election_capabilities();
+        // Terms that may go back (a Redis that lost its data starts its counters again)
+        // must not be refused as stale by the observer.
+        let restarts = self.seat_lock().guarantees().tokens != crate::guarantees::TokenOrder::StrictlyMonotonic;
         match caps.observe {
-            Observation::Native => watched(self.seat_watch(name, &seat).await?).await,
+            Observation::Native => watched(self.seat_watch(name, &seat).await?, restarts).await,
             Observation::Polled { interval_ms } => {
                 let (me, name) = (self.clone(), name.to_owned());
-                Ok(polled(Duration::from_millis(interval_ms), move || {
+                Ok(polled(Duration::from_millis(interval_ms), restarts, move || {
                     let (me, name, seat) = (me.clone(), name.clone(), seat.clone());
                     async move { settle(|| me.read_seat(&name, &seat)).await }
                 }))
