@@ -88,14 +88,24 @@ impl SeatBackend for RedlockElection {
         let quorum = self.lock.config().quorum();
         let mut votes: Vec<(LeaderInfo, usize)> = Vec::new();
         let mut empty = 0;
+        // Nodes whose seat is held, with or without a record, and the highest term they
+        // name (a grant's token is the highest counter among the nodes that granted it).
+        let (mut held, mut term) = (0, None::<fencelock_core::FencingToken>);
         for a in answers.into_iter().flatten() {
             match a.state {
-                SeatState::Leader(l) => match votes.iter_mut().find(|(v, _)| *v == l) {
-                    Some((_, n)) => *n += 1,
-                    None => votes.push((l, 1)),
-                },
+                SeatState::Leader(l) => {
+                    held += 1;
+                    term = term.max(Some(l.term));
+                    match votes.iter_mut().find(|(v, _)| *v == l) {
+                        Some((_, n)) => *n += 1,
+                        None => votes.push((l, 1)),
+                    }
+                }
                 SeatState::Empty => empty += 1,
-                SeatState::Unwritten(_) => {}
+                SeatState::Unwritten(t) => {
+                    held += 1;
+                    term = term.max(Some(t));
+                }
             }
         }
         if let Some((l, _)) = votes.into_iter().find(|(_, n)| *n >= quorum) {
@@ -103,6 +113,12 @@ impl SeatBackend for RedlockElection {
         }
         if empty >= quorum {
             return Ok(SeatRead::new(SeatState::Empty));
+        }
+        // Held on a quorum, no record agreed on: a plain lock on the seat's key, or a
+        // campaign between its grant and its proclaim reaching a quorum. The seat glue
+        // reads again for a while, then reports it with no value.
+        if let (true, Some(term)) = (held >= quorum, term) {
+            return Ok(SeatRead::new(SeatState::Unwritten(term)));
         }
         Err(LockError::Unavailable {
             message: format!("no quorum of {quorum} nodes agrees on the leader of `{name}`"),

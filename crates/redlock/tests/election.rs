@@ -59,4 +59,32 @@ async fn election_conformance_on_redlock() {
         ..ElectionConfig::default()
     };
     run_all_elections(&redlock, &cfg).await;
+    a_plain_lock_on_the_seat_is_a_leader_with_no_value(&redlock).await;
+}
+
+/// A plain lock on the seat's key (`election.NAME`), as `fencelock run election.NAME` takes
+/// it — and any campaign between its grant and its first proclaim: the seat is held with
+/// no record. `leader` must report it (no value; the docs say so), not `Unavailable`
+/// because no quorum agreed on a record (a review: `leader` exit 69, and `elect --no-wait`
+/// 69 instead of 75).
+async fn a_plain_lock_on_the_seat_is_a_leader_with_no_value(redlock: &Redlock) {
+    use fencelock_core::DistributedLock;
+    let url = redlock_url(&redlock.servers, QUERY);
+    let locks = fencelock_redlock::RedlockLock::connect(&url)
+        .await
+        .expect("redlock lock");
+    let lease = locks
+        .acquire("election.plain", &fencelock_core::LockOptions::new())
+        .await
+        .expect("the seat's key as a plain lock");
+    let elections = redlock.election().await;
+    let leader = elections
+        .leader("plain")
+        .await
+        .expect("leader of a seat held without a record");
+    let leader = leader.expect("the seat is held");
+    assert!(leader.value.is_empty(), "{leader:?}");
+    assert_eq!(leader.term, lease.token(), "the holder's term");
+    lease.release().await.expect("release");
+    assert_eq!(elections.leader("plain").await.expect("leader"), None);
 }
