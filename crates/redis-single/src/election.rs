@@ -140,14 +140,30 @@ impl RedisElection {
 pub async fn read_seat_on(node: &RedisNode, name: &str) -> Result<SeatRead> {
     let keys = SeatKeys::new(&node.config().prefix, name)?;
     let mut conn = node.connection().await?;
-    let (state, term, value, pttl): (i64, u64, Vec<u8>, i64) = LEADER
-        .call()
-        .key(&keys.lock)
-        .key(&keys.record)
-        .key(&keys.counter)
-        .invoke(&mut conn)
-        .await
-        .map_err(|e| failed("reading the election's leader", node.server(), e))?;
+    let read = |mut conn: redis::aio::ConnectionManager| {
+        let keys = &keys;
+        async move {
+            LEADER
+                .call()
+                .key(&keys.lock)
+                .key(&keys.record)
+                .key(&keys.counter)
+                .invoke::<(i64, u64, Vec<u8>, i64)>(&mut conn)
+                .await
+        }
+    };
+    // A read, safe to repeat: a connection the server closed while it was idle (CLIENT
+    // KILL, its `timeout`, a proxy's idle cut) fails the first command on it, and the
+    // connection manager reconnects for the next; one more try, so that an observer does
+    // not report the seat unknown while the server is fine.
+    let answer = match read(conn.clone()).await {
+        Err(e) if e.is_io_error() || e.is_connection_dropped() => {
+            conn = node.connection().await?;
+            read(conn).await
+        }
+        other => other,
+    };
+    let (state, term, value, pttl) = answer.map_err(|e| failed("reading the election's leader", node.server(), e))?;
     let term = FencingToken::new(term);
     let state = match state {
         0 => SeatState::Empty,

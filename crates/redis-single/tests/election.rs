@@ -114,3 +114,20 @@ async fn an_observer_follows_terms_that_restart_after_the_server_lost_its_data()
     drop(a);
     b.resign().await.expect("resign");
 }
+
+/// A read of the seat on a connection the server closed while idle (`CLIENT KILL`, a
+/// server-side `timeout`, a proxy's idle cut) is made again on a new connection: it is a
+/// read, safe to repeat. Before, the first read after the cut failed, and `leader --watch`
+/// printed `unknown` with a "broken pipe" warning while the server was fine (review, 3 of 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seat_read_on_a_connection_the_server_closed_is_made_again() {
+    let fixture = redis().await;
+    let elections = RedisElection::connect(&fixture.server.url()).await.expect("connect");
+    assert_eq!(elections.leader("cut").await.expect("leader"), None);
+    let server = Arc::clone(&fixture.server);
+    tokio::task::spawn_blocking(move || server.command("CLIENT KILL TYPE normal"))
+        .await
+        .expect("CLIENT KILL");
+    let read = elections.leader("cut").await;
+    assert!(matches!(read, Ok(None)), "the read after the cut: {read:?}");
+}
