@@ -198,6 +198,11 @@ fn check_value(value: &str) -> Result<(), String> {
             "--value contains the control character {c:?}; `leader --watch` prints one line per change, so a value is one line of text"
         ));
     }
+    if let Some(c) = value.chars().find(|c| matches!(c, '\u{2028}' | '\u{2029}')) {
+        return Err(format!(
+            "--value contains the line separator {c:?}; `leader --watch` prints one line per change, so a value is one line of text"
+        ));
+    }
     fencelock::election::validate_value(value.as_bytes()).map_err(|e| exit::one_line(&e))
 }
 

@@ -166,6 +166,18 @@ fn bad_inputs_name_what_is_wrong() {
             64,
             "control character",
         ),
+        // U+2028, U+2029: line and paragraph separators, not control characters, but
+        // line breaks to a reader of `leader --watch` (review: accepted before).
+        (
+            &["--backend", &f, "elect", "e", "--value", "a\u{2028}b", "--", "true"],
+            64,
+            "line separator",
+        ),
+        (
+            &["--backend", &f, "elect", "e", "--value", "a\u{2029}b", "--", "true"],
+            64,
+            "line separator",
+        ),
         (
             &["--backend", &f, "elect", "e", "--value", "", "--", "true"],
             64,
