@@ -41,10 +41,11 @@ pub fn check(program: &str) -> Result<(), (u8, String)> {
 }
 
 /// The check `run` and `elect` make before waiting: the first word of `command`, by
-/// [`check`]. `Err` carries the exit code, after the message is printed.
-pub fn before_waiting(command: &[String]) -> Result<(), std::process::ExitCode> {
+/// [`check`]; `not` says what is then not done ("waiting for the lock", "campaigning").
+/// `Err` carries the exit code, after the message is printed.
+pub fn before_waiting(command: &[String], not: &str) -> Result<(), std::process::ExitCode> {
     match command.first().map(|p| check(p)) {
-        Some(Err((status, message))) => Err(exit::fail(&message, status)),
+        Some(Err((status, message))) => Err(exit::fail(&format!("{message}; not {not}"), status)),
         _ => Ok(()),
     }
 }
@@ -59,8 +60,8 @@ fn executable(path: &Path) -> Result<(), u8> {
 
 fn message(program: &str, status: u8) -> String {
     if status == exit::NOT_FOUND {
-        format!("cannot run `{program}`: command not found; not waiting for the lock")
+        format!("cannot run `{program}`: command not found")
     } else {
-        format!("cannot run `{program}`: not an executable file; not waiting for the lock")
+        format!("cannot run `{program}`: not an executable file")
     }
 }

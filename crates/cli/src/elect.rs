@@ -53,7 +53,7 @@ pub async fn elect(cli: &Cli, args: &ElectArgs) -> ExitCode {
     if let Err(message) = check_value(&value) {
         return fail(&message, exit::BAD_INPUT);
     }
-    if let Err(code) = crate::command_check::before_waiting(&args.command) {
+    if let Err(code) = crate::command_check::before_waiting(&args.command, "campaigning") {
         return code;
     }
     let mut stops = crate::signals::Stops::install();

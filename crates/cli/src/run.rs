@@ -45,7 +45,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
     if let Err(e) = fencelock::options::validate_key(&args.key) {
         return exit::fail_with(&e);
     }
-    if let Err(code) = crate::command_check::before_waiting(&args.command) {
+    if let Err(code) = crate::command_check::before_waiting(&args.command, "waiting for the lock") {
         return code;
     }
     if let Some(addr) = args.metrics_addr {

@@ -115,7 +115,7 @@ fn elect_checks_the_command_before_campaigning() {
     let exe = dir.path().join("not-executable");
     std::fs::write(&exe, "x").expect("write");
     for (cmd, code, says) in [
-        ("nosuchcmd-fencelock", 127, "command not found; not waiting"),
+        ("nosuchcmd-fencelock", 127, "command not found; not campaigning"),
         (exe.to_str().expect("utf-8"), 126, "not an executable file"),
     ] {
         let start = Instant::now();
