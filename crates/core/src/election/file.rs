@@ -214,31 +214,15 @@ impl ProclaimOps for FileSeat {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 
-    use std::os::unix::fs::MetadataExt;
-
     use super::*;
     use crate::election::Election;
-    use crate::file::tests::{child_dir, run_child};
+    use crate::file::tests::{child_dir, modes, run_child};
     use crate::options::LockOptions;
 
     fn long() -> LockOptions {
         LockOptions::new()
             .with_ttl(Duration::from_secs(60))
             .with_auto_renew(false)
-    }
-
-    /// The modes of the files in `dir`, by name.
-    fn modes(dir: &Path) -> Vec<(String, String)> {
-        let mut modes: Vec<(String, String)> = std::fs::read_dir(dir)
-            .unwrap()
-            .flatten()
-            .map(|e| {
-                let mode = e.metadata().unwrap().mode() & 0o777;
-                (e.file_name().to_string_lossy().into_owned(), format!("{mode:04o}"))
-            })
-            .collect();
-        modes.sort();
-        modes
     }
 
     /// With `shared=true` the leader's value record is group readable whatever the umask

@@ -173,8 +173,7 @@ async fn a_mutex_held_by_a_stopped_process_delays_but_never_freezes() {
     let dir = tempfile::tempdir().unwrap();
     let locks = FileLock::open(dir.path()).unwrap();
     let held = locks.acquire("k", &long()).await.unwrap();
-    let mutex = std::fs::File::open(dir.path().join("k-k.mutex")).unwrap();
-    rustix::fs::flock(&mutex, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let mutex = hold_mutex_of_k(dir.path());
     let bound = Duration::from_secs(10);
     let tried = tokio::time::timeout(bound, locks.try_acquire("k", &long())).await;
     let err = tried
@@ -207,8 +206,7 @@ async fn validity_counts_from_the_grant_not_from_the_mutex_wait() {
     let dir = tempfile::tempdir().unwrap();
     let locks = FileLock::open(dir.path()).unwrap();
     locks.acquire("k", &long()).await.unwrap().release().await.unwrap();
-    let mutex = std::fs::File::open(dir.path().join("k-k.mutex")).unwrap();
-    rustix::fs::flock(&mutex, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let mutex = hold_mutex_of_k(dir.path());
     let ttl = Duration::from_secs(2);
     let opts = LockOptions::new().with_ttl(ttl).with_auto_renew(false);
     let attempt = {
@@ -518,6 +516,28 @@ pub(crate) fn use_up_descriptors() -> Vec<std::fs::File> {
     }
 }
 
+/// The modes of the files in `dir`, by name (sorted), as `0600`-style text.
+pub(crate) fn modes(dir: &Path) -> Vec<(String, String)> {
+    let mut modes: Vec<(String, String)> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let mode = e.metadata().unwrap().mode() & 0o777;
+            (e.file_name().to_string_lossy().into_owned(), format!("{mode:04o}"))
+        })
+        .collect();
+    modes.sort();
+    modes
+}
+
+/// Takes key `k`'s mutex flock in `dir` through a descriptor of its own, as another
+/// process stopped (or slow) inside a decision holds it; dropping the file frees it.
+fn hold_mutex_of_k(dir: &Path) -> std::fs::File {
+    let mutex = std::fs::File::open(dir.join("k-k.mutex")).unwrap();
+    rustix::fs::flock(&mutex, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    mutex
+}
+
 pub(crate) fn child_dir() -> std::path::PathBuf {
     std::env::var_os(CHILD_DIR)
         .expect("run by its parent test, with FENCELOCK_FILE_TEST_DIR set")
@@ -580,15 +600,7 @@ fn child_shared_files_under_umask_077() {
         .unwrap();
     rt.block_on(async {
         let lease = locks.acquire("job", &long()).await.unwrap();
-        let mut modes: Vec<(String, String)> = std::fs::read_dir(&dir)
-            .unwrap()
-            .flatten()
-            .map(|e| {
-                let mode = e.metadata().unwrap().mode() & 0o777;
-                (e.file_name().to_string_lossy().into_owned(), format!("{mode:04o}"))
-            })
-            .collect();
-        modes.sort();
+        let modes = modes(&dir);
         assert_eq!(modes.len(), 3, "state, mutex and liveness file: {modes:?}");
         assert!(
             modes.iter().all(|(_, mode)| mode == "0660"),
@@ -644,8 +656,7 @@ async fn close_waits_for_the_file_operations_still_running() {
     let dir = tempfile::tempdir().unwrap();
     let locks = FileLock::open(dir.path()).unwrap();
     locks.acquire("k", &long()).await.unwrap().release().await.unwrap();
-    let mutex = std::fs::File::open(dir.path().join("k-k.mutex")).unwrap();
-    rustix::fs::flock(&mutex, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let mutex = hold_mutex_of_k(dir.path());
     let attempt = tokio::spawn({
         let locks = locks.clone();
         async move { locks.try_acquire("k", &long()).await }
