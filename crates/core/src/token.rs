@@ -53,7 +53,15 @@ impl GrantId {
     /// A fresh random id: 128 random bits as 32 hex digits.
     pub fn random() -> Self {
         let bits: u128 = rand::random();
-        GrantId(format!("{bits:032x}").into())
+        // Nibble by nibble rather than `format!("{bits:032x}")`: one per acquire, and the
+        // formatter's padding path cost about 800 instructions of an uncontended cycle's
+        // client side (callgrind); the text is the same.
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [0u8; 32];
+        for (i, digit) in text.iter_mut().enumerate() {
+            *digit = HEX[((bits >> ((31 - i) * 4)) & 0xf) as usize];
+        }
+        GrantId(String::from_utf8_lossy(&text).into())
     }
 
     /// Wraps an id a backend derived itself (an etcd lease and revision, a ZooKeeper node).
@@ -95,6 +103,12 @@ mod tests {
         let b = GrantId::random();
         assert_ne!(a, b);
         assert_eq!(a.as_str().len(), 32);
+        // 32 lowercase hex digits: 128 bits, leading zeros kept.
+        for _ in 0..200 {
+            let id = GrantId::random();
+            let bits = u128::from_str_radix(id.as_str(), 16).unwrap();
+            assert_eq!(id.as_str(), format!("{bits:032x}"));
+        }
     }
 
     #[test]

@@ -145,9 +145,9 @@ pub async fn read_seat_on(node: &RedisNode, name: &str) -> Result<SeatRead> {
         async move {
             LEADER
                 .call()
-                .key(&keys.lock)
-                .key(&keys.record)
-                .key(&keys.counter)
+                .key(keys.lock.as_str())
+                .key(keys.record.as_str())
+                .key(keys.counter.as_str())
                 .invoke::<(i64, u64, Vec<u8>, i64)>(&mut conn)
                 .await
         }
@@ -190,8 +190,8 @@ pub async fn proclaim_on(node: &RedisNode, name: &str, grant: &str, term: u64, v
     let mut conn = node.connection().await?;
     let written: i64 = PROCLAIM
         .call()
-        .key(&keys.lock)
-        .key(&keys.record)
+        .key(keys.lock.as_str())
+        .key(keys.record.as_str())
         .arg(grant)
         .arg(term)
         .arg(value)

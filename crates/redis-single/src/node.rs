@@ -1,6 +1,7 @@
 //! [`RedisNode`]: one Redis server as the lock backends use it — the scripts, the release
 //! channel, the connection. The single-server backend uses one; Redlock uses N.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,30 +32,55 @@ pub enum NodeGrant {
 /// Background clean-ups of a node still under way — releases of dropped leases, of grants
 /// whose answer was lost — counted so that [`RedisNode::close`] can wait for them. The
 /// count lives apart from the node: a clean-up does not keep the node alive.
+///
+/// A counter and a `Notify` rather than a `watch` channel: every release counts itself
+/// here, and a `watch` send locks its eight notifiers each time, waited on or not — 4 %
+/// of a release's client-side instructions (callgrind, `fencelock bench`'s uncontended
+/// cycle).
 #[derive(Clone, Default)]
-struct Cleanups(Arc<tokio::sync::watch::Sender<usize>>);
+struct Cleanups(Arc<CleanupCount>);
+
+#[derive(Default)]
+struct CleanupCount {
+    running: AtomicUsize,
+    /// Told when `running` drops to 0.
+    none_left: tokio::sync::Notify,
+}
 
 impl Cleanups {
     fn start(&self) -> CleanupGuard {
-        self.0.send_modify(|n| *n += 1);
+        self.0.running.fetch_add(1, Ordering::AcqRel);
         CleanupGuard(Arc::clone(&self.0))
     }
 
     /// Waits until none runs, at most `bound`; `false` if some still ran then.
     async fn idle(&self, bound: Duration) -> bool {
-        let mut rx = self.0.subscribe();
-        let done = tokio::time::timeout(bound, rx.wait_for(|n| *n == 0)).await;
-        matches!(done, Ok(Ok(_)))
+        let count = &self.0;
+        let none_left = async {
+            loop {
+                // Registered before the count is read: a drop to 0 in between still wakes it.
+                let told = count.none_left.notified();
+                tokio::pin!(told);
+                told.as_mut().enable();
+                if count.running.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                told.await;
+            }
+        };
+        tokio::time::timeout(bound, none_left).await.is_ok()
     }
 }
 
 /// One background clean-up under way on a node (see [`RedisNode::cleanup`]); dropping it
 /// marks it done.
-pub struct CleanupGuard(Arc<tokio::sync::watch::Sender<usize>>);
+pub struct CleanupGuard(Arc<CleanupCount>);
 
 impl Drop for CleanupGuard {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
+        if self.0.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.none_left.notify_waiters();
+        }
     }
 }
 
@@ -653,7 +679,7 @@ impl RedisNode {
     async fn extend_batch(&self, batch: &[Renewal]) -> Vec<Result<bool>> {
         let mut invocation = EXTEND_MANY.call();
         for r in batch {
-            invocation.key(&r.lock_key).arg(&r.grant).arg(r.ttl_ms);
+            invocation.key(r.lock_key.as_str()).arg(&r.grant).arg(r.ttl_ms);
         }
         match self
             .invoke_idempotent::<Vec<i64>>("batched renewal script", &invocation)
@@ -1112,4 +1138,29 @@ fn is_refused_login(e: &redis::RedisError) -> bool {
     // error, where `code()` does not reach; its text still carries the server's code.
     let text = e.to_string();
     text.contains("NOAUTH") || text.contains("WRONGPASS")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn idle_waits_for_every_clean_up_and_no_longer() {
+        let cleanups = Cleanups::default();
+        assert!(cleanups.idle(Duration::from_millis(1)).await, "none running");
+        let (a, b) = (cleanups.start(), cleanups.start());
+        assert!(!cleanups.idle(Duration::from_millis(20)).await, "two running");
+        drop(a);
+        assert!(!cleanups.idle(Duration::from_millis(20)).await, "one still running");
+        let waiting = tokio::spawn({
+            let cleanups = cleanups.clone();
+            async move { cleanups.idle(Duration::from_secs(10)).await }
+        });
+        tokio::task::yield_now().await;
+        drop(b);
+        assert!(waiting.await.unwrap(), "woken by the last one ending");
+        assert!(cleanups.idle(Duration::from_millis(1)).await);
+    }
 }
