@@ -31,3 +31,14 @@ fn starts_keeps_data_across_restart_and_stops_on_drop() {
         );
     }
 }
+
+/// A server killed on drop never removes POSIX shared memory segments it made in
+/// /dev/shm (thousands had piled up there, 2.2 GB of memory): the launcher has it keep its
+/// dynamic shared memory as files in its data directory, which goes with the server.
+#[test]
+fn dynamic_shared_memory_lives_in_the_data_directory() {
+    let pg = PgServer::start();
+    assert_eq!(pg.psql("SHOW dynamic_shared_memory_type"), "mmap");
+    let files = pg.psql("SELECT count(*) FROM pg_ls_dir('pg_dynshmem')");
+    assert!(files.parse::<u32>().unwrap() >= 1, "no segment in pg_dynshmem: {files}");
+}
