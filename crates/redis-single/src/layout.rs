@@ -240,6 +240,12 @@ mod tests {
             // A key with its own tag keeps it: every key lands in the tag's slot.
             assert_eq!(hash_tag(&k.lock("a{t}b")), Some("t"));
             assert_eq!(hash_tag(&k.counter("a{t}b")), Some("t"));
+            // ... and the names beside it are the whole peer key, prefixed, unbraced.
+            let tagged = k.lock("a{t}b");
+            assert_eq!(k.counter("a{t}b"), format!("fencelock:{tagged}:token"));
+            assert_eq!(k.queue("a{t}b"), format!("fencelock:{tagged}:queue"));
+            assert_eq!(k.reservation("a{t}b"), format!("fencelock:{tagged}:reserved"));
+            assert_eq!(k.waiter_channels("a{t}b"), format!("fencelock:{tagged}:w:"));
             assert_eq!(hash_tag(&k.reservation("a{t}b")), Some("t"));
             // No valid tag but an opening brace: the whole name is the tag.
             assert_eq!(hash_tag(&k.counter("a{")), Some(k.lock("a{").as_str()));

@@ -1163,4 +1163,39 @@ mod tests {
         assert!(waiting.await.unwrap(), "woken by the last one ending");
         assert!(cleanups.idle(Duration::from_millis(1)).await);
     }
+
+    /// The last clean-up ends on another thread just as `idle` starts: a wake-up lost in
+    /// between shows as `false` at the bound. Checked against the lost-wake-up order (the
+    /// count read before the notification is registered): it failed within 1–2 s, i.e.
+    /// well inside these 8,000 rounds (about 4 s).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_sees_a_last_clean_up_that_ends_as_it_starts() {
+        use std::sync::atomic::AtomicBool;
+        for round in 0..8_000u32 {
+            let cleanups = Cleanups::default();
+            let guard = cleanups.start();
+            let (ready, go) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+            let dropper = std::thread::spawn({
+                let (ready, go) = (Arc::clone(&ready), Arc::clone(&go));
+                move || {
+                    ready.store(true, Ordering::Release);
+                    while !go.load(Ordering::Acquire) {
+                        std::hint::spin_loop();
+                    }
+                    // A varying head start for `idle`, so every interleaving comes up.
+                    for _ in 0..round % 3_000 {
+                        std::hint::spin_loop();
+                    }
+                    drop(guard);
+                }
+            });
+            // Both sides spinning when `go` flips: the thread's start-up is not in the race.
+            while !ready.load(Ordering::Acquire) {
+                std::hint::spin_loop();
+            }
+            go.store(true, Ordering::Release);
+            assert!(cleanups.idle(Duration::from_millis(300)).await, "round {round}");
+            dropper.join().unwrap();
+        }
+    }
 }

@@ -482,3 +482,34 @@ return {1, kind}
 ",
     )
 });
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    /// The bytes on the wire: `EVALSHA sha numkeys keys... args...`, then the same with
+    /// `EVAL source` after a `NOSCRIPT` — each argument a RESP bulk string, empty ones too.
+    #[test]
+    fn a_call_is_sent_as_evalsha_then_eval_with_keys_before_args() {
+        let lua = Lua::new("return 1");
+        let mut call = lua.call();
+        call.key("k{1}:lock".to_owned())
+            .key("")
+            .arg("g1")
+            .arg(60_000u64)
+            .arg("");
+        let sha = lua.script.get_hash().to_owned();
+        let expected = |name: &str, body: &str| {
+            let parts = [name, body, "2", "k{1}:lock", "", "g1", "60000", ""];
+            let mut resp = format!("*{}\r\n", parts.len());
+            for p in parts {
+                resp.push_str(&format!("${}\r\n{p}\r\n", p.len()));
+            }
+            resp.into_bytes()
+        };
+        assert_eq!(call.command(false).get_packed_command(), expected("EVALSHA", &sha));
+        assert_eq!(call.command(true).get_packed_command(), expected("EVAL", "return 1"));
+    }
+}
