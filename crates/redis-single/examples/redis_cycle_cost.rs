@@ -3,8 +3,10 @@
 //! cycle (`INFO commandstats` calls and µs per command, `INFO cpu`), client CPU per cycle
 //! (this process's threads' run time, from `/proc/self/task/*/schedstat`), and the latency
 //! medians, one cycle of each subject in turn with the order rotated. Also measured: ours
-//! without auto-renewal, and the raw minimum with our acquire's commands (a `MULTI`/`SET NX
-//! PX`/`INCR`/`EXEC` pipeline), which tell client-side bookkeeping from server commands.
+//! without auto-renewal, the raw minimum with our acquire's commands (a `MULTI`/`SET NX
+//! PX`/`INCR`/`EXEC` pipeline), which tell client-side bookkeeping from server commands,
+//! and our commands through the node layer alone (`RedisNode::try_grant` + `release`, no
+//! lease), which tells the node's client work from the lease's.
 //!
 //! `cargo run --release -p fencelock-redis --example redis_cycle_cost -- [CYCLES]` (starts
 //! its own redis-server on a free loopback port, stops it at the end).
@@ -88,6 +90,7 @@ async fn main() {
         .with_ttl(Duration::from_secs(10))
         .with_wait(Duration::from_secs(30));
     let unrenewed = opts.with_auto_renew(false);
+    let node = ours.node().clone();
     let client = redis::Client::open(redis.url()).unwrap();
     let conn = client.get_multiplexed_async_connection().await.unwrap();
     let cad = redis::Script::new(COMPARE_AND_DELETE);
@@ -125,14 +128,15 @@ async fn main() {
     }
     .print("server, per cycle (calls, µs)", |k| !k.ends_with(".info"));
     // Latency, one cycle of each subject in turn, the order rotated every cycle.
-    let mut v: [Vec<Duration>; 8] = Default::default();
+    let mut v: [Vec<Duration>; 10] = Default::default();
     for i in 0..n {
-        for j in 0..4 {
+        for j in 0..5 {
             let t = Instant::now();
-            match (i + j) % 4 {
+            let k = (i + j) % 5;
+            match k {
                 0 | 1 => {
-                    let o = if (i + j) % 4 == 0 { &opts } else { &unrenewed };
-                    let s = 2 * ((i + j) % 4);
+                    let o = if k == 0 { &opts } else { &unrenewed };
+                    let s = 2 * k;
                     let l = ours.acquire("k-ours", o).await.unwrap();
                     v[s].push(t.elapsed());
                     l.release().await.unwrap();
@@ -142,17 +146,26 @@ async fn main() {
                     v[4].push(raw.cycle("raw-k", t).await);
                     v[5].push(t.elapsed());
                 }
-                _ => {
+                3 => {
                     v[6].push(tokened.cycle("raw-t", t).await);
                     v[7].push(t.elapsed());
+                }
+                _ => {
+                    let grant = fencelock_core::GrantId::random();
+                    node.try_grant("k-node", &grant, opts.ttl(), Duration::ZERO)
+                        .await
+                        .unwrap();
+                    v[8].push(t.elapsed());
+                    assert!(node.release("k-node", grant.as_str()).await.unwrap());
+                    v[9].push(t.elapsed());
                 }
             }
         }
     }
     let m: Vec<f64> = v.iter_mut().map(|x| p50_us(x)).collect();
     println!(
-        "p50 µs (acquire/cycle): ours {:.0}/{:.0}  ours without auto-renew {:.0}/{:.0}  raw {:.0}/{:.0}  raw with our acquire's commands {:.0}/{:.0}  => ours/raw cycle {:.3}x acquire {:.3}x",
-        m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[1] / m[5], m[0] / m[4]
+        "p50 µs (acquire/cycle): ours {:.0}/{:.0}  ours without auto-renew {:.0}/{:.0}  raw {:.0}/{:.0}  raw with our acquire's commands {:.0}/{:.0}  our commands through RedisNode {:.0}/{:.0}  => ours/raw cycle {:.3}x acquire {:.3}x",
+        m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8], m[9], m[1] / m[5], m[0] / m[4]
     );
     contended(&redis, 8, n as u64).await;
     contended(&redis, 64, n as u64).await;
