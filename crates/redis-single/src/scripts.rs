@@ -35,6 +35,8 @@ impl Lua {
     pub(crate) fn call(&self) -> Call<'_> {
         Call {
             lua: self,
+            // The most any script here takes (RELEASE's keys, WAIT_TURN's arguments); a
+            // batched renewal's grow past them as usual.
             keys: Vec::with_capacity(5),
             args: Vec::with_capacity(9),
         }
@@ -73,6 +75,7 @@ impl Call<'_> {
             ("EVALSHA", self.lua.script.get_hash().as_bytes())
         };
         let parts = self.keys.iter().chain(&self.args);
+        // 20: the digits of the key count, at most.
         let bytes = name.len() + body.len() + 20 + parts.clone().map(Vec::len).sum::<usize>();
         let mut cmd = Cmd::with_capacity(3 + self.keys.len() + self.args.len(), bytes);
         cmd.arg(name).arg(body).arg(self.keys.len());
