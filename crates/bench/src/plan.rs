@@ -169,33 +169,28 @@ async fn measure_runs(plan: &Plan, target: &Target, progress: &(dyn Fn(&str) + S
     Ok(out)
 }
 
-/// What becomes of a row that failed. With one run it is recorded in the report
-/// ([`FailedRow`]) and the run goes on: a full bench takes half an hour, and one row that
-/// failed (a server that stalled, a peer that gave up) must not throw the others away.
-/// With several runs it fails the bench: the runs' rows are matched by position.
+/// What becomes of a row that failed: it is recorded in its run's report ([`FailedRow`])
+/// and the run goes on. A full bench takes half an hour, and one row that failed (a server
+/// that stalled, a peer that gave up) must not throw the others away; with several runs the
+/// report matches the runs' rows by what they measure, so the row's figures come from the
+/// runs that measured it, saying how many.
 struct Rows<'a> {
-    keep_going: bool,
     failed: Vec<FailedRow>,
     progress: &'a (dyn Fn(&str) + Sync),
 }
 
 impl Rows<'_> {
     /// Tells `progress` the row starts; its result, `None` when it failed and was recorded.
-    async fn row<T>(
-        &mut self,
-        row: String,
-        measure: impl std::future::Future<Output = Result<T>>,
-    ) -> Result<Option<T>> {
+    async fn row<T>(&mut self, row: String, measure: impl std::future::Future<Output = Result<T>>) -> Option<T> {
         (self.progress)(&row);
         match measure.await {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if self.keep_going => {
+            Ok(v) => Some(v),
+            Err(e) => {
                 let error = e.to_string().lines().collect::<Vec<_>>().join(" ");
                 (self.progress)(&format!("{row}: failed, left out of the report: {error}"));
                 self.failed.push(FailedRow { row, error });
-                Ok(None)
+                None
             }
-            Err(e) => Err(e),
         }
     }
 }
@@ -219,7 +214,7 @@ impl Shape {
         target: &Target,
         label: impl Fn(&str) -> String,
         counter: Counter<'_>,
-    ) -> Result<Vec<ContentionRow>> {
+    ) -> Vec<ContentionRow> {
         let mut out = Vec::new();
         let url = target.url.clone();
         let ours = || {
@@ -232,7 +227,7 @@ impl Shape {
                 label(""),
                 contention::measure(ours, keys, clients, grants, limit, counter),
             )
-            .await?;
+            .await;
         if let Some(result) = measured {
             out.push(ContentionRow {
                 subject: "fencelock".into(),
@@ -248,7 +243,7 @@ impl Shape {
                         label(&format!("{peer} ")),
                         contention::measure(connect, keys, clients, grants, limit, counter),
                     )
-                    .await?;
+                    .await;
                 if let Some(result) = measured {
                     out.push(ContentionRow {
                         subject: peer.to_string(),
@@ -258,20 +253,19 @@ impl Shape {
                 }
             }
         }
-        Ok(out)
+        out
     }
 }
 
 async fn measure(plan: &Plan, target: &Target, progress: &(dyn Fn(&str) + Sync)) -> Result<BackendReport> {
     let name = target.label.clone();
     let mut rows = Rows {
-        keep_going: plan.runs.max(1) == 1,
         failed: Vec::new(),
         progress,
     };
     let failover = if plan.failovers > 0 {
         let row = format!("{name}: {} failovers (leader killed)", plan.failovers);
-        rows.row(row, failover::measure(target, plan.failovers)).await?
+        rows.row(row, failover::measure(target, plan.failovers)).await
     } else {
         None
     };
@@ -330,7 +324,7 @@ async fn measure(plan: &Plan, target: &Target, progress: &(dyn Fn(&str) + Sync))
             limit: plan.contention_limit,
         };
         let label = |who: &str| format!("{name}: {clients} {who}clients on one key");
-        contention_rows.extend(shape.measure(&mut rows, plan, target, label, &counter).await?);
+        contention_rows.extend(shape.measure(&mut rows, plan, target, label, &counter).await);
     }
 
     let mut many_keys = Vec::new();
@@ -344,7 +338,7 @@ async fn measure(plan: &Plan, target: &Target, progress: &(dyn Fn(&str) + Sync))
             limit: plan.many_keys_limit,
         };
         let label = |who: &str| format!("{name}: {keys} keys × {clients} {who}clients");
-        many_keys = shape.measure(&mut rows, plan, target, label, &counter).await?;
+        many_keys = shape.measure(&mut rows, plan, target, label, &counter).await;
     }
 
     let mut dead_waiter = Vec::new();
@@ -352,13 +346,13 @@ async fn measure(plan: &Plan, target: &Target, progress: &(dyn Fn(&str) + Sync))
         let row = format!("{name}: a waiter dies while queued");
         dead_waiter.extend(
             rows.row(row, dead_waiter::measure_ours(target, plan.dead_waiter_trials))
-                .await?,
+                .await,
         );
         if plan.peers {
             for peer in target.peer_names() {
                 let row = format!("{name}: a {peer} waiter dies while queued");
                 let measured = dead_waiter::measure_peer(target, peer, plan.dead_waiter_trials);
-                dead_waiter.extend(rows.row(row, measured).await?);
+                dead_waiter.extend(rows.row(row, measured).await);
             }
         }
     }
@@ -366,7 +360,7 @@ async fn measure(plan: &Plan, target: &Target, progress: &(dyn Fn(&str) + Sync))
     let mut scale_points = Vec::new();
     for &locks in &plan.scale_counts {
         let row = format!("{name}: {locks} locks held with auto-renew");
-        scale_points.extend(rows.row(row, scale::measure(target, locks, plan.hold)).await?);
+        scale_points.extend(rows.row(row, scale::measure(target, locks, plan.hold)).await);
     }
     Ok(BackendReport {
         backend: name,

@@ -104,8 +104,8 @@ pub struct BackendReport {
     pub failover: Option<Failover>,
     /// Scale runs.
     pub scale: Vec<ScalePoint>,
-    /// Rows that failed and were left out (only in a one-run bench; see
-    /// [`crate::plan::run`]).
+    /// Rows of this run that failed and were left out (the other runs' figures of the
+    /// same row still show; see [`Measured`]).
     pub failed: Vec<FailedRow>,
 }
 
@@ -407,16 +407,38 @@ impl Report {
         self.all_runs().filter_map(f).collect()
     }
 
-    /// `f` of row `ri` of `rows(backend bi)` in each run, shown as its spread.
-    fn cell<R>(
+    /// The rows of `rows(backend bi)` over every run, each once, in the order first seen:
+    /// a row that failed in the first run still has a line when a later run measured it.
+    fn table_rows<R: Measured>(&self, bi: usize, rows: fn(&BackendReport) -> &[R]) -> Vec<&R> {
+        let mut out: Vec<&R> = Vec::new();
+        for run in self.all_runs() {
+            for r in run.get(bi).map(rows).unwrap_or_default() {
+                if !out.iter().any(|o| o.same(r)) {
+                    out.push(r);
+                }
+            }
+        }
+        out
+    }
+
+    /// `f` of `row` (see [`Measured`]) in `rows(backend bi)` of each run that measured it,
+    /// shown as its spread, and how many runs that was when not all.
+    fn cell<R: Measured>(
         &self,
         bi: usize,
-        ri: usize,
+        row: &R,
         rows: fn(&BackendReport) -> &[R],
         f: impl Fn(&R) -> Option<f64>,
         fmt: impl Fn(f64) -> String,
     ) -> String {
-        spread(&self.across(|run| f(rows(run.get(bi)?).get(ri)?)), fmt)
+        let values = self.across(|run| f(rows(run.get(bi)?).iter().find(|r| r.same(row))?));
+        let runs = self.settings.runs;
+        let shown = spread(&values, fmt);
+        if values.is_empty() || values.len() >= runs {
+            shown
+        } else {
+            format!("{shown}, {} of {runs} runs", values.len())
+        }
     }
 
     fn verdicts(&self, out: &mut String) {
@@ -488,14 +510,14 @@ impl Report {
             }
         }
         for (bi, b) in self.backends.iter().enumerate() {
-            if let Some(di) = b.dead_waiter.iter().position(|d| d.role == Role::Ours) {
-                let rows: fn(&BackendReport) -> &[DeadWaiter] = |b| b.dead_waiter.as_slice();
+            let rows: fn(&BackendReport) -> &[DeadWaiter] = |b| b.dead_waiter.as_slice();
+            if let Some(d) = self.table_rows(bi, rows).into_iter().find(|d| d.role == Role::Ours) {
                 let _ = writeln!(
                     out,
                     "* {}: a waiter that dies while queued delays the next live waiter's grant to {} ms median, {} ms at most (release → grant).",
                     b.backend,
-                    self.cell(bi, di, rows, |d| Some(d.p50_ms), |v| format!("{v:.1}")),
-                    self.cell(bi, di, rows, |d| Some(d.max_ms), |v| format!("{v:.1}")),
+                    self.cell(bi, d, rows, |d| Some(d.p50_ms), |v| format!("{v:.1}")),
+                    self.cell(bi, d, rows, |d| Some(d.max_ms), |v| format!("{v:.1}")),
                 );
             }
         }
@@ -611,17 +633,17 @@ impl Report {
         let rows: fn(&BackendReport) -> &[SubjectLatency] = |b| b.uncontended.as_slice();
         let us = |v: f64| format!("{v:.0} µs");
         for (bi, b) in self.backends.iter().enumerate() {
-            for (ui, u) in b.uncontended.iter().enumerate() {
+            for u in self.table_rows(bi, rows) {
                 let _ = writeln!(
                     out,
                     "| {} | {} | {} | {} | {} | {} | {} |",
                     b.backend,
                     u.subject,
-                    self.cell(bi, ui, rows, |u| Some(u.latency.p50_us), us),
-                    self.cell(bi, ui, rows, |u| Some(u.latency.p99_us), us),
-                    self.cell(bi, ui, rows, |u| Some(u.acquire.p50_us), us),
-                    self.cell(bi, ui, rows, |u| Some(u.latency.per_sec), |v| format!("{v:.0}")),
-                    self.cell(bi, ui, rows, |u| Some(u.vs_raw), |v| format!("{v:.2}×")),
+                    self.cell(bi, u, rows, |u| Some(u.latency.p50_us), us),
+                    self.cell(bi, u, rows, |u| Some(u.latency.p99_us), us),
+                    self.cell(bi, u, rows, |u| Some(u.acquire.p50_us), us),
+                    self.cell(bi, u, rows, |u| Some(u.latency.per_sec), |v| format!("{v:.0}")),
+                    self.cell(bi, u, rows, |u| Some(u.vs_raw), |v| format!("{v:.2}×")),
                 );
             }
         }
@@ -636,11 +658,12 @@ impl Report {
         );
         let us = |v: f64| format!("{v:.0} µs");
         for (bi, b) in self.backends.iter().enumerate() {
-            for (ci, c) in rows(b).iter().enumerate() {
+            for c in self.table_rows(bi, rows) {
                 let r = &c.result;
                 let min = r.per_client.iter().min().copied().unwrap_or(0);
                 let max = r.per_client.iter().max().copied().unwrap_or(0);
-                let gave_up: Vec<f64> = self.across(|run| Some(rows(run.get(bi)?).get(ci)?.result.gave_up as f64));
+                let gave_up: Vec<f64> =
+                    self.across(|run| Some(rows(run.get(bi)?).iter().find(|o| o.same(c))?.result.gave_up as f64));
                 let _ = writeln!(
                     out,
                     "| {} | {} | {} × {} | {} | {} | {} | {} | {} | {} | {min}–{max} of {} | {} |",
@@ -648,12 +671,12 @@ impl Report {
                     c.subject,
                     r.keys,
                     r.clients,
-                    self.cell(bi, ci, rows, |c| Some(c.result.hand_off.p50_us), us),
-                    self.cell(bi, ci, rows, |c| Some(c.result.hand_off.p99_us), us),
-                    self.cell(bi, ci, rows, |c| Some(c.result.grants_per_sec), |v| format!("{v:.0}")),
-                    self.cell(bi, ci, rows, |c| Some(c.result.jain), |v| format!("{v:.3}")),
-                    self.cell(bi, ci, rows, |c| Some(c.result.max_wait_ms), |v| format!("{v:.1} ms")),
-                    self.cell(bi, ci, rows, |c| c.result.commands_per_grant, |v| format!("{v:.1}")),
+                    self.cell(bi, c, rows, |c| Some(c.result.hand_off.p50_us), us),
+                    self.cell(bi, c, rows, |c| Some(c.result.hand_off.p99_us), us),
+                    self.cell(bi, c, rows, |c| Some(c.result.grants_per_sec), |v| format!("{v:.0}")),
+                    self.cell(bi, c, rows, |c| Some(c.result.jain), |v| format!("{v:.3}")),
+                    self.cell(bi, c, rows, |c| Some(c.result.max_wait_ms), |v| format!("{v:.1} ms")),
+                    self.cell(bi, c, rows, |c| c.result.commands_per_grant, |v| format!("{v:.1}")),
                     r.grants,
                     match &r.gave_up_because {
                         None if gave_up.iter().all(|g| *g == 0.0) => "none".to_owned(),
@@ -710,15 +733,15 @@ impl Report {
             );
             let rows: fn(&BackendReport) -> &[DeadWaiter] = |b| b.dead_waiter.as_slice();
             for (bi, b) in self.backends.iter().enumerate() {
-                for (di, d) in b.dead_waiter.iter().enumerate() {
+                for d in self.table_rows(bi, rows) {
                     let _ = writeln!(
                         out,
                         "| {} | {} | {} | {} | {} |",
                         b.backend,
                         d.subject,
-                        self.cell(bi, di, rows, |d| Some(d.p50_ms), |v| format!("{v:.1} ms")),
-                        self.cell(bi, di, rows, |d| Some(d.max_ms), |v| format!("{v:.1} ms")),
-                        self.cell(bi, di, rows, |d| Some(d.stuck as f64), |v| format!("{v:.0}")),
+                        self.cell(bi, d, rows, |d| Some(d.p50_ms), |v| format!("{v:.1} ms")),
+                        self.cell(bi, d, rows, |d| Some(d.max_ms), |v| format!("{v:.1} ms")),
+                        self.cell(bi, d, rows, |d| Some(d.stuck as f64), |v| format!("{v:.0}")),
                     );
                 }
             }
@@ -730,16 +753,32 @@ impl Report {
     /// runs is not shown for this row).
     /// The rows that could not be measured, so a reader sees a row is missing, and why.
     fn failed_section(&self, out: &mut String) {
-        let failed: Vec<&FailedRow> = self.backends.iter().flat_map(|b| &b.failed).collect();
+        let failed: Vec<(usize, &FailedRow)> = self
+            .all_runs()
+            .enumerate()
+            .flat_map(|(i, run)| run.iter().flat_map(move |b| b.failed.iter().map(move |f| (i + 1, f))))
+            .collect();
         if failed.is_empty() {
             return;
         }
-        let _ = writeln!(
-            out,
-            "## Rows that failed\n\nThese rows could not be measured and are missing below (the rest of the run went on):\n\n| row | error |\n|---|---|"
-        );
-        for f in failed {
-            let _ = writeln!(out, "| {} | {} |", f.row, f.error.replace('|', "\\|"));
+        if self.settings.runs > 1 {
+            let _ = writeln!(
+                out,
+                "## Rows that failed\n\nThese rows could not be measured in the run named; the rest of that run went on, and the tables below show the row's figures from the runs that did measure it, saying how many (none: the row is missing).\n\n| run | row | error |\n|---|---|---|"
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "## Rows that failed\n\nThese rows could not be measured and are missing below (the rest of the run went on):\n\n| row | error |\n|---|---|"
+            );
+        }
+        for (run, f) in failed {
+            let error = f.error.replace('|', "\\|");
+            if self.settings.runs > 1 {
+                let _ = writeln!(out, "| {run} | {} | {error} |", f.row);
+            } else {
+                let _ = writeln!(out, "| {} | {error} |", f.row);
+            }
         }
         out.push('\n');
     }
@@ -813,6 +852,31 @@ impl Report {
 }
 
 /// The note under a table when several runs were made.
+/// What a table row measures, the same in every run: how the runs' rows are matched (a
+/// row that failed in one run leaves the others' positions unchanged in meaning).
+pub trait Measured {
+    /// Whether `other` measured the same thing (in another run).
+    fn same(&self, other: &Self) -> bool;
+}
+
+impl Measured for SubjectLatency {
+    fn same(&self, other: &Self) -> bool {
+        self.subject == other.subject
+    }
+}
+
+impl Measured for ContentionRow {
+    fn same(&self, other: &Self) -> bool {
+        (&self.subject, self.result.keys, self.result.clients) == (&other.subject, other.result.keys, other.result.clients)
+    }
+}
+
+impl Measured for DeadWaiter {
+    fn same(&self, other: &Self) -> bool {
+        self.subject == other.subject
+    }
+}
+
 fn runs_note(runs: usize) -> String {
     if runs > 1 {
         format!(" Each figure: the median of {runs} runs, then their min–max.")
