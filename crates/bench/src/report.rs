@@ -201,7 +201,7 @@ impl Report {
     /// subject has the same colour in every chart.
     pub fn subjects(&self) -> Vec<String> {
         let mut out: Vec<String> = vec!["fencelock".into()];
-        for b in &self.backends {
+        for b in self.all_runs().flatten() {
             let names = b
                 .uncontended
                 .iter()
@@ -233,13 +233,15 @@ impl Report {
                 (b.backend.clone(), bars)
             })
             .collect();
+        // Each bar from the first run that measured its row (the tables give the spread).
         let hand_off: Vec<svg::Group> = self
             .backends
             .iter()
-            .map(|b| {
-                let bars = b
-                    .contention
-                    .iter()
+            .enumerate()
+            .map(|(bi, b)| {
+                let bars = self
+                    .table_rows(bi, |b| b.contention.as_slice())
+                    .into_iter()
                     .map(|c| {
                         (
                             format!("{} ×{}", c.subject, c.result.clients),
@@ -254,11 +256,12 @@ impl Report {
         let many_keys: Vec<svg::Group> = self
             .backends
             .iter()
-            .filter(|b| !b.many_keys.is_empty())
-            .map(|b| {
-                let bars = b
-                    .many_keys
-                    .iter()
+            .enumerate()
+            .map(|(bi, b)| (b, self.table_rows(bi, |b| b.many_keys.as_slice())))
+            .filter(|(_, rows)| !rows.is_empty())
+            .map(|(b, rows)| {
+                let bars = rows
+                    .into_iter()
                     .map(|c| (c.subject.clone(), c.subject.clone(), c.result.grants_per_sec))
                     .collect();
                 (b.backend.clone(), bars)
@@ -267,19 +270,22 @@ impl Report {
         let mut renewals: Vec<svg::Series> = self
             .backends
             .iter()
-            .filter(|b| !b.scale.is_empty())
-            .map(|b| {
-                let points = b
-                    .scale
+            .enumerate()
+            .map(|(bi, b)| (b, self.scale_of(bi)))
+            .filter(|(_, scale)| !scale.is_empty())
+            .map(|(b, scale)| {
+                let points = scale
                     .iter()
                     .filter_map(|p| Some((p.locks as f64, p.server_requests_per_sec?)))
                     .collect();
                 (format!("{} ({})", b.backend, b.request_unit), points)
             })
             .collect();
-        if let Some(b) = self.backends.iter().find(|b| !b.scale.is_empty()) {
-            let needed = b
-                .scale
+        if let Some(scale) = (0..self.backends.len())
+            .map(|bi| self.scale_of(bi))
+            .find(|s| !s.is_empty())
+        {
+            let needed = scale
                 .iter()
                 .map(|p| (p.locks as f64, p.renewals_needed_per_sec))
                 .collect();
@@ -421,6 +427,20 @@ impl Report {
         out
     }
 
+    /// The failover row of backend `bi`, from the first run that measured it (a section
+    /// shown for one run only).
+    fn failover_of(&self, bi: usize) -> Option<&Failover> {
+        self.all_runs().find_map(|run| run.get(bi)?.failover.as_ref())
+    }
+
+    /// The scale points of backend `bi`, each from the first run that measured it (a
+    /// section shown for one run only), by locks held.
+    fn scale_of(&self, bi: usize) -> Vec<&ScalePoint> {
+        let mut points = self.table_rows(bi, |b| b.scale.as_slice());
+        points.sort_by_key(|p| p.locks);
+        points
+    }
+
     /// `f` of `row` (see [`Measured`]) in `rows(backend bi)` of each run that measured it,
     /// shown as its spread, and how many runs that was when not all.
     fn cell<R: Measured>(
@@ -521,8 +541,8 @@ impl Report {
                 );
             }
         }
-        for b in &self.backends {
-            if let Some(p) = b.scale.iter().max_by_key(|p| p.locks) {
+        for (bi, b) in self.backends.iter().enumerate() {
+            if let Some(p) = self.scale_of(bi).into_iter().max_by_key(|p| p.locks) {
                 if let Some(r) = p.server_requests_per_sec {
                     let _ = writeln!(
                         out,
@@ -749,8 +769,6 @@ impl Report {
         }
     }
 
-    /// Failover time per backend (issue 16), from the first run (the spread of several
-    /// runs is not shown for this row).
     /// The rows that could not be measured, so a reader sees a row is missing, and why.
     fn failed_section(&self, out: &mut String) {
         let failed: Vec<(usize, &FailedRow)> = self
@@ -783,8 +801,10 @@ impl Report {
         out.push('\n');
     }
 
+    /// Failover time per backend (issue 16), from the first run that measured it (the
+    /// spread of several runs is not shown for this row).
     fn failover_section(&self, out: &mut String) {
-        if self.backends.iter().all(|b| b.failover.is_none()) {
+        if (0..self.backends.len()).all(|bi| self.failover_of(bi).is_none()) {
             return;
         }
         let s = &self.settings;
@@ -800,8 +820,8 @@ impl Report {
             out,
             "| backend | failovers | median | p99 | max | stuck | how the leader died, what bounds it |\n|---|---|---|---|---|---|---|"
         );
-        for b in &self.backends {
-            if let Some(f) = &b.failover {
+        for (bi, b) in self.backends.iter().enumerate() {
+            if let Some(f) = self.failover_of(bi) {
                 let _ = writeln!(
                     out,
                     "| {} | {} | {:.0} ms | {:.0} ms | {:.0} ms | {} | {} |",
@@ -813,7 +833,7 @@ impl Report {
     }
 
     fn scale_section(&self, out: &mut String, charts: Option<&str>) {
-        if self.backends.iter().all(|b| b.scale.is_empty()) {
+        if (0..self.backends.len()).all(|bi| self.scale_of(bi).is_empty()) {
             return;
         }
         let s = &self.settings;
@@ -830,8 +850,8 @@ impl Report {
             out,
             "| backend | locks | acquired in | renewals due/s | server requests/s | counted as | client CPU | memory per lock | all still held |\n|---|---|---|---|---|---|---|---|---|"
         );
-        for b in &self.backends {
-            for p in &b.scale {
+        for (bi, b) in self.backends.iter().enumerate() {
+            for p in self.scale_of(bi) {
                 let _ = writeln!(
                     out,
                     "| {} | {} | {:.0} ms | {:.0} | {} | {} | {:.1} % | {:.0} B | {} |",
@@ -867,7 +887,14 @@ impl Measured for SubjectLatency {
 
 impl Measured for ContentionRow {
     fn same(&self, other: &Self) -> bool {
-        (&self.subject, self.result.keys, self.result.clients) == (&other.subject, other.result.keys, other.result.clients)
+        (&self.subject, self.result.keys, self.result.clients)
+            == (&other.subject, other.result.keys, other.result.clients)
+    }
+}
+
+impl Measured for ScalePoint {
+    fn same(&self, other: &Self) -> bool {
+        self.locks == other.locks
     }
 }
 

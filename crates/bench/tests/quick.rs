@@ -246,8 +246,9 @@ async fn bad_urls_are_clear_errors() {
     }
 }
 
-/// A row that fails (here: the server is stopped just before the contention row of one
-/// run, and started again once the row has failed) is recorded and left out, and the
+/// A row that fails (here: the server is stopped just before the contention row and the
+/// scale row of one run, and started again once the row has failed) is recorded and left
+/// out, and the
 /// report still comes back with every other row. Before, the whole bench failed and threw
 /// away what it had measured: with one run until ddc19b6; with several until the runs'
 /// rows were matched by what they measure instead of by position (a full three-run bench
@@ -263,7 +264,8 @@ async fn a_failed_row_is_reported_and_the_run_goes_on() {
             clients: vec![4],
             many_keys: 0,
             dead_waiter_trials: 0,
-            scale_counts: vec![],
+            scale_counts: vec![50],
+            hold: Duration::from_secs(1),
             runs,
             ..tiny()
         };
@@ -273,7 +275,8 @@ async fn a_failed_row_is_reported_and_the_run_goes_on() {
             String::new()
         };
         let progress = |step: &str| {
-            if step.starts_with(&in_run) && step.ends_with("clients on one key") {
+            let fails = step.ends_with("clients on one key") || step.ends_with("locks held with auto-renew");
+            if step.starts_with(&in_run) && fails {
                 server.lock().unwrap().kill();
             } else if step.contains("failed, left out") {
                 server.lock().unwrap().restart();
@@ -286,12 +289,20 @@ async fn a_failed_row_is_reported_and_the_run_goes_on() {
             let case = format!("{runs} runs, run {} of them", i + 1);
             assert_eq!(b.uncontended.len(), 2, "{case}: the other rows are kept");
             if i + 1 == failing_run {
-                assert!(b.contention.is_empty(), "{case}: the failed row is left out");
-                assert_eq!(b.failed.len(), 1, "{case}: {:?}", b.failed);
+                assert!(
+                    b.contention.is_empty() && b.scale.is_empty(),
+                    "{case}: the failed rows are left out"
+                );
+                assert_eq!(b.failed.len(), 2, "{case}: {:?}", b.failed);
                 assert!(b.failed[0].row.ends_with("4 clients on one key"), "{:?}", b.failed);
-                assert!(!b.failed[0].error.is_empty() && !b.failed[0].error.contains('\n'));
+                assert!(
+                    b.failed[1].row.ends_with("50 locks held with auto-renew"),
+                    "{:?}",
+                    b.failed
+                );
+                assert!(b.failed.iter().all(|f| !f.error.is_empty() && !f.error.contains('\n')));
             } else {
-                assert_eq!(b.contention.len(), 1, "{case}: measured");
+                assert_eq!((b.contention.len(), b.scale.len()), (1, 1), "{case}: measured");
                 assert!(b.failed.is_empty(), "{case}: {:?}", b.failed);
             }
         }
@@ -299,13 +310,23 @@ async fn a_failed_row_is_reported_and_the_run_goes_on() {
         assert!(text.contains("## Rows that failed"), "{text}");
         assert!(!text.contains(".svg)"), "no chart is linked without --write: {text}");
         if runs > 1 {
-            assert!(text.contains(&format!("| {failing_run} | ")), "the run that failed is named: {text}");
+            assert!(
+                text.contains(&format!("| {failing_run} | ")),
+                "the run that failed is named: {text}"
+            );
             // The row is in the table whichever run failed, its figures from the other.
             let row = text
                 .lines()
                 .find(|l| l.contains("| fencelock | 1 × 4 |"))
                 .unwrap_or_else(|| panic!("the contention row is in the table: {text}"));
             assert!(row.contains("1 of 2 runs"), "{row}");
+            // The scale section shows one run; the point comes from the run that has it.
+            assert!(
+                text.lines().any(|l| l.contains(" | 50 | ")),
+                "the scale row is shown: {text}"
+            );
+        } else {
+            assert!(!text.contains("## Scale"), "{text}");
         }
     }
 }
