@@ -84,7 +84,9 @@ where
     }
     let commands_before = counter().await;
     let start = Instant::now();
-    let mut tasks = Vec::with_capacity(keys * clients);
+    // A JoinSet: when one client fails the row, returning drops it, which aborts the
+    // others, so none keeps contending beside the next row.
+    let mut tasks = tokio::task::JoinSet::new();
     for k in 0..keys {
         let key = if keys == 1 {
             "bench-contended".to_owned()
@@ -95,7 +97,7 @@ where
             let (subject, key) = (subject.clone(), key.clone());
             let (released_at, hand_offs, max_wait) = (released_at.clone(), hand_offs.clone(), max_wait.clone());
             let (made, stop, gave_up) = (made.clone(), stop.clone(), gave_up.clone());
-            tasks.push(tokio::spawn(async move {
+            tasks.spawn(async move {
                 let mut mine = 0usize;
                 while !stop.load(Ordering::SeqCst) {
                     let asked = Instant::now();
@@ -129,15 +131,12 @@ where
                     held.await?;
                 }
                 Ok::<usize, BenchError>(mine)
-            }));
+            });
         }
     }
     let mut per_client = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        per_client.push(
-            t.await
-                .map_err(|e| BenchError::Usage(format!("a contending client panicked: {e}")))??,
-        );
+    while let Some(t) = tasks.join_next().await {
+        per_client.push(t.map_err(|e| BenchError::Usage(format!("a contending client panicked: {e}")))??);
     }
     let elapsed = start.elapsed();
     let commands_after = counter().await;

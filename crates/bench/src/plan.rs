@@ -186,7 +186,9 @@ impl Rows<'_> {
         match measure.await {
             Ok(v) => Some(v),
             Err(e) => {
-                let error = e.to_string().lines().collect::<Vec<_>>().join(" ");
+                // With its causes: the top-level message alone ("fencelock connect failed")
+                // does not say why.
+                let error = crate::error::one_line(&e).lines().collect::<Vec<_>>().join(" ");
                 (self.progress)(&format!("{row}: failed, left out of the report: {error}"));
                 self.failed.push(FailedRow { row, error });
                 None
@@ -286,33 +288,13 @@ async fn measure(plan: &Plan, target: &Target, progress: &(dyn Fn(&str) + Sync))
             failed: rows.failed,
         });
     }
-    progress(&format!("{name}: uncontended acquire + release"));
-    let ours = Ours::connect(&target.url).await?;
-    let raw = target.raw().await?;
-    let mut subjects: Vec<(String, Role, Box<dyn Subject>)> = vec![
-        ("fencelock".into(), Role::Ours, Box::new(ours)),
-        ("raw minimum".into(), Role::Raw, raw),
-    ];
-    if plan.peers {
-        for peer in target.peer_names() {
-            subjects.push((peer.to_string(), Role::Peer, target.peer(peer).await?));
-        }
-    }
-    let refs: Vec<&dyn Subject> = subjects.iter().map(|(_, _, s)| s.as_ref()).collect();
-    let latencies = uncontended::measure(&refs, plan.cycles, plan.rounds).await?;
-    let raw_p50 = latencies[1].0.p50_us;
-    let uncontended = subjects
-        .iter()
-        .zip(&latencies)
-        .map(|((name, role, _), (l, a))| SubjectLatency {
-            subject: name.clone(),
-            role: *role,
-            latency: *l,
-            acquire: *a,
-            vs_raw: l.p50_us / raw_p50,
-        })
-        .collect();
-    drop(subjects);
+    // A row like the others: a server that stalls here loses this run's uncontended
+    // figures, not the bench.
+    let row = format!("{name}: uncontended acquire + release");
+    let uncontended = rows
+        .row(row, measure_uncontended(plan, target))
+        .await
+        .unwrap_or_default();
 
     let counter = || -> BoxFuture<'_, Option<u64>> { Box::pin(target.server_commands()) };
     let mut contention_rows = Vec::new();
@@ -377,4 +359,34 @@ async fn measure(plan: &Plan, target: &Target, progress: &(dyn Fn(&str) + Sync))
         scale: scale_points,
         failed: rows.failed,
     })
+}
+
+/// The uncontended rows: fencelock, the raw minimum and (with `plan.peers`) each peer,
+/// interleaved (see [`uncontended::measure`]), each with its ratio to the raw minimum.
+async fn measure_uncontended(plan: &Plan, target: &Target) -> Result<Vec<SubjectLatency>> {
+    let ours = Ours::connect(&target.url).await?;
+    let raw = target.raw().await?;
+    let mut subjects: Vec<(String, Role, Box<dyn Subject>)> = vec![
+        ("fencelock".into(), Role::Ours, Box::new(ours)),
+        ("raw minimum".into(), Role::Raw, raw),
+    ];
+    if plan.peers {
+        for peer in target.peer_names() {
+            subjects.push((peer.to_string(), Role::Peer, target.peer(peer).await?));
+        }
+    }
+    let refs: Vec<&dyn Subject> = subjects.iter().map(|(_, _, s)| s.as_ref()).collect();
+    let latencies = uncontended::measure(&refs, plan.cycles, plan.rounds).await?;
+    let raw_p50 = latencies[1].0.p50_us;
+    Ok(subjects
+        .iter()
+        .zip(&latencies)
+        .map(|((name, role, _), (l, a))| SubjectLatency {
+            subject: name.clone(),
+            role: *role,
+            latency: *l,
+            acquire: *a,
+            vs_raw: l.p50_us / raw_p50,
+        })
+        .collect())
 }

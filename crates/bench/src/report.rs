@@ -158,7 +158,9 @@ pub struct Report {
     pub settings: Settings,
     /// Per backend: the first run.
     pub backends: Vec<BackendReport>,
-    /// The runs after the first (`--runs N`), each per backend in the same order.
+    /// The runs after the first (`--runs N`), each per backend in the same order. A run's
+    /// rows line up with another's by what they measure (see [`Measured`]), not by
+    /// position: a row that failed in one run is missing from its lists.
     pub later_runs: Vec<Vec<BackendReport>>,
 }
 
@@ -451,14 +453,12 @@ impl Report {
         f: impl Fn(&R) -> Option<f64>,
         fmt: impl Fn(f64) -> String,
     ) -> String {
-        let values = self.across(|run| f(rows(run.get(bi)?).iter().find(|r| r.same(row))?));
-        let runs = self.settings.runs;
-        let shown = spread(&values, fmt);
-        if values.is_empty() || values.len() >= runs {
-            shown
-        } else {
-            format!("{shown}, {} of {runs} runs", values.len())
-        }
+        let found: Vec<&R> = self
+            .all_runs()
+            .filter_map(|run| rows(run.get(bi)?).iter().find(|r| r.same(row)))
+            .collect();
+        let values: Vec<f64> = found.iter().filter_map(|r| f(r)).collect();
+        with_runs(spread(&values, fmt), found.len(), self.settings.runs)
     }
 
     fn verdicts(&self, out: &mut String) {
@@ -490,12 +490,13 @@ impl Report {
             );
         }
         for (bi, b) in self.backends.iter().enumerate() {
-            let mut clients: Vec<usize> = b
-                .contention
-                .iter()
+            let mut clients: Vec<usize> = self
+                .table_rows(bi, |b| b.contention.as_slice())
+                .into_iter()
                 .filter(|c| c.role == Role::Ours)
                 .map(|c| c.result.clients)
                 .collect();
+            clients.sort_unstable();
             clients.dedup();
             for &n in &clients {
                 self.contention_verdict(out, bi, n);
@@ -522,8 +523,8 @@ impl Report {
                         "* {}: server {} per grant {} with {lo_n} clients, {} with {hi_n} — constant in the number of waiters (within {COMMANDS_CONSTANT_WITHIN}×): {} ({ratio:.2}×).",
                         b.backend,
                         b.command_unit,
-                        spread(lo, |v| format!("{v:.1}")),
-                        spread(hi, |v| format!("{v:.1}")),
+                        with_runs(spread(lo, |v| format!("{v:.1}")), lo.len(), runs),
+                        with_runs(spread(hi, |v| format!("{v:.1}")), hi.len(), runs),
                         met(ratio <= COMMANDS_CONSTANT_WITHIN),
                     );
                 }
@@ -534,10 +535,10 @@ impl Report {
             if let Some(d) = self.table_rows(bi, rows).into_iter().find(|d| d.role == Role::Ours) {
                 let _ = writeln!(
                     out,
-                    "* {}: a waiter that dies while queued delays the next live waiter's grant to {} ms median, {} ms at most (release → grant).",
+                    "* {}: a waiter that dies while queued delays the next live waiter's grant (release → grant): median {}; at most {}.",
                     b.backend,
-                    self.cell(bi, d, rows, |d| Some(d.p50_ms), |v| format!("{v:.1}")),
-                    self.cell(bi, d, rows, |d| Some(d.max_ms), |v| format!("{v:.1}")),
+                    self.cell(bi, d, rows, |d| Some(d.p50_ms), |v| format!("{v:.1} ms")),
+                    self.cell(bi, d, rows, |d| Some(d.max_ms), |v| format!("{v:.1} ms")),
                 );
             }
         }
@@ -563,6 +564,7 @@ impl Report {
     /// The contention targets for ours with `n` clients on backend `bi`, checked in every run.
     fn contention_verdict(&self, out: &mut String, bi: usize, n: usize) {
         let b = &self.backends[bi];
+        let runs = self.settings.runs;
         let met = |ok: bool| if ok { "met" } else { "**not met**" };
         let mut ours_rate = Vec::new();
         let mut peer_rate = Vec::new();
@@ -614,7 +616,7 @@ impl Report {
         } else {
             format!(
                 "best peer {} — grants/s ≥ best peer in every run: {}",
-                spread(&peer_rate, rate),
+                with_runs(spread(&peer_rate, rate), peer_rate.len(), runs),
                 met(beats_peers)
             )
         };
@@ -622,7 +624,7 @@ impl Report {
             out,
             "* {} with {n} clients on one key: {} grants/s ({peers}); Jain {} — ≥ {JAIN_TARGET}: {}; longest wait {} median hand-offs — ≤ {LONGEST_WAIT_HAND_OFFS:.0}: {}; hand-off p50 {} µs = {} {} — ≤ {}: {}.",
             b.backend,
-            spread(&ours_rate, |v| format!("{v:.0}")),
+            with_runs(spread(&ours_rate, |v| format!("{v:.0}")), ours_rate.len(), runs),
             spread(&jains, |v| format!("{v:.3}")),
             met(fair),
             spread(&waits, |v| format!("{v:.1}")),
@@ -728,7 +730,7 @@ impl Report {
         );
         self.contention_table(out, |b| b.contention.as_slice());
         chart(out, charts, "hand-off under contention", "handoff");
-        if self.backends.iter().any(|b| !b.many_keys.is_empty()) {
+        if (0..self.backends.len()).any(|bi| !self.table_rows(bi, |b| b.many_keys.as_slice()).is_empty()) {
             let _ = writeln!(
                 out,
                 "## Many keys at once\n\nThe shape of a real service: a few client processes (each one connection) and many keys, each key contended by every client at once; each run stops after {:.0} s. \
@@ -738,7 +740,7 @@ impl Report {
             self.contention_table(out, |b| b.many_keys.as_slice());
             chart(out, charts, "many keys at once", "manykeys");
         }
-        if self.backends.iter().any(|b| !b.dead_waiter.is_empty()) {
+        if (0..self.backends.len()).any(|bi| !self.table_rows(bi, |b| b.dead_waiter.as_slice()).is_empty()) {
             let _ = writeln!(
                 out,
                 "## A waiter dies while queued\n\n{} trials per subject. A holder takes a fresh key; the victim, connected through a fault proxy, queues for it, and two live clients queue behind it. \
@@ -901,6 +903,16 @@ impl Measured for ScalePoint {
 impl Measured for DeadWaiter {
     fn same(&self, other: &Self) -> bool {
         self.subject == other.subject
+    }
+}
+
+/// `shown`, and ", k of n runs" when the figure rests on fewer runs than all (a row that
+/// failed in the others).
+fn with_runs(shown: String, measured: usize, runs: usize) -> String {
+    if measured == 0 || measured >= runs {
+        shown
+    } else {
+        format!("{shown}, {measured} of {runs} runs")
     }
 }
 

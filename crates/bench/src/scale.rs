@@ -50,10 +50,12 @@ pub async fn measure(target: &Target, locks: usize, hold: Duration) -> Result<Sc
     let rss_before = rss_bytes();
     let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
-    let mut workers = Vec::new();
+    // A JoinSet: when one acquire fails the row, returning drops it, which aborts the
+    // other workers (and drops the leases they hold) before the next row.
+    let mut workers = tokio::task::JoinSet::new();
     for _ in 0..PARALLEL.min(locks) {
         let (ours, next) = (ours.clone(), next.clone());
-        workers.push(tokio::spawn(async move {
+        workers.spawn(async move {
             let mut held = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
@@ -70,14 +72,11 @@ pub async fn measure(target: &Target, locks: usize, hold: Duration) -> Result<Sc
                     })?;
                 held.push(lease);
             }
-        }));
+        });
     }
     let mut leases = Vec::with_capacity(locks);
-    for w in workers {
-        leases.extend(
-            w.await
-                .map_err(|e| BenchError::Usage(format!("an acquiring task panicked: {e}")))??,
-        );
+    while let Some(w) = workers.join_next().await {
+        leases.extend(w.map_err(|e| BenchError::Usage(format!("an acquiring task panicked: {e}")))??);
     }
     let acquire_secs = started.elapsed().as_secs_f64();
     // Let the renewals of the acquisition burst settle into their period before counting.
