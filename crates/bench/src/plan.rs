@@ -186,9 +186,9 @@ impl Rows<'_> {
         match measure.await {
             Ok(v) => Some(v),
             Err(e) => {
-                // With its causes: the top-level message alone ("fencelock connect failed")
-                // does not say why.
-                let error = crate::error::one_line(&e).lines().collect::<Vec<_>>().join(" ");
+                // With its causes, on one line: the top-level message alone ("fencelock
+                // connect failed") does not say why.
+                let error = crate::error::one_line(&e);
                 (self.progress)(&format!("{row}: failed, left out of the report: {error}"));
                 self.failed.push(FailedRow { row, error });
                 None

@@ -443,6 +443,13 @@ impl Report {
         points
     }
 
+    /// `row` (see [`Measured`]) in `rows(backend bi)` of each run that measured it.
+    fn in_runs<'a, R: Measured>(&'a self, bi: usize, row: &R, rows: fn(&BackendReport) -> &[R]) -> Vec<&'a R> {
+        self.all_runs()
+            .filter_map(|run| rows(run.get(bi)?).iter().find(|r| r.same(row)))
+            .collect()
+    }
+
     /// `f` of `row` (see [`Measured`]) in `rows(backend bi)` of each run that measured it,
     /// shown as its spread, and how many runs that was when not all.
     fn cell<R: Measured>(
@@ -453,10 +460,7 @@ impl Report {
         f: impl Fn(&R) -> Option<f64>,
         fmt: impl Fn(f64) -> String,
     ) -> String {
-        let found: Vec<&R> = self
-            .all_runs()
-            .filter_map(|run| rows(run.get(bi)?).iter().find(|r| r.same(row)))
-            .collect();
+        let found = self.in_runs(bi, row, rows);
         let values: Vec<f64> = found.iter().filter_map(|r| f(r)).collect();
         with_runs(spread(&values, fmt), found.len(), self.settings.runs)
     }
@@ -684,8 +688,11 @@ impl Report {
                 let r = &c.result;
                 let min = r.per_client.iter().min().copied().unwrap_or(0);
                 let max = r.per_client.iter().max().copied().unwrap_or(0);
-                let gave_up: Vec<f64> =
-                    self.across(|run| Some(rows(run.get(bi)?).iter().find(|o| o.same(c))?.result.gave_up as f64));
+                let gave_up: Vec<f64> = self
+                    .in_runs(bi, c, rows)
+                    .iter()
+                    .map(|o| o.result.gave_up as f64)
+                    .collect();
                 let _ = writeln!(
                     out,
                     "| {} | {} | {} × {} | {} | {} | {} | {} | {} | {} | {min}–{max} of {} | {} |",
