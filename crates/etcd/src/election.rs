@@ -169,11 +169,11 @@ impl Election for EtcdElection {
         let won: Mutex<Option<(String, i64)>> = Mutex::new(None);
         let lease = queue_with(&seat, opts, || async {
             let inner = Arc::clone(&self.lock.inner);
-            let q = enqueue_with_value(inner, &seat, value.to_vec(), opts).await?;
+            let mut q = enqueue_with_value(inner, &seat, value.to_vec(), opts).await?;
             let since = if q.owner {
                 None
             } else {
-                match wait_turn(self.cluster(), &q, opts.ttl()).await? {
+                match wait_turn(self.cluster(), &mut q, opts.ttl()).await? {
                     Some(since) => Some(since),
                     None => return Ok(None), // our key vanished while queued: again
                 }

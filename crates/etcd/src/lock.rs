@@ -271,11 +271,11 @@ impl DistributedLock for EtcdLock {
     #[tracing::instrument(level = "debug", skip(self, opts), fields(backend = "etcd"))]
     async fn acquire(&self, key: &str, opts: &LockOptions) -> Result<Lease> {
         queue_with(key, opts, || async {
-            let q = enqueue(Arc::clone(&self.inner), key, opts).await?;
+            let mut q = enqueue(Arc::clone(&self.inner), key, opts).await?;
             if q.owner {
                 return Ok(self.grant(key, opts, q, None));
             }
-            match wait_turn(&self.inner.cluster, &q, opts.ttl()).await? {
+            match wait_turn(&self.inner.cluster, &mut q, opts.ttl()).await? {
                 Some(since) => Ok(self.grant(key, opts, q, Some(since))),
                 None => Ok(None), // our key vanished while queued: queue again
             }

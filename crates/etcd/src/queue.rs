@@ -15,6 +15,7 @@ use crate::finish::finish_on_drop;
 use crate::lock::Inner;
 use crate::session::Session;
 use crate::slots::Slot;
+use crate::wait::{place_read, Place};
 
 /// How a lock's key stays alive.
 #[derive(Debug, Clone)]
@@ -55,6 +56,10 @@ pub(crate) struct Queued {
     /// after our key was deleted. The name is then never reused.
     pub echoes: bool,
     pub owner: bool,
+    /// Our place in the queue as the queueing transaction saw it (the keys just before
+    /// ours), so the wait starts without a read of its own; `None` when it was not read
+    /// (we own the lock, or an echo of an earlier try was found).
+    pub place: Option<Place>,
     pub armed: bool,
 }
 
@@ -181,6 +186,7 @@ pub(crate) async fn enqueue_with_value(
             holding: holding.clone(),
             echoes: false,
             owner: false,
+            place: None,
             armed: true,
         };
         // The directory is empty (a compare over a range with no key compares as one
@@ -200,8 +206,10 @@ pub(crate) async fn enqueue_with_value(
         let queue = Txn::new()
             .when([Compare::create_revision(my_key.clone(), CompareOp::Equal, 0)])
             // Our key is new and an older one exists (the outer compare saw the directory
-            // non-empty, in the same transaction): we queue, no owner read needed.
-            .and_then([put.clone()])
+            // non-empty, in the same transaction): we queue, no owner read needed — but
+            // the keys just before ours are read after our put, in the same transaction
+            // (it sees its own put), so the wait needs no read of its own.
+            .and_then([put.clone(), place_read(&dir)])
             .or_else([
                 TxnOp::get(my_key.clone(), None),
                 TxnOp::get(dir.clone(), Some(owner_get)),
@@ -225,6 +233,9 @@ pub(crate) async fn enqueue_with_value(
             }
             for op in queue.op_responses() {
                 match op {
+                    TxnOpResponse::Get(g) if queue.succeeded() => {
+                        queued.place = Some(Place::after_our_put(&g, &my_key, revision));
+                    }
                     TxnOpResponse::Get(g)
                         if g.kvs().first().is_some_and(|kv| kv.key() == my_key.as_bytes()) && !queue.succeeded() =>
                     {

@@ -9,9 +9,15 @@
 //! keys just older than ours and whether any older one is left (the range's `more` flag,
 //! computed after the create-revision filter — its `count` is not: it counts the whole
 //! directory), together with our own key, in one transaction; watch them on one watch stream.
+//! The first such read is made by the queueing transaction itself, right after its put
+//! ([`place_read`]), so a queued acquire costs one request before it waits.
 //!
 //! * Every known older key deleted and nothing else older: we are first — granted on the
 //!   watch push alone.
+//! * The key just before ours deleted while an older known one is not reported gone: read
+//!   again. Keys left out of order (a waiter gave up), or that key's event is held back: a
+//!   watch etcd registered while a write was applied waits in its "unsynced" group, and
+//!   gets its events at the next sync, up to 100 ms later.
 //! * One of them deleted while others older may be left: read again (at most one read per
 //!   key that goes, two when a new watch began after the read). Under steady contention
 //!   this read happens when the key three ahead of ours is released — two hand-offs before
@@ -33,7 +39,8 @@ use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use etcd_client::{
-    EventType, GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions, WatchStream,
+    EventType, GetOptions, GetResponse, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchFilterType,
+    WatchOptions, WatchStream,
 };
 use fencelock_core::Result;
 use tokio::time::Instant;
@@ -46,7 +53,8 @@ use crate::queue::{Holding, Queued};
 const TRACKED: i64 = 3;
 
 /// What one queue read (a single transaction) says about our place.
-struct Place {
+#[derive(Debug)]
+pub(crate) struct Place {
     /// Up to [`TRACKED`] keys just older than ours, youngest first.
     older: Vec<Vec<u8>>,
     /// Keys older than these are left too.
@@ -55,6 +63,36 @@ struct Place {
     ours: bool,
     /// The revision the read saw.
     seen: i64,
+}
+
+/// The read of our place that the queueing transaction makes right after its put: the
+/// directory's [`TRACKED`] + 1 youngest keys — ours (the transaction's own put is the
+/// youngest key) and the ones just before it. Its `more` flag (set by etcd after sorting
+/// and limiting) says whether an older key is left beyond them.
+pub(crate) fn place_read(dir: &str) -> TxnOp {
+    let youngest = GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Create, SortOrder::Descend)
+        .with_limit(TRACKED + 1)
+        .with_keys_only();
+    TxnOp::get(dir.to_owned(), Some(youngest))
+}
+
+impl Place {
+    /// Our place from [`place_read`]'s answer, in the transaction (at `revision`) that put
+    /// `my_key`.
+    pub(crate) fn after_our_put(g: &GetResponse, my_key: &str, revision: i64) -> Place {
+        let kvs = g.kvs();
+        let ours = kvs
+            .first()
+            .is_some_and(|kv| kv.key() == my_key.as_bytes() && kv.create_revision() == revision);
+        Place {
+            older: kvs.iter().skip(1).map(|kv| kv.key().to_vec()).collect(),
+            more: g.more(),
+            ours,
+            seen: revision,
+        }
+    }
 }
 
 /// Reads, in one transaction, the keys just before ours and our own key: "which older keys
@@ -159,7 +197,9 @@ enum Woken {
 /// Returns `Some(since)` when we own the lock, valid from `since`; `None` when our key or
 /// own lease vanished while queued (the etcd 3.4.3 Jepsen finding, etcd issue 11456: every
 /// read also checks our key) — queue again.
-pub(crate) async fn wait_turn(c: &Cluster, q: &Queued, ttl: Duration) -> Result<Option<Instant>> {
+pub(crate) async fn wait_turn(c: &Cluster, q: &mut Queued, ttl: Duration) -> Result<Option<Instant>> {
+    let mut first = q.place.take();
+    let q = &*q;
     // The send instant of the last confirmed grant or keep-alive of an own lease: the
     // lease lives at least its granted TTL from then.
     let (validity, mut confirmed) = match &q.holding {
@@ -168,7 +208,10 @@ pub(crate) async fn wait_turn(c: &Cluster, q: &Queued, ttl: Duration) -> Result<
     };
     let mut w = Watches::default();
     for _ in 0..100_000 {
-        let place = read_place(c, q).await?;
+        let place = match first.take() {
+            Some(place) => place,
+            None => read_place(c, q).await?,
+        };
         if !place.ours {
             return Ok(None);
         }
@@ -262,6 +305,14 @@ async fn wait_push(
         }
         if left < known.len() && more {
             return Ok(Some(Woken::Look)); // older keys may be left: see which
+        }
+        if left > 0 && known.first().is_some_and(|k| w.deleted.contains(k)) {
+            // The key just before ours went while an older one is not known gone: keys
+            // left out of order (a waiter gave up), or that key's event is held back —
+            // events come in revision order only from watches etcd keeps "synced", and a
+            // watch created while a write was applied waits in etcd's unsynced group for
+            // its next sync, up to 100 ms (mvcc `syncWatchersLoop`). One read settles it.
+            return Ok(Some(Woken::Look));
         }
     }
     Ok(Some(Woken::Look))

@@ -102,6 +102,113 @@ async fn a_hand_off_costs_only_the_delete() {
     }
 }
 
+/// Queueing behind a holder costs one request: the put of our key and the look at the keys
+/// just before it (which ones, and whether any older is left) go in one transaction, whose
+/// reads see its own put. Before, the waiter read its place in a second Txn after the put
+/// — a round trip more on every queued acquire, and a message more per grant on the
+/// server under contention (issue 14). Failed before the change: 2 Txn, not 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queueing_costs_one_transaction() {
+    let cluster = EtcdCluster::single();
+    let url = cluster.url("session_ttl=60s");
+    let (a, b, c) = (
+        EtcdLock::connect(&url).await.unwrap(),
+        EtcdLock::connect(&url).await.unwrap(),
+        EtcdLock::connect(&url).await.unwrap(),
+    );
+    let opts = LockOptions::new()
+        .with_ttl(Duration::from_secs(10))
+        .with_wait(Duration::from_secs(20));
+    // Sessions started beforehand (a lease grant each), so only the queueing is counted.
+    for x in [&b, &c] {
+        x.acquire(&unique_key("warm"), &opts)
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+    }
+    let key = unique_key("queue1");
+    let held = a.acquire(&key, &opts).await.unwrap();
+    let base = watchers(&cluster);
+    let mut waiting = Vec::new();
+    // b queues behind a (nothing older: watches a); c behind b and a (watches both).
+    for (lock, total) in [(&b, 1), (&c, 3)] {
+        let (txn0, range0) = (calls(&cluster, "Txn"), calls(&cluster, "Range"));
+        let (lock, key) = (lock.clone(), key.clone());
+        waiting.push(tokio::spawn(async move { lock.acquire(&key, &opts).await }));
+        until_watchers(&cluster, base + total).await;
+        let (txn, range) = (calls(&cluster, "Txn") - txn0, calls(&cluster, "Range") - range0);
+        assert_eq!((txn, range), (1, 0), "Txn and Range calls of one queued acquire");
+    }
+    held.release().await.unwrap();
+    for w in waiting {
+        let lease = tokio::time::timeout(Duration::from_secs(10), w)
+            .await
+            .expect("the waiter is served")
+            .unwrap()
+            .unwrap();
+        lease.release().await.unwrap();
+    }
+    for x in [a, b, c] {
+        x.close().await.unwrap();
+    }
+}
+
+/// When the key just before ours goes while an older key we watch is not known to be gone,
+/// the waiter reads the queue at once instead of waiting for that key's event. Deletions
+/// on one watch stream arrive in revision order only from watches etcd keeps "synced": a
+/// watch created while a write was being applied is parked in etcd's unsynced group and
+/// its events come at the next sync, up to 100 ms later (mvcc `syncWatchersLoop`) — that
+/// was the bench's p99 under contention (issue 14). Keys leaving out of order (a waiter
+/// that gave up, as here) is the other cause; the read settles both. Failed before the
+/// change: the last waiter never read (1 Txn, the gone waiter's delete, not 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_reads_the_queue_when_its_predecessor_goes_first() {
+    let cluster = EtcdCluster::single();
+    let url = cluster.url("session_ttl=60s");
+    let (a, b, c) = (
+        EtcdLock::connect(&url).await.unwrap(),
+        EtcdLock::connect(&url).await.unwrap(),
+        EtcdLock::connect(&url).await.unwrap(),
+    );
+    let key = unique_key("ooo");
+    let opts = LockOptions::new()
+        .with_ttl(Duration::from_secs(10))
+        .with_wait(Duration::from_secs(20));
+    let held = a.acquire(&key, &opts).await.unwrap();
+    let base = watchers(&cluster);
+    let gives_up = tokio::spawn({
+        let (b, key) = (b.clone(), key.clone());
+        async move { b.acquire(&key, &opts).await }
+    });
+    until_watchers(&cluster, base + 1).await; // b watches a's key
+    let last = tokio::spawn({
+        let (c, key) = (c.clone(), key.clone());
+        async move { c.acquire(&key, &opts).await }
+    });
+    until_watchers(&cluster, base + 3).await; // c watches b's and a's keys
+    let txn0 = calls(&cluster, "Txn");
+    gives_up.abort(); // b's key is deleted in the background: before a's, out of order
+    until_txns(
+        &cluster,
+        txn0 + 2,
+        "the last waiter did not read the queue when the key before it went first",
+    )
+    .await;
+    assert!(!last.is_finished(), "granted while the holder still holds");
+    held.release().await.unwrap();
+    let lease = tokio::time::timeout(Duration::from_secs(10), last)
+        .await
+        .expect("the last waiter is served")
+        .unwrap()
+        .unwrap();
+    lease.release().await.unwrap();
+    for x in [a, b, c] {
+        x.close().await.unwrap();
+    }
+}
+
 /// Txn calls on member 0 reach at least `n` (bounded polling of the counter).
 async fn until_txns(cluster: &EtcdCluster, n: u64, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
