@@ -13,6 +13,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use fencelock_testkit::cycle_cost::REDIS_COMPARE_AND_DELETE;
 use futures_util::future::{join_all, BoxFuture};
 use redis::aio::MultiplexedConnection;
 
@@ -25,10 +26,6 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 fn unique_id() -> String {
     format!("{}-{}", std::process::id(), NEXT_ID.fetch_add(1, Ordering::Relaxed))
 }
-
-/// Compare-and-delete: deletes the key only if it still holds our id.
-const COMPARE_AND_DELETE: &str =
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
 
 /// `SET NX PX` + compare-and-delete on one or several Redis servers (several: Redlock).
 pub struct RawRedis {
@@ -53,7 +50,7 @@ impl RawRedis {
         }
         Ok(RawRedis {
             conns,
-            script: redis::Script::new(COMPARE_AND_DELETE),
+            script: redis::Script::new(REDIS_COMPARE_AND_DELETE),
             who,
         })
     }

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use fencelock_core::{DistributedLock, LockOptions};
-use fencelock_testkit::cycle_cost::{cpu_ns, p50_us, print_cpu, Readings};
+use fencelock_testkit::cycle_cost::{cpu_ns, p50_us, print_cpu, Readings, REDIS_COMPARE_AND_DELETE};
 use fencelock_testkit::redis_server::RedisServer;
 use redis::aio::MultiplexedConnection;
 
@@ -45,9 +45,6 @@ fn server(redis: &RedisServer) -> BTreeMap<String, f64> {
     }
     out
 }
-
-const COMPARE_AND_DELETE: &str =
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
 
 struct Raw {
     conn: MultiplexedConnection,
@@ -93,7 +90,7 @@ async fn main() {
     let node = ours.node().clone();
     let client = redis::Client::open(redis.url()).unwrap();
     let conn = client.get_multiplexed_async_connection().await.unwrap();
-    let cad = redis::Script::new(COMPARE_AND_DELETE);
+    let cad = redis::Script::new(REDIS_COMPARE_AND_DELETE);
     let mut raw = Raw {
         conn: conn.clone(),
         cad: cad.clone(),

@@ -6,6 +6,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// The raw minimum's Redis release (the bench's `RawRedis` and the `redis_cycle_cost`
+/// example): a Lua compare-and-delete that deletes `KEYS[1]` only while it still holds
+/// `ARGV[1]` (the Redlock page's release script). Returns 1 when it deleted, else 0.
+pub const REDIS_COMPARE_AND_DELETE: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+
 /// This process's CPU time so far, ns: the sum over its threads of the run time in
 /// `/proc/self/task/*/schedstat` (Linux). Threads that ended are not counted, so take
 /// both readings of a difference while the same threads run.
