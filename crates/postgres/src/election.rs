@@ -29,6 +29,7 @@ use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::error::{failed, no_answer};
+use crate::hosts::{self, HostFailure};
 use crate::PgLock;
 
 /// The SQL expression of a seat's notification channel, for the seat key `key` (an SQL
@@ -113,40 +114,67 @@ COMMIT;",
     }
 
     /// Opens a connection of its own that listens on `channel`; each notification (and
-    /// the connection's end) wakes `wake`. Bounded by the connect and statement timeouts.
+    /// the connection's end) wakes `wake`.
+    ///
+    /// The URL's hosts are tried one at a time, as the lock's own connections are
+    /// ([`hosts::connect_each`]): each host's whole attempt — connect, start-up and the
+    /// `LISTEN` — may take at most the connect timeout plus one statement timeout, then
+    /// the next host is tried (a host that accepts and never answers is given up).
+    ///
+    /// # Errors
+    ///
+    /// `InvalidConfig` when the server reached refuses the `LISTEN` for good (a
+    /// standby), or every host refused the start-up; else `Unavailable` naming each host.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: an attempt dropped midway aborts its connection's driver.
     async fn listen(&self, channel: &str, wake: &Arc<Notify>) -> Result<Listener> {
         let cfg = self.lock.config();
         let server = self.lock.node().server().to_owned();
-        let connect = cfg.pg.connect(NoTls);
-        let (client, mut connection) = match tokio::time::timeout(cfg.connect_timeout, connect).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(failed("connecting to listen", &server, e)),
-            Err(_) => return Err(no_answer("connecting to listen", &server, cfg.connect_timeout)),
-        };
-        let (notify, ended) = (Arc::clone(wake), Arc::new(std::sync::atomic::AtomicBool::new(false)));
-        let ended_flag = Arc::clone(&ended);
-        let driver = tokio::spawn(async move {
-            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-            while let Some(message) = messages.next().await {
-                match message {
-                    Ok(AsyncMessage::Notification(_)) => notify.notify_one(),
-                    Ok(_) => {}
-                    Err(_) => break,
+        let bound = cfg.connect_timeout + cfg.timeout;
+        let listen = format!("LISTEN {channel}");
+        let listen = &listen;
+        hosts::connect_each(
+            &cfg.pg,
+            &server,
+            "connecting to listen",
+            bound,
+            |pg, server| async move {
+                let (client, mut connection) = pg
+                    .connect(NoTls)
+                    .await
+                    .map_err(|e| HostFailure::Next(failed("connecting to listen", &server, e)))?;
+                let (notify, ended) = (Arc::clone(wake), Arc::new(std::sync::atomic::AtomicBool::new(false)));
+                let ended_flag = Arc::clone(&ended);
+                let driver = tokio::spawn(async move {
+                    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                    while let Some(message) = messages.next().await {
+                        match message {
+                            Ok(AsyncMessage::Notification(_)) => notify.notify_one(),
+                            Ok(_) => {}
+                            Err(_) => break,
+                        }
+                    }
+                    ended_flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                    notify.notify_one();
+                });
+                // Dropped (an attempt given up, or failed) it aborts the driver.
+                let listener = Listener {
+                    client,
+                    ended,
+                    driver: driver.abort_handle(),
+                };
+                match listener.client.batch_execute(listen).await {
+                    Ok(()) => Ok(listener),
+                    Err(e) => match failed("LISTEN", &server, e) {
+                        e @ fencelock_core::LockError::InvalidConfig { .. } => Err(HostFailure::Final(e)),
+                        e => Err(HostFailure::Next(e)),
+                    },
                 }
-            }
-            ended_flag.store(true, std::sync::atomic::Ordering::SeqCst);
-            notify.notify_one();
-        });
-        let listener = Listener {
-            client,
-            ended,
-            driver: driver.abort_handle(),
-        };
-        match tokio::time::timeout(cfg.timeout, listener.client.batch_execute(&format!("LISTEN {channel}"))).await {
-            Ok(Ok(())) => Ok(listener),
-            Ok(Err(e)) => Err(failed("LISTEN", &server, e)),
-            Err(_) => Err(no_answer("LISTEN", &server, cfg.timeout)),
-        }
+            },
+        )
+        .await
     }
 }
 

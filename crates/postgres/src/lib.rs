@@ -60,6 +60,7 @@ mod election;
 mod error;
 mod fence;
 mod grant;
+mod hosts;
 mod lock;
 mod node;
 mod pool;

@@ -88,8 +88,9 @@ impl PgLock {
     ///
     /// [`LockError::InvalidConfig`] for a bad URL, refused credentials, a missing
     /// database, no privilege to create the tables, or a standby (read-only) server;
-    /// [`LockError::Unavailable`] when the server cannot be reached within
-    /// `connect_timeout` (plus the statement `timeout` for the set-up).
+    /// [`LockError::Unavailable`] when no host of the URL gives a ready connection: each
+    /// host is tried in turn, for at most `connect_timeout` + 2 × `timeout` (TCP connect,
+    /// start-up and set-up together), and the error names each host and why it failed.
     ///
     /// # Cancel safety
     ///

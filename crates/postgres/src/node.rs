@@ -21,6 +21,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use crate::config::PgConfig;
 use crate::deadlines::Deadlines;
 use crate::error::{failed, no_answer};
+use crate::hosts::{self, HostFailure};
 use crate::pool::{least_busy, Pool};
 use crate::renewals::{self, renewals, Renewal, Renewals};
 use crate::session::{Session, Statements};
@@ -186,23 +187,30 @@ impl PgNode {
         self.inner.pool.listener()
     }
 
-    /// Opens one more connection, bounded by the connect timeout plus two statement
-    /// timeouts (the set-up), and adds it to the pool. The caller holds `connecting`.
+    /// Opens one more connection and adds it to the pool. The caller holds `connecting`.
+    ///
+    /// The URL's hosts are tried one at a time ([`hosts::connect_each`]); each attempt —
+    /// TCP connect, start-up, `target_session_attrs` check and our set-up statements
+    /// ([`open`](Self::open)) — may take at most the connect timeout plus two statement
+    /// timeouts, then the next host is tried: a host that accepts and never answers is
+    /// given up, not waited on.
+    ///
+    /// # Errors
+    ///
+    /// As [`hosts::connect_each`]: `InvalidConfig` when the server reached says the
+    /// configuration is wrong (a standby, tables not ours, no privilege) or every host
+    /// refused it; else `Unavailable` naming each host and why.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: an attempt dropped midway ends its connection (see `open`).
     async fn connect(&self) -> Result<Arc<Session>> {
         let cfg = &self.inner.cfg;
         let bound = cfg.connect_timeout + cfg.timeout * 2;
-        let session = match tokio::time::timeout(bound, self.open()).await {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(LockError::Unavailable {
-                    message: format!(
-                        "postgres unreachable: no ready connection to {} within {bound:?}",
-                        cfg.server()
-                    ),
-                    source: None,
-                })
-            }
-        };
+        let session = hosts::connect_each(&cfg.pg, cfg.server(), "connecting", bound, |pg, server| async move {
+            self.open(&pg, &server).await
+        })
+        .await?;
         self.inner.pool.add(Arc::clone(&session));
         Ok(session)
     }
@@ -318,15 +326,26 @@ impl PgNode {
         Ok(())
     }
 
-    /// Connects, creates the tables if missing, and prepares the statements.
-    async fn open(&self) -> Result<Arc<Session>> {
+    /// Connects to the one host of `pg` (`server` names it in messages), creates the
+    /// tables if missing, and prepares the statements. Unbounded itself: the caller
+    /// ([`connect`](Self::connect)) bounds the whole attempt.
+    ///
+    /// # Errors
+    ///
+    /// [`HostFailure::Final`] with `InvalidConfig` when the server was reached and
+    /// says the configuration is wrong (a standby, tables not ours, no privilege to
+    /// create them); [`HostFailure::Next`] for everything else (the next host may work).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropped midway, the connection's driver task is aborted (the
+    /// connection closed), so a silent host given up keeps nothing open.
+    async fn open(&self, pg: &tokio_postgres::Config, server: &str) -> std::result::Result<Arc<Session>, HostFailure> {
         let cfg = &self.inner.cfg;
-        let server = cfg.server();
-        let (client, mut connection) = cfg
-            .pg
+        let (client, mut connection) = pg
             .connect(NoTls)
             .await
-            .map_err(|e| failed(crate::error::CONNECTING, server, e))?;
+            .map_err(|e| HostFailure::Next(failed(crate::error::CONNECTING, server, e)))?;
         let slot: Arc<OnceLock<Weak<Session>>> = Arc::default();
         let (node, session_slot) = (Arc::downgrade(&self.inner), Arc::clone(&slot));
         let driver = tokio::spawn(async move {
@@ -352,6 +371,9 @@ impl PgNode {
             PgNode { inner }.end_session(&session, &why);
         });
         let abort = driver.abort_handle();
+        // Aborts the driver (closing the connection) unless the set-up succeeds: also
+        // when this future is dropped midway, as a host found silent is given up.
+        let mut unfinished = AbortOnDrop(Some(abort.clone()));
         let setup = async {
             let doing = |what| move |e| failed(what, server, e);
             // Created only when a table is missing: `CREATE SCHEMA IF NOT EXISTS` checks
@@ -412,15 +434,15 @@ impl PgNode {
         };
         match setup.await {
             Ok((st, pid)) => {
+                unfinished.0 = None;
                 let session = Arc::new(Session::new(client, st, pid, abort));
                 // The driver holds the session weakly: dropping the node ends it.
                 let _ = slot.set(Arc::downgrade(&session));
                 Ok(session)
             }
-            Err(e) => {
-                abort.abort();
-                Err(e)
-            }
+            // The server answered and says the configuration is wrong: no other host.
+            Err(e @ LockError::InvalidConfig { .. }) => Err(HostFailure::Final(e)),
+            Err(e) => Err(HostFailure::Next(e)),
         }
     }
 
@@ -980,6 +1002,17 @@ impl PgNode {
             synchronous_commit: row.get(1),
             in_recovery: row.get(2),
         })
+    }
+}
+
+/// Aborts a connection's driver task when dropped, unless disarmed (`.0 = None`).
+struct AbortOnDrop(Option<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(driver) = self.0.take() {
+            driver.abort();
+        }
     }
 }
 

@@ -1,0 +1,380 @@
+//! Connecting to one of the URL's hosts (`postgres://u@h1:p1,h2:p2/db`), trying them one
+//! at a time, **each attempt bounded as a whole**.
+//!
+//! Why not tokio-postgres's own multi-host connect (`Config::connect` with several hosts):
+//! it tries the hosts in order, but `connect_timeout` bounds only each TCP connect. The
+//! start-up exchange (authentication, parameters), the `target_session_attrs` check and
+//! our own first statements are not bounded, and tokio-postgres (0.7) has no option that
+//! bounds them. So a host that accepts the TCP connection and then says nothing — a hung
+//! server, a SIGSTOPped postgres, a black-hole proxy — held the whole connect until our
+//! outer bound ran out, and the next host was never tried. Here every host (every address
+//! a host name resolves to) gets a single-host [`tokio_postgres::Config`] of its own and a
+//! `tokio::time::timeout` around the whole attempt: resolution, TCP connect, start-up, the
+//! `target_session_attrs` check (done by tokio-postgres per host, so a standby is still
+//! skipped when `read-write` is asked) and the caller's first statements.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use fencelock_core::LockError;
+use tokio_postgres::config::{Host, LoadBalanceHosts};
+use tokio_postgres::Config;
+
+/// How one host's attempt failed.
+#[derive(Debug)]
+pub(crate) enum HostFailure {
+    /// This host did not work (unreachable, silent, refused the start-up, a standby when
+    /// `read-write` was asked): the next host is tried.
+    Next(LockError),
+    /// The host was reached and says the configuration is wrong (a standby with
+    /// `target_session_attrs=any`, tables that are not ours, no privilege): no other
+    /// host is tried, this is the answer.
+    Final(LockError),
+}
+
+/// One host of the URL: the name (or socket directory), its `hostaddr` if the URL gave
+/// one, and its port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    host: Host,
+    hostaddr: Option<IpAddr>,
+    port: u16,
+}
+
+/// `Unavailable` without a source.
+fn unavailable(message: impl Into<String>) -> LockError {
+    LockError::Unavailable {
+        message: message.into(),
+        source: None,
+    }
+}
+
+/// PostgreSQL's port when the URL gives none.
+const DEFAULT_PORT: u16 = 5432;
+
+/// The hosts of `pg` in the order libpq and tokio-postgres read them: `hostaddr` `i`
+/// belongs to host `i`, port `i` to host `i` (one port: every host's). A port or hostaddr
+/// count that does not match the hosts is tokio-postgres's error, kept.
+fn targets(pg: &Config) -> Result<Vec<Target>, String> {
+    let (hosts, addrs, ports) = (pg.get_hosts(), pg.get_hostaddrs(), pg.get_ports());
+    if !addrs.is_empty() && addrs.len() != hosts.len() {
+        return Err(format!(
+            "number of hosts ({}) is different from number of hostaddrs ({})",
+            hosts.len(),
+            addrs.len()
+        ));
+    }
+    if ports.len() > 1 && ports.len() != hosts.len() {
+        return Err(format!(
+            "{} ports for {} hosts: give one port, or one per host",
+            ports.len(),
+            hosts.len()
+        ));
+    }
+    Ok(hosts
+        .iter()
+        .enumerate()
+        .map(|(i, host)| Target {
+            host: host.clone(),
+            hostaddr: addrs.get(i).copied(),
+            port: ports.get(i).or_else(|| ports.first()).copied().unwrap_or(DEFAULT_PORT),
+        })
+        .collect())
+}
+
+/// How a target is named in messages: `host:port` (`[v6]:port`), a socket directory with
+/// its port.
+fn name_of(host: &Host, addr: Option<IpAddr>, port: u16) -> String {
+    let base = match host {
+        Host::Tcp(h) if h.contains(':') => format!("[{h}]:{port}"),
+        Host::Tcp(h) => format!("{h}:{port}"),
+        #[cfg(unix)]
+        Host::Unix(path) => format!("{} (port {port})", path.display()),
+    };
+    match addr {
+        Some(ip) if !matches!(host, Host::Tcp(h) if h.parse::<IpAddr>() == Ok(ip)) => format!("{base} ({ip})"),
+        _ => base,
+    }
+}
+
+/// `pg` with only `host` (at `addr`, when given) and `port`: every other setting copied.
+/// (tokio-postgres's `Config` can add hosts but not remove them, so the single-host one
+/// is built anew; `single_host_copies_every_setting` checks that nothing is lost.)
+fn single(pg: &Config, host: &Host, addr: Option<IpAddr>, port: u16) -> Config {
+    let mut one = Config::new();
+    if let Some(user) = pg.get_user() {
+        one.user(user);
+    }
+    if let Some(password) = pg.get_password() {
+        one.password(password);
+    }
+    if let Some(dbname) = pg.get_dbname() {
+        one.dbname(dbname);
+    }
+    if let Some(options) = pg.get_options() {
+        one.options(options);
+    }
+    if let Some(name) = pg.get_application_name() {
+        one.application_name(name);
+    }
+    one.ssl_mode(pg.get_ssl_mode())
+        .ssl_negotiation(pg.get_ssl_negotiation())
+        .keepalives(pg.get_keepalives())
+        .keepalives_idle(pg.get_keepalives_idle())
+        .target_session_attrs(pg.get_target_session_attrs())
+        .channel_binding(pg.get_channel_binding())
+        .load_balance_hosts(pg.get_load_balance_hosts());
+    if let Some(t) = pg.get_connect_timeout() {
+        one.connect_timeout(*t);
+    }
+    if let Some(t) = pg.get_tcp_user_timeout() {
+        one.tcp_user_timeout(*t);
+    }
+    if let Some(i) = pg.get_keepalives_interval() {
+        one.keepalives_interval(i);
+    }
+    if let Some(r) = pg.get_keepalives_retries() {
+        one.keepalives_retries(r);
+    }
+    match host {
+        Host::Tcp(h) => one.host(h),
+        #[cfg(unix)]
+        Host::Unix(path) => one.host_path(path),
+    };
+    if let Some(ip) = addr {
+        one.hostaddr(ip);
+    }
+    one.port(port);
+    one
+}
+
+/// A random order of `items` (for `load_balance_hosts=random`).
+fn shuffle<T>(items: &mut [T]) {
+    use rand::seq::SliceRandom;
+    items.shuffle(&mut rand::rng());
+}
+
+/// Tries the hosts of `pg` in order (shuffled with `load_balance_hosts=random`), and the
+/// addresses each host name resolves to, one at a time: `attempt` gets a single-host
+/// config and does the whole connection — connect, start-up, its first statements. Each
+/// host's name resolution, and each address's whole attempt, may take at most `bound`;
+/// past it the attempt is dropped (so `attempt` must be cancel safe: it ends whatever it
+/// started when dropped) and the next is tried. Returns the first attempt that
+/// succeeds, or the first [`HostFailure::Final`].
+///
+/// `server` names the URL in messages; `doing` says what the connection is for.
+///
+/// # Errors
+///
+/// [`HostFailure::Final`]'s error as it is. When no host worked:
+/// [`LockError::InvalidConfig`] when every host's failure was one (with one host: its
+/// error unchanged), else [`LockError::Unavailable`] naming each host and why it failed
+/// (silent for `bound`, refused, …). A host list tokio-postgres would refuse (port or
+/// hostaddr counts) is `InvalidConfig`.
+///
+/// # Time
+///
+/// At most `bound` per host name resolution plus `bound` per address tried.
+///
+/// # Cancel safety
+///
+/// Cancel safe when `attempt` is: nothing is kept between attempts.
+pub(crate) async fn connect_each<T, F, Fut>(
+    pg: &Config,
+    server: &str,
+    doing: &str,
+    bound: Duration,
+    mut attempt: F,
+) -> Result<T, LockError>
+where
+    F: FnMut(Config, String) -> Fut,
+    Fut: Future<Output = Result<T, HostFailure>>,
+{
+    let mut hosts = targets(pg).map_err(|why| LockError::invalid_config(format!("`{server}`: {why}")))?;
+    let random = pg.get_load_balance_hosts() == LoadBalanceHosts::Random;
+    if random {
+        shuffle(&mut hosts);
+    }
+    let several = hosts.len() > 1;
+    let mut failures: Vec<(String, LockError)> = Vec::new();
+    for target in hosts {
+        let mut addrs: Vec<Option<IpAddr>> = match (&target.host, target.hostaddr) {
+            (_, Some(ip)) => vec![Some(ip)],
+            (Host::Tcp(name), None) => {
+                match tokio::time::timeout(bound, tokio::net::lookup_host((name.as_str(), target.port))).await {
+                    Ok(Ok(found)) => {
+                        let mut ips: Vec<Option<IpAddr>> = Vec::new();
+                        for a in found {
+                            if !ips.contains(&Some(a.ip())) {
+                                ips.push(Some(a.ip()));
+                            }
+                        }
+                        ips
+                    }
+                    Ok(Err(e)) => {
+                        failures.push((
+                            name_of(&target.host, None, target.port),
+                            LockError::Unavailable {
+                                message: format!("cannot resolve the host name: {e}"),
+                                source: Some(Box::new(e)),
+                            },
+                        ));
+                        continue;
+                    }
+                    Err(_) => {
+                        failures.push((
+                            name_of(&target.host, None, target.port),
+                            unavailable(format!("its name was not resolved within {bound:?}")),
+                        ));
+                        continue;
+                    }
+                }
+            }
+            #[cfg(unix)]
+            (Host::Unix(_), None) => vec![None],
+        };
+        if addrs.is_empty() {
+            failures.push((
+                name_of(&target.host, None, target.port),
+                unavailable("its name resolves to no address"),
+            ));
+            continue;
+        }
+        if random {
+            shuffle(&mut addrs);
+        }
+        let one_address = addrs.len() == 1;
+        for addr in addrs {
+            // A host name resolved here is named with its address only when it has
+            // several (which of them hung is worth knowing).
+            let shown_addr = if target.hostaddr.is_some() || !one_address {
+                addr
+            } else {
+                None
+            };
+            let name = name_of(&target.host, shown_addr, target.port);
+            let label = if several || !one_address {
+                format!("{server} (host {name})")
+            } else {
+                server.to_owned()
+            };
+            let one = single(pg, &target.host, addr, target.port);
+            match tokio::time::timeout(bound, attempt(one, label)).await {
+                Ok(Ok(connected)) => return Ok(connected),
+                Ok(Err(HostFailure::Final(e))) => return Err(e),
+                Ok(Err(HostFailure::Next(e))) => {
+                    tracing::debug!(host = %name, error = %e, "{doing}: host failed; trying the next");
+                    failures.push((name, e));
+                }
+                Err(_) => {
+                    tracing::debug!(host = %name, ?bound, "{doing}: host silent; trying the next");
+                    failures.push((
+                        name,
+                        unavailable(format!(
+                            "no ready connection within {bound:?} (silent or too slow: a hung or paused server, a black hole?)"
+                        )),
+                    ));
+                }
+            }
+        }
+    }
+    Err(none_worked(server, doing, bound, failures))
+}
+
+/// Why one host failed, in one line, without the error kind's prefix (the combined
+/// error has its own).
+fn reason(e: &LockError) -> String {
+    let text = fencelock_core::error::one_line(e);
+    ["backend unavailable: ", "invalid configuration: "]
+        .iter()
+        .find_map(|p| text.strip_prefix(p))
+        .map_or_else(|| text.clone(), str::to_owned)
+}
+
+/// The error when no host worked: see [`connect_each`].
+fn none_worked(server: &str, doing: &str, bound: Duration, mut failures: Vec<(String, LockError)>) -> LockError {
+    if failures.len() == 1 {
+        let (_, e) = failures.remove(0);
+        return match e {
+            // One host, silent: the message the backend always gave.
+            LockError::Unavailable { message, source } if source.is_none() && message.starts_with("no ready") => {
+                LockError::Unavailable {
+                    message: format!(
+                        "postgres unreachable: no ready connection to {server} within {bound:?} ({doing})"
+                    ),
+                    source: None,
+                }
+            }
+            e => e,
+        };
+    }
+    let each = failures
+        .iter()
+        .map(|(name, e)| format!("{name}: {}", reason(e)))
+        .collect::<Vec<_>>()
+        .join("; ");
+    if !failures.is_empty()
+        && failures
+            .iter()
+            .all(|(_, e)| matches!(e, LockError::InvalidConfig { .. }))
+    {
+        return LockError::invalid_config(format!("postgres: {doing}: no host of {server} could be used: {each}"));
+    }
+    LockError::Unavailable {
+        message: format!(
+            "postgres unreachable: {doing}: no host of {server} gave a ready connection (each tried for at most {bound:?}): {each}"
+        ),
+        source: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use std::str::FromStr;
+
+    #[test]
+    fn single_host_copies_every_setting() {
+        let pg = Config::from_str(
+            "postgres://u:pw@h1:5433/db?options=-c%20a%3Db&application_name=app&sslmode=disable&connect_timeout=3\
+             &keepalives=0&keepalives_idle=7&tcp_user_timeout=9&target_session_attrs=read-write\
+             &channel_binding=disable&load_balance_hosts=random&hostaddr=127.0.0.2",
+        )
+        .unwrap();
+        let hosts = targets(&pg).unwrap();
+        assert_eq!(hosts.len(), 1);
+        let t = &hosts[0];
+        assert_eq!(single(&pg, &t.host, t.hostaddr, t.port), pg);
+    }
+
+    #[test]
+    fn hosts_ports_and_addresses_pair_up() {
+        let pg = Config::from_str("postgres://u@h1:1,h2:2,[::1]:3/db").unwrap();
+        let t = targets(&pg).unwrap();
+        let names: Vec<String> = t.iter().map(|t| name_of(&t.host, t.hostaddr, t.port)).collect();
+        assert_eq!(names, ["h1:1", "h2:2", "[::1]:3"]);
+        let pg = Config::from_str("postgres://u@h1,h2:7/db").unwrap();
+        let ports: Vec<u16> = targets(&pg).unwrap().iter().map(|t| t.port).collect();
+        assert_eq!(ports, [DEFAULT_PORT, 7]);
+        let pg = Config::from_str("host=h1,h2 port=5 hostaddr=127.0.0.2,127.0.0.3 user=u").unwrap();
+        let t = targets(&pg).unwrap();
+        assert_eq!(name_of(&t[1].host, t[1].hostaddr, t[1].port), "h2:5 (127.0.0.3)");
+        let one = single(&pg, &t[1].host, t[1].hostaddr, t[1].port);
+        assert_eq!(one.get_hosts(), [Host::Tcp("h2".into())]);
+        assert_eq!(one.get_hostaddrs(), ["127.0.0.3".parse::<IpAddr>().unwrap()]);
+        assert_eq!(one.get_ports(), [5]);
+        let pg = Config::from_str("host=h1,h2 hostaddr=127.0.0.2 user=u").unwrap();
+        assert!(targets(&pg).unwrap_err().contains("hostaddrs"));
+    }
+
+    #[test]
+    fn shuffle_keeps_every_item() {
+        let mut v: Vec<u32> = (0..10).collect();
+        shuffle(&mut v);
+        v.sort_unstable();
+        assert_eq!(v, (0..10).collect::<Vec<_>>());
+    }
+}
