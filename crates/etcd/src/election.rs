@@ -43,7 +43,7 @@ use fencelock_core::waiting::queue_with;
 use fencelock_core::{DistributedLock, FencingToken, LockError, LockOptions, Result};
 
 use crate::client::Cluster;
-use crate::queue::enqueue_with_value;
+use crate::queue::{enqueue_with_value, Then};
 use crate::wait::wait_turn;
 use crate::{EtcdConfig, EtcdLayout, EtcdLock};
 
@@ -155,8 +155,9 @@ fn term_of(create_revision: i64) -> FencingToken {
 
 #[async_trait]
 impl Election for EtcdElection {
-    /// Puts our candidate key with the value (and reads the leader) in one transaction,
-    /// then waits as the lock does: watching only the key just before ours.
+    /// Puts our candidate key with the value (and reads the candidates just before it) in
+    /// one transaction, then waits as the lock does: watching the three keys just before
+    /// ours (see [`crate::wait`]).
     ///
     /// # Cancel safety
     /// Cancel safe: a put the caller drops midway is finished in a task of its own, and a
@@ -169,7 +170,7 @@ impl Election for EtcdElection {
         let won: Mutex<Option<(String, i64)>> = Mutex::new(None);
         let lease = queue_with(&seat, opts, || async {
             let inner = Arc::clone(&self.lock.inner);
-            let mut q = enqueue_with_value(inner, &seat, value.to_vec(), opts).await?;
+            let mut q = enqueue_with_value(inner, &seat, value.to_vec(), opts, Then::Wait).await?;
             let since = if q.owner {
                 None
             } else {

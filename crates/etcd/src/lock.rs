@@ -20,7 +20,7 @@ use crate::cleanup::{revoke, until_confirmed, Cleanups};
 use crate::client::Cluster;
 use crate::config::EtcdConfig;
 use crate::grant::{EtcdGrant, GrantHolding, OwnLeases};
-use crate::queue::{enqueue, Holding, Queued};
+use crate::queue::{enqueue, Holding, Queued, Then};
 use crate::session::Session;
 use crate::slots::SlotPool;
 use crate::wait::wait_turn;
@@ -245,8 +245,9 @@ impl EtcdLock {
 
 #[async_trait]
 impl DistributedLock for EtcdLock {
-    /// One transaction: our key put alone when the lock's directory is empty, else our key
-    /// put and the owner read together.
+    /// One transaction: our key put alone when the lock's directory is empty (we own the
+    /// lock); else, the lock being taken, our key put as a waiter's would be, deleted again
+    /// at once in the background, and `Ok(None)` returned.
     ///
     /// # Cancel safety
     /// Cancel safe: a request the caller drops midway is finished in a task of its own; a
@@ -255,14 +256,15 @@ impl DistributedLock for EtcdLock {
     async fn try_acquire(&self, key: &str, opts: &LockOptions) -> Result<Option<Lease>> {
         validate_key(key)?;
         opts.validate_for_try()?;
-        let q = enqueue(Arc::clone(&self.inner), key, opts).await?;
+        let q = enqueue(Arc::clone(&self.inner), key, opts, Then::GiveUp).await?;
         if !q.owner {
             return Ok(None); // dropping `q` takes our key out of the queue
         }
         self.grant(key, opts, q, None).map(Lease::into_live).transpose()
     }
 
-    /// Queues, waits for the key just before ours, then confirms our turn.
+    /// Queues (one transaction: our key put, and the keys just before it read), then waits
+    /// for the watch pushes saying every key older than ours is gone (see [`crate::wait`]).
     ///
     /// # Cancel safety
     /// Cancel safe: a dropped waiter's queue entry is deleted in the background at once
@@ -271,7 +273,7 @@ impl DistributedLock for EtcdLock {
     #[tracing::instrument(level = "debug", skip(self, opts), fields(backend = "etcd"))]
     async fn acquire(&self, key: &str, opts: &LockOptions) -> Result<Lease> {
         queue_with(key, opts, || async {
-            let mut q = enqueue(Arc::clone(&self.inner), key, opts).await?;
+            let mut q = enqueue(Arc::clone(&self.inner), key, opts, Then::Wait).await?;
             if q.owner {
                 return Ok(self.grant(key, opts, q, None));
             }

@@ -149,8 +149,18 @@ async fn holding(inner: &Arc<Inner>, opts: &LockOptions, own: bool) -> Result<Ho
 /// Puts our key with the lease and reads the current owner, in one transaction. Runs to
 /// its end even when the caller drops it ([`finish_on_drop`]): if the caller is gone when
 /// it completes, the `Queued` is dropped in the background, which undoes the entry.
-pub(crate) async fn enqueue(inner: Arc<Inner>, key: &str, opts: &LockOptions) -> Result<Queued> {
-    enqueue_with_value(inner, key, Vec::new(), opts).await
+pub(crate) async fn enqueue(inner: Arc<Inner>, key: &str, opts: &LockOptions, then: Then) -> Result<Queued> {
+    enqueue_with_value(inner, key, Vec::new(), opts, then).await
+}
+
+/// What the caller does when the lock is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Then {
+    /// Waits its turn: the queueing transaction also reads the keys just before ours.
+    Wait,
+    /// Gives up at once (`try_acquire`): no read, which on a large directory is a sort of
+    /// every key under it, inside the write.
+    GiveUp,
 }
 
 /// [`enqueue`] with `value` as our key's value (an election candidate's, see
@@ -160,6 +170,7 @@ pub(crate) async fn enqueue_with_value(
     key: &str,
     value: Vec<u8>,
     opts: &LockOptions,
+    then: Then,
 ) -> Result<Queued> {
     let (key, opts) = (key.to_owned(), *opts);
     finish_on_drop(async move {
@@ -209,7 +220,10 @@ pub(crate) async fn enqueue_with_value(
             // non-empty, in the same transaction): we queue, no owner read needed — but
             // the keys just before ours are read after our put, in the same transaction
             // (it sees its own put), so the wait needs no read of its own.
-            .and_then([put.clone(), place_read(&dir)])
+            .and_then(match then {
+                Then::Wait => vec![put.clone(), place_read(&dir)],
+                Then::GiveUp => vec![put.clone()],
+            })
             .or_else([
                 TxnOp::get(my_key.clone(), None),
                 TxnOp::get(dir.clone(), Some(owner_get)),
@@ -234,7 +248,7 @@ pub(crate) async fn enqueue_with_value(
             for op in queue.op_responses() {
                 match op {
                     TxnOpResponse::Get(g) if queue.succeeded() => {
-                        queued.place = Some(Place::after_our_put(&g, &my_key, revision));
+                        queued.place = Place::after_our_put(&g, &my_key, revision);
                     }
                     TxnOpResponse::Get(g)
                         if g.kvs().first().is_some_and(|kv| kv.key() == my_key.as_bytes()) && !queue.succeeded() =>

@@ -10,14 +10,16 @@
 //! computed after the create-revision filter — its `count` is not: it counts the whole
 //! directory), together with our own key, in one transaction; watch them on one watch stream.
 //! The first such read is made by the queueing transaction itself, right after its put
-//! ([`place_read`]), so a queued acquire costs one request before it waits.
+//! ([`place_read`]), so a queued acquire reads no more on its own — unless a write landed
+//! before its watches began (`late`, below: usual under contention), when it reads once,
+//! as before.
 //!
 //! * Every known older key deleted and nothing else older: we are first — granted on the
 //!   watch push alone.
 //! * The key just before ours deleted while an older known one is not reported gone: read
-//!   again. Keys left out of order (a waiter gave up), or that key's event is held back: a
-//!   watch etcd registered while a write was applied waits in its "unsynced" group, and
-//!   gets its events at the next sync, up to 100 ms later.
+//!   again. Keys left out of order (a waiter gave up), or the older key's event is held
+//!   back: a watch etcd registered while a write was applied waits in its "unsynced" group,
+//!   and gets its events at the next sync, up to 100 ms later.
 //! * One of them deleted while others older may be left: read again (at most one read per
 //!   key that goes, two when a new watch began after the read). Under steady contention
 //!   this read happens when the key three ahead of ours is released — two hand-offs before
@@ -80,18 +82,19 @@ pub(crate) fn place_read(dir: &str) -> TxnOp {
 
 impl Place {
     /// Our place from [`place_read`]'s answer, in the transaction (at `revision`) that put
-    /// `my_key`.
-    pub(crate) fn after_our_put(g: &GetResponse, my_key: &str, revision: i64) -> Place {
+    /// `my_key`; `None` when the youngest key read is not that put (etcd's reads in a
+    /// transaction see its own writes, so it is not expected): the wait then reads.
+    pub(crate) fn after_our_put(g: &GetResponse, my_key: &str, revision: i64) -> Option<Place> {
         let kvs = g.kvs();
         let ours = kvs
             .first()
             .is_some_and(|kv| kv.key() == my_key.as_bytes() && kv.create_revision() == revision);
-        Place {
+        ours.then(|| Place {
             older: kvs.iter().skip(1).map(|kv| kv.key().to_vec()).collect(),
             more: g.more(),
             ours,
             seen: revision,
-        }
+        })
     }
 }
 
@@ -308,7 +311,7 @@ async fn wait_push(
         }
         if left > 0 && known.first().is_some_and(|k| w.deleted.contains(k)) {
             // The key just before ours went while an older one is not known gone: keys
-            // left out of order (a waiter gave up), or that key's event is held back —
+            // left out of order (a waiter gave up), or the older key's event is held back —
             // events come in revision order only from watches etcd keeps "synced", and a
             // watch created while a write was applied waits in etcd's unsynced group for
             // its next sync, up to 100 ms (mvcc `syncWatchersLoop`). One read settles it.
