@@ -75,8 +75,10 @@ impl ZkLock {
     /// (the client tries the other servers) while the connect and request timeouts last.
     ///
     /// # Errors
-    /// [`LockError::InvalidConfig`] for options out of range or refused credentials;
-    /// [`LockError::Unavailable`] when no server answered in time.
+    /// [`LockError::InvalidConfig`] for options out of range, refused credentials, or a
+    /// `session_timeout` below the server's minimum session timeout (which the server would
+    /// raise without a word; the message names the minimum); [`LockError::Unavailable`]
+    /// when no server answered in time.
     ///
     /// # Cancel safety
     /// Cancel safe: dropping the future drops the half-made session, which closes it.

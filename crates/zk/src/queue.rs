@@ -299,6 +299,12 @@ fn node_gone() -> LockError {
 /// How many nodes just before ours the wait watches.
 const TRACKED: usize = 3;
 
+/// The shortest period of a waiter's check of its own node. A fifth of a validity shorter
+/// than a round trip (a TTL of a few ms) would send one `exists` after the other for the
+/// whole wait; with this floor a waiter whose validity is under 250 ms lists once at its
+/// turn instead (its last check is then older than a quarter of the validity).
+const MIN_CHECK_PERIOD: Duration = Duration::from_millis(50);
+
 /// A watch on one node before ours, until it fires.
 type Watch = (String, Pin<Box<dyn Future<Output = WatchedEvent> + Send>>);
 
@@ -320,9 +326,10 @@ type Watch = (String, Pin<Box<dyn Future<Output = WatchedEvent> + Send>>);
 /// still in flight). Each release wakes at most the three waiters behind it: constant in
 /// the number of waiters, no herd.
 ///
-/// While waiting, our own node is checked every fifth of `validity` (an `exists`), which
-/// keeps the last proof of our session recent: a grant on the push counts from it when it
-/// is within a quarter of `validity`, else one listing is sent at our turn.
+/// While waiting, our own node is checked every fifth of `validity` (an `exists`; at least
+/// [`MIN_CHECK_PERIOD`] apart), which keeps the last proof of our session recent: a grant
+/// on the push counts from it when it is within a quarter of `validity`, else one listing
+/// is sent at our turn.
 pub(crate) async fn wait_turn(q: &Queued, wakeups: &AtomicU64, validity: Duration) -> Result<Instant> {
     let path_of = |name: &str| format!("{}/{name}", q.dir);
     let mut deleted: HashSet<String> = HashSet::new();
@@ -376,7 +383,7 @@ pub(crate) async fn wait_turn(q: &Queued, wakeups: &AtomicU64, validity: Duratio
             if left < known.len() && more {
                 break; // older nodes may be left: see which
             }
-            let wake = confirmed + validity / 5;
+            let wake = confirmed + (validity / 5).max(MIN_CHECK_PERIOD);
             let fired = tokio::time::timeout_at(
                 wake,
                 std::future::poll_fn(|cx| {

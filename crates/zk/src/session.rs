@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fencelock_core::batch::Batcher;
+use fencelock_core::options::duration_text;
 use fencelock_core::{LeaseRegistry, LockError, LostReason, Result};
 use tokio::task::AbortHandle;
 use zookeeper_client::{Client, SessionState, StateWatcher};
@@ -53,6 +54,32 @@ async fn refused_now(server: &str, deadline: tokio::time::Instant) -> bool {
     )
 }
 
+/// Refuses a session the server made longer than `cfg.session_timeout`: ZooKeeper raises a
+/// timeout below its `minSessionTimeout` (2 × `tickTime` by default) to that minimum without
+/// an error, and the longer session would keep a dead or cut-off holder's locks longer than
+/// asked — for `fencelock run --ttl`, which sets the session from the TTL, longer than the
+/// TTL. A timeout above the server's `maxSessionTimeout` is lowered by the server and
+/// accepted: locks are then freed sooner, and every lease's validity is capped at the
+/// negotiated timeout (`grant::lease`).
+///
+/// # Errors
+/// [`LockError::InvalidConfig`] naming the timeout asked for and the server's minimum.
+fn below_the_minimum(cfg: &ZkConfig, negotiated: Duration) -> Result<()> {
+    if negotiated <= cfg.session_timeout {
+        return Ok(());
+    }
+    let (asked, minimum) = (
+        duration_text::human(cfg.session_timeout),
+        duration_text::human(negotiated),
+    );
+    Err(LockError::invalid_config(format!(
+        "session_timeout {asked} is below the minimum of {minimum} that {} allows (its minSessionTimeout, \
+         2 × tickTime by default), and the server would keep a dead holder's locks {minimum}: set \
+         session_timeout to at least {minimum} (`fencelock run --ttl` sets it when the URL does not)",
+        cfg.display
+    )))
+}
+
 impl Session {
     /// Connects a new session, bounded by the connect and request timeouts
     /// ([`ZkConfig::connect_limit`]).
@@ -67,7 +94,8 @@ impl Session {
     ///
     /// # Errors
     /// `Unavailable` when no session could be made within the limit or the one server
-    /// refused the connection; `InvalidConfig` when the chroot does not exist.
+    /// refused the connection; `InvalidConfig` when the chroot does not exist, or when the
+    /// session timeout is below the server's minimum (the server would raise it silently).
     pub async fn connect(cfg: &ZkConfig) -> Result<Arc<Session>> {
         let connect_string = cfg.connect_string();
         let connector = || {
@@ -105,6 +133,8 @@ impl Session {
             Ok(Err(e)) => return Err(failed("connecting", &cfg.display, e)),
             Err(_) => return Err(timed_out("connecting", &cfg.display, limit)),
         };
+        // Dropping the client (on this error) closes the session it made.
+        below_the_minimum(cfg, client.session_timeout())?;
         let session = Arc::new(Session {
             states: client.state_watcher(),
             id: client.session_id().0,
