@@ -20,7 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, LeaseTimeToLiveOptions, Txn, TxnOp};
-use fencelock_core::{LeaseReporter, LostReason, Result};
+use fencelock_core::options::duration_text;
+use fencelock_core::{LeaseReporter, LockError, LostReason, Result};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -68,6 +69,14 @@ impl std::fmt::Debug for Session {
 
 impl Session {
     /// Grants a lease of `ttl` and starts keeping it alive.
+    ///
+    /// # Errors
+    /// `InvalidConfig` when etcd granted a longer TTL than asked: it raises a TTL below its
+    /// minimum (1.5 × its election timeout, rounded up to whole seconds; 2 s on a stock
+    /// server) without a word, and the longer session would keep a dead or cut-off
+    /// holder's locks longer than `session_ttl` — for `fencelock run --ttl`, which sets the
+    /// session from the TTL, longer than the TTL. The lease granted is revoked. Else as
+    /// [`Cluster::call`].
     pub async fn start(cluster: &Cluster, ttl: Duration, keepalives: Arc<AtomicU64>) -> Result<Arc<Session>> {
         let sent = Instant::now();
         let secs = ttl.as_secs().max(1) as i64;
@@ -76,6 +85,20 @@ impl Session {
                 c.lease_grant(secs, None).await
             })
             .await?;
+        if granted.ttl() > secs {
+            // Best effort: a lease not revoked ends with its TTL, and carries nothing.
+            let _ = crate::cleanup::revoke(cluster, granted.id()).await;
+            let (asked, minimum) = (
+                duration_text::human(Duration::from_secs(secs as u64)),
+                duration_text::human(Duration::from_secs(granted.ttl() as u64)),
+            );
+            return Err(LockError::invalid_config(format!(
+                "session_ttl {asked} is below the minimum lease TTL of {minimum} that {} grants (1.5 × its election \
+                 timeout, rounded up to whole seconds), and the server would keep a dead holder's locks {minimum}: \
+                 set session_ttl to at least {minimum} (`fencelock run --ttl` sets it when the URL does not)",
+                cluster.display()
+            )));
+        }
         let ttl = Duration::from_secs(granted.ttl().max(1) as u64);
         let (state, _) = watch::channel(SessionState::Alive(sent + ttl));
         let session = Arc::new(Session {

@@ -256,3 +256,39 @@ async fn a_one_second_session_keeps_its_leases() {
     lease.release().await.expect("released, not lost");
     locks.close().await.unwrap();
 }
+
+/// etcd raises a lease TTL below its minimum (1.5 × the election timeout, rounded up to
+/// whole seconds: 2 s on a stock server) without a word. A session asked for 1 s then
+/// lived 2 s, so a dead holder's locks stayed twice as long as `session_ttl` promised —
+/// and `fencelock run --ttl 1s`, which sets the session from the TTL, broke its promise.
+/// The raise is refused as the ZooKeeper backend refuses a session timeout below its
+/// server's minimum. Failed before: the acquire was granted on a 2 s session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ttl_below_the_servers_minimum_is_refused_with_the_limit() {
+    let cluster = EtcdCluster::single_with_stock_timing();
+    let opts = LockOptions::new().with_ttl(Duration::from_secs(1));
+    let lock = EtcdLock::connect(&cluster.url("session_ttl=1s")).await.unwrap();
+    match lock.acquire(&unique_key("short"), &opts).await {
+        Err(fencelock_core::LockError::InvalidConfig { message, .. }) => {
+            assert!(
+                message.contains("session_ttl 1s") && message.contains("2s"),
+                "the message names what was asked and the minimum: {message}"
+            );
+        }
+        other => panic!("a 1 s session on a server whose minimum lease TTL is 2 s: {other:?}"),
+    }
+    assert!(
+        lock.session_lease().await.is_none(),
+        "no session is kept after the refusal"
+    );
+    lock.close().await.unwrap();
+    let lock = EtcdLock::connect(&cluster.url("session_ttl=2s")).await.unwrap();
+    let lease = lock.acquire(&unique_key("short"), &opts).await.unwrap();
+    assert!(
+        lease.remaining() <= Duration::from_secs(2),
+        "validity {:?}",
+        lease.remaining()
+    );
+    lease.release().await.unwrap();
+    lock.close().await.unwrap();
+}

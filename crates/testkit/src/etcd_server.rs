@@ -28,7 +28,13 @@ pub struct EtcdCluster {
     dir: tempfile::TempDir,
     members: Vec<Member>,
     initial_cluster: String,
+    /// `--heartbeat-interval` and `--election-timeout`, ms.
+    timing: (u32, u32),
 }
+
+/// The tests' heartbeat and election timeout, ms: short, so failovers are quick. etcd's
+/// minimum lease TTL (1.5 × the election timeout, rounded up to whole seconds) is 1 s.
+const FAST: (u32, u32) = (10, 100);
 
 impl EtcdCluster {
     /// One member.
@@ -41,12 +47,19 @@ impl EtcdCluster {
     /// the whole cluster starts again on fresh ports and data dirs
     /// ([`start_on_free_ports`]).
     pub fn start(n: usize) -> Self {
-        start_on_free_ports("etcd", 2 * n, |ports| Self::try_start(n, ports))
+        start_on_free_ports("etcd", 2 * n, |ports| Self::try_start(n, ports, FAST))
+    }
+
+    /// One member with etcd's own default heartbeat (100 ms) and election timeout (1 s), as
+    /// a stock server has them: its minimum lease TTL is 2 s, and a lease asked for 1 s is
+    /// granted 2 s. It takes about a second longer to elect itself than [`single`](Self::single).
+    pub fn single_with_stock_timing() -> Self {
+        start_on_free_ports("etcd", 2, |ports| Self::try_start(1, ports, (100, 1000)))
     }
 
     /// Starts `n` members on `ports` (client and peer port of member 0, then of member 1,
     /// ...); Err(what went wrong, with the log's tail) once every member is stopped again.
-    fn try_start(n: usize, ports: &[u16]) -> Result<Self, String> {
+    fn try_start(n: usize, ports: &[u16], timing: (u32, u32)) -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("fencelock-etcd-")
             .tempdir()
@@ -69,6 +82,7 @@ impl EtcdCluster {
             dir,
             members,
             initial_cluster,
+            timing,
         };
         for i in 0..n {
             cluster.spawn(i);
@@ -107,7 +121,10 @@ impl EtcdCluster {
                 "--initial-cluster-token",
                 "fencelock-test",
             ])
-            .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
+            .arg("--heartbeat-interval")
+            .arg(self.timing.0.to_string())
+            .arg("--election-timeout")
+            .arg(self.timing.1.to_string())
             .args(["--log-level", "warn"]);
         let log = self.dir.path().join(format!("{}-{}.log", m.name, m.starts));
         m.process = Some(ServerProcess::spawn("etcd", cmd, &log, INSTALL_HINT));
