@@ -8,25 +8,12 @@
 //! own etcd on free loopback ports, stops it at the end).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use fencelock_core::{DistributedLock, LockOptions};
 use fencelock_testkit::cycle_cost::{cpu_ns, p50_us, print_cpu, Readings};
-use fencelock_testkit::etcd_server::EtcdCluster;
-use fencelock_testkit::process::http;
-
-fn metrics(port: u16) -> BTreeMap<String, f64> {
-    let body = http(port, "GET", "/metrics", "").expect("metrics");
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (name, v) = l.rsplit_once(' ')?;
-            Some((name.to_owned(), v.parse().ok()?))
-        })
-        .collect()
-}
+use fencelock_testkit::etcd_server::{metrics, EtcdCluster};
 
 struct Raw {
     kv: etcd_client::KvClient,

@@ -15,26 +15,13 @@
 //! `/dev/shm`, none).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fencelock_core::{DistributedLock, LockOptions};
 use fencelock_etcd::EtcdLock;
-use fencelock_testkit::etcd_server::EtcdCluster;
-use fencelock_testkit::process::http;
-
-fn metrics(port: u16) -> BTreeMap<String, f64> {
-    let body = http(port, "GET", "/metrics", "").expect("metrics");
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (name, v) = l.rsplit_once(' ')?;
-            Some((name.to_owned(), v.parse().ok()?))
-        })
-        .collect()
-}
+use fencelock_testkit::etcd_server::{metrics, EtcdCluster};
 
 /// The `q` quantile of `sorted`, µs; 0 for no samples (one client makes no hand-off).
 fn pct(sorted: &[Duration], q: f64) -> u128 {

@@ -63,16 +63,6 @@ async fn release_all_and_close(lock: &PgLock, leases: Vec<Lease>) {
     lock.close().await.unwrap();
 }
 
-/// The server backends whose client named itself `app`.
-fn backends(server: &PgServer, app: &str) -> usize {
-    server
-        .psql(&format!(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}'"
-        ))
-        .parse()
-        .unwrap()
-}
-
 /// An operator's transaction inserts key `a`'s row and keeps it uncommitted: the acquire
 /// of `a` (an upsert of that row) then waits on the server for that transaction. A grant
 /// of key `b` through the same instance must not wait behind it. With one connection per
@@ -137,7 +127,7 @@ async fn many_keys_at_once_use_more_than_one_backend() {
     let app = "pgpool_many";
     let lock = connect_as(&server, app, "").await;
     let leases = acquire_200_at_once(&lock).await;
-    let n = backends(&server, app);
+    let n = server.backends_of(app);
     assert!(
         (2..=4).contains(&n),
         "{n} server backends did the work of 200 keys at once (want 2 to 4)"
@@ -153,14 +143,14 @@ async fn connections_are_made_only_when_needed_and_never_more_than_asked() {
     let server = PgServer::start();
     let app = "pgpool_lazy";
     let lock = connect_as(&server, app, "").await;
-    assert_eq!(backends(&server, app), 1, "connect makes one connection, not four");
+    assert_eq!(server.backends_of(app), 1, "connect makes one connection, not four");
     for i in 0..20 {
         let lease = lock.acquire(&format!("k{i}"), &opts()).await.unwrap();
         lease.extend(Duration::from_secs(30)).await.unwrap();
         lease.release().await.unwrap();
     }
     assert_eq!(
-        backends(&server, app),
+        server.backends_of(app),
         1,
         "one statement at a time needs one connection"
     );
@@ -170,7 +160,7 @@ async fn connections_are_made_only_when_needed_and_never_more_than_asked() {
     let app = "pgpool_one";
     let lock = connect_as(&server, app, "&connections=1").await;
     let leases = acquire_200_at_once(&lock).await;
-    assert_eq!(backends(&server, app), 1, "connections=1");
+    assert_eq!(server.backends_of(app), 1, "connections=1");
     release_all_and_close(&lock, leases).await;
 }
 

@@ -64,16 +64,6 @@ async fn connect_within(url: &str, within: Duration) -> fencelock_core::Result<P
     r
 }
 
-/// The backends of the application `app` on `server`.
-fn backends(server: &PgServer, app: &str) -> usize {
-    server
-        .psql(&format!(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}'"
-        ))
-        .parse()
-        .unwrap()
-}
-
 /// A first host that accepts and stays silent — a black-hole proxy, and a SIGSTOPped
 /// server — is given up after its bound, and the connect lands on the second host, where
 /// an acquire works. Before the fix: `Unavailable` ("no ready connection … within 1.4s")
@@ -96,7 +86,7 @@ async fn a_silent_first_host_is_given_up_for_the_next() {
             .expect("acquire answered")
             .unwrap();
         assert!(
-            backends(&server, "second") >= 1,
+            server.backends_of("second") >= 1,
             "{what}: the lease is not on the second host"
         );
         lease.release().await.unwrap();

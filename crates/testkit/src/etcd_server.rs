@@ -248,6 +248,20 @@ impl EtcdCluster {
     }
 }
 
+/// Every sample of the `/metrics` of the etcd member answering on `port`, by its name with
+/// labels (`name{label="v"}`); comment lines left out. Panics when the member does not
+/// answer (a diagnosis harness has nothing to measure then).
+pub fn metrics(port: u16) -> std::collections::BTreeMap<String, f64> {
+    let body = http(port, "GET", "/metrics", "").expect("the etcd member answers /metrics");
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, v) = l.rsplit_once(' ')?;
+            Some((name.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
 impl EtcdCluster {
     /// The client port of every member.
     pub fn client_ports(&self) -> Vec<u16> {

@@ -351,6 +351,17 @@ impl PgServer {
         self.signal_all(Signal::CONT);
     }
 
+    /// How many server backends (connections) have a client that named itself `app`
+    /// (`application_name`), from `pg_stat_activity`.
+    pub fn backends_of(&self, app: &str) -> usize {
+        let n = self.psql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{}'",
+            app.replace('\'', "''")
+        ));
+        n.parse()
+            .unwrap_or_else(|e| panic!("pg_stat_activity count `{n}`: {e}"))
+    }
+
     /// Runs SQL with `psql` over the unix socket and returns its unaligned output
     /// (`-Atc`), e.g. `SELECT pg_terminate_backend(…)`. Panics when psql fails.
     pub fn psql(&self, sql: &str) -> String {
