@@ -122,9 +122,9 @@ pub struct RunArgs {
     /// 100ms to 24h, and well above the backend's round trip); it is renewed every third of it
     /// while CMD runs, so a crashed fencelock frees the lock after at most this long. On
     /// etcd and zk the session frees it: --ttl sets the URL's session_ttl (whole seconds,
-    /// rounded up; etcd raises it to its minimum, 3s by default) / session_timeout (the
-    /// server bounds it) unless the URL gives one; without --ttl the session's default is
-    /// 10s
+    /// rounded up) / session_timeout unless the URL gives one, and a session below the
+    /// server's minimum (etcd 2s, zk 2 ticks, by default) is refused with exit 78; without
+    /// --ttl the session's default is 10s
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_command_ttl)]
     pub ttl: Option<Duration>,
 

@@ -137,9 +137,10 @@ pub fn refuse_in_process(config: &LockConfig, command: &str) -> Result<(), LockE
 /// For etcd and ZooKeeper, whose session (not the lock's TTL) decides how soon a crashed
 /// `fencelock` frees its locks: when the URL sets no `session_ttl` / `session_timeout`,
 /// sets it from `ttl` (the --ttl flag, or a TTL the configuration file sets), so that --ttl
-/// means the same on every backend. etcd takes whole seconds (rounded up, at least 1 s; the
-/// server raises it to its own minimum, 3 s with its default election timeout); ZooKeeper
-/// bounds it to 2–20 ticks of the server.
+/// means the same on every backend. etcd takes whole seconds (rounded up, at least 1 s);
+/// ZooKeeper milliseconds. Below the server's minimum (etcd: 2 s with its default election
+/// timeout; ZooKeeper: 2 ticks) the backend refuses the session with `InvalidConfig`
+/// naming it, as the server would make it longer without a word.
 pub fn session_from_ttl(mut config: LockConfig, ttl: Option<Duration>) -> LockConfig {
     let ttl = ttl.or_else(|| (config.defaults.ttl() != LockOptions::default().ttl()).then(|| config.defaults.ttl()));
     let Some(ttl) = ttl else {

@@ -95,7 +95,8 @@ impl Session {
             return Err(LockError::invalid_config(format!(
                 "session_ttl {asked} is below the minimum lease TTL of {minimum} that {} grants (1.5 × its election \
                  timeout, rounded up to whole seconds), and the server would keep a dead holder's locks {minimum}: \
-                 set session_ttl to at least {minimum} (`fencelock run --ttl` sets it when the URL does not)",
+                 set session_ttl to at least {minimum} (`fencelock run --ttl` sets it, rounded up to whole \
+                 seconds, when the URL does not)",
                 cluster.display()
             )));
         }

@@ -144,7 +144,7 @@ COMMIT;",
                 let (client, mut connection) = pg
                     .connect(NoTls)
                     .await
-                    .map_err(|e| HostFailure::Next(failed("connecting to listen", &server, e)))?;
+                    .map_err(|e| hosts::connect_failed("connecting to listen", &server, e))?;
                 let (notify, ended) = (Arc::clone(wake), Arc::new(std::sync::atomic::AtomicBool::new(false)));
                 let ended_flag = Arc::clone(&ended);
                 let driver = tokio::spawn(async move {

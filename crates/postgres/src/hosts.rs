@@ -33,6 +33,21 @@ pub(crate) enum HostFailure {
     Final(LockError),
 }
 
+/// How a failed connect to one host counts: authentication refused (SQLSTATE class 28)
+/// ends the whole connect, as libpq does ("if a connection is established successfully,
+/// but authentication fails, the remaining hosts in the list are not tried") — the hosts
+/// of one URL share their roles, so it is the URL's to fix, and moving on would hide it
+/// behind the next host; anything else tries the next host.
+pub(crate) fn connect_failed(doing: &'static str, server: &str, e: tokio_postgres::Error) -> HostFailure {
+    let refused = e.code().is_some_and(|c| c.code().starts_with("28"));
+    let e = crate::error::failed(doing, server, e);
+    if refused {
+        HostFailure::Final(e)
+    } else {
+        HostFailure::Next(e)
+    }
+}
+
 /// One host of the URL: the name (or socket directory), its `hostaddr` if the URL gave
 /// one, and its port.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -345,7 +345,7 @@ impl PgNode {
         let (client, mut connection) = pg
             .connect(NoTls)
             .await
-            .map_err(|e| HostFailure::Next(failed(crate::error::CONNECTING, server, e)))?;
+            .map_err(|e| hosts::connect_failed(crate::error::CONNECTING, server, e))?;
         let slot: Arc<OnceLock<Weak<Session>>> = Arc::default();
         let (node, session_slot) = (Arc::downgrade(&self.inner), Arc::clone(&slot));
         let driver = tokio::spawn(async move {

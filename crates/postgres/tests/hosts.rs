@@ -214,3 +214,32 @@ async fn an_observers_listen_connection_gives_up_the_silent_host() {
     );
     observer.unwrap();
 }
+
+/// A host that refuses our authentication ends the connect, as libpq does ("if a
+/// connection is established successfully, but authentication fails, the remaining hosts
+/// in the list are not tried"): the hosts of one URL share their roles (a primary and its
+/// standbys), so a refusal is the URL's to fix, and moving on would hide it behind
+/// whichever host answers next. Failed before: connected to the second host, the first
+/// host's refusal only in a debug log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_refusing_the_role_ends_the_connect() {
+    let (first, second) = (PgServer::start(), PgServer::start());
+    second.psql("CREATE ROLE fencelock_only_here LOGIN SUPERUSER");
+    let url = format!(
+        "postgres://fencelock_only_here@127.0.0.1:{},127.0.0.1:{}/postgres?sslmode=disable&{OPTIONS}&application_name=refused",
+        first.port(),
+        second.port()
+    );
+    match connect_within(&url, PER_HOST * 2 + SLACK).await {
+        Err(LockError::InvalidConfig { message, .. }) => {
+            assert!(message.contains("28000"), "the refusal is named: {message}");
+            assert!(
+                message.contains(&first.port().to_string()),
+                "the host that refused is named: {message}"
+            );
+        }
+        Err(e) => panic!("a refused role is the URL's to fix, not `unavailable`: {e}"),
+        Ok(_) => panic!("connected past a host that refused the role"),
+    }
+    assert_eq!(second.backends_of("refused"), 0, "the second host was not tried");
+}

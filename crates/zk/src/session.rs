@@ -133,8 +133,25 @@ impl Session {
             Ok(Err(e)) => return Err(failed("connecting", &cfg.display, e)),
             Err(_) => return Err(timed_out("connecting", &cfg.display, limit)),
         };
-        // Dropping the client (on this error) closes the session it made.
-        below_the_minimum(cfg, client.session_timeout())?;
+        if let Err(e) = below_the_minimum(cfg, client.session_timeout()) {
+            // Dropping the client closes the session in the background; wait (bounded)
+            // for the close, so a process that exits on this error leaves no session to
+            // expire on the server.
+            let mut states = client.state_watcher();
+            drop(client);
+            let _ = tokio::time::timeout(cfg.timeout, async {
+                for _ in 0..16 {
+                    if matches!(
+                        states.changed().await,
+                        SessionState::Closed | SessionState::Expired | SessionState::AuthFailed
+                    ) {
+                        break;
+                    }
+                }
+            })
+            .await;
+            return Err(e);
+        }
         let session = Arc::new(Session {
             states: client.state_watcher(),
             id: client.session_id().0,

@@ -42,6 +42,13 @@ async fn a_session_timeout_below_the_servers_minimum_is_refused_with_the_limit()
     assert!(text.contains("session_timeout 100ms"), "the request not named: {text}");
     assert!(text.contains("minimum of 200ms"), "the limit not named: {text}");
     assert!(!e.is_temporary(), "{e}");
+    // The refused session is closed before the error is returned (a process exiting on it
+    // leaves no session to expire): only the four-letter command's own connection is open.
+    assert_eq!(
+        zk.alive_connections(0),
+        Some(1),
+        "the refused session's connection is still open"
+    );
 
     // The minimum itself is what the server keeps: accepted, and a TTL below it works.
     let lock = ZkLock::connect(&zk.url("/short", "session_timeout=200ms"))
