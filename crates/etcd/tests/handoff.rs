@@ -45,6 +45,39 @@ async fn until_watchers(cluster: &EtcdCluster, n: u64) {
     }
 }
 
+/// Three clients of one key on `cluster`: the first holds it, the second queued behind it
+/// (watching its key), the third behind both (watching both keys) — each in place on the
+/// server (by the watcher gauge) before the next one asks. A long session TTL keeps the
+/// session's periodic key check (a Range) out of the counts.
+struct Queue {
+    locks: [EtcdLock; 3],
+    held: fencelock_core::Lease,
+    waiting: [tokio::task::JoinHandle<fencelock_core::Result<fencelock_core::Lease>>; 2],
+}
+
+async fn queue_of_three(cluster: &EtcdCluster, name: &str) -> Queue {
+    let url = cluster.url("session_ttl=60s");
+    let locks = [
+        EtcdLock::connect(&url).await.unwrap(),
+        EtcdLock::connect(&url).await.unwrap(),
+        EtcdLock::connect(&url).await.unwrap(),
+    ];
+    let key = unique_key(name);
+    let opts = LockOptions::new()
+        .with_ttl(Duration::from_secs(10))
+        .with_wait(Duration::from_secs(20));
+    let held = locks[0].acquire(&key, &opts).await.unwrap();
+    let base = watchers(cluster);
+    let mut waiting = Vec::new();
+    for (lock, total) in [(&locks[1], 1), (&locks[2], 3)] {
+        let (lock, key) = (lock.clone(), key.clone());
+        waiting.push(tokio::spawn(async move { lock.acquire(&key, &opts).await }));
+        until_watchers(cluster, base + total).await;
+    }
+    let waiting = waiting.try_into().unwrap_or_else(|_| unreachable!("two waiters"));
+    Queue { locks, held, waiting }
+}
+
 /// From each release to the next waiter's grant the server sees the holder's guarded delete
 /// and nothing else: the waiter knew every key older than its own (the two just before it,
 /// with nothing older) and watched them, so the push alone says it is first. Before this
@@ -54,29 +87,11 @@ async fn until_watchers(cluster: &EtcdCluster, n: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_off_costs_only_the_delete() {
     let cluster = EtcdCluster::single();
-    // A long session TTL: the session's periodic key check (a Range) stays out of the way.
-    let url = cluster.url("session_ttl=60s");
-    let (a, b, c) = (
-        EtcdLock::connect(&url).await.unwrap(),
-        EtcdLock::connect(&url).await.unwrap(),
-        EtcdLock::connect(&url).await.unwrap(),
-    );
-    let key = unique_key("handoff");
-    let opts = LockOptions::new()
-        .with_ttl(Duration::from_secs(10))
-        .with_wait(Duration::from_secs(20));
-    let held = a.acquire(&key, &opts).await.unwrap();
-    let base = watchers(&cluster);
-    let first = tokio::spawn({
-        let (b, key) = (b.clone(), key.clone());
-        async move { b.acquire(&key, &opts).await }
-    });
-    until_watchers(&cluster, base + 1).await; // b watches a's key
-    let second = tokio::spawn({
-        let (c, key) = (c.clone(), key.clone());
-        async move { c.acquire(&key, &opts).await }
-    });
-    until_watchers(&cluster, base + 3).await; // c watches b's and a's keys
+    let Queue {
+        locks,
+        held,
+        waiting: [first, second],
+    } = queue_of_three(&cluster, "handoff").await;
     let (txn0, range0) = (calls(&cluster, "Txn"), calls(&cluster, "Range"));
     held.release().await.unwrap();
     let lease = tokio::time::timeout(Duration::from_secs(10), first)
@@ -97,7 +112,7 @@ async fn a_hand_off_costs_only_the_delete() {
         "Txn and Range calls over two hand-offs (two releases, two grants)"
     );
     lease.release().await.unwrap();
-    for x in [a, b, c] {
+    for x in locks {
         x.close().await.unwrap();
     }
 }
@@ -166,28 +181,11 @@ async fn queueing_costs_one_transaction() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_reads_the_queue_when_its_predecessor_goes_first() {
     let cluster = EtcdCluster::single();
-    let url = cluster.url("session_ttl=60s");
-    let (a, b, c) = (
-        EtcdLock::connect(&url).await.unwrap(),
-        EtcdLock::connect(&url).await.unwrap(),
-        EtcdLock::connect(&url).await.unwrap(),
-    );
-    let key = unique_key("ooo");
-    let opts = LockOptions::new()
-        .with_ttl(Duration::from_secs(10))
-        .with_wait(Duration::from_secs(20));
-    let held = a.acquire(&key, &opts).await.unwrap();
-    let base = watchers(&cluster);
-    let gives_up = tokio::spawn({
-        let (b, key) = (b.clone(), key.clone());
-        async move { b.acquire(&key, &opts).await }
-    });
-    until_watchers(&cluster, base + 1).await; // b watches a's key
-    let last = tokio::spawn({
-        let (c, key) = (c.clone(), key.clone());
-        async move { c.acquire(&key, &opts).await }
-    });
-    until_watchers(&cluster, base + 3).await; // c watches b's and a's keys
+    let Queue {
+        locks,
+        held,
+        waiting: [gives_up, last],
+    } = queue_of_three(&cluster, "ooo").await;
     let txn0 = calls(&cluster, "Txn");
     gives_up.abort(); // b's key is deleted in the background: before a's, out of order
     until_txns(
@@ -204,7 +202,7 @@ async fn a_waiter_reads_the_queue_when_its_predecessor_goes_first() {
         .unwrap()
         .unwrap();
     lease.release().await.unwrap();
-    for x in [a, b, c] {
+    for x in locks {
         x.close().await.unwrap();
     }
 }
