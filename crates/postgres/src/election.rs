@@ -167,10 +167,7 @@ COMMIT;",
                 };
                 match listener.client.batch_execute(listen).await {
                     Ok(()) => Ok(listener),
-                    Err(e) => match failed("LISTEN", &server, e) {
-                        e @ fencelock_core::LockError::InvalidConfig { .. } => Err(HostFailure::Final(e)),
-                        e => Err(HostFailure::Next(e)),
-                    },
+                    Err(e) => Err(HostFailure::after_start_up(failed("LISTEN", &server, e))),
                 }
             },
         )

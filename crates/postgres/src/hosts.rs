@@ -48,6 +48,18 @@ pub(crate) fn connect_failed(doing: &'static str, server: &str, e: tokio_postgre
     }
 }
 
+impl HostFailure {
+    /// How an error after the start-up counts (our set-up statements, a `LISTEN`): a server
+    /// that says the configuration is wrong (`InvalidConfig`: a standby, tables not ours,
+    /// no privilege) is the answer; anything else tries the next host.
+    pub(crate) fn after_start_up(e: LockError) -> Self {
+        match e {
+            LockError::InvalidConfig { .. } => HostFailure::Final(e),
+            e => HostFailure::Next(e),
+        }
+    }
+}
+
 /// One host of the URL: the name (or socket directory), its `hostaddr` if the URL gave
 /// one, and its port.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -440,9 +440,7 @@ impl PgNode {
                 let _ = slot.set(Arc::downgrade(&session));
                 Ok(session)
             }
-            // The server answered and says the configuration is wrong: no other host.
-            Err(e @ LockError::InvalidConfig { .. }) => Err(HostFailure::Final(e)),
-            Err(e) => Err(HostFailure::Next(e)),
+            Err(e) => Err(HostFailure::after_start_up(e)),
         }
     }
 
