@@ -137,19 +137,9 @@ impl Session {
             // Dropping the client closes the session in the background; wait (bounded)
             // for the close, so a process that exits on this error leaves no session to
             // expire on the server.
-            let mut states = client.state_watcher();
+            let states = client.state_watcher();
             drop(client);
-            let _ = tokio::time::timeout(cfg.timeout, async {
-                for _ in 0..16 {
-                    if matches!(
-                        states.changed().await,
-                        SessionState::Closed | SessionState::Expired | SessionState::AuthFailed
-                    ) {
-                        break;
-                    }
-                }
-            })
-            .await;
+            until_ended(states, cfg.timeout).await;
             return Err(e);
         }
         let session = Arc::new(Session {
@@ -228,27 +218,33 @@ impl Session {
     pub async fn close(&self, limit: Duration) -> bool {
         let client = self.client.lock().unwrap_or_else(|p| p.into_inner()).take();
         drop(client);
-        let mut states = self.states.clone();
-        let ended = |s: SessionState| {
-            matches!(
-                s,
-                SessionState::Closed | SessionState::Expired | SessionState::AuthFailed
-            )
-        };
-        if ended(states.peek_state()) {
-            return true;
-        }
-        tokio::time::timeout(limit, async {
-            for _ in 0..16 {
-                if ended(states.changed().await) {
-                    return true;
-                }
-            }
-            false
-        })
-        .await
-        .unwrap_or(false)
+        until_ended(self.states.clone(), limit).await
     }
+}
+
+/// Waits up to `limit` for `states` to report the session ended (closed, expired or
+/// refused): after the last handle of its client was dropped, zookeeper-client sends
+/// `closeSession` in the background, and this is how to know it went. `true` when it did.
+async fn until_ended(mut states: StateWatcher, limit: Duration) -> bool {
+    let ended = |s: SessionState| {
+        matches!(
+            s,
+            SessionState::Closed | SessionState::Expired | SessionState::AuthFailed
+        )
+    };
+    if ended(states.peek_state()) {
+        return true;
+    }
+    tokio::time::timeout(limit, async {
+        for _ in 0..16 {
+            if ended(states.changed().await) {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false)
 }
 
 impl Drop for Session {
