@@ -4,29 +4,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use fencelock_core::{DistributedLock, LockOptions};
 use fencelock_etcd::EtcdLock;
-use fencelock_testkit::etcd_server::EtcdCluster;
+use fencelock_testkit::etcd_server::{metrics, EtcdCluster};
 use fencelock_testkit::keys::unique_key;
 use tokio::time::Instant;
 
-/// etcd's gauge of watchers on member 0 (`etcd_debugging_mvcc_watcher_total`). Read with a
-/// bare HTTP/1.0 GET: the testkit's reader of `/metrics` only sums gRPC counters.
+/// etcd's gauge of watchers on member 0 (`etcd_debugging_mvcc_watcher_total`).
 fn watchers(cluster: &EtcdCluster) -> u64 {
-    let port = cluster.client_ports()[0];
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body.lines()
-        .find_map(|l| l.strip_prefix("etcd_debugging_mvcc_watcher_total "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+    metrics(cluster.client_ports()[0])
+        .get("etcd_debugging_mvcc_watcher_total")
+        .map_or(0, |v| *v as u64)
 }
 
 fn calls(cluster: &EtcdCluster, method: &str) -> u64 {
