@@ -20,21 +20,50 @@ thread_local! {
     static NEXT_PORTS: RefCell<VecDeque<u16>> = const { RefCell::new(VecDeque::new()) };
 }
 
-/// A port on 127.0.0.1 that was free a moment ago: bind port 0, read the port back, close.
-/// Another process could take it before the server binds it; [`start_on_free_ports`]
-/// retries with new ports when the server fails so.
+/// A port on 127.0.0.1 that was free a moment ago, outside the kernel's ephemeral range
+/// (see [`free_ports`]). Another process could take it before the server binds it;
+/// [`start_on_free_ports`] retries with new ports when the server fails so.
 ///
 /// Inside [`with_next_ports`], the ports given there come first.
 pub fn free_port() -> u16 {
     free_ports(1).pop().expect("one port")
 }
 
+/// The lowest port servers are started on: below it lie the fixed ports of common
+/// services (PostgreSQL's 5432, Redis's 6379, etcd's 2379, ZooKeeper's 2181, 8080, …).
+const SERVER_PORTS_FROM: u16 = 10_000;
+
+/// The kernel's ephemeral port range (`/proc/sys/net/ipv4/ip_local_port_range`), from
+/// which it picks both the port of a bind to port 0 and the local port of every outgoing
+/// connection; `None` when it cannot be read.
+fn ephemeral_range() -> Option<(u16, u16)> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut it = text.split_whitespace().map(|p| p.parse::<u16>().ok());
+    Some((it.next()??, it.next()??))
+}
+
+/// One port of `range` that binds now, tried at random (at most 200 tries); the listener
+/// holds it.
+fn bind_in(range: std::ops::Range<u16>) -> Option<TcpListener> {
+    (0..200).find_map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, rand::random_range(range.clone()))).ok())
+}
+
 /// `n` distinct ports on 127.0.0.1 for one server, each free a moment ago (the hook's
-/// first, see [`with_next_ports`]). All `n` are held bound until the last is picked, so
-/// the kernel cannot hand one out twice — picked one at a time, a port just closed could
-/// come back as the next, and a ZooKeeper ensemble given one port twice among its 9
-/// exited 14.
+/// first, see [`with_next_ports`]).
+///
+/// * **Outside the ephemeral range**: picked at random between [`SERVER_PORTS_FROM`] and
+///   the kernel's ephemeral range, not by binding port 0. A port from that range can be
+///   taken, the moment its server is down, as the local end of any outgoing connection on
+///   the machine — a Redis restarted on its port by a test then met "Address already in
+///   use". Only a process that binds it on purpose takes a port outside it. Where the
+///   range cannot be read, or leaves less than 1,000 ports below it, port 0 is bound.
+/// * **Distinct**: all `n` are held bound until the last is picked, so none is handed out
+///   twice (picked one at a time, a port just closed could come back as the next, and a
+///   ZooKeeper ensemble given one port twice among its 9 exited 14).
 pub fn free_ports(n: usize) -> Vec<u16> {
+    let servers = ephemeral_range()
+        .map(|(lo, _)| SERVER_PORTS_FROM..lo)
+        .filter(|r| r.len() >= 1_000);
     let mut held = Vec::with_capacity(n);
     let mut ports = Vec::with_capacity(n);
     for _ in 0..n {
@@ -42,7 +71,10 @@ pub fn free_ports(n: usize) -> Vec<u16> {
             ports.push(port);
             continue;
         }
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+        let listener = servers
+            .clone()
+            .and_then(bind_in)
+            .unwrap_or_else(|| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0"));
         ports.push(listener.local_addr().expect("local addr").port());
         held.push(listener);
     }
@@ -149,6 +181,23 @@ mod tests {
             ports.sort_unstable();
             ports.dedup();
             assert_eq!(ports.len(), 9, "a port handed out twice in one pick");
+        }
+    }
+
+    /// A server's port must not be one the kernel hands out to outgoing connections: a
+    /// server restarted on its port (Redis `restart()`, in the lab's restart-while-held
+    /// test) once met "Address already in use" because, in the moment it was down, a
+    /// client connection of another test took that port as its local end — bind port 0
+    /// and outgoing connects draw from the same ephemeral range. Failed before: every
+    /// port was inside it.
+    #[test]
+    fn server_ports_are_outside_the_ephemeral_range() {
+        let (lo, hi) = ephemeral_range().expect("/proc/sys/net/ipv4/ip_local_port_range");
+        for port in free_ports(200) {
+            assert!(
+                !(lo..=hi).contains(&port),
+                "port {port} is in the ephemeral range {lo}-{hi}"
+            );
         }
     }
 
