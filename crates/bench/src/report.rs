@@ -488,7 +488,7 @@ impl Report {
                 out,
                 "* {}: fencelock ÷ raw minimum, uncontended median {} — target ≤ {RATIO_TARGET:.2}× ({}), never above {RATIO_CEILING:.2}× in a run ({}).",
                 b.backend,
-                spread(&ratios, |v| format!("{v:.2}×")),
+                with_runs(spread(&ratios, |v| format!("{v:.2}×")), ratios.len(), runs),
                 met(median(&ratios) <= RATIO_TARGET),
                 met(worst <= RATIO_CEILING),
             );

@@ -228,6 +228,17 @@ async fn several_runs_report_each_figure_with_its_spread() {
         "{row}: ratios {ratios:?}"
     );
     assert!(text.contains("the median of 3 runs, then their min–max"), "{text}");
+
+    // A run whose uncontended row failed: the verdict says it rests on the other two, as
+    // the contention verdicts do (it said nothing before).
+    let mut report = report;
+    report.later_runs[0][0].uncontended.clear();
+    let text = report.markdown(Some("charts"));
+    let verdict = text
+        .lines()
+        .find(|l| l.contains("fencelock ÷ raw minimum, uncontended median"))
+        .expect("the uncontended verdict");
+    assert!(verdict.contains(", 2 of 3 runs"), "{verdict}");
 }
 
 #[tokio::test]
