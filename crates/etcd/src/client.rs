@@ -7,6 +7,7 @@ use fencelock_core::Result;
 
 use crate::config::EtcdConfig;
 use crate::error::{failed, failed_connecting, failed_first_read, kind, timed_out, Kind};
+use crate::watch_stream::WatchStreams;
 
 /// The HTTP/2 client connection preface and an empty SETTINGS frame (RFC 9113 §3.4, §6.5).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
@@ -79,6 +80,8 @@ async fn answers_not_h2(endpoint: &str, limit: std::time::Duration) -> Option<St
 pub(crate) struct Cluster {
     pub client: Client,
     pub cfg: EtcdConfig,
+    /// The instance's one watch stream, shared by its waits.
+    pub watches: std::sync::Arc<WatchStreams>,
 }
 
 impl Cluster {
@@ -104,7 +107,11 @@ impl Cluster {
             }
             Err(_) => return Err(timed_out("connecting", &cfg.display, cfg.connect_timeout + cfg.timeout)),
         };
-        let cluster = Cluster { client, cfg };
+        let cluster = Cluster {
+            client,
+            cfg,
+            watches: Default::default(),
+        };
         // The client connects lazily: one linearizable read proves a leader answers.
         let probe = format!("{}/", cluster.cfg.prefix);
         let read = cluster

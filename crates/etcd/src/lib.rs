@@ -53,6 +53,7 @@ mod queue;
 mod session;
 mod slots;
 mod wait;
+mod watch_stream;
 
 pub use config::{EtcdConfig, EtcdLayout};
 pub use election::{EtcdElection, MAX_WATCH_FAILURES};

@@ -8,7 +8,8 @@
 //! The recipe (etcd's concurrency mutex, extended to [`TRACKED`] keys): read the **three**
 //! keys just older than ours and whether any older one is left (the range's `more` flag,
 //! computed after the create-revision filter — its `count` is not: it counts the whole
-//! directory), together with our own key, in one transaction; watch them on one watch stream.
+//! directory), together with our own key, in one transaction; watch them on the
+//! instance's shared watch stream ([`crate::watch_stream`]).
 //! The first such read is made by the queueing transaction itself, right after its put
 //! ([`place_read`]), so a queued acquire reads no more on its own — unless a write landed
 //! before its watches began (`late`, below: usual under contention), when it reads once,
@@ -37,12 +38,11 @@
 //! confirmed keep-alive or lease grant, which the wait keeps within a fifth of the
 //! validity (a keep-alive is sent at our turn only if it is older than a quarter).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use etcd_client::{
-    EventType, GetOptions, GetResponse, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchFilterType,
-    WatchOptions, WatchStream,
+    EventType, GetOptions, GetResponse, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions,
 };
 use fencelock_core::Result;
 use tokio::time::Instant;
@@ -50,6 +50,7 @@ use tokio::time::Instant;
 use crate::client::Cluster;
 use crate::error::lease_gone;
 use crate::queue::{Holding, Queued};
+use crate::watch_stream::{Added, Subscription};
 
 /// How many keys just older than ours one read fetches and the wait watches.
 const TRACKED: i64 = 3;
@@ -133,12 +134,11 @@ async fn read_place(c: &Cluster, q: &Queued) -> Result<Place> {
     Ok(place)
 }
 
-/// The watches of one wait, all on one watch stream, and what they saw.
-#[derive(Default)]
+/// The watches of one wait, on the instance's shared watch stream, and what they saw.
 struct Watches {
-    stream: Option<WatchStream>,
-    /// Keys whose watch was asked for and not yet confirmed (etcd confirms in order).
-    pending: VecDeque<Vec<u8>>,
+    sub: Subscription,
+    /// Watches asked for and not yet confirmed, by watch id.
+    pending: HashMap<i64, Vec<u8>>,
     watched: HashSet<Vec<u8>>,
     /// Keys older than ours whose deletion was pushed: gone for good (see the module docs).
     deleted: HashSet<Vec<u8>>,
@@ -148,40 +148,37 @@ struct Watches {
 }
 
 impl Watches {
+    fn new(c: &Cluster) -> Self {
+        Watches {
+            sub: Subscription::new(c),
+            pending: HashMap::new(),
+            watched: HashSet::new(),
+            deleted: HashSet::new(),
+            late: false,
+        }
+    }
+
     /// Watches every key of `keys` not watched yet, from now (a watch from a past revision
     /// is parked by etcd in its "unsynced" group and caught up only every 100 ms).
     async fn add(&mut self, c: &Cluster, keys: &[Vec<u8>]) -> Result<()> {
         let wopts = WatchOptions::new().with_filters([WatchFilterType::NoPut]);
         for key in keys {
-            if self.watched.contains(key) || self.pending.contains(key) {
+            if self.watched.contains(key) || self.pending.values().any(|k| k == key) {
                 continue;
             }
-            let added = match self.stream.as_mut() {
-                Some(s) => s.watch(key.clone(), Some(wopts.clone())).await.is_ok(),
-                None => false,
-            };
-            if !added {
-                if self.stream.is_some() {
-                    self.reset(); // the stream broke: its watches are gone
-                }
-                let s = c
-                    .call("watching the keys before ours", |mut cl| {
-                        let (key, wopts) = (key.clone(), wopts.clone());
-                        async move { cl.watch(key, Some(wopts)).await }
-                    })
-                    .await?;
-                self.stream = Some(s);
+            let (id, added) = self.sub.watch(c, key.clone(), wopts.clone()).await?;
+            if added == Added::Anew {
+                self.forget(); // the stream broke: the watches on it are gone
             }
-            self.pending.push_back(key.clone());
+            self.pending.insert(id, key.clone());
         }
         Ok(())
     }
 
-    /// Forgets the stream and its watches (what was deleted stays known).
-    fn reset(&mut self) {
+    /// Forgets the watches (what was deleted stays known): the stream they were on broke.
+    fn forget(&mut self) {
         self.pending.clear();
         self.watched.clear();
-        self.stream = None;
         self.late = true;
     }
 }
@@ -209,7 +206,7 @@ pub(crate) async fn wait_turn(c: &Cluster, q: &mut Queued, ttl: Duration) -> Res
         Holding::Own { granted, sent, .. } => (ttl.min(*granted), *sent),
         Holding::Session { .. } => (ttl, Instant::now()),
     };
-    let mut w = Watches::default();
+    let mut w = Watches::new(c);
     for _ in 0..100_000 {
         let place = match first.take() {
             Some(place) => place,
@@ -256,21 +253,20 @@ async fn wait_push(
         Holding::Session { .. } => Duration::from_secs(3600),
     };
     for _ in 0..1_000_000 {
-        let Some(stream) = w.stream.as_mut() else {
-            return Ok(Some(Woken::Look));
-        };
         let wake = (*confirmed + refresh).max(Instant::now() + Duration::from_millis(1));
-        match tokio::time::timeout_at(wake, stream.message()).await {
-            Ok(Ok(Some(r))) => {
+        match tokio::time::timeout_at(wake, w.sub.message()).await {
+            Ok(Some(r)) => {
                 if r.created() {
-                    if let Some(key) = w.pending.pop_front() {
+                    if let Some(key) = w.pending.remove(&r.watch_id()) {
                         let at = r.header().map_or(i64::MAX, |h| h.revision());
                         w.late |= at > seen;
                         w.watched.insert(key);
                     }
                 }
                 if r.canceled() {
-                    w.reset(); // compacted, or refused: start over
+                    // Compacted, or refused: start over on a fresh stream.
+                    w.sub.reset();
+                    w.forget();
                     return Ok(Some(Woken::Look));
                 }
                 for e in r.events() {
@@ -281,8 +277,8 @@ async fn wait_push(
                     }
                 }
             }
-            Ok(Ok(None)) | Ok(Err(_)) => {
-                w.reset();
+            Ok(None) => {
+                w.forget(); // the stream broke
                 return Ok(Some(Woken::Look));
             }
             Err(_) => {
