@@ -77,8 +77,15 @@ async fn a_long_wait_keeps_its_place_and_gets_full_validity() {
         .with_ttl(ttl)
         .with_auto_renew(false)
         .with_wait(Duration::from_secs(30));
+    // The holder's own TTL is not what is tested: 10 s, so that its renewals have room on
+    // a loaded machine (with 1 s, a full suite run once lost it before the release).
     let held = a
-        .acquire("k", &LockOptions::new().with_ttl(ttl).with_auto_renew(true))
+        .acquire(
+            "k",
+            &LockOptions::new()
+                .with_ttl(Duration::from_secs(10))
+                .with_auto_renew(true),
+        )
         .await
         .unwrap();
     let second = tokio::spawn({
