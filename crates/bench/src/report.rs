@@ -541,8 +541,8 @@ impl Report {
                     out,
                     "* {}: a waiter that dies while queued delays the next live waiter's grant (release → grant): median {}; at most {}.",
                     b.backend,
-                    self.cell(bi, d, rows, |d| Some(d.p50_ms), |v| format!("{v:.1} ms")),
-                    self.cell(bi, d, rows, |d| Some(d.max_ms), |v| format!("{v:.1} ms")),
+                    self.cell(bi, d, rows, |d| d.p50_ms, |v| format!("{v:.1} ms")),
+                    self.cell(bi, d, rows, |d| d.max_ms, |v| format!("{v:.1} ms")),
                 );
             }
         }
@@ -750,27 +750,30 @@ impl Report {
         if (0..self.backends.len()).any(|bi| !self.table_rows(bi, |b| b.dead_waiter.as_slice()).is_empty()) {
             let _ = writeln!(
                 out,
-                "## A waiter dies while queued\n\n{} trials per subject. A holder takes a fresh key; the victim, connected through a fault proxy, queues for it, and two live clients queue behind it. \
+                "## A waiter dies while queued\n\n{} trials per subject. A holder takes a fresh key; the victim, connected through a fault proxy, queues for it, and two live clients (each through a proxy of its own) queue behind it. \
                  The victim then dies as a SIGKILLed process does: the proxy resets its connections, its acquire is aborted and its client dropped, with no clean-up. \
                  The holder releases; the figure is release call → the next live waiter's acquire returning (compare the hand-off p50 above). \
-                 A trial where no live waiter got the lock within one TTL + 5 s counts as stuck.\n",
+                 A trial where no live waiter got the lock within one TTL + 5 s counts as stuck. \
+                 Each client counts as queued once the server answered its acquire (bytes back through its proxy; the victim took and gave back another key first) and 50 ms more; \
+                 a trial whose victim was not still waiting when it died is left out of the figures and counted.\n",
                 s.dead_waiter_trials
             );
             let _ = writeln!(
                 out,
-                "| backend | subject | release → next live grant, median | max | stuck trials |\n|---|---|---|---|---|"
+                "| backend | subject | release → next live grant, median | max | stuck trials | trials left out (victim not queued) |\n|---|---|---|---|---|---|"
             );
             let rows: fn(&BackendReport) -> &[DeadWaiter] = |b| b.dead_waiter.as_slice();
             for (bi, b) in self.backends.iter().enumerate() {
                 for d in self.table_rows(bi, rows) {
                     let _ = writeln!(
                         out,
-                        "| {} | {} | {} | {} | {} |",
+                        "| {} | {} | {} | {} | {} | {} |",
                         b.backend,
                         d.subject,
-                        self.cell(bi, d, rows, |d| Some(d.p50_ms), |v| format!("{v:.1} ms")),
-                        self.cell(bi, d, rows, |d| Some(d.max_ms), |v| format!("{v:.1} ms")),
+                        self.cell(bi, d, rows, |d| d.p50_ms, |v| format!("{v:.1} ms")),
+                        self.cell(bi, d, rows, |d| d.max_ms, |v| format!("{v:.1} ms")),
                         self.cell(bi, d, rows, |d| Some(d.stuck as f64), |v| format!("{v:.0}")),
+                        self.cell(bi, d, rows, |d| Some(d.left_out as f64), |v| format!("{v:.0}")),
                     );
                 }
             }

@@ -112,8 +112,12 @@ async fn a_run_on_redis_measures_ours_raw_and_peers_and_writes_the_report() {
     let dead: Vec<&str> = b.dead_waiter.iter().map(|d| d.subject.as_str()).collect();
     assert_eq!(dead, ["fencelock", "rslock", "distributed-lock"]);
     let d = &b.dead_waiter[0];
-    assert_eq!((d.trials, d.stuck), (1, 0), "{d:?}");
-    assert!(d.max_ms > 0.0 && d.max_ms >= d.p50_ms, "{d:?}");
+    assert_eq!((d.trials, d.stuck, d.left_out), (1, 0, 0), "{d:?}");
+    for d in &b.dead_waiter {
+        assert_eq!(d.left_out, 0, "every victim queued: {d:?}");
+    }
+    let (p50, max) = (d.p50_ms.unwrap(), d.max_ms.unwrap());
+    assert!(max > 0.0 && max >= p50, "{d:?}");
     // Scale: all held, and the renewals reached the server batched.
     let p = &b.scale[0];
     assert!(p.all_held, "{p:?}");

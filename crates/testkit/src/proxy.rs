@@ -4,6 +4,7 @@
 //! links without root.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,6 +32,8 @@ pub struct FaultProxy {
     to_client: watch::Sender<Mode>,
     task: tokio::task::JoinHandle<()>,
     connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    /// Bytes forwarded from the server to clients, over every connection.
+    to_client_bytes: Arc<AtomicU64>,
 }
 
 impl FaultProxy {
@@ -42,6 +45,8 @@ impl FaultProxy {
         let (to_client, _) = watch::channel(Mode::Pass);
         let connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
         let (up_rx, down_rx, conns) = (to_server.subscribe(), to_client.subscribe(), Arc::clone(&connections));
+        let to_client_bytes = Arc::new(AtomicU64::new(0));
+        let down_bytes = Arc::clone(&to_client_bytes);
         let task = tokio::spawn(async move {
             let server = SocketAddr::from((Ipv4Addr::LOCALHOST, upstream));
             loop {
@@ -58,8 +63,13 @@ impl FaultProxy {
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
                 let mut list = conns.lock().unwrap_or_else(|p| p.into_inner());
-                list.push(tokio::spawn(pump(cr, sw, up_rx.clone())));
-                list.push(tokio::spawn(pump(sr, cw, down_rx.clone())));
+                list.push(tokio::spawn(pump(cr, sw, up_rx.clone(), None)));
+                list.push(tokio::spawn(pump(
+                    sr,
+                    cw,
+                    down_rx.clone(),
+                    Some(Arc::clone(&down_bytes)),
+                )));
             }
         });
         FaultProxy {
@@ -68,7 +78,15 @@ impl FaultProxy {
             to_client,
             task,
             connections,
+            to_client_bytes,
         }
+    }
+
+    /// Bytes forwarded from the server to its clients so far, over every connection: a
+    /// count that grows when the server has answered (e.g. "the server answered the
+    /// client's request", when nothing else is in flight on its connections).
+    pub fn bytes_to_client(&self) -> u64 {
+        self.to_client_bytes.load(Ordering::Relaxed)
     }
 
     /// The port clients connect to.
@@ -113,6 +131,7 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut mode: watch::Receiver<Mode>,
+    forwarded: Option<Arc<AtomicU64>>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -139,6 +158,9 @@ async fn pump(
                         tokio::time::sleep(d).await;
                     }
                     if to.write_all(&buf[..n]).await.is_err() { return }
+                    if let Some(f) = &forwarded {
+                        f.fetch_add(n as u64, Ordering::Relaxed);
+                    }
                 }
             },
         }
