@@ -353,6 +353,50 @@ async fn until_watchers_at_most(cluster: &EtcdCluster, n: u64, what: &str) {
     }
 }
 
+/// Options for the many-waits tests: long enough that nothing expires under load.
+fn patient() -> LockOptions {
+    LockOptions::new()
+        .with_ttl(Duration::from_secs(20))
+        .with_wait(Duration::from_secs(30))
+}
+
+/// `n` fresh keys named after `name`, each taken by `holder`.
+async fn hold_keys(holder: &EtcdLock, name: &str, n: usize) -> (Vec<String>, Vec<fencelock_core::Lease>) {
+    let keys: Vec<String> = (0..n).map(|i| unique_key(&format!("{name}{i}"))).collect();
+    let mut held = Vec::new();
+    for key in &keys {
+        held.push(holder.acquire(key, &patient()).await.unwrap());
+    }
+    (keys, held)
+}
+
+type Waiting = tokio::task::JoinHandle<fencelock_core::Result<fencelock_core::Lease>>;
+
+/// One acquire of each key by `lock`, each in a task of its own.
+fn wait_on_each(lock: &EtcdLock, keys: &[String]) -> Vec<Waiting> {
+    keys.iter()
+        .map(|key| {
+            let (lock, key) = (lock.clone(), key.clone());
+            tokio::spawn(async move { lock.acquire(&key, &patient()).await })
+        })
+        .collect()
+}
+
+/// Releases every held lease; every wait is then served (within 20 s) and gives it back.
+async fn hand_over(held: Vec<fencelock_core::Lease>, waiting: Vec<Waiting>) {
+    for lease in held {
+        lease.release().await.unwrap();
+    }
+    for w in waiting {
+        let lease = tokio::time::timeout(Duration::from_secs(20), w)
+            .await
+            .expect("every waiter is served")
+            .unwrap()
+            .unwrap();
+        lease.release().await.unwrap();
+    }
+}
+
 /// One instance waiting on many keys at once watches them all on **one** watch stream (as
 /// etcd's Go client multiplexes its watches), and gives each watch back when its wait ends
 /// — granted or given up. Before, every waiter opened a stream of its own: the bench's
@@ -368,20 +412,9 @@ async fn an_instance_watches_all_its_waits_on_one_stream() {
         EtcdLock::connect(&url).await.unwrap(),
         EtcdLock::connect(&url).await.unwrap(),
     );
-    let opts = LockOptions::new()
-        .with_ttl(Duration::from_secs(20))
-        .with_wait(Duration::from_secs(30));
-    let keys: Vec<String> = (0..KEYS).map(|i| unique_key(&format!("many{i}"))).collect();
-    let mut held = Vec::new();
-    for key in &keys {
-        held.push(holder.acquire(key, &opts).await.unwrap());
-    }
+    let (keys, mut held) = hold_keys(&holder, "many", KEYS).await;
     let (streams0, watchers0) = (watch_streams(&cluster), watchers(&cluster));
-    let mut waiting = Vec::new();
-    for key in &keys {
-        let (lock, key) = (waiter.clone(), key.clone());
-        waiting.push(tokio::spawn(async move { lock.acquire(&key, &opts).await }));
-    }
+    let mut waiting = wait_on_each(&waiter, &keys);
     until_watchers(&cluster, watchers0 + KEYS as u64).await;
     let streams = watch_streams(&cluster) - streams0;
     assert_eq!(streams, 1, "watch streams the waiting instance opened for {KEYS} waits");
@@ -392,17 +425,10 @@ async fn an_instance_watches_all_its_waits_on_one_stream() {
     }
     until_watchers_at_most(&cluster, watchers0 + (KEYS / 2) as u64, "aborted waits").await;
     // The other half are granted on the push of the holder's release.
-    for lease in held.drain(..) {
-        lease.release().await.unwrap();
+    for lease in held.split_off(KEYS / 2) {
+        lease.release().await.unwrap(); // the keys whose waits gave up
     }
-    for w in waiting {
-        let lease = tokio::time::timeout(Duration::from_secs(20), w)
-            .await
-            .expect("every waiter is served")
-            .unwrap()
-            .unwrap();
-        lease.release().await.unwrap();
-    }
+    hand_over(held, waiting).await;
     until_watchers_at_most(&cluster, watchers0, "finished waits").await;
     for x in [holder, waiter] {
         x.close().await.unwrap();
@@ -421,22 +447,9 @@ async fn waits_outlive_their_shared_stream_breaking() {
     let waiter = EtcdLock::connect(&format!("etcd://127.0.0.1:{}?session_ttl=30s", proxy.port()))
         .await
         .unwrap();
-    let opts = LockOptions::new()
-        .with_ttl(Duration::from_secs(20))
-        .with_wait(Duration::from_secs(30));
-    let keys: Vec<String> = (0..KEYS).map(|i| unique_key(&format!("broken{i}"))).collect();
-    let mut held = Vec::new();
-    for key in &keys {
-        held.push(holder.acquire(key, &opts).await.unwrap());
-    }
+    let (keys, held) = hold_keys(&holder, "broken", KEYS).await;
     let (streams0, watchers0) = (watch_streams(&cluster), watchers(&cluster));
-    let waiting: Vec<_> = keys
-        .iter()
-        .map(|key| {
-            let (lock, key) = (waiter.clone(), key.clone());
-            tokio::spawn(async move { lock.acquire(&key, &opts).await })
-        })
-        .collect();
+    let waiting = wait_on_each(&waiter, &keys);
     until_watchers(&cluster, watchers0 + KEYS as u64).await;
     proxy.set(Mode::Reset);
     until_watchers_at_most(&cluster, watchers0, "watches of the reset connection").await;
@@ -447,17 +460,7 @@ async fn waits_outlive_their_shared_stream_breaking() {
         waiting.iter().all(|w| !w.is_finished()),
         "a wait ended while the locks were held"
     );
-    for lease in held {
-        lease.release().await.unwrap();
-    }
-    for w in waiting {
-        let lease = tokio::time::timeout(Duration::from_secs(20), w)
-            .await
-            .expect("every waiter is served")
-            .unwrap()
-            .unwrap();
-        lease.release().await.unwrap();
-    }
+    hand_over(held, waiting).await;
     for x in [holder, waiter] {
         x.close().await.unwrap();
     }
