@@ -110,7 +110,7 @@ impl Cluster {
         let cluster = Cluster {
             client,
             cfg,
-            watches: Default::default(),
+            watches: std::sync::Arc::new(WatchStreams::new()),
         };
         // The client connects lazily: one linearizable read proves a leader answers.
         let probe = format!("{}/", cluster.cfg.prefix);

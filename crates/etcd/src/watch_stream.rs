@@ -138,8 +138,12 @@ fn broke(routes: &Mutex<Routes>, number: u64) {
 /// The instance's watch stream, opened on the first watch asked for and again after it
 /// broke or its last subscription left. Shared by every clone of the instance's
 /// [`Cluster`].
-#[derive(Default)]
 pub(crate) struct WatchStreams {
+    /// The runtime the instance connected on, which runs the gRPC channel: the stream's
+    /// tasks run there too, not on the runtime of the wait that happened to open it — that
+    /// runtime may stop, or idle between `block_on` calls, while waits of other runtimes
+    /// are on the stream.
+    runtime: tokio::runtime::Handle,
     current: Mutex<Option<Arc<Generation>>>,
     /// Held while a stream opens, so that waits asking at once open one.
     opening: tokio::sync::Mutex<()>,
@@ -148,6 +152,18 @@ pub(crate) struct WatchStreams {
 }
 
 impl WatchStreams {
+    /// No stream yet; its tasks will run on the current runtime (call it from the
+    /// instance's connect).
+    pub fn new() -> Self {
+        WatchStreams {
+            runtime: tokio::runtime::Handle::current(),
+            current: Mutex::default(),
+            opening: tokio::sync::Mutex::default(),
+            next_id: AtomicI64::default(),
+            generations: AtomicU64::default(),
+        }
+    }
+
     fn current(&self) -> Option<Arc<Generation>> {
         self.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -191,13 +207,15 @@ impl WatchStreams {
         tracing::debug!(stream = number, "watch stream opened");
         let (sender, responses) = stream.split();
         let (requests, pending) = unbounded_channel();
-        let sending = tokio::spawn(send(sender, pending, routes.clone(), number)).abort_handle();
-        let receiving = tokio::spawn(receive(responses, routes.clone(), number)).abort_handle();
+        let sending = self
+            .runtime
+            .spawn(send(sender, pending, Breaks(routes.clone(), number)));
+        let receiving = self.runtime.spawn(receive(responses, Breaks(routes.clone(), number)));
         let g = Arc::new(Generation {
             number,
             requests,
             routes,
-            tasks: [sending, receiving],
+            tasks: [sending.abort_handle(), receiving.abort_handle()],
         });
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(g.clone());
         Ok(g)
@@ -213,42 +231,48 @@ impl WatchStreams {
     }
 }
 
+/// Tells every subscription of stream `.1` that it broke when dropped: each task owns one,
+/// so a task that ends in any way — an error, the stream's end, aborted, or dropped with
+/// its runtime before it ran — leaves no wait listening to a dead stream.
+struct Breaks(Arc<Mutex<Routes>>, u64);
+
+impl Drop for Breaks {
+    fn drop(&mut self) {
+        broke(&self.0, self.1);
+    }
+}
+
 /// The sending task: requests out in the order asked, until the stream or the instance ends.
-async fn send(
-    mut sender: WatchRequestSender,
-    mut pending: UnboundedReceiver<Request>,
-    routes: Arc<Mutex<Routes>>,
-    n: u64,
-) {
+async fn send(mut sender: WatchRequestSender, mut pending: UnboundedReceiver<Request>, breaks: Breaks) {
     while let Some(r) = pending.recv().await {
         let sent = match r {
             Request::Create { id, key, options } => sender.watch(key, Some(options.with_watch_id(id))).await,
             Request::Cancel(id) => sender.cancel(id).await,
         };
         if let Err(e) = sent {
-            tracing::debug!(stream = n, error = %e, "a watch request could not be sent");
-            broke(&routes, n);
+            tracing::debug!(stream = breaks.1, error = %e, "a watch request could not be sent");
             return;
         }
     }
 }
 
 /// The receiving task: each response to the subscription of its watch id.
-async fn receive(mut responses: WatchResponseStream, routes: Arc<Mutex<Routes>>, n: u64) {
+async fn receive(mut responses: WatchResponseStream, breaks: Breaks) {
+    let n = breaks.1;
     for _ in 0..u64::MAX {
         let r = match responses.message().await {
             Ok(Some(r)) => r,
             Ok(None) => {
                 tracing::debug!(stream = n, "the watch stream ended");
-                break;
+                return;
             }
             Err(e) => {
                 tracing::debug!(stream = n, error = %e, "the watch stream broke");
-                break;
+                return;
             }
         };
         let id = r.watch_id();
-        let mut routes = lock(&routes);
+        let mut routes = lock(&breaks.0);
         let to = if r.canceled() {
             routes.to.remove(&id)
         } else {
@@ -260,7 +284,6 @@ async fn receive(mut responses: WatchResponseStream, routes: Arc<Mutex<Routes>>,
             }
         }
     }
-    broke(&routes, n);
 }
 
 /// The watches of one wait on the instance's shared stream.

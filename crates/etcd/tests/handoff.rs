@@ -465,3 +465,67 @@ async fn waits_outlive_their_shared_stream_breaking() {
         x.close().await.unwrap();
     }
 }
+
+/// A wait is woken whatever runtime opened the shared stream it joined. The stream's tasks
+/// ran on the runtime of the wait that opened it: when that runtime stopped (or just went
+/// idle between `block_on` calls), a wait from another runtime on the same instance never
+/// heard of the release and timed out — with streams of their own, each wait polled its
+/// own. Failed before the fix: B timed out after its 15 s wait (helper-66's review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_outlives_the_runtime_that_opened_the_shared_stream() {
+    let cluster = EtcdCluster::single();
+    let url = cluster.url("session_ttl=60s");
+    let holder = EtcdLock::connect(&url).await.unwrap();
+    let waiter = EtcdLock::connect(&url).await.unwrap();
+    let opts = LockOptions::new()
+        .with_ttl(Duration::from_secs(20))
+        .with_wait(Duration::from_secs(15));
+    // The session starts on this runtime.
+    waiter
+        .acquire(&unique_key("warm"), &opts)
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    let (k1, k2) = (unique_key("rt1"), unique_key("rt2"));
+    let h1 = holder.acquire(&k1, &opts).await.unwrap();
+    let h2 = holder.acquire(&k2, &opts).await.unwrap();
+    let base = watchers(&cluster);
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    // Runtime A: its wait opens the instance's stream; then A stops.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let a = {
+        let (lock, key) = (waiter.clone(), k1.clone());
+        std::thread::spawn(move || {
+            runtime().block_on(async move {
+                tokio::select! {
+                    _ = lock.acquire(&key, &opts) => {}
+                    _ = stopped => {}
+                }
+            })
+        })
+    };
+    until_watchers(&cluster, base + 1).await;
+    // Runtime B: its wait joins that stream.
+    let b = {
+        let (lock, key) = (waiter.clone(), k2.clone());
+        std::thread::spawn(move || runtime().block_on(async move { lock.acquire(&key, &opts).await }))
+    };
+    until_watchers(&cluster, base + 2).await;
+    stop.send(()).unwrap();
+    tokio::task::spawn_blocking(move || a.join().unwrap()).await.unwrap();
+    h2.release().await.unwrap();
+    let got = tokio::task::spawn_blocking(move || b.join().unwrap()).await.unwrap();
+    let lease = got.expect("B's wait learned that its key was released");
+    lease.release().await.unwrap();
+    h1.release().await.unwrap();
+    for x in [holder, waiter] {
+        x.close().await.unwrap();
+    }
+}
