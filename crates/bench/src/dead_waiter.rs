@@ -15,7 +15,11 @@
 //! still waiting when it died — its acquire failed or ended, or the server never answered
 //! it — is left out and counted: measured, it would give a plain hand-off as the dead
 //! waiter's cost (one full run once reported 2.4 ms for etcd, whose dead waiter costs its
-//! session TTL).
+//! session TTL). What is left: bytes of another kind that come back in the same moment (a
+//! session keep-alive's answer, every third of etcd's session TTL; an HTTP/2 ping's, every
+//! 10 s) pass for the acquire's answer — a few milliseconds' window in seconds, and the
+//! victim must still be waiting besides. A signal from the lock itself ("queued") would
+//! close it; no backend gives one today.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -183,6 +183,7 @@ pub fn tcp_exchange(port: u16, request: &[u8]) -> Option<Vec<u8>> {
 /// `/metrics` in chunks), if a `200` response arrived within a second.
 pub fn http(port: u16, method: &str, path: &str, body: &str) -> Option<String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
+        .proxy(None) // loopback only: never through a proxy named in the environment
         .timeout_global(Some(Duration::from_secs(1)))
         .http_status_as_error(true)
         .build()
@@ -251,6 +252,29 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
         );
         assert_eq!(http(port, "GET", "/metrics", "").as_deref(), Some("hello world"));
+    }
+
+    /// The servers are on loopback: a proxy named in the environment (`HTTP_PROXY`) is not
+    /// used — through it, `metrics()` panicked and `leader()` found none (ureq reads the
+    /// variable by default; helper-66's review). Runs the chunked test again in a child
+    /// process with a proxy that nothing listens on. Failed before: the child's test failed.
+    #[test]
+    fn a_proxy_in_the_environment_is_not_used() {
+        let test = "process::tests::a_chunked_body_is_decoded";
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", test, "--test-threads", "1"])
+            .env("HTTP_PROXY", "http://127.0.0.1:9")
+            .env("http_proxy", "http://127.0.0.1:9")
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     #[test]
