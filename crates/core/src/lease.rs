@@ -960,6 +960,19 @@ mod tests {
         })
     }
 
+    /// A fresh 3 s lease on `ops`, renewed in the background (the default options).
+    fn auto_renewed(ops: Arc<dyn LeaseOps>) -> Lease {
+        Lease::new(LeaseParts {
+            key: "k".into(),
+            token: FencingToken::new(1),
+            grant: GrantId::random(),
+            sent_at: Instant::now(),
+            validity: Duration::from_secs(3),
+            options: LockOptions::new().with_ttl(Duration::from_secs(3)),
+            ops,
+        })
+    }
+
     /// Lets spawned background tasks run to completion on the paused clock.
     async fn settle() {
         for _ in 0..10 {
@@ -1047,15 +1060,7 @@ mod tests {
             reporter: std::sync::Mutex::new(None),
             taken: std::sync::Mutex::new(None),
         });
-        let held = Lease::new(LeaseParts {
-            key: "k".into(),
-            token: FencingToken::new(1),
-            grant: GrantId::random(),
-            sent_at: Instant::now(),
-            validity: Duration::from_secs(3),
-            options: LockOptions::new().with_ttl(Duration::from_secs(3)),
-            ops: Arc::clone(&ops) as Arc<dyn LeaseOps>,
-        });
+        let held = auto_renewed(Arc::clone(&ops) as Arc<dyn LeaseOps>);
         *ops.reporter.lock().unwrap() = Some(held.reporter());
         let lost = tokio::spawn(held.lost());
         held.release().await.expect("a normal release");
@@ -1096,15 +1101,7 @@ mod tests {
             renewing: tokio::sync::Notify::new(),
             released: tokio::sync::Notify::new(),
         });
-        let held = Lease::new(LeaseParts {
-            key: "k".into(),
-            token: FencingToken::new(1),
-            grant: GrantId::random(),
-            sent_at: Instant::now(),
-            validity: Duration::from_secs(3),
-            options: LockOptions::new().with_ttl(Duration::from_secs(3)),
-            ops: Arc::clone(&ops) as Arc<dyn LeaseOps>,
-        });
+        let held = auto_renewed(Arc::clone(&ops) as Arc<dyn LeaseOps>);
         let lost = tokio::spawn(held.lost());
         tokio::time::timeout(Duration::from_secs(2), ops.renewing.notified())
             .await
