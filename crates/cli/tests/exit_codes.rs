@@ -517,3 +517,57 @@ fn a_clean_etcd_run_elect_and_leader_print_no_warning() {
         assert!(out.status.code() == Some(0) || args[0] == "leader", "{args:?}: {err}");
     }
 }
+
+// A review (D3): `--wait` running out while the server was down exited 75 "held by
+// someone else", so a script that retries on 69 (unavailable) gave up. W is in line
+// behind H when the server dies; the last W heard is no answer, which is 69. Failed on
+// ZooKeeper before the fix.
+#[test]
+fn a_wait_that_runs_out_while_the_server_is_down_exits_69_not_75() {
+    let mut redis = fencelock_testkit::redis_server::RedisServer::start();
+    let url = redis.url();
+    let (holder, waiter) =
+        in_line_behind_a_holder(&url, &|| redis.integer("LLEN fencelock:{k}:queue").unwrap_or(0) >= 1);
+    redis.kill();
+    assert_unavailable(&waited_out(holder, waiter), "redis");
+
+    let mut zk = fencelock_testkit::zk_server::ZkEnsemble::standalone();
+    let url = zk.url("/d3", "session_timeout=2s&timeout=500ms&connect_timeout=300ms");
+    let (holder, waiter) = in_line_behind_a_holder(&url, &common::count_grew(|| zk.watch_count(0)));
+    zk.kill(0);
+    assert_unavailable(&waited_out(holder, waiter), "zookeeper");
+}
+
+/// H holds `k` on `url`; W (`run k --wait 3s -- true`) is started once `in_line` has been
+/// asked a first time (a [`common::count_grew`] notes its base then), and returned once
+/// `in_line` says W waits in line.
+fn in_line_behind_a_holder(url: &str, in_line: &dyn Fn() -> bool) -> (std::process::Child, std::process::Child) {
+    let holder = common::hold(common::fencelock(url), &["run", "k"]);
+    in_line();
+    let waiter = common::fencelock(url)
+        .args(["run", "k", "--wait", "3s", "--", "true"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn waiter");
+    common::poll_until(std::time::Duration::from_secs(20), "W is in line", in_line);
+    (holder, waiter)
+}
+
+/// W exited 69 saying the backend is unavailable (a warning that its close was not
+/// confirmed may come before: the server is gone), never that `k` is held.
+fn assert_unavailable(out: &Output, backend: &str) {
+    let err = stderr_of(out);
+    assert_eq!(out.status.code(), Some(69), "{backend}: {err}");
+    assert!(err.contains("fencelock: backend unavailable"), "{backend}: {err}");
+    assert!(!err.contains("held by someone else"), "{backend}: {err}");
+}
+
+/// W's output once it gave up; H, whose lock went with the server, is killed.
+fn waited_out(mut holder: std::process::Child, waiter: std::process::Child) -> Output {
+    let out = common::output_within(waiter, std::time::Duration::from_secs(20));
+    let _ = holder.kill();
+    let _ = holder.wait();
+    out
+}

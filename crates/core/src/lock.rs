@@ -23,7 +23,11 @@ use crate::options::LockOptions;
 ///   is held (it may still take a round trip to the backend).
 /// * **`acquire` waits at most `opts.wait()`**, woken by the backend when the key is freed
 ///   (not by fixed-interval polling), and then fails with
-///   [`LockError::Timeout`](crate::LockError::Timeout).
+///   [`LockError::Timeout`](crate::LockError::Timeout) — or, when its last attempt failed
+///   (a waiter whose server died), with that attempt's error
+///   ([`LockError::Unavailable`](crate::LockError::Unavailable)), so that "held by someone
+///   else" and "the backend went away" stay apart. A wait cut off before any answer came
+///   (shorter than the backend's round trip) is a timeout.
 /// * **Cancel safety**: dropping an `acquire` or `try_acquire` future at any point leaves
 ///   nothing held (a grant that raced with the drop is released in the background).
 /// * **Tokens grow**: every grant of a key carries a token greater than every earlier grant

@@ -5,6 +5,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -59,9 +61,13 @@ pub const RETRY_MAX: Duration = Duration::from_millis(500);
 ///
 /// Each attempt is itself bounded by the time left; an attempt cut off by the deadline must
 /// be cancel safe (see [`detached`]). An attempt that fails with a temporary error (the
-/// backend unreachable, say during a restart) is retried with backoff while time remains;
-/// when the wait runs out the last such error is returned rather than a timeout, so the
-/// caller learns the backend was the problem.
+/// backend unreachable, say during a restart) is retried with backoff while time remains.
+///
+/// When the wait runs out after an attempt that failed, the error is that attempt's
+/// ([`LockError::Unavailable`] for a backend gone away), not [`LockError::Timeout`], so a
+/// caller (the CLI's exit status, a retry policy) can tell "held by someone else" from
+/// "the backend was the problem". A wait cut off before any answer came is a timeout: a
+/// wait shorter than a healthy backend's answer says nothing about the backend.
 pub async fn acquire_with<F, Fut>(key: &str, opts: &LockOptions, mut attempt: F) -> Result<Lease>
 where
     F: FnMut() -> Fut,
@@ -119,35 +125,59 @@ where
 /// turn in its own way, returning the lease, or `Ok(None)` to start over at once (our place
 /// vanished). Temporary errors are retried with backoff while the wait lasts; the whole is
 /// bounded by `opts.wait()`. Validates the key and options first.
+///
+/// Each attempt gets a fresh [`Enqueued`] and marks it once the backend has answered and
+/// its place is taken. When the wait runs out during an attempt that marked it, the error
+/// is [`LockError::Timeout`] (others were ahead of us); during one that did not, it is the
+/// previous attempt's error when that one failed (a waiter whose server died: its stream
+/// broke, and every read after failed), as in [`acquire_with`].
 pub async fn queue_with<F, Fut>(key: &str, opts: &LockOptions, mut attempt: F) -> Result<Lease>
 where
-    F: FnMut() -> Fut,
+    F: FnMut(Enqueued) -> Fut,
     Fut: Future<Output = Result<Option<Lease>>>,
 {
     let wait = WaitBound::start(key, opts)?;
     let (deadline, timeout) = (wait.deadline, || wait.timeout());
+    let mut last_error: Option<LockError> = None;
     let mut backoff = Backoff::new(deadline);
     let mut dead = DeadOnArrival::default();
     for _ in 0..MAX_ATTEMPTS {
-        match tokio::time::timeout_at(deadline, attempt()).await {
+        let queued = Enqueued::default();
+        match tokio::time::timeout_at(deadline, attempt(queued.clone())).await {
             Ok(Ok(Some(lease))) => {
                 let (round_trip, ttl) = (lease.since_sent(), lease.ttl());
                 match lease.into_live() {
                     Ok(lease) => return Ok(lease),
                     Err(e) => {
                         dead.record(key, round_trip, ttl)?;
-                        backoff.pause_or_fail(e).await?;
+                        last_error = Some(backoff.pause_or_fail(e).await?);
                     }
                 }
             }
-            Ok(Ok(None)) => continue,
-            Ok(Err(e)) => {
-                backoff.pause_or_fail(e).await?;
-            }
-            Err(_) => return Err(timeout()),
+            Ok(Ok(None)) => last_error = None,
+            Ok(Err(e)) => last_error = Some(backoff.pause_or_fail(e).await?),
+            Err(_) if queued.is_marked() => return Err(timeout()),
+            Err(_) => return Err(last_error.take().unwrap_or_else(timeout)),
         }
     }
     Err(timeout())
+}
+
+/// Handed to each attempt of [`queue_with`], which marks it once the backend has answered
+/// and the attempt's place in the queue is taken: from then on, a wait that runs out is a
+/// [`LockError::Timeout`] (others were ahead), whatever an earlier attempt's error was.
+#[derive(Clone, Debug, Default)]
+pub struct Enqueued(Arc<AtomicBool>);
+
+impl Enqueued {
+    /// Our place in the queue is taken (the backend answered).
+    pub fn mark(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    fn is_marked(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// How many grants of one `acquire` may arrive with no validity left before it stops with
@@ -384,7 +414,7 @@ mod tests {
         assert!(text.contains("5ms"), "the measured round trip is named: {text}");
 
         let attempts = AtomicU32::new(0);
-        let err = queue_with("k", &opts, || {
+        let err = queue_with("k", &opts, |_| {
             let n = attempts.fetch_add(1, Ordering::SeqCst) + 1;
             async move { Ok(Some(late_grant(n, Duration::from_millis(5), opts).await)) }
         })
@@ -412,5 +442,94 @@ mod tests {
         .await
         .expect("the second grant is live");
         assert_eq!(lease.token(), FencingToken::new(2));
+    }
+
+    /// Options waiting 1 s.
+    fn one_second() -> LockOptions {
+        LockOptions::new().with_wait(Duration::from_secs(1))
+    }
+
+    // A wait shorter than the backend's answer (20 ms on etcd, whose answer waits for a
+    // disk flush) says nothing about the backend: it is a timeout, as it always was.
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_cut_off_before_any_answer_is_a_timeout() {
+        let err = acquire_with("k", &one_second(), std::future::pending::<Result<Attempt>>)
+            .await
+            .expect_err("nothing answered");
+        assert!(err.is_timeout(), "{err:?}");
+        let err = queue_with("k", &one_second(), |_| std::future::pending::<Result<Option<Lease>>>())
+            .await
+            .expect_err("nothing answered");
+        assert!(err.is_timeout(), "{err:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_whose_last_answer_was_busy_is_a_timeout() {
+        let attempts = AtomicU32::new(0);
+        let err = acquire_with("k", &one_second(), || {
+            let first = attempts.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                if first {
+                    Ok(Attempt::Busy {
+                        wake: None,
+                        retry_at: Some(Instant::now() + Duration::from_millis(10)),
+                    })
+                } else {
+                    std::future::pending().await
+                }
+            }
+        })
+        .await
+        .expect_err("the key stayed held");
+        assert!(err.is_timeout(), "{err:?}");
+
+        let err = queue_with("k", &one_second(), |queued| async move {
+            queued.mark();
+            std::future::pending().await
+        })
+        .await
+        .expect_err("the key stayed held");
+        assert!(err.is_timeout(), "{err:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_whose_last_attempt_failed_ends_with_that_error() {
+        let failed = || LockError::unavailable("server down", std::io::Error::other("refused"));
+        let attempts = AtomicU32::new(0);
+        let err = acquire_with("k", &one_second(), || {
+            let first = attempts.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                if first {
+                    Ok(Attempt::Busy {
+                        wake: None,
+                        retry_at: Some(Instant::now() + Duration::from_millis(10)),
+                    })
+                } else {
+                    Err(failed())
+                }
+            }
+        })
+        .await
+        .expect_err("the server stayed down");
+        assert!(err.to_string().contains("server down"), "{err:?}");
+
+        // Queued once, then the server went away: the attempt that failed is the last word,
+        // and so is it when the next attempt is cut off before it queued.
+        let attempts = AtomicU32::new(0);
+        let err = queue_with("k", &one_second(), |queued| {
+            let n = attempts.fetch_add(1, Ordering::SeqCst);
+            async move {
+                match n {
+                    0 => {
+                        queued.mark();
+                        Err(failed())
+                    }
+                    _ => std::future::pending().await,
+                }
+            }
+        })
+        .await
+        .expect_err("the server stayed down");
+        assert!(err.to_string().contains("server down"), "{err:?}");
     }
 }

@@ -168,9 +168,11 @@ impl Election for EtcdElection {
         validate_value(value)?;
         let seat = self.seat(name)?;
         let won: Mutex<Option<(String, i64)>> = Mutex::new(None);
-        let lease = queue_with(&seat, opts, || async {
+        let (seat_name, winner) = (seat.as_str(), &won);
+        let lease = queue_with(seat_name, opts, |queued| async move {
             let inner = Arc::clone(&self.lock.inner);
-            let mut q = enqueue_with_value(inner, &seat, value.to_vec(), opts, Then::Wait).await?;
+            let mut q = enqueue_with_value(inner, seat_name, value.to_vec(), opts, Then::Wait).await?;
+            queued.mark();
             let since = if q.owner {
                 None
             } else {
@@ -179,8 +181,8 @@ impl Election for EtcdElection {
                     None => return Ok(None), // our key vanished while queued: again
                 }
             };
-            *won.lock().unwrap_or_else(|p| p.into_inner()) = Some((q.key.clone(), q.rev));
-            Ok(self.lock.grant(&seat, opts, q, since))
+            *winner.lock().unwrap_or_else(|p| p.into_inner()) = Some((q.key.clone(), q.rev));
+            Ok(self.lock.grant(seat_name, opts, q, since))
         })
         .await?;
         let (key, rev) = won

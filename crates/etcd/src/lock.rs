@@ -272,8 +272,9 @@ impl DistributedLock for EtcdLock {
     /// those deletions before a process exits.
     #[tracing::instrument(level = "debug", skip(self, opts), fields(backend = "etcd"))]
     async fn acquire(&self, key: &str, opts: &LockOptions) -> Result<Lease> {
-        queue_with(key, opts, || async {
+        queue_with(key, opts, |queued| async move {
             let mut q = enqueue(Arc::clone(&self.inner), key, opts, Then::Wait).await?;
+            queued.mark();
             if q.owner {
                 return Ok(self.grant(key, opts, q, None));
             }

@@ -34,7 +34,7 @@ async fn a_killed_server_means_lost_lease_and_unavailable_acquire() {
     assert!(killed_at.elapsed() <= Duration::from_millis(1000) + SLACK);
 
     let wait = Duration::from_millis(800);
-    faults::assert_acquire_gives_up(&locks, "k", &opts(1000), wait, SLACK, false).await;
+    faults::assert_acquire_gives_up(&locks, "k", &opts(1000), wait, SLACK).await;
     faults::assert_try_acquire_unavailable(&locks, "k", &opts(1000), None).await;
 
     let start = Instant::now();
@@ -851,4 +851,16 @@ async fn a_release_whose_connection_drops_after_it_ran_is_released() {
         released.is_ok(),
         "a release the server carried out failed: {released:?}"
     );
+}
+
+// The CLI's `--wait` running out while the server was down exited 75, "held by someone
+// else", where a script retries on 69.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_whose_server_dies_is_told_unavailable_not_timed_out() {
+    let mut server = RedisServer::start();
+    let url = format!("{}?timeout=300ms&connect_timeout=300ms", server.url());
+    let holder = RedisLock::connect(&url).await.unwrap();
+    let waiter = RedisLock::connect(&url).await.unwrap();
+    let wait = Duration::from_secs(3);
+    faults::assert_outage_while_waiting_is_unavailable(&holder, &waiter, || server.kill(), wait, SLACK).await;
 }

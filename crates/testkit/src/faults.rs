@@ -49,28 +49,23 @@ pub async fn assert_try_acquire_unavailable(
     }
 }
 
-/// Asserts that `acquire` of `key` with `opts` and a wait of `wait` gives up in less than
-/// `wait` + `slack`, with [`LockError::Unavailable`] (or, when `timeout_too`,
-/// [`LockError::Timeout`]: a backend that cannot tell a dead server from a held key).
+/// Asserts that `acquire` of `key` (free: nobody holds it) with `opts` and a wait of `wait`
+/// gives up in less than `wait` + `slack`, with [`LockError::Unavailable`] — never with
+/// [`LockError::Timeout`], which says the key was held (the CLI exits 75 "held by someone
+/// else" on it, where a script retries on 69 "unavailable").
 pub async fn assert_acquire_gives_up(
     locks: &dyn DistributedLock,
     key: &str,
     opts: &LockOptions,
     wait: Duration,
     slack: Duration,
-    timeout_too: bool,
 ) {
     let start = Instant::now();
     let err = locks
         .acquire(key, &opts.with_wait(wait))
         .await
         .expect_err("acquired from an unavailable server");
-    let expected = match err {
-        LockError::Unavailable { .. } => true,
-        LockError::Timeout { .. } => timeout_too,
-        _ => false,
-    };
-    assert!(expected, "{err}");
+    assert!(matches!(err, LockError::Unavailable { .. }), "{err}");
     assert!(start.elapsed() < wait + slack, "acquire took {:?}", start.elapsed());
 }
 
@@ -143,4 +138,40 @@ pub async fn assert_waiters_took_turns(waiters: Vec<JoinHandle<()>>, detector: &
     assert_eq!(detector.overlaps(), 0);
     assert_eq!(detector.entries().len(), entries);
     assert!(detector.token_regressions().is_empty(), "{:?}", detector.entries());
+}
+
+/// A waiter queued behind a holder when the backend goes away (`kill`): its wait runs out
+/// with [`LockError::Unavailable`] within `wait` + `slack`, not with
+/// [`LockError::Timeout`] — the last it heard of the key was not "held", but nothing.
+///
+/// First, with the backend up, a short `acquire` on `waiter` must time out: the key is held,
+/// and a timeout is the right answer then. The outage comes a third into the second wait,
+/// while the waiter is queued on a healthy machine; the assertion holds as well for a
+/// waiter that was slower to queue (its attempts then fail from the start), so the pause
+/// before `kill` orders nothing the test depends on.
+pub async fn assert_outage_while_waiting_is_unavailable(
+    holder: &dyn DistributedLock,
+    waiter: &dyn DistributedLock,
+    kill: impl FnOnce(),
+    wait: Duration,
+    slack: Duration,
+) {
+    let lease = holder.acquire("outage", &held()).await.unwrap();
+    let short = held().with_wait(Duration::from_millis(300));
+    let err = waiter.acquire("outage", &short).await.expect_err("acquired a held key");
+    assert!(err.is_timeout(), "a held key, the backend up: {err}");
+    let start = Instant::now();
+    let long = held().with_wait(wait);
+    let waiting = waiter.acquire("outage", &long);
+    tokio::pin!(waiting);
+    let early = tokio::select! {
+        r = &mut waiting => Some(r),
+        () = tokio::time::sleep(wait / 3) => None,
+    };
+    assert!(early.is_none(), "the wait ended before the outage: {early:?}");
+    kill();
+    let err = waiting.await.expect_err("acquired a held key from a dead backend");
+    assert!(matches!(err, LockError::Unavailable { .. }), "{err}");
+    assert!(start.elapsed() < wait + slack, "acquire took {:?}", start.elapsed());
+    drop(lease);
 }

@@ -208,9 +208,11 @@ impl DistributedLock for ZkLock {
     #[tracing::instrument(level = "debug", skip(self, opts), fields(backend = "zookeeper"))]
     async fn acquire(&self, key: &str, opts: &LockOptions) -> Result<Lease> {
         let pending = Pending::new();
-        queue_with(key, opts, || async {
+        let pending = &pending;
+        queue_with(key, opts, |queued| async move {
             let session = self.session().await?;
-            let q = enqueue(&session, &self.inner.cfg, key, &pending).await?;
+            let q = enqueue(&session, &self.inner.cfg, key, pending).await?;
+            queued.mark();
             let validity = opts.ttl().min(session.timeout());
             let confirmed_at = wait_turn(&q, &self.inner.wakeups, validity).await?;
             Ok(Some(grant::lease(key, opts, q, confirmed_at)))
