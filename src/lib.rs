@@ -29,7 +29,7 @@
 #[cfg(unix)]
 pub use fencelock_core::file;
 pub use fencelock_core::{
-    election, error, fencing, guarantees, lease, memory, metrics, options, waiting, BoxError, DistributedLock,
+    closing, election, error, fencing, guarantees, lease, memory, metrics, options, waiting, BoxError, DistributedLock,
     Exclusion, Fence, FenceRejection, FencingToken, GrantId, Guarantees, Lease, LeaseOps, LeaseParts, LeaseRef,
     LeaseReporter, LeaseState, LeaseStatus, LockError, LockExt, LockOptions, LostReason, Requirement, Result, Scope,
     TokenOrder,

@@ -56,6 +56,8 @@ pub fn status_for(e: &LockError) -> u8 {
             CONFIG
         }
         LockError::Unavailable { .. } => UNAVAILABLE,
+        // A call on a client already closed: fencelock's own mistake.
+        LockError::Closed => FAILURE,
         _ => FAILURE,
     }
 }

@@ -142,6 +142,12 @@ pub enum LockError {
     #[error("fenced: {0}")]
     Fenced(FenceRejection),
 
+    /// The client was closed ([`DistributedLock::close`](crate::DistributedLock::close)):
+    /// a call waiting through it when it was closed ended with this, and every later call
+    /// fails with it at once. Retrying on the same client cannot help; make a new one.
+    #[error("the lock client was closed: it takes no more calls")]
+    Closed,
+
     /// Any other failure of the backend, with its source.
     ///
     /// Whether a retry may help is decided per error by the backend that raises it
@@ -223,7 +229,7 @@ impl LockError {
 
     /// `true` when the same call may succeed later (timeouts, unavailable backends, backend
     /// failures the backend marked temporary); `false` for bad input, bad configuration,
-    /// lost leases, refusals and permanent backend failures. A retry loop must never retry
+    /// lost leases, refusals, a closed client and permanent backend failures. A retry loop must never retry
     /// an error for which this is `false`.
     pub fn is_temporary(&self) -> bool {
         match self {
@@ -236,6 +242,11 @@ impl LockError {
     /// `true` for [`LockError::LeaseLost`].
     pub fn is_lease_lost(&self) -> bool {
         matches!(self, LockError::LeaseLost { .. })
+    }
+
+    /// `true` for [`LockError::Closed`].
+    pub fn is_closed(&self) -> bool {
+        matches!(self, LockError::Closed)
     }
 
     /// `true` for [`LockError::Timeout`].
@@ -261,6 +272,14 @@ mod tests {
             waited: Duration::from_millis(5),
         };
         assert!(e.is_temporary() && e.is_timeout());
+    }
+
+    #[test]
+    fn a_closed_client_is_not_temporary() {
+        let e = LockError::Closed;
+        assert!(!e.is_temporary(), "retrying on a closed client cannot help");
+        assert!(e.is_closed() && !e.is_timeout());
+        assert!(e.to_string().contains("closed"), "{e}");
     }
 
     #[test]

@@ -36,6 +36,9 @@ use crate::options::LockOptions;
 ///   after our TTL ran out and someone else acquired, release leaves their lock alone and
 ///   extend fails with [`LockError::LeaseLost`](crate::LockError::LeaseLost).
 /// * **Validity from the send instant**, measured on the monotonic clock.
+/// * **`close()` ends the client**: waiting calls end with
+///   [`LockError::Closed`](crate::LockError::Closed) and leave nothing behind, later calls
+///   fail with it at once (see [`close`](DistributedLock::close)).
 /// * **Bad input is an error**, never a panic: an empty or over-long key
 ///   ([`MAX_KEY_LEN`](crate::options::MAX_KEY_LEN)), a TTL outside
 ///   [`MIN_TTL`](crate::options::MIN_TTL)..=[`MAX_TTL`](crate::options::MAX_TTL), a zero
@@ -62,20 +65,39 @@ pub trait DistributedLock: Send + Sync + std::fmt::Debug {
     /// dropped leases, deletions of queue entries whose outcome was unknown — and ends its
     /// session where it has one (etcd revokes its lease, as etcd's `Session.Close` does;
     /// ZooKeeper closes its session), which removes every grant and queue entry the session
-    /// still owns. Leases still held through this client are lost afterwards (their
-    /// `lost()` resolves).
+    /// still owns.
+    ///
+    /// Once `close()` has been called on a client (any clone of it — they are one client):
+    ///
+    /// * every `acquire` still waiting through it ends promptly (within the backend's
+    ///   request timeout at most) with [`LockError::Closed`](crate::LockError::Closed), and
+    ///   leaves nothing held or queued on the server — it is dropped as a cancelled
+    ///   `acquire` is, so its queue entry is removed, and a grant that raced the close is
+    ///   given back; `close()` waits for those clean-ups with its own;
+    /// * every later `try_acquire` or `acquire` on it fails at once with
+    ///   [`LockError::Closed`](crate::LockError::Closed), without contacting the server
+    ///   (make a new client to go on);
+    /// * calling `close()` again is fine: it finds nothing left to end and returns `Ok(())`.
+    ///
+    /// Leases already granted through the client are not ended by the close itself beyond
+    /// what its session's end does: where the backend ends a session (etcd, ZooKeeper) or
+    /// releases what the client still holds (PostgreSQL) they are lost (their `lost()`
+    /// resolves); elsewhere they stay held until released, dropped or expired. Backends implement the calls' part with
+    /// [`CloseGate`](crate::closing::CloseGate). Elections whose `close` is their lock's
+    /// (the seat-based ones, etcd's) end their campaigns the same way.
     ///
     /// Call it at the end of a short-lived process (the CLI does, also after SIGINT/SIGTERM
     /// while waiting), so that nothing it took stays behind for a TTL or session timeout.
-    /// The default does nothing: backends whose grants all go through TTL-bounded requests
-    /// already confirmed or cleaned up (memory, file) have nothing to end.
+    /// The default does nothing, and a backend that keeps it must not make calls that
+    /// outlive it; every backend here overrides it.
     ///
     /// # Errors
     /// [`LockError::Unavailable`](crate::LockError::Unavailable) when the backend did not
     /// confirm in time; what was left then ends with the session timeout or TTL.
     ///
     /// # Cancel safety
-    /// Cancel safe: dropping the future leaves the clean-ups running in the background.
+    /// Cancel safe: the client is closed to calls before the first await; dropping the
+    /// future leaves the clean-ups running in the background.
     async fn close(&self) -> Result<()> {
         Ok(())
     }

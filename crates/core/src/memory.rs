@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::closing::CloseGate;
 use crate::error::Result;
 use crate::guarantees::{Exclusion, Guarantees, Scope, TokenOrder};
 use crate::lease::{Lease, LeaseOps, LeaseParts};
@@ -131,6 +132,8 @@ pub(crate) fn url_name(url: &str) -> Result<&str> {
 pub struct MemoryLock {
     name: String,
     table: Arc<Table<KeyState>>,
+    /// Shut by [`close`](DistributedLock::close); shared by clones.
+    gate: Arc<CloseGate>,
 }
 
 impl Default for MemoryLock {
@@ -145,6 +148,7 @@ impl MemoryLock {
         MemoryLock {
             name: String::new(),
             table: Arc::default(),
+            gate: Arc::default(),
         }
     }
 
@@ -156,6 +160,7 @@ impl MemoryLock {
         MemoryLock {
             name: name.to_owned(),
             table: TABLES.get(name),
+            gate: Arc::default(),
         }
     }
 
@@ -178,13 +183,16 @@ impl MemoryLock {
         live
     }
 
-    /// How many grants of `key` the table holds now: `1` while someone holds it, else `0`
-    /// (what a server-side count shows for the other backends).
+    /// How many holders and waiters of `key` the table knows now: `1` while someone holds
+    /// it, plus one per `acquire` waiting for it (what a server-side count of grants and
+    /// queue entries shows for the other backends); `0` when nobody holds or waits for it.
     pub fn records(&self, key: &str) -> usize {
         let keys = self.table.lock();
-        keys.get(key)
-            .and_then(|s| s.live_holder(Instant::now()))
-            .map_or(0, |_| 1)
+        keys.get(key).map_or(0, |s| {
+            let held = usize::from(s.live_holder(Instant::now()).is_some());
+            // Every waiting acquire keeps a clone of the key's `released` signal.
+            held + Arc::strong_count(&s.released) - 1
+        })
     }
 
     /// One attempt: grant now, or say who to wait for. Never awaits, so it is cancel safe.
@@ -230,6 +238,7 @@ impl MemoryLock {
 impl DistributedLock for MemoryLock {
     #[tracing::instrument(level = "debug", skip(self, opts), fields(backend = "memory"))]
     async fn try_acquire(&self, key: &str, opts: &LockOptions) -> Result<Option<Lease>> {
+        self.gate.check()?;
         validate_key(key)?;
         opts.validate_for_try()?;
         match self.attempt(key, opts) {
@@ -240,7 +249,8 @@ impl DistributedLock for MemoryLock {
 
     #[tracing::instrument(level = "debug", skip(self, opts), fields(backend = "memory"))]
     async fn acquire(&self, key: &str, opts: &LockOptions) -> Result<Lease> {
-        acquire_with(key, opts, || std::future::ready(Ok(self.attempt(key, opts)))).await
+        let wait = acquire_with(key, opts, || std::future::ready(Ok(self.attempt(key, opts))));
+        self.gate.pass(wait).await
     }
 
     fn guarantees(&self) -> Guarantees {
@@ -250,7 +260,25 @@ impl DistributedLock for MemoryLock {
     fn describe(&self) -> String {
         format!("memory://{}", self.name)
     }
+
+    /// Shuts this instance (and its clones): waiting acquires end with
+    /// [`LockError::Closed`](crate::LockError::Closed), later calls fail with it. The
+    /// table and the leases held from it stay as they are: other instances on the same
+    /// table go on.
+    ///
+    /// # Errors
+    /// None: nothing here waits on a server.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the gate is shut before the first await.
+    async fn close(&self) -> Result<()> {
+        self.gate.close(CLOSE_WAIT).await;
+        Ok(())
+    }
 }
+
+/// How long [`MemoryLock::close`] waits for the calls it ended (they end at once).
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// One grant in the table.
 struct MemoryGrant {

@@ -153,6 +153,7 @@ pub fn error_kind(e: &LockError) -> &'static str {
         LockError::LeaseLost { .. } => "lease_lost",
         LockError::GuaranteeNotMet { .. } => "guarantee_not_met",
         LockError::Fenced(_) => "fenced",
+        LockError::Closed => "closed",
         LockError::Backend { .. } => "backend",
     }
 }

@@ -169,7 +169,7 @@ impl Election for EtcdElection {
         let seat = self.seat(name)?;
         let won: Mutex<Option<(String, i64)>> = Mutex::new(None);
         let (seat_name, winner) = (seat.as_str(), &won);
-        let lease = queue_with(seat_name, opts, |queued| async move {
+        let wait = queue_with(seat_name, opts, |queued| async move {
             let inner = Arc::clone(&self.lock.inner);
             let mut q = enqueue_with_value(inner, seat_name, value.to_vec(), opts, Then::Wait).await?;
             queued.mark();
@@ -183,8 +183,9 @@ impl Election for EtcdElection {
             };
             *winner.lock().unwrap_or_else(|p| p.into_inner()) = Some((q.key.clone(), q.rev));
             Ok(self.lock.grant(seat_name, opts, q, since))
-        })
-        .await?;
+        });
+        // Through the lock's gate: `close` (the lock's) ends a campaign as it ends a wait.
+        let lease = self.lock.inner.gate.pass(wait).await?;
         let (key, rev) = won
             .into_inner()
             .unwrap_or_else(|p| p.into_inner())

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use fencelock_core::closing::CloseGate;
 use fencelock_core::options::validate_key;
 use fencelock_core::waiting::queue_with;
 use fencelock_core::{
@@ -70,13 +71,21 @@ pub(crate) struct Inner {
     own_leases: Mutex<HashSet<i64>>,
     /// Live grants on own leases (told they are lost by `close`).
     pub own_grants: LeaseRegistry,
+    /// Shut by `close`: no call goes on and no session is started after it.
+    pub gate: CloseGate,
 }
 
 impl Inner {
     /// The live session, started (one lease grant) if there is none or it was lost — a lost
     /// session is replaced at once, so new locks never wait for an old one's TTL.
+    ///
+    /// # Errors
+    /// [`LockError::Closed`] once `close` began — checked under the session's lock, which
+    /// `close` takes after shutting the gate, so no session is started that it would miss
+    /// (one nobody ends, whose keep-alive runs for ever); as [`Session::start`] otherwise.
     pub async fn session(&self) -> Result<Arc<Session>> {
         let mut slot = self.session.lock().await;
+        self.gate.check()?;
         if let Some(s) = slot.as_ref().filter(|s| s.is_alive()) {
             return Ok(Arc::clone(s));
         }
@@ -152,6 +161,7 @@ impl EtcdLock {
                 cleanups: Arc::default(),
                 own_leases: Mutex::default(),
                 own_grants: LeaseRegistry::new(),
+                gate: CloseGate::new(),
             }),
         })
     }
@@ -254,13 +264,18 @@ impl DistributedLock for EtcdLock {
     /// grant or queue entry it makes after the caller is gone is undone in the background.
     #[tracing::instrument(level = "debug", skip(self, opts), fields(backend = "etcd"))]
     async fn try_acquire(&self, key: &str, opts: &LockOptions) -> Result<Option<Lease>> {
-        validate_key(key)?;
-        opts.validate_for_try()?;
-        let q = enqueue(Arc::clone(&self.inner), key, opts, Then::GiveUp).await?;
-        if !q.owner {
-            return Ok(None); // dropping `q` takes our key out of the queue
-        }
-        self.grant(key, opts, q, None).map(Lease::into_live).transpose()
+        self.inner
+            .gate
+            .pass(async {
+                validate_key(key)?;
+                opts.validate_for_try()?;
+                let q = enqueue(Arc::clone(&self.inner), key, opts, Then::GiveUp).await?;
+                if !q.owner {
+                    return Ok(None); // dropping `q` takes our key out of the queue
+                }
+                self.grant(key, opts, q, None).map(Lease::into_live).transpose()
+            })
+            .await
     }
 
     /// Queues (one transaction: our key put, and the keys just before it read), then waits
@@ -272,7 +287,7 @@ impl DistributedLock for EtcdLock {
     /// those deletions before a process exits.
     #[tracing::instrument(level = "debug", skip(self, opts), fields(backend = "etcd"))]
     async fn acquire(&self, key: &str, opts: &LockOptions) -> Result<Lease> {
-        queue_with(key, opts, |queued| async move {
+        let wait = queue_with(key, opts, |queued| async move {
             let mut q = enqueue(Arc::clone(&self.inner), key, opts, Then::Wait).await?;
             queued.mark();
             if q.owner {
@@ -282,8 +297,8 @@ impl DistributedLock for EtcdLock {
                 Some(since) => Ok(self.grant(key, opts, q, Some(since))),
                 None => Ok(None), // our key vanished while queued: queue again
             }
-        })
-        .await
+        });
+        self.inner.gate.pass(wait).await
     }
 
     fn guarantees(&self) -> Guarantees {
@@ -294,10 +309,13 @@ impl DistributedLock for EtcdLock {
         self.inner.cluster.display().to_owned()
     }
 
-    /// Waits (up to the request timeout) for background deletions and revocations to
-    /// finish, then revokes the session lease — every key on it goes in that one request,
-    /// as etcd's `Session.Close` does — and every own lease still known. Every lease held
-    /// through this client is told it is lost. Later calls start a new session.
+    /// Shuts this instance and its clones — waiting acquires end with
+    /// [`LockError::Closed`] (their queue keys are deleted as a cancelled acquire's are,
+    /// or go with the session), later calls fail with it and start no session — then waits
+    /// (up to the request timeout) for background deletions and revocations to finish,
+    /// and revokes the session lease — every key on it goes in that one request, as
+    /// etcd's `Session.Close` does — and every own lease still known. Every lease held
+    /// through this client is told it is lost. Called again, it finds nothing left.
     ///
     /// # Errors
     /// [`LockError::Unavailable`] when a revoke was not confirmed: what it would have
@@ -309,6 +327,9 @@ impl DistributedLock for EtcdLock {
     async fn close(&self) -> Result<()> {
         let inner = &self.inner;
         let limit = inner.cluster.cfg.timeout;
+        // First: the waits it ends drop their queue entries, whose deletions are then
+        // counted among the clean-ups waited for below.
+        inner.gate.close(limit).await;
         if !inner.cleanups.drained(limit).await {
             tracing::warn!("close: background clean-ups still running after {limit:?}; ending the session anyway");
         }

@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use fencelock_core::closing::CloseGate;
 use fencelock_core::options::validate_key;
 use fencelock_core::waiting::{acquire_with, jitter, Attempt, CancelGuard};
 use fencelock_core::{
@@ -77,6 +78,8 @@ enum Outcome {
 pub struct PgLock {
     node: PgNode,
     guarantees: Guarantees,
+    /// Shut by [`close`](DistributedLock::close); shared by clones.
+    gate: Arc<CloseGate>,
 }
 
 impl PgLock {
@@ -119,7 +122,11 @@ impl PgLock {
             )));
         }
         let guarantees = guarantees_for(&settings);
-        Ok(PgLock { node, guarantees })
+        Ok(PgLock {
+            node,
+            guarantees,
+            gate: Arc::default(),
+        })
     }
 
     /// The server this instance talks to (for the election, which shares its connection).
@@ -257,7 +264,7 @@ impl DistributedLock for PgLock {
     ///
     /// [`LockError::InvalidInput`] for a bad key or TTL; [`LockError::Unavailable`] when
     /// the server does not answer within `timeout`; [`LockError::Backend`] for other
-    /// server errors.
+    /// server errors; [`LockError::Closed`] once `close()` was called.
     ///
     /// # Cancel safety
     ///
@@ -265,12 +272,16 @@ impl DistributedLock for PgLock {
     /// background.
     #[tracing::instrument(level = "debug", skip(self, opts), fields(backend = "postgres"))]
     async fn try_acquire(&self, key: &str, opts: &LockOptions) -> Result<Option<Lease>> {
-        validate_key(key)?;
-        opts.validate_for_try()?;
-        match self.grant(key, opts, None).await? {
-            Outcome::Granted(lease) => Ok(Some(lease.into_live()?)),
-            Outcome::Busy(_) => Ok(None),
-        }
+        self.gate
+            .pass(async {
+                validate_key(key)?;
+                opts.validate_for_try()?;
+                match self.grant(key, opts, None).await? {
+                    Outcome::Granted(lease) => Ok(Some(lease.into_live()?)),
+                    Outcome::Busy(_) => Ok(None),
+                }
+            })
+            .await
     }
 
     /// Takes the key, waiting up to `opts.wait()`: woken by the release notification
@@ -280,7 +291,8 @@ impl DistributedLock for PgLock {
     /// # Errors
     ///
     /// [`LockError::Timeout`] after the wait; [`LockError::Unavailable`] when the server
-    /// stayed unreachable until then; as [`try_acquire`](Self::try_acquire) otherwise.
+    /// stayed unreachable until then; [`LockError::Closed`] when `close()` was called
+    /// before or during the wait; as [`try_acquire`](Self::try_acquire) otherwise.
     ///
     /// # Cancel safety
     ///
@@ -289,7 +301,8 @@ impl DistributedLock for PgLock {
     #[tracing::instrument(level = "debug", skip(self, opts), fields(backend = "postgres"))]
     async fn acquire(&self, key: &str, opts: &LockOptions) -> Result<Lease> {
         let queue = tokio::sync::Mutex::new(None);
-        acquire_with(key, opts, || self.attempt(key, opts, &queue)).await
+        let wait = acquire_with(key, opts, || self.attempt(key, opts, &queue));
+        self.gate.pass(wait).await
     }
 
     fn guarantees(&self) -> Guarantees {
@@ -300,7 +313,10 @@ impl DistributedLock for PgLock {
         self.node.server().to_owned()
     }
 
-    /// Finishes the background clean-ups (abandoned grants, left queues, releases of
+    /// Shuts this instance and its clones — waiting acquires end with
+    /// [`LockError::Closed`] (their tickets and any grant that raced the close are given
+    /// back in the background, as for a cancelled acquire), later calls fail with it —
+    /// then finishes the background clean-ups (abandoned grants, left queues, releases of
     /// dropped leases), releases the leases still held through this instance (they are
     /// reported lost), and closes the connection.
     ///
@@ -314,6 +330,7 @@ impl DistributedLock for PgLock {
     /// Cancel safe: the clean-ups go on in the background.
     async fn close(&self) -> Result<()> {
         let limit = self.node.config().timeout * 4;
+        self.gate.close(limit).await;
         let cleaned = self.node.cleanups_finished(limit).await;
         let held = self.node.close_session("the client closed it");
         let releases = async {

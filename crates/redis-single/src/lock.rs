@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use fencelock_core::closing::CloseGate;
 use fencelock_core::options::validate_key;
 use fencelock_core::waiting::{acquire_with, jitter, Attempt, CancelGuard};
 use fencelock_core::{
@@ -77,6 +78,8 @@ pub struct RedisLock {
     guarantees: Guarantees,
     /// Keys this instance recently found busy (shared by its clones).
     contention: Arc<Contention>,
+    /// Shut by [`close`](DistributedLock::close); shared by clones.
+    gate: Arc<CloseGate>,
 }
 
 impl RedisLock {
@@ -124,6 +127,7 @@ impl RedisLock {
             node,
             guarantees,
             contention: Arc::default(),
+            gate: Arc::default(),
         })
     }
 
@@ -378,20 +382,28 @@ impl Drop for Queued {
 impl DistributedLock for RedisLock {
     #[tracing::instrument(level = "debug", skip(self, opts), fields(backend = "redis"))]
     async fn try_acquire(&self, key: &str, opts: &LockOptions) -> Result<Option<Lease>> {
-        validate_key(key)?;
-        self.node.check_key(key)?;
-        opts.validate_for_try()?;
-        match self.grant(key, opts).await? {
-            Outcome::Granted(lease) => Ok(Some(lease.into_live()?)),
-            Outcome::Busy => Ok(None),
-        }
+        self.gate
+            .pass(async {
+                validate_key(key)?;
+                self.node.check_key(key)?;
+                opts.validate_for_try()?;
+                match self.grant(key, opts).await? {
+                    Outcome::Granted(lease) => Ok(Some(lease.into_live()?)),
+                    Outcome::Busy => Ok(None),
+                }
+            })
+            .await
     }
 
     #[tracing::instrument(level = "debug", skip(self, opts), fields(backend = "redis"))]
     async fn acquire(&self, key: &str, opts: &LockOptions) -> Result<Lease> {
-        self.node.check_key(key)?;
-        let queued = tokio::sync::Mutex::new(None);
-        acquire_with(key, opts, || self.attempt(key, opts, &queued)).await
+        self.gate
+            .pass(async {
+                self.node.check_key(key)?;
+                let queued = tokio::sync::Mutex::new(None);
+                acquire_with(key, opts, || self.attempt(key, opts, &queued)).await
+            })
+            .await
     }
 
     fn guarantees(&self) -> Guarantees {
@@ -407,12 +419,17 @@ impl DistributedLock for RedisLock {
         }
     }
 
-    /// Waits (at most twice the reply timeout plus the connect timeout, at least 1 s) for the releases
-    /// still under way in the background — of dropped leases, of grants whose answer was
-    /// lost or whose acquire was cancelled — then closes the pub/sub connection. Leases
-    /// still held stay held on the server until released or expired (Redis has no session
-    /// to end). `Unavailable` when releases were still running at the bound.
+    /// Shuts this instance and its clones: waiting acquires end with
+    /// [`LockError::Closed`](fencelock_core::LockError::Closed) (their queue entries and
+    /// any grant that raced the close are given back in the background, as for a cancelled
+    /// acquire), later calls fail with it. Then waits (at most twice the reply timeout plus
+    /// the connect timeout, at least 1 s) for the releases still under way in the
+    /// background — of dropped leases, of grants whose answer was lost or whose acquire was
+    /// cancelled or closed — and closes the pub/sub connection. Leases still held stay held
+    /// on the server until released or expired (Redis has no session to end).
+    /// `Unavailable` when releases were still running at the bound.
     async fn close(&self) -> Result<()> {
+        self.gate.close(self.node.config().timeout).await;
         self.node.close().await
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use fencelock_core::closing::CloseGate;
 use fencelock_core::options::validate_key;
 use fencelock_core::waiting::{acquire_with, CancelGuard};
 use fencelock_core::{
@@ -62,6 +63,8 @@ pub(crate) struct Inner {
     pub(crate) busy: Contention,
     /// Rounds in flight (see `admission.rs`: issue 14).
     pub(crate) admission: Admission,
+    /// Shut by [`close`](DistributedLock::close).
+    pub(crate) gate: CloseGate,
 }
 
 pub(crate) enum Round {
@@ -179,6 +182,7 @@ impl RedlockLock {
                 cfg,
                 busy: Contention::default(),
                 admission: Admission::default(),
+                gate: CloseGate::new(),
             }),
         })
     }
@@ -325,25 +329,35 @@ impl RedlockLock {
 impl DistributedLock for RedlockLock {
     #[tracing::instrument(level = "debug", skip(self, opts), fields(backend = "redlock"))]
     async fn try_acquire(&self, key: &str, opts: &LockOptions) -> Result<Option<Lease>> {
-        validate_key(key)?;
-        self.check_key(key)?;
-        opts.validate_for_try()?;
-        self.check_ttl(opts)?;
-        let _permit = self.inner.admission.round().await;
-        match self.round(key, opts).await? {
-            Round::Granted(lease) => Ok(Some(lease.into_live()?)),
-            Round::Busy(_) => Ok(None),
-        }
+        self.inner
+            .gate
+            .pass(async {
+                validate_key(key)?;
+                self.check_key(key)?;
+                opts.validate_for_try()?;
+                self.check_ttl(opts)?;
+                let _permit = self.inner.admission.round().await;
+                match self.round(key, opts).await? {
+                    Round::Granted(lease) => Ok(Some(lease.into_live()?)),
+                    Round::Busy(_) => Ok(None),
+                }
+            })
+            .await
     }
 
     #[tracing::instrument(level = "debug", skip(self, opts), fields(backend = "redlock"))]
     async fn acquire(&self, key: &str, opts: &LockOptions) -> Result<Lease> {
-        validate_key(key)?;
-        self.check_key(key)?;
-        opts.validate_for_wait()?;
-        self.check_ttl(opts)?;
-        let queued = tokio::sync::Mutex::new(None);
-        acquire_with(key, opts, || self.attempt(key, opts, &queued)).await
+        self.inner
+            .gate
+            .pass(async {
+                validate_key(key)?;
+                self.check_key(key)?;
+                opts.validate_for_wait()?;
+                self.check_ttl(opts)?;
+                let queued = tokio::sync::Mutex::new(None);
+                acquire_with(key, opts, || self.attempt(key, opts, &queued)).await
+            })
+            .await
     }
 
     fn guarantees(&self) -> Guarantees {
@@ -360,11 +374,20 @@ impl DistributedLock for RedlockLock {
         self.inner.cfg.display.clone()
     }
 
-    /// Closes every node at once ([`RedisNode::close`]): waits, bounded, for the releases
-    /// still under way in the background — dropped leases, failed or cancelled rounds,
-    /// releases nodes did not confirm in time — then closes the pub/sub connections.
-    /// `Unavailable` naming the nodes whose releases were still running at the bound.
+    /// Shuts this instance and its clones: waiting acquires end with
+    /// [`LockError::Closed`] (their queue entries and any round that raced the close are
+    /// given back in the background, as for a cancelled acquire), later calls fail with
+    /// it. Then closes every node at once ([`RedisNode::close`]): waits, bounded, for the
+    /// releases still under way in the background — dropped leases, failed, cancelled or
+    /// closed rounds, releases nodes did not confirm in time — then closes the pub/sub
+    /// connections. `Unavailable` naming the nodes whose releases were still running at
+    /// the bound.
     async fn close(&self) -> Result<()> {
+        // The calls end as soon as their tasks run; the bound only guards against a hang.
+        self.inner
+            .gate
+            .close(self.inner.cfg.per_node_timeout * 4 + Duration::from_secs(1))
+            .await;
         // Each node's close is bounded by itself (at most 3 × per_node_timeout, at least
         // 1 s); this outer bound only guards against a hang.
         let bound = self.inner.cfg.per_node_timeout * 4 + Duration::from_secs(2);

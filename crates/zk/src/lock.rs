@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use fencelock_core::closing::CloseGate;
 use fencelock_core::options::validate_key;
 use fencelock_core::waiting::queue_with;
 use fencelock_core::{
@@ -56,6 +57,8 @@ struct Inner {
     cfg: Arc<ZkConfig>,
     session: tokio::sync::Mutex<Option<Arc<Session>>>,
     wakeups: AtomicU64,
+    /// Shut by [`close`](DistributedLock::close): no call goes on, no session is opened.
+    gate: CloseGate,
 }
 
 impl ZkLock {
@@ -90,6 +93,7 @@ impl ZkLock {
                 cfg: Arc::new(cfg),
                 session: tokio::sync::Mutex::new(None),
                 wakeups: AtomicU64::new(0),
+                gate: CloseGate::new(),
             }),
         };
         let mut pause = Duration::from_millis(25);
@@ -135,8 +139,15 @@ impl ZkLock {
             .map(|s| s.id())
     }
 
+    /// The live session, opened if there is none or it ended.
+    ///
+    /// # Errors
+    /// [`LockError::Closed`] once `close()` began (checked under the session's lock, which
+    /// `close()` takes after shutting the gate: no session is opened that it would miss);
+    /// as [`Session::connect`] otherwise.
     pub(crate) async fn session(&self) -> Result<Arc<Session>> {
         let mut slot = self.inner.session.lock().await;
+        self.inner.gate.check()?;
         if let Some(s) = slot.as_ref().filter(|s| s.is_usable()) {
             return Ok(Arc::clone(s));
         }
@@ -175,22 +186,27 @@ impl DistributedLock for ZkLock {
     /// [`LockError::InvalidInput`] for a bad key or options; [`LockError::Unavailable`]
     /// when a request got no answer within the request timeout (the create is followed up
     /// in the background and its node deleted) or the grant's answer came after its
-    /// validity.
+    /// validity; [`LockError::Closed`] once `close()` was called.
     ///
     /// # Cancel safety
     /// Cancel safe: the create runs in its own task and a node made for a caller that is
     /// gone is deleted in the background.
     #[tracing::instrument(level = "debug", skip(self, opts), fields(backend = "zookeeper"))]
     async fn try_acquire(&self, key: &str, opts: &LockOptions) -> Result<Option<Lease>> {
-        validate_key(key)?;
-        opts.validate_for_try()?;
-        let session = self.session().await?;
-        let q = enqueue(&session, &self.inner.cfg, key, &Pending::new()).await?;
-        let pos = position(&q).await?;
-        match pos.predecessor {
-            None => Ok(Some(grant::lease(key, opts, q, pos.sent_at).into_live()?)),
-            Some(_) => Ok(None), // dropping `q` deletes our node
-        }
+        self.inner
+            .gate
+            .pass(async {
+                validate_key(key)?;
+                opts.validate_for_try()?;
+                let session = self.session().await?;
+                let q = enqueue(&session, &self.inner.cfg, key, &Pending::new()).await?;
+                let pos = position(&q).await?;
+                match pos.predecessor {
+                    None => Ok(Some(grant::lease(key, opts, q, pos.sent_at).into_live()?)),
+                    Some(_) => Ok(None), // dropping `q` deletes our node
+                }
+            })
+            .await
     }
 
     /// Takes a place in the key's queue and waits for its turn, watching only its
@@ -200,7 +216,8 @@ impl DistributedLock for ZkLock {
     /// # Errors
     /// [`LockError::Timeout`] when the wait ran out; [`LockError::InvalidInput`] for a bad
     /// key or options; [`LockError::Unavailable`] when the ensemble stayed unreachable
-    /// through the wait.
+    /// through the wait; [`LockError::Closed`] when `close()` was called before or during
+    /// the wait (the node is then dropped as a cancelled wait's is).
     ///
     /// # Cancel safety
     /// Cancel safe: a dropped `acquire` drops its node (deleted in the background) and its
@@ -209,15 +226,15 @@ impl DistributedLock for ZkLock {
     async fn acquire(&self, key: &str, opts: &LockOptions) -> Result<Lease> {
         let pending = Pending::new();
         let pending = &pending;
-        queue_with(key, opts, |queued| async move {
+        let wait = queue_with(key, opts, |queued| async move {
             let session = self.session().await?;
             let q = enqueue(&session, &self.inner.cfg, key, pending).await?;
             queued.mark();
             let validity = opts.ttl().min(session.timeout());
             let confirmed_at = wait_turn(&q, &self.inner.wakeups, validity).await?;
             Ok(Some(grant::lease(key, opts, q, confirmed_at)))
-        })
-        .await
+        });
+        self.inner.gate.pass(wait).await
     }
 
     fn guarantees(&self) -> Guarantees {
@@ -228,9 +245,12 @@ impl DistributedLock for ZkLock {
         self.inner.cfg.display.clone()
     }
 
-    /// Waits (up to two request timeouts) for the background deletions and follow-ups to
-    /// finish, then closes the session: the server deletes every node it still owns at
-    /// once, and every lease of this instance is lost. A later call opens a new session.
+    /// Shuts this instance and its clones — waiting acquires end with
+    /// [`LockError::Closed`] (their nodes are deleted as a cancelled acquire's are, or go
+    /// with the session), later calls fail with it and open no session — then waits (up
+    /// to two request timeouts) for the background deletions and follow-ups to finish,
+    /// and closes the session: the server deletes every node it still owns at once, and
+    /// every lease of this instance is lost. Called again, it finds nothing left to close.
     ///
     /// # Errors
     /// [`LockError::Unavailable`] when the client did not report the session closed within
@@ -240,6 +260,7 @@ impl DistributedLock for ZkLock {
     /// Cancel safe: dropping it leaves the clean-ups running; the session stays open
     /// until this instance is dropped, or closed by a later call.
     async fn close(&self) -> Result<()> {
+        self.inner.gate.close(self.inner.cfg.timeout * 2).await;
         let Some(session) = self.inner.session.lock().await.take() else {
             return Ok(());
         };

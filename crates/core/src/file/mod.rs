@@ -48,6 +48,7 @@ use tokio::time::Instant;
 
 pub use config::{default_dir, FileConfig};
 
+use crate::closing::CloseGate;
 use crate::error::Result;
 use crate::guarantees::{Exclusion, Guarantees, Scope, TokenOrder};
 use crate::lease::{Lease, LeaseParts};
@@ -106,6 +107,8 @@ pub struct FileLock {
     inherit: bool,
     /// The file operations of this instance (and its clones) still running.
     ops: Arc<InFlight>,
+    /// Shut by [`close`](DistributedLock::close); shared by clones.
+    gate: Arc<CloseGate>,
 }
 
 /// How long [`FileLock::close`] waits for running file operations: a decision waits at most
@@ -154,6 +157,7 @@ impl FileLock {
             mode: config.file_mode(),
             inherit: config.inherit,
             ops: Arc::new(InFlight::new()),
+            gate: Arc::default(),
         })
     }
 
@@ -288,12 +292,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl DistributedLock for FileLock {
     #[tracing::instrument(level = "debug", skip(self, opts), fields(backend = "file"))]
     async fn try_acquire(&self, key: &str, opts: &LockOptions) -> Result<Option<Lease>> {
-        validate_key(key)?;
-        opts.validate_for_try()?;
-        match self.attempt(key, opts, None).await? {
-            Attempt::Acquired(lease) => Ok(Some(lease.into_live()?)),
-            Attempt::Busy { .. } => Ok(None),
-        }
+        self.gate
+            .pass(async {
+                validate_key(key)?;
+                opts.validate_for_try()?;
+                match self.attempt(key, opts, None).await? {
+                    Attempt::Acquired(lease) => Ok(Some(lease.into_live()?)),
+                    Attempt::Busy { .. } => Ok(None),
+                }
+            })
+            .await
     }
 
     #[tracing::instrument(level = "debug", skip(self, opts), fields(backend = "file"))]
@@ -302,7 +310,8 @@ impl DistributedLock for FileLock {
         // timed out or cancelled), which removes it and, if it was the last, ends the
         // helper thread.
         let watch = Mutex::new(None);
-        acquire_with(key, opts, || self.attempt(key, opts, Some(&watch))).await
+        let wait = acquire_with(key, opts, || self.attempt(key, opts, Some(&watch)));
+        self.gate.pass(wait).await
     }
 
     fn guarantees(&self) -> Guarantees {
@@ -313,9 +322,11 @@ impl DistributedLock for FileLock {
         format!("file://{}", self.dir.display())
     }
 
-    /// Waits (at most 5 s) until the file operations of this instance and its clones have
-    /// ended — those of dropped acquires and releases go on in blocking threads. Nothing is
-    /// closed: a file lock holds no connection, and leases stay held until released.
+    /// Shuts this instance and its clones (waiting acquires end with
+    /// [`LockError::Closed`](crate::LockError::Closed), later calls fail with it), then
+    /// waits (at most 5 s) until their file operations have ended — those of dropped
+    /// acquires and releases go on in blocking threads. Nothing else is closed: a file lock
+    /// holds no connection, and leases stay held until released.
     /// Afterwards no thread of the instance holds a key's mutex, so the process may stop
     /// (`fencelock run` does on Ctrl-Z) without freezing the key for other processes.
     ///
@@ -324,8 +335,9 @@ impl DistributedLock for FileLock {
     /// 5 s (a key's mutex held by a stopped process, a hung disk).
     ///
     /// # Cancel safety
-    /// Cancel safe: it only waits.
+    /// Cancel safe: the gate is shut before the first await; the rest only waits.
     async fn close(&self) -> Result<()> {
+        self.gate.close(CLOSE_WAIT).await;
         if self.ops.idle(CLOSE_WAIT).await {
             return Ok(());
         }

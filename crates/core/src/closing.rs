@@ -1,0 +1,265 @@
+//! [`CloseGate`]: what every backend's `close()` shares — after it, no call goes on and no
+//! new one starts.
+//!
+//! A backend keeps one gate per client (shared by its clones), passes every `try_acquire`
+//! and `acquire` through [`CloseGate::pass`], and starts its `close()` with
+//! [`CloseGate::close`] ([`CloseGate::shut`], then [`CloseGate::calls_ended`]). A call shut out is dropped where it
+//! stands, exactly as a caller dropping it would drop it, so each backend's cancel-safe
+//! clean-up (a queue entry deleted, a grant that raced the close released) runs as it does
+//! for a cancelled call; waiting for the calls to end first means those clean-ups have
+//! started — and are counted by the backend — before `close()` waits for its clean-ups.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+
+use crate::error::{LockError, Result};
+
+/// Shuts a client's calls out once its `close()` began. See the [module](self).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use std::time::Duration;
+/// use fencelock::closing::CloseGate;
+/// use fencelock::LockError;
+/// let gate = CloseGate::new();
+/// assert_eq!(gate.pass(async { Ok(7) }).await.unwrap(), 7);
+/// assert!(gate.close(Duration::from_secs(1)).await, "no call was inside");
+/// assert!(!gate.shut(), "a second finds it closed");
+/// assert!(matches!(gate.pass(async { Ok(7) }).await, Err(LockError::Closed)));
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct CloseGate {
+    closed: AtomicBool,
+    /// Wakes every call waiting through the gate when it shuts.
+    shut: Notify,
+    /// Calls inside the gate now.
+    calls: watch::Sender<usize>,
+}
+
+impl Default for CloseGate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CloseGate {
+    /// An open gate.
+    pub fn new() -> Self {
+        CloseGate {
+            closed: AtomicBool::new(false),
+            shut: Notify::new(),
+            calls: watch::channel(0).0,
+        }
+    }
+
+    /// `true` once [`shut`](Self::shut) was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// `Ok(())` while open.
+    ///
+    /// # Errors
+    /// [`LockError::Closed`] once [`shut`](Self::shut) was called.
+    pub fn check(&self) -> Result<()> {
+        if self.is_closed() {
+            return Err(LockError::Closed);
+        }
+        Ok(())
+    }
+
+    /// Closes the gate: every call inside it ends with [`LockError::Closed`] (woken at
+    /// once), and every later one fails with it before it starts. Returns `true` the first
+    /// time, `false` when it was closed already.
+    pub fn shut(&self) -> bool {
+        let first = !self.closed.swap(true, Ordering::SeqCst);
+        if first {
+            self.shut.notify_waiters();
+        }
+        first
+    }
+
+    /// Completes once the gate is shut (at once if it is).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only waits.
+    pub async fn closed(&self) {
+        let notified = self.shut.notified();
+        tokio::pin!(notified);
+        // Registered before the flag is read: a shut after the read wakes it.
+        notified.as_mut().enable();
+        if self.is_closed() {
+            return;
+        }
+        notified.await;
+    }
+
+    /// Runs `call` unless the gate is shut, and ends it when the gate shuts meanwhile: the
+    /// call's future is then dropped (its own cancel safety gives back whatever it made on
+    /// the server) and `Err(LockError::Closed)` returned. When the call completed and the
+    /// gate shut in the same instant, the shut wins: a lease the call would have returned
+    /// is dropped, which releases it.
+    ///
+    /// # Errors
+    /// [`LockError::Closed`] when the gate was shut before or during the call; else the
+    /// call's own outcome.
+    ///
+    /// # Cancel safety
+    /// As cancel safe as `call`: dropping this drops `call`.
+    pub async fn pass<T, F>(&self, call: F) -> Result<T>
+    where
+        F: Future<Output = Result<T>>,
+    {
+        self.check()?;
+        let _inside = Inside::enter(&self.calls);
+        // Declared after `_inside`, so it is dropped first, also when this future is
+        // dropped: by the time the count goes down, the call's clean-up has started.
+        let call = call;
+        tokio::pin!(call);
+        tokio::select! {
+            biased;
+            () = self.closed() => Err(LockError::Closed),
+            outcome = &mut call => outcome,
+        }
+    }
+
+    /// What a backend's `close()` does first: [`shut`](Self::shut), then
+    /// [`calls_ended`](Self::calls_ended) — so that the clean-ups of the calls it ended
+    /// have started (and are counted by the backend) before `close()` waits for its
+    /// clean-ups. Returns `true` when every call ended within `limit`. Called again, it
+    /// finds the gate shut and nothing inside, and returns at once.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the gate is shut before the first await; the rest only waits.
+    pub async fn close(&self, limit: Duration) -> bool {
+        self.shut();
+        let ended = self.calls_ended(limit).await;
+        if !ended {
+            tracing::warn!(?limit, "close: calls through the client still running at the bound");
+        }
+        ended
+    }
+
+    /// Waits until no call is inside the gate, for at most `limit`; `true` when none is
+    /// left. After [`shut`](Self::shut) the calls inside end at once (their clean-ups
+    /// started), so this is short unless a call's drop blocks.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only waits.
+    pub async fn calls_ended(&self, limit: Duration) -> bool {
+        let mut calls = self.calls.subscribe();
+        let ended = matches!(
+            tokio::time::timeout(limit, calls.wait_for(|n| *n == 0)).await,
+            Ok(Ok(_))
+        );
+        ended
+    }
+}
+
+/// One call counted inside a gate until it is dropped.
+struct Inside<'a>(&'a watch::Sender<usize>);
+
+impl<'a> Inside<'a> {
+    fn enter(calls: &'a watch::Sender<usize>) -> Self {
+        calls.send_modify(|n| *n += 1);
+        Inside(calls)
+    }
+}
+
+impl Drop for Inside<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// Counts its drops: stands for a call's cancel-safe clean-up.
+    struct CleanUp(Arc<AtomicUsize>);
+
+    impl Drop for CleanUp {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_waiting_when_the_gate_shuts_ends_closed_and_is_dropped() {
+        let gate = Arc::new(CloseGate::new());
+        let cleaned = Arc::new(AtomicUsize::new(0));
+        let waiting = tokio::spawn({
+            let (gate, cleaned) = (Arc::clone(&gate), Arc::clone(&cleaned));
+            async move {
+                gate.pass(async move {
+                    let _clean_up = CleanUp(cleaned);
+                    std::future::pending::<Result<()>>().await
+                })
+                .await
+            }
+        });
+        // Inside the gate: counted.
+        while *gate.calls.borrow() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!gate.calls_ended(Duration::from_millis(10)).await, "a call is inside");
+        assert!(gate.shut());
+        let outcome = tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("the waiting call ended at once")
+            .expect("task");
+        assert!(matches!(outcome, Err(LockError::Closed)), "{outcome:?}");
+        assert_eq!(cleaned.load(Ordering::SeqCst), 1, "the call was dropped");
+        assert!(gate.calls_ended(Duration::ZERO).await);
+    }
+
+    #[tokio::test]
+    async fn later_calls_fail_at_once_without_starting() {
+        let gate = CloseGate::new();
+        assert!(gate.check().is_ok());
+        assert!(gate.shut());
+        assert!(!gate.shut(), "shut twice: the second finds it closed");
+        assert!(matches!(gate.check(), Err(LockError::Closed)));
+        let started = AtomicUsize::new(0);
+        let outcome = gate
+            .pass(async {
+                started.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })
+            .await;
+        assert!(matches!(outcome, Err(LockError::Closed)), "{outcome:?}");
+        assert_eq!(started.load(Ordering::SeqCst), 0, "the call never started");
+        gate.closed().await; // completes at once once shut
+    }
+
+    #[tokio::test]
+    async fn an_open_gate_passes_the_outcome_through() {
+        let gate = CloseGate::new();
+        assert_eq!(gate.pass(async { Ok(3) }).await.unwrap(), 3);
+        let e = gate
+            .pass(async { Err::<(), _>(LockError::invalid_input("bad")) })
+            .await
+            .unwrap_err();
+        assert!(matches!(e, LockError::InvalidInput(_)));
+        assert!(gate.calls_ended(Duration::ZERO).await, "nothing left inside");
+        assert!(!gate.is_closed());
+    }
+
+    #[tokio::test]
+    async fn a_dropped_call_leaves_the_gate() {
+        let gate = CloseGate::new();
+        let call = gate.pass(std::future::pending::<Result<()>>());
+        let _ = tokio::time::timeout(Duration::from_millis(5), call).await;
+        assert!(gate.calls_ended(Duration::ZERO).await);
+    }
+}

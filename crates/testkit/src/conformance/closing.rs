@@ -1,0 +1,114 @@
+//! `close()` ends a client: a wait through it ends, later calls are refused, and nothing it
+//! queued or held stays on the server.
+
+use std::time::Duration;
+
+use fencelock_core::{LockError, LockOptions};
+use tokio::time::Instant;
+
+use super::holder::holder_options;
+use super::unanswered::settle;
+use super::{shared_gate, within, Fixture, SuiteConfig, LONG_TTL};
+use crate::keys::unique_key;
+
+/// How long the closed client's acquire would wait: far longer than the case may take.
+const LONG_WAIT: Duration = Duration::from_secs(30);
+
+/// A client closed while one of its `acquire`s waits for a held key: the wait ends
+/// promptly with [`LockError::Closed`] (not at its 30 s bound, and not by being granted
+/// the key later), `close()` returns `Ok` and may be called again, every later
+/// `try_acquire` and `acquire` on the client fails with `Closed` at once, and once the
+/// holder releases, a third client gets the key at once with `try_acquire` — the closed
+/// client left nothing queued or held.
+///
+/// That the waiter is queued is read from the server's records of the key
+/// ([`Fixture::records`]); a backend without a server whose waiters leave no record (the
+/// file backend) is given a short bounded look and then closed whatever stage the call
+/// is at, which must end it all the same.
+///
+/// Found on etcd: a wait went on after `close()` and queued again on a new session that
+/// nobody ever closed (its keep-alive ran for ever), so a grant could be handed out after
+/// the close.
+pub async fn close_ends_waits_and_refuses_later_calls(f: &dyn Fixture, cfg: &SuiteConfig) {
+    let _gate = shared_gate().await;
+    let (a, b, c) = (f.client().await, f.client().await, f.client().await);
+    let opts = LockOptions::new().with_ttl(LONG_TTL).with_auto_renew(false);
+    let key = unique_key("closed-waiter");
+    let held = within(cfg.slack, "the holder's acquire", a.acquire(&key, &holder_options()))
+        .await
+        .expect("the holder's acquire");
+    let before = f.records(&key).await;
+    let waiter = tokio::spawn({
+        let (b, key) = (std::sync::Arc::clone(&b), key.clone());
+        async move { b.acquire(&key, &opts.with_wait(LONG_WAIT)).await }
+    });
+    let look = if f.connections().await.is_some() {
+        cfg.slack * 2
+    } else {
+        cfg.slack / 4 // no server: waiters may leave no record to wait for
+    };
+    let queued = settle(look, || f.records(&key), |n| n > before).await;
+    if f.connections().await.is_some() {
+        assert!(
+            queued > before,
+            "the waiter never queued ({before} records held, {queued} now)"
+        );
+    }
+    assert!(!waiter.is_finished(), "the waiter ended before the close: {waiter:?}");
+
+    let closing = Instant::now();
+    within(cfg.slack * 3, "close with a waiting acquire", b.close())
+        .await
+        .expect("close with a waiting acquire");
+    let ended = within(cfg.slack * 2, "the waiting acquire after close", waiter)
+        .await
+        .expect("waiter task");
+    match ended {
+        Err(LockError::Closed) => {}
+        Err(e) => panic!("the waiting acquire ended with {e}, not Closed"),
+        Ok(lease) => panic!("the waiting acquire was granted after close: {lease:?}"),
+    }
+    assert!(
+        closing.elapsed() < cfg.slack * 3,
+        "the wait ended {:?} after close",
+        closing.elapsed()
+    );
+    within(cfg.slack, "a second close", b.close())
+        .await
+        .expect("close called twice is Ok");
+
+    let refused = Instant::now();
+    match within(cfg.slack, "try_acquire after close", b.try_acquire(&key, &opts)).await {
+        Err(LockError::Closed) => {}
+        other => panic!("try_acquire after close: {other:?}, not Closed"),
+    }
+    let other_key = unique_key("closed-later");
+    match within(
+        cfg.slack,
+        "acquire after close",
+        b.acquire(&other_key, &opts.with_wait(LONG_WAIT)),
+    )
+    .await
+    {
+        Err(LockError::Closed) => {}
+        other => panic!("acquire of a free key after close: {other:?}, not Closed"),
+    }
+    assert!(
+        refused.elapsed() < cfg.slack,
+        "calls after close took {:?}",
+        refused.elapsed()
+    );
+
+    within(cfg.slack, "the holder's release", held.release())
+        .await
+        .expect("the holder's release");
+    let next = within(cfg.slack, "try_acquire by a third client", c.try_acquire(&key, &opts))
+        .await
+        .expect("try_acquire by a third client")
+        .expect("the key stayed queued or held by the closed client");
+    next.release().await.expect("release");
+    assert!(
+        f.records(&other_key).await == 0,
+        "the acquire refused after close left a record on the server"
+    );
+}
