@@ -57,5 +57,6 @@ pub mod proxy;
 pub mod python;
 pub mod redis_server;
 pub mod renewals;
+mod sysv_shm;
 pub mod tls;
 pub mod zk_server;

@@ -142,6 +142,8 @@ impl PgServer {
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("hand the temp dir to postgres");
         }
+        let uid = owner.map_or_else(|| rustix::process::geteuid().as_raw(), |(uid, _)| uid);
+        crate::sysv_shm::remove_orphans(uid);
         PgServer {
             port: 0,
             dir,
@@ -305,6 +307,7 @@ impl PgServer {
     /// checkpoint, like a crash or power loss. Idempotent.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            let segment = crate::sysv_shm::segment_of(&self.data_dir());
             let pid = child.id() as i32;
             let backends = children(pid);
             let _ = child.kill();
@@ -324,7 +327,19 @@ impl PgServer {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
+            // A killed postmaster never removes its segment (see `crate::sysv_shm`).
+            if let Some(id) = segment {
+                crate::sysv_shm::remove(id);
+            }
         }
+    }
+
+    /// The id of the System V shared memory segment the running postmaster made (its
+    /// interlock; `ipcs -m` lists it); `None` when it is not running. Removed when the
+    /// server is killed or dropped.
+    pub fn shared_memory_segment(&self) -> Option<u64> {
+        self.child.as_ref()?;
+        crate::sysv_shm::segment_of(&self.data_dir())
     }
 
     /// Starts the server again on the same port and data (kills it first if running): it
