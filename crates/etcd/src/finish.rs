@@ -7,22 +7,31 @@
 //! caller drops it before it completed does it move the work, as it stands, into a task of
 //! its own, which runs it to the end. The work's outcome is then dropped there, exactly as
 //! `detached` drops it inside its task — so a queue entry made after the caller is gone is
-//! undone by its own `Drop`, as before.
+//! undone by its own `Drop`, as before. That task is one of the instance's [`Cleanups`],
+//! so `close()` waits for it: the clean-ups its outcome's drop starts are counted before
+//! it ends. Uncounted, a grant of an own lease still in flight when `close()` ended a wait
+//! could be revoked only after `close()` had returned (and the process exited): left to
+//! its TTL.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use crate::cleanup::Cleanups;
+
 /// Runs `work` in the caller's task; if the returned future is dropped before `work`
-/// completed, `work` is finished in a background task on the current runtime (without a
-/// runtime, it is dropped: the session or the TTL ends what it made).
-pub(crate) fn finish_on_drop<F>(work: F) -> FinishOnDrop<F>
+/// completed, `work` is finished in a background task on the current runtime, counted
+/// among `cleanups` until it ends (without a runtime, it is dropped: the session or the
+/// TTL ends what it made).
+pub(crate) fn finish_on_drop<F>(cleanups: &Arc<Cleanups>, work: F) -> FinishOnDrop<F>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
     FinishOnDrop {
         work: Some(Box::pin(work)),
+        cleanups: Arc::clone(cleanups),
     }
 }
 
@@ -32,6 +41,7 @@ where
     F::Output: Send + 'static,
 {
     work: Option<Pin<Box<F>>>,
+    cleanups: Arc<Cleanups>,
 }
 
 impl<F> Future for FinishOnDrop<F>
@@ -64,8 +74,8 @@ where
     F::Output: Send + 'static,
 {
     fn drop(&mut self) {
-        if let (Some(work), Ok(rt)) = (self.work.take(), tokio::runtime::Handle::try_current()) {
-            rt.spawn(async move {
+        if let Some(work) = self.work.take() {
+            self.cleanups.spawn("finishing an abandoned request", async move {
                 drop(work.await);
             });
         }
@@ -80,14 +90,15 @@ mod tests {
 
     #[tokio::test]
     async fn completed_work_returns_its_output_in_the_callers_task() {
-        assert_eq!(finish_on_drop(async { 7 }).await, 7);
+        assert_eq!(finish_on_drop(&Arc::default(), async { 7 }).await, 7);
     }
 
     #[tokio::test]
     async fn work_dropped_midway_is_finished_in_the_background() {
         let (go, wait) = oneshot::channel::<()>();
         let (finished, done) = oneshot::channel::<()>();
-        let mut work = Box::pin(finish_on_drop(async move {
+        let cleanups = Arc::<Cleanups>::default();
+        let mut work = Box::pin(finish_on_drop(&cleanups, async move {
             let _ = wait.await;
             let _ = finished.send(());
         }));
@@ -98,8 +109,15 @@ mod tests {
             _ = std::future::ready(()) => {}
         }
         drop(work);
+        // `close()` waits for it: counted until it ends (uncounted before, so a grant in
+        // flight when `close()` ended a wait was given back after `close()` returned).
+        assert!(!cleanups.drained(Duration::from_millis(50)).await, "not counted");
         go.send(()).unwrap();
         let outcome = tokio::time::timeout(Duration::from_secs(5), done).await;
         assert!(matches!(outcome, Ok(Ok(()))), "the dropped work did not finish");
+        assert!(
+            cleanups.drained(Duration::from_secs(5)).await,
+            "still counted when done"
+        );
     }
 }

@@ -173,7 +173,8 @@ pub(crate) async fn enqueue_with_value(
     then: Then,
 ) -> Result<Queued> {
     let (key, opts) = (key.to_owned(), *opts);
-    finish_on_drop(async move {
+    let cleanups = Arc::clone(&inner.cleanups);
+    finish_on_drop(&cleanups, async move {
         let cfg = &inner.cluster.cfg;
         let dir = cfg.lock_dir(&key);
         let slot = inner.slots.take(&dir);
