@@ -27,7 +27,8 @@ use crate::error::{LockError, Result};
 /// use fencelock::LockError;
 /// let gate = CloseGate::new();
 /// assert_eq!(gate.pass(async { Ok(7) }).await.unwrap(), 7);
-/// assert!(gate.close(Duration::from_secs(1)).await, "no call was inside");
+/// drop(gate.close(Duration::from_secs(1)).await); // held to the end of a backend's close()
+/// assert!(gate.calls_ended(Duration::ZERO).await, "no call is inside");
 /// assert!(!gate.shut(), "a second finds it closed");
 /// assert!(matches!(gate.pass(async { Ok(7) }).await, Err(LockError::Closed)));
 /// # }
@@ -46,6 +47,9 @@ pub struct CloseGate {
     calls: AtomicUsize,
     /// Wakes `calls_ended` when the last call leaves a shut gate.
     emptied: Notify,
+    /// Held by a backend's `close()` to its end ([`Closing`]): a second `close()` at the
+    /// same time waits for the first, so neither returns before the client is closed.
+    closing: tokio::sync::Mutex<()>,
 }
 
 impl Default for CloseGate {
@@ -62,6 +66,7 @@ impl CloseGate {
             shut: Notify::new(),
             calls: AtomicUsize::new(0),
             emptied: Notify::new(),
+            closing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -149,21 +154,24 @@ impl CloseGate {
         .await
     }
 
-    /// What a backend's `close()` does first: [`shut`](Self::shut), then
-    /// [`calls_ended`](Self::calls_ended) — so that the clean-ups of the calls it ended
-    /// have started (and are counted by the backend) before `close()` waits for its
-    /// clean-ups. Returns `true` when every call ended within `limit`. Called again, it
-    /// finds the gate shut and nothing inside, and returns at once.
+    /// What a backend's `close()` does first: [`shut`](Self::shut), then waits for any
+    /// other `close()` of the client still running (a second close at the same time
+    /// returns only after the first is done, so that neither returns while the session is
+    /// still being ended), then [`calls_ended`](Self::calls_ended) — so that the
+    /// clean-ups of the calls it ended have started (and are counted by the backend)
+    /// before `close()` waits for its clean-ups. Hold the returned [`Closing`] to the end
+    /// of `close()`. Called again afterwards, it finds the gate shut and nothing inside.
     ///
     /// # Cancel safety
-    /// Cancel safe: the gate is shut before the first await; the rest only waits.
-    pub async fn close(&self, limit: Duration) -> bool {
+    /// Cancel safe: the gate is shut before the first await; the rest only waits (a
+    /// dropped wait for the other close leaves it running).
+    pub async fn close(&self, limit: Duration) -> Closing<'_> {
         self.shut();
-        let ended = self.calls_ended(limit).await;
-        if !ended {
+        let turn = self.closing.lock().await;
+        if !self.calls_ended(limit).await {
             tracing::warn!(?limit, "close: calls through the client still running at the bound");
         }
-        ended
+        Closing(turn)
     }
 
     /// Waits until no call is inside the gate, for at most `limit`; `true` when none is
@@ -195,6 +203,12 @@ impl CloseGate {
         self.calls.load(Ordering::SeqCst)
     }
 }
+
+/// A backend's `close()` under way: while it is held, another `close()` of the client
+/// waits in [`CloseGate::close`].
+#[must_use = "hold it to the end of close(): a second close() waits for it"]
+#[derive(Debug)]
+pub struct Closing<'a>(#[allow(dead_code)] tokio::sync::MutexGuard<'a, ()>);
 
 /// One call counted inside a gate until it is dropped.
 struct Inside<'a>(&'a CloseGate);

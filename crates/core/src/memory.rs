@@ -272,7 +272,7 @@ impl DistributedLock for MemoryLock {
     /// # Cancel safety
     /// Cancel safe: the gate is shut before the first await.
     async fn close(&self) -> Result<()> {
-        self.gate.close(CLOSE_WAIT).await;
+        let _closing = self.gate.close(CLOSE_WAIT).await;
         Ok(())
     }
 }

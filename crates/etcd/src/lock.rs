@@ -329,7 +329,7 @@ impl DistributedLock for EtcdLock {
         let limit = inner.cluster.cfg.timeout;
         // First: the waits it ends drop their queue entries, whose deletions are then
         // counted among the clean-ups waited for below.
-        inner.gate.close(limit).await;
+        let _closing = inner.gate.close(limit).await;
         if !inner.cleanups.drained(limit).await {
             tracing::warn!("close: background clean-ups still running after {limit:?}; ending the session anyway");
         }

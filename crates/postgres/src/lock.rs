@@ -330,7 +330,7 @@ impl DistributedLock for PgLock {
     /// Cancel safe: the clean-ups go on in the background.
     async fn close(&self) -> Result<()> {
         let limit = self.node.config().timeout * 4;
-        self.gate.close(limit).await;
+        let _closing = self.gate.close(limit).await;
         let cleaned = self.node.cleanups_finished(limit).await;
         let held = self.node.close_session("the client closed it");
         let releases = async {

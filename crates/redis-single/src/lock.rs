@@ -429,7 +429,7 @@ impl DistributedLock for RedisLock {
     /// on the server until released or expired (Redis has no session to end).
     /// `Unavailable` when releases were still running at the bound.
     async fn close(&self) -> Result<()> {
-        self.gate.close(self.node.config().timeout).await;
+        let _closing = self.gate.close(self.node.config().timeout).await;
         self.node.close().await
     }
 }

@@ -384,7 +384,8 @@ impl DistributedLock for RedlockLock {
     /// the bound.
     async fn close(&self) -> Result<()> {
         // The calls end as soon as their tasks run; the bound only guards against a hang.
-        self.inner
+        let _closing = self
+            .inner
             .gate
             .close(self.inner.cfg.per_node_timeout * 4 + Duration::from_secs(1))
             .await;

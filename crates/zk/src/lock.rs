@@ -260,7 +260,7 @@ impl DistributedLock for ZkLock {
     /// Cancel safe: dropping it leaves the clean-ups running; the session stays open
     /// until this instance is dropped, or closed by a later call.
     async fn close(&self) -> Result<()> {
-        self.inner.gate.close(self.inner.cfg.timeout * 2).await;
+        let _closing = self.inner.gate.close(self.inner.cfg.timeout * 2).await;
         let Some(session) = self.inner.session.lock().await.take() else {
             return Ok(());
         };

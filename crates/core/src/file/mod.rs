@@ -337,7 +337,7 @@ impl DistributedLock for FileLock {
     /// # Cancel safety
     /// Cancel safe: the gate is shut before the first await; the rest only waits.
     async fn close(&self) -> Result<()> {
-        self.gate.close(CLOSE_WAIT).await;
+        let _closing = self.gate.close(CLOSE_WAIT).await;
         if self.ops.idle(CLOSE_WAIT).await {
             return Ok(());
         }

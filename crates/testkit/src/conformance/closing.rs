@@ -112,3 +112,49 @@ pub async fn close_ends_waits_and_refuses_later_calls(f: &dyn Fixture, cfg: &Sui
         "the acquire refused after close left a record on the server"
     );
 }
+
+/// Two `close()` calls at once on one client (a signal handler and `main` both closing,
+/// say): both return `Ok`, and whichever returns first, the close is done by then: a
+/// lease held through it that the client now calls lost is gone from the server (backends
+/// whose close ends the session: etcd, ZooKeeper, PostgreSQL), seen by a third client's
+/// `try_acquire` getting the key at once. (A lease held through a Redis, Redlock, file or
+/// memory close stays held, and says so, to its TTL.)
+///
+/// Found by a review: on etcd the second close found the session already taken and
+/// returned while the first one's revoke was still in flight; on PostgreSQL each ended the
+/// connections the other's releases ran on, and the key stayed held for its whole TTL.
+pub async fn concurrent_closes_both_wait_for_the_end(f: &dyn Fixture, cfg: &SuiteConfig) {
+    let _gate = shared_gate().await;
+    let (b, c) = (f.client().await, f.client().await);
+    let opts = LockOptions::new().with_ttl(LONG_TTL).with_auto_renew(false);
+    let key = unique_key("closed-twice");
+    let held = within(cfg.slack, "the holder's acquire", b.acquire(&key, &holder_options()))
+        .await
+        .expect("the holder's acquire");
+    let (first, second) = (b.close(), b.close());
+    tokio::pin!(first, second);
+    let (which, outcome) = within(cfg.slack * 3, "two closes at once", async {
+        tokio::select! {
+            r = &mut first => ("first", r),
+            r = &mut second => ("second", r),
+        }
+    })
+    .await;
+    outcome.unwrap_or_else(|e| panic!("the {which} close to return: {e}"));
+    if !held.is_held() {
+        let next = within(
+            cfg.slack,
+            "try_acquire once a close returned",
+            c.try_acquire(&key, &opts),
+        )
+        .await
+        .expect("try_acquire by a third client")
+        .unwrap_or_else(|| panic!("the {which} close returned while `{key}` was still held by the closing client"));
+        next.release().await.expect("release");
+    }
+    let rest = if which == "first" { second } else { first };
+    within(cfg.slack * 3, "the other close", rest)
+        .await
+        .expect("the other close");
+    drop(held);
+}

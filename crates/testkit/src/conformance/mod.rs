@@ -37,7 +37,7 @@ pub use acquire::{
 };
 pub use awkward::awkward_keys_work;
 pub use cancel::cancelled_methods_leave_nothing_held;
-pub use closing::close_ends_waits_and_refuses_later_calls;
+pub use closing::{close_ends_waits_and_refuses_later_calls, concurrent_closes_both_wait_for_the_end};
 pub use expiry::{
     auto_renew_keeps_lease, extend_after_expiry_fails, extend_prolongs_lease, loss_is_observable,
     release_after_expiry_spares_new_holder, validity_counts_from_send,
@@ -129,6 +129,7 @@ pub const ALL: &[&str] = &[
     "queued_waiter_cut_off_gives_back_what_it_was_given",
     "cancelled_methods_leave_nothing_held",
     "close_ends_waits_and_refuses_later_calls",
+    "concurrent_closes_both_wait_for_the_end",
     "resources_do_not_grow",
     "awkward_keys_work",
 ];
@@ -159,6 +160,7 @@ pub async fn run_all(f: &dyn Fixture, cfg: &SuiteConfig) {
     queued_waiter_cut_off_gives_back_what_it_was_given(f, cfg).await;
     cancelled_methods_leave_nothing_held(f, cfg).await;
     close_ends_waits_and_refuses_later_calls(f, cfg).await;
+    concurrent_closes_both_wait_for_the_end(f, cfg).await;
     resources_do_not_grow(f, cfg).await;
     awkward_keys_work(f, cfg).await;
 }
@@ -182,7 +184,8 @@ macro_rules! conformance_suite {
             dead_on_arrival_grant_is_not_handed_out, removed_grant_is_noticed,
             unanswered_request_leaves_nothing_behind, release_whose_answer_is_lost_is_not_reported_lost,
             queued_waiter_cut_off_gives_back_what_it_was_given, cancelled_methods_leave_nothing_held,
-            close_ends_waits_and_refuses_later_calls, resources_do_not_grow, awkward_keys_work);
+            close_ends_waits_and_refuses_later_calls, concurrent_closes_both_wait_for_the_end,
+            resources_do_not_grow, awkward_keys_work);
     };
     // One test per name, each calling that function of `$module` (also the election suite's).
     (@each_of $module:path; $factory:expr, $config:expr; $($name:ident),+) => {
