@@ -109,11 +109,28 @@ pub(crate) fn refused_name(key: &str, node: &str, source: zookeeper_client::Erro
     ))
 }
 
+/// The source of [`timed_out`]'s error: no answer came within the request timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("no answer within {0:?}")]
+pub(crate) struct NoAnswer(pub std::time::Duration);
+
 pub(crate) fn timed_out(doing: &'static str, cluster: &str, limit: std::time::Duration) -> LockError {
     LockError::Unavailable {
         message: format!("zookeeper unreachable: no answer to {doing} within {limit:?} from {cluster}"),
-        source: None,
+        source: Some(Box::new(NoAnswer(limit))),
     }
+}
+
+/// `true` when `e` says only that an answer did not come — the connection dropped with the
+/// request in flight, or the request timed out — and nothing about the session or the
+/// nodes: the session may well live on (the client reconnects in it), and with it every
+/// node it owns.
+pub(crate) fn no_answer(e: &LockError) -> bool {
+    std::error::Error::source(e).is_some_and(|s| {
+        s.is::<NoAnswer>()
+            || s.downcast_ref::<ZkFailure>()
+                .is_some_and(|f| outcome_unknown(&f.source))
+    })
 }
 
 #[cfg(test)]
@@ -139,6 +156,19 @@ mod tests {
             assert!(!failed("x", "c", e.clone()).is_temporary(), "{e:?} should be permanent");
         }
         assert!(matches!(failed("x", "c", E::NoAuth), LockError::InvalidConfig { .. }));
+    }
+
+    #[test]
+    fn only_missing_answers_are_no_answer() {
+        assert!(no_answer(&failed("x", "c", E::ConnectionLoss)));
+        assert!(no_answer(&failed("x", "c", E::Timeout)));
+        assert!(no_answer(&timed_out("x", "c", std::time::Duration::from_secs(1))));
+        assert!(!no_answer(&failed("x", "c", E::SessionExpired)));
+        assert!(!no_answer(&failed("x", "c", E::NoNode)));
+        assert!(!no_answer(&LockError::Unavailable {
+            message: "our lock node is gone".into(),
+            source: None
+        }));
     }
 
     #[test]

@@ -17,9 +17,9 @@ use tokio::time::Instant;
 use zookeeper_client::{Acls, CreateMode};
 
 use crate::config::ZkConfig;
-use crate::error::{failed, timed_out};
+use crate::error::{failed, no_answer, timed_out};
 use crate::grant;
-use crate::queue::{enqueue, position, wait_turn, Pending};
+use crate::queue::{enqueue, position, wait_turn, Pending, Queued};
 use crate::session::Session;
 
 /// What the ZooKeeper backend promises.
@@ -226,13 +226,48 @@ impl DistributedLock for ZkLock {
     async fn acquire(&self, key: &str, opts: &LockOptions) -> Result<Lease> {
         let pending = Pending::new();
         let pending = &pending;
+        // Our node, kept for the next attempt when a wait for our turn got no answer (the
+        // connection dropped, a request timed out) while the session lives on: the node
+        // lives as long as the session, and so does our place in the queue. Dropped (the
+        // node deleted in the background) with the acquire, or when the next attempt runs
+        // in another session.
+        let kept: std::sync::Mutex<Option<Queued>> = std::sync::Mutex::new(None);
+        let kept = &kept;
         let wait = queue_with(key, opts, |queued| async move {
             let session = self.session().await?;
-            let q = enqueue(&session, &self.inner.cfg, key, pending).await?;
-            queued.mark();
+            let ours = kept
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .filter(|q| Arc::ptr_eq(&q.session, &session));
+            let (q, kept_before) = match ours {
+                Some(q) => (q, true),
+                None => (enqueue(&session, &self.inner.cfg, key, pending).await?, false),
+            };
+            if !kept_before {
+                queued.mark();
+            }
             let validity = opts.ttl().min(session.timeout());
-            let confirmed_at = wait_turn(&q, &self.inner.wakeups, validity).await?;
-            Ok(Some(grant::lease(key, opts, q, confirmed_at)))
+            let waited = async {
+                if kept_before {
+                    // Marked once the server answered again and our node still stands: until
+                    // then, a wait that runs out is the last attempt's error (a server gone
+                    // for good is `Unavailable`, not a timeout).
+                    position(&q).await?;
+                    queued.mark();
+                }
+                wait_turn(&q, &self.inner.wakeups, validity).await
+            };
+            match waited.await {
+                Ok(confirmed_at) => Ok(Some(grant::lease(key, opts, q, confirmed_at))),
+                Err(e) => {
+                    if no_answer(&e) && q.session.is_usable() {
+                        tracing::debug!(node = %q.name, error = %e, "no answer while waiting for our turn; our node keeps its place");
+                        *kept.lock().unwrap_or_else(|p| p.into_inner()) = Some(q);
+                    }
+                    Err(e)
+                }
+            }
         });
         self.inner.gate.pass(wait).await
     }

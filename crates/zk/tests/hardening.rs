@@ -66,8 +66,14 @@ impl Operator {
 async fn a_long_wait_keeps_its_place_and_gets_full_validity() {
     let ensemble = ZkEnsemble::standalone();
     let url = ensemble.url("/longwait", "session_timeout=2s");
+    // The holder is not what is tested: its own 10 s session, so that its renewals have
+    // room on a loaded machine. A lease's validity is capped at its session's timeout, so
+    // a 10 s TTL alone left it 2 s, and a full suite run once lost it before the release
+    // (its renewal's connection dropped after 1 s without an answer).
     let (a, b, c) = (
-        ZkLock::connect(&url).await.unwrap(),
+        ZkLock::connect(&ensemble.url("/longwait", "session_timeout=10s"))
+            .await
+            .unwrap(),
         ZkLock::connect(&url).await.unwrap(),
         ZkLock::connect(&url).await.unwrap(),
     );
@@ -77,8 +83,6 @@ async fn a_long_wait_keeps_its_place_and_gets_full_validity() {
         .with_ttl(ttl)
         .with_auto_renew(false)
         .with_wait(Duration::from_secs(30));
-    // The holder's own TTL is not what is tested: 10 s, so that its renewals have room on
-    // a loaded machine (with 1 s, a full suite run once lost it before the release).
     let held = a
         .acquire(
             "k",
@@ -124,6 +128,76 @@ async fn a_long_wait_keeps_its_place_and_gets_full_validity() {
     lease.release().await.unwrap();
     let last = tokio::time::timeout(SLACK, third).await.unwrap().unwrap().unwrap();
     assert!(last.token() > second_token);
+    last.release().await.unwrap();
+}
+
+/// K1 on a flaky link: a waiter whose connection drops while it waits — the client
+/// reconnects within the session timeout, so its session and its node live on — keeps its
+/// node and its place: served with the node it queued, before a later waiter. It gave the
+/// node up and queued again at the end (a loaded machine's 1 s without an answer drops
+/// the connection just so: the long-wait test above was once served a new node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_whose_connection_drops_keeps_its_place() {
+    let ensemble = ZkEnsemble::standalone();
+    let proxy = FaultProxy::start(ensemble.port(0)).await;
+    let url = ensemble.url("/reconnect", "session_timeout=10s");
+    let proxied = format!("zk://127.0.0.1:{}/reconnect?session_timeout=10s", proxy.port());
+    let (holder, waiter, later) = (
+        ZkLock::connect(&url).await.unwrap(),
+        ZkLock::connect(&proxied).await.unwrap(),
+        ZkLock::connect(&url).await.unwrap(),
+    );
+    let op = Operator::connect(&ensemble, "/reconnect").await;
+    let opts = LockOptions::new()
+        .with_ttl(Duration::from_secs(10))
+        .with_auto_renew(false)
+        .with_wait(Duration::from_secs(30));
+    let held = holder.acquire("k", &opts).await.unwrap();
+    // A short TTL, as in the long-wait test: the waiter checks its node every fifth of it,
+    // so a request of its is in flight when the connection drops.
+    let opts = opts.with_ttl(Duration::from_secs(1));
+    let session = waiter.session_id().await.expect("the waiter's session");
+    let second = tokio::spawn({
+        let (waiter, opts) = (waiter.clone(), opts);
+        async move { waiter.acquire("k", &opts).await }
+    });
+    assert_eq!(op.until_nodes("k", 2, SLACK).await, 2, "the second waiter queued");
+    let third = tokio::spawn({
+        let (later, opts) = (later.clone(), opts);
+        async move { later.acquire("k", &opts).await }
+    });
+    assert_eq!(op.until_nodes("k", 3, SLACK).await, 3, "the third waiter queued");
+    let queued = op.nodes("k").await;
+    let second_token = op.czxid("k", &queued[1]).await;
+    // The link goes silent, as a starved machine does: after 1 s without an answer (the
+    // client's connection timeout) the client drops the connection, and the request then in
+    // flight fails with a connection loss; the link comes back well within the session
+    // timeout, and the client reconnects in the same session.
+    proxy.set(Mode::Blackhole);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    proxy.set(Mode::Pass);
+    let deadline = Instant::now() + SLACK;
+    while waiter.session_id().await.is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Time for a waiter that gave its node up to queue again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(waiter.session_id().await, Some(session), "the session lived on");
+    assert_eq!(
+        op.nodes("k").await,
+        queued,
+        "the waiter whose connection dropped gave up its place (it queued again?)"
+    );
+    held.release().await.unwrap();
+    let lease = tokio::time::timeout(SLACK, second)
+        .await
+        .expect("the second waiter was served")
+        .unwrap()
+        .expect("the second waiter got the lock");
+    assert_eq!(lease.token().get(), second_token, "not served with the node it queued");
+    assert!(!third.is_finished(), "the third waiter was served before the second");
+    lease.release().await.unwrap();
+    let last = tokio::time::timeout(SLACK, third).await.unwrap().unwrap().unwrap();
     last.release().await.unwrap();
 }
 
