@@ -179,8 +179,11 @@ pub trait Election: Send + Sync + fmt::Debug {
 
     /// Ends this client cleanly before the process exits, as
     /// [`DistributedLock::close`](crate::DistributedLock::close): a backend with a session
-    /// ends it, which removes its candidacies and resigns its seats. The default does
-    /// nothing (memory and file have nothing to end).
+    /// ends it, which removes its candidacies and resigns its seats; an election built on
+    /// a lock's seat (file, Redis, Redlock, etcd, ZooKeeper, PostgreSQL) also ends the
+    /// campaigns waiting through it and refuses later ones with
+    /// [`LockError::Closed`], as its lock does. The default does nothing: `memory://`'s
+    /// election (one process, nothing to end) keeps taking campaigns after `close`.
     ///
     /// # Errors
     /// [`LockError::Unavailable`] when the backend did not confirm in time.
