@@ -449,6 +449,14 @@ mod tests {
         LockOptions::new().with_wait(Duration::from_secs(1))
     }
 
+    /// An attempt's answer "held": try again in 10 ms.
+    fn busy() -> Attempt {
+        Attempt::Busy {
+            wake: None,
+            retry_at: Some(Instant::now() + Duration::from_millis(10)),
+        }
+    }
+
     // A wait shorter than the backend's answer (20 ms on etcd, whose answer waits for a
     // disk flush) says nothing about the backend: it is a timeout, as it always was.
     #[tokio::test(start_paused = true)]
@@ -470,10 +478,7 @@ mod tests {
             let first = attempts.fetch_add(1, Ordering::SeqCst) == 0;
             async move {
                 if first {
-                    Ok(Attempt::Busy {
-                        wake: None,
-                        retry_at: Some(Instant::now() + Duration::from_millis(10)),
-                    })
+                    Ok(busy())
                 } else {
                     std::future::pending().await
                 }
@@ -500,10 +505,7 @@ mod tests {
             let first = attempts.fetch_add(1, Ordering::SeqCst) == 0;
             async move {
                 if first {
-                    Ok(Attempt::Busy {
-                        wake: None,
-                        retry_at: Some(Instant::now() + Duration::from_millis(10)),
-                    })
+                    Ok(busy())
                 } else {
                     Err(failed())
                 }

@@ -18,6 +18,9 @@ const SLACK: Duration = Duration::from_secs(3);
 /// An operator's view of the server: the lock nodes queued under a key.
 struct Operator(zookeeper_client::Client);
 
+/// A waiting acquire's task.
+type Waiting = tokio::task::JoinHandle<fencelock_core::Result<fencelock_core::Lease>>;
+
 impl Operator {
     async fn connect(ensemble: &ZkEnsemble, chroot: &str) -> Operator {
         let client = zookeeper_client::Client::connector()
@@ -38,6 +41,28 @@ impl Operator {
         };
         children.sort_by_key(|c| c.rsplit('-').next().and_then(|s| s.parse::<i64>().ok()));
         children
+    }
+
+    /// `second`, then `third`, wait for `k` behind its holder, each started once the one
+    /// before is queued: their tasks, the queue's nodes then, and the second's token (the
+    /// czxid of its node).
+    async fn two_waiters_in_line(
+        &self,
+        second: &ZkLock,
+        third: &ZkLock,
+        opts: LockOptions,
+    ) -> (Waiting, Waiting, Vec<String>, u64) {
+        let wait = |client: &ZkLock| {
+            let client = client.clone();
+            tokio::spawn(async move { client.acquire("k", &opts).await })
+        };
+        let second = wait(second);
+        assert_eq!(self.until_nodes("k", 2, SLACK).await, 2, "the second waiter queued");
+        let third = wait(third);
+        assert_eq!(self.until_nodes("k", 3, SLACK).await, 3, "the third waiter queued");
+        let queued = self.nodes("k").await;
+        let second_token = self.czxid("k", &queued[1]).await;
+        (second, third, queued, second_token)
     }
 
     async fn czxid(&self, key: &str, node: &str) -> u64 {
@@ -92,18 +117,7 @@ async fn a_long_wait_keeps_its_place_and_gets_full_validity() {
         )
         .await
         .unwrap();
-    let second = tokio::spawn({
-        let (b, opts) = (b.clone(), opts);
-        async move { b.acquire("k", &opts).await }
-    });
-    assert_eq!(op.until_nodes("k", 2, SLACK).await, 2, "the second waiter queued");
-    let third = tokio::spawn({
-        let (c, opts) = (c.clone(), opts);
-        async move { c.acquire("k", &opts).await }
-    });
-    assert_eq!(op.until_nodes("k", 3, SLACK).await, 3, "the third waiter queued");
-    let queued = op.nodes("k").await;
-    let second_token = op.czxid("k", &queued[1]).await;
+    let (second, third, _, second_token) = op.two_waiters_in_line(&b, &c, opts).await;
     // The fault being modelled: the holder keeps the lock longer than the waiters' TTL and
     // session timeout.
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -157,18 +171,7 @@ async fn a_waiter_whose_connection_drops_keeps_its_place() {
     // so a request of its is in flight when the connection drops.
     let opts = opts.with_ttl(Duration::from_secs(1));
     let session = waiter.session_id().await.expect("the waiter's session");
-    let second = tokio::spawn({
-        let (waiter, opts) = (waiter.clone(), opts);
-        async move { waiter.acquire("k", &opts).await }
-    });
-    assert_eq!(op.until_nodes("k", 2, SLACK).await, 2, "the second waiter queued");
-    let third = tokio::spawn({
-        let (later, opts) = (later.clone(), opts);
-        async move { later.acquire("k", &opts).await }
-    });
-    assert_eq!(op.until_nodes("k", 3, SLACK).await, 3, "the third waiter queued");
-    let queued = op.nodes("k").await;
-    let second_token = op.czxid("k", &queued[1]).await;
+    let (second, third, queued, second_token) = op.two_waiters_in_line(&waiter, &later, opts).await;
     // The link goes silent, as a starved machine does: after 1 s without an answer (the
     // client's connection timeout) the client drops the connection, and the request then in
     // flight fails with a connection loss; the link comes back well within the session
