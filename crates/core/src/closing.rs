@@ -3,7 +3,8 @@
 //!
 //! A backend keeps one gate per client (shared by its clones), passes every `try_acquire`
 //! and `acquire` through [`CloseGate::pass`], and starts its `close()` with
-//! [`CloseGate::close`] ([`CloseGate::shut`], then [`CloseGate::calls_ended`]). A call shut out is dropped where it
+//! [`CloseGate::close`] ([`CloseGate::shut`], a wait for any other `close()` under way,
+//! then [`CloseGate::calls_ended`]), holding the [`Closing`] it returns to its end. A call shut out is dropped where it
 //! stands, exactly as a caller dropping it would drop it, so each backend's cancel-safe
 //! clean-up (a queue entry deleted, a grant that raced the close released) runs as it does
 //! for a cancelled call; waiting for the calls to end first means those clean-ups have
@@ -95,21 +96,6 @@ impl CloseGate {
             self.shut.notify_waiters();
         }
         first
-    }
-
-    /// Completes once the gate is shut (at once if it is).
-    ///
-    /// # Cancel safety
-    /// Cancel safe: it only waits.
-    pub async fn closed(&self) {
-        let notified = self.shut.notified();
-        tokio::pin!(notified);
-        // Registered before the flag is read: a shut after the read wakes it.
-        notified.as_mut().enable();
-        if self.is_closed() {
-            return;
-        }
-        notified.await;
     }
 
     /// Runs `call` unless the gate is shut, and ends it when the gate shuts meanwhile: the
@@ -292,7 +278,6 @@ mod tests {
             .await;
         assert!(matches!(outcome, Err(LockError::Closed)), "{outcome:?}");
         assert_eq!(started.load(Ordering::SeqCst), 0, "the call never started");
-        gate.closed().await; // completes at once once shut
     }
 
     #[tokio::test]

@@ -449,12 +449,28 @@ mod tests {
         LockOptions::new().with_wait(Duration::from_secs(1))
     }
 
-    /// An attempt's answer "held": try again in 10 ms.
-    fn busy() -> Attempt {
-        Attempt::Busy {
-            wake: None,
-            retry_at: Some(Instant::now() + Duration::from_millis(10)),
-        }
+    /// `acquire_with` waiting 1 s, whose first attempt answers "held" (try again in 10 ms)
+    /// and every later one as `then` does; the error it ends with.
+    async fn busy_once_then<F, Fut>(then: F) -> LockError
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<Attempt>>,
+    {
+        let attempts = AtomicU32::new(0);
+        acquire_with("k", &one_second(), || {
+            let later = (attempts.fetch_add(1, Ordering::SeqCst) > 0).then(&then);
+            async move {
+                match later {
+                    None => Ok(Attempt::Busy {
+                        wake: None,
+                        retry_at: Some(Instant::now() + Duration::from_millis(10)),
+                    }),
+                    Some(attempt) => attempt.await,
+                }
+            }
+        })
+        .await
+        .expect_err("acquired a key that stayed held")
     }
 
     // A wait shorter than the backend's answer (20 ms on etcd, whose answer waits for a
@@ -473,19 +489,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_wait_whose_last_answer_was_busy_is_a_timeout() {
-        let attempts = AtomicU32::new(0);
-        let err = acquire_with("k", &one_second(), || {
-            let first = attempts.fetch_add(1, Ordering::SeqCst) == 0;
-            async move {
-                if first {
-                    Ok(busy())
-                } else {
-                    std::future::pending().await
-                }
-            }
-        })
-        .await
-        .expect_err("the key stayed held");
+        let err = busy_once_then(std::future::pending).await;
         assert!(err.is_timeout(), "{err:?}");
 
         let err = queue_with("k", &one_second(), |queued| async move {
@@ -500,19 +504,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_wait_whose_last_attempt_failed_ends_with_that_error() {
         let failed = || LockError::unavailable("server down", std::io::Error::other("refused"));
-        let attempts = AtomicU32::new(0);
-        let err = acquire_with("k", &one_second(), || {
-            let first = attempts.fetch_add(1, Ordering::SeqCst) == 0;
-            async move {
-                if first {
-                    Ok(busy())
-                } else {
-                    Err(failed())
-                }
-            }
-        })
-        .await
-        .expect_err("the server stayed down");
+        let err = busy_once_then(|| std::future::ready(Err(failed()))).await;
         assert!(err.to_string().contains("server down"), "{err:?}");
 
         // Queued once, then the server went away: the attempt that failed is the last word,

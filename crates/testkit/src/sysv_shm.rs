@@ -50,19 +50,10 @@ pub(crate) fn remove(id: u64) {
     }
 }
 
-/// Once per process: removes every segment owned by `uid` with nothing attached whose
-/// creating process is gone (from `/proc/sysvipc/shm`). Returns how many it removed
-/// (0 on the later calls).
-pub(crate) fn remove_orphans(uid: u32) -> usize {
+/// Once per process: removes the [`orphans`] of `uid` (from `/proc/sysvipc/shm`).
+pub(crate) fn remove_orphans(uid: u32) {
     static ONCE: Once = Once::new();
-    let mut removed = 0;
-    ONCE.call_once(|| {
-        for id in orphans(uid) {
-            remove(id);
-            removed += 1;
-        }
-    });
-    removed
+    ONCE.call_once(|| orphans(uid).into_iter().for_each(remove));
 }
 
 /// The size of a postmaster's interlock segment (`PGShmemHeader`, 64-bit builds).
@@ -70,7 +61,7 @@ const INTERLOCK_BYTES: &str = "56";
 
 /// The ids of `uid`'s postmaster interlock segments that nothing is attached to and whose
 /// creator is gone.
-pub(crate) fn orphans(uid: u32) -> Vec<u64> {
+fn orphans(uid: u32) -> Vec<u64> {
     let Ok(table) = std::fs::read_to_string("/proc/sysvipc/shm") else {
         return Vec::new();
     };

@@ -18,6 +18,15 @@ const SLACK: Duration = Duration::from_secs(3);
 /// An operator's view of the server: the lock nodes queued under a key.
 struct Operator(zookeeper_client::Client);
 
+/// The lease `waiter`'s task got, within [`SLACK`].
+async fn served(waiter: Waiting) -> fencelock_core::Lease {
+    tokio::time::timeout(SLACK, waiter)
+        .await
+        .expect("the second waiter was served")
+        .unwrap()
+        .expect("the second waiter got the lock")
+}
+
 /// A waiting acquire's task.
 type Waiting = tokio::task::JoinHandle<fencelock_core::Result<fencelock_core::Lease>>;
 
@@ -122,11 +131,7 @@ async fn a_long_wait_keeps_its_place_and_gets_full_validity() {
     // session timeout.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     held.release().await.unwrap();
-    let lease = tokio::time::timeout(SLACK, second)
-        .await
-        .expect("the second waiter was served")
-        .unwrap()
-        .expect("the second waiter got the lock");
+    let lease = served(second).await;
     assert_eq!(
         lease.token().get(),
         second_token,
@@ -192,11 +197,7 @@ async fn a_waiter_whose_connection_drops_keeps_its_place() {
         "the waiter whose connection dropped gave up its place (it queued again?)"
     );
     held.release().await.unwrap();
-    let lease = tokio::time::timeout(SLACK, second)
-        .await
-        .expect("the second waiter was served")
-        .unwrap()
-        .expect("the second waiter got the lock");
+    let lease = served(second).await;
     assert_eq!(lease.token().get(), second_token, "not served with the node it queued");
     assert!(!third.is_finished(), "the third waiter was served before the second");
     lease.release().await.unwrap();
