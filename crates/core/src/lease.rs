@@ -580,7 +580,7 @@ impl Lease {
                 }
                 Ok(Err(e)) => Err(e),
                 Err(_) => {
-                    let reason = LostReason::RenewalFailed("no answer to extend before the validity ran out".into());
+                    let reason = LostReason::RenewalFailed("the extend got no answer".into());
                     shared.mark_lost(reason.clone());
                     Err(shared.lost_error(reason))
                 }
@@ -871,9 +871,15 @@ async fn renew(s: Arc<Shared>, valid_until: Instant) {
         }
         Err(_) => {
             s.metrics.renewal_failed();
-            s.mark_lost(LostReason::RenewalFailed(
-                "no answer to renewal before the validity ran out".into(),
-            ));
+            // The Display of `RenewalFailed` already says the validity ran out: the reason
+            // says only what the last renewal got, and an earlier failure when there was one
+            // (it is usually the cause: a reset connection, then silence).
+            let earlier = s.renewal().last_error.take();
+            let why = match earlier {
+                Some(e) => format!("the last renewal got no answer; the one before failed: {e}"),
+                None => "the last renewal got no answer".to_owned(),
+            };
+            s.mark_lost(LostReason::RenewalFailed(why));
             return;
         }
     }
@@ -1067,6 +1073,74 @@ mod tests {
         settle().await;
         assert_eq!(*ops.taken.lock().unwrap(), Some(false), "the report of loss was taken");
         assert!(!lost.is_finished(), "reported lost: {:?}", lost.await);
+    }
+
+    /// A lease lost because renewals went unanswered says so once: the reason names what
+    /// the last renewal (or extend) got, and the failure before it when there was one,
+    /// without repeating "the validity ran out" (a new user's trial of `fencelock run` read
+    /// "renewal failed until the validity ran out: no answer to renewal before the validity
+    /// ran out"). Failed before on the silent renewal and the silent extend.
+    #[tokio::test(start_paused = true)]
+    async fn a_loss_to_unanswered_renewals_says_so_once() {
+        /// Fails the first `fail_first` calls at once (a reset connection); every later
+        /// renewal or extend goes unanswered.
+        struct Silent {
+            calls: AtomicUsize,
+            fail_first: usize,
+        }
+        #[async_trait]
+        impl LeaseOps for Silent {
+            async fn extend(&self, _ttl: Duration) -> Result<Option<Duration>> {
+                if self.calls.fetch_add(1, Ordering::SeqCst) < self.fail_first {
+                    return Err(LockError::Unavailable {
+                        message: "connection reset".into(),
+                        source: None,
+                    });
+                }
+                std::future::pending().await
+            }
+            async fn release(&self) -> Result<bool> {
+                Ok(true)
+            }
+        }
+        let silent = |fail_first| {
+            Arc::new(Silent {
+                calls: AtomicUsize::new(0),
+                fail_first,
+            })
+        };
+        for fail_first in [0, 1] {
+            let held = auto_renewed(silent(fail_first));
+            let reason = tokio::time::timeout(Duration::from_secs(10), held.lost())
+                .await
+                .expect("the lease was not lost when its validity ran out")
+                .to_string();
+            assert_eq!(reason.matches("validity ran out").count(), 1, "{reason}");
+            if fail_first > 0 {
+                assert!(
+                    reason.contains("connection reset"),
+                    "the earlier failure is not named: {reason}"
+                );
+            }
+        }
+
+        let explicit = Lease::new(LeaseParts {
+            key: "k".into(),
+            token: FencingToken::new(1),
+            grant: GrantId::random(),
+            sent_at: Instant::now(),
+            validity: Duration::from_secs(1),
+            options: LockOptions::new()
+                .with_ttl(Duration::from_secs(1))
+                .with_auto_renew(false),
+            ops: silent(0),
+        });
+        let err = explicit
+            .extend(Duration::from_secs(1))
+            .await
+            .expect_err("an unanswered extend");
+        let text = err.to_string();
+        assert_eq!(text.matches("validity ran out").count(), 1, "{text}");
     }
 
     /// A background renewal in flight when the holder releases: the release removes the
