@@ -68,13 +68,73 @@ pub const RETRY_MAX: Duration = Duration::from_millis(500);
 /// caller (the CLI's exit status, a retry policy) can tell "held by someone else" from
 /// "the backend was the problem". A wait cut off before any answer came is a timeout: a
 /// wait shorter than a healthy backend's answer says nothing about the backend.
-pub async fn acquire_with<F, Fut>(key: &str, opts: &LockOptions, mut attempt: F) -> Result<Lease>
+///
+/// Without a [`LastCheck`]: a backend whose wake signal and re-checks are sparse (a
+/// queued Redis waiter sends nothing between re-checks seconds apart) may not notice a
+/// server that stopped answering before its wait runs out; see [`acquire_checked`].
+pub async fn acquire_with<F, Fut>(key: &str, opts: &LockOptions, attempt: F) -> Result<Lease>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Attempt>>,
+{
+    acquire_checked(key, opts, LastCheck::NONE, attempt).await
+}
+
+/// One more attempt of a wait about to run out, [`LastCheck::before`] its deadline, when no
+/// attempt is due by then anyway: a backend that stopped answering without closing its
+/// connections (hung, SIGSTOPped, a black hole) then fails that attempt — after its
+/// request timeout, still inside the wait — and the wait ends with that error
+/// ([`LockError::Unavailable`]) rather than [`LockError::Timeout`], which the CLI reports
+/// as "held by someone else" (exit 75, where a script retries on 69). Costs one request
+/// per wait that runs out, none per grant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LastCheck {
+    /// How long before the deadline the last attempt starts: the backend's request
+    /// timeout, plus a quarter for the error to come back before the deadline. Zero: no
+    /// last check (a wait shorter than this has none either: an attempt could not fail
+    /// within it).
+    pub before: Duration,
+}
+
+impl LastCheck {
+    /// No last check.
+    pub const NONE: LastCheck = LastCheck { before: Duration::ZERO };
+
+    /// A last check for a backend whose requests fail after `request_timeout` without an
+    /// answer: it starts 1.25 × `request_timeout` before the deadline.
+    pub fn for_request_timeout(request_timeout: Duration) -> LastCheck {
+        LastCheck {
+            before: request_timeout.saturating_add(request_timeout / 4),
+        }
+    }
+
+    /// The instant of the last check of a wait ending at `deadline` that started at
+    /// `start`; `None` when there is none.
+    fn at(self, start: Instant, deadline: Instant) -> Option<Instant> {
+        if self.before.is_zero() {
+            return None;
+        }
+        deadline.checked_sub(self.before).filter(|&at| at > start)
+    }
+}
+
+/// [`acquire_with`], with a [`LastCheck`] before the deadline.
+///
+/// # Cancel safety
+/// As [`acquire_with`]: every attempt must be cancel safe.
+pub async fn acquire_checked<F, Fut>(
+    key: &str,
+    opts: &LockOptions,
+    last_check: LastCheck,
+    mut attempt: F,
+) -> Result<Lease>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Attempt>>,
 {
     let wait = WaitBound::start(key, opts)?;
     let (deadline, timeout) = (wait.deadline, || wait.timeout());
+    let mut check_at = last_check.at(wait.start, deadline);
     let mut last_error: Option<LockError> = None;
     let mut backoff = Backoff::new(deadline);
     let mut dead = DeadOnArrival::default();
@@ -101,9 +161,18 @@ where
                 }
             }
             Attempt::Busy { wake, retry_at } => {
-                let until = retry_at.map_or(deadline, |r| r.min(deadline));
-                if Instant::now() >= deadline {
+                let mut until = retry_at.map_or(deadline, |r| r.min(deadline));
+                let now = Instant::now();
+                if now >= deadline {
                     return Err(timeout());
+                }
+                if let Some(at) = check_at.filter(|&at| until > at) {
+                    // The wait would run out with no attempt after `at`: make one there.
+                    // An attempt before `at` (a wake, a re-check) leaves it for later.
+                    if now < at {
+                        until = at;
+                    }
+                    check_at = None;
                 }
                 match wake {
                     Some(wake) => {
@@ -131,19 +200,71 @@ where
 /// is [`LockError::Timeout`] (others were ahead of us); during one that did not, it is the
 /// previous attempt's error when that one failed (a waiter whose server died: its stream
 /// broke, and every read after failed), as in [`acquire_with`].
-pub async fn queue_with<F, Fut>(key: &str, opts: &LockOptions, mut attempt: F) -> Result<Lease>
+///
+/// A queued waiter that sends nothing while it waits may not notice a server that stopped
+/// answering without closing its connections; see [`queue_checked`].
+pub async fn queue_with<F, Fut>(key: &str, opts: &LockOptions, attempt: F) -> Result<Lease>
 where
     F: FnMut(Enqueued) -> Fut,
     Fut: Future<Output = Result<Option<Lease>>>,
 {
+    queue_checked(key, opts, LastCheck::NONE, || std::future::ready(Ok(())), attempt).await
+}
+
+/// [`queue_with`], with a [`LastCheck`] made by `probe` (a cheap request that succeeds
+/// when the backend answers, bounded by its request timeout): once per wait, at
+/// [`LastCheck::before`] the deadline, beside the attempt still waiting for its turn (the
+/// attempt goes on: the probe does not cost the waiter its place). When the probe failed
+/// and the deadline then cuts the attempt off, the wait ends with the probe's error
+/// ([`LockError::Unavailable`]), not [`LockError::Timeout`].
+///
+/// # Cancel safety
+/// As [`queue_with`]: every attempt must be cancel safe; so must `probe`'s future (it is
+/// dropped when the attempt ends first).
+pub async fn queue_checked<F, Fut, P, PFut>(
+    key: &str,
+    opts: &LockOptions,
+    last_check: LastCheck,
+    probe: P,
+    mut attempt: F,
+) -> Result<Lease>
+where
+    F: FnMut(Enqueued) -> Fut,
+    Fut: Future<Output = Result<Option<Lease>>>,
+    P: Fn() -> PFut,
+    PFut: Future<Output = Result<()>>,
+{
     let wait = WaitBound::start(key, opts)?;
     let (deadline, timeout) = (wait.deadline, || wait.timeout());
+    let mut check_at = last_check.at(wait.start, deadline);
+    let mut check_failed: Option<LockError> = None;
     let mut last_error: Option<LockError> = None;
     let mut backoff = Backoff::new(deadline);
     let mut dead = DeadOnArrival::default();
     for _ in 0..MAX_ATTEMPTS {
         let queued = Enqueued::default();
-        match tokio::time::timeout_at(deadline, attempt(queued.clone())).await {
+        let run = tokio::time::timeout_at(deadline, attempt(queued.clone()));
+        tokio::pin!(run);
+        let outcome = match check_at {
+            None => run.await,
+            Some(at) => {
+                let check = async {
+                    tokio::time::sleep_until(at).await;
+                    probe().await
+                };
+                tokio::pin!(check);
+                loop {
+                    tokio::select! {
+                        outcome = &mut run => break outcome,
+                        checked = &mut check, if check_at.is_some() => {
+                            check_at = None;
+                            check_failed = checked.err();
+                        }
+                    }
+                }
+            }
+        };
+        match outcome {
             Ok(Ok(Some(lease))) => {
                 let (round_trip, ttl) = (lease.since_sent(), lease.ttl());
                 match lease.into_live() {
@@ -156,6 +277,7 @@ where
             }
             Ok(Ok(None)) => last_error = None,
             Ok(Err(e)) => last_error = Some(backoff.pause_or_fail(e).await?),
+            Err(_) if check_failed.is_some() => return Err(check_failed.take().unwrap_or_else(timeout)),
             Err(_) if queued.is_marked() => return Err(timeout()),
             Err(_) => return Err(last_error.take().unwrap_or_else(timeout)),
         }
@@ -525,5 +647,106 @@ mod tests {
         .await
         .expect_err("the server stayed down");
         assert!(err.to_string().contains("server down"), "{err:?}");
+    }
+
+    /// A waiter whose next re-check lies past its deadline (a queued Redis waiter between
+    /// sparse re-checks) while the server hangs: the last check, 1.25 × the request
+    /// timeout before the deadline, fails with no answer, and the wait ends with that
+    /// error, not `Timeout`. With the server healthy, the last check answers "held" and the
+    /// wait is a timeout, after exactly one extra attempt.
+    #[tokio::test(start_paused = true)]
+    async fn a_last_check_before_the_deadline_tells_a_hung_server_from_a_held_key() {
+        let request_timeout = Duration::from_millis(200);
+        let check = LastCheck::for_request_timeout(request_timeout);
+        let opts = LockOptions::new().with_wait(Duration::from_secs(3));
+        for hung in [true, false] {
+            let attempts = AtomicU32::new(0);
+            let start = Instant::now();
+            let err = acquire_checked("k", &opts, check, || {
+                let n = attempts.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n > 0 && hung {
+                        tokio::time::sleep(request_timeout).await;
+                        return Err(LockError::unavailable("no answer", std::io::Error::other("timed out")));
+                    }
+                    // Queued: the next re-check is due long after the wait ends.
+                    Ok(Attempt::Busy {
+                        wake: None,
+                        retry_at: Some(Instant::now() + Duration::from_secs(10)),
+                    })
+                }
+            })
+            .await
+            .expect_err("acquired a held key");
+            assert!(
+                start.elapsed() <= Duration::from_secs(3),
+                "waited {:?}",
+                start.elapsed()
+            );
+            if hung {
+                assert!(matches!(err, LockError::Unavailable { .. }), "a hung server: {err:?}");
+            } else {
+                assert!(err.is_timeout(), "a held key: {err:?}");
+                // The first, the last check, and the one the deadline cuts off (as without
+                // a last check, below).
+                assert_eq!(attempts.load(Ordering::SeqCst), 3, "one extra attempt");
+            }
+        }
+        // Without a last check (and with one longer than the wait), the hung server's
+        // wait is a timeout: nothing was asked after the first answer.
+        for check in [LastCheck::NONE, LastCheck::for_request_timeout(Duration::from_secs(5))] {
+            let attempts = AtomicU32::new(0);
+            let err = acquire_checked("k", &opts, check, || {
+                attempts.fetch_add(1, Ordering::SeqCst);
+                std::future::ready(Ok(Attempt::Busy {
+                    wake: None,
+                    retry_at: Some(Instant::now() + Duration::from_secs(10)),
+                }))
+            })
+            .await
+            .expect_err("acquired a held key");
+            assert!(err.is_timeout(), "{err:?}");
+            assert_eq!(attempts.load(Ordering::SeqCst), 2, "{check:?}");
+        }
+    }
+
+    /// The same for a queue: a waiter in line (marked) whose probe, 1.25 × the request
+    /// timeout before the deadline, gets no answer ends `Unavailable`; one whose probe is
+    /// answered ends `Timeout`; the attempt keeps its place either way (it is not
+    /// restarted).
+    #[tokio::test(start_paused = true)]
+    async fn a_last_check_beside_a_queued_wait_tells_a_hung_server_from_a_held_key() {
+        let request_timeout = Duration::from_millis(200);
+        let check = LastCheck::for_request_timeout(request_timeout);
+        let opts = LockOptions::new().with_wait(Duration::from_secs(3));
+        for hung in [true, false] {
+            let (attempts, probes) = (AtomicU32::new(0), AtomicU32::new(0));
+            let probe = || {
+                probes.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if hung {
+                        tokio::time::sleep(request_timeout).await;
+                        return Err(LockError::unavailable("no answer", std::io::Error::other("timed out")));
+                    }
+                    Ok(())
+                }
+            };
+            let err = queue_checked("k", &opts, check, probe, |queued| {
+                attempts.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    queued.mark();
+                    std::future::pending().await
+                }
+            })
+            .await
+            .expect_err("acquired a held key");
+            if hung {
+                assert!(matches!(err, LockError::Unavailable { .. }), "a hung server: {err:?}");
+            } else {
+                assert!(err.is_timeout(), "a held key: {err:?}");
+            }
+            assert_eq!(attempts.load(Ordering::SeqCst), 1, "the place in line was kept");
+            assert_eq!(probes.load(Ordering::SeqCst), 1, "one last check");
+        }
     }
 }

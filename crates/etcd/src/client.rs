@@ -113,14 +113,7 @@ impl Cluster {
             watches: std::sync::Arc::new(WatchStreams::new()),
         };
         // The client connects lazily: one linearizable read proves a leader answers.
-        let probe = format!("{}/", cluster.cfg.prefix);
-        let read = cluster
-            .call("checking the cluster", |mut c| {
-                let probe = probe.clone();
-                async move { c.get(probe, None).await }
-            })
-            .await;
-        if let Err(e) = read {
+        if let Err(e) = cluster.check().await {
             let e = failed_first_read(e, &cluster.cfg.display, cluster.cfg.user.is_some());
             return Err(wrong_service(&cluster.cfg, e).await);
         }
@@ -229,6 +222,27 @@ impl Cluster {
             None => timed_out(doing, &self.cfg.display, self.cfg.timeout),
         };
         (Err(e), echoes)
+    }
+
+    /// One linearizable read (of the prefix itself, a key nobody writes): `Ok` when a
+    /// leader with a quorum answers, bounded by the request timeout. Used at connect and as
+    /// a waiter's last check before its wait runs out (`EtcdLock::acquire`).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a read changes nothing.
+    pub async fn check(&self) -> Result<()> {
+        let probe = format!("{}/", self.cfg.prefix);
+        self.call("checking the cluster", |mut c| {
+            let probe = probe.clone();
+            async move { c.get(probe, None).await }
+        })
+        .await
+        .map(drop)
+    }
+
+    /// The request timeout (the URL's `timeout`).
+    pub fn request_timeout(&self) -> std::time::Duration {
+        self.cfg.timeout
     }
 
     /// The cluster, for messages.

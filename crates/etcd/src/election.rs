@@ -39,7 +39,7 @@ use fencelock_core::election::{
     validate_name, validate_value, Election, ElectionCapabilities, LeaderInfo, LeaderRead, Leadership, Observation,
     Observer, ObserverFeed, ProclaimOps,
 };
-use fencelock_core::waiting::queue_with;
+use fencelock_core::waiting::{queue_checked, LastCheck};
 use fencelock_core::{DistributedLock, FencingToken, LockError, LockOptions, Result};
 
 use crate::client::Cluster;
@@ -169,21 +169,29 @@ impl Election for EtcdElection {
         let seat = self.seat(name)?;
         let won: Mutex<Option<(String, i64)>> = Mutex::new(None);
         let (seat_name, winner) = (seat.as_str(), &won);
-        let wait = queue_with(seat_name, opts, |queued| async move {
-            let inner = Arc::clone(&self.lock.inner);
-            let mut q = enqueue_with_value(inner, seat_name, value.to_vec(), opts, Then::Wait).await?;
-            queued.mark();
-            let since = if q.owner {
-                None
-            } else {
-                match wait_turn(self.cluster(), &mut q, opts.ttl()).await? {
-                    Some(since) => Some(since),
-                    None => return Ok(None), // our key vanished while queued: again
-                }
-            };
-            *winner.lock().unwrap_or_else(|p| p.into_inner()) = Some((q.key.clone(), q.rev));
-            Ok(self.lock.grant(seat_name, opts, q, since))
-        });
+        // The last check before the wait runs out, as a lock waiter's (`EtcdLock::acquire`).
+        let check = LastCheck::for_request_timeout(self.cluster().request_timeout());
+        let wait = queue_checked(
+            seat_name,
+            opts,
+            check,
+            || self.cluster().check(),
+            |queued| async move {
+                let inner = Arc::clone(&self.lock.inner);
+                let mut q = enqueue_with_value(inner, seat_name, value.to_vec(), opts, Then::Wait).await?;
+                queued.mark();
+                let since = if q.owner {
+                    None
+                } else {
+                    match wait_turn(self.cluster(), &mut q, opts.ttl()).await? {
+                        Some(since) => Some(since),
+                        None => return Ok(None), // our key vanished while queued: again
+                    }
+                };
+                *winner.lock().unwrap_or_else(|p| p.into_inner()) = Some((q.key.clone(), q.rev));
+                Ok(self.lock.grant(seat_name, opts, q, since))
+            },
+        );
         // Through the lock's gate: `close` (the lock's) ends a campaign as it ends a wait.
         let lease = self.lock.inner.gate.pass(wait).await?;
         let (key, rev) = won

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use fencelock_core::closing::CloseGate;
 use fencelock_core::options::validate_key;
-use fencelock_core::waiting::queue_with;
+use fencelock_core::waiting::{queue_checked, LastCheck};
 use fencelock_core::{
     DistributedLock, Exclusion, FencingToken, GrantId, Guarantees, Lease, LeaseParts, LeaseRegistry, LockError,
     LockOptions, LostReason, Result, Scope, TokenOrder,
@@ -287,17 +287,27 @@ impl DistributedLock for EtcdLock {
     /// those deletions before a process exits.
     #[tracing::instrument(level = "debug", skip(self, opts), fields(backend = "etcd"))]
     async fn acquire(&self, key: &str, opts: &LockOptions) -> Result<Lease> {
-        let wait = queue_with(key, opts, |queued| async move {
-            let mut q = enqueue(Arc::clone(&self.inner), key, opts, Then::Wait).await?;
-            queued.mark();
-            if q.owner {
-                return Ok(self.grant(key, opts, q, None));
-            }
-            match wait_turn(&self.inner.cluster, &mut q, opts.ttl()).await? {
-                Some(since) => Ok(self.grant(key, opts, q, Some(since))),
-                None => Ok(None), // our key vanished while queued: queue again
-            }
-        });
+        // A waiter in line sends nothing of its own until its turn: the last check, a
+        // read beside it, tells a hung cluster (Unavailable) from a held key (Timeout).
+        let cluster = &self.inner.cluster;
+        let check = LastCheck::for_request_timeout(cluster.request_timeout());
+        let wait = queue_checked(
+            key,
+            opts,
+            check,
+            || cluster.check(),
+            |queued| async move {
+                let mut q = enqueue(Arc::clone(&self.inner), key, opts, Then::Wait).await?;
+                queued.mark();
+                if q.owner {
+                    return Ok(self.grant(key, opts, q, None));
+                }
+                match wait_turn(&self.inner.cluster, &mut q, opts.ttl()).await? {
+                    Some(since) => Ok(self.grant(key, opts, q, Some(since))),
+                    None => Ok(None), // our key vanished while queued: queue again
+                }
+            },
+        );
         self.inner.gate.pass(wait).await
     }
 

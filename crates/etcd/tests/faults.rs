@@ -271,3 +271,17 @@ async fn a_waiter_whose_server_dies_is_told_unavailable_not_timed_out() {
     let wait = Duration::from_secs(4);
     faults::assert_outage_while_waiting_is_unavailable(&holder, &waiter, || cluster.kill(0), wait, SLACK).await;
 }
+
+// The server stops answering without closing its connections (hung, SIGSTOPped) while a
+// waiter is queued: its wait must end `Unavailable`, not `Timeout` ("held by someone
+// else", CLI exit 75). Default options.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_whose_server_hangs_is_told_unavailable_not_timed_out() {
+    let cluster = EtcdCluster::start(1);
+    let url = cluster.url("");
+    let holder = EtcdLock::connect(&url).await.unwrap();
+    let waiter = EtcdLock::connect(&url).await.unwrap();
+    let wait = Duration::from_secs(4);
+    faults::assert_outage_while_waiting_is_unavailable(&holder, &waiter, || cluster.pause(0), wait, SLACK).await;
+    cluster.resume(0);
+}

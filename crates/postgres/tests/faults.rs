@@ -577,3 +577,16 @@ async fn a_waiter_whose_server_dies_is_told_unavailable_not_timed_out() {
     let wait = Duration::from_secs(3);
     faults::assert_outage_while_waiting_is_unavailable(&holder, &waiter, || server.kill(), wait, SLACK).await;
 }
+
+// The server stops answering without closing its connections (hung, SIGSTOPped) while a
+// waiter is queued: its wait must end `Unavailable`, not `Timeout` ("held by someone
+// else", CLI exit 75). Default options.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_whose_server_hangs_is_told_unavailable_not_timed_out() {
+    let server = PgServer::start();
+    let holder = PgLock::connect(&server.url()).await.unwrap();
+    let waiter = PgLock::connect(&server.url()).await.unwrap();
+    let wait = Duration::from_secs(3);
+    faults::assert_outage_while_waiting_is_unavailable(&holder, &waiter, || server.pause(), wait, SLACK).await;
+    server.resume();
+}

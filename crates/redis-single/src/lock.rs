@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use fencelock_core::closing::CloseGate;
 use fencelock_core::options::validate_key;
-use fencelock_core::waiting::{acquire_with, jitter, Attempt, CancelGuard};
+use fencelock_core::waiting::{acquire_checked, jitter, Attempt, CancelGuard, LastCheck};
 use fencelock_core::{
     DistributedLock, Exclusion, FencingToken, GrantId, Guarantees, Lease, LeaseParts, LockOptions, Result, Scope,
     TokenOrder,
@@ -401,7 +401,10 @@ impl DistributedLock for RedisLock {
             .pass(async {
                 self.node.check_key(key)?;
                 let queued = tokio::sync::Mutex::new(None);
-                acquire_with(key, opts, || self.attempt(key, opts, &queued)).await
+                // A queued waiter sends nothing between re-checks seconds apart: the last
+                // check tells a hung server (Unavailable) from a held key (Timeout).
+                let check = LastCheck::for_request_timeout(self.node.config().timeout);
+                acquire_checked(key, opts, check, || self.attempt(key, opts, &queued)).await
             })
             .await
     }

@@ -864,3 +864,17 @@ async fn a_waiter_whose_server_dies_is_told_unavailable_not_timed_out() {
     let wait = Duration::from_secs(3);
     faults::assert_outage_while_waiting_is_unavailable(&holder, &waiter, || server.kill(), wait, SLACK).await;
 }
+
+// A server that stops answering without closing its connections (hung, SIGSTOPped, a
+// black hole) while a waiter is queued: the waiter hears no release message and sends
+// nothing, so its wait ran out as `Timeout` ("held by someone else", CLI exit 75) unless
+// a fallback re-check happened to fall inside the wait. Default options: what a user has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_whose_server_hangs_is_told_unavailable_not_timed_out() {
+    let server = RedisServer::start();
+    let holder = RedisLock::connect(&server.url()).await.unwrap();
+    let waiter = RedisLock::connect(&server.url()).await.unwrap();
+    let wait = Duration::from_secs(3);
+    faults::assert_outage_while_waiting_is_unavailable(&holder, &waiter, || server.pause(), wait, SLACK).await;
+    server.resume();
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use fencelock_core::closing::CloseGate;
 use fencelock_core::options::validate_key;
-use fencelock_core::waiting::{acquire_with, CancelGuard};
+use fencelock_core::waiting::{acquire_checked, CancelGuard, LastCheck};
 use fencelock_core::{
     DistributedLock, Exclusion, FencingToken, GrantId, Guarantees, Lease, LeaseParts, LockError, LockOptions, Result,
     Scope, TokenOrder,
@@ -355,7 +355,13 @@ impl DistributedLock for RedlockLock {
                 opts.validate_for_wait()?;
                 self.check_ttl(opts)?;
                 let queued = tokio::sync::Mutex::new(None);
-                acquire_with(key, opts, || self.attempt(key, opts, &queued)).await
+                // A queued waiter sends nothing between re-checks: the last check tells
+                // hung nodes (Unavailable) from a held key (Timeout). A silent primary's
+                // turn is followed by a plain round (`wait.rs`), each waiting for its
+                // nodes at most `late(per_node_timeout)`.
+                let late = crate::quorum::late(self.inner.cfg.per_node_timeout);
+                let check = LastCheck::for_request_timeout(late * 2);
+                acquire_checked(key, opts, check, || self.attempt(key, opts, &queued)).await
             })
             .await
     }

@@ -576,3 +576,19 @@ async fn a_waiter_whose_nodes_die_is_told_unavailable_not_timed_out() {
     let wait = Duration::from_secs(3);
     faults::assert_outage_while_waiting_is_unavailable(&holder, &waiter, kill, wait, SLACK).await;
 }
+
+// Every node stops answering without closing its connections (hung, SIGSTOPped) while a
+// waiter is queued: see the Redis backend's test of the same name. Failed before: the wait
+// timed out. The last check starts 2.5 s before the deadline here (a silent primary's turn
+// and the plain round after it, each up to 10 × this file's 100 ms `per_node_timeout`),
+// so the wait is long enough for the outage (at a third of it) to come before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_whose_nodes_hang_is_told_unavailable_not_timed_out() {
+    let servers = start_many(5);
+    let holder = client(&servers, "").await;
+    let waiter = client(&servers, "").await;
+    let pause = || servers.iter().for_each(RedisServer::pause);
+    let wait = Duration::from_secs(6);
+    faults::assert_outage_while_waiting_is_unavailable(&holder, &waiter, pause, wait, SLACK).await;
+    servers.iter().for_each(RedisServer::resume);
+}

@@ -140,8 +140,9 @@ pub async fn assert_waiters_took_turns(waiters: Vec<JoinHandle<()>>, detector: &
     assert!(detector.token_regressions().is_empty(), "{:?}", detector.entries());
 }
 
-/// A waiter queued behind a holder when the backend goes away (`kill`): its wait runs out
-/// with [`LockError::Unavailable`] within `wait` + `slack`, not with
+/// A waiter queued behind a holder when the backend goes away (`kill`: killed, its
+/// connections reset; or paused with SIGSTOP, its connections open and silent): its wait
+/// runs out with [`LockError::Unavailable`] within `wait` + `slack`, not with
 /// [`LockError::Timeout`] — the last it heard of the key was not "held", but nothing.
 ///
 /// First, with the backend up, a short `acquire` on `waiter` must time out: the key is held,
