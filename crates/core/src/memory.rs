@@ -277,8 +277,9 @@ impl DistributedLock for MemoryLock {
     }
 }
 
-/// How long [`MemoryLock::close`] waits for the calls it ended (they end at once).
-const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// How long [`MemoryLock::close`] (and `MemoryElection`'s) waits for the calls it ended
+/// (they end at once).
+pub(crate) const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// One grant in the table.
 struct MemoryGrant {

@@ -17,10 +17,11 @@ use super::{
     validate_value, Election, ElectionCapabilities, LeaderInfo, LeaderRead, Leadership, Observation, Observer,
     ObserverFeed, ProclaimOps,
 };
+use crate::closing::CloseGate;
 use crate::error::Result;
 use crate::guarantees::TokenOrder;
 use crate::lease::{Lease, LeaseOps, LeaseParts};
-use crate::memory::{url_name, NamedTables, Table};
+use crate::memory::{url_name, NamedTables, Table, CLOSE_WAIT};
 use crate::options::LockOptions;
 use crate::token::{FencingToken, GrantId};
 use crate::waiting::{acquire_with, Attempt};
@@ -81,6 +82,8 @@ impl Seat {
 pub struct MemoryElection {
     name: String,
     table: Arc<Table<Seat>>,
+    /// Shut by `close` (this instance and its clones, not others on the same table).
+    gate: Arc<CloseGate>,
 }
 
 impl Default for MemoryElection {
@@ -95,6 +98,7 @@ impl MemoryElection {
         MemoryElection {
             name: String::new(),
             table: Arc::default(),
+            gate: Arc::default(),
         }
     }
 
@@ -105,6 +109,7 @@ impl MemoryElection {
         MemoryElection {
             name: name.to_owned(),
             table: TABLES.get(name),
+            gate: Arc::default(),
         }
     }
 
@@ -202,7 +207,8 @@ impl Election for MemoryElection {
     #[tracing::instrument(level = "debug", skip(self, value, opts), fields(backend = "memory"))]
     async fn campaign(&self, name: &str, value: &[u8], opts: &LockOptions) -> Result<Leadership> {
         validate_value(value)?;
-        let lease = acquire_with(name, opts, || std::future::ready(Ok(self.attempt(name, value, opts)))).await?;
+        let wait = acquire_with(name, opts, || std::future::ready(Ok(self.attempt(name, value, opts))));
+        let lease = self.gate.pass(wait).await?;
         let ops = Arc::new(SeatGrant {
             table: Arc::clone(&self.table),
             name: name.to_owned(),
@@ -235,6 +241,21 @@ impl Election for MemoryElection {
 
     fn describe(&self) -> String {
         format!("memory://{}", self.name)
+    }
+
+    /// Ends this instance and its clones as [`MemoryLock::close`](crate::memory::MemoryLock)
+    /// does: campaigns waiting through it end with
+    /// [`LockError::Closed`](crate::LockError::Closed), later campaigns fail with it. Seats
+    /// held stay held (resign them): other instances on the same table go on.
+    ///
+    /// # Errors
+    /// None: nothing here waits on a server.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the gate is shut before the first await.
+    async fn close(&self) -> Result<()> {
+        let _closing = self.gate.close(CLOSE_WAIT).await;
+        Ok(())
     }
 }
 

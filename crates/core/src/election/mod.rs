@@ -182,8 +182,8 @@ pub trait Election: Send + Sync + fmt::Debug {
     /// ends it, which removes its candidacies and resigns its seats; an election built on
     /// a lock's seat (file, Redis, Redlock, etcd, ZooKeeper, PostgreSQL) also ends the
     /// campaigns waiting through it and refuses later ones with
-    /// [`LockError::Closed`], as its lock does. The default does nothing: `memory://`'s
-    /// election (one process, nothing to end) keeps taking campaigns after `close`.
+    /// [`LockError::Closed`], as its lock does; so does `memory://`'s. The default (for an
+    /// election written outside this workspace) does nothing.
     ///
     /// # Errors
     /// [`LockError::Unavailable`] when the backend did not confirm in time.

@@ -88,6 +88,7 @@ pub const ALL_ELECTION: &[&str] = &[
     "observers_see_changes_in_order",
     "observer_started_with_the_first_campaign_sees_it",
     "bad_election_input_is_rejected",
+    "close_ends_campaigns_and_refuses_later_ones",
 ];
 
 /// Generates one `#[tokio::test]` per election conformance test (the names of
@@ -105,7 +106,7 @@ macro_rules! election_suite {
             resign_hands_over_promptly, dropped_campaign_leaves_nothing_behind,
             proclaim_needs_our_own_grant, paused_leader_is_fenced,
             observers_see_changes_in_order, observer_started_with_the_first_campaign_sees_it,
-            bad_election_input_is_rejected);
+            bad_election_input_is_rejected, close_ends_campaigns_and_refuses_later_ones);
     };
 }
 
@@ -120,6 +121,7 @@ pub async fn run_all_elections(f: &dyn ElectionFixture, cfg: &ElectionConfig) {
     observers_see_changes_in_order(f, cfg).await;
     observer_started_with_the_first_campaign_sees_it(f, cfg).await;
     bad_election_input_is_rejected(f, cfg).await;
+    close_ends_campaigns_and_refuses_later_ones(f, cfg).await;
 }
 
 /// `leader` is `None` on an empty seat, names the campaign's value and term, follows a
@@ -228,6 +230,70 @@ pub async fn resign_hands_over_promptly(f: &dyn ElectionFixture, cfg: &ElectionC
     assert!(took <= cfg.slack, "hand-over took {took:?} (slack {:?})", cfg.slack);
     assert!(lb.term() > term_a, "term {} after {}", lb.term(), term_a);
     lb.resign().await.expect("resign b");
+}
+
+/// `close()` ends the client, as `DistributedLock::close` does: a campaign waiting through
+/// it ends with [`LockError::Closed`] and leaves no candidacy (the seat goes to another
+/// client's campaign, not to the closed one's), a later campaign is refused with `Closed`,
+/// and a second `close()` is `Ok`. The leader, another client, is not disturbed. Failed
+/// before on `memory://`, whose close did nothing: the waiting campaign went on.
+pub async fn close_ends_campaigns_and_refuses_later_ones(f: &dyn ElectionFixture, cfg: &ElectionConfig) {
+    let name = unique_key("elect-closed");
+    let (a, b, c) = (f.election().await, f.election().await, f.election().await);
+    let long = opts(cfg.slack * 20).with_ttl(cfg.slack * 20);
+    let la = a.campaign(&name, b"a", &long).await.expect("campaign a");
+    let waiting = tokio::spawn({
+        let (b, name) = (Arc::clone(&b), name.clone());
+        async move { b.campaign(&name, b"b", &long).await }
+    });
+    // Whether b's campaign is already waiting or not yet started, close must end it.
+    tokio::time::timeout(cfg.slack * 3, b.close())
+        .await
+        .expect("close did not return within three slacks")
+        .expect("close with a waiting campaign");
+    match tokio::time::timeout(cfg.slack * 2, waiting).await {
+        Ok(Ok(Err(LockError::Closed))) => {}
+        Ok(Ok(Err(e))) => panic!("the waiting campaign ended with {e}, not Closed"),
+        Ok(Ok(Ok(l))) => panic!("the waiting campaign won after close (term {})", l.term()),
+        Ok(Err(e)) => panic!("campaign task: {e}"),
+        Err(_) => panic!("the waiting campaign did not end within two slacks of close"),
+    }
+    match tokio::time::timeout(cfg.slack, b.campaign(&name, b"b", &long)).await {
+        Ok(Err(LockError::Closed)) => {}
+        Ok(other) => panic!("a campaign after close: {:?}", other.map(|l| l.term())),
+        Err(_) => panic!("a campaign after close waited instead of failing with Closed"),
+    }
+    tokio::time::timeout(cfg.slack, b.close())
+        .await
+        .expect("a second close did not return")
+        .expect("close called twice is Ok");
+    let leader = a.leader(&name).await.expect("leader");
+    assert_eq!(
+        leader.map(|l| l.term),
+        Some(la.term()),
+        "the leader was disturbed by another client's close"
+    );
+    // The closed client left no candidacy: after a's resign, c wins, not b.
+    let c_opts = opts(cfg.slack * 4);
+    let waiting_c = tokio::spawn({
+        let (c, name) = (Arc::clone(&c), name.clone());
+        async move { c.campaign(&name, b"c", &c_opts).await }
+    });
+    let term_a = la.term();
+    la.resign().await.expect("resign a");
+    let lc = tokio::time::timeout(cfg.slack * 4, waiting_c)
+        .await
+        .expect("c did not win within four slacks of the resign")
+        .expect("campaign task")
+        .expect("campaign c");
+    assert!(lc.term() > term_a);
+    let leader = c.leader(&name).await.expect("leader");
+    assert_eq!(
+        leader.map(|l| l.value),
+        Some(b"c".to_vec()),
+        "the closed client's campaign won"
+    );
+    lc.resign().await.expect("resign c");
 }
 
 /// A campaign dropped while waiting leaves no candidacy: after the leader resigns the seat
