@@ -29,10 +29,10 @@
 #[cfg(unix)]
 pub use fencelock_core::file;
 pub use fencelock_core::{
-    closing, election, error, fencing, guarantees, lease, memory, metrics, options, waiting, BoxError, DistributedLock,
-    Exclusion, Fence, FenceRejection, FencingToken, GrantId, Guarantees, Lease, LeaseOps, LeaseParts, LeaseRef,
-    LeaseReporter, LeaseState, LeaseStatus, LockError, LockExt, LockOptions, LostReason, Requirement, Result, Scope,
-    TokenOrder,
+    cleanup, closing, election, error, fencing, guarantees, lease, memory, metrics, options, waiting, BoxError,
+    DistributedLock, Exclusion, Fence, FenceRejection, FencingToken, GrantId, Guarantees, Lease, LeaseOps, LeaseParts,
+    LeaseRef, LeaseReporter, LeaseState, LeaseStatus, LockError, LockExt, LockOptions, LostReason, Requirement, Result,
+    Scope, TokenOrder,
 };
 /// The etcd backend (feature `etcd`).
 #[cfg(feature = "etcd")]

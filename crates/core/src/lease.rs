@@ -21,6 +21,7 @@ mod timer;
 
 use timer::{Due, Timer};
 
+use crate::cleanup::CleanupGuard;
 use crate::error::{LockError, LostReason, Result};
 use crate::options::{validate_ttl, LockOptions};
 use crate::token::{Fence, FencingToken, GrantId};
@@ -52,6 +53,21 @@ pub trait LeaseOps: Send + Sync + 'static {
     /// Returns `Ok(true)` when our grant was removed, `Ok(false)` when it was no longer
     /// there (expired or replaced): in neither case is another holder's grant touched.
     async fn release(&self) -> Result<bool>;
+
+    /// Counts a background [`release`](Self::release) of this grant among the backend's
+    /// clean-ups — those its [`close`](crate::DistributedLock::close) waits for — from
+    /// this moment until the guard is dropped. The lease calls it synchronously when it
+    /// decides on such a release (dropped unreleased, a release cut off in flight, a
+    /// validity that ran out), before it spawns the release's task, and keeps the guard
+    /// in that task until the release returned: a `close()` called right after the drop
+    /// then waits for a release whose task has not run yet.
+    ///
+    /// The default, `None`, counts nothing: right only for a backend whose `close()`
+    /// waits for no clean-ups. Every backend here returns a guard of its
+    /// [`Cleanups`](crate::cleanup::Cleanups).
+    fn cleanup(&self) -> Option<CleanupGuard> {
+        None
+    }
 }
 
 /// Where a lease stands.
@@ -222,10 +238,7 @@ impl Shared {
                 // touched), so that backends whose grants do not expire by themselves —
                 // a ZooKeeper node lives as long as its session — honour the TTL too.
                 if let Ok(rt) = Handle::try_current() {
-                    let ops = Arc::clone(&self.ops);
-                    rt.spawn(async move {
-                        let _ = ops.release().await;
-                    });
+                    release_in_background(&self.ops, &rt, &self.key, self.token, "release_after_expiry");
                 }
             }
         }
@@ -324,7 +337,9 @@ impl Shared {
 ///   failed, the backend said so); [`watch`](Lease::watch) follows every change.
 /// * With auto-renew the lease is extended in the background every third of its TTL.
 /// * [`release`](Lease::release) frees it and says whether it had stayed ours to the end;
-///   dropping an unreleased lease releases it in the background, without blocking.
+///   dropping an unreleased lease releases it in the background, without blocking —
+///   counted among its client's clean-ups from the drop on, so that the client's
+///   [`close`](crate::DistributedLock::close) waits for that release (bounded).
 ///
 /// Validity is measured with the monotonic clock from the instant the acquire (or extend)
 /// request was sent, never from when the answer came back, so the holder always believes
@@ -654,23 +669,31 @@ fn release_guard(shared: &Arc<Shared>, runtime: Option<Handle>) -> CancelGuard<i
 /// Releases the grant from a task of its own on `runtime` (or the current one); without a
 /// runtime, logs that the TTL will free it.
 fn spawn_release(shared: &Shared, runtime: Option<&Handle>, what: &'static str) {
-    let ops = Arc::clone(&shared.ops);
-    let (key, token) = (shared.key.clone(), shared.token);
     let current = Handle::try_current().ok();
     match runtime.or(current.as_ref()) {
-        Some(rt) => {
-            let span = tracing::debug_span!("fencelock.background_release", %key, %token, what);
-            rt.spawn(
-                async move {
-                    if let Err(e) = ops.release().await {
-                        tracing::warn!(error = %e, "background release failed; the TTL will free the lock");
-                    }
-                }
-                .instrument(span),
-            );
+        Some(rt) => release_in_background(&shared.ops, rt, &shared.key, shared.token, what),
+        None => {
+            tracing::warn!(key = %shared.key, token = %shared.token, what, "lease left outside a tokio runtime; the TTL will free it");
         }
-        None => tracing::warn!(%key, %token, what, "lease left outside a tokio runtime; the TTL will free it"),
     }
+}
+
+/// Spawns `ops.release()` on `rt`, counted among the backend's clean-ups
+/// ([`LeaseOps::cleanup`]) from now — before the task is spawned, so that a `close()`
+/// called at once waits for it — until the release returned.
+fn release_in_background(ops: &Arc<dyn LeaseOps>, rt: &Handle, key: &str, token: FencingToken, what: &'static str) {
+    let counted = ops.cleanup();
+    let ops = Arc::clone(ops);
+    let span = tracing::debug_span!("fencelock.background_release", %key, %token, what);
+    rt.spawn(
+        async move {
+            if let Err(e) = ops.release().await {
+                tracing::warn!(error = %e, "background release failed; the TTL will free the lock");
+            }
+            drop(counted);
+        }
+        .instrument(span),
+    );
 }
 
 impl Drop for Lease {
@@ -1203,6 +1226,85 @@ mod tests {
             1,
             "the cut-off release never reached the backend"
         );
+    }
+
+    /// The release a dropped lease starts in the background is counted among its
+    /// backend's clean-ups at the drop, before its task first runs, and until it returned:
+    /// a `close()` right after the drop waits for it. So is the release of a lease whose
+    /// validity ran out, and the repeat of a release cut off in flight. (Counted only once
+    /// the task ran, a file lock's `close()` returned with the key held, one time in five.)
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_background_release_is_counted_from_the_moment_it_is_decided() {
+        struct Counted {
+            inner: Arc<Counting>,
+            cleanups: crate::cleanup::Cleanups,
+        }
+        #[async_trait]
+        impl LeaseOps for Counted {
+            async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
+                self.inner.extend(ttl).await
+            }
+            async fn release(&self) -> Result<bool> {
+                self.inner.release().await
+            }
+            fn cleanup(&self) -> Option<CleanupGuard> {
+                Some(self.cleanups.start())
+            }
+        }
+        let inner = ops(Duration::from_millis(10));
+        let ops = Arc::new(Counted {
+            inner: Arc::clone(&inner),
+            cleanups: crate::cleanup::Cleanups::new(),
+        });
+        let held = || {
+            Lease::new(LeaseParts {
+                key: "k".into(),
+                token: FencingToken::new(1),
+                grant: GrantId::random(),
+                sent_at: Instant::now(),
+                validity: Duration::from_secs(1),
+                options: LockOptions::new()
+                    .with_ttl(Duration::from_secs(1))
+                    .with_auto_renew(false),
+                ops: Arc::clone(&ops) as Arc<dyn LeaseOps>,
+            })
+        };
+
+        drop(held());
+        assert_eq!(
+            ops.cleanups.running(),
+            1,
+            "the drop's release was not counted at the drop"
+        );
+        assert!(ops.cleanups.idle(Duration::from_secs(1)).await);
+        assert_eq!(
+            inner.releases.load(Ordering::SeqCst),
+            1,
+            "idle before the release ended"
+        );
+
+        let cut = tokio::time::timeout(Duration::from_millis(5), held().release()).await;
+        assert!(cut.is_err(), "the release was meant to be cut off in flight");
+        assert_eq!(
+            ops.cleanups.running(),
+            1,
+            "the repeat of a cut-off release was not counted"
+        );
+        assert!(ops.cleanups.idle(Duration::from_secs(1)).await);
+
+        // The timer marks it lost at its validity's end; its release takes 10 ms.
+        let lapsing = held();
+        tokio::time::sleep(Duration::from_millis(1_005)).await;
+        assert!(!lapsing.is_held());
+        assert_eq!(
+            ops.cleanups.running(),
+            1,
+            "the release of a lapsed lease was not counted"
+        );
+        assert!(ops.cleanups.idle(Duration::from_secs(1)).await);
+        drop(lapsing);
+        assert!(ops.cleanups.idle(Duration::from_secs(1)).await);
+        assert_eq!(inner.releases.load(Ordering::SeqCst), 4);
     }
 
     #[tokio::test(start_paused = true)]

@@ -29,6 +29,7 @@
 
 pub mod backend_url;
 pub mod batch;
+pub mod cleanup;
 pub mod closing;
 pub mod election;
 pub mod error;

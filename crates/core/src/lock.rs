@@ -67,6 +67,13 @@ pub trait DistributedLock: Send + Sync + std::fmt::Debug {
     /// ZooKeeper closes its session), which removes every grant and queue entry the session
     /// still owns.
     ///
+    /// A clean-up counts from the moment it is decided, not from when its background task
+    /// first runs: a [`Lease`] dropped unreleased just before `close()` — or an `acquire`
+    /// dropped in flight, whose grant may land on the server — is released (given back)
+    /// before `close()` returns, within the same bound, so nothing is left held by
+    /// accident. Backends count a dropped lease's release through
+    /// [`LeaseOps::cleanup`](crate::LeaseOps::cleanup).
+    ///
     /// Once `close()` has been called on a client (any clone of it — they are one client):
     ///
     /// * every `acquire` still waiting through it ends promptly (within the backend's

@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::cleanup::{CleanupGuard, Cleanups};
 use crate::closing::CloseGate;
 use crate::error::Result;
 use crate::guarantees::{Exclusion, Guarantees, Scope, TokenOrder};
@@ -134,6 +135,8 @@ pub struct MemoryLock {
     table: Arc<Table<KeyState>>,
     /// Shut by [`close`](DistributedLock::close); shared by clones.
     gate: Arc<CloseGate>,
+    /// Background releases of this instance's dropped leases, which `close` waits for.
+    cleanups: Cleanups,
 }
 
 impl Default for MemoryLock {
@@ -149,6 +152,7 @@ impl MemoryLock {
             name: String::new(),
             table: Arc::default(),
             gate: Arc::default(),
+            cleanups: Cleanups::new(),
         }
     }
 
@@ -161,6 +165,7 @@ impl MemoryLock {
             name: name.to_owned(),
             table: TABLES.get(name),
             gate: Arc::default(),
+            cleanups: Cleanups::new(),
         }
     }
 
@@ -221,6 +226,7 @@ impl MemoryLock {
             table: Arc::clone(&self.table),
             key: key.to_owned(),
             grant: grant.clone(),
+            cleanups: self.cleanups.clone(),
         });
         Attempt::Acquired(Lease::new(LeaseParts {
             key: key.to_owned(),
@@ -262,23 +268,34 @@ impl DistributedLock for MemoryLock {
     }
 
     /// Shuts this instance (and its clones): waiting acquires end with
-    /// [`LockError::Closed`](crate::LockError::Closed), later calls fail with it. The
-    /// table and the leases held from it stay as they are: other instances on the same
-    /// table go on.
+    /// [`LockError::Closed`](crate::LockError::Closed), later calls fail with it; then
+    /// waits (at most 1 s) for the background releases of its dropped leases, which take
+    /// the table's mutex once each. The table and the leases still held from it stay as
+    /// they are: other instances on the same table go on.
     ///
     /// # Errors
-    /// None: nothing here waits on a server.
+    /// [`LockError::Unavailable`](crate::LockError::Unavailable) when background releases
+    /// were still running after 1 s (a runtime too busy to run them).
     ///
     /// # Cancel safety
-    /// Cancel safe: the gate is shut before the first await.
+    /// Cancel safe: the gate is shut before the first await; the rest only waits.
     async fn close(&self) -> Result<()> {
         let _closing = self.gate.close(CLOSE_WAIT).await;
-        Ok(())
+        if self.cleanups.idle(CLOSE_WAIT).await {
+            return Ok(());
+        }
+        Err(crate::error::LockError::Unavailable {
+            message: format!(
+                "memory://{}: background releases still running after {CLOSE_WAIT:?}",
+                self.name
+            ),
+            source: None,
+        })
     }
 }
 
 /// How long [`MemoryLock::close`] (and `MemoryElection`'s) waits for the calls it ended
-/// (they end at once).
+/// (they end at once), and then for background releases.
 pub(crate) const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// One grant in the table.
@@ -286,6 +303,8 @@ struct MemoryGrant {
     table: Arc<Table<KeyState>>,
     key: String,
     grant: GrantId,
+    /// The granting instance's clean-ups.
+    cleanups: Cleanups,
 }
 
 #[async_trait]
@@ -318,6 +337,10 @@ impl LeaseOps for MemoryGrant {
             return Ok(live);
         }
         Ok(false)
+    }
+
+    fn cleanup(&self) -> Option<CleanupGuard> {
+        Some(self.cleanups.start())
     }
 }
 

@@ -1,20 +1,20 @@
 //! Background follow-ups of requests whose effect must be undone — an abandoned queue key,
 //! a release that was not confirmed, a lease left over from a lease move — each retried a
-//! bounded number of times, and counted so that [`EtcdLock::close`](crate::EtcdLock) can
-//! wait for them (bounded) before it ends the session.
+//! bounded number of times, and counted among the instance's
+//! [`Cleanups`](fencelock_core::cleanup::Cleanups) (each spawned with `Cleanups::spawn`,
+//! counted from the call) so that [`EtcdLock::close`](crate::EtcdLock) can wait for them
+//! (bounded) before it ends the session.
 //!
 //! What a follow-up cannot confirm is still bounded: a key on the session lease that no
 //! grant or waiter of ours claims is deleted by the session's periodic key check (see
 //! [`crate::session`]) for as long as the session lives; an own lease ends with its TTL.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use fencelock_core::waiting::jitter;
 use fencelock_core::{LockError, Result};
-use tokio::sync::watch;
 
 use crate::client::Cluster;
 use crate::error::lease_gone;
@@ -22,55 +22,6 @@ use crate::error::lease_gone;
 /// Tries of one follow-up (each bounded by the request timeout), with a jittered pause
 /// doubling from 50 ms up to 1 s between them.
 const TRIES: u32 = 8;
-
-/// The follow-ups running in the background.
-#[derive(Debug)]
-pub(crate) struct Cleanups {
-    pending: watch::Sender<usize>,
-}
-
-impl Default for Cleanups {
-    fn default() -> Self {
-        Cleanups {
-            pending: watch::channel(0).0,
-        }
-    }
-}
-
-/// Counts one follow-up down when its task ends — also when the task is dropped unpolled
-/// because the runtime shuts down.
-struct Running(Arc<Cleanups>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0.pending.send_modify(|n| *n = n.saturating_sub(1));
-    }
-}
-
-impl Cleanups {
-    /// Runs `work` in the background on the current runtime, counted until it ends.
-    /// Without a runtime (a drop outside tokio) nothing can be sent: the TTL or the session
-    /// ends what was left.
-    pub fn spawn(self: &Arc<Self>, what: &'static str, work: impl Future<Output = ()> + Send + 'static) {
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!(what, "no tokio runtime: left to the TTL or the session to end");
-            return;
-        };
-        self.pending.send_modify(|n| *n += 1);
-        let running = Running(Arc::clone(self));
-        rt.spawn(async move {
-            let _running = running;
-            work.await;
-        });
-    }
-
-    /// Waits until no follow-up runs, for at most `limit`; `true` if none is left.
-    pub async fn drained(&self, limit: Duration) -> bool {
-        let mut rx = self.pending.subscribe();
-        let drained = matches!(tokio::time::timeout(limit, rx.wait_for(|n| *n == 0)).await, Ok(Ok(_)));
-        drained
-    }
-}
 
 /// Repeats `op` until it succeeds, fails for good (a permanent error), or [`TRIES`] tries
 /// have failed; `true` when it succeeded.

@@ -15,23 +15,22 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use crate::cleanup::Cleanups;
+use fencelock_core::cleanup::Cleanups;
 
 /// Runs `work` in the caller's task; if the returned future is dropped before `work`
 /// completed, `work` is finished in a background task on the current runtime, counted
 /// among `cleanups` until it ends (without a runtime, it is dropped: the session or the
 /// TTL ends what it made).
-pub(crate) fn finish_on_drop<F>(cleanups: &Arc<Cleanups>, work: F) -> FinishOnDrop<F>
+pub(crate) fn finish_on_drop<F>(cleanups: &Cleanups, work: F) -> FinishOnDrop<F>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
     FinishOnDrop {
         work: Some(Box::pin(work)),
-        cleanups: Arc::clone(cleanups),
+        cleanups: cleanups.clone(),
     }
 }
 
@@ -41,7 +40,7 @@ where
     F::Output: Send + 'static,
 {
     work: Option<Pin<Box<F>>>,
-    cleanups: Arc<Cleanups>,
+    cleanups: Cleanups,
 }
 
 impl<F> Future for FinishOnDrop<F>
@@ -90,14 +89,14 @@ mod tests {
 
     #[tokio::test]
     async fn completed_work_returns_its_output_in_the_callers_task() {
-        assert_eq!(finish_on_drop(&Arc::default(), async { 7 }).await, 7);
+        assert_eq!(finish_on_drop(&Cleanups::new(), async { 7 }).await, 7);
     }
 
     #[tokio::test]
     async fn work_dropped_midway_is_finished_in_the_background() {
         let (go, wait) = oneshot::channel::<()>();
         let (finished, done) = oneshot::channel::<()>();
-        let cleanups = Arc::<Cleanups>::default();
+        let cleanups = Cleanups::new();
         let mut work = Box::pin(finish_on_drop(&cleanups, async move {
             let _ = wait.await;
             let _ = finished.send(());
@@ -111,13 +110,10 @@ mod tests {
         drop(work);
         // `close()` waits for it: counted until it ends (uncounted before, so a grant in
         // flight when `close()` ended a wait was given back after `close()` returned).
-        assert!(!cleanups.drained(Duration::from_millis(50)).await, "not counted");
+        assert!(!cleanups.idle(Duration::from_millis(50)).await, "not counted");
         go.send(()).unwrap();
         let outcome = tokio::time::timeout(Duration::from_secs(5), done).await;
         assert!(matches!(outcome, Ok(Ok(()))), "the dropped work did not finish");
-        assert!(
-            cleanups.drained(Duration::from_secs(5)).await,
-            "still counted when done"
-        );
+        assert!(cleanups.idle(Duration::from_secs(5)).await, "still counted when done");
     }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use fencelock_core::cleanup::CleanupGuard;
 use fencelock_core::{LeaseOps, LockError, Result};
 use tokio::time::Instant;
 
@@ -292,5 +293,11 @@ impl LeaseOps for EtcdGrant {
                 deleted
             }
         }
+    }
+
+    /// Counted on the instance from the drop on: `close` waits for the release before it
+    /// ends the session.
+    fn cleanup(&self) -> Option<CleanupGuard> {
+        Some(self.inner.cleanups.start())
     }
 }

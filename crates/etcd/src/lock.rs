@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use fencelock_core::cleanup::Cleanups;
 use fencelock_core::closing::CloseGate;
 use fencelock_core::options::validate_key;
 use fencelock_core::waiting::{queue_checked, LastCheck};
@@ -17,7 +18,7 @@ use fencelock_core::{
 };
 use tokio::time::Instant;
 
-use crate::cleanup::{revoke, until_confirmed, Cleanups};
+use crate::cleanup::{revoke, until_confirmed};
 use crate::client::Cluster;
 use crate::config::EtcdConfig;
 use crate::grant::{EtcdGrant, GrantHolding, OwnLeases};
@@ -66,7 +67,7 @@ pub(crate) struct Inner {
     /// Names this instance's queue keys (`INSTANCE.SLOT`), see [`crate::slots`].
     pub instance: u64,
     pub slots: Arc<SlotPool>,
-    pub cleanups: Arc<Cleanups>,
+    pub cleanups: Cleanups,
     /// Own leases that may still exist (revoked by `close`).
     own_leases: Mutex<HashSet<i64>>,
     /// Live grants on own leases (told they are lost by `close`).
@@ -158,7 +159,7 @@ impl EtcdLock {
                 leases_granted: AtomicU64::new(0),
                 instance: rand::random(),
                 slots: Arc::default(),
-                cleanups: Arc::default(),
+                cleanups: Cleanups::new(),
                 own_leases: Mutex::default(),
                 own_grants: LeaseRegistry::new(),
                 gate: CloseGate::new(),
@@ -322,7 +323,8 @@ impl DistributedLock for EtcdLock {
     /// Shuts this instance and its clones — waiting acquires end with
     /// [`LockError::Closed`] (their queue keys are deleted as a cancelled acquire's are,
     /// or go with the session), later calls fail with it and start no session — then waits
-    /// (up to the request timeout) for background deletions and revocations to finish,
+    /// (up to the request timeout) for background deletions, revocations and releases of
+    /// dropped leases (counted from the drop) to finish,
     /// and revokes the session lease — every key on it goes in that one request, as
     /// etcd's `Session.Close` does — and every own lease still known. Every lease held
     /// through this client is told it is lost. Called again, it finds nothing left.
@@ -340,7 +342,7 @@ impl DistributedLock for EtcdLock {
         // First: the waits it ends drop their queue entries, whose deletions are then
         // counted among the clean-ups waited for below.
         let _closing = inner.gate.close(limit).await;
-        if !inner.cleanups.drained(limit).await {
+        if !inner.cleanups.idle(limit).await {
             tracing::warn!("close: background clean-ups still running after {limit:?}; ending the session anyway");
         }
         let session = inner.session.lock().await.take();

@@ -173,7 +173,7 @@ pub(crate) async fn enqueue_with_value(
     then: Then,
 ) -> Result<Queued> {
     let (key, opts) = (key.to_owned(), *opts);
-    let cleanups = Arc::clone(&inner.cleanups);
+    let cleanups = inner.cleanups.clone();
     finish_on_drop(&cleanups, async move {
         let cfg = &inner.cluster.cfg;
         let dir = cfg.lock_dir(&key);

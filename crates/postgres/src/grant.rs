@@ -6,6 +6,7 @@ use std::sync::{Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use fencelock_core::cleanup::CleanupGuard;
 use fencelock_core::{LeaseOps, Result};
 
 use crate::node::PgNode;
@@ -57,5 +58,11 @@ impl LeaseOps for PgGrant {
         self.untrack();
         let session = self.session.upgrade();
         self.node.release(session.as_ref(), &self.key, &self.grant).await
+    }
+
+    /// Counted on the node from the drop on: `close` waits for the release before it ends
+    /// the connections (the release goes through the one that granted it).
+    fn cleanup(&self) -> Option<CleanupGuard> {
+        Some(self.node.count_cleanup())
     }
 }

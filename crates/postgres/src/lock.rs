@@ -317,8 +317,10 @@ impl DistributedLock for PgLock {
     /// [`LockError::Closed`] (their tickets and any grant that raced the close are given
     /// back in the background, as for a cancelled acquire), later calls fail with it —
     /// then finishes the background clean-ups (abandoned grants, left queues, releases of
-    /// dropped leases), releases the leases still held through this instance (they are
-    /// reported lost), and closes the connection.
+    /// dropped leases — each counted from the moment it was decided, so a lease or an
+    /// acquire dropped just before `close()` is given back before it returns), releases
+    /// the leases still held through this instance (they are reported lost), and closes
+    /// the connections.
     ///
     /// # Errors
     ///

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 
 use fencelock_core::batch::spread_error;
+use fencelock_core::cleanup::{CleanupGuard, Cleanups};
 use fencelock_core::{GrantId, LockError, Result};
 use futures_util::StreamExt;
 use tokio_postgres::{AsyncMessage, NoTls};
@@ -102,9 +103,9 @@ pub(crate) struct NodeInner {
     renewals: Renewals,
     /// The statements' timeouts (see [`Deadlines`]: no runtime timer per statement).
     deadlines: Arc<Deadlines>,
-    /// Background clean-ups still running (abandoned grants, left queues, releases).
-    cleanups: std::sync::atomic::AtomicUsize,
-    cleanups_done: tokio::sync::Notify,
+    /// Background clean-ups still running (abandoned grants, left queues, releases of
+    /// dropped leases), each counted from the moment it is decided.
+    cleanups: Cleanups,
 }
 
 /// The server. Cheap to clone (shared state).
@@ -147,8 +148,7 @@ impl PgNode {
                 texts,
                 waiters: Waiters::default(),
                 renewals: renewals(),
-                cleanups: std::sync::atomic::AtomicUsize::new(0),
-                cleanups_done: tokio::sync::Notify::new(),
+                cleanups: Cleanups::new(),
             }),
         }
     }
@@ -646,19 +646,14 @@ impl PgNode {
     /// Runs a clean-up in the background until it is confirmed: temporary failures
     /// (server unreachable, partition) are retried with backoff (25 ms doubling to
     /// 500 ms) for as long as this backend instance lives, at most [`CLEANUP_LIMIT`].
-    /// Nothing when no runtime is running.
+    /// Counted from this call until it ends. Nothing when no runtime is running.
     fn cleanup<F, Fut>(&self, what: &'static str, step: F)
     where
         F: Fn(PgNode) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Result<()>> + Send + 'static,
     {
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        use std::sync::atomic::Ordering;
-        self.inner.cleanups.fetch_add(1, Ordering::SeqCst);
         let weak = Arc::downgrade(&self.inner);
-        rt.spawn(async move {
+        self.inner.cleanups.spawn(what, async move {
             let deadline = tokio::time::Instant::now() + CLEANUP_LIMIT;
             let mut pause = Duration::from_millis(25);
             loop {
@@ -677,12 +672,16 @@ impl PgNode {
                     }
                 }
             }
-            if let Some(inner) = weak.upgrade() {
-                if inner.cleanups.fetch_sub(1, Ordering::SeqCst) == 1 {
-                    inner.cleanups_done.notify_waiters();
-                }
-            }
         });
+    }
+
+    /// Counts one background clean-up from now until the guard is dropped: the release of
+    /// a lease dropped unreleased (see `LeaseOps::cleanup`), which [`PgLock`]'s `close`
+    /// then waits for before it ends the connections.
+    ///
+    /// [`PgLock`]: crate::PgLock
+    pub(crate) fn count_cleanup(&self) -> CleanupGuard {
+        self.inner.cleanups.start()
     }
 
     /// Abandons `grant` in the background (a grant whose fate is unknown: its answer was
@@ -707,14 +706,16 @@ impl PgNode {
     /// lands even when answers are lost and the connection is about to be cut as dead
     /// (then no new connection can be made until the link heals, and a later abandon
     /// could not go out). The background clean-up ([`release_later`](Self::release_later))
-    /// still confirms it.
+    /// still confirms it when the acquire's answer was lost; when its future was dropped
+    /// mid-flight, this is the only abandon. Counted among the clean-ups from this call —
+    /// made as the acquire is dropped — until it was answered or its bound (two statement
+    /// timeouts) passed, so a `close()` right after the drop waits for it before it ends
+    /// the connections. (Uncounted, such an abandon went out after `close()` returned, or
+    /// never, and the grant held its key for its whole TTL.)
     fn abandon_now(&self, hold: crate::session::DriverHold, key: &str, grant: &str) {
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         let (key, grant) = (key.to_owned(), grant.to_owned());
         let bound = self.inner.cfg.timeout * 2;
-        rt.spawn(async move {
+        self.inner.cleanups.spawn("abandoning an unheard grant", async move {
             let _ = tokio::time::timeout(bound, abandon_on(hold.session(), &key, &grant)).await;
             drop(hold); // the driver of a session cut meanwhile stops now
         });
@@ -722,17 +723,7 @@ impl PgNode {
 
     /// Waits (at most `limit`) until every background clean-up has finished.
     pub(crate) async fn cleanups_finished(&self, limit: Duration) -> bool {
-        use std::sync::atomic::Ordering;
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let done = self.inner.cleanups_done.notified();
-            if self.inner.cleanups.load(Ordering::SeqCst) == 0 {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, done).await.is_err() {
-                return self.inner.cleanups.load(Ordering::SeqCst) == 0;
-            }
-        }
+        self.inner.cleanups.idle(limit).await
     }
 
     /// Ends every connection (their leases are reported lost) and wakes every waiter.
@@ -1130,6 +1121,43 @@ mod tests {
         // And the key is free for everyone else: the placeholder is expired and released.
         let (other, _, _) = node.try_grant("k2", &GrantId::random(), ttl, None).await.unwrap();
         assert!(matches!(other, NodeGrant::Granted(_)), "{other:?}");
+    }
+
+    /// An acquire dropped before its answer was heard sends its abandon from a task of its
+    /// own; that abandon is counted among the clean-ups at the drop, before its task first
+    /// ran, so a `close()` right after waits for it before it ends the connections. (Counted
+    /// nowhere before: `close` could end the connections and return first, and the grant
+    /// held its key for a whole TTL.) On a current-thread runtime, so the task cannot have
+    /// run before the count is read.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_abandon_is_counted_from_the_drop_of_its_acquire() {
+        let server = PgServer::start();
+        let node = PgNode::new(PgConfig::from_url(&server.url()).unwrap());
+        let ttl = Duration::from_secs(60);
+        let grant = GrantId::random();
+        let (made, session, _) = node.try_grant("k", &grant, ttl, None).await.unwrap();
+        assert!(matches!(made, NodeGrant::Granted(_)), "{made:?}");
+        // The acquire's guard dropped while armed, as when its future is dropped in flight.
+        drop(UnheardAcquire {
+            node: &node,
+            hold: Some(session.hold_driver()),
+            key: "k",
+            grant: grant.as_str(),
+        });
+        assert_eq!(
+            node.inner.cleanups.running(),
+            1,
+            "the abandon was not counted at the drop"
+        );
+        assert!(
+            node.cleanups_finished(Duration::from_secs(10)).await,
+            "the abandon never ended"
+        );
+        let (other, _, _) = node.try_grant("k", &GrantId::random(), ttl, None).await.unwrap();
+        assert!(
+            matches!(other, NodeGrant::Granted(_)),
+            "the abandon had not freed the key when it stopped counting: {other:?}"
+        );
     }
 
     /// A waiter's ticket is kept alive while every turn of the instance is taken: the

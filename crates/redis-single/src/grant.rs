@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use fencelock_core::cleanup::CleanupGuard;
 use fencelock_core::{LeaseOps, Result};
 
 use crate::node::RedisNode;
@@ -26,5 +27,10 @@ impl LeaseOps for RedisGrant {
 
     async fn release(&self) -> Result<bool> {
         self.node.release(&self.key, &self.grant).await
+    }
+
+    /// Counted on the node from the drop on (its release counts itself only once it runs).
+    fn cleanup(&self) -> Option<CleanupGuard> {
+        Some(self.node.cleanup())
     }
 }

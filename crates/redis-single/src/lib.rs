@@ -56,6 +56,8 @@ pub use config::RedisConfig;
 pub use contention::Contention;
 pub use election::{proclaim_on, read_seat_on, NodeSeat, RedisElection};
 pub use fence::RedisFencedStore;
+/// A background clean-up counted on a node ([`RedisNode::cleanup`]): the core's type.
+pub use fencelock_core::cleanup::CleanupGuard;
 pub use layout::RedisLayout;
 pub use lock::{RedisLock, GUARANTEES, GUARANTEES_DURABLE};
-pub use node::{CleanupGuard, CounterSafety, NodeGrant, NodeSubscription, RedisNode, Turn, HANDOFF_CLAIM};
+pub use node::{CounterSafety, NodeGrant, NodeSubscription, RedisNode, Turn, HANDOFF_CLAIM};

@@ -427,9 +427,11 @@ impl DistributedLock for RedisLock {
     /// any grant that raced the close are given back in the background, as for a cancelled
     /// acquire), later calls fail with it. Then waits (at most twice the reply timeout plus
     /// the connect timeout, at least 1 s) for the releases still under way in the
-    /// background — of dropped leases, of grants whose answer was lost or whose acquire was
-    /// cancelled or closed — and closes the pub/sub connection. Leases still held stay held
-    /// on the server until released or expired (Redis has no session to end).
+    /// background — of dropped leases (counted from the drop: a lease dropped just before
+    /// `close()` is released before it returns), of grants whose answer was lost or whose
+    /// acquire was cancelled or closed — and closes the pub/sub connection. Leases still
+    /// held stay held on the server until released or expired (Redis has no session to
+    /// end).
     /// `Unavailable` when releases were still running at the bound.
     async fn close(&self) -> Result<()> {
         let _closing = self.gate.close(self.node.config().timeout).await;

@@ -1,11 +1,11 @@
 //! [`RedisNode`]: one Redis server as the lock backends use it — the scripts, the release
 //! channel, the connection. The single-server backend uses one; Redlock uses N.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use fencelock_core::batch::spread_error;
+use fencelock_core::cleanup::{CleanupGuard, Cleanups};
 use fencelock_core::waiting::WakeFuture;
 use fencelock_core::{GrantId, LockError, Result};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -27,67 +27,6 @@ pub enum NodeGrant {
     Granted(u64),
     /// Held by another grant for this many more milliseconds (`None`: the key has no TTL).
     Busy(Option<u64>),
-}
-
-/// Background clean-ups of a node still under way — releases of dropped leases, of grants
-/// whose answer was lost — counted so that [`RedisNode::close`] can wait for them. The
-/// count lives apart from the node: a clean-up does not keep the node alive.
-///
-/// A counter and a `Notify` rather than a `watch` channel: every release counts itself
-/// here, and a `watch` send locks its eight notifiers each time, waited on or not — 4 %
-/// of a release's client-side instructions (callgrind, `fencelock bench`'s uncontended
-/// cycle).
-#[derive(Clone, Default)]
-struct Cleanups(Arc<CleanupCount>);
-
-#[derive(Default)]
-struct CleanupCount {
-    running: AtomicUsize,
-    /// Told when `running` drops to 0.
-    none_left: tokio::sync::Notify,
-}
-
-impl Cleanups {
-    fn start(&self) -> CleanupGuard {
-        self.0.running.fetch_add(1, Ordering::AcqRel);
-        CleanupGuard(Arc::clone(&self.0))
-    }
-
-    /// Waits until none runs, at most `bound`; `false` if some still ran then.
-    async fn idle(&self, bound: Duration) -> bool {
-        let count = &self.0;
-        let none_left = async {
-            loop {
-                // Registered before the count is read: a drop to 0 in between still wakes it.
-                let told = count.none_left.notified();
-                tokio::pin!(told);
-                told.as_mut().enable();
-                if count.running.load(Ordering::Acquire) == 0 {
-                    return;
-                }
-                told.await;
-            }
-        };
-        tokio::time::timeout(bound, none_left).await.is_ok()
-    }
-}
-
-/// One background clean-up under way on a node (see [`RedisNode::cleanup`]); dropping it
-/// marks it done.
-pub struct CleanupGuard(Arc<CleanupCount>);
-
-impl Drop for CleanupGuard {
-    fn drop(&mut self) {
-        if self.0.running.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.none_left.notify_waiters();
-        }
-    }
-}
-
-impl std::fmt::Debug for CleanupGuard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CleanupGuard").finish_non_exhaustive()
-    }
 }
 
 /// How long the lock stays reserved for a queue head that must claim it — Redlock's
@@ -137,6 +76,9 @@ struct NodeInner {
     run_id: std::sync::Mutex<Option<String>>,
     waiters: Arc<Waiters>,
     renewals: Renewals,
+    /// Background clean-ups under way — releases of dropped leases, of grants whose answer
+    /// was lost — counted so that [`RedisNode::close`] can wait for them. The count lives
+    /// apart from the node: a clean-up does not keep the node alive.
     cleanups: Cleanups,
 }
 
@@ -180,7 +122,7 @@ impl RedisNode {
                 run_id: std::sync::Mutex::new(None),
                 waiters,
                 renewals: renewals(),
-                cleanups: Cleanups::default(),
+                cleanups: Cleanups::new(),
             }),
         })
     }
@@ -600,8 +542,9 @@ impl RedisNode {
     }
 
     /// Marks a background clean-up of this node as under way until the guard is dropped:
-    /// [`close`](Self::close) waits for it. Releases count themselves; Redlock's
-    /// background releases hold one between their rounds.
+    /// [`close`](Self::close) waits for it. Releases count themselves while they run; a
+    /// lease dropped unreleased is counted from the drop (its `LeaseOps::cleanup`), and
+    /// Redlock's background releases hold one between their rounds.
     pub fn cleanup(&self) -> CleanupGuard {
         self.inner.cleanups.start()
     }
@@ -1138,64 +1081,4 @@ fn is_refused_login(e: &redis::RedisError) -> bool {
     // error, where `code()` does not reach; its text still carries the server's code.
     let text = e.to_string();
     text.contains("NOAUTH") || text.contains("WRONGPASS")
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-    use super::*;
-
-    #[tokio::test]
-    async fn idle_waits_for_every_clean_up_and_no_longer() {
-        let cleanups = Cleanups::default();
-        assert!(cleanups.idle(Duration::from_millis(1)).await, "none running");
-        let (a, b) = (cleanups.start(), cleanups.start());
-        assert!(!cleanups.idle(Duration::from_millis(20)).await, "two running");
-        drop(a);
-        assert!(!cleanups.idle(Duration::from_millis(20)).await, "one still running");
-        let waiting = tokio::spawn({
-            let cleanups = cleanups.clone();
-            async move { cleanups.idle(Duration::from_secs(10)).await }
-        });
-        tokio::task::yield_now().await;
-        drop(b);
-        assert!(waiting.await.unwrap(), "woken by the last one ending");
-        assert!(cleanups.idle(Duration::from_millis(1)).await);
-    }
-
-    /// The last clean-up ends on another thread just as `idle` starts: a wake-up lost in
-    /// between shows as `false` at the bound. Checked against the lost-wake-up order (the
-    /// count read before the notification is registered): it failed within 1–2 s, i.e.
-    /// well inside these 8,000 rounds (about 4 s).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn idle_sees_a_last_clean_up_that_ends_as_it_starts() {
-        use std::sync::atomic::AtomicBool;
-        for round in 0..8_000u32 {
-            let cleanups = Cleanups::default();
-            let guard = cleanups.start();
-            let (ready, go) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
-            let dropper = std::thread::spawn({
-                let (ready, go) = (Arc::clone(&ready), Arc::clone(&go));
-                move || {
-                    ready.store(true, Ordering::Release);
-                    while !go.load(Ordering::Acquire) {
-                        std::hint::spin_loop();
-                    }
-                    // A varying head start for `idle`, so every interleaving comes up.
-                    for _ in 0..round % 3_000 {
-                        std::hint::spin_loop();
-                    }
-                    drop(guard);
-                }
-            });
-            // Both sides spinning when `go` flips: the thread's start-up is not in the race.
-            while !ready.load(Ordering::Acquire) {
-                std::hint::spin_loop();
-            }
-            go.store(true, Ordering::Release);
-            assert!(cleanups.idle(Duration::from_millis(300)).await, "round {round}");
-            dropper.join().unwrap();
-        }
-    }
 }

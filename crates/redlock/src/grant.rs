@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use fencelock_core::cleanup::CleanupGuard;
 use fencelock_core::{LeaseOps, Result};
 use tokio::time::Instant;
 
@@ -135,6 +136,11 @@ impl LeaseOps for RedlockGrant {
         }
         Ok(refused <= n - quorum)
     }
+
+    /// Counted on the instance from the drop on, before any node has seen the release.
+    fn cleanup(&self) -> Option<CleanupGuard> {
+        Some(self.inner.cleanups.start())
+    }
 }
 
 /// A release of one grant on a set of nodes: compare-and-delete, raising lagging counters
@@ -180,6 +186,15 @@ impl ReleasePlan {
         })
         .await;
         which.iter().copied().zip(answers).collect()
+    }
+
+    /// [`everywhere`](Self::everywhere) in a task of its own, counted among the instance's
+    /// clean-ups from this call on (so a `close()` right after waits for it). For a round
+    /// dropped before its outcome was handled. Nothing without a runtime: each node's copy
+    /// of the grant ends with its TTL.
+    pub(crate) fn everywhere_later(self, until: Instant) {
+        let cleanups = self.inner.cleanups.clone();
+        cleanups.spawn("releasing a dropped round everywhere", self.everywhere(until));
     }
 
     /// Sends the release to every node, then keeps sending it in the background to the

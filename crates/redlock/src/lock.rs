@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use fencelock_core::cleanup::Cleanups;
 use fencelock_core::closing::CloseGate;
 use fencelock_core::options::validate_key;
 use fencelock_core::waiting::{acquire_checked, CancelGuard, LastCheck};
@@ -65,6 +66,11 @@ pub(crate) struct Inner {
     pub(crate) admission: Admission,
     /// Shut by [`close`](DistributedLock::close).
     pub(crate) gate: CloseGate,
+    /// Background releases on every node — of dropped leases, of rounds cut off — counted
+    /// from the moment each is decided, before any node has seen it (the nodes count
+    /// their own requests only once sent): [`close`](DistributedLock::close) waits for
+    /// them before it closes the nodes.
+    pub(crate) cleanups: Cleanups,
 }
 
 pub(crate) enum Round {
@@ -183,6 +189,7 @@ impl RedlockLock {
                 busy: Contention::default(),
                 admission: Admission::default(),
                 gate: CloseGate::new(),
+                cleanups: Cleanups::new(),
             }),
         })
     }
@@ -225,11 +232,7 @@ impl RedlockLock {
                 grant: grant.to_string(),
                 raise_to: None,
             };
-            CancelGuard::new(move || {
-                if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                    rt.spawn(plan.everywhere(Instant::now() + ttl));
-                }
-            })
+            CancelGuard::new(move || plan.everywhere_later(Instant::now() + ttl))
         };
         let start = Instant::now();
         let bound = Bound::quorum(per_node, cfg.quorum());
@@ -383,10 +386,12 @@ impl DistributedLock for RedlockLock {
     /// Shuts this instance and its clones: waiting acquires end with
     /// [`LockError::Closed`] (their queue entries and any round that raced the close are
     /// given back in the background, as for a cancelled acquire), later calls fail with
-    /// it. Then closes every node at once ([`RedisNode::close`]): waits, bounded, for the
-    /// releases still under way in the background — dropped leases, failed, cancelled or
-    /// closed rounds, releases nodes did not confirm in time — then closes the pub/sub
-    /// connections. `Unavailable` naming the nodes whose releases were still running at
+    /// it. Then waits, bounded, for the releases it started in the background — of leases
+    /// dropped unreleased (a lease dropped just before `close()` is released when it
+    /// returns), of cancelled or closed rounds — and closes every node at once
+    /// ([`RedisNode::close`]): each waits, bounded, for the releases still under way on it
+    /// — failed rounds, releases nodes did not confirm in time — then closes its pub/sub
+    /// connection. `Unavailable` naming the nodes whose releases were still running at
     /// the bound.
     async fn close(&self) -> Result<()> {
         // The calls end as soon as their tasks run; the bound only guards against a hang.
@@ -395,6 +400,15 @@ impl DistributedLock for RedlockLock {
             .gate
             .close(self.inner.cfg.per_node_timeout * 4 + Duration::from_secs(1))
             .await;
+        // A release to every node waits at most a late quorum's bound (`quorum::late`);
+        // what a node leaves unconfirmed goes on in its own count, waited for below.
+        let bound = self.inner.cfg.per_node_timeout * 4 + Duration::from_secs(2);
+        if !self.inner.cleanups.idle(bound).await {
+            tracing::warn!(
+                ?bound,
+                "close: background releases still running at the bound; closing the nodes"
+            );
+        }
         // Each node's close is bounded by itself (at most 3 × per_node_timeout, at least
         // 1 s); this outer bound only guards against a hang.
         let bound = self.inner.cfg.per_node_timeout * 4 + Duration::from_secs(2);

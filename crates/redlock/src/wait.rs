@@ -134,11 +134,7 @@ impl RedlockLock {
                 raise_to: None,
             };
             let ttl = opts.ttl();
-            CancelGuard::new(move || {
-                if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                    rt.spawn(plan.everywhere(Instant::now() + ttl));
-                }
-            })
+            CancelGuard::new(move || plan.everywhere_later(Instant::now() + ttl))
         };
         let p = primary(key, &self.inner.nodes);
         let others: Vec<RedisNode> = (self.inner.nodes.iter().enumerate())

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use fencelock_core::batch::spread_error;
+use fencelock_core::cleanup::CleanupGuard;
 use fencelock_core::{FencingToken, GrantId, Lease, LeaseOps, LeaseParts, LockOptions, Result};
 use tokio::time::Instant;
 use zookeeper_client::MultiReadResult;
@@ -159,5 +160,10 @@ impl LeaseOps for ZkGrant {
                 })
             }
         }
+    }
+    /// Counted on the session from the drop on: `close` waits for the release before it
+    /// closes the session.
+    fn cleanup(&self) -> Option<CleanupGuard> {
+        Some(self.session.cleanups.start())
     }
 }

@@ -283,7 +283,8 @@ impl DistributedLock for ZkLock {
     /// Shuts this instance and its clones — waiting acquires end with
     /// [`LockError::Closed`] (their nodes are deleted as a cancelled acquire's are, or go
     /// with the session), later calls fail with it and open no session — then waits (up
-    /// to two request timeouts) for the background deletions and follow-ups to finish,
+    /// to two request timeouts) for the background deletions, follow-ups and releases of
+    /// dropped leases (counted from the drop) to finish,
     /// and closes the session: the server deletes every node it still owns at once, and
     /// every lease of this instance is lost. Called again, it finds nothing left to close.
     ///
@@ -300,7 +301,7 @@ impl DistributedLock for ZkLock {
             return Ok(());
         };
         let cfg = &self.inner.cfg;
-        if !session.cleanups.wait_idle(cfg.timeout * 2).await {
+        if !session.cleanups.idle(cfg.timeout * 2).await {
             tracing::debug!("clean-ups still running at close; the session's end finishes them");
         }
         if session.close(cfg.timeout).await {

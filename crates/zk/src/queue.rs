@@ -111,7 +111,7 @@ pub(crate) async fn enqueue(
         None => {
             let (tx, rx) = oneshot::channel();
             let (s, cfg2, key2, grant) = (Arc::clone(session), Arc::clone(cfg), key.to_owned(), pending.grant());
-            cleanup::spawn(session, async move {
+            session.cleanups.spawn("creating a lock node", async move {
                 let outcome = create(&s, &cfg2, &key2, &grant).await;
                 // A caller that gave up dropped the receiver: the node (if any) comes back
                 // here and its drop deletes it.

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fencelock_core::batch::Batcher;
+use fencelock_core::cleanup::Cleanups;
 use fencelock_core::options::duration_text;
 use fencelock_core::{LeaseRegistry, LockError, LostReason, Result};
 use tokio::task::AbortHandle;
 use zookeeper_client::{Client, SessionState, StateWatcher};
 
-use crate::cleanup::Cleanups;
 use crate::config::ZkConfig;
 use crate::error::{failed, refused, timed_out};
 
@@ -34,8 +34,9 @@ pub(crate) struct Session {
     pub locks: LeaseRegistry,
     /// Background renewals of this session's locks, checked together in one multi-read.
     pub renewals: Batcher<(String, i64), bool>,
-    /// Deletions and follow-ups still running in the background.
-    pub cleanups: Arc<Cleanups>,
+    /// Deletions, follow-ups and releases of dropped leases still running in the
+    /// background.
+    pub cleanups: Cleanups,
     monitor: std::sync::Mutex<Option<AbortHandle>>,
 }
 
@@ -149,7 +150,7 @@ impl Session {
             client: std::sync::Mutex::new(Some(Arc::new(client))),
             locks: LeaseRegistry::new(),
             renewals: Batcher::new(MAX_RENEWAL_BATCH),
-            cleanups: Arc::default(),
+            cleanups: Cleanups::new(),
             monitor: std::sync::Mutex::new(None),
         });
         let weak = Arc::downgrade(&session);

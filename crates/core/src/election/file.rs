@@ -199,7 +199,7 @@ impl ProclaimOps for FileSeat {
             term: self.term,
         });
         let value = value.to_vec();
-        blocking(&Arc::clone(&self.files.ops), move || {
+        blocking(&self.files.ops, move || {
             let ours = me.files.live_grant()?.is_some_and(|(g, _)| g == me.grant);
             if ours {
                 me.write(value)?;

@@ -17,6 +17,7 @@ use super::{
     validate_value, Election, ElectionCapabilities, LeaderInfo, LeaderRead, Leadership, Observation, Observer,
     ObserverFeed, ProclaimOps,
 };
+use crate::cleanup::{CleanupGuard, Cleanups};
 use crate::closing::CloseGate;
 use crate::error::Result;
 use crate::guarantees::TokenOrder;
@@ -84,6 +85,9 @@ pub struct MemoryElection {
     table: Arc<Table<Seat>>,
     /// Shut by `close` (this instance and its clones, not others on the same table).
     gate: Arc<CloseGate>,
+    /// Background resignations of this instance's dropped leaderships, which `close`
+    /// waits for.
+    cleanups: Cleanups,
 }
 
 impl Default for MemoryElection {
@@ -99,6 +103,7 @@ impl MemoryElection {
             name: String::new(),
             table: Arc::default(),
             gate: Arc::default(),
+            cleanups: Cleanups::new(),
         }
     }
 
@@ -110,6 +115,7 @@ impl MemoryElection {
             name: name.to_owned(),
             table: TABLES.get(name),
             gate: Arc::default(),
+            cleanups: Cleanups::new(),
         }
     }
 
@@ -167,6 +173,7 @@ impl MemoryElection {
             table: Arc::clone(&self.table),
             name: name.to_owned(),
             grant: grant.clone(),
+            cleanups: self.cleanups.clone(),
         });
         tokio::spawn(vacate_on_expiry(Arc::clone(&seat_grant), expires));
         Attempt::Acquired(Lease::new(LeaseParts {
@@ -213,6 +220,7 @@ impl Election for MemoryElection {
             table: Arc::clone(&self.table),
             name: name.to_owned(),
             grant: lease.grant().clone(),
+            cleanups: self.cleanups.clone(),
         });
         Ok(Leadership::new(name, lease, ops))
     }
@@ -245,17 +253,29 @@ impl Election for MemoryElection {
 
     /// Ends this instance and its clones as [`MemoryLock::close`](crate::memory::MemoryLock)
     /// does: campaigns waiting through it end with
-    /// [`LockError::Closed`](crate::LockError::Closed), later campaigns fail with it. Seats
-    /// held stay held (resign them): other instances on the same table go on.
+    /// [`LockError::Closed`](crate::LockError::Closed), later campaigns fail with it; then
+    /// waits (at most 1 s) for the background resignations of its dropped leaderships (a
+    /// leadership dropped just before `close()` has resigned when it returns). Seats
+    /// still held stay held (resign them): other instances on the same table go on.
     ///
     /// # Errors
-    /// None: nothing here waits on a server.
+    /// [`LockError::Unavailable`](crate::LockError::Unavailable) when background
+    /// resignations were still running after 1 s (a runtime too busy to run them).
     ///
     /// # Cancel safety
-    /// Cancel safe: the gate is shut before the first await.
+    /// Cancel safe: the gate is shut before the first await; the rest only waits.
     async fn close(&self) -> Result<()> {
         let _closing = self.gate.close(CLOSE_WAIT).await;
-        Ok(())
+        if self.cleanups.idle(CLOSE_WAIT).await {
+            return Ok(());
+        }
+        Err(crate::error::LockError::Unavailable {
+            message: format!(
+                "memory://{} election: background resignations still running after {CLOSE_WAIT:?}",
+                self.name
+            ),
+            source: None,
+        })
     }
 }
 
@@ -264,6 +284,8 @@ struct SeatGrant {
     table: Arc<Table<Seat>>,
     name: String,
     grant: GrantId,
+    /// The electing instance's clean-ups.
+    cleanups: Cleanups,
 }
 
 impl SeatGrant {
@@ -300,6 +322,11 @@ impl LeaseOps for SeatGrant {
         let live = h.expires > Instant::now();
         seat.vacate();
         Ok(live)
+    }
+
+    /// Counted on the instance from the drop on: `close` waits for the resignation.
+    fn cleanup(&self) -> Option<CleanupGuard> {
+        Some(self.cleanups.start())
     }
 }
 

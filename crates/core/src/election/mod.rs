@@ -182,8 +182,11 @@ pub trait Election: Send + Sync + fmt::Debug {
     /// ends it, which removes its candidacies and resigns its seats; an election built on
     /// a lock's seat (file, Redis, Redlock, etcd, ZooKeeper, PostgreSQL) also ends the
     /// campaigns waiting through it and refuses later ones with
-    /// [`LockError::Closed`], as its lock does; so does `memory://`'s. The default (for an
-    /// election written outside this workspace) does nothing.
+    /// [`LockError::Closed`], as its lock does; so does `memory://`'s. A leadership dropped
+    /// without `resign` just before `close()` has resigned when it returns (its lease's
+    /// background release is counted from the drop, see
+    /// [`LeaseOps::cleanup`](crate::LeaseOps::cleanup)). The default (for an election
+    /// written outside this workspace) does nothing.
     ///
     /// # Errors
     /// [`LockError::Unavailable`] when the backend did not confirm in time.

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use super::error::{io_error, BACKEND};
 use super::state::{self, HolderRecord, KeyState};
 use super::{naming, os};
+use crate::cleanup::{CleanupGuard, Cleanups};
 use crate::error::{LockError, Result};
 use crate::lease::LeaseOps;
 use crate::token::GrantId;
@@ -26,8 +27,9 @@ pub(crate) struct KeyFiles {
     mode: u32,
     /// Liveness descriptors without close-on-exec (see `FileConfig::inherit`).
     inherit: bool,
-    /// The owning instance's running operations (see [`InFlight`]).
-    pub(crate) ops: Arc<InFlight>,
+    /// The owning instance's running operations and background releases (see
+    /// [`blocking`]).
+    pub(crate) ops: Cleanups,
 }
 
 /// The outcome of one attempt.
@@ -57,13 +59,13 @@ impl KeyFiles {
             durable,
             mode,
             inherit: false,
-            ops: Arc::new(InFlight::new()),
+            ops: Cleanups::new(),
         }
     }
 
     /// Counts this key's operations in `ops` (the instance's).
-    pub(crate) fn counted_in(mut self, ops: &Arc<InFlight>) -> Self {
-        self.ops = Arc::clone(ops);
+    pub(crate) fn counted_in(mut self, ops: &Cleanups) -> Self {
+        self.ops = ops.clone();
         self
     }
 
@@ -379,41 +381,15 @@ impl FileGrant {
     }
 }
 
-/// The blocking file operations of one `FileLock` (its clones, grants and elections
-/// share it) still running: [`blocking`] counts them, `close` waits until none is left.
-#[derive(Debug)]
-pub(crate) struct InFlight(tokio::sync::watch::Sender<usize>);
-
-impl InFlight {
-    pub(crate) fn new() -> Self {
-        InFlight(tokio::sync::watch::channel(0).0)
-    }
-
-    /// Waits until no operation runs, at most `within`; `false` when some still did.
-    pub(crate) async fn idle(&self, within: Duration) -> bool {
-        let mut rx = self.0.subscribe();
-        let idle = tokio::time::timeout(within, rx.wait_for(|n| *n == 0)).await;
-        matches!(idle, Ok(Ok(_)))
-    }
-}
-
-/// One running operation of an [`InFlight`], counted until dropped.
-struct Running(Arc<InFlight>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0 .0.send_modify(|n| *n = n.saturating_sub(1));
-    }
-}
-
 /// Runs `f` in a blocking task, which completes even if the caller is dropped; counted in
-/// `ops` until it has, its answer included (dropped there when the caller is gone).
+/// `ops` — the clean-ups of one `FileLock`, shared by its clones, grants and elections,
+/// which `close` waits for — until it has, its answer included (dropped there when the
+/// caller is gone).
 pub(crate) async fn blocking<T: Send + 'static>(
-    ops: &Arc<InFlight>,
+    ops: &Cleanups,
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    ops.0.send_modify(|n| *n += 1);
-    let running = Running(Arc::clone(ops));
+    let running = ops.start();
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::task::spawn_blocking(move || {
         // An answer nobody waits for any more (the caller was dropped) is dropped here,
@@ -443,7 +419,7 @@ impl LeaseOps for FileGrant {
         let Some(live) = live else {
             return Ok(None); // released: nothing left to extend
         };
-        let ops = Arc::clone(&files.ops);
+        let ops = files.ops.clone();
         blocking(&ops, move || files.extend(&grant, id, &live, ttl)).await
     }
 
@@ -456,12 +432,18 @@ impl LeaseOps for FileGrant {
         // The liveness file is closed in the task, after the state no longer names us, so
         // a release dropped in flight still ends with the file closed; closing it drops
         // its flock and wakes every waiter.
-        let ops = Arc::clone(&files.ops);
+        let ops = files.ops.clone();
         blocking(&ops, move || {
             let released = files.release(&grant, id);
             drop(live);
             released
         })
         .await
+    }
+
+    /// The instance's count: a release of a dropped lease is counted from the drop, before
+    /// its task has reached [`blocking`].
+    fn cleanup(&self) -> Option<CleanupGuard> {
+        Some(self.files.ops.start())
     }
 }

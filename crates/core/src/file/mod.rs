@@ -48,6 +48,7 @@ use tokio::time::Instant;
 
 pub use config::{default_dir, FileConfig};
 
+use crate::cleanup::Cleanups;
 use crate::closing::CloseGate;
 use crate::error::Result;
 use crate::guarantees::{Exclusion, Guarantees, Scope, TokenOrder};
@@ -57,7 +58,7 @@ use crate::options::{validate_key, LockOptions};
 use crate::token::{FencingToken, GrantId};
 use crate::waiting::{acquire_with, Attempt};
 pub(crate) use error::{io_error, BACKEND};
-pub(crate) use grant::{blocking, InFlight, KeyFiles};
+pub(crate) use grant::{blocking, KeyFiles};
 use grant::{Decision, FileGrant};
 use wait::{HolderWake, Subscription};
 
@@ -105,8 +106,9 @@ pub struct FileLock {
     mode: u32,
     /// Liveness descriptors inheritable by children ([`FileConfig::inherit`]).
     inherit: bool,
-    /// The file operations of this instance (and its clones) still running.
-    ops: Arc<InFlight>,
+    /// The file operations of this instance (and its clones) still running, and the
+    /// background releases of its dropped leases.
+    ops: Cleanups,
     /// Shut by [`close`](DistributedLock::close); shared by clones.
     gate: Arc<CloseGate>,
 }
@@ -156,7 +158,7 @@ impl FileLock {
             durable: config.durable,
             mode: config.file_mode(),
             inherit: config.inherit,
-            ops: Arc::new(InFlight::new()),
+            ops: Cleanups::new(),
             gate: Arc::default(),
         })
     }
@@ -175,9 +177,9 @@ impl FileLock {
         &self.dir
     }
 
-    /// The instance's running file operations (see [`InFlight`]).
-    pub(crate) fn ops(&self) -> Arc<InFlight> {
-        Arc::clone(&self.ops)
+    /// The instance's running file operations (see [`blocking`]).
+    pub(crate) fn ops(&self) -> Cleanups {
+        self.ops.clone()
     }
 
     pub(crate) fn files(&self, key: &str) -> KeyFiles {
@@ -325,8 +327,10 @@ impl DistributedLock for FileLock {
     /// Shuts this instance and its clones (waiting acquires end with
     /// [`LockError::Closed`](crate::LockError::Closed), later calls fail with it), then
     /// waits (at most 5 s) until their file operations have ended — those of dropped
-    /// acquires and releases go on in blocking threads. Nothing else is closed: a file lock
-    /// holds no connection, and leases stay held until released.
+    /// acquires and releases go on in blocking threads — and the releases of leases
+    /// dropped before it (counted from the drop: a lease dropped just before `close()` is
+    /// released when it returns). Nothing else is closed: a file lock holds no
+    /// connection, and leases still held stay held until released.
     /// Afterwards no thread of the instance holds a key's mutex, so the process may stop
     /// (`fencelock run` does on Ctrl-Z) without freezing the key for other processes.
     ///

@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fencelock_core::election::{Election, Observation};
+use fencelock_core::election::{Election, LeaderRead, Observation};
 use fencelock_core::fencing::FencingChecker;
 use fencelock_core::{FencingToken, LockError, LockOptions};
 use tokio::time::Instant;
@@ -89,6 +89,7 @@ pub const ALL_ELECTION: &[&str] = &[
     "observer_started_with_the_first_campaign_sees_it",
     "bad_election_input_is_rejected",
     "close_ends_campaigns_and_refuses_later_ones",
+    "dropped_leadership_resigns_before_close_returns",
 ];
 
 /// Generates one `#[tokio::test]` per election conformance test (the names of
@@ -106,7 +107,8 @@ macro_rules! election_suite {
             resign_hands_over_promptly, dropped_campaign_leaves_nothing_behind,
             proclaim_needs_our_own_grant, paused_leader_is_fenced,
             observers_see_changes_in_order, observer_started_with_the_first_campaign_sees_it,
-            bad_election_input_is_rejected, close_ends_campaigns_and_refuses_later_ones);
+            bad_election_input_is_rejected, close_ends_campaigns_and_refuses_later_ones,
+            dropped_leadership_resigns_before_close_returns);
     };
 }
 
@@ -122,6 +124,7 @@ pub async fn run_all_elections(f: &dyn ElectionFixture, cfg: &ElectionConfig) {
     observer_started_with_the_first_campaign_sees_it(f, cfg).await;
     bad_election_input_is_rejected(f, cfg).await;
     close_ends_campaigns_and_refuses_later_ones(f, cfg).await;
+    dropped_leadership_resigns_before_close_returns(f, cfg).await;
 }
 
 /// `leader` is `None` on an empty seat, names the campaign's value and term, follows a
@@ -294,6 +297,45 @@ pub async fn close_ends_campaigns_and_refuses_later_ones(f: &dyn ElectionFixture
         "the closed client's campaign won"
     );
     lc.resign().await.expect("resign c");
+}
+
+/// A leadership dropped (not resigned) just before `close()` has resigned when `close()`
+/// returns: another client reads no leader at once — where `leader` is exact; a
+/// best-effort `leader` (Redlock) is checked by another client's campaign winning well
+/// before the dropped one's TTL. Repeated with a new client each round, since the drop's
+/// resignation is a background task whose start races the close. As the lock case
+/// `dropped_lease_is_released_before_close_returns`, which failed on memory, file, Redis
+/// and Redlock before each backend counted that task from the drop.
+pub async fn dropped_leadership_resigns_before_close_returns(f: &dyn ElectionFixture, cfg: &ElectionConfig) {
+    let other = f.election().await;
+    let exact = other.capabilities().leader == LeaderRead::Exact;
+    // Far longer than the case: only the drop's resignation frees the seat in time.
+    let long = opts(cfg.slack).with_ttl(cfg.slack * 20).with_auto_renew(false);
+    for round in 0..5 {
+        let name = unique_key("elect-dropped-before-close");
+        let closing = f.election().await;
+        let leadership = closing.campaign(&name, b"dropped", &long).await.expect("campaign");
+        let term = leadership.term();
+        drop(leadership);
+        tokio::time::timeout(cfg.slack * 3, closing.close())
+            .await
+            .expect("close did not return within three slacks")
+            .unwrap_or_else(|e| panic!("round {round}: close right after a leadership was dropped: {e}"));
+        if exact {
+            let leader = other.leader(&name).await.expect("leader");
+            assert!(
+                leader.is_none(),
+                "round {round}: close() returned while the leadership dropped just before it (term {term}) still \
+                 held the seat: {leader:?}"
+            );
+        }
+        let next = other
+            .campaign(&name, b"next", &opts(cfg.slack))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the seat stayed held after close: {e}"));
+        assert!(next.term() > term);
+        next.resign().await.expect("resign");
+    }
 }
 
 /// A campaign dropped while waiting leaves no candidacy: after the leader resigns the seat

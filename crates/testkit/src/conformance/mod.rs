@@ -37,7 +37,10 @@ pub use acquire::{
 };
 pub use awkward::awkward_keys_work;
 pub use cancel::cancelled_methods_leave_nothing_held;
-pub use closing::{close_ends_waits_and_refuses_later_calls, concurrent_closes_both_wait_for_the_end};
+pub use closing::{
+    acquire_dropped_in_flight_is_undone_before_close_returns, close_ends_waits_and_refuses_later_calls,
+    concurrent_closes_both_wait_for_the_end, dropped_lease_is_released_before_close_returns,
+};
 pub use expiry::{
     auto_renew_keeps_lease, extend_after_expiry_fails, extend_prolongs_lease, loss_is_observable,
     release_after_expiry_spares_new_holder, validity_counts_from_send,
@@ -130,6 +133,8 @@ pub const ALL: &[&str] = &[
     "cancelled_methods_leave_nothing_held",
     "close_ends_waits_and_refuses_later_calls",
     "concurrent_closes_both_wait_for_the_end",
+    "dropped_lease_is_released_before_close_returns",
+    "acquire_dropped_in_flight_is_undone_before_close_returns",
     "resources_do_not_grow",
     "awkward_keys_work",
 ];
@@ -161,6 +166,8 @@ pub async fn run_all(f: &dyn Fixture, cfg: &SuiteConfig) {
     cancelled_methods_leave_nothing_held(f, cfg).await;
     close_ends_waits_and_refuses_later_calls(f, cfg).await;
     concurrent_closes_both_wait_for_the_end(f, cfg).await;
+    dropped_lease_is_released_before_close_returns(f, cfg).await;
+    acquire_dropped_in_flight_is_undone_before_close_returns(f, cfg).await;
     resources_do_not_grow(f, cfg).await;
     awkward_keys_work(f, cfg).await;
 }
@@ -185,6 +192,8 @@ macro_rules! conformance_suite {
             unanswered_request_leaves_nothing_behind, release_whose_answer_is_lost_is_not_reported_lost,
             queued_waiter_cut_off_gives_back_what_it_was_given, cancelled_methods_leave_nothing_held,
             close_ends_waits_and_refuses_later_calls, concurrent_closes_both_wait_for_the_end,
+            dropped_lease_is_released_before_close_returns,
+            acquire_dropped_in_flight_is_undone_before_close_returns,
             resources_do_not_grow, awkward_keys_work);
     };
     // One test per name, each calling that function of `$module` (also the election suite's).
