@@ -18,9 +18,6 @@ use crate::args::{Cli, ElectArgs, RunArgs};
 use crate::exit::{self, fail};
 use crate::run::{self, Signals};
 
-/// How long `elect` gives the backend to end its session before it exits.
-const CLOSE_WITHIN: Duration = Duration::from_secs(5);
-
 /// Connects the election of the selected backend, refusing `memory://` (it would elect
 /// within this process only); returns it with the default options.
 pub async fn connect(
@@ -34,13 +31,10 @@ pub async fn connect(
     Ok((election, config.defaults))
 }
 
-/// Gives the backend [`CLOSE_WITHIN`] to end its session.
+/// Gives the backend [`CLOSE_WITHIN`](crate::waiting::CLOSE_WITHIN) to end its session; a
+/// failure is logged.
 pub async fn close(election: &dyn Election) {
-    match tokio::time::timeout(CLOSE_WITHIN, election.close()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %exit::one_line(&e), "closing the backend failed"),
-        Err(_) => tracing::warn!("closing the backend took longer than {CLOSE_WITHIN:?}; exiting anyway"),
-    }
+    crate::waiting::warn_close(crate::waiting::bounded_close(election.close()).await);
 }
 
 /// Campaigns, runs the command while leading, resigns, and returns the exit status to use.
@@ -131,8 +125,8 @@ impl crate::waiting::Wait for SeatWait<'_> {
         campaign(&**election, &self.args.name, self.value.as_bytes(), opts, try_once).await
     }
 
-    async fn close(&self, election: &Self::Backend) {
-        close(&**election).await;
+    async fn close(&self, election: &Self::Backend) -> Result<(), LockError> {
+        crate::waiting::bounded_close(election.close()).await
     }
 
     fn taken(&self, election: &Self::Backend, how: &str) -> ExitCode {

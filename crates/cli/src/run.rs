@@ -29,10 +29,6 @@ use crate::exit;
 use crate::guard;
 use crate::{backend, exit::fail};
 
-/// How long `run` gives the backend to clean up (an etcd/ZooKeeper queue entry, a session)
-/// before it exits.
-const CLOSE_WITHIN: Duration = Duration::from_secs(5);
-
 pub(crate) use crate::signals::Signals;
 use crate::signals::Stops;
 
@@ -101,8 +97,8 @@ impl crate::waiting::Wait for LockWait<'_> {
         acquire(&**locks, &self.args.key, opts, try_once).await
     }
 
-    async fn close(&self, locks: &Self::Backend) {
-        close(&**locks).await;
+    async fn close(&self, locks: &Self::Backend) -> Result<(), LockError> {
+        crate::waiting::bounded_close(locks.close()).await
     }
 
     fn taken(&self, locks: &Self::Backend, how: &str) -> ExitCode {
@@ -144,13 +140,10 @@ async fn acquire(
     }
 }
 
-/// Gives the backend [`CLOSE_WITHIN`] to end its session (queue entries, ephemeral nodes).
+/// Gives the backend [`CLOSE_WITHIN`](crate::waiting::CLOSE_WITHIN) to end its session
+/// (queue entries, ephemeral nodes); a failure is logged.
 pub(crate) async fn close(locks: &dyn DistributedLock) {
-    match tokio::time::timeout(CLOSE_WITHIN, locks.close()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %exit::one_line(&e), "closing the backend failed"),
-        Err(_) => tracing::warn!("closing the backend took longer than {CLOSE_WITHIN:?}; exiting anyway"),
-    }
+    crate::waiting::warn_close(crate::waiting::bounded_close(locks.close()).await);
 }
 
 /// Starts the guard and the command, watches them and the lease, and cleans up.

@@ -35,8 +35,8 @@ pub(crate) trait Wait {
     fn starting(&self, backend: &Self::Backend, opts: &LockOptions, try_once: bool);
     /// Waits (cancel safe: dropped, it leaves nothing behind).
     async fn wait(&self, backend: &Self::Backend, opts: &LockOptions, try_once: bool) -> Result<Self::Won, LockError>;
-    /// Closes the backend, bounded.
-    async fn close(&self, backend: &Self::Backend);
+    /// Closes the backend, bounded ([`bounded_close`]); its failure.
+    async fn close(&self, backend: &Self::Backend) -> Result<(), LockError>;
     /// The exit when another holds it past the wait (`how`: "not waiting: tried once", or
     /// "not acquired within 2.0s").
     fn taken(&self, backend: &Self::Backend, how: &str) -> ExitCode;
@@ -105,14 +105,14 @@ pub(crate) async fn connect_and_wait<W: Wait>(
         let waited = tokio::select! {
             r = w.wait(&backend, &opts, try_once) => r,
             sig = signals.next() => {
-                w.close(&backend).await;
+                warn_close(w.close(&backend).await);
                 return Err(fail(
                     &format!("{} while {}", crate::signals::name(sig), w.interrupted()),
                     128 + sig.as_raw() as u8,
                 ));
             }
             () = stops.next() => {
-                w.close(&backend).await;
+                warn_close(w.close(&backend).await);
                 stopped_once = true;
                 stopped(&w.what(), "waiting");
                 continue;
@@ -124,16 +124,32 @@ pub(crate) async fn connect_and_wait<W: Wait>(
                 // The time spent waiting, before the close: closing is not waiting (with
                 // the server down it takes seconds).
                 let waited = waited.max(first.elapsed());
-                w.close(&backend).await;
+                let closed = w.close(&backend).await;
                 let how = if asked_once {
                     "not waiting: tried once".to_owned()
                 } else {
                     w.not_within(asked, waited)
                 };
-                Err(w.taken(&backend, &how))
+                match closed {
+                    // The last answer was "held", but the backend stopped answering since
+                    // (after the wait's last check): its close could not end what the wait
+                    // left there. Unavailable is the truer word, and a script retries on it.
+                    Err(e) if matches!(e, LockError::Unavailable { .. }) => Err(fail(
+                        &format!(
+                            "backend unavailable: it stopped answering after it last said {} was held ({how}): {}",
+                            w.what(),
+                            e.detail()
+                        ),
+                        exit::UNAVAILABLE,
+                    )),
+                    closed => {
+                        warn_close(closed);
+                        Err(w.taken(&backend, &how))
+                    }
+                }
             }
             Err(e) => {
-                w.close(&backend).await;
+                warn_close(w.close(&backend).await);
                 Err(exit::fail_with(&e))
             }
         };
@@ -142,6 +158,31 @@ pub(crate) async fn connect_and_wait<W: Wait>(
         "stopped and continued too many times while waiting; giving up",
         exit::UNAVAILABLE,
     ))
+}
+
+/// How long `run`, `elect`, `leader` and `backends` give the backend's `close()` (an etcd
+/// session's revoke, a ZooKeeper session's close, background releases) before exiting.
+pub(crate) const CLOSE_WITHIN: Duration = Duration::from_secs(5);
+
+/// A backend's `close()`, bounded by [`CLOSE_WITHIN`]; the bound passing is a failure too
+/// (`Unavailable`).
+pub(crate) async fn bounded_close(
+    close: impl std::future::Future<Output = Result<(), LockError>>,
+) -> Result<(), LockError> {
+    match tokio::time::timeout(CLOSE_WITHIN, close).await {
+        Ok(closed) => closed,
+        Err(_) => Err(LockError::Unavailable {
+            message: format!("closing the backend took longer than {CLOSE_WITHIN:?}"),
+            source: None,
+        }),
+    }
+}
+
+/// Logs a close's failure where the exit does not depend on it.
+pub(crate) fn warn_close(closed: Result<(), LockError>) {
+    if let Err(e) = closed {
+        tracing::warn!(error = %exit::one_line(&e), "closing the backend failed; exiting anyway");
+    }
 }
 
 /// Between connects that failed after a stop.
@@ -200,8 +241,9 @@ mod tests {
                 waited: opts.wait(),
             })
         }
-        async fn close(&self, _: &()) {
+        async fn close(&self, _: &()) -> Result<(), LockError> {
             tokio::time::sleep(Duration::from_millis(500)).await;
+            Ok(())
         }
         fn taken(&self, _: &(), how: &str) -> ExitCode {
             *self.said.lock().unwrap() = Some(how.to_owned());

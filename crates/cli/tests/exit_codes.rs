@@ -542,17 +542,49 @@ fn a_wait_that_runs_out_while_the_server_is_down_exits_69_not_75() {
 /// asked a first time (a [`common::count_grew`] notes its base then), and returned once
 /// `in_line` says W waits in line.
 fn in_line_behind_a_holder(url: &str, in_line: &dyn Fn() -> bool) -> (std::process::Child, std::process::Child) {
+    let (holder, waiter, _) = waiting_behind_a_holder(url, "3s", in_line);
+    (holder, waiter)
+}
+
+/// [`in_line_behind_a_holder`] with W's `--wait`; also the instant W was started.
+fn waiting_behind_a_holder(
+    url: &str,
+    wait: &str,
+    in_line: &dyn Fn() -> bool,
+) -> (std::process::Child, std::process::Child, std::time::Instant) {
     let holder = common::hold(common::fencelock(url), &["run", "k"]);
     in_line();
+    let started = std::time::Instant::now();
     let waiter = common::fencelock(url)
-        .args(["run", "k", "--wait", "3s", "--", "true"])
+        .args(["run", "k", "--wait", wait, "--", "true"])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn waiter");
     common::poll_until(std::time::Duration::from_secs(20), "W is in line", in_line);
-    (holder, waiter)
+    (holder, waiter, started)
+}
+
+// helper-73's trial: a server that stops answering in the last stretch of a `--wait`,
+// after the wait's last check answered "held", exited 75 "held by someone else" right
+// after a warning that the backend was unavailable (its close could not remove W's queue
+// entry). The close's failure is the later word: 69. Failed before: 75.
+#[test]
+fn a_server_that_hangs_after_the_last_check_exits_69_not_75() {
+    let redis = fencelock_testkit::redis_server::RedisServer::start();
+    let url = redis.url();
+    let (holder, waiter, started) = waiting_behind_a_holder(&url, "4s", &|| {
+        redis.integer("LLEN fencelock:{k}:queue").unwrap_or(0) >= 1
+    });
+    // The fault's moment, not a synchronisation: W's last check is 1.25 s (the default
+    // `timeout` of 1 s, and a quarter) before the end of its 4 s wait, at 2.75 s; the
+    // server hangs after it and before the end.
+    std::thread::sleep(std::time::Duration::from_millis(3300).saturating_sub(started.elapsed()));
+    redis.pause();
+    let out = waited_out(holder, waiter);
+    redis.resume();
+    assert_unavailable(&out, "redis");
 }
 
 /// W exited 69 saying the backend is unavailable (a warning that its close was not

@@ -184,6 +184,21 @@ pub fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl LockError {
+    /// The error on one line as [`one_line`] gives it, without the words its kind's
+    /// `Display` puts first ("backend unavailable: ", "invalid configuration: ", "NAME
+    /// backend: "): what to put in the message of another error of the same kind that
+    /// wraps this one, so that the kind is said once.
+    pub fn detail(&self) -> String {
+        let text = one_line(self);
+        let prefix = match self {
+            LockError::Unavailable { .. } => "backend unavailable: ".to_owned(),
+            LockError::InvalidConfig { .. } => "invalid configuration: ".to_owned(),
+            LockError::Backend { backend, .. } => format!("{backend} backend: "),
+            _ => return text,
+        };
+        text.strip_prefix(&prefix).map_or_else(|| text.clone(), str::to_owned)
+    }
+
     /// Builds an [`LockError::InvalidInput`].
     pub fn invalid_input(message: impl Into<String>) -> Self {
         LockError::InvalidInput(message.into())

@@ -108,6 +108,19 @@ impl LastCheck {
         }
     }
 
+    /// The error of a wait whose last check was cut off by its deadline without an
+    /// answer: it had at least [`before`](Self::before), more than a healthy backend's
+    /// request timeout, so the backend stopped answering.
+    fn unanswered(self, key: &str) -> LockError {
+        LockError::Unavailable {
+            message: format!(
+                "no answer to the last check of the wait for `{key}` within {:?}: the backend stopped answering",
+                self.before
+            ),
+            source: None,
+        }
+    }
+
     /// The instant of the last check of a wait ending at `deadline` that started at
     /// `start`; `None` when there is none.
     fn at(self, start: Instant, deadline: Instant) -> Option<Instant> {
@@ -135,16 +148,20 @@ where
     let wait = WaitBound::start(key, opts)?;
     let (deadline, timeout) = (wait.deadline, || wait.timeout());
     let mut check_at = last_check.at(wait.start, deadline);
+    // Set when the next attempt is the last check.
+    let mut next_is_check = false;
     let mut last_error: Option<LockError> = None;
     let mut backoff = Backoff::new(deadline);
     let mut dead = DeadOnArrival::default();
     for _ in 0..MAX_ATTEMPTS {
+        let checking = std::mem::take(&mut next_is_check);
         let outcome = match tokio::time::timeout_at(deadline, attempt()).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(e)) => {
                 last_error = Some(backoff.pause_or_fail(e).await?);
                 continue;
             }
+            Err(_) if checking => return Err(last_check.unanswered(wait.key)),
             Err(_) => return Err(last_error.take().unwrap_or_else(timeout)),
         };
         last_error = None;
@@ -171,6 +188,7 @@ where
                     // An attempt before `at` (a wake, a re-check) leaves it for later.
                     if now < at {
                         until = at;
+                        next_is_check = true;
                     }
                     check_at = None;
                 }
@@ -278,6 +296,8 @@ where
             Ok(Ok(None)) => last_error = None,
             Ok(Err(e)) => last_error = Some(backoff.pause_or_fail(e).await?),
             Err(_) if check_failed.is_some() => return Err(check_failed.take().unwrap_or_else(timeout)),
+            // The probe started and had no answer by the deadline: as a failed one.
+            Err(_) if check_at.is_some_and(|at| at <= Instant::now()) => return Err(last_check.unanswered(wait.key)),
             Err(_) if queued.is_marked() => return Err(timeout()),
             Err(_) => return Err(last_error.take().unwrap_or_else(timeout)),
         }
@@ -659,12 +679,18 @@ mod tests {
         let request_timeout = Duration::from_millis(200);
         let check = LastCheck::for_request_timeout(request_timeout);
         let opts = LockOptions::new().with_wait(Duration::from_secs(3));
-        for hung in [true, false] {
+        // Hung: the check fails after the request timeout. Silent: the check never
+        // answers at all (an attempt slower than the backend said), cut off by the
+        // deadline: also the backend's fault, not a held key.
+        for (hung, silent) in [(true, false), (true, true), (false, false)] {
             let attempts = AtomicU32::new(0);
             let start = Instant::now();
             let err = acquire_checked("k", &opts, check, || {
                 let n = attempts.fetch_add(1, Ordering::SeqCst);
                 async move {
+                    if n > 0 && silent {
+                        std::future::pending::<()>().await;
+                    }
                     if n > 0 && hung {
                         tokio::time::sleep(request_timeout).await;
                         return Err(LockError::unavailable("no answer", std::io::Error::other("timed out")));
@@ -719,11 +745,14 @@ mod tests {
         let request_timeout = Duration::from_millis(200);
         let check = LastCheck::for_request_timeout(request_timeout);
         let opts = LockOptions::new().with_wait(Duration::from_secs(3));
-        for hung in [true, false] {
+        for (hung, silent) in [(true, false), (true, true), (false, false)] {
             let (attempts, probes) = (AtomicU32::new(0), AtomicU32::new(0));
             let probe = || {
                 probes.fetch_add(1, Ordering::SeqCst);
                 async move {
+                    if silent {
+                        std::future::pending::<()>().await;
+                    }
                     if hung {
                         tokio::time::sleep(request_timeout).await;
                         return Err(LockError::unavailable("no answer", std::io::Error::other("timed out")));

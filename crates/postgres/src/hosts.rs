@@ -312,11 +312,7 @@ where
 /// Why one host failed, in one line, without the error kind's prefix (the combined
 /// error has its own).
 fn reason(e: &LockError) -> String {
-    let text = fencelock_core::error::one_line(e);
-    ["backend unavailable: ", "invalid configuration: "]
-        .iter()
-        .find_map(|p| text.strip_prefix(p))
-        .map_or_else(|| text.clone(), str::to_owned)
+    e.detail()
 }
 
 /// The error when no host worked: see [`connect_each`].

@@ -569,8 +569,10 @@ impl RedisNode {
             Ok(())
         } else {
             Err(LockError::Unavailable {
+                // Not "releases": a waiter that never held a grant has clean-ups too (its
+                // queue entry's removal), and read "their grants end…" as its own.
                 message: format!(
-                    "redis: background releases on {} not finished within {bound:?}; their grants end with their TTL",
+                    "redis: background clean-ups on {} (releases, queue entries of ended waits) did not finish within {bound:?}; what is left ends by itself: a lock with its TTL, a queue entry with its wait",
                     self.server()
                 ),
                 source: None,

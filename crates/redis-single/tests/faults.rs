@@ -876,5 +876,10 @@ async fn a_waiter_whose_server_hangs_is_told_unavailable_not_timed_out() {
     let waiter = RedisLock::connect(&server.url()).await.unwrap();
     let wait = Duration::from_secs(3);
     faults::assert_outage_while_waiting_is_unavailable(&holder, &waiter, || server.pause(), wait, SLACK).await;
+    // The waiter's close cannot remove its queue entry from the hung server. It held no
+    // grant, and a new user read the old "their grants end with their TTL" as its own.
+    let closed = waiter.close().await.expect_err("closed against a hung server");
+    let text = closed.to_string();
+    assert!(text.contains("queue entr") && !text.contains("their grants"), "{text}");
     server.resume();
 }

@@ -359,11 +359,12 @@ impl DistributedLock for RedlockLock {
                 self.check_ttl(opts)?;
                 let queued = tokio::sync::Mutex::new(None);
                 // A queued waiter sends nothing between re-checks: the last check tells
-                // hung nodes (Unavailable) from a held key (Timeout). A silent primary's
-                // turn is followed by a plain round (`wait.rs`), each waiting for its
-                // nodes at most `late(per_node_timeout)`.
-                let late = crate::quorum::late(self.inner.cfg.per_node_timeout);
-                let check = LastCheck::for_request_timeout(late * 2);
+                // hung nodes (Unavailable) from a held key (Timeout). One attempt with a
+                // silent primary (`wait.rs`): the subscription's check and the turn, then
+                // a plain round and its undo — per_node + late + late + per_node at most.
+                let per_node = self.inner.cfg.per_node_timeout;
+                let late = crate::quorum::late(per_node);
+                let check = LastCheck::for_request_timeout((per_node + late) * 2);
                 acquire_checked(key, opts, check, || self.attempt(key, opts, &queued)).await
             })
             .await
@@ -451,23 +452,7 @@ async fn reach(node: &RedisNode) -> Result<Answer<Option<String>>> {
     match tokio::time::timeout(bound, node.connection()).await {
         Ok(Ok(_)) => {}
         Ok(Err(e @ LockError::InvalidConfig { .. })) => return Err(e),
-        Ok(Err(e)) => {
-            // The node's own error names its server and what failed; without the kind's
-            // prefix ("backend unavailable") repeated for every node.
-            let why = fencelock_core::error::one_line(&e);
-            let why = match &e {
-                LockError::Unavailable { message, .. } => {
-                    why.get(why.find(message.as_str()).unwrap_or(0)..).unwrap_or(&why)
-                }
-                _ => &why,
-            };
-            let server = node.server();
-            return Ok(Err(if why.contains(server) {
-                why.to_owned()
-            } else {
-                format!("{server}: {why}")
-            }));
-        }
+        Ok(Err(e)) => return Ok(Err(crate::quorum::node_failure(node.server(), &e))),
         Err(_) => return Ok(Err(format!("{}: no connection within {bound:?}", node.server()))),
     }
     // Bounded by itself; on the connection just made (a server that needs a password the

@@ -25,6 +25,18 @@ pub(crate) fn late(per_node: Duration) -> Duration {
     (per_node * LATE_FACTOR).min(per_node.max(LATE_CAP))
 }
 
+/// One node's failure for the list in a quorum's error: the node's own error names its
+/// server and what failed, without its kind's words ("backend unavailable: ") said again
+/// for every node, and the server named once.
+pub(crate) fn node_failure(server: &str, e: &fencelock_core::LockError) -> String {
+    let why = e.detail();
+    if why.contains(server) {
+        why
+    } else {
+        format!("{server}: {why}")
+    }
+}
+
 /// When a fan-out stops waiting for the nodes that have not answered.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Bound {
@@ -79,7 +91,7 @@ where
             Some(Box::pin(async move {
                 match tokio::time::timeout(late, fut).await {
                     Ok(Ok(v)) => Ok(v),
-                    Ok(Err(e)) => Err(format!("{server}: {}", fencelock_core::error::one_line(&e))),
+                    Ok(Err(e)) => Err(node_failure(server, &e)),
                     Err(_) => Err(format!("{server}: no answer within {late:?}")),
                 }
             }))

@@ -579,8 +579,8 @@ async fn a_waiter_whose_nodes_die_is_told_unavailable_not_timed_out() {
 
 // Every node stops answering without closing its connections (hung, SIGSTOPped) while a
 // waiter is queued: see the Redis backend's test of the same name. Failed before: the wait
-// timed out. The last check starts 2.5 s before the deadline here (a silent primary's turn
-// and the plain round after it, each up to 10 × this file's 100 ms `per_node_timeout`),
+// timed out. The last check starts 2.75 s before the deadline here (one attempt with a
+// silent primary: two waits of this file's 100 ms `per_node_timeout` and two of 10 × it),
 // so the wait is long enough for the outage (at a third of it) to come before it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_whose_nodes_hang_is_told_unavailable_not_timed_out() {
