@@ -105,7 +105,27 @@ pub(crate) async fn connect_and_wait<W: Wait>(
         let waited = tokio::select! {
             r = w.wait(&backend, &opts, try_once) => r,
             sig = signals.next() => {
-                warn_close(w.close(&backend).await);
+                // The close ends the wait's place in line, bounded (seconds with a silent
+                // server). A second signal meanwhile is the user insisting: exit at once,
+                // what the close would have removed left to its TTL or session.
+                tracing::info!(
+                    signal = crate::signals::name(sig),
+                    "closing the backend; a second signal exits without waiting for it"
+                );
+                tokio::select! {
+                    closed = w.close(&backend) => warn_close(closed),
+                    again = signals.next() => {
+                        return Err(fail(
+                            &format!(
+                                "{} while {}; a second {} while closing the backend: exiting without waiting for it (its TTL or session ends what the wait left)",
+                                crate::signals::name(sig),
+                                w.interrupted(),
+                                crate::signals::name(again)
+                            ),
+                            128 + sig.as_raw() as u8,
+                        ));
+                    }
+                }
                 return Err(fail(
                     &format!("{} while {}", crate::signals::name(sig), w.interrupted()),
                     128 + sig.as_raw() as u8,

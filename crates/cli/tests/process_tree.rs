@@ -434,10 +434,14 @@ fn ctrl_z_does_not_leave_the_terminal_to_a_stopped_command() {
     assert!(out.status.success());
 }
 
-/// A command that writes its process group to `$LOG.group`, then exits at once and leaves
-/// behind a process that ignores SIGTERM and logs `A-ALIVE` every 50 ms (at most 60 s).
+/// A command that writes its process group to `$LOG.group`, then exits and leaves behind a
+/// process that ignores SIGTERM and logs `A-ALIVE` every 50 ms (at most 60 s). It exits
+/// once that process has set its trap (`$LOG.trapped`, waited for at most 5 s): exiting at
+/// once let `run`'s SIGTERM to the group come first on a loaded machine, and the process
+/// died before it could ignore it (a full run saw `run` exit 0 with nothing left behind).
 const LEAVES_ONE_BEHIND: &str = r#"cut -d' ' -f5 /proc/$$/stat > "$LOG.group"
-( trap '' TERM; i=0; while [ $i -lt 1200 ]; do echo A-ALIVE >> "$LOG"; i=$((i+1)); sleep 0.05; done ) &
+( trap '' TERM; : > "$LOG.trapped"; i=0; while [ $i -lt 1200 ]; do echo A-ALIVE >> "$LOG"; i=$((i+1)); sleep 0.05; done ) &
+i=0; while [ ! -e "$LOG.trapped" ] && [ $i -lt 500 ]; do i=$((i+1)); sleep 0.01; done
 exit 0"#;
 
 /// The processes of group `group` that run (zombies do not).

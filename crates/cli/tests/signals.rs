@@ -395,3 +395,44 @@ fn time_stopped_while_connecting_counts_against_the_wait() {
     );
     end(holder);
 }
+
+// helper-73's trial: Ctrl-C while waiting on a hung server, then Ctrl-C again: the second
+// was ignored, and `run` exited only when the close's bound (3 s on Redis) had passed,
+// saying nothing meanwhile. A second signal during that close now exits at once. Failed
+// before: it took the whole close.
+#[test]
+fn a_second_signal_while_closing_after_the_first_exits_at_once() {
+    let server = fencelock_testkit::redis_server::RedisServer::start();
+    let url = server.url();
+    let mut holder = hold(fencelock(&url), &["run", "k"]);
+    let (w, w_err) = common::waiter_in_line(&url, "run", "W ran", &|| {
+        server.integer("LLEN fencelock:{k}:queue").unwrap_or(0) >= 1
+    });
+    server.pause(); // W's close cannot remove its queue entry now
+    kill_process(pid_of(&w), Signal::INT).expect("SIGINT");
+    // The second only once the first was taken (two pending SIGINTs are one).
+    let mut lines = Vec::new();
+    while !lines
+        .iter()
+        .any(|l: &String| l.contains("closing the backend; a second signal"))
+    {
+        match w_err.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) => lines.push(line),
+            Err(_) => panic!("W never said it was closing after the SIGINT: {lines:?}"),
+        }
+    }
+    let signalled = Instant::now();
+    kill_process(pid_of(&w), Signal::INT).expect("second SIGINT");
+    let out = output_within(w, Duration::from_secs(20));
+    let took = signalled.elapsed();
+    server.resume();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    lines.extend(w_err.try_iter());
+    assert_eq!(out.status.code(), Some(130), "{lines:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "exited {took:?} after the second signal: {lines:?}"
+    );
+    assert!(lines.iter().any(|l| l.contains("a second SIGINT")), "{lines:?}");
+}
