@@ -971,6 +971,11 @@ mod tests {
     }
 
     fn lease(ops: &Arc<Counting>, sent_at: Instant, validity: Duration) -> Lease {
+        unrenewed(Arc::clone(ops) as Arc<dyn LeaseOps>, sent_at, validity)
+    }
+
+    /// A lease on `ops` granted at `sent_at` for `validity` (its TTL), without auto-renew.
+    fn unrenewed(ops: Arc<dyn LeaseOps>, sent_at: Instant, validity: Duration) -> Lease {
         Lease::new(LeaseParts {
             key: "k".into(),
             token: FencingToken::new(1),
@@ -978,7 +983,7 @@ mod tests {
             sent_at,
             validity,
             options: LockOptions::new().with_ttl(validity).with_auto_renew(false),
-            ops: Arc::clone(ops) as Arc<dyn LeaseOps>,
+            ops,
         })
     }
 
@@ -1147,17 +1152,7 @@ mod tests {
             }
         }
 
-        let explicit = Lease::new(LeaseParts {
-            key: "k".into(),
-            token: FencingToken::new(1),
-            grant: GrantId::random(),
-            sent_at: Instant::now(),
-            validity: Duration::from_secs(1),
-            options: LockOptions::new()
-                .with_ttl(Duration::from_secs(1))
-                .with_auto_renew(false),
-            ops: silent(0),
-        });
+        let explicit = unrenewed(silent(0), Instant::now(), Duration::from_secs(1));
         let err = explicit
             .extend(Duration::from_secs(1))
             .await
@@ -1257,17 +1252,11 @@ mod tests {
             cleanups: crate::cleanup::Cleanups::new(),
         });
         let held = || {
-            Lease::new(LeaseParts {
-                key: "k".into(),
-                token: FencingToken::new(1),
-                grant: GrantId::random(),
-                sent_at: Instant::now(),
-                validity: Duration::from_secs(1),
-                options: LockOptions::new()
-                    .with_ttl(Duration::from_secs(1))
-                    .with_auto_renew(false),
-                ops: Arc::clone(&ops) as Arc<dyn LeaseOps>,
-            })
+            unrenewed(
+                Arc::clone(&ops) as Arc<dyn LeaseOps>,
+                Instant::now(),
+                Duration::from_secs(1),
+            )
         };
 
         drop(held());

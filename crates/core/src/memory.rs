@@ -280,18 +280,29 @@ impl DistributedLock for MemoryLock {
     /// # Cancel safety
     /// Cancel safe: the gate is shut before the first await; the rest only waits.
     async fn close(&self) -> Result<()> {
-        let _closing = self.gate.close(CLOSE_WAIT).await;
-        if self.cleanups.idle(CLOSE_WAIT).await {
-            return Ok(());
-        }
-        Err(crate::error::LockError::Unavailable {
-            message: format!(
-                "memory://{}: background releases still running after {CLOSE_WAIT:?}",
-                self.name
-            ),
-            source: None,
+        close_in_process(&self.gate, &self.cleanups, || {
+            format!("memory://{}: background releases", self.name)
         })
+        .await
     }
+}
+
+/// The `close()` of an in-process service (the memory lock, the memory election): shuts
+/// `gate`, then waits for `cleanups`, each at most [`CLOSE_WAIT`]; `Unavailable` naming
+/// `what` ("… background releases") when some still ran then.
+pub(crate) async fn close_in_process(
+    gate: &CloseGate,
+    cleanups: &crate::cleanup::Cleanups,
+    what: impl FnOnce() -> String,
+) -> Result<()> {
+    let _closing = gate.close(CLOSE_WAIT).await;
+    if cleanups.idle(CLOSE_WAIT).await {
+        return Ok(());
+    }
+    Err(crate::error::LockError::Unavailable {
+        message: format!("{} still running after {CLOSE_WAIT:?}", what()),
+        source: None,
+    })
 }
 
 /// How long [`MemoryLock::close`] (and `MemoryElection`'s) waits for the calls it ended

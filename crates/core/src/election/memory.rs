@@ -22,7 +22,7 @@ use crate::closing::CloseGate;
 use crate::error::Result;
 use crate::guarantees::TokenOrder;
 use crate::lease::{Lease, LeaseOps, LeaseParts};
-use crate::memory::{url_name, NamedTables, Table, CLOSE_WAIT};
+use crate::memory::{url_name, NamedTables, Table};
 use crate::options::LockOptions;
 use crate::token::{FencingToken, GrantId};
 use crate::waiting::{acquire_with, Attempt};
@@ -265,17 +265,10 @@ impl Election for MemoryElection {
     /// # Cancel safety
     /// Cancel safe: the gate is shut before the first await; the rest only waits.
     async fn close(&self) -> Result<()> {
-        let _closing = self.gate.close(CLOSE_WAIT).await;
-        if self.cleanups.idle(CLOSE_WAIT).await {
-            return Ok(());
-        }
-        Err(crate::error::LockError::Unavailable {
-            message: format!(
-                "memory://{} election: background resignations still running after {CLOSE_WAIT:?}",
-                self.name
-            ),
-            source: None,
+        crate::memory::close_in_process(&self.gate, &self.cleanups, || {
+            format!("memory://{} election: background resignations", self.name)
         })
+        .await
     }
 }
 
