@@ -17,7 +17,7 @@ use fencelock_core::{LockError, Result};
 /// | `layout` | `fencelock` | the names of the queue keys, see [`EtcdLayout`]: `go` takes part in the queue of Go's `concurrency.Mutex` (and `etcdctl lock KEY`) |
 /// | `session_ttl` | `10s` | TTL of the session lease shared by every auto-renewed lock of this instance: how long after this process dies or is cut off its locks are freed. Also the validity of every auto-renewed lock, and a third of it is how soon a lock key deleted on the server is noticed. Whole seconds, at least etcd's minimum lease TTL (1.5 × election timeout, rounded up: 1 s with 100 ms elections, 2 s with etcd's defaults; below it the first acquire gets `InvalidConfig` naming the minimum, as etcd would raise it silently), at most 1 day |
 /// | `timeout` | `2s` | the longest wait for one request (a cluster without quorum answers nothing); 1 ms ..= 10 min |
-/// | `connect_timeout` | `1s` | the longest wait for a connection; 1 ms ..= 10 min |
+/// | `connect_timeout` | `1s` | the longest wait for a connection; connecting also reads once to prove a leader answers, so it takes at most this + `timeout`; 1 ms ..= 10 min |
 /// | `user`, `password` | none | etcd authentication |
 ///
 /// Options set in code are checked by [`validate`](Self::validate) when connecting, as a

@@ -15,7 +15,7 @@ use crate::layout::RedisLayout;
 /// |---|---|---|
 /// | `prefix` | `fencelock:` | prefix of every Redis key and channel the backend uses |
 /// | `timeout` | `1s` | the longest wait for one reply; a slower server is "unavailable" |
-/// | `connect_timeout` | `1s` | the longest wait for a connection |
+/// | `connect_timeout` | `1s` | the longest wait for one connection attempt; a connect makes two, then waits `timeout` for the first reply: at most 2 × this + `timeout` in all (3 s by default) |
 /// | `ca_file` | system roots | (`rediss://` only) a PEM file of the CA that signed the server's certificate |
 /// | `poll` | `500ms` | the fallback re-check of a waiter, jittered to 50–100 %, in case a release message is lost (never longer than the holder's remaining TTL) |
 /// | `layout` | `fencelock` | the key names, [`RedisLayout`]: `bare` (the key as given: node-redlock, redsync), `python-redis-lock` (`lock:KEY`), `pottery` (`redlock:KEY`) to share a lock with those libraries; see `docs/interop.md` |
