@@ -603,3 +603,26 @@ fn waited_out(mut holder: std::process::Child, waiter: std::process::Child) -> O
     let _ = holder.wait();
     out
 }
+
+// helper-74's review: Redlock with 1 of 3 nodes down (a quorum answers; a free key is
+// acquired and run exits 0): a key held by another exited 69 "it stopped answering after
+// it last said `k` was held", because the down node's background release of the busy
+// round made the close fail. A close that leaves releases on a minority is no failure: 75.
+#[test]
+fn on_redlock_a_held_key_with_a_node_down_exits_75_not_69() {
+    let mut servers = fencelock_testkit::redis_server::start_many(3);
+    servers[2].kill();
+    let url = fencelock_testkit::redis_server::redlock_url(&servers, "");
+    let holder = common::hold(common::fencelock(&url), &["run", "k"]);
+    let free = common::fencelock(&url)
+        .args(["run", "free", "--wait", "2s", "--", "true"])
+        .output()
+        .expect("run");
+    assert_eq!(free.status.code(), Some(0), "{}", common::stderr_of(&free));
+    let out = common::fencelock(&url)
+        .args(["run", "k", "--wait", "2s", "--", "true"])
+        .output()
+        .expect("run");
+    common::end(holder);
+    assert_eq!(out.status.code(), Some(75), "{}", common::stderr_of(&out));
+}

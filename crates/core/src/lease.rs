@@ -896,8 +896,9 @@ async fn renew(s: Arc<Shared>, valid_until: Instant) {
             s.metrics.renewal_failed();
             // The Display of `RenewalFailed` already says the validity ran out: the reason
             // says only what the last renewal got, and an earlier failure when there was one
-            // (it is usually the cause: a reset connection, then silence).
-            let earlier = s.renewal().last_error.take();
+            // (it is usually the cause: a reset connection, then silence). Cloned, not
+            // taken: the timer may read it for the same loss in the same instant.
+            let earlier = s.renewal().last_error.clone();
             let why = match earlier {
                 Some(e) => format!("the last renewal got no answer; the one before failed: {e}"),
                 None => "the last renewal got no answer".to_owned(),

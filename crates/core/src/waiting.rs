@@ -121,6 +121,13 @@ impl LastCheck {
         }
     }
 
+    /// Whether a check sent at `sent` had, by `deadline`, at least a healthy backend's
+    /// request timeout (four fifths of [`before`](Self::before)) to answer: only then does
+    /// its silence say the backend stopped answering.
+    fn had_time(self, sent: Instant, deadline: Instant) -> bool {
+        deadline.saturating_duration_since(sent) >= self.before * 4 / 5
+    }
+
     /// The instant of the last check of a wait ending at `deadline` that started at
     /// `start`; `None` when there is none.
     fn at(self, start: Instant, deadline: Instant) -> Option<Instant> {
@@ -148,20 +155,26 @@ where
     let wait = WaitBound::start(key, opts)?;
     let (deadline, timeout) = (wait.deadline, || wait.timeout());
     let mut check_at = last_check.at(wait.start, deadline);
-    // Set when the next attempt is the last check.
-    let mut next_is_check = false;
     let mut last_error: Option<LockError> = None;
     let mut backoff = Backoff::new(deadline);
     let mut dead = DeadOnArrival::default();
     for _ in 0..MAX_ATTEMPTS {
-        let checking = std::mem::take(&mut next_is_check);
+        // The first attempt that starts at or after the check's instant is the last check;
+        // one before it (a wake, a re-check) leaves the check for later.
+        let started = Instant::now();
+        let checking = check_at.is_some_and(|at| started >= at);
+        if checking {
+            check_at = None;
+        }
         let outcome = match tokio::time::timeout_at(deadline, attempt()).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(e)) => {
                 last_error = Some(backoff.pause_or_fail(e).await?);
                 continue;
             }
-            Err(_) if checking => return Err(last_check.unanswered(wait.key)),
+            Err(_) if checking && last_check.had_time(started, deadline) => {
+                return Err(last_check.unanswered(wait.key));
+            }
             Err(_) => return Err(last_error.take().unwrap_or_else(timeout)),
         };
         last_error = None;
@@ -184,13 +197,9 @@ where
                     return Err(timeout());
                 }
                 if let Some(at) = check_at.filter(|&at| until > at) {
-                    // The wait would run out with no attempt after `at`: make one there.
-                    // An attempt before `at` (a wake, a re-check) leaves it for later.
-                    if now < at {
-                        until = at;
-                        next_is_check = true;
-                    }
-                    check_at = None;
+                    // The wait would run out with no attempt at or after `at`: make one
+                    // there (at once when `at` has passed).
+                    until = at.max(now);
                 }
                 match wake {
                     Some(wake) => {
@@ -256,6 +265,10 @@ where
     let (deadline, timeout) = (wait.deadline, || wait.timeout());
     let mut check_at = last_check.at(wait.start, deadline);
     let mut check_failed: Option<LockError> = None;
+    // When the probe in flight was sent (`None`: none is).
+    // (A mutex, not a `Cell`: the wait's future must be `Send`; never contended.)
+    let probe_sent: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+    let sent_at = || *probe_sent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut last_error: Option<LockError> = None;
     let mut backoff = Backoff::new(deadline);
     let mut dead = DeadOnArrival::default();
@@ -268,6 +281,7 @@ where
             Some(at) => {
                 let check = async {
                     tokio::time::sleep_until(at).await;
+                    *probe_sent.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
                     probe().await
                 };
                 tokio::pin!(check);
@@ -296,8 +310,12 @@ where
             Ok(Ok(None)) => last_error = None,
             Ok(Err(e)) => last_error = Some(backoff.pause_or_fail(e).await?),
             Err(_) if check_failed.is_some() => return Err(check_failed.take().unwrap_or_else(timeout)),
-            // The probe started and had no answer by the deadline: as a failed one.
-            Err(_) if check_at.is_some_and(|at| at <= Instant::now()) => return Err(last_check.unanswered(wait.key)),
+            // The probe had a healthy backend's time and no answer by the deadline: as a
+            // failed one. (One sent late — an attempt that restarted after `at` — says
+            // nothing by its silence.)
+            Err(_) if check_at.is_some() && sent_at().is_some_and(|t| last_check.had_time(t, deadline)) => {
+                return Err(last_check.unanswered(wait.key));
+            }
             Err(_) if queued.is_marked() => return Err(timeout()),
             Err(_) => return Err(last_error.take().unwrap_or_else(timeout)),
         }
@@ -734,6 +752,80 @@ mod tests {
             assert!(err.is_timeout(), "{err:?}");
             assert_eq!(attempts.load(Ordering::SeqCst), 2, "{check:?}");
         }
+    }
+
+    /// A wake (a message, a dropped pub/sub connection) that fires before the last check's
+    /// instant does not use the check up: the server hanging after that wake (well before
+    /// the deadline) still ends the wait `Unavailable`. Failed before (helper-74's review):
+    /// the woken attempt was taken for the check, and the wait ended `Timeout`.
+    #[tokio::test(start_paused = true)]
+    async fn an_early_wake_does_not_use_up_the_last_check() {
+        let request_timeout = Duration::from_millis(200);
+        let check = LastCheck::for_request_timeout(request_timeout);
+        let opts = LockOptions::new().with_wait(Duration::from_secs(3));
+        let attempts = AtomicU32::new(0);
+        let err = acquire_checked("k", &opts, check, || {
+            let n = attempts.fetch_add(1, Ordering::SeqCst);
+            async move {
+                match n {
+                    // Queued; a message arrives 100 ms later.
+                    0 => Ok(Attempt::Busy {
+                        wake: Some(Box::pin(tokio::time::sleep(Duration::from_millis(100))) as WakeFuture),
+                        retry_at: Some(Instant::now() + Duration::from_secs(10)),
+                    }),
+                    // Woken at 100 ms: still held, the server answers.
+                    1 => Ok(Attempt::Busy {
+                        wake: None,
+                        retry_at: Some(Instant::now() + Duration::from_secs(10)),
+                    }),
+                    // From then on the server hangs.
+                    _ => {
+                        tokio::time::sleep(request_timeout).await;
+                        Err(LockError::unavailable("no answer", std::io::Error::other("timed out")))
+                    }
+                }
+            }
+        })
+        .await
+        .expect_err("acquired a held key");
+        assert!(
+            matches!(err, LockError::Unavailable { .. }),
+            "hung from 0.1 s of a 3 s wait, no check at 2.75 s: {err:?} after {} attempts",
+            attempts.load(Ordering::SeqCst)
+        );
+    }
+
+    /// A queued attempt that restarts late in the wait (our place vanished, `Ok(None)`)
+    /// drops the probe in flight, and the next one is sent with less than a request
+    /// timeout left: its silence at the deadline (a healthy probe takes 180 ms, 150 ms are
+    /// left) says nothing, and a waiter in line ends `Timeout`. Failed before
+    /// (helper-74's review): `Unavailable`.
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_sent_late_does_not_make_a_healthy_server_unavailable() {
+        let request_timeout = Duration::from_millis(200);
+        let check = LastCheck::for_request_timeout(request_timeout);
+        let opts = LockOptions::new().with_wait(Duration::from_secs(3));
+        let start = Instant::now();
+        let attempts = AtomicU32::new(0);
+        let probe = || async {
+            tokio::time::sleep(Duration::from_millis(180)).await;
+            Ok(())
+        };
+        let err = queue_checked("k", &opts, check, probe, |queued| {
+            let n = attempts.fetch_add(1, Ordering::SeqCst);
+            async move {
+                queued.mark();
+                if n == 0 {
+                    // In line until 2.85 s, when our place vanishes: queue again.
+                    tokio::time::sleep_until(start + Duration::from_millis(2_850)).await;
+                    return Ok(None);
+                }
+                std::future::pending().await
+            }
+        })
+        .await
+        .expect_err("acquired a held key");
+        assert!(err.is_timeout(), "a healthy server, in line at the deadline: {err:?}");
     }
 
     /// The same for a queue: a waiter in line (marked) whose probe, 1.25 × the request
