@@ -100,22 +100,31 @@ impl Cleanups {
     /// # Cancel safety
     /// Cancel safe: it only waits.
     pub async fn idle(&self, bound: Duration) -> bool {
-        let count = &self.0;
-        let none_left = async {
-            // Bounded by the timeout below; each turn is one wake-up by a count at zero.
-            loop {
-                // Registered before the count is read: a drop to 0 in between still wakes it.
-                let told = count.none_left.notified();
-                tokio::pin!(told);
-                told.as_mut().enable();
-                if count.running.load(Ordering::Acquire) == 0 {
-                    return;
-                }
-                told.await;
-            }
-        };
-        tokio::time::timeout(bound, none_left).await.is_ok()
+        until_zero(&self.0.running, &self.0.none_left, bound).await
     }
+}
+
+/// Waits until `count` is 0, for at most `bound`; `true` when it is. `zero` must be told
+/// (`notify_waiters`) whenever `count` drops to 0 while it may be waited on. Shared by
+/// [`Cleanups::idle`] and the close gate's wait for the calls inside it.
+///
+/// # Cancel safety
+/// Cancel safe: it only waits.
+pub(crate) async fn until_zero(count: &AtomicUsize, zero: &Notify, bound: Duration) -> bool {
+    let none_left = async {
+        // Bounded by the timeout below; each turn is one wake-up by a count at zero.
+        loop {
+            // Registered before the count is read: a drop to 0 in between still wakes it.
+            let told = zero.notified();
+            tokio::pin!(told);
+            told.as_mut().enable();
+            if count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            told.await;
+        }
+    };
+    tokio::time::timeout(bound, none_left).await.is_ok()
 }
 
 /// One clean-up counted by [`Cleanups::start`]; dropping it ends the count.

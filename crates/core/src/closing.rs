@@ -167,20 +167,8 @@ impl CloseGate {
     /// # Cancel safety
     /// Cancel safe: it only waits.
     pub async fn calls_ended(&self, limit: Duration) -> bool {
-        let emptied = async {
-            loop {
-                let left = self.emptied.notified();
-                tokio::pin!(left);
-                // Registered before the count is read: the last call leaving after the
-                // read wakes it (it notifies once the gate is shut, see `Inside`).
-                left.as_mut().enable();
-                if self.calls.load(Ordering::SeqCst) == 0 {
-                    return;
-                }
-                left.await;
-            }
-        };
-        tokio::time::timeout(limit, emptied).await.is_ok()
+        // The last call leaving tells `emptied` once the gate is shut (see `Inside`).
+        crate::cleanup::until_zero(&self.calls, &self.emptied, limit).await
     }
 
     /// Calls inside the gate now.

@@ -265,14 +265,13 @@ where
     let (deadline, timeout) = (wait.deadline, || wait.timeout());
     let mut check_at = last_check.at(wait.start, deadline);
     let mut check_failed: Option<LockError> = None;
-    // When the probe in flight was sent (`None`: none is).
-    // (A mutex, not a `Cell`: the wait's future must be `Send`; never contended.)
-    let probe_sent: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
-    let sent_at = || *probe_sent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut last_error: Option<LockError> = None;
     let mut backoff = Backoff::new(deadline);
     let mut dead = DeadOnArrival::default();
     for _ in 0..MAX_ATTEMPTS {
+        // This attempt's probe, if it has one, is sent at `at` or, when the attempt starts
+        // later (a restart), at once.
+        let started = Instant::now();
         let queued = Enqueued::default();
         let run = tokio::time::timeout_at(deadline, attempt(queued.clone()));
         tokio::pin!(run);
@@ -281,7 +280,6 @@ where
             Some(at) => {
                 let check = async {
                     tokio::time::sleep_until(at).await;
-                    *probe_sent.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
                     probe().await
                 };
                 tokio::pin!(check);
@@ -313,7 +311,7 @@ where
             // The probe had a healthy backend's time and no answer by the deadline: as a
             // failed one. (One sent late — an attempt that restarted after `at` — says
             // nothing by its silence.)
-            Err(_) if check_at.is_some() && sent_at().is_some_and(|t| last_check.had_time(t, deadline)) => {
+            Err(_) if check_at.is_some_and(|at| last_check.had_time(at.max(started), deadline)) => {
                 return Err(last_check.unanswered(wait.key));
             }
             Err(_) if queued.is_marked() => return Err(timeout()),
@@ -604,6 +602,14 @@ mod tests {
         assert_eq!(lease.token(), FencingToken::new(2));
     }
 
+    /// The backend's request timeout in the last-check tests.
+    const REQUEST_TIMEOUT: Duration = Duration::from_millis(200);
+
+    /// A hung backend's answer once its request timeout passed.
+    fn no_answer() -> LockError {
+        LockError::unavailable("no answer", std::io::Error::other("timed out"))
+    }
+
     /// Options waiting 1 s.
     fn one_second() -> LockOptions {
         LockOptions::new().with_wait(Duration::from_secs(1))
@@ -694,8 +700,7 @@ mod tests {
     /// wait is a timeout, after exactly one extra attempt.
     #[tokio::test(start_paused = true)]
     async fn a_last_check_before_the_deadline_tells_a_hung_server_from_a_held_key() {
-        let request_timeout = Duration::from_millis(200);
-        let check = LastCheck::for_request_timeout(request_timeout);
+        let check = LastCheck::for_request_timeout(REQUEST_TIMEOUT);
         let opts = LockOptions::new().with_wait(Duration::from_secs(3));
         // Hung: the check fails after the request timeout. Silent: the check never
         // answers at all (an attempt slower than the backend said), cut off by the
@@ -710,8 +715,8 @@ mod tests {
                         std::future::pending::<()>().await;
                     }
                     if n > 0 && hung {
-                        tokio::time::sleep(request_timeout).await;
-                        return Err(LockError::unavailable("no answer", std::io::Error::other("timed out")));
+                        tokio::time::sleep(REQUEST_TIMEOUT).await;
+                        return Err(no_answer());
                     }
                     // Queued: the next re-check is due long after the wait ends.
                     Ok(Attempt::Busy {
@@ -760,8 +765,7 @@ mod tests {
     /// the woken attempt was taken for the check, and the wait ended `Timeout`.
     #[tokio::test(start_paused = true)]
     async fn an_early_wake_does_not_use_up_the_last_check() {
-        let request_timeout = Duration::from_millis(200);
-        let check = LastCheck::for_request_timeout(request_timeout);
+        let check = LastCheck::for_request_timeout(REQUEST_TIMEOUT);
         let opts = LockOptions::new().with_wait(Duration::from_secs(3));
         let attempts = AtomicU32::new(0);
         let err = acquire_checked("k", &opts, check, || {
@@ -780,8 +784,8 @@ mod tests {
                     }),
                     // From then on the server hangs.
                     _ => {
-                        tokio::time::sleep(request_timeout).await;
-                        Err(LockError::unavailable("no answer", std::io::Error::other("timed out")))
+                        tokio::time::sleep(REQUEST_TIMEOUT).await;
+                        Err(no_answer())
                     }
                 }
             }
@@ -802,8 +806,7 @@ mod tests {
     /// (helper-74's review): `Unavailable`.
     #[tokio::test(start_paused = true)]
     async fn a_probe_sent_late_does_not_make_a_healthy_server_unavailable() {
-        let request_timeout = Duration::from_millis(200);
-        let check = LastCheck::for_request_timeout(request_timeout);
+        let check = LastCheck::for_request_timeout(REQUEST_TIMEOUT);
         let opts = LockOptions::new().with_wait(Duration::from_secs(3));
         let start = Instant::now();
         let attempts = AtomicU32::new(0);
@@ -834,8 +837,7 @@ mod tests {
     /// restarted).
     #[tokio::test(start_paused = true)]
     async fn a_last_check_beside_a_queued_wait_tells_a_hung_server_from_a_held_key() {
-        let request_timeout = Duration::from_millis(200);
-        let check = LastCheck::for_request_timeout(request_timeout);
+        let check = LastCheck::for_request_timeout(REQUEST_TIMEOUT);
         let opts = LockOptions::new().with_wait(Duration::from_secs(3));
         for (hung, silent) in [(true, false), (true, true), (false, false)] {
             let (attempts, probes) = (AtomicU32::new(0), AtomicU32::new(0));
@@ -846,8 +848,8 @@ mod tests {
                         std::future::pending::<()>().await;
                     }
                     if hung {
-                        tokio::time::sleep(request_timeout).await;
-                        return Err(LockError::unavailable("no answer", std::io::Error::other("timed out")));
+                        tokio::time::sleep(REQUEST_TIMEOUT).await;
+                        return Err(no_answer());
                     }
                     Ok(())
                 }
