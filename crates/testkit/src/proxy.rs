@@ -60,6 +60,11 @@ impl FaultProxy {
                 let Ok(server) = TcpStream::connect(server).await else {
                     continue;
                 };
+                // No Nagle on either leg, as the clients and servers themselves set it:
+                // otherwise a small write behind unacknowledged data waits for the peer's
+                // delayed ACK (about 40 ms), which the proxied connection alone would pay.
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
                 let mut list = conns.lock().unwrap_or_else(|p| p.into_inner());
