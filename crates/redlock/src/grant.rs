@@ -27,6 +27,11 @@ pub(crate) struct RedlockGrant {
     pub(crate) key: String,
     pub(crate) grant: String,
     pub(crate) token: u64,
+    /// The key's primary node (index) when the grant was made: its release hands the lock
+    /// off there. Kept rather than computed at release, so a `run_id` read while the lease
+    /// is held (see `wait::primary`) does not make the release skip the queue its waiters
+    /// joined; in normal operation both are the same node.
+    pub(crate) primary: usize,
     /// Per node: its counter may be below `token` (it did not grant, or granted with a
     /// lower count), so release raises it. Nodes that granted with `token` itself already
     /// count from there and get the plain compare-and-delete — in the fault-free steady
@@ -86,6 +91,7 @@ impl RedlockGrant {
             inner: Arc::clone(&self.inner),
             key: self.key.clone(),
             grant: self.grant.clone(),
+            primary: self.primary,
             raise_to: Some((self.token, self.lagging.clone())),
         }
     }
@@ -149,6 +155,9 @@ pub(crate) struct ReleasePlan {
     pub(crate) inner: Arc<Inner>,
     pub(crate) key: String,
     pub(crate) grant: String,
+    /// The key's primary node (index) as the grant's round saw it: the one node where the
+    /// release looks at the queue and hands the lock off (`wait::primary`).
+    pub(crate) primary: usize,
     /// The token and, per node, whether its counter must be raised to it.
     pub(crate) raise_to: Option<(u64, Vec<bool>)>,
 }
@@ -161,7 +170,7 @@ impl ReleasePlan {
     async fn send(&self, which: &[usize], judge: bool) -> Vec<(usize, crate::quorum::Answer<bool>)> {
         let nodes: Vec<_> = which.iter().map(|&i| self.inner.nodes[i].clone()).collect();
         let per_node = self.inner.cfg.per_node_timeout;
-        let primary = crate::wait::primary(&self.key, &self.inner.nodes);
+        let primary = self.primary;
         let quorum = self.inner.cfg.quorum().min(nodes.len());
         let bound = if judge {
             Bound::quorum(per_node, quorum)
@@ -228,6 +237,7 @@ impl ReleasePlan {
             inner,
             key,
             grant,
+            primary,
             raise_to,
         } = self;
         let weak = Arc::downgrade(&inner);
@@ -257,6 +267,7 @@ impl ReleasePlan {
                     inner,
                     key: key.clone(),
                     grant: grant.clone(),
+                    primary,
                     raise_to: raise_to.clone(),
                 };
                 let (_, answers) = tokio::join!(load, plan.send(&pending, false));

@@ -225,11 +225,14 @@ impl RedlockLock {
         let cfg = &inner.cfg;
         let (ttl, per_node) = (opts.ttl(), cfg.per_node_timeout);
         let grant = GrantId::random();
+        // Computed once for the round, its undo and its lease (`wait::primary`).
+        let primary = crate::wait::primary(key, &inner.nodes);
         let undo = {
             let plan = ReleasePlan {
                 inner: Arc::clone(inner),
                 key: key.to_owned(),
                 grant: grant.to_string(),
+                primary,
                 raise_to: None,
             };
             CancelGuard::new(move || plan.everywhere_later(Instant::now() + ttl))
@@ -237,7 +240,7 @@ impl RedlockLock {
         let start = Instant::now();
         let bound = Bound::quorum(per_node, cfg.quorum());
         let answers = grant_on(&inner.nodes, bound, key, &grant, ttl, cfg.restart_delay).await;
-        let round = self.conclude(key, opts, grant, &answers, start).await;
+        let round = self.conclude(key, opts, grant, primary, &answers, start).await;
         undo.disarm();
         round
     }
@@ -245,12 +248,14 @@ impl RedlockLock {
     /// The end of a round whose votes are `answers` (by node), asked from `start`: a lease
     /// for `grant` when a quorum granted it with validity left; otherwise the grant is
     /// undone on every node (in the background for silent ones, bounded by the TTL) and
-    /// the round is busy — or `Unavailable` when fewer than a quorum answered.
+    /// the round is busy — or `Unavailable` when fewer than a quorum answered. `primary`:
+    /// the key's primary node as the round saw it, where the grant's release hands off.
     pub(crate) async fn conclude(
         &self,
         key: &str,
         opts: &LockOptions,
         grant: GrantId,
+        primary: usize,
         answers: &[Answer<NodeGrant>],
         start: Instant,
     ) -> Result<Round> {
@@ -278,6 +283,7 @@ impl RedlockLock {
                 key: key.to_owned(),
                 grant: grant.to_string(),
                 token: token.get(),
+                primary,
                 lagging,
                 ttl_ms: AtomicU64::new(ttl.as_millis() as u64),
             });
@@ -298,6 +304,7 @@ impl RedlockLock {
             inner: Arc::clone(inner),
             key: key.to_owned(),
             grant: grant.to_string(),
+            primary,
             raise_to: None,
         }
         .everywhere(Instant::now() + ttl)

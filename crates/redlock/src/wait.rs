@@ -17,7 +17,15 @@ use crate::quorum::{late, Bound};
 /// there, its grant id (the same for every turn until a turn whose grant is undone spends
 /// it) and its queue entry. Dropped before it
 /// was granted (timed out, cancelled, failed), it leaves the queue in the background.
+///
+/// The primary is chosen once, when the acquire queues, and kept for the whole wait (its
+/// turns, their undo, the lease a turn grants): were it chosen again at each turn, a
+/// `run_id` read in between (a node connected late, a restart noticed) could move it,
+/// and the wait would claim on one node while its queue entry sits on another, or undo
+/// a turn's grant with a release that skips the queue it holds up.
 pub(crate) struct Queued {
+    /// The primary's index in the instance's nodes.
+    at: usize,
     primary: RedisNode,
     key: String,
     ttl: Duration,
@@ -76,10 +84,12 @@ impl RedlockLock {
                 // the primary at once — its turn grants a free key too, and asks the other
                 // nodes only then — rather than a round whose answer would be "busy".
                 self.inner.busy.found_busy(key);
-                let primary = self.inner.nodes[primary(key, &self.inner.nodes)].clone();
+                let at = primary(key, &self.inner.nodes);
+                let primary = self.inner.nodes[at].clone();
                 let grant = GrantId::random();
                 match tokio::time::timeout(per_node, primary.wait_as(grant.as_str())).await {
                     Ok(Ok(sub)) => slot.insert(Queued {
+                        at,
                         primary,
                         key: key.to_owned(),
                         ttl: opts.ttl(),
@@ -123,6 +133,8 @@ impl RedlockLock {
         }
         let _permit = permit;
         let cfg = &self.inner.cfg;
+        // The primary this wait queued on (see `Queued`).
+        let p = q.at;
         // Armed before the first request: dropped anywhere in the round, the grant is
         // released on every node in the background (the queue's leave frees the primary
         // too; both are idempotent).
@@ -131,12 +143,12 @@ impl RedlockLock {
                 inner: std::sync::Arc::clone(&self.inner),
                 key: key.to_owned(),
                 grant: q.grant.to_string(),
+                primary: p,
                 raise_to: None,
             };
             let ttl = opts.ttl();
             CancelGuard::new(move || plan.everywhere_later(Instant::now() + ttl))
         };
-        let p = primary(key, &self.inner.nodes);
         let others: Vec<RedisNode> = (self.inner.nodes.iter().enumerate())
             .filter(|(i, _)| *i != p)
             .map(|(_, n)| n.clone())
@@ -177,7 +189,7 @@ impl RedlockLock {
                     None => grant_on(&others, rest_bound, key, &q.grant, opts.ttl(), cfg.restart_delay).await,
                 };
                 answers.insert(p, Ok(NodeGrant::Granted(token)));
-                let round = self.conclude(key, opts, q.grant.clone(), &answers, start).await;
+                let round = self.conclude(key, opts, q.grant.clone(), p, &answers, start).await;
                 undo.disarm();
                 match round {
                     Ok(Round::Granted(lease)) => {
@@ -263,24 +275,58 @@ impl RedlockLock {
 /// hand-off is addressed to it; the poll only covers a lost message).
 const QUEUED_POLL_FACTOR: u32 = 20;
 
-/// The node a contended key queues on (its primary): the node whose address ranks highest
-/// for the key (rendezvous hashing: FNV-1a of key and `host:port`), so keys spread over
-/// the nodes and every client that names the same addresses picks the same node for a
-/// key, in whatever order its URL lists them. Only the primary can hold a queue for the
-/// key; releases elsewhere skip the queue ([`RedisNode::release_unqueued`]).
+/// The node a contended key queues on (its primary), as an index into `nodes`: the node
+/// whose server ranks highest for the key (rendezvous hashing: FNV-1a of the key and the
+/// server's identity), so keys spread over the nodes and every client of the same
+/// servers picks the same node for a key, in whatever order its URL lists them. Only the
+/// primary can hold a queue for the key; releases elsewhere skip the queue
+/// ([`RedisNode::release_unqueued`]), so two clients that disagree on the primary lose
+/// the hand-off: the holder's release pushes nobody where the waiters queued, and they
+/// get the lock at their fallback re-check, seconds later.
+///
+/// The identity is the server's `run_id` ([`RedisNode::run_id`], read at connect), not the
+/// `host:port` the client spells: clients that reach the same servers under other names
+/// — `localhost` against `127.0.0.1`, a DNS name against an IP, through a TCP proxy or a
+/// NAT — agree too. A node whose `run_id` this client does not know (not connected yet,
+/// down since this client started, `INFO` refused) is ranked by its address (`server()`)
+/// instead, node by node: only the keys that this node ranks first for, under either of
+/// its two names, can then be placed otherwise than by clients that know it — about 2/N
+/// of the keys, where ranking every node by address whenever one `run_id` is missing
+/// would move about (N−1)/N of them. Ties (two 64-bit hashes equal) go to the greater
+/// identity, then — only for one identity listed twice, which `connect` refuses — to the
+/// earlier node: never to a position in the URL.
+///
+/// A restarted server has a new `run_id`, so the primary of some keys moves after a
+/// restart (and differs between clients that read the old and the new one: a client
+/// reads it when it connects, and again only when a repeated release finds the server
+/// restarted). That costs those keys their hand-off until the views agree again, nothing
+/// more: the queue is not a safety device — a grant is a quorum of nodes whatever node
+/// it queued on. Each wait computes the primary once (`Queued`) and each lease keeps the
+/// one its grant was made with, so a `run_id` read in the middle does not make a wait's
+/// turns, or a release of its lease, skip the queue it queued on.
 pub(crate) fn primary(key: &str, nodes: &[RedisNode]) -> usize {
+    let run_ids: Vec<Option<String>> = nodes.iter().map(RedisNode::run_id).collect();
+    let servers: Vec<&str> = nodes.iter().map(RedisNode::server).collect();
+    rank(key, &run_ids, &servers)
+}
+
+/// [`primary`] over the nodes' `run_id`s and addresses (by node).
+fn rank(key: &str, run_ids: &[Option<String>], servers: &[&str]) -> usize {
     let fnv = |h: u64, bytes: &[u8]| {
         bytes
             .iter()
             .fold(h, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
     };
-    let of_key = fnv(0xcbf2_9ce4_8422_2325, key.as_bytes());
-    (0..nodes.len())
+    let identities: Vec<&str> = run_ids
+        .iter()
+        .zip(servers)
+        .map(|(id, server)| id.as_deref().filter(|id| !id.is_empty()).unwrap_or(server))
+        .collect();
+    let of_key = fnv(fnv(0xcbf2_9ce4_8422_2325, key.as_bytes()), b"\0");
+    (0..identities.len())
         .max_by_key(|&i| {
-            (
-                fnv(fnv(of_key, b"\0"), nodes[i].server().as_bytes()),
-                std::cmp::Reverse(i),
-            )
+            let id = identities[i];
+            (fnv(of_key, id.as_bytes()), id, std::cmp::Reverse(i))
         })
         .unwrap_or(0)
 }
@@ -310,5 +356,79 @@ mod tests {
             used.insert(pa);
         }
         assert_eq!(used.len(), 5, "keys spread over every node");
+    }
+
+    fn ids(ids: &[&str]) -> Vec<Option<String>> {
+        ids.iter().map(|id| Some((*id).to_owned())).collect()
+    }
+
+    /// Two clients that reach the same servers under other names (one directly, one through
+    /// proxies or by another host name), in another order: the same primary for every key,
+    /// chosen by the servers' `run_id`s — their addresses have no say.
+    #[test]
+    fn clients_that_spell_the_servers_otherwise_pick_the_same_primary() {
+        let direct = [
+            "127.0.0.1:7001",
+            "127.0.0.1:7002",
+            "127.0.0.1:7003",
+            "127.0.0.1:7004",
+            "127.0.0.1:7005",
+        ];
+        let run_ids = ids(&["r1", "r2", "r3", "r4", "r5"]);
+        // The same servers, other names and order: localhost:900N names run_ids[N - 1].
+        let order = [3, 0, 4, 2, 1];
+        let proxied: Vec<String> = order.iter().map(|&n| format!("localhost:{}", 9001 + n)).collect();
+        let proxied: Vec<&str> = proxied.iter().map(String::as_str).collect();
+        let proxied_ids: Vec<Option<String>> = order.iter().map(|&n| run_ids[n].clone()).collect();
+        let (mut used, mut moved) = (std::collections::HashSet::new(), 0);
+        for i in 0..200 {
+            let key = format!("key-{i}");
+            let (a, b) = (rank(&key, &run_ids, &direct), rank(&key, &proxied_ids, &proxied));
+            assert_eq!(run_ids[a], proxied_ids[b], "{key}");
+            used.insert(a);
+            // Ranked by address, the two clients would often disagree.
+            let by_address = rank(&key, &[None, None, None, None, None], &direct);
+            if by_address != a {
+                moved += 1;
+            }
+        }
+        assert_eq!(used.len(), 5, "keys spread over every node");
+        assert!(moved > 0, "the run_ids, not the addresses, decide");
+    }
+
+    /// A node whose `run_id` is unknown (not connected yet, `INFO` refused) is ranked by
+    /// its address; the others keep their identities, so a key moves only where that node
+    /// ranks first under one of its two names.
+    #[test]
+    fn a_missing_run_id_ranks_that_node_by_address() {
+        let servers = ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"];
+        let known = ids(&["r1", "r2", "r3"]);
+        let none = [None, None, None];
+        for (missing, lacked) in [
+            (vec![None, Some("r2".to_owned()), Some("r3".to_owned())], 0),
+            (
+                vec![Some("r1".to_owned()), Some(String::new()), Some("r3".to_owned())],
+                1,
+            ),
+        ] {
+            let mut differ = 0;
+            for i in 0..300 {
+                let key = format!("key-{i}");
+                let (with_all, without) = (rank(&key, &known, &servers), rank(&key, &missing, &servers));
+                if with_all != without {
+                    // Only where the lacked node ranks first under one of its two names.
+                    assert!(with_all == lacked || without == lacked, "{key}");
+                    differ += 1;
+                }
+            }
+            assert!(differ > 0, "the lacked node's name decides some keys");
+        }
+        // Nodes never connected know no run_id: `primary` ranks them by address.
+        let nodes = nodes(&[7001, 7002, 7003]);
+        let servers: Vec<&str> = nodes.iter().map(RedisNode::server).collect();
+        for i in 0..100 {
+            let key = format!("key-{i}");
+            assert_eq!(primary(&key, &nodes), rank(&key, &none, &servers), "{key}");
+        }
     }
 }
