@@ -45,8 +45,12 @@ fn main() -> ExitCode {
         args::Command::Bench(_) => true,
         _ => false,
     };
-    let watching = matches!(&cli.command, args::Command::Leader(a) if a.watch);
-    logging::init(cli.verbose, quiet, watching);
+    let twin = match &cli.command {
+        args::Command::Leader(a) if a.watch => logging::Twin::ObserverReads,
+        args::Command::Run(_) | args::Command::Elect(_) => logging::Twin::LeaseLoss,
+        _ => logging::Twin::None,
+    };
+    logging::init(cli.verbose, quiet, twin);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -234,7 +234,21 @@ fn a_lost_lease_exits_76_or_the_lost_exit_code() {
         assert!(other.status.success(), "{}", stderr_of(&other));
         rustix::process::kill_process(pid, rustix::process::Signal::CONT).expect("SIGCONT");
         let out = holder.wait_with_output().expect("wait");
-        assert_eq!(out.status.code(), Some(code), "{}", stderr_of(&out));
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(code), "{err}");
+        // The loss is said once, with its reason: the lease's own "lease lost" WARN, which
+        // repeated the reason, is the command's twin (a trial counted it twice).
+        let reason = err
+            .split_once("lost while the command ran: ")
+            .and_then(|(_, rest)| rest.split_once("; "))
+            .map(|(reason, _)| reason)
+            .unwrap_or_else(|| panic!("no loss line with a reason: {err}"));
+        assert!(!reason.is_empty(), "{err}");
+        assert_eq!(
+            err.matches(reason).count(),
+            1,
+            "the reason `{reason}` is said more than once: {err}"
+        );
     }
 }
 

@@ -27,6 +27,12 @@ use crate::options::{validate_ttl, LockOptions};
 use crate::token::{Fence, FencingToken, GrantId};
 use crate::waiting::CancelGuard;
 
+/// The `tracing` target of the one WARN a lease logs when it is lost ("lease lost", with
+/// its key, token and reason). A program that reports a loss itself, as `fencelock run`
+/// does, can turn this event off with the directive `fencelock_core::lease::lost=off`
+/// without hiding the lease's other warnings.
+pub const LOST_TARGET: &str = "fencelock_core::lease::lost";
+
 /// How a backend extends and releases one grant. Implemented by every backend; called only
 /// by [`Lease`].
 #[async_trait]
@@ -232,7 +238,7 @@ impl Shared {
         if changed {
             self.unschedule();
             self.metrics.lost(&reason);
-            tracing::warn!(key = %self.key, token = %self.token, %reason, "lease lost");
+            tracing::warn!(target: LOST_TARGET, key = %self.key, token = %self.token, %reason, "lease lost");
             if matches!(reason, LostReason::Expired | LostReason::RenewalFailed(_)) {
                 // The lease lapsed: give the grant back on the backend (only ours is ever
                 // touched), so that backends whose grants do not expire by themselves —
