@@ -140,6 +140,7 @@ COMMIT;",
             &server,
             "connecting to listen",
             bound,
+            self.lock.node().last_good_host(),
             |pg, server| async move {
                 let (client, mut connection) = pg
                     .connect(NoTls)

@@ -15,11 +15,39 @@
 
 use std::future::Future;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use fencelock_core::LockError;
 use tokio_postgres::config::{Host, LoadBalanceHosts};
 use tokio_postgres::Config;
+
+/// The host (its place in the URL's list) whose attempt last succeeded, for one lock
+/// instance: the next connection starts there, then goes on in the URL's order and
+/// wraps round. libpq starts from the first host every time; a pool that opens
+/// connections as it grows, and reconnects after a failover, would then pay a silent
+/// first host's whole bound (`connect_timeout` + 2 × `timeout`) on every one. The
+/// preference is only an order: a host that stops working is given up as before and the
+/// next one that works becomes the preference. With `load_balance_hosts=random` the
+/// order stays random.
+#[derive(Debug, Default)]
+pub(crate) struct LastGood(AtomicUsize);
+
+impl LastGood {
+    /// `hosts` in the order to try: from the last good one, wrapping round.
+    fn order<T>(&self, hosts: Vec<T>) -> Vec<(usize, T)> {
+        let mut hosts: Vec<(usize, T)> = hosts.into_iter().enumerate().collect();
+        let start = self.0.load(Ordering::Relaxed);
+        if start < hosts.len() {
+            hosts.rotate_left(start);
+        }
+        hosts
+    }
+
+    fn worked(&self, host: usize) {
+        self.0.store(host, Ordering::Relaxed);
+    }
+}
 
 /// How one host's attempt failed.
 #[derive(Debug)]
@@ -188,7 +216,9 @@ fn shuffle<T>(items: &mut [T]) {
 /// host's name resolution, and each address's whole attempt, may take at most `bound`;
 /// past it the attempt is dropped (so `attempt` must be cancel safe: it ends whatever it
 /// started when dropped) and the next is tried. Returns the first attempt that
-/// succeeds, or the first [`HostFailure::Final`].
+/// succeeds, or the first [`HostFailure::Final`]. The hosts are tried from `last_good`
+/// (the one that worked last time) on, in the URL's order, wrapping round; that one is
+/// remembered for the next call.
 ///
 /// `server` names the URL in messages; `doing` says what the connection is for.
 ///
@@ -212,20 +242,22 @@ pub(crate) async fn connect_each<T, F, Fut>(
     server: &str,
     doing: &str,
     bound: Duration,
+    last_good: &LastGood,
     mut attempt: F,
 ) -> Result<T, LockError>
 where
     F: FnMut(Config, String) -> Fut,
     Fut: Future<Output = Result<T, HostFailure>>,
 {
-    let mut hosts = targets(pg).map_err(|why| LockError::invalid_config(format!("`{server}`: {why}")))?;
+    let hosts = targets(pg).map_err(|why| LockError::invalid_config(format!("`{server}`: {why}")))?;
     let random = pg.get_load_balance_hosts() == LoadBalanceHosts::Random;
+    let mut hosts = last_good.order(hosts);
     if random {
         shuffle(&mut hosts);
     }
     let several = hosts.len() > 1;
     let mut failures: Vec<(String, LockError)> = Vec::new();
-    for target in hosts {
+    for (place, target) in hosts {
         let mut addrs: Vec<Option<IpAddr>> = match (&target.host, target.hostaddr) {
             (_, Some(ip)) => vec![Some(ip)],
             (Host::Tcp(name), None) => {
@@ -288,7 +320,10 @@ where
             };
             let one = single(pg, &target.host, addr, target.port);
             match tokio::time::timeout(bound, attempt(one, label)).await {
-                Ok(Ok(connected)) => return Ok(connected),
+                Ok(Ok(connected)) => {
+                    last_good.worked(place);
+                    return Ok(connected);
+                }
                 Ok(Err(HostFailure::Final(e))) => return Err(e),
                 Ok(Err(HostFailure::Next(e))) => {
                     tracing::debug!(host = %name, error = %e, "{doing}: host failed; trying the next");
@@ -391,6 +426,16 @@ mod tests {
         assert_eq!(one.get_ports(), [5]);
         let pg = Config::from_str("host=h1,h2 hostaddr=127.0.0.2 user=u").unwrap();
         assert!(targets(&pg).unwrap_err().contains("hostaddrs"));
+    }
+
+    #[test]
+    fn hosts_are_tried_from_the_last_good_one_wrapping_round() {
+        let last = LastGood::default();
+        assert_eq!(last.order(vec!['a', 'b', 'c']), [(0, 'a'), (1, 'b'), (2, 'c')]);
+        last.worked(2);
+        assert_eq!(last.order(vec!['a', 'b', 'c']), [(2, 'c'), (0, 'a'), (1, 'b')]);
+        // A URL with fewer hosts than the remembered place (not one instance's): as given.
+        assert_eq!(last.order(vec!['a', 'b']), [(0, 'a'), (1, 'b')]);
     }
 
     #[test]

@@ -106,6 +106,8 @@ pub(crate) struct NodeInner {
     /// Background clean-ups still running (abandoned grants, left queues, releases of
     /// dropped leases), each counted from the moment it is decided.
     cleanups: Cleanups,
+    /// The URL's host that the last connection reached: the next one starts there.
+    last_good: hosts::LastGood,
 }
 
 /// The server. Cheap to clone (shared state).
@@ -149,12 +151,19 @@ impl PgNode {
                 waiters: Waiters::default(),
                 renewals: renewals(),
                 cleanups: Cleanups::new(),
+                last_good: hosts::LastGood::default(),
             }),
         }
     }
 
     pub(crate) fn config(&self) -> &PgConfig {
         &self.inner.cfg
+    }
+
+    /// The URL's host that this instance's last connection reached (see
+    /// [`hosts::LastGood`]); an election's `LISTEN` connection shares it.
+    pub(crate) fn last_good_host(&self) -> &hosts::LastGood {
+        &self.inner.last_good
     }
 
     pub(crate) fn server(&self) -> &str {
@@ -207,9 +216,15 @@ impl PgNode {
     async fn connect(&self) -> Result<Arc<Session>> {
         let cfg = &self.inner.cfg;
         let bound = cfg.connect_timeout + cfg.timeout * 2;
-        let session = hosts::connect_each(&cfg.pg, cfg.server(), "connecting", bound, |pg, server| async move {
-            self.open(&pg, &server).await
-        })
+        let last_good = &self.inner.last_good;
+        let session = hosts::connect_each(
+            &cfg.pg,
+            cfg.server(),
+            "connecting",
+            bound,
+            last_good,
+            |pg, server| async move { self.open(&pg, &server).await },
+        )
         .await?;
         self.inner.pool.add(Arc::clone(&session));
         Ok(session)

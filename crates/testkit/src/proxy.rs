@@ -34,6 +34,8 @@ pub struct FaultProxy {
     connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     /// Bytes forwarded from the server to clients, over every connection.
     to_client_bytes: Arc<AtomicU64>,
+    /// Client connections accepted, whatever the mode.
+    accepted: Arc<AtomicU64>,
 }
 
 impl FaultProxy {
@@ -47,12 +49,15 @@ impl FaultProxy {
         let (up_rx, down_rx, conns) = (to_server.subscribe(), to_client.subscribe(), Arc::clone(&connections));
         let to_client_bytes = Arc::new(AtomicU64::new(0));
         let down_bytes = Arc::clone(&to_client_bytes);
+        let accepted = Arc::new(AtomicU64::new(0));
+        let accepted_count = Arc::clone(&accepted);
         let task = tokio::spawn(async move {
             let server = SocketAddr::from((Ipv4Addr::LOCALHOST, upstream));
             loop {
                 let Ok((client, _)) = listener.accept().await else {
                     return;
                 };
+                accepted_count.fetch_add(1, Ordering::Relaxed);
                 if *up_rx.borrow() == Mode::Reset || *down_rx.borrow() == Mode::Reset {
                     drop(client);
                     continue;
@@ -84,7 +89,14 @@ impl FaultProxy {
             task,
             connections,
             to_client_bytes,
+            accepted,
         }
+    }
+
+    /// Client connections the proxy has accepted so far, in any mode (one that is reset
+    /// at once counts too): how many times clients tried this address.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
     }
 
     /// Bytes forwarded from the server to its clients so far, over every connection: a
