@@ -74,6 +74,14 @@ struct NodeInner {
     /// the grant" from "the server restarted and forgot it" ([`RedisNode::released`]).
     /// `None` when it could not be read (`INFO` renamed away).
     run_id: std::sync::Mutex<Option<String>>,
+    /// The server's `run_id` as last seen, read again after a connection dropped (a
+    /// restart drops it): [`RedisNode::identity`].
+    identity: std::sync::Mutex<Option<String>>,
+    /// A read of the `run_id` after a dropped connection failed: the next call to
+    /// [`connection`](RedisNode::connection) starts another.
+    identity_stale: std::sync::atomic::AtomicBool,
+    /// A read of the `run_id` is under way (one at a time).
+    identity_reading: std::sync::atomic::AtomicBool,
     waiters: Arc<Waiters>,
     renewals: Renewals,
     /// Background clean-ups under way — releases of dropped leases, of grants whose answer
@@ -120,6 +128,9 @@ impl RedisNode {
                 conn: std::sync::Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),
                 run_id: std::sync::Mutex::new(None),
+                identity: std::sync::Mutex::new(None),
+                identity_stale: std::sync::atomic::AtomicBool::new(false),
+                identity_reading: std::sync::atomic::AtomicBool::new(false),
                 waiters,
                 renewals: renewals(),
                 cleanups: Cleanups::new(),
@@ -187,6 +198,54 @@ impl RedisNode {
         self.inner.run_id.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Which server answers now: its `run_id` as last seen — read when the connection was
+    /// made, and again, in the background, when a request found the connection dropped (a
+    /// server restart drops it and starts a new `run_id`): that read waits for the
+    /// connection manager's reconnect, at most `timeout`, and while it fails the next
+    /// call to the node starts another. `None` before a connection or while `INFO` fails.
+    /// Redlock ranks a key's primary node by it, so that clients connected before and
+    /// after a restart of a node agree on it. Unlike [`run_id`](Self::run_id), which keeps
+    /// the connect-time value to tell a restart apart, this follows the server.
+    pub fn identity(&self) -> Option<String> {
+        self.inner.identity.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Starts a background read of the `run_id` (see [`identity`](Self::identity)) unless
+    /// one is under way or there is no runtime; bounded by `timeout`.
+    fn read_identity_later(&self) {
+        use std::sync::atomic::Ordering;
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.inner.identity_stale.store(true, Ordering::Relaxed);
+            return;
+        };
+        if self.inner.identity_reading.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let node = self.clone();
+        runtime.spawn(async move {
+            let inner = &node.inner;
+            let read = match node.cached() {
+                Some(conn) => tokio::time::timeout(inner.cfg.timeout, node.read_run_id(&conn))
+                    .await
+                    .ok()
+                    .flatten(),
+                None => None,
+            };
+            match read {
+                Some(id) => *inner.identity.lock().unwrap_or_else(|p| p.into_inner()) = Some(id),
+                None => inner.identity_stale.store(true, Ordering::Relaxed),
+            }
+            inner.identity_reading.store(false, Ordering::Release);
+        });
+    }
+
+    /// Notes a request's failure: after a dropped connection the identity is read again.
+    fn note_failure(&self, e: &redis::RedisError) {
+        if dropped(e) {
+            self.read_identity_later();
+        }
+    }
+
     /// The options of this node.
     pub fn config(&self) -> &RedisConfig {
         &self.inner.cfg
@@ -214,6 +273,13 @@ impl RedisNode {
     /// again.
     pub async fn connection(&self) -> Result<ConnectionManager> {
         if let Some(c) = self.cached() {
+            if self
+                .inner
+                .identity_stale
+                .swap(false, std::sync::atomic::Ordering::Relaxed)
+            {
+                self.read_identity_later();
+            }
             return Ok(c);
         }
         let _connecting = self.inner.connecting.lock().await;
@@ -255,6 +321,7 @@ impl RedisNode {
             crate::acl::check(&conn, &self.inner.keys.prefix, cfg.server(), cfg.timeout)
         );
         allowed?;
+        *self.inner.identity.lock().unwrap_or_else(|p| p.into_inner()) = run_id.clone();
         *self.inner.run_id.lock().unwrap_or_else(|p| p.into_inner()) = run_id;
         *self.inner.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
         Ok(conn)
@@ -298,6 +365,7 @@ impl RedisNode {
     }
 
     fn failed(&self, doing: &'static str, e: redis::RedisError) -> LockError {
+        self.note_failure(&e);
         failed(doing, self.server(), e)
     }
 
@@ -323,7 +391,10 @@ impl RedisNode {
         let mut conn = self.connection().await?;
         let first = match invocation.invoke(&mut conn).await {
             Ok(v) => return Ok((v, false)),
-            Err(e) if dropped(&e) => e,
+            Err(e) if dropped(&e) => {
+                self.note_failure(&e);
+                e
+            }
             Err(e) => return Err(self.failed(doing, e)),
         };
         tracing::debug!(error = %first, "{doing}: connection dropped; trying again");
@@ -389,6 +460,7 @@ impl RedisNode {
         match (then, now) {
             (Some(then), Some(now)) if then == now => Ok(true),
             (Some(_), Some(now)) => {
+                *self.inner.identity.lock().unwrap_or_else(|p| p.into_inner()) = Some(now.clone());
                 *self.inner.run_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
                 Ok(false)
             }

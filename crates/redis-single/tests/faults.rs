@@ -883,3 +883,46 @@ async fn a_waiter_whose_server_hangs_is_told_unavailable_not_timed_out() {
     assert!(text.contains("queue entr") && !text.contains("their grants"), "{text}");
     server.resume();
 }
+
+/// A node's identity (the `run_id` Redlock ranks a key's primary node by) follows a
+/// restart: the first request after it finds the connection dropped, and the next call
+/// reads the new `run_id`. Clients connected before a restart then agree with clients
+/// connected after it on every key's primary. Failed before: the identity stayed the one
+/// read at connect for the client's whole life (a rolling restart of the nodes would have
+/// split old and new clients' queues until the old ones restarted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_identity_follows_a_server_restart() {
+    use fencelock_redis::{RedisConfig, RedisNode};
+    let run_id = |s: &RedisServer| {
+        s.command("INFO server")
+            .lines()
+            .find_map(|l| l.strip_prefix("run_id:").map(|id| id.trim().to_owned()))
+    };
+    let mut server = RedisServer::start();
+    let node = RedisNode::connect(RedisConfig::from_url(&server.url()).unwrap())
+        .await
+        .unwrap();
+    let before = run_id(&server);
+    assert!(before.is_some(), "no run_id in INFO server");
+    assert_eq!(node.identity(), before);
+    server.restart();
+    let after = run_id(&server);
+    assert_ne!(after, before, "a restarted server has a new run_id");
+    // One acquire (never repeated, unlike a release, whose repeat reads the run_id
+    // itself): it meets the dropped connection and fails, and the identity is read again
+    // in the background.
+    let grant = fencelock_core::GrantId::random();
+    let _ = node
+        .try_grant("k", &grant, Duration::from_secs(1), Duration::ZERO)
+        .await;
+    let deadline = Instant::now() + SLACK;
+    while node.identity() != after {
+        assert!(
+            Instant::now() < deadline,
+            "the identity is still {:?}, from before the restart; the server's is {after:?}",
+            node.identity()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await; // polling a condition, bounded
+    }
+    node.close().await.unwrap();
+}

@@ -194,6 +194,12 @@ impl RedlockLock {
         })
     }
 
+    /// The nodes, in the URL's order: each one's [`RedisNode::server`] and
+    /// [`RedisNode::identity`] (the `run_id` a contended key's primary is ranked by).
+    pub fn nodes(&self) -> &[RedisNode] {
+        &self.inner.nodes
+    }
+
     /// The options in use.
     pub fn config(&self) -> &RedlockConfig {
         &self.inner.cfg
@@ -225,21 +231,30 @@ impl RedlockLock {
         let cfg = &inner.cfg;
         let (ttl, per_node) = (opts.ttl(), cfg.per_node_timeout);
         let grant = GrantId::random();
-        // Computed once for the round, its undo and its lease (`wait::primary`).
-        let primary = crate::wait::primary(key, &inner.nodes);
+        // The undo of a round dropped in flight ranks the primary when it runs (not on
+        // the uncontended path).
         let undo = {
-            let plan = ReleasePlan {
-                inner: Arc::clone(inner),
-                key: key.to_owned(),
-                grant: grant.to_string(),
-                primary,
-                raise_to: None,
-            };
-            CancelGuard::new(move || plan.everywhere_later(Instant::now() + ttl))
+            let (inner, key, grant) = (Arc::clone(inner), key.to_owned(), grant.to_string());
+            CancelGuard::new(move || {
+                let primary = crate::wait::primary(&key, &inner.nodes);
+                let plan = ReleasePlan {
+                    inner,
+                    key,
+                    grant,
+                    primary,
+                    raise_to: None,
+                };
+                plan.everywhere_later(Instant::now() + ttl)
+            })
         };
         let start = Instant::now();
         let bound = Bound::quorum(per_node, cfg.quorum());
         let answers = grant_on(&inner.nodes, bound, key, &grant, ttl, cfg.restart_delay).await;
+        // Computed once for the lease (or the failed round's undo), after the round: the
+        // nodes it connected (a lazy instance's first round, a node back from an outage)
+        // have their `run_id` now, and waiters that queue from now on rank by it — ranked
+        // before, a lease kept the primary by address and its release skipped their queue.
+        let primary = crate::wait::primary(key, &inner.nodes);
         let round = self.conclude(key, opts, grant, primary, &answers, start).await;
         undo.disarm();
         round

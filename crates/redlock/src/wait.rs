@@ -284,28 +284,29 @@ const QUEUED_POLL_FACTOR: u32 = 20;
 /// the hand-off: the holder's release pushes nobody where the waiters queued, and they
 /// get the lock at their fallback re-check, seconds later.
 ///
-/// The identity is the server's `run_id` ([`RedisNode::run_id`], read at connect), not the
-/// `host:port` the client spells: clients that reach the same servers under other names
-/// — `localhost` against `127.0.0.1`, a DNS name against an IP, through a TCP proxy or a
+/// The identity is the server's `run_id` ([`RedisNode::identity`]), not the `host:port`
+/// the client spells: clients that reach the same servers under other names —
+/// `localhost` against `127.0.0.1`, a DNS name against an IP, through a TCP proxy or a
 /// NAT — agree too. A node whose `run_id` this client does not know (not connected yet,
-/// down since this client started, `INFO` refused) is ranked by its address (`server()`)
-/// instead, node by node: only the keys that this node ranks first for, under either of
-/// its two names, can then be placed otherwise than by clients that know it — about 2/N
-/// of the keys, where ranking every node by address whenever one `run_id` is missing
-/// would move about (N−1)/N of them. Ties (two 64-bit hashes equal) go to the greater
-/// identity, then — only for one identity listed twice, which `connect` refuses — to the
-/// earlier node: never to a position in the URL.
+/// `INFO` refused) is ranked by its address (`server()`) instead, node by node: only the
+/// keys that this node ranks first for, under either of its two names, can then be placed
+/// otherwise than by clients that know it — about 2/N of the keys, where ranking every
+/// node by address whenever one `run_id` is missing would move about (N−1)/N of them.
+/// Ties (two 64-bit hashes equal) go to the greater identity, then — only for one
+/// identity listed twice, which `connect` refuses — to the earlier node: never to a
+/// position in the URL.
 ///
 /// A restarted server has a new `run_id`, so the primary of some keys moves after a
-/// restart (and differs between clients that read the old and the new one: a client
-/// reads it when it connects, and again only when a repeated release finds the server
-/// restarted). That costs those keys their hand-off until the views agree again, nothing
-/// more: the queue is not a safety device — a grant is a quorum of nodes whatever node
-/// it queued on. Each wait computes the primary once (`Queued`) and each lease keeps the
-/// one its grant was made with, so a `run_id` read in the middle does not make a wait's
-/// turns, or a release of its lease, skip the queue it queued on.
+/// restart. A client reads it again on its first call to that node after a request found
+/// the connection dropped (as the first request after a restart does), so clients
+/// connected before and after the restart agree again once the older ones have spoken to
+/// the node; until then those keys may lose their hand-off, nothing more: the queue is not
+/// a safety device — a grant is a quorum of nodes whatever node it queued on. Each wait
+/// computes the primary once (`Queued`) and each lease keeps the one its grant was made
+/// with, so a `run_id` read in the middle does not make a wait's turns, or a release of
+/// its lease, skip the queue it queued on.
 pub(crate) fn primary(key: &str, nodes: &[RedisNode]) -> usize {
-    let run_ids: Vec<Option<String>> = nodes.iter().map(RedisNode::run_id).collect();
+    let run_ids: Vec<Option<String>> = nodes.iter().map(RedisNode::identity).collect();
     let servers: Vec<&str> = nodes.iter().map(RedisNode::server).collect();
     rank(key, &run_ids, &servers)
 }

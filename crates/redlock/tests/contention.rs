@@ -229,6 +229,151 @@ async fn a_waiter_that_names_the_nodes_otherwise_is_handed_the_lock() {
     waiter.close().await.unwrap();
 }
 
+/// For each of `keys`: the lock `holder` returns for it takes the key (30 s TTL),
+/// `waiter` (its URL with `retry_delay=1s`, so its fallback re-check, 10–20 s, lies past
+/// its 6 s wait) queues for it, and the holder releases. Returns the keys whose waiter
+/// was not handed the lock within 2 s of the release (a hand-off takes milliseconds; a
+/// lost one shows as the wait's last check, about 4.6 s after the queueing).
+async fn late_hand_offs<F, Fut>(
+    servers: &[RedisServer],
+    waiter: &Arc<RedlockLock>,
+    keys: &[String],
+    holder: F,
+) -> Vec<String>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = RedlockLock>,
+{
+    use tokio::time::Instant;
+    let held = LockOptions::new()
+        .with_ttl(Duration::from_secs(30))
+        .with_wait(Duration::from_secs(5));
+    let wait = Duration::from_secs(6);
+    let bound = Duration::from_secs(2);
+    let mut late = Vec::new();
+    for key in keys {
+        let locks = holder().await;
+        let lease = locks.acquire(key, &held).await.unwrap();
+        let waiting = {
+            let (waiter, key) = (Arc::clone(waiter), key.clone());
+            let opts = held.with_wait(wait);
+            tokio::spawn(async move {
+                let got = waiter.acquire(&key, &opts).await;
+                (Instant::now(), got)
+            })
+        };
+        let queue = format!("LLEN fencelock:{{{key}}}:queue");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let queued_on = loop {
+            if let Some(n) = servers.iter().position(|s| s.integer(&queue).unwrap_or(0) > 0) {
+                break n;
+            }
+            assert!(Instant::now() < deadline, "{key}: the waiter never queued");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let released_at = Instant::now();
+        let held_token = lease.token();
+        lease.release().await.unwrap();
+        let (done_at, got) = tokio::time::timeout(wait + Duration::from_secs(5), waiting)
+            .await
+            .expect("the wait is bounded")
+            .unwrap();
+        let delay = done_at - released_at;
+        eprintln!(
+            "{key}: waiter queued on node {queued_on}, {} {delay:?} after the release",
+            if got.is_ok() { "granted" } else { "failed" }
+        );
+        match got {
+            Ok(lease) => {
+                assert!(
+                    lease.token() > held_token,
+                    "{key}: token {} after {held_token}",
+                    lease.token()
+                );
+                if delay > bound {
+                    late.push(format!("{key}: granted {delay:?} after the release"));
+                }
+                lease.release().await.unwrap();
+            }
+            Err(e) => late.push(format!("{key}: {e} ({delay:?} after the release)")),
+        }
+    }
+    late
+}
+
+/// A lease granted by the first round of a lazily connected instance (`with_config`: its
+/// nodes connect during that round, so no `run_id` was known when the round chose the
+/// key's primary) hands the lock off where a waiter that knows the `run_id`s queued. The
+/// two clients spell the nodes alike: ranked by `host:port`, as before ced0f50, they
+/// always agreed. Failed at ced0f50 (the lease kept the primary ranked by address,
+/// computed before the round connected the nodes; the waiter queued on the one ranked by
+/// `run_id`: the release skipped its queue on about 2 keys in 3); passes at 89c8191.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_from_a_lazy_instances_first_round_hands_off_where_waiters_queue() {
+    let servers = start_many(3);
+    let url = redlock_url(&servers, "retry_delay=1s");
+    let waiter = Arc::new(RedlockLock::connect(&url).await.unwrap());
+    let keys: Vec<String> = (0..6).map(|i| format!("lazy-{i}")).collect();
+    // A fresh instance per key, its first round the key's acquire.
+    let late = late_hand_offs(&servers, &waiter, &keys, || async {
+        RedlockLock::with_config(fencelock_redlock::RedlockConfig::from_url(&url).unwrap()).unwrap()
+    })
+    .await;
+    assert!(late.is_empty(), "not handed the lock within 2 s: {late:?}");
+    waiter.close().await.unwrap();
+}
+
+/// A client connected before a node restarted and one connected after it agree on the
+/// keys' primaries. Both spell the nodes alike (ranked by `host:port`, as before ced0f50,
+/// they always agreed). The old client notices the restart as clients do — a command
+/// on the dropped connection (here an extend) and the connection manager's reconnect —
+/// and its later releases run at once on the new connection. Failed at ced0f50: the
+/// old client keeps the `run_id` it read at connect (it is read again only when a
+/// *repeated* release finds the grant gone), so for about 1 key in 3 (those the restarted
+/// node ranks first for under its old or its new `run_id`) the holder's release skips the
+/// queue the waiter joined — for as long as the old client runs. Passes at 89c8191 (the
+/// primary by `host:port`), and since `RedisNode::identity` is read again after a
+/// dropped connection (helper-76's review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_connected_before_and_after_a_node_restart_agree_on_the_primary() {
+    let mut servers = start_many(3);
+    let url = redlock_url(&servers, "retry_delay=1s");
+    let holder = RedlockLock::connect(&url).await.unwrap();
+    let long = LockOptions::new()
+        .with_ttl(Duration::from_secs(30))
+        .with_wait(Duration::from_secs(5));
+    let warm = holder.acquire("warm", &long).await.unwrap();
+    servers[0].restart();
+    // The holder's first command to the restarted node meets the dropped connection (its
+    // connection manager reconnects); the later ones run on the new connection.
+    warm.extend(Duration::from_secs(30)).await.unwrap();
+    // ...and reads the node's run_id again, in the background.
+    let new_id = servers[0]
+        .command("INFO server")
+        .lines()
+        .find_map(|l| l.strip_prefix("run_id:").map(|id| id.trim().to_owned()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while holder.nodes()[0].identity() != new_id {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the old client still ranks the restarted node by {:?}, not {new_id:?}",
+            holder.nodes()[0].identity()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await; // polling a condition, bounded
+    }
+    warm.release().await.unwrap();
+    let waiter = Arc::new(RedlockLock::connect(&url).await.unwrap());
+    let keys: Vec<String> = (0..12).map(|i| format!("restarted-{i}")).collect();
+    let late = late_hand_offs(&servers, &waiter, &keys, || {
+        let holder = holder.clone();
+        async move { holder }
+    })
+    .await;
+    assert!(late.is_empty(), "not handed the lock within 2 s: {late:?}");
+    holder.close().await.unwrap();
+    waiter.close().await.unwrap();
+}
+
 /// Many keys at once, the shape of a real service (issue 14: the bench's "1000 keys × 4
 /// clients" row, where every acquire gave up): `clients` instances each take every one of
 /// `keys` keys `rounds` times, all keys at once. Every acquire must succeed within its
