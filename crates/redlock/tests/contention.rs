@@ -156,7 +156,6 @@ async fn a_dead_queued_waiter_costs_at_most_one_claim_window() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_that_names_the_nodes_otherwise_is_handed_the_lock() {
     use fencelock_testkit::proxy::FaultProxy;
-    use tokio::time::Instant;
     let servers = start_many(3);
     let mut proxies = Vec::new();
     for s in &servers {
@@ -169,62 +168,13 @@ async fn a_waiter_that_names_the_nodes_otherwise_is_handed_the_lock() {
             .await
             .unwrap(),
     );
-    let held = LockOptions::new()
-        .with_ttl(Duration::from_secs(30))
-        .with_wait(Duration::from_secs(5));
-    let wait = Duration::from_secs(6);
-    // A hand-off takes milliseconds; the wait's last check comes 4.6 s after the queueing.
-    let bound = Duration::from_secs(2);
-    let mut late = Vec::new();
-    for i in 0..6 {
-        let key = format!("spelled-{i}");
-        let lease = holder.acquire(&key, &held).await.unwrap();
-        let waiting = {
-            let (waiter, key) = (Arc::clone(&waiter), key.clone());
-            let opts = held.with_wait(wait);
-            tokio::spawn(async move {
-                let got = waiter.acquire(&key, &opts).await;
-                (Instant::now(), got)
-            })
-        };
-        // The queue lives on the waiter's primary only: find it there.
-        let queue = format!("LLEN fencelock:{{{key}}}:queue");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let queued_on = loop {
-            if let Some(n) = servers.iter().position(|s| s.integer(&queue).unwrap_or(0) > 0) {
-                break n;
-            }
-            assert!(Instant::now() < deadline, "{key}: the waiter never queued");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        };
-        let released_at = Instant::now();
-        let held_token = lease.token();
-        lease.release().await.unwrap();
-        let (done_at, got) = tokio::time::timeout(wait + Duration::from_secs(5), waiting)
-            .await
-            .expect("the wait is bounded")
-            .unwrap();
-        let delay = done_at - released_at;
-        eprintln!(
-            "{key}: waiter queued on node {queued_on}, {} {delay:?} after the release",
-            if got.is_ok() { "granted" } else { "failed" }
-        );
-        match got {
-            Ok(lease) => {
-                assert!(
-                    lease.token() > held_token,
-                    "{key}: token {} after {held_token}",
-                    lease.token()
-                );
-                if delay > bound {
-                    late.push(format!("{key}: granted {delay:?} after the release"));
-                }
-                lease.release().await.unwrap();
-            }
-            Err(e) => late.push(format!("{key}: {e} ({delay:?} after the release)")),
-        }
-    }
-    assert!(late.is_empty(), "not handed the lock within {bound:?}: {late:?}");
+    let keys: Vec<String> = (0..6).map(|i| format!("spelled-{i}")).collect();
+    let late = late_hand_offs(&servers, &waiter, &keys, || {
+        let holder = holder.clone();
+        async move { holder }
+    })
+    .await;
+    assert!(late.is_empty(), "not handed the lock within 2 s: {late:?}");
     holder.close().await.unwrap();
     waiter.close().await.unwrap();
 }
