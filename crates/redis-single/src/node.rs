@@ -82,6 +82,10 @@ struct NodeInner {
     identity_stale: std::sync::atomic::AtomicBool,
     /// A read of the `run_id` is under way (one at a time).
     identity_reading: std::sync::atomic::AtomicBool,
+    /// Reads of the `run_id` that failed in a row since the last dropped connection:
+    /// after [`IDENTITY_TRIES`] no more until the next one (a user refused `INFO` would
+    /// otherwise send one with every call).
+    identity_misses: std::sync::atomic::AtomicU32,
     waiters: Arc<Waiters>,
     renewals: Renewals,
     /// Background clean-ups under way — releases of dropped leases, of grants whose answer
@@ -131,6 +135,7 @@ impl RedisNode {
                 identity: std::sync::Mutex::new(None),
                 identity_stale: std::sync::atomic::AtomicBool::new(false),
                 identity_reading: std::sync::atomic::AtomicBool::new(false),
+                identity_misses: std::sync::atomic::AtomicU32::new(0),
                 waiters,
                 renewals: renewals(),
                 cleanups: Cleanups::new(),
@@ -202,7 +207,9 @@ impl RedisNode {
     /// made, and again, in the background, when a request found the connection dropped (a
     /// server restart drops it and starts a new `run_id`): that read waits for the
     /// connection manager's reconnect, at most `timeout`, and while it fails the next
-    /// call to the node starts another. `None` before a connection or while `INFO` fails.
+    /// call to the node starts another, three in a row at most (a read that failed at
+    /// connect is tried again the same way). `None` before a connection or while `INFO`
+    /// fails.
     /// Redlock ranks a key's primary node by it, so that clients connected before and
     /// after a restart of a node agree on it. Unlike [`run_id`](Self::run_id), which keeps
     /// the connect-time value to tell a restart apart, this follows the server.
@@ -232,8 +239,15 @@ impl RedisNode {
                 None => None,
             };
             match read {
-                Some(id) => *inner.identity.lock().unwrap_or_else(|p| p.into_inner()) = Some(id),
-                None => inner.identity_stale.store(true, Ordering::Relaxed),
+                Some(id) => {
+                    *inner.identity.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
+                    inner.identity_misses.store(0, Ordering::Relaxed);
+                }
+                None => {
+                    if inner.identity_misses.fetch_add(1, Ordering::Relaxed) + 1 < IDENTITY_TRIES {
+                        inner.identity_stale.store(true, Ordering::Relaxed);
+                    }
+                }
             }
             inner.identity_reading.store(false, Ordering::Release);
         });
@@ -242,6 +256,9 @@ impl RedisNode {
     /// Notes a request's failure: after a dropped connection the identity is read again.
     fn note_failure(&self, e: &redis::RedisError) {
         if dropped(e) {
+            self.inner
+                .identity_misses
+                .store(0, std::sync::atomic::Ordering::Relaxed);
             self.read_identity_later();
         }
     }
@@ -321,6 +338,13 @@ impl RedisNode {
             crate::acl::check(&conn, &self.inner.keys.prefix, cfg.server(), cfg.timeout)
         );
         allowed?;
+        // Not read at connect (no answer within `timeout`, or `INFO` refused): the next
+        // calls try again, up to `IDENTITY_TRIES` times.
+        if run_id.is_none() {
+            self.inner
+                .identity_stale
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         *self.inner.identity.lock().unwrap_or_else(|p| p.into_inner()) = run_id.clone();
         *self.inner.run_id.lock().unwrap_or_else(|p| p.into_inner()) = run_id;
         *self.inner.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
@@ -1044,6 +1068,10 @@ impl NodeSubscription {
 
 /// A request that failed without a usable answer because of its connection (dropped,
 /// reset, an I/O error or timeout): it may have run on the server.
+/// How many reads of the `run_id` in a row may fail before the node stops trying until
+/// its connection drops again ([`RedisNode::identity`]).
+const IDENTITY_TRIES: u32 = 3;
+
 fn dropped(e: &redis::RedisError) -> bool {
     e.is_connection_dropped() || e.is_io_error()
 }

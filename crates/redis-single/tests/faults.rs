@@ -695,6 +695,38 @@ async fn a_user_without_the_script_command_can_lock_and_wait() {
     }
 }
 
+/// A user refused `INFO` (the least-privilege line) is asked for the server's `run_id` a
+/// bounded number of times: once at connect and a few times after (a read that failed at
+/// connect is tried again, three in a row at most), not once per call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_refused_info_is_not_asked_for_it_on_every_call() {
+    let server = RedisServer::start();
+    let made = server.command(&format!("ACL SETUSER least on >pw {LEAST_PRIVILEGE}"));
+    assert!(made.ends_with("+OK\r\n"), "ACL SETUSER: {made:?}");
+    let locks = RedisLock::connect(&format!("redis://least:pw@127.0.0.1:{}", server.port()))
+        .await
+        .unwrap();
+    let o = opts(60_000).with_auto_renew(false);
+    for _ in 0..30 {
+        locks.acquire("k", &o).await.unwrap().release().await.unwrap();
+    }
+    let refused = |s: &RedisServer| {
+        s.command("INFO commandstats")
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_info:"))
+            .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("rejected_calls=")))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let asked = refused(&server);
+    assert!(asked >= 1, "INFO was never asked (the count is read wrong?)");
+    assert!(
+        asked <= 4,
+        "INFO asked {asked} times in 30 cycles: once at connect and three tries at most"
+    );
+    locks.close().await.unwrap();
+}
+
 /// docs/backends/redis.md's least-privilege ACL rules (checked against the doc below).
 const LEAST_PRIVILEGE: &str = "~fencelock:* &fencelock:* -@all +set +get +del +incr +pexpire +pexpireat +pttl +time +publish +hmget +hset +lindex +llen +lpop +lpos +lpush +lrange +lrem +rpush +multi +exec +eval +evalsha +subscribe +unsubscribe +ping";
 
