@@ -45,6 +45,7 @@ mod error;
 mod fence;
 mod grant;
 pub mod handoff;
+mod identity;
 mod layout;
 mod lock;
 mod node;

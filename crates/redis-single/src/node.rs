@@ -13,6 +13,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use crate::config::RedisConfig;
 use crate::error::failed;
 use crate::handoff::Handed;
+use crate::identity::Identity;
 use crate::layout::Keys;
 use crate::renewals::{renewals, Renewal, Renewals};
 use crate::scripts::{
@@ -74,18 +75,8 @@ struct NodeInner {
     /// the grant" from "the server restarted and forgot it" ([`RedisNode::released`]).
     /// `None` when it could not be read (`INFO` renamed away).
     run_id: std::sync::Mutex<Option<String>>,
-    /// The server's `run_id` as last seen, read again after a connection dropped (a
-    /// restart drops it): [`RedisNode::identity`].
-    identity: std::sync::Mutex<Option<String>>,
-    /// A read of the `run_id` after a dropped connection failed: the next call to
-    /// [`connection`](RedisNode::connection) starts another.
-    identity_stale: std::sync::atomic::AtomicBool,
-    /// A read of the `run_id` is under way (one at a time).
-    identity_reading: std::sync::atomic::AtomicBool,
-    /// Reads of the `run_id` that failed in a row since the last dropped connection:
-    /// after [`IDENTITY_TRIES`] no more until the next one (a user refused `INFO` would
-    /// otherwise send one with every call).
-    identity_misses: std::sync::atomic::AtomicU32,
+    /// The server's `run_id` as last seen: [`RedisNode::identity`].
+    identity: Identity,
     waiters: Arc<Waiters>,
     renewals: Renewals,
     /// Background clean-ups under way — releases of dropped leases, of grants whose answer
@@ -132,10 +123,7 @@ impl RedisNode {
                 conn: std::sync::Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),
                 run_id: std::sync::Mutex::new(None),
-                identity: std::sync::Mutex::new(None),
-                identity_stale: std::sync::atomic::AtomicBool::new(false),
-                identity_reading: std::sync::atomic::AtomicBool::new(false),
-                identity_misses: std::sync::atomic::AtomicU32::new(0),
+                identity: Identity::default(),
                 waiters,
                 renewals: renewals(),
                 cleanups: Cleanups::new(),
@@ -203,63 +191,86 @@ impl RedisNode {
         self.inner.run_id.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Which server answers now: its `run_id` as last seen — read when the connection was
-    /// made, and again, in the background, when a request found the connection dropped (a
-    /// server restart drops it and starts a new `run_id`): that read waits for the
-    /// connection manager's reconnect, at most `timeout`, and while it fails the next
-    /// call to the node starts another, three in a row at most (a read that failed at
-    /// connect is tried again the same way). `None` before a connection or while `INFO`
-    /// fails.
-    /// Redlock ranks a key's primary node by it, so that clients connected before and
-    /// after a restart of a node agree on it. Unlike [`run_id`](Self::run_id), which keeps
-    /// the connect-time value to tell a restart apart, this follows the server.
+    /// Which server answers now: its `run_id` as last seen. Read when the connection is
+    /// made and again, in the background, after a request found the connection dropped (a
+    /// server restart drops it and starts a new `run_id`; the read waits for the
+    /// reconnect, at most `timeout`) and when [`want_identity`](Self::want_identity) finds
+    /// it unknown; reads that fail back off, 1 s doubling to 30 s (`identity.rs`). `None`
+    /// before a connection or while `INFO` fails (a user refused it). Redlock ranks a
+    /// key's primary node by it, so that clients connected before and after a restart of
+    /// a node, or while it was paused, agree on it. Unlike [`run_id`](Self::run_id), which
+    /// keeps the connect-time value to tell a restart apart, this follows the server.
     pub fn identity(&self) -> Option<String> {
-        self.inner.identity.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.inner.identity.get()
     }
 
-    /// Starts a background read of the `run_id` (see [`identity`](Self::identity)) unless
-    /// one is under way or there is no runtime; bounded by `timeout`.
-    fn read_identity_later(&self) {
-        use std::sync::atomic::Ordering;
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            self.inner.identity_stale.store(true, Ordering::Relaxed);
-            return;
-        };
-        if self.inner.identity_reading.swap(true, Ordering::AcqRel) {
+    /// Starts a background read of the server's `run_id` when it is unknown (see
+    /// [`identity`](Self::identity)); does nothing before the node's first connection
+    /// (which reads it), while a read is under way, or during the pause after a failed
+    /// one. Never blocks.
+    pub fn want_identity(&self) {
+        if self.inner.identity.get().is_none() {
+            self.read_identity_later(false);
+        }
+    }
+
+    /// Reads the server's `run_id` now when it is unknown, as
+    /// [`want_identity`](Self::want_identity) would in the background (connecting first
+    /// if the node never connected); at most `timeout` for the read, plus the connect's
+    /// own bound.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a read cut off counts as a failed one (the next waits its pause).
+    pub async fn settle_identity(&self) {
+        if self.inner.identity.get().is_some() {
             return;
         }
+        let Some(reading) = self.inner.identity.start(false) else {
+            return;
+        };
+        let read = match self.cached() {
+            Some(conn) => self.read_identity(&conn).await,
+            // Never connected (unreachable until now): connecting reads it.
+            None => match self.connection().await {
+                Ok(_) => self.identity(),
+                Err(_) => None,
+            },
+        };
+        reading.finish(read);
+    }
+
+    /// One bounded read of the `run_id` for [`identity`](Self::identity).
+    async fn read_identity(&self, conn: &ConnectionManager) -> Option<String> {
+        tokio::time::timeout(self.inner.cfg.timeout, self.read_run_id(conn))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Starts a background read of the `run_id` (see [`identity`](Self::identity)) when
+    /// one may start; `forced` after a dropped connection.
+    fn read_identity_later(&self, forced: bool) {
+        if !self.inner.identity.may_start(forced) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Some(conn) = self.cached() else {
+            return; // not connected yet: the connect reads it
+        };
         let node = self.clone();
         runtime.spawn(async move {
-            let inner = &node.inner;
-            let read = match node.cached() {
-                Some(conn) => tokio::time::timeout(inner.cfg.timeout, node.read_run_id(&conn))
-                    .await
-                    .ok()
-                    .flatten(),
-                None => None,
-            };
-            match read {
-                Some(id) => {
-                    *inner.identity.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
-                    inner.identity_misses.store(0, Ordering::Relaxed);
-                }
-                None => {
-                    if inner.identity_misses.fetch_add(1, Ordering::Relaxed) + 1 < IDENTITY_TRIES {
-                        inner.identity_stale.store(true, Ordering::Relaxed);
-                    }
-                }
+            if let Some(reading) = node.inner.identity.start(forced) {
+                reading.finish(node.read_identity(&conn).await);
             }
-            inner.identity_reading.store(false, Ordering::Release);
         });
     }
 
     /// Notes a request's failure: after a dropped connection the identity is read again.
     fn note_failure(&self, e: &redis::RedisError) {
         if dropped(e) {
-            self.inner
-                .identity_misses
-                .store(0, std::sync::atomic::Ordering::Relaxed);
-            self.read_identity_later();
+            self.read_identity_later(true);
         }
     }
 
@@ -290,13 +301,6 @@ impl RedisNode {
     /// again.
     pub async fn connection(&self) -> Result<ConnectionManager> {
         if let Some(c) = self.cached() {
-            if self
-                .inner
-                .identity_stale
-                .swap(false, std::sync::atomic::Ordering::Relaxed)
-            {
-                self.read_identity_later();
-            }
             return Ok(c);
         }
         let _connecting = self.inner.connecting.lock().await;
@@ -338,14 +342,9 @@ impl RedisNode {
             crate::acl::check(&conn, &self.inner.keys.prefix, cfg.server(), cfg.timeout)
         );
         allowed?;
-        // Not read at connect (no answer within `timeout`, or `INFO` refused): the next
-        // calls try again, up to `IDENTITY_TRIES` times.
-        if run_id.is_none() {
-            self.inner
-                .identity_stale
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        *self.inner.identity.lock().unwrap_or_else(|p| p.into_inner()) = run_id.clone();
+        // Not read (no answer within `timeout`, `INFO` refused): read again when wanted,
+        // after the back-off's first pause.
+        self.inner.identity.record(run_id.clone());
         *self.inner.run_id.lock().unwrap_or_else(|p| p.into_inner()) = run_id;
         *self.inner.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
         Ok(conn)
@@ -484,7 +483,7 @@ impl RedisNode {
         match (then, now) {
             (Some(then), Some(now)) if then == now => Ok(true),
             (Some(_), Some(now)) => {
-                *self.inner.identity.lock().unwrap_or_else(|p| p.into_inner()) = Some(now.clone());
+                self.inner.identity.record(Some(now.clone()));
                 *self.inner.run_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
                 Ok(false)
             }
@@ -1068,10 +1067,6 @@ impl NodeSubscription {
 
 /// A request that failed without a usable answer because of its connection (dropped,
 /// reset, an I/O error or timeout): it may have run on the server.
-/// How many reads of the `run_id` in a row may fail before the node stops trying until
-/// its connection drops again ([`RedisNode::identity`]).
-const IDENTITY_TRIES: u32 = 3;
-
 fn dropped(e: &redis::RedisError) -> bool {
     e.is_connection_dropped() || e.is_io_error()
 }

@@ -200,6 +200,15 @@ impl RedlockLock {
         &self.inner.nodes
     }
 
+    /// The node a contended `key` queues on (its primary), as this client ranks the
+    /// nodes now: an index into [`nodes`](Self::nodes). Clients that know every server's
+    /// `run_id` agree on it whatever their URLs' spelling or order (see
+    /// docs/backends/redlock.md); a node whose `run_id` this client does not know is
+    /// ranked by its address.
+    pub fn primary_index(&self, key: &str) -> usize {
+        crate::wait::primary(key, &self.inner.nodes)
+    }
+
     /// The options in use.
     pub fn config(&self) -> &RedlockConfig {
         &self.inner.cfg

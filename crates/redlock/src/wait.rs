@@ -18,11 +18,13 @@ use crate::quorum::{late, Bound};
 /// it) and its queue entry. Dropped before it
 /// was granted (timed out, cancelled, failed), it leaves the queue in the background.
 ///
-/// The primary is chosen once, when the acquire queues, and kept for the whole wait (its
-/// turns, their undo, the lease a turn grants): were it chosen again at each turn, a
-/// `run_id` read in between (a node connected late, a restart noticed) could move it,
-/// and the wait would claim on one node while its queue entry sits on another, or undo
-/// a turn's grant with a release that skips the queue it holds up.
+/// The primary is chosen when the acquire queues and kept for the wait's turns, their
+/// undo and the lease a turn grants: were it chosen again inside a turn, a `run_id` read
+/// in between (a node connected late, a restart noticed) could move it, and the wait
+/// would claim on one node while its queue entry sits on another, or undo a turn's grant
+/// with a release that skips the queue it holds up. Between turns it is ranked again: a
+/// turn that only queued (or re-checked) and finds the ranking moved drops this state —
+/// leaving the old queue — and the next attempt queues on the new primary.
 pub(crate) struct Queued {
     /// The primary's index in the instance's nodes.
     at: usize,
@@ -169,7 +171,9 @@ impl RedlockLock {
             ),
         );
         // Handed the lock (`g`): the previous holder's release, sent to every node at
-        // once, has freed the others too — ask them in the same round trip as the claim.
+        // once, has usually freed the others too — ask them in the same round trip as the
+        // claim (a secondary the release has not reached yet answers busy: the grant then
+        // holds on the quorum without it, see docs/backends/redlock.md).
         // Otherwise (queueing, a fallback re-check) only the primary is asked.
         let (first, early) = if turn {
             let rest = grant_on(&others, rest_bound, key, &q.grant, opts.ttl(), cfg.restart_delay);
@@ -222,6 +226,31 @@ impl RedlockLock {
                     spent = true;
                 } else {
                     undo.disarm(); // granted nowhere
+                }
+                // The ranking moved since this wait queued — a node's `run_id`, unknown
+                // then (paused or slow at connect), read since; a restart noticed: the
+                // other clients queue on the new primary, where this queue would never be
+                // handed the lock (a waiter starved behind later arrivals, seen in a
+                // trial). Leave this queue and queue there, at the back.
+                if !spent {
+                    // A node whose `run_id` is unknown is asked for it now (when its
+                    // back-off allows), so that this ranking already uses it.
+                    // One at a time, all within one `per_node_timeout` (rarely more
+                    // than one node is unknown).
+                    let settle = async {
+                        for node in self.inner.nodes.iter().filter(|n| n.identity().is_none()) {
+                            node.settle_identity().await;
+                        }
+                    };
+                    let _ = tokio::time::timeout(per_node, settle).await;
+                }
+                if !spent && primary(key, &self.inner.nodes) != q.at {
+                    tracing::debug!(%key, "the key's primary node moved; queueing there");
+                    *state = None;
+                    return Ok(Attempt::Busy {
+                        wake: None,
+                        retry_at: Some(Instant::now()),
+                    });
                 }
                 // A peer library's release sends no message: with a peer layout the
                 // re-check is the hand-off path, so it is not stretched.
@@ -307,6 +336,11 @@ const QUEUED_POLL_FACTOR: u32 = 20;
 /// its lease, skip the queue it queued on.
 pub(crate) fn primary(key: &str, nodes: &[RedisNode]) -> usize {
     let run_ids: Vec<Option<String>> = nodes.iter().map(RedisNode::identity).collect();
+    for (node, id) in nodes.iter().zip(&run_ids) {
+        if id.is_none() {
+            node.want_identity(); // read in the background, so later rankings use it
+        }
+    }
     let servers: Vec<&str> = nodes.iter().map(RedisNode::server).collect();
     rank(key, &run_ids, &servers)
 }

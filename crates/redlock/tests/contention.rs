@@ -415,3 +415,102 @@ async fn many_keys_each_contended_by_four_clients_all_get_their_turns() {
     let servers = start_many(5);
     many_keys_at_once(&servers, 200, 4, 2).await;
 }
+
+/// A waiter that could not read one node's `run_id` when it queued (the node silent
+/// then: here a black-hole proxy in front of it) ranked that node by its address and
+/// queued on another primary than the clients that know every `run_id`. Under steady
+/// contention nobody hands off there, so its re-checks found the key held each time and
+/// later arrivals were served while it starved to its deadline (a new user's trial: 3 of
+/// 3 keys, exit 75 after `--wait 10s` while nine later grants went through). Now a turn
+/// that finds a node's `run_id` unknown asks for it, and a wait whose primary moved
+/// queues on the new one. Failed before: `Timeout` after the 8 s wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_that_queued_before_it_knew_a_node_moves_to_the_others_queue() {
+    use fencelock_testkit::proxy::{FaultProxy, Mode};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::time::Instant;
+    let servers = start_many(3);
+    let proxy = FaultProxy::start(servers[2].port()).await;
+    let url = redlock_url(&servers, "");
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        others.push(RedlockLock::connect(&url).await.unwrap());
+    }
+    proxy.set(Mode::Blackhole);
+    let waiter = RedlockLock::connect(&format!(
+        "redlock://127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}?retry_delay=50ms",
+        servers[0].port(),
+        servers[1].port(),
+        proxy.port()
+    ))
+    .await
+    .unwrap();
+    // A key the waiter, not knowing the third node's run_id, places on another node —
+    // one that answers (a queue on the silent node would make it fall back to rounds).
+    let key = (0..100)
+        .map(|i| format!("moved-{i}"))
+        .find(|k| waiter.primary_index(k) != others[0].primary_index(k) && waiter.primary_index(k) != 2)
+        .expect("a key whose primary the two rankings disagree on");
+    let (theirs, its) = (others[0].primary_index(&key), waiter.primary_index(&key));
+    let queue = format!("LLEN fencelock:{{{key}}}:queue");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut contenders = Vec::new();
+    for locks in &others {
+        let (locks, key, stop) = (locks.clone(), key.clone(), Arc::clone(&stop));
+        contenders.push(tokio::spawn(async move {
+            let opts = LockOptions::new()
+                .with_ttl(Duration::from_secs(30))
+                .with_wait(Duration::from_secs(30));
+            while !stop.load(Ordering::Relaxed) {
+                let lease = locks.acquire(&key, &opts).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(300)).await; // the holder's work
+                lease.release().await.unwrap();
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while servers[theirs].integer(&queue).unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "the contenders never queued");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let waiting = {
+        let (waiter, key) = (waiter.clone(), key.clone());
+        tokio::spawn(async move {
+            let opts = LockOptions::new()
+                .with_ttl(Duration::from_secs(30))
+                .with_wait(Duration::from_secs(8));
+            let started = Instant::now();
+            let got = waiter.acquire(&key, &opts).await;
+            (started.elapsed(), got)
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while servers[its].integer(&queue).unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "the waiter never queued on its own primary");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    proxy.set(Mode::Pass); // the node answers again: its run_id can be read now
+    let (waited, got) = tokio::time::timeout(Duration::from_secs(15), waiting)
+        .await
+        .expect("the wait is bounded")
+        .unwrap();
+    eprintln!("{key}: the waiter's primary {its}, the others' {theirs}; waited {waited:?}");
+    stop.store(true, Ordering::Relaxed);
+    let lease = got.unwrap_or_else(|e| panic!("starved while later arrivals were served: {e}"));
+    assert_eq!(
+        waiter.primary_index(&key),
+        theirs,
+        "the waiter now ranks as the others do"
+    );
+    lease.release().await.unwrap();
+    for c in contenders {
+        tokio::time::timeout(Duration::from_secs(10), c)
+            .await
+            .expect("the contenders stop")
+            .unwrap();
+    }
+    waiter.close().await.unwrap();
+    for locks in others {
+        locks.close().await.unwrap();
+    }
+}
