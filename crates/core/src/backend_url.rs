@@ -477,8 +477,11 @@ fn parse_host(raw: &str) -> std::result::Result<HostPort, ParseError> {
         return Err(ParseError::new("an empty host in the list: write HOST:PORT,HOST:PORT"));
     }
     let bad = |e: url::ParseError| {
+        // `h:1;h:2`, `h:1 h:2`: a list written with another separator.
+        let hint = if raw.contains(|c: char| c == ';' || c.is_whitespace()) {
+            " (hosts are separated by commas: HOST:PORT,HOST:PORT)".to_owned()
         // `::1:6379`: an IPv6 address, whose colons cannot be told from the port's.
-        let hint = if raw.matches(':').count() > 1 && !raw.starts_with('[') {
+        } else if raw.matches(':').count() > 1 && !raw.starts_with('[') {
             let (addr, port) = raw.rsplit_once(':').unwrap_or((raw, "PORT"));
             format!(" (an IPv6 address goes in brackets: [{addr}]:{port})")
         } else {
@@ -504,6 +507,13 @@ fn parse_host(raw: &str) -> std::result::Result<HostPort, ParseError> {
     };
     if !parsed.path().is_empty() {
         return Err(ParseError::new(format!("bad host `{raw}`")));
+    }
+    // Port 0 asks the OS for any free port when binding: no server listens on it, so a
+    // connect could only fail, as unreachable (69) rather than as the URL's mistake.
+    if parsed.port() == Some(0) {
+        return Err(ParseError::new(format!(
+            "bad host `{raw}`: port 0 is not a server's port"
+        )));
     }
     Ok(HostPort {
         host,
@@ -642,6 +652,12 @@ mod tests {
         for (url, says) in [
             ("redis://h:notaport", "bad host `h:notaport`: invalid port number"),
             ("redis://h:70000", "invalid port number"),
+            // Port 0 asks the OS for any free port: no server listens there.
+            ("redis://h:0", "port 0"),
+            ("redlock://h:1,h:0,h:2", "bad host `h:0`: port 0"),
+            // Hosts are separated by commas, not `;` or spaces (a trial got an IPv6 hint).
+            ("redlock://127.0.0.1:1;127.0.0.1:2", "separated by commas"),
+            ("redlock://127.0.0.1:1 127.0.0.1:2", "separated by commas"),
             ("redis://[::1:1", "bad host"),
             ("redis://:1", "bad host `:1`"),
             ("etcd://h:1,,h:2", "empty host"),
