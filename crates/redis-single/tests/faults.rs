@@ -696,9 +696,10 @@ async fn a_user_without_the_script_command_can_lock_and_wait() {
 }
 
 /// A user refused `INFO` (the least-privilege line) is asked for the server's `run_id` a
-/// bounded number of times: once at connect and a few times after (a read that failed at
-/// connect is tried again when wanted, failed reads backing off 1 s doubling to 30 s),
-/// not once per call (57 times in 30 cycles without the back-off).
+/// bounded number of times: once at connect, then only when the identity is wanted
+/// (Redlock's ranking, whose own test is `a_redlock_user_refused_info_is_not_asked_on_every_round`)
+/// and backing off 1 s doubling to 30 s — not once per call (an intermediate version of
+/// the re-read asked 57 times in 30 cycles).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_refused_info_is_not_asked_for_it_on_every_call() {
     let server = RedisServer::start();

@@ -30,7 +30,9 @@ pub(crate) struct RedlockGrant {
     /// The key's primary node (index) when the grant was made: its release hands the lock
     /// off there. Kept rather than computed at release, so a `run_id` read while the lease
     /// is held (see `wait::primary`) does not make the release skip the queue its waiters
-    /// joined; in normal operation both are the same node.
+    /// joined; in normal operation both are the same node. When they differ the release
+    /// hands off on both: a waiter of this instance that queued on the old one moves to the
+    /// new one at its next turn (`wait.rs`).
     pub(crate) primary: usize,
     /// Per node: its counter may be below `token` (it did not grant, or granted with a
     /// lower count), so release raises it. Nodes that granted with `token` itself already
@@ -155,8 +157,9 @@ pub(crate) struct ReleasePlan {
     pub(crate) inner: Arc<Inner>,
     pub(crate) key: String,
     pub(crate) grant: String,
-    /// The key's primary node (index) as the grant's round saw it: the one node where the
-    /// release looks at the queue and hands the lock off (`wait::primary`).
+    /// The key's primary node (index) as the grant's round saw it: where the release looks
+    /// at the queue and hands the lock off (`wait::primary`) — and on the primary as ranked
+    /// at the release, when that differs (a waiter that moved there, `wait.rs`).
     pub(crate) primary: usize,
     /// The token and, per node, whether its counter must be raised to it.
     pub(crate) raise_to: Option<(u64, Vec<bool>)>,
@@ -171,6 +174,10 @@ impl ReleasePlan {
         let nodes: Vec<_> = which.iter().map(|&i| self.inner.nodes[i].clone()).collect();
         let per_node = self.inner.cfg.per_node_timeout;
         let primary = self.primary;
+        // The key's primary as this instance ranks it now: a waiter whose ranking moved
+        // since the grant (a node's `run_id` read since, `wait.rs`) left the queue on
+        // `primary` and queues there, so the release hands off on both when they differ.
+        let ranked_now = crate::wait::primary(&self.key, &self.inner.nodes);
         let quorum = self.inner.cfg.quorum().min(nodes.len());
         let bound = if judge {
             Bound::quorum(per_node, quorum)
@@ -183,7 +190,7 @@ impl ReleasePlan {
                 .raise_to
                 .as_ref()
                 .and_then(|(token, lagging)| lagging.get(which[j]).copied().unwrap_or(true).then_some(*token));
-            let queued_here = which[j] == primary;
+            let queued_here = which[j] == primary || which[j] == ranked_now;
             async move {
                 match (queued_here, raise) {
                     (true, Some(token)) => node.release_raising(&k, &g, token).await,

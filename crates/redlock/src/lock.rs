@@ -388,7 +388,7 @@ impl DistributedLock for RedlockLock {
                 self.check_key(key)?;
                 opts.validate_for_wait()?;
                 self.check_ttl(opts)?;
-                let queued = tokio::sync::Mutex::new(None);
+                let queued = tokio::sync::Mutex::new(crate::wait::WaitState::default());
                 // A queued waiter sends nothing between re-checks: the last check tells
                 // hung nodes (Unavailable) from a held key (Timeout). One attempt with a
                 // silent primary (`wait.rs`): the subscription's check and the turn, then

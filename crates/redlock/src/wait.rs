@@ -46,8 +46,19 @@ impl Drop for Queued {
     }
 }
 
-/// The waiting state of one `acquire`: `None` until its first busy round.
-pub(crate) type Waiting = tokio::sync::Mutex<Option<Queued>>;
+/// The waiting state of one `acquire`.
+#[derive(Default)]
+pub(crate) struct WaitState {
+    /// Its place in the queue: `None` until its first busy round, and again after a turn
+    /// that spent its grant id.
+    queued: Option<Queued>,
+    /// Turns in a row whose grant on the primary missed the quorum (undone): see
+    /// [`RedlockLock::attempt`]'s retry after one.
+    missed: u32,
+}
+
+/// The waiting state of one `acquire`, locked by each attempt.
+pub(crate) type Waiting = tokio::sync::Mutex<WaitState>;
 
 /// Slack after a reservation's claim window before the next waiter takes over.
 const NEXT_MARGIN: Duration = Duration::from_millis(5);
@@ -58,7 +69,9 @@ impl RedlockLock {
     /// and later attempts are its turns: when a release hands the primary's lock to it
     /// (`g`), it claims it there and asks the other nodes in the same round.
     pub(crate) async fn attempt(&self, key: &str, opts: &LockOptions, waiting: &Waiting) -> Result<Attempt> {
-        let mut state = waiting.lock().await;
+        let mut guard = waiting.lock().await;
+        let st = &mut *guard;
+        let state = &mut st.queued;
         if state.as_ref().is_some_and(|q| q.done) {
             // This wait's grant was handed out and came back with no validity left: it is
             // being released in the background under its grant id, so that id is spent
@@ -183,8 +196,9 @@ impl RedlockLock {
             (asked.await, None)
         };
         // Set when this turn's grant was (or may have been) made on some node and is being
-        // undone: the grant id is then never asked for again (see below).
-        let mut spent = false;
+        // undone: the grant id is then never asked for again (see below); how long until
+        // the wait queues again under a new one.
+        let mut spent: Option<Duration> = None;
         let retry = match first {
             Ok(Ok(Turn::Granted(token))) => {
                 // The primary's vote, counted from `start`, with the others'.
@@ -201,11 +215,24 @@ impl RedlockLock {
                         return Ok(Attempt::Acquired(lease));
                     }
                     // Undone everywhere (the primary handed the lock on to the next
-                    // waiter): queue again at once. No random delay — only this waiter
-                    // had the turn, so there is no herd to spread out, and a delay here
-                    // was the longest wait of the quick bench (~190 ms).
-                    Ok(Round::Busy(_)) => {
-                        spent = true;
+                    // waiter). Handed the lock and missing the quorum for the first time
+                    // in a row — a secondary the previous holder's release had not
+                    // reached yet —: queue again at once. No random delay — only this
+                    // waiter had the turn, so there is no herd to spread out, and a delay
+                    // here was the longest wait of the quick bench (~190 ms). Otherwise —
+                    // a free lock taken on a primary that does not hold the holder's grant
+                    // (restarted without persistence, or a node this waiter moved to),
+                    // or misses in a row, the waiters passing the undone lock round — the
+                    // algorithm's random delay: at once, each turn was a loop of round
+                    // trips for the holder's whole TTL (review: 20,566 commands in a 2 s
+                    // wait).
+                    Ok(Round::Busy(shortest)) => {
+                        st.missed += 1;
+                        spent = Some(if turn && st.missed == 1 {
+                            Duration::ZERO
+                        } else {
+                            self.random_delay(shortest)
+                        });
                         Duration::ZERO
                     }
                     // Fewer than a quorum answered: undone too, and the undo of the silent
@@ -218,12 +245,13 @@ impl RedlockLock {
             }
             Ok(Ok(Turn::Queued { pttl, entry, .. })) => {
                 q.entry = entry;
+                st.missed = 0;
                 let granted_elsewhere = early
                     .as_ref()
                     .is_some_and(|rest| rest.iter().any(|a| !matches!(a, Ok(NodeGrant::Busy(_)))));
                 if granted_elsewhere {
                     drop(undo); // the turn was lost: give back what the others granted
-                    spent = true;
+                    spent = Some(Duration::ZERO);
                 } else {
                     undo.disarm(); // granted nowhere
                 }
@@ -232,7 +260,7 @@ impl RedlockLock {
                 // other clients queue on the new primary, where this queue would never be
                 // handed the lock (a waiter starved behind later arrivals, seen in a
                 // trial). Leave this queue and queue there, at the back.
-                if !spent {
+                if spent.is_none() {
                     // A node whose `run_id` is unknown is asked for it now (when its
                     // back-off allows), so that this ranking already uses it.
                     // One at a time, all within one `per_node_timeout` (rarely more
@@ -244,7 +272,7 @@ impl RedlockLock {
                     };
                     let _ = tokio::time::timeout(per_node, settle).await;
                 }
-                if !spent && primary(key, &self.inner.nodes) != q.at {
+                if spent.is_none() && primary(key, &self.inner.nodes) != q.at {
                     tracing::debug!(%key, "the key's primary node moved; queueing there");
                     *state = None;
                     return Ok(Attempt::Busy {
@@ -273,17 +301,18 @@ impl RedlockLock {
                 };
             }
         };
-        if spent {
+        if let Some(after) = spent {
             // Issue 14: the undo of a grant goes on in the background (a silent node's
             // release, a lost answer's) for up to a TTL; were the same grant id asked for
             // again, a late undo could delete the *next* turn's grant on a node — a holder
             // losing its lock unheard (seen as releases answering "not held" with many
             // keys). So the waiter leaves the queue under this id (the drop of `Queued`)
-            // and queues again at once under a new one: it had lost its place anyway.
+            // and queues again under a new one (at once, or after the delay above): it
+            // had lost its place anyway.
             *state = None;
             return Ok(Attempt::Busy {
                 wake: None,
-                retry_at: Some(Instant::now()),
+                retry_at: Some(Instant::now() + after),
             });
         }
         Ok(Attempt::Busy {
@@ -326,14 +355,14 @@ const QUEUED_POLL_FACTOR: u32 = 20;
 /// position in the URL.
 ///
 /// A restarted server has a new `run_id`, so the primary of some keys moves after a
-/// restart. A client reads it again on its first call to that node after a request found
-/// the connection dropped (as the first request after a restart does), so clients
-/// connected before and after the restart agree again once the older ones have spoken to
-/// the node; until then those keys may lose their hand-off, nothing more: the queue is not
-/// a safety device — a grant is a quorum of nodes whatever node it queued on. Each wait
-/// computes the primary once (`Queued`) and each lease keeps the one its grant was made
-/// with, so a `run_id` read in the middle does not make a wait's turns, or a release of
-/// its lease, skip the queue it queued on.
+/// restart. A client reads it again after a request found the connection dropped (as the
+/// first request after a restart does) and whenever it ranks the nodes with one unknown
+/// ([`RedisNode::identity`]), so clients connected before and after a restart, or while a
+/// node was silent, agree again; until then those keys may lose their hand-off, nothing
+/// more: the queue is not a safety device — a grant is a quorum of nodes whatever node it
+/// queued on. A wait keeps its primary for its turns and moves only between them
+/// (`Queued`); a lease hands off on the primary its grant was made with and on the one
+/// ranked at its release (`ReleasePlan::send`).
 pub(crate) fn primary(key: &str, nodes: &[RedisNode]) -> usize {
     let run_ids: Vec<Option<String>> = nodes.iter().map(RedisNode::identity).collect();
     for (node, id) in nodes.iter().zip(&run_ids) {

@@ -514,3 +514,156 @@ async fn a_waiter_that_queued_before_it_knew_a_node_moves_to_the_others_queue() 
         locks.close().await.unwrap();
     }
 }
+
+/// Review 77: a lease ranked before a node's `run_id` was known keeps the primary it was
+/// granted with (`ReleasePlan.primary`), while a waiter of the same instance queued there
+/// moves to the new primary once the `run_id` is read (1cfb391). The lease's release then
+/// hands off on the old primary, where nobody queues any more, and skips the new one's
+/// queue (a compare-and-delete there): the moved waiter gets the lock only at its
+/// fallback re-check, not from the release. Here the third node's `run_id` is unknown
+/// because the instance's user may not run `INFO` there until the test grants it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_that_moved_is_handed_the_lock_by_a_lease_granted_before_the_move() {
+    use tokio::time::Instant;
+    let servers = start_many(3);
+    for (i, s) in servers.iter().enumerate() {
+        let info = if i == 2 { " -info" } else { "" };
+        let made = s.command(&format!("ACL SETUSER u on >pw ~fencelock:* &fencelock:* +@all{info}"));
+        assert!(made.ends_with("+OK\r\n"), "ACL SETUSER: {made:?}");
+    }
+    let ports: Vec<String> = servers.iter().map(|s| format!("127.0.0.1:{}", s.port())).collect();
+    let locks = RedlockLock::connect(&format!("redlock://u:pw@{}?retry_delay=100ms", ports.join(",")))
+        .await
+        .unwrap();
+    assert!(locks.nodes()[2].identity().is_none(), "INFO refused: run_id unknown");
+    let knows = RedlockLock::connect(&redlock_url(&servers, "")).await.unwrap();
+    let key = (0..200)
+        .map(|i| format!("moved-lease-{i}"))
+        .find(|k| locks.primary_index(k) != knows.primary_index(k))
+        .expect("a key the two rankings place apart");
+    let (old, new) = (locks.primary_index(&key), knows.primary_index(&key));
+    let opts = LockOptions::new()
+        .with_ttl(Duration::from_secs(30))
+        .with_wait(Duration::from_secs(30));
+    let lease = locks.acquire(&key, &opts).await.unwrap();
+    let queue = format!("LLEN fencelock:{{{key}}}:queue");
+    let waiting = {
+        let (locks, key) = (locks.clone(), key.clone());
+        tokio::spawn(async move {
+            let got = locks.acquire(&key, &opts).await;
+            (Instant::now(), got)
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while servers[old].integer(&queue).unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "the waiter never queued on the old primary");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The third node now answers the user's INFO: the instance reads its run_id (after
+    // the back-off of the refused reads) and ranks as the other client does.
+    let granted = servers[2].command("ACL SETUSER u +info");
+    assert!(granted.ends_with("+OK\r\n"), "{granted:?}");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while locks.primary_index(&key) != new {
+        assert!(Instant::now() < deadline, "the run_id was never read");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The waiter's next turn (its re-check, within 2 s) moves it to the new primary.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while servers[new].integer(&queue).unwrap_or(0) == 0 || servers[old].integer(&queue).unwrap_or(0) != 0 {
+        assert!(Instant::now() < deadline, "the waiter never moved to the new primary");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let released = Instant::now();
+    lease.release().await.unwrap();
+    let (at, got) = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    let waited = at - released;
+    eprintln!("{key}: lease primary {old}, waiter moved to {new}; granted {waited:?} after the release");
+    got.unwrap().release().await.unwrap();
+    assert!(
+        waited < Duration::from_millis(500),
+        "the moved waiter got the lock {waited:?} after the release (its fallback re-check): the lease's \
+         release handed off on its old primary {old} and skipped the queue on {new}"
+    );
+    locks.close().await.unwrap();
+    knows.close().await.unwrap();
+}
+
+/// Review 77: a primary that does not hold the holder's grant (restarted without
+/// persistence and `restart_delay` off — the default —, or the node a waiter moved to
+/// that was silent when the lease was granted) grants each queued turn at once; the other
+/// nodes answer busy, the turn is undone and the waiter queues again at once under a new
+/// id (`spent`, no delay): a loop of round trips for the holder's whole TTL. Now a turn
+/// that was not handed the lock, or misses the quorum again, waits the algorithm's random
+/// delay first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_without_the_holders_grant_does_not_make_waiters_spin() {
+    let servers = start_many(3);
+    let url = redlock_url(&servers, "");
+    let holder = RedlockLock::connect(&url).await.unwrap();
+    let waiter = RedlockLock::connect(&url).await.unwrap();
+    let key = "spin".to_owned();
+    let p = holder.primary_index(&key);
+    let long = LockOptions::new().with_ttl(Duration::from_secs(30));
+    let lease = holder.acquire(&key, &long).await.unwrap();
+    // The primary forgets the grant (as a restart without persistence does).
+    assert_eq!(servers[p].integer(&format!("DEL fencelock:{{{key}}}:lock")), Some(1));
+    let before = commands(&servers);
+    let got = waiter
+        .acquire(
+            &key,
+            &LockOptions::new()
+                .with_ttl(Duration::from_secs(10))
+                .with_wait(Duration::from_secs(2)),
+        )
+        .await;
+    let used = commands(&servers) - before;
+    eprintln!("a 2 s wait sent {used} commands ({got:?})");
+    assert!(got.is_err(), "granted while the holder holds a quorum");
+    // Before: 18,770–20,566 (a turn at once after each undone one); after: about 400
+    // (one every `retry_delay`, jittered).
+    assert!(
+        used < 2000,
+        "a 2 s wait sent {used} commands to the nodes: the waiter spins"
+    );
+    lease.release().await.unwrap();
+    holder.close().await.unwrap();
+    waiter.close().await.unwrap();
+}
+
+/// Review 77 (probe): Redlock, where the ranking asks for unknown `run_id`s on every plain
+/// round and queued turn, asks a user refused `INFO` for it a bounded number of times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redlock_user_refused_info_is_not_asked_on_every_round() {
+    let servers = start_many(3);
+    for s in &servers {
+        let made = s.command("ACL SETUSER u on >pw ~fencelock:* &fencelock:* +@all -info");
+        assert!(made.ends_with("+OK\r\n"), "ACL SETUSER: {made:?}");
+    }
+    let ports: Vec<String> = servers.iter().map(|s| format!("127.0.0.1:{}", s.port())).collect();
+    let locks = RedlockLock::connect(&format!("redlock://u:pw@{}", ports.join(",")))
+        .await
+        .unwrap();
+    let o = LockOptions::new()
+        .with_ttl(Duration::from_secs(10))
+        .with_auto_renew(false);
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        locks.acquire("k", &o).await.unwrap().release().await.unwrap();
+    }
+    let refused = |s: &RedisServer| {
+        s.command("INFO commandstats")
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_info:"))
+            .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("rejected_calls=")))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let asked: Vec<u64> = servers.iter().map(refused).collect();
+    eprintln!("INFO refused per node in 4 s of rounds: {asked:?}");
+    assert!(asked.iter().all(|&n| (1..=6).contains(&n)), "{asked:?}");
+    locks.close().await.unwrap();
+}
