@@ -215,20 +215,21 @@ impl RedlockLock {
                         return Ok(Attempt::Acquired(lease));
                     }
                     // Undone everywhere (the primary handed the lock on to the next
-                    // waiter). Handed the lock and missing the quorum for the first time
-                    // in a row — a secondary the previous holder's release had not
-                    // reached yet —: queue again at once. No random delay — only this
-                    // waiter had the turn, so there is no herd to spread out, and a delay
-                    // here was the longest wait of the quick bench (~190 ms). Otherwise —
-                    // a free lock taken on a primary that does not hold the holder's grant
-                    // (restarted without persistence, or a node this waiter moved to),
-                    // or misses in a row, the waiters passing the undone lock round — the
-                    // algorithm's random delay: at once, each turn was a loop of round
-                    // trips for the holder's whole TTL (review: 20,566 commands in a 2 s
-                    // wait).
+                    // waiter). The first miss in a row — usually a secondary the previous
+                    // holder's release had not reached yet, right after a hand-off or a
+                    // release that left the lock free —: queue again at once. No random
+                    // delay — only this waiter had the turn, so there is no herd to spread
+                    // out, and a delay here was the longest wait of the quick bench
+                    // (~190 ms; a trial of one after every non-handed miss made Jain 0.88).
+                    // Misses in a row — a primary that does not hold the holder's grant
+                    // (restarted without persistence, or a node this waiter moved to)
+                    // grants every turn a free lock the others refuse, and the waiters
+                    // pass the undone lock round — wait the algorithm's random delay: at
+                    // once, it was a loop of round trips for the holder's whole TTL
+                    // (review: 20,566 commands in a 2 s wait).
                     Ok(Round::Busy(shortest)) => {
                         st.missed += 1;
-                        spent = Some(if turn && st.missed == 1 {
+                        spent = Some(if st.missed == 1 {
                             Duration::ZERO
                         } else {
                             self.random_delay(shortest)
