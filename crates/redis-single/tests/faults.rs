@@ -712,15 +712,8 @@ async fn a_user_refused_info_is_not_asked_for_it_on_every_call() {
     for _ in 0..30 {
         locks.acquire("k", &o).await.unwrap().release().await.unwrap();
     }
-    let refused = |s: &RedisServer| {
-        s.command("INFO commandstats")
-            .lines()
-            .find_map(|l| l.strip_prefix("cmdstat_info:"))
-            .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("rejected_calls=")))
-            .and_then(|n| n.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    let asked = refused(&server);
+
+    let asked = server.rejected_calls("info");
     assert!(asked >= 1, "INFO was never asked (the count is read wrong?)");
     assert!(
         asked <= 4,
@@ -927,20 +920,15 @@ async fn a_waiter_whose_server_hangs_is_told_unavailable_not_timed_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_identity_follows_a_server_restart() {
     use fencelock_redis::{RedisConfig, RedisNode};
-    let run_id = |s: &RedisServer| {
-        s.command("INFO server")
-            .lines()
-            .find_map(|l| l.strip_prefix("run_id:").map(|id| id.trim().to_owned()))
-    };
     let mut server = RedisServer::start();
     let node = RedisNode::connect(RedisConfig::from_url(&server.url()).unwrap())
         .await
         .unwrap();
-    let before = run_id(&server);
+    let before = server.run_id();
     assert!(before.is_some(), "no run_id in INFO server");
     assert_eq!(node.identity(), before);
     server.restart();
-    let after = run_id(&server);
+    let after = server.run_id();
     assert_ne!(after, before, "a restarted server has a new run_id");
     // One acquire (never repeated, unlike a release, whose repeat reads the run_id
     // itself): it meets the dropped connection and fails, and the identity is read again

@@ -84,22 +84,27 @@ async fn commands_per_hand_off_do_not_grow_with_waiters() {
     );
 }
 
+/// A fault proxy in front of each server, and the `H1:P1,H2:P2,...` list that names the
+/// nodes through them (another spelling of the same servers).
+async fn proxied(servers: &[RedisServer]) -> (Vec<fencelock_testkit::proxy::FaultProxy>, String) {
+    let mut proxies = Vec::new();
+    for s in servers {
+        proxies.push(fencelock_testkit::proxy::FaultProxy::start(s.port()).await);
+    }
+    let hosts: Vec<String> = proxies.iter().map(|p| format!("127.0.0.1:{}", p.port())).collect();
+    (proxies, hosts.join(","))
+}
+
 /// A waiter whose links die while it is queued on the primary (its process SIGKILLed, or
 /// cut off) holds up the next waiter by at most one claim window after the release.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_queued_waiter_costs_at_most_one_claim_window() {
-    use fencelock_testkit::proxy::{FaultProxy, Mode};
+    use fencelock_testkit::proxy::Mode;
     use tokio::time::Instant;
     let servers = start_many(5);
-    let mut proxies = Vec::new();
-    for s in &servers {
-        proxies.push(FaultProxy::start(s.port()).await);
-    }
-    let hosts: Vec<String> = proxies.iter().map(|p| format!("127.0.0.1:{}", p.port())).collect();
+    let (proxies, hosts) = proxied(&servers).await;
     let holder = RedlockLock::connect(&redlock_url(&servers, "")).await.unwrap();
-    let doomed = RedlockLock::connect(&format!("redlock://{}", hosts.join(",")))
-        .await
-        .unwrap();
+    let doomed = RedlockLock::connect(&format!("redlock://{hosts}")).await.unwrap();
     let next = RedlockLock::connect(&redlock_url(&servers, "")).await.unwrap();
     // The queue lives on the key's primary only: the sum over the nodes is its length.
     let queued = || -> i64 {
@@ -155,16 +160,11 @@ async fn a_dead_queued_waiter_costs_at_most_one_claim_window() {
 /// wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_that_names_the_nodes_otherwise_is_handed_the_lock() {
-    use fencelock_testkit::proxy::FaultProxy;
     let servers = start_many(3);
-    let mut proxies = Vec::new();
-    for s in &servers {
-        proxies.push(FaultProxy::start(s.port()).await);
-    }
-    let hosts: Vec<String> = proxies.iter().map(|p| format!("127.0.0.1:{}", p.port())).collect();
+    let (_proxies, hosts) = proxied(&servers).await;
     let holder = RedlockLock::connect(&redlock_url(&servers, "")).await.unwrap();
     let waiter = Arc::new(
-        RedlockLock::connect(&format!("redlock://{}?retry_delay=1s", hosts.join(",")))
+        RedlockLock::connect(&format!("redlock://{hosts}?retry_delay=1s"))
             .await
             .unwrap(),
     );
@@ -298,10 +298,7 @@ async fn clients_connected_before_and_after_a_node_restart_agree_on_the_primary(
     // connection manager reconnects); the later ones run on the new connection.
     warm.extend(Duration::from_secs(30)).await.unwrap();
     // ...and reads the node's run_id again, in the background.
-    let new_id = servers[0]
-        .command("INFO server")
-        .lines()
-        .find_map(|l| l.strip_prefix("run_id:").map(|id| id.trim().to_owned()));
+    let new_id = servers[0].run_id();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
     while holder.nodes()[0].identity() != new_id {
         assert!(
@@ -654,15 +651,8 @@ async fn a_redlock_user_refused_info_is_not_asked_on_every_round() {
     while started.elapsed() < Duration::from_secs(4) {
         locks.acquire("k", &o).await.unwrap().release().await.unwrap();
     }
-    let refused = |s: &RedisServer| {
-        s.command("INFO commandstats")
-            .lines()
-            .find_map(|l| l.strip_prefix("cmdstat_info:"))
-            .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("rejected_calls=")))
-            .and_then(|n| n.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    let asked: Vec<u64> = servers.iter().map(refused).collect();
+
+    let asked: Vec<u64> = servers.iter().map(|s| s.rejected_calls("info")).collect();
     eprintln!("INFO refused per node in 4 s of rounds: {asked:?}");
     assert!(asked.iter().all(|&n| (1..=6).contains(&n)), "{asked:?}");
     locks.close().await.unwrap();

@@ -267,6 +267,25 @@ impl RedisServer {
             .collect()
     }
 
+    /// Calls of `command` (lower case) the server refused (`rejected_calls` of `INFO
+    /// commandstats`: an ACL's `NOPERM`, a wrong arity); 0 when it has none.
+    pub fn rejected_calls(&self, command: &str) -> u64 {
+        let prefix = format!("cmdstat_{command}:");
+        self.command("INFO commandstats")
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("rejected_calls=")))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The server's `run_id` (`INFO server`): new at every start.
+    pub fn run_id(&self) -> Option<String> {
+        self.command("INFO server")
+            .lines()
+            .find_map(|l| l.strip_prefix("run_id:").map(|id| id.trim().to_owned()))
+    }
+
     /// All calls of [`commandstats`](Self::commandstats) except `info` and `config`
     /// (the test's own reading of the server): the server work clients asked for.
     pub fn client_commands(&self) -> u64 {
