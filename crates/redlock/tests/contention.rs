@@ -168,8 +168,20 @@ async fn a_waiter_that_names_the_nodes_otherwise_is_handed_the_lock() {
             .await
             .unwrap(),
     );
-    let keys: Vec<String> = (0..6).map(|i| format!("spelled-{i}")).collect();
-    let late = late_hand_offs(&servers, &waiter, &keys, || {
+    all_handed_off(&servers, holder, waiter, "spelled", 6).await;
+}
+
+/// [`late_hand_offs`] of `n` keys named `{prefix}-{i}`, one `holder` for all: asserts none
+/// was late, then closes both clients.
+async fn all_handed_off(
+    servers: &[RedisServer],
+    holder: RedlockLock,
+    waiter: Arc<RedlockLock>,
+    prefix: &str,
+    n: usize,
+) {
+    let keys: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
+    let late = late_hand_offs(servers, &waiter, &keys, || {
         let holder = holder.clone();
         async move { holder }
     })
@@ -310,15 +322,7 @@ async fn clients_connected_before_and_after_a_node_restart_agree_on_the_primary(
     }
     warm.release().await.unwrap();
     let waiter = Arc::new(RedlockLock::connect(&url).await.unwrap());
-    let keys: Vec<String> = (0..12).map(|i| format!("restarted-{i}")).collect();
-    let late = late_hand_offs(&servers, &waiter, &keys, || {
-        let holder = holder.clone();
-        async move { holder }
-    })
-    .await;
-    assert!(late.is_empty(), "not handed the lock within 2 s: {late:?}");
-    holder.close().await.unwrap();
-    waiter.close().await.unwrap();
+    all_handed_off(&servers, holder, waiter, "restarted", 12).await;
 }
 
 /// Many keys at once, the shape of a real service (issue 14: the bench's "1000 keys × 4
