@@ -36,26 +36,23 @@ impl Identity {
         self.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Whether an unforced read must wait: the pause after the last failure is not over.
+    fn paused(&self) -> bool {
+        let backoff = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+        backoff.1.is_some_and(|at| Instant::now() < at)
+    }
+
     /// Whether [`start`](Self::start) would claim a read now (a cheap look, no claim).
     pub(crate) fn may_start(&self, forced: bool) -> bool {
-        if self.reading.load(Ordering::Acquire) {
-            return false;
-        }
-        forced || {
-            let backoff = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
-            backoff.1.is_none_or(|at| Instant::now() >= at)
-        }
+        !self.reading.load(Ordering::Acquire) && (forced || !self.paused())
     }
 
     /// Claims a read when none is under way and, unless `forced` (the connection
     /// dropped), the pause after the last failure is over. The claim ends with
     /// [`Reading::finish`]; dropped unfinished (a read cut off), it counts as failed.
     pub(crate) fn start(&self, forced: bool) -> Option<Reading<'_>> {
-        if !forced {
-            let backoff = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
-            if backoff.1.is_some_and(|at| Instant::now() < at) {
-                return None;
-            }
+        if !forced && self.paused() {
+            return None;
         }
         (!self.reading.swap(true, Ordering::AcqRel)).then(|| Reading {
             identity: self,
@@ -93,8 +90,14 @@ pub(crate) struct Reading<'a> {
 
 impl Reading<'_> {
     /// Records the read's outcome (see [`Identity::record`]) and ends the claim.
-    pub(crate) fn finish(mut self, read: Option<String>) {
+    pub(crate) fn finish(self, read: Option<String>) {
         self.identity.record(read);
+        self.recorded();
+    }
+
+    /// Ends the claim of a read whose outcome was recorded otherwise (a connect records
+    /// its own read), so that it counts once.
+    pub(crate) fn recorded(mut self) {
         self.done = true;
         self.identity.reading.store(false, Ordering::Release);
     }
@@ -141,5 +144,17 @@ mod tests {
         assert!(id.start(false).is_none(), "the pause grows to 30 s");
         tokio::time::advance(Duration::from_millis(1)).await;
         assert!(id.start(false).is_some(), "and no further");
+    }
+
+    /// A read whose outcome the connect recorded itself (`settle_identity` connecting a
+    /// node) counts once: the first pause is 1 s, not the 2 s of two failures.
+    #[tokio::test(start_paused = true)]
+    async fn a_read_recorded_by_the_connect_counts_once() {
+        let id = Identity::default();
+        let reading = id.start(false).expect("a read starts");
+        id.record(None); // the connect's own INFO failed
+        reading.recorded();
+        tokio::time::advance(FIRST_PAUSE).await;
+        assert!(id.start(false).is_some(), "paused as after two failures");
     }
 }

@@ -228,15 +228,15 @@ impl RedisNode {
         let Some(reading) = self.inner.identity.start(false) else {
             return;
         };
-        let read = match self.cached() {
-            Some(conn) => self.read_identity(&conn).await,
-            // Never connected (unreachable until now): connecting reads it.
+        match self.cached() {
+            Some(conn) => reading.finish(self.read_identity(&conn).await),
+            // Never connected (unreachable until now): a connect reads it and records the
+            // outcome itself; a connect that failed had nothing to record.
             None => match self.connection().await {
-                Ok(_) => self.identity(),
-                Err(_) => None,
+                Ok(_) => reading.recorded(),
+                Err(_) => reading.finish(None),
             },
-        };
-        reading.finish(read);
+        }
     }
 
     /// One bounded read of the `run_id` for [`identity`](Self::identity).

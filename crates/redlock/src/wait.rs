@@ -272,14 +272,14 @@ impl RedlockLock {
                         }
                     };
                     let _ = tokio::time::timeout(per_node, settle).await;
-                }
-                if spent.is_none() && primary(key, &self.inner.nodes) != q.at {
-                    tracing::debug!(%key, "the key's primary node moved; queueing there");
-                    *state = None;
-                    return Ok(Attempt::Busy {
-                        wake: None,
-                        retry_at: Some(Instant::now()),
-                    });
+                    if primary(key, &self.inner.nodes) != q.at {
+                        tracing::debug!(%key, "the key's primary node moved; queueing there");
+                        *state = None;
+                        return Ok(Attempt::Busy {
+                            wake: None,
+                            retry_at: Some(Instant::now()),
+                        });
+                    }
                 }
                 // A peer library's release sends no message: with a peer layout the
                 // re-check is the hand-off path, so it is not stretched.
