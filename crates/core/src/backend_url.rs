@@ -515,6 +515,15 @@ fn parse_host(raw: &str) -> std::result::Result<HostPort, ParseError> {
             "bad host `{raw}`: port 0 is not a server's port"
         )));
     }
+    // `h:` is a valid authority to the URL standard (an empty port means the scheme's
+    // default), but in a list of servers it is far more likely a port left out by mistake;
+    // taking the default would point the client at another server (or none) with only a
+    // warning, so it is refused. Leave out the colon too to mean the default port.
+    if parsed.port().is_none() && raw.ends_with(':') {
+        return Err(ParseError::new(format!(
+            "bad host `{raw}`: no port after the `:` (give the port, or leave out the `:` for the default)"
+        )));
+    }
     Ok(HostPort {
         host,
         ipv6,
@@ -655,6 +664,14 @@ mod tests {
             // Port 0 asks the OS for any free port: no server listens there.
             ("redis://h:0", "port 0"),
             ("redlock://h:1,h:0,h:2", "bad host `h:0`: port 0"),
+            // A colon with no port after it: a port left out by mistake, not the default
+            // (a trial's `redlock://127.0.0.1:,…` was taken as 6379, a bare quorum left).
+            ("redis://h:", "bad host `h:`: no port after the `:`"),
+            (
+                "redlock://h:1,127.0.0.1:,h:2",
+                "bad host `127.0.0.1:`: no port after the `:`",
+            ),
+            ("etcd://[::1]:", "bad host `[::1]:`: no port after the `:`"),
             // Hosts are separated by commas, not `;` or spaces (a trial got an IPv6 hint).
             ("redlock://127.0.0.1:1;127.0.0.1:2", "separated by commas"),
             ("redlock://127.0.0.1:1 127.0.0.1:2", "separated by commas"),
