@@ -17,7 +17,7 @@ use crate::identity::Identity;
 use crate::layout::Keys;
 use crate::renewals::{renewals, Renewal, Renewals};
 use crate::scripts::{
-    self, ACQUIRE, EXTEND, EXTEND_MANY, LEAVE, RELEASE, RELEASE_RAISING, RELEASE_UNQUEUED, WAIT_TURN,
+    self, ACQUIRE, EXTEND, EXTEND_MANY, HEAL, LEAVE, RELEASE, RELEASE_RAISING, RELEASE_UNQUEUED, WAIT_TURN,
 };
 use crate::wait::{Subscription, Waiters};
 
@@ -574,6 +574,51 @@ impl RedisNode {
         answer.map_err(|e| {
             self.release_later(key, grant.as_str(), ttl);
             self.failed("acquire", e)
+        })
+    }
+
+    /// Redlock's heal ([`HEAL`](crate::scripts::HEAL)): sets `grant`, which a quorum of
+    /// other nodes already granted with `token`, on this node for `ttl` when the key is
+    /// free here (and the node is past its `restart_delay`, as [`try_grant`](Self::try_grant)
+    /// checks it), and raises the key's counter here to at least `token`. Answers
+    /// [`NodeGrant::Granted`] with the counter when the node holds `grant` now (also when it
+    /// already did), [`NodeGrant::Busy`] with the other holder's PTTL (or the rest of the
+    /// restart delay) in milliseconds when not.
+    ///
+    /// Safe to send twice (a repeat finds the grant already there), so it is repeated once
+    /// the connection manager reconnected, as releases are.
+    ///
+    /// # Errors
+    /// The server's or connection's error (the grant may have been set unheard).
+    ///
+    /// # Cancel safety
+    /// Not cancel safe on its own: dropped after it was sent, the grant may land unheard
+    /// and stay until `ttl` passes. The caller releases it when it cannot tell (Redlock's
+    /// heal releases the node again when the lease was released meanwhile).
+    pub async fn heal(
+        &self,
+        key: &str,
+        grant: &str,
+        ttl: Duration,
+        token: u64,
+        restart_delay: Duration,
+    ) -> Result<NodeGrant> {
+        let keys = &self.inner.keys;
+        let mut invocation = HEAL.call();
+        invocation
+            .key(keys.lock(key))
+            .key(keys.counter(key))
+            .key(keys.boot())
+            .arg(grant)
+            .arg(ttl.as_millis().max(1) as u64)
+            .arg(restart_delay.as_millis() as u64)
+            .arg(token);
+        let (held, n): (i64, i64) = self.invoke_idempotent("heal script", &invocation).await?;
+        let n = u64::try_from(n).ok();
+        Ok(if held == 1 {
+            NodeGrant::Granted(n.unwrap_or(token))
+        } else {
+            NodeGrant::Busy(n)
         })
     }
 

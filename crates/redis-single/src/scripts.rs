@@ -101,9 +101,10 @@ impl Call<'_> {
 }
 
 /// Every script a node calls, loaded together when it connects.
-pub(crate) fn all() -> [&'static Lua; 9] {
+pub(crate) fn all() -> [&'static Lua; 10] {
     [
         &ACQUIRE,
+        &HEAL,
         &RELEASE,
         &RELEASE_RAISING,
         &RELEASE_UNQUEUED,
@@ -309,6 +310,52 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return 1
 end
 return 0
+",
+    )
+});
+
+/// KEYS: lock, counter, boot marker. ARGV: grant id, ttl ms, restart delay ms (0: off),
+/// token. Redlock's heal: puts a grant that a quorum of *other* nodes already made onto
+/// this node, which refused it then (still held by an earlier grant whose release had not
+/// reached it). Only when the key is free here — `SET NX`, so never over another grant —
+/// and, with a restart delay, only outside it, as [`ACQUIRE`] decides (a node that started
+/// empty must not help any grant for the delay). No token is counted for it: the grant's
+/// token is already the quorum's; the node's counter is raised to at least that token
+/// instead, so every grant this node makes later counts on from it. A node that already
+/// holds the grant (an earlier heal whose answer was lost) only gets the raise.
+///
+/// Returns `{1, counter}` when the node holds the grant now, `{0, ms}` when not: held by
+/// another grant for `ms` more (PTTL, -1: no TTL), or inside the restart delay for `ms`.
+pub(crate) static HEAL: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r"
+local delay = tonumber(ARGV[3])
+if delay > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local boot = redis.call('GET', KEYS[3])
+  if not boot then
+    redis.call('SET', KEYS[3], now)
+    return {0, delay}
+  end
+  local age = now - tonumber(boot)
+  if age < delay then
+    return {0, delay - age}
+  end
+end
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then
+  return {0, redis.call('PTTL', KEYS[1])}
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+local counter = tonumber(redis.call('GET', KEYS[2]) or '0')
+if counter < tonumber(ARGV[4]) then
+  counter = tonumber(ARGV[4])
+  redis.call('SET', KEYS[2], ARGV[4])
+end
+return {1, counter}
 ",
     )
 });

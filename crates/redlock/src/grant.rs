@@ -2,8 +2,8 @@
 //! node and, where a node did not confirm in time, goes on in the background until that
 //! node answers or its copy of the grant has expired.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -42,6 +42,13 @@ pub(crate) struct RedlockGrant {
     /// The TTL (ms) last set on the nodes: a node's copy of the grant is gone at most this
     /// long after now, which bounds a background release.
     pub(crate) ttl_ms: AtomicU64,
+    /// When the copies a quorum confirmed end at the earliest, as this client counts: the
+    /// start of the round (or of the last extend a quorum confirmed) plus its TTL. A heal
+    /// (`heal.rs`) sets the grant on a node until then, no longer.
+    pub(crate) copies_until: Mutex<Instant>,
+    /// Set when the release starts (asked for, or the lease dropped or run out): a heal
+    /// sends nothing more, and one that landed anyway is released again on its node.
+    pub(crate) released: AtomicBool,
 }
 
 impl RedlockGrant {
@@ -80,6 +87,8 @@ impl RedlockGrant {
         let answered = answers.iter().filter(|a| a.is_ok()).count();
         let drift = cfg.drift(ttl);
         if extended >= cfg.quorum() && start.elapsed() + drift < ttl {
+            let mut until = self.copies_until.lock().unwrap_or_else(|p| p.into_inner());
+            *until = (*until).max(start + ttl);
             return Ok(Some(ttl - drift));
         }
         if answered < cfg.quorum() {
@@ -88,7 +97,15 @@ impl RedlockGrant {
         Ok(None)
     }
 
-    fn release_plan(&self) -> ReleasePlan {
+    /// What this grant's copy on a node healed now should live for: until
+    /// [`copies_until`](Self::copies_until), so it ends no later than the copies the
+    /// quorum confirmed (zero once those have ended).
+    pub(crate) fn copies_left(&self) -> Duration {
+        let until = *self.copies_until.lock().unwrap_or_else(|p| p.into_inner());
+        until.saturating_duration_since(Instant::now())
+    }
+
+    pub(crate) fn release_plan(&self) -> ReleasePlan {
         ReleasePlan {
             inner: Arc::clone(&self.inner),
             key: self.key.clone(),
@@ -119,6 +136,10 @@ impl LeaseOps for RedlockGrant {
     /// under load a slow quorum used to turn a release into `Unavailable` although it was
     /// still going on.
     async fn release(&self) -> Result<bool> {
+        // Before any node is asked: a heal that reads it later sends nothing, and one
+        // whose request was already out sees it when the answer comes and releases that
+        // node again (`heal.rs`).
+        self.released.store(true, Ordering::SeqCst);
         let plan = self.release_plan();
         let n = self.inner.nodes.len();
         let quorum = self.inner.cfg.quorum();
@@ -170,7 +191,7 @@ impl ReleasePlan {
     /// `judge`: the answers decide whether the lease was held, so a quorum's are awaited
     /// (late ones too, [`Bound::quorum`]); otherwise each node gets `per_node_timeout`,
     /// and the silent ones get the release again in the background.
-    async fn send(&self, which: &[usize], judge: bool) -> Vec<(usize, crate::quorum::Answer<bool>)> {
+    pub(crate) async fn send(&self, which: &[usize], judge: bool) -> Vec<(usize, crate::quorum::Answer<bool>)> {
         let nodes: Vec<_> = which.iter().map(|&i| self.inner.nodes[i].clone()).collect();
         let per_node = self.inner.cfg.per_node_timeout;
         let primary = self.primary;

@@ -4,7 +4,8 @@
 //! implemented as published, with its failure modes shown by tests rather than claimed.
 //! Files: `config` (options, one validation path), `lock` (the round of the algorithm),
 //! `admission` (how many rounds one instance has in flight),
-//! `grant` (extend and release of one grant, background release), `wait` (waiting and
+//! `grant` (extend and release of one grant, background release), `heal` (a grant onto
+//! the nodes that refused it, once the key is free there), `wait` (waiting and
 //! contention), `quorum` (the fan-out), `error` (the no-quorum error).
 //!
 //! * **Connect** (`RedlockLock::connect`): every node at once, each bounded; a node that
@@ -16,6 +17,10 @@
 //!   by `per_node_timeout`. Granted when a quorum (N/2 + 1) said yes and validity =
 //!   TTL − elapsed − drift is still positive; otherwise released on **all** nodes (those that
 //!   did not answer too) and retried after a random delay while `acquire`'s wait lasts.
+//!   A grant that some answering nodes refused (still held by the grant before it, whose
+//!   release had not reached them) takes them in the background once the key is free
+//!   there, raising their counters to its token; this adds nothing to the quorum or the
+//!   validity.
 //! * **Validity**: the lease's `valid_until` is the start of the round + TTL − drift, not the
 //!   TTL. **Extend** needs a quorum again and recomputes it. **Release** goes to every node;
 //!   nodes that do not answer within `per_node_timeout` get it again in the background
@@ -44,6 +49,7 @@ mod config;
 mod election;
 mod error;
 mod grant;
+mod heal;
 mod lock;
 mod quorum;
 mod wait;

@@ -1,6 +1,6 @@
 //! [`RedlockLock`]: the algorithm.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -310,7 +310,21 @@ impl RedlockLock {
                 primary,
                 lagging,
                 ttl_ms: AtomicU64::new(ttl.as_millis() as u64),
+                copies_until: std::sync::Mutex::new(start + ttl),
+                released: AtomicBool::new(false),
             });
+            // Nodes that answered "held by another grant" (usually the previous holder's,
+            // whose release had not reached them yet): the grant takes them too once the
+            // key is free there (`heal.rs`), rather than living on the quorum alone.
+            let refused = answers
+                .iter()
+                .enumerate()
+                .filter_map(|(i, a)| match a {
+                    Ok(NodeGrant::Busy(ms)) => Some((i, *ms)),
+                    _ => None,
+                })
+                .collect();
+            crate::heal::start(&ops, refused);
             let lease = Lease::new(LeaseParts {
                 key: key.to_owned(),
                 token,

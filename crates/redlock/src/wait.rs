@@ -186,7 +186,8 @@ impl RedlockLock {
         // Handed the lock (`g`): the previous holder's release, sent to every node at
         // once, has usually freed the others too — ask them in the same round trip as the
         // claim (a secondary the release has not reached yet answers busy: the grant then
-        // holds on the quorum without it, see docs/backends/redlock.md).
+        // holds on the quorum without it and takes that node once the release lands,
+        // `heal.rs`).
         // Otherwise (queueing, a fallback re-check) only the primary is asked.
         let (first, early) = if turn {
             let rest = grant_on(&others, rest_bound, key, &q.grant, opts.ttl(), cfg.restart_delay);
