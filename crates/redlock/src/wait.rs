@@ -11,7 +11,7 @@ use fencelock_redis::{NodeGrant, NodeSubscription, RedisNode, Turn, HANDOFF_CLAI
 use tokio::time::Instant;
 
 use crate::lock::{grant_on, RedlockLock, Round};
-use crate::quorum::{late, Bound};
+use crate::quorum::{late, Answer, Bound};
 
 /// One `acquire` queued on the key's primary node: registered on the instance's channel
 /// there, its grant id (the same for every turn until a turn whose grant is undone spends
@@ -62,6 +62,10 @@ pub(crate) type Waiting = tokio::sync::Mutex<WaitState>;
 
 /// Slack after a reservation's claim window before the next waiter takes over.
 const NEXT_MARGIN: Duration = Duration::from_millis(5);
+
+/// How often a handed turn asks again the secondaries that refused its claim while the
+/// previous holder's release was still on its way (see `ask_refusals_again`).
+const REFUSAL_RETRIES: u32 = 4;
 
 impl RedlockLock {
     /// One attempt of `acquire`. The first is a plain round of the algorithm; a busy answer
@@ -208,6 +212,7 @@ impl RedlockLock {
                     None => grant_on(&others, rest_bound, key, &q.grant, opts.ttl(), cfg.restart_delay).await,
                 };
                 answers.insert(p, Ok(NodeGrant::Granted(token)));
+                self.ask_refusals_again(key, opts, &q.grant, &mut answers, start).await;
                 let round = self.conclude(key, opts, q.grant.clone(), p, &answers, start).await;
                 undo.disarm();
                 match round {
@@ -321,6 +326,63 @@ impl RedlockLock {
             wake: Some(wake),
             retry_at: Some(Instant::now() + retry),
         })
+    }
+
+    /// A handed turn holds the primary's claim but missed the quorum only because some
+    /// secondaries still held another grant — nearly always the previous holder's, whose
+    /// release, sent to every node at once, had not reached them yet when the claim did
+    /// (about 1 hand-off in 10 under load). With every node answering, the grant still
+    /// has its quorum (and `heal.rs` takes those nodes later); with a node silent or
+    /// paused it has not, and undoing the round hands the primary's lock to the next
+    /// waiter and sends this one to the back of the queue: a trial saw waiters that had
+    /// queued overtaken by later ones for as long as a node stayed paused. So those nodes
+    /// are asked again, [`REFUSAL_RETRIES`] times at most, pauses doubling from 1 ms, all
+    /// within `per_node_timeout` of the round's answers, while the quorum can still be
+    /// reached and the validity stays positive. Safe under the algorithm: a later yes sets the node's TTL from a later
+    /// instant than `start`, from which the validity is counted, so every copy outlives
+    /// it; the primary's claim keeps others from a quorum meanwhile.
+    async fn ask_refusals_again(
+        &self,
+        key: &str,
+        opts: &LockOptions,
+        grant: &GrantId,
+        answers: &mut [Answer<NodeGrant>],
+        start: Instant,
+    ) {
+        let cfg = &self.inner.cfg;
+        let per_node = cfg.per_node_timeout;
+        let mut pause = Duration::from_millis(1);
+        // From now, not from `start`: with a node silent the round itself waited out
+        // `per_node_timeout` for it before concluding.
+        let until = Instant::now() + per_node;
+        let drift = cfg.drift(opts.ttl());
+        for _ in 0..REFUSAL_RETRIES {
+            let yes = answers
+                .iter()
+                .filter(|a| matches!(a, Ok(NodeGrant::Granted(_))))
+                .count();
+            let refused: Vec<usize> = (answers.iter().enumerate())
+                .filter(|(_, a)| matches!(a, Ok(NodeGrant::Busy(_))))
+                .map(|(i, _)| i)
+                .collect();
+            let worth_it = yes < cfg.quorum() && yes + refused.len() >= cfg.quorum();
+            let now = Instant::now();
+            if !worth_it || now + pause >= until || start.elapsed() + pause + per_node + drift >= opts.ttl() {
+                return;
+            }
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+            let nodes: Vec<RedisNode> = refused.iter().map(|&i| self.inner.nodes[i].clone()).collect();
+            let bound = Bound::strict(
+                until
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1)),
+            );
+            let again = grant_on(&nodes, bound, key, grant, opts.ttl(), cfg.restart_delay).await;
+            for (i, answer) in refused.into_iter().zip(again) {
+                answers[i] = answer;
+            }
+        }
     }
 
     /// The algorithm's random delay, so contenders that split the vote do not collide

@@ -831,3 +831,87 @@ async fn a_grant_released_before_a_refusing_node_was_freed_is_not_put_there() {
     holder.close().await.unwrap();
     waiter.close().await.unwrap();
 }
+
+/// A new user's trial: with one node paused (SIGSTOP), waiters that had queued were
+/// overtaken by later ones. With a node silent, a hand-off's quorum needs every other
+/// node, and a secondary the previous holder's release had not reached yet (about 1
+/// hand-off in 10 under load) refused the head's claim: the round missed its quorum, the
+/// head undid it — handing the primary's lock to the next waiter — and queued again at the
+/// back. Here the node after the primary is paused, the holder reaches the nodes through
+/// proxies of its own, and the one in front of the remaining secondary holds the holder's
+/// release until the head's claim has been refused there. The head must still be granted
+/// first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secondary_the_release_reaches_late_does_not_cost_the_head_its_turn_while_a_node_is_paused() {
+    use fencelock_testkit::proxy::Mode;
+    use tokio::time::Instant;
+    let servers = start_many(3);
+    let (proxies, hosts) = proxied(&servers).await;
+    let holder = RedlockLock::connect(&format!("redlock://{hosts}")).await.unwrap();
+    let head = Arc::new(RedlockLock::connect(&redlock_url(&servers, "")).await.unwrap());
+    let next = Arc::new(RedlockLock::connect(&redlock_url(&servers, "")).await.unwrap());
+    let key = "paused-node-order";
+    let primary = head.primary_index(key);
+    assert_eq!(holder.primary_index(key), primary, "all rank the nodes by run_id");
+    let (late, paused) = ((primary + 1) % 3, (primary + 2) % 3);
+    let held = LockOptions::new()
+        .with_ttl(Duration::from_secs(30))
+        .with_wait(Duration::from_secs(20));
+    let lease = holder.acquire(key, &held).await.unwrap();
+    servers[paused].pause();
+
+    let queue = format!("LLEN fencelock:{{{key}}}:queue");
+    let queued = |n: i64| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while servers[primary].integer(&queue).unwrap_or(0) < n {
+            assert!(Instant::now() < deadline, "waiter {n} never queued");
+            std::thread::sleep(Duration::from_millis(2)); // polling a condition, bounded
+        }
+    };
+    let wait = |lock: &Arc<RedlockLock>| {
+        let lock = Arc::clone(lock);
+        tokio::spawn(async move { lock.acquire(key, &held).await })
+    };
+    let mut head_wait = wait(&head);
+    queued(1);
+    let mut next_wait = wait(&next);
+    queued(2);
+
+    // The holder's release reaches the primary at once and `late` only after the head's
+    // claim was refused there (its `EXEC` counted).
+    let execs = || servers[late].commandstats().get("exec").copied().unwrap_or(0);
+    let before = execs();
+    proxies[late].set_to_server(Mode::Blackhole);
+    lease.release().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while execs() == before {
+        assert!(Instant::now() < deadline, "no claim reached the late node");
+        tokio::time::sleep(Duration::from_millis(1)).await; // polling a condition, bounded
+    }
+    proxies[late].set_to_server(Mode::Pass);
+
+    let first = tokio::time::timeout(Duration::from_secs(25), async {
+        tokio::select! {
+            r = &mut head_wait => ("head", r),
+            r = &mut next_wait => ("next", r),
+        }
+    })
+    .await
+    .expect("the waits are bounded");
+    let (who, granted) = (first.0, first.1.unwrap().unwrap());
+    servers[paused].resume();
+    assert_eq!(who, "head", "the waiter queued second was granted first");
+    granted.release().await.unwrap();
+    let other = if who == "head" { next_wait } else { head_wait };
+    let lease = tokio::time::timeout(Duration::from_secs(25), other)
+        .await
+        .expect("the wait is bounded")
+        .unwrap()
+        .unwrap();
+    lease.release().await.unwrap();
+    for lock in [holder] {
+        lock.close().await.unwrap();
+    }
+    head.close().await.unwrap();
+    next.close().await.unwrap();
+}
