@@ -43,9 +43,12 @@ pub(crate) struct RedlockGrant {
     /// long after now, which bounds a background release.
     pub(crate) ttl_ms: AtomicU64,
     /// When the copies a quorum confirmed end at the earliest, as this client counts: the
-    /// start of the round (or of the last extend a quorum confirmed) plus its TTL. A heal
-    /// (`heal.rs`) sets the grant on a node until then, no longer.
-    pub(crate) copies_until: Mutex<Instant>,
+    /// start of the round (or of the latest-started extend a quorum confirmed) plus its
+    /// TTL — with that start, so a confirmed extend that started earlier does not win. A
+    /// heal (`heal.rs`) sets the grant on a node until then, no longer. Not the longest
+    /// TTL ever set: an extend to a shorter TTL ends the copies sooner (review: a heal
+    /// after it kept the first TTL, 30 s against the quorum's 2 s).
+    pub(crate) copies_until: Mutex<(Instant, Instant)>,
     /// Set when the release starts (asked for, or the lease dropped or run out): a heal
     /// sends nothing more, and one that landed anyway is released again on its node.
     pub(crate) released: AtomicBool,
@@ -87,8 +90,10 @@ impl RedlockGrant {
         let answered = answers.iter().filter(|a| a.is_ok()).count();
         let drift = cfg.drift(ttl);
         if extended >= cfg.quorum() && start.elapsed() + drift < ttl {
-            let mut until = self.copies_until.lock().unwrap_or_else(|p| p.into_inner());
-            *until = (*until).max(start + ttl);
+            let mut copies = self.copies_until.lock().unwrap_or_else(|p| p.into_inner());
+            if start >= copies.0 {
+                *copies = (start, start + ttl);
+            }
             return Ok(Some(ttl - drift));
         }
         if answered < cfg.quorum() {
@@ -101,7 +106,7 @@ impl RedlockGrant {
     /// [`copies_until`](Self::copies_until), so it ends no later than the copies the
     /// quorum confirmed (zero once those have ended).
     pub(crate) fn copies_left(&self) -> Duration {
-        let until = *self.copies_until.lock().unwrap_or_else(|p| p.into_inner());
+        let (_, until) = *self.copies_until.lock().unwrap_or_else(|p| p.into_inner());
         until.saturating_duration_since(Instant::now())
     }
 

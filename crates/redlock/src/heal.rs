@@ -18,9 +18,9 @@ use crate::quorum::{fan_out, Bound};
 /// The pause before the first try: the release that frees a refusing node was usually
 /// sent together with the hand-off and lands within a round trip.
 const FIRST_PAUSE: Duration = Duration::from_millis(2);
-/// The most tries of one heal. Pauses double from [`FIRST_PAUSE`], so the 16th comes
-/// about 65 s after the grant — past any default TTL — unless a refusing holder's
-/// expiry wakes it earlier.
+/// The most tries of one heal. Pauses double from [`FIRST_PAUSE`] (2 ms, then 4, 8, …:
+/// the 16th try would come about 131 s after the grant), but the task never sleeps past
+/// the end of the copies the quorum confirmed, and ends there.
 const TRIES: u32 = 16;
 
 /// Starts, in the background, the heal of `grant` onto the nodes of `refused` — each a
@@ -30,8 +30,10 @@ const TRIES: u32 = 16;
 /// The heal holds the lease's state only weakly and ends at the first of: every node
 /// healed; [`TRIES`] tries; the lease's release (asked for, or the lease dropped or run
 /// out: the backend releases it then); the end of the copies the quorum confirmed
-/// ([`RedlockGrant::copies_left`]); the instance closed or dropped. Each try sends every
-/// pending node one [`RedisNode::heal`] at once, each bounded by `per_node_timeout`.
+/// ([`RedlockGrant::copies_left`], which no pause sleeps past); the instance closed or
+/// dropped. Each try sends every pending node one [`RedisNode::heal`] at once, each
+/// bounded by `per_node_timeout`. Ended by the release, it releases again the nodes it
+/// healed or got no answer from ([`release_again`]), counted among the clean-ups.
 pub(crate) fn start(grant: &Arc<RedlockGrant>, refused: Vec<(usize, Option<u64>)>) {
     if refused.is_empty() {
         return;
@@ -52,12 +54,24 @@ async fn heal(weak: Weak<RedlockGrant>, refused: Vec<(usize, Option<u64>)>) {
     let now = Instant::now();
     let mut pending: Vec<Pending> = refused.into_iter().map(|(i, ms)| (i, at(now, ms))).collect();
     let mut pause = FIRST_PAUSE;
+    // Nodes whose last try got no answer: the grant may be there unheard.
+    let mut unknown: Vec<usize> = Vec::new();
     for _ in 0..TRIES {
         // A refusing grant's expiry frees its node unless its release comes first: try
         // then too (1 ms after, so the node's own expiry has run), not only at the pause.
         let mut wake = Instant::now() + pause;
         if let Some(ends) = pending.iter().filter_map(|(_, ends)| *ends).min() {
             wake = wake.min(ends + Duration::from_millis(1));
+        }
+        // Never past the copies' end (a try then sends nothing and ends the task): the
+        // doubling pauses otherwise kept a task asleep up to about twice the lease's
+        // life after its lease and its instance were gone.
+        match weak.upgrade() {
+            Some(g) => {
+                let copies_end = Instant::now() + g.copies_left();
+                wake = wake.min(copies_end);
+            }
+            None => return,
         }
         tokio::time::sleep_until(wake).await;
         pause *= 2;
@@ -67,7 +81,14 @@ async fn heal(weak: Weak<RedlockGrant>, refused: Vec<(usize, Option<u64>)>) {
         // The copy set here ends with the quorum's, never later: a holder that dies
         // leaves the key held nowhere longer than it would have without the heal.
         let left = g.copies_left();
-        if g.released.load(Ordering::SeqCst) || inner.gate.is_closed() || left <= per_node {
+        if g.released.load(Ordering::SeqCst) {
+            // A try whose answer never came may have landed after the release did on
+            // its node (its request checked the mark just before the release set it):
+            // release it there again (a no-op where it did not land).
+            release_again(&g, &unknown, left);
+            return;
+        }
+        if inner.gate.is_closed() || left <= per_node {
             return;
         }
         let nodes: Vec<RedisNode> = pending.iter().map(|(i, _)| inner.nodes[*i].clone()).collect();
@@ -78,6 +99,7 @@ async fn heal(weak: Weak<RedlockGrant>, refused: Vec<(usize, Option<u64>)>) {
         .await;
         let now = Instant::now();
         let mut healed = Vec::new();
+        unknown.clear();
         pending = pending
             .into_iter()
             .zip(answers)
@@ -89,7 +111,13 @@ async fn heal(weak: Weak<RedlockGrant>, refused: Vec<(usize, Option<u64>)>) {
                 Ok(NodeGrant::Busy(ms)) => Some((i, at(now, ms))),
                 // Unknown (it may have landed unheard: the lease's release goes to every
                 // node, this one too); tried again with the others.
-                Err(_) => Some((i, ends)),
+                // An end already past would wake the next try at once, and the next:
+                // the tries went back to back, one per `per_node_timeout`, rather than
+                // after doubling pauses. Kept only while still ahead.
+                Err(_) => {
+                    unknown.push(i);
+                    Some((i, ends.filter(|&e| e > now)))
+                }
             })
             .collect();
         if !healed.is_empty() {
@@ -98,22 +126,38 @@ async fn heal(weak: Weak<RedlockGrant>, refused: Vec<(usize, Option<u64>)>) {
         // The release started while these requests were out: it may have reached those
         // nodes before them, so the copies set here would outlive the lease. Release
         // them again (a no-op where the release came after).
-        if !healed.is_empty() && g.released.load(Ordering::SeqCst) {
-            let plan = g.release_plan();
-            let silent: Vec<usize> = plan
-                .send(&healed, false)
-                .await
-                .into_iter()
-                .filter(|(_, a)| a.is_err())
-                .map(|(i, _)| i)
-                .collect();
-            if !silent.is_empty() {
-                plan.finish_later(silent, Instant::now() + left);
-            }
+        // Nodes whose heal was not answered may hold it too, unheard.
+        if g.released.load(Ordering::SeqCst) {
+            healed.extend_from_slice(&unknown);
+            release_again(&g, &healed, left);
             return;
         }
         if pending.is_empty() {
             return;
         }
     }
+}
+
+/// Releases `g` again on `nodes` (copies a heal may have set after the lease's release
+/// reached them), the silent ones in the background until `left` has passed. Counted
+/// among the instance's clean-ups, so a `close()` right after the release waits for it.
+fn release_again(g: &Arc<RedlockGrant>, nodes: &[usize], left: Duration) {
+    if nodes.is_empty() {
+        return;
+    }
+    let plan = g.release_plan();
+    let nodes = nodes.to_vec();
+    let cleanups = g.inner.cleanups.clone();
+    let _ = cleanups.spawn("releasing a heal that crossed the release", async move {
+        let silent: Vec<usize> = plan
+            .send(&nodes, false)
+            .await
+            .into_iter()
+            .filter(|(_, a)| a.is_err())
+            .map(|(i, _)| i)
+            .collect();
+        if !silent.is_empty() {
+            plan.finish_later(silent, Instant::now() + left);
+        }
+    });
 }

@@ -310,7 +310,7 @@ impl RedlockLock {
                 primary,
                 lagging,
                 ttl_ms: AtomicU64::new(ttl.as_millis() as u64),
-                copies_until: std::sync::Mutex::new(start + ttl),
+                copies_until: std::sync::Mutex::new((start, start + ttl)),
                 released: AtomicBool::new(false),
             });
             // Nodes that answered "held by another grant" (usually the previous holder's,

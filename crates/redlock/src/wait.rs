@@ -336,11 +336,18 @@ impl RedlockLock {
     /// paused it has not, and undoing the round hands the primary's lock to the next
     /// waiter and sends this one to the back of the queue: a trial saw waiters that had
     /// queued overtaken by later ones for as long as a node stayed paused. So those nodes
-    /// are asked again, [`REFUSAL_RETRIES`] times at most, pauses doubling from 1 ms, all
-    /// within `per_node_timeout` of the round's answers, while the quorum can still be
-    /// reached and the validity stays positive. Safe under the algorithm: a later yes sets the node's TTL from a later
-    /// instant than `start`, from which the validity is counted, so every copy outlives
-    /// it; the primary's claim keeps others from a quorum meanwhile.
+    /// are asked again, [`REFUSAL_RETRIES`] times at most, pauses doubling from 1 ms, each
+    /// sent within `per_node_timeout` of the round's answers and bounded as the round's
+    /// own asks are (a late answer counts while fewer than needed came, within the
+    /// validity), while the quorum can still be reached and the validity stays positive.
+    /// A re-ask that gets no answer leaves the node's earlier "busy" in place. Safe under
+    /// the algorithm: a later yes sets the node's TTL from a later instant than `start`,
+    /// from which the validity is counted, so every copy outlives it; the primary's claim
+    /// keeps others from a quorum meanwhile. A secondary genuinely held by a competitor
+    /// (its plain round) is asked the same way: if that round is undone, the head wins
+    /// once its copy goes; if the competitor holds a quorum, the re-asks fail and cost up
+    /// to 4 requests per refusing node and the primary's claim for up to the late bound
+    /// before the undo.
     async fn ask_refusals_again(
         &self,
         key: &str,
@@ -373,14 +380,27 @@ impl RedlockLock {
             tokio::time::sleep(pause).await;
             pause *= 2;
             let nodes: Vec<RedisNode> = refused.iter().map(|&i| self.inner.nodes[i].clone()).collect();
-            let bound = Bound::strict(
-                until
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_millis(1)),
-            );
+            // Bounded as the round's own asks are — late answers count while fewer than
+            // needed came (`quorum.rs`), as long as the validity lasts — not by what is
+            // left of the window: the first ask's answer counted however late it came,
+            // and a re-ask cut off sooner turned a yes into silence (review: a 120 ms
+            // answer against a 49 ms bound).
+            let validity_left = opts.ttl().saturating_sub(start.elapsed() + drift);
+            let bound = Bound {
+                per_node,
+                quorum: cfg.quorum() - yes,
+                late: late(per_node).min(validity_left).max(per_node),
+            };
             let again = grant_on(&nodes, bound, key, grant, opts.ttl(), cfg.restart_delay).await;
             for (i, answer) in refused.into_iter().zip(again) {
-                answers[i] = answer;
+                // A re-ask with no answer leaves the node's "busy" as it was: the node did
+                // answer the round, and an unknown re-ask may have landed unheard — the
+                // undo, or the lease's release, goes to every node anyway. Counted as
+                // silent, it made a round that every node but a paused one answered a
+                // "no quorum" (`Unavailable`, a back-off, the waiter's place lost).
+                if answer.is_ok() {
+                    answers[i] = answer;
+                }
             }
         }
     }

@@ -848,8 +848,12 @@ async fn a_secondary_the_release_reaches_late_does_not_cost_the_head_its_turn_wh
     let servers = start_many(3);
     let (proxies, hosts) = proxied(&servers).await;
     let holder = RedlockLock::connect(&format!("redlock://{hosts}")).await.unwrap();
-    let head = Arc::new(RedlockLock::connect(&redlock_url(&servers, "")).await.unwrap());
-    let next = Arc::new(RedlockLock::connect(&redlock_url(&servers, "")).await.unwrap());
+    // The round waits `per_node_timeout` for the paused node, and the re-asks come within
+    // it after that: 300 ms, far above the test's own step (seeing the refused claim and
+    // letting the release through), so a loaded machine does not decide the outcome.
+    let url = redlock_url(&servers, "per_node_timeout=300ms");
+    let head = Arc::new(RedlockLock::connect(&url).await.unwrap());
+    let next = Arc::new(RedlockLock::connect(&url).await.unwrap());
     let key = "paused-node-order";
     let primary = head.primary_index(key);
     assert_eq!(holder.primary_index(key), primary, "all rank the nodes by run_id");
@@ -882,13 +886,16 @@ async fn a_secondary_the_release_reaches_late_does_not_cost_the_head_its_turn_wh
     let execs = || servers[late].commandstats().get("exec").copied().unwrap_or(0);
     let before = execs();
     proxies[late].set_to_server(Mode::Blackhole);
-    lease.release().await.unwrap();
+    // Not awaited here: with two nodes silent to it, the holder's release waits out its
+    // late bound (500 ms) for a quorum's answers, long after the head's turn began.
+    let releasing = tokio::spawn(async move { lease.release().await });
     let deadline = Instant::now() + Duration::from_secs(5);
     while execs() == before {
         assert!(Instant::now() < deadline, "no claim reached the late node");
         tokio::time::sleep(Duration::from_millis(1)).await; // polling a condition, bounded
     }
     proxies[late].set_to_server(Mode::Pass);
+    releasing.await.unwrap().unwrap();
 
     let first = tokio::time::timeout(Duration::from_secs(25), async {
         tokio::select! {
@@ -914,4 +921,156 @@ async fn a_secondary_the_release_reaches_late_does_not_cost_the_head_its_turn_wh
     }
     head.close().await.unwrap();
     next.close().await.unwrap();
+}
+
+/// Review of the re-ask (`ask_refusals_again`): the head's first ask of the late secondary
+/// is answered late (a slow link, or a busy client reading its answers late — issue 14)
+/// and still counts, as a round's answers do while fewer than needed came. Its re-ask
+/// must count such an answer too: bounded by what is left of one `per_node_timeout`
+/// (49 ms here) against a 120 ms answer, the re-ask's yes — the late node freed by then —
+/// was cut off, and the cut-off (an error) replaced the node's earlier "busy": the round
+/// then counted one node answering, undid itself as "no quorum" (`Unavailable`, a
+/// back-off), and the waiter queued second was granted first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_ask_answered_as_late_as_the_first_ask_still_counts() {
+    use fencelock_testkit::proxy::Mode;
+    use tokio::time::Instant;
+    let servers = start_many(3);
+    let (holder_proxies, holder_hosts) = proxied(&servers).await;
+    let (head_proxies, head_hosts) = proxied(&servers).await;
+    let holder = RedlockLock::connect(&format!("redlock://{holder_hosts}"))
+        .await
+        .unwrap();
+    let head = Arc::new(RedlockLock::connect(&format!("redlock://{head_hosts}")).await.unwrap());
+    let next = Arc::new(RedlockLock::connect(&redlock_url(&servers, "")).await.unwrap());
+    let key = "slow-re-ask";
+    let primary = head.primary_index(key);
+    assert_eq!(holder.primary_index(key), primary, "all rank the nodes by run_id");
+    assert_eq!(next.primary_index(key), primary, "all rank the nodes by run_id");
+    let (late, paused) = ((primary + 1) % 3, (primary + 2) % 3);
+    let held = LockOptions::new()
+        .with_ttl(Duration::from_secs(30))
+        .with_wait(Duration::from_secs(20));
+    let lease = holder.acquire(key, &held).await.unwrap();
+    servers[paused].pause();
+
+    let queue = format!("LLEN fencelock:{{{key}}}:queue");
+    let queued = |n: i64| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while servers[primary].integer(&queue).unwrap_or(0) < n {
+            assert!(Instant::now() < deadline, "waiter {n} never queued");
+            std::thread::sleep(Duration::from_millis(2)); // polling a condition, bounded
+        }
+    };
+    let wait = |lock: &Arc<RedlockLock>| {
+        let lock = Arc::clone(lock);
+        tokio::spawn(async move { lock.acquire(key, &held).await })
+    };
+    let mut head_wait = wait(&head);
+    queued(1);
+    let mut next_wait = wait(&next);
+    queued(2);
+
+    // The head's answers from `late` come 120 ms late (within the round's late bound,
+    // past one per_node_timeout); the holder's release reaches `late` only after the
+    // head's claim was refused there.
+    head_proxies[late].set_to_client(Mode::Delay(Duration::from_millis(120)));
+    let execs = || servers[late].commandstats().get("exec").copied().unwrap_or(0);
+    let before = execs();
+    holder_proxies[late].set_to_server(Mode::Blackhole);
+    let releasing = tokio::spawn(lease.release());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while execs() == before {
+        assert!(Instant::now() < deadline, "no claim reached the late node");
+        tokio::time::sleep(Duration::from_millis(1)).await; // polling a condition, bounded
+    }
+    holder_proxies[late].set_to_server(Mode::Pass);
+
+    let first = tokio::time::timeout(Duration::from_secs(25), async {
+        tokio::select! {
+            r = &mut head_wait => ("head", r),
+            r = &mut next_wait => ("next", r),
+        }
+    })
+    .await
+    .expect("the waits are bounded");
+    let (who, granted) = (first.0, first.1.unwrap().unwrap());
+    head_proxies[late].set_to_client(Mode::Pass);
+    servers[paused].resume();
+    releasing.await.unwrap().unwrap();
+    assert_eq!(who, "head", "the waiter queued second was granted first");
+    granted.release().await.unwrap();
+    let other = if who == "head" { next_wait } else { head_wait };
+    let lease = tokio::time::timeout(Duration::from_secs(25), other)
+        .await
+        .expect("the wait is bounded")
+        .unwrap()
+        .unwrap();
+    lease.release().await.unwrap();
+    holder.close().await.unwrap();
+    head.close().await.unwrap();
+    next.close().await.unwrap();
+}
+
+/// Review of the heal: its copy must end with the quorum's ("a holder that dies leaves
+/// nothing held longer than before"). A lease extended to a *shorter* TTL has its copies
+/// end sooner, but the heal kept the end of the longest TTL ever confirmed (`max`), so a
+/// node healed after the extend held the key up to the first TTL — 30 s here against the
+/// quorum's 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heal_after_an_extend_to_a_shorter_ttl_ends_with_the_quorums_copies() {
+    use fencelock_testkit::proxy::Mode;
+    use tokio::time::Instant;
+    let servers = start_many(3);
+    let (proxies, hosts) = proxied(&servers).await;
+    let holder = RedlockLock::connect(&format!("redlock://{hosts}")).await.unwrap();
+    let waiter = Arc::new(RedlockLock::connect(&redlock_url(&servers, "")).await.unwrap());
+    let key = "heal-shorter";
+    let primary = waiter.primary_index(key);
+    assert_eq!(holder.primary_index(key), primary, "both rank the nodes by run_id");
+    let late = (primary + 1) % servers.len();
+    let held = LockOptions::new()
+        .with_ttl(Duration::from_secs(30))
+        .with_wait(Duration::from_secs(10));
+    let lease = holder.acquire(key, &held).await.unwrap();
+    let old = lease.grant().to_string();
+    let waiting = {
+        let waiter = Arc::clone(&waiter);
+        tokio::spawn(async move { waiter.acquire(key, &held).await })
+    };
+    let queue = format!("LLEN fencelock:{{{key}}}:queue");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while servers[primary].integer(&queue).unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "the waiter never queued");
+        tokio::time::sleep(Duration::from_millis(5)).await; // polling a condition, bounded
+    }
+    proxies[late].set_to_server(Mode::Blackhole);
+    lease.release().await.unwrap();
+    let granted = tokio::time::timeout(Duration::from_secs(15), waiting)
+        .await
+        .expect("the wait is bounded")
+        .unwrap()
+        .unwrap();
+    let ours = granted.grant().to_string();
+    assert_eq!(
+        held_on(&servers[late], key),
+        Some(old),
+        "the late node still holds the old grant"
+    );
+    granted.extend(Duration::from_secs(2)).await.unwrap();
+    proxies[late].set_to_server(Mode::Pass);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while held_on(&servers[late], key).as_deref() != Some(ours.as_str()) {
+        assert!(Instant::now() < deadline, "the grant never healed onto the late node");
+        tokio::time::sleep(Duration::from_millis(5)).await; // polling a condition, bounded
+    }
+    let pttl = |s: &RedisServer| s.integer(&format!("PTTL fencelock:{{{key}}}:lock")).unwrap_or(-3);
+    let (healed, quorum) = (pttl(&servers[late]), pttl(&servers[primary]));
+    assert!(
+        healed <= quorum + 200,
+        "the healed copy lives {healed} ms, the quorum's {quorum} ms"
+    );
+    granted.release().await.unwrap();
+    holder.close().await.unwrap();
+    waiter.close().await.unwrap();
 }
