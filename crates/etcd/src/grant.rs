@@ -18,17 +18,42 @@ use tokio::time::Instant;
 
 use crate::cleanup::{release_key, revoke, until_confirmed};
 use crate::lock::Inner;
+use crate::queue::move_key;
 use crate::session::Session;
 use crate::slots::Slot;
 use crate::wait::keep_alive_once;
+use crate::waiting_lease::WaitUse;
 
 /// How the grant's key stays alive.
 pub(crate) enum GrantHolding {
-    /// On the session lease, under the session's claim `claim`.
-    Session { session: Arc<Session>, claim: u64 },
+    /// On the session lease, under the session's claim `claim` — or, until its move is
+    /// confirmed, still on the session's waiting lease (`moving`).
+    Session {
+        session: Arc<Session>,
+        claim: u64,
+        moving: Mutex<Moving>,
+        /// One move at a time (the background one and a renewal's); never held by a
+        /// release, which deletes the key wherever it rides without waiting for a move.
+        one_move: tokio::sync::Mutex<()>,
+    },
     /// On leases of our own: the current one, and others that may carry the key after a
     /// lease move whose outcome was unknown (revoked at release).
     Own(Mutex<OwnLeases>),
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where a session grant's key rides (see [`crate::waiting_lease`]).
+pub(crate) enum Moving {
+    /// On the session lease.
+    OnSession,
+    /// Possibly still on the waiting lease, kept alive by this use until the key is moved
+    /// (a move whose answer was lost may have landed: the next try's compare settles it).
+    OnWaiting(WaitUse),
+    /// Our key is gone (it expired with the waiting lease, or was deleted), or released.
+    Gone,
 }
 
 pub(crate) struct OwnLeases {
@@ -61,6 +86,89 @@ impl EtcdGrant {
             GrantHolding::Own(m) => Some(m.lock().unwrap_or_else(|p| p.into_inner())),
             GrantHolding::Session { .. } => None,
         }
+    }
+
+    /// A session grant's key onto the session lease if it may still ride on the waiting
+    /// lease: one guarded transaction ([`move_key`]), at most one at a time. `Ok(true)` when
+    /// it is on the session lease, `Ok(false)` when our key is gone (it expired with the
+    /// waiting lease, was deleted, or the grant was released) or the session is lost.
+    ///
+    /// # Errors
+    /// The move's, when its outcome is unknown: the key may ride on either lease, and the
+    /// waiting lease is still kept alive for it.
+    async fn settle(&self) -> Result<bool> {
+        let GrantHolding::Session {
+            session,
+            claim,
+            moving,
+            one_move,
+        } = &self.holding
+        else {
+            return Ok(true);
+        };
+        // The usual case first, without the async lock: every renewal of a session lock
+        // comes here (10,000 held locks: 10,000 calls per period).
+        if matches!(*lock(moving), Moving::OnSession) {
+            return Ok(true);
+        }
+        let _one = one_move.lock().await;
+        let from = match &*lock(moving) {
+            Moving::OnSession => return Ok(true),
+            Moving::Gone => return Ok(false),
+            Moving::OnWaiting(w) => w.id(),
+        };
+        let moved = if session.is_alive() {
+            move_key(&self.inner, &self.key, self.rev, from, session.id).await
+        } else {
+            Ok(None)
+        };
+        let mut m = lock(moving);
+        if matches!(*m, Moving::Gone) {
+            return Ok(false); // released meanwhile
+        }
+        match moved {
+            Ok(Some(on)) if on == session.id => {
+                *m = Moving::OnSession;
+                session.on_session(*claim);
+                Ok(true)
+            }
+            Ok(_) => {
+                *m = Moving::Gone;
+                Ok(false)
+            }
+            Err(e) if crate::error::lease_gone(&e) => {
+                *m = Moving::Gone; // the session lease is gone
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The move [`settle`](Self::settle) makes, started in the background at the grant and
+    /// repeated (bounded) while its outcome is unknown; the grant's renewals try it too.
+    pub(crate) async fn settle_in_background(self: Arc<Self>) {
+        let moved = until_confirmed("moving a granted key onto the session lease", || async {
+            let on_session = self.settle().await?;
+            if let (false, GrantHolding::Session { session, claim, .. }) = (on_session, &self.holding) {
+                session.key_gone(*claim); // expired with the waiting lease, or deleted
+            }
+            Ok(())
+        })
+        .await;
+        if !moved {
+            tracing::warn!(key = %self.key, "a granted key's move onto the session lease was not confirmed");
+        }
+    }
+
+    /// How long a session grant stays valid from `now`: the session's validity, and while
+    /// its key may still ride on the waiting lease, no longer than that lease lives.
+    pub(crate) fn session_validity(session: &Session, moving: &Moving, now: Instant) -> Option<Duration> {
+        let until = match moving {
+            Moving::OnSession => session.valid_until()?,
+            Moving::OnWaiting(w) => session.valid_until()?.min(w.valid_until()),
+            Moving::Gone => return None,
+        };
+        Some(until.saturating_duration_since(now)).filter(|d| !d.is_zero())
     }
 
     fn take_slot(&self) -> Option<Slot> {
@@ -198,6 +306,9 @@ impl LeaseOps for EtcdGrant {
     async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
         match &self.holding {
             GrantHolding::Session { session, .. } => {
+                if !self.settle().await? {
+                    return Ok(None);
+                }
                 let sent = Instant::now();
                 let on = self.our_key().await?;
                 let valid = session.valid_until().map(|t| t.saturating_duration_since(sent));
@@ -230,9 +341,21 @@ impl LeaseOps for EtcdGrant {
     /// confirms their keys, for all of them at once — nothing is sent per lock.
     async fn renew(&self, ttl: Duration) -> Result<Option<Duration>> {
         match &self.holding {
-            GrantHolding::Session { session, .. } => Ok(session
-                .valid_until()
-                .map(|t| t.saturating_duration_since(Instant::now()))),
+            GrantHolding::Session { session, moving, .. } => {
+                // Nothing is sent once the key is on the session lease; before, this tries
+                // the move (its background try may have failed).
+                match self.settle().await {
+                    Ok(true) => Ok(session
+                        .valid_until()
+                        .map(|t| t.saturating_duration_since(Instant::now()))),
+                    Ok(false) => Ok(None),
+                    // Unknown: the key may be on either lease, both still valid for a while.
+                    Err(e) => match Self::session_validity(session, &lock(moving), Instant::now()) {
+                        Some(d) => Ok(Some(d)),
+                        None => Err(e),
+                    },
+                }
+            }
             GrantHolding::Own(_) => self.extend(ttl).await,
         }
     }
@@ -243,12 +366,24 @@ impl LeaseOps for EtcdGrant {
             self.inner.own_grants.unregister(id);
         }
         match &self.holding {
-            GrantHolding::Session { session, claim } => {
+            GrantHolding::Session {
+                session, claim, moving, ..
+            } => {
                 // Unclaimed only after the delete: while claimed, the session's key check
                 // never deletes the key under us (which would turn this release's answer
                 // into "not held"); if the delete is not confirmed, the check deletes the
-                // now unclaimed key at its next period.
-                let deleted = release_key(&c, &self.key, self.rev, session.id).await;
+                // now unclaimed key at its next period (or it lapses with the waiting lease,
+                // no longer kept alive for it).
+                // A move in flight is not waited for: both are guarded by our create
+                // revision, so a move landing after the delete finds nothing to move. The
+                // waiting lease stays kept alive (this use) until the delete is answered.
+                let on = std::mem::replace(&mut *lock(moving), Moving::Gone);
+                let lease = match &on {
+                    Moving::OnWaiting(w) => w.id(),
+                    _ => session.id,
+                };
+                let deleted = release_key(&c, &self.key, self.rev, lease).await;
+                drop(on);
                 session.unclaim(*claim);
                 if let (Ok(_), false, Some(slot)) = (&deleted, self.echoes, self.take_slot()) {
                     slot.free();

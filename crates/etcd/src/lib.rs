@@ -16,6 +16,10 @@
 //!   re-check after each deletion, and finally **re-read our own key** — the lease may have
 //!   expired while we were queued (etcd issue 11456) — renewing an own lease in the same
 //!   step, so validity counts from our turn, not from the start of the wait.
+//! * **Waiting lease**: a waiter's key rides on a short lease of the session (etcd's
+//!   minimum TTL, kept alive only while the instance waits), so a waiter that dies while
+//!   queued blocks the others for that TTL, not the session's; a grant moves its key onto
+//!   the session lease in the background, valid no longer than the short lease until then.
 //! * **Release** deletes only our key, guarded by its create revision (its name is unique to
 //!   the grant while it lives); an own lease is revoked afterwards in the background.
 //! * **Checks**: after each keep-alive the session lists the keys on its lease (one request
@@ -31,8 +35,9 @@
 //! `client` (bounded, repeated requests) · `lock` ([`EtcdLock`]) · `queue` (joining the
 //! queue) · `wait` (the predecessor watch, confirming our turn) · `grant` (extend, release,
 //! lease moves) · `session` (the shared lease and its key check) · `cleanup` (follow-ups) ·
-//! `slots` (queue key names) · `election` ([`EtcdElection`]: candidates as queue keys holding
-//! their value, observe by watch).
+//! `slots` (queue key names) · `waiting_lease` (the short lease queued keys ride on, so a
+//! waiter that dies blocks the queue for its TTL, not the session's) · `election`
+//! ([`EtcdElection`]: candidates as queue keys holding their value, observe by watch).
 //!
 //! ## When to choose it
 //!
@@ -53,6 +58,7 @@ mod queue;
 mod session;
 mod slots;
 mod wait;
+mod waiting_lease;
 mod watch_stream;
 
 pub use config::{EtcdConfig, EtcdLayout};

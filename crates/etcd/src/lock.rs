@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use crate::cleanup::{revoke, until_confirmed};
 use crate::client::Cluster;
 use crate::config::EtcdConfig;
-use crate::grant::{EtcdGrant, GrantHolding, OwnLeases};
+use crate::grant::{EtcdGrant, GrantHolding, Moving, OwnLeases};
 use crate::queue::{enqueue, Holding, Queued, Then};
 use crate::session::Session;
 use crate::slots::SlotPool;
@@ -194,18 +194,31 @@ impl EtcdLock {
     }
 
     /// Turns our queue position into a lease, valid from `since` for an own lease (the
-    /// send instant of the request that confirmed it) or as long as the session lives.
+    /// send instant of the request that confirmed it) or as long as the session lives — no
+    /// longer than the waiting lease lives while the key may still ride on it (its move
+    /// onto the session lease is started here, in the background). `None` when nothing is
+    /// left of that validity (the `Queued`, still armed, is then undone).
     pub(crate) fn grant(&self, key: &str, opts: &LockOptions, mut q: Queued, since: Option<Instant>) -> Option<Lease> {
+        let on_waiting = q.waiting.is_some();
         let (sent_at, validity, holding) = match &q.holding {
             Holding::Session { session, claim } => {
+                // A key that queued on the waiting lease is still on it: the grant is valid
+                // no longer than that lease lives, and its key moves onto the session lease
+                // in the background (below) — no request between the push and the grant.
                 let now = Instant::now();
-                let validity = session.valid_until()?.saturating_duration_since(now);
+                let moving = match q.waiting.take() {
+                    Some(w) => Moving::OnWaiting(w),
+                    None => Moving::OnSession,
+                };
+                let validity = EtcdGrant::session_validity(session, &moving, now)?;
                 (
                     now,
                     validity,
                     GrantHolding::Session {
                         session: Arc::clone(session),
                         claim: *claim,
+                        moving: Mutex::new(moving),
+                        one_move: tokio::sync::Mutex::new(()),
                     },
                 )
             }
@@ -243,7 +256,16 @@ impl EtcdLock {
             ops: ops.clone(),
         });
         match &q.holding {
-            Holding::Session { session, claim } => session.granted(*claim, lease.reporter()),
+            Holding::Session { session, claim } => {
+                session.granted(*claim, lease.reporter(), !on_waiting);
+                if on_waiting {
+                    let ops = Arc::clone(&ops);
+                    self.inner.cleanups.spawn(
+                        "moving a granted key onto the session lease",
+                        ops.settle_in_background(),
+                    );
+                }
+            }
             Holding::Own { .. } => {
                 let id = self.inner.own_grants.register(lease.reporter());
                 *ops.registration.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);

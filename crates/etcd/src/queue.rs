@@ -15,7 +15,8 @@ use crate::finish::finish_on_drop;
 use crate::lock::Inner;
 use crate::session::Session;
 use crate::slots::Slot;
-use crate::wait::{place_read, Place};
+use crate::wait::{older_read, place_read, Place};
+use crate::waiting_lease::WaitUse;
 
 /// How a lock's key stays alive.
 #[derive(Debug, Clone)]
@@ -60,6 +61,9 @@ pub(crate) struct Queued {
     /// ours), so the wait starts without a read of its own; `None` when it was not read
     /// (we own the lock, or an echo of an earlier try was found).
     pub place: Option<Place>,
+    /// Set while our key may ride on the session's short waiting lease instead of the
+    /// session lease (see [`crate::waiting_lease`]): that lease is kept alive meanwhile.
+    pub waiting: Option<WaitUse>,
     pub armed: bool,
 }
 
@@ -103,6 +107,9 @@ impl Queued {
                     });
             }
             Holding::Session { session, claim } => {
+                // Kept alive no longer for us: if the delete below fails, the lease's
+                // lapse removes a key left on it.
+                self.waiting = None;
                 session.unclaim(claim);
                 inner.cleanups.spawn("deleting an abandoned queue key", async move {
                     if rev > 0 {
@@ -115,6 +122,141 @@ impl Queued {
                         until_confirmed("delete by name", || delete_name(&c, &key)).await;
                     }
                 });
+            }
+        }
+    }
+}
+
+/// Moves our key (created at `rev`) from lease `from` onto lease `to` if it is still ours
+/// and still on `from`: one guarded transaction re-putting it with `ignore_value` (an
+/// election candidate's value stays) — its create revision, the fencing token, does not
+/// change; watchers of the queue filter puts out. Returns the lease our key rides on
+/// afterwards, `None` when our key is gone. Safe to repeat: a repeat after a move that
+/// landed finds the key on `to` and only reads.
+///
+/// # Errors
+/// As [`crate::client::Cluster::txn`]: the move may or may not have landed.
+pub(crate) async fn move_key(inner: &Inner, key: &str, rev: i64, from: i64, to: i64) -> Result<Option<i64>> {
+    let txn = Txn::new()
+        .when([
+            Compare::create_revision(key.to_owned(), CompareOp::Equal, rev),
+            Compare::lease(key.to_owned(), CompareOp::Equal, from),
+        ])
+        .and_then([TxnOp::put(
+            key.to_owned(),
+            "",
+            Some(PutOptions::new().with_lease(to).with_ignore_value()),
+        )])
+        .or_else([TxnOp::get(key.to_owned(), Some(GetOptions::new().with_keys_only()))]);
+    let r = inner.cluster.txn("moving the queue key to another lease", &txn).await?;
+    if r.succeeded() {
+        return Ok(Some(to));
+    }
+    Ok(r.op_responses().into_iter().find_map(|op| match op {
+        TxnOpResponse::Get(g) => g
+            .kvs()
+            .first()
+            .filter(|kv| kv.create_revision() == rev)
+            .map(|kv| kv.lease()),
+        _ => None,
+    }))
+}
+
+impl Queued {
+    /// Whether `lease` is one our key may ride on: its own (the session's or an own
+    /// lease), or the waiting lease while we keep it alive.
+    pub(crate) fn rides_on(&self, lease: i64) -> bool {
+        lease == self.holding.lease() || self.waiting.as_ref().is_some_and(|w| w.id() == lease)
+    }
+
+    /// Puts a waiter that queued on the session lease (no waiting lease was kept alive
+    /// when it queued: the first waiter after a quiet spell) onto the session's waiting
+    /// lease, granting one if needed: a `LeaseGrant` (unless another wait granted one) and
+    /// one guarded transaction (which also reads our place, for the wait to start from),
+    /// made by the wait before it watches — off the hand-off's path unless our turn comes
+    /// within those round trips. `false` when our key is gone (queue again). A waiting
+    /// lease that cannot be had leaves the key on the session (a dead waiter then costs
+    /// `session_ttl`, as before); a move whose outcome is unknown keeps the waiting lease
+    /// alive, and the grant's move settles where the key is.
+    ///
+    /// # Errors
+    /// Never: failures leave the key where it was (`Result` for the wait's `?`).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the dropped wait drops the `Queued`, which deletes the key by its
+    /// create revision; a move that lands after that delete finds nothing to move (its
+    /// compare names the create revision), one that lands before it is deleted with it.
+    pub(crate) async fn onto_waiting(&mut self) -> Result<bool> {
+        let Holding::Session { session, .. } = &self.holding else {
+            return Ok(true);
+        };
+        if self.waiting.is_some() || self.rev == 0 {
+            return Ok(true);
+        }
+        let w = match session.waiting.use_or_grant(&self.inner.cluster).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::debug!(error = %e, "no waiting lease: the queue key stays on the session");
+                return Ok(true);
+            }
+        };
+        // The move and a read of our place, in one transaction: the wait starts from
+        // that read, so the move's own write does not cost it a read more.
+        let (key, rev) = (self.key.clone(), self.rev);
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(key.clone(), CompareOp::Equal, rev),
+                Compare::lease(key.clone(), CompareOp::Equal, session.id),
+            ])
+            .and_then([
+                TxnOp::put(
+                    key.clone(),
+                    "",
+                    Some(PutOptions::new().with_lease(w.id()).with_ignore_value()),
+                ),
+                older_read(&self.dir, rev),
+            ])
+            .or_else([TxnOp::get(key, Some(GetOptions::new().with_keys_only()))]);
+        match self
+            .inner
+            .cluster
+            .txn("moving the queue key onto the waiting lease", &txn)
+            .await
+        {
+            Ok(r) if r.succeeded() => {
+                let revision = r.header().map_or(0, |h| h.revision());
+                self.place = r.op_responses().into_iter().find_map(|op| match op {
+                    TxnOpResponse::Get(g) => Some(Place::from_older(&g, revision)),
+                    _ => None,
+                });
+                self.waiting = Some(w);
+                Ok(true)
+            }
+            // The compare failed: our key is gone, or not on the session — on `w` when an
+            // earlier try of this move landed (then kept alive for it).
+            Ok(r) => {
+                let on = r.op_responses().into_iter().find_map(|op| match op {
+                    TxnOpResponse::Get(g) => g
+                        .kvs()
+                        .first()
+                        .filter(|kv| kv.create_revision() == rev)
+                        .map(|kv| kv.lease()),
+                    _ => None,
+                });
+                if on == Some(w.id()) {
+                    self.waiting = Some(w);
+                }
+                Ok(on.is_some())
+            }
+            Err(e) if crate::error::lease_gone(&e) => {
+                // The waiting lease was gone when the move reached etcd: nothing moved.
+                session.waiting.lapsed(w.id());
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "moving the queue key onto the waiting lease: outcome unknown");
+                self.waiting = Some(w);
+                Ok(true)
             }
         }
     }
@@ -199,8 +341,22 @@ pub(crate) async fn enqueue_with_value(
             echoes: false,
             owner: false,
             place: None,
+            waiting: None,
             armed: true,
         };
+        // A waiter's key rides on the session's short waiting lease, when one is kept
+        // alive already (nothing is sent to find out): a waiter that dies while queued then
+        // blocks the queue for that lease's TTL, not the session's. Only the queue
+        // branch's put names it; the owner's put, below, rides on the session.
+        let mut waiting = match &holding {
+            Holding::Session { session, .. } => session.waiting.try_use(),
+            Holding::Own { .. } => None,
+        };
+        let queue_put = TxnOp::put(
+            my_key.clone(),
+            value.clone(),
+            Some(PutOptions::new().with_lease(waiting.as_ref().map_or(holding.lease(), WaitUse::id))),
+        );
         // The directory is empty (a compare over a range with no key compares as one
         // create revision 0): our put alone, and we own the lock — the raw minimum's
         // create-if-absent, no read. Otherwise, in one nested transaction: our put if our
@@ -222,8 +378,8 @@ pub(crate) async fn enqueue_with_value(
             // the keys just before ours are read after our put, in the same transaction
             // (it sees its own put), so the wait needs no read of its own.
             .and_then(match then {
-                Then::Wait => vec![put.clone(), place_read(&dir)],
-                Then::GiveUp => vec![put.clone()],
+                Then::Wait => vec![queue_put, place_read(&dir)],
+                Then::GiveUp => vec![queue_put],
             })
             .or_else([
                 TxnOp::get(my_key.clone(), None),
@@ -235,9 +391,24 @@ pub(crate) async fn enqueue_with_value(
             .or_else([TxnOp::txn(queue)]);
         let (resp, echoes) = inner.cluster.txn_counting_echoes("queueing for the lock", &txn).await;
         queued.echoes = echoes;
-        let resp = resp?;
+        let resp = match (resp, &waiting, &holding) {
+            // The waiting lease expired or was revoked between our look and the put (a long
+            // pause; an operator): never handed out again, and the next try queues anew.
+            (Err(e), Some(w), Holding::Session { session, .. }) if crate::error::lease_gone(&e) => {
+                session.waiting.lapsed(w.id());
+                return Err(LockError::Backend {
+                    backend: BACKEND,
+                    message: "the waiting lease was gone when the queue put reached etcd".into(),
+                    source: Some(Box::new(e)),
+                    temporary: true,
+                });
+            }
+            (resp, _, _) => resp?,
+        };
         let revision = resp.header().map_or(0, |h| h.revision());
         let mut owner_rev = 0;
+        // The lease our key was found on when an earlier try of this request had landed.
+        let mut found_on = None;
         if resp.succeeded() {
             (queued.rev, owner_rev) = (revision, revision);
         }
@@ -245,6 +416,7 @@ pub(crate) async fn enqueue_with_value(
             let TxnOpResponse::Txn(queue) = op else { continue };
             if queue.succeeded() {
                 queued.rev = revision;
+                queued.waiting = waiting.take(); // our put named it (when there was one)
             }
             for op in queue.op_responses() {
                 match op {
@@ -255,10 +427,16 @@ pub(crate) async fn enqueue_with_value(
                         if g.kvs().first().is_some_and(|kv| kv.key() == my_key.as_bytes()) && !queue.succeeded() =>
                     {
                         queued.rev = g.kvs()[0].create_revision();
+                        found_on = Some(g.kvs()[0].lease());
                     }
                     TxnOpResponse::Get(g) => owner_rev = g.kvs().first().map_or(0, |kv| kv.create_revision()),
                     _ => {}
                 }
+            }
+        }
+        if let (Some(on), Some(w)) = (found_on, waiting.take()) {
+            if on == w.id() {
+                queued.waiting = Some(w); // an earlier try queued on it
             }
         }
         if queued.rev == 0 {
@@ -269,6 +447,8 @@ pub(crate) async fn enqueue_with_value(
                 temporary: true,
             });
         }
+        // (An earlier try may have queued us on the waiting lease and the lock be free by
+        // now: the grant then moves the key onto the session, as after a wait.)
         queued.owner = owner_rev == queued.rev;
         Ok(queued)
     })

@@ -28,6 +28,7 @@ use tokio::time::Instant;
 
 use crate::client::Cluster;
 use crate::error::{kind, lease_gone, Kind};
+use crate::waiting_lease::WaitingLeases;
 
 /// Where the session stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,8 +44,9 @@ pub(crate) enum SessionState {
 struct Claim {
     key: String,
     /// Set once the queue entry became a grant: whom to tell if the key disappears, and
-    /// since when (a listing sent before then may not show the key yet).
-    granted: Option<(LeaseReporter, Instant)>,
+    /// since when the key is on the session lease (a listing sent before then may not show
+    /// it yet); `None` while it may still ride on the waiting lease (its move is pending).
+    granted: Option<(LeaseReporter, Option<Instant>)>,
 }
 
 /// One lease and its keep-alive task.
@@ -56,6 +58,8 @@ pub(crate) struct Session {
     next_claim: AtomicU64,
     keepalives: Arc<AtomicU64>,
     task: Mutex<Option<AbortHandle>>,
+    /// The short lease queued keys ride on ([`crate::waiting_lease`]).
+    pub waiting: WaitingLeases,
 }
 
 impl std::fmt::Debug for Session {
@@ -110,6 +114,7 @@ impl Session {
             next_claim: AtomicU64::new(0),
             keepalives,
             task: Mutex::new(None),
+            waiting: WaitingLeases::new(),
         });
         let task = tokio::spawn(keep_alive(Arc::downgrade(&session), cluster.clone(), sent));
         *session.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
@@ -148,12 +153,42 @@ impl Session {
     }
 
     /// The claim became a grant: its holder is told when the session or the key is lost.
-    pub fn granted(&self, id: u64, reporter: LeaseReporter) {
+    /// `on_session`: the key rides on the session lease already; else it is still on the
+    /// waiting lease, and [`on_session`](Self::on_session) says when it moved.
+    pub fn granted(&self, id: u64, reporter: LeaseReporter, on_session: bool) {
         if let Some(c) = self.claims().get_mut(&id) {
-            c.granted = Some((reporter.clone(), Instant::now()));
+            c.granted = Some((reporter.clone(), on_session.then(Instant::now)));
         }
         if let SessionState::Lost(why) = &*self.state.borrow() {
             reporter.lost(Self::reason(why));
+        }
+    }
+
+    /// A granted key's move onto the session lease was confirmed: from now on the key
+    /// check expects it there.
+    pub fn on_session(&self, id: u64) {
+        if let Some(Claim {
+            granted: Some((_, since @ None)),
+            ..
+        }) = self.claims().get_mut(&id)
+        {
+            *since = Some(Instant::now());
+        }
+    }
+
+    /// A granted key was found gone (its move onto the session lease found nothing): its
+    /// holder is told at once (a holder that called `release` is not: see
+    /// [`LeaseReporter::lost`]).
+    pub fn key_gone(&self, id: u64) {
+        let reporter = self
+            .claims()
+            .get(&id)
+            .and_then(|c| c.granted.as_ref().map(|(r, _)| r.clone()));
+        if reporter.is_some_and(|r| r.lost(LostReason::NotHeld)) {
+            tracing::warn!(
+                lease = format_args!("{:x}", self.id),
+                "a granted lock key was gone before it moved onto the session lease"
+            );
         }
     }
 
@@ -217,7 +252,8 @@ impl Session {
     pub async fn end(&self, cluster: &Cluster) -> Result<()> {
         self.lose_or_end("the client closed its session".into(), true);
         self.stop();
-        crate::cleanup::revoke(cluster, self.id).await
+        let waiting = self.waiting.end(cluster).await;
+        crate::cleanup::revoke(cluster, self.id).await.and(waiting)
     }
 
     /// Lists the keys on the lease and settles them against the claims (see the module
@@ -243,23 +279,44 @@ impl Session {
             }
         };
         let listed_at = listed.header().map_or(0, |h| h.revision());
+        // The waiting lease's keys too, while one is kept alive: a queue put on it that
+        // landed late is deleted as one on the session is. Granted keys are always on the
+        // session once their move is confirmed (before it they are not looked for), so only
+        // strays are looked for there.
+        let waiting = match self.waiting.live_id() {
+            Some(w) => match cluster
+                .call("listing the waiting lease's keys", |mut c| async move {
+                    c.lease_time_to_live(w, Some(LeaseTimeToLiveOptions::new().with_keys()))
+                        .await
+                })
+                .await
+            {
+                Ok(l) if l.ttl() >= 0 => Some((w, l)),
+                _ => None, // gone (its keys with it), or unknown until the next period
+            },
+            None => None,
+        };
         let on_lease: HashSet<&[u8]> = listed.keys().iter().map(Vec::as_slice).collect();
         let (gone, strays) = {
             let claims = self.claims();
             let gone: Vec<LeaseReporter> = claims
                 .values()
                 .filter_map(|c| match &c.granted {
-                    Some((r, at)) if *at < sent && !on_lease.contains(c.key.as_bytes()) => Some(r.clone()),
+                    Some((r, Some(at))) if *at < sent && !on_lease.contains(c.key.as_bytes()) => Some(r.clone()),
                     _ => None,
                 })
                 .collect();
             let claimed: HashSet<&[u8]> = claims.values().map(|c| c.key.as_bytes()).collect();
-            let strays: Vec<Vec<u8>> = listed
-                .keys()
-                .iter()
-                .filter(|k| !claimed.contains(k.as_slice()))
-                .cloned()
-                .collect();
+            let unclaimed = |lease: i64, at: i64, keys: &[Vec<u8>]| -> Vec<(Vec<u8>, i64, i64)> {
+                keys.iter()
+                    .filter(|k| !claimed.contains(k.as_slice()))
+                    .map(|k| (k.clone(), lease, at))
+                    .collect()
+            };
+            let mut strays = unclaimed(id, listed_at, listed.keys());
+            if let Some((w, l)) = &waiting {
+                strays.extend(unclaimed(*w, l.header().map_or(0, |h| h.revision()), l.keys()));
+            }
             (gone, strays)
         };
         for r in gone {
@@ -270,13 +327,13 @@ impl Session {
                 );
             }
         }
-        for key in strays {
-            // Only a key created before the listing and still on our lease: a claim made
+        for (key, lease, listed_at) in strays {
+            // Only a key created before the listing and still on that lease: a claim made
             // after the listing puts a key with a later create revision.
             let txn = Txn::new()
                 .when([
                     Compare::create_revision(key.clone(), CompareOp::Less, listed_at + 1),
-                    Compare::lease(key.clone(), CompareOp::Equal, id),
+                    Compare::lease(key.clone(), CompareOp::Equal, lease),
                 ])
                 .and_then([TxnOp::delete(key.clone(), None)]);
             let deleted = cluster

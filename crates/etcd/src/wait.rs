@@ -34,9 +34,11 @@
 //! number of waiters, no herd.
 //!
 //! Validity: on the session, the session's own keep-alives say how long the key lives
-//! (the grant counts from them); on an own lease, from the send instant of the last
-//! confirmed keep-alive or lease grant, which the wait keeps within a fifth of the
-//! validity (a keep-alive is sent at our turn only if it is older than a quarter).
+//! (the grant counts from them) — and while the key still rides on the session's waiting
+//! lease ([`crate::waiting_lease`]), that lease's keep-alives bound it too; on an own
+//! lease, from the send instant of the last confirmed keep-alive or lease grant, which the
+//! wait keeps within a fifth of the validity (a keep-alive is sent at our turn only if it
+//! is older than a quarter).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -99,17 +101,36 @@ impl Place {
     }
 }
 
-/// Reads, in one transaction, the keys just before ours and our own key: "which older keys
-/// are left" and "our key is still ours" hold at the same revision.
-async fn read_place(c: &Cluster, q: &Queued) -> Result<Place> {
+/// The read of the [`TRACKED`] keys just older than ours (create revision below `rev`)
+/// and, by its `more` flag, whether any older one is left.
+pub(crate) fn older_read(dir: &str, rev: i64) -> TxnOp {
     let older = GetOptions::new()
         .with_prefix()
-        .with_max_create_revision(q.rev - 1)
+        .with_max_create_revision(rev - 1)
         .with_sort(SortTarget::Create, SortOrder::Descend)
         .with_limit(TRACKED)
         .with_keys_only();
+    TxnOp::get(dir.to_owned(), Some(older))
+}
+
+impl Place {
+    /// Our place from [`older_read`]'s answer, read at `revision` in a transaction that
+    /// confirmed our key (its compare) — the move onto the waiting lease.
+    pub(crate) fn from_older(g: &GetResponse, revision: i64) -> Place {
+        Place {
+            older: g.kvs().iter().map(|kv| kv.key().to_vec()).collect(),
+            more: g.more(),
+            ours: true,
+            seen: revision,
+        }
+    }
+}
+
+/// Reads, in one transaction, the keys just before ours and our own key: "which older keys
+/// are left" and "our key is still ours" hold at the same revision.
+async fn read_place(c: &Cluster, q: &Queued) -> Result<Place> {
     let txn = Txn::new().and_then([
-        TxnOp::get(q.dir.clone(), Some(older)),
+        older_read(&q.dir, q.rev),
         TxnOp::get(q.key.clone(), Some(GetOptions::new().with_keys_only())),
     ]);
     let resp = c.txn("reading our place in the queue", &txn).await?;
@@ -128,7 +149,7 @@ async fn read_place(c: &Cluster, q: &Queued) -> Result<Place> {
             place.ours = g
                 .kvs()
                 .first()
-                .is_some_and(|kv| kv.create_revision() == q.rev && kv.lease() == q.holding.lease());
+                .is_some_and(|kv| kv.create_revision() == q.rev && q.rides_on(kv.lease()));
         }
     }
     Ok(place)
@@ -198,6 +219,20 @@ enum Woken {
 /// own lease vanished while queued (the etcd 3.4.3 Jepsen finding, etcd issue 11456: every
 /// read also checks our key) — queue again.
 pub(crate) async fn wait_turn(c: &Cluster, q: &mut Queued, ttl: Duration) -> Result<Option<Instant>> {
+    // Before watching: the first waiter after a quiet spell queued on the session lease;
+    // onto the short waiting lease it goes, so that dying while queued costs the others
+    // that lease's TTL.
+    if !q.onto_waiting().await? {
+        return Ok(None);
+    }
+    // At our turn the key may still ride on the waiting lease: the grant is handed out on
+    // the push as before, valid no longer than that lease, and moves the key onto the
+    // session lease in the background ([`crate::grant`]).
+    wait_queue(c, q, ttl).await
+}
+
+/// [`wait_turn`] without the lease moves.
+async fn wait_queue(c: &Cluster, q: &mut Queued, ttl: Duration) -> Result<Option<Instant>> {
     let mut first = q.place.take();
     let q = &*q;
     // The send instant of the last confirmed grant or keep-alive of an own lease: the

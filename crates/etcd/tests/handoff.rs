@@ -76,6 +76,11 @@ async fn queue_of_three(cluster: &EtcdCluster, name: &str) -> Queue {
 /// change the waiter re-read the queue after every push (Txn 2 per hand-off), and the
 /// read's `count` — which etcd computes before the create-revision filter — never said
 /// "only one older key left". Failed before the change: (4, 0) instead of (2, 0).
+///
+/// Since the waiting lease (a dead waiter costs its short TTL, not the session's), each
+/// grant also moves its key from that lease onto the session lease: one guarded Txn, sent
+/// in the background after the grant — on the server, not on the hand-off's path (the
+/// grant does not wait for it). So two hand-offs cost 2 deletes + 2 moves, and no read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_off_costs_only_the_delete() {
     let cluster = EtcdCluster::single();
@@ -91,17 +96,32 @@ async fn a_hand_off_costs_only_the_delete() {
         .expect("the first waiter is served")
         .unwrap()
         .unwrap();
+    // Released only once its key moved (a release before it leaves nothing to move, and
+    // no Txn to count).
+    until_txns(
+        &cluster,
+        txn0 + 2,
+        "the first grant's key was not moved onto the session",
+    )
+    .await;
     lease.release().await.unwrap();
     let lease = tokio::time::timeout(Duration::from_secs(10), second)
         .await
         .expect("the second waiter is served")
         .unwrap()
         .unwrap();
+    until_txns(
+        &cluster,
+        txn0 + 4,
+        "the second grant's key was not moved onto the session",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await; // nothing else follows
     let (txn, range) = (calls(&cluster, "Txn") - txn0, calls(&cluster, "Range") - range0);
     assert_eq!(
         (txn, range),
-        (2, 0),
-        "Txn and Range calls over two hand-offs (two releases, two grants)"
+        (4, 0),
+        "Txn and Range calls over two hand-offs (two releases, two grants, their two moves)"
     );
     lease.release().await.unwrap();
     for x in locks {
@@ -114,6 +134,11 @@ async fn a_hand_off_costs_only_the_delete() {
 /// reads see its own put. Before, the waiter read its place in a second Txn after the put
 /// — a round trip more on every queued acquire, and a message more per grant on the
 /// server under contention (issue 14). Failed before the change: 2 Txn, not 1.
+///
+/// That holds while the instance keeps a waiting lease alive (it waited within the last
+/// TTL or so). The first waiter after a quiet spell queues on the session lease, then
+/// grants a waiting lease and moves its key onto it before it watches — with the read of
+/// its place in the move's transaction: one `LeaseGrant` and 2 Txn.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queueing_costs_one_transaction() {
     let cluster = EtcdCluster::single();
@@ -135,27 +160,45 @@ async fn queueing_costs_one_transaction() {
             .await
             .unwrap();
     }
-    let key = unique_key("queue1");
-    let held = a.acquire(&key, &opts).await.unwrap();
-    let base = watchers(&cluster);
-    let mut waiting = Vec::new();
-    // b queues behind a (nothing older: watches a); c behind b and a (watches both).
-    for (lock, total) in [(&b, 1), (&c, 3)] {
-        let (txn0, range0) = (calls(&cluster, "Txn"), calls(&cluster, "Range"));
-        let (lock, key) = (lock.clone(), key.clone());
-        waiting.push(tokio::spawn(async move { lock.acquire(&key, &opts).await }));
-        until_watchers(&cluster, base + total).await;
-        let (txn, range) = (calls(&cluster, "Txn") - txn0, calls(&cluster, "Range") - range0);
-        assert_eq!((txn, range), (1, 0), "Txn and Range calls of one queued acquire");
-    }
-    held.release().await.unwrap();
-    for w in waiting {
-        let lease = tokio::time::timeout(Duration::from_secs(10), w)
-            .await
-            .expect("the waiter is served")
-            .unwrap()
-            .unwrap();
-        lease.release().await.unwrap();
+    // Round 0: no waiting lease yet (cold); round 1: right after, the waiting leases live.
+    for (round, (txns, grants)) in [(2, 1), (1, 0)].into_iter().enumerate() {
+        let key = unique_key(&format!("queue{round}"));
+        let held = a.acquire(&key, &opts).await.unwrap();
+        let base = watchers(&cluster);
+        let mut waiting = Vec::new();
+        // b queues behind a (nothing older: watches a); c behind b and a (watches both).
+        for (lock, total) in [(&b, 1), (&c, 3)] {
+            let (txn0, range0, grant0) = (
+                calls(&cluster, "Txn"),
+                calls(&cluster, "Range"),
+                calls(&cluster, "LeaseGrant"),
+            );
+            let (lock, key) = (lock.clone(), key.clone());
+            waiting.push(tokio::spawn(async move { lock.acquire(&key, &opts).await }));
+            until_watchers(&cluster, base + total).await;
+            let (txn, range, grant) = (
+                calls(&cluster, "Txn") - txn0,
+                calls(&cluster, "Range") - range0,
+                calls(&cluster, "LeaseGrant") - grant0,
+            );
+            assert_eq!(
+                (txn, range, grant),
+                (txns, 0, grants),
+                "Txn, Range and LeaseGrant calls of one queued acquire (round {round})"
+            );
+        }
+        held.release().await.unwrap();
+        for w in waiting {
+            let lease = tokio::time::timeout(Duration::from_secs(10), w)
+                .await
+                .expect("the waiter is served")
+                .unwrap()
+                .unwrap();
+            lease.release().await.unwrap();
+        }
+        // The grants' background moves (if they went before the releases) land now, not
+        // in the next round's counts; well within the waiting leases' linger.
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for x in [a, b, c] {
         x.close().await.unwrap();
@@ -251,26 +294,33 @@ async fn a_waiter_reads_the_queue_two_hand_offs_before_its_turn() {
     let txn0 = calls(&cluster, "Txn");
     held.release().await.unwrap();
     let b = next().await;
+    // Each holder releases once its key moved onto its session (a release before the move
+    // leaves nothing to move: one Txn less, and the counts below would vary).
+    until_txns(&cluster, txn0 + 2, "b's key was not moved onto its session").await;
     b.release().await.unwrap();
     let c = next().await;
     // b's key was the oldest e watched, with `a` older still: e reads the queue now (a, b
-    // deleted: two Txn; e's read: one more), while c holds.
+    // deleted: two Txn; b's and c's keys moved onto their sessions: two more; e's read:
+    // one more), while c holds.
     until_txns(
         &cluster,
-        txn0 + 3,
+        txn0 + 5,
         "the last waiter did not read the queue when the key three ahead went",
     )
     .await;
     let (txn1, range1) = (calls(&cluster, "Txn"), calls(&cluster, "Range"));
     c.release().await.unwrap();
     let d = next().await;
+    until_txns(&cluster, txn1 + 2, "d's key was not moved onto its session").await;
     d.release().await.unwrap();
     let e = next().await;
+    until_txns(&cluster, txn1 + 4, "e's key was not moved onto its session").await;
+    tokio::time::sleep(Duration::from_millis(100)).await; // nothing else follows
     let (txn, range) = (calls(&cluster, "Txn") - txn1, calls(&cluster, "Range") - range1);
     assert_eq!(
         (txn, range),
-        (2, 0),
-        "Txn and Range calls over the last two hand-offs (two releases, two grants)"
+        (4, 0),
+        "Txn and Range calls over the last two hand-offs (two releases, two grants, their two moves in the background)"
     );
     e.release().await.unwrap();
     for x in locks {

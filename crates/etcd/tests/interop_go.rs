@@ -66,15 +66,18 @@ async fn go_holds_and_fencelock_waits_its_turn() {
         async move { locks.acquire(&name, &opts()).await }
     });
     let q = until_queued(&mut c, &dir, 2).await;
-    // Go's convention: a key is named by the lease it is attached to, in hex. (Which lease:
-    // the session's, or one of its own when the refused try's name was not yet known to be
-    // free — a race the client resolves either way.)
+    // Go's convention: a key is named by its lease, in hex. (Which lease: the session's,
+    // or one of its own when the refused try's name was not yet known to be free — a race
+    // the client resolves either way.) A session entry rides on the session's short
+    // waiting lease while it waits, still named after the session: Go's mutex only ever
+    // reads its own key by name, and orders the others by create revision.
     let ours = c.get(q[1].0.as_str(), None).await.unwrap();
     let lease = ours.kvs()[0].lease();
-    assert_eq!(
-        q[1].0,
-        format!("{dir}{lease:x}"),
-        "our key is DIR/<lease hex>, as Go names its own"
+    let session = locks.session_lease().await.expect("a live session");
+    assert!(
+        q[1].0 == format!("{dir}{lease:x}") || q[1].0 == format!("{dir}{session:x}"),
+        "our key {} is DIR/<lease hex>, as Go names its own (on lease {lease:x}, session {session:x})",
+        q[1].0
     );
     assert!(!waiter.is_finished(), "fencelock waits behind Go");
 

@@ -1,0 +1,285 @@
+//! Issue 14: a waiter that dies while queued (SIGKILL) must delay the live waiters behind it
+//! by the short waiting lease's TTL, not by the session TTL; and a waiter's key, queued on
+//! that short lease, must end on the session lease once it holds the lock.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+use std::time::Duration;
+
+use fencelock_core::DistributedLock;
+use fencelock_etcd::EtcdLock;
+use fencelock_testkit::etcd_server::EtcdCluster;
+use fencelock_testkit::faults::held;
+use fencelock_testkit::proxy::{FaultProxy, Mode};
+use tokio::time::Instant;
+
+/// Long on purpose: the dead waiter must not cost this.
+const SESSION_TTL: Duration = Duration::from_secs(8);
+
+/// The tests' members run with a 100 ms election timeout: etcd's minimum lease TTL, and so
+/// the waiting lease's, is 1 s.
+const WAITING_TTL: Duration = Duration::from_secs(1);
+
+/// The keys under `dir`, oldest first, with the lease each rides on.
+async fn queue(raw: &mut etcd_client::Client, dir: &str) -> Vec<(String, i64)> {
+    let opts = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_sort(etcd_client::SortTarget::Create, etcd_client::SortOrder::Ascend);
+    let r = raw.get(dir, Some(opts)).await.unwrap();
+    r.kvs()
+        .iter()
+        .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.lease()))
+        .collect()
+}
+
+/// Polls until the directory holds `n` keys (bounded).
+async fn until_queued(raw: &mut etcd_client::Client, dir: &str, n: usize) -> Vec<(String, i64)> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let q = queue(raw, dir).await;
+        if q.len() >= n {
+            return q;
+        }
+        assert!(Instant::now() < deadline, "only {} keys queued: {q:?}", q.len());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A client connected through a proxy of its own, so that it can die as a SIGKILLed
+/// process does: its connections reset (the server sees them close, nothing it still
+/// sends gets through), its acquire aborted, its client dropped without `close()`.
+async fn proxied(cluster: &EtcdCluster, query: &str) -> (FaultProxy, EtcdLock) {
+    let proxy = FaultProxy::start(cluster.client_ports()[0]).await;
+    let url = format!("etcd://127.0.0.1:{}?{query}", proxy.port());
+    (proxy, EtcdLock::connect(&url).await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_waiter_delays_the_next_by_the_waiting_ttl_not_the_session_ttl() {
+    let cluster = EtcdCluster::single();
+    let query = format!("session_ttl={}s", SESSION_TTL.as_secs());
+    let url = cluster.url(&query);
+    let mut raw = etcd_client::Client::connect(cluster.endpoints(), None).await.unwrap();
+    let dir = "/fencelock/k/";
+    let holder = EtcdLock::connect(&url).await.unwrap();
+    let (victim_proxy, victim) = proxied(&cluster, &query).await;
+    // Connection and session up, as any client that ran before (the bench's victim too).
+    victim.acquire("warm", &held()).await.unwrap().release().await.unwrap();
+    let live = EtcdLock::connect(&url).await.unwrap();
+
+    let lease = holder.acquire("k", &held()).await.unwrap();
+    let victim_wait = tokio::spawn({
+        let victim = victim.clone();
+        async move { victim.acquire("k", &held()).await.map(drop) }
+    });
+    let queued = until_queued(&mut raw, dir, 2).await;
+    let victim_key = queued[1].0.clone();
+    let live_wait = tokio::spawn(async move {
+        let l = live.acquire("k", &held()).await.unwrap();
+        (Instant::now(), l, live)
+    });
+    until_queued(&mut raw, dir, 3).await;
+    // Give the victim's wait the time a queued client has before it is killed in the
+    // bench (it has been answered; bounded either way).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let on = queue(&mut raw, dir).await;
+    let victim_session = victim.session_lease().await.unwrap();
+    eprintln!("victim key {victim_key}, queue {on:?}, victim session {victim_session:x}");
+
+    // The victim dies.
+    victim_proxy.set(Mode::Reset);
+    victim_wait.abort();
+    let _ = victim_wait.await;
+    drop(victim);
+
+    let token = lease.token();
+    let released = Instant::now();
+    lease.release().await.unwrap();
+    let (granted_at, next, _live) = tokio::time::timeout(SESSION_TTL * 2, live_wait)
+        .await
+        .expect("the live waiter was granted within two session TTLs")
+        .unwrap();
+    let delay = granted_at.saturating_duration_since(released);
+    eprintln!("release → live waiter's grant: {delay:?}");
+    assert!(next.token() > token);
+    assert!(
+        delay <= WAITING_TTL + Duration::from_secs(1),
+        "the dead waiter delayed the live one by {delay:?} (session TTL {SESSION_TTL:?}, waiting TTL {WAITING_TTL:?})"
+    );
+    next.release().await.unwrap();
+    drop(victim_proxy);
+}
+
+/// A waiter queues on the short waiting lease; once it holds the lock its key is on the
+/// session lease, so holding longer than the waiting lease lives loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_granted_waiters_key_rides_on_the_session_past_the_waiting_ttl() {
+    let cluster = EtcdCluster::single();
+    let url = cluster.url("session_ttl=6s");
+    let mut raw = etcd_client::Client::connect(cluster.endpoints(), None).await.unwrap();
+    let dir = "/fencelock/k/";
+    let holder = EtcdLock::connect(&url).await.unwrap();
+    let waiter = EtcdLock::connect(&url).await.unwrap();
+    let lease = holder.acquire("k", &held()).await.unwrap();
+    let wait = tokio::spawn({
+        let waiter = waiter.clone();
+        async move { waiter.acquire("k", &held()).await.unwrap() }
+    });
+    until_queued(&mut raw, dir, 2).await;
+    let session = waiter.session_lease().await.unwrap();
+    // While queued, its key moves off the session lease onto the short waiting lease.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let q = queue(&mut raw, dir).await;
+        if q[1].1 != session {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the queued key stayed on the session: {q:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    lease.release().await.unwrap();
+    let mine = tokio::time::timeout(Duration::from_secs(5), wait)
+        .await
+        .unwrap()
+        .unwrap();
+    // Granted on the push, while its key may still be on the waiting lease: valid no
+    // longer than that lease (never more than the server keeps the key).
+    assert!(mine.remaining() <= WAITING_TTL, "{:?}", mine.remaining());
+    // Its key moves onto the session lease in the background, at once.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let q = queue(&mut raw, dir).await;
+        assert_eq!(q.len(), 1, "{q:?}");
+        if q[0].1 == session {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the holder's key stayed off the session lease: {q:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Past the waiting lease's TTL and its linger: it lapsed, the lock did not.
+    tokio::select! {
+        reason = mine.lost() => panic!("lost: {reason}"),
+        _ = tokio::time::sleep(WAITING_TTL * 4) => {}
+    }
+    assert!(mine.is_held());
+    assert!(mine.remaining() > Duration::from_secs(3), "{:?}", mine.remaining());
+    let q = queue(&mut raw, dir).await;
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert_eq!(q[0].1, session);
+    mine.extend(Duration::from_secs(30)).await.unwrap();
+    mine.release().await.unwrap();
+    assert!(queue(&mut raw, dir).await.is_empty());
+}
+
+/// etcd's gauge of watchers on member 0.
+fn watchers(cluster: &EtcdCluster) -> u64 {
+    fencelock_testkit::etcd_server::metrics(cluster.client_ports()[0])
+        .get("etcd_debugging_mvcc_watcher_total")
+        .map_or(0, |v| *v as u64)
+}
+
+async fn until_watchers(cluster: &EtcdCluster, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while watchers(cluster) < n {
+        assert!(Instant::now() < deadline, "{} watchers, not {n}", watchers(cluster));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A waiter granted on the push whose requests stop reaching the server right then (a
+/// pause or a one-way partition between its turn and its key's move onto the session):
+/// its key expires with the waiting lease and the next waiter gets the lock — but only
+/// after the first one's validity ran out, which was bounded by the waiting lease. Never
+/// two holders at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_cut_off_between_its_turn_and_the_move_never_overlaps_the_next() {
+    let cluster = EtcdCluster::single();
+    let query = format!("session_ttl={}s&timeout=500ms", SESSION_TTL.as_secs());
+    let url = cluster.url(&query);
+    let holder = EtcdLock::connect(&url).await.unwrap();
+    let (proxy, first) = proxied(&cluster, &query).await;
+    let next = EtcdLock::connect(&url).await.unwrap();
+    let lease = holder.acquire("k", &held()).await.unwrap();
+    let base = watchers(&cluster);
+    let first_wait = tokio::spawn({
+        let first = first.clone();
+        async move { first.acquire("k", &held()).await }
+    });
+    until_watchers(&cluster, base + 1).await;
+    let next_wait = tokio::spawn({
+        let next = next.clone();
+        async move {
+            let l = next.acquire("k", &held()).await.unwrap();
+            (Instant::now(), l)
+        }
+    });
+    until_watchers(&cluster, base + 3).await;
+    // The first waiter still hears the server (its watch push comes), but nothing it sends
+    // gets through: not its move, not its waiting lease's keep-alives.
+    proxy.set_to_server(Mode::Blackhole);
+    let token = lease.token();
+    lease.release().await.unwrap();
+    let (next_at, next_lease) = tokio::time::timeout(SESSION_TTL, next_wait)
+        .await
+        .expect("the next waiter got the lock within the session TTL")
+        .unwrap();
+    assert!(next_lease.token() > token);
+    match tokio::time::timeout(Duration::from_millis(100), first_wait).await {
+        Ok(Ok(Ok(first_lease))) => {
+            assert!(
+                first_lease.valid_until() <= next_at,
+                "the cut-off waiter believed it held the lock until {:?} after the next one got it",
+                first_lease.valid_until().saturating_duration_since(next_at)
+            );
+            assert!(first_lease.token() < next_lease.token());
+            assert!(!first_lease.is_held());
+        }
+        other => eprintln!("the cut-off waiter was not granted: {other:?}"),
+    }
+    next_lease.release().await.unwrap();
+    proxy.set_to_server(Mode::Pass);
+}
+
+/// Many waiters on the waiting lease at once, holding for a moment (some longer than the
+/// move takes, some releasing before it lands): never two inside, tokens strictly
+/// increasing in grant order, and the directory empty at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contention_on_the_waiting_lease_keeps_exclusion_and_token_order() {
+    use std::sync::Arc;
+    let cluster = EtcdCluster::single();
+    let url = cluster.url("session_ttl=8s");
+    let mut raw = etcd_client::Client::connect(cluster.endpoints(), None).await.unwrap();
+    let detector = Arc::new(fencelock_testkit::overlap::OverlapDetector::new());
+    let mut tasks = Vec::new();
+    for me in 0..6u64 {
+        let (url, detector) = (url.clone(), Arc::clone(&detector));
+        tasks.push(tokio::spawn(async move {
+            let locks = EtcdLock::connect(&url).await.unwrap();
+            for round in 0..15u64 {
+                let lease = locks.acquire("k", &held()).await.unwrap();
+                {
+                    let _inside = detector.enter(lease.token());
+                    assert!(lease.is_held());
+                    tokio::time::sleep(Duration::from_millis((me * 7 + round * 3) % 12)).await;
+                    assert!(lease.is_held());
+                }
+                lease.release().await.unwrap();
+            }
+            locks.close().await.unwrap();
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(60), t).await.unwrap().unwrap();
+    }
+    assert_eq!(detector.overlaps(), 0, "two holders at once");
+    assert!(
+        detector.token_regressions().is_empty(),
+        "{:?}",
+        detector.token_regressions()
+    );
+    assert_eq!(detector.entries().len(), 90);
+    assert!(queue(&mut raw, "/fencelock/k/").await.is_empty());
+}
