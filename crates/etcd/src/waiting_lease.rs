@@ -10,10 +10,10 @@
 //!   onto the session lease in the background (`EtcdGrant::settle` in [`crate::grant`]),
 //!   after which the session's validity is the grant's.
 //! * **Kept alive only while used**: every third of its TTL while a queued key of ours, or
-//!   a grant's key not moved yet, may ride on it (a [`WaitUse`] each), and for one more TTL after the last one left (the
-//!   linger:
-//!   a client that asks again soon after its grant reuses it instead of granting a new
-//!   one); then its keep-alives stop and it lapses on the server — no revoke, nothing sent.
+//!   a grant's key not moved yet, may ride on it (a [`WaitUse`] each), and for one more
+//!   TTL after the last one left (the linger: a client that asks again soon after its
+//!   grant reuses it instead of granting a new one); then its keep-alives stop and it
+//!   lapses on the server — no revoke, nothing sent.
 //!   An instance that only holds locks sends nothing for it.
 //! * **Never handed to a new key when it may not outlive the put**: only while at least a
 //!   third of its TTL is left since its last confirmed keep-alive (keep-alives keep two
