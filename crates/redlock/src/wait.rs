@@ -287,6 +287,21 @@ impl RedlockLock {
                         });
                     }
                 }
+                // A re-check (no hand-off came) that the primary answered "busy": ask
+                // every node, as a plain round. The primary's word alone is not a holder:
+                // a grant request buffered on a paused primary lands on resume after its
+                // owner released and left — a key held by nobody there for a whole TTL,
+                // no release to hand it off — and queued waiters that asked only the
+                // primary ran out their waits while a quorum of the other nodes was free
+                // (a trial: every queued waiter exit 75, clients that did not queue took
+                // the lock). Against a holder with a quorum the round is refused and
+                // undone: N requests and their undo per re-check, every few seconds.
+                if spent.is_none() && !turn && !first_turn {
+                    if let Round::Granted(lease) = self.round(key, opts).await? {
+                        *state = None; // leaves the queue (the drop of `Queued`)
+                        return Ok(Attempt::Acquired(lease));
+                    }
+                }
                 // A peer library's release sends no message: with a peer layout the
                 // re-check is the hand-off path, so it is not stretched.
                 let layout = q.primary.config().layout;

@@ -1074,3 +1074,56 @@ async fn a_heal_after_an_extend_to_a_shorter_ttl_ends_with_the_quorums_copies() 
     holder.close().await.unwrap();
     waiter.close().await.unwrap();
 }
+
+/// A new user's trial: after the key's primary node was paused for 5–8 s, a grant request
+/// buffered there landed on resume, after its owner had released and exited — a key held
+/// by nobody on the primary for a whole TTL. Queued waiters asked only the primary at
+/// their re-checks, heard "busy" each time and ran out their waits (exit 75, "held by
+/// someone else") while the other two nodes were free, and clients that did not queue
+/// took the lock by plain rounds. A queued waiter whose primary holds a grant that the
+/// other nodes do not must still get the lock from a quorum of them: here the primary's
+/// copy of the holder's grant is replaced by a stray one before the release, so the
+/// release frees only the secondaries and hands nothing off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_waiter_is_not_starved_by_a_stray_grant_on_the_primary() {
+    use tokio::time::Instant;
+    let servers = start_many(3);
+    let holder = RedlockLock::connect(&redlock_url(&servers, "")).await.unwrap();
+    let waiter = Arc::new(RedlockLock::connect(&redlock_url(&servers, "")).await.unwrap());
+    let key = "stray-on-primary";
+    let primary = waiter.primary_index(key);
+    let held = LockOptions::new()
+        .with_ttl(Duration::from_secs(30))
+        .with_wait(Duration::from_secs(20));
+    let lease = holder.acquire(key, &held).await.unwrap();
+    let waiting = {
+        let waiter = Arc::clone(&waiter);
+        tokio::spawn(async move { waiter.acquire(key, &held).await })
+    };
+    let queue = format!("LLEN fencelock:{{{key}}}:queue");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while servers[primary].integer(&queue).unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "the waiter never queued");
+        tokio::time::sleep(Duration::from_millis(5)).await; // polling a condition, bounded
+    }
+    let lock = format!("fencelock:{{{key}}}:lock");
+    let reply = servers[primary].command(&format!("SET {lock} stray-grant PX 30000"));
+    assert!(reply.starts_with("+OK"), "{reply}");
+    // Two of three nodes still held it: released (one "not ours" is within the minority).
+    lease.release().await.unwrap();
+    let released = Instant::now();
+    let granted = tokio::time::timeout(Duration::from_secs(25), waiting)
+        .await
+        .expect("the wait is bounded")
+        .unwrap();
+    let took = released.elapsed();
+    eprintln!("release → grant: {took:?} ({:?})", granted.as_ref().map(|l| l.token()));
+    let granted = granted.expect("a quorum of the other nodes was free: the waiter must get the lock");
+    assert!(
+        took < Duration::from_secs(10),
+        "granted {took:?} after the release: the stray grant's TTL, not the waiter's re-check"
+    );
+    granted.release().await.unwrap();
+    holder.close().await.unwrap();
+    waiter.close().await.unwrap();
+}
