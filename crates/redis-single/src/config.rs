@@ -214,7 +214,7 @@ fn parse_db(path: &str) -> std::result::Result<i64, String> {
     match db.parse::<u32>() {
         Ok(n) => Ok(i64::from(n)),
         Err(_) => Err(format!(
-            "the DB index `{db}` is not a number: write redis://HOST:PORT/N, N from 0 to the server's `databases` - 1 (15 by default)"
+            "the DB index `{db}` is not a number: the URL's path is the DB index, `/N` after the host(s), N from 0 to the server's `databases` - 1 (15 by default)"
         )),
     }
 }

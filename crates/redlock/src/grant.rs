@@ -162,7 +162,7 @@ impl LeaseOps for RedlockGrant {
             tracing::warn!(
                 key = %self.key,
                 token = self.token,
-                "release not confirmed in time by {} of {n} node(s) ({}); sending it again in the background until they answer or the TTL has passed",
+                "release not confirmed in time by {} of {n} node(s) ({}); sending it again in the background until they answer, the TTL has passed or the instance is closed (then those copies end with their TTL)",
                 silent.len(),
                 why.join("; ")
             );

@@ -153,7 +153,7 @@ impl RedlockLock {
         if !unread.is_empty() {
             tracing::warn!(
                 nodes = %unread.join(", "),
-                "cannot check that the nodes are distinct servers: their run_id is unreadable (INFO refused?); one server listed twice would count twice, and contended keys queue on a node ranked by its address, so clients that spell it otherwise may lose hand-offs (grant +info)"
+                "cannot check that the nodes are distinct servers: their run_id was not read (`INFO server` refused, or not answered in time: a slow or paused server); one server listed twice would count twice, and until it is read (asked again in the background) contended keys queue on a node ranked by its address, so clients that spell it otherwise may lose hand-offs (if INFO is refused: grant +info)"
             );
         }
         let answered = reached.iter().filter(|a| a.is_ok()).count();
