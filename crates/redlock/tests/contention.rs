@@ -677,6 +677,70 @@ fn held_on(server: &RedisServer, key: &str) -> Option<String> {
     get(server, &format!("fencelock:{{{key}}}:lock"))
 }
 
+/// `lock.acquire(key, opts)` in a task of its own.
+fn acquire_in_task(
+    lock: &Arc<RedlockLock>,
+    key: &'static str,
+    opts: LockOptions,
+) -> tokio::task::JoinHandle<fencelock_core::Result<fencelock_core::Lease>> {
+    let lock = Arc::clone(lock);
+    tokio::spawn(async move { lock.acquire(key, &opts).await })
+}
+
+/// What an acquire started by [`acquire_in_task`] returned, waited for at most `bound`.
+async fn outcome(
+    task: tokio::task::JoinHandle<fencelock_core::Result<fencelock_core::Lease>>,
+    bound: Duration,
+) -> fencelock_core::Result<fencelock_core::Lease> {
+    tokio::time::timeout(bound, task)
+        .await
+        .expect("the wait is bounded")
+        .expect("the acquire task did not panic")
+}
+
+/// Waits (polling, at most 5 s) until `key`'s queue on `server`, its primary node, holds
+/// `n` entries or more.
+async fn until_queued(server: &RedisServer, key: &str, n: i64) {
+    let queue = format!("LLEN fencelock:{{{key}}}:queue");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while server.integer(&queue).unwrap_or(0) < n {
+        assert!(tokio::time::Instant::now() < deadline, "waiter {n} never queued");
+        tokio::time::sleep(Duration::from_millis(2)).await; // polling a condition, bounded
+    }
+}
+
+/// The `EXEC`s `server` ran: a grant request (the acquire transaction) counts one.
+fn execs(server: &RedisServer) -> u64 {
+    server.commandstats().get("exec").copied().unwrap_or(0)
+}
+
+/// Waits (polling, at most 5 s) until `server` ran more `EXEC`s than `before`: a claim
+/// reached it.
+async fn until_a_claim_reached(server: &RedisServer, before: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while execs(server) == before {
+        assert!(tokio::time::Instant::now() < deadline, "no claim reached the node");
+        tokio::time::sleep(Duration::from_millis(1)).await; // polling a condition, bounded
+    }
+}
+
+/// Which of two queued acquires is granted first (`"head"` or `"next"`), and its lease;
+/// at most 25 s.
+async fn first_granted(
+    head: &mut tokio::task::JoinHandle<fencelock_core::Result<fencelock_core::Lease>>,
+    next: &mut tokio::task::JoinHandle<fencelock_core::Result<fencelock_core::Lease>>,
+) -> (&'static str, fencelock_core::Lease) {
+    let (who, r) = tokio::time::timeout(Duration::from_secs(25), async {
+        tokio::select! {
+            r = head => ("head", r),
+            r = next => ("next", r),
+        }
+    })
+    .await
+    .expect("the waits are bounded");
+    (who, r.unwrap().unwrap())
+}
+
 /// A new user's trial (6 `fencelock run` clients, 6 keys, 3 nodes): about 1 hand-off in
 /// 10 was granted by 2 of 3 nodes — the waiter's claim reached a secondary before the
 /// previous holder's release did, that node refused, and the grant stayed on a bare
@@ -703,25 +767,13 @@ async fn a_grant_a_node_refused_while_the_previous_release_was_on_its_way_heals_
         .with_wait(Duration::from_secs(10));
 
     let lease = holder.acquire(key, &held).await.unwrap();
-    let waiting = {
-        let waiter = Arc::clone(&waiter);
-        tokio::spawn(async move { waiter.acquire(key, &held).await })
-    };
-    let queue = format!("LLEN fencelock:{{{key}}}:queue");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while servers[primary].integer(&queue).unwrap_or(0) == 0 {
-        assert!(Instant::now() < deadline, "the waiter never queued");
-        tokio::time::sleep(Duration::from_millis(5)).await; // polling a condition, bounded
-    }
+    let waiting = acquire_in_task(&waiter, key, held);
+    until_queued(&servers[primary], key, 1).await;
     // The holder's release reaches every node but `late` now; `late` gets it (held in the
     // proxy, and the background repeats) only once the proxy lets it through.
     proxies[late].set_to_server(Mode::Blackhole);
     lease.release().await.unwrap();
-    let granted = tokio::time::timeout(Duration::from_secs(15), waiting)
-        .await
-        .expect("the wait is bounded")
-        .unwrap()
-        .unwrap();
+    let granted = outcome(waiting, Duration::from_secs(15)).await.unwrap();
     let ours = granted.grant().to_string();
     let before: Vec<Option<String>> = servers.iter().map(|s| held_on(s, key)).collect();
     eprintln!("granted on {before:?} (ours {ours}; the late node is {late})");
@@ -788,23 +840,11 @@ async fn a_grant_released_before_a_refusing_node_was_freed_is_not_put_there() {
 
     let lease = holder.acquire(key, &held).await.unwrap();
     let old = lease.grant().to_string();
-    let waiting = {
-        let waiter = Arc::clone(&waiter);
-        tokio::spawn(async move { waiter.acquire(key, &held).await })
-    };
-    let queue = format!("LLEN fencelock:{{{key}}}:queue");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while servers[primary].integer(&queue).unwrap_or(0) == 0 {
-        assert!(Instant::now() < deadline, "the waiter never queued");
-        tokio::time::sleep(Duration::from_millis(5)).await; // polling a condition, bounded
-    }
+    let waiting = acquire_in_task(&waiter, key, held);
+    until_queued(&servers[primary], key, 1).await;
     proxies[late].set_to_server(Mode::Blackhole);
     lease.release().await.unwrap();
-    let granted = tokio::time::timeout(Duration::from_secs(15), waiting)
-        .await
-        .expect("the wait is bounded")
-        .unwrap()
-        .unwrap();
+    let granted = outcome(waiting, Duration::from_secs(15)).await.unwrap();
     let ours = granted.grant().to_string();
     assert_eq!(
         held_on(&servers[late], key),
@@ -844,7 +884,6 @@ async fn a_grant_released_before_a_refusing_node_was_freed_is_not_put_there() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secondary_the_release_reaches_late_does_not_cost_the_head_its_turn_while_a_node_is_paused() {
     use fencelock_testkit::proxy::Mode;
-    use tokio::time::Instant;
     let servers = start_many(3);
     let (proxies, hosts) = proxied(&servers).await;
     let holder = RedlockLock::connect(&format!("redlock://{hosts}")).await.unwrap();
@@ -864,57 +903,28 @@ async fn a_secondary_the_release_reaches_late_does_not_cost_the_head_its_turn_wh
     let lease = holder.acquire(key, &held).await.unwrap();
     servers[paused].pause();
 
-    let queue = format!("LLEN fencelock:{{{key}}}:queue");
-    let queued = |n: i64| {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while servers[primary].integer(&queue).unwrap_or(0) < n {
-            assert!(Instant::now() < deadline, "waiter {n} never queued");
-            std::thread::sleep(Duration::from_millis(2)); // polling a condition, bounded
-        }
-    };
-    let wait = |lock: &Arc<RedlockLock>| {
-        let lock = Arc::clone(lock);
-        tokio::spawn(async move { lock.acquire(key, &held).await })
-    };
-    let mut head_wait = wait(&head);
-    queued(1);
-    let mut next_wait = wait(&next);
-    queued(2);
+    let mut head_wait = acquire_in_task(&head, key, held);
+    until_queued(&servers[primary], key, 1).await;
+    let mut next_wait = acquire_in_task(&next, key, held);
+    until_queued(&servers[primary], key, 2).await;
 
     // The holder's release reaches the primary at once and `late` only after the head's
     // claim was refused there (its `EXEC` counted).
-    let execs = || servers[late].commandstats().get("exec").copied().unwrap_or(0);
-    let before = execs();
+    let before = execs(&servers[late]);
     proxies[late].set_to_server(Mode::Blackhole);
     // Not awaited here: with two nodes silent to it, the holder's release waits out its
     // late bound (500 ms) for a quorum's answers, long after the head's turn began.
     let releasing = tokio::spawn(async move { lease.release().await });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while execs() == before {
-        assert!(Instant::now() < deadline, "no claim reached the late node");
-        tokio::time::sleep(Duration::from_millis(1)).await; // polling a condition, bounded
-    }
+    until_a_claim_reached(&servers[late], before).await;
     proxies[late].set_to_server(Mode::Pass);
     releasing.await.unwrap().unwrap();
 
-    let first = tokio::time::timeout(Duration::from_secs(25), async {
-        tokio::select! {
-            r = &mut head_wait => ("head", r),
-            r = &mut next_wait => ("next", r),
-        }
-    })
-    .await
-    .expect("the waits are bounded");
-    let (who, granted) = (first.0, first.1.unwrap().unwrap());
+    let (who, granted) = first_granted(&mut head_wait, &mut next_wait).await;
     servers[paused].resume();
     assert_eq!(who, "head", "the waiter queued second was granted first");
     granted.release().await.unwrap();
     let other = if who == "head" { next_wait } else { head_wait };
-    let lease = tokio::time::timeout(Duration::from_secs(25), other)
-        .await
-        .expect("the wait is bounded")
-        .unwrap()
-        .unwrap();
+    let lease = outcome(other, Duration::from_secs(25)).await.unwrap();
     lease.release().await.unwrap();
     for lock in [holder] {
         lock.close().await.unwrap();
@@ -934,7 +944,6 @@ async fn a_secondary_the_release_reaches_late_does_not_cost_the_head_its_turn_wh
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_re_ask_answered_as_late_as_the_first_ask_still_counts() {
     use fencelock_testkit::proxy::Mode;
-    use tokio::time::Instant;
     let servers = start_many(3);
     let (holder_proxies, holder_hosts) = proxied(&servers).await;
     let (head_proxies, head_hosts) = proxied(&servers).await;
@@ -954,58 +963,29 @@ async fn a_re_ask_answered_as_late_as_the_first_ask_still_counts() {
     let lease = holder.acquire(key, &held).await.unwrap();
     servers[paused].pause();
 
-    let queue = format!("LLEN fencelock:{{{key}}}:queue");
-    let queued = |n: i64| {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while servers[primary].integer(&queue).unwrap_or(0) < n {
-            assert!(Instant::now() < deadline, "waiter {n} never queued");
-            std::thread::sleep(Duration::from_millis(2)); // polling a condition, bounded
-        }
-    };
-    let wait = |lock: &Arc<RedlockLock>| {
-        let lock = Arc::clone(lock);
-        tokio::spawn(async move { lock.acquire(key, &held).await })
-    };
-    let mut head_wait = wait(&head);
-    queued(1);
-    let mut next_wait = wait(&next);
-    queued(2);
+    let mut head_wait = acquire_in_task(&head, key, held);
+    until_queued(&servers[primary], key, 1).await;
+    let mut next_wait = acquire_in_task(&next, key, held);
+    until_queued(&servers[primary], key, 2).await;
 
     // The head's answers from `late` come 120 ms late (within the round's late bound,
     // past one per_node_timeout); the holder's release reaches `late` only after the
     // head's claim was refused there.
     head_proxies[late].set_to_client(Mode::Delay(Duration::from_millis(120)));
-    let execs = || servers[late].commandstats().get("exec").copied().unwrap_or(0);
-    let before = execs();
+    let before = execs(&servers[late]);
     holder_proxies[late].set_to_server(Mode::Blackhole);
     let releasing = tokio::spawn(lease.release());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while execs() == before {
-        assert!(Instant::now() < deadline, "no claim reached the late node");
-        tokio::time::sleep(Duration::from_millis(1)).await; // polling a condition, bounded
-    }
+    until_a_claim_reached(&servers[late], before).await;
     holder_proxies[late].set_to_server(Mode::Pass);
 
-    let first = tokio::time::timeout(Duration::from_secs(25), async {
-        tokio::select! {
-            r = &mut head_wait => ("head", r),
-            r = &mut next_wait => ("next", r),
-        }
-    })
-    .await
-    .expect("the waits are bounded");
-    let (who, granted) = (first.0, first.1.unwrap().unwrap());
+    let (who, granted) = first_granted(&mut head_wait, &mut next_wait).await;
     head_proxies[late].set_to_client(Mode::Pass);
     servers[paused].resume();
     releasing.await.unwrap().unwrap();
     assert_eq!(who, "head", "the waiter queued second was granted first");
     granted.release().await.unwrap();
     let other = if who == "head" { next_wait } else { head_wait };
-    let lease = tokio::time::timeout(Duration::from_secs(25), other)
-        .await
-        .expect("the wait is bounded")
-        .unwrap()
-        .unwrap();
+    let lease = outcome(other, Duration::from_secs(25)).await.unwrap();
     lease.release().await.unwrap();
     holder.close().await.unwrap();
     head.close().await.unwrap();
@@ -1034,23 +1014,11 @@ async fn a_heal_after_an_extend_to_a_shorter_ttl_ends_with_the_quorums_copies() 
         .with_wait(Duration::from_secs(10));
     let lease = holder.acquire(key, &held).await.unwrap();
     let old = lease.grant().to_string();
-    let waiting = {
-        let waiter = Arc::clone(&waiter);
-        tokio::spawn(async move { waiter.acquire(key, &held).await })
-    };
-    let queue = format!("LLEN fencelock:{{{key}}}:queue");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while servers[primary].integer(&queue).unwrap_or(0) == 0 {
-        assert!(Instant::now() < deadline, "the waiter never queued");
-        tokio::time::sleep(Duration::from_millis(5)).await; // polling a condition, bounded
-    }
+    let waiting = acquire_in_task(&waiter, key, held);
+    until_queued(&servers[primary], key, 1).await;
     proxies[late].set_to_server(Mode::Blackhole);
     lease.release().await.unwrap();
-    let granted = tokio::time::timeout(Duration::from_secs(15), waiting)
-        .await
-        .expect("the wait is bounded")
-        .unwrap()
-        .unwrap();
+    let granted = outcome(waiting, Duration::from_secs(15)).await.unwrap();
     let ours = granted.grant().to_string();
     assert_eq!(
         held_on(&servers[late], key),
@@ -1096,26 +1064,15 @@ async fn a_queued_waiter_is_not_starved_by_a_stray_grant_on_the_primary() {
         .with_ttl(Duration::from_secs(30))
         .with_wait(Duration::from_secs(20));
     let lease = holder.acquire(key, &held).await.unwrap();
-    let waiting = {
-        let waiter = Arc::clone(&waiter);
-        tokio::spawn(async move { waiter.acquire(key, &held).await })
-    };
-    let queue = format!("LLEN fencelock:{{{key}}}:queue");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while servers[primary].integer(&queue).unwrap_or(0) == 0 {
-        assert!(Instant::now() < deadline, "the waiter never queued");
-        tokio::time::sleep(Duration::from_millis(5)).await; // polling a condition, bounded
-    }
+    let waiting = acquire_in_task(&waiter, key, held);
+    until_queued(&servers[primary], key, 1).await;
     let lock = format!("fencelock:{{{key}}}:lock");
     let reply = servers[primary].command(&format!("SET {lock} stray-grant PX 30000"));
     assert!(reply.starts_with("+OK"), "{reply}");
     // Two of three nodes still held it: released (one "not ours" is within the minority).
     lease.release().await.unwrap();
     let released = Instant::now();
-    let granted = tokio::time::timeout(Duration::from_secs(25), waiting)
-        .await
-        .expect("the wait is bounded")
-        .unwrap();
+    let granted = outcome(waiting, Duration::from_secs(25)).await;
     let took = released.elapsed();
     eprintln!("release → grant: {took:?} ({:?})", granted.as_ref().map(|l| l.token()));
     let granted = granted.expect("a quorum of the other nodes was free: the waiter must get the lock");
