@@ -741,6 +741,54 @@ async fn first_granted(
     (who, r.unwrap().unwrap())
 }
 
+/// The heal tests' set-up: 3 nodes; a holder that reaches them through proxies of its
+/// own holds `key` (30 s TTL), a waiter queues, and the holder's release reaches every
+/// node but `late` (the one after the key's primary), whose proxy holds it — and the
+/// background repeats — until the test lets it through; the waiter is granted by the
+/// other two.
+struct LateRelease {
+    servers: Vec<RedisServer>,
+    proxies: Vec<fencelock_testkit::proxy::FaultProxy>,
+    holder: RedlockLock,
+    waiter: Arc<RedlockLock>,
+    primary: usize,
+    late: usize,
+    /// The holder's grant id, still on `late`.
+    old: String,
+    /// The waiter's lease.
+    granted: fencelock_core::Lease,
+}
+
+async fn late_release(key: &'static str) -> LateRelease {
+    let servers = start_many(3);
+    let (proxies, hosts) = proxied(&servers).await;
+    let holder = RedlockLock::connect(&format!("redlock://{hosts}")).await.unwrap();
+    let waiter = Arc::new(RedlockLock::connect(&redlock_url(&servers, "")).await.unwrap());
+    let primary = waiter.primary_index(key);
+    assert_eq!(holder.primary_index(key), primary, "both rank the nodes by run_id");
+    let late = (primary + 1) % servers.len();
+    let held = LockOptions::new()
+        .with_ttl(Duration::from_secs(30))
+        .with_wait(Duration::from_secs(10));
+    let lease = holder.acquire(key, &held).await.unwrap();
+    let old = lease.grant().to_string();
+    let waiting = acquire_in_task(&waiter, key, held);
+    until_queued(&servers[primary], key, 1).await;
+    proxies[late].set_to_server(fencelock_testkit::proxy::Mode::Blackhole);
+    lease.release().await.unwrap();
+    let granted = outcome(waiting, Duration::from_secs(15)).await.unwrap();
+    LateRelease {
+        servers,
+        proxies,
+        holder,
+        waiter,
+        primary,
+        late,
+        old,
+        granted,
+    }
+}
+
 /// A new user's trial (6 `fencelock run` clients, 6 keys, 3 nodes): about 1 hand-off in
 /// 10 was granted by 2 of 3 nodes — the waiter's claim reached a secondary before the
 /// previous holder's release did, that node refused, and the grant stayed on a bare
@@ -754,26 +802,16 @@ async fn first_granted(
 async fn a_grant_a_node_refused_while_the_previous_release_was_on_its_way_heals_onto_it() {
     use fencelock_testkit::proxy::Mode;
     use tokio::time::Instant;
-    let servers = start_many(3);
-    let (proxies, hosts) = proxied(&servers).await;
-    let holder = RedlockLock::connect(&format!("redlock://{hosts}")).await.unwrap();
-    let waiter = Arc::new(RedlockLock::connect(&redlock_url(&servers, "")).await.unwrap());
+    let LateRelease {
+        servers,
+        proxies,
+        holder,
+        waiter,
+        late,
+        granted,
+        ..
+    } = late_release("heal").await;
     let key = "heal";
-    let primary = waiter.primary_index(key);
-    assert_eq!(holder.primary_index(key), primary, "both rank the nodes by run_id");
-    let late = (primary + 1) % servers.len();
-    let held = LockOptions::new()
-        .with_ttl(Duration::from_secs(30))
-        .with_wait(Duration::from_secs(10));
-
-    let lease = holder.acquire(key, &held).await.unwrap();
-    let waiting = acquire_in_task(&waiter, key, held);
-    until_queued(&servers[primary], key, 1).await;
-    // The holder's release reaches every node but `late` now; `late` gets it (held in the
-    // proxy, and the background repeats) only once the proxy lets it through.
-    proxies[late].set_to_server(Mode::Blackhole);
-    lease.release().await.unwrap();
-    let granted = outcome(waiting, Duration::from_secs(15)).await.unwrap();
     let ours = granted.grant().to_string();
     let before: Vec<Option<String>> = servers.iter().map(|s| held_on(s, key)).collect();
     eprintln!("granted on {before:?} (ours {ours}; the late node is {late})");
@@ -826,25 +864,17 @@ async fn a_grant_a_node_refused_while_the_previous_release_was_on_its_way_heals_
 async fn a_grant_released_before_a_refusing_node_was_freed_is_not_put_there() {
     use fencelock_testkit::proxy::Mode;
     use tokio::time::Instant;
-    let servers = start_many(3);
-    let (proxies, hosts) = proxied(&servers).await;
-    let holder = RedlockLock::connect(&format!("redlock://{hosts}")).await.unwrap();
-    let waiter = Arc::new(RedlockLock::connect(&redlock_url(&servers, "")).await.unwrap());
+    let LateRelease {
+        servers,
+        proxies,
+        holder,
+        waiter,
+        late,
+        old,
+        granted,
+        ..
+    } = late_release("heal-released").await;
     let key = "heal-released";
-    let primary = waiter.primary_index(key);
-    assert_eq!(holder.primary_index(key), primary, "both rank the nodes by run_id");
-    let late = (primary + 1) % servers.len();
-    let held = LockOptions::new()
-        .with_ttl(Duration::from_secs(30))
-        .with_wait(Duration::from_secs(10));
-
-    let lease = holder.acquire(key, &held).await.unwrap();
-    let old = lease.grant().to_string();
-    let waiting = acquire_in_task(&waiter, key, held);
-    until_queued(&servers[primary], key, 1).await;
-    proxies[late].set_to_server(Mode::Blackhole);
-    lease.release().await.unwrap();
-    let granted = outcome(waiting, Duration::from_secs(15)).await.unwrap();
     let ours = granted.grant().to_string();
     assert_eq!(
         held_on(&servers[late], key),
@@ -1001,24 +1031,17 @@ async fn a_re_ask_answered_as_late_as_the_first_ask_still_counts() {
 async fn a_heal_after_an_extend_to_a_shorter_ttl_ends_with_the_quorums_copies() {
     use fencelock_testkit::proxy::Mode;
     use tokio::time::Instant;
-    let servers = start_many(3);
-    let (proxies, hosts) = proxied(&servers).await;
-    let holder = RedlockLock::connect(&format!("redlock://{hosts}")).await.unwrap();
-    let waiter = Arc::new(RedlockLock::connect(&redlock_url(&servers, "")).await.unwrap());
+    let LateRelease {
+        servers,
+        proxies,
+        holder,
+        waiter,
+        primary,
+        late,
+        old,
+        granted,
+    } = late_release("heal-shorter").await;
     let key = "heal-shorter";
-    let primary = waiter.primary_index(key);
-    assert_eq!(holder.primary_index(key), primary, "both rank the nodes by run_id");
-    let late = (primary + 1) % servers.len();
-    let held = LockOptions::new()
-        .with_ttl(Duration::from_secs(30))
-        .with_wait(Duration::from_secs(10));
-    let lease = holder.acquire(key, &held).await.unwrap();
-    let old = lease.grant().to_string();
-    let waiting = acquire_in_task(&waiter, key, held);
-    until_queued(&servers[primary], key, 1).await;
-    proxies[late].set_to_server(Mode::Blackhole);
-    lease.release().await.unwrap();
-    let granted = outcome(waiting, Duration::from_secs(15)).await.unwrap();
     let ours = granted.grant().to_string();
     assert_eq!(
         held_on(&servers[late], key),
