@@ -383,6 +383,14 @@ impl LeaseOps for EtcdGrant {
                     _ => session.id,
                 };
                 let deleted = release_key(&c, &self.key, self.rev, lease).await;
+                // Already known gone (it lapsed with the waiting lease, or the session's
+                // went): not held, whatever the delete says — a repeated delete that
+                // finds nothing would read the *session* lease alive and answer "held"
+                // (review).
+                let deleted = match on {
+                    Moving::Gone => deleted.map(|_| false),
+                    _ => deleted,
+                };
                 drop(on);
                 session.unclaim(*claim);
                 if let (Ok(_), false, Some(slot)) = (&deleted, self.echoes, self.take_slot()) {

@@ -114,7 +114,7 @@ impl Session {
             next_claim: AtomicU64::new(0),
             keepalives,
             task: Mutex::new(None),
-            waiting: WaitingLeases::new(),
+            waiting: WaitingLeases::new(ttl),
         });
         let task = tokio::spawn(keep_alive(Arc::downgrade(&session), cluster.clone(), sent));
         *session.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());

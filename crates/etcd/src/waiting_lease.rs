@@ -9,6 +9,13 @@
 //!   handed out on the watch push valid no longer than this lease lives, and its key moves
 //!   onto the session lease in the background (`EtcdGrant::settle` in [`crate::grant`]),
 //!   after which the session's validity is the grant's.
+//!   On a slow link the TTL asked is longer: [`RTT_FACTOR`] × the last round trip seen
+//!   (rounded up to whole seconds, at most the session's TTL), because that grant is
+//!   valid only until the lease's last confirmed keep-alive + TTL and its move must land
+//!   within that; a lease too short for the link as now seen is not handed out again (a
+//!   new one is granted). With etcd's minimum alone, every grant after a wait was lost on
+//!   a 400 ms round trip against a 1 s minimum (`tests/dead_waiter.rs`,
+//!   `a_waiter_on_a_slow_link_keeps_the_lock_it_was_granted`).
 //! * **Kept alive only while used**: every third of its TTL while a queued key of ours, or
 //!   a grant's key not moved yet, may ride on it (a [`WaitUse`] each), and for one more
 //!   TTL after the last one left (the linger: a client that asks again soon after its
@@ -26,6 +33,7 @@
 //!   nothing. The session's key check lists this lease's keys too while it lives, so a
 //!   queue put that landed late on it is deleted as one on the session would be.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -35,8 +43,25 @@ use tokio::time::Instant;
 use crate::client::Cluster;
 use crate::wait::keep_alive_once;
 
-/// The TTL asked of etcd, whole seconds (it raises it to its minimum).
+/// The TTL asked of etcd, whole seconds (it raises it to its minimum), on a fast link.
 const ASKED: i64 = 1;
+
+/// The waiting lease must outlive this many round trips to etcd: a grant handed out on
+/// the push is valid until the lease's last confirmed keep-alive + TTL — a keep-alive sent
+/// up to a round trip before the previous one was answered, so up to two round trips ago —
+/// and its key's move onto the session lease takes one more, which must land (and the
+/// renewal that waits for it be answered) within that validity. On a link whose round
+/// trip is a good part of etcd's minimum TTL (400 ms against 1 s) every grant after a wait
+/// was lost before its move landed; a longer waiting lease there costs a dead waiter a few
+/// round trips more, nothing else.
+const RTT_FACTOR: u32 = 5;
+
+/// Whole seconds of TTL for a link with round trip `rtt`, at most `max` (the session's: a
+/// waiting lease as long as the session lease is no better than the session lease).
+fn asked_for(rtt: Duration, max: Duration) -> i64 {
+    let need = (rtt * RTT_FACTOR).as_secs_f64().ceil() as i64;
+    need.clamp(ASKED, (max.as_secs() as i64).max(ASKED))
+}
 
 /// The waiting leases of one session: at most one current.
 #[derive(Debug)]
@@ -44,6 +69,19 @@ pub(crate) struct WaitingLeases {
     current: Mutex<Option<Arc<WaitingLease>>>,
     /// One grant at a time: waits that start together share it.
     granting: tokio::sync::Mutex<()>,
+    /// The last round trip of a grant or keep-alive of a waiting lease, in microseconds
+    /// (the largest of the recent ones: it decays by a quarter at each new sample).
+    rtt: Arc<AtomicU64>,
+    /// The session's TTL: the longest TTL asked.
+    max_ttl: Duration,
+}
+
+/// Records a round trip into `rtt` (see [`WaitingLeases::rtt`]).
+fn record_rtt(rtt: &AtomicU64, sample: Duration) {
+    let sample = u64::try_from(sample.as_micros()).unwrap_or(u64::MAX);
+    let _ = rtt.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+        Some(sample.max(old - old / 4))
+    });
 }
 
 /// One waiting lease.
@@ -99,10 +137,14 @@ impl WaitingLease {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A use of the lease if it is still kept alive and at least a third of its TTL is left.
-    fn take_use(self: &Arc<Self>) -> Option<WaitUse> {
+    /// A use of the lease if it is still kept alive, at least a third of its TTL is left,
+    /// and its TTL is long enough for the link's round trip `rtt` (see [`RTT_FACTOR`]).
+    fn take_use(self: &Arc<Self>, rtt: Duration, max_ttl: Duration) -> Option<WaitUse> {
         let mut s = self.usage();
-        if s.ended || s.valid_until.saturating_duration_since(Instant::now()) < self.ttl / 3 {
+        if s.ended
+            || s.valid_until.saturating_duration_since(Instant::now()) < self.ttl / 3
+            || self.ttl < (rtt * RTT_FACTOR).min(max_ttl)
+        {
             return None;
         }
         s.users += 1;
@@ -113,11 +155,17 @@ impl WaitingLease {
 }
 
 impl WaitingLeases {
-    pub fn new() -> Self {
+    pub fn new(max_ttl: Duration) -> Self {
         WaitingLeases {
             current: Mutex::new(None),
             granting: tokio::sync::Mutex::new(()),
+            rtt: Arc::new(AtomicU64::new(0)),
+            max_ttl,
         }
+    }
+
+    fn rtt(&self) -> Duration {
+        Duration::from_micros(self.rtt.load(Ordering::Relaxed))
     }
 
     fn current(&self) -> std::sync::MutexGuard<'_, Option<Arc<WaitingLease>>> {
@@ -127,7 +175,8 @@ impl WaitingLeases {
     /// A use of the current waiting lease, if one is kept alive with time to spare; sends
     /// nothing (the enqueue's put names it only when it is there already).
     pub fn try_use(&self) -> Option<WaitUse> {
-        self.current().as_ref().and_then(WaitingLease::take_use)
+        let rtt = self.rtt();
+        self.current().as_ref().and_then(|l| l.take_use(rtt, self.max_ttl))
     }
 
     /// The id of the current waiting lease while it is kept alive (for the key check).
@@ -152,12 +201,25 @@ impl WaitingLeases {
         if let Some(u) = self.try_use() {
             return Ok(u); // another wait granted one meanwhile
         }
-        let sent = Instant::now();
-        let granted = cluster
-            .call("granting the waiting lease", |mut c| async move {
-                c.lease_grant(ASKED, None).await
-            })
-            .await?;
+        // Asked long enough for the link as last seen; once more, longer, if this grant's
+        // own round trip says the link is slower than that (a slow link's first wait).
+        let mut asked = asked_for(self.rtt(), self.max_ttl);
+        let mut tries = 0;
+        let (sent, granted) = loop {
+            tries += 1;
+            let sent = Instant::now();
+            let granted = cluster
+                .call("granting the waiting lease", |mut c| async move {
+                    c.lease_grant(asked, None).await
+                })
+                .await?;
+            record_rtt(&self.rtt, sent.elapsed());
+            let need = asked_for(self.rtt(), self.max_ttl);
+            if need <= asked || granted.ttl() >= need || tries == 2 {
+                break (sent, granted);
+            }
+            asked = need; // the lease just granted carries nothing and lapses
+        };
         let ttl = Duration::from_secs(granted.ttl().max(1) as u64);
         let lease = Arc::new(WaitingLease {
             id: granted.id(),
@@ -169,7 +231,12 @@ impl WaitingLeases {
                 ended: false,
             }),
         });
-        tokio::spawn(keep_alive(Arc::downgrade(&lease), cluster.clone(), sent));
+        tokio::spawn(keep_alive(
+            Arc::downgrade(&lease),
+            cluster.clone(),
+            sent,
+            Arc::clone(&self.rtt),
+        ));
         tracing::debug!(lease = format_args!("{:x}", lease.id), ?ttl, "waiting lease granted");
         let previous = self.current().replace(Arc::clone(&lease));
         if let Some(p) = previous {
@@ -205,7 +272,7 @@ impl WaitingLeases {
 /// the last left; then lets it lapse. Ends when the lease is gone on the server or no
 /// keep-alive was confirmed within its TTL (its keys are then gone or about to be: the
 /// waits on it find out at their next read or at their turn's move, and queue again).
-async fn keep_alive(lease: Weak<WaitingLease>, cluster: Cluster, granted_at: Instant) {
+async fn keep_alive(lease: Weak<WaitingLease>, cluster: Cluster, granted_at: Instant, rtt: Arc<AtomicU64>) {
     let Some(l) = lease.upgrade() else { return };
     let (id, ttl) = (l.id, l.ttl);
     drop(l);
@@ -228,6 +295,7 @@ async fn keep_alive(lease: Weak<WaitingLease>, cluster: Cluster, granted_at: Ins
         let sent = Instant::now();
         match keep_alive_once(&cluster, id).await {
             Ok(true) => {
+                record_rtt(&rtt, sent.elapsed());
                 l.usage().valid_until = sent + ttl;
                 next = sent + interval;
                 backoff = Duration::from_millis(10);

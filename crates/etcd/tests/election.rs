@@ -141,7 +141,36 @@ async fn candidates_are_keys_holding_their_values() {
     assert!(lb.term() > term_a);
     // b's key rode on the waiting lease while it waited and moves onto its session lease
     // now (in the background): both moves keep the value.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Polled (bounded) until the key rides on a lease longer than the waiting lease's 1 s
+    // (a sleep checked nothing: the value is b's whether or not the move has landed).
+    let dir = b.seat_dir(&name).expect("seat dir");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = etcd
+            .admin
+            .clone()
+            .get(dir.as_str(), Some(GetOptions::new().with_prefix()))
+            .await
+            .expect("read");
+        let kvs = r.kvs();
+        assert_eq!(kvs.len(), 1, "only b's key is left");
+        assert_eq!(kvs[0].value(), b"b:1", "the lease moves kept b's value");
+        let granted = etcd
+            .admin
+            .clone()
+            .lease_time_to_live(kvs[0].lease(), None)
+            .await
+            .expect("lease read")
+            .granted_ttl();
+        if granted > 1 {
+            break; // on b's session lease
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b's key stayed on its {granted} s waiting lease"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let values: Vec<Vec<u8>> = etcd.candidates(&name).await.into_iter().map(|(_, v)| v).collect();
     assert_eq!(values, vec![b"b:1".to_vec()], "the lease moves kept b's value");
     let leader = a.leader(&name).await.expect("leader").expect("b leads");
