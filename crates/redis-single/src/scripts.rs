@@ -116,6 +116,33 @@ pub(crate) fn all() -> [&'static Lua; 10] {
     ]
 }
 
+/// The restart-delay check that opens each script that grants ([`ACQUIRE`], [`HEAL`],
+/// [`WAIT_TURN`]), as Lua: with `ARGV[delay]` > 0 (ms) and the boot marker `KEYS[marker]`
+/// missing, it sets the marker (server `TIME`, ms) and returns `refuse`; inside the delay
+/// it returns `refuse` too. `refuse` is a Lua expression in which `rest` is the delay's
+/// ms left. See [`ACQUIRE`] for the rule.
+fn restart_delay_check(delay: usize, marker: usize, refuse: &str) -> String {
+    format!(
+        r"
+local delay = tonumber(ARGV[{delay}])
+if delay > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local boot = redis.call('GET', KEYS[{marker}])
+  local rest = delay
+  if boot then
+    rest = delay - (now - tonumber(boot))
+  else
+    redis.call('SET', KEYS[{marker}], now)
+  end
+  if rest > 0 then
+    return {refuse}
+  end
+end
+"
+    )
+}
+
 /// KEYS: lock, counter, boot marker. ARGV: grant id, ttl ms, restart delay ms (> 0: with
 /// no restart delay the acquire is a pipeline of plain commands, see `RedisNode::try_grant`).
 /// Returns `{1, token}` when granted, `{0, ms}` when not: someone holds the lock for `ms`
@@ -128,26 +155,13 @@ pub(crate) fn all() -> [&'static Lua; 10] {
 /// persistence the marker survives a restart, and so do the locks: no delay is needed.
 pub(crate) static ACQUIRE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
-        r"
-local delay = tonumber(ARGV[3])
-if delay > 0 then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local boot = redis.call('GET', KEYS[3])
-  if not boot then
-    redis.call('SET', KEYS[3], now)
-    return {0, delay}
-  end
-  local age = now - tonumber(boot)
-  if age < delay then
-    return {0, delay - age}
-  end
-end
+        &(restart_delay_check(3, 3, "{0, rest}")
+            + r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {1, redis.call('INCR', KEYS[2])}
 end
 return {0, redis.call('PTTL', KEYS[1])}
-",
+"),
     )
 });
 
@@ -328,21 +342,8 @@ return 0
 /// another grant for `ms` more (PTTL, -1: no TTL), or inside the restart delay for `ms`.
 pub(crate) static HEAL: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
-        r"
-local delay = tonumber(ARGV[3])
-if delay > 0 then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local boot = redis.call('GET', KEYS[3])
-  if not boot then
-    redis.call('SET', KEYS[3], now)
-    return {0, delay}
-  end
-  local age = now - tonumber(boot)
-  if age < delay then
-    return {0, delay - age}
-  end
-end
+        &(restart_delay_check(3, 3, "{0, rest}")
+            + r"
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then
   return {0, redis.call('PTTL', KEYS[1])}
@@ -356,7 +357,7 @@ if counter < tonumber(ARGV[4]) then
   redis.call('SET', KEYS[2], ARGV[4])
 end
 return {1, counter}
-",
+"),
     )
 });
 
@@ -382,19 +383,7 @@ return {1, counter}
 pub(crate) static WAIT_TURN: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(&format!(
         r"{HAND_OFF}
-local delay = tonumber(ARGV[7])
-if delay > 0 then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local boot = redis.call('GET', KEYS[5])
-  if not boot then
-    redis.call('SET', KEYS[5], now)
-    return {{0, delay, ARGV[6], -1}}
-  end
-  if now - tonumber(boot) < delay then
-    return {{0, delay - (now - tonumber(boot)), ARGV[6], -1}}
-  end
-end
+{check}
 local holder = redis.call('GET', KEYS[1])
 if not holder and redis.call('LLEN', KEYS[3]) > 0 then
   hand_off(ARGV[4], ARGV[3])
@@ -428,7 +417,8 @@ if entry == '' or not redis.call('LPOS', KEYS[3], entry) then
   end
 end
 return {{0, redis.call('PTTL', KEYS[1]), entry, now}}
-"
+",
+        check = restart_delay_check(7, 5, "{0, rest, ARGV[6], -1}")
     ))
 });
 
