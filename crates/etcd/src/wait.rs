@@ -242,6 +242,7 @@ async fn wait_queue(c: &Cluster, q: &mut Queued, ttl: Duration) -> Result<Option
         Holding::Session { .. } => (ttl, Instant::now()),
     };
     let mut w = Watches::new(c);
+    let own = q.key.as_bytes().to_vec();
     for _ in 0..100_000 {
         let place = match first.take() {
             Some(place) => place,
@@ -259,6 +260,11 @@ async fn wait_queue(c: &Cluster, q: &mut Queued, ttl: Duration) -> Result<Option
         }
         w.late = false;
         w.add(c, &known).await?;
+        // Our own key too: one deleted behind our back (an operator's `etcdctl del`, our
+        // waiting lease lapsing) must end this wait before a push could grant it — a grant
+        // on the push reads nothing, and a trial saw such a waiter granted beside the one
+        // behind it, which rightly had the lock (3 of 18 runs).
+        w.add(c, std::slice::from_ref(&own)).await?;
         let woken = wait_push(c, q, &mut w, &known, place.more, place.seen, validity, &mut confirmed).await?;
         match woken {
             Some(Woken::First) => return turn(c, q, validity, confirmed).await,
@@ -271,7 +277,8 @@ async fn wait_queue(c: &Cluster, q: &mut Queued, ttl: Duration) -> Result<Option
 
 /// Waits for the watch stream to say something that changes our view: `First` when every
 /// known older key went and nothing else older is left, `Look` when the place must be read
-/// again. Keeps an own lease fresh meanwhile; `None` when it is gone.
+/// again. Keeps an own lease fresh meanwhile; `None` when it is gone, or our own key was
+/// deleted (queue again).
 #[allow(clippy::too_many_arguments)]
 async fn wait_push(
     c: &Cluster,
@@ -326,6 +333,9 @@ async fn wait_push(
                 }
                 continue;
             }
+        }
+        if w.deleted.contains(q.key.as_bytes()) {
+            return Ok(None); // our key went: queue again
         }
         if !w.pending.is_empty() {
             continue; // not every watch is in place yet

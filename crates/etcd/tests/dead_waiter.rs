@@ -363,3 +363,58 @@ async fn a_waiter_on_a_slow_link_keeps_the_lock_it_was_granted() {
     waiter.close().await.unwrap();
     holder.close().await.unwrap();
 }
+
+/// A new user's trial: a waiter whose queue key an operator deleted (`etcdctl del`) while
+/// it waited was still granted on the push of its predecessor's delete — a grant on the
+/// push reads nothing — at the same moment as the waiter behind it, which rightly got the
+/// lock: both commands ran at once (3 of 18 runs), until the first one's key move found
+/// its key gone. The wait must notice its own key go, and queue again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_whose_key_was_deleted_by_hand_is_not_granted_beside_the_next() {
+    let cluster = EtcdCluster::single();
+    let url = cluster.url("session_ttl=30s");
+    let mut raw = etcd_client::Client::connect(cluster.endpoints(), None).await.unwrap();
+    let dir = "/fencelock/k/";
+    let holder = EtcdLock::connect(&url).await.unwrap();
+    let (first, next) = (
+        EtcdLock::connect(&url).await.unwrap(),
+        EtcdLock::connect(&url).await.unwrap(),
+    );
+    let lease = holder.acquire("k", &held()).await.unwrap();
+    let mut first_wait = tokio::spawn({
+        let first = first.clone();
+        async move { first.acquire("k", &held()).await }
+    });
+    let first_key = until_queued(&mut raw, dir, 2).await[1].0.clone();
+    let next_wait = tokio::spawn({
+        let next = next.clone();
+        async move { next.acquire("k", &held()).await }
+    });
+    until_queued(&mut raw, dir, 3).await;
+    // Both waits watch the keys before theirs (one and two of them).
+    until_watchers(&cluster, 3).await;
+    raw.delete(first_key.as_str(), None).await.unwrap();
+    lease.release().await.unwrap();
+    let granted = tokio::time::timeout(Duration::from_secs(10), next_wait)
+        .await
+        .expect("the next waiter was granted")
+        .unwrap()
+        .unwrap();
+    // A wrongly granted first waiter returns within a round trip of the same push: 500 ms
+    // is a bounded window to see it in, not a synchronisation.
+    let beside = tokio::time::timeout(Duration::from_millis(500), &mut first_wait).await;
+    assert!(
+        beside.is_err(),
+        "the waiter whose key was deleted was granted beside the next holder: {:?}",
+        beside.map(|r| r.map(|l| l.map(|l| l.token())))
+    );
+    let token = granted.token();
+    granted.release().await.unwrap();
+    let later = tokio::time::timeout(Duration::from_secs(10), first_wait)
+        .await
+        .expect("the first waiter queued again and got the lock after the next one")
+        .unwrap()
+        .unwrap();
+    assert!(later.token() > token);
+    later.release().await.unwrap();
+}

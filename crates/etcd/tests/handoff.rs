@@ -465,7 +465,9 @@ async fn an_instance_watches_all_its_waits_on_one_stream() {
     let (keys, mut held) = hold_keys(&holder, "many", KEYS).await;
     let (streams0, watchers0) = (watch_streams(&cluster), watchers(&cluster));
     let mut waiting = wait_on_each(&waiter, &keys);
-    until_watchers(&cluster, watchers0 + KEYS as u64).await;
+    // Two watches per wait: the key before its own, and its own (deleted behind its back,
+    // it queues again).
+    until_watchers(&cluster, watchers0 + 2 * KEYS as u64).await;
     let streams = watch_streams(&cluster) - streams0;
     assert_eq!(streams, 1, "watch streams the waiting instance opened for {KEYS} waits");
 
@@ -473,7 +475,7 @@ async fn an_instance_watches_all_its_waits_on_one_stream() {
     for w in waiting.drain(KEYS / 2..) {
         w.abort();
     }
-    until_watchers_at_most(&cluster, watchers0 + (KEYS / 2) as u64, "aborted waits").await;
+    until_watchers_at_most(&cluster, watchers0 + KEYS as u64, "aborted waits").await;
     // The other half are granted on the push of the holder's release.
     for lease in held.split_off(KEYS / 2) {
         lease.release().await.unwrap(); // the keys whose waits gave up
