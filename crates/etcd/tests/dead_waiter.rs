@@ -79,9 +79,9 @@ async fn a_dead_waiter_delays_the_next_by_the_waiting_ttl_not_the_session_ttl() 
         (Instant::now(), l, live)
     });
     until_queued(&mut raw, dir, 3).await;
-    // Give the victim's wait the time a queued client has before it is killed in the
-    // bench (it has been answered; bounded either way).
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Both waits in place, as a queued client is when the bench kills it: the victim
+    // watches the holder's key and its own, the live waiter the two before it and its own.
+    until_watchers(&cluster, 5).await;
     let on = queue(&mut raw, dir).await;
     let victim_session = victim.session_lease().await.unwrap();
     eprintln!("victim key {victim_key}, queue {on:?}, victim session {victim_session:x}");
