@@ -20,7 +20,7 @@ use std::os::fd::OwnedFd;
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use fencelock::{DistributedLock, Lease, LockError};
+use fencelock::{DistributedLock, Lease, LockError, LostReason};
 use rustix::process::{Pid, Signal};
 use tokio::process::{Child, Command};
 
@@ -215,6 +215,7 @@ pub(crate) async fn supervise_with(
             )),
             _ => ExitCode::from(code),
         },
+        Outcome::Covered(code) => ExitCode::from(code),
         Outcome::LeaseLost(message) => lost(message),
         Outcome::WaitFailed(e) => fail(&format!("lost track of `{program}`: {e}"), exit::FAILURE),
     }
@@ -305,6 +306,9 @@ fn read_fd_number(fd: &OwnedFd) -> i32 {
 
 enum Outcome {
     Exited(u8),
+    /// The command ended inside the validity and the lease ran out later: its status,
+    /// whatever the release says.
+    Covered(u8),
     /// The guard died of SIGKILL: its own kill of the group at the end of the validity
     /// (or someone else's); the status as a shell reports it.
     GuardKilled(u8),
@@ -334,13 +338,38 @@ async fn watch(
             // A loss is reported as such even when the guard already ended the command.
             biased;
             reason = &mut lost => {
-                if let Ok(Some(_)) = child.try_wait() {
-                    eprintln!(
-                        "fencelock: lease on `{}` (token {}) lost while the command ran: {reason}; the guard had already killed its process group when the validity ended",
-                        lease.key(), lease.token()
-                    );
-                    *killed = true;
-                    return Outcome::LeaseLost("exiting: the lease was lost".into());
+                match child.try_wait() {
+                    // The guard died of SIGKILL: its kill of the group at the validity's end.
+                    Ok(Some(s)) if std::os::unix::process::ExitStatusExt::signal(&s) == Some(Signal::KILL.as_raw()) => {
+                        eprintln!(
+                            "fencelock: lease on `{}` (token {}) lost while the command ran: {reason}; the guard had already killed its process group when the validity ended",
+                            lease.key(), lease.token()
+                        );
+                        *killed = true;
+                        return Outcome::LeaseLost("exiting: the lease was lost".into());
+                    }
+                    // The guard exited by itself: the command (and its group) ended
+                    // before the guard's deadline, which is never later than the validity.
+                    // A loss *by the validity running out* came after it: the run was
+                    // covered, and its status is the answer. Before, this said the guard
+                    // had killed the command and exited 76 (`run` stopped past the
+                    // validity, a new user's trial): a retrying script repeated finished
+                    // work. Any other loss (the grant gone from the backend) may have come
+                    // while it ran: 76, "finished, but not entirely under the lock".
+                    Ok(Some(s)) => {
+                        let code = guard::status_code(s);
+                        return match reason {
+                            LostReason::Expired | LostReason::RenewalFailed(_) => {
+                                eprintln!(
+                                    "fencelock: lease on `{}` (token {}) lost after the command had ended: {reason}",
+                                    lease.key(), lease.token()
+                                );
+                                Outcome::Covered(code)
+                            }
+                            _ => Outcome::Exited(code),
+                        };
+                    }
+                    _ => {}
                 }
                 eprintln!(
                     "fencelock: lease on `{}` (token {}) lost while the command ran: {reason}; sending its process group SIGTERM",

@@ -579,3 +579,32 @@ fn a_stopped_left_behind_process_ends_at_its_sigterm_not_after_kill_after() {
         start.elapsed()
     );
 }
+
+/// A new user's trial: `run` SIGSTOPped while its command ran, the command ending on its
+/// own inside the lease's validity (the guard, not stopped, kills the group at the
+/// validity's end: a guard that exited by itself saw the command end before it), and the
+/// validity running out before SIGCONT. `run` reported the loss, said the guard had killed
+/// the command, and exited 76: the command's 0 was lost, and a retrying script repeated
+/// finished work. The command's own status is the answer.
+#[test]
+fn a_command_that_ended_inside_the_validity_keeps_its_status_though_run_was_stopped_past_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (started, done) = (dir.path().join("started"), dir.path().join("done"));
+    let script = format!("touch '{}'; sleep 0.2; touch '{}'", started.display(), done.display());
+    let run = fencelock(&file_url(&dir.path().join("locks")))
+        .args(["run", "--ttl", "1s", "k", "--", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn run");
+    poll_until(Duration::from_secs(10), "the command started", || started.exists());
+    kill_process(pid_of(&run), Signal::STOP).expect("SIGSTOP");
+    poll_until(Duration::from_secs(10), "the command ended", || done.exists());
+    // The condition is time itself: past the 1 s validity, unrenewed while `run` is stopped.
+    std::thread::sleep(Duration::from_millis(1500));
+    kill_process(pid_of(&run), Signal::CONT).expect("SIGCONT");
+    let out = output_within(run, Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("had already killed"), "{stderr}");
+}
