@@ -40,7 +40,7 @@
 //! the rest of the group. The guard exits with the command's code, or 128 + the signal that
 //! ended the command, as shells report.
 
-use std::io::BufRead;
+use std::io::{BufRead, Write};
 use std::process::{ExitCode, ExitStatus};
 use std::time::Duration;
 
@@ -61,9 +61,13 @@ enum Message {
     Closed,
 }
 
-/// The line `run` writes to tell the guard the lease's validity ends `remaining` from now.
-pub fn until_line(remaining: Duration) -> String {
-    let deadline = now_nanos().saturating_add(remaining.as_nanos());
+/// The line `run` writes to tell the guard the lease's validity ends `remaining()` from now.
+/// The clock is read *before* `remaining()`: a stall between the two (`run` preempted or
+/// SIGSTOPped there) then makes the deadline earlier, never later than the validity. Read
+/// after it (`until_line(lease.remaining())`), the stall was added to the deadline.
+pub fn until_line(remaining: impl FnOnce() -> Duration) -> String {
+    let now = now_nanos();
+    let deadline = now.saturating_add(remaining().as_nanos());
     format!("until {deadline}\n")
 }
 
@@ -117,7 +121,12 @@ fn give_back_terminal() {
 /// Kills the guard's group (the guard included) with SIGKILL.
 fn kill_group(why: &str) -> ExitCode {
     give_back_terminal();
-    eprintln!("fencelock: {why}; killing the command's process group");
+    // Not `eprintln!`: it panics when stderr fails (a closed pipe, /dev/full), and a guard
+    // that panics here exits 101 without the kill — the command runs on past the validity.
+    let _ = writeln!(
+        std::io::stderr(),
+        "fencelock: {why}; killing the command's process group"
+    );
     let _ = kill_process_group(rustix::process::getpgrp(), Signal::KILL);
     // Only reached if the kill failed.
     ExitCode::from(exit::FAILURE)
@@ -303,7 +312,7 @@ mod tests {
 
     #[test]
     fn a_deadline_line_round_trips() {
-        let line = until_line(Duration::from_secs(1));
+        let line = until_line(|| Duration::from_secs(1));
         let Some(Message::Until(d)) = parse(&line) else {
             panic!("unparsed: {line}")
         };

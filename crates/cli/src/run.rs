@@ -281,7 +281,7 @@ fn start(args: &RunArgs, lease: &Lease, env: &[(&str, String)]) -> std::io::Resu
     // Before the guard may start the command (it waits for the deadline written below).
     give_terminal(group);
     let mut control = std::fs::File::from(write);
-    let _ = control.write_all(guard::until_line(lease.remaining()).as_bytes());
+    let _ = control.write_all(guard::until_line(|| lease.remaining()).as_bytes());
     Ok(Started { child, group, control })
 }
 
@@ -356,7 +356,11 @@ async fn watch(
                     // validity, a new user's trial): a retrying script repeated finished
                     // work. Any other loss (the grant gone from the backend) may have come
                     // while it ran: 76, "finished, but not entirely under the lock".
-                    Ok(Some(s)) => {
+                    // Exited with a status: by itself. (Killed by another signal — a
+                    // real-time one sent to the group, say, which the guard does not
+                    // catch — is not "by itself": the command may run on with no guard,
+                    // past the validity. That falls through to the loss's SIGTERM below.)
+                    Ok(Some(s)) if s.code().is_some() => {
                         let code = guard::status_code(s);
                         return match reason {
                             LostReason::Expired | LostReason::RenewalFailed(_) => {
@@ -397,7 +401,7 @@ async fn watch(
                 if changed.is_ok() && status.borrow_and_update().state.is_live() {
                     // A full pipe (a stopped guard) drops the line: the guard then acts on
                     // the older, earlier deadline — the safe side.
-                    let _ = control.write_all(guard::until_line(lease.remaining()).as_bytes());
+                    let _ = control.write_all(guard::until_line(|| lease.remaining()).as_bytes());
                 }
             }
             sig = signals.next() => {

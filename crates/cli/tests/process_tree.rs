@@ -608,3 +608,93 @@ fn a_command_that_ended_inside_the_validity_keeps_its_status_though_run_was_stop
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("had already killed"), "{stderr}");
 }
+
+/// Review of the "covered" exit: a guard that did not die of SIGKILL did not necessarily
+/// exit by itself. Real-time signals are not among those the guard catches: one sent to
+/// the group (here by the command, which ignores it) ends the guard while the command
+/// runs on, with nothing left to kill it at the validity's end. `run`, stopped past the
+/// validity, then took the guard's death by that signal as "the command ended inside the
+/// validity" and exited with 128 + 34, saying "lost after the command had ended" — while
+/// the command demonstrably ran a second past the 1 s validity.
+#[test]
+fn a_guard_killed_by_another_signal_is_not_a_command_that_ended_inside_the_validity() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (started, go, done) = (
+        dir.path().join("started"),
+        dir.path().join("go"),
+        dir.path().join("done"),
+    );
+    let script = format!(
+        "trap '' 34; touch '{}'; while [ ! -e '{}' ]; do sleep 0.01; done; kill -34 0; sleep 2; touch '{}'",
+        started.display(),
+        go.display(),
+        done.display()
+    );
+    let run = fencelock(&file_url(&dir.path().join("locks")))
+        .args(["run", "--ttl", "1s", "k", "--", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn run");
+    poll_until(Duration::from_secs(10), "the command started", || started.exists());
+    kill_process(pid_of(&run), Signal::STOP).expect("SIGSTOP");
+    std::fs::write(&go, "").expect("go");
+    // Either the guard kills the group at the validity's end (1 s), or the command writes
+    // `done` 2 s after `go`: bounded either way.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while !done.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20)); // polling a condition, bounded
+    }
+    let ran_past = done.exists();
+    kill_process(pid_of(&run), Signal::CONT).expect("SIGCONT");
+    let out = output_within(run, Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "ran past the validity: {ran_past}; status {:?}; {stderr}",
+        out.status.code()
+    );
+    if ran_past {
+        assert_eq!(
+            out.status.code(),
+            Some(76),
+            "the command ran past the validity: {stderr}"
+        );
+        assert!(!stderr.contains("after the command had ended"), "{stderr}");
+    }
+}
+
+/// Review: the guard's kill at the validity's end printed its reason with `eprintln!`
+/// first, which panics when stderr cannot be written (a closed pipe, a full disk; here
+/// /dev/full): the guard exited 101 without killing, and the command of a `run` paused
+/// past its validity ran on to its end beside the next holder.
+#[test]
+fn the_guard_kills_at_the_validitys_end_even_when_stderr_cannot_be_written() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (started, done) = (dir.path().join("started"), dir.path().join("done"));
+    let script = format!("touch '{}'; sleep 3; touch '{}'", started.display(), done.display());
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let mut run = fencelock(&file_url(&dir.path().join("locks")))
+        .args(["run", "--ttl", "1s", "k", "--", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(full))
+        .spawn()
+        .expect("spawn run");
+    poll_until(Duration::from_secs(10), "the command started", || started.exists());
+    kill_process(pid_of(&run), Signal::STOP).expect("SIGSTOP");
+    // The guard kills the group 1 s after the grant; the command would write `done` at 3 s.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while !done.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20)); // polling a condition, bounded
+    }
+    let ran_past = done.exists();
+    kill_process(pid_of(&run), Signal::CONT).expect("SIGCONT");
+    let _ = run.kill();
+    let _ = run.wait();
+    assert!(
+        !ran_past,
+        "the command ran to its end, 2 s past the validity, under a paused `run`"
+    );
+}

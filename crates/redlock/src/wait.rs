@@ -55,6 +55,8 @@ pub(crate) struct WaitState {
     /// Turns in a row whose grant on the primary missed the quorum (undone): see
     /// [`RedlockLock::attempt`]'s retry after one.
     missed: u32,
+    /// When this wait last made a re-check's plain round (see [`RedlockLock::attempt`]).
+    last_round: Option<Instant>,
 }
 
 /// The waiting state of one `acquire`, locked by each attempt.
@@ -296,7 +298,26 @@ impl RedlockLock {
                 // (a trial: every queued waiter exit 75, clients that did not queue took
                 // the lock). Against a holder with a quorum the round is refused and
                 // undone: N requests and their undo per re-check, every few seconds.
-                if spent.is_none() && !turn && !first_turn {
+                //
+                // Not while the primary's lock may be a hand-off's reservation (a PTTL
+                // within the claim window): that is the queue head's turn — a holder gone
+                // without a release, freed by this very re-check's hand-off — and a plain
+                // round (`SET NX`, blind to the queue) took the free secondaries before
+                // the head's claim reached them: the waiter behind the head overtook it
+                // in 8 of 8 tries (review, test
+                // `a_lock_freed_without_a_release_goes_to_the_queue_head_not_to_a_re_checking_waiter`).
+                // A stray grant's PTTL is a lock's TTL; one within the window ends soon,
+                // and the re-check then comes at its end anyway.
+                let reserved = pttl.is_some_and(|ms| ms <= HANDOFF_CLAIM.as_millis() as u64);
+                // At most once per stretched re-check period (2 s with the default
+                // `retry_delay`): with a peer layout the re-check is every `retry_delay`,
+                // and a round at each multiplied the waiters' commands by 5 (review: 167
+                // against 33 per waiter per second, 16 waiters on a held key, test
+                // `queued_waiters_under_a_peer_layout_do_not_multiply_the_commands_while_a_lock_is_held`).
+                let period = cfg.retry_delay.saturating_mul(QUEUED_POLL_FACTOR) / 2;
+                let due = st.last_round.is_none_or(|at| at.elapsed() >= period);
+                if spent.is_none() && !turn && !first_turn && !reserved && due {
+                    st.last_round = Some(Instant::now());
                     if let Round::Granted(lease) = self.round(key, opts).await? {
                         *state = None; // leaves the queue (the drop of `Queued`)
                         return Ok(Attempt::Acquired(lease));
