@@ -391,8 +391,22 @@ async fn a_waiter_whose_key_was_deleted_by_hand_is_not_granted_beside_the_next()
         async move { next.acquire("k", &held()).await }
     });
     until_queued(&mut raw, dir, 3).await;
-    // Both waits watch the keys before theirs (one and two of them).
-    until_watchers(&cluster, 3).await;
+    // Both waits watch the keys before theirs (one and two of them) and their own. The
+    // steady state, every watch synced (etcd's slow-watcher gauge at 0): a delete that
+    // lands while a wait's own watch is still unsynced (up to 100 ms after it was set up)
+    // can be pushed after its predecessor's, and that wait is then caught by its key's
+    // move instead (etcd.md).
+    until_watchers(&cluster, 5).await;
+    let slow = || {
+        fencelock_testkit::etcd_server::metrics(cluster.client_ports()[0])
+            .get("etcd_debugging_mvcc_slow_watcher_total")
+            .map_or(0.0, |v| *v)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while slow() > 0.0 {
+        assert!(Instant::now() < deadline, "watchers still unsynced");
+        tokio::time::sleep(Duration::from_millis(10)).await; // polling a condition, bounded
+    }
     raw.delete(first_key.as_str(), None).await.unwrap();
     lease.release().await.unwrap();
     let granted = tokio::time::timeout(Duration::from_secs(10), next_wait)
