@@ -580,6 +580,17 @@ fn a_stopped_left_behind_process_ends_at_its_sigterm_not_after_kill_after() {
     );
 }
 
+/// `fencelock run --ttl 1s k -- sh -c SCRIPT` on the file backend under `dir`, its stderr
+/// piped (the "covered" exit tests).
+fn run_for_a_second(dir: &Path, script: &str) -> Child {
+    fencelock(&file_url(&dir.join("locks")))
+        .args(["run", "--ttl", "1s", "k", "--", "sh", "-c", script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn run")
+}
+
 /// A new user's trial: `run` SIGSTOPped while its command ran, the command ending on its
 /// own inside the lease's validity (the guard, not stopped, kills the group at the
 /// validity's end: a guard that exited by itself saw the command end before it), and the
@@ -591,12 +602,7 @@ fn a_command_that_ended_inside_the_validity_keeps_its_status_though_run_was_stop
     let dir = tempfile::tempdir().expect("temp dir");
     let (started, done) = (dir.path().join("started"), dir.path().join("done"));
     let script = format!("touch '{}'; sleep 0.2; touch '{}'", started.display(), done.display());
-    let run = fencelock(&file_url(&dir.path().join("locks")))
-        .args(["run", "--ttl", "1s", "k", "--", "sh", "-c", &script])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn run");
+    let run = run_for_a_second(dir.path(), &script);
     poll_until(Duration::from_secs(10), "the command started", || started.exists());
     kill_process(pid_of(&run), Signal::STOP).expect("SIGSTOP");
     poll_until(Duration::from_secs(10), "the command ended", || done.exists());
@@ -630,12 +636,7 @@ fn a_guard_killed_by_another_signal_is_not_a_command_that_ended_inside_the_valid
         go.display(),
         done.display()
     );
-    let run = fencelock(&file_url(&dir.path().join("locks")))
-        .args(["run", "--ttl", "1s", "k", "--", "sh", "-c", &script])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn run");
+    let run = run_for_a_second(dir.path(), &script);
     poll_until(Duration::from_secs(10), "the command started", || started.exists());
     kill_process(pid_of(&run), Signal::STOP).expect("SIGSTOP");
     std::fs::write(&go, "").expect("go");

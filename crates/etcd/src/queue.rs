@@ -5,7 +5,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{
+    Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, TxnResponse,
+};
 use fencelock_core::{LockError, LockOptions, Result};
 use tokio::time::Instant;
 
@@ -152,14 +154,20 @@ pub(crate) async fn move_key(inner: &Inner, key: &str, rev: i64, from: i64, to: 
     if r.succeeded() {
         return Ok(Some(to));
     }
-    Ok(r.op_responses().into_iter().find_map(|op| match op {
+    Ok(lease_of_ours(r, rev))
+}
+
+/// The lease our key (create revision `rev`) rides on, from the read of it a failed move's
+/// transaction made; `None` when it is gone.
+fn lease_of_ours(r: TxnResponse, rev: i64) -> Option<i64> {
+    r.op_responses().into_iter().find_map(|op| match op {
         TxnOpResponse::Get(g) => g
             .kvs()
             .first()
             .filter(|kv| kv.create_revision() == rev)
             .map(|kv| kv.lease()),
         _ => None,
-    }))
+    })
 }
 
 impl Queued {
@@ -235,14 +243,7 @@ impl Queued {
             // The compare failed: our key is gone, or not on the session — on `w` when an
             // earlier try of this move landed (then kept alive for it).
             Ok(r) => {
-                let on = r.op_responses().into_iter().find_map(|op| match op {
-                    TxnOpResponse::Get(g) => g
-                        .kvs()
-                        .first()
-                        .filter(|kv| kv.create_revision() == rev)
-                        .map(|kv| kv.lease()),
-                    _ => None,
-                });
+                let on = lease_of_ours(r, rev);
                 if on == Some(w.id()) {
                     self.waiting = Some(w);
                 }

@@ -243,8 +243,13 @@ impl ReleasePlan {
     /// nodes that did not answer, until `until` (see [`finish_later`](Self::finish_later)).
     pub(crate) async fn everywhere(self, until: Instant) {
         let everyone: Vec<usize> = (0..self.inner.nodes.len()).collect();
+        self.on(&everyone, until).await;
+    }
+
+    /// [`everywhere`](Self::everywhere) for the nodes of `which` only.
+    pub(crate) async fn on(self, which: &[usize], until: Instant) {
         let silent: Vec<usize> = self
-            .send(&everyone, false)
+            .send(which, false)
             .await
             .into_iter()
             .filter(|(_, a)| a.is_err())

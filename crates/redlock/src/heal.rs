@@ -145,19 +145,10 @@ fn release_again(g: &Arc<RedlockGrant>, nodes: &[usize], left: Duration) {
     if nodes.is_empty() {
         return;
     }
-    let plan = g.release_plan();
-    let nodes = nodes.to_vec();
+    let (plan, nodes) = (g.release_plan(), nodes.to_vec());
+    let until = Instant::now() + left;
     let cleanups = g.inner.cleanups.clone();
     let _ = cleanups.spawn("releasing a heal that crossed the release", async move {
-        let silent: Vec<usize> = plan
-            .send(&nodes, false)
-            .await
-            .into_iter()
-            .filter(|(_, a)| a.is_err())
-            .map(|(i, _)| i)
-            .collect();
-        if !silent.is_empty() {
-            plan.finish_later(silent, Instant::now() + left);
-        }
+        plan.on(&nodes, until).await;
     });
 }
