@@ -11,9 +11,10 @@
 //!
 //! Observers are pushed by `LISTEN/NOTIFY` on a channel per election,
 //! `fencelock_e_<md5 of SCHEMA.election.NAME>`: the proclaim statement notifies it (a
-//! campaign's first value and every proclaim), and so does a trigger on the deletion of a
-//! seat's `locks` row (resign, a dropped leadership; the trigger fires for `election.*`
-//! keys only, so other locks pay nothing). Each observer listens on a connection of its
+//! campaign's first value and every proclaim), and so do triggers on the deletion of a
+//! seat's `locks` row (resign, a dropped leadership) and on its change of grant id (a
+//! release that handed the seat to a queued candidate, which deletes nothing, or a grant
+//! over an expired row); they fire for `election.*` keys only, so other locks pay nothing. Each observer listens on a connection of its
 //! own and re-reads on each notification; an expiry, which deletes nothing, is seen by a
 //! re-read at the holder's `expires_at` (the server's clock).
 
@@ -72,6 +73,12 @@ DO $d$ BEGIN
                  WHERE tgname = 'election_released' AND tgrelid = '{schema}.locks'::regclass) THEN
     CREATE TRIGGER election_released AFTER DELETE ON {schema}.locks
     FOR EACH ROW WHEN (OLD.key LIKE 'election.%') EXECUTE FUNCTION {schema}.election_released();
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
+                 WHERE tgname = 'election_handed' AND tgrelid = '{schema}.locks'::regclass) THEN
+    CREATE TRIGGER election_handed AFTER UPDATE OF grant_id ON {schema}.locks
+    FOR EACH ROW WHEN (OLD.key LIKE 'election.%' AND OLD.grant_id IS DISTINCT FROM NEW.grant_id)
+    EXECUTE FUNCTION {schema}.election_released();
   END IF;
 END $d$;
 COMMIT;",

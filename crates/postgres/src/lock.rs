@@ -15,8 +15,9 @@ use tokio::time::Instant;
 
 use crate::config::PgConfig;
 use crate::grant::PgGrant;
-use crate::node::{Busy, NodeGrant, PgNode, Settings};
-use crate::waiters::Ticket;
+use crate::node::{Busy, NodeGrant, PgNode, Queueing, Settings};
+use crate::session::Session;
+use crate::waiters::{Confirmed, Ticket};
 
 /// What the backend promises on one primary that flushes every commit to disk before
 /// acknowledging it (`fsync = on`, `synchronous_commit` not `off`, read at connect time).
@@ -59,8 +60,16 @@ pub(crate) fn guarantees_for(settings: &Settings) -> Guarantees {
 
 enum Outcome {
     Granted(Lease),
-    /// Refused (held, or an older waiter's turn).
-    Busy(Busy),
+    /// A release had handed the key to our grant id; the grant lives on the server at
+    /// least `ms` past `sent_at` (see [`PgLock::handed`]).
+    Handed {
+        token: u64,
+        session: Arc<Session>,
+        sent_at: Instant,
+        ms: u64,
+    },
+    /// Refused (held, or an older waiter's turn), by a statement sent at the instant.
+    Busy(Busy, Instant),
 }
 
 /// The PostgreSQL lock service.
@@ -173,21 +182,30 @@ impl PgLock {
         self.node.holder_of(lease.grant().as_str()).map(|s| s.backend_pid)
     }
 
-    /// One acquire round trip. Cancel safe without a task of its own: a guard armed
-    /// before the statement is sent releases the grant in the background when the caller
-    /// drops this future before the outcome is handled.
-    async fn grant(&self, key: &str, opts: &LockOptions, ticket: Option<i64>) -> Result<Outcome> {
+    /// One acquire round trip with `grant` (a wait keeps one grant id: its ticket carries
+    /// it). Cancel safe without a task of its own: a guard armed before the statement is
+    /// sent releases the grant in the background when the caller drops this future before
+    /// the outcome is handled.
+    async fn grant(&self, key: &str, opts: &LockOptions, grant: &GrantId, queueing: Queueing) -> Result<Outcome> {
         let node = &self.node;
-        let grant = GrantId::random();
         let undo = {
             let grant = grant.to_string();
             CancelGuard::new(move || node.release_later(key, &grant))
         };
-        let (token, session, sent_at) = match node.try_grant(key, &grant, opts.ttl(), ticket).await {
+        let (token, session, sent_at) = match node.try_grant(key, grant, opts.ttl(), queueing).await {
             Ok((NodeGrant::Granted(token), session, sent_at)) => (FencingToken::new(token), session, sent_at),
-            Ok((NodeGrant::Busy(ms), _, _)) => {
+            Ok((NodeGrant::Handed { token, ms }, session, sent_at)) => {
+                undo.disarm(); // ours since the release that handed it: the ticket's to give back
+                return Ok(Outcome::Handed {
+                    token,
+                    session,
+                    sent_at,
+                    ms,
+                });
+            }
+            Ok((NodeGrant::Busy(busy), _, sent_at)) => {
                 undo.disarm(); // refused: granted nowhere
-                return Ok(Outcome::Busy(ms));
+                return Ok(Outcome::Busy(busy, sent_at));
             }
             Err(e) => {
                 undo.disarm(); // try_grant already releases an unheard grant
@@ -195,9 +213,28 @@ impl PgLock {
             }
         };
         tracing::debug!(%key, %token, "granted");
+        let lease = self.lease(key, opts, grant, token, &session, sent_at, opts.ttl());
+        // From here the lease's drop releases the grant.
+        undo.disarm();
+        Ok(Outcome::Granted(lease))
+    }
+
+    /// The lease of a grant of ours: released through `session` (the connection that
+    /// granted it, or took it over), reported lost when that connection ends.
+    #[allow(clippy::too_many_arguments)]
+    fn lease(
+        &self,
+        key: &str,
+        opts: &LockOptions,
+        grant: &GrantId,
+        token: FencingToken,
+        session: &Arc<Session>,
+        sent_at: Instant,
+        validity: Duration,
+    ) -> Lease {
         let ops = Arc::new(PgGrant {
-            node: node.clone(),
-            session: Arc::downgrade(&session),
+            node: self.node.clone(),
+            session: Arc::downgrade(session),
             key: key.to_owned(),
             grant: grant.to_string(),
             tracked: Mutex::new(None),
@@ -207,22 +244,56 @@ impl PgLock {
             token,
             grant: grant.clone(),
             sent_at,
-            validity: opts.ttl(),
+            validity,
             options: *opts,
             ops: Arc::clone(&ops) as Arc<dyn fencelock_core::LeaseOps>,
         });
-        // From here the lease's drop releases the grant.
-        undo.disarm();
         if let Some(id) = session.track(lease.reporter(), key, grant.as_str(), opts.ttl()) {
-            *ops.tracked.lock().unwrap_or_else(|p| p.into_inner()) = Some((Arc::downgrade(&session), id));
+            *ops.tracked.lock().unwrap_or_else(|p| p.into_inner()) = Some((Arc::downgrade(session), id));
         }
-        Ok(Outcome::Granted(lease))
+        lease
     }
 
-    /// One attempt of `acquire`. The first busy answer takes a ticket in the key's waiter
-    /// queue and re-checks at once; later ones wait for a release naming our ticket or
-    /// for the next moment a look can change anything (see [`retry_in`]), whichever
-    /// comes first.
+    /// The lease of a grant a release handed to our ticket: the grant lives on the server
+    /// until its ticket's end, which we know a lower bound of (`known`: a statement sent
+    /// then found the ticket alive and renewed it for `known.life`). Handed out as it is
+    /// — valid until that bound, or the TTL from then if shorter — when it auto-renews
+    /// and a quarter of the ticket's life is left: its first renewal, due at once,
+    /// lengthens it to the TTL. Otherwise (no auto-renew, or the bound is near) it is
+    /// first extended to the TTL by one statement. `None` when that found the grant
+    /// expired (the waiter was too slow): the wait starts over.
+    async fn handed(
+        &self,
+        key: &str,
+        opts: &LockOptions,
+        grant: &GrantId,
+        token: u64,
+        session: Arc<Session>,
+        known: Confirmed,
+    ) -> Result<Option<Lease>> {
+        let token = FencingToken::new(token);
+        let validity = known.life.min(opts.ttl());
+        let floor = self.node.ticket_life() / 4;
+        if opts.auto_renew() && known.sent + validity >= Instant::now() + floor {
+            tracing::debug!(%key, %token, "handed the key by a release");
+            return Ok(Some(
+                self.lease(key, opts, grant, token, &session, known.sent, validity),
+            ));
+        }
+        let sent_at = Instant::now();
+        let weak = Arc::downgrade(&session);
+        if !self.node.extend(&weak, key, grant.as_str(), opts.ttl()).await? {
+            return Ok(None);
+        }
+        tracing::debug!(%key, %token, "handed the key by a release, and extended it");
+        Ok(Some(self.lease(key, opts, grant, token, &session, sent_at, opts.ttl())))
+    }
+
+    /// One attempt of `acquire`. The first busy answer has taken a ticket in the key's
+    /// waiter queue, and the attempt re-checks at once; later ones wait for a release
+    /// naming our ticket — which normally hands us the key, no statement needed — or for
+    /// the next moment a look can change anything (see [`retry_in`]), whichever comes
+    /// first.
     async fn attempt(
         &self,
         key: &str,
@@ -230,27 +301,131 @@ impl PgLock {
         queue: &tokio::sync::Mutex<Option<Ticket>>,
     ) -> Result<Attempt> {
         let mut queue = queue.lock().await;
+        let handed = queue
+            .as_ref()
+            .and_then(|t| Some((t.grant.clone(), self.node.waiters().take_handed(t.ticket)?)));
+        if let Some((grant, (token, known))) = handed {
+            // Until the lease is made, dropping the ticket gives the grant back.
+            let session = self.node.live_session().await?;
+            return self
+                .use_handed(key, opts, &mut queue, &grant, token, session, known)
+                .await;
+        }
         let wake = queue.as_ref().map(Ticket::notified);
-        let ticket = queue.as_ref().map(|t| t.ticket);
-        match self.grant(key, opts, ticket).await? {
+        let (grant, queueing) = match queue.as_ref() {
+            Some(t) => (t.grant.clone(), Queueing::With(t.ticket)),
+            None => (GrantId::random(), Queueing::Join),
+        };
+        let outcome = match self.grant(key, opts, &grant, queueing).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                // The grant id may have been abandoned (an unheard answer): the next
+                // attempt starts over with a new one and a new ticket.
+                *queue = None;
+                return Err(e);
+            }
+        };
+        let life = self.node.ticket_life();
+        match outcome {
             Outcome::Granted(lease) => {
                 if let Some(mut t) = queue.take() {
                     t.consumed = true; // the acquire statement removed the row
                 }
                 Ok(Attempt::Acquired(lease))
             }
-            Outcome::Busy(_) if queue.is_none() => {
-                let ticket = self.node.enqueue(key).await?;
-                *queue = Some(Ticket::new(self.node.clone(), ticket));
+            Outcome::Handed {
+                token,
+                session,
+                sent_at,
+                ms,
+            } => {
+                let known = Confirmed {
+                    sent: sent_at,
+                    life: Duration::from_millis(ms),
+                };
+                self.use_handed(key, opts, &mut queue, &grant, token, session, known)
+                    .await
+            }
+            Outcome::Busy(busy, sent) => match (queue.as_mut(), busy.ticket) {
+                (None, Some(ticket)) => {
+                    let known = Confirmed { sent, life };
+                    *queue = Some(Ticket::new(self.node.clone(), ticket, key, grant, known));
+                    // Re-checked at once: a release running while we took the ticket may
+                    // not have seen it (see `sql::release`).
+                    Ok(Attempt::Busy {
+                        wake: None,
+                        retry_at: Some(Instant::now()),
+                    })
+                }
+                (Some(t), Some(ticket)) => {
+                    t.vanished = false;
+                    self.node.waiters().confirm(ticket, Confirmed { sent, life });
+                    debug_assert_eq!(t.ticket, ticket);
+                    Ok(Attempt::Busy {
+                        wake,
+                        retry_at: Some(Instant::now() + retry_in(busy, self.node.config().poll)),
+                    })
+                }
+                (Some(t), None) if !t.vanished => {
+                    // Our ticket is gone. Most often a release handed us the key while this
+                    // statement ran: it waited for that release's row lock, so it found the
+                    // ticket deleted, but its snapshot predates the hand-off. The next look,
+                    // at once, sees it (`sql::acquire`'s handed grant).
+                    t.vanished = true;
+                    Ok(Attempt::Busy {
+                        wake: None,
+                        retry_at: Some(Instant::now()),
+                    })
+                }
+                (Some(_), None) => {
+                    // Gone twice: removed (by hand, or swept after it expired), or handed
+                    // the key that then expired. Give back whatever it held; start over.
+                    *queue = None;
+                    Ok(Attempt::Busy {
+                        wake: None,
+                        retry_at: Some(Instant::now()),
+                    })
+                }
+                (None, None) => Ok(Attempt::Busy {
+                    wake: None,
+                    retry_at: Some(Instant::now() + retry_in(busy, self.node.config().poll)),
+                }),
+            },
+        }
+    }
+
+    /// Takes a grant handed to our ticket ([`handed`](Self::handed)); the ticket is used
+    /// up once the lease is made. When the grant turned out expired, or on an error, the
+    /// ticket is dropped — giving back what it may hold — and the wait starts over.
+    #[allow(clippy::too_many_arguments)]
+    async fn use_handed(
+        &self,
+        key: &str,
+        opts: &LockOptions,
+        queue: &mut Option<Ticket>,
+        grant: &GrantId,
+        token: u64,
+        session: Arc<Session>,
+        known: Confirmed,
+    ) -> Result<Attempt> {
+        match self.handed(key, opts, grant, token, session, known).await {
+            Ok(Some(lease)) => {
+                if let Some(mut t) = queue.take() {
+                    t.consumed = true; // the release removed the row, the lease holds the grant
+                }
+                Ok(Attempt::Acquired(lease))
+            }
+            Ok(None) => {
+                *queue = None;
                 Ok(Attempt::Busy {
                     wake: None,
                     retry_at: Some(Instant::now()),
                 })
             }
-            Outcome::Busy(busy) => Ok(Attempt::Busy {
-                wake,
-                retry_at: Some(Instant::now() + retry_in(busy, self.node.config().poll)),
-            }),
+            Err(e) => {
+                *queue = None;
+                Err(e)
+            }
         }
     }
 }
@@ -276,17 +451,22 @@ impl DistributedLock for PgLock {
             .pass(async {
                 validate_key(key)?;
                 opts.validate_for_try()?;
-                match self.grant(key, opts, None).await? {
+                match self.grant(key, opts, &GrantId::random(), Queueing::No).await? {
                     Outcome::Granted(lease) => Ok(Some(lease.into_live()?)),
-                    Outcome::Busy(_) => Ok(None),
+                    // Handed grants need a ticket, which `try_acquire` never takes.
+                    Outcome::Busy(..) | Outcome::Handed { .. } => Ok(None),
                 }
             })
             .await
     }
 
-    /// Takes the key, waiting up to `opts.wait()`: woken by the release notification
-    /// that names our waiter ticket, or looking again when the ticket ahead of ours or
-    /// the holder's lease expires (at the latest every `4 × poll`).
+    /// Takes the key, waiting up to `opts.wait()` in the key's FIFO queue: normally handed
+    /// the key by the holder's release (its notification names our ticket and is the
+    /// grant), or looking again when the ticket ahead of ours or the holder's lease
+    /// expires (at the latest every `4 × poll`). A lease handed over that way is valid at
+    /// first until our ticket's known end (at most `2 × poll + 1 s`), and its first
+    /// renewal, due at once, lengthens it to the TTL; without auto-renew it is extended to
+    /// the TTL before it is returned.
     ///
     /// # Errors
     ///
@@ -387,7 +567,16 @@ mod tests {
     #[test]
     fn a_waiter_looks_again_when_the_queue_or_the_holder_can_have_moved() {
         let poll = Duration::from_millis(500);
-        let at = |head_ms, holder_ms| retry_in(Busy { holder_ms, head_ms }, poll);
+        let at = |head_ms, holder_ms| {
+            retry_in(
+                Busy {
+                    holder_ms,
+                    head_ms,
+                    ticket: None,
+                },
+                poll,
+            )
+        };
         assert_eq!(
             at(Some(300), Some(9_000)),
             Duration::from_millis(300),

@@ -27,7 +27,7 @@ use crate::pool::{least_busy, Pool};
 use crate::renewals::{self, renewals, Renewal, Renewals};
 use crate::session::{Session, Statements};
 use crate::sql;
-use crate::waiters::Waiters;
+use crate::waiters::{Confirmed, Waiters};
 
 /// The longest a background clean-up is retried.
 pub(crate) const CLEANUP_LIMIT: Duration = Duration::from_secs(600);
@@ -58,8 +58,23 @@ const PICK_ROUNDS: usize = 8;
 pub(crate) enum NodeGrant {
     /// Granted; the key's token counter is now this.
     Granted(u64),
+    /// A release had already handed the key to our grant id (its notification was not
+    /// seen): the token, and how long the grant lives on the server from the statement's
+    /// start (which is after its send instant).
+    Handed { token: u64, ms: u64 },
     /// Refused.
     Busy(Busy),
+}
+
+/// What an acquire does with the waiter queue (see [`sql::AcquireKind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Queueing {
+    /// Nothing (`try_acquire`).
+    No,
+    /// Take a ticket when refused (a wait's first attempt).
+    Join,
+    /// Look again with our ticket.
+    With(i64),
 }
 
 /// Why an acquire was refused, by the server's clock.
@@ -70,6 +85,9 @@ pub(crate) struct Busy {
     /// With a ticket: the remaining milliseconds of the oldest older live ticket of the
     /// key (`None`: ours is the oldest, or we have none).
     pub head_ms: Option<u64>,
+    /// Our ticket, alive and renewed by this statement: the new one ([`Queueing::Join`])
+    /// or ours ([`Queueing::With`]); `None` when there is none (a ticket of ours is gone).
+    pub ticket: Option<i64>,
 }
 
 /// The server settings that decide the guarantees, read at connect time.
@@ -83,11 +101,11 @@ pub(crate) struct Settings {
 struct Texts {
     create: String,
     acquire: String,
+    acquire_queue: String,
     acquire_queued: String,
     release: String,
     extend: String,
     renew_many: String,
-    enqueue: String,
     dequeue: String,
     keep_tickets: String,
     abandon_mark: String,
@@ -129,12 +147,12 @@ impl PgNode {
         let schema = cfg.schema.clone();
         let texts = Texts {
             create: sql::create(&schema),
-            acquire: sql::acquire(&schema, false),
-            acquire_queued: sql::acquire(&schema, true),
+            acquire: sql::acquire(&schema, sql::AcquireKind::Try),
+            acquire_queue: sql::acquire(&schema, sql::AcquireKind::Queue),
+            acquire_queued: sql::acquire(&schema, sql::AcquireKind::Ticket),
             release: sql::release(&schema, &cfg.channel()),
             extend: sql::extend(&schema),
             renew_many: sql::renew_many(&schema),
-            enqueue: sql::enqueue(&schema),
             dequeue: sql::dequeue(&schema),
             keep_tickets: sql::keep_tickets(&schema),
             abandon_mark: sql::abandon_mark(&schema),
@@ -179,6 +197,19 @@ impl PgNode {
     pub(crate) async fn session(&self) -> Result<Arc<Session>> {
         let (session, _turn) = self.pick("connecting", self.inner.cfg.timeout * QUEUE_TIMEOUTS).await?;
         Ok(session)
+    }
+
+    /// A live connection to carry a lease a release handed us: the listening one (it
+    /// just delivered the hand-off) or else the least busy, without waiting for a turn or
+    /// a connect as [`session`](Self::session) may; connecting only when none is live.
+    pub(crate) async fn live_session(&self) -> Result<Arc<Session>> {
+        if let Some(s) = self.listener().filter(|s| s.is_alive()) {
+            return Ok(s);
+        }
+        match self.inner.pool.live().into_iter().min_by_key(|s| s.in_flight()) {
+            Some(s) => Ok(s),
+            None => self.session().await,
+        }
     }
 
     /// The live connections (for operators and tests).
@@ -428,11 +459,11 @@ impl PgNode {
             let prepare = |text| client.prepare(text);
             let st = Statements {
                 acquire: prepare(&t.acquire).await.map_err(doing("preparing acquire"))?,
+                acquire_queue: prepare(&t.acquire_queue).await.map_err(doing("preparing acquire"))?,
                 acquire_queued: prepare(&t.acquire_queued).await.map_err(doing("preparing acquire"))?,
                 release: prepare(&t.release).await.map_err(doing("preparing release"))?,
                 extend: prepare(&t.extend).await.map_err(doing("preparing extend"))?,
                 renew_many: prepare(&t.renew_many).await.map_err(doing("preparing renewals"))?,
-                enqueue: prepare(&t.enqueue).await.map_err(doing("preparing enqueue"))?,
                 dequeue: prepare(&t.dequeue).await.map_err(doing("preparing dequeue"))?,
                 keep_tickets: prepare(&t.keep_tickets)
                     .await
@@ -570,16 +601,17 @@ impl PgNode {
         }
     }
 
-    /// One acquire round trip (the prepared acquire statement), and the instant it was
-    /// sent (after its wait for a turn), from which the lease's validity counts. Not
-    /// retried: when the answer is lost a release of `grant` is sent in the background,
-    /// so an unheard grant does not block others for a whole TTL.
+    /// One acquire round trip (the prepared acquire statement `queueing` picks), and the
+    /// instant it was sent (after its wait for a turn), from which the lease's validity —
+    /// and a ticket's known life — counts. Not retried: when the answer is lost a release
+    /// of `grant` is sent in the background, so an unheard grant does not block others for
+    /// a whole TTL.
     pub(crate) async fn try_grant(
         &self,
         key: &str,
         grant: &GrantId,
         ttl: Duration,
-        ticket: Option<i64>,
+        queueing: Queueing,
     ) -> Result<(NodeGrant, Arc<Session>, tokio::time::Instant)> {
         let ttl_ms = ttl.as_millis() as i64;
         let ticket_ms = self.ticket_life().as_millis() as i64;
@@ -601,17 +633,19 @@ impl PgNode {
         };
         let answer = self
             .send_on(&session, "acquire", timeout, |s| async move {
-                match ticket {
-                    Some(t) => {
+                let grant = grant.as_str();
+                match queueing {
+                    Queueing::With(t) => {
                         s.client
-                            .query_one(&s.st.acquire_queued, &[&key, &grant.as_str(), &ttl_ms, &t, &ticket_ms])
+                            .query_one(&s.st.acquire_queued, &[&key, &grant, &ttl_ms, &t, &ticket_ms])
                             .await
                     }
-                    None => {
+                    Queueing::Join => {
                         s.client
-                            .query_one(&s.st.acquire, &[&key, &grant.as_str(), &ttl_ms])
+                            .query_one(&s.st.acquire_queue, &[&key, &grant, &ttl_ms, &ticket_ms])
                             .await
                     }
+                    Queueing::No => s.client.query_one(&s.st.acquire, &[&key, &grant, &ttl_ms]).await,
                 }
             })
             .await;
@@ -632,17 +666,20 @@ impl PgNode {
             })
         });
         match answer {
-            Ok(((token, holder_ms, head_ms), s)) => {
+            Ok(((token, holder_ms, head_ms, ticket, handed_ms), s)) => {
                 unheard.hold = None; // answered: nothing to abandon here
-                let outcome = match token {
-                    Some(t) => NodeGrant::Granted(u64::try_from(t).unwrap_or(0)),
-                    None => {
-                        let ms = |v: Option<i64>| v.map(|ms| u64::try_from(ms).unwrap_or(0));
-                        NodeGrant::Busy(Busy {
-                            holder_ms: ms(holder_ms),
-                            head_ms: ms(head_ms),
-                        })
-                    }
+                let ms = |v: Option<i64>| v.map(|ms| u64::try_from(ms).unwrap_or(0));
+                let outcome = match (token, handed_ms) {
+                    (Some(t), Some(handed)) => NodeGrant::Handed {
+                        token: u64::try_from(t).unwrap_or(0),
+                        ms: u64::try_from(handed).unwrap_or(0),
+                    },
+                    (Some(t), None) => NodeGrant::Granted(u64::try_from(t).unwrap_or(0)),
+                    (None, _) => NodeGrant::Busy(Busy {
+                        holder_ms: ms(holder_ms),
+                        head_ms: ms(head_ms),
+                        ticket,
+                    }),
                 };
                 Ok((outcome, s, sent_at))
             }
@@ -910,25 +947,14 @@ impl PgNode {
         self.inner.cfg.poll * 2 + Duration::from_secs(1)
     }
 
-    /// Takes a ticket in the key's waiter queue.
-    pub(crate) async fn enqueue(&self, key: &str) -> Result<i64> {
-        let wait_ms = self.ticket_life().as_millis() as i64;
-        let (row, _) = self
-            .call("joining the waiter queue", |s| async move {
-                s.client.query_one(&s.st.enqueue, &[&key, &wait_ms]).await
-            })
-            .await?;
-        Ok(row.get(0))
-    }
-
     /// Registers our waiter `ticket` for its release notification, and starts the
     /// instance's ticket keeper when it is not running: every fallback poll (jittered),
     /// one statement renews all of this instance's tickets for [`ticket_life`]
     /// (Self::ticket_life), so that a waiter behind others need not attempt just to keep
     /// its place. The keeper ends when no ticket is left or the instance is dropped; a
     /// failed renewal is only logged (each waiter's own attempts renew its ticket too).
-    pub(crate) fn register_ticket(&self, ticket: i64) -> Arc<tokio::sync::Notify> {
-        let (notify, start) = self.inner.waiters.register(ticket);
+    pub(crate) fn register_ticket(&self, ticket: i64, confirmed: Confirmed) -> Arc<tokio::sync::Notify> {
+        let (notify, start) = self.inner.waiters.register(ticket, confirmed);
         if start {
             let Ok(rt) = tokio::runtime::Handle::try_current() else {
                 self.inner.waiters.keeper_stopped();
@@ -965,27 +991,63 @@ impl PgNode {
         let Some(session) = live.iter().min_by_key(|s| s.in_flight()) else {
             return Ok(());
         };
-        let life = self.ticket_life().as_millis() as i64;
-        let (tickets, life) = (&tickets, &life);
+        let life = self.ticket_life();
+        let life_ms = life.as_millis() as i64;
+        let (tickets, life_ms) = (&tickets, &life_ms);
         let timeout = self.inner.cfg.timeout;
         // Counted as in flight there, so that a new grant is not sent behind it as if the
         // connection were idle.
         let _counted = session.unturned();
-        self.send_on(session, "keeping waiter tickets", timeout, |s| async move {
-            s.client.execute(&s.st.keep_tickets, &[tickets, life]).await
-        })
-        .await
-        .map(|_| ())
+        let sent = tokio::time::Instant::now();
+        let row = self
+            .send_on(session, "keeping waiter tickets", timeout, |s| async move {
+                s.client.query_one(&s.st.keep_tickets, &[tickets, life_ms]).await
+            })
+            .await?;
+        let kept: Vec<i64> = row.0.try_get(0).unwrap_or_default();
+        for ticket in kept {
+            self.inner.waiters.confirm(ticket, Confirmed { sent, life });
+        }
+        Ok(())
     }
 
-    /// Leaves the queue in the background, retried until confirmed.
-    pub(crate) fn dequeue_later(&self, ticket: i64) {
-        self.cleanup("leaving the waiter queue", move |node| async move {
-            node.call("leaving the waiter queue", |s| async move {
-                s.client.execute(&s.st.dequeue, &[&ticket]).await
-            })
-            .await
-            .map(|_| ())
+    /// A wait ended without using its ticket: leaves the queue, then releases a grant a
+    /// release handed to the ticket's grant id meanwhile — two statements, in this order
+    /// ([`leave_on`]). The order leaves nothing behind: a hand-off that took the ticket
+    /// before the dequeue committed is seen by the release that follows (its own
+    /// snapshot), and none can take it after.
+    ///
+    /// Sent at once on a live connection, held open until answered (as an abandon is,
+    /// see [`abandon_now`](Self::abandon_now)): a client dropped right after its acquire
+    /// timed out still leaves the queue, instead of leaving a ticket that the next release
+    /// hands the key to, blocking the key for the ticket's life. When that fails (no
+    /// live connection, no answer), retried in the background until confirmed.
+    /// Counted among the clean-ups from this call.
+    pub(crate) fn leave_later(&self, ticket: i64, key: &str, grant: &str) {
+        let live = self.inner.pool.live();
+        let hold = live.iter().min_by_key(|s| s.in_flight()).map(|s| s.hold_driver());
+        let (key, grant) = (key.to_owned(), grant.to_owned());
+        let bound = self.inner.cfg.timeout * 2;
+        let weak = Arc::downgrade(&self.inner);
+        self.inner.cleanups.spawn("leaving the waiter queue", async move {
+            if let Some(hold) = hold {
+                let left = tokio::time::timeout(bound, leave_on(hold.session(), ticket, &key, &grant)).await;
+                drop(hold); // the driver of a session cut meanwhile stops now
+                if matches!(left, Ok(Ok(_))) {
+                    return;
+                }
+            }
+            let Some(inner) = weak.upgrade() else { return };
+            PgNode { inner }.cleanup("leaving the waiter queue", move |node| {
+                let (key, grant) = (key.clone(), grant.clone());
+                async move {
+                    node.call("leaving the waiter queue", |s| async move {
+                        leave_on(&s, ticket, &key, &grant).await
+                    })
+                    .await
+                    .map(|_| ())
+                }
+            });
         });
     }
 
@@ -1051,12 +1113,19 @@ fn ended(doing: &str, server: &str) -> LockError {
     }
 }
 
-/// The acquire statement's answer: token, holder's remaining ms, head ticket's remaining
-/// ms (each NULL when it does not apply).
-type AcquireRow = (Option<i64>, Option<i64>, Option<i64>);
+/// The acquire statement's answer (see [`sql::acquire`]): token, holder's remaining ms,
+/// head ticket's remaining ms, our live ticket, our handed grant's remaining ms (each
+/// NULL when it does not apply).
+type AcquireRow = (Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<i64>);
 
 fn decode_acquire(row: &tokio_postgres::Row) -> std::result::Result<AcquireRow, tokio_postgres::Error> {
-    Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+    Ok((
+        row.try_get(0)?,
+        row.try_get(1)?,
+        row.try_get(2)?,
+        row.try_get(3)?,
+        row.try_get(4)?,
+    ))
 }
 
 /// An acquire sent on a connection whose answer has not been heard: dropped while armed
@@ -1102,6 +1171,27 @@ async fn abandon_on(
     release
 }
 
+/// The two statements of leaving the queue (see [`PgNode::leave_later`]), sent together
+/// on one connection: the server runs them in order, each committed before the next.
+async fn leave_on(
+    s: &Session,
+    ticket: i64,
+    key: &str,
+    grant: &str,
+) -> std::result::Result<tokio_postgres::Row, tokio_postgres::Error> {
+    // `join!` polls them in this order, and a first poll sends: the order on the wire.
+    let (by_ticket, by_key): (
+        [&(dyn tokio_postgres::types::ToSql + Sync); 1],
+        [&(dyn tokio_postgres::types::ToSql + Sync); 2],
+    ) = ([&ticket], [&key, &grant]);
+    let (dequeued, released) = tokio::join!(
+        s.client.execute(&s.st.dequeue, &by_ticket),
+        s.client.query_one(&s.st.release, &by_key),
+    );
+    dequeued?;
+    released
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -1120,7 +1210,7 @@ mod tests {
 
         let released = GrantId::random();
         assert!(!node.release(None, "k1", released.as_str()).await.unwrap());
-        let (late, _, _) = node.try_grant("k1", &released, ttl, None).await.unwrap();
+        let (late, _, _) = node.try_grant("k1", &released, ttl, Queueing::No).await.unwrap();
         assert!(
             matches!(late, NodeGrant::Granted(_)),
             "the hazard this guards against: a release before the late acquire does not stop it"
@@ -1128,13 +1218,16 @@ mod tests {
 
         let abandoned = GrantId::random();
         node.abandon("k2", abandoned.as_str()).await.unwrap();
-        let (late, _, _) = node.try_grant("k2", &abandoned, ttl, None).await.unwrap();
+        let (late, _, _) = node.try_grant("k2", &abandoned, ttl, Queueing::No).await.unwrap();
         assert!(
             matches!(late, NodeGrant::Busy(_)),
             "an abandoned grant landed late: {late:?}"
         );
         // And the key is free for everyone else: the placeholder is expired and released.
-        let (other, _, _) = node.try_grant("k2", &GrantId::random(), ttl, None).await.unwrap();
+        let (other, _, _) = node
+            .try_grant("k2", &GrantId::random(), ttl, Queueing::No)
+            .await
+            .unwrap();
         assert!(matches!(other, NodeGrant::Granted(_)), "{other:?}");
     }
 
@@ -1150,7 +1243,7 @@ mod tests {
         let node = PgNode::new(PgConfig::from_url(&server.url()).unwrap());
         let ttl = Duration::from_secs(60);
         let grant = GrantId::random();
-        let (made, session, _) = node.try_grant("k", &grant, ttl, None).await.unwrap();
+        let (made, session, _) = node.try_grant("k", &grant, ttl, Queueing::No).await.unwrap();
         assert!(matches!(made, NodeGrant::Granted(_)), "{made:?}");
         // The acquire's guard dropped while armed, as when its future is dropped in flight.
         drop(UnheardAcquire {
@@ -1168,7 +1261,10 @@ mod tests {
             node.cleanups_finished(Duration::from_secs(10)).await,
             "the abandon never ended"
         );
-        let (other, _, _) = node.try_grant("k", &GrantId::random(), ttl, None).await.unwrap();
+        let (other, _, _) = node
+            .try_grant("k", &GrantId::random(), ttl, Queueing::No)
+            .await
+            .unwrap();
         assert!(
             matches!(other, NodeGrant::Granted(_)),
             "the abandon had not freed the key when it stopped counting: {other:?}"
@@ -1186,10 +1282,24 @@ mod tests {
         let url = format!("{}&connections=1&poll=100ms", server.url());
         let node = PgNode::new(PgConfig::from_url(&url).unwrap());
         let ttl = Duration::from_secs(60);
-        let (held, _, _) = node.try_grant("k", &GrantId::random(), ttl, None).await.unwrap();
+        let (held, _, _) = node
+            .try_grant("k", &GrantId::random(), ttl, Queueing::No)
+            .await
+            .unwrap();
         assert!(matches!(held, NodeGrant::Granted(_)), "{held:?}");
-        let ticket = node.enqueue("k").await.unwrap();
-        let _notify = node.register_ticket(ticket);
+        let sent = tokio::time::Instant::now();
+        let (queued, _, _) = node
+            .try_grant("k", &GrantId::random(), ttl, Queueing::Join)
+            .await
+            .unwrap();
+        let NodeGrant::Busy(Busy {
+            ticket: Some(ticket), ..
+        }) = queued
+        else {
+            panic!("not queued: {queued:?}");
+        };
+        let life = node.ticket_life();
+        let _notify = node.register_ticket(ticket, Confirmed { sent, life });
 
         // Every turn of the one connection taken, as by a backlog of statements.
         let live = node.inner.pool.live();
@@ -1202,7 +1312,6 @@ mod tests {
         // Watched from a connection of our own, for three ticket lives.
         let (client, connection) = node.inner.cfg.pg.connect(tokio_postgres::NoTls).await.unwrap();
         let driver = tokio::spawn(connection);
-        let life = node.ticket_life();
         let query = format!(
             "SELECT expires_at > clock_timestamp(), extract(epoch FROM expires_at)::float8 FROM {}.waiters WHERE ticket = $1",
             node.inner.cfg.schema

@@ -24,11 +24,11 @@ use tokio_postgres::{Client, Statement};
 /// round trip: Bind + Execute, no Parse).
 pub(crate) struct Statements {
     pub acquire: Statement,
+    pub acquire_queue: Statement,
     pub acquire_queued: Statement,
     pub release: Statement,
     pub extend: Statement,
     pub renew_many: Statement,
-    pub enqueue: Statement,
     pub dequeue: Statement,
     pub keep_tickets: Statement,
     pub abandon_mark: Statement,

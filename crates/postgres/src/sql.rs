@@ -54,6 +54,7 @@ pub(crate) const COLUMNS: [(&str, &[(&str, &str)]); 5] = [
             ("ticket", "bigint"),
             ("key", "text"),
             ("expires_at", "timestamp with time zone"),
+            ("grant_id", "text"),
         ],
     ),
     ("abandoned", &[("grant_id", "text"), ("at", "timestamp with time zone")]),
@@ -62,6 +63,10 @@ pub(crate) const COLUMNS: [(&str, &[(&str, &str)]); 5] = [
         &[("resource", "text"), ("token", "bigint"), ("grant_id", "text")],
     ),
 ];
+
+/// Columns added to a table after it was first released: a table of ours that lacks one
+/// is brought up to date by [`create`] (`ADD COLUMN IF NOT EXISTS`) rather than refused.
+pub(crate) const ADDED: [(&str, &str); 1] = [("waiters", "grant_id")];
 
 /// Per table: the one column that must be unique alone (the statements' `ON CONFLICT`
 /// target, or the queue's order), and whether it must have a default (the queue's
@@ -143,6 +148,12 @@ pub(crate) fn check_tables(
                 "table `{schema}.{table}` is not fencelock's: {problem}; {way_out}"
             ));
         }
+        let outdated = ADDED
+            .iter()
+            .any(|(t, column)| *t == table && !mine.iter().any(|f| f.column == *column));
+        if outdated {
+            missing.push(table); // `create` adds the column
+        }
     }
     Ok(missing)
 }
@@ -160,6 +171,7 @@ fn table_problem(table: &str, kind: &str, columns: &[(&str, &str)], mine: &[&Fou
     }
     for (column, wanted) in columns.iter() {
         match mine.iter().find(|f| f.column == *column) {
+            None if ADDED.contains(&(table, *column)) => {}
             None => return Some(format!("column `{column}` ({wanted}) is missing")),
             Some(f) if f.ty != *wanted => {
                 return Some(format!("column `{column}` is {}, fencelock needs {wanted}", f.ty))
@@ -231,8 +243,10 @@ CREATE TABLE IF NOT EXISTS {schema}.tokens (
 CREATE TABLE IF NOT EXISTS {schema}.waiters (
     ticket bigserial PRIMARY KEY,
     key text NOT NULL,
-    expires_at timestamptz NOT NULL
+    expires_at timestamptz NOT NULL,
+    grant_id text
 );
+ALTER TABLE {schema}.waiters ADD COLUMN IF NOT EXISTS grant_id text;
 CREATE INDEX IF NOT EXISTS waiters_by_key ON {schema}.waiters (key, ticket);
 CREATE TABLE IF NOT EXISTS {schema}.abandoned (
     grant_id text PRIMARY KEY,
@@ -247,42 +261,80 @@ COMMIT;"
     )
 }
 
-/// Acquire: `$1` key, `$2` grant id, `$3` TTL in ms; when `queued`, also `$4` our waiter
-/// ticket and `$5` how long it lives from now when we are refused (ms).
+/// Which acquire statement: the three share their grant path and differ in what they do
+/// with the waiter queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AcquireKind {
+    /// `try_acquire`: refused, it leaves the queue alone (the uncontended path).
+    Try,
+    /// A wait's first attempt: refused, it takes a ticket in the key's queue in the same
+    /// statement, carrying the grant id a release hands the key to (see [`release`]).
+    /// `$4`: how long the ticket lives (ms).
+    Queue,
+    /// A queued wait's look again: `$4` our ticket, `$5` how long it lives from now when
+    /// we are refused (ms). Also finds the key already handed to our grant id by a
+    /// release whose notification we did not see.
+    Ticket,
+}
+
+/// Acquire: `$1` key, `$2` grant id, `$3` TTL in ms, and per [`AcquireKind`] `$4`, `$5`.
 /// A grant id the client has abandoned (see [`abandon_mark`]) is never granted, and a
 /// free key goes to the oldest live ticket first: a client without a ticket, or with a
-/// younger one, is refused while an older ticket of the key lives (FIFO hand-off; a
-/// ticket lives as long as its waiter keeps attempting, see [`enqueue`]).
+/// younger one, is refused while an older ticket of the key lives (FIFO; a ticket lives
+/// as long as its waiter's instance keeps it alive, see [`keep_tickets`]).
 /// Takes the row when it is free or expired (the upsert's `WHERE` is evaluated on the
 /// latest row version, under its row lock), bumps the key's counter only when it took it,
-/// and drops our waiter ticket only then. Returns the token (NULL when busy), the
-/// holder's remaining ms by the server's clock (NULL when unknown) and, with a ticket,
-/// the remaining ms of the oldest older live ticket of the key (NULL: none).
-pub(crate) fn acquire(schema: &str, queued: bool) -> String {
+/// and drops our waiter ticket only then. Returns, in this order:
+///
+/// 0. the token (NULL when not granted);
+/// 1. when refused, the holder's remaining ms by the server's clock (NULL when unknown);
+/// 2. with [`AcquireKind::Ticket`], when refused, the remaining ms of the oldest older
+///    live ticket of the key (NULL: ours is the oldest);
+/// 3. when refused: our ticket, alive and renewed to `$4`/`$5` ms from this statement's
+///    start — the new one ([`AcquireKind::Queue`]), or ours when it still existed
+///    ([`AcquireKind::Ticket`]; NULL: it is gone, handed the key or removed);
+/// 4. with [`AcquireKind::Ticket`]: when a release already handed the key to our grant
+///    id, the remaining ms of that grant by the server's clock (the token in column 0);
+/// 5. the lazy commit's `set_config` (ignored).
+pub(crate) fn acquire(schema: &str, kind: AcquireKind) -> String {
     // The holder's remaining TTL is computed only when refused: measured in a server-side
     // loop (3,000 acquire + release cycles), computing it on every grant cost about 50 µs
     // a cycle, a sixth of the whole cycle.
     //
-    // Without a ticket (the uncontended path) the statement leaves the waiter queue
-    // alone: no DELETE/UPDATE nodes to set up (the bench did not show the saving above
-    // its noise; see docs/backends/postgres.md, "Measured").
-    // With a ticket, a refusal also answers how long the oldest older live ticket of the
-    // key lives on (NULL: ours is the oldest): until then a waiter behind it cannot be
-    // granted, and when a waiter dies that is when the next one must look again.
-    let head_ms = if queued {
-        format!(
-            "CASE WHEN tk.token IS NULL THEN
-           (SELECT ceil(extract(epoch FROM w.expires_at - statement_timestamp()) * 1000)::bigint
-              FROM {schema}.waiters w
-             WHERE w.key = $1::text AND w.ticket < $4::bigint AND w.expires_at > statement_timestamp()
-             ORDER BY w.ticket LIMIT 1)
-       END"
-        )
-    } else {
-        "NULL::bigint".to_owned()
-    };
-    let (older, queue_ctes) = if queued {
-        (
+    // `try_acquire` leaves the waiter queue alone: no DELETE/UPDATE nodes to set up (the
+    // bench did not show the saving above its noise; see docs/backends/postgres.md,
+    // "Measured"). The queue's data-modifying CTEs are gated on `taken` (a one-time
+    // filter), so a granted wait does not scan the queue.
+    let refused = "tk.token IS NULL";
+    let (older, queue_ctes, head_ms, ticket, handed_ms, handed_join) = match kind {
+        AcquireKind::Try => (
+            "",
+            String::new(),
+            "NULL::bigint".to_owned(),
+            "NULL::bigint",
+            "NULL::bigint",
+            String::new(),
+        ),
+        AcquireKind::Queue => (
+            "",
+            format!(
+                ", swept AS (
+    DELETE FROM {schema}.waiters
+    WHERE key = $1::text AND expires_at < statement_timestamp() - interval '1 minute'
+      AND NOT EXISTS (SELECT 1 FROM taken)
+), queued AS (
+    INSERT INTO {schema}.waiters (key, grant_id, expires_at)
+    SELECT $1::text, $2::text, statement_timestamp() + $4::bigint * interval '1 millisecond'
+    WHERE NOT EXISTS (SELECT 1 FROM taken)
+    RETURNING ticket
+)"
+            ),
+            "NULL::bigint".to_owned(),
+            "(SELECT ticket FROM queued)",
+            "NULL::bigint",
+            String::new(),
+        ),
+        AcquireKind::Ticket => (
             "AND w.ticket < $4::bigint",
             format!(
                 ", dequeued AS (
@@ -290,11 +342,38 @@ pub(crate) fn acquire(schema: &str, queued: bool) -> String {
 ), kept AS (
     UPDATE {schema}.waiters SET expires_at = statement_timestamp() + $5::bigint * interval '1 millisecond'
     WHERE ticket = $4::bigint AND NOT EXISTS (SELECT 1 FROM taken)
+    RETURNING ticket
 )"
             ),
-        )
+            // Also answers how long the oldest older live ticket of the key lives on: until
+            // then a waiter behind it cannot be granted, and when a waiter dies that is
+            // when the next one must look again.
+            format!(
+                "CASE WHEN {refused} AND h.token IS NULL THEN
+           (SELECT ceil(extract(epoch FROM w.expires_at - statement_timestamp()) * 1000)::bigint
+              FROM {schema}.waiters w
+             WHERE w.key = $1::text AND w.ticket < $4::bigint AND w.expires_at > statement_timestamp()
+             ORDER BY w.ticket LIMIT 1)
+       END"
+            ),
+            "(SELECT ticket FROM kept)",
+            "h.ms",
+            // A release hands the key to our grant id (see `release`): normally we learn it
+            // from its notification; this finds it when that was missed.
+            format!(
+                "
+LEFT JOIN LATERAL (
+    SELECT t.token, ceil(extract(epoch FROM l.expires_at - statement_timestamp()) * 1000)::bigint AS ms
+      FROM {schema}.locks l JOIN {schema}.tokens t ON t.key = l.key
+     WHERE l.key = $1::text AND l.grant_id = $2::text AND l.expires_at > statement_timestamp()
+) h ON {refused}"
+            ),
+        ),
+    };
+    let (token, not_handed) = if kind == AcquireKind::Ticket {
+        ("COALESCE(tk.token, h.token)", " AND h.token IS NULL")
     } else {
-        ("", String::new())
+        ("tk.token", "")
     };
     format!(
         "WITH taken AS (
@@ -312,41 +391,82 @@ pub(crate) fn acquire(schema: &str, queued: bool) -> String {
     ON CONFLICT (key) DO UPDATE SET token = t.token + 1
     RETURNING t.token
 ){queue_ctes}
-SELECT tk.token,
-       CASE WHEN tk.token IS NULL THEN
-           (SELECT ceil(extract(epoch FROM h.expires_at - statement_timestamp()) * 1000)::bigint
-              FROM {schema}.locks h WHERE h.key = $1)
+SELECT {token} AS token,
+       CASE WHEN {refused}{not_handed} THEN
+           (SELECT ceil(extract(epoch FROM hl.expires_at - statement_timestamp()) * 1000)::bigint
+              FROM {schema}.locks hl WHERE hl.key = $1::text)
        END AS holder_ms,
        {head_ms} AS head_ms,
-       CASE WHEN tk.token IS NULL THEN {LAZY_COMMIT} END AS lazy
-FROM (SELECT (SELECT token FROM bumped) AS token) tk"
+       {ticket} AS ticket,
+       {handed_ms} AS handed_ms,
+       CASE WHEN {refused} THEN {LAZY_COMMIT} END AS lazy
+FROM (SELECT (SELECT token FROM bumped) AS token) tk{handed_join}"
     )
 }
 
-/// Release: `$1` key, `$2` grant id. Deletes our row only, and then — only when someone
-/// waits — notifies the release channel naming the oldest live waiter ticket of the key:
-/// `TICKET:KEY`. Returns how many rows were deleted (1 when ours was) and how many
-/// notifications were sent.
+/// Release: `$1` key, `$2` grant id. Acts only when the key's row is ours (expired or
+/// not), and then **hands the key to the oldest live waiter ticket** of the key in the
+/// same statement — the row gets that ticket's grant id, the counter is bumped for it,
+/// the ticket is removed — and notifies the release channel with `TICKET/TOKEN:KEY`, so
+/// the waiter is granted by the notification alone, without a statement of its own on
+/// the hand-off's path. With no live ticket it deletes the row (no `NOTIFY`: it would
+/// serialise the commit on the server's notification queue and wake every listener for
+/// nothing). A head ticket that cannot be handed the key — taken by a client that put
+/// no grant id in it, or whose grant id was abandoned — gets the row deleted and a
+/// `TICKET:KEY` notification: that waiter looks again with an acquire.
 ///
-/// Without waiters there is no `NOTIFY`: it would serialise the commit on the server's
-/// notification queue and wake every listener for nothing. A waiter that has not taken
-/// its ticket yet re-checks right after taking it, so it misses nothing.
+/// The handed grant expires with the ticket it came from: the ticket's `expires_at`,
+/// which its waiter keeps alive (see [`keep_tickets`]) and knows a lower bound of on its
+/// own clock (the send instant of its last renewal found alive, plus the renewal's life).
+/// A waiter that died while queued therefore holds the key no longer than its ticket
+/// would have blocked the queue; a live one lengthens it to its TTL by its first renewal.
+///
+/// Returns how many rows were released or handed on (1 when ours was) and how many
+/// notifications were sent. Commits lazily unless it handed the key on (a grant: see
+/// [`LAZY_COMMIT`]).
+///
+/// A waiter that is refused and takes its ticket while this statement runs can be
+/// missed by it (its snapshot is older); that waiter's re-check right after taking its
+/// ticket sees the row deleted and takes the key.
 pub(crate) fn release(schema: &str, channel: &str) -> String {
     format!(
-        "WITH gone AS (
-    DELETE FROM {schema}.locks WHERE key = $1 AND grant_id = $2 RETURNING key
-), next AS (
-    SELECT min(ticket) AS ticket FROM {schema}.waiters
-    WHERE key = $1 AND expires_at > statement_timestamp()
+        "WITH mine AS (
+    SELECT key FROM {schema}.locks WHERE key = $1::text AND grant_id = $2::text FOR UPDATE
+), head AS (
+    SELECT w.ticket, w.grant_id, w.expires_at FROM {schema}.waiters w
+    WHERE w.key = $1::text AND w.expires_at > statement_timestamp() AND EXISTS (SELECT 1 FROM mine)
+    ORDER BY w.ticket LIMIT 1
+    FOR UPDATE OF w
+), heir AS (
+    SELECT h.ticket, h.grant_id, h.expires_at FROM head h
+    WHERE h.grant_id IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM {schema}.abandoned a WHERE a.grant_id = h.grant_id)
+), handed AS (
+    UPDATE {schema}.locks l SET grant_id = heir.grant_id, expires_at = heir.expires_at
+    FROM heir WHERE l.key = $1::text AND l.grant_id = $2::text
+    RETURNING heir.ticket
+), bumped AS (
+    INSERT INTO {schema}.tokens AS t (key, token) SELECT $1::text, 1 FROM handed
+    ON CONFLICT (key) DO UPDATE SET token = t.token + 1
+    RETURNING t.token
+), dequeued AS (
+    DELETE FROM {schema}.waiters w USING handed h WHERE w.ticket = h.ticket
+), gone AS (
+    DELETE FROM {schema}.locks
+    WHERE key = $1::text AND grant_id = $2::text AND NOT EXISTS (SELECT 1 FROM handed)
+    RETURNING key
 ), notified AS (
-    SELECT pg_notify('{channel}', next.ticket::text || ':' || gone.key) FROM gone, next
-    WHERE next.ticket IS NOT NULL
+    SELECT pg_notify('{channel}', h.ticket::text || '/' || b.token::text || ':' || $1::text)
+      FROM handed h, bumped b
+    UNION ALL
+    SELECT pg_notify('{channel}', h.ticket::text || ':' || $1::text)
+      FROM head h WHERE EXISTS (SELECT 1 FROM gone)
 )
-SELECT (SELECT count(*) FROM gone) AS released, (SELECT count(*) FROM notified) AS notified,
-       {LAZY_COMMIT} AS lazy"
+SELECT (SELECT count(*) FROM handed) + (SELECT count(*) FROM gone) AS released,
+       (SELECT count(*) FROM notified) AS notified,
+       CASE WHEN NOT EXISTS (SELECT 1 FROM handed) THEN {LAZY_COMMIT} END AS lazy"
     )
 }
-
 /// Extend: `$1` key, `$2` grant id, `$3` TTL in ms. Only our row, only while unexpired.
 pub(crate) fn extend(schema: &str) -> String {
     format!(
@@ -367,32 +487,20 @@ RETURNING l.grant_id"
     )
 }
 
-/// Joins the key's waiter queue: `$1` key, `$2` how long the ticket lives in ms. Every
-/// refused attempt of the waiter renews it for as long again, so a waiter that crashed
-/// or stopped waiting blocks the queue for at most that long. Also sweeps the key's
-/// tickets that expired a minute ago. Returns the ticket.
-pub(crate) fn enqueue(schema: &str) -> String {
-    format!(
-        "WITH swept AS (
-    DELETE FROM {schema}.waiters WHERE key = $1 AND expires_at < statement_timestamp() - interval '1 minute'
-)
-INSERT INTO {schema}.waiters (key, expires_at)
-VALUES ($1, statement_timestamp() + $2::bigint * interval '1 millisecond')
-RETURNING ticket, {LAZY_COMMIT} AS lazy"
-    )
-}
-
 /// Keeps the tickets of one client instance alive: `$1` tickets, `$2` how long they live
 /// from now (ms). One statement per fallback poll for all waiters of the instance, so a
-/// waiter behind others need not attempt just to keep its place. Commits lazily (a
-/// ticket is no grant, see [`LAZY_COMMIT`]).
+/// waiter behind others need not attempt just to keep its place. Returns the tickets it
+/// found (a `bigint[]`): each now lives at least `$2` ms past the statement's send
+/// instant, the bound a waiter handed the key counts its validity from (see [`release`]).
+/// Commits lazily (a ticket is no grant, see [`LAZY_COMMIT`]).
 pub(crate) fn keep_tickets(schema: &str) -> String {
     format!(
         "WITH kept AS (
     UPDATE {schema}.waiters SET expires_at = statement_timestamp() + $2::bigint * interval '1 millisecond'
     WHERE ticket = ANY($1::bigint[])
+    RETURNING ticket
 )
-SELECT {LAZY_COMMIT}"
+SELECT ARRAY(SELECT ticket FROM kept) AS kept, {LAZY_COMMIT} AS lazy"
     )
 }
 

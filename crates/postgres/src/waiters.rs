@@ -1,8 +1,10 @@
-//! Push-based waiting without a herd: a waiter that found the key busy takes a ticket in
-//! the key's queue (a row of the `waiters` table, numbered by a sequence), and a release
-//! notifies the channel naming the oldest live ticket of the key (`TICKET:KEY`). Only the
-//! waiter holding that ticket wakes — in whichever process it is — instead of every
-//! waiter racing for the key; the others sleep on until their turn (or a re-check).
+//! Push-based waiting without a herd, and hand-offs without a statement of the waiter's
+//! own: a waiter that found the key busy takes a ticket in the key's queue (a row of the
+//! `waiters` table, numbered by a sequence, carrying the grant id it will hold) in the
+//! same statement as its refused attempt. A release hands the key to the oldest live
+//! ticket in its own statement and notifies the channel with `TICKET/TOKEN:KEY`: only the
+//! waiter holding that ticket wakes — in whichever process it is — and it is already
+//! granted (see `sql::release`). The others sleep on until their turn (or a re-check).
 //!
 //! The queue also orders grants: the acquire statement refuses a free key to a client
 //! without a ticket, or with a younger one, while an older ticket of the key lives — so a
@@ -11,20 +13,44 @@
 //! statement per `poll` renews all of an instance's tickets for twice the poll plus a
 //! second — sent without waiting for a turn behind the instance's other statements, which
 //! under load would outlast the tickets — and each refused attempt renews its own), so a
-//! waiter that crashed blocks the queue for at most that long. Notifications are not
-//! persistent: one sent while our listening connection was being replaced is lost (its
-//! end wakes every waiter anyway, and their next attempt makes another connection listen
-//! first), and a ticket left by a crashed waiter is named in vain until it expires. A refused
-//! waiter therefore looks again when the ticket ahead of it expires, or — first in line —
-//! when the holder's lease does, at the latest every four polls (see `lock::retry_in`).
+//! waiter that crashed blocks the queue for at most that long, and a key handed to it
+//! expires with its ticket. Each renewal found alive moves the ticket's known end on our
+//! clock ([`Confirmed`]); a grant handed to the ticket is valid until then, and the
+//! lease's first renewal lengthens it to its TTL.
+//!
+//! Notifications are not persistent: one sent while our listening connection was being
+//! replaced is lost (its end wakes every waiter anyway, and their next attempt — which
+//! also finds a key already handed to its grant id — makes another connection listen
+//! first). A refused waiter therefore looks again when the ticket ahead of it expires,
+//! or — first in line — when the holder's lease does, at the latest every four polls
+//! (see `lock::retry_in`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use fencelock_core::waiting::WakeFuture;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::node::PgNode;
+
+/// A lower bound, on our monotonic clock, of the end of a ticket's life on the server:
+/// a statement sent at `sent` found the ticket and set it to live `life` from the
+/// server's reading of its own start, which is later. A grant handed to the ticket lives
+/// on the server until at least then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Confirmed {
+    pub sent: Instant,
+    pub life: Duration,
+}
+
+struct Entry {
+    notify: Arc<Notify>,
+    /// The token of a grant a release handed to this ticket (from its notification).
+    handed: Option<u64>,
+    confirmed: Confirmed,
+}
 
 /// The tickets of the waiters of this backend instance.
 #[derive(Default)]
@@ -34,7 +60,7 @@ pub(crate) struct Waiters {
 
 #[derive(Default)]
 struct State {
-    tickets: HashMap<i64, Arc<Notify>>,
+    tickets: HashMap<i64, Entry>,
     /// Whether the task that keeps the tickets alive runs (see [`PgNode::register_ticket`]).
     keeping: bool,
 }
@@ -44,17 +70,40 @@ impl Waiters {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers `ticket`; also says whether the keeper task must be started (it was not
-    /// running).
-    pub(crate) fn register(&self, ticket: i64) -> (Arc<Notify>, bool) {
+    /// Registers `ticket`, known alive until `confirmed`; also says whether the keeper
+    /// task must be started (it was not running).
+    pub(crate) fn register(&self, ticket: i64, confirmed: Confirmed) -> (Arc<Notify>, bool) {
         let mut state = self.state();
-        let notify = Arc::clone(state.tickets.entry(ticket).or_default());
+        let entry = state.tickets.entry(ticket).or_insert_with(|| Entry {
+            notify: Arc::default(),
+            handed: None,
+            confirmed,
+        });
+        let notify = Arc::clone(&entry.notify);
         let start = !std::mem::replace(&mut state.keeping, true);
         (notify, start)
     }
 
     pub(crate) fn forget(&self, ticket: i64) {
         self.state().tickets.remove(&ticket);
+    }
+
+    /// A statement sent at `confirmed.sent` found `ticket` alive and renewed it: its end is
+    /// known to be no earlier than `confirmed.until()` (the newest such statement counts).
+    pub(crate) fn confirm(&self, ticket: i64, confirmed: Confirmed) {
+        if let Some(e) = self.state().tickets.get_mut(&ticket) {
+            if confirmed.sent > e.confirmed.sent {
+                e.confirmed = confirmed;
+            }
+        }
+    }
+
+    /// The token of a grant handed to `ticket`, and the ticket's known end then; taken
+    /// (a second call answers `None`).
+    pub(crate) fn take_handed(&self, ticket: i64) -> Option<(u64, Confirmed)> {
+        let mut state = self.state();
+        let e = state.tickets.get_mut(&ticket)?;
+        e.handed.take().map(|token| (token, e.confirmed))
     }
 
     /// The tickets to keep alive now; `None` (and the keeper is marked stopped, in the
@@ -74,44 +123,73 @@ impl Waiters {
         self.state().keeping = false;
     }
 
-    /// A release notification `TICKET:KEY`: wakes that ticket's waiter if it is ours.
+    /// A release notification: `TICKET/TOKEN:KEY` (the key was handed to that ticket's
+    /// grant, with that token) or `TICKET:KEY` (the key was freed: that waiter looks
+    /// again). Wakes that ticket's waiter if it is ours.
     pub(crate) fn dispatch(&self, payload: &str) {
         let Some((ticket, _key)) = payload.split_once(':') else {
             return;
         };
-        let Ok(ticket) = ticket.parse::<i64>() else {
-            return; // `-`: nobody was queued
+        let (ticket, token) = match ticket.split_once('/') {
+            Some((ticket, token)) => (ticket, Some(token)),
+            None => (ticket, None),
         };
-        if let Some(n) = self.state().tickets.get(&ticket) {
-            n.notify_one();
+        let Ok(ticket) = ticket.parse::<i64>() else {
+            return;
+        };
+        let token = match token.map(str::parse::<u64>) {
+            Some(Ok(t)) => Some(t),
+            Some(Err(_)) => return, // not ours to read
+            None => None,
+        };
+        if let Some(e) = self.state().tickets.get_mut(&ticket) {
+            if token.is_some() {
+                e.handed = token;
+            }
+            e.notify.notify_one();
         }
     }
 
     /// The listening connection ended: every waiter tries again (and listens again).
     pub(crate) fn wake_all(&self) {
-        for n in self.state().tickets.values() {
-            n.notify_one();
+        for e in self.state().tickets.values() {
+            e.notify.notify_one();
         }
     }
 }
 
-/// Our place in a key's queue. Dropping it leaves the queue (in the background), unless
-/// the acquire statement that granted us the key already removed the row.
+/// Our place in a key's queue, and the grant id a release hands the key to. Dropping it
+/// leaves the queue and releases a grant handed to it meanwhile (in the background),
+/// unless the wait used the ticket (`consumed`).
 pub(crate) struct Ticket {
     pub node: PgNode,
     pub ticket: i64,
+    pub key: String,
+    /// The grant id the ticket carries: every attempt of the wait uses it.
+    pub grant: fencelock_core::GrantId,
     notify: Arc<Notify>,
     pub consumed: bool,
+    /// The last look found the ticket gone (see `PgLock::attempt`).
+    pub vanished: bool,
 }
 
 impl Ticket {
-    pub(crate) fn new(node: PgNode, ticket: i64) -> Self {
-        let notify = node.register_ticket(ticket);
+    pub(crate) fn new(
+        node: PgNode,
+        ticket: i64,
+        key: &str,
+        grant: fencelock_core::GrantId,
+        confirmed: Confirmed,
+    ) -> Self {
+        let notify = node.register_ticket(ticket, confirmed);
         Ticket {
             node,
             ticket,
+            key: key.to_owned(),
+            grant,
             notify,
             consumed: false,
+            vanished: false,
         }
     }
 
@@ -127,7 +205,7 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         self.node.waiters().forget(self.ticket);
         if !self.consumed {
-            self.node.dequeue_later(self.ticket);
+            self.node.leave_later(self.ticket, &self.key, self.grant.as_str());
         }
     }
 }

@@ -73,3 +73,54 @@ async fn election_conformance_on_postgres() {
     };
     run_all_elections(&pg, &cfg).await;
 }
+
+/// A resign that hands the seat to a queued lock of the seat's key — here a plain lock,
+/// a candidate that never proclaims — is seen by observers at once. The release hands
+/// the row on (its grant id changes, nothing is deleted), so the trigger on deletion alone
+/// did not fire, and observers reported the resigned leader until its old expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observers_see_a_resigned_leader_go_when_the_seat_is_handed_on() {
+    use fencelock_core::{DistributedLock, LockOptions};
+    let server = tokio::task::spawn_blocking(PgServer::start)
+        .await
+        .expect("start postgres");
+    let url = server.url();
+    let leader = PgElection::connect(&url).await.unwrap();
+    let watcher = PgElection::connect(&url).await.unwrap();
+    let long = LockOptions::new().with_ttl(Duration::from_secs(60));
+    let leadership = leader.campaign("seat", b"first", &long).await.unwrap();
+    let mut observer = watcher.observe("seat").await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let seen = tokio::time::timeout_at(deadline, observer.changed())
+            .await
+            .expect("the observer never reported the leader")
+            .expect("the feed ended");
+        if seen.is_some_and(|l| l.value == b"first") {
+            break;
+        }
+    }
+    let queued = fencelock_postgres::PgLock::connect(&url).await.unwrap();
+    let waiting = tokio::spawn(async move {
+        let lease = queued
+            .acquire("election.seat", &long.with_wait(Duration::from_secs(10)))
+            .await
+            .unwrap();
+        (queued, lease)
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while server.psql("SELECT count(*) FROM fencelock.waiters WHERE key = 'election.seat'") != "1" {
+        assert!(tokio::time::Instant::now() < deadline, "the lock did not queue");
+        tokio::time::sleep(Duration::from_millis(10)).await; // polling a condition, bounded
+    }
+    leadership.resign().await.unwrap();
+    let (_queued, _lease) = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the seat was not handed on")
+        .unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(2), observer.changed())
+        .await
+        .expect("observers were not told the seat changed hands (60 s TTL left)")
+        .expect("the feed ended");
+    assert!(seen.as_ref().is_none_or(|l| l.value != b"first"), "{seen:?}");
+}

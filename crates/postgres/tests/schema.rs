@@ -226,3 +226,40 @@ async fn a_fence_table_that_is_not_ours_is_an_error_not_a_panic() {
         .expect_err("admitted through a clashing table");
     assert!(err.to_string().contains("`app.fences`"), "{err}");
 }
+
+/// Tables made by the first layout — `waiters` without `grant_id`, the grant a release
+/// hands the key to — are brought up to date when a client connects, and a queued wait
+/// on them is handed the key by the release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_of_the_first_layout_get_the_added_column_at_connect() {
+    let server = PgServer::start();
+    let first_layout = schema_sql("old")
+        .unwrap()
+        .replace(",\n    grant_id text\n);", "\n);")
+        .replace("ALTER TABLE old.waiters ADD COLUMN IF NOT EXISTS grant_id text;\n", "");
+    server.psql(&first_layout);
+    let column = "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'old' AND table_name = 'waiters' AND column_name = 'grant_id'";
+    assert_eq!(server.psql(column), "0", "the first layout was not made");
+    let url = format!("{}&schema=old", server.url());
+    let holder = PgLock::connect(&url).await.unwrap();
+    assert_eq!(server.psql(column), "1", "the connect did not add waiters.grant_id");
+    let held = holder.acquire("k", &LockOptions::new()).await.unwrap();
+    let waiter = PgLock::connect(&url).await.unwrap();
+    let waiting = tokio::spawn(async move {
+        let opts = LockOptions::new().with_wait(Duration::from_secs(10));
+        let lease = waiter.acquire("k", &opts).await.unwrap();
+        lease.token().get()
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while server.psql("SELECT count(*) FROM old.waiters WHERE key = 'k' AND grant_id IS NOT NULL") != "1" {
+        assert!(tokio::time::Instant::now() < deadline, "the waiter did not queue");
+        tokio::time::sleep(Duration::from_millis(10)).await; // polling a condition, bounded
+    }
+    let token = held.token().get();
+    held.release().await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(next > token, "{next} after {token}");
+}

@@ -117,3 +117,63 @@ async fn a_waiter_behind_a_dead_one_is_granted_when_its_ticket_expires() {
         granted - (inserted + dead_for)
     );
 }
+
+/// A waiter's look again that ran while the release handed it the key: the look waited
+/// for the release's lock on the key's row, found its ticket deleted, but its snapshot
+/// predates the hand-off, so it did not see the grant either. The waiter must take the
+/// handed grant (token = the holder's + 1), not give it back as a lost ticket and queue
+/// again (which wasted the hand-off: token + 2, and the waiter's place in line).
+/// Made deterministic with an operator's lock on the row: the release and the look both
+/// wait behind it, in that order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_look_again_that_crosses_the_release_handing_us_the_key_takes_it() {
+    let server = PgServer::start();
+    // Statements may wait for the operator's lock longer than the default 1 s timeout; the
+    // waiter looks again every 4 × poll at the latest.
+    let url = format!("{}&timeout=10s&poll=100ms", server.url());
+    let holder = PgLock::connect(&url).await.unwrap();
+    let held = holder
+        .acquire("k", &opts(Duration::from_secs(1)).with_auto_renew(false))
+        .await
+        .unwrap();
+    let waiter = PgLock::connect(&url).await.unwrap();
+    let waiting = tokio::spawn(async move {
+        let lease = waiter.acquire("k", &opts(SLACK * 10)).await.unwrap();
+        (waiter, lease)
+    });
+    queued(&server, "k", 1).await;
+    let (admin, connection) = server
+        .url()
+        .parse::<fencelock_postgres::tokio_postgres::Config>()
+        .unwrap()
+        .connect(fencelock_postgres::tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    admin
+        .batch_execute("BEGIN; SELECT 1 FROM fencelock.locks WHERE key = 'k' FOR UPDATE")
+        .await
+        .unwrap();
+    let token = held.token().get();
+    let release = tokio::spawn(held.release());
+    let waiting_for_the_row =
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%fencelock.locks%'";
+    // The release first, then the waiter's next look (at the latest 4 × poll on).
+    let deadline = Instant::now() + SLACK * 4;
+    for n in ["1", "2"] {
+        while server.psql(waiting_for_the_row) != n {
+            assert!(Instant::now() < deadline, "{n} statement(s) never waited for the row");
+            tokio::time::sleep(Duration::from_millis(5)).await; // polling a condition, bounded
+        }
+    }
+    admin.batch_execute("COMMIT").await.unwrap();
+    release.await.unwrap().unwrap();
+    let (_waiter, lease) = tokio::time::timeout(SLACK * 4, waiting).await.unwrap().unwrap();
+    assert_eq!(
+        lease.token().get(),
+        token + 1,
+        "the waiter did not take the grant handed to it"
+    );
+    drop(admin);
+    driver.abort();
+}
