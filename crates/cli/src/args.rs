@@ -254,10 +254,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// A TTL for `run` and `elect`: a duration of at least [`MIN_COMMAND_TTL`](crate::lock_opts::MIN_COMMAND_TTL).
+/// That minimum is checked before the library's 1 ms, so that `--ttl 0` or `--ttl 500us`
+/// names the bound that applies here (100 ms), not one that a `--ttl 1ms` would then fail
+/// again.
 fn parse_command_ttl(text: &str) -> Result<Duration, String> {
-    let d = parse_duration(text)?;
+    let d = fencelock::options::duration_text::parse_duration(text)?;
     crate::lock_opts::check_command_ttl(d)?;
-    Ok(d)
+    parse_duration(text) // the maximum
 }
 
 /// An exit status, 0 to 255. Its options take values that start with `-`, so that `-1`

@@ -56,9 +56,10 @@ pub fn choose(defaults: LockOptions, ttl: Option<Duration>, wait: Option<Duratio
 /// bounds, and a wait of at most [`fencelock::options::MAX_WAIT`] (zero is allowed: do not
 /// wait).
 pub fn check_file_defaults(defaults: &LockOptions) -> Result<(), String> {
+    // The command's minimum first: below 1 ms too it is the bound that applies.
+    check_command_ttl(defaults.ttl()).map_err(|e| format!("defaults.ttl: {e}"))?;
     fencelock::options::validate_ttl(defaults.ttl())
         .map_err(|e| format!("defaults.ttl: {}", fencelock::error::one_line(&e)))?;
-    check_command_ttl(defaults.ttl()).map_err(|e| format!("defaults.ttl: {e}"))?;
     let max = fencelock::options::MAX_WAIT;
     if defaults.wait() > max {
         return Err(format!(

@@ -43,8 +43,13 @@ fn bad_inputs_exit_64_or_78_on_one_line() {
     };
     let cases: &[(Vec<&str>, i32, &str)] = &[
         // Durations (humantime): below the minimum, no unit, unknown unit, negative.
-        (on_f("k", &["--ttl", "5µs"]), 64, "5us is below the minimum of 1ms"),
-        (on_f("k", &["--ttl", "0"]), 64, "below the minimum of 1ms"),
+        (on_f("k", &["--ttl", "5µs"]), 64, "5us is below the minimum of 100ms"),
+        (on_f("k", &["--ttl", "0"]), 64, "below the minimum of 100ms"),
+        (
+            on_f("k", &["--kill-after", "5µs"]),
+            64,
+            "5us is below the minimum of 1ms",
+        ),
         (on_f("k", &["--wait", "30"]), 64, "not a duration"),
         (on_f("k", &["--ttl", "5 parsecs"]), 64, "unknown time unit"),
         (on_f("k", &["--kill-after", "-1s"]), 64, "durations cannot be negative"),

@@ -52,6 +52,48 @@ fn a_ttl_too_short_to_guard_a_command_is_refused_before_any_grant() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
 }
 
+// A TTL below the library's 1 ms (`--ttl 0`, `500us`) was refused with "below the minimum
+// of 1ms", though `run` and `elect` refuse everything below 100 ms: a user who then gave
+// `--ttl 1ms` was refused again, with another bound. The message names the bound of the
+// command used, whatever the TTL, from a flag or a configuration file.
+#[test]
+fn a_ttl_below_a_millisecond_names_the_bound_of_the_command_used() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for command in ["run", "elect"] {
+        for ttl in ["0", "0s", "500us", "1ms"] {
+            let out = fencelock(dir.path())
+                .args([command, "k", "--ttl", ttl, "--", "true"])
+                .output()
+                .expect("run");
+            let what = format!("{command} --ttl {ttl}");
+            assert_one_line(
+                &out,
+                64,
+                "below the minimum of 100ms for a lease that guards a command",
+                &what,
+            );
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!err.contains("minimum of 1ms"), "{what}: {err}");
+        }
+    }
+    for ttl in ["0s", "500us", "1ms"] {
+        let cfg = config(dir.path(), &format!("ttl = \"{ttl}\""));
+        for command in ["run", "elect"] {
+            let out = bare()
+                .arg("--config")
+                .arg(&cfg)
+                .args([command, "k", "--", "true"])
+                .output()
+                .expect("run");
+            let what = format!("{command} with ttl = {ttl} in the file");
+            assert_one_line(&out, 78, "defaults.ttl: ", &what);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("below the minimum of 100ms"), "{what}: {err}");
+            assert!(!err.contains("minimum of 1ms"), "{what}: {err}");
+        }
+    }
+}
+
 // B3: `wait = "0s"` in a configuration file means "do not wait", as `--wait 0` does.
 #[test]
 fn a_zero_wait_in_the_config_file_means_try_once() {
