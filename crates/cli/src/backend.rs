@@ -163,6 +163,35 @@ pub fn session_from_ttl(mut config: LockConfig, ttl: Option<Duration>) -> LockCo
     config
 }
 
+/// The backend URL as fencelock connects with it and as the user gave it, both redacted,
+/// once fencelock added options of its own to it (a session from the TTL, `inherit=true`).
+static AS_GIVEN: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+
+/// `config` with the options `run` and `elect` add to the URL as given (the session from
+/// the TTL, see [`session_from_ttl`], and `extra`); messages then show the URL as given
+/// (see [`as_given`]).
+pub fn with_added_options(config: LockConfig, ttl: Option<Duration>, extra: fn(&str) -> String) -> LockConfig {
+    let given = config.backend.clone();
+    let mut config = session_from_ttl(config, ttl);
+    config.backend = extra(&config.backend);
+    if config.backend.trim() != given.trim() {
+        let redact = fencelock_core::backend_url::redact;
+        let _ = AS_GIVEN.set((redact(config.backend.trim()), redact(given.trim())));
+    }
+    config
+}
+
+/// `text` (a message, a log field) with the backend URL as the user gave it where it
+/// quotes the URL fencelock connected with: an option the user never typed
+/// (`?session_timeout=2000ms` from `--ttl 2s`) would otherwise appear in the URL they are
+/// told to fix. Passwords stay hidden: both forms are redacted.
+pub fn as_given(text: &str) -> String {
+    match AS_GIVEN.get() {
+        Some((used, given)) if !used.is_empty() => text.replace(used.as_str(), given),
+        _ => text.to_owned(),
+    }
+}
+
 /// Connects to the selected backend for a command that excludes other processes (refusing
 /// `memory://`); returns it with the default options. `ttl`: see [`session_from_ttl`]. On `file://` it adds `inherit=true`:
 /// the guard (and the command's group through it) shares the flocked liveness file of the
@@ -173,14 +202,14 @@ pub async fn connect_for_processes(
     command: &str,
     ttl: Option<Duration>,
 ) -> Result<(Arc<dyn DistributedLock>, LockOptions), LockError> {
-    let mut config = session_from_ttl(config(cli)?, ttl);
+    let config = config(cli)?;
     refuse_in_process(&config, command)?;
     if is_file_url(&config.backend) {
         // Checked as written, so that a message quotes the user's URL, not the
         // `inherit=true` added below.
         fencelock::file::FileConfig::from_url(config.backend.trim())?;
     }
-    config.backend = inherit_liveness(&config.backend);
+    let config = with_added_options(config, ttl, inherit_liveness);
     let lock = config.connect().await?;
     Ok((lock, config.defaults))
 }

@@ -25,7 +25,7 @@ pub async fn connect(
     command: &str,
     ttl: Option<Duration>,
 ) -> Result<(std::sync::Arc<dyn Election>, fencelock::LockOptions), LockError> {
-    let config = crate::backend::session_from_ttl(crate::backend::config(cli)?, ttl);
+    let config = crate::backend::with_added_options(crate::backend::config(cli)?, ttl, str::to_owned);
     crate::backend::refuse_in_process(&config, command)?;
     let election = config.connect_election().await?;
     Ok((election, config.defaults))
@@ -113,7 +113,7 @@ impl crate::waiting::Wait for SeatWait<'_> {
     }
 
     fn starting(&self, election: &Self::Backend, opts: &fencelock::LockOptions, _try_once: bool) {
-        tracing::info!(name = %self.args.name, wait = ?opts.wait(), on = %election.describe(), "campaigning");
+        tracing::info!(name = %self.args.name, wait = ?opts.wait(), on = %crate::backend::as_given(&election.describe()), "campaigning");
     }
 
     async fn wait(

@@ -64,9 +64,10 @@ pub fn status_for(e: &LockError) -> u8 {
 
 pub use fencelock::error::one_line;
 
-/// Prints `fencelock: MESSAGE` to stderr and returns `status`.
+/// Prints `fencelock: MESSAGE` to stderr and returns `status`. A backend URL in MESSAGE
+/// is shown as the user gave it ([`crate::backend::as_given`]).
 pub fn fail(message: &str, status: u8) -> ExitCode {
-    eprintln!("fencelock: {message}");
+    eprintln!("fencelock: {}", crate::backend::as_given(message));
     ExitCode::from(status)
 }
 

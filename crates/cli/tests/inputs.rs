@@ -363,3 +363,57 @@ fn a_script_without_a_shebang_runs_with_sh() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("ran-by-sh"));
 }
+
+// Messages quoted the backend URL with the session option that `run --ttl` (or a TTL in
+// the configuration file) adds to it, `zk://…?bogus=1&session_timeout=2000ms`: an option
+// the user never typed, in the URL they are told to fix. They quote it as given, its
+// password still hidden.
+#[test]
+fn messages_quote_the_backend_url_as_given_not_with_the_session_set_from_the_ttl() {
+    // Port 1 on loopback: nothing listens there, so the connect is refused at once.
+    let cases = [
+        (
+            "zk://127.0.0.1:1?bogus=1",
+            78,
+            "`zk://127.0.0.1:1?bogus=1`: unknown option `bogus`",
+        ),
+        (
+            "zk://u:pw@127.0.0.1:1?bogus=1",
+            78,
+            "`zk://u:***@127.0.0.1:1?bogus=1`: ",
+        ),
+        ("zk://127.0.0.1:1", 69, "for zk://127.0.0.1:1"),
+    ];
+    for (url, code, says) in cases {
+        for command in ["run", "elect"] {
+            let out = bare()
+                .args(["--backend", url, command, "k", "--ttl", "2s", "--", "true"])
+                .output()
+                .expect("run");
+            let what = format!("{command} --ttl 2s on {url}");
+            assert_one_line(&out, code, says, &what);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!err.contains("session_timeout="), "{what}: {err}");
+            assert!(!err.contains("pw@"), "{what}: {err}");
+        }
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = dir.path().join("zk.toml");
+    std::fs::write(
+        &cfg,
+        "backend = \"zk://127.0.0.1:1?bogus=1\"\n[defaults]\nttl = \"2s\"\n",
+    )
+    .expect("write config");
+    let out = bare()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["run", "k", "--", "true"])
+        .output()
+        .expect("run");
+    assert_one_line(
+        &out,
+        78,
+        "`zk://127.0.0.1:1?bogus=1`: unknown option",
+        "ttl in the file",
+    );
+}
