@@ -54,8 +54,8 @@ Examples:
 The command of `run` gets FENCELOCK_KEY, FENCELOCK_TOKEN (the fencing token: send it with
 every write) and FENCELOCK_GRANT (the grant's unique id) in its environment.
 
-Exit status of `run` (docs/cli.md): the command's own; 75 not acquired within --wait (see
---conflict-exit-code); 76 lease lost while the command ran (see --lost-exit-code); 64 bad
+Exit status of `run` (docs/cli.md): the command's own; 75 not acquired within --wait, or
+lost before the command could start (see --conflict-exit-code); 76 lease lost while the command ran (see --lost-exit-code); 64 bad
 input; 69 backend unavailable; 70 internal failure; 78 bad configuration; 126 command not
 executable; 127 command not found; 128+N signal N while waiting for the lock.";
 
@@ -105,6 +105,12 @@ pub struct GuardArgs {
     /// between SIGTERM and SIGKILL once the command exited
     #[arg(long, default_value_t = 10_000)]
     pub kill_after_ms: u64,
+
+    /// The inherited write end of `run`'s report pipe: the guard writes `started` on it
+    /// once it has started the command, so that `run` tells the command's status from the
+    /// guard's own (a command that never started)
+    #[arg(long, value_name = "FD")]
+    pub report_fd: Option<i32>,
 
     /// The command and its arguments
     #[arg(last = true, required = true, value_name = "CMD")]

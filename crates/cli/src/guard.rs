@@ -38,7 +38,9 @@
 //! Signals sent to the group (forwarded SIGINT/SIGTERM/SIGHUP, the lease-loss SIGTERM) are
 //! caught by the guard so it stays to report the command's status; SIGKILL ends it with
 //! the rest of the group. The guard exits with the command's code, or 128 + the signal that
-//! ended the command, as shells report.
+//! ended the command, as shells report. Since such a status cannot be told from one of the
+//! guard's own (75 when the validity ended before the start, 127 when the spawn failed, …),
+//! the guard writes [`STARTED`] on `run`'s report pipe once it has started the command.
 
 use std::io::{BufRead, Write};
 use std::process::{ExitCode, ExitStatus};
@@ -160,8 +162,10 @@ pub async fn guard(args: &GuardArgs) -> ExitCode {
         return not_started(sig);
     }
     if now_nanos() >= deadline {
-        return exit::fail(crate::run::LOST_BEFORE_START, exit::LEASE_LOST);
+        // The command never runs: not acquired for it (75), not "lost while it ran" (76).
+        return exit::fail(crate::run::LOST_BEFORE_START, exit::NOT_ACQUIRED);
     }
+    let mut report = open_report(args.report_fd);
     let Some((program, rest)) = args.command.split_first() else {
         return exit::fail("no command given after --", exit::BAD_INPUT);
     };
@@ -174,7 +178,14 @@ pub async fn guard(args: &GuardArgs) -> ExitCode {
         other => other,
     };
     let mut child = match spawned {
-        Ok(c) => c,
+        Ok(c) => {
+            if let Some(report) = &mut report {
+                // A full or closed pipe loses the line: `run` then takes the guard's status
+                // for its own, as it did before there was a report.
+                let _ = report.write_all(STARTED.as_bytes());
+            }
+            c
+        }
         Err(e) => {
             let status = match e.kind() {
                 std::io::ErrorKind::NotFound => exit::NOT_FOUND,
@@ -212,6 +223,20 @@ pub async fn guard(args: &GuardArgs) -> ExitCode {
         }
     };
     stop_left_behind(code, Duration::from_millis(args.kill_after_ms), &mut control, deadline).await
+}
+
+/// The line the guard writes on `run`'s report pipe once it has started the command.
+pub const STARTED: &str = "started\n";
+
+/// Opens `run`'s report pipe, inherited as descriptor `fd`, through its /proc entry (a new
+/// descriptor to the same pipe, without the `unsafe` of adopting a raw one). `None` when
+/// there is none or it cannot be opened: then nothing is reported.
+fn open_report(fd: Option<i32>) -> Option<std::fs::File> {
+    let fd = fd?;
+    let open = |path: String| std::fs::OpenOptions::new().write(true).open(path);
+    open(format!("/proc/self/fd/{fd}"))
+        .or_else(|_| open(format!("/dev/fd/{fd}")))
+        .ok()
 }
 
 /// How long the guard lets a signal already sent reach it before it starts the command.

@@ -164,34 +164,22 @@ pub(crate) async fn supervise_with(
         return fail("no command given after --", exit::BAD_INPUT);
     };
     // Lost between the grant and here (a TTL little above the round trip): the same loss,
-    // with the same exit status, as the guard's own check just before it starts CMD.
+    // with the same exit status, as the guard's own check just before it starts CMD. CMD
+    // never runs: the lock was not acquired for it (75), it was not lost while CMD ran.
     if !lease.is_held() {
         let _ = lease.release().await;
-        return fail(LOST_BEFORE_START, exit::LEASE_LOST);
+        return fail(LOST_BEFORE_START, args.conflict_exit_code);
     }
-    let started = match start(args, &lease, env) {
+    let mut started = match start(args, &lease, env) {
         Ok(s) => s,
         Err(e) => {
             let _ = lease.release().await;
             return fail(&format!("cannot start the guard of `{program}`: {e}"), exit::FAILURE);
         }
     };
-    let Started {
-        mut child,
-        group,
-        control,
-    } = started;
+    let group = started.group;
     let mut killed = false;
-    let outcome = watch(
-        &mut child,
-        group,
-        control,
-        &lease,
-        args.kill_after,
-        signals,
-        &mut killed,
-    )
-    .await;
+    let outcome = watch(&mut started, &lease, args.kill_after, signals, &mut killed).await;
     // Nothing of the command may run once the lock is given back.
     stop_group(group, args.kill_after, killed).await;
     let released = lease.release().await;
@@ -216,6 +204,11 @@ pub(crate) async fn supervise_with(
             _ => ExitCode::from(code),
         },
         Outcome::Covered(code) => ExitCode::from(code),
+        // The guard said why (the validity ended before the start, a signal came first, the
+        // spawn failed); whatever the release says, nothing ran under the lock. Its 75 is
+        // "not acquired" for the command: --conflict-exit-code applies.
+        Outcome::NotStarted(code) if code == exit::NOT_ACQUIRED => ExitCode::from(args.conflict_exit_code),
+        Outcome::NotStarted(code) => ExitCode::from(code),
         Outcome::LeaseLost(message) => lost(message),
         Outcome::WaitFailed(e) => fail(&format!("lost track of `{program}`: {e}"), exit::FAILURE),
     }
@@ -231,13 +224,49 @@ pub(crate) const LOCK_ENV: [&str; 5] = [
     "FENCELOCK_ELECTION",
 ];
 
-/// What `run` and `elect` say (exit 76) when the lease is gone before CMD starts.
+/// What `run` and `elect` say (exit 75, or `--conflict-exit-code`: not acquired for CMD,
+/// which never runs) when the lease is gone before CMD starts.
 pub(crate) const LOST_BEFORE_START: &str = "the lease ran out before the command could start; not starting it";
 
 struct Started {
     child: Child,
     group: Pid,
     control: std::fs::File,
+    report: Report,
+}
+
+/// The read end of the guard's report pipe (see [`guard::STARTED`]): whether the guard
+/// started the command, so that a status of the guard's own (the command never started)
+/// is not taken for the command's.
+struct Report {
+    pipe: std::fs::File,
+    read: Vec<u8>,
+}
+
+impl Report {
+    /// At most this much is read: the command inherits the write end too and could write
+    /// to it without end.
+    const LIMIT: usize = 4096;
+
+    /// Whether the guard has said it started the command. Reads what is in the pipe
+    /// without waiting (it is non-blocking): called once the guard has exited, everything
+    /// it wrote is there.
+    fn started(&mut self) -> bool {
+        use std::io::Read;
+        let mut buf = [0u8; 256];
+        while self.read.len() < Self::LIMIT {
+            match self.pipe.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => self.read.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break, // nothing more yet (WouldBlock)
+            }
+        }
+        // The guard's line is written whole (shorter than PIPE_BUF); the command, which
+        // exists only once it was started, may have written before or around it.
+        let line = guard::STARTED.as_bytes();
+        self.read.windows(line.len()).any(|w| w == line)
+    }
 }
 
 /// Starts `fencelock __guard` in a new process group with the read
@@ -248,6 +277,10 @@ fn start(args: &RunArgs, lease: &Lease, env: &[(&str, String)]) -> std::io::Resu
     // the guard sees end-of-file exactly when this process is gone.
     rustix::io::fcntl_setfd(&read, rustix::io::FdFlags::empty())?;
     rustix::fs::fcntl_setfl(&write, rustix::fs::OFlags::NONBLOCK)?;
+    // The report pipe, the other way: the guard inherits its write end, this process reads.
+    let (report_read, report_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    rustix::io::fcntl_setfd(&report_write, rustix::io::FdFlags::empty())?;
+    rustix::fs::fcntl_setfl(&report_read, rustix::fs::OFlags::NONBLOCK)?;
     let exe = std::env::current_exe()?;
     let mut command = Command::new(exe);
     command
@@ -255,6 +288,8 @@ fn start(args: &RunArgs, lease: &Lease, env: &[(&str, String)]) -> std::io::Resu
         .arg(read_fd_number(&read).to_string())
         .arg("--kill-after-ms")
         .arg(args.kill_after.as_millis().to_string())
+        .arg("--report-fd")
+        .arg(read_fd_number(&report_write).to_string())
         .arg("--")
         .args(&args.command);
     // The one place the command's lock variables are set: all of them are cleared first,
@@ -273,6 +308,7 @@ fn start(args: &RunArgs, lease: &Lease, env: &[(&str, String)]) -> std::io::Resu
         .kill_on_drop(false)
         .spawn();
     drop(read);
+    drop(report_write);
     let child = spawned?;
     let group = child
         .id()
@@ -282,7 +318,16 @@ fn start(args: &RunArgs, lease: &Lease, env: &[(&str, String)]) -> std::io::Resu
     give_terminal(group);
     let mut control = std::fs::File::from(write);
     let _ = control.write_all(guard::until_line(|| lease.remaining()).as_bytes());
-    Ok(Started { child, group, control })
+    let report = Report {
+        pipe: std::fs::File::from(report_read),
+        read: Vec::new(),
+    };
+    Ok(Started {
+        child,
+        group,
+        control,
+        report,
+    })
 }
 
 /// When `run` owns the terminal (stdin is one and our group is its foreground group), hands
@@ -312,6 +357,9 @@ enum Outcome {
     /// The guard died of SIGKILL: its own kill of the group at the end of the validity
     /// (or someone else's); the status as a shell reports it.
     GuardKilled(u8),
+    /// The guard exited with a status of its own before it started the command (the
+    /// validity ended first, a signal came first, the spawn failed): nothing ran.
+    NotStarted(u8),
     LeaseLost(String),
     WaitFailed(std::io::Error),
 }
@@ -320,14 +368,19 @@ enum Outcome {
 /// SIGTERM is followed by SIGKILL after `kill_after` if the group is still there); on a
 /// lost lease sends the group SIGTERM, then SIGKILL after `kill_after`.
 async fn watch(
-    child: &mut Child,
-    group: Pid,
-    mut control: std::fs::File,
+    started: &mut Started,
     lease: &Lease,
     kill_after: Duration,
     signals: &mut Signals,
     killed: &mut bool,
 ) -> Outcome {
+    let Started {
+        child,
+        group,
+        control,
+        report,
+    } = started;
+    let group = *group;
     let mut status = lease.watch();
     let lost = lease.lost();
     tokio::pin!(lost);
@@ -360,6 +413,15 @@ async fn watch(
                     // real-time one sent to the group, say, which the guard does not
                     // catch — is not "by itself": the command may run on with no guard,
                     // past the validity. That falls through to the loss's SIGTERM below.)
+                    // Exited with a status before it started the command: the command
+                    // never ran, so the loss did not come while it ran.
+                    Ok(Some(s)) if s.code().is_some() && !report.started() => {
+                        eprintln!(
+                            "fencelock: lease on `{}` (token {}) lost before the command started: {reason}",
+                            lease.key(), lease.token()
+                        );
+                        return Outcome::NotStarted(guard::status_code(s));
+                    }
                     Ok(Some(s)) if s.code().is_some() => {
                         let code = guard::status_code(s);
                         return match reason {
@@ -394,6 +456,7 @@ async fn watch(
                 Ok(s) if std::os::unix::process::ExitStatusExt::signal(&s) == Some(Signal::KILL.as_raw()) => {
                     Outcome::GuardKilled(guard::status_code(s))
                 }
+                Ok(s) if !report.started() => Outcome::NotStarted(guard::status_code(s)),
                 Ok(s) => Outcome::Exited(guard::status_code(s)),
                 Err(e) => Outcome::WaitFailed(e),
             },
@@ -473,27 +536,30 @@ mod tests {
 
     use super::*;
 
-    /// A lease lost between the grant and the start of CMD is exit 76, like every other
-    /// loss — not 70 (a newcomer saw 70 or 76 for the same too-short TTL, depending on
-    /// which check noticed).
+    /// A lease lost between the grant and the start of CMD: CMD never ran, so this is not
+    /// 76 ("the lease was lost while CMD ran", after which a script may clean up after a
+    /// half-done CMD) but "not acquired" — 75, or `--conflict-exit-code` — for the
+    /// command: nothing ran, trying again later is safe. (Before, 70 or 76 depending on
+    /// which check noticed; then 76 from both.)
     #[tokio::test]
-    async fn a_lease_lost_before_the_start_is_exit_76() {
-        let locks = fencelock::memory::MemoryLock::new();
-        let opts = LockOptions::new()
-            .with_ttl(Duration::from_millis(30))
-            .with_auto_renew(false);
-        let lease = locks.acquire("k", &opts).await.unwrap();
-        lease.lost().await; // the validity running out is the condition under test
+    async fn a_lease_lost_before_the_start_is_not_acquired_not_lost_while_running() {
         #[derive(clap::Parser)]
         struct Wrap {
             #[command(flatten)]
             run: RunArgs,
         }
-        let args = <Wrap as clap::Parser>::try_parse_from(["run", "k", "--", "true"])
-            .unwrap()
-            .run;
-        let mut signals = Signals::install();
-        let code = supervise_with(&args, lease, &mut signals, &[]).await;
-        assert_eq!(code, ExitCode::from(exit::LEASE_LOST));
+        for (flags, status) in [(&[][..], exit::NOT_ACQUIRED), (&["--conflict-exit-code", "9"][..], 9)] {
+            let locks = fencelock::memory::MemoryLock::new();
+            let opts = LockOptions::new()
+                .with_ttl(Duration::from_millis(30))
+                .with_auto_renew(false);
+            let lease = locks.acquire("k", &opts).await.unwrap();
+            lease.lost().await; // the validity running out is the condition under test
+            let argv = [&["run", "k"][..], flags, &["--", "true"]].concat();
+            let args = <Wrap as clap::Parser>::try_parse_from(argv).unwrap().run;
+            let mut signals = Signals::install();
+            let code = supervise_with(&args, lease, &mut signals, &[]).await;
+            assert_eq!(code, ExitCode::from(status), "{flags:?}");
+        }
     }
 }

@@ -257,6 +257,65 @@ fn a_lost_lease_exits_76_or_the_lost_exit_code() {
     }
 }
 
+/// `fencelock __guard 0 --report-fd 1 -- CMD…` with `deadline_in` (from now; `None`: a
+/// deadline long past) on its control pipe (stdin), run to its end; its stdout is the
+/// report pipe `run` reads. In a process group of its own, as `run` starts it: the guard
+/// signals its whole group when the command has ended.
+fn guard_with_deadline(deadline_in: Option<std::time::Duration>, cmd: &[&str]) -> Output {
+    use std::io::Write;
+    use std::os::unix::process::CommandExt;
+    let mut guard = Command::new(BIN)
+        .args(["__guard", "0", "--report-fd", "1", "--"])
+        .args(cmd)
+        .process_group(0)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the guard");
+    let until = deadline_in.map_or(1, |d| {
+        let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        now.tv_sec as u128 * 1_000_000_000 + now.tv_nsec as u128 + d.as_nanos()
+    });
+    let mut control = guard.stdin.take().expect("control pipe");
+    control
+        .write_all(format!("until {until}\n").as_bytes())
+        .expect("deadline");
+    // Kept open until the guard ends: its end-of-file would mean `run` is gone.
+    let out = common::output_within(guard, std::time::Duration::from_secs(30));
+    drop(control);
+    out
+}
+
+/// A command that never started was reported as one that ran: the guard exited 76 when
+/// the lease's validity had ended before it could start the command, and `run` took any
+/// status of the guard for the command's (76 "lost while the command ran", or "finished,
+/// but not entirely under the lock" when the loss came as the spawn failed). The guard
+/// now exits 75 (not acquired) for the first, and says on its report pipe when it has
+/// started the command, so `run` knows whose status it has.
+#[test]
+fn a_command_that_never_started_is_not_reported_as_having_run() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ran = dir.path().join("ran");
+    let touch = ["touch", ran.to_str().expect("utf-8 path")];
+    let out = guard_with_deadline(None, &touch);
+    assert_one_line(
+        &out,
+        75,
+        "before the command could start; not starting it",
+        "deadline past",
+    );
+    assert!(!ran.exists(), "the command ran");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "", "reported as started");
+    let out = guard_with_deadline(Some(std::time::Duration::from_secs(30)), &["/nonexistent/cmd"]);
+    assert_one_line(&out, 127, "cannot run `/nonexistent/cmd`", "spawn failed");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "", "reported as started");
+    let out = guard_with_deadline(Some(std::time::Duration::from_secs(30)), &touch);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert!(ran.exists(), "the command did not run");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "started\n");
+}
+
 #[test]
 fn log_lines_carry_no_colour_off_a_terminal() {
     let dir = tempfile::tempdir().expect("temp dir");
