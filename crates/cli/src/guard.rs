@@ -222,11 +222,19 @@ pub async fn guard(args: &GuardArgs) -> ExitCode {
             }
         }
     };
+    if let Some(report) = &mut report {
+        // One write, shorter than PIPE_BUF: whole, whatever the command writes to the pipe.
+        let _ = report.write_all(format!("{ENDED}{code}\n").as_bytes());
+    }
     stop_left_behind(code, Duration::from_millis(args.kill_after_ms), &mut control, deadline).await
 }
 
 /// The line the guard writes on `run`'s report pipe once it has started the command.
 pub const STARTED: &str = "started\n";
+
+/// What the guard writes on `run`'s report pipe when the command has ended, before its
+/// status and a newline (`ended 3`).
+pub const ENDED: &str = "ended ";
 
 /// Opens `run`'s report pipe, inherited as descriptor `fd`, through its /proc entry (a new
 /// descriptor to the same pipe, without the `unsafe` of adopting a raw one). `None` when

@@ -244,6 +244,14 @@ struct Report {
 }
 
 impl Report {
+    /// The command's status as the guard reported it when the command ended (`ended N`).
+    fn ended(&mut self) -> Option<u8> {
+        self.started();
+        let text = String::from_utf8_lossy(&self.read);
+        let (_, rest) = text.split_once(guard::ENDED)?;
+        rest.split_once('\n')?.0.parse().ok()
+    }
+
     /// At most this much is read: the command inherits the write end too and could write
     /// to it without end.
     const LIMIT: usize = 4096;
@@ -391,55 +399,36 @@ async fn watch(
             // A loss is reported as such even when the guard already ended the command.
             biased;
             reason = &mut lost => {
-                match child.try_wait() {
-                    // The guard died of SIGKILL: its kill of the group at the validity's end.
-                    Ok(Some(s)) if std::os::unix::process::ExitStatusExt::signal(&s) == Some(Signal::KILL.as_raw()) => {
+                let exited = child.try_wait().ok().flatten();
+                let what = on_loss(exited, report.started(), report.ended(), &reason);
+                let (key, token) = (lease.key(), lease.token());
+                match what {
+                    OnLoss::AlreadyKilled => {
                         eprintln!(
-                            "fencelock: lease on `{}` (token {}) lost while the command ran: {reason}; the guard had already killed its process group when the validity ended",
-                            lease.key(), lease.token()
+                            "fencelock: lease on `{key}` (token {token}) lost while the command ran: {reason}; the guard had already killed its process group when the validity ended"
                         );
                         *killed = true;
                         return Outcome::LeaseLost("exiting: the lease was lost".into());
                     }
-                    // The guard exited by itself: the command (and its group) ended
-                    // before the guard's deadline, which is never later than the validity.
-                    // A loss *by the validity running out* came after it: the run was
-                    // covered, and its status is the answer. Before, this said the guard
-                    // had killed the command and exited 76 (`run` stopped past the
-                    // validity, a new user's trial): a retrying script repeated finished
-                    // work. Any other loss (the grant gone from the backend) may have come
-                    // while it ran: 76, "finished, but not entirely under the lock".
-                    // Exited with a status: by itself. (Killed by another signal — a
-                    // real-time one sent to the group, say, which the guard does not
-                    // catch — is not "by itself": the command may run on with no guard,
-                    // past the validity. That falls through to the loss's SIGTERM below.)
-                    // Exited with a status before it started the command: the command
-                    // never ran, so the loss did not come while it ran.
-                    Ok(Some(s)) if s.code().is_some() && !report.started() => {
-                        eprintln!(
-                            "fencelock: lease on `{}` (token {}) lost before the command started: {reason}",
-                            lease.key(), lease.token()
-                        );
-                        return Outcome::NotStarted(guard::status_code(s));
+                    OnLoss::NotStarted(code) => {
+                        eprintln!("fencelock: lease on `{key}` (token {token}) lost before the command started: {reason}");
+                        return Outcome::NotStarted(code);
                     }
-                    Ok(Some(s)) if s.code().is_some() => {
-                        let code = guard::status_code(s);
-                        return match reason {
-                            LostReason::Expired | LostReason::RenewalFailed(_) => {
-                                eprintln!(
-                                    "fencelock: lease on `{}` (token {}) lost after the command had ended: {reason}",
-                                    lease.key(), lease.token()
-                                );
-                                Outcome::Covered(code)
-                            }
-                            _ => Outcome::Exited(code),
-                        };
+                    OnLoss::Covered(code) => {
+                        eprintln!("fencelock: lease on `{key}` (token {token}) lost after the command had ended: {reason}");
+                        return Outcome::Covered(code);
                     }
-                    _ => {}
+                    OnLoss::Ended(code) => return Outcome::Exited(code),
+                    OnLoss::Stop => {}
                 }
+                // A guard that exited with a status before reporting the command's end:
+                // its own (it lost track of the command), not the command's.
+                let guard_own = exited
+                    .and_then(|s| s.code())
+                    .map(|c| format!("; its guard exited with status {c} of its own before the command ended"))
+                    .unwrap_or_default();
                 eprintln!(
-                    "fencelock: lease on `{}` (token {}) lost while the command ran: {reason}; sending its process group SIGTERM",
-                    lease.key(), lease.token()
+                    "fencelock: lease on `{key}` (token {token}) lost while the command ran: {reason}{guard_own}; sending its process group SIGTERM"
                 );
                 signal_group(group, Signal::TERM);
                 signal_group(group, Signal::CONT); // a stopped process acts on SIGTERM only when continued
@@ -480,6 +469,55 @@ async fn watch(
                 kill_at = None;
             }
         }
+    }
+}
+
+/// What a lost lease means, from how the guard ended (`None`: it still runs), whether it
+/// said it started the command and with which status it said the command ended.
+#[derive(Debug, PartialEq, Eq)]
+enum OnLoss {
+    /// The guard died of SIGKILL: its kill of the group at the validity's end.
+    AlreadyKilled,
+    /// The guard exited with this status of its own before it started the command: the
+    /// command never ran, so the loss did not come while it ran.
+    NotStarted(u8),
+    /// The command ended with this status inside the validity (its guard's deadline is
+    /// never later), and the loss is the validity running out after it: the run was
+    /// covered. (Before, a new user's trial: `run` stopped past the validity said the
+    /// guard had killed the command and exited 76, and a retrying script repeated
+    /// finished work.)
+    Covered(u8),
+    /// The command ended with this status, and the grant is gone from the backend: that
+    /// may have come while it ran (76, "finished, but not entirely under the lock").
+    Ended(u8),
+    /// The command may still run: the guard runs, or died of another signal (a real-time
+    /// one sent to the group, which it does not catch), or ended without reporting the
+    /// command's end. Its group is sent SIGTERM.
+    Stop,
+}
+
+fn on_loss(exited: Option<std::process::ExitStatus>, started: bool, ended: Option<u8>, reason: &LostReason) -> OnLoss {
+    use std::os::unix::process::ExitStatusExt;
+    let Some(s) = exited else {
+        return OnLoss::Stop;
+    };
+    if s.signal() == Some(Signal::KILL.as_raw()) {
+        return OnLoss::AlreadyKilled;
+    }
+    if s.code().is_none() {
+        return OnLoss::Stop;
+    }
+    if !started {
+        return OnLoss::NotStarted(guard::status_code(s));
+    }
+    // The command's status only if the guard said the command ended with it: any other is
+    // the guard's own, while the command ran.
+    match ended {
+        Some(code) if code == guard::status_code(s) => match reason {
+            LostReason::Expired | LostReason::RenewalFailed(_) => OnLoss::Covered(code),
+            _ => OnLoss::Ended(code),
+        },
+        _ => OnLoss::Stop,
     }
 }
 
@@ -535,6 +573,42 @@ mod tests {
     use fencelock::{DistributedLock, LockOptions};
 
     use super::*;
+
+    /// What a loss means follows what the guard said, not only its exit status: a status
+    /// of the guard's own was taken for the command's, and a loss by expiry was said to
+    /// have come "after the command had ended" — for a command that never started (the
+    /// guard's 75, 127, 128 + N) and for a guard that exited on its own while the command
+    /// ran (its 70 when it lost track of it).
+    #[test]
+    fn what_a_loss_means_follows_what_the_guard_reported() {
+        use std::os::unix::process::ExitStatusExt;
+        let exited = |code: i32| Some(std::process::ExitStatus::from_raw(code << 8));
+        let killed_by = |sig: i32| Some(std::process::ExitStatus::from_raw(sig));
+        let expired = LostReason::Expired;
+        let gone = LostReason::NotHeld;
+        // The command ran and ended: its status.
+        assert_eq!(on_loss(exited(3), true, Some(3), &expired), OnLoss::Covered(3));
+        assert_eq!(on_loss(exited(3), true, Some(3), &gone), OnLoss::Ended(3));
+        // The command never started: the guard's own status, whatever the loss.
+        for code in [75, 127, 126, 143] {
+            assert_eq!(
+                on_loss(exited(code), false, None, &expired),
+                OnLoss::NotStarted(code as u8)
+            );
+            assert_eq!(
+                on_loss(exited(code), false, None, &gone),
+                OnLoss::NotStarted(code as u8)
+            );
+        }
+        // Started, but the guard exited with a status of its own (70: it lost track of
+        // the command) before the command's end: the command may run on.
+        assert_eq!(on_loss(exited(70), true, None, &expired), OnLoss::Stop);
+        assert_eq!(on_loss(exited(70), true, None, &gone), OnLoss::Stop);
+        // The guard's kill at the validity's end; another signal; still running.
+        assert_eq!(on_loss(killed_by(9), true, None, &expired), OnLoss::AlreadyKilled);
+        assert_eq!(on_loss(killed_by(34), true, None, &expired), OnLoss::Stop);
+        assert_eq!(on_loss(None, true, None, &expired), OnLoss::Stop);
+    }
 
     /// A lease lost between the grant and the start of CMD: CMD never ran, so this is not
     /// 76 ("the lease was lost while CMD ran", after which a script may clean up after a

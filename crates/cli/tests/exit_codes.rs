@@ -313,7 +313,7 @@ fn a_command_that_never_started_is_not_reported_as_having_run() {
     let out = guard_with_deadline(Some(std::time::Duration::from_secs(30)), &touch);
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     assert!(ran.exists(), "the command did not run");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "started\n");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "started\nended 0\n");
 }
 
 #[test]
