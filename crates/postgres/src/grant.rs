@@ -20,6 +20,10 @@ pub(crate) struct PgGrant {
     pub grant: String,
     /// The session that granted it and the lease's id there, once tracked.
     pub tracked: Mutex<Option<(Weak<Session>, u64)>>,
+    /// Release by handing the key to the oldest waiter (`sql::release_handing`): a lease
+    /// granted after waiting, on a key others are likely waiting for too. A lease granted
+    /// at once uses the cheaper plain release, which wakes a waiter to acquire instead.
+    pub handing: bool,
 }
 
 impl PgGrant {
@@ -57,7 +61,9 @@ impl LeaseOps for PgGrant {
     async fn release(&self) -> Result<bool> {
         self.untrack();
         let session = self.session.upgrade();
-        self.node.release(session.as_ref(), &self.key, &self.grant).await
+        self.node
+            .release(session.as_ref(), &self.key, &self.grant, self.handing)
+            .await
     }
 
     /// Counted on the node from the drop on: `close` waits for the release before it ends

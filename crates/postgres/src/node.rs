@@ -104,6 +104,7 @@ struct Texts {
     acquire_queue: String,
     acquire_queued: String,
     release: String,
+    release_handing: String,
     extend: String,
     renew_many: String,
     dequeue: String,
@@ -151,6 +152,7 @@ impl PgNode {
             acquire_queue: sql::acquire(&schema, sql::AcquireKind::Queue),
             acquire_queued: sql::acquire(&schema, sql::AcquireKind::Ticket),
             release: sql::release(&schema, &cfg.channel()),
+            release_handing: sql::release_handing(&schema, &cfg.channel()),
             extend: sql::extend(&schema),
             renew_many: sql::renew_many(&schema),
             dequeue: sql::dequeue(&schema),
@@ -462,6 +464,7 @@ impl PgNode {
                 acquire_queue: prepare(&t.acquire_queue).await.map_err(doing("preparing acquire"))?,
                 acquire_queued: prepare(&t.acquire_queued).await.map_err(doing("preparing acquire"))?,
                 release: prepare(&t.release).await.map_err(doing("preparing release"))?,
+                release_handing: prepare(&t.release_handing).await.map_err(doing("preparing release"))?,
                 extend: prepare(&t.extend).await.map_err(doing("preparing extend"))?,
                 renew_many: prepare(&t.renew_many).await.map_err(doing("preparing renewals"))?,
                 dequeue: prepare(&t.dequeue).await.map_err(doing("preparing dequeue"))?,
@@ -785,12 +788,23 @@ impl PgNode {
         lost
     }
 
-    /// Deletes our row and notifies the next waiter, if any; `false` if the row was not
-    /// ours. Through `session` (the connection that granted it) while it lives, else
-    /// through any: a release only ever removes our own grant, whichever connection
+    /// Releases our row — handing the key to the oldest waiter when `handing`
+    /// ([`sql::release_handing`]), else deleting it and naming that waiter
+    /// ([`sql::release`], cheaper for a key nobody waits for) —; `false` if the row was
+    /// not ours. Through `session` (the connection that granted it) while it lives, else
+    /// through any: a release only ever acts on our own grant, whichever connection
     /// carries it.
-    pub(crate) async fn release(&self, session: Option<&Arc<Session>>, key: &str, grant: &str) -> Result<bool> {
-        let statement = |s: Arc<Session>| async move { s.client.query_one(&s.st.release, &[&key, &grant]).await };
+    pub(crate) async fn release(
+        &self,
+        session: Option<&Arc<Session>>,
+        key: &str,
+        grant: &str,
+        handing: bool,
+    ) -> Result<bool> {
+        let statement = |s: Arc<Session>| async move {
+            let st = if handing { &s.st.release_handing } else { &s.st.release };
+            s.client.query_one(st, &[&key, &grant]).await
+        };
         let row = match session.filter(|s| s.is_alive()) {
             Some(s) => self.call_on(s, "release", statement).await?,
             None => self.call("release", statement).await?.0,
@@ -1164,7 +1178,7 @@ async fn abandon_on(
     let (mark, expire, release) = tokio::join!(
         s.client.execute(&s.st.abandon_mark, &by_grant),
         s.client.execute(&s.st.abandon_expire, &by_key),
-        s.client.query_one(&s.st.release, &by_key),
+        s.client.query_one(&s.st.release_handing, &by_key),
     );
     mark?;
     expire?;
@@ -1186,7 +1200,7 @@ async fn leave_on(
     ) = ([&ticket], [&key, &grant]);
     let (dequeued, released) = tokio::join!(
         s.client.execute(&s.st.dequeue, &by_ticket),
-        s.client.query_one(&s.st.release, &by_key),
+        s.client.query_one(&s.st.release_handing, &by_key),
     );
     dequeued?;
     released
@@ -1209,7 +1223,7 @@ mod tests {
         let ttl = Duration::from_secs(60);
 
         let released = GrantId::random();
-        assert!(!node.release(None, "k1", released.as_str()).await.unwrap());
+        assert!(!node.release(None, "k1", released.as_str(), false).await.unwrap());
         let (late, _, _) = node.try_grant("k1", &released, ttl, Queueing::No).await.unwrap();
         assert!(
             matches!(late, NodeGrant::Granted(_)),

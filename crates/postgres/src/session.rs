@@ -27,6 +27,7 @@ pub(crate) struct Statements {
     pub acquire_queue: Statement,
     pub acquire_queued: Statement,
     pub release: Statement,
+    pub release_handing: Statement,
     pub extend: Statement,
     pub renew_many: Statement,
     pub dequeue: Statement,

@@ -268,7 +268,7 @@ pub(crate) enum AcquireKind {
     /// `try_acquire`: refused, it leaves the queue alone (the uncontended path).
     Try,
     /// A wait's first attempt: refused, it takes a ticket in the key's queue in the same
-    /// statement, carrying the grant id a release hands the key to (see [`release`]).
+    /// statement, carrying the grant id a release hands the key to (see [`release_handing`]).
     /// `$4`: how long the ticket lives (ms).
     Queue,
     /// A queued wait's look again: `$4` our ticket, `$5` how long it lives from now when
@@ -404,9 +404,40 @@ FROM (SELECT (SELECT token FROM bumped) AS token) tk{handed_join}"
     )
 }
 
-/// Release: `$1` key, `$2` grant id. Acts only when the key's row is ours (expired or
-/// not), and then **hands the key to the oldest live waiter ticket** of the key in the
-/// same statement — the row gets that ticket's grant id, the counter is bumped for it,
+/// The plain release: `$1` key, `$2` grant id. Deletes our row only, and then — only
+/// when someone waits — notifies the release channel naming the oldest live waiter ticket
+/// of the key: `TICKET:KEY` (that waiter looks again with an acquire). Returns how many
+/// rows were deleted (1 when ours was) and how many notifications were sent. Commits
+/// lazily (see [`LAZY_COMMIT`]).
+///
+/// Used for a lease granted at once, without waiting: most such keys have no waiter, and
+/// this statement costs the server about 45 µs less than [`release_handing`] (measured
+/// with pgbench, prepared, one client: 57 against 102–107 µs; the hand-off's data-modifying
+/// steps are set up on every execution, waiters or not). A lease granted after waiting —
+/// a contended key — is released by [`release_handing`].
+///
+/// Without waiters there is no `NOTIFY`: it would serialise the commit on the server's
+/// notification queue and wake every listener for nothing. A waiter that has not taken
+/// its ticket yet re-checks right after taking it, so it misses nothing.
+pub(crate) fn release(schema: &str, channel: &str) -> String {
+    format!(
+        "WITH gone AS (
+    DELETE FROM {schema}.locks WHERE key = $1::text AND grant_id = $2::text RETURNING key
+), next AS (
+    SELECT min(ticket) AS ticket FROM {schema}.waiters
+    WHERE key = $1::text AND expires_at > statement_timestamp()
+), notified AS (
+    SELECT pg_notify('{channel}', next.ticket::text || ':' || gone.key) FROM gone, next
+    WHERE next.ticket IS NOT NULL
+)
+SELECT (SELECT count(*) FROM gone) AS released, (SELECT count(*) FROM notified) AS notified,
+       {LAZY_COMMIT} AS lazy"
+    )
+}
+
+/// The handing release: `$1` key, `$2` grant id. Acts only when the key's row is ours
+/// (expired or not), and then **hands the key to the oldest live waiter ticket** of the
+/// key in the same statement — the row gets that ticket's grant id, the counter is bumped for it,
 /// the ticket is removed — and notifies the release channel with `TICKET/TOKEN:KEY`, so
 /// the waiter is granted by the notification alone, without a statement of its own on
 /// the hand-off's path. With no live ticket it deletes the row (no `NOTIFY`: it would
@@ -428,10 +459,13 @@ FROM (SELECT (SELECT token FROM bumped) AS token) tk{handed_join}"
 /// A waiter that is refused and takes its ticket while this statement runs can be
 /// missed by it (its snapshot is older); that waiter's re-check right after taking its
 /// ticket sees the row deleted and takes the key.
-pub(crate) fn release(schema: &str, channel: &str) -> String {
+pub(crate) fn release_handing(schema: &str, channel: &str) -> String {
+    // `mine` takes no row lock: it only gates the rest on our row being there in the
+    // snapshot; `handed` and `gone` lock and re-check it (a concurrent taker of our
+    // expired row wins, and then neither acts).
     format!(
         "WITH mine AS (
-    SELECT key FROM {schema}.locks WHERE key = $1::text AND grant_id = $2::text FOR UPDATE
+    SELECT key FROM {schema}.locks WHERE key = $1::text AND grant_id = $2::text
 ), head AS (
     SELECT w.ticket, w.grant_id, w.expires_at FROM {schema}.waiters w
     WHERE w.key = $1::text AND w.expires_at > statement_timestamp() AND EXISTS (SELECT 1 FROM mine)
@@ -491,7 +525,7 @@ RETURNING l.grant_id"
 /// from now (ms). One statement per fallback poll for all waiters of the instance, so a
 /// waiter behind others need not attempt just to keep its place. Returns the tickets it
 /// found (a `bigint[]`): each now lives at least `$2` ms past the statement's send
-/// instant, the bound a waiter handed the key counts its validity from (see [`release`]).
+/// instant, the bound a waiter handed the key counts its validity from (see [`release_handing`]).
 /// Commits lazily (a ticket is no grant, see [`LAZY_COMMIT`]).
 pub(crate) fn keep_tickets(schema: &str) -> String {
     format!(

@@ -85,10 +85,28 @@ async fn observers_see_a_resigned_leader_go_when_the_seat_is_handed_on() {
         .await
         .expect("start postgres");
     let url = server.url();
+    let before = PgElection::connect(&url).await.unwrap();
     let leader = PgElection::connect(&url).await.unwrap();
     let watcher = PgElection::connect(&url).await.unwrap();
     let long = LockOptions::new().with_ttl(Duration::from_secs(60));
-    let leadership = leader.campaign("seat", b"first", &long).await.unwrap();
+    // The leader wins after waiting, as a contended seat is won: its resign hands the seat
+    // on (a seat won at once is released by a plain delete).
+    let earlier = before.campaign("seat", b"earlier", &long).await.unwrap();
+    let campaign = tokio::spawn(async move {
+        let opts = long.with_wait(Duration::from_secs(10));
+        let leadership = leader.campaign("seat", b"first", &opts).await.unwrap();
+        (leader, leadership)
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while server.psql("SELECT count(*) FROM fencelock.waiters WHERE key = 'election.seat'") != "1" {
+        assert!(tokio::time::Instant::now() < deadline, "the leader did not queue");
+        tokio::time::sleep(Duration::from_millis(10)).await; // polling a condition, bounded
+    }
+    earlier.resign().await.unwrap();
+    let (_leader, leadership) = tokio::time::timeout(Duration::from_secs(5), campaign)
+        .await
+        .expect("the leader did not win")
+        .unwrap();
     let mut observer = watcher.observe("seat").await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {

@@ -17,6 +17,8 @@ use tokio::time::Instant;
 
 const SLACK: Duration = Duration::from_secs(2);
 
+mod common;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_server_means_lost_lease_and_unavailable_acquire() {
     let mut server = PgServer::start();
@@ -495,8 +497,9 @@ async fn a_release_wakes_one_waiter_not_the_herd() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_hands_the_key_to_the_queued_waiter_without_an_acquire_of_its_own() {
     let server = PgServer::start();
-    let holder = PgLock::connect(&server.url()).await.unwrap();
-    let first = holder.acquire("k", &opts(60_000)).await.unwrap();
+    // Granted after waiting, as every grant of a contended key is: its release hands the
+    // key on (a lease granted at once releases with the plain statement).
+    let (_holder, first) = common::held_after_waiting(&server, &server.url(), "k", &opts(60_000)).await;
     count_statements(&server, "INSERT");
     let waiters = 8;
     let order = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -515,10 +518,11 @@ async fn a_release_hands_the_key_to_the_queued_waiter_without_an_acquire_of_its_
             c.close().await.unwrap();
         }));
     }
-    // Every waiter refused twice (its first attempt, and the re-check once it holds a
-    // ticket) before the release: 2 acquire statements each, then none until a wake-up.
+    // Every waiter refused three times before the release (its first attempt, the one
+    // that takes a ticket, and the re-check with it): 3 acquire statements each, then
+    // none until a wake-up.
     let deadline = Instant::now() + SLACK * 2;
-    while statements(&server, "INSERT") < 2 * waiters as i64 {
+    while statements(&server, "INSERT") < 3 * waiters as i64 {
         assert!(Instant::now() < deadline, "waiters did not queue");
         tokio::time::sleep(Duration::from_millis(20)).await; // polling a condition, bounded
     }

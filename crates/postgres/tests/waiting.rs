@@ -131,11 +131,9 @@ async fn a_look_again_that_crosses_the_release_handing_us_the_key_takes_it() {
     // Statements may wait for the operator's lock longer than the default 1 s timeout; the
     // waiter looks again every 4 × poll at the latest.
     let url = format!("{}&timeout=10s&poll=100ms", server.url());
-    let holder = PgLock::connect(&url).await.unwrap();
-    let held = holder
-        .acquire("k", &opts(Duration::from_secs(1)).with_auto_renew(false))
-        .await
-        .unwrap();
+    // Granted after waiting: its release hands the key on.
+    let (_holder, held) =
+        common::held_after_waiting(&server, &url, "k", &opts(Duration::from_secs(1)).with_auto_renew(false)).await;
     let waiter = PgLock::connect(&url).await.unwrap();
     let waiting = tokio::spawn(async move {
         let lease = waiter.acquire("k", &opts(SLACK * 10)).await.unwrap();

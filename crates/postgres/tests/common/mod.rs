@@ -1,8 +1,14 @@
 //! Helpers shared by the PostgreSQL integration tests.
 
-#![allow(clippy::unwrap_used)] // tests fail by panicking
+#![allow(clippy::unwrap_used, clippy::panic)] // tests fail by panicking
+#![allow(dead_code)] // each test file uses some of them
 
+use std::time::Duration;
+
+use fencelock_core::{DistributedLock, Lease, LockOptions};
+use fencelock_postgres::PgLock;
 use fencelock_testkit::pg_server::PgServer;
+use tokio::time::Instant;
 
 /// Counts, from now on, the statements that write `fencelock.locks` (every acquire is
 /// one; the server's own count, with a statement-level trigger and a sequence): read it
@@ -22,5 +28,32 @@ pub fn acquires(server: &PgServer) -> i64 {
     server
         .psql("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM public.acquires")
         .parse()
+        .unwrap()
+}
+
+/// A lease of `key` (default schema) granted after waiting behind another client, and its
+/// client: a lease granted after waiting releases by handing the key to the oldest waiter
+/// in the same statement, while one granted at once releases with the plain statement,
+/// which wakes that waiter to acquire (see `sql::release`).
+pub async fn held_after_waiting(server: &PgServer, url: &str, key: &str, opts: &LockOptions) -> (PgLock, Lease) {
+    let first = PgLock::connect(url).await.unwrap();
+    let at_once = first.acquire(key, opts).await.unwrap();
+    let client = PgLock::connect(url).await.unwrap();
+    let (k, o) = (key.to_owned(), opts.with_wait(Duration::from_secs(10)));
+    let waiting = tokio::spawn(async move {
+        let lease = client.acquire(&k, &o).await.unwrap();
+        (client, lease)
+    });
+    let queued = format!("SELECT count(*) FROM fencelock.waiters WHERE key = '{key}'");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.psql(&queued) != "1" {
+        assert!(Instant::now() < deadline, "the second client did not queue");
+        tokio::time::sleep(Duration::from_millis(10)).await; // polling a condition, bounded
+    }
+    at_once.release().await.unwrap();
+    first.close().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiting client was not granted")
         .unwrap()
 }
