@@ -427,9 +427,15 @@ async fn watch(
                     .and_then(|s| s.code())
                     .map(|c| format!("; its guard exited with status {c} of its own before the command ended"))
                     .unwrap_or_default();
-                eprintln!(
-                    "fencelock: lease on `{key}` (token {token}) lost while the command ran: {reason}{guard_own}; sending its process group SIGTERM"
-                );
+                // The guard may not have started the command yet (the lease was lost as
+                // it was handed over): the SIGTERM stops it before it does, and what the
+                // loss means is known only once the guard has ended.
+                let started_then = report.started();
+                if started_then {
+                    eprintln!(
+                        "fencelock: lease on `{key}` (token {token}) lost while the command ran: {reason}{guard_own}; sending its process group SIGTERM"
+                    );
+                }
                 signal_group(group, Signal::TERM);
                 signal_group(group, Signal::CONT); // a stopped process acts on SIGTERM only when continued
                 if tokio::time::timeout(kill_after, child.wait()).await.is_err() {
@@ -437,6 +443,16 @@ async fn watch(
                     signal_group(group, Signal::KILL);
                     *killed = true;
                     let _ = child.wait().await;
+                }
+                match stopped_before_start(started_then, report.started()) {
+                    Some(code) => {
+                        eprintln!("fencelock: lease on `{key}` (token {token}) lost before the command started: {reason}");
+                        return Outcome::NotStarted(code);
+                    }
+                    None if !started_then => eprintln!(
+                        "fencelock: lease on `{key}` (token {token}) lost as the command started: {reason}; its process group was sent SIGTERM"
+                    ),
+                    None => {}
                 }
                 return Outcome::LeaseLost("exiting: the lease was lost".into());
             }
@@ -519,6 +535,17 @@ fn on_loss(exited: Option<std::process::ExitStatus>, started: bool, ended: Optio
         },
         _ => OnLoss::Stop,
     }
+}
+
+/// After a loss found the guard running and the group was stopped: `Some(status)` when
+/// the command never started — the guard had not said so when the loss came
+/// (`started_then`), nor by the time it ended (`started_after`) — which is "not acquired"
+/// for the command (75, or `--conflict-exit-code`), never 76 ("lost while CMD ran"). The
+/// guard's own status then is our SIGTERM's, not a command's. (A new user's trial: the
+/// waiter's connections cut just as a PostgreSQL release handed it the key exited 76
+/// for a command that never wrote a line, in 14 of 60 tries.)
+fn stopped_before_start(started_then: bool, started_after: bool) -> Option<u8> {
+    (!started_then && !started_after).then_some(exit::NOT_ACQUIRED)
 }
 
 /// Stops what is left of the command's group after its guard exited: SIGTERM, then SIGKILL
@@ -615,6 +642,14 @@ mod tests {
     /// half-done CMD) but "not acquired" — 75, or `--conflict-exit-code` — for the
     /// command: nothing ran, trying again later is safe. (Before, 70 or 76 depending on
     /// which check noticed; then 76 from both.)
+    #[test]
+    fn a_loss_that_stopped_the_guard_before_it_started_the_command_is_not_acquired() {
+        assert_eq!(stopped_before_start(false, false), Some(exit::NOT_ACQUIRED));
+        // Started between the loss and the guard's end: the SIGTERM reached the command.
+        assert_eq!(stopped_before_start(false, true), None);
+        assert_eq!(stopped_before_start(true, true), None);
+    }
+
     #[tokio::test]
     async fn a_lease_lost_before_the_start_is_not_acquired_not_lost_while_running() {
         #[derive(clap::Parser)]

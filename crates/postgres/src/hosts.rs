@@ -121,10 +121,11 @@ fn targets(pg: &Config) -> Result<Vec<Target>, String> {
         ));
     }
     if ports.len() > 1 && ports.len() != hosts.len() {
+        let (n, hosts_word) = (hosts.len(), if hosts.len() == 1 { "host" } else { "hosts" });
         return Err(format!(
-            "{} ports for {} hosts: give one port, or one per host",
-            ports.len(),
-            hosts.len()
+            "{} ports for {n} {hosts_word} (a `port=` in the query adds to the ports after the hosts): \
+             give one port, or one per host",
+            ports.len()
         ));
     }
     Ok(hosts
@@ -406,6 +407,14 @@ mod tests {
         assert_eq!(hosts.len(), 1);
         let t = &hosts[0];
         assert_eq!(single(&pg, &t.host, t.hostaddr, t.port), pg);
+    }
+
+    /// A new user's trial: `…:5432/db?port=5432` said "2 ports for 1 hosts".
+    #[test]
+    fn a_port_in_the_query_beside_the_hosts_port_is_named() {
+        let pg = Config::from_str("postgres://u@h1:5432/db?port=5432").unwrap();
+        let err = targets(&pg).unwrap_err();
+        assert!(err.starts_with("2 ports for 1 host (a `port=` in the query"), "{err}");
     }
 
     #[test]
