@@ -460,12 +460,14 @@ SELECT (SELECT count(*) FROM gone) AS released, (SELECT count(*) FROM notified) 
 /// missed by it (its snapshot is older); that waiter's re-check right after taking its
 /// ticket sees the row deleted and takes the key.
 pub(crate) fn release_handing(schema: &str, channel: &str) -> String {
-    // `mine` takes no row lock: it only gates the rest on our row being there in the
-    // snapshot; `handed` and `gone` lock and re-check it (a concurrent taker of our
-    // expired row wins, and then neither acts).
+    // Lock order: `mine` locks the key's row before `head` locks the ticket, as every
+    // statement that locks rows of both does (an acquire locks the row by its upsert, then
+    // its ticket). Locking the ticket first deadlocked with a waiter's look again holding
+    // the row (`tests/waiting.rs`, a_handing_release_and_a_look_again_do_not_deadlock):
+    // PostgreSQL broke it after `deadlock_timeout` (1 s) by aborting one of them.
     format!(
         "WITH mine AS (
-    SELECT key FROM {schema}.locks WHERE key = $1::text AND grant_id = $2::text
+    SELECT key FROM {schema}.locks WHERE key = $1::text AND grant_id = $2::text FOR UPDATE
 ), head AS (
     SELECT w.ticket, w.grant_id, w.expires_at FROM {schema}.waiters w
     WHERE w.key = $1::text AND w.expires_at > statement_timestamp() AND EXISTS (SELECT 1 FROM mine)

@@ -175,3 +175,63 @@ async fn a_look_again_that_crosses_the_release_handing_us_the_key_takes_it() {
     drop(admin);
     driver.abort();
 }
+
+/// A handing release and a waiter's look again on the same key never deadlock: each
+/// takes the key's row first and the ticket after. (The release took the ticket first for
+/// a while: with the look holding the row and waiting for the ticket, PostgreSQL found the
+/// deadlock after `deadlock_timeout` and aborted one of them — a contended key stalled
+/// for a second, and a release failed with "no answer within 1s".) An operator's lock on
+/// the ticket makes both wait for it, the release first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handing_release_and_a_look_again_do_not_deadlock() {
+    let server = PgServer::start();
+    let url = format!("{}&timeout=10s&poll=100ms", server.url());
+    let (_holder, held) =
+        common::held_after_waiting(&server, &url, "k", &opts(Duration::from_secs(1)).with_auto_renew(false)).await;
+    let waiter = PgLock::connect(&url).await.unwrap();
+    let waiting = tokio::spawn(async move {
+        let lease = waiter.acquire("k", &opts(SLACK * 10)).await.unwrap();
+        (waiter, lease)
+    });
+    queued(&server, "k", 1).await;
+    let (admin, connection) = server
+        .url()
+        .parse::<fencelock_postgres::tokio_postgres::Config>()
+        .unwrap()
+        .connect(fencelock_postgres::tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    admin
+        .batch_execute("BEGIN; SELECT 1 FROM fencelock.waiters WHERE key = 'k' FOR UPDATE")
+        .await
+        .unwrap();
+    let token = held.token().get();
+    let release = tokio::spawn(held.release());
+    // The release (it names `heir`), then the waiter's look again (an acquire: `taken`);
+    // the waiter's ticket keeper may wait too, and does not count.
+    let waits = |what: &str| {
+        format!("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%{what}%'")
+    };
+    let deadline = Instant::now() + SLACK * 4;
+    for what in ["heir AS", "WITH taken AS"] {
+        while server.psql(&waits(what)) != "1" {
+            assert!(Instant::now() < deadline, "`{what}` never waited for a lock");
+            tokio::time::sleep(Duration::from_millis(5)).await; // polling a condition, bounded
+        }
+    }
+    admin.batch_execute("COMMIT").await.unwrap();
+    let released = tokio::time::timeout(SLACK, release).await;
+    assert!(
+        matches!(released, Ok(Ok(Ok(())))),
+        "the release did not end cleanly within {SLACK:?}: {released:?}"
+    );
+    let (_waiter, lease) = tokio::time::timeout(SLACK * 4, waiting).await.unwrap().unwrap();
+    assert_eq!(
+        lease.token().get(),
+        token + 1,
+        "the waiter did not take the grant handed to it (its look again was the deadlock's victim?)"
+    );
+    drop(admin);
+    driver.abort();
+}
