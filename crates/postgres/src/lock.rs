@@ -305,7 +305,8 @@ impl PgLock {
 
     /// One attempt of `acquire`. The first is `try_acquire`'s statement, which leaves the
     /// queue alone (the uncontended path: the queue's steps cost the server about 40 µs a
-    /// statement, measured with pgbench). Refused, the next — at once — is refused again
+    /// statement, measured with pgbench) — unless this instance found the key contended
+    /// lately ([`crate::waiters::Contended`]). Refused, the next — at once — is refused again
     /// and takes a ticket in the key's waiter queue in the same statement (or takes the
     /// key freed meanwhile), and the one after re-checks at once; later ones wait for a
     /// release naming our ticket — which normally hands us the key, no statement needed —
@@ -332,7 +333,9 @@ impl PgLock {
         let wake = queue.as_ref().map(Ticket::notified);
         let (grant, queueing) = match queue.as_ref() {
             Some(t) => (t.grant.clone(), Queueing::With(t.ticket)),
-            None if refused.load(Ordering::Relaxed) => (GrantId::random(), Queueing::Join),
+            None if refused.load(Ordering::Relaxed) || self.node.contended().contains(key) => {
+                (GrantId::random(), Queueing::Join)
+            }
             None => (GrantId::random(), Queueing::No),
         };
         let outcome = match self.grant(key, opts, &grant, queueing).await {
@@ -349,6 +352,9 @@ impl PgLock {
             Outcome::Granted(lease) => {
                 if let Some(mut t) = queue.take() {
                     t.consumed = true; // the acquire statement removed the row
+                }
+                if queueing == Queueing::Join {
+                    self.node.contended().set(key, false); // granted at once: no longer
                 }
                 Ok(Attempt::Acquired(lease))
             }
@@ -367,6 +373,7 @@ impl PgLock {
             }
             Outcome::Busy(busy, sent) => match (queue.as_mut(), busy.ticket) {
                 (None, Some(ticket)) => {
+                    self.node.contended().set(key, true);
                     let known = Confirmed { sent, life };
                     *queue = Some(Ticket::new(self.node.clone(), ticket, key, grant, known));
                     // Re-checked at once: a release running while we took the ticket may

@@ -27,7 +27,7 @@ use crate::pool::{least_busy, Pool};
 use crate::renewals::{self, renewals, Renewal, Renewals};
 use crate::session::{Session, Statements};
 use crate::sql;
-use crate::waiters::{Confirmed, Waiters};
+use crate::waiters::{Confirmed, Contended, Waiters};
 
 /// The longest a background clean-up is retried.
 pub(crate) const CLEANUP_LIMIT: Duration = Duration::from_secs(600);
@@ -119,6 +119,8 @@ pub(crate) struct NodeInner {
     /// The connections.
     pool: Pool,
     waiters: Waiters,
+    /// Keys found contended lately ([`Contended`]).
+    contended: Contended,
     renewals: Renewals,
     /// The statements' timeouts (see [`Deadlines`]: no runtime timer per statement).
     deadlines: Arc<Deadlines>,
@@ -169,6 +171,7 @@ impl PgNode {
                 cfg,
                 texts,
                 waiters: Waiters::default(),
+                contended: Contended::default(),
                 renewals: renewals(),
                 cleanups: Cleanups::new(),
                 last_good: hosts::LastGood::default(),
@@ -188,6 +191,11 @@ impl PgNode {
 
     pub(crate) fn server(&self) -> &str {
         self.inner.cfg.server()
+    }
+
+    /// The keys found contended lately (see [`Contended`]).
+    pub(crate) fn contended(&self) -> &Contended {
+        &self.inner.contended
     }
 
     pub(crate) fn waiters(&self) -> &Waiters {

@@ -235,3 +235,65 @@ async fn a_handing_release_and_a_look_again_do_not_deadlock() {
     drop(admin);
     driver.abort();
 }
+
+/// A wait of a key its instance found contended lately starts with the attempt that takes
+/// a ticket: `try_acquire`'s statement would only be refused (one statement less per
+/// contended grant, one less holding the key's row in front of the holder's release). An
+/// operator's lock on the key's row holds the wait's first statement, to read it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_on_a_key_found_contended_lately_starts_by_taking_a_ticket() {
+    let server = PgServer::start();
+    let url = format!("{}&timeout=10s", server.url());
+    let holder = PgLock::connect(&url).await.unwrap();
+    let waiter = Arc::new(PgLock::connect(&url).await.unwrap());
+    let first = holder.acquire("k", &opts(SLACK)).await.unwrap();
+    let w = Arc::clone(&waiter);
+    let waited = tokio::spawn(async move { w.acquire("k", &opts(SLACK * 10)).await.unwrap() });
+    queued(&server, "k", 1).await;
+    first.release().await.unwrap();
+    tokio::time::timeout(SLACK * 4, waited)
+        .await
+        .unwrap()
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    let again = holder.acquire("k", &opts(SLACK)).await.unwrap();
+    let (admin, connection) = server
+        .url()
+        .parse::<fencelock_postgres::tokio_postgres::Config>()
+        .unwrap()
+        .connect(fencelock_postgres::tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    admin
+        .batch_execute("BEGIN; SELECT 1 FROM fencelock.locks WHERE key = 'k' FOR UPDATE")
+        .await
+        .unwrap();
+    let w = Arc::clone(&waiter);
+    let second = tokio::spawn(async move { w.acquire("k", &opts(SLACK * 10)).await.unwrap() });
+    let held_up = "SELECT query FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%WITH taken AS%'";
+    let deadline = Instant::now() + SLACK * 4;
+    let first_statement = loop {
+        let text = server.psql(held_up);
+        if !text.is_empty() {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the wait's first statement never waited for the row"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await; // polling a condition, bounded
+    };
+    admin.batch_execute("COMMIT").await.unwrap();
+    assert!(
+        first_statement.contains("queued AS"),
+        "the wait on a key found contended began with try_acquire's statement: {first_statement}"
+    );
+    again.release().await.unwrap();
+    let lease = tokio::time::timeout(SLACK * 4, second).await.unwrap().unwrap();
+    lease.release().await.unwrap();
+    drop(admin);
+    driver.abort();
+}
