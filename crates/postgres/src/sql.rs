@@ -340,7 +340,8 @@ pub(crate) fn acquire(schema: &str, kind: AcquireKind) -> String {
                 ", dequeued AS (
     DELETE FROM {schema}.waiters WHERE ticket = $4::bigint AND EXISTS (SELECT 1 FROM taken)
 ), kept AS (
-    UPDATE {schema}.waiters SET expires_at = statement_timestamp() + $5::bigint * interval '1 millisecond'
+    UPDATE {schema}.waiters
+    SET expires_at = greatest(expires_at, statement_timestamp() + $5::bigint * interval '1 millisecond')
     WHERE ticket = $4::bigint AND NOT EXISTS (SELECT 1 FROM taken)
     RETURNING ticket
 )"
@@ -528,11 +529,18 @@ RETURNING l.grant_id"
 /// waiter behind others need not attempt just to keep its place. Returns the tickets it
 /// found (a `bigint[]`): each now lives at least `$2` ms past the statement's send
 /// instant, the bound a waiter handed the key counts its validity from (see [`release_handing`]).
+///
+/// A ticket's expiry never moves back (`greatest`), here nor in [`acquire`]'s renewal:
+/// a statement that waited for a row lock sets the expiry from its own start, which can
+/// be earlier than that of a renewal sent after it and committed first, and the waiter
+/// keeps the newest send instant as its bound; a shorter write would end a grant handed
+/// to the ticket before the waiter stops believing in it.
 /// Commits lazily (a ticket is no grant, see [`LAZY_COMMIT`]).
 pub(crate) fn keep_tickets(schema: &str) -> String {
     format!(
         "WITH kept AS (
-    UPDATE {schema}.waiters SET expires_at = statement_timestamp() + $2::bigint * interval '1 millisecond'
+    UPDATE {schema}.waiters
+    SET expires_at = greatest(expires_at, statement_timestamp() + $2::bigint * interval '1 millisecond')
     WHERE ticket = ANY($1::bigint[])
     RETURNING ticket
 )

@@ -297,3 +297,98 @@ async fn a_wait_on_a_key_found_contended_lately_starts_by_taking_a_ticket() {
     drop(admin);
     driver.abort();
 }
+
+/// A grant handed to a ticket ends on the server with the ticket; the waiter counts it
+/// valid from the send instant of the newest statement that found the ticket alive. That is
+/// a lower bound of the server's end only if no statement sent earlier can set the ticket
+/// shorter afterwards. A look again that waited for the `locks` row (behind an operator's
+/// row lock here; normally a release's durable commit) sets the ticket's expiry from its own
+/// start, earlier than the keeper's renewals that ran meanwhile: the ticket's end moved
+/// back, while the waiter kept the keeper's newer send instant. The release behind it then
+/// handed the key with that shorter expiry, and the waiter believed in the grant after the
+/// server would give it to someone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handed_grant_is_not_believed_valid_after_the_server_lets_it_go() {
+    let server = PgServer::start();
+    let url = format!("{}&timeout=10s&poll=100ms", server.url());
+    // Granted after waiting: its release hands the key on.
+    let (_holder, held) = common::held_after_waiting(&server, &url, "k", &opts(Duration::from_secs(1))).await;
+    let waiter = PgLock::connect(&url).await.unwrap();
+    // A second connection, as an instance with other work has: the keeper renews the
+    // tickets on the one the look again does not wait on.
+    let deadline = Instant::now() + SLACK * 4;
+    while waiter.backend_pids().len() < 2 {
+        assert!(Instant::now() < deadline, "the waiter's pool did not grow");
+        let free = LockOptions::new().with_ttl(Duration::from_secs(60));
+        let (a, b, c) = tokio::join!(
+            waiter.try_acquire("a", &free),
+            waiter.try_acquire("b", &free),
+            waiter.try_acquire("c", &free)
+        );
+        for lease in [a, b, c] {
+            lease.unwrap().unwrap().release().await.unwrap();
+        }
+    }
+    let waiting = tokio::spawn(async move {
+        let lease = waiter.acquire("k", &opts(SLACK * 10)).await.unwrap();
+        (waiter, lease)
+    });
+    queued(&server, "k", 1).await;
+    let (admin, connection) = server
+        .url()
+        .parse::<fencelock_postgres::tokio_postgres::Config>()
+        .unwrap()
+        .connect(fencelock_postgres::tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    admin
+        .batch_execute("BEGIN; SELECT 1 FROM fencelock.locks WHERE key = 'k' FOR UPDATE")
+        .await
+        .unwrap();
+    let waiting_for_the_row =
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%fencelock.locks%'";
+    let deadline = Instant::now() + SLACK * 4;
+    // The waiter's look again waits for the row (at the latest 4 × poll on) ...
+    while server.psql(waiting_for_the_row) != "1" {
+        assert!(Instant::now() < deadline, "the look again never waited for the row");
+        tokio::time::sleep(Duration::from_millis(5)).await; // polling a condition, bounded
+    }
+    // ... while the keeper renews the ticket well past what that look will set (its start
+    // plus the ticket's life, 1.2 s).
+    let kept_past_the_look = "SELECT (SELECT expires_at FROM fencelock.waiters WHERE key = 'k')
+        - (SELECT query_start FROM pg_stat_activity WHERE wait_event_type = 'Lock'
+           AND query LIKE '%fencelock.locks%' LIMIT 1) > interval '1900 ms'";
+    while server.psql(kept_past_the_look) != "t" {
+        assert!(Instant::now() < deadline, "the keeper did not renew the ticket");
+        tokio::time::sleep(Duration::from_millis(5)).await; // polling a condition, bounded
+    }
+    // The holder's release waits behind the look.
+    let release = tokio::spawn(held.release());
+    while server.psql(waiting_for_the_row) != "2" {
+        assert!(Instant::now() < deadline, "the release never waited for the row");
+        tokio::time::sleep(Duration::from_millis(5)).await; // polling a condition, bounded
+    }
+    admin.batch_execute("COMMIT").await.unwrap();
+    release.await.unwrap().unwrap();
+    let (_waiter, lease) = tokio::time::timeout(SLACK * 4, waiting).await.unwrap().unwrap();
+    // Read before the lease's first renewal (a third of its validity) can lengthen it.
+    let row = admin
+        .query_one(
+            "SELECT ceil(extract(epoch FROM expires_at - clock_timestamp()) * 1000)::bigint
+               FROM fencelock.locks WHERE key = 'k'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let read = Instant::now();
+    let server_ms: i64 = row.get(0);
+    let believed_ms = lease.valid_until().saturating_duration_since(read).as_millis() as i64;
+    assert!(
+        believed_ms <= server_ms,
+        "the waiter believes the handed grant valid for {believed_ms} ms more, the server \
+         lets it go in {server_ms} ms"
+    );
+    drop(admin);
+    driver.abort();
+}
