@@ -605,6 +605,7 @@ COMMIT;"
 ///    in its place when the row is missing or expired: this upsert waits for an acquire
 ///    of the key still in flight and then sees its row, and an acquire that reaches the
 ///    key after it finds our own grant id there and refuses (`grant_id <> excluded…`);
+///    and remove the key's waiter tickets that carry our grant id (see [`abandon_expire`]);
 /// 3. release (delete our row or placeholder, notify the next waiter).
 ///
 /// Step 1 also sweeps abandoned ids older than the longest TTL (a day): no acquire sent
@@ -619,10 +620,19 @@ ON CONFLICT (grant_id) DO NOTHING"
     )
 }
 
-/// Step 2 of abandoning: `$1` key, `$2` grant id.
+/// Step 2 of abandoning: `$1` key, `$2` grant id. Also removes the key's waiter tickets
+/// that carry the grant id: a wait's first attempt takes its ticket in the acquire
+/// statement, so an attempt whose answer was lost (or whose future was dropped) left a
+/// ticket its client never learnt; alive, it headed the queue for its whole life, and a
+/// release skipped it (its grant id abandoned) without handing the key to the waiter
+/// behind. The abandon sent right behind the attempt on its connection (`abandon_now`)
+/// runs after it, so this sees its ticket.
 pub(crate) fn abandon_expire(schema: &str) -> String {
     format!(
-        "INSERT INTO {schema}.locks AS l (key, grant_id, expires_at) VALUES ($1, $2, 'epoch')
+        "WITH left_queue AS (
+    DELETE FROM {schema}.waiters WHERE key = $1 AND grant_id = $2
+)
+INSERT INTO {schema}.locks AS l (key, grant_id, expires_at) VALUES ($1, $2, 'epoch')
 ON CONFLICT (key) DO UPDATE SET grant_id = excluded.grant_id, expires_at = excluded.expires_at
     WHERE l.grant_id = excluded.grant_id OR l.expires_at <= statement_timestamp()"
     )

@@ -392,3 +392,71 @@ async fn a_handed_grant_is_not_believed_valid_after_the_server_lets_it_go() {
     drop(admin);
     driver.abort();
 }
+
+/// An acquire dropped while its first attempt — the refused acquire that also takes the
+/// wait's ticket — was in flight never learnt its ticket, so only the abandon of its grant
+/// id can remove it ("our waiter ticket is removed in the background"). It did not: the
+/// ticket headed the queue for its whole life, the holder's release skipped it (its grant
+/// id abandoned) and freed the key without handing it on, and the live waiter behind it
+/// could not take the free key until that ticket expired. The first attempt is held in
+/// flight by an operator's lock on the key's row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_behind_a_dropped_acquire_is_handed_the_key() {
+    let server = PgServer::start();
+    // A long ticket life (2 × poll + 1 s = 21 s), so a ticket left behind outlasts the wait.
+    let url = format!("{}&timeout=10s&poll=10s", server.url());
+    let holder = PgLock::connect(&url).await.unwrap();
+    let held = holder.acquire("k", &opts(Duration::from_secs(1))).await.unwrap();
+    let (admin, connection) = server
+        .url()
+        .parse::<fencelock_postgres::tokio_postgres::Config>()
+        .unwrap()
+        .connect(fencelock_postgres::tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    admin
+        .batch_execute("BEGIN; SELECT 1 FROM fencelock.locks WHERE key = 'k' FOR UPDATE")
+        .await
+        .unwrap();
+    let dropped = Arc::new(PgLock::connect(&url).await.unwrap());
+    let first = {
+        let dropped = Arc::clone(&dropped);
+        tokio::spawn(async move { dropped.acquire("k", &opts(SLACK * 10)).await.map(drop) })
+    };
+    let waiting_for_the_row =
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%fencelock.locks%'";
+    let deadline = Instant::now() + SLACK * 4;
+    while server.psql(waiting_for_the_row) == "0" {
+        assert!(Instant::now() < deadline, "the first attempt never waited for the row");
+        tokio::time::sleep(Duration::from_millis(5)).await; // polling a condition, bounded
+    }
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    admin.batch_execute("COMMIT").await.unwrap();
+    // The attempt lands (refused, with its ticket); `close` returns once its abandon ran.
+    dropped.close().await.unwrap();
+
+    let waiter = PgLock::connect(&url).await.unwrap();
+    let wait = Duration::from_secs(4);
+    let waiting = tokio::spawn(async move { waiter.acquire("k", &opts(wait)).await.map(|l| l.token().get()) });
+    let live_tickets = "SELECT count(*) FROM fencelock.waiters w WHERE key = 'k'
+        AND NOT EXISTS (SELECT 1 FROM fencelock.abandoned a WHERE a.grant_id = w.grant_id)";
+    while server.psql(live_tickets) != "1" {
+        assert!(Instant::now() < deadline + SLACK, "the waiter did not queue");
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling a condition, bounded
+    }
+    let left = server.psql("SELECT count(*) FROM fencelock.waiters WHERE key = 'k'");
+    let token = held.token().get();
+    held.release().await.unwrap();
+    let got = tokio::time::timeout(wait + SLACK, waiting).await.unwrap().unwrap();
+    assert_eq!(
+        got.unwrap_or_else(|e| panic!(
+            "the waiter behind the dropped acquire's ticket was not handed the key ({left} tickets \
+             queued, the dropped one's included): {e}"
+        )),
+        token + 1
+    );
+    drop(admin);
+    driver.abort();
+}
