@@ -1293,6 +1293,61 @@ mod tests {
         );
     }
 
+    /// A look again that finds the key already handed to its grant id is told how long the
+    /// grant lives on the server, and the waiter counts that from the look's send instant:
+    /// it must be rounded down. Rounded up, the waiter believed in the grant up to a
+    /// millisecond after the server's end, whenever the rounding outgrew the time between
+    /// the send and the server's start of the statement. Checked against the server's
+    /// remaining time read just before the look is sent (a reading that precedes the send,
+    /// so the send instant plus the answer must not exceed it), 20 times: rounded up, a
+    /// loopback round trip is shorter than the rounding most times.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_handed_grant_found_by_a_look_is_not_counted_past_its_end() {
+        let server = PgServer::start();
+        let node = PgNode::new(PgConfig::from_url(&server.url()).unwrap());
+        let ttl = Duration::from_secs(60);
+        let grant = GrantId::random();
+        let (held, _, _) = node.try_grant("k", &grant, ttl, Queueing::No).await.unwrap();
+        assert!(matches!(held, NodeGrant::Granted(_)), "{held:?}");
+        let (client, connection) = node.inner.cfg.pg.connect(tokio_postgres::NoTls).await.unwrap();
+        let driver = tokio::spawn(connection);
+        let schema = &node.inner.cfg.schema;
+        for _ in 0..20 {
+            // An end with a part of a millisecond, as a ticket's end has.
+            client
+                .execute(
+                    &format!(
+                        "UPDATE {schema}.locks SET expires_at = clock_timestamp() + interval '30 s' \
+                         + random() * interval '1 ms' WHERE key = 'k'"
+                    ),
+                    &[],
+                )
+                .await
+                .unwrap();
+            let row = client
+                .query_one(
+                    &format!(
+                        "SELECT extract(epoch FROM expires_at - clock_timestamp())::float8 * 1000 \
+                         FROM {schema}.locks WHERE key = 'k'"
+                    ),
+                    &[],
+                )
+                .await
+                .unwrap();
+            let before_the_send: f64 = row.get(0);
+            let (found, _, _) = node.try_grant("k", &grant, ttl, Queueing::With(0)).await.unwrap();
+            let NodeGrant::Handed { ms, .. } = found else {
+                panic!("the look did not find the grant handed to it: {found:?}");
+            };
+            assert!(
+                ms as f64 <= before_the_send,
+                "the look was told the grant lives {ms} ms from its send; the server's end was \
+                 {before_the_send:.3} ms away before the look was sent"
+            );
+        }
+        driver.abort();
+    }
+
     /// A waiter's ticket is kept alive while every turn of the instance is taken: the
     /// keeper does not queue behind the instance's own statements. (With 1,000 keys per
     /// instance it did — a wait for a turn of over `ticket_life` — so tickets lapsed, a

@@ -294,7 +294,8 @@ pub(crate) enum AcquireKind {
 ///    start — the new one ([`AcquireKind::Queue`]), or ours when it still existed
 ///    ([`AcquireKind::Ticket`]; NULL: it is gone, handed the key or removed);
 /// 4. with [`AcquireKind::Ticket`]: when a release already handed the key to our grant
-///    id, the remaining ms of that grant by the server's clock (the token in column 0);
+///    id, the remaining ms of that grant by the server's clock, rounded down (the token
+///    in column 0);
 /// 5. the lazy commit's `set_config` (ignored).
 pub(crate) fn acquire(schema: &str, kind: AcquireKind) -> String {
     // The holder's remaining TTL is computed only when refused: measured in a server-side
@@ -360,11 +361,13 @@ pub(crate) fn acquire(schema: &str, kind: AcquireKind) -> String {
             "(SELECT ticket FROM kept)",
             "h.ms",
             // A release hands the key to our grant id (see `release`): normally we learn it
-            // from its notification; this finds it when that was missed.
+            // from its notification; this finds it when that was missed. Its remaining ms
+            // are rounded down (the waiter counts them from its send instant: rounded up,
+            // it believed in the grant up to a millisecond past the server's end).
             format!(
                 "
 LEFT JOIN LATERAL (
-    SELECT t.token, ceil(extract(epoch FROM l.expires_at - statement_timestamp()) * 1000)::bigint AS ms
+    SELECT t.token, floor(extract(epoch FROM l.expires_at - statement_timestamp()) * 1000)::bigint AS ms
       FROM {schema}.locks l JOIN {schema}.tokens t ON t.key = l.key
      WHERE l.key = $1::text AND l.grant_id = $2::text AND l.expires_at > statement_timestamp()
 ) h ON {refused}"
