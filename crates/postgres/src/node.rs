@@ -1253,6 +1253,34 @@ mod tests {
         assert!(matches!(other, NodeGrant::Granted(_)), "{other:?}");
     }
 
+    /// A wait's first attempt that reaches the server after its grant id was abandoned (held
+    /// by a partition while the client gave up) is refused, and takes no ticket either: a
+    /// ticket its client never learnt heads the key's queue for its whole life, and the
+    /// abandon that could remove it already ran.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_first_attempt_arriving_after_its_abandon_takes_no_ticket() {
+        let server = PgServer::start();
+        let node = PgNode::new(PgConfig::from_url(&server.url()).unwrap());
+        let ttl = Duration::from_secs(60);
+        let (held, _, _) = node
+            .try_grant("k", &GrantId::random(), ttl, Queueing::No)
+            .await
+            .unwrap();
+        assert!(matches!(held, NodeGrant::Granted(_)), "{held:?}");
+        let abandoned = GrantId::random();
+        node.abandon("k", abandoned.as_str()).await.unwrap();
+        let (late, _, _) = node.try_grant("k", &abandoned, ttl, Queueing::Join).await.unwrap();
+        assert!(matches!(late, NodeGrant::Busy(_)), "{late:?}");
+        let tickets = server.psql(&format!(
+            "SELECT count(*) FROM fencelock.waiters WHERE grant_id = '{}'",
+            abandoned.as_str()
+        ));
+        assert_eq!(
+            tickets, "0",
+            "the late first attempt of an abandoned grant took a ticket: {late:?}"
+        );
+    }
+
     /// An acquire dropped before its answer was heard sends its abandon from a task of its
     /// own; that abandon is counted among the clean-ups at the drop, before its task first
     /// ran, so a `close()` right after waits for it before it ends the connections. (Counted

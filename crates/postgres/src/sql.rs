@@ -268,8 +268,10 @@ pub(crate) enum AcquireKind {
     /// `try_acquire`: refused, it leaves the queue alone (the uncontended path).
     Try,
     /// A wait's first attempt: refused, it takes a ticket in the key's queue in the same
-    /// statement, carrying the grant id a release hands the key to (see [`release_handing`]).
-    /// `$4`: how long the ticket lives (ms).
+    /// statement, carrying the grant id a release hands the key to (see [`release_handing`]) —
+    /// unless the grant id was abandoned (the attempt arrived late, after its client gave
+    /// up: nobody would ever renew or remove that ticket). `$4`: how long the ticket
+    /// lives (ms).
     Queue,
     /// A queued wait's look again: `$4` our ticket, `$5` how long it lives from now when
     /// we are refused (ms). Also finds the key already handed to our grant id by a
@@ -327,6 +329,7 @@ pub(crate) fn acquire(schema: &str, kind: AcquireKind) -> String {
     INSERT INTO {schema}.waiters (key, grant_id, expires_at)
     SELECT $1::text, $2::text, statement_timestamp() + $4::bigint * interval '1 millisecond'
     WHERE NOT EXISTS (SELECT 1 FROM taken)
+      AND NOT EXISTS (SELECT 1 FROM {schema}.abandoned a WHERE a.grant_id = $2::text)
     RETURNING ticket
 )"
             ),
