@@ -124,21 +124,24 @@ async fn a_waiter_behind_a_dead_one_is_granted_when_its_ticket_expires() {
 /// handed grant (token = the holder's + 1), not give it back as a lost ticket and queue
 /// again (which wasted the hand-off: token + 2, and the waiter's place in line).
 /// Made deterministic with an operator's lock on the row: the release and the look both
-/// wait behind it, in that order.
+/// wait behind it, in that order. The waiter's own looks are rare (a 10 s poll: at the
+/// latest every 20–40 s); its look comes when its listening connection is ended, which
+/// wakes it, once the release waits. (It looked again on its own every 200–400 ms: a look
+/// that came first, or within one reading of the waits after the release, failed the
+/// test with "1 statement(s) never waited for the row".)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_look_again_that_crosses_the_release_handing_us_the_key_takes_it() {
     let server = PgServer::start();
-    // Statements may wait for the operator's lock longer than the default 1 s timeout; the
-    // waiter looks again every 4 × poll at the latest.
-    let url = format!("{}&timeout=10s&poll=100ms", server.url());
+    // Statements may wait for the operator's lock longer than the default 1 s timeout.
+    let url = format!("{}&timeout=10s", server.url());
     // Granted after waiting: its release hands the key on.
     let (_holder, held) =
         common::held_after_waiting(&server, &url, "k", &opts(Duration::from_secs(1)).with_auto_renew(false)).await;
-    let waiter = PgLock::connect(&url).await.unwrap();
-    let waiting = tokio::spawn(async move {
-        let lease = waiter.acquire("k", &opts(SLACK * 10)).await.unwrap();
-        (waiter, lease)
-    });
+    let waiter = Arc::new(PgLock::connect(&format!("{url}&poll=10s")).await.unwrap());
+    let waiting = {
+        let waiter = Arc::clone(&waiter);
+        tokio::spawn(async move { waiter.acquire("k", &opts(SLACK * 10)).await.unwrap() })
+    };
     queued(&server, "k", 1).await;
     let (admin, connection) = server
         .url()
@@ -154,19 +157,25 @@ async fn a_look_again_that_crosses_the_release_handing_us_the_key_takes_it() {
         .unwrap();
     let token = held.token().get();
     let release = tokio::spawn(held.release());
-    let waiting_for_the_row =
-        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%fencelock.locks%'";
-    // The release first, then the waiter's next look (at the latest 4 × poll on).
+    let waiting_for_the_row = |what: &str| {
+        format!("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%{what}%'")
+    };
     let deadline = Instant::now() + SLACK * 4;
-    for n in ["1", "2"] {
-        while server.psql(waiting_for_the_row) != n {
-            assert!(Instant::now() < deadline, "{n} statement(s) never waited for the row");
-            tokio::time::sleep(Duration::from_millis(5)).await; // polling a condition, bounded
-        }
+    // The release first ...
+    while server.psql(&waiting_for_the_row("WITH mine AS")) != "1" {
+        assert!(Instant::now() < deadline, "the release never waited for the row");
+        tokio::time::sleep(Duration::from_millis(5)).await; // polling a condition, bounded
+    }
+    // ... then the waiter's look, woken by the end of its listening connection.
+    let listener = waiter.backend_pid().await.unwrap();
+    server.psql(&format!("SELECT pg_terminate_backend({listener})"));
+    while server.psql(&waiting_for_the_row("WITH taken AS")) != "1" {
+        assert!(Instant::now() < deadline, "the look never waited for the row");
+        tokio::time::sleep(Duration::from_millis(5)).await; // polling a condition, bounded
     }
     admin.batch_execute("COMMIT").await.unwrap();
     release.await.unwrap().unwrap();
-    let (_waiter, lease) = tokio::time::timeout(SLACK * 4, waiting).await.unwrap().unwrap();
+    let lease = tokio::time::timeout(SLACK * 4, waiting).await.unwrap().unwrap();
     assert_eq!(
         lease.token().get(),
         token + 1,
@@ -442,8 +451,9 @@ async fn a_waiter_behind_a_dropped_acquire_is_handed_the_key() {
     let waiting = tokio::spawn(async move { waiter.acquire("k", &opts(wait)).await.map(|l| l.token().get()) });
     let live_tickets = "SELECT count(*) FROM fencelock.waiters w WHERE key = 'k'
         AND NOT EXISTS (SELECT 1 FROM fencelock.abandoned a WHERE a.grant_id = w.grant_id)";
+    let deadline = Instant::now() + SLACK * 4;
     while server.psql(live_tickets) != "1" {
-        assert!(Instant::now() < deadline + SLACK, "the waiter did not queue");
+        assert!(Instant::now() < deadline, "the waiter did not queue");
         tokio::time::sleep(Duration::from_millis(20)).await; // polling a condition, bounded
     }
     let left = server.psql("SELECT count(*) FROM fencelock.waiters WHERE key = 'k'");
