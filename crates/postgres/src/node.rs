@@ -965,8 +965,13 @@ impl PgNode {
     /// least every `poll` (see [`register_ticket`](Self::register_ticket)), so twice that
     /// plus a second of slack for a slow statement. A waiter whose process died blocks
     /// the queue that long.
+    ///
+    /// In whole milliseconds, as the statements set it: the waiter counts a handed grant
+    /// valid for this long from a renewal's send instant, so it must not exceed what the
+    /// server was sent (a `poll` with a part of a millisecond made it, by up to 1 ms).
     pub(crate) fn ticket_life(&self) -> Duration {
-        self.inner.cfg.poll * 2 + Duration::from_secs(1)
+        let life = self.inner.cfg.poll * 2 + Duration::from_secs(1);
+        Duration::from_millis(u64::try_from(life.as_millis()).unwrap_or(u64::MAX))
     }
 
     /// Registers our waiter `ticket` for its release notification, and starts the
@@ -1371,6 +1376,63 @@ mod tests {
                 ms as f64 <= before_the_send,
                 "the look was told the grant lives {ms} ms from its send; the server's end was \
                  {before_the_send:.3} ms away before the look was sent"
+            );
+        }
+        driver.abort();
+    }
+
+    /// The life a renewal gives a ticket on the server is the life its waiter counts from the
+    /// renewal's send instant (a handed grant is valid that long): with a `poll` that has
+    /// a part of a millisecond, the statement was sent the life in whole milliseconds
+    /// while the waiter counted the exact one, past the server's end. Checked against a
+    /// reading of the server's clock made before the renewal was sent, 20 times.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_kept_ticket_is_not_counted_past_its_end_on_the_server() {
+        let server = PgServer::start();
+        let url = format!("{}&poll=100ms%20900us", server.url());
+        let node = PgNode::new(PgConfig::from_url(&url).unwrap());
+        let ttl = Duration::from_secs(60);
+        let (held, _, _) = node
+            .try_grant("k", &GrantId::random(), ttl, Queueing::No)
+            .await
+            .unwrap();
+        assert!(matches!(held, NodeGrant::Granted(_)), "{held:?}");
+        let (queued, _, _) = node
+            .try_grant("k", &GrantId::random(), ttl, Queueing::Join)
+            .await
+            .unwrap();
+        let NodeGrant::Busy(Busy {
+            ticket: Some(ticket), ..
+        }) = queued
+        else {
+            panic!("not queued: {queued:?}");
+        };
+        let (client, connection) = node.inner.cfg.pg.connect(tokio_postgres::NoTls).await.unwrap();
+        let driver = tokio::spawn(connection);
+        let schema = &node.inner.cfg.schema;
+        let life = node.ticket_life().as_secs_f64() * 1000.0;
+        for _ in 0..20 {
+            let before_the_send: f64 = client
+                .query_one("SELECT extract(epoch FROM clock_timestamp())::float8 * 1000", &[])
+                .await
+                .unwrap()
+                .get(0);
+            node.keep_tickets(vec![ticket]).await.unwrap();
+            let end: f64 = client
+                .query_one(
+                    &format!(
+                        "SELECT extract(epoch FROM expires_at)::float8 * 1000 FROM {schema}.waiters WHERE ticket = $1"
+                    ),
+                    &[&ticket],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert!(
+                end - before_the_send >= life,
+                "the waiter counts its ticket alive {life:.3} ms from the renewal's send; the \
+                 server ends it {:.3} ms after a reading made before that send",
+                end - before_the_send
             );
         }
         driver.abort();
