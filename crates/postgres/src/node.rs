@@ -460,10 +460,21 @@ impl PgNode {
             let missing = sql::check_tables(&cfg.schema, &sql::TABLES, &found, way_out)
                 .map_err(|why| LockError::invalid_config(format!("{server}: {why}")))?;
             if !missing.is_empty() {
-                client
-                    .batch_execute(&self.inner.texts.create)
-                    .await
-                    .map_err(doing("creating the tables"))?;
+                // A table of an earlier layout lacks a column this version added: say so,
+                // and what to run, when the role may not add it (a migration-managed
+                // schema); "creating the tables" alone sent people to check their password.
+                let added = sql::missing_added_columns(&cfg.schema, &found);
+                client.batch_execute(&self.inner.texts.create).await.map_err(|e| {
+                    if added.is_empty() || e.code().is_none() {
+                        return failed("creating the tables", server, e);
+                    }
+                    LockError::invalid_config(format!(
+                        "{server}: fencelock's tables are of an earlier layout and this role could not bring \
+                         them up to date ({}); run as the tables' owner: {}",
+                        fencelock_core::error::one_line(&e),
+                        added.join(" ")
+                    ))
+                })?;
             }
             let t = &self.inner.texts;
             let prepare = |text| client.prepare(text);

@@ -158,6 +158,27 @@ pub(crate) fn check_tables(
     Ok(missing)
 }
 
+/// The columns of [`ADDED`] that the found tables of ours (`rows`, [`COLUMNS_FOUND`])
+/// lack, as the `ALTER TABLE` statements that add them: what a role that may not alter
+/// the tables must ask their owner to run.
+pub(crate) fn missing_added_columns(schema: &str, rows: &[tokio_postgres::Row]) -> Vec<String> {
+    let found: Vec<Found> = rows.iter().filter_map(Found::from_row).collect();
+    ADDED
+        .iter()
+        .filter(|(table, column)| {
+            found.iter().any(|f| f.table == *table) && !found.iter().any(|f| f.table == *table && f.column == *column)
+        })
+        .map(|(table, column)| {
+            let ty = COLUMNS
+                .iter()
+                .find(|(t, _)| t == table)
+                .and_then(|(_, cols)| cols.iter().find(|(c, _)| c == column))
+                .map_or("text", |(_, ty)| ty);
+            format!("ALTER TABLE {schema}.{table} ADD COLUMN IF NOT EXISTS {column} {ty};")
+        })
+        .collect()
+}
+
 /// What makes one found relation unusable, if anything (see [`check_tables`]).
 fn table_problem(table: &str, kind: &str, columns: &[(&str, &str)], mine: &[&Found]) -> Option<String> {
     if kind != "r" && kind != "p" {

@@ -263,3 +263,39 @@ async fn tables_of_the_first_layout_get_the_added_column_at_connect() {
         .unwrap();
     assert!(next > token, "{next} after {token}");
 }
+
+/// A schema managed by a migration (a role with DML privileges only) that is still of the
+/// first layout: the connect cannot add `waiters.grant_id` itself, and must say so and
+/// what the owner must run — not "creating the tables … check the user, password,
+/// database and its privileges", which sent people to their credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_that_cannot_add_the_new_column_is_told_what_to_run() {
+    let server = PgServer::start();
+    let first_layout = schema_sql("fencelock")
+        .unwrap()
+        .replace(",\n    grant_id text\n);", "\n);")
+        .replace(
+            "ALTER TABLE fencelock.waiters ADD COLUMN IF NOT EXISTS grant_id text;\n",
+            "",
+        );
+    server.psql(&first_layout);
+    server.psql(
+        "CREATE ROLE app LOGIN;
+         REVOKE CREATE ON DATABASE postgres FROM PUBLIC;
+         REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+         GRANT USAGE ON SCHEMA fencelock TO app;
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA fencelock TO app;
+         GRANT USAGE ON ALL SEQUENCES IN SCHEMA fencelock TO app;",
+    );
+    let url = format!("postgres://app@127.0.0.1:{}/postgres?sslmode=disable", server.port());
+    let refused = PgLock::connect(&url).await.expect_err("the role cannot add the column");
+    let message = refused.to_string();
+    assert!(
+        matches!(refused, LockError::InvalidConfig { .. })
+            && message.contains("ALTER TABLE fencelock.waiters ADD COLUMN IF NOT EXISTS grant_id text"),
+        "{message}"
+    );
+    // Run by the owner, the role connects and waits in the queue.
+    server.psql("ALTER TABLE fencelock.waiters ADD COLUMN IF NOT EXISTS grant_id text");
+    drop(PgLock::connect(&url).await.unwrap());
+}
