@@ -263,8 +263,9 @@ impl PgLock {
     /// until its ticket's end, which we know a lower bound of (`known`: a statement sent
     /// then found the ticket alive and renewed it for `known.life`). Handed out as it is
     /// — valid until that bound, or the TTL from then if shorter — when it auto-renews
-    /// and a quarter of the ticket's life is left: its first renewal, due at once,
-    /// lengthens it to the TTL. Otherwise (no auto-renew, or the bound is near) it is
+    /// and a quarter of the ticket's life is left: its first renewal — due, as every
+    /// renewal, a third of the way through that validity — lengthens it to the TTL.
+    /// Otherwise (no auto-renew, or the bound is near) it is
     /// first extended to the TTL by one statement. `None` when that found the grant
     /// expired (the waiter was too slow): the wait starts over.
     async fn handed(
@@ -498,8 +499,8 @@ impl DistributedLock for PgLock {
     /// grant), or looking again when the ticket ahead of ours or the holder's lease
     /// expires (at the latest every `4 × poll`). A lease handed over that way is valid at
     /// first until our ticket's known end (at most `2 × poll + 1 s`), and its first
-    /// renewal, due at once, lengthens it to the TTL; without auto-renew it is extended to
-    /// the TTL before it is returned.
+    /// renewal (a third of the way through that validity) lengthens it to the TTL;
+    /// without auto-renew it is extended to the TTL before it is returned.
     ///
     /// # Errors
     ///

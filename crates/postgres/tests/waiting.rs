@@ -402,8 +402,8 @@ async fn a_handed_grant_is_not_believed_valid_after_the_server_lets_it_go() {
     driver.abort();
 }
 
-/// An acquire dropped while its first attempt — the refused acquire that also takes the
-/// wait's ticket — was in flight never learnt its ticket, so only the abandon of its grant
+/// An acquire dropped while its attempt that takes the wait's ticket (here its first: the
+/// key was found contended lately) was in flight never learnt its ticket, so only the abandon of its grant
 /// id can remove it ("our waiter ticket is removed in the background"). It did not: the
 /// ticket headed the queue for its whole life, the holder's release skipped it (its grant
 /// id abandoned) and freed the key without handing it on, and the live waiter behind it
@@ -424,11 +424,22 @@ async fn a_waiter_behind_a_dropped_acquire_is_handed_the_key() {
         .await
         .unwrap();
     let driver = tokio::spawn(connection);
+    let dropped = Arc::new(PgLock::connect(&url).await.unwrap());
+    // An earlier wait of `dropped` that took a ticket and gave up: the key is then
+    // contended lately for `dropped`, whose next wait begins with the attempt that takes
+    // a ticket (a wait's first attempt otherwise takes none).
+    {
+        let d = Arc::clone(&dropped);
+        let earlier = tokio::spawn(async move { d.acquire("k", &opts(SLACK * 10)).await.map(drop) });
+        queued(&server, "k", 1).await;
+        earlier.abort();
+        let _ = earlier.await;
+        queued(&server, "k", 0).await;
+    }
     admin
         .batch_execute("BEGIN; SELECT 1 FROM fencelock.locks WHERE key = 'k' FOR UPDATE")
         .await
         .unwrap();
-    let dropped = Arc::new(PgLock::connect(&url).await.unwrap());
     let first = {
         let dropped = Arc::clone(&dropped);
         tokio::spawn(async move { dropped.acquire("k", &opts(SLACK * 10)).await.map(drop) })
