@@ -26,6 +26,7 @@ pub const DEFAULT_SCHEMA: &str = "fencelock";
 /// | `poll` | `500ms` | how often (jittered to 50–100 %) an instance renews its waiters' tickets, in one statement; a ticket lives `2 × poll + 1 s` past its last renewal (the dead-waiter bound), and a waiter re-checks at the latest every `4 × poll` (jittered) |
 /// | `renew_window` | `50ms` | how long a background renewal may wait to share one statement with others (capped at a tenth of its TTL; `0ms`: only renewals already due share) |
 /// | `connections` | `4` | the most connections the instance opens, 1 to 32: made one at a time when every open one is busy (the first statement makes one), so statements of different keys run side by side on the server; a lease stays with the connection that granted it |
+/// | `handoff` | `false` | `true`: the release of a lease granted after waiting hands the key to the oldest waiter in its own statement, and the waiter is granted by the notification (one round trip less per hand-off on a hot key); off, the release names that waiter, who acquires. Measured in docs/backends/postgres.md: it helps one hot key a little and hurts an instance waiting for many keys at once |
 ///
 /// `sslmode=disable`, `allow` and `prefer` (the libpq default) connect without TLS;
 /// `require`, `verify-ca` and `verify-full`, an unknown mode, and libpq's TLS file
@@ -51,6 +52,9 @@ pub struct PgConfig {
     pub renew_window: Duration,
     /// The most connections the instance opens ([`MAX_CONNECTIONS`] at most).
     pub connections: usize,
+    /// Whether the release of a lease granted after waiting hands the key to the oldest
+    /// waiter in its own statement (`sql::release_handing`); off, the plain release.
+    pub handoff: bool,
 }
 
 /// The most connections one instance may open (`connections` in the URL): a few cover
@@ -62,7 +66,7 @@ pub const MAX_CONNECTIONS: usize = 32;
 pub const DEFAULT_CONNECTIONS: usize = 4;
 
 impl PgConfig {
-    /// Parses `postgres://[USER[:PASSWORD]@]HOST[:PORT][/DB][?libpq params&schema=S&timeout=D&connect_timeout=D&poll=D&renew_window=D&connections=N]`
+    /// Parses `postgres://[USER[:PASSWORD]@]HOST[:PORT][/DB][?libpq params&schema=S&timeout=D&connect_timeout=D&poll=D&renew_window=D&connections=N&handoff=BOOL]`
     /// (or `postgresql://…`).
     ///
     /// # Errors
@@ -86,6 +90,7 @@ impl PgConfig {
             poll: Duration::from_millis(500),
             renew_window: Duration::from_millis(50),
             connections: DEFAULT_CONNECTIONS,
+            handoff: false,
         };
         let mut passed: Vec<String> = Vec::new();
         for pair in u.query() {
@@ -108,6 +113,13 @@ impl PgConfig {
                         ))
                     })?
                 }
+                "handoff" => {
+                    cfg.handoff = match v {
+                        "true" => true,
+                        "false" => false,
+                        _ => return Err(bad(format!("handoff takes true or false, not `{v}`"))),
+                    }
+                }
                 "sslmode" => passed.push(format!("sslmode={}", plain_sslmode(v).map_err(|e| u.invalid(e))?)),
                 k if TLS_FILE_KEYS.contains(&k) => return Err(u.invalid(format!("{k}: {NO_TLS}"))),
                 _ => passed.push(pair.raw.clone()),
@@ -123,7 +135,7 @@ impl PgConfig {
         };
         let mut pg = tokio_postgres::Config::from_str(&libpq).map_err(|e| LockError::InvalidConfig {
             message: format!(
-                "`{display}` is not a PostgreSQL URL tokio-postgres can read (the backend's own options are schema, timeout, connect_timeout, poll, renew_window, connections)"
+                "`{display}` is not a PostgreSQL URL tokio-postgres can read (the backend's own options are schema, timeout, connect_timeout, poll, renew_window, connections, handoff)"
             ),
             source: Some(Box::new(e)),
         })?;
@@ -389,6 +401,9 @@ mod tests {
         assert_eq!(one.connections, 1);
         let most = PgConfig::from_url("postgres://u@h/d?connections=32").unwrap();
         assert_eq!(most.connections, MAX_CONNECTIONS);
+        assert!(!c.handoff, "off unless asked for");
+        assert!(PgConfig::from_url("postgres://u@h/d?handoff=true").unwrap().handoff);
+        assert!(!PgConfig::from_url("postgres://u@h/d?handoff=false").unwrap().handoff);
         assert!(
             !format!("{:?}", most.pg).contains("connections"),
             "taken out before tokio-postgres"
@@ -491,6 +506,10 @@ mod tests {
             (
                 "postgres://u:pw@h/d?connections=33",
                 "connections must be from 1 to 32, got 33",
+            ),
+            (
+                "postgres://u:pw@h/d?handoff=yes",
+                "handoff takes true or false, not `yes`",
             ),
             // A range error shows the URL with its options, so the one at fault is in sight.
             (

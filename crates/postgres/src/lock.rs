@@ -214,7 +214,7 @@ impl PgLock {
             }
         };
         tracing::debug!(%key, %token, "granted");
-        let handing = queueing != Queueing::No;
+        let handing = queueing != Queueing::No && self.node.config().handoff;
         let lease = self.lease(key, opts, grant, token, &session, sent_at, opts.ttl(), handing);
         // From here the lease's drop releases the grant.
         undo.disarm();
@@ -278,11 +278,12 @@ impl PgLock {
         known: Confirmed,
     ) -> Result<Option<Lease>> {
         let token = FencingToken::new(token);
+        let handoff = self.node.config().handoff; // how this instance releases
         let validity = known.life.min(opts.ttl());
         let floor = self.node.ticket_life() / 4;
         if opts.auto_renew() && known.sent + validity >= Instant::now() + floor {
             tracing::debug!(%key, %token, "handed the key by a release");
-            let lease = self.lease(key, opts, grant, token, &session, known.sent, validity, true);
+            let lease = self.lease(key, opts, grant, token, &session, known.sent, validity, handoff);
             self.extend_in_background(key, grant, &session, opts.ttl());
             return Ok(Some(lease));
         }
@@ -300,7 +301,7 @@ impl PgLock {
             &session,
             sent_at,
             opts.ttl(),
-            true,
+            handoff,
         )))
     }
 
@@ -519,10 +520,10 @@ impl DistributedLock for PgLock {
             .await
     }
 
-    /// Takes the key, waiting up to `opts.wait()` in the key's FIFO queue: normally handed
-    /// the key by the holder's release (its notification names our ticket and is the
-    /// grant), or looking again when the ticket ahead of ours or the holder's lease
-    /// expires (at the latest every `4 × poll`). A lease handed over that way is valid at
+    /// Takes the key, waiting up to `opts.wait()` in the key's FIFO queue: woken by the
+    /// holder's release naming our ticket (with `handoff=true` its notification can be
+    /// the grant itself), or looking again when the ticket ahead of ours or the holder's
+    /// lease expires (at the latest every `4 × poll`). A lease handed over is valid at
     /// first until our ticket's known end (at most `2 × poll + 1 s`), and its first
     /// renewal (a third of the way through that validity) lengthens it to the TTL;
     /// without auto-renew it is extended to the TTL before it is returned.

@@ -1,10 +1,12 @@
 //! Push-based waiting without a herd, and hand-offs without a statement of the waiter's
 //! own: a waiter that found the key busy takes a ticket in the key's queue (a row of the
 //! `waiters` table, numbered by a sequence, carrying the grant id it will hold) in the
-//! same statement as its refused attempt. A release hands the key to the oldest live
-//! ticket in its own statement and notifies the channel with `TICKET/TOKEN:KEY`: only the
-//! waiter holding that ticket wakes — in whichever process it is — and it is already
-//! granted (see `sql::release`). The others sleep on until their turn (or a re-check).
+//! same statement as its refused attempt. A release notifies the channel naming the
+//! oldest live ticket, `TICKET:KEY`: only the waiter holding that ticket wakes — in
+//! whichever process it is — and acquires. With `handoff=true` the release of a lease
+//! granted after waiting hands the key to that ticket in its own statement and notifies
+//! `TICKET/TOKEN:KEY`: the waiter is already granted (see `sql::release_handing`). The
+//! others sleep on until their turn (or a re-check).
 //!
 //! The queue also orders grants: the acquire statement refuses a free key to a client
 //! without a ticket, or with a younger one, while an older ticket of the key lives — so a

@@ -86,7 +86,8 @@ async fn observers_see_a_resigned_leader_go_when_the_seat_is_handed_on() {
         .expect("start postgres");
     let url = server.url();
     let before = PgElection::connect(&url).await.unwrap();
-    let leader = PgElection::connect(&url).await.unwrap();
+    // The seat's release hands it on only with `handoff=true`.
+    let leader = PgElection::connect(&format!("{url}&handoff=true")).await.unwrap();
     let watcher = PgElection::connect(&url).await.unwrap();
     let long = LockOptions::new().with_ttl(Duration::from_secs(60));
     // The leader wins after waiting, as a contended seat is won: its resign hands the seat

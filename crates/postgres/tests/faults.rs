@@ -499,14 +499,15 @@ async fn a_release_hands_the_key_to_the_queued_waiter_without_an_acquire_of_its_
     let server = PgServer::start();
     // Granted after waiting, as every grant of a contended key is: its release hands the
     // key on (a lease granted at once releases with the plain statement).
-    let (_holder, first) = common::held_after_waiting(&server, &server.url(), "k", &opts(60_000)).await;
+    let url = format!("{}&handoff=true", server.url());
+    let (_holder, first) = common::held_after_waiting(&server, &url, "k", &opts(60_000)).await;
     count_statements(&server, "INSERT");
     let waiters = 8;
     let order = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     for _ in 0..waiters {
         // A long fallback poll: no waiter looks again on its own during the test.
-        let c = PgLock::connect(&format!("{}&poll=10s", server.url())).await.unwrap();
+        let c = PgLock::connect(&format!("{url}&poll=10s")).await.unwrap();
         let order = Arc::clone(&order);
         tasks.push(tokio::spawn(async move {
             let lease = c

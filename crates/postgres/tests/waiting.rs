@@ -133,7 +133,7 @@ async fn a_waiter_behind_a_dead_one_is_granted_when_its_ticket_expires() {
 async fn a_look_again_that_crosses_the_release_handing_us_the_key_takes_it() {
     let server = PgServer::start();
     // Statements may wait for the operator's lock longer than the default 1 s timeout.
-    let url = format!("{}&timeout=10s", server.url());
+    let url = format!("{}&timeout=10s&handoff=true", server.url());
     // Granted after waiting: its release hands the key on.
     let (_holder, held) =
         common::held_after_waiting(&server, &url, "k", &opts(Duration::from_secs(1)).with_auto_renew(false)).await;
@@ -194,7 +194,7 @@ async fn a_look_again_that_crosses_the_release_handing_us_the_key_takes_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handing_release_and_a_look_again_do_not_deadlock() {
     let server = PgServer::start();
-    let url = format!("{}&timeout=10s&poll=100ms", server.url());
+    let url = format!("{}&timeout=10s&poll=100ms&handoff=true", server.url());
     let (_holder, held) =
         common::held_after_waiting(&server, &url, "k", &opts(Duration::from_secs(1)).with_auto_renew(false)).await;
     let waiter = PgLock::connect(&url).await.unwrap();
@@ -319,7 +319,7 @@ async fn a_wait_on_a_key_found_contended_lately_starts_by_taking_a_ticket() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handed_grant_is_not_believed_valid_after_the_server_lets_it_go() {
     let server = PgServer::start();
-    let url = format!("{}&timeout=10s&poll=100ms", server.url());
+    let url = format!("{}&timeout=10s&poll=100ms&handoff=true", server.url());
     // Granted after waiting: its release hands the key on.
     let (_holder, held) = common::held_after_waiting(&server, &url, "k", &opts(Duration::from_secs(1))).await;
     let waiter = PgLock::connect(&url).await.unwrap();
@@ -493,7 +493,7 @@ async fn a_waiter_behind_a_dropped_acquire_is_handed_the_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handed_grant_is_extended_to_the_ttl_on_the_server_at_once() {
     let server = PgServer::start();
-    let url = format!("{}&poll=10s", server.url());
+    let url = format!("{}&poll=10s&handoff=true", server.url());
     let ttl = Duration::from_secs(60);
     let long = LockOptions::new().with_ttl(ttl).with_wait(SLACK * 10);
     let (_holder, held) = common::held_after_waiting(&server, &url, "k", &long).await;

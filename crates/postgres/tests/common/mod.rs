@@ -32,9 +32,9 @@ pub fn acquires(server: &PgServer) -> i64 {
 }
 
 /// A lease of `key` (default schema) granted after waiting behind another client, and its
-/// client: a lease granted after waiting releases by handing the key to the oldest waiter
-/// in the same statement, while one granted at once releases with the plain statement,
-/// which wakes that waiter to acquire (see `sql::release`).
+/// client: with `handoff=true` in `url`, a lease granted after waiting releases by handing
+/// the key to the oldest waiter in the same statement, while one granted at once releases
+/// with the plain statement, which wakes that waiter to acquire (see `sql::release`).
 pub async fn held_after_waiting(server: &PgServer, url: &str, key: &str, opts: &LockOptions) -> (PgLock, Lease) {
     let first = PgLock::connect(url).await.unwrap();
     let at_once = first.acquire(key, opts).await.unwrap();
