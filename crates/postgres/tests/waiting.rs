@@ -143,18 +143,7 @@ async fn a_look_again_that_crosses_the_release_handing_us_the_key_takes_it() {
         tokio::spawn(async move { waiter.acquire("k", &opts(SLACK * 10)).await.unwrap() })
     };
     queued(&server, "k", 1).await;
-    let (admin, connection) = server
-        .url()
-        .parse::<fencelock_postgres::tokio_postgres::Config>()
-        .unwrap()
-        .connect(fencelock_postgres::tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let driver = tokio::spawn(connection);
-    admin
-        .batch_execute("BEGIN; SELECT 1 FROM fencelock.locks WHERE key = 'k' FOR UPDATE")
-        .await
-        .unwrap();
+    let operator = common::Operator::holding(&server, "SELECT 1 FROM fencelock.locks WHERE key = 'k' FOR UPDATE").await;
     let token = held.token().get();
     let release = tokio::spawn(held.release());
     let waiting_for_the_row = |what: &str| {
@@ -173,7 +162,7 @@ async fn a_look_again_that_crosses_the_release_handing_us_the_key_takes_it() {
         assert!(Instant::now() < deadline, "the look never waited for the row");
         tokio::time::sleep(Duration::from_millis(5)).await; // polling a condition, bounded
     }
-    admin.batch_execute("COMMIT").await.unwrap();
+    operator.commit().await;
     release.await.unwrap().unwrap();
     let lease = tokio::time::timeout(SLACK * 4, waiting).await.unwrap().unwrap();
     assert_eq!(
@@ -181,8 +170,6 @@ async fn a_look_again_that_crosses_the_release_handing_us_the_key_takes_it() {
         token + 1,
         "the waiter did not take the grant handed to it"
     );
-    drop(admin);
-    driver.abort();
 }
 
 /// A handing release and a waiter's look again on the same key never deadlock: each
@@ -203,18 +190,8 @@ async fn a_handing_release_and_a_look_again_do_not_deadlock() {
         (waiter, lease)
     });
     queued(&server, "k", 1).await;
-    let (admin, connection) = server
-        .url()
-        .parse::<fencelock_postgres::tokio_postgres::Config>()
-        .unwrap()
-        .connect(fencelock_postgres::tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let driver = tokio::spawn(connection);
-    admin
-        .batch_execute("BEGIN; SELECT 1 FROM fencelock.waiters WHERE key = 'k' FOR UPDATE")
-        .await
-        .unwrap();
+    let operator =
+        common::Operator::holding(&server, "SELECT 1 FROM fencelock.waiters WHERE key = 'k' FOR UPDATE").await;
     let token = held.token().get();
     let release = tokio::spawn(held.release());
     // The release (it names `heir`), then the waiter's look again (an acquire: `taken`);
@@ -229,7 +206,7 @@ async fn a_handing_release_and_a_look_again_do_not_deadlock() {
             tokio::time::sleep(Duration::from_millis(5)).await; // polling a condition, bounded
         }
     }
-    admin.batch_execute("COMMIT").await.unwrap();
+    operator.commit().await;
     let released = tokio::time::timeout(SLACK, release).await;
     assert!(
         matches!(released, Ok(Ok(Ok(())))),
@@ -241,8 +218,6 @@ async fn a_handing_release_and_a_look_again_do_not_deadlock() {
         token + 1,
         "the waiter did not take the grant handed to it (its look again was the deadlock's victim?)"
     );
-    drop(admin);
-    driver.abort();
 }
 
 /// A wait of a key its instance found contended lately starts with the attempt that takes
@@ -268,18 +243,7 @@ async fn a_wait_on_a_key_found_contended_lately_starts_by_taking_a_ticket() {
         .await
         .unwrap();
     let again = holder.acquire("k", &opts(SLACK)).await.unwrap();
-    let (admin, connection) = server
-        .url()
-        .parse::<fencelock_postgres::tokio_postgres::Config>()
-        .unwrap()
-        .connect(fencelock_postgres::tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let driver = tokio::spawn(connection);
-    admin
-        .batch_execute("BEGIN; SELECT 1 FROM fencelock.locks WHERE key = 'k' FOR UPDATE")
-        .await
-        .unwrap();
+    let operator = common::Operator::holding(&server, "SELECT 1 FROM fencelock.locks WHERE key = 'k' FOR UPDATE").await;
     let w = Arc::clone(&waiter);
     let second = tokio::spawn(async move { w.acquire("k", &opts(SLACK * 10)).await.unwrap() });
     let held_up = "SELECT query FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%WITH taken AS%'";
@@ -295,7 +259,7 @@ async fn a_wait_on_a_key_found_contended_lately_starts_by_taking_a_ticket() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await; // polling a condition, bounded
     };
-    admin.batch_execute("COMMIT").await.unwrap();
+    operator.commit().await;
     assert!(
         first_statement.contains("queued AS"),
         "the wait on a key found contended began with try_acquire's statement: {first_statement}"
@@ -303,8 +267,6 @@ async fn a_wait_on_a_key_found_contended_lately_starts_by_taking_a_ticket() {
     again.release().await.unwrap();
     let lease = tokio::time::timeout(SLACK * 4, second).await.unwrap().unwrap();
     lease.release().await.unwrap();
-    drop(admin);
-    driver.abort();
 }
 
 /// A grant handed to a ticket ends on the server with the ticket; the waiter counts it
@@ -416,14 +378,6 @@ async fn a_waiter_behind_a_dropped_acquire_is_handed_the_key() {
     let url = format!("{}&timeout=10s&poll=10s", server.url());
     let holder = PgLock::connect(&url).await.unwrap();
     let held = holder.acquire("k", &opts(Duration::from_secs(1))).await.unwrap();
-    let (admin, connection) = server
-        .url()
-        .parse::<fencelock_postgres::tokio_postgres::Config>()
-        .unwrap()
-        .connect(fencelock_postgres::tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let driver = tokio::spawn(connection);
     let dropped = Arc::new(PgLock::connect(&url).await.unwrap());
     // An earlier wait of `dropped` that took a ticket and gave up: the key is then
     // contended lately for `dropped`, whose next wait begins with the attempt that takes
@@ -436,10 +390,7 @@ async fn a_waiter_behind_a_dropped_acquire_is_handed_the_key() {
         let _ = earlier.await;
         queued(&server, "k", 0).await;
     }
-    admin
-        .batch_execute("BEGIN; SELECT 1 FROM fencelock.locks WHERE key = 'k' FOR UPDATE")
-        .await
-        .unwrap();
+    let operator = common::Operator::holding(&server, "SELECT 1 FROM fencelock.locks WHERE key = 'k' FOR UPDATE").await;
     let first = {
         let dropped = Arc::clone(&dropped);
         tokio::spawn(async move { dropped.acquire("k", &opts(SLACK * 10)).await.map(drop) })
@@ -453,7 +404,7 @@ async fn a_waiter_behind_a_dropped_acquire_is_handed_the_key() {
     }
     first.abort();
     assert!(first.await.unwrap_err().is_cancelled());
-    admin.batch_execute("COMMIT").await.unwrap();
+    operator.commit().await;
     // The attempt lands (refused, with its ticket); `close` returns once its abandon ran.
     dropped.close().await.unwrap();
 
@@ -478,8 +429,6 @@ async fn a_waiter_behind_a_dropped_acquire_is_handed_the_key() {
         )),
         token + 1
     );
-    drop(admin);
-    driver.abort();
 }
 
 /// A grant handed to a waiter ends on the server with the waiter's ticket (here 21 s:

@@ -57,3 +57,35 @@ pub async fn held_after_waiting(server: &PgServer, url: &str, key: &str, opts: &
         .expect("the waiting client was not granted")
         .unwrap()
 }
+
+/// An operator's connection holding `rows` (a `SELECT … FOR UPDATE`) in an open
+/// transaction: statements that need those rows wait until [`Operator::commit`]. Makes a
+/// race deterministic: the statements queue behind the operator in the order they come.
+pub struct Operator {
+    client: fencelock_postgres::tokio_postgres::Client,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Operator {
+    pub async fn holding(server: &PgServer, rows: &str) -> Operator {
+        let (client, connection) = server
+            .url()
+            .parse::<fencelock_postgres::tokio_postgres::Config>()
+            .unwrap()
+            .connect(fencelock_postgres::tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client.batch_execute(&format!("BEGIN; {rows}")).await.unwrap();
+        Operator { client, driver }
+    }
+
+    /// Commits, letting the statements that waited go on; ends the connection.
+    pub async fn commit(self) {
+        self.client.batch_execute("COMMIT").await.unwrap();
+        drop(self.client);
+        self.driver.abort();
+    }
+}
