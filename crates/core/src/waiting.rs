@@ -33,6 +33,18 @@ pub enum Attempt {
     },
 }
 
+impl Attempt {
+    /// Busy, and the next attempt follows at once, without a signal: the attempt changed
+    /// the waiter's own place (took a ticket, found its place gone, must start over) and
+    /// the next look decides.
+    pub fn again_now() -> Attempt {
+        Attempt::Busy {
+            wake: None,
+            retry_at: Some(Instant::now()),
+        }
+    }
+}
+
 impl std::fmt::Debug for Attempt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

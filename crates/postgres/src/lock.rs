@@ -405,10 +405,7 @@ impl PgLock {
                     *queue = Some(Ticket::new(self.node.clone(), ticket, key, grant, known));
                     // Re-checked at once: a release running while we took the ticket may
                     // not have seen it (see `sql::release`).
-                    Ok(Attempt::Busy {
-                        wake: None,
-                        retry_at: Some(Instant::now()),
-                    })
+                    Ok(Attempt::again_now())
                 }
                 (Some(t), Some(ticket)) => {
                     t.vanished = false;
@@ -425,26 +422,17 @@ impl PgLock {
                     // ticket deleted, but its snapshot predates the hand-off. The next look,
                     // at once, sees it (`sql::acquire`'s handed grant).
                     t.vanished = true;
-                    Ok(Attempt::Busy {
-                        wake: None,
-                        retry_at: Some(Instant::now()),
-                    })
+                    Ok(Attempt::again_now())
                 }
                 (Some(_), None) => {
                     // Gone twice: removed (by hand, or swept after it expired), or handed
                     // the key that then expired. Give back whatever it held; start over.
                     *queue = None;
-                    Ok(Attempt::Busy {
-                        wake: None,
-                        retry_at: Some(Instant::now()),
-                    })
+                    Ok(Attempt::again_now())
                 }
                 (None, None) if queueing == Queueing::No => {
                     refused.store(true, Ordering::Relaxed);
-                    Ok(Attempt::Busy {
-                        wake: None,
-                        retry_at: Some(Instant::now()),
-                    })
+                    Ok(Attempt::again_now())
                 }
                 (None, None) => Ok(Attempt::Busy {
                     wake: None,
@@ -477,10 +465,7 @@ impl PgLock {
             }
             Ok(None) => {
                 *queue = None;
-                Ok(Attempt::Busy {
-                    wake: None,
-                    retry_at: Some(Instant::now()),
-                })
+                Ok(Attempt::again_now())
             }
             Err(e) => {
                 *queue = None;

@@ -283,10 +283,7 @@ impl RedlockLock {
                     if primary(key, &self.inner.nodes) != q.at {
                         tracing::debug!(%key, "the key's primary node moved; queueing there");
                         *state = None;
-                        return Ok(Attempt::Busy {
-                            wake: None,
-                            retry_at: Some(Instant::now()),
-                        });
+                        return Ok(Attempt::again_now());
                     }
                 }
                 // A re-check (no hand-off came) that the primary answered "busy": ask
