@@ -216,7 +216,7 @@ impl PgNode {
     /// release then queued on that one connection, and the bench's many-keys row fell
     /// from 2,893 to 1,415 grants/s, Jain's index from 0.98 to 0.90.)
     pub(crate) async fn live_session(&self) -> Result<Arc<Session>> {
-        match self.inner.pool.live().into_iter().min_by_key(|s| s.in_flight()) {
+        match self.inner.pool.least_loaded() {
             Some(s) => Ok(s),
             None => self.session().await,
         }
@@ -690,16 +690,13 @@ impl PgNode {
         match answer {
             Ok(((token, holder_ms, head_ms, ticket, handed_ms), s)) => {
                 unheard.hold = None; // answered: nothing to abandon here
-                let ms = |v: Option<i64>| v.map(|ms| u64::try_from(ms).unwrap_or(0));
-                let outcome = match (token, handed_ms) {
-                    (Some(t), Some(handed)) => NodeGrant::Handed {
-                        token: u64::try_from(t).unwrap_or(0),
-                        ms: u64::try_from(handed).unwrap_or(0),
-                    },
-                    (Some(t), None) => NodeGrant::Granted(u64::try_from(t).unwrap_or(0)),
+                let n = |v: i64| u64::try_from(v).unwrap_or(0);
+                let outcome = match (token.map(n), handed_ms.map(n)) {
+                    (Some(token), Some(ms)) => NodeGrant::Handed { token, ms },
+                    (Some(token), None) => NodeGrant::Granted(token),
                     (None, _) => NodeGrant::Busy(Busy {
-                        holder_ms: ms(holder_ms),
-                        head_ms: ms(head_ms),
+                        holder_ms: holder_ms.map(n),
+                        head_ms: head_ms.map(n),
                         ticket,
                     }),
                 };
@@ -1025,8 +1022,7 @@ impl PgNode {
     /// it runs. No live connection: nothing is sent (the
     /// waiters' own attempts connect again, and renew their own tickets).
     async fn keep_tickets(&self, tickets: Vec<i64>) -> Result<()> {
-        let live = self.inner.pool.live();
-        let Some(session) = live.iter().min_by_key(|s| s.in_flight()) else {
+        let Some(session) = self.inner.pool.least_loaded() else {
             return Ok(());
         };
         let life = self.ticket_life();
@@ -1038,7 +1034,7 @@ impl PgNode {
         let _counted = session.unturned();
         let sent = tokio::time::Instant::now();
         let row = self
-            .send_on(session, "keeping waiter tickets", timeout, |s| async move {
+            .send_on(&session, "keeping waiter tickets", timeout, |s| async move {
                 s.client.query_one(&s.st.keep_tickets, &[tickets, life_ms]).await
             })
             .await?;
@@ -1062,8 +1058,7 @@ impl PgNode {
     /// live connection, no answer), retried in the background until confirmed.
     /// Counted among the clean-ups from this call.
     pub(crate) fn leave_later(&self, ticket: i64, key: &str, grant: &str) {
-        let live = self.inner.pool.live();
-        let hold = live.iter().min_by_key(|s| s.in_flight()).map(|s| s.hold_driver());
+        let hold = self.inner.pool.least_loaded().map(|s| s.hold_driver());
         let (key, grant) = (key.to_owned(), grant.to_owned());
         let bound = self.inner.cfg.timeout * 2;
         let weak = Arc::downgrade(&self.inner);
@@ -1237,6 +1232,39 @@ mod tests {
     use super::*;
     use fencelock_testkit::pg_server::PgServer;
 
+    /// Grants `key` to `grant` with `ttl` (the key must be free); the connection it went
+    /// through.
+    async fn hold(node: &PgNode, key: &str, grant: &GrantId, ttl: Duration) -> Arc<Session> {
+        let (held, session, _) = node.try_grant(key, grant, ttl, Queueing::No).await.unwrap();
+        assert!(matches!(held, NodeGrant::Granted(_)), "{held:?}");
+        session
+    }
+
+    /// Queues a new grant id behind the holder of `key`: its ticket.
+    async fn queue(node: &PgNode, key: &str, ttl: Duration) -> i64 {
+        let (queued, _, _) = node
+            .try_grant(key, &GrantId::random(), ttl, Queueing::Join)
+            .await
+            .unwrap();
+        let NodeGrant::Busy(Busy {
+            ticket: Some(ticket), ..
+        }) = queued
+        else {
+            panic!("not queued: {queued:?}");
+        };
+        ticket
+    }
+
+    /// A connection of the test's own to the node's server, to watch or change its rows;
+    /// abort the handle when done.
+    async fn watcher(node: &PgNode) -> (tokio_postgres::Client, tokio::task::JoinHandle<()>) {
+        let (client, connection) = node.inner.cfg.pg.connect(tokio_postgres::NoTls).await.unwrap();
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        (client, driver)
+    }
+
     /// The late-delivery hazard, made deterministic: the acquire of a grant whose answer
     /// was lost reaches the server only after the client cleaned up. A plain release run
     /// first leaves that late acquire free to grant for a whole TTL; an abandon refuses it.
@@ -1278,11 +1306,7 @@ mod tests {
         let server = PgServer::start();
         let node = PgNode::new(PgConfig::from_url(&server.url()).unwrap());
         let ttl = Duration::from_secs(60);
-        let (held, _, _) = node
-            .try_grant("k", &GrantId::random(), ttl, Queueing::No)
-            .await
-            .unwrap();
-        assert!(matches!(held, NodeGrant::Granted(_)), "{held:?}");
+        hold(&node, "k", &GrantId::random(), ttl).await;
         let abandoned = GrantId::random();
         node.abandon("k", abandoned.as_str()).await.unwrap();
         let (late, _, _) = node.try_grant("k", &abandoned, ttl, Queueing::Join).await.unwrap();
@@ -1309,8 +1333,7 @@ mod tests {
         let node = PgNode::new(PgConfig::from_url(&server.url()).unwrap());
         let ttl = Duration::from_secs(60);
         let grant = GrantId::random();
-        let (made, session, _) = node.try_grant("k", &grant, ttl, Queueing::No).await.unwrap();
-        assert!(matches!(made, NodeGrant::Granted(_)), "{made:?}");
+        let session = hold(&node, "k", &grant, ttl).await;
         // The acquire's guard dropped while armed, as when its future is dropped in flight.
         drop(UnheardAcquire {
             node: &node,
@@ -1351,10 +1374,8 @@ mod tests {
         let node = PgNode::new(PgConfig::from_url(&server.url()).unwrap());
         let ttl = Duration::from_secs(60);
         let grant = GrantId::random();
-        let (held, _, _) = node.try_grant("k", &grant, ttl, Queueing::No).await.unwrap();
-        assert!(matches!(held, NodeGrant::Granted(_)), "{held:?}");
-        let (client, connection) = node.inner.cfg.pg.connect(tokio_postgres::NoTls).await.unwrap();
-        let driver = tokio::spawn(connection);
+        hold(&node, "k", &grant, ttl).await;
+        let (client, driver) = watcher(&node).await;
         let schema = &node.inner.cfg.schema;
         for _ in 0..20 {
             // An end with a part of a millisecond, as a ticket's end has.
@@ -1403,23 +1424,9 @@ mod tests {
         let url = format!("{}&poll=100ms%20900us", server.url());
         let node = PgNode::new(PgConfig::from_url(&url).unwrap());
         let ttl = Duration::from_secs(60);
-        let (held, _, _) = node
-            .try_grant("k", &GrantId::random(), ttl, Queueing::No)
-            .await
-            .unwrap();
-        assert!(matches!(held, NodeGrant::Granted(_)), "{held:?}");
-        let (queued, _, _) = node
-            .try_grant("k", &GrantId::random(), ttl, Queueing::Join)
-            .await
-            .unwrap();
-        let NodeGrant::Busy(Busy {
-            ticket: Some(ticket), ..
-        }) = queued
-        else {
-            panic!("not queued: {queued:?}");
-        };
-        let (client, connection) = node.inner.cfg.pg.connect(tokio_postgres::NoTls).await.unwrap();
-        let driver = tokio::spawn(connection);
+        hold(&node, "k", &GrantId::random(), ttl).await;
+        let ticket = queue(&node, "k", ttl).await;
+        let (client, driver) = watcher(&node).await;
         let schema = &node.inner.cfg.schema;
         let life = node.ticket_life().as_secs_f64() * 1000.0;
         for _ in 0..20 {
@@ -1460,22 +1467,9 @@ mod tests {
         let url = format!("{}&connections=1&poll=100ms", server.url());
         let node = PgNode::new(PgConfig::from_url(&url).unwrap());
         let ttl = Duration::from_secs(60);
-        let (held, _, _) = node
-            .try_grant("k", &GrantId::random(), ttl, Queueing::No)
-            .await
-            .unwrap();
-        assert!(matches!(held, NodeGrant::Granted(_)), "{held:?}");
+        hold(&node, "k", &GrantId::random(), ttl).await;
         let sent = tokio::time::Instant::now();
-        let (queued, _, _) = node
-            .try_grant("k", &GrantId::random(), ttl, Queueing::Join)
-            .await
-            .unwrap();
-        let NodeGrant::Busy(Busy {
-            ticket: Some(ticket), ..
-        }) = queued
-        else {
-            panic!("not queued: {queued:?}");
-        };
+        let ticket = queue(&node, "k", ttl).await;
         let life = node.ticket_life();
         let _notify = node.register_ticket(ticket, Confirmed { sent, life });
 
@@ -1488,8 +1482,7 @@ mod tests {
             .unwrap();
 
         // Watched from a connection of our own, for three ticket lives.
-        let (client, connection) = node.inner.cfg.pg.connect(tokio_postgres::NoTls).await.unwrap();
-        let driver = tokio::spawn(connection);
+        let (client, driver) = watcher(&node).await;
         let query = format!(
             "SELECT expires_at > clock_timestamp(), extract(epoch FROM expires_at)::float8 FROM {}.waiters WHERE ticket = $1",
             node.inner.cfg.schema

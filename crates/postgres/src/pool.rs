@@ -63,6 +63,13 @@ impl Pool {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The live connection with the fewest statements in flight, whether or not a turn is
+    /// free on it: for statements sent without a turn (the ticket keeper, a queue leave)
+    /// and for a lease taken over from a hand-off. `None` when none is live.
+    pub(crate) fn least_loaded(&self) -> Option<Arc<Session>> {
+        self.live().into_iter().min_by_key(|s| s.in_flight())
+    }
+
     /// The live connections. A connection found closed is dropped from the pool and
     /// ended here (its leases reported lost) if its driver has not done so yet.
     pub(crate) fn live(&self) -> Vec<Arc<Session>> {

@@ -219,15 +219,7 @@ async fn guarantees_follow_fsync_and_synchronous_commit() {
 async fn a_role_without_create_uses_tables_made_by_a_migration() {
     let server = PgServer::start();
     drop(PgLock::connect(&server.url()).await.unwrap()); // the "migration", as superuser
-    server.psql(
-        "CREATE ROLE app LOGIN;
-         REVOKE CREATE ON DATABASE postgres FROM PUBLIC;
-         REVOKE CREATE ON SCHEMA public FROM PUBLIC;
-         GRANT USAGE ON SCHEMA fencelock TO app;
-         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA fencelock TO app;
-         GRANT USAGE ON ALL SEQUENCES IN SCHEMA fencelock TO app;",
-    );
-    let url = format!("postgres://app@127.0.0.1:{}/postgres?sslmode=disable", server.port());
+    let url = common::dml_only_role(&server);
     let locks = PgLock::connect(&url).await.expect("a DML-only role connects");
     let lease = locks.acquire("k", &opts(60_000)).await.unwrap();
     let other = PgLock::connect(&url).await.unwrap();
@@ -452,15 +444,7 @@ async fn a_release_wakes_one_waiter_not_the_herd() {
     let order = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     for c in &clients {
-        let (c, order) = (Arc::clone(c), Arc::clone(&order));
-        tasks.push(tokio::spawn(async move {
-            let lease = c
-                .acquire("k", &opts(60_000).with_wait(Duration::from_secs(20)))
-                .await
-                .unwrap();
-            order.lock().unwrap().push(lease.token().get());
-            lease.release().await.unwrap();
-        }));
+        tasks.push(take_in_turn(Arc::clone(c), Arc::clone(&order)));
     }
     // Every waiter queued (a ticket each) before the hand-offs start.
     let deadline = Instant::now() + SLACK * 2;
@@ -490,6 +474,19 @@ async fn a_release_wakes_one_waiter_not_the_herd() {
     assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
 }
 
+/// A waiter of `k` (60 s TTL, up to 20 s of waiting) that records its token in `order`
+/// once granted and releases at once.
+fn take_in_turn(c: Arc<PgLock>, order: Arc<std::sync::Mutex<Vec<u64>>>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let lease = c
+            .acquire("k", &opts(60_000).with_wait(Duration::from_secs(20)))
+            .await
+            .unwrap();
+        order.lock().unwrap().push(lease.token().get());
+        lease.release().await.unwrap();
+    })
+}
+
 /// A release hands the key to the oldest queued waiter inside its own statement: the
 /// waiter is granted by the notification alone, without an acquire statement of its own
 /// after the release. (Before, every hand-off cost the woken waiter an acquire round
@@ -507,17 +504,8 @@ async fn a_release_hands_the_key_to_the_queued_waiter_without_an_acquire_of_its_
     let mut tasks = Vec::new();
     for _ in 0..waiters {
         // A long fallback poll: no waiter looks again on its own during the test.
-        let c = PgLock::connect(&format!("{url}&poll=10s")).await.unwrap();
-        let order = Arc::clone(&order);
-        tasks.push(tokio::spawn(async move {
-            let lease = c
-                .acquire("k", &opts(60_000).with_wait(Duration::from_secs(20)))
-                .await
-                .unwrap();
-            order.lock().unwrap().push(lease.token().get());
-            lease.release().await.unwrap();
-            c.close().await.unwrap();
-        }));
+        let c = Arc::new(PgLock::connect(&format!("{url}&poll=10s")).await.unwrap());
+        tasks.push(take_in_turn(c, Arc::clone(&order)));
     }
     // Every waiter refused three times before the release (its first attempt, the one
     // that takes a ticket, and the re-check with it): 3 acquire statements each, then

@@ -10,6 +10,8 @@ use fencelock_core::{DistributedLock, LockError, LockOptions};
 use fencelock_postgres::{schema_sql, PgLock};
 use fencelock_testkit::pg_server::PgServer;
 
+mod common;
+
 const CLIENTS: usize = 8;
 
 /// Eight clients connecting at the same instant to a fresh database: every one creates
@@ -88,15 +90,7 @@ async fn the_documented_sql_makes_tables_a_dml_only_role_can_use() {
     let server = PgServer::start();
     server.psql(&doc);
     server.psql(&doc); // idempotent
-    server.psql(
-        "CREATE ROLE app LOGIN;
-         REVOKE CREATE ON DATABASE postgres FROM PUBLIC;
-         REVOKE CREATE ON SCHEMA public FROM PUBLIC;
-         GRANT USAGE ON SCHEMA fencelock TO app;
-         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA fencelock TO app;
-         GRANT USAGE ON ALL SEQUENCES IN SCHEMA fencelock TO app;",
-    );
-    let url = format!("postgres://app@127.0.0.1:{}/postgres?sslmode=disable", server.port());
+    let url = common::dml_only_role(&server);
     let locks = PgLock::connect(&url).await.expect("a DML-only role connects");
     let opts = LockOptions::new().with_ttl(Duration::from_secs(30));
     let lease = locks.acquire("k", &opts).await.unwrap();
@@ -279,15 +273,7 @@ async fn a_role_that_cannot_add_the_new_column_is_told_what_to_run() {
             "",
         );
     server.psql(&first_layout);
-    server.psql(
-        "CREATE ROLE app LOGIN;
-         REVOKE CREATE ON DATABASE postgres FROM PUBLIC;
-         REVOKE CREATE ON SCHEMA public FROM PUBLIC;
-         GRANT USAGE ON SCHEMA fencelock TO app;
-         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA fencelock TO app;
-         GRANT USAGE ON ALL SEQUENCES IN SCHEMA fencelock TO app;",
-    );
-    let url = format!("postgres://app@127.0.0.1:{}/postgres?sslmode=disable", server.port());
+    let url = common::dml_only_role(&server);
     let refused = PgLock::connect(&url).await.expect_err("the role cannot add the column");
     let message = refused.to_string();
     assert!(

@@ -305,18 +305,7 @@ async fn a_handed_grant_is_not_believed_valid_after_the_server_lets_it_go() {
         (waiter, lease)
     });
     queued(&server, "k", 1).await;
-    let (admin, connection) = server
-        .url()
-        .parse::<fencelock_postgres::tokio_postgres::Config>()
-        .unwrap()
-        .connect(fencelock_postgres::tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let driver = tokio::spawn(connection);
-    admin
-        .batch_execute("BEGIN; SELECT 1 FROM fencelock.locks WHERE key = 'k' FOR UPDATE")
-        .await
-        .unwrap();
+    let operator = common::Operator::holding(&server, "SELECT 1 FROM fencelock.locks WHERE key = 'k' FOR UPDATE").await;
     let waiting_for_the_row =
         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%fencelock.locks%'";
     let deadline = Instant::now() + SLACK * 4;
@@ -340,11 +329,12 @@ async fn a_handed_grant_is_not_believed_valid_after_the_server_lets_it_go() {
         assert!(Instant::now() < deadline, "the release never waited for the row");
         tokio::time::sleep(Duration::from_millis(5)).await; // polling a condition, bounded
     }
-    admin.batch_execute("COMMIT").await.unwrap();
+    operator.commit().await;
     release.await.unwrap().unwrap();
     let (_waiter, lease) = tokio::time::timeout(SLACK * 4, waiting).await.unwrap().unwrap();
     // Read before the lease's first renewal (a third of its validity) can lengthen it.
-    let row = admin
+    let row = operator
+        .client()
         .query_one(
             "SELECT ceil(extract(epoch FROM expires_at - clock_timestamp()) * 1000)::bigint
                FROM fencelock.locks WHERE key = 'k'",
@@ -360,8 +350,6 @@ async fn a_handed_grant_is_not_believed_valid_after_the_server_lets_it_go() {
         "the waiter believes the handed grant valid for {believed_ms} ms more, the server \
          lets it go in {server_ms} ms"
     );
-    drop(admin);
-    driver.abort();
 }
 
 /// An acquire dropped while its attempt that takes the wait's ticket (here its first: the

@@ -82,10 +82,35 @@ impl Operator {
         Operator { client, driver }
     }
 
-    /// Commits, letting the statements that waited go on; ends the connection.
-    pub async fn commit(self) {
+    /// Commits, letting the statements that waited go on. The connection stays open
+    /// for reads ([`client`](Self::client)) until the operator is dropped.
+    pub async fn commit(&self) {
         self.client.batch_execute("COMMIT").await.unwrap();
-        drop(self.client);
+    }
+
+    /// The operator's connection.
+    pub fn client(&self) -> &fencelock_postgres::tokio_postgres::Client {
+        &self.client
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
         self.driver.abort();
     }
+}
+
+/// Makes role `app`, which may read and write fencelock's tables (default schema) and
+/// use its sequence but create nothing anywhere — a role of a migration-managed schema —
+/// and returns the URL that connects as it.
+pub fn dml_only_role(server: &PgServer) -> String {
+    server.psql(
+        "CREATE ROLE app LOGIN;
+         REVOKE CREATE ON DATABASE postgres FROM PUBLIC;
+         REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+         GRANT USAGE ON SCHEMA fencelock TO app;
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA fencelock TO app;
+         GRANT USAGE ON ALL SEQUENCES IN SCHEMA fencelock TO app;",
+    );
+    format!("postgres://app@127.0.0.1:{}/postgres?sslmode=disable", server.port())
 }
