@@ -11,6 +11,11 @@ mod common;
 use common::{assert_one_line, bare, end, hold, on_files as fencelock, output_within};
 
 /// A configuration file in `dir` on the file backend in `dir/locks`, with `defaults`.
+/// Runs the command with `--config cfg` and `args`, to its end.
+fn with_config(cfg: &Path, args: &[&str]) -> std::process::Output {
+    bare().arg("--config").arg(cfg).args(args).output().expect("run")
+}
+
 fn config(dir: &Path, defaults: &str) -> std::path::PathBuf {
     let locks = dir.join("locks");
     std::fs::create_dir_all(&locks).expect("mkdir");
@@ -79,12 +84,7 @@ fn a_ttl_below_a_millisecond_names_the_bound_of_the_command_used() {
     for ttl in ["0s", "500us", "1ms"] {
         let cfg = config(dir.path(), &format!("ttl = \"{ttl}\""));
         for command in ["run", "elect"] {
-            let out = bare()
-                .arg("--config")
-                .arg(&cfg)
-                .args([command, "k", "--", "true"])
-                .output()
-                .expect("run");
+            let out = with_config(&cfg, &[command, "k", "--", "true"]);
             let what = format!("{command} with ttl = {ttl} in the file");
             assert_one_line(&out, 78, "defaults.ttl: ", &what);
             let err = String::from_utf8_lossy(&out.stderr);
@@ -103,21 +103,11 @@ fn a_zero_wait_in_the_config_file_means_try_once() {
     cmd.arg("--config").arg(&cfg);
     let holder = hold(cmd, &["run", "k"]);
     let start = Instant::now();
-    let out = bare()
-        .arg("--config")
-        .arg(&cfg)
-        .args(["run", "k", "--", "true"])
-        .output()
-        .expect("run");
+    let out = with_config(&cfg, &["run", "k", "--", "true"]);
     assert_one_line(&out, 75, "not waiting: tried once", "config wait 0");
     assert!(start.elapsed() < Duration::from_secs(5));
     end(holder);
-    let out = bare()
-        .arg("--config")
-        .arg(&cfg)
-        .args(["run", "k", "--", "true"])
-        .output()
-        .expect("run");
+    let out = with_config(&cfg, &["run", "k", "--", "true"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -132,12 +122,7 @@ fn out_of_range_values_in_a_config_file_exit_78() {
     ] {
         let dir = tempfile::tempdir().expect("temp dir");
         let cfg = config(dir.path(), defaults);
-        let out = bare()
-            .arg("--config")
-            .arg(&cfg)
-            .args(["run", "k", "--", "true"])
-            .output()
-            .expect("run");
+        let out = with_config(&cfg, &["run", "k", "--", "true"]);
         assert_one_line(&out, 78, says, defaults);
     }
 }
@@ -404,12 +389,7 @@ fn messages_quote_the_backend_url_as_given_not_with_the_session_set_from_the_ttl
         "backend = \"zk://127.0.0.1:1?bogus=1\"\n[defaults]\nttl = \"2s\"\n",
     )
     .expect("write config");
-    let out = bare()
-        .arg("--config")
-        .arg(&cfg)
-        .args(["run", "k", "--", "true"])
-        .output()
-        .expect("run");
+    let out = with_config(&cfg, &["run", "k", "--", "true"]);
     assert_one_line(
         &out,
         78,

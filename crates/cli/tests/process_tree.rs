@@ -15,8 +15,8 @@ use rustix::process::{kill_process, Pid, Signal};
 mod common;
 
 use common::{
-    count_grew, fencelock, file_url, output_within, pid_of, poll_until, signal_while_waiting,
-    signals_while_waiting_on_zookeeper, BIN,
+    fencelock, file_url, output_within, pid_of, poll_until, signal_while_waiting, signals_while_waiting_on_zookeeper,
+    BIN,
 };
 
 /// A: logs its entry, then starts a grandchild that logs `A-ALIVE` every 50 ms (at most
@@ -280,7 +280,7 @@ fn on_etcd_a_signal_while_waiting_leaves_no_queue_entry() {
     let url = cluster.url("session_ttl=30s");
     for sig in [Signal::INT, Signal::TERM] {
         // In line once the waiter's queue-key Txn was handled after the holder's.
-        signal_while_waiting(&url, sig, &count_grew(|| cluster.grpc_calls(0, "Txn")));
+        signal_while_waiting(&url, sig, &common::count_grew(|| cluster.grpc_calls(0, "Txn")));
     }
 }
 
