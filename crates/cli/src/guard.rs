@@ -86,10 +86,7 @@ fn parse(line: &str) -> Option<Message> {
 /// Reads the control pipe on a thread of its own (a blocking read of a pipe; the thread
 /// ends at end-of-file, or with the process).
 fn read_control(fd: i32) -> std::io::Result<mpsc::UnboundedReceiver<Message>> {
-    // The pipe was inherited as descriptor `fd`. Opening its /proc entry gives a new
-    // descriptor to the same pipe without the `unsafe` of adopting a raw descriptor.
-    let file =
-        std::fs::File::open(format!("/proc/self/fd/{fd}")).or_else(|_| std::fs::File::open(format!("/dev/fd/{fd}")))?;
+    let file = open_inherited(fd, false)?;
     let (tx, rx) = mpsc::unbounded_channel();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(file).lines() {
@@ -236,15 +233,18 @@ pub const STARTED: &str = "started\n";
 /// status and a newline (`ended 3`).
 pub const ENDED: &str = "ended ";
 
-/// Opens `run`'s report pipe, inherited as descriptor `fd`, through its /proc entry (a new
-/// descriptor to the same pipe, without the `unsafe` of adopting a raw one). `None` when
-/// there is none or it cannot be opened: then nothing is reported.
+/// Opens `run`'s report pipe, inherited as descriptor `fd`. `None` when there is none or it
+/// cannot be opened: then nothing is reported.
 fn open_report(fd: Option<i32>) -> Option<std::fs::File> {
-    let fd = fd?;
-    let open = |path: String| std::fs::OpenOptions::new().write(true).open(path);
-    open(format!("/proc/self/fd/{fd}"))
-        .or_else(|_| open(format!("/dev/fd/{fd}")))
-        .ok()
+    open_inherited(fd?, true).ok()
+}
+
+/// Opens a pipe inherited as descriptor `fd` — for writing, or else reading — through its
+/// /proc entry (/dev/fd where there is no /proc): a new descriptor to the same pipe,
+/// without the `unsafe` of adopting a raw one.
+fn open_inherited(fd: i32, write: bool) -> std::io::Result<std::fs::File> {
+    let open = |path: String| std::fs::OpenOptions::new().read(!write).write(write).open(path);
+    open(format!("/proc/self/fd/{fd}")).or_else(|_| open(format!("/dev/fd/{fd}")))
 }
 
 /// How long the guard lets a signal already sent reach it before it starts the command.
