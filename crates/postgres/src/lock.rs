@@ -567,7 +567,8 @@ impl DistributedLock for PgLock {
         let held = self.node.close_session("the client closed it");
         let releases = async {
             for (key, grant) in &held {
-                let _ = self.node.release(None, key, grant, true).await;
+                // Handing the key on only with `handoff`, as every release of ours does.
+                let _ = self.node.release(None, key, grant, self.node.config().handoff).await;
             }
         };
         let released = tokio::time::timeout(limit, releases).await.is_ok();

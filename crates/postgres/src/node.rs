@@ -767,7 +767,8 @@ impl PgNode {
     }
 
     async fn abandon(&self, key: &str, grant: &str) -> Result<()> {
-        self.call("abandon", |s| async move { abandon_on(&s, key, grant).await })
+        let handoff = self.inner.cfg.handoff;
+        self.call("abandon", |s| async move { abandon_on(&s, key, grant, handoff).await })
             .await
             .map(|_| ())
     }
@@ -785,9 +786,9 @@ impl PgNode {
     /// never, and the grant held its key for its whole TTL.)
     fn abandon_now(&self, hold: crate::session::DriverHold, key: &str, grant: &str) {
         let (key, grant) = (key.to_owned(), grant.to_owned());
-        let bound = self.inner.cfg.timeout * 2;
+        let (bound, handoff) = (self.inner.cfg.timeout * 2, self.inner.cfg.handoff);
         self.inner.cleanups.spawn("abandoning an unheard grant", async move {
-            let _ = tokio::time::timeout(bound, abandon_on(hold.session(), &key, &grant)).await;
+            let _ = tokio::time::timeout(bound, abandon_on(hold.session(), &key, &grant, handoff)).await;
             drop(hold); // the driver of a session cut meanwhile stops now
         });
     }
@@ -817,10 +818,8 @@ impl PgNode {
         grant: &str,
         handing: bool,
     ) -> Result<bool> {
-        let statement = |s: Arc<Session>| async move {
-            let st = if handing { &s.st.release_handing } else { &s.st.release };
-            s.client.query_one(st, &[&key, &grant]).await
-        };
+        let statement =
+            |s: Arc<Session>| async move { s.client.query_one(s.st.release(handing), &[&key, &grant]).await };
         let row = match session.filter(|s| s.is_alive()) {
             Some(s) => self.call_on(s, "release", statement).await?,
             None => self.call("release", statement).await?.0,
@@ -1060,11 +1059,11 @@ impl PgNode {
     pub(crate) fn leave_later(&self, ticket: i64, key: &str, grant: &str) {
         let hold = self.inner.pool.least_loaded().map(|s| s.hold_driver());
         let (key, grant) = (key.to_owned(), grant.to_owned());
-        let bound = self.inner.cfg.timeout * 2;
+        let (bound, handoff) = (self.inner.cfg.timeout * 2, self.inner.cfg.handoff);
         let weak = Arc::downgrade(&self.inner);
         self.inner.cleanups.spawn("leaving the waiter queue", async move {
             if let Some(hold) = hold {
-                let left = tokio::time::timeout(bound, leave_on(hold.session(), ticket, &key, &grant)).await;
+                let left = tokio::time::timeout(bound, leave_on(hold.session(), ticket, &key, &grant, handoff)).await;
                 drop(hold); // the driver of a session cut meanwhile stops now
                 if matches!(left, Ok(Ok(_))) {
                     return;
@@ -1075,7 +1074,7 @@ impl PgNode {
                 let (key, grant) = (key.clone(), grant.clone());
                 async move {
                     node.call("leaving the waiter queue", |s| async move {
-                        leave_on(&s, ticket, &key, &grant).await
+                        leave_on(&s, ticket, &key, &grant, handoff).await
                     })
                     .await
                     .map(|_| ())
@@ -1183,11 +1182,14 @@ impl Drop for UnheardAcquire<'_> {
 /// together on one connection: the server runs them in order, each in its own
 /// transaction committed before the next begins, so they keep the order the abandon
 /// needs without waiting for each answer — they all run even when no answer comes back
-/// (a link cut one way). Resolves with the release's row once all three answered.
+/// (a link cut one way). Resolves with the release's row once all three answered. The
+/// release hands the key on only with `handoff` (the instance's setting), as every
+/// release of the instance does.
 async fn abandon_on(
     s: &Session,
     key: &str,
     grant: &str,
+    handoff: bool,
 ) -> std::result::Result<tokio_postgres::Row, tokio_postgres::Error> {
     // `join!` polls them in this order, and a first poll sends: the order on the wire.
     let (by_grant, by_key): (
@@ -1197,7 +1199,7 @@ async fn abandon_on(
     let (mark, expire, release) = tokio::join!(
         s.client.execute(&s.st.abandon_mark, &by_grant),
         s.client.execute(&s.st.abandon_expire, &by_key),
-        s.client.query_one(&s.st.release_handing, &by_key),
+        s.client.query_one(s.st.release(handoff), &by_key),
     );
     mark?;
     expire?;
@@ -1211,6 +1213,7 @@ async fn leave_on(
     ticket: i64,
     key: &str,
     grant: &str,
+    handoff: bool,
 ) -> std::result::Result<tokio_postgres::Row, tokio_postgres::Error> {
     // `join!` polls them in this order, and a first poll sends: the order on the wire.
     let (by_ticket, by_key): (
@@ -1219,7 +1222,7 @@ async fn leave_on(
     ) = ([&ticket], [&key, &grant]);
     let (dequeued, released) = tokio::join!(
         s.client.execute(&s.st.dequeue, &by_ticket),
-        s.client.query_one(&s.st.release_handing, &by_key),
+        s.client.query_one(s.st.release(handoff), &by_key),
     );
     dequeued?;
     released

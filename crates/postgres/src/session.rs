@@ -36,6 +36,18 @@ pub(crate) struct Statements {
     pub abandon_expire: Statement,
 }
 
+impl Statements {
+    /// The release that hands the key to the oldest waiter when `handing` (the instance's
+    /// `handoff`), else the plain one.
+    pub(crate) fn release(&self, handing: bool) -> &Statement {
+        if handing {
+            &self.release_handing
+        } else {
+            &self.release
+        }
+    }
+}
+
 struct Tracked {
     reporter: LeaseReporter,
     key: String,

@@ -462,3 +462,29 @@ async fn a_handed_grant_is_extended_to_the_ttl_on_the_server_at_once() {
     }
     lease.release().await.unwrap();
 }
+
+/// With `handoff` off (the default) no statement of an instance hands a key on — neither a
+/// release nor `close()` of a held lease, nor leaving the queue: the queued waiter is woken
+/// and acquires with a statement of its own, as the documentation of `handoff` says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_handoff_off_a_close_does_not_hand_the_key_on() {
+    let server = PgServer::start();
+    let holder = PgLock::connect(&server.url()).await.unwrap();
+    let _held = holder.try_acquire("k", &opts(Duration::ZERO)).await.unwrap().unwrap();
+    // A long fallback poll: the waiter looks again only when woken.
+    let waiter = PgLock::connect(&format!("{}&poll=10s", server.url())).await.unwrap();
+    let waiting = tokio::spawn(async move { waiter.acquire("k", &opts(SLACK * 8)).await.map(|l| l.token()) });
+    queued(&server, "k", 1).await;
+    count_acquires(&server);
+    holder.close().await.unwrap();
+    let token = tokio::time::timeout(SLACK * 8, waiting)
+        .await
+        .expect("the waiter was not granted after the holder closed")
+        .unwrap()
+        .unwrap();
+    assert!(token.get() >= 2, "{token:?}");
+    assert!(
+        acquires(&server) >= 1,
+        "the waiter was granted without an acquire of its own: close() handed it the key with handoff off"
+    );
+}
