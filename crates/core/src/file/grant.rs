@@ -87,9 +87,14 @@ impl KeyFiles {
     /// errors temporary or permanent by their OS error. For the election's value records.
     pub(crate) fn replace(&self, name: &str, bytes: &[u8], durable: bool) -> Result<()> {
         let path = self.path(name);
-        let tmp_name = (&*format!("{}.", self.stem), &*format!(".{name}-tmp"));
-        os::replace(&self.dir, &path, tmp_name, bytes, durable, self.mode)
+        let (prefix, suffix) = self.tmp_name(name);
+        os::replace(&self.dir, &path, (&prefix, &suffix), bytes, durable, self.mode)
             .map_err(|e| io_error(format!("cannot write {}", path.display()), e))
+    }
+
+    /// The prefix and suffix of the new file that replaces `STEM.NAME`.
+    fn tmp_name(&self, name: &str) -> (String, String) {
+        (format!("{}.", self.stem), format!(".{name}-tmp"))
     }
 
     /// The liveness files of this key now in the directory.
@@ -130,7 +135,7 @@ impl KeyFiles {
         let mut st = state::read(&state_path, &self.stem)?;
         let (value, changed) = f(&mut st)?;
         if changed {
-            state::write(&self.dir, &self.stem, &state_path, &st, self.durable, self.mode)?;
+            self.replace("state", &state::encode(&st)?, self.durable)?;
         }
         then(value)
         // `mutex` is closed here, which drops the flock.

@@ -98,10 +98,7 @@ pub(crate) fn replace(
     durable: bool,
     mode: u32,
 ) -> io::Result<()> {
-    let tmp = tempfile::Builder::new()
-        .prefix(prefix)
-        .suffix(suffix)
-        .make_in(dir, |tmp_path| create_new(tmp_path, mode))?;
+    let tmp = new_temp(dir, (prefix, suffix), mode)?;
     let mut file: &File = tmp.as_file();
     file.write_all(bytes)?;
     if durable {
@@ -112,6 +109,18 @@ pub(crate) fn replace(
         File::open(dir)?.sync_all()?;
     }
     Ok(())
+}
+
+/// The first step of [`replace`]: the new file, created in `dir` and not yet renamed.
+pub(crate) fn new_temp(
+    dir: &Path,
+    (prefix, suffix): (&str, &str),
+    mode: u32,
+) -> io::Result<tempfile::NamedTempFile<File>> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .suffix(suffix)
+        .make_in(dir, |tmp_path| create_new(tmp_path, mode))
 }
 
 /// The identity (device, inode) of an open file.

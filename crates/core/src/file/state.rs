@@ -83,11 +83,7 @@ fn corrupt(path: &Path, why: impl Into<crate::error::BoxError>) -> LockError {
     )
 }
 
-/// Replaces the state atomically; with `durable`, fsyncs the file and the directory. The
-/// new file gets `mode` (0600, or 0660 in a shared directory) whatever the umask.
-pub(crate) fn write(dir: &Path, stem: &str, path: &Path, state: &KeyState, durable: bool, mode: u32) -> Result<()> {
-    let bytes = serde_json::to_vec(state).map_err(|e| LockError::backend(BACKEND, "cannot encode state", e))?;
-    let tmp_name = (&*format!("{stem}."), ".state-tmp");
-    os::replace(dir, path, tmp_name, &bytes, durable, mode)
-        .map_err(|e| io_error(format!("cannot write {}", path.display()), e))
+/// The state as written to `STEM.state` (by `KeyFiles::replace`, under the key's mutex).
+pub(crate) fn encode(state: &KeyState) -> Result<Vec<u8>> {
+    serde_json::to_vec(state).map_err(|e| LockError::backend(BACKEND, "cannot encode state", e))
 }
