@@ -64,15 +64,19 @@ fn record_path(files: &KeyFiles, grant: &str) -> PathBuf {
     files.path(&record_name(grant))
 }
 
-/// Writes `grant`'s value record as the lock's state file is written (`KeyFiles::replace`):
-/// other members of a shared directory can read it whatever this process's umask, and a
-/// full disk or EMFILE is temporary. Not fsynced: a record counts only while its grant's
-/// holder lives (`read_seat` compares it with the live holder), and after a crash or
-/// power loss that holder's flock is gone, so a lost record is never read.
-fn write_record(files: &KeyFiles, grant: &str, record: &Record) -> Result<()> {
+/// Writes `grant`'s value record if `grant` still holds the seat, as the lock's state file
+/// is written and under the same mutex, in one hold with the check
+/// (`KeyFiles::replace_if_holder`): other members of a shared directory can read it
+/// whatever this process's umask, a full disk or EMFILE is temporary, and a writer killed
+/// mid-write leaves only the key's one new file, which the key's next write removes.
+/// `false` when the grant no longer holds the seat (nothing is written). Not fsynced: a
+/// record counts only while its grant's holder lives (`read_seat` compares it with the
+/// live holder), and after a crash or power loss that holder's flock is gone, so a lost
+/// record is never read.
+fn write_record(files: &KeyFiles, grant: &str, record: &Record) -> Result<bool> {
     let bytes =
         serde_json::to_vec(record).map_err(|e| LockError::backend(BACKEND, "cannot encode election record", e))?;
-    files.replace(&record_name(grant), &bytes, false)
+    files.replace_if_holder(grant, &record_name(grant), &bytes)
 }
 
 fn read_record(path: &Path) -> Result<Option<Record>> {
@@ -183,7 +187,8 @@ struct FileSeat {
 }
 
 impl FileSeat {
-    fn write(&self, value: Vec<u8>) -> Result<()> {
+    /// Writes our value if our grant still holds the seat; `false` otherwise.
+    fn write(&self, value: Vec<u8>) -> Result<bool> {
         let record = Record { term: self.term, value };
         write_record(&self.files, &self.grant, &record)
     }
@@ -199,14 +204,7 @@ impl ProclaimOps for FileSeat {
             term: self.term,
         });
         let value = value.to_vec();
-        blocking(&self.files.ops, move || {
-            let ours = me.files.live_grant()?.is_some_and(|(g, _)| g == me.grant);
-            if ours {
-                me.write(value)?;
-            }
-            Ok(ours)
-        })
-        .await
+        blocking(&self.files.ops, move || me.write(value)).await
     }
 }
 
@@ -290,13 +288,64 @@ mod tests {
             term: 1,
         };
         let filler = crate::file::tests::use_up_descriptors();
-        // No descriptor left: the record's new file cannot be made.
+        // No descriptor left: the record is written under the key's mutex (the fixed name
+        // of its new file needs it), so the mutex's open is what fails.
         let outcome = seat.write(b"host-a".to_vec());
         drop(filler);
         match outcome {
-            Ok(()) => panic!("the record was written with no descriptor left"),
+            Ok(_) => panic!("the record was written with no descriptor left"),
             Err(e) => assert!(e.is_temporary(), "EMFILE should be temporary: {e}"),
         }
+    }
+
+    /// A leader killed (SIGKILL, power loss) while writing its value record leaves the
+    /// record's new file behind, as a killed grant or release leaves the state's: crashes
+    /// one after another must not pile them up, and the seat's next proclaim, and its next
+    /// release (resign), must leave none.
+    #[tokio::test]
+    async fn a_leader_killed_while_writing_its_record_leaves_nothing_past_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let election = FileElection::new(FileLock::open(dir.path()).unwrap());
+        let leadership = election.campaign("sched", b"host-a", &long()).await.unwrap();
+        let files = election.lock.files(&seat_key("sched").unwrap());
+        let (grant, _) = files.live_grant().unwrap().expect("a leader");
+        let stem = files.stem().to_owned();
+        let seated = |dir: &Path| {
+            let mut names = vec![
+                format!("{stem}.mutex"),
+                format!("{stem}.state"),
+                format!("{stem}.{grant}.live"),
+                format!("{stem}.{grant}.leader"),
+            ];
+            names.sort();
+            assert_eq!(names, files_in(dir), "the seat's files only");
+        };
+        seated(dir.path());
+        for _ in 0..3 {
+            files.crash_while_replacing(&record_name(&grant)).unwrap();
+        }
+        let left = files_in(dir.path());
+        assert!(
+            left.len() <= 5,
+            "three crashed proclaims left more than the seat's four files and one new file: {left:?}"
+        );
+        leadership.proclaim(b"host-b").await.unwrap();
+        seated(dir.path());
+
+        files.crash_while_replacing(&record_name(&grant)).unwrap();
+        leadership.resign().await.unwrap();
+        let mut resigned = vec![
+            format!("{stem}.mutex"),
+            format!("{stem}.state"),
+            format!("{stem}.{grant}.leader"),
+        ];
+        resigned.sort();
+        assert_eq!(files_in(dir.path()), resigned, "after the resign");
+    }
+
+    /// The names of the files in `dir`, sorted.
+    fn files_in(dir: &Path) -> Vec<String> {
+        modes(dir).into_iter().map(|(name, _)| name).collect()
     }
 
     /// A record is read as the lock's files are: never through a symbolic link, and a FIFO

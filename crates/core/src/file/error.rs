@@ -50,9 +50,10 @@ pub(crate) fn is_temporary(e: &io::Error) -> bool {
 }
 
 /// The operating-system error code of `e`, looked for through the errors it wraps:
-/// `tempfile` (the state's replacement) returns a new `io::Error` whose source is its own
-/// error with the path, and only the innermost `io::Error` has the code. Judging the
-/// wrapper alone made a full disk or EMFILE at the state write a permanent failure.
+/// `tempfile` (which made the state's new file until the backend made it itself) returns a
+/// new `io::Error` whose source is its own error with the path, and only the innermost
+/// `io::Error` has the code. Judging the wrapper alone made a full disk or EMFILE at the
+/// state write a permanent failure; any such wrapper is still seen through.
 fn os_error_code(e: &io::Error) -> Option<i32> {
     if let Some(code) = e.raw_os_error() {
         return Some(code);

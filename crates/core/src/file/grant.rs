@@ -81,20 +81,62 @@ impl KeyFiles {
         self.dir.join(format!("{}.{suffix}", self.stem))
     }
 
-    /// Replaces this key's file `STEM.NAME` (`name` such as `GRANT.leader`) with `bytes`
-    /// the way the state file is replaced ([`os::replace`]): through a fresh
-    /// `STEM.RANDOM.NAME-tmp`, with this directory's file mode whatever the umask, and
-    /// errors temporary or permanent by their OS error. For the election's value records.
-    pub(crate) fn replace(&self, name: &str, bytes: &[u8], durable: bool) -> Result<()> {
-        let path = self.path(name);
-        let (prefix, suffix) = self.tmp_name(name);
-        os::replace(&self.dir, &path, (&prefix, &suffix), bytes, durable, self.mode)
-            .map_err(|e| io_error(format!("cannot write {}", path.display()), e))
+    /// Replaces this key's file `STEM.NAME` (`state`, or `GRANT.leader` for the election)
+    /// with `bytes` ([`os::replace`]): through the key's one new file `STEM.tmp`, with this
+    /// directory's file mode whatever the umask, and errors temporary or permanent by
+    /// their OS error.
+    ///
+    /// Only ever called under the key's mutex flock — from [`locked_then`](Self::locked_then)
+    /// for the state, from [`replace_if_holder`](Self::replace_if_holder) for the
+    /// election's records — which is what makes the fixed name of the new file safe: no two
+    /// writers of a key are ever between its create and its rename at once, so a file
+    /// found there is a killed writer's, and the next write removes it.
+    fn replace(&self, name: &str, bytes: &[u8], durable: bool) -> Result<()> {
+        let (path, tmp) = (self.path(name), self.tmp_path());
+        os::replace(&self.dir, &path, &tmp, bytes, durable, self.mode).map_err(|e| {
+            io_error(
+                format!("cannot write {} (through {})", path.display(), tmp.display()),
+                e,
+            )
+        })
     }
 
-    /// The prefix and suffix of the new file that replaces `STEM.NAME`.
-    fn tmp_name(&self, name: &str) -> (String, String) {
-        (format!("{}.", self.stem), format!(".{name}-tmp"))
+    /// The new file of every replacement of this key's files: `STEM.tmp`. One name for the
+    /// state and the election's records alike, so a leftover of either is removed by the
+    /// key's next write of any kind. No other file of any key has this name: every other
+    /// name of the backend ends in `.mutex`, `.state`, `.live` or `.leader`.
+    pub(crate) fn tmp_path(&self) -> PathBuf {
+        self.path("tmp")
+    }
+
+    /// Replaces `STEM.NAME` with `bytes` (as [`replace`](Self::replace), without fsync) if
+    /// `grant` is the key's live holder, checked and written under one hold of the key's
+    /// mutex; `false`, and nothing written, otherwise. For the election's value records:
+    /// they are written under the mutex as the state is, which the new file's fixed name
+    /// needs (see [`replace`](Self::replace)).
+    pub(crate) fn replace_if_holder(&self, grant: &str, name: &str, bytes: &[u8]) -> Result<bool> {
+        self.locked(|st| {
+            let live = self.live_holder(st)?.is_some();
+            let ours = live && st.holder.as_ref().is_some_and(|h| h.grant == grant);
+            if ours {
+                self.replace(name, bytes, false)?;
+            }
+            Ok((ours, false))
+        })
+    }
+
+    /// What a writer killed (SIGKILL, power loss) inside [`replace`](Self::replace) leaves:
+    /// under the key's mutex, the new file made by the same first step
+    /// ([`os::new_temp`]), then closed as the kernel closes a dead process's files, and
+    /// never renamed or removed. `name` is the file the writer was replacing.
+    #[cfg(test)]
+    pub(crate) fn crash_while_replacing(&self, name: &str) -> Result<()> {
+        self.locked(|_| {
+            let made = os::new_temp(&self.tmp_path(), self.mode)
+                .map_err(|e| io_error(format!("cannot write {}", self.path(name).display()), e))?;
+            drop(made);
+            Ok(((), false))
+        })
     }
 
     /// The liveness files of this key now in the directory.

@@ -6,7 +6,8 @@
 //!
 //! # How it works
 //!
-//! Each key has three kinds of files in `DIR`, named from the key (see `naming`):
+//! Each key has three kinds of files in `DIR`, named from the key (see `naming`), and a
+//! fourth for a moment:
 //!
 //! * `STEM.mutex` — flocked for the few microseconds of each decision, so the processes
 //!   decide one at a time;
@@ -15,7 +16,10 @@
 //!   growing across restarts and power loss;
 //! * `STEM.GRANT.live` — created and flocked by the holder for as long as it lives. When
 //!   the holder crashes the kernel drops that flock, so its lock is free at once; when it
-//!   releases, it closes the file, which wakes every waiter watching it (`wait`).
+//!   releases, it closes the file, which wakes every waiter watching it (`wait`);
+//! * `STEM.tmp` — the new file of each replacement of the state (and of the election's
+//!   value records), renamed into place under the key's mutex. A writer killed before the
+//!   rename leaves it; the key's next write removes it (`os::replace`).
 //!
 //! A key is free when the state has no holder, the holder's expiry has passed (a holder
 //! paused past its TTL loses the lock, as with every other backend), or nobody holds the
@@ -23,9 +27,9 @@
 //! release check that the liveness file is still the one the holder created, so a grant
 //! removed by hand is noticed (`LeaseLost`) even before anyone else takes the key.
 //!
-//! No file is ever opened through a symbolic link (`O_NOFOLLOW`, `O_EXCL`, and `tempfile`'s
-//! exclusive create for the state's replacement), and the directory must be private to the
-//! user unless `shared=true` (`config`).
+//! No file is ever opened through a symbolic link (`O_NOFOLLOW`, and `O_EXCL` for every file
+//! we create; a link at `STEM.tmp` is unlinked, not followed), and the directory must be
+//! private to the user unless `shared=true` (`config`).
 //!
 //! Files: `config` (URL, default directory, directory checks) · `grant` (the decisions
 //! under the key's mutex, `LeaseOps`) · `wait` (waking waiters) · `state` · `naming` · `os`

@@ -77,50 +77,68 @@ fn create(path: &Path, access: OFlags, mode: u32) -> io::Result<File> {
     Ok(file)
 }
 
-/// Replaces the file at `path` (in `dir`) with one holding `bytes`, atomically: a new file
-/// named `PREFIX` + random characters + `SUFFIX` in `dir`, made by [`create_new`]
-/// (`O_EXCL`, so never through a planted link, and exactly `mode` whatever the umask),
-/// written, then renamed over `path`. With `durable`, the new file is fsynced before the
-/// rename and the directory after it, so a crash or power loss leaves the old content or
-/// the new one. The lock's state file and the election's value records both go through
-/// here, so both get the directory's mode and the same error judgement.
+/// Replaces the file at `path` (in `dir`) with one holding `bytes`, atomically: the new
+/// file `tmp` in `dir`, made by [`new_temp`] (`O_EXCL` and `O_NOFOLLOW`, so never through
+/// a planted link, and exactly `mode` whatever the umask), written, then renamed over
+/// `path`. With `durable`, the new file is fsynced before the rename and the directory
+/// after it, so a crash or power loss leaves the old content or the new one. The lock's
+/// state file and the election's value records both go through here, so both get the
+/// directory's mode and the same error judgement (our own opens and writes, whose errors
+/// keep their OS code: EMFILE or a full disk stay temporary, see `error::is_temporary`).
 ///
-/// `tempfile` picks the fresh name and removes the new file if we fail. Not
-/// `tempfile_in` and `NamedTempFile`'s own writes: those create with the umask's mode,
-/// and wrap each error with its path in a way that hides the OS error code (the
-/// wrapper's `source()` skips it), so EMFILE or a full disk read as permanent and an
-/// acquire gave up at once instead of retrying for its wait.
-pub(crate) fn replace(
-    dir: &Path,
-    path: &Path,
-    (prefix, suffix): (&str, &str),
-    bytes: &[u8],
-    durable: bool,
-    mode: u32,
-) -> io::Result<()> {
-    let tmp = new_temp(dir, (prefix, suffix), mode)?;
-    let mut file: &File = tmp.as_file();
-    file.write_all(bytes)?;
-    if durable {
-        file.sync_data()?;
+/// **The caller holds the key's mutex flock** (`KeyFiles::replace` is only called under
+/// it), and `tmp` is one fixed name per key (`STEM.tmp`), not a fresh random one. A writer
+/// killed between creating `tmp` and the rename (SIGKILL, power loss) leaves it behind;
+/// with random names nothing ever found such a file again, so repeated crashes piled them
+/// up in the directory for good. Under the mutex no other writer of the key is between
+/// those two steps, so whatever is at `tmp` is a dead writer's leftover (or a planted
+/// link): the next writer unlinks it and makes its own. A crash leaves at most one file
+/// per key, gone at the key's next write (its next grant, release or proclaim), and no
+/// write lists the directory, so its cost does not grow with the number of keys.
+///
+/// A write that fails after making `tmp` removes it (it is ours: the mutex is held).
+pub(crate) fn replace(dir: &Path, path: &Path, tmp: &Path, bytes: &[u8], durable: bool, mode: u32) -> io::Result<()> {
+    let mut file = new_temp(tmp, mode)?;
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| if durable { file.sync_data() } else { Ok(()) })
+        .and_then(|()| std::fs::rename(tmp, path));
+    if let Err(e) = written {
+        drop(file);
+        let _ = std::fs::remove_file(tmp); // the next write removes it if this failed too
+        return Err(e);
     }
-    tmp.persist(path).map_err(|e| e.error)?;
+    drop(file);
     if durable {
         File::open(dir)?.sync_all()?;
     }
     Ok(())
 }
 
-/// The first step of [`replace`]: the new file, created in `dir` and not yet renamed.
-pub(crate) fn new_temp(
-    dir: &Path,
-    (prefix, suffix): (&str, &str),
-    mode: u32,
-) -> io::Result<tempfile::NamedTempFile<File>> {
-    tempfile::Builder::new()
-        .prefix(prefix)
-        .suffix(suffix)
-        .make_in(dir, |tmp_path| create_new(tmp_path, mode))
+/// The first step of [`replace`]: the new file at `tmp`, created exclusively (`O_EXCL`,
+/// `O_NOFOLLOW`) with exactly `mode`, open for writing.
+///
+/// Whatever is found at `tmp` is unlinked and the create tried again: the caller holds
+/// the key's mutex, so it is a killed writer's leftover or something planted there.
+/// `unlink` removes a symbolic link itself, never its target, so a planted link is
+/// replaced, never written through; a directory there is an error (`EISDIR`), left alone.
+/// At most three times, as [`open_or_create`] bounds its loop: only someone who is not a
+/// writer of the key (none creates the name without the mutex) could put a file there
+/// again each time, and then the write fails with `EEXIST`.
+pub(crate) fn new_temp(tmp: &Path, mode: u32) -> io::Result<File> {
+    let mut removed = 0;
+    loop {
+        match create_new(tmp, mode) {
+            Err(e) if e.kind() == ErrorKind::AlreadyExists && removed < 3 => {
+                removed += 1;
+                match std::fs::remove_file(tmp) {
+                    Err(e) if e.kind() != ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+            made => return made,
+        }
+    }
 }
 
 /// The identity (device, inode) of an open file.

@@ -1,10 +1,11 @@
 //! The per-key state file: the last token handed out and the current holder.
 //!
-//! Written by replacing it under the key's mutex flock — a new file of a fresh random name
-//! made with an exclusive create (`O_EXCL`: never through a planted link) in the same
-//! directory, fsynced, then renamed over the old one and the directory fsynced — so a
-//! crash leaves either the old or the new state, and the token counter survives restarts
-//! and power loss.
+//! Written by replacing it under the key's mutex flock (`KeyFiles::replace`) — the key's new
+//! file `STEM.tmp` made with an exclusive create (`O_EXCL`: never through a planted link)
+//! in the same directory, fsynced, then renamed over the old one and the directory
+//! fsynced — so a crash leaves either the old or the new state, and the token counter
+//! survives restarts and power loss. A crash before the rename leaves `STEM.tmp`, which
+//! the key's next write removes.
 
 use std::io::Read;
 use std::path::Path;

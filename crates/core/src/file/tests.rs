@@ -245,8 +245,9 @@ fn victim(dir: &Path) -> std::path::PathBuf {
 async fn planted_links_are_never_followed() {
     let outside = tempfile::tempdir().unwrap();
     let victim = victim(outside.path());
-    // The temporary state file's old fixed name: taking the lock must work and leave the
-    // victim untouched.
+    // The name of the state's new file in early versions (a link there was followed):
+    // taking the lock must work and leave the victim untouched. For today's name, see
+    // `a_link_planted_at_the_new_file_name_is_replaced_never_followed`.
     let dir = tempfile::tempdir().unwrap();
     symlink(&victim, dir.path().join("k-job.state-tmp")).unwrap();
     let locks = FileLock::open(dir.path()).unwrap();
@@ -544,10 +545,10 @@ pub(crate) fn child_dir() -> std::path::PathBuf {
         .into()
 }
 
-/// Out of descriptors (EMFILE) when the state is written: `tempfile` wraps the error with
-/// its path, and it must still count as temporary (an acquire retries it while its wait
-/// lasts), and the liveness file the attempt created must not be left behind (it would be
-/// counted by `records` as a holder, forever).
+/// Out of descriptors (EMFILE) when the state is written: it must count as temporary (an
+/// acquire retries it while its wait lasts; `tempfile`, which once made the state's new
+/// file, wrapped the error so that its code was hidden), and the liveness file the attempt
+/// created must not be left behind (it would be counted by `records` as a holder, forever).
 #[test]
 fn a_grant_out_of_descriptors_is_temporary_and_leaves_no_liveness_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -681,4 +682,80 @@ async fn close_waits_for_the_file_operations_still_running() {
     let closed = tokio::time::timeout(Duration::from_secs(10), closing).await;
     assert!(matches!(closed, Ok(Ok(Ok(())))), "{closed:?}");
     assert_eq!(files_in(dir.path()), 0, "close left a file of the key open");
+}
+
+/// The names of the files in `dir`, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    modes(dir).into_iter().map(|(name, _)| name).collect()
+}
+
+/// A writer killed (SIGKILL, power loss) between creating the state's new file and
+/// renaming it into place leaves that file behind. Crashes one after another must not
+/// pile them up, and the key's next grant, and its next release, must leave none.
+#[tokio::test]
+async fn a_writer_killed_while_replacing_leaves_nothing_past_the_next_grant_or_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let locks = FileLock::open(dir.path()).unwrap();
+    let files = locks.files("job");
+    for _ in 0..3 {
+        files.crash_while_replacing("state").unwrap();
+    }
+    let left = names(dir.path());
+    assert!(
+        left.len() <= 2,
+        "three crashed writers left more than the mutex and one new file: {left:?}"
+    );
+
+    let lease = locks.try_acquire("job", &long()).await.unwrap().expect("free");
+    let mut held = vec![
+        "k-job.mutex".to_owned(),
+        "k-job.state".to_owned(),
+        super::naming::live_file("k-job", &lease.grant().to_string()),
+    ];
+    held.sort();
+    assert_eq!(names(dir.path()), held, "after the next grant");
+
+    files.crash_while_replacing("state").unwrap(); // a release killed while writing
+    lease.release().await.unwrap();
+    assert_eq!(
+        names(dir.path()),
+        ["k-job.mutex", "k-job.state"],
+        "after the next release"
+    );
+}
+
+/// The new file of a key's writes has a fixed name (`STEM.tmp`, see `os::replace`), and a
+/// writer removes whatever it finds there. A symbolic link planted at that name — to a
+/// victim file, or dangling to where a file would be created — is removed, never written
+/// through: the grant and the release go through, the victim keeps its content, nothing
+/// is created outside the directory, and no link is left.
+#[tokio::test]
+async fn a_link_planted_at_the_new_file_name_is_replaced_never_followed() {
+    let outside = tempfile::tempdir().unwrap();
+    let victim = victim(outside.path());
+    let dangling = outside.path().join("would-be-created");
+    let dir = tempfile::tempdir().unwrap();
+    let locks = FileLock::open(dir.path()).unwrap();
+    let tmp = locks.files("job").tmp_path();
+    assert_eq!(tmp, dir.path().join("k-job.tmp"));
+
+    symlink(&victim, &tmp).unwrap();
+    let lease = locks.try_acquire("job", &long()).await.unwrap().expect("free");
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "precious",
+        "written through the link"
+    );
+    assert!(std::fs::symlink_metadata(&tmp).is_err(), "the link is still there");
+
+    symlink(&dangling, &tmp).unwrap();
+    lease.release().await.unwrap();
+    assert!(
+        std::fs::symlink_metadata(&dangling).is_err(),
+        "a file was created through a dangling link"
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    assert_eq!(names(dir.path()), ["k-job.mutex", "k-job.state"], "after the release");
+    let state = std::fs::read_to_string(dir.path().join("k-job.state")).unwrap();
+    assert!(state.contains(r#""last_token":1"#), "the release's state: {state}");
 }
