@@ -116,8 +116,14 @@ impl crate::waiting::Wait for LockWait<'_> {
         format!("waiting for `{}`; not acquired", self.args.key)
     }
 
-    fn not_within(&self, _asked: Duration, waited: Duration) -> String {
-        format!("not acquired within {waited:.1?}")
+    /// The `--wait` asked, written back as the command line writes durations: the time
+    /// waited, rounded to a tenth (`{:.1?}`), said "within 2.4s" for `--wait 2.35s`, and
+    /// the few ms a last attempt adds past the bound are not news to the user.
+    fn not_within(&self, asked: Duration, _waited: Duration) -> String {
+        format!(
+            "not acquired within {}",
+            fencelock::options::duration_text::human(asked)
+        )
     }
 }
 

@@ -38,11 +38,11 @@ pub(crate) trait Wait {
     /// Closes the backend, bounded ([`bounded_close`]); its failure.
     async fn close(&self, backend: &Self::Backend) -> Result<(), LockError>;
     /// The exit when another holds it past the wait (`how`: "not waiting: tried once", or
-    /// "not acquired within 2.0s").
+    /// "not acquired within 2s").
     fn taken(&self, backend: &Self::Backend, how: &str) -> ExitCode;
     /// "waiting for `k`; not acquired", "campaigning for `n`; not elected".
     fn interrupted(&self) -> String;
-    /// "not acquired within 2.0s": the wait ran out; `asked` is the whole `--wait`,
+    /// "not acquired within 2s": the wait ran out; `asked` is the whole `--wait`,
     /// `waited` the time since the first attempt.
     fn not_within(&self, asked: Duration, waited: Duration) -> String;
 }
