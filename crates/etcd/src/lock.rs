@@ -348,7 +348,9 @@ impl DistributedLock for EtcdLock {
     /// (up to the request timeout) for background deletions, revocations and releases of
     /// dropped leases (counted from the drop) to finish,
     /// and revokes the session lease — every key on it goes in that one request, as
-    /// etcd's `Session.Close` does — and every own lease still known. Every lease held
+    /// etcd's `Session.Close` does — every waiting lease that may still be alive (the
+    /// current one, superseded ones, one granted and never used) and every own lease still
+    /// known. Every lease held
     /// through this client is told it is lost. Called again, it finds nothing left.
     ///
     /// # Errors

@@ -251,7 +251,7 @@ impl Queued {
             }
             Err(e) if crate::error::lease_gone(&e) => {
                 // The waiting lease was gone when the move reached etcd: nothing moved.
-                session.waiting.lapsed(w.id());
+                session.waiting.gone(w.id());
                 Ok(true)
             }
             Err(e) => {
@@ -396,7 +396,7 @@ pub(crate) async fn enqueue_with_value(
             // The waiting lease expired or was revoked between our look and the put (a long
             // pause; an operator): never handed out again, and the next try queues anew.
             (Err(e), Some(w), Holding::Session { session, .. }) if crate::error::lease_gone(&e) => {
-                session.waiting.lapsed(w.id());
+                session.waiting.gone(w.id());
                 return Err(LockError::Backend {
                     backend: BACKEND,
                     message: "the waiting lease was gone when the queue put reached etcd".into(),

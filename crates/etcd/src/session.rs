@@ -245,15 +245,17 @@ impl Session {
 
     /// Ends the session as etcd's `Session.Close` does: every lock on it is told it is
     /// lost, the keep-alive stops, and the lease is revoked, which deletes every key on it
-    /// in one request.
+    /// in one request — and every waiting lease that may still be alive with it
+    /// ([`WaitingLeases::end`]).
     ///
     /// # Errors
     /// The revoke's error when it was not confirmed; the lease then expires by its TTL.
     pub async fn end(&self, cluster: &Cluster) -> Result<()> {
         self.lose_or_end("the client closed its session".into(), true);
         self.stop();
-        let waiting = self.waiting.end(cluster).await;
-        crate::cleanup::revoke(cluster, self.id).await.and(waiting)
+        // Every waiting lease (current, superseded, unused) and the session lease at once.
+        let (waiting, session) = tokio::join!(self.waiting.end(cluster), crate::cleanup::revoke(cluster, self.id));
+        session.and(waiting)
     }
 
     /// Lists the keys on the lease and settles them against the claims (see the module
@@ -279,23 +281,29 @@ impl Session {
             }
         };
         let listed_at = listed.header().map_or(0, |h| h.revision());
-        // The waiting lease's keys too, while one is kept alive: a queue put on it that
-        // landed late is deleted as one on the session is. Granted keys are always on the
-        // session once their move is confirmed (before it they are not looked for), so only
-        // strays are looked for there.
-        let waiting = match self.waiting.live_id() {
-            Some(w) => match cluster
+        // The waiting leases' keys too — the current one and any superseded or unused one
+        // that may still be alive: a queue put on one that landed late is deleted as one on
+        // the session is. Granted keys are always on the session once their move is
+        // confirmed (before it they are not looked for), so only strays are looked for
+        // there. One request per such lease, one after the other, each bounded by the
+        // request timeout; a lease etcd reports gone is not listed again.
+        let mut waiting = Vec::new();
+        for w in self.waiting.maybe_alive() {
+            let listed = cluster
                 .call("listing the waiting lease's keys", |mut c| async move {
                     c.lease_time_to_live(w, Some(LeaseTimeToLiveOptions::new().with_keys()))
                         .await
                 })
-                .await
-            {
-                Ok(l) if l.ttl() >= 0 => Some((w, l)),
-                _ => None, // gone (its keys with it), or unknown until the next period
-            },
-            None => None,
-        };
+                .await;
+            match listed {
+                Ok(l) if l.ttl() >= 0 => waiting.push((w, l)),
+                Ok(_) => self.waiting.gone(w), // TTL -1: gone, its keys with it
+                Err(e) if lease_gone(&e) => self.waiting.gone(w),
+                Err(e) => {
+                    tracing::debug!(lease = format_args!("{w:x}"), error = %e, "listing a waiting lease's keys failed; again next period");
+                }
+            }
+        }
         let on_lease: HashSet<&[u8]> = listed.keys().iter().map(Vec::as_slice).collect();
         let (gone, strays) = {
             let claims = self.claims();
@@ -314,7 +322,7 @@ impl Session {
                     .collect()
             };
             let mut strays = unclaimed(id, listed_at, listed.keys());
-            if let Some((w, l)) = &waiting {
+            for (w, l) in &waiting {
                 strays.extend(unclaimed(*w, l.header().map_or(0, |h| h.revision()), l.keys()));
             }
             (gone, strays)

@@ -32,6 +32,16 @@
 //!   keep-alive request each third of the TTL) is simpler and costs a held-only instance
 //!   nothing. The session's key check lists this lease's keys too while it lives, so a
 //!   queue put that landed late on it is deleted as one on the session would be.
+//! * **Every lease granted is remembered until the server says it is gone**
+//!   (`WaitingLeases::granted`): the current one, one *superseded* by a newer grant (too
+//!   short for the link as now seen, or too close to its end) — kept alive while the waiters
+//!   on it wait, so a key of ours may still ride on it, or a late put land on it — and one
+//!   that was granted but never handed out (a slow link's first grant, replaced by a
+//!   longer one at once). The session's key check lists each of them, and drops one once
+//!   etcd answers that it is gone; `close()` revokes them all (in parallel, each bounded by
+//!   the request timeout). Before, only the current one was listed and revoked: a stray put
+//!   on a superseded lease stayed as long as its waiters waited, and that lease outlived
+//!   `close()` by up to its TTL.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -67,6 +77,11 @@ fn asked_for(rtt: Duration, max: Duration) -> i64 {
 #[derive(Debug)]
 pub(crate) struct WaitingLeases {
     current: Mutex<Option<Arc<WaitingLease>>>,
+    /// Every lease granted that may still be alive on the server, the current one
+    /// included, until a keep-alive, a key check, a put or a revoke finds it gone: what the
+    /// key check lists and `end` revokes. Bounded by the grants made while they live (a
+    /// grant is made only when no lease with time to spare is kept alive, one at a time).
+    granted: Mutex<Vec<Arc<WaitingLease>>>,
     /// One grant at a time: waits that start together share it.
     granting: tokio::sync::Mutex<()>,
     /// The last round trip of a grant or keep-alive of a waiting lease, in microseconds
@@ -133,6 +148,27 @@ impl Drop for WaitUse {
 }
 
 impl WaitingLease {
+    /// A lease granted with `ttl` by a request sent at `sent`, with `users` uses.
+    fn new(id: i64, ttl: Duration, sent: Instant, users: usize) -> Arc<Self> {
+        Arc::new(WaitingLease {
+            id,
+            ttl,
+            state: Mutex::new(Usage {
+                users,
+                idle_since: sent,
+                valid_until: sent + ttl,
+                ended: false,
+            }),
+        })
+    }
+
+    /// Found gone on the server: never handed out again, and nothing rides on it.
+    fn gone(&self) {
+        let mut s = self.usage();
+        s.ended = true;
+        s.valid_until = s.valid_until.min(Instant::now());
+    }
+
     fn usage(&self) -> std::sync::MutexGuard<'_, Usage> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -158,6 +194,7 @@ impl WaitingLeases {
     pub fn new(max_ttl: Duration) -> Self {
         WaitingLeases {
             current: Mutex::new(None),
+            granted: Mutex::new(Vec::new()),
             granting: tokio::sync::Mutex::new(()),
             rtt: Arc::new(AtomicU64::new(0)),
             max_ttl,
@@ -172,6 +209,10 @@ impl WaitingLeases {
         self.current.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn granted(&self) -> std::sync::MutexGuard<'_, Vec<Arc<WaitingLease>>> {
+        self.granted.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// A use of the current waiting lease, if one is kept alive with time to spare; sends
     /// nothing (the enqueue's put names it only when it is there already).
     pub fn try_use(&self) -> Option<WaitUse> {
@@ -179,9 +220,23 @@ impl WaitingLeases {
         self.current().as_ref().and_then(|l| l.take_use(rtt, self.max_ttl))
     }
 
-    /// The id of the current waiting lease while it is kept alive (for the key check).
-    pub fn live_id(&self) -> Option<i64> {
-        self.current().as_ref().filter(|l| !l.usage().ended).map(|l| l.id)
+    /// Every waiting lease that may still be alive on the server, current or superseded,
+    /// kept alive or left to lapse (for the key check: a key of ours, or a late put, may
+    /// ride on any of them).
+    pub fn maybe_alive(&self) -> Vec<i64> {
+        self.granted().iter().map(|l| l.id).collect()
+    }
+
+    /// Lease `id` was found gone on the server (a keep-alive, a key check or a put was
+    /// answered "not found", or a revoke was confirmed): never handed out again, nothing
+    /// rides on it, and it is no longer listed nor revoked.
+    pub fn gone(&self, id: i64) {
+        self.granted().retain(|l| {
+            if l.id == id {
+                l.gone();
+            }
+            l.id != id
+        });
     }
 
     /// A use of the current waiting lease, granting one (one `LeaseGrant`) when there is
@@ -218,19 +273,16 @@ impl WaitingLeases {
             if need <= asked || granted.ttl() >= need || tries == 2 {
                 break (sent, granted);
             }
-            asked = need; // the lease just granted carries nothing and lapses
+            asked = need;
+            // The lease just granted carries nothing and lapses; until then it is listed
+            // and revoked with the others (never handed out: it is ended already).
+            let unused = WaitingLease::new(granted.id(), Duration::from_secs(granted.ttl().max(1) as u64), sent, 0);
+            unused.usage().ended = true;
+            self.granted().push(unused);
         };
         let ttl = Duration::from_secs(granted.ttl().max(1) as u64);
-        let lease = Arc::new(WaitingLease {
-            id: granted.id(),
-            ttl,
-            state: Mutex::new(Usage {
-                users: 1,
-                idle_since: sent,
-                valid_until: sent + ttl,
-                ended: false,
-            }),
-        });
+        let lease = WaitingLease::new(granted.id(), ttl, sent, 1);
+        self.granted().push(Arc::clone(&lease));
         tokio::spawn(keep_alive(
             Arc::downgrade(&lease),
             cluster.clone(),
@@ -240,31 +292,47 @@ impl WaitingLeases {
         tracing::debug!(lease = format_args!("{:x}", lease.id), ?ttl, "waiting lease granted");
         let previous = self.current().replace(Arc::clone(&lease));
         if let Some(p) = previous {
-            p.usage().ended = true; // superseded: lapses once its users are gone
+            // Superseded: never handed out again, kept alive while its users wait, then
+            // left to lapse — listed by the key check and revoked by `end` meanwhile.
+            p.usage().ended = true;
+            tracing::debug!(lease = format_args!("{:x}", p.id), "waiting lease superseded");
         }
         Ok(WaitUse { lease })
     }
 
-    /// Lease `id` was found gone on the server: never handed out again.
-    pub fn lapsed(&self, id: i64) {
-        if let Some(l) = self.current().as_ref().filter(|l| l.id == id) {
-            let mut s = l.usage();
-            s.ended = true;
-            s.valid_until = s.valid_until.min(Instant::now()); // gone: nothing rides on it
-        }
-    }
-
-    /// Stops keeping the current lease alive and revokes it (with the session's end):
-    /// every key still on it goes at once.
+    /// Stops keeping every waiting lease alive and revokes each one that may still be
+    /// alive — current, superseded, or granted and never used — in parallel (with the
+    /// session's end): every key still on them goes at once, and a put still in flight
+    /// that names one fails afterwards.
     ///
     /// # Errors
-    /// The revoke's error; the lease then lapses by its TTL.
+    /// The error of a revoke that was not confirmed (the others still ran); that lease then
+    /// lapses by its TTL.
+    ///
+    /// # Cancel safety
+    /// Dropping it stops the revokes not yet answered; those leases lapse by their TTL.
     pub async fn end(&self, cluster: &Cluster) -> Result<()> {
-        let Some(lease) = self.current().take() else {
-            return Ok(());
-        };
-        lease.usage().ended = true;
-        crate::cleanup::revoke(cluster, lease.id).await
+        self.current().take();
+        let leases = std::mem::take(&mut *self.granted());
+        // One request each, each bounded by the request timeout (its repeats included).
+        let mut revokes = tokio::task::JoinSet::new();
+        for lease in leases {
+            lease.usage().ended = true;
+            let cluster = cluster.clone();
+            revokes.spawn(async move { (lease.id, crate::cleanup::revoke(&cluster, lease.id).await) });
+        }
+        let mut result = Ok(());
+        while let Some(done) = revokes.join_next().await {
+            match done {
+                Ok((_, Ok(()))) => {}
+                Ok((id, Err(e))) => {
+                    tracing::warn!(lease = format_args!("{id:x}"), error = %e, "waiting lease not revoked; it lapses by its TTL");
+                    result = Err(e);
+                }
+                Err(e) => tracing::warn!(error = %e, "revoking a waiting lease: the task failed"),
+            }
+        }
+        result
     }
 }
 
@@ -301,9 +369,7 @@ async fn keep_alive(lease: Weak<WaitingLease>, cluster: Cluster, granted_at: Ins
                 backoff = Duration::from_millis(10);
             }
             Ok(false) => {
-                let mut s = l.usage();
-                s.ended = true;
-                s.valid_until = s.valid_until.min(Instant::now()); // gone: nothing rides on it
+                l.gone(); // the next key check stops listing it
                 tracing::debug!(lease = format_args!("{:x}", id), "waiting lease gone on the server");
                 return;
             }

@@ -432,3 +432,142 @@ async fn a_waiter_whose_key_was_deleted_by_hand_is_not_granted_beside_the_next()
     assert!(later.token() > token);
     later.release().await.unwrap();
 }
+
+/// A client (through a proxy, `session_ttl=8s`) whose waiting lease was **superseded**
+/// while a key of its still rides on it: a waiter on `s1` queues on the waiting lease
+/// `old`; the link then slows (150 ms each way) so that `old`'s 1 s TTL is too short for
+/// it, and a waiter on a further lock gets a new, longer waiting lease `new` — `old` is
+/// kept alive for `s1`'s waiter. Each lock is held by a key the test puts without a lease,
+/// so the client waits until it closes. The link is fast again on return.
+struct Superseded {
+    proxy: FaultProxy,
+    client: EtcdLock,
+    waits: Vec<tokio::task::JoinHandle<fencelock_core::Result<fencelock_core::Lease>>>,
+    session: i64,
+    old: i64,
+    new: i64,
+}
+
+/// One waiter of `client` on lock `name`, behind a key of the test's; returns the lease its
+/// queue key rides on once it left the session lease.
+async fn wait_behind_the_test(
+    raw: &mut etcd_client::Client,
+    client: &EtcdLock,
+    session: i64,
+    name: &str,
+    waits: &mut Vec<tokio::task::JoinHandle<fencelock_core::Result<fencelock_core::Lease>>>,
+) -> i64 {
+    let dir = format!("/fencelock/{name}/");
+    raw.put(format!("{dir}holder"), "", None).await.unwrap();
+    waits.push(tokio::spawn({
+        let (client, name) = (client.clone(), name.to_owned());
+        async move { client.acquire(&name, &held()).await }
+    }));
+    let what = format!("{name}: the waiter's key never moved onto a waiting lease");
+    until_dir(raw, &dir, &what, |q| q.len() == 2 && q[1].1 != session).await;
+    queue(raw, &dir).await[1].1
+}
+
+async fn superseded(cluster: &EtcdCluster, raw: &mut etcd_client::Client) -> Superseded {
+    let (proxy, client) = proxied(cluster, "session_ttl=8s&timeout=3s").await;
+    client.acquire("warm", &held()).await.unwrap().release().await.unwrap();
+    let session = client.session_lease().await.unwrap();
+    let mut waits = Vec::new();
+    let old = wait_behind_the_test(raw, &client, session, "s1", &mut waits).await;
+    proxy.set(Mode::Delay(Duration::from_millis(150)));
+    // The new waiting lease comes once a keep-alive of `old` measured the slow link; until
+    // then a waiter still queues on `old`. Bounded: a keep-alive goes every 333 ms.
+    for n in 2..=12 {
+        let on = wait_behind_the_test(raw, &client, session, &format!("s{n}"), &mut waits).await;
+        if on != old {
+            proxy.set(Mode::Pass);
+            return Superseded {
+                proxy,
+                client,
+                waits,
+                session,
+                old,
+                new: on,
+            };
+        }
+    }
+    panic!("the waiting lease {old:x} was never replaced on a 300 ms round trip");
+}
+
+/// The keys under `/fencelock/` that ride on a lease (the test's own holders ride on none).
+async fn keys_on_leases(raw: &mut etcd_client::Client) -> Vec<(String, i64)> {
+    let mut q = queue(raw, "/fencelock/").await;
+    q.retain(|(_, lease)| *lease != 0);
+    q
+}
+
+/// `close()` must leave nothing of the client on the server: no lease it granted (the
+/// session lease, the current waiting lease, one superseded while a key still rode on it)
+/// and no key it put — also one put on the superseded lease that landed late (a queue put
+/// whose answer was lost, put here by the test under that lease).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_revokes_every_lease_of_the_client_a_superseded_waiting_lease_too() {
+    let cluster = EtcdCluster::single();
+    let mut raw = etcd_client::Client::connect(cluster.endpoints(), None).await.unwrap();
+    let s = superseded(&cluster, &mut raw).await;
+    let late = etcd_client::PutOptions::new().with_lease(s.old);
+    raw.put("/fencelock/s1/late", "", Some(late)).await.unwrap();
+
+    tokio::time::timeout(Duration::from_secs(10), s.client.close())
+        .await
+        .expect("close is bounded")
+        .expect("close");
+    let alive: Vec<String> = raw
+        .leases()
+        .await
+        .unwrap()
+        .leases()
+        .iter()
+        .map(|l| format!("{:x}", l.id()))
+        .collect();
+    let left = keys_on_leases(&mut raw).await;
+    assert!(
+        alive.is_empty() && left.is_empty(),
+        "after close(), leases still alive: {alive:?}, keys left: {left:?} (session {:x}, superseded waiting lease {:x}, current one {:x})",
+        s.session,
+        s.old,
+        s.new
+    );
+    for w in s.waits {
+        let ended = tokio::time::timeout(Duration::from_secs(5), w)
+            .await
+            .expect("the wait ended")
+            .unwrap();
+        assert!(matches!(ended, Err(fencelock_core::LockError::Closed)), "{ended:?}");
+    }
+    drop(s.proxy);
+}
+
+/// The session's key check deletes a key nobody of ours claims on every lease a key of ours
+/// may ride on — also on a waiting lease that was superseded but is still kept alive for
+/// the waiters on it (before, it listed only the current one, and a stray there stayed as
+/// long as those waiters waited).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_check_deletes_a_stray_key_on_a_superseded_waiting_lease() {
+    let cluster = EtcdCluster::single();
+    let mut raw = etcd_client::Client::connect(cluster.endpoints(), None).await.unwrap();
+    let s = superseded(&cluster, &mut raw).await;
+    let late = etcd_client::PutOptions::new().with_lease(s.old);
+    raw.put("/fencelock/s1/late", "", Some(late)).await.unwrap();
+    // A key check every third of the 8 s session TTL: two periods and a margin.
+    until_dir(
+        &mut raw,
+        "/fencelock/s1/",
+        &format!(
+            "the stray key on the superseded waiting lease {:x} stayed (current one {:x})",
+            s.old, s.new
+        ),
+        |q| !q.iter().any(|(k, _)| k.ends_with("/late")),
+    )
+    .await;
+    // Deleted by the check, not by a lapse of the lease: the waiter's key is still on it.
+    let q = queue(&mut raw, "/fencelock/s1/").await;
+    assert_eq!(q.len(), 2, "{q:?}");
+    assert_eq!(q[1].1, s.old, "the waiter's key left the superseded lease: {q:?}");
+    s.client.close().await.unwrap();
+}
