@@ -289,6 +289,73 @@ async fn holding(inner: &Arc<Inner>, opts: &LockOptions, own: bool) -> Result<Ho
     })
 }
 
+/// What a queue put answered "lease not found" (`refused`) by etcd tells: which lease is
+/// gone — the session's, or the waiting lease the queue branch named (`waiting`), which
+/// etcd's answer does not say. Without a waiting lease only the session lease was named;
+/// with one, both leases are read (one `LeaseTimeToLive` each, at once, bounded by the
+/// request timeout). A session lease found gone ends the session at once (its grants are
+/// told they are lost, and the next try starts a new session instead of failing until
+/// the next keep-alive notices); a waiting lease found gone — or either, when the reads
+/// cannot tell — is never handed out again. The error is temporary and names the lease.
+async fn refused_lease(inner: &Inner, session: &Session, waiting: Option<&WaitUse>, refused: LockError) -> LockError {
+    let cluster = &inner.cluster;
+    let is_gone = |id: i64| async move {
+        match cluster
+            .call("reading a lease a queue put was refused", |mut c| async move {
+                c.lease_time_to_live(id, None).await
+            })
+            .await
+        {
+            // TTL -1: expired or revoked; 0 is a lease still there with under a second left.
+            Ok(l) => Some(l.ttl() < 0),
+            Err(e) if crate::error::lease_gone(&e) => Some(true),
+            Err(e) => {
+                tracing::debug!(lease = format_args!("{id:x}"), error = %e, "could not read a lease a queue put was refused");
+                None
+            }
+        }
+    };
+    let (s, w) = (session.id, waiting.map(WaitUse::id));
+    let (session_gone, waiting_gone) = match w {
+        None => (Some(true), Some(false)),
+        Some(w) => tokio::join!(is_gone(s), is_gone(w)),
+    };
+    let at = "when the queue put reached etcd";
+    let message = match (session_gone, waiting_gone, w) {
+        (Some(true), Some(true), Some(w)) => {
+            format!("the session lease {s:x} and the waiting lease {w:x} were gone (expired or revoked) {at}")
+        }
+        (Some(true), _, _) => {
+            format!("the session lease {s:x} was gone (expired or revoked) {at}; the next try starts a new session")
+        }
+        (_, Some(true), Some(w)) => {
+            format!("the waiting lease {w:x} was gone (expired or revoked) {at}; the next try queues without it")
+        }
+        (_, _, Some(w)) => format!(
+            "the session lease {s:x} or the waiting lease {w:x} was gone (expired or revoked) {at}; which one could \
+             not be told"
+        ),
+        (_, _, None) => format!("the session lease {s:x} was gone (expired or revoked) {at}"),
+    };
+    if session_gone == Some(true) {
+        session.lease_found_gone(&message);
+    }
+    if let Some(w) = w {
+        match waiting_gone {
+            Some(true) => session.waiting.gone(w),
+            Some(false) => {}
+            None => session.waiting.retire(w), // alive or not, not handed out again
+        }
+    }
+    tracing::debug!(%message, "queue put refused: lease not found");
+    LockError::Backend {
+        backend: BACKEND,
+        message,
+        source: Some(Box::new(refused)),
+        temporary: true,
+    }
+}
+
 /// Puts our key with the lease and reads the current owner, in one transaction. Runs to
 /// its end even when the caller drops it ([`finish_on_drop`]): if the caller is gone when
 /// it completes, the `Queued` is dropped in the background, which undoes the entry.
@@ -392,19 +459,14 @@ pub(crate) async fn enqueue_with_value(
             .or_else([TxnOp::txn(queue)]);
         let (resp, echoes) = inner.cluster.txn_counting_echoes("queueing for the lock", &txn).await;
         queued.echoes = echoes;
-        let resp = match (resp, &waiting, &holding) {
-            // The waiting lease expired or was revoked between our look and the put (a long
-            // pause; an operator): never handed out again, and the next try queues anew.
-            (Err(e), Some(w), Holding::Session { session, .. }) if crate::error::lease_gone(&e) => {
-                session.waiting.gone(w.id());
-                return Err(LockError::Backend {
-                    backend: BACKEND,
-                    message: "the waiting lease was gone when the queue put reached etcd".into(),
-                    source: Some(Box::new(e)),
-                    temporary: true,
-                });
+        let resp = match (resp, &holding) {
+            // A lease our put named expired or was revoked (a long pause; an operator): the
+            // session lease (every put names it but a queue put on the waiting lease) or the
+            // waiting lease — etcd's "lease not found" does not say which.
+            (Err(e), Holding::Session { session, .. }) if crate::error::lease_gone(&e) => {
+                return Err(refused_lease(&inner, session, waiting.as_ref(), e).await);
             }
-            (resp, _, _) => resp?,
+            (resp, _) => resp?,
         };
         let revision = resp.header().map_or(0, |h| h.revision());
         let mut owner_rev = 0;

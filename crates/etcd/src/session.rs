@@ -198,6 +198,14 @@ impl Session {
         self.claims().remove(&id);
     }
 
+    /// etcd answered that the session lease is gone (a put naming it was refused "lease not
+    /// found", and a read of it confirmed it when another lease was named too): the
+    /// session is lost at once — every lock on it is told, and the next acquire starts a
+    /// new session instead of failing until the next keep-alive finds out.
+    pub fn lease_found_gone(&self, why: &str) {
+        self.lose(why.to_owned());
+    }
+
     fn reason(why: &str) -> LostReason {
         LostReason::Backend(format!("etcd session lease lost: {why}"))
     }

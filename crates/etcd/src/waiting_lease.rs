@@ -300,6 +300,15 @@ impl WaitingLeases {
         Ok(WaitUse { lease })
     }
 
+    /// Lease `id` is never handed out again (it may be gone on the server: a put naming it
+    /// was refused and it could not be told which lease was gone); it stays kept alive
+    /// while its users wait, and listed and revoked as a superseded one.
+    pub fn retire(&self, id: i64) {
+        if let Some(l) = self.granted().iter().find(|l| l.id == id) {
+            l.usage().ended = true;
+        }
+    }
+
     /// Stops keeping every waiting lease alive and revokes each one that may still be
     /// alive — current, superseded, or granted and never used — in parallel (with the
     /// session's end): every key still on them goes at once, and a put still in flight

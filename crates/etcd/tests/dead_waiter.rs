@@ -571,3 +571,70 @@ async fn the_key_check_deletes_a_stray_key_on_a_superseded_waiting_lease() {
     assert_eq!(q[1].1, s.old, "the waiter's key left the superseded lease: {q:?}");
     s.client.close().await.unwrap();
 }
+/// A queue put refused "lease not found" because the **session** lease is gone (revoked
+/// from outside) while a waiting lease is kept alive: the error names the session lease,
+/// not the waiting lease (which lives on), and the next try starts a new session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_put_refused_for_the_session_lease_names_the_session_lease() {
+    let cluster = EtcdCluster::single();
+    // Long: the revoke must not be noticed by a keep-alive before the put (every 10 s).
+    let url = cluster.url("session_ttl=30s");
+    let mut raw = etcd_client::Client::connect(cluster.endpoints(), None).await.unwrap();
+    let client = EtcdLock::connect(&url).await.unwrap();
+    client.acquire("warm", &held()).await.unwrap().release().await.unwrap();
+    let session = client.session_lease().await.unwrap();
+    let mut waits = Vec::new();
+    let waiting = wait_behind_the_test(&mut raw, &client, session, "s1", &mut waits).await;
+
+    raw.lease_revoke(session).await.unwrap();
+    let refused = client.try_acquire("free", &held()).await;
+    let e = refused.expect_err("a put on a revoked session lease");
+    let text = e.to_string();
+    assert!(
+        text.contains(&format!("session lease {session:x} was gone")) && !text.contains("waiting lease"),
+        "the error blames the wrong lease (session {session:x} revoked, waiting lease {waiting:x} alive): {text}"
+    );
+    assert!(e.is_temporary(), "{e:?}");
+    let alive = raw.lease_time_to_live(waiting, None).await.unwrap().ttl();
+    assert!(alive >= 0, "the waiting lease {waiting:x} is gone");
+    let again = client.try_acquire("free", &held()).await.expect("a new session");
+    assert!(again.is_some(), "the free lock was not granted");
+    assert_ne!(client.session_lease().await, Some(session));
+    drop(again);
+    client.close().await.unwrap();
+}
+
+/// The other side: a queue put refused because the **waiting** lease is gone (revoked from
+/// outside while it lingers after its last waiter left) names the waiting lease, and the
+/// session lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_put_refused_for_the_waiting_lease_names_the_waiting_lease() {
+    let cluster = EtcdCluster::single();
+    let url = cluster.url("session_ttl=30s");
+    let mut raw = etcd_client::Client::connect(cluster.endpoints(), None).await.unwrap();
+    let client = EtcdLock::connect(&url).await.unwrap();
+    client.acquire("warm", &held()).await.unwrap().release().await.unwrap();
+    let session = client.session_lease().await.unwrap();
+    let mut waits = Vec::new();
+    let waiting = wait_behind_the_test(&mut raw, &client, session, "s1", &mut waits).await;
+    // The waiter gives up; its waiting lease lingers (kept alive, still handed out) a TTL.
+    waits.pop().unwrap().abort();
+    until_dir(&mut raw, "/fencelock/s1/", "the given-up waiter's key stayed", |q| {
+        q.len() == 1
+    })
+    .await;
+
+    raw.lease_revoke(waiting).await.unwrap();
+    let refused = client.try_acquire("s1", &held()).await;
+    let e = refused.expect_err("a queue put on a revoked waiting lease");
+    let text = e.to_string();
+    assert!(
+        text.contains(&format!("waiting lease {waiting:x} was gone")) && !text.contains("session lease"),
+        "the error blames the wrong lease (waiting lease {waiting:x} revoked, session {session:x} alive): {text}"
+    );
+    assert!(e.is_temporary(), "{e:?}");
+    assert_eq!(client.session_lease().await, Some(session), "the session was given up");
+    let again = client.try_acquire("s1", &held()).await.expect("queued on the session");
+    assert!(again.is_none(), "a held lock was granted");
+    client.close().await.unwrap();
+}
