@@ -90,6 +90,18 @@ impl Inner {
         if let Some(s) = slot.as_ref().filter(|s| s.is_alive()) {
             return Ok(Arc::clone(s));
         }
+        if let Some(old) = slot.take() {
+            // Lost, or past its validity: its waiting leases may still be alive, kept so
+            // by waits of that session (which can no longer be granted on it), and no
+            // `close` would revoke them once it is replaced. Ended in the background
+            // (counted: `close` waits for it), each revoke bounded by the request timeout.
+            let cluster = self.cluster.clone();
+            self.cleanups.spawn("ending a replaced session", async move {
+                if let Err(e) = old.end_replaced(&cluster).await {
+                    tracing::debug!(error = %e, "a replaced session's leases were not all revoked; they lapse by their TTL");
+                }
+            });
+        }
         let s = Session::start(
             &self.cluster,
             self.cluster.cfg.session_ttl,
@@ -345,8 +357,9 @@ impl DistributedLock for EtcdLock {
     /// Shuts this instance and its clones — waiting acquires end with
     /// [`LockError::Closed`] (their queue keys are deleted as a cancelled acquire's are,
     /// or go with the session), later calls fail with it and start no session — then waits
-    /// (up to the request timeout) for background deletions, revocations and releases of
-    /// dropped leases (counted from the drop) to finish,
+    /// (up to the request timeout) for background deletions, revocations (a replaced
+    /// session's leases among them) and releases of dropped leases (counted from the drop)
+    /// to finish,
     /// and revokes the session lease — every key on it goes in that one request, as
     /// etcd's `Session.Close` does — every waiting lease that may still be alive (the
     /// current one, superseded ones, one granted and never used) and every own lease still

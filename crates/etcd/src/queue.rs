@@ -201,7 +201,11 @@ impl Queued {
         if self.waiting.is_some() || self.rev == 0 {
             return Ok(true);
         }
-        let w = match session.waiting.use_or_grant(&self.inner.cluster).await {
+        let w = match session
+            .waiting
+            .use_or_grant(&self.inner.cluster, &self.inner.cleanups)
+            .await
+        {
             Ok(w) => w,
             Err(e) => {
                 tracing::debug!(error = %e, "no waiting lease: the queue key stays on the session");

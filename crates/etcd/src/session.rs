@@ -266,6 +266,17 @@ impl Session {
         session.and(waiting)
     }
 
+    /// Ends a session that is being replaced because it was lost or ran past its validity
+    /// (as [`end`](Self::end), the locks still on it told their session was lost, not
+    /// closed): its waiting leases and its lease are revoked, should they still live.
+    ///
+    /// # Errors
+    /// As [`end`](Self::end).
+    pub async fn end_replaced(&self, cluster: &Cluster) -> Result<()> {
+        self.lose("no keep-alive confirmed it in time; replaced by a new session".into());
+        self.end(cluster).await
+    }
+
     /// Lists the keys on the lease and settles them against the claims (see the module
     /// docs). Returns `false` when the lease is gone.
     async fn check_keys(&self, cluster: &Cluster) -> bool {

@@ -47,10 +47,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use fencelock_core::Result;
+use fencelock_core::cleanup::Cleanups;
+use fencelock_core::{LockError, Result};
 use tokio::time::Instant;
 
 use crate::client::Cluster;
+use crate::error::BACKEND;
+use crate::finish::finish_on_drop;
 use crate::wait::keep_alive_once;
 
 /// The TTL asked of etcd, whole seconds (it raises it to its minimum), on a fast link.
@@ -73,6 +76,17 @@ fn asked_for(rtt: Duration, max: Duration) -> i64 {
     need.clamp(ASKED, (max.as_secs() as i64).max(ASKED))
 }
 
+/// Every waiting lease of a session that may still be alive (see [`WaitingLeases`]).
+type Granted = Arc<Mutex<Remembered>>;
+
+#[derive(Debug, Default)]
+struct Remembered {
+    leases: Vec<Arc<WaitingLease>>,
+    /// Set by [`WaitingLeases::end`]: a grant answered later is revoked at once, not
+    /// remembered (nothing would revoke it).
+    ended: bool,
+}
+
 /// The waiting leases of one session: at most one current.
 #[derive(Debug)]
 pub(crate) struct WaitingLeases {
@@ -81,7 +95,7 @@ pub(crate) struct WaitingLeases {
     /// included, until a keep-alive, a key check, a put or a revoke finds it gone: what the
     /// key check lists and `end` revokes. Bounded by the grants made while they live (a
     /// grant is made only when no lease with time to spare is kept alive, one at a time).
-    granted: Mutex<Vec<Arc<WaitingLease>>>,
+    granted: Granted,
     /// One grant at a time: waits that start together share it.
     granting: tokio::sync::Mutex<()>,
     /// The last round trip of a grant or keep-alive of a waiting lease, in microseconds
@@ -194,7 +208,7 @@ impl WaitingLeases {
     pub fn new(max_ttl: Duration) -> Self {
         WaitingLeases {
             current: Mutex::new(None),
-            granted: Mutex::new(Vec::new()),
+            granted: Granted::default(),
             granting: tokio::sync::Mutex::new(()),
             rtt: Arc::new(AtomicU64::new(0)),
             max_ttl,
@@ -209,7 +223,7 @@ impl WaitingLeases {
         self.current.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn granted(&self) -> std::sync::MutexGuard<'_, Vec<Arc<WaitingLease>>> {
+    fn granted(&self) -> std::sync::MutexGuard<'_, Remembered> {
         self.granted.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -224,14 +238,14 @@ impl WaitingLeases {
     /// kept alive or left to lapse (for the key check: a key of ours, or a late put, may
     /// ride on any of them).
     pub fn maybe_alive(&self) -> Vec<i64> {
-        self.granted().iter().map(|l| l.id).collect()
+        self.granted().leases.iter().map(|l| l.id).collect()
     }
 
     /// Lease `id` was found gone on the server (a keep-alive, a key check or a put was
     /// answered "not found", or a revoke was confirmed): never handed out again, nothing
     /// rides on it, and it is no longer listed nor revoked.
     pub fn gone(&self, id: i64) {
-        self.granted().retain(|l| {
+        self.granted().leases.retain(|l| {
             if l.id == id {
                 l.gone();
             }
@@ -246,9 +260,12 @@ impl WaitingLeases {
     /// The grant's ([`Cluster::call`]).
     ///
     /// # Cancel safety
-    /// Cancel safe: a grant whose answer the caller dropped carries nothing and lapses
-    /// after its TTL.
-    pub async fn use_or_grant(&self, cluster: &Cluster) -> Result<WaitUse> {
+    /// Cancel safe: a grant the caller dropped is finished in the background, counted
+    /// among `cleanups` (so `close` waits for it), and its lease remembered like any other
+    /// (listed by the key check, revoked by `end`): it carries nothing and lapses after its
+    /// TTL. Before, a grant dropped in flight (a wait ended by `close`) left a lease that
+    /// outlived `close`.
+    pub async fn use_or_grant(&self, cluster: &Cluster, cleanups: &Cleanups) -> Result<WaitUse> {
         if let Some(u) = self.try_use() {
             return Ok(u);
         }
@@ -260,29 +277,23 @@ impl WaitingLeases {
         // own round trip says the link is slower than that (a slow link's first wait).
         let mut asked = asked_for(self.rtt(), self.max_ttl);
         let mut tries = 0;
-        let (sent, granted) = loop {
+        let (sent, lease) = loop {
             tries += 1;
             let sent = Instant::now();
-            let granted = cluster
-                .call("granting the waiting lease", |mut c| async move {
-                    c.lease_grant(asked, None).await
-                })
-                .await?;
+            let lease =
+                finish_on_drop(cleanups, grant(cluster.clone(), asked, sent, Arc::clone(&self.granted))).await?;
             record_rtt(&self.rtt, sent.elapsed());
             let need = asked_for(self.rtt(), self.max_ttl);
-            if need <= asked || granted.ttl() >= need || tries == 2 {
-                break (sent, granted);
+            if need <= asked || lease.ttl.as_secs() >= need as u64 || tries == 2 {
+                break (sent, lease);
             }
             asked = need;
             // The lease just granted carries nothing and lapses; until then it is listed
             // and revoked with the others (never handed out: it is ended already).
-            let unused = WaitingLease::new(granted.id(), Duration::from_secs(granted.ttl().max(1) as u64), sent, 0);
-            unused.usage().ended = true;
-            self.granted().push(unused);
+            lease.usage().ended = true;
         };
-        let ttl = Duration::from_secs(granted.ttl().max(1) as u64);
-        let lease = WaitingLease::new(granted.id(), ttl, sent, 1);
-        self.granted().push(Arc::clone(&lease));
+        let ttl = lease.ttl;
+        lease.usage().users = 1;
         tokio::spawn(keep_alive(
             Arc::downgrade(&lease),
             cluster.clone(),
@@ -304,7 +315,7 @@ impl WaitingLeases {
     /// was refused and it could not be told which lease was gone); it stays kept alive
     /// while its users wait, and listed and revoked as a superseded one.
     pub fn retire(&self, id: i64) {
-        if let Some(l) = self.granted().iter().find(|l| l.id == id) {
+        if let Some(l) = self.granted().leases.iter().find(|l| l.id == id) {
             l.usage().ended = true;
         }
     }
@@ -322,7 +333,11 @@ impl WaitingLeases {
     /// Dropping it stops the revokes not yet answered; those leases lapse by their TTL.
     pub async fn end(&self, cluster: &Cluster) -> Result<()> {
         self.current().take();
-        let leases = std::mem::take(&mut *self.granted());
+        let leases = {
+            let mut g = self.granted();
+            g.ended = true; // a grant still in flight revokes its lease itself
+            std::mem::take(&mut g.leases)
+        };
         // One request each, each bounded by the request timeout (its repeats included).
         let mut revokes = tokio::task::JoinSet::new();
         for lease in leases {
@@ -344,6 +359,42 @@ impl WaitingLeases {
         result
     }
 }
+
+/// One `LeaseGrant` of `asked` seconds (sent at `sent`), the lease remembered in `granted`
+/// (no user yet) as soon as it is answered — also when the caller dropped it meanwhile
+/// ([`finish_on_drop`] runs it to its end). Answered after the session's waiting leases
+/// were ended (`close`, or the session replaced), it is revoked at once instead.
+///
+/// # Errors
+/// The grant's ([`Cluster::call`]); a temporary error when the leases were ended.
+async fn grant(cluster: Cluster, asked: i64, sent: Instant, granted: Granted) -> Result<Arc<WaitingLease>> {
+    let r = cluster
+        .call("granting the waiting lease", |mut c| async move {
+            c.lease_grant(asked, None).await
+        })
+        .await?;
+    let lease = WaitingLease::new(r.id(), Duration::from_secs(r.ttl().max(1) as u64), sent, 0);
+    {
+        let mut g = granted.lock().unwrap_or_else(|p| p.into_inner());
+        if !g.ended {
+            g.leases.push(Arc::clone(&lease));
+            return Ok(lease);
+        }
+    }
+    if let Err(e) = crate::cleanup::revoke(&cluster, r.id()).await {
+        tracing::debug!(lease = format_args!("{:x}", r.id()), error = %e, "a waiting lease granted after its session ended was not revoked; it lapses by its TTL");
+    }
+    Err(LockError::backend_temporary(
+        BACKEND,
+        "the session ended while its waiting lease was granted",
+        Ended,
+    ))
+}
+
+/// The session's waiting leases were ended while one was being granted.
+#[derive(Debug, thiserror::Error)]
+#[error("the session's waiting leases were ended")]
+struct Ended;
 
 /// Keeps `lease` alive every third of its TTL while it has users, and for one TTL after
 /// the last left; then lets it lapse. Ends when the lease is gone on the server or no

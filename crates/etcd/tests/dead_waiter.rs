@@ -638,3 +638,44 @@ async fn a_queue_put_refused_for_the_waiting_lease_names_the_waiting_lease() {
     assert!(again.is_none(), "a held lock was granted");
     client.close().await.unwrap();
 }
+
+/// A session lost (its lease revoked from outside) and replaced by a new one while a waiter
+/// of the old one still rides on the old session's waiting lease: `close()` — which ends
+/// the current session — must leave no lease of the client alive, the old session's
+/// waiting lease included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_leaves_no_waiting_lease_of_a_session_that_was_replaced() {
+    let cluster = EtcdCluster::single();
+    let url = cluster.url("session_ttl=30s");
+    let mut raw = etcd_client::Client::connect(cluster.endpoints(), None).await.unwrap();
+    let client = EtcdLock::connect(&url).await.unwrap();
+    client.acquire("warm", &held()).await.unwrap().release().await.unwrap();
+    let session = client.session_lease().await.unwrap();
+    let mut waits = Vec::new();
+    let waiting = wait_behind_the_test(&mut raw, &client, session, "s1", &mut waits).await;
+
+    raw.lease_revoke(session).await.unwrap();
+    // The next acquire finds the session lease gone and starts a new session.
+    let free = client.acquire("free", &held()).await.unwrap();
+    let new_session = client.session_lease().await.unwrap();
+    assert_ne!(new_session, session);
+    free.release().await.unwrap();
+
+    tokio::time::timeout(Duration::from_secs(10), client.close())
+        .await
+        .expect("close is bounded")
+        .expect("close");
+    let alive: Vec<String> = raw
+        .leases()
+        .await
+        .unwrap()
+        .leases()
+        .iter()
+        .map(|l| format!("{:x}", l.id()))
+        .collect();
+    let left = keys_on_leases(&mut raw).await;
+    assert!(
+        alive.is_empty() && left.is_empty(),
+        "after close(), leases still alive: {alive:?}, keys left: {left:?} (old session {session:x}, its waiting lease {waiting:x}, new session {new_session:x})"
+    );
+}
