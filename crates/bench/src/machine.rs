@@ -17,6 +17,10 @@ pub struct Machine {
     pub date: String,
     /// Build profile of this binary.
     pub profile: &'static str,
+    /// The load average (1, 5 and 15 minutes) when the run ended, from `/proc/loadavg`
+    /// (`None` where it cannot be read): figures taken while other work competed for the
+    /// cores move, and a reader comparing two reports needs to know.
+    pub load_average: Option<[f64; 3]>,
 }
 
 impl Machine {
@@ -48,8 +52,17 @@ impl Machine {
             os,
             date: today(),
             profile: if cfg!(debug_assertions) { "debug" } else { "release" },
+            load_average: std::fs::read_to_string("/proc/loadavg")
+                .ok()
+                .and_then(|t| load_average(&t)),
         }
     }
+}
+
+/// The three load averages at the start of `/proc/loadavg`'s line (`0.52 0.58 0.59 1/467 12345`).
+fn load_average(text: &str) -> Option<[f64; 3]> {
+    let mut fields = text.split_whitespace().map(|f| f.parse::<f64>().ok());
+    Some([fields.next()??, fields.next()??, fields.next()??])
 }
 
 /// Today's date, UTC, from the system clock.
@@ -77,6 +90,13 @@ fn civil_date(days: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn load_averages() {
+        assert_eq!(load_average("2.48 3.00 3.28 3/611 80337\n"), Some([2.48, 3.0, 3.28]));
+        assert_eq!(load_average("2.48 3.00"), None);
+        assert_eq!(load_average(""), None);
+    }
 
     #[test]
     fn civil_dates() {

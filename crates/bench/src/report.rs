@@ -373,6 +373,12 @@ impl Report {
                 .collect::<Vec<_>>()
                 .join("; ")
         );
+        if let Some([one, five, fifteen]) = m.load_average {
+            let _ = writeln!(
+                out,
+                "Load average when the run ended (1, 5, 15 min): {one:.2}, {five:.2}, {fifteen:.2}. It counts the run's own client and servers too; compare it between reports: a higher one means other work competed for the cores, and the figures move with it.\n"
+            );
+        }
         let _ = writeln!(out, "Every lock has a {:.0} s TTL. Latencies are wall-clock on loopback, client and server together. Also as JSON: the same command with `--json`.\n", s.ttl_secs);
         self.verdicts(&mut out);
         self.failed_section(&mut out);
