@@ -70,7 +70,7 @@ pub async fn bench(cli: &Cli, args: &BenchArgs) -> ExitCode {
     }
     let argv: Vec<String> = std::env::args().skip(1).collect();
     plan.command = format!("{CARGO_RUN} {}", argv.join(" "));
-    let progress = |step: &str| eprintln!("fencelock bench: {step}");
+    let progress = |step: &str| crate::exit::errln!("fencelock bench: {step}");
     let report = match fencelock_bench::run(&plan, &progress).await {
         Ok(r) => r,
         Err(e) => return fail(&e),
@@ -79,7 +79,7 @@ pub async fn bench(cli: &Cli, args: &BenchArgs) -> ExitCode {
         if let Err(e) = report.write(path) {
             return fail(&e);
         }
-        eprintln!("fencelock bench: wrote {}", path.display());
+        crate::exit::errln!("fencelock bench: wrote {}", path.display());
     }
     if args.json {
         outln!("{}", report.json());

@@ -15,13 +15,26 @@ macro_rules! outln {
 }
 pub(crate) use outln;
 
+/// `eprintln!` that never panics: a stderr that cannot be written (a closed pipe,
+/// /dev/full) loses the line instead of ending the process with status 101 — for `run`,
+/// in the middle of stopping a command or releasing a lease (new-user trial: `run …
+/// 2>/dev/full` exited 101 where 75 was due). Every message of the command line goes
+/// through it.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+pub(crate) use errln;
+
 /// What [`outln!`] does when stdout fails: a closed pipe ends the process with status 0;
 /// any other error (a full disk) with a one-line message and `FAILURE`.
 pub fn stdout_failed(e: std::io::Error) -> ! {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
         std::process::exit(0);
     }
-    eprintln!("fencelock: writing to stdout failed: {e}");
+    crate::exit::errln!("fencelock: writing to stdout failed: {e}");
     std::process::exit(i32::from(FAILURE));
 }
 
@@ -67,7 +80,7 @@ pub use fencelock::error::one_line;
 /// Prints `fencelock: MESSAGE` to stderr and returns `status`. A backend URL in MESSAGE
 /// is shown as the user gave it ([`crate::backend::as_given`]).
 pub fn fail(message: &str, status: u8) -> ExitCode {
-    eprintln!("fencelock: {}", crate::backend::as_given(message));
+    crate::exit::errln!("fencelock: {}", crate::backend::as_given(message));
     ExitCode::from(status)
 }
 

@@ -73,6 +73,18 @@ pub fn until_line(remaining: impl FnOnce() -> Duration) -> String {
     format!("until {deadline}\n")
 }
 
+/// How long before the end of a lease's validity the guard kills the command's group:
+/// a tenth of the validity the lease was handed out with, at least 10 ms, at most 1 s.
+/// Killing exactly at the end left no room for the guard's own wake-up, and the server
+/// frees the lock at about that instant: on a machine at load 7 the guard woke 112 ms
+/// late once in 105 tries of a paused `run` (new-user trial), and the next holder's
+/// command started while the old one still wrote. A lease that is renewed never comes
+/// near it (renewals are due a third of the way through); one that is not renewed is
+/// stopped that much earlier.
+pub fn kill_ahead(validity: Duration) -> Duration {
+    (validity / 10).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
+
 fn now_nanos() -> u128 {
     let Timespec { tv_sec, tv_nsec } = clock_gettime(ClockId::Monotonic);
     (tv_sec.max(0) as u128) * 1_000_000_000 + tv_nsec.max(0) as u128
@@ -120,15 +132,49 @@ fn give_back_terminal() {
 /// Kills the guard's group (the guard included) with SIGKILL.
 fn kill_group(why: &str) -> ExitCode {
     give_back_terminal();
-    // Not `eprintln!`: it panics when stderr fails (a closed pipe, /dev/full), and a guard
-    // that panics here exits 101 without the kill — the command runs on past the validity.
-    let _ = writeln!(
-        std::io::stderr(),
-        "fencelock: {why}; killing the command's process group"
+    say_within(
+        format!("fencelock: {why}; killing the command's process group\n"),
+        SAY_PATIENCE,
     );
     let _ = kill_process_group(rustix::process::getpgrp(), Signal::KILL);
     // Only reached if the kill failed.
     ExitCode::from(exit::FAILURE)
+}
+
+/// Kills the group at the deadline, having told `run` so on its report pipe first
+/// ([`KILLED`]): the guard kills a tenth of the validity early, so when `run` comes back
+/// from a pause its lease may still be valid — even renewed since — and only this line
+/// tells the guard's own kill from someone else's SIGKILL. One write of a few bytes into
+/// a pipe that holds a few lines at most: it never blocks.
+fn kill_at_deadline(report: &mut Option<std::fs::File>) -> ExitCode {
+    if let Some(report) = report {
+        let _ = report.write_all(KILLED.as_bytes());
+    }
+    kill_group(VALIDITY_ENDED)
+}
+
+/// What the guard writes on `run`'s report pipe right before its kill at the deadline.
+pub const KILLED: &str = "killed at the deadline\n";
+
+/// How long the guard waits for its line to be written before it acts anyway.
+const SAY_PATIENCE: Duration = Duration::from_millis(20);
+
+/// Writes `line` to stderr from a thread of its own, and waits at most `patience` for it.
+/// The guard must never wait on stderr before it acts: a pipe whose reader stalled (a stuck
+/// `| logger`, a terminal after Ctrl-S), filled by the command that shares it, blocked the
+/// write of the validity's-end message, and the kill after it never came — the command of
+/// a paused `run` ran on beside the next holder (new-user trial, 5 of 5). Not `eprintln!`
+/// either: it panics when stderr fails (a closed pipe, /dev/full), and a guard that panics
+/// exits 101 without the kill. The line is lost when the write does not finish in time.
+fn say_within(line: String, patience: Duration) {
+    let (done, written) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new().name("guard-stderr".into()).spawn(move || {
+        let _ = std::io::stderr().write_all(line.as_bytes());
+        let _ = done.send(());
+    });
+    if spawned.is_ok() {
+        let _ = written.recv_timeout(patience);
+    }
 }
 
 /// Runs the guard: see the module documentation.
@@ -209,12 +255,15 @@ pub async fn guard(args: &GuardArgs) -> ExitCode {
                 // Ctrl-Z on the terminal the command owns: a stopped group would hold the
                 // terminal while `run` (which the shell waits for) runs on, so job control
                 // cannot stop it; the group goes on.
-                eprintln!("fencelock: a command under `fencelock run` cannot be stopped with Ctrl-Z; it goes on");
+                say_within(
+                    "fencelock: a command under `fencelock run` cannot be stopped with Ctrl-Z; it goes on\n".into(),
+                    Duration::ZERO,
+                );
                 let _ = kill_process_group(rustix::process::getpgrp(), Signal::CONT);
             }
             _ = tokio::time::sleep(left) => {
                 if now_nanos() >= deadline {
-                    return kill_group(VALIDITY_ENDED);
+                    return kill_at_deadline(&mut report);
                 }
             }
         }
@@ -223,7 +272,14 @@ pub async fn guard(args: &GuardArgs) -> ExitCode {
         // One write, shorter than PIPE_BUF: whole, whatever the command writes to the pipe.
         let _ = report.write_all(format!("{ENDED}{code}\n").as_bytes());
     }
-    stop_left_behind(code, Duration::from_millis(args.kill_after_ms), &mut control, deadline).await
+    stop_left_behind(
+        code,
+        Duration::from_millis(args.kill_after_ms),
+        &mut control,
+        deadline,
+        &mut report,
+    )
+    .await
 }
 
 /// The line the guard writes on `run`'s report pipe once it has started the command.
@@ -279,6 +335,7 @@ async fn stop_left_behind(
     kill_after: Duration,
     control: &mut mpsc::UnboundedReceiver<Message>,
     mut deadline: u128,
+    report: &mut Option<std::fs::File>,
 ) -> ExitCode {
     let me = rustix::process::getpid();
     let group = rustix::process::getpgrp();
@@ -299,7 +356,7 @@ async fn stop_left_behind(
         }
         if start.elapsed() >= kill_after {
             if start.elapsed() >= kill_after + Duration::from_secs(1) {
-                eprintln!("fencelock: processes the command left in its group are still there after SIGKILL");
+                crate::exit::errln!("fencelock: processes the command left in its group are still there after SIGKILL");
                 return ExitCode::from(code);
             }
             for pid in left {
@@ -313,7 +370,7 @@ async fn stop_left_behind(
             },
             _ = tokio::time::sleep(until(deadline)) => {
                 if now_nanos() >= deadline {
-                    return kill_group(VALIDITY_ENDED);
+                    return kill_at_deadline(report);
                 }
             }
             _ = tokio::time::sleep(Duration::from_millis(10)) => {}
@@ -352,5 +409,14 @@ mod tests {
         let left = d.saturating_sub(now_nanos());
         assert!(left > 900_000_000 && left <= 1_000_000_000, "{left}");
         assert!(parse("nonsense").is_none());
+    }
+
+    #[test]
+    fn the_kill_comes_a_tenth_of_the_validity_early_within_bounds() {
+        assert_eq!(kill_ahead(Duration::from_secs(3)), Duration::from_millis(300));
+        assert_eq!(kill_ahead(Duration::from_millis(100)), Duration::from_millis(10));
+        assert_eq!(kill_ahead(Duration::from_millis(30)), Duration::from_millis(10));
+        assert_eq!(kill_ahead(Duration::from_secs(30)), Duration::from_secs(1));
+        assert_eq!(kill_ahead(Duration::ZERO), Duration::from_millis(10));
     }
 }

@@ -70,7 +70,7 @@ fn targets(cli: &Cli) -> Vec<Target> {
                     .downcast_ref::<String>()
                     .cloned()
                     .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()));
-                eprintln!(
+                crate::exit::errln!(
                     "fencelock lab: {name} left out: {}",
                     why.unwrap_or_default().lines().next().unwrap_or("")
                 );
@@ -557,7 +557,7 @@ pub async fn lab(cli: &Cli, args: &LabArgs) -> ExitCode {
                 let outcome = match run.await {
                     Ok(o) => o,
                     Err(e) => {
-                        eprintln!("fencelock lab: {scenario} on {} failed: {e}", t.name);
+                        crate::exit::errln!("fencelock lab: {scenario} on {} failed: {e}", t.name);
                         failed = true;
                         continue;
                     }
@@ -577,7 +577,7 @@ pub async fn lab(cli: &Cli, args: &LabArgs) -> ExitCode {
         }
         if scenario != "paused-holder" {
             if !cli.backend.is_empty() {
-                eprintln!("fencelock lab: {scenario} starts its own servers; --backend is ignored for it");
+                crate::exit::errln!("fencelock lab: {scenario} starts its own servers; --backend is ignored for it");
             }
             let cases = match scenario {
                 "restart-while-held" => tokio::spawn(restart_cases()).await,
@@ -602,7 +602,7 @@ pub async fn lab(cli: &Cli, args: &LabArgs) -> ExitCode {
                     }
                 }
                 Err(e) => {
-                    eprintln!("fencelock lab: {scenario} failed: {e}");
+                    crate::exit::errln!("fencelock lab: {scenario} failed: {e}");
                     failed = true;
                 }
             }
@@ -622,7 +622,7 @@ pub async fn lab(cli: &Cli, args: &LabArgs) -> ExitCode {
             let (fenced, unfenced): (Outcome, Outcome) = match run.await {
                 Ok(outcomes) => outcomes,
                 Err(e) => {
-                    eprintln!("fencelock lab: {scenario} on {} failed: {e}", t.name);
+                    crate::exit::errln!("fencelock lab: {scenario} on {} failed: {e}", t.name);
                     failed = true;
                     continue;
                 }

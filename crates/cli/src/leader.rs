@@ -119,7 +119,7 @@ async fn watch(election: &dyn Election, name: &str, signals: &mut Signals) -> Ex
                 let read = tokio::time::timeout(CHECK_EVERY, election.leader(name)).await;
                 let printed = match (read, down_since_warned) {
                     (Ok(Ok(state)), Some(_)) => {
-                        eprintln!("fencelock: election `{name}` can be read again");
+                        crate::exit::errln!("fencelock: election `{name}` can be read again");
                         down_since_warned = None;
                         out.print(&line(&state))
                     }
@@ -148,12 +148,14 @@ fn unreadable(
     let now = tokio::time::Instant::now();
     match warned {
         None => {
-            eprintln!("fencelock: cannot read election `{name}` ({why}); printed `{UNKNOWN}` until it answers again");
+            crate::exit::errln!(
+                "fencelock: cannot read election `{name}` ({why}); printed `{UNKNOWN}` until it answers again"
+            );
             *down_since_warned = Some(now);
             out.print(UNKNOWN)
         }
         Some(at) if now.duration_since(at) >= WARN_EVERY => {
-            eprintln!("fencelock: election `{name}` still cannot be read ({why})");
+            crate::exit::errln!("fencelock: election `{name}` still cannot be read ({why})");
             *down_since_warned = Some(now);
             Ok(())
         }

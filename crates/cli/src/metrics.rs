@@ -19,7 +19,7 @@ pub fn serve(addr: SocketAddr) -> Result<(), String> {
         let chosen = std::net::TcpListener::bind(addr)
             .and_then(|l| l.local_addr())
             .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
-        eprintln!("fencelock: serving metrics at http://{chosen}/metrics");
+        crate::exit::errln!("fencelock: serving metrics at http://{chosen}/metrics");
         chosen
     } else {
         addr

@@ -202,10 +202,15 @@ pub(crate) async fn supervise_with(
             }
             Ok(()) => ExitCode::from(code),
         },
-        Outcome::GuardKilled(code) => match released {
+        Outcome::GuardKilled(code, own) => match released {
             Err(e @ LockError::LeaseLost { .. }) => lost(format!(
                 "{}; `{program}` did not finish: the guard killed its process group when the lease's validity ended",
                 exit::one_line(&e)
+            )),
+            // Killed a tenth of the validity early (`guard::kill_ahead`): the release may
+            // still have found the grant, but the command was stopped for the lease's sake.
+            _ if own => lost(format!(
+                "the lease's validity was ending without a renewal; `{program}` did not finish: the guard killed its process group"
             )),
             _ => ExitCode::from(code),
         },
@@ -239,6 +244,8 @@ struct Started {
     group: Pid,
     control: std::fs::File,
     report: Report,
+    /// How long before the validity's end the guard is told to kill ([`guard::kill_ahead`]).
+    ahead: Duration,
 }
 
 /// The read end of the guard's report pipe (see [`guard::STARTED`]): whether the guard
@@ -256,6 +263,13 @@ impl Report {
         let text = String::from_utf8_lossy(&self.read);
         let (_, rest) = text.split_once(guard::ENDED)?;
         rest.split_once('\n')?.0.parse().ok()
+    }
+
+    /// Whether the guard said it killed the group at its deadline ([`guard::KILLED`]).
+    fn killed_at_deadline(&mut self) -> bool {
+        self.started();
+        let line = guard::KILLED.as_bytes();
+        self.read.windows(line.len()).any(|w| w == line)
     }
 
     /// At most this much is read: the command inherits the write end too and could write
@@ -331,7 +345,8 @@ fn start(args: &RunArgs, lease: &Lease, env: &[(&str, String)]) -> std::io::Resu
     // Before the guard may start the command (it waits for the deadline written below).
     give_terminal(group);
     let mut control = std::fs::File::from(write);
-    let _ = control.write_all(guard::until_line(|| lease.remaining()).as_bytes());
+    let ahead = guard::kill_ahead(lease.remaining());
+    let _ = control.write_all(guard::until_line(|| lease.remaining().saturating_sub(ahead)).as_bytes());
     let report = Report {
         pipe: std::fs::File::from(report_read),
         read: Vec::new(),
@@ -341,6 +356,7 @@ fn start(args: &RunArgs, lease: &Lease, env: &[(&str, String)]) -> std::io::Resu
         group,
         control,
         report,
+        ahead,
     })
 }
 
@@ -370,7 +386,9 @@ enum Outcome {
     Covered(u8),
     /// The guard died of SIGKILL: its own kill of the group at the end of the validity
     /// (or someone else's); the status as a shell reports it.
-    GuardKilled(u8),
+    /// `true`: the guard's own kill at its deadline (a tenth of the validity early; it
+    /// said so on the report pipe); `false`: someone else's SIGKILL.
+    GuardKilled(u8, bool),
     /// The guard exited with a status of its own before it started the command (the
     /// validity ended first, a signal came first, the spawn failed): nothing ran.
     NotStarted(u8),
@@ -393,6 +411,7 @@ async fn watch(
         group,
         control,
         report,
+        ahead,
     } = started;
     let group = *group;
     let mut status = lease.watch();
@@ -410,18 +429,18 @@ async fn watch(
                 let (key, token) = (lease.key(), lease.token());
                 match what {
                     OnLoss::AlreadyKilled => {
-                        eprintln!(
+                        crate::exit::errln!(
                             "fencelock: lease on `{key}` (token {token}) lost while the command ran: {reason}; the guard had already killed its process group when the validity ended"
                         );
                         *killed = true;
                         return Outcome::LeaseLost("exiting: the lease was lost".into());
                     }
                     OnLoss::NotStarted(code) => {
-                        eprintln!("fencelock: lease on `{key}` (token {token}) lost before the command started: {reason}");
+                        crate::exit::errln!("fencelock: lease on `{key}` (token {token}) lost before the command started: {reason}");
                         return Outcome::NotStarted(code);
                     }
                     OnLoss::Covered(code) => {
-                        eprintln!("fencelock: lease on `{key}` (token {token}) lost after the command had ended: {reason}");
+                        crate::exit::errln!("fencelock: lease on `{key}` (token {token}) lost after the command had ended: {reason}");
                         return Outcome::Covered(code);
                     }
                     OnLoss::Ended(code) => return Outcome::Exited(code),
@@ -436,26 +455,28 @@ async fn watch(
                 // The guard may not have started the command yet (the lease was lost as
                 // it was handed over): the SIGTERM stops it before it does, and what the
                 // loss means is known only once the guard has ended.
+                // Signals first, messages after: a write to a stderr whose reader stalled
+                // blocks, and must not hold up the stop (new-user trial).
                 let started_then = report.started();
-                if started_then {
-                    eprintln!(
-                        "fencelock: lease on `{key}` (token {token}) lost while the command ran: {reason}{guard_own}; sending its process group SIGTERM"
-                    );
-                }
                 signal_group(group, Signal::TERM);
                 signal_group(group, Signal::CONT); // a stopped process acts on SIGTERM only when continued
+                if started_then {
+                    crate::exit::errln!(
+                        "fencelock: lease on `{key}` (token {token}) lost while the command ran: {reason}{guard_own}; sent its process group SIGTERM"
+                    );
+                }
                 if tokio::time::timeout(kill_after, child.wait()).await.is_err() {
-                    eprintln!("fencelock: the command ignored SIGTERM for {kill_after:?}; sending its process group SIGKILL");
                     signal_group(group, Signal::KILL);
+                    crate::exit::errln!("fencelock: the command ignored SIGTERM for {kill_after:?}; sent its process group SIGKILL");
                     *killed = true;
                     let _ = child.wait().await;
                 }
                 match stopped_before_start(started_then, report.started()) {
                     Some(code) => {
-                        eprintln!("fencelock: lease on `{key}` (token {token}) lost before the command started: {reason}");
+                        crate::exit::errln!("fencelock: lease on `{key}` (token {token}) lost before the command started: {reason}");
                         return Outcome::NotStarted(code);
                     }
-                    None if !started_then => eprintln!(
+                    None if !started_then => crate::exit::errln!(
                         "fencelock: lease on `{key}` (token {token}) lost as the command started: {reason}; its process group was sent SIGTERM"
                     ),
                     None => {}
@@ -465,7 +486,7 @@ async fn watch(
             status = child.wait() => return match status {
                 // The guard kills its own group (itself included) when the validity ends.
                 Ok(s) if std::os::unix::process::ExitStatusExt::signal(&s) == Some(Signal::KILL.as_raw()) => {
-                    Outcome::GuardKilled(guard::status_code(s))
+                    Outcome::GuardKilled(guard::status_code(s), report.killed_at_deadline())
                 }
                 Ok(s) if !report.started() => Outcome::NotStarted(guard::status_code(s)),
                 Ok(s) => Outcome::Exited(guard::status_code(s)),
@@ -475,7 +496,7 @@ async fn watch(
                 if changed.is_ok() && status.borrow_and_update().state.is_live() {
                     // A full pipe (a stopped guard) drops the line: the guard then acts on
                     // the older, earlier deadline — the safe side.
-                    let _ = control.write_all(guard::until_line(|| lease.remaining()).as_bytes());
+                    let _ = control.write_all(guard::until_line(|| lease.remaining().saturating_sub(*ahead)).as_bytes());
                 }
             }
             sig = signals.next() => {
@@ -485,8 +506,8 @@ async fn watch(
                 }
             }
             _ = sleep_until(kill_at) => {
-                eprintln!("fencelock: the command ignored SIGTERM for {kill_after:?}; sending its process group SIGKILL");
                 signal_group(group, Signal::KILL);
+                crate::exit::errln!("fencelock: the command ignored SIGTERM for {kill_after:?}; sent its process group SIGKILL");
                 *killed = true;
                 kill_at = None;
             }

@@ -211,11 +211,11 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
 /// SIGTSTP while connecting or waiting, the place in line given up: says so, stops until
 /// continued, and says that too.
 fn stopped(what: &str, doing: &str) {
-    eprintln!(
+    crate::exit::errln!(
         "fencelock: SIGTSTP while {doing} for {what}: left its place in line; stopping (it queues again when continued)"
     );
     crate::signals::stop_self();
-    eprintln!("fencelock: continued; asking for {what} again");
+    crate::exit::errln!("fencelock: continued; asking for {what} again");
 }
 
 /// The exit for a signal that arrived while connecting: nothing was acquired or left

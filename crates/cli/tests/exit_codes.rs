@@ -706,3 +706,36 @@ fn on_redlock_a_held_key_with_a_node_down_exits_75_not_69() {
     common::end(holder);
     assert_eq!(out.status.code(), Some(75), "{}", common::stderr_of(&out));
 }
+
+/// New-user trial (helper-93): with stderr on /dev/full (or a pipe whose reader closed),
+/// `run` exited 101 — `eprintln!` panicked on the failed write — where 75, 78 or 64 was
+/// due. A message that cannot be written is lost; the status stays the documented one.
+#[test]
+fn a_stderr_that_cannot_be_written_keeps_the_documented_status() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full")
+    };
+    let holder = hold(d);
+    let status = |cmd: &mut Command| cmd.stderr(full()).status().expect("run").code();
+    assert_eq!(
+        status(on_files(d).args(["run", "k", "--no-wait", "--", "true"])),
+        Some(75),
+        "not acquired"
+    );
+    assert_eq!(
+        status(on_files(d).args(["run", "", "--", "true"])),
+        Some(64),
+        "an empty key"
+    );
+    assert_eq!(
+        status(fencelock().args(["--backend", "redis://127.0.0.1:1?nonsense=1", "run", "k", "--", "true"])),
+        Some(78),
+        "an unknown URL option"
+    );
+    end(holder);
+}

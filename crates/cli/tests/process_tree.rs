@@ -699,3 +699,44 @@ fn the_guard_kills_at_the_validitys_end_even_when_stderr_cannot_be_written() {
         "the command ran to its end, 2 s past the validity, under a paused `run`"
     );
 }
+
+/// New-user trial (helper-93, 5 of 5): the guard wrote its reason to stderr before its
+/// kill at the validity's end; with stderr a pipe whose reader had stalled (a stuck `|
+/// logger`) and the command filling it, that write blocked and the kill never came — the
+/// command of a paused `run` ran on beside the next holder for as long as the reader
+/// stalled.
+#[test]
+fn the_guard_kills_at_the_validitys_end_even_when_stderr_blocks() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (started, done) = (dir.path().join("started"), dir.path().join("done"));
+    // 1 MB into stderr (a pipe nobody reads holds 64 KiB): the writer blocks, the pipe
+    // stays full.
+    let script = format!(
+        "head -c 1000000 /dev/zero >&2 & touch '{}'; sleep 3; touch '{}'",
+        started.display(),
+        done.display()
+    );
+    let mut run = fencelock(&file_url(&dir.path().join("locks")))
+        .args(["run", "--ttl", "1s", "k", "--", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped()) // never read
+        .spawn()
+        .expect("spawn run");
+    poll_until(Duration::from_secs(10), "the command started", || started.exists());
+    kill_process(pid_of(&run), Signal::STOP).expect("SIGSTOP");
+    // The guard kills the group about 1 s after the grant; the command would write `done`
+    // at 3 s.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while !done.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20)); // polling a condition, bounded
+    }
+    let ran_past = done.exists();
+    kill_process(pid_of(&run), Signal::CONT).expect("SIGCONT");
+    let _ = run.kill();
+    drop(run.stderr.take()); // the reader goes: whatever still writes gets EPIPE
+    let _ = run.wait();
+    assert!(
+        !ran_past,
+        "the command ran to its end, 2 s past the validity, under a paused `run` whose stderr was blocked"
+    );
+}
