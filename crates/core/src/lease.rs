@@ -736,6 +736,19 @@ impl LeaseReporter {
             .is_some_and(|s| !s.finished.load(Ordering::Acquire) && s.mark_lost(reason))
     }
 
+    /// When the lease's validity ends unless it is renewed, while it is live and still the
+    /// holder's: `None` once it was lost, its validity ran out, or the holder released or
+    /// dropped it. A backend judging whether a silent connection is dead asks this: while
+    /// a lease riding on it is valid, a late answer may still renew it.
+    pub fn valid_until(&self) -> Option<Instant> {
+        let s = self.shared.upgrade()?;
+        if s.finished.load(Ordering::Acquire) {
+            return None;
+        }
+        let status = s.status.borrow();
+        (status.state.is_live() && Instant::now() < status.valid_until).then_some(status.valid_until)
+    }
+
     /// The connection is interrupted; the lease may still be ours.
     pub fn suspended(&self) {
         if let Some(s) = self.shared.upgrade() {
@@ -1108,6 +1121,29 @@ mod tests {
         settle().await;
         assert_eq!(*ops.taken.lock().unwrap(), Some(false), "the report of loss was taken");
         assert!(!lost.is_finished(), "reported lost: {:?}", lost.await);
+    }
+
+    /// The reporter tells a backend how long a lease on its connection may still be
+    /// renewed: its validity while it is live, nothing once it ran out, was lost or was
+    /// given back.
+    #[tokio::test(start_paused = true)]
+    async fn the_reporter_knows_the_validity_only_while_the_lease_is_live() {
+        let ops = ops(Duration::ZERO);
+        let held = lease(&ops, Instant::now(), Duration::from_secs(1));
+        let reporter = held.reporter();
+        assert_eq!(reporter.valid_until(), Some(held.valid_until()));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(reporter.valid_until(), None, "a lease whose validity ran out");
+
+        let lost = lease(&ops, Instant::now(), Duration::from_secs(1));
+        let reporter = lost.reporter();
+        assert!(reporter.lost(LostReason::NotHeld));
+        assert_eq!(reporter.valid_until(), None, "a lost lease");
+
+        let released = lease(&ops, Instant::now(), Duration::from_secs(1));
+        let reporter = released.reporter();
+        released.release().await.unwrap();
+        assert_eq!(reporter.valid_until(), None, "a released lease");
     }
 
     /// A lease lost because renewals went unanswered says so once: the reason names what

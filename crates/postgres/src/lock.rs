@@ -253,7 +253,7 @@ impl PgLock {
             options: *opts,
             ops: Arc::clone(&ops) as Arc<dyn fencelock_core::LeaseOps>,
         });
-        if let Some(id) = session.track(lease.reporter(), key, grant.as_str(), opts.ttl()) {
+        if let Some(id) = session.track(lease.reporter(), key, grant.as_str()) {
             *ops.tracked.lock().unwrap_or_else(|p| p.into_inner()) = Some((Arc::downgrade(session), id));
         }
         lease

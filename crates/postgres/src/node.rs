@@ -329,7 +329,9 @@ impl PgNode {
             let grown = pool.grown.notified();
             tokio::pin!(grown);
             grown.as_mut().enable();
-            let live = pool.live();
+            // A silent connection only when no other is open: a statement waits for a
+            // turn on one that answers rather than go where the last one got no answer.
+            let live = crate::pool::answering(pool.live());
             if let Some((session, _)) = least_busy(&live) {
                 if let Ok(turn) = Arc::clone(&session.turns).try_acquire_owned() {
                     return Ok((Arc::clone(session), turn));
@@ -584,8 +586,9 @@ impl PgNode {
 
     /// Sends one statement now on `session` (the caller holds its turn), bounded by
     /// `timeout`. Without an answer in time the statement fails (`Unavailable`), and the
-    /// connection is cut (its leases reported lost) only if it looks dead: see
-    /// [`Session::is_dead`]. A closed connection ends the session.
+    /// connection is cut (its leases reported lost) only if it is dead — silent, and no
+    /// lease on it still valid: see [`Session::is_dead`]; until then new statements go to
+    /// other connections when they can. A closed connection ends the session.
     async fn send_on<T, F, Fut>(
         &self,
         session: &Arc<Session>,
@@ -614,7 +617,8 @@ impl PgNode {
             }
             None => {
                 // A late answer is read and dropped by the client; the connection stays
-                // in step. It is cut only when it looks dead, not merely slow.
+                // in step. It is cut only when it is dead, not merely slow: silent, with
+                // no lease on it that an answer could still renew.
                 if session.is_dead(sent, self.inner.cfg.timeout) {
                     self.end_session(&session, &format!("no answer to {doing} within {timeout:?}"));
                 }

@@ -64,10 +64,11 @@ impl Pool {
     }
 
     /// The live connection with the fewest statements in flight, whether or not a turn is
-    /// free on it: for statements sent without a turn (the ticket keeper, a queue leave)
-    /// and for a lease taken over from a hand-off. `None` when none is live.
+    /// free on it, a silent one ([`Session::is_silent`]) only when every one is: for
+    /// statements sent without a turn (the ticket keeper, a queue leave) and for a lease
+    /// taken over from a hand-off. `None` when none is live.
     pub(crate) fn least_loaded(&self) -> Option<Arc<Session>> {
-        self.live().into_iter().min_by_key(|s| s.in_flight())
+        self.live().into_iter().min_by_key(|s| (s.is_silent(), s.in_flight()))
     }
 
     /// The live connections. A connection found closed is dropped from the pool and
@@ -135,11 +136,25 @@ impl Pool {
     }
 }
 
+/// The connections of `live` that are not silent ([`Session::is_silent`]), or all of them
+/// when every one is.
+pub(crate) fn answering(live: Vec<Arc<Session>>) -> Vec<Arc<Session>> {
+    if live.iter().all(|s| s.is_silent()) {
+        return live;
+    }
+    live.into_iter().filter(|s| !s.is_silent()).collect()
+}
+
 /// The connection to send a new statement on, and whether it is idle: the one with the
-/// fewest statements in flight that has a free turn (`None`: every turn is taken).
+/// fewest statements in flight that has a free turn (`None`: every turn is taken). A
+/// silent connection ([`Session::is_silent`]: a statement went unanswered past its
+/// timeout, nothing answered since) is never idle and comes last: it is kept while its
+/// leases may still be renewed through it, but a new grant sent there would wait for it
+/// — the pool makes another connection when it may, or waits for a turn on one that
+/// answers ([`answering`]).
 pub(crate) fn least_busy(live: &[Arc<Session>]) -> Option<(&Arc<Session>, bool)> {
     live.iter()
         .filter(|s| s.turns.available_permits() > 0)
-        .min_by_key(|s| s.in_flight())
-        .map(|s| (s, s.in_flight() == 0))
+        .min_by_key(|s| (s.is_silent(), s.in_flight()))
+        .map(|s| (s, !s.is_silent() && s.in_flight() == 0))
 }

@@ -52,12 +52,12 @@ pub(crate) fn renewals() -> Renewals {
 pub(crate) const BOUND_TIMEOUTS: u32 = 10;
 
 /// The longest a renewal statement may take (waiting for its turn, and again for its
-/// answer), and how long a connection holding leases may stay silent before it counts as
-/// dead: a third of the shortest TTL involved, at least the statement `timeout` and at
+/// answer): a third of the shortest TTL involved, at least the statement `timeout` and at
 /// most [`BOUND_TIMEOUTS`] of them. Auto-renewal runs a third of the way into a validity,
-/// so a renewal answered within this bound still finds a third of its lease left; a
-/// server that answers nothing for that long is not slow but gone (and a day-long TTL
-/// must not keep a dead connection for hours).
+/// so a renewal answered within this bound still finds a third of its lease left; one
+/// that is not fails and is tried again while the validity lasts (a day-long TTL must not
+/// wait hours for one answer). Not how long the connection may stay silent: it is cut
+/// only once no lease on it can still be renewed ([`crate::session::Session::is_dead`]).
 pub(crate) fn bound(timeout: Duration, ttl: Duration) -> Duration {
     (ttl / 3).clamp(timeout, timeout * BOUND_TIMEOUTS)
 }

@@ -3,9 +3,9 @@
 //!
 //! A lease belongs to the session that granted it, as a ZooKeeper node belongs to its
 //! session: when the connection ends (the server died or restarted, the backend was
-//! terminated, a statement got no answer within the timeout and the connection was cut),
-//! every live lease of the session is reported lost at once — long before its TTL could
-//! have run out on the server. Its row stays until it expires on the server (never before
+//! terminated, the connection stayed silent until no lease on it could still be renewed
+//! and was cut), every live lease of the session is reported lost at once — long before
+//! its TTL could have run out on the server. Its row stays until it expires on the server (never before
 //! the validity the holder was given ends), so no one else is granted the key while the
 //! old holder could still believe in it.
 
@@ -52,7 +52,16 @@ struct Tracked {
     reporter: LeaseReporter,
     key: String,
     grant: String,
-    ttl: Duration,
+}
+
+/// What the server answered on one connection, and when.
+struct Answers {
+    /// When the server last answered a statement (or the connection was opened).
+    last: Instant,
+    /// The send instant of the oldest statement that went unanswered within its timeout
+    /// with nothing answered since; `None` once something is answered. New statements go
+    /// to other connections meanwhile ([`Session::is_silent`]).
+    silent_since: Option<Instant>,
 }
 
 /// One live connection.
@@ -73,8 +82,8 @@ pub(crate) struct Session {
     driver: AbortHandle,
     next_id: AtomicU64,
     leases: Mutex<HashMap<u64, Tracked>>,
-    /// When the server last answered a statement on this connection (or it was opened).
-    last_answer: Mutex<Instant>,
+    /// When the server last answered, and since when it has been silent.
+    answers: Mutex<Answers>,
     /// Statements sent without a turn (the waiter tickets' keeper) still unanswered.
     unturned: AtomicUsize,
     /// Holds on the connection's driver ([`hold_driver`](Self::hold_driver)): while there
@@ -96,7 +105,10 @@ impl Session {
             next_id: AtomicU64::new(0),
             driver_holds: AtomicUsize::new(0),
             leases: Mutex::new(HashMap::new()),
-            last_answer: Mutex::new(Instant::now()),
+            answers: Mutex::new(Answers {
+                last: Instant::now(),
+                silent_since: None,
+            }),
             unturned: AtomicUsize::new(0),
         }
     }
@@ -107,22 +119,54 @@ impl Session {
 
     /// Notes that the server answered a statement: the connection is alive.
     pub(crate) fn answered(&self) {
-        *self.last_answer.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        let mut answers = self.answers();
+        answers.last = Instant::now();
+        answers.silent_since = None;
+    }
+
+    fn answers(&self) -> std::sync::MutexGuard<'_, Answers> {
+        self.answers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a statement went unanswered past its timeout and nothing was answered on
+    /// this connection since it was sent: slow or dead, it is not where a new statement
+    /// should go while another connection can take it (the pool's choice,
+    /// [`crate::pool::least_busy`]). A lease's own statements still go here.
+    pub(crate) fn is_silent(&self) -> bool {
+        self.answers().silent_since.is_some()
     }
 
     /// Whether the connection is dead rather than slow, judged when a statement sent at
-    /// `sent` went unanswered: nothing at all was answered since then, for at least the
-    /// statement `timeout` — or, while leases are held through it, for at least a third
-    /// of the shortest of their TTLs (at most ten timeouts, [`crate::renewals::bound`]). A lease is renewed a third of the way into its
-    /// validity, so a server that answers within that grace keeps every lease; cutting the
-    /// connection sooner would report them all lost because one statement was slow (a
-    /// checkpoint, a busy disk). Their validity, counted on the client's clock, never
-    /// depends on this judgement: it only decides how soon the loss is reported.
+    /// `sent` went unanswered within its timeout. Nothing answered since `sent` marks the
+    /// connection silent ([`is_silent`](Self::is_silent)); it is dead when it has been so
+    /// for at least the statement `timeout` **and no lease granted through it is still
+    /// valid**. While one is, a late answer — to the statement that timed out or to a
+    /// renewal queued behind it — may still renew it: cutting the connection then would
+    /// report it lost for nothing, since its row stays on the server until it expires
+    /// either way, and its validity, counted on the client's clock, runs out before that
+    /// whatever this judgement says. (The grace was a third of the shortest TTL: renewals
+    /// held up 2.5 s — see [`crate::sql::renew_many`] — cut the bench's connections with
+    /// every lease on them, 6 s TTL.) A truly dead connection's leases are reported lost
+    /// when their validity runs out, and the connection is cut at the first statement
+    /// unanswered after that (a lapsed lease's release is one).
     pub(crate) fn is_dead(&self, sent: Instant, timeout: Duration) -> bool {
-        let last = *self.last_answer.lock().unwrap_or_else(|p| p.into_inner());
-        let shortest = self.leases().values().map(|t| t.ttl).min();
-        let grace = shortest.map_or(timeout, |ttl| crate::renewals::bound(timeout, ttl));
-        last < sent && sent.elapsed() >= grace
+        {
+            let mut answers = self.answers();
+            if answers.last >= sent {
+                return false;
+            }
+            if answers.silent_since.is_none_or(|since| sent < since) {
+                answers.silent_since = Some(sent);
+            }
+        }
+        if sent.elapsed() < timeout {
+            return false;
+        }
+        let now = Instant::now();
+        !self
+            .leases()
+            .values()
+            .any(|t| t.reporter.valid_until().is_some_and(|until| until > now))
     }
 
     /// Statements in flight on this connection or waiting for the server's answer
@@ -162,7 +206,7 @@ impl Session {
 
     /// Ties a lease to this session. Returns its id, or `None` when the session had
     /// already ended (the lease is then reported lost here and must be released).
-    pub(crate) fn track(&self, reporter: LeaseReporter, key: &str, grant: &str, ttl: Duration) -> Option<u64> {
+    pub(crate) fn track(&self, reporter: LeaseReporter, key: &str, grant: &str) -> Option<u64> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.leases().insert(
             id,
@@ -170,7 +214,6 @@ impl Session {
                 reporter: reporter.clone(),
                 key: key.to_owned(),
                 grant: grant.to_owned(),
-                ttl,
             },
         );
         if self.is_alive() {

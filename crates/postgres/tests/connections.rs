@@ -255,3 +255,42 @@ async fn listen_moves_to_another_connection_when_the_listener_ends() {
     lease.release().await.unwrap();
     waiting.close().await.unwrap();
 }
+
+/// A connection kept for its leases while it is silent gets no new statements while
+/// another connection can take them. Here a lease's extend waits for an operator's lock
+/// on the lease's row past the statement timeout: the connection — still carrying a valid
+/// lease, so not cut — is silent, and the next grant goes to a new connection and is
+/// granted at once. (Before, the silent connection looked idle, the grant was sent behind
+/// the extend, and it failed after the timeout: "no answer to acquire within 1s".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_kept_for_its_leases_gets_no_new_grants() {
+    let server = PgServer::start();
+    let locks = PgLock::connect(&format!("{}&connections=2", server.url()))
+        .await
+        .unwrap();
+    let held = locks.acquire("a", &opts()).await.unwrap();
+    let pid = locks.lease_backend_pid(&held).expect("the granting connection");
+    let operator = common::Operator::holding(&server, "SELECT 1 FROM fencelock.locks WHERE key = 'a' FOR UPDATE").await;
+    let extended = held.extend(Duration::from_secs(60)).await;
+    assert!(
+        matches!(&extended, Err(e) if e.is_temporary()),
+        "the extend was not held up past the timeout: {extended:?}"
+    );
+    assert!(held.is_held(), "the lease was lost with its silent connection");
+    let next = tokio::time::timeout(STUCK, locks.try_acquire("b", &opts()))
+        .await
+        .expect("the grant was stuck");
+    let next = match next {
+        Ok(Some(lease)) => lease,
+        other => panic!("`b` was not granted while `a`'s connection was silent: {other:?}"),
+    };
+    assert_ne!(
+        locks.lease_backend_pid(&next),
+        Some(pid),
+        "the grant went to the silent connection"
+    );
+    next.release().await.unwrap();
+    operator.commit().await;
+    held.release().await.unwrap();
+    locks.close().await.unwrap();
+}
