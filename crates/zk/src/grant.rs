@@ -35,6 +35,7 @@ pub(crate) fn lease(key: &str, opts: &LockOptions, mut q: Queued, confirmed_at: 
         path: q.path(),
         czxid: q.czxid,
         registration: OnceLock::new(),
+        _own_watch: std::sync::Mutex::new(q.own_watch.get_mut().unwrap_or_else(|p| p.into_inner()).take()),
     });
     let lease = Lease::new(LeaseParts {
         key: key.to_owned(),
@@ -92,6 +93,9 @@ struct ZkGrant {
     path: String,
     czxid: i64,
     registration: OnceLock<u64>,
+    /// The waiter's watch on our node, kept until the release's delete fires it: dropped
+    /// unfired, the client would send a request to remove it.
+    _own_watch: std::sync::Mutex<Option<crate::queue::OwnWatch>>,
 }
 
 #[async_trait]

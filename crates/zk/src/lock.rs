@@ -262,7 +262,7 @@ impl DistributedLock for ZkLock {
                 .unwrap_or_else(|p| p.into_inner())
                 .take()
                 .filter(|q| Arc::ptr_eq(&q.session, &session));
-            let (q, kept_before) = match ours {
+            let (mut q, kept_before) = match ours {
                 Some(q) => (q, true),
                 None => (enqueue(&session, &self.inner.cfg, key, pending).await?, false),
             };
@@ -278,7 +278,7 @@ impl DistributedLock for ZkLock {
                     position(&q).await?;
                     queued.mark();
                 }
-                wait_turn(&q, &self.inner.wakeups, validity).await
+                wait_turn(&mut q, &self.inner.wakeups, validity).await
             };
             match waited.await {
                 Ok(confirmed_at) => Ok(Some(grant::lease(key, opts, q, confirmed_at))),

@@ -38,6 +38,10 @@ pub(crate) struct Queued {
     pub dir: String,
     pub name: String,
     pub czxid: i64,
+    /// The watch on our own node set while waiting ([`wait_turn`]): kept by the grant until
+    /// the release's delete fires it, so it is never removed by a request of its own.
+    /// (A mutex only to make `Queued` `Sync`; taken and put back through `&mut`.)
+    pub own_watch: std::sync::Mutex<Option<OwnWatch>>,
     armed: bool,
 }
 
@@ -157,6 +161,7 @@ async fn create(session: &Arc<Session>, cfg: &Arc<ZkConfig>, key: &str, grant: &
                     name: format!("{name_prefix}{seq}"),
                     dir,
                     czxid: stat.czxid,
+                    own_watch: std::sync::Mutex::new(None),
                     armed: true,
                 })
             }
@@ -231,6 +236,7 @@ async fn follow_up(session: &Arc<Session>, cfg: &Arc<ZkConfig>, dir: &str, grant
                     dir: dir.to_owned(),
                     name,
                     czxid,
+                    own_watch: std::sync::Mutex::new(None),
                     armed: true,
                 });
             }
@@ -305,8 +311,18 @@ const TRACKED: usize = 3;
 /// turn instead (its last check is then older than a quarter of the validity).
 const MIN_CHECK_PERIOD: Duration = Duration::from_millis(50);
 
+/// A watch on one node, until it fires.
+pub(crate) type OwnWatch = Pin<Box<dyn Future<Output = WatchedEvent> + Send>>;
+
 /// A watch on one node before ours, until it fires.
-type Watch = (String, Pin<Box<dyn Future<Output = WatchedEvent> + Send>>);
+type Watch = (String, OwnWatch);
+
+/// What fired while waiting: our own node's watch (with the watch before ours that fired
+/// in the same poll, if one did: it is spent), or the `usize`-th watch before ours.
+enum Fired {
+    Own(WatchedEvent, Option<(usize, WatchedEvent)>),
+    Before(usize, WatchedEvent),
+}
 
 /// Waits until our node is first; returns the send instant of a request answered after
 /// it was sent that proves the server heard our session then (the lease's validity counts
@@ -330,7 +346,29 @@ type Watch = (String, Pin<Box<dyn Future<Output = WatchedEvent> + Send>>);
 /// [`MIN_CHECK_PERIOD`] apart), which keeps the last proof of our session recent: a grant
 /// on the push counts from it when it is within a quarter of `validity`, else one listing
 /// is sent at our turn.
-pub(crate) async fn wait_turn(q: &Queued, wakeups: &AtomicU64, validity: Duration) -> Result<Instant> {
+///
+/// Our own node is watched too (one `exists` more per wait, sent with the first watches):
+/// a node deleted behind our back while we wait — by an operator, or by whoever removes
+/// a dead waiter's node — must end the wait (`Unavailable`: the attempt queues again),
+/// never let the pushes of the nodes before ours grant us the lock beside the waiter that
+/// was behind us. The server sends a session's watch events in the order of its
+/// transactions, and our node, deleted while a node before it still stood, is reported
+/// before that node's deletion: so our own watch is polled first, and again after any
+/// other fired. On a grant the watch goes with the lease (`Queued::own_watch`), which
+/// keeps it until its release's delete fires it.
+pub(crate) async fn wait_turn(q: &mut Queued, wakeups: &AtomicU64, validity: Duration) -> Result<Instant> {
+    let mut own = q.own_watch.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+    let confirmed = wait_for_turn(q, wakeups, validity, &mut own).await?;
+    *q.own_watch.get_mut().unwrap_or_else(|p| p.into_inner()) = own;
+    Ok(confirmed)
+}
+
+async fn wait_for_turn(
+    q: &Queued,
+    wakeups: &AtomicU64,
+    validity: Duration,
+    own: &mut Option<OwnWatch>,
+) -> Result<Instant> {
     let path_of = |name: &str| format!("{}/{name}", q.dir);
     let mut deleted: HashSet<String> = HashSet::new();
     let mut watches: Vec<Watch> = Vec::new();
@@ -354,6 +392,16 @@ pub(crate) async fn wait_turn(q: &Queued, wakeups: &AtomicU64, validity: Duratio
         }
         let client = q.session.client()?;
         let sent = Instant::now();
+        // Our own node first (once per wait, again only after an event other than its
+        // deletion), then the nodes before it.
+        if own.is_none() {
+            match tokio::time::timeout(q.cfg.timeout, client.check_and_watch_stat(&q.path())).await {
+                Ok(Ok((Some(stat), watcher))) if stat.czxid == q.czxid => *own = Some(Box::pin(watcher.changed())),
+                Ok(Ok(_)) => return Err(node_gone()),
+                Ok(Err(e)) => return Err(failed("watching our lock node", &q.cfg.display, e)),
+                Err(_) => return Err(timed_out("watching our lock node", &q.cfg.display, q.cfg.timeout)),
+            }
+        }
         // Sent at once, answered in order on the one connection. A node still watched from
         // an earlier round keeps its watch (no re-watch, no removal).
         let fresh: Vec<&String> = known.iter().filter(|n| !watches.iter().any(|(w, _)| w == *n)).collect();
@@ -387,9 +435,21 @@ pub(crate) async fn wait_turn(q: &Queued, wakeups: &AtomicU64, validity: Duratio
             let fired = tokio::time::timeout_at(
                 wake,
                 std::future::poll_fn(|cx| {
+                    let mut poll_own = |cx: &mut std::task::Context<'_>| match own.as_mut() {
+                        Some(w) => w.as_mut().poll(cx),
+                        None => Poll::Pending,
+                    };
+                    if let Poll::Ready(e) = poll_own(cx) {
+                        return Poll::Ready(Fired::Own(e, None));
+                    }
                     for (i, (_, w)) in watches.iter_mut().enumerate() {
                         if let Poll::Ready(e) = w.as_mut().poll(cx) {
-                            return Poll::Ready((i, e));
+                            // Our node's deletion, if it came first, was handed over
+                            // before this event: look once more.
+                            if let Poll::Ready(mine) = poll_own(cx) {
+                                return Poll::Ready(Fired::Own(mine, Some((i, e))));
+                            }
+                            return Poll::Ready(Fired::Before(i, e));
                         }
                     }
                     Poll::Pending
@@ -397,7 +457,28 @@ pub(crate) async fn wait_turn(q: &Queued, wakeups: &AtomicU64, validity: Duratio
             )
             .await;
             match fired {
-                Ok((i, event)) => {
+                Ok(Fired::Own(event, before)) => {
+                    *own = None;
+                    if let Some((i, other)) = before {
+                        // Spent: never polled again; a deletion is kept for the listing.
+                        let (name, _) = watches.swap_remove(i);
+                        wakeups.fetch_add(1, Ordering::Relaxed);
+                        if other.event_type == EventType::NodeDeleted {
+                            deleted.insert(name);
+                        }
+                    }
+                    match event.event_type {
+                        EventType::NodeDeleted => return Err(node_gone()),
+                        EventType::Session if !q.session.is_usable() => {
+                            return Err(LockError::Unavailable {
+                                message: "the zookeeper session ended while waiting".into(),
+                                source: None,
+                            })
+                        }
+                        _ => break, // something else: list again, and watch our node again
+                    }
+                }
+                Ok(Fired::Before(i, event)) => {
                     let (name, _) = watches.swap_remove(i);
                     wakeups.fetch_add(1, Ordering::Relaxed);
                     match event.event_type {

@@ -34,12 +34,12 @@ async fn a_hand_off_costs_only_the_delete() {
         let b = b.clone();
         async move { b.acquire("k", &opts).await }
     });
-    until_watches(&ensemble, base_watches + 1).await; // b watches a's node
+    until_watches(&ensemble, base_watches + 2).await; // b watches its own node and a's
     let second = tokio::spawn({
         let c = c.clone();
         async move { c.acquire("k", &opts).await }
     });
-    until_watches(&ensemble, base_watches + 3).await; // c watches b's and a's nodes
+    until_watches(&ensemble, base_watches + 5).await; // c watches its own, b's and a's nodes
                                                       // `mntr` counts itself as a received packet: measure what one reading adds.
     let idle = ensemble.packets_received(0).expect("the server answers mntr");
     let before = ensemble.packets_received(0).expect("the server answers mntr");

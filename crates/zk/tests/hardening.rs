@@ -205,6 +205,56 @@ async fn a_waiter_whose_connection_drops_keeps_its_place() {
     last.release().await.unwrap();
 }
 
+/// A waiter whose node is deleted behind its back while it waits (by an operator today;
+/// by a successor, with a design that removes the nodes of dead waiters) must notice and
+/// queue again — never take the pushes of the nodes before its own for its turn, which
+/// would grant it the lock beside the waiter that was behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_whose_node_was_deleted_queues_again_and_never_holds_beside_the_next() {
+    let ensemble = ZkEnsemble::standalone();
+    let url = ensemble.url("/deleted-waiter", "session_timeout=10s");
+    let (holder, second, third) = (
+        ZkLock::connect(&url).await.unwrap(),
+        ZkLock::connect(&url).await.unwrap(),
+        ZkLock::connect(&url).await.unwrap(),
+    );
+    let op = Operator::connect(&ensemble, "/deleted-waiter").await;
+    let opts = LockOptions::new()
+        .with_ttl(Duration::from_secs(30))
+        .with_wait(Duration::from_secs(30));
+    let held = holder.acquire("k", &opts).await.unwrap();
+    let base = ensemble.watch_count(0).expect("wchs");
+    let (deleted, next, queued, _) = op.two_waiters_in_line(&second, &third, opts).await;
+    // Both watch the nodes before theirs (the second one node, the third two).
+    let deadline = Instant::now() + SLACK;
+    while ensemble.watch_count(0).expect("wchs") < base + 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the waiters never watched the nodes before theirs"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling the server's count
+    }
+    op.0.delete(&format!("/k/{}", queued[1]), None).await.unwrap();
+    held.release().await.unwrap();
+    let lease = served(next).await;
+    // The waiter whose node was deleted queued again, behind the one now holding.
+    let nodes = op.until_nodes("k", 2, SLACK).await;
+    if deleted.is_finished() {
+        let got = deleted.await.unwrap();
+        panic!(
+            "the waiter whose node was deleted ended its wait beside the holder (token {}): {:?}",
+            lease.token(),
+            got.map(|l| l.token())
+        );
+    }
+    assert_eq!(nodes, 2, "the waiter whose node was deleted did not queue again");
+    let token = lease.token();
+    lease.release().await.unwrap();
+    let again = served(deleted).await;
+    assert!(again.token() > token, "served out of order");
+    again.release().await.unwrap();
+}
+
 /// How the network loses a create's answer.
 #[derive(Debug, Clone, Copy)]
 enum Lost {
