@@ -15,7 +15,7 @@ use zookeeper_client::MultiReadResult;
 use crate::cleanup;
 use crate::config::ZkConfig;
 use crate::error::{failed, timed_out};
-use crate::queue::Queued;
+use crate::queue::{Naming, Queued};
 use crate::session::{Session, RENEW_WINDOW};
 
 /// Makes the lease of `q`, which a listing sent at `confirmed_at` found first in its queue.
@@ -24,9 +24,20 @@ use crate::session::{Session, RENEW_WINDOW};
 /// then at the latest, and the answer proves the server heard our session then, so the
 /// node lives at least a session timeout from that instant. Counting from the create
 /// instead would spend the validity on the wait.
+///
+/// A node that still names the instance's waiting marker (`waiting.rs`) may be removed by a
+/// waiter behind it once that marker is gone, until it is *claimed*: so the lease is valid
+/// no longer than the marker is sure to live (the waiting session's last proof + its
+/// timeout), and its first renewal (or `extend`) claims it — a rewrite of its data guarded
+/// by the version at which it named the marker, the same version a removal is guarded by:
+/// one of the two lands, never both. Once claimed the lease is valid as any other.
 pub(crate) fn lease(key: &str, opts: &LockOptions, mut q: Queued, confirmed_at: Instant) -> Lease {
     q.disarm();
-    let validity = opts.ttl().min(q.session.timeout());
+    let naming = q.naming.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+    let mut validity = opts.ttl().min(q.session.timeout());
+    if let Some(n) = &naming {
+        validity = validity.min(n.used.valid_until().saturating_duration_since(confirmed_at));
+    }
     let token = FencingToken::new(u64::try_from(q.czxid).unwrap_or(0));
     let grant = GrantId::from_string(format!("{:x}:{}", q.session.id(), q.path()));
     let ops = Arc::new(ZkGrant {
@@ -34,6 +45,7 @@ pub(crate) fn lease(key: &str, opts: &LockOptions, mut q: Queued, confirmed_at: 
         cfg: Arc::clone(&q.cfg),
         path: q.path(),
         czxid: q.czxid,
+        claim: std::sync::Mutex::new(naming.map(|n| (n.version, n))),
         registration: OnceLock::new(),
         _own_watch: std::sync::Mutex::new(q.own_watch.get_mut().unwrap_or_else(|p| p.into_inner()).take()),
     });
@@ -86,12 +98,86 @@ async fn check_nodes(session: &Session, cfg: &ZkConfig, batch: &[(String, i64)])
     }
 }
 
+impl ZkGrant {
+    /// Claims our node if it is not claimed yet (`None` when it is): the answer of the
+    /// claim is the renewal's.
+    async fn claim_now(&self, ttl: Duration) -> Option<Result<Option<Duration>>> {
+        let version = self
+            .claim
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(v, _)| *v)?;
+        Some(
+            match claim(&self.session, &self.cfg, &self.path, self.czxid, version).await {
+                Ok(true) => {
+                    drop(self.claim.lock().unwrap_or_else(|p| p.into_inner()).take());
+                    Ok(Some(ttl.min(self.session.timeout())))
+                }
+                Ok(false) => Ok(None),
+                Err(e) => Err(e),
+            },
+        )
+    }
+}
+
+/// Claims a node of ours that names a waiting marker: rewrites its data (empty, as a node
+/// that never waited) if it is still at `version`. `Ok(false)`: the node is gone — removed
+/// by a waiter behind it after the marker went, or with our session.
+pub(crate) async fn claim(session: &Session, cfg: &ZkConfig, path: &str, czxid: i64, version: i32) -> Result<bool> {
+    let client = session.client()?;
+    match tokio::time::timeout(cfg.timeout, client.set_data(path, b"", Some(version))).await {
+        Ok(Ok(stat)) => Ok(stat.czxid == czxid),
+        Ok(Err(zookeeper_client::Error::NoNode)) => Ok(false),
+        // Written since: by an earlier claim whose answer was lost, or a proclaimed
+        // election value — ours either way if it names no marker any more.
+        Ok(Err(zookeeper_client::Error::BadVersion)) => {
+            match tokio::time::timeout(cfg.timeout, client.get_data(path)).await {
+                Ok(Ok((data, stat))) => Ok(stat.czxid == czxid && !data.starts_with(crate::waiting::PREFIX)),
+                Ok(Err(zookeeper_client::Error::NoNode)) => Ok(false),
+                Ok(Err(e)) => Err(failed("claiming our lock node", &cfg.display, e)),
+                Err(_) => Err(timed_out("claiming our lock node", &cfg.display, cfg.timeout)),
+            }
+        }
+        Ok(Err(e)) => Err(failed("claiming our lock node", &cfg.display, e)),
+        Err(_) => Err(timed_out("claiming our lock node", &cfg.display, cfg.timeout)),
+    }
+}
+
+/// At our turn: a node naming a waiting marker whose last proof is old (less than a quarter
+/// of the waiting session's timeout left) is claimed before it is granted, and the grant
+/// counts from the claim's send instant; otherwise nothing is sent. `Err` when the node is
+/// gone (the attempt queues again).
+pub(crate) async fn settle(q: &mut Queued, confirmed_at: Instant) -> Result<Instant> {
+    let slot = q.naming.get_mut().unwrap_or_else(|p| p.into_inner());
+    let Some(naming) = slot.as_ref() else {
+        return Ok(confirmed_at);
+    };
+    if naming.used.valid_until() > Instant::now() + naming.used.timeout() / 4 {
+        return Ok(confirmed_at);
+    }
+    let version = naming.version;
+    let sent = Instant::now();
+    if claim(&q.session, &q.cfg, &q.path(), q.czxid, version).await? {
+        drop(q.naming.get_mut().unwrap_or_else(|p| p.into_inner()).take());
+        Ok(sent.max(confirmed_at))
+    } else {
+        Err(fencelock_core::LockError::Unavailable {
+            message: "our lock node was removed while we waited (our waiting session had ended)".into(),
+            source: None,
+        })
+    }
+}
+
 /// One grant: our node, in our session.
 struct ZkGrant {
     session: Arc<Session>,
     cfg: Arc<ZkConfig>,
     path: String,
     czxid: i64,
+    /// Not claimed yet: the version our data named the waiting marker at (and the use that
+    /// keeps the waiting session open until the claim).
+    claim: std::sync::Mutex<Option<(i32, Naming)>>,
     registration: OnceLock<u64>,
     /// The waiter's watch on our node, kept until the release's delete fires it: dropped
     /// unfired, the client would send a request to remove it.
@@ -113,6 +199,9 @@ impl LeaseOps for ZkGrant {
         if !self.session.is_usable() {
             return Ok(None);
         }
+        if let Some(claimed) = self.claim_now(ttl).await {
+            return claimed;
+        }
         match tokio::time::timeout(self.cfg.timeout, client.check_stat(&self.path)).await {
             Ok(Ok(Some(stat))) if stat.czxid == self.czxid => Ok(Some(ttl.min(self.session.timeout()))),
             Ok(Ok(_)) => Ok(None),
@@ -126,6 +215,9 @@ impl LeaseOps for ZkGrant {
     async fn renew(&self, ttl: Duration) -> Result<Option<Duration>> {
         if !self.session.is_usable() {
             return Ok(None);
+        }
+        if let Some(claimed) = self.claim_now(ttl).await {
+            return claimed;
         }
         let (cfg, wait) = (Arc::clone(&self.cfg), RENEW_WINDOW.min(ttl / 10));
         let flush = move |session: Arc<Session>, batch: Vec<(String, i64)>| {

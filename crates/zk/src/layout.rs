@@ -92,6 +92,9 @@ impl ZkLayout {
         if at_root && key.split('/').next() == Some("zookeeper") {
             return Err(bad("it lies in /zookeeper, ZooKeeper's own reserved subtree"));
         }
+        if key.split('/').next() == Some(&crate::waiting::DIR[1..]) {
+            return Err(bad("`%waiting` under the chroot holds fencelock's waiting markers"));
+        }
         for segment in key.split('/') {
             match segment {
                 "" => return Err(bad("empty segment (leading, trailing or doubled `/`)")),

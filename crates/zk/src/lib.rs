@@ -62,6 +62,7 @@ mod lock;
 mod names;
 mod queue;
 mod session;
+mod waiting;
 
 pub use config::ZkConfig;
 pub use election::ZkElection;

@@ -21,6 +21,7 @@ use crate::error::{failed, no_answer, timed_out};
 use crate::grant;
 use crate::queue::{enqueue, position, wait_turn, Pending, Queued};
 use crate::session::Session;
+use crate::waiting::WaitingSlot;
 
 /// What the ZooKeeper backend promises.
 pub const GUARANTEES: Guarantees = Guarantees {
@@ -57,6 +58,8 @@ struct Inner {
     cfg: Arc<ZkConfig>,
     session: tokio::sync::Mutex<Option<Arc<Session>>>,
     wakeups: AtomicU64,
+    /// The waiting session (issue 14), opened while this instance waits.
+    waiting: WaitingSlot,
     /// Shut by [`close`](DistributedLock::close): no call goes on, no session is opened.
     gate: CloseGate,
 }
@@ -93,6 +96,7 @@ impl ZkLock {
                 cfg: Arc::new(cfg),
                 session: tokio::sync::Mutex::new(None),
                 wakeups: AtomicU64::new(0),
+                waiting: WaitingSlot::default(),
                 gate: CloseGate::new(),
             }),
         };
@@ -199,7 +203,7 @@ impl DistributedLock for ZkLock {
                 validate_key(key)?;
                 opts.validate_for_try()?;
                 let session = self.session().await?;
-                let q = enqueue(&session, &self.inner.cfg, key, &Pending::new()).await?;
+                let q = enqueue(&session, &self.inner.cfg, key, &Pending::new(), None).await?;
                 let pos = position(&q).await?;
                 match pos.predecessor {
                     None => Ok(Some(grant::lease(key, opts, q, pos.sent_at).into_live()?)),
@@ -264,7 +268,15 @@ impl DistributedLock for ZkLock {
                 .filter(|q| Arc::ptr_eq(&q.session, &session));
             let (mut q, kept_before) = match ours {
                 Some(q) => (q, true),
-                None => (enqueue(&session, &self.inner.cfg, key, pending).await?, false),
+                None => {
+                    // While the instance keeps a waiting session, its nodes name the
+                    // marker from their create (no request more).
+                    let named = match opts.auto_renew() {
+                        true => self.inner.waiting.current().await,
+                        false => None,
+                    };
+                    (enqueue(&session, &self.inner.cfg, key, pending, named).await?, false)
+                }
             };
             if !kept_before {
                 queued.mark();
@@ -278,7 +290,11 @@ impl DistributedLock for ZkLock {
                     position(&q).await?;
                     queued.mark();
                 }
-                wait_turn(&mut q, &self.inner.wakeups, validity).await
+                // Only auto-renewed locks name a waiting marker: a grant on a named node is
+                // valid for the waiting session's timeout until its first renewal claims it.
+                let namer = opts.auto_renew().then_some(&self.inner.waiting);
+                let confirmed = wait_turn(&mut q, &self.inner.wakeups, validity, namer).await?;
+                grant::settle(&mut q, confirmed).await
             };
             match waited.await {
                 Ok(confirmed_at) => Ok(Some(grant::lease(key, opts, q, confirmed_at))),
@@ -319,6 +335,7 @@ impl DistributedLock for ZkLock {
     /// until this instance is dropped, or closed by a later call.
     async fn close(&self) -> Result<()> {
         let _closing = self.inner.gate.close(self.inner.cfg.timeout * 2).await;
+        self.inner.waiting.close().await;
         let Some(session) = self.inner.session.lock().await.take() else {
             return Ok(());
         };

@@ -3,7 +3,7 @@
 //! our predecessor (no herd) — the recipe of ZooKeeper's documentation ("Locks", in
 //! "ZooKeeper Recipes and Solutions").
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +21,7 @@ use crate::config::ZkConfig;
 use crate::error::{failed, outcome_unknown, refused_name, timed_out};
 use crate::names::{find_ours, sequence};
 use crate::session::Session;
+use crate::waiting::{named_marker, WaitingSlot, WaitingUse};
 
 /// The most look-ups a follow-up of a lost create answer makes before it leaves the node
 /// (if any) to the session's end.
@@ -42,7 +43,17 @@ pub(crate) struct Queued {
     /// the release's delete fires it, so it is never removed by a request of its own.
     /// (A mutex only to make `Queued` `Sync`; taken and put back through `&mut`.)
     pub own_watch: std::sync::Mutex<Option<OwnWatch>>,
+    /// Our node's data names the instance's waiting marker (issue 14), written at this
+    /// version: until the grant claims the node, a waiter behind us may remove it once the
+    /// marker is gone. `None`: it names nothing (the node is removed only with our session).
+    pub naming: std::sync::Mutex<Option<Naming>>,
     armed: bool,
+}
+
+/// Our node names the waiting session's marker (`waiting.rs`), since `version`.
+pub(crate) struct Naming {
+    pub version: i32,
+    pub used: WaitingUse,
 }
 
 impl Queued {
@@ -108,6 +119,7 @@ pub(crate) async fn enqueue(
     cfg: &Arc<ZkConfig>,
     key: &str,
     pending: &Pending,
+    named: Option<WaitingUse>,
 ) -> Result<Queued> {
     let waiting = pending.answer.lock().unwrap_or_else(|p| p.into_inner()).take();
     let answer = match waiting {
@@ -116,7 +128,7 @@ pub(crate) async fn enqueue(
             let (tx, rx) = oneshot::channel();
             let (s, cfg2, key2, grant) = (Arc::clone(session), Arc::clone(cfg), key.to_owned(), pending.grant());
             session.cleanups.spawn("creating a lock node", async move {
-                let outcome = create(&s, &cfg2, &key2, &grant).await;
+                let outcome = create(&s, &cfg2, &key2, &grant, named).await;
                 // A caller that gave up dropped the receiver: the node (if any) comes back
                 // here and its drop deletes it.
                 drop(tx.send(outcome));
@@ -145,15 +157,25 @@ pub(crate) async fn enqueue(
 /// client keeps the request (it fails requests when a connection is lost), bounded by two
 /// session timeouts and a request timeout; when no answer comes, or the connection was lost
 /// with the request in flight, the outcome is unknown and [`follow_up`] finds out.
-async fn create(session: &Arc<Session>, cfg: &Arc<ZkConfig>, key: &str, grant: &GrantId) -> Result<Queued> {
+///
+/// `named`: the node's data names the instance's waiting marker from its create on (the
+/// instance has a waiting session open already: no request more).
+async fn create(
+    session: &Arc<Session>,
+    cfg: &Arc<ZkConfig>,
+    key: &str,
+    grant: &GrantId,
+    named: Option<WaitingUse>,
+) -> Result<Queued> {
     let client = session.client()?;
+    let data = named.as_ref().map(|u| u.reference().to_vec()).unwrap_or_default();
     let dir = cfg.layout.dir(key, &cfg.chroot)?;
     let name_prefix = cfg.layout.prefix(grant);
     let prefix = format!("{dir}/{name_prefix}");
     let node = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
     let limit = session.timeout() * 2 + cfg.timeout;
     for _ in 0..CONTAINER_TRIES {
-        match tokio::time::timeout(limit, client.create(&prefix, b"", &node)).await {
+        match tokio::time::timeout(limit, client.create(&prefix, &data, &node)).await {
             Ok(Ok((stat, seq))) => {
                 return Ok(Queued {
                     session: Arc::clone(session),
@@ -162,6 +184,7 @@ async fn create(session: &Arc<Session>, cfg: &Arc<ZkConfig>, key: &str, grant: &
                     dir,
                     czxid: stat.czxid,
                     own_watch: std::sync::Mutex::new(None),
+                    naming: std::sync::Mutex::new(named.map(|used| Naming { version: 0, used })),
                     armed: true,
                 })
             }
@@ -178,9 +201,9 @@ async fn create(session: &Arc<Session>, cfg: &Arc<ZkConfig>, key: &str, grant: &
                 }
             }
             Ok(Err(e @ zookeeper_client::Error::BadArguments(_))) => return Err(refused_name(key, &dir, e)),
-            Ok(Err(e)) if outcome_unknown(&e) => return follow_up(session, cfg, &dir, grant).await,
+            Ok(Err(e)) if outcome_unknown(&e) => return follow_up(session, cfg, &dir, grant, named).await,
             Ok(Err(e)) => return Err(failed("creating the lock node", &cfg.display, e)),
-            Err(_) => return follow_up(session, cfg, &dir, grant).await,
+            Err(_) => return follow_up(session, cfg, &dir, grant, named).await,
         }
     }
     Err(LockError::Unavailable {
@@ -211,7 +234,14 @@ async fn make_dir(client: &zookeeper_client::Client, dir: &str) -> std::result::
 /// armed, so a caller that gave up deletes it). Not found after a sync: it was never made.
 /// Retried with backoff while the look-up itself gets no answer, bounded; after that, or
 /// once the session ended, the session's end removes whatever is left.
-async fn follow_up(session: &Arc<Session>, cfg: &Arc<ZkConfig>, dir: &str, grant: &GrantId) -> Result<Queued> {
+async fn follow_up(
+    session: &Arc<Session>,
+    cfg: &Arc<ZkConfig>,
+    dir: &str,
+    grant: &GrantId,
+    named: Option<WaitingUse>,
+) -> Result<Queued> {
+    let mut named = named;
     let mut pause = Duration::from_millis(50);
     for _ in 0..MAX_FOLLOW_UPS {
         if !session.is_usable() {
@@ -237,6 +267,7 @@ async fn follow_up(session: &Arc<Session>, cfg: &Arc<ZkConfig>, dir: &str, grant
                     name,
                     czxid,
                     own_watch: std::sync::Mutex::new(None),
+                    naming: std::sync::Mutex::new(named.take().map(|used| Naming { version: 0, used })),
                     armed: true,
                 });
             }
@@ -317,13 +348,6 @@ pub(crate) type OwnWatch = Pin<Box<dyn Future<Output = WatchedEvent> + Send>>;
 /// A watch on one node before ours, until it fires.
 type Watch = (String, OwnWatch);
 
-/// What fired while waiting: our own node's watch (with the watch before ours that fired
-/// in the same poll, if one did: it is spent), or the `usize`-th watch before ours.
-enum Fired {
-    Own(WatchedEvent, Option<(usize, WatchedEvent)>),
-    Before(usize, WatchedEvent),
-}
-
 /// Waits until our node is first; returns the send instant of a request answered after
 /// it was sent that proves the server heard our session then (the lease's validity counts
 /// from there, not from the create: a long wait must not eat the TTL). `validity` is the
@@ -356,11 +380,172 @@ enum Fired {
 /// before that node's deletion: so our own watch is polled first, and again after any
 /// other fired. On a grant the watch goes with the lease (`Queued::own_watch`), which
 /// keeps it until its release's delete fires it.
-pub(crate) async fn wait_turn(q: &mut Queued, wakeups: &AtomicU64, validity: Duration) -> Result<Instant> {
+pub(crate) async fn wait_turn(
+    q: &mut Queued,
+    wakeups: &AtomicU64,
+    validity: Duration,
+    namer: Option<&WaitingSlot>,
+) -> Result<Instant> {
     let mut own = q.own_watch.get_mut().unwrap_or_else(|p| p.into_inner()).take();
-    let confirmed = wait_for_turn(q, wakeups, validity, &mut own).await?;
+    let mut markers = Markers::default();
+    let confirmed = wait_for_turn(q, wakeups, validity, &mut own, namer, &mut markers).await?;
     *q.own_watch.get_mut().unwrap_or_else(|p| p.into_inner()) = own;
+    // The watches on markers of the nodes that were before ours: a marker goes when its
+    // waiting session ends (at most a few of its timeouts after its instance stopped
+    // waiting). Dropped unfired, each would make the client send a request to remove it
+    // — on the hand-off's path: kept until they fire, or for one session timeout.
+    if !markers.watches.is_empty() {
+        let bound = q.session.timeout();
+        tokio::spawn(async move {
+            let all = futures_join(markers.watches.into_iter().map(|(_, w)| w).collect());
+            let _ = tokio::time::timeout(bound, all).await;
+        });
+    }
     Ok(confirmed)
+}
+
+/// Waits for every watch to fire.
+async fn futures_join(mut watches: Vec<OwnWatch>) {
+    for w in watches.iter_mut() {
+        w.as_mut().await;
+    }
+}
+
+/// What fired while waiting: our own node's watch (with the watch before ours that fired
+/// in the same poll, if one did: it is spent), the `usize`-th watch before ours, or the
+/// `usize`-th watch on a waiting marker named by a node before ours.
+enum Fired {
+    Own(WatchedEvent, Option<(usize, WatchedEvent)>),
+    Before(usize, WatchedEvent),
+    Marker(usize, WatchedEvent),
+}
+
+/// The nodes before ours that name a waiting marker, and the watches on those markers.
+#[derive(Default)]
+struct Markers {
+    /// Node → (the version at which its data named the marker, the marker's path).
+    named: HashMap<String, (i32, String)>,
+    watches: Vec<Watch>,
+}
+
+impl Markers {
+    /// Notes what a node before ours names (its data read at `version`).
+    fn note(&mut self, q: &Queued, node: &str, data: &[u8], version: i32) {
+        match named_marker(data, &q.cfg.chroot) {
+            Some(marker) => {
+                self.named.insert(node.to_owned(), (version, marker));
+            }
+            None => {
+                self.named.remove(node);
+            }
+        }
+    }
+
+    /// Watches every marker named by a node before ours that is not watched yet; a marker
+    /// that is gone already has its nodes removed at once.
+    async fn watch(
+        &mut self,
+        q: &Queued,
+        client: &zookeeper_client::Client,
+        deleted: &mut HashSet<String>,
+    ) -> Result<()> {
+        let mut unwatched: Vec<String> = self
+            .named
+            .iter()
+            .filter(|(n, _)| !deleted.contains(*n))
+            .map(|(_, (_, m))| m.clone())
+            .filter(|m| !self.watches.iter().any(|(w, _)| w == m))
+            .collect();
+        unwatched.sort();
+        unwatched.dedup();
+        for marker in unwatched {
+            match tokio::time::timeout(q.cfg.timeout, client.check_and_watch_stat(&marker)).await {
+                Ok(Ok((Some(_), watcher))) => self.watches.push((marker, Box::pin(watcher.changed()))),
+                Ok(Ok((None, _))) => self.remove_dead(q, client, &marker, deleted).await?,
+                Ok(Err(e)) => return Err(failed("watching a waiting marker", &q.cfg.display, e)),
+                Err(_) => return Err(timed_out("watching a waiting marker", &q.cfg.display, q.cfg.timeout)),
+            }
+        }
+        Ok(())
+    }
+
+    /// `marker` is gone: its waiting session ended (the waiter died, or paused past that
+    /// session's timeout). Removes each node before ours that still names it — guarded by
+    /// the version at which it did: a node whose owner claimed it since (its grant, see
+    /// `grant.rs`) is never removed.
+    async fn remove_dead(
+        &mut self,
+        q: &Queued,
+        client: &zookeeper_client::Client,
+        marker: &str,
+        deleted: &mut HashSet<String>,
+    ) -> Result<()> {
+        let nodes: Vec<(String, i32)> = self
+            .named
+            .iter()
+            .filter(|(n, (_, m))| m == marker && !deleted.contains(*n))
+            .map(|(n, (v, _))| (n.clone(), *v))
+            .collect();
+        for (node, version) in nodes {
+            self.named.remove(&node);
+            let path = format!("{}/{node}", q.dir);
+            match tokio::time::timeout(q.cfg.timeout, client.delete(&path, Some(version))).await {
+                Ok(Ok(())) => {
+                    tracing::info!(%path, "removed the lock node of a waiter whose waiting session ended");
+                    deleted.insert(node);
+                }
+                Ok(Err(zookeeper_client::Error::NoNode)) => {
+                    deleted.insert(node);
+                }
+                // Claimed (or written) since: its owner holds it; its data watch tells.
+                Ok(Err(zookeeper_client::Error::BadVersion)) => {}
+                Ok(Err(e)) => return Err(failed("removing a dead waiter's node", &q.cfg.display, e)),
+                Err(_) => {
+                    return Err(timed_out(
+                        "removing a dead waiter's node",
+                        &q.cfg.display,
+                        q.cfg.timeout,
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Names the waiting marker in our node's data (versioned: the node was created with
+/// empty data), once per wait, when the node queues behind others and was not named at
+/// its create. A failure leaves it unnamed: a dead waiter then costs the session timeout.
+async fn name_ours(q: &Queued, namer: &WaitingSlot) -> Result<()> {
+    let Some(used) = namer.enter(&q.cfg).await else {
+        return Ok(());
+    };
+    let client = q.session.client()?;
+    match tokio::time::timeout(q.cfg.timeout, client.set_data(&q.path(), used.reference(), Some(0))).await {
+        Ok(Ok(stat)) if stat.czxid == q.czxid => {
+            *q.naming.lock().unwrap_or_else(|p| p.into_inner()) = Some(Naming {
+                version: stat.version,
+                used,
+            });
+            Ok(())
+        }
+        Ok(Ok(_)) | Ok(Err(zookeeper_client::Error::NoNode)) => Err(node_gone()),
+        // The write may have landed (at version 1): our node is then removable once the
+        // marker goes, so it is treated as named — a claim of a write that did not land
+        // finds the data empty, which is claimed too (`grant::claim`).
+        Ok(Err(e)) if outcome_unknown(&e) => {
+            *q.naming.lock().unwrap_or_else(|p| p.into_inner()) = Some(Naming { version: 1, used });
+            Ok(())
+        }
+        Err(_) => {
+            *q.naming.lock().unwrap_or_else(|p| p.into_inner()) = Some(Naming { version: 1, used });
+            Ok(())
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "naming the waiting marker failed; a dead waiter costs the session timeout");
+            Ok(())
+        }
+    }
 }
 
 async fn wait_for_turn(
@@ -368,10 +553,13 @@ async fn wait_for_turn(
     wakeups: &AtomicU64,
     validity: Duration,
     own: &mut Option<OwnWatch>,
+    namer: Option<&WaitingSlot>,
+    markers: &mut Markers,
 ) -> Result<Instant> {
     let path_of = |name: &str| format!("{}/{name}", q.dir);
     let mut deleted: HashSet<String> = HashSet::new();
     let mut watches: Vec<Watch> = Vec::new();
+    let mut naming_tried = q.naming.lock().unwrap_or_else(|p| p.into_inner()).is_some();
     for _ in 0..100_000 {
         let pos = position(q).await?;
         let mut confirmed = pos.sent_at;
@@ -390,6 +578,12 @@ async fn wait_for_turn(
             }
             continue;
         }
+        // We wait: name our waiting marker first (before our own watch is set, which the
+        // write would fire).
+        if let Some(namer) = namer.filter(|_| !naming_tried) {
+            naming_tried = true;
+            name_ours(q, namer).await?;
+        }
         let client = q.session.client()?;
         let sent = Instant::now();
         // Our own node first (once per wait, again only after an event other than its
@@ -403,13 +597,17 @@ async fn wait_for_turn(
             }
         }
         // Sent at once, answered in order on the one connection. A node still watched from
-        // an earlier round keeps its watch (no re-watch, no removal).
+        // an earlier round keeps its watch (no re-watch, no removal). Each is read with its
+        // data (the same one request): a node of ours that waits names its marker there.
         let fresh: Vec<&String> = known.iter().filter(|n| !watches.iter().any(|(w, _)| w == *n)).collect();
-        let asked: Vec<_> = fresh.iter().map(|n| client.check_and_watch_stat(&path_of(n))).collect();
+        let asked: Vec<_> = fresh.iter().map(|n| client.get_and_watch_data(&path_of(n))).collect();
         for (name, answer) in fresh.into_iter().zip(asked) {
             match tokio::time::timeout(q.cfg.timeout, answer).await {
-                Ok(Ok((Some(_), watcher))) => watches.push((name.clone(), Box::pin(watcher.changed()))),
-                Ok(Ok((None, _))) => {
+                Ok(Ok((data, stat, watcher))) => {
+                    markers.note(q, name, &data, stat.version);
+                    watches.push((name.clone(), Box::pin(watcher.changed())));
+                }
+                Ok(Err(zookeeper_client::Error::NoNode)) => {
                     deleted.insert(name.clone());
                 }
                 Ok(Err(e)) => return Err(failed("watching the nodes before ours", &q.cfg.display, e)),
@@ -422,6 +620,7 @@ async fn wait_for_turn(
                 }
             }
         }
+        markers.watch(q, &client, &mut deleted).await?;
         confirmed = confirmed.max(sent);
         for _ in 0..1_000_000 {
             let left = known.iter().filter(|n| !deleted.contains(*n)).count();
@@ -452,6 +651,11 @@ async fn wait_for_turn(
                             return Poll::Ready(Fired::Before(i, e));
                         }
                     }
+                    for (i, (_, w)) in markers.watches.iter_mut().enumerate() {
+                        if let Poll::Ready(e) = w.as_mut().poll(cx) {
+                            return Poll::Ready(Fired::Marker(i, e));
+                        }
+                    }
                     Poll::Pending
                 }),
             )
@@ -480,10 +684,34 @@ async fn wait_for_turn(
                 }
                 Ok(Fired::Before(i, event)) => {
                     let (name, _) = watches.swap_remove(i);
-                    wakeups.fetch_add(1, Ordering::Relaxed);
                     match event.event_type {
                         EventType::NodeDeleted => {
+                            wakeups.fetch_add(1, Ordering::Relaxed);
                             deleted.insert(name);
+                        }
+                        // Its owner named its marker, or claimed it at its grant: read it
+                        // again (no listing; not a wake-up of the queue).
+                        EventType::NodeDataChanged => {
+                            match tokio::time::timeout(q.cfg.timeout, client.get_and_watch_data(&path_of(&name))).await
+                            {
+                                Ok(Ok((data, stat, watcher))) => {
+                                    markers.note(q, &name, &data, stat.version);
+                                    watches.push((name, Box::pin(watcher.changed())));
+                                }
+                                Ok(Err(zookeeper_client::Error::NoNode)) => {
+                                    wakeups.fetch_add(1, Ordering::Relaxed);
+                                    deleted.insert(name);
+                                }
+                                Ok(Err(e)) => return Err(failed("watching the nodes before ours", &q.cfg.display, e)),
+                                Err(_) => {
+                                    return Err(timed_out(
+                                        "watching the nodes before ours",
+                                        &q.cfg.display,
+                                        q.cfg.timeout,
+                                    ))
+                                }
+                            }
+                            markers.watch(q, &client, &mut deleted).await?;
                         }
                         EventType::Session if !q.session.is_usable() => {
                             return Err(LockError::Unavailable {
@@ -491,7 +719,23 @@ async fn wait_for_turn(
                                 source: None,
                             })
                         }
-                        _ => break, // something else: list again
+                        _ => {
+                            wakeups.fetch_add(1, Ordering::Relaxed);
+                            break; // something else: list again
+                        }
+                    }
+                }
+                Ok(Fired::Marker(i, event)) => {
+                    let (marker, _) = markers.watches.swap_remove(i);
+                    match event.event_type {
+                        EventType::NodeDeleted => markers.remove_dead(q, &client, &marker, &mut deleted).await?,
+                        EventType::Session if !q.session.is_usable() => {
+                            return Err(LockError::Unavailable {
+                                message: "the zookeeper session ended while waiting".into(),
+                                source: None,
+                            })
+                        }
+                        _ => markers.watch(q, &client, &mut deleted).await?,
                     }
                 }
                 Err(_) => {
@@ -549,8 +793,8 @@ mod tests {
         let cfg = Arc::new(ZkConfig::from_url(&url).unwrap());
         let session = Session::connect(&cfg).await.unwrap();
         let pending = Pending::new();
-        let first = enqueue(&session, &cfg, "k", &pending).await.unwrap();
-        let second = enqueue(&session, &cfg, "k", &pending).await.unwrap();
+        let first = enqueue(&session, &cfg, "k", &pending, None).await.unwrap();
+        let second = enqueue(&session, &cfg, "k", &pending, None).await.unwrap();
         let stem = |q: &Queued| q.name[..q.name.len() - 10].to_owned();
         assert_ne!(
             stem(&first),

@@ -39,7 +39,7 @@ async fn a_hand_off_costs_only_the_delete() {
         let c = c.clone();
         async move { c.acquire("k", &opts).await }
     });
-    until_watches(&ensemble, base_watches + 5).await; // c watches its own, b's and a's nodes
+    until_watches(&ensemble, base_watches + 6).await; // c watches its own, b's and a's nodes, and b's marker
                                                       // `mntr` counts itself as a received packet: measure what one reading adds.
     let idle = ensemble.packets_received(0).expect("the server answers mntr");
     let before = ensemble.packets_received(0).expect("the server answers mntr");

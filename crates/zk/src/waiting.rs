@@ -1,0 +1,284 @@
+//! The waiting session (issue 14: a waiter that dies while queued should cost the others
+//! seconds, not the session timeout).
+//!
+//! A lock node is an ephemeral node of the instance's session, which must outlive a pause
+//! of the session timeout, and it cannot move to another session (an ephemeral node
+//! belongs to its creator for its whole life). So a waiter proves it is alive apart from
+//! its node: the instance opens a second session with a short timeout — asked
+//! [`ASKED`], raised by the server to its minimum (2 × `tickTime`: 4 s on a stock
+//! server) — owning one ephemeral **marker** `CHROOT/%waiting/m-SESSION`, and the data of
+//! each of its waiting nodes names that marker ([`reference`](Waiting::reference)). When
+//! the instance dies or pauses past that timeout, the server deletes the marker, and a
+//! waiter of ours that watches a node naming it removes the node — by a delete guarded by
+//! the version at which it named the marker, so a node its owner *claimed* (its data
+//! rewritten after its grant, see `grant.rs`) is never removed.
+//!
+//! The session is opened by the first wait of the instance that needs it, kept alive while
+//! some node of ours names it and one timeout more (so a busy instance does not open one
+//! per wait), and closed after that. A keeper task checks the marker every third of the
+//! timeout: each answer's send instant is a proof that the server heard the session then,
+//! and a grant on a named node is valid no longer than the last proof + the timeout —
+//! never past the moment the server could delete the marker.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use zookeeper_client::{Acls, Client, CreateMode, SessionState, StateWatcher};
+
+use crate::config::ZkConfig;
+
+/// The session timeout asked for the waiting session: the server raises it to its minimum.
+pub(crate) const ASKED: Duration = Duration::from_secs(1);
+
+/// The data of a node whose owner proves it is alive by a marker: this, then the marker's
+/// path on the server (chroot included).
+pub(crate) const PREFIX: &[u8] = b"fencelock-waiting:";
+
+/// The markers' parent under the chroot: a name no key of the default layout has (a `%`
+/// of a key is always escaped as `%25`); the peer layouts refuse keys under it.
+pub(crate) const DIR: &str = "/%waiting";
+
+/// One waiting session and its marker.
+pub(crate) struct Waiting {
+    client: std::sync::Mutex<Option<Arc<Client>>>,
+    states: StateWatcher,
+    marker: String,
+    reference: Vec<u8>,
+    timeout: Duration,
+    proof: std::sync::Mutex<Instant>,
+    /// Users (nodes naming the marker) and since when there are none.
+    users: std::sync::Mutex<(usize, Instant)>,
+    ended: AtomicBool,
+}
+
+impl std::fmt::Debug for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waiting")
+            .field("marker", &self.marker)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A node of ours that names the marker: keeps the waiting session open.
+pub(crate) struct WaitingUse(Arc<Waiting>);
+
+impl WaitingUse {
+    /// The data that names the marker.
+    pub fn reference(&self) -> &[u8] {
+        &self.0.reference
+    }
+
+    /// The end of a grant on a node naming the marker: the last proof + the timeout.
+    pub fn valid_until(&self) -> Instant {
+        *self.0.proof.lock().unwrap_or_else(|p| p.into_inner()) + self.0.timeout
+    }
+
+    /// The waiting session's timeout.
+    pub fn timeout(&self) -> Duration {
+        self.0.timeout
+    }
+}
+
+impl Drop for WaitingUse {
+    fn drop(&mut self) {
+        let mut users = self.0.users.lock().unwrap_or_else(|p| p.into_inner());
+        users.0 = users.0.saturating_sub(1);
+        if users.0 == 0 {
+            users.1 = Instant::now();
+        }
+    }
+}
+
+impl Waiting {
+    fn alive(&self) -> bool {
+        !self.ended.load(Ordering::Acquire)
+            && !matches!(
+                self.states.peek_state(),
+                SessionState::Expired | SessionState::Closed | SessionState::AuthFailed
+            )
+    }
+
+    /// A use, unless the session ended (checked under the users' lock, which the keeper
+    /// takes to end it).
+    fn enter(self: &Arc<Self>) -> Option<WaitingUse> {
+        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        // A session whose last proof is too old may have expired without the client
+        // knowing yet (a paused process): a node naming its marker could be removed at once.
+        let proof = *self.proof.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.alive() || proof + self.timeout / 2 < Instant::now() {
+            return None;
+        }
+        users.0 += 1;
+        Some(WaitingUse(Arc::clone(self)))
+    }
+
+    fn client(&self) -> Option<Arc<Client>> {
+        self.client.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Ends the session: the server deletes the marker at once.
+    fn end(&self) {
+        self.ended.store(true, Ordering::Release);
+        drop(self.client.lock().unwrap_or_else(|p| p.into_inner()).take());
+    }
+
+    /// Opens a waiting session and creates its marker. `Err(true)` when it would not be
+    /// shorter than the instance's session (nothing to gain), `Err(false)` when it could
+    /// not be made in time.
+    async fn open(cfg: &ZkConfig) -> std::result::Result<Arc<Waiting>, bool> {
+        let connect_string = cfg.connect_string();
+        let connect = Client::connector()
+            .with_session_timeout(ASKED.min(cfg.session_timeout))
+            .with_connection_timeout(cfg.connect_timeout)
+            .connect(&connect_string);
+        let client = match tokio::time::timeout(cfg.connect_limit(), connect).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "no waiting session: a dead waiter costs the session timeout");
+                return Err(false);
+            }
+            Err(_) => return Err(false),
+        };
+        let timeout = client.session_timeout();
+        if timeout >= cfg.session_timeout {
+            return Err(true);
+        }
+        let marker = format!("{DIR}/m-{:x}", client.session_id().0);
+        let container = CreateMode::Container.with_acls(Acls::anyone_all());
+        let ephemeral = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
+        let mut proof = None;
+        for _ in 0..3 {
+            let sent = Instant::now();
+            match tokio::time::timeout(cfg.timeout, client.create(&marker, b"", &ephemeral)).await {
+                Ok(Ok(_)) => {
+                    proof = Some(sent);
+                    break;
+                }
+                Ok(Err(zookeeper_client::Error::NoNode)) => {
+                    match tokio::time::timeout(cfg.timeout, client.create(DIR, b"", &container)).await {
+                        Ok(Ok(_) | Err(zookeeper_client::Error::NodeExists)) => {}
+                        _ => return Err(false),
+                    }
+                }
+                _ => return Err(false),
+            }
+        }
+        let proof = proof.ok_or(false)?;
+        let reference = [PREFIX, cfg.chroot.trim_end_matches('/').as_bytes(), marker.as_bytes()].concat();
+        Ok(Arc::new(Waiting {
+            states: client.state_watcher(),
+            client: std::sync::Mutex::new(Some(Arc::new(client))),
+            marker,
+            reference,
+            timeout,
+            proof: std::sync::Mutex::new(proof),
+            users: std::sync::Mutex::new((0, Instant::now())),
+            ended: AtomicBool::new(false),
+        }))
+    }
+}
+
+/// Checks the marker every third of the timeout (each answer a new proof) while some node
+/// names it, and for one timeout after the last; then ends the session. Ends at once when
+/// the marker or the session is gone.
+async fn keep(waiting: Arc<Waiting>, request_timeout: Duration) {
+    let period = waiting.timeout / 3;
+    loop {
+        tokio::time::sleep(period).await;
+        {
+            let users = waiting.users.lock().unwrap_or_else(|p| p.into_inner());
+            if !waiting.alive() || (users.0 == 0 && users.1.elapsed() >= waiting.timeout) {
+                waiting.ended.store(true, Ordering::Release);
+                break;
+            }
+        }
+        let Some(client) = waiting.client() else { break };
+        let sent = Instant::now();
+        match tokio::time::timeout(request_timeout.min(period), client.check_stat(&waiting.marker)).await {
+            Ok(Ok(Some(_))) => {
+                let mut proof = waiting.proof.lock().unwrap_or_else(|p| p.into_inner());
+                *proof = (*proof).max(sent);
+            }
+            Ok(Ok(None)) => break, // the marker is gone: the session expired
+            Ok(Err(zookeeper_client::Error::SessionExpired | zookeeper_client::Error::ClientClosed)) => break,
+            // No answer: the proof ages, and grants claim their node at their turn.
+            _ => {}
+        }
+    }
+    waiting.end();
+}
+
+/// The instance's waiting session, opened on demand.
+#[derive(Debug, Default)]
+pub(crate) struct WaitingSlot {
+    current: tokio::sync::Mutex<Weak<Waiting>>,
+    /// The server would not make it shorter than the session: never tried again.
+    useless: AtomicBool,
+}
+
+impl WaitingSlot {
+    /// A use of the live waiting session, if one is open (never opens one: for a create,
+    /// which must not wait for a connect on the uncontended path).
+    pub async fn current(&self) -> Option<WaitingUse> {
+        self.current.lock().await.upgrade()?.enter()
+    }
+
+    /// A use of the live waiting session, opened if there is none.
+    pub async fn enter(&self, cfg: &ZkConfig) -> Option<WaitingUse> {
+        if self.useless.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut current = self.current.lock().await;
+        if let Some(used) = current.upgrade().and_then(|w| w.enter()) {
+            return Some(used);
+        }
+        let waiting = match Waiting::open(cfg).await {
+            Ok(w) => w,
+            Err(useless) => {
+                if useless {
+                    self.useless.store(true, Ordering::Relaxed);
+                }
+                return None;
+            }
+        };
+        let used = waiting.enter();
+        *current = Arc::downgrade(&waiting);
+        tokio::spawn(keep(waiting, cfg.timeout));
+        used
+    }
+
+    /// Ends the open waiting session, if any (the instance's `close`).
+    pub async fn close(&self) {
+        if let Some(w) = self.current.lock().await.upgrade() {
+            w.end();
+        }
+    }
+}
+
+/// The marker a node's data names, as a path relative to `chroot` (`None`: the node names
+/// none — a foreign library's, a node that was never waiting or was claimed — or one
+/// outside our chroot, which this client cannot watch).
+pub(crate) fn named_marker(data: &[u8], chroot: &str) -> Option<String> {
+    let path = std::str::from_utf8(data.strip_prefix(PREFIX)?).ok()?;
+    let chroot = chroot.trim_end_matches('/');
+    let rest = path.strip_prefix(chroot)?;
+    (rest.starts_with('/') && rest.len() > 1).then(|| rest.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_are_read_relative_to_the_chroot() {
+        let data = [PREFIX, b"/fencelock/%waiting/m-1f"].concat();
+        assert_eq!(named_marker(&data, "/fencelock").as_deref(), Some("/%waiting/m-1f"));
+        assert_eq!(named_marker(&data, "").as_deref(), Some("/fencelock/%waiting/m-1f"));
+        assert_eq!(named_marker(&data, "/other"), None);
+        assert_eq!(named_marker(&data, "/fence"), None);
+        assert_eq!(named_marker(b"10.0.0.1", ""), None); // Curator's default data
+        assert_eq!(named_marker(b"", ""), None);
+    }
+}

@@ -1,0 +1,490 @@
+//! Issue 14: a waiter whose process dies while queued (SIGKILL: no close, no delete) delays
+//! the live waiters behind it by the waiting session's timeout, not the session timeout;
+//! a waiter that was only paused past it queues again and never holds beside the next;
+//! a holder's node is never removed. This test binary re-runs itself as the processes
+//! that die or pause (the `child_*` tests, ignored in a normal run and started by the
+//! parents below).
+//!
+//! The test server's `tickTime` is 100 ms, so the waiting session gets the 1 s it asks
+//! for (a stock server raises it to 4 s); every client's session timeout is 10 s.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fencelock_core::{DistributedLock, LockOptions};
+use fencelock_testkit::zk_server::ZkEnsemble;
+use fencelock_zk::ZkLock;
+use tokio::time::Instant;
+
+const URL_ENV: &str = "FENCELOCK_ZK_DEAD_WAITER_URL";
+
+/// The session timeout of every client here: what a dead waiter cost before.
+const SESSION: Duration = Duration::from_secs(10);
+
+/// The longest the next live waiter may wait after the holder's release with a dead
+/// waiter queued between them: the waiting session's 1 s, its expiry's tick, the
+/// removal's commit and the push, with room for a loaded machine.
+const BOUND: Duration = Duration::from_secs(3);
+
+/// The bound of every other step.
+const SLACK: Duration = Duration::from_secs(10);
+
+fn child_opts() -> LockOptions {
+    LockOptions::new()
+        .with_ttl(Duration::from_secs(30))
+        .with_wait(Duration::from_secs(60))
+}
+
+/// Child: queues for `k` and waits; the parent SIGKILLs it while it waits.
+#[test]
+#[ignore = "started by a_waiter_killed_while_queued_delays_the_next_by_a_bounded_interval"]
+fn child_waits_for_k() {
+    let url = std::env::var(URL_ENV).expect("run by the parent test");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let locks = ZkLock::connect(&url).await.expect("connect");
+        let got = locks.acquire("k", &child_opts()).await;
+        panic!("the child was meant to die while waiting, but its acquire ended: {got:?}");
+    });
+}
+
+/// Child: acquires `k`, prints `granted TOKEN`, waits for a line on stdin, releases, prints
+/// `released`.
+#[test]
+#[ignore = "started by the parents below"]
+fn child_holds_k_until_told() {
+    let url = std::env::var(URL_ENV).expect("run by the parent test");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let locks = ZkLock::connect(&url).await.expect("connect");
+        let lease = locks.acquire("k", &child_opts()).await.expect("acquire");
+        println!("granted {}", lease.token().get());
+        tokio::task::spawn_blocking(|| {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).expect("stdin");
+        })
+        .await
+        .unwrap();
+        // Just resumed from a pause, the client may drop its connection (nothing heard
+        // for longer than its connection timeout) with the delete in flight: the delete
+        // then goes on in the background, which `close` waits for.
+        match lease.release().await {
+            Ok(()) => {}
+            Err(e) if e.is_temporary() => println!("release unconfirmed: {e}"),
+            Err(e) => panic!("release: {e}"),
+        }
+        locks.close().await.expect("close");
+        println!("released");
+    });
+}
+
+/// Child: acquires `k`, prints `granted TOKEN` and the lease's remaining validity, and
+/// stops itself (SIGSTOP) at once — before its first renewal could claim its node; once
+/// continued, waits for a line on stdin, releases, and prints how the release went.
+#[test]
+#[ignore = "started by a_holder_paused_before_its_claim_never_overlaps_the_next"]
+fn child_pauses_as_granted() {
+    let url = std::env::var(URL_ENV).expect("run by the parent test");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let locks = ZkLock::connect(&url).await.expect("connect");
+        let lease = locks.acquire("k", &child_opts()).await.expect("acquire");
+        println!("granted {}", lease.token().get());
+        println!("remaining {}", lease.remaining().as_nanos());
+        let me = std::process::id().to_string();
+        let stopped = Command::new("kill").args(["-STOP", &me]).status().expect("kill");
+        assert!(stopped.success());
+        tokio::task::spawn_blocking(|| {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).expect("stdin");
+        })
+        .await
+        .unwrap();
+        match lease.release().await {
+            Ok(()) => println!("release: held from start to end"),
+            Err(e) if e.is_lease_lost() => println!("release: lost"),
+            Err(e) => println!("release: {e}"),
+        }
+        let _ = locks.close().await;
+    });
+}
+
+/// A child process, SIGKILLed and reaped when dropped (a failing test leaves none). Its
+/// stdout is read by a thread of its own, which ends when the child does.
+struct Proc {
+    child: Child,
+    /// Each line with the instant it was read.
+    lines: tokio::sync::mpsc::UnboundedReceiver<(Instant, String)>,
+}
+
+impl Proc {
+    fn start(test: &str, url: &str) -> Proc {
+        let mut child = Command::new(std::env::current_exe().expect("current exe"))
+            .args(["--exact", test, "--ignored", "--nocapture", "--test-threads=1"])
+            .env(URL_ENV, url)
+            .stdout(Stdio::piped())
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("start the child");
+        let out = BufReader::new(child.stdout.take().expect("stdout"));
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in out.lines() {
+                let Ok(line) = line else { return };
+                if tx.send((Instant::now(), line)).is_err() {
+                    return;
+                }
+            }
+        });
+        Proc { child, lines }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill {sig}");
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The token of the child's `granted TOKEN` line, if one comes within `limit`.
+    async fn granted(&mut self, limit: Duration) -> Option<u64> {
+        let deadline = Instant::now() + limit;
+        for _ in 0..1000 {
+            let (_, line) = tokio::time::timeout_at(deadline, self.lines.recv()).await.ok()??;
+            // The test harness may print its `test NAME ... ` before it on the same line.
+            if let Some((_, t)) = line.trim().rsplit_once("granted ") {
+                return Some(t.parse().expect("a token"));
+            }
+        }
+        None
+    }
+
+    /// The rest of the child's next line holding `prefix`, and when it was read, within
+    /// `limit`.
+    async fn line(&mut self, prefix: &str, limit: Duration) -> Option<(Instant, String)> {
+        let deadline = Instant::now() + limit;
+        for _ in 0..1000 {
+            let (at, line) = tokio::time::timeout_at(deadline, self.lines.recv()).await.ok()??;
+            if let Some((_, rest)) = line.split_once(prefix) {
+                return Some((at, rest.trim().to_owned()));
+            }
+        }
+        None
+    }
+
+    /// Tells a `child_holds_k_until_told` to release, and waits for it to end.
+    fn release_and_end(mut self) {
+        writeln!(self.child.stdin.as_mut().expect("stdin"), "release").expect("write");
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                assert!(status.success(), "the child failed: {status}");
+                return;
+            }
+            assert!(start.elapsed() < SLACK, "the child did not end");
+            std::thread::sleep(Duration::from_millis(20)); // polling a child's exit
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An operator's view of the queue.
+struct Operator(zookeeper_client::Client);
+
+impl Operator {
+    async fn connect(ensemble: &ZkEnsemble, chroot: &str) -> Operator {
+        let client = zookeeper_client::Client::connector()
+            .with_session_timeout(SESSION)
+            .connect(&format!("{}{chroot}", ensemble.endpoints().join(",")))
+            .await
+            .expect("the operator's connection");
+        Operator(client)
+    }
+
+    /// The queue's nodes, oldest first.
+    async fn nodes(&self) -> Vec<String> {
+        let mut children = match self.0.list_children("/k").await {
+            Ok(c) => c,
+            Err(zookeeper_client::Error::NoNode) => Vec::new(),
+            Err(e) => panic!("list /k: {e}"),
+        };
+        children.sort_by_key(|c| c[c.len() - 10..].to_owned());
+        children
+    }
+
+    /// The data of a node of the queue (empty if it is gone).
+    async fn data(&self, node: &str) -> Vec<u8> {
+        match self.0.get_data(&format!("/k/{node}")).await {
+            Ok((data, _)) => data,
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// Polls (bounded) until `ready` holds.
+async fn until(what: &str, limit: Duration, mut ready: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ready().await {
+        assert!(Instant::now() < deadline, "{what} not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn names_a_marker(data: &[u8]) -> bool {
+    data.starts_with(b"fencelock-waiting:")
+}
+
+/// A holder; a child process queued behind it, its node naming its waiting marker; a
+/// live waiter behind the child, watching. Returns the child, the live waiter's task and
+/// the child's node.
+async fn child_between(
+    ensemble: &ZkEnsemble,
+    op: &Operator,
+    url: &str,
+    child: &str,
+    live: &ZkLock,
+) -> (
+    Proc,
+    tokio::task::JoinHandle<fencelock_core::Result<fencelock_core::Lease>>,
+    String,
+) {
+    let proc = Proc::start(child, url);
+    let mut node = String::new();
+    until("the child queued, naming its marker", SLACK * 2, async || {
+        let nodes = op.nodes().await;
+        if nodes.len() != 2 {
+            return false;
+        }
+        node = nodes[1].clone();
+        names_a_marker(&op.data(&node).await)
+    })
+    .await;
+    let watching = ensemble.watch_count(0).expect("wchs");
+    let next = tokio::spawn({
+        let live = live.clone();
+        async move { live.acquire("k", &child_opts().with_wait(SESSION * 3)).await }
+    });
+    // The live waiter watches its own node, the two before it and the child's marker.
+    until("the live waiter queued and watching", SLACK, async || {
+        op.nodes().await.len() == 3 && ensemble.watch_count(0).expect("wchs") >= watching + 4
+    })
+    .await;
+    (proc, next, node)
+}
+
+/// The middle process is SIGKILLed while it waits, the holder releases at once: its node
+/// is first when its waiting marker goes, and the live waiter behind it removes it (it was
+/// never claimed) and gets the lock within [`BOUND`] of the release — not after the dead
+/// process's session expires ([`SESSION`]). Before the waiting session: "the live waiter
+/// got the lock 10.022054142s after the release".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_killed_while_queued_delays_the_next_by_a_bounded_interval() {
+    let ensemble = ZkEnsemble::standalone();
+    let url = ensemble.url("/dead-waiter", &format!("session_timeout={}s", SESSION.as_secs()));
+    let (holder, live) = (
+        ZkLock::connect(&url).await.unwrap(),
+        ZkLock::connect(&url).await.unwrap(),
+    );
+    let op = Operator::connect(&ensemble, "/dead-waiter").await;
+    let held = holder.acquire("k", &child_opts()).await.unwrap();
+    let (mut victim, next, _) = child_between(&ensemble, &op, &url, "child_waits_for_k", &live).await;
+
+    victim.kill();
+    let released = Instant::now();
+    held.release().await.unwrap();
+    let lease = tokio::time::timeout(SESSION * 2, next)
+        .await
+        .expect("the live waiter is served within two session timeouts")
+        .unwrap()
+        .expect("the live waiter got the lock");
+    let waited = released.elapsed();
+    println!("the live waiter got the lock {waited:?} after the release");
+    assert!(
+        waited < BOUND,
+        "the live waiter got the lock {waited:?} after the release, behind a dead waiter; \
+         the bound is {BOUND:?} (session timeout {SESSION:?})"
+    );
+    lease.release().await.unwrap();
+    live.close().await.unwrap();
+    holder.close().await.unwrap();
+}
+
+/// A waiter paused (SIGSTOP) past its waiting session's timeout, but not its session's, has
+/// its node removed by the waiter behind it; the holder releases and that one is served.
+/// Resumed, the paused waiter queues again — it never takes the pushes of the nodes before
+/// its removed one for its turn — and is served after the live one, with a higher token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_waiter_whose_node_was_removed_queues_again_and_never_holds_beside_the_next() {
+    let ensemble = ZkEnsemble::standalone();
+    let url = ensemble.url("/paused-waiter", &format!("session_timeout={}s", SESSION.as_secs()));
+    let (holder, live) = (
+        ZkLock::connect(&url).await.unwrap(),
+        ZkLock::connect(&url).await.unwrap(),
+    );
+    let op = Operator::connect(&ensemble, "/paused-waiter").await;
+    let held = holder.acquire("k", &child_opts()).await.unwrap();
+    let (paused, next, node) = child_between(&ensemble, &op, &url, "child_holds_k_until_told", &live).await;
+
+    paused.signal("-STOP");
+    let stopped = Instant::now();
+    until("the paused waiter's node removed", SLACK, async || {
+        !op.nodes().await.contains(&node)
+    })
+    .await;
+    println!(
+        "the paused waiter's node was removed {:?} after SIGSTOP",
+        stopped.elapsed()
+    );
+    held.release().await.unwrap();
+    let lease = tokio::time::timeout(SLACK, next)
+        .await
+        .expect("the live waiter is served")
+        .unwrap()
+        .expect("the live waiter got the lock");
+    paused.signal("-CONT");
+    // It queues again, behind the holder: a new node, and no `granted` line yet.
+    until("the resumed waiter queued again", SLACK, async || {
+        let nodes = op.nodes().await;
+        nodes.len() == 2 && !nodes.contains(&node)
+    })
+    .await;
+    let token = lease.token().get();
+    let mut paused = paused;
+    assert_eq!(
+        paused.granted(Duration::ZERO).await,
+        None,
+        "the resumed waiter was granted beside the live one"
+    );
+    lease.release().await.unwrap();
+    let again = paused
+        .granted(SLACK)
+        .await
+        .expect("the resumed waiter is served after the live one");
+    assert!(
+        again > token,
+        "the resumed waiter was granted token {again}, not after the live one's {token}: it held beside it"
+    );
+    paused.release_and_end();
+    live.close().await.unwrap();
+    holder.close().await.unwrap();
+}
+
+/// A holder that waited for its grant claims its node at its first renewal; paused
+/// (SIGSTOP) past its waiting session's timeout after that, its marker goes, and the
+/// waiter behind it, which watched that marker, still never removes its node: it is served
+/// only after the holder, resumed, releases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_s_node_is_never_removed() {
+    let ensemble = ZkEnsemble::standalone();
+    let url = ensemble.url("/claimed", &format!("session_timeout={}s", SESSION.as_secs()));
+    let (first, live) = (
+        ZkLock::connect(&url).await.unwrap(),
+        ZkLock::connect(&url).await.unwrap(),
+    );
+    let op = Operator::connect(&ensemble, "/claimed").await;
+    let held = first.acquire("k", &child_opts()).await.unwrap();
+    let (proc, mut next, node) = child_between(&ensemble, &op, &url, "child_holds_k_until_told", &live).await;
+    held.release().await.unwrap();
+    let mut proc = proc;
+    let token = proc.granted(SLACK).await.expect("the child is served");
+    until("the child's grant claimed its node", SLACK, async || {
+        op.data(&node).await.is_empty()
+    })
+    .await;
+    proc.signal("-STOP");
+    // The child's waiting marker goes (its session expires, or was closed after the claim).
+    until("the child's waiting marker gone", SLACK, async || {
+        op.0.list_children("/%waiting").await.map(|c| c.len()).unwrap_or(0) <= 1
+    })
+    .await;
+    // Time for a waiter that would remove the node: the marker's deletion reached it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(op.nodes().await.first(), Some(&node), "the holder's node was removed");
+    assert!(
+        !next.is_finished(),
+        "the live waiter was served while the child held the lock"
+    );
+    proc.signal("-CONT");
+    proc.release_and_end();
+    let lease = tokio::time::timeout(SLACK, &mut next)
+        .await
+        .expect("the live waiter is served after the release")
+        .unwrap()
+        .unwrap();
+    assert!(lease.token().get() > token);
+    lease.release().await.unwrap();
+    live.close().await.unwrap();
+    first.close().await.unwrap();
+}
+
+/// A waiter granted on the push stops (SIGSTOP) before its first renewal could claim its
+/// node. Its grant was valid no longer than its waiting marker was sure to live, so when
+/// the marker goes and the waiter behind it removes the node and is served, the stopped
+/// holder's validity has run out: resumed, its release says the lease was lost (not "held
+/// from start to end"), and its token is below the next holder's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_paused_before_its_claim_never_overlaps_the_next() {
+    let ensemble = ZkEnsemble::standalone();
+    let url = ensemble.url("/unclaimed", &format!("session_timeout={}s", SESSION.as_secs()));
+    let (first, live) = (
+        ZkLock::connect(&url).await.unwrap(),
+        ZkLock::connect(&url).await.unwrap(),
+    );
+    let op = Operator::connect(&ensemble, "/unclaimed").await;
+    let held = first.acquire("k", &child_opts()).await.unwrap();
+    let (mut proc, next, node) = child_between(&ensemble, &op, &url, "child_pauses_as_granted", &live).await;
+    held.release().await.unwrap();
+    let token = proc.granted(SLACK).await.expect("the child is served");
+    let (read, remaining) = proc.line("remaining ", SLACK).await.expect("the child's validity");
+    // An upper bound of the end of its validity (read after it was printed).
+    let ends = read + Duration::from_nanos(remaining.parse().expect("nanoseconds"));
+    assert!(
+        names_a_marker(&op.data(&node).await),
+        "the child claimed its node before it stopped"
+    );
+    let lease = tokio::time::timeout(SLACK, next)
+        .await
+        .expect("the live waiter is served once the stopped holder's marker is gone")
+        .unwrap()
+        .expect("the live waiter got the lock");
+    let served = Instant::now();
+    println!(
+        "the stopped holder's validity ended {:?} before the live waiter was served",
+        served.saturating_duration_since(ends)
+    );
+    assert!(
+        ends <= served,
+        "the stopped holder's validity ran {:?} past the live waiter's grant",
+        ends - served
+    );
+    assert!(lease.token().get() > token);
+    assert!(
+        !op.nodes().await.contains(&node),
+        "the stopped holder's node is still there"
+    );
+    proc.signal("-CONT");
+    writeln!(proc.child.stdin.as_mut().expect("stdin"), "release").expect("write");
+    let (_, outcome) = proc.line("release: ", SLACK).await.expect("the child's release");
+    assert_eq!(
+        outcome, "lost",
+        "the stopped holder believed it held the lock throughout"
+    );
+    lease.release().await.unwrap();
+    live.close().await.unwrap();
+    first.close().await.unwrap();
+}
