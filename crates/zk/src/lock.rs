@@ -335,8 +335,19 @@ impl DistributedLock for ZkLock {
     /// until this instance is dropped, or closed by a later call.
     async fn close(&self) -> Result<()> {
         let _closing = self.inner.gate.close(self.inner.cfg.timeout * 2).await;
+        let session = self.inner.session.lock().await.take();
+        // Every lease is told lost before either session ends: ending the waiting session
+        // deletes its marker at once, and another waiter may then remove a node granted to
+        // us but not yet claimed and be granted — while our lease still read as held until
+        // the main session reported Closed, up to 2 × `timeout` later with clean-ups
+        // pending (review). The main session's end loses them all anyway.
+        if let Some(session) = &session {
+            session
+                .locks
+                .lost_all(&fencelock_core::LostReason::Backend("the client closed it".into()));
+        }
         self.inner.waiting.close().await;
-        let Some(session) = self.inner.session.lock().await.take() else {
+        let Some(session) = session else {
             return Ok(());
         };
         let cfg = &self.inner.cfg;

@@ -70,9 +70,14 @@ impl WaitingUse {
         &self.0.reference
     }
 
-    /// The end of a grant on a node naming the marker: the last proof + the timeout.
+    /// The end of a grant on a node naming the marker: the last proof + three quarters of
+    /// the timeout. The quarter left out covers how late the leader may learn of the
+    /// session's activity: a follower reports it at its next ping, every half `tickTime`,
+    /// and the timeout is at least 2 × `tickTime` (review: with the whole timeout, the
+    /// leader could expire the session — and a waiter remove the node — up to that much
+    /// before the grant's believed end).
     pub fn valid_until(&self) -> Instant {
-        *self.0.proof.lock().unwrap_or_else(|p| p.into_inner()) + self.0.timeout
+        *self.0.proof.lock().unwrap_or_else(|p| p.into_inner()) + self.0.timeout * 3 / 4
     }
 
     /// The waiting session's timeout.
@@ -196,12 +201,17 @@ async fn keep(waiting: Arc<Waiting>, request_timeout: Duration) {
         }
         let Some(client) = waiting.client() else { break };
         let sent = Instant::now();
-        match tokio::time::timeout(request_timeout.min(period), client.check_stat(&waiting.marker)).await {
-            Ok(Ok(Some(_))) => {
+        // A write, not a read: a read is answered by the follower the session is on, from
+        // its own copy, and a follower cut off from the leader keeps answering reads for
+        // `syncLimit` ticks (10 s on a stock server) while the leader expires the session
+        // and deletes the marker (review). A write goes through the leader, which checks
+        // the session first: answered, the leader held the session alive after `sent`.
+        match tokio::time::timeout(request_timeout.min(period), client.set_data(&waiting.marker, b"", None)).await {
+            Ok(Ok(_)) => {
                 let mut proof = waiting.proof.lock().unwrap_or_else(|p| p.into_inner());
                 *proof = (*proof).max(sent);
             }
-            Ok(Ok(None)) => break, // the marker is gone: the session expired
+            Ok(Err(zookeeper_client::Error::NoNode)) => break, // the marker is gone: the session expired
             Ok(Err(zookeeper_client::Error::SessionExpired | zookeeper_client::Error::ClientClosed)) => break,
             // No answer: the proof ages, and grants claim their node at their turn.
             _ => {}
