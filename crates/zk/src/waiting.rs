@@ -230,9 +230,13 @@ pub(crate) struct WaitingSlot {
 
 impl WaitingSlot {
     /// A use of the live waiting session, if one is open (never opens one: for a create,
-    /// which must not wait for a connect on the uncontended path).
+    /// which must not wait for a connect on the uncontended path). Never waits either:
+    /// while another wait holds the slot to open a session (a connect, up to the connect
+    /// bound, and the marker's create), the create goes out naming nothing — its wait, if
+    /// it has one, names the marker then (review: every acquire of the instance stalled
+    /// behind the connect).
     pub async fn current(&self) -> Option<WaitingUse> {
-        self.current.lock().await.upgrade()?.enter()
+        self.current.try_lock().ok()?.upgrade()?.enter()
     }
 
     /// A use of the live waiting session, opened if there is none.
