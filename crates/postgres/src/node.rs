@@ -812,9 +812,9 @@ impl PgNode {
     /// Releases our row — handing the key to the oldest waiter when `handing`
     /// ([`sql::release_handing`]), else deleting it and naming that waiter
     /// ([`sql::release`], cheaper for a key nobody waits for) —; `false` if the row was
-    /// not ours. Through `session` (the connection that granted it) while it lives, else
-    /// through any: a release only ever acts on our own grant, whichever connection
-    /// carries it.
+    /// not ours. Through `session` (the connection that granted it) while it lives and
+    /// answers, else through any: a release only ever acts on our own grant, whichever
+    /// connection carries it.
     pub(crate) async fn release(
         &self,
         session: Option<&Arc<Session>>,
@@ -824,7 +824,10 @@ impl PgNode {
     ) -> Result<bool> {
         let statement =
             |s: Arc<Session>| async move { s.client.query_one(s.st.release(handing), &[&key, &grant]).await };
-        let row = match session.filter(|s| s.is_alive()) {
+        // Not through a silent connection (a statement on it went unanswered past the
+        // timeout): the release would queue behind the stall, fail after the timeout, and
+        // leave the key held until the stall cleared or the row expired.
+        let row = match session.filter(|s| s.is_alive() && !s.is_silent()) {
             Some(s) => self.call_on(s, "release", statement).await?,
             None => self.call("release", statement).await?.0,
         };

@@ -294,3 +294,45 @@ async fn a_silent_connection_kept_for_its_leases_gets_no_new_grants() {
     held.release().await.unwrap();
     locks.close().await.unwrap();
 }
+
+/// A release whose lease's connection is silent goes through another connection (a
+/// release acts on our grant id only, whichever connection carries it). Review of the
+/// silent-connection change: it was queued behind the stalled statement on its own
+/// connection, failed after the timeout, and the key stayed held until the stall cleared
+/// or the row expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_does_not_wait_behind_its_silent_connection() {
+    let server = PgServer::start();
+    let locks = PgLock::connect(&format!("{}&connections=2", server.url()))
+        .await
+        .unwrap();
+    let stalled = locks.acquire("a", &opts()).await.unwrap();
+    let released = locks.acquire("c", &opts()).await.unwrap();
+    let pid = locks.lease_backend_pid(&stalled).expect("the granting connection");
+    assert_eq!(
+        locks.lease_backend_pid(&released),
+        Some(pid),
+        "set-up: both leases through one connection"
+    );
+    let operator = common::Operator::holding(&server, "SELECT 1 FROM fencelock.locks WHERE key = 'a' FOR UPDATE").await;
+    let extended = stalled.extend(Duration::from_secs(60)).await;
+    assert!(
+        matches!(&extended, Err(e) if e.is_temporary()),
+        "the extend was not held up past the timeout: {extended:?}"
+    );
+    let release = tokio::time::timeout(STUCK, released.release())
+        .await
+        .expect("the release was stuck");
+    assert!(
+        release.is_ok(),
+        "the release failed behind its silent connection: {release:?}"
+    );
+    let other = PgLock::connect(&server.url()).await.unwrap();
+    let again = other.try_acquire("c", &opts()).await.unwrap();
+    assert!(again.is_some(), "`c` was still held after its release");
+    drop(again);
+    other.close().await.unwrap();
+    operator.commit().await;
+    stalled.release().await.unwrap();
+    locks.close().await.unwrap();
+}
