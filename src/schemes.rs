@@ -66,7 +66,7 @@ pub const SCHEMES: &[Scheme] = &[
         feature: Some("postgres"),
         compiled: cfg!(feature = "postgres"),
         form:
-            "postgres://[USER[:PASSWORD]@]HOST[:PORT][/DB][?sslmode=disable&schema=S&connections=N] (or postgresql://)",
+            "postgres://[USER[:PASSWORD]@]HOST[:PORT][/DB][?sslmode=disable&schema=S&connections=N&handoff=BOOL] (or postgresql://)",
         summary: "PostgreSQL lease table; strict on one durable primary, fence inside your transaction",
     },
 ];
