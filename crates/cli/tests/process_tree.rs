@@ -664,62 +664,22 @@ fn a_guard_killed_by_another_signal_is_not_a_command_that_ended_inside_the_valid
     }
 }
 
-/// Review: the guard's kill at the validity's end printed its reason with `eprintln!`
-/// first, which panics when stderr cannot be written (a closed pipe, a full disk; here
-/// /dev/full): the guard exited 101 without killing, and the command of a `run` paused
-/// past its validity ran on to its end beside the next holder.
-#[test]
-fn the_guard_kills_at_the_validitys_end_even_when_stderr_cannot_be_written() {
+/// Whether the command of a `run --ttl 1s` paused (SIGSTOP) while its command ran still
+/// reached its end, 2 s past the validity: the command is `PREFIX touch started; sleep
+/// 3; touch done` (`prefix` may start something in the background), `run`'s stderr is
+/// `stderr`.
+fn ran_past_the_validity_under_a_paused_run(prefix: &str, stderr: Stdio) -> bool {
     let dir = tempfile::tempdir().expect("temp dir");
     let (started, done) = (dir.path().join("started"), dir.path().join("done"));
-    let script = format!("touch '{}'; sleep 3; touch '{}'", started.display(), done.display());
-    let full = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/full")
-        .expect("/dev/full");
-    let mut run = fencelock(&file_url(&dir.path().join("locks")))
-        .args(["run", "--ttl", "1s", "k", "--", "sh", "-c", &script])
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(full))
-        .spawn()
-        .expect("spawn run");
-    poll_until(Duration::from_secs(10), "the command started", || started.exists());
-    kill_process(pid_of(&run), Signal::STOP).expect("SIGSTOP");
-    // The guard kills the group 1 s after the grant; the command would write `done` at 3 s.
-    let deadline = Instant::now() + Duration::from_secs(6);
-    while !done.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20)); // polling a condition, bounded
-    }
-    let ran_past = done.exists();
-    kill_process(pid_of(&run), Signal::CONT).expect("SIGCONT");
-    let _ = run.kill();
-    let _ = run.wait();
-    assert!(
-        !ran_past,
-        "the command ran to its end, 2 s past the validity, under a paused `run`"
-    );
-}
-
-/// New-user trial (helper-93, 5 of 5): the guard wrote its reason to stderr before its
-/// kill at the validity's end; with stderr a pipe whose reader had stalled (a stuck `|
-/// logger`) and the command filling it, that write blocked and the kill never came — the
-/// command of a paused `run` ran on beside the next holder for as long as the reader
-/// stalled.
-#[test]
-fn the_guard_kills_at_the_validitys_end_even_when_stderr_blocks() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (started, done) = (dir.path().join("started"), dir.path().join("done"));
-    // 1 MB into stderr (a pipe nobody reads holds 64 KiB): the writer blocks, the pipe
-    // stays full.
     let script = format!(
-        "head -c 1000000 /dev/zero >&2 & touch '{}'; sleep 3; touch '{}'",
+        "{prefix} touch '{}'; sleep 3; touch '{}'",
         started.display(),
         done.display()
     );
     let mut run = fencelock(&file_url(&dir.path().join("locks")))
         .args(["run", "--ttl", "1s", "k", "--", "sh", "-c", &script])
         .stdout(Stdio::null())
-        .stderr(Stdio::piped()) // never read
+        .stderr(stderr)
         .spawn()
         .expect("spawn run");
     poll_until(Duration::from_secs(10), "the command started", || started.exists());
@@ -733,10 +693,38 @@ fn the_guard_kills_at_the_validitys_end_even_when_stderr_blocks() {
     let ran_past = done.exists();
     kill_process(pid_of(&run), Signal::CONT).expect("SIGCONT");
     let _ = run.kill();
-    drop(run.stderr.take()); // the reader goes: whatever still writes gets EPIPE
+    drop(run.stderr.take()); // a piped stderr's reader goes: whatever still writes gets EPIPE
     let _ = run.wait();
+    ran_past
+}
+
+/// Review: the guard's kill at the validity's end printed its reason with `eprintln!`
+/// first, which panics when stderr cannot be written (a closed pipe, a full disk; here
+/// /dev/full): the guard exited 101 without killing, and the command of a `run` paused
+/// past its validity ran on to its end beside the next holder.
+#[test]
+fn the_guard_kills_at_the_validitys_end_even_when_stderr_cannot_be_written() {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
     assert!(
-        !ran_past,
+        !ran_past_the_validity_under_a_paused_run("", Stdio::from(full)),
+        "the command ran to its end, 2 s past the validity, under a paused `run`"
+    );
+}
+
+/// New-user trial (helper-93, 5 of 5): the guard wrote its reason to stderr before its
+/// kill at the validity's end; with stderr a pipe whose reader had stalled (a stuck `|
+/// logger`) and the command filling it, that write blocked and the kill never came — the
+/// command of a paused `run` ran on beside the next holder for as long as the reader
+/// stalled.
+#[test]
+fn the_guard_kills_at_the_validitys_end_even_when_stderr_blocks() {
+    // 1 MB into stderr (a pipe nobody reads holds 64 KiB): the writer blocks, the pipe
+    // stays full.
+    assert!(
+        !ran_past_the_validity_under_a_paused_run("head -c 1000000 /dev/zero >&2 &", Stdio::piped()),
         "the command ran to its end, 2 s past the validity, under a paused `run` whose stderr was blocked"
     );
 }
