@@ -405,6 +405,32 @@ pub(crate) async fn wait_turn(
 }
 
 /// Waits for every watch to fire.
+/// The answer to a `get_and_watch_data` of `name`, a node before ours: its watch, with
+/// the marker its data names noted in `markers`; `None` when the node is gone. Each
+/// answer waits at most the request timeout.
+async fn read_before(
+    q: &Queued,
+    markers: &mut Markers,
+    name: &str,
+    answer: impl Future<
+        Output = std::result::Result<
+            (Vec<u8>, zookeeper_client::Stat, zookeeper_client::OneshotWatcher),
+            zookeeper_client::Error,
+        >,
+    >,
+) -> Result<Option<OwnWatch>> {
+    const DOING: &str = "watching the nodes before ours";
+    match tokio::time::timeout(q.cfg.timeout, answer).await {
+        Ok(Ok((data, stat, watcher))) => {
+            markers.note(q, name, &data, stat.version);
+            Ok(Some(Box::pin(watcher.changed())))
+        }
+        Ok(Err(zookeeper_client::Error::NoNode)) => Ok(None),
+        Ok(Err(e)) => Err(failed(DOING, &q.cfg.display, e)),
+        Err(_) => Err(timed_out(DOING, &q.cfg.display, q.cfg.timeout)),
+    }
+}
+
 async fn futures_join(mut watches: Vec<OwnWatch>) {
     for w in watches.iter_mut() {
         w.as_mut().await;
@@ -602,21 +628,10 @@ async fn wait_for_turn(
         let fresh: Vec<&String> = known.iter().filter(|n| !watches.iter().any(|(w, _)| w == *n)).collect();
         let asked: Vec<_> = fresh.iter().map(|n| client.get_and_watch_data(&path_of(n))).collect();
         for (name, answer) in fresh.into_iter().zip(asked) {
-            match tokio::time::timeout(q.cfg.timeout, answer).await {
-                Ok(Ok((data, stat, watcher))) => {
-                    markers.note(q, name, &data, stat.version);
-                    watches.push((name.clone(), Box::pin(watcher.changed())));
-                }
-                Ok(Err(zookeeper_client::Error::NoNode)) => {
+            match read_before(q, markers, name, answer).await? {
+                Some(watch) => watches.push((name.clone(), watch)),
+                None => {
                     deleted.insert(name.clone());
-                }
-                Ok(Err(e)) => return Err(failed("watching the nodes before ours", &q.cfg.display, e)),
-                Err(_) => {
-                    return Err(timed_out(
-                        "watching the nodes before ours",
-                        &q.cfg.display,
-                        q.cfg.timeout,
-                    ))
                 }
             }
         }
@@ -692,23 +707,12 @@ async fn wait_for_turn(
                         // Its owner named its marker, or claimed it at its grant: read it
                         // again (no listing; not a wake-up of the queue).
                         EventType::NodeDataChanged => {
-                            match tokio::time::timeout(q.cfg.timeout, client.get_and_watch_data(&path_of(&name))).await
-                            {
-                                Ok(Ok((data, stat, watcher))) => {
-                                    markers.note(q, &name, &data, stat.version);
-                                    watches.push((name, Box::pin(watcher.changed())));
-                                }
-                                Ok(Err(zookeeper_client::Error::NoNode)) => {
+                            let answer = client.get_and_watch_data(&path_of(&name));
+                            match read_before(q, markers, &name, answer).await? {
+                                Some(watch) => watches.push((name, watch)),
+                                None => {
                                     wakeups.fetch_add(1, Ordering::Relaxed);
                                     deleted.insert(name);
-                                }
-                                Ok(Err(e)) => return Err(failed("watching the nodes before ours", &q.cfg.display, e)),
-                                Err(_) => {
-                                    return Err(timed_out(
-                                        "watching the nodes before ours",
-                                        &q.cfg.display,
-                                        q.cfg.timeout,
-                                    ))
                                 }
                             }
                             markers.watch(q, &client, &mut deleted).await?;
