@@ -249,6 +249,19 @@ fn names_a_marker(data: &[u8]) -> bool {
     data.starts_with(b"fencelock-waiting:")
 }
 
+/// A standalone server, the URL of `root` on it (session timeout [`SESSION`]), two clients
+/// of it and an operator: what the waiting-session tests start from.
+async fn set_up(root: &str) -> (ZkEnsemble, String, ZkLock, ZkLock, Operator) {
+    let ensemble = ZkEnsemble::standalone();
+    let url = ensemble.url(root, &format!("session_timeout={}s", SESSION.as_secs()));
+    let (a, b) = (
+        ZkLock::connect(&url).await.unwrap(),
+        ZkLock::connect(&url).await.unwrap(),
+    );
+    let op = Operator::connect(&ensemble, root).await;
+    (ensemble, url, a, b, op)
+}
+
 /// A holder; a child process queued behind it, its node naming its waiting marker; a
 /// live waiter behind the child, watching. Returns the child, the live waiter's task and
 /// the child's node.
@@ -294,13 +307,7 @@ async fn child_between(
 /// got the lock 10.022054142s after the release".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_killed_while_queued_delays_the_next_by_a_bounded_interval() {
-    let ensemble = ZkEnsemble::standalone();
-    let url = ensemble.url("/dead-waiter", &format!("session_timeout={}s", SESSION.as_secs()));
-    let (holder, live) = (
-        ZkLock::connect(&url).await.unwrap(),
-        ZkLock::connect(&url).await.unwrap(),
-    );
-    let op = Operator::connect(&ensemble, "/dead-waiter").await;
+    let (ensemble, url, holder, live, op) = set_up("/dead-waiter").await;
     let held = holder.acquire("k", &child_opts()).await.unwrap();
     let (mut victim, next, _) = child_between(&ensemble, &op, &url, "child_waits_for_k", &live).await;
 
@@ -330,13 +337,7 @@ async fn a_waiter_killed_while_queued_delays_the_next_by_a_bounded_interval() {
 /// its removed one for its turn — and is served after the live one, with a higher token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_waiter_whose_node_was_removed_queues_again_and_never_holds_beside_the_next() {
-    let ensemble = ZkEnsemble::standalone();
-    let url = ensemble.url("/paused-waiter", &format!("session_timeout={}s", SESSION.as_secs()));
-    let (holder, live) = (
-        ZkLock::connect(&url).await.unwrap(),
-        ZkLock::connect(&url).await.unwrap(),
-    );
-    let op = Operator::connect(&ensemble, "/paused-waiter").await;
+    let (ensemble, url, holder, live, op) = set_up("/paused-waiter").await;
     let held = holder.acquire("k", &child_opts()).await.unwrap();
     let (paused, next, node) = child_between(&ensemble, &op, &url, "child_holds_k_until_told", &live).await;
 
@@ -390,13 +391,7 @@ async fn a_paused_waiter_whose_node_was_removed_queues_again_and_never_holds_bes
 /// only after the holder, resumed, releases.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_s_node_is_never_removed() {
-    let ensemble = ZkEnsemble::standalone();
-    let url = ensemble.url("/claimed", &format!("session_timeout={}s", SESSION.as_secs()));
-    let (first, live) = (
-        ZkLock::connect(&url).await.unwrap(),
-        ZkLock::connect(&url).await.unwrap(),
-    );
-    let op = Operator::connect(&ensemble, "/claimed").await;
+    let (ensemble, url, first, live, op) = set_up("/claimed").await;
     let held = first.acquire("k", &child_opts()).await.unwrap();
     let (proc, mut next, node) = child_between(&ensemble, &op, &url, "child_holds_k_until_told", &live).await;
     held.release().await.unwrap();
@@ -439,13 +434,7 @@ async fn a_holder_s_node_is_never_removed() {
 /// from start to end"), and its token is below the next holder's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_paused_before_its_claim_never_overlaps_the_next() {
-    let ensemble = ZkEnsemble::standalone();
-    let url = ensemble.url("/unclaimed", &format!("session_timeout={}s", SESSION.as_secs()));
-    let (first, live) = (
-        ZkLock::connect(&url).await.unwrap(),
-        ZkLock::connect(&url).await.unwrap(),
-    );
-    let op = Operator::connect(&ensemble, "/unclaimed").await;
+    let (ensemble, url, first, live, op) = set_up("/unclaimed").await;
     let held = first.acquire("k", &child_opts()).await.unwrap();
     let (mut proc, next, node) = child_between(&ensemble, &op, &url, "child_pauses_as_granted", &live).await;
     held.release().await.unwrap();
