@@ -448,6 +448,37 @@ struct Superseded {
     new: i64,
 }
 
+/// A client with a session (30 s TTL: a revoke from outside is not noticed by a keep-alive,
+/// every 10 s, before the test's next step) and one waiter on `s1` riding its waiting
+/// lease: what the lease-naming and `close()` tests start from.
+struct Queued {
+    cluster: EtcdCluster,
+    raw: etcd_client::Client,
+    client: EtcdLock,
+    session: i64,
+    waits: Vec<tokio::task::JoinHandle<fencelock_core::Result<fencelock_core::Lease>>>,
+    waiting: i64,
+}
+
+async fn one_waiter_riding_its_waiting_lease() -> Queued {
+    let cluster = EtcdCluster::single();
+    let url = cluster.url("session_ttl=30s");
+    let mut raw = etcd_client::Client::connect(cluster.endpoints(), None).await.unwrap();
+    let client = EtcdLock::connect(&url).await.unwrap();
+    client.acquire("warm", &held()).await.unwrap().release().await.unwrap();
+    let session = client.session_lease().await.unwrap();
+    let mut waits = Vec::new();
+    let waiting = wait_behind_the_test(&mut raw, &client, session, "s1", &mut waits).await;
+    Queued {
+        cluster,
+        raw,
+        client,
+        session,
+        waits,
+        waiting,
+    }
+}
+
 /// One waiter of `client` on lock `name`, behind a key of the test's; returns the lease its
 /// queue key rides on once it left the session lease.
 async fn wait_behind_the_test(
@@ -576,15 +607,14 @@ async fn the_key_check_deletes_a_stray_key_on_a_superseded_waiting_lease() {
 /// not the waiting lease (which lives on), and the next try starts a new session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_put_refused_for_the_session_lease_names_the_session_lease() {
-    let cluster = EtcdCluster::single();
-    // Long: the revoke must not be noticed by a keep-alive before the put (every 10 s).
-    let url = cluster.url("session_ttl=30s");
-    let mut raw = etcd_client::Client::connect(cluster.endpoints(), None).await.unwrap();
-    let client = EtcdLock::connect(&url).await.unwrap();
-    client.acquire("warm", &held()).await.unwrap().release().await.unwrap();
-    let session = client.session_lease().await.unwrap();
-    let mut waits = Vec::new();
-    let waiting = wait_behind_the_test(&mut raw, &client, session, "s1", &mut waits).await;
+    let Queued {
+        cluster: _cluster,
+        mut raw,
+        client,
+        session,
+        waits: _waits,
+        waiting,
+    } = one_waiter_riding_its_waiting_lease().await;
 
     raw.lease_revoke(session).await.unwrap();
     let refused = client.try_acquire("free", &held()).await;
@@ -609,14 +639,14 @@ async fn a_queue_put_refused_for_the_session_lease_names_the_session_lease() {
 /// session lives on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_put_refused_for_the_waiting_lease_names_the_waiting_lease() {
-    let cluster = EtcdCluster::single();
-    let url = cluster.url("session_ttl=30s");
-    let mut raw = etcd_client::Client::connect(cluster.endpoints(), None).await.unwrap();
-    let client = EtcdLock::connect(&url).await.unwrap();
-    client.acquire("warm", &held()).await.unwrap().release().await.unwrap();
-    let session = client.session_lease().await.unwrap();
-    let mut waits = Vec::new();
-    let waiting = wait_behind_the_test(&mut raw, &client, session, "s1", &mut waits).await;
+    let Queued {
+        cluster: _cluster,
+        mut raw,
+        client,
+        session,
+        mut waits,
+        waiting,
+    } = one_waiter_riding_its_waiting_lease().await;
     // The waiter gives up; its waiting lease lingers (kept alive, still handed out) a TTL.
     waits.pop().unwrap().abort();
     until_dir(&mut raw, "/fencelock/s1/", "the given-up waiter's key stayed", |q| {
@@ -645,14 +675,14 @@ async fn a_queue_put_refused_for_the_waiting_lease_names_the_waiting_lease() {
 /// waiting lease included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_leaves_no_waiting_lease_of_a_session_that_was_replaced() {
-    let cluster = EtcdCluster::single();
-    let url = cluster.url("session_ttl=30s");
-    let mut raw = etcd_client::Client::connect(cluster.endpoints(), None).await.unwrap();
-    let client = EtcdLock::connect(&url).await.unwrap();
-    client.acquire("warm", &held()).await.unwrap().release().await.unwrap();
-    let session = client.session_lease().await.unwrap();
-    let mut waits = Vec::new();
-    let waiting = wait_behind_the_test(&mut raw, &client, session, "s1", &mut waits).await;
+    let Queued {
+        cluster: _cluster,
+        mut raw,
+        client,
+        session,
+        waits: _waits,
+        waiting,
+    } = one_waiter_riding_its_waiting_lease().await;
 
     raw.lease_revoke(session).await.unwrap();
     // The next acquire finds the session lease gone and starts a new session.
