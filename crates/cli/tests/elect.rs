@@ -6,19 +6,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Stdio};
+use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_fencelock");
+mod common;
 
-fn fencelock(url: &str) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env_remove("FENCELOCK_BACKEND")
-        .env_remove("RUST_LOG")
-        .arg("--backend")
-        .arg(url);
-    cmd
-}
+use common::{bare, fencelock, poll_until};
 
 /// Kills (SIGKILL) and reaps every candidate still running when the test ends, pass or
 /// fail; each one's guard then kills its command's group.
@@ -30,15 +23,6 @@ impl Drop for Candidates {
             let _ = c.kill();
             let _ = c.wait();
         }
-    }
-}
-
-/// Polls `cond` every 10 ms until it holds; fails the test after `limit`.
-fn poll_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
-        std::thread::sleep(Duration::from_millis(10)); // polling a condition with a deadline
     }
 }
 
@@ -368,14 +352,7 @@ fn elect_and_leader_honour_the_configured_requirement() {
         vec!["elect", "sched", "--", "touch", marker.to_str().unwrap()],
         vec!["leader", "sched"],
     ] {
-        let out = Command::new(BIN)
-            .env_remove("FENCELOCK_BACKEND")
-            .env_remove("RUST_LOG")
-            .arg("--config")
-            .arg(&config)
-            .args(&args)
-            .output()
-            .unwrap();
+        let out = bare().arg("--config").arg(&config).args(&args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(
             out.status.code(),
@@ -390,8 +367,7 @@ fn elect_and_leader_honour_the_configured_requirement() {
     assert!(!marker.exists(), "elect ran its command under an unmet requirement");
     // The same backend under `any` elects (the requirement, not the backend, refused).
     std::fs::write(&config, format!("backend = \"{}\"\n", server.url())).unwrap();
-    let out = Command::new(BIN)
-        .env_remove("FENCELOCK_BACKEND")
+    let out = bare()
         .arg("--config")
         .arg(&config)
         .args(["elect", "sched", "--", "touch", marker.to_str().unwrap()])

@@ -13,6 +13,7 @@ use fencelock_core::{DistributedLock, LockOptions};
 use fencelock_redis::RedisLock;
 use fencelock_testkit::proxy::{FaultProxy, Mode};
 use fencelock_testkit::redis_server::RedisServer;
+use fencelock_testkit::until::until;
 use tokio::time::Instant;
 
 fn opts() -> LockOptions {
@@ -159,7 +160,7 @@ async fn a_cut_off_queued_waiter_costs_at_most_its_ttl() {
 
     let lease = holder.acquire("k", &opts()).await.unwrap();
     let dead = tokio::spawn(async move { doomed.acquire("k", &opts().with_ttl(doomed_ttl)).await });
-    until("the waiter queued", || queue_len() >= 1).await;
+    until("the waiter queued", Duration::from_secs(5), || queue_len() >= 1).await;
     // The waiter is cut off: nothing it sends reaches the server any more, nothing comes
     // back, and the server still sees its connections (and its subscription).
     proxy.set(Mode::Blackhole);
@@ -168,7 +169,7 @@ async fn a_cut_off_queued_waiter_costs_at_most_its_ttl() {
         let lease = next.acquire("k", &opts()).await.unwrap();
         (Instant::now(), lease)
     });
-    until("the second waiter queued", || queue_len() >= 2).await;
+    until("the second waiter queued", Duration::from_secs(5), || queue_len() >= 2).await;
     let released_at = Instant::now();
     lease.release().await.unwrap();
     let (granted_at, lease) = tokio::time::timeout(Duration::from_secs(10), waiting)
@@ -297,14 +298,17 @@ async fn a_waiter_cut_off_before_its_turn_was_answered_leaves_the_queue() {
         let cut = Arc::clone(&cut);
         tokio::spawn(async move { cut.acquire("k2", &long).await })
     };
-    until("the bystander queued", || queue_len("k2") >= 1).await;
+    until("the bystander queued", Duration::from_secs(5), || queue_len("k2") >= 1).await;
     // A first wait of the cut-off instance on `k`, given up before the fault: the
     // instance found `k` busy (for a second its next acquire queues at once: a turn, not
     // the uncontended path), and the server knows the give-up's script (a first `EVALSHA`
     // is answered "no script", an answer the fault below would hold back).
     let gave_up = cut.acquire("k", &long.with_wait(Duration::from_millis(200))).await;
     assert!(gave_up.is_err(), "k is held");
-    until("the first give-up left the queue", || queue_len("k") == 0).await;
+    until("the first give-up left the queue", Duration::from_secs(5), || {
+        queue_len("k") == 0
+    })
+    .await;
 
     // Requests go through, answers are held: the turn queues the waiter, which never
     // hears so, and the acquire is cut off.
@@ -313,12 +317,17 @@ async fn a_waiter_cut_off_before_its_turn_was_answered_leaves_the_queue() {
         let cut = Arc::clone(&cut);
         tokio::spawn(async move { tokio::time::timeout(Duration::from_secs(1), cut.acquire("k", &long)).await })
     };
-    until("the waiter queued", || queue_len("k") >= 1).await;
+    until("the waiter queued", Duration::from_secs(5), || queue_len("k") >= 1).await;
     assert!(
         !matches!(cut_off.await.unwrap(), Ok(Ok(_))),
         "a waiter that heard nothing was granted"
     );
-    until("its give-up took the entry out of the queue", || queue_len("k") == 0).await;
+    until(
+        "its give-up took the entry out of the queue",
+        Duration::from_secs(5),
+        || queue_len("k") == 0,
+    )
+    .await;
     proxy.set(Mode::Pass);
 
     lease.release().await.unwrap();
@@ -332,13 +341,4 @@ async fn a_waiter_cut_off_before_its_turn_was_answered_leaves_the_queue() {
     next.release().await.unwrap();
     bystander.abort();
     blocker.release().await.unwrap();
-}
-
-/// Polls `done` every 5 ms for at most 5 s (a bounded wait for the server's state).
-async fn until(what: &str, done: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !done() {
-        assert!(Instant::now() < deadline, "not done within 5 s: {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }

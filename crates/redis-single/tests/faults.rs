@@ -11,6 +11,7 @@ use fencelock_redis::{RedisFencedStore, RedisLock};
 use fencelock_testkit::faults::{self, opts};
 use fencelock_testkit::redis_server::{Persistence, RedisOptions, RedisServer};
 use fencelock_testkit::renewals::wait_renewed_twice;
+use fencelock_testkit::until::until_eq;
 use tokio::time::Instant;
 
 const SLACK: Duration = Duration::from_secs(2);
@@ -411,15 +412,10 @@ async fn a_wrong_type_is_a_permanent_error_and_not_retried() {
         start.elapsed()
     );
     // The grant the transaction made before its INCR failed is given back in the background.
-    let deadline = Instant::now() + SLACK;
-    while server.integer("EXISTS fencelock:{k}:lock") != Some(0) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(
-        server.integer("EXISTS fencelock:{k}:lock"),
-        Some(0),
-        "the failed grant stayed"
-    );
+    until_eq("the failed grant stayed", SLACK, Some(0), || {
+        server.integer("EXISTS fencelock:{k}:lock")
+    })
+    .await;
 }
 
 /// The length of the first complete RESP command at the start of `buf`, if it holds one
@@ -585,22 +581,14 @@ async fn a_lost_acquire_answer_is_followed_up_until_the_grant_is_gone() {
         let (locks, o) = (locks.clone(), o);
         async move { locks.try_acquire("k", &o).await }
     });
-    let deadline = Instant::now() + SLACK;
-    while held() != Some(1) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(held(), Some(1), "the acquire did not reach the server");
+    until_eq("the acquire did not reach the server", SLACK, Some(1), held).await;
     proxy.set_to_server(Mode::Blackhole); // the follow-up release is held too...
     let got = tokio::time::timeout(SLACK, call).await.unwrap().unwrap();
     assert!(got.is_err(), "an unanswered acquire returned {got:?}");
     proxy.set(Mode::Reset); // ...and lost with the link, which stays down for a second
     tokio::time::sleep(Duration::from_secs(1)).await; // the fault being modelled
     proxy.set(Mode::Pass);
-    let deadline = Instant::now() + SLACK * 2;
-    while held() != Some(0) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(held(), Some(0), "the unanswered grant stayed on the server");
+    until_eq("the unanswered grant stayed on the server", SLACK * 2, Some(0), held).await;
 }
 
 /// A give-up sent while answers are lost runs even on a server that lost its scripts
@@ -627,11 +615,7 @@ async fn a_give_up_sent_unheard_runs_on_a_server_that_lost_its_scripts() {
         async move { cut.acquire("k", &o.with_wait(Duration::from_millis(1500))).await }
     });
     let queued = || server.integer("LLEN fencelock:{k}:queue");
-    let deadline = Instant::now() + SLACK;
-    while queued() != Some(1) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(queued(), Some(1), "the waiter did not queue");
+    until_eq("the waiter did not queue", SLACK, Some(1), queued).await;
     proxy.set_to_client(Mode::Blackhole);
     let flushed = server.command("SCRIPT FLUSH");
     assert!(flushed.ends_with("+OK\r\n"), "SCRIPT FLUSH: {flushed:?}");
@@ -641,11 +625,13 @@ async fn a_give_up_sent_unheard_runs_on_a_server_that_lost_its_scripts() {
     assert_eq!(held(), Some(1), "the release did not hand the lock to the waiter");
     let got = tokio::time::timeout(SLACK * 2, waiter).await.unwrap().unwrap();
     assert!(got.is_err(), "a waiter that heard nothing returned {got:?}");
-    let deadline = Instant::now() + SLACK * 2;
-    while held() != Some(0) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(held(), Some(0), "the lock stayed with a waiter that had given up");
+    until_eq(
+        "the lock stayed with a waiter that had given up",
+        SLACK * 2,
+        Some(0),
+        held,
+    )
+    .await;
 }
 
 /// A user whose ACL refuses the `SCRIPT` command (`-script`) may still run scripts: one the
@@ -679,11 +665,7 @@ async fn a_user_without_the_script_command_can_lock_and_wait() {
             lease.release().await
         });
         let queued = || server.integer(&format!("LLEN fencelock:{{{user}}}:queue"));
-        let deadline = Instant::now() + SLACK;
-        while queued() != Some(1) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert_eq!(queued(), Some(1), "{user}: the waiter did not queue");
+        until_eq(&format!("{user}: the waiter did not queue"), SLACK, Some(1), queued).await;
         held.release().await.expect("a release with the scripts flushed");
         tokio::time::timeout(SLACK, waiter)
             .await
@@ -866,11 +848,7 @@ async fn a_release_whose_connection_drops_after_it_ran_is_released() {
     let held = || server.integer("EXISTS fencelock:{k}:lock");
     proxy.set_to_client(Mode::Blackhole); // the release runs; its answer never comes
     let release = tokio::spawn(lease.release());
-    let deadline = Instant::now() + SLACK;
-    while held() != Some(0) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(held(), Some(0), "the release did not reach the server");
+    until_eq("the release did not reach the server", SLACK, Some(0), held).await;
     proxy.set(Mode::Reset); // the connection is cut under the answer
     proxy.set(Mode::Pass); // and a new one can be made at once
     let released = tokio::time::timeout(SLACK * 2, release).await.unwrap().unwrap();

@@ -17,6 +17,19 @@ fn opts() -> LockOptions {
         .with_wait(Duration::from_secs(60))
 }
 
+/// A TTL no test here lets run out (30 s: they release, delete or hand the key off
+/// themselves), and a wait of `wait_secs`.
+fn long_ttl(wait_secs: u64) -> LockOptions {
+    LockOptions::new()
+        .with_ttl(Duration::from_secs(30))
+        .with_wait(Duration::from_secs(wait_secs))
+}
+
+/// A client of `servers` with the URL options `query` (`""` for none).
+async fn connect(servers: &[RedisServer], query: &str) -> RedlockLock {
+    RedlockLock::connect(&redlock_url(servers, query)).await.unwrap()
+}
+
 fn commands(servers: &[RedisServer]) -> u64 {
     servers.iter().map(RedisServer::client_commands).sum()
 }
@@ -103,9 +116,9 @@ async fn a_dead_queued_waiter_costs_at_most_one_claim_window() {
     use tokio::time::Instant;
     let servers = start_many(5);
     let (proxies, hosts) = proxied(&servers).await;
-    let holder = RedlockLock::connect(&redlock_url(&servers, "")).await.unwrap();
+    let holder = connect(&servers, "").await;
     let doomed = RedlockLock::connect(&format!("redlock://{hosts}")).await.unwrap();
-    let next = RedlockLock::connect(&redlock_url(&servers, "")).await.unwrap();
+    let next = connect(&servers, "").await;
     // The queue lives on the key's primary only: the sum over the nodes is its length.
     let queued = || -> i64 {
         servers
@@ -162,7 +175,7 @@ async fn a_dead_queued_waiter_costs_at_most_one_claim_window() {
 async fn a_waiter_that_names_the_nodes_otherwise_is_handed_the_lock() {
     let servers = start_many(3);
     let (_proxies, hosts) = proxied(&servers).await;
-    let holder = RedlockLock::connect(&redlock_url(&servers, "")).await.unwrap();
+    let holder = connect(&servers, "").await;
     let waiter = Arc::new(
         RedlockLock::connect(&format!("redlock://{hosts}?retry_delay=1s"))
             .await
@@ -207,9 +220,7 @@ where
     Fut: std::future::Future<Output = RedlockLock>,
 {
     use tokio::time::Instant;
-    let held = LockOptions::new()
-        .with_ttl(Duration::from_secs(30))
-        .with_wait(Duration::from_secs(5));
+    let held = long_ttl(5);
     let wait = Duration::from_secs(6);
     let bound = Duration::from_secs(2);
     let mut late = Vec::new();
@@ -301,9 +312,7 @@ async fn clients_connected_before_and_after_a_node_restart_agree_on_the_primary(
     let mut servers = start_many(3);
     let url = redlock_url(&servers, "retry_delay=1s");
     let holder = RedlockLock::connect(&url).await.unwrap();
-    let long = LockOptions::new()
-        .with_ttl(Duration::from_secs(30))
-        .with_wait(Duration::from_secs(5));
+    let long = long_ttl(5);
     let warm = holder.acquire("warm", &long).await.unwrap();
     servers[0].restart();
     // The holder's first command to the restarted node meets the dropped connection (its
@@ -459,9 +468,7 @@ async fn a_waiter_that_queued_before_it_knew_a_node_moves_to_the_others_queue() 
     for locks in &others {
         let (locks, key, stop) = (locks.clone(), key.clone(), Arc::clone(&stop));
         contenders.push(tokio::spawn(async move {
-            let opts = LockOptions::new()
-                .with_ttl(Duration::from_secs(30))
-                .with_wait(Duration::from_secs(30));
+            let opts = long_ttl(30);
             while !stop.load(Ordering::Relaxed) {
                 let lease = locks.acquire(&key, &opts).await.unwrap();
                 tokio::time::sleep(Duration::from_millis(300)).await; // the holder's work
@@ -477,9 +484,7 @@ async fn a_waiter_that_queued_before_it_knew_a_node_moves_to_the_others_queue() 
     let waiting = {
         let (waiter, key) = (waiter.clone(), key.clone());
         tokio::spawn(async move {
-            let opts = LockOptions::new()
-                .with_ttl(Duration::from_secs(30))
-                .with_wait(Duration::from_secs(8));
+            let opts = long_ttl(8);
             let started = Instant::now();
             let got = waiter.acquire(&key, &opts).await;
             (started.elapsed(), got)
@@ -537,15 +542,13 @@ async fn a_waiter_that_moved_is_handed_the_lock_by_a_lease_granted_before_the_mo
         .await
         .unwrap();
     assert!(locks.nodes()[2].identity().is_none(), "INFO refused: run_id unknown");
-    let knows = RedlockLock::connect(&redlock_url(&servers, "")).await.unwrap();
+    let knows = connect(&servers, "").await;
     let key = (0..200)
         .map(|i| format!("moved-lease-{i}"))
         .find(|k| locks.primary_index(k) != knows.primary_index(k))
         .expect("a key the two rankings place apart");
     let (old, new) = (locks.primary_index(&key), knows.primary_index(&key));
-    let opts = LockOptions::new()
-        .with_ttl(Duration::from_secs(30))
-        .with_wait(Duration::from_secs(30));
+    let opts = long_ttl(30);
     let lease = locks.acquire(&key, &opts).await.unwrap();
     let queue = format!("LLEN fencelock:{{{key}}}:queue");
     let waiting = {
@@ -608,7 +611,7 @@ async fn a_primary_without_the_holders_grant_does_not_make_waiters_spin() {
     let waiter = RedlockLock::connect(&url).await.unwrap();
     let key = "spin".to_owned();
     let p = holder.primary_index(&key);
-    let long = LockOptions::new().with_ttl(Duration::from_secs(30));
+    let long = long_ttl(30);
     let lease = holder.acquire(&key, &long).await.unwrap();
     // The primary forgets the grant (as a restart without persistence does).
     assert_eq!(servers[p].integer(&format!("DEL fencelock:{{{key}}}:lock")), Some(1));
@@ -763,13 +766,11 @@ async fn late_release(key: &'static str) -> LateRelease {
     let servers = start_many(3);
     let (proxies, hosts) = proxied(&servers).await;
     let holder = RedlockLock::connect(&format!("redlock://{hosts}")).await.unwrap();
-    let waiter = Arc::new(RedlockLock::connect(&redlock_url(&servers, "")).await.unwrap());
+    let waiter = Arc::new(connect(&servers, "").await);
     let primary = waiter.primary_index(key);
     assert_eq!(holder.primary_index(key), primary, "both rank the nodes by run_id");
     let late = (primary + 1) % servers.len();
-    let held = LockOptions::new()
-        .with_ttl(Duration::from_secs(30))
-        .with_wait(Duration::from_secs(10));
+    let held = long_ttl(10);
     let lease = holder.acquire(key, &held).await.unwrap();
     let old = lease.grant().to_string();
     let waiting = acquire_in_task(&waiter, key, held);
@@ -927,9 +928,7 @@ async fn a_secondary_the_release_reaches_late_does_not_cost_the_head_its_turn_wh
     let primary = head.primary_index(key);
     assert_eq!(holder.primary_index(key), primary, "all rank the nodes by run_id");
     let (late, paused) = ((primary + 1) % 3, (primary + 2) % 3);
-    let held = LockOptions::new()
-        .with_ttl(Duration::from_secs(30))
-        .with_wait(Duration::from_secs(20));
+    let held = long_ttl(20);
     let lease = holder.acquire(key, &held).await.unwrap();
     servers[paused].pause();
 
@@ -981,15 +980,13 @@ async fn a_re_ask_answered_as_late_as_the_first_ask_still_counts() {
         .await
         .unwrap();
     let head = Arc::new(RedlockLock::connect(&format!("redlock://{head_hosts}")).await.unwrap());
-    let next = Arc::new(RedlockLock::connect(&redlock_url(&servers, "")).await.unwrap());
+    let next = Arc::new(connect(&servers, "").await);
     let key = "slow-re-ask";
     let primary = head.primary_index(key);
     assert_eq!(holder.primary_index(key), primary, "all rank the nodes by run_id");
     assert_eq!(next.primary_index(key), primary, "all rank the nodes by run_id");
     let (late, paused) = ((primary + 1) % 3, (primary + 2) % 3);
-    let held = LockOptions::new()
-        .with_ttl(Duration::from_secs(30))
-        .with_wait(Duration::from_secs(20));
+    let held = long_ttl(20);
     let lease = holder.acquire(key, &held).await.unwrap();
     servers[paused].pause();
 
@@ -1079,13 +1076,11 @@ async fn a_heal_after_an_extend_to_a_shorter_ttl_ends_with_the_quorums_copies() 
 async fn a_queued_waiter_is_not_starved_by_a_stray_grant_on_the_primary() {
     use tokio::time::Instant;
     let servers = start_many(3);
-    let holder = RedlockLock::connect(&redlock_url(&servers, "")).await.unwrap();
-    let waiter = Arc::new(RedlockLock::connect(&redlock_url(&servers, "")).await.unwrap());
+    let holder = connect(&servers, "").await;
+    let waiter = Arc::new(connect(&servers, "").await);
     let key = "stray-on-primary";
     let primary = waiter.primary_index(key);
-    let held = LockOptions::new()
-        .with_ttl(Duration::from_secs(30))
-        .with_wait(Duration::from_secs(20));
+    let held = long_ttl(20);
     let lease = holder.acquire(key, &held).await.unwrap();
     let waiting = acquire_in_task(&waiter, key, held);
     until_queued(&servers[primary], key, 1).await;
@@ -1119,21 +1114,11 @@ async fn a_queued_waiter_is_not_starved_by_a_stray_grant_on_the_primary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_freed_without_a_release_goes_to_the_queue_head_not_to_a_re_checking_waiter() {
     let servers = start_many(3);
-    let holder = RedlockLock::connect(&redlock_url(&servers, "")).await.unwrap();
+    let holder = connect(&servers, "").await;
     // The head re-checks rarely (the hand-off's message wakes it); the next one often.
-    let head = Arc::new(
-        RedlockLock::connect(&redlock_url(&servers, "retry_delay=5s"))
-            .await
-            .unwrap(),
-    );
-    let next = Arc::new(
-        RedlockLock::connect(&redlock_url(&servers, "retry_delay=20ms"))
-            .await
-            .unwrap(),
-    );
-    let held = LockOptions::new()
-        .with_ttl(Duration::from_secs(30))
-        .with_wait(Duration::from_secs(20));
+    let head = Arc::new(connect(&servers, "retry_delay=5s").await);
+    let next = Arc::new(connect(&servers, "retry_delay=20ms").await);
+    let held = long_ttl(20);
     let mut overtaken = Vec::new();
     for i in 0..8 {
         let key: &'static str = Box::leak(format!("freed-without-release-{i}").into_boxed_str());
@@ -1175,9 +1160,7 @@ async fn queued_waiters_under_a_peer_layout_do_not_multiply_the_commands_while_a
     let holder = RedlockLock::connect(&url).await.unwrap();
     let key = "peer-held";
     let primary = holder.primary_index(key);
-    let held = LockOptions::new()
-        .with_ttl(Duration::from_secs(30))
-        .with_wait(Duration::from_secs(20));
+    let held = long_ttl(20);
     let lease = holder.acquire(key, &held).await.unwrap();
     let mut waiters = Vec::new();
     let mut tasks = Vec::new();

@@ -8,7 +8,8 @@
 //!   ([`election_suite!`] does the same for the election suite);
 //! * [`overlap`] — a detector of two holders inside one critical section;
 //! * [`keys`] — unique keys, so tests sharing a server never see each other's locks;
-//! * [`faults`] — what the backends' fault tests check the same way on every backend.
+//! * [`faults`] — what the backends' fault tests check the same way on every backend;
+//! * [`until`] — a bounded poll for a state on a server (a key written, a waiter queued).
 //!
 //! * [`etcd_server`] — real `etcd` members, single or as a cluster, with kill, restart,
 //!   pause and leader lookup;
@@ -59,4 +60,5 @@ pub mod redis_server;
 pub mod renewals;
 mod sysv_shm;
 pub mod tls;
+pub mod until;
 pub mod zk_server;
