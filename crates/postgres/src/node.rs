@@ -8,6 +8,7 @@
 //! connections, never a pooler's (a transaction-mode pooler would drop the `LISTEN`, and
 //! a lease is tied to the connection that granted it).
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, Weak};
 
 use std::time::Duration;
@@ -359,19 +360,34 @@ impl PgNode {
         Err(busy())
     }
 
-    /// Makes `session` the instance's listener when no live connection listens: one
+    /// Makes `session` the instance's listener when no live connection listens, or when
+    /// the one that does is silent ([`Session::is_silent`]) and `session` is not: one
     /// `LISTEN` (the caller holds a turn on `session`), bounded by the statement timeout,
     /// one at a time. Called before every statement not tied to a lease, so a waiter's
     /// next attempt after its listener ended is sent only once another one listens.
+    ///
+    /// A silent listener is kept for its leases, but its server backend is stuck in a
+    /// statement and holds every notification until that statement ends — and loses them
+    /// if the connection is then cut as dead — so our waiters would sleep through
+    /// releases until their fallback re-check (up to `4 × poll`). Once another connection
+    /// listens in its place, every waiter is woken to look once (a release may have been
+    /// notified while only the silent one listened); the silent one stops listening when
+    /// it answers again ([`unlisten_replaced`](Self::unlisten_replaced)).
     async fn ensure_listener(&self, session: &Arc<Session>) -> Result<()> {
         let pool = &self.inner.pool;
-        if pool.listener().is_some() {
+        // `None`: a listener that answers, or none better than the silent one.
+        let wanted = || match pool.listener() {
+            None => Some(false),
+            Some(l) if l.is_silent() && !session.is_silent() && !Arc::ptr_eq(&l, session) => Some(true),
+            Some(_) => None,
+        };
+        if wanted().is_none() {
             return Ok(());
         }
         let _one = pool.listening.lock().await;
-        if pool.listener().is_some() {
+        let Some(replacing) = wanted() else {
             return Ok(());
-        }
+        };
         let listen = format!("LISTEN {}", self.inner.cfg.channel());
         let listen = &listen;
         self.send_on(session, "LISTEN", self.inner.cfg.timeout, |s| async move {
@@ -380,8 +396,87 @@ impl PgNode {
         .await?;
         if session.is_alive() {
             pool.set_listener(session);
+            if replacing {
+                tracing::debug!(server = %self.server(), backend_pid = session.backend_pid, "the listening connection is silent: this one listens too");
+                self.inner.waiters.wake_all();
+            }
         }
         Ok(())
+    }
+
+    /// The listener fell silent (a statement on it went unanswered past the timeout) but
+    /// is kept for its leases: makes another connection listen now, in the background,
+    /// rather than at the next statement — a waiter already asleep sends none before its
+    /// fallback re-check. One attempt, bounded by a turn's wait and the `LISTEN`'s
+    /// timeout; only while some waiter of ours waits and the instance has a connection
+    /// open (never connects a closed instance again); the next statement not tied to a
+    /// lease tries again ([`ensure_listener`](Self::ensure_listener)).
+    fn listen_elsewhere_later(&self) {
+        let pool = &self.inner.pool;
+        if self.inner.waiters.is_empty() || pool.relistening.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            pool.relistening.store(false, Ordering::SeqCst);
+            return;
+        };
+        let node = self.clone();
+        rt.spawn(async move {
+            let pool = &node.inner.pool;
+            if !pool.live().is_empty() {
+                let limit = node.inner.cfg.timeout * QUEUE_TIMEOUTS;
+                match node.pick("LISTEN", limit).await {
+                    Ok((session, _turn)) => {
+                        if let Err(e) = node.ensure_listener(&session).await {
+                            tracing::debug!(error = %e, "no other connection could listen; the next statement tries again");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "no other connection could listen; the next statement tries again");
+                    }
+                }
+            }
+            pool.relistening.store(false, Ordering::SeqCst);
+        });
+    }
+
+    /// `session`, a listener replaced while it was silent (see
+    /// [`ensure_listener`](Self::ensure_listener)), answered again: it stops listening, in the background
+    /// (one `UNLISTEN`, on a turn of its own, bounded by the statement timeout), so each
+    /// release is not delivered to us twice for the rest of its life and the server
+    /// signals one backend less per `NOTIFY`. Until then a release may wake a waiter
+    /// twice: the second wake-up finds the ticket gone (the wait ended) or costs one
+    /// look more — harmless. Sent only while `session` is not the listener again.
+    fn unlisten_replaced(&self, session: &Arc<Session>) {
+        let pool = &self.inner.pool;
+        if pool.unlistening.swap(true, Ordering::SeqCst) {
+            return; // the next answer on it tries again
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            pool.unlistening.store(false, Ordering::SeqCst);
+            return;
+        };
+        let (node, session) = (self.clone(), Arc::clone(session));
+        rt.spawn(async move {
+            let pool = &node.inner.pool;
+            {
+                let _one = pool.listening.lock().await;
+                if session.is_listening() && !pool.is_listener(&session) && session.is_alive() {
+                    let unlisten = format!("UNLISTEN {}", node.inner.cfg.channel());
+                    let unlisten = &unlisten;
+                    let sent = node
+                        .call_on(&session, "UNLISTEN", |s| async move {
+                            s.client.batch_execute(unlisten).await
+                        })
+                        .await;
+                    match sent {
+                        Ok(()) => session.set_unlistened(),
+                        Err(e) => tracing::debug!(error = %e, "UNLISTEN on a replaced listener failed; it listens on"),
+                    }
+                }
+            }
+            pool.unlistening.store(false, Ordering::SeqCst);
+        });
     }
 
     /// Connects to the one host of `pg` (`server` names it in messages), creates the
@@ -605,6 +700,9 @@ impl PgNode {
         match self.inner.deadlines.within(timeout, f(Arc::clone(&session))).await {
             Some(Ok(v)) => {
                 session.answered();
+                if session.is_listening() && !self.inner.pool.is_listener(&session) {
+                    self.unlisten_replaced(&session);
+                }
                 Ok((v, session))
             }
             Some(Err(e)) => {
@@ -621,6 +719,8 @@ impl PgNode {
                 // no lease on it that an answer could still renew.
                 if session.is_dead(sent, self.inner.cfg.timeout) {
                     self.end_session(&session, &format!("no answer to {doing} within {timeout:?}"));
+                } else if self.inner.pool.is_listener(&session) {
+                    self.listen_elsewhere_later();
                 }
                 Err(no_answer(doing, self.server(), timeout))
             }

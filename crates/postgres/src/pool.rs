@@ -14,9 +14,10 @@
 //!
 //! What a lease does after its grant (extend, renewals, release) goes through the
 //! connection that granted it ([`crate::session::Session`]: a lease is reported lost when
-//! that connection ends). Exactly one connection `LISTEN`s for release notifications;
-//! when it ends, every waiter of the instance is woken and the next statement sent makes
-//! another one listen ([`crate::node::PgNode`]).
+//! that connection ends). One connection `LISTEN`s for release notifications; when it
+//! ends, every waiter of the instance is woken and the next statement sent makes another
+//! one listen, and when it falls silent another one listens in its place at once (the
+//! silent one stops when it answers again): see [`crate::node::PgNode`].
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -35,8 +36,14 @@ pub(crate) struct Pool {
     sessions: Mutex<Vec<Arc<Session>>>,
     /// One connect at a time.
     pub connecting: tokio::sync::Mutex<()>,
-    /// One `LISTEN` at a time.
+    /// One `LISTEN` (or `UNLISTEN`) at a time.
     pub listening: tokio::sync::Mutex<()>,
+    /// Whether a task is making another connection listen in place of a silent listener
+    /// (one at a time: every statement unanswered on the listener would start one).
+    pub relistening: std::sync::atomic::AtomicBool,
+    /// Whether a task is stopping a replaced listener's `LISTEN` (one at a time: every
+    /// statement answered on it would start one).
+    pub unlistening: std::sync::atomic::AtomicBool,
     /// The connection that `LISTEN`s on the release channel.
     listener: Mutex<Weak<Session>>,
     /// No further connection is tried before this instant (after a failed one).
@@ -53,6 +60,8 @@ impl Pool {
             sessions: Mutex::default(),
             connecting: tokio::sync::Mutex::new(()),
             listening: tokio::sync::Mutex::new(()),
+            relistening: std::sync::atomic::AtomicBool::new(false),
+            unlistening: std::sync::atomic::AtomicBool::new(false),
             listener: Mutex::default(),
             grow_after: Mutex::default(),
             grown: tokio::sync::Notify::new(),
@@ -122,6 +131,11 @@ impl Pool {
     pub(crate) fn listener(&self) -> Option<Arc<Session>> {
         let listener = self.listener.lock().unwrap_or_else(|p| p.into_inner());
         listener.upgrade().filter(|s| s.is_alive())
+    }
+
+    /// Whether `session` is the instance's listener ([`listener`](Self::listener)).
+    pub(crate) fn is_listener(&self, session: &Arc<Session>) -> bool {
+        self.listener().is_some_and(|l| Arc::ptr_eq(&l, session))
     }
 
     /// `session` listens now (its `LISTEN` was answered).

@@ -76,7 +76,8 @@ pub(crate) struct Session {
     /// The renewals of this connection's leases waiting for a statement, and the turns to
     /// send one.
     pub renewals: crate::renewals::Pending,
-    /// Whether this connection `LISTEN`s on the release channel (one of the instance's).
+    /// Whether this connection `LISTEN`s on the release channel: the instance's listener,
+    /// or one it replaced while it was silent that has not `UNLISTEN`ed yet.
     listening: AtomicBool,
     alive: AtomicBool,
     driver: AbortHandle,
@@ -187,6 +188,11 @@ impl Session {
     /// Marks this connection as the instance's listener (its `LISTEN` was answered).
     pub(crate) fn set_listening(&self) {
         self.listening.store(true, Ordering::SeqCst);
+    }
+
+    /// Marks this connection as no longer listening (its `UNLISTEN` was answered).
+    pub(crate) fn set_unlistened(&self) {
+        self.listening.store(false, Ordering::SeqCst);
     }
 
     /// Whether this connection `LISTEN`s on the release channel.

@@ -23,7 +23,9 @@
 //! Notifications are not persistent: one sent while our listening connection was being
 //! replaced is lost (its end wakes every waiter anyway, and their next attempt — which
 //! also finds a key already handed to its grant id — makes another connection listen
-//! first). A refused waiter therefore looks again when the ticket ahead of it expires,
+//! first). A listening connection that falls silent but is kept for its leases holds the
+//! notifications on the server until its stuck statement ends: another connection listens
+//! in its place at once and every waiter looks once (`PgNode::ensure_listener`). A refused waiter therefore looks again when the ticket ahead of it expires,
 //! or — first in line — when the holder's lease does, at the latest every four polls
 //! (see `lock::retry_in`).
 
@@ -84,6 +86,11 @@ impl Waiters {
         let notify = Arc::clone(&entry.notify);
         let start = !std::mem::replace(&mut state.keeping, true);
         (notify, start)
+    }
+
+    /// Whether no waiter of this instance waits.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.state().tickets.is_empty()
     }
 
     pub(crate) fn forget(&self, ticket: i64) {

@@ -336,3 +336,78 @@ async fn a_release_does_not_wait_behind_its_silent_connection() {
     stalled.release().await.unwrap();
     locks.close().await.unwrap();
 }
+
+/// Waits (bounded) until key `key` has `n` waiter tickets on the server.
+async fn queued(server: &PgServer, key: &str, n: usize) {
+    let deadline = Instant::now() + STUCK;
+    let sql = format!("SELECT count(*) FROM fencelock.waiters WHERE key = '{key}'");
+    while server.psql(&sql) != n.to_string() {
+        assert!(Instant::now() < deadline, "{key} never had {n} waiter(s)");
+        tokio::time::sleep(Duration::from_millis(10)).await; // polling a condition, bounded
+    }
+}
+
+/// The connection that listens for release notifications falls silent (a lease's extend
+/// on it waits for an operator's row lock past the statement timeout) while one of the
+/// instance's waiters waits: the connection is kept (its lease is valid) but the server
+/// holds notifications for it until its statement ends, so another connection must
+/// listen meanwhile. The release by another instance then wakes the waiter at once —
+/// its fallback re-check would come only at the holder's expiry (60 s) or 4 × poll
+/// (2–4 min), far beyond [`STUCK`]. (Review of the silent-connection change: the silent
+/// connection stayed the only listener, and the waiter slept through the release.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_listener_is_replaced_so_a_release_still_wakes_the_waiter() {
+    let server = PgServer::start();
+    let holder = PgLock::connect(&server.url()).await.unwrap();
+    let held = holder.acquire("k", &opts()).await.unwrap();
+    let waiting = PgLock::connect(&format!("{}&connections=2&poll=30s", server.url()))
+        .await
+        .unwrap();
+    let stalled = waiting.acquire("a", &opts()).await.unwrap();
+    let listener = waiting.backend_pid().await.unwrap();
+    assert_eq!(
+        waiting.lease_backend_pid(&stalled),
+        Some(listener),
+        "set-up: the lease to stall is on the listening connection"
+    );
+    let waiter = {
+        let waiting = waiting.clone();
+        tokio::spawn(async move { waiting.acquire("k", &opts().with_wait(STUCK * 3)).await })
+    };
+    queued(&server, "k", 1).await;
+    let operator = common::Operator::holding(&server, "SELECT 1 FROM fencelock.locks WHERE key = 'a' FOR UPDATE").await;
+    let extended = stalled.extend(Duration::from_secs(60)).await;
+    assert!(
+        matches!(&extended, Err(e) if e.is_temporary()),
+        "the extend was not held up past the timeout: {extended:?}"
+    );
+    assert!(stalled.is_held(), "the lease was lost with its silent connection");
+    held.release().await.unwrap();
+    let lease = tokio::time::timeout(STUCK, waiter)
+        .await
+        .expect("the release did not wake the waiter: only the silent connection listens")
+        .unwrap()
+        .unwrap();
+    assert_ne!(
+        waiting.backend_pid().await.unwrap(),
+        listener,
+        "the silent connection is still the listener"
+    );
+    lease.release().await.unwrap();
+    // Once the silent connection answers again (the extend, through the lease's own
+    // connection), it stops listening: each release is then delivered to us once.
+    operator.commit().await;
+    stalled.extend(Duration::from_secs(60)).await.unwrap();
+    let unlistened = format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {listener} AND query LIKE 'UNLISTEN%'");
+    let deadline = Instant::now() + STUCK;
+    while server.psql(&unlistened) != "1" {
+        assert!(
+            Instant::now() < deadline,
+            "the replaced listener did not UNLISTEN once it answered again"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await; // polling a condition, bounded
+    }
+    stalled.release().await.unwrap();
+    holder.close().await.unwrap();
+    waiting.close().await.unwrap();
+}
