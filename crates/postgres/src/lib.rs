@@ -12,7 +12,8 @@
 //!   release also notifies the waiter that queued first for the key (`LISTEN/NOTIFY`), so
 //!   a release wakes one waiter, not all of them, and the key goes to waiters in FIFO
 //!   order.
-//! * **Connections**: an instance opens up to `connections` (default 4) lazily, sends a
+//! * **Connections**: an instance opens up to `connections` (default 4; one more while
+//!   every open one is silent, a statement unanswered past `timeout`) lazily, sends a
 //!   new grant to an idle one, and keeps each lease on the connection that granted it
 //!   (extend, renewals, release); one of them `LISTEN`s. Keys are not serialised on one
 //!   connection, and concurrent grants share WAL flushes (group commit).

@@ -152,7 +152,8 @@ impl PgLock {
     /// The server process id of the connection that listens for this instance's release
     /// notifications, or of the least busy one when none listens yet (connecting if
     /// needed): for operators, and for `pg_terminate_backend` in fault tests. The leases
-    /// are spread over up to `connections` connections: see
+    /// are spread over up to `connections` connections (one more while every one is
+    /// silent): see
     /// [`lease_backend_pid`](Self::lease_backend_pid) and
     /// [`backend_pids`](Self::backend_pids).
     ///
@@ -171,7 +172,8 @@ impl PgLock {
     }
 
     /// The server process ids of this instance's open connections (none before the first
-    /// statement; at most `connections`).
+    /// statement; at most `connections`, one more while every one is silent: see
+    /// docs/backends/postgres.md, "Connections").
     pub fn backend_pids(&self) -> Vec<i32> {
         self.node.sessions().iter().map(|s| s.backend_pid).collect()
     }

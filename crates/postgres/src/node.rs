@@ -273,7 +273,8 @@ impl PgNode {
     }
 
     /// A connection for a statement not tied to a lease, and a turn on it: an idle one;
-    /// else a new one when the pool may grow (this statement waits for the connect; one
+    /// else a new one when the pool may grow (below its bound, or one over it while every
+    /// connection is silent, see [`Pool::may_grow`]; this statement waits for the connect; one
     /// connect at a time, others meanwhile use the connections there are); else the
     /// least busy with a free turn; else the first turn freed on any of them, waiting at
     /// most `limit` (then `Unavailable`: nothing was sent). See [`Pool`] for why.
@@ -281,13 +282,16 @@ impl PgNode {
         let pool = &self.inner.pool;
         let deadline = tokio::time::Instant::now() + limit;
         let busy = || no_turn(doing, limit, self.server());
+        if let Some(backend_pid) = pool.give_back_surplus() {
+            tracing::debug!(server = %self.server(), backend_pid, "a connection over the pool's bound, made while every one was silent, closed");
+        }
         // A connection added while we wait makes one more round (at most the pool's size).
         for _ in 0..PICK_ROUNDS + crate::config::MAX_CONNECTIONS {
             let live = pool.live();
             if let Some(turn) = idle_turn(&live) {
                 return Ok(turn);
             }
-            if pool.may_grow(live.len()) {
+            if pool.may_grow(&live) {
                 let connecting = if live.is_empty() {
                     match tokio::time::timeout_at(deadline, pool.connecting.lock()).await {
                         Ok(guard) => Some(guard),
@@ -310,7 +314,7 @@ impl PgNode {
                     if let Some(turn) = idle_turn(&live) {
                         return Ok(turn);
                     }
-                    if pool.may_grow(live.len()) {
+                    if pool.may_grow(&live) {
                         match self.connect().await {
                             Ok(session) => {
                                 if let Ok(turn) = Arc::clone(&session.turns).try_acquire_owned() {

@@ -12,6 +12,10 @@
 //! flight (a client of one key keeps one connection; 64 of them do not take 256 of the
 //! server's `max_connections`).
 //!
+//! With every connection silent ([`Session::is_silent`]) and the pool full, one more
+//! connection (a spare) may be made for new statements, and is given back once another
+//! connection answers again: see [`Pool::may_grow`].
+//!
 //! What a lease does after its grant (extend, renewals, release) goes through the
 //! connection that granted it ([`crate::session::Session`]: a lease is reported lost when
 //! that connection ends). One connection `LISTEN`s for release notifications; when it
@@ -112,13 +116,57 @@ impl Pool {
         std::mem::take(&mut *self.sessions())
     }
 
-    /// Whether another connection may be made now, with `live` connections open.
-    pub(crate) fn may_grow(&self, live: usize) -> bool {
-        if live == 0 {
+    /// Whether another connection may be made now, with `live` open: fewer than the
+    /// bound (`connections`), or — a *spare* — exactly the bound and every one of them
+    /// silent ([`Session::is_silent`]).
+    ///
+    /// Why a spare: a silent connection is kept while a lease on it is still valid, which
+    /// may be a whole TTL (minutes, for a long lease). With every connection silent and
+    /// none to be made, each new statement would go behind a stalled one and fail after
+    /// its timeout — with `connections=1`, one statement stuck on a row lock held by
+    /// someone's transaction stalled the whole instance, every key, until that lease
+    /// lapsed. Failing new statements fast instead would still stall every key; one
+    /// connection more keeps the other keys working, and a silent server (hung, cut off)
+    /// costs only the connect's bound, then [`GROW_BACKOFF`]. The spare is made only while
+    /// none of the others answers, and given back once another one answers and one holds
+    /// nothing ([`give_back_surplus`](Self::give_back_surplus)): the pool exceeds its
+    /// bound by one at most.
+    pub(crate) fn may_grow(&self, live: &[Arc<Session>]) -> bool {
+        if live.is_empty() {
             return true;
         }
+        let room = live.len() < self.size || (live.len() == self.size && live.iter().all(|s| s.is_silent()));
         let after = *self.grow_after.lock().unwrap_or_else(|p| p.into_inner());
-        live < self.size && after.is_none_or(|t| Instant::now() >= t)
+        room && after.is_none_or(|t| Instant::now() >= t)
+    }
+
+    /// Gives back one connection when the pool holds more than its bound (a spare made
+    /// while every connection was silent, see [`may_grow`](Self::may_grow)) and another
+    /// one answers: one that answers, is not the listener, holds no lease and has nothing
+    /// in flight; every turn on it is taken first, so nothing is sent on it after. Returns
+    /// the backend pid of the one closed. None closed while each one holds a lease: the
+    /// next statement looks again.
+    pub(crate) fn give_back_surplus(&self) -> Option<i32> {
+        let live = self.live();
+        if live.len() <= self.size {
+            return None;
+        }
+        let listener = self.listener();
+        let answering = live.iter().filter(|s| !s.is_silent()).count();
+        let candidate = live.iter().find(|s| {
+            !s.is_silent()
+                && answering >= 2
+                && s.in_flight() == 0
+                && !listener.as_ref().is_some_and(|l| Arc::ptr_eq(l, s))
+        })?;
+        let turns = Arc::clone(&candidate.turns)
+            .try_acquire_many_owned(crate::node::IN_FLIGHT as u32)
+            .ok()?;
+        if !candidate.retire() {
+            return None; // a lease was tracked on it meanwhile: it stays
+        }
+        turns.forget(); // never a turn on it again, for a list of connections taken before
+        Some(candidate.backend_pid)
     }
 
     /// A connection could not be made: the pool works with the ones it has for

@@ -255,6 +255,22 @@ impl Session {
         self.leases().remove(&id);
     }
 
+    /// Closes this connection if no lease is tracked on it (checked under the same lock
+    /// as [`track`](Self::track) adds one: a lease tracked after this is reported lost
+    /// there, one tracked before keeps the connection). `true` when it was closed here.
+    pub(crate) fn retire(&self) -> bool {
+        {
+            let leases = self.leases();
+            if !leases.is_empty() || !self.alive.swap(false, Ordering::SeqCst) {
+                return false;
+            }
+        }
+        if self.driver_holds.load(Ordering::SeqCst) == 0 {
+            self.driver.abort(); // else the last hold's release does
+        }
+        true
+    }
+
     /// Ends the session (idempotent): cuts the connection, reports every live lease lost
     /// for `why`, and returns their `(key, grant)` to release elsewhere.
     pub(crate) fn end(&self, why: &str) -> Vec<(String, String)> {

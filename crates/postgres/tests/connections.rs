@@ -411,3 +411,65 @@ async fn a_silent_listener_is_replaced_so_a_release_still_wakes_the_waiter() {
     holder.close().await.unwrap();
     waiting.close().await.unwrap();
 }
+
+/// With `connections=1`, the only connection falls silent (a lease's extend waits for an
+/// operator's row lock past the statement timeout) but is kept for its valid lease: the
+/// instance opens one connection over its bound for new statements, and grants another
+/// key at once instead of sending every statement behind the stall until the lease
+/// lapses. Once the stall is over and the extra connection is idle and holds nothing,
+/// the next statement gives it back. (Review of the silent-connection change: `b` was
+/// sent behind the stalled extend and failed, "no answer to acquire within 1s", and so
+/// would every statement until the lease's TTL ran out.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_silent_connection_gets_one_spare_until_it_answers_again() {
+    let server = PgServer::start();
+    let app = "pgpool_spare";
+    let locks = connect_as(&server, app, "&connections=1").await;
+    let stalled = locks.acquire("a", &opts()).await.unwrap();
+    let pid = locks.lease_backend_pid(&stalled).expect("the granting connection");
+    let operator = common::Operator::holding(&server, "SELECT 1 FROM fencelock.locks WHERE key = 'a' FOR UPDATE").await;
+    let extended = stalled.extend(Duration::from_secs(60)).await;
+    assert!(
+        matches!(&extended, Err(e) if e.is_temporary()),
+        "the extend was not held up past the timeout: {extended:?}"
+    );
+    let next = tokio::time::timeout(STUCK, locks.try_acquire("b", &opts()))
+        .await
+        .expect("the grant was stuck");
+    let next = match next {
+        Ok(Some(lease)) => lease,
+        other => panic!("`b` was not granted while the only connection was silent: {other:?}"),
+    };
+    assert_ne!(
+        locks.lease_backend_pid(&next),
+        Some(pid),
+        "the grant went to the silent connection"
+    );
+    let third = tokio::time::timeout(STUCK, locks.try_acquire("c", &opts()))
+        .await
+        .expect("the grant was stuck")
+        .unwrap()
+        .expect("`c` is free");
+    assert_eq!(server.backends_of(app), 2, "one connection over the bound, no more");
+    for lease in [next, third] {
+        lease.release().await.unwrap();
+    }
+    operator.commit().await;
+    stalled.extend(Duration::from_secs(60)).await.unwrap(); // its connection answers again
+    stalled.release().await.unwrap();
+    // The next statements give the spare back (bounded: each is a try_acquire).
+    let deadline = Instant::now() + STUCK;
+    let mut i = 0;
+    while server.backends_of(app) != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the spare connection was kept: {} backends",
+            server.backends_of(app)
+        );
+        let lease = locks.try_acquire(&format!("d{i}"), &opts()).await.unwrap().unwrap();
+        lease.release().await.unwrap();
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await; // polling a condition, bounded
+    }
+    locks.close().await.unwrap();
+}
