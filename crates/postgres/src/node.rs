@@ -279,6 +279,18 @@ impl PgNode {
     /// least busy with a free turn; else the first turn freed on any of them, waiting at
     /// most `limit` (then `Unavailable`: nothing was sent). See [`Pool`] for why.
     pub(crate) async fn pick(&self, doing: &str, limit: Duration) -> Result<(Arc<Session>, OwnedSemaphorePermit)> {
+        self.pick_from(doing, limit, true).await
+    }
+
+    /// [`pick`](Self::pick); with `reconnect` false, never connects when no connection is
+    /// open (`Unavailable` instead): for the instance's own background work, which must
+    /// not open connections again after `close()` ended them.
+    async fn pick_from(
+        &self,
+        doing: &str,
+        limit: Duration,
+        reconnect: bool,
+    ) -> Result<(Arc<Session>, OwnedSemaphorePermit)> {
         let pool = &self.inner.pool;
         let deadline = tokio::time::Instant::now() + limit;
         let busy = || no_turn(doing, limit, self.server());
@@ -290,6 +302,12 @@ impl PgNode {
             let live = pool.live();
             if let Some(turn) = idle_turn(&live) {
                 return Ok(turn);
+            }
+            if live.is_empty() && !reconnect {
+                return Err(LockError::Unavailable {
+                    message: format!("{doing} not sent to {}: no connection is open", self.server()),
+                    source: None,
+                });
             }
             if pool.may_grow(&live) {
                 let connecting = if live.is_empty() {
@@ -413,8 +431,9 @@ impl PgNode {
     /// rather than at the next statement — a waiter already asleep sends none before its
     /// fallback re-check. One attempt, bounded by a turn's wait and the `LISTEN`'s
     /// timeout; only while some waiter of ours waits and the instance has a connection
-    /// open (never connects a closed instance again); the next statement not tied to a
-    /// lease tries again ([`ensure_listener`](Self::ensure_listener)).
+    /// open (it never reconnects an instance whose connections `close()` ended; it may
+    /// still add a spare to one that has some, [`Pool::may_grow`]); the next statement
+    /// not tied to a lease tries again ([`ensure_listener`](Self::ensure_listener)).
     fn listen_elsewhere_later(&self) {
         let pool = &self.inner.pool;
         if self.inner.waiters.is_empty() || pool.relistening.swap(true, Ordering::SeqCst) {
@@ -426,21 +445,15 @@ impl PgNode {
         };
         let node = self.clone();
         rt.spawn(async move {
-            let pool = &node.inner.pool;
-            if !pool.live().is_empty() {
-                let limit = node.inner.cfg.timeout * QUEUE_TIMEOUTS;
-                match node.pick("LISTEN", limit).await {
-                    Ok((session, _turn)) => {
-                        if let Err(e) = node.ensure_listener(&session).await {
-                            tracing::debug!(error = %e, "no other connection could listen; the next statement tries again");
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "no other connection could listen; the next statement tries again");
-                    }
-                }
+            let limit = node.inner.cfg.timeout * QUEUE_TIMEOUTS;
+            let listened = match node.pick_from("LISTEN", limit, false).await {
+                Ok((session, _turn)) => node.ensure_listener(&session).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = listened {
+                tracing::debug!(error = %e, "no other connection could listen; the next statement tries again");
             }
-            pool.relistening.store(false, Ordering::SeqCst);
+            node.inner.pool.relistening.store(false, Ordering::SeqCst);
         });
     }
 
