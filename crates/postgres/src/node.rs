@@ -1107,8 +1107,8 @@ impl PgNode {
 
     /// Registers our waiter `ticket` for its release notification, and starts the
     /// instance's ticket keeper when it is not running: every fallback poll (jittered),
-    /// one statement renews all of this instance's tickets for [`ticket_life`]
-    /// (Self::ticket_life), so that a waiter behind others need not attempt just to keep
+    /// one statement renews all of this instance's tickets for
+    /// [`ticket_life`](Self::ticket_life), so that a waiter behind others need not attempt just to keep
     /// its place. The keeper ends when no ticket is left or the instance is dropped; a
     /// failed renewal is only logged (each waiter's own attempts renew its ticket too).
     pub(crate) fn register_ticket(&self, ticket: i64, confirmed: Confirmed) -> Arc<tokio::sync::Notify> {
