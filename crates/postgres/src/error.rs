@@ -34,9 +34,33 @@ fn config_state(code: &SqlState) -> bool {
 /// The doing of a connection's start-up ([`failed`] with it is judged as a connect).
 pub(crate) const CONNECTING: &str = "connecting";
 
+/// Whether the client could not read the server's answer as PostgreSQL messages at all:
+/// a tag no PostgreSQL message has (a MySQL server's greeting, whose first byte, its
+/// length, reads as the tag `J`), or a length no message can have. tokio-postgres keeps
+/// its error kinds private, so this looks at the structure under it: such an answer is
+/// an `io::Error` of kind `InvalidInput` or `InvalidData` made by the message parser
+/// (postgres-protocol), with no OS error code — a socket's own failures (reset,
+/// refused, timed out) carry one, or another kind. The one such error of the TCP
+/// connect itself ("could not resolve any addresses") cannot come here: every attempt
+/// is given its address (see `hosts::connect_each`). Only start-up errors are judged
+/// by it (see [`start_up_refused`]).
+fn unreadable_answer(e: &tokio_postgres::Error) -> bool {
+    use std::error::Error as _;
+    e.source()
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| {
+            io.raw_os_error().is_none()
+                && matches!(
+                    io.kind(),
+                    std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+                )
+        })
+}
+
 /// What a failed start-up says about the URL, when it says something: the server's
 /// refusal of the start-up message (an option, the database, the role: retrying will not
-/// help), an answer that is not the PostgreSQL protocol (the wrong port), or an
+/// help), an answer that is not the PostgreSQL protocol (the wrong port: a server that
+/// closes after a few bytes, or greets in a protocol of its own), or an
 /// authentication the client cannot do (`channel_binding=require` without TLS).
 fn start_up_refused(f: &PgFailure) -> Option<String> {
     let e = &f.source;
@@ -52,12 +76,13 @@ fn start_up_refused(f: &PgFailure) -> Option<String> {
         return None;
     }
     let text = fencelock_core::error::one_line(e); // the kind, then its cause
-    if text.contains("bytes remaining on stream")
+    if unreadable_answer(e)
+        || text.contains("bytes remaining on stream")
         || text.starts_with("unexpected message from server")
         || text.starts_with("error parsing response from server")
     {
         return Some(format!(
-            "{} does not answer in the PostgreSQL protocol: is the host and port right?",
+            "the server at {} does not answer in the PostgreSQL protocol: is the host and port right?",
             f.server
         ));
     }

@@ -370,6 +370,29 @@ async fn urls_that_can_never_work_are_configuration_errors() {
     }
 }
 
+/// A server that greets first in another protocol, which the client reads as a message
+/// of a tag it does not know (a MySQL server's handshake: its first byte, `J`), is a
+/// configuration error naming the host and port (78 in the CLI: fix the URL). Found by a
+/// new-user trial: it was `Unavailable` ("postgres unreachable: connecting on …"), 69 at
+/// once, as if the server were down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_greeting_in_another_protocol_is_a_configuration_error() {
+    let port = fencelock_testkit::ports::mysql_port();
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=disable&connect_timeout=2s");
+    let err = tokio::time::timeout(Duration::from_secs(20), PgLock::connect(&url))
+        .await
+        .expect("connect answered")
+        .expect_err("connected to a MySQL server");
+    assert!(matches!(err, LockError::InvalidConfig { .. }), "{err:?}");
+    let text = fencelock_core::error::one_line(&err);
+    for says in [
+        format!("127.0.0.1:{port}"),
+        "does not answer in the PostgreSQL protocol".to_owned(),
+    ] {
+        assert!(text.contains(&says), "`{says}` not in: {text}");
+    }
+}
+
 /// Counts `event` (INSERT or UPDATE) statements on `fencelock.locks` with a
 /// statement-level trigger and a sequence (the server's own count, exact and immediate).
 fn count_statements(server: &PgServer, event: &str) {

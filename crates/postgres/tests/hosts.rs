@@ -249,3 +249,54 @@ async fn a_host_refusing_the_role_ends_the_connect() {
     }
     assert_eq!(second.backends_of("refused"), 0, "the second host was not tried");
 }
+
+/// A host that answers in another protocol (a MySQL server's greeting) is a wrong host,
+/// not a wrong URL, while another host may work: the next host is tried, and the connect
+/// lands there. The URL is a configuration error (`InvalidConfig`) only when every host
+/// was one; with one host silent besides, it is `Unavailable` (the silent one may come
+/// back), naming what each host did. Failed before: two MySQL hosts were `Unavailable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_speaking_another_protocol_is_passed_for_the_next() {
+    let server = PgServer::start();
+    let (mysql, other_mysql) = (
+        fencelock_testkit::ports::mysql_port(),
+        fencelock_testkit::ports::mysql_port(),
+    );
+    let lock = connect_within(
+        &url(&[mysql, server.port()], "&application_name=after_mysql"),
+        SLACK * 2,
+    )
+    .await
+    .expect("the second host, a PostgreSQL, was not used");
+    lock.acquire("k", &opts()).await.unwrap().release().await.unwrap();
+    assert!(server.backends_of("after_mysql") >= 1);
+    lock.close().await.unwrap();
+
+    let err = connect_within(&url(&[mysql, other_mysql], ""), SLACK * 2)
+        .await
+        .expect_err("connected through two MySQL servers");
+    let text = fencelock_core::error::one_line(&err);
+    assert!(matches!(err, LockError::InvalidConfig { .. }), "{text}");
+    for port in [mysql, other_mysql] {
+        assert!(
+            text.contains(&format!("127.0.0.1:{port}")),
+            "host {port} not named: {text}"
+        );
+    }
+    assert!(text.contains("does not answer in the PostgreSQL protocol"), "{text}");
+
+    let quiet = silent(&server).await;
+    let err = connect_within(&url(&[mysql, quiet.port()], ""), PER_HOST + SLACK * 2)
+        .await
+        .expect_err("connected through a MySQL server and a silent host");
+    let text = fencelock_core::error::one_line(&err);
+    assert!(matches!(err, LockError::Unavailable { .. }), "{text}");
+    assert!(
+        text.contains(&format!("127.0.0.1:{mysql}")) && text.contains("does not answer in the PostgreSQL protocol"),
+        "the MySQL host's reason not given: {text}"
+    );
+    assert!(
+        text.contains(&format!("127.0.0.1:{}: no ready connection", quiet.port())),
+        "{text}"
+    );
+}

@@ -165,6 +165,49 @@ pub fn http_port() -> u16 {
     port
 }
 
+/// A port on 127.0.0.1 where a server greets first in MySQL's protocol — another
+/// wrong service on the port a lock URL names. For each of its first 64 connections it
+/// writes a MySQL 8 "initial handshake" packet at once, as a MySQL server does on
+/// accept, then reads what the client sends (at most 1 KiB, waiting at most 5 s) and
+/// closes. A PostgreSQL client reads the packet's first byte (its length, 74: `J`) as a
+/// message tag it does not know.
+pub fn mysql_port() -> u16 {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+    let port = listener.local_addr().expect("local addr").port();
+    std::thread::spawn(move || {
+        let greeting = mysql_greeting();
+        for conn in listener.incoming().take(64) {
+            let Ok(mut conn) = conn else { continue };
+            let _ = conn.write_all(&greeting);
+            let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+            let _ = conn.read(&mut [0u8; 1024]);
+        }
+    });
+    port
+}
+
+/// A MySQL protocol-10 initial handshake packet (3-byte little-endian payload length,
+/// sequence 0, payload), as a MySQL 8.0 server sends it.
+fn mysql_greeting() -> Vec<u8> {
+    let mut payload = vec![10u8]; // protocol version
+    payload.extend_from_slice(b"8.0.36\0"); // server version
+    payload.extend_from_slice(&8u32.to_le_bytes()); // connection id
+    payload.extend_from_slice(b"abcdefgh\0"); // auth data, part 1, and a filler
+    payload.extend_from_slice(&0xffffu16.to_le_bytes()); // capabilities, low
+    payload.push(255); // character set: utf8mb4_0900_ai_ci
+    payload.extend_from_slice(&2u16.to_le_bytes()); // status: autocommit
+    payload.extend_from_slice(&0xdfffu16.to_le_bytes()); // capabilities, high
+    payload.push(21); // auth data length
+    payload.extend_from_slice(&[0u8; 10]); // reserved
+    payload.extend_from_slice(b"ijklmnopqrst\0"); // auth data, part 2
+    payload.extend_from_slice(b"caching_sha2_password\0");
+    let len = u32::try_from(payload.len()).expect("small").to_le_bytes();
+    let mut packet = vec![len[0], len[1], len[2], 0];
+    packet.extend_from_slice(&payload);
+    packet
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
