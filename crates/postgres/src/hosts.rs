@@ -154,6 +154,28 @@ fn name_of(host: &Host, addr: Option<IpAddr>, port: u16) -> String {
     }
 }
 
+/// Whether `server` (the URL as shown) names the target `name` (`host:port`) itself: not
+/// when the URL gives no port (5432 is used), several hosts, or the host only in its
+/// query (`?host=…`).
+fn shows(server: &str, name: &str) -> bool {
+    server.match_indices(name).any(|(i, _)| {
+        let before = server[..i].chars().next_back();
+        let after = server[i + name.len()..].chars().next();
+        matches!(before, Some('@' | '/' | ',')) && !after.is_some_and(|c| c.is_ascii_alphanumeric() || c == '.')
+    })
+}
+
+/// How one attempt's target is named in its messages: `server`, with `(host NAME)` after
+/// it when it does not show the host and the port used itself (see [`shows`]) or when
+/// `name` is one of several addresses of its host.
+fn label(server: &str, name: &str, one_of_several: bool) -> String {
+    if !one_of_several && shows(server, name) {
+        server.to_owned()
+    } else {
+        format!("{server} (host {name})")
+    }
+}
+
 /// `pg` with only `host` (at `addr`, when given) and `port`: every other setting copied.
 /// (tokio-postgres's `Config` can add hosts but not remove them, so the single-host one
 /// is built anew; `single_host_copies_every_setting` checks that nothing is lost.)
@@ -227,9 +249,11 @@ fn shuffle<T>(items: &mut [T]) {
 ///
 /// [`HostFailure::Final`]'s error as it is. When no host worked:
 /// [`LockError::InvalidConfig`] when every host's failure was one (with one host: its
-/// error unchanged), else [`LockError::Unavailable`] naming each host and why it failed
-/// (silent for `bound`, refused, …). A host list tokio-postgres would refuse (port or
-/// hostaddr counts) is `InvalidConfig`.
+/// error, its kind unchanged), else [`LockError::Unavailable`] naming each host and why
+/// it failed (silent for `bound`, refused, a name that does not resolve, …). Every
+/// message names the host and the port used, also the default 5432 of a URL that gives
+/// none (see [`label`]). A host list tokio-postgres would refuse (port or hostaddr
+/// counts) is `InvalidConfig`.
 ///
 /// # Time
 ///
@@ -259,6 +283,16 @@ where
     let several = hosts.len() > 1;
     let mut failures: Vec<(String, LockError)> = Vec::new();
     for (place, target) in hosts {
+        // Its name's failures are said as its connection's are: on the URL, the host
+        // and port named when the URL does not show them.
+        let host_name = name_of(&target.host, None, target.port);
+        let unresolved = |why: String, source: Option<fencelock_core::BoxError>| LockError::Unavailable {
+            message: format!(
+                "postgres unreachable: {doing} on {}: {why}",
+                label(server, &host_name, several)
+            ),
+            source,
+        };
         let mut addrs: Vec<Option<IpAddr>> = match (&target.host, target.hostaddr) {
             (_, Some(ip)) => vec![Some(ip)],
             (Host::Tcp(name), None) => {
@@ -273,20 +307,13 @@ where
                         ips
                     }
                     Ok(Err(e)) => {
-                        failures.push((
-                            name_of(&target.host, None, target.port),
-                            LockError::Unavailable {
-                                message: format!("cannot resolve the host name: {e}"),
-                                source: Some(Box::new(e)),
-                            },
-                        ));
+                        let why = format!("cannot resolve the host name `{name}`: {e}");
+                        failures.push((host_name.clone(), unresolved(why, Some(Box::new(e)))));
                         continue;
                     }
                     Err(_) => {
-                        failures.push((
-                            name_of(&target.host, None, target.port),
-                            unavailable(format!("its name was not resolved within {bound:?}")),
-                        ));
+                        let why = format!("its name was not resolved within {bound:?}");
+                        failures.push((host_name.clone(), unresolved(why, None)));
                         continue;
                     }
                 }
@@ -295,10 +322,8 @@ where
             (Host::Unix(_), None) => vec![None],
         };
         if addrs.is_empty() {
-            failures.push((
-                name_of(&target.host, None, target.port),
-                unavailable("its name resolves to no address"),
-            ));
+            let why = "its name resolves to no address".to_owned();
+            failures.push((host_name.clone(), unresolved(why, None)));
             continue;
         }
         if random {
@@ -314,11 +339,7 @@ where
                 None
             };
             let name = name_of(&target.host, shown_addr, target.port);
-            let label = if several || !one_address {
-                format!("{server} (host {name})")
-            } else {
-                server.to_owned()
-            };
+            let label = label(server, &name, several || !one_address);
             let one = single(pg, &target.host, addr, target.port);
             match tokio::time::timeout(bound, attempt(one, label)).await {
                 Ok(Ok(connected)) => {
@@ -354,7 +375,8 @@ fn reason(e: &LockError) -> String {
 /// The error when no host worked: see [`connect_each`].
 fn none_worked(server: &str, doing: &str, bound: Duration, mut failures: Vec<(String, LockError)>) -> LockError {
     if failures.len() == 1 {
-        let (_, e) = failures.remove(0);
+        let (name, e) = failures.remove(0);
+        let server = label(server, &name, false);
         return match e {
             // One host, silent: the message the backend always gave.
             LockError::Unavailable { message, source } if source.is_none() && message.starts_with("no ready") => {
@@ -435,6 +457,57 @@ mod tests {
         assert_eq!(one.get_ports(), [5]);
         let pg = Config::from_str("host=h1,h2 hostaddr=127.0.0.2 user=u").unwrap();
         assert!(targets(&pg).unwrap_err().contains("hostaddrs"));
+    }
+
+    /// A new-user trial: `postgres://u@127.0.0.1/db` failed "connecting on
+    /// postgres://u@127.0.0.1/db", without the port it used.
+    #[test]
+    fn a_host_and_port_the_url_does_not_show_are_named() {
+        for (server, name, shown) in [
+            (
+                "postgres://u@127.0.0.1:5433/db",
+                "127.0.0.1:5433",
+                "postgres://u@127.0.0.1:5433/db",
+            ),
+            ("postgres://u@[::1]:5433/db", "[::1]:5433", "postgres://u@[::1]:5433/db"),
+            (
+                "postgres://127.0.0.1:5433",
+                "127.0.0.1:5433",
+                "postgres://127.0.0.1:5433",
+            ),
+            (
+                "postgres://u@127.0.0.1/db",
+                "127.0.0.1:5432",
+                "postgres://u@127.0.0.1/db (host 127.0.0.1:5432)",
+            ),
+            ("postgres://u@h/db", "h:5432", "postgres://u@h/db (host h:5432)"),
+            (
+                "postgres://u@h:54321/db",
+                "h:5432",
+                "postgres://u@h:54321/db (host h:5432)",
+            ),
+            (
+                "postgres://u@xh:5432/db",
+                "h:5432",
+                "postgres://u@xh:5432/db (host h:5432)",
+            ),
+            (
+                "postgres://u@h:5432.x/db",
+                "h:5432",
+                "postgres://u@h:5432.x/db (host h:5432)",
+            ),
+            (
+                "postgres:///db",
+                "/tmp (port 5432)",
+                "postgres:///db (host /tmp (port 5432))",
+            ),
+        ] {
+            assert_eq!(label(server, name, false), shown, "{server}");
+        }
+        assert_eq!(
+            label("postgres://u@h1:1,h2:2/db", "h2:2", true),
+            "postgres://u@h1:1,h2:2/db (host h2:2)"
+        );
     }
 
     #[test]

@@ -393,6 +393,37 @@ async fn a_server_greeting_in_another_protocol_is_a_configuration_error() {
     }
 }
 
+/// A host name that does not resolve is named in the message, with the port used — the
+/// default 5432 when the URL gives none. Found by a new-user trial: the message was
+/// "cannot resolve the host name: failed to lookup address information: …", naming
+/// neither. The name stays on this machine: a label longer than 63 bytes cannot be put
+/// in a DNS query (RFC 1035), so the resolver refuses it before sending anything
+/// (checked with `strace -e trace=network getent ahosts`: no inet socket is opened),
+/// where `no-such-host.invalid` would be asked of the configured name server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_name_that_does_not_resolve_is_named_with_its_port() {
+    let host = format!("{}.invalid", "x".repeat(64));
+    for (url, named) in [
+        (
+            format!("postgres://u@{host}/db?sslmode=disable"),
+            format!("{host}:5432"),
+        ),
+        (
+            format!("postgres://u@{host}:5433/db?sslmode=disable"),
+            format!("{host}:5433"),
+        ),
+    ] {
+        let err = tokio::time::timeout(Duration::from_secs(20), PgLock::connect(&url))
+            .await
+            .expect("connect answered")
+            .expect_err("connected to a host that does not resolve");
+        assert!(matches!(err, LockError::Unavailable { .. }), "{url}: {err:?}");
+        let text = fencelock_core::error::one_line(&err);
+        assert!(text.contains(&named), "{url}: `{named}` not in: {text}");
+        assert!(text.contains("resolve"), "{url}: {text}");
+    }
+}
+
 /// Counts `event` (INSERT or UPDATE) statements on `fencelock.locks` with a
 /// statement-level trigger and a sequence (the server's own count, exact and immediate).
 fn count_statements(server: &PgServer, event: &str) {
