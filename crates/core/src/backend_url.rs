@@ -260,9 +260,11 @@ impl fmt::Debug for BackendUrl {
 }
 
 /// `url` with any password hidden, for messages about text that may not parse: a URL that
-/// parses is shown as [`BackendUrl::redacted`]; anything else has everything between
-/// `://` and its last `@` replaced by `***` (more than the password, never less), and
-/// `password=` query values hidden.
+/// parses is shown as [`BackendUrl::redacted`]; anything else has everything from the
+/// first `:` after `://` up to its last `@` replaced by `***` — the password by the
+/// parser's rule (the host starts after the last `@`, the password after the first `:`),
+/// or more, never less — and `password=` query values hidden. With no `:` before that
+/// `@` there is no password, only a user, shown as written.
 pub fn redact(url: &str) -> String {
     if let Ok(parsed) = parse(url) {
         return parsed.redacted();
@@ -272,7 +274,10 @@ pub fn redact(url: &str) -> String {
         None => ("", url),
     };
     let out = match rest.rfind('@') {
-        Some(i) => format!("{head}***{}", &rest[i..]),
+        Some(at) => match rest[..at].find(':') {
+            Some(colon) => format!("{head}{}***{}", &rest[..=colon], &rest[at..]),
+            None => url.to_owned(),
+        },
         None => url.to_owned(),
     };
     hide_query_passwords(&out)
@@ -614,13 +619,33 @@ mod tests {
             assert!(e.contains(says), "{url}: {e}");
             assert!(!e.contains("Sec") && !e.contains("RET"), "{url} leaks: {e}");
         }
-        assert_eq!(redact("redis://:Sec/RET@h:1"), "redis://***@h:1");
+        assert_eq!(redact("redis://:Sec/RET@h:1"), "redis://:***@h:1");
         assert_eq!(
             redact("etcd://h:1?user=u&password=x%26y&k=v"),
             "etcd://h:1?user=u&password=***&k=v"
         );
         assert_eq!(redact("etcd://h:x?password=s&k=v"), "etcd://h:x?password=***&k=v");
         assert_eq!(redact("no url at all"), "no url at all");
+    }
+
+    /// Only a password is hidden, in text that does not parse too: a user without one is
+    /// shown, so the message says whose URL it is. Found by a new-user trial: a
+    /// PostgreSQL URL with a bad port, `postgres://u@h:x/db`, was quoted as
+    /// `postgres://***@h:x/db`, as if it held a password.
+    #[test]
+    fn a_user_without_a_password_is_shown_in_text_that_does_not_parse() {
+        for (url, shown) in [
+            ("postgres://u@h:x/db", "postgres://u@h:x/db"),
+            ("redis://us%65r@h:1#x", "redis://us%65r@h:1#x"),
+            ("postgres://u:Sec/RET@h:x/db", "postgres://u:***@h:x/db"),
+            ("redis://:Sec#RET@h:1", "redis://:***@h:1"),
+            ("redis://u:p@Sec/RET@h:1", "redis://u:***@h:1"),
+        ] {
+            assert!(BackendUrl::parse(url).is_err(), "{url} parses");
+            assert_eq!(redact(url), shown, "{url}");
+            let e = BackendUrl::parse(url).unwrap_err().to_string();
+            assert!(e.contains(&format!("`{shown}`")), "{url}: {e}");
+        }
     }
 
     #[test]

@@ -532,6 +532,9 @@ mod tests {
                 "postgres://u:pw@h/d?connections=99999999999999999999999",
                 "is not a whole number",
             ),
+            // A URL that does not parse hides only its password: a user without one shows.
+            ("postgres://app@h:x/d", "`postgres://app@h:x/d`: bad host `h:x`"),
+            ("postgres://u:pw@h:x/d", "`postgres://u:***@h:x/d`: bad host `h:x`"),
         ] {
             let e = PgConfig::from_url(url).unwrap_err().to_string();
             assert!(e.contains(says), "{url}: {e}");
