@@ -478,6 +478,23 @@ fn redis_pointed_at_another_protocol_exits_78_and_says_so() {
     assert_one_line(&out, 78, "does not answer in the Redis protocol", "an HTTP server");
 }
 
+/// `postgres://` pointed at a MySQL server (it greets first; the client reads the
+/// greeting as a message tag it does not know): a configuration error (78) naming the
+/// host and port, not "unreachable" (69, at once, before: a script would retry a URL
+/// that can never work). Found by a new-user trial.
+#[test]
+fn postgres_pointed_at_a_mysql_server_exits_78_and_says_so() {
+    let port = fencelock_testkit::ports::mysql_port();
+    let url = format!("postgres://app@127.0.0.1:{port}/db?sslmode=disable&connect_timeout=1s&timeout=1s");
+    let out = run_k(&url, &[]);
+    assert_one_line(&out, 78, "does not answer in the PostgreSQL protocol", "a MySQL server");
+    assert!(
+        stderr_of(&out).contains(&format!("postgres://app@127.0.0.1:{port}/db")),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
 #[test]
 fn a_lock_directory_that_is_not_private_exits_78() {
     use std::os::unix::fs::PermissionsExt;
