@@ -25,7 +25,7 @@ pub const DEFAULT_SCHEMA: &str = "fencelock";
 /// | `connect_timeout` | `1s` | the longest wait for one TCP connect (a plain number is seconds, as in libpq); a whole connection attempt to one address of a host, with its start-up and set-up, gets at most `connect_timeout` + 2 × `timeout`, then the next address or host is tried (a host name's lookup: at most as long again); a host refusing the authentication ends the connect (`InvalidConfig`), as in libpq |
 /// | `poll` | `500ms` | how often (jittered to 50–100 %) an instance renews its waiters' tickets, in one statement; a ticket lives `2 × poll + 1 s` past its last renewal (the dead-waiter bound), and a waiter re-checks at the latest every `4 × poll` (jittered) |
 /// | `renew_window` | `50ms` | how long a background renewal may wait to share one statement with others (capped at a tenth of its TTL; `0ms`: only renewals already due share) |
-/// | `connections` | `4` | the most connections the instance opens, 1 to 32: made one at a time when every open one is busy (the first statement makes one), so statements of different keys run side by side on the server; a lease stays with the connection that granted it |
+/// | `connections` | `4` | the most connections the instance opens, 1 to 32 (one spare more while every open one is silent: a statement went unanswered past `timeout`; given back once one answers): made one at a time when every open one is busy (the first statement makes one), so statements of different keys run side by side on the server; a lease stays with the connection that granted it |
 /// | `handoff` | `false` | `true`: the release of a lease granted after waiting hands the key to the oldest waiter in its own statement, and the waiter is granted by the notification (one round trip less per hand-off on a hot key); off, the release names that waiter, who acquires. Measured in docs/backends/postgres.md: it helps one hot key a little and hurts an instance waiting for many keys at once |
 ///
 /// `sslmode=disable`, `allow` and `prefer` (the libpq default) connect without TLS;
@@ -50,7 +50,8 @@ pub struct PgConfig {
     pub poll: Duration,
     /// How long a background renewal may wait for others to share its statement with.
     pub renew_window: Duration,
-    /// The most connections the instance opens ([`MAX_CONNECTIONS`] at most).
+    /// The most connections the instance opens ([`MAX_CONNECTIONS`] at most), one spare
+    /// more while every open one is silent.
     pub connections: usize,
     /// Whether the release of a lease granted after waiting hands the key to the oldest
     /// waiter in its own statement (`sql::release_handing`); off, the plain release.
