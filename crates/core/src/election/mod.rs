@@ -238,7 +238,8 @@ pub fn validate_name(name: &str) -> Result<()> {
         LockError::InvalidInput(m) => LockError::invalid_input(m.replacen("key", "election name", 1)),
         other => other,
     };
-    crate::options::validate_key(name).map_err(name_error)?;
+    // The election's own limit first: a name over the key's limit too must be told the
+    // election's (247), not the key's (256) — one limit in every message.
     if name.len() > MAX_NAME_LEN {
         return Err(LockError::invalid_input(format!(
             "election name is {} bytes long; the maximum is {MAX_NAME_LEN} (its seat key `{SEAT_PREFIX}NAME` must fit in {} bytes)",
@@ -246,7 +247,7 @@ pub fn validate_name(name: &str) -> Result<()> {
             crate::options::MAX_KEY_LEN
         )));
     }
-    Ok(())
+    crate::options::validate_key(name).map_err(name_error)
 }
 
 /// Checks a candidate's value.

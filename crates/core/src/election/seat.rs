@@ -392,6 +392,9 @@ mod tests {
         assert_eq!(seat_key(&longest).unwrap().len(), crate::options::MAX_KEY_LEN);
         let e = seat_key(&format!("{longest}n")).unwrap_err().to_string();
         assert!(e.contains("election name is 248 bytes long; the maximum is 247"), "{e}");
+        // Longer than a key may be too: still the election's limit, not the key's 256.
+        let e = seat_key(&"n".repeat(300)).unwrap_err().to_string();
+        assert!(e.contains("election name is 300 bytes long; the maximum is 247"), "{e}");
         let e = seat_key("a\nb").unwrap_err().to_string();
         assert!(e.contains("election name contains"), "{e}");
     }
