@@ -112,6 +112,11 @@ pub struct GuardArgs {
     #[arg(long, value_name = "FD")]
     pub report_fd: Option<i32>,
 
+    /// The lease is not renewed (`auto_renew = false`): its deadline is the TTL's end, and
+    /// the guard's message says so rather than suggest a renewal went missing
+    #[arg(long)]
+    pub unrenewed: bool,
+
     /// The command and its arguments
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,

@@ -146,11 +146,11 @@ fn kill_group(why: &str) -> ExitCode {
 /// from a pause its lease may still be valid — even renewed since — and only this line
 /// tells the guard's own kill from someone else's SIGKILL. One write of a few bytes into
 /// a pipe that holds a few lines at most: it never blocks.
-fn kill_at_deadline(report: &mut Option<std::fs::File>) -> ExitCode {
+fn kill_at_deadline(report: &mut Option<std::fs::File>, why: &str) -> ExitCode {
     if let Some(report) = report {
         let _ = report.write_all(KILLED.as_bytes());
     }
-    kill_group(VALIDITY_ENDED)
+    kill_group(why)
 }
 
 /// What the guard writes on `run`'s report pipe right before its kill at the deadline.
@@ -209,6 +209,7 @@ pub async fn guard(args: &GuardArgs) -> ExitCode {
         return exit::fail(crate::run::LOST_BEFORE_START, exit::NOT_ACQUIRED);
     }
     let mut report = open_report(args.report_fd);
+    let at_deadline = if args.unrenewed { TTL_ENDED } else { VALIDITY_ENDED };
     let Some((program, rest)) = args.command.split_first() else {
         return exit::fail("no command given after --", exit::BAD_INPUT);
     };
@@ -263,7 +264,7 @@ pub async fn guard(args: &GuardArgs) -> ExitCode {
             }
             _ = tokio::time::sleep(left) => {
                 if now_nanos() >= deadline {
-                    return kill_at_deadline(&mut report);
+                    return kill_at_deadline(&mut report, at_deadline);
                 }
             }
         }
@@ -278,6 +279,7 @@ pub async fn guard(args: &GuardArgs) -> ExitCode {
         &mut control,
         deadline,
         &mut report,
+        at_deadline,
     )
     .await
 }
@@ -307,6 +309,9 @@ fn open_inherited(fd: i32, write: bool) -> std::io::Result<std::fs::File> {
 const SIGNAL_SETTLE: Duration = Duration::from_millis(5);
 
 const VALIDITY_ENDED: &str = "the lease's validity ended without a renewal reaching the guard";
+/// [`VALIDITY_ENDED`] for a lease that is never renewed (`auto_renew = false`): its TTL
+/// running out is the plan, not a fault, and the message must not read as one.
+const TTL_ENDED: &str = "the lease's TTL ran out (auto_renew is off: nothing renews it)";
 const RUN_GONE: &str = "its `fencelock run` or `fencelock elect` is gone";
 
 /// The time left until `deadline` (a `CLOCK_MONOTONIC` instant in ns).
@@ -336,6 +341,7 @@ async fn stop_left_behind(
     control: &mut mpsc::UnboundedReceiver<Message>,
     mut deadline: u128,
     report: &mut Option<std::fs::File>,
+    at_deadline: &str,
 ) -> ExitCode {
     let me = rustix::process::getpid();
     let group = rustix::process::getpgrp();
@@ -370,7 +376,7 @@ async fn stop_left_behind(
             },
             _ = tokio::time::sleep(until(deadline)) => {
                 if now_nanos() >= deadline {
-                    return kill_at_deadline(report);
+                    return kill_at_deadline(report, at_deadline);
                 }
             }
             _ = tokio::time::sleep(Duration::from_millis(10)) => {}

@@ -184,6 +184,7 @@ pub(crate) async fn supervise_with(
         }
     };
     let group = started.group;
+    let renews = lease.auto_renews();
     let mut killed = false;
     let outcome = watch(&mut started, &lease, args.kill_after, signals, &mut killed).await;
     // Nothing of the command may run once the lock is given back.
@@ -202,18 +203,26 @@ pub(crate) async fn supervise_with(
             }
             Ok(()) => ExitCode::from(code),
         },
-        Outcome::GuardKilled(code, own) => match released {
-            Err(e @ LockError::LeaseLost { .. }) => lost(format!(
-                "{}; `{program}` did not finish: the guard killed its process group when the lease's validity ended",
-                exit::one_line(&e)
+        Outcome::GuardKilled(code, own) => {
+            match released {
+                Err(e @ LockError::LeaseLost { .. }) => lost(format!(
+                "{}{}; `{program}` did not finish: the guard killed its process group when the lease's validity ended",
+                exit::one_line(&e),
+                if renews { "" } else { " (auto_renew is off: nothing renews it)" }
             )),
-            // Killed a tenth of the validity early (`guard::kill_ahead`): the release may
-            // still have found the grant, but the command was stopped for the lease's sake.
-            _ if own => lost(format!(
-                "the lease's validity was ending without a renewal; `{program}` did not finish: the guard killed its process group"
-            )),
-            _ => ExitCode::from(code),
-        },
+                // Killed a tenth of the validity early (`guard::kill_ahead`): the release may
+                // still have found the grant, but the command was stopped for the lease's sake.
+                _ if own => lost(format!(
+                    "{}; `{program}` did not finish: the guard killed its process group",
+                    if renews {
+                        "the lease's validity was ending without a renewal"
+                    } else {
+                        "the lease's TTL was running out (auto_renew is off: nothing renews it)"
+                    }
+                )),
+                _ => ExitCode::from(code),
+            }
+        }
         Outcome::Covered(code) => ExitCode::from(code),
         // The guard said why (the validity ended before the start, a signal came first, the
         // spawn failed); whatever the release says, nothing ran under the lock. Its 75 is
@@ -317,9 +326,11 @@ fn start(args: &RunArgs, lease: &Lease, env: &[(&str, String)]) -> std::io::Resu
         .arg("--kill-after-ms")
         .arg(args.kill_after.as_millis().to_string())
         .arg("--report-fd")
-        .arg(read_fd_number(&report_write).to_string())
-        .arg("--")
-        .args(&args.command);
+        .arg(read_fd_number(&report_write).to_string());
+    if !lease.auto_renews() {
+        command.arg("--unrenewed");
+    }
+    command.arg("--").args(&args.command);
     // The one place the command's lock variables are set: all of them are cleared first,
     // so that an inherited one (a stale FENCELOCK_TERM from an outer `elect`, say) never
     // sits beside this grant's.

@@ -128,7 +128,9 @@ fn out_of_range_values_in_a_config_file_exit_78() {
 }
 
 // A6: `auto_renew = false` in the file was silently ignored by `run`; it is honoured: the
-// lease is not renewed, so the command is stopped when the TTL runs out (76).
+// lease is not renewed, so the command is stopped when the TTL runs out (76). The
+// messages say that is why (docs/election.md: "the message says so"): a trial read
+// "the lease's validity ended without a renewal reaching the guard" as a fault.
 #[test]
 fn auto_renew_off_in_the_config_file_ends_the_command_at_the_ttl() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -142,8 +144,17 @@ fn auto_renew_off_in_the_config_file_ends_the_command_at_the_ttl() {
         .spawn()
         .expect("spawn");
     let out = output_within(child, Duration::from_secs(9));
-    assert_eq!(out.status.code(), Some(76), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(76), "{err}");
     assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("fencelock:")).collect();
+    assert!(!lines.is_empty(), "nothing said: {err}");
+    for line in lines {
+        assert!(
+            line.contains("auto_renew is off"),
+            "a line that does not say the lease is not renewed: {line}\n{err}"
+        );
+    }
 }
 
 // B3, C4: `elect` takes --no-wait and --wait 0 like `run`; its timeout names the bound.

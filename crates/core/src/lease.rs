@@ -507,6 +507,13 @@ impl Lease {
         self.valid_until().saturating_duration_since(Instant::now())
     }
 
+    /// `true` when the lease renews itself in the background (the lock options'
+    /// auto-renew, [`LockOptions::with_auto_renew`](crate::LockOptions::with_auto_renew));
+    /// `false` when it ends at its TTL unless [`extend`](Self::extend)ed.
+    pub fn auto_renews(&self) -> bool {
+        self.shared.renewal().auto_renew
+    }
+
     /// `true` while the lease is `Held` and its validity has not run out. Check it right
     /// before acting; the fencing token protects what happens after.
     pub fn is_held(&self) -> bool {
