@@ -40,10 +40,11 @@ pub(crate) const CONNECTING: &str = "connecting";
 /// its error kinds private, so this looks at the structure under it: such an answer is
 /// an `io::Error` of kind `InvalidInput` or `InvalidData` made by the message parser
 /// (postgres-protocol), with no OS error code — a socket's own failures (reset,
-/// refused, timed out) carry one, or another kind. The one such error of the TCP
-/// connect itself ("could not resolve any addresses") cannot come here: every attempt
-/// is given its address (see `hosts::connect_each`). Only start-up errors are judged
-/// by it (see [`start_up_refused`]).
+/// refused, timed out) carry one, or another kind. The connect's own such errors (a
+/// socket directory too long for `sun_path`; "could not resolve any addresses" cannot
+/// come, every attempt is given its address, see `hosts::connect_each`) have the same
+/// shape and are told apart by the client's connect kind (see [`start_up_refused`]),
+/// which judges only start-up errors.
 fn unreadable_answer(e: &tokio_postgres::Error) -> bool {
     use std::error::Error as _;
     e.source()
@@ -76,7 +77,19 @@ fn start_up_refused(f: &PgFailure) -> Option<String> {
         return None;
     }
     let text = fencelock_core::error::one_line(e); // the kind, then its cause
-    if unreadable_answer(e)
+                                                   // First: an authentication the client cannot finish can fail with an `InvalidInput`
+                                                   // of its own (a SCRAM verification, a nonce), which is not a foreign protocol.
+    if text.starts_with("authentication error") {
+        return Some(format!("postgres authentication failed on {}: {text}", f.server));
+    }
+    // tokio-postgres's connect kind (its kinds are private; this is its Display): the
+    // address or socket path was refused before any server answered — a socket
+    // directory too long for `sun_path` is an `InvalidInput` with no OS code too.
+    let before_any_answer = text.starts_with("error connecting to server");
+    if before_any_answer && unreadable_answer(e) {
+        return Some(format!("cannot connect to {}: {text}: check the URL's host", f.server));
+    }
+    if (unreadable_answer(e) && !before_any_answer)
         || text.contains("bytes remaining on stream")
         || text.starts_with("unexpected message from server")
         || text.starts_with("error parsing response from server")
@@ -85,9 +98,6 @@ fn start_up_refused(f: &PgFailure) -> Option<String> {
             "the server at {} does not answer in the PostgreSQL protocol: is the host and port right?",
             f.server
         ));
-    }
-    if text.starts_with("authentication error") {
-        return Some(format!("postgres authentication failed on {}: {text}", f.server));
     }
     None
 }

@@ -300,3 +300,22 @@ async fn a_host_speaking_another_protocol_is_passed_for_the_next() {
         "{text}"
     );
 }
+
+/// Review: a start-up error that is not an answer in another protocol must not be called
+/// one. A socket directory too long for a Unix socket's path (`sun_path`, 108 bytes) made
+/// the client's connect fail with an `io::Error` of kind `InvalidInput` and no OS code —
+/// the shape the foreign-protocol check looks for — and the message said "does not
+/// answer in the PostgreSQL protocol" about a server never reached. No server is needed:
+/// the path is refused before any socket is made.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_path_too_long_is_not_called_another_protocol() {
+    let dir = format!("/tmp/{}", "d".repeat(200));
+    let url = format!("postgres://postgres@/postgres?host={dir}&{OPTIONS}");
+    let Err(err) = connect_within(&url, SLACK + PER_HOST).await else {
+        panic!("connected through a socket path of {} bytes", dir.len());
+    };
+    let text = err.to_string();
+    assert!(!text.contains("PostgreSQL protocol"), "{text}");
+    assert!(text.contains("path"), "the message does not say what is wrong: {text}");
+}
