@@ -208,7 +208,12 @@ pub(crate) async fn supervise_with(
                 Err(e @ LockError::LeaseLost { .. }) => lost(format!(
                 "{}{}; `{program}` did not finish: the guard killed its process group when the lease's validity ended",
                 exit::one_line(&e),
-                if renews { "" } else { " (auto_renew is off: nothing renews it)" }
+                // Only a loss by expiry is explained by the missing renewal.
+                match &e {
+                    LockError::LeaseLost { reason: LostReason::Expired | LostReason::NotHeld, .. } if !renews =>
+                        " (auto_renew is off: nothing renews it)",
+                    _ => "",
+                }
             )),
                 // Killed a tenth of the validity early (`guard::kill_ahead`): the release may
                 // still have found the grant, but the command was stopped for the lease's sake.
