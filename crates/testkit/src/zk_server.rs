@@ -205,6 +205,22 @@ impl ZkEnsemble {
             .find_map(|l| l.strip_prefix("Total watches:")?.trim().parse().ok())
     }
 
+    /// The paths each session watches on server `i` (`wchc`: session id as ZooKeeper
+    /// prints it, `0x` and lowercase hex, then its watched paths, chroot included), if it
+    /// answers.
+    pub fn watches_by_session(&self, i: usize) -> Option<Vec<(String, Vec<String>)>> {
+        let reply = tcp_exchange(self.servers[i].client_port, b"wchc")?;
+        let text = String::from_utf8_lossy(&reply).into_owned();
+        let mut sessions: Vec<(String, Vec<String>)> = Vec::new();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            match (line.starts_with(char::is_whitespace), sessions.last_mut()) {
+                (true, Some((_, paths))) => paths.push(line.trim().to_owned()),
+                _ => sessions.push((line.trim().to_owned(), Vec::new())),
+            }
+        }
+        Some(sessions)
+    }
+
     /// The number of packets server `i` has received from clients (`mntr`'s
     /// `zk_packets_received`: every request and ping), if it answers.
     pub fn packets_received(&self, i: usize) -> Option<u64> {

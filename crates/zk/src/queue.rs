@@ -467,32 +467,46 @@ impl Markers {
         }
     }
 
-    /// Watches every marker named by a node before ours that is not watched yet; a marker
-    /// that is gone already has its nodes removed at once.
+    /// Watches the marker of the nearest node before ours that still stands and names one
+    /// (`known`: the nodes we track, nearest first), if it is not watched yet; a marker
+    /// that is gone already has its nodes removed at once. `true` when that removed a node
+    /// or found it claimed (the caller looks again: the nearest named node changed).
+    ///
+    /// Only the nearest: a node further ahead that names a marker has a waiter of ours
+    /// behind it, nearer to it than we are (the nearest named node's owner, which watches
+    /// *its* nearest named node), and that waiter removes it when its marker goes. If that
+    /// waiter's node is removed or goes first, the next call here watches the next marker
+    /// — a node deleted before ours always leads here again. Each wait watches one marker,
+    /// not up to three (two `exists` less per contended grant).
     async fn watch(
         &mut self,
         q: &Queued,
         client: &zookeeper_client::Client,
         deleted: &mut HashSet<String>,
-    ) -> Result<()> {
-        let mut unwatched: Vec<String> = self
-            .named
+        known: &[String],
+    ) -> Result<bool> {
+        let nearest = known
             .iter()
-            .filter(|(n, _)| !deleted.contains(*n))
-            .map(|(_, (_, m))| m.clone())
-            .filter(|m| !self.watches.iter().any(|(w, _)| w == m))
-            .collect();
-        unwatched.sort();
-        unwatched.dedup();
-        for marker in unwatched {
-            match tokio::time::timeout(q.cfg.timeout, client.check_and_watch_stat(&marker)).await {
-                Ok(Ok((Some(_), watcher))) => self.watches.push((marker, Box::pin(watcher.changed()))),
-                Ok(Ok((None, _))) => self.remove_dead(q, client, &marker, deleted).await?,
-                Ok(Err(e)) => return Err(failed("watching a waiting marker", &q.cfg.display, e)),
-                Err(_) => return Err(timed_out("watching a waiting marker", &q.cfg.display, q.cfg.timeout)),
-            }
+            .filter(|n| !deleted.contains(*n))
+            .find_map(|n| self.named.get(n).map(|(_, m)| m.clone()));
+        let Some(marker) = nearest else {
+            return Ok(false);
+        };
+        if self.watches.iter().any(|(w, _)| *w == marker) {
+            return Ok(false);
         }
-        Ok(())
+        match tokio::time::timeout(q.cfg.timeout, client.check_and_watch_stat(&marker)).await {
+            Ok(Ok((Some(_), watcher))) => {
+                self.watches.push((marker, Box::pin(watcher.changed())));
+                Ok(false)
+            }
+            Ok(Ok((None, _))) => {
+                self.remove_dead(q, client, &marker, deleted).await?;
+                Ok(true)
+            }
+            Ok(Err(e)) => Err(failed("watching a waiting marker", &q.cfg.display, e)),
+            Err(_) => Err(timed_out("watching a waiting marker", &q.cfg.display, q.cfg.timeout)),
+        }
     }
 
     /// `marker` is gone: its waiting session ended (the waiter died, or paused past that
@@ -635,7 +649,6 @@ async fn wait_for_turn(
                 }
             }
         }
-        markers.watch(q, &client, &mut deleted).await?;
         confirmed = confirmed.max(sent);
         for _ in 0..1_000_000 {
             let left = known.iter().filter(|n| !deleted.contains(*n)).count();
@@ -644,6 +657,10 @@ async fn wait_for_turn(
             }
             if left < known.len() && more {
                 break; // older nodes may be left: see which
+            }
+            // The marker of the nearest node that names one; a dead one's node removed.
+            if markers.watch(q, &client, &mut deleted, &known).await? {
+                continue;
             }
             let wake = confirmed + (validity / 5).max(MIN_CHECK_PERIOD);
             let fired = tokio::time::timeout_at(
@@ -715,7 +732,6 @@ async fn wait_for_turn(
                                     deleted.insert(name);
                                 }
                             }
-                            markers.watch(q, &client, &mut deleted).await?;
                         }
                         EventType::Session if !q.session.is_usable() => {
                             return Err(LockError::Unavailable {
@@ -739,7 +755,8 @@ async fn wait_for_turn(
                                 source: None,
                             })
                         }
-                        _ => markers.watch(q, &client, &mut deleted).await?,
+                        // Watched again at the top of the loop if it is still the nearest.
+                        _ => {}
                     }
                 }
                 Err(_) => {

@@ -72,3 +72,77 @@ async fn until_watches(ensemble: &ZkEnsemble, n: usize) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Each waiter watches the waiting marker of the nearest node before its own that names
+/// one, not the markers of all three nodes it tracks: a marker further ahead is watched
+/// by the waiter right behind its node, which removes that node when it goes. Three
+/// waiters behind a holder (whose node names none): the first watches no marker, the
+/// second and the third one each — two `exists` less per contended grant than one per
+/// node named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_waiter_watches_one_waiting_marker() {
+    let ensemble = ZkEnsemble::standalone();
+    let url = ensemble.url("/markers", "session_timeout=30s");
+    let opts = LockOptions::new()
+        .with_ttl(Duration::from_secs(10))
+        .with_wait(Duration::from_secs(20));
+    let holder = ZkLock::connect(&url).await.unwrap();
+    let held = holder.acquire("k", &opts).await.unwrap();
+    let mut waiters = Vec::new();
+    let mut queued = Vec::new();
+    // One at a time, each settled (its own node, the nodes before it, and the marker it
+    // watches) before the next queues, so each reads the node before it already named.
+    for (i, nodes) in [2usize, 3, 4].into_iter().enumerate() {
+        let locks = ZkLock::connect(&url).await.unwrap();
+        let id = format!("0x{:x}", locks.session_id().await.unwrap());
+        queued.push(tokio::spawn({
+            let locks = locks.clone();
+            async move { locks.acquire("k", &opts).await }
+        }));
+        let markers = i.min(1);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let watched = session_watches(&ensemble, &id);
+            let on_markers = watched.iter().filter(|p| p.contains("/%waiting/")).count();
+            if watched.len() - on_markers >= nodes && on_markers >= markers {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waiter {i} never watched its nodes and marker: {watched:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await; // polling the server's wchc
+        }
+        waiters.push((id, locks));
+    }
+    let on_markers: Vec<usize> = waiters
+        .iter()
+        .map(|(id, _)| {
+            session_watches(&ensemble, id)
+                .iter()
+                .filter(|p| p.contains("/%waiting/"))
+                .count()
+        })
+        .collect();
+    assert_eq!(on_markers, [0, 1, 1], "markers watched by each of the three waiters");
+    held.release().await.unwrap();
+    for q in queued {
+        let lease = tokio::time::timeout(Duration::from_secs(10), q)
+            .await
+            .expect("each waiter is served")
+            .unwrap()
+            .unwrap();
+        lease.release().await.unwrap();
+    }
+}
+
+/// The paths the session `id` (as `wchc` prints it) watches.
+fn session_watches(ensemble: &ZkEnsemble, id: &str) -> Vec<String> {
+    ensemble
+        .watches_by_session(0)
+        .expect("the server answers wchc")
+        .into_iter()
+        .find(|(s, _)| s == id)
+        .map(|(_, paths)| paths)
+        .unwrap_or_default()
+}
