@@ -269,11 +269,13 @@ impl DistributedLock for ZkLock {
             let (mut q, kept_before) = match ours {
                 Some(q) => (q, true),
                 None => {
-                    // While the instance keeps a waiting session, its nodes name the
-                    // marker from their create (no request more).
-                    let named = match opts.auto_renew() {
-                        true => self.inner.waiting.current().await,
-                        false => None,
+                    // While the instance keeps a waiting session, its nodes of a key whose
+                    // last acquire here waited name the marker from their create (no
+                    // request more); other creates name nothing, so a grant at once
+                    // needs no claim.
+                    let named = match (opts.auto_renew(), cfg.layout.dir(key, &cfg.chroot)) {
+                        (true, Ok(dir)) => self.inner.waiting.current(&dir).await,
+                        _ => None,
                     };
                     (enqueue(&session, &self.inner.cfg, key, pending, named).await?, false)
                 }

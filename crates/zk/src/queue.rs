@@ -600,8 +600,15 @@ async fn wait_for_turn(
     let mut deleted: HashSet<String> = HashSet::new();
     let mut watches: Vec<Watch> = Vec::new();
     let mut naming_tried = q.naming.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+    let mut first_listing = true;
     for _ in 0..100_000 {
         let pos = position(q).await?;
+        if std::mem::take(&mut first_listing) {
+            // Whether this key is contended here: its next create names the marker if so.
+            if let Some(namer) = namer {
+                namer.note(&q.dir, !pos.older.is_empty());
+            }
+        }
         let mut confirmed = pos.sent_at;
         let more = pos.older.len() > TRACKED;
         let known: Vec<String> = pos

@@ -20,6 +20,7 @@
 //! and a grant on a named node is valid no longer than the last proof + the timeout —
 //! never past the moment the server could delete the marker.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -220,23 +221,52 @@ async fn keep(waiting: Arc<Waiting>, request_timeout: Duration) {
     waiting.end();
 }
 
+/// The most lock paths [`WaitingSlot`] remembers as contended; beyond it they are all
+/// forgotten (a forgotten path costs its next wait one naming `setData`).
+const MAX_CONTENDED: usize = 1024;
+
 /// The instance's waiting session, opened on demand.
 #[derive(Debug, Default)]
 pub(crate) struct WaitingSlot {
     current: tokio::sync::Mutex<Weak<Waiting>>,
     /// The server would not make it shorter than the session: never tried again.
     useless: AtomicBool,
+    /// The lock paths whose last acquire through this instance waited: only their creates
+    /// name the marker. A create that names it and turns out first in line is granted
+    /// with its validity capped by the waiting session until a write claims it; an
+    /// acquire of a path that was not contended names nothing at its create, so when it is
+    /// first it gets the full validity and never needs a claim (review of issue 14: every
+    /// create of an instance with a waiting session named it).
+    contended: std::sync::Mutex<HashSet<String>>,
 }
 
 impl WaitingSlot {
-    /// A use of the live waiting session, if one is open (never opens one: for a create,
+    /// A use of the live waiting session for a create under `dir`, if one is open and the
+    /// last acquire of `dir` through this instance waited (never opens one: for a create,
     /// which must not wait for a connect on the uncontended path). Never waits either:
     /// while another wait holds the slot to open a session (a connect, up to the connect
     /// bound, and the marker's create), the create goes out naming nothing — its wait, if
     /// it has one, names the marker then (review: every acquire of the instance stalled
     /// behind the connect).
-    pub async fn current(&self) -> Option<WaitingUse> {
+    pub async fn current(&self, dir: &str) -> Option<WaitingUse> {
+        if !self.contended.lock().unwrap_or_else(|p| p.into_inner()).contains(dir) {
+            return None;
+        }
         self.current.try_lock().ok()?.upgrade()?.enter()
+    }
+
+    /// Notes whether an acquire under `dir` had to wait (its first listing showed a node
+    /// before its own): the next create there names the marker only if it did.
+    pub fn note(&self, dir: &str, waited: bool) {
+        let mut contended = self.contended.lock().unwrap_or_else(|p| p.into_inner());
+        if !waited {
+            contended.remove(dir);
+        } else if !contended.contains(dir) {
+            if contended.len() >= MAX_CONTENDED {
+                contended.clear();
+            }
+            contended.insert(dir.to_owned());
+        }
     }
 
     /// A use of the live waiting session, opened if there is none.

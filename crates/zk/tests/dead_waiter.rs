@@ -477,3 +477,39 @@ async fn a_holder_paused_before_its_claim_never_overlaps_the_next() {
     live.close().await.unwrap();
     first.close().await.unwrap();
 }
+
+/// An instance that keeps a waiting session (one of its acquires waits) and takes another
+/// key that nobody holds: that create names no marker, so the grant has the session's
+/// whole validity and never needs a claim. Before, every create of an instance with a
+/// waiting session named its marker: "the uncontended grant is valid for 7…ms".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncontended_grant_beside_a_wait_needs_no_claim() {
+    let (_ensemble, _url, holder, waiter, op) = set_up("/uncontended").await;
+    let held = holder.acquire("k", &child_opts()).await.unwrap();
+    let queued = tokio::spawn({
+        let waiter = waiter.clone();
+        async move { waiter.acquire("k", &child_opts()).await }
+    });
+    until("the waiter queued, naming its marker", SLACK, async || {
+        let nodes = op.nodes().await;
+        nodes.len() == 2 && names_a_marker(&op.data(&nodes[1]).await)
+    })
+    .await;
+    let solo = waiter.acquire("solo", &child_opts()).await.unwrap();
+    let remaining = solo.remaining();
+    assert!(
+        remaining > SESSION / 2,
+        "the uncontended grant is valid for {remaining:?}, not the session's {SESSION:?}"
+    );
+    let nodes = op.0.list_children("/solo").await.unwrap();
+    let (data, _) = op.0.get_data(&format!("/solo/{}", nodes[0])).await.unwrap();
+    assert!(!names_a_marker(&data), "the uncontended node names a marker");
+    solo.release().await.unwrap();
+    held.release().await.unwrap();
+    let lease = tokio::time::timeout(SLACK, queued)
+        .await
+        .expect("the waiter is served")
+        .unwrap()
+        .unwrap();
+    lease.release().await.unwrap();
+}
