@@ -153,3 +153,70 @@ fn session_watches(ensemble: &ZkEnsemble, id: &str) -> Vec<String> {
         .map(|(_, paths)| paths)
         .unwrap_or_default()
 }
+
+/// The waiting session's proofs (every third of its timeout, through the leader) change
+/// nothing: a watch on the marker — the one the waiter behind a named node keeps — does
+/// not fire at each, to be set again by another request. Before, the proof was an empty
+/// `setData` on the marker, which fired it: "a proof fired the marker's watch".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_sessions_proof_fires_no_watch() {
+    let ensemble = ZkEnsemble::standalone();
+    let url = ensemble.url("/proofs", "session_timeout=30s");
+    let opts = LockOptions::new()
+        .with_ttl(Duration::from_secs(10))
+        .with_wait(Duration::from_secs(20));
+    let (holder, waiter) = (
+        ZkLock::connect(&url).await.unwrap(),
+        ZkLock::connect(&url).await.unwrap(),
+    );
+    let held = holder.acquire("k", &opts).await.unwrap();
+    let queued = tokio::spawn({
+        let waiter = waiter.clone();
+        async move { waiter.acquire("k", &opts).await }
+    });
+    let op = zookeeper_client::Client::connect(&format!("127.0.0.1:{}/proofs", ensemble.port(0)))
+        .await
+        .unwrap();
+    // The marker the waiter's node names (its path on the server, chroot included).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let marker = loop {
+        let mut nodes = op.list_children("/k").await.unwrap();
+        nodes.sort_by_key(|n| n[n.len() - 10..].to_owned());
+        if let Some(node) = nodes.get(1) {
+            let (data, _) = op.get_data(&format!("/k/{node}")).await.unwrap();
+            if let Some(path) = data.strip_prefix(b"fencelock-waiting:/proofs") {
+                break String::from_utf8(path.to_vec()).unwrap();
+            }
+        }
+        assert!(Instant::now() < deadline, "the waiter's node never named its marker");
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling the queue
+    };
+    let (stat, watcher) = op.check_and_watch_stat(&marker).await.unwrap();
+    assert!(stat.is_some(), "the marker {marker} exists");
+    let mut fired = Box::pin(watcher.changed());
+    // A proof after the watch: the waiting session's connection pings between proofs (it
+    // is idle for longer than its ping interval), so a proof seen after a ping is a new one.
+    let sid = format!("0x{}", marker.rsplit("m-").next().unwrap());
+    for want in [&["PING"][..], &["MULT", "SETD", "CHEC"][..]] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ensemble
+            .last_operation(0, &sid)
+            .is_some_and(|lop| want.contains(&lop.as_str()))
+        {
+            assert!(Instant::now() < deadline, "the waiting session never sent {want:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await; // polling the server's cons
+        }
+    }
+    // An answer on the operator's connection comes after any event the proof triggered.
+    op.check_stat("/").await.unwrap();
+    if let Ok(event) = tokio::time::timeout(Duration::ZERO, &mut fired).await {
+        panic!("a proof fired the marker's watch: {event:?}");
+    }
+    held.release().await.unwrap();
+    let lease = tokio::time::timeout(Duration::from_secs(10), queued)
+        .await
+        .expect("the waiter is served")
+        .unwrap()
+        .unwrap();
+    lease.release().await.unwrap();
+}
