@@ -221,20 +221,27 @@ impl ZkEnsemble {
         Some(sessions)
     }
 
+    /// The packets each connected session has sent server `i` (`cons`'s `recved`, by
+    /// session id as ZooKeeper prints it: `0x` and lowercase hex), if it answers.
+    pub fn packets_by_session(&self, i: usize) -> Option<Vec<(String, u64)>> {
+        let reply = tcp_exchange(self.servers[i].client_port, b"cons")?;
+        let text = String::from_utf8_lossy(&reply).into_owned();
+        Some(
+            text.lines()
+                .filter_map(|l| Some((cons_field(l, "sid")?, cons_field(l, "recved")?.parse().ok()?)))
+                .collect(),
+        )
+    }
+
     /// The last operation (`cons`'s `lop`, such as `PING`, `SETD`, `MULT`) of the
     /// connection of session `sid` (as ZooKeeper prints it: `0x` and lowercase hex) on
     /// server `i`, if the server answers and has that session connected.
     pub fn last_operation(&self, i: usize, sid: &str) -> Option<String> {
         let reply = tcp_exchange(self.servers[i].client_port, b"cons")?;
         let text = String::from_utf8_lossy(&reply).into_owned();
-        let field = |line: &str, name: &str| {
-            let at = line.find(&format!("{name}="))? + name.len() + 1;
-            let rest = &line[at..];
-            Some(rest[..rest.find([',', ')']).unwrap_or(rest.len())].to_owned())
-        };
         text.lines()
-            .find(|l| field(l, "sid").as_deref() == Some(sid))
-            .and_then(|l| field(l, "lop"))
+            .find(|l| cons_field(l, "sid").as_deref() == Some(sid))
+            .and_then(|l| cons_field(l, "lop"))
     }
 
     /// The number of packets server `i` has received from clients (`mntr`'s
@@ -272,4 +279,11 @@ impl ZkEnsemble {
             .filter(|i| self.servers[*i].process.is_some())
             .find(|i| matches!(self.mode(*i).as_deref(), Some("leader") | Some("standalone")))
     }
+}
+
+/// The value of `name=` in a line of `cons` (`/127.0.0.1:PORT[1](queued=0,recved=5,…)`).
+fn cons_field(line: &str, name: &str) -> Option<String> {
+    let at = line.find(&format!("{name}="))? + name.len() + 1;
+    let rest = &line[at..];
+    Some(rest[..rest.find([',', ')']).unwrap_or(rest.len())].to_owned())
 }
