@@ -233,17 +233,6 @@ impl ZkEnsemble {
         )
     }
 
-    /// The last operation (`cons`'s `lop`, such as `PING`, `SETD`, `MULT`) of the
-    /// connection of session `sid` (as ZooKeeper prints it: `0x` and lowercase hex) on
-    /// server `i`, if the server answers and has that session connected.
-    pub fn last_operation(&self, i: usize, sid: &str) -> Option<String> {
-        let reply = tcp_exchange(self.servers[i].client_port, b"cons")?;
-        let text = String::from_utf8_lossy(&reply).into_owned();
-        text.lines()
-            .find(|l| cons_field(l, "sid").as_deref() == Some(sid))
-            .and_then(|l| cons_field(l, "lop"))
-    }
-
     /// The number of packets server `i` has received from clients (`mntr`'s
     /// `zk_packets_received`: every request and ping), if it answers.
     pub fn packets_received(&self, i: usize) -> Option<u64> {

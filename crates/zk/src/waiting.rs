@@ -202,15 +202,12 @@ async fn keep(waiting: Arc<Waiting>, request_timeout: Duration) {
         }
         let Some(client) = waiting.client() else { break };
         let sent = Instant::now();
-        // Through the leader, not a read: a read is answered by the follower the session is
-        // on, from its own copy, and a follower cut off from the leader keeps answering
-        // reads for `syncLimit` ticks (10 s on a stock server) while the leader expires the
-        // session and deletes the marker (review). A `check` of the marker in a `multi` is
-        // forwarded to the leader like a write, which checks the session first: answered,
-        // the leader held the session alive after `sent`. Unlike a `setData` it changes
-        // nothing, so it fires no watch: the waiter watching the marker is not woken to
-        // watch it again at every proof.
-        match tokio::time::timeout(request_timeout.min(period), prove(&client, &waiting.marker)).await {
+        // A write, not a read: a read is answered by the follower the session is on, from
+        // its own copy, and a follower cut off from the leader keeps answering reads for
+        // `syncLimit` ticks (10 s on a stock server) while the leader expires the session
+        // and deletes the marker (review). A write goes through the leader, which checks
+        // the session first: answered, the leader held the session alive after `sent`.
+        match tokio::time::timeout(request_timeout.min(period), client.set_data(&waiting.marker, b"", None)).await {
             Ok(Ok(_)) => {
                 let mut proof = waiting.proof.lock().unwrap_or_else(|p| p.into_inner());
                 *proof = (*proof).max(sent);
@@ -227,13 +224,6 @@ async fn keep(waiting: Arc<Waiting>, request_timeout: Duration) {
 /// The most lock paths [`WaitingSlot`] remembers as contended; beyond it they are all
 /// forgotten (a forgotten path costs its next wait one naming `setData`).
 const MAX_CONTENDED: usize = 1024;
-
-/// One proof: a `multi` of one `check` that the marker exists (any version).
-async fn prove(client: &Client, marker: &str) -> std::result::Result<(), zookeeper_client::Error> {
-    let mut check = client.new_multi_writer();
-    check.add_check_version(marker, -1)?;
-    check.commit().await.map(|_| ()).map_err(zookeeper_client::Error::from)
-}
 
 /// The instance's waiting session, opened on demand.
 #[derive(Debug, Default)]
