@@ -406,6 +406,9 @@ impl PgNode {
         if wanted().is_none() {
             return Ok(());
         }
+        // Not bounded here: whoever holds `listening` holds its turn already and sends one
+        // statement bounded by the timeout (never a wait for a turn under the lock: see
+        // `unlisten_replaced`), so this waits for those statements at most.
         let _one = pool.listening.lock().await;
         let Some(replacing) = wanted() else {
             return Ok(());
@@ -459,7 +462,8 @@ impl PgNode {
 
     /// `session`, a listener replaced while it was silent (see
     /// [`ensure_listener`](Self::ensure_listener)), answered again: it stops listening, in the background
-    /// (one `UNLISTEN`, on a turn of its own, bounded by the statement timeout), so each
+    /// (one `UNLISTEN`, on a turn of its own waited for at most the statement timeout
+    /// before `listening` is taken, and bounded by the statement timeout), so each
     /// release is not delivered to us twice for the rest of its life and the server
     /// signals one backend less per `NOTIFY`. Until then a release may wake a waiter
     /// twice: the second wake-up finds the ticket gone (the wait ended) or costs one
@@ -476,21 +480,33 @@ impl PgNode {
         let (node, session) = (self.clone(), Arc::clone(session));
         rt.spawn(async move {
             let pool = &node.inner.pool;
-            {
-                let _one = pool.listening.lock().await;
-                if session.is_listening() && !pool.is_listener(&session) && session.is_alive() {
-                    let unlisten = format!("UNLISTEN {}", node.inner.cfg.channel());
-                    let unlisten = &unlisten;
-                    let sent = node
-                        .call_on(&session, "UNLISTEN", |s| async move {
-                            s.client.batch_execute(unlisten).await
-                        })
-                        .await;
-                    match sent {
-                        Ok(()) => session.set_unlistened(),
-                        Err(e) => tracing::debug!(error = %e, "UNLISTEN on a replaced listener failed; it listens on"),
+            let timeout = node.inner.cfg.timeout;
+            // The turn on `session` first, then `listening` — never the lock while waiting
+            // for a turn. Statements take their turn before `ensure_listener` waits for the
+            // lock; holding the lock while waiting for a turn here, with every turn on
+            // `session` held by statements waiting for the lock (four acquires sent there
+            // while a new listener was wanted), stalled every statement of the instance
+            // until this wait ran out (10 × timeout) and failed those four. Now whoever
+            // holds the lock already holds its turn and only sends one statement, bounded
+            // by the timeout: no wait for the lock is longer than those statements.
+            match node.turn(&session.turns, "UNLISTEN", timeout).await {
+                Ok(_turn) => {
+                    let _one = pool.listening.lock().await;
+                    if session.is_listening() && !pool.is_listener(&session) && session.is_alive() {
+                        let unlisten = format!("UNLISTEN {}", node.inner.cfg.channel());
+                        let unlisten = &unlisten;
+                        let sent = node
+                            .send_on(&session, "UNLISTEN", timeout, |s| async move {
+                                s.client.batch_execute(unlisten).await
+                            })
+                            .await;
+                        match sent {
+                            Ok(_) => session.set_unlistened(),
+                            Err(e) => tracing::debug!(error = %e, "UNLISTEN on a replaced listener failed; it listens on"),
+                        }
                     }
                 }
+                Err(e) => tracing::debug!(error = %e, "no turn for UNLISTEN on a replaced listener; the next answer on it tries again"),
             }
             pool.unlistening.store(false, Ordering::SeqCst);
         });
