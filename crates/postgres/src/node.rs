@@ -283,8 +283,10 @@ impl PgNode {
     }
 
     /// [`pick`](Self::pick); with `reconnect` false, never connects when no connection is
-    /// open (`Unavailable` instead): for the instance's own background work, which must
-    /// not open connections again after `close()` ended them.
+    /// open or `close()` ended them ([`Pool::is_closed`]), and ends a connection it made
+    /// if `close()` came during the connect (`Unavailable` instead): for the instance's
+    /// own background work, which must not open connections again after `close()`. With
+    /// `reconnect` true (a statement of the caller's) the instance is open again.
     async fn pick_from(
         &self,
         doing: &str,
@@ -294,6 +296,15 @@ impl PgNode {
         let pool = &self.inner.pool;
         let deadline = tokio::time::Instant::now() + limit;
         let busy = || no_turn(doing, limit, self.server());
+        let closed = || LockError::Unavailable {
+            message: format!("{doing} not sent to {}: the instance was closed", self.server()),
+            source: None,
+        };
+        if reconnect {
+            pool.reopen();
+        } else if pool.is_closed() {
+            return Err(closed());
+        }
         if let Some(backend_pid) = pool.give_back_surplus() {
             tracing::debug!(server = %self.server(), backend_pid, "a connection over the pool's bound, made while every one was silent, closed");
         }
@@ -334,6 +345,16 @@ impl PgNode {
                     }
                     if pool.may_grow(&live) {
                         match self.connect().await {
+                            // `close()` came while this background connect was under way
+                            // (it may take the connect timeout plus two statement
+                            // timeouts): `close()` ended the connections it found, not
+                            // this one, which would otherwise listen on until the
+                            // instance is dropped.
+                            Ok(session) if !reconnect && pool.is_closed() => {
+                                session.end("the client closed it");
+                                pool.live(); // drops it from the pool
+                                return Err(closed());
+                            }
                             Ok(session) => {
                                 if let Ok(turn) = Arc::clone(&session.turns).try_acquire_owned() {
                                     return Ok((session, turn));

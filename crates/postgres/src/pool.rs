@@ -52,6 +52,11 @@ pub(crate) struct Pool {
     listener: Mutex<Weak<Session>>,
     /// No further connection is tried before this instant (after a failed one).
     grow_after: Mutex<Option<Instant>>,
+    /// Set by `close()` ([`crate::node::PgNode::close_session`]), cleared by the next
+    /// statement of the caller's: the instance's background work (making another
+    /// connection listen) opens no connection while it is set, and ends one it finished
+    /// opening after it was set.
+    closed: std::sync::atomic::AtomicBool,
     /// Signalled when a connection is added: statements waiting for a turn on the others
     /// look again, so the new one's turns go to them before later arrivals.
     pub grown: tokio::sync::Notify,
@@ -68,6 +73,7 @@ impl Pool {
             unlistening: std::sync::atomic::AtomicBool::new(false),
             listener: Mutex::default(),
             grow_after: Mutex::default(),
+            closed: std::sync::atomic::AtomicBool::new(false),
             grown: tokio::sync::Notify::new(),
         }
     }
@@ -111,9 +117,22 @@ impl Pool {
         self.grown.notify_waiters();
     }
 
-    /// Takes every connection out of the pool (to end them).
+    /// Takes every connection out of the pool (to end them), and marks the pool closed
+    /// ([`is_closed`](Self::is_closed)) until [`reopen`](Self::reopen).
     pub(crate) fn take_all(&self) -> Vec<Arc<Session>> {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         std::mem::take(&mut *self.sessions())
+    }
+
+    /// Whether `close()` ended the connections and no statement of the caller's came
+    /// since ([`take_all`](Self::take_all)).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A statement of the caller's after `close()`: the instance connects again.
+    pub(crate) fn reopen(&self) {
+        self.closed.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Whether another connection may be made now, with `live` open: fewer than the
