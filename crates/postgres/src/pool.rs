@@ -13,8 +13,9 @@
 //! server's `max_connections`).
 //!
 //! With every connection silent ([`Session::is_silent`]) and the pool full, one more
-//! connection (a spare) may be made for new statements, and is given back once another
-//! connection answers again: see [`Pool::may_grow`].
+//! connection (a spare) may be made for new statements, and one connection is given back
+//! once two answer again and one of them holds no lease: see [`Pool::may_grow`] and
+//! [`Pool::give_back_surplus`].
 //!
 //! What a lease does after its grant (extend, renewals, release) goes through the
 //! connection that granted it ([`crate::session::Session`]: a lease is reported lost when
@@ -147,8 +148,9 @@ impl Pool {
     /// lapsed. Failing new statements fast instead would still stall every key; one
     /// connection more keeps the other keys working, and a silent server (hung, cut off)
     /// costs only the connect's bound, then [`GROW_BACKOFF`]. The spare is made only while
-    /// none of the others answers, and given back once another one answers and one holds
-    /// nothing ([`give_back_surplus`](Self::give_back_surplus)): the pool exceeds its
+    /// none of the others answers, and one connection is given back once two answer and
+    /// one of them holds nothing ([`give_back_surplus`](Self::give_back_surplus); while
+    /// each holds a lease, not before one of those leases ends): the pool exceeds its
     /// bound by one at most.
     pub(crate) fn may_grow(&self, live: &[Arc<Session>]) -> bool {
         if live.is_empty() {
@@ -160,11 +162,14 @@ impl Pool {
     }
 
     /// Gives back one connection when the pool holds more than its bound (a spare made
-    /// while every connection was silent, see [`may_grow`](Self::may_grow)) and another
-    /// one answers: one that answers, is not the listener, holds no lease and has nothing
-    /// in flight; every turn on it is taken first, so nothing is sent on it after. Returns
-    /// the backend pid of the one closed. None closed while each one holds a lease: the
-    /// next statement looks again.
+    /// while every connection was silent, see [`may_grow`](Self::may_grow)) and at least
+    /// two answer: any one that answers, is not the listener, holds no lease and has
+    /// nothing in flight (each such one is tried); every turn on it is taken first, so
+    /// nothing is sent on it after. Returns the backend pid of the one closed. None is
+    /// closed while each of them holds a lease (a lease is tied to its connection): the
+    /// next statement looks again, and the pool stays one over its bound until a lease
+    /// ends or is released — with `connections=1` and an auto-renewed lease on the
+    /// connection that was silent, as long as that lease lives.
     pub(crate) fn give_back_surplus(&self) -> Option<i32> {
         let live = self.live();
         if live.len() <= self.size {
@@ -172,20 +177,25 @@ impl Pool {
         }
         let listener = self.listener();
         let answering = live.iter().filter(|s| !s.is_silent()).count();
-        let candidate = live.iter().find(|s| {
-            !s.is_silent()
-                && answering >= 2
-                && s.in_flight() == 0
-                && !listener.as_ref().is_some_and(|l| Arc::ptr_eq(l, s))
-        })?;
-        let turns = Arc::clone(&candidate.turns)
-            .try_acquire_many_owned(crate::node::IN_FLIGHT as u32)
-            .ok()?;
-        if !candidate.retire() {
-            return None; // a lease was tracked on it meanwhile: it stays
+        if answering < 2 {
+            return None;
         }
-        turns.forget(); // never a turn on it again, for a list of connections taken before
-        Some(candidate.backend_pid)
+        // Every candidate, not only the first: the first idle one may hold a lease (its
+        // connection's lease renewed for hours) while another one holds nothing.
+        let candidates = live
+            .iter()
+            .filter(|s| !s.is_silent() && s.in_flight() == 0 && !listener.as_ref().is_some_and(|l| Arc::ptr_eq(l, s)));
+        for candidate in candidates {
+            let Ok(turns) = Arc::clone(&candidate.turns).try_acquire_many_owned(crate::node::IN_FLIGHT as u32) else {
+                continue; // a statement took a turn on it meanwhile
+            };
+            if !candidate.retire() {
+                continue; // it holds a lease: it stays (its turns are given back here)
+            }
+            turns.forget(); // never a turn on it again, for a list of connections taken before
+            return Some(candidate.backend_pid);
+        }
+        None
     }
 
     /// A connection could not be made: the pool works with the ones it has for

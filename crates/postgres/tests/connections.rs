@@ -473,3 +473,75 @@ async fn a_single_silent_connection_gets_one_spare_until_it_answers_again() {
     }
     locks.close().await.unwrap();
 }
+
+/// With `connections=2`, both connections fall silent (each carries a lease whose extend
+/// waits for an operator's row lock past the timeout): a spare is made for new statements
+/// and listens. Once both answer again, the first connection still holds its lease and
+/// the second holds nothing: the second is given back, so the pool is at its bound again.
+/// (Review of the spare change: only the first idle connection that answers was tried;
+/// it held a lease, so none was closed — for as long as that lease lived.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spare_is_given_back_even_when_the_first_connection_holds_a_lease() {
+    let server = PgServer::start();
+    let app = "pgpool_surplus";
+    let locks = connect_as(&server, app, "&connections=2").await;
+    let mut leases = acquire_200_at_once(&locks).await;
+    let pids = locks.backend_pids();
+    assert_eq!(pids.len(), 2, "set-up: 200 keys at once use both connections");
+    // One lease kept on each connection, the first one's lease on the first connection.
+    let mut kept = Vec::new();
+    for pid in &pids {
+        let i = leases
+            .iter()
+            .position(|l| locks.lease_backend_pid(l) == Some(*pid))
+            .expect("set-up: a lease on each connection");
+        kept.push(leases.swap_remove(i));
+    }
+    for lease in leases {
+        lease.release().await.unwrap();
+    }
+    let keys: Vec<String> = kept.iter().map(|l| format!("'{}'", l.key())).collect();
+    let operator = common::Operator::holding(
+        &server,
+        &format!(
+            "SELECT 1 FROM fencelock.locks WHERE key IN ({}) FOR UPDATE",
+            keys.join(",")
+        ),
+    )
+    .await;
+    let extended = futures_util::future::join_all(kept.iter().map(|l| l.extend(Duration::from_secs(60)))).await;
+    assert!(
+        extended.iter().all(|e| matches!(e, Err(e) if e.is_temporary())),
+        "the extends were not held up past the timeout: {extended:?}"
+    );
+    let spare = tokio::time::timeout(STUCK, locks.try_acquire("b", &opts()))
+        .await
+        .expect("the grant was stuck")
+        .unwrap()
+        .expect("`b` is free");
+    assert_eq!(server.backends_of(app), 3, "set-up: one spare while both are silent");
+    spare.release().await.unwrap();
+    operator.commit().await;
+    for lease in &kept {
+        lease.extend(Duration::from_secs(60)).await.unwrap(); // its connection answers again
+    }
+    let second = kept.pop().unwrap();
+    second.release().await.unwrap();
+    // The next statements give one connection back (each a bounded try_acquire).
+    let deadline = Instant::now() + STUCK;
+    let mut i = 0;
+    while server.backends_of(app) != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no connection was given back while one held nothing: {} backends",
+            server.backends_of(app)
+        );
+        let lease = locks.try_acquire(&format!("d{i}"), &opts()).await.unwrap().unwrap();
+        lease.release().await.unwrap();
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await; // polling a condition, bounded
+    }
+    assert!(kept[0].is_held(), "the lease on the first connection was lost");
+    kept.pop().unwrap().release().await.unwrap();
+    locks.close().await.unwrap();
+}
