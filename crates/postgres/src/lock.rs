@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use crate::config::PgConfig;
 use crate::grant::PgGrant;
 use crate::node::{Busy, NodeGrant, PgNode, Queueing, Settings};
-use crate::session::Session;
+use crate::session::{Claim, Session};
 use crate::waiters::{Confirmed, Ticket};
 
 /// What the backend promises on one primary that flushes every commit to disk before
@@ -65,7 +65,7 @@ enum Outcome {
     /// least `ms` past `sent_at` (see [`PgLock::handed`]).
     Handed {
         token: u64,
-        session: Arc<Session>,
+        session: Claim,
         sent_at: Instant,
         ms: u64,
     },
@@ -276,7 +276,7 @@ impl PgLock {
         opts: &LockOptions,
         grant: &GrantId,
         token: u64,
-        session: Arc<Session>,
+        session: Claim,
         known: Confirmed,
     ) -> Result<Option<Lease>> {
         let token = FencingToken::new(token);
@@ -455,7 +455,7 @@ impl PgLock {
         queue: &mut Option<Ticket>,
         grant: &GrantId,
         token: u64,
-        session: Arc<Session>,
+        session: Claim,
         known: Confirmed,
     ) -> Result<Attempt> {
         match self.handed(key, opts, grant, token, session, known).await {

@@ -26,7 +26,7 @@ use crate::error::{failed, no_answer};
 use crate::hosts::{self, HostFailure};
 use crate::pool::{least_busy, Pool};
 use crate::renewals::{self, renewals, Renewal, Renewals};
-use crate::session::{Session, Statements};
+use crate::session::{Claim, Session, Statements};
 use crate::sql;
 use crate::waiters::{Confirmed, Contended, Waiters};
 
@@ -216,11 +216,23 @@ impl PgNode {
     /// with 1,000 keys waited for on one instance, every handed lease's renewals and
     /// release then queued on that one connection, and the bench's many-keys row fell
     /// from 2,893 to 1,415 grants/s, Jain's index from 0.98 to 0.90.)
-    pub(crate) async fn live_session(&self) -> Result<Arc<Session>> {
-        match self.inner.pool.least_loaded() {
-            Some(s) => Ok(s),
-            None => self.session().await,
+    ///
+    /// Claimed ([`Session::claim`]) until the lease is tracked, so it is not given back as
+    /// surplus meanwhile; one closed between the choice and the claim is passed over.
+    pub(crate) async fn live_session(&self) -> Result<Claim> {
+        // Each round ends with a claim on a live connection unless one was closed or
+        // ended under it: at most one per connection (the pool's bound, plus the spare).
+        for _ in 0..=crate::config::MAX_CONNECTIONS + 1 {
+            let session = match self.inner.pool.least_loaded() {
+                Some(s) => s,
+                None => self.session().await?,
+            };
+            let claim = session.claim();
+            if claim.is_alive() {
+                return Ok(claim);
+            }
         }
+        Err(ended("taking over a handed lease", self.server()))
     }
 
     /// The live connections (for operators and tests).
@@ -792,7 +804,7 @@ impl PgNode {
         grant: &GrantId,
         ttl: Duration,
         queueing: Queueing,
-    ) -> Result<(NodeGrant, Arc<Session>, tokio::time::Instant)> {
+    ) -> Result<(NodeGrant, Claim, tokio::time::Instant)> {
         let ttl_ms = ttl.as_millis() as i64;
         let ticket_ms = self.ticket_life().as_millis() as i64;
         let timeout = self.inner.cfg.timeout;
@@ -858,7 +870,9 @@ impl PgNode {
                         ticket,
                     }),
                 };
-                Ok((outcome, s, sent_at))
+                // Claimed while our turn is held: no surplus give-back can close it before
+                // the lease is tracked (see `Session::claim`).
+                Ok((outcome, s.claim(), sent_at))
             }
             Err(e) => {
                 if e.is_temporary() {
@@ -1401,7 +1415,7 @@ mod tests {
     async fn hold(node: &PgNode, key: &str, grant: &GrantId, ttl: Duration) -> Arc<Session> {
         let (held, session, _) = node.try_grant(key, grant, ttl, Queueing::No).await.unwrap();
         assert!(matches!(held, NodeGrant::Granted(_)), "{held:?}");
-        session
+        Arc::clone(&session)
     }
 
     /// Queues a new grant id behind the holder of `key`: its ticket.

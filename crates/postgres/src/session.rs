@@ -87,6 +87,9 @@ pub(crate) struct Session {
     answers: Mutex<Answers>,
     /// Statements sent without a turn (the waiter tickets' keeper) still unanswered.
     unturned: AtomicUsize,
+    /// Leases granted (or handed to us) through this connection and not tracked yet
+    /// ([`claim`](Self::claim)).
+    claims: AtomicUsize,
     /// Holds on the connection's driver ([`hold_driver`](Self::hold_driver)): while there
     /// are any, ending the session leaves the driver to the last hold's release.
     driver_holds: AtomicUsize,
@@ -111,6 +114,7 @@ impl Session {
                 silent_since: None,
             }),
             unturned: AtomicUsize::new(0),
+            claims: AtomicUsize::new(0),
         }
     }
 
@@ -175,7 +179,25 @@ impl Session {
     pub(crate) fn in_flight(&self) -> usize {
         let others = crate::node::IN_FLIGHT.saturating_sub(self.turns.available_permits());
         let renewals = crate::renewals::IN_FLIGHT.saturating_sub(self.renewals.turns().available_permits());
-        others + renewals + self.unturned.load(Ordering::SeqCst)
+        others + renewals + self.unturned.load(Ordering::SeqCst) + self.claims.load(Ordering::SeqCst)
+    }
+
+    /// Keeps this connection from being given back as surplus ([`retire`](Self::retire))
+    /// until the returned guard is dropped — after the lease it is to carry has been
+    /// [`track`](Self::track)ed. Counted in [`in_flight`](Self::in_flight).
+    ///
+    /// Why: a grant's turn is given back when its answer is read, and the lease is
+    /// tracked a moment later; a lease handed to us by a release is tracked on a
+    /// connection chosen without a turn. In between, the connection held no lease and had
+    /// nothing in flight, so another thread giving back a surplus connection could close
+    /// it, and the new lease was reported lost at once. Taken under the lock `retire`
+    /// checks it under: a claim taken first keeps the connection; a retire first leaves
+    /// it not alive, which the claimant checks (a grant's claim is taken while its turn is
+    /// held, and `retire` needs every turn, so that one always comes first).
+    pub(crate) fn claim(self: &Arc<Self>) -> Claim {
+        let _leases = self.leases();
+        self.claims.fetch_add(1, Ordering::SeqCst);
+        Claim(Arc::clone(self))
     }
 
     /// Counts a statement sent without a turn in [`in_flight`](Self::in_flight) until the
@@ -255,13 +277,16 @@ impl Session {
         self.leases().remove(&id);
     }
 
-    /// Closes this connection if no lease is tracked on it (checked under the same lock
-    /// as [`track`](Self::track) adds one: a lease tracked after this is reported lost
-    /// there, one tracked before keeps the connection). `true` when it was closed here.
+    /// Closes this connection if no lease is tracked on it and none is claimed
+    /// ([`claim`](Self::claim)) — checked under the same lock as [`track`](Self::track)
+    /// adds one and `claim` counts one: a lease tracked after this is reported lost
+    /// there, one tracked or claimed before keeps the connection. `true` when it was
+    /// closed here.
     pub(crate) fn retire(&self) -> bool {
         {
             let leases = self.leases();
-            if !leases.is_empty() || !self.alive.swap(false, Ordering::SeqCst) {
+            if !leases.is_empty() || self.claims.load(Ordering::SeqCst) > 0 || !self.alive.swap(false, Ordering::SeqCst)
+            {
                 return false;
             }
         }
@@ -319,5 +344,23 @@ pub(crate) struct Unturned(Arc<Session>);
 impl Drop for Unturned {
     fn drop(&mut self) {
         self.0.unturned.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A lease's claim on the connection that is to carry it ([`Session::claim`]), given up
+/// when dropped (once the lease is tracked, or was not made).
+pub(crate) struct Claim(Arc<Session>);
+
+impl std::ops::Deref for Claim {
+    type Target = Arc<Session>;
+
+    fn deref(&self) -> &Arc<Session> {
+        &self.0
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.0.claims.fetch_sub(1, Ordering::SeqCst);
     }
 }
