@@ -10,6 +10,7 @@ use fencelock_core::{DistributedLock, Lease, LockOptions};
 use fencelock_postgres::tokio_postgres::NoTls;
 use fencelock_postgres::PgLock;
 use fencelock_testkit::pg_server::PgServer;
+use fencelock_testkit::until::{self, until, until_eq};
 use tokio::time::Instant;
 
 mod common;
@@ -26,16 +27,12 @@ fn opts() -> LockOptions {
 
 /// Waits (bounded) until `n` backends named `app` wait for a lock on the server.
 async fn blocked(server: &PgServer, app: &str, n: usize) {
-    let deadline = Instant::now() + STUCK;
     let sql =
         format!("SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}' AND wait_event_type = 'Lock'");
-    while server.psql(&sql) != n.to_string() {
-        assert!(
-            Instant::now() < deadline,
-            "the acquire of `a` never blocked on the server"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await; // polling a condition, bounded
-    }
+    until_eq("backends blocked on a lock on the server", STUCK, n.to_string(), || {
+        server.psql(&sql)
+    })
+    .await;
 }
 
 /// An instance whose connections name themselves `app`, with the URL options `extra`
@@ -226,23 +223,16 @@ async fn listen_moves_to_another_connection_when_the_listener_ends() {
         let waiting = waiting.clone();
         tokio::spawn(async move { waiting.acquire("k", &opts().with_wait(STUCK * 3)).await })
     };
-    let queued = || server.psql("SELECT count(*) FROM fencelock.waiters WHERE key = 'k'") == "1";
-    let deadline = Instant::now() + STUCK;
-    while !queued() {
-        assert!(Instant::now() < deadline, "the waiter did not queue");
-        tokio::time::sleep(Duration::from_millis(10)).await; // polling a condition, bounded
-    }
+    queued(&server, "k", 1).await;
     // Count the acquire statements from here: the waiter's attempt after its wake-up.
     common::count_acquires(&server);
     assert_eq!(server.psql(&format!("SELECT pg_terminate_backend({listener})")), "t");
-    let attempted = || common::acquires(&server) > 0;
-    while !attempted() {
-        assert!(
-            Instant::now() < deadline + STUCK,
-            "the waiter was not woken when its listening connection ended"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await; // polling a condition, bounded
-    }
+    until(
+        "the waiter woken when its listening connection ended (an acquire sent)",
+        STUCK,
+        || common::acquires(&server) > 0,
+    )
+    .await;
     // That attempt was sent after another connection's LISTEN was answered.
     let now_listening = waiting.backend_pid().await.unwrap();
     assert_ne!(now_listening, listener);
@@ -339,12 +329,11 @@ async fn a_release_does_not_wait_behind_its_silent_connection() {
 
 /// Waits (bounded) until key `key` has `n` waiter tickets on the server.
 async fn queued(server: &PgServer, key: &str, n: usize) {
-    let deadline = Instant::now() + STUCK;
     let sql = format!("SELECT count(*) FROM fencelock.waiters WHERE key = '{key}'");
-    while server.psql(&sql) != n.to_string() {
-        assert!(Instant::now() < deadline, "{key} never had {n} waiter(s)");
-        tokio::time::sleep(Duration::from_millis(10)).await; // polling a condition, bounded
-    }
+    until_eq(&format!("waiter tickets of {key}"), STUCK, n.to_string(), || {
+        server.psql(&sql)
+    })
+    .await;
 }
 
 /// The connection that listens for release notifications falls silent (a lease's extend
@@ -398,18 +387,46 @@ async fn a_silent_listener_is_replaced_so_a_release_still_wakes_the_waiter() {
     // connection), it stops listening: each release is then delivered to us once.
     operator.commit().await;
     stalled.extend(Duration::from_secs(60)).await.unwrap();
-    let unlistened = format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {listener} AND query LIKE 'UNLISTEN%'");
-    let deadline = Instant::now() + STUCK;
-    while server.psql(&unlistened) != "1" {
-        assert!(
-            Instant::now() < deadline,
-            "the replaced listener did not UNLISTEN once it answered again"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await; // polling a condition, bounded
-    }
+    // pg_stat_activity shows a backend's last statement only, so nothing else may run on
+    // that connection before this sees the UNLISTEN: the test sends nothing more on it
+    // until then (its one lease is not renewed, `auto_renew` off; the waiter's lease was
+    // released through its own connection, and no waiter is left to keep a ticket), and
+    // the instance's background work sends nothing there meanwhile (the UNLISTEN is the
+    // one statement it starts on a replaced listener).
+    let last_statement = format!("SELECT query FROM pg_stat_activity WHERE pid = {listener}");
+    until(
+        "the replaced listener's last statement is an UNLISTEN once it answered again",
+        STUCK,
+        || server.psql(&last_statement).starts_with("UNLISTEN"),
+    )
+    .await;
     stalled.release().await.unwrap();
     holder.close().await.unwrap();
     waiting.close().await.unwrap();
+}
+
+/// Sends statements not tied to a lease (a `try_acquire` of a fresh key and its release)
+/// until the server counts `n` backends named `app`, failing with `what` after [`STUCK`].
+/// A connection over the pool's bound is given back at the start of such a statement,
+/// when one has nothing in flight — which a background statement on it (an `UNLISTEN`)
+/// may delay past the first one — and its server backend leaves a moment after: hence
+/// more than one statement, each bounded, paced by [`until::EVERY`] between looks.
+async fn given_back_by_statements(server: &PgServer, locks: &PgLock, app: &str, n: usize, what: &str) {
+    let deadline = Instant::now() + STUCK;
+    for i in 0.. {
+        let seen = server.backends_of(app);
+        if seen == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {seen} backends");
+        let lease = tokio::time::timeout(STUCK, locks.try_acquire(&format!("given_back{i}"), &opts()))
+            .await
+            .expect("a statement was stuck")
+            .unwrap()
+            .expect("a fresh key is free");
+        lease.release().await.unwrap();
+        tokio::time::sleep(until::EVERY).await; // paces the looks, bounded by the deadline
+    }
 }
 
 /// With `connections=1`, the only connection falls silent (a lease's extend waits for an
@@ -457,20 +474,7 @@ async fn a_single_silent_connection_gets_one_spare_until_it_answers_again() {
     operator.commit().await;
     stalled.extend(Duration::from_secs(60)).await.unwrap(); // its connection answers again
     stalled.release().await.unwrap();
-    // The next statements give the spare back (bounded: each is a try_acquire).
-    let deadline = Instant::now() + STUCK;
-    let mut i = 0;
-    while server.backends_of(app) != 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the spare connection was kept: {} backends",
-            server.backends_of(app)
-        );
-        let lease = locks.try_acquire(&format!("d{i}"), &opts()).await.unwrap().unwrap();
-        lease.release().await.unwrap();
-        i += 1;
-        tokio::time::sleep(Duration::from_millis(10)).await; // polling a condition, bounded
-    }
+    given_back_by_statements(&server, &locks, app, 1, "the spare connection was kept").await;
     locks.close().await.unwrap();
 }
 
@@ -527,20 +531,14 @@ async fn the_spare_is_given_back_even_when_the_first_connection_holds_a_lease() 
     }
     let second = kept.pop().unwrap();
     second.release().await.unwrap();
-    // The next statements give one connection back (each a bounded try_acquire).
-    let deadline = Instant::now() + STUCK;
-    let mut i = 0;
-    while server.backends_of(app) != 2 {
-        assert!(
-            Instant::now() < deadline,
-            "no connection was given back while one held nothing: {} backends",
-            server.backends_of(app)
-        );
-        let lease = locks.try_acquire(&format!("d{i}"), &opts()).await.unwrap().unwrap();
-        lease.release().await.unwrap();
-        i += 1;
-        tokio::time::sleep(Duration::from_millis(10)).await; // polling a condition, bounded
-    }
+    given_back_by_statements(
+        &server,
+        &locks,
+        app,
+        2,
+        "no connection was given back while one held nothing",
+    )
+    .await;
     assert!(kept[0].is_held(), "the lease on the first connection was lost");
     kept.pop().unwrap().release().await.unwrap();
     locks.close().await.unwrap();
