@@ -75,6 +75,94 @@ async fn answers_not_h2(endpoint: &str, limit: std::time::Duration) -> Option<St
     Some(text)
 }
 
+/// One endpoint's answer to the read of [`Cluster::check`] on a connection of its own.
+type Asked = tokio::task::JoinHandle<
+    std::result::Result<std::result::Result<etcd_client::GetResponse, etcd_client::Error>, tokio::time::error::Elapsed>,
+>;
+
+/// Asks every endpoint of `cfg` on a connection of its own, all at once, each bounded by
+/// the connect bound: started beside the balanced client's connect and first read, so the connect
+/// waits for the slower of the two, not their sum. Costs one connection (and, with a
+/// user, one authentication) per endpoint, once per instance.
+fn ask_each(cfg: &EtcdConfig, options: &ConnectOptions) -> Vec<Asked> {
+    let limit = cfg.connect_timeout + cfg.timeout;
+    let probe = format!("{}/", cfg.prefix);
+    cfg.endpoints
+        .iter()
+        .map(|endpoint| {
+            let (options, probe, url) = (options.clone(), probe.clone(), format!("http://{endpoint}"));
+            tokio::spawn(tokio::time::timeout(limit, async move {
+                let mut c = Client::connect([url], Some(options)).await?;
+                c.get(probe, None).await
+            }))
+        })
+        .collect()
+}
+
+/// The asks of [`ask_each`], aborted when dropped.
+struct Asks(Vec<Asked>);
+
+impl Drop for Asks {
+    fn drop(&mut self) {
+        self.0.iter().for_each(tokio::task::JoinHandle::abort);
+    }
+}
+
+/// The one cluster id that the URL's endpoints answer with ([`ask_each`]): `InvalidConfig`
+/// naming the endpoints when they answer with different ones. An endpoint that does not
+/// answer (down, no leader) cannot be checked now: [`Answer`] covers it later. `met` is
+/// the id the balanced client's first read saw.
+async fn one_cluster(cfg: &EtcdConfig, mut asks: Asks, met: Option<u64>) -> Result<u64> {
+    let mut ids: Vec<(&str, u64)> = Vec::new();
+    for (endpoint, ask) in cfg.endpoints.iter().zip(asks.0.iter_mut()) {
+        match ask.await {
+            Ok(Ok(Ok(r))) => {
+                if let Some((id, _)) = r.origin() {
+                    ids.push((endpoint, id));
+                }
+            }
+            other => {
+                tracing::debug!(endpoint, answered = ?other.map(|o| o.map(|r| r.map(drop))), "endpoint not checked at connect")
+            }
+        }
+    }
+    let first = ids.first().map(|(_, id)| *id).or(met).unwrap_or(0);
+    let differ = ids.iter().any(|(_, id)| *id != first) || met.is_some_and(|m| m != first);
+    if differ {
+        let each: Vec<String> = ids.iter().map(|(e, id)| format!("{e} (cluster id {id:x})")).collect();
+        return Err(fencelock_core::LockError::InvalidConfig {
+            message: format!(
+                "the endpoints {} belong to different clusters: a URL must name members of one etcd cluster only ({})",
+                each.join(", "),
+                cfg.display
+            ),
+            source: None,
+        });
+    }
+    Ok(first)
+}
+
+/// `Err` (`InvalidConfig`) when `answer` came from another cluster than `want` (`None`:
+/// not known yet, nothing to compare). `display` is the URL, for the message.
+pub(crate) fn from_cluster(want: Option<u64>, display: &str, doing: &str, answer: &impl Answer) -> Result<()> {
+    match (want, answer.origin()) {
+        (Some(want), Some((got, member))) if got != want && got != 0 => {
+            Err(other_cluster(display, doing, want, got, member))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The error of an answer from a member of another cluster than the connect met.
+fn other_cluster(display: &str, doing: &str, want: u64, got: u64, member: u64) -> fencelock_core::LockError {
+    fencelock_core::LockError::InvalidConfig {
+        message: format!(
+            "{doing}: etcd member {member:x} of cluster {got:x} answered, but this instance connected to cluster {want:x}: the URL names members of different clusters ({display})"
+        ),
+        source: None,
+    }
+}
+
 /// A connected client and the options it was made with.
 #[derive(Clone)]
 pub(crate) struct Cluster {
@@ -82,11 +170,73 @@ pub(crate) struct Cluster {
     pub cfg: EtcdConfig,
     /// The instance's one watch stream, shared by its waits.
     pub watches: std::sync::Arc<WatchStreams>,
+    /// The id of the cluster the connect met (`None` only while connecting): every answer
+    /// that carries a header must come from it ([`Answer`]).
+    pub cluster_id: Option<u64>,
 }
+
+/// An answer of etcd that may say which cluster and member sent it (every response
+/// header carries `cluster_id` and `member_id`).
+///
+/// Why it is checked: a URL that names members of two different clusters would let the
+/// client's balancer send one request to each — two independent copies of every lock,
+/// both granting it, tokens going backwards as requests alternate. The connect refuses
+/// such a URL when its endpoints answer ([`Cluster::connect`]), but an endpoint down then
+/// cannot be asked; so every answer with a header is compared (one `u64`) with the cluster
+/// the connect met, and one from elsewhere fails the request before anything is granted.
+pub(crate) trait Answer {
+    /// `(cluster_id, member_id)` of the header, when the answer has one.
+    fn origin(&self) -> Option<(u64, u64)>;
+}
+
+macro_rules! answers_with_header {
+    ($($t:ty),* $(,)?) => {
+        $(impl Answer for $t {
+            fn origin(&self) -> Option<(u64, u64)> {
+                self.header().map(|h| (h.cluster_id(), h.member_id()))
+            }
+        })*
+    };
+}
+
+answers_with_header!(
+    etcd_client::GetResponse,
+    etcd_client::PutResponse,
+    etcd_client::DeleteResponse,
+    etcd_client::TxnResponse,
+    etcd_client::LeaseGrantResponse,
+    etcd_client::LeaseRevokeResponse,
+    etcd_client::LeaseTimeToLiveResponse,
+    etcd_client::LeaseKeepAliveResponse,
+    etcd_client::WatchResponse,
+);
+
+/// No header to check: the keep-alive opener reads its first answer itself, and a lease
+/// id exists only in the cluster that granted it (another cluster answers "lease not
+/// found", which loses the session); the watch stream's answers are checked one by one
+/// as they arrive ([`crate::watch_stream`]); `()` is a result already reduced.
+macro_rules! answers_without_header {
+    ($($t:ty),* $(,)?) => {
+        $(impl Answer for $t {
+            fn origin(&self) -> Option<(u64, u64)> {
+                None
+            }
+        })*
+    };
+}
+
+answers_without_header!(
+    (),
+    (etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream),
+    etcd_client::WatchStream,
+);
 
 impl Cluster {
     /// Connects to every endpoint (the client balances over them) and checks that the
-    /// cluster answers with a leader: `Unavailable` otherwise.
+    /// cluster answers with a leader: `Unavailable` otherwise. With more than one endpoint,
+    /// also that those that answer are members of one cluster ([`one_cluster`]):
+    /// `InvalidConfig` otherwise; the id met is kept to check every later answer
+    /// ([`Answer`]).
     pub async fn connect(cfg: EtcdConfig) -> Result<Self> {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(cfg.connect_timeout)
@@ -97,6 +247,11 @@ impl Cluster {
         if let Some((u, p)) = &cfg.user {
             options = options.with_user(u.clone(), p.clone());
         }
+        // Aborted when dropped: an early return leaves no ask running.
+        let asks = Asks(match cfg.endpoints.len() {
+            1 => Vec::new(),
+            _ => ask_each(&cfg, &options),
+        });
         let endpoints: Vec<String> = cfg.endpoints.iter().map(|e| format!("http://{e}")).collect();
         let connecting = Client::connect(endpoints, Some(options));
         let client = match tokio::time::timeout(cfg.connect_timeout + cfg.timeout, connecting).await {
@@ -107,16 +262,24 @@ impl Cluster {
             }
             Err(_) => return Err(timed_out("connecting", &cfg.display, cfg.connect_timeout + cfg.timeout)),
         };
-        let cluster = Cluster {
+        let mut cluster = Cluster {
             client,
             cfg,
             watches: std::sync::Arc::new(WatchStreams::new()),
+            cluster_id: None,
         };
         // The client connects lazily: one linearizable read proves a leader answers.
-        if let Err(e) = cluster.check().await {
-            let e = failed_first_read(e, &cluster.cfg.display, cluster.cfg.user.is_some());
-            return Err(wrong_service(&cluster.cfg, e).await);
-        }
+        let met = match cluster.read_probe().await {
+            Ok(r) => r.origin().map(|(id, _)| id),
+            Err(e) => {
+                let e = failed_first_read(e, &cluster.cfg.display, cluster.cfg.user.is_some());
+                return Err(wrong_service(&cluster.cfg, e).await);
+            }
+        };
+        cluster.cluster_id = match asks.0.is_empty() {
+            true => met,
+            false => Some(one_cluster(&cluster.cfg, asks, met).await?),
+        };
         Ok(cluster)
     }
 
@@ -133,7 +296,7 @@ impl Cluster {
     /// name; a repeat after one that landed finds nothing, which the release settles by
     /// reading the key's lease: [`crate::cleanup::release_key`]), reads and keep-alives are idempotent, and a duplicate lease
     /// grant only leaves a lease that expires unused.
-    pub async fn call<T, F, Fut>(&self, doing: &'static str, op: F) -> Result<T>
+    pub async fn call<T: Answer, F, Fut>(&self, doing: &'static str, op: F) -> Result<T>
     where
         F: Fn(Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
@@ -144,7 +307,7 @@ impl Cluster {
     /// [`call`](Self::call), also saying whether some try went out without an answer (cut
     /// off by its share of the timeout, or failed on the way): such a try may still reach
     /// the server later — an *echo* of the request that the caller must allow for.
-    pub async fn call_counting_echoes<T, F, Fut>(&self, doing: &'static str, op: F) -> (Result<T>, bool)
+    pub async fn call_counting_echoes<T: Answer, F, Fut>(&self, doing: &'static str, op: F) -> (Result<T>, bool)
     where
         F: Fn(Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
@@ -170,7 +333,7 @@ impl Cluster {
     }
 
     /// The tries of one request on clones of `handle`, bounded as [`call`](Self::call) says.
-    async fn tries<H, T, F, Fut>(&self, doing: &'static str, handle: &H, op: F) -> (Result<T>, bool)
+    async fn tries<H, T: Answer, F, Fut>(&self, doing: &'static str, handle: &H, op: F) -> (Result<T>, bool)
     where
         H: Clone,
         F: Fn(H) -> Fut,
@@ -199,7 +362,7 @@ impl Cluster {
                 other => other,
             };
             match attempt {
-                Ok(Ok(v)) => return (Ok(v), echoes),
+                Ok(Ok(v)) => return (self.same_cluster(doing, &v).map(|()| v), echoes),
                 Ok(Err(e)) if kind(&e) == Kind::Unreachable => {
                     tracing::debug!(error = %e, "{doing}: no answer from a leader; trying again");
                     echoes = true;
@@ -231,13 +394,23 @@ impl Cluster {
     /// # Cancel safety
     /// Cancel safe: a read changes nothing.
     pub async fn check(&self) -> Result<()> {
+        self.read_probe().await.map(drop)
+    }
+
+    /// The read of [`check`](Self::check), its answer kept (for the cluster id).
+    async fn read_probe(&self) -> Result<etcd_client::GetResponse> {
         let probe = format!("{}/", self.cfg.prefix);
         self.call("checking the cluster", |mut c| {
             let probe = probe.clone();
             async move { c.get(probe, None).await }
         })
         .await
-        .map(drop)
+    }
+
+    /// `Err` when `answer` came from another cluster than the one the connect met
+    /// ([`Answer`] says why): `InvalidConfig`, final.
+    pub fn same_cluster(&self, doing: &str, answer: &impl Answer) -> Result<()> {
+        from_cluster(self.cluster_id, &self.cfg.display, doing, answer)
     }
 
     /// The request timeout (the URL's `timeout`).

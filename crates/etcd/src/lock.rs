@@ -143,9 +143,12 @@ impl EtcdLock {
     /// Connects to the cluster an `etcd://` URL names (see [`EtcdConfig::from_url`]).
     ///
     /// # Errors
-    /// [`LockError::InvalidConfig`] for a bad URL or refused credentials;
-    /// [`LockError::Unavailable`] when no leader answers within the connect and request
-    /// timeouts.
+    /// [`LockError::InvalidConfig`] for a bad URL, refused credentials, the wrong service
+    /// on a port, or endpoints that answer as members of different clusters (each
+    /// endpoint is asked on a connection of its own; one down then is checked on every
+    /// answer later, and an answer from another cluster fails that call with
+    /// `InvalidConfig`); [`LockError::Unavailable`] when no leader answers within the
+    /// connect and request timeouts.
     ///
     /// # Cancel safety
     /// Cancel safe: nothing is created on the server before it returns.

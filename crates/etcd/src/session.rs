@@ -437,6 +437,11 @@ async fn keep_alive(session: std::sync::Weak<Session>, cluster: Cluster, granted
                 replies.message().await
             };
             match tokio::time::timeout(deadline.saturating_duration_since(sent), exchange).await {
+                // A reply from another cluster renews nothing of ours (client::Answer).
+                Ok(Ok(Some(reply))) if cluster.same_cluster("keeping the session alive", &reply).is_err() => {
+                    s.lose("a member of another etcd cluster answered the keep-alive: the URL names members of different clusters".into());
+                    return;
+                }
                 Ok(Ok(Some(reply))) if reply.ttl() > 0 => {
                     Some((sent, Duration::from_secs(reply.ttl() as u64).min(ttl)))
                 }

@@ -210,7 +210,12 @@ impl WatchStreams {
         let sending = self
             .runtime
             .spawn(send(sender, pending, Breaks(routes.clone(), number)));
-        let receiving = self.runtime.spawn(receive(responses, Breaks(routes.clone(), number)));
+        let receiving = self.runtime.spawn(receive(
+            responses,
+            Breaks(routes.clone(), number),
+            c.cluster_id,
+            c.display().to_owned(),
+        ));
         let g = Arc::new(Generation {
             number,
             requests,
@@ -256,8 +261,11 @@ async fn send(mut sender: WatchRequestSender, mut pending: UnboundedReceiver<Req
     }
 }
 
-/// The receiving task: each response to the subscription of its watch id.
-async fn receive(mut responses: WatchResponseStream, breaks: Breaks) {
+/// The receiving task: each response to the subscription of its watch id. A response
+/// from a member of another cluster than the connect met breaks the stream instead (its
+/// events say nothing about our queue; the waits read again, and that read fails:
+/// [`crate::client::Answer`]).
+async fn receive(mut responses: WatchResponseStream, breaks: Breaks, cluster_id: Option<u64>, display: String) {
     let n = breaks.1;
     for _ in 0..u64::MAX {
         let r = match responses.message().await {
@@ -271,6 +279,10 @@ async fn receive(mut responses: WatchResponseStream, breaks: Breaks) {
                 return;
             }
         };
+        if let Err(e) = crate::client::from_cluster(cluster_id, &display, "watching the keys before ours", &r) {
+            tracing::warn!(stream = n, error = %e, "the watch stream answered from another cluster");
+            return;
+        }
         let id = r.watch_id();
         let mut routes = lock(&breaks.0);
         let to = if r.canceled() {
