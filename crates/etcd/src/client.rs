@@ -31,7 +31,9 @@ async fn wrong_service(cfg: &EtcdConfig, e: fencelock_core::LockError) -> fencel
                     "{endpoint} does not speak etcd's gRPC (HTTP/2): it answered `{began}` — is it etcd's client port (2379 by default)? ({})",
                     cfg.display
                 ),
-                source: Some(Box::new(e)),
+                // Not the connect's own failure as a source: its text ("backend
+                // unavailable: … connection closed") contradicts the diagnosis.
+                source: None,
             };
         }
     }

@@ -21,14 +21,63 @@ use fencelock_core::LockError;
 
 pub(crate) const BACKEND: &str = "etcd";
 
-/// What we were doing when the client failed.
-#[derive(Debug, thiserror::Error)]
-#[error("{doing} on {cluster}")]
+/// What we were doing when the client failed, and why: its `Display` is "DOING on
+/// CLUSTER: CAUSES" ([`causes`]), its `source` the first of those causes (the client
+/// error itself has no `source`, and its `Display` of a gRPC status dumps the status's
+/// local cause with `{:?}`: tonic's types, `Os { code: 111, … }`).
+#[derive(Debug)]
 pub(crate) struct EtcdFailure {
     pub doing: &'static str,
     pub cluster: String,
-    #[source]
     pub source: etcd_client::Error,
+}
+
+impl std::fmt::Display for EtcdFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} on {}: {}", self.doing, self.cluster, causes(&self.source))
+    }
+}
+
+impl std::error::Error for EtcdFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        first_cause(&self.source)
+    }
+}
+
+/// The error a client error wraps, when it has one worth chaining (one whose `Display`
+/// is text for people).
+fn first_cause(e: &etcd_client::Error) -> Option<&(dyn std::error::Error + 'static)> {
+    use etcd_client::Error as E;
+    match e {
+        E::GRpcStatus(s) => std::error::Error::source(s),
+        E::TransportError(t) => Some(t),
+        E::IoError(io) => Some(io),
+        _ => None,
+    }
+}
+
+/// A client error as people read it: the `Display` texts of its causes joined by ": "
+/// (each said once), e.g. "transport error: tcp connect error: Connection refused (os
+/// error 111)"; a status the server sent as its message and code.
+pub(crate) fn causes(e: &etcd_client::Error) -> String {
+    use etcd_client::Error as E;
+    let mut text = match (e, first_cause(e)) {
+        (_, Some(c)) => c.to_string(),
+        (E::GRpcStatus(s), None) if s.message().is_empty() => format!("gRPC status {:?}", s.code()),
+        (E::GRpcStatus(s), None) => format!("{} (gRPC status {:?})", s.message(), s.code()),
+        (other, None) => other.to_string(),
+    };
+    let mut next = first_cause(e).and_then(std::error::Error::source);
+    for _ in 0..32 {
+        let Some(c) = next else { break };
+        let t = c.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        next = c.source();
+    }
+    text
 }
 
 /// How a client error is to be treated.
@@ -84,8 +133,10 @@ pub(crate) fn failed(doing: &'static str, cluster: &str, source: etcd_client::Er
             message: format!("etcd refused the credentials: {doing}"),
             source: Some(Box::new(f)),
         },
+        // The failure's text in the message (the kind's own words first), so that a
+        // chain printed on one line says each cause once.
         Kind::Unreachable => LockError::Unavailable {
-            message: format!("etcd unreachable: {doing} on {cluster}"),
+            message: format!("etcd unreachable: {f}"),
             source: Some(Box::new(f)),
         },
         Kind::StreamBroke => LockError::backend_temporary(BACKEND, format!("{doing} failed"), f),
@@ -245,6 +296,22 @@ mod tests {
         assert!(e.to_string().contains("requires a user"), "{e}");
         let read = failed("checking the cluster", "c", code(tonic::Code::Unavailable));
         assert!(failed_first_read(read, "etcd://h:1", false).is_temporary());
+    }
+
+    #[test]
+    fn messages_say_the_causes_texts_not_debug_dumps() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let s = tonic::Status::from_error(Box::new(io));
+        let e = failed("connecting", "etcd://127.0.0.1:1", etcd_client::Error::GRpcStatus(s));
+        let text = fencelock_core::error::one_line(&e);
+        assert_eq!(
+            text,
+            "backend unavailable: etcd unreachable: connecting on etcd://127.0.0.1:1: connection refused"
+        );
+        let e = failed("reading", "c", status(tonic::Code::Unavailable));
+        let text = fencelock_core::error::one_line(&e);
+        assert!(!text.contains("code: '"), "{text}");
+        assert!(text.contains("from the server"), "{text}");
     }
 
     #[test]

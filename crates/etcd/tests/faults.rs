@@ -256,7 +256,30 @@ async fn a_port_answering_another_protocol_is_a_configuration_error() {
     let text = fencelock_core::error::one_line(&e);
     assert!(matches!(e, fencelock_core::LockError::InvalidConfig { .. }), "{text}");
     assert!(text.contains("does not speak etcd's gRPC"), "{text}");
+    // Not followed by the connect's own failure, which says the opposite ("unavailable").
+    assert!(!text.contains("unavailable") && !text.contains("unreachable"), "{text}");
     assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+}
+
+/// Nothing listens on the port: one readable line — the URL and the causes' own texts
+/// ("Connection refused"), not tonic's Debug dump ("source: tonic::transport::Error(
+/// Transport, ConnectError(… Os { code: 111, … }))"), as a new-user trial saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_is_one_readable_line() {
+    let port = fencelock_testkit::ports::free_port();
+    let e = EtcdLock::connect(&format!("etcd://127.0.0.1:{port}?connect_timeout=2s"))
+        .await
+        .unwrap_err();
+    let text = fencelock_core::error::one_line(&e);
+    assert!(e.is_temporary(), "{text}");
+    assert!(
+        text.contains(&format!("127.0.0.1:{port}")),
+        "names the endpoint: {text}"
+    );
+    assert!(text.to_lowercase().contains("connection refused"), "{text}");
+    for dump in ["tonic::", "Os {", "ConnectError(", "code: '", "kind:"] {
+        assert!(!text.contains(dump), "no Debug dump ({dump}): {text}");
+    }
 }
 
 // The CLI's `--wait` running out while the server was down exited 75, "held by someone
