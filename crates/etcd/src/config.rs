@@ -158,7 +158,7 @@ impl EtcdConfig {
             (Some(p), _) => format!("/{p}"),
         };
         if cfg.layout == EtcdLayout::Fencelock && (cfg.prefix == "/" || cfg.prefix.contains("//")) {
-            return Err(bad(format!("bad key prefix `{}`", cfg.prefix)));
+            return Err(bad(bad_prefix(&cfg.prefix)));
         }
         cfg.user = match (user, password) {
             (Some(u), Some(p)) => Some((u, p)),
@@ -199,9 +199,7 @@ impl EtcdConfig {
         let p = &self.prefix;
         let no_prefix = p.is_empty() && self.layout == EtcdLayout::Go;
         if !no_prefix && (!p.starts_with('/') || p == "/" || p.ends_with('/') || p.contains("//")) {
-            return bad(format!(
-                "bad key prefix `{p}`: write /NAME[/NAME...] without a trailing slash"
-            ));
+            return bad(bad_prefix(p));
         }
         if self.session_ttl < Duration::from_secs(1)
             || self.session_ttl > MAX_SESSION_TTL
@@ -266,6 +264,14 @@ fn escape(key: &str) -> String {
     key.replace('%', "%25").replace('/', "%2F")
 }
 
+/// The message for a key prefix that is not `/NAME[/NAME...]`: what a valid one looks
+/// like, since the URL's path is the prefix (`etcd://h:p/` asks for `/`).
+fn bad_prefix(p: &str) -> String {
+    format!(
+        "bad key prefix `{p}`: the URL's path is the key prefix; write /NAME[/NAME...] (e.g. `etcd://HOST:PORT/app/locks`), without a trailing slash or `//`, or leave the path out for the default `/fencelock`"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,6 +306,10 @@ mod tests {
             ("etcd://u:pw@h:1?password=pw", "given twice"),
             ("etcd://h:1?user=u&password=pw&bad=1", "unknown option `bad`"),
             ("etcd://h:1//x", "bad key prefix"),
+            // Say what a valid prefix looks like (a new-user trial got only "bad key prefix `/`").
+            ("etcd://h:1/", "write /NAME"),
+            ("etcd://h:1//app", "write /NAME"),
+            ("etcd://h:1/", "`/fencelock`"),
             ("etcd://h:1?session_ttl=500ms", "whole seconds"),
             ("etcd://h:1?user=u", "together"),
             ("etcd://h:1?ttl=1s", "unknown option"),
