@@ -268,7 +268,7 @@ fn escape(key: &str) -> String {
 /// like, since the URL's path is the prefix (`etcd://h:p/` asks for `/`).
 fn bad_prefix(p: &str) -> String {
     format!(
-        "bad key prefix `{p}`: the URL's path is the key prefix; write /NAME[/NAME...] (e.g. `etcd://HOST:PORT/app/locks`), without a trailing slash or `//`, or leave the path out for the default `/fencelock`"
+        "bad key prefix `{p}`: the URL's path is the key prefix; write /NAME[/NAME...] (e.g. `etcd://HOST:PORT/app/locks`; a URL's trailing slash is dropped, a configured `prefix` must have none), with no empty NAME (`//`), or leave the path out for the default `/fencelock`"
     )
 }
 
