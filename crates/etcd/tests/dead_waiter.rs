@@ -602,6 +602,7 @@ async fn the_key_check_deletes_a_stray_key_on_a_superseded_waiting_lease() {
     assert_eq!(q[1].1, s.old, "the waiter's key left the superseded lease: {q:?}");
     s.client.close().await.unwrap();
 }
+
 /// A queue put refused "lease not found" because the **session** lease is gone (revoked
 /// from outside) while a waiting lease is kept alive: the error names the session lease,
 /// not the waiting lease (which lives on), and the next try starts a new session.

@@ -22,6 +22,17 @@ use tokio::time::Instant;
 /// Requests in flight at once, as in the bench's scale row.
 const PARALLEL: usize = 64;
 
+/// The bench's scale TTL: a renewal every 2 s.
+const TTL: Duration = Duration::from_secs(6);
+
+/// Auto-renewed leases with [`TTL`], acquired with a generous wait.
+fn held() -> LockOptions {
+    LockOptions::new()
+        .with_ttl(TTL)
+        .with_wait(Duration::from_secs(30))
+        .with_auto_renew(true)
+}
+
 /// A slow but healthy server: every statement that writes the lock table takes this much
 /// longer (a statement trigger sleeps; an acquire's upsert fires two).
 const SLOW_MS: u32 = 10;
@@ -44,11 +55,7 @@ async fn many_auto_renewed_leases_outlive_a_slow_busy_server() {
     // statement each takes about a minute on a 2-core CI machine, too long for the suite;
     // the failure this pins (every lease cut with the connection) showed at any count.
     let n = 2_000;
-    let ttl = Duration::from_secs(6);
-    let opts = LockOptions::new()
-        .with_ttl(ttl)
-        .with_wait(Duration::from_secs(30))
-        .with_auto_renew(true);
+    let (ttl, opts) = (TTL, held());
 
     let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
@@ -186,11 +193,7 @@ async fn renewals_stay_cheap_when_the_statistics_say_every_lease_expired() {
         .await
         .unwrap();
     let n = 500;
-    let ttl = Duration::from_secs(6);
-    let opts = LockOptions::new()
-        .with_ttl(ttl)
-        .with_wait(Duration::from_secs(30))
-        .with_auto_renew(true);
+    let (ttl, opts) = (TTL, held());
     let started = Instant::now();
     let mut leases = Vec::with_capacity(n);
     let keys: Vec<String> = (0..n).map(|i| format!("held-{i}")).collect();

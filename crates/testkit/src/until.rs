@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// How often [`until`] and [`until_eq`] look.
+/// How often [`until`], [`until_async`] and [`until_eq`] look.
 pub const EVERY: Duration = Duration::from_millis(5);
 
 /// Polls `ready` every [`EVERY`] until it returns `true`.
@@ -19,6 +19,18 @@ pub const EVERY: Duration = Duration::from_millis(5);
 pub async fn until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !ready() {
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        tokio::time::sleep(EVERY).await; // polling a condition with a deadline
+    }
+}
+
+/// [`until`] with a probe that asks a server itself (an `async` closure).
+///
+/// # Panics
+/// When `ready` has not returned `true` within `limit`, with `what` in the message.
+pub async fn until_async(what: &str, limit: Duration, mut ready: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ready().await {
         assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
         tokio::time::sleep(EVERY).await; // polling a condition with a deadline
     }
@@ -63,6 +75,17 @@ mod tests {
     #[should_panic(expected = "wanted 1, last saw 0")]
     async fn until_eq_fails_with_what_it_saw_after_the_limit() {
         until_eq("a value that never comes", Duration::from_millis(20), 1, || 0).await;
+    }
+
+    #[tokio::test]
+    async fn until_async_returns_once_the_probe_holds() {
+        let mut n = 0;
+        until_async("the second look", Duration::from_secs(5), async || {
+            n += 1;
+            n == 2
+        })
+        .await;
+        assert_eq!(n, 2);
     }
 
     #[tokio::test]

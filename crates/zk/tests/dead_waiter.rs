@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fencelock_core::{DistributedLock, LockOptions};
+use fencelock_testkit::until::until_async;
 use fencelock_testkit::zk_server::ZkEnsemble;
 use fencelock_zk::ZkLock;
 use tokio::time::Instant;
@@ -38,14 +39,32 @@ fn child_opts() -> LockOptions {
         .with_wait(Duration::from_secs(60))
 }
 
-/// Child: queues for `k` and waits; the parent SIGKILLs it while it waits.
-#[test]
-#[ignore = "started by a_waiter_killed_while_queued_delays_the_next_by_a_bounded_interval"]
-fn child_waits_for_k() {
+/// Runs `body` as a child process's test: on a runtime of its own, with a client of the
+/// URL its parent passed in [`URL_ENV`].
+fn as_child(body: impl AsyncFnOnce(ZkLock)) {
     let url = std::env::var(URL_ENV).expect("run by the parent test");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let locks = ZkLock::connect(&url).await.expect("connect");
+        body(locks).await;
+    });
+}
+
+/// Waits for a line from the parent on stdin (read off the runtime's threads).
+async fn told() {
+    tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).expect("stdin");
+    })
+    .await
+    .unwrap();
+}
+
+/// Child: queues for `k` and waits; the parent SIGKILLs it while it waits.
+#[test]
+#[ignore = "started by a_waiter_killed_while_queued_delays_the_next_by_a_bounded_interval"]
+fn child_waits_for_k() {
+    as_child(async |locks| {
         let got = locks.acquire("k", &child_opts()).await;
         panic!("the child was meant to die while waiting, but its acquire ended: {got:?}");
     });
@@ -56,18 +75,10 @@ fn child_waits_for_k() {
 #[test]
 #[ignore = "started by the parents below"]
 fn child_holds_k_until_told() {
-    let url = std::env::var(URL_ENV).expect("run by the parent test");
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(async {
-        let locks = ZkLock::connect(&url).await.expect("connect");
+    as_child(async |locks| {
         let lease = locks.acquire("k", &child_opts()).await.expect("acquire");
         println!("granted {}", lease.token().get());
-        tokio::task::spawn_blocking(|| {
-            let mut line = String::new();
-            std::io::stdin().read_line(&mut line).expect("stdin");
-        })
-        .await
-        .unwrap();
+        told().await;
         // Just resumed from a pause, the client may drop its connection (nothing heard
         // for longer than its connection timeout) with the delete in flight: the delete
         // then goes on in the background, which `close` waits for.
@@ -87,22 +98,14 @@ fn child_holds_k_until_told() {
 #[test]
 #[ignore = "started by a_holder_paused_before_its_claim_never_overlaps_the_next"]
 fn child_pauses_as_granted() {
-    let url = std::env::var(URL_ENV).expect("run by the parent test");
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(async {
-        let locks = ZkLock::connect(&url).await.expect("connect");
+    as_child(async |locks| {
         let lease = locks.acquire("k", &child_opts()).await.expect("acquire");
         println!("granted {}", lease.token().get());
         println!("remaining {}", lease.remaining().as_nanos());
         let me = std::process::id().to_string();
         let stopped = Command::new("kill").args(["-STOP", &me]).status().expect("kill");
         assert!(stopped.success());
-        tokio::task::spawn_blocking(|| {
-            let mut line = String::new();
-            std::io::stdin().read_line(&mut line).expect("stdin");
-        })
-        .await
-        .unwrap();
+        told().await;
         match lease.release().await {
             Ok(()) => println!("release: held from start to end"),
             Err(e) if e.is_lease_lost() => println!("release: lost"),
@@ -236,15 +239,6 @@ impl Operator {
     }
 }
 
-/// Polls (bounded) until `ready` holds.
-async fn until(what: &str, limit: Duration, mut ready: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !ready().await {
-        assert!(Instant::now() < deadline, "{what} not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn names_a_marker(data: &[u8]) -> bool {
     data.starts_with(b"fencelock-waiting:")
 }
@@ -278,7 +272,7 @@ async fn child_between(
 ) {
     let proc = Proc::start(child, url);
     let mut node = String::new();
-    until("the child queued, naming its marker", SLACK * 2, async || {
+    until_async("the child queued, naming its marker", SLACK * 2, async || {
         let nodes = op.nodes().await;
         if nodes.len() != 2 {
             return false;
@@ -293,7 +287,7 @@ async fn child_between(
         async move { live.acquire("k", &child_opts().with_wait(SESSION * 3)).await }
     });
     // The live waiter watches its own node, the two before it and the child's marker.
-    until("the live waiter queued and watching", SLACK, async || {
+    until_async("the live waiter queued and watching", SLACK, async || {
         op.nodes().await.len() == 3 && ensemble.watch_count(0).expect("wchs") >= watching + 4
     })
     .await;
@@ -343,7 +337,7 @@ async fn a_paused_waiter_whose_node_was_removed_queues_again_and_never_holds_bes
 
     paused.signal("-STOP");
     let stopped = Instant::now();
-    until("the paused waiter's node removed", SLACK, async || {
+    until_async("the paused waiter's node removed", SLACK, async || {
         !op.nodes().await.contains(&node)
     })
     .await;
@@ -359,7 +353,7 @@ async fn a_paused_waiter_whose_node_was_removed_queues_again_and_never_holds_bes
         .expect("the live waiter got the lock");
     paused.signal("-CONT");
     // It queues again, behind the holder: a new node, and no `granted` line yet.
-    until("the resumed waiter queued again", SLACK, async || {
+    until_async("the resumed waiter queued again", SLACK, async || {
         let nodes = op.nodes().await;
         nodes.len() == 2 && !nodes.contains(&node)
     })
@@ -397,13 +391,13 @@ async fn a_holder_s_node_is_never_removed() {
     held.release().await.unwrap();
     let mut proc = proc;
     let token = proc.granted(SLACK).await.expect("the child is served");
-    until("the child's grant claimed its node", SLACK, async || {
+    until_async("the child's grant claimed its node", SLACK, async || {
         op.data(&node).await.is_empty()
     })
     .await;
     proc.signal("-STOP");
     // The child's waiting marker goes (its session expires, or was closed after the claim).
-    until("the child's waiting marker gone", SLACK, async || {
+    until_async("the child's waiting marker gone", SLACK, async || {
         op.0.list_children("/%waiting").await.map(|c| c.len()).unwrap_or(0) <= 1
     })
     .await;
@@ -490,7 +484,7 @@ async fn an_uncontended_grant_beside_a_wait_needs_no_claim() {
         let waiter = waiter.clone();
         async move { waiter.acquire("k", &child_opts()).await }
     });
-    until("the waiter queued, naming its marker", SLACK, async || {
+    until_async("the waiter queued, naming its marker", SLACK, async || {
         let nodes = op.nodes().await;
         nodes.len() == 2 && names_a_marker(&op.data(&nodes[1]).await)
     })
