@@ -61,23 +61,12 @@ fn first_cause(e: &etcd_client::Error) -> Option<&(dyn std::error::Error + 'stat
 /// error 111)"; a status the server sent as its message and code.
 pub(crate) fn causes(e: &etcd_client::Error) -> String {
     use etcd_client::Error as E;
-    let mut text = match (e, first_cause(e)) {
-        (_, Some(c)) => c.to_string(),
+    match (e, first_cause(e)) {
+        (_, Some(c)) => fencelock_core::error::one_line(c),
         (E::GRpcStatus(s), None) if s.message().is_empty() => format!("gRPC status {:?}", s.code()),
         (E::GRpcStatus(s), None) => format!("{} (gRPC status {:?})", s.message(), s.code()),
         (other, None) => other.to_string(),
-    };
-    let mut next = first_cause(e).and_then(std::error::Error::source);
-    for _ in 0..32 {
-        let Some(c) = next else { break };
-        let t = c.to_string();
-        if !text.contains(&t) {
-            text.push_str(": ");
-            text.push_str(&t);
-        }
-        next = c.source();
     }
-    text
 }
 
 /// How a client error is to be treated.
