@@ -1,7 +1,7 @@
 //! A fault-injecting TCP proxy on loopback: sits between clients and one server and, per
 //! direction, passes bytes, delays them, blackholes them (holds everything, sends nothing)
-//! or resets the connections — switchable at run time. Used to make partitions and slow
-//! links without root.
+//! or resets the connections — switchable at run time, for every connection or one
+//! ([`FaultProxy::pin`]). Used to make partitions and slow links without root.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,14 +28,50 @@ pub enum Mode {
 #[derive(Debug)]
 pub struct FaultProxy {
     port: u16,
-    to_server: watch::Sender<Mode>,
-    to_client: watch::Sender<Mode>,
+    /// The modes of the connections not pinned, and of those accepted from now on.
+    modes: Arc<Mutex<Modes>>,
     task: tokio::task::JoinHandle<()>,
-    connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     /// Bytes forwarded from the server to clients, over every connection.
     to_client_bytes: Arc<AtomicU64>,
     /// Client connections accepted, whatever the mode.
     accepted: Arc<AtomicU64>,
+}
+
+/// The proxy-wide modes and every connection's own switches, under one lock: a connection
+/// accepted while the modes change gets the new ones, never a stale copy.
+#[derive(Debug)]
+struct Modes {
+    to_server: Mode,
+    to_client: Mode,
+    connections: Vec<Connection>,
+}
+
+/// One accepted connection: its two pumps and their switches.
+#[derive(Debug)]
+struct Connection {
+    to_server: watch::Sender<Mode>,
+    to_client: watch::Sender<Mode>,
+    /// Set by [`FaultProxy::pin`]: the proxy-wide switches leave it alone.
+    pinned: bool,
+    pumps: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Connection {
+    fn set(&mut self, to_server: Option<Mode>, to_client: Option<Mode>) {
+        if let Some(m) = to_server {
+            self.to_server.send_replace(m);
+        }
+        if let Some(m) = to_client {
+            self.to_client.send_replace(m);
+        }
+        // As before pinning existed: only a reset of both directions closes the
+        // connection at once; a reset of one ends that direction's pump.
+        if to_server == Some(Mode::Reset) && to_client == Some(Mode::Reset) {
+            for p in self.pumps.drain(..) {
+                p.abort();
+            }
+        }
+    }
 }
 
 impl FaultProxy {
@@ -43,10 +79,12 @@ impl FaultProxy {
     pub async fn start(upstream: u16) -> Self {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("bind proxy");
         let port = listener.local_addr().expect("proxy addr").port();
-        let (to_server, _) = watch::channel(Mode::Pass);
-        let (to_client, _) = watch::channel(Mode::Pass);
-        let connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
-        let (up_rx, down_rx, conns) = (to_server.subscribe(), to_client.subscribe(), Arc::clone(&connections));
+        let modes = Arc::new(Mutex::new(Modes {
+            to_server: Mode::Pass,
+            to_client: Mode::Pass,
+            connections: Vec::new(),
+        }));
+        let conns = Arc::clone(&modes);
         let to_client_bytes = Arc::new(AtomicU64::new(0));
         let down_bytes = Arc::clone(&to_client_bytes);
         let accepted = Arc::new(AtomicU64::new(0));
@@ -58,7 +96,11 @@ impl FaultProxy {
                     return;
                 };
                 accepted_count.fetch_add(1, Ordering::Relaxed);
-                if *up_rx.borrow() == Mode::Reset || *down_rx.borrow() == Mode::Reset {
+                let refused = {
+                    let m = conns.lock().unwrap_or_else(|p| p.into_inner());
+                    m.to_server == Mode::Reset || m.to_client == Mode::Reset
+                };
+                if refused {
                     drop(client);
                     continue;
                 }
@@ -72,22 +114,25 @@ impl FaultProxy {
                 let _ = server.set_nodelay(true);
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                let mut list = conns.lock().unwrap_or_else(|p| p.into_inner());
-                list.push(tokio::spawn(pump(cr, sw, up_rx.clone(), None)));
-                list.push(tokio::spawn(pump(
-                    sr,
-                    cw,
-                    down_rx.clone(),
-                    Some(Arc::clone(&down_bytes)),
-                )));
+                let mut m = conns.lock().unwrap_or_else(|p| p.into_inner());
+                let (to_server, up_rx) = watch::channel(m.to_server);
+                let (to_client, down_rx) = watch::channel(m.to_client);
+                let pumps = vec![
+                    tokio::spawn(pump(cr, sw, up_rx, None)),
+                    tokio::spawn(pump(sr, cw, down_rx, Some(Arc::clone(&down_bytes)))),
+                ];
+                m.connections.push(Connection {
+                    to_server,
+                    to_client,
+                    pinned: false,
+                    pumps,
+                });
             }
         });
         FaultProxy {
             port,
-            to_server,
-            to_client,
+            modes,
             task,
-            connections,
             to_client_bytes,
             accepted,
         }
@@ -111,33 +156,64 @@ impl FaultProxy {
         self.port
     }
 
-    /// Sets both directions.
+    /// Sets both directions (of every connection but the pinned ones, and of those
+    /// accepted from now on).
     pub fn set(&self, mode: Mode) {
-        self.to_server.send_replace(mode);
-        self.to_client.send_replace(mode);
-        if mode == Mode::Reset {
-            for c in self.connections.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
-                c.abort();
-            }
-        }
+        self.switch(Some(mode), Some(mode));
     }
 
     /// Sets the client → server direction only.
     pub fn set_to_server(&self, mode: Mode) {
-        self.to_server.send_replace(mode);
+        self.switch(Some(mode), None);
     }
 
     /// Sets the server → client direction only.
     pub fn set_to_client(&self, mode: Mode) {
-        self.to_client.send_replace(mode);
+        self.switch(None, Some(mode));
+    }
+
+    /// Connections the proxy opened to the server so far (refused ones not counted): the
+    /// next one opened is number `connections()` for [`pin`](Self::pin).
+    pub fn connections(&self) -> usize {
+        self.modes.lock().unwrap_or_else(|p| p.into_inner()).connections.len()
+    }
+
+    /// Sets both directions of the `n`-th connection the proxy opened to the server (0
+    /// the first, in accept order, as [`connections`](Self::connections) counts) and pins
+    /// it there: [`set`](Self::set) and its kin leave it alone from now on. For one client
+    /// with two connections of which only one is to be cut. `false`: no such connection.
+    pub fn pin(&self, n: usize, mode: Mode) -> bool {
+        let mut m = self.modes.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(c) = m.connections.get_mut(n) else {
+            return false;
+        };
+        c.pinned = true;
+        c.set(Some(mode), Some(mode));
+        true
+    }
+
+    fn switch(&self, to_server: Option<Mode>, to_client: Option<Mode>) {
+        let mut m = self.modes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(mode) = to_server {
+            m.to_server = mode;
+        }
+        if let Some(mode) = to_client {
+            m.to_client = mode;
+        }
+        for c in m.connections.iter_mut().filter(|c| !c.pinned) {
+            c.set(to_server, to_client);
+        }
     }
 }
 
 impl Drop for FaultProxy {
     fn drop(&mut self) {
         self.task.abort();
-        for c in self.connections.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
-            c.abort();
+        let mut m = self.modes.lock().unwrap_or_else(|p| p.into_inner());
+        for c in m.connections.iter_mut() {
+            for p in c.pumps.drain(..) {
+                p.abort();
+            }
         }
     }
 }

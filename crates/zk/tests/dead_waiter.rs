@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fencelock_core::{DistributedLock, LockOptions};
+use fencelock_testkit::proxy::{FaultProxy, Mode};
 use fencelock_testkit::until::until_async;
 use fencelock_testkit::zk_server::ZkEnsemble;
 use fencelock_zk::ZkLock;
@@ -62,7 +63,7 @@ async fn told() {
 
 /// Child: queues for `k` and waits; the parent SIGKILLs it while it waits.
 #[test]
-#[ignore = "started by a_waiter_killed_while_queued_delays_the_next_by_a_bounded_interval"]
+#[ignore = "started by the parents below"]
 fn child_waits_for_k() {
     as_child(async |locks| {
         let got = locks.acquire("k", &child_opts()).await;
@@ -292,6 +293,112 @@ async fn child_between(
     })
     .await;
     (proc, next, node)
+}
+
+/// A waiter D (a child process) is SIGKILLed while queued behind a holder; the live waiter
+/// W right behind it, whose removal of D's node it would be, cannot act: its main
+/// connection (through the fault proxy) goes silent while its waiting session (another
+/// connection of the same proxy, pinned open) keeps proving. A waiter X behind W watches
+/// only W's marker, the nearest. The holder releases once W's client has noticed the
+/// silence: X is served within [`BOUND`] of the release — W, which cannot act, gives its
+/// place up (its waiting session ends, X removes its node, then D's) instead of keeping it
+/// until its session or D's expires ([`SESSION`]). W, reconnected, queues again behind X
+/// and is served after it, never beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_waiter_behind_a_cut_off_one_delays_the_rest_by_a_bounded_interval() {
+    let (ensemble, url, holder, last, op) = set_up("/cut-waiter").await;
+    let proxy = FaultProxy::start(ensemble.port(0)).await;
+    let proxied = format!(
+        "zk://127.0.0.1:{}/cut-waiter?session_timeout={}s",
+        proxy.port(),
+        SESSION.as_secs()
+    );
+    let cut = ZkLock::connect(&proxied).await.unwrap();
+    let held = holder.acquire("k", &child_opts()).await.unwrap();
+    let mut dead = Proc::start("child_waits_for_k", &url);
+    until_async("the doomed waiter queued, naming its marker", SLACK * 2, async || {
+        let nodes = op.nodes().await;
+        nodes.len() == 2 && names_a_marker(&op.data(&nodes[1]).await)
+    })
+    .await;
+    // W: its waiting session is the one connection the proxy opens while it queues.
+    let opened = proxy.connections();
+    let watching = ensemble.watch_count(0).expect("wchs");
+    let w = tokio::spawn({
+        let cut = cut.clone();
+        async move { cut.acquire("k", &child_opts().with_wait(SESSION * 3)).await }
+    });
+    // W watches its own node, the two before it and D's marker.
+    until_async("W queued, naming its marker, and watching", SLACK, async || {
+        let nodes = op.nodes().await;
+        nodes.len() == 3
+            && names_a_marker(&op.data(&nodes[2]).await)
+            && ensemble.watch_count(0).expect("wchs") >= watching + 4
+    })
+    .await;
+    assert_eq!(
+        proxy.connections(),
+        opened + 1,
+        "W opened more than its waiting session's connection"
+    );
+    let w_node = op.nodes().await[2].clone();
+    let watching = ensemble.watch_count(0).expect("wchs");
+    let x = tokio::spawn({
+        let last = last.clone();
+        async move { last.acquire("k", &child_opts().with_wait(SESSION * 3)).await }
+    });
+    // X watches its own node, the three before it and W's marker (the nearest).
+    until_async("X queued and watching", SLACK, async || {
+        op.nodes().await.len() == 4 && ensemble.watch_count(0).expect("wchs") >= watching + 5
+    })
+    .await;
+
+    dead.kill();
+    // W's main connection goes silent; its waiting session's stays.
+    assert!(proxy.pin(opened, Mode::Pass), "W's waiting connection");
+    proxy.set(Mode::Blackhole);
+    let attempts = proxy.accepted();
+    // W's client drops the silent connection (after 2/5 of its session timeout) and tries
+    // to connect again, into the silence.
+    until_async("W's client noticed the silence", SLACK, async || {
+        proxy.accepted() > attempts
+    })
+    .await;
+    let released = Instant::now();
+    held.release().await.unwrap();
+    let lease = tokio::time::timeout(SESSION * 2, x)
+        .await
+        .expect("X is served within two session timeouts")
+        .unwrap()
+        .expect("X got the lock");
+    let waited = released.elapsed();
+    println!("X got the lock {waited:?} after the release, behind a dead waiter and a cut-off one");
+    assert!(
+        waited < BOUND,
+        "X got the lock {waited:?} after the release, behind a dead waiter and a waiter whose \
+         main connection was cut; the bound is {BOUND:?} (session timeout {SESSION:?})"
+    );
+    assert_eq!(op.nodes().await.len(), 1, "a node besides X's is left");
+    // W reconnects in its session, finds its node removed, and queues again behind X.
+    proxy.set(Mode::Pass);
+    until_async("W queued again", SLACK, async || {
+        let nodes = op.nodes().await;
+        nodes.len() == 2 && !nodes.contains(&w_node)
+    })
+    .await;
+    assert!(!w.is_finished(), "W was served beside X");
+    let token = lease.token();
+    lease.release().await.unwrap();
+    let again = tokio::time::timeout(SLACK, w)
+        .await
+        .expect("W is served after X")
+        .unwrap()
+        .expect("W got the lock");
+    assert!(again.token() > token, "W was granted before X's token");
+    again.release().await.unwrap();
+    cut.close().await.unwrap();
+    last.close().await.unwrap();
+    holder.close().await.unwrap();
 }
 
 /// The middle process is SIGKILLed while it waits, the holder releases at once: its node
