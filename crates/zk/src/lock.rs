@@ -274,7 +274,7 @@ impl DistributedLock for ZkLock {
                     // request more); other creates name nothing, so a grant at once
                     // needs no claim.
                     let named = match (opts.auto_renew(), cfg.layout.dir(key, &cfg.chroot)) {
-                        (true, Ok(dir)) => self.inner.waiting.current(&dir).await,
+                        (true, Ok(dir)) => self.inner.waiting.current(&dir, &session).await,
                         _ => None,
                     };
                     (enqueue(&session, &self.inner.cfg, key, pending, named).await?, false)

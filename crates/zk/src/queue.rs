@@ -557,7 +557,7 @@ impl Markers {
 /// empty data), once per wait, when the node queues behind others and was not named at
 /// its create. A failure leaves it unnamed: a dead waiter then costs the session timeout.
 async fn name_ours(q: &Queued, namer: &WaitingSlot) -> Result<()> {
-    let Some(used) = namer.enter(&q.cfg).await else {
+    let Some(used) = namer.enter(&q.cfg, &q.session).await else {
         return Ok(());
     };
     let client = q.session.client()?;

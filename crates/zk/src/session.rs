@@ -201,6 +201,12 @@ impl Session {
         )
     }
 
+    /// `true` while the client is connected to a server that takes writes: the session
+    /// can act now (not merely live on while the client connects again).
+    pub fn is_connected(&self) -> bool {
+        matches!(self.states.peek_state(), SessionState::SyncConnected)
+    }
+
     /// The session id.
     pub fn id(&self) -> i64 {
         self.id

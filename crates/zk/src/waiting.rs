@@ -15,10 +15,22 @@
 //!
 //! The session is opened by the first wait of the instance that needs it, kept alive while
 //! some node of ours names it and one timeout more (so a busy instance does not open one
-//! per wait), and closed after that. A keeper task checks the marker every third of the
+//! per wait), and closed after that. A keeper task writes the marker every third of the
 //! timeout: each answer's send instant is a proof that the server heard the session then,
-//! and a grant on a named node is valid no longer than the last proof + the timeout —
-//! never past the moment the server could delete the marker.
+//! and a grant on a named node is valid no longer than the last proof + three quarters of
+//! the timeout — never past the moment the server could delete the marker.
+//!
+//! The marker stands for "this instance can act on its waits", and acting takes the
+//! *main* session: a waiter watches the nodes before its own, removes a dead waiter's node
+//! and claims its grant through it. So a proof counts only while the main session is
+//! connected, and when the waiting session keeps being answered while the main one is
+//! disconnected ([`CUT_PROOFS`] proofs in a row), the keeper ends the waiting session:
+//! its marker goes, the waiter behind each of our nodes removes it — and the nodes
+//! before ours whose removal was ours to make (a dead waiter right before ours: each
+//! waiter watches only the nearest marker before it) — and our waits queue again once
+//! the main session is back. Without it, a waiter whose main connection was cut while its
+//! waiting session stayed up kept its place, and a dead waiter's node before it, until
+//! one of their sessions expired (`session_timeout`).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +41,7 @@ use tokio::time::Instant;
 use zookeeper_client::{Acls, Client, CreateMode, SessionState, StateWatcher};
 
 use crate::config::ZkConfig;
+use crate::session::Session;
 
 /// The session timeout asked for the waiting session: the server raises it to its minimum.
 pub(crate) const ASKED: Duration = Duration::from_secs(1);
@@ -36,6 +49,12 @@ pub(crate) const ASKED: Duration = Duration::from_secs(1);
 /// The data of a node whose owner proves it is alive by a marker: this, then the marker's
 /// path on the server (chroot included).
 pub(crate) const PREFIX: &[u8] = b"fencelock-waiting:";
+
+/// How many proofs in a row the waiting session may get answered while the instance's
+/// main session is disconnected before the keeper ends it (its waits give up their places):
+/// they span a whole waiting timeout, so the main client has that long to connect again
+/// after a failover that cut both sessions before its waits lose their places.
+pub(crate) const CUT_PROOFS: u32 = 4;
 
 /// The markers' parent under the chroot: a name no key of the default layout has (a `%`
 /// of a key is always escaped as `%25`); the peer layouts refuse keys under it.
@@ -52,6 +71,8 @@ pub(crate) struct Waiting {
     /// Users (nodes naming the marker) and since when there are none.
     users: std::sync::Mutex<(usize, Instant)>,
     ended: AtomicBool,
+    /// The main session of the latest use: the one our named nodes belong to.
+    main: std::sync::Mutex<Weak<Session>>,
 }
 
 impl std::fmt::Debug for Waiting {
@@ -106,9 +127,16 @@ impl Waiting {
             )
     }
 
-    /// A use, unless the session ended (checked under the users' lock, which the keeper
-    /// takes to end it).
-    fn enter(self: &Arc<Self>) -> Option<WaitingUse> {
+    /// `false` while the main session (of the latest use) is not connected: the instance
+    /// cannot act on its waits. A main session dropped since has no nodes left: `true`.
+    fn main_connected(&self) -> bool {
+        let main = self.main.lock().unwrap_or_else(|p| p.into_inner()).upgrade();
+        main.is_none_or(|m| m.is_connected())
+    }
+
+    /// A use by a node of `main`, unless the session ended (checked under the users'
+    /// lock, which the keeper takes to end it).
+    fn enter(self: &Arc<Self>, main: &Arc<Session>) -> Option<WaitingUse> {
         let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
         // A session whose last proof is too old may have expired without the client
         // knowing yet (a paused process): a node naming its marker could be removed at once.
@@ -117,6 +145,7 @@ impl Waiting {
             return None;
         }
         users.0 += 1;
+        *self.main.lock().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(main);
         Some(WaitingUse(Arc::clone(self)))
     }
 
@@ -182,15 +211,22 @@ impl Waiting {
             proof: std::sync::Mutex::new(proof),
             users: std::sync::Mutex::new((0, Instant::now())),
             ended: AtomicBool::new(false),
+            main: std::sync::Mutex::new(Weak::new()),
         }))
     }
 }
 
-/// Checks the marker every third of the timeout (each answer a new proof) while some node
-/// names it, and for one timeout after the last; then ends the session. Ends at once when
-/// the marker or the session is gone.
+/// Writes the marker every third of the timeout (each answer a new proof, while the main
+/// session is connected) while some node names it, and for one timeout after the last;
+/// then ends the session. Ends at once when the marker or the session is gone, and when
+/// the main session stayed disconnected over [`CUT_PROOFS`] answered writes (see the
+/// module's documentation) — then only once the last proof is a whole timeout old, so
+/// every grant it bounded (last proof + three quarters of the timeout) has run out before
+/// the marker goes and a waiter behind may remove its node.
 async fn keep(waiting: Arc<Waiting>, request_timeout: Duration) {
     let period = waiting.timeout / 3;
+    // Proofs answered in a row while the main session was disconnected.
+    let mut cut = 0u32;
     loop {
         tokio::time::sleep(period).await;
         {
@@ -208,14 +244,32 @@ async fn keep(waiting: Arc<Waiting>, request_timeout: Duration) {
         // and deletes the marker (review). A write goes through the leader, which checks
         // the session first: answered, the leader held the session alive after `sent`.
         match tokio::time::timeout(request_timeout.min(period), client.set_data(&waiting.marker, b"", None)).await {
-            Ok(Ok(_)) => {
+            Ok(Ok(_)) if waiting.main_connected() => {
+                cut = 0;
                 let mut proof = waiting.proof.lock().unwrap_or_else(|p| p.into_inner());
                 *proof = (*proof).max(sent);
             }
+            // The ensemble answers this session but not the main one: our waits cannot act
+            // (watch, remove a dead waiter's node, claim). No proof: a grant is not made
+            // valid for longer on it, and no new node names the marker.
+            Ok(Ok(_)) => {
+                cut += 1;
+                let proof = *waiting.proof.lock().unwrap_or_else(|p| p.into_inner());
+                if cut >= CUT_PROOFS && Instant::now() >= proof + waiting.timeout {
+                    tracing::info!(
+                        marker = %waiting.marker,
+                        "the main session stays disconnected while the waiting session is served: \
+                         ending the waiting session, our waits give up their places"
+                    );
+                    break;
+                }
+            }
             Ok(Err(zookeeper_client::Error::NoNode)) => break, // the marker is gone: the session expired
             Ok(Err(zookeeper_client::Error::SessionExpired | zookeeper_client::Error::ClientClosed)) => break,
-            // No answer: the proof ages, and grants claim their node at their turn.
-            _ => {}
+            // No answer: the proof ages, and grants claim their node at their turn. Nor is
+            // the ensemble seen serving us: the main client is not counted late (a failover
+            // cuts both sessions, and the main one may connect again a little later).
+            _ => cut = 0,
         }
     }
     waiting.end();
@@ -248,11 +302,11 @@ impl WaitingSlot {
     /// bound, and the marker's create), the create goes out naming nothing — its wait, if
     /// it has one, names the marker then (review: every acquire of the instance stalled
     /// behind the connect).
-    pub async fn current(&self, dir: &str) -> Option<WaitingUse> {
+    pub async fn current(&self, dir: &str, main: &Arc<Session>) -> Option<WaitingUse> {
         if !self.contended.lock().unwrap_or_else(|p| p.into_inner()).contains(dir) {
             return None;
         }
-        self.current.try_lock().ok()?.upgrade()?.enter()
+        self.current.try_lock().ok()?.upgrade()?.enter(main)
     }
 
     /// Notes whether an acquire under `dir` had to wait (its first listing showed a node
@@ -269,13 +323,13 @@ impl WaitingSlot {
         }
     }
 
-    /// A use of the live waiting session, opened if there is none.
-    pub async fn enter(&self, cfg: &ZkConfig) -> Option<WaitingUse> {
+    /// A use of the live waiting session by a node of `main`, opened if there is none.
+    pub async fn enter(&self, cfg: &ZkConfig, main: &Arc<Session>) -> Option<WaitingUse> {
         if self.useless.load(Ordering::Relaxed) {
             return None;
         }
         let mut current = self.current.lock().await;
-        if let Some(used) = current.upgrade().and_then(|w| w.enter()) {
+        if let Some(used) = current.upgrade().and_then(|w| w.enter(main)) {
             return Some(used);
         }
         let waiting = match Waiting::open(cfg).await {
@@ -287,7 +341,7 @@ impl WaitingSlot {
                 return None;
             }
         };
-        let used = waiting.enter();
+        let used = waiting.enter(main);
         *current = Arc::downgrade(&waiting);
         tokio::spawn(keep(waiting, cfg.timeout));
         used

@@ -401,6 +401,74 @@ async fn a_dead_waiter_behind_a_cut_off_one_delays_the_rest_by_a_bounded_interva
     holder.close().await.unwrap();
 }
 
+/// The other side of giving a place up: a waiter whose main connection is closed and
+/// connects again at once (its waiting session's connection untouched) keeps its node and
+/// its place — its instance gives them up only once its waiting session was answered for a
+/// whole waiting timeout with the main session disconnected. Served with the node it
+/// queued, before the waiter behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_whose_main_connection_drops_briefly_keeps_its_place() {
+    let (ensemble, _url, holder, last, op) = set_up("/blip").await;
+    let proxy = FaultProxy::start(ensemble.port(0)).await;
+    let proxied = format!(
+        "zk://127.0.0.1:{}/blip?session_timeout={}s",
+        proxy.port(),
+        SESSION.as_secs()
+    );
+    let blinking = ZkLock::connect(&proxied).await.unwrap();
+    let held = holder.acquire("k", &child_opts()).await.unwrap();
+    let opened = proxy.connections();
+    let w = tokio::spawn({
+        let blinking = blinking.clone();
+        async move { blinking.acquire("k", &child_opts().with_wait(SESSION * 3)).await }
+    });
+    until_async("W queued, naming its marker", SLACK, async || {
+        let nodes = op.nodes().await;
+        nodes.len() == 2 && names_a_marker(&op.data(&nodes[1]).await)
+    })
+    .await;
+    assert_eq!(proxy.connections(), opened + 1, "W's waiting session's connection");
+    let w_node = op.nodes().await[1].clone();
+    let (_, stat) = op.0.get_data(&format!("/k/{w_node}")).await.unwrap();
+    let x = tokio::spawn({
+        let last = last.clone();
+        async move { last.acquire("k", &child_opts().with_wait(SESSION * 3)).await }
+    });
+    until_async("X queued", SLACK, async || op.nodes().await.len() == 3).await;
+
+    assert!(proxy.pin(opened, Mode::Pass), "W's waiting connection");
+    proxy.set(Mode::Reset);
+    let attempts = proxy.accepted();
+    until_async("W's client tried to connect again", SLACK, async || {
+        proxy.accepted() > attempts
+    })
+    .await;
+    // The fault's length: two of the keeper's writes of the marker (every third of the
+    // waiting session's 1 s), under a waiting timeout.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    proxy.set(Mode::Pass);
+    held.release().await.unwrap();
+    let lease = tokio::time::timeout(SLACK, w)
+        .await
+        .expect("W is served in its place (not given up to X, which is then served first)")
+        .unwrap()
+        .expect("W got the lock");
+    assert_eq!(
+        i64::try_from(lease.token().get()).unwrap(),
+        stat.czxid,
+        "W was not served with the node it queued (it gave its place up?)"
+    );
+    assert!(!x.is_finished(), "X was served before W");
+    let token = lease.token();
+    lease.release().await.unwrap();
+    let next = tokio::time::timeout(SLACK, x).await.unwrap().unwrap().unwrap();
+    assert!(next.token() > token);
+    next.release().await.unwrap();
+    blinking.close().await.unwrap();
+    last.close().await.unwrap();
+    holder.close().await.unwrap();
+}
+
 /// The middle process is SIGKILLed while it waits, the holder releases at once: its node
 /// is first when its waiting marker goes, and the live waiter behind it removes it (it was
 /// never claimed) and gets the lock within [`BOUND`] of the release — not after the dead
