@@ -508,9 +508,9 @@ impl RedisNode {
     /// the request reaches the server in pieces and a short TTL ends in between (as two
     /// plain pipelined commands, an `INCR` arriving late could follow a later grant's).
     /// The counter grows on refused attempts too, which only leaves gaps. With a
-    /// `restart_delay`, the `ACQUIRE` script, which also keeps the node's boot marker: a
-    /// node whose marker is younger than the delay refuses and answers busy for the rest
-    /// of the delay.
+    /// `restart_delay`, the `ACQUIRE` script, which also checks the delay: a node whose
+    /// server process (its uptime) or boot marker is younger than the delay refuses and
+    /// answers busy for the rest of the delay.
     ///
     /// Not retried on a dropped connection (the counter would grow twice, harmless, but a
     /// grant could land unheard); when the answer is lost, a release of `grant` is sent in

@@ -32,9 +32,10 @@
 //!   without its release reaching the nodes.
 //! * **Waiting**: subscriptions to the key's release channel on every node, and the random
 //!   fallback.
-//! * **Delayed restart** (`restart_delay`): enforced by the client on each node through a
-//!   boot marker in the acquire script — a node that started empty refuses grants until the
-//!   delay has passed.
+//! * **Delayed restart** (`restart_delay`): enforced by the client on each node inside the
+//!   scripts that grant — a node whose server process is younger than the delay (its
+//!   uptime, `INFO server`), or whose boot marker is (its data flushed), refuses grants
+//!   until the delay has passed, whatever it reloaded from disk.
 //!
 //! ## When to choose it
 //!

@@ -30,7 +30,7 @@ pub const GUARANTEES: Guarantees = Guarantees {
     tokens: TokenOrder::BestEffort,
     scope: Scope::Network,
     assumptions: &[
-        "exclusive while a majority of nodes keep their data: a node restarted empty (no fsync-always persistence) must stay out for the longest TTL (restart_delay), or it can help grant a held lock again",
+        "exclusive while a majority of nodes keep their data: a node restarted without fsync-always persistence (empty, or from a snapshot or log older than its last grants) must stay out for the longest TTL, or it can help grant a held lock again; restart_delay keeps every restarted server process out that long (its uptime, read by the grant scripts), and a node whose data was flushed",
         "exclusive while clocks run at nearly the same rate and do not jump: every node expires keys by its wall clock; the validity subtracts drift_factor × TTL + 2 ms",
         "exclusive only for holders that finish within their validity: a process pause or network delay after the check is not covered (use the token)",
         "tokens are the highest of the quorum's per-node counters: they can repeat or go back after a node restart without persistence, or when the quorum's nodes missed earlier increments",

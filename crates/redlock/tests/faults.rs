@@ -120,10 +120,13 @@ async fn a_paused_node_costs_about_the_per_node_timeout() {
 
 /// Makes a holder on a bare quorum {0, 1, 2} (nodes 3 and 4 down), with counters at 4, then
 /// restarts node 0 empty and brings 3 and 4 back empty: the three empty nodes are a quorum
-/// that knows nothing of the held lock.
+/// that knows nothing of the held lock. With `snapshot`, every node `SAVE`s after the
+/// warm-up (boot marker set, no lock held), so the restarted nodes come back from that
+/// older snapshot instead of empty — as an RDB or `appendfsync everysec` node does.
 async fn hold_on_a_bare_quorum_then_restart(
     servers: &mut [RedisServer],
     extra: &str,
+    snapshot: bool,
 ) -> (fencelock_core::Lease, RedlockLock) {
     let warm = client(servers, extra).await;
     for _ in 0..3 {
@@ -133,6 +136,11 @@ async fn hold_on_a_bare_quorum_then_restart(
             .release()
             .await
             .unwrap();
+    }
+    if snapshot {
+        for s in servers.iter() {
+            assert!(s.command("SAVE").starts_with("+OK"), "SAVE on {}", s.port());
+        }
     }
     servers[3].kill();
     servers[4].kill();
@@ -150,7 +158,7 @@ async fn hold_on_a_bare_quorum_then_restart(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_restarted_empty_lets_a_second_holder_in_without_delayed_restart() {
     let mut servers = start_many(5);
-    let (held, _holder) = hold_on_a_bare_quorum_then_restart(&mut servers, "").await;
+    let (held, _holder) = hold_on_a_bare_quorum_then_restart(&mut servers, "", false).await;
     let intruder = client(&servers, "").await;
     let second = intruder
         .try_acquire("k", &opts(Duration::from_secs(30)))
@@ -178,7 +186,7 @@ async fn delayed_restart_keeps_the_second_holder_out() {
     let delay = Duration::from_millis(1500);
     let extra = format!("&restart_delay={}ms", delay.as_millis());
     let mut servers = start_many(5);
-    let (held, _holder) = hold_on_a_bare_quorum_then_restart(&mut servers, &extra).await;
+    let (held, _holder) = hold_on_a_bare_quorum_then_restart(&mut servers, &extra, false).await;
     let restarted_at = Instant::now();
     let intruder = client(&servers, &extra).await;
     assert!(
@@ -206,6 +214,59 @@ async fn delayed_restart_keeps_the_second_holder_out() {
         restarted_at.elapsed()
     );
     next.release().await.unwrap();
+}
+
+/// The delay is tied to the server process, not to its data: nodes that come back from an
+/// older snapshot (one taken after the boot marker was set, before the lock was granted)
+/// have the marker but not the lock, and must still sit out their delay. (Before, the
+/// marker's age let them vote at once, and the intruder was granted beside the holder.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_restart_holds_for_a_node_restarted_from_an_older_snapshot() {
+    let delay = Duration::from_millis(1500);
+    let extra = format!("&restart_delay={}ms", delay.as_millis());
+    let mut servers = start_many(5);
+    let (held, _holder) = hold_on_a_bare_quorum_then_restart(&mut servers, &extra, true).await;
+    let restarted_at = Instant::now();
+    // The snapshot was loaded: the restarted node has the marker but not the held lock.
+    let boot = servers[0].command("EXISTS fencelock:boot");
+    assert!(boot.starts_with(":1"), "no boot marker after the restart: {boot}");
+    let intruder = client(&servers, &extra).await;
+    let second = intruder.try_acquire("k", &opts(Duration::from_secs(30))).await.unwrap();
+    assert!(
+        second.is_none(),
+        "a node restarted from an older snapshot granted inside its restart delay: two holders ({} and {})",
+        held.token(),
+        second.as_ref().map(|l| l.token().to_string()).unwrap_or_default()
+    );
+    assert!(held.is_held());
+    let err = held.release().await.expect_err("released as if held by a quorum");
+    assert!(err.is_lease_lost(), "{err}");
+    let next = intruder
+        .acquire("k", &opts(Duration::from_secs(30)))
+        .await
+        .expect("granted after the delay");
+    assert!(
+        restarted_at.elapsed() >= delay - Duration::from_millis(300),
+        "granted after only {:?}",
+        restarted_at.elapsed()
+    );
+    next.release().await.unwrap();
+}
+
+/// The restart delay reads the server's uptime with `INFO` inside the scripts: a user
+/// refused `INFO` is told so, not granted by nodes that cannot check their delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_delay_without_info_rights_says_so() {
+    let servers = start_many(3);
+    for s in &servers {
+        assert!(s.command("ACL SETUSER default -info").starts_with("+OK"));
+    }
+    let lock = client(&servers, "&restart_delay=100ms").await;
+    let err = lock
+        .acquire("k", &opts(Duration::from_secs(10)).with_wait(Duration::from_secs(2)))
+        .await
+        .expect_err("granted by nodes that could not check their restart delay");
+    assert!(err.to_string().contains("+info"), "{err}");
 }
 
 /// Calls of `name` the server has run since it started (`INFO commandstats`).
