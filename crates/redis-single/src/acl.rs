@@ -32,12 +32,16 @@ local probes = {
   {'pexpireat', k, '1'}, {'pttl', k}, {'time'}, {'publish', ch, 'm'},
   {'hmget', k, 'f'}, {'hset', k, 'f', 'v'}, {'lindex', k, '0'}, {'llen', k},
   {'lpop', k}, {'lpos', k, 'x'}, {'lpush', k, 'x'}, {'lrange', k, '0', '1'},
-  {'lrem', k, '0', 'x'}, {'rpush', k, 'x'}, {'subscribe', ch},
+  {'lrem', k, '0', 'x'}, {'rpush', k, 'x'}, {'subscribe', ch}, {'pubsub', 'numsub', ch},
 }
 local refused = {}
 for _, p in ipairs(probes) do
   local ok, allowed = pcall(redis.acl_check_cmd, unpack(p))
-  if ok and not allowed then table.insert(refused, string.upper(p[1])) end
+  if ok and not allowed then
+    local name = string.upper(p[1])
+    if p[1] == 'pubsub' then name = 'PUBSUB NUMSUB' end
+    table.insert(refused, name)
+  end
 end
 return refused
 ";

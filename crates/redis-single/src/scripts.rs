@@ -208,7 +208,7 @@ return {0, redis.call('PTTL', KEYS[1])}
 ///
 /// * `GRANT@CHANNEL|DEADLINE_MS|TTL_MS` (a `redis://` waiter): a **direct grant** — the
 ///   token is counted (`INCR`), `PUBLISH` of `g GRANT TOKEN NOW` on the waiter's instance
-///   channel, and when that reached a subscriber `SET lock GRANT PXAT NOW+TTL` (absolute,
+///   channel, and when that has a subscriber `SET lock GRANT PXAT NOW+TTL` (absolute,
 ///   so the lock expires exactly `TTL` after the `NOW` the waiter is told; Redis < 6.2
 ///   without `PXAT`: `SET PX` + `PEXPIREAT`). The waiter holds the lock on the push alone.
 /// * `GRANT@CHANNEL|DEADLINE_MS` (Redlock's primary, whose grant needs a quorum; or an
@@ -218,18 +218,29 @@ return {0, redis.call('PTTL', KEYS[1])}
 ///   entry without `@CHANNEL` (a version with a channel per waiter) is told on
 ///   `PREFIX GRANT` with a bare `g`/`n`.
 ///
-/// A `PUBLISH` that reaches no subscriber means the waiter's process is gone (its
-/// connections closed): the next entry is tried at once (a direct grant's `INCR` then
-/// only leaves a gap in the tokens). Constant work per hand-off whatever the queue's
-/// length (each skipped entry is popped once, ever). Returns true when it gave the lock to
+/// A waiter's channel with no subscriber means the waiter's process is gone (its
+/// connections closed): the next entry is tried at once, nothing counted or published.
+/// Counted with `PUBSUB NUMSUB`, just before the `PUBLISH`, and not judged by `PUBLISH`'s
+/// answer: that counts pattern subscribers too, and one `PSUBSCRIBE *` on the server
+/// (`redis-cli`, a dashboard) made every dead waiter at the head look live, each granted
+/// the lock for its whole TTL (test
+/// `a_killed_queued_waiter_costs_nothing_while_a_pattern_subscriber_listens`). A user the
+/// server refuses `PUBSUB` (a Redis 6 ACL, which the connect cannot ask about) falls back
+/// on `PUBLISH`'s answer; a direct grant's `INCR` then only leaves a gap in the tokens.
+/// Constant work per hand-off whatever the queue's length (each skipped entry is popped
+/// once, ever). Returns true when it gave the lock to
 /// a waiter.
 const HAND_OFF: &str = r"
-local function tell(who, kind, channels)
+local function address(who, kind, channels)
   local at = string.find(who, '@', 1, true)
   if at then
-    return redis.call('PUBLISH', string.sub(who, at + 1), kind .. ' ' .. string.sub(who, 1, at - 1))
+    return string.sub(who, at + 1), kind .. ' ' .. string.sub(who, 1, at - 1)
   end
-  return redis.call('PUBLISH', channels .. who, kind)
+  return channels .. who, kind
+end
+local function tell(who, kind, channels)
+  local channel, message = address(who, kind, channels)
+  return redis.call('PUBLISH', channel, message)
 end
 local function parse(e)
   local who, deadline, ttl = string.match(e, '^(.+)|(%d+)|(%d+)$')
@@ -237,13 +248,30 @@ local function parse(e)
   who, deadline = string.match(e, '^(.+)|(%d+)$')
   return who, deadline, nil
 end
+-- The clients subscribed to `channel` itself; nil when the user may not ask.
+local function subscribers(channel)
+  local n = redis.pcall('PUBSUB', 'NUMSUB', channel)
+  if type(n) == 'table' and n.err then return nil end
+  return n[2]
+end
+-- Publishes `message` to a waiter on `channel`, of which `subscribers` said `listeners`
+-- (not 0); true when a subscriber of the channel got it. Without the count (nil), from
+-- PUBLISH's own answer, which also counts pattern subscribers.
+local function deliver(channel, message, listeners)
+  local reached = redis.call('PUBLISH', channel, message)
+  if listeners then return true end
+  return reached > 0
+end
 local function grant_directly(who, ttl, now)
   local at = string.find(who, '@', 1, true)
   if not at then return false end
   local id = string.sub(who, 1, at - 1)
+  local channel = string.sub(who, at + 1)
+  local listeners = subscribers(channel)
+  if listeners == 0 then return false end
   local token = redis.call('INCR', KEYS[2])
   local told = 'g ' .. id .. ' ' .. string.format('%d', token) .. ' ' .. string.format('%d', now)
-  if redis.call('PUBLISH', string.sub(who, at + 1), told) == 0 then return false end
+  if not deliver(channel, told, listeners) then return false end
   local until_ms = string.format('%d', now + tonumber(ttl))
   local set = redis.pcall('SET', KEYS[1], id, 'PXAT', until_ms)
   if type(set) == 'table' and set.err then
@@ -251,6 +279,12 @@ local function grant_directly(who, ttl, now)
     redis.call('PEXPIREAT', KEYS[1], until_ms)
   end
   return true
+end
+local function grant_reservation(who, channels)
+  local channel, message = address(who, 'g', channels)
+  local listeners = subscribers(channel)
+  if listeners == 0 then return false end
+  return deliver(channel, message, listeners)
 end
 local function hand_off(claim_ms, channels)
   local now = nil
@@ -267,7 +301,7 @@ local function hand_off(claim_ms, channels)
         if grant_directly(who, ttl, now) then return true end
       -- Told first: nobody subscribed there (its process died, the server closed
       -- its connections) means nobody will claim — on to the next entry at once.
-      elseif tell(who, 'g', channels) > 0 then
+      elseif grant_reservation(who, channels) then
         local at = string.find(who, '@', 1, true)
         local id = who
         if at then id = string.sub(who, 1, at - 1) end

@@ -705,7 +705,7 @@ async fn a_user_refused_info_is_not_asked_for_it_on_every_call() {
 }
 
 /// docs/backends/redis.md's least-privilege ACL rules (checked against the doc below).
-const LEAST_PRIVILEGE: &str = "~fencelock:* &fencelock:* -@all +set +get +del +incr +pexpire +pexpireat +pttl +time +publish +hmget +hset +lindex +llen +lpop +lpos +lpush +lrange +lrem +rpush +multi +exec +eval +evalsha +subscribe +unsubscribe +ping";
+const LEAST_PRIVILEGE: &str = "~fencelock:* &fencelock:* -@all +set +get +del +incr +pexpire +pexpireat +pttl +time +publish +hmget +hset +lindex +llen +lpop +lpos +lpush +lrange +lrem +rpush +pubsub|numsub +multi +exec +eval +evalsha +subscribe +unsubscribe +ping";
 
 #[test]
 fn the_least_privilege_line_is_the_documented_one() {
@@ -730,6 +730,7 @@ async fn a_user_refused_a_command_the_lock_needs_is_a_configuration_error_at_con
         ("nomulti", "~* &* +@all -multi", "MULTI"),
         ("nolpos", "~* &* +@all -lpos", "LPOS"),
         ("nopublish", "~* &* +@all -publish", "PUBLISH"),
+        ("nonumsub", "~* &* +@all -pubsub|numsub", "PUBSUB NUMSUB"),
         ("noeval", "~* &* +@all -eval -evalsha", "EVAL, EVALSHA"),
         ("noexec", "~* &* +@all -exec", "EXEC"),
         // Every command allowed, but not on fencelock's keys: say so, not "EVAL".

@@ -161,6 +161,74 @@ async fn a_dead_queued_waiter_costs_at_most_one_claim_window() {
     lease.release().await.unwrap();
 }
 
+/// A waiter whose process dies while it is queued on the primary (its connections
+/// closed, so the server dropped its subscription) costs the next waiter no claim window,
+/// even with a pattern subscriber (`PSUBSCRIBE *`: `redis-cli`, a dashboard) on every
+/// node. `PUBLISH` counts pattern subscribers, so a release that judged the dead head by
+/// `PUBLISH`'s answer reserved the lock for it for the whole window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_queued_waiter_costs_no_claim_window_while_a_pattern_subscriber_listens() {
+    use fencelock_testkit::proxy::Mode;
+    use fencelock_testkit::until::until;
+    use tokio::time::Instant;
+    let servers = start_many(5);
+    let _watchers: Vec<_> = servers.iter().map(RedisServer::pattern_subscriber).collect();
+    let (proxies, hosts) = proxied(&servers).await;
+    let holder = connect(&servers, "").await;
+    let doomed = RedlockLock::connect(&format!("redlock://{hosts}")).await.unwrap();
+    let next = connect(&servers, "").await;
+    // The queue lives on the key's primary only: the sum over the nodes is its length.
+    let queued = || -> i64 {
+        servers
+            .iter()
+            .map(|s| s.integer("LLEN fencelock:{k}:queue").unwrap_or(0))
+            .sum()
+    };
+    // Channel subscribers (`sub=` above 0 in `CLIENT LIST`) over the nodes.
+    let subscribed = || -> usize {
+        servers
+            .iter()
+            .map(|s| {
+                s.command("CLIENT LIST")
+                    .lines()
+                    .filter(|l| l.split(' ').any(|f| f.strip_prefix("sub=").is_some_and(|n| n != "0")))
+                    .count()
+            })
+            .sum()
+    };
+
+    let lease = holder.acquire("k", &opts()).await.unwrap();
+    let dead = tokio::spawn(async move { doomed.acquire("k", &opts()).await });
+    until("the waiter queued", Duration::from_secs(5), || queued() >= 1).await;
+    let waiting = tokio::spawn(async move {
+        let lease = next.acquire("k", &opts()).await.unwrap();
+        (Instant::now(), lease)
+    });
+    until("the second waiter queued", Duration::from_secs(5), || queued() >= 2).await;
+    let live = subscribed();
+    for p in &proxies {
+        p.set(Mode::Reset);
+    }
+    dead.abort();
+    until("the server saw the dead subscriber go", Duration::from_secs(5), || {
+        subscribed() < live
+    })
+    .await;
+    let released_at = Instant::now();
+    lease.release().await.unwrap();
+    let (granted_at, lease) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the live waiter got its turn")
+        .unwrap();
+    let delay = granted_at - released_at;
+    eprintln!("a killed queued waiter (pattern subscriber listening) delayed the next by {delay:?}");
+    assert!(
+        delay < fencelock_redis::HANDOFF_CLAIM / 2,
+        "delayed {delay:?}: the dead waiter was reserved the lock"
+    );
+    lease.release().await.unwrap();
+}
+
 /// A waiter that names the nodes otherwise than the holder does (here through TCP proxies
 /// of its own, as the bench's clients do; likewise `localhost` against `127.0.0.1`, a DNS
 /// name against an IP, a NAT) queues on the node where the holder's release hands the

@@ -216,6 +216,26 @@ impl RedisServer {
             .ok()
     }
 
+    /// A connection subscribed to every channel by pattern (`PSUBSCRIBE *`, as `redis-cli`
+    /// or a dashboard may be), open until the returned stream is dropped. Returns once the
+    /// server confirmed the subscription; panics when it did not within 5 s.
+    pub fn pattern_subscriber(&self) -> std::net::TcpStream {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect to redis-server");
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("set a read timeout");
+        conn.write_all(b"PSUBSCRIBE *\r\n").expect("send PSUBSCRIBE");
+        // `*3 $10 psubscribe $1 * :1`, the count last.
+        let mut reply = Vec::new();
+        let mut chunk = [0u8; 64];
+        while !reply.ends_with(b":1\r\n") {
+            let n = conn.read(&mut chunk).expect("the PSUBSCRIBE confirmation within 5 s");
+            assert!(n > 0 && reply.len() < 1024, "PSUBSCRIBE answered {reply:?}");
+            reply.extend_from_slice(&chunk[..n]);
+        }
+        conn
+    }
+
     /// `master_repl_offset` from `INFO replication`.
     pub fn repl_offset(&self) -> Option<u64> {
         self.command("INFO replication")
