@@ -252,6 +252,7 @@ impl RedisLock {
                     node: self.node.clone(),
                     key: key.to_owned(),
                     ttl: opts.ttl(),
+                    wait: opts.wait(),
                     sub,
                     grant,
                     entry: String::new(),
@@ -361,6 +362,8 @@ pub(crate) struct Queued {
     node: RedisNode,
     key: String,
     ttl: Duration,
+    /// The wait its turns queue it with: its entry lapses that long after a turn.
+    wait: Duration,
     sub: NodeSubscription,
     grant: GrantId,
     entry: String,
@@ -373,7 +376,7 @@ impl Drop for Queued {
     fn drop(&mut self) {
         if !self.done {
             self.node
-                .leave_later(&self.key, self.grant.as_str(), &self.entry, self.ttl);
+                .leave_later(&self.key, self.grant.as_str(), &self.entry, self.ttl, self.wait);
         }
     }
 }

@@ -637,7 +637,8 @@ impl RedisNode {
     /// Runs `step` in the background until the server answers it, for a follow-up whose
     /// effect must not be left undone (a give-up, the release of an unheard grant): sent
     /// again while no answer comes — after 20 ms, doubling to at most 1 s — until `ttl`
-    /// has passed (what it would remove has expired by then) or 20 tries were sent. Each
+    /// has passed (the caller's bound: what it would remove has expired by then) or 20
+    /// tries were sent (about 15 s). Each
     /// repeat goes out together with [`load_scripts`](Self::load_scripts), queued first
     /// on the same connection: the last try may have met `NOSCRIPT` unheard, and a load
     /// takes effect whether or not its answer comes back (no reply timeout is added per
@@ -972,13 +973,18 @@ impl RedisNode {
     }
 
     /// A waiter gives up, in the background (the `LEAVE` script, sent again while no
-    /// answer comes, bounded like [`release_later`](Self::release_later) by `ttl` and 20
-    /// tries): its queue entry goes, and a lock that holds `grant` — granted to it directly
-    /// by a release, reserved for it, or claimed by an answer that never came — is
-    /// released and handed to the next waiter.
-    pub fn leave_later(&self, key: &str, grant: &str, entry: &str, ttl: Duration) {
+    /// answer comes): its queue entry goes, and a lock that holds `grant` — granted to it
+    /// directly by a release, reserved for it, or claimed by an answer that never came — is
+    /// released and handed to the next waiter. `ttl`: the waiter's TTL; `wait`: the wait
+    /// its turns queued it with. Sent until the server answers, 20 tries were sent (about
+    /// 15 s) or the longer of the two has passed: a lock granted to it lasts `ttl`, and its
+    /// queue entry lapses at most `wait` after its last turn, which came before this
+    /// give-up. A `LEAVE` given up on while the entry lives (a server unreachable for all
+    /// the tries) leaves an entry that a later release may grant the lock to, for its
+    /// whole TTL, with nobody to use it.
+    pub fn leave_later(&self, key: &str, grant: &str, entry: &str, ttl: Duration, wait: Duration) {
         let (k, grant, entry) = (key.to_owned(), grant.to_owned(), entry.to_owned());
-        self.follow_up(key, "leaving the queue", ttl, move |node| {
+        self.follow_up(key, "leaving the queue", ttl.max(wait), move |node| {
             let (k, grant, entry) = (k.clone(), grant.clone(), entry.clone());
             async move {
                 let mut invocation = LEAVE.call();

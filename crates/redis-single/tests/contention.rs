@@ -356,3 +356,44 @@ async fn a_waiter_cut_off_before_its_turn_was_answered_leaves_the_queue() {
     bystander.abort();
     blocker.release().await.unwrap();
 }
+
+/// A waiter that gives up while its server is unreachable keeps sending its `LEAVE` as
+/// long as its queue entry can live — up to its wait after its last turn — not only for
+/// its TTL: given up on after the TTL, the entry stayed queued until its deadline, and a
+/// release in that time would grant the lock to a waiter that had left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_give_up_is_sent_while_its_queue_entry_lives_not_only_for_its_ttl() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port()).await;
+    let holder = RedisLock::connect(&server.url()).await.unwrap();
+    let cut = Arc::new(
+        RedisLock::connect(&format!("redis://127.0.0.1:{}?timeout=200ms", proxy.port()))
+            .await
+            .unwrap(),
+    );
+    let queue_len = || server.integer("LLEN fencelock:{k}:queue").unwrap_or(0);
+    let ttl = Duration::from_secs(1);
+    let lease = holder.acquire("k", &opts()).await.unwrap();
+    let waiting = {
+        let cut = Arc::clone(&cut);
+        let o = opts().with_ttl(ttl).with_wait(Duration::from_secs(20));
+        tokio::spawn(async move { cut.acquire("k", &o).await })
+    };
+    until("the waiter queued", Duration::from_secs(5), || queue_len() >= 1).await;
+    // Its connections are cut and new ones refused (a blackhole would only hold the
+    // LEAVE back and deliver it later).
+    proxy.set(Mode::Reset);
+    waiting.abort(); // gives up: its LEAVE is tried in the background, in vain
+                     // The outage outlasts the waiter's TTL (not a synchronisation: the fault's length).
+    tokio::time::sleep(ttl * 2).await;
+    assert_eq!(queue_len(), 1, "the LEAVE got through the outage");
+    proxy.set(Mode::Pass);
+    until(
+        "the give-up, sent again after the outage, took the entry out",
+        Duration::from_secs(5),
+        || queue_len() == 0,
+    )
+    .await;
+    lease.release().await.unwrap();
+    drop(cut);
+}

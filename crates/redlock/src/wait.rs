@@ -31,6 +31,8 @@ pub(crate) struct Queued {
     primary: RedisNode,
     key: String,
     ttl: Duration,
+    /// The wait its turns queue it with: its entry lapses that long after a turn.
+    wait: Duration,
     sub: NodeSubscription,
     grant: GrantId,
     entry: String,
@@ -41,7 +43,7 @@ impl Drop for Queued {
     fn drop(&mut self) {
         if !self.done {
             self.primary
-                .leave_later(&self.key, self.grant.as_str(), &self.entry, self.ttl);
+                .leave_later(&self.key, self.grant.as_str(), &self.entry, self.ttl, self.wait);
         }
     }
 }
@@ -114,6 +116,7 @@ impl RedlockLock {
                         primary,
                         key: key.to_owned(),
                         ttl: opts.ttl(),
+                        wait: opts.wait(),
                         sub,
                         grant,
                         entry: String::new(),
