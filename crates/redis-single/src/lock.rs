@@ -34,7 +34,7 @@ pub const GUARANTEES_DURABLE: Guarantees = Guarantees {
         "exclusive only while the one server stays up and keeps its data; a failover to an asynchronously replicated replica can grant the lock twice and reuse tokens",
         "tokens strictly increase because the server fsyncs every write (appendonly yes, appendfsync always) and never evicts the token counter, a key without a TTL (maxmemory-policy noeviction or volatile-*), both seen at connect time; changing either later breaks this",
         "a volatile-* policy may still evict a held lock's key (it has a TTL) under memory pressure and grant the lock twice; only noeviction never does",
-        "lock expiry runs on the server's wall clock: a clock jump there can end a lease early",
+        "lock expiry runs on the server's wall clock: a clock jump there can end a lease early, and a lease's validity is the full TTL from the request's send instant on the client's clock, with no allowance for the server's clock running faster (rate drift): a server clock faster by a fraction f expires the key f × TTL before the holder's validity ends",
     ],
 };
 
@@ -51,7 +51,7 @@ pub const GUARANTEES: Guarantees = Guarantees {
         "exclusive only while the one server stays up and keeps its data; a restart without persistence or a failover to an asynchronously replicated replica can grant the lock twice",
         "tokens increase only while the token counter survives: the server was not seen both fsyncing every write (appendonly yes + appendfsync always) and sparing keys without a TTL from eviction (maxmemory-policy noeviction or volatile-*), or CONFIG GET was refused so neither could be checked; a restart or memory pressure can reset them",
         "an eviction policy other than noeviction may evict a held lock's key under memory pressure and grant the lock twice",
-        "lock expiry runs on the server's wall clock: a clock jump there can end a lease early",
+        "lock expiry runs on the server's wall clock: a clock jump there can end a lease early, and a lease's validity is the full TTL from the request's send instant on the client's clock, with no allowance for the server's clock running faster (rate drift): a server clock faster by a fraction f expires the key f × TTL before the holder's validity ends",
     ],
 };
 
