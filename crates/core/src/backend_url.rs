@@ -260,11 +260,19 @@ impl fmt::Debug for BackendUrl {
 }
 
 /// `url` with any password hidden, for messages about text that may not parse: a URL that
-/// parses is shown as [`BackendUrl::redacted`]; anything else has everything from the
-/// first `:` after `://` up to its last `@` replaced by `***` — the password by the
-/// parser's rule (the host starts after the last `@`, the password after the first `:`),
-/// or more, never less — and every `password=` query value hidden up to the next `&`.
-/// With no `:` before that `@` there is no password, only a user, shown as written.
+/// parses is shown as [`BackendUrl::redacted`]. In anything else, every `password=` query
+/// value is hidden up to the next `&`, and so is a password before the host: everything
+/// from the first `:` after `://` up to the `@` that ends the user info (see
+/// `userinfo_end`), by the parser's rule (the host starts after the last `@`, the
+/// password after the first `:`). With no `:` before that `@` there is no password, only
+/// a user, shown as written; with no such `@` nothing before the query is hidden.
+///
+/// Where the text can be read two ways — `redis://u:1/RET@h` is host `u`, port `1` and a
+/// path holding an `@`, or user `u` with a password `1/RET` whose `/` was not encoded —
+/// it is read the way that hides more: safety first. So a port can be hidden with a
+/// password that may follow it (`redis://cache:6379?prefix=a@b` is shown
+/// `redis://cache:***@b`); an `@` after the hosts hides nothing only where it certainly
+/// ends no password (see `userinfo_end`).
 ///
 /// Both spans are found in the text as given and hidden together: hidden one after the
 /// other, the first could swallow what marks the second (an `@` inside a `password=`
@@ -273,22 +281,12 @@ pub fn redact(url: &str) -> String {
     if let Ok(parsed) = parse(url) {
         return parsed.redacted();
     }
-    let mut hidden: Vec<(usize, usize)> = Vec::new(); // byte ranges of `url`, end exclusive
+    let mut hidden = secret_values(url); // byte ranges of `url`, end exclusive
     let start = url.find("://").map_or(0, |i| i + 3);
-    if let Some(at) = url[start..].rfind('@').map(|i| start + i) {
+    if let Some(at) = userinfo_end(url, start, &hidden) {
         if let Some(colon) = url[start..at].find(':').map(|i| start + i) {
             hidden.push((colon + 1, at));
         }
-    }
-    let mut from = 0;
-    while let Some(sep) = url[from..].find(['?', '&']).map(|i| from + i) {
-        let key = sep + 1;
-        let key_end = key + url[key..].find(['=', '&']).unwrap_or(url.len() - key);
-        if url[key_end..].starts_with('=') && is_secret_key(&decode_lossy(&url[key..key_end])) {
-            let value = key_end + 1;
-            hidden.push((value, value + url[value..].find('&').unwrap_or(url.len() - value)));
-        }
-        from = key;
     }
     hidden.sort_unstable();
     let mut out = String::with_capacity(url.len());
@@ -308,6 +306,71 @@ pub fn redact(url: &str) -> String {
     }
     out.push_str(&url[shown_to..]);
     out
+}
+
+/// The byte ranges (end exclusive) of every `password=` value in `url`, each up to the
+/// next `&`: after any `?` or `&`, wherever it is (in a password too: hiding more).
+fn secret_values(url: &str) -> Vec<(usize, usize)> {
+    let mut values = Vec::new();
+    let mut from = 0;
+    while let Some(sep) = url[from..].find(['?', '&']).map(|i| from + i) {
+        let key = sep + 1;
+        let key_end = key + url[key..].find(['=', '&']).unwrap_or(url.len() - key);
+        if url[key_end..].starts_with('=') && is_secret_key(&decode_lossy(&url[key..key_end])) {
+            let value = key_end + 1;
+            values.push((value, value + url[value..].find('&').unwrap_or(url.len() - value)));
+        }
+        from = key;
+    }
+    values
+}
+
+/// The `@` that ends the user info of `url` (which did not parse; its authority starts
+/// at `start`), read as [`redact`] says: the last `@` of the text, as the parser reads
+/// it, since a password written with `/`, `?` or `#` unencoded runs past where the
+/// authority would end by RFC 3986 (at the first `/`, `?` or `#`). An `@` after that
+/// point is passed over only where the authority certainly ends there: it is a list of
+/// hosts (after the authority's own last `@`, if any) that parses, and
+///
+/// * the list is empty (`postgres:///db`, `file:///tmp/a@b`), or its first host is an IP
+///   address or `localhost`: the other reading would take that host for a user's name
+///   (`etcd://127.0.0.1:2379/a@b` as user `127.0.0.1`, password `2379/a`); every later `@`
+///   is passed over;
+/// * or the `@` is inside a `password=` value after the authority (`secret_values`, hidden
+///   anyway): the other reading would need a password holding `?password=`.
+///
+/// A host name (`redis://u:1/RET@h`) may be a user's name: an `@` after it still counts.
+fn userinfo_end(url: &str, start: usize, secret_values: &[(usize, usize)]) -> Option<usize> {
+    let authority_end = url[start..].find(['/', '?', '#']).map_or(url.len(), |i| start + i);
+    let authority = &url[start..authority_end];
+    let own_at = authority.rfind('@').map(|i| start + i);
+    let hosts: Option<Vec<HostPort>> = if authority.is_empty() {
+        Some(Vec::new())
+    } else {
+        url[own_at.map_or(start, |at| at + 1)..authority_end]
+            .split(',')
+            .map(|h| parse_host(h).ok())
+            .collect()
+    };
+    let Some(hosts) = hosts else {
+        return url.rfind('@').filter(|&at| at >= start);
+    };
+    let certain = hosts.first().is_none_or(|h| {
+        h.ipv6 || h.host.parse::<std::net::Ipv4Addr>().is_ok() || h.host.eq_ignore_ascii_case("localhost")
+    });
+    if certain {
+        return own_at;
+    }
+    let in_secret_value = |at: usize| {
+        secret_values
+            .iter()
+            .any(|&(begin, end)| begin > authority_end && (begin..end).contains(&at))
+    };
+    url[authority_end..]
+        .rmatch_indices('@')
+        .map(|(i, _)| authority_end + i)
+        .find(|&at| !in_secret_value(at))
+        .or(own_at)
 }
 
 /// What [`with_query_option`] does when the URL already sets the option.
@@ -673,6 +736,96 @@ mod tests {
             let shown = redact(url);
             assert!(!shown.contains(secret), "{url} shown as {shown}");
             assert!(shown.contains("***"), "{url} shown as {shown}");
+        }
+    }
+
+    /// F10 (a new-user trial): `etcd://127.0.0.1:2379/a@b`, an `@` in the path and no
+    /// user, was quoted `etcd://127.0.0.1:***@b` (the port to the `@` hidden as if a
+    /// password). A URL without a password is shown as written, for every scheme and an
+    /// `@` in the path, the query or the fragment; with one, only the password is hidden.
+    #[test]
+    fn an_at_sign_after_an_address_hides_nothing_but_a_password() {
+        for scheme in [
+            "redis",
+            "rediss",
+            "redlock",
+            "etcd",
+            "zk",
+            "postgres",
+            "postgresql",
+            "file",
+        ] {
+            for host in [
+                "127.0.0.1:2379",
+                "[::1]:2379",
+                "localhost:2379",
+                "127.0.0.1",
+                "127.0.0.1:1,10.0.0.1:2",
+                "",
+            ] {
+                for rest in [
+                    "/a@b",
+                    "/a:b@c",
+                    "?prefix=a@b",
+                    "/p?k=v&j=a@b",
+                    "/p#a@b",
+                    "#x:y@z",
+                    "/a@b/c?k=1@2",
+                ] {
+                    let url = format!("{scheme}://{host}{rest}");
+                    assert!(BackendUrl::parse(&url).is_err(), "{url} parses");
+                    assert_eq!(redact(&url), url, "{url}");
+                    for (userinfo, shown) in [("u@", "u@"), ("u:Secret@", "u:***@"), (":S@cret@", ":***@")] {
+                        if host.is_empty() {
+                            continue;
+                        }
+                        let url = format!("{scheme}://{userinfo}{host}{rest}");
+                        let want = format!("{scheme}://{shown}{host}{rest}");
+                        assert_eq!(redact(&url), want, "{url}");
+                    }
+                }
+            }
+        }
+        let e = BackendUrl::parse("etcd://127.0.0.1:2379/a@b").unwrap_err().to_string();
+        assert!(e.contains("`etcd://127.0.0.1:2379/a@b`: an `@` after the host"), "{e}");
+    }
+
+    /// A `password=` value holding an `@`, in a URL with a user: only the value is hidden
+    /// (it was quoted `postgres://alice@127.0.0.1:***`, the port and path hidden too).
+    /// After a host name (not an address) too: a password holding `?password=` is not
+    /// a reading to fear.
+    #[test]
+    fn an_at_sign_in_a_query_password_hides_only_that_value() {
+        for (url, shown) in [
+            (
+                "postgres://alice@127.0.0.1:5432/db?password=p@ss",
+                "postgres://alice@127.0.0.1:5432/db?password=***",
+            ),
+            (
+                "postgres://alice@db.example:5432/db?password=p@ss&sslmode=disable",
+                "postgres://alice@db.example:5432/db?password=***&sslmode=disable",
+            ),
+            ("postgres://db/x?a=1&password=@s@", "postgres://db/x?a=1&password=***"),
+            ("postgres:///x?password=p@ss", "postgres:///x?password=***"),
+        ] {
+            assert!(BackendUrl::parse(url).is_err(), "{url} parses");
+            assert_eq!(redact(url), shown, "{url}");
+        }
+    }
+
+    /// Where the text could be a password holding an unencoded `/`, `?` or `#` — before
+    /// it a host name and a number, which could be a user and the start of a password —
+    /// everything from the `:` to the last `@` stays hidden: safety first.
+    #[test]
+    fn an_at_sign_after_a_host_name_is_still_read_as_a_possible_password() {
+        for (url, shown) in [
+            ("redis://u:1/RET@h", "redis://u:***@h"),
+            ("redis://cache:6379?prefix=a@b", "redis://cache:***@b"),
+            ("etcd://u:1/a@b?password=x@y", "etcd://u:***@b?password=***"),
+            ("etcd://127.0.0.1:x/a@b", "etcd://127.0.0.1:***@b"),
+        ] {
+            assert!(BackendUrl::parse(url).is_err(), "{url} parses");
+            assert_eq!(redact(url), shown, "{url}");
         }
     }
 
