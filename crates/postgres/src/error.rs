@@ -58,7 +58,8 @@ fn unreadable_answer(e: &tokio_postgres::Error) -> bool {
         })
 }
 
-/// What a failed start-up says about the URL, when it says something: the server's
+/// What a failed start-up says about the URL, when it says something (a message that
+/// names `f.server` once, for an error whose source is the client's error): the server's
 /// refusal of the start-up message (an option, the database, the role: retrying will not
 /// help), an answer that is not the PostgreSQL protocol (the wrong port: a server that
 /// closes after a few bytes, or greets in a protocol of its own), or an
@@ -95,7 +96,7 @@ fn start_up_refused(f: &PgFailure) -> Option<String> {
         || text.starts_with("error parsing response from server")
     {
         return Some(format!(
-            "the server at {} does not answer in the PostgreSQL protocol: is the host and port right?",
+            "the server at {} does not answer in the PostgreSQL protocol ({text}): is the host and port right?",
             f.server
         ));
     }
@@ -106,9 +107,11 @@ impl From<PgFailure> for LockError {
     fn from(f: PgFailure) -> Self {
         if f.doing == CONNECTING {
             if let Some(message) = start_up_refused(&f) {
+                // The message names the server: its source is the client's error, not
+                // the failure, whose "connecting on SERVER" would name it again.
                 return LockError::InvalidConfig {
                     message,
-                    source: Some(Box::new(f)),
+                    source: Some(Box::new(f.source)),
                 };
             }
         }

@@ -250,7 +250,8 @@ fn shuffle<T>(items: &mut [T]) {
 /// [`HostFailure::Final`]'s error as it is. When no host worked:
 /// [`LockError::InvalidConfig`] when every host's failure was one (with one host: its
 /// error, its kind unchanged), else [`LockError::Unavailable`] naming each host and why
-/// it failed (silent for `bound`, refused, a name that does not resolve, …). Every
+/// it failed (silent for `bound`, refused, a name that does not resolve, …), on one line
+/// that names the URL once and each host by `host:port` (see [`Failure::entry`]). Every
 /// message names the host and the port used, also the default 5432 of a URL that gives
 /// none (see [`label`]). A host list tokio-postgres would refuse (port or hostaddr
 /// counts) is `InvalidConfig`.
@@ -281,17 +282,19 @@ where
         shuffle(&mut hosts);
     }
     let several = hosts.len() > 1;
-    let mut failures: Vec<(String, LockError)> = Vec::new();
+    let mut failures: Vec<Failure> = Vec::new();
     for (place, target) in hosts {
         // Its name's failures are said as its connection's are: on the URL, the host
         // and port named when the URL does not show them.
         let host_name = name_of(&target.host, None, target.port);
-        let unresolved = |why: String, source: Option<fencelock_core::BoxError>| LockError::Unavailable {
-            message: format!(
-                "postgres unreachable: {doing} on {}: {why}",
-                label(server, &host_name, several)
-            ),
-            source,
+        let host_label = label(server, &host_name, several);
+        let unresolved = |why: String, source: Option<fencelock_core::BoxError>| Failure {
+            name: host_name.clone(),
+            label: host_label.clone(),
+            error: LockError::Unavailable {
+                message: format!("postgres unreachable: {doing} on {host_label}: {why}"),
+                source,
+            },
         };
         let mut addrs: Vec<Option<IpAddr>> = match (&target.host, target.hostaddr) {
             (_, Some(ip)) => vec![Some(ip)],
@@ -308,12 +311,12 @@ where
                     }
                     Ok(Err(e)) => {
                         let why = format!("cannot resolve the host name `{name}`: {e}");
-                        failures.push((host_name.clone(), unresolved(why, Some(Box::new(e)))));
+                        failures.push(unresolved(why, Some(Box::new(e))));
                         continue;
                     }
                     Err(_) => {
                         let why = format!("its name was not resolved within {bound:?}");
-                        failures.push((host_name.clone(), unresolved(why, None)));
+                        failures.push(unresolved(why, None));
                         continue;
                     }
                 }
@@ -323,7 +326,7 @@ where
         };
         if addrs.is_empty() {
             let why = "its name resolves to no address".to_owned();
-            failures.push((host_name.clone(), unresolved(why, None)));
+            failures.push(unresolved(why, None));
             continue;
         }
         if random {
@@ -341,7 +344,7 @@ where
             let name = name_of(&target.host, shown_addr, target.port);
             let label = label(server, &name, several || !one_address);
             let one = single(pg, &target.host, addr, target.port);
-            match tokio::time::timeout(bound, attempt(one, label)).await {
+            match tokio::time::timeout(bound, attempt(one, label.clone())).await {
                 Ok(Ok(connected)) => {
                     last_good.worked(place);
                     return Ok(connected);
@@ -349,16 +352,17 @@ where
                 Ok(Err(HostFailure::Final(e))) => return Err(e),
                 Ok(Err(HostFailure::Next(e))) => {
                     tracing::debug!(host = %name, error = %e, "{doing}: host failed; trying the next");
-                    failures.push((name, e));
+                    failures.push(Failure { name, label, error: e });
                 }
                 Err(_) => {
                     tracing::debug!(host = %name, ?bound, "{doing}: host silent; trying the next");
-                    failures.push((
+                    failures.push(Failure {
                         name,
-                        unavailable(format!(
+                        label,
+                        error: unavailable(format!(
                             "no ready connection within {bound:?} (silent or too slow: a hung or paused server, a black hole?)"
                         )),
-                    ));
+                    });
                 }
             }
         }
@@ -366,16 +370,40 @@ where
     Err(none_worked(server, doing, bound, failures))
 }
 
-/// Why one host failed, in one line, without the error kind's prefix (the combined
-/// error has its own).
-fn reason(e: &LockError) -> String {
-    e.detail()
+/// One attempt that failed: the target's name (`host:port`), the label its messages
+/// name it by (see [`label`]), and its error.
+#[derive(Debug)]
+struct Failure {
+    name: String,
+    label: String,
+    error: LockError,
+}
+
+impl Failure {
+    /// This host's part of the error when no host worked, in one line: `NAME: WHY`. That
+    /// error names the URL once, so the attempt's own error is said without it: the label
+    /// it names the attempt by (`URL (host NAME)`) becomes NAME, the words the combined
+    /// error says already ("postgres unreachable: DOING on NAME: ") are left out, and so
+    /// is the error kind's prefix (the combined error has its own). An error whose text
+    /// names the host in a sentence of its own ("the server at NAME does not answer …")
+    /// is kept as that sentence.
+    fn entry(&self, doing: &str) -> String {
+        let text = self.error.detail().replace(&self.label, &self.name);
+        let said = format!("postgres unreachable: {doing} on {}: ", self.name);
+        if let Some(why) = text.strip_prefix(&said) {
+            format!("{}: {why}", self.name)
+        } else if text.contains(&self.name) {
+            text
+        } else {
+            format!("{}: {text}", self.name)
+        }
+    }
 }
 
 /// The error when no host worked: see [`connect_each`].
-fn none_worked(server: &str, doing: &str, bound: Duration, mut failures: Vec<(String, LockError)>) -> LockError {
+fn none_worked(server: &str, doing: &str, bound: Duration, mut failures: Vec<Failure>) -> LockError {
     if failures.len() == 1 {
-        let (name, e) = failures.remove(0);
+        let Failure { name, error: e, .. } = failures.remove(0);
         let server = label(server, &name, false);
         return match e {
             // One host, silent: the message the backend always gave.
@@ -390,15 +418,11 @@ fn none_worked(server: &str, doing: &str, bound: Duration, mut failures: Vec<(St
             e => e,
         };
     }
-    let each = failures
-        .iter()
-        .map(|(name, e)| format!("{name}: {}", reason(e)))
-        .collect::<Vec<_>>()
-        .join("; ");
+    let each = failures.iter().map(|f| f.entry(doing)).collect::<Vec<_>>().join("; ");
     if !failures.is_empty()
         && failures
             .iter()
-            .all(|(_, e)| matches!(e, LockError::InvalidConfig { .. }))
+            .all(|f| matches!(f.error, LockError::InvalidConfig { .. }))
     {
         return LockError::invalid_config(format!("postgres: {doing}: no host of {server} could be used: {each}"));
     }
@@ -507,6 +531,47 @@ mod tests {
         assert_eq!(
             label("postgres://u@h1:1,h2:2/db", "h2:2", true),
             "postgres://u@h1:1,h2:2/db (host h2:2)"
+        );
+    }
+
+    /// With several hosts the message names the URL once, each host by its address, on
+    /// one line; before, every host's entry repeated the URL ("127.0.0.1:1: postgres
+    /// unreachable: connecting on URL (host 127.0.0.1:1): …").
+    #[test]
+    fn no_host_working_names_the_url_once_and_each_host_by_its_address() {
+        let server = "postgres://u@127.0.0.1:1,127.0.0.1:2,db:3/x";
+        let failure = |name: &str, error: LockError| Failure {
+            name: name.to_owned(),
+            label: label(server, name, true),
+            error,
+        };
+        let refused = failure(
+            "127.0.0.1:1",
+            LockError::unavailable(
+                format!("postgres unreachable: connecting on {server} (host 127.0.0.1:1)"),
+                std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused"),
+            ),
+        );
+        let mysql = failure(
+            "127.0.0.1:2",
+            LockError::invalid_config(format!(
+                "the server at {server} (host 127.0.0.1:2) does not answer in the PostgreSQL protocol \
+                 (unknown message tag `74`): is the host and port right?"
+            )),
+        );
+        let silent = failure("db:3", unavailable("no ready connection within 1s (silent)"));
+        let e = none_worked(
+            server,
+            "connecting",
+            Duration::from_secs(1),
+            vec![refused, mysql, silent],
+        );
+        assert_eq!(
+            fencelock_core::error::one_line(&e),
+            "backend unavailable: postgres unreachable: connecting: no host of postgres://u@127.0.0.1:1,127.0.0.1:2,db:3/x \
+             gave a ready connection (each tried for at most 1s): 127.0.0.1:1: Connection refused; \
+             the server at 127.0.0.1:2 does not answer in the PostgreSQL protocol (unknown message tag `74`): \
+             is the host and port right?; db:3: no ready connection within 1s (silent)"
         );
     }
 

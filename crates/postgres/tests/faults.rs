@@ -391,6 +391,9 @@ async fn a_server_greeting_in_another_protocol_is_a_configuration_error() {
     ] {
         assert!(text.contains(&says), "`{says}` not in: {text}");
     }
+    // The URL once: it was named by the message and again by its source ("connecting on
+    // URL").
+    assert_eq!(text.matches("postgres://").count(), 1, "{text}");
 }
 
 /// A host name that does not resolve is named in the message, with the port used — the

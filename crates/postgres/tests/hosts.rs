@@ -173,6 +173,47 @@ async fn no_host_answering_is_unavailable_naming_each_host() {
     }
 }
 
+/// With several hosts the message names the URL once and each host by HOST:PORT, on one
+/// line. Before, every host's entry repeated the whole URL, twice for a host speaking
+/// another protocol ("the server at URL (host H:P) does not answer …: connecting on URL
+/// (host H:P): …"). Needs no server: ports that refuse, and MySQL greetings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_hosts_name_the_url_once_and_each_host_by_its_address() {
+    let refused = fencelock_testkit::ports::free_ports(2);
+    let mysql = [
+        fencelock_testkit::ports::mysql_port(),
+        fencelock_testkit::ports::mysql_port(),
+    ];
+    for (ports, says) in [
+        (refused.clone(), "Connection refused"),
+        (mysql.to_vec(), "does not answer in the PostgreSQL protocol"),
+        (vec![mysql[0], refused[0]], "Connection refused"),
+    ] {
+        let err = connect_within(&url(&ports, ""), SLACK * 2)
+            .await
+            .expect_err("connected with no PostgreSQL server");
+        let text = fencelock_core::error::one_line(&err);
+        assert!(!text.contains('\n'), "{text}");
+        assert!(text.contains(says), "{text}");
+        assert_eq!(
+            text.matches("postgres://").count(),
+            1,
+            "the URL named more than once: {text}"
+        );
+        for port in &ports {
+            let host = format!("127.0.0.1:{port}");
+            let named = text
+                .match_indices(&host)
+                .filter(|(i, _)| !text[i + host.len()..].starts_with(|c: char| c.is_ascii_digit()))
+                .count();
+            assert_eq!(
+                named, 2,
+                "host {port} not named once in the URL and once in its entry: {text}"
+            );
+        }
+    }
+}
+
 /// `target_session_attrs=read-write` skips a standby, after a silent host too; without
 /// it a standby reached first is refused as before (`InvalidConfig`, "is a standby").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -237,12 +278,15 @@ async fn a_host_refusing_the_role_ends_the_connect() {
         second.port()
     );
     match connect_within(&url, PER_HOST * 2 + SLACK).await {
-        Err(LockError::InvalidConfig { message, .. }) => {
+        Err(e @ LockError::InvalidConfig { .. }) => {
+            let message = fencelock_core::error::one_line(&e);
             assert!(message.contains("28000"), "the refusal is named: {message}");
             assert!(
                 message.contains(&first.port().to_string()),
                 "the host that refused is named: {message}"
             );
+            // Once: its source added "connecting on URL (host …)" again.
+            assert_eq!(message.matches("postgres://").count(), 1, "{message}");
         }
         Err(e) => panic!("a refused role is the URL's to fix, not `unavailable`: {e}"),
         Ok(_) => panic!("connected past a host that refused the role"),
