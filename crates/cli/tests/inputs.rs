@@ -149,6 +149,8 @@ fn auto_renew_off_in_the_config_file_ends_the_command_at_the_ttl() {
     assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
     let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("fencelock:")).collect();
     assert!(!lines.is_empty(), "nothing said: {err}");
+    // Trial F6: once, not by the guard and again by `run`.
+    assert_eq!(err.lines().count(), 1, "not one line: {err}");
     for line in lines {
         assert!(
             line.contains("auto_renew is off"),

@@ -728,3 +728,154 @@ fn the_guard_kills_at_the_validitys_end_even_when_stderr_blocks() {
         "the command ran to its end, 2 s past the validity, under a paused `run` whose stderr was blocked"
     );
 }
+
+/// `fencelock run --ttl TTL k -- sh -c 'echo $$ > DIR/pid; exec sleep 30'` on the file
+/// backend under `dir`, stderr to `stderr`; returns it with the command's pid once the
+/// command runs. The command is a child of the guard: its parent's pid is the guard's.
+fn run_sleeping(dir: &Path, ttl: &str, stderr: Stdio) -> (Child, Pid) {
+    let pid_file = dir.join("pid");
+    let script = format!("echo $$ > '{}.tmp'; mv '{0}.tmp' '{0}'; exec sleep 30", pid_file.display());
+    let run = fencelock(&file_url(&dir.join("locks")))
+        .args(["run", "--ttl", ttl, "k", "--", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn run");
+    poll_until(Duration::from_secs(10), "the command started", || pid_file.exists());
+    let pid = std::fs::read_to_string(&pid_file).expect("the command's pid");
+    (run, Pid::from_raw(pid.trim().parse().expect("a pid")).expect("a pid"))
+}
+
+/// Whether `pid` runs (a zombie does not).
+fn running(pid: Pid) -> bool {
+    processes().iter().any(|p| p.0 == pid && p.1 != "Z" && p.1 != "X")
+}
+
+/// The parent of `pid`.
+fn parent_of(pid: Pid) -> Pid {
+    let parent = processes()
+        .into_iter()
+        .find(|p| p.0 == pid)
+        .map(|p| p.2)
+        .expect("the process is there");
+    Pid::from_raw(parent).expect("a parent")
+}
+
+/// New-user trial F7: the guard alone SIGKILLed (not `run`, not the command) — the command
+/// was stopped with it (`run` stops the group), but `run` exited 137 saying nothing. It
+/// says in one line that its guard was killed, what became of the command and of the lock,
+/// and exits 128 + SIGKILL (docs/cli.md says why).
+#[test]
+fn a_guard_killed_from_outside_is_said_in_one_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (run, command) = run_sleeping(dir.path(), "10s", Stdio::piped());
+    let guard = parent_of(command);
+    assert_ne!(guard, pid_of(&run), "the command is the guard's child");
+    kill_process(guard, Signal::KILL).expect("SIGKILL the guard");
+    let out = output_within(run, Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(137), "{err}");
+    assert_eq!(err.lines().count(), 1, "not one line: {err}");
+    for says in ["guard was killed", "SIGTERM", "released"] {
+        assert!(err.contains(says), "does not say {says:?}: {err}");
+    }
+    assert!(!running(command), "the command runs on");
+    // The lock is free: the next `run` gets it at once.
+    let next = fencelock(&file_url(&dir.path().join("locks")))
+        .args(["run", "--no-wait", "k", "--", "true"])
+        .output()
+        .expect("next run");
+    assert!(next.status.success(), "{}", String::from_utf8_lossy(&next.stderr));
+}
+
+/// Trial F6: at the guard's kill at the validity's end two near-identical lines were
+/// printed, the guard's and `run`'s. With `run` stopped, the guard's line is there while
+/// `run` is (that is what it is for), and `run`, continued, does not repeat it.
+#[test]
+fn a_guard_kill_under_a_stopped_run_is_said_once_while_it_is_stopped() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut run, command) = run_sleeping(dir.path(), "1s", Stdio::piped());
+    let stderr = run.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    kill_process(pid_of(&run), Signal::STOP).expect("SIGSTOP");
+    let first = rx.recv_timeout(Duration::from_secs(10));
+    if first.is_ok() {
+        // The guard writes its line, then kills.
+        poll_until(Duration::from_secs(5), "the guard kills the command", || !running(command));
+    }
+    kill_process(pid_of(&run), Signal::CONT).expect("SIGCONT");
+    let first = first.expect("no line while `run` was stopped");
+    assert!(first.contains("stopped") && first.contains("`k`"), "{first}");
+    let out = output_within(run, Duration::from_secs(20));
+    reader.join().expect("reader");
+    let mut lines = vec![first];
+    lines.extend(rx.try_iter());
+    assert_eq!(out.status.code(), Some(76), "{lines:?}");
+    assert_eq!(lines.len(), 1, "said more than once: {lines:?}");
+}
+
+/// Review of the guard's bounded write: `run` itself, continued after the guard's kill at
+/// the validity's end, blocked on its own message to a stderr whose reader stalled (a FIFO
+/// nobody reads, filled by the command) — the lock free, the command dead, `run` hung
+/// until the reader drained. Its messages are bounded as the guard's are: it exits with
+/// its documented status (76).
+#[test]
+fn run_continued_after_a_kill_at_the_validitys_end_exits_though_stderr_is_not_read() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fifo = dir.path().join("stderr");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    // Read and write: opens at once, and the test holds a reader that never reads.
+    let stalled = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .expect("open the FIFO");
+    let capacity = rustix::pipe::fcntl_getpipe_size(&stalled).expect("pipe size");
+    let dir_path = dir.path().to_path_buf();
+    let started = dir_path.join("started");
+    let script = format!(
+        "head -c 1000000 /dev/zero >&2 & touch '{}'; exec sleep 30",
+        started.display()
+    );
+    let run = fencelock(&file_url(&dir_path.join("locks")))
+        .args(["run", "--ttl", "1s", "k", "--", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(stalled.try_clone().expect("clone")))
+        .spawn()
+        .expect("spawn run");
+    poll_until(Duration::from_secs(10), "the command started", || started.exists());
+    poll_until(Duration::from_secs(10), "the command filled stderr", || {
+        rustix::io::ioctl_fionread(&stalled).expect("FIONREAD") as usize >= capacity
+    });
+    kill_process(pid_of(&run), Signal::STOP).expect("SIGSTOP");
+    // The guard kills the group a tenth of the 1 s validity early; the lease expires.
+    let lock_dir = dir_path.join("locks");
+    poll_until(Duration::from_secs(10), "the lock is free", || {
+        fencelock(&file_url(&lock_dir))
+            .args(["run", "--no-wait", "k", "--", "true"])
+            .stderr(Stdio::null())
+            .status()
+            .expect("probe")
+            .success()
+    });
+    kill_process(pid_of(&run), Signal::CONT).expect("SIGCONT");
+    let start = Instant::now();
+    let mut run = run;
+    while run.try_wait().expect("try_wait").is_none() {
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = run.kill();
+            let _ = run.wait();
+            panic!("`run` did not exit within 10 s of SIGCONT: it waits on its stalled stderr");
+        }
+        std::thread::sleep(Duration::from_millis(10)); // polling a child's exit, bounded
+    }
+    let status = run.wait().expect("status");
+    assert_eq!(status.code(), Some(76));
+    drop(stalled);
+}

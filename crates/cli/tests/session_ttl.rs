@@ -53,3 +53,47 @@ fn on_zookeeper_a_killed_holder_frees_the_lock_after_its_ttl_not_the_default_ses
     // The default session (10 s) would keep the lock that long; --ttl 1s frees it in ~1 s.
     assert!(took < Duration::from_secs(5), "the next holder waited {took:?}");
 }
+
+/// New-user trial F4: on etcd a WARN line quoted the backend URL with the `session_ttl`
+/// that `run --ttl` added itself, where the backend spells the URL otherwise than the
+/// user did (here the scheme's case: `ETCD://`, read in any case); messages quote the URL
+/// as the user gave it. The server goes away under a holder: its close fails, with a
+/// warning that quotes the URL.
+#[cfg(feature = "etcd")]
+#[test]
+fn on_etcd_log_lines_quote_the_url_as_given_not_with_the_session_run_added() {
+    let mut cluster = fencelock_testkit::etcd_server::EtcdCluster::single();
+    let url = cluster.url("").replacen("etcd://", "ETCD://", 1);
+    let mut holder = Command::new(BIN)
+        .env_remove("FENCELOCK_BACKEND")
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .args(["--backend", &url, "run", "k", "--ttl", "3s", "--", "sh", "-c", "echo in; exec sleep 30"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn holder");
+    let mut first = String::new();
+    BufReader::new(holder.stdout.as_mut().expect("stdout"))
+        .read_line(&mut first)
+        .expect("holder's line");
+    if first.trim() != "in" {
+        let _ = holder.kill();
+        let out = holder.wait_with_output().expect("output");
+        panic!("the holder did not get in: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    cluster.kill(0);
+    let start = Instant::now();
+    while holder.try_wait().expect("try_wait").is_none() {
+        if start.elapsed() > Duration::from_secs(40) {
+            let _ = holder.kill();
+        }
+        std::thread::sleep(Duration::from_millis(20)); // polling a child's exit, bounded
+    }
+    let out = holder.wait_with_output().expect("output");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let server = url.trim_start_matches("ETCD://");
+    assert!(err.contains(server), "the URL is not quoted at all: {err}");
+    assert!(!err.contains("session_ttl"), "quotes an option `run` added: {err}");
+}
