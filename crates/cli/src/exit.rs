@@ -15,18 +15,60 @@ macro_rules! outln {
 }
 pub(crate) use outln;
 
-/// `eprintln!` that never panics: a stderr that cannot be written (a closed pipe,
-/// /dev/full) loses the line instead of ending the process with status 101 — for `run`,
-/// in the middle of stopping a command or releasing a lease (new-user trial: `run …
-/// 2>/dev/full` exited 101 where 75 was due). Every message of the command line goes
-/// through it.
+/// `eprintln!` that never panics nor blocks: the line goes through [`say`], so a stderr that
+/// cannot be written (a closed pipe, /dev/full) loses the line instead of ending the process
+/// with status 101 — for `run`, in the middle of stopping a command or releasing a lease
+/// (new-user trial: `run … 2>/dev/full` exited 101 where 75 was due) — and one whose reader
+/// stalled holds the process up for at most [`LINE_PATIENCE`]. Every message of the command
+/// line goes through it.
 macro_rules! errln {
     ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
+        $crate::exit::say(format!("{}\n", format_args!($($arg)*)));
     }};
 }
 pub(crate) use errln;
+
+/// How long a message waits for stderr before the process goes on without it.
+pub const LINE_PATIENCE: Duration = Duration::from_secs(1);
+
+/// Writes to stderr that have not finished yet (a stalled reader).
+static UNFINISHED: AtomicUsize = AtomicUsize::new(0);
+
+/// Writes `line` to stderr within [`LINE_PATIENCE`] (see [`say_within`]).
+pub fn say(line: String) -> bool {
+    say_within(line, LINE_PATIENCE)
+}
+
+/// Writes `line` to stderr from a thread of its own, and waits at most `patience` for it;
+/// returns whether it was written in that time. Not at all when an earlier write has not
+/// finished: stderr is stalled, and every line would wait out its patience behind it.
+/// A process must never wait on stderr before it acts, nor before it exits: a pipe whose
+/// reader stalled (a stuck `| logger`, a terminal after Ctrl-S, an unread FIFO), filled by
+/// the command that shares it, blocks a write for as long as the reader stalls. For the
+/// guard, the kill after its message never came — the command of a paused `run` ran on
+/// beside the next holder (new-user trial, 5 of 5); `run`, continued after the guard's
+/// kill, hung on its message with the lock free and the command dead. Not `eprintln!`
+/// either: it panics when stderr fails (a closed pipe, /dev/full). A line not written in
+/// time is written later if the process still runs when the reader drains, else lost.
+pub fn say_within(line: String, patience: Duration) -> bool {
+    let patience = if UNFINISHED.load(Ordering::SeqCst) > 0 {
+        Duration::ZERO
+    } else {
+        patience
+    };
+    let (done, written) = std::sync::mpsc::channel();
+    UNFINISHED.fetch_add(1, Ordering::SeqCst);
+    let spawned = std::thread::Builder::new().name("stderr".into()).spawn(move || {
+        let _ = std::io::stderr().write_all(line.as_bytes());
+        UNFINISHED.fetch_sub(1, Ordering::SeqCst);
+        let _ = done.send(());
+    });
+    if spawned.is_err() {
+        UNFINISHED.fetch_sub(1, Ordering::SeqCst);
+        return false;
+    }
+    written.recv_timeout(patience).is_ok()
+}
 
 /// What [`outln!`] does when stdout fails: a closed pipe ends the process with status 0;
 /// any other error (a full disk) with a one-line message and `FAILURE`.
@@ -38,7 +80,10 @@ pub fn stdout_failed(e: std::io::Error) -> ! {
     std::process::exit(i32::from(FAILURE));
 }
 
+use std::io::Write as _;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use fencelock::LockError;
 

@@ -129,13 +129,18 @@ fn give_back_terminal() {
     }
 }
 
-/// Kills the guard's group (the guard included) with SIGKILL.
+/// Kills the guard's group (the guard included) with SIGKILL, having said why.
 fn kill_group(why: &str) -> ExitCode {
     give_back_terminal();
-    say_within(
+    crate::exit::say_within(
         format!("fencelock: {why}; killing the command's process group\n"),
         SAY_PATIENCE,
     );
+    kill_now()
+}
+
+/// SIGKILLs the guard's group, the guard included.
+fn kill_now() -> ExitCode {
     let _ = kill_process_group(rustix::process::getpgrp(), Signal::KILL);
     // Only reached if the kill failed.
     ExitCode::from(exit::FAILURE)
@@ -146,36 +151,61 @@ fn kill_group(why: &str) -> ExitCode {
 /// from a pause its lease may still be valid — even renewed since — and only this line
 /// tells the guard's own kill from someone else's SIGKILL. One write of a few bytes into
 /// a pipe that holds a few lines at most: it never blocks.
+///
+/// The guard says why on stderr only when `run` is stopped (SIGSTOP, Ctrl-Z of a shell
+/// that stops the whole job): a running `run` says it itself, with the loss's reason, and
+/// two near-identical lines were printed (new-user trial F6); a stopped one says nothing
+/// until it is continued, maybe much later, so the guard's line is the one the user sees
+/// when it happens. It tells `run` it said it ([`SAID`]), and `run` then does not repeat it.
 fn kill_at_deadline(report: &mut Option<std::fs::File>, why: &str) -> ExitCode {
     if let Some(report) = report {
         let _ = report.write_all(KILLED.as_bytes());
     }
-    kill_group(why)
+    give_back_terminal();
+    if parent_stopped() {
+        let key = std::env::var("FENCELOCK_KEY").unwrap_or_default();
+        let token = std::env::var("FENCELOCK_TOKEN").unwrap_or_default();
+        let line = format!(
+            "fencelock: lease on `{key}` (token {token}) lost while `fencelock` is stopped: {why}; the guard kills the command's process group: it did not finish\n"
+        );
+        if crate::exit::say_within(line, SAY_PATIENCE) {
+            if let Some(report) = report {
+                let _ = report.write_all(SAID.as_bytes());
+            }
+        }
+    }
+    kill_now()
 }
+
+/// Whether the guard's parent (`fencelock run` or `elect`) is stopped, as /proc says
+/// (state `T`, or `t` under a debugger). `true` when /proc cannot say: better a line
+/// twice than none.
+fn parent_stopped() -> bool {
+    let Some(parent) = rustix::process::getppid() else {
+        return false; // orphaned: `run` is gone, not stopped
+    };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", parent.as_raw_nonzero())) else {
+        return true;
+    };
+    // `PID (COMM) STATE …`: COMM may hold spaces and parentheses, the last `)` ends it.
+    match stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next())
+    {
+        Some(state) => state == 'T' || state == 't',
+        None => true,
+    }
+}
+
+/// What the guard writes on `run`'s report pipe after [`KILLED`] when it has said why on
+/// stderr (`run` was stopped): `run` then does not say it again.
+pub const SAID: &str = "said why\n";
 
 /// What the guard writes on `run`'s report pipe right before its kill at the deadline.
 pub const KILLED: &str = "killed at the deadline\n";
 
 /// How long the guard waits for its line to be written before it acts anyway.
 const SAY_PATIENCE: Duration = Duration::from_millis(20);
-
-/// Writes `line` to stderr from a thread of its own, and waits at most `patience` for it.
-/// The guard must never wait on stderr before it acts: a pipe whose reader stalled (a stuck
-/// `| logger`, a terminal after Ctrl-S), filled by the command that shares it, blocked the
-/// write of the validity's-end message, and the kill after it never came — the command of
-/// a paused `run` ran on beside the next holder (new-user trial, 5 of 5). Not `eprintln!`
-/// either: it panics when stderr fails (a closed pipe, /dev/full), and a guard that panics
-/// exits 101 without the kill. The line is lost when the write does not finish in time.
-fn say_within(line: String, patience: Duration) {
-    let (done, written) = std::sync::mpsc::channel();
-    let spawned = std::thread::Builder::new().name("guard-stderr".into()).spawn(move || {
-        let _ = std::io::stderr().write_all(line.as_bytes());
-        let _ = done.send(());
-    });
-    if spawned.is_ok() {
-        let _ = written.recv_timeout(patience);
-    }
-}
 
 /// Runs the guard: see the module documentation.
 pub async fn guard(args: &GuardArgs) -> ExitCode {
@@ -256,7 +286,7 @@ pub async fn guard(args: &GuardArgs) -> ExitCode {
                 // Ctrl-Z on the terminal the command owns: a stopped group would hold the
                 // terminal while `run` (which the shell waits for) runs on, so job control
                 // cannot stop it; the group goes on.
-                say_within(
+                crate::exit::say_within(
                     "fencelock: a command under `fencelock run` cannot be stopped with Ctrl-Z; it goes on\n".into(),
                     Duration::ZERO,
                 );

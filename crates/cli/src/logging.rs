@@ -51,8 +51,58 @@ pub fn init(verbose: u8, quiet: bool, twin: Twin) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| Lines)
         .with_ansi(colour())
         .with_target(false)
         .init();
+}
+
+/// Where log lines go: stderr through [`crate::exit::say`] — bounded like every other
+/// message (a stalled reader must not hold `run` up: new-user trial), with the backend URL
+/// as the user gave it ([`crate::backend::as_given`]): a library's warning quotes the URL
+/// it connected with, and on etcd that held the `session_ttl` `run` added (trial F4).
+/// The formatter writes each event with one `write_all` of the whole line.
+struct Lines;
+
+impl Lines {
+    /// The text written for `buf`, one formatted event.
+    fn text(buf: &[u8]) -> String {
+        crate::backend::as_given(&String::from_utf8_lossy(buf))
+    }
+}
+
+impl std::io::Write for Lines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        crate::exit::say(Self::text(buf));
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Trial F4: a backend library's warning quotes the URL it connected with — on etcd
+    /// with the `session_ttl` that `run --ttl` added — and went to stderr as it was; the
+    /// log writer quotes the URL as the user gave it, as every message does. (The only
+    /// test in this binary that sets the URL as given: it is set once per process.)
+    #[test]
+    fn log_lines_quote_the_url_as_given() {
+        let config = fencelock::LockConfig::new("etcd://u:secret@127.0.0.1:2379");
+        let used = crate::backend::with_added_options(config, Some(Duration::from_secs(3)), str::to_owned);
+        assert_eq!(used.backend, "etcd://u:secret@127.0.0.1:2379?session_ttl=3s");
+        let event = b"WARN follow-up refused; left to the TTL or the session what=\"revoking\" \
+error=no answer to revoking a lease within 2s from etcd://u:***@127.0.0.1:2379?session_ttl=3s\n";
+        assert_eq!(
+            Lines::text(event),
+            "WARN follow-up refused; left to the TTL or the session what=\"revoking\" \
+error=no answer to revoking a lease within 2s from etcd://u:***@127.0.0.1:2379\n"
+        );
+    }
 }

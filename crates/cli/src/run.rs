@@ -185,27 +185,43 @@ pub(crate) async fn supervise_with(
     };
     let group = started.group;
     let renews = lease.auto_renews();
+    let lease_key = lease.key().to_owned();
     let mut killed = false;
     let outcome = watch(&mut started, &lease, args.kill_after, signals, &mut killed).await;
     // Nothing of the command may run once the lock is given back.
-    stop_group(group, args.kill_after, killed).await;
+    let stopped = stop_group(group, args.kill_after, killed).await;
+    let ended = started.report.ended();
     let released = lease.release().await;
-    let lost = |message: String| fail(&message, args.lost_exit_code);
+    let lost = |message: Option<String>| match message {
+        Some(message) => fail(&message, args.lost_exit_code),
+        None => ExitCode::from(args.lost_exit_code),
+    };
     match outcome {
         Outcome::Exited(code) => match released {
-            Err(e @ LockError::LeaseLost { .. }) => lost(format!(
+            Err(e @ LockError::LeaseLost { .. }) => lost(Some(format!(
                 "{}; `{program}` finished, but not entirely under the lock",
                 exit::one_line(&e)
-            )),
+            ))),
             Err(e) => {
                 tracing::warn!(error = %crate::backend::as_given(&exit::one_line(&e)), "release failed; the lease will expire by its TTL");
                 ExitCode::from(code)
             }
             Ok(()) => ExitCode::from(code),
         },
-        Outcome::GuardKilled(code, own) => {
+        // The guard said why on stderr (`run` was stopped): not again. Only what it could
+        // not know, the backend's verdict, when the lease was lost.
+        Outcome::GuardKilled {
+            own: true, said: true, ..
+        } => match released {
+            Err(e @ LockError::LeaseLost { .. }) => lost(Some(format!("{}; nothing more to stop", exit::one_line(&e)))),
+            _ => lost(None),
+        },
+        Outcome::GuardKilled { code, own: false, .. } => {
+            guard_killed_from_outside(program, &lease_key, code, ended, stopped, released, args.lost_exit_code)
+        }
+        Outcome::GuardKilled { .. } => {
             match released {
-                Err(e @ LockError::LeaseLost { .. }) => lost(format!(
+                Err(e @ LockError::LeaseLost { .. }) => lost(Some(format!(
                 "{}{}; `{program}` did not finish: the guard killed its process group when the lease's validity ended",
                 exit::one_line(&e),
                 // Only a loss by expiry is explained by the missing renewal.
@@ -214,18 +230,17 @@ pub(crate) async fn supervise_with(
                         " (auto_renew is off: nothing renews it)",
                     _ => "",
                 }
-            )),
+            ))),
                 // Killed a tenth of the validity early (`guard::kill_ahead`): the release may
                 // still have found the grant, but the command was stopped for the lease's sake.
-                _ if own => lost(format!(
+                _ => lost(Some(format!(
                     "{}; `{program}` did not finish: the guard killed its process group",
                     if renews {
                         "the lease's validity was ending without a renewal"
                     } else {
                         "the lease's TTL was running out (auto_renew is off: nothing renews it)"
                     }
-                )),
-                _ => ExitCode::from(code),
+                ))),
             }
         }
         Outcome::Covered(code) => ExitCode::from(code),
@@ -234,9 +249,46 @@ pub(crate) async fn supervise_with(
         // "not acquired" for the command: --conflict-exit-code applies.
         Outcome::NotStarted(code) if code == exit::NOT_ACQUIRED => ExitCode::from(args.conflict_exit_code),
         Outcome::NotStarted(code) => ExitCode::from(code),
-        Outcome::LeaseLost(message) => lost(message),
+        Outcome::LeaseLost(message) => lost(Some(message)),
         Outcome::WaitFailed(e) => fail(&format!("lost track of `{program}`: {e}"), exit::FAILURE),
     }
+}
+
+/// New-user trial F7: the guard alone was SIGKILLed by someone else (`kill -9` of the wrong
+/// process, an OOM kill), not at its deadline. `run` stopped the command's group after it
+/// ([`stop_group`]); this says so in one line — before, `run` exited 137 without a word —
+/// and returns `code` (128 + SIGKILL, as a shell reports a child killed by a signal: the
+/// command was stopped, it did not finish), or the command's own status when the guard
+/// had reported its end, or `lost_exit_code` when the lease was lost meanwhile.
+fn guard_killed_from_outside(
+    program: &str,
+    key: &str,
+    code: u8,
+    ended: Option<u8>,
+    stopped: Stopped,
+    released: Result<(), LockError>,
+    lost_exit_code: u8,
+) -> ExitCode {
+    let when = match ended {
+        Some(status) => format!("after `{program}` had ended with status {status}"),
+        None => format!("while `{program}` ran"),
+    };
+    let what = stopped.said();
+    let (lock, status) = match released {
+        Ok(()) => (format!("the lock on `{key}` was released"), ended.unwrap_or(code)),
+        Err(e @ LockError::LeaseLost { .. }) => (exit::one_line(&e), lost_exit_code),
+        Err(e) => (
+            format!(
+                "releasing `{key}` failed ({}): the lease will expire by its TTL",
+                exit::one_line(&e)
+            ),
+            ended.unwrap_or(code),
+        ),
+    };
+    fail(
+        &format!("the guard was killed by SIGKILL from outside fencelock {when}; {what}; {lock}"),
+        status,
+    )
 }
 
 /// The variables `run` and `elect` give the command: TOKEN, KEY and GRANT always, TERM and
@@ -283,6 +335,14 @@ impl Report {
     fn killed_at_deadline(&mut self) -> bool {
         self.started();
         let line = guard::KILLED.as_bytes();
+        self.read.windows(line.len()).any(|w| w == line)
+    }
+
+    /// Whether the guard said on stderr why it killed the group ([`guard::SAID`]): `run`
+    /// was stopped then, and does not say it again.
+    fn said(&mut self) -> bool {
+        self.started();
+        let line = guard::SAID.as_bytes();
         self.read.windows(line.len()).any(|w| w == line)
     }
 
@@ -401,13 +461,19 @@ enum Outcome {
     /// whatever the release says.
     Covered(u8),
     /// The guard died of SIGKILL: its own kill of the group at the end of the validity
-    /// (or someone else's); the status as a shell reports it.
-    /// `true`: the guard's own kill at its deadline (a tenth of the validity early; it
-    /// said so on the report pipe); `false`: someone else's SIGKILL.
-    GuardKilled(u8, bool),
+    /// (or someone else's); `code` is the status as a shell reports it.
+    GuardKilled {
+        code: u8,
+        /// The guard's own kill at its deadline (a tenth of the validity early; it said so
+        /// on the report pipe); else someone else's SIGKILL.
+        own: bool,
+        /// The guard said why on stderr (`run` was stopped then): not said again.
+        said: bool,
+    },
     /// The guard exited with a status of its own before it started the command (the
     /// validity ended first, a signal came first, the spawn failed): nothing ran.
     NotStarted(u8),
+    /// The lease was lost; the message to exit with.
     LeaseLost(String),
     WaitFailed(std::io::Error),
 }
@@ -445,11 +511,16 @@ async fn watch(
                 let (key, token) = (lease.key(), lease.token());
                 match what {
                     OnLoss::AlreadyKilled => {
-                        crate::exit::errln!(
-                            "fencelock: lease on `{key}` (token {token}) lost while the command ran: {reason}; the guard had already killed its process group when the validity ended"
-                        );
                         *killed = true;
-                        return Outcome::LeaseLost("exiting: the lease was lost".into());
+                        // One line. When the guard said why (`run` was stopped), only what
+                        // it could not know: the backend's verdict on the lease.
+                        let then = match report.said() {
+                            true => "nothing more to stop",
+                            false => "the guard had already killed its process group when the validity ended",
+                        };
+                        return Outcome::LeaseLost(format!(
+                            "lease on `{key}` (token {token}) lost while the command ran: {reason}; {then}"
+                        ));
                     }
                     OnLoss::NotStarted(code) => {
                         crate::exit::errln!("fencelock: lease on `{key}` (token {token}) lost before the command started: {reason}");
@@ -502,7 +573,7 @@ async fn watch(
             status = child.wait() => return match status {
                 // The guard kills its own group (itself included) when the validity ends.
                 Ok(s) if std::os::unix::process::ExitStatusExt::signal(&s) == Some(Signal::KILL.as_raw()) => {
-                    Outcome::GuardKilled(guard::status_code(s), report.killed_at_deadline())
+                    Outcome::GuardKilled { code: guard::status_code(s), own: report.killed_at_deadline(), said: report.said() }
                 }
                 Ok(s) if !report.started() => Outcome::NotStarted(guard::status_code(s)),
                 Ok(s) => Outcome::Exited(guard::status_code(s)),
@@ -596,14 +667,15 @@ fn stopped_before_start(started_then: bool, started_after: bool) -> Option<u8> {
 /// Polls for the group's end (there is no event for it) every 10 ms, bounded by
 /// `kill_after` plus one second. Zombies (killed, not yet reaped by their new parent) do
 /// not count: they run nothing.
-async fn stop_group(group: Pid, kill_after: Duration, killed: bool) {
+async fn stop_group(group: Pid, kill_after: Duration, killed: bool) -> Stopped {
     if !crate::group::alive(group) {
-        return; // nobody left
+        return Stopped::Nothing; // nobody left
     }
     tracing::info!(
         group = group.as_raw_nonzero().get(),
         "the command left processes behind; stopping them"
     );
+    let already_killed = killed;
     let kill_after = if killed { Duration::ZERO } else { kill_after };
     if !killed {
         signal_group(group, Signal::TERM);
@@ -618,9 +690,41 @@ async fn stop_group(group: Pid, kill_after: Duration, killed: bool) {
         }
         if start.elapsed() >= kill_after + Duration::from_secs(1) {
             tracing::warn!("processes of the command's group are still there after SIGKILL");
-            return;
+            return Stopped::Left;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    match killed && !already_killed {
+        true => Stopped::Killed(kill_after),
+        false => Stopped::Ended,
+    }
+}
+
+/// What [`stop_group`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stopped {
+    /// Nothing of the group was left.
+    Nothing,
+    /// It was sent SIGTERM (or had SIGKILL already) and ended.
+    Ended,
+    /// It ignored SIGTERM for this long and was sent SIGKILL.
+    Killed(Duration),
+    /// Processes of it were still there a second after SIGKILL.
+    Left,
+}
+
+impl Stopped {
+    /// What happened to the command's group, for a message.
+    fn said(self) -> String {
+        match self {
+            Stopped::Nothing => "nothing of the command's process group was left".into(),
+            Stopped::Ended => "the command's process group was sent SIGTERM and is gone".into(),
+            Stopped::Killed(after) => format!(
+                "the command's process group ignored SIGTERM for {} and was sent SIGKILL",
+                fencelock::options::duration_text::human(after)
+            ),
+            Stopped::Left => "processes of the command's process group were still there after SIGKILL".into(),
+        }
     }
 }
 

@@ -734,7 +734,10 @@ fn the_guard_kills_at_the_validitys_end_even_when_stderr_blocks() {
 /// command runs. The command is a child of the guard: its parent's pid is the guard's.
 fn run_sleeping(dir: &Path, ttl: &str, stderr: Stdio) -> (Child, Pid) {
     let pid_file = dir.join("pid");
-    let script = format!("echo $$ > '{}.tmp'; mv '{0}.tmp' '{0}'; exec sleep 30", pid_file.display());
+    let script = format!(
+        "echo $$ > '{}.tmp'; mv '{0}.tmp' '{0}'; exec sleep 30",
+        pid_file.display()
+    );
     let run = fencelock(&file_url(&dir.join("locks")))
         .args(["run", "--ttl", ttl, "k", "--", "sh", "-c", &script])
         .stdout(Stdio::null())
@@ -806,7 +809,9 @@ fn a_guard_kill_under_a_stopped_run_is_said_once_while_it_is_stopped() {
     let first = rx.recv_timeout(Duration::from_secs(10));
     if first.is_ok() {
         // The guard writes its line, then kills.
-        poll_until(Duration::from_secs(5), "the guard kills the command", || !running(command));
+        poll_until(Duration::from_secs(5), "the guard kills the command", || {
+            !running(command)
+        });
     }
     kill_process(pid_of(&run), Signal::CONT).expect("SIGCONT");
     let first = first.expect("no line while `run` was stopped");
@@ -816,7 +821,11 @@ fn a_guard_kill_under_a_stopped_run_is_said_once_while_it_is_stopped() {
     let mut lines = vec![first];
     lines.extend(rx.try_iter());
     assert_eq!(out.status.code(), Some(76), "{lines:?}");
-    assert_eq!(lines.len(), 1, "said more than once: {lines:?}");
+    // `run` may add the backend's verdict on the lease ("lost while the command ran:
+    // REASON"), which the guard could not know; not the kill again.
+    let again: Vec<&String> = lines[1..].iter().filter(|l| l.contains("process group")).collect();
+    assert!(again.is_empty(), "said more than once: {lines:?}");
+    assert!(lines.len() <= 2, "{lines:?}");
 }
 
 /// Review of the guard's bounded write: `run` itself, continued after the guard's kill at

@@ -68,7 +68,18 @@ fn on_etcd_log_lines_quote_the_url_as_given_not_with_the_session_run_added() {
         .env_remove("FENCELOCK_BACKEND")
         .env_remove("RUST_LOG")
         .env_remove("NO_COLOR")
-        .args(["--backend", &url, "run", "k", "--ttl", "3s", "--", "sh", "-c", "echo in; exec sleep 30"])
+        .args([
+            "--backend",
+            &url,
+            "run",
+            "k",
+            "--ttl",
+            "3s",
+            "--",
+            "sh",
+            "-c",
+            "echo in; exec sleep 30",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
