@@ -147,9 +147,10 @@ pub fn start_on_free_ports<T>(what: &str, n: usize, mut start: impl FnMut(&[u16]
 
 /// A port on 127.0.0.1 where an HTTP server listens — the wrong service on the port a
 /// lock URL names. For each of its first 64 connections (a client's connect and its
-/// retries; then it stops listening) it reads what the client sends first (at most 1 KiB,
-/// waiting at most 5 s), as an HTTP server reads a request, and answers
-/// `400 Bad Request`.
+/// retries; then it stops listening), each on a thread of its own as a real server serves
+/// them at once (a client's idle connection must not hold up the next), it reads what the
+/// client sends first (at most 1 KiB, waiting at most 5 s), as an HTTP server reads a
+/// request, and answers `400 Bad Request`.
 pub fn http_port() -> u16 {
     use std::io::{Read, Write};
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
@@ -157,17 +158,19 @@ pub fn http_port() -> u16 {
     std::thread::spawn(move || {
         for conn in listener.incoming().take(64) {
             let Ok(mut conn) = conn else { continue };
-            let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(5)));
-            let _ = conn.read(&mut [0u8; 1024]);
-            let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+            std::thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+                let _ = conn.read(&mut [0u8; 1024]);
+                let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+            });
         }
     });
     port
 }
 
 /// A port on 127.0.0.1 where a server greets first in MySQL's protocol — another
-/// wrong service on the port a lock URL names. For each of its first 64 connections it
-/// writes a MySQL 8 "initial handshake" packet at once, as a MySQL server does on
+/// wrong service on the port a lock URL names. For each of its first 64 connections (each
+/// on a thread of its own, as [`http_port`] serves them) it writes a MySQL 8 "initial handshake" packet at once, as a MySQL server does on
 /// accept, then reads what the client sends (at most 1 KiB, waiting at most 5 s) and
 /// closes. A PostgreSQL client reads the packet's first byte (its length, 74: `J`) as a
 /// message tag it does not know.
@@ -179,9 +182,12 @@ pub fn mysql_port() -> u16 {
         let greeting = mysql_greeting();
         for conn in listener.incoming().take(64) {
             let Ok(mut conn) = conn else { continue };
-            let _ = conn.write_all(&greeting);
-            let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(5)));
-            let _ = conn.read(&mut [0u8; 1024]);
+            let greeting = greeting.clone();
+            std::thread::spawn(move || {
+                let _ = conn.write_all(&greeting);
+                let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+                let _ = conn.read(&mut [0u8; 1024]);
+            });
         }
     });
     port
