@@ -26,18 +26,24 @@ async fn wrong_service(cfg: &EtcdConfig, e: fencelock_core::LockError) -> fencel
     for endpoint in &cfg.endpoints {
         if let Some(began) = answers_not_h2(endpoint, cfg.connect_timeout.min(std::time::Duration::from_secs(1))).await
         {
-            return fencelock_core::LockError::InvalidConfig {
-                message: format!(
-                    "{endpoint} does not speak etcd's gRPC (HTTP/2): it answered `{began}` — is it etcd's client port (2379 by default)? ({})",
-                    cfg.display
-                ),
-                // Not the connect's own failure as a source: its text ("backend
-                // unavailable: … connection closed") contradicts the diagnosis.
-                source: None,
-            };
+            return not_etcd(cfg, endpoint, &began);
         }
     }
     e
+}
+
+/// The error of an endpoint that answered `began` in another protocol than HTTP/2
+/// ([`answers_not_h2`]): `InvalidConfig`.
+fn not_etcd(cfg: &EtcdConfig, endpoint: &str, began: &str) -> fencelock_core::LockError {
+    fencelock_core::LockError::InvalidConfig {
+        message: format!(
+            "{endpoint} does not speak etcd's gRPC (HTTP/2): it answered `{began}` — is it etcd's client port (2379 by default)? ({})",
+            cfg.display
+        ),
+        // Not the connect's own failure as a source: its text ("backend unavailable:
+        // … connection closed") contradicts the diagnosis.
+        source: None,
+    }
 }
 
 /// Sends [`H2_PREFACE`] to `endpoint` and reads the first bytes back (bounded by `limit`
@@ -111,11 +117,15 @@ impl Drop for Asks {
 }
 
 /// The one cluster id that the URL's endpoints answer with ([`ask_each`]): `InvalidConfig`
-/// naming the endpoints when they answer with different ones. An endpoint that does not
-/// answer (down, no leader) cannot be checked now: [`Answer`] covers it later. `met` is
-/// the id the balanced client's first read saw.
+/// naming the endpoints when they answer with different ones, or naming an endpoint whose
+/// ask failed and that turns out to speak another protocol ([`answers_not_h2`], asked
+/// only of such an endpoint: one more TCP connection, bounded by the connect timeout and
+/// at most 1 s). An endpoint that does not answer (down, no leader, silent) cannot be
+/// checked now: [`Answer`] covers it later. `met` is the id the balanced client's first
+/// read saw.
 async fn one_cluster(cfg: &EtcdConfig, mut asks: Asks, met: Option<u64>) -> Result<u64> {
     let mut ids: Vec<(&str, u64)> = Vec::new();
+    let mut failed = Vec::new();
     for (endpoint, ask) in cfg.endpoints.iter().zip(asks.0.iter_mut()) {
         match ask.await {
             Ok(Ok(Ok(r))) => {
@@ -124,8 +134,18 @@ async fn one_cluster(cfg: &EtcdConfig, mut asks: Asks, met: Option<u64>) -> Resu
                 }
             }
             other => {
-                tracing::debug!(endpoint, answered = ?other.map(|o| o.map(|r| r.map(drop))), "endpoint not checked at connect")
+                tracing::debug!(endpoint, answered = ?other.as_ref().map(|o| o.as_ref().map(|r| r.as_ref().map(drop))), "endpoint not checked at connect");
+                // Failed (not silent past the bound): perhaps the wrong service on the port.
+                if matches!(other, Ok(Ok(Err(_)))) {
+                    failed.push(endpoint.as_str());
+                }
             }
+        }
+    }
+    let limit = cfg.connect_timeout.min(std::time::Duration::from_secs(1));
+    for endpoint in failed {
+        if let Some(began) = answers_not_h2(endpoint, limit).await {
+            return Err(not_etcd(cfg, endpoint, &began));
         }
     }
     let first = ids.first().map(|(_, id)| *id).or(met).unwrap_or(0);

@@ -69,3 +69,35 @@ async fn a_member_of_another_cluster_met_later_never_grants() {
     );
     held.release().await.unwrap();
 }
+
+/// (d) An endpoint that speaks another protocol beside a real member: refused at connect
+/// (`InvalidConfig`, the CLI's exit 78) naming it, as a member of another cluster is —
+/// not kept as a member that fails every request balanced onto it. An endpoint merely
+/// down beside a member still connects (it may be a member restarting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_speaking_another_protocol_beside_a_member_is_refused() {
+    let a = EtcdCluster::single();
+    let ea = a.endpoints()[0].clone();
+    for (what, port) in [
+        ("an HTTP/1 server", fencelock_testkit::ports::http_port()),
+        (
+            "a server greeting first (MySQL)",
+            fencelock_testkit::ports::mysql_port(),
+        ),
+    ] {
+        let other = format!("127.0.0.1:{port}");
+        let e = EtcdLock::connect(&format!("etcd://{ea},{other}"))
+            .await
+            .expect_err(what);
+        let text = fencelock_core::error::one_line(&e);
+        assert!(matches!(e, LockError::InvalidConfig { .. }), "{what}: {text}");
+        assert!(
+            text.contains(&other) && text.contains("does not speak etcd's gRPC"),
+            "{what}: {text}"
+        );
+    }
+    let down = format!("127.0.0.1:{}", fencelock_testkit::ports::free_port());
+    EtcdLock::connect(&format!("etcd://{ea},{down}"))
+        .await
+        .expect("a member beside an endpoint that is down connects");
+}
