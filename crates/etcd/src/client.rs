@@ -185,6 +185,19 @@ fn other_cluster(display: &str, doing: &str, want: u64, got: u64, member: u64) -
     }
 }
 
+/// What a read of a lease tells after a request naming it was refused "lease not found"
+/// ([`Cluster::lease_after_refusal`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LeaseRead {
+    /// Gone in this instance's cluster too (TTL -1, or "not found"): the refusal was true.
+    Gone,
+    /// Alive in this instance's cluster: the refusal came from elsewhere (a lease never
+    /// comes back, so one alive after it was not found was never missing here).
+    Alive,
+    /// The read failed: nothing learned.
+    Unknown,
+}
+
 /// A connected client and the options it was made with.
 #[derive(Clone)]
 pub(crate) struct Cluster {
@@ -235,8 +248,9 @@ answers_with_header!(
 
 /// No header to check: the keep-alive opener reads its first answer itself, and a lease
 /// id exists only in the cluster that granted it (another cluster answers "lease not
-/// found", which loses the session); the watch stream's answers are checked one by one
-/// as they arrive ([`crate::watch_stream`]); `()` is a result already reduced.
+/// found", an error without a header, which [`Cluster::lease_after_refusal`] reads back
+/// so as not to take it for the lease's end); the watch streams' answers are checked one
+/// by one as they arrive ([`crate::watch_stream`]); `()` is a result already reduced.
 macro_rules! answers_without_header {
     ($($t:ty),* $(,)?) => {
         $(impl Answer for $t {
@@ -433,6 +447,52 @@ impl Cluster {
     /// ([`Answer`] says why): `InvalidConfig`, final.
     pub fn same_cluster(&self, doing: &str, answer: &impl Answer) -> Result<()> {
         from_cluster(self.cluster_id, &self.cfg.display, doing, answer)
+    }
+
+    /// Reads lease `id` (one `LeaseTimeToLive`, bounded by the request timeout) after a
+    /// request naming it was refused "lease not found". An error answer carries no header,
+    /// so the refusal alone cannot say which cluster sent it ([`Answer`]); this read's
+    /// answer does, and a lease found alive in the cluster the connect met proves the
+    /// refusal came from a member of another one ([`refused_elsewhere`](Self::refused_elsewhere)).
+    /// Costs one round trip, only after such a refusal.
+    ///
+    /// # Errors
+    /// `InvalidConfig` when the read itself is answered by a member of another cluster.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a read changes nothing.
+    pub async fn lease_after_refusal(&self, id: i64) -> Result<LeaseRead> {
+        let read = self
+            .call("reading a lease a request was refused for", |mut c| async move {
+                c.lease_time_to_live(id, None).await
+            })
+            .await;
+        match read {
+            // TTL -1: expired or revoked; 0 is a lease still there with under a second left.
+            Ok(l) if l.ttl() < 0 => Ok(LeaseRead::Gone),
+            Ok(_) => Ok(LeaseRead::Alive),
+            Err(e) if crate::error::lease_gone(&e) => Ok(LeaseRead::Gone),
+            Err(e @ fencelock_core::LockError::InvalidConfig { .. }) => Err(e),
+            Err(e) => {
+                tracing::debug!(lease = format_args!("{id:x}"), error = %e, "could not read a lease a request was refused for");
+                Ok(LeaseRead::Unknown)
+            }
+        }
+    }
+
+    /// The error of a request (`doing`) refused "lease not found" while the leases it
+    /// named (`leases`, for the message) are alive in the cluster the connect met
+    /// ([`lease_after_refusal`](Self::lease_after_refusal)): `InvalidConfig`, final — a
+    /// member of another cluster answered.
+    pub fn refused_elsewhere(&self, doing: &str, leases: &str) -> fencelock_core::LockError {
+        let cluster = self.cluster_id.map_or_else(|| "?".to_owned(), |id| format!("{id:x}"));
+        fencelock_core::LockError::InvalidConfig {
+            message: format!(
+                "{doing}: refused \"lease not found\" for {leases}, which a read finds alive in cluster {cluster}, the one this instance connected to: a member of another cluster answered — the URL names members of different clusters ({})",
+                self.cfg.display
+            ),
+            source: None,
+        }
     }
 
     /// The request timeout (the URL's `timeout`).

@@ -12,6 +12,7 @@ use fencelock_core::{LockError, LockOptions, Result};
 use tokio::time::Instant;
 
 use crate::cleanup::{delete_key, delete_name, revoke, until_confirmed};
+use crate::client::LeaseRead;
 use crate::error::BACKEND;
 use crate::finish::finish_on_drop;
 use crate::lock::Inner;
@@ -295,34 +296,43 @@ async fn holding(inner: &Arc<Inner>, opts: &LockOptions, own: bool) -> Result<Ho
 
 /// What a queue put answered "lease not found" (`refused`) by etcd tells: which lease is
 /// gone — the session's, or the waiting lease the queue branch named (`waiting`), which
-/// etcd's answer does not say. Without a waiting lease only the session lease was named;
-/// with one, both leases are read (one `LeaseTimeToLive` each, at once, bounded by the
-/// request timeout). A session lease found gone ends the session at once (its grants are
-/// told they are lost, and the next try starts a new session instead of failing until
-/// the next keep-alive notices); a waiting lease found gone — or either, when the reads
-/// cannot tell — is never handed out again. The error is temporary and names the lease.
+/// etcd's answer does not say — or that none is, and a member of another cluster refused
+/// it. An error answer carries no header to check ([`crate::client::Answer`]), so the
+/// leases the put named are read (one `LeaseTimeToLive` each, at once, bounded by the
+/// request timeout; only after such a refusal): all alive in the cluster the connect met
+/// means the refusal came from elsewhere — `InvalidConfig`, the session kept; a read
+/// answered from another cluster is that `InvalidConfig` too. A session lease found gone
+/// (or not read, without a waiting lease) ends the session at once (its grants are told
+/// they are lost, and the next try starts a new session instead of failing until the next
+/// keep-alive notices); a waiting lease found gone — or either, when the reads cannot
+/// tell — is never handed out again. The error is temporary and names the lease.
 async fn refused_lease(inner: &Inner, session: &Session, waiting: Option<&WaitUse>, refused: LockError) -> LockError {
     let cluster = &inner.cluster;
-    let is_gone = |id: i64| async move {
-        match cluster
-            .call("reading a lease a queue put was refused", |mut c| async move {
-                c.lease_time_to_live(id, None).await
-            })
-            .await
-        {
-            // TTL -1: expired or revoked; 0 is a lease still there with under a second left.
-            Ok(l) => Some(l.ttl() < 0),
-            Err(e) if crate::error::lease_gone(&e) => Some(true),
-            Err(e) => {
-                tracing::debug!(lease = format_args!("{id:x}"), error = %e, "could not read a lease a queue put was refused");
-                None
-            }
-        }
+    let gone = |read: Result<LeaseRead>| {
+        read.map(|r| match r {
+            LeaseRead::Gone => Some(true),
+            LeaseRead::Alive => Some(false),
+            LeaseRead::Unknown => None,
+        })
     };
     let (s, w) = (session.id, waiting.map(WaitUse::id));
     let (session_gone, waiting_gone) = match w {
-        None => (Some(true), Some(false)),
-        Some(w) => tokio::join!(is_gone(s), is_gone(w)),
+        None => (gone(cluster.lease_after_refusal(s).await), Ok(Some(false))),
+        Some(w) => {
+            let (rs, rw) = tokio::join!(cluster.lease_after_refusal(s), cluster.lease_after_refusal(w));
+            (gone(rs), gone(rw))
+        }
+    };
+    let (session_gone, waiting_gone) = match (session_gone, waiting_gone) {
+        (Ok(Some(false)), Ok(Some(false))) => {
+            let leases = match w {
+                None => format!("the session lease {s:x}"),
+                Some(w) => format!("the session lease {s:x} and the waiting lease {w:x}"),
+            };
+            return cluster.refused_elsewhere("queueing for the lock", &leases);
+        }
+        (Err(e), _) | (_, Err(e)) => return e,
+        (Ok(sg), Ok(wg)) => (sg, wg),
     };
     let at = "when the queue put reached etcd";
     let message = match (session_gone, waiting_gone, w) {
@@ -339,9 +349,13 @@ async fn refused_lease(inner: &Inner, session: &Session, waiting: Option<&WaitUs
             "the session lease {s:x} or the waiting lease {w:x} was gone (expired or revoked) {at}; which one could \
              not be told"
         ),
-        (_, _, None) => format!("the session lease {s:x} was gone (expired or revoked) {at}"),
+        (_, _, None) => format!(
+            "the session lease {s:x} was gone (expired or revoked) {at} (not confirmed: reading it failed); the next \
+             try starts a new session"
+        ),
     };
-    if session_gone == Some(true) {
+    // Only the session lease named, and not read: taken as gone, as the refusal says.
+    if session_gone == Some(true) || (session_gone.is_none() && w.is_none()) {
         session.lease_found_gone(&message);
     }
     if let Some(w) = w {
@@ -469,6 +483,17 @@ pub(crate) async fn enqueue_with_value(
             // waiting lease — etcd's "lease not found" does not say which.
             (Err(e), Holding::Session { session, .. }) if crate::error::lease_gone(&e) => {
                 return Err(refused_lease(&inner, session, waiting.as_ref(), e).await);
+            }
+            // The lock's own lease, granted just before (that answer's header checked): a
+            // refusal while it lives came from a member of another cluster.
+            (Err(e), Holding::Own { lease, .. }) if crate::error::lease_gone(&e) => {
+                return Err(match inner.cluster.lease_after_refusal(*lease).await {
+                    Ok(LeaseRead::Alive) => inner
+                        .cluster
+                        .refused_elsewhere("queueing for the lock", &format!("the lock's own lease {lease:x}")),
+                    Ok(LeaseRead::Gone | LeaseRead::Unknown) => e,
+                    Err(other_cluster) => other_cluster,
+                });
             }
             (resp, _) => resp?,
         };

@@ -49,7 +49,7 @@ use etcd_client::{
 use fencelock_core::Result;
 use tokio::time::Instant;
 
-use crate::client::Cluster;
+use crate::client::{Cluster, LeaseRead};
 use crate::error::lease_gone;
 use crate::queue::{Holding, Queued};
 use crate::watch_stream::{Added, Subscription};
@@ -379,7 +379,11 @@ async fn turn(c: &Cluster, q: &Queued, validity: Duration, confirmed: Instant) -
 }
 
 /// One keep-alive of a lease: `true` when it lives (renewed to its granted TTL), `false`
-/// when it is gone. Opening the keep-alive stream sends the request and checks the answer.
+/// when it is gone. Opening the keep-alive stream sends the request and checks the answer
+/// — inside the client library, header unseen: a "lease not found" is read back
+/// ([`Cluster::lease_after_refusal`], only then), and a lease alive in the cluster the
+/// connect met means a member of another cluster answered: `InvalidConfig`, not `false`
+/// (which would tell a lock on it that it was lost).
 pub(crate) async fn keep_alive_once(c: &Cluster, lease: i64) -> Result<bool> {
     let opened = c
         .call("keeping a lease alive", |mut cl| async move {
@@ -388,7 +392,10 @@ pub(crate) async fn keep_alive_once(c: &Cluster, lease: i64) -> Result<bool> {
         .await;
     match opened {
         Ok(()) => Ok(true),
-        Err(e) if lease_gone(&e) => Ok(false),
+        Err(e) if lease_gone(&e) => match c.lease_after_refusal(lease).await? {
+            LeaseRead::Alive => Err(c.refused_elsewhere("keeping a lease alive", &format!("the lease {lease:x}"))),
+            LeaseRead::Gone | LeaseRead::Unknown => Ok(false),
+        },
         Err(e) => Err(e),
     }
 }

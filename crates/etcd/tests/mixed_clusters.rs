@@ -70,6 +70,61 @@ async fn a_member_of_another_cluster_met_later_never_grants() {
     held.release().await.unwrap();
 }
 
+/// (c) An *error* answer carries no header, so a queue put that reaches the other cluster
+/// and is refused there ("lease not found": our leases exist only in the first cluster)
+/// cannot be told by its header. It must still say what happened — a member of another
+/// cluster answered — not that our session lease "was gone" (which also ended a healthy
+/// session). Both the session lease (auto-renewed) and a lock's own lease (auto_renew off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_from_another_cluster_says_so() {
+    let (a, mut b) = (EtcdCluster::single(), EtcdCluster::single());
+    let (ea, eb) = (a.endpoints()[0].clone(), b.endpoints()[0].clone());
+    b.kill(0);
+    let mixed = EtcdLock::connect(&format!("etcd://{ea},{eb}?timeout=2s"))
+        .await
+        .unwrap();
+    b.restart(0);
+    let holder = EtcdLock::connect(&a.url("")).await.unwrap();
+    let key = unique_key("mixed-refusal");
+    let held = holder.acquire(&key, &LockOptions::new()).await.unwrap();
+    for opts in [LockOptions::new(), LockOptions::new().with_auto_renew(false)] {
+        let (mut other_cluster, mut refusals_read, mut contended) = (0, 0, 0);
+        for i in 0..40 {
+            match mixed.try_acquire(&key, &opts).await {
+                Ok(Some(g)) => panic!(
+                    "try {i}: granted token {} beside the holder's {}",
+                    g.token(),
+                    held.token()
+                ),
+                Ok(None) => contended += 1,
+                Err(e) => {
+                    let text = fencelock_core::error::one_line(&e);
+                    assert!(
+                        !text.contains("was gone"),
+                        "try {i} (auto_renew {}): {text}",
+                        opts.auto_renew()
+                    );
+                    assert!(matches!(e, LockError::InvalidConfig { .. }), "try {i}: {text}");
+                    assert!(text.contains("different clusters"), "try {i}: {text}");
+                    other_cluster += 1;
+                    // The refusal read back: alive here, or that read answered from elsewhere.
+                    refusals_read +=
+                        usize::from(text.contains("lease not found") || text.contains("a request was refused for"));
+                }
+            }
+        }
+        eprintln!(
+            "auto_renew {}: another cluster named {other_cluster} times ({refusals_read} of them a refusal read back), contended {contended}",
+            opts.auto_renew()
+        );
+        assert!(
+            refusals_read > 0,
+            "no queue put refused by the other cluster was read back in 40 tries; the test proved nothing"
+        );
+    }
+    held.release().await.unwrap();
+}
+
 /// (d) An endpoint that speaks another protocol beside a real member: refused at connect
 /// (`InvalidConfig`, the CLI's exit 78) naming it, as a member of another cluster is —
 /// not kept as a member that fails every request balanced onto it. An endpoint merely
@@ -100,4 +155,100 @@ async fn an_endpoint_speaking_another_protocol_beside_a_member_is_refused() {
     EtcdLock::connect(&format!("etcd://{ea},{down}"))
         .await
         .expect("a member beside an endpoint that is down connects");
+}
+
+/// (e) The keep-alive stream's opener reads its first reply inside the client library,
+/// header unseen; one that reaches the other cluster is answered "lease not found" there.
+/// It must not end a session whose lease lives in the cluster the connect met (every lock
+/// on it would be told it was lost): six instances each hold a lock through the mixed URL
+/// for two and a half session TTLs, and none is lost. (Each opens its stream once, at either
+/// endpoint: that none reaches the other cluster has odds of 1 in 64.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_opened_at_another_cluster_keeps_the_session() {
+    let (a, mut b) = (EtcdCluster::single(), EtcdCluster::single());
+    let (ea, eb) = (a.endpoints()[0].clone(), b.endpoints()[0].clone());
+    b.kill(0);
+    let mut mixed = Vec::new();
+    for _ in 0..6 {
+        let url = format!("etcd://{ea},{eb}?timeout=2s&session_ttl=2s");
+        mixed.push(EtcdLock::connect(&url).await.unwrap());
+    }
+    b.restart(0);
+    let mut held = Vec::new();
+    for (n, lock) in mixed.iter().enumerate() {
+        let key = unique_key("mixed-keepalive");
+        let mut tries = 0;
+        let guard = loop {
+            tries += 1;
+            match lock.try_acquire(&key, &LockOptions::new()).await {
+                Ok(Some(g)) => break g,
+                Ok(None) => panic!("instance {n}: {key} is nobody else's"),
+                Err(e) if tries < 40 => assert!(matches!(e, LockError::InvalidConfig { .. }), "{e}"),
+                Err(e) => panic!("instance {n}: not granted in 40 tries: {e}"),
+            }
+        };
+        held.push(guard);
+    }
+    let mut losses = tokio::task::JoinSet::new();
+    for (i, g) in held.iter().enumerate() {
+        let lost = g.lost();
+        losses.spawn(async move { (i, lost.await) });
+    }
+    if let Ok(Some(Ok((i, reason)))) = tokio::time::timeout(std::time::Duration::from_secs(5), losses.join_next()).await
+    {
+        panic!("lock {i} lost while its session lease lives in the cluster the connect met: {reason}");
+    }
+    for g in held {
+        // Its delete may be balanced onto the other cluster: refused, the key expires with
+        // the session when the instance is dropped.
+        if let Err(e) = g.release().await {
+            assert!(matches!(e, LockError::InvalidConfig { .. }), "{e}");
+        }
+    }
+}
+
+/// (f) A lock on a lease of its own (auto_renew off) is extended by one keep-alive whose
+/// first reply the client library reads: one that reaches the other cluster ("lease not
+/// found" there) must not tell the lock it was lost while its lease lives in the cluster
+/// the connect met. Of 30 extends through the mixed URL, each succeeds or says another
+/// cluster answered; the lock is never lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extend_answered_by_another_cluster_does_not_lose_the_lock() {
+    let (a, mut b) = (EtcdCluster::single(), EtcdCluster::single());
+    let (ea, eb) = (a.endpoints()[0].clone(), b.endpoints()[0].clone());
+    b.kill(0);
+    let mixed = EtcdLock::connect(&format!("etcd://{ea},{eb}?timeout=2s"))
+        .await
+        .unwrap();
+    b.restart(0);
+    let key = unique_key("mixed-extend");
+    let opts = LockOptions::new()
+        .with_auto_renew(false)
+        .with_ttl(std::time::Duration::from_secs(30));
+    let mut tries = 0;
+    let g = loop {
+        tries += 1;
+        match mixed.try_acquire(&key, &opts).await {
+            Ok(Some(g)) => break g,
+            Ok(None) => panic!("{key} is nobody else's"),
+            Err(e) if tries < 40 => assert!(matches!(e, LockError::InvalidConfig { .. }), "{e}"),
+            Err(e) => panic!("not granted in 40 tries: {e}"),
+        }
+    };
+    let (mut extended, mut other_cluster) = (0, 0);
+    for i in 0..30 {
+        match g.extend(std::time::Duration::from_secs(30)).await {
+            Ok(()) => extended += 1,
+            Err(LockError::InvalidConfig { message, .. }) => {
+                assert!(message.contains("different clusters"), "{message}");
+                other_cluster += 1;
+            }
+            Err(e) => panic!("extend {i}: {e}"),
+        }
+    }
+    eprintln!("extended {extended}, another cluster named {other_cluster}");
+    assert!(extended > 0 && other_cluster > 0, "both endpoints must have answered");
+    if let Err(e) = g.release().await {
+        assert!(matches!(e, LockError::InvalidConfig { .. }), "{e}");
+    }
 }
