@@ -360,7 +360,8 @@ async fn follow(c: Cluster, dir: String, mut seats: Seats, mut rev: i64, feed: O
 
 /// One watch on `dir` from `rev + 1`, applied to `seats`; publishes the lowest candidate
 /// after each revision. Resets `failures` once the watch delivered something. Returns why
-/// the watch ended (broken, cancelled by a compaction or a lost leader, or closed).
+/// the watch ended (broken, cancelled by a compaction or a lost leader, closed, or
+/// answered by a member of another cluster than the connect met).
 async fn watch(c: &Cluster, dir: &str, seats: &mut Seats, rev: i64, feed: &ObserverFeed, failures: &mut u32) -> String {
     let wopts = WatchOptions::new().with_prefix().with_start_revision(rev + 1);
     let stream = c
@@ -379,6 +380,11 @@ async fn watch(c: &Cluster, dir: &str, seats: &mut Seats, rev: i64, feed: &Obser
             Ok(None) => return "the watch stream ended".into(),
             Err(e) => return e.to_string(),
         };
+        // A watch opened at a member of another cluster (a URL naming two) would replay
+        // that cluster's candidates as ours (client::Answer): ended, read afresh.
+        if let Err(e) = c.same_cluster("watching the election", &msg) {
+            return e.to_string();
+        }
         if msg.canceled() {
             return format!(
                 "the watch was cancelled (compacted at {}): {}",

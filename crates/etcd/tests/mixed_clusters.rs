@@ -252,3 +252,67 @@ async fn an_extend_answered_by_another_cluster_does_not_lose_the_lock() {
         assert!(matches!(e, LockError::InvalidConfig { .. }), "{e}");
     }
 }
+
+/// (g) An election observer reads the candidates (an answer with a header, checked) and
+/// then follows a watch from that read's revision — a watch stream of its own, whose
+/// answers must be checked one by one as the waits' shared stream's are. Here the other
+/// cluster has a candidate of the same election and a longer history, ours none: a watch
+/// opened there from our revision replays that candidate, and an observer through the
+/// mixed URL would report a leader our cluster does not have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_election_observer_never_reports_another_clusters_leader() {
+    use fencelock_core::election::Election;
+    use fencelock_etcd::EtcdElection;
+    let (a, mut b) = (EtcdCluster::single(), EtcdCluster::single());
+    let (ea, eb) = (a.endpoints()[0].clone(), b.endpoints()[0].clone());
+    b.kill(0);
+    let mixed = EtcdElection::connect(&format!("etcd://{ea},{eb}?timeout=2s"))
+        .await
+        .unwrap();
+    b.restart(0);
+    let name = unique_key("mixed-elect");
+    // The other cluster: a history longer than ours, then a leader of its own.
+    let mut raw = etcd_client::Client::connect([format!("http://{eb}")], None)
+        .await
+        .unwrap();
+    for i in 0..50 {
+        raw.put(format!("/filler/{i}"), "x", None).await.unwrap();
+    }
+    let theirs = EtcdElection::connect(&b.url("")).await.unwrap();
+    let _their_leader = theirs
+        .campaign(&name, b"other-cluster", &LockOptions::new())
+        .await
+        .unwrap();
+    let (mut observers, mut refused) = (Vec::new(), 0);
+    for _ in 0..40 {
+        match mixed.observe(&name).await {
+            Ok(o) => observers.push(o),
+            Err(LockError::InvalidConfig { .. }) => refused += 1,
+            Err(e) => panic!("observe: {e}"),
+        }
+        if observers.len() == 8 {
+            break;
+        }
+    }
+    assert_eq!(observers.len(), 8, "{refused} observes refused");
+    let mut reports = 0;
+    for (i, o) in observers.iter_mut().enumerate() {
+        // Every change each reports, until half a second passes without one.
+        for _ in 0..20 {
+            let Ok(change) = tokio::time::timeout(std::time::Duration::from_millis(500), o.changed()).await else {
+                break;
+            };
+            reports += 1;
+            if let Some(Some(leader)) = change {
+                panic!(
+                    "observer {i} reported a leader our cluster does not have: {:?}",
+                    String::from_utf8_lossy(&leader.value)
+                );
+            }
+        }
+    }
+    assert!(
+        reports >= 8,
+        "each observer reports the state at subscription: {reports}"
+    );
+}
