@@ -551,6 +551,24 @@ fn etcd_credentials_that_cannot_work_exit_78() {
     assert_one_line(&out, 78, "requires a user", "no credentials");
 }
 
+/// An etcd URL naming a member and, beside it, a port that speaks another protocol (an
+/// HTTP/1 server) is a configuration error (78) naming that endpoint — not a run through
+/// the member with the wrong endpoint kept as a failing one (it exited 0 before).
+#[cfg(feature = "etcd")]
+#[test]
+fn etcd_an_endpoint_speaking_another_protocol_beside_a_member_exits_78() {
+    let cluster = fencelock_testkit::etcd_server::EtcdCluster::single();
+    let member = cluster.client_ports()[0];
+    let other = fencelock_testkit::ports::http_port();
+    let out = run_k(&format!("etcd://127.0.0.1:{member},127.0.0.1:{other}"), &[]);
+    assert_one_line(
+        &out,
+        78,
+        &format!("127.0.0.1:{other} does not speak etcd's gRPC"),
+        "HTTP/1 beside a member",
+    );
+}
+
 /// A ZooKeeper URL whose one server refuses the connection (nothing listens on the port)
 /// is unavailable (69) at once, as on Redis and etcd; it took the whole connect limit
 /// (4 s with the default timeouts) before.
