@@ -625,7 +625,7 @@ impl RedisNode {
     /// Sends a release of `grant` in the background (for a grant whose fate is unknown:
     /// its answer was lost, or its caller gave up), and again while no answer comes, as
     /// [`follow_up`](Self::follow_up) bounds it: until the server answers, `ttl` has
-    /// passed (the grant, if it was made, has expired by then) or 20 tries were sent.
+    /// passed (the grant, if it was made, has expired by then).
     pub fn release_later(&self, key: &str, grant: &str, ttl: Duration) {
         let (k, grant) = (key.to_owned(), grant.to_owned());
         self.follow_up(key, "background release", ttl, move |node| {
@@ -636,10 +636,9 @@ impl RedisNode {
 
     /// Runs `step` in the background until the server answers it, for a follow-up whose
     /// effect must not be left undone (a give-up, the release of an unheard grant): sent
-    /// again while no answer comes — after 20 ms, doubling to at most 1 s — until `ttl`
-    /// has passed (the caller's bound: what it would remove has expired by then) or 20
-    /// tries were sent (about 15 s). Each
-    /// repeat goes out together with [`load_scripts`](Self::load_scripts), queued first
+    /// again while no answer comes — after 20 ms, doubling to at most 1 s, then every
+    /// 1 s — until `ttl` has passed (the caller's bound: what it would remove has expired
+    /// by then; so at most about `ttl` / 1 s + 6 tries). Each repeat goes out together with [`load_scripts`](Self::load_scripts), queued first
     /// on the same connection: the last try may have met `NOSCRIPT` unheard, and a load
     /// takes effect whether or not its answer comes back (no reply timeout is added per
     /// repeat). Holds the node only weakly between tries, so a dropped instance ends it;
@@ -659,7 +658,9 @@ impl RedisNode {
             let _cleanup = cleanup;
             let until = tokio::time::Instant::now() + ttl;
             let mut pause = Duration::from_millis(20);
-            for attempt in 0..20 {
+            // Bounded by `until` (each try by the reply timeout): at most about
+            // `ttl` / 1 s + 6 tries.
+            for attempt in 0u64.. {
                 let Some(inner) = node.upgrade() else { return };
                 let node = RedisNode { inner };
                 let load = async {
@@ -976,12 +977,10 @@ impl RedisNode {
     /// answer comes): its queue entry goes, and a lock that holds `grant` — granted to it
     /// directly by a release, reserved for it, or claimed by an answer that never came — is
     /// released and handed to the next waiter. `ttl`: the waiter's TTL; `wait`: the wait
-    /// its turns queued it with. Sent until the server answers, 20 tries were sent (about
-    /// 15 s) or the longer of the two has passed: a lock granted to it lasts `ttl`, and its
-    /// queue entry lapses at most `wait` after its last turn, which came before this
-    /// give-up. A `LEAVE` given up on while the entry lives (a server unreachable for all
-    /// the tries) leaves an entry that a later release may grant the lock to, for its
-    /// whole TTL, with nobody to use it.
+    /// its turns queued it with. Sent until the server answers or the longer of the two
+    /// has passed (every 1 s once the pause has grown): a lock granted to it lasts `ttl`,
+    /// and its queue entry lapses at most `wait` after its last turn, which came before
+    /// this give-up, so no try stops while the entry can still be granted the lock.
     pub fn leave_later(&self, key: &str, grant: &str, entry: &str, ttl: Duration, wait: Duration) {
         let (k, grant, entry) = (key.to_owned(), grant.to_owned(), entry.to_owned());
         self.follow_up(key, "leaving the queue", ttl.max(wait), move |node| {
