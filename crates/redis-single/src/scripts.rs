@@ -124,8 +124,12 @@ pub(crate) fn all() -> [&'static Lua; 10] {
 ///   than the delay refuses, whatever it loaded from disk. An RDB snapshot or an
 ///   `appendfsync everysec` log can hold the boot marker and miss the locks granted after
 ///   it was written, so the marker alone (as before) let a node restarted from an older
-///   snapshot vote at once beside the holder it forgot. Read in whole seconds, whose
-///   difference can overstate the age by up to 1 s: counted as 1 s less.
+///   snapshot vote at once beside the holder it forgot. It is `floor(now) −
+///   floor(start)` in seconds of the wall clock, which overstates the age by up to 1 s
+///   (counted as 1 s less, so never more than the age) and understates it by up to 1 s:
+///   with the 1 s taken off, the delay can last up to about 2 s longer than set. Being
+///   wall-clock time, a forward step of the host's clock after the start shortens it
+///   (the boot marker reads the same clock): start Redis once the clock is synchronised.
 /// * the **boot marker** `KEYS[marker]` (server `TIME`, ms, set when missing): data lost
 ///   without a restart (`FLUSHALL`, `FLUSHDB`, the key deleted) leaves the process old but
 ///   the marker gone, and the delay runs from the marker's setting.
