@@ -27,8 +27,8 @@ use crate::session::{Session, RENEW_WINDOW};
 ///
 /// A node that still names the instance's waiting marker (`waiting.rs`) may be removed by a
 /// waiter behind it once that marker is gone, until it is *claimed*: so the lease is valid
-/// no longer than the marker is sure to live (the waiting session's last proof + its
-/// timeout), and its first renewal (or `extend`) claims it — a rewrite of its data guarded
+/// no longer than the marker is sure to live (the waiting session's last proof + three
+/// quarters of its timeout: `WaitingUse::valid_until`), and its first renewal (or `extend`) claims it — a rewrite of its data guarded
 /// by the version at which it named the marker, the same version a removal is guarded by:
 /// one of the two lands, never both. Once claimed the lease is valid as any other.
 pub(crate) fn lease(key: &str, opts: &LockOptions, mut q: Queued, confirmed_at: Instant) -> Lease {

@@ -375,10 +375,15 @@ type Watch = (String, OwnWatch);
 /// a node deleted behind our back while we wait — by an operator, or by whoever removes
 /// a dead waiter's node — must end the wait (`Unavailable`: the attempt queues again),
 /// never let the pushes of the nodes before ours grant us the lock beside the waiter that
-/// was behind us. The server sends a session's watch events in the order of its
-/// transactions, and our node, deleted while a node before it still stood, is reported
-/// before that node's deletion: so our own watch is polled first, and again after any
-/// other fired. On a grant the watch goes with the lease (`Queued::own_watch`), which
+/// was behind us. Our own watch is polled first, and again after any other fired: on one
+/// connection the server sends a session's watch events in the order of its
+/// transactions, so our node, deleted while a node before it still stood, is reported
+/// first. Not across a reconnect: the client sets its watches again from a map, in no
+/// set order, and the events of what changed meanwhile come in that order. So that order
+/// is not the guard: a node removed as a dead waiter's (its marker gone) is caught by
+/// `grant::settle`'s claim at our turn — a write guarded by the version at which the node
+/// named the marker, which fails on a node that is gone — sent whenever the waiting
+/// session's last proof is old enough for the marker to have gone. On a grant the watch goes with the lease (`Queued::own_watch`), which
 /// keeps it until its release's delete fires it.
 pub(crate) async fn wait_turn(
     q: &mut Queued,
