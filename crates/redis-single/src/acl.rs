@@ -14,8 +14,10 @@
 //!   servers skip this part) about every command the scripts call, on a key and a channel
 //!   under the prefix. `EVAL` refused is itself the answer for `EVAL`.
 //!
-//! Any refusal is [`LockError::InvalidConfig`] naming the commands. Peer layouts' lock keys
-//! lie outside the prefix; only the prefix's keys are asked about.
+//! Any refusal is [`LockError::InvalidConfig`] naming the commands — except `PUBSUB
+//! NUMSUB`, which the scripts can do without (they fall back on `PUBLISH`'s answer): that
+//! one is a warning. Peer layouts' lock keys lie outside the prefix; only the prefix's
+//! keys are asked about.
 
 use fencelock_core::LockError;
 use redis::aio::ConnectionManager;
@@ -46,12 +48,19 @@ end
 return refused
 ";
 
+/// The one command a refusal of which only costs something (see [`check`]).
+const OPTIONAL: &str = "PUBSUB NUMSUB";
+
 /// A SHA1 no script has (`EVALSHA` of it answers `NOSCRIPT` to a user allowed to call it).
 const NO_SCRIPT: &str = "0000000000000000000000000000000000000000";
 
 /// Asks the server what of fencelock's commands the connection's user is refused, in one
-/// pipeline; `Ok` when nothing is, or when no answer came within `timeout` (then the
-/// commands' own errors tell later). `prefix`: the keys' prefix; `server`: for messages.
+/// pipeline; `Ok` when nothing is, when only `PUBSUB NUMSUB` is (logged as a warning), or
+/// when no answer came within `timeout` (then the commands' own errors tell later).
+/// `prefix`: the keys' prefix; `server`: for messages.
+///
+/// # Errors
+/// [`LockError::InvalidConfig`] naming what the user is refused.
 pub(crate) async fn check(
     conn: &ConnectionManager,
     prefix: &str,
@@ -78,7 +87,17 @@ pub(crate) async fn check(
             }
             Err(_) => return Ok(()),
         };
-    let refused = refused(&answers, prefix);
+    let mut refused = refused(&answers, prefix);
+    if let Some(at) = refused.iter().position(|r| r == OPTIONAL) {
+        refused.remove(at);
+        tracing::warn!(
+            %server,
+            "the Redis user is refused PUBSUB NUMSUB (ACL: +pubsub|numsub): a release tells a dead \
+             queued waiter by PUBLISH's answer instead, so while a pattern subscriber listens \
+             on the server (PSUBSCRIBE: redis-cli, a dashboard) each dead waiter at the head \
+             costs its TTL (Redlock: the claim window)"
+        );
+    }
     if refused.is_empty() {
         return Ok(());
     }

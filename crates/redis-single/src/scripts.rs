@@ -229,7 +229,8 @@ return {0, redis.call('PTTL', KEYS[1])}
 /// (`redis-cli`, a dashboard) made every dead waiter at the head look live, each granted
 /// the lock for its whole TTL (test
 /// `a_killed_queued_waiter_costs_nothing_while_a_pattern_subscriber_listens`). A user the
-/// server refuses `PUBSUB` (a Redis 6 ACL, which the connect cannot ask about) falls back
+/// server refuses `PUBSUB` (an ACL without `+pubsub|numsub`: a warning at connect on
+/// Redis 7; Redis 6 cannot be asked) falls back
 /// on `PUBLISH`'s answer; a direct grant's `INCR` then only leaves a gap in the tokens.
 /// Constant work per hand-off whatever the queue's length (each skipped entry is popped
 /// once, ever). Returns true when it gave the lock to
