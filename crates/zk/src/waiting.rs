@@ -24,7 +24,8 @@
 //! *main* session: a waiter watches the nodes before its own, removes a dead waiter's node
 //! and claims its grant through it. So a proof counts only while the main session is
 //! connected, and when the waiting session keeps being answered while the main one is
-//! disconnected ([`CUT_PROOFS`] proofs in a row), the keeper ends the waiting session:
+//! disconnected ([`CUT_PROOFS`] answered writes, unanswered ones in between not
+//! counting, with the main session not seen connected), the keeper ends the waiting session:
 //! its marker goes, the waiter behind each of our nodes removes it — and the nodes
 //! before ours whose removal was ours to make (a dead waiter right before ours: each
 //! waiter watches only the nearest marker before it) — and our waits queue again once
@@ -50,8 +51,9 @@ pub(crate) const ASKED: Duration = Duration::from_secs(1);
 /// path on the server (chroot included).
 pub(crate) const PREFIX: &[u8] = b"fencelock-waiting:";
 
-/// How many proofs in a row the waiting session may get answered while the instance's
-/// main session is disconnected before the keeper ends it (its waits give up their places):
+/// How many writes of the marker the waiting session may get answered while the
+/// instance's main session stays disconnected (unanswered writes in between do not count
+/// and do not start the count again) before the keeper ends it (its waits give up their places):
 /// they span a whole waiting timeout, so the main client has that long to connect again
 /// after a failover that cut both sessions before its waits lose their places.
 pub(crate) const CUT_PROOFS: u32 = 4;
@@ -71,7 +73,8 @@ pub(crate) struct Waiting {
     /// Users (nodes naming the marker) and since when there are none.
     users: std::sync::Mutex<(usize, Instant)>,
     ended: AtomicBool,
-    /// The main session of the latest use: the one our named nodes belong to.
+    /// The main session our named nodes belong to: that of the latest use by a usable
+    /// session (see [`enter`](Self::enter)).
     main: std::sync::Mutex<Weak<Session>>,
 }
 
@@ -128,10 +131,11 @@ impl Waiting {
     }
 
     /// `false` while the main session (of the latest use) is not connected: the instance
-    /// cannot act on its waits. A main session dropped since has no nodes left: `true`.
+    /// cannot act on its waits. A main session dropped or ended (expired, closed) since has
+    /// no nodes left: `true`.
     fn main_connected(&self) -> bool {
         let main = self.main.lock().unwrap_or_else(|p| p.into_inner()).upgrade();
-        main.is_none_or(|m| m.is_connected())
+        main.is_none_or(|m| !m.is_usable() || m.is_connected())
     }
 
     /// A use by a node of `main`, unless the session ended (checked under the users'
@@ -145,7 +149,18 @@ impl Waiting {
             return None;
         }
         users.0 += 1;
-        *self.main.lock().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(main);
+        // The main session is replaced only by a usable one, and a usable one in place only
+        // by a connected one: a use from an older session (expired, or disconnected and
+        // about to be) that comes after a use from the instance's new session must not
+        // stand for it, or `main_connected` would follow the old one and the keeper end the
+        // waiting session while the real main session is fine.
+        let mut current = self.main.lock().unwrap_or_else(|p| p.into_inner());
+        let replace = main.is_usable()
+            && (main.is_connected() || current.upgrade().is_none_or(|m| !m.is_usable()));
+        if replace {
+            *current = Arc::downgrade(main);
+        }
+        drop(current);
         Some(WaitingUse(Arc::clone(self)))
     }
 
@@ -225,7 +240,8 @@ impl Waiting {
 /// the marker goes and a waiter behind may remove its node.
 async fn keep(waiting: Arc<Waiting>, request_timeout: Duration) {
     let period = waiting.timeout / 3;
-    // Proofs answered in a row while the main session was disconnected.
+    // Proofs answered while the main session was disconnected, since it was last seen
+    // connected at a write of the marker (answered or not).
     let mut cut = 0u32;
     loop {
         tokio::time::sleep(period).await;
@@ -266,10 +282,17 @@ async fn keep(waiting: Arc<Waiting>, request_timeout: Duration) {
             }
             Ok(Err(zookeeper_client::Error::NoNode)) => break, // the marker is gone: the session expired
             Ok(Err(zookeeper_client::Error::SessionExpired | zookeeper_client::Error::ClientClosed)) => break,
-            // No answer: the proof ages, and grants claim their node at their turn. Nor is
-            // the ensemble seen serving us: the main client is not counted late (a failover
-            // cuts both sessions, and the main one may connect again a little later).
-            _ => cut = 0,
+            // No answer: the proof ages, and grants claim their node at their turn. The
+            // count starts again only if the main session is connected now (after a
+            // failover that cut both sessions, the main one is counted from its first
+            // answered write with main down again). Not on any unanswered write: with
+            // occasional slow writes while the main session stays down, the count never
+            // reached CUT_PROOFS and our places were kept until a session expired.
+            _ => {
+                if waiting.main_connected() {
+                    cut = 0;
+                }
+            }
         }
     }
     waiting.end();
