@@ -429,7 +429,13 @@ async fn a_waiter_whose_main_connection_drops_briefly_keeps_its_place() {
     .await;
     assert_eq!(proxy.connections(), opened + 1, "W's waiting session's connection");
     let w_node = op.nodes().await[1].clone();
-    let (_, stat) = op.0.get_data(&format!("/k/{w_node}")).await.unwrap();
+    let (w_data, stat) = op.0.get_data(&format!("/k/{w_node}")).await.unwrap();
+    // The marker's path under the operator's chroot (the data names it with the chroot).
+    let marker = std::str::from_utf8(&w_data[b"fencelock-waiting:".len()..])
+        .unwrap()
+        .strip_prefix("/blip")
+        .unwrap()
+        .to_owned();
     let x = tokio::spawn({
         let last = last.clone();
         async move { last.acquire("k", &child_opts().with_wait(SESSION * 3)).await }
@@ -443,9 +449,17 @@ async fn a_waiter_whose_main_connection_drops_briefly_keeps_its_place() {
         proxy.accepted() > attempts
     })
     .await;
-    // The fault's length: two of the keeper's writes of the marker (every third of the
-    // waiting session's 1 s), under a waiting timeout.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The fault lasts until the keeper's write of the marker (every third of the waiting
+    // session's 1 s) is answered once more with the main connection down: short of the
+    // four answered writes that give the place up by two or more of them (0.67 s), so
+    // the main client's reconnect backoff, which a longer outage lengthens, fits on a
+    // loaded machine (a fixed 0.6 s outage left about 0.2 s).
+    let version = async || op.0.get_data(&marker).await.map(|(_, s)| s.version).unwrap();
+    let before = version().await;
+    until_async("a write of W's marker answered with its main connection down", SLACK, async || {
+        version().await > before
+    })
+    .await;
     proxy.set(Mode::Pass);
     held.release().await.unwrap();
     let lease = tokio::time::timeout(SLACK, w)
