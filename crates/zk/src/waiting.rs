@@ -155,8 +155,7 @@ impl Waiting {
         // stand for it, or `main_connected` would follow the old one and the keeper end the
         // waiting session while the real main session is fine.
         let mut current = self.main.lock().unwrap_or_else(|p| p.into_inner());
-        let replace = main.is_usable()
-            && (main.is_connected() || current.upgrade().is_none_or(|m| !m.is_usable()));
+        let replace = main.is_usable() && (main.is_connected() || current.upgrade().is_none_or(|m| !m.is_usable()));
         if replace {
             *current = Arc::downgrade(main);
         }

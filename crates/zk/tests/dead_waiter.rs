@@ -456,9 +456,11 @@ async fn a_waiter_whose_main_connection_drops_briefly_keeps_its_place() {
     // loaded machine (a fixed 0.6 s outage left about 0.2 s).
     let version = async || op.0.get_data(&marker).await.map(|(_, s)| s.version).unwrap();
     let before = version().await;
-    until_async("a write of W's marker answered with its main connection down", SLACK, async || {
-        version().await > before
-    })
+    until_async(
+        "a write of W's marker answered with its main connection down",
+        SLACK,
+        async || version().await > before,
+    )
     .await;
     proxy.set(Mode::Pass);
     held.release().await.unwrap();
