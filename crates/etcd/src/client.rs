@@ -75,12 +75,23 @@ async fn answers_not_h2(endpoint: &str, limit: std::time::Duration) -> Option<St
     if n == 0 || settings || maybe_h2 {
         return None;
     }
-    let text: String = String::from_utf8_lossy(first)
+    Some(shown(first))
+}
+
+/// The first line of what a wrong service answered, printable; ending in `…` when no line
+/// end was among the bytes read (at most 24: the rest of the answer was not read, and a
+/// quote cut mid-word, `'PR`, read as a broken message).
+fn shown(first: &[u8]) -> String {
+    let ended = first.iter().any(|b| *b == b'\r' || *b == b'\n');
+    let mut text: String = String::from_utf8_lossy(first)
         .chars()
         .take_while(|c| *c != '\r' && *c != '\n')
         .map(|c| if c.is_control() { '.' } else { c })
         .collect();
-    Some(text)
+    if !ended {
+        text.push('…');
+    }
+    text
 }
 
 /// One endpoint's answer to the read of [`Cluster::check`] on a connection of its own.
@@ -511,5 +522,19 @@ impl std::fmt::Debug for Cluster {
         f.debug_struct("Cluster")
             .field("endpoints", &self.cfg.endpoints)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown;
+
+    #[test]
+    fn a_wrong_services_answer_is_quoted_to_its_line_end_or_marked_cut() {
+        // Redis answering the HTTP/2 preface: 24 bytes read, no line end among them.
+        assert_eq!(shown(b"-ERR unknown command 'PR"), "-ERR unknown command 'PR…");
+        assert_eq!(shown(b"-ERR x\r\n-ERR y"), "-ERR x");
+        // A MySQL greeting: control bytes shown as dots.
+        assert_eq!(shown(b"J\0\0\0\x0b8.0.36"), "J....8.0.36…");
     }
 }
