@@ -3,7 +3,10 @@
 //! The keys older than ours (create revision below ours) only ever go: a key made later
 //! gets a later revision, and a queue name reused after its deletion is a new key, younger
 //! than ours. So once we know that set exactly, the watch events of its deletions are
-//! enough to know we are first — no read after the predecessor's delete.
+//! enough to know we are first — no read after the predecessor's delete. Only deletions
+//! after the read count: a watch "from now" starts at the revision of the member serving
+//! it, which may be behind the read and replay the delete of an older key under the same
+//! (reused) name.
 //!
 //! The recipe (etcd's concurrency mutex, extended to [`TRACKED`] keys): read the **three**
 //! keys just older than ours and whether any older one is left (the range's `more` flag,
@@ -313,7 +316,14 @@ async fn wait_push(
                 }
                 for e in r.events() {
                     if e.event_type() == EventType::Delete {
-                        if let Some(kv) = e.kv() {
+                        // Only a delete after the read counts. Every key we watch (and our
+                        // own) was alive at `seen`; a delete of the same name at or before
+                        // it belongs to an older key under a reused queue name, replayed by
+                        // a member that was behind the read (a watch "from now" starts at
+                        // the serving member's revision). Counted, it made a waiter first
+                        // in line beside a live holder: one overlap in the 3-member
+                        // conformance run (mutual_exclusion_under_contention).
+                        if let Some(kv) = e.kv().filter(|kv| kv.mod_revision() > seen) {
                             w.deleted.insert(kv.key().to_vec());
                         }
                     }
