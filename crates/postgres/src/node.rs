@@ -313,7 +313,9 @@ impl PgNode {
             source: None,
         };
         if reconnect {
-            pool.reopen();
+            if pool.is_closed() {
+                pool.reopen(); // a store on every statement only after a `close()`
+            }
         } else if pool.is_closed() {
             return Err(closed());
         }

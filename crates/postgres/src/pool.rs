@@ -171,6 +171,11 @@ impl Pool {
     /// ends or is released — with `connections=1` and an auto-renewed lease on the
     /// connection that was silent, as long as that lease lives.
     pub(crate) fn give_back_surplus(&self) -> Option<i32> {
+        // The common case, without `live()`'s copy of the list: dead connections only add
+        // to this count, so at or under the bound here the live ones are too.
+        if self.sessions().len() <= self.size {
+            return None;
+        }
         let live = self.live();
         if live.len() <= self.size {
             return None;
