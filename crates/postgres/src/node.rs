@@ -8,7 +8,7 @@
 //! connections, never a pooler's (a transaction-mode pooler would drop the `LISTEN`, and
 //! a lease is tied to the connection that granted it).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use std::time::Duration;
@@ -130,6 +130,18 @@ pub(crate) struct NodeInner {
     cleanups: Cleanups,
     /// The URL's host that the last connection reached: the next one starts there.
     last_good: hosts::LastGood,
+}
+
+/// A pool flag claimed by [`PgNode::single_flight`]: cleared when this is dropped.
+struct InFlight {
+    inner: Arc<NodeInner>,
+    flag: fn(&Pool) -> &AtomicBool,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        (self.flag)(&self.inner.pool).store(false, Ordering::SeqCst);
+    }
 }
 
 /// The server. Cheap to clone (shared state).
@@ -473,16 +485,15 @@ impl PgNode {
     /// still add a spare to one that has some, [`Pool::may_grow`]); the next statement
     /// not tied to a lease tries again ([`ensure_listener`](Self::ensure_listener)).
     fn listen_elsewhere_later(&self) {
-        let pool = &self.inner.pool;
-        if self.inner.waiters.is_empty() || pool.relistening.swap(true, Ordering::SeqCst) {
+        if self.inner.waiters.is_empty() {
             return;
         }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            pool.relistening.store(false, Ordering::SeqCst);
+        let Some((rt, flight)) = self.single_flight(|pool| &pool.relistening) else {
             return;
         };
         let node = self.clone();
         rt.spawn(async move {
+            let _flight = flight;
             let limit = node.inner.cfg.timeout * QUEUE_TIMEOUTS;
             let listened = match node.pick_from("LISTEN", limit, false).await {
                 Ok((session, _turn)) => node.ensure_listener(&session).await,
@@ -491,7 +502,6 @@ impl PgNode {
             if let Err(e) = listened {
                 tracing::debug!(error = %e, "no other connection could listen; the next statement tries again");
             }
-            node.inner.pool.relistening.store(false, Ordering::SeqCst);
         });
     }
 
@@ -504,16 +514,12 @@ impl PgNode {
     /// twice: the second wake-up finds the ticket gone (the wait ended) or costs one
     /// look more — harmless. Sent only while `session` is not the listener again.
     fn unlisten_replaced(&self, session: &Arc<Session>) {
-        let pool = &self.inner.pool;
-        if pool.unlistening.swap(true, Ordering::SeqCst) {
+        let Some((rt, flight)) = self.single_flight(|pool| &pool.unlistening) else {
             return; // the next answer on it tries again
-        }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            pool.unlistening.store(false, Ordering::SeqCst);
-            return;
         };
         let (node, session) = (self.clone(), Arc::clone(session));
         rt.spawn(async move {
+            let _flight = flight;
             let pool = &node.inner.pool;
             let timeout = node.inner.cfg.timeout;
             // The turn on `session` first, then `listening` — never the lock while waiting
@@ -543,8 +549,25 @@ impl PgNode {
                 }
                 Err(e) => tracing::debug!(error = %e, "no turn for UNLISTEN on a replaced listener; the next answer on it tries again"),
             }
-            pool.unlistening.store(false, Ordering::SeqCst);
         });
+    }
+
+    /// Claims `flag` (one of the pool's) for one background task of its kind, and the
+    /// runtime to spawn it on: `None` when a task of that kind runs already or there is
+    /// no runtime (then the flag is left as it was found, clear). The flag stays set
+    /// until the returned guard is dropped — at the task's end, and also when the task
+    /// panics or is dropped unrun, which before left it set for the instance's life (no
+    /// such task of that kind ever again).
+    fn single_flight(&self, flag: fn(&Pool) -> &AtomicBool) -> Option<(tokio::runtime::Handle, InFlight)> {
+        if flag(&self.inner.pool).swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        let claimed = InFlight {
+            inner: Arc::clone(&self.inner),
+            flag,
+        };
+        let rt = tokio::runtime::Handle::try_current().ok()?; // `claimed` dropped: clear again
+        Some((rt, claimed))
     }
 
     /// Connects to the one host of `pg` (`server` names it in messages), creates the
