@@ -87,10 +87,11 @@ fn start_up_refused(f: &PgFailure) -> Option<String> {
     // address or socket path was refused before any server answered — a socket
     // directory too long for `sun_path` is an `InvalidInput` with no OS code too.
     let before_any_answer = text.starts_with("error connecting to server");
-    if before_any_answer && unreadable_answer(e) {
+    let unreadable = unreadable_answer(e);
+    if before_any_answer && unreadable {
         return Some(format!("cannot connect to {}: {text}: check the URL's host", f.server));
     }
-    if (unreadable_answer(e) && !before_any_answer)
+    if (unreadable && !before_any_answer)
         || text.contains("bytes remaining on stream")
         || text.starts_with("unexpected message from server")
         || text.starts_with("error parsing response from server")

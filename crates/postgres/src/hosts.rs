@@ -403,8 +403,13 @@ impl Failure {
 /// The error when no host worked: see [`connect_each`].
 fn none_worked(server: &str, doing: &str, bound: Duration, mut failures: Vec<Failure>) -> LockError {
     if failures.len() == 1 {
-        let Failure { name, error: e, .. } = failures.remove(0);
-        let server = label(server, &name, false);
+        // One failure: one host with one address (each host and each address of one
+        // adds a failure or returns), labelled as `label(server, &name, false)`.
+        let Failure {
+            label: server,
+            error: e,
+            ..
+        } = failures.remove(0);
         return match e {
             // One host, silent: the message the backend always gave.
             LockError::Unavailable { message, source } if source.is_none() && message.starts_with("no ready") => {
