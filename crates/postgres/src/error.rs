@@ -77,9 +77,10 @@ fn start_up_refused(f: &PgFailure) -> Option<String> {
         }
         return None;
     }
-    let text = fencelock_core::error::one_line(e); // the kind, then its cause
-                                                   // First: an authentication the client cannot finish can fail with an `InvalidInput`
-                                                   // of its own (a SCRAM verification, a nonce), which is not a foreign protocol.
+    // The kind, then its cause.
+    let text = fencelock_core::error::one_line(e);
+    // First: an authentication the client cannot finish can fail with an `InvalidInput`
+    // of its own (a SCRAM verification, a nonce), which is not a foreign protocol.
     if text.starts_with("authentication error") {
         return Some(format!("postgres authentication failed on {}: {text}", f.server));
     }
