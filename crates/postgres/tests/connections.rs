@@ -14,6 +14,7 @@ use fencelock_testkit::until::{self, until, until_eq};
 use tokio::time::Instant;
 
 mod common;
+use common::queued;
 
 /// The most any step here may take before the test counts it as stuck (a failure bound,
 /// not a measurement: every step that passes takes milliseconds).
@@ -223,7 +224,7 @@ async fn listen_moves_to_another_connection_when_the_listener_ends() {
         let waiting = waiting.clone();
         tokio::spawn(async move { waiting.acquire("k", &opts().with_wait(STUCK * 3)).await })
     };
-    queued(&server, "k", 1).await;
+    queued(&server, "k", 1, STUCK).await;
     // Count the acquire statements from here: the waiter's attempt after its wake-up.
     common::count_acquires(&server);
     assert_eq!(server.psql(&format!("SELECT pg_terminate_backend({listener})")), "t");
@@ -335,15 +336,6 @@ async fn a_release_does_not_wait_behind_its_silent_connection() {
     locks.close().await.unwrap();
 }
 
-/// Waits (bounded) until key `key` has `n` waiter tickets on the server.
-async fn queued(server: &PgServer, key: &str, n: usize) {
-    let sql = format!("SELECT count(*) FROM fencelock.waiters WHERE key = '{key}'");
-    until_eq(&format!("waiter tickets of {key}"), STUCK, n.to_string(), || {
-        server.psql(&sql)
-    })
-    .await;
-}
-
 /// The connection that listens for release notifications falls silent (a lease's extend
 /// on it waits for an operator's row lock past the statement timeout) while one of the
 /// instance's waiters waits: the connection is kept (its lease is valid) but the server
@@ -371,7 +363,7 @@ async fn a_silent_listener_is_replaced_so_a_release_still_wakes_the_waiter() {
         let waiting = waiting.clone();
         tokio::spawn(async move { waiting.acquire("k", &opts().with_wait(STUCK * 3)).await })
     };
-    queued(&server, "k", 1).await;
+    queued(&server, "k", 1, STUCK).await;
     let operator = silence(&server, &stalled).await;
     assert!(stalled.is_held(), "the lease was lost with its silent connection");
     held.release().await.unwrap();

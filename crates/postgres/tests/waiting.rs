@@ -13,21 +13,12 @@ use fencelock_testkit::pg_server::PgServer;
 use tokio::time::Instant;
 
 mod common;
-use common::{acquires, count_acquires};
+use common::{acquires, count_acquires, queued};
 
 const SLACK: Duration = Duration::from_millis(1500);
 
 fn opts(wait: Duration) -> LockOptions {
     LockOptions::new().with_ttl(Duration::from_secs(60)).with_wait(wait)
-}
-
-/// Waits (bounded) until `n` tickets of `key` are queued.
-async fn queued(server: &PgServer, key: &str, n: usize) {
-    let deadline = Instant::now() + SLACK * 4;
-    while server.psql(&format!("SELECT count(*) FROM fencelock.waiters WHERE key = '{key}'")) != n.to_string() {
-        assert!(Instant::now() < deadline, "the waiters did not queue");
-        tokio::time::sleep(Duration::from_millis(20)).await; // polling a condition, bounded
-    }
 }
 
 /// 16 waiters queued behind a long holder, default `poll` (500 ms): each used to look
@@ -57,7 +48,7 @@ async fn queued_waiters_do_not_poll_to_keep_their_place() {
                 .unwrap();
         }));
     }
-    queued(&server, "k", waiters).await;
+    queued(&server, "k", waiters, SLACK * 4).await;
     let before = acquires(&server);
     let window = Duration::from_secs(4);
     tokio::time::sleep(window).await; // the measurement window, not a synchronisation
@@ -100,7 +91,7 @@ async fn a_waiter_behind_a_dead_one_is_granted_when_its_ticket_expires() {
             at
         })
     };
-    queued(&server, "k", 2).await;
+    queued(&server, "k", 2, SLACK * 4).await;
     held.release().await.unwrap();
     let granted = tokio::time::timeout(dead_for + SLACK * 4, waiter)
         .await
@@ -142,7 +133,7 @@ async fn a_look_again_that_crosses_the_release_handing_us_the_key_takes_it() {
         let waiter = Arc::clone(&waiter);
         tokio::spawn(async move { waiter.acquire("k", &opts(SLACK * 10)).await.unwrap() })
     };
-    queued(&server, "k", 1).await;
+    queued(&server, "k", 1, SLACK * 4).await;
     let operator = common::Operator::holding(&server, "SELECT 1 FROM fencelock.locks WHERE key = 'k' FOR UPDATE").await;
     let token = held.token().get();
     let release = tokio::spawn(held.release());
@@ -189,7 +180,7 @@ async fn a_handing_release_and_a_look_again_do_not_deadlock() {
         let lease = waiter.acquire("k", &opts(SLACK * 10)).await.unwrap();
         (waiter, lease)
     });
-    queued(&server, "k", 1).await;
+    queued(&server, "k", 1, SLACK * 4).await;
     let operator =
         common::Operator::holding(&server, "SELECT 1 FROM fencelock.waiters WHERE key = 'k' FOR UPDATE").await;
     let token = held.token().get();
@@ -233,7 +224,7 @@ async fn a_wait_on_a_key_found_contended_lately_starts_by_taking_a_ticket() {
     let first = holder.acquire("k", &opts(SLACK)).await.unwrap();
     let w = Arc::clone(&waiter);
     let waited = tokio::spawn(async move { w.acquire("k", &opts(SLACK * 10)).await.unwrap() });
-    queued(&server, "k", 1).await;
+    queued(&server, "k", 1, SLACK * 4).await;
     first.release().await.unwrap();
     tokio::time::timeout(SLACK * 4, waited)
         .await
@@ -304,7 +295,7 @@ async fn a_handed_grant_is_not_believed_valid_after_the_server_lets_it_go() {
         let lease = waiter.acquire("k", &opts(SLACK * 10)).await.unwrap();
         (waiter, lease)
     });
-    queued(&server, "k", 1).await;
+    queued(&server, "k", 1, SLACK * 4).await;
     let operator = common::Operator::holding(&server, "SELECT 1 FROM fencelock.locks WHERE key = 'k' FOR UPDATE").await;
     let waiting_for_the_row =
         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%fencelock.locks%'";
@@ -373,10 +364,10 @@ async fn a_waiter_behind_a_dropped_acquire_is_handed_the_key() {
     {
         let d = Arc::clone(&dropped);
         let earlier = tokio::spawn(async move { d.acquire("k", &opts(SLACK * 10)).await.map(drop) });
-        queued(&server, "k", 1).await;
+        queued(&server, "k", 1, SLACK * 4).await;
         earlier.abort();
         let _ = earlier.await;
-        queued(&server, "k", 0).await;
+        queued(&server, "k", 0, SLACK * 4).await;
     }
     let operator = common::Operator::holding(&server, "SELECT 1 FROM fencelock.locks WHERE key = 'k' FOR UPDATE").await;
     let first = {
@@ -439,7 +430,7 @@ async fn a_handed_grant_is_extended_to_the_ttl_on_the_server_at_once() {
         let lease = waiter.acquire("k", &long).await.unwrap();
         (waiter, lease)
     });
-    queued(&server, "k", 1).await;
+    queued(&server, "k", 1, SLACK * 4).await;
     held.release().await.unwrap();
     let (_waiter, lease) = tokio::time::timeout(SLACK * 4, waiting).await.unwrap().unwrap();
     let left = format!(
@@ -474,7 +465,7 @@ async fn with_handoff_off_a_close_does_not_hand_the_key_on() {
     // A long fallback poll: the waiter looks again only when woken.
     let waiter = PgLock::connect(&format!("{}&poll=10s", server.url())).await.unwrap();
     let waiting = tokio::spawn(async move { waiter.acquire("k", &opts(SLACK * 8)).await.map(|l| l.token()) });
-    queued(&server, "k", 1).await;
+    queued(&server, "k", 1, SLACK * 4).await;
     count_acquires(&server);
     holder.close().await.unwrap();
     let token = tokio::time::timeout(SLACK * 8, waiting)

@@ -8,7 +8,7 @@ use std::time::Duration;
 use fencelock_core::{DistributedLock, Lease, LockOptions};
 use fencelock_postgres::PgLock;
 use fencelock_testkit::pg_server::PgServer;
-use tokio::time::Instant;
+use fencelock_testkit::until::until_eq;
 
 /// Counts, from now on, the statements that write `fencelock.locks` (every acquire is
 /// one; the server's own count, with a statement-level trigger and a sequence): read it
@@ -44,18 +44,23 @@ pub async fn held_after_waiting(server: &PgServer, url: &str, key: &str, opts: &
         let lease = client.acquire(&k, &o).await.unwrap();
         (client, lease)
     });
-    let queued = format!("SELECT count(*) FROM fencelock.waiters WHERE key = '{key}'");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while server.psql(&queued) != "1" {
-        assert!(Instant::now() < deadline, "the second client did not queue");
-        tokio::time::sleep(Duration::from_millis(10)).await; // polling a condition, bounded
-    }
+    queued(server, key, 1, Duration::from_secs(10)).await; // the second client
     at_once.release().await.unwrap();
     first.close().await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), waiting)
         .await
         .expect("the waiting client was not granted")
         .unwrap()
+}
+
+/// Waits, at most `limit`, until key `key` (default schema) has `n` waiter tickets on the
+/// server.
+pub async fn queued(server: &PgServer, key: &str, n: usize, limit: Duration) {
+    let sql = format!("SELECT count(*) FROM fencelock.waiters WHERE key = '{key}'");
+    until_eq(&format!("waiter tickets of {key}"), limit, n.to_string(), || {
+        server.psql(&sql)
+    })
+    .await;
 }
 
 /// An operator's connection holding `rows` (a `SELECT … FOR UPDATE`) in an open
