@@ -247,20 +247,24 @@ async fn listen_moves_to_another_connection_when_the_listener_ends() {
     waiting.close().await.unwrap();
 }
 
-/// Makes the connection that carries `lease` silent: an operator's transaction locks the
-/// lease's row, and the lease's extend waits for it past the statement timeout (an
-/// `Unavailable`, temporary) — the connection is kept, for the lease is still valid. The
-/// operator keeps the row locked until it commits.
-async fn silence(server: &PgServer, lease: &Lease) -> common::Operator {
+/// Makes the connections that carry `leases` silent: an operator's transaction locks the
+/// leases' rows, and their extends (sent at once) wait for it past the statement timeout
+/// (an `Unavailable`, temporary) — the connections are kept, for the leases are still
+/// valid. The operator keeps the rows locked until it commits.
+async fn silence(server: &PgServer, leases: &[&Lease]) -> common::Operator {
+    let keys: Vec<String> = leases.iter().map(|l| format!("'{}'", l.key())).collect();
     let operator = common::Operator::holding(
         server,
-        &format!("SELECT 1 FROM fencelock.locks WHERE key = '{}' FOR UPDATE", lease.key()),
+        &format!(
+            "SELECT 1 FROM fencelock.locks WHERE key IN ({}) FOR UPDATE",
+            keys.join(",")
+        ),
     )
     .await;
-    let extended = lease.extend(Duration::from_secs(60)).await;
+    let extended = futures_util::future::join_all(leases.iter().map(|l| l.extend(Duration::from_secs(60)))).await;
     assert!(
-        matches!(&extended, Err(e) if e.is_temporary()),
-        "the extend was not held up past the timeout: {extended:?}"
+        extended.iter().all(|e| matches!(e, Err(e) if e.is_temporary())),
+        "the extends were not held up past the timeout: {extended:?}"
     );
     operator
 }
@@ -279,7 +283,7 @@ async fn a_silent_connection_kept_for_its_leases_gets_no_new_grants() {
         .unwrap();
     let held = locks.acquire("a", &opts()).await.unwrap();
     let pid = locks.lease_backend_pid(&held).expect("the granting connection");
-    let operator = silence(&server, &held).await;
+    let operator = silence(&server, &[&held]).await;
     assert!(held.is_held(), "the lease was lost with its silent connection");
     let next = tokio::time::timeout(STUCK, locks.try_acquire("b", &opts()))
         .await
@@ -318,7 +322,7 @@ async fn a_release_does_not_wait_behind_its_silent_connection() {
         Some(pid),
         "set-up: both leases through one connection"
     );
-    let operator = silence(&server, &stalled).await;
+    let operator = silence(&server, &[&stalled]).await;
     let release = tokio::time::timeout(STUCK, released.release())
         .await
         .expect("the release was stuck");
@@ -364,7 +368,7 @@ async fn a_silent_listener_is_replaced_so_a_release_still_wakes_the_waiter() {
         tokio::spawn(async move { waiting.acquire("k", &opts().with_wait(STUCK * 3)).await })
     };
     queued(&server, "k", 1, STUCK).await;
-    let operator = silence(&server, &stalled).await;
+    let operator = silence(&server, &[&stalled]).await;
     assert!(stalled.is_held(), "the lease was lost with its silent connection");
     held.release().await.unwrap();
     let lease = tokio::time::timeout(STUCK, waiter)
@@ -439,7 +443,7 @@ async fn a_single_silent_connection_gets_one_spare_until_it_answers_again() {
     let locks = connect_as(&server, app, "&connections=1").await;
     let stalled = locks.acquire("a", &opts()).await.unwrap();
     let pid = locks.lease_backend_pid(&stalled).expect("the granting connection");
-    let operator = silence(&server, &stalled).await;
+    let operator = silence(&server, &[&stalled]).await;
     let next = tokio::time::timeout(STUCK, locks.try_acquire("b", &opts()))
         .await
         .expect("the grant was stuck");
@@ -494,20 +498,7 @@ async fn the_spare_is_given_back_even_when_the_first_connection_holds_a_lease() 
     for lease in leases {
         lease.release().await.unwrap();
     }
-    let keys: Vec<String> = kept.iter().map(|l| format!("'{}'", l.key())).collect();
-    let operator = common::Operator::holding(
-        &server,
-        &format!(
-            "SELECT 1 FROM fencelock.locks WHERE key IN ({}) FOR UPDATE",
-            keys.join(",")
-        ),
-    )
-    .await;
-    let extended = futures_util::future::join_all(kept.iter().map(|l| l.extend(Duration::from_secs(60)))).await;
-    assert!(
-        extended.iter().all(|e| matches!(e, Err(e) if e.is_temporary())),
-        "the extends were not held up past the timeout: {extended:?}"
-    );
+    let operator = silence(&server, &kept.iter().collect::<Vec<_>>()).await;
     let spare = tokio::time::timeout(STUCK, locks.try_acquire("b", &opts()))
         .await
         .expect("the grant was stuck")
