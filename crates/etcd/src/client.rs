@@ -491,6 +491,25 @@ impl Cluster {
         }
     }
 
+    /// Whether a refusal "lease not found" of a request (`doing`) naming lease `id`
+    /// (`lease`, for the message) stands: reads the lease back
+    /// ([`lease_after_refusal`](Self::lease_after_refusal)). `Ok` when the refusal is taken
+    /// as true — the lease is gone here too, or the read failed (nothing learned).
+    ///
+    /// # Errors
+    /// `InvalidConfig`, final, when a member of another cluster answered: the lease is
+    /// alive in the cluster the connect met ([`refused_elsewhere`](Self::refused_elsewhere)),
+    /// or the read itself was answered from elsewhere.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a read changes nothing.
+    pub async fn refusal_stands(&self, id: i64, doing: &str, lease: &str) -> Result<()> {
+        match self.lease_after_refusal(id).await? {
+            LeaseRead::Alive => Err(self.refused_elsewhere(doing, lease)),
+            LeaseRead::Gone | LeaseRead::Unknown => Ok(()),
+        }
+    }
+
     /// The error of a request (`doing`) refused "lease not found" while the leases it
     /// named (`leases`, for the message) are alive in the cluster the connect met
     /// ([`lease_after_refusal`](Self::lease_after_refusal)): `InvalidConfig`, final — a

@@ -307,63 +307,59 @@ async fn holding(inner: &Arc<Inner>, opts: &LockOptions, own: bool) -> Result<Ho
 /// keep-alive notices); a waiting lease found gone — or either, when the reads cannot
 /// tell — is never handed out again. The error is temporary and names the lease.
 async fn refused_lease(inner: &Inner, session: &Session, waiting: Option<&WaitUse>, refused: LockError) -> LockError {
+    use LeaseRead::{Alive, Gone, Unknown};
     let cluster = &inner.cluster;
-    let gone = |read: Result<LeaseRead>| {
-        read.map(|r| match r {
-            LeaseRead::Gone => Some(true),
-            LeaseRead::Alive => Some(false),
-            LeaseRead::Unknown => None,
-        })
-    };
     let (s, w) = (session.id, waiting.map(WaitUse::id));
-    let (session_gone, waiting_gone) = match w {
-        None => (gone(cluster.lease_after_refusal(s).await), Ok(Some(false))),
+    let (session_read, waiting_read) = match w {
+        None => (cluster.lease_after_refusal(s).await, None),
         Some(w) => {
             let (rs, rw) = tokio::join!(cluster.lease_after_refusal(s), cluster.lease_after_refusal(w));
-            (gone(rs), gone(rw))
+            (rs, Some(rw))
         }
     };
-    let (session_gone, waiting_gone) = match (session_gone, waiting_gone) {
-        (Ok(Some(false)), Ok(Some(false))) => {
-            let leases = match w {
-                None => format!("the session lease {s:x}"),
-                Some(w) => format!("the session lease {s:x} and the waiting lease {w:x}"),
-            };
-            return cluster.refused_elsewhere("queueing for the lock", &leases);
-        }
+    let (session_read, waiting_read) = match (session_read, waiting_read.transpose()) {
         (Err(e), _) | (_, Err(e)) => return e,
-        (Ok(sg), Ok(wg)) => (sg, wg),
+        (Ok(sr), Ok(wr)) => (sr, wr),
     };
+    // The waiting lease's id beside what its read told.
+    let waiting_read = w.zip(waiting_read);
     let at = "when the queue put reached etcd";
-    let message = match (session_gone, waiting_gone, w) {
-        (Some(true), Some(true), Some(w)) => {
+    let message = match (session_read, waiting_read) {
+        (Alive, None) => {
+            return cluster.refused_elsewhere("queueing for the lock", &format!("the session lease {s:x}"))
+        }
+        (Alive, Some((w, Alive))) => {
+            return cluster.refused_elsewhere(
+                "queueing for the lock",
+                &format!("the session lease {s:x} and the waiting lease {w:x}"),
+            )
+        }
+        (Gone, Some((w, Gone))) => {
             format!("the session lease {s:x} and the waiting lease {w:x} were gone (expired or revoked) {at}")
         }
-        (Some(true), _, _) => {
+        (Gone, _) => {
             format!("the session lease {s:x} was gone (expired or revoked) {at}; the next try starts a new session")
         }
-        (_, Some(true), Some(w)) => {
+        (_, Some((w, Gone))) => {
             format!("the waiting lease {w:x} was gone (expired or revoked) {at}; the next try queues without it")
         }
-        (_, _, Some(w)) => format!(
+        (_, Some((w, _))) => format!(
             "the session lease {s:x} or the waiting lease {w:x} was gone (expired or revoked) {at}; which one could \
              not be told"
         ),
-        (_, _, None) => format!(
+        (Unknown, None) => format!(
             "the session lease {s:x} was gone (expired or revoked) {at} (not confirmed: reading it failed); the next \
              try starts a new session"
         ),
     };
     // Only the session lease named, and not read: taken as gone, as the refusal says.
-    if session_gone == Some(true) || (session_gone.is_none() && w.is_none()) {
+    if matches!((session_read, waiting_read), (Gone, _) | (Unknown, None)) {
         session.lease_found_gone(&message);
     }
-    if let Some(w) = w {
-        match waiting_gone {
-            Some(true) => session.waiting.gone(w),
-            Some(false) => {}
-            None => session.waiting.retire(w), // alive or not, not handed out again
-        }
+    match waiting_read {
+        Some((w, Gone)) => session.waiting.gone(w),
+        Some((w, Unknown)) => session.waiting.retire(w), // alive or not, not handed out again
+        Some((_, Alive)) | None => {}
     }
     tracing::debug!(%message, "queue put refused: lease not found");
     LockError::Backend {
@@ -487,13 +483,12 @@ pub(crate) async fn enqueue_with_value(
             // The lock's own lease, granted just before (that answer's header checked): a
             // refusal while it lives came from a member of another cluster.
             (Err(e), Holding::Own { lease, .. }) if crate::error::lease_gone(&e) => {
-                return Err(match inner.cluster.lease_after_refusal(*lease).await {
-                    Ok(LeaseRead::Alive) => inner
-                        .cluster
-                        .refused_elsewhere("queueing for the lock", &format!("the lock's own lease {lease:x}")),
-                    Ok(LeaseRead::Gone | LeaseRead::Unknown) => e,
-                    Err(other_cluster) => other_cluster,
-                });
+                let doing = "queueing for the lock";
+                let stands = inner
+                    .cluster
+                    .refusal_stands(*lease, doing, &format!("the lock's own lease {lease:x}"))
+                    .await;
+                return Err(stands.err().unwrap_or(e));
             }
             (resp, _) => resp?,
         };

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use crate::client::{Cluster, LeaseRead};
+use crate::client::Cluster;
 use crate::error::{kind, lease_gone, Kind};
 use crate::waiting_lease::WaitingLeases;
 
@@ -424,26 +424,20 @@ async fn keep_alive(session: std::sync::Weak<Session>, cluster: Cluster, granted
                 // read answered from elsewhere, and the session is kept while its TTL
                 // lasts — the next open, after a short pause that does not grow (each
                 // open is balanced anew), may reach a member of ours.
-                Err(e) if lease_gone(&e) => match cluster.lease_after_refusal(id).await {
-                    Ok(LeaseRead::Alive) => {
-                        tracing::warn!(
-                            lease = format_args!("{id:x}"),
-                            "{}",
-                            cluster.refused_elsewhere("opening the keep-alive stream", "the session lease")
-                        );
-                        backoff = Duration::from_millis(25);
-                        None
+                Err(e) if lease_gone(&e) => {
+                    let doing = "opening the keep-alive stream";
+                    match cluster.refusal_stands(id, doing, "the session lease").await {
+                        Ok(()) => {
+                            s.lose("the lease expired or was revoked on the server".into());
+                            return;
+                        }
+                        Err(elsewhere) => {
+                            tracing::warn!(lease = format_args!("{id:x}"), error = %elsewhere, "keep-alive stream refused \"lease not found\" by a member of another cluster; the session is kept");
+                            backoff = Duration::from_millis(25);
+                            None
+                        }
                     }
-                    Err(other_cluster) => {
-                        tracing::warn!(lease = format_args!("{id:x}"), error = %other_cluster, "keep-alive stream refused \"lease not found\"; reading the lease met another cluster");
-                        backoff = Duration::from_millis(25);
-                        None
-                    }
-                    Ok(LeaseRead::Gone | LeaseRead::Unknown) => {
-                        s.lose("the lease expired or was revoked on the server".into());
-                        return;
-                    }
-                },
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "keep-alive stream failed; retrying while the lease may live");
                     None

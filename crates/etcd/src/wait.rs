@@ -52,7 +52,7 @@ use etcd_client::{
 use fencelock_core::Result;
 use tokio::time::Instant;
 
-use crate::client::{Cluster, LeaseRead};
+use crate::client::Cluster;
 use crate::error::lease_gone;
 use crate::queue::{Holding, Queued};
 use crate::watch_stream::{Added, Subscription};
@@ -402,10 +402,10 @@ pub(crate) async fn keep_alive_once(c: &Cluster, lease: i64) -> Result<bool> {
         .await;
     match opened {
         Ok(()) => Ok(true),
-        Err(e) if lease_gone(&e) => match c.lease_after_refusal(lease).await? {
-            LeaseRead::Alive => Err(c.refused_elsewhere("keeping a lease alive", &format!("the lease {lease:x}"))),
-            LeaseRead::Gone | LeaseRead::Unknown => Ok(false),
-        },
+        Err(e) if lease_gone(&e) => c
+            .refusal_stands(lease, "keeping a lease alive", &format!("the lease {lease:x}"))
+            .await
+            .map(|()| false),
         Err(e) => Err(e),
     }
 }
