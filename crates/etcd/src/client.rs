@@ -23,13 +23,21 @@ async fn wrong_service(cfg: &EtcdConfig, e: fencelock_core::LockError) -> fencel
     if !matches!(e, fencelock_core::LockError::Unavailable { .. }) {
         return e;
     }
-    for endpoint in &cfg.endpoints {
-        if let Some(began) = answers_not_h2(endpoint, cfg.connect_timeout.min(std::time::Duration::from_secs(1))).await
-        {
-            return not_etcd(cfg, endpoint, &began);
+    first_not_etcd(cfg, &cfg.endpoints).await.unwrap_or(e)
+}
+
+/// The error ([`not_etcd`]) of the first of `endpoints` that answers in another protocol
+/// than HTTP/2 ([`answers_not_h2`], each asked in turn, bounded by the connect timeout
+/// and at most 1 s); `None` when none does.
+async fn first_not_etcd<E: AsRef<str>>(cfg: &EtcdConfig, endpoints: &[E]) -> Option<fencelock_core::LockError> {
+    let limit = cfg.connect_timeout.min(std::time::Duration::from_secs(1));
+    for endpoint in endpoints {
+        let endpoint = endpoint.as_ref();
+        if let Some(began) = answers_not_h2(endpoint, limit).await {
+            return Some(not_etcd(cfg, endpoint, &began));
         }
     }
-    e
+    None
 }
 
 /// The error of an endpoint that answered `began` in another protocol than HTTP/2
@@ -153,11 +161,8 @@ async fn one_cluster(cfg: &EtcdConfig, mut asks: Asks, met: Option<u64>) -> Resu
             }
         }
     }
-    let limit = cfg.connect_timeout.min(std::time::Duration::from_secs(1));
-    for endpoint in failed {
-        if let Some(began) = answers_not_h2(endpoint, limit).await {
-            return Err(not_etcd(cfg, endpoint, &began));
-        }
+    if let Some(e) = first_not_etcd(cfg, &failed).await {
+        return Err(e);
     }
     let first = ids.first().map(|(_, id)| *id).or(met).unwrap_or(0);
     let differ = ids.iter().any(|(_, id)| *id != first) || met.is_some_and(|m| m != first);
