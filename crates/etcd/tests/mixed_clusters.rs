@@ -6,10 +6,53 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 
-use fencelock_core::{DistributedLock, LockError, LockOptions};
+use std::future::Future;
+
+use fencelock_core::{DistributedLock, Lease, LockError, LockOptions};
 use fencelock_etcd::EtcdLock;
 use fencelock_testkit::etcd_server::EtcdCluster;
 use fencelock_testkit::keys::unique_key;
+
+/// Two independent single-member clusters, `a` and `b`, and what `connect` makes of the
+/// URL `etcd://{a's member},{b's member}{query}` while `b` is down — so the connect cannot
+/// check it — returned with `b` restarted: a client whose requests are balanced onto a
+/// member of another cluster than the one its connect met.
+async fn through_mixed_url<T, F, Fut>(query: &str, connect: F) -> (EtcdCluster, EtcdCluster, T)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = T>,
+{
+    let (a, mut b) = (EtcdCluster::single(), EtcdCluster::single());
+    let (ea, eb) = (a.endpoints()[0].clone(), b.endpoints()[0].clone());
+    b.kill(0);
+    let connected = connect(format!("etcd://{ea},{eb}{query}")).await;
+    b.restart(0);
+    (a, b, connected)
+}
+
+/// `key` acquired through a mixed URL ([`through_mixed_url`]), tried up to 40 times: a
+/// try answered by the other cluster must say so (`InvalidConfig`). `who` names the lock
+/// in a failure.
+async fn granted_through_mixed(lock: &EtcdLock, key: &str, opts: &LockOptions, who: &str) -> Lease {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match lock.try_acquire(key, opts).await {
+            Ok(Some(g)) => return g,
+            Ok(None) => panic!("{who}: {key} is nobody else's"),
+            Err(e) if tries < 40 => assert!(matches!(e, LockError::InvalidConfig { .. }), "{e}"),
+            Err(e) => panic!("{who}: not granted in 40 tries: {e}"),
+        }
+    }
+}
+
+/// Releases `g`, held through a mixed URL: its delete may be balanced onto the other
+/// cluster, and is then refused (`InvalidConfig`); the key expires with its lease.
+async fn release_or_refused(g: Lease) {
+    if let Err(e) = g.release().await {
+        assert!(matches!(e, LockError::InvalidConfig { .. }), "{e}");
+    }
+}
 
 /// (a) Two independent single-member clusters in one URL: `InvalidConfig` naming both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -33,13 +76,11 @@ async fn endpoints_of_two_clusters_are_refused_at_connect() {
 /// is held on the first cluster, no acquire through the mixed URL is ever granted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_of_another_cluster_met_later_never_grants() {
-    let (a, mut b) = (EtcdCluster::single(), EtcdCluster::single());
-    let (ea, eb) = (a.endpoints()[0].clone(), b.endpoints()[0].clone());
-    b.kill(0);
-    let mixed = EtcdLock::connect(&format!("etcd://{ea},{eb}?timeout=2s"))
-        .await
-        .unwrap();
-    b.restart(0);
+    let (a, _b, mixed) = through_mixed_url(
+        "?timeout=2s",
+        |url| async move { EtcdLock::connect(&url).await.unwrap() },
+    )
+    .await;
     let holder = EtcdLock::connect(&a.url("")).await.unwrap();
     let key = unique_key("mixed");
     let held = holder.acquire(&key, &LockOptions::new()).await.unwrap();
@@ -77,13 +118,11 @@ async fn a_member_of_another_cluster_met_later_never_grants() {
 /// session). Both the session lease (auto-renewed) and a lock's own lease (auto_renew off).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_from_another_cluster_says_so() {
-    let (a, mut b) = (EtcdCluster::single(), EtcdCluster::single());
-    let (ea, eb) = (a.endpoints()[0].clone(), b.endpoints()[0].clone());
-    b.kill(0);
-    let mixed = EtcdLock::connect(&format!("etcd://{ea},{eb}?timeout=2s"))
-        .await
-        .unwrap();
-    b.restart(0);
+    let (a, _b, mixed) = through_mixed_url(
+        "?timeout=2s",
+        |url| async move { EtcdLock::connect(&url).await.unwrap() },
+    )
+    .await;
     let holder = EtcdLock::connect(&a.url("")).await.unwrap();
     let key = unique_key("mixed-refusal");
     let held = holder.acquire(&key, &LockOptions::new()).await.unwrap();
@@ -165,29 +204,18 @@ async fn an_endpoint_speaking_another_protocol_beside_a_member_is_refused() {
 /// endpoint: that none reaches the other cluster has odds of 1 in 64.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keep_alive_opened_at_another_cluster_keeps_the_session() {
-    let (a, mut b) = (EtcdCluster::single(), EtcdCluster::single());
-    let (ea, eb) = (a.endpoints()[0].clone(), b.endpoints()[0].clone());
-    b.kill(0);
-    let mut mixed = Vec::new();
-    for _ in 0..6 {
-        let url = format!("etcd://{ea},{eb}?timeout=2s&session_ttl=2s");
-        mixed.push(EtcdLock::connect(&url).await.unwrap());
-    }
-    b.restart(0);
+    let (_a, _b, mixed) = through_mixed_url("?timeout=2s&session_ttl=2s", |url| async move {
+        let mut mixed = Vec::new();
+        for _ in 0..6 {
+            mixed.push(EtcdLock::connect(&url).await.unwrap());
+        }
+        mixed
+    })
+    .await;
     let mut held = Vec::new();
     for (n, lock) in mixed.iter().enumerate() {
         let key = unique_key("mixed-keepalive");
-        let mut tries = 0;
-        let guard = loop {
-            tries += 1;
-            match lock.try_acquire(&key, &LockOptions::new()).await {
-                Ok(Some(g)) => break g,
-                Ok(None) => panic!("instance {n}: {key} is nobody else's"),
-                Err(e) if tries < 40 => assert!(matches!(e, LockError::InvalidConfig { .. }), "{e}"),
-                Err(e) => panic!("instance {n}: not granted in 40 tries: {e}"),
-            }
-        };
-        held.push(guard);
+        held.push(granted_through_mixed(lock, &key, &LockOptions::new(), &format!("instance {n}")).await);
     }
     let mut losses = tokio::task::JoinSet::new();
     for (i, g) in held.iter().enumerate() {
@@ -199,11 +227,7 @@ async fn a_keep_alive_opened_at_another_cluster_keeps_the_session() {
         panic!("lock {i} lost while its session lease lives in the cluster the connect met: {reason}");
     }
     for g in held {
-        // Its delete may be balanced onto the other cluster: refused, the key expires with
-        // the session when the instance is dropped.
-        if let Err(e) = g.release().await {
-            assert!(matches!(e, LockError::InvalidConfig { .. }), "{e}");
-        }
+        release_or_refused(g).await;
     }
 }
 
@@ -214,27 +238,16 @@ async fn a_keep_alive_opened_at_another_cluster_keeps_the_session() {
 /// cluster answered; the lock is never lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_extend_answered_by_another_cluster_does_not_lose_the_lock() {
-    let (a, mut b) = (EtcdCluster::single(), EtcdCluster::single());
-    let (ea, eb) = (a.endpoints()[0].clone(), b.endpoints()[0].clone());
-    b.kill(0);
-    let mixed = EtcdLock::connect(&format!("etcd://{ea},{eb}?timeout=2s"))
-        .await
-        .unwrap();
-    b.restart(0);
+    let (_a, _b, mixed) = through_mixed_url(
+        "?timeout=2s",
+        |url| async move { EtcdLock::connect(&url).await.unwrap() },
+    )
+    .await;
     let key = unique_key("mixed-extend");
     let opts = LockOptions::new()
         .with_auto_renew(false)
         .with_ttl(std::time::Duration::from_secs(30));
-    let mut tries = 0;
-    let g = loop {
-        tries += 1;
-        match mixed.try_acquire(&key, &opts).await {
-            Ok(Some(g)) => break g,
-            Ok(None) => panic!("{key} is nobody else's"),
-            Err(e) if tries < 40 => assert!(matches!(e, LockError::InvalidConfig { .. }), "{e}"),
-            Err(e) => panic!("not granted in 40 tries: {e}"),
-        }
-    };
+    let g = granted_through_mixed(&mixed, &key, &opts, "the lock").await;
     let (mut extended, mut other_cluster) = (0, 0);
     for i in 0..30 {
         match g.extend(std::time::Duration::from_secs(30)).await {
@@ -248,9 +261,7 @@ async fn an_extend_answered_by_another_cluster_does_not_lose_the_lock() {
     }
     eprintln!("extended {extended}, another cluster named {other_cluster}");
     assert!(extended > 0 && other_cluster > 0, "both endpoints must have answered");
-    if let Err(e) = g.release().await {
-        assert!(matches!(e, LockError::InvalidConfig { .. }), "{e}");
-    }
+    release_or_refused(g).await;
 }
 
 /// (g) An election observer reads the candidates (an answer with a header, checked) and
@@ -263,13 +274,11 @@ async fn an_extend_answered_by_another_cluster_does_not_lose_the_lock() {
 async fn an_election_observer_never_reports_another_clusters_leader() {
     use fencelock_core::election::Election;
     use fencelock_etcd::EtcdElection;
-    let (a, mut b) = (EtcdCluster::single(), EtcdCluster::single());
-    let (ea, eb) = (a.endpoints()[0].clone(), b.endpoints()[0].clone());
-    b.kill(0);
-    let mixed = EtcdElection::connect(&format!("etcd://{ea},{eb}?timeout=2s"))
-        .await
-        .unwrap();
-    b.restart(0);
+    let (_a, b, mixed) = through_mixed_url("?timeout=2s", |url| async move {
+        EtcdElection::connect(&url).await.unwrap()
+    })
+    .await;
+    let eb = b.endpoints()[0].clone();
     let name = unique_key("mixed-elect");
     // The other cluster: a history longer than ours, then a leader of its own.
     let mut raw = etcd_client::Client::connect([format!("http://{eb}")], None)
