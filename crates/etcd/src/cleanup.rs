@@ -54,13 +54,21 @@ where
 
 /// Revokes `lease`; a lease already gone counts as revoked. Revoking deletes every key on
 /// the lease, and a late put that names the lease fails afterwards ("lease not found").
+///
+/// A refusal "lease not found" carries no header: it may come from a member of another
+/// cluster (a URL naming two; [`crate::client::Answer`]), while the lease and its keys
+/// live on here. It is read back ([`Cluster::refusal_stands`]) before it counts as done.
+///
+/// # Errors
+/// The revoke's error; `InvalidConfig` when a member of another cluster refused it.
 pub(crate) async fn revoke(c: &Cluster, lease: i64) -> Result<()> {
+    let doing = "revoking a lease";
     match c
-        .call("revoking a lease", |mut cl| async move { cl.lease_revoke(lease).await })
+        .call(doing, |mut cl| async move { cl.lease_revoke(lease).await })
         .await
     {
         Ok(_) => Ok(()),
-        Err(e) if lease_gone(&e) => Ok(()),
+        Err(e) if lease_gone(&e) => c.refusal_stands(lease, doing, &format!("the lease {lease:x}")).await,
         Err(e) => Err(e),
     }
 }

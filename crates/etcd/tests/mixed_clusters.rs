@@ -264,6 +264,50 @@ async fn an_extend_answered_by_another_cluster_does_not_lose_the_lock() {
     release_or_refused(g).await;
 }
 
+/// (h) A revoke balanced onto the other cluster is refused there "lease not found" (our
+/// leases live only in the cluster the connect met): it must not count as done. Twelve
+/// instances each hold a lock through the mixed URL and are closed, which revokes the
+/// session lease in one request: a close that reports success has revoked it, so the lock
+/// is free at once in the cluster the connect met; a close that could not says another
+/// cluster answered. (That no revoke reaches the other cluster has odds of 1 in 4096.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_refused_by_another_cluster_is_not_taken_as_done() {
+    let (a, _b, mixed) = through_mixed_url("?timeout=2s", |url| async move {
+        let mut mixed = Vec::new();
+        for _ in 0..12 {
+            mixed.push(EtcdLock::connect(&url).await.unwrap());
+        }
+        mixed
+    })
+    .await;
+    let checker = EtcdLock::connect(&a.url("")).await.unwrap();
+    let (mut closed, mut refused) = (0, 0);
+    for (n, lock) in mixed.iter().enumerate() {
+        let key = unique_key("mixed-revoke");
+        let _held = granted_through_mixed(lock, &key, &LockOptions::new(), &format!("instance {n}")).await;
+        match lock.close().await {
+            Ok(()) => {
+                closed += 1;
+                let free = checker.try_acquire(&key, &LockOptions::new()).await.unwrap();
+                let free = free.unwrap_or_else(|| {
+                    panic!("instance {n}: closed, yet its lock on {key} is still held in the cluster its connect met")
+                });
+                free.release().await.unwrap();
+            }
+            Err(e) => {
+                let text = fencelock_core::error::one_line(&e);
+                assert!(text.contains("different clusters"), "instance {n}: {text}");
+                refused += 1;
+            }
+        }
+    }
+    eprintln!("closed {closed}, refused {refused}");
+    assert!(
+        refused > 0,
+        "no revoke reached the other cluster in 12 closes; the test proved nothing"
+    );
+}
+
 /// (g) An election observer reads the candidates (an answer with a header, checked) and
 /// then follows a watch from that read's revision — a watch stream of its own, whose
 /// answers must be checked one by one as the waits' shared stream's are. Here the other
