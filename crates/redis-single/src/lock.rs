@@ -251,8 +251,7 @@ impl RedisLock {
                 slot.insert(Queued {
                     node: self.node.clone(),
                     key: key.to_owned(),
-                    ttl: opts.ttl(),
-                    wait: opts.wait(),
+                    leave_for: opts.ttl().max(opts.wait()),
                     sub,
                     grant,
                     entry: String::new(),
@@ -361,9 +360,9 @@ const NEXT_MARGIN: Duration = Duration::from_millis(5);
 pub(crate) struct Queued {
     node: RedisNode,
     key: String,
-    ttl: Duration,
-    /// The wait its turns queue it with: its entry lapses that long after a turn.
-    wait: Duration,
+    /// How long a give-up sends its `LEAVE`: the longer of the TTL (a lock granted to
+    /// this wait lasts that long) and the wait (its entry lapses that long after a turn).
+    leave_for: Duration,
     sub: NodeSubscription,
     grant: GrantId,
     entry: String,
@@ -376,7 +375,7 @@ impl Drop for Queued {
     fn drop(&mut self) {
         if !self.done {
             self.node
-                .leave_later(&self.key, self.grant.as_str(), &self.entry, self.ttl, self.wait);
+                .leave_later(&self.key, self.grant.as_str(), &self.entry, self.leave_for);
         }
     }
 }

@@ -976,14 +976,14 @@ impl RedisNode {
     /// A waiter gives up, in the background (the `LEAVE` script, sent again while no
     /// answer comes): its queue entry goes, and a lock that holds `grant` — granted to it
     /// directly by a release, reserved for it, or claimed by an answer that never came — is
-    /// released and handed to the next waiter. `ttl`: the waiter's TTL; `wait`: the wait
-    /// its turns queued it with. Sent until the server answers or the longer of the two
-    /// has passed (every 1 s once the pause has grown): a lock granted to it lasts `ttl`,
-    /// and its queue entry lapses at most `wait` after its last turn, which came before
-    /// this give-up, so no try stops while the entry can still be granted the lock.
-    pub fn leave_later(&self, key: &str, grant: &str, entry: &str, ttl: Duration, wait: Duration) {
+    /// released and handed to the next waiter. Sent until the server answers or `leave_for`
+    /// has passed (every 1 s once the pause has grown). Callers pass the longer of the
+    /// waiter's TTL and its wait: a lock granted to it lasts the TTL, and its queue entry
+    /// lapses at most a wait after its last turn, which came before this give-up, so no try
+    /// stops while the entry can still be granted the lock.
+    pub fn leave_later(&self, key: &str, grant: &str, entry: &str, leave_for: Duration) {
         let (k, grant, entry) = (key.to_owned(), grant.to_owned(), entry.to_owned());
-        self.follow_up(key, "leaving the queue", ttl.max(wait), move |node| {
+        self.follow_up(key, "leaving the queue", leave_for, move |node| {
             let (k, grant, entry) = (k.clone(), grant.clone(), entry.clone());
             async move {
                 let mut invocation = LEAVE.call();

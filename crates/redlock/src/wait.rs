@@ -30,9 +30,9 @@ pub(crate) struct Queued {
     at: usize,
     primary: RedisNode,
     key: String,
-    ttl: Duration,
-    /// The wait its turns queue it with: its entry lapses that long after a turn.
-    wait: Duration,
+    /// How long a give-up sends its `LEAVE`: the longer of the TTL (a lock granted to
+    /// this wait lasts that long) and the wait (its entry lapses that long after a turn).
+    leave_for: Duration,
     sub: NodeSubscription,
     grant: GrantId,
     entry: String,
@@ -43,7 +43,7 @@ impl Drop for Queued {
     fn drop(&mut self) {
         if !self.done {
             self.primary
-                .leave_later(&self.key, self.grant.as_str(), &self.entry, self.ttl, self.wait);
+                .leave_later(&self.key, self.grant.as_str(), &self.entry, self.leave_for);
         }
     }
 }
@@ -115,8 +115,7 @@ impl RedlockLock {
                         at,
                         primary,
                         key: key.to_owned(),
-                        ttl: opts.ttl(),
-                        wait: opts.wait(),
+                        leave_for: opts.ttl().max(opts.wait()),
                         sub,
                         grant,
                         entry: String::new(),
