@@ -383,8 +383,9 @@ async fn a_give_up_is_sent_while_its_queue_entry_lives_not_only_for_its_ttl() {
     // Its connections are cut and new ones refused (a blackhole would only hold the
     // LEAVE back and deliver it later).
     proxy.set(Mode::Reset);
-    waiting.abort(); // gives up: its LEAVE is tried in the background, in vain
-                     // The outage outlasts the waiter's TTL (not a synchronisation: the fault's length).
+    // It gives up: its LEAVE is tried in the background, in vain.
+    waiting.abort();
+    // The outage outlasts the waiter's TTL (not a synchronisation: the fault's length).
     tokio::time::sleep(ttl * 2).await;
     assert_eq!(queue_len(), 1, "the LEAVE got through the outage");
     proxy.set(Mode::Pass);
