@@ -234,7 +234,7 @@ async fn killed_waiter_delay(pattern: bool) -> Duration {
     proxy.set(Mode::Reset);
     dead.abort();
     until("the server saw the dead subscriber go", Duration::from_secs(5), || {
-        pubsub_clients(&server) <= 1
+        server.channel_subscribers() <= 1
     })
     .await;
     let released_at = Instant::now();
@@ -246,15 +246,6 @@ async fn killed_waiter_delay(pattern: bool) -> Duration {
     lease.release().await.unwrap();
     drop(watcher);
     granted_at - released_at
-}
-
-/// Clients of the server subscribed to some channel (`CLIENT LIST`, `sub=` above 0).
-fn pubsub_clients(server: &RedisServer) -> usize {
-    server
-        .command("CLIENT LIST")
-        .lines()
-        .filter(|l| l.split(' ').any(|f| f.strip_prefix("sub=").is_some_and(|n| n != "0")))
-        .count()
 }
 
 /// Issue 14, direct hand-off: a release grants the lock to the queue head itself (full

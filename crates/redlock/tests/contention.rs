@@ -97,6 +97,15 @@ async fn commands_per_hand_off_do_not_grow_with_waiters() {
     );
 }
 
+/// The length of `key`'s queue: it lives on the key's primary only, so the sum over the
+/// nodes.
+fn queue_len(servers: &[RedisServer], key: &str) -> i64 {
+    servers
+        .iter()
+        .map(|s| s.integer(&format!("LLEN fencelock:{{{key}}}:queue")).unwrap_or(0))
+        .sum()
+}
+
 /// A fault proxy in front of each server, and the `H1:P1,H2:P2,...` list that names the
 /// nodes through them (another spelling of the same servers).
 async fn proxied(servers: &[RedisServer]) -> (Vec<fencelock_testkit::proxy::FaultProxy>, String) {
@@ -113,30 +122,20 @@ async fn proxied(servers: &[RedisServer]) -> (Vec<fencelock_testkit::proxy::Faul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_queued_waiter_costs_at_most_one_claim_window() {
     use fencelock_testkit::proxy::Mode;
+    use fencelock_testkit::until::until;
     use tokio::time::Instant;
     let servers = start_many(5);
     let (proxies, hosts) = proxied(&servers).await;
     let holder = connect(&servers, "").await;
     let doomed = RedlockLock::connect(&format!("redlock://{hosts}")).await.unwrap();
     let next = connect(&servers, "").await;
-    // The queue lives on the key's primary only: the sum over the nodes is its length.
-    let queued = || -> i64 {
-        servers
-            .iter()
-            .map(|s| s.integer("LLEN fencelock:{k}:queue").unwrap_or(0))
-            .sum()
-    };
-    let until_queued = |n: i64| async move {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while queued() < n {
-            assert!(Instant::now() < deadline, "{n} waiter(s) never queued");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
 
     let lease = holder.acquire("k", &opts()).await.unwrap();
     let dead = tokio::spawn(async move { doomed.acquire("k", &opts()).await });
-    until_queued(1).await;
+    until("the waiter queued", Duration::from_secs(5), || {
+        queue_len(&servers, "k") >= 1
+    })
+    .await;
     for p in &proxies {
         p.set(Mode::Blackhole);
     }
@@ -145,7 +144,10 @@ async fn a_dead_queued_waiter_costs_at_most_one_claim_window() {
         let lease = next.acquire("k", &opts()).await.unwrap();
         (Instant::now(), lease)
     });
-    until_queued(2).await;
+    until("the second waiter queued", Duration::from_secs(5), || {
+        queue_len(&servers, "k") >= 2
+    })
+    .await;
     let released_at = Instant::now();
     lease.release().await.unwrap();
     let (granted_at, lease) = tokio::time::timeout(Duration::from_secs(10), waiting)
@@ -177,34 +179,23 @@ async fn a_killed_queued_waiter_costs_no_claim_window_while_a_pattern_subscriber
     let holder = connect(&servers, "").await;
     let doomed = RedlockLock::connect(&format!("redlock://{hosts}")).await.unwrap();
     let next = connect(&servers, "").await;
-    // The queue lives on the key's primary only: the sum over the nodes is its length.
-    let queued = || -> i64 {
-        servers
-            .iter()
-            .map(|s| s.integer("LLEN fencelock:{k}:queue").unwrap_or(0))
-            .sum()
-    };
-    // Channel subscribers (`sub=` above 0 in `CLIENT LIST`) over the nodes.
-    let subscribed = || -> usize {
-        servers
-            .iter()
-            .map(|s| {
-                s.command("CLIENT LIST")
-                    .lines()
-                    .filter(|l| l.split(' ').any(|f| f.strip_prefix("sub=").is_some_and(|n| n != "0")))
-                    .count()
-            })
-            .sum()
-    };
+    // Channel subscribers over the nodes.
+    let subscribed = || -> usize { servers.iter().map(RedisServer::channel_subscribers).sum() };
 
     let lease = holder.acquire("k", &opts()).await.unwrap();
     let dead = tokio::spawn(async move { doomed.acquire("k", &opts()).await });
-    until("the waiter queued", Duration::from_secs(5), || queued() >= 1).await;
+    until("the waiter queued", Duration::from_secs(5), || {
+        queue_len(&servers, "k") >= 1
+    })
+    .await;
     let waiting = tokio::spawn(async move {
         let lease = next.acquire("k", &opts()).await.unwrap();
         (Instant::now(), lease)
     });
-    until("the second waiter queued", Duration::from_secs(5), || queued() >= 2).await;
+    until("the second waiter queued", Duration::from_secs(5), || {
+        queue_len(&servers, "k") >= 2
+    })
+    .await;
     let live = subscribed();
     for p in &proxies {
         p.set(Mode::Reset);

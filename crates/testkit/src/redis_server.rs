@@ -204,6 +204,15 @@ impl RedisServer {
             .map_or(0, |n| n.saturating_sub(1))
     }
 
+    /// Clients subscribed to some channel now (`sub=` above 0 in `CLIENT LIST`; a pattern
+    /// subscription alone, `psub=`, does not count).
+    pub fn channel_subscribers(&self) -> usize {
+        self.command("CLIENT LIST")
+            .lines()
+            .filter(|l| l.split(' ').any(|f| f.strip_prefix("sub=").is_some_and(|n| n != "0")))
+            .count()
+    }
+
     /// The integer reply of an inline command (`EXISTS k`, `DEL k`, `DBSIZE`); `None` when
     /// the reply is not an integer.
     pub fn integer(&self, inline: &str) -> Option<i64> {
