@@ -12,7 +12,7 @@ use std::time::Duration;
 use fencelock_core::{DistributedLock, LockOptions};
 use fencelock_redis::RedisLock;
 use fencelock_testkit::proxy::{FaultProxy, Mode};
-use fencelock_testkit::redis_server::RedisServer;
+use fencelock_testkit::redis_server::{hand_off_delay, RedisServer};
 use fencelock_testkit::until::until;
 use tokio::time::Instant;
 
@@ -171,13 +171,7 @@ async fn a_cut_off_queued_waiter_costs_at_most_its_ttl() {
         (Instant::now(), lease)
     });
     until("the second waiter queued", Duration::from_secs(5), || queue_len() >= 2).await;
-    let released_at = Instant::now();
-    lease.release().await.unwrap();
-    let (granted_at, lease) = tokio::time::timeout(Duration::from_secs(10), waiting)
-        .await
-        .expect("the live waiter got its turn")
-        .unwrap();
-    let delay = granted_at - released_at;
+    let (delay, lease) = hand_off_delay(lease, waiting).await;
     eprintln!("a cut-off queued waiter delayed the next by {delay:?}");
     assert!(
         delay <= doomed_ttl + poll * 8 + Duration::from_millis(500),
@@ -237,15 +231,10 @@ async fn killed_waiter_delay(pattern: bool) -> Duration {
         server.channel_subscribers() <= 1
     })
     .await;
-    let released_at = Instant::now();
-    lease.release().await.unwrap();
-    let (granted_at, lease) = tokio::time::timeout(Duration::from_secs(10), waiting)
-        .await
-        .expect("the live waiter got its turn")
-        .unwrap();
+    let (delay, lease) = hand_off_delay(lease, waiting).await;
     lease.release().await.unwrap();
     drop(watcher);
-    granted_at - released_at
+    delay
 }
 
 /// Issue 14, direct hand-off: a release grants the lock to the queue head itself (full

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use fencelock_core::{DistributedLock, LockOptions};
 use fencelock_redlock::RedlockLock;
-use fencelock_testkit::redis_server::{redlock_url, start_many, RedisServer};
+use fencelock_testkit::redis_server::{hand_off_delay, redlock_url, start_many, RedisServer};
 
 fn opts() -> LockOptions {
     LockOptions::new()
@@ -148,13 +148,7 @@ async fn a_dead_queued_waiter_costs_at_most_one_claim_window() {
         queue_len(&servers, "k") >= 2
     })
     .await;
-    let released_at = Instant::now();
-    lease.release().await.unwrap();
-    let (granted_at, lease) = tokio::time::timeout(Duration::from_secs(10), waiting)
-        .await
-        .expect("the live waiter got its turn")
-        .unwrap();
-    let delay = granted_at - released_at;
+    let (delay, lease) = hand_off_delay(lease, waiting).await;
     eprintln!("a dead queued waiter delayed the next by {delay:?}");
     assert!(
         delay <= fencelock_redis::HANDOFF_CLAIM + Duration::from_millis(500),
@@ -205,13 +199,7 @@ async fn a_killed_queued_waiter_costs_no_claim_window_while_a_pattern_subscriber
         subscribed() < live
     })
     .await;
-    let released_at = Instant::now();
-    lease.release().await.unwrap();
-    let (granted_at, lease) = tokio::time::timeout(Duration::from_secs(10), waiting)
-        .await
-        .expect("the live waiter got its turn")
-        .unwrap();
-    let delay = granted_at - released_at;
+    let (delay, lease) = hand_off_delay(lease, waiting).await;
     eprintln!("a killed queued waiter (pattern subscriber listening) delayed the next by {delay:?}");
     assert!(
         delay < fencelock_redis::HANDOFF_CLAIM / 2,

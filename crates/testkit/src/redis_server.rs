@@ -280,6 +280,25 @@ pub fn start_many(n: usize) -> Vec<RedisServer> {
     (0..n).map(|_| RedisServer::start()).collect()
 }
 
+/// Releases `lease` and waits for `waiting`, a queued waiter's task that returns the
+/// instant it was granted the lock and its lease: the time from the release to that
+/// grant (what a hand-off cost), and the waiter's lease.
+///
+/// # Panics
+/// When the release fails, or the waiter was not granted within 10 s or its task panicked.
+pub async fn hand_off_delay(
+    lease: fencelock_core::Lease,
+    waiting: tokio::task::JoinHandle<(tokio::time::Instant, fencelock_core::Lease)>,
+) -> (Duration, fencelock_core::Lease) {
+    let released_at = tokio::time::Instant::now();
+    lease.release().await.unwrap();
+    let (granted_at, lease) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the live waiter got its turn")
+        .unwrap();
+    (granted_at - released_at, lease)
+}
+
 impl RedisServer {
     /// Calls per command since start (or the last `CONFIG RESETSTAT`), from `INFO
     /// commandstats`: lower-case command name → calls. Commands run inside scripts count
