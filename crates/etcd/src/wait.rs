@@ -208,6 +208,7 @@ impl Watches {
 }
 
 /// What the wait for a push ended with.
+#[derive(Debug, PartialEq)]
 enum Woken {
     /// Every older key is gone: ours is first.
     First,
@@ -314,20 +315,11 @@ async fn wait_push(
                     w.forget();
                     return Ok(Some(Woken::Look));
                 }
-                for e in r.events() {
-                    if e.event_type() == EventType::Delete {
-                        // Only a delete after the read counts. Every key we watch (and our
-                        // own) was alive at `seen`; a delete of the same name at or before
-                        // it belongs to an older key under a reused queue name, replayed by
-                        // a member that was behind the read (a watch "from now" starts at
-                        // the serving member's revision). Counted, it made a waiter first
-                        // in line beside a live holder: one overlap in the 3-member
-                        // conformance run (mutual_exclusion_under_contention).
-                        if let Some(kv) = e.kv().filter(|kv| kv.mod_revision() > seen) {
-                            w.deleted.insert(kv.key().to_vec());
-                        }
-                    }
-                }
+                let events = r
+                    .events()
+                    .iter()
+                    .filter_map(|e| e.kv().map(|kv| (e.event_type(), kv.key(), kv.mod_revision())));
+                note_deletes(&mut w.deleted, events, seen);
             }
             Ok(None) => {
                 w.forget(); // the stream broke
@@ -344,32 +336,84 @@ async fn wait_push(
                 continue;
             }
         }
-        if w.deleted.contains(q.key.as_bytes()) {
-            return Ok(None); // our key went: queue again
-        }
-        if !w.pending.is_empty() {
-            continue; // not every watch is in place yet
-        }
-        if w.late {
-            return Ok(Some(Woken::Look)); // a watch began after the read: look again
-        }
-        let left = known.iter().filter(|k| !w.deleted.contains(*k)).count();
-        if left == 0 && !more {
-            return Ok(Some(Woken::First));
-        }
-        if left < known.len() && more {
-            return Ok(Some(Woken::Look)); // older keys may be left: see which
-        }
-        if left > 0 && known.first().is_some_and(|k| w.deleted.contains(k)) {
-            // The key just before ours went while an older one is not known gone: keys
-            // left out of order (a waiter gave up), or the older key's event is held back —
-            // events come in revision order only from watches etcd keeps "synced", and a
-            // watch created while a write was applied waits in etcd's unsynced group for
-            // its next sync, up to 100 ms (mvcc `syncWatchersLoop`). One read settles it.
-            return Ok(Some(Woken::Look));
+        match after_push(&w.deleted, q.key.as_bytes(), known, more, !w.pending.is_empty(), w.late) {
+            Next::Wait => {}
+            Next::OwnGone => return Ok(None), // our key went: queue again
+            Next::Wake(woken) => return Ok(Some(woken)),
         }
     }
     Ok(Some(Woken::Look))
+}
+
+/// Notes in `deleted` the keys that `events` (type, key, mod revision of each pushed watch
+/// event) say are gone for good, for a wait whose last read was at revision `seen`.
+///
+/// Only a delete after the read counts. Every key we watch (and our own) was alive at
+/// `seen`; a delete of the same name at or before it belongs to an older key under a
+/// reused queue name, replayed by a member that was behind the read (a watch "from now"
+/// starts at the serving member's revision). Counted, it made a waiter first in line
+/// beside a live holder: one overlap in the 3-member conformance run
+/// (mutual_exclusion_under_contention).
+fn note_deletes<'a>(
+    deleted: &mut HashSet<Vec<u8>>,
+    events: impl IntoIterator<Item = (EventType, &'a [u8], i64)>,
+    seen: i64,
+) {
+    for (event_type, key, mod_revision) in events {
+        if event_type == EventType::Delete && mod_revision > seen {
+            deleted.insert(key.to_vec());
+        }
+    }
+}
+
+/// What [`wait_push`] does after a message of the watch stream.
+#[derive(Debug, PartialEq)]
+enum Next {
+    /// Nothing decided: wait for the next message.
+    Wait,
+    /// Our own key was deleted: queue again.
+    OwnGone,
+    /// The wait ends.
+    Wake(Woken),
+}
+
+/// The decision of [`wait_push`] after a message, from the keys known `deleted`, our own
+/// key `own`, the `known` older keys (youngest first) and whether older ones are left
+/// (`more`), whether some watch is still `pending` and whether one began after the read
+/// (`late`).
+fn after_push(
+    deleted: &HashSet<Vec<u8>>,
+    own: &[u8],
+    known: &[Vec<u8>],
+    more: bool,
+    pending: bool,
+    late: bool,
+) -> Next {
+    if deleted.contains(own) {
+        return Next::OwnGone;
+    }
+    if pending {
+        return Next::Wait; // not every watch is in place yet
+    }
+    if late {
+        return Next::Wake(Woken::Look); // a watch began after the read: look again
+    }
+    let left = known.iter().filter(|k| !deleted.contains(*k)).count();
+    if left == 0 && !more {
+        return Next::Wake(Woken::First);
+    }
+    if left < known.len() && more {
+        return Next::Wake(Woken::Look); // older keys may be left: see which
+    }
+    if left > 0 && known.first().is_some_and(|k| deleted.contains(k)) {
+        // The key just before ours went while an older one is not known gone: keys
+        // left out of order (a waiter gave up), or the older key's event is held back —
+        // events come in revision order only from watches etcd keeps "synced", and a
+        // watch created while a write was applied waits in etcd's unsynced group for
+        // its next sync, up to 100 ms (mvcc `syncWatchersLoop`). One read settles it.
+        return Next::Wake(Woken::Look);
+    }
+    Next::Wait
 }
 
 /// Our turn came: the validity's start. On the session it comes from the session (the
@@ -407,5 +451,114 @@ pub(crate) async fn keep_alive_once(c: &Cluster, lease: i64) -> Result<bool> {
             .await
             .map(|()| false),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A queue key as [`crate::config`] names it: `{dir}{instance}.{slot}`.
+    fn key(instance: u64, slot: u32) -> Vec<u8> {
+        format!("/fencelock/q/lock/{instance:016x}.{slot:08x}").into_bytes()
+    }
+
+    /// The keys of `deleted` as text, for a failure's message.
+    fn shown(deleted: &HashSet<Vec<u8>>) -> Vec<String> {
+        deleted
+            .iter()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect()
+    }
+
+    /// The incident of 8300c6a, event by event. Holder A (instance 1) released its key in
+    /// slot 0 at revision 16 and queued again at 18 under the same name (the lowest free
+    /// slot); waiter W (instance 2) queued at 20, its read saw A's live key as the one
+    /// ahead. W's watch "from now" was served by a member still at revision 15, which
+    /// replays the delete at 16 of A's *previous* key of that name. That delete must not
+    /// make W first: A still holds the lock.
+    #[test]
+    fn a_replayed_delete_of_an_older_key_under_a_reused_name_does_not_grant() {
+        let (a, w) = (key(1, 0), key(2, 0));
+        let seen = 20;
+        let known = vec![a.clone()];
+        let mut deleted = HashSet::new();
+        // The lagging member's replay: the old key's delete (the put at 18 is filtered out
+        // by the watch's NoPut).
+        note_deletes(&mut deleted, [(EventType::Delete, a.as_slice(), 16)], seen);
+        assert_eq!(
+            after_push(&deleted, &w, &known, false, false, false),
+            Next::Wait,
+            "a delete at revision 16 (before the read at {seen}) of an older key named like the \
+             live one ahead made the waiter first beside its holder; deleted = {:?}",
+            shown(&deleted)
+        );
+        // A's real release, after the read: now W is first.
+        note_deletes(&mut deleted, [(EventType::Delete, a.as_slice(), 23)], seen);
+        assert_eq!(
+            after_push(&deleted, &w, &known, false, false, false),
+            Next::Wake(Woken::First)
+        );
+    }
+
+    /// A delete at the read's own revision happened before (or as) the read saw the key
+    /// alive: it is an older key's, and does not count either.
+    #[test]
+    fn a_delete_at_the_read_revision_does_not_count() {
+        let a = key(1, 0);
+        let mut deleted = HashSet::new();
+        note_deletes(&mut deleted, [(EventType::Delete, a.as_slice(), 20)], 20);
+        assert!(deleted.is_empty(), "counted as gone: {:?}", shown(&deleted));
+        note_deletes(&mut deleted, [(EventType::Delete, a.as_slice(), 21)], 20);
+        assert_eq!(deleted, HashSet::from([a]));
+    }
+
+    /// Our own name may be reused too (the same instance, the same slot): the replayed
+    /// delete of our previous key must not end the wait as "our key went".
+    #[test]
+    fn a_replayed_delete_of_our_previous_key_does_not_end_the_wait() {
+        let (a, w) = (key(1, 0), key(2, 0));
+        let mut deleted = HashSet::new();
+        note_deletes(&mut deleted, [(EventType::Delete, w.as_slice(), 12)], 20);
+        assert_eq!(after_push(&deleted, &w, &[a], false, false, false), Next::Wait);
+        note_deletes(&mut deleted, [(EventType::Delete, w.as_slice(), 21)], 20);
+        assert_eq!(after_push(&deleted, &w, &[], false, false, false), Next::OwnGone);
+    }
+
+    /// Puts never count (the watches filter them out; were one to come through, it is
+    /// not a delete).
+    #[test]
+    fn a_put_is_not_a_delete() {
+        let a = key(1, 0);
+        let mut deleted = HashSet::new();
+        note_deletes(&mut deleted, [(EventType::Put, a.as_slice(), 30)], 20);
+        assert!(deleted.is_empty(), "counted as gone: {:?}", shown(&deleted));
+    }
+
+    /// Of three known keys, a replayed delete of the one just before ours (older name)
+    /// must not send the wait to read again as if it went, nor grant; the real delete of
+    /// every one does grant.
+    #[test]
+    fn replayed_deletes_among_three_known_keys_change_nothing() {
+        let w = key(4, 0);
+        let known = vec![key(3, 0), key(2, 0), key(1, 0)];
+        let mut deleted = HashSet::new();
+        let replay: Vec<(EventType, &[u8], i64)> = known
+            .iter()
+            .zip([17, 13, 9])
+            .map(|(k, r)| (EventType::Delete, k.as_slice(), r))
+            .collect();
+        note_deletes(&mut deleted, replay, 20);
+        assert_eq!(after_push(&deleted, &w, &known, false, false, false), Next::Wait);
+        let real: Vec<(EventType, &[u8], i64)> = known
+            .iter()
+            .zip([31, 27, 25])
+            .map(|(k, r)| (EventType::Delete, k.as_slice(), r))
+            .collect();
+        note_deletes(&mut deleted, real, 20);
+        assert_eq!(
+            after_push(&deleted, &w, &known, false, false, false),
+            Next::Wake(Woken::First)
+        );
     }
 }
