@@ -240,8 +240,50 @@ impl Operator {
     }
 }
 
+/// What the data of a waiter's node that names its waiting marker starts with (the
+/// marker's path follows).
+const MARKER_PREFIX: &[u8] = b"fencelock-waiting:";
+
 fn names_a_marker(data: &[u8]) -> bool {
-    data.starts_with(b"fencelock-waiting:")
+    data.starts_with(MARKER_PREFIX)
+}
+
+/// Starts an acquire of `k` by `locks` that waits up to three session timeouts.
+fn queue_up(locks: &ZkLock) -> tokio::task::JoinHandle<fencelock_core::Result<fencelock_core::Lease>> {
+    let locks = locks.clone();
+    tokio::spawn(async move { locks.acquire("k", &child_opts().with_wait(SESSION * 3)).await })
+}
+
+/// A fault proxy in front of the server of `ensemble`, and a client of `root` through it
+/// (session timeout [`SESSION`]).
+async fn set_up_behind_proxy(ensemble: &ZkEnsemble, root: &str) -> (FaultProxy, ZkLock) {
+    let proxy = FaultProxy::start(ensemble.port(0)).await;
+    let proxied = format!(
+        "zk://127.0.0.1:{}{root}?session_timeout={}s",
+        proxy.port(),
+        SESSION.as_secs()
+    );
+    let locks = ZkLock::connect(&proxied).await.unwrap();
+    (proxy, locks)
+}
+
+/// Releases `lease` (held by `first`); `next` (the acquire of `second`) is then served
+/// within [`SLACK`], with a higher token, and releases in turn.
+async fn release_and_serve_the_next(
+    lease: fencelock_core::Lease,
+    next: tokio::task::JoinHandle<fencelock_core::Result<fencelock_core::Lease>>,
+    first: &str,
+    second: &str,
+) {
+    let token = lease.token();
+    lease.release().await.unwrap();
+    let again = tokio::time::timeout(SLACK, next)
+        .await
+        .unwrap_or_else(|_| panic!("{second} is served after {first}"))
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{second} got the lock: {e:?}"));
+    assert!(again.token() > token, "{second} was granted before {first}'s token");
+    again.release().await.unwrap();
 }
 
 /// A standalone server, the URL of `root` on it (session timeout [`SESSION`]), two clients
@@ -283,10 +325,7 @@ async fn child_between(
     })
     .await;
     let watching = ensemble.watch_count(0).expect("wchs");
-    let next = tokio::spawn({
-        let live = live.clone();
-        async move { live.acquire("k", &child_opts().with_wait(SESSION * 3)).await }
-    });
+    let next = queue_up(live);
     // The live waiter watches its own node, the two before it and the child's marker.
     until_async("the live waiter queued and watching", SLACK, async || {
         op.nodes().await.len() == 3 && ensemble.watch_count(0).expect("wchs") >= watching + 4
@@ -307,33 +346,17 @@ async fn child_between(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_waiter_behind_a_cut_off_one_delays_the_rest_by_a_bounded_interval() {
     let (ensemble, url, holder, last, op) = set_up("/cut-waiter").await;
-    let proxy = FaultProxy::start(ensemble.port(0)).await;
-    let proxied = format!(
-        "zk://127.0.0.1:{}/cut-waiter?session_timeout={}s",
-        proxy.port(),
-        SESSION.as_secs()
-    );
-    let cut = ZkLock::connect(&proxied).await.unwrap();
+    let (proxy, cut) = set_up_behind_proxy(&ensemble, "/cut-waiter").await;
     let held = holder.acquire("k", &child_opts()).await.unwrap();
-    let mut dead = Proc::start("child_waits_for_k", &url);
-    until_async("the doomed waiter queued, naming its marker", SLACK * 2, async || {
-        let nodes = op.nodes().await;
-        nodes.len() == 2 && names_a_marker(&op.data(&nodes[1]).await)
-    })
-    .await;
-    // W: its waiting session is the one connection the proxy opens while it queues.
+    // W: its waiting session is the one connection the proxy opens while it queues (D
+    // connects around the proxy).
     let opened = proxy.connections();
-    let watching = ensemble.watch_count(0).expect("wchs");
-    let w = tokio::spawn({
-        let cut = cut.clone();
-        async move { cut.acquire("k", &child_opts().with_wait(SESSION * 3)).await }
-    });
-    // W watches its own node, the two before it and D's marker.
-    until_async("W queued, naming its marker, and watching", SLACK, async || {
+    // D queued, naming its marker; W behind it, watching its own node, the two before it
+    // and D's marker.
+    let (mut dead, w, _) = child_between(&ensemble, &op, &url, "child_waits_for_k", &cut).await;
+    until_async("W names its marker", SLACK, async || {
         let nodes = op.nodes().await;
-        nodes.len() == 3
-            && names_a_marker(&op.data(&nodes[2]).await)
-            && ensemble.watch_count(0).expect("wchs") >= watching + 4
+        nodes.len() == 3 && names_a_marker(&op.data(&nodes[2]).await)
     })
     .await;
     assert_eq!(
@@ -343,10 +366,7 @@ async fn a_dead_waiter_behind_a_cut_off_one_delays_the_rest_by_a_bounded_interva
     );
     let w_node = op.nodes().await[2].clone();
     let watching = ensemble.watch_count(0).expect("wchs");
-    let x = tokio::spawn({
-        let last = last.clone();
-        async move { last.acquire("k", &child_opts().with_wait(SESSION * 3)).await }
-    });
+    let x = queue_up(&last);
     // X watches its own node, the three before it and W's marker (the nearest).
     until_async("X queued and watching", SLACK, async || {
         op.nodes().await.len() == 4 && ensemble.watch_count(0).expect("wchs") >= watching + 5
@@ -387,15 +407,7 @@ async fn a_dead_waiter_behind_a_cut_off_one_delays_the_rest_by_a_bounded_interva
     })
     .await;
     assert!(!w.is_finished(), "W was served beside X");
-    let token = lease.token();
-    lease.release().await.unwrap();
-    let again = tokio::time::timeout(SLACK, w)
-        .await
-        .expect("W is served after X")
-        .unwrap()
-        .expect("W got the lock");
-    assert!(again.token() > token, "W was granted before X's token");
-    again.release().await.unwrap();
+    release_and_serve_the_next(lease, w, "X", "W").await;
     cut.close().await.unwrap();
     last.close().await.unwrap();
     holder.close().await.unwrap();
@@ -409,19 +421,10 @@ async fn a_dead_waiter_behind_a_cut_off_one_delays_the_rest_by_a_bounded_interva
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_whose_main_connection_drops_briefly_keeps_its_place() {
     let (ensemble, _url, holder, last, op) = set_up("/blip").await;
-    let proxy = FaultProxy::start(ensemble.port(0)).await;
-    let proxied = format!(
-        "zk://127.0.0.1:{}/blip?session_timeout={}s",
-        proxy.port(),
-        SESSION.as_secs()
-    );
-    let blinking = ZkLock::connect(&proxied).await.unwrap();
+    let (proxy, blinking) = set_up_behind_proxy(&ensemble, "/blip").await;
     let held = holder.acquire("k", &child_opts()).await.unwrap();
     let opened = proxy.connections();
-    let w = tokio::spawn({
-        let blinking = blinking.clone();
-        async move { blinking.acquire("k", &child_opts().with_wait(SESSION * 3)).await }
-    });
+    let w = queue_up(&blinking);
     until_async("W queued, naming its marker", SLACK, async || {
         let nodes = op.nodes().await;
         nodes.len() == 2 && names_a_marker(&op.data(&nodes[1]).await)
@@ -431,15 +434,12 @@ async fn a_waiter_whose_main_connection_drops_briefly_keeps_its_place() {
     let w_node = op.nodes().await[1].clone();
     let (w_data, stat) = op.0.get_data(&format!("/k/{w_node}")).await.unwrap();
     // The marker's path under the operator's chroot (the data names it with the chroot).
-    let marker = std::str::from_utf8(&w_data[b"fencelock-waiting:".len()..])
+    let marker = std::str::from_utf8(&w_data[MARKER_PREFIX.len()..])
         .unwrap()
         .strip_prefix("/blip")
         .unwrap()
         .to_owned();
-    let x = tokio::spawn({
-        let last = last.clone();
-        async move { last.acquire("k", &child_opts().with_wait(SESSION * 3)).await }
-    });
+    let x = queue_up(&last);
     until_async("X queued", SLACK, async || op.nodes().await.len() == 3).await;
 
     assert!(proxy.pin(opened, Mode::Pass), "W's waiting connection");
@@ -475,11 +475,7 @@ async fn a_waiter_whose_main_connection_drops_briefly_keeps_its_place() {
         "W was not served with the node it queued (it gave its place up?)"
     );
     assert!(!x.is_finished(), "X was served before W");
-    let token = lease.token();
-    lease.release().await.unwrap();
-    let next = tokio::time::timeout(SLACK, x).await.unwrap().unwrap().unwrap();
-    assert!(next.token() > token);
-    next.release().await.unwrap();
+    release_and_serve_the_next(lease, x, "W", "X").await;
     blinking.close().await.unwrap();
     last.close().await.unwrap();
     holder.close().await.unwrap();
@@ -671,10 +667,7 @@ async fn a_holder_paused_before_its_claim_never_overlaps_the_next() {
 async fn an_uncontended_grant_beside_a_wait_needs_no_claim() {
     let (_ensemble, _url, holder, waiter, op) = set_up("/uncontended").await;
     let held = holder.acquire("k", &child_opts()).await.unwrap();
-    let queued = tokio::spawn({
-        let waiter = waiter.clone();
-        async move { waiter.acquire("k", &child_opts()).await }
-    });
+    let queued = queue_up(&waiter);
     until_async("the waiter queued, naming its marker", SLACK, async || {
         let nodes = op.nodes().await;
         nodes.len() == 2 && names_a_marker(&op.data(&nodes[1]).await)
