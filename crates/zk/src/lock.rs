@@ -203,7 +203,8 @@ impl DistributedLock for ZkLock {
                 validate_key(key)?;
                 opts.validate_for_try()?;
                 let session = self.session().await?;
-                let q = enqueue(&session, &self.inner.cfg, key, &Pending::new(), None).await?;
+                let dir = self.inner.cfg.layout.dir(key, &self.inner.cfg.chroot);
+                let q = enqueue(&session, &self.inner.cfg, key, dir, &Pending::new(), None).await?;
                 let pos = position(&q).await?;
                 match pos.predecessor {
                     None => Ok(Some(grant::lease(key, opts, q, pos.sent_at).into_live()?)),
@@ -273,11 +274,15 @@ impl DistributedLock for ZkLock {
                     // last acquire here waited name the marker from their create (no
                     // request more); other creates name nothing, so a grant at once
                     // needs no claim.
-                    let named = match (opts.auto_renew(), cfg.layout.dir(key, &cfg.chroot)) {
-                        (true, Ok(dir)) => self.inner.waiting.current(&dir, &session).await,
+                    let dir = cfg.layout.dir(key, &cfg.chroot);
+                    let named = match (opts.auto_renew(), &dir) {
+                        (true, Ok(dir)) => self.inner.waiting.current(dir, &session).await,
                         _ => None,
                     };
-                    (enqueue(&session, &self.inner.cfg, key, pending, named).await?, false)
+                    (
+                        enqueue(&session, &self.inner.cfg, key, dir, pending, named).await?,
+                        false,
+                    )
                 }
             };
             if !kept_before {

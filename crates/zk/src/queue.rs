@@ -113,11 +113,14 @@ impl Pending {
 /// missing). The create runs
 /// in its own task, which waits for the client's answer however late it comes; this call
 /// waits at most two request timeouts (container and node) and returns `Unavailable`
-/// after that, leaving the create in `pending` for the next attempt.
+/// after that, leaving the create in `pending` for the next attempt. `dir`: `key`'s
+/// directory as the layout names it (`cfg.layout.dir`), computed once by the caller; its
+/// error is the create's.
 pub(crate) async fn enqueue(
     session: &Arc<Session>,
     cfg: &Arc<ZkConfig>,
     key: &str,
+    dir: Result<String>,
     pending: &Pending,
     named: Option<WaitingUse>,
 ) -> Result<Queued> {
@@ -128,7 +131,7 @@ pub(crate) async fn enqueue(
             let (tx, rx) = oneshot::channel();
             let (s, cfg2, key2, grant) = (Arc::clone(session), Arc::clone(cfg), key.to_owned(), pending.grant());
             session.cleanups.spawn("creating a lock node", async move {
-                let outcome = create(&s, &cfg2, &key2, &grant, named).await;
+                let outcome = create(&s, &cfg2, &key2, dir, &grant, named).await;
                 // A caller that gave up dropped the receiver: the node (if any) comes back
                 // here and its drop deletes it.
                 drop(tx.send(outcome));
@@ -164,12 +167,13 @@ async fn create(
     session: &Arc<Session>,
     cfg: &Arc<ZkConfig>,
     key: &str,
+    dir: Result<String>,
     grant: &GrantId,
     named: Option<WaitingUse>,
 ) -> Result<Queued> {
     let client = session.client()?;
     let data = named.as_ref().map(|u| u.reference().to_vec()).unwrap_or_default();
-    let dir = cfg.layout.dir(key, &cfg.chroot)?;
+    let dir = dir?;
     let name_prefix = cfg.layout.prefix(grant);
     let prefix = format!("{dir}/{name_prefix}");
     let node = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
@@ -605,10 +609,9 @@ async fn wait_for_turn(
     let mut deleted: HashSet<String> = HashSet::new();
     let mut watches: Vec<Watch> = Vec::new();
     let mut naming_tried = q.naming.lock().unwrap_or_else(|p| p.into_inner()).is_some();
-    let mut first_listing = true;
-    for _ in 0..100_000 {
+    for round in 0..100_000 {
         let pos = position(q).await?;
-        if std::mem::take(&mut first_listing) {
+        if round == 0 {
             // Whether this key is contended here: its next create names the marker if so.
             if let Some(namer) = namer {
                 namer.note(&q.dir, !pos.older.is_empty());
@@ -826,8 +829,9 @@ mod tests {
         let cfg = Arc::new(ZkConfig::from_url(&url).unwrap());
         let session = Session::connect(&cfg).await.unwrap();
         let pending = Pending::new();
-        let first = enqueue(&session, &cfg, "k", &pending, None).await.unwrap();
-        let second = enqueue(&session, &cfg, "k", &pending, None).await.unwrap();
+        let dir = || cfg.layout.dir("k", &cfg.chroot);
+        let first = enqueue(&session, &cfg, "k", dir(), &pending, None).await.unwrap();
+        let second = enqueue(&session, &cfg, "k", dir(), &pending, None).await.unwrap();
         let stem = |q: &Queued| q.name[..q.name.len() - 10].to_owned();
         assert_ne!(
             stem(&first),
