@@ -11,6 +11,7 @@ use fencelock_etcd::EtcdLock;
 use fencelock_testkit::etcd_server::{metrics, EtcdCluster};
 use fencelock_testkit::keys::unique_key;
 use fencelock_testkit::proxy::{FaultProxy, Mode};
+use fencelock_testkit::until::served;
 use tokio::time::Instant;
 
 /// etcd's gauge of watchers on member 0 (`etcd_debugging_mvcc_watcher_total`).
@@ -189,11 +190,7 @@ async fn queueing_costs_one_transaction() {
         }
         held.release().await.unwrap();
         for w in waiting {
-            let lease = tokio::time::timeout(Duration::from_secs(10), w)
-                .await
-                .expect("the waiter is served")
-                .unwrap()
-                .unwrap();
+            let lease = served("the waiter is served", Duration::from_secs(10), w).await;
             lease.release().await.unwrap();
         }
         // The grants' background moves (if they went before the releases) land now, not

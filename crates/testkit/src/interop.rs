@@ -295,11 +295,7 @@ pub async fn fencelock_kept_out(
 /// The lease the acquire from [`fencelock_kept_out`] is granted once the peer released
 /// (within 15 s).
 pub async fn served(waiter: tokio::task::JoinHandle<fencelock_core::Result<Lease>>) -> Lease {
-    tokio::time::timeout(STEP, waiter)
-        .await
-        .expect("fencelock is served")
-        .unwrap()
-        .unwrap()
+    crate::until::served("fencelock is served", STEP, waiter).await
 }
 
 /// node-redlock holds `key`, fencelock (`locks`, configured with the peer's layout) is

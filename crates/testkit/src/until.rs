@@ -56,6 +56,21 @@ pub async fn until_eq<T: PartialEq + Debug>(what: &str, limit: Duration, want: T
     }
 }
 
+/// Waits for the task `handle` (an acquire, say) to end, for at most `limit`, and returns
+/// its `Ok` value.
+///
+/// # Panics
+/// When the task has not ended within `limit`, panicked, or returned an error; `what` in
+/// the message.
+pub async fn served<T, E: Debug>(what: &str, limit: Duration, handle: tokio::task::JoinHandle<Result<T, E>>) -> T {
+    match tokio::time::timeout(limit, handle).await {
+        Err(_) => panic!("not within {limit:?}: {what}"),
+        Ok(Err(e)) => panic!("{what}: the task failed: {e}"),
+        Ok(Ok(Err(e))) => panic!("{what}: it returned an error: {e:?}"),
+        Ok(Ok(Ok(v))) => v,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +107,30 @@ mod tests {
     #[should_panic(expected = "not within 20ms: never")]
     async fn until_fails_with_what_it_waited_for() {
         until("never", Duration::from_millis(20), || false).await;
+    }
+
+    #[tokio::test]
+    async fn served_returns_the_task_s_value() {
+        let v = served(
+            "a task that answers",
+            Duration::from_secs(5),
+            tokio::spawn(async { Ok::<_, String>(7) }),
+        )
+        .await;
+        assert_eq!(v, 7);
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "not within 20ms: a task that never ends")]
+    async fn served_fails_after_the_limit() {
+        let never = tokio::spawn(std::future::pending::<Result<(), String>>());
+        served("a task that never ends", Duration::from_millis(20), never).await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "a refused task: it returned an error: \"no\"")]
+    async fn served_fails_on_the_task_s_error() {
+        let refused = tokio::spawn(async { Err::<(), _>("no".to_owned()) });
+        served("a refused task", Duration::from_secs(5), refused).await;
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use fencelock_core::{DistributedLock, LockOptions};
 use fencelock_testkit::proxy::{FaultProxy, Mode};
-use fencelock_testkit::until::until_async;
+use fencelock_testkit::until::{served, until_async};
 use fencelock_testkit::zk_server::ZkEnsemble;
 use fencelock_zk::ZkLock;
 use tokio::time::Instant;
@@ -277,11 +277,7 @@ async fn release_and_serve_the_next(
 ) {
     let token = lease.token();
     lease.release().await.unwrap();
-    let again = tokio::time::timeout(SLACK, next)
-        .await
-        .unwrap_or_else(|_| panic!("{second} is served after {first}"))
-        .unwrap()
-        .unwrap_or_else(|e| panic!("{second} got the lock: {e:?}"));
+    let again = served(&format!("{second} is served after {first}"), SLACK, next).await;
     assert!(again.token() > token, "{second} was granted before {first}'s token");
     again.release().await.unwrap();
 }
@@ -386,11 +382,7 @@ async fn a_dead_waiter_behind_a_cut_off_one_delays_the_rest_by_a_bounded_interva
     .await;
     let released = Instant::now();
     held.release().await.unwrap();
-    let lease = tokio::time::timeout(SESSION * 2, x)
-        .await
-        .expect("X is served within two session timeouts")
-        .unwrap()
-        .expect("X got the lock");
+    let lease = served("X is served within two session timeouts", SESSION * 2, x).await;
     let waited = released.elapsed();
     println!("X got the lock {waited:?} after the release, behind a dead waiter and a cut-off one");
     assert!(
@@ -464,11 +456,12 @@ async fn a_waiter_whose_main_connection_drops_briefly_keeps_its_place() {
     .await;
     proxy.set(Mode::Pass);
     held.release().await.unwrap();
-    let lease = tokio::time::timeout(SLACK, w)
-        .await
-        .expect("W is served in its place (not given up to X, which is then served first)")
-        .unwrap()
-        .expect("W got the lock");
+    let lease = served(
+        "W is served in its place (not given up to X, which is then served first)",
+        SLACK,
+        w,
+    )
+    .await;
     assert_eq!(
         i64::try_from(lease.token().get()).unwrap(),
         stat.czxid,
@@ -495,11 +488,12 @@ async fn a_waiter_killed_while_queued_delays_the_next_by_a_bounded_interval() {
     victim.kill();
     let released = Instant::now();
     held.release().await.unwrap();
-    let lease = tokio::time::timeout(SESSION * 2, next)
-        .await
-        .expect("the live waiter is served within two session timeouts")
-        .unwrap()
-        .expect("the live waiter got the lock");
+    let lease = served(
+        "the live waiter is served within two session timeouts",
+        SESSION * 2,
+        next,
+    )
+    .await;
     let waited = released.elapsed();
     println!("the live waiter got the lock {waited:?} after the release");
     assert!(
@@ -533,11 +527,7 @@ async fn a_paused_waiter_whose_node_was_removed_queues_again_and_never_holds_bes
         stopped.elapsed()
     );
     held.release().await.unwrap();
-    let lease = tokio::time::timeout(SLACK, next)
-        .await
-        .expect("the live waiter is served")
-        .unwrap()
-        .expect("the live waiter got the lock");
+    let lease = served("the live waiter is served", SLACK, next).await;
     paused.signal("-CONT");
     // It queues again, behind the holder: a new node, and no `granted` line yet.
     until_async("the resumed waiter queued again", SLACK, async || {
@@ -574,7 +564,7 @@ async fn a_paused_waiter_whose_node_was_removed_queues_again_and_never_holds_bes
 async fn a_holder_s_node_is_never_removed() {
     let (ensemble, url, first, live, op) = set_up("/claimed").await;
     let held = first.acquire("k", &child_opts()).await.unwrap();
-    let (proc, mut next, node) = child_between(&ensemble, &op, &url, "child_holds_k_until_told", &live).await;
+    let (proc, next, node) = child_between(&ensemble, &op, &url, "child_holds_k_until_told", &live).await;
     held.release().await.unwrap();
     let mut proc = proc;
     let token = proc.granted(SLACK).await.expect("the child is served");
@@ -597,11 +587,7 @@ async fn a_holder_s_node_is_never_removed() {
     );
     proc.signal("-CONT");
     proc.release_and_end();
-    let lease = tokio::time::timeout(SLACK, &mut next)
-        .await
-        .expect("the live waiter is served after the release")
-        .unwrap()
-        .unwrap();
+    let lease = served("the live waiter is served after the release", SLACK, next).await;
     assert!(lease.token().get() > token);
     lease.release().await.unwrap();
     live.close().await.unwrap();
@@ -627,11 +613,12 @@ async fn a_holder_paused_before_its_claim_never_overlaps_the_next() {
         names_a_marker(&op.data(&node).await),
         "the child claimed its node before it stopped"
     );
-    let lease = tokio::time::timeout(SLACK, next)
-        .await
-        .expect("the live waiter is served once the stopped holder's marker is gone")
-        .unwrap()
-        .expect("the live waiter got the lock");
+    let lease = served(
+        "the live waiter is served once the stopped holder's marker is gone",
+        SLACK,
+        next,
+    )
+    .await;
     let served = Instant::now();
     println!(
         "the stopped holder's validity ended {:?} before the live waiter was served",
@@ -684,10 +671,6 @@ async fn an_uncontended_grant_beside_a_wait_needs_no_claim() {
     assert!(!names_a_marker(&data), "the uncontended node names a marker");
     solo.release().await.unwrap();
     held.release().await.unwrap();
-    let lease = tokio::time::timeout(SLACK, queued)
-        .await
-        .expect("the waiter is served")
-        .unwrap()
-        .unwrap();
+    let lease = served("the waiter is served", SLACK, queued).await;
     lease.release().await.unwrap();
 }

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use fencelock_core::{DistributedLock, LockOptions};
+use fencelock_testkit::until::served;
 use fencelock_testkit::zk_server::ZkEnsemble;
 use fencelock_zk::ZkLock;
 use tokio::time::Instant;
@@ -146,11 +147,7 @@ async fn each_waiter_watches_one_waiting_marker() {
     assert_eq!(on_markers, [0, 1, 1], "markers watched by each of the three waiters");
     held.release().await.unwrap();
     for q in queued {
-        let lease = tokio::time::timeout(Duration::from_secs(10), q)
-            .await
-            .expect("each waiter is served")
-            .unwrap()
-            .unwrap();
+        let lease = served("each waiter is served", Duration::from_secs(10), q).await;
         lease.release().await.unwrap();
     }
 }
