@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use fencelock_core::{DistributedLock, LockOptions};
-use fencelock_testkit::until::served;
+use fencelock_testkit::until::{served, until};
 use fencelock_testkit::zk_server::ZkEnsemble;
 use fencelock_zk::ZkLock;
 use tokio::time::Instant;
@@ -120,19 +120,14 @@ async fn each_waiter_watches_one_waiting_marker() {
             async move { locks.acquire("k", &opts).await }
         }));
         let markers = i.min(1);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        // `until` takes its message before it looks: the label says what was wanted.
+        let what = format!("waiter {i} watched its {nodes} nodes and {markers} marker(s) (session {id})");
+        until(&what, Duration::from_secs(10), || {
             let watched = session_watches(&ensemble, &id);
             let on_markers = watched.iter().filter(|p| p.contains("/%waiting/")).count();
-            if watched.len() - on_markers >= nodes && on_markers >= markers {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "waiter {i} never watched its nodes and marker: {watched:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await; // polling the server's wchc
-        }
+            watched.len() - on_markers >= nodes && on_markers >= markers
+        })
+        .await;
         waiters.push((id, locks));
     }
     let on_markers: Vec<usize> = waiters
