@@ -153,19 +153,11 @@ pub fn start_on_free_ports<T>(what: &str, n: usize, mut start: impl FnMut(&[u16]
 /// request, and answers `400 Bad Request`.
 pub fn http_port() -> u16 {
     use std::io::{Read, Write};
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
-    let port = listener.local_addr().expect("local addr").port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().take(64) {
-            let Ok(mut conn) = conn else { continue };
-            std::thread::spawn(move || {
-                let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(5)));
-                let _ = conn.read(&mut [0u8; 1024]);
-                let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
-            });
-        }
-    });
-    port
+    serve_each_connection(|mut conn| {
+        let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+        let _ = conn.read(&mut [0u8; 1024]);
+        let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+    })
 }
 
 /// A port on 127.0.0.1 where a server greets first in MySQL's protocol — another
@@ -176,18 +168,25 @@ pub fn http_port() -> u16 {
 /// message tag it does not know.
 pub fn mysql_port() -> u16 {
     use std::io::{Read, Write};
+    let greeting = mysql_greeting();
+    serve_each_connection(move |mut conn| {
+        let _ = conn.write_all(&greeting);
+        let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+        let _ = conn.read(&mut [0u8; 1024]);
+    })
+}
+
+/// A port on 127.0.0.1 whose first 64 connections are each given to `serve` on a thread
+/// of its own (then it stops listening); the wrong services above are what `serve` does.
+fn serve_each_connection(serve: impl Fn(std::net::TcpStream) + Send + Sync + 'static) -> u16 {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
     let port = listener.local_addr().expect("local addr").port();
+    let serve = std::sync::Arc::new(serve);
     std::thread::spawn(move || {
-        let greeting = mysql_greeting();
         for conn in listener.incoming().take(64) {
-            let Ok(mut conn) = conn else { continue };
-            let greeting = greeting.clone();
-            std::thread::spawn(move || {
-                let _ = conn.write_all(&greeting);
-                let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(5)));
-                let _ = conn.read(&mut [0u8; 1024]);
-            });
+            let Ok(conn) = conn else { continue };
+            let serve = std::sync::Arc::clone(&serve);
+            std::thread::spawn(move || serve(conn));
         }
     });
     port
