@@ -102,7 +102,7 @@ impl RedlockConfig {
     /// same text: one server under two spellings is found by
     /// [`RedlockLock::connect`](crate::RedlockLock::connect), from the servers' `run_id`);
     /// `per_node_timeout` is outside 1 ms ..= 60 s; `retry_delay` is outside 1 ms ..= 10 min;
-    /// `restart_delay` is above 1 day; `drift_factor` is not a finite number in [0, 0.5)
+    /// `restart_delay` is neither 0 (off) nor within 1 ms ..= 1 day; `drift_factor` is not a finite number in [0, 0.5)
     /// (NaN would panic in the drift arithmetic, huge durations would overflow `Instant`);
     /// or a node's own options fail [`RedisConfig::validate`].
     pub fn validate(&self) -> Result<()> {
@@ -113,11 +113,11 @@ impl RedlockConfig {
         let ms = Duration::from_millis(1);
         url_query::check_range("per_node_timeout", self.per_node_timeout, ms, Duration::from_secs(60)).map_err(bad)?;
         url_query::check_range("retry_delay", self.retry_delay, ms, Duration::from_secs(600)).map_err(bad)?;
-        if self.restart_delay > Duration::from_secs(86_400) {
-            return Err(bad(format!(
-                "restart_delay must be at most 1 day, got {:?}",
-                self.restart_delay
-            )));
+        // 0 turns it off; anything else is counted in whole milliseconds by the scripts,
+        // so below 1 ms it would turn it off unsaid.
+        if !self.restart_delay.is_zero() {
+            url_query::check_range("restart_delay", self.restart_delay, ms, Duration::from_secs(86_400))
+                .map_err(|e| bad(format!("{e} (or 0s: off)")))?;
         }
         if !(self.drift_factor.is_finite() && (0.0..0.5).contains(&self.drift_factor)) {
             return Err(bad(format!(
