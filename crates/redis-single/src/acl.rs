@@ -24,8 +24,9 @@ use redis::aio::ConnectionManager;
 use redis::Value;
 
 /// Asks `redis.acl_check_cmd` about each command the scripts call (`KEYS[1]` a key and
-/// `ARGV[1]` a channel under the prefix); returns the refused ones, upper case. Nothing on
-/// a server without `redis.acl_check_cmd`.
+/// `ARGV[1]` a channel under the prefix; `ARGV[2]` = `1`: also `INFO server`, which the
+/// grant scripts read with a `restart_delay`); returns the refused ones, upper case.
+/// Nothing on a server without `redis.acl_check_cmd`.
 pub(crate) const PROBE: &str = r"
 if not redis.acl_check_cmd then return {} end
 local k, ch = KEYS[1], ARGV[1]
@@ -36,6 +37,7 @@ local probes = {
   {'lpop', k}, {'lpos', k, 'x'}, {'lpush', k, 'x'}, {'lrange', k, '0', '1'},
   {'lrem', k, '0', 'x'}, {'rpush', k, 'x'}, {'subscribe', ch}, {'pubsub', 'numsub', ch},
 }
+if ARGV[2] == '1' then table.insert(probes, {'info', 'server'}) end
 local refused = {}
 for _, p in ipairs(probes) do
   local ok, allowed = pcall(redis.acl_check_cmd, unpack(p))
@@ -57,7 +59,8 @@ const NO_SCRIPT: &str = "0000000000000000000000000000000000000000";
 /// Asks the server what of fencelock's commands the connection's user is refused, in one
 /// pipeline; `Ok` when nothing is, when only `PUBSUB NUMSUB` is (logged as a warning), or
 /// when no answer came within `timeout` (then the commands' own errors tell later).
-/// `prefix`: the keys' prefix; `server`: for messages.
+/// `prefix`: the keys' prefix; `server`: for messages; `info`: the scripts read `INFO
+/// server` (a `restart_delay`), so a refused `INFO` is refused configuration too.
 ///
 /// # Errors
 /// [`LockError::InvalidConfig`] naming what the user is refused.
@@ -66,6 +69,7 @@ pub(crate) async fn check(
     prefix: &str,
     server: &str,
     timeout: std::time::Duration,
+    info: bool,
 ) -> Result<(), LockError> {
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
@@ -73,7 +77,8 @@ pub(crate) async fn check(
         .arg(PROBE)
         .arg(1)
         .arg(format!("{prefix}{{acl-probe}}:lock"))
-        .arg(format!("{prefix}i:acl-probe"));
+        .arg(format!("{prefix}i:acl-probe"))
+        .arg(if info { "1" } else { "0" });
     pipe.cmd("EVALSHA").arg(NO_SCRIPT).arg(0);
     // Last and together: nothing of ours is queued inside the transaction.
     pipe.cmd("MULTI").cmd("EXEC");
@@ -100,6 +105,11 @@ pub(crate) async fn check(
     }
     if refused.is_empty() {
         return Ok(());
+    }
+    if let Some(info) = refused.iter_mut().find(|r| *r == "INFO") {
+        *info = "INFO (restart_delay is set: the grant scripts read the server's uptime from \
+                 INFO server; ACL: +info)"
+            .to_owned();
     }
     Err(LockError::invalid_config(format!(
         "the Redis user on {server} is refused what fencelock needs: {}; \

@@ -41,6 +41,10 @@ pub struct RedisConfig {
     pub renew_window: Duration,
     /// The key names: fencelock's own, or a peer library's (see [`RedisLayout`]).
     pub layout: RedisLayout,
+    /// Whether the grant scripts read `INFO server` (Redlock's `restart_delay` > 0): the
+    /// connect's ACL check then asks about `INFO` too. Set by
+    /// [`set_scripts_read_info`](Self::set_scripts_read_info).
+    pub(crate) scripts_read_info: bool,
 }
 
 /// Redis's own port, used when the URL gives none (and named in messages then).
@@ -155,7 +159,16 @@ impl RedisConfig {
             ca_file: None,
             renew_window: Duration::from_millis(50),
             layout: RedisLayout::Fencelock,
+            scripts_read_info: false,
         })
+    }
+
+    /// Says that the grant scripts will read the server's uptime (`INFO server`), as
+    /// Redlock's with a `restart_delay` do: the connection's ACL check then refuses a user
+    /// without `INFO` with [`LockError::InvalidConfig`], at connect, rather than every
+    /// grant failing on that node later.
+    pub fn set_scripts_read_info(&mut self, yes: bool) {
+        self.scripts_read_info = yes;
     }
 
     /// Checks the options, whether they came from a URL or were set in code: the one

@@ -339,7 +339,13 @@ impl RedisNode {
                     .flatten()
             },
             Self::send_script_loads(&conn, cfg.timeout),
-            crate::acl::check(&conn, &self.inner.keys.prefix, cfg.server(), cfg.timeout)
+            crate::acl::check(
+                &conn,
+                &self.inner.keys.prefix,
+                cfg.server(),
+                cfg.timeout,
+                cfg.scripts_read_info
+            )
         );
         allowed?;
         // Not read (no answer within `timeout`, `INFO` refused): read again when wanted,

@@ -145,7 +145,9 @@ pub(crate) fn all() -> [&'static Lua; 10] {
 /// node persisting with `appendfsync always` pays the delay after a restart too, as the
 /// script cannot tell it from one that lost writes (`CONFIG` may not run in a script and
 /// `INFO` does not show the fsync policy; nor can a process know whether the file it
-/// loaded was complete). A user refused `INFO` gets a script error naming it (ACL `+info`).
+/// loaded was complete). A user refused `INFO` gets a script error naming it (ACL `+info`),
+/// coded `NOPERM` so that the client classifies it as refused configuration, not as a
+/// node failure.
 ///
 /// `refuse` is a Lua expression in which `rest` is the delay's ms left. See [`ACQUIRE`].
 fn restart_delay_check(delay: usize, marker: usize, refuse: &str) -> String {
@@ -165,7 +167,7 @@ if delay > 0 then
   if rest <= 0 then
     local info = redis.pcall('INFO', 'server')
     if type(info) == 'table' then
-      return redis.error_reply('restart_delay needs INFO on this node (ACL: +info): ' .. tostring(info.err))
+      return redis.error_reply('NOPERM restart_delay is set and needs INFO on this node (ACL: +info): ' .. tostring(info.err))
     end
     local at = string.find(info, 'uptime_in_seconds:', 1, true)
     local up = at and tonumber(string.match(info, '^%d+', at + 18))

@@ -179,6 +179,8 @@ impl RedlockLock {
             .cloned()
             .map(|mut n| {
                 n.timeout = n.timeout.max(late);
+                // The grant scripts read `INFO server` then: the connect's ACL check asks.
+                n.set_scripts_read_info(!cfg.restart_delay.is_zero());
                 RedisNode::lazy(n)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -349,9 +351,15 @@ impl RedlockLock {
         .await;
         let answered = answers.iter().filter(|a| a.is_ok()).count();
         if answered < quorum {
+            // Nodes that refused the settings (the user's rights: `INFO` for the restart
+            // delay) answered: the URL's fault, not a lost quorum.
+            if let Some(refused) = crate::quorum::refused_config(answers) {
+                return Err(refused);
+            }
             // The round waited for late answers while fewer than a quorum had come.
             return Err(no_quorum("acquire", answers, quorum, late(per_node)));
         }
+        crate::quorum::warn_refused_config(answers);
         if tokens.len() >= quorum {
             tracing::debug!(%key, ?elapsed, "a quorum granted, but too late: no validity left");
         }

@@ -30,10 +30,58 @@ pub(crate) fn late(per_node: Duration) -> Duration {
 /// for every node, and the server named once.
 pub(crate) fn node_failure(server: &str, e: &fencelock_core::LockError) -> String {
     let why = e.detail();
+    // Kept marked: a round tells refused settings from lost nodes by it.
+    let why = if matches!(e, fencelock_core::LockError::InvalidConfig { .. }) {
+        format!("{CONFIG_REFUSED}{why}")
+    } else {
+        why
+    };
     if why.contains(server) {
         why
     } else {
         format!("{server}: {why}")
+    }
+}
+
+/// How [`node_failure`] marks a node's refusal of the settings ([`LockError::InvalidConfig`]:
+/// the user's rights, the login).
+///
+/// [`LockError::InvalidConfig`]: fencelock_core::LockError::InvalidConfig
+const CONFIG_REFUSED: &str = "invalid configuration: ";
+
+fn config_refusals<T>(answers: &[Answer<T>]) -> Vec<&str> {
+    answers
+        .iter()
+        .filter_map(|a| a.as_ref().err())
+        .filter_map(|e| e.strip_prefix(CONFIG_REFUSED))
+        .collect()
+}
+
+/// The nodes' refusals of the settings among `answers`, as one
+/// [`LockError::InvalidConfig`]; `None` when no node refused them.
+///
+/// [`LockError::InvalidConfig`]: fencelock_core::LockError::InvalidConfig
+pub(crate) fn refused_config<T>(answers: &[Answer<T>]) -> Option<fencelock_core::LockError> {
+    let refused = config_refusals(answers);
+    (!refused.is_empty()).then(|| {
+        fencelock_core::LockError::invalid_config(format!(
+            "{} of {} nodes refused the settings: {}",
+            refused.len(),
+            answers.len(),
+            refused.join("; ")
+        ))
+    })
+}
+
+/// Warns about nodes that refused the settings in a round a quorum answered: they never
+/// vote until the settings change.
+pub(crate) fn warn_refused_config<T>(answers: &[Answer<T>]) {
+    let refused = config_refusals(answers);
+    if !refused.is_empty() {
+        tracing::warn!(
+            nodes = %refused.join("; "),
+            "nodes refused the settings and will not vote until they are fixed (a refused INFO with restart_delay: ACL +info)"
+        );
     }
 }
 

@@ -238,22 +238,6 @@ async fn delayed_restart_case(snapshot: bool) {
     next.release().await.unwrap();
 }
 
-/// The restart delay reads the server's uptime with `INFO` inside the scripts: a user
-/// refused `INFO` is told so, not granted by nodes that cannot check their delay.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_delay_without_info_rights_says_so() {
-    let servers = start_many(3);
-    for s in &servers {
-        assert!(s.command("ACL SETUSER default -info").starts_with("+OK"));
-    }
-    let lock = client(&servers, "&restart_delay=100ms").await;
-    let err = lock
-        .acquire("k", &opts(Duration::from_secs(10)).with_wait(Duration::from_secs(2)))
-        .await
-        .expect_err("granted by nodes that could not check their restart delay");
-    assert!(err.to_string().contains("+info"), "{err}");
-}
-
 /// Calls of `name` the server has run since it started (`INFO commandstats`).
 fn calls(server: &RedisServer, name: &str) -> u64 {
     server

@@ -27,6 +27,62 @@ fn refuse_info(server: &RedisServer) {
     assert!(server.command("ACL SETUSER default -info").starts_with("+OK"));
 }
 
+/// All nodes answer a user refused `INFO`: with a `restart_delay` that is the
+/// configuration's fault, said at connect (before: connect passed, and every acquire
+/// failed with "backend unavailable: no quorum for acquire: 0 of 3 nodes answered").
+/// Without a `restart_delay` nothing reads `INFO` in a script, and connect passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_refused_with_restart_delay_is_a_configuration_error_at_connect() {
+    let servers = start_many(3);
+    servers.iter().for_each(refuse_info);
+    let err = connect(&servers, "&restart_delay=100ms")
+        .await
+        .err()
+        .expect("connected although no node may read its uptime");
+    assert!(matches!(err, LockError::InvalidConfig { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("INFO") && text.contains("restart_delay") && text.contains("+info"), "{text}");
+    assert!(!text.contains("no quorum"), "{text}");
+    connect(&servers, "").await.expect("INFO is not needed without restart_delay");
+}
+
+/// One node of five refused `INFO`: it would never vote, unsaid. Connect names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_refusing_info_is_named_at_connect() {
+    let servers = start_many(5);
+    refuse_info(&servers[2]);
+    let err = connect(&servers, "&restart_delay=100ms")
+        .await
+        .err()
+        .expect("connected although one node may not read its uptime");
+    assert!(matches!(err, LockError::InvalidConfig { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains(&format!(":{}", servers[2].port())), "{text}");
+}
+
+/// `INFO` taken away after connect: the acquire script's refusal is classified as refused
+/// configuration too (exit 78 in the CLI), not as nodes that did not answer, and no node
+/// grants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_refused_after_connect_fails_the_acquire_as_configuration() {
+    let servers = start_many(3);
+    // The scripts read INFO once the boot marker (set by the first grant) is past the
+    // delay: the acquire is refused "busy" for 300 ms, then asks.
+    let lock = connect(&servers, "&restart_delay=300ms").await.unwrap();
+    servers.iter().for_each(refuse_info);
+    let err = lock
+        .acquire("k", &opts(Duration::from_millis(300)))
+        .await
+        .expect_err("granted by nodes that could not check their restart delay");
+    assert!(matches!(err, LockError::InvalidConfig { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("+info") && text.contains("3 of 3 nodes"), "{text}");
+    assert!(!text.contains("no quorum"), "{text}");
+    for s in &servers {
+        assert!(s.command("EXISTS fencelock:{k}:lock").contains('0'), "granted on {}", s.port());
+    }
+}
+
 /// Below 1 ms the scripts' whole milliseconds would turn the delay off unsaid; refused
 /// as `per_node_timeout=500us` is (before: accepted).
 #[test]
