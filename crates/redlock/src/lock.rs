@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use fencelock_core::cleanup::Cleanups;
 use fencelock_core::closing::CloseGate;
+use fencelock_core::options::duration_text::human;
 use fencelock_core::options::validate_key;
 use fencelock_core::waiting::{acquire_checked, CancelGuard, LastCheck};
 use fencelock_core::{
@@ -224,6 +225,19 @@ impl RedlockLock {
                 "ttl {:?} leaves no validity: Redlock needs a TTL well above 2 × per_node_timeout ({:?}) + drift",
                 opts.ttl(),
                 cfg.per_node_timeout
+            )));
+        }
+        // redlock.md: restart_delay must cover the longest TTL, or a node restarted empty
+        // votes again while a lock it forgot is still held elsewhere (two holders). Set
+        // (non-zero), it says the nodes may lose data on restart, so a longer TTL is the
+        // caller's mistake, not a choice: refused. (0 means every node runs fsync-always.)
+        if !cfg.restart_delay.is_zero() && opts.ttl() > cfg.restart_delay {
+            return Err(LockError::invalid_input(format!(
+                "ttl {} is longer than restart_delay {}: a node restarted without its data \
+                 would vote again while a lock it forgot is still held; use a ttl of at most \
+                 restart_delay (auto-renew holds longer) or raise restart_delay (docs/backends/redlock.md)",
+                human(opts.ttl()),
+                human(cfg.restart_delay)
             )));
         }
         Ok(())

@@ -127,10 +127,12 @@ async fn hold_on_a_bare_quorum_then_restart(
     servers: &mut [RedisServer],
     extra: &str,
     snapshot: bool,
+    ttl: Duration,
 ) -> (fencelock_core::Lease, RedlockLock) {
     let warm = client(servers, extra).await;
     for _ in 0..3 {
-        warm.acquire("k", &opts(Duration::from_secs(10)))
+        // Fresh nodes sit out a restart delay first (up to about 2 s more than set).
+        warm.acquire("k", &opts(ttl).with_wait(Duration::from_secs(15)))
             .await
             .unwrap()
             .release()
@@ -145,7 +147,7 @@ async fn hold_on_a_bare_quorum_then_restart(
     servers[3].kill();
     servers[4].kill();
     let holder = client(servers, extra).await;
-    let lease = holder.acquire("k", &opts(Duration::from_secs(30))).await.unwrap();
+    let lease = holder.acquire("k", &opts(ttl)).await.unwrap();
     // At least 4: with a restart delay, rounds that failed while nodes left their delay at
     // slightly different moments still incremented some counters (best-effort tokens).
     assert!(lease.token().get() >= 4, "{}", lease.token());
@@ -158,7 +160,7 @@ async fn hold_on_a_bare_quorum_then_restart(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_restarted_empty_lets_a_second_holder_in_without_delayed_restart() {
     let mut servers = start_many(5);
-    let (held, _holder) = hold_on_a_bare_quorum_then_restart(&mut servers, "", false).await;
+    let (held, _holder) = hold_on_a_bare_quorum_then_restart(&mut servers, "", false, Duration::from_secs(30)).await;
     let intruder = client(&servers, "").await;
     let second = intruder
         .try_acquire("k", &opts(Duration::from_secs(30)))
@@ -196,14 +198,15 @@ async fn delayed_restart_holds_for_a_node_restarted_from_an_older_snapshot() {
 }
 
 /// A lock held on a bare quorum whose nodes then restart (`snapshot`: from an older
-/// snapshot that has the boot marker but not the lock) with a 1.5 s restart delay: no
-/// second holder is granted inside the delay, the first one's release reports the lease
-/// lost, and the key is granted again once the delay has passed.
+/// snapshot that has the boot marker but not the lock) with a 4 s restart delay and leases
+/// as long as it (a TTL may not exceed restart_delay, and the holder's lease must outlast
+/// the three restarts): no second holder is granted inside the delay, the first one's
+/// release reports the lease lost, and the key is granted again once the delay has passed.
 async fn delayed_restart_case(snapshot: bool) {
-    let delay = Duration::from_millis(1500);
+    let delay = Duration::from_secs(4);
     let extra = format!("&restart_delay={}ms", delay.as_millis());
     let mut servers = start_many(5);
-    let (held, _holder) = hold_on_a_bare_quorum_then_restart(&mut servers, &extra, snapshot).await;
+    let (held, _holder) = hold_on_a_bare_quorum_then_restart(&mut servers, &extra, snapshot, delay).await;
     let restarted_at = Instant::now();
     if snapshot {
         // The snapshot was loaded: the restarted node has the marker but not the held lock.
@@ -211,7 +214,7 @@ async fn delayed_restart_case(snapshot: bool) {
         assert!(boot.starts_with(":1"), "no boot marker after the restart: {boot}");
     }
     let intruder = client(&servers, &extra).await;
-    let second = intruder.try_acquire("k", &opts(Duration::from_secs(30))).await.unwrap();
+    let second = intruder.try_acquire("k", &opts(delay)).await.unwrap();
     assert!(
         second.is_none(),
         "a node restarted{} granted inside its restart delay: two holders ({} and {})",
@@ -227,7 +230,7 @@ async fn delayed_restart_case(snapshot: bool) {
     let err = held.release().await.expect_err("released as if held by a quorum");
     assert!(err.is_lease_lost(), "{err}");
     let next = intruder
-        .acquire("k", &opts(Duration::from_secs(30)))
+        .acquire("k", &opts(delay).with_wait(Duration::from_secs(15)))
         .await
         .expect("granted after the delay");
     assert!(

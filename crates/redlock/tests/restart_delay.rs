@@ -83,6 +83,25 @@ async fn info_refused_after_connect_fails_the_acquire_as_configuration() {
     }
 }
 
+/// redlock.md: `restart_delay` must be at least the longest TTL. A longer TTL is refused
+/// naming both (before: granted, and the trial saw two holders after a restart).
+#[tokio::test]
+async fn ttl_longer_than_restart_delay_is_refused() {
+    let lock = RedlockLock::with_config(
+        RedlockConfig::from_url("redlock://127.0.0.1:1,127.0.0.1:2,127.0.0.1:3?restart_delay=5s").unwrap(),
+    )
+    .unwrap();
+    let long = opts(Duration::from_secs(30));
+    for err in [
+        lock.try_acquire("k", &long).await.err().expect("try_acquire accepted ttl 30s"),
+        lock.acquire("k", &long).await.err().expect("acquire accepted ttl 30s"),
+    ] {
+        assert!(matches!(err, LockError::InvalidInput(_)), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains("30s") && text.contains("5s") && text.contains("restart_delay"), "{text}");
+    }
+}
+
 /// Below 1 ms the scripts' whole milliseconds would turn the delay off unsaid; refused
 /// as `per_node_timeout=500us` is (before: accepted).
 #[test]

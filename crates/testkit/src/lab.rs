@@ -392,12 +392,22 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
+    fault_while_held_for(f, fault, wait, Duration::from_secs(30)).await
+}
+
+/// [`fault_while_held`] with A's lease for `ttl` instead of 30 s: for a backend that
+/// refuses a TTL above its own bound (Redlock's `restart_delay`).
+pub async fn fault_while_held_for<F, Fut>(f: &dyn ClientFactory, fault: F, wait: Duration, ttl: Duration) -> Outcome
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let a = f.client().await;
     let key = unique_key("lab-fault");
     let history = History::new();
     let log = Log::new();
     let resource = FencingChecker::new();
-    let opts = unrenewed(Duration::from_secs(30));
+    let opts = unrenewed(ttl);
     let la = a_acquires(&*a, &key, &opts, &history, &log).await;
     let ok = resource.check("resource", &la.fence()).is_ok();
     history.fenced_write(0, &la, ok);
