@@ -8,7 +8,8 @@ use std::time::Duration;
 use fencelock::DistributedLock;
 use fencelock_testkit::history::Report;
 use fencelock_testkit::lab::{
-    client_partition, contention_with_fault, fault_while_held, fault_while_held_for, paused_holder, paused_leader, Outcome, Phase,
+    client_partition, contention_with_fault, fault_while_held, fault_while_held_for, paused_holder, paused_leader,
+    Outcome, Phase,
 };
 
 use crate::args::{Cli, LabArgs};
@@ -480,7 +481,11 @@ async fn restart_cases() -> Vec<(&'static str, Outcome)> {
     // delay, A's lease is as long as the delay (B still tries only for `wait`, 2 s).
     let redlock_rows = [
         ("redlock", "", Duration::from_secs(30)),
-        ("redlock (restart_delay 3s)", "&restart_delay=3s", Duration::from_secs(3)),
+        (
+            "redlock (restart_delay 3s)",
+            "&restart_delay=3s",
+            Duration::from_secs(3),
+        ),
     ];
     for (name, query, ttl) in redlock_rows {
         let mut servers = blocking(|| start_many(5));

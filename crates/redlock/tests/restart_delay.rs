@@ -41,9 +41,14 @@ async fn info_refused_with_restart_delay_is_a_configuration_error_at_connect() {
         .expect("connected although no node may read its uptime");
     assert!(matches!(err, LockError::InvalidConfig { .. }), "{err:?}");
     let text = err.to_string();
-    assert!(text.contains("INFO") && text.contains("restart_delay") && text.contains("+info"), "{text}");
+    assert!(
+        text.contains("INFO") && text.contains("restart_delay") && text.contains("+info"),
+        "{text}"
+    );
     assert!(!text.contains("no quorum"), "{text}");
-    connect(&servers, "").await.expect("INFO is not needed without restart_delay");
+    connect(&servers, "")
+        .await
+        .expect("INFO is not needed without restart_delay");
 }
 
 /// One node of five refused `INFO`: it would never vote, unsaid. Connect names it.
@@ -79,7 +84,11 @@ async fn info_refused_after_connect_fails_the_acquire_as_configuration() {
     assert!(text.contains("+info") && text.contains("3 of 3 nodes"), "{text}");
     assert!(!text.contains("no quorum"), "{text}");
     for s in &servers {
-        assert!(s.command("EXISTS fencelock:{k}:lock").contains('0'), "granted on {}", s.port());
+        assert!(
+            s.command("EXISTS fencelock:{k}:lock").contains('0'),
+            "granted on {}",
+            s.port()
+        );
     }
 }
 
@@ -93,12 +102,18 @@ async fn ttl_longer_than_restart_delay_is_refused() {
     .unwrap();
     let long = opts(Duration::from_secs(30));
     for err in [
-        lock.try_acquire("k", &long).await.err().expect("try_acquire accepted ttl 30s"),
+        lock.try_acquire("k", &long)
+            .await
+            .err()
+            .expect("try_acquire accepted ttl 30s"),
         lock.acquire("k", &long).await.err().expect("acquire accepted ttl 30s"),
     ] {
         assert!(matches!(err, LockError::InvalidInput(_)), "{err:?}");
         let text = err.to_string();
-        assert!(text.contains("30s") && text.contains("5s") && text.contains("restart_delay"), "{text}");
+        assert!(
+            text.contains("30s") && text.contains("5s") && text.contains("restart_delay"),
+            "{text}"
+        );
     }
 }
 
