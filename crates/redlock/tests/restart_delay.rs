@@ -37,8 +37,7 @@ async fn info_refused_with_restart_delay_is_a_configuration_error_at_connect() {
     servers.iter().for_each(refuse_info);
     let err = connect(&servers, "&restart_delay=100ms")
         .await
-        .err()
-        .expect("connected although no node may read its uptime");
+        .expect_err("connected although no node may read its uptime");
     assert!(matches!(err, LockError::InvalidConfig { .. }), "{err:?}");
     let text = err.to_string();
     assert!(
@@ -58,8 +57,7 @@ async fn one_node_refusing_info_is_named_at_connect() {
     refuse_info(&servers[2]);
     let err = connect(&servers, "&restart_delay=100ms")
         .await
-        .err()
-        .expect("connected although one node may not read its uptime");
+        .expect_err("connected although one node may not read its uptime");
     assert!(matches!(err, LockError::InvalidConfig { .. }), "{err:?}");
     let text = err.to_string();
     assert!(text.contains(&format!(":{}", servers[2].port())), "{text}");
@@ -104,9 +102,8 @@ async fn ttl_longer_than_restart_delay_is_refused() {
     for err in [
         lock.try_acquire("k", &long)
             .await
-            .err()
-            .expect("try_acquire accepted ttl 30s"),
-        lock.acquire("k", &long).await.err().expect("acquire accepted ttl 30s"),
+            .expect_err("try_acquire accepted ttl 30s"),
+        lock.acquire("k", &long).await.expect_err("acquire accepted ttl 30s"),
     ] {
         assert!(matches!(err, LockError::InvalidInput(_)), "{err:?}");
         let text = err.to_string();
