@@ -39,9 +39,41 @@ pub fn say(line: String) -> bool {
     say_within(line, LINE_PATIENCE)
 }
 
-/// Writes `line` to stderr from a thread of its own, and waits at most `patience` for it;
-/// returns whether it was written in that time. Not at all when an earlier write has not
-/// finished: stderr is stalled, and every line would wait out its patience behind it.
+/// How many lines may wait for stderr at once; a line beyond them is dropped.
+const QUEUE: usize = 1024;
+
+/// A line for the stderr writer, and where to say that it was written.
+type Line = (String, SyncSender<()>);
+
+/// The queue of the one thread that writes to stderr, started by the first line; `None`
+/// when that thread could not be started.
+static WRITER: OnceLock<Option<SyncSender<Line>>> = OnceLock::new();
+
+/// The queue of the stderr writer: one thread, for the life of the process, that writes
+/// the lines in the order they came.
+fn writer() -> Option<&'static SyncSender<Line>> {
+    WRITER
+        .get_or_init(|| {
+            let (queue, lines) = std::sync::mpsc::sync_channel::<Line>(QUEUE);
+            std::thread::Builder::new()
+                .name("stderr".into())
+                .spawn(move || {
+                    for (line, written) in lines {
+                        let _ = std::io::stderr().write_all(line.as_bytes());
+                        UNFINISHED.fetch_sub(1, Ordering::SeqCst);
+                        let _ = written.try_send(());
+                    }
+                })
+                .ok()
+                .map(|_| queue)
+        })
+        .as_ref()
+}
+
+/// Hands `line` to the one thread that writes to stderr, and waits at most `patience` for
+/// it to be written; returns whether it was written in that time. Not at all when an
+/// earlier write has not finished: stderr is stalled, and every line would wait out its
+/// patience behind it.
 /// A process must never wait on stderr before it acts, nor before it exits: a pipe whose
 /// reader stalled (a stuck `| logger`, a terminal after Ctrl-S, an unread FIFO), filled by
 /// the command that shares it, blocks a write for as long as the reader stalls. For the
@@ -49,21 +81,22 @@ pub fn say(line: String) -> bool {
 /// beside the next holder (new-user trial, 5 of 5); `run`, continued after the guard's
 /// kill, hung on its message with the lock free and the command dead. Not `eprintln!`
 /// either: it panics when stderr fails (a closed pipe, /dev/full). A line not written in
-/// time is written later if the process still runs when the reader drains, else lost.
+/// time is written later, in order, if the process still runs when the reader drains,
+/// else lost. At most [`QUEUE`] lines wait: a line that finds them all waiting is dropped
+/// (returns false) — a stalled stderr costs a bounded queue, not a blocked thread per line
+/// (`-vv` logs every event through here).
 pub fn say_within(line: String, patience: Duration) -> bool {
     let patience = if UNFINISHED.load(Ordering::SeqCst) > 0 {
         Duration::ZERO
     } else {
         patience
     };
-    let (done, written) = std::sync::mpsc::channel();
+    let Some(queue) = writer() else {
+        return false;
+    };
+    let (done, written) = std::sync::mpsc::sync_channel(1);
     UNFINISHED.fetch_add(1, Ordering::SeqCst);
-    let spawned = std::thread::Builder::new().name("stderr".into()).spawn(move || {
-        let _ = std::io::stderr().write_all(line.as_bytes());
-        UNFINISHED.fetch_sub(1, Ordering::SeqCst);
-        let _ = done.send(());
-    });
-    if spawned.is_err() {
+    if queue.try_send((line, done)).is_err() {
         UNFINISHED.fetch_sub(1, Ordering::SeqCst);
         return false;
     }
@@ -83,6 +116,8 @@ pub fn stdout_failed(e: std::io::Error) -> ! {
 use std::io::Write as _;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use fencelock::LockError;
