@@ -113,7 +113,7 @@ impl crate::waiting::Wait for SeatWait<'_> {
     }
 
     fn starting(&self, election: &Self::Backend, opts: &fencelock::LockOptions, _try_once: bool) {
-        tracing::info!(name = %self.args.name, wait = ?opts.wait(), on = %crate::backend::as_given(&election.describe()), "campaigning");
+        tracing::info!(name = %self.args.name, wait = ?opts.wait(), on = %election.describe(), "campaigning");
     }
 
     async fn wait(

@@ -85,7 +85,7 @@ impl crate::waiting::Wait for LockWait<'_> {
     }
 
     fn starting(&self, locks: &Self::Backend, opts: &fencelock::LockOptions, try_once: bool) {
-        tracing::info!(key = %self.args.key, wait = ?(!try_once).then(|| opts.wait()), on = %crate::backend::as_given(&locks.describe()), "acquiring");
+        tracing::info!(key = %self.args.key, wait = ?(!try_once).then(|| opts.wait()), on = %locks.describe(), "acquiring");
     }
 
     async fn wait(
@@ -203,7 +203,7 @@ pub(crate) async fn supervise_with(
                 exit::one_line(&e)
             ))),
             Err(e) => {
-                tracing::warn!(error = %crate::backend::as_given(&exit::one_line(&e)), "release failed; the lease will expire by its TTL");
+                tracing::warn!(error = %exit::one_line(&e), "release failed; the lease will expire by its TTL");
                 ExitCode::from(code)
             }
             Ok(()) => ExitCode::from(code),

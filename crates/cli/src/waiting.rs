@@ -81,7 +81,7 @@ pub(crate) async fn connect_and_wait<W: Wait>(
         let (backend, defaults) = match connected {
             Ok(v) => v,
             Err(e) if e.is_temporary() && wait_ends.is_some_and(|end| Instant::now() < end) => {
-                tracing::info!(error = %crate::backend::as_given(&exit::one_line(&e)), "connecting again after the stop failed; trying again");
+                tracing::info!(error = %exit::one_line(&e), "connecting again after the stop failed; trying again");
                 tokio::select! {
                     () = tokio::time::sleep(RECONNECT_PAUSE) => {}
                     sig = signals.next() => return Err(interrupted_connecting(sig)),
@@ -201,7 +201,7 @@ pub(crate) async fn bounded_close(
 /// Logs a close's failure where the exit does not depend on it.
 pub(crate) fn warn_close(closed: Result<(), LockError>) {
     if let Err(e) = closed {
-        tracing::warn!(error = %crate::backend::as_given(&exit::one_line(&e)), "closing the backend failed; exiting anyway");
+        tracing::warn!(error = %exit::one_line(&e), "closing the backend failed; exiting anyway");
     }
 }
 
