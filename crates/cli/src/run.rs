@@ -331,18 +331,12 @@ impl Report {
         rest.split_once('\n')?.0.parse().ok()
     }
 
-    /// Whether the guard said it killed the group at its deadline ([`guard::KILLED`]).
-    fn killed_at_deadline(&mut self) -> bool {
+    /// Whether the guard reported `line`: [`guard::KILLED`], it killed the group at its
+    /// deadline; [`guard::SAID`], it said on stderr why it killed the group (`run` was
+    /// stopped then, and does not say it again).
+    fn has(&mut self, line: &str) -> bool {
         self.started();
-        let line = guard::KILLED.as_bytes();
-        self.read.windows(line.len()).any(|w| w == line)
-    }
-
-    /// Whether the guard said on stderr why it killed the group ([`guard::SAID`]): `run`
-    /// was stopped then, and does not say it again.
-    fn said(&mut self) -> bool {
-        self.started();
-        let line = guard::SAID.as_bytes();
+        let line = line.as_bytes();
         self.read.windows(line.len()).any(|w| w == line)
     }
 
@@ -514,7 +508,7 @@ async fn watch(
                         *killed = true;
                         // One line. When the guard said why (`run` was stopped), only what
                         // it could not know: the backend's verdict on the lease.
-                        let then = match report.said() {
+                        let then = match report.has(guard::SAID) {
                             true => "nothing more to stop",
                             false => "the guard had already killed its process group when the validity ended",
                         };
@@ -573,7 +567,7 @@ async fn watch(
             status = child.wait() => return match status {
                 // The guard kills its own group (itself included) when the validity ends.
                 Ok(s) if std::os::unix::process::ExitStatusExt::signal(&s) == Some(Signal::KILL.as_raw()) => {
-                    Outcome::GuardKilled { code: guard::status_code(s), own: report.killed_at_deadline(), said: report.said() }
+                    Outcome::GuardKilled { code: guard::status_code(s), own: report.has(guard::KILLED), said: report.has(guard::SAID) }
                 }
                 Ok(s) if !report.started() => Outcome::NotStarted(guard::status_code(s)),
                 Ok(s) => Outcome::Exited(guard::status_code(s)),
