@@ -239,7 +239,14 @@ pub async fn guard(args: &GuardArgs) -> ExitCode {
         return exit::fail(crate::run::LOST_BEFORE_START, exit::NOT_ACQUIRED);
     }
     let mut report = open_report(args.report_fd);
-    let at_deadline = if args.unrenewed { TTL_ENDED } else { VALIDITY_ENDED };
+    // [`VALIDITY_ENDED`] for a lease that is never renewed: [`UNRENEWED`].
+    let ttl_ended;
+    let at_deadline = if args.unrenewed {
+        ttl_ended = format!("the lease's TTL ran out ({UNRENEWED})");
+        ttl_ended.as_str()
+    } else {
+        VALIDITY_ENDED
+    };
     let Some((program, rest)) = args.command.split_first() else {
         return exit::fail("no command given after --", exit::BAD_INPUT);
     };
@@ -339,9 +346,9 @@ fn open_inherited(fd: i32, write: bool) -> std::io::Result<std::fs::File> {
 const SIGNAL_SETTLE: Duration = Duration::from_millis(5);
 
 const VALIDITY_ENDED: &str = "the lease's validity ended without a renewal reaching the guard";
-/// [`VALIDITY_ENDED`] for a lease that is never renewed (`auto_renew = false`): its TTL
-/// running out is the plan, not a fault, and the message must not read as one.
-const TTL_ENDED: &str = "the lease's TTL ran out (auto_renew is off: nothing renews it)";
+/// Why a lease that is never renewed (`auto_renew = false`) ends: its TTL running out is
+/// the plan, not a fault, and the messages about it must not read as one.
+pub(crate) const UNRENEWED: &str = "auto_renew is off: nothing renews it";
 const RUN_GONE: &str = "its `fencelock run` or `fencelock elect` is gone";
 
 /// The time left until `deadline` (a `CLOCK_MONOTONIC` instant in ns).

@@ -227,8 +227,8 @@ pub(crate) async fn supervise_with(
                 // Only a loss by expiry is explained by the missing renewal.
                 match &e {
                     LockError::LeaseLost { reason: LostReason::Expired | LostReason::NotHeld, .. } if !renews =>
-                        " (auto_renew is off: nothing renews it)",
-                    _ => "",
+                        format!(" ({})", guard::UNRENEWED),
+                    _ => String::new(),
                 }
             ))),
                 // Killed a tenth of the validity early (`guard::kill_ahead`): the release may
@@ -236,9 +236,9 @@ pub(crate) async fn supervise_with(
                 _ => lost(Some(format!(
                     "{}; `{program}` did not finish: the guard killed its process group",
                     if renews {
-                        "the lease's validity was ending without a renewal"
+                        "the lease's validity was ending without a renewal".to_owned()
                     } else {
-                        "the lease's TTL was running out (auto_renew is off: nothing renews it)"
+                        format!("the lease's TTL was running out ({})", guard::UNRENEWED)
                     }
                 ))),
             }
@@ -669,18 +669,17 @@ async fn stop_group(group: Pid, kill_after: Duration, killed: bool) -> Stopped {
         group = group.as_raw_nonzero().get(),
         "the command left processes behind; stopping them"
     );
-    let already_killed = killed;
     let kill_after = if killed { Duration::ZERO } else { kill_after };
     if !killed {
         signal_group(group, Signal::TERM);
         signal_group(group, Signal::CONT); // a stopped process acts on SIGTERM only when continued
     }
     let start = Instant::now();
-    let mut killed = false;
+    let mut sent_kill = false;
     while crate::group::alive(group) {
-        if !killed && start.elapsed() >= kill_after {
+        if !sent_kill && start.elapsed() >= kill_after {
             signal_group(group, Signal::KILL);
-            killed = true;
+            sent_kill = true;
         }
         if start.elapsed() >= kill_after + Duration::from_secs(1) {
             tracing::warn!("processes of the command's group are still there after SIGKILL");
@@ -688,7 +687,7 @@ async fn stop_group(group: Pid, kill_after: Duration, killed: bool) -> Stopped {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    match killed && !already_killed {
+    match sent_kill && !killed {
         true => Stopped::Killed(kill_after),
         false => Stopped::Ended,
     }
