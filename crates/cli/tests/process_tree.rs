@@ -580,13 +580,13 @@ fn a_stopped_left_behind_process_ends_at_its_sigterm_not_after_kill_after() {
     );
 }
 
-/// `fencelock run --ttl 1s k -- sh -c SCRIPT` on the file backend under `dir`, its stderr
-/// piped (the "covered" exit tests).
-fn run_for_a_second(dir: &Path, script: &str) -> Child {
+/// `fencelock run --ttl TTL k -- sh -c SCRIPT` on the file backend under `dir`, its stdout
+/// to /dev/null and its stderr to `stderr`.
+fn run_on_files(dir: &Path, ttl: &str, script: &str, stderr: Stdio) -> Child {
     fencelock(&file_url(&dir.join("locks")))
-        .args(["run", "--ttl", "1s", "k", "--", "sh", "-c", script])
+        .args(["run", "--ttl", ttl, "k", "--", "sh", "-c", script])
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(stderr)
         .spawn()
         .expect("spawn run")
 }
@@ -602,7 +602,7 @@ fn a_command_that_ended_inside_the_validity_keeps_its_status_though_run_was_stop
     let dir = tempfile::tempdir().expect("temp dir");
     let (started, done) = (dir.path().join("started"), dir.path().join("done"));
     let script = format!("touch '{}'; sleep 0.2; touch '{}'", started.display(), done.display());
-    let run = run_for_a_second(dir.path(), &script);
+    let run = run_on_files(dir.path(), "1s", &script, Stdio::piped());
     poll_until(Duration::from_secs(10), "the command started", || started.exists());
     kill_process(pid_of(&run), Signal::STOP).expect("SIGSTOP");
     poll_until(Duration::from_secs(10), "the command ended", || done.exists());
@@ -636,7 +636,7 @@ fn a_guard_killed_by_another_signal_is_not_a_command_that_ended_inside_the_valid
         go.display(),
         done.display()
     );
-    let run = run_for_a_second(dir.path(), &script);
+    let run = run_on_files(dir.path(), "1s", &script, Stdio::piped());
     poll_until(Duration::from_secs(10), "the command started", || started.exists());
     kill_process(pid_of(&run), Signal::STOP).expect("SIGSTOP");
     std::fs::write(&go, "").expect("go");
@@ -738,12 +738,7 @@ fn run_sleeping(dir: &Path, ttl: &str, stderr: Stdio) -> (Child, Pid) {
         "echo $$ > '{}.tmp'; mv '{0}.tmp' '{0}'; exec sleep 30",
         pid_file.display()
     );
-    let run = fencelock(&file_url(&dir.join("locks")))
-        .args(["run", "--ttl", ttl, "k", "--", "sh", "-c", &script])
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .expect("spawn run");
+    let run = run_on_files(dir, ttl, &script, stderr);
     poll_until(Duration::from_secs(10), "the command started", || pid_file.exists());
     let pid = std::fs::read_to_string(&pid_file).expect("the command's pid");
     (run, Pid::from_raw(pid.trim().parse().expect("a pid")).expect("a pid"))
@@ -852,12 +847,12 @@ fn run_continued_after_a_kill_at_the_validitys_end_exits_though_stderr_is_not_re
         "head -c 1000000 /dev/zero >&2 & touch '{}'; exec sleep 30",
         started.display()
     );
-    let run = fencelock(&file_url(&dir_path.join("locks")))
-        .args(["run", "--ttl", "1s", "k", "--", "sh", "-c", &script])
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(stalled.try_clone().expect("clone")))
-        .spawn()
-        .expect("spawn run");
+    let run = run_on_files(
+        &dir_path,
+        "1s",
+        &script,
+        Stdio::from(stalled.try_clone().expect("clone")),
+    );
     poll_until(Duration::from_secs(10), "the command started", || started.exists());
     poll_until(Duration::from_secs(10), "the command filled stderr", || {
         rustix::io::ioctl_fionread(&stalled).expect("FIONREAD") as usize >= capacity
@@ -874,17 +869,8 @@ fn run_continued_after_a_kill_at_the_validitys_end_exits_though_stderr_is_not_re
             .success()
     });
     kill_process(pid_of(&run), Signal::CONT).expect("SIGCONT");
-    let start = Instant::now();
-    let mut run = run;
-    while run.try_wait().expect("try_wait").is_none() {
-        if start.elapsed() > Duration::from_secs(10) {
-            let _ = run.kill();
-            let _ = run.wait();
-            panic!("`run` did not exit within 10 s of SIGCONT: it waits on its stalled stderr");
-        }
-        std::thread::sleep(Duration::from_millis(10)); // polling a child's exit, bounded
-    }
-    let status = run.wait().expect("status");
-    assert_eq!(status.code(), Some(76));
+    // Within 10 s of SIGCONT, or `run` waits on its stalled stderr.
+    let out = output_within(run, Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(76));
     drop(stalled);
 }

@@ -9,6 +9,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_fencelock");
 
 #[test]
@@ -64,45 +66,18 @@ fn on_zookeeper_a_killed_holder_frees_the_lock_after_its_ttl_not_the_default_ses
 fn on_etcd_log_lines_quote_the_url_as_given_not_with_the_session_run_added() {
     let mut cluster = fencelock_testkit::etcd_server::EtcdCluster::single();
     let url = cluster.url("").replacen("etcd://", "ETCD://", 1);
-    let mut holder = Command::new(BIN)
-        .env_remove("FENCELOCK_BACKEND")
-        .env_remove("RUST_LOG")
-        .env_remove("NO_COLOR")
-        .args([
-            "--backend",
-            &url,
-            "run",
-            "k",
-            "--ttl",
-            "3s",
-            "--",
-            "sh",
-            "-c",
-            "echo in; exec sleep 30",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn holder");
-    let mut first = String::new();
-    BufReader::new(holder.stdout.as_mut().expect("stdout"))
-        .read_line(&mut first)
-        .expect("holder's line");
-    if first.trim() != "in" {
+    let (mut holder, first) = common::spawn_holder(
+        common::fencelock(&url),
+        &["run", "k", "--ttl", "3s"],
+        "echo in; exec sleep 30",
+    );
+    if first != "in" {
         let _ = holder.kill();
         let out = holder.wait_with_output().expect("output");
-        panic!("the holder did not get in: {}", String::from_utf8_lossy(&out.stderr));
+        panic!("the holder did not get in: {}", common::stderr_of(&out));
     }
     cluster.kill(0);
-    let start = Instant::now();
-    while holder.try_wait().expect("try_wait").is_none() {
-        if start.elapsed() > Duration::from_secs(40) {
-            let _ = holder.kill();
-        }
-        std::thread::sleep(Duration::from_millis(20)); // polling a child's exit, bounded
-    }
-    let out = holder.wait_with_output().expect("output");
+    let out = common::output_within(holder, Duration::from_secs(40));
     let err = String::from_utf8_lossy(&out.stderr);
     let server = url.trim_start_matches("ETCD://");
     assert!(err.contains(server), "the URL is not quoted at all: {err}");
