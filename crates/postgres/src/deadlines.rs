@@ -25,12 +25,14 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::task_slot::TaskSlot;
+
 /// The registered deadlines, and whether the task that fires them runs.
 #[derive(Default)]
 struct State {
     next_id: u64,
     due: BTreeMap<(Instant, u64), oneshot::Sender<()>>,
-    running: bool,
+    firing: TaskSlot,
 }
 
 /// Deadlines of at least `period`, fired by one task.
@@ -87,22 +89,33 @@ impl Deadlines {
         if bound < self.period {
             return None;
         }
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
         let (fire, signal) = oneshot::channel();
-        let mut state = self.state();
-        if !state.running {
-            let runtime = tokio::runtime::Handle::try_current().ok()?;
-            state.running = true;
-            runtime.spawn(fire_due(Arc::downgrade(self)));
+        let (key, task) = {
+            let mut state = self.state();
+            let key = (Instant::now() + bound, state.next_id);
+            state.next_id += 1;
+            state.due.insert(key, fire);
+            (key, state.firing.start())
+        };
+        if let Some(task) = task {
+            // Made here, not in the task's body: a task dropped before its first poll
+            // (its runtime dropped at once) never runs its body, and must free its slot
+            // too. Spawned after the state's lock is let go: a runtime shutting down
+            // drops the task at once, and its guard then takes that lock.
+            let slot = scopeguard::guard(Arc::downgrade(self), move |d| {
+                if let Some(d) = d.upgrade() {
+                    d.state().firing.end(task);
+                }
+            });
+            runtime.spawn(fire_due(Arc::downgrade(self), task, slot));
         }
-        let key = (Instant::now() + bound, state.next_id);
-        state.next_id += 1;
-        state.due.insert(key, fire);
         Some((signal, Registered { deadlines: self, key }))
     }
 
-    /// Fires every deadline due by `now`; answers when to look next, or `None` (the task
-    /// stops) when nothing is registered.
-    fn fire(&self, now: Instant) -> Option<Instant> {
+    /// Fires every deadline due by `now`; answers when to look next, or `None` (firing
+    /// task `task` stops) when nothing is registered.
+    fn fire(&self, now: Instant, task: u64) -> Option<Instant> {
         let mut state = self.state();
         while let Some(entry) = state.due.first_entry() {
             if entry.key().0 > now {
@@ -113,7 +126,7 @@ impl Deadlines {
         match state.due.first_key_value() {
             Some(((at, _), _)) => Some((*at).min(now + self.period)),
             None => {
-                state.running = false;
+                state.firing.end(task);
                 None
             }
         }
@@ -121,8 +134,10 @@ impl Deadlines {
 }
 
 /// The firing task: sleeps until the next deadline (at most a period), fires what is
-/// due. Bounded: it ends when nothing is registered or the deadlines are dropped.
-async fn fire_due(deadlines: Weak<Deadlines>) {
+/// due. Bounded: it ends when nothing is registered or the deadlines are dropped. Its
+/// slot is freed however it ends — also when its runtime is dropped while it sleeps
+/// ([`TaskSlot`]): the next registration then starts a task on the runtime it runs on.
+async fn fire_due(deadlines: Weak<Deadlines>, task: u64, _slot: impl Send) {
     let mut next = match deadlines.upgrade() {
         Some(d) => Instant::now() + d.period,
         None => return,
@@ -130,7 +145,7 @@ async fn fire_due(deadlines: Weak<Deadlines>) {
     loop {
         tokio::time::sleep_until(next).await;
         let Some(d) = deadlines.upgrade() else { return };
-        match d.fire(Instant::now()) {
+        match d.fire(Instant::now(), task) {
             Some(at) => next = at,
             None => return,
         }
@@ -180,7 +195,7 @@ mod tests {
         assert_eq!(long, (None, Duration::from_secs(5)));
         // Nothing is left: the task stopped; a new deadline starts it again.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        assert!(!d.state().running);
+        assert!(!d.state().firing.is_taken());
         let again = Instant::now();
         assert_eq!(
             d.within(Duration::from_secs(1), std::future::pending::<()>()).await,
@@ -210,5 +225,38 @@ mod tests {
         .await;
         assert!(cut.is_err());
         assert!(d.state().due.is_empty());
+    }
+
+    /// Review (L1): the firing task ran on a runtime that was dropped while it slept (a
+    /// synchronous wrapper making a runtime per call): the instance took it for running,
+    /// and no deadline on a later runtime ever fired — a statement without an answer hung.
+    #[test]
+    fn deadlines_fire_after_the_runtime_of_the_firing_task_was_dropped() {
+        let d = Deadlines::new(Duration::from_millis(50));
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap()
+        };
+        let first = runtime();
+        let answered = first.block_on(d.within(Duration::from_secs(1), async { 1 }));
+        assert_eq!(answered, Some(1));
+        drop(first); // its firing task, asleep, is dropped with it
+        let outcome = runtime().block_on(async {
+            let start = Instant::now();
+            let bounded = tokio::time::timeout(
+                Duration::from_secs(5),
+                d.within(Duration::from_millis(200), std::future::pending::<()>()),
+            )
+            .await;
+            (bounded, start.elapsed())
+        });
+        assert_eq!(
+            outcome.0,
+            Ok(None),
+            "the deadline did not fire within 5 s: {:?}",
+            outcome.1
+        );
     }
 }

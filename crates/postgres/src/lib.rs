@@ -68,6 +68,7 @@ mod pool;
 mod renewals;
 mod session;
 mod sql;
+mod task_slot;
 mod waiters;
 
 pub use config::{PgConfig, DEFAULT_CONNECTIONS, DEFAULT_SCHEMA, MAX_CONNECTIONS};

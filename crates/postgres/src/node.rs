@@ -1188,19 +1188,29 @@ impl PgNode {
     /// its place. The keeper ends when no ticket is left or the instance is dropped; a
     /// failed renewal is only logged (each waiter's own attempts renew its ticket too).
     pub(crate) fn register_ticket(&self, ticket: i64, confirmed: Confirmed) -> Arc<tokio::sync::Notify> {
-        let (notify, start) = self.inner.waiters.register(ticket, confirmed);
-        if start {
+        let (notify, keeper) = self.inner.waiters.register(ticket, confirmed);
+        if let Some(task) = keeper {
             let Ok(rt) = tokio::runtime::Handle::try_current() else {
-                self.inner.waiters.keeper_stopped();
+                self.inner.waiters.keeper_ended(task);
                 return notify;
             };
+            // Frees the keeper's slot however the task ends — also when its future is
+            // dropped with its runtime, before or after its first poll (see `TaskSlot`).
+            let slot = scopeguard::guard(Arc::downgrade(&self.inner), move |inner| {
+                if let Some(inner) = inner.upgrade() {
+                    inner.waiters.keeper_ended(task);
+                }
+            });
             let weak = Arc::downgrade(&self.inner);
             let poll = self.inner.cfg.poll;
             rt.spawn(async move {
+                let _slot = slot;
                 loop {
                     tokio::time::sleep(fencelock_core::waiting::jitter(poll)).await;
                     let Some(inner) = weak.upgrade() else { return };
-                    let Some(tickets) = inner.waiters.to_keep() else { return };
+                    let Some(tickets) = inner.waiters.to_keep(task) else {
+                        return;
+                    };
                     let node = PgNode { inner };
                     if let Err(e) = node.keep_tickets(tickets).await {
                         tracing::debug!(error = %e, "keeping waiter tickets failed; their own attempts renew them");
@@ -1707,5 +1717,64 @@ mod tests {
         }
         assert!(renewed, "the keeper never renewed the ticket");
         driver.abort();
+    }
+
+    /// Review (L1): the ticket keeper ran on a runtime that was dropped while it slept
+    /// (a synchronous wrapper making a runtime per call): the instance took it for
+    /// running and never started another, so no ticket of a later wait was kept.
+    #[test]
+    fn tickets_are_kept_after_the_runtime_of_the_keeper_was_dropped() {
+        let server = PgServer::start();
+        let url = format!("{}&poll=100ms", server.url());
+        let node = PgNode::new(PgConfig::from_url(&url).unwrap());
+        let first = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        first.block_on(async {
+            let _notify = node.register_ticket(
+                -1,
+                Confirmed {
+                    sent: tokio::time::Instant::now(),
+                    life: node.ticket_life(),
+                },
+            );
+        });
+        drop(first); // the keeper it started, asleep, is dropped with it
+
+        let second = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        second.block_on(async {
+            let ttl = Duration::from_secs(60);
+            hold(&node, "k", &GrantId::random(), ttl).await;
+            let sent = tokio::time::Instant::now();
+            let ticket = queue(&node, "k", ttl).await;
+            let _notify = node.register_ticket(
+                ticket,
+                Confirmed {
+                    sent,
+                    life: node.ticket_life(),
+                },
+            );
+            let (client, driver) = watcher(&node).await;
+            let query = format!(
+                "SELECT expires_at FROM {}.waiters WHERE ticket = $1",
+                node.inner.cfg.schema
+            );
+            let expiry = |row: tokio_postgres::Row| row.get::<_, std::time::SystemTime>(0);
+            let first = expiry(client.query_one(&query, &[&ticket]).await.unwrap());
+            // The keeper renews every poll (100 ms, jittered); a lapse of the ticket's
+            // whole life (1.2 s) without one is the failure.
+            fencelock_testkit::until::until_async(
+                "a keeper renewed the ticket within its life",
+                node.ticket_life(),
+                async || expiry(client.query_one(&query, &[&ticket]).await.unwrap()) > first,
+            )
+            .await;
+            driver.abort();
+        });
     }
 }

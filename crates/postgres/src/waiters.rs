@@ -38,6 +38,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::node::PgNode;
+use crate::task_slot::TaskSlot;
 
 /// A lower bound, on our monotonic clock, of the end of a ticket's life on the server:
 /// a statement sent at `sent` found the ticket and set it to live `life` from the
@@ -65,8 +66,8 @@ pub(crate) struct Waiters {
 #[derive(Default)]
 struct State {
     tickets: HashMap<i64, Entry>,
-    /// Whether the task that keeps the tickets alive runs (see [`PgNode::register_ticket`]).
-    keeping: bool,
+    /// The task that keeps the tickets alive (see [`PgNode::register_ticket`]).
+    keeper: TaskSlot,
 }
 
 impl Waiters {
@@ -74,9 +75,9 @@ impl Waiters {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers `ticket`, known alive until `confirmed`; also says whether the keeper
-    /// task must be started (it was not running).
-    pub(crate) fn register(&self, ticket: i64, confirmed: Confirmed) -> (Arc<Notify>, bool) {
+    /// Registers `ticket`, known alive until `confirmed`; also the number of the keeper
+    /// task to start, when none runs (give it to [`keeper_ended`](Self::keeper_ended)).
+    pub(crate) fn register(&self, ticket: i64, confirmed: Confirmed) -> (Arc<Notify>, Option<u64>) {
         let mut state = self.state();
         let entry = state.tickets.entry(ticket).or_insert_with(|| Entry {
             notify: Arc::default(),
@@ -84,8 +85,7 @@ impl Waiters {
             confirmed,
         });
         let notify = Arc::clone(&entry.notify);
-        let start = !std::mem::replace(&mut state.keeping, true);
-        (notify, start)
+        (notify, state.keeper.start())
     }
 
     /// Whether no waiter of this instance waits.
@@ -115,21 +115,22 @@ impl Waiters {
         e.handed.take().map(|token| (token, e.confirmed))
     }
 
-    /// The tickets to keep alive now; `None` (and the keeper is marked stopped, in the
-    /// same critical section as [`register`](Self::register) checks it) when there are
-    /// none left.
-    pub(crate) fn to_keep(&self) -> Option<Vec<i64>> {
+    /// The tickets keeper `task` keeps alive now; `None` (and the keeper is marked
+    /// stopped, in the same critical section as [`register`](Self::register) checks it)
+    /// when there are none left.
+    pub(crate) fn to_keep(&self, task: u64) -> Option<Vec<i64>> {
         let mut state = self.state();
         if state.tickets.is_empty() {
-            state.keeping = false;
+            state.keeper.end(task);
             return None;
         }
         Some(state.tickets.keys().copied().collect())
     }
 
-    /// The keeper could not be started (no runtime).
-    pub(crate) fn keeper_stopped(&self) {
-        self.state().keeping = false;
+    /// Keeper `task` ended, or could not be started (no runtime): one is started by the
+    /// next registration.
+    pub(crate) fn keeper_ended(&self, task: u64) {
+        self.state().keeper.end(task);
     }
 
     /// A release notification: `TICKET/TOKEN:KEY` (the key was handed to that ticket's
