@@ -275,7 +275,7 @@ pub(crate) fn check_identifier(name: &str) -> std::result::Result<(), String> {
 }
 
 /// The words PostgreSQL reserves (`pg_get_keywords()` with `catcode` `R` or `T`, as of
-/// PostgreSQL 15): a schema of one of these names is a syntax error unquoted, and the
+/// PostgreSQL 15, and `system_user`, reserved from 16 on): a schema of one of these names is a syntax error unquoted, and the
 /// backend splices the schema unquoted (a plain identifier is safe to splice; a quoted
 /// one would make the documented SQL harder to read for everyone else).
 const RESERVED: &[&str] = &[
@@ -363,6 +363,7 @@ const RESERVED: &[&str] = &[
     "similar",
     "some",
     "symmetric",
+    "system_user",
     "table",
     "tablesample",
     "then",

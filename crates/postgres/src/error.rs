@@ -120,9 +120,17 @@ impl From<PgFailure> for LockError {
         let e = &f.source;
         if let Some(code) = e.code() {
             if config_state(code) {
+                // A syntax error in our own SQL comes from the one thing a user splices
+                // into it, the schema: a word a newer server reserves (the list in
+                // config.rs is as of PostgreSQL 15 and 16).
+                let check = if *code == SqlState::SYNTAX_ERROR {
+                    "check that the `schema` option is not a word this server reserves"
+                } else {
+                    "check the user, password, database and its privileges"
+                };
                 return LockError::InvalidConfig {
                     message: format!(
-                        "postgres refused: {} on {} (SQLSTATE {}): check the user, password, database and its privileges",
+                        "postgres refused: {} on {} (SQLSTATE {}): {check}",
                         f.doing,
                         f.server,
                         code.code()
