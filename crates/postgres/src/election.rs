@@ -39,28 +39,40 @@ fn channel_of(schema: &str, key: &str) -> String {
     format!("'fencelock_e_' || md5('{schema}.' || {key})")
 }
 
-/// The election on one PostgreSQL server.
-#[derive(Debug, Clone)]
-pub struct PgElection {
-    lock: PgLock,
+/// The SQL that creates what elections need beside the lock's tables in `schema` (see
+/// [`schema_sql`](crate::schema_sql), run first): the `leaders` table, the function that
+/// notifies a seat's observers and the two triggers on `locks` that call it — exactly
+/// what [`PgElection::connect`] runs when one of them is missing. Idempotent, and safe to
+/// run from many sessions at once (one transaction under the tables' advisory lock).
+/// The role that then runs elections needs `SELECT, INSERT, UPDATE, DELETE` on
+/// `leaders` besides what the lock needs; no `CREATE`, and it need not own the function.
+///
+/// The triggers fire on every deletion and grant-id change of a `locks` row, but call
+/// the function for `election.*` keys only: other locks pay the trigger's `WHEN` test.
+///
+/// ```
+/// let sql = fencelock_postgres::election_schema_sql("fencelock").unwrap();
+/// assert!(sql.contains("CREATE TABLE IF NOT EXISTS fencelock.leaders"));
+/// assert!(fencelock_postgres::election_schema_sql("no such").is_err());
+/// ```
+///
+/// # Errors
+///
+/// [`LockError::InvalidConfig`](fencelock_core::LockError::InvalidConfig) when `schema`
+/// is not a plain identifier (1 to 40 lowercase letters, digits and `_`).
+pub fn election_schema_sql(schema: &str) -> Result<String> {
+    crate::config::check_identifier(schema)
+        .map_err(|why| fencelock_core::LockError::invalid_config(format!("schema: {why}")))?;
+    Ok(election_ddl(schema))
 }
 
-impl PgElection {
-    /// Connects as [`PgLock::connect`] and creates the `leaders` table and the trigger that
-    /// announces a seat's release if they are missing.
-    ///
-    /// # Errors
-    /// As [`PgLock::connect`]; a backend error when the table cannot be created.
-    ///
-    /// # Cancel safety
-    /// Cancel safe: a dropped connect leaves at most a connection that closes itself.
-    pub async fn connect(url: &str) -> Result<Self> {
-        let lock = PgLock::connect(url).await?;
-        let schema = lock.config().schema.clone();
-        // Serialised by the backend's DDL advisory lock, like its own tables: concurrent
-        // CREATE TABLE IF NOT EXISTS can otherwise fail on the type catalogue's unique index.
-        let ddl = format!(
-            "BEGIN;
+/// The election objects' DDL (see [`election_schema_sql`]); `schema` is checked.
+///
+/// Serialised by the backend's DDL advisory lock, like its own tables: concurrent
+/// `CREATE TABLE IF NOT EXISTS` can otherwise fail on the type catalogue's unique index.
+fn election_ddl(schema: &str) -> String {
+    format!(
+        "BEGIN;
 SELECT pg_advisory_xact_lock({lock_id});
 CREATE TABLE IF NOT EXISTS {schema}.leaders (key text PRIMARY KEY, grant_id text NOT NULL, term bigint NOT NULL, value bytea NOT NULL);
 CREATE OR REPLACE FUNCTION {schema}.election_released() RETURNS trigger LANGUAGE plpgsql AS $f$
@@ -82,16 +94,82 @@ DO $d$ BEGIN
   END IF;
 END $d$;
 COMMIT;",
-            lock_id = crate::sql::DDL_LOCK,
-            channel = channel_of(&schema, "OLD.key"),
-        );
+        lock_id = crate::sql::DDL_LOCK,
+        channel = channel_of(schema, "OLD.key"),
+    )
+}
+
+/// The election on one PostgreSQL server.
+#[derive(Debug, Clone)]
+pub struct PgElection {
+    lock: PgLock,
+}
+
+impl PgElection {
+    /// Connects as [`PgLock::connect`] and creates the `leaders` table, the function and
+    /// the triggers that announce a seat's release when one of them is missing (one
+    /// statement looks for them; see [`election_schema_sql`] for teams that create them
+    /// ahead).
+    ///
+    /// # Errors
+    /// As [`PgLock::connect`]; [`InvalidConfig`](fencelock_core::LockError::InvalidConfig)
+    /// naming what is missing when the role may not create it; a backend error when the
+    /// objects cannot be created otherwise.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dropped connect leaves at most a connection that closes itself.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let lock = PgLock::connect(url).await?;
+        let schema = lock.config().schema.clone();
         let me = PgElection { lock };
-        me.run("creating the leaders table", |c| {
-            let ddl = ddl.clone();
-            async move { c.client.batch_execute(&ddl).await.map(|()| 0u64) }
-        })
-        .await?;
-        Ok(me)
+        let found = "SELECT to_regclass($1) IS NOT NULL, to_regprocedure($2) IS NOT NULL,
+       (SELECT count(*) FROM pg_catalog.pg_trigger t WHERE t.tgrelid = to_regclass($3)
+          AND t.tgname IN ('election_released', 'election_handed'))::int";
+        let names = [
+            format!("{schema}.leaders"),
+            format!("{schema}.election_released()"),
+            format!("{schema}.locks"),
+        ];
+        let (leaders, function, triggers): (bool, bool, i32) = me
+            .run("looking for the election's table and triggers", |c| async move {
+                let [a, b, t] = &names;
+                let row = c.client.query_one(found, &[a, b, t]).await?;
+                Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+            })
+            .await?;
+        // Created only when missing: `CREATE … IF NOT EXISTS` and `CREATE OR REPLACE
+        // FUNCTION` need `CREATE` on the schema (and ownership of the function) even when
+        // nothing is to be made, which a least-privilege role lacks.
+        if leaders && function && triggers == 2 {
+            return Ok(me);
+        }
+        let missing: Vec<&str> = [
+            (!leaders, "the table `leaders`"),
+            (!function, "the function `election_released()`"),
+            (triggers < 2, "the triggers on `locks`"),
+        ]
+        .into_iter()
+        .filter_map(|(gone, what)| gone.then_some(what))
+        .collect();
+        let ddl = election_ddl(&schema);
+        let made = me
+            .run("creating the leaders table", |c| async move {
+                c.client.batch_execute(&ddl).await.map(|()| 0u64)
+            })
+            .await;
+        match made {
+            Err(fencelock_core::LockError::InvalidConfig { source, .. }) => {
+                Err(fencelock_core::LockError::InvalidConfig {
+                    message: format!(
+                        "elections need {} in schema `{schema}`, and this role may not create them: have the schema's owner run `election_schema_sql` (docs/backends/postgres.md, \"Elections, for teams that manage schemas themselves\")",
+                        missing.join(", ")
+                    ),
+                    source,
+                })
+            }
+            Err(e) => Err(e),
+            Ok(_) => Ok(me),
+        }
     }
 
     /// Runs one statement on the lock's connection, bounded by the statement timeout.

@@ -72,7 +72,7 @@ mod task_slot;
 mod waiters;
 
 pub use config::{PgConfig, DEFAULT_CONNECTIONS, DEFAULT_SCHEMA, MAX_CONNECTIONS};
-pub use election::PgElection;
+pub use election::{election_schema_sql, PgElection};
 pub use fence::TransactionFence;
 pub use lock::{PgLock, GUARANTEES, GUARANTEES_DURABLE};
 pub use sql::schema_sql;

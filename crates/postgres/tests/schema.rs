@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use fencelock_core::election::Election;
 use fencelock_core::{DistributedLock, LockError, LockOptions};
 use fencelock_postgres::{schema_sql, PgLock};
 use fencelock_testkit::pg_server::PgServer;
@@ -112,6 +113,67 @@ async fn the_documented_sql_makes_tables_a_dml_only_role_can_use() {
         .unwrap()
         .unwrap();
     assert_eq!(token.get(), 3);
+}
+
+/// The SQL block under "Elections" in the same section.
+fn documented_election_sql() -> String {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/backends/postgres.md"))
+        .expect("docs/backends/postgres.md");
+    let section = doc
+        .split("### Elections, for teams that manage schemas themselves")
+        .nth(1)
+        .expect("the elections section");
+    let block = section.split("```sql\n").nth(1).expect("an sql block");
+    block.split("```").next().unwrap().to_owned()
+}
+
+/// Review (helper 131): `PgElection::connect` ran `CREATE TABLE IF NOT EXISTS` and
+/// `CREATE OR REPLACE FUNCTION` on every connect, which a role without `CREATE` on the
+/// schema (and not owning the function) is refused even when the objects exist — so a
+/// least-privilege role could lock but never elect. Now the objects made by the
+/// documented SQL serve such a role, and the documented SQL is what the client runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_election_sql_lets_a_dml_only_role_campaign() {
+    let doc = documented_election_sql();
+    assert_eq!(
+        normalised(&doc),
+        normalised(&fencelock_postgres::election_schema_sql("fencelock").unwrap()),
+        "docs/backends/postgres.md and election_schema_sql() disagree"
+    );
+    let server = PgServer::start();
+    server.psql(&documented_sql());
+    server.psql(&doc);
+    server.psql(&doc); // idempotent
+    let url = common::dml_only_role(&server);
+    let elections = fencelock_postgres::PgElection::connect(&url)
+        .await
+        .expect("a DML-only role connects an election");
+    let opts = LockOptions::new().with_ttl(Duration::from_secs(30));
+    let leadership = elections.campaign("seat", b"v1", &opts).await.unwrap();
+    let seen = elections.leader("seat").await.unwrap().expect("a leader");
+    assert_eq!((seen.term, seen.value.as_slice()), (leadership.term(), &b"v1"[..]));
+    leadership.resign().await.unwrap();
+}
+
+/// Without the election's objects, a role that may not create them is told which are
+/// missing and where the SQL is (before: "check the user, password, database and its
+/// privileges").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_that_cannot_create_the_election_objects_is_told_what_is_missing() {
+    let server = PgServer::start();
+    server.psql(&documented_sql());
+    let url = common::dml_only_role(&server);
+    let e = fencelock_postgres::PgElection::connect(&url).await.unwrap_err();
+    assert!(matches!(e, LockError::InvalidConfig { .. }), "{e:?}");
+    let e = e.to_string();
+    for says in [
+        "the table `leaders`",
+        "the function `election_released()`",
+        "the triggers on `locks`",
+        "election_schema_sql",
+    ] {
+        assert!(e.contains(says), "{says}: {e}");
+    }
 }
 
 #[test]
