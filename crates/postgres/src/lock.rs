@@ -30,7 +30,7 @@ pub const GUARANTEES_DURABLE: Guarantees = Guarantees {
     assumptions: &[
         "one primary: a failover to an asynchronously replicated standby can lose the last grants and counter bumps, so exclusion and token order become conditional on the replication being synchronous",
         "fsync and synchronous_commit were on when the client connected; turning them off later breaks token order after a crash",
-        "lease expiry runs on the server's clock (statement_timestamp()): a jump of that clock can end a lease early",
+        "lease expiry runs on the server's clock (statement_timestamp()), with no allowance for drift: a jump of that clock, a rate faster than real time, or a failover to a standby whose clock is ahead can end a lease before its holder stops believing in it",
     ],
 };
 
@@ -45,7 +45,7 @@ pub const GUARANTEES: Guarantees = Guarantees {
     assumptions: &[
         "exclusive only while the server does not crash: fsync or synchronous_commit is off, so a crash can lose acknowledged grants",
         "tokens increase only while the counter's last commits survive; a crash can repeat tokens",
-        "lease expiry runs on the server's clock (statement_timestamp()): a jump of that clock can end a lease early",
+        "lease expiry runs on the server's clock (statement_timestamp()), with no allowance for drift: a jump of that clock, a rate faster than real time, or a failover to a standby whose clock is ahead can end a lease before its holder stops believing in it",
     ],
 };
 
