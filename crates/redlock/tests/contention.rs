@@ -10,6 +10,7 @@ use std::time::Duration;
 use fencelock_core::{DistributedLock, LockOptions};
 use fencelock_redlock::RedlockLock;
 use fencelock_testkit::redis_server::{hand_off_delay, redlock_url, start_many, RedisServer};
+use fencelock_testkit::until;
 
 fn opts() -> LockOptions {
     LockOptions::new()
@@ -752,11 +753,10 @@ async fn outcome(
 /// `n` entries or more.
 async fn until_queued(server: &RedisServer, key: &str, n: i64) {
     let queue = format!("LLEN fencelock:{{{key}}}:queue");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while server.integer(&queue).unwrap_or(0) < n {
-        assert!(tokio::time::Instant::now() < deadline, "waiter {n} never queued");
-        tokio::time::sleep(Duration::from_millis(2)).await; // polling a condition, bounded
-    }
+    until::until(&format!("waiter {n} never queued"), Duration::from_secs(5), || {
+        server.integer(&queue).unwrap_or(0) >= n
+    })
+    .await;
 }
 
 /// The `EXEC`s `server` ran: a grant request (the acquire transaction) counts one.
@@ -767,11 +767,10 @@ fn execs(server: &RedisServer) -> u64 {
 /// Waits (polling, at most 5 s) until `server` ran more `EXEC`s than `before`: a claim
 /// reached it.
 async fn until_a_claim_reached(server: &RedisServer, before: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while execs(server) == before {
-        assert!(tokio::time::Instant::now() < deadline, "no claim reached the node");
-        tokio::time::sleep(Duration::from_millis(1)).await; // polling a condition, bounded
-    }
+    until::until("no claim reached the node", Duration::from_secs(5), || {
+        execs(server) != before
+    })
+    .await;
 }
 
 /// Which of two queued acquires is granted first (`"head"` or `"next"`), and its lease;

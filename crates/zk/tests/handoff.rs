@@ -10,7 +10,6 @@ use fencelock_core::{DistributedLock, LockOptions};
 use fencelock_testkit::until::{served, until};
 use fencelock_testkit::zk_server::ZkEnsemble;
 use fencelock_zk::ZkLock;
-use tokio::time::Instant;
 
 /// From each release to the next waiter's grant the server receives one packet: the
 /// holder's delete (nothing per other waiter, no listing, no retry). Two hand-offs in a
@@ -83,14 +82,12 @@ async fn a_hand_off_costs_only_the_delete() {
 
 /// Waits (bounded polling of `wchs`) until the server counts `n` watched paths.
 async fn until_watches(ensemble: &ZkEnsemble, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while ensemble.watch_count(0).expect("wchs") < n {
-        assert!(
-            Instant::now() < deadline,
-            "the waiters never watched the nodes before theirs"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(
+        "the waiters never watched the nodes before theirs",
+        Duration::from_secs(10),
+        || ensemble.watch_count(0).expect("wchs") >= n,
+    )
+    .await;
 }
 
 /// Each waiter watches the waiting marker of the nearest node before its own that names
