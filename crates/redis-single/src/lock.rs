@@ -167,7 +167,8 @@ impl RedisLock {
         let answer = node.try_grant(key, &grant, opts.ttl(), Duration::ZERO).await;
         let token = match answer {
             Ok(NodeGrant::Granted(token)) => FencingToken::new(token),
-            Ok(NodeGrant::Busy(_)) => {
+            // `Restarting` needs a restart delay, which a single server never sends.
+            Ok(NodeGrant::Busy(_) | NodeGrant::Restarting(_)) => {
                 undo.disarm(); // refused: granted nowhere
                 return Ok(Outcome::Busy);
             }

@@ -28,6 +28,10 @@ pub enum NodeGrant {
     Granted(u64),
     /// Held by another grant for this many more milliseconds (`None`: the key has no TTL).
     Busy(Option<u64>),
+    /// Refused because the node is inside its restart delay (Redlock's `restart_delay`)
+    /// for this many more milliseconds, whether or not the key is held there: the node
+    /// votes for no grant until then. Never answered without a restart delay.
+    Restarting(u64),
 }
 
 /// How long the lock stays reserved for a queue head that must claim it — Redlock's
@@ -516,7 +520,7 @@ impl RedisNode {
     /// The counter grows on refused attempts too, which only leaves gaps. With a
     /// `restart_delay`, the `ACQUIRE` script, which also checks the delay: a node whose
     /// server process (its uptime) or boot marker is younger than the delay refuses and
-    /// answers busy for the rest of the delay.
+    /// answers [`NodeGrant::Restarting`] with the rest of the delay.
     ///
     /// Not retried on a dropped connection (the counter would grow twice, harmless, but a
     /// grant could land unheard); when the answer is lost, a release of `grant` is sent in
@@ -574,6 +578,7 @@ impl RedisNode {
                 .await
                 .map(|(granted, n)| match granted {
                     1 => NodeGrant::Granted(to_u64(n).unwrap_or(0)),
+                    2 => NodeGrant::Restarting(to_u64(n).unwrap_or(0)),
                     _ => NodeGrant::Busy(to_u64(n)),
                 })
         };
@@ -588,8 +593,8 @@ impl RedisNode {
     /// free here (and the node is past its `restart_delay`, as [`try_grant`](Self::try_grant)
     /// checks it), and raises the key's counter here to at least `token`. Answers
     /// [`NodeGrant::Granted`] with the counter when the node holds `grant` now (also when it
-    /// already did), [`NodeGrant::Busy`] with the other holder's PTTL (or the rest of the
-    /// restart delay) in milliseconds when not.
+    /// already did), [`NodeGrant::Busy`] with the other holder's PTTL in milliseconds when
+    /// not, [`NodeGrant::Restarting`] with the rest of the restart delay when inside it.
     ///
     /// Safe to send twice (a repeat finds the grant already there), so it is repeated once
     /// the connection manager reconnected, as releases are.
@@ -621,10 +626,10 @@ impl RedisNode {
             .arg(token);
         let (held, n): (i64, i64) = self.invoke_idempotent("heal script", &invocation).await?;
         let n = u64::try_from(n).ok();
-        Ok(if held == 1 {
-            NodeGrant::Granted(n.unwrap_or(token))
-        } else {
-            NodeGrant::Busy(n)
+        Ok(match held {
+            1 => NodeGrant::Granted(n.unwrap_or(token)),
+            2 => NodeGrant::Restarting(n.unwrap_or(0)),
+            _ => NodeGrant::Busy(n),
         })
     }
 

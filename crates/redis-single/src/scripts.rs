@@ -186,8 +186,10 @@ end
 
 /// KEYS: lock, counter, boot marker. ARGV: grant id, ttl ms, restart delay ms (> 0: with
 /// no restart delay the acquire is a pipeline of plain commands, see `RedisNode::try_grant`).
-/// Returns `{1, token}` when granted, `{0, ms}` when not: someone holds the lock for `ms`
-/// more (PTTL), or the node is still inside its restart delay for `ms` more.
+/// Returns `{1, token}` when granted; `{0, ms}` when someone holds the lock for `ms` more
+/// (PTTL); `{2, ms}` when the node is still inside its restart delay for `ms` more — told
+/// apart from a holder so that Redlock can say which it was (a free key refused by
+/// restarting nodes is not "held"); the same reply length, no extra work.
 ///
 /// The restart delay (Redlock's "delayed restart", 0 = off): a node whose server process
 /// started less than the delay ago may have forgotten locks it granted — restarted
@@ -197,7 +199,7 @@ end
 /// (see `restart_delay_check`).
 pub(crate) static ACQUIRE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
-        &(restart_delay_check(3, 3, "{0, rest}")
+        &(restart_delay_check(3, 3, "{2, rest}")
             + r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {1, redis.call('INCR', KEYS[2])}
@@ -415,11 +417,11 @@ return 0
 /// instead, so every grant this node makes later counts on from it. A node that already
 /// holds the grant (an earlier heal whose answer was lost) only gets the raise.
 ///
-/// Returns `{1, counter}` when the node holds the grant now, `{0, ms}` when not: held by
-/// another grant for `ms` more (PTTL, -1: no TTL), or inside the restart delay for `ms`.
+/// Returns `{1, counter}` when the node holds the grant now; `{0, ms}` when held by another
+/// grant for `ms` more (PTTL, -1: no TTL); `{2, ms}` when inside the restart delay for `ms`.
 pub(crate) static HEAL: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
-        &(restart_delay_check(3, 3, "{0, rest}")
+        &(restart_delay_check(3, 3, "{2, rest}")
             + r"
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then

@@ -109,6 +109,8 @@ async fn heal(weak: Weak<RedlockGrant>, refused: Vec<(usize, Option<u64>)>) {
                     None
                 }
                 Ok(NodeGrant::Busy(ms)) => Some((i, at(now, ms))),
+                // Tried again once its delay has passed.
+                Ok(NodeGrant::Restarting(ms)) => Some((i, at(now, Some(ms)))),
                 // Unknown (it may have landed unheard: the lease's release goes to every
                 // node, this one too); tried again with the others.
                 // An end already past would wake the next try at once, and the next:

@@ -35,7 +35,10 @@
 //! * **Delayed restart** (`restart_delay`): enforced by the client on each node inside the
 //!   scripts that grant — a node whose server process is younger than the delay (its
 //!   uptime, `INFO server`), or whose boot marker is (its data flushed), refuses grants
-//!   until the delay has passed, whatever it reloaded from disk.
+//!   until the delay has passed, whatever it reloaded from disk. A key refused because
+//!   such nodes could have made the quorum is not "held": `try_acquire`, and an `acquire`
+//!   whose wait runs out so refused, fail with `Unavailable` naming how many nodes are
+//!   inside their delay, how many hold another grant, and when they vote again.
 //!
 //! ## When to choose it
 //!

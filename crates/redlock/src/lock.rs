@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::admission::Admission;
 use crate::config::RedlockConfig;
-use crate::error::no_quorum;
+use crate::error::{no_quorum, Refusal};
 use crate::grant::{RedlockGrant, ReleasePlan};
 use crate::quorum::{fan_out, late, Answer, Bound};
 use crate::wait::Contention;
@@ -76,9 +76,9 @@ pub(crate) struct Inner {
 
 pub(crate) enum Round {
     Granted(Lease),
-    /// Not granted; retry no later than this (the shortest holder TTL seen, or a node's
-    /// restart delay).
-    Busy(Option<Duration>),
+    /// Not granted, and why: retry no later than its [`Refusal::shortest`] (the shortest
+    /// holder TTL seen, or a node's restart delay left).
+    Busy(Refusal),
 }
 
 impl RedlockLock {
@@ -331,12 +331,15 @@ impl RedlockLock {
             });
             // Nodes that answered "held by another grant" (usually the previous holder's,
             // whose release had not reached them yet): the grant takes them too once the
-            // key is free there (`heal.rs`), rather than living on the quorum alone.
+            // key is free there (`heal.rs`), rather than living on the quorum alone. So
+            // do nodes inside their restart delay, once past it (the heal's script checks
+            // the delay as the acquire's does).
             let refused = answers
                 .iter()
                 .enumerate()
                 .filter_map(|(i, a)| match a {
                     Ok(NodeGrant::Busy(ms)) => Some((i, *ms)),
+                    Ok(NodeGrant::Restarting(ms)) => Some((i, Some(*ms))),
                     _ => None,
                 })
                 .collect();
@@ -377,14 +380,7 @@ impl RedlockLock {
         if tokens.len() >= quorum {
             tracing::debug!(%key, ?elapsed, "a quorum granted, but too late: no validity left");
         }
-        let shortest = answers
-            .iter()
-            .filter_map(|a| match a {
-                Ok(NodeGrant::Busy(Some(ms))) => Some(Duration::from_millis(*ms)),
-                _ => None,
-            })
-            .min();
-        Ok(Round::Busy(shortest))
+        Ok(Round::Busy(Refusal::of(answers, quorum)))
     }
 }
 
@@ -409,7 +405,12 @@ impl DistributedLock for RedlockLock {
                 let _permit = self.inner.admission.round().await;
                 match self.round(key, opts).await? {
                     Round::Granted(lease) => Ok(Some(lease.into_live()?)),
-                    Round::Busy(_) => Ok(None),
+                    // Refused by nodes inside their restart delay, which could have made
+                    // the quorum: not "held" (`Refusal::restart_error` says why).
+                    Round::Busy(refusal) => match refusal.restart_error(key, self.inner.cfg.restart_delay) {
+                        Some(e) => Err(e),
+                        None => Ok(None),
+                    },
                 }
             })
             .await
@@ -432,7 +433,18 @@ impl DistributedLock for RedlockLock {
                 let per_node = self.inner.cfg.per_node_timeout;
                 let late = crate::quorum::late(per_node);
                 let check = LastCheck::for_request_timeout((per_node + late) * 2);
-                acquire_checked(key, opts, check, || self.attempt(key, opts, &queued)).await
+                match acquire_checked(key, opts, check, || self.attempt(key, opts, &queued)).await {
+                    // The wait ran out: refused to the end by nodes inside their restart
+                    // delay (its last round said so, and they are inside it still) is not
+                    // a held key — said as `try_acquire` says it.
+                    Err(e) if e.is_timeout() => {
+                        let restarting = (queued.lock().await.refusal.as_ref())
+                            .filter(|r| r.still_restarting())
+                            .and_then(|r| r.restart_error(key, self.inner.cfg.restart_delay));
+                        Err(restarting.unwrap_or(e))
+                    }
+                    done => done,
+                }
             })
             .await
     }

@@ -10,6 +10,7 @@ pub(crate) use fencelock_redis::Contention;
 use fencelock_redis::{NodeGrant, NodeSubscription, RedisNode, Turn, HANDOFF_CLAIM};
 use tokio::time::Instant;
 
+use crate::error::Refusal;
 use crate::lock::{grant_on, RedlockLock, Round};
 use crate::quorum::{late, Answer, Bound};
 
@@ -59,6 +60,11 @@ pub(crate) struct WaitState {
     missed: u32,
     /// When this wait last made a re-check's plain round (see [`RedlockLock::attempt`]).
     last_round: Option<Instant>,
+    /// Why the latest round of this wait that every node was asked in (a plain round,
+    /// or a turn's) was refused: a wait that runs out refused by nodes inside their
+    /// restart delay says so rather than time out as if the key were held
+    /// ([`Refusal::restart_error`]).
+    pub(crate) refusal: Option<Refusal>,
 }
 
 /// The waiting state of one `acquire`, locked by each attempt.
@@ -88,6 +94,8 @@ impl RedlockLock {
         }
         let per_node = self.inner.cfg.per_node_timeout;
         let first_turn = state.is_none();
+        // Whether this attempt made a plain round already (every node asked).
+        let mut rounded = false;
         // A place in flight before anything is sent (`admission.rs`); a turn that claims
         // a lock handed to us takes one from its own pool, below.
         let mut permit = None;
@@ -100,7 +108,11 @@ impl RedlockLock {
                 if !contended {
                     match self.round(key, opts).await? {
                         Round::Granted(lease) => return Ok(Attempt::Acquired(lease)),
-                        Round::Busy(s) => shortest = s,
+                        Round::Busy(refusal) => {
+                            shortest = refusal.shortest();
+                            st.refusal = Some(refusal);
+                            rounded = true;
+                        }
                     }
                 }
                 // Found busy (now, or by this instance within the last second): queue on
@@ -125,8 +137,9 @@ impl RedlockLock {
                     // still make a quorum), else the algorithm's random delay.
                     _ => {
                         if contended {
-                            if let Round::Granted(lease) = self.round(key, opts).await? {
-                                return Ok(Attempt::Acquired(lease));
+                            match self.round(key, opts).await? {
+                                Round::Granted(lease) => return Ok(Attempt::Acquired(lease)),
+                                Round::Busy(refusal) => st.refusal = Some(refusal),
                             }
                         }
                         return Ok(Attempt::Busy {
@@ -237,13 +250,14 @@ impl RedlockLock {
                     // pass the undone lock round — wait the algorithm's random delay: at
                     // once, it was a loop of round trips for the holder's whole TTL
                     // (review: 20,566 commands in a 2 s wait).
-                    Ok(Round::Busy(shortest)) => {
+                    Ok(Round::Busy(refusal)) => {
                         st.missed += 1;
                         spent = Some(if st.missed == 1 {
                             Duration::ZERO
                         } else {
-                            self.random_delay(shortest)
+                            self.random_delay(refusal.shortest())
                         });
+                        st.refusal = Some(refusal);
                         Duration::ZERO
                     }
                     // Fewer than a quorum answered: undone too, and the undo of the silent
@@ -254,12 +268,16 @@ impl RedlockLock {
                     }
                 }
             }
-            Ok(Ok(Turn::Queued { pttl, entry, .. })) => {
+            Ok(Ok(Turn::Queued { pttl, entry, server_ms })) => {
                 q.entry = entry;
                 st.missed = 0;
-                let granted_elsewhere = early
-                    .as_ref()
-                    .is_some_and(|rest| rest.iter().any(|a| !matches!(a, Ok(NodeGrant::Busy(_)))));
+                // The primary refused inside its restart delay (no server time: the
+                // script stopped at the delay's check) and queued nothing.
+                let primary_restarting = server_ms.is_none();
+                let granted_elsewhere = early.as_ref().is_some_and(|rest| {
+                    rest.iter()
+                        .any(|a| !matches!(a, Ok(NodeGrant::Busy(_) | NodeGrant::Restarting(_))))
+                });
                 if granted_elsewhere {
                     drop(undo); // the turn was lost: give back what the others granted
                     spent = Some(Duration::ZERO);
@@ -315,11 +333,19 @@ impl RedlockLock {
                 // `queued_waiters_under_a_peer_layout_do_not_multiply_the_commands_while_a_lock_is_held`).
                 let period = cfg.retry_delay.saturating_mul(QUEUED_POLL_FACTOR) / 2;
                 let due = st.last_round.is_none_or(|at| at.elapsed() >= period);
-                if spent.is_none() && !turn && !first_turn && !reserved && due {
+                // A first turn follows this attempt's plain round — unless the key was
+                // found busy recently and the wait queued at once: then a primary inside
+                // its restart delay, which queued nothing, is the only answer, and the
+                // round asks the other nodes (which may grant, or say why not).
+                let asked_all = !first_turn || (primary_restarting && !rounded);
+                if spent.is_none() && !turn && asked_all && !reserved && due {
                     st.last_round = Some(Instant::now());
-                    if let Round::Granted(lease) = self.round(key, opts).await? {
-                        *state = None; // leaves the queue (the drop of `Queued`)
-                        return Ok(Attempt::Acquired(lease));
+                    match self.round(key, opts).await? {
+                        Round::Granted(lease) => {
+                            *state = None; // leaves the queue (the drop of `Queued`)
+                            return Ok(Attempt::Acquired(lease));
+                        }
+                        Round::Busy(refusal) => st.refusal = Some(refusal),
                     }
                 }
                 // A peer library's release sends no message: with a peer layout the
@@ -336,10 +362,14 @@ impl RedlockLock {
                 *state = None; // spent (see below): leave the queue, queue afresh next turn
                 return match self.round(key, opts).await? {
                     Round::Granted(lease) => Ok(Attempt::Acquired(lease)),
-                    Round::Busy(shortest) => Ok(Attempt::Busy {
-                        wake: Some(wake),
-                        retry_at: Some(Instant::now() + self.random_delay(shortest)),
-                    }),
+                    Round::Busy(refusal) => {
+                        let retry_at = Instant::now() + self.random_delay(refusal.shortest());
+                        st.refusal = Some(refusal);
+                        Ok(Attempt::Busy {
+                            wake: Some(wake),
+                            retry_at: Some(retry_at),
+                        })
+                    }
                 };
             }
         };
@@ -403,8 +433,14 @@ impl RedlockLock {
                 .iter()
                 .filter(|a| matches!(a, Ok(NodeGrant::Granted(_))))
                 .count();
+            // A node inside its restart delay is asked again only when the delay it
+            // told ends within the window (`per_node`): before, its answer cannot change.
             let refused: Vec<usize> = (answers.iter().enumerate())
-                .filter(|(_, a)| matches!(a, Ok(NodeGrant::Busy(_))))
+                .filter(|(_, a)| match a {
+                    Ok(NodeGrant::Busy(_)) => true,
+                    Ok(NodeGrant::Restarting(ms)) => Duration::from_millis(*ms) < per_node,
+                    _ => false,
+                })
                 .map(|(i, _)| i)
                 .collect();
             let worth_it = yes < cfg.quorum() && yes + refused.len() >= cfg.quorum();

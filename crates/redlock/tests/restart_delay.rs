@@ -129,3 +129,128 @@ fn restart_delay_below_a_millisecond_is_refused() {
     }
     assert!(RedlockConfig::from_url("redlock://h:1?restart_delay=25h").is_err());
 }
+
+/// Servers past their restart delay (an acquire waited for it), then `restart` of them
+/// restarted, and a client connected after that: the nodes restarted are inside their
+/// delay for at least `delay` from the instant returned.
+async fn restart_some(
+    servers: &mut [RedisServer],
+    restart: &[usize],
+    delay: Duration,
+) -> (RedlockLock, tokio::time::Instant) {
+    let extra = format!("&restart_delay={}ms", delay.as_millis());
+    let warm = connect(servers, &extra).await.unwrap();
+    // Fresh nodes sit out the delay first (up to about 2 s more than set).
+    warm.acquire("warm", &opts(delay).with_wait(Duration::from_secs(15)))
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    warm.close().await.unwrap();
+    for &i in restart {
+        servers[i].restart();
+    }
+    let restarted = tokio::time::Instant::now();
+    // Connected after the restarts: its first round meets no dropped connection.
+    (connect(servers, &extra).await.unwrap(), restarted)
+}
+
+/// The refusal of a key because of restart delays: `Unavailable` (a temporary lack of
+/// voters, as a node that does not answer), naming `restarting` of `n` nodes inside their
+/// delay and `held` of `n` holding another grant, never "held by someone else" alone.
+fn assert_restart_refusal(err: &LockError, restarting: usize, held: usize, n: usize) {
+    let LockError::Unavailable { message, .. } = err else {
+        panic!("expected Unavailable naming the restart delay, got {err:?}");
+    };
+    assert!(
+        message.contains(&format!("{restarting} of {n} nodes are inside their restart delay"))
+            && message.contains("vote again in"),
+        "{message}"
+    );
+    if held == 0 {
+        assert!(message.contains("no node holds it"), "{message}");
+    } else {
+        assert!(
+            message.contains(&format!("{held} of {n} hold another grant")),
+            "{message}"
+        );
+    }
+    assert!(err.is_temporary(), "{err:?}");
+}
+
+/// 2 of 3 nodes restarted less than `restart_delay` ago: the key is free (nobody holds
+/// it anywhere), but no quorum can grant it until they vote again. `try_acquire` and an
+/// `acquire` whose wait ends inside the delay say that, not "held" — before, `try_acquire`
+/// answered `Ok(None)` and `acquire` timed out, which the CLI prints as "lock `k` is held
+/// by someone else" (exit 75): an operator went looking for a holder that did not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_free_key_refused_inside_the_restart_delay_names_the_delay_not_a_holder() {
+    let delay = Duration::from_secs(4);
+    let mut servers = start_many(3);
+    let (lock, restarted) = restart_some(&mut servers, &[0, 1], delay).await;
+    let ttl = Duration::from_secs(2);
+    let err = match lock.try_acquire("k", &opts(ttl)).await {
+        Err(e) => e,
+        Ok(None) => panic!("try_acquire answered Ok(None) (held by someone else) for a key nobody holds"),
+        Ok(Some(l)) => panic!("granted inside the restart delay (token {})", l.token()),
+    };
+    assert_restart_refusal(&err, 2, 0, 3);
+    // A wait that ends inside the delay keeps asking until it ends, and says the same.
+    let wait = Duration::from_secs(1);
+    let start = tokio::time::Instant::now();
+    let err = lock
+        .acquire("k", &opts(ttl).with_wait(wait))
+        .await
+        .expect_err("granted inside the restart delay");
+    assert!(
+        start.elapsed() >= wait - Duration::from_millis(300),
+        "gave up after {:?} of a {wait:?} wait",
+        start.elapsed()
+    );
+    assert!(!err.is_timeout(), "a timeout reads as a held key: {err}");
+    assert_restart_refusal(&err, 2, 0, 3);
+    assert!(
+        restarted.elapsed() < delay,
+        "the test ran past the delay: proves nothing"
+    );
+    for s in &servers {
+        assert!(
+            s.command("EXISTS fencelock:{k}:lock").contains('0'),
+            "held on {}",
+            s.port()
+        );
+    }
+}
+
+/// Mixed: of 5 nodes, 2 restarted inside the delay and 1 holding another grant (a copy left
+/// by some other client): the other 2 granted, and the restarting ones could have made
+/// the quorum — the refusal names both counts. With 3 holding another grant the key is
+/// held whatever the restarting nodes would say: `Ok(None)`, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_by_restarting_and_holding_nodes_names_both() {
+    let delay = Duration::from_secs(4);
+    let mut servers = start_many(5);
+    let (lock, restarted) = restart_some(&mut servers, &[0, 1], delay).await;
+    let ttl = Duration::from_secs(2);
+    let hold = |s: &RedisServer| {
+        let said = s.command("SET fencelock:{k}:lock someone-else PX 10000");
+        assert!(said.starts_with("+OK"), "{said}");
+    };
+    hold(&servers[2]);
+    let err = lock
+        .try_acquire("k", &opts(ttl))
+        .await
+        .expect_err("granted, or Ok(None) (held), with the quorum refused by restarting nodes");
+    assert_restart_refusal(&err, 2, 1, 5);
+    hold(&servers[3]);
+    hold(&servers[4]);
+    assert!(
+        lock.try_acquire("k", &opts(ttl)).await.unwrap().is_none(),
+        "3 of 5 hold another grant: held, whatever the restarting nodes say"
+    );
+    assert!(
+        restarted.elapsed() < delay,
+        "the test ran past the delay: proves nothing"
+    );
+}
