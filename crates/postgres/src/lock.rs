@@ -9,8 +9,8 @@ use fencelock_core::closing::CloseGate;
 use fencelock_core::options::validate_key;
 use fencelock_core::waiting::{acquire_with, jitter, Attempt, CancelGuard};
 use fencelock_core::{
-    DistributedLock, Exclusion, FencingToken, GrantId, Guarantees, Lease, LeaseParts, LockError, LockOptions, Result,
-    Scope, TokenOrder,
+    DistributedLock, Exclusion, FencingToken, GrantId, Guarantees, Lease, LeaseParts, LockError, LockOptions,
+    LostReason, Result, Scope, TokenOrder,
 };
 use tokio::time::Instant;
 
@@ -286,7 +286,7 @@ impl PgLock {
         if opts.auto_renew() && known.sent + validity >= Instant::now() + floor {
             tracing::debug!(%key, %token, "handed the key by a release");
             let lease = self.lease(key, opts, grant, token, &session, known.sent, validity, handoff);
-            self.extend_in_background(key, grant, &session, opts.ttl());
+            self.extend_in_background(&lease, &session, opts.ttl());
             return Ok(Some(lease));
         }
         let sent_at = Instant::now();
@@ -315,19 +315,31 @@ impl PgLock {
     /// grant (the bench's 1,000 keys × 4 clients row failed 2 of 3 runs: "release failed:
     /// … the backend no longer holds this grant"). A waiter whose process died sends
     /// nothing, so a dead waiter still holds a handed key only for its ticket's life.
-    fn extend_in_background(&self, key: &str, grant: &GrantId, session: &Arc<Session>, ttl: Duration) {
+    ///
+    /// It is also the server's first word on a grant taken from a notification: when it
+    /// finds the grant not ours (expired, or the hand-off was to another grant), the lease
+    /// is reported lost ([`LostReason::NotHeld`]) at once, rather than at its first
+    /// renewal.
+    fn extend_in_background(&self, lease: &Lease, session: &Arc<Session>, ttl: Duration) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return; // the lease's own renewal does it
         };
-        let (node, key, grant, session) = (
+        let (node, key, grant, session, reporter) = (
             self.node.clone(),
-            key.to_owned(),
-            grant.to_string(),
+            lease.key().to_owned(),
+            lease.grant().to_string(),
             Arc::downgrade(session),
+            lease.reporter(),
         );
         rt.spawn(async move {
-            if let Err(e) = node.renew(&session, &key, &grant, ttl).await {
-                tracing::debug!(%key, error = %e, "extending a handed grant failed; its renewal will");
+            match node.renew(&session, &key, &grant, ttl).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    if reporter.lost(LostReason::NotHeld) {
+                        tracing::warn!(%key, "a handed grant is not held on the server: the lease is lost");
+                    }
+                }
+                Err(e) => tracing::debug!(%key, error = %e, "extending a handed grant failed; its renewal will"),
             }
         });
     }
@@ -349,9 +361,12 @@ impl PgLock {
         refused: &AtomicBool,
     ) -> Result<Attempt> {
         let mut queue = queue.lock().await;
-        let handed = queue
-            .as_ref()
-            .and_then(|t| Some((t.grant.clone(), self.node.waiters().take_handed(t.ticket)?)));
+        let handed = queue.as_ref().and_then(|t| {
+            Some((
+                t.grant.clone(),
+                self.node.waiters().take_handed(t.ticket, t.grant.as_str())?,
+            ))
+        });
         if let Some((grant, (token, known))) = handed {
             // Until the lease is made, dropping the ticket gives the grant back.
             let session = self.node.live_session().await?;
@@ -411,7 +426,9 @@ impl PgLock {
                 }
                 (Some(t), Some(ticket)) => {
                     t.vanished = false;
-                    self.node.waiters().confirm(ticket, Confirmed { sent, life });
+                    self.node
+                        .waiters()
+                        .confirm(ticket, t.grant.as_str(), Confirmed { sent, life });
                     debug_assert_eq!(t.ticket, ticket);
                     Ok(Attempt::Busy {
                         wake,
@@ -643,6 +660,34 @@ mod tests {
         for later in [at(None, Some(60_000)), at(Some(60_000), None), at(None, None)] {
             assert!(later >= poll * 2 && later <= poll * 4, "{later:?}");
         }
+    }
+
+    /// A handed grant is made a lease without a statement (the notification is the grant),
+    /// and extended to the TTL on the server in the background. When that extend finds the
+    /// grant not ours — the hand-off went to another grant (a ticket number issued twice
+    /// after a crash), or it expired — the lease must be reported lost at once, not held on
+    /// until its first renewal (a third of the way through the ticket's life: 7 s here).
+    /// Driven directly with a grant id the server never saw.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_handed_lease_the_server_does_not_hold_is_reported_lost_at_once() {
+        let server = fencelock_testkit::pg_server::PgServer::start();
+        let locks = PgLock::connect(&format!("{}&poll=10s", server.url())).await.unwrap();
+        let opts = LockOptions::new().with_ttl(Duration::from_secs(60));
+        let session = locks.node.live_session().await.unwrap();
+        let known = Confirmed {
+            sent: Instant::now(),
+            life: locks.node.ticket_life(),
+        };
+        let lease = locks
+            .handed("k", &opts, &GrantId::random(), 7, session, known)
+            .await
+            .unwrap()
+            .expect("handed out without a statement");
+        let lost = tokio::time::timeout(Duration::from_secs(2), lease.lost()).await;
+        assert!(
+            matches!(lost, Ok(fencelock_core::LostReason::NotHeld)),
+            "a handed lease whose grant the server lacks was not reported lost: {lost:?}"
+        );
     }
 
     #[test]

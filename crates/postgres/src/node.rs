@@ -1187,8 +1187,14 @@ impl PgNode {
     /// [`ticket_life`](Self::ticket_life), so that a waiter behind others need not attempt just to keep
     /// its place. The keeper ends when no ticket is left or the instance is dropped; a
     /// failed renewal is only logged (each waiter's own attempts renew its ticket too).
-    pub(crate) fn register_ticket(&self, ticket: i64, confirmed: Confirmed) -> Arc<tokio::sync::Notify> {
-        let (notify, keeper) = self.inner.waiters.register(ticket, confirmed);
+    pub(crate) fn register_ticket(
+        &self,
+        ticket: i64,
+        key: &str,
+        grant: &str,
+        confirmed: Confirmed,
+    ) -> Arc<tokio::sync::Notify> {
+        let (notify, keeper) = self.inner.waiters.register(ticket, key, grant, confirmed);
         if let Some(task) = keeper {
             let Ok(rt) = tokio::runtime::Handle::try_current() else {
                 self.inner.waiters.keeper_ended(task);
@@ -1221,7 +1227,9 @@ impl PgNode {
         notify
     }
 
-    /// Renews `tickets` for [`ticket_life`](Self::ticket_life), on the live connection
+    /// Renews `tickets` — each matched by its number and the grant id it carries, so that
+    /// a number issued twice is never renewed for the wrong wait — for
+    /// [`ticket_life`](Self::ticket_life), on the live connection
     /// with the fewest statements in flight, **without taking a turn** there (as a
     /// lease's renewals have turns of their own): behind a backlog of this instance's
     /// statements — 1,000 keys' waiters on 4 connections — a wait for a turn outlasted
@@ -1230,13 +1238,14 @@ impl PgNode {
     /// the renewals in flight are ahead of it; it counts as one more in flight there while
     /// it runs. No live connection: nothing is sent (the
     /// waiters' own attempts connect again, and renew their own tickets).
-    async fn keep_tickets(&self, tickets: Vec<i64>) -> Result<()> {
+    async fn keep_tickets(&self, tickets: Vec<(i64, String)>) -> Result<()> {
         let Some(session) = self.inner.pool.least_loaded() else {
             return Ok(());
         };
         let life = self.ticket_life();
         let life_ms = life.as_millis() as i64;
-        let (tickets, life_ms) = (&tickets, &life_ms);
+        let (tickets, grants): (Vec<i64>, Vec<String>) = tickets.into_iter().unzip();
+        let (tickets, grants, life_ms) = (&tickets, &grants, &life_ms);
         let timeout = self.inner.cfg.timeout;
         // Counted as in flight there, so that a new grant is not sent behind it as if the
         // connection were idle.
@@ -1244,12 +1253,15 @@ impl PgNode {
         let sent = tokio::time::Instant::now();
         let row = self
             .send_on(&session, "keeping waiter tickets", timeout, |s| async move {
-                s.client.query_one(&s.st.keep_tickets, &[tickets, life_ms]).await
+                s.client
+                    .query_one(&s.st.keep_tickets, &[tickets, grants, life_ms])
+                    .await
             })
             .await?;
         let kept: Vec<i64> = row.0.try_get(0).unwrap_or_default();
-        for ticket in kept {
-            self.inner.waiters.confirm(ticket, Confirmed { sent, life });
+        let kept_grants: Vec<String> = row.0.try_get(1).unwrap_or_default();
+        for (ticket, grant) in kept.into_iter().zip(&kept_grants) {
+            self.inner.waiters.confirm(ticket, grant, Confirmed { sent, life });
         }
         Ok(())
     }
@@ -1427,9 +1439,9 @@ async fn leave_on(
 ) -> std::result::Result<tokio_postgres::Row, tokio_postgres::Error> {
     // `join!` polls them in this order, and a first poll sends: the order on the wire.
     let (by_ticket, by_key): (
-        [&(dyn tokio_postgres::types::ToSql + Sync); 1],
         [&(dyn tokio_postgres::types::ToSql + Sync); 2],
-    ) = ([&ticket], [&key, &grant]);
+        [&(dyn tokio_postgres::types::ToSql + Sync); 2],
+    ) = ([&ticket, &grant], [&key, &grant]);
     let (dequeued, released) = tokio::join!(
         s.client.execute(&s.st.dequeue, &by_ticket),
         s.client.query_one(s.st.release(handoff), &by_key),
@@ -1455,10 +1467,12 @@ mod tests {
 
     /// Queues a new grant id behind the holder of `key`: its ticket.
     async fn queue(node: &PgNode, key: &str, ttl: Duration) -> i64 {
-        let (queued, _, _) = node
-            .try_grant(key, &GrantId::random(), ttl, Queueing::Join)
-            .await
-            .unwrap();
+        queue_as(node, key, &GrantId::random(), ttl).await
+    }
+
+    /// Queues `grant` behind the holder of `key`: its ticket.
+    async fn queue_as(node: &PgNode, key: &str, grant: &GrantId, ttl: Duration) -> i64 {
+        let (queued, _, _) = node.try_grant(key, grant, ttl, Queueing::Join).await.unwrap();
         let NodeGrant::Busy(Busy {
             ticket: Some(ticket), ..
         }) = queued
@@ -1638,7 +1652,8 @@ mod tests {
         let node = PgNode::new(PgConfig::from_url(&url).unwrap());
         let ttl = Duration::from_secs(60);
         hold(&node, "k", &GrantId::random(), ttl).await;
-        let ticket = queue(&node, "k", ttl).await;
+        let grant = GrantId::random();
+        let ticket = queue_as(&node, "k", &grant, ttl).await;
         let (client, driver) = watcher(&node).await;
         let schema = &node.inner.cfg.schema;
         let life = node.ticket_life().as_secs_f64() * 1000.0;
@@ -1648,7 +1663,7 @@ mod tests {
                 .await
                 .unwrap()
                 .get(0);
-            node.keep_tickets(vec![ticket]).await.unwrap();
+            node.keep_tickets(vec![(ticket, grant.to_string())]).await.unwrap();
             let end: f64 = client
                 .query_one(
                     &format!(
@@ -1669,6 +1684,66 @@ mod tests {
         driver.abort();
     }
 
+    /// A ticket number can be issued twice (its lazily committed insert, and the sequence's
+    /// advance, lost in a server crash): the ticket row with that number may belong to
+    /// another wait, of another instance. A look again names its ticket and its grant id,
+    /// and must neither renew nor remove a ticket carrying another grant id — nor take it
+    /// for its own. (It matched the number alone: it kept the other wait's ticket alive,
+    /// and a granted look deleted it.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_look_again_leaves_a_ticket_of_another_grant_alone() {
+        let server = PgServer::start();
+        let node = PgNode::new(PgConfig::from_url(&server.url()).unwrap());
+        let ttl = Duration::from_secs(60);
+        let holder = GrantId::random();
+        hold(&node, "k", &holder, ttl).await;
+        let ticket = queue(&node, "k", ttl).await;
+        let (client, driver) = watcher(&node).await;
+        let schema = &node.inner.cfg.schema;
+        let expiry = format!("SELECT expires_at::text FROM {schema}.waiters WHERE ticket = $1");
+        let set_short = format!("UPDATE {schema}.waiters SET expires_at = now() + interval '5 s' WHERE ticket = $1");
+        let read = |row: tokio_postgres::Row| row.get::<_, String>(0);
+        client.execute(&set_short, &[&ticket]).await.unwrap();
+        let before = read(client.query_one(&expiry, &[&ticket]).await.unwrap());
+
+        let other = GrantId::random();
+        let (look, _, _) = node.try_grant("k", &other, ttl, Queueing::With(ticket)).await.unwrap();
+        assert!(
+            matches!(look, NodeGrant::Busy(Busy { ticket: None, .. })),
+            "a look again with another grant id took ticket {ticket} for its own: {look:?}"
+        );
+        let after = read(client.query_one(&expiry, &[&ticket]).await.unwrap());
+        assert_eq!(after, before, "a look again with another grant id renewed the ticket");
+
+        // Nor does the keeper, given the number with another grant id.
+        node.keep_tickets(vec![(ticket, other.to_string())]).await.unwrap();
+        let after = read(client.query_one(&expiry, &[&ticket]).await.unwrap());
+        assert_eq!(after, before, "the keeper renewed a ticket of another grant id");
+
+        // Nor does a look that is granted remove it.
+        node.release(None, "k", holder.as_str(), false).await.unwrap();
+        client
+            .execute(
+                &format!("UPDATE {schema}.waiters SET expires_at = 'epoch' WHERE ticket = $1"),
+                &[&ticket],
+            )
+            .await
+            .unwrap();
+        let (look, _, _) = node.try_grant("k", &other, ttl, Queueing::With(ticket)).await.unwrap();
+        assert!(matches!(look, NodeGrant::Granted(_)), "{look:?}");
+        let left = client
+            .query_one(
+                &format!("SELECT count(*) FROM {schema}.waiters WHERE ticket = $1"),
+                &[&ticket],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+        assert_eq!(left, 1, "a granted look with another grant id removed the ticket");
+
+        driver.abort();
+    }
+
     /// A waiter's ticket is kept alive while every turn of the instance is taken: the
     /// keeper does not queue behind the instance's own statements. (With 1,000 keys per
     /// instance it did — a wait for a turn of over `ticket_life` — so tickets lapsed, a
@@ -1682,9 +1757,10 @@ mod tests {
         let ttl = Duration::from_secs(60);
         hold(&node, "k", &GrantId::random(), ttl).await;
         let sent = tokio::time::Instant::now();
-        let ticket = queue(&node, "k", ttl).await;
+        let grant = GrantId::random();
+        let ticket = queue_as(&node, "k", &grant, ttl).await;
         let life = node.ticket_life();
-        let _notify = node.register_ticket(ticket, Confirmed { sent, life });
+        let _notify = node.register_ticket(ticket, "k", grant.as_str(), Confirmed { sent, life });
 
         // Every turn of the one connection taken, as by a backlog of statements.
         let live = node.inner.pool.live();
@@ -1734,6 +1810,8 @@ mod tests {
         first.block_on(async {
             let _notify = node.register_ticket(
                 -1,
+                "k",
+                "a grant id",
                 Confirmed {
                     sent: tokio::time::Instant::now(),
                     life: node.ticket_life(),
@@ -1751,9 +1829,12 @@ mod tests {
             let ttl = Duration::from_secs(60);
             hold(&node, "k", &GrantId::random(), ttl).await;
             let sent = tokio::time::Instant::now();
-            let ticket = queue(&node, "k", ttl).await;
+            let grant = GrantId::random();
+            let ticket = queue_as(&node, "k", &grant, ttl).await;
             let _notify = node.register_ticket(
                 ticket,
+                "k",
+                grant.as_str(),
                 Confirmed {
                     sent,
                     life: node.ticket_life(),

@@ -296,7 +296,10 @@ pub(crate) enum AcquireKind {
     Queue,
     /// A queued wait's look again: `$4` our ticket, `$5` how long it lives from now when
     /// we are refused (ms). Also finds the key already handed to our grant id by a
-    /// release whose notification we did not see.
+    /// release whose notification we did not see. Our ticket is the row with that number
+    /// **and** our grant id (`$2`): a number can be issued twice — the ticket's insert and
+    /// the sequence's advance commit lazily, and a server crash can forget both — and a
+    /// look must never renew, remove or take for its own another wait's ticket.
     Ticket,
 }
 
@@ -363,11 +366,12 @@ pub(crate) fn acquire(schema: &str, kind: AcquireKind) -> String {
             "AND w.ticket < $4::bigint",
             format!(
                 ", dequeued AS (
-    DELETE FROM {schema}.waiters WHERE ticket = $4::bigint AND EXISTS (SELECT 1 FROM taken)
+    DELETE FROM {schema}.waiters
+    WHERE ticket = $4::bigint AND grant_id = $2::text AND EXISTS (SELECT 1 FROM taken)
 ), kept AS (
     UPDATE {schema}.waiters
     SET expires_at = greatest(expires_at, statement_timestamp() + $5::bigint * interval '1 millisecond')
-    WHERE ticket = $4::bigint AND NOT EXISTS (SELECT 1 FROM taken)
+    WHERE ticket = $4::bigint AND grant_id = $2::text AND NOT EXISTS (SELECT 1 FROM taken)
     RETURNING ticket
 )"
             ),
@@ -466,9 +470,14 @@ SELECT (SELECT count(*) FROM gone) AS released, (SELECT count(*) FROM notified) 
 /// The handing release: `$1` key, `$2` grant id. Acts only when the key's row is ours
 /// (expired or not), and then **hands the key to the oldest live waiter ticket** of the
 /// key in the same statement — the row gets that ticket's grant id, the counter is bumped for it,
-/// the ticket is removed — and notifies the release channel with `TICKET/TOKEN:KEY`, so
-/// the waiter is granted by the notification alone, without a statement of its own on
-/// the hand-off's path. With no live ticket it deletes the row (no `NOTIFY`: it would
+/// the ticket is removed — and notifies the release channel with `TICKET/TOKEN/GRANT:KEY`,
+/// so the waiter is granted by the notification alone, without a statement of its own on
+/// the hand-off's path. The grant id is what makes the notification the waiter's: it
+/// takes the hand-off only when the ticket, the grant id and the key are its own (see
+/// `waiters::Waiters::dispatch`; a ticket number alone is guessable, and can be issued
+/// twice after a crash). The payload stays far below `NOTIFY`'s 8,000 bytes: two
+/// numbers, a grant id (32 characters; a foreign one longer than 64 bytes is not handed
+/// the key) and a key of at most 256 bytes. With no live ticket it deletes the row (no `NOTIFY`: it would
 /// serialise the commit on the server's notification queue and wake every listener for
 /// nothing). A head ticket that cannot be handed the key — taken by a client that put
 /// no grant id in it, or whose grant id was abandoned — gets the row deleted and a
@@ -503,12 +512,12 @@ pub(crate) fn release_handing(schema: &str, channel: &str) -> String {
     FOR UPDATE OF w
 ), heir AS (
     SELECT h.ticket, h.grant_id, h.expires_at FROM head h
-    WHERE h.grant_id IS NOT NULL
+    WHERE h.grant_id IS NOT NULL AND octet_length(h.grant_id) <= 64
       AND NOT EXISTS (SELECT 1 FROM {schema}.abandoned a WHERE a.grant_id = h.grant_id)
 ), handed AS (
     UPDATE {schema}.locks l SET grant_id = heir.grant_id, expires_at = heir.expires_at
     FROM heir WHERE l.key = $1::text AND l.grant_id = $2::text
-    RETURNING heir.ticket
+    RETURNING heir.ticket, heir.grant_id
 ), bumped AS (
     INSERT INTO {schema}.tokens AS t (key, token) SELECT $1::text, 1 FROM handed
     ON CONFLICT (key) DO UPDATE SET token = t.token + 1
@@ -520,7 +529,7 @@ pub(crate) fn release_handing(schema: &str, channel: &str) -> String {
     WHERE key = $1::text AND grant_id = $2::text AND NOT EXISTS (SELECT 1 FROM handed)
     RETURNING key
 ), notified AS (
-    SELECT pg_notify('{channel}', h.ticket::text || '/' || b.token::text || ':' || $1::text)
+    SELECT pg_notify('{channel}', h.ticket::text || '/' || b.token::text || '/' || h.grant_id || ':' || $1::text)
       FROM handed h, bumped b
     UNION ALL
     SELECT pg_notify('{channel}', h.ticket::text || ':' || $1::text)
@@ -565,11 +574,15 @@ RETURNING l.grant_id"
     )
 }
 
-/// Keeps the tickets of one client instance alive: `$1` tickets, `$2` how long they live
-/// from now (ms). One statement per fallback poll for all waiters of the instance, so a
-/// waiter behind others need not attempt just to keep its place. Returns the tickets it
-/// found (a `bigint[]`): each now lives at least `$2` ms past the statement's send
-/// instant, the bound a waiter handed the key counts its validity from (see [`release_handing`]).
+/// Keeps the tickets of one client instance alive: `$1` tickets, `$2` the grant ids they
+/// carry (a `text[]` of the same length), `$3` how long they live from now (ms). One
+/// statement per fallback poll for all waiters of the instance, so a waiter behind others
+/// need not attempt just to keep its place. A ticket is matched by its number and grant id
+/// alike: a number issued twice (see [`AcquireKind::Ticket`]) is another wait's, maybe
+/// another instance's, and is not ours to keep alive. Returns the tickets it found and
+/// their grant ids (a `bigint[]` and a `text[]`, in the same order): each now lives at
+/// least `$3` ms past the statement's send instant, the bound a waiter handed the key
+/// counts its validity from (see [`release_handing`]).
 ///
 /// A ticket's expiry never moves back (`greatest`), here nor in [`acquire`]'s renewal:
 /// a statement that waited for a row lock sets the expiry from its own start, which can
@@ -580,18 +593,21 @@ RETURNING l.grant_id"
 pub(crate) fn keep_tickets(schema: &str) -> String {
     format!(
         "WITH kept AS (
-    UPDATE {schema}.waiters
-    SET expires_at = greatest(expires_at, statement_timestamp() + $2::bigint * interval '1 millisecond')
-    WHERE ticket = ANY($1::bigint[])
-    RETURNING ticket
+    UPDATE {schema}.waiters w
+    SET expires_at = greatest(w.expires_at, statement_timestamp() + $3::bigint * interval '1 millisecond')
+    FROM unnest($1::bigint[], $2::text[]) AS b(ticket, grant_id)
+    WHERE w.ticket = b.ticket AND w.grant_id = b.grant_id
+    RETURNING w.ticket, w.grant_id
 )
-SELECT ARRAY(SELECT ticket FROM kept) AS kept, {LAZY_COMMIT} AS lazy"
+SELECT COALESCE(k.tickets, '{{}}') AS kept, COALESCE(k.grants, '{{}}') AS grants, {LAZY_COMMIT} AS lazy
+FROM (SELECT array_agg(ticket) AS tickets, array_agg(grant_id) AS grants FROM kept) k"
     )
 }
 
-/// Leaves the queue: `$1` ticket.
+/// Leaves the queue: `$1` ticket, `$2` the grant id it carries (a number issued twice is
+/// another wait's: see [`AcquireKind::Ticket`]).
 pub(crate) fn dequeue(schema: &str) -> String {
-    format!("WITH gone AS (DELETE FROM {schema}.waiters WHERE ticket = $1) SELECT {LAZY_COMMIT}")
+    format!("WITH gone AS (DELETE FROM {schema}.waiters WHERE ticket = $1 AND grant_id = $2) SELECT {LAZY_COMMIT}")
 }
 
 /// The fence check inside the user's transaction: `$1` resource, `$2` token, `$3` grant

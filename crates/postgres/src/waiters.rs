@@ -5,8 +5,17 @@
 //! oldest live ticket, `TICKET:KEY`: only the waiter holding that ticket wakes — in
 //! whichever process it is — and acquires. With `handoff=true` the release of a lease
 //! granted after waiting hands the key to that ticket in its own statement and notifies
-//! `TICKET/TOKEN:KEY`: the waiter is already granted (see `sql::release_handing`). The
-//! others sleep on until their turn (or a re-check).
+//! `TICKET/TOKEN/GRANT:KEY`: the waiter whose ticket, grant id and key these are is
+//! already granted (see `sql::release_handing`). The others sleep on until their turn (or
+//! a re-check).
+//!
+//! A notification proves nothing by itself: `NOTIFY` needs no privilege, and a ticket
+//! number can be issued twice (its insert and the sequence's advance commit lazily, so a
+//! server crash can forget both). So a hand-off is taken only when it names the wait's
+//! grant id — 128 random bits, which only a role that can read the `waiters` table can
+//! know — as well as its ticket and key; anything else only wakes the waiter, which then
+//! looks with a statement of its own (a wake-up costs one refused look, never a grant).
+//! The statements that renew or remove a ticket match its number and grant id alike.
 //!
 //! The queue also orders grants: the acquire statement refuses a free key to a client
 //! without a ticket, or with a younger one, while an older ticket of the key lives — so a
@@ -51,6 +60,9 @@ pub(crate) struct Confirmed {
 }
 
 struct Entry {
+    /// The grant id the ticket carries, and its key: a hand-off must name both.
+    grant: String,
+    key: String,
     notify: Arc<Notify>,
     /// The token of a grant a release handed to this ticket (from its notification).
     handed: Option<u64>,
@@ -65,9 +77,17 @@ pub(crate) struct Waiters {
 
 #[derive(Default)]
 struct State {
-    tickets: HashMap<i64, Entry>,
+    /// By ticket number; more than one entry only when a number was issued twice (see
+    /// the module's documentation), each with its own grant id.
+    tickets: HashMap<i64, Vec<Entry>>,
     /// The task that keeps the tickets alive (see [`PgNode::register_ticket`]).
     keeper: TaskSlot,
+}
+
+impl State {
+    fn entry(&mut self, ticket: i64, grant: &str) -> Option<&mut Entry> {
+        self.tickets.get_mut(&ticket)?.iter_mut().find(|e| e.grant == grant)
+    }
 }
 
 impl Waiters {
@@ -75,16 +95,32 @@ impl Waiters {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers `ticket`, known alive until `confirmed`; also the number of the keeper
-    /// task to start, when none runs (give it to [`keeper_ended`](Self::keeper_ended)).
-    pub(crate) fn register(&self, ticket: i64, confirmed: Confirmed) -> (Arc<Notify>, Option<u64>) {
+    /// Registers `ticket` of `key`, carrying `grant`, known alive until `confirmed`; also
+    /// the number of the keeper task to start, when none runs (give it to
+    /// [`keeper_ended`](Self::keeper_ended)).
+    pub(crate) fn register(
+        &self,
+        ticket: i64,
+        key: &str,
+        grant: &str,
+        confirmed: Confirmed,
+    ) -> (Arc<Notify>, Option<u64>) {
         let mut state = self.state();
-        let entry = state.tickets.entry(ticket).or_insert_with(|| Entry {
-            notify: Arc::default(),
-            handed: None,
-            confirmed,
-        });
-        let notify = Arc::clone(&entry.notify);
+        let entries = state.tickets.entry(ticket).or_default();
+        let notify = match entries.iter().find(|e| e.grant == grant) {
+            Some(e) => Arc::clone(&e.notify),
+            None => {
+                let notify = Arc::new(Notify::new());
+                entries.push(Entry {
+                    grant: grant.to_owned(),
+                    key: key.to_owned(),
+                    notify: Arc::clone(&notify),
+                    handed: None,
+                    confirmed,
+                });
+                notify
+            }
+        };
         (notify, state.keeper.start())
     }
 
@@ -93,38 +129,50 @@ impl Waiters {
         self.state().tickets.is_empty()
     }
 
-    pub(crate) fn forget(&self, ticket: i64) {
-        self.state().tickets.remove(&ticket);
+    pub(crate) fn forget(&self, ticket: i64, grant: &str) {
+        let mut state = self.state();
+        if let Some(entries) = state.tickets.get_mut(&ticket) {
+            entries.retain(|e| e.grant != grant);
+            if entries.is_empty() {
+                state.tickets.remove(&ticket);
+            }
+        }
     }
 
-    /// A statement sent at `confirmed.sent` found `ticket` alive and renewed it: its end is
-    /// known to be no earlier than `confirmed.until()` (the newest such statement counts).
-    pub(crate) fn confirm(&self, ticket: i64, confirmed: Confirmed) {
-        if let Some(e) = self.state().tickets.get_mut(&ticket) {
+    /// A statement sent at `confirmed.sent` found `ticket` carrying `grant` alive and
+    /// renewed it: its end is known to be no earlier than `confirmed.sent +
+    /// confirmed.life` (the newest such statement counts).
+    pub(crate) fn confirm(&self, ticket: i64, grant: &str, confirmed: Confirmed) {
+        if let Some(e) = self.state().entry(ticket, grant) {
             if confirmed.sent > e.confirmed.sent {
                 e.confirmed = confirmed;
             }
         }
     }
 
-    /// The token of a grant handed to `ticket`, and the ticket's known end then; taken
-    /// (a second call answers `None`).
-    pub(crate) fn take_handed(&self, ticket: i64) -> Option<(u64, Confirmed)> {
+    /// The token of a grant handed to `ticket` carrying `grant`, and the ticket's known
+    /// end then; taken (a second call answers `None`).
+    pub(crate) fn take_handed(&self, ticket: i64, grant: &str) -> Option<(u64, Confirmed)> {
         let mut state = self.state();
-        let e = state.tickets.get_mut(&ticket)?;
+        let e = state.entry(ticket, grant)?;
         e.handed.take().map(|token| (token, e.confirmed))
     }
 
-    /// The tickets keeper `task` keeps alive now; `None` (and the keeper is marked
-    /// stopped, in the same critical section as [`register`](Self::register) checks it)
-    /// when there are none left.
-    pub(crate) fn to_keep(&self, task: u64) -> Option<Vec<i64>> {
+    /// The tickets keeper `task` keeps alive now, each with the grant id it carries;
+    /// `None` (and the keeper is marked stopped, in the same critical section as
+    /// [`register`](Self::register) checks it) when there are none left.
+    pub(crate) fn to_keep(&self, task: u64) -> Option<Vec<(i64, String)>> {
         let mut state = self.state();
         if state.tickets.is_empty() {
             state.keeper.end(task);
             return None;
         }
-        Some(state.tickets.keys().copied().collect())
+        let keep = state
+            .tickets
+            .iter()
+            .flat_map(|(ticket, entries)| entries.iter().map(|e| (*ticket, e.grant.clone())))
+            .collect();
+        Some(keep)
     }
 
     /// Keeper `task` ended, or could not be started (no runtime): one is started by the
@@ -133,28 +181,26 @@ impl Waiters {
         self.state().keeper.end(task);
     }
 
-    /// A release notification: `TICKET/TOKEN:KEY` (the key was handed to that ticket's
-    /// grant, with that token) or `TICKET:KEY` (the key was freed: that waiter looks
-    /// again). Wakes that ticket's waiter if it is ours.
+    /// A release notification: `TICKET/TOKEN/GRANT:KEY` (the key was handed to that
+    /// ticket's grant, with that token) or `TICKET:KEY` (the key was freed: that waiter
+    /// looks again). Wakes the waiters of ours that hold that ticket of that key; a
+    /// hand-off is recorded only for the one whose grant id it names. Anything else —
+    /// another grant id (the number was issued twice, or the notification is forged),
+    /// an old client's `TICKET/TOKEN:KEY` without one — only wakes them: their look sees
+    /// what the server holds for them (a key handed to their grant id, too).
     pub(crate) fn dispatch(&self, payload: &str) {
-        let Some((ticket, _key)) = payload.split_once(':') else {
+        let Some(notice) = Notice::parse(payload) else {
             return;
         };
-        let (ticket, token) = match ticket.split_once('/') {
-            Some((ticket, token)) => (ticket, Some(token)),
-            None => (ticket, None),
-        };
-        let Ok(ticket) = ticket.parse::<i64>() else {
+        let mut state = self.state();
+        let Some(entries) = state.tickets.get_mut(&notice.ticket) else {
             return;
         };
-        let token = match token.map(str::parse::<u64>) {
-            Some(Ok(t)) => Some(t),
-            Some(Err(_)) => return, // not ours to read
-            None => None,
-        };
-        if let Some(e) = self.state().tickets.get_mut(&ticket) {
-            if token.is_some() {
-                e.handed = token;
+        for e in entries.iter_mut().filter(|e| e.key == notice.key) {
+            if let Some((token, grant)) = notice.handed {
+                if e.grant == grant {
+                    e.handed = Some(token);
+                }
             }
             e.notify.notify_one();
         }
@@ -162,9 +208,43 @@ impl Waiters {
 
     /// The listening connection ended: every waiter tries again (and listens again).
     pub(crate) fn wake_all(&self) {
-        for e in self.state().tickets.values() {
+        for e in self.state().tickets.values().flatten() {
             e.notify.notify_one();
         }
+    }
+}
+
+/// A release notification's payload, read (see [`Waiters::dispatch`]).
+#[derive(Debug, PartialEq, Eq)]
+struct Notice<'a> {
+    ticket: i64,
+    /// The token and grant id of a hand-off.
+    handed: Option<(u64, &'a str)>,
+    key: &'a str,
+}
+
+impl<'a> Notice<'a> {
+    /// `TICKET:KEY` or `TICKET/TOKEN/GRANT:KEY` (the key may hold `:` and `/`; the ticket,
+    /// the token and a grant id of ours hold neither). `TICKET/TOKEN:KEY`, an older
+    /// client's hand-off, reads as a wake-up. `None` when it is not ours to read.
+    fn parse(payload: &'a str) -> Option<Self> {
+        let (head, key) = payload.split_once(':')?;
+        let (ticket, handed) = match head.split_once('/') {
+            Some((ticket, handed)) => (ticket, Some(handed)),
+            None => (head, None),
+        };
+        let ticket = ticket.parse::<i64>().ok()?;
+        let handed = match handed.map(|h| h.split_once('/').unwrap_or((h, ""))) {
+            None => None,
+            Some((token, grant)) => {
+                let token = token.parse::<u64>().ok()?;
+                if grant.contains('/') {
+                    return None;
+                }
+                (!grant.is_empty()).then_some((token, grant))
+            }
+        };
+        Some(Notice { ticket, handed, key })
     }
 }
 
@@ -225,7 +305,7 @@ impl Ticket {
         grant: fencelock_core::GrantId,
         confirmed: Confirmed,
     ) -> Self {
-        let notify = node.register_ticket(ticket, confirmed);
+        let notify = node.register_ticket(ticket, key, grant.as_str(), confirmed);
         Ticket {
             node,
             ticket,
@@ -247,9 +327,79 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.node.waiters().forget(self.ticket);
+        self.node.waiters().forget(self.ticket, self.grant.as_str());
         if !self.consumed {
             self.node.leave_later(self.ticket, &self.key, self.grant.as_str());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_notification_is_read_whole_or_not_at_all() {
+        let read = Notice::parse;
+        assert_eq!(
+            read("42:k"),
+            Some(Notice {
+                ticket: 42,
+                handed: None,
+                key: "k"
+            })
+        );
+        assert_eq!(
+            read("42/7/g1:a:b/c"),
+            Some(Notice {
+                ticket: 42,
+                handed: Some((7, "g1")),
+                key: "a:b/c"
+            })
+        );
+        // An older client's hand-off names no grant id: a wake-up only.
+        assert_eq!(
+            read("42/7:k"),
+            Some(Notice {
+                ticket: 42,
+                handed: None,
+                key: "k"
+            })
+        );
+        for other in ["", "k", "x:k", "42/x/g:k", "42/7/g/h:k", "-/7/g:k"] {
+            assert_eq!(read(other), None, "{other:?}");
+        }
+    }
+
+    fn confirmed() -> Confirmed {
+        Confirmed {
+            sent: Instant::now(),
+            life: Duration::from_secs(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hand_off_is_taken_only_by_its_grant_id_on_its_key() {
+        let waiters = Waiters::default();
+        let (mine, keeper) = waiters.register(42, "k", "g1", confirmed());
+        // Another wait that got the same number (issued twice after a crash).
+        let (theirs, _) = waiters.register(42, "k", "g2", confirmed());
+        for forged in ["42/9:k", "42/9/g3:k", "42/9/g1:other"] {
+            waiters.dispatch(forged);
+            assert_eq!(waiters.take_handed(42, "g1"), None, "{forged}");
+            assert_eq!(waiters.take_handed(42, "g2"), None, "{forged}");
+        }
+        waiters.dispatch("42/9/g2:k");
+        assert_eq!(waiters.take_handed(42, "g1"), None);
+        assert_eq!(waiters.take_handed(42, "g2").map(|(token, _)| token), Some(9));
+        // Every notification naming the ticket on its key woke both (a look each).
+        for n in [mine, theirs] {
+            tokio::time::timeout(Duration::from_millis(100), n.notified())
+                .await
+                .unwrap();
+        }
+        waiters.forget(42, "g2");
+        let keeper = keeper.expect("the first registration starts the keeper");
+        assert_eq!(waiters.to_keep(keeper), Some(vec![(42, "g1".to_owned())]));
     }
 }

@@ -479,3 +479,126 @@ async fn with_handoff_off_a_close_does_not_hand_the_key_on() {
         "the waiter was granted without an acquire of its own: close() handed it the key with handoff off"
     );
 }
+
+/// A plain connection of the test's own (no fencelock), as any role that may connect has:
+/// `NOTIFY` needs no privilege on fencelock's tables.
+async fn plain_connection(server: &PgServer) -> fencelock_postgres::tokio_postgres::Client {
+    let (client, connection) = server
+        .url()
+        .parse::<fencelock_postgres::tokio_postgres::Config>()
+        .unwrap()
+        .connect(fencelock_postgres::tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// Waits until the waiter queued on `key` has registered its ticket: its re-check right
+/// after taking the ticket — sent once the ticket is registered — is the third acquire
+/// statement counted since [`count_acquires`] (the refused first attempt, the one that
+/// took the ticket, the re-check). Its ticket.
+async fn registered(server: &PgServer, key: &str) -> i64 {
+    fencelock_testkit::until::until("the waiter's re-check", SLACK * 4, || acquires(server) >= 3).await;
+    server
+        .psql(&format!("SELECT ticket FROM fencelock.waiters WHERE key = '{key}'"))
+        .parse()
+        .unwrap()
+}
+
+/// A release notification is no proof of a grant: `NOTIFY` needs no privilege, and
+/// ticket numbers come from a sequence. Any role that may connect sent
+/// `pg_notify('fencelock_released', 'TICKET/TOKEN:KEY')` naming a queued waiter's ticket,
+/// and the waiter took a lease the server never granted — with whatever token the forger
+/// chose (with the in-transaction fence, that token is then recorded and every real
+/// holder after it refused). With either `handoff` setting: the waiter's side reads
+/// hand-offs whatever its own releases do. Now a hand-off is taken only when the
+/// notification names the wait's grant id (128 random bits, unguessable) and key too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_hand_off_notification_grants_nothing() {
+    let server = PgServer::start();
+    let forger = plain_connection(&server).await;
+    for handoff in [false, true] {
+        let key = format!("k{handoff}");
+        // A long poll: the waiter looks again on its own only every 20–40 s.
+        let url = format!("{}&poll=10s&handoff={handoff}", server.url());
+        let holder = PgLock::connect(&url).await.unwrap();
+        let held = holder.acquire(&key, &opts(SLACK)).await.unwrap();
+        count_acquires(&server);
+        let waiter = PgLock::connect(&url).await.unwrap();
+        let wait = Duration::from_secs(2);
+        let waiting = {
+            let key = key.clone();
+            tokio::spawn(async move { waiter.acquire(&key, &opts(wait)).await.map(|l| (l.token().get(), l)) })
+        };
+        let ticket = registered(&server, &key).await;
+        for payload in [
+            format!("{ticket}/9223372036854775807:{key}"),
+            format!(
+                "{ticket}/9223372036854775806/{}:{key}",
+                fencelock_core::GrantId::random()
+            ),
+        ] {
+            forger
+                .execute("SELECT pg_notify('fencelock_released', $1)", &[&payload])
+                .await
+                .unwrap();
+        }
+        let got = tokio::time::timeout(wait + SLACK * 2, waiting).await.unwrap().unwrap();
+        if let Ok((token, lease)) = got {
+            panic!(
+                "handoff={handoff}: a forged notification granted the waiter token {token} \
+                 (grant {}); the server's row: {}",
+                lease.grant(),
+                server.psql(&format!("SELECT grant_id FROM fencelock.locks WHERE key = '{key}'"))
+            );
+        }
+        assert_eq!(
+            server.psql(&format!("SELECT grant_id FROM fencelock.locks WHERE key = '{key}'")),
+            held.grant().as_str(),
+            "handoff={handoff}: the holder's row changed"
+        );
+        held.release().await.unwrap();
+        server.psql("DROP TRIGGER count_acquire ON fencelock.locks; DROP FUNCTION public.count_acquire(); DROP SEQUENCE public.acquires;");
+    }
+}
+
+/// A ticket number can be issued twice: the ticket's insert (and its `nextval`) commits
+/// lazily, so a server crash before the WAL writer's flush forgets both, and the next
+/// waiter — maybe of another instance — gets the same number. A hand-off to the new
+/// ticket was taken by the old waiter too (the notification named the ticket only): two
+/// holders of one token. Simulated by giving the queued waiter's ticket another grant id
+/// by hand. The waiter must not hold a lease whose grant id the server's row lacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_off_to_a_ticket_number_reissued_to_another_grant_is_not_taken() {
+    let server = PgServer::start();
+    let url = format!("{}&poll=10s&handoff=true", server.url());
+    // Granted after waiting: its release hands the key on.
+    let (_holder, held) = common::held_after_waiting(&server, &url, "k", &opts(Duration::from_secs(1))).await;
+    count_acquires(&server);
+    let waiter = PgLock::connect(&url).await.unwrap();
+    let wait = Duration::from_secs(3);
+    let waiting = tokio::spawn(async move { waiter.acquire("k", &opts(wait)).await });
+    let ticket = registered(&server, "k").await;
+    server.psql(&format!(
+        "UPDATE fencelock.waiters SET grant_id = 'other' WHERE ticket = {ticket}"
+    ));
+    held.release().await.unwrap();
+    assert_eq!(
+        server.psql("SELECT grant_id FROM fencelock.locks WHERE key = 'k'"),
+        "other",
+        "the release did not hand the key to the ticket's new grant id"
+    );
+    let got = tokio::time::timeout(wait + SLACK * 2, waiting).await.unwrap().unwrap();
+    if let Ok(lease) = got {
+        let row = server.psql("SELECT grant_id FROM fencelock.locks WHERE key = 'k'");
+        assert_eq!(
+            row,
+            lease.grant().as_str(),
+            "the waiter holds a lease (token {}) of a grant the server's row lacks",
+            lease.token().get()
+        );
+    }
+}
