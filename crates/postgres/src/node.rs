@@ -170,7 +170,7 @@ impl PgNode {
             release_handing: sql::release_handing(&schema, &cfg.channel()),
             extend: sql::extend(&schema),
             renew_many: sql::renew_many(&schema),
-            dequeue: sql::dequeue(&schema),
+            dequeue: sql::dequeue(&schema, &cfg.channel()),
             keep_tickets: sql::keep_tickets(&schema),
             abandon_mark: sql::abandon_mark(&schema),
             abandon_expire: sql::abandon_expire(&schema),
@@ -1742,6 +1742,63 @@ mod tests {
         assert_eq!(left, 1, "a granted look with another grant id removed the ticket");
 
         driver.abort();
+    }
+
+    /// A head waiter whose wait ends just as the plain release names it (`handoff=false`,
+    /// the default) leaves the queue without acting on the wake-up: the waiter behind it,
+    /// never named, used to wait with the key free until the departed ticket's known
+    /// expiry (here 61 s: `poll=30s`) or its four-poll net. Leaving now wakes the next
+    /// live ticket when the key is free. The departed waiter is a ticket of this node's
+    /// own, left through the leave path; the next one a `PgLock` waiter.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_head_waiter_leaving_after_the_release_named_it_wakes_the_next() {
+        let server = PgServer::start();
+        let url = format!("{}&poll=30s", server.url());
+        let node = PgNode::new(PgConfig::from_url(&url).unwrap());
+        let ttl = Duration::from_secs(60);
+        let holder = GrantId::random();
+        hold(&node, "k", &holder, ttl).await;
+        let departing = GrantId::random();
+        let first = queue_as(&node, "k", &departing, ttl).await;
+        // Counts the acquire statements from here (a statement trigger on `locks`): the
+        // next waiter's third — its re-check right after taking its ticket — must be
+        // refused behind the head ticket before the release, as a waiter behind another is.
+        server.psql(
+            "CREATE SEQUENCE public.acquires;
+             CREATE FUNCTION public.count_acquire() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN PERFORM nextval('public.acquires'); RETURN NULL; END $$;
+             CREATE TRIGGER count_acquire AFTER INSERT ON fencelock.locks
+               FOR EACH STATEMENT EXECUTE FUNCTION public.count_acquire();",
+        );
+        let next = crate::PgLock::connect(&url).await.unwrap();
+        let waiting = tokio::spawn(async move {
+            let opts = fencelock_core::LockOptions::new()
+                .with_ttl(ttl)
+                .with_wait(Duration::from_secs(20));
+            fencelock_core::DistributedLock::acquire(&next, "k", &opts)
+                .await
+                .map(|_| ())
+        });
+        let acquires = "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM public.acquires";
+        fencelock_testkit::until::until("the next waiter's re-check", Duration::from_secs(10), || {
+            server.psql(acquires).parse::<i64>().unwrap() >= 3
+        })
+        .await;
+        // The plain release names the head ticket; its wait ends then, and it leaves.
+        assert!(node.release(None, "k", holder.as_str(), false).await.unwrap());
+        let left = tokio::time::Instant::now();
+        node.leave_later(first, "k", departing.as_str());
+        let bound = Duration::from_secs(5);
+        let got = tokio::time::timeout(bound, waiting).await;
+        eprintln!(
+            "the next waiter was granted {:?} after the head waiter's leave",
+            left.elapsed()
+        );
+        assert!(
+            matches!(got, Ok(Ok(Ok(())))),
+            "the next waiter was not granted within {bound:?} of the head waiter's leave, with \
+             the key free: {got:?}"
+        );
     }
 
     /// A waiter's ticket is kept alive while every turn of the instance is taken: the

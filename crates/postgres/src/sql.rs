@@ -605,9 +605,38 @@ FROM (SELECT array_agg(ticket) AS tickets, array_agg(grant_id) AS grants FROM ke
 }
 
 /// Leaves the queue: `$1` ticket, `$2` the grant id it carries (a number issued twice is
-/// another wait's: see [`AcquireKind::Ticket`]).
-pub(crate) fn dequeue(schema: &str) -> String {
-    format!("WITH gone AS (DELETE FROM {schema}.waiters WHERE ticket = $1 AND grant_id = $2) SELECT {LAZY_COMMIT}")
+/// another wait's: see [`AcquireKind::Ticket`]). When ours was the key's oldest live
+/// ticket and the key has no live holder, also notifies the next live ticket of the key,
+/// `TICKET:KEY`, as the plain release does: a plain release names the head ticket, and a
+/// head waiter whose wait ended just then (timed out, cancelled) leaves without acting on
+/// it — the next waiter, never named, waited with the key free until the departed
+/// ticket's known expiry (up to `2 × poll + 1 s`) or its `4 × poll` net. No `NOTIFY` when
+/// nothing waits behind us, an older ticket lives (the release named that one), or the
+/// key is held (its release names the next). Returns how many notifications were sent.
+/// Commits lazily (see [`LAZY_COMMIT`]).
+///
+/// A release and a leave that run at the same instant, each before the other commits,
+/// can still both miss the next waiter (neither sees the other's change); that waiter
+/// then looks again at the old bound.
+pub(crate) fn dequeue(schema: &str, channel: &str) -> String {
+    format!(
+        "WITH gone AS (
+    DELETE FROM {schema}.waiters WHERE ticket = $1 AND grant_id = $2 RETURNING key, ticket
+), next AS (
+    SELECT g.key,
+           (SELECT min(w.ticket) FROM {schema}.waiters w
+             WHERE w.key = g.key AND w.ticket > g.ticket AND w.expires_at > statement_timestamp()) AS ticket
+      FROM gone g
+     WHERE NOT EXISTS (
+             SELECT 1 FROM {schema}.waiters o
+              WHERE o.key = g.key AND o.ticket < g.ticket AND o.expires_at > statement_timestamp())
+       AND NOT EXISTS (
+             SELECT 1 FROM {schema}.locks l WHERE l.key = g.key AND l.expires_at > statement_timestamp())
+), notified AS (
+    SELECT pg_notify('{channel}', n.ticket::text || ':' || n.key) FROM next n WHERE n.ticket IS NOT NULL
+)
+SELECT (SELECT count(*) FROM notified) AS notified, {LAZY_COMMIT} AS lazy"
+    )
 }
 
 /// The fence check inside the user's transaction: `$1` resource, `$2` token, `$3` grant
