@@ -229,9 +229,9 @@ impl Election for EtcdElection {
     /// Cancel safe: the watch task starts only once the read is done.
     async fn observe(&self, name: &str) -> Result<Observer> {
         let dir = self.seat_dir(name)?;
-        let (seats, rev) = Seats::read(self.cluster(), &dir).await?;
+        let seats = Seats::read(self.cluster(), &dir).await?;
         let feed = ObserverFeed::new(seats.lowest());
-        let task = tokio::spawn(follow(self.cluster().clone(), dir, seats, rev, feed.clone()));
+        let task = tokio::spawn(follow(self.cluster().clone(), dir, seats, feed.clone()));
         Ok(feed.subscribe_with(task.abort_handle()))
     }
 
@@ -285,28 +285,72 @@ impl ProclaimOps for Candidate {
     }
 }
 
+/// One watch event, as [`Seats::apply`] takes it.
+#[derive(Debug, Clone, Copy)]
+struct Change<'a> {
+    kind: EventType,
+    key: &'a [u8],
+    /// The key's create revision (0 in a delete's event).
+    create_revision: i64,
+    /// The revision of the put or delete.
+    mod_revision: i64,
+    value: &'a [u8],
+}
+
+impl<'a> Change<'a> {
+    fn of(e: &'a etcd_client::Event) -> Option<Change<'a>> {
+        let kv = e.kv()?;
+        Some(Change {
+            kind: e.event_type(),
+            key: kv.key(),
+            create_revision: kv.create_revision(),
+            mod_revision: kv.mod_revision(),
+            value: kv.value(),
+        })
+    }
+}
+
 /// An observer's copy of the candidates: key → create revision, and by create revision
 /// the key and value.
 #[derive(Debug, Default)]
 struct Seats {
     by_rev: BTreeMap<i64, (Vec<u8>, Vec<u8>)>,
     by_key: HashMap<Vec<u8>, i64>,
+    /// The revision of the read that made this copy.
+    rev: i64,
 }
 
 impl Seats {
-    /// Every candidate under `dir` and the revision of the read.
-    async fn read(c: &Cluster, dir: &str) -> Result<(Seats, i64)> {
+    /// Every candidate under `dir`, as of the read's revision.
+    async fn read(c: &Cluster, dir: &str) -> Result<Seats> {
         let r = c
             .call("reading the election's candidates", |mut cl| {
                 let dir = dir.to_owned();
                 async move { cl.get(dir, Some(GetOptions::new().with_prefix())).await }
             })
             .await?;
-        let mut seats = Seats::default();
+        let mut seats = Seats {
+            rev: r.header().map_or(0, |h| h.revision()),
+            ..Seats::default()
+        };
         for kv in r.kvs() {
             seats.put(kv.key(), kv.create_revision(), kv.value());
         }
-        Ok((seats, r.header().map_or(0, |h| h.revision())))
+        Ok(seats)
+    }
+
+    /// Applies one watch message's `events` (in revision order) and calls `publish` with
+    /// the lowest candidate after each revision's last event.
+    fn apply(&mut self, events: &[Change<'_>], mut publish: impl FnMut(Option<LeaderInfo>)) {
+        for (i, e) in events.iter().enumerate() {
+            match e.kind {
+                EventType::Put => self.put(e.key, e.create_revision, e.value),
+                EventType::Delete => self.delete(e.key),
+            }
+            if events.get(i + 1).map(|n| n.mod_revision) != Some(e.mod_revision) {
+                publish(self.lowest());
+            }
+        }
     }
 
     fn put(&mut self, key: &[u8], create_revision: i64, value: &[u8]) {
@@ -334,8 +378,9 @@ impl Seats {
 /// the read that made `seats`). A failed watch is replaced after a fresh read, at most
 /// [`MAX_WATCH_FAILURES`] times in a row; then the feed is dropped, which ends the
 /// observer's `changed()` with `None`. The task is aborted when its observer is dropped.
-async fn follow(c: Cluster, dir: String, mut seats: Seats, mut rev: i64, feed: ObserverFeed) {
+async fn follow(c: Cluster, dir: String, mut seats: Seats, feed: ObserverFeed) {
     let mut failures: u32 = 0;
+    let mut rev = seats.rev;
     loop {
         let why = watch(&c, &dir, &mut seats, rev, &feed, &mut failures).await;
         failures += 1;
@@ -348,9 +393,9 @@ async fn follow(c: Cluster, dir: String, mut seats: Seats, mut rev: i64, feed: O
         let pause = Duration::from_millis(20) * 2u32.pow(failures.min(6));
         tokio::time::sleep(pause.min(Duration::from_secs(1))).await;
         match Seats::read(&c, &dir).await {
-            Ok((fresh, at)) => {
+            Ok(fresh) => {
                 seats = fresh;
-                rev = at;
+                rev = seats.rev;
                 feed.publish(seats.lowest());
             }
             Err(e) => tracing::debug!(%dir, error = %e, "election observer could not read the candidates"),
@@ -393,17 +438,9 @@ async fn watch(c: &Cluster, dir: &str, seats: &mut Seats, rev: i64, feed: &Obser
             );
         }
         *failures = 0;
-        let events = msg.events();
-        for (i, e) in events.iter().enumerate() {
-            let Some(kv) = e.kv() else { continue };
-            match e.event_type() {
-                EventType::Put => seats.put(kv.key(), kv.create_revision(), kv.value()),
-                EventType::Delete => seats.delete(kv.key()),
-            }
-            let next_rev = events.get(i + 1).and_then(|n| n.kv()).map(|n| n.mod_revision());
-            if next_rev != Some(kv.mod_revision()) {
-                feed.publish(seats.lowest());
-            }
-        }
+        let events: Vec<Change<'_>> = msg.events().iter().filter_map(Change::of).collect();
+        seats.apply(&events, |lowest| {
+            feed.publish(lowest);
+        });
     }
 }
