@@ -17,7 +17,9 @@
 //! * **Leader read**: one range read of the directory, sorted by create revision, limit 1.
 //! * **Observe**: one `WATCH` on the directory (pushed by etcd, not polled), applied in
 //!   revision order to a local copy of the candidates; after each revision the lowest
-//!   candidate is published. A broken or compacted watch is replaced after a fresh read.
+//!   candidate is published. A broken or compacted watch is replaced after a fresh read —
+//!   or, when that read fails, from the revision after the last event applied (an event
+//!   at or before it is never applied twice).
 //!
 //! Facts from etcd's `client/v3/concurrency/election.go`: candidates are keys
 //! `PFX/LEASE-ID` with the value, the leader is the lowest create revision, `Proclaim` is
@@ -316,7 +318,9 @@ impl<'a> Change<'a> {
 struct Seats {
     by_rev: BTreeMap<i64, (Vec<u8>, Vec<u8>)>,
     by_key: HashMap<Vec<u8>, i64>,
-    /// The revision of the read that made this copy.
+    /// The revision this copy is true at: that of the read that made it, then of the last
+    /// event applied. A watch replacing a broken one starts after it, and an event at or
+    /// before it is already in the copy.
     rev: i64,
 }
 
@@ -340,15 +344,34 @@ impl Seats {
     }
 
     /// Applies one watch message's `events` (in revision order) and calls `publish` with
-    /// the lowest candidate after each revision's last event.
+    /// the lowest candidate after each revision's last event; the copy's revision moves to
+    /// the last event's (etcd sends a revision's events in one message, as we ask for no
+    /// fragments; etcd's Go client resumes a watch from the same revision + 1).
+    ///
+    /// An event at or before the copy's revision is skipped: the copy holds it already. A
+    /// watch replays such events when it starts before the copy's revision, and queue names
+    /// are reused (the lowest free slot; in `layout=go` the session lease on every
+    /// campaign), so a replayed delete of an older key would remove the live key of that
+    /// name — the feed then published the candidate behind it and refused the replayed
+    /// put of the real leader as a lower term. It is the lock's rule for replayed deletes
+    /// (`wait::note_deletes`) on the whole copy: every key it holds was created at or before
+    /// its revision.
     fn apply(&mut self, events: &[Change<'_>], mut publish: impl FnMut(Option<LeaderInfo>)) {
+        let mut changed = false;
         for (i, e) in events.iter().enumerate() {
-            match e.kind {
-                EventType::Put => self.put(e.key, e.create_revision, e.value),
-                EventType::Delete => self.delete(e.key),
+            if e.mod_revision > self.rev {
+                match e.kind {
+                    EventType::Put => self.put(e.key, e.create_revision, e.value),
+                    EventType::Delete => self.delete(e.key),
+                }
+                changed = true;
             }
             if events.get(i + 1).map(|n| n.mod_revision) != Some(e.mod_revision) {
-                publish(self.lowest());
+                // The revision's last event: the copy is true at it.
+                self.rev = self.rev.max(e.mod_revision);
+                if std::mem::take(&mut changed) {
+                    publish(self.lowest());
+                }
             }
         }
     }
@@ -374,15 +397,15 @@ impl Seats {
     }
 }
 
-/// Keeps `feed` up to date from a watch on `dir`, starting after revision `rev` (that of
-/// the read that made `seats`). A failed watch is replaced after a fresh read, at most
+/// Keeps `feed` up to date from a watch on `dir`, starting after the revision `seats` is
+/// true at. A failed watch is replaced, after a fresh read when one succeeds — else from
+/// the revision of the last event applied, as etcd's Go client resumes a watch —, at most
 /// [`MAX_WATCH_FAILURES`] times in a row; then the feed is dropped, which ends the
 /// observer's `changed()` with `None`. The task is aborted when its observer is dropped.
 async fn follow(c: Cluster, dir: String, mut seats: Seats, feed: ObserverFeed) {
     let mut failures: u32 = 0;
-    let mut rev = seats.rev;
     loop {
-        let why = watch(&c, &dir, &mut seats, rev, &feed, &mut failures).await;
+        let why = watch(&c, &dir, &mut seats, &feed, &mut failures).await;
         failures += 1;
         if failures > MAX_WATCH_FAILURES {
             tracing::warn!(%dir, %why, "election observer gives up after {MAX_WATCH_FAILURES} failed watches");
@@ -395,7 +418,6 @@ async fn follow(c: Cluster, dir: String, mut seats: Seats, feed: ObserverFeed) {
         match Seats::read(&c, &dir).await {
             Ok(fresh) => {
                 seats = fresh;
-                rev = seats.rev;
                 feed.publish(seats.lowest());
             }
             Err(e) => tracing::debug!(%dir, error = %e, "election observer could not read the candidates"),
@@ -403,12 +425,12 @@ async fn follow(c: Cluster, dir: String, mut seats: Seats, feed: ObserverFeed) {
     }
 }
 
-/// One watch on `dir` from `rev + 1`, applied to `seats`; publishes the lowest candidate
-/// after each revision. Resets `failures` once the watch delivered something. Returns why
+/// One watch on `dir` from the revision after the one `seats` is true at, applied to
+/// `seats` ([`Seats::apply`]); publishes the lowest candidate after each revision. Resets `failures` once the watch delivered something. Returns why
 /// the watch ended (broken, cancelled by a compaction or a lost leader, closed, or
 /// answered by a member of another cluster than the connect met).
-async fn watch(c: &Cluster, dir: &str, seats: &mut Seats, rev: i64, feed: &ObserverFeed, failures: &mut u32) -> String {
-    let wopts = WatchOptions::new().with_prefix().with_start_revision(rev + 1);
+async fn watch(c: &Cluster, dir: &str, seats: &mut Seats, feed: &ObserverFeed, failures: &mut u32) -> String {
+    let wopts = WatchOptions::new().with_prefix().with_start_revision(seats.rev + 1);
     let stream = c
         .call("watching the election", |mut cl| {
             let (dir, wopts) = (dir.to_owned(), wopts.clone());
@@ -442,5 +464,125 @@ async fn watch(c: &Cluster, dir: &str, seats: &mut Seats, rev: i64, feed: &Obser
         seats.apply(&events, |lowest| {
             feed.publish(lowest);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+    use super::*;
+
+    /// Two queue keys of one election's directory: A's (one member, slot 0, its name
+    /// reused by each campaign of A) and C's.
+    const EA: &[u8] = b"/fencelock/q/election.s/00000000000000ea.00000000";
+    const C: &[u8] = b"/fencelock/q/election.s/000000000000000c.00000000";
+
+    fn put(key: &'static [u8], create_revision: i64, mod_revision: i64, value: &'static [u8]) -> Change<'static> {
+        Change {
+            kind: EventType::Put,
+            key,
+            create_revision,
+            mod_revision,
+            value,
+        }
+    }
+
+    /// A delete's event, as etcd sends it: the key and the delete's revision only.
+    fn delete(key: &'static [u8], mod_revision: i64) -> Change<'static> {
+        Change {
+            kind: EventType::Delete,
+            key,
+            create_revision: 0,
+            mod_revision,
+            value: b"",
+        }
+    }
+
+    fn leader(value: &[u8], term: u64) -> Option<LeaderInfo> {
+        Some(LeaderInfo {
+            value: value.to_vec(),
+            term: FencingToken::new(term),
+        })
+    }
+
+    /// The events of the review's scenario after the observer's read at 10 (A's first key,
+    /// created at 10, leading): A resigns (11), campaigns again under the same name (12)
+    /// and leads; C queues behind it (13).
+    fn history() -> [Change<'static>; 3] {
+        [delete(EA, 11), put(EA, 12, 12, b"a"), put(C, 13, 13, b"c")]
+    }
+
+    /// Applies `events` to `seats` as one watch message; returns how many states it
+    /// published.
+    fn apply(seats: &mut Seats, feed: &ObserverFeed, events: &[Change<'_>]) -> usize {
+        let mut published = 0;
+        seats.apply(events, |lowest| {
+            feed.publish(lowest);
+            published += 1;
+        });
+        published
+    }
+
+    /// A watch that starts again at an older revision (the one before the fresh read
+    /// failed) replays events the copy already holds. Replayed onto a copy made at 13, the
+    /// delete at 11 of A's *previous* key under the same name removed A's live key (12),
+    /// the feed published C (13), and the replayed put of A's key was refused as a lower
+    /// term: the observer reported C for A's whole tenure.
+    #[test]
+    fn events_the_copy_already_holds_change_nothing() {
+        let mut seats = Seats {
+            rev: 13,
+            ..Seats::default()
+        };
+        seats.put(EA, 12, b"a");
+        seats.put(C, 13, b"c");
+        let feed = ObserverFeed::new(seats.lowest());
+        assert_eq!(feed.current(), leader(b"a", 12));
+        let published = apply(&mut seats, &feed, &history());
+        assert_eq!(
+            feed.current(),
+            leader(b"a", 12),
+            "a replay from revision 11 onto candidates read at 13 changed the leader"
+        );
+        assert_eq!(published, 0, "nothing new, nothing published");
+        assert_eq!(seats.rev, 13);
+    }
+
+    /// The copy's revision follows the events applied, so a watch replacing a broken one
+    /// (when the fresh read failed too) starts after the last revision applied, not after
+    /// the read that made the copy.
+    #[test]
+    fn the_copy_s_revision_follows_the_events_applied() {
+        let mut seats = Seats {
+            rev: 10,
+            ..Seats::default()
+        };
+        seats.put(EA, 10, b"a");
+        let feed = ObserverFeed::new(seats.lowest());
+        for e in history() {
+            assert_eq!(apply(&mut seats, &feed, &[e]), 1, "each revision is published");
+        }
+        assert_eq!(feed.current(), leader(b"a", 12));
+        assert_eq!(seats.rev, 13, "the next watch starts at 14, not at 11");
+        // And a replay of the same events (by a watch started too early) leaves it there.
+        assert_eq!(apply(&mut seats, &feed, &history()), 0);
+        assert_eq!(feed.current(), leader(b"a", 12));
+    }
+
+    /// Events of one revision (a lease's expiry deletes every key on it at once) are
+    /// published once, after the last; a new revision after the copy's is applied as before.
+    #[test]
+    fn one_revision_is_published_once() {
+        let mut seats = Seats {
+            rev: 13,
+            ..Seats::default()
+        };
+        seats.put(EA, 12, b"a");
+        seats.put(C, 13, b"c");
+        let feed = ObserverFeed::new(seats.lowest());
+        assert_eq!(apply(&mut seats, &feed, &[delete(EA, 14), delete(C, 14)]), 1);
+        assert_eq!(feed.current(), None);
+        assert_eq!(seats.rev, 14);
     }
 }
