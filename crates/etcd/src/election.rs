@@ -6,11 +6,21 @@
 //!   it), see [`EtcdElection::seat_dir`] — holding the
 //!   candidate's value, attached to the instance's session lease (or to a lease of its own
 //!   when the campaign does not auto-renew). It is the lock's queue entry
-//!   ([`crate::queue`]), so the put and the owner read are one transaction.
-//! * **Leader**: the key with the lowest create revision. A campaign waits by watching
-//!   only the key just before its own and confirms its turn as the lock does
-//!   ([`crate::wait`]); the **term** is the leader key's create revision, strictly
-//!   increasing across leaders (across the whole cluster, in fact).
+//!   ([`crate::queue`]): one transaction puts it and tells whether it leads.
+//! * **Leader**: the key with the lowest create revision; the **term** is the leader key's
+//!   create revision, strictly increasing across leaders (across the whole cluster, in
+//!   fact).
+//! * **Campaign**: the lock's acquire, with the value on the key. Into an empty directory
+//!   the put alone, and we lead; otherwise the same transaction reads the (up to) three
+//!   keys just before ours, and the campaign waits as a lock waiter does ([`crate::wait`]): it
+//!   watches those keys and its own, is elected on the push of their deletions without a
+//!   read, and reads its place again (the older keys and its own key, in one transaction)
+//!   only when a watch began after the last read, keys left out of order, or older keys
+//!   beyond those three may be left. A key whose lease ran out while it waited (etcd issue
+//!   11456) ends the wait through the watch on our own key or the next read of our place,
+//!   and a grant on the push is valid no longer than the lease its key rides on (for an
+//!   auto-renewed campaign the session's short waiting lease, until the key's move onto
+//!   the session lease).
 //! * **Proclaim**: a put of a new value on our key, in a transaction guarded by our key's
 //!   create revision (the grant, never merely "a key of that name"), keeping its lease.
 //! * **Resign**: the lock's release: a delete guarded the same way.
@@ -157,9 +167,12 @@ fn term_of(create_revision: i64) -> FencingToken {
 
 #[async_trait]
 impl Election for EtcdElection {
-    /// Puts our candidate key with the value (and reads the candidates just before it) in
-    /// one transaction, then waits as the lock does: watching the three keys just before
-    /// ours (see [`crate::wait`]).
+    /// Puts our candidate key with the value in one transaction — which, unless the
+    /// directory is empty (then we lead at once), also reads the (up to) three keys just
+    /// before ours — then waits as a lock waiter does: watching those keys and our own (see
+    /// [`crate::wait`]). An auto-renewed campaign whose key went onto the session lease (no
+    /// waiting lease was kept alive: the first waiter after a quiet spell) first moves it
+    /// onto the session's waiting lease, in one more transaction that reads its place too.
     ///
     /// # Cancel safety
     /// Cancel safe: a put the caller drops midway is finished in a task of its own, and a
