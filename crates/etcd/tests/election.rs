@@ -265,3 +265,116 @@ async fn a_dead_leader_is_replaced_within_the_session_ttl() {
     assert!(!l.is_leader(), "the cut-off leader still believes it leads");
     drop((l, dead, proxy));
 }
+
+/// The observer's request timeout in [`an_observer_whose_re_read_failed_still_reports_the_leader`].
+const OUTAGE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Rounds in which the observer's watch came back without a fresh read, wanted.
+const RESUMED_ROUNDS: usize = 2;
+
+/// At most this many rounds in all.
+const OUTAGE_ROUNDS: usize = 10;
+
+/// A watch that broke, followed by a fresh read that failed, is replaced by a watch that
+/// must not replay events the observer applied already. Each round: A leads, an observer
+/// (through a proxy) starts, A resigns and campaigns again — under the same queue key name
+/// (slot 0) — and C queues behind it; the observer has seen all of it. Then the proxy
+/// resets the observer's connections (its watch breaks) and refuses new ones for about one
+/// and a half request timeouts: the fresh read fails (one timeout), and the replacing watch,
+/// sent at once, gets through when the proxy passes again. Before the fix that watch
+/// started at the observer's first read and replayed A's resign: the delete of A's
+/// *previous* key under the same name removed A's live key, C was reported, and A's own
+/// put was refused as a lower term — C for A's whole tenure. A round counts when the
+/// observer resumed without a successful read (no `Range` reached the member meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_whose_re_read_failed_still_reports_the_leader() {
+    use fencelock_core::election::LeaderInfo;
+    use fencelock_testkit::until::{until, until_async, until_eq};
+
+    let etcd = Etcd::start().await;
+    let proxy = FaultProxy::start(etcd.cluster.client_ports()[0]).await;
+    let observer_url = format!(
+        "etcd://127.0.0.1:{}?session_ttl={}s&timeout={}ms",
+        proxy.port(),
+        SESSION_TTL.as_secs(),
+        OUTAGE_TIMEOUT.as_millis()
+    );
+    let o = EtcdElection::connect(&observer_url)
+        .await
+        .expect("connect through the proxy");
+    let (a, c) = (etcd.connect().await, etcd.connect().await);
+    let ranges = || {
+        etcd.cluster
+            .grpc_calls(0, "Range")
+            .expect("the member answers /metrics")
+    };
+    let (mut resumed, mut rounds) = (0, 0);
+    for round in 0..OUTAGE_ROUNDS {
+        rounds = round + 1;
+        let name = unique_key("elect-outage");
+        let first = a
+            .campaign(&name, b"a", &LockOptions::new())
+            .await
+            .expect("A's campaign");
+        let observer = o.observe(&name).await.expect("observe");
+        let a_key = etcd.candidates(&name).await[0].0.clone();
+        first.resign().await.expect("A resigns");
+        let la = a.campaign(&name, b"a", &LockOptions::new()).await.expect("A again");
+        assert_eq!(etcd.candidates(&name).await[0].0, a_key, "A's key name was not reused");
+        let waiting = tokio::spawn({
+            let (c, name) = (c.clone(), name.clone());
+            async move { c.campaign(&name, b"c", &LockOptions::new()).await }
+        });
+        until_async("C queued behind A", Duration::from_secs(5), async || {
+            etcd.candidates(&name).await.len() == 2
+        })
+        .await;
+        // The observer has applied everything up to here once it reports this value.
+        la.proclaim(b"a2").await.expect("proclaim");
+        let leads = |value: &[u8]| {
+            Some(LeaderInfo {
+                value: value.to_vec(),
+                term: la.term(),
+            })
+        };
+        until("the observer saw A's proclaim", Duration::from_secs(5), || {
+            observer.current() == leads(b"a2")
+        })
+        .await;
+        let ranges_before = ranges();
+        proxy.set(Mode::Reset);
+        // The outage's length (a fault, not a wait for a state): the watch breaks at once,
+        // the fresh read after a 40 ms pause fails after one timeout, and the replacing
+        // watch is under way when the proxy passes again.
+        tokio::time::sleep(Duration::from_millis(40) + OUTAGE_TIMEOUT * 3 / 2).await;
+        proxy.set(Mode::Pass);
+        la.proclaim(b"a3").await.expect("proclaim after the outage");
+        until_eq(
+            &format!("round {round}: after the outage the observer reports A, its leader"),
+            OUTAGE_TIMEOUT * 4 + Duration::from_secs(2),
+            leads(b"a3"),
+            || observer.current(),
+        )
+        .await;
+        assert_eq!(observer.current(), o.leader(&name).await.expect("leader"));
+        if ranges() == ranges_before + 1 {
+            // Only the `leader` read just now: the watch came back without a fresh read.
+            resumed += 1;
+        }
+        la.resign().await.expect("A resigns");
+        let lc = waiting.await.expect("C's task").expect("C's campaign");
+        lc.resign().await.expect("C resigns");
+        drop(observer);
+        if resumed == RESUMED_ROUNDS {
+            break;
+        }
+    }
+    eprintln!("{resumed} of {rounds} rounds resumed the watch without a fresh read");
+    assert_eq!(
+        resumed, RESUMED_ROUNDS,
+        "too few rounds resumed the watch without a fresh read in {OUTAGE_ROUNDS} rounds"
+    );
+    for e in [&o, &a, &c] {
+        e.close().await.expect("close");
+    }
+}
