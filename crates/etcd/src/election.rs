@@ -12,15 +12,15 @@
 //!   fact).
 //! * **Campaign**: the lock's acquire, with the value on the key. Into an empty directory
 //!   the put alone, and we lead; otherwise the same transaction reads the (up to) three
-//!   keys just before ours, and the campaign waits as a lock waiter does ([`crate::wait`]): it
-//!   watches those keys and its own, is elected on the push of their deletions without a
+//!   keys just before ours, and the campaign waits as a lock waiter does ([`crate::wait`]):
+//!   it watches those keys and its own, is elected on the push of their deletions without a
 //!   read, and reads its place again (the older keys and its own key, in one transaction)
 //!   only when a watch began after the last read, keys left out of order, or older keys
 //!   beyond those three may be left. A key whose lease ran out while it waited (etcd issue
 //!   11456) ends the wait through the watch on our own key or the next read of our place,
 //!   and a grant on the push is valid no longer than the lease its key rides on (for an
-//!   auto-renewed campaign the session's short waiting lease, until the key's move onto
-//!   the session lease).
+//!   auto-renewed campaign the session's short waiting lease, until the key's move onto the
+//!   session lease).
 //! * **Proclaim**: a put of a new value on our key, in a transaction guarded by our key's
 //!   create revision (the grant, never merely "a key of that name"), keeping its lease.
 //! * **Resign**: the lock's release: a delete guarded the same way.
@@ -365,10 +365,10 @@ impl Seats {
     /// watch replays such events when it starts before the copy's revision, and queue names
     /// are reused (the lowest free slot; in `layout=go` the session lease on every
     /// campaign), so a replayed delete of an older key would remove the live key of that
-    /// name — the feed then published the candidate behind it and refused the replayed
-    /// put of the real leader as a lower term. It is the lock's rule for replayed deletes
-    /// (`wait::note_deletes`) on the whole copy: every key it holds was created at or before
-    /// its revision.
+    /// name — the feed then published the candidate behind it and refused the replayed put
+    /// of the real leader as a lower term. It is the lock's rule for replayed deletes
+    /// (`wait::note_deletes`) on the whole copy: every key it holds was created at or
+    /// before its revision.
     fn apply(&mut self, events: &[Change<'_>], mut publish: impl FnMut(Option<LeaderInfo>)) {
         let mut changed = false;
         for (i, e) in events.iter().enumerate() {
@@ -439,9 +439,10 @@ async fn follow(c: Cluster, dir: String, mut seats: Seats, feed: ObserverFeed) {
 }
 
 /// One watch on `dir` from the revision after the one `seats` is true at, applied to
-/// `seats` ([`Seats::apply`]); publishes the lowest candidate after each revision. Resets `failures` once the watch delivered something. Returns why
-/// the watch ended (broken, cancelled by a compaction or a lost leader, closed, or
-/// answered by a member of another cluster than the connect met).
+/// `seats` ([`Seats::apply`]); publishes the lowest candidate after each revision. Resets
+/// `failures` once the watch delivered something. Returns why the watch ended (broken,
+/// cancelled by a compaction or a lost leader, closed, or answered by a member of another
+/// cluster than the connect met).
 async fn watch(c: &Cluster, dir: &str, seats: &mut Seats, feed: &ObserverFeed, failures: &mut u32) -> String {
     let wopts = WatchOptions::new().with_prefix().with_start_revision(seats.rev + 1);
     let stream = c
@@ -584,7 +585,8 @@ mod tests {
     }
 
     /// Events of one revision (a lease's expiry deletes every key on it at once) are
-    /// published once, after the last; a new revision after the copy's is applied as before.
+    /// published once, after the last; a new revision after the copy's is applied as
+    /// before.
     #[test]
     fn one_revision_is_published_once() {
         let mut seats = Seats {

@@ -266,7 +266,8 @@ async fn a_dead_leader_is_replaced_within_the_session_ttl() {
     drop((l, dead, proxy));
 }
 
-/// The observer's request timeout in [`an_observer_whose_re_read_failed_still_reports_the_leader`].
+/// The observer's request timeout in
+/// [`an_observer_whose_re_read_failed_still_reports_the_leader`].
 const OUTAGE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Rounds in which the observer's watch came back without a fresh read, wanted.
@@ -280,12 +281,12 @@ const OUTAGE_ROUNDS: usize = 10;
 /// (through a proxy) starts, A resigns and campaigns again — under the same queue key name
 /// (slot 0) — and C queues behind it; the observer has seen all of it. Then the proxy
 /// resets the observer's connections (its watch breaks) and refuses new ones for about one
-/// and a half request timeouts: the fresh read fails (one timeout), and the replacing watch,
-/// sent at once, gets through when the proxy passes again. Before the fix that watch
+/// and a half request timeouts: the fresh read fails (one timeout), and the replacing
+/// watch, sent at once, gets through when the proxy passes again. Before the fix that watch
 /// started at the observer's first read and replayed A's resign: the delete of A's
-/// *previous* key under the same name removed A's live key, C was reported, and A's own
-/// put was refused as a lower term — C for A's whole tenure. A round counts when the
-/// observer resumed without a successful read (no `Range` reached the member meanwhile).
+/// *previous* key under the same name removed A's live key, C was reported, and A's own put
+/// was refused as a lower term — C for A's whole tenure. A round counts when the observer
+/// resumed without a successful read (no `Range` reached the member meanwhile).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_observer_whose_re_read_failed_still_reports_the_leader() {
     use fencelock_core::election::LeaderInfo;
