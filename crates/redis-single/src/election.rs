@@ -54,7 +54,8 @@ return 0
 
 /// Reads the seat. KEYS: lock, record, token counter. Returns {0, 0, '', -2} for an empty
 /// seat, {1, term, value, pttl} for the live grant's record, {2, counter, '', pttl} while
-/// the live grant has not written its record yet.
+/// the live grant has not written its record yet (the counter is only a guess at its
+/// term: refused attempts raise it too, and a reserved hand-off counts later).
 /// (A static script: its SHA1 is computed once, not per read.)
 static LEADER: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
@@ -168,7 +169,8 @@ pub async fn read_seat_on(node: &RedisNode, name: &str) -> Result<SeatRead> {
     let state = match state {
         0 => SeatState::Empty,
         1 => SeatState::Leader(LeaderInfo { value, term }),
-        _ => SeatState::Unwritten(term),
+        // The lock key keeps no token: the counter is a guess (see `SeatState`).
+        _ => SeatState::UnwrittenGuess(term),
     };
     Ok(SeatRead {
         state,

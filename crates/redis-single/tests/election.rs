@@ -131,3 +131,94 @@ async fn a_seat_read_on_a_connection_the_server_closed_is_made_again() {
     let read = elections.leader("cut").await;
     assert!(matches!(read, Ok(None)), "the read after the cut: {read:?}");
 }
+
+/// Waits up to `limit` for `observer` to report the leader `want` (term, value); panics
+/// with every state it reported meanwhile.
+async fn observed(
+    observer: &mut fencelock_core::election::Observer,
+    want: (fencelock_core::FencingToken, &[u8]),
+    limit: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut seen = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, observer.changed()).await {
+            Ok(Some(state)) => {
+                let state = state.map(|l| (l.term, l.value));
+                if state.as_ref().is_some_and(|(t, v)| *t == want.0 && v == want.1) {
+                    return;
+                }
+                seen.push(state);
+            }
+            Ok(None) => panic!("the observation ended; reported {seen:?}"),
+            Err(_) => panic!(
+                "the observer never reported ({}, {:?}) within {limit:?}; it reported {seen:?}, and stays at {:?}",
+                want.0,
+                String::from_utf8_lossy(want.1),
+                observer.current()
+            ),
+        }
+    }
+}
+
+/// While a seat is held without a record (a campaign between its grant and its first
+/// proclaim, or a plain lock on `election.NAME`), Redis reports the seat's token counter as
+/// its term — a guess, as a refused attempt raises the counter too. On a durable server
+/// (terms strictly monotonic) an observer that reported that guess (T+1, no value) after
+/// the record wait then refused the real record (T, "b") as a lower term, and stayed at
+/// (T+1, "") for the whole leadership while `leader` said (T, "b") (a review). An exact
+/// term now replaces a guessed one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_takes_the_real_term_after_reporting_the_counters_guess() {
+    use fencelock_core::DistributedLock;
+    use fencelock_testkit::redis_server::{Persistence, RedisOptions};
+    let server = tokio::task::spawn_blocking(|| {
+        RedisServer::start_with(RedisOptions {
+            persistence: Some(Persistence::AofAlways),
+            ..RedisOptions::default()
+        })
+    })
+    .await
+    .expect("start");
+    let url = server.url();
+    let elections = RedisElection::connect(&url).await.expect("connect");
+    assert_eq!(
+        elections.capabilities().terms,
+        fencelock_core::guarantees::TokenOrder::StrictlyMonotonic,
+        "the scenario needs a durable server"
+    );
+    let opts = fencelock_core::LockOptions::new().with_ttl(Duration::from_secs(30));
+    // B's grant on the seat, not proclaimed yet (a campaign between grant and proclaim).
+    let b = fencelock_redis::RedisLock::connect(&url).await.expect("connect B");
+    let seat = b.acquire("election.n", &opts).await.expect("B's grant");
+    let term = seat.token();
+    // C's refused attempt raises the counter above B's token.
+    let c = fencelock_redis::RedisLock::connect(&url).await.expect("connect C");
+    assert!(c.try_acquire("election.n", &opts).await.expect("C's try").is_none());
+    let guess = fencelock_core::FencingToken::new(term.get() + 1);
+    let mut observer = elections.observe("n").await.expect("observe");
+    observed(&mut observer, (guess, b""), Duration::from_secs(5)).await;
+    // B proclaims: the record names its real term.
+    let grant = seat.grant().to_string();
+    assert!(fencelock_redis::proclaim_on(b.node(), "n", &grant, term.get(), b"b")
+        .await
+        .expect("proclaim"));
+    let leader = elections.leader("n").await.expect("leader").expect("a leader");
+    assert_eq!((leader.term, leader.value.as_slice()), (term, &b"b"[..]));
+    observed(&mut observer, (term, b"b"), Duration::from_secs(5)).await;
+    seat.release().await.expect("release");
+    observed_empty(&mut observer, Duration::from_secs(5)).await;
+}
+
+/// Waits up to `limit` for `observer` to report an empty seat.
+async fn observed_empty(observer: &mut fencelock_core::election::Observer, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, observer.changed()).await {
+            Ok(Some(None)) => return,
+            Ok(Some(Some(_))) => {}
+            Ok(None) => panic!("the observation ended"),
+            Err(_) => panic!("no empty seat within {limit:?}; at {:?}", observer.current()),
+        }
+    }
+}

@@ -102,7 +102,7 @@ impl SeatBackend for RedlockElection {
                     }
                 }
                 SeatState::Empty => empty += 1,
-                SeatState::Unwritten(t) => {
+                SeatState::Unwritten(t) | SeatState::UnwrittenGuess(t) => {
                     held += 1;
                     term = term.max(Some(t));
                 }
@@ -117,8 +117,10 @@ impl SeatBackend for RedlockElection {
         // Held on a quorum, no record agreed on: a plain lock on the seat's key, or a
         // campaign between its grant and its proclaim reaching a quorum. The seat glue
         // reads again for a while, then reports it with no value.
+        // A node's counter is a guess at the holder's token (refused attempts raise it), so
+        // the highest of them is one too.
         if let (true, Some(term)) = (held >= quorum, term) {
-            return Ok(SeatRead::new(SeatState::Unwritten(term)));
+            return Ok(SeatRead::new(SeatState::UnwrittenGuess(term)));
         }
         Err(LockError::Unavailable {
             message: format!("no quorum of {quorum} nodes agrees on the leader of `{name}`"),

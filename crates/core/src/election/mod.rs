@@ -131,7 +131,10 @@ pub trait ProclaimOps: Send + Sync + 'static {
 ///   that name ([`ElectionCapabilities::terms`] says how strong that is).
 /// * **Own grant only**: proclaim and resign act only on our grant.
 /// * **Bounded, cancel-safe campaign**, as [`DistributedLock::acquire`](crate::DistributedLock::acquire).
-/// * **Observers never go back**: reported terms never decrease.
+/// * **Observers never go back**: reported terms never decrease — but for a term the
+///   backend could only guess (a seat held without its record, reported with no value:
+///   [`seat::SeatState::UnwrittenGuess`]), which the holder's exact term replaces even
+///   when lower.
 #[async_trait]
 pub trait Election: Send + Sync + fmt::Debug {
     /// Campaigns for the leadership of `name` with `value`, waiting up to `opts.wait()`
@@ -161,7 +164,8 @@ pub trait Election: Send + Sync + fmt::Debug {
 
     /// Follows the leader of `name`: the returned [`Observer`] yields each change (a new
     /// leader, a proclaimed value, an empty seat) in order. A slow observer may skip
-    /// intermediate states but never sees a term lower than one it saw.
+    /// intermediate states but never sees a term lower than one it saw (a guessed term
+    /// aside, see [`Observer::changed`]).
     ///
     /// # Errors
     /// [`LockError::GuaranteeNotMet`] when [`ElectionCapabilities::observe`] is

@@ -26,9 +26,10 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::observer::polled_tagged;
 use super::{
-    polled, validate_value, Election, ElectionCapabilities, LeaderInfo, Leadership, Observation, Observer,
-    ObserverFeed, ProclaimOps,
+    validate_value, Election, ElectionCapabilities, LeaderInfo, Leadership, Observation, Observer, ObserverFeed,
+    ProclaimOps,
 };
 use crate::error::{LockError, LostReason, Result};
 use crate::lease::Lease;
@@ -73,9 +74,15 @@ pub enum SeatState {
     Empty,
     /// The live grant's record.
     Leader(LeaderInfo),
-    /// A live grant whose record is not written yet, with its term (or the best the
-    /// backend can tell: Redis gives its token counter).
+    /// A live grant whose record is not written yet, with its exact term.
     Unwritten(FencingToken),
+    /// A live grant whose record is not written yet and whose term the backend cannot
+    /// tell, with the best guess it has (Redis keeps no token with the lock key and gives
+    /// its token counter, which refused attempts raise too: it may be above the holder's
+    /// token). `leader` reports the guess; an observer reports it too, and replaces it with
+    /// the holder's exact term from its record even when that is lower (see
+    /// [`ObserverFeed::publish_guess`]).
+    UnwrittenGuess(FencingToken),
 }
 
 /// One read of a seat: its state and, when the backend tells, how long the live grant
@@ -147,29 +154,41 @@ pub trait SeatWatch: Send + 'static {
 }
 
 /// Reads the seat until it is settled: waits up to [`RECORD_WAIT`] for a just-elected
-/// leader's record, then reports its term with an empty value. Bounded by RECORD_WAIT /
-/// 5 ms reads.
+/// leader's record, then reports its term with an empty value (the backend's guess for
+/// [`SeatState::UnwrittenGuess`]). Bounded by RECORD_WAIT / 5 ms reads.
 ///
 /// # Errors
 /// The first failed read's error.
-pub async fn settle<F, Fut>(mut read: F) -> Result<Option<LeaderInfo>>
+pub async fn settle<F, Fut>(read: F) -> Result<Option<LeaderInfo>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<SeatRead>>,
+{
+    Ok(settle_tagged(read).await?.0)
+}
+
+/// [`settle`], telling whether the leader's term is a guess.
+async fn settle_tagged<F, Fut>(mut read: F) -> Result<(Option<LeaderInfo>, bool)>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<SeatRead>>,
 {
     let deadline = Instant::now() + RECORD_WAIT;
     loop {
-        match read().await?.state {
-            SeatState::Empty => return Ok(None),
-            SeatState::Leader(l) => return Ok(Some(l)),
-            SeatState::Unwritten(term) if Instant::now() >= deadline => {
-                return Ok(Some(LeaderInfo {
-                    value: Vec::new(),
-                    term,
-                }))
-            }
-            SeatState::Unwritten(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        let (term, guessed) = match read().await?.state {
+            SeatState::Empty => return Ok((None, false)),
+            SeatState::Leader(l) => return Ok((Some(l), false)),
+            SeatState::Unwritten(term) => (term, false),
+            SeatState::UnwrittenGuess(term) => (term, true),
+        };
+        if Instant::now() >= deadline {
+            let leader = LeaderInfo {
+                value: Vec::new(),
+                term,
+            };
+            return Ok((Some(leader), guessed));
         }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -216,8 +235,9 @@ pub async fn watched(mut watch: Box<dyn SeatWatch>, restarts: bool) -> Result<Ob
 /// What a pushed observer knows between reads.
 struct Follow {
     feed: ObserverFeed,
-    /// A live grant seen without its record, and since when.
-    unwritten: Option<(FencingToken, Instant)>,
+    /// A live grant seen without its record: its term, whether that is a guess, and since
+    /// when.
+    unwritten: Option<(FencingToken, bool, Instant)>,
 }
 
 impl Follow {
@@ -237,24 +257,33 @@ impl Follow {
                 self.feed.publish(Some(l));
                 until_expiry
             }
-            SeatState::Unwritten(term) => {
-                let since = match self.unwritten {
-                    Some((t, since)) if t == term => since,
-                    _ => Instant::now(),
-                };
-                self.unwritten = Some((term, since));
-                let waited = since.elapsed();
-                if waited >= RECORD_WAIT {
-                    self.feed.publish(Some(LeaderInfo {
-                        value: Vec::new(),
-                        term,
-                    }));
-                    until_expiry
-                } else {
-                    (RECORD_WAIT - waited).min(until_expiry)
-                }
-            }
+            SeatState::Unwritten(term) => self.unwritten(term, false, until_expiry),
+            SeatState::UnwrittenGuess(term) => self.unwritten(term, true, until_expiry),
         }
+    }
+
+    /// A live grant without its record: reported with no value (a guessed term as a
+    /// guess) once seen with that term for [`RECORD_WAIT`].
+    fn unwritten(&mut self, term: FencingToken, guessed: bool, until_expiry: Duration) -> Duration {
+        let since = match self.unwritten {
+            Some((t, g, since)) if t == term && g == guessed => since,
+            _ => Instant::now(),
+        };
+        self.unwritten = Some((term, guessed, since));
+        let waited = since.elapsed();
+        if waited < RECORD_WAIT {
+            return (RECORD_WAIT - waited).min(until_expiry);
+        }
+        let leader = LeaderInfo {
+            value: Vec::new(),
+            term,
+        };
+        if guessed {
+            self.feed.publish_guess(leader);
+        } else {
+            self.feed.publish(Some(leader));
+        }
+        until_expiry
     }
 }
 
@@ -298,9 +327,9 @@ impl<S: SeatBackend> Election for S {
             Observation::Native => watched(self.seat_watch(name, &seat).await?, restarts).await,
             Observation::Polled { interval_ms } => {
                 let (me, name) = (self.clone(), name.to_owned());
-                Ok(polled(Duration::from_millis(interval_ms), restarts, move || {
+                Ok(polled_tagged(Duration::from_millis(interval_ms), restarts, move || {
                     let (me, name, seat) = (me.clone(), name.clone(), seat.clone());
-                    async move { settle(|| me.read_seat(&name, &seat)).await }
+                    async move { settle_tagged(|| me.read_seat(&name, &seat)).await }
                 }))
             }
             Observation::Unavailable => Err(LockError::GuaranteeNotMet {
@@ -358,6 +387,33 @@ mod tests {
             feed.current().map(|l| (l.term, l.value)),
             Some((FencingToken::new(7), vec![]))
         );
+    }
+
+    /// Redis's guess (the counter, raised by a refused attempt) is reported after the
+    /// record wait, then replaced by the holder's lower exact term from its record; before,
+    /// the observer stayed at the guess for the whole leadership (a review).
+    #[tokio::test(start_paused = true)]
+    async fn a_guessed_term_is_replaced_by_the_records_lower_one() {
+        let (mut f, feed) = follow();
+        let mut observer = feed.subscribe();
+        assert_eq!(observer.changed().await, Some(None));
+        let guess = SeatRead {
+            state: SeatState::UnwrittenGuess(FencingToken::new(8)),
+            expires_in: Some(Duration::from_secs(30)),
+        };
+        assert_eq!(f.apply(guess.clone()), RECORD_WAIT);
+        tokio::time::advance(RECORD_WAIT).await;
+        f.apply(guess);
+        assert_eq!(
+            observer.changed().await.flatten().map(|l| l.term),
+            Some(FencingToken::new(8))
+        );
+        let record = LeaderInfo {
+            value: b"b".to_vec(),
+            term: FencingToken::new(7),
+        };
+        f.apply(SeatRead::new(SeatState::Leader(record.clone())));
+        assert_eq!(observer.changed().await, Some(Some(record)));
     }
 
     #[test]
