@@ -3,14 +3,17 @@
 //! The seat of election `NAME` is the Redlock lock on key `election.NAME` (the term is its
 //! best-effort token). The value is written on every node by the single-server backend's
 //! `proclaim_on` script, which writes only where that node's lock key holds our grant id;
-//! a proclaim stands when a quorum wrote it. `leader` asks every node and reports the
-//! leader a quorum agrees on — a best guess, as Redlock's own guarantees are conditional on
-//! timing ([`LeaderRead::BestEffort`]). There is no `observe`: no node's view is
+//! a proclaim stands when a quorum wrote it, and our grant no longer leads only when so
+//! many nodes refused it that no quorum can hold it — nodes that did not answer in time
+//! make the proclaim `Unavailable`, never a lost leadership. `leader` asks every node and
+//! reports the leader a quorum agrees on — a best guess, as Redlock's own guarantees are
+//! conditional on timing ([`LeaderRead::BestEffort`]). There is no `observe`: no node's view is
 //! authoritative, so it fails with `GuaranteeNotMet` ([`Observation::Unavailable`]) rather
 //! than give a feed that could name a leader no quorum holds. The campaign, `leader` and
 //! the rest are the shared seat glue of `fencelock_core::election::seat`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use fencelock_core::election::seat::{SeatBackend, SeatRead, SeatState};
@@ -18,7 +21,7 @@ use fencelock_core::election::{ElectionCapabilities, LeaderInfo, LeaderRead, Obs
 use fencelock_core::{DistributedLock, Lease, LockError, Result};
 use fencelock_redis::{proclaim_on, read_seat_on};
 
-use crate::quorum::{fan_out, Bound};
+use crate::quorum::{fan_out, Answer, Bound};
 use crate::RedlockLock;
 
 /// The election over Redlock's independent Redis nodes.
@@ -146,7 +149,83 @@ impl ProclaimOps for RedlockSeat {
             async move { proclaim_on(&n, &name, &grant, term, &value).await }
         })
         .await;
-        let written = answers.iter().filter(|a| matches!(a, Ok(true))).count();
-        Ok(written >= self.lock.config().quorum())
+        let quorum = self.lock.config().quorum();
+        match proclaim_outcome(&answers, quorum) {
+            Some(stands) => Ok(stands),
+            None => Err(not_confirmed(&self.name, &answers, quorum, per_node)),
+        }
+    }
+}
+
+/// What a proclaim's answers say: `Some(true)` when a quorum wrote it, `Some(false)` when
+/// so many nodes refused it (their lock key does not hold our grant) that no quorum can
+/// hold the grant, `None` when the silent nodes leave it open — they could not be asked,
+/// which says nothing about the grant.
+fn proclaim_outcome(answers: &[Answer<bool>], quorum: usize) -> Option<bool> {
+    let written = answers.iter().filter(|a| matches!(a, Ok(true))).count();
+    let refused = answers.iter().filter(|a| matches!(a, Ok(false))).count();
+    if written >= quorum {
+        Some(true)
+    } else if answers.len() - refused < quorum {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// The `Unavailable` of a proclaim whose outcome the silent nodes leave open, with the
+/// counts and each silent node's reason.
+fn not_confirmed(name: &str, answers: &[Answer<bool>], quorum: usize, per_node: Duration) -> LockError {
+    let written = answers.iter().filter(|a| matches!(a, Ok(true))).count();
+    let refused = answers.iter().filter(|a| matches!(a, Ok(false))).count();
+    let silent: Vec<&str> = answers
+        .iter()
+        .filter_map(|a| a.as_ref().err().map(String::as_str))
+        .collect();
+    LockError::Unavailable {
+        message: format!(
+            "the proclaim of `{name}` was not confirmed: written on {written}, refused on {refused}, \
+             no answer from {} of {} nodes (need {quorum} writes; waiting at most {per_node:?}); \
+             the leadership stands; {}",
+            silent.len(),
+            answers.len(),
+            silent.join("; ")
+        ),
+        source: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answers(written: usize, refused: usize, silent: usize) -> Vec<Answer<bool>> {
+        let mut a = vec![Ok(true); written];
+        a.extend(vec![Ok(false); refused]);
+        a.extend((0..silent).map(|i| Err(format!("node {i}: no answer"))));
+        a
+    }
+
+    #[test]
+    fn only_a_quorum_of_refusals_means_not_held() {
+        assert_eq!(proclaim_outcome(&answers(3, 0, 2), 3), Some(true));
+        assert_eq!(proclaim_outcome(&answers(3, 2, 0), 3), Some(true));
+        // Could not ask a quorum: open, whatever the others said.
+        assert_eq!(proclaim_outcome(&answers(2, 0, 3), 3), None);
+        assert_eq!(proclaim_outcome(&answers(0, 0, 5), 3), None);
+        assert_eq!(proclaim_outcome(&answers(1, 2, 2), 3), None);
+        // Three refusals of five: no quorum can hold the grant.
+        assert_eq!(proclaim_outcome(&answers(0, 3, 2), 3), Some(false));
+        assert_eq!(proclaim_outcome(&answers(2, 3, 0), 3), Some(false));
+    }
+
+    #[test]
+    fn the_unconfirmed_proclaim_says_what_each_node_did() {
+        let e = not_confirmed("n", &answers(1, 1, 3), 3, Duration::from_millis(50)).to_string();
+        assert!(
+            e.contains("written on 1, refused on 1, no answer from 3 of 5 nodes (need 3 writes"),
+            "{e}"
+        );
+        assert!(e.contains("node 2: no answer"), "{e}");
     }
 }

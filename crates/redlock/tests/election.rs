@@ -88,3 +88,75 @@ async fn a_plain_lock_on_the_seat_is_a_leader_with_no_value(redlock: &Redlock) {
     lease.release().await.expect("release");
     assert_eq!(elections.leader("plain").await.expect("leader"), None);
 }
+
+/// A proclaim that a quorum of nodes could not answer within `per_node_timeout` (a slow
+/// link, a paused node) has not been refused: every node still holds the grant. It fails
+/// with `Unavailable` and the leadership stays valid, as on the other backends ("a backend
+/// error when it could not be asked"). Before, the silent nodes counted as "not written":
+/// the proclaim failed with `LeaseLost(NotHeld)`, marked the lease lost for good, and
+/// `fencelock elect` exited 76 with every node holding its seat (a review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proclaim_a_quorum_did_not_answer_is_unavailable_and_keeps_the_leadership() {
+    use fencelock_core::{LockError, LockOptions};
+    use fencelock_testkit::proxy::{FaultProxy, Mode};
+    let servers = tokio::task::spawn_blocking(|| start_many(5)).await.expect("start");
+    let mut proxies = Vec::new();
+    for s in &servers {
+        proxies.push(FaultProxy::start(s.port()).await);
+    }
+    let hosts: Vec<String> = proxies.iter().map(|p| format!("127.0.0.1:{}", p.port())).collect();
+    let url = format!("redlock://{}?{QUERY}", hosts.join(","));
+    let elections = RedlockElection::connect(&url).await.expect("connect");
+    // A TTL long enough that no renewal falls within the test.
+    let opts = LockOptions::new().with_ttl(Duration::from_secs(60));
+    let leadership = elections.campaign("slow", b"a", &opts).await.expect("campaign");
+    for p in &proxies[..3] {
+        p.set(Mode::Blackhole);
+    }
+    let err = leadership
+        .proclaim(b"b")
+        .await
+        .expect_err("a proclaim stood with 3 of 5 nodes silent");
+    for p in &proxies[..3] {
+        p.set(Mode::Pass);
+    }
+    assert!(
+        matches!(err, LockError::Unavailable { .. }),
+        "a proclaim the nodes could not answer: {err:?}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains("no answer from 3"), "{msg}");
+    assert!(
+        leadership.is_leader(),
+        "the leadership was given up: {:?}",
+        leadership.lease()
+    );
+    leadership
+        .proclaim(b"c")
+        .await
+        .expect("a proclaim once the nodes answer");
+    let leader = elections.leader("slow").await.expect("leader").expect("a leader");
+    assert_eq!((leader.term, leader.value.as_slice()), (leadership.term(), &b"c"[..]));
+    // Refused by a quorum (the seat removed by hand on 3 nodes): not held, for good.
+    let del = "DEL fencelock:{election.slow}:lock";
+    let servers = Arc::new(servers);
+    let s = Arc::clone(&servers);
+    tokio::task::spawn_blocking(move || s[..3].iter().for_each(|s| assert_eq!(s.integer(del), Some(1))))
+        .await
+        .expect("DEL");
+    let err = leadership
+        .proclaim(b"d")
+        .await
+        .expect_err("proclaimed without a quorum's seat");
+    assert!(
+        matches!(
+            err,
+            LockError::LeaseLost {
+                reason: fencelock_core::LostReason::NotHeld,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(!leadership.is_leader());
+}

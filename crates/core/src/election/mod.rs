@@ -114,7 +114,10 @@ pub struct ElectionCapabilities {
 #[async_trait]
 pub trait ProclaimOps: Send + Sync + 'static {
     /// Replaces the value if this grant — not merely "a leader key" — still leads.
-    /// `Ok(false)` when it no longer does.
+    /// `Ok(false)` only when the backend answered that it no longer does: the leadership
+    /// is then marked lost for good. When the backend could not be asked (or, on a
+    /// quorum backend, too few nodes answered to tell), an error such as
+    /// [`LockError::Unavailable`]: the leadership stands.
     async fn proclaim(&self, value: &[u8]) -> Result<bool>;
 }
 
@@ -333,7 +336,8 @@ impl Leadership {
     /// [`LockError::InvalidInput`] for a value over [`MAX_VALUE_LEN`] bytes;
     /// [`LockError::LeaseLost`] when the lease is lost or its validity ran out, or when the
     /// backend says our grant no longer leads (the lease is then marked lost); a backend
-    /// error when it could not be asked.
+    /// error ([`LockError::Unavailable`] on Redlock when a quorum did not answer) when it
+    /// could not be asked — the leadership is kept, and a later proclaim may succeed.
     ///
     /// # Cancel safety
     /// Cancel safe in that nothing but the value can change: the new value may or may not
