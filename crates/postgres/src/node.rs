@@ -984,8 +984,11 @@ impl PgNode {
     fn abandon_now(&self, hold: crate::session::DriverHold, key: &str, grant: &str) {
         let (key, grant) = (key.to_owned(), grant.to_owned());
         let (bound, handoff) = (self.inner.cfg.timeout * 2, self.inner.cfg.handoff);
+        // Counted in flight on its connection, as a leave is (see `leave_later`).
+        let counted = hold.session().unturned();
         self.inner.cleanups.spawn("abandoning an unheard grant", async move {
             let _ = tokio::time::timeout(bound, abandon_on(hold.session(), &key, &grant, handoff)).await;
+            drop(counted);
             drop(hold); // the driver of a session cut meanwhile stops now
         });
     }
@@ -1279,13 +1282,18 @@ impl PgNode {
     /// live connection, no answer), retried in the background until confirmed.
     /// Counted among the clean-ups from this call.
     pub(crate) fn leave_later(&self, ticket: i64, key: &str, grant: &str) {
-        let hold = self.inner.pool.least_loaded().map(|s| s.hold_driver());
+        // Counted in the connection's statements in flight from this decision until the
+        // answer (or the bound): sent without a turn, an uncounted leave left its
+        // connection looking idle while it waited on the server, and the next grant was
+        // sent behind it (and every leave of a burst went to one connection).
+        let hold = self.inner.pool.least_loaded().map(|s| (s.unturned(), s.hold_driver()));
         let (key, grant) = (key.to_owned(), grant.to_owned());
         let (bound, handoff) = (self.inner.cfg.timeout * 2, self.inner.cfg.handoff);
         let weak = Arc::downgrade(&self.inner);
         self.inner.cleanups.spawn("leaving the waiter queue", async move {
-            if let Some(hold) = hold {
+            if let Some((counted, hold)) = hold {
                 let left = tokio::time::timeout(bound, leave_on(hold.session(), ticket, &key, &grant, handoff)).await;
+                drop(counted);
                 drop(hold); // the driver of a session cut meanwhile stops now
                 if matches!(left, Ok(Ok(_))) {
                     return;
@@ -1799,6 +1807,61 @@ mod tests {
             "the next waiter was not granted within {bound:?} of the head waiter's leave, with \
              the key free: {got:?}"
         );
+    }
+
+    /// Review (L4): a leave (and an abandon) is sent without a turn on the least loaded
+    /// connection, and was not counted there: a connection whose leave waited on the
+    /// server looked idle, and the next grant was sent behind it — "no answer to acquire"
+    /// while another connection stood idle. Here the leave waits for an operator's row
+    /// lock on its ticket.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_grant_is_not_sent_behind_a_leave_that_waits_on_the_server() {
+        let server = PgServer::start();
+        let url = format!("{}&connections=2&timeout=1s", server.url());
+        let node = PgNode::new(PgConfig::from_url(&url).unwrap());
+        let ttl = Duration::from_secs(60);
+        hold(&node, "k", &GrantId::random(), ttl).await;
+        let leaving = GrantId::random();
+        let ticket = queue_as(&node, "k", &leaving, ttl).await;
+        // A second connection, made while the first is busy (every turn taken).
+        let first = node.inner.pool.live();
+        assert_eq!(first.len(), 1);
+        let all_turns = Arc::clone(&first[0].turns)
+            .acquire_many_owned(IN_FLIGHT as u32)
+            .await
+            .unwrap();
+        hold(&node, "other", &GrantId::random(), ttl).await;
+        drop(all_turns);
+        assert_eq!(node.inner.pool.live().len(), 2);
+
+        let (mut operator, driver) = watcher(&node).await;
+        let tx = operator.transaction().await.unwrap();
+        tx.execute(
+            &format!(
+                "SELECT 1 FROM {}.waiters WHERE ticket = $1 FOR UPDATE",
+                node.inner.cfg.schema
+            ),
+            &[&ticket],
+        )
+        .await
+        .unwrap();
+        node.leave_later(ticket, "k", leaving.as_str());
+        fencelock_testkit::until::until(
+            "the leave waits for the operator's row lock",
+            Duration::from_secs(5),
+            || server.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'") == "1",
+        )
+        .await;
+        let granted = node
+            .try_grant("free", &GrantId::random(), ttl, Queueing::No)
+            .await
+            .map(|(grant, _, _)| grant);
+        assert!(
+            matches!(granted, Ok(NodeGrant::Granted(_))),
+            "a grant with an idle connection beside the waiting leave: {granted:?}"
+        );
+        tx.rollback().await.unwrap();
+        driver.abort();
     }
 
     /// A waiter's ticket is kept alive while every turn of the instance is taken: the
