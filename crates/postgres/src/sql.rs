@@ -551,6 +551,17 @@ WHERE key = $1 AND grant_id = $2 AND expires_at > statement_timestamp()"
 /// Batched renewal: `$1` keys, `$2` grant ids, `$3` TTLs in ms (arrays of one length).
 /// Returns the grant ids it renewed.
 ///
+/// A renewal never shortens a grant (`greatest`): it waits in the batcher (up to
+/// `renew_window`, a tenth of its TTL at most) after the lease recorded its request
+/// instant, while an explicit [`extend`] goes out at once. An extend to a minute asked
+/// during that wait is the request the lease believes (the newer one); the renewal landing
+/// after it used to set `now + TTL`, ending the key on the server some 58 s before its
+/// holder stopped believing in it, and another client was granted it (conformance
+/// `renewal_never_undoes_a_later_extend`). Keeping the later of the two ends is safe: the
+/// lease never believes more than the request it asked last, and a user's shorter extend
+/// still shortens the holder's belief (the server keeping the grant longer only delays
+/// the next holder, as a crashed holder would).
+///
 /// The expiry is compared with `(SELECT statement_timestamp())` — the same instant, but
 /// one the planner cannot read while planning. `expires_at` only moves forward, so a TTL
 /// after each `ANALYZE` its statistics lie wholly in the past; a custom plan (planned
@@ -567,7 +578,7 @@ WHERE key = $1 AND grant_id = $2 AND expires_at > statement_timestamp()"
 pub(crate) fn renew_many(schema: &str) -> String {
     format!(
         "UPDATE {schema}.locks l
-SET expires_at = statement_timestamp() + b.ttl_ms * interval '1 millisecond'
+SET expires_at = greatest(l.expires_at, statement_timestamp() + b.ttl_ms * interval '1 millisecond')
 FROM unnest($1::text[], $2::text[], $3::bigint[]) AS b(key, grant_id, ttl_ms)
 WHERE l.key = b.key AND l.grant_id = b.grant_id AND l.expires_at > (SELECT statement_timestamp())
 RETURNING l.grant_id"

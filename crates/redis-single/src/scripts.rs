@@ -554,14 +554,22 @@ return 0
 });
 
 /// KEYS: locks 1..n. ARGV: grant id 1, ttl ms 1, …, grant id n, ttl ms n. [`EXTEND`] for
-/// many grants in one round trip (batched auto-renewals). Returns one 1/0 per key.
+/// many grants in one round trip (batched auto-renewals), except that a renewal never
+/// shortens a grant: it waits for its batch after the lease recorded its request, and an
+/// explicit extend asked meanwhile (sent at once) is what the lease believes; the
+/// renewal landing after it must not cut the key back to its own TTL (conformance
+/// `renewal_never_undoes_a_later_extend`). `PTTL` rather than `PEXPIRE … GT` (Redis 7).
+/// Returns one 1/0 per key.
 pub(crate) static EXTEND_MANY: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r"
 local out = {}
 for i = 1, #KEYS do
   if redis.call('GET', KEYS[i]) == ARGV[2 * i - 1] then
-    out[i] = redis.call('PEXPIRE', KEYS[i], ARGV[2 * i])
+    if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[2 * i]) then
+      redis.call('PEXPIRE', KEYS[i], ARGV[2 * i])
+    end
+    out[i] = 1
   else
     out[i] = 0
   end

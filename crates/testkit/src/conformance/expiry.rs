@@ -174,3 +174,41 @@ pub async fn validity_counts_from_send(f: &dyn ClientFactory, cfg: &SuiteConfig)
         lease.release().await.expect("release");
     }
 }
+
+/// A background renewal asked before an explicit `extend` but sent after it must not
+/// shorten what the extend set. The lease believes the request asked last (the extend), so
+/// the backend must keep the key at least that long; a backend that batches renewals holds
+/// each one back for a short window (at most a tenth of its TTL) before sending it, and a
+/// renewal that then set its TTL unconditionally ended the key at `renewal + TTL` while the
+/// holder believed in it for the extend's minute: another client was granted the key while
+/// the first lease was valid.
+///
+/// The extend is called just after the first renewal is asked (a third of the way through
+/// the validity, counted from no earlier than the acquire's call) and well inside the
+/// window; the key is tried past the end such a late renewal would have set.
+pub async fn renewal_never_undoes_a_later_extend(f: &dyn ClientFactory, cfg: &SuiteConfig) {
+    let _gate = super::shared_gate().await;
+    let (a, b) = (f.client().await, f.client().await);
+    let key = unique_key("renew-then-extend");
+    let ttl = cfg.short_ttl;
+    let called = Instant::now();
+    let lease = a
+        .acquire(&key, &short(cfg).with_auto_renew(true))
+        .await
+        .expect("acquire");
+    // Due at `sent + (valid_until - sent) / 3`, and `sent` is not before `called`.
+    let renewal_asked = called + lease.valid_until().saturating_duration_since(called) / 3;
+    // Waiting for that instant is the scenario under test, not a synchronisation.
+    tokio::time::sleep_until(renewal_asked + ttl / 40).await;
+    lease.extend(LONG_TTL).await.expect("extend a live lease");
+    // A renewal held back a tenth of the TTL, then sent, would end the key `ttl` later.
+    tokio::time::sleep_until(renewal_asked + ttl / 10 + ttl + ttl / 10).await;
+    assert!(lease.is_held(), "the extended lease is not held: {:?}", lease.status());
+    let other = b.try_acquire(&key, &short(cfg)).await.expect("try_acquire");
+    let at = Instant::now();
+    if let Some(granted) = other {
+        judge_second_grant(&lease, &granted, at, "try_acquire after a renewal and a later extend");
+        panic!("the extended lease lapsed: its holder's validity ended early");
+    }
+    lease.release().await.expect("release after extend");
+}

@@ -43,7 +43,7 @@ pub use closing::{
 };
 pub use expiry::{
     auto_renew_keeps_lease, extend_after_expiry_fails, extend_prolongs_lease, loss_is_observable,
-    release_after_expiry_spares_new_holder, validity_counts_from_send,
+    release_after_expiry_spares_new_holder, renewal_never_undoes_a_later_extend, validity_counts_from_send,
 };
 pub use fixture::{BoxFuture, Fixture, Proxied};
 pub use input::{bad_input_is_rejected, keys_are_independent};
@@ -120,6 +120,7 @@ pub const ALL: &[&str] = &[
     "extend_after_expiry_fails",
     "extend_prolongs_lease",
     "auto_renew_keeps_lease",
+    "renewal_never_undoes_a_later_extend",
     "loss_is_observable",
     "validity_counts_from_send",
     "bad_input_is_rejected",
@@ -153,6 +154,7 @@ pub async fn run_all(f: &dyn Fixture, cfg: &SuiteConfig) {
     extend_after_expiry_fails(f, cfg).await;
     extend_prolongs_lease(f, cfg).await;
     auto_renew_keeps_lease(f, cfg).await;
+    renewal_never_undoes_a_later_extend(f, cfg).await;
     loss_is_observable(f, cfg).await;
     validity_counts_from_send(f, cfg).await;
     bad_input_is_rejected(f, cfg).await;
@@ -186,7 +188,8 @@ macro_rules! conformance_suite {
             cancelled_acquire_leaves_nothing_held, dropped_lease_is_released, release_frees_the_key,
             tokens_increase_with_each_grant, mutual_exclusion_under_contention,
             release_after_expiry_spares_new_holder, extend_after_expiry_fails, extend_prolongs_lease,
-            auto_renew_keeps_lease, loss_is_observable, validity_counts_from_send,
+            auto_renew_keeps_lease, renewal_never_undoes_a_later_extend, loss_is_observable,
+            validity_counts_from_send,
             bad_input_is_rejected, keys_are_independent, long_wait_grants_full_validity,
             dead_on_arrival_grant_is_not_handed_out, removed_grant_is_noticed,
             unanswered_request_leaves_nothing_behind, release_whose_answer_is_lost_is_not_reported_lost,
