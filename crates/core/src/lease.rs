@@ -23,7 +23,7 @@ use timer::{Due, Timer};
 
 use crate::cleanup::CleanupGuard;
 use crate::error::{LockError, LostReason, Result};
-use crate::options::{validate_ttl, LockOptions};
+use crate::options::{ttl_ceil_ms, validate_ttl, LockOptions};
 use crate::token::{Fence, FencingToken, GrantId};
 use crate::waiting::CancelGuard;
 
@@ -565,6 +565,8 @@ impl Lease {
     }
 
     /// Extends the lease so that it lives `ttl` from now; later auto-renewals use `ttl` too.
+    /// `ttl` is rounded up to whole milliseconds first ([`ttl_ceil_ms`]): the backend is
+    /// asked for, and the holder believes, the TTL a server keeps.
     ///
     /// Fails with [`LockError::LeaseLost`] when the lease is already lost or its validity ran
     /// out — even if the backend would still accept it, because another holder may have come
@@ -580,6 +582,7 @@ impl Lease {
     /// reach the backend; so that a shorter TTL can never outlive the holder's belief, the
     /// validity is lowered to `now + ttl` before the request is sent when that is earlier.
     pub async fn extend(&self, ttl: Duration) -> Result<()> {
+        let ttl = ttl_ceil_ms(ttl);
         validate_ttl(ttl)?;
         let shared = &self.shared;
         let span = tracing::info_span!("fencelock.extend", key = %shared.key, token = %shared.token, ttl_ms = ttl.as_millis() as u64);
@@ -1066,6 +1069,36 @@ mod tests {
             .expect("a live grant");
         assert!(live.is_held());
         live.release().await.expect("release");
+    }
+
+    /// `extend` asks the backend for the TTL rounded up to whole milliseconds — what a
+    /// server keeps — and the holder believes that same TTL: with 1999.9 ms the backend
+    /// was asked 1999.9 ms, sent it as 1999 ms, and the holder believed 1999.9 ms.
+    #[tokio::test(start_paused = true)]
+    async fn extend_counts_the_ttl_the_backend_is_sent() {
+        struct Asked(std::sync::Mutex<Vec<Duration>>);
+        #[async_trait]
+        impl LeaseOps for Asked {
+            async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
+                self.0.lock().unwrap().push(ttl);
+                Ok(Some(ttl))
+            }
+            async fn release(&self) -> Result<bool> {
+                Ok(true)
+            }
+        }
+        let asked = Arc::new(Asked(std::sync::Mutex::default()));
+        let held = unrenewed(
+            Arc::clone(&asked) as Arc<dyn LeaseOps>,
+            Instant::now(),
+            Duration::from_secs(1),
+        );
+        let sent = Instant::now();
+        held.extend(Duration::from_micros(1_999_900)).await.expect("extend");
+        assert_eq!(*asked.0.lock().unwrap(), [Duration::from_millis(2000)]);
+        assert_eq!(held.valid_until(), sent + Duration::from_millis(2000));
+        assert_eq!(held.ttl(), Duration::from_millis(2000), "the renewals' TTL");
+        held.release().await.expect("release");
     }
 
     /// The holder's work ends when it calls `release`; a backend that confirms the grant was

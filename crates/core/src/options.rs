@@ -62,9 +62,10 @@ impl LockOptions {
         Self::default()
     }
 
-    /// Sets the TTL of a grant.
+    /// Sets the TTL of a grant, rounded up to whole milliseconds ([`ttl_ceil_ms`]: the
+    /// client counts the TTL the server keeps).
     pub fn with_ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
+        self.ttl = ttl_ceil_ms(ttl);
         self
     }
 
@@ -80,9 +81,10 @@ impl LockOptions {
         self
     }
 
-    /// The TTL of a grant.
+    /// The TTL of a grant, in whole milliseconds (rounded up, [`ttl_ceil_ms`]; also when
+    /// it was read from text such as `"1999900us"`).
     pub fn ttl(&self) -> Duration {
-        self.ttl
+        ttl_ceil_ms(self.ttl)
     }
 
     /// How long `acquire` waits.
@@ -97,12 +99,12 @@ impl LockOptions {
 
     /// Checks the options for `try_acquire` (the wait bound is not used).
     pub fn validate_for_try(&self) -> Result<()> {
-        validate_ttl(self.ttl)
+        validate_ttl(self.ttl())
     }
 
     /// Checks the options for `acquire`: a zero wait is refused (use `try_acquire`).
     pub fn validate_for_wait(&self) -> Result<()> {
-        validate_ttl(self.ttl)?;
+        validate_ttl(self.ttl())?;
         if self.wait.is_zero() {
             return Err(LockError::invalid_input(
                 "wait is zero: acquire needs a positive bound; use try_acquire to not wait at all",
@@ -117,6 +119,33 @@ impl LockOptions {
         }
         Ok(())
     }
+}
+
+/// `ttl` rounded up to whole milliseconds (a whole number of them stays as it is; past
+/// [`Duration::MAX`]'s last millisecond, `Duration::MAX`).
+///
+/// Every TTL is counted this way, by the client and by the server alike: the servers keep
+/// TTLs in whole milliseconds (Redis `PX`, PostgreSQL's `ttl_ms`), and the backends send
+/// `ttl.as_millis()`, which rounds down. A holder that counted 1999.9 ms while the server
+/// kept 1999 ms believed in its lease for up to a millisecond after the server could grant
+/// it to another client. Rounded up — not down — so the TTL asked for is never shortened
+/// (half a millisecond is 1 ms, not a refused 0) and client and server count the same
+/// value. Applied once here in core ([`LockOptions::with_ttl`], [`LockOptions::ttl`],
+/// [`Lease::extend`](crate::Lease::extend)), so no backend can get it wrong.
+///
+/// ```
+/// use std::time::Duration;
+/// use fencelock::options::ttl_ceil_ms;
+/// assert_eq!(ttl_ceil_ms(Duration::from_micros(1_999_900)), Duration::from_millis(2000));
+/// assert_eq!(ttl_ceil_ms(Duration::from_millis(5)), Duration::from_millis(5));
+/// ```
+pub fn ttl_ceil_ms(ttl: Duration) -> Duration {
+    let part = ttl.subsec_nanos() % 1_000_000;
+    if part == 0 {
+        return ttl;
+    }
+    ttl.checked_add(Duration::from_nanos(u64::from(1_000_000 - part)))
+        .unwrap_or(Duration::MAX)
 }
 
 /// Checks a TTL against [`MIN_TTL`] and [`MAX_TTL`].
@@ -339,6 +368,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("above the maximum of 24h"), "{e}");
+    }
+
+    /// A TTL is counted in whole milliseconds, rounded up, by the client as by every
+    /// server (whose TTLs are whole milliseconds): 1999.9 ms was sent as 1999 ms while
+    /// the holder believed in 1999.9 ms.
+    #[test]
+    fn a_ttl_is_rounded_up_to_whole_milliseconds() {
+        let odd = Duration::from_micros(1_999_900);
+        assert_eq!(LockOptions::new().with_ttl(odd).ttl(), Duration::from_millis(2000));
+        assert_eq!(
+            LockOptions::new().with_ttl(Duration::from_millis(1999)).ttl(),
+            Duration::from_millis(1999)
+        );
+        let o: LockOptions = serde_json::from_str(r#"{"ttl":"1999900us"}"#).unwrap();
+        assert_eq!(o.ttl(), Duration::from_millis(2000));
+        assert_eq!(ttl_ceil_ms(Duration::from_nanos(1)), MIN_TTL);
+        assert_eq!(ttl_ceil_ms(Duration::ZERO), Duration::ZERO);
+        assert_eq!(ttl_ceil_ms(Duration::MAX), Duration::MAX);
+        // Half a millisecond is a valid TTL of 1 ms, not a refused one of 0.
+        assert!(LockOptions::new()
+            .with_ttl(Duration::from_micros(500))
+            .validate_for_try()
+            .is_ok());
     }
 
     #[test]

@@ -758,3 +758,57 @@ async fn a_renewal_held_up_past_a_third_of_the_ttl_keeps_its_lease() {
     lease.release().await.unwrap();
     locks.close().await.unwrap();
 }
+
+/// The server keeps a grant as long as its holder counts it: a TTL with a part of a
+/// millisecond (60 s + 900 µs) was sent truncated to whole milliseconds (`as_millis()`)
+/// while the lease counted it in full from the send, believing in the grant up to 0.9 ms
+/// after the server could give the key to another client. Checked for the acquire and for
+/// `extend`, each against a reading of the server's clock made before it was sent (the
+/// server ends the grant at least the counted TTL after that reading), 20 times: a loopback
+/// round trip is shorter than the truncation most times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_keeps_a_grant_as_long_as_its_holder_counts_it() {
+    let server = PgServer::start();
+    let locks = PgLock::connect(&server.url()).await.unwrap();
+    let ttl = Duration::from_secs(60) + Duration::from_micros(900);
+    let opts = LockOptions::new().with_ttl(ttl).with_auto_renew(false);
+    // What the lease counts from each send: PostgreSQL's validity is the TTL.
+    let counted = opts.ttl().as_secs_f64() * 1000.0;
+    let operator = common::Operator::holding(&server, "SELECT 1").await;
+    let db = operator.client();
+    let clock = || async {
+        db.query_one("SELECT extract(epoch FROM clock_timestamp())::float8 * 1000", &[])
+            .await
+            .unwrap()
+            .get::<_, f64>(0)
+    };
+    let end = || async {
+        db.query_one(
+            "SELECT extract(epoch FROM expires_at)::float8 * 1000 FROM fencelock.locks WHERE key = 'k'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, f64>(0)
+    };
+    for _ in 0..20 {
+        let before_the_send = clock().await;
+        let lease = locks.try_acquire("k", &opts).await.unwrap().expect("a free key");
+        let kept = end().await - before_the_send;
+        assert!(
+            kept >= counted,
+            "acquire: the holder counts its grant {counted:.3} ms from the send; the server \
+             ends it {kept:.3} ms after a reading made before that send"
+        );
+        let before_the_send = clock().await;
+        lease.extend(ttl).await.unwrap();
+        let kept = end().await - before_the_send;
+        assert!(
+            kept >= counted,
+            "extend: the holder counts its grant {counted:.3} ms from the send; the server \
+             ends it {kept:.3} ms after a reading made before that send"
+        );
+        lease.release().await.unwrap();
+    }
+    locks.close().await.unwrap();
+}
