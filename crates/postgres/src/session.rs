@@ -34,6 +34,7 @@ pub(crate) struct Statements {
     pub keep_tickets: Statement,
     pub abandon_mark: Statement,
     pub abandon_expire: Statement,
+    pub abandon_release: Statement,
 }
 
 impl Statements {

@@ -703,17 +703,57 @@ COMMIT;"
 ///    of the key still in flight and then sees its row, and an acquire that reaches the
 ///    key after it finds our own grant id there and refuses (`grant_id <> excluded…`);
 ///    and remove the key's waiter tickets that carry our grant id (see [`abandon_expire`]);
-/// 3. release (delete our row or placeholder, notify the next waiter).
+/// 3. notify the key's next waiter, leaving our expired row or placeholder in place (see
+///    [`abandon_release`]).
 ///
-/// Step 1 also sweeps abandoned ids older than the longest TTL (a day): no acquire sent
-/// that long ago can still arrive and matter.
+/// Step 1 also sweeps abandoned ids older than the longest TTL (a day), and the expired
+/// rows of those ids that step 3 left: no acquire sent that long ago can still arrive and
+/// matter.
 pub(crate) fn abandon_mark(schema: &str) -> String {
     format!(
         "WITH swept AS (
     DELETE FROM {schema}.abandoned WHERE at < statement_timestamp() - interval '1 day 1 minute'
+    RETURNING grant_id
+), placeholders AS (
+    DELETE FROM {schema}.locks l USING swept s
+    WHERE l.grant_id = s.grant_id AND l.expires_at <= statement_timestamp()
 )
 INSERT INTO {schema}.abandoned (grant_id, at) VALUES ($1, statement_timestamp())
 ON CONFLICT (grant_id) DO NOTHING"
+    )
+}
+
+/// Step 3 of abandoning: `$1` key, `$2` grant id. When the key's row is ours (expired by
+/// step 2, or our placeholder), notifies the release channel naming the oldest live waiter
+/// ticket of the key, `TICKET:KEY` (that waiter looks again with an acquire and takes the
+/// expired row) — and leaves the row in place. Returns, as [`release`], 1 when the row was
+/// ours and how many notifications were sent. Commits lazily (see [`LAZY_COMMIT`]).
+///
+/// Deleting the row, as a release does, let a late acquire of the grant id through: one
+/// whose snapshot predates step 1 (it does not see the id abandoned), sent on another
+/// connection and held on the server by an insert of the key in progress, reaches the
+/// placeholder while this step's delete holds it, and once the delete commits it tries
+/// its insert again and finds no row — granted to a grant id nobody holds, the key
+/// blocked for a TTL (`node.rs` test
+/// `an_acquire_held_up_across_its_abandon_is_not_left_granted`: 1 round in 5 to 15). The
+/// expired row is free for every other acquire (`expires_at <= now`) and refuses ours
+/// (`grant_id <> excluded.grant_id`); it is taken by the key's next acquire, or swept
+/// with its abandoned id after a day ([`abandon_mark`]). The key is not handed to the
+/// waiter (as [`release_handing`] would): a hand-off rewrites the row, and a missing heir
+/// would have it deleted; the waiter's own acquire takes it.
+pub(crate) fn abandon_release(schema: &str, channel: &str) -> String {
+    format!(
+        "WITH ours AS (
+    SELECT key FROM {schema}.locks WHERE key = $1::text AND grant_id = $2::text
+), next AS (
+    SELECT min(ticket) AS ticket FROM {schema}.waiters
+    WHERE key = $1::text AND expires_at > statement_timestamp()
+), notified AS (
+    SELECT pg_notify('{channel}', next.ticket::text || ':' || ours.key) FROM ours, next
+    WHERE next.ticket IS NOT NULL
+)
+SELECT (SELECT count(*) FROM ours) AS released, (SELECT count(*) FROM notified) AS notified,
+       {LAZY_COMMIT} AS lazy"
     )
 }
 
