@@ -75,11 +75,7 @@ fn election_ddl(schema: &str) -> String {
         "BEGIN;
 SELECT pg_advisory_xact_lock({lock_id});
 CREATE TABLE IF NOT EXISTS {schema}.leaders (key text PRIMARY KEY, grant_id text NOT NULL, term bigint NOT NULL, value bytea NOT NULL);
-CREATE OR REPLACE FUNCTION {schema}.election_released() RETURNS trigger LANGUAGE plpgsql AS $f$
-BEGIN
-  PERFORM pg_notify({channel}, 'r');
-  RETURN NULL;
-END $f$;
+CREATE OR REPLACE FUNCTION {schema}.election_released() RETURNS trigger LANGUAGE plpgsql AS $f${body}$f$;
 DO $d$ BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
                  WHERE tgname = 'election_released' AND tgrelid = '{schema}.locks'::regclass) THEN
@@ -95,6 +91,19 @@ DO $d$ BEGIN
 END $d$;
 COMMIT;",
         lock_id = crate::sql::DDL_LOCK,
+        body = function_body(schema),
+    )
+}
+
+/// The body of `election_released()` in `schema` (its `prosrc`): compared with the
+/// server's at connect, so that a body changed by a later version is replaced.
+fn function_body(schema: &str) -> String {
+    format!(
+        "
+BEGIN
+  PERFORM pg_notify({channel}, 'r');
+  RETURN NULL;
+END ",
         channel = channel_of(schema, "OLD.key"),
     )
 }
@@ -122,7 +131,8 @@ impl PgElection {
         let lock = PgLock::connect(url).await?;
         let schema = lock.config().schema.clone();
         let me = PgElection { lock };
-        let found = "SELECT to_regclass($1) IS NOT NULL, to_regprocedure($2) IS NOT NULL,
+        let found = "SELECT to_regclass($1) IS NOT NULL,
+       (SELECT p.prosrc FROM pg_catalog.pg_proc p WHERE p.oid = to_regprocedure($2)),
        (SELECT count(*) FROM pg_catalog.pg_trigger t WHERE t.tgrelid = to_regclass($3)
           AND t.tgname IN ('election_released', 'election_handed'))::int";
         let names = [
@@ -130,7 +140,7 @@ impl PgElection {
             format!("{schema}.election_released()"),
             format!("{schema}.locks"),
         ];
-        let (leaders, function, triggers): (bool, bool, i32) = me
+        let (leaders, body, triggers): (bool, Option<String>, i32) = me
             .run("looking for the election's table and triggers", |c| async move {
                 let [a, b, t] = &names;
                 let row = c.client.query_one(found, &[a, b, t]).await?;
@@ -139,13 +149,16 @@ impl PgElection {
             .await?;
         // Created only when missing: `CREATE … IF NOT EXISTS` and `CREATE OR REPLACE
         // FUNCTION` need `CREATE` on the schema (and ownership of the function) even when
-        // nothing is to be made, which a least-privilege role lacks.
+        // nothing is to be made, which a least-privilege role lacks. A function whose
+        // body is not this version's counts as missing, so a changed body reaches
+        // existing installations (replaced by a role that may, else reported).
+        let function = body.is_some_and(|b| b == function_body(&schema));
         if leaders && function && triggers == 2 {
             return Ok(me);
         }
         let missing: Vec<&str> = [
             (!leaders, "the table `leaders`"),
-            (!function, "the function `election_released()`"),
+            (!function, "the function `election_released()` (of this version)"),
             (triggers < 2, "the triggers on `locks`"),
         ]
         .into_iter()
