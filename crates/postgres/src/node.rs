@@ -106,6 +106,7 @@ struct Texts {
     acquire_queued: String,
     release: String,
     release_handing: String,
+    leave_release: String,
     extend: String,
     renew_many: String,
     dequeue: String,
@@ -169,6 +170,7 @@ impl PgNode {
             acquire_queued: sql::acquire(&schema, sql::AcquireKind::Ticket),
             release: sql::release(&schema, &cfg.channel()),
             release_handing: sql::release_handing(&schema, &cfg.channel()),
+            leave_release: sql::leave_release(&schema, &cfg.channel()),
             extend: sql::extend(&schema),
             renew_many: sql::renew_many(&schema),
             dequeue: sql::dequeue(&schema, &cfg.channel()),
@@ -674,6 +676,7 @@ impl PgNode {
                 acquire_queued: prepare(&t.acquire_queued).await.map_err(doing("preparing acquire"))?,
                 release: prepare(&t.release).await.map_err(doing("preparing release"))?,
                 release_handing: prepare(&t.release_handing).await.map_err(doing("preparing release"))?,
+                leave_release: prepare(&t.leave_release).await.map_err(doing("preparing release"))?,
                 extend: prepare(&t.extend).await.map_err(doing("preparing extend"))?,
                 renew_many: prepare(&t.renew_many).await.map_err(doing("preparing renewals"))?,
                 dequeue: prepare(&t.dequeue).await.map_err(doing("preparing dequeue"))?,
@@ -1290,11 +1293,11 @@ impl PgNode {
         // sent behind it (and every leave of a burst went to one connection).
         let hold = self.inner.pool.least_loaded().map(|s| (s.unturned(), s.hold_driver()));
         let (key, grant) = (key.to_owned(), grant.to_owned());
-        let (bound, handoff) = (self.inner.cfg.timeout * 2, self.inner.cfg.handoff);
+        let bound = self.inner.cfg.timeout * 2;
         let weak = Arc::downgrade(&self.inner);
         self.inner.cleanups.spawn("leaving the waiter queue", async move {
             if let Some((counted, hold)) = hold {
-                let left = tokio::time::timeout(bound, leave_on(hold.session(), ticket, &key, &grant, handoff)).await;
+                let left = tokio::time::timeout(bound, leave_on(hold.session(), ticket, &key, &grant)).await;
                 drop(counted);
                 drop(hold); // the driver of a session cut meanwhile stops now
                 if matches!(left, Ok(Ok(_))) {
@@ -1306,7 +1309,7 @@ impl PgNode {
                 let (key, grant) = (key.clone(), grant.clone());
                 async move {
                     node.call("leaving the waiter queue", |s| async move {
-                        leave_on(&s, ticket, &key, &grant, handoff).await
+                        leave_on(&s, ticket, &key, &grant).await
                     })
                     .await
                     .map(|_| ())
@@ -1444,7 +1447,6 @@ async fn leave_on(
     ticket: i64,
     key: &str,
     grant: &str,
-    handoff: bool,
 ) -> std::result::Result<tokio_postgres::Row, tokio_postgres::Error> {
     // `join!` polls them in this order, and a first poll sends: the order on the wire.
     let (by_ticket, by_key): (
@@ -1453,7 +1455,7 @@ async fn leave_on(
     ) = ([&ticket, &grant], [&key, &grant]);
     let (dequeued, released) = tokio::join!(
         s.client.execute(&s.st.dequeue, &by_ticket),
-        s.client.query_one(s.st.release(handoff), &by_key),
+        s.client.query_one(&s.st.leave_release, &by_key),
     );
     dequeued?;
     released
@@ -1554,6 +1556,34 @@ mod tests {
         assert_eq!(
             tickets, "0",
             "the late first attempt of an abandoned grant took a ticket: {late:?}"
+        );
+    }
+
+    /// Review of the abandon fix: the expired placeholder an abandon leaves (so that a
+    /// late acquire of the abandoned grant finds its own grant id and is refused) was
+    /// deleted again by the leave of that grant's wait — whose release deleted our rows
+    /// expired or not — reopening the window the placeholder closes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_leave_keeps_the_placeholder_of_an_abandoned_grant() {
+        let server = PgServer::start();
+        let node = PgNode::new(PgConfig::from_url(&server.url()).unwrap());
+        let grant = GrantId::random();
+        node.abandon("k", grant.as_str()).await.unwrap();
+        let placeholder = format!(
+            "SELECT count(*) FROM {}.locks WHERE key = 'k' AND grant_id = '{}'",
+            node.inner.cfg.schema,
+            grant.as_str()
+        );
+        assert_eq!(server.psql(&placeholder), "1", "the abandon leaves its placeholder");
+        node.leave_later(i64::MAX, "k", grant.as_str());
+        assert!(
+            node.cleanups_finished(Duration::from_secs(10)).await,
+            "the leave finished"
+        );
+        assert_eq!(
+            server.psql(&placeholder),
+            "1",
+            "the leave deleted the abandoned grant's placeholder"
         );
     }
 

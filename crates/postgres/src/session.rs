@@ -28,6 +28,7 @@ pub(crate) struct Statements {
     pub acquire_queued: Statement,
     pub release: Statement,
     pub release_handing: Statement,
+    pub leave_release: Statement,
     pub extend: Statement,
     pub renew_many: Statement,
     pub dequeue: Statement,

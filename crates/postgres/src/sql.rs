@@ -452,9 +452,24 @@ FROM (SELECT (SELECT token FROM bumped) AS token) tk{handed_join}"
 /// notification queue and wake every listener for nothing. A waiter that has not taken
 /// its ticket yet re-checks right after taking it, so it misses nothing.
 pub(crate) fn release(schema: &str, channel: &str) -> String {
+    release_of(schema, channel, "")
+}
+
+/// The release a leave of the waiter queue sends (see `PgNode::leave_later`): as
+/// [`release`], but only a **live** row of ours — a key handed to the leaving wait's
+/// grant id — is deleted. An expired row with that grant id is the placeholder an
+/// abandon of the same grant left so that a late acquire of it finds its own grant id
+/// and is refused (see [`abandon_release`]); deleting it reopened that window. Never the
+/// handing release either: with no waiter to hand to, it deletes the row.
+pub(crate) fn leave_release(schema: &str, channel: &str) -> String {
+    release_of(schema, channel, " AND expires_at > statement_timestamp()")
+}
+
+/// [`release`] with `live` added to the delete's condition.
+fn release_of(schema: &str, channel: &str, live: &str) -> String {
     format!(
         "WITH gone AS (
-    DELETE FROM {schema}.locks WHERE key = $1::text AND grant_id = $2::text RETURNING key
+    DELETE FROM {schema}.locks WHERE key = $1::text AND grant_id = $2::text{live} RETURNING key
 ), next AS (
     SELECT min(ticket) AS ticket FROM {schema}.waiters
     WHERE key = $1::text AND expires_at > statement_timestamp()
@@ -738,7 +753,7 @@ ON CONFLICT (grant_id) DO NOTHING"
 /// `an_acquire_held_up_across_its_abandon_is_not_left_granted`: 1 round in 5 to 15). The
 /// expired row is free for every other acquire (`expires_at <= now`) and refuses ours
 /// (`grant_id <> excluded.grant_id`); it is taken by the key's next acquire, or swept
-/// with its abandoned id after a day ([`abandon_mark`]). The key is not handed to the
+/// with its abandoned id by a later abandon once a day old ([`abandon_mark`]). The key is not handed to the
 /// waiter (as [`release_handing`] would): a hand-off rewrites the row, and a missing heir
 /// would have it deleted; the waiter's own acquire takes it.
 pub(crate) fn abandon_release(schema: &str, channel: &str) -> String {
