@@ -11,14 +11,14 @@
 //! **Queued, checked.** A client counts as queued once the server has answered it after
 //! its acquire began (bytes came back through its proxy; the victim takes and gives back
 //! another key first, so its connection and session are up and the acquire's first
-//! request is the one that queues), and [`QUEUE_PAUSE`] more. A trial whose victim was not
-//! still waiting when it died — its acquire failed or ended, or the server never answered
-//! it — is left out and counted: measured, it would give a plain hand-off as the dead
-//! waiter's cost (one full run once reported 2.4 ms for etcd, whose dead waiter costs its
-//! session TTL). What is left: bytes of another kind that come back in the same moment (a
-//! session keep-alive's answer, every third of etcd's session TTL; an HTTP/2 ping's, every
-//! 10 s) pass for the acquire's answer — a few milliseconds' window in seconds, and the
-//! victim must still be waiting besides. A signal from the lock itself ("queued") would
+//! request is the one that queues), and `QUEUE_PAUSE` (50 ms) more. A trial whose victim
+//! was not still waiting when it died — its acquire failed or ended, or the server never
+//! answered it — is left out and counted: measured, it would give a plain hand-off as the
+//! dead waiter's cost (one full run once reported 2.4 ms for etcd, whose dead waiter costs
+//! its session TTL). What is left: bytes of another kind that come back in the same moment
+//! (a session keep-alive's answer, every third of etcd's session TTL; an HTTP/2 ping's,
+//! every 10 s) pass for the acquire's answer — a few milliseconds' window in seconds, and
+//! the victim must still be waiting besides. A signal from the lock itself ("queued") would
 //! close it; no backend gives one today.
 
 use std::sync::Arc;

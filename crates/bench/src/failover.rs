@@ -11,6 +11,8 @@
 //! The bound is lowered for this row only, so that ≥ 50 failovers stay cheap: every
 //! campaign's TTL is [`FAILOVER_TTL`], and the session-based backends get the same as their
 //! session bound (`session_ttl` for etcd, `session_timeout` for ZooKeeper) in the URL.
+//!
+//! [`FaultProxy`]: fencelock_testkit::proxy::FaultProxy
 
 use std::time::{Duration, Instant};
 

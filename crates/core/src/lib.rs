@@ -9,7 +9,7 @@
 //! * [`Guarantees`] and [`Requirement`]: what a backend promises, as data.
 //! * [`Election`]: leader election with fencing terms ([`election`]).
 //! * [`fencing`]: the resource-side check that refuses stale tokens.
-//! * [`memory`] (`memory://`) and [`file`] (`file:///dir`): backends that need no server.
+//! * [`memory`] (`memory://`) and [`mod@file`] (`file:///dir`): backends that need no server.
 //!
 //! Most users depend on the `fencelock` facade crate instead, which re-exports all of this
 //! and builds a backend from a URL.

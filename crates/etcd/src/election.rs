@@ -170,7 +170,7 @@ impl Election for EtcdElection {
     /// Puts our candidate key with the value in one transaction — which, unless the
     /// directory is empty (then we lead at once), also reads the (up to) three keys just
     /// before ours — then waits as a lock waiter does: watching those keys and our own (see
-    /// [`crate::wait`]). An auto-renewed campaign whose key went onto the session lease (no
+    /// `src/wait.rs`). An auto-renewed campaign whose key went onto the session lease (no
     /// waiting lease was kept alive: the first waiter after a quiet spell) first moves it
     /// onto the session's waiting lease, in one more transaction that reads its place too.
     ///

@@ -317,7 +317,7 @@ impl DistributedLock for EtcdLock {
     }
 
     /// Queues (one transaction: our key put, and the keys just before it read), then waits
-    /// for the watch pushes saying every key older than ours is gone (see [`crate::wait`]).
+    /// for the watch pushes saying every key older than ours is gone (see `src/wait.rs`).
     ///
     /// # Cancel safety
     /// Cancel safe: a dropped waiter's queue entry is deleted in the background at once

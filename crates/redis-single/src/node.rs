@@ -588,7 +588,7 @@ impl RedisNode {
         })
     }
 
-    /// Redlock's heal ([`HEAL`](crate::scripts::HEAL)): sets `grant`, which a quorum of
+    /// Redlock's heal (`HEAL` in `src/scripts.rs`): sets `grant`, which a quorum of
     /// other nodes already granted with `token`, on this node for `ttl` when the key is
     /// free here (and the node is past its `restart_delay`, as [`try_grant`](Self::try_grant)
     /// checks it), and raises the key's counter here to at least `token`. Answers
@@ -634,9 +634,9 @@ impl RedisNode {
     }
 
     /// Sends a release of `grant` in the background (for a grant whose fate is unknown:
-    /// its answer was lost, or its caller gave up), and again while no answer comes, as
-    /// [`follow_up`](Self::follow_up) bounds it: until the server answers, `ttl` has
-    /// passed (the grant, if it was made, has expired by then).
+    /// its answer was lost, or its caller gave up), and again while no answer comes (after
+    /// 20 ms, doubling to at most 1 s), until the server answers or `ttl` has passed (the
+    /// grant, if it was made, has expired by then).
     pub fn release_later(&self, key: &str, grant: &str, ttl: Duration) {
         let (k, grant) = (key.to_owned(), grant.to_owned());
         self.follow_up(key, "background release", ttl, move |node| {

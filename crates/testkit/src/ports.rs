@@ -51,12 +51,12 @@ fn bind_in(range: std::ops::Range<u16>) -> Option<TcpListener> {
 /// `n` distinct ports on 127.0.0.1 for one server, each free a moment ago (the hook's
 /// first, see [`with_next_ports`]).
 ///
-/// * **Outside the ephemeral range**: picked at random between [`SERVER_PORTS_FROM`] and
-///   the kernel's ephemeral range, not by binding port 0. A port from that range can be
+/// * **Outside the ephemeral range**: picked at random between `SERVER_PORTS_FROM` (10,000)
+///   and the kernel's ephemeral range, not by binding port 0. A port from that range can be
 ///   taken, the moment its server is down, as the local end of any outgoing connection on
 ///   the machine — a Redis restarted on its port by a test then met "Address already in
-///   use". Only a process that binds it on purpose takes a port outside it. Where the
-///   range cannot be read, or leaves less than 1,000 ports below it, port 0 is bound.
+///   use". Only a process that binds it on purpose takes a port outside it. Where the range
+///   cannot be read, or leaves less than 1,000 ports below it, port 0 is bound.
 /// * **Distinct**: all `n` are held bound until the last is picked, so none is handed out
 ///   twice (picked one at a time, a port just closed could come back as the next, and a
 ///   ZooKeeper ensemble given one port twice among its 9 exited 14).

@@ -61,7 +61,8 @@ impl ZkElection {
     ///
     /// # Errors
     /// [`LockError::InvalidConfig`] when `lock` uses a peer library's layout (`curator`,
-    /// `kazoo`): see [`refuse_peer_layout`].
+    /// `kazoo`): their election recipes queue nodes of their own, so a peer's leader and
+    /// ours would never exclude each other.
     pub fn new(lock: ZkLock) -> Result<Self> {
         refuse_peer_layout(lock.cfg().layout)?;
         Ok(ZkElection { lock })
@@ -71,7 +72,7 @@ impl ZkElection {
     ///
     /// # Errors
     /// [`LockError::InvalidConfig`] for a peer library's layout, before connecting (see
-    /// [`refuse_peer_layout`]); otherwise as [`ZkLock::connect`].
+    /// [`ZkElection::new`]); otherwise as [`ZkLock::connect`].
     ///
     /// # Cancel safety
     /// Cancel safe: dropping the future drops the half-made session.

@@ -5,8 +5,8 @@
 //! process leads, and a leader whose process dies frees the seat at once (the kernel drops
 //! its flock). The leader's value lives beside the lock in `STEM.GRANT.leader`, one file per
 //! grant, so a deposed leader's late proclaim writes its own file and never the
-//! successor's. [`leader`](Election::leader) reports a record only when its grant is the
-//! key's live holder — the grant is compared, never the mere existence of a file. The
+//! successor's. [`leader`](super::Election::leader) reports a record only when its grant
+//! is the key's live holder — the grant is compared, never the mere existence of a file. The
 //! campaign, `leader` and the rest are the shared seat glue of [`super::seat`]. Observers
 //! poll (there is no change notification that carries values).
 

@@ -546,7 +546,7 @@ const FIRST_CAMPAIGN_ROUNDS: usize = 8;
 /// Every other round the first leader resigns right after winning and campaigns again:
 /// so short a leadership may be skipped (a slow observer may skip leaders), but it must
 /// not leave the observers blind to the next one, which they must report within the slack.
-/// Bounded: [`FIRST_CAMPAIGN_ROUNDS`] rounds, each wait at most the slack.
+/// Bounded: `FIRST_CAMPAIGN_ROUNDS` (8) rounds, each wait at most the slack.
 pub async fn observer_started_with_the_first_campaign_sees_it(f: &dyn ElectionFixture, cfg: &ElectionConfig) {
     let candidate = f.election().await;
     if candidate.capabilities().observe == Observation::Unavailable {
