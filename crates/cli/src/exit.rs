@@ -31,9 +31,6 @@ pub(crate) use errln;
 /// How long a message waits for stderr before the process goes on without it.
 pub const LINE_PATIENCE: Duration = Duration::from_secs(1);
 
-/// Writes to stderr that have not finished yet (a stalled reader).
-static UNFINISHED: AtomicUsize = AtomicUsize::new(0);
-
 /// Writes `line` to stderr within [`LINE_PATIENCE`] (see [`say_within`]).
 pub fn say(line: String) -> bool {
     say_within(line, LINE_PATIENCE)
@@ -42,65 +39,75 @@ pub fn say(line: String) -> bool {
 /// How many lines may wait for stderr at once; a line beyond them is dropped.
 const QUEUE: usize = 1024;
 
-/// A line for the stderr writer, and where to say that it was written.
-type Line = (String, SyncSender<()>);
-
-/// The queue of the one thread that writes to stderr, started by the first line; `None`
-/// when that thread could not be started.
-static WRITER: OnceLock<Option<SyncSender<Line>>> = OnceLock::new();
-
-/// The queue of the stderr writer: one thread, for the life of the process, that writes
-/// the lines in the order they came.
-fn writer() -> Option<&'static SyncSender<Line>> {
-    WRITER
-        .get_or_init(|| {
-            let (queue, lines) = std::sync::mpsc::sync_channel::<Line>(QUEUE);
-            std::thread::Builder::new()
-                .name("stderr".into())
-                .spawn(move || {
-                    for (line, written) in lines {
-                        let _ = std::io::stderr().write_all(line.as_bytes());
-                        UNFINISHED.fetch_sub(1, Ordering::SeqCst);
-                        let _ = written.try_send(());
-                    }
-                })
-                .ok()
-                .map(|_| queue)
-        })
-        .as_ref()
-}
+/// The process's one stderr writer, started by the first line; `None` when its thread
+/// could not be started.
+static STDERR: OnceLock<Option<Writer>> = OnceLock::new();
 
 /// Hands `line` to the one thread that writes to stderr, and waits at most `patience` for
-/// it to be written; returns whether it was written in that time. Not at all when an
-/// earlier write has not finished: stderr is stalled, and every line would wait out its
-/// patience behind it.
+/// it to be written; returns whether it was written in that time (see [`Writer::say`]).
 /// A process must never wait on stderr before it acts, nor before it exits: a pipe whose
 /// reader stalled (a stuck `| logger`, a terminal after Ctrl-S, an unread FIFO), filled by
 /// the command that shares it, blocks a write for as long as the reader stalls. For the
 /// guard, the kill after its message never came — the command of a paused `run` ran on
 /// beside the next holder (new-user trial, 5 of 5); `run`, continued after the guard's
 /// kill, hung on its message with the lock free and the command dead. Not `eprintln!`
-/// either: it panics when stderr fails (a closed pipe, /dev/full). A line not written in
-/// time is written later, in order, if the process still runs when the reader drains,
-/// else lost. At most [`QUEUE`] lines wait: a line that finds them all waiting is dropped
-/// (returns false) — a stalled stderr costs a bounded queue, not a blocked thread per line
-/// (`-vv` logs every event through here).
+/// either: it panics when stderr fails (a closed pipe, /dev/full).
 pub fn say_within(line: String, patience: Duration) -> bool {
-    let patience = if UNFINISHED.load(Ordering::SeqCst) > 0 {
-        Duration::ZERO
-    } else {
-        patience
-    };
-    let Some(queue) = writer() else {
-        return false;
-    };
-    let (done, written) = std::sync::mpsc::sync_channel(1);
-    UNFINISHED.fetch_add(1, Ordering::SeqCst);
-    if queue.try_send((line, done)).is_err() {
-        UNFINISHED.fetch_sub(1, Ordering::SeqCst);
-        return false;
+    let writer = STDERR.get_or_init(|| Writer::start(std::io::stderr(), QUEUE));
+    writer.as_ref().is_some_and(|w| w.say(line, patience))
+}
+
+/// A line for the writer, and where to say that it was written.
+type Line = (String, SyncSender<()>);
+
+/// One thread, for the life of the process, that writes lines to a sink in the order
+/// they came, behind a bounded queue.
+struct Writer {
+    queue: SyncSender<Line>,
+    /// Lines handed over and not written yet (a stalled reader).
+    unfinished: Arc<AtomicUsize>,
+}
+
+impl Writer {
+    /// Starts the writing thread on `sink` with room for `room` waiting lines; `None`
+    /// when the thread could not be started.
+    fn start<W: std::io::Write + Send + 'static>(mut sink: W, room: usize) -> Option<Self> {
+        let (queue, lines) = std::sync::mpsc::sync_channel::<Line>(room);
+        let unfinished = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&unfinished);
+        std::thread::Builder::new()
+            .name("stderr".into())
+            .spawn(move || {
+                for (line, written) in lines {
+                    let _ = sink.write_all(line.as_bytes());
+                    count.fetch_sub(1, Ordering::SeqCst);
+                    let _ = written.try_send(());
+                }
+            })
+            .ok()?;
+        Some(Writer { queue, unfinished })
     }
-    written.recv_timeout(patience).is_ok()
+
+    /// Queues `line` and waits at most `patience` for it to be written; not at all when
+    /// an earlier line is still unwritten (the sink is stalled, and every line would wait
+    /// out its patience behind it). A line not written in time is written later, in
+    /// order, if the process still runs when the reader drains, else lost. A line that
+    /// finds the queue full is dropped (returns false): a stalled sink costs a bounded
+    /// queue, not a blocked thread per line (`-vv` logs every event through here).
+    fn say(&self, line: String, patience: Duration) -> bool {
+        let patience = if self.unfinished.load(Ordering::SeqCst) > 0 {
+            Duration::ZERO
+        } else {
+            patience
+        };
+        let (done, written) = std::sync::mpsc::sync_channel(1);
+        self.unfinished.fetch_add(1, Ordering::SeqCst);
+        if self.queue.try_send((line, done)).is_err() {
+            self.unfinished.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        }
+        written.recv_timeout(patience).is_ok()
+    }
 }
 
 /// What [`outln!`] does when stdout fails: a closed pipe ends the process with status 0;
@@ -113,11 +120,10 @@ pub fn stdout_failed(e: std::io::Error) -> ! {
     std::process::exit(i32::from(FAILURE));
 }
 
-use std::io::Write as _;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::SyncSender;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use fencelock::LockError;
@@ -198,5 +204,55 @@ pub fn usage(e: clap::Error) -> ExitCode {
             };
             fail(&format!("{} (see --help)", message.trim_end()), BAD_INPUT)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    /// A sink whose every write waits until the test takes the line: a stalled reader
+    /// the test drains when it chooses.
+    struct Reader(SyncSender<String>);
+
+    impl std::io::Write for Reader {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let _ = self.0.send(String::from_utf8_lossy(buf).into_owned());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stalled_sink_drops_lines_beyond_the_queue_and_writes_the_rest_in_order() {
+        let (sink, read) = std::sync::mpsc::sync_channel(0);
+        let writer = Writer::start(Reader(sink), 3).unwrap();
+        // The first line is taken by the writing thread, which then waits on the reader.
+        assert!(
+            !writer.say("a".into(), Duration::from_millis(50)),
+            "not written: the reader stalls"
+        );
+        // Behind an unwritten line, no line waits: each returns at once.
+        let start = std::time::Instant::now();
+        for line in ["b", "c", "d"] {
+            assert!(!writer.say(line.into(), Duration::from_secs(30)), "{line}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "a line waited behind the stalled one"
+        );
+        // The queue (3 lines) is full: the next is dropped.
+        assert!(!writer.say("dropped".into(), Duration::from_secs(30)));
+        // The reader drains: the queued lines come out in order, the dropped one never.
+        let drained: Vec<String> = (0..4).map(|_| read.recv().unwrap()).collect();
+        assert_eq!(drained, ["a", "b", "c", "d"]);
+        // Drained, a line is written within its patience again.
+        let reading = std::thread::spawn(move || read.recv().unwrap());
+        assert!(writer.say("e".into(), Duration::from_secs(30)));
+        assert_eq!(reading.join().unwrap(), "e");
     }
 }
