@@ -210,6 +210,65 @@ async fn an_observer_takes_the_real_term_after_reporting_the_counters_guess() {
     observed_empty(&mut observer, Duration::from_secs(5)).await;
 }
 
+/// A refused attempt raises the seat's token counter, Redis's guess at a record-less
+/// holder's term. The observer restarted its record wait whenever the guess changed, so
+/// while another client tried the seat more often than every record wait (200 ms), a plain
+/// lock on `election.NAME` was never reported (a review). The wait now runs from when the
+/// seat was first seen held without its record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_reports_a_record_less_holder_while_others_keep_trying_the_seat() {
+    use fencelock_core::DistributedLock;
+    let server = tokio::task::spawn_blocking(RedisServer::start).await.expect("start");
+    let url = server.url();
+    let elections = RedisElection::connect(&url).await.expect("connect");
+    let opts = fencelock_core::LockOptions::new().with_ttl(Duration::from_secs(30));
+    let b = fencelock_redis::RedisLock::connect(&url).await.expect("connect B");
+    let seat = b
+        .acquire("election.n", &opts)
+        .await
+        .expect("B's plain lock on the seat");
+    let mut observer = elections.observe("n").await.expect("observe");
+    // C tries the seat every 50 ms for 2 s (each refusal raises the counter), longer than
+    // the observer is given below.
+    let c = fencelock_redis::RedisLock::connect(&url).await.expect("connect C");
+    let contender = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        for _ in 0..40 {
+            tick.tick().await;
+            assert!(c.try_acquire("election.n", &opts).await.expect("C's try").is_none());
+        }
+    });
+    let limit = Duration::from_secs(1);
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut seen: Vec<Option<fencelock_core::election::LeaderInfo>> = Vec::new();
+    let leader = loop {
+        match tokio::time::timeout_at(deadline, observer.changed()).await {
+            Ok(Some(Some(l))) => break l,
+            Ok(Some(None)) => seen.push(None),
+            Ok(None) => panic!("the observation ended; reported {seen:?}"),
+            Err(_) => panic!(
+                "the observer never reported B's plain lock within {limit:?} while C kept trying; \
+                 it reported {seen:?}, and stays at {:?}",
+                observer.current()
+            ),
+        }
+    };
+    assert!(
+        !contender.is_finished(),
+        "C stopped trying before the observer reported"
+    );
+    contender.abort();
+    // The guess: the counter, at or above B's token; no value, as B wrote none.
+    assert!(
+        leader.term >= seat.token(),
+        "{leader:?} below B's token {}",
+        seat.token()
+    );
+    assert!(leader.value.is_empty(), "{leader:?}");
+    seat.release().await.expect("release");
+    observed_empty(&mut observer, Duration::from_secs(5)).await;
+}
+
 /// Waits up to `limit` for `observer` to report an empty seat.
 async fn observed_empty(observer: &mut fencelock_core::election::Observer, limit: Duration) {
     let deadline = tokio::time::Instant::now() + limit;

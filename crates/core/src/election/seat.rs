@@ -236,7 +236,8 @@ pub async fn watched(mut watch: Box<dyn SeatWatch>, restarts: bool) -> Result<Ob
 struct Follow {
     feed: ObserverFeed,
     /// A live grant seen without its record: its term, whether that is a guess, and since
-    /// when.
+    /// when (for a guess, since the first of the guessed reads in a row: see
+    /// [`unwritten`](Self::unwritten)).
     unwritten: Option<(FencingToken, bool, Instant)>,
 }
 
@@ -263,10 +264,21 @@ impl Follow {
     }
 
     /// A live grant without its record: reported with no value (a guessed term as a
-    /// guess) once seen with that term for [`RECORD_WAIT`].
+    /// guess, the latest read's) once seen without its record for [`RECORD_WAIT`].
+    ///
+    /// The wait runs from the first read of the same unwritten holder. An exact term names
+    /// the grant, so a new term starts the wait again. A guess does not: Redis's guess is
+    /// its token counter, which every refused attempt on the seat raises, so a holder
+    /// tried more often than every RECORD_WAIT would start it again at each read and never
+    /// be reported. The read carries no grant id, so successive guessed reads (no empty
+    /// seat, record or exact term between them) are taken for one holder unless the guess
+    /// goes back (the counters started again: a server that lost its data). A hand-over
+    /// between two reads that the observer did not see empty is then reported without a
+    /// wait of its own: a campaign's first proclaim, if it comes, replaces the guess.
     fn unwritten(&mut self, term: FencingToken, guessed: bool, until_expiry: Duration) -> Duration {
         let since = match self.unwritten {
-            Some((t, g, since)) if t == term && g == guessed => since,
+            Some((t, true, since)) if guessed && term >= t => since,
+            Some((t, false, since)) if !guessed && t == term => since,
             _ => Instant::now(),
         };
         self.unwritten = Some((term, guessed, since));
@@ -414,6 +426,42 @@ mod tests {
         };
         f.apply(SeatRead::new(SeatState::Leader(record.clone())));
         assert_eq!(observer.changed().await, Some(Some(record)));
+    }
+
+    /// Redis's guess is its token counter, which every refused attempt on the seat raises:
+    /// with contenders retrying more often than every [`RECORD_WAIT`], each read of a
+    /// record-less holder (a plain lock on the seat, a slow first proclaim) named a new
+    /// guess, the record wait started again, and the holder was never reported (a review).
+    /// The wait now runs from when the seat was first seen held without its record.
+    #[tokio::test(start_paused = true)]
+    async fn a_guess_raised_by_refused_attempts_does_not_restart_the_record_wait() {
+        let (mut f, feed) = follow();
+        let start = Instant::now();
+        let read = |counter: u64| SeatRead {
+            state: SeatState::UnwrittenGuess(FencingToken::new(counter)),
+            expires_in: Some(Duration::from_secs(30)),
+        };
+        // One read every 100 ms for 1 s, the counter one higher at each.
+        let (mut reported, mut waits) = (None, Vec::new());
+        for i in 0..10u64 {
+            waits.push(f.apply(read(5 + i)));
+            if let Some(leader) = feed.current() {
+                reported = Some((start.elapsed(), leader.term, leader.value));
+                break;
+            }
+            tokio::time::advance(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            reported,
+            Some((RECORD_WAIT, FencingToken::new(7), vec![])),
+            "the holder was not reported once unwritten for the record wait"
+        );
+        assert!(feed.current_is_guess());
+        // Before that, each read asked for the next when the first sighting's wait ends.
+        let ms = Duration::from_millis;
+        assert_eq!(waits, [ms(200), ms(100), ms(30_000).min(FALLBACK_MAX)]);
+        // A guess going back (the counters started again) is another holder: a new wait.
+        assert_eq!(f.apply(read(2)), RECORD_WAIT);
     }
 
     #[test]
