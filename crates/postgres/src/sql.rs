@@ -452,7 +452,11 @@ FROM (SELECT (SELECT token FROM bumped) AS token) tk{handed_join}"
 /// notification queue and wake every listener for nothing. A waiter that has not taken
 /// its ticket yet re-checks right after taking it, so it misses nothing.
 pub(crate) fn release(schema: &str, channel: &str) -> String {
-    release_of(schema, channel, "")
+    notifying_next(
+        schema,
+        channel,
+        &format!("DELETE FROM {schema}.locks WHERE key = $1::text AND grant_id = $2::text RETURNING key"),
+    )
 }
 
 /// The release a leave of the waiter queue sends (see `PgNode::leave_later`): as
@@ -462,14 +466,25 @@ pub(crate) fn release(schema: &str, channel: &str) -> String {
 /// and is refused (see [`abandon_release`]); deleting it reopened that window. Never the
 /// handing release either: with no waiter to hand to, it deletes the row.
 pub(crate) fn leave_release(schema: &str, channel: &str) -> String {
-    release_of(schema, channel, " AND expires_at > statement_timestamp()")
+    notifying_next(
+        schema,
+        channel,
+        &format!(
+            "DELETE FROM {schema}.locks
+    WHERE key = $1::text AND grant_id = $2::text AND expires_at > statement_timestamp() RETURNING key"
+        ),
+    )
 }
 
-/// [`release`] with `live` added to the delete's condition.
-fn release_of(schema: &str, channel: &str, live: &str) -> String {
+/// `ours` (a statement answering the key when it acted on our row of it — a delete, or
+/// a read), then — only when it did and someone waits — the notification naming the
+/// oldest live waiter ticket of the key, `TICKET:KEY`. Answers `released` (how many rows
+/// `ours` answered), `notified`, and the lazy commit's `set_config` (a release, a leave
+/// and an abandon's last step grant nothing).
+fn notifying_next(schema: &str, channel: &str, ours: &str) -> String {
     format!(
         "WITH gone AS (
-    DELETE FROM {schema}.locks WHERE key = $1::text AND grant_id = $2::text{live} RETURNING key
+    {ours}
 ), next AS (
     SELECT min(ticket) AS ticket FROM {schema}.waiters
     WHERE key = $1::text AND expires_at > statement_timestamp()
@@ -757,18 +772,10 @@ ON CONFLICT (grant_id) DO NOTHING"
 /// waiter (as [`release_handing`] would): a hand-off rewrites the row, and a missing heir
 /// would have it deleted; the waiter's own acquire takes it.
 pub(crate) fn abandon_release(schema: &str, channel: &str) -> String {
-    format!(
-        "WITH ours AS (
-    SELECT key FROM {schema}.locks WHERE key = $1::text AND grant_id = $2::text
-), next AS (
-    SELECT min(ticket) AS ticket FROM {schema}.waiters
-    WHERE key = $1::text AND expires_at > statement_timestamp()
-), notified AS (
-    SELECT pg_notify('{channel}', next.ticket::text || ':' || ours.key) FROM ours, next
-    WHERE next.ticket IS NOT NULL
-)
-SELECT (SELECT count(*) FROM ours) AS released, (SELECT count(*) FROM notified) AS notified,
-       {LAZY_COMMIT} AS lazy"
+    notifying_next(
+        schema,
+        channel,
+        &format!("SELECT key FROM {schema}.locks WHERE key = $1::text AND grant_id = $2::text"),
     )
 }
 

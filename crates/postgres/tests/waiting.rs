@@ -483,17 +483,7 @@ async fn with_handoff_off_a_close_does_not_hand_the_key_on() {
 /// A plain connection of the test's own (no fencelock), as any role that may connect has:
 /// `NOTIFY` needs no privilege on fencelock's tables.
 async fn plain_connection(server: &PgServer) -> fencelock_postgres::tokio_postgres::Client {
-    let (client, connection) = server
-        .url()
-        .parse::<fencelock_postgres::tokio_postgres::Config>()
-        .unwrap()
-        .connect(fencelock_postgres::tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    client
+    common::plain_client(server).await.0
 }
 
 /// Waits until the waiter queued on `key` has registered its ticket: its re-check right

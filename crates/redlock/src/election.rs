@@ -178,10 +178,7 @@ fn proclaim_outcome(answers: &[Answer<bool>], quorum: usize) -> Option<bool> {
 fn not_confirmed(name: &str, answers: &[Answer<bool>], quorum: usize, per_node: Duration) -> LockError {
     let written = answers.iter().filter(|a| matches!(a, Ok(true))).count();
     let refused = answers.iter().filter(|a| matches!(a, Ok(false))).count();
-    let silent: Vec<&str> = answers
-        .iter()
-        .filter_map(|a| a.as_ref().err().map(String::as_str))
-        .collect();
+    let silent = crate::error::silent_nodes(answers);
     LockError::Unavailable {
         message: format!(
             "the proclaim of `{name}` was not confirmed: written on {written}, refused on {refused}, \

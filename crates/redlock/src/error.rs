@@ -9,13 +9,18 @@ use tokio::time::Instant;
 
 use crate::quorum::Answer;
 
+/// Why each node that gave no answer gave none, in node order.
+pub(crate) fn silent_nodes<T>(answers: &[Answer<T>]) -> Vec<&str> {
+    answers
+        .iter()
+        .filter_map(|a| a.as_ref().err().map(String::as_str))
+        .collect()
+}
+
 /// The "no quorum" error: how many answered, within what, and who did not.
 pub(crate) fn no_quorum<T>(doing: &str, answers: &[Answer<T>], quorum: usize, per_node: Duration) -> LockError {
     let answered = answers.iter().filter(|a| a.is_ok()).count();
-    let silent: Vec<&str> = answers
-        .iter()
-        .filter_map(|a| a.as_ref().err().map(String::as_str))
-        .collect();
+    let silent = silent_nodes(answers);
     LockError::Unavailable {
         message: format!(
             "no quorum for {doing}: {answered} of {} nodes answered (waiting at most {per_node:?}; need {quorum}); {}",

@@ -63,6 +63,24 @@ pub async fn queued(server: &PgServer, key: &str, n: usize, limit: Duration) {
     .await;
 }
 
+/// A plain connection of the test's own to `server` (no fencelock), and its driver task
+/// (abort it, or let the test's runtime end it).
+pub async fn plain_client(
+    server: &PgServer,
+) -> (fencelock_postgres::tokio_postgres::Client, tokio::task::JoinHandle<()>) {
+    let (client, connection) = server
+        .url()
+        .parse::<fencelock_postgres::tokio_postgres::Config>()
+        .unwrap()
+        .connect(fencelock_postgres::tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    (client, driver)
+}
+
 /// An operator's connection holding `rows` (a `SELECT … FOR UPDATE`) in an open
 /// transaction: statements that need those rows wait until [`Operator::commit`]. Makes a
 /// race deterministic: the statements queue behind the operator in the order they come.
@@ -73,16 +91,7 @@ pub struct Operator {
 
 impl Operator {
     pub async fn holding(server: &PgServer, rows: &str) -> Operator {
-        let (client, connection) = server
-            .url()
-            .parse::<fencelock_postgres::tokio_postgres::Config>()
-            .unwrap()
-            .connect(fencelock_postgres::tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        let driver = tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        let (client, driver) = plain_client(server).await;
         client.batch_execute(&format!("BEGIN; {rows}")).await.unwrap();
         Operator { client, driver }
     }
