@@ -631,9 +631,10 @@ impl PgNode {
             // Both in flight at once: one round trip.
             let tables = &sql::TABLES[..];
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&cfg.schema, &tables];
-            let (recovery, found) = tokio::join!(
+            let (recovery, found, granted) = tokio::join!(
                 client.query_one("SELECT pg_is_in_recovery()", &[]),
-                client.query(sql::COLUMNS_FOUND, &params)
+                client.query(sql::COLUMNS_FOUND, &params),
+                client.query(sql::PRIVILEGES_FOUND, &params)
             );
             // A standby refuses every write (and `LISTEN`): say what it is, first.
             if recovery
@@ -657,6 +658,17 @@ impl PgNode {
                 // schema); "creating the tables" alone sent people to check their password.
                 let added = sql::missing_added_columns(&cfg.schema, &found);
                 client.batch_execute(&self.inner.texts.create).await.map_err(|e| {
+                    if added.is_empty() && e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+                        return LockError::invalid_config(format!(
+                            "{server}: fencelock's tables ({}) are missing in schema `{}` and this role may not \
+                             create them ({}): have the schema's owner run the SQL of docs/backends/postgres.md, \
+                             \"The tables, for teams that manage schemas themselves\" (fencelock_postgres::schema_sql), \
+                             and grant this role what that section lists",
+                            missing.join(", "),
+                            cfg.schema,
+                            fencelock_core::error::one_line(&e)
+                        ));
+                    }
                     if added.is_empty() || e.code().is_none() {
                         return failed("creating the tables", server, e);
                     }
@@ -667,6 +679,18 @@ impl PgNode {
                         added.join(" ")
                     ))
                 })?;
+            } else {
+                // The tables are there: the role must be able to use all of them now, not
+                // fail at the first contended acquire (the ticket sequence) or statement.
+                let grants =
+                    sql::missing_grants(&cfg.schema, &granted.map_err(doing("reading the role's privileges"))?);
+                if !grants.is_empty() {
+                    return Err(LockError::invalid_config(format!(
+                        "{server}: this role lacks privileges on fencelock's tables in schema `{}`; run as their owner: {}",
+                        cfg.schema,
+                        grants.join(" ")
+                    )));
+                }
             }
             let t = &self.inner.texts;
             let prepare = |text| client.prepare(text);

@@ -92,6 +92,72 @@ JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = $1 AND c.relname = ANY($2) AND a.attnum > 0 AND NOT a.attisdropped";
 
+/// What the connected role may do with the relations named `$2` (a `text[]`) in schema
+/// `$1`, one row per table found: `(table, all of SELECT/INSERT/UPDATE/DELETE on it,
+/// USAGE on the schema, the sequence it owns (the `waiters` ticket's) or NULL, USAGE on
+/// that sequence, current_user)`. By OID, not by name: a name lookup in a schema without
+/// `USAGE` fails before it can say so. See [`missing_grants`].
+pub(crate) const PRIVILEGES_FOUND: &str = "SELECT c.relname::text,
+       has_table_privilege(c.oid, 'SELECT') AND has_table_privilege(c.oid, 'INSERT')
+         AND has_table_privilege(c.oid, 'UPDATE') AND has_table_privilege(c.oid, 'DELETE'),
+       has_schema_privilege(n.oid, 'USAGE'),
+       seq.relname::text, coalesce(has_sequence_privilege(seq.oid, 'USAGE'), true),
+       current_user::text
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN LATERAL (
+    SELECT s.oid, s.relname FROM pg_catalog.pg_depend d
+    JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+    WHERE d.refobjid = c.oid AND d.classid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i')
+    LIMIT 1
+) seq ON true
+WHERE n.nspname = $1 AND c.relname = ANY($2) AND c.relkind IN ('r', 'p')";
+
+/// The `GRANT` statements the connected role lacks for fencelock's tables in `schema`
+/// (rows of [`PRIVILEGES_FOUND`]): empty when it has them all. A missing grant shows up
+/// late otherwise — without `USAGE` on the ticket sequence an uncontended lock works and
+/// the first waiter that must queue fails (new-user trial).
+pub(crate) fn missing_grants(schema: &str, rows: &[tokio_postgres::Row]) -> Vec<String> {
+    let mut role = String::from("CURRENT_USER");
+    let (mut schema_ok, mut tables, mut sequences) = (true, Vec::new(), Vec::new());
+    for r in rows {
+        let (Ok(table), Ok(dml), Ok(usage), Ok(seq), Ok(seq_ok), Ok(user)) = (
+            r.try_get::<_, String>(0),
+            r.try_get::<_, bool>(1),
+            r.try_get::<_, bool>(2),
+            r.try_get::<_, Option<String>>(3),
+            r.try_get::<_, bool>(4),
+            r.try_get::<_, String>(5),
+        ) else {
+            continue;
+        };
+        role = user;
+        schema_ok &= usage;
+        if !dml {
+            tables.push(format!("{schema}.{table}"));
+        }
+        if let (Some(seq), false) = (seq, seq_ok) {
+            sequences.push(format!("{schema}.{seq}"));
+        }
+    }
+    // A role name is spliced as given by the server; quoted so any name reads back.
+    let role = format!("\"{}\"", role.replace('"', "\"\""));
+    let mut grants = Vec::new();
+    if !schema_ok {
+        grants.push(format!("GRANT USAGE ON SCHEMA {schema} TO {role};"));
+    }
+    if !tables.is_empty() {
+        grants.push(format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {role};",
+            tables.join(", ")
+        ));
+    }
+    for seq in sequences {
+        grants.push(format!("GRANT USAGE ON SEQUENCE {seq} TO {role};"));
+    }
+    grants
+}
+
 /// One row of [`COLUMNS_FOUND`].
 #[derive(Debug, Clone)]
 struct Found {

@@ -63,7 +63,12 @@ fn documented_sql() -> String {
         .split("## The tables, for teams that manage schemas themselves")
         .nth(1)
         .expect("the section");
-    let block = section.split("```sql\n").nth(1).expect("an sql block");
+    // The block that makes the tables (the section also shows the grants a role needs).
+    let block = section
+        .split("```sql\n")
+        .skip(1)
+        .find(|b| b.starts_with("BEGIN;"))
+        .expect("an sql block that makes the tables");
     block.split("```").next().unwrap().to_owned()
 }
 
@@ -91,7 +96,25 @@ async fn the_documented_sql_makes_tables_a_dml_only_role_can_use() {
     let server = PgServer::start();
     server.psql(&doc);
     server.psql(&doc); // idempotent
-    let url = common::dml_only_role(&server);
+                       // The role gets exactly the documented grants (a new-user trial's role, given the
+                       // grants an earlier text listed, lacked USAGE on the schema).
+    let grants = {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/backends/postgres.md"))
+            .expect("docs/backends/postgres.md");
+        let after = doc
+            .split("the role then needs exactly these grants")
+            .nth(1)
+            .expect("the grants");
+        let block = after.split("```sql\n").nth(1).expect("an sql block");
+        block.split("```").next().unwrap().to_owned()
+    };
+    server.psql(
+        "CREATE ROLE app LOGIN;
+         REVOKE CREATE ON DATABASE postgres FROM PUBLIC;
+         REVOKE CREATE ON SCHEMA public FROM PUBLIC;",
+    );
+    server.psql(&grants);
+    let url = format!("postgres://app@127.0.0.1:{}/postgres?sslmode=disable", server.port());
     let locks = PgLock::connect(&url).await.expect("a DML-only role connects");
     let opts = LockOptions::new().with_ttl(Duration::from_secs(30));
     let lease = locks.acquire("k", &opts).await.unwrap();
@@ -193,6 +216,51 @@ async fn a_role_that_cannot_create_the_election_objects_is_told_what_is_missing(
     ] {
         assert!(e.contains(says), "{says}: {e}");
     }
+}
+
+/// A role short of a grant is told at connect which `GRANT` to run (new-user trial:
+/// without `USAGE` on the ticket sequence an uncontended lock worked and the first waiter
+/// that had to queue failed; without `USAGE` on the schema every statement failed
+/// "check the user, password, database"), and a role that may not create missing tables
+/// is pointed at the SQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_short_of_a_grant_is_told_which_at_connect() {
+    let server = PgServer::start();
+    server.psql("CREATE ROLE app LOGIN; REVOKE CREATE ON DATABASE postgres FROM PUBLIC; REVOKE CREATE ON SCHEMA public FROM PUBLIC;");
+    let url = format!("postgres://app@127.0.0.1:{}/postgres?sslmode=disable", server.port());
+    let refused = |e: LockError| match e {
+        LockError::InvalidConfig { .. } => e.to_string(),
+        other => panic!("{other:?}"),
+    };
+    // No tables, and no right to make them.
+    let e = refused(PgLock::connect(&url).await.unwrap_err());
+    assert!(
+        e.contains("The tables, for teams that manage schemas themselves"),
+        "{e}"
+    );
+    server.psql(&documented_sql());
+    // No grant at all.
+    let e = refused(PgLock::connect(&url).await.unwrap_err());
+    for grant in [
+        "GRANT USAGE ON SCHEMA fencelock TO \"app\";",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON fencelock.",
+        "GRANT USAGE ON SEQUENCE fencelock.waiters_ticket_seq TO \"app\";",
+    ] {
+        assert!(e.contains(grant), "{grant}: {e}");
+    }
+    // All but the sequence's.
+    server.psql(
+        "GRANT USAGE ON SCHEMA fencelock TO app;
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA fencelock TO app;",
+    );
+    let e = refused(PgLock::connect(&url).await.unwrap_err());
+    assert!(!e.contains("ON SCHEMA") && !e.contains("DELETE ON"), "{e}");
+    assert!(
+        e.contains("GRANT USAGE ON SEQUENCE fencelock.waiters_ticket_seq"),
+        "{e}"
+    );
+    server.psql("GRANT USAGE ON SEQUENCE fencelock.waiters_ticket_seq TO app;");
+    PgLock::connect(&url).await.expect("every grant given");
 }
 
 #[test]
