@@ -249,7 +249,7 @@ pub(crate) async fn supervise_with(
         // "not acquired" for the command: --conflict-exit-code applies.
         Outcome::NotStarted(code) if code == exit::NOT_ACQUIRED => ExitCode::from(args.conflict_exit_code),
         Outcome::NotStarted(code) => ExitCode::from(code),
-        Outcome::LeaseLost(message) => lost(Some(message)),
+        Outcome::LeaseLost(message) => lost(message),
         Outcome::WaitFailed(e) => fail(&format!("lost track of `{program}`: {e}"), exit::FAILURE),
     }
 }
@@ -467,8 +467,8 @@ enum Outcome {
     /// The guard exited with a status of its own before it started the command (the
     /// validity ended first, a signal came first, the spawn failed): nothing ran.
     NotStarted(u8),
-    /// The lease was lost; the message to exit with.
-    LeaseLost(String),
+    /// The lease was lost; the message to exit with (`None`: said already).
+    LeaseLost(Option<String>),
     WaitFailed(std::io::Error),
 }
 
@@ -512,9 +512,9 @@ async fn watch(
                             true => "nothing more to stop",
                             false => "the guard had already killed its process group when the validity ended",
                         };
-                        return Outcome::LeaseLost(format!(
+                        return Outcome::LeaseLost(Some(format!(
                             "lease on `{key}` (token {token}) lost while the command ran: {reason}; {then}"
-                        ));
+                        )));
                     }
                     OnLoss::NotStarted(code) => {
                         crate::exit::errln!("fencelock: lease on `{key}` (token {token}) lost before the command started: {reason}");
@@ -562,7 +562,9 @@ async fn watch(
                     ),
                     None => {}
                 }
-                return Outcome::LeaseLost("exiting: the lease was lost".into());
+                // Said already, as the command was signalled (before waiting for it to
+                // end): a second line "exiting: the lease was lost" only repeated it.
+                return Outcome::LeaseLost(None);
             }
             status = child.wait() => return match status {
                 // The guard kills its own group (itself included) when the validity ends.

@@ -229,6 +229,28 @@ fn every_exit_status_of_run() {
     assert_eq!(out.status.code(), Some(70), "corrupt state: {}", stderr_of(&out));
 }
 
+/// A loss the backend reports while the command runs (its grant is gone: here removed
+/// as an operator would) is said in one line, with the backend's reason and what `run`
+/// did (new-user trial: a second line, "exiting: the lease was lost", followed it).
+#[test]
+fn a_loss_the_backend_reports_is_said_in_one_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = ["run", "k", "--ttl", "1s"];
+    let (holder, _in) = common::spawn_holder(on_files(dir.path()), &run, "echo in; sleep 30");
+    // The grant's files removed: the next renewal finds it gone.
+    let removed = fencelock::file::FileLock::open(dir.path())
+        .expect("open the directory")
+        .remove_grant("k")
+        .expect("remove the grant");
+    assert!(removed > 0, "no grant of k to remove");
+    let out = holder.wait_with_output().expect("wait");
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(76), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("fencelock:")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("lost while the command ran"), "{err}");
+}
+
 #[test]
 fn a_lost_lease_exits_76_or_the_lost_exit_code() {
     let dir = tempfile::tempdir().expect("temp dir");
