@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::runtime::Handle;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedMutexGuard};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -43,13 +43,21 @@ pub trait LeaseOps: Send + Sync + 'static {
     /// moment the request was sent (the lease records that instant just before calling);
     /// `Ok(None)` when the backend no longer holds this grant; `Err` when the backend could
     /// not be asked (temporary errors are retried by auto-renew while validity remains).
+    ///
+    /// The lease calls `extend` and [`renew`](Self::renew) of one grant one at a time: the
+    /// next is called only after the previous one returned (or was given up when the
+    /// validity ran out, which makes the lease lost), so requests of one grant land in the
+    /// order they were asked. A future of either is `'static` once the lease holds the
+    /// `Arc` it was called through, and may be finished in a task of its own: a dropped
+    /// [`Lease::extend`] does that.
     async fn extend(&self, ttl: Duration) -> Result<Option<Duration>>;
 
     /// The auto-renewal's extend: the same answer as [`extend`](Self::extend), which it
     /// calls unless the backend overrides it. A backend that renews many leases in one
-    /// request (Redis batches a window of renewals into one script) overrides this, so an
-    /// explicit [`Lease::extend`] still goes out at once while background renewals wait
-    /// for their batch. The validity is still counted from the moment the lease called.
+    /// request (Redis and PostgreSQL batch a window of renewals into one request)
+    /// overrides this, so an explicit [`Lease::extend`] is never held back for a window:
+    /// it waits only for a renewal of the same lease already in flight, then goes out at
+    /// once. The validity is still counted from the moment the lease called.
     async fn renew(&self, ttl: Duration) -> Result<Option<Duration>> {
         self.extend(ttl).await
     }
@@ -135,6 +143,16 @@ struct Shared {
     status: watch::Sender<LeaseStatus>,
     /// The TTL used for renewals, and the send instant of the newest applied validity.
     renewal: Mutex<Renewal>,
+    /// The turn to send a request that sets the validity (a renewal or an extend): held
+    /// from just before the request's send instant until its answer is applied, so at
+    /// most one such request of this lease is in flight. Why: the server keeps whichever
+    /// request *lands* last, while the holder believes the one *asked* last; two in flight
+    /// at once may land in the other order (a PostgreSQL extend waiting for a statement
+    /// turn behind a newer renewal, two file operations racing for the flock on the
+    /// blocking pool, two extends of one lease from two tasks), and an older, shorter
+    /// request landing last ended the grant on the server while the holder believed the
+    /// newer, longer one. One at a time, ask order is landing order on every backend.
+    turn: Arc<tokio::sync::Mutex<()>>,
     /// Renewal and loss counters, labelled when the lease came through `metrics::Metered`.
     metrics: crate::metrics::LeaseMetrics,
     /// Wakes this lease when a renewal is due or its validity runs out (`None` outside a
@@ -190,11 +208,19 @@ impl Shared {
             .map_or(LostReason::Expired, LostReason::RenewalFailed)
     }
 
-    /// Records a validity obtained by a request sent at `sent`, unless a newer request's
-    /// answer was already applied. Newer wins (not longer): a shorter extend must shorten.
+    /// Records a validity obtained by a request sent at `sent`. Newer wins (not longer): a
+    /// shorter extend must shorten.
+    ///
+    /// An answer to a request older than the newest applied one (possible only if two were
+    /// in flight, which the lease's turn prevents) is not ignored: it caps the belief to
+    /// `sent + validity`. That request may have landed after the newer one, and every
+    /// request leaves the server's end at or after its own `sent + validity`, so the
+    /// smaller of the two ends is one the server keeps whichever landed last.
     fn apply_validity(&self, sent: Instant, validity: Duration, ttl: Duration) {
         let mut r = self.renewal();
         if sent < r.last_sent {
+            drop(r);
+            self.cap_validity(sent + validity);
             return;
         }
         r.last_sent = sent;
@@ -332,6 +358,16 @@ impl Shared {
         }
         self.status.borrow().clone()
     }
+
+    /// The current status of a live lease; `LeaseLost` once it was lost or released.
+    fn live_status(&self) -> Result<LeaseStatus> {
+        let status = self.refresh();
+        match status.state {
+            LeaseState::Lost(reason) => Err(self.lost_error(reason)),
+            LeaseState::Released => Err(self.lost_error(LostReason::NotHeld)),
+            _ => Ok(status),
+        }
+    }
 }
 
 /// One grant of a lock: the proof that we hold `key`, with the fencing token to show the
@@ -402,6 +438,7 @@ impl Lease {
             grant,
             ops,
             status,
+            turn: Arc::new(tokio::sync::Mutex::new(())),
             renewal: Mutex::new(Renewal {
                 ttl: options.ttl(),
                 last_sent: sent_at,
@@ -568,6 +605,13 @@ impl Lease {
     /// `ttl` is rounded up to whole milliseconds first ([`ttl_ceil_ms`]): the backend is
     /// asked for, and the holder believes, the TTL a server keeps.
     ///
+    /// One request of a lease is in flight at a time: called while a background renewal
+    /// (or another `extend`) of this lease is in flight, it waits for that answer first —
+    /// bounded by the validity left, as that request is — and then sends at once (it is
+    /// never held back for a batch of renewals). From its send instant on, renewals use
+    /// `ttl`. (Two requests in flight could land in the other order than they were asked;
+    /// the server keeps the one that lands last, the holder believes the one asked last.)
+    ///
     /// Fails with [`LockError::LeaseLost`] when the lease is already lost or its validity ran
     /// out — even if the backend would still accept it, because another holder may have come
     /// and gone in between — or when the backend no longer holds our grant.
@@ -578,43 +622,49 @@ impl Lease {
     /// validity, or `now + ttl` if that is shorter).
     ///
     /// # Cancel safety
-    /// Cancel safe: dropping the future leaves the lease consistent. The request may still
-    /// reach the backend; so that a shorter TTL can never outlive the holder's belief, the
-    /// validity is lowered to `now + ttl` before the request is sent when that is earlier.
+    /// Cancel safe: dropping the future leaves the lease consistent. Dropped while it waits
+    /// for a request in flight, nothing was sent and nothing changes. Once sent, the request
+    /// may still reach the backend, so: the validity is lowered to `now + ttl` before the
+    /// request is sent when that is earlier (a shorter TTL never outlives the holder's
+    /// belief), and the request is finished in a task of its own, which applies its answer
+    /// (a grant found gone makes the lease lost) and only then lets the next renewal go out
+    /// — a renewal sent before the dropped request was answered could land before it, and
+    /// be cut short by it on the server while the holder believed the renewal. Renewals
+    /// use `ttl` from the send on, as if the call had completed.
     pub async fn extend(&self, ttl: Duration) -> Result<()> {
         let ttl = ttl_ceil_ms(ttl);
         validate_ttl(ttl)?;
         let shared = &self.shared;
         let span = tracing::info_span!("fencelock.extend", key = %shared.key, token = %shared.token, ttl_ms = ttl.as_millis() as u64);
         async move {
-            let status = shared.refresh();
-            if let LeaseState::Lost(reason) = status.state {
-                return Err(shared.lost_error(reason));
-            }
-            if status.state == LeaseState::Released {
-                return Err(shared.lost_error(LostReason::NotHeld));
-            }
+            let status = shared.live_status()?;
+            // Wait for the request in flight, if any: it ends (answered, or the lease lost)
+            // by the end of this validity.
+            let left = status.valid_until.saturating_duration_since(Instant::now());
+            let turn = tokio::time::timeout(left, Arc::clone(&shared.turn).lock_owned()).await;
+            let status = shared.live_status()?;
+            let Ok(turn) = turn else {
+                return Err(LockError::Unavailable {
+                    message: "the request in flight (a renewal or another extend) was not answered before the validity it started with ran out".into(),
+                    source: None,
+                });
+            };
             let sent = Instant::now();
-            let remaining = status.valid_until.saturating_duration_since(sent);
+            shared.renewal().ttl = ttl;
             // A shorter TTL may take effect on the backend whatever becomes of this call
             // (no answer, an error, the future dropped): believe the shorter of the two
             // from now on, so the holder never trusts a validity the backend cut.
             shared.cap_validity(sent + ttl);
-            match tokio::time::timeout(remaining, shared.ops.extend(ttl)).await {
-                Ok(Ok(Some(validity))) => {
-                    shared.apply_validity(sent, validity, ttl);
-                    Ok(())
-                }
-                Ok(Ok(None)) => {
-                    shared.mark_lost(LostReason::NotHeld);
-                    Err(shared.lost_error(LostReason::NotHeld))
-                }
-                Ok(Err(e)) => Err(e),
-                Err(_) => {
-                    let reason = LostReason::RenewalFailed("the extend got no answer".into());
-                    shared.mark_lost(reason.clone());
-                    Err(shared.lost_error(reason))
-                }
+            // An answer after the (lowered) validity could only resurrect a lapsed lease.
+            let bound = status.valid_until.min(sent + ttl).saturating_duration_since(sent);
+            let request = send_extend(Arc::clone(shared), turn, sent, ttl, bound).in_current_span();
+            match tokio::spawn(request).await {
+                Ok(result) => result,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => Err(LockError::Unavailable {
+                    message: format!("the extend's task was cancelled (its runtime is shutting down): {e}"),
+                    source: None,
+                }),
             }
         }
         .instrument(span)
@@ -670,6 +720,40 @@ impl Lease {
         .instrument(span)
         .await
     }
+}
+
+/// Sends an explicit extend sent at `sent` and applies its answer (bounded by `bound`, the
+/// validity left), holding the lease's turn until then, and then schedules the next
+/// renewal. [`Lease::extend`] runs it in a task of its own, so that a dropped extend still
+/// finishes here: its request may still land, and no renewal may go out before it did.
+async fn send_extend(
+    s: Arc<Shared>,
+    turn: OwnedMutexGuard<()>,
+    sent: Instant,
+    ttl: Duration,
+    bound: Duration,
+) -> Result<()> {
+    let result = match tokio::time::timeout(bound, s.ops.extend(ttl)).await {
+        Ok(Ok(Some(validity))) => {
+            s.apply_validity(sent, validity, ttl);
+            Ok(())
+        }
+        Ok(Ok(None)) => {
+            s.mark_lost(LostReason::NotHeld);
+            Err(s.lost_error(LostReason::NotHeld))
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => {
+            let reason = LostReason::RenewalFailed("the extend got no answer".into());
+            s.mark_lost(reason.clone());
+            Err(s.lost_error(reason))
+        }
+    };
+    // The turn first: a renewal the timer wakes in between finds it free (and a wake-up
+    // that found it taken only scheduled the expiry, which this replaces).
+    drop(turn);
+    s.schedule_next();
+    result
 }
 
 /// Arms a clean-up that releases the grant in the background (and marks the lease
@@ -866,10 +950,21 @@ impl Due for Shared {
         }
         match r.due(status.valid_until) {
             Some(due) if now >= due => {
+                // One request of a lease at a time (see `Shared::turn`). An extend in flight
+                // renews the lease too, and schedules the next renewal when its answer is
+                // applied; until then only the expiry is scheduled. Decided while `r` is
+                // held: the extend's `schedule_next` (after it gave the turn back) waits for
+                // `r`, so it comes after this and replaces the expiry.
+                let Ok(turn) = Arc::clone(&self.turn).try_lock_owned() else {
+                    if let Some(timer) = &self.timer {
+                        timer.schedule(self.entry, status.valid_until, self.me.clone() as Weak<dyn Due>);
+                    }
+                    return;
+                };
                 r.renewing = true;
                 drop(r);
                 let span = tracing::debug_span!("fencelock.renew", key = %self.key, token = %self.token);
-                tokio::spawn(renew(self, status.valid_until).instrument(span));
+                tokio::spawn(renew(self, turn).instrument(span));
             }
             _ => {
                 drop(r);
@@ -879,10 +974,14 @@ impl Due for Shared {
     }
 }
 
-/// One background renewal, bounded by the validity left; then schedules the next wake-up.
-async fn renew(s: Arc<Shared>, valid_until: Instant) {
+/// One background renewal, bounded by the validity left, sent holding the lease's `turn`
+/// (taken when it was decided) until its answer is applied; then schedules the next
+/// wake-up. The TTL and the validity are read with the turn held, so an extend answered
+/// just before counts.
+async fn renew(s: Arc<Shared>, turn: OwnedMutexGuard<()>) {
     let sent = Instant::now();
     let ttl = s.renewal().ttl;
+    let valid_until = s.status.borrow().valid_until;
     let answer = tokio::time::timeout(valid_until.saturating_duration_since(sent), s.ops.renew(ttl)).await;
     s.renewal().renewing = false;
     if s.finished.load(Ordering::Acquire) {
@@ -936,6 +1035,7 @@ async fn renew(s: Arc<Shared>, valid_until: Instant) {
             return;
         }
     }
+    drop(turn);
     s.schedule_next();
 }
 
@@ -1390,6 +1490,214 @@ mod tests {
             "after a dropped extend to 1 s the holder still believes {:?}",
             held.remaining()
         );
+        held.release().await.expect("release");
+    }
+
+    /// A "server" for one grant, with latencies the test sets: each request (extend or
+    /// renewal) lands after its kind's delay and sets the grant's end to `landed + ttl`
+    /// (what memory, file, etcd, ZooKeeper and Redlock do; PostgreSQL's and Redis's batched
+    /// renewals only lengthen, a milder case). It records every landing, and checks at each
+    /// that the holder does not believe in the grant past the end the server now keeps.
+    struct Server {
+        extend_delay: std::sync::Mutex<Duration>,
+        renew_delay: std::sync::Mutex<Duration>,
+        end: std::sync::Mutex<Option<Instant>>,
+        /// (kind, ttl, landed)
+        landed: std::sync::Mutex<Vec<(&'static str, Duration, Instant)>>,
+        belief: std::sync::Mutex<Option<watch::Receiver<LeaseStatus>>>,
+        violations: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl Server {
+        fn new(extend_delay: Duration, renew_delay: Duration) -> Arc<Server> {
+            Arc::new(Server {
+                extend_delay: std::sync::Mutex::new(extend_delay),
+                renew_delay: std::sync::Mutex::new(renew_delay),
+                end: std::sync::Mutex::new(None),
+                landed: std::sync::Mutex::default(),
+                belief: std::sync::Mutex::default(),
+                violations: std::sync::Mutex::default(),
+            })
+        }
+
+        /// A lease granted now for `ttl`, renewed in the background; the server keeps it
+        /// `ttl` from now.
+        fn grant(self: &Arc<Self>, ttl: Duration) -> Lease {
+            let now = Instant::now();
+            *self.end.lock().unwrap() = Some(now + ttl);
+            let held = Lease::new(LeaseParts {
+                key: "k".into(),
+                token: FencingToken::new(1),
+                grant: GrantId::random(),
+                sent_at: now,
+                validity: ttl,
+                options: LockOptions::new().with_ttl(ttl),
+                ops: Arc::clone(self) as Arc<dyn LeaseOps>,
+            });
+            *self.belief.lock().unwrap() = Some(held.watch());
+            held
+        }
+
+        async fn land(&self, kind: &'static str, ttl: Duration) -> Result<Option<Duration>> {
+            let delay = *if kind == "extend" {
+                &self.extend_delay
+            } else {
+                &self.renew_delay
+            }
+            .lock()
+            .unwrap();
+            tokio::time::sleep(delay).await;
+            let now = Instant::now();
+            *self.end.lock().unwrap() = Some(now + ttl);
+            self.landed.lock().unwrap().push((kind, ttl, now));
+            self.check(&format!("{kind} of {ttl:?} landed"));
+            Ok(Some(ttl))
+        }
+
+        /// Records a violation when the holder believes a live lease past the server's end.
+        fn check(&self, when: &str) {
+            let Some(belief) = self.belief.lock().unwrap().as_ref().map(|b| b.borrow().clone()) else {
+                return;
+            };
+            let end = self.end.lock().unwrap().expect("granted");
+            if belief.state.is_live() && belief.valid_until > end && Instant::now() < belief.valid_until {
+                self.violations.lock().unwrap().push(format!(
+                    "{when}: the holder believes {:?} past the server's end",
+                    belief.valid_until - end
+                ));
+            }
+        }
+
+        /// Samples the invariant every millisecond for `span` (paused clock).
+        async fn watch_for(&self, span: Duration) {
+            let until = Instant::now() + span;
+            for _ in 0..span.as_millis() + 1 {
+                if Instant::now() >= until {
+                    break;
+                }
+                self.check("sampled");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+
+        fn violations(&self) -> Vec<String> {
+            let mut v = self.violations.lock().unwrap().clone();
+            v.dedup_by(|a, b| a.split(':').next() == b.split(':').next());
+            v
+        }
+    }
+
+    #[async_trait]
+    impl LeaseOps for Server {
+        async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
+            self.land("extend", ttl).await
+        }
+        async fn renew(&self, ttl: Duration) -> Result<Option<Duration>> {
+            self.land("renew", ttl).await
+        }
+        async fn release(&self) -> Result<bool> {
+            Ok(true)
+        }
+    }
+
+    /// A shorter `extend` of an auto-renewed lease is not undone by a renewal with the old
+    /// TTL. Lowering the validity made the next renewal due at once; it read the old TTL
+    /// and, asked after the extend, won: the holder believed 30 s again, the server kept
+    /// whichever request landed last. Failed before: the holder believed ~30 s, and a
+    /// 30 s renewal landed after the extend.
+    #[tokio::test(start_paused = true)]
+    async fn a_shorter_extend_is_not_undone_by_a_renewal_with_the_old_ttl() {
+        let server = Server::new(Duration::from_millis(10), Duration::from_millis(10));
+        let held = server.grant(Duration::from_secs(30));
+        // The first renewal (at 10 s) is done; the next is due at 20 s.
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        let asked = Instant::now();
+        held.extend(Duration::from_secs(1)).await.expect("extend");
+        server.watch_for(Duration::from_millis(500)).await;
+        assert!(
+            held.remaining() <= Duration::from_secs(1),
+            "after extend(1 s) the holder believes {:?}",
+            held.remaining()
+        );
+        let landed = server.landed.lock().unwrap().clone();
+        let extend_landed = landed
+            .iter()
+            .find(|(kind, _, at)| *kind == "extend" && *at >= asked)
+            .expect("the extend landed")
+            .2;
+        let stale: Vec<_> = landed
+            .iter()
+            .filter(|(_, ttl, at)| *at >= extend_landed && *ttl == Duration::from_secs(30))
+            .collect();
+        assert!(
+            stale.is_empty(),
+            "renewals with the old TTL after the extend: {stale:?}"
+        );
+        assert_eq!(server.violations(), Vec::<String>::new());
+        held.release().await.expect("release");
+    }
+
+    /// An extend whose request is slow and a renewal asked after it that lands first: the
+    /// holder never believes in the grant past the end the last-landing request set. The
+    /// renewal (old TTL, 30 s) was answered first and believed; the extend to 5 s landed
+    /// after it and cut the server's end, its answer ignored as older. Failed before: the
+    /// holder believed ~23 s past the server's end.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_extend_landing_after_a_later_renewal_is_not_outlived() {
+        let server = Server::new(Duration::from_secs(3), Duration::ZERO);
+        let held = server.grant(Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        let extend = held.extend(Duration::from_secs(5));
+        let (result, ()) = tokio::join!(extend, server.watch_for(Duration::from_secs(8)));
+        result.expect("extend");
+        assert_eq!(server.violations(), Vec::<String>::new());
+        assert!(held.remaining() <= Duration::from_secs(5), "{:?}", held.remaining());
+        held.release().await.expect("release");
+    }
+
+    /// An extend dropped while its request is in flight: the request may still land, so no
+    /// renewal goes out before its answer came back, and the answer is applied. Failed
+    /// before: a renewal with the old TTL (30 s) went out at once, while the dropped
+    /// extend's request was still unanswered (here the drop cancelled it; a network
+    /// backend's request, once written, may still land — after the renewal, cutting the
+    /// server's end under the holder's 30 s belief).
+    #[tokio::test(start_paused = true)]
+    async fn an_extend_dropped_in_flight_keeps_its_turn_until_answered() {
+        let server = Server::new(Duration::from_millis(500), Duration::ZERO);
+        let held = server.grant(Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        let asked = Instant::now();
+        let cut = tokio::time::timeout(Duration::from_millis(5), held.extend(Duration::from_secs(1))).await;
+        assert!(cut.is_err(), "the extend was meant to be cut off in flight");
+        server.watch_for(Duration::from_secs(2)).await;
+        assert_eq!(server.violations(), Vec::<String>::new());
+        let landed = server.landed.lock().unwrap().clone();
+        let after: Vec<_> = landed.iter().filter(|(_, _, at)| *at >= asked).collect();
+        assert_eq!(after.first().map(|l| l.0), Some("extend"), "{after:?}");
+        assert!(
+            after.iter().skip(1).all(|(_, ttl, _)| *ttl == Duration::from_secs(1)),
+            "a renewal after the dropped extend used another TTL: {after:?}"
+        );
+        assert!(held.is_held());
+        held.release().await.expect("release");
+    }
+
+    /// An answer that arrives after a newer request's (out of ask order) caps the belief
+    /// to its own end: the server may have kept that request last, and every request
+    /// leaves the server's end at or after `sent + validity`.
+    #[tokio::test(start_paused = true)]
+    async fn an_older_answer_caps_the_belief() {
+        let ops = ops(Duration::ZERO);
+        let start = Instant::now();
+        let held = lease(&ops, start, Duration::from_secs(30));
+        let (older, newer) = (start + Duration::from_secs(1), start + Duration::from_secs(2));
+        held.shared
+            .apply_validity(newer, Duration::from_secs(30), Duration::from_secs(30));
+        assert_eq!(held.valid_until(), newer + Duration::from_secs(30));
+        held.shared
+            .apply_validity(older, Duration::from_secs(1), Duration::from_secs(1));
+        assert_eq!(held.valid_until(), older + Duration::from_secs(1));
+        assert_eq!(held.ttl(), Duration::from_secs(30), "the newer request's TTL");
         held.release().await.expect("release");
     }
 }

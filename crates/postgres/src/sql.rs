@@ -649,14 +649,17 @@ WHERE key = $1 AND grant_id = $2 AND expires_at > statement_timestamp()"
 ///
 /// A renewal never shortens a grant (`greatest`): it waits in the batcher (up to
 /// `renew_window`, a tenth of its TTL at most) after the lease recorded its request
-/// instant, while an explicit [`extend`] goes out at once. An extend to a minute asked
-/// during that wait is the request the lease believes (the newer one); the renewal landing
-/// after it used to set `now + TTL`, ending the key on the server some 58 s before its
-/// holder stopped believing in it, and another client was granted it (conformance
-/// `renewal_never_undoes_a_later_extend`). Keeping the later of the two ends is safe: the
-/// lease never believes more than the request it asked last, and a user's shorter extend
-/// still shortens the holder's belief (the server keeping the grant longer only delays
-/// the next holder, as a crashed holder would).
+/// instant. An extend to a minute asked during that wait used to go out at once, and the
+/// renewal landing after it set `now + TTL`, ending the key on the server some 58 s before
+/// its holder stopped believing in it; another client was granted it (conformance
+/// `renewal_never_undoes_a_later_extend`). The core `Lease` now sends one request of a
+/// lease at a time — an explicit [`extend`] waits for the renewal in flight, then goes out
+/// at once, not held for a window — so a lease's own renewal no longer lands after its
+/// extend; `greatest` stays for a renewal the lease gave up on with an error, which may
+/// still land later. Keeping the later of the two ends is safe: the lease never believes
+/// more than the request it asked last, and a user's shorter extend (`now + ttl`, sent
+/// after the renewal in flight was answered) shortens the grant and the holder's belief
+/// alike.
 ///
 /// The expiry is compared with `(SELECT statement_timestamp())` — the same instant, but
 /// one the planner cannot read while planning. `expires_at` only moves forward, so a TTL

@@ -555,10 +555,11 @@ return 0
 
 /// KEYS: locks 1..n. ARGV: grant id 1, ttl ms 1, …, grant id n, ttl ms n. [`EXTEND`] for
 /// many grants in one round trip (batched auto-renewals), except that a renewal never
-/// shortens a grant: it waits for its batch after the lease recorded its request, and an
-/// explicit extend asked meanwhile (sent at once) is what the lease believes; the
-/// renewal landing after it must not cut the key back to its own TTL (conformance
-/// `renewal_never_undoes_a_later_extend`). `PTTL` rather than `PEXPIRE … GT` (Redis 7).
+/// shortens a grant: it waits for its batch after the lease recorded its request, and a
+/// renewal landing after a later extend must not cut the key back to its own TTL
+/// (conformance `renewal_never_undoes_a_later_extend`). The lease now waits for its
+/// renewal's answer before it sends an extend, so this covers a renewal it gave up on
+/// with an error that still lands later. `PTTL` rather than `PEXPIRE … GT` (Redis 7).
 /// Returns one 1/0 per key.
 pub(crate) static EXTEND_MANY: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
