@@ -47,9 +47,15 @@ pub trait LeaseOps: Send + Sync + 'static {
     /// The lease calls `extend` and [`renew`](Self::renew) of one grant one at a time: the
     /// next is called only after the previous one returned (or was given up when the
     /// validity ran out, which makes the lease lost), so requests of one grant land in the
-    /// order they were asked. A future of either is `'static` once the lease holds the
-    /// `Arc` it was called through, and may be finished in a task of its own: a dropped
-    /// [`Lease::extend`] does that.
+    /// order they were asked — **provided an `Err` means the request will not land**. A
+    /// backend whose request can fail on the client and still reach the server later (a
+    /// timeout with the request already written) must not let it shorten the grant when
+    /// it lands after a later one: make a renewal only lengthen on the server (PostgreSQL's
+    /// `greatest`, Redis's `PTTL` check), or send every request of a grant on one ordered
+    /// connection (PostgreSQL's extends and renewals go through the granting connection).
+    /// A future of either is `'static` once the lease holds the `Arc` it was called
+    /// through, and may be finished in a task of its own: a dropped [`Lease::extend`] does
+    /// that.
     async fn extend(&self, ttl: Duration) -> Result<Option<Duration>>;
 
     /// The auto-renewal's extend: the same answer as [`extend`](Self::extend), which it
@@ -735,6 +741,13 @@ async fn send_extend(
 ) -> Result<()> {
     let result = match tokio::time::timeout(bound, s.ops.extend(ttl)).await {
         Ok(Ok(Some(validity))) => {
+            {
+                // Renewed: an earlier renewal's failure no longer calls for a retry, nor
+                // counts towards the back-off (as after a successful renewal).
+                let mut r = s.renewal();
+                r.retry_at = None;
+                r.failures = 0;
+            }
             s.apply_validity(sent, validity, ttl);
             Ok(())
         }
@@ -927,6 +940,10 @@ impl LeaseRegistry {
 /// The first delay after a failed renewal; it doubles on each failure.
 const RENEW_RETRY_FIRST: Duration = Duration::from_millis(10);
 
+/// How soon a renewal that came due while another request of the lease held its turn
+/// looks again (see `Due::due`): a wake-up every 10 ms while an extend is in flight.
+const SKIPPED_RECHECK: Duration = Duration::from_millis(10);
+
 /// The timer's call: the lease is due for a renewal, or its validity ran out. Renews it (when
 /// auto-renew is on) a third of the way through each validity, retries failed renewals
 /// while validity remains, and marks the lease lost when the validity runs out.
@@ -952,12 +969,19 @@ impl Due for Shared {
             Some(due) if now >= due => {
                 // One request of a lease at a time (see `Shared::turn`). An extend in flight
                 // renews the lease too, and schedules the next renewal when its answer is
-                // applied; until then only the expiry is scheduled. Decided while `r` is
-                // held: the extend's `schedule_next` (after it gave the turn back) waits for
-                // `r`, so it comes after this and replaces the expiry.
+                // applied. Decided while `r` is held: the extend's `schedule_next` (after it
+                // gave the turn back) waits for `r`, so it comes after this and replaces it.
+                // Meanwhile this looks again every `SKIPPED_RECHECK` (or at the expiry, if
+                // sooner): a turn given back without that `schedule_next` — the backend's
+                // extend panicked, its runtime shut down, a caller handed the turn was
+                // dropped before using it — left only the expiry scheduled, and the lease
+                // went unrenewed until it was reported expired (review of the turn). The
+                // validity is read again here: an extend may have lowered it since.
                 let Ok(turn) = Arc::clone(&self.turn).try_lock_owned() else {
                     if let Some(timer) = &self.timer {
-                        timer.schedule(self.entry, status.valid_until, self.me.clone() as Weak<dyn Due>);
+                        let until = self.status.borrow().valid_until;
+                        let next = until.min(Instant::now() + SKIPPED_RECHECK);
+                        timer.schedule(self.entry, next, self.me.clone() as Weak<dyn Due>);
                     }
                     return;
                 };
@@ -1506,6 +1530,8 @@ mod tests {
         landed: std::sync::Mutex<Vec<(&'static str, Duration, Instant)>>,
         belief: std::sync::Mutex<Option<watch::Receiver<LeaseStatus>>>,
         violations: std::sync::Mutex<Vec<String>>,
+        /// An extend's request panics once it "landed" (a backend's bug).
+        extend_panics: std::sync::atomic::AtomicBool,
     }
 
     impl Server {
@@ -1517,6 +1543,7 @@ mod tests {
                 landed: std::sync::Mutex::default(),
                 belief: std::sync::Mutex::default(),
                 violations: std::sync::Mutex::default(),
+                extend_panics: std::sync::atomic::AtomicBool::new(false),
             })
         }
 
@@ -1547,6 +1574,9 @@ mod tests {
             .lock()
             .unwrap();
             tokio::time::sleep(delay).await;
+            if kind == "extend" && self.extend_panics.load(Ordering::SeqCst) {
+                panic!("the backend's extend panicked");
+            }
             let now = Instant::now();
             *self.end.lock().unwrap() = Some(now + ttl);
             self.landed.lock().unwrap().push((kind, ttl, now));
@@ -1679,6 +1709,43 @@ mod tests {
             "a renewal after the dropped extend used another TTL: {after:?}"
         );
         assert!(held.is_held());
+        held.release().await.expect("release");
+    }
+
+    /// Review of the one-request-per-lease turn: a renewal that came due while an extend
+    /// held the turn only scheduled the lease's expiry, counting on the extend to schedule
+    /// the next renewal — which a backend's panic (or the extend's runtime shutting down,
+    /// or a waiter handed the turn and dropped) never did: the lease went unrenewed and was
+    /// reported expired. Now a skipped renewal looks again soon.
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_skipped_behind_an_extend_that_never_finished_goes_out_later() {
+        let server = Server::new(Duration::from_millis(300), Duration::ZERO);
+        let held = Arc::new(server.grant(Duration::from_secs(3)));
+        // Renewals are due a third of the way: the extend is in flight at 1 s.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        server.extend_panics.store(true, Ordering::SeqCst);
+        let extending = {
+            let held = Arc::clone(&held);
+            tokio::spawn(async move { held.extend(Duration::from_secs(3)).await })
+        };
+        assert!(extending.await.is_err_and(|e| e.is_panic()), "the extend panicked");
+        server.extend_panics.store(false, Ordering::SeqCst);
+        server.watch_for(Duration::from_secs(5)).await;
+        assert!(
+            held.is_held(),
+            "the lease was not renewed after the extend's panic: {:?}",
+            held.status()
+        );
+        assert!(
+            server
+                .landed
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(kind, _, _)| *kind == "renew"),
+            "no renewal landed"
+        );
+        let held = Arc::try_unwrap(held).unwrap_or_else(|_| panic!("the extend's task still holds the lease"));
         held.release().await.expect("release");
     }
 

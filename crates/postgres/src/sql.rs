@@ -94,21 +94,24 @@ WHERE n.nspname = $1 AND c.relname = ANY($2) AND a.attnum > 0 AND NOT a.attisdro
 
 /// What the connected role may do with the relations named `$2` (a `text[]`) in schema
 /// `$1`, one row per table found: `(table, all of SELECT/INSERT/UPDATE/DELETE on it,
-/// USAGE on the schema, the sequence it owns (the `waiters` ticket's) or NULL, USAGE on
-/// that sequence, current_user)`. By OID, not by name: a name lookup in a schema without
+/// USAGE on the schema, the sequence it owns (the `waiters` ticket's) or NULL, USAGE or
+/// UPDATE on that sequence (either lets `nextval` run; `has_sequence_privilege` with a
+/// list answers "any of"), current_user)`. `pg_depend` is searched by its index
+/// (`refclassid`, `refobjid`): this runs on every new connection. By OID, not by name: a name lookup in a schema without
 /// `USAGE` fails before it can say so. See [`missing_grants`].
 pub(crate) const PRIVILEGES_FOUND: &str = "SELECT c.relname::text,
        has_table_privilege(c.oid, 'SELECT') AND has_table_privilege(c.oid, 'INSERT')
          AND has_table_privilege(c.oid, 'UPDATE') AND has_table_privilege(c.oid, 'DELETE'),
        has_schema_privilege(n.oid, 'USAGE'),
-       seq.relname::text, coalesce(has_sequence_privilege(seq.oid, 'USAGE'), true),
+       seq.relname::text, coalesce(has_sequence_privilege(seq.oid, 'USAGE, UPDATE'), true),
        current_user::text
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN LATERAL (
     SELECT s.oid, s.relname FROM pg_catalog.pg_depend d
     JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S'
-    WHERE d.refobjid = c.oid AND d.classid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i')
+    WHERE d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = c.oid
+      AND d.classid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i')
     LIMIT 1
 ) seq ON true
 WHERE n.nspname = $1 AND c.relname = ANY($2) AND c.relkind IN ('r', 'p')";
