@@ -57,18 +57,24 @@ async fn eight_clients_connecting_at_once_to_a_fresh_database_all_succeed() {
 
 /// The SQL block under "The tables, for teams that manage schemas themselves".
 fn documented_sql() -> String {
+    // The block that makes the tables (the section also shows the grants a role needs).
+    sql_block_after("## The tables, for teams that manage schemas themselves", "BEGIN;")
+}
+
+/// The first ```sql block of docs/backends/postgres.md after the text `after` whose
+/// first line starts with `starting`.
+fn sql_block_after(after: &str, starting: &str) -> String {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/backends/postgres.md"))
         .expect("docs/backends/postgres.md");
     let section = doc
-        .split("## The tables, for teams that manage schemas themselves")
+        .split(after)
         .nth(1)
-        .expect("the section");
-    // The block that makes the tables (the section also shows the grants a role needs).
+        .unwrap_or_else(|| panic!("no `{after}` in the docs"));
     let block = section
         .split("```sql\n")
         .skip(1)
-        .find(|b| b.starts_with("BEGIN;"))
-        .expect("an sql block that makes the tables");
+        .find(|b| b.starts_with(starting))
+        .unwrap_or_else(|| panic!("no sql block starting `{starting}` after `{after}`"));
     block.split("```").next().unwrap().to_owned()
 }
 
@@ -98,16 +104,7 @@ async fn the_documented_sql_makes_tables_a_dml_only_role_can_use() {
     server.psql(&doc); // idempotent
                        // The role gets exactly the documented grants (a new-user trial's role, given the
                        // grants an earlier text listed, lacked USAGE on the schema).
-    let grants = {
-        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/backends/postgres.md"))
-            .expect("docs/backends/postgres.md");
-        let after = doc
-            .split("the role then needs exactly these grants")
-            .nth(1)
-            .expect("the grants");
-        let block = after.split("```sql\n").nth(1).expect("an sql block");
-        block.split("```").next().unwrap().to_owned()
-    };
+    let grants = sql_block_after("the role then needs exactly these grants", "GRANT");
     server.psql(
         "CREATE ROLE app LOGIN;
          REVOKE CREATE ON DATABASE postgres FROM PUBLIC;
@@ -140,14 +137,7 @@ async fn the_documented_sql_makes_tables_a_dml_only_role_can_use() {
 
 /// The SQL block under "Elections" in the same section.
 fn documented_election_sql() -> String {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/backends/postgres.md"))
-        .expect("docs/backends/postgres.md");
-    let section = doc
-        .split("### Elections, for teams that manage schemas themselves")
-        .nth(1)
-        .expect("the elections section");
-    let block = section.split("```sql\n").nth(1).expect("an sql block");
-    block.split("```").next().unwrap().to_owned()
+    sql_block_after("### Elections, for teams that manage schemas themselves", "BEGIN;")
 }
 
 /// Review (helper 131): `PgElection::connect` ran `CREATE TABLE IF NOT EXISTS` and
