@@ -538,13 +538,9 @@ mod tests {
         published
     }
 
-    /// A watch that starts again at an older revision (the one before the fresh read
-    /// failed) replays events the copy already holds. Replayed onto a copy made at 13, the
-    /// delete at 11 of A's *previous* key under the same name removed A's live key (12),
-    /// the feed published C (13), and the replayed put of A's key was refused as a lower
-    /// term: the observer reported C for A's whole tenure.
-    #[test]
-    fn events_the_copy_already_holds_change_nothing() {
+    /// The copy a fresh read at revision 13 makes: A's key (created at 12) leads, C's
+    /// (13) waits; and a feed at that state.
+    fn read_at_13() -> (Seats, ObserverFeed) {
         let mut seats = Seats {
             rev: 13,
             ..Seats::default()
@@ -552,6 +548,17 @@ mod tests {
         seats.put(EA, 12, b"a");
         seats.put(C, 13, b"c");
         let feed = ObserverFeed::new(seats.lowest());
+        (seats, feed)
+    }
+
+    /// A watch that starts again at an older revision (the one before the fresh read
+    /// failed) replays events the copy already holds. Replayed onto a copy made at 13, the
+    /// delete at 11 of A's *previous* key under the same name removed A's live key (12),
+    /// the feed published C (13), and the replayed put of A's key was refused as a lower
+    /// term: the observer reported C for A's whole tenure.
+    #[test]
+    fn events_the_copy_already_holds_change_nothing() {
+        let (mut seats, feed) = read_at_13();
         assert_eq!(feed.current(), leader(b"a", 12));
         let published = apply(&mut seats, &feed, &history());
         assert_eq!(
@@ -589,13 +596,7 @@ mod tests {
     /// before.
     #[test]
     fn one_revision_is_published_once() {
-        let mut seats = Seats {
-            rev: 13,
-            ..Seats::default()
-        };
-        seats.put(EA, 12, b"a");
-        seats.put(C, 13, b"c");
-        let feed = ObserverFeed::new(seats.lowest());
+        let (mut seats, feed) = read_at_13();
         assert_eq!(apply(&mut seats, &feed, &[delete(EA, 14), delete(C, 14)]), 1);
         assert_eq!(feed.current(), None);
         assert_eq!(seats.rev, 14);
