@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::task_slot::TaskSlot;
+use crate::task_slot::{self, TaskSlot};
 
 /// The registered deadlines, and whether the task that fires them runs.
 #[derive(Default)]
@@ -99,15 +99,7 @@ impl Deadlines {
             (key, state.firing.start())
         };
         if let Some(task) = task {
-            // Made here, not in the task's body: a task dropped before its first poll
-            // (its runtime dropped at once) never runs its body, and must free its slot
-            // too. Spawned after the state's lock is let go: a runtime shutting down
-            // drops the task at once, and its guard then takes that lock.
-            let slot = scopeguard::guard(Arc::downgrade(self), move |d| {
-                if let Some(d) = d.upgrade() {
-                    d.state().firing.end(task);
-                }
-            });
+            let slot = task_slot::ends_with_its_task(self, task, |d: &Deadlines, task| d.state().firing.end(task));
             runtime.spawn(fire_due(Arc::downgrade(self), task, slot));
         }
         Some((signal, Registered { deadlines: self, key }))

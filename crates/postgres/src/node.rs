@@ -1232,12 +1232,9 @@ impl PgNode {
                 self.inner.waiters.keeper_ended(task);
                 return notify;
             };
-            // Frees the keeper's slot however the task ends — also when its future is
-            // dropped with its runtime, before or after its first poll (see `TaskSlot`).
-            let slot = scopeguard::guard(Arc::downgrade(&self.inner), move |inner| {
-                if let Some(inner) = inner.upgrade() {
-                    inner.waiters.keeper_ended(task);
-                }
+            // Frees the keeper's slot however the task ends (see `TaskSlot`).
+            let slot = crate::task_slot::ends_with_its_task(&self.inner, task, |inner: &NodeInner, task| {
+                inner.waiters.keeper_ended(task)
             });
             let weak = Arc::downgrade(&self.inner);
             let poll = self.inner.cfg.poll;

@@ -50,6 +50,24 @@ impl TaskSlot {
     }
 }
 
+/// What a task of a slot holds, to be moved into its future when it is spawned: dropped
+/// with the future — at its end, when its runtime drops it, also before its first poll —
+/// it calls `end(owner, task)` if `owner` still lives. Made before the spawn, not in the
+/// task's body (a future dropped unpolled never runs its body), and spawned after the
+/// lock of the slot's state is let go (a runtime shutting down drops the task at once,
+/// and `end` takes that lock).
+pub(crate) fn ends_with_its_task<T: Send + Sync + 'static>(
+    owner: &std::sync::Arc<T>,
+    task: u64,
+    end: fn(&T, u64),
+) -> impl Send + 'static {
+    scopeguard::guard(std::sync::Arc::downgrade(owner), move |owner| {
+        if let Some(owner) = owner.upgrade() {
+            end(&owner, task);
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
