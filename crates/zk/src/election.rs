@@ -2,7 +2,7 @@
 //! lowest leads — the recipe of the ZooKeeper docs and Curator's `LeaderLatch`.
 //!
 //! The seat of election `NAME` is the lock on key `election.NAME`: candidates queue as
-//! ephemeral sequential nodes `lock-GRANT-SEQ` under its node, the lowest leads, and the
+//! ephemeral sequential nodes `lock-GRANT-lock-SEQ` under its node, the lowest leads, and the
 //! term is the leader node's creation zxid (the lock's token). The leader's value is the
 //! data of its own node (`v` + value; empty until written), so "my grant" is built in: a
 //! proclaim writes our node by its path, which carries our grant id, and fails with
@@ -183,12 +183,8 @@ async fn read_lowest(
     // Every sequenced child, whatever library made it, as the lock orders them
     // (`queue::position`): a Curator or kazoo lock node on the seat holds it, and skipping
     // it named the candidate waiting behind it as leader.
-    let mut queue: Vec<(i64, String)> = children
-        .into_iter()
-        .filter_map(|c| names::sequence(&c).map(|s| (s, c)))
-        .collect();
-    queue.sort();
-    for (_, child) in queue {
+    // Oldest first across the sequence counter's wrap, as there.
+    for child in names::queue_order(children) {
         let path = format!("{dir}/{child}");
         let read = match watches.as_deref_mut() {
             Some(w) => client.get_and_watch_data(&path).await.map(|(data, stat, watcher)| {

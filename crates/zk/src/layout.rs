@@ -7,10 +7,11 @@
 //! | `curator` | `CHROOT/KEY` (key = a path, as given) | `_c_UUID-lock-SEQ` (Curator `InterProcessMutex` with protection) | Curator |
 //! | `kazoo` | `CHROOT/KEY` (as given) | `HEX__lock__SEQ` (kazoo `Lock`) | kazoo, and Curator only by accident of string order — do not mix those two |
 //!
-//! In every layout fencelock orders **every** child whose name ends in a 10-digit sequence
-//! number ([`crate::names::sequence`]), so it never ignores a foreign contender. The default
-//! layout refuses to queue beside kazoo's `__lock__`/`__rlock__` nodes (kazoo, unless told
-//! otherwise, does not see ours); see `docs/interop-zookeeper.md`.
+//! In every layout fencelock orders **every** child whose name ends in a sequence number
+//! ([`crate::names::sequence`]: 10 characters, 11 after the counter wrapped), so it never
+//! ignores a foreign contender. The default layout refuses to queue beside kazoo's
+//! `__lock__`/`__rlock__` nodes (kazoo, unless told otherwise, does not see ours); see
+//! `docs/interop-zookeeper.md`.
 //!
 //! Sources of the peers' rules (read for the facts, checked by `tests/interop_*.rs` against
 //! the real clients): Curator 5.4 `StandardLockInternalsDriver.fixForSorting` (the text after
@@ -24,7 +25,7 @@ use std::str::FromStr;
 use fencelock_core::{GrantId, Guarantees, LockError, Result};
 
 use crate::lock::GUARANTEES;
-use crate::names::{key_dir, refused_by_zookeeper, sequence};
+use crate::names::{key_dir, refused_by_zookeeper, split_sequence};
 
 /// What the backend promises in the `curator` and `kazoo` layouts: the same, with what
 /// sharing the lock with a peer library changes spelled out.
@@ -168,10 +169,7 @@ impl FromStr for ZkLayout {
 
 /// A kazoo `Lock`/`ReadLock` contender: `…__lock__` or `…__rlock__` and the sequence.
 fn is_kazoo_node(name: &str) -> bool {
-    sequence(name).is_some() && {
-        let stem = &name[..name.len() - 10];
-        stem.ends_with("__lock__") || stem.ends_with("__rlock__")
-    }
+    split_sequence(name).is_some_and(|(stem, _)| stem.ends_with("__lock__") || stem.ends_with("__rlock__"))
 }
 
 /// A 32-hex grant id written as a UUID (8-4-4-4-12), as Curator's protection prefix is;

@@ -19,7 +19,7 @@ use zookeeper_client::{Acls, CreateMode, EventType, WatchedEvent};
 use crate::cleanup;
 use crate::config::ZkConfig;
 use crate::error::{failed, outcome_unknown, refused_name, timed_out};
-use crate::names::{find_ours, sequence};
+use crate::names::{find_ours, queue_order};
 use crate::session::Session;
 use crate::waiting::{named_marker, WaitingSlot, WaitingUse};
 
@@ -317,8 +317,8 @@ pub(crate) async fn position(q: &Queued) -> Result<Position> {
     // The message names the server's path (chroot included): the one a peer is given.
     let server_path = format!("{}{}", q.cfg.chroot.trim_end_matches('/'), q.dir);
     q.cfg.layout.check_neighbours(&server_path, &children)?;
-    children.retain(|c| sequence(c).is_some());
-    children.sort_by_key(|c| sequence(c).unwrap_or(i64::MAX));
+    // Oldest first, across the sequence counter's wrap (`names::queue_order`).
+    children = queue_order(children);
     let Some(at) = children.iter().position(|c| *c == q.name) else {
         return Err(node_gone());
     };
