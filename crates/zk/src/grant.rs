@@ -58,7 +58,9 @@ pub(crate) fn lease(key: &str, opts: &LockOptions, mut q: Queued, confirmed_at: 
         options: *opts,
         ops: ops.clone(),
     });
-    let _ = ops.registration.set(q.session.locks.register(lease.reporter()));
+    // With the session's state now: a disconnect handled before the registration leaves
+    // the lease `Suspended`, not `Held`.
+    let _ = ops.registration.set(q.session.register(lease.reporter()));
     tracing::debug!(key, %token, "granted");
     lease
 }
@@ -261,5 +263,66 @@ impl LeaseOps for ZkGrant {
     /// closes the session.
     fn cleanup(&self) -> Option<CleanupGuard> {
         Some(self.session.cleanups.start())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+    use std::time::Duration;
+
+    use fencelock_core::{LeaseState, LockOptions};
+    use fencelock_testkit::proxy::{FaultProxy, Mode};
+    use fencelock_testkit::until::until;
+    use fencelock_testkit::zk_server::ZkEnsemble;
+
+    use super::*;
+    use crate::queue::{enqueue, Pending};
+
+    /// A lease made after the session monitor handled a disconnect reads `Suspended`, as
+    /// every lease of a disconnected session does (a review: it was registered `Held`, and
+    /// the monitor, which had told the registered leases already, never told it). Made
+    /// deterministic by a first lease, registered before the disconnect: once it reads
+    /// `Suspended`, the monitor has handled the disconnect.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lease_made_while_disconnected_reads_suspended() {
+        let zk = ZkEnsemble::standalone();
+        drop(crate::ZkLock::connect(&zk.url("/grant-test", "")).await.unwrap()); // the chroot
+        let proxy = FaultProxy::start(zk.port(0)).await;
+        let url = format!(
+            "zk://127.0.0.1:{}/grant-test?session_timeout=10s&timeout=1s",
+            proxy.port()
+        );
+        let cfg = Arc::new(ZkConfig::from_url(&url).unwrap());
+        let session = Session::connect(&cfg).await.unwrap();
+        let opts = LockOptions::new()
+            .with_ttl(Duration::from_secs(60))
+            .with_auto_renew(false);
+        let queued = |key: &'static str| {
+            let (session, cfg) = (Arc::clone(&session), Arc::clone(&cfg));
+            async move {
+                let dir = cfg.layout.dir(key, &cfg.chroot);
+                enqueue(&session, &cfg, key, dir, &Pending::new(), None).await.unwrap()
+            }
+        };
+        let (probe, late) = (queued("probe").await, queued("late").await);
+        let probe = lease("probe", &opts, probe, Instant::now());
+        assert_eq!(probe.status().state, LeaseState::Held);
+
+        proxy.set(Mode::Reset); // and refuses new connections: the client stays disconnected
+        until(
+            "the monitor suspended the lease registered before",
+            Duration::from_secs(10),
+            || probe.status().state == LeaseState::Suspended,
+        )
+        .await;
+        assert!(!session.is_connected());
+        let late = lease("late", &opts, late, Instant::now());
+        assert_eq!(
+            late.status().state,
+            LeaseState::Suspended,
+            "a lease made while the session is disconnected"
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use fencelock_core::batch::Batcher;
 use fencelock_core::cleanup::Cleanups;
 use fencelock_core::options::duration_text;
-use fencelock_core::{LeaseRegistry, LockError, LostReason, Result};
+use fencelock_core::{LeaseRegistry, LeaseReporter, LockError, LostReason, Result};
 use tokio::task::AbortHandle;
 use zookeeper_client::{Client, SessionState, StateWatcher};
 
@@ -205,6 +205,40 @@ impl Session {
     /// can act now (not merely live on while the client connects again).
     pub fn is_connected(&self) -> bool {
         matches!(self.states.peek_state(), SessionState::SyncConnected)
+    }
+
+    /// Registers a lease riding on this session, and gives it the session's state now: the
+    /// monitor tells registered leases of each change, and may have handled one (a
+    /// disconnect, the session's end) before this lease was registered — it would read
+    /// `Held` while disconnected, or live in an ended session. Returns the id to unregister
+    /// it with.
+    pub fn register(&self, reporter: LeaseReporter) -> u64 {
+        let id = self.locks.register(reporter.clone());
+        // Applied until the state read after it is the one applied: a change the monitor
+        // handled between our read and our report is reported again (bounded: a state
+        // that changes on every look is left to the monitor, which reports every change
+        // after the registration).
+        let mut state = self.states.peek_state();
+        for _ in 0..4 {
+            match state {
+                SessionState::Disconnected => reporter.suspended(),
+                SessionState::SyncConnected | SessionState::ConnectedReadOnly => reporter.resumed(),
+                SessionState::Expired => {
+                    reporter.lost(LostReason::Backend("zookeeper session expired".into()));
+                    break;
+                }
+                SessionState::Closed | SessionState::AuthFailed => {
+                    reporter.lost(LostReason::Backend(format!("zookeeper session ended: {state:?}")));
+                    break;
+                }
+            }
+            let now = self.states.peek_state();
+            if now == state {
+                break;
+            }
+            state = now;
+        }
+        id
     }
 
     /// The session id.
