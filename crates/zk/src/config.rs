@@ -34,6 +34,11 @@ pub struct ZkConfig {
     pub connect_timeout: Duration,
     /// Node names and lock path (issue 17): fencelock's own, or a peer library's.
     pub layout: ZkLayout,
+    /// How long the look-ups of a create whose answer was lost go on before the attempt
+    /// that sent it is told the outcome is unknown (default 60 s; at most 20 look-ups).
+    /// Not a URL option: tests shorten it to make an outage outlast it quickly.
+    #[doc(hidden)]
+    pub follow_up_budget: Duration,
     pub(crate) display: String,
 }
 
@@ -70,6 +75,7 @@ impl ZkConfig {
             timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(1),
             layout: ZkLayout::Fencelock,
+            follow_up_budget: Duration::from_secs(60),
             display: u.redacted(),
         };
         for pair in u.query() {

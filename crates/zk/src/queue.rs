@@ -1,7 +1,8 @@
 //! The queue of lock nodes under a key: taking a place (the create, with its answer
-//! followed up when lost), finding our position, and waiting for our turn by watching only
-//! our predecessor (no herd) — the recipe of ZooKeeper's documentation ("Locks", in
-//! "ZooKeeper Recipes and Solutions").
+//! followed up when lost), finding our position, and waiting for our turn by watching the
+//! three nodes before ours, our own node and at most one waiting marker (no herd: a
+//! release wakes at most three waiters) — the recipe of ZooKeeper's documentation
+//! ("Locks", in "ZooKeeper Recipes and Solutions"), extended.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -236,8 +237,10 @@ async fn make_dir(client: &zookeeper_client::Client, dir: &str) -> std::result::
 /// applied everything the leader committed before, our create included if it was), then
 /// list the key's children and look for our grant id. Found: the node is ours (returned
 /// armed, so a caller that gave up deletes it). Not found after a sync: it was never made.
-/// Retried with backoff while the look-up itself gets no answer, bounded; after that, or
-/// once the session ended, the session's end removes whatever is left.
+/// Retried with backoff while the look-up itself gets no answer, for at most
+/// [`MAX_FOLLOW_UPS`] look-ups and `cfg.follow_up_budget`; after that the attempt is told
+/// the outcome is unknown (its acquire's next create takes a new grant id), and the look-up
+/// goes on in the background ([`follow_up_late`]), which deletes the node if it was made.
 async fn follow_up(
     session: &Arc<Session>,
     cfg: &Arc<ZkConfig>,
@@ -247,21 +250,14 @@ async fn follow_up(
 ) -> Result<Queued> {
     let mut named = named;
     let mut pause = Duration::from_millis(50);
+    let budget = Instant::now() + cfg.follow_up_budget;
+    let prefix = cfg.layout.prefix(grant);
     for _ in 0..MAX_FOLLOW_UPS {
-        if !session.is_usable() {
+        if !session.is_usable() || Instant::now() >= budget {
             break;
         }
         let client = session.client()?;
-        let look = async {
-            client.sync(dir).await?;
-            let children = client.list_children(dir).await?;
-            let Some(name) = find_ours(&children, &cfg.layout.prefix(grant)) else {
-                return Ok(None);
-            };
-            let stat = client.check_stat(&format!("{dir}/{name}")).await?;
-            Ok::<_, zookeeper_client::Error>(stat.map(|s| (name, s.czxid)))
-        };
-        match tokio::time::timeout(cfg.timeout, look).await {
+        match tokio::time::timeout(cfg.timeout, look_up(&client, dir, &prefix)).await {
             Ok(Ok(Some((name, czxid)))) => {
                 tracing::debug!(%dir, %name, "a lock node whose create answer was lost was found");
                 return Ok(Queued {
@@ -287,10 +283,82 @@ async fn follow_up(
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(1));
     }
+    if !session.is_usable() {
+        return Err(LockError::Unavailable {
+            message: "the lock node's create got no answer and the session ended (with it any node it made)".into(),
+            source: None,
+        });
+    }
+    follow_up_late(session, cfg, dir, prefix);
     Err(LockError::Unavailable {
-        message: "the lock node's create got no answer and could not be looked up; the session's end removes it".into(),
+        message: "the lock node's create got no answer and could not be looked up yet; it is looked up in the \
+                  background, and deleted if it was made"
+            .into(),
         source: None,
     })
+}
+
+/// One look-up of a lost create: `sync`, list `dir`, and our node's name and czxid if a
+/// child is named `prefix` and a sequence number.
+async fn look_up(
+    client: &zookeeper_client::Client,
+    dir: &str,
+    prefix: &str,
+) -> std::result::Result<Option<(String, i64)>, zookeeper_client::Error> {
+    client.sync(dir).await?;
+    let children = client.list_children(dir).await?;
+    let Some(name) = find_ours(&children, prefix) else {
+        return Ok(None);
+    };
+    let stat = client.check_stat(&format!("{dir}/{name}")).await?;
+    Ok(stat.map(|s| (name, s.czxid)))
+}
+
+/// The most look-ups the background follow-up of a lost create makes, each at least
+/// [`LATE_PAUSE`] after the last: at least 10 minutes.
+const MAX_LATE_FOLLOW_UPS: u32 = 600;
+/// The pause between the background follow-up's look-ups.
+const LATE_PAUSE: Duration = Duration::from_secs(1);
+
+/// Goes on looking, in the background, for the node of a create whose answer was lost and
+/// whose attempt was answered without it (its grant id `prefix` is never used again), and
+/// deletes it when found: otherwise a create committed during an outage longer than
+/// [`follow_up`]'s look-ups (a quorum lost, a commit stalled — the session lives through
+/// both) stays in the live session, blocking the key for as long as the instance lives.
+///
+/// Ends when the node is found (deleted by [`cleanup::delete`]) or known never made, or
+/// when the session ends (its end deletes the node). After [`MAX_LATE_FOLLOW_UPS`]
+/// unanswered look-ups (at least 10 minutes) the session is ended — the last resort: every
+/// lease of the instance in it is lost, and its next call opens a new session.
+fn follow_up_late(session: &Arc<Session>, cfg: &Arc<ZkConfig>, dir: &str, prefix: String) {
+    let (s, cfg, dir) = (Arc::clone(session), Arc::clone(cfg), dir.to_owned());
+    // Without a runtime (a drop during shutdown) nothing runs: the session's end deletes it.
+    session.cleanups.spawn("following up a lost create", async move {
+        for _ in 0..MAX_LATE_FOLLOW_UPS {
+            tokio::time::sleep(LATE_PAUSE).await;
+            let Ok(client) = s.client() else { return };
+            if !s.is_usable() {
+                return; // the session's end deletes the node, if it was made
+            }
+            match tokio::time::timeout(cfg.timeout, look_up(&client, &dir, &prefix)).await {
+                Ok(Ok(Some((name, _)))) => {
+                    tracing::info!(%dir, %name, "deleting a lock node whose create answer was lost");
+                    cleanup::delete(&s, cfg.timeout, format!("{dir}/{name}"));
+                    return;
+                }
+                Ok(Ok(None)) | Ok(Err(zookeeper_client::Error::NoNode)) => return,
+                Ok(Err(e)) => tracing::debug!(%dir, error = %e, "looking for a lost create failed; trying again"),
+                Err(_) => tracing::debug!(%dir, "looking for a lost create got no answer; trying again"),
+            }
+        }
+        if s.is_usable() {
+            tracing::warn!(
+                %dir,
+                "a lost create could not be looked up for {MAX_LATE_FOLLOW_UPS} tries; ending the session, which deletes it"
+            );
+            s.close(cfg.timeout).await;
+        }
+    });
 }
 
 /// Where we stand in the queue, and the send instant of the listing that says so.

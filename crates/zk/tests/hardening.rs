@@ -40,6 +40,27 @@ impl Operator {
         Operator(client)
     }
 
+    /// [`Operator::connect`], tried again (bounded by `limit`) while the ensemble has no
+    /// leader yet.
+    async fn connect_when_back(ensemble: &ZkEnsemble, chroot: &str, limit: Duration) -> Operator {
+        let deadline = Instant::now() + limit;
+        loop {
+            let servers = format!("{}{chroot}", ensemble.endpoints().join(","));
+            let connecting = zookeeper_client::Client::connector()
+                .with_session_timeout(Duration::from_secs(10))
+                .connect(&servers);
+            match tokio::time::timeout(Duration::from_secs(2), connecting).await {
+                Ok(Ok(client)) => return Operator(client),
+                other => assert!(
+                    Instant::now() < deadline,
+                    "the ensemble was not back within {limit:?}: {:?}",
+                    other.map(|r| r.err())
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await; // polling, with a deadline
+        }
+    }
+
     /// The key's lock nodes, in queue order.
     async fn nodes(&self, key: &str) -> Vec<String> {
         let dir = format!("/{}", fencelock_zk::key_node(key));
@@ -278,6 +299,93 @@ async fn creates_whose_answer_is_lost_leave_no_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creates_whose_answer_is_lost_leave_no_node_on_an_ensemble() {
     creates_whose_answer_is_lost(3).await;
+}
+
+/// A create committed while its answer was lost, during an outage of the ensemble's quorum
+/// that outlasts the look-ups of its follow-up (the sessions live through it: the client's
+/// own gives up after 7/5 of its timeout without an answer): once the ensemble is back, the
+/// node is gone within seconds and another client gets the key. The look-ups used to give
+/// up and leave the node in the instance's live session, blocking the key for as long as
+/// the process lived (a review). The follow-up's budget is shortened (1 s) so a 5 s outage
+/// outlasts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_lost_in_an_outage_longer_than_its_follow_up_leaves_no_node() {
+    let ensemble = ZkEnsemble::start(3);
+    let mut proxies = Vec::new();
+    for i in 0..3 {
+        proxies.push(FaultProxy::start(ensemble.port(i)).await);
+    }
+    let hosts: Vec<String> = proxies.iter().map(|p| format!("127.0.0.1:{}", p.port())).collect();
+    let proxy = Proxies(proxies);
+    let ms = LOST_AFTER.as_millis();
+    // A session that outlives the outage on the client's side too (7/5 of 30 s).
+    let url = format!(
+        "zk://{}/outage?session_timeout=30s&timeout={ms}ms&connect_timeout={ms}ms",
+        hosts.join(",")
+    );
+    let mut cfg = fencelock_zk::ZkConfig::from_url(&url).unwrap();
+    cfg.follow_up_budget = Duration::from_secs(1);
+    let client = ZkLock::connect_with(cfg).await.unwrap();
+    let opts = LockOptions::new()
+        .with_ttl(Duration::from_secs(60))
+        .with_auto_renew(false);
+    // The key's container exists, so the held create makes a node when it is delivered.
+    let warm = ZkLock::connect(&ensemble.url("/outage", "")).await.unwrap();
+    warm.acquire("k", &opts.with_wait(SLACK))
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    warm.close().await.unwrap();
+    let op = Operator::connect(&ensemble, "/outage").await;
+
+    proxy.set_to_client(Mode::Blackhole); // the create is delivered, its answer held
+    let tried = {
+        let (client, opts) = (client.clone(), opts);
+        tokio::spawn(async move { client.try_acquire("k", &opts).await })
+    };
+    assert_eq!(op.until_nodes("k", 1, SLACK).await, 1, "the held create was committed");
+    drop(op);
+    // No quorum, and the connection cut: the create's answer is lost, and every look-up
+    // of the follow-up goes unanswered. The proxies refuse the client for the whole
+    // outage: the server left running serves reads until it notices the lost quorum.
+    ensemble.pause(0);
+    ensemble.pause(1);
+    proxy.set(Mode::Reset);
+    // The outage's length, not a synchronisation: five times the follow-up's budget.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    ensemble.resume(0);
+    ensemble.resume(1);
+    proxy.set(Mode::Pass);
+    let got = tokio::time::timeout(SLACK, tried)
+        .await
+        .expect("the try ended")
+        .unwrap();
+    assert!(got.is_err(), "a try whose create's answer was lost returned {got:?}");
+
+    // The ensemble elects a leader again and the client reconnects: a few seconds.
+    let back = Duration::from_secs(20);
+    let op = Operator::connect_when_back(&ensemble, "/outage", back).await;
+    let other = ZkLock::connect(&ensemble.url("/outage", "")).await.unwrap();
+    let deadline = Instant::now() + back;
+    loop {
+        let left = op.nodes("k").await;
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a lock node of a create whose answer was lost is still held {back:?} after the outage: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling, with a deadline
+    }
+    let lease = other
+        .try_acquire("k", &opts)
+        .await
+        .unwrap()
+        .expect("another client gets the key");
+    lease.release().await.unwrap();
 }
 
 /// One fault proxy per server, all switched together.
