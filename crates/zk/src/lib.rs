@@ -5,9 +5,11 @@
 //! **creation zxid** as the fencing token.
 //!
 //! * **Lock**: an ephemeral sequential node `CHROOT/KEYNODE/lock-GRANT-lock-SEQUENCE` under
-//!   a container node; the holder is the lowest sequence among **all** children whose names
-//!   end in a sequence number (whichever library made them). Others watch **only their
-//!   predecessor** (no herd) and look again when it goes.
+//!   a container node; the holder is the oldest sequence among **all** children whose names
+//!   end in a sequence number (whichever library made them), compared as serial numbers so
+//!   the queue runs on across the 32-bit counter's wrap. Others watch the three nodes
+//!   before their own, their own node and at most one waiting marker (no herd: a release
+//!   wakes at most three waiters), and look again when it matters.
 //! * **Layouts** ([`ZkLayout`], `?layout=`): `curator` and `kazoo` name our nodes as Curator's
 //!   `InterProcessMutex` and kazoo's `Lock` do, directly under the lock path given as the
 //!   key, so fencelock queues with them (`docs/interop-zookeeper.md`). The default layout's
@@ -18,7 +20,9 @@
 //! * **Grant id in the name**: the node's name carries the attempt's grant id, kept across
 //!   the retries of one `acquire`. When a create's answer is lost, a follow-up syncs and
 //!   lists the key's children to find the node by that id, and deletes it if its caller
-//!   gave up; a create answered late is deleted when its answer arrives.
+//!   gave up; a create answered late is deleted when its answer arrives. A follow-up that
+//!   gets no answer within its budget goes on in the background (bounded; as a last resort
+//!   it ends the session), so a node made during a long outage is deleted too.
 //! * **Token** = the node's czxid, not its sequence number: sequence numbers are counted per
 //!   parent and restart when an empty container parent is deleted and re-created, while
 //!   the zxid grows across the whole ensemble for ever.

@@ -214,8 +214,8 @@ impl DistributedLock for ZkLock {
             .await
     }
 
-    /// Takes a place in the key's queue and waits for its turn, watching only its
-    /// predecessor. A failed attempt is retried while the wait lasts with the same grant
+    /// Takes a place in the key's queue and waits for its turn, watching the three nodes
+    /// before its own, its own node and at most one waiting marker. A failed attempt is retried while the wait lasts with the same grant
     /// id, waiting for a create that is still unanswered instead of making another node.
     ///
     /// # Errors
