@@ -3,13 +3,19 @@
 //! config and data dir; kill, restart and pause any server; find the leader.
 //!
 //! `tickTime=100` so sessions can be as short as 200 ms (2 ticks) and session-expiry tests
-//! take about a second.
+//! take about a second; `syncLimit=10`, so a follower cut off from the leader goes on
+//! answering its clients (reads and pings, from its own copy) for 1 s.
+//!
+//! [`ZkEnsemble::start_cuttable`] routes the servers' links to each other through
+//! [`FaultProxy`]s, so one server can be cut off from the others while its clients still
+//! reach it ([`ZkEnsemble::cut_off`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::ports::start_on_free_ports;
 use crate::process::{tcp_exchange_to_eof as tcp_exchange, wait_until, ServerProcess};
+use crate::proxy::{FaultProxy, Mode};
 
 /// How to install ZooKeeper when it is missing.
 pub const INSTALL_HINT: &str =
@@ -26,11 +32,24 @@ struct Server {
     starts: u32,
 }
 
+/// How server `from` reaches server `to` ([`ZkEnsemble::start_cuttable`]): `from`'s
+/// zoo.cfg names these proxies as `to`'s quorum (peer) and election addresses.
+#[derive(Debug)]
+struct Link {
+    from: usize,
+    to: usize,
+    peer: FaultProxy,
+    election: FaultProxy,
+}
+
 /// A running ZooKeeper ensemble (one server: standalone).
 #[derive(Debug)]
 pub struct ZkEnsemble {
     dir: tempfile::TempDir,
     servers: Vec<Server>,
+    /// The proxied links between servers (empty unless started with
+    /// [`ZkEnsemble::start_cuttable`]).
+    links: Vec<Link>,
 }
 
 impl ZkEnsemble {
@@ -48,18 +67,92 @@ impl ZkEnsemble {
             std::path::Path::new(JAR).exists(),
             "ZooKeeper is not installed ({JAR} is missing): {INSTALL_HINT}"
         );
-        start_on_free_ports("ZooKeeper", 3 * n, |ports| Self::try_start(n, ports))
+        start_on_free_ports("ZooKeeper", 3 * n, |ports| Self::try_start(n, ports, None))
+    }
+
+    /// `n` servers (at least 2) as [`start`](Self::start), each of which reaches every
+    /// other through a [`FaultProxy`] of its own for the other's quorum (peer) port and one
+    /// for its election port: server `i`'s zoo.cfg lists the others at the proxies' ports.
+    /// [`cut_off`](Self::cut_off) then silences one server's links while its clients
+    /// still reach it.
+    ///
+    /// Call it on a multi-threaded tokio runtime (`#[tokio::test(flavor =
+    /// "multi_thread")]`): the proxies run on it while this waits for the servers.
+    ///
+    /// # Panics
+    /// On a current-thread runtime or outside one; when the servers do not start.
+    pub fn start_cuttable(n: usize) -> Self {
+        assert!(n >= 2, "a cuttable ensemble needs at least 2 servers");
+        assert!(
+            std::path::Path::new(JAR).exists(),
+            "ZooKeeper is not installed ({JAR} is missing): {INSTALL_HINT}"
+        );
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::block_in_place(|| {
+            start_on_free_ports("ZooKeeper", 3 * n, |ports| Self::try_start(n, ports, Some(&runtime)))
+        })
+    }
+
+    /// Cuts server `i` off from the others: every link from it and to it blackholes (the
+    /// connections stay open, nothing passes), as a network partition does. Its clients
+    /// still reach it: as a follower it goes on answering their reads and pings from its
+    /// own copy until it gives up on the leader (`syncLimit` ticks: 1 s here), then it
+    /// drops them and looks for a leader it cannot reach.
+    ///
+    /// Links of ZooKeeper's leader election may bypass the proxies (ZooKeeper 3.5 and
+    /// later keep only the connection the higher server id opened, and a higher id that
+    /// drops a lower one's connection connects back to the address the lower one announces
+    /// — its own, not a proxy): so a cut server may still learn who leads. It cannot follow
+    /// it: a follower connects to the leader's quorum port as its own zoo.cfg names it,
+    /// through a proxy.
+    ///
+    /// # Panics
+    /// When the ensemble was not started with [`start_cuttable`](Self::start_cuttable).
+    pub fn cut_off(&self, i: usize) {
+        self.set_links(i, Mode::Blackhole);
+    }
+
+    /// Joins server `i` to the others again (undoes [`cut_off`](Self::cut_off)).
+    ///
+    /// # Panics
+    /// When the ensemble was not started with [`start_cuttable`](Self::start_cuttable).
+    pub fn heal(&self, i: usize) {
+        self.set_links(i, Mode::Pass);
+    }
+
+    fn set_links(&self, i: usize, mode: Mode) {
+        assert!(
+            !self.links.is_empty(),
+            "the ensemble's links are not proxied: start it with ZkEnsemble::start_cuttable"
+        );
+        for l in self.links.iter().filter(|l| l.from == i || l.to == i) {
+            l.peer.set(mode);
+            l.election.set(mode);
+        }
     }
 
     /// Starts `n` servers on `ports` (client, peer and election port of server 1, then of
-    /// server 2, ...); Err(what went wrong, with the log's tail) once every server is
-    /// stopped again.
-    fn try_start(n: usize, ports: &[u16]) -> Result<Self, String> {
+    /// server 2, ...), their links proxied on `runtime` when given; Err(what went wrong,
+    /// with the log's tail) once every server is stopped again.
+    fn try_start(n: usize, ports: &[u16], runtime: Option<&tokio::runtime::Handle>) -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("fencelock-zk-")
             .tempdir()
             .expect("temp dir");
         let ports: Vec<(u16, u16, u16)> = ports.chunks_exact(3).map(|p| (p[0], p[1], p[2])).collect();
+        let mut links = Vec::new();
+        if let Some(runtime) = runtime {
+            for from in 0..n {
+                for (to, (_, peer, election)) in ports.iter().enumerate().filter(|(to, _)| *to != from) {
+                    links.push(Link {
+                        from,
+                        to,
+                        peer: runtime.block_on(FaultProxy::start(*peer)),
+                        election: runtime.block_on(FaultProxy::start(*election)),
+                    });
+                }
+            }
+        }
         let mut servers = Vec::new();
         for (i, (client, _, _)) in ports.iter().enumerate() {
             let id = i + 1;
@@ -76,6 +169,11 @@ impl ZkEnsemble {
             );
             if n > 1 {
                 for (j, (_, peer, election)) in ports.iter().enumerate() {
+                    // Another server through the proxies of the link from this one, if any.
+                    let (peer, election) = links
+                        .iter()
+                        .find(|l| l.from == i && l.to == j)
+                        .map_or((*peer, *election), |l| (l.peer.port(), l.election.port()));
                     cfg.push_str(&format!("server.{}=127.0.0.1:{peer}:{election}\n", j + 1));
                 }
             }
@@ -94,7 +192,7 @@ impl ZkEnsemble {
                 starts: 0,
             });
         }
-        let mut ensemble = ZkEnsemble { dir, servers };
+        let mut ensemble = ZkEnsemble { dir, servers, links };
         for i in 0..n {
             ensemble.spawn(i);
         }
@@ -260,6 +358,13 @@ impl ZkEnsemble {
     /// `true` when the ensemble has no servers (never: [`ZkEnsemble::start`] needs one).
     pub fn is_empty(&self) -> bool {
         self.servers.is_empty()
+    }
+
+    /// The index of a server in `follower` mode, if one answers.
+    pub fn follower(&self) -> Option<usize> {
+        (0..self.servers.len())
+            .filter(|i| self.servers[*i].process.is_some())
+            .find(|i| self.mode(*i).as_deref() == Some("follower"))
     }
 
     /// The index of the server in `leader` (or `standalone`) mode, if one answers.
