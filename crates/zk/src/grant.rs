@@ -16,14 +16,15 @@ use crate::cleanup;
 use crate::config::ZkConfig;
 use crate::error::{failed, timed_out};
 use crate::queue::{Naming, Queued};
-use crate::session::{Session, RENEW_WINDOW};
+use crate::session::{after_sync, Session, RENEW_WINDOW};
 
 /// Makes the lease of `q`, which a listing sent at `confirmed_at` found first in its queue.
 ///
-/// The validity is `min(ttl, session timeout)` from `confirmed_at`: the lock is ours from
-/// then at the latest, and the answer proves the server heard our session then, so the
-/// node lives at least a session timeout from that instant. Counting from the create
-/// instead would spend the validity on the wait.
+/// The validity is `min(ttl, ¾ session timeout)` from `confirmed_at`: the lock is ours from
+/// then at the latest, and the listing went after a `sync`, whose answer proves the
+/// *leader* held our session then ([`crate::session::proven_for`]: a follower's answer
+/// alone proves nothing), so the node lives at least that long from that instant. Counting
+/// from the create instead would spend the validity on the wait.
 ///
 /// A node that still names the instance's waiting marker (`waiting.rs`) may be removed by a
 /// waiter behind it once that marker is gone, until it is *claimed*: so the lease is valid
@@ -34,7 +35,7 @@ use crate::session::{Session, RENEW_WINDOW};
 pub(crate) fn lease(key: &str, opts: &LockOptions, mut q: Queued, confirmed_at: Instant) -> Lease {
     q.disarm();
     let naming = q.naming.get_mut().unwrap_or_else(|p| p.into_inner()).take();
-    let mut validity = opts.ttl().min(q.session.timeout());
+    let mut validity = opts.ttl().min(q.session.proven_for());
     if let Some(n) = &naming {
         validity = validity.min(n.used.valid_until().saturating_duration_since(confirmed_at));
     }
@@ -65,8 +66,11 @@ pub(crate) fn lease(key: &str, opts: &LockOptions, mut q: Queued, confirmed_at: 
     lease
 }
 
-/// Reads every node of a renewal batch in one multi-read: each answers whether the node is
-/// still there with its creation zxid.
+/// Reads every node of a renewal batch in one multi-read, sent behind one `sync` (one
+/// extra request per batch, not per lock): each answers whether the node is still there
+/// with its creation zxid, and the sync's answer that the leader held our session after
+/// the renewal's send instant (a follower cut off from the leader answers reads from its
+/// stale copy for `syncLimit` ticks while the leader expires the session).
 async fn check_nodes(session: &Session, cfg: &ZkConfig, batch: &[(String, i64)]) -> Vec<Result<bool>> {
     let client = match session.client() {
         Ok(c) => c,
@@ -78,7 +82,7 @@ async fn check_nodes(session: &Session, cfg: &ZkConfig, batch: &[(String, i64)])
             return spread_error(&failed("checking our lock nodes", &cfg.display, e), batch.len());
         }
     }
-    match tokio::time::timeout(cfg.timeout, reader.commit()).await {
+    match tokio::time::timeout(cfg.timeout, after_sync(&client, |_| reader.commit())).await {
         Ok(Ok(results)) => results
             .into_iter()
             .zip(batch)
@@ -114,7 +118,8 @@ impl ZkGrant {
             match claim(&self.session, &self.cfg, &self.path, self.czxid, version).await {
                 Ok(true) => {
                     drop(self.claim.lock().unwrap_or_else(|p| p.into_inner()).take());
-                    Ok(Some(ttl.min(self.session.timeout())))
+                    // A write: answered by the leader, a proof as a sync's.
+                    Ok(Some(ttl.min(self.session.proven_for())))
                 }
                 Ok(false) => Ok(None),
                 Err(e) => Err(e),
@@ -189,11 +194,13 @@ struct ZkGrant {
 #[async_trait]
 impl LeaseOps for ZkGrant {
     /// ZooKeeper has no per-node TTL: the node lives as long as the session, which the
-    /// client keeps alive. Extending checks that our node still exists (same czxid: not a
-    /// namesake made later): the answer proves the server heard from the session at the
-    /// send instant, so the session (and the node) lives at least a session timeout from
-    /// then. A node deleted behind our back (an operator, a session ended) is `Ok(None)`:
-    /// the lease is lost.
+    /// client keeps alive. Extending sends a `sync` and checks behind it that our node
+    /// still exists (same czxid: not a namesake made later), two requests in one round
+    /// trip: the sync's answer proves the leader held the session after the send instant,
+    /// so the session (and the node) lives at least three quarters of a session timeout
+    /// from then ([`crate::session::proven_for`]; a follower's answer alone proves
+    /// nothing). A node deleted behind our back (an operator, a session ended) is
+    /// `Ok(None)`: the lease is lost.
     async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
         let Ok(client) = self.session.client() else {
             return Ok(None);
@@ -204,8 +211,9 @@ impl LeaseOps for ZkGrant {
         if let Some(claimed) = self.claim_now(ttl).await {
             return claimed;
         }
-        match tokio::time::timeout(self.cfg.timeout, client.check_stat(&self.path)).await {
-            Ok(Ok(Some(stat))) if stat.czxid == self.czxid => Ok(Some(ttl.min(self.session.timeout()))),
+        let checked = after_sync(&client, |c| c.check_stat(&self.path));
+        match tokio::time::timeout(self.cfg.timeout, checked).await {
+            Ok(Ok(Some(stat))) if stat.czxid == self.czxid => Ok(Some(ttl.min(self.session.proven_for()))),
             Ok(Ok(_)) => Ok(None),
             Ok(Err(e)) => Err(failed("checking our lock node", &self.cfg.display, e)),
             Err(_) => Err(timed_out("checking our lock node", &self.cfg.display, self.cfg.timeout)),
@@ -213,7 +221,8 @@ impl LeaseOps for ZkGrant {
     }
 
     /// Background renewals check the node like `extend`, batched: the nodes of every lock
-    /// in the session that renews within a window are read in one multi-read request.
+    /// in the session that renews within a window are read in one multi-read request,
+    /// behind one `sync`.
     async fn renew(&self, ttl: Duration) -> Result<Option<Duration>> {
         if !self.session.is_usable() {
             return Ok(None);
@@ -231,7 +240,7 @@ impl LeaseOps for ZkGrant {
             .renewals
             .submit((self.path.clone(), self.czxid), wait, &self.session, flush)
             .await?;
-        Ok(held.then(|| ttl.min(self.session.timeout())))
+        Ok(held.then(|| ttl.min(self.session.proven_for())))
     }
 
     /// Deletes our node (its name holds our grant id and sequence number, so a later

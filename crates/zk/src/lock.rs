@@ -288,7 +288,7 @@ impl DistributedLock for ZkLock {
             if !kept_before {
                 queued.mark();
             }
-            let validity = opts.ttl().min(session.timeout());
+            let validity = opts.ttl().min(session.proven_for());
             let waited = async {
                 if kept_before {
                     // Marked once the server answered again and our node still stands: until

@@ -367,17 +367,20 @@ pub(crate) struct Position {
     pub predecessor: Option<String>,
     /// Every node before ours, oldest first.
     pub older: Vec<String>,
-    /// When the listing was sent: if we are first, the lock is ours from no later than
-    /// this, and the answer proves the server heard our session then.
+    /// When the listing was sent (behind a `sync`): if we are first, the lock is ours from
+    /// no later than this, and the sync's answer proves the leader held our session then.
     pub sent_at: Instant,
 }
 
-/// Lists the queue. `Err` when our node is gone (the session expired, or an operator
-/// deleted it).
+/// Lists the queue, behind a `sync` (one round trip: [`crate::session::after_sync`]) whose answer proves
+/// the leader held our session at `sent_at` — the grant counts from it, and a follower cut
+/// off from the leader answers a listing alone from its stale copy. `Err` when our node is
+/// gone (the session expired, or an operator deleted it).
 pub(crate) async fn position(q: &Queued) -> Result<Position> {
     let client = q.session.client()?;
     let sent_at = Instant::now();
-    let mut children = match tokio::time::timeout(q.cfg.timeout, client.list_children(&q.dir)).await {
+    let listed = crate::session::after_sync(&client, |c| c.list_children(&q.dir));
+    let mut children = match tokio::time::timeout(q.cfg.timeout, listed).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => return Err(failed("listing the queue", &q.cfg.display, e)),
         Err(_) => return Err(timed_out("listing the queue", &q.cfg.display, q.cfg.timeout)),
@@ -421,7 +424,8 @@ pub(crate) type OwnWatch = Pin<Box<dyn Future<Output = WatchedEvent> + Send>>;
 type Watch = (String, OwnWatch);
 
 /// Waits until our node is first; returns the send instant of a request answered after
-/// it was sent that proves the server heard our session then (the lease's validity counts
+/// it was sent that proves the leader held our session then (a read behind a `sync`: see
+/// [`position`]; the lease's validity counts
 /// from there, not from the create: a long wait must not eat the TTL). `validity` is the
 /// lease's (the smaller of its TTL and the session timeout); `wakeups` counts watch
 /// wake-ups.
@@ -438,7 +442,8 @@ type Watch = (String, OwnWatch);
 /// still in flight). Each release wakes at most the three waiters behind it: constant in
 /// the number of waiters, no herd.
 ///
-/// While waiting, our own node is checked every fifth of `validity` (an `exists`; at least
+/// While waiting, our own node is checked every fifth of `validity` (a `sync` and an
+/// `exists` in one round trip; at least
 /// [`MIN_CHECK_PERIOD`] apart), which keeps the last proof of our session recent: a grant
 /// on the push counts from it when it is within a quarter of `validity`, else one listing
 /// is sent at our turn.
@@ -843,9 +848,11 @@ async fn wait_for_turn(
                     }
                 }
                 Err(_) => {
-                    // Our node is still there, and the server heard our session now.
+                    // Our node is still there, and the leader held our session now (the
+                    // sync: this instant may become the grant's, see `first`).
                     let sent = Instant::now();
-                    match tokio::time::timeout(q.cfg.timeout, client.check_stat(&q.path())).await {
+                    let checked = crate::session::after_sync(&client, |c| c.check_stat(&q.path()));
+                    match tokio::time::timeout(q.cfg.timeout, checked).await {
                         Ok(Ok(Some(stat))) if stat.czxid == q.czxid => confirmed = sent,
                         Ok(Ok(_)) => return Err(node_gone()),
                         Ok(Err(e)) => return Err(failed("checking our lock node", &q.cfg.display, e)),

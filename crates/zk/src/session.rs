@@ -23,6 +23,43 @@ pub(crate) const MAX_RENEWAL_BATCH: usize = 500;
 /// the lease's TTL).
 pub(crate) const RENEW_WINDOW: Duration = Duration::from_millis(50);
 
+/// How long a proof of a session keeps it alive, counted from the proof's send instant:
+/// three quarters of the session timeout. A proof is an answer the **leader** gave (a
+/// write, or a `sync`, which the server the session is on forwards to the leader): the
+/// leader checks the session before it answers, and it alone expires sessions. The quarter
+/// left out covers how late the leader may learn of the session's activity: a follower
+/// reports the sessions it heard from at its next ping, every half `tickTime`, and the
+/// timeout is at least 2 × `tickTime` (review: with the whole timeout, the leader could
+/// expire the session up to that much before the believed end). A read answered by a
+/// follower proves nothing: a follower cut off from the leader keeps answering its
+/// clients' reads and pings for `syncLimit` ticks (10 s on a stock server) while the
+/// leader expires their sessions.
+pub(crate) fn proven_for(timeout: Duration) -> Duration {
+    timeout * 3 / 4
+}
+
+/// Sends a `sync` and then the read `read` sends, pipelined on the session's connection
+/// (one round trip to the leader, not two of the client's): the server answers a session's
+/// requests in order, so the read is answered after the sync, from a copy at least as new
+/// as the leader's when it took the sync. The read's answer once both came (the sync's
+/// error first): it was sent after the caller's send instant, so its answer is a proof
+/// from that instant ([`proven_for`]). The caller bounds it with its request timeout.
+///
+/// The sync is sent before `read` is called: requests go out when their future is made.
+pub(crate) async fn after_sync<'a, T, F>(
+    client: &'a Client,
+    read: impl FnOnce(&'a Client) -> F,
+) -> std::result::Result<T, zookeeper_client::Error>
+where
+    F: std::future::Future<Output = std::result::Result<T, zookeeper_client::Error>> + 'a,
+{
+    let synced = client.sync("/");
+    let answer = read(client);
+    let (synced, answer) = tokio::join!(synced, answer);
+    synced?;
+    answer
+}
+
 /// One session.
 pub(crate) struct Session {
     /// The client; `None` once [`Session::close`] let go of it (zookeeper-client closes the
@@ -249,6 +286,12 @@ impl Session {
     /// The negotiated session timeout.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// How long a proof of this session keeps it (and its nodes) alive from its send
+    /// instant: [`proven_for`] of the negotiated timeout.
+    pub fn proven_for(&self) -> Duration {
+        proven_for(self.timeout)
     }
 
     /// Ends the session: lets go of the client (zookeeper-client then sends

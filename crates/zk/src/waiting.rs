@@ -96,13 +96,9 @@ impl WaitingUse {
     }
 
     /// The end of a grant on a node naming the marker: the last proof + three quarters of
-    /// the timeout. The quarter left out covers how late the leader may learn of the
-    /// session's activity: a follower reports it at its next ping, every half `tickTime`,
-    /// and the timeout is at least 2 × `tickTime` (review: with the whole timeout, the
-    /// leader could expire the session — and a waiter remove the node — up to that much
-    /// before the grant's believed end).
+    /// the timeout ([`crate::session::proven_for`], which says why not the whole timeout).
     pub fn valid_until(&self) -> Instant {
-        *self.0.proof.lock().unwrap_or_else(|p| p.into_inner()) + self.0.timeout * 3 / 4
+        *self.0.proof.lock().unwrap_or_else(|p| p.into_inner()) + crate::session::proven_for(self.0.timeout)
     }
 
     /// The waiting session's timeout.

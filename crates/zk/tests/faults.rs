@@ -277,3 +277,57 @@ async fn a_waiter_whose_server_hangs_is_told_unavailable_not_timed_out() {
     faults::assert_outage_while_waiting_is_unavailable(&holder, &waiter, || ensemble.pause(0), wait, SLACK).await;
     ensemble.resume(0);
 }
+
+/// A holder whose only server is a follower cut off from the leader must not believe its
+/// lease valid once the leader has expired its session and granted the key to another.
+///
+/// The follower goes on answering the holder's reads and pings from its own copy for
+/// `syncLimit` ticks (1 s on the test ensemble) after the cut, while the leader expires the
+/// holder's 400 ms session (its last report of the session came before the cut), deletes
+/// its node and grants the key to B. A renewal that is only a read answered by that
+/// follower kept A `Held` past B's grant (review: "every way the main session proves its
+/// lease is a read").
+///
+/// B's grant is taken at the instant its `acquire` returned: later than the leader's grant
+/// by B's wake-up and listing (milliseconds), so the check is that much lenient.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_on_a_cut_off_follower_is_not_held_past_another_grant() {
+    let ensemble = ZkEnsemble::start_cuttable(3);
+    let leader = ensemble.leader().expect("a leader");
+    let follower = ensemble.follower().expect("a follower");
+    let a = ZkLock::connect(&format!(
+        "zk://127.0.0.1:{}/cut?session_timeout=400ms&timeout=300ms",
+        ensemble.port(follower)
+    ))
+    .await
+    .unwrap();
+    let b = ZkLock::connect(&format!(
+        "zk://127.0.0.1:{}/cut?session_timeout=4s",
+        ensemble.port(leader)
+    ))
+    .await
+    .unwrap();
+    let opts = LockOptions::new()
+        .with_ttl(Duration::from_secs(1))
+        .with_wait(Duration::from_secs(10))
+        .with_auto_renew(true);
+    let held_by_a = a.acquire("k", &opts).await.unwrap();
+    ensemble.cut_off(follower);
+    let cut_at = Instant::now();
+    let held_by_b = b
+        .acquire("k", &opts)
+        .await
+        .expect("the leader expires A's session and grants the key to B");
+    let granted_at = Instant::now();
+    let (a_until, a_held) = (held_by_a.valid_until(), held_by_a.is_held());
+    assert!(
+        a_until <= granted_at && !a_held,
+        "A believed its lease valid for {:?} after B's grant ({:?} after the cut; A held: {a_held})",
+        a_until.saturating_duration_since(granted_at),
+        granted_at - cut_at,
+    );
+    assert!(held_by_b.token() > held_by_a.token());
+    held_by_b.release().await.unwrap();
+    drop(held_by_a);
+    ensemble.heal(follower);
+}
