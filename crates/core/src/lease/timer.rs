@@ -14,6 +14,7 @@
 //! timer whose runtime has shut down is replaced (an id can be reused after that).
 
 use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
@@ -23,6 +24,8 @@ use tokio::time::Instant;
 
 /// Something a [`Timer`] wakes when its instant comes: it does its work (quickly: it runs
 /// on the timer task; anything slow is spawned) and schedules itself again if it needs to.
+/// A panic in [`due`](Due::due) is caught and logged (ERROR) by the timer task, which goes
+/// on; the entry is not scheduled again unless it did so before panicking.
 pub(super) trait Due: Send + Sync + 'static {
     /// The instant came.
     fn due(self: Arc<Self>);
@@ -174,7 +177,16 @@ async fn run(state: Arc<State>, _alive: AliveWhileRunning) {
         };
         for what in due {
             if let Some(what) = what.upgrade() {
-                what.due();
+                // A panic here (a metrics recorder, a tracing layer, a backend's `cleanup`)
+                // must not end this task: every lease of the runtime holds this timer and
+                // would go on scheduling into a dead one, never woken again. The entry that
+                // panicked is not scheduled again (it may do so itself, later).
+                if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| what.due())) {
+                    tracing::error!(
+                        panic = panic_message(&*panic),
+                        "a lease's timer wake-up panicked; the lease timer goes on"
+                    );
+                }
             }
         }
         match next {
@@ -187,6 +199,15 @@ async fn run(state: Arc<State>, _alive: AliveWhileRunning) {
             None => state.wake.notified().await,
         }
     }
+}
+
+/// The message a panic was raised with, when it is text.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not text)")
 }
 
 #[cfg(test)]
@@ -246,6 +267,37 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert_eq!(a.0.load(Ordering::SeqCst), 0);
         assert_eq!(timer.scheduled(), 0);
+    }
+
+    /// Review of the lease machinery (F4): a `Due` that panicked (a lease's metrics
+    /// recorder, a tracing layer, a backend's `cleanup`) ended the timer task, and every
+    /// lease already holding this timer went on scheduling into it: nothing was woken
+    /// again — the entry due with it, nor any later one. Failed before: neither fired.
+    #[tokio::test(start_paused = true)]
+    async fn a_due_that_panics_does_not_stop_the_timer() {
+        struct PanicsOnce(AtomicBool);
+        impl Due for PanicsOnce {
+            fn due(self: Arc<Self>) {
+                if self.0.swap(false, Ordering::SeqCst) {
+                    panic!("a Due panicked");
+                }
+            }
+        }
+        let timer = Timer::current().expect("in a runtime");
+        let panics: Arc<dyn Due> = Arc::new(PanicsOnce(AtomicBool::new(true)));
+        let (same, later) = (counter(), counter());
+        let start = Instant::now();
+        // Entry ids order equal instants: the panicking one first.
+        timer.schedule(Timer::entry(), start + Duration::from_secs(1), Arc::downgrade(&panics));
+        timer.schedule(Timer::entry(), start + Duration::from_secs(1), weak(&same));
+        timer.schedule(Timer::entry(), start + Duration::from_secs(2), weak(&later));
+        tokio::time::sleep_until(start + Duration::from_secs(3)).await;
+        assert_eq!(
+            (same.0.load(Ordering::SeqCst), later.0.load(Ordering::SeqCst)),
+            (1, 1),
+            "entries due with or after the panicking one never fired"
+        );
+        assert!(timer.state.alive.load(Ordering::Acquire), "the timer task ended");
     }
 
     #[test]
