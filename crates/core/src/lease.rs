@@ -181,7 +181,8 @@ struct Renewal {
     last_error: Option<String>,
     /// Renew in the background (the lock options' auto-renew).
     auto_renew: bool,
-    /// A renewal is in flight (it schedules the next wake-up when it ends).
+    /// A renewal is in flight (it schedules the next wake-up when it ends): set and
+    /// cleared only by its [`InFlight`].
     renewing: bool,
     /// After a failed renewal: when to try again, and how many failed in a row.
     retry_at: Option<Instant>,
@@ -196,6 +197,18 @@ impl Renewal {
             self.retry_at
                 .unwrap_or(self.last_sent + valid_until.saturating_duration_since(self.last_sent) / 3)
         })
+    }
+
+    /// A renewal failed with `error` and may be tried again: after a back-off that doubles
+    /// with each failure in a row (from `RENEW_RETRY_FIRST`), at most a quarter of the
+    /// validity left (until `valid_until`), at least 1 ms.
+    fn failed(&mut self, error: String, valid_until: Instant) {
+        self.failures = self.failures.saturating_add(1);
+        let backoff = RENEW_RETRY_FIRST.saturating_mul(1u32 << self.failures.min(10));
+        let now = Instant::now();
+        let left = valid_until.saturating_duration_since(now);
+        self.retry_at = Some(now + backoff.min(left / 4).max(Duration::from_millis(1)));
+        self.last_error = Some(error);
     }
 }
 
@@ -985,10 +998,10 @@ impl Due for Shared {
                     }
                     return;
                 };
-                r.renewing = true;
+                let in_flight = InFlight::start(&self, &mut r);
                 drop(r);
                 let span = tracing::debug_span!("fencelock.renew", key = %self.key, token = %self.token);
-                tokio::spawn(renew(self, turn).instrument(span));
+                tokio::spawn(renew(self, turn, in_flight).instrument(span));
             }
             _ => {
                 drop(r);
@@ -998,16 +1011,67 @@ impl Due for Shared {
     }
 }
 
+/// A background renewal in flight: [`Renewal::renewing`] is set from [`start`](Self::start)
+/// until [`answered`](Self::answered). Dropped before its answer — the backend's `renew`
+/// panicked (or something on the way to it did), or its task was dropped with its runtime —
+/// it counts as a failed renewal, tried again while validity remains as after a temporary
+/// error. (Before, `renewing` stayed set: nothing renewed the lease or scheduled its expiry
+/// again, and it ran out at its TTL without being marked lost — review of the lease
+/// machinery.)
+struct InFlight {
+    shared: Option<Arc<Shared>>,
+}
+
+impl InFlight {
+    fn start(shared: &Arc<Shared>, r: &mut Renewal) -> InFlight {
+        r.renewing = true;
+        InFlight {
+            shared: Some(Arc::clone(shared)),
+        }
+    }
+
+    /// The renewal got its answer (or gave up waiting for one): the caller applies it.
+    fn answered(mut self) {
+        if let Some(s) = self.shared.take() {
+            s.renewal().renewing = false;
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let Some(s) = self.shared.take() else { return };
+        let finished = s.finished.load(Ordering::Acquire);
+        let valid_until = s.status.borrow().valid_until;
+        {
+            let mut r = s.renewal();
+            r.renewing = false;
+            if !finished {
+                r.failed(
+                    "the renewal ended without an answer (the backend panicked)".into(),
+                    valid_until,
+                );
+            }
+        }
+        if finished {
+            return;
+        }
+        s.metrics.renewal_failed();
+        tracing::warn!(key = %s.key, token = %s.token, "a renewal ended without an answer (the backend panicked, or its runtime shut down); trying again while validity remains");
+        s.schedule_next();
+    }
+}
+
 /// One background renewal, bounded by the validity left, sent holding the lease's `turn`
 /// (taken when it was decided) until its answer is applied; then schedules the next
 /// wake-up. The TTL and the validity are read with the turn held, so an extend answered
 /// just before counts.
-async fn renew(s: Arc<Shared>, turn: OwnedMutexGuard<()>) {
+async fn renew(s: Arc<Shared>, turn: OwnedMutexGuard<()>, in_flight: InFlight) {
     let sent = Instant::now();
     let ttl = s.renewal().ttl;
     let valid_until = s.status.borrow().valid_until;
     let answer = tokio::time::timeout(valid_until.saturating_duration_since(sent), s.ops.renew(ttl)).await;
-    s.renewal().renewing = false;
+    in_flight.answered();
     if s.finished.load(Ordering::Acquire) {
         // The holder released meanwhile: the release's answer decides whether the lease
         // was held to the end. This one may say "not held" only because the release
@@ -1038,11 +1102,7 @@ async fn renew(s: Arc<Shared>, turn: OwnedMutexGuard<()>) {
             s.metrics.renewal_failed();
             let mut r = s.renewal();
             tracing::debug!(error = %e, failures = r.failures, "renewal failed; retrying while validity remains");
-            r.failures = r.failures.saturating_add(1);
-            let backoff = RENEW_RETRY_FIRST.saturating_mul(1u32 << r.failures.min(10));
-            let left = valid_until.saturating_duration_since(Instant::now());
-            r.retry_at = Some(Instant::now() + backoff.min(left / 4).max(Duration::from_millis(1)));
-            r.last_error = Some(e.to_string());
+            r.failed(e.to_string(), valid_until);
         }
         Err(_) => {
             s.metrics.renewal_failed();
@@ -1532,6 +1592,8 @@ mod tests {
         violations: std::sync::Mutex<Vec<String>>,
         /// An extend's request panics once it "landed" (a backend's bug).
         extend_panics: std::sync::atomic::AtomicBool,
+        /// The next renewal's request panics once it "landed" (a backend's bug), once.
+        renew_panics: std::sync::atomic::AtomicBool,
     }
 
     impl Server {
@@ -1544,6 +1606,7 @@ mod tests {
                 belief: std::sync::Mutex::default(),
                 violations: std::sync::Mutex::default(),
                 extend_panics: std::sync::atomic::AtomicBool::new(false),
+                renew_panics: std::sync::atomic::AtomicBool::new(false),
             })
         }
 
@@ -1576,6 +1639,9 @@ mod tests {
             tokio::time::sleep(delay).await;
             if kind == "extend" && self.extend_panics.load(Ordering::SeqCst) {
                 panic!("the backend's extend panicked");
+            }
+            if kind == "renew" && self.renew_panics.swap(false, Ordering::SeqCst) {
+                panic!("the backend's renewal panicked");
             }
             let now = Instant::now();
             *self.end.lock().unwrap() = Some(now + ttl);
@@ -1746,6 +1812,40 @@ mod tests {
             "no renewal landed"
         );
         let held = Arc::try_unwrap(held).unwrap_or_else(|_| panic!("the extend's task still holds the lease"));
+        held.release().await.expect("release");
+    }
+
+    /// Review of the lease machinery (F1): a backend whose `renew` panicked left the lease
+    /// marked as renewing, which nothing cleared: no renewal went out again, the lease ran
+    /// out at its TTL with nothing scheduled to say so — `watch()` showed it `Held` past its
+    /// validity, no `Lost`, no warning or metric, no release after the expiry (which
+    /// ZooKeeper's nodes need). Now a panicked renewal counts as a failed one: it is retried
+    /// while validity remains, as a temporary error is.
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_that_panicked_is_retried() {
+        let server = Server::new(Duration::from_millis(10), Duration::from_millis(10));
+        server.renew_panics.store(true, Ordering::SeqCst);
+        let held = server.grant(Duration::from_secs(3));
+        let watch = held.watch();
+        // The first renewal (at 1 s) panics; the validity would end at 3 s.
+        server.watch_for(Duration::from_secs(5)).await;
+        // Read what the lease tells its watchers, not `status()`, which would look itself.
+        let seen = watch.borrow().clone();
+        assert!(
+            seen.state.is_live() && seen.valid_until > Instant::now(),
+            "after the renewal's panic the lease was left {seen:?} at {:?}",
+            Instant::now()
+        );
+        assert!(
+            server
+                .landed
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(kind, _, _)| *kind == "renew"),
+            "no renewal landed after the panic"
+        );
+        assert_eq!(server.violations(), Vec::<String>::new());
         held.release().await.expect("release");
     }
 
