@@ -270,8 +270,18 @@ impl Shared {
         }
     }
 
-    /// Moves a live lease to `Lost(reason)`; returns `false` when it was not live.
+    /// Moves a live lease to `Lost(reason)`; returns `false` when it was not live, or when
+    /// the holder has released or dropped it (`finished`): then the release's answer decides
+    /// whether it was held to the end, and nothing the lease learns meanwhile is a loss — a
+    /// renewal or a dropped extend answered "not held" because the release removed the grant
+    /// first, a backend's check that ran between the release's removal and its answer, a
+    /// release sent in time and confirmed after the validity (`Ok(())`: the holder's work
+    /// ended within it). Reported anyway, `lost()` resolved and "lease lost" was logged and
+    /// counted while `release` returned `Ok`.
     fn mark_lost(&self, reason: LostReason) -> bool {
+        if self.finished.load(Ordering::Acquire) {
+            return false;
+        }
         let changed = self.status.send_if_modified(|s| {
             if s.state.is_live() {
                 s.state = LeaseState::Lost(reason.clone());
@@ -593,20 +603,24 @@ impl Lease {
         async move {
             let mut rx = shared.status.subscribe();
             loop {
-                let status = shared.refresh();
+                // Seen before it is read: a change in between wakes the `changed` below.
                 rx.borrow_and_update();
+                let status = shared.refresh();
                 match status.state {
                     LeaseState::Lost(reason) => return reason,
                     LeaseState::Released => std::future::pending::<()>().await,
                     _ => {}
                 }
+                // A release in flight: its end (`Released`) is the next change, and the
+                // validity's end is no loss any more (see `Shared::mark_lost`).
+                let releasing = shared.finished.load(Ordering::Acquire);
                 tokio::select! {
                     changed = rx.changed() => {
                         if changed.is_err() {
                             std::future::pending::<()>().await;
                         }
                     }
-                    _ = tokio::time::sleep_until(status.valid_until) => {}
+                    _ = tokio::time::sleep_until(status.valid_until), if !releasing => {}
                 }
             }
         }
@@ -711,13 +725,15 @@ impl Lease {
     /// in the background; dropping it while the request is in flight sends the release
     /// again from a background task. Either way the lease is `Released` at once.
     pub async fn release(mut self) -> Result<()> {
+        // Where the lease stood when the holder's work ended; read (an expired lease marked
+        // lost) before the lease is finished, after which nothing marks it lost.
+        let before = self.shared.refresh();
         self.finished = true;
         self.shared.stop_renewing();
         let shared = Arc::clone(&self.shared);
         let runtime = self.runtime.clone();
         let span = tracing::info_span!("fencelock.release", key = %shared.key, token = %shared.token);
         async move {
-            let before = shared.refresh();
             // Once started, a release completes: if this future is dropped while the
             // request is in flight, the guard sends it again from a background task (a
             // release only ever removes our own grant, so a repeat is harmless).
@@ -764,6 +780,8 @@ async fn send_extend(
             s.apply_validity(sent, validity, ttl);
             Ok(())
         }
+        // Not marked lost when the holder released meanwhile (this extend's future was
+        // dropped, its task goes on): see `Shared::mark_lost`.
         Ok(Ok(None)) => {
             s.mark_lost(LostReason::NotHeld);
             Err(s.lost_error(LostReason::NotHeld))
@@ -851,9 +869,7 @@ impl LeaseReporter {
     /// the release's own removal (a check that ran between the delete and its answer), and
     /// the release's answer says whether the grant was still ours.
     pub fn lost(&self, reason: LostReason) -> bool {
-        self.shared
-            .upgrade()
-            .is_some_and(|s| !s.finished.load(Ordering::Acquire) && s.mark_lost(reason))
+        self.shared.upgrade().is_some_and(|s| s.mark_lost(reason))
     }
 
     /// When the lease's validity ends unless it is renewed, while it is live and still the
@@ -1075,7 +1091,8 @@ async fn renew(s: Arc<Shared>, turn: OwnedMutexGuard<()>, in_flight: InFlight) {
     if s.finished.load(Ordering::Acquire) {
         // The holder released meanwhile: the release's answer decides whether the lease
         // was held to the end. This one may say "not held" only because the release
-        // removed the grant first (a batched renewal can go out after the release).
+        // removed the grant first (a batched renewal can go out after the release);
+        // `mark_lost` would ignore it too, but neither does it count as a failure.
         return;
     }
     match answer {
@@ -1160,7 +1177,7 @@ impl RateLimit {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     use super::*;
 
@@ -1293,10 +1310,17 @@ mod tests {
     async fn a_release_sent_in_time_and_confirmed_late_is_not_a_loss() {
         let ops = ops(Duration::from_millis(300));
         let held = lease(&ops, Instant::now(), Duration::from_millis(100));
+        let lost = tokio::spawn(held.lost());
         held.release()
             .await
             .expect("a release sent within the validity and confirmed");
-        assert_eq!(ops.releases.load(Ordering::SeqCst), 1);
+        settle().await;
+        // Nor is it reported as one meanwhile (review of the lease machinery, F2): a
+        // `lost()` waiting at the validity's end resolved `Expired`, with the "lease lost"
+        // warning, the lost-lease metric and a second release "after the expiry", while
+        // `release` said the lease was held to the end.
+        assert!(!lost.is_finished(), "reported lost: {:?}", lost.await);
+        assert_eq!(ops.releases.load(Ordering::SeqCst), 1, "released again");
     }
 
     /// A release called after the validity ran out still reports the loss.
@@ -1345,6 +1369,52 @@ mod tests {
         settle().await;
         assert_eq!(*ops.taken.lock().unwrap(), Some(false), "the report of loss was taken");
         assert!(!lost.is_finished(), "reported lost: {:?}", lost.await);
+    }
+
+    /// Review of the lease machinery (F2): an extend dropped in flight finishes in a task of
+    /// its own; when the holder releases meanwhile, that extend's answer — "not held",
+    /// because the release removed the grant first, or none before the validity's end — is
+    /// the release's doing, as for a renewal: no `lost()`, no warning, no lost-lease metric.
+    /// Failed before: `lost()` resolved (`NotHeld`, or `RenewalFailed` for the silent one)
+    /// while `release` returned `Ok`.
+    #[tokio::test(start_paused = true)]
+    async fn an_extend_answered_after_the_release_began_is_no_loss() {
+        struct Releasing {
+            released: AtomicBool,
+            silent: bool,
+        }
+        #[async_trait]
+        impl LeaseOps for Releasing {
+            async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
+                if self.silent {
+                    std::future::pending::<()>().await;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok((!self.released.load(Ordering::SeqCst)).then_some(ttl))
+            }
+            async fn release(&self) -> Result<bool> {
+                self.released.store(true, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Ok(true)
+            }
+        }
+        for (silent, validity) in [(false, Duration::from_secs(60)), (true, Duration::from_millis(100))] {
+            let ops = Arc::new(Releasing {
+                released: AtomicBool::new(false),
+                silent,
+            });
+            let held = unrenewed(ops, Instant::now(), validity);
+            let lost = tokio::spawn(held.lost());
+            let cut = tokio::time::timeout(Duration::from_millis(10), held.extend(Duration::from_secs(30))).await;
+            assert!(cut.is_err(), "the extend was meant to be cut off in flight");
+            held.release().await.expect("a release in time");
+            settle().await;
+            assert!(
+                !lost.is_finished(),
+                "silent: {silent}: the release was reported as a loss: {:?}",
+                lost.await
+            );
+        }
     }
 
     /// The reporter tells a backend how long a lease on its connection may still be
