@@ -100,9 +100,10 @@ pub enum LeaseState {
     /// `valid_until`, but the holder cannot be told if it is taken away. Stop acting if in
     /// doubt. (ZooKeeper's SUSPENDED.)
     Suspended,
-    /// Not ours any more. Final.
+    /// Not ours any more. Final: a lost lease stays `Lost` when the holder then releases or
+    /// drops it.
     Lost(LostReason),
-    /// Released by the holder (explicitly or by drop). Final.
+    /// Released by the holder (explicitly or by drop) while it was live. Final.
     Released,
 }
 
@@ -317,16 +318,20 @@ impl Shared {
         });
     }
 
-    /// Moves the lease to `Released` (the holder released or dropped it): nothing renews it
-    /// any more, and a live lease's hold ends for the metrics.
+    /// Moves a live lease to `Released` (the holder released or dropped it): nothing renews
+    /// it any more, and its hold ends for the metrics. A lost lease stays `Lost` — both are
+    /// final, and a `lost()` that had not yet seen the loss (the holder dropped the lease
+    /// right after it was lost) would otherwise find `Released` and wait forever.
     fn set_released(&self) {
         self.stop_renewing();
-        let mut was_live = false;
-        self.status.send_modify(|s| {
-            was_live = s.state.is_live();
-            s.state = LeaseState::Released;
+        let released = self.status.send_if_modified(|s| {
+            let live = s.state.is_live();
+            if live {
+                s.state = LeaseState::Released;
+            }
+            live
         });
-        if was_live {
+        if released {
             self.metrics.ended(false);
         }
     }
@@ -598,6 +603,12 @@ impl Lease {
 
     /// Resolves when the lease is lost, with the reason. Use it in a `select!` beside the
     /// work the lock protects, to stop that work.
+    ///
+    /// A lease lost before the holder releases or drops it resolves (even if the future
+    /// was first polled after the drop). A live lease that is released or dropped was not
+    /// lost: the future then **stays pending for ever** — a task spawned to wait on it
+    /// alone should be aborted when the lease is given back (or the future selected with
+    /// something that ends).
     pub fn lost(&self) -> impl Future<Output = LostReason> + Send + 'static {
         let shared = Arc::clone(&self.shared);
         async move {
@@ -1415,6 +1426,30 @@ mod tests {
                 lost.await
             );
         }
+    }
+
+    /// Review of the lease machinery (F3): `Lost` and `Released` are both final, and a lost
+    /// lease stays `Lost` when the holder then drops (or releases) it: a `lost()` that had
+    /// not yet seen the loss still resolves. Failed before: the drop overwrote `Lost` with
+    /// `Released`, and such a `lost()` waited forever.
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_lease_dropped_at_once_still_resolves_lost() {
+        let ops = ops(Duration::ZERO);
+        let held = lease(&ops, Instant::now(), Duration::from_secs(60));
+        let watch = held.watch();
+        let lost = tokio::spawn(held.lost());
+        for _ in 0..5 {
+            tokio::task::yield_now().await;
+        }
+        assert!(held.reporter().lost(LostReason::NotHeld));
+        drop(held);
+        let reason = tokio::time::timeout(Duration::from_secs(1), lost)
+            .await
+            .expect("lost() never resolved for a lease lost and then dropped")
+            .expect("the lost() task");
+        assert_eq!(reason, LostReason::NotHeld);
+        settle().await;
+        assert_eq!(watch.borrow().state, LeaseState::Lost(LostReason::NotHeld));
     }
 
     /// The reporter tells a backend how long a lease on its connection may still be

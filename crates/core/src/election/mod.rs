@@ -325,7 +325,12 @@ impl Leadership {
         self.lease.is_held()
     }
 
-    /// Resolves when the leadership is lost, with the reason.
+    /// Resolves when the leadership is lost, with the reason (see [`Lease::lost`]).
+    ///
+    /// A leadership lost before it is resigned or dropped resolves; after a resign or drop
+    /// of a live leadership the future **stays pending for ever** (nothing was lost): a task
+    /// spawned to wait on it alone should be aborted then, or the future selected with
+    /// something that ends.
     pub fn lost(&self) -> impl Future<Output = LostReason> + Send + 'static {
         self.lease.lost()
     }
