@@ -17,6 +17,14 @@ pub trait LockExt: DistributedLock {
     /// result is then [`LockError::LeaseLost`]. A release that finds the lease lost also
     /// yields that error, so `Ok` means the work ran under the lock from start to end.
     ///
+    /// # Cancel safety
+    /// Cancel safe: the lock is never left held. Dropped while it acquires, the acquire's
+    /// own cancel safety applies (nothing is held; a grant that raced with the drop is
+    /// given back in the background). Dropped while `work` runs or while the release is in
+    /// flight, `work`'s future is dropped with it, and so is the lease, which is released
+    /// in the background (counted among the client's clean-ups, which
+    /// [`close`](crate::DistributedLock::close) waits for).
+    ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> fencelock::Result<()> {
     /// use fencelock::{memory::MemoryLock, LockExt, LockOptions};

@@ -663,7 +663,16 @@ impl Lease {
     /// # Errors
     /// [`LockError::InvalidInput`] for a TTL out of range; [`LockError::LeaseLost`] as
     /// above; the backend's error when it could not be asked (the lease keeps its current
-    /// validity, or `now + ttl` if that is shorter).
+    /// validity, or `now + ttl` if that is shorter); [`LockError::Unavailable`] also when
+    /// the request in flight ahead of it (a renewal, or another `extend` of this lease) was
+    /// not answered before the validity it started with ran out — nothing was sent, and the
+    /// lease is live until that request's end says otherwise.
+    ///
+    /// # Panics
+    /// When the backend's `extend` panics: the request runs in a task of its own, and its
+    /// panic is raised again here ([`std::panic::resume_unwind`]). The lease stays
+    /// consistent: it keeps its validity (or `now + ttl` if that is shorter), and
+    /// auto-renewal goes on.
     ///
     /// # Cancel safety
     /// Cancel safe: dropping the future leaves the lease consistent. Dropped while it waits
@@ -699,7 +708,12 @@ impl Lease {
             // (no answer, an error, the future dropped): believe the shorter of the two
             // from now on, so the holder never trusts a validity the backend cut.
             shared.cap_validity(sent + ttl);
-            // An answer after the (lowered) validity could only resurrect a lapsed lease.
+            // Wait no longer than the (lowered) validity: past it the lease is lost, and an
+            // answer would only raise a belief that had run out. This bounds the wait, not
+            // when an answer can be applied: one that the task polls just after the
+            // deadline (tokio's timer is coarse, a runtime may be busy) is applied if nothing
+            // marked the lease lost meanwhile — harmless, as the backend found our grant and
+            // extended it, but not "never".
             let bound = status.valid_until.min(sent + ttl).saturating_duration_since(sent);
             let request = send_extend(Arc::clone(shared), turn, sent, ttl, bound).in_current_span();
             match tokio::spawn(request).await {
