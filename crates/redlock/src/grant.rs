@@ -12,7 +12,7 @@ use fencelock_core::{LeaseOps, Result};
 use tokio::time::Instant;
 
 use crate::error::no_quorum;
-use crate::lock::Inner;
+use crate::lock::{check_restart_delay, Inner};
 use crate::quorum::{fan_out, Bound};
 use fencelock_redis::RedisNode;
 
@@ -107,7 +107,15 @@ impl RedlockGrant {
     /// quorum confirmed (zero once those have ended).
     pub(crate) fn copies_left(&self) -> Duration {
         let (_, until) = *self.copies_until.lock().unwrap_or_else(|p| p.into_inner());
-        until.saturating_duration_since(Instant::now())
+        let left = until.saturating_duration_since(Instant::now());
+        // Never longer than the restart delay (every TTL set is checked against it; this
+        // keeps a heal within it whatever set `copies_until`).
+        let delay = self.inner.cfg.restart_delay;
+        if delay.is_zero() {
+            left
+        } else {
+            left.min(delay)
+        }
     }
 
     pub(crate) fn release_plan(&self) -> ReleasePlan {
@@ -123,11 +131,22 @@ impl RedlockGrant {
 
 #[async_trait]
 impl LeaseOps for RedlockGrant {
+    /// An explicit extend. A `ttl` longer than a non-zero `restart_delay` is refused with
+    /// [`LockError::InvalidInput`](fencelock_core::LockError::InvalidInput) before
+    /// anything is sent (as the acquire refuses it): copies that outlive the delay let a
+    /// node restarted empty vote again while they are held.
     async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
+        check_restart_delay(&self.inner.cfg, ttl)?;
         self.extend_on_quorum(ttl, false).await
     }
 
+    /// An auto-renewal: sets at most `restart_delay` (when non-zero). The lease records
+    /// an explicit extend's TTL as its renewal TTL before the extend is sent, so one this
+    /// backend refused would otherwise be the TTL renewals ask for: they renew with the
+    /// delay instead, and the validity they answer is counted from that.
     async fn renew(&self, ttl: Duration) -> Result<Option<Duration>> {
+        let delay = self.inner.cfg.restart_delay;
+        let ttl = if delay.is_zero() { ttl } else { ttl.min(delay) };
         self.extend_on_quorum(ttl, true).await
     }
 

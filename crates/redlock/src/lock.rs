@@ -81,6 +81,25 @@ pub(crate) enum Round {
     Busy(Refusal),
 }
 
+/// redlock.md: `restart_delay` must cover the longest TTL a grant's copies are set
+/// for — by the acquire, an extend or a heal — or a node restarted empty votes again
+/// while a lock it forgot is still held elsewhere (two holders). Set (non-zero), it says
+/// the nodes may lose data on restart, so a longer TTL is the caller's mistake, not a
+/// choice: refused with [`LockError::InvalidInput`]. (0 means every node runs
+/// fsync-always.)
+pub(crate) fn check_restart_delay(cfg: &RedlockConfig, ttl: Duration) -> Result<()> {
+    if !cfg.restart_delay.is_zero() && ttl > cfg.restart_delay {
+        return Err(LockError::invalid_input(format!(
+            "ttl {} is longer than restart_delay {}: a node restarted without its data \
+             would vote again while a lock it forgot is still held; use a ttl of at most \
+             restart_delay (auto-renew holds longer) or raise restart_delay (docs/backends/redlock.md)",
+            human(ttl),
+            human(cfg.restart_delay)
+        )));
+    }
+    Ok(())
+}
+
 impl RedlockLock {
     /// Builds from a `redlock://` URL and connects to every node at once, each bounded as
     /// its own connection is (twice the connect timeout and twice the response timeout,
@@ -227,20 +246,7 @@ impl RedlockLock {
                 cfg.per_node_timeout
             )));
         }
-        // redlock.md: restart_delay must cover the longest TTL, or a node restarted empty
-        // votes again while a lock it forgot is still held elsewhere (two holders). Set
-        // (non-zero), it says the nodes may lose data on restart, so a longer TTL is the
-        // caller's mistake, not a choice: refused. (0 means every node runs fsync-always.)
-        if !cfg.restart_delay.is_zero() && opts.ttl() > cfg.restart_delay {
-            return Err(LockError::invalid_input(format!(
-                "ttl {} is longer than restart_delay {}: a node restarted without its data \
-                 would vote again while a lock it forgot is still held; use a ttl of at most \
-                 restart_delay (auto-renew holds longer) or raise restart_delay (docs/backends/redlock.md)",
-                human(opts.ttl()),
-                human(cfg.restart_delay)
-            )));
-        }
-        Ok(())
+        check_restart_delay(cfg, opts.ttl())
     }
 
     /// One round of the algorithm; the caller holds a place in flight (`admission.rs`).

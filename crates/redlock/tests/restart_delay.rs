@@ -254,3 +254,59 @@ async fn a_refusal_by_restarting_and_holding_nodes_names_both() {
         "the test ran past the delay: proves nothing"
     );
 }
+
+/// The key's `PTTL` (ms) on `server`.
+fn pttl(server: &RedisServer, key: &str) -> i64 {
+    let said = server.command(&format!("PTTL {key}"));
+    let first = said.lines().next().unwrap_or_default();
+    first
+        .trim_start_matches(':')
+        .parse()
+        .unwrap_or_else(|_| panic!("PTTL said {said:?}"))
+}
+
+/// The delayed-restart rule covers extends too (review at 8d6d4ef: only acquire checked
+/// the TTL; `lease.extend(30s)` set 30 s copies on the nodes, which auto-renew then kept,
+/// so a node restarted empty voted again after the delay while they lived — two holders).
+/// The extend is refused before anything is sent, and the lease stays held, renewing
+/// copies no longer than the delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extend_longer_than_restart_delay_is_refused_and_the_lease_keeps_renewing() {
+    let delay = Duration::from_secs(2);
+    let servers = start_many(3);
+    let lock = connect(&servers, &format!("&restart_delay={}ms", delay.as_millis()))
+        .await
+        .unwrap();
+    // Fresh nodes sit out the delay first (up to about 2 s more than set).
+    let lease = lock
+        .acquire(
+            "k",
+            &opts(delay).with_auto_renew(true).with_wait(Duration::from_secs(15)),
+        )
+        .await
+        .unwrap();
+    let err = lease
+        .extend(Duration::from_secs(30))
+        .await
+        .expect_err("extend to 30s accepted with restart_delay 2s");
+    assert!(matches!(err, LockError::InvalidInput(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("30s") && text.contains("restart_delay 2s"), "{text}");
+    for s in &servers {
+        let ms = pttl(s, "fencelock:{k}:lock");
+        assert!((1..=2000).contains(&ms), "PTTL {ms} ms on {}", s.port());
+    }
+    // Held past its first TTL: auto-renew goes on, with copies no longer than the delay.
+    let first = lease.valid_until();
+    fencelock_testkit::until::until("renewed past the first TTL", Duration::from_secs(10), || {
+        lease.valid_until() > first + delay
+    })
+    .await;
+    assert!(lease.is_held(), "{:?}", lease.status());
+    for s in &servers {
+        let ms = pttl(s, "fencelock:{k}:lock");
+        assert!((1..=2000).contains(&ms), "PTTL {ms} ms on {} after renewals", s.port());
+    }
+    lease.release().await.unwrap();
+    lock.close().await.unwrap();
+}
