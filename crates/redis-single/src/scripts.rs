@@ -130,7 +130,9 @@ pub(crate) fn all() -> [&'static Lua; 10] {
 ///   with the 1 s taken off, the delay can last up to about 2 s longer than set. Being
 ///   wall-clock time, a forward step of the host's clock after the start shortens it
 ///   (the boot marker reads the same clock): start Redis once the clock is synchronised.
-/// * the **boot marker** `KEYS[marker]` (server `TIME`, ms, set when missing): data lost
+/// * the **boot marker** `KEYS[marker]` (server `TIME`, ms, set when missing, not a
+///   number, or later than now — a clock stepped back after it was written costs one
+///   delay, not the step plus the delay): data lost
 ///   without a restart (`FLUSHALL`, `FLUSHDB`, the key deleted) leaves the process old but
 ///   the marker gone, and the delay runs from the marker's setting.
 ///
@@ -157,11 +159,13 @@ local delay = tonumber(ARGV[{delay}])
 if delay > 0 then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local boot = redis.call('GET', KEYS[{marker}])
+  local boot = tonumber(redis.call('GET', KEYS[{marker}]))
   local rest = delay
-  if boot then
-    rest = delay - (now - tonumber(boot))
+  if boot and boot <= now then
+    rest = delay - (now - boot)
   else
+    -- Missing, not a number, or in the future (the clock stepped back after it was
+    -- written): a new marker, and the delay from now, not the step plus the delay.
     redis.call('SET', KEYS[{marker}], now)
   end
   if rest <= 0 then

@@ -310,3 +310,59 @@ async fn extend_longer_than_restart_delay_is_refused_and_the_lease_keeps_renewin
     lease.release().await.unwrap();
     lock.close().await.unwrap();
 }
+
+/// A boot marker in the future (the server clock stepped back after it was written, or
+/// a marker copied from another server) is treated as a missing one: the node votes
+/// again after the delay, not after the step plus the delay (review at 8d6d4ef: refused
+/// for about an hour).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_boot_marker_in_the_future_costs_one_delay_not_the_step() {
+    let delay = Duration::from_secs(2);
+    let servers = start_many(3);
+    let lock = connect(&servers, &format!("&restart_delay={}ms", delay.as_millis()))
+        .await
+        .unwrap();
+    // Past the delay once (the markers written), then every marker an hour ahead.
+    lock.acquire("warm", &opts(delay).with_wait(Duration::from_secs(15)))
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    for s in &servers {
+        let time = s.command("TIME");
+        let secs: i64 = time.lines().nth(2).unwrap().trim().parse().unwrap();
+        let said = s.command(&format!("SET fencelock:boot {}", secs * 1000 + 3_600_000));
+        assert!(said.starts_with("+OK"), "{said}");
+    }
+    let start = tokio::time::Instant::now();
+    let mut granted = None;
+    fencelock_testkit::until::until_async(
+        "granted within about the delay",
+        delay + Duration::from_secs(4),
+        async || {
+            match lock.try_acquire("k", &opts(delay)).await {
+                Ok(Some(l)) => granted = Some(l),
+                Ok(None) => panic!("held by someone else: nobody holds it"),
+                Err(e) => {
+                    assert!(matches!(e, LockError::Unavailable { .. }), "{e:?}");
+                    let waited = start.elapsed();
+                    assert!(
+                        waited < delay + Duration::from_secs(3),
+                        "still refused after {waited:?}: {e}"
+                    );
+                }
+            }
+            granted.is_some()
+        },
+    )
+    .await;
+    let lease = granted.unwrap();
+    assert!(
+        start.elapsed() < delay + Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    lease.release().await.unwrap();
+    lock.close().await.unwrap();
+}
