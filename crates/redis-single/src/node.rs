@@ -999,6 +999,9 @@ impl RedisNode {
             async move {
                 let mut invocation = LEAVE.call();
                 node.queue_keys(&mut invocation, &k);
+                if let Some(signal) = node.inner.keys.signal(&k) {
+                    invocation.key(signal); // python-redis-lock's waiters BLPOP it (see LEAVE)
+                }
                 invocation
                     .arg(&grant)
                     .arg(node.inner.keys.waiter_channels(&k))

@@ -512,6 +512,9 @@ return {{0, redis.call('PTTL', KEYS[1]), entry, now}}
 /// it, or claimed by an answer that never arrived — frees it and hands it to the next
 /// waiter, as a release does. Returns 1 when it freed the lock.
 ///
+/// KEYS[5], given only in the `python-redis-lock` layout: pushed when the lock is left
+/// free, as [`RELEASE`] does, so a python-redis-lock waiter in `BLPOP` wakes at once.
+///
 /// The waiter may not know its entry: the turn that queued it went unanswered (cut off in
 /// flight, timed out), or queued it again under a new deadline. Then its entries are
 /// found by grant id (`GRANT@…` or `GRANT|…`), every one of them: a look through the
@@ -536,7 +539,11 @@ if removed == 0 then
 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1], KEYS[4])
-  hand_off(ARGV[3], ARGV[2])
+  if not hand_off(ARGV[3], ARGV[2]) and KEYS[5] then
+    redis.call('DEL', KEYS[5])
+    redis.call('LPUSH', KEYS[5], 1)
+    redis.call('PEXPIRE', KEYS[5], 1000)
+  end
   return 1
 end
 return 0

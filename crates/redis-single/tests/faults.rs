@@ -939,3 +939,27 @@ async fn the_identity_follows_a_server_restart() {
     }
     node.close().await.unwrap();
 }
+
+/// `layout=python-redis-lock`: a waiter that gives up with the lock handed to it directly
+/// (`LEAVE`) leaves the lock free, and pushes `lock-signal:KEY` as a release does, so a
+/// python-redis-lock waiter blocked in its `BLPOP` wakes at once (review at 8d6d4ef:
+/// only the release pushed it; the Python waiter slept until its timeout). Node-level,
+/// without the Python peer: the hand-off that precedes a give-up is a race the interop
+/// harness cannot stage, so the lock is set as the hand-off leaves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_give_up_that_frees_the_lock_signals_python_redis_lock_waiters() {
+    use fencelock_redis::{RedisConfig, RedisNode};
+    let server = RedisServer::start();
+    let url = format!("{}?layout=python-redis-lock", server.url());
+    let node = RedisNode::connect(RedisConfig::from_url(&url).unwrap()).await.unwrap();
+    let said = server.command("SET lock:k g1 PX 10000");
+    assert!(said.starts_with("+OK"), "{said}");
+    node.leave_later("k", "g1", "", Duration::from_secs(5));
+    fencelock_testkit::until::until("the lock freed by the give-up", SLACK, || {
+        server.command("EXISTS lock:k").contains(":0")
+    })
+    .await;
+    let signal = server.command("LRANGE lock-signal:k 0 -1");
+    assert!(signal.starts_with("*1\r\n$1\r\n1\r\n"), "no signal pushed: {signal:?}");
+    node.close().await.unwrap();
+}
