@@ -25,7 +25,7 @@
 //! failover is tolerable (efficiency locks), or when every write goes through a fenced
 //! resource anyway. Mutual exclusion holds only while that one server stays up and keeps
 //! its data; tokens are strictly monotonic only when the server fsyncs every write and
-//! never evicts the token counter — see [`GUARANTEES`] and [`GUARANTEES_DURABLE`], chosen
+//! never evicts the token counter, and nobody deletes it (`FLUSHALL`, `FLUSHDB`, `DEL`) — see [`GUARANTEES`] and [`GUARANTEES_DURABLE`], chosen
 //! at connect time from the server's `appendonly`, `appendfsync` and `maxmemory-policy`. For strict exclusion use etcd or ZooKeeper.
 //!
 //! ```no_run

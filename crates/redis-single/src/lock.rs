@@ -33,6 +33,7 @@ pub const GUARANTEES_DURABLE: Guarantees = Guarantees {
     assumptions: &[
         "exclusive only while the one server stays up and keeps its data; a failover to an asynchronously replicated replica can grant the lock twice and reuse tokens",
         "tokens strictly increase because the server fsyncs every write (appendonly yes, appendfsync always) and never evicts the token counter, a key without a TTL (maxmemory-policy noeviction or volatile-*), both seen at connect time; changing either later breaks this",
+        "nobody deletes a token counter: an operator's FLUSHALL or FLUSHDB, or a DEL of PREFIX{KEY}:token, restarts that key's tokens at 1",
         "a volatile-* policy may still evict a held lock's key (it has a TTL) under memory pressure and grant the lock twice; only noeviction never does",
         "lock expiry runs on the server's wall clock: a clock jump there can end a lease early, and a lease's validity is the full TTL from the request's send instant on the client's clock, with no allowance for the server's clock running faster (rate drift): a server clock faster by a fraction f expires the key f × TTL before the holder's validity ends",
     ],
