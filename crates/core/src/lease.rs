@@ -653,7 +653,8 @@ impl Lease {
     /// (or another `extend`) of this lease is in flight, it waits for that answer first —
     /// bounded by the validity left, as that request is — and then sends at once (it is
     /// never held back for a batch of renewals). From its send instant on, renewals use
-    /// `ttl`. (Two requests in flight could land in the other order than they were asked;
+    /// `ttl` — unless the backend refuses it with a permanent error (say a TTL above
+    /// Redlock's `restart_delay`): then they keep the TTL they had. (Two requests in flight could land in the other order than they were asked;
     /// the server keeps the one that lands last, the holder believes the one asked last.)
     ///
     /// Fails with [`LockError::LeaseLost`] when the lease is already lost or its validity ran
@@ -703,7 +704,7 @@ impl Lease {
                 });
             };
             let sent = Instant::now();
-            shared.renewal().ttl = ttl;
+            let previous_ttl = std::mem::replace(&mut shared.renewal().ttl, ttl);
             // A shorter TTL may take effect on the backend whatever becomes of this call
             // (no answer, an error, the future dropped): believe the shorter of the two
             // from now on, so the holder never trusts a validity the backend cut.
@@ -715,7 +716,7 @@ impl Lease {
             // marked the lease lost meanwhile — harmless, as the backend found our grant and
             // extended it, but not "never".
             let bound = status.valid_until.min(sent + ttl).saturating_duration_since(sent);
-            let request = send_extend(Arc::clone(shared), turn, sent, ttl, bound).in_current_span();
+            let request = send_extend(Arc::clone(shared), turn, sent, (previous_ttl, ttl), bound).in_current_span();
             match tokio::spawn(request).await {
                 Ok(result) => result,
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
@@ -786,11 +787,14 @@ impl Lease {
 /// validity left), holding the lease's turn until then, and then schedules the next
 /// renewal. [`Lease::extend`] runs it in a task of its own, so that a dropped extend still
 /// finishes here: its request may still land, and no renewal may go out before it did.
+/// `(previous_ttl, ttl)`: the renewals' TTL before the call, restored when the backend
+/// refused the extend with a permanent error (nothing changed on the server), and the one
+/// asked for.
 async fn send_extend(
     s: Arc<Shared>,
     turn: OwnedMutexGuard<()>,
     sent: Instant,
-    ttl: Duration,
+    (previous_ttl, ttl): (Duration, Duration),
     bound: Duration,
 ) -> Result<()> {
     let result = match tokio::time::timeout(bound, s.ops.extend(ttl)).await {
@@ -810,6 +814,13 @@ async fn send_extend(
         Ok(Ok(None)) => {
             s.mark_lost(LostReason::NotHeld);
             Err(s.lost_error(LostReason::NotHeld))
+        }
+        // Refused outright (a TTL the backend does not allow, a permission): nothing
+        // changed on the server, so neither do the renewals. A temporary error keeps the
+        // new TTL: the request may have landed.
+        Ok(Err(e)) if !e.is_temporary() => {
+            s.renewal().ttl = previous_ttl;
+            Err(e)
         }
         Ok(Err(e)) => Err(e),
         Err(_) => {
@@ -1324,6 +1335,52 @@ mod tests {
         assert_eq!(*asked.0.lock().unwrap(), [Duration::from_millis(2000)]);
         assert_eq!(held.valid_until(), sent + Duration::from_millis(2000));
         assert_eq!(held.ttl(), Duration::from_millis(2000), "the renewals' TTL");
+        held.release().await.expect("release");
+    }
+
+    /// An extend the backend refused outright (a permanent error: nothing was sent, or the
+    /// server refused it) leaves the renewals' TTL as it was. Before, the TTL was set at the
+    /// send and kept: Redlock refused `extend(30s)` above its `restart_delay` with
+    /// `InvalidInput`, and every later auto-renewal asked for 30 s anyway. A temporary error
+    /// keeps the new TTL (the request may have landed; the renewals carry the caller's last
+    /// intent, as for a dropped extend).
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_extend_leaves_the_renewals_ttl_as_it_was() {
+        struct Refusing;
+        #[async_trait]
+        impl LeaseOps for Refusing {
+            async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
+                if ttl > Duration::from_secs(2) {
+                    return Err(LockError::InvalidInput("longer than the backend allows".into()));
+                }
+                if ttl > Duration::from_secs(1) {
+                    return Err(LockError::Unavailable {
+                        message: "no answer".into(),
+                        source: None,
+                    });
+                }
+                Ok(Some(ttl))
+            }
+            async fn release(&self) -> Result<bool> {
+                Ok(true)
+            }
+        }
+        let held = unrenewed(Arc::new(Refusing), Instant::now(), Duration::from_secs(1));
+        let err = held.extend(Duration::from_secs(30)).await.expect_err("refused");
+        assert!(matches!(err, LockError::InvalidInput(_)), "{err}");
+        assert_eq!(
+            held.ttl(),
+            Duration::from_secs(1),
+            "a refused extend set the renewals' TTL"
+        );
+        assert!(held.is_held());
+        let err = held.extend(Duration::from_millis(1500)).await.expect_err("no answer");
+        assert!(err.is_temporary(), "{err}");
+        assert_eq!(
+            held.ttl(),
+            Duration::from_millis(1500),
+            "a temporary error keeps the caller's TTL"
+        );
         held.release().await.expect("release");
     }
 
