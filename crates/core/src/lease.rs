@@ -283,6 +283,13 @@ impl Shared {
         if self.finished.load(Ordering::Acquire) {
             return false;
         }
+        self.end_lost(reason, true)
+    }
+
+    /// [`mark_lost`](Self::mark_lost) without its gate: for the release itself, when the
+    /// backend answers that our grant was already gone, and for a drop after the validity
+    /// ran out (`give_back: false`: the drop gives the grant back itself, once).
+    fn end_lost(&self, reason: LostReason, give_back: bool) -> bool {
         let changed = self.status.send_if_modified(|s| {
             if s.state.is_live() {
                 s.state = LeaseState::Lost(reason.clone());
@@ -295,7 +302,7 @@ impl Shared {
             self.unschedule();
             self.metrics.lost(&reason);
             tracing::warn!(target: LOST_TARGET, key = %self.key, token = %self.token, %reason, "lease lost");
-            if matches!(reason, LostReason::Expired | LostReason::RenewalFailed(_)) {
+            if give_back && matches!(reason, LostReason::Expired | LostReason::RenewalFailed(_)) {
                 // The lease lapsed: give the grant back on the backend (only ours is ever
                 // touched), so that backends whose grants do not expire by themselves —
                 // a ZooKeeper node lives as long as its session — honour the TTL too.
@@ -526,6 +533,9 @@ impl Lease {
         } else {
             tracing::debug!(key = %self.shared.key, token = %self.shared.token, "grant arrived with no validity left; given back");
         }
+        // Released, not lost (it was never handed out): the drop below then gives it back
+        // once, without the expiry's own give-back or a "lease lost" warning.
+        self.shared.set_released();
         drop(self); // releases in the background
         Err(LockError::Unavailable { message, source: None })
     }
@@ -766,6 +776,12 @@ impl Lease {
             let guard = release_guard(&shared, runtime);
             let result = shared.ops.release().await;
             guard.disarm();
+            if matches!(result, Ok(false)) {
+                // The backend no longer had our grant: the lease was lost before the
+                // release landed — `Lost`, for `watch()`, `lost()` and the metrics, as the
+                // error below says.
+                shared.end_lost(LostReason::NotHeld, false);
+            }
             shared.set_released();
             match (before.state, result) {
                 // Lost before: that is what the holder must learn, whatever the backend said.
@@ -880,6 +896,15 @@ impl Drop for Lease {
     fn drop(&mut self) {
         if self.finished {
             return;
+        }
+        // A lease whose validity ran out before the drop was lost, not released (the timer
+        // may not have marked it yet), as `release` reads it first.
+        let expired = {
+            let s = self.shared.status.borrow();
+            s.state.is_live() && Instant::now() >= s.valid_until
+        };
+        if expired {
+            self.shared.end_lost(self.shared.expiry_reason(), false);
         }
         self.shared.set_released();
         spawn_release(&self.shared, self.runtime.as_ref(), "release_on_drop");
@@ -1336,6 +1361,61 @@ mod tests {
         assert_eq!(held.valid_until(), sent + Duration::from_millis(2000));
         assert_eq!(held.ttl(), Duration::from_millis(2000), "the renewals' TTL");
         held.release().await.expect("release");
+    }
+
+    /// A lease dropped after its validity ran out, before the timer marked it, ends `Lost`
+    /// (as `release` reads it first), not `Released`: before, `lost()` stayed pending and
+    /// the metrics counted a release (review of this session's diff).
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_dropped_after_its_validity_ran_out_ends_lost() {
+        let ops = ops(Duration::from_millis(1));
+        let held = unrenewed(
+            Arc::clone(&ops) as Arc<dyn LeaseOps>,
+            Instant::now(),
+            Duration::from_millis(100),
+        );
+        let mut watch = held.watch();
+        let lost = tokio::spawn(held.lost());
+        tokio::task::yield_now().await;
+        tokio::time::advance(Duration::from_millis(150)).await;
+        drop(held);
+        let reason = tokio::time::timeout(Duration::from_secs(1), lost)
+            .await
+            .expect("lost() resolved")
+            .expect("the task");
+        assert_eq!(reason, LostReason::Expired);
+        assert_eq!(watch.borrow_and_update().state, LeaseState::Lost(LostReason::Expired));
+        settle().await;
+        assert_eq!(ops.releases.load(Ordering::SeqCst), 1, "given back once");
+    }
+
+    /// A release the backend answers "not ours any more" ends the lease `Lost(NotHeld)` —
+    /// the error says so, and so do `watch()` and `lost()`; before, the state was
+    /// `Released` and a `lost()` waiting on it never resolved.
+    #[tokio::test(start_paused = true)]
+    async fn a_release_that_finds_the_grant_gone_ends_lost() {
+        struct Gone;
+        #[async_trait]
+        impl LeaseOps for Gone {
+            async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
+                Ok(Some(ttl))
+            }
+            async fn release(&self) -> Result<bool> {
+                Ok(false)
+            }
+        }
+        let held = unrenewed(Arc::new(Gone), Instant::now(), Duration::from_secs(10));
+        let watch = held.watch();
+        let lost = tokio::spawn(held.lost());
+        tokio::task::yield_now().await;
+        let err = held.release().await.expect_err("not held");
+        assert!(err.is_lease_lost(), "{err}");
+        let reason = tokio::time::timeout(Duration::from_secs(1), lost)
+            .await
+            .expect("lost() resolved")
+            .expect("the task");
+        assert_eq!(reason, LostReason::NotHeld);
+        assert_eq!(watch.borrow().state, LeaseState::Lost(LostReason::NotHeld));
     }
 
     /// An extend the backend refused outright (a permanent error: nothing was sent, or the
