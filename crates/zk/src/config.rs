@@ -16,7 +16,7 @@ use crate::layout::ZkLayout;
 /// | part | default | meaning |
 /// |---|---|---|
 /// | `/CHROOT` | `/fencelock` | every lock lives under it: `CHROOT/KEYNODE/lock-GRANT-lock-SEQUENCE` in the default layout, `CHROOT/KEY/…` (the key a path, as given) in the `curator` and `kazoo` layouts; a bare `/` is the root, for those two layouts only |
-/// | `session_timeout` | `10s` | the session's timeout: plays the TTL's role — how long after this process dies or is cut off its locks are freed: at least the server's `minSessionTimeout` (2 ticks by default), or connecting fails with [`LockError::InvalidConfig`] naming it; above `maxSessionTimeout` (20 ticks) the server lowers it and leases are valid for what it granted |
+/// | `session_timeout` | `10s` | the session's timeout: plays the TTL's role — how long after this process dies or is cut off its locks are freed: at least the server's `minSessionTimeout` (2 ticks by default), or connecting fails with [`LockError::InvalidConfig`] naming it; above `maxSessionTimeout` (20 ticks) the server lowers it; a lease is valid for at most ¾ of the timeout the server granted (a proof of the session through the leader keeps its nodes that long: docs/backends/zookeeper.md) |
 /// | `timeout` | `2s` | the longest wait for one request |
 /// | `connect_timeout` | `1s` | the longest wait for a connection to one server |
 /// | `layout` | `fencelock` | the node names: `fencelock`, `curator` (Curator's `InterProcessMutex`), `kazoo` (kazoo's `Lock`) — see [`ZkLayout`] and `docs/interop-zookeeper.md` |

@@ -361,7 +361,7 @@ impl DistributedLock for ZkLock {
         if !session.cleanups.idle(cfg.timeout * 2).await {
             tracing::debug!("clean-ups still running at close; the session's end finishes them");
         }
-        if session.close(cfg.timeout).await {
+        if session.close("the client closed it", cfg.timeout).await {
             Ok(())
         } else {
             Err(LockError::Unavailable {

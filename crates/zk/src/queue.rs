@@ -356,7 +356,7 @@ fn follow_up_late(session: &Arc<Session>, cfg: &Arc<ZkConfig>, dir: &str, prefix
                 %dir,
                 "a lost create could not be looked up for {MAX_LATE_FOLLOW_UPS} tries; ending the session, which deletes it"
             );
-            s.close(cfg.timeout).await;
+            s.close("the session was ended to delete a lost create's node", cfg.timeout).await;
         }
     });
 }

@@ -294,12 +294,15 @@ impl Session {
         proven_for(self.timeout)
     }
 
-    /// Ends the session: lets go of the client (zookeeper-client then sends
-    /// `closeSession`, and the server deletes every ephemeral node of the session at once)
-    /// and waits up to `limit` for the client to report it closed. Requests still in
-    /// flight keep their own handle until they finish (each is bounded by the request
-    /// timeout).
-    pub async fn close(&self, limit: Duration) -> bool {
+    /// Ends the session: first tells every lease of it lost, for `why` (the server deletes
+    /// their nodes when the close lands, and another client may be granted at once —
+    /// before the client reports `Closed` to the monitor, which would tell them too late),
+    /// then lets go of the client (zookeeper-client then sends `closeSession`, and the
+    /// server deletes every ephemeral node of the session at once) and waits up to `limit`
+    /// for the client to report it closed. Requests still in flight keep their own handle
+    /// until they finish (each is bounded by the request timeout).
+    pub async fn close(&self, why: &str, limit: Duration) -> bool {
+        self.locks.lost_all(&LostReason::Backend(why.to_owned()));
         let client = self.client.lock().unwrap_or_else(|p| p.into_inner()).take();
         drop(client);
         until_ended(self.states.clone(), limit).await
@@ -367,6 +370,48 @@ mod tests {
         assert!(matches!(e, LockError::Unavailable { .. }), "{e}");
         assert!(e.is_temporary(), "{e}");
         assert!(e.to_string().contains("refused the connection"), "{e}");
+    }
+
+    /// A session this client ends itself tells its leases lost before the close is sent,
+    /// not when the client reports it closed: the late follow-up's last resort (ending the
+    /// session to delete a lost create's node) did not, so a lease read `Held` while the
+    /// server had deleted its node and could grant the key to another client (review). Here
+    /// the server is paused, so the close is never answered: before, the lease still read
+    /// held after `close` gave up waiting.
+    #[tokio::test]
+    async fn a_session_ended_by_this_client_tells_its_leases_lost_first() {
+        let zk = fencelock_testkit::zk_server::ZkEnsemble::standalone();
+        let lock = crate::ZkLock::connect(&format!("zk://127.0.0.1:{}?session_timeout=10s", zk.port(0)))
+            .await
+            .unwrap();
+        let lease = fencelock_core::DistributedLock::acquire(
+            &lock,
+            "k",
+            &fencelock_core::LockOptions::new().with_ttl(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap();
+        let session = lock.session().await.unwrap();
+        zk.pause(0);
+        let closed = session
+            .close(
+                "ending the session to delete a lost create's node",
+                Duration::from_millis(200),
+            )
+            .await;
+        zk.resume(0);
+        assert!(!closed, "a paused server answered the close");
+        assert!(
+            !lease.is_held(),
+            "the lease read {:?} after its session was ended",
+            lease.status()
+        );
+        match lease.status().state {
+            fencelock_core::LeaseState::Lost(fencelock_core::LostReason::Backend(why)) => {
+                assert!(why.contains("lost create"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     /// With several servers, one that refuses is skipped for the next.
