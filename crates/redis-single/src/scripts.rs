@@ -174,9 +174,14 @@ if delay > 0 then
       return redis.error_reply('NOPERM restart_delay is set and needs INFO on this node (ACL: +info): ' .. tostring(info.err))
     end
     local at = string.find(info, 'uptime_in_seconds:', 1, true)
-    local up = at and tonumber(string.match(info, '^%d+', at + 18))
+    local up = at and tonumber(string.match(info, '^-?%d+', at + 18))
     if not up then
       return redis.error_reply('restart_delay: INFO server gave no uptime_in_seconds')
+    end
+    -- Redis counts uptime on the wall clock: negative after the clock stepped back past
+    -- the process's start. Refused (not a script error) until it has run for the delay.
+    if up < 0 then
+      up = 0
     end
     rest = delay - (up - 1) * 1000
   end

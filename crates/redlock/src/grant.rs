@@ -12,7 +12,7 @@ use fencelock_core::{LeaseOps, Result};
 use tokio::time::Instant;
 
 use crate::error::no_quorum;
-use crate::lock::{check_restart_delay, Inner};
+use crate::lock::{check_ttl, Inner};
 use crate::quorum::{fan_out, Bound};
 use fencelock_redis::RedisNode;
 
@@ -131,19 +131,20 @@ impl RedlockGrant {
 
 #[async_trait]
 impl LeaseOps for RedlockGrant {
-    /// An explicit extend. A `ttl` longer than a non-zero `restart_delay` is refused with
+    /// An explicit extend. A `ttl` the acquire would refuse is refused with
     /// [`LockError::InvalidInput`](fencelock_core::LockError::InvalidInput) before
-    /// anything is sent (as the acquire refuses it): copies that outlive the delay let a
-    /// node restarted empty vote again while they are held.
+    /// anything is sent (the lease keeps its TTL): longer than a non-zero `restart_delay`
+    /// (copies that outlive the delay let a node restarted empty vote again while they are
+    /// held), or at or below 2 × `per_node_timeout` + drift (no answer could leave any
+    /// validity: the lease would be reported lost).
     async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
-        check_restart_delay(&self.inner.cfg, ttl)?;
+        check_ttl(&self.inner.cfg, ttl)?;
         self.extend_on_quorum(ttl, false).await
     }
 
-    /// An auto-renewal: sets at most `restart_delay` (when non-zero). The lease records
-    /// an explicit extend's TTL as its renewal TTL before the extend is sent, so one this
-    /// backend refused would otherwise be the TTL renewals ask for: they renew with the
-    /// delay instead, and the validity they answer is counted from that.
+    /// An auto-renewal: sets at most `restart_delay` (when non-zero), whatever TTL the
+    /// lease renews with — a second line behind the extend's refusal (the lease keeps its
+    /// TTL when an extend is refused); the validity it answers is counted from that.
     async fn renew(&self, ttl: Duration) -> Result<Option<Duration>> {
         let delay = self.inner.cfg.restart_delay;
         let ttl = if delay.is_zero() { ttl } else { ttl.min(delay) };

@@ -87,7 +87,21 @@ pub(crate) enum Round {
 /// the nodes may lose data on restart, so a longer TTL is the caller's mistake, not a
 /// choice: refused with [`LockError::InvalidInput`]. (0 means every node runs
 /// fsync-always.)
-pub(crate) fn check_restart_delay(cfg: &RedlockConfig, ttl: Duration) -> Result<()> {
+/// A TTL a grant can be asked for, by an acquire or an extend: above 2 ×
+/// `per_node_timeout` + drift (below it no answer could leave any validity) and within
+/// [`check_restart_delay`].
+pub(crate) fn check_ttl(cfg: &RedlockConfig, ttl: Duration) -> Result<()> {
+    let floor = cfg.per_node_timeout * 2 + cfg.drift(ttl);
+    if ttl <= floor {
+        return Err(LockError::invalid_input(format!(
+            "ttl {ttl:?} leaves no validity: Redlock needs a TTL well above 2 × per_node_timeout ({:?}) + drift",
+            cfg.per_node_timeout
+        )));
+    }
+    check_restart_delay(cfg, ttl)
+}
+
+fn check_restart_delay(cfg: &RedlockConfig, ttl: Duration) -> Result<()> {
     if !cfg.restart_delay.is_zero() && ttl > cfg.restart_delay {
         return Err(LockError::invalid_input(format!(
             "ttl {} is longer than restart_delay {}: a node restarted without its data \
@@ -237,16 +251,7 @@ impl RedlockLock {
     }
 
     fn check_ttl(&self, opts: &LockOptions) -> Result<()> {
-        let cfg = &self.inner.cfg;
-        let floor = cfg.per_node_timeout * 2 + cfg.drift(opts.ttl());
-        if opts.ttl() <= floor {
-            return Err(LockError::invalid_input(format!(
-                "ttl {:?} leaves no validity: Redlock needs a TTL well above 2 × per_node_timeout ({:?}) + drift",
-                opts.ttl(),
-                cfg.per_node_timeout
-            )));
-        }
-        check_restart_delay(cfg, opts.ttl())
+        check_ttl(&self.inner.cfg, opts.ttl())
     }
 
     /// One round of the algorithm; the caller holds a place in flight (`admission.rs`).

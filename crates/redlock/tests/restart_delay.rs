@@ -311,6 +311,26 @@ async fn extend_longer_than_restart_delay_is_refused_and_the_lease_keeps_renewin
     lock.close().await.unwrap();
 }
 
+/// An `extend` to a TTL that leaves no validity (at or below 2 × `per_node_timeout` +
+/// drift, which the acquire refuses) is refused as bad input before anything is sent,
+/// and the lease stays held. Before, it was sent and answered `Ok(())`: the holder's
+/// lease then rested on a 150 ms TTL that Redlock's own rule says leaves no validity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extend_to_a_ttl_that_leaves_no_validity_is_refused() {
+    let servers = start_many(3);
+    let lock = connect(&servers, "").await.unwrap();
+    let lease = lock.acquire("k", &opts(Duration::from_secs(5))).await.unwrap();
+    let err = lease
+        .extend(Duration::from_millis(150))
+        .await
+        .expect_err("an extend to 150ms with per_node_timeout 100ms");
+    assert!(matches!(err, LockError::InvalidInput(_)), "{err:?}");
+    assert!(err.to_string().contains("leaves no validity"), "{err}");
+    assert!(lease.is_held(), "{:?}", lease.status());
+    lease.release().await.unwrap();
+    lock.close().await.unwrap();
+}
+
 /// A boot marker in the future (the server clock stepped back after it was written, or
 /// a marker copied from another server) is treated as a missing one: the node votes
 /// again after the delay, not after the step plus the delay (review at 8d6d4ef: refused
