@@ -1920,6 +1920,11 @@ mod tests {
             }
         }
 
+        /// Whether a request of `kind` ("renew", "extend") has landed.
+        fn landed_a(&self, kind: &str) -> bool {
+            self.landed.lock().unwrap().iter().any(|(k, _, _)| *k == kind)
+        }
+
         /// Samples the invariant every millisecond for `span` (paused clock).
         async fn watch_for(&self, span: Duration) {
             let until = Instant::now() + span;
@@ -2058,15 +2063,7 @@ mod tests {
             "the lease was not renewed after the extend's panic: {:?}",
             held.status()
         );
-        assert!(
-            server
-                .landed
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|(kind, _, _)| *kind == "renew"),
-            "no renewal landed"
-        );
+        assert!(server.landed_a("renew"), "no renewal landed");
         let held = Arc::try_unwrap(held).unwrap_or_else(|_| panic!("the extend's task still holds the lease"));
         held.release().await.expect("release");
     }
@@ -2092,15 +2089,7 @@ mod tests {
             "after the renewal's panic the lease was left {seen:?} at {:?}",
             Instant::now()
         );
-        assert!(
-            server
-                .landed
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|(kind, _, _)| *kind == "renew"),
-            "no renewal landed after the panic"
-        );
+        assert!(server.landed_a("renew"), "no renewal landed after the panic");
         assert_eq!(server.violations(), Vec::<String>::new());
         held.release().await.expect("release");
     }
