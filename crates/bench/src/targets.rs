@@ -109,15 +109,11 @@ impl Target {
         })
         .await
         .map_err(|e| {
-            let why = e
-                .try_into_panic()
-                .ok()
-                .and_then(|p| {
-                    p.downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                })
-                .unwrap_or_else(|| "the launcher failed".into());
+            let panic = e.try_into_panic().ok();
+            let why = panic
+                .as_deref()
+                .and_then(fencelock_core::panic::text)
+                .unwrap_or("the launcher failed");
             BenchError::Usage(format!("cannot start the {} server(s): {why}", kind.name()))
         })?;
         // The URL says the rest (label, nodes), as for servers named on the command line.

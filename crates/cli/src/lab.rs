@@ -67,14 +67,8 @@ fn targets(cli: &Cli) -> Vec<Target> {
                 _servers: servers,
             }),
             Err(e) => {
-                let why = e
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()));
-                crate::exit::errln!(
-                    "fencelock lab: {name} left out: {}",
-                    why.unwrap_or_default().lines().next().unwrap_or("")
-                );
+                let why = fencelock_core::panic::text(&*e).unwrap_or_default();
+                crate::exit::errln!("fencelock lab: {name} left out: {}", why.lines().next().unwrap_or(""));
             }
         }
     };

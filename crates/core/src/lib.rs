@@ -43,6 +43,7 @@ mod lock;
 pub mod memory;
 pub mod metrics;
 pub mod options;
+pub mod panic;
 mod token;
 pub mod waiting;
 

@@ -183,7 +183,7 @@ async fn run(state: Arc<State>, _alive: AliveWhileRunning) {
                 // panicked is not scheduled again (it may do so itself, later).
                 if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| what.due())) {
                     tracing::error!(
-                        panic = panic_message(&*panic),
+                        panic = crate::panic::text(&*panic).unwrap_or("(not text)"),
                         "a lease's timer wake-up panicked; the lease timer goes on"
                     );
                 }
@@ -199,15 +199,6 @@ async fn run(state: Arc<State>, _alive: AliveWhileRunning) {
             None => state.wake.notified().await,
         }
     }
-}
-
-/// The message a panic was raised with, when it is text.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(not text)")
 }
 
 #[cfg(test)]
