@@ -386,14 +386,15 @@ impl Shared {
         }
     }
 
+    /// Whether the lease is live (for the state) but its validity has run out.
+    fn expired_now(&self) -> bool {
+        let s = self.status.borrow();
+        s.state.is_live() && Instant::now() >= s.valid_until
+    }
+
     /// Marks an expired live lease lost; returns the current state.
     fn refresh(&self) -> LeaseStatus {
-        let now = Instant::now();
-        let expired = {
-            let s = self.status.borrow();
-            s.state.is_live() && now >= s.valid_until
-        };
-        if expired {
+        if self.expired_now() {
             let reason = self.expiry_reason();
             self.mark_lost(reason);
         }
@@ -664,7 +665,8 @@ impl Lease {
     /// bounded by the validity left, as that request is — and then sends at once (it is
     /// never held back for a batch of renewals). From its send instant on, renewals use
     /// `ttl` — unless the backend refuses it with a permanent error (say a TTL above
-    /// Redlock's `restart_delay`): then they keep the TTL they had. (Two requests in flight could land in the other order than they were asked;
+    /// Redlock's `restart_delay`): then they keep the TTL they had. (Two requests in
+    /// flight could land in the other order than they were asked;
     /// the server keeps the one that lands last, the holder believes the one asked last.)
     ///
     /// Fails with [`LockError::LeaseLost`] when the lease is already lost or its validity ran
@@ -899,11 +901,7 @@ impl Drop for Lease {
         }
         // A lease whose validity ran out before the drop was lost, not released (the timer
         // may not have marked it yet), as `release` reads it first.
-        let expired = {
-            let s = self.shared.status.borrow();
-            s.state.is_live() && Instant::now() >= s.valid_until
-        };
-        if expired {
+        if self.shared.expired_now() {
             self.shared.end_lost(self.shared.expiry_reason(), false);
         }
         self.shared.set_released();
@@ -1118,20 +1116,17 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         let Some(s) = self.shared.take() else { return };
-        let finished = s.finished.load(Ordering::Acquire);
         let valid_until = s.status.borrow().valid_until;
         {
             let mut r = s.renewal();
             r.renewing = false;
-            if !finished {
-                r.failed(
-                    "the renewal ended without an answer (the backend panicked)".into(),
-                    valid_until,
-                );
+            if s.finished.load(Ordering::Acquire) {
+                return;
             }
-        }
-        if finished {
-            return;
+            r.failed(
+                "the renewal ended without an answer (the backend panicked)".into(),
+                valid_until,
+            );
         }
         s.metrics.renewal_failed();
         tracing::warn!(key = %s.key, token = %s.token, "a renewal ended without an answer (the backend panicked, or its runtime shut down); trying again while validity remains");
@@ -1299,6 +1294,14 @@ mod tests {
         })
     }
 
+    /// The reason a spawned `lost()` resolved with, within 1 s (paused clock).
+    async fn resolved(lost: tokio::task::JoinHandle<LostReason>) -> LostReason {
+        tokio::time::timeout(Duration::from_secs(1), lost)
+            .await
+            .expect("lost() never resolved")
+            .expect("the lost() task")
+    }
+
     /// Lets spawned background tasks run to completion on the paused clock.
     async fn settle() {
         for _ in 0..10 {
@@ -1379,10 +1382,7 @@ mod tests {
         tokio::task::yield_now().await;
         tokio::time::advance(Duration::from_millis(150)).await;
         drop(held);
-        let reason = tokio::time::timeout(Duration::from_secs(1), lost)
-            .await
-            .expect("lost() resolved")
-            .expect("the task");
+        let reason = resolved(lost).await;
         assert_eq!(reason, LostReason::Expired);
         assert_eq!(watch.borrow_and_update().state, LeaseState::Lost(LostReason::Expired));
         settle().await;
@@ -1410,10 +1410,7 @@ mod tests {
         tokio::task::yield_now().await;
         let err = held.release().await.expect_err("not held");
         assert!(err.is_lease_lost(), "{err}");
-        let reason = tokio::time::timeout(Duration::from_secs(1), lost)
-            .await
-            .expect("lost() resolved")
-            .expect("the task");
+        let reason = resolved(lost).await;
         assert_eq!(reason, LostReason::NotHeld);
         assert_eq!(watch.borrow().state, LeaseState::Lost(LostReason::NotHeld));
     }
@@ -1594,10 +1591,7 @@ mod tests {
         }
         assert!(held.reporter().lost(LostReason::NotHeld));
         drop(held);
-        let reason = tokio::time::timeout(Duration::from_secs(1), lost)
-            .await
-            .expect("lost() never resolved for a lease lost and then dropped")
-            .expect("the lost() task");
+        let reason = resolved(lost).await;
         assert_eq!(reason, LostReason::NotHeld);
         settle().await;
         assert_eq!(watch.borrow().state, LeaseState::Lost(LostReason::NotHeld));
