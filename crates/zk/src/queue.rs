@@ -21,7 +21,7 @@ use crate::cleanup;
 use crate::config::ZkConfig;
 use crate::error::{failed, outcome_unknown, refused_name, timed_out};
 use crate::names::{find_ours, queue_order};
-use crate::session::Session;
+use crate::session::{after_sync, Session};
 use crate::waiting::{named_marker, WaitingSlot, WaitingUse};
 
 /// The most look-ups a follow-up of a lost create answer makes before it leaves the node
@@ -305,8 +305,7 @@ async fn look_up(
     dir: &str,
     prefix: &str,
 ) -> std::result::Result<Option<(String, i64)>, zookeeper_client::Error> {
-    client.sync(dir).await?;
-    let children = client.list_children(dir).await?;
+    let children = after_sync(client, |c| c.list_children(dir)).await?;
     let Some(name) = find_ours(&children, prefix) else {
         return Ok(None);
     };
@@ -379,7 +378,7 @@ pub(crate) struct Position {
 pub(crate) async fn position(q: &Queued) -> Result<Position> {
     let client = q.session.client()?;
     let sent_at = Instant::now();
-    let listed = crate::session::after_sync(&client, |c| c.list_children(&q.dir));
+    let listed = after_sync(&client, |c| c.list_children(&q.dir));
     let mut children = match tokio::time::timeout(q.cfg.timeout, listed).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => return Err(failed("listing the queue", &q.cfg.display, e)),
@@ -851,7 +850,7 @@ async fn wait_for_turn(
                     // Our node is still there, and the leader held our session now (the
                     // sync: this instant may become the grant's, see `first`).
                     let sent = Instant::now();
-                    let checked = crate::session::after_sync(&client, |c| c.check_stat(&q.path()));
+                    let checked = after_sync(&client, |c| c.check_stat(&q.path()));
                     match tokio::time::timeout(q.cfg.timeout, checked).await {
                         Ok(Ok(Some(stat))) if stat.czxid == q.czxid => confirmed = sent,
                         Ok(Ok(_)) => return Err(node_gone()),

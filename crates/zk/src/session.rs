@@ -38,6 +38,28 @@ pub(crate) fn proven_for(timeout: Duration) -> Duration {
     timeout * 3 / 4
 }
 
+/// What a session state means for the leases riding on the session: told by the monitor
+/// to every registered lease at each change, and by [`Session::register`] to a new one.
+enum ForLeases {
+    /// Disconnected: the session may live on while the client connects again.
+    Suspended,
+    /// Connected again, the session intact.
+    Resumed,
+    /// The session ended: every node it owned is gone (or goes with it).
+    Lost(LostReason),
+}
+
+fn for_leases(state: SessionState) -> ForLeases {
+    match state {
+        SessionState::Disconnected => ForLeases::Suspended,
+        SessionState::SyncConnected | SessionState::ConnectedReadOnly => ForLeases::Resumed,
+        SessionState::Expired => ForLeases::Lost(LostReason::Backend("zookeeper session expired".into())),
+        SessionState::Closed | SessionState::AuthFailed => {
+            ForLeases::Lost(LostReason::Backend(format!("zookeeper session ended: {state:?}")))
+        }
+    }
+}
+
 /// Sends a `sync` and then the read `read` sends, pipelined on the session's connection
 /// (one round trip to the leader, not two of the client's): the server answers a session's
 /// requests in order, so the read is answered after the sync, from a copy at least as new
@@ -196,17 +218,11 @@ impl Session {
             loop {
                 let state = states.changed().await;
                 let Some(s) = weak.upgrade() else { return };
-                match state {
-                    SessionState::Disconnected => s.locks.suspended_all(),
-                    SessionState::SyncConnected | SessionState::ConnectedReadOnly => s.locks.resumed_all(),
-                    SessionState::Expired => {
-                        s.locks
-                            .lost_all(&LostReason::Backend("zookeeper session expired".into()));
-                        return;
-                    }
-                    SessionState::Closed | SessionState::AuthFailed => {
-                        s.locks
-                            .lost_all(&LostReason::Backend(format!("zookeeper session ended: {state:?}")));
+                match for_leases(state) {
+                    ForLeases::Suspended => s.locks.suspended_all(),
+                    ForLeases::Resumed => s.locks.resumed_all(),
+                    ForLeases::Lost(reason) => {
+                        s.locks.lost_all(&reason);
                         return;
                     }
                 }
@@ -257,15 +273,11 @@ impl Session {
         // after the registration).
         let mut state = self.states.peek_state();
         for _ in 0..4 {
-            match state {
-                SessionState::Disconnected => reporter.suspended(),
-                SessionState::SyncConnected | SessionState::ConnectedReadOnly => reporter.resumed(),
-                SessionState::Expired => {
-                    reporter.lost(LostReason::Backend("zookeeper session expired".into()));
-                    break;
-                }
-                SessionState::Closed | SessionState::AuthFailed => {
-                    reporter.lost(LostReason::Backend(format!("zookeeper session ended: {state:?}")));
+            match for_leases(state) {
+                ForLeases::Suspended => reporter.suspended(),
+                ForLeases::Resumed => reporter.resumed(),
+                ForLeases::Lost(reason) => {
+                    reporter.lost(reason);
                     break;
                 }
             }
