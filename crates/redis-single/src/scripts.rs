@@ -336,6 +336,20 @@ local function hand_off(claim_ms, channels)
 end
 ";
 
+/// python-redis-lock's signal list (`lock-signal:KEY`), `KEYS[5]` in the scripts that can
+/// leave the lock free, given only in that layout: pushed as that library's own unlock
+/// does (`DEL`, `LPUSH 1`, `PEXPIRE` 1000 ms, its default `signal_expire`), so that a
+/// Python waiter blocked in `BLPOP` on it wakes at once. Nothing without `KEYS[5]`.
+const SIGNAL_FREE: &str = r"
+local function signal_free()
+  if KEYS[5] then
+    redis.call('DEL', KEYS[5])
+    redis.call('LPUSH', KEYS[5], 1)
+    redis.call('PEXPIRE', KEYS[5], 1000)
+  end
+end
+";
+
 /// KEYS: lock, counter, queue, reservation. ARGV: grant id, waiter channel prefix, claim
 /// ms. Deletes the lock only if it holds our grant, announces it on the key's `changed`
 /// channel when the key is an election's seat (`{election.NAME}`: its observers listen
@@ -343,24 +357,18 @@ end
 /// than a `PUBLISH` nobody hears) and hands it to the first live waiter
 /// queued ([`HAND_OFF`]). Returns 1 when deleted, 0 when it was not ours.
 ///
-/// KEYS[5], given only in the `python-redis-lock` layout: that library's signal list
-/// (`lock-signal:KEY`). When the lock is left free (no fencelock waiter took it over), it is
-/// pushed as that library's own unlock does (`DEL`, `LPUSH 1`, `PEXPIRE` 1000 ms, its
-/// default `signal_expire`), so a Python waiter blocked in `BLPOP` on it wakes at once.
+/// KEYS[5], given only in the `python-redis-lock` layout: that library's signal list,
+/// pushed ([`SIGNAL_FREE`]) when the lock is left free (no fencelock waiter took it over).
 pub(crate) static RELEASE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(&format!(
-        r"{HAND_OFF}
+        r"{HAND_OFF}{SIGNAL_FREE}
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   if string.find(KEYS[1], '{{election.', 1, true) then
     redis.call('PUBLISH', ARGV[2] .. 'changed', 'r')
   end
   if not hand_off(ARGV[3], ARGV[2]) then
     redis.call('DEL', KEYS[1])
-    if KEYS[5] then
-      redis.call('DEL', KEYS[5])
-      redis.call('LPUSH', KEYS[5], 1)
-      redis.call('PEXPIRE', KEYS[5], 1000)
-    end
+    signal_free()
   end
   return 1
 end
@@ -517,8 +525,8 @@ return {{0, redis.call('PTTL', KEYS[1]), entry, now}}
 /// it, or claimed by an answer that never arrived — frees it and hands it to the next
 /// waiter, as a release does. Returns 1 when it freed the lock.
 ///
-/// KEYS[5], given only in the `python-redis-lock` layout: pushed when the lock is left
-/// free, as [`RELEASE`] does, so a python-redis-lock waiter in `BLPOP` wakes at once.
+/// KEYS[5], given only in the `python-redis-lock` layout: pushed ([`SIGNAL_FREE`]) when
+/// the lock is left free, as [`RELEASE`] does.
 ///
 /// The waiter may not know its entry: the turn that queued it went unanswered (cut off in
 /// flight, timed out), or queued it again under a new deadline. Then its entries are
@@ -528,7 +536,7 @@ return {{0, redis.call('PTTL', KEYS[1]), entry, now}}
 /// release, for its whole TTL, with nobody to use or free it.
 pub(crate) static LEAVE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(&format!(
-        r"{HAND_OFF}
+        r"{HAND_OFF}{SIGNAL_FREE}
 local removed = 0
 if ARGV[4] ~= '' then
   removed = redis.call('LREM', KEYS[3], 1, ARGV[4])
@@ -544,10 +552,8 @@ if removed == 0 then
 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1], KEYS[4])
-  if not hand_off(ARGV[3], ARGV[2]) and KEYS[5] then
-    redis.call('DEL', KEYS[5])
-    redis.call('LPUSH', KEYS[5], 1)
-    redis.call('PEXPIRE', KEYS[5], 1000)
+  if not hand_off(ARGV[3], ARGV[2]) then
+    signal_free()
   end
   return 1
 end

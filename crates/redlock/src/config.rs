@@ -147,6 +147,16 @@ impl RedlockConfig {
     pub fn drift(&self, ttl: Duration) -> Duration {
         ttl.mul_f64(self.drift_factor) + DRIFT_CONSTANT
     }
+
+    /// `ttl`, but no longer than a non-zero `restart_delay`: the longest a copy may be set
+    /// for (a node restarted empty votes again after the delay).
+    pub(crate) fn within_restart_delay(&self, ttl: Duration) -> Duration {
+        if self.restart_delay.is_zero() {
+            ttl
+        } else {
+            ttl.min(self.restart_delay)
+        }
+    }
 }
 
 #[cfg(test)]

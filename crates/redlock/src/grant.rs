@@ -107,15 +107,11 @@ impl RedlockGrant {
     /// quorum confirmed (zero once those have ended).
     pub(crate) fn copies_left(&self) -> Duration {
         let (_, until) = *self.copies_until.lock().unwrap_or_else(|p| p.into_inner());
-        let left = until.saturating_duration_since(Instant::now());
         // Never longer than the restart delay (every TTL set is checked against it; this
         // keeps a heal within it whatever set `copies_until`).
-        let delay = self.inner.cfg.restart_delay;
-        if delay.is_zero() {
-            left
-        } else {
-            left.min(delay)
-        }
+        self.inner
+            .cfg
+            .within_restart_delay(until.saturating_duration_since(Instant::now()))
     }
 
     pub(crate) fn release_plan(&self) -> ReleasePlan {
@@ -146,8 +142,7 @@ impl LeaseOps for RedlockGrant {
     /// lease renews with — a second line behind the extend's refusal (the lease keeps its
     /// TTL when an extend is refused); the validity it answers is counted from that.
     async fn renew(&self, ttl: Duration) -> Result<Option<Duration>> {
-        let delay = self.inner.cfg.restart_delay;
-        let ttl = if delay.is_zero() { ttl } else { ttl.min(delay) };
+        let ttl = self.inner.cfg.within_restart_delay(ttl);
         self.extend_on_quorum(ttl, true).await
     }
 

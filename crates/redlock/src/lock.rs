@@ -250,10 +250,6 @@ impl RedlockLock {
         &self.inner.cfg
     }
 
-    fn check_ttl(&self, opts: &LockOptions) -> Result<()> {
-        check_ttl(&self.inner.cfg, opts.ttl())
-    }
-
     /// One round of the algorithm; the caller holds a place in flight (`admission.rs`).
     /// Cancel safe without a task of its own (a spawn and a
     /// hop between threads per acquire, measurable on a loaded machine): a guard armed
@@ -412,7 +408,7 @@ impl DistributedLock for RedlockLock {
                 validate_key(key)?;
                 self.check_key(key)?;
                 opts.validate_for_try()?;
-                self.check_ttl(opts)?;
+                check_ttl(&self.inner.cfg, opts.ttl())?;
                 let _permit = self.inner.admission.round().await;
                 match self.round(key, opts).await? {
                     Round::Granted(lease) => Ok(Some(lease.into_live()?)),
@@ -435,7 +431,7 @@ impl DistributedLock for RedlockLock {
                 validate_key(key)?;
                 self.check_key(key)?;
                 opts.validate_for_wait()?;
-                self.check_ttl(opts)?;
+                check_ttl(&self.inner.cfg, opts.ttl())?;
                 let queued = tokio::sync::Mutex::new(crate::wait::WaitState::default());
                 // A queued waiter sends nothing between re-checks: the last check tells
                 // hung nodes (Unavailable) from a held key (Timeout). One attempt with a

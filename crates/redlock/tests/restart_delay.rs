@@ -23,6 +23,17 @@ async fn connect(servers: &[RedisServer], extra: &str) -> fencelock_core::Result
     RedlockLock::connect(&redlock_url(servers, &format!("per_node_timeout=100ms{extra}"))).await
 }
 
+/// Waits out the nodes' first `delay` (fresh nodes sit it out, up to about 2 s more than
+/// set) with one grant of the key `warm`, released; their boot markers are written then.
+async fn past_the_delay(lock: &RedlockLock, delay: Duration) {
+    lock.acquire("warm", &opts(delay).with_wait(Duration::from_secs(15)))
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+}
+
 fn refuse_info(server: &RedisServer) {
     assert!(server.command("ACL SETUSER default -info").starts_with("+OK"));
 }
@@ -140,13 +151,7 @@ async fn restart_some(
 ) -> (RedlockLock, tokio::time::Instant) {
     let extra = format!("&restart_delay={}ms", delay.as_millis());
     let warm = connect(servers, &extra).await.unwrap();
-    // Fresh nodes sit out the delay first (up to about 2 s more than set).
-    warm.acquire("warm", &opts(delay).with_wait(Duration::from_secs(15)))
-        .await
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
+    past_the_delay(&warm, delay).await;
     warm.close().await.unwrap();
     for &i in restart {
         servers[i].restart();
@@ -343,12 +348,7 @@ async fn a_boot_marker_in_the_future_costs_one_delay_not_the_step() {
         .await
         .unwrap();
     // Past the delay once (the markers written), then every marker an hour ahead.
-    lock.acquire("warm", &opts(delay).with_wait(Duration::from_secs(15)))
-        .await
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
+    past_the_delay(&lock, delay).await;
     for s in &servers {
         let time = s.command("TIME");
         let secs: i64 = time.lines().nth(2).unwrap().trim().parse().unwrap();
