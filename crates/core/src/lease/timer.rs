@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 use tokio::runtime::{Handle, Id};
 use tokio::sync::Notify;
@@ -155,6 +156,11 @@ impl Drop for AliveWhileRunning {
     }
 }
 
+/// How soon an entry whose wake-up panicked is woken again (unless it scheduled itself).
+/// A wake-up that panics each time is retried at this pace for as long as its lease
+/// lives, and logged each time: loud, bounded by the lease's life.
+const PANICKED_RETRY: Duration = Duration::from_millis(100);
+
 /// The timer task: wakes what is due, then sleeps until the next entry or a notification.
 /// It lives as long as its runtime (asleep when nothing is scheduled).
 async fn run(state: Arc<State>, _alive: AliveWhileRunning) {
@@ -168,24 +174,33 @@ async fn run(state: Arc<State>, _alive: AliveWhileRunning) {
                 if at > now {
                     break;
                 }
-                due.push(entry.remove());
+                due.push((id, entry.remove()));
                 e.by_entry.remove(&id);
             }
             let next = e.by_time.keys().next().map(|(at, _)| *at);
             e.armed_for = next;
             (due, next)
         };
-        for what in due {
-            if let Some(what) = what.upgrade() {
+        for (id, weak) in due {
+            if let Some(what) = weak.upgrade() {
                 // A panic here (a metrics recorder, a tracing layer, a backend's `cleanup`)
                 // must not end this task: every lease of the runtime holds this timer and
-                // would go on scheduling into a dead one, never woken again. The entry that
-                // panicked is not scheduled again (it may do so itself, later).
+                // would go on scheduling into a dead one, never woken again. The entry
+                // that panicked is woken again after `PANICKED_RETRY` unless it scheduled
+                // itself before panicking: otherwise that lease was neither renewed nor
+                // marked lost at its expiry (review of the lease machinery, finding 6).
                 if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| what.due())) {
                     tracing::error!(
                         panic = crate::panic::text(&*panic).unwrap_or("(not text)"),
-                        "a lease's timer wake-up panicked; the lease timer goes on"
+                        "a lease's timer wake-up panicked; the lease timer goes on and wakes that lease again"
                     );
+                    let timer = Timer {
+                        state: Arc::clone(&state),
+                    };
+                    let scheduled = lock(&state.entries).by_entry.contains_key(&id);
+                    if !scheduled {
+                        timer.schedule(id, Instant::now() + PANICKED_RETRY, weak);
+                    }
                 }
             }
         }
@@ -266,16 +281,18 @@ mod tests {
     /// again — the entry due with it, nor any later one. Failed before: neither fired.
     #[tokio::test(start_paused = true)]
     async fn a_due_that_panics_does_not_stop_the_timer() {
-        struct PanicsOnce(AtomicBool);
+        struct PanicsOnce(AtomicBool, AtomicUsize);
         impl Due for PanicsOnce {
             fn due(self: Arc<Self>) {
+                self.1.fetch_add(1, Ordering::SeqCst);
                 if self.0.swap(false, Ordering::SeqCst) {
                     panic!("a Due panicked");
                 }
             }
         }
         let timer = Timer::current().expect("in a runtime");
-        let panics: Arc<dyn Due> = Arc::new(PanicsOnce(AtomicBool::new(true)));
+        let panicking = Arc::new(PanicsOnce(AtomicBool::new(true), AtomicUsize::new(0)));
+        let panics: Arc<dyn Due> = Arc::clone(&panicking) as Arc<dyn Due>;
         let (same, later) = (counter(), counter());
         let start = Instant::now();
         // Entry ids order equal instants: the panicking one first.
@@ -289,6 +306,13 @@ mod tests {
             "entries due with or after the panicking one never fired"
         );
         assert!(timer.state.alive.load(Ordering::Acquire), "the timer task ended");
+        // And the entry that panicked is woken again (review, finding 6: it was not, and
+        // its lease was neither renewed nor marked lost at its expiry).
+        assert_eq!(
+            panicking.1.load(Ordering::SeqCst),
+            2,
+            "the entry whose wake-up panicked was not woken again"
+        );
     }
 
     #[test]
