@@ -134,8 +134,9 @@ pub struct RunArgs {
     /// while CMD runs, so a crashed fencelock frees the lock after at most this long. On
     /// etcd and zk the session frees it: --ttl sets the URL's session_ttl (whole seconds,
     /// rounded up) / session_timeout unless the URL gives one, and a session below the
-    /// server's minimum (etcd 2s, zk 2 ticks, by default) is refused with exit 78; without
-    /// --ttl the session's default is 10s
+    /// server's minimum (etcd 2s, zk 2 ticks, by default) is refused with exit 78; zk ends
+    /// a session at its next tick after the timeout, so there the lock is freed up to one
+    /// tickTime later (2s on a stock server); without --ttl the session's default is 10s
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_command_ttl)]
     pub ttl: Option<Duration>,
 

@@ -44,7 +44,12 @@ pub fn init(verbose: u8, quiet: bool, twin: Twin) {
     let default = match verbose {
         0 if quiet => "error".to_owned(),
         0 => format!("warn{twin}"),
-        1 => format!("fencelock=info,fencelock_core=info,fencelock_cli=info{twin}"),
+        // Every crate of ours, each backend's too (a wait on nodes inside their restart
+        // delay is said at info level by fencelock_redlock).
+        1 => format!(
+            "fencelock=info,fencelock_core=info,fencelock_cli=info,fencelock_redis=info,\
+             fencelock_redlock=info,fencelock_etcd=info,fencelock_zk=info,fencelock_postgres=info{twin}"
+        ),
         _ => "debug".to_owned(),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

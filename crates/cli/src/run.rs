@@ -208,14 +208,17 @@ pub(crate) async fn supervise_with(
             }
             Ok(()) => ExitCode::from(code),
         },
-        // The guard said why on stderr (`run` was stopped): not again. Only what it could
-        // not know, the backend's verdict, when the lease was lost.
+        // The guard said the loss on stderr (`run` was stopped): not again. The backend's
+        // verdict (expired, not held) only confirms it, so it goes to `-v` — a second
+        // "lost" line for one loss read as two losses (new-user trials, on every backend).
         Outcome::GuardKilled {
             own: true, said: true, ..
-        } => match released {
-            Err(e @ LockError::LeaseLost { .. }) => lost(Some(format!("{}; nothing more to stop", exit::one_line(&e)))),
-            _ => lost(None),
-        },
+        } => {
+            if let Err(e @ LockError::LeaseLost { .. }) = &released {
+                tracing::info!(verdict = %exit::one_line(e), "the release confirms the loss the guard reported");
+            }
+            lost(None)
+        }
         Outcome::GuardKilled { code, own: false, .. } => {
             guard_killed_from_outside(program, &lease_key, code, ended, stopped, released, args.lost_exit_code)
         }
@@ -238,7 +241,7 @@ pub(crate) async fn supervise_with(
                     if renews {
                         "the lease's validity was ending without a renewal".to_owned()
                     } else {
-                        format!("the lease's TTL was running out ({})", guard::UNRENEWED)
+                        format!("the lease's validity was running out ({})", guard::UNRENEWED)
                     }
                 ))),
             }
@@ -506,14 +509,17 @@ async fn watch(
                 match what {
                     OnLoss::AlreadyKilled => {
                         *killed = true;
-                        // One line. When the guard said why (`run` was stopped), only what
-                        // it could not know: the backend's verdict on the lease.
-                        let then = match report.has(guard::SAID) {
-                            true => "nothing more to stop",
-                            false => "the guard had already killed its process group when the validity ended",
-                        };
+                        // One line. When the guard said it (`run` was stopped), nothing
+                        // more: the lease's own verdict only confirms it, and a second
+                        // "lost" line read as a second loss (new-user trials, every
+                        // backend); it goes to `-v`.
+                        if report.has(guard::SAID) {
+                            tracing::info!(%key, %token, verdict = %reason, "the lease confirms the loss the guard reported");
+                            return Outcome::LeaseLost(None);
+                        }
                         return Outcome::LeaseLost(Some(format!(
-                            "lease on `{key}` (token {token}) lost while the command ran: {reason}; {then}"
+                            "lease on `{key}` (token {token}) lost while the command ran: {reason}; the guard had \
+                             already killed its process group when the validity ended"
                         )));
                     }
                     OnLoss::NotStarted(code) => {

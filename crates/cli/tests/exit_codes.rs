@@ -255,29 +255,56 @@ fn a_loss_the_backend_reports_is_said_in_one_line() {
 fn a_lost_lease_exits_76_or_the_lost_exit_code() {
     let dir = tempfile::tempdir().expect("temp dir");
     for (extra, code) in [(&[][..], 76), (&["--lost-exit-code", "9"][..], 9)] {
-        let run = [&["run", "k", "--ttl", "300ms"][..], extra].concat();
-        let (holder, _in) = common::spawn_holder(on_files(dir.path()), &run, "echo in; sleep 30");
-        let pid = rustix::process::Pid::from_raw(holder.id() as i32).expect("pid");
-        rustix::process::kill_process(pid, rustix::process::Signal::STOP).expect("SIGSTOP");
-        let other = run_k(&common::file_url(dir.path()), &["--wait", "10s"]);
-        assert!(other.status.success(), "{}", stderr_of(&other));
-        rustix::process::kill_process(pid, rustix::process::Signal::CONT).expect("SIGCONT");
-        let out = holder.wait_with_output().expect("wait");
-        let err = stderr_of(&out);
-        assert_eq!(out.status.code(), Some(code), "{err}");
-        // The loss is said once, with its reason: the lease's own "lease lost" WARN, which
-        // repeated the reason, is the command's twin (a trial counted it twice).
-        let reason = err
-            .split_once("lost while the command ran: ")
-            .and_then(|(_, rest)| rest.split_once("; "))
-            .map(|(reason, _)| reason)
-            .unwrap_or_else(|| panic!("no loss line with a reason: {err}"));
-        assert!(!reason.is_empty(), "{err}");
-        assert_eq!(
-            err.matches(reason).count(),
-            1,
-            "the reason `{reason}` is said more than once: {err}"
-        );
+        paused_holder_is_told_once(&common::file_url(dir.path()), "300ms", extra, code);
+    }
+}
+
+/// The same on ZooKeeper, whose session expires on the server while the holder is
+/// stopped: the loss is said once, and the release that follows the SIGCONT says the
+/// session ended — not "zookeeper unreachable … the TTL will free the lock", which a
+/// new-user trial read after a SIGSTOP with the server up all along.
+#[test]
+fn a_paused_holder_on_zookeeper_is_told_once_and_not_sent_to_a_network_fault() {
+    let zk = fencelock_testkit::zk_server::ZkEnsemble::standalone();
+    let url = zk.url("", "session_timeout=2s&timeout=1s");
+    paused_holder_is_told_once(&url, "1s", &[], 76);
+}
+
+/// The same on one Redis server (the grant's key expires while the holder is stopped).
+#[test]
+fn a_paused_holder_on_redis_is_told_once() {
+    let server = fencelock_testkit::redis_server::RedisServer::start();
+    paused_holder_is_told_once(&server.url(), "300ms", &[], 76);
+}
+
+/// A `run k --ttl TTL EXTRA…` holder on `backend` is stopped (SIGSTOP) until another
+/// `run` got `k`, then continued: it exits `code`, says the loss once with its reason,
+/// and sends nobody after a network fault or an unreleased lock that are not there.
+fn paused_holder_is_told_once(backend: &str, ttl: &str, extra: &[&str], code: i32) {
+    let run = [&["run", "k", "--ttl", ttl][..], extra].concat();
+    let (holder, _in) = common::spawn_holder(common::fencelock(backend), &run, "echo in; sleep 30");
+    let pid = rustix::process::Pid::from_raw(holder.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).expect("SIGSTOP");
+    let other = run_k(backend, &["--wait", "20s"]);
+    assert!(other.status.success(), "{}", stderr_of(&other));
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).expect("SIGCONT");
+    let out = holder.wait_with_output().expect("wait");
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(code), "{backend}: {err}");
+    // The loss is said once, with its reason: the lease's own "lease lost" WARN, which
+    // repeated the reason, is the command's twin (a trial counted it twice), and `run`
+    // says nothing more after the guard said it (a trial read two lines as two losses).
+    let losses: Vec<&str> = err.lines().filter(|l| l.contains(" lost ")).collect();
+    assert_eq!(losses.len(), 1, "{backend}: one loss, said in more than one line: {err}");
+    let reason = losses[0]
+        .split_once("is stopped: ")
+        .or_else(|| losses[0].split_once("lost while the command ran: "))
+        .and_then(|(_, rest)| rest.split_once("; "))
+        .map(|(reason, _)| reason)
+        .unwrap_or_else(|| panic!("{backend}: no loss line with a reason: {err}"));
+    assert!(!reason.is_empty(), "{err}");
+    for misleading in ["unreachable", "will free the lock"] {
+        assert!(!err.contains(misleading), "{backend}: `{misleading}` with the server up: {err}");
     }
 }
 
@@ -795,4 +822,26 @@ fn a_stderr_that_cannot_be_written_keeps_the_documented_status() {
         "an unknown URL option"
     );
     end(holder);
+}
+
+/// A wait on a freshly started Redlock cluster, whose nodes refuse grants for their
+/// `restart_delay`, says so with `-v` as it starts waiting — a new-user trial waited out
+/// a 2 s delay with no word, even with `-v` — and then gets the lock (exit 0).
+#[test]
+fn a_wait_on_nodes_inside_their_restart_delay_is_said_with_v() {
+    let servers = fencelock_testkit::redis_server::start_many(3);
+    let url = fencelock_testkit::redis_server::redlock_url(&servers, "per_node_timeout=100ms&restart_delay=2s");
+    let out = fencelock()
+        .args(["-v", "--backend", &url, "run", "k", "--ttl", "1s", "--wait", "20s", "--", "true"])
+        .output()
+        .expect("run");
+    let err = stderr_of(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("inside their restart delay"), "nothing said of the wait: {err}");
+    let quiet = fencelock()
+        .args(["--backend", &url, "run", "k", "--ttl", "1s", "--", "true"])
+        .output()
+        .expect("run");
+    assert!(quiet.status.success(), "{}", stderr_of(&quiet));
+    assert!(stderr_of(&quiet).is_empty(), "without -v: {}", stderr_of(&quiet));
 }

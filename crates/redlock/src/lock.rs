@@ -445,7 +445,7 @@ impl DistributedLock for RedlockLock {
                     // delay (its last round said so, and they are inside it still) is not
                     // a held key — said as `try_acquire` says it.
                     Err(e) if e.is_timeout() => {
-                        let restarting = (queued.lock().await.refusal.as_ref())
+                        let restarting = (queued.lock().await.refusal.latest.as_ref())
                             .filter(|r| r.still_restarting())
                             .and_then(|r| r.restart_error(key, self.inner.cfg.restart_delay));
                         Err(restarting.unwrap_or(e))

@@ -64,7 +64,30 @@ pub(crate) struct WaitState {
     /// or a turn's) was refused: a wait that runs out refused by nodes inside their
     /// restart delay says so rather than time out as if the key were held
     /// ([`Refusal::restart_error`]).
-    pub(crate) refusal: Option<Refusal>,
+    pub(crate) refusal: Refusals,
+}
+
+/// The latest refusal of a wait, and whether the wait said it waits on the restart delay.
+#[derive(Default)]
+pub(crate) struct Refusals {
+    pub(crate) latest: Option<Refusal>,
+    told_restart: bool,
+}
+
+impl Refusals {
+    /// Keeps `refusal` as the wait's latest. The first one of the wait that the restart
+    /// delay caused is logged at info level (`-v` on the CLI): a wait on a freshly started
+    /// cluster otherwise says nothing until it runs out (a new-user trial waited out a 2 s
+    /// `restart_delay` with no word, even with `-v`).
+    fn keep(&mut self, refusal: Refusal, key: &str, restart_delay: Duration) {
+        if !self.told_restart {
+            if let Some(e) = refusal.restart_error(key, restart_delay) {
+                tracing::info!(%key, "waiting: {e}");
+                self.told_restart = true;
+            }
+        }
+        self.latest = Some(refusal);
+    }
 }
 
 /// The waiting state of one `acquire`, locked by each attempt.
@@ -110,7 +133,7 @@ impl RedlockLock {
                         Round::Granted(lease) => return Ok(Attempt::Acquired(lease)),
                         Round::Busy(refusal) => {
                             shortest = refusal.shortest();
-                            st.refusal = Some(refusal);
+                            st.refusal.keep(refusal, key, self.inner.cfg.restart_delay);
                             rounded = true;
                         }
                     }
@@ -139,7 +162,7 @@ impl RedlockLock {
                         if contended {
                             match self.round(key, opts).await? {
                                 Round::Granted(lease) => return Ok(Attempt::Acquired(lease)),
-                                Round::Busy(refusal) => st.refusal = Some(refusal),
+                                Round::Busy(refusal) => st.refusal.keep(refusal, key, self.inner.cfg.restart_delay),
                             }
                         }
                         return Ok(Attempt::Busy {
@@ -257,7 +280,7 @@ impl RedlockLock {
                         } else {
                             self.random_delay(refusal.shortest())
                         });
-                        st.refusal = Some(refusal);
+                        st.refusal.keep(refusal, key, self.inner.cfg.restart_delay);
                         Duration::ZERO
                     }
                     // Fewer than a quorum answered: undone too, and the undo of the silent
@@ -345,7 +368,7 @@ impl RedlockLock {
                             *state = None; // leaves the queue (the drop of `Queued`)
                             return Ok(Attempt::Acquired(lease));
                         }
-                        Round::Busy(refusal) => st.refusal = Some(refusal),
+                        Round::Busy(refusal) => st.refusal.keep(refusal, key, self.inner.cfg.restart_delay),
                     }
                 }
                 // A peer library's release sends no message: with a peer layout the
@@ -364,7 +387,7 @@ impl RedlockLock {
                     Round::Granted(lease) => Ok(Attempt::Acquired(lease)),
                     Round::Busy(refusal) => {
                         let retry_at = Instant::now() + self.random_delay(refusal.shortest());
-                        st.refusal = Some(refusal);
+                        st.refusal.keep(refusal, key, self.inner.cfg.restart_delay);
                         Ok(Attempt::Busy {
                             wake: Some(wake),
                             retry_at: Some(retry_at),

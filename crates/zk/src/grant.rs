@@ -14,7 +14,7 @@ use zookeeper_client::MultiReadResult;
 
 use crate::cleanup;
 use crate::config::ZkConfig;
-use crate::error::{failed, timed_out};
+use crate::error::{failed, outcome_unknown, timed_out};
 use crate::queue::{Naming, Queued};
 use crate::session::{after_sync, Session, RENEW_WINDOW};
 
@@ -244,8 +244,15 @@ impl LeaseOps for ZkGrant {
     }
 
     /// Deletes our node (its name holds our grant id and sequence number, so a later
-    /// holder's node is never touched). Not confirmed in time: the deletion goes on in the background until confirmed or
-    /// the session ends.
+    /// holder's node is never touched), within one request timeout.
+    ///
+    /// A session that ended (expired while this process was stopped or cut off, or closed)
+    /// took the node with it: `Ok(false)`, not held — also when the deletion learns it
+    /// only from its own failure (the connection dropped under it and the client then
+    /// found the session expired; a new-user trial read "zookeeper unreachable" there,
+    /// with the server up). A session that lives on after such a drop gets the deletion
+    /// once more. Not confirmed in time: the error, and the deletion goes on in the
+    /// background until confirmed or the session ends.
     async fn release(&self) -> Result<bool> {
         if let Some(id) = self.registration.get() {
             self.session.locks.unregister(*id);
@@ -256,9 +263,28 @@ impl LeaseOps for ZkGrant {
         if !self.session.is_usable() {
             return Ok(false);
         }
-        match tokio::time::timeout(self.cfg.timeout, client.delete(&self.path, None)).await {
+        let deadline = Instant::now() + self.cfg.timeout;
+        let mut outcome = tokio::time::timeout_at(deadline, client.delete(&self.path, None)).await;
+        if matches!(&outcome, Ok(Err(e)) if outcome_unknown(e)) {
+            // The connection dropped with the deletion in flight: the client connects
+            // again and learns whether the session lives.
+            match self.session.until_settled(deadline).await {
+                Some(true) => {
+                    outcome = match tokio::time::timeout_at(deadline, client.delete(&self.path, None)).await {
+                        // Gone now: our first deletion landed, or the session's end did.
+                        Ok(Err(zookeeper_client::Error::NoNode)) => Ok(Ok(())),
+                        again => again,
+                    }
+                }
+                Some(false) => return Ok(false),
+                None => {}
+            }
+        }
+        match outcome {
             Ok(Ok(())) => Ok(true),
             Ok(Err(zookeeper_client::Error::NoNode)) => Ok(false),
+            _ if !self.session.is_usable() => Ok(false),
+            Ok(Err(zookeeper_client::Error::SessionExpired)) => Ok(false),
             other => {
                 cleanup::delete(&self.session, self.cfg.timeout, self.path.clone());
                 Err(match other {

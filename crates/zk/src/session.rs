@@ -319,6 +319,33 @@ impl Session {
         drop(client);
         until_ended(self.states.clone(), limit).await
     }
+
+    /// Waits until `deadline` for the client to settle after a dropped connection:
+    /// `Some(true)` once connected again in this session, `Some(false)` once the session
+    /// ended (expired, closed or refused), `None` when neither came in time. Cancel safe.
+    pub async fn until_settled(&self, deadline: tokio::time::Instant) -> Option<bool> {
+        let mut states = self.states.clone();
+        let settled = |s: SessionState| match s {
+            SessionState::SyncConnected | SessionState::ConnectedReadOnly => Some(true),
+            SessionState::Closed | SessionState::Expired | SessionState::AuthFailed => Some(false),
+            _ => None,
+        };
+        if let Some(now) = settled(states.peek_state()) {
+            return Some(now);
+        }
+        tokio::time::timeout_at(deadline, async {
+            // Bounded: the client goes through a handful of states per reconnect.
+            for _ in 0..16 {
+                if let Some(now) = settled(states.changed().await) {
+                    return Some(now);
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+    }
 }
 
 /// Waits up to `limit` for `states` to report the session ended (closed, expired or
