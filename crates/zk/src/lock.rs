@@ -19,7 +19,7 @@ use zookeeper_client::{Acls, CreateMode};
 use crate::config::ZkConfig;
 use crate::error::{failed, no_answer, timed_out};
 use crate::grant;
-use crate::queue::{enqueue, position, wait_turn, Pending, Queued};
+use crate::queue::{enqueue, first_position, position, wait_turn, Pending, Queued};
 use crate::session::Session;
 use crate::waiting::WaitingSlot;
 
@@ -205,7 +205,7 @@ impl DistributedLock for ZkLock {
                 let session = self.session().await?;
                 let dir = self.inner.cfg.layout.dir(key, &self.inner.cfg.chroot);
                 let q = enqueue(&session, &self.inner.cfg, key, dir, &Pending::new(), None).await?;
-                let pos = position(&q).await?;
+                let pos = first_position(&q).await?;
                 match pos.predecessor {
                     None => Ok(Some(grant::lease(key, opts, q, pos.sent_at).into_live()?)),
                     Some(_) => Ok(None), // dropping `q` deletes our node

@@ -48,6 +48,10 @@ pub(crate) struct Queued {
     /// version: until the grant claims the node, a waiter behind us may remove it once the
     /// marker is gone. `None`: it names nothing (the node is removed only with our session).
     pub naming: std::sync::Mutex<Option<Naming>>,
+    /// The send instant of the create that made our node, until the first listing after
+    /// it takes it as its proof ([`first_position`]); `None` for a node found by a
+    /// follow-up of a lost create.
+    pub created_at: std::sync::Mutex<Option<Instant>>,
     armed: bool,
 }
 
@@ -180,9 +184,11 @@ async fn create(
     let node = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
     let limit = session.timeout() * 2 + cfg.timeout;
     for _ in 0..CONTAINER_TRIES {
+        let sent_at = Instant::now();
         match tokio::time::timeout(limit, client.create(&prefix, &data, &node)).await {
             Ok(Ok((stat, seq))) => {
                 return Ok(Queued {
+                    created_at: std::sync::Mutex::new(Some(sent_at)),
                     session: Arc::clone(session),
                     cfg: Arc::clone(cfg),
                     name: format!("{name_prefix}{seq}"),
@@ -261,6 +267,7 @@ async fn follow_up(
             Ok(Ok(Some((name, czxid)))) => {
                 tracing::debug!(%dir, %name, "a lock node whose create answer was lost was found");
                 return Ok(Queued {
+                    created_at: std::sync::Mutex::new(None),
                     session: Arc::clone(session),
                     cfg: Arc::clone(cfg),
                     dir: dir.to_owned(),
@@ -366,8 +373,9 @@ pub(crate) struct Position {
     pub predecessor: Option<String>,
     /// Every node before ours, oldest first.
     pub older: Vec<String>,
-    /// When the listing was sent (behind a `sync`): if we are first, the lock is ours from
-    /// no later than this, and the sync's answer proves the leader held our session then.
+    /// When the listing was sent behind a `sync` — or, for [`first_position`]'s listing,
+    /// when our create was: if we are first, the lock is ours from no later than this, and
+    /// the answer proves the leader held our session then.
     pub sent_at: Instant,
 }
 
@@ -376,10 +384,47 @@ pub(crate) struct Position {
 /// off from the leader answers a listing alone from its stale copy. `Err` when our node is
 /// gone (the session expired, or an operator deleted it).
 pub(crate) async fn position(q: &Queued) -> Result<Position> {
+    listed(q, Instant::now(), Proof::Sync).await
+}
+
+/// The first listing after our create, when it follows the create's answer within a
+/// request timeout: [`position`] without its `sync`, and `sent_at` is the create's send
+/// instant. Sound because the create is a write: the leader commits it only for a session
+/// it holds (it refuses an expired one), as it answers a `sync` only for a connected
+/// follower — so its answer proves from its send instant what the sync's would
+/// ([`crate::session::proven_for`]; a follower cut off from the leader cannot answer it
+/// at all). And the listing, sent after that answer on the same session, is served from
+/// a copy at least as new as our create: every node older than ours (a lower sequence
+/// number, given out before ours in the leader's order) is in it unless deleted, and a
+/// deleted node never returns — so "none older" is as true as behind a sync. One round
+/// trip to the leader fewer per uncontended grant (the `sync` cost an uncontended
+/// acquire about a fifth, docs/backends/zookeeper.md). Later listings use [`position`].
+pub(crate) async fn first_position(q: &Queued) -> Result<Position> {
+    let created_at = q.created_at.lock().unwrap_or_else(|p| p.into_inner()).take();
+    match created_at {
+        Some(at) if at.elapsed() < q.cfg.timeout => listed(q, at, Proof::OwnCreate).await,
+        _ => position(q).await,
+    }
+}
+
+/// What proves a listing's view of the leader's session from `sent_at` on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Proof {
+    /// A `sync` pipelined before it.
+    Sync,
+    /// Our own create, answered before the listing was sent ([`first_position`]).
+    OwnCreate,
+}
+
+async fn listed(q: &Queued, sent_at: Instant, proof: Proof) -> Result<Position> {
     let client = q.session.client()?;
-    let sent_at = Instant::now();
-    let listed = after_sync(&client, |c| c.list_children(&q.dir));
-    let mut children = match tokio::time::timeout(q.cfg.timeout, listed).await {
+    let listing = async {
+        match proof {
+            Proof::Sync => after_sync(&client, |c| c.list_children(&q.dir)).await,
+            Proof::OwnCreate => client.list_children(&q.dir).await,
+        }
+    };
+    let mut children = match tokio::time::timeout(q.cfg.timeout, listing).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => return Err(failed("listing the queue", &q.cfg.display, e)),
         Err(_) => return Err(timed_out("listing the queue", &q.cfg.display, q.cfg.timeout)),
@@ -682,7 +727,11 @@ async fn wait_for_turn(
     let mut watches: Vec<Watch> = Vec::new();
     let mut naming_tried = q.naming.lock().unwrap_or_else(|p| p.into_inner()).is_some();
     for round in 0..100_000 {
-        let pos = position(q).await?;
+        let pos = if round == 0 {
+            first_position(q).await?
+        } else {
+            position(q).await?
+        };
         if round == 0 {
             // Whether this key is contended here: its next create names the marker if so.
             if let Some(namer) = namer {
