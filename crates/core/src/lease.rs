@@ -300,16 +300,18 @@ impl Shared {
         });
         if changed {
             self.unschedule();
-            self.metrics.lost(&reason);
-            tracing::warn!(target: LOST_TARGET, key = %self.key, token = %self.token, %reason, "lease lost");
             if give_back && matches!(reason, LostReason::Expired | LostReason::RenewalFailed(_)) {
                 // The lease lapsed: give the grant back on the backend (only ours is ever
                 // touched), so that backends whose grants do not expire by themselves —
                 // a ZooKeeper node lives as long as its session — honour the TTL too.
+                // Started before the metrics and the log line, which call the caller's
+                // recorder and layers: one that panics must not skip it (a review).
                 if let Ok(rt) = Handle::try_current() {
                     release_in_background(&self.ops, &rt, &self.key, self.token, "release_after_expiry");
                 }
             }
+            self.metrics.lost(&reason);
+            tracing::warn!(target: LOST_TARGET, key = %self.key, token = %self.token, %reason, "lease lost");
         }
         changed
     }
@@ -2060,6 +2062,50 @@ mod tests {
         assert!(server.landed_a("renew"), "no renewal landed");
         let held = Arc::try_unwrap(held).unwrap_or_else(|_| panic!("the extend's task still holds the lease"));
         held.release().await.expect("release");
+    }
+
+    /// A lease whose validity ran out gives its grant back even when the loss's log line
+    /// panics (a caller's tracing layer, or metrics recorder): the give-back starts first
+    /// (review of the timer's panic handling: it came after them, and such a panic skipped
+    /// it — a ZooKeeper node without auto-renew then stayed until the process exited).
+    #[tokio::test(start_paused = true)]
+    async fn an_expiry_whose_loss_report_panics_still_gives_the_grant_back() {
+        /// Panics on the lease's "lease lost" event; nothing else.
+        struct PanicsOnLoss;
+        impl tracing::Subscriber for PanicsOnLoss {
+            fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+                true
+            }
+            fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+                tracing::span::Id::from_u64(1)
+            }
+            fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+            fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+            fn event(&self, event: &tracing::Event<'_>) {
+                if event.metadata().target() == LOST_TARGET {
+                    panic!("a tracing layer panicked on the loss");
+                }
+            }
+            fn enter(&self, _: &tracing::span::Id) {}
+            fn exit(&self, _: &tracing::span::Id) {}
+        }
+        // The current-thread runtime's timer task runs on this thread: it sees this default.
+        let _default = tracing::subscriber::set_default(PanicsOnLoss);
+        let ops = ops(Duration::ZERO);
+        let lease = lease(&ops, Instant::now(), Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for _ in 0..100 {
+            if ops.releases.load(Ordering::SeqCst) > 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(lease.status().state, LeaseState::Lost(_)), "{:?}", lease.status().state);
+        assert_eq!(
+            ops.releases.load(Ordering::SeqCst),
+            1,
+            "the lapsed lease's grant was not given back"
+        );
     }
 
     /// Review of the lease machinery (F1): a backend whose `renew` panicked left the lease

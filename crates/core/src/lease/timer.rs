@@ -121,9 +121,26 @@ impl Timer {
     /// Wakes `what` at `at`, replacing the instant `entry` was scheduled at before.
     pub(super) fn schedule(&self, entry: u64, at: Instant, what: Weak<dyn Due>) {
         let mut e = lock(&self.state.entries);
-        if let Some(old) = e.by_entry.insert(entry, at) {
+        if let Some(old) = e.by_entry.remove(&entry) {
             e.by_time.remove(&(old, entry));
         }
+        self.insert(e, entry, at, what);
+    }
+
+    /// [`schedule`](Self::schedule), unless `entry` is scheduled already — checked and
+    /// done under one lock, so an instant the entry's owner sets meanwhile (from another
+    /// thread) is never replaced.
+    fn schedule_unless_scheduled(&self, entry: u64, at: Instant, what: Weak<dyn Due>) {
+        let e = lock(&self.state.entries);
+        if !e.by_entry.contains_key(&entry) {
+            self.insert(e, entry, at, what);
+        }
+    }
+
+    /// Schedules `entry` (not scheduled now) at `at` under the held lock, and wakes the
+    /// timer task if that is sooner than it sleeps until.
+    fn insert(&self, mut e: MutexGuard<'_, Entries>, entry: u64, at: Instant, what: Weak<dyn Due>) {
+        e.by_entry.insert(entry, at);
         e.by_time.insert((at, entry), what);
         if e.armed_for.is_none_or(|armed| at < armed) {
             e.armed_for = Some(at);
@@ -197,10 +214,7 @@ async fn run(state: Arc<State>, _alive: AliveWhileRunning) {
                     let timer = Timer {
                         state: Arc::clone(&state),
                     };
-                    let scheduled = lock(&state.entries).by_entry.contains_key(&id);
-                    if !scheduled {
-                        timer.schedule(id, Instant::now() + PANICKED_RETRY, weak);
-                    }
+                    timer.schedule_unless_scheduled(id, Instant::now() + PANICKED_RETRY, weak);
                 }
             }
         }
@@ -313,6 +327,23 @@ mod tests {
             2,
             "the entry whose wake-up panicked was not woken again"
         );
+    }
+
+    /// The retry of a wake-up that panicked never replaces an instant the entry's owner
+    /// set meanwhile (a review: the check and the schedule were two steps, and a renewal
+    /// finishing on another thread between them had its instant pushed back).
+    #[tokio::test(start_paused = true)]
+    async fn the_retry_after_a_panic_keeps_an_instant_set_meanwhile() {
+        let timer = Timer::current().expect("in a runtime");
+        let a = counter();
+        let e = Timer::entry();
+        let soon = Instant::now() + Duration::from_millis(10);
+        timer.schedule(e, soon, weak(&a));
+        timer.schedule_unless_scheduled(e, Instant::now() + PANICKED_RETRY, weak(&a));
+        assert_eq!(lock(&timer.state.entries).by_entry.get(&e), Some(&soon));
+        timer.cancel(e);
+        timer.schedule_unless_scheduled(e, soon, weak(&a));
+        assert_eq!(lock(&timer.state.entries).by_entry.get(&e), Some(&soon), "not scheduled");
     }
 
     #[test]
