@@ -247,10 +247,14 @@ impl LeaseOps for ZkGrant {
     /// holder's node is never touched), within one request timeout.
     ///
     /// A session that ended (expired while this process was stopped or cut off, or closed)
-    /// took the node with it: `Ok(false)`, not held — also when the deletion learns it
+    /// takes the node with it: `Ok(false)`, not held — also when the deletion learns it
     /// only from its own failure (the connection dropped under it and the client then
     /// found the session expired; a new-user trial read "zookeeper unreachable" there,
-    /// with the server up). A session that lives on after such a drop gets the deletion
+    /// with the server up). "Ended" is the client's verdict: when it gives up reconnecting
+    /// (7/5 of the session timeout without an answer) the server may keep the session, and
+    /// the node, up to one more session timeout (ZooKeeper expires on tick boundaries, and
+    /// a new leader grants every session a full timeout) — the key stays blocked, never
+    /// handed out twice. A session that lives on after such a drop gets the deletion
     /// once more. Not confirmed in time: the error, and the deletion goes on in the
     /// background until confirmed or the session ends.
     async fn release(&self) -> Result<bool> {

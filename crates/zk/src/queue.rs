@@ -387,8 +387,8 @@ pub(crate) async fn position(q: &Queued) -> Result<Position> {
     listed(q, Instant::now(), Proof::Sync).await
 }
 
-/// The first listing after our create, when it follows the create's answer within a
-/// request timeout: [`position`] without its `sync`, and `sent_at` is the create's send
+/// The first listing after our create, when it is sent within a request timeout of the
+/// create's send: [`position`] without its `sync`, and `sent_at` is the create's send
 /// instant. Sound because the create is a write: the leader commits it only for a session
 /// it holds (it refuses an expired one), as it answers a `sync` only for a connected
 /// follower — so its answer proves from its send instant what the sync's would
@@ -761,7 +761,6 @@ async fn wait_for_turn(
             name_ours(q, namer).await?;
         }
         let client = q.session.client()?;
-        let sent = Instant::now();
         // Our own node first (once per wait, again only after an event other than its
         // deletion), then the nodes before it.
         if own.is_none() {
@@ -785,7 +784,10 @@ async fn wait_for_turn(
                 }
             }
         }
-        confirmed = confirmed.max(sent);
+        // `confirmed` stays the listing's proof: these reads went without a `sync`, and a
+        // follower's answer alone proves nothing of the leader's view of our session (a
+        // review: a grant on the push counted from them, up to their round trips past the
+        // last proof).
         for _ in 0..1_000_000 {
             let left = known.iter().filter(|n| !deleted.contains(*n)).count();
             if left == 0 && !more {

@@ -331,3 +331,59 @@ async fn a_holder_on_a_cut_off_follower_is_not_held_past_another_grant() {
     drop(held_by_a);
     ensemble.heal(follower);
 }
+
+/// A grant on the watch push counts its validity from the last proof of the session
+/// through the leader — our create, or a listing behind a `sync` — never from the plain
+/// reads that set the watches, which a follower answers alone (a review: it counted from
+/// them, their round trips past the last proof). The waiter's link is slow (150 ms each
+/// way) so that those round trips show; its session timeout (20 s: proofs hold 15 s) is long
+/// enough that the push finds the create's proof recent (within a quarter of the
+/// validity), so no fresh listing is sent at the grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_on_the_push_counts_from_a_leader_proof() {
+    let zk = ZkEnsemble::standalone();
+    let holder = ZkLock::connect(&zk.url("/push-proof", "")).await.unwrap();
+    let opts = LockOptions::new()
+        .with_ttl(Duration::from_secs(60))
+        .with_auto_renew(false);
+    let first = holder.acquire("k", &opts).await.unwrap();
+    let proxy = FaultProxy::start(zk.port(0)).await;
+    let url = format!(
+        "zk://127.0.0.1:{}/push-proof?session_timeout=20s&timeout=2s",
+        proxy.port()
+    );
+    let waiter = ZkLock::connect(&url).await.unwrap();
+    let watches_before = zk.watch_count(0).expect("wchs");
+    proxy.set(Mode::Delay(Duration::from_millis(150)));
+    let start = Instant::now();
+    let waiting = tokio::spawn(async move {
+        let lease = waiter.acquire("k", &opts).await;
+        (waiter, lease)
+    });
+    fencelock_testkit::until::until(
+        "the waiter watches its node and the holder's",
+        Duration::from_secs(20),
+        || zk.watch_count(0).is_some_and(|n| n >= watches_before + 2),
+    )
+    .await;
+    first.release().await.unwrap();
+    let (_waiter, lease) = waiting.await.unwrap();
+    let lease = lease.expect("granted on the push");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "the push came {:?} after the start: not within a quarter of the validity",
+        start.elapsed()
+    );
+    // ¾ of the 20 s session timeout (`proven_for`) from the create's send, which follows
+    // the start by the task's spawn (100 ms allowed for it); the watch reads came two round
+    // trips (600 ms) later.
+    let bound = start + Duration::from_secs(15) + Duration::from_millis(100);
+    let valid_until = lease.status().valid_until;
+    assert!(
+        valid_until <= bound,
+        "the grant is believed {:?} past the last proof's bound",
+        valid_until.saturating_duration_since(bound)
+    );
+    proxy.set(Mode::Pass);
+    lease.release().await.unwrap();
+}
