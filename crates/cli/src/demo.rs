@@ -35,15 +35,7 @@ pub async fn demo(cli: &Cli, args: &DemoArgs) -> ExitCode {
     let (tx, mut rx) = mpsc::unbounded_channel::<(usize, String)>();
     let mut children = Vec::new();
     for n in 1..=usize::from(args.processes) {
-        let mut cmd = Command::new(&exe);
-        if let Some(path) = &cli.config {
-            cmd.arg("--config").arg(path);
-        } else {
-            cmd.arg("--backend").arg(&config.backend);
-        }
-        cmd.args(["run", "demo", "--wait", "60s", "--ttl", "10s", "--"])
-            .arg(&exe)
-            .arg("__demo-work");
+        let mut cmd = child_command(&exe, cli.config.as_deref(), &config.backend);
         let mut child = match cmd.stdout(Stdio::piped()).kill_on_drop(true).spawn() {
             Ok(c) => c,
             Err(e) => return exit::fail(&format!("cannot start a demo process: {e}"), exit::FAILURE),
@@ -100,4 +92,44 @@ pub async fn demo_work() -> ExitCode {
     tokio::time::sleep(WORK).await;
     outln!("leave {token}");
     ExitCode::SUCCESS
+}
+
+/// One demo process: `fencelock run demo … -- fencelock __demo-work`, on the configuration
+/// file if one was given, else with the backend URL in `FENCELOCK_BACKEND` — never on the
+/// command line, where `ps` shows a password to every user of the machine (a new-user
+/// trial read it there after putting it in the environment, as docs/cli.md advises).
+fn child_command(exe: &std::path::Path, config_file: Option<&std::path::Path>, backend_url: &str) -> Command {
+    let mut cmd = Command::new(exe);
+    match config_file {
+        Some(path) => {
+            cmd.arg("--config").arg(path);
+        }
+        None => {
+            cmd.env(backend::ENV, backend_url);
+        }
+    }
+    cmd.args(["run", "demo", "--wait", "60s", "--ttl", "10s", "--"])
+        .arg(exe)
+        .arg("__demo-work");
+    cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The backend URL (and its password) goes to the demo's processes in their
+    /// environment, not on their command lines.
+    #[test]
+    fn the_backend_url_is_not_on_the_childrens_command_lines() {
+        let url = "redis://:SeCRET@127.0.0.1:1";
+        let cmd = child_command(std::path::Path::new("/bin/fencelock"), None, url);
+        let args: Vec<_> = cmd.as_std().get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert!(!args.iter().any(|a| a.contains("SeCRET")), "on the command line: {args:?}");
+        let env: Vec<_> = cmd.as_std().get_envs().collect();
+        assert!(
+            env.iter().any(|(k, v)| *k == backend::ENV && v.is_some_and(|v| v == url)),
+            "not in the environment: {env:?}"
+        );
+    }
 }

@@ -121,6 +121,19 @@ impl PgConfig {
                         _ => return Err(bad(format!("handoff takes true or false, not `{v}`"))),
                     }
                 }
+                // Said once: with a database in the path and `dbname=` in the query,
+                // tokio-postgres took the query's while every message showed the path's
+                // (a new-user trial locked in one database while told of another).
+                "dbname" if !u.path().trim_start_matches('/').is_empty() => {
+                    return Err(bad(
+                        "the database is given twice, in the path and as dbname=: give it once, in the path".into(),
+                    ))
+                }
+                "user" if u.user().is_some() => {
+                    return Err(bad(
+                        "the user is given twice, before the @ and as user=: give it once, before the @".into(),
+                    ))
+                }
                 "sslmode" => passed.push(format!("sslmode={}", plain_sslmode(v).map_err(|e| u.invalid(e))?)),
                 k if TLS_FILE_KEYS.contains(&k) => return Err(u.invalid(format!("{k}: {NO_TLS}"))),
                 _ => passed.push(pair.raw.clone()),
@@ -386,6 +399,23 @@ const RESERVED: &[&str] = &[
 mod tests {
     use super::*;
     use tokio_postgres::config::SslMode;
+
+    /// The database and the user are given once: in the path and before the `@`, or in
+    /// the query — both is refused (a new-user trial: `…/appdb?dbname=pgdb` locked in
+    /// `pgdb` while every message named `appdb`).
+    #[test]
+    fn a_database_or_user_given_twice_is_refused() {
+        for (url, says) in [
+            ("postgres://u@127.0.0.1/appdb?dbname=pgdb", "database is given twice"),
+            ("postgres://u@127.0.0.1/appdb?user=other", "user is given twice"),
+        ] {
+            let e = PgConfig::from_url(url).unwrap_err();
+            assert!(matches!(e, LockError::InvalidConfig { .. }), "{url}: {e}");
+            assert!(e.to_string().contains(says), "{url}: {e}");
+        }
+        let once = PgConfig::from_url("postgres://127.0.0.1?dbname=pgdb&user=u").unwrap();
+        assert_eq!(once.pg.get_dbname(), Some("pgdb"));
+    }
 
     #[test]
     fn parses_options_and_hides_passwords() {

@@ -39,6 +39,29 @@ pub struct FileConfig {
     pub inherit: bool,
 }
 
+/// The directory `file://` + `authority_and_path` names, through the `url` crate (RFC 8089):
+/// percent-decoded — `a%20b` and `a b` must be one directory, or two holders of one key
+/// would each lock in their own (a new-user trial) — with no host or `localhost`. A `#`
+/// would end the path (a fragment): refused, since the directory's name may hold one.
+fn file_path(url: &str, authority_and_path: &str) -> Result<PathBuf> {
+    let absolute = || {
+        LockError::invalid_config(format!(
+            "`{url}`: a file URL needs an absolute path on this machine, e.g. file:///var/lock/myapp \
+             (three slashes; the only host it takes is localhost)"
+        ))
+    };
+    if authority_and_path.is_empty() {
+        return Err(absolute()); // `file://`: the url crate would read the root directory
+    }
+    let parsed = url::Url::parse(&format!("file://{authority_and_path}")).map_err(|_| absolute())?;
+    if parsed.fragment().is_some() {
+        return Err(LockError::invalid_config(format!(
+            "`{url}`: `#` ends a URL's path; percent-encode it as %23 if the directory's name holds one"
+        )));
+    }
+    parsed.to_file_path().map_err(|()| absolute())
+}
+
 impl FileConfig {
     /// A private, durable configuration for `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
@@ -59,12 +82,7 @@ impl FileConfig {
             .map(|_| &url[7..])
             .ok_or_else(|| LockError::invalid_config(format!("`{url}` is not a file:// URL")))?;
         let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-        if !path.starts_with('/') {
-            return Err(LockError::invalid_config(format!(
-                "`{url}`: a file URL needs an absolute path, e.g. file:///var/lock/myapp (three slashes)"
-            )));
-        }
-        let mut config = FileConfig::new(path).normalised();
+        let mut config = FileConfig::new(file_path(url, path)?).normalised();
         let mut seen: Vec<&str> = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -292,6 +310,27 @@ mod tests {
             PathBuf::from("/var/lock/app")
         );
         assert_eq!(dir("file:///var/lock/x/../app"), PathBuf::from("/var/lock/app"));
+    }
+
+    /// One directory, one spelling: the path is percent-decoded (RFC 8089; Python's
+    /// `Path.as_uri()` writes a space as `%20`), so `a b` and `a%20b` are one directory —
+    /// a new-user trial ran two holders of one key at once, the second in a directory
+    /// literally named `a%20b` — and `localhost` names this machine.
+    #[test]
+    fn the_path_is_percent_decoded_and_localhost_is_this_machine() {
+        let dir = |url: &str| FileConfig::from_url(url).unwrap().dir;
+        assert_eq!(dir("file:///tmp/a%20b"), PathBuf::from("/tmp/a b"));
+        assert_eq!(dir("file:///tmp/a b"), PathBuf::from("/tmp/a b"));
+        assert_eq!(dir("file:///tmp/%C3%A9t%C3%A9"), PathBuf::from("/tmp/été"));
+        assert_eq!(dir("file://localhost/tmp/x?durable=false"), PathBuf::from("/tmp/x"));
+        for (bad, says) in [
+            ("file://otherhost/tmp/x", "three slashes"),
+            ("file:///tmp/a#b", "%23"),
+        ] {
+            let e = FileConfig::from_url(bad).unwrap_err();
+            assert!(matches!(e, LockError::InvalidConfig { .. }), "{bad}: {e}");
+            assert!(e.to_string().contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]
