@@ -185,7 +185,7 @@ pub(crate) async fn supervise_with(
     };
     let group = started.group;
     let renews = lease.auto_renews();
-    let lease_key = lease.key().to_owned();
+    let (lease_key, lease_token) = (lease.key().to_owned(), lease.token());
     let mut killed = false;
     let outcome = watch(&mut started, &lease, args.kill_after, signals, &mut killed).await;
     // Nothing of the command may run once the lock is given back.
@@ -237,7 +237,8 @@ pub(crate) async fn supervise_with(
                 // Killed a tenth of the validity early (`guard::kill_ahead`): the release may
                 // still have found the grant, but the command was stopped for the lease's sake.
                 _ => lost(Some(format!(
-                    "{}; `{program}` did not finish: the guard killed its process group",
+                    "lease on `{lease_key}` (token {lease_token}) lost: {}; `{program}` did not finish: the guard \
+                     killed its process group",
                     if renews {
                         "the lease's validity was ending without a renewal".to_owned()
                     } else {

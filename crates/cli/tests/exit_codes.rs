@@ -845,3 +845,22 @@ fn a_wait_on_nodes_inside_their_restart_delay_is_said_with_v() {
     assert!(quiet.status.success(), "{}", stderr_of(&quiet));
     assert!(stderr_of(&quiet).is_empty(), "without -v: {}", stderr_of(&quiet));
 }
+
+/// A server that stops answering while `run` runs: the guard kills the command at the end
+/// of the validity, and `run` says so in one line that names the lease — key and token —
+/// as every other loss line does (a new-user trial read "the lease's validity was ending
+/// without a renewal; …" with neither).
+#[test]
+fn a_kill_at_the_validitys_end_names_the_lease() {
+    let server = fencelock_testkit::redis_server::RedisServer::start();
+    let run = ["run", "k", "--ttl", "1s"];
+    let (holder, _in) = common::spawn_holder(common::fencelock(&server.url()), &run, "echo in; sleep 30");
+    server.pause();
+    let out = holder.wait_with_output().expect("wait");
+    server.resume();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(76), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("fencelock:")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("lease on `k` (token 1) lost"), "{err}");
+}
