@@ -41,6 +41,20 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
     if let Err(e) = fencelock::options::validate_key(&args.key) {
         return exit::fail_with(&e);
     }
+    // An election's seat is a lock key of the same backend (`election.NAME`): `run` on it
+    // would take the seat with no value, `elect` would then say "led by someone else" and
+    // `leader` print a term without one (a new-user trial). Refused here, where a user
+    // types keys; the library's namespace stays shared, as docs/election.md says.
+    if let Some(name) = args.key.strip_prefix(fencelock_core::election::SEAT_PREFIX) {
+        return fail(
+            &format!(
+                "the key `{}` is the seat of the election `{name}`: campaign with `fencelock elect {name}`, \
+                 or name the lock otherwise",
+                args.key
+            ),
+            exit::BAD_INPUT,
+        );
+    }
     if let Err(code) = crate::command_check::before_waiting(&args.command, "waiting for the lock") {
         return code;
     }

@@ -63,6 +63,8 @@ fn bad_inputs_exit_64_or_78_on_one_line() {
         // Keys.
         (on_f("", &[]), 64, "key is empty"),
         (on_f("a\nb", &[]), 64, "control character"),
+        // An election's seat is not a lock to `run` under (a new-user trial took one).
+        (on_f("election.sched", &[]), 64, "seat of the election `sched`"),
         // Backends and configuration: 78.
         (run("memory://", "k", &[]), 78, "cannot use memory://"),
         (vec!["--backend", "memory://", "demo"], 78, "cannot use memory://"),
