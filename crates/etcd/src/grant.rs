@@ -187,10 +187,31 @@ impl EtcdGrant {
                 async move { cl.get(key, Some(GetOptions::new().with_keys_only())).await }
             })
             .await?;
+        // A lease move held back (test): it lands after this read.
+        #[cfg(test)]
+        if let Some(txn) = crate::hooks::held(self.inner.cluster.display()) {
+            let _ = self.inner.cluster.txn("a held-back lease move", &txn).await;
+        }
         Ok(r.kvs()
             .first()
             .filter(|kv| kv.create_revision() == self.rev)
             .map(|kv| kv.lease()))
+    }
+
+    /// Sends a lease move's transaction (bounded as [`crate::client::Cluster::call`]).
+    async fn send_move(&self, txn: &Txn) -> Result<etcd_client::TxnResponse> {
+        let c = &self.inner.cluster;
+        let doing = "moving the lock to the longer lease";
+        #[cfg(test)]
+        if crate::hooks::fire(c.display(), crate::hooks::Fault::LateMove) {
+            crate::hooks::hold(c.display(), txn.clone());
+            return Err(crate::error::timed_out(doing, c.display(), c.request_timeout()));
+        }
+        c.call(doing, |mut cl| {
+            let txn = txn.clone();
+            async move { cl.txn(txn).await }
+        })
+        .await
     }
 
     /// Makes `on`, the lease our key was found on, the current one if it is one of ours
@@ -226,17 +247,23 @@ impl EtcdGrant {
     /// Moves our key onto a new lease of `ttl` (etcd cannot lengthen a lease): grant, then
     /// re-put our key with the new lease only if it is still ours (the create revision,
     /// and so the token, stays), then revoke the old lease. Runs in a task of its own, so
-    /// a dropped `extend` cannot stop it halfway. A move whose answer is lost is settled
-    /// by reading which lease carries the key; if even that fails, both leases are kept
-    /// (neither is revoked, so the key is never deleted by mistake) and the next extend or
-    /// the release sorts them out.
+    /// a dropped `extend` cannot stop it halfway. A move whose answer is lost may still
+    /// land after any later read: unless a read finds our key already on the new lease
+    /// (or gone), both leases are kept — neither is revoked, so the key is never deleted by
+    /// mistake — the extend fails (temporary), and the next extend adopts the lease the key
+    /// is found on; the release revokes both.
     async fn move_to_longer_lease(self: Arc<Self>, ttl: Duration) -> Result<Option<Duration>> {
         let c = self.inner.cluster.clone();
         let Some(old) = self.our_key().await? else {
             return Ok(None);
         };
-        if self.adopt(old).is_none() {
+        let Some(granted) = self.adopt(old) else {
             return Ok(None);
+        };
+        if ttl <= granted {
+            // An earlier move whose answer was lost had landed: the key rides on a lease
+            // long enough already.
+            return Ok(keep_alive_once(&c, old).await?.then_some(ttl));
         }
         let secs = ttl.as_secs_f64().ceil().max(1.0) as i64;
         let fresh = c
@@ -257,22 +284,22 @@ impl EtcdGrant {
                 "",
                 Some(PutOptions::new().with_lease(fresh).with_ignore_value()),
             )]);
-        let moved = c
-            .call("moving the lock to the longer lease", |mut cl| {
-                let txn = txn.clone();
-                async move { cl.txn(txn).await }
-            })
-            .await;
+        let moved = self.send_move(&txn).await;
         // Which lease carries our key now (`None`: our key is gone).
         let on = match &moved {
             Ok(r) if r.succeeded() => Some(fresh),
             // The compare failed: our key is gone, or (an operator's put) on another lease.
             Ok(_) => self.our_key().await.ok().flatten(),
+            // No answer: the move may still land, after any read we make. A read settles
+            // it only when it finds our key on `fresh` (the move landed) or gone (a move
+            // cannot bring it back: its compare names our create revision). Our key still
+            // on `old` settles nothing — revoking `fresh` then deletes the key if the move
+            // lands afterwards, under a holder told only "try again" (review) — nor does a
+            // failed read: both leases are kept, neither revoked; the next extend adopts
+            // the one the key is found on, the release revokes both.
             Err(_) => match self.our_key().await {
-                Ok(on) => on,
-                Err(_) => {
-                    // Unknown: keep both leases and revoke neither, so the key is never
-                    // deleted by mistake; the next extend or the release settles it.
+                Ok(on) if on.is_none() || on == Some(fresh) => on,
+                _ => {
                     if let Some(mut own) = self.own() {
                         own.others.push((fresh, fresh_granted));
                     }
@@ -442,5 +469,72 @@ impl LeaseOps for EtcdGrant {
     /// ends the session.
     fn cleanup(&self) -> Option<CleanupGuard> {
         Some(self.inner.cleanups.start())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+    use std::time::Duration;
+
+    use etcd_client::GetOptions;
+    use fencelock_core::{DistributedLock, LockOptions};
+    use fencelock_testkit::etcd_server::EtcdCluster;
+
+    use crate::hooks::{arm, Fault};
+    use crate::EtcdLock;
+
+    /// The keys under `key`'s directory and the leases etcd holds, read on `lock`'s own
+    /// connection.
+    async fn keys_and_leases(lock: &EtcdLock, key: &str) -> (i64, usize) {
+        let c = &lock.inner.cluster;
+        let mut client = c.client.clone();
+        let opts = GetOptions::new().with_prefix().with_count_only();
+        let keys = client.get(c.cfg.lock_dir(key), Some(opts)).await.unwrap().count();
+        let leases = client.leases().await.unwrap().leases().len();
+        (keys, leases)
+    }
+
+    /// A lease move (an `extend` past the granted TTL) whose transaction went unanswered
+    /// and landed only after the read that followed it: that read found our key still on
+    /// the old lease, and the new lease was revoked — taking our key with it, moved there
+    /// by the late transaction, while the holder, told only "try again", still read its
+    /// lease as held. Neither lease may be revoked while the move's outcome is unknown;
+    /// the release revokes both.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lease_move_without_an_answer_revokes_neither_lease() {
+        let cluster = EtcdCluster::single();
+        let lock = EtcdLock::connect(&cluster.url("")).await.unwrap();
+        let key = "late-move";
+        let opts = LockOptions::new()
+            .with_ttl(Duration::from_secs(5))
+            .with_auto_renew(false);
+        let lease = lock.acquire(key, &opts).await.unwrap();
+        arm(lock.inner.cluster.display(), Fault::LateMove);
+        let extended = lease.extend(Duration::from_secs(10)).await;
+        assert!(
+            extended.as_ref().is_err_and(|e| e.is_temporary()),
+            "the move got no answer: a temporary error, not {extended:?}"
+        );
+        // Whatever the extend left to do in the background (revokes) is done.
+        assert!(lock.inner.cleanups.idle(Duration::from_secs(10)).await);
+        assert!(lease.is_held(), "a temporary extend error leaves the lease held");
+        let (keys, leases) = keys_and_leases(&lock, key).await;
+        assert_eq!(
+            keys, 1,
+            "the lock key was deleted (the lease the late move put it on was revoked) while the lease reads held"
+        );
+        assert_eq!(leases, 2, "both leases are kept while the move's outcome is unknown");
+        // The next extend finds the key on the longer lease: kept alive, nothing moved.
+        lease.extend(Duration::from_secs(10)).await.unwrap();
+        assert_eq!(keys_and_leases(&lock, key).await, (1, 2));
+        lease.release().await.unwrap();
+        assert!(lock.inner.cleanups.idle(Duration::from_secs(10)).await);
+        assert_eq!(
+            keys_and_leases(&lock, key).await,
+            (0, 0),
+            "the release revokes both leases"
+        );
     }
 }

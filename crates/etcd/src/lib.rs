@@ -53,6 +53,8 @@ mod election;
 mod error;
 mod finish;
 mod grant;
+#[cfg(test)]
+mod hooks;
 mod lock;
 mod queue;
 mod session;
