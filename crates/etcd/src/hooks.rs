@@ -16,6 +16,9 @@ pub(crate) enum Fault {
     /// back and reaches etcd right after the next read of the grant's key is answered (a
     /// write that lands after a read sent later).
     LateMove,
+    /// The first try of the next queueing transaction lands, and its answer is lost: the
+    /// request is tried again.
+    LostQueueAnswer,
 }
 
 static ARMED: Mutex<Vec<(String, Fault)>> = Mutex::new(Vec::new());

@@ -501,24 +501,28 @@ pub(crate) async fn enqueue_with_value(
         }
         for op in resp.op_responses() {
             let TxnOpResponse::Txn(queue) = op else { continue };
+            let mut reads = queue.op_responses().into_iter().filter_map(|op| match op {
+                TxnOpResponse::Get(g) => Some(g),
+                _ => None,
+            });
             if queue.succeeded() {
                 queued.rev = revision;
                 queued.waiting = waiting.take(); // our put named it (when there was one)
-            }
-            for op in queue.op_responses() {
-                match op {
-                    TxnOpResponse::Get(g) if queue.succeeded() => {
-                        queued.place = Place::after_our_put(&g, &my_key, revision);
-                    }
-                    TxnOpResponse::Get(g)
-                        if g.kvs().first().is_some_and(|kv| kv.key() == my_key.as_bytes()) && !queue.succeeded() =>
-                    {
-                        queued.rev = g.kvs()[0].create_revision();
-                        found_on = Some(g.kvs()[0].lease());
-                    }
-                    TxnOpResponse::Get(g) => owner_rev = g.kvs().first().map_or(0, |kv| kv.create_revision()),
-                    _ => {}
+                if let Some(g) = reads.next() {
+                    queued.place = Place::after_our_put(&g, &my_key, revision);
                 }
+                continue;
+            }
+            // The else branch reads, in this order, our key and the directory's oldest key
+            // — told apart by position, not by name: when an earlier try made us the owner,
+            // the oldest key *is* ours (review: taken for the read of our key, it left the
+            // owner unknown, and a free lock was answered "taken").
+            if let Some(kv) = reads.next().as_ref().and_then(|g| g.kvs().first()) {
+                queued.rev = kv.create_revision();
+                found_on = Some(kv.lease());
+            }
+            if let Some(g) = reads.next() {
+                owner_rev = g.kvs().first().map_or(0, |kv| kv.create_revision());
             }
         }
         if let (Some(on), Some(w)) = (found_on, waiting.take()) {
@@ -540,4 +544,42 @@ pub(crate) async fn enqueue_with_value(
         Ok(queued)
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+    use std::time::Duration;
+
+    use fencelock_core::{DistributedLock, LockOptions};
+    use fencelock_testkit::etcd_server::EtcdCluster;
+
+    use crate::hooks::{arm, Fault};
+    use crate::EtcdLock;
+
+    /// The queue put's first try landed into an empty directory — we own the lock — and
+    /// its answer was lost. The retry finds our key and reads the owner: our key again.
+    /// Both reads named our key, and the owner's was taken for the read of our own key:
+    /// no owner known, so `try_acquire` answered "taken" on a free lock (and deleted our
+    /// key), and `acquire` waited for a turn that was already its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retry_after_the_answer_to_an_owning_put_was_lost_is_granted() {
+        let cluster = EtcdCluster::single();
+        let lock = EtcdLock::connect(&cluster.url("")).await.unwrap();
+        let display = lock.inner.cluster.display().to_owned();
+        for opts in [LockOptions::new(), LockOptions::new().with_auto_renew(false)] {
+            arm(&display, Fault::LostQueueAnswer);
+            let got = lock.try_acquire("lost-answer", &opts).await.unwrap();
+            let lease = got.expect("the lock is free and the first try made us its owner: granted");
+            lease.release().await.unwrap();
+            // And an acquire.
+            arm(&display, Fault::LostQueueAnswer);
+            let lease = tokio::time::timeout(Duration::from_secs(5), lock.acquire("lost-answer", &opts))
+                .await
+                .expect("granted at once")
+                .unwrap();
+            lease.release().await.unwrap();
+        }
+    }
 }
