@@ -340,6 +340,13 @@ struct Seats {
 impl Seats {
     /// Every candidate under `dir`, as of the read's revision.
     async fn read(c: &Cluster, dir: &str) -> Result<Seats> {
+        #[cfg(test)]
+        if crate::hooks::armed(c.display(), crate::hooks::Fault::FailingCandidatesRead) {
+            return Err(LockError::Unavailable {
+                message: "reading the election's candidates: a failure armed by the test".into(),
+                source: None,
+            });
+        }
         let r = c
             .call("reading the election's candidates", |mut cl| {
                 let dir = dir.to_owned();
@@ -440,11 +447,17 @@ async fn follow(c: Cluster, dir: String, mut seats: Seats, feed: ObserverFeed) {
 
 /// One watch on `dir` from the revision after the one `seats` is true at, applied to
 /// `seats` ([`Seats::apply`]); publishes the lowest candidate after each revision. Resets
-/// `failures` once the watch delivered something. Returns why the watch ended (broken,
+/// `failures` once the watch delivered events or a progress notification (not merely its
+/// creation). Returns why the watch ended (broken,
 /// cancelled by a compaction or a lost leader, closed, or answered by a member of another
 /// cluster than the connect met).
 async fn watch(c: &Cluster, dir: &str, seats: &mut Seats, feed: &ObserverFeed, failures: &mut u32) -> String {
-    let wopts = WatchOptions::new().with_prefix().with_start_revision(seats.rev + 1);
+    // Progress notifications (every 10 minutes on a stock server) tell a quiet watch that
+    // lives from one that keeps breaking.
+    let wopts = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(seats.rev + 1)
+        .with_progress_notify();
     let stream = c
         .call("watching the election", |mut cl| {
             let (dir, wopts) = (dir.to_owned(), wopts.clone());
@@ -473,7 +486,14 @@ async fn watch(c: &Cluster, dir: &str, seats: &mut Seats, feed: &ObserverFeed, f
                 msg.cancel_reason()
             );
         }
-        *failures = 0;
+        // A watch that delivers — events, or a progress notification (etcd's word that
+        // the watch is synced, asked for below) — ends the failures in a row; etcd's
+        // reply to the watch's creation does not: a watch created at a compacted revision
+        // is answered "created" and then cancelled, and counting that as delivered kept
+        // an observer whose fresh read failed after a compaction going for ever (review).
+        if !msg.created() {
+            *failures = 0;
+        }
         let events: Vec<Change<'_>> = msg.events().iter().filter_map(Change::of).collect();
         seats.apply(&events, |lowest| {
             feed.publish(lowest);
@@ -600,5 +620,45 @@ mod tests {
         assert_eq!(apply(&mut seats, &feed, &[delete(EA, 14), delete(C, 14)]), 1);
         assert_eq!(feed.current(), None);
         assert_eq!(seats.rev, 14);
+    }
+
+    /// After a compaction, a watch replacing a broken one is cancelled at once (its start
+    /// revision is compacted), but etcd first answers its creation. While the fresh read
+    /// that would start past the compaction kept failing, that "created" reply counted as
+    /// a watch that delivered: the failures in a row never reached
+    /// [`MAX_WATCH_FAILURES`], and the observation never ended.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_observer_whose_reads_keep_failing_after_a_compaction_ends() {
+        use crate::hooks::{arm, disarm, Fault};
+        use fencelock_testkit::etcd_server::EtcdCluster;
+
+        let mut cluster = EtcdCluster::single();
+        let elections = EtcdElection::connect(&cluster.url("")).await.unwrap();
+        let mut observer = elections.observe("compacted").await.unwrap();
+        assert_eq!(observer.changed().await, Some(None), "an empty seat at first");
+        let display = elections.cluster().display().to_owned();
+        arm(&display, Fault::FailingCandidatesRead);
+        // Revisions past the observer's read (outside its directory), then compacted.
+        let endpoint = format!("http://{}", cluster.endpoints()[0]);
+        let mut admin = etcd_client::Client::connect([endpoint], None).await.unwrap();
+        let mut last = 0;
+        for i in 0..3 {
+            let put = admin.put("elsewhere", i.to_string(), None).await.unwrap();
+            last = put.header().unwrap().revision();
+        }
+        admin.compact(last, None).await.unwrap();
+        // The observer's watch breaks; each watch replacing it starts at a compacted
+        // revision, since no read succeeds.
+        tokio::task::block_in_place(|| cluster.restart(0));
+        // Bounded: MAX_WATCH_FAILURES pauses of at most 1 s, each watch answered at once.
+        let ended = tokio::time::timeout(Duration::from_secs(60), async {
+            while observer.changed().await.is_some() {}
+        })
+        .await;
+        disarm(&display, Fault::FailingCandidatesRead);
+        assert!(
+            ended.is_ok(),
+            "the observation did not end within 60 s while every read failed and every watch was cancelled"
+        );
     }
 }

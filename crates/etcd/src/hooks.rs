@@ -19,6 +19,8 @@ pub(crate) enum Fault {
     /// The first try of the next queueing transaction lands, and its answer is lost: the
     /// request is tried again.
     LostQueueAnswer,
+    /// Every read of an election's candidates fails, for as long as it is armed.
+    FailingCandidatesRead,
 }
 
 static ARMED: Mutex<Vec<(String, Fault)>> = Mutex::new(Vec::new());
@@ -31,6 +33,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Arms `fault` for the cluster `display` names.
 pub(crate) fn arm(display: &str, fault: Fault) {
     lock(&ARMED).push((display.to_owned(), fault));
+}
+
+/// Disarms every `fault` armed for `display`.
+pub(crate) fn disarm(display: &str, fault: Fault) {
+    lock(&ARMED).retain(|(d, f)| !(d == display && *f == fault));
+}
+
+/// `true` when `fault` is armed for `display`; it stays armed.
+pub(crate) fn armed(display: &str, fault: Fault) -> bool {
+    lock(&ARMED).iter().any(|(d, f)| d == display && *f == fault)
 }
 
 /// `true` when `fault` was armed for `display`, which fires it: disarmed from now on.
