@@ -297,7 +297,11 @@ impl Cluster {
             .with_keep_alive(std::time::Duration::from_secs(10), cfg.timeout)
             .with_require_leader(true);
         if let Some((u, p)) = &cfg.user {
-            options = options.with_user(u.clone(), p.clone());
+            // etcd forgets the token it hands out (a simple token after `--auth-token-ttl`
+            // idle, 300 s by default, or when the member restarts; a JWT at its TTL) and
+            // then refuses it `Unauthenticated`: the client authenticates again and sends
+            // the request once more (etcd refused it unapplied).
+            options = options.with_user(u.clone(), p.clone()).with_auto_token_refresh(true);
         }
         // Aborted when dropped: an early return leaves no ask running.
         let asks = Asks(match cfg.endpoints.len() {

@@ -5,8 +5,11 @@
 //! "no leader", "leader changed" and "request timed out" are `Unavailable`; "lease not
 //! found" is `NotFound`; "too many operations in txn" and "request too large" are
 //! `InvalidArgument`; "lease TTL too large" is `OutOfRange`; an invalid or expired auth
-//! token is `Unauthenticated`, a missing permission `PermissionDenied`. Authentication
-//! itself answers otherwise, so the connect step reads its codes apart
+//! token is `Unauthenticated` — temporary: etcd forgets tokens (a simple token after
+//! `--auth-token-ttl` idle, or when the member restarts; a JWT at its TTL), the client
+//! authenticates again and repeats the request (`with_auto_token_refresh`), and one still
+//! refused is worth a later try — and a missing permission `PermissionDenied`, a
+//! configuration error. Authentication itself answers otherwise, so the connect step reads its codes apart
 //! ([`failed_connecting`], [`failed_first_read`]): a user or password sent to a server with
 //! authentication disabled is `FailedPrecondition` ("authentication is not enabled"), a
 //! wrong user or password `InvalidArgument` ("authentication failed"), and a request
@@ -75,8 +78,13 @@ pub(crate) enum Kind {
     /// No answer from a server (transport, I/O, a local cause) or a server that cannot
     /// serve now (no leader, timeout, overload): the same request may succeed later.
     Unreachable,
-    /// The server refused our credentials: a configuration error.
+    /// The server refused a request for a missing permission: a configuration error.
     Auth,
+    /// The server refused our auth token (expired, or forgotten by a restarted member)
+    /// even after the client authenticated again: temporary. Refused credentials fail the
+    /// authentication itself, at connect ([`failed_connecting`]) or when the client
+    /// authenticates again (`InvalidArgument`: [`Kind::Permanent`]).
+    TokenRefused,
     /// The lease does not exist (expired or revoked): final for that lease.
     LeaseGone,
     /// A stream (watch) broke: open it again.
@@ -98,7 +106,8 @@ pub(crate) fn kind(e: &etcd_client::Error) -> Kind {
             | grpc::RESOURCE_EXHAUSTED
             | grpc::ABORTED
             | grpc::UNAVAILABLE => Kind::Unreachable,
-            grpc::UNAUTHENTICATED | grpc::PERMISSION_DENIED => Kind::Auth,
+            grpc::UNAUTHENTICATED => Kind::TokenRefused,
+            grpc::PERMISSION_DENIED => Kind::Auth,
             grpc::NOT_FOUND => Kind::LeaseGone,
             _ => Kind::Permanent,
         },
@@ -122,6 +131,11 @@ pub(crate) fn failed(doing: &'static str, cluster: &str, source: etcd_client::Er
             message: format!("etcd refused the credentials: {doing}"),
             source: Some(Box::new(f)),
         },
+        Kind::TokenRefused => LockError::backend_temporary(
+            BACKEND,
+            format!("{doing}: etcd refused the auth token, also after authenticating again"),
+            f,
+        ),
         // The failure's text in the message (the kind's own words first), so that a
         // chain printed on one line says each cause once.
         Kind::Unreachable => LockError::Unavailable {
@@ -169,10 +183,20 @@ pub(crate) fn failed_connecting(cluster: &str, with_user: bool, source: etcd_cli
 
 /// Maps an error of the first read after connecting (which proves a leader answers).
 /// Without a user, `InvalidArgument` to that plain read is etcd's "user name is empty":
-/// the server has authentication on, a [`LockError::InvalidConfig`]. Any other error is
-/// returned as it is.
+/// the server has authentication on, a [`LockError::InvalidConfig`]. With a user,
+/// `Unauthenticated` to it refuses the token etcd has just issued, authenticated again
+/// once: the members do not accept each other's tokens (a configuration error, as any
+/// refusal while connecting; later, a refused token is temporary: [`Kind::TokenRefused`]).
+/// Any other error is returned as it is.
 pub(crate) fn failed_first_read(e: LockError, cluster: &str, with_user: bool) -> LockError {
-    if with_user || failure_in(&e).and_then(|f| server_code(&f.source)) != Some(grpc::INVALID_ARGUMENT) {
+    let code = failure_in(&e).and_then(|f| server_code(&f.source));
+    if with_user && code == Some(grpc::UNAUTHENTICATED) {
+        return LockError::InvalidConfig {
+            message: format!("etcd at {cluster} refused the auth token it issued to the user"),
+            source: Some(Box::new(e)),
+        };
+    }
+    if with_user || code != Some(grpc::INVALID_ARGUMENT) {
         return e;
     }
     LockError::InvalidConfig {
@@ -252,7 +276,10 @@ mod tests {
             let e = failed("doing", "c", status(code));
             assert!(!e.is_temporary(), "{code:?}: {e}");
         }
+        // An expired or forgotten token, after connect: temporary.
         let e = failed("doing", "c", status(tonic::Code::Unauthenticated));
+        assert!(e.is_temporary(), "{e}");
+        let e = failed("doing", "c", status(tonic::Code::PermissionDenied));
         assert!(matches!(e, LockError::InvalidConfig { .. }), "{e}");
     }
 
@@ -285,6 +312,10 @@ mod tests {
         assert!(e.to_string().contains("requires a user"), "{e}");
         let read = failed("checking the cluster", "c", code(tonic::Code::Unavailable));
         assert!(failed_first_read(read, "etcd://h:1", false).is_temporary());
+        // A token refused at once, while connecting: a configuration error.
+        let read = failed("checking the cluster", "c", code(tonic::Code::Unauthenticated));
+        let e = failed_first_read(read, "etcd://h:1", true);
+        assert!(matches!(e, LockError::InvalidConfig { .. }), "{e}");
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub struct EtcdCluster {
     initial_cluster: String,
     /// `--heartbeat-interval` and `--election-timeout`, ms.
     timing: (u32, u32),
+    /// Flags given to every member after the tests' own ([`single_with_flags`](Self::single_with_flags)).
+    flags: Vec<String>,
 }
 
 /// The tests' heartbeat and election timeout, ms: short, so failovers are quick. etcd's
@@ -47,19 +49,25 @@ impl EtcdCluster {
     /// the whole cluster starts again on fresh ports and data dirs
     /// ([`start_on_free_ports`]).
     pub fn start(n: usize) -> Self {
-        start_on_free_ports("etcd", 2 * n, |ports| Self::try_start(n, ports, FAST))
+        start_on_free_ports("etcd", 2 * n, |ports| Self::try_start(n, ports, FAST, &[]))
+    }
+
+    /// One member as [`single`](Self::single) starts it, with `flags` added after the
+    /// tests' own (e.g. `--auth-token-ttl=2`); a restarted member gets them again.
+    pub fn single_with_flags(flags: &[&str]) -> Self {
+        start_on_free_ports("etcd", 2, |ports| Self::try_start(1, ports, FAST, flags))
     }
 
     /// One member with etcd's own default heartbeat (100 ms) and election timeout (1 s), as
     /// a stock server has them: its minimum lease TTL is 2 s, and a lease asked for 1 s is
     /// granted 2 s. It takes about a second longer to elect itself than [`single`](Self::single).
     pub fn single_with_stock_timing() -> Self {
-        start_on_free_ports("etcd", 2, |ports| Self::try_start(1, ports, (100, 1000)))
+        start_on_free_ports("etcd", 2, |ports| Self::try_start(1, ports, (100, 1000), &[]))
     }
 
     /// Starts `n` members on `ports` (client and peer port of member 0, then of member 1,
     /// ...); Err(what went wrong, with the log's tail) once every member is stopped again.
-    fn try_start(n: usize, ports: &[u16], timing: (u32, u32)) -> Result<Self, String> {
+    fn try_start(n: usize, ports: &[u16], timing: (u32, u32), flags: &[&str]) -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("fencelock-etcd-")
             .tempdir()
@@ -83,6 +91,7 @@ impl EtcdCluster {
             members,
             initial_cluster,
             timing,
+            flags: flags.iter().map(|f| (*f).to_owned()).collect(),
         };
         for i in 0..n {
             cluster.spawn(i);
@@ -125,7 +134,8 @@ impl EtcdCluster {
             .arg(self.timing.0.to_string())
             .arg("--election-timeout")
             .arg(self.timing.1.to_string())
-            .args(["--log-level", "warn"]);
+            .args(["--log-level", "warn"])
+            .args(&self.flags);
         let log = self.dir.path().join(format!("{}-{}.log", m.name, m.starts));
         m.process = Some(ServerProcess::spawn("etcd", cmd, &log, INSTALL_HINT));
     }
