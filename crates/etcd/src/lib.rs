@@ -10,12 +10,22 @@
 //!   the background and shared by every auto-renewed lock the instance holds — renewal
 //!   cost does not grow with the number of locks. Locks without auto-renew get a lease of
 //!   their own with their TTL (whole seconds, rounded up).
-//! * **Lock**: put `PREFIX/KEY/INSTANCE.SLOT` with the lease and read the current owner (the
-//!   lowest create revision under `PREFIX/KEY/`) in **one transaction**. If ours is not the
-//!   lowest, watch only the key with the next-lower create revision (no thundering herd),
-//!   re-check after each deletion, and finally **re-read our own key** — the lease may have
-//!   expired while we were queued (etcd issue 11456) — renewing an own lease in the same
-//!   step, so validity counts from our turn, not from the start of the wait.
+//! * **Lock**: **one transaction** puts `PREFIX/KEY/INSTANCE.SLOT` with the lease: into an
+//!   empty `PREFIX/KEY/` (one compare over the directory) the put alone, and we own the
+//!   lock — no read; otherwise our put and, for an acquire that waits, a read of the (up
+//!   to) three keys just older than ours and whether more are left. A waiter watches those
+//!   keys and its own (`wait`): each release is pushed to at most the three waiters behind
+//!   it (no thundering herd), and when every older key it knows of is deleted and nothing
+//!   older was left it is granted **on the push, with no read**. It reads its place again
+//!   (those keys and its own, in one transaction) only when a watch began after the last
+//!   read, keys left out of order, or older keys may be left. A key whose lease ran out
+//!   while queued (etcd issue 11456) ends the wait through the watch on it or that read —
+//!   or, deleted in the same revision as the keys it waited for (etcd pushes one
+//!   revision's events to its watchers in no set order), is caught after the grant: by the
+//!   grant's move of the key onto the session lease, the session's key check, `extend` or
+//!   `release`. An own lease is kept alive while waiting, and the grant's validity counts
+//!   from its last confirmed keep-alive (one is sent at the turn when that is older than a
+//!   quarter of the validity).
 //! * **Waiting lease**: a waiter's key rides on a short lease of the session (etcd's
 //!   minimum TTL, kept alive only while the instance waits), so a waiter that dies while
 //!   queued blocks the others for that TTL, not the session's; a grant moves its key onto

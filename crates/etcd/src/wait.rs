@@ -265,9 +265,16 @@ async fn wait_queue(c: &Cluster, q: &mut Queued, ttl: Duration) -> Result<Option
         w.late = false;
         w.add(c, &known).await?;
         // Our own key too: one deleted behind our back (an operator's `etcdctl del`, our
-        // waiting lease lapsing) must end this wait before a push could grant it — a grant
-        // on the push reads nothing, and a trial saw such a waiter granted beside the one
-        // behind it, which rightly had the lock (3 of 18 runs).
+        // waiting lease lapsing) ends this wait when its delete is pushed before the last
+        // older key's — a grant on the push reads nothing, and a trial saw such a waiter
+        // granted beside the one behind it, which rightly had the lock (3 of 18 runs).
+        // Not always: when one revision deletes our key and the last older one (a `del
+        // --prefix`, one lease carrying both), etcd notifies that revision's watchers in
+        // no set order (a map's), and a watch still unsynced gets its events up to 100 ms
+        // late. A waiter granted so is caught after the grant, as docs/backends/etcd.md
+        // ("A grant removed behind the holder's back") says: by the grant's move of its key
+        // onto the session lease, which finds it gone (lease lost), by the session's key
+        // check, or by `extend` and `release`.
         w.add(c, std::slice::from_ref(&own)).await?;
         let woken = wait_push(c, q, &mut w, &known, place.more, place.seen, validity, &mut confirmed).await?;
         match woken {
