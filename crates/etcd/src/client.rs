@@ -224,6 +224,9 @@ pub(crate) struct Cluster {
     /// The id of the cluster the connect met (`None` only while connecting): every answer
     /// that carries a header must come from it ([`Answer`]).
     pub cluster_id: Option<u64>,
+    /// The highest revision a linearizable answer carried ([`Answer::revision`]): a later
+    /// request is never answered below it, unless the cluster's history went back.
+    pub highest: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// An answer of etcd that may say which cluster and member sent it (every response
@@ -238,6 +241,15 @@ pub(crate) struct Cluster {
 pub(crate) trait Answer {
     /// `(cluster_id, member_id)` of the header, when the answer has one.
     fn origin(&self) -> Option<(u64, u64)>;
+
+    /// The header's revision, for an answer that is linearizable (a read, a write or a
+    /// transaction through Raft, a lease grant): one never below the revision of an
+    /// answer received before its request was sent. `None` for the others — a watch
+    /// message (a watch may start behind), keep-alive and lease reads (the leader answers
+    /// from what it applied, which a new leader may not have caught up with).
+    fn revision(&self) -> Option<i64> {
+        None
+    }
 }
 
 macro_rules! answers_with_header {
@@ -250,12 +262,30 @@ macro_rules! answers_with_header {
     };
 }
 
-answers_with_header!(
+/// The linearizable answers ([`Answer::revision`]).
+macro_rules! linearizable {
+    ($($t:ty),* $(,)?) => {
+        $(impl Answer for $t {
+            fn origin(&self) -> Option<(u64, u64)> {
+                self.header().map(|h| (h.cluster_id(), h.member_id()))
+            }
+
+            fn revision(&self) -> Option<i64> {
+                self.header().map(|h| h.revision())
+            }
+        })*
+    };
+}
+
+linearizable!(
     etcd_client::GetResponse,
     etcd_client::PutResponse,
     etcd_client::DeleteResponse,
     etcd_client::TxnResponse,
     etcd_client::LeaseGrantResponse,
+);
+
+answers_with_header!(
     etcd_client::LeaseRevokeResponse,
     etcd_client::LeaseTimeToLiveResponse,
     etcd_client::LeaseKeepAliveResponse,
@@ -323,6 +353,7 @@ impl Cluster {
             cfg,
             watches: std::sync::Arc::new(WatchStreams::new()),
             cluster_id: None,
+            highest: std::sync::Arc::default(),
         };
         // The client connects lazily: one linearizable read proves a leader answers.
         let met = match cluster.read_probe().await {
@@ -417,6 +448,8 @@ impl Cluster {
         let mut echoes = false;
         for _ in 0..10 {
             let until = (tokio::time::Instant::now() + share).min(deadline);
+            // Every answer received before this try is sent bounds its answer's revision.
+            let floor = self.highest.load(std::sync::atomic::Ordering::Acquire);
             let attempt = tokio::time::timeout_at(until, op(handle.clone())).await;
             let attempt = match attempt {
                 Err(_) if tokio::time::Instant::now() < deadline && self.cfg.endpoints.len() > 1 => {
@@ -427,7 +460,12 @@ impl Cluster {
                 other => other,
             };
             match attempt {
-                Ok(Ok(v)) => return (self.same_cluster(doing, &v).map(|()| v), echoes),
+                Ok(Ok(v)) => {
+                    let checked = self
+                        .same_cluster(doing, &v)
+                        .and_then(|()| self.not_behind(doing, floor, &v));
+                    return (checked.map(|()| v), echoes);
+                }
                 Ok(Err(e)) if kind(&e) == Kind::Unreachable => {
                     tracing::debug!(error = %e, "{doing}: no answer from a leader; trying again");
                     echoes = true;
@@ -476,6 +514,29 @@ impl Cluster {
     /// ([`Answer`] says why): `InvalidConfig`, final.
     pub fn same_cluster(&self, doing: &str, answer: &impl Answer) -> Result<()> {
         from_cluster(self.cluster_id, &self.cfg.display, doing, answer)
+    }
+
+    /// `Err` (`InvalidConfig`) when a linearizable `answer` ([`Answer::revision`]) carries
+    /// a revision below `floor`, the highest one seen before its request was sent: the
+    /// cluster's history went back — restored from a snapshot without `etcdutl snapshot
+    /// restore --bump-revision` (the cluster id stays), so its tokens may repeat or fall
+    /// below ones already issued. Else the answer's revision raises the highest seen.
+    /// Only an instance connected across the restore can tell (docs/backends/etcd.md).
+    pub fn not_behind(&self, doing: &str, floor: i64, answer: &impl Answer) -> Result<()> {
+        let Some(revision) = answer.revision() else {
+            return Ok(());
+        };
+        if revision < floor {
+            return Err(fencelock_core::LockError::InvalidConfig {
+                message: format!(
+                    "{doing}: etcd answered at revision {revision}, below revision {floor} it had answered this instance before: the cluster's history went back (restored from a snapshot without `etcdutl snapshot restore --bump-revision`?), and its tokens may repeat ones already issued ({})",
+                    self.cfg.display
+                ),
+                source: None,
+            });
+        }
+        self.highest.fetch_max(revision, std::sync::atomic::Ordering::AcqRel);
+        Ok(())
     }
 
     /// Reads lease `id` (one `LeaseTimeToLive`, bounded by the request timeout) after a

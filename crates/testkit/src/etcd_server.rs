@@ -196,6 +196,53 @@ impl EtcdCluster {
         }
     }
 
+    /// Saves a snapshot of member `i`'s keyspace to `file` (`etcdctl snapshot save`).
+    pub fn snapshot(&self, i: usize, file: &std::path::Path) {
+        let status = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(format!("127.0.0.1:{}", self.members[i].client_port))
+            .args(["snapshot", "save"])
+            .arg(file)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("etcdctl runs");
+        assert!(status.success(), "etcdctl snapshot save: {status}");
+    }
+
+    /// Restores a one-member cluster from `file` as an operator would without
+    /// `--bump-revision`: stops the member, replaces its data dir with the snapshot's
+    /// (`etcdctl snapshot restore`, the same `--initial-cluster` and
+    /// `--initial-cluster-token`, so the cluster id stays), starts it again on its ports
+    /// and waits until it is healthy.
+    pub fn restore(&mut self, file: &std::path::Path) {
+        assert_eq!(self.members.len(), 1, "restore: one member only");
+        self.kill(0);
+        let data = self.dir.path().join(&self.members[0].name);
+        std::fs::remove_dir_all(&data).expect("remove the member's data dir");
+        let peer = format!("http://127.0.0.1:{}", self.members[0].peer_port);
+        let status = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["snapshot", "restore"])
+            .arg(file)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--name", &self.members[0].name])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-token", "fencelock-test"])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("etcdctl runs");
+        assert!(status.success(), "etcdctl snapshot restore: {status}");
+        self.spawn(0);
+        if let Err(e) = self.wait_healthy(0) {
+            panic!("etcd did not start from the restored snapshot: {e}");
+        }
+    }
+
     /// SIGSTOP member `i`.
     pub fn pause(&self, i: usize) {
         self.members[i].process.as_ref().expect("member running").pause();
