@@ -80,13 +80,14 @@ pub(crate) const KEYS: [(&str, &str, bool); 5] = [
 ];
 
 /// The relations named `$2` (a `text[]`) in schema `$1`, one row per column: `(table,
-/// relkind, column, type, NOT NULL, has a default, unique alone)`. One round trip tells
-/// which tables exist and whether the statements can use them.
+/// relkind, column, type, NOT NULL, has a default, unique alone, relpersistence)`. One
+/// round trip tells which tables exist and whether the statements can use them.
 pub(crate) const COLUMNS_FOUND: &str = "SELECT c.relname::text, c.relkind::text, a.attname::text,
        format_type(a.atttypid, a.atttypmod), a.attnotnull, a.atthasdef,
        EXISTS (SELECT 1 FROM pg_catalog.pg_index i
                WHERE i.indrelid = c.oid AND i.indisunique AND i.indnatts = 1
-                 AND i.indkey[0] = a.attnum AND i.indpred IS NULL AND i.indexprs IS NULL)
+                 AND i.indkey[0] = a.attnum AND i.indpred IS NULL AND i.indexprs IS NULL),
+       c.relpersistence::text
 FROM pg_catalog.pg_attribute a
 JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -171,6 +172,8 @@ struct Found {
     pub not_null: bool,
     pub has_default: bool,
     pub unique: bool,
+    /// `pg_class.relpersistence`: `p` permanent, `u` unlogged, `t` temporary.
+    pub persistence: String,
 }
 
 impl Found {
@@ -184,6 +187,7 @@ impl Found {
             not_null: r.try_get(4).ok()?,
             has_default: r.try_get(5).ok()?,
             unique: r.try_get(6).ok()?,
+            persistence: r.try_get(7).ok()?,
         })
     }
 }
@@ -194,6 +198,12 @@ impl Found {
 /// insert of ours would leave NULL (NOT NULL without a default). Returns the tables that
 /// are missing (to be created), or why one that exists is not usable — another
 /// application's table of that name, a hand-made layout. `way_out` ends the message.
+///
+/// A table of ours that is `UNLOGGED` is refused too, with the `ALTER TABLE … SET LOGGED`
+/// that mends it: PostgreSQL empties an unlogged table in crash recovery and does not
+/// replicate it, so after a crash or a failover the counters start again at 1 (tokens
+/// repeat), held locks vanish while a paused holder still believes in its lease (a second
+/// holder), and an empty `fences` table admits a stale write.
 pub(crate) fn check_tables(
     schema: &str,
     tables: &[&'static str],
@@ -202,6 +212,7 @@ pub(crate) fn check_tables(
 ) -> std::result::Result<Vec<&'static str>, String> {
     let found: Vec<Found> = rows.iter().filter_map(Found::from_row).collect();
     let mut missing = Vec::new();
+    let mut unlogged = Vec::new();
     for &table in tables {
         let Some((_, columns)) = COLUMNS.iter().find(|(t, _)| *t == table) else {
             continue;
@@ -223,6 +234,17 @@ pub(crate) fn check_tables(
         if outdated {
             missing.push(table); // `create` adds the column
         }
+        if first.persistence == "u" {
+            unlogged.push(format!("ALTER TABLE {schema}.{table} SET LOGGED;"));
+        }
+    }
+    if !unlogged.is_empty() {
+        return Err(format!(
+            "fencelock's tables must not be UNLOGGED: PostgreSQL empties an unlogged table in crash \
+             recovery and does not replicate it (tokens would start again at 1, held locks and fences \
+             would vanish); run as the tables' owner: {}",
+            unlogged.join(" ")
+        ));
     }
     Ok(missing)
 }

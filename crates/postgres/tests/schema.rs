@@ -427,3 +427,50 @@ async fn a_role_that_cannot_add_the_new_column_is_told_what_to_run() {
     server.psql("ALTER TABLE fencelock.waiters ADD COLUMN IF NOT EXISTS grant_id text");
     drop(PgLock::connect(&url).await.unwrap());
 }
+
+/// Tables of ours made `UNLOGGED` (the documented columns, by a team's own migration):
+/// PostgreSQL empties them in crash recovery and does not replicate them — the counters
+/// start again at 1, held locks vanish while a paused holder still believes in its lease,
+/// an empty `fences` table admits a stale write. Refused at connect (and by the fence
+/// helper's table check), naming the `ALTER TABLE … SET LOGGED` that mends them. Before,
+/// they were accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlogged_tables_are_refused_naming_set_logged() {
+    use fencelock_postgres::tokio_postgres::NoTls;
+    use fencelock_postgres::TransactionFence;
+    let server = PgServer::start();
+    let unlogged = schema_sql("fencelock")
+        .unwrap()
+        .replace("CREATE TABLE IF NOT EXISTS", "CREATE UNLOGGED TABLE IF NOT EXISTS");
+    server.psql(&unlogged);
+    let err = match PgLock::connect(&server.url()).await {
+        Ok(_) => panic!("unlogged lock tables were accepted"),
+        Err(e) => e,
+    };
+    assert!(matches!(err, LockError::InvalidConfig { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("UNLOGGED"), "{text}");
+    let mut logged = String::new();
+    for table in ["locks", "tokens", "waiters", "abandoned", "fences"] {
+        let mend = format!("ALTER TABLE fencelock.{table} SET LOGGED;");
+        assert!(text.contains(&mend), "`{mend}` missing in: {text}");
+        logged.push_str(&mend);
+    }
+    server.psql(&logged);
+    PgLock::connect(&server.url()).await.expect("logged again, accepted");
+    // The fence table in the user's database, made UNLOGGED by hand.
+    server.psql(
+        "CREATE SCHEMA app; CREATE UNLOGGED TABLE app.fences (resource text PRIMARY KEY, token bigint NOT NULL, grant_id text NOT NULL)",
+    );
+    let (client, connection) = fencelock_postgres::tokio_postgres::connect(&server.url(), NoTls)
+        .await
+        .expect("application connection");
+    tokio::spawn(connection);
+    let err = TransactionFence::new("app")
+        .unwrap()
+        .create_table(&client)
+        .await
+        .expect_err("an unlogged fence table was accepted");
+    assert!(matches!(err, LockError::InvalidConfig { .. }), "{err:?}");
+    assert!(err.to_string().contains("ALTER TABLE app.fences SET LOGGED"), "{err}");
+}
