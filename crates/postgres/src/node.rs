@@ -628,10 +628,12 @@ impl PgNode {
             // the CREATE privilege before it looks, so a role whose tables were made by a
             // migration could not even run the no-op. A table of our name that is not
             // ours is refused before anything is created or granted.
-            // Both in flight at once: one round trip.
+            // All in flight at once: one round trip. The session's settings go first
+            // (see `sql::SESSION_SETUP`): every statement after them relies on them.
             let tables = &sql::TABLES[..];
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&cfg.schema, &tables];
-            let (recovery, found, granted) = tokio::join!(
+            let (pinned, recovery, found, granted) = tokio::join!(
+                client.batch_execute(sql::SESSION_SETUP),
                 client.query_one("SELECT pg_is_in_recovery()", &[]),
                 client.query(sql::COLUMNS_FOUND, &params),
                 client.query(sql::PRIVILEGES_FOUND, &params)
@@ -647,6 +649,7 @@ impl PgNode {
                      (with several hosts in the URL, add target_session_attrs=read-write)"
                 )));
             }
+            pinned.map_err(doing("setting the session's isolation level"))?;
             let found = found.map_err(doing("looking for the tables"))?;
             let way_out = "give fencelock a schema of its own (`schema=` in the URL; the SQL of its tables: \
                            docs/backends/postgres.md, \"The tables\")";

@@ -27,6 +27,25 @@
 /// of two, and the waiters' own bookkeeping no longer queues its flushes before it.
 pub(crate) const LAZY_COMMIT: &str = "set_config('synchronous_commit', 'off', true)";
 
+/// Run first on every connection, in the round trip of its set-up checks: pins what the
+/// statements assume of a session, whatever the database's or the role's defaults
+/// (`ALTER DATABASE … SET`, `ALTER ROLE … SET`, the server's configuration).
+///
+/// * **`READ COMMITTED`.** The statements are written for it: an upsert or a hand-off
+///   that waited for a row lock acts on the row's latest version. Under a default of
+///   `REPEATABLE READ` or `SERIALIZABLE` the contended ones failed with 40001 (could not
+///   serialize access): a handing release failed and the key stayed held until its TTL,
+///   a waiter lost its hand-off and its place, a look failed during renewals
+///   (`tests/faults.rs`, `hand_offs_work_under_a_serializable_default_isolation`).
+///   Set for the session, so no statement pays a round trip for it.
+/// * **No `transaction_timeout`** (PostgreSQL 17 and later; the `SELECT` finds no row on
+///   an older server, where naming the setting would be an error): a default that ended
+///   long transactions would end the session (it is a `FATAL` error), and with it every
+///   lease on it. Every transaction of ours is one statement, bounded by the client's
+///   own `timeout`.
+pub(crate) const SESSION_SETUP: &str = "SET default_transaction_isolation TO 'read committed';
+SELECT set_config(name, '0', false) FROM pg_catalog.pg_settings WHERE name = 'transaction_timeout'";
+
 /// Guards the schema creation across concurrent first users: `CREATE … IF NOT EXISTS`
 /// alone can fail with a unique violation when two sessions create the same table at
 /// once, so the DDL runs in one transaction holding this advisory lock.

@@ -591,6 +591,78 @@ async fn a_release_hands_the_key_to_the_queued_waiter_without_an_acquire_of_its_
     assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
 }
 
+/// A database whose default isolation is `SERIALIZABLE` (`ALTER DATABASE … SET
+/// default_transaction_isolation`, a common hardening): the statements are written for
+/// `READ COMMITTED` — an upsert that waited for a row lock acts on the row's latest
+/// version — so under a stricter default the contended ones failed with 40001 (could not
+/// serialize access): a handing release failed (the key held until its TTL), a waiter
+/// lost its hand-off and its place. Each connection now pins `READ COMMITTED` itself.
+/// Eight waiters queue at once on a key held after waiting (its release hands the key on);
+/// the first release meets a renewal of the tickets committed while it waited for them
+/// (an operator's, as the ticket keeper's or a look's would be); every release succeeds
+/// and every waiter is granted, in queue order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_offs_work_under_a_serializable_default_isolation() {
+    let server = PgServer::start();
+    server.psql("ALTER DATABASE postgres SET default_transaction_isolation = 'serializable'");
+    assert_eq!(server.psql("SHOW default_transaction_isolation"), "serializable");
+    // A long poll: the tickets are renewed by the operator below only.
+    let url = format!("{}&handoff=true&poll=10s", server.url());
+    let (_holder, first) = common::held_after_waiting(&server, &url, "k", &opts(60_000)).await;
+    let waiters = 8;
+    let start = Arc::new(tokio::sync::Barrier::new(waiters));
+    let mut tasks = Vec::new();
+    for i in 0..waiters {
+        let c = PgLock::connect(&url).await.unwrap();
+        let start = Arc::clone(&start);
+        tasks.push(tokio::spawn(async move {
+            start.wait().await; // all queue at once: contended looks and tickets
+            let lease = c
+                .acquire("k", &opts(60_000).with_wait(Duration::from_secs(20)))
+                .await
+                .map_err(|e| format!("waiter {i}: acquire: {e}"))?;
+            let token = lease.token().get();
+            lease.release().await.map_err(|e| format!("waiter {i}: release: {e}"))?;
+            Ok::<u64, String>(token)
+        }));
+    }
+    // Every waiter queued (or one already failed: its error is reported below).
+    let deadline = Instant::now() + SLACK * 5;
+    let queued = "SELECT count(*) FROM fencelock.waiters WHERE key = 'k'";
+    while server.psql(queued) != waiters.to_string() && !tasks.iter().any(|t| t.is_finished()) {
+        assert!(Instant::now() < deadline, "waiters did not queue");
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling a condition, bounded
+    }
+    // The tickets renewed while the release waits for them, as the keeper does.
+    let operator = common::Operator::holding(
+        &server,
+        "UPDATE fencelock.waiters SET expires_at = expires_at + interval '1 ms' WHERE key = 'k'",
+    )
+    .await;
+    let release = tokio::spawn(first.release());
+    let release_waits =
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%USING handed h%'";
+    let deadline = Instant::now() + SLACK * 2;
+    while server.psql(release_waits) != "1" {
+        assert!(Instant::now() < deadline, "the release never waited for the tickets");
+        tokio::time::sleep(Duration::from_millis(5)).await; // polling a condition, bounded
+    }
+    operator.commit().await;
+    let released = release.await.unwrap().map_err(|e| format!("holder: release: {e}"));
+    let mut errors: Vec<String> = released.err().into_iter().collect();
+    let mut tokens = Vec::new();
+    for t in tasks {
+        match tokio::time::timeout(SLACK * 10, t).await.expect("hand-offs").unwrap() {
+            Ok(token) => tokens.push(token),
+            Err(e) => errors.push(e),
+        }
+    }
+    assert!(errors.is_empty(), "under SERIALIZABLE: {errors:#?}");
+    tokens.sort_unstable();
+    assert_eq!(tokens.len(), waiters);
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
+}
+
 /// Hand-offs go round in queue order, and a holder that releases and asks again at once
 /// goes to the back of the line instead of taking the key straight back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
