@@ -4,7 +4,8 @@
 //!
 //! A submitted item joins the open batch and waits at most its own `wait`, or until the
 //! batch holds `max_batch` items; then the batch goes out through the backend's flush
-//! function while the next one collects. Used by the Redis backends (one `EXTEND_MANY`
+//! function while the next one collects. An item whose caller stopped waiting for it
+//! meanwhile (dropped its `submit`) is left out of the batch. Used by the Redis backends (one `EXTEND_MANY`
 //! script per batch) and ZooKeeper (one multi-read per batch).
 //!
 //! ```
@@ -67,6 +68,18 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// connection or session) and answers each item in order. The batching task holds
     /// `owner` weakly, so it never keeps the backend alive; it ends when the batcher is
     /// dropped, and a batch whose owner is gone fails.
+    ///
+    /// # Errors
+    ///
+    /// The item's answer from `flush`; [`LockError::Unavailable`] when the batch was
+    /// dropped before it was answered (its runtime shut down); `InvalidConfig` when
+    /// `owner` was dropped.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped before its batch goes out, the item is not sent (a renewal its lease gave
+    /// up on must not keep the grant alive); dropped later, the batch carries it and the
+    /// answer is discarded.
     pub async fn submit<S, F, Fut>(&self, item: T, wait: Duration, owner: &Arc<S>, flush: F) -> Result<R>
     where
         S: Send + Sync + 'static,
@@ -138,6 +151,13 @@ where
                 },
                 _ = tokio::time::sleep_until(flush_at) => break,
             }
+        }
+        // An item whose caller stopped waiting is not sent: a renewal its lease gave up
+        // on (the validity ran out, the lease was reported lost) would otherwise still
+        // reach the server and keep the lost lease's grant alive for up to one more TTL.
+        batch.retain(|p| !p.reply.is_closed());
+        if batch.is_empty() {
+            continue;
         }
         let (items, replies): (Vec<T>, Vec<_>) = batch.into_iter().map(|p| (p.item, p.reply)).unzip();
         let sent = flush(items);
@@ -267,6 +287,31 @@ mod tests {
             };
             assert_eq!(one_line(item), one_line(e), "{e:?}");
         }
+    }
+
+    /// An item whose caller stopped waiting before its batch went out — a renewal the
+    /// lease gave up on when its validity ran out (the lease is reported lost) — is not
+    /// sent: sent, it could keep a lost lease's grant alive on the server for up to one
+    /// more TTL, blocking the key for nobody. Failed before: 2 items were flushed.
+    #[tokio::test(start_paused = true)]
+    async fn an_item_whose_caller_gave_up_is_not_flushed() {
+        let batcher: Batcher<u32, u32> = Batcher::new(10);
+        // The owner counts the items handed to flush.
+        let flushed = Arc::new(AtomicUsize::new(0));
+        let flush = |flushed: Arc<AtomicUsize>, items: Vec<u32>| {
+            flushed.fetch_add(items.len(), Ordering::SeqCst);
+            async move { items.into_iter().map(Ok).collect() }
+        };
+        let wait = Duration::from_millis(50);
+        let gave_up = tokio::time::timeout(Duration::from_millis(10), batcher.submit(1, wait, &flushed, flush)).await;
+        assert!(gave_up.is_err(), "answered before its window ended");
+        // Joins the same batch; answered, so that batch has gone out.
+        assert_eq!(batcher.submit(2, wait, &flushed, flush).await.unwrap(), 2);
+        assert_eq!(
+            flushed.load(Ordering::SeqCst),
+            1,
+            "items flushed: the one given up on was sent"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -1081,16 +1081,24 @@ impl PgNode {
 
     /// Like [`extend`](Self::extend), batched with the other background renewals of the
     /// same connection.
+    ///
+    /// Cancel safe: dropped before the renewal is sent (the lease gave up on it, its
+    /// validity run out), the renewal is not sent, also when its batch already left the
+    /// window and waits for a turn on the connection ([`renewals::Pending::take`]).
     pub(crate) async fn renew(&self, session: &Weak<Session>, key: &str, grant: &str, ttl: Duration) -> Result<bool> {
+        let waiting = Arc::new(());
         let renewal = Renewal {
             session: session.clone(),
             key: key.to_owned(),
             grant: grant.to_owned(),
             ttl_ms: ttl.as_millis() as i64,
+            waiting: Arc::downgrade(&waiting),
         };
         let flush = |inner, batch: Vec<Renewal>| async move { PgNode { inner }.renew_batch(batch).await };
         let wait = self.inner.cfg.renew_window.min(ttl / 10);
-        self.inner.renewals.submit(renewal, wait, &self.inner, flush).await
+        let answer = self.inner.renewals.submit(renewal, wait, &self.inner, flush).await;
+        drop(waiting); // held until answered: see `Renewal::waiting`
+        answer
     }
 
     /// Renews a batch the window made: splits it by connection (a lease is renewed

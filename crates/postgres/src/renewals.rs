@@ -39,6 +39,9 @@ pub(crate) struct Renewal {
     pub key: String,
     pub grant: String,
     pub ttl_ms: i64,
+    /// Alive while the lease still waits for this renewal's answer (its `submit` to the
+    /// batcher not dropped): a renewal the lease gave up on is not sent ([`Pending::take`]).
+    pub waiting: std::sync::Weak<()>,
 }
 
 /// The batcher; each answer says whether the row still held the grant.
@@ -138,11 +141,28 @@ impl Pending {
         self.queue().items.front().is_none_or(|f| f.seq >= ticket.end)
     }
 
-    /// Takes the oldest [`MAX_BATCH`] queued renewals, for one statement.
+    /// Takes the oldest [`MAX_BATCH`] queued renewals, for one statement. A renewal its
+    /// lease no longer waits for ([`Renewal::waiting`]: the lease gave up on it, its
+    /// validity run out, and was reported lost) leaves the queue unsent, answered with
+    /// an error: sent, it could keep the lost lease's row alive on the server for up to
+    /// one more TTL, blocking the key for nobody. Empty only when the queue is.
     pub(crate) fn take(&self) -> Vec<Queued> {
         let mut q = self.queue();
-        let n = q.items.len().min(MAX_BATCH);
-        q.items.drain(..n).collect()
+        let mut taken = Vec::with_capacity(q.items.len().min(MAX_BATCH));
+        while taken.len() < MAX_BATCH {
+            let Some(item) = q.items.pop_front() else {
+                break;
+            };
+            if item.renewal.waiting.strong_count() == 0 {
+                let _ = item.reply.send(Err(LockError::Unavailable {
+                    message: "the lease stopped waiting for this renewal; it was not sent".into(),
+                    source: None,
+                }));
+                continue;
+            }
+            taken.push(item);
+        }
+        taken
     }
 
     /// Takes the renewals of `ticket` still queued out of the queue and answers them with
@@ -167,22 +187,27 @@ impl Pending {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+    use std::sync::Arc;
+
     use super::*;
 
-    fn renewal(i: usize) -> Renewal {
+    /// A renewal of key `k{i}` whose lease waits for it while `waiting` lives.
+    fn renewal(i: usize, waiting: &Arc<()>) -> Renewal {
         Renewal {
             session: std::sync::Weak::new(),
             key: format!("k{i}"),
             grant: format!("g{i}"),
             ttl_ms: 6000,
+            waiting: Arc::downgrade(waiting),
         }
     }
 
     #[test]
     fn batches_queued_while_waiting_go_out_merged_and_capped() {
         let pending = Pending::default();
-        let a = pending.push((0..300).map(renewal).collect());
-        let b = pending.push((300..700).map(renewal).collect());
+        let waiting = Arc::new(());
+        let a = pending.push((0..300).map(|i| renewal(i, &waiting)).collect());
+        let b = pending.push((300..700).map(|i| renewal(i, &waiting)).collect());
         let first = pending.take();
         assert_eq!(first.len(), MAX_BATCH, "one statement carries at most MAX_BATCH");
         assert_eq!(first[0].renewal.key, "k0");
@@ -196,8 +221,9 @@ mod tests {
     #[tokio::test]
     async fn withdrawn_renewals_are_answered_and_leave_the_others_queued() {
         let pending = Pending::default();
-        let a = pending.push((0..3).map(renewal).collect());
-        let b = pending.push((3..5).map(renewal).collect());
+        let waiting = Arc::new(());
+        let a = pending.push((0..3).map(|i| renewal(i, &waiting)).collect());
+        let b = pending.push((3..5).map(|i| renewal(i, &waiting)).collect());
         let why = LockError::Unavailable {
             message: "no turn".into(),
             source: None,
@@ -210,6 +236,24 @@ mod tests {
         let left = pending.take();
         assert_eq!(left.len(), 2);
         assert!(pending.gone(&b));
+    }
+
+    /// A renewal whose lease stopped waiting for it while it was queued for a turn (its
+    /// validity ran out: the lease is reported lost) is answered and not sent: sent, it
+    /// could keep the lost lease's row alive on the server for up to one more TTL,
+    /// blocking the key for nobody.
+    #[tokio::test]
+    async fn renewals_given_up_on_are_answered_and_not_sent() {
+        let pending = Pending::default();
+        let (kept, given_up) = (Arc::new(()), Arc::new(()));
+        let t = pending.push(vec![renewal(0, &kept), renewal(1, &given_up), renewal(2, &kept)]);
+        drop(given_up);
+        let taken = pending.take();
+        let keys: Vec<&str> = taken.iter().map(|q| q.renewal.key.as_str()).collect();
+        assert_eq!(keys, ["k0", "k2"], "a renewal its lease gave up on was sent");
+        assert!(pending.gone(&t));
+        let answer = t.answers.into_iter().nth(1).unwrap();
+        assert!(answer.await.unwrap().is_err(), "the given-up renewal was answered Ok");
     }
 
     #[test]
