@@ -263,7 +263,8 @@ impl PgLock {
 
     /// The lease of a grant a release handed to our ticket: the grant lives on the server
     /// until its ticket's end, which we know a lower bound of (`known`: a statement sent
-    /// then found the ticket alive and renewed it for `known.life`). Handed out as it is
+    /// then found the ticket alive and renewed it for `known.life`, and committed durably
+    /// — or created the ticket, whose loss leaves no ticket to hand a grant to). Handed out as it is
     /// — valid until that bound, or the TTL from then if shorter — when it auto-renews
     /// and a quarter of the ticket's life is left: its first renewal — due, as every
     /// renewal, a third of the way through that validity — lengthens it to the TTL.
@@ -425,10 +426,16 @@ impl PgLock {
                     Ok(Attempt::again_now())
                 }
                 (Some(t), Some(ticket)) => {
+                    // The look renewed our ticket, but with a lazy commit (see
+                    // `sql::LAZY_COMMIT`) that a crash can lose: not counted as a bound of
+                    // the ticket's life. A release copies the ticket's expiry on disk into
+                    // the grant it hands us, so a bound from a lost renewal had us believe
+                    // in a handed grant after the server's end of it (`tests/waiting.rs`,
+                    // `a_handed_grant_is_not_believed_valid_past_a_lost_lazy_ticket_renewal`).
+                    // The keeper's renewals commit durably and are the bound
+                    // (`PgNode::keep_tickets`); so is the ticket's creation, whose loss
+                    // leaves no ticket to hand a grant to.
                     t.vanished = false;
-                    self.node
-                        .waiters()
-                        .confirm(ticket, t.grant.as_str(), Confirmed { sent, life });
                     debug_assert_eq!(t.ticket, ticket);
                     Ok(Attempt::Busy {
                         wake,

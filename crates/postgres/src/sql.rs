@@ -19,8 +19,13 @@
 ///   release commits durably, and the WAL is flushed in order, so once that grant is on
 ///   disk the release before it is too;
 /// * a **refused acquire** changed only a row lock and its waiter ticket's expiry;
-/// * a **ticket** (or its removal) lost in a crash costs at most the FIFO order of the
-///   waiters, whose connections the crash ended anyway.
+/// * a **ticket** taken, or removed, lost in a crash costs at most the FIFO order of the
+///   waiters, whose connections the crash ended anyway (a ticket never taken is never
+///   handed a grant). A renewal of a ticket is another matter: a release copies the
+///   ticket's expiry into the grant it hands on, and the waiter counts that grant's
+///   validity from the renewal it knows of. So the keeper's renewals ([`keep_tickets`])
+///   commit durably, and a waiter does not count a look's lazy renewal (see
+///   `PgLock::handed`); a lost lazy renewal then costs nothing.
 ///
 /// The release's `NOTIFY` is sent at commit, so the next waiter is woken without waiting
 /// for the release's flush: the hand-off has one flush on its path (the grant's) instead
@@ -626,6 +631,9 @@ SELECT (SELECT count(*) FROM gone) AS released, (SELECT count(*) FROM notified) 
 /// The handed grant expires with the ticket it came from: the ticket's `expires_at`,
 /// which its waiter keeps alive (see [`keep_tickets`]) and knows a lower bound of on its
 /// own clock (the send instant of its last renewal found alive, plus the renewal's life).
+/// That bound counts only a durable renewal ([`keep_tickets`]) or the ticket's creation,
+/// never a look's lazy one: a crash can lose that, and the ticket on disk — the handed
+/// grant's expiry — then ends earlier than the waiter believes.
 /// A waiter that died while queued therefore holds the key no longer than its ticket
 /// would have blocked the queue; a live one lengthens it to its TTL by its first renewal.
 ///
@@ -743,7 +751,12 @@ RETURNING l.grant_id"
 /// be earlier than that of a renewal sent after it and committed first, and the waiter
 /// keeps the newest send instant as its bound; a shorter write would end a grant handed
 /// to the ticket before the waiter stops believing in it.
-/// Commits lazily (a ticket is no grant, see [`LAZY_COMMIT`]).
+///
+/// Commits **durably** (one WAL flush per keeper pass, for all the instance's tickets):
+/// the waiter counts a handed grant's validity from this renewal, and a release copies the
+/// ticket's expiry on disk into the grant it hands on. Committed lazily, a crash that lost
+/// the renewal left the handed grant ending before the waiter stopped believing in it
+/// (`tests/waiting.rs`, `a_handed_grant_is_not_believed_valid_past_a_lost_lazy_ticket_renewal`).
 pub(crate) fn keep_tickets(schema: &str) -> String {
     format!(
         "WITH kept AS (
@@ -753,7 +766,7 @@ pub(crate) fn keep_tickets(schema: &str) -> String {
     WHERE w.ticket = b.ticket AND w.grant_id = b.grant_id
     RETURNING w.ticket, w.grant_id
 )
-SELECT COALESCE(k.tickets, '{{}}') AS kept, COALESCE(k.grants, '{{}}') AS grants, {LAZY_COMMIT} AS lazy
+SELECT COALESCE(k.tickets, '{{}}') AS kept, COALESCE(k.grants, '{{}}') AS grants
 FROM (SELECT array_agg(ticket) AS tickets, array_agg(grant_id) AS grants FROM kept) k"
     )
 }

@@ -52,7 +52,9 @@ use crate::task_slot::TaskSlot;
 /// A lower bound, on our monotonic clock, of the end of a ticket's life on the server:
 /// a statement sent at `sent` found the ticket and set it to live `life` from the
 /// server's reading of its own start, which is later. A grant handed to the ticket lives
-/// on the server until at least then.
+/// on the server until at least then. Only a write a crash cannot undo counts: the
+/// keeper's durable renewal, or the ticket's creation (undone, it leaves no ticket to
+/// hand a grant to) — never a look's lazily committed renewal (see `sql::LAZY_COMMIT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Confirmed {
     pub sent: Instant,

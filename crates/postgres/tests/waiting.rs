@@ -592,3 +592,123 @@ async fn a_hand_off_to_a_ticket_number_reissued_to_another_grant_is_not_taken() 
         );
     }
 }
+
+/// A handed grant's validity must rest only on ticket writes that survive a crash. A
+/// queued waiter's look again renews its ticket with a lazy commit (`synchronous_commit`
+/// off for that transaction), which a crash can lose, and the waiter counted a handed
+/// grant's validity from that renewal: the release copies the ticket's expiry **on disk**
+/// into the handed row, so the waiter believed in the grant past the server's end of it.
+/// Simulated: looks again (woken by notifications naming the ticket) move the ticket's
+/// expiry on by 500 ms or more, then an operator puts it back to what it was when the
+/// ticket was taken — the looks' renewals lost — and the holder's release hands the key
+/// on. The waiter's extend to the TTL, sent in the background at the hand-off, waits for an
+/// advisory lock the test holds, so the validity read is the one handed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handed_grant_is_not_believed_valid_past_a_lost_lazy_ticket_renewal() {
+    let server = PgServer::start();
+    // A ticket lives 2 × poll + 1 s = 41 s; the keeper renews it only after 20 s, long
+    // after the test.
+    let url = format!("{}&timeout=10s&poll=20s&handoff=true", server.url());
+    // Granted after waiting: its release hands the key on.
+    let (_holder, held) = common::held_after_waiting(&server, &url, "k", &opts(Duration::from_secs(1))).await;
+    let waiter = PgLock::connect(&format!("{url}&application_name=waiter"))
+        .await
+        .unwrap();
+    let waiting = tokio::spawn(async move {
+        let lease = waiter.acquire("k", &opts(SLACK * 10)).await.unwrap();
+        (waiter, lease)
+    });
+    queued(&server, "k", 1, SLACK * 4).await;
+    let (operator, _driver) = common::plain_client(&server).await;
+    let ticket = server.psql("SELECT ticket FROM fencelock.waiters WHERE key = 'k'");
+    let taken = server.psql("SELECT expires_at FROM fencelock.waiters WHERE key = 'k'");
+    // Looks again renew the ticket, lazily, until it lives 500 ms past its first expiry.
+    let moved_on = format!(
+        "SELECT expires_at > '{taken}'::timestamptz + interval '500 ms' FROM fencelock.waiters WHERE key = 'k'"
+    );
+    let deadline = Instant::now() + SLACK * 4;
+    while server.psql(&moved_on) != "t" {
+        assert!(Instant::now() < deadline, "the looks again did not renew the ticket");
+        operator
+            .execute("SELECT pg_notify('fencelock_released', $1)", &[&format!("{ticket}:k")])
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await; // polling a condition, bounded
+    }
+    // The looks' renewals lost, as in a crash before the WAL writer flushed them.
+    server.psql(&format!(
+        "UPDATE fencelock.waiters SET expires_at = '{taken}' WHERE key = 'k'"
+    ));
+    // The waiter's own updates of the row (its extend at the hand-off) wait for the test.
+    operator.execute("SELECT pg_advisory_lock(5252)", &[]).await.unwrap();
+    server.psql(
+        "CREATE FUNCTION public.hold_the_waiter() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN
+                IF current_setting('application_name') = 'waiter' THEN
+                  PERFORM pg_advisory_xact_lock(5252);
+                END IF;
+                RETURN NEW;
+              END $$;
+         CREATE TRIGGER hold_the_waiter BEFORE UPDATE ON fencelock.locks
+           FOR EACH ROW EXECUTE FUNCTION public.hold_the_waiter();",
+    );
+    held.release().await.unwrap();
+    let (_waiter, lease) = tokio::time::timeout(SLACK * 4, waiting).await.unwrap().unwrap();
+    let believed_until = lease.valid_until();
+    let row = operator
+        .query_one(
+            "SELECT ceil(extract(epoch FROM expires_at - clock_timestamp()) * 1000)::bigint
+               FROM fencelock.locks WHERE key = 'k'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let read = Instant::now();
+    let server_ms: i64 = row.get(0);
+    let believed_ms = believed_until.saturating_duration_since(read).as_millis() as i64;
+    operator.execute("SELECT pg_advisory_unlock(5252)", &[]).await.unwrap();
+    assert!(
+        believed_ms <= server_ms,
+        "the waiter believes the handed grant valid for {believed_ms} ms more, the server \
+         lets it go in {server_ms} ms"
+    );
+}
+
+/// The keeper's renewals of the tickets commit durably: they bound a handed grant's
+/// validity (see `a_handed_grant_is_not_believed_valid_past_a_lost_lazy_ticket_renewal`).
+/// A trigger records `synchronous_commit` as each statement that renews a ticket leaves
+/// it (after its transaction-local `set_config`, when it has one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keepers_ticket_renewals_commit_durably() {
+    let server = PgServer::start();
+    let url = format!("{}&poll=100ms", server.url());
+    let holder = PgLock::connect(&url).await.unwrap();
+    let held = holder.acquire("k", &opts(Duration::from_secs(1))).await.unwrap();
+    server.psql(
+        "CREATE TABLE public.renewed (keeper bool, sync text);
+         CREATE FUNCTION public.log_renewal() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN
+                INSERT INTO public.renewed VALUES (current_query() LIKE '%unnest(%', current_setting('synchronous_commit'));
+                RETURN NULL;
+              END $$;
+         CREATE TRIGGER log_renewal AFTER UPDATE ON fencelock.waiters
+           FOR EACH ROW EXECUTE FUNCTION public.log_renewal();",
+    );
+    let waiter = PgLock::connect(&url).await.unwrap();
+    let waiting = tokio::spawn(async move { waiter.acquire("k", &opts(SLACK * 4)).await.map(|_| ()) });
+    fencelock_testkit::until::until("a renewal by the keeper", SLACK * 4, || {
+        server.psql("SELECT count(*) FROM public.renewed WHERE keeper") != "0"
+    })
+    .await;
+    assert_eq!(
+        server.psql("SELECT string_agg(DISTINCT sync, ',') FROM public.renewed WHERE keeper"),
+        "on",
+        "the keeper's ticket renewals commit lazily"
+    );
+    held.release().await.unwrap();
+    tokio::time::timeout(SLACK * 4, waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
