@@ -31,6 +31,7 @@ pub const GUARANTEES_DURABLE: Guarantees = Guarantees {
         "one primary: a failover to an asynchronously replicated standby can lose the last grants and counter bumps, so exclusion and token order become conditional on the replication being synchronous",
         "fsync and synchronous_commit were on when the client connected; turning them off later breaks token order after a crash",
         "lease expiry runs on the server's clock (statement_timestamp()), with no allowance for drift: a jump of that clock, a rate faster than real time, or a failover to a standby whose clock is ahead can end a lease before its holder stops believing in it",
+        "nobody deletes a token counter: a DELETE or TRUNCATE of the tokens table (or a restore of an older backup) restarts the keys' tokens at 1",
     ],
 };
 
