@@ -324,8 +324,17 @@ async fn a_handed_grant_is_not_believed_valid_after_the_server_lets_it_go() {
     release.await.unwrap().unwrap();
     let (_waiter, lease) = tokio::time::timeout(SLACK * 4, waiting).await.unwrap().unwrap();
     // Read before the lease's first renewal (a third of its validity) can lengthen it.
-    let row = operator
-        .client()
+    let (believed_ms, server_ms) = believed_and_kept_ms(operator.client(), lease.valid_until()).await;
+    assert_not_believed_past(believed_ms, server_ms);
+}
+
+/// How long a lease valid until `believed_until` is believed valid from now, and how long
+/// the server keeps the row of `k` (its expiry rounded up), in ms.
+async fn believed_and_kept_ms(
+    client: &fencelock_postgres::tokio_postgres::Client,
+    believed_until: Instant,
+) -> (i64, i64) {
+    let row = client
         .query_one(
             "SELECT ceil(extract(epoch FROM expires_at - clock_timestamp()) * 1000)::bigint
                FROM fencelock.locks WHERE key = 'k'",
@@ -334,8 +343,12 @@ async fn a_handed_grant_is_not_believed_valid_after_the_server_lets_it_go() {
         .await
         .unwrap();
     let read = Instant::now();
-    let server_ms: i64 = row.get(0);
-    let believed_ms = lease.valid_until().saturating_duration_since(read).as_millis() as i64;
+    let believed_ms = believed_until.saturating_duration_since(read).as_millis() as i64;
+    (believed_ms, row.get(0))
+}
+
+/// A handed grant is never believed valid past the server's expiry of its row.
+fn assert_not_believed_past(believed_ms: i64, server_ms: i64) {
     assert!(
         believed_ms <= server_ms,
         "the waiter believes the handed grant valid for {believed_ms} ms more, the server \
@@ -654,24 +667,9 @@ async fn a_handed_grant_is_not_believed_valid_past_a_lost_lazy_ticket_renewal() 
     );
     held.release().await.unwrap();
     let (_waiter, lease) = tokio::time::timeout(SLACK * 4, waiting).await.unwrap().unwrap();
-    let believed_until = lease.valid_until();
-    let row = operator
-        .query_one(
-            "SELECT ceil(extract(epoch FROM expires_at - clock_timestamp()) * 1000)::bigint
-               FROM fencelock.locks WHERE key = 'k'",
-            &[],
-        )
-        .await
-        .unwrap();
-    let read = Instant::now();
-    let server_ms: i64 = row.get(0);
-    let believed_ms = believed_until.saturating_duration_since(read).as_millis() as i64;
+    let (believed_ms, server_ms) = believed_and_kept_ms(&operator, lease.valid_until()).await;
     operator.execute("SELECT pg_advisory_unlock(5252)", &[]).await.unwrap();
-    assert!(
-        believed_ms <= server_ms,
-        "the waiter believes the handed grant valid for {believed_ms} ms more, the server \
-         lets it go in {server_ms} ms"
-    );
+    assert_not_believed_past(believed_ms, server_ms);
 }
 
 /// The keeper's renewals of the tickets commit durably: they bound a handed grant's
