@@ -124,11 +124,19 @@ mod tests {
     fn the_backend_url_is_not_on_the_childrens_command_lines() {
         let url = "redis://:SeCRET@127.0.0.1:1";
         let cmd = child_command(std::path::Path::new("/bin/fencelock"), None, url);
-        let args: Vec<_> = cmd.as_std().get_args().map(|a| a.to_string_lossy().into_owned()).collect();
-        assert!(!args.iter().any(|a| a.contains("SeCRET")), "on the command line: {args:?}");
+        let args: Vec<_> = cmd
+            .as_std()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !args.iter().any(|a| a.contains("SeCRET")),
+            "on the command line: {args:?}"
+        );
         let env: Vec<_> = cmd.as_std().get_envs().collect();
         assert!(
-            env.iter().any(|(k, v)| *k == backend::ENV && v.is_some_and(|v| v == url)),
+            env.iter()
+                .any(|(k, v)| *k == backend::ENV && v.is_some_and(|v| v == url)),
             "not in the environment: {env:?}"
         );
     }

@@ -297,7 +297,11 @@ fn paused_holder_is_told_once(backend: &str, ttl: &str, extra: &[&str], code: i3
     // repeated the reason, is the command's twin (a trial counted it twice), and `run`
     // says nothing more after the guard said it (a trial read two lines as two losses).
     let losses: Vec<&str> = err.lines().filter(|l| l.contains(" lost ")).collect();
-    assert_eq!(losses.len(), 1, "{backend}: one loss, said in more than one line: {err}");
+    assert_eq!(
+        losses.len(),
+        1,
+        "{backend}: one loss, said in more than one line: {err}"
+    );
     let reason = losses[0]
         .split_once("is stopped: ")
         .or_else(|| losses[0].split_once("lost while the command ran: "))
@@ -306,7 +310,10 @@ fn paused_holder_is_told_once(backend: &str, ttl: &str, extra: &[&str], code: i3
         .unwrap_or_else(|| panic!("{backend}: no loss line with a reason: {err}"));
     assert!(!reason.is_empty(), "{err}");
     for misleading in ["unreachable", "will free the lock"] {
-        assert!(!err.contains(misleading), "{backend}: `{misleading}` with the server up: {err}");
+        assert!(
+            !err.contains(misleading),
+            "{backend}: `{misleading}` with the server up: {err}"
+        );
     }
 }
 
@@ -834,12 +841,27 @@ fn a_wait_on_nodes_inside_their_restart_delay_is_said_with_v() {
     let servers = fencelock_testkit::redis_server::start_many(3);
     let url = fencelock_testkit::redis_server::redlock_url(&servers, "per_node_timeout=100ms&restart_delay=2s");
     let out = fencelock()
-        .args(["-v", "--backend", &url, "run", "k", "--ttl", "1s", "--wait", "20s", "--", "true"])
+        .args([
+            "-v",
+            "--backend",
+            &url,
+            "run",
+            "k",
+            "--ttl",
+            "1s",
+            "--wait",
+            "20s",
+            "--",
+            "true",
+        ])
         .output()
         .expect("run");
     let err = stderr_of(&out);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("inside their restart delay"), "nothing said of the wait: {err}");
+    assert!(
+        err.contains("inside their restart delay"),
+        "nothing said of the wait: {err}"
+    );
     let quiet = fencelock()
         .args(["--backend", &url, "run", "k", "--ttl", "1s", "--", "true"])
         .output()

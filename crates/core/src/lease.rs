@@ -2100,7 +2100,11 @@ mod tests {
             }
             tokio::task::yield_now().await;
         }
-        assert!(matches!(lease.status().state, LeaseState::Lost(_)), "{:?}", lease.status().state);
+        assert!(
+            matches!(lease.status().state, LeaseState::Lost(_)),
+            "{:?}",
+            lease.status().state
+        );
         assert_eq!(
             ops.releases.load(Ordering::SeqCst),
             1,

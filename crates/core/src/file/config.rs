@@ -323,10 +323,7 @@ mod tests {
         assert_eq!(dir("file:///tmp/a b"), PathBuf::from("/tmp/a b"));
         assert_eq!(dir("file:///tmp/%C3%A9t%C3%A9"), PathBuf::from("/tmp/été"));
         assert_eq!(dir("file://localhost/tmp/x?durable=false"), PathBuf::from("/tmp/x"));
-        for (bad, says) in [
-            ("file://otherhost/tmp/x", "three slashes"),
-            ("file:///tmp/a#b", "%23"),
-        ] {
+        for (bad, says) in [("file://otherhost/tmp/x", "three slashes"), ("file:///tmp/a#b", "%23")] {
             let e = FileConfig::from_url(bad).unwrap_err();
             assert!(matches!(e, LockError::InvalidConfig { .. }), "{bad}: {e}");
             assert!(e.to_string().contains(says), "{bad}: {e}");

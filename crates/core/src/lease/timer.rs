@@ -343,7 +343,11 @@ mod tests {
         assert_eq!(lock(&timer.state.entries).by_entry.get(&e), Some(&soon));
         timer.cancel(e);
         timer.schedule_unless_scheduled(e, soon, weak(&a));
-        assert_eq!(lock(&timer.state.entries).by_entry.get(&e), Some(&soon), "not scheduled");
+        assert_eq!(
+            lock(&timer.state.entries).by_entry.get(&e),
+            Some(&soon),
+            "not scheduled"
+        );
     }
 
     #[test]
