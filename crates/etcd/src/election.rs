@@ -424,8 +424,10 @@ impl Seats {
 /// observer's `changed()` with `None`. The task is aborted when its observer is dropped.
 async fn follow(c: Cluster, dir: String, mut seats: Seats, feed: ObserverFeed) {
     let mut failures: u32 = 0;
+    // The copy came from a read just now (not from a broken watch's last event).
+    let mut fresh = true;
     loop {
-        let why = watch(&c, &dir, &mut seats, &feed, &mut failures).await;
+        let why = watch(&c, &dir, &mut seats, &feed, &mut failures, fresh).await;
         failures += 1;
         if failures > MAX_WATCH_FAILURES {
             tracing::warn!(%dir, %why, "election observer gives up after {MAX_WATCH_FAILURES} failed watches");
@@ -436,11 +438,15 @@ async fn follow(c: Cluster, dir: String, mut seats: Seats, feed: ObserverFeed) {
         let pause = Duration::from_millis(20) * 2u32.pow(failures.min(6));
         tokio::time::sleep(pause.min(Duration::from_secs(1))).await;
         match Seats::read(&c, &dir).await {
-            Ok(fresh) => {
-                seats = fresh;
+            Ok(read) => {
+                seats = read;
+                fresh = true;
                 feed.publish(seats.lowest());
             }
-            Err(e) => tracing::debug!(%dir, error = %e, "election observer could not read the candidates"),
+            Err(e) => {
+                fresh = false;
+                tracing::debug!(%dir, error = %e, "election observer could not read the candidates");
+            }
         }
     }
 }
@@ -451,7 +457,14 @@ async fn follow(c: Cluster, dir: String, mut seats: Seats, feed: ObserverFeed) {
 /// creation). Returns why the watch ended (broken,
 /// cancelled by a compaction or a lost leader, closed, or answered by a member of another
 /// cluster than the connect met).
-async fn watch(c: &Cluster, dir: &str, seats: &mut Seats, feed: &ObserverFeed, failures: &mut u32) -> String {
+async fn watch(
+    c: &Cluster,
+    dir: &str,
+    seats: &mut Seats,
+    feed: &ObserverFeed,
+    failures: &mut u32,
+    fresh: bool,
+) -> String {
     // Progress notifications (every 10 minutes on a stock server) tell a quiet watch that
     // lives from one that keeps breaking.
     let wopts = WatchOptions::new()
@@ -491,8 +504,19 @@ async fn watch(c: &Cluster, dir: &str, seats: &mut Seats, feed: &ObserverFeed, f
         // reply to the watch's creation does not: a watch created at a compacted revision
         // is answered "created" and then cancelled, and counting that as delivered kept
         // an observer whose fresh read failed after a compaction going for ever (review).
-        if !msg.created() {
+        //
+        // A creation does end them when the watch starts from a read just made, which a
+        // compaction cannot have overtaken: a quiet election (no events; progress only
+        // every 10 minutes) whose watches break now and then — a proxy's idle timeout,
+        // member restarts — counted every break for the observer's whole life and ended it
+        // on a healthy cluster after 21 (review of the change above).
+        if !msg.created() || fresh {
             *failures = 0;
+        }
+        #[cfg(test)]
+        if msg.created() && crate::hooks::armed(c.display(), crate::hooks::Fault::BreakingWatches) {
+            crate::hooks::strike(c.display(), crate::hooks::Fault::BreakingWatches);
+            return "the watch broke (a failure armed by the test)".into();
         }
         let events: Vec<Change<'_>> = msg.events().iter().filter_map(Change::of).collect();
         seats.apply(&events, |lowest| {
@@ -660,5 +684,43 @@ mod tests {
             ended.is_ok(),
             "the observation did not end within 60 s while every read failed and every watch was cancelled"
         );
+    }
+
+    /// A quiet election (no events) whose watches break again and again while reads
+    /// succeed — a proxy's idle timeout, member restarts — keeps its observer: a watch
+    /// created from a fresh read ends the failures in a row (review: only events or a
+    /// progress notification did, and the observer ended after 21 breaks on a healthy
+    /// cluster).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_quiet_observer_outlives_watches_that_break() {
+        use crate::hooks::{arm, disarm, Fault};
+        use fencelock_testkit::etcd_server::EtcdCluster;
+
+        let cluster = EtcdCluster::single();
+        let elections = EtcdElection::connect(&cluster.url("")).await.unwrap();
+        let mut observer = elections.observe("quiet").await.unwrap();
+        assert_eq!(observer.changed().await, Some(None), "an empty seat at first");
+        let display = elections.cluster().display().to_owned();
+        arm(&display, Fault::BreakingWatches);
+        // More breaks than MAX_WATCH_FAILURES (21): counted in a row, the observer ended
+        // at the 21st and no watch broke again. Each replacement pauses 40 ms here (one
+        // failure in a row), so 30 take a few seconds.
+        let broke = tokio::time::timeout(Duration::from_secs(20), async {
+            while crate::hooks::struck(&display, Fault::BreakingWatches) < 30 {
+                tokio::time::sleep(Duration::from_millis(20)).await; // polling a counter with a deadline
+            }
+        })
+        .await;
+        disarm(&display, Fault::BreakingWatches);
+        assert!(
+            broke.is_ok(),
+            "the observer stopped replacing its watch after {} breaks on a quiet election",
+            crate::hooks::struck(&display, Fault::BreakingWatches)
+        );
+        // And it still follows: a campaign is seen.
+        let leading = elections.campaign("quiet", b"a", &Default::default()).await.unwrap();
+        let seen = tokio::time::timeout(Duration::from_secs(10), observer.changed()).await;
+        assert!(matches!(seen, Ok(Some(Some(_)))), "{seen:?}");
+        drop(leading);
     }
 }

@@ -203,9 +203,11 @@ impl EtcdGrant {
         let c = &self.inner.cluster;
         let doing = "moving the lock to the longer lease";
         #[cfg(test)]
-        if crate::hooks::fire(c.display(), crate::hooks::Fault::LateMove) {
-            crate::hooks::hold(c.display(), txn.clone());
-            return Err(crate::error::timed_out(doing, c.display(), c.request_timeout()));
+        for (fault, reads) in [(crate::hooks::Fault::LateMove, 0), (crate::hooks::Fault::LaterMove, 1)] {
+            if crate::hooks::fire(c.display(), fault) {
+                crate::hooks::hold(c.display(), txn.clone(), reads);
+                return Err(crate::error::timed_out(doing, c.display(), c.request_timeout()));
+            }
         }
         c.call(doing, |mut cl| {
             let txn = txn.clone();
@@ -239,9 +241,24 @@ impl EtcdGrant {
         let Some(granted) = self.adopt(on) else {
             return Ok(None);
         };
-        Ok(keep_alive_once(&self.inner.cluster, on)
-            .await?
-            .then_some(ttl.min(granted)))
+        if !keep_alive_once(&self.inner.cluster, on).await? {
+            return Ok(None);
+        }
+        // A lease move whose answer was lost may still land after the read above, onto one
+        // of `others`: each is kept alive too, and the validity is the shortest TTL among
+        // them, so the key never rides on a lease nobody renews past what we believe (a
+        // review: it did, and expired under a holder told it was valid). A lease found
+        // gone carries nothing (a put onto a missing lease fails): forgotten.
+        let mut validity = ttl.min(granted);
+        let others = self.own().map(|o| o.others.clone()).unwrap_or_default();
+        for (lease, their) in others {
+            if keep_alive_once(&self.inner.cluster, lease).await? {
+                validity = validity.min(their);
+            } else if let Some(mut own) = self.own() {
+                own.others.retain(|(l, _)| *l != lease);
+            }
+        }
+        Ok(Some(validity))
     }
 
     /// Moves our key onto a new lease of `ttl` (etcd cannot lengthen a lease): grant, then
@@ -536,5 +553,46 @@ mod tests {
             (0, 0),
             "the release revokes both leases"
         );
+    }
+
+    /// A lease move that went unanswered and landed only after a *later* extend's read
+    /// (a review of the fix above): that extend kept alive the lease it read the key on
+    /// and believed its TTL, while the key now rode on the new lease, which nobody
+    /// renewed — and which ran out first, deleting the key under a holder told it was
+    /// valid. Every lease the key may still move onto is kept alive, and the validity is
+    /// the shortest of theirs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_move_that_lands_after_a_later_read_never_outlives_the_belief() {
+        let cluster = EtcdCluster::single();
+        let lock = EtcdLock::connect(&cluster.url("")).await.unwrap();
+        let key = "later-move";
+        let opts = LockOptions::new()
+            .with_ttl(Duration::from_secs(5))
+            .with_auto_renew(false);
+        let lease = lock.acquire(key, &opts).await.unwrap();
+        arm(lock.inner.cluster.display(), Fault::LaterMove);
+        let extended = lease.extend(Duration::from_secs(6)).await;
+        assert!(extended.is_err_and(|e| e.is_temporary()));
+        // Server time passes (the new 6 s lease's, as the old one's: nothing here renews
+        // them), so that the new lease would run out before a fresh 5 s validity.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Its read comes before the held move lands; it keeps alive the lease it read.
+        lease.extend(Duration::from_secs(5)).await.unwrap();
+        let believed = lease
+            .valid_until()
+            .saturating_duration_since(tokio::time::Instant::now());
+        let c = &lock.inner.cluster;
+        let mut client = c.client.clone();
+        let kvs = client
+            .get(c.cfg.lock_dir(key), Some(GetOptions::new().with_prefix()))
+            .await
+            .unwrap();
+        let on = kvs.kvs().first().expect("the lock key").lease();
+        let left = client.lease_time_to_live(on, None).await.unwrap().ttl();
+        assert!(
+            believed <= Duration::from_secs(u64::try_from(left).unwrap_or(0) + 1),
+            "the holder believes {believed:?} more; the lease its key rides on ends in {left} s"
+        );
+        lease.release().await.unwrap();
     }
 }
