@@ -31,3 +31,24 @@ fn the_lab_shows_postgres_exclusive_through_a_restart_while_held() {
     // Columns: scenario, backend, overlaps, regressions, reuse, late actions, stale (fenced).
     assert_eq!(&cells[2..7], &["0", "0", "0", "0", "0"], "{cells:?}");
 }
+
+/// The holder's server connection ended by an operator (`pg_terminate_backend`): `run`
+/// stops the command and says the loss in one line — the backend's "connection ended; its
+/// leases are lost" WARN beside it was a second line for one loss (new-user trial); it is
+/// at info level now, each lease saying its loss itself.
+#[test]
+fn a_terminated_connection_is_said_in_one_line() {
+    let server = PgServer::start();
+    let run = ["run", "k", "--ttl", "5s"];
+    let (holder, _in) = common::spawn_holder(common::fencelock(&server.url()), &run, "echo in; sleep 30");
+    let ended = server.psql(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+          WHERE application_name = 'fencelock' AND pid <> pg_backend_pid()",
+    );
+    assert_ne!(ended, "0", "no connection of the holder to end");
+    let out = holder.wait_with_output().expect("wait");
+    let err = common::stderr_of(&out);
+    assert_eq!(out.status.code(), Some(76), "{err}");
+    let lost: Vec<&str> = err.lines().filter(|l| l.contains("lost")).collect();
+    assert_eq!(lost.len(), 1, "one loss, said in more than one line: {err}");
+}

@@ -745,7 +745,9 @@ impl PgNode {
     fn end_session(&self, session: &Session, why: &str) {
         let lost = session.end(why);
         if !lost.is_empty() {
-            tracing::warn!(server = %self.server(), backend_pid = session.backend_pid, %why, leases = lost.len(), "connection ended; its leases are lost");
+            // Info: each lease says its own loss (a WARN, with this reason); at warn level
+            // this line was a second one for one loss (new-user trial).
+            tracing::info!(server = %self.server(), backend_pid = session.backend_pid, %why, leases = lost.len(), "connection ended; its leases are lost");
         }
         if session.is_listening() {
             self.inner.waiters.wake_all();
