@@ -248,10 +248,7 @@ impl Session {
     /// `true` while the session can still be used.
     pub fn is_usable(&self) -> bool {
         let open = self.client.lock().unwrap_or_else(|p| p.into_inner()).is_some();
-        open && !matches!(
-            self.states.peek_state(),
-            SessionState::Expired | SessionState::Closed | SessionState::AuthFailed
-        )
+        open && !ended(self.states.peek_state())
     }
 
     /// `true` while the client is connected to a server that takes writes: the session
@@ -324,53 +321,55 @@ impl Session {
     /// `Some(true)` once connected again in this session, `Some(false)` once the session
     /// ended (expired, closed or refused), `None` when neither came in time. Cancel safe.
     pub async fn until_settled(&self, deadline: tokio::time::Instant) -> Option<bool> {
-        let mut states = self.states.clone();
-        let settled = |s: SessionState| match s {
+        until_state(self.states.clone(), deadline, |s| match s {
             SessionState::SyncConnected | SessionState::ConnectedReadOnly => Some(true),
-            SessionState::Closed | SessionState::Expired | SessionState::AuthFailed => Some(false),
+            s if ended(s) => Some(false),
             _ => None,
-        };
-        if let Some(now) = settled(states.peek_state()) {
-            return Some(now);
-        }
-        tokio::time::timeout_at(deadline, async {
-            // Bounded: the client goes through a handful of states per reconnect.
-            for _ in 0..16 {
-                if let Some(now) = settled(states.changed().await) {
-                    return Some(now);
-                }
-            }
-            None
         })
         .await
-        .ok()
-        .flatten()
     }
+}
+
+/// The session ended: closed, expired or refused.
+fn ended(s: SessionState) -> bool {
+    matches!(
+        s,
+        SessionState::Closed | SessionState::Expired | SessionState::AuthFailed
+    )
 }
 
 /// Waits up to `limit` for `states` to report the session ended (closed, expired or
 /// refused): after the last handle of its client was dropped, zookeeper-client sends
 /// `closeSession` in the background, and this is how to know it went. `true` when it did.
-async fn until_ended(mut states: StateWatcher, limit: Duration) -> bool {
-    let ended = |s: SessionState| {
-        matches!(
-            s,
-            SessionState::Closed | SessionState::Expired | SessionState::AuthFailed
-        )
-    };
-    if ended(states.peek_state()) {
-        return true;
+async fn until_ended(states: StateWatcher, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    until_state(states, deadline, |s| ended(s).then_some(()))
+        .await
+        .is_some()
+}
+
+/// The first state `states` reports (the current one included) that `settles` maps to
+/// `Some`, or `None` at `deadline`. Bounded: the client goes through a handful of states
+/// per reconnect, and 16 changes without one that settles is `None` too.
+async fn until_state<T>(
+    mut states: StateWatcher,
+    deadline: tokio::time::Instant,
+    settles: impl Fn(SessionState) -> Option<T>,
+) -> Option<T> {
+    if let Some(now) = settles(states.peek_state()) {
+        return Some(now);
     }
-    tokio::time::timeout(limit, async {
+    tokio::time::timeout_at(deadline, async {
         for _ in 0..16 {
-            if ended(states.changed().await) {
-                return true;
+            if let Some(now) = settles(states.changed().await) {
+                return Some(now);
             }
         }
-        false
+        None
     })
     .await
-    .unwrap_or(false)
+    .ok()
+    .flatten()
 }
 
 impl Drop for Session {
