@@ -496,7 +496,7 @@ mod tests {
     use std::time::Duration;
 
     use etcd_client::GetOptions;
-    use fencelock_core::{DistributedLock, LockOptions};
+    use fencelock_core::{DistributedLock, Lease, LockOptions};
     use fencelock_testkit::etcd_server::EtcdCluster;
 
     use crate::hooks::{arm, Fault};
@@ -513,6 +513,18 @@ mod tests {
         (keys, leases)
     }
 
+    /// `key` held on `cluster` with a 5 s own lease, no auto-renew, and `fault` (a lease
+    /// move held back) armed for its next extend past that TTL.
+    async fn held_with_a_move_held_back(cluster: &EtcdCluster, key: &str, fault: Fault) -> (EtcdLock, Lease) {
+        let lock = EtcdLock::connect(&cluster.url("")).await.unwrap();
+        let opts = LockOptions::new()
+            .with_ttl(Duration::from_secs(5))
+            .with_auto_renew(false);
+        let lease = lock.acquire(key, &opts).await.unwrap();
+        arm(lock.inner.cluster.display(), fault);
+        (lock, lease)
+    }
+
     /// A lease move (an `extend` past the granted TTL) whose transaction went unanswered
     /// and landed only after the read that followed it: that read found our key still on
     /// the old lease, and the new lease was revoked — taking our key with it, moved there
@@ -522,13 +534,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_lease_move_without_an_answer_revokes_neither_lease() {
         let cluster = EtcdCluster::single();
-        let lock = EtcdLock::connect(&cluster.url("")).await.unwrap();
         let key = "late-move";
-        let opts = LockOptions::new()
-            .with_ttl(Duration::from_secs(5))
-            .with_auto_renew(false);
-        let lease = lock.acquire(key, &opts).await.unwrap();
-        arm(lock.inner.cluster.display(), Fault::LateMove);
+        let (lock, lease) = held_with_a_move_held_back(&cluster, key, Fault::LateMove).await;
         let extended = lease.extend(Duration::from_secs(10)).await;
         assert!(
             extended.as_ref().is_err_and(|e| e.is_temporary()),
@@ -564,13 +571,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_move_that_lands_after_a_later_read_never_outlives_the_belief() {
         let cluster = EtcdCluster::single();
-        let lock = EtcdLock::connect(&cluster.url("")).await.unwrap();
         let key = "later-move";
-        let opts = LockOptions::new()
-            .with_ttl(Duration::from_secs(5))
-            .with_auto_renew(false);
-        let lease = lock.acquire(key, &opts).await.unwrap();
-        arm(lock.inner.cluster.display(), Fault::LaterMove);
+        let (lock, lease) = held_with_a_move_held_back(&cluster, key, Fault::LaterMove).await;
         let extended = lease.extend(Duration::from_secs(6)).await;
         assert!(extended.is_err_and(|e| e.is_temporary()));
         // Server time passes (the new 6 s lease's, as the old one's: nothing here renews
