@@ -87,6 +87,15 @@ impl FencingChecker {
 
     /// Checks `fence` and, when admitted, runs `write` while the check's lock is held, so
     /// that no stale write can slip between the check and the write.
+    ///
+    /// The admitted fence is recorded **before** `write` runs: a write that fails or panics
+    /// after it changed the resource still counts, so an older holder is refused from then
+    /// on. A fence recorded with no write behind it only refuses more, never less. A panic
+    /// in `write` propagates to the caller; the checker stays usable.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Fenced`] for a stale or reused token; `write` then does not run.
     pub fn write_with<T>(&self, resource: &str, fence: &Fence, write: impl FnOnce() -> T) -> Result<(Admission, T)> {
         let mut map = match self.highest.lock() {
             Ok(m) => m,
@@ -94,10 +103,10 @@ impl FencingChecker {
         };
         let current = map.get(resource).map(|f| (f.token, &f.grant));
         let admission = admit(resource, current, fence).map_err(LockError::Fenced)?;
-        let value = write();
         if admission != Admission::SameGrant {
             map.insert(resource.to_owned(), fence.clone());
         }
+        let value = write();
         Ok((admission, value))
     }
 
@@ -156,5 +165,20 @@ mod tests {
         let mut wrote = false;
         assert!(c.write_with("r", &fence(2, "b"), || wrote = true).is_err());
         assert!(!wrote);
+    }
+
+    /// A write that lands and then panics (the checker is shared across tasks; its poisoned
+    /// mutex is recovered) must still leave its fence recorded: otherwise the old holder
+    /// writes again as `SameGrant` over the newer holder's write.
+    #[test]
+    fn a_write_that_panics_keeps_its_fence_recorded() {
+        let c = FencingChecker::new();
+        c.check("r", &fence(5, "a")).unwrap();
+        let wrote = std::panic::catch_unwind(|| c.write_with("r", &fence(6, "b"), || panic!("after the write")));
+        assert!(wrote.is_err(), "the write did not panic");
+        match c.check("r", &fence(5, "a")) {
+            Err(LockError::Fenced(rej)) => assert_eq!(rej.highest, FencingToken::new(6)),
+            other => panic!("the old holder was admitted after a newer write landed: {other:?}"),
+        }
     }
 }
