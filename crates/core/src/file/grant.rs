@@ -169,18 +169,91 @@ impl KeyFiles {
         f: impl FnOnce(&mut KeyState) -> Result<(T, bool)>,
         then: impl FnOnce(T) -> Result<U>,
     ) -> Result<U> {
-        let mutex_path = self.path("mutex");
-        let mutex = os::open_or_create(&mutex_path, self.mode)
-            .map_err(|e| io_error(format!("cannot open {}", mutex_path.display()), e))?;
-        lock_mutex(&mutex).map_err(|e| io_error(format!("cannot flock {}", mutex_path.display()), e))?;
+        let _mutex = self.lock_key_mutex()?;
         let state_path = self.path("state");
-        let mut st = state::read(&state_path, &self.stem)?;
+        let mut st = match state::read(&state_path, &self.stem)? {
+            Some(st) => st,
+            None => self.state_without_file()?,
+        };
         let (value, changed) = f(&mut st)?;
         if changed {
             self.replace("state", &state::encode(&st)?, self.durable)?;
         }
         then(value)
-        // `mutex` is closed here, which drops the flock.
+        // `_mutex` is closed here, which drops the flock.
+    }
+
+    /// Opens the key's mutex `STEM.mutex` and flocks it (waiting at most [`MUTEX_WAIT`]),
+    /// then checks that the file locked is still the one at that name: same device and
+    /// inode, still linked. A mutex unlinked between the open and the flock (a /tmp
+    /// cleaner ageing out a file nobody writes, an operator's `rm`) is an orphan: another
+    /// process makes a new one at the name and locks that, and two decisions would run at
+    /// once. Then the orphan is dropped and the file now at the name opened, at most
+    /// [`MUTEX_REOPENS`] times in a row.
+    fn lock_key_mutex(&self) -> Result<File> {
+        let mutex_path = self.path("mutex");
+        for _ in 0..MUTEX_REOPENS {
+            let mutex = os::open_or_create(&mutex_path, self.mode)
+                .map_err(|e| io_error(format!("cannot open {}", mutex_path.display()), e))?;
+            #[cfg(test)]
+            between_open_and_lock(&mutex_path);
+            lock_mutex(&mutex).map_err(|e| io_error(format!("cannot flock {}", mutex_path.display()), e))?;
+            let current = os::still_at(&mutex, &mutex_path)
+                .map_err(|e| io_error(format!("cannot check {}", mutex_path.display()), e))?;
+            if current {
+                // Its times say the key is in use, for age cleaners; a failure (a shared
+                // directory's file of another owner without write permission) costs
+                // nothing else.
+                let _ = os::touch_open(&mutex);
+                return Ok(mutex);
+            }
+        }
+        Err(LockError::backend(
+            BACKEND,
+            format!(
+                "cannot lock {}: it was removed or replaced between its open and its flock {MUTEX_REOPENS} times in a row; something deletes the lock directory's files (exclude the directory from cleaners: docs/backends/file.md)",
+                mutex_path.display()
+            ),
+            std::io::Error::other("mutex replaced"),
+        ))
+    }
+
+    /// The key's state when its file is missing: the initial state, unless a liveness file
+    /// of the key is flocked — a live holder whose state file was deleted (by a /tmp
+    /// cleaner: a holder renewing for days writes only its liveness file, so the state ages
+    /// first; or by hand). Then the state names that holder, with the expiry it last wrote
+    /// (none written: no expiry), so that the key stays its own until it releases, dies or
+    /// expires, instead of going to a second holder at once. Its token counter is lost all
+    /// the same: the key's next grant has token 1. Lists the directory, so only a key
+    /// without a state file (its first grant) pays for it.
+    fn state_without_file(&self) -> Result<KeyState> {
+        let mut st = KeyState::default();
+        for live in self.live_files()? {
+            let Some(name) = live.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let Some(grant) = naming::grant_of_live_file(&self.stem, name) else {
+                continue;
+            };
+            let liveness = os::read_live(&live).map_err(|e| io_error(format!("cannot check {}", live.display()), e))?;
+            let os::Liveness::Held { expires_mono_ns } = liveness else {
+                continue; // a dead holder's leftover
+            };
+            let expires = expires_mono_ns.unwrap_or(u64::MAX);
+            if st.holder.as_ref().is_none_or(|h| h.expires_mono_ns < expires) {
+                tracing::warn!(
+                    stem = %self.stem,
+                    dir = %self.dir.display(),
+                    "the key's state file is missing while its holder's liveness file {name} is held; the key stays held (its token counter is lost: was the lock directory cleaned?)"
+                );
+                st.holder = Some(HolderRecord {
+                    grant: grant.to_owned(),
+                    expires_mono_ns: expires,
+                    live: name.to_owned(),
+                });
+            }
+        }
+        Ok(st)
     }
 
     /// `Some((liveness file, time left))` when the recorded holder is live: not expired,
@@ -341,7 +414,8 @@ impl KeyFiles {
     /// taken over, or removed by hand). The new expiry goes into our own liveness file
     /// `live`, not the state file: it matters only while we live (a crash ends the grant
     /// through the flock whatever the file says), so a renewal costs no fsync — the durable
-    /// state, with the token counter, is replaced only by grants and releases.
+    /// state, with the token counter, is replaced only by grants and releases; an extend
+    /// only sets its times to now, so that age cleaners do not take it for unused.
     fn extend(&self, grant: &str, live_id: (u64, u64), live: &File, ttl: Duration) -> Result<Option<Duration>> {
         self.locked(|st| {
             let now = os::mono_ns();
@@ -349,6 +423,11 @@ impl KeyFiles {
                 Some(h) if self.expiry(h) > now && self.is_ours(h, grant, live_id)? => {
                     os::write_expiry(live, now.saturating_add(ns(ttl)))
                         .map_err(|e| io_error(format!("cannot write {}", self.dir.join(&h.live).display()), e))?;
+                    // The state file is not rewritten, so its times would stay those of the
+                    // grant: a holder renewing for days would have it removed by an age
+                    // cleaner. A failure here costs the renewal nothing (a deleted state
+                    // is also caught by `state_without_file`).
+                    let _ = os::touch(&self.path("state"));
                     Ok((Some(ttl), false))
                 }
                 _ => Ok((None, false)),
@@ -383,6 +462,9 @@ const MUTEX_WAIT: Duration = Duration::from_secs(2);
 /// The first pause between attempts on a busy mutex; it doubles up to [`MUTEX_PAUSE_MAX`].
 const MUTEX_PAUSE_FIRST: Duration = Duration::from_micros(200);
 const MUTEX_PAUSE_MAX: Duration = Duration::from_millis(20);
+/// How many times in a row a decision opens the key's mutex again after finding the one it
+/// locked removed or replaced (see [`KeyFiles::lock_key_mutex`]).
+const MUTEX_REOPENS: usize = 4;
 
 /// Takes the key's mutex flock, waiting at most [`MUTEX_WAIT`]: then a `TimedOut` error
 /// (temporary: an acquire retries it while its wait lasts). Non-blocking attempts with a
@@ -404,6 +486,28 @@ fn lock_mutex(mutex: &File) -> std::io::Result<()> {
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(MUTEX_PAUSE_MAX);
+    }
+}
+
+/// A hook of [`BETWEEN_OPEN_AND_LOCK`], given the mutex's path.
+#[cfg(test)]
+type MutexHook = Box<dyn FnMut(&std::path::Path)>;
+
+#[cfg(test)]
+thread_local! {
+    /// Test seam: run on this thread between opening a key's mutex and flocking it, to play
+    /// what another process or a cleaner does in that window (unlink the mutex, make a new
+    /// one and lock it).
+    static BETWEEN_OPEN_AND_LOCK: std::cell::RefCell<Option<MutexHook>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs the [`BETWEEN_OPEN_AND_LOCK`] hook of this thread, if one is set.
+#[cfg(test)]
+fn between_open_and_lock(mutex_path: &std::path::Path) {
+    // Taken out while it runs, so that a hook may itself make decisions on a key.
+    if let Some(mut hook) = BETWEEN_OPEN_AND_LOCK.with(|h| h.borrow_mut().take()) {
+        hook(mutex_path);
+        BETWEEN_OPEN_AND_LOCK.with(|h| *h.borrow_mut() = Some(hook));
     }
 }
 
@@ -492,5 +596,58 @@ impl LeaseOps for FileGrant {
     /// its task has reached [`blocking`].
     fn cleanup(&self) -> Option<CleanupGuard> {
         Some(self.files.ops.start())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    fn key_files(dir: &std::path::Path) -> KeyFiles {
+        KeyFiles::new(&Arc::new(dir.to_path_buf()), "k", false, 0o600)
+    }
+
+    /// The mutex unlinked between a decision's open and its flock (a /tmp cleaner ageing
+    /// out a file nobody writes, an operator's `rm`) while another process makes a new
+    /// mutex at the path and decides under it: the first must not decide under the
+    /// orphaned inode it locked, or both read the same last token and both grant the next.
+    #[test]
+    fn a_mutex_unlinked_before_its_flock_is_never_decided_under() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = key_files(dir.path());
+        assert!(files.live_grant().unwrap().is_none()); // the mutex now exists
+        let other: Rc<RefCell<Option<File>>> = Rc::new(RefCell::new(None));
+        let calls = Rc::new(std::cell::Cell::new(0));
+        {
+            let (other, calls) = (Rc::clone(&other), Rc::clone(&calls));
+            BETWEEN_OPEN_AND_LOCK.with(|h| {
+                *h.borrow_mut() = Some(Box::new(move |path: &std::path::Path| {
+                    calls.set(calls.get() + 1);
+                    if calls.get() == 1 {
+                        // The cleaner, then the other process entering its decision.
+                        fs::remove_file(path).unwrap();
+                        let theirs = os::open_or_create(path, 0o600).unwrap();
+                        assert!(os::try_lock_exclusive(&theirs).unwrap());
+                        *other.borrow_mut() = Some(theirs);
+                    } else {
+                        // The other process's decision ends.
+                        other.borrow_mut().take();
+                    }
+                }));
+            });
+        }
+        let decided = files.try_grant(TTL);
+        BETWEEN_OPEN_AND_LOCK.with(|h| h.borrow_mut().take());
+        assert!(
+            other.borrow().is_none(),
+            "decided under an unlinked mutex while another process held the key's mutex at its path"
+        );
+        assert!(matches!(decided, Ok(Decision::Granted { token: 1, .. })));
+        assert_eq!(calls.get(), 2, "one reopen after the unlink");
     }
 }

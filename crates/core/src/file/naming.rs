@@ -38,10 +38,16 @@ pub(crate) fn live_file(stem: &str, grant: &str) -> String {
 /// `true` when `name` is a liveness file of the key with stem `stem`: `STEM.GRANT.live`
 /// with a grant id of hex digits (so the files of key `a` never match those of `a.b`).
 pub(crate) fn is_live_file_of(stem: &str, name: &str) -> bool {
+    grant_of_live_file(stem, name).is_some()
+}
+
+/// The grant id in `name` when it is a liveness file of the key with stem `stem` (see
+/// [`is_live_file_of`]).
+pub(crate) fn grant_of_live_file<'a>(stem: &str, name: &'a str) -> Option<&'a str> {
     name.strip_prefix(stem)
         .and_then(|rest| rest.strip_prefix('.'))
         .and_then(|rest| rest.strip_suffix(".live"))
-        .is_some_and(|grant| !grant.is_empty() && grant.bytes().all(|b| b.is_ascii_hexdigit()))
+        .filter(|grant| !grant.is_empty() && grant.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 #[cfg(test)]

@@ -157,6 +157,48 @@ pub(crate) fn path_id(path: &Path) -> io::Result<Option<(u64, u64)>> {
     }
 }
 
+/// `true` when the open file `f` is still the file at `path` (a link is not followed): the
+/// same device and inode, and not unlinked (a link count above zero).
+pub(crate) fn still_at(f: &File, path: &Path) -> io::Result<bool> {
+    let st = rustix::fs::fstat(f.as_fd())?;
+    if st.st_nlink == 0 {
+        return Ok(false);
+    }
+    Ok(path_id(path)? == Some((st.st_dev, st.st_ino)))
+}
+
+/// Both times of "now" for `utimensat`/`futimens`.
+fn now_times() -> rustix::fs::Timestamps {
+    let now = rustix::fs::Timespec {
+        tv_sec: 0,
+        tv_nsec: rustix::fs::UTIME_NOW,
+    };
+    rustix::fs::Timestamps {
+        last_access: now,
+        last_modification: now,
+    }
+}
+
+/// Sets the access and modification times of the file at `path` (a link is not followed)
+/// to now, without writing it: an age cleaner (systemd-tmpfiles, tmpreaper) then does not
+/// take it for unused. `Ok` when there is no file.
+pub(crate) fn touch(path: &Path) -> io::Result<()> {
+    match rustix::fs::utimensat(
+        rustix::fs::CWD,
+        path,
+        &now_times(),
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    ) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// [`touch`] for an open file.
+pub(crate) fn touch_open(f: &File) -> io::Result<()> {
+    Ok(rustix::fs::futimens(f, &now_times())?)
+}
+
 /// Takes an exclusive flock if free; `Ok(false)` if someone holds it.
 pub(crate) fn try_lock_exclusive(f: &File) -> io::Result<bool> {
     match flock(f, FlockOperation::NonBlockingLockExclusive) {

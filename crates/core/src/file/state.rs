@@ -39,8 +39,8 @@ pub(crate) struct KeyState {
     pub holder: Option<HolderRecord>,
 }
 
-/// Reads the state of the key with file stem `stem`; a missing file is the initial state.
-/// A file that cannot be parsed is a permanent error: resetting it would restart tokens
+/// Reads the state of the key with file stem `stem`; `None` when the file is missing (the
+/// key's first grant, or a deleted file: see `KeyFiles::state_without_file`). A file that cannot be parsed is a permanent error: resetting it would restart tokens
 /// and break fencing. A symbolic link in its place is refused (`ELOOP`), never followed.
 ///
 /// So is a holder whose liveness file is not named as this backend names it for that
@@ -48,10 +48,10 @@ pub(crate) struct KeyState {
 /// and removes it when the holder is stale, so a crafted state (a member of a shared
 /// directory's group can write it) naming `../elsewhere` or another key's mutex would
 /// otherwise have us open or delete a file of its choosing.
-pub(crate) fn read(path: &Path, stem: &str) -> Result<KeyState> {
+pub(crate) fn read(path: &Path, stem: &str) -> Result<Option<KeyState>> {
     let cannot_read = |e| io_error(format!("cannot read {}", path.display()), e);
     let Some(mut f) = os::open_read(path).map_err(cannot_read)? else {
-        return Ok(KeyState::default());
+        return Ok(None);
     };
     let mut bytes = Vec::with_capacity(256);
     f.read_to_end(&mut bytes).map_err(cannot_read)?;
@@ -69,7 +69,7 @@ pub(crate) fn read(path: &Path, stem: &str) -> Result<KeyState> {
             ));
         }
     }
-    Ok(state)
+    Ok(Some(state))
 }
 
 /// The state file at `path` cannot be trusted, because of `why`.

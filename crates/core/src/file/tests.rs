@@ -127,6 +127,61 @@ async fn removed_grant_is_noticed_by_extend_and_release() {
     next.release().await.unwrap();
 }
 
+/// A cleaner (systemd-tmpfiles' age limit on /tmp) removes the key's state and mutex
+/// while a holder, renewing for days, still holds it: its liveness file is written at
+/// each extend, the state file only at grants and releases, so the state ages first. The
+/// next decision must not take the missing state for a fresh key while the holder's
+/// liveness file is held — that granted token 1 to a second holder at once.
+#[tokio::test]
+async fn a_state_file_removed_while_held_does_not_free_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (FileLock::open(dir.path()).unwrap(), FileLock::open(dir.path()).unwrap());
+    let lease = a.acquire("k", &long()).await.unwrap();
+    for name in ["k-k.state", "k-k.mutex"] {
+        std::fs::remove_file(dir.path().join(name)).unwrap();
+    }
+    let second = b.try_acquire("k", &long()).await.unwrap();
+    assert!(
+        second.is_none(),
+        "a second holder was granted token {} while the first held the key",
+        second.as_ref().map_or(0, |l| l.token().get())
+    );
+    // The holder keeps its lease; once it releases, the key is free again.
+    assert!(
+        lease.extend(Duration::from_secs(60)).await.is_ok(),
+        "the holder lost its lease"
+    );
+    lease.release().await.unwrap();
+    let next = b.try_acquire("k", &long()).await.unwrap();
+    assert!(next.is_some(), "the key stayed busy after its holder released it");
+}
+
+/// A holder renewing for days must keep its state file from looking unused to an age
+/// cleaner (systemd-tmpfiles removes files whose times are all older than its limit): each
+/// extend sets the state's times to now, without rewriting it.
+#[tokio::test]
+async fn extend_keeps_the_state_file_from_ageing() {
+    let dir = tempfile::tempdir().unwrap();
+    let locks = FileLock::open(dir.path()).unwrap();
+    let lease = locks.acquire("k", &long()).await.unwrap();
+    let state = dir.path().join("k-k.state");
+    let old = std::time::SystemTime::now() - Duration::from_secs(30 * 24 * 3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&state)
+        .unwrap()
+        .set_times(std::fs::FileTimes::new().set_accessed(old).set_modified(old))
+        .unwrap();
+    lease.extend(Duration::from_secs(60)).await.unwrap();
+    let modified = std::fs::symlink_metadata(&state).unwrap().modified().unwrap();
+    assert!(
+        modified.elapsed().unwrap_or_default() < Duration::from_secs(3600),
+        "the state file of a renewed holder kept its old time ({:?} ago)",
+        modified.elapsed().unwrap_or_default()
+    );
+    lease.release().await.unwrap();
+}
+
 /// Renewal must not wait for the disk: an extend changes only how long the holder stays
 /// valid, which matters only while the holder lives, so it is never fsynced. (CI caught
 /// `auto_renew_keeps_lease` losing a 300 ms lease when two fsyncs per renewal outran the
