@@ -271,13 +271,17 @@ impl KeyFiles {
     }
 
     /// The expiry of `h` now: the one its holder last wrote into its liveness file (by
-    /// `extend`), else the one recorded at the grant.
-    fn expiry(&self, h: &HolderRecord) -> u64 {
-        match os::read_live(&self.dir.join(&h.live)) {
-            Ok(os::Liveness::Held {
+    /// `extend`), else the one recorded at the grant. An error reading the file (out of
+    /// descriptors or memory) is returned, as [`live_holder`](Self::live_holder) does:
+    /// taking the grant-time expiry instead ended a renewed grant for good (extend said
+    /// "not held", release "not ours") on a passing EMFILE.
+    fn expiry(&self, h: &HolderRecord) -> Result<u64> {
+        let live = self.dir.join(&h.live);
+        match os::read_live(&live).map_err(|e| io_error(format!("cannot check {}", live.display()), e))? {
+            os::Liveness::Held {
                 expires_mono_ns: Some(at),
-            }) => at,
-            _ => h.expires_mono_ns,
+            } => Ok(at),
+            _ => Ok(h.expires_mono_ns),
         }
     }
 
@@ -420,7 +424,7 @@ impl KeyFiles {
         self.locked(|st| {
             let now = os::mono_ns();
             match st.holder.as_ref() {
-                Some(h) if self.expiry(h) > now && self.is_ours(h, grant, live_id)? => {
+                Some(h) if self.expiry(h)? > now && self.is_ours(h, grant, live_id)? => {
                     os::write_expiry(live, now.saturating_add(ns(ttl)))
                         .map_err(|e| io_error(format!("cannot write {}", self.dir.join(&h.live).display()), e))?;
                     // The state file is not rewritten, so its times would stay those of the
@@ -440,7 +444,7 @@ impl KeyFiles {
     fn release(&self, grant: &str, live_id: (u64, u64)) -> Result<bool> {
         self.locked(|st| match &st.holder {
             Some(h) if h.grant == grant => {
-                let was_live = self.expiry(h) > os::mono_ns() && self.is_ours(h, grant, live_id)?;
+                let was_live = self.expiry(h)? > os::mono_ns() && self.is_ours(h, grant, live_id)?;
                 let live = self.dir.join(&h.live);
                 if os::path_id(&live).ok().flatten() == Some(live_id) {
                     let _ = fs::remove_file(live);
@@ -649,5 +653,38 @@ mod tests {
         );
         assert!(matches!(decided, Ok(Decision::Granted { token: 1, .. })));
         assert_eq!(calls.get(), 2, "one reopen after the unlink");
+    }
+
+    /// An error reading our own liveness file (out of descriptors or memory) is not the
+    /// end of the grant: extend and release fail, temporarily, and the grant stays ours.
+    /// Before, the expiry recorded at the grant was taken instead: once a renewed grant
+    /// had outlived it, extend said "not held" (the lease lost for good) and release "not
+    /// ours".
+    #[test]
+    fn an_error_reading_the_liveness_file_is_an_error_not_a_lost_grant() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = key_files(dir.path());
+        let first = Duration::from_millis(300);
+        let Ok(Decision::Granted { grant, live, .. }) = files.try_grant(first) else {
+            panic!("the key was free");
+        };
+        let id = os::file_id(&live).unwrap();
+        assert_eq!(files.extend(&grant, id, &live, TTL).unwrap(), Some(TTL));
+        // The grant-time expiry passing is the condition under test, not a synchronisation.
+        std::thread::sleep(first + Duration::from_millis(100));
+        os::READ_LIVE_FAILS.with(|f| f.set(Some(rustix::io::Errno::MFILE.raw_os_error())));
+        let extended = files.extend(&grant, id, &live, TTL);
+        let released = files.release(&grant, id);
+        os::READ_LIVE_FAILS.with(|f| f.set(None));
+        match extended {
+            Err(e) if e.is_temporary() => {}
+            other => panic!("EMFILE reading our liveness file: extend answered {other:?}"),
+        }
+        match released {
+            Err(e) if e.is_temporary() => {}
+            other => panic!("EMFILE reading our liveness file: release answered {other:?}"),
+        }
+        assert_eq!(files.extend(&grant, id, &live, TTL).unwrap(), Some(TTL));
+        assert!(files.release(&grant, id).unwrap(), "the grant was lost to the error");
     }
 }

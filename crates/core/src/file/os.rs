@@ -253,9 +253,21 @@ pub(crate) fn write_expiry(live: &File, expires_mono_ns: u64) -> io::Result<()> 
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Test seam: while set, [`read_live`] fails on this thread with this OS error code.
+    pub(crate) static READ_LIVE_FAILS: std::cell::Cell<Option<i32>> = const { std::cell::Cell::new(None) };
+}
+
 /// Whether the holder of the liveness file at `path` lives, and the expiry it last wrote.
 /// A file with no valid record reads as `expires_mono_ns: None`.
 pub(crate) fn read_live(path: &Path) -> io::Result<Liveness> {
+    #[cfg(test)]
+    {
+        if let Some(code) = READ_LIVE_FAILS.with(std::cell::Cell::get) {
+            return Err(io::Error::from_raw_os_error(code));
+        }
+    }
     let Some(f) = open_if_held(path)? else {
         return Ok(Liveness::Gone);
     };
