@@ -9,6 +9,8 @@
 //! writable; files are then created 0660. A directory every user can write (mode o+w,
 //! with or without the sticky bit) is refused even then: any local user could plant files
 //! in it, and with the sticky bit one user cannot replace another's state file at all.
+//! A directory on a network filesystem (NFS, SMB/CIFS, 9p, Ceph) is refused as well: see
+//! [`network_fs_name`].
 
 use std::fs::{self, DirBuilder};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -159,11 +161,7 @@ impl FileConfig {
             Ok(meta) => meta,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mode = if self.shared { 0o770 } else { 0o700 };
-                DirBuilder::new()
-                    .recursive(true)
-                    .mode(mode)
-                    .create(dir)
-                    .map_err(|e| cannot(dir, "create", e))?;
+                create_dirs(dir, mode).map_err(|e| cannot(dir, "create", e))?;
                 if self.shared {
                     // The umask may have taken the group's write bit away.
                     fs::set_permissions(dir, fs::Permissions::from_mode(mode))
@@ -182,6 +180,17 @@ impl FileConfig {
         }
         if !meta.is_dir() {
             return Err(refuse("it is not a directory".into()));
+        }
+        let on = rustix::fs::statfs(dir).map_err(|e| cannot(dir, "read the filesystem of", e.into()))?;
+        // The low 32 bits: every magic number fits them, and `f_type` is signed on some
+        // platforms (CIFS's would be negative there).
+        if let Some(name) = network_fs_name(on.f_type as u32) {
+            return Err(refuse(format!(
+                "it is on {name}, a network filesystem: a holder's liveness is judged by the \
+                 host's own monotonic clock and flock may not reach other hosts, so processes \
+                 on two hosts could hold one key at once. Use a directory on a local \
+                 filesystem, or a server backend when the clients run on several hosts"
+            )));
         }
         let mode = meta.permissions().mode() & 0o7777;
         if mode & 0o002 != 0 {
@@ -206,6 +215,48 @@ impl FileConfig {
         }
         Ok(())
     }
+}
+
+/// Creates `dir` and its missing parents with `mode` (cut by the umask), outermost first,
+/// and fsyncs the parent of each directory it creates, so that power loss cannot lose the
+/// new directory — and with it the state files, whose own writes fsync only the lock
+/// directory. Returns the directories fsynced. A directory another process creates
+/// meanwhile is left to it. Bounded by the path's components.
+fn create_dirs(dir: &Path, mode: u32) -> std::io::Result<Vec<PathBuf>> {
+    let mut missing = Vec::new();
+    for at in dir.ancestors() {
+        match fs::symlink_metadata(at) {
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing.push(at),
+            Err(e) => return Err(e),
+        }
+    }
+    let mut synced = Vec::new();
+    for made in missing.into_iter().rev() {
+        match DirBuilder::new().mode(mode).create(made) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+        let parent = made.parent().unwrap_or(Path::new("/"));
+        fs::File::open(parent)?.sync_all()?;
+        synced.push(parent.to_path_buf());
+    }
+    Ok(synced)
+}
+
+/// The name of the network filesystem with `statfs` magic number `f_type` (its low 32
+/// bits: `f_type` is signed on some platforms), if it is one the backend refuses.
+pub(crate) fn network_fs_name(f_type: u32) -> Option<&'static str> {
+    Some(match f_type {
+        0x6969 => "NFS",
+        0x517B => "SMB",
+        0xFF53_4D42 => "CIFS",
+        0xFE53_4D42 => "SMB2",
+        0x0102_1997 => "9p",
+        0x00C3_6400 => "Ceph",
+        _ => return None,
+    })
 }
 
 fn unknown_option(url: &str, pair: &str) -> LockError {
@@ -327,6 +378,46 @@ mod tests {
             let e = FileConfig::from_url(bad).unwrap_err();
             assert!(matches!(e, LockError::InvalidConfig { .. }), "{bad}: {e}");
             assert!(e.to_string().contains(says), "{bad}: {e}");
+        }
+    }
+
+    /// A lock directory created with its parents: each new entry is fsynced into its
+    /// parent, or power loss could lose the directory, and with it the state files and
+    /// their token counters.
+    #[test]
+    fn each_created_directory_is_synced_into_its_parent() {
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("a/b/locks");
+        let synced = create_dirs(&dir, 0o700).unwrap();
+        assert!(dir.is_dir());
+        assert_eq!(
+            synced,
+            vec![top.path().to_path_buf(), top.path().join("a"), top.path().join("a/b")],
+            "the parents of the directories created were not all fsynced"
+        );
+        assert!(
+            create_dirs(&dir, 0o700).unwrap().is_empty(),
+            "nothing created, nothing to sync"
+        );
+    }
+
+    /// Network filesystems are told by their `statfs` magic number: liveness there would be
+    /// judged on each host's own monotonic clock.
+    #[test]
+    fn network_filesystems_are_named() {
+        for (magic, name) in [
+            (0x6969, "NFS"),
+            (0x517B, "SMB"),
+            (0xFF53_4D42, "CIFS"),
+            (0xFE53_4D42, "SMB2"),
+            (0x0102_1997, "9p"),
+            (0x00C3_6400, "Ceph"),
+        ] {
+            assert_eq!(network_fs_name(magic), Some(name), "{magic:#x}");
+        }
+        // ext4, tmpfs, btrfs, xfs, overlayfs: local.
+        for magic in [0xEF53, 0x0102_1994, 0x9123_683E, 0x5846_5342, 0x794C_7630] {
+            assert_eq!(network_fs_name(magic), None, "{magic:#x}");
         }
     }
 
