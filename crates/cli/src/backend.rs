@@ -97,7 +97,7 @@ fn too_many(n: usize) -> LockError {
 }
 
 /// Whether `url` is a `file://` URL (the scheme in any case).
-fn is_file_url(url: &str) -> bool {
+pub(crate) fn is_file_url(url: &str) -> bool {
     url.trim().get(..7).is_some_and(|s| s.eq_ignore_ascii_case("file://"))
 }
 
@@ -216,7 +216,7 @@ pub async fn connect_for_processes(
 
 /// A `file://` URL with `inherit=true` added (unless it sets `inherit` itself); any other
 /// URL as it is.
-fn inherit_liveness(url: &str) -> String {
+pub(crate) fn inherit_liveness(url: &str) -> String {
     let url = url.trim();
     if !is_file_url(url) {
         return url.to_owned();

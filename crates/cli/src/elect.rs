@@ -19,14 +19,43 @@ use crate::exit::{self, fail};
 use crate::run::{self, Signals};
 
 /// Connects the election of the selected backend, refusing `memory://` (it would elect
-/// within this process only); returns it with the default options.
+/// within this process only); returns it with the default options. For a command that
+/// only reads (`leader`): nothing is added to a `file://` URL.
 pub async fn connect(
     cli: &Cli,
     command: &str,
     ttl: Option<Duration>,
 ) -> Result<(std::sync::Arc<dyn Election>, fencelock::LockOptions), LockError> {
-    let config = crate::backend::with_added_options(crate::backend::config(cli)?, ttl, str::to_owned);
+    connect_adding(cli, command, ttl, str::to_owned).await
+}
+
+/// [`connect`] for `elect`, which runs a command while it leads: on `file://` it adds
+/// `inherit=true`, as `run` does ([`crate::backend::connect_for_processes`]), so that the
+/// guard and the command's group share the flocked liveness file of the seat's lease. A
+/// SIGKILLed `elect` then leaves the seat held until its guard has killed the group and
+/// died with it; without it the seat was free at once, and a waiting `elect` could start
+/// its command while the old one still ran (docs/cli.md).
+async fn connect_campaigning(
+    cli: &Cli,
+    ttl: Option<Duration>,
+) -> Result<(std::sync::Arc<dyn Election>, fencelock::LockOptions), LockError> {
+    connect_adding(cli, "elect", ttl, crate::backend::inherit_liveness).await
+}
+
+async fn connect_adding(
+    cli: &Cli,
+    command: &str,
+    ttl: Option<Duration>,
+    extra: fn(&str) -> String,
+) -> Result<(std::sync::Arc<dyn Election>, fencelock::LockOptions), LockError> {
+    let config = crate::backend::config(cli)?;
     crate::backend::refuse_in_process(&config, command)?;
+    if crate::backend::is_file_url(&config.backend) {
+        // Checked as written, so that a message quotes the user's URL, not an
+        // `inherit=true` added below.
+        fencelock::file::FileConfig::from_url(config.backend.trim())?;
+    }
+    let config = crate::backend::with_added_options(config, ttl, extra);
     let election = config.connect_election().await?;
     Ok((election, config.defaults))
 }
@@ -99,7 +128,7 @@ impl crate::waiting::Wait for SeatWait<'_> {
     }
 
     async fn connect(&self) -> Result<(Self::Backend, fencelock::LockOptions), LockError> {
-        connect(self.cli, "elect", self.args.ttl).await
+        connect_campaigning(self.cli, self.args.ttl).await
     }
 
     fn options(&self, defaults: fencelock::LockOptions) -> (fencelock::LockOptions, bool) {
