@@ -107,7 +107,14 @@ pub async fn elect(cli: &Cli, args: &ElectArgs) -> ExitCode {
         ("FENCELOCK_ELECTION", args.name.clone()),
     ];
     // Releasing the seat's lease at the end of supervise is the resignation.
-    let code = run::supervise_with(&run_args, leadership.into_lease(), &mut signals, &env).await;
+    let code = run::supervise_with(
+        &run_args,
+        leadership.into_lease(),
+        &mut signals,
+        &env,
+        run::Holding::Election(&args.name),
+    )
+    .await;
     close(&*election).await;
     code
 }

@@ -26,6 +26,10 @@
 //!   its exec, when it still runs the guard's handlers — reaches neither: 1 of 150 tries
 //!   of a SIGTERM 30–45 ms after `run` started, against 2–7 of 150 without the pause.
 //!   Blocking the signals around the start needs `sigprocmask`, i.e. `unsafe`.)
+//!   A *loss* in that moment is not missed: `run` tells it on the control pipe as well
+//!   ([`KILL_NOW`], a deadline long past) whenever the guard has not yet said it started
+//!   the command. The guard takes every line already there before its last check, and
+//!   every later one after the start, and kills the group at once.
 //! * **After the command.** When the command exits, what it left running in the group
 //!   (`cmd &`, a daemon that did not leave the group) is stopped by the guard before it
 //!   exits — SIGTERM, then SIGKILL after `--kill-after` — with the deadline and the death
@@ -49,7 +53,6 @@ use std::time::Duration;
 use rustix::process::{kill_process_group, Signal};
 use rustix::time::{clock_gettime, ClockId, Timespec};
 use tokio::process::Command;
-use tokio::signal::unix::SignalKind;
 use tokio::sync::mpsc;
 
 use crate::args::GuardArgs;
@@ -84,6 +87,22 @@ pub fn until_line(remaining: impl FnOnce() -> Duration) -> String {
 pub fn kill_ahead(validity: Duration) -> Duration {
     (validity / 10).clamp(Duration::from_millis(10), Duration::from_secs(1))
 }
+
+/// How long from now the guard is to kill, for a lease with `remaining` validity: that,
+/// less [`kill_ahead`] of it. Computed afresh for each deadline `run` writes — after the
+/// grant and after every renewal — so that the lead follows the validity as renewed, not
+/// the first grant's (one found with 200 ms left kept a 20 ms lead for the 30 s
+/// validities renewed after it).
+pub fn kill_within(remaining: Duration) -> Duration {
+    remaining.saturating_sub(kill_ahead(remaining))
+}
+
+/// The line `run` writes on the control pipe when the lease was lost before the guard said
+/// it started the command: a deadline long past, so the guard kills the group at once —
+/// before the start (it then does not start the command), or right after it. A line, not
+/// a signal: a signal that reaches the guard between its last check and the start is
+/// caught and lost, a line is read whenever the guard gets to it.
+pub const KILL_NOW: &str = "until 0\n";
 
 fn now_nanos() -> u128 {
     let Timespec { tv_sec, tv_nsec } = clock_gettime(ClockId::Monotonic);
@@ -165,8 +184,15 @@ fn kill_at_deadline(report: &mut Option<std::fs::File>, why: &str) -> ExitCode {
     if parent_stopped() {
         let key = std::env::var("FENCELOCK_KEY").unwrap_or_default();
         let token = std::env::var("FENCELOCK_TOKEN").unwrap_or_default();
+        // `elect` gives its guard the election's name: it speaks of the election.
+        let election = std::env::var("FENCELOCK_ELECTION").ok();
+        let holding = match &election {
+            Some(name) => crate::run::Holding::Election(name),
+            None => crate::run::Holding::Lock,
+        };
         let line = format!(
-            "fencelock: lease on `{key}` (token {token}) lost while `fencelock` is stopped: {why}; the guard kills the command's process group: it did not finish\n"
+            "fencelock: {} lost while `fencelock` is stopped: {why}; the guard kills the command's process group: it did not finish\n",
+            holding.of(&key, token)
         );
         if crate::exit::say_within(line, SAY_PATIENCE) {
             if let Some(report) = report {
@@ -177,6 +203,16 @@ fn kill_at_deadline(report: &mut Option<std::fs::File>, why: &str) -> ExitCode {
     kill_now()
 }
 
+/// Whether a write to stderr would raise SIGTTOU: stderr is a terminal whose foreground
+/// group is not ours, with `tostop` set.
+fn write_would_stop() -> bool {
+    let stderr = std::io::stderr();
+    rustix::termios::isatty(&stderr)
+        && !rustix::termios::tcgetpgrp(&stderr).is_ok_and(|fg| fg == rustix::process::getpgrp())
+        && rustix::termios::tcgetattr(&stderr)
+            .is_ok_and(|t| t.local_modes.contains(rustix::termios::LocalModes::TOSTOP))
+}
+
 /// Whether the guard's parent (`fencelock run` or `elect`) is stopped, as /proc says
 /// (state `T`, or `t` under a debugger). `true` when /proc cannot say: better a line
 /// twice than none.
@@ -184,17 +220,19 @@ fn parent_stopped() -> bool {
     let Some(parent) = rustix::process::getppid() else {
         return false; // orphaned: `run` is gone, not stopped
     };
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", parent.as_raw_nonzero())) else {
-        return true;
+    stopped(parent).unwrap_or(true)
+}
+
+/// Whether `pid` is stopped, as /proc says (state `T`, or `t` under a debugger); `None`
+/// when /proc cannot say.
+pub(crate) fn stopped(pid: rustix::process::Pid) -> Option<bool> {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())) else {
+        return None;
     };
     // `PID (COMM) STATE …`: COMM may hold spaces and parentheses, the last `)` ends it.
-    match stat
-        .rsplit_once(')')
+    stat.rsplit_once(')')
         .and_then(|(_, rest)| rest.trim_start().chars().next())
-    {
-        Some(state) => state == 'T' || state == 't',
-        None => true,
-    }
+        .map(|state| state == 'T' || state == 't')
 }
 
 /// What the guard writes on `run`'s report pipe after [`KILLED`] when it has said why on
@@ -210,7 +248,17 @@ const SAY_PATIENCE: Duration = Duration::from_millis(20);
 /// Runs the guard: see the module documentation.
 pub async fn guard(args: &GuardArgs) -> ExitCode {
     // Catch what is sent to the group before the command exists, so the guard outlives it.
-    let mut stop = tokio::signal::unix::signal(SignalKind::from_raw(Signal::TSTP.as_raw())).ok();
+    // SIGTSTP only when it was not ignored at start (`run` started with it ignored): it
+    // then stays ignored, for the guard and the command (see `Stops::install`).
+    let mut stop = crate::signals::Stops::install();
+    // SIGTTIN, which the kernel sends the whole group when the command reads the terminal
+    // from a background job: the command stops, the guard must not — stopped with it, it
+    // watched neither the deadline nor `run`'s death, and a command continued later ran on
+    // a lease long gone. Not SIGTTOU (a write with `stty tostop`): a write of the guard's
+    // own that raised it would be restarted after the handler, and raise it again, for
+    // ever; the guard never reads the terminal, so SIGTTIN cannot loop so.
+    let mut tty_in = crate::signals::Stops::catching(Signal::TTIN);
+    let mut told_background = false;
     let mut caught = crate::signals::Signals::install();
     let mut control = match read_control(args.control_fd) {
         Ok(rx) => rx,
@@ -234,6 +282,13 @@ pub async fn guard(args: &GuardArgs) -> ExitCode {
     if let Some(sig) = settled {
         return not_started(sig);
     }
+    // A newer line may be there already: a renewal, or [`KILL_NOW`] for a loss.
+    while let Ok(message) = control.try_recv() {
+        match message {
+            Message::Until(d) => deadline = d,
+            Message::Closed => return ExitCode::from(exit::FAILURE), // `run` is gone before the start
+        }
+    }
     if now_nanos() >= deadline {
         // The command never runs: not acquired for it (75), not "lost while it ran" (76).
         return exit::fail(crate::run::LOST_BEFORE_START, exit::NOT_ACQUIRED);
@@ -250,11 +305,22 @@ pub async fn guard(args: &GuardArgs) -> ExitCode {
     let Some((program, rest)) = args.command.split_first() else {
         return exit::fail("no command given after --", exit::BAD_INPUT);
     };
-    let spawned = match Command::new(program).args(rest).spawn() {
+    if std::env::var_os(HOLD_START_FOR_A_SIGNAL).is_some() {
+        // Test hook: the moment between the last check and the start, held open until a
+        // signal comes (at most 30 s) — which is then missed, as one that came in that
+        // moment was.
+        let _ = tokio::time::timeout(Duration::from_secs(30), caught.next()).await;
+    }
+    let command = |program: &str| {
+        let mut command = Command::new(program);
+        command.env_remove(HOLD_START_FOR_A_SIGNAL);
+        command
+    };
+    let spawned = match command(program).args(rest).spawn() {
         // An executable text file without `#!`: run it with /bin/sh, as execvp(3), env(1)
         // and shells do.
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOEXEC.raw_os_error()) => {
-            Command::new("/bin/sh").arg(program).args(rest).spawn()
+            command("/bin/sh").arg(program).args(rest).spawn()
         }
         other => other,
     };
@@ -289,7 +355,21 @@ pub async fn guard(args: &GuardArgs) -> ExitCode {
                 Some(Message::Until(d)) => deadline = d,
                 Some(Message::Closed) | None => return kill_group(RUN_GONE),
             },
-            Some(()) = recv(&mut stop) => {
+            () = tty_in.next() => {
+                // Said once: the command retries, and is stopped again, at each use. Not
+                // when the write would stop the guard itself (`stty tostop`).
+                if !told_background && !write_would_stop() {
+                    told_background = true;
+                    crate::exit::say_within(
+                        format!(
+                            "fencelock: `{program}` is stopped: it read the terminal from a background job, and keeps \
+                             the lock (or the leadership) while stopped; send `fencelock` SIGINT or SIGTERM to end it\n"
+                        ),
+                        Duration::ZERO,
+                    );
+                }
+            }
+            () = stop.next() => {
                 // Ctrl-Z on the terminal the command owns: a stopped group would hold the
                 // terminal while `run` (which the shell waits for) runs on, so job control
                 // cannot stop it; the group goes on.
@@ -341,6 +421,12 @@ fn open_inherited(fd: i32, write: bool) -> std::io::Result<std::fs::File> {
     let open = |path: String| std::fs::OpenOptions::new().read(!write).write(write).open(path);
     open(format!("/proc/self/fd/{fd}")).or_else(|_| open(format!("/dev/fd/{fd}")))
 }
+
+/// For tests only (crates/cli/tests/process_tree.rs): when set in the guard's environment,
+/// the guard waits, after its last check and before it starts the command, for a signal
+/// (at most 30 s), and goes on as if it had come a moment too late — the race a review
+/// found, made certain. Not set for the command.
+pub const HOLD_START_FOR_A_SIGNAL: &str = "FENCELOCK_TEST_HOLD_START_FOR_A_SIGNAL";
 
 /// How long the guard lets a signal already sent reach it before it starts the command.
 const SIGNAL_SETTLE: Duration = Duration::from_millis(5);
@@ -421,14 +507,6 @@ async fn stop_left_behind(
     }
 }
 
-/// The next delivery of a signal we listen for; never, when we could not listen.
-async fn recv(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
-    match s {
-        Some(s) => s.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
 /// The command's exit code, or 128 + signal when a signal ended it (as shells report).
 pub fn status_code(status: ExitStatus) -> u8 {
     use std::os::unix::process::ExitStatusExt;
@@ -461,5 +539,26 @@ mod tests {
         assert_eq!(kill_ahead(Duration::from_millis(30)), Duration::from_millis(10));
         assert_eq!(kill_ahead(Duration::from_secs(30)), Duration::from_secs(1));
         assert_eq!(kill_ahead(Duration::ZERO), Duration::from_millis(10));
+    }
+
+    /// Review: `run` computed the lead once, from the grant's remaining validity, and
+    /// reused it for every renewal. Each deadline's lead is a tenth of the validity it is
+    /// written for: a grant found with 200 ms left is killed 20 ms early, the 30 s
+    /// validity renewed after it 1 s early — not 20 ms.
+    #[test]
+    fn each_deadline_keeps_a_tenth_of_its_own_validity() {
+        assert_eq!(kill_within(Duration::from_millis(200)), Duration::from_millis(180));
+        assert_eq!(kill_within(Duration::from_secs(30)), Duration::from_secs(29));
+        assert_eq!(kill_within(Duration::from_secs(3)), Duration::from_millis(2700));
+        assert_eq!(kill_within(Duration::from_millis(5)), Duration::ZERO);
+    }
+
+    /// [`KILL_NOW`] is a deadline already past, whenever it is read.
+    #[test]
+    fn kill_now_is_a_deadline_already_past() {
+        let Some(Message::Until(d)) = parse(KILL_NOW) else {
+            panic!("unparsed: {KILL_NOW}")
+        };
+        assert!(d <= now_nanos());
     }
 }

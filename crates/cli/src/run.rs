@@ -168,17 +168,57 @@ pub(crate) async fn close(locks: &dyn DistributedLock) {
 
 /// Starts the guard and the command, watches them and the lease, and cleans up.
 async fn supervise(args: &RunArgs, lease: Lease, signals: &mut Signals) -> ExitCode {
-    supervise_with(args, lease, signals, &[]).await
+    supervise_with(args, lease, signals, &[], Holding::Lock).await
+}
+
+/// What `run` or `elect` holds while the command runs, as its messages name it: `elect`
+/// speaks of the election and its term, not of the lease on its seat's key
+/// (`election.NAME`) and a token — the words `elect`'s user knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Holding<'a> {
+    /// `run`: the lease on a lock.
+    Lock,
+    /// `elect`: the leadership of the election of this name.
+    Election(&'a str),
+}
+
+impl Holding<'_> {
+    /// "lease on `KEY` (token N)", or "leadership of election `NAME` (term N)".
+    pub(crate) fn of(self, key: &str, token: impl std::fmt::Display) -> String {
+        match self {
+            Holding::Lock => format!("lease on `{key}` (token {token})"),
+            Holding::Election(name) => format!("leadership of election `{name}` (term {token})"),
+        }
+    }
+
+    /// An error on one line; a loss ([`LockError::LeaseLost`]) in these terms.
+    fn error(self, e: &LockError) -> String {
+        match (self, e) {
+            (Holding::Election(_), LockError::LeaseLost { key, token, reason, .. }) => {
+                format!("{} is lost: {reason}", self.of(key, token))
+            }
+            _ => exit::one_line(e),
+        }
+    }
+
+    /// "the lock on `KEY` was released", or "the leadership of election `NAME` was resigned".
+    fn given_back(self, key: &str) -> String {
+        match self {
+            Holding::Lock => format!("the lock on `{key}` was released"),
+            Holding::Election(name) => format!("the leadership of election `{name}` was resigned"),
+        }
+    }
 }
 
 /// [`supervise`], with `env` added to the command's environment (`elect` adds
-/// FENCELOCK_TERM); everything else — process group, guard, loss and exit codes — is
-/// the same.
+/// FENCELOCK_TERM) and messages that name what is held as `holding` says; everything
+/// else — process group, guard, loss and exit codes — is the same.
 pub(crate) async fn supervise_with(
     args: &RunArgs,
     lease: Lease,
     signals: &mut Signals,
     env: &[(&str, String)],
+    holding: Holding<'_>,
 ) -> ExitCode {
     let Some(program) = args.command.first() else {
         return fail("no command given after --", exit::BAD_INPUT);
@@ -186,7 +226,22 @@ pub(crate) async fn supervise_with(
     // Lost between the grant and here (a TTL little above the round trip): the same loss,
     // with the same exit status, as the guard's own check just before it starts CMD. CMD
     // never runs: the lock was not acquired for it (75), it was not lost while CMD ran.
-    if !lease.is_held() {
+    let held = tokio::select! {
+        biased; // a held lease goes on as before; a signal already queued is forwarded later
+        held = settled(&lease) => held,
+        sig = signals.next() => {
+            // Only while a suspended lease is waited for: nothing started yet.
+            let _ = lease.release().await;
+            return fail(
+                &format!(
+                    "{} while the lease was suspended; not starting the command",
+                    crate::signals::name(sig)
+                ),
+                128 + sig.as_raw() as u8,
+            );
+        }
+    };
+    if !held {
         let _ = lease.release().await;
         return fail(LOST_BEFORE_START, args.conflict_exit_code);
     }
@@ -201,7 +256,14 @@ pub(crate) async fn supervise_with(
     let renews = lease.auto_renews();
     let (lease_key, lease_token) = (lease.key().to_owned(), lease.token());
     let mut killed = false;
-    let outcome = watch(&mut started, &lease, args.kill_after, signals, &mut killed).await;
+    let outcome = watch(&mut started, &lease, args.kill_after, signals, &mut killed, holding).await;
+    // `run`'s own SIGKILL after --kill-after goes to the whole group, the guard included:
+    // not a kill of the guard from outside (before, it was said to be one), and said
+    // already ("the command ignored SIGTERM …; sent its process group SIGKILL").
+    let outcome = match outcome {
+        Outcome::GuardKilled { code, own: false, .. } if killed => Outcome::KilledAfterGrace(code),
+        other => other,
+    };
     // Nothing of the command may run once the lock is given back.
     let stopped = stop_group(group, args.kill_after, killed).await;
     let ended = started.report.ended();
@@ -214,7 +276,7 @@ pub(crate) async fn supervise_with(
         Outcome::Exited(code) => match released {
             Err(e @ LockError::LeaseLost { .. }) => lost(Some(format!(
                 "{}; `{program}` finished, but not entirely under the lock",
-                exit::one_line(&e)
+                holding.error(&e)
             ))),
             Err(e) => {
                 tracing::warn!(error = %exit::one_line(&e), "release failed; the lease will expire by its TTL");
@@ -233,14 +295,30 @@ pub(crate) async fn supervise_with(
             }
             lost(None)
         }
-        Outcome::GuardKilled { code, own: false, .. } => {
-            guard_killed_from_outside(program, &lease_key, code, ended, stopped, released, args.lost_exit_code)
-        }
+        Outcome::KilledAfterGrace(code) => match released {
+            Err(e @ LockError::LeaseLost { .. }) => lost(Some(format!(
+                "{}; `{program}` did not finish: it ignored SIGTERM and was killed",
+                holding.error(&e)
+            ))),
+            // The command's own status when the guard had reported its end (the SIGKILL
+            // then took what it left behind).
+            _ => ExitCode::from(ended.unwrap_or(code)),
+        },
+        Outcome::GuardKilled { code, own: false, .. } => guard_killed_from_outside(
+            program,
+            &lease_key,
+            holding,
+            code,
+            ended,
+            stopped,
+            released,
+            args.lost_exit_code,
+        ),
         Outcome::GuardKilled { .. } => {
             match released {
                 Err(e @ LockError::LeaseLost { .. }) => lost(Some(format!(
                 "{}{}; `{program}` did not finish: the guard killed its process group when the lease's validity ended",
-                exit::one_line(&e),
+                holding.error(&e),
                 // Only a loss by expiry is explained by the missing renewal.
                 match &e {
                     LockError::LeaseLost { reason: LostReason::Expired | LostReason::NotHeld, .. } if !renews =>
@@ -251,8 +329,8 @@ pub(crate) async fn supervise_with(
                 // Killed a tenth of the validity early (`guard::kill_ahead`): the release may
                 // still have found the grant, but the command was stopped for the lease's sake.
                 _ => lost(Some(format!(
-                    "lease on `{lease_key}` (token {lease_token}) lost: {}; `{program}` did not finish: the guard \
-                     killed its process group",
+                    "{} lost: {}; `{program}` did not finish: the guard killed its process group",
+                    holding.of(&lease_key, lease_token),
                     if renews {
                         "the lease's validity was ending without a renewal".to_owned()
                     } else {
@@ -272,15 +350,43 @@ pub(crate) async fn supervise_with(
     }
 }
 
+/// Whether the lease is `Held` before the command starts. A `Suspended` one (the
+/// connection interrupted — a ZooKeeper blip right after the grant — the grant maybe still
+/// ours) is waited for, within its validity: the command does not start in doubt, and a
+/// lease that comes back `Held` is no loss (before, `is_held()` was false for it and `run`
+/// exited 75, "the lease ran out", though nothing was lost). `false` once it is lost,
+/// released, or its validity ran out still suspended — which then is what the message
+/// says. Bounded by the validity: every turn waits for a change of status or its end.
+async fn settled(lease: &Lease) -> bool {
+    use fencelock::LeaseState;
+    let mut status = lease.watch();
+    loop {
+        status.borrow_and_update();
+        let now = lease.status(); // refreshed: a validity that ran out reads as lost
+        match now.state {
+            LeaseState::Held => return true,
+            LeaseState::Suspended => {}
+            _ => return false, // lost or released (or a state added later: not held)
+        }
+        let end = now.valid_until;
+        tokio::select! {
+            changed = status.changed() => if changed.is_err() { return lease.is_held() },
+            () = tokio::time::sleep_until(end) => return lease.is_held(),
+        }
+    }
+}
+
 /// New-user trial F7: the guard alone was SIGKILLed by someone else (`kill -9` of the wrong
 /// process, an OOM kill), not at its deadline. `run` stopped the command's group after it
 /// ([`stop_group`]); this says so in one line — before, `run` exited 137 without a word —
 /// and returns `code` (128 + SIGKILL, as a shell reports a child killed by a signal: the
 /// command was stopped, it did not finish), or the command's own status when the guard
 /// had reported its end, or `lost_exit_code` when the lease was lost meanwhile.
+#[allow(clippy::too_many_arguments)] // one message from everything that happened
 fn guard_killed_from_outside(
     program: &str,
     key: &str,
+    holding: Holding<'_>,
     code: u8,
     ended: Option<u8>,
     stopped: Stopped,
@@ -293,8 +399,8 @@ fn guard_killed_from_outside(
     };
     let what = stopped.said();
     let (lock, status) = match released {
-        Ok(()) => (format!("the lock on `{key}` was released"), ended.unwrap_or(code)),
-        Err(e @ LockError::LeaseLost { .. }) => (exit::one_line(&e), lost_exit_code),
+        Ok(()) => (holding.given_back(key), ended.unwrap_or(code)),
+        Err(e @ LockError::LeaseLost { .. }) => (holding.error(&e), lost_exit_code),
         Err(e) => (
             format!(
                 "releasing `{key}` failed ({}): the lease will expire by its TTL",
@@ -328,8 +434,6 @@ struct Started {
     group: Pid,
     control: std::fs::File,
     report: Report,
-    /// How long before the validity's end the guard is told to kill ([`guard::kill_ahead`]).
-    ahead: Duration,
 }
 
 /// The read end of the guard's report pipe (see [`guard::STARTED`]): whether the guard
@@ -395,8 +499,7 @@ fn start(args: &RunArgs, lease: &Lease, env: &[(&str, String)]) -> std::io::Resu
     let (report_read, report_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     rustix::io::fcntl_setfd(&report_write, rustix::io::FdFlags::empty())?;
     rustix::fs::fcntl_setfl(&report_read, rustix::fs::OFlags::NONBLOCK)?;
-    let exe = std::env::current_exe()?;
-    let mut command = Command::new(exe);
+    let mut command = guard_command()?;
     command
         .arg("__guard")
         .arg(read_fd_number(&read).to_string())
@@ -433,8 +536,7 @@ fn start(args: &RunArgs, lease: &Lease, env: &[(&str, String)]) -> std::io::Resu
     // Before the guard may start the command (it waits for the deadline written below).
     give_terminal(group);
     let mut control = std::fs::File::from(write);
-    let ahead = guard::kill_ahead(lease.remaining());
-    let _ = control.write_all(guard::until_line(|| lease.remaining().saturating_sub(ahead)).as_bytes());
+    let _ = control.write_all(guard::until_line(|| guard::kill_within(lease.remaining())).as_bytes());
     let report = Report {
         pipe: std::fs::File::from(report_read),
         read: Vec::new(),
@@ -444,8 +546,26 @@ fn start(args: &RunArgs, lease: &Lease, env: &[(&str, String)]) -> std::io::Resu
         group,
         control,
         report,
-        ahead,
     })
+}
+
+/// A command that runs this very binary, for the guard. On Linux `/proc/self/exe`, which
+/// the kernel resolves to the executable this process runs even when its path is gone or
+/// names another file: a package upgrade during a long `--wait` replaces (unlinks) the
+/// binary, and `current_exe()` then reads "/usr/bin/fencelock (deleted)" — the guard
+/// failed to start (70) after the lock was acquired — or, were the suffix cut off, would
+/// start the *new* binary, whose guard may not speak this one's control pipe. Its argv[0]
+/// stays the path as `current_exe()` gives it, for `ps`.
+fn guard_command() -> std::io::Result<Command> {
+    let exe = std::env::current_exe();
+    if cfg!(target_os = "linux") && std::path::Path::new("/proc/self/exe").exists() {
+        let mut command = Command::new("/proc/self/exe");
+        if let Ok(exe) = exe {
+            command.arg0(exe);
+        }
+        return Ok(command);
+    }
+    Ok(Command::new(exe?))
 }
 
 /// When `run` owns the terminal (stdin is one and our group is its foreground group), hands
@@ -485,6 +605,10 @@ enum Outcome {
     /// The guard exited with a status of its own before it started the command (the
     /// validity ended first, a signal came first, the spawn failed): nothing ran.
     NotStarted(u8),
+    /// The group, the guard with it, ignored a forwarded SIGTERM for `--kill-after` and
+    /// was sent SIGKILL by `run` (said then); the guard's status as a shell reports it
+    /// (137).
+    KilledAfterGrace(u8),
     /// The lease was lost; the message to exit with (`None`: said already).
     LeaseLost(Option<String>),
     WaitFailed(std::io::Error),
@@ -499,13 +623,13 @@ async fn watch(
     kill_after: Duration,
     signals: &mut Signals,
     killed: &mut bool,
+    holding: Holding<'_>,
 ) -> Outcome {
     let Started {
         child,
         group,
         control,
         report,
-        ahead,
     } = started;
     let group = *group;
     let mut status = lease.watch();
@@ -520,7 +644,7 @@ async fn watch(
             reason = &mut lost => {
                 let exited = child.try_wait().ok().flatten();
                 let what = on_loss(exited, report.started(), report.ended(), &reason);
-                let (key, token) = (lease.key(), lease.token());
+                let held = holding.of(lease.key(), lease.token());
                 match what {
                     OnLoss::AlreadyKilled => {
                         *killed = true;
@@ -529,20 +653,20 @@ async fn watch(
                         // "lost" line read as a second loss (new-user trials, every
                         // backend); it goes to `-v`.
                         if report.has(guard::SAID) {
-                            tracing::info!(%key, %token, verdict = %reason, "the lease confirms the loss the guard reported");
+                            tracing::info!(%held, verdict = %reason, "the lease confirms the loss the guard reported");
                             return Outcome::LeaseLost(None);
                         }
                         return Outcome::LeaseLost(Some(format!(
-                            "lease on `{key}` (token {token}) lost while the command ran: {reason}; the guard had \
-                             already killed its process group when the validity ended"
+                            "{held} lost while the command ran: {reason}; the guard had already killed its process \
+                             group when the validity ended"
                         )));
                     }
                     OnLoss::NotStarted(code) => {
-                        crate::exit::errln!("fencelock: lease on `{key}` (token {token}) lost before the command started: {reason}");
+                        crate::exit::errln!("fencelock: {held} lost before the command started: {reason}");
                         return Outcome::NotStarted(code);
                     }
                     OnLoss::Covered(code) => {
-                        crate::exit::errln!("fencelock: lease on `{key}` (token {token}) lost after the command had ended: {reason}");
+                        crate::exit::errln!("fencelock: {held} lost after the command had ended: {reason}");
                         return Outcome::Covered(code);
                     }
                     OnLoss::Ended(code) => return Outcome::Exited(code),
@@ -555,16 +679,22 @@ async fn watch(
                     .map(|c| format!("; its guard exited with status {c} of its own before the command ended"))
                     .unwrap_or_default();
                 // The guard may not have started the command yet (the lease was lost as
-                // it was handed over): the SIGTERM stops it before it does, and what the
-                // loss means is known only once the guard has ended.
+                // it was handed over): see [`stop_on_loss`]. What the loss means is
+                // known only once the guard has ended.
                 // Signals first, messages after: a write to a stderr whose reader stalled
                 // blocks, and must not hold up the stop (new-user trial).
                 let started_then = report.started();
+                let stop = stop_on_loss(started_then);
+                if stop.kill_at_once {
+                    // A full pipe (a stopped guard) drops the line: its older deadline and
+                    // the SIGKILL after `kill_after` below remain.
+                    let _ = control.write_all(guard::KILL_NOW.as_bytes());
+                }
                 signal_group(group, Signal::TERM);
                 signal_group(group, Signal::CONT); // a stopped process acts on SIGTERM only when continued
                 if started_then {
                     crate::exit::errln!(
-                        "fencelock: lease on `{key}` (token {token}) lost while the command ran: {reason}{guard_own}; sent its process group SIGTERM"
+                        "fencelock: {held} lost while the command ran: {reason}{guard_own}; sent its process group SIGTERM"
                     );
                 }
                 if tokio::time::timeout(kill_after, child.wait()).await.is_err() {
@@ -575,11 +705,16 @@ async fn watch(
                 }
                 match stopped_before_start(started_then, report.started()) {
                     Some(code) => {
-                        crate::exit::errln!("fencelock: lease on `{key}` (token {token}) lost before the command started: {reason}");
+                        crate::exit::errln!("fencelock: {held} lost before the command started: {reason}");
                         return Outcome::NotStarted(code);
                     }
                     None if !started_then => crate::exit::errln!(
-                        "fencelock: lease on `{key}` (token {token}) lost as the command started: {reason}; its process group was sent SIGTERM"
+                        "fencelock: {held} lost as the command started: {reason}; {}",
+                        if report.has(guard::KILLED) {
+                            "the guard killed its process group at once"
+                        } else {
+                            "its process group was sent SIGTERM"
+                        }
                     ),
                     None => {}
                 }
@@ -600,11 +735,21 @@ async fn watch(
                 if changed.is_ok() && status.borrow_and_update().state.is_live() {
                     // A full pipe (a stopped guard) drops the line: the guard then acts on
                     // the older, earlier deadline — the safe side.
-                    let _ = control.write_all(guard::until_line(|| lease.remaining().saturating_sub(*ahead)).as_bytes());
+                    // The kill's lead is a tenth of the validity as renewed, not as first
+                    // granted: a grant found with 200 ms left kept a 20 ms lead for every
+                    // renewal of a 30 s TTL after it (see [`guard::kill_ahead`]).
+                    let _ = control.write_all(guard::until_line(|| guard::kill_within(lease.remaining())).as_bytes());
                 }
             }
             sig = signals.next() => {
                 signal_group(group, sig);
+                // A stopped member acts on the signal only once continued: a command
+                // stopped by the terminal (SIGTTIN/SIGTTOU, a background job) or SIGSTOP.
+                // Continued, as a shell's `kill` continues a stopped job it signals;
+                // before, a forwarded SIGINT or SIGHUP waited for ever.
+                if any_stopped(group) {
+                    signal_group(group, Signal::CONT);
+                }
                 if sig == Signal::TERM && kill_at.is_none() {
                     kill_at = Some(tokio::time::Instant::now() + kill_after);
                 }
@@ -665,6 +810,28 @@ fn on_loss(exited: Option<std::process::ExitStatus>, started: bool, ended: Optio
             _ => OnLoss::Ended(code),
         },
         _ => OnLoss::Stop,
+    }
+}
+
+/// How `run` stops the group on a loss that found the guard running ([`OnLoss::Stop`]).
+#[derive(Debug, PartialEq, Eq)]
+struct StopOnLoss {
+    /// Tell the guard on the control pipe to kill the group at once ([`guard::KILL_NOW`]),
+    /// besides the group's SIGTERM.
+    kill_at_once: bool,
+}
+
+/// [`StopOnLoss`] for a loss that came when the guard had (`started_then`) or had not yet
+/// said it started the command. Not yet: the group's SIGTERM may reach the guard alone,
+/// between its last check and the command's start; it catches it and starts the command
+/// anyway, which then ran unsignalled until `--kill-after` (a review: "its process group
+/// was sent SIGTERM" was false). The control pipe cannot miss: the guard reads every line,
+/// before and after the start, and kills the group at the deadline the line gives — now.
+/// No grace is owed: the command began after the loss. (Once started, the command got the
+/// SIGTERM itself, and has `--kill-after` to finish.)
+fn stop_on_loss(started_then: bool) -> StopOnLoss {
+    StopOnLoss {
+        kill_at_once: !started_then,
     }
 }
 
@@ -752,6 +919,14 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
+/// Whether a running member of `group` is stopped (see [`guard::stopped`]).
+fn any_stopped(group: Pid) -> bool {
+    crate::group::members(group)
+        .unwrap_or_default()
+        .into_iter()
+        .any(|pid| guard::stopped(pid) == Some(true))
+}
+
 fn signal_group(group: Pid, sig: Signal) {
     crate::group::signal(group, sig);
 }
@@ -813,6 +988,49 @@ mod tests {
         assert_eq!(stopped_before_start(true, true), None);
     }
 
+    /// A loss before the guard said it started the command: the guard is told on the
+    /// control pipe to kill the group at once — a SIGTERM alone could reach the guard
+    /// between its last check and the start, be caught, and leave the command running
+    /// unsignalled. Once started, the command has its SIGTERM and `--kill-after`.
+    #[test]
+    fn a_loss_before_the_start_has_the_guard_kill_at_once() {
+        assert_eq!(stop_on_loss(false), StopOnLoss { kill_at_once: true });
+        assert_eq!(stop_on_loss(true), StopOnLoss { kill_at_once: false });
+    }
+
+    /// A lease `Suspended` at the start (a ZooKeeper blip right after the grant) is not
+    /// lost: the start waits for it to settle, within its validity. Before, `is_held()`
+    /// was false for it and `run` exited 75, "the lease ran out".
+    #[tokio::test]
+    async fn a_suspended_lease_is_waited_for_not_taken_for_lost() {
+        let locks = fencelock::memory::MemoryLock::new();
+        let opts = LockOptions::new()
+            .with_ttl(Duration::from_secs(30))
+            .with_auto_renew(false);
+        let lease = locks.acquire("k", &opts).await.unwrap();
+        assert!(settled(&lease).await, "held");
+        lease.reporter().suspended();
+        assert!(!lease.is_held(), "the condition under test: suspended");
+        let settling = settled(&lease);
+        tokio::pin!(settling);
+        tokio::select! {
+            biased;
+            _ = &mut settling => panic!("settled while still suspended"),
+            () = std::future::ready(()) => {}
+        }
+        lease.reporter().resumed();
+        assert!(settling.await, "resumed: held");
+        // Suspended until its validity ends: not held, and said so.
+        let short = LockOptions::new()
+            .with_ttl(Duration::from_millis(50))
+            .with_auto_renew(false);
+        let lease = locks.acquire("j", &short).await.unwrap();
+        lease.reporter().suspended();
+        let waited = std::time::Instant::now();
+        assert!(!settled(&lease).await);
+        assert!(waited.elapsed() < Duration::from_secs(5), "{:?}", waited.elapsed());
+    }
+
     #[tokio::test]
     async fn a_lease_lost_before_the_start_is_not_acquired_not_lost_while_running() {
         #[derive(clap::Parser)]
@@ -830,7 +1048,7 @@ mod tests {
             let argv = [&["run", "k"][..], flags, &["--", "true"]].concat();
             let args = <Wrap as clap::Parser>::try_parse_from(argv).unwrap().run;
             let mut signals = Signals::install();
-            let code = supervise_with(&args, lease, &mut signals, &[]).await;
+            let code = supervise_with(&args, lease, &mut signals, &[], Holding::Lock).await;
             assert_eq!(code, ExitCode::from(status), "{flags:?}");
         }
     }

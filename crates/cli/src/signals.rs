@@ -80,6 +80,9 @@ impl Signals {
 /// on etcd and ZooKeeper its queue entry blocks the next waiter until its session expires.
 /// flock(1) stopped in its wait holds nobody up — the kernel grants the lock to a waiter
 /// that runs — and so `run` gives up its place, then stops (see `crate::waiting`).
+///
+/// The guard catches SIGTSTP and SIGTTIN with it too ([`Stops::catching`], see guard.rs):
+/// the command's group must not be stopped while the lease is held.
 pub(crate) struct Stops(Option<tokio::signal::unix::Signal>);
 
 impl Stops {
@@ -89,13 +92,20 @@ impl Stops {
     /// that stopped would stop renewing, and its command would be killed at the validity's
     /// end; the guard keeps the command itself from being stopped, see guard.rs).
     pub(crate) fn install() -> Self {
-        if ignored_at_start() & signal_bit(Signal::TSTP.as_raw()) != 0 {
+        Self::catching(Signal::TSTP)
+    }
+
+    /// [`install`](Self::install) for another stop signal: the guard catches SIGTTIN too,
+    /// which the kernel sends the whole group when the command reads the terminal from a
+    /// background job (see guard.rs).
+    pub(crate) fn catching(sig: Signal) -> Self {
+        if ignored_at_start() & signal_bit(sig.as_raw()) != 0 {
             return Stops(None);
         }
-        match signal(SignalKind::from_raw(Signal::TSTP.as_raw())) {
+        match signal(SignalKind::from_raw(sig.as_raw())) {
             Ok(s) => Stops(Some(s)),
             Err(e) => {
-                tracing::warn!(error = %e, signal = "SIGTSTP", "cannot catch a signal");
+                tracing::warn!(error = %e, signal = name(sig), "cannot catch a signal");
                 Stops(None)
             }
         }
@@ -179,6 +189,9 @@ pub(crate) fn name(sig: Signal) -> &'static str {
         Signal::PROF => "SIGPROF",
         Signal::IO => "SIGIO",
         Signal::POWER => "SIGPWR",
+        Signal::TSTP => "SIGTSTP",
+        Signal::TTIN => "SIGTTIN",
+        Signal::TTOU => "SIGTTOU",
         _ => "a signal",
     }
 }

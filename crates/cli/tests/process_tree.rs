@@ -354,6 +354,10 @@ fn a_forwarded_sigterm_reaches_the_whole_group_and_sigkill_follows_after_kill_af
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(128 + 9), "{err}");
     assert!(err.contains("ignored SIGTERM"), "{err}");
+    // `run`'s own SIGKILL after --kill-after, which took the guard with the group, is not
+    // someone else's kill of the guard (before: "the guard was killed by SIGKILL from
+    // outside fencelock").
+    assert!(!err.contains("from outside"), "{err}");
     assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
     assert!(!String::from_utf8_lossy(&out.stdout).contains("survived"));
     // And the lock is free again.
@@ -622,8 +626,13 @@ fn a_stopped_left_behind_process_ends_at_its_sigterm_not_after_kill_after() {
 /// `fencelock run --ttl TTL k -- sh -c SCRIPT` on the file backend under `dir`, its stdout
 /// to /dev/null and its stderr to `stderr`.
 fn run_on_files(dir: &Path, ttl: &str, script: &str, stderr: Stdio) -> Child {
+    under_on_files("run", dir, ttl, script, stderr)
+}
+
+/// [`run_on_files`] under `verb` (`run` the lock `k`, `elect` the election `k`).
+fn under_on_files(verb: &str, dir: &Path, ttl: &str, script: &str, stderr: Stdio) -> Child {
     fencelock(&file_url(&dir.join("locks")))
-        .args(["run", "--ttl", ttl, "k", "--", "sh", "-c", script])
+        .args([verb, "--ttl", ttl, "k", "--", "sh", "-c", script])
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()
@@ -772,12 +781,17 @@ fn the_guard_kills_at_the_validitys_end_even_when_stderr_blocks() {
 /// backend under `dir`, stderr to `stderr`; returns it with the command's pid once the
 /// command runs. The command is a child of the guard: its parent's pid is the guard's.
 fn run_sleeping(dir: &Path, ttl: &str, stderr: Stdio) -> (Child, Pid) {
+    sleeping_under("run", dir, ttl, stderr)
+}
+
+/// [`run_sleeping`] under `verb`.
+fn sleeping_under(verb: &str, dir: &Path, ttl: &str, stderr: Stdio) -> (Child, Pid) {
     let pid_file = dir.join("pid");
     let script = format!(
         "echo $$ > '{}.tmp'; mv '{0}.tmp' '{0}'; exec sleep 30",
         pid_file.display()
     );
-    let run = run_on_files(dir, ttl, &script, stderr);
+    let run = under_on_files(verb, dir, ttl, &script, stderr);
     poll_until(Duration::from_secs(10), "the command started", || pid_file.exists());
     let pid = std::fs::read_to_string(&pid_file).expect("the command's pid");
     (run, Pid::from_raw(pid.trim().parse().expect("a pid")).expect("a pid"))
@@ -912,4 +926,222 @@ fn run_continued_after_a_kill_at_the_validitys_end_exits_though_stderr_is_not_re
     let out = output_within(run, Duration::from_secs(10));
     assert_eq!(out.status.code(), Some(76));
     drop(stalled);
+}
+
+/// `elect` speaks of the election and its term, not of the lease on its seat's key and a
+/// token: a leader stopped past its validity is told "leadership of election `k` (term N)
+/// lost …" (before: "lease on `election.k` (token N) lost …", the library's words for the
+/// seat, which the user never named).
+#[test]
+fn a_leader_stopped_past_its_validity_is_told_of_its_election_and_term() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut elect, command) = sleeping_under("elect", dir.path(), "1s", Stdio::piped());
+    let stderr = elect.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    kill_process(pid_of(&elect), Signal::STOP).expect("SIGSTOP");
+    let first = rx.recv_timeout(Duration::from_secs(10));
+    if first.is_ok() {
+        poll_until(Duration::from_secs(5), "the guard kills the command", || {
+            !running(command)
+        });
+    }
+    kill_process(pid_of(&elect), Signal::CONT).expect("SIGCONT");
+    let first = first.expect("no line while `elect` was stopped");
+    let out = output_within(elect, Duration::from_secs(20));
+    reader.join().expect("reader");
+    let mut lines = vec![first];
+    lines.extend(rx.try_iter());
+    let all = lines.join("\n");
+    assert_eq!(out.status.code(), Some(76), "{all}");
+    assert!(all.contains("leadership of election `k` (term "), "{all}");
+    assert!(!all.contains("election.k") && !all.contains("token"), "{all}");
+}
+
+/// Review: a loss that came while the guard was between its last check and the start of
+/// the command. `run` sent the group — the guard alone — SIGTERM; the guard caught it and
+/// started the command anyway, which ran unsignalled until `--kill-after` (20 s here),
+/// while `run` said "its process group was sent SIGTERM". The guard is held in that moment
+/// (a test hook) until the signal comes; the loss is the grant removed from Redis. The
+/// command, begun after the loss, is killed at once. (Before: `run` did not exit within
+/// 10 s.)
+#[test]
+fn a_loss_as_the_guard_starts_the_command_kills_the_command_at_once() {
+    let server = fencelock_testkit::redis_server::RedisServer::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("log");
+    let run = fencelock(&server.url())
+        .args(["run", "k", "--ttl", "3s", "--kill-after", "20s", "--", "sh", "-c"])
+        .arg(r#"echo in >> "$LOG"; sleep 30; echo survived >> "$LOG""#)
+        .env("LOG", &log)
+        .env("FENCELOCK_TEST_HOLD_START_FOR_A_SIGNAL", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn run");
+    let run = Killed(Some(run));
+    let run_pid = pid_of(run.0.as_ref().expect("run"));
+    // Acquired once `run` started its guard, which then waits for a signal.
+    poll_until(Duration::from_secs(10), "`run` starts its guard", || {
+        !children_of(run_pid).is_empty()
+    });
+    let guard = children_of(run_pid)[0];
+    struct KillGroup(Pid);
+    impl Drop for KillGroup {
+        fn drop(&mut self) {
+            let _ = rustix::process::kill_process_group(self.0, Signal::KILL);
+        }
+    }
+    let _cleanup = KillGroup(guard);
+    let start = Instant::now();
+    server.command("FLUSHALL"); // the grant is gone: the next renewal (1 s) finds it so
+    let out = output_within(run.take(), Duration::from_secs(10));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(76), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}: {err}",
+        start.elapsed()
+    );
+    assert!(err.contains("lost as the command started"), "{err}");
+    assert!(err.contains("killed its process group at once"), "{err}");
+    assert!(!log_of(&log).contains("survived"), "{}", log_of(&log));
+}
+
+/// A SIGTSTP ignored when `run` started stays ignored in its guard too (the convention
+/// `run` follows itself, docs/cli.md "Signals"): before, the guard caught it regardless.
+#[test]
+fn a_sigtstp_ignored_at_start_stays_ignored_in_the_guard() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The command prints its parent's (the guard's) caught and ignored signal masks.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(r#"trap '' TSTP; exec "$0" --backend "$1" run k -- sh -c 'grep -E "^Sig(Cgt|Ign):" /proc/$PPID/status'"#)
+        .arg(BIN)
+        .arg(file_url(dir.path()))
+        .env_remove("FENCELOCK_BACKEND")
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    let mask = |name: &str| {
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {text}"));
+        u64::from_str_radix(line.trim(), 16).expect("a hex mask")
+    };
+    let tstp = 1u64 << (Signal::TSTP.as_raw() - 1);
+    assert_eq!(mask("SigCgt:") & tstp, 0, "the guard catches SIGTSTP: {text}");
+    assert_ne!(mask("SigIgn:") & tstp, 0, "the guard does not ignore SIGTSTP: {text}");
+}
+
+/// A package upgrade while `run` waits replaces its binary: `current_exe()` then names
+/// "…/fencelock (deleted)", and the guard could not be started once the lock was acquired
+/// (70, "cannot start the guard"). The guard is started from this very executable.
+#[test]
+fn a_run_whose_binary_was_removed_while_it_waited_still_starts_its_command() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bin = dir.path().join("fencelock");
+    std::fs::copy(BIN, &bin).expect("copy the binary");
+    let url = file_url(&dir.path().join("locks"));
+    let holder = common::hold(fencelock(&url), &["run", "k"]);
+    let spawn = || {
+        Command::new(&bin)
+            .args([
+                "--backend",
+                &url,
+                "-v",
+                "run",
+                "k",
+                "--wait",
+                "60s",
+                "--",
+                "echo",
+                "W ran",
+            ])
+            .env_remove("FENCELOCK_BACKEND")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+    };
+    // ETXTBSY: another test's fork may hold the copy's write descriptor for a moment.
+    let mut tries = 0;
+    let mut waiter = loop {
+        match spawn() {
+            Ok(child) => break child,
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::TXTBSY.raw_os_error()) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10)); // a bounded retry
+            }
+            Err(e) => panic!("spawn the waiter: {e}"),
+        }
+    };
+    let stderr = waiter.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l.contains("acquiring")) {
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => lines.push(line),
+            Err(_) => panic!("the waiter never said it was acquiring: {lines:?}"),
+        }
+    }
+    std::fs::remove_file(&bin).expect("remove the binary");
+    common::end(holder);
+    let out = output_within(waiter, Duration::from_secs(30));
+    lines.extend(rx.try_iter());
+    assert!(out.status.success(), "{:?}: {lines:?}", out.status);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "W ran", "{lines:?}");
+}
+
+/// A command stopped by the terminal — SIGTTIN, which the kernel sends its whole group
+/// when it reads the terminal from a background job (sent here by the command to its
+/// group) — stops alone: the guard catches it and goes on watching the deadline and
+/// `run`. And a signal `run` forwards continues a stopped group, as a shell's `kill`
+/// continues a stopped job, so the command acts on it. (Before: the guard stopped with
+/// the command, and a forwarded SIGHUP waited in the stopped group for ever.)
+#[test]
+fn a_command_stopped_by_the_terminal_stops_alone_and_a_forwarded_signal_reaches_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pid_file = dir.path().join("pid");
+    let script = format!(
+        "echo $$ > '{}.tmp'; mv '{0}.tmp' '{0}'; kill -TTIN 0; echo continued",
+        pid_file.display()
+    );
+    let run = run_on_files(dir.path(), "30s", &script, Stdio::piped());
+    let run = Killed(Some(run));
+    let run_pid = pid_of(run.0.as_ref().expect("run"));
+    poll_until(Duration::from_secs(10), "the command started", || pid_file.exists());
+    let pid = std::fs::read_to_string(&pid_file).expect("the command's pid");
+    let command = Pid::from_raw(pid.trim().parse().expect("a pid")).expect("a pid");
+    let guard = parent_of(command);
+    assert_ne!(guard, run_pid, "the command is the guard's child");
+    poll_until(Duration::from_secs(10), "the command is stopped", || {
+        common::state_of(command) == Some('T')
+    });
+    // The guard catches it: the kernel's stop cannot reach it.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", guard.as_raw_nonzero())).expect("status");
+    let caught = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .map(|m| u64::from_str_radix(m.trim(), 16).expect("a hex mask"))
+        .expect("SigCgt");
+    let ttin = 1u64 << (Signal::TTIN.as_raw() - 1);
+    assert_ne!(caught & ttin, 0, "the guard does not catch SIGTTIN: {caught:x}");
+    assert_ne!(common::state_of(guard), Some('T'), "the guard stopped with the command");
+    // SIGHUP: forwarded only, no `--kill-after` SIGKILL follows it.
+    kill_process(run_pid, Signal::HUP).expect("SIGHUP");
+    let out = output_within(run.take(), Duration::from_secs(10));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(129), "{err}");
 }
