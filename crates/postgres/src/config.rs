@@ -26,6 +26,7 @@ pub const DEFAULT_SCHEMA: &str = "fencelock";
 /// | `poll` | `500ms` | how often (jittered to 50–100 %) an instance renews its waiters' tickets, in one statement; a ticket lives `2 × poll + 1 s` past its last renewal (the dead-waiter bound), and a waiter re-checks at the latest every `4 × poll` (jittered) |
 /// | `renew_window` | `50ms` | how long a background renewal may wait to share one statement with others (capped at a tenth of its TTL; `0ms`: only renewals already due share) |
 /// | `connections` | `4` | the most connections the instance opens, 1 to 32 (one spare more while every open one is silent: a statement went unanswered past `timeout`; once two answer again, one that holds no lease and does not listen is closed — while each holds a lease, the pool stays one over until one of them ends): made one at a time when every open one is busy (the first statement makes one), so statements of different keys run side by side on the server; a lease stays with the connection that granted it |
+/// | `create_tables` | `true` | `false`: a connect that finds the schema's tables missing fails with `InvalidConfig` ("fencelock's tables are missing in schema `x`") and creates nothing (read-only uses, migration-managed schemas) |
 /// | `handoff` | `false` | `true`: the release of a lease granted after waiting hands the key to the oldest waiter in its own statement, and the waiter is granted by the notification (one round trip less per hand-off on a hot key); off, the release names that waiter, who acquires. Measured in docs/backends/postgres.md: it helps one hot key a little and hurts an instance waiting for many keys at once |
 ///
 /// `sslmode=disable`, `allow` and `prefer` (the libpq default) connect without TLS;
@@ -56,6 +57,12 @@ pub struct PgConfig {
     /// Whether the release of a lease granted after waiting hands the key to the oldest
     /// waiter in its own statement (`sql::release_handing`); off, the plain release.
     pub handoff: bool,
+    /// Whether a connect creates the schema and the tables when they are missing (the
+    /// default); `false` (`create_tables=false` in the URL): a connect that finds them
+    /// missing fails with [`LockError::InvalidConfig`] and creates nothing — for
+    /// read-only uses (`fencelock leader`, `fencelock backends`), where a typo in
+    /// `schema=` must not make a stray schema, and for schemas a migration manages.
+    pub create_tables: bool,
 }
 
 /// The most connections one instance may open (`connections` in the URL): a few cover
@@ -67,7 +74,7 @@ pub const MAX_CONNECTIONS: usize = 32;
 pub const DEFAULT_CONNECTIONS: usize = 4;
 
 impl PgConfig {
-    /// Parses `postgres://[USER[:PASSWORD]@]HOST[:PORT][/DB][?libpq params&schema=S&timeout=D&connect_timeout=D&poll=D&renew_window=D&connections=N&handoff=BOOL]`
+    /// Parses `postgres://[USER[:PASSWORD]@]HOST[:PORT][/DB][?libpq params&schema=S&timeout=D&connect_timeout=D&poll=D&renew_window=D&connections=N&handoff=BOOL&create_tables=BOOL]`
     /// (or `postgresql://…`).
     ///
     /// # Errors
@@ -92,6 +99,7 @@ impl PgConfig {
             renew_window: Duration::from_millis(50),
             connections: DEFAULT_CONNECTIONS,
             handoff: false,
+            create_tables: true,
         };
         let mut passed: Vec<String> = Vec::new();
         for pair in u.query() {
@@ -119,6 +127,13 @@ impl PgConfig {
                         "true" => true,
                         "false" => false,
                         _ => return Err(bad(format!("handoff takes true or false, not `{v}`"))),
+                    }
+                }
+                "create_tables" => {
+                    cfg.create_tables = match v {
+                        "true" => true,
+                        "false" => false,
+                        _ => return Err(bad(format!("create_tables takes true or false, not `{v}`"))),
                     }
                 }
                 // Said once: with a database in the path and `dbname=` in the query,
@@ -149,7 +164,7 @@ impl PgConfig {
         };
         let mut pg = tokio_postgres::Config::from_str(&libpq).map_err(|e| LockError::InvalidConfig {
             message: format!(
-                "`{display}` is not a PostgreSQL URL tokio-postgres can read (the backend's own options are schema, timeout, connect_timeout, poll, renew_window, connections, handoff)"
+                "`{display}` is not a PostgreSQL URL tokio-postgres can read (the backend's own options are schema, timeout, connect_timeout, poll, renew_window, connections, handoff, create_tables)"
             ),
             source: Some(Box::new(e)),
         })?;
@@ -168,6 +183,40 @@ impl PgConfig {
         pg.connect_timeout(cfg.connect_timeout);
         cfg.pg = pg;
         Ok(cfg)
+    }
+
+    /// The shortest TTL an auto-renewed lease of this configuration may be asked for (by
+    /// an acquire, or an `extend` of such a lease): twice the statement `timeout`. An
+    /// auto-renewal is sent a third of the way into the validity, after waiting at most
+    /// `renew_window` (capped at a tenth of the TTL) to share a statement, and may take
+    /// `timeout` to be answered: it lands before the lease expires only if `ttl / 3 +
+    /// ttl / 10 + timeout <= ttl`, i.e. a TTL of at least 1.77 × `timeout`; twice leaves
+    /// a margin. Below it a healthy server answering within `timeout` could still see its
+    /// leases lost, each renewal landing after the expiry. A lease without auto-renew has
+    /// no renewal to fit: an answer later than its TTL hands out no lease (it is counted
+    /// from the send), so any valid TTL is taken.
+    pub fn min_ttl(&self) -> Duration {
+        self.timeout * 2
+    }
+
+    /// Refuses the TTL of an auto-renewed lease (`auto_renew`) below
+    /// [`min_ttl`](Self::min_ttl).
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidInput`] naming the TTL, the `timeout` and the two ways out.
+    pub(crate) fn check_ttl(&self, ttl: Duration, auto_renew: bool) -> Result<()> {
+        if !auto_renew || ttl >= self.min_ttl() {
+            return Ok(());
+        }
+        Err(LockError::invalid_input(format!(
+            "ttl {ttl:?} is shorter than twice the statement timeout ({:?}, the URL's `timeout=`): an \
+             auto-renewal answered within its timeout could land after the lease expired; use a TTL of \
+             at least {:?}, or a shorter `timeout=` in the URL (at most {:?} for this TTL)",
+            self.timeout,
+            self.min_ttl(),
+            ttl / 2
+        )))
     }
 
     /// The one check of the options, whether they came from a URL or were set in code
@@ -436,6 +485,13 @@ mod tests {
         assert!(!c.handoff, "off unless asked for");
         assert!(PgConfig::from_url("postgres://u@h/d?handoff=true").unwrap().handoff);
         assert!(!PgConfig::from_url("postgres://u@h/d?handoff=false").unwrap().handoff);
+        assert!(c.create_tables, "tables are created unless told not to");
+        let read_only = PgConfig::from_url("postgres://u@h/d?create_tables=false").unwrap();
+        assert!(!read_only.create_tables);
+        assert!(
+            !format!("{:?}", read_only.pg).contains("create_tables"),
+            "a backend option reached tokio-postgres"
+        );
         assert!(
             !format!("{:?}", most.pg).contains("connections"),
             "taken out before tokio-postgres"
@@ -542,6 +598,10 @@ mod tests {
             (
                 "postgres://u:pw@h/d?handoff=yes",
                 "handoff takes true or false, not `yes`",
+            ),
+            (
+                "postgres://u:pw@h/d?create_tables=no",
+                "create_tables takes true or false, not `no`",
             ),
             // A range error shows the URL with its options, so the one at fault is in sight.
             (

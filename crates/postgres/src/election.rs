@@ -118,12 +118,14 @@ impl PgElection {
     /// Connects as [`PgLock::connect`] and creates the `leaders` table, the function and
     /// the triggers that announce a seat's release when one of them is missing (one
     /// statement looks for them; see [`election_schema_sql`] for teams that create them
-    /// ahead).
+    /// ahead) — unless the URL says `create_tables=false`: then a missing one is refused.
     ///
     /// # Errors
     /// As [`PgLock::connect`]; [`InvalidConfig`](fencelock_core::LockError::InvalidConfig)
-    /// naming what is missing when the role may not create it; a backend error when the
-    /// objects cannot be created otherwise.
+    /// naming what is missing when the role may not create it, or with
+    /// `create_tables=false`, and for an `UNLOGGED` `leaders` table (naming the `ALTER
+    /// TABLE … SET LOGGED` to run); a backend error when the objects cannot be created
+    /// otherwise.
     ///
     /// # Cancel safety
     /// Cancel safe: a dropped connect leaves at most a connection that closes itself.
@@ -134,19 +136,27 @@ impl PgElection {
         let found = "SELECT to_regclass($1) IS NOT NULL,
        (SELECT p.prosrc FROM pg_catalog.pg_proc p WHERE p.oid = to_regprocedure($2)),
        (SELECT count(*) FROM pg_catalog.pg_trigger t WHERE t.tgrelid = to_regclass($3)
-          AND t.tgname IN ('election_released', 'election_handed'))::int";
+          AND t.tgname IN ('election_released', 'election_handed'))::int,
+       (SELECT c.relpersistence::text FROM pg_catalog.pg_class c WHERE c.oid = to_regclass($1))";
         let names = [
             format!("{schema}.leaders"),
             format!("{schema}.election_released()"),
             format!("{schema}.locks"),
         ];
-        let (leaders, body, triggers): (bool, Option<String>, i32) = me
+        let (leaders, body, triggers, persistence): (bool, Option<String>, i32, Option<String>) = me
             .run("looking for the election's table and triggers", |c| async move {
                 let [a, b, t] = &names;
                 let row = c.client.query_one(found, &[a, b, t]).await?;
-                Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+                Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?))
             })
             .await?;
+        // Refused as the lock's tables are (`sql::check_tables`): an unlogged `leaders` is
+        // emptied by crash recovery and not replicated, so a failover would lose who leads.
+        if persistence.as_deref() == Some("u") {
+            return Err(fencelock_core::LockError::invalid_config(crate::sql::unlogged_refusal(
+                &[crate::sql::set_logged(&schema, "leaders")],
+            )));
+        }
         // Created only when missing: `CREATE … IF NOT EXISTS` and `CREATE OR REPLACE
         // FUNCTION` need `CREATE` on the schema (and ownership of the function) even when
         // nothing is to be made, which a least-privilege role lacks. A function whose
@@ -164,6 +174,14 @@ impl PgElection {
         .into_iter()
         .filter_map(|(gone, what)| gone.then_some(what))
         .collect();
+        if !me.lock.config().create_tables {
+            return Err(fencelock_core::LockError::invalid_config(format!(
+                "fencelock's election objects ({}) are missing in schema `{schema}`, and this connection \
+                 does not create them (a read-only use, or `create_tables=false`): check the `schema=` option, or start an \
+                 election there first",
+                missing.join(", ")
+            )));
+        }
         let ddl = election_ddl(&schema);
         let made = me
             .run("creating the leaders table", |c| async move {

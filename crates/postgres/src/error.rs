@@ -68,10 +68,14 @@ fn start_up_refused(f: &PgFailure) -> Option<String> {
     let e = &f.source;
     if let Some(db) = e.as_db_error() {
         if !unreachable_state(db.code()) {
+            // The server's words as its error says them (`FATAL: …`), so that the error
+            // put under this one (see [`start_up_source`]) reads as said already: the
+            // message was repeated after the advice (new-user trial: "password
+            // authentication failed … : db error: FATAL: password authentication failed …").
             return Some(format!(
                 "postgres refused the connection to {}: {} (SQLSTATE {}): check the URL's user, database and options",
                 f.server,
-                db.message(),
+                fencelock_core::error::one_line(db),
                 db.code().code()
             ));
         }
@@ -105,6 +109,19 @@ fn start_up_refused(f: &PgFailure) -> Option<String> {
     None
 }
 
+/// The error to put under a [`start_up_refused`] message: the client's error, or for a
+/// refusal by the server its `DbError` alone — whose text the message quotes, so that an
+/// error chain printed on one line (`fencelock_core::error::one_line`) skips it — and
+/// nothing when that text spans lines (a `DETAIL`, a `HINT`), which the message quotes
+/// on one line: the chain would say it again.
+fn start_up_source(e: tokio_postgres::Error) -> Option<fencelock_core::error::BoxError> {
+    match e.as_db_error().map(|db| db.to_string().contains('\n')) {
+        Some(true) => None,
+        Some(false) => e.into_source(),
+        None => Some(Box::new(e)),
+    }
+}
+
 impl From<PgFailure> for LockError {
     fn from(f: PgFailure) -> Self {
         if f.doing == CONNECTING {
@@ -113,7 +130,7 @@ impl From<PgFailure> for LockError {
                 // the failure, whose "connecting on SERVER" would name it again.
                 return LockError::InvalidConfig {
                     message,
-                    source: Some(Box::new(f.source)),
+                    source: start_up_source(f.source),
                 };
             }
         }

@@ -14,6 +14,9 @@
 //! the same grant is admitted (the holder writing again); a lower token, or the highest
 //! from another grant (a reused token), is refused.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use fencelock_core::fencing::Admission;
 use fencelock_core::{Fence, FenceRejection, FencingToken, GrantId, LockError, Result};
 use tokio_postgres::types::Type;
@@ -47,6 +50,9 @@ pub struct TransactionFence {
     schema: String,
     check: String,
     current: String,
+    /// Whether the table was found usable (ours, logged) — by `create_table` or by the
+    /// first `admit` — so that later admissions skip the look (shared by clones).
+    checked: Arc<AtomicBool>,
 }
 
 impl Default for TransactionFence {
@@ -56,6 +62,7 @@ impl Default for TransactionFence {
             schema: DEFAULT_SCHEMA.to_owned(),
             check: sql::fence(DEFAULT_SCHEMA),
             current: sql::fence_current(DEFAULT_SCHEMA),
+            checked: Arc::default(),
         }
     }
 }
@@ -74,6 +81,7 @@ impl TransactionFence {
             schema: schema.to_owned(),
             check: sql::fence(schema),
             current: sql::fence_current(schema),
+            checked: Arc::default(),
         })
     }
 
@@ -88,7 +96,9 @@ impl TransactionFence {
     ///
     /// # Errors
     ///
-    /// [`LockError::InvalidConfig`] without the privilege to create them;
+    /// [`LockError::InvalidConfig`] without the privilege to create them, or when the
+    /// table found is not fencelock's or is `UNLOGGED` (naming the `ALTER TABLE … SET
+    /// LOGGED` to run);
     /// [`LockError::Unavailable`] when the server is unreachable.
     ///
     /// # Cancel safety
@@ -105,9 +115,19 @@ impl TransactionFence {
             .query(sql::COLUMNS_FOUND, &[&self.schema, &&["fences"][..]])
             .await
             .map_err(|e| failed("looking at the fence table", "the user's database", e))?;
-        sql::check_tables(&self.schema, &["fences"], &found, WAY_OUT)
-            .map(|_| ())
-            .map_err(LockError::invalid_config)
+        self.judge(&found)
+    }
+
+    /// Whether the found `fences` table (rows of `sql::COLUMNS_FOUND`) can be used: ours
+    /// and logged (an `UNLOGGED` one is emptied by crash recovery, and an empty fence
+    /// table admits a stale write). Remembered once it can.
+    fn judge(&self, found: &[tokio_postgres::Row]) -> Result<()> {
+        let missing =
+            sql::check_tables(&self.schema, &["fences"], found, WAY_OUT).map_err(LockError::invalid_config)?;
+        if missing.is_empty() {
+            self.checked.store(true, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// The error for an answer of the fence statements that does not decode: the table
@@ -139,7 +159,9 @@ impl TransactionFence {
     ///
     /// [`LockError::Fenced`] for a stale or reused token (the transaction is still
     /// usable, nothing was written by the check); [`LockError::InvalidInput`] for a token
-    /// above `i64::MAX`; [`LockError::Unavailable`] / [`LockError::Backend`] when the
+    /// above `i64::MAX`; [`LockError::InvalidConfig`] when the `fences` table is not
+    /// fencelock's or is `UNLOGGED` (looked at on the first call of this fence and its
+    /// clones, unless [`create_table`](Self::create_table) did); [`LockError::Unavailable`] / [`LockError::Backend`] when the
     /// statement fails (the transaction is then aborted by the server).
     ///
     /// # Cancel safety
@@ -149,6 +171,15 @@ impl TransactionFence {
     pub async fn admit(&self, tx: &Transaction<'_>, resource: &str, fence: &Fence) -> Result<Admission> {
         let token = i64::try_from(fence.token.get())
             .map_err(|_| LockError::invalid_input(format!("token {} does not fit a bigint", fence.token)))?;
+        if !self.checked.load(Ordering::Relaxed) {
+            // A table made by the team's migration (`create_table` never called) is looked
+            // at once, before its first use: one more round trip per `TransactionFence`.
+            let found = tx
+                .query(sql::COLUMNS_FOUND, &[&self.schema, &&["fences"][..]])
+                .await
+                .map_err(|e| failed("looking at the fence table", "the user's transaction", e))?;
+            self.judge(&found)?;
+        }
         let rows = tx
             .query_typed(
                 &self.check,

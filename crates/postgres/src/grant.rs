@@ -24,6 +24,9 @@ pub(crate) struct PgGrant {
     /// granted after waiting, on a key others are likely waiting for too. A lease granted
     /// at once uses the cheaper plain release, which wakes a waiter to acquire instead.
     pub handing: bool,
+    /// Whether the lease renews itself: its `extend` is held to
+    /// [`PgConfig::min_ttl`](crate::PgConfig::min_ttl) then, as its acquire was.
+    pub auto_renew: bool,
 }
 
 impl PgGrant {
@@ -49,6 +52,7 @@ impl PgGrant {
 #[async_trait]
 impl LeaseOps for PgGrant {
     async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
+        self.node.config().check_ttl(ttl, self.auto_renew)?;
         let held = self.node.extend(&self.session, &self.key, &self.grant, ttl).await?;
         Ok(self.answer(held, ttl))
     }

@@ -246,6 +246,7 @@ impl PgLock {
             grant: grant.to_string(),
             tracked: Mutex::new(None),
             handing,
+            auto_renew: opts.auto_renew(),
         });
         let lease = Lease::new(LeaseParts {
             key: key.to_owned(),
@@ -509,7 +510,8 @@ impl DistributedLock for PgLock {
     ///
     /// # Errors
     ///
-    /// [`LockError::InvalidInput`] for a bad key or TTL; [`LockError::Unavailable`] when
+    /// [`LockError::InvalidInput`] for a bad key or TTL, also an auto-renewed lease's TTL
+    /// shorter than twice the statement `timeout` ([`PgConfig::min_ttl`]); [`LockError::Unavailable`] when
     /// the server does not answer within `timeout`; [`LockError::Backend`] for other
     /// server errors; [`LockError::Closed`] once `close()` was called.
     ///
@@ -523,6 +525,7 @@ impl DistributedLock for PgLock {
             .pass(async {
                 validate_key(key)?;
                 opts.validate_for_try()?;
+                self.node.config().check_ttl(opts.ttl(), opts.auto_renew())?;
                 match self.grant(key, opts, &GrantId::random(), Queueing::No).await? {
                     Outcome::Granted(lease) => Ok(Some(lease.into_live()?)),
                     // Handed grants need a ticket, which `try_acquire` never takes.
@@ -556,6 +559,7 @@ impl DistributedLock for PgLock {
         // leave (started as it drops) is counted among the clean-ups before the gate lets
         // a `close()` on to wait for them (review: it was dropped just after).
         let wait = async {
+            self.node.config().check_ttl(opts.ttl(), opts.auto_renew())?;
             let (queue, refused) = (tokio::sync::Mutex::new(None), AtomicBool::new(false));
             acquire_with(key, opts, || self.attempt(key, opts, &queue, &refused)).await
         };

@@ -649,7 +649,7 @@ impl PgNode {
                      (with several hosts in the URL, add target_session_attrs=read-write)"
                 )));
             }
-            pinned.map_err(doing("setting the session's isolation level"))?;
+            pinned.map_err(doing("pinning the session's settings"))?;
             let found = found.map_err(doing("looking for the tables"))?;
             let way_out = "give fencelock a schema of its own (`schema=` in the URL; the SQL of its tables: \
                            docs/backends/postgres.md, \"The tables\")";
@@ -660,6 +660,25 @@ impl PgNode {
                 // and what to run, when the role may not add it (a migration-managed
                 // schema); "creating the tables" alone sent people to check their password.
                 let added = sql::missing_added_columns(&cfg.schema, &found);
+                if !cfg.create_tables {
+                    // A read-only use (`create_tables=false`): a typo in `schema=` must
+                    // not leave a stray schema behind and read as "nothing held".
+                    return Err(LockError::invalid_config(if added.is_empty() {
+                        format!(
+                            "{server}: fencelock's tables are missing in schema `{}` ({}), and this connection \
+                             does not create them (a read-only use, or `create_tables=false`): check the `schema=` option",
+                            cfg.schema,
+                            missing.join(", ")
+                        )
+                    } else {
+                        format!(
+                            "{server}: fencelock's tables in schema `{}` are of an earlier layout, and this \
+                             connection does not change them (a read-only use, or `create_tables=false`); run as the tables' owner: {}",
+                            cfg.schema,
+                            added.join(" ")
+                        )
+                    }));
+                }
                 client.batch_execute(&self.inner.texts.create).await.map_err(|e| {
                     if added.is_empty() && e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
                         return LockError::invalid_config(format!(

@@ -43,13 +43,34 @@ pub(crate) const LAZY_COMMIT: &str = "set_config('synchronous_commit', 'off', tr
 ///   a waiter lost its hand-off and its place, a look failed during renewals
 ///   (`tests/faults.rs`, `hand_offs_work_under_a_serializable_default_isolation`).
 ///   Set for the session, so no statement pays a round trip for it.
-/// * **No `transaction_timeout`** (PostgreSQL 17 and later; the `SELECT` finds no row on
-///   an older server, where naming the setting would be an error): a default that ended
-///   long transactions would end the session (it is a `FATAL` error), and with it every
-///   lease on it. Every transaction of ours is one statement, bounded by the client's
-///   own `timeout`.
-pub(crate) const SESSION_SETUP: &str = "SET default_transaction_isolation TO 'read committed';
-SELECT set_config(name, '0', false) FROM pg_catalog.pg_settings WHERE name = 'transaction_timeout'";
+/// * **No server-side timeouts**: `statement_timeout`, `lock_timeout`,
+///   `idle_session_timeout` (PostgreSQL 14 and later) and `transaction_timeout` (17 and
+///   later) are set to 0 for the session. Every statement of ours is bounded by the
+///   client's own `timeout` (URL option), which knows what a failure means; the server's
+///   would decide for us: an `idle_session_timeout` shorter than the pause between two
+///   renewals ended the pooled connections (a `FATAL` error) and every lease on them; a
+///   tiny `statement_timeout` cancelled every statement (a new-user trial with
+///   `statement_timeout=1` got "unavailable", exit 69, for what is a setting); a small
+///   `lock_timeout` failed the contended statements, which wait for a row lock by design;
+///   a `transaction_timeout` also ends the session. The settings are read from
+///   `pg_settings`, so a server that lacks one (older than the version that added it,
+///   where naming it would be an error) is fine; `statement_timeout` goes first, alone,
+///   so that a tiny default cannot cancel the statement that lifts it.
+///
+/// Left alone on purpose: `default_transaction_read_only`. A role or database an admin
+/// made read-only is a decision we must not override; its first write fails (25006, a
+/// configuration error that says so) rather than being let through.
+pub(crate) const SESSION_SETUP: &str = "SET statement_timeout TO 0;
+SET default_transaction_isolation TO 'read committed';
+SELECT set_config(name, '0', false) FROM pg_catalog.pg_settings
+ WHERE name IN ('lock_timeout', 'idle_session_timeout', 'transaction_timeout')";
+
+/// `name` as an SQL identifier, double-quoted (an inner `"` doubled): for the SQL the
+/// messages advise running, so that it reads back whatever the name is (capitals,
+/// spaces, quotes).
+pub(crate) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
 
 /// Guards the schema creation across concurrent first users: `CREATE … IF NOT EXISTS`
 /// alone can fail with a unique violation when two sessions create the same table at
@@ -169,7 +190,7 @@ pub(crate) fn missing_grants(schema: &str, rows: &[tokio_postgres::Row]) -> Vec<
         }
     }
     // A role name is spliced as given by the server; quoted so any name reads back.
-    let role = format!("\"{}\"", role.replace('"', "\"\""));
+    let role = quote_ident(&role);
     let mut grants = Vec::new();
     if !schema_ok {
         grants.push(format!("GRANT USAGE ON SCHEMA {schema} TO {role};"));
@@ -259,18 +280,28 @@ pub(crate) fn check_tables(
             missing.push(table); // `create` adds the column
         }
         if first.persistence == "u" {
-            unlogged.push(format!("ALTER TABLE {schema}.{table} SET LOGGED;"));
+            unlogged.push(set_logged(schema, table));
         }
     }
     if !unlogged.is_empty() {
-        return Err(format!(
-            "fencelock's tables must not be UNLOGGED: PostgreSQL empties an unlogged table in crash \
-             recovery and does not replicate it (tokens would start again at 1, held locks and fences \
-             would vanish); run as the tables' owner: {}",
-            unlogged.join(" ")
-        ));
+        return Err(unlogged_refusal(&unlogged));
     }
     Ok(missing)
+}
+
+/// The statement that makes `schema.table` logged, both names quoted.
+pub(crate) fn set_logged(schema: &str, table: &str) -> String {
+    format!("ALTER TABLE {}.{} SET LOGGED;", quote_ident(schema), quote_ident(table))
+}
+
+/// Why UNLOGGED tables are refused, and the statements (`set_logged`) that mend them.
+pub(crate) fn unlogged_refusal(statements: &[String]) -> String {
+    format!(
+        "fencelock's tables must not be UNLOGGED: PostgreSQL empties an unlogged table in crash \
+         recovery and does not replicate it (tokens would start again at 1, held locks, leaders and \
+         fences would vanish); run as the tables' owner: {}",
+        statements.join(" ")
+    )
 }
 
 /// The columns of [`ADDED`] that the found tables of ours (`rows`, [`COLUMNS_FOUND`])

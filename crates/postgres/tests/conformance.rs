@@ -132,11 +132,13 @@ fencelock_testkit::conformance_suite!(
         pg
     },
     // Every grant and renewal waits for a WAL flush, which a loaded CI disk can hold for
-    // hundreds of milliseconds: a 1 s TTL (renewed every third) keeps the timing cases about
-    // the backend, not the disk. (With 300 ms, auto_renew_keeps_lease and
+    // hundreds of milliseconds: a TTL of seconds (renewed every third) keeps the timing cases
+    // about the backend, not the disk. (With 300 ms, auto_renew_keeps_lease and
     // long_wait_grants_full_validity each failed once in a full parallel run under load.)
+    // 2 s: an auto-renewed lease's TTL must be at least twice the statement timeout (1 s by
+    // default; `PgConfig::min_ttl`).
     SuiteConfig {
-        short_ttl: Duration::from_secs(1),
+        short_ttl: Duration::from_secs(2),
         ..SuiteConfig::default()
     }
 );

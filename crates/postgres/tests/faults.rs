@@ -453,7 +453,10 @@ fn statements(server: &PgServer, event: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewals_of_many_leases_share_statements() {
     let server = PgServer::start();
-    let locks = PgLock::connect(&server.url()).await.unwrap();
+    // A 900 ms TTL needs a statement timeout of at most half of it (`PgConfig::min_ttl`).
+    let locks = PgLock::connect(&format!("{}&timeout=450ms", server.url()))
+        .await
+        .unwrap();
     count_statements(&server, "UPDATE");
     let ttl = Duration::from_millis(900);
     let n = 50;
@@ -716,9 +719,9 @@ async fn a_missing_or_wrong_password_is_a_configuration_error() {
     let at = |auth: &str| format!("postgres://{auth}@127.0.0.1:{}/postgres?sslmode=disable", server.port());
     // The reload is asynchronous: wait (bounded) until a wrong password is refused.
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let wrong = loop {
         match PgLock::connect(&at("pwuser:wrong")).await {
-            Err(LockError::InvalidConfig { .. }) => break,
+            Err(e @ LockError::InvalidConfig { .. }) => break e,
             other => assert!(
                 Instant::now() < deadline,
                 "pg_hba.conf not reloaded within 10 s: {:?}",
@@ -726,7 +729,15 @@ async fn a_missing_or_wrong_password_is_a_configuration_error() {
             ),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
+    // The server's refusal is said once on the error's line (a new-user trial read
+    // "password authentication failed … : db error: FATAL: password authentication failed …").
+    let line = fencelock_core::error::one_line(&wrong);
+    assert_eq!(
+        line.matches("password authentication failed").count(),
+        1,
+        "said more than once: {line}"
+    );
     match PgLock::connect(&at("pwuser")).await {
         Err(LockError::InvalidConfig { message, .. }) => {
             assert!(message.contains("password"), "says what is missing: {message}")
@@ -883,4 +894,103 @@ async fn the_server_keeps_a_grant_as_long_as_its_holder_counts_it() {
         lease.release().await.unwrap();
     }
     locks.close().await.unwrap();
+}
+
+/// The URL of `server` for `role` (trust authentication: no password).
+fn url_as(server: &PgServer, role: &str) -> String {
+    server.url().replacen("postgres@", &format!("{role}@"), 1)
+}
+
+/// A role default `idle_session_timeout` shorter than the pause between renewals: the
+/// server ended our idle pooled sessions (a `FATAL` error), and with them every lease on
+/// them — a lease held with auto-renew was lost within a second though the server was
+/// healthy. The backend now sets it to 0 for its sessions (its own `timeout` bounds every
+/// statement). An observation window of 1.5 s, not a synchronisation: five idle periods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_session_timeout_default_does_not_end_our_sessions() {
+    let server = PgServer::start();
+    server.psql("CREATE ROLE idler LOGIN SUPERUSER");
+    server.psql("ALTER ROLE idler SET idle_session_timeout = '300ms'");
+    let url = url_as(&server, "idler");
+    let locks = PgLock::connect(&url).await.unwrap();
+    let other = PgLock::connect(&url).await.unwrap();
+    let lease = locks.acquire("k", &opts(3000)).await.unwrap(); // auto-renewed every second
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(lease.is_held(), "lost under idle_session_timeout: {:?}", lease.status());
+    lease.extend(Duration::from_secs(3)).await.expect("extend after idling");
+    assert!(
+        other.try_acquire("k", &opts(3000)).await.unwrap().is_none(),
+        "the key was free while its lease was held"
+    );
+    lease.release().await.unwrap();
+}
+
+/// Role defaults `statement_timeout = 1ms` and `lock_timeout = 1ms`: every statement was
+/// cancelled (a new-user trial got "unavailable", exit 69, for a setting), and contended
+/// statements failed on their row locks. The backend sets both to 0 for its sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_statement_and_lock_timeout_defaults_do_not_cancel_our_statements() {
+    let server = PgServer::start();
+    server.psql("CREATE ROLE hasty LOGIN SUPERUSER");
+    server.psql("ALTER ROLE hasty SET statement_timeout = '1ms'");
+    server.psql("ALTER ROLE hasty SET lock_timeout = '1ms'");
+    let url = url_as(&server, "hasty");
+    let locks = PgLock::connect(&url)
+        .await
+        .expect("connect under statement_timeout=1ms");
+    for _ in 0..3 {
+        let lease = locks.acquire("k", &opts(60_000)).await.expect("acquire");
+        lease.release().await.expect("release");
+    }
+    // Contended: a waiter queued behind a holder, handed the key at its release.
+    let other = PgLock::connect(&url).await.unwrap();
+    let held = locks.acquire("k", &opts(60_000)).await.unwrap();
+    let waiter = tokio::spawn(async move { other.acquire("k", &opts(60_000)).await.map(|l| l.token()) });
+    held.release().await.expect("release to the waiter");
+    tokio::time::timeout(SLACK * 2, waiter)
+        .await
+        .expect("hand-off")
+        .unwrap()
+        .expect("the waiter's acquire");
+}
+
+/// An auto-renewed lease whose TTL is shorter than twice the statement timeout is refused
+/// (InvalidInput naming both and the way out): its renewals, sent a third of the way in
+/// and answered within the timeout, could land after its expiry. `--ttl 100ms` with the
+/// default 1 s timeout was accepted. A shorter `timeout=` makes it acceptable; a lease
+/// without auto-renew has no renewal and is taken as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auto_renewed_ttl_shorter_than_twice_the_statement_timeout_is_refused() {
+    let server = PgServer::start();
+    let locks = PgLock::connect(&server.url()).await.unwrap();
+    let refused = |r: Result<(), LockError>| match r {
+        Err(LockError::InvalidInput(message)) => {
+            for said in ["100ms", "1s", "timeout=", "2s"] {
+                assert!(message.contains(said), "`{said}` missing in: {message}");
+            }
+        }
+        other => panic!("a 100ms auto-renewed TTL with a 1s timeout: {other:?}"),
+    };
+    let short = opts(100);
+    refused(locks.try_acquire("k", &short).await.map(|_| ()));
+    refused(locks.acquire("k", &short).await.map(|_| ()));
+    let lease = locks.acquire("k", &opts(60_000)).await.unwrap();
+    match lease.extend(Duration::from_millis(500)).await {
+        Err(LockError::InvalidInput(message)) => assert!(message.contains("500ms"), "{message}"),
+        other => panic!("extend to 500ms with a 1s timeout: {other:?}"),
+    }
+    assert!(lease.is_held());
+    lease.release().await.unwrap();
+    // Without auto-renew: taken.
+    let unrenewed = locks.acquire("k", &short.with_auto_renew(false)).await.unwrap();
+    drop(unrenewed);
+    // With a statement timeout of at most half the TTL: taken.
+    let quick = PgLock::connect(&format!("{}&timeout=50ms", server.url()))
+        .await
+        .unwrap();
+    let lease = quick
+        .acquire("q", &opts(100))
+        .await
+        .expect("a 100ms TTL with timeout=50ms");
+    lease.release().await.ok();
 }

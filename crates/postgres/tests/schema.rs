@@ -452,7 +452,7 @@ async fn unlogged_tables_are_refused_naming_set_logged() {
     assert!(text.contains("UNLOGGED"), "{text}");
     let mut logged = String::new();
     for table in ["locks", "tokens", "waiters", "abandoned", "fences"] {
-        let mend = format!("ALTER TABLE fencelock.{table} SET LOGGED;");
+        let mend = format!("ALTER TABLE \"fencelock\".\"{table}\" SET LOGGED;");
         assert!(text.contains(&mend), "`{mend}` missing in: {text}");
         logged.push_str(&mend);
     }
@@ -472,5 +472,115 @@ async fn unlogged_tables_are_refused_naming_set_logged() {
         .await
         .expect_err("an unlogged fence table was accepted");
     assert!(matches!(err, LockError::InvalidConfig { .. }), "{err:?}");
-    assert!(err.to_string().contains("ALTER TABLE app.fences SET LOGGED"), "{err}");
+    assert!(
+        err.to_string().contains(r#"ALTER TABLE "app"."fences" SET LOGGED;"#),
+        "{err}"
+    );
+}
+
+/// The election's `leaders` table made `UNLOGGED` (a team's migration), and a `fences`
+/// table made `UNLOGGED` by a migration and used without `create_table`: both were
+/// accepted — the table check covered the lock's tables and `create_table` only — though
+/// crash recovery empties them (who leads, the fences that refuse a stale write). Now
+/// refused where each is used, naming the `ALTER TABLE … SET LOGGED` with quoted names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlogged_leaders_and_migration_made_fences_are_refused_where_used() {
+    use fencelock_core::{Fence, FencingToken, GrantId};
+    use fencelock_postgres::tokio_postgres::NoTls;
+    use fencelock_postgres::{election_schema_sql, PgElection, TransactionFence};
+    let server = PgServer::start();
+    drop(PgLock::connect(&server.url()).await.unwrap()); // the lock's tables, logged
+    server.psql(&election_schema_sql("fencelock").unwrap().replace(
+        "CREATE TABLE IF NOT EXISTS fencelock.leaders",
+        "CREATE UNLOGGED TABLE IF NOT EXISTS fencelock.leaders",
+    ));
+    assert_eq!(
+        server.psql("SELECT relpersistence FROM pg_class WHERE oid = 'fencelock.leaders'::regclass"),
+        "u"
+    );
+    let err = match PgElection::connect(&server.url()).await {
+        Ok(_) => panic!("an unlogged leaders table was accepted"),
+        Err(e) => e,
+    };
+    assert!(matches!(err, LockError::InvalidConfig { .. }), "{err:?}");
+    let mend = r#"ALTER TABLE "fencelock"."leaders" SET LOGGED;"#;
+    assert!(err.to_string().contains(mend), "{err}");
+    server.psql(mend);
+    PgElection::connect(&server.url())
+        .await
+        .expect("logged again, accepted");
+
+    // The fence table made by a migration, UNLOGGED; `create_table` never called.
+    server.psql(
+        "CREATE SCHEMA app; CREATE UNLOGGED TABLE app.fences (resource text PRIMARY KEY, token bigint NOT NULL, grant_id text NOT NULL)",
+    );
+    let (mut client, connection) = fencelock_postgres::tokio_postgres::connect(&server.url(), NoTls)
+        .await
+        .expect("application connection");
+    tokio::spawn(connection);
+    let fence = TransactionFence::new("app").unwrap();
+    let stamp = Fence {
+        token: FencingToken::new(1),
+        grant: GrantId::from_string("g1"),
+    };
+    let tx = client.transaction().await.unwrap();
+    let err = fence
+        .admit(&tx, "r", &stamp)
+        .await
+        .expect_err("an unlogged fence table was used");
+    assert!(matches!(err, LockError::InvalidConfig { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(r#"ALTER TABLE "app"."fences" SET LOGGED;"#),
+        "{err}"
+    );
+    drop(tx);
+    server.psql(r#"ALTER TABLE "app"."fences" SET LOGGED"#);
+    let tx = client.transaction().await.unwrap();
+    fence.admit(&tx, "r", &stamp).await.expect("logged again, admitted");
+    tx.commit().await.unwrap();
+}
+
+/// A read-only use (`create_tables=false`; `fencelock leader`, `fencelock backends`) with a
+/// mistyped `schema=`: the connect created the schema and its tables and then read them
+/// as empty ("no leader"). Now it creates nothing and says the tables are missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_that_may_not_create_says_the_tables_are_missing() {
+    use fencelock_postgres::PgElection;
+    let server = PgServer::start();
+    let typo = format!("{}&schema=fencelokc&create_tables=false", server.url());
+    let missing = |err: LockError| {
+        assert!(matches!(err, LockError::InvalidConfig { .. }), "{err:?}");
+        assert!(err.to_string().contains("missing in schema `fencelokc`"), "{err}");
+    };
+    missing(PgLock::connect(&typo).await.map(|_| ()).expect_err("connected"));
+    missing(PgElection::connect(&typo).await.map(|_| ()).expect_err("connected"));
+    assert_eq!(
+        server.psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'fencelokc'"),
+        "0",
+        "a stray schema was created"
+    );
+    // The tables of the lock there, not the election's: the election says so.
+    let lock_only = format!("{}&schema=locks_only", server.url());
+    drop(PgLock::connect(&lock_only).await.unwrap());
+    let read_only = format!("{lock_only}&create_tables=false");
+    drop(PgLock::connect(&read_only).await.expect("the lock's tables are there"));
+    missing_election(PgElection::connect(&read_only).await.map(|_| ()));
+    assert_eq!(
+        server.psql("SELECT count(*) FROM pg_class WHERE relname = 'leaders'"),
+        "0",
+        "the leaders table was created"
+    );
+    // Everything there: a read-only election reads.
+    drop(PgElection::connect(&lock_only).await.unwrap());
+    let elections = PgElection::connect(&read_only).await.expect("read-only election");
+    assert!(elections.leader("nobody").await.unwrap().is_none());
+}
+
+fn missing_election(r: Result<(), LockError>) {
+    match r {
+        Err(e @ LockError::InvalidConfig { .. }) => {
+            assert!(e.to_string().contains("missing in schema `locks_only`"), "{e}")
+        }
+        other => panic!("a read-only election without its table: {other:?}"),
+    }
 }
