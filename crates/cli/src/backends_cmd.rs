@@ -8,6 +8,7 @@
 use std::process::ExitCode;
 
 use fencelock::schemes::SCHEMES;
+use fencelock_core::backend_url::{with_query_option, IfSet};
 
 use crate::args::Cli;
 use crate::exit;
@@ -46,9 +47,42 @@ pub async fn backends(cli: &Cli) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Connects to the selected backend and prints its guarantees as read from the server.
+/// `url` for a command that only reads: a PostgreSQL URL gets `create_tables=false`, so
+/// that a connect finding no tables (a typo in `schema=`) fails with `InvalidConfig`
+/// ("fencelock's tables are missing in schema `x`", exit 78) instead of creating a stray
+/// schema and reading it as empty ("no leader"). Other URLs as they are.
+pub fn never_creating(url: &str) -> String {
+    let scheme = url.trim().split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    match scheme.as_deref() {
+        Some("postgres" | "postgresql") => with_query_option(url, "create_tables", "false", IfSet::Replace),
+        _ => url.to_owned(),
+    }
+}
+
+/// [`crate::elect::connect`] for a command that only reads the election (`leader` without
+/// --watch): with [`never_creating`]'s URL; messages show the URL as given.
+pub async fn connect_election_reading(
+    cli: &Cli,
+    command: &str,
+) -> Result<
+    (
+        std::sync::Arc<dyn fencelock::election::Election>,
+        fencelock::LockOptions,
+    ),
+    fencelock::LockError,
+> {
+    let config = crate::backend::config(cli)?;
+    crate::backend::refuse_in_process(&config, command)?;
+    let config = crate::backend::with_added_options(config, None, never_creating);
+    let election = config.connect_election().await?;
+    Ok((election, config.defaults))
+}
+
+/// Connects to the selected backend and prints its guarantees as read from the server
+/// (creating nothing: see [`never_creating`]).
 async fn connected(cli: &Cli) -> ExitCode {
     let config = match crate::backend::config(cli) {
+        Ok(c) if c.backend != never_creating(&c.backend) => crate::backend::with_added_options(c, None, never_creating),
         Ok(c) => c,
         Err(e) => return exit::fail_with(&e),
     };

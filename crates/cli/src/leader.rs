@@ -55,7 +55,15 @@ pub async fn leader(cli: &Cli, args: &LeaderArgs) -> ExitCode {
         }
     }
     let connected = tokio::select! {
-        c = connect(cli, "leader", None) => c,
+        // The one-shot query only reads: it creates no tables (a wrong `schema=` is a wrong
+        // URL, not "no leader"); a watch may start before the first `elect`.
+        c = async {
+            if args.watch {
+                connect(cli, "leader", None).await
+            } else {
+                crate::backends_cmd::connect_election_reading(cli, "leader").await
+            }
+        } => c,
         sig = signals.next() => {
             // A signal is how a watch ends (0); a one-shot query was interrupted.
             return if args.watch { ExitCode::SUCCESS } else { crate::waiting::interrupted_connecting(sig) };

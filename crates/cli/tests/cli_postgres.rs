@@ -52,3 +52,21 @@ fn a_terminated_connection_is_said_in_one_line() {
     let lost: Vec<&str> = err.lines().filter(|l| l.contains("lost")).collect();
     assert_eq!(lost.len(), 1, "one loss, said in more than one line: {err}");
 }
+
+/// `fencelock leader NAME` and `fencelock backends` only read: with a mistyped `schema=`
+/// they created a stray schema with fencelock's tables, and `leader` said "no leader"
+/// (new-user trial). Now they create nothing and say the tables are missing (78).
+#[test]
+fn read_only_commands_with_a_mistyped_schema_create_nothing() {
+    let server = PgServer::start();
+    let url = format!("{}&schema=fencelokc", server.url());
+    for args in [&["leader", "x"][..], &["backends"]] {
+        let out = common::fencelock(&url).args(args).output().expect("run fencelock");
+        common::assert_one_line(&out, 78, "missing in schema `fencelokc`", &args.join(" "));
+    }
+    assert_eq!(
+        server.psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'fencelokc'"),
+        "0",
+        "a stray schema was created"
+    );
+}
