@@ -70,10 +70,11 @@ impl LeaderInfo {
 #[non_exhaustive]
 pub enum Observation {
     /// Pushed by the backend (a watch, a channel): every change the backend orders is
-    /// reported promptly; a slow observer skips intermediate leaders, never goes back.
+    /// reported promptly; a slow observer skips intermediate leaders, never goes back
+    /// (where terms only grow: see [`Election`]).
     Native,
     /// Found by polling at the given interval (ms): changes shorter than the interval can
-    /// be missed; order and "no term goes back" still hold.
+    /// be missed; order and "no term goes back" (where terms only grow) still hold.
     Polled {
         /// The polling interval in milliseconds.
         interval_ms: u64,
@@ -134,21 +135,34 @@ pub trait ProclaimOps: Send + Sync + 'static {
 ///   that name ([`ElectionCapabilities::terms`] says how strong that is).
 /// * **Own grant only**: proclaim and resign act only on our grant.
 /// * **Bounded, cancel-safe campaign**, as [`DistributedLock::acquire`](crate::DistributedLock::acquire).
-/// * **Observers never go back**: reported terms never decrease — but for a term the
-///   backend could only guess (a seat held without its record, reported with no value:
-///   [`seat::SeatState::UnwrittenGuess`]), which the holder's exact term replaces even
-///   when lower.
+/// * **Observers never go back** on a backend whose terms only grow
+///   ([`ElectionCapabilities::terms`] `StrictlyMonotonic`): reported terms never decrease —
+///   but for a term the backend could only guess (a seat held without its record, reported
+///   with no value: [`seat::SeatState::UnwrittenGuess`]), which the holder's exact term
+///   replaces even when lower. Where terms are best effort (Redis without `appendfsync
+///   always`, PostgreSQL with `fsync` or `synchronous_commit` off, Redlock) an observer
+///   reports a lower term as it comes, on purpose ([`ObserverFeed::restarting`]): after the
+///   backend lost its data, terms start again, and refusing them would hide every later
+///   leader.
+/// * **The observer starts at the seat**: [`observe`](Election::observe) reads the seat
+///   before it returns, so the first [`Observer::changed`] names the leader that leads
+///   then — never an empty seat while a leader leads.
 #[async_trait]
 pub trait Election: Send + Sync + fmt::Debug {
     /// Campaigns for the leadership of `name` with `value`, waiting up to `opts.wait()`
     /// for the current leader to resign or lose its seat. The returned leadership's lease
     /// lives `opts.ttl()` (renewed in the background when `opts.auto_renew()`).
     ///
+    /// `opts.wait()` bounds the wait for the seat only. Once the seat is granted, a
+    /// lock-backed election ([`seat`]) still sets up the grant's value record and
+    /// publishes the first value, each bounded by the backend's request timeout, not by
+    /// `opts.wait()`: a campaign may return up to those two requests later than the wait.
+    ///
     /// # Errors
     /// [`LockError::InvalidInput`] for a bad name (as a lock key), a value over
     /// [`MAX_VALUE_LEN`] bytes or bad options; [`LockError::Timeout`] when the wait ran
     /// out; [`LockError::Unavailable`] or a backend error when the backend could not be
-    /// asked.
+    /// asked (also for the first value, after the grant: the seat is then given back).
     ///
     /// # Cancel safety
     /// Cancel safe: dropping the future at any point leaves no candidacy behind (a seat
@@ -166,13 +180,17 @@ pub trait Election: Send + Sync + fmt::Debug {
     async fn leader(&self, name: &str) -> Result<Option<LeaderInfo>>;
 
     /// Follows the leader of `name`: the returned [`Observer`] yields each change (a new
-    /// leader, a proclaimed value, an empty seat) in order. A slow observer may skip
-    /// intermediate states but never sees a term lower than one it saw (a guessed term
-    /// aside, see [`Observer::changed`]).
+    /// leader, a proclaimed value, an empty seat) in order, starting with the seat as read
+    /// before this returns (a seat held without its value record yet is waited for up to
+    /// [`seat::RECORD_WAIT`], then reported with no value). A slow observer may skip
+    /// intermediate states but never sees a term lower than one it saw — a guessed term
+    /// aside (see [`Observer::changed`]), and on a backend whose terms are best effort,
+    /// which reports a lower term as it comes (see the trait's docs).
     ///
     /// # Errors
     /// [`LockError::GuaranteeNotMet`] when [`ElectionCapabilities::observe`] is
-    /// `Unavailable`; [`LockError::InvalidInput`] for a bad name; a backend error.
+    /// `Unavailable`; [`LockError::InvalidInput`] for a bad name; a backend error (also
+    /// when the first read failed).
     ///
     /// # Cancel safety
     /// Cancel safe: dropping the future leaves nothing behind.

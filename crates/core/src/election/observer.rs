@@ -160,11 +160,20 @@ impl ObserverFeed {
 }
 
 /// An observer fed by reading the seat every `interval` with `read` (for backends without
-/// a change notification that carries the value). The polling task lives as long as the
-/// observer and is aborted with it; a failed read is logged and retried at the next tick.
-/// `restarts`: the backend's terms may go back (see [`ObserverFeed::restarting`]). Every
-/// term `read` returns is taken as exact.
-pub fn polled<F, Fut>(interval: std::time::Duration, restarts: bool, read: F) -> Observer
+/// a change notification that carries the value). The first read is made before this
+/// returns, so the observer's first [`changed`](Observer::changed) reports the seat as that
+/// read found it — never an empty seat while a leader leads — and a backend that cannot be
+/// asked fails here. The polling task lives as long as the observer and is aborted with it;
+/// a later failed read is logged and retried at the next tick. `restarts`: the backend's
+/// terms may go back (see [`ObserverFeed::restarting`]). Every term `read` returns is taken
+/// as exact.
+///
+/// # Errors
+/// The first read's error.
+///
+/// # Cancel safety
+/// Cancel safe: dropped before it returns, no polling task is left behind.
+pub async fn polled<F, Fut>(interval: std::time::Duration, restarts: bool, read: F) -> crate::Result<Observer>
 where
     F: Fn() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = crate::Result<Option<LeaderInfo>>> + Send + 'static,
@@ -173,18 +182,28 @@ where
         let read = read();
         async move { read.await.map(|state| (state, false)) }
     })
+    .await
 }
 
 /// [`polled`] for a `read` that tells whether the leader's term is a guess.
-pub(crate) fn polled_tagged<F, Fut>(interval: std::time::Duration, restarts: bool, read: F) -> Observer
+pub(crate) async fn polled_tagged<F, Fut>(
+    interval: std::time::Duration,
+    restarts: bool,
+    read: F,
+) -> crate::Result<Observer>
 where
     F: Fn() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = crate::Result<(Option<LeaderInfo>, bool)>> + Send + 'static,
 {
+    // Read before returning: an observer returned at once, with the feed's empty default,
+    // answered its first `changed()` with "no leader" while one led (file://: `none`
+    // first, the leader 20 ms later; a review).
+    let (first, guessed) = read().await?;
     let feed = ObserverFeed::default().restarting(restarts);
+    feed.send(first, guessed);
     let tx = feed.clone();
     let task = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
@@ -196,7 +215,7 @@ where
             }
         }
     });
-    feed.subscribe_with(task.abort_handle())
+    Ok(feed.subscribe_with(task.abort_handle()))
 }
 
 /// What an observer reads: a backend's plain channel ([`Observer::new`]), or a feed's,
@@ -311,8 +330,11 @@ impl Observer {
 
     /// Waits for the next change and returns the new state: `Some(Some(leader))` for a
     /// leader (new, or with a proclaimed value), `Some(None)` for an empty seat, `None`
-    /// when the backend ended the observation (the client was closed or its watch failed).
-    /// The first call returns the state at subscription at once. A leader reported with a
+    /// when the backend ended the observation — only etcd's observer ends, after 20 failed
+    /// watches in a row; every other backend's keeps reading for as long as it lives, also
+    /// after its client's [`close`](super::Election::close) (drop it to stop it).
+    /// The first call returns the state at subscription at once: on every backend of this
+    /// workspace, the seat as read before [`observe`](super::Election::observe) returned. A leader reported with a
     /// guessed term (no value: a seat held without its record, see the module docs) may be
     /// followed by the same holder's lower exact term; exact terms never go back.
     ///

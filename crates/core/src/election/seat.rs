@@ -58,6 +58,10 @@ pub const READ_GAP: Duration = Duration::from_millis(50);
 /// How long a pushed observer waits before reading again after a failed read.
 pub const READ_RETRY: Duration = Duration::from_millis(250);
 
+/// The least time between two reads of a seat held without its record, while `leader`
+/// or `observe` waits up to [`RECORD_WAIT`] for that record.
+const SETTLE_GAP: Duration = Duration::from_millis(5);
+
 /// The lock key of election `name`'s seat: `election.NAME`.
 ///
 /// # Errors
@@ -188,28 +192,55 @@ where
             };
             return Ok((Some(leader), guessed));
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(SETTLE_GAP).await;
     }
 }
 
-/// An observer pushed by `watch`: reads the seat at once (so `observe` fails when the
-/// backend cannot be asked), then in a task that lives as long as the observer re-reads
-/// on every notification (at most once per [`READ_GAP`]), at the
-/// holder's expiry, and at the latest after [`FALLBACK_MAX`]. A failed read is logged and
+/// An observer pushed by `watch`: reads the seat before it returns (so `observe` fails
+/// when the backend cannot be asked), then in a task that lives as long as the observer
+/// re-reads on every notification (at most once per [`READ_GAP`]), at the holder's expiry,
+/// and at the latest after [`FALLBACK_MAX`]. A failed read in the task is logged and
 /// retried after [`READ_RETRY`].
 ///
+/// A seat found held without its record (a campaign between its grant and its first
+/// proclaim) is read again — on its notification, at most every 5 ms — until the record
+/// comes, for at most [`RECORD_WAIT`], when the holder is reported with no value: the
+/// observer's first `changed()` reports the seat as held either way, never empty.
+///
 /// # Errors
-/// The first read's error.
+/// The error of a read made before returning.
 /// `restarts`: the backend's terms may go back (see [`ObserverFeed::restarting`]).
+///
+/// # Cancel safety
+/// Cancel safe: dropped before it returns, no task is left behind.
 pub async fn watched(mut watch: Box<dyn SeatWatch>, restarts: bool) -> Result<Observer> {
     let first = watch.arm_and_read().await?;
     let feed = ObserverFeed::default().restarting(restarts);
     let mut follow = Follow {
         feed: feed.clone(),
         unwritten: None,
+        pending: false,
     };
     let mut next = follow.apply(first);
     let mut last_read = Instant::now();
+    // Before, the observer was returned at once with the feed empty: a seat held without
+    // its record was "no leader" at the first `changed()`, for up to RECORD_WAIT (a review).
+    // Bounded by the deadline, one read per SETTLE_GAP at most.
+    let deadline = last_read + RECORD_WAIT;
+    while follow.pending {
+        let now = Instant::now();
+        if now >= deadline {
+            follow.report_unwritten();
+            break;
+        }
+        tokio::select! {
+            () = watch.changed() => {}
+            () = tokio::time::sleep(next.min(deadline - now)) => {}
+        }
+        tokio::time::sleep_until(last_read + SETTLE_GAP).await;
+        last_read = Instant::now();
+        next = follow.apply(watch.arm_and_read().await?);
+    }
     let task = tokio::spawn(async move {
         loop {
             let notified = tokio::select! {
@@ -239,6 +270,8 @@ struct Follow {
     /// when (for a guess, since the first of the guessed reads in a row: see
     /// [`unwritten`](Self::unwritten)).
     unwritten: Option<(FencingToken, bool, Instant)>,
+    /// The last read found a holder without its record that is not reported yet.
+    pending: bool,
 }
 
 impl Follow {
@@ -250,11 +283,13 @@ impl Follow {
         match read.state {
             SeatState::Empty => {
                 self.unwritten = None;
+                self.pending = false;
                 self.feed.publish(None);
                 FALLBACK_MAX
             }
             SeatState::Leader(l) => {
                 self.unwritten = None;
+                self.pending = false;
                 self.feed.publish(Some(l));
                 until_expiry
             }
@@ -284,8 +319,20 @@ impl Follow {
         self.unwritten = Some((term, guessed, since));
         let waited = since.elapsed();
         if waited < RECORD_WAIT {
+            self.pending = true;
             return (RECORD_WAIT - waited).min(until_expiry);
         }
+        self.report_unwritten();
+        until_expiry
+    }
+
+    /// Reports the holder last read without its record, with no value (a guessed term as a
+    /// guess), whether or not it waited [`RECORD_WAIT`].
+    fn report_unwritten(&mut self) {
+        self.pending = false;
+        let Some((term, guessed, _)) = self.unwritten else {
+            return;
+        };
         let leader = LeaderInfo {
             value: Vec::new(),
             term,
@@ -295,7 +342,6 @@ impl Follow {
         } else {
             self.feed.publish(Some(leader));
         }
-        until_expiry
     }
 }
 
@@ -339,10 +385,11 @@ impl<S: SeatBackend> Election for S {
             Observation::Native => watched(self.seat_watch(name, &seat).await?, restarts).await,
             Observation::Polled { interval_ms } => {
                 let (me, name) = (self.clone(), name.to_owned());
-                Ok(polled_tagged(Duration::from_millis(interval_ms), restarts, move || {
+                polled_tagged(Duration::from_millis(interval_ms), restarts, move || {
                     let (me, name, seat) = (me.clone(), name.clone(), seat.clone());
                     async move { settle_tagged(|| me.read_seat(&name, &seat)).await }
-                }))
+                })
+                .await
             }
             Observation::Unavailable => Err(LockError::GuaranteeNotMet {
                 backend: caps.backend,
@@ -379,6 +426,7 @@ mod tests {
             Follow {
                 feed: feed.clone(),
                 unwritten: None,
+                pending: false,
             },
             feed,
         )
@@ -462,6 +510,58 @@ mod tests {
         assert_eq!(waits, [ms(200), ms(100), ms(30_000).min(FALLBACK_MAX)]);
         // A guess going back (the counters started again) is another holder: a new wait.
         assert_eq!(f.apply(read(2)), RECORD_WAIT);
+    }
+
+    /// A pushed seat whose reads return `reads` in turn (the last one from then on), and
+    /// that notifies a change after every read.
+    struct Scripted {
+        reads: Vec<SeatState>,
+        made: usize,
+    }
+
+    #[async_trait]
+    impl SeatWatch for Scripted {
+        async fn arm_and_read(&mut self) -> Result<SeatRead> {
+            let state = self.reads[self.made.min(self.reads.len() - 1)].clone();
+            self.made += 1;
+            Ok(SeatRead {
+                state,
+                expires_in: Some(Duration::from_secs(30)),
+            })
+        }
+        async fn changed(&mut self) {}
+    }
+
+    fn scripted(reads: Vec<SeatState>) -> Box<dyn SeatWatch> {
+        Box::new(Scripted { reads, made: 0 })
+    }
+
+    /// A seat held without its record yet (between a campaign's grant and its first
+    /// proclaim): the observer was returned with the feed empty, and its first `changed()`
+    /// said "no leader" for up to the record wait (a review). Now `observe` waits for the
+    /// record (here, the third read) before it returns.
+    #[tokio::test(start_paused = true)]
+    async fn an_observer_started_before_the_first_proclaim_reports_the_leader_first() {
+        let record = LeaderInfo {
+            value: b"a".to_vec(),
+            term: FencingToken::new(7),
+        };
+        let unwritten = SeatState::Unwritten(FencingToken::new(7));
+        let watch = scripted(vec![unwritten.clone(), unwritten, SeatState::Leader(record.clone())]);
+        let mut observer = watched(watch, false).await.unwrap();
+        assert_eq!(observer.changed().await, Some(Some(record)));
+    }
+
+    /// A holder that never writes its record is reported first with no value, once the
+    /// record wait is over — not as an empty seat.
+    #[tokio::test(start_paused = true)]
+    async fn an_observer_started_on_a_record_less_holder_reports_it_first() {
+        let start = Instant::now();
+        let watch = scripted(vec![SeatState::UnwrittenGuess(FencingToken::new(4))]);
+        let mut observer = watched(watch, false).await.unwrap();
+        assert!(start.elapsed() <= RECORD_WAIT + SETTLE_GAP, "{:?}", start.elapsed());
+        let first = observer.changed().await.flatten().map(|l| (l.term, l.value));
+        assert_eq!(first, Some((FencingToken::new(4), vec![])));
     }
 
     #[test]

@@ -87,6 +87,7 @@ pub const ALL_ELECTION: &[&str] = &[
     "paused_leader_is_fenced",
     "observers_see_changes_in_order",
     "observer_started_with_the_first_campaign_sees_it",
+    "observer_started_during_a_leadership_reports_it",
     "bad_election_input_is_rejected",
     "close_ends_campaigns_and_refuses_later_ones",
     "dropped_leadership_resigns_before_close_returns",
@@ -107,7 +108,7 @@ macro_rules! election_suite {
             resign_hands_over_promptly, dropped_campaign_leaves_nothing_behind,
             proclaim_needs_our_own_grant, paused_leader_is_fenced,
             observers_see_changes_in_order, observer_started_with_the_first_campaign_sees_it,
-            bad_election_input_is_rejected, close_ends_campaigns_and_refuses_later_ones,
+            observer_started_during_a_leadership_reports_it, bad_election_input_is_rejected, close_ends_campaigns_and_refuses_later_ones,
             dropped_leadership_resigns_before_close_returns);
     };
 }
@@ -122,6 +123,7 @@ pub async fn run_all_elections(f: &dyn ElectionFixture, cfg: &ElectionConfig) {
     paused_leader_is_fenced(f, cfg).await;
     observers_see_changes_in_order(f, cfg).await;
     observer_started_with_the_first_campaign_sees_it(f, cfg).await;
+    observer_started_during_a_leadership_reports_it(f, cfg).await;
     bad_election_input_is_rejected(f, cfg).await;
     close_ends_campaigns_and_refuses_later_ones(f, cfg).await;
     dropped_leadership_resigns_before_close_returns(f, cfg).await;
@@ -603,6 +605,30 @@ pub async fn observer_started_with_the_first_campaign_sees_it(f: &dyn ElectionFi
             expect_state(o, cfg.slack, &what, Option::is_none).await;
         }
     }
+}
+
+/// An observer started while a leader leads (on another client) reports that leader —
+/// value and term — at its first `changed()`, never an empty seat first: `observe` reads
+/// the seat before it returns. Failed before on file://, whose polled observer was returned
+/// before its first read (`fencelock leader NAME --watch` printed `none`, then the leader
+/// 20 ms later; a review).
+pub async fn observer_started_during_a_leadership_reports_it(f: &dyn ElectionFixture, cfg: &ElectionConfig) {
+    let (a, b) = (f.election().await, f.election().await);
+    if b.capabilities().observe == Observation::Unavailable {
+        return; // observers_see_changes_in_order checks the refusal
+    }
+    let name = unique_key("elect-during");
+    let l = a.campaign(&name, b"a", &opts(cfg.slack)).await.expect("campaign");
+    let mut observer = b.observe(&name).await.expect("observe");
+    let first = tokio::time::timeout(cfg.slack, observer.changed())
+        .await
+        .expect("the first changed() did not answer at once");
+    assert_eq!(
+        first.map(|s| s.map(|leader| (leader.value, leader.term))),
+        Some(Some((b"a".to_vec(), l.term()))),
+        "the first state an observer started during a leadership reported"
+    );
+    l.resign().await.expect("resign");
 }
 
 /// Reads `observer` until a state passes `wanted`, failing the test when none did within
