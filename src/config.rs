@@ -170,10 +170,14 @@ impl LockConfig {
     }
 
     /// Validates the default options, builds the backend's leader election and checks the
-    /// requirement against what the election's seat gives: its terms' order as the
-    /// connected backend reports it (a Redis without `appendfsync always` gives best-effort
-    /// terms, which restart after a restart) and the exclusion of the scheme's lock (the
-    /// seat is a lock of that backend). Refused elections are closed before returning.
+    /// requirement against what the election's seat gives, as [`connect`](Self::connect)
+    /// checks a lock: the guarantees of the connected seat lock
+    /// ([`Election::seat_guarantees`]: exclusion and assumptions as the server's settings
+    /// make them, e.g. a durable PostgreSQL is strict) with the terms' order the connected
+    /// election reports (a Redis without `appendfsync always` gives best-effort terms,
+    /// which restart after a restart). An election that does not report its seat's
+    /// guarantees is checked against its scheme's promise without a server at hand.
+    /// Refused elections are closed before returning.
     ///
     /// # Errors
     /// As [`connect_election`](crate::connect_election), and
@@ -181,10 +185,8 @@ impl LockConfig {
     pub async fn connect_election(&self) -> Result<Arc<dyn Election>> {
         self.defaults.validate_for_try()?;
         let election = crate::election_connect::connect_election(&self.backend).await?;
-        if let Err(e) = self
-            .require
-            .check(&seat_guarantees(&self.backend, &election.capabilities()))
-        {
+        let seat = seat_guarantees(&self.backend, election.seat_guarantees(), &election.capabilities());
+        if let Err(e) = self.require.check(&seat) {
             let _ = election.close().await;
             return Err(e);
         }
@@ -192,13 +194,18 @@ impl LockConfig {
     }
 }
 
-/// The guarantees of an election's seat: the scheme's lock with the terms' order the
-/// connected election reports.
-fn seat_guarantees(url: &str, caps: &ElectionCapabilities) -> Guarantees {
-    let scheme = crate::schemes::scheme_of(url);
-    let mut g = scheme
-        .as_deref()
-        .and_then(crate::schemes::guarantees)
+/// The guarantees of an election's seat: the connected seat lock's when the election
+/// reports them, else the scheme's lock's (the weaker promise without a server at hand:
+/// before, this was always taken, and `require = "strict"` refused a durable PostgreSQL
+/// for elections that `connect` accepted for locks); with the terms' order the connected
+/// election reports.
+fn seat_guarantees(url: &str, connected: Option<Guarantees>, caps: &ElectionCapabilities) -> Guarantees {
+    let mut g = connected
+        .or_else(|| {
+            crate::schemes::scheme_of(url)
+                .as_deref()
+                .and_then(crate::schemes::guarantees)
+        })
         .unwrap_or(Guarantees {
             backend: caps.backend,
             exclusion: Exclusion::Conditional,

@@ -124,3 +124,22 @@ async fn memory_urls_with_the_same_name_share_locks() {
     assert!(c.try_acquire("k", &opts).await.expect("c").is_some());
     lease.release().await.expect("release");
 }
+
+/// `require = "strict"` on a stock (durable) PostgreSQL: `connect()` accepted it, while
+/// `connect_election()` checked the scheme's weaker promise (exclusion conditional on a
+/// server whose settings it had not read) and refused the same server with
+/// `GuaranteeNotMet` — `fencelock elect` and `leader` exited 78 where `run` worked (a
+/// review). Both now check the connected lock's guarantees.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_accepts_a_durable_postgres_for_locks_and_elections_alike() {
+    let pg = fencelock_testkit::pg_server::PgServer::start();
+    let config = LockConfig {
+        require: Requirement::Strict,
+        ..LockConfig::new(pg.url())
+    };
+    let locks = config.connect().await.expect("connect");
+    locks.close().await.expect("close the lock client");
+    let elections = config.connect_election().await.expect("connect_election");
+    elections.close().await.expect("close the election client");
+}

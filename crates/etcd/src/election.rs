@@ -260,6 +260,10 @@ impl Election for EtcdElection {
         }
     }
 
+    fn seat_guarantees(&self) -> Option<fencelock_core::Guarantees> {
+        Some(self.lock.guarantees())
+    }
+
     fn describe(&self) -> String {
         self.lock.describe()
     }

@@ -247,6 +247,10 @@ impl Election for MemoryElection {
         CAPABILITIES
     }
 
+    fn seat_guarantees(&self) -> Option<crate::Guarantees> {
+        Some(crate::memory::GUARANTEES)
+    }
+
     fn describe(&self) -> String {
         format!("memory://{}", self.name)
     }

@@ -199,6 +199,16 @@ pub trait Election: Send + Sync + fmt::Debug {
     /// What this backend's election gives.
     fn capabilities(&self) -> ElectionCapabilities;
 
+    /// The guarantees of the lock whose keys are this election's seats, as the connected
+    /// backend reports them ([`DistributedLock::guarantees`](crate::DistributedLock::guarantees):
+    /// a stock PostgreSQL server is durable, so stronger than its scheme's promise without a
+    /// server at hand). `LockConfig::connect_election` checks its `require` against them.
+    /// The default, for an election written outside this workspace, is `None`: the
+    /// scheme's promise is checked instead.
+    fn seat_guarantees(&self) -> Option<crate::Guarantees> {
+        None
+    }
+
     /// A description of this backend for logs and messages (a URL without credentials).
     fn describe(&self) -> String;
 
@@ -236,6 +246,9 @@ impl<T: Election + ?Sized> Election for Arc<T> {
     }
     fn capabilities(&self) -> ElectionCapabilities {
         (**self).capabilities()
+    }
+    fn seat_guarantees(&self) -> Option<crate::Guarantees> {
+        (**self).seat_guarantees()
     }
     fn describe(&self) -> String {
         (**self).describe()

@@ -405,6 +405,10 @@ impl<S: SeatBackend> Election for S {
         self.election_capabilities()
     }
 
+    fn seat_guarantees(&self) -> Option<crate::Guarantees> {
+        Some(self.seat_lock().guarantees())
+    }
+
     fn describe(&self) -> String {
         self.seat_lock().describe()
     }
