@@ -3,16 +3,18 @@
 //! Prints `TERM VALUE` for the leader (`TERM` alone when the value is empty). Without
 //! --watch: one line and status 0, or `no leader` on stderr and status 1 when the seat is
 //! empty. With --watch: one line per change (`none` when the seat empties), in order,
-//! never a term going back, until SIGINT/SIGTERM (status 0) or the backend ends the
+//! never a term going back where terms only grow (see [`Printer`]), until SIGINT/SIGTERM (status 0) or the backend ends the
 //! observation (status 69). While the backend cannot be read, --watch prints `unknown` once
 //! (the last line is no longer to be trusted) and warns on stderr at that change and then
 //! every [`WARN_EVERY`]; when it answers again, the current state follows on a new line.
 
+use std::future::Future;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use fencelock::election::{Election, LeaderInfo, Observation};
+use fencelock::election::{Election, LeaderInfo, Observation, Observer};
+use fencelock::{LockError, TokenOrder};
 
 use crate::args::{Cli, LeaderArgs};
 use crate::elect::{check_name, close, connect};
@@ -75,10 +77,13 @@ pub async fn leader(cli: &Cli, args: &LeaderArgs) -> ExitCode {
     };
     if !args.watch {
         let code = match election.leader(&args.name).await {
-            Ok(Some(l)) => {
-                println!("{}", line(&Some(l)));
-                ExitCode::SUCCESS
-            }
+            // Never `println!`: it panics on a closed stdout (`leader NAME | true`, exit
+            // 101) and skips the close below.
+            Ok(Some(l)) => match Printer::new(std::io::stdout(), false).print(&line(&Some(l))) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS, // the reader went away
+                Err(e) => fail(&format!("writing to stdout failed: {e}"), exit::FAILURE),
+            },
             Ok(None) => fail(&format!("no leader for election `{}`", args.name), NO_LEADER),
             Err(e) => exit::fail_with(&e),
         };
@@ -103,12 +108,44 @@ pub async fn leader(cli: &Cli, args: &LeaderArgs) -> ExitCode {
 /// The --watch loop: the observer's changes, and a check every [`CHECK_EVERY`] that the
 /// backend still answers.
 async fn watch(election: &dyn Election, name: &str, signals: &mut Signals) -> ExitCode {
-    let mut observer = match election.observe(name).await {
+    let observer = match election.observe(name).await {
         Ok(o) => o,
         Err(e) => return exit::fail_with(&e),
     };
-    let mut out = Printer::default();
-    let mut check = tokio::time::interval(CHECK_EVERY);
+    // Terms that may go back (best-effort tokens) are printed as they come, as the observer
+    // reports them; elsewhere the printer holds every line to the terms printed before.
+    let terms_grow = election.capabilities().terms == TokenOrder::StrictlyMonotonic;
+    let mut out = Printer::new(std::io::stdout(), terms_grow);
+    follow(
+        observer,
+        || election.leader(name),
+        name,
+        CHECK_EVERY,
+        &mut out,
+        signals.next(),
+    )
+    .await
+}
+
+/// [`watch`]'s loop, on `out`: prints the `observer`'s changes, and reads the leader with
+/// `read` every `check_every` (each read bounded by as long) to tell whether the backend
+/// still answers, until `stop` resolves (status 0), the reader of `out` went away (0) or the
+/// backend ended the observation (69).
+async fn follow<W, R, Fut>(
+    mut observer: Observer,
+    read: R,
+    name: &str,
+    check_every: Duration,
+    out: &mut Printer<W>,
+    stop: impl Future,
+) -> ExitCode
+where
+    W: Write,
+    R: Fn() -> Fut,
+    Fut: Future<Output = Result<Option<LeaderInfo>, LockError>>,
+{
+    tokio::pin!(stop);
+    let mut check = tokio::time::interval(check_every);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Some(when we last warned) while the backend cannot be read.
     let mut down_since_warned: Option<tokio::time::Instant> = None;
@@ -116,7 +153,7 @@ async fn watch(election: &dyn Election, name: &str, signals: &mut Signals) -> Ex
         tokio::select! {
             next = observer.changed() => match next {
                 Some(state) if down_since_warned.is_none() => {
-                    if out.print(&line(&state)).is_err() {
+                    if out.print_state(&state).is_err() {
                         return ExitCode::SUCCESS; // the reader went away
                     }
                 }
@@ -124,30 +161,30 @@ async fn watch(election: &dyn Election, name: &str, signals: &mut Signals) -> Ex
                 None => return fail("the backend ended the observation", exit::UNAVAILABLE),
             },
             _ = check.tick() => {
-                let read = tokio::time::timeout(CHECK_EVERY, election.leader(name)).await;
+                let read = tokio::time::timeout(check_every, read()).await;
                 let printed = match (read, down_since_warned) {
                     (Ok(Ok(state)), Some(_)) => {
                         crate::exit::errln!("fencelock: election `{name}` can be read again");
                         down_since_warned = None;
-                        out.print(&line(&state))
+                        out.print_state(&state)
                     }
                     (Ok(Ok(_)), None) => Ok(()),
-                    (Ok(Err(e)), warned) => unreadable(&mut out, &mut down_since_warned, warned, name, &exit::one_line(&e)),
-                    (Err(_), warned) => unreadable(&mut out, &mut down_since_warned, warned, name, &format!("no answer within {CHECK_EVERY:?}")),
+                    (Ok(Err(e)), warned) => unreadable(out, &mut down_since_warned, warned, name, &exit::one_line(&e)),
+                    (Err(_), warned) => unreadable(out, &mut down_since_warned, warned, name, &format!("no answer within {check_every:?}")),
                 };
                 if printed.is_err() {
                     return ExitCode::SUCCESS;
                 }
             }
-            _ = signals.next() => return ExitCode::SUCCESS,
+            _ = &mut stop => return ExitCode::SUCCESS,
         }
     }
 }
 
 /// The backend could not be read: prints [`UNKNOWN`] at the change, and warns then and
 /// every [`WARN_EVERY`].
-fn unreadable(
-    out: &mut Printer,
+fn unreadable<W: Write>(
+    out: &mut Printer<W>,
     down_since_warned: &mut Option<tokio::time::Instant>,
     warned: Option<tokio::time::Instant>,
     name: &str,
@@ -171,21 +208,164 @@ fn unreadable(
     }
 }
 
-/// Prints lines to stdout, flushing each, and never the same line twice in a row.
-#[derive(Default)]
-struct Printer {
+/// Prints lines to `W` (stdout), flushing each, never the same line twice in a row, and —
+/// when terms only grow — never a leader whose term is below one printed before.
+///
+/// The --watch loop prints from two sources: the observer, which never goes back, and the
+/// leader read when the backend answers again after `unknown`, which is newer than what the
+/// observer still holds. Without the floor, that older state followed the fresh read
+/// (`unknown`, `6 b`, `5 a`, `6 b`). The floor follows the observer's rule: a leader with a
+/// value is held to the terms of leaders printed with a value; one without (a seat held
+/// without its record, whose term may be the backend's guess) to every term printed — so
+/// the holder's exact term still replaces a guess above it. `none` and `unknown` are always
+/// printed and lower no floor.
+struct Printer<W> {
+    out: W,
     last: Option<String>,
+    /// Terms only grow on this backend: hold leaders to the floors below.
+    terms_grow: bool,
+    /// The highest term printed with a value.
+    floor_valued: Option<fencelock::FencingToken>,
+    /// The highest term printed.
+    floor_any: Option<fencelock::FencingToken>,
 }
 
-impl Printer {
+impl<W: Write> Printer<W> {
+    fn new(out: W, terms_grow: bool) -> Self {
+        Printer {
+            out,
+            last: None,
+            terms_grow,
+            floor_valued: None,
+            floor_any: None,
+        }
+    }
+
+    /// Prints the line of `state` unless it would go back (see the type's docs).
+    fn print_state(&mut self, state: &Option<LeaderInfo>) -> std::io::Result<()> {
+        if let Some(l) = state {
+            let floor = if l.value.is_empty() {
+                self.floor_any
+            } else {
+                self.floor_valued
+            };
+            if self.terms_grow && floor.is_some_and(|f| l.term < f) {
+                return Ok(());
+            }
+        }
+        self.print(&line(state))?;
+        if let Some(l) = state {
+            self.floor_any = self.floor_any.max(Some(l.term));
+            if !l.value.is_empty() {
+                self.floor_valued = self.floor_valued.max(Some(l.term));
+            }
+        }
+        Ok(())
+    }
+
+    /// Prints `text` as a line unless it is the last line printed.
+    ///
+    /// # Errors
+    /// The writer's: a closed pipe is [`std::io::ErrorKind::BrokenPipe`] (never a panic).
     fn print(&mut self, text: &str) -> std::io::Result<()> {
         if self.last.as_deref() == Some(text) {
             return Ok(());
         }
-        let mut stdout = std::io::stdout();
-        writeln!(stdout, "{text}")?;
-        stdout.flush()?;
+        writeln!(self.out, "{text}")?;
+        self.out.flush()?;
         self.last = Some(text.to_owned());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use fencelock::FencingToken;
+    use tokio::sync::{watch, Notify};
+
+    use super::*;
+
+    fn leader(term: u64, value: &str) -> Option<LeaderInfo> {
+        Some(LeaderInfo {
+            value: value.as_bytes().to_vec(),
+            term: FencingToken::new(term),
+        })
+    }
+
+    /// After an outage, the check's fresh read (`6 b`) was printed, then the observer's
+    /// older state still pending (`5 a`), then `6 b` again: `leader --watch` went back on a
+    /// backend whose terms only grow (a review). The backend here: the seat empty, then
+    /// unreadable (`unknown`), then led by `6 b` — the observer hearing of `5 a` only while
+    /// that read was answered.
+    #[tokio::test]
+    async fn watch_never_prints_a_term_below_one_printed_after_an_outage() {
+        let (tx, rx) = watch::channel(None);
+        let calls = AtomicUsize::new(0);
+        let done = Notify::new();
+        let read = || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            let (tx, done) = (&tx, &done);
+            async move {
+                match n {
+                    0 => Ok(None),
+                    1 => Err(LockError::invalid_input("the server is down")),
+                    2 => {
+                        tx.send_replace(leader(5, "a"));
+                        Ok(leader(6, "b"))
+                    }
+                    3 => {
+                        tx.send_replace(leader(6, "b"));
+                        Ok(leader(6, "b"))
+                    }
+                    _ => {
+                        done.notify_one();
+                        Ok(leader(6, "b"))
+                    }
+                }
+            }
+        };
+        let mut out = Printer::new(Vec::new(), true);
+        let run = follow(
+            Observer::new(rx, None),
+            read,
+            "job",
+            Duration::from_millis(20),
+            &mut out,
+            done.notified(),
+        );
+        tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .expect("the loop did not stop");
+        let text = String::from_utf8(out.out).unwrap();
+        assert!(text.contains("unknown\n6 b\n"), "{text:?}");
+        let terms: Vec<u64> = text.lines().filter_map(|l| l.split(' ').next()?.parse().ok()).collect();
+        assert!(terms.windows(2).all(|w| w[0] <= w[1]), "a term went back: {text:?}");
+    }
+
+    /// The holder's exact term replaces a guessed one above it (a line with no value), as
+    /// the observer's does; where terms may go back, every state is printed.
+    #[test]
+    fn a_guess_may_be_replaced_by_a_lower_exact_term_and_best_effort_terms_go_back() {
+        let mut out = Printer::new(Vec::new(), true);
+        for state in [
+            leader(3, "a"),
+            leader(8, ""),
+            leader(7, "b"),
+            leader(2, ""),
+            None,
+            leader(6, "c"),
+        ] {
+            out.print_state(&state).unwrap();
+        }
+        assert_eq!(String::from_utf8(out.out).unwrap(), "3 a\n8\n7 b\nnone\n");
+        let mut out = Printer::new(Vec::new(), false);
+        for state in [leader(7, "a"), leader(1, "b")] {
+            out.print_state(&state).unwrap();
+        }
+        assert_eq!(String::from_utf8(out.out).unwrap(), "7 a\n1 b\n");
     }
 }

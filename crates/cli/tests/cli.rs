@@ -357,3 +357,42 @@ fn a_report_into_a_closed_pipe_ends_quietly() {
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr_of(&out));
     assert!(!stderr_of(&out).contains("panicked"), "{}", stderr_of(&out));
 }
+
+/// `fencelock leader job | true`: the one-shot `leader` printed with `println!`, which
+/// panicked on the closed pipe (exit 101) and skipped closing the client (a review). Now it
+/// ends quietly, as a report does. The read end is closed right after the spawn.
+#[test]
+fn leader_into_a_closed_pipe_does_not_panic() {
+    /// Kills and reaps the leader when the test ends, pass or fail.
+    struct Leader(std::process::Child);
+    impl Drop for Leader {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _leader = Leader(
+        fencelock(dir.path())
+            .args(["elect", "job", "--value", "v", "--", "sleep", "60"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn elect"),
+    );
+    common::poll_until(Duration::from_secs(10), "`elect` leads", || {
+        let out = fencelock(dir.path()).args(["leader", "job"]).output().expect("leader");
+        out.status.success()
+    });
+    let mut child = fencelock(dir.path())
+        .args(["leader", "job"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    let out = output_within(child, Duration::from_secs(30));
+    assert_ne!(out.status.code(), Some(101), "stderr: {}", stderr_of(&out));
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr_of(&out));
+    assert!(!stderr_of(&out).contains("panicked"), "{}", stderr_of(&out));
+}
