@@ -135,6 +135,31 @@ async fn a_paused_server_is_unavailable_within_the_reply_timeout() {
     faults::assert_unavailable_while_paused(&locks, || server.pause(), || server.resume(), timeout, SLACK).await;
 }
 
+/// The helper's own liveness: a client whose request timeout does not fire (here: one of
+/// ten minutes, behind a link that went silent) must fail the test soon after the bound
+/// the helper was given, with the link restored — not hang the test binary until the test
+/// runner kills it. Before, `assert_unavailable_while_paused` awaited the call unbounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[should_panic(expected = "try_acquire from a paused server: no answer within")]
+async fn the_paused_server_helper_fails_a_client_that_never_times_out() {
+    use fencelock_testkit::proxy::{FaultProxy, Mode};
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port()).await;
+    let locks = RedisLock::connect(&format!("redis://127.0.0.1:{}?timeout=10m", proxy.port()))
+        .await
+        .unwrap();
+    let paused = faults::assert_unavailable_while_paused(
+        &locks,
+        || proxy.set(Mode::Blackhole),
+        || proxy.set(Mode::Pass),
+        Duration::from_millis(200),
+        Duration::from_secs(1),
+    );
+    tokio::time::timeout(Duration::from_secs(10), paused)
+        .await
+        .expect("the helper hung past its own bound");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passwords_in_the_url_are_used_and_wrong_ones_are_config_errors() {
     let server = RedisServer::start_with(RedisOptions {

@@ -16,6 +16,24 @@ use tokio::time::Instant;
 
 use crate::overlap::OverlapDetector;
 
+/// How long a helper here waits for a call whose own bound (a `within`, a wait, a request
+/// timeout) it was not given, or for a call on a healthy server (the warm-up grant): far
+/// above any backend's default request timeout, far below the test runner's kill.
+pub const UNBOUNDED_CALL_LIMIT: Duration = Duration::from_secs(60);
+
+/// Awaits `call` for at most `limit`; when it has not ended by then, runs `undo` (resumes a
+/// paused server, so a failing test leaves no stopped process behind) and panics saying
+/// what hung — the backend's own timeout did not fire, the very bug these helpers look for.
+async fn bounded<T>(what: &str, limit: Duration, undo: impl FnOnce(), call: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, call).await {
+        Ok(v) => v,
+        Err(_) => {
+            undo();
+            panic!("{what}: no answer within {limit:?} — the backend's own timeout did not end the call");
+        }
+    }
+}
+
 /// Options of a short lease: TTL `ttl_ms` milliseconds, wait 5 s.
 pub fn opts(ttl_ms: u64) -> LockOptions {
     LockOptions::new()
@@ -32,6 +50,10 @@ pub fn held() -> LockOptions {
 
 /// Asserts that `try_acquire` of `key` fails with [`LockError::Unavailable`] — when
 /// `within` is given, in less than that time.
+///
+/// # Panics
+/// When the call succeeds, fails otherwise, or takes `within` or more (without `within`:
+/// [`UNBOUNDED_CALL_LIMIT`]; a call that never ends is cut there, not left to hang the test).
 pub async fn assert_try_acquire_unavailable(
     locks: &dyn DistributedLock,
     key: &str,
@@ -39,8 +61,8 @@ pub async fn assert_try_acquire_unavailable(
     within: Option<Duration>,
 ) {
     let start = Instant::now();
-    let err = locks
-        .try_acquire(key, opts)
+    let limit = within.map_or(UNBOUNDED_CALL_LIMIT, |w| w + Duration::from_secs(1));
+    let err = bounded("try_acquire from an unavailable server", limit, || {}, locks.try_acquire(key, opts))
         .await
         .expect_err("try_acquire from an unavailable server");
     assert!(matches!(err, LockError::Unavailable { .. }), "{err}");
@@ -53,6 +75,10 @@ pub async fn assert_try_acquire_unavailable(
 /// gives up in less than `wait` + `slack`, with [`LockError::Unavailable`] — never with
 /// [`LockError::Timeout`], which says the key was held (the CLI exits 75 "held by someone
 /// else" on it, where a script retries on 69 "unavailable").
+///
+/// # Panics
+/// When the call succeeds, fails otherwise, or takes `wait` + `slack` or more (it is cut
+/// one second after that, not left to hang the test).
 pub async fn assert_acquire_gives_up(
     locks: &dyn DistributedLock,
     key: &str,
@@ -61,8 +87,9 @@ pub async fn assert_acquire_gives_up(
     slack: Duration,
 ) {
     let start = Instant::now();
-    let err = locks
-        .acquire(key, &opts.with_wait(wait))
+    let opts = opts.with_wait(wait);
+    let limit = wait + slack + Duration::from_secs(1);
+    let err = bounded("acquire from an unavailable server", limit, || {}, locks.acquire(key, &opts))
         .await
         .expect_err("acquired from an unavailable server");
     assert!(matches!(err, LockError::Unavailable { .. }), "{err}");
@@ -73,6 +100,11 @@ pub async fn assert_acquire_gives_up(
 /// a `try_acquire` must fail with [`LockError::Unavailable`] in less than the client's
 /// request `timeout` + `slack`. `resume` runs before the asserts, so a failing test leaves
 /// no stopped server behind.
+///
+/// # Panics
+/// When the warm-up fails, when `try_acquire` does not fail with
+/// [`LockError::Unavailable`], or takes `timeout` + `slack` or more — a call still running
+/// one second after that is cut, the server resumed, and the test fails saying so.
 pub async fn assert_unavailable_while_paused(
     locks: &dyn DistributedLock,
     pause: impl FnOnce(),
@@ -80,13 +112,32 @@ pub async fn assert_unavailable_while_paused(
     timeout: Duration,
     slack: Duration,
 ) {
-    let warm = locks.acquire("warm", &opts(1000)).await.unwrap();
-    warm.release().await.unwrap();
+    let warm = bounded("the warm-up acquire", UNBOUNDED_CALL_LIMIT, || {}, locks.acquire("warm", &opts(1000)))
+        .await
+        .unwrap();
+    bounded("the warm-up release", UNBOUNDED_CALL_LIMIT, || {}, warm.release())
+        .await
+        .unwrap();
     pause();
     let start = Instant::now();
-    let result = locks.try_acquire("k", &opts(1000)).await;
+    let limit = timeout + slack + Duration::from_secs(1);
+    let opts = opts(1000);
+    let mut resume = Some(resume);
+    let result = bounded(
+        "try_acquire from a paused server",
+        limit,
+        || {
+            if let Some(r) = resume.take() {
+                r();
+            }
+        },
+        locks.try_acquire("k", &opts),
+    )
+    .await;
     let took = start.elapsed();
-    resume();
+    if let Some(resume) = resume {
+        resume();
+    }
     assert!(matches!(result, Err(LockError::Unavailable { .. })), "{result:?}");
     assert!(took < timeout + slack, "took {took:?}");
 }
@@ -150,6 +201,10 @@ pub async fn assert_waiters_took_turns(waiters: Vec<JoinHandle<()>>, detector: &
 /// while the waiter is queued on a healthy machine; the assertion holds as well for a
 /// waiter that was slower to queue (its attempts then fail from the start), so the pause
 /// before `kill` orders nothing the test depends on.
+///
+/// # Panics
+/// When a step gives another answer than the above, or the waiter's wait does not end
+/// within `wait` + `slack` (it is cut one second after that, not left to hang the test).
 pub async fn assert_outage_while_waiting_is_unavailable(
     holder: &dyn DistributedLock,
     waiter: &dyn DistributedLock,
@@ -157,9 +212,13 @@ pub async fn assert_outage_while_waiting_is_unavailable(
     wait: Duration,
     slack: Duration,
 ) {
-    let lease = holder.acquire("outage", &held()).await.unwrap();
+    let lease = bounded("the holder's acquire", UNBOUNDED_CALL_LIMIT, || {}, holder.acquire("outage", &held()))
+        .await
+        .unwrap();
     let short = held().with_wait(Duration::from_millis(300));
-    let err = waiter.acquire("outage", &short).await.expect_err("acquired a held key");
+    let err = bounded("a short wait on a held key", UNBOUNDED_CALL_LIMIT, || {}, waiter.acquire("outage", &short))
+        .await
+        .expect_err("acquired a held key");
     assert!(err.is_timeout(), "a held key, the backend up: {err}");
     let start = Instant::now();
     let long = held().with_wait(wait);
@@ -171,7 +230,10 @@ pub async fn assert_outage_while_waiting_is_unavailable(
     };
     assert!(early.is_none(), "the wait ended before the outage: {early:?}");
     kill();
-    let err = waiting.await.expect_err("acquired a held key from a dead backend");
+    let limit = (wait + slack + Duration::from_secs(1)).saturating_sub(start.elapsed());
+    let err = bounded("a wait through the outage", limit, || {}, waiting)
+        .await
+        .expect_err("acquired a held key from a dead backend");
     assert!(matches!(err, LockError::Unavailable { .. }), "{err}");
     assert!(start.elapsed() < wait + slack, "acquire took {:?}", start.elapsed());
     drop(lease);
