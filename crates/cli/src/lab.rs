@@ -419,9 +419,8 @@ async fn contention_cases() -> Vec<(&'static str, Outcome)> {
         let ensemble = &mut ensemble;
         let fault = move || async move {
             blocking(|| {
-                if let Some(leader) = ensemble.leader() {
-                    ensemble.kill(leader);
-                }
+                let leader = ensemble.wait_for_leader(Duration::from_secs(10));
+                ensemble.kill(leader);
             })
         };
         out.push((
@@ -516,9 +515,8 @@ async fn restart_cases() -> Vec<(&'static str, Outcome)> {
         let ensemble = &mut ensemble;
         let fault = move || async move {
             blocking(|| {
-                if let Some(leader) = ensemble.leader() {
-                    ensemble.restart(leader);
-                }
+                let leader = ensemble.wait_for_leader(Duration::from_secs(10));
+                ensemble.restart(leader);
             })
         };
         out.push(("zookeeper", fault_while_held(&f, fault, wait).await));
@@ -595,6 +593,12 @@ pub async fn lab(cli: &Cli, args: &LabArgs) -> ExitCode {
                 Ok(cases) => {
                     for (backend, o) in cases {
                         print_timeline(args, &format!("{scenario} on {backend}"), &o);
+                        // The run itself went wrong (no grant after the fault, a client
+                        // that hung): its row shows nothing, and the lab fails.
+                        for p in &o.problems {
+                            crate::exit::errln!("fencelock lab: {scenario} on {backend}: {p}");
+                            failed = true;
+                        }
                         let name = format!("{scenario}-{}.svg", slug(backend));
                         let picture = o.svg(&format!("{scenario} on {backend}"));
                         rows.push(Row {
@@ -777,7 +781,9 @@ const REPORT_TAIL: &str = "
   and ZooKeeper leaders are killed. Redis comes back with its counter at zero, so the next
   grants reuse or lower tokens (the fenced resource refuses those writes); Redlock tolerates
   the minority; etcd and ZooKeeper elect a new leader and keep the lock exclusive with
-  strictly increasing tokens.
+  strictly increasing tokens. Every client must get a grant asked for after the fault (a
+  client done with its five first waits for the fault's end, then takes one more), and
+  the timeline counts them; a client without one, or one that hangs, fails the lab.
 
 * **failover-before-replication** (F4; S4): a Redis primary with an asynchronous replica
   whose replication link runs through the fault proxy. Once replication has caught up the

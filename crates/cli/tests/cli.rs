@@ -152,7 +152,8 @@ fn the_commands_status_and_missing_commands_are_reported() {
 fn a_lost_lease_terminates_the_command_with_status_76() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (holder, _token) = hold(dir.path(), &["--ttl", "300ms"]);
-    let pid = rustix::process::Pid::from_raw(holder.id() as i32).expect("pid");
+    let holder = common::Killed::new(holder); // not left stopped if an assert fails
+    let pid = holder.pid();
     // Freeze the fencelock process (not its command) so it cannot renew: the classic pause.
     rustix::process::kill_process(pid, rustix::process::Signal::STOP).expect("SIGSTOP");
     let other = fencelock(dir.path())
@@ -165,7 +166,7 @@ fn a_lost_lease_terminates_the_command_with_status_76() {
         stderr_of(&other)
     );
     rustix::process::kill_process(pid, rustix::process::Signal::CONT).expect("SIGCONT");
-    let out = output_within(holder, Duration::from_secs(10));
+    let out = output_within(holder.into_inner(), Duration::from_secs(10));
     assert_eq!(out.status.code(), Some(76), "stderr: {}", stderr_of(&out));
     let err = stderr_of(&out);
     // The guard killed the group when the validity ended (fencelock itself was stopped).
@@ -239,6 +240,8 @@ fn the_lab_shows_which_backends_survive_a_restart_while_held() {
 
 #[test]
 fn the_lab_shows_consensus_staying_exclusive_through_a_fault_during_contention() {
+    // `lab_report` asserts exit 0: the lab fails when a fault found no leader to kill, a
+    // client hung, or a client got no grant after the fault — rows that show nothing.
     let table = lab_report("fault-during-contention");
     let row = |backend: &str| lab_row(&table, "fault-during-contention", backend);
     // Columns: scenario, backend, overlaps, regressions, reuse, late actions, stale (fenced).

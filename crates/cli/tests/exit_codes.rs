@@ -285,12 +285,13 @@ fn a_paused_holder_on_redis_is_told_once() {
 fn paused_holder_is_told_once(backend: &str, ttl: &str, extra: &[&str], code: i32) {
     let run = [&["run", "k", "--ttl", ttl][..], extra].concat();
     let (holder, _in) = common::spawn_holder(common::fencelock(backend), &run, "echo in; sleep 30");
-    let pid = rustix::process::Pid::from_raw(holder.id() as i32).expect("pid");
+    let holder = common::Killed::new(holder); // not left stopped if an assert fails
+    let pid = holder.pid();
     rustix::process::kill_process(pid, rustix::process::Signal::STOP).expect("SIGSTOP");
     let other = run_k(backend, &["--wait", "20s"]);
     assert!(other.status.success(), "{}", stderr_of(&other));
     rustix::process::kill_process(pid, rustix::process::Signal::CONT).expect("SIGCONT");
-    let out = holder.wait_with_output().expect("wait");
+    let out = common::output_within(holder.into_inner(), std::time::Duration::from_secs(40));
     let err = stderr_of(&out);
     assert_eq!(out.status.code(), Some(code), "{backend}: {err}");
     // The loss is said once, with its reason: the lease's own "lease lost" WARN, which
@@ -632,7 +633,8 @@ fn etcd_an_endpoint_speaking_another_protocol_beside_a_member_exits_78() {
 /// (4 s with the default timeouts) before.
 #[test]
 fn zookeeper_refused_at_connect_exits_69_at_once() {
-    let port = fencelock_testkit::ports::free_port();
+    let closed = fencelock_testkit::ports::closed_port(); // refuses while held
+    let port = closed.port();
     let start = std::time::Instant::now();
     let out = run_k(&format!("zk://127.0.0.1:{port}"), &[]);
     let took = start.elapsed();

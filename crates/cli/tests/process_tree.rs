@@ -107,11 +107,11 @@ fn run_b(url: &str, log: &Path) {
 fn paused_holder_with_a_grandchild(url: &str) {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("log");
-    let a = start_a(url, &log, "1s");
-    kill_process(pid_of(&a), Signal::STOP).expect("SIGSTOP");
+    let a = common::Killed::new(start_a(url, &log, "1s")); // not left stopped if B fails
+    kill_process(a.pid(), Signal::STOP).expect("SIGSTOP");
     run_b(url, &log);
-    kill_process(pid_of(&a), Signal::CONT).expect("SIGCONT");
-    let out = output_within(a, Duration::from_secs(40));
+    kill_process(a.pid(), Signal::CONT).expect("SIGCONT");
+    let out = output_within(a.into_inner(), Duration::from_secs(40));
     assert_eq!(
         out.status.code(),
         Some(76),
@@ -650,14 +650,14 @@ fn a_command_that_ended_inside_the_validity_keeps_its_status_though_run_was_stop
     let dir = tempfile::tempdir().expect("temp dir");
     let (started, done) = (dir.path().join("started"), dir.path().join("done"));
     let script = format!("touch '{}'; sleep 0.2; touch '{}'", started.display(), done.display());
-    let run = run_on_files(dir.path(), "1s", &script, Stdio::piped());
+    let run = common::Killed::new(run_on_files(dir.path(), "1s", &script, Stdio::piped()));
     poll_until(Duration::from_secs(10), "the command started", || started.exists());
-    kill_process(pid_of(&run), Signal::STOP).expect("SIGSTOP");
+    kill_process(run.pid(), Signal::STOP).expect("SIGSTOP"); // killed on drop if a poll fails
     poll_until(Duration::from_secs(10), "the command ended", || done.exists());
     // The condition is time itself: past the 1 s validity, unrenewed while `run` is stopped.
     std::thread::sleep(Duration::from_millis(1500));
-    kill_process(pid_of(&run), Signal::CONT).expect("SIGCONT");
-    let out = output_within(run, Duration::from_secs(30));
+    kill_process(run.pid(), Signal::CONT).expect("SIGCONT");
+    let out = output_within(run.into_inner(), Duration::from_secs(30));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("had already killed"), "{stderr}");
@@ -686,7 +686,8 @@ fn a_guard_killed_by_another_signal_is_not_a_command_that_ended_inside_the_valid
     );
     let run = run_on_files(dir.path(), "1s", &script, Stdio::piped());
     poll_until(Duration::from_secs(10), "the command started", || started.exists());
-    kill_process(pid_of(&run), Signal::STOP).expect("SIGSTOP");
+    let run = common::Killed::new(run); // not left stopped if a step fails
+    kill_process(run.pid(), Signal::STOP).expect("SIGSTOP");
     std::fs::write(&go, "").expect("go");
     // Either the guard kills the group at the validity's end (1 s), or the command writes
     // `done` 2 s after `go`: bounded either way.
@@ -695,8 +696,8 @@ fn a_guard_killed_by_another_signal_is_not_a_command_that_ended_inside_the_valid
         std::thread::sleep(Duration::from_millis(20)); // polling a condition, bounded
     }
     let ran_past = done.exists();
-    kill_process(pid_of(&run), Signal::CONT).expect("SIGCONT");
-    let out = output_within(run, Duration::from_secs(30));
+    kill_process(run.pid(), Signal::CONT).expect("SIGCONT");
+    let out = output_within(run.into_inner(), Duration::from_secs(30));
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!(
         "ran past the validity: {ran_past}; status {:?}; {stderr}",
@@ -724,14 +725,15 @@ fn ran_past_the_validity_under_a_paused_run(prefix: &str, stderr: Stdio) -> bool
         started.display(),
         done.display()
     );
-    let mut run = fencelock(&file_url(&dir.path().join("locks")))
+    let run = fencelock(&file_url(&dir.path().join("locks")))
         .args(["run", "--ttl", "1s", "k", "--", "sh", "-c", &script])
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()
         .expect("spawn run");
     poll_until(Duration::from_secs(10), "the command started", || started.exists());
-    kill_process(pid_of(&run), Signal::STOP).expect("SIGSTOP");
+    let run = common::Killed::new(run); // not left stopped if a step fails
+    kill_process(run.pid(), Signal::STOP).expect("SIGSTOP");
     // The guard kills the group about 1 s after the grant; the command would write `done`
     // at 3 s.
     let deadline = Instant::now() + Duration::from_secs(6);
@@ -739,7 +741,8 @@ fn ran_past_the_validity_under_a_paused_run(prefix: &str, stderr: Stdio) -> bool
         std::thread::sleep(Duration::from_millis(20)); // polling a condition, bounded
     }
     let ran_past = done.exists();
-    kill_process(pid_of(&run), Signal::CONT).expect("SIGCONT");
+    kill_process(run.pid(), Signal::CONT).expect("SIGCONT");
+    let mut run = run.into_inner();
     let _ = run.kill();
     drop(run.stderr.take()); // a piped stderr's reader goes: whatever still writes gets EPIPE
     let _ = run.wait();
@@ -853,7 +856,8 @@ fn a_guard_kill_under_a_stopped_run_is_said_once_while_it_is_stopped() {
             let _ = tx.send(line);
         }
     });
-    kill_process(pid_of(&run), Signal::STOP).expect("SIGSTOP");
+    let run = common::Killed::new(run); // not left stopped if a step fails
+    kill_process(run.pid(), Signal::STOP).expect("SIGSTOP");
     let first = rx.recv_timeout(Duration::from_secs(10));
     if first.is_ok() {
         // The guard writes its line, then kills.
@@ -861,10 +865,10 @@ fn a_guard_kill_under_a_stopped_run_is_said_once_while_it_is_stopped() {
             !running(command)
         });
     }
-    kill_process(pid_of(&run), Signal::CONT).expect("SIGCONT");
+    kill_process(run.pid(), Signal::CONT).expect("SIGCONT");
     let first = first.expect("no line while `run` was stopped");
     assert!(first.contains("stopped") && first.contains("`k`"), "{first}");
-    let out = output_within(run, Duration::from_secs(20));
+    let out = output_within(run.into_inner(), Duration::from_secs(20));
     reader.join().expect("reader");
     let mut lines = vec![first];
     lines.extend(rx.try_iter());
@@ -910,7 +914,8 @@ fn run_continued_after_a_kill_at_the_validitys_end_exits_though_stderr_is_not_re
     poll_until(Duration::from_secs(10), "the command filled stderr", || {
         rustix::io::ioctl_fionread(&stalled).expect("FIONREAD") as usize >= capacity
     });
-    kill_process(pid_of(&run), Signal::STOP).expect("SIGSTOP");
+    let run = common::Killed::new(run); // not left stopped if a step fails
+    kill_process(run.pid(), Signal::STOP).expect("SIGSTOP");
     // The guard kills the group a tenth of the 1 s validity early; the lease expires.
     let lock_dir = dir_path.join("locks");
     poll_until(Duration::from_secs(10), "the lock is free", || {
@@ -921,9 +926,9 @@ fn run_continued_after_a_kill_at_the_validitys_end_exits_though_stderr_is_not_re
             .expect("probe")
             .success()
     });
-    kill_process(pid_of(&run), Signal::CONT).expect("SIGCONT");
+    kill_process(run.pid(), Signal::CONT).expect("SIGCONT");
     // Within 10 s of SIGCONT, or `run` waits on its stalled stderr.
-    let out = output_within(run, Duration::from_secs(10));
+    let out = output_within(run.into_inner(), Duration::from_secs(10));
     assert_eq!(out.status.code(), Some(76));
     drop(stalled);
 }

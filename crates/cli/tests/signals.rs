@@ -336,13 +336,15 @@ fn a_waiter_continued_while_the_server_is_down_waits_for_it_within_its_wait() {
     let mut server = fencelock_testkit::redis_server::RedisServer::start();
     let url = server.url();
     let mut holder = hold(fencelock(&url), &["run", "k"]);
-    let (mut w, w_err) = common::waiter_in_line(&url, "run", "W ran", &|| {
+    let (w, w_err) = common::waiter_in_line(&url, "run", "W ran", &|| {
         server.integer("LLEN fencelock:{k}:queue").unwrap_or(0) >= 1
     });
-    kill_process(pid_of(&w), Signal::TSTP).expect("SIGTSTP");
-    until_stopped(pid_of(&w));
+    let mut stopped = common::Killed::new(w); // not left stopped if an assert fails
+    kill_process(stopped.pid(), Signal::TSTP).expect("SIGTSTP");
+    until_stopped(stopped.pid());
     server.kill();
-    kill_process(pid_of(&w), Signal::CONT).expect("SIGCONT");
+    kill_process(stopped.pid(), Signal::CONT).expect("SIGCONT");
+    let mut w = stopped.into_inner();
     // Its connects are refused now; give it a second to (wrongly) give up.
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(1) && w.try_wait().expect("try_wait").is_none() {

@@ -266,7 +266,8 @@ async fn a_port_answering_another_protocol_is_a_configuration_error() {
 /// Transport, ConnectError(… Os { code: 111, … }))"), as a new-user trial saw.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_connection_is_one_readable_line() {
-    let port = fencelock_testkit::ports::free_port();
+    let closed = fencelock_testkit::ports::closed_port(); // refuses while held
+    let port = closed.port();
     let e = EtcdLock::connect(&format!("etcd://127.0.0.1:{port}?connect_timeout=2s"))
         .await
         .unwrap_err();

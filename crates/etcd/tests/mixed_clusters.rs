@@ -190,7 +190,8 @@ async fn an_endpoint_speaking_another_protocol_beside_a_member_is_refused() {
             "{what}: {text}"
         );
     }
-    let down = format!("127.0.0.1:{}", fencelock_testkit::ports::free_port());
+    let closed = fencelock_testkit::ports::closed_port(); // stays closed while held
+    let down = format!("127.0.0.1:{}", closed.port());
     EtcdLock::connect(&format!("etcd://{ea},{down}"))
         .await
         .expect("a member beside an endpoint that is down connects");

@@ -160,6 +160,32 @@ async fn the_paused_server_helper_fails_a_client_that_never_times_out() {
         .expect("the helper hung past its own bound");
 }
 
+/// The lab's fault-during-contention must not pass a run that showed nothing: here the
+/// fault kills the one server for good, so no client gets the lock after it, and the
+/// outcome says so (the lab fails on it). Before, failed attempts were skipped, the clients
+/// ran out of attempts, and the outcome was a clean report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_contention_lab_reports_clients_without_a_grant_after_the_fault() {
+    use std::sync::Arc;
+    let mut server = RedisServer::start();
+    let url = format!("{}?timeout=300ms&connect_timeout=300ms", server.url());
+    let factory = move || {
+        let url = url.clone();
+        async move { Arc::new(RedisLock::connect(&url).await.unwrap()) as Arc<dyn DistributedLock> }
+    };
+    let server = &mut server;
+    let kill = move || async move { server.kill() };
+    let o = fencelock_testkit::lab::contention_with_fault_within(&factory, 2, 3, kill, Duration::from_secs(1)).await;
+    let timeline = o.timeline.join("\n");
+    assert!(timeline.contains("grants after the fault: 0"), "{timeline}");
+    assert_eq!(o.problems.len(), 2, "{:?}\n{timeline}", o.problems);
+    assert!(
+        o.problems.iter().all(|p| p.contains("got no grant after the fault")),
+        "{:?}",
+        o.problems
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passwords_in_the_url_are_used_and_wrong_ones_are_config_errors() {
     let server = RedisServer::start_with(RedisOptions {

@@ -440,7 +440,8 @@ async fn a_node_refusing_the_login_is_a_configuration_error_at_connect() {
         Ok(_) => panic!("connected to a node that refuses the login"),
     }
     // One node down (nothing listening) is no configuration error: Redlock tolerates it.
-    let free = fencelock_testkit::ports::free_port();
+    let closed = fencelock_testkit::ports::closed_port(); // nothing listens while held
+    let free = closed.port();
     let lazy = format!(
         "redlock://127.0.0.1:{},127.0.0.1:{},127.0.0.1:{free}",
         servers[0].port(),
@@ -539,7 +540,9 @@ fn url_of(ports: &[u16]) -> String {
 async fn connect_needs_a_quorum_of_nodes_that_answer() {
     let servers = start_many(3);
     let live: Vec<u16> = servers.iter().map(RedisServer::port).collect();
-    let dead = fencelock_testkit::ports::free_ports(3); // nothing listens there: closed
+    // Nothing listens there while held (closed, and no server beside can take them).
+    let closed: Vec<_> = (0..3).map(|_| fencelock_testkit::ports::closed_port()).collect();
+    let dead: Vec<u16> = closed.iter().map(|c| c.port()).collect();
 
     // 3 of 5 unreachable: no quorum (3) can ever answer.
     let url = url_of(&[dead[0], live[0], dead[1], live[1], dead[2]]);

@@ -25,13 +25,49 @@ struct Member {
 /// A running etcd cluster of one or more members on 127.0.0.1.
 #[derive(Debug)]
 pub struct EtcdCluster {
-    dir: tempfile::TempDir,
     members: Vec<Member>,
     initial_cluster: String,
     /// `--heartbeat-interval` and `--election-timeout`, ms.
     timing: (u32, u32),
     /// Flags given to every member after the tests' own ([`single_with_flags`](Self::single_with_flags)).
     flags: Vec<String>,
+    /// Last: fields drop in order, so the members are killed before their data goes.
+    dir: tempfile::TempDir,
+}
+
+/// How to install `etcdctl` when it is missing.
+pub const ETCDCTL_INSTALL_HINT: &str = "install it with `apt-get install etcd-client` (or run scripts/setup-deps)";
+
+/// Runs `cmd` (an `etcdctl` command, API v3, its output discarded) for at most 60 s.
+///
+/// # Panics
+/// When `etcdctl` is missing (with [`ETCDCTL_INSTALL_HINT`]), cannot be started, or has
+/// not ended within 60 s (then it is killed).
+fn etcdctl(mut cmd: std::process::Command) -> std::process::ExitStatus {
+    const LIMIT: Duration = Duration::from_secs(60);
+    cmd.env("ETCDCTL_API", "3")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            panic!("etcdctl is not installed ({e}): {ETCDCTL_INSTALL_HINT}")
+        }
+        Err(e) => panic!("cannot start etcdctl: {e}"),
+    };
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for etcdctl") {
+            return status;
+        }
+        if start.elapsed() > LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("etcdctl did not end within {LIMIT:?}: {cmd:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20)); // polling a child's exit, bounded
+    }
 }
 
 /// The tests' heartbeat and election timeout, ms: short, so failovers are quick. etcd's
@@ -147,7 +183,7 @@ impl EtcdCluster {
         let log = self.dir.path().join(format!("{}-{}.log", m.name, m.starts));
         let port = m.client_port;
         let process = m.process.as_mut().expect("member running");
-        wait_until("etcd", Duration::from_secs(20), &log, process, || {
+        wait_until("etcd", Duration::from_secs(20), &log, process, port, || {
             http(port, "GET", "/health", "").is_some_and(|b| b.contains("\"health\":\"true\""))
         })
     }
@@ -198,16 +234,12 @@ impl EtcdCluster {
 
     /// Saves a snapshot of member `i`'s keyspace to `file` (`etcdctl snapshot save`).
     pub fn snapshot(&self, i: usize, file: &std::path::Path) {
-        let status = std::process::Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg("--endpoints")
+        let mut cmd = std::process::Command::new("etcdctl");
+        cmd.arg("--endpoints")
             .arg(format!("127.0.0.1:{}", self.members[i].client_port))
             .args(["snapshot", "save"])
-            .arg(file)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("etcdctl runs");
+            .arg(file);
+        let status = etcdctl(cmd);
         assert!(status.success(), "etcdctl snapshot save: {status}");
     }
 
@@ -222,20 +254,16 @@ impl EtcdCluster {
         let data = self.dir.path().join(&self.members[0].name);
         std::fs::remove_dir_all(&data).expect("remove the member's data dir");
         let peer = format!("http://127.0.0.1:{}", self.members[0].peer_port);
-        let status = std::process::Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args(["snapshot", "restore"])
+        let mut cmd = std::process::Command::new("etcdctl");
+        cmd.args(["snapshot", "restore"])
             .arg(file)
             .arg("--data-dir")
             .arg(&data)
             .args(["--name", &self.members[0].name])
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--initial-cluster-token", "fencelock-test"])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("etcdctl runs");
+            .args(["--initial-advertise-peer-urls", &peer]);
+        let status = etcdctl(cmd);
         assert!(status.success(), "etcdctl snapshot restore: {status}");
         self.spawn(0);
         if let Err(e) = self.wait_healthy(0) {

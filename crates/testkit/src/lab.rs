@@ -26,6 +26,10 @@ pub struct Outcome {
     pub events: Vec<Event>,
     /// When the scenario started.
     pub start: Instant,
+    /// What went wrong with the run itself, not with the lock service: a client that did
+    /// not finish in time or panicked, a client with no grant after the fault (a run that
+    /// showed nothing about the backend after it). Empty when the run exercised what it says; the lab fails otherwise.
+    pub problems: Vec<String>,
 }
 
 impl Outcome {
@@ -35,6 +39,7 @@ impl Outcome {
             timeline: log.lines.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             events: history.events(),
             start: log.start,
+            problems: Vec::new(),
         }
     }
 
@@ -446,17 +451,43 @@ where
 
 /// **A fault during contention** (F9: a consensus leader killed; Redlock losing a minority):
 /// `clients` clients take turns on one key for `rounds` grants each, writing to a fenced
-/// resource under every grant, while `fault` runs once the first grants are in. Records
+/// resource under every grant, while `fault` runs once the first grant is in. Records
 /// every grant's validity window; the checker reports overlaps, regressions and stale
-/// writes. Attempts that fail (the backend unavailable for a moment) are retried within each
-/// client's wait bound.
+/// writes. Attempts that fail (the backend unavailable for a moment) are retried. A client
+/// done with its `rounds` before the fault is over waits for its end, then takes one more
+/// grant: every client must get a grant asked for after the fault, within 60 s of its end.
+///
+/// The timeline ends with the number of grants after the fault; [`Outcome::problems`]
+/// says when a client got none (the run showed nothing about the backend after the
+/// fault), did not end within 120 s, or panicked.
+///
+/// # Panics
+/// When no client got a first grant within 60 s (the fault would strike nothing).
 pub async fn contention_with_fault<F, Fut>(f: &dyn ClientFactory, clients: usize, rounds: usize, fault: F) -> Outcome
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    contention_with_fault_within(f, clients, rounds, fault, Duration::from_secs(60)).await
+}
+
+/// [`contention_with_fault`] with the clients' time to get their grant after the fault:
+/// `recover` from the end of the fault (instead of 60 s).
+pub async fn contention_with_fault_within<F, Fut>(
+    f: &dyn ClientFactory,
+    clients: usize,
+    rounds: usize,
+    fault: F,
+    recover: Duration,
+) -> Outcome
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     use std::sync::Arc;
 
+    const FIRST_GRANT: Duration = Duration::from_secs(60);
+    const JOIN: Duration = Duration::from_secs(120);
     let key = unique_key("lab-contention");
     let history = Arc::new(History::new());
     let log = Arc::new(Log::new());
@@ -465,26 +496,54 @@ where
         .with_ttl(Duration::from_secs(10))
         .with_wait(Duration::from_secs(30));
     let granted = Arc::new(tokio::sync::Notify::new());
-    let mut tasks = Vec::new();
+    // When the fault was over: a grant asked for after it counts as "after the fault".
+    let (fault_over_tx, fault_over) = tokio::sync::watch::channel(None::<Instant>);
+    // Aborted on every way out (a panicking fault too): no client spins on after the run.
+    struct Clients(Vec<tokio::task::JoinHandle<(usize, usize)>>);
+    impl Drop for Clients {
+        fn drop(&mut self) {
+            for t in &self.0 {
+                t.abort();
+            }
+        }
+    }
+    let mut tasks = Clients(Vec::new());
     for c in 0..clients {
         let lock = f.client().await;
-        let (key, history, log, resource, granted) = (
+        let (key, history, log, resource, granted, fault_over) = (
             key.clone(),
             Arc::clone(&history),
             Arc::clone(&log),
             Arc::clone(&resource),
             Arc::clone(&granted),
+            fault_over.clone(),
         );
-        tasks.push(tokio::spawn(async move {
-            let mut done = 0;
-            for _ in 0..rounds * 20 {
-                if done == rounds {
+        let mut fault_over = fault_over;
+        tasks.0.push(tokio::spawn(async move {
+            // (grants, grants asked for after the fault)
+            let (mut done, mut after) = (0usize, 0usize);
+            loop {
+                if done >= rounds && after > 0 {
+                    break;
+                }
+                if done >= rounds {
+                    // Our rounds are done: wait for the end of the fault (the sender lives
+                    // until then), not spin on grants while it runs.
+                    let _ = fault_over.wait_for(Option::is_some).await;
+                }
+                let over = *fault_over.borrow();
+                if over.is_some_and(|t| t.elapsed() > recover) {
                     break;
                 }
                 let lease = match lock.acquire(&key, &opts).await {
                     Ok(l) => l,
                     Err(e) => {
                         log.say(format!("client {c}: acquire failed: {e}"));
+                        // A backend that refuses at once (a server restarting) must not
+                        // make this loop spin (a pause between attempts, not a wait for a
+                        // state); the loop's bounds are FIRST_GRANT before the fault and
+                        // `recover` after it.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
                         continue;
                     }
                 };
@@ -506,17 +565,41 @@ where
                     at: released_at,
                 });
                 done += 1;
+                if over.is_some() {
+                    after += 1;
+                }
             }
+            (done, after)
         }));
     }
-    granted.notified().await;
+    if tokio::time::timeout(FIRST_GRANT, granted.notified()).await.is_err() {
+        panic!("no client got the lock within {FIRST_GRANT:?}: the fault would strike nothing");
+    }
     log.say("FAULT injected".to_owned());
     fault().await;
+    fault_over_tx.send_replace(Some(Instant::now()));
     log.say("fault over".to_owned());
-    for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(120), t).await;
+    let mut problems = Vec::new();
+    let mut after_fault = 0;
+    let join_by = tokio::time::Instant::now() + JOIN;
+    for (c, t) in tasks.0.iter_mut().enumerate() {
+        match tokio::time::timeout_at(join_by, t).await {
+            Ok(Ok((done, after))) => {
+                after_fault += after;
+                if after == 0 {
+                    problems.push(format!(
+                        "client {c} got no grant after the fault ({done} before it) within {recover:?}"
+                    ));
+                }
+            }
+            Ok(Err(e)) => problems.push(format!("client {c} failed: {e}")),
+            Err(_) => problems.push(format!("client {c} did not finish within {JOIN:?}")),
+        }
     }
-    Outcome::of(&history, &log)
+    log.say(format!("grants after the fault: {after_fault}"));
+    let mut outcome = Outcome::of(&history, &log);
+    outcome.problems = problems;
+    outcome
 }
 
 /// One phase of a partition scenario: cut some links, try to lock, report.

@@ -1,6 +1,6 @@
 //! Real PostgreSQL servers for tests, from Debian's `postgresql` package: `initdb` into a
 //! temp dir, `postgres` on a free loopback port with its unix socket inside that dir, killed
-//! with its whole process group on drop, restartable on the same data, pausable.
+//! with every backend it forked on drop, restartable on the same data, pausable.
 //!
 //! The server refuses to run as root. When the test runs as root, the launcher runs
 //! `initdb` and `postgres` as the package's unprivileged `postgres` user (the temp dir is
@@ -8,9 +8,10 @@
 //! standard library's `CommandExt::uid`/`gid` (no `runuser` parent process that could be
 //! killed while the server lives on). Every backend process calls `setsid()`, so a signal
 //! to the postmaster's process group does not reach them: kill, pause and resume signal
-//! the postmaster and each of its children (found in `/proc`) — pausing only the
-//! postmaster would leave the backends answering, and a restart must not find the old
-//! backends still attached to the shared memory.
+//! the postmaster and each of its children (found in `/proc`, after the postmaster is
+//! stopped, so that it forks none meanwhile) — pausing only the postmaster would leave the
+//! backends answering, and a restart must not find the old backends still attached to the
+//! shared memory.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -266,12 +267,19 @@ impl PgServer {
         }
     }
 
-    /// Sends `sig` to the postmaster and every process it forked.
+    /// Sends `sig` to the postmaster and every process it forked. SIGSTOP stops the
+    /// postmaster first ([`stop_with_children`]), so that no backend it forks meanwhile is
+    /// left running; any other signal goes to the children, then to the postmaster.
     fn signal_all(&self, sig: Signal) {
         let Some(pid) = self.pid() else {
             panic!("postgres is not running");
         };
-        for p in std::iter::once(pid as i32).chain(children(pid as i32)) {
+        let pid = pid as i32;
+        if sig == Signal::STOP {
+            stop_with_children(pid);
+            return;
+        }
+        for p in children(pid).into_iter().chain(std::iter::once(pid)) {
             if let Some(p) = Pid::from_raw(p) {
                 let _ = kill_process(p, sig);
             }
@@ -303,13 +311,17 @@ impl PgServer {
         format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=disable")
     }
 
-    /// Kills the server and every backend it forked (SIGKILL to the process group): no
-    /// checkpoint, like a crash or power loss. Idempotent.
+    /// Kills the server and every backend it forked: no checkpoint, like a crash or power
+    /// loss. The backends call `setsid()`, so no process-group signal reaches them: the
+    /// postmaster is stopped first (it forks no more backends; [`stop_with_children`]
+    /// lists them until no new one appears), then it and each backend get SIGKILL, and
+    /// the call waits (at most 5 s) until no backend is left attached to the shared
+    /// memory, whose segment it then removes. Idempotent.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let segment = crate::sysv_shm::segment_of(&self.data_dir());
             let pid = child.id() as i32;
-            let backends = children(pid);
+            let backends = stop_with_children(pid);
             let _ = child.kill();
             let _ = child.wait();
             for b in &backends {
@@ -405,6 +417,45 @@ impl Drop for PgServer {
     }
 }
 
+/// Stops `pid` (SIGSTOP), waits (at most 5 s) until it is stopped — a fork it was making
+/// when the signal came completes first — then stops its children, listing them again
+/// until a listing finds no new one (at most 50 listings); returns the children. A stopped
+/// postmaster forks no backend, so none escapes a pause or a kill that follows.
+fn stop_with_children(pid: i32) -> Vec<i32> {
+    let stop = |p: i32| {
+        if let Some(p) = Pid::from_raw(p) {
+            let _ = kill_process(p, Signal::STOP);
+        }
+    };
+    stop(pid);
+    for _ in 0..250 {
+        // 'T': stopped; gone or a zombie: it forks nothing either.
+        match state_of(pid) {
+            Some('T' | 't' | 'Z' | 'X') | None => break,
+            Some(_) => std::thread::sleep(Duration::from_millis(20)), // polling a signal's effect, bounded
+        }
+    }
+    let mut seen: Vec<i32> = Vec::new();
+    for _ in 0..50 {
+        let new: Vec<i32> = children(pid).into_iter().filter(|c| !seen.contains(c)).collect();
+        if new.is_empty() {
+            break;
+        }
+        for c in new {
+            stop(c);
+            seen.push(c);
+        }
+    }
+    seen
+}
+
+/// The state letter of `pid` in `/proc/PID/stat` (`R`, `S`, `T` stopped, `Z`…), if it
+/// exists.
+fn state_of(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
 /// The processes whose parent is `pid` (from `/proc/*/stat`).
 fn children(pid: i32) -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -427,4 +478,45 @@ fn is_running(pid: i32) -> bool {
         .ok()
         .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
         .is_some_and(|zombie| !zombie)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A parent that forks all the time, as a postmaster accepting connections does: every
+    /// child is stopped once [`stop_with_children`] returns. Listing the children before
+    /// stopping the parent (as `pause` and `kill` did) missed those forked in between,
+    /// which went on running — answering while "paused", or holding the shared memory
+    /// after a "kill".
+    #[test]
+    fn children_forked_while_stopping_are_stopped_too() {
+        let mut shell = Command::new("sh")
+            .args([
+                "-c",
+                "i=0; while [ $i -lt 400 ]; do sleep 60 & i=$((i+1)); done; wait",
+            ])
+            .process_group(0)
+            .spawn()
+            .expect("start sh");
+        let pid = shell.id() as i32;
+        let group = Pid::from_raw(pid).expect("pid");
+        let start = std::time::Instant::now();
+        while children(pid).len() < 20 && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5)); // polling a starting shell, bounded
+        }
+        let stopped = stop_with_children(pid);
+        let running: Vec<i32> = children(pid)
+            .into_iter()
+            .filter(|c| !matches!(state_of(*c), Some('T' | 't' | 'Z' | 'X') | None))
+            .collect();
+        let _ = rustix::process::kill_process_group(group, Signal::KILL);
+        let _ = shell.wait();
+        assert!(stopped.len() >= 20, "the shell forked {} children", stopped.len());
+        assert!(
+            running.is_empty(),
+            "children left running: {running:?} ({} stopped)",
+            stopped.len()
+        );
+    }
 }

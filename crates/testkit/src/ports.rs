@@ -145,6 +145,46 @@ pub fn start_on_free_ports<T>(what: &str, n: usize, mut start: impl FnMut(&[u16]
     );
 }
 
+/// A port on 127.0.0.1 where nothing listens, and nothing will while the guard lives:
+/// a TCP socket is bound to it but never listens, so a connect there is refused at once
+/// (RST, "connection refused") and no server can bind the port meanwhile — where a port
+/// from [`free_port`], closed again, could be taken by a server of a test running beside
+/// (which would then answer the "nothing listens here" connect).
+#[derive(Debug)]
+pub struct ClosedPort {
+    port: u16,
+    _socket: std::os::fd::OwnedFd,
+}
+
+impl ClosedPort {
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+/// A [`ClosedPort`]: outside the kernel's ephemeral range when it can be (as
+/// [`free_ports`] picks), else one the kernel picks.
+///
+/// # Panics
+/// When no TCP socket can be made or bound on 127.0.0.1.
+pub fn closed_port() -> ClosedPort {
+    use rustix::net::{bind, getsockname, socket, AddressFamily, SocketType};
+    use std::net::SocketAddrV4;
+    let socket = socket(AddressFamily::INET, SocketType::STREAM, None).expect("a TCP socket");
+    let at = |port: u16| SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+    let in_server_range = ephemeral_range()
+        .map(|(lo, _)| SERVER_PORTS_FROM..lo)
+        .filter(|r| r.len() >= 1_000)
+        .is_some_and(|r| (0..200).any(|_| bind(&socket, &at(rand::random_range(r.clone()))).is_ok()));
+    if !in_server_range {
+        bind(&socket, &at(0)).expect("bind 127.0.0.1:0");
+    }
+    let bound = getsockname(&socket).expect("the socket's address");
+    let port = SocketAddrV4::try_from(bound).expect("an IPv4 address").port();
+    ClosedPort { port, _socket: socket }
+}
+
 /// A port on 127.0.0.1 where an HTTP server listens — the wrong service on the port a
 /// lock URL names. For each of its first 64 connections (a client's connect and its
 /// retries; then it stops listening), each on a thread of its own as a real server serves
@@ -275,6 +315,16 @@ mod tests {
         assert_eq!(tried[0], p);
         assert_eq!(tried.len(), 2);
         assert_eq!(got.local_addr().unwrap().port(), tried[1]);
+    }
+
+    #[test]
+    fn a_closed_port_refuses_connections_and_cannot_be_taken() {
+        let closed = closed_port();
+        let addr = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, closed.port()));
+        let err = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(1))
+            .expect_err("connected to a closed port");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+        assert!(held_by_another(closed.port()), "a server could bind the closed port");
     }
 
     #[test]

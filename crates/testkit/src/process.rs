@@ -96,6 +96,33 @@ impl ServerProcess {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Whether this process itself holds a TCP socket listening on `port` (any local
+    /// address, IPv4 or IPv6): one of its open files is a socket whose inode
+    /// `/proc/net/tcp{,6}` lists in state LISTEN on that port. `false` when it has exited,
+    /// or when `/proc` cannot be read. A probe answered on `port` proves nothing more than
+    /// that *some* server listens there; this says it is ours.
+    pub fn listens_on(&self, port: u16) -> bool {
+        let Some(pid) = self.pid() else {
+            return false;
+        };
+        let inodes = listening_inodes(port);
+        if inodes.is_empty() {
+            return false;
+        }
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            return false;
+        };
+        fds.filter_map(Result::ok).any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|target| {
+                let target = target.to_string_lossy();
+                target
+                    .strip_prefix("socket:[")
+                    .and_then(|t| t.strip_suffix(']'))
+                    .is_some_and(|inode| inodes.iter().any(|i| i == inode))
+            })
+        })
+    }
+
     /// `Some(status)` if the process has exited.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
@@ -135,19 +162,51 @@ impl Drop for ServerProcess {
     }
 }
 
-/// Polls `ready` every 20 ms until it returns true, for at most `limit`; otherwise
-/// `Err` with what went wrong and the tail of `log`. (A readiness probe of a starting
-/// server, not a synchronisation of the code under test.)
+/// The inodes of the TCP sockets listening on `port` (`/proc/net/tcp` and `tcp6`, state
+/// `0A`), as decimal text.
+fn listening_inodes(port: u16) -> Vec<String> {
+    let mut out = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) = (fields.get(1), fields.get(3), fields.get(9)) else {
+                continue;
+            };
+            let local_port = local
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if *state == "0A" && local_port == Some(port) {
+                out.push((*inode).to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// Polls `ready` every 20 ms until it returns true *and* `server` itself listens on
+/// `port` (see [`ServerProcess::listens_on`]) and has not exited, for at most `limit`;
+/// otherwise `Err` with what went wrong and the tail of `log`. (A readiness probe of a
+/// starting server, not a synchronisation of the code under test.)
+///
+/// The probe alone is not enough: when another server holds `port` (a launcher that
+/// picked the same port, or one that took it while ours restarted), it answers the probe
+/// while ours fails to bind and exits; the server would be taken for ready on a port it
+/// does not hold.
 pub fn wait_until(
     what: &str,
     limit: Duration,
     log: &Path,
     server: &mut ServerProcess,
+    port: u16,
     mut ready: impl FnMut() -> bool,
 ) -> Result<(), String> {
     let start = Instant::now();
     loop {
-        if ready() {
+        if ready() && server.listens_on(port) && server.exited().is_none() {
             return Ok(());
         }
         if let Some(status) = server.exited() {

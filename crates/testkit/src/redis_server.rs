@@ -42,11 +42,12 @@ pub struct RedisOptions {
 #[derive(Debug)]
 pub struct RedisServer {
     port: u16,
-    dir: tempfile::TempDir,
     options: RedisOptions,
     process: Option<ServerProcess>,
     starts: u32,
     certs: Option<crate::tls::TestCerts>,
+    /// Last: fields drop in order, so the server is killed before its directory goes.
+    dir: tempfile::TempDir,
 }
 
 impl RedisServer {
@@ -138,7 +139,7 @@ impl RedisServer {
         let port = self.port;
         let tls = self.certs.is_some();
         let log_for_probe = log.clone();
-        wait_until("redis-server", Duration::from_secs(10), &log, &mut process, || {
+        wait_until("redis-server", Duration::from_secs(10), &log, &mut process, port, || {
             if tls {
                 // A TLS port does not answer plain text: trust the server's own word.
                 std::fs::read_to_string(&log_for_probe).is_ok_and(|l| l.contains("Ready to accept connections"))
@@ -197,11 +198,17 @@ impl RedisServer {
 
     /// Client connections the server has now (`connected_clients` of `INFO clients`), not
     /// counting the one this call makes.
+    ///
+    /// # Panics
+    /// When the server does not answer with the count (down, paused, a password set): a 0
+    /// in its place would pass any "connections did not grow" check.
     pub fn clients(&self) -> usize {
-        self.command("INFO clients")
+        let reply = self.command("INFO clients");
+        reply
             .lines()
             .find_map(|l| l.strip_prefix("connected_clients:")?.trim().parse::<usize>().ok())
-            .map_or(0, |n| n.saturating_sub(1))
+            .map(|n| n.saturating_sub(1))
+            .unwrap_or_else(|| panic!("redis-server on port {} gave no connected_clients: {reply:?}", self.port))
     }
 
     /// Clients subscribed to some channel now (`sub=` above 0 in `CLIENT LIST`; a pattern

@@ -45,11 +45,12 @@ struct Link {
 /// A running ZooKeeper ensemble (one server: standalone).
 #[derive(Debug)]
 pub struct ZkEnsemble {
-    dir: tempfile::TempDir,
     servers: Vec<Server>,
     /// The proxied links between servers (empty unless started with
     /// [`ZkEnsemble::start_cuttable`]).
     links: Vec<Link>,
+    /// Last: fields drop in order, so the servers are killed before their data goes.
+    dir: tempfile::TempDir,
 }
 
 impl ZkEnsemble {
@@ -241,7 +242,7 @@ impl ZkEnsemble {
         let log = self.log(i);
         let port = self.servers[i].client_port;
         let process = self.servers[i].process.as_mut().expect("server running");
-        wait_until("ZooKeeper", Duration::from_secs(30), &log, process, || {
+        wait_until("ZooKeeper", Duration::from_secs(30), &log, process, port, || {
             tcp_exchange(port, b"srvr").is_some_and(|r| String::from_utf8_lossy(&r).contains("Mode: "))
         })
     }
@@ -372,6 +373,22 @@ impl ZkEnsemble {
         (0..self.servers.len())
             .filter(|i| self.servers[*i].process.is_some())
             .find(|i| matches!(self.mode(*i).as_deref(), Some("leader") | Some("standalone")))
+    }
+
+    /// The leader's index, polled until one answers as leader (or standalone).
+    ///
+    /// # Panics
+    /// When no running server says it leads within `limit`: a fault meant for the leader
+    /// has none to strike.
+    pub fn wait_for_leader(&self, limit: Duration) -> usize {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(l) = self.leader() {
+                return l;
+            }
+            assert!(start.elapsed() < limit, "no ZooKeeper leader within {limit:?}");
+            std::thread::sleep(Duration::from_millis(20)); // polling an electing ensemble
+        }
     }
 }
 

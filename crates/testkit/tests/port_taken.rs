@@ -44,7 +44,9 @@ fn etcd_starts_on_other_ports_when_its_peer_port_is_taken() {
     let free = fencelock_testkit::ports::free_port();
     // Member 0 takes its client port, then its peer port.
     let cluster = with_next_ports(&[free, port], EtcdCluster::single);
-    assert!(!cluster.client_ports().contains(&port));
+    // Started again on fresh ports: the client port handed out first is not the one used
+    // (the held peer port is never a client port, so checking for it would prove nothing).
+    assert_ne!(cluster.client_ports()[0], free, "{:?}", cluster.client_ports());
     assert!(http(cluster.client_ports()[0], "GET", "/health", "").is_some());
 }
 
@@ -74,4 +76,35 @@ fn a_zookeeper_ensemble_starts_on_other_ports_when_an_election_port_is_taken() {
     let zk = with_next_ports(&first, || ZkEnsemble::start(3));
     assert_ne!(zk.port(0), first[0], "a fresh start, on fresh ports");
     assert!(zk.leader().is_some(), "the ensemble elected a leader");
+}
+
+// A port held by another server *of the same kind* answers the launcher's readiness probe
+// (PING, /health, srvr) while the new server fails to bind and exits: before, the launcher
+// took the other server for its own and returned on the taken port. Now a server is ready
+// only when its own process listens on the port.
+
+#[test]
+fn redis_does_not_take_another_redis_on_its_port_for_its_own() {
+    let a = RedisServer::start();
+    let b = with_next_ports(&[a.port()], RedisServer::start);
+    assert_ne!(b.port(), a.port());
+    let reply = tcp_exchange(b.port(), b"PING\r\n").expect("PING");
+    assert!(reply.starts_with(b"+PONG"), "{}", String::from_utf8_lossy(&reply));
+}
+
+#[test]
+fn etcd_does_not_take_another_etcd_on_its_port_for_its_own() {
+    let a = EtcdCluster::single();
+    let taken = a.client_ports()[0];
+    let b = with_next_ports(&[taken], EtcdCluster::single);
+    assert_ne!(b.client_ports()[0], taken);
+    assert!(http(b.client_ports()[0], "GET", "/health", "").is_some());
+}
+
+#[test]
+fn zookeeper_does_not_take_another_zookeeper_on_its_port_for_its_own() {
+    let a = ZkEnsemble::standalone();
+    let b = with_next_ports(&[a.port(0)], ZkEnsemble::standalone);
+    assert_ne!(b.port(0), a.port(0));
+    assert_eq!(b.leader(), Some(0), "the standalone server serves");
 }

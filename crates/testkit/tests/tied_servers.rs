@@ -14,9 +14,11 @@ use fencelock_testkit::redis_server::RedisServer;
 /// Set in the child this test starts: it starts a server, prints its port, and waits.
 const CHILD: &str = "FENCELOCK_TESTKIT_TIED_CHILD";
 
-/// The child's part (does nothing in a normal run): a server started from a thread that
-/// then ends — the tie must hold for the process, not the thread.
+/// The child's part (ignored in a normal run, where it would pass having tested nothing;
+/// started by the parent below): a server started from a thread that then ends — the tie
+/// must hold for the process, not the thread.
 #[test]
+#[ignore = "started by a_server_dies_with_its_sigkilled_starter"]
 fn child_starts_a_server_and_waits() {
     if std::env::var_os(CHILD).is_none() {
         return;
@@ -35,6 +37,7 @@ fn a_server_dies_with_its_sigkilled_starter() {
         .args([
             "--exact",
             "child_starts_a_server_and_waits",
+            "--ignored",
             "--nocapture",
             "--test-threads",
             "1",

@@ -86,6 +86,40 @@ pub fn end(mut holder: Child) {
     assert!(out.status.success(), "holder: {}", stderr_of(&out));
 }
 
+/// A child process that is killed (SIGKILL, which ends a stopped process too) and reaped
+/// when dropped: a test that stops a process (SIGSTOP, SIGTSTP) and fails before it
+/// continues it leaves no stopped process behind. [`into_inner`](Self::into_inner) hands
+/// the child back once it runs again.
+pub struct Killed(Option<Child>);
+
+impl Killed {
+    pub fn new(child: Child) -> Self {
+        Killed(Some(child))
+    }
+
+    pub fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("the child was handed back")
+    }
+
+    pub fn pid(&self) -> Pid {
+        pid_of(self.0.as_ref().expect("the child was handed back"))
+    }
+
+    /// The child, no longer killed on drop (e.g. for [`output_within`]).
+    pub fn into_inner(mut self) -> Child {
+        self.0.take().expect("the child was handed back")
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 pub fn pid_of(child: &Child) -> Pid {
     Pid::from_raw(child.id() as i32).expect("pid")
 }
@@ -308,15 +342,8 @@ pub fn stop_while_waiting(url: &str, verb: &str, queued: &dyn Fn() -> bool) {
     let _ = queued(); // records the server's count before the waiter comes
     let (w, w_err) = waiter_in_line(url, verb, "W ran", queued);
     // Killed if the test fails before it ends: a stopped process would linger.
-    struct Killed(Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut w = Killed(w);
-    let w = &mut w.0;
+    let mut w = Killed::new(w);
+    let w = w.child();
     kill_process(pid_of(w), Signal::TSTP).expect("SIGTSTP the waiter");
     poll_until(Duration::from_secs(10), "the waiter is stopped", || {
         state_of(pid_of(w)) == Some('T')
