@@ -180,7 +180,10 @@ async fn no_host_answering_is_unavailable_naming_each_host() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_hosts_name_the_url_once_and_each_host_by_its_address() {
     // Refusing while held: a port from free_ports could be taken by a server beside.
-    let closed = [fencelock_testkit::ports::closed_port(), fencelock_testkit::ports::closed_port()];
+    let closed = [
+        fencelock_testkit::ports::closed_port(),
+        fencelock_testkit::ports::closed_port(),
+    ];
     let refused: Vec<u16> = closed.iter().map(|c| c.port()).collect();
     let mysql = [
         fencelock_testkit::ports::mysql_port(),

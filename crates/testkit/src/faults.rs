@@ -62,9 +62,14 @@ pub async fn assert_try_acquire_unavailable(
 ) {
     let start = Instant::now();
     let limit = within.map_or(UNBOUNDED_CALL_LIMIT, |w| w + Duration::from_secs(1));
-    let err = bounded("try_acquire from an unavailable server", limit, || {}, locks.try_acquire(key, opts))
-        .await
-        .expect_err("try_acquire from an unavailable server");
+    let err = bounded(
+        "try_acquire from an unavailable server",
+        limit,
+        || {},
+        locks.try_acquire(key, opts),
+    )
+    .await
+    .expect_err("try_acquire from an unavailable server");
     assert!(matches!(err, LockError::Unavailable { .. }), "{err}");
     if let Some(within) = within {
         assert!(start.elapsed() < within, "try_acquire took {:?}", start.elapsed());
@@ -89,9 +94,14 @@ pub async fn assert_acquire_gives_up(
     let start = Instant::now();
     let opts = opts.with_wait(wait);
     let limit = wait + slack + Duration::from_secs(1);
-    let err = bounded("acquire from an unavailable server", limit, || {}, locks.acquire(key, &opts))
-        .await
-        .expect_err("acquired from an unavailable server");
+    let err = bounded(
+        "acquire from an unavailable server",
+        limit,
+        || {},
+        locks.acquire(key, &opts),
+    )
+    .await
+    .expect_err("acquired from an unavailable server");
     assert!(matches!(err, LockError::Unavailable { .. }), "{err}");
     assert!(start.elapsed() < wait + slack, "acquire took {:?}", start.elapsed());
 }
@@ -112,9 +122,14 @@ pub async fn assert_unavailable_while_paused(
     timeout: Duration,
     slack: Duration,
 ) {
-    let warm = bounded("the warm-up acquire", UNBOUNDED_CALL_LIMIT, || {}, locks.acquire("warm", &opts(1000)))
-        .await
-        .unwrap();
+    let warm = bounded(
+        "the warm-up acquire",
+        UNBOUNDED_CALL_LIMIT,
+        || {},
+        locks.acquire("warm", &opts(1000)),
+    )
+    .await
+    .unwrap();
     bounded("the warm-up release", UNBOUNDED_CALL_LIMIT, || {}, warm.release())
         .await
         .unwrap();
@@ -212,13 +227,23 @@ pub async fn assert_outage_while_waiting_is_unavailable(
     wait: Duration,
     slack: Duration,
 ) {
-    let lease = bounded("the holder's acquire", UNBOUNDED_CALL_LIMIT, || {}, holder.acquire("outage", &held()))
-        .await
-        .unwrap();
+    let lease = bounded(
+        "the holder's acquire",
+        UNBOUNDED_CALL_LIMIT,
+        || {},
+        holder.acquire("outage", &held()),
+    )
+    .await
+    .unwrap();
     let short = held().with_wait(Duration::from_millis(300));
-    let err = bounded("a short wait on a held key", UNBOUNDED_CALL_LIMIT, || {}, waiter.acquire("outage", &short))
-        .await
-        .expect_err("acquired a held key");
+    let err = bounded(
+        "a short wait on a held key",
+        UNBOUNDED_CALL_LIMIT,
+        || {},
+        waiter.acquire("outage", &short),
+    )
+    .await
+    .expect_err("acquired a held key");
     assert!(err.is_timeout(), "a held key, the backend up: {err}");
     let start = Instant::now();
     let long = held().with_wait(wait);

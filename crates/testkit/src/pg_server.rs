@@ -492,10 +492,7 @@ mod tests {
     #[test]
     fn children_forked_while_stopping_are_stopped_too() {
         let mut shell = Command::new("sh")
-            .args([
-                "-c",
-                "i=0; while [ $i -lt 400 ]; do sleep 60 & i=$((i+1)); done; wait",
-            ])
+            .args(["-c", "i=0; while [ $i -lt 400 ]; do sleep 60 & i=$((i+1)); done; wait"])
             .process_group(0)
             .spawn()
             .expect("start sh");

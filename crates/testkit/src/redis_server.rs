@@ -139,15 +139,23 @@ impl RedisServer {
         let port = self.port;
         let tls = self.certs.is_some();
         let log_for_probe = log.clone();
-        wait_until("redis-server", Duration::from_secs(10), &log, &mut process, port, || {
-            if tls {
-                // A TLS port does not answer plain text: trust the server's own word.
-                std::fs::read_to_string(&log_for_probe).is_ok_and(|l| l.contains("Ready to accept connections"))
-            } else {
-                // Ready when it answers PING (or demands a password).
-                tcp_exchange(port, b"PING\r\n").is_some_and(|r| r.starts_with(b"+PONG") || r.starts_with(b"-NOAUTH"))
-            }
-        })?;
+        wait_until(
+            "redis-server",
+            Duration::from_secs(10),
+            &log,
+            &mut process,
+            port,
+            || {
+                if tls {
+                    // A TLS port does not answer plain text: trust the server's own word.
+                    std::fs::read_to_string(&log_for_probe).is_ok_and(|l| l.contains("Ready to accept connections"))
+                } else {
+                    // Ready when it answers PING (or demands a password).
+                    tcp_exchange(port, b"PING\r\n")
+                        .is_some_and(|r| r.starts_with(b"+PONG") || r.starts_with(b"-NOAUTH"))
+                }
+            },
+        )?;
         self.process = Some(process);
         Ok(())
     }
@@ -208,7 +216,12 @@ impl RedisServer {
             .lines()
             .find_map(|l| l.strip_prefix("connected_clients:")?.trim().parse::<usize>().ok())
             .map(|n| n.saturating_sub(1))
-            .unwrap_or_else(|| panic!("redis-server on port {} gave no connected_clients: {reply:?}", self.port))
+            .unwrap_or_else(|| {
+                panic!(
+                    "redis-server on port {} gave no connected_clients: {reply:?}",
+                    self.port
+                )
+            })
     }
 
     /// Clients subscribed to some channel now (`sub=` above 0 in `CLIENT LIST`; a pattern
