@@ -313,7 +313,7 @@ impl PgServer {
 
     /// Kills the server and every backend it forked: no checkpoint, like a crash or power
     /// loss. The backends call `setsid()`, so no process-group signal reaches them: the
-    /// postmaster is stopped first (it forks no more backends; [`stop_with_children`]
+    /// postmaster is stopped first (it forks no more backends; `stop_with_children`
     /// lists them until no new one appears), then it and each backend get SIGKILL, and
     /// the call waits (at most 5 s) until no backend is left attached to the shared
     /// memory, whose segment it then removes. Idempotent.
