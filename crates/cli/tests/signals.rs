@@ -339,7 +339,7 @@ fn a_waiter_continued_while_the_server_is_down_waits_for_it_within_its_wait() {
     let (w, w_err) = common::waiter_in_line(&url, "run", "W ran", &|| {
         server.integer("LLEN fencelock:{k}:queue").unwrap_or(0) >= 1
     });
-    let mut stopped = common::Killed::new(w); // not left stopped if an assert fails
+    let stopped = common::Killed::new(w); // not left stopped if an assert fails
     kill_process(stopped.pid(), Signal::TSTP).expect("SIGTSTP");
     until_stopped(stopped.pid());
     server.kill();
