@@ -220,19 +220,7 @@ fn parent_stopped() -> bool {
     let Some(parent) = rustix::process::getppid() else {
         return false; // orphaned: `run` is gone, not stopped
     };
-    stopped(parent).unwrap_or(true)
-}
-
-/// Whether `pid` is stopped, as /proc says (state `T`, or `t` under a debugger); `None`
-/// when /proc cannot say.
-pub(crate) fn stopped(pid: rustix::process::Pid) -> Option<bool> {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())) else {
-        return None;
-    };
-    // `PID (COMM) STATE …`: COMM may hold spaces and parentheses, the last `)` ends it.
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next())
-        .map(|state| state == 'T' || state == 't')
+    crate::group::stopped(parent).unwrap_or(true)
 }
 
 /// What the guard writes on `run`'s report pipe after [`KILLED`] when it has said why on

@@ -679,13 +679,12 @@ async fn watch(
                     .map(|c| format!("; its guard exited with status {c} of its own before the command ended"))
                     .unwrap_or_default();
                 // The guard may not have started the command yet (the lease was lost as
-                // it was handed over): see [`stop_on_loss`]. What the loss means is
+                // it was handed over): see [`kill_at_once_on_loss`]. What the loss means is
                 // known only once the guard has ended.
                 // Signals first, messages after: a write to a stderr whose reader stalled
                 // blocks, and must not hold up the stop (new-user trial).
                 let started_then = report.started();
-                let stop = stop_on_loss(started_then);
-                if stop.kill_at_once {
+                if kill_at_once_on_loss(started_then) {
                     // A full pipe (a stopped guard) drops the line: its older deadline and
                     // the SIGKILL after `kill_after` below remain.
                     let _ = control.write_all(guard::KILL_NOW.as_bytes());
@@ -747,7 +746,7 @@ async fn watch(
                 // stopped by the terminal (SIGTTIN/SIGTTOU, a background job) or SIGSTOP.
                 // Continued, as a shell's `kill` continues a stopped job it signals;
                 // before, a forwarded SIGINT or SIGHUP waited for ever.
-                if any_stopped(group) {
+                if crate::group::any_stopped(group) {
                     signal_group(group, Signal::CONT);
                 }
                 if sig == Signal::TERM && kill_at.is_none() {
@@ -813,26 +812,17 @@ fn on_loss(exited: Option<std::process::ExitStatus>, started: bool, ended: Optio
     }
 }
 
-/// How `run` stops the group on a loss that found the guard running ([`OnLoss::Stop`]).
-#[derive(Debug, PartialEq, Eq)]
-struct StopOnLoss {
-    /// Tell the guard on the control pipe to kill the group at once ([`guard::KILL_NOW`]),
-    /// besides the group's SIGTERM.
-    kill_at_once: bool,
-}
-
-/// [`StopOnLoss`] for a loss that came when the guard had (`started_then`) or had not yet
-/// said it started the command. Not yet: the group's SIGTERM may reach the guard alone,
-/// between its last check and the command's start; it catches it and starts the command
-/// anyway, which then ran unsignalled until `--kill-after` (a review: "its process group
+/// Whether a loss that found the guard running ([`OnLoss::Stop`]) also tells the guard on
+/// the control pipe to kill the group at once ([`guard::KILL_NOW`]), besides the group's
+/// SIGTERM: when the guard had not yet (`started_then`) said it started the command.
+/// Not yet, the group's SIGTERM may reach the guard alone, between its last check and the
+/// command's start; it catches it and starts the command anyway, which then ran unsignalled until `--kill-after` (a review: "its process group
 /// was sent SIGTERM" was false). The control pipe cannot miss: the guard reads every line,
 /// before and after the start, and kills the group at the deadline the line gives — now.
 /// No grace is owed: the command began after the loss. (Once started, the command got the
 /// SIGTERM itself, and has `--kill-after` to finish.)
-fn stop_on_loss(started_then: bool) -> StopOnLoss {
-    StopOnLoss {
-        kill_at_once: !started_then,
-    }
+fn kill_at_once_on_loss(started_then: bool) -> bool {
+    !started_then
 }
 
 /// After a loss found the guard running and the group was stopped: `Some(status)` when
@@ -920,13 +910,6 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 }
 
 /// Whether a running member of `group` is stopped (see [`guard::stopped`]).
-fn any_stopped(group: Pid) -> bool {
-    crate::group::members(group)
-        .unwrap_or_default()
-        .into_iter()
-        .any(|pid| guard::stopped(pid) == Some(true))
-}
-
 fn signal_group(group: Pid, sig: Signal) {
     crate::group::signal(group, sig);
 }
@@ -994,8 +977,8 @@ mod tests {
     /// unsignalled. Once started, the command has its SIGTERM and `--kill-after`.
     #[test]
     fn a_loss_before_the_start_has_the_guard_kill_at_once() {
-        assert_eq!(stop_on_loss(false), StopOnLoss { kill_at_once: true });
-        assert_eq!(stop_on_loss(true), StopOnLoss { kill_at_once: false });
+        assert!(kill_at_once_on_loss(false));
+        assert!(!kill_at_once_on_loss(true));
     }
 
     /// A lease `Suspended` at the start (a ZooKeeper blip right after the grant) is not
