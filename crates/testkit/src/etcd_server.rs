@@ -359,24 +359,10 @@ impl EtcdCluster {
     /// connections, so compare counts before and after rather than reading one alone.
     pub fn client_connections(&self) -> usize {
         let ports = self.client_ports();
-        ["/proc/net/tcp", "/proc/net/tcp6"]
+        crate::process::tcp_sockets()
             .iter()
-            .filter_map(|f| std::fs::read_to_string(f).ok())
-            .map(|table| {
-                table
-                    .lines()
-                    .skip(1)
-                    .filter(|line| {
-                        let cols: Vec<&str> = line.split_whitespace().collect();
-                        let local_port = cols
-                            .get(1)
-                            .and_then(|a| a.rsplit(':').next())
-                            .and_then(|p| u16::from_str_radix(p, 16).ok());
-                        cols.get(3) == Some(&"01") && local_port.is_some_and(|p| ports.contains(&p))
-                    })
-                    .count()
-            })
-            .sum::<usize>()
+            .filter(|s| s.state == "01" && ports.contains(&s.port))
+            .count()
     }
 }
 

@@ -162,9 +162,19 @@ impl Drop for ServerProcess {
     }
 }
 
-/// The inodes of the TCP sockets listening on `port` (`/proc/net/tcp` and `tcp6`, state
-/// `0A`), as decimal text.
-fn listening_inodes(port: u16) -> Vec<String> {
+/// One line of `/proc/net/tcp` or `tcp6`: a TCP socket of this machine.
+pub(crate) struct TcpSocket {
+    /// The local port.
+    pub port: u16,
+    /// The state, as the kernel writes it in hex: `0A` listening, `01` established.
+    pub state: String,
+    /// The socket's inode, as decimal text (`socket:[INODE]` in `/proc/PID/fd`).
+    pub inode: String,
+}
+
+/// The TCP sockets of this machine, IPv4 and IPv6 (`/proc/net/tcp` and `tcp6`); none when
+/// `/proc` cannot be read.
+pub(crate) fn tcp_sockets() -> Vec<TcpSocket> {
     let mut out = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(table) else {
@@ -176,15 +186,29 @@ fn listening_inodes(port: u16) -> Vec<String> {
             let (Some(local), Some(state), Some(inode)) = (fields.get(1), fields.get(3), fields.get(9)) else {
                 continue;
             };
-            let local_port = local
+            let Some(port) = local
                 .rsplit_once(':')
-                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-            if *state == "0A" && local_port == Some(port) {
-                out.push((*inode).to_owned());
-            }
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+            else {
+                continue;
+            };
+            out.push(TcpSocket {
+                port,
+                state: (*state).to_owned(),
+                inode: (*inode).to_owned(),
+            });
         }
     }
     out
+}
+
+/// The inodes of the TCP sockets listening on `port` (state `0A`), as decimal text.
+fn listening_inodes(port: u16) -> Vec<String> {
+    tcp_sockets()
+        .into_iter()
+        .filter(|s| s.state == "0A" && s.port == port)
+        .map(|s| s.inode)
+        .collect()
 }
 
 /// Polls `ready` every 20 ms until it returns true *and* `server` itself listens on
