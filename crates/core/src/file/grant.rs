@@ -32,6 +32,16 @@ pub(crate) struct KeyFiles {
     pub(crate) ops: Cleanups,
 }
 
+/// A live holder of a key, as [`KeyFiles::live_holder`] finds it.
+struct LiveHolder {
+    /// Its liveness file.
+    live: PathBuf,
+    /// How long until its expiry.
+    left: Duration,
+    /// Its grant's token.
+    token: u64,
+}
+
 /// The outcome of one attempt.
 pub(crate) enum Decision {
     /// Ours: the grant id, its token, the open, flocked liveness file, and the instant the
@@ -141,6 +151,8 @@ impl KeyFiles {
 
     /// The liveness files of this key now in the directory.
     pub(crate) fn live_files(&self) -> Result<Vec<PathBuf>> {
+        #[cfg(test)]
+        LISTINGS.with(|n| n.set(n.get() + 1));
         let cannot_list = |e| io_error(format!("cannot list {}", self.dir.display()), e);
         let mut found = Vec::new();
         for entry in fs::read_dir(&*self.dir).map_err(cannot_list)? {
@@ -169,18 +181,46 @@ impl KeyFiles {
         f: impl FnOnce(&mut KeyState) -> Result<(T, bool)>,
         then: impl FnOnce(T) -> Result<U>,
     ) -> Result<U> {
-        let _mutex = self.lock_key_mutex()?;
+        let mutex = self.lock_key_mutex()?;
+        // The mutex's copy of the counter: an error reading it (or a foreign content) is
+        // no information, not a reason to fail the decision — the state file is the record.
+        let copied = os::read_record(&mutex, 0).ok().flatten().unwrap_or(0);
         let state_path = self.path("state");
-        let mut st = match state::read(&state_path, &self.stem)? {
-            Some(st) => st,
-            None => self.state_without_file()?,
+        let (mut st, mut repair) = match state::read(&state_path, &self.stem)? {
+            Some(st) => (st, false),
+            None => (self.state_without_file()?, true),
         };
+        if copied > st.last_token {
+            tracing::warn!(
+                stem = %self.stem,
+                dir = %self.dir.display(),
+                state = st.last_token,
+                mutex = copied,
+                "the key's token counter in its state file is behind the copy in its mutex (was the state file deleted, or restored from an older copy?); counting on from the copy"
+            );
+            st.last_token = copied;
+            repair = true;
+        }
         let (value, changed) = f(&mut st)?;
-        if changed {
-            self.replace("state", &state::encode(&st)?, self.durable)?;
+        if changed || repair {
+            // A repair (a state restored from the mutex's copy or the liveness files) is
+            // written back so that the next decision needs no listing; when only a repair
+            // is due, a failed write costs that and nothing else.
+            match self.replace("state", &state::encode(&st)?, self.durable) {
+                Err(e) if changed => return Err(e),
+                Err(e) => tracing::debug!(stem = %self.stem, error = %e, "cannot write back the key's restored state"),
+                Ok(()) => {
+                    if st.last_token > copied {
+                        // After the state's write, so the copy never runs ahead of a token
+                        // that was not handed out. Best effort: the copy only backs up a
+                        // state file deleted later (a mutex opened read-only cannot keep it).
+                        let _ = os::write_record(&mutex, 0, st.last_token);
+                    }
+                }
+            }
         }
         then(value)
-        // `_mutex` is closed here, which drops the flock.
+        // `mutex` is closed here, which drops the flock.
     }
 
     /// Opens the key's mutex `STEM.mutex` and flocks it (waiting at most [`MUTEX_WAIT`]),
@@ -218,14 +258,18 @@ impl KeyFiles {
         ))
     }
 
-    /// The key's state when its file is missing: the initial state, unless a liveness file
-    /// of the key is flocked — a live holder whose state file was deleted (by a /tmp
-    /// cleaner: a holder renewing for days writes only its liveness file, so the state ages
-    /// first; or by hand). Then the state names that holder, with the expiry it last wrote
-    /// (none written: no expiry), so that the key stays its own until it releases, dies or
-    /// expires, instead of going to a second holder at once. Its token counter is lost all
-    /// the same: the key's next grant has token 1. Lists the directory, so only a key
-    /// without a state file (its first grant) pays for it.
+    /// The key's state when its file is missing: the initial state, unless the key has
+    /// liveness files. A state file deleted (by a /tmp cleaner: a holder renewing for days
+    /// writes only its liveness file, so the state ages first; or by hand) takes the token
+    /// counter with it: it is restored as the highest token written in the key's liveness
+    /// files, live or left by dead holders (each grant writes its token into its own, see
+    /// [`os::write_token`]) — and by the caller from the mutex's copy — so that tokens keep
+    /// growing: a counter restarted at 1 let a paused old holder's token beat the new
+    /// holder's at any fencing store. A flocked liveness file is a live holder: the state
+    /// names it, with the expiry it last wrote (none written: no expiry), so that the key
+    /// stays its own until it releases, dies or expires, instead of going to a second
+    /// holder at once. Lists the directory, so only a key without a state file pays for it,
+    /// once: the caller writes the state back.
     fn state_without_file(&self) -> Result<KeyState> {
         let mut st = KeyState::default();
         for live in self.live_files()? {
@@ -235,8 +279,11 @@ impl KeyFiles {
             let Some(grant) = naming::grant_of_live_file(&self.stem, name) else {
                 continue;
             };
-            let liveness = os::read_live(&live).map_err(|e| io_error(format!("cannot check {}", live.display()), e))?;
-            let os::Liveness::Held { expires_mono_ns } = liveness else {
+            let cannot_check = |e| io_error(format!("cannot check {}", live.display()), e);
+            if let Some(token) = os::read_token(&live).map_err(cannot_check)? {
+                st.last_token = st.last_token.max(token);
+            }
+            let os::Liveness::Held { expires_mono_ns, .. } = os::read_live(&live).map_err(cannot_check)? else {
                 continue; // a dead holder's leftover
             };
             let expires = expires_mono_ns.unwrap_or(u64::MAX);
@@ -244,7 +291,7 @@ impl KeyFiles {
                 tracing::warn!(
                     stem = %self.stem,
                     dir = %self.dir.display(),
-                    "the key's state file is missing while its holder's liveness file {name} is held; the key stays held (its token counter is lost: was the lock directory cleaned?)"
+                    "the key's state file is missing while its holder's liveness file {name} is held; the key stays held and its token counter is restored from the lock files (was the lock directory cleaned?)"
                 );
                 st.holder = Some(HolderRecord {
                     grant: grant.to_owned(),
@@ -256,18 +303,24 @@ impl KeyFiles {
         Ok(st)
     }
 
-    /// `Some((liveness file, time left))` when the recorded holder is live: not expired,
-    /// and its liveness file is flocked by someone (not crashed, not removed by hand).
-    fn live_holder(&self, st: &KeyState) -> Result<Option<(PathBuf, Duration)>> {
+    /// The recorded holder when it is live: not expired, and its liveness file flocked by
+    /// someone (not crashed, not removed by hand).
+    fn live_holder(&self, st: &KeyState) -> Result<Option<LiveHolder>> {
         let Some(h) = &st.holder else { return Ok(None) };
         let live = self.dir.join(&h.live);
         let liveness = os::read_live(&live).map_err(|e| io_error(format!("cannot check {}", live.display()), e))?;
-        let os::Liveness::Held { expires_mono_ns } = liveness else {
+        let os::Liveness::Held { expires_mono_ns, token } = liveness else {
             return Ok(None);
         };
         let expires = expires_mono_ns.unwrap_or(h.expires_mono_ns);
         let now = os::mono_ns();
-        Ok((expires > now).then(|| (live, Duration::from_nanos(expires - now))))
+        Ok((expires > now).then(|| LiveHolder {
+            live,
+            left: Duration::from_nanos(expires - now),
+            // The last token handed out is the holder's: no grant comes after a live one.
+            // Its own record says so too (absent in files of older versions).
+            token: token.unwrap_or(st.last_token),
+        }))
     }
 
     /// The expiry of `h` now: the one its holder last wrote into its liveness file (by
@@ -280,6 +333,7 @@ impl KeyFiles {
         match os::read_live(&live).map_err(|e| io_error(format!("cannot check {}", live.display()), e))? {
             os::Liveness::Held {
                 expires_mono_ns: Some(at),
+                ..
             } => Ok(at),
             _ => Ok(h.expires_mono_ns),
         }
@@ -288,16 +342,16 @@ impl KeyFiles {
     /// How long the live holder's recorded expiry is from now, if there is one (tests).
     #[cfg(test)]
     pub(crate) fn expires_in(&self) -> Result<Option<Duration>> {
-        self.locked(|st| Ok((self.live_holder(st)?.map(|(_, left)| left), false)))
+        self.locked(|st| Ok((self.live_holder(st)?.map(|h| h.left), false)))
     }
 
     /// The live holder's grant id and token, if any (for the file election, which must
     /// compare grants, not merely see that the key is taken).
     pub(crate) fn live_grant(&self) -> Result<Option<(String, u64)>> {
         self.locked(|st| {
-            let live = self.live_holder(st)?.is_some();
-            let holder = st.holder.as_ref().filter(|_| live);
-            Ok((holder.map(|h| (h.grant.clone(), st.last_token)), false))
+            let live = self.live_holder(st)?;
+            let grant = st.holder.as_ref().map(|h| h.grant.clone());
+            Ok((live.zip(grant).map(|(live, grant)| (grant, live.token)), false))
         })
     }
 
@@ -333,7 +387,8 @@ impl KeyFiles {
     fn try_grant_noting(&self, ttl: Duration, created: &Cell<Option<PathBuf>>) -> Result<Decision> {
         self.locked_then(
             |st| {
-                if let Some((live, expires_in)) = self.live_holder(st)? {
+                if let Some(holder) = self.live_holder(st)? {
+                    let (live, expires_in) = (holder.live, holder.left);
                     return Ok((Decision::Busy { live, expires_in }, false));
                 }
                 let token = st.last_token.checked_add(1).ok_or_else(|| {
@@ -349,6 +404,8 @@ impl KeyFiles {
                 let live = os::create_new(&live_path, self.mode)
                     .map_err(|e| io_error(format!("cannot create {}", live_path.display()), e))?;
                 created.set(Some(live_path.clone()));
+                os::write_token(&live, token)
+                    .map_err(|e| io_error(format!("cannot write {}", live_path.display()), e))?;
                 let locked = os::try_lock_exclusive(&live)
                     .map_err(|e| io_error(format!("cannot flock {}", live_path.display()), e))?;
                 if !locked {
@@ -491,6 +548,12 @@ fn lock_mutex(mutex: &File) -> std::io::Result<()> {
         std::thread::sleep(pause);
         pause = (pause * 2).min(MUTEX_PAUSE_MAX);
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// How many times this thread listed the lock directory for a key's liveness files.
+    static LISTINGS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// A hook of [`BETWEEN_OPEN_AND_LOCK`], given the mutex's path.
@@ -653,6 +716,42 @@ mod tests {
         );
         assert!(matches!(decided, Ok(Decision::Granted { token: 1, .. })));
         assert_eq!(calls.get(), 2, "one reopen after the unlink");
+    }
+
+    /// A file election's observers read the leader's term from the key: with the state
+    /// file removed while the leader holds the seat, they must still read its token, not
+    /// 0. And a key without a state file is listed once, not at every decision (an
+    /// observer polling a seat nobody won listed the whole directory at each poll): the
+    /// first decision writes back the state it found.
+    #[test]
+    fn a_missing_state_is_restored_once_with_the_holders_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = key_files(dir.path());
+        let listings = || LISTINGS.with(std::cell::Cell::get);
+        assert!(files.live_grant().unwrap().is_none());
+        assert!(files.live_grant().unwrap().is_none());
+        assert_eq!(listings(), 1, "a key nobody ever held was listed at every decision");
+        for want in 1..=3 {
+            let Ok(Decision::Granted { grant, token, live, .. }) = files.try_grant(TTL) else {
+                panic!("the key was free");
+            };
+            assert_eq!(token, want);
+            assert!(files.release(&grant, os::file_id(&live).unwrap()).unwrap());
+        }
+        let Ok(Decision::Granted { grant, token, live, .. }) = files.try_grant(TTL) else {
+            panic!("the key was free");
+        };
+        assert_eq!(token, 4);
+        fs::remove_file(files.path("state")).unwrap();
+        let before = listings();
+        assert_eq!(
+            files.live_grant().unwrap(),
+            Some((grant.clone(), 4)),
+            "the leader's term read after its state file was removed"
+        );
+        assert_eq!(files.live_grant().unwrap(), Some((grant.clone(), 4)));
+        assert_eq!(listings() - before, 1, "the restored state was not written back");
+        assert!(files.release(&grant, os::file_id(&live).unwrap()).unwrap());
     }
 
     /// An error reading our own liveness file (out of descriptors or memory) is not the

@@ -36,19 +36,36 @@ pub(crate) fn open_read(path: &Path) -> io::Result<Option<File>> {
     }
 }
 
-/// Opens `path` for flocking, creating it with `mode` if missing. Read-only suffices for
-/// flock, so users sharing a directory need no write permission on each other's files.
+/// Opens `path` for flocking, creating it with `mode` if missing: read-write, so that the
+/// key's mutex can keep its copy of the token counter ([`write_record`]); read-only when
+/// writing it is refused (`EACCES`, `EPERM`, `EROFS`: a file of another member of a
+/// shared directory with odd permissions, a read-only mount), which flock does not need
+/// — the copy is then neither read nor kept up to date by this process, nothing else.
 pub(crate) fn open_or_create(path: &Path, mode: u32) -> io::Result<File> {
+    match open_or_create_as(path, OFlags::RDWR, mode) {
+        Err(e)
+            if matches!(
+                e.raw_os_error().map(Errno::from_raw_os_error),
+                Some(Errno::ACCESS | Errno::PERM | Errno::ROFS)
+            ) =>
+        {
+            open_or_create_as(path, OFlags::RDONLY, mode)
+        }
+        opened => opened,
+    }
+}
+
+fn open_or_create_as(path: &Path, access: OFlags, mode: u32) -> io::Result<File> {
     // Exclusive create first, so that we know when the file is ours to give its mode; a
     // file someone else made is opened as it is (only its owner could change its mode).
     // Bounded: the file would have to vanish between the two opens every time.
     let mut tries = 0;
     loop {
-        match create(path, OFlags::RDONLY, mode) {
+        match create(path, access, mode) {
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
             created => return created,
         }
-        match rustix::fs::open(path, safe(OFlags::RDONLY), Mode::empty()) {
+        match rustix::fs::open(path, safe(access), Mode::empty()) {
             Ok(fd) => return Ok(File::from(fd)),
             Err(Errno::NOENT) if tries < 3 => tries += 1, // removed meanwhile: create it
             Err(e) => return Err(e.into()),
@@ -232,24 +249,73 @@ pub(crate) enum Liveness {
     /// Nobody holds its flock, or the file is gone: the holder released or died.
     Gone,
     /// Its holder lives; `expires_mono_ns` is the expiry it last wrote into the file
-    /// (`None` if it wrote none yet: the state file's expiry holds).
-    Held { expires_mono_ns: Option<u64> },
+    /// (`None` if it wrote none yet: the state file's expiry holds), `token` the token of
+    /// its grant (`None` from a version that did not write it).
+    Held {
+        expires_mono_ns: Option<u64>,
+        token: Option<u64>,
+    },
 }
 
-/// Bytes of the expiry record in a liveness file: 20 decimal digits and a newline, always
-/// the same length so a rewrite in place never leaves a longer record's tail behind.
-const EXPIRY_LEN: usize = 21;
+/// Bytes of one record in a lock file: 20 decimal digits (every `u64`) and a newline,
+/// always the same length so a rewrite in place never leaves a longer record's tail
+/// behind, and a record never written (a hole, or a shorter file) never parses.
+const RECORD_LEN: usize = 21;
+/// Where a liveness file keeps its grant's token: after its expiry record, at 0.
+const TOKEN_AT: u64 = RECORD_LEN as u64;
 
-/// Writes `expires_mono_ns` at the start of the holder's own liveness file, in place and
-/// without fsync: the value matters only while the holder lives, and a reader takes the
-/// key's mutex flock first, as the writer does, so it never sees half a record.
-pub(crate) fn write_expiry(live: &File, expires_mono_ns: u64) -> io::Result<()> {
-    let record = format!("{expires_mono_ns:020}\n");
-    let n = rustix::io::pwrite(live, record.as_bytes(), 0)?;
-    if n == EXPIRY_LEN {
+/// Writes `value` as the record at byte `at` of `f`, in place and without fsync. Only
+/// under the key's mutex flock, as every reader reads, so no reader sees half a record.
+/// Records: a liveness file's expiry (at 0) and its grant's token (at [`TOKEN_AT`]); the
+/// mutex's copy of the key's token counter (at 0).
+pub(crate) fn write_record(f: &File, at: u64, value: u64) -> io::Result<()> {
+    let record = format!("{value:020}\n");
+    let n = rustix::io::pwrite(f, record.as_bytes(), at)?;
+    if n == RECORD_LEN {
         Ok(())
     } else {
-        Err(io::Error::new(ErrorKind::WriteZero, "short write of a liveness file"))
+        Err(io::Error::new(
+            ErrorKind::WriteZero,
+            "short write of a lock file's record",
+        ))
+    }
+}
+
+/// The record at byte `at` of `f`; `None` when there is none (never written, or not a
+/// record: a foreign or older file's content is not an error, only no information).
+pub(crate) fn read_record(f: &File, at: u64) -> io::Result<Option<u64>> {
+    let mut buf = [0u8; RECORD_LEN];
+    let n = rustix::io::pread(f, &mut buf, at)?;
+    Ok(parse_record(&buf[..n]))
+}
+
+/// The record `bytes` hold, if they are one.
+fn parse_record(bytes: &[u8]) -> Option<u64> {
+    match bytes {
+        [digits @ .., b'\n'] if bytes.len() == RECORD_LEN => std::str::from_utf8(digits).ok()?.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Writes `expires_mono_ns` at the start of the holder's own liveness file ([`write_record`]):
+/// the value matters only while the holder lives, so it is never fsynced.
+pub(crate) fn write_expiry(live: &File, expires_mono_ns: u64) -> io::Result<()> {
+    write_record(live, 0, expires_mono_ns)
+}
+
+/// Writes the grant's `token` into its new liveness file ([`write_record`]), before the
+/// state names it: a key whose state file was deleted restores its counter from it (see
+/// `KeyFiles::state_without_file`).
+pub(crate) fn write_token(live: &File, token: u64) -> io::Result<()> {
+    write_record(live, TOKEN_AT, token)
+}
+
+/// The token written into the liveness file at `path` by [`write_token`], whether its
+/// holder lives or not; `None` when the file is gone or has none.
+pub(crate) fn read_token(path: &Path) -> io::Result<Option<u64>> {
+    match open_read(path)? {
+        Some(f) => read_record(&f, TOKEN_AT),
+        None => Ok(None),
     }
 }
 
@@ -259,8 +325,8 @@ thread_local! {
     pub(crate) static READ_LIVE_FAILS: std::cell::Cell<Option<i32>> = const { std::cell::Cell::new(None) };
 }
 
-/// Whether the holder of the liveness file at `path` lives, and the expiry it last wrote.
-/// A file with no valid record reads as `expires_mono_ns: None`.
+/// Whether the holder of the liveness file at `path` lives, the expiry it last wrote and its
+/// grant's token. A missing record reads as `None`.
 pub(crate) fn read_live(path: &Path) -> io::Result<Liveness> {
     #[cfg(test)]
     {
@@ -271,10 +337,12 @@ pub(crate) fn read_live(path: &Path) -> io::Result<Liveness> {
     let Some(f) = open_if_held(path)? else {
         return Ok(Liveness::Gone);
     };
-    let mut buf = [0u8; EXPIRY_LEN];
+    // Both records in one read: this is on every decision's path.
+    let mut buf = [0u8; 2 * RECORD_LEN];
     let n = rustix::io::pread(&f, &mut buf, 0)?;
-    let expires_mono_ns = (n == EXPIRY_LEN && buf[EXPIRY_LEN - 1] == b'\n')
-        .then(|| std::str::from_utf8(&buf[..EXPIRY_LEN - 1]).ok()?.parse().ok())
-        .flatten();
-    Ok(Liveness::Held { expires_mono_ns })
+    let (expiry, token) = buf[..n].split_at(n.min(RECORD_LEN));
+    Ok(Liveness::Held {
+        expires_mono_ns: parse_record(expiry),
+        token: parse_record(token),
+    })
 }
