@@ -54,8 +54,12 @@ pub(crate) const LAZY_COMMIT: &str = "set_config('synchronous_commit', 'off', tr
 ///   `lock_timeout` failed the contended statements, which wait for a row lock by design;
 ///   a `transaction_timeout` also ends the session. The settings are read from
 ///   `pg_settings`, so a server that lacks one (older than the version that added it,
-///   where naming it would be an error) is fine; `statement_timeout` goes first, alone,
-///   so that a tiny default cannot cancel the statement that lifts it.
+///   where naming it would be an error) is fine. `statement_timeout` goes first, in the
+///   same simple-Query message as the rest (one round trip): since PostgreSQL 13 the
+///   timeout applies to each statement of such a message separately, so only that first
+///   `SET` runs under a role's tiny default, and the statements after it under none.
+///   (Before 13 it applied to the whole message: a default below the milliseconds the
+///   message takes could still cancel it, which then fails the connect, saying so.)
 ///
 /// Left alone on purpose: `default_transaction_read_only`. A role or database an admin
 /// made read-only is a decision we must not override; its first write fails (25006, a

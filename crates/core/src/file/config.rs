@@ -9,7 +9,8 @@
 //! writable; files are then created 0660. A directory every user can write (mode o+w,
 //! with or without the sticky bit) is refused even then: any local user could plant files
 //! in it, and with the sticky bit one user cannot replace another's state file at all.
-//! A directory on a network filesystem (NFS, SMB/CIFS, 9p, Ceph) is refused as well: see
+//! A directory on a network or cluster filesystem (NFS, SMB/CIFS, 9p, Ceph, AFS, Lustre,
+//! GPFS, GFS2, OCFS2) is refused as well: see
 //! [`network_fs_name`].
 
 use std::fs::{self, DirBuilder};
@@ -255,6 +256,11 @@ pub(crate) fn network_fs_name(f_type: u32) -> Option<&'static str> {
         0xFE53_4D42 => "SMB2",
         0x0102_1997 => "9p",
         0x00C3_6400 => "Ceph",
+        0x5346_414F => "AFS",
+        0x0BD0_0BD0 => "Lustre",
+        0x4750_4653 => "GPFS",
+        0x0116_1970 => "GFS2",
+        0x7461_636F => "OCFS2",
         _ => return None,
     })
 }
@@ -412,6 +418,11 @@ mod tests {
             (0xFE53_4D42, "SMB2"),
             (0x0102_1997, "9p"),
             (0x00C3_6400, "Ceph"),
+            (0x5346_414F, "AFS"),
+            (0x0BD0_0BD0, "Lustre"),
+            (0x4750_4653, "GPFS"),
+            (0x0116_1970, "GFS2"),
+            (0x7461_636F, "OCFS2"),
         ] {
             assert_eq!(network_fs_name(magic), Some(name), "{magic:#x}");
         }

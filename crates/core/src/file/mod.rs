@@ -73,7 +73,7 @@ pub const GUARANTEES: Guarantees = Guarantees {
     tokens: TokenOrder::StrictlyMonotonic,
     scope: Scope::Host,
     assumptions: &[
-        "all clients run on this host and share the directory on a local filesystem with working flock (NFS, SMB/CIFS, 9p and Ceph are refused)",
+        "all clients run on this host and share the directory on a local filesystem with working flock (NFS, SMB/CIFS, 9p, Ceph, AFS, Lustre, GPFS, GFS2 and OCFS2 are refused)",
         "tokens survive restarts and power loss (fsync) while the directory's state files are kept; durable=false keeps them only across process crashes",
         "nothing deletes the directory's files while processes use it: exclude it from /tmp cleaners (systemd-tmpfiles: an `x` line, docs/backends/file.md)",
     ],
