@@ -1,5 +1,6 @@
 //! Command-line arguments.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -117,9 +118,10 @@ pub struct GuardArgs {
     #[arg(long)]
     pub unrenewed: bool,
 
-    /// The command and its arguments
+    /// The command and its arguments, passed on as given: any bytes, UTF-8 or not (as
+    /// flock(1) does)
     #[arg(last = true, required = true, value_name = "CMD")]
-    pub command: Vec<String>,
+    pub command: Vec<OsString>,
 }
 
 /// `fencelock run`.
@@ -170,9 +172,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]
     pub metrics_addr: Option<std::net::SocketAddr>,
 
-    /// The command and its arguments
+    /// The command and its arguments, passed on as given: any bytes, UTF-8 or not (as
+    /// flock(1) does)
     #[arg(last = true, required = true, value_name = "CMD")]
-    pub command: Vec<String>,
+    pub command: Vec<OsString>,
 }
 
 /// `fencelock elect`.
@@ -215,9 +218,10 @@ pub struct ElectArgs {
     #[arg(long, value_name = "N", default_value_t = crate::exit::LEASE_LOST, allow_hyphen_values = true, value_parser = parse_exit_code)]
     pub lost_exit_code: u8,
 
-    /// The command and its arguments
+    /// The command and its arguments, passed on as given: any bytes, UTF-8 or not (as
+    /// flock(1) does)
     #[arg(last = true, required = true, value_name = "CMD")]
-    pub command: Vec<String>,
+    pub command: Vec<OsString>,
 }
 
 /// `fencelock leader`.
@@ -280,7 +284,7 @@ fn parse_command_ttl(text: &str) -> Result<Duration, String> {
 fn parse_exit_code(text: &str) -> Result<u8, String> {
     text.trim()
         .parse::<u8>()
-        .map_err(|_| format!("`{text}` is not an exit status: give a whole number from 0 to 255"))
+        .map_err(|_| "not an exit status: give a whole number from 0 to 255".to_owned())
 }
 
 /// A wait: a duration of at least 1 ms, or `0` for not waiting.

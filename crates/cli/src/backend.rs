@@ -33,6 +33,7 @@ pub fn config(cli: &Cli) -> Result<LockConfig, LockError> {
             ));
         }
         let config = LockConfig::from_path(path)?;
+        refuse_not_a_url(&config.backend)?;
         refuse_root_dir(&config.backend)?;
         crate::lock_opts::check_file_defaults(&config.defaults)
             .map_err(|message| LockError::invalid_config(format!("{}: {message}", path.display())))?;
@@ -43,8 +44,29 @@ pub fn config(cli: &Cli) -> Result<LockConfig, LockError> {
         [one] => one.clone(),
         many => return Err(too_many(many.len())),
     };
+    refuse_not_a_url(&url)?;
     refuse_root_dir(&url)?;
     Ok(LockConfig::new(url))
+}
+
+/// Refuses what has no `SCHEME://` (a blank `--backend ' '`, a bare word), quoting it as
+/// given: the library trims the URL before it names it, so a blank one read "`` is not a
+/// backend URL", as if none had been given. Control characters are escaped (see
+/// [`crate::exit::escaped`]), passwords hidden.
+fn refuse_not_a_url(url: &str) -> Result<(), LockError> {
+    let has_scheme = url.trim().split_once("://").is_some_and(|(scheme, _)| {
+        scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    });
+    if has_scheme {
+        return Ok(());
+    }
+    Err(LockError::invalid_config(format!(
+        "`{}` is not a backend URL: expected SCHEME://..., e.g. file:///var/lock/app or redis://127.0.0.1:6379",
+        crate::exit::escaped(&fencelock_core::backend_url::redact(url))
+    )))
 }
 
 /// Refuses `file:///` (the root directory): the lock files would be scattered in `/`.

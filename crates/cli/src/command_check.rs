@@ -1,6 +1,8 @@
 //! Checks, before waiting for the lock, that the command can be found and executed — so
 //! that `run KEY -- nosuchcmd` fails at once (127, or 126) instead of after the wait.
 
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -9,12 +11,12 @@ use crate::exit;
 /// `Ok` when `program` names an executable file (a path, or a name found in `PATH`, as
 /// execvp(3) searches); otherwise the status (127 not found, 126 not executable) and a
 /// message.
-pub fn check(program: &str) -> Result<(), (u8, String)> {
+pub fn check(program: &OsStr) -> Result<(), (u8, String)> {
     if program.is_empty() {
         // As shells say for an empty name (`''`): not found, not "a directory in PATH".
-        return Err((exit::NOT_FOUND, message("", exit::NOT_FOUND)));
+        return Err((exit::NOT_FOUND, message(program, exit::NOT_FOUND)));
     }
-    if program.contains('/') {
+    if program.as_bytes().contains(&b'/') {
         return executable(Path::new(program)).map_err(|status| (status, message(program, status)));
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
@@ -43,7 +45,7 @@ pub fn check(program: &str) -> Result<(), (u8, String)> {
 /// The check `run` and `elect` make before waiting: the first word of `command`, by
 /// [`check`]; `not` says what is then not done ("waiting for the lock", "campaigning").
 /// `Err` carries the exit code, after the message is printed.
-pub fn before_waiting(command: &[String], not: &str) -> Result<(), std::process::ExitCode> {
+pub fn before_waiting(command: &[OsString], not: &str) -> Result<(), std::process::ExitCode> {
     match command.first().map(|p| check(p)) {
         Some(Err((status, message))) => Err(exit::fail(&format!("{message}; not {not}"), status)),
         _ => Ok(()),
@@ -58,7 +60,9 @@ fn executable(path: &Path) -> Result<(), u8> {
     }
 }
 
-fn message(program: &str, status: u8) -> String {
+/// The message for `program` (shown as [`exit::escaped_os`] does) and `status`.
+fn message(program: &OsStr, status: u8) -> String {
+    let program = exit::escaped_os(program);
     if status == exit::NOT_FOUND {
         format!("cannot run `{program}`: command not found")
     } else {

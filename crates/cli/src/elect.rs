@@ -74,7 +74,7 @@ pub async fn elect(cli: &Cli, args: &ElectArgs) -> ExitCode {
     }
     let value = args.value.clone().unwrap_or_else(default_value);
     if let Err(message) = check_value(&value) {
-        return fail(&message, exit::BAD_INPUT);
+        return exit::bad_input(&message);
     }
     if let Err(code) = crate::command_check::before_waiting(&args.command, "campaigning") {
         return code;
@@ -213,7 +213,8 @@ pub fn check_name(name: &str) -> Result<(), String> {
 }
 
 /// Checks a value to publish: one line of text for `leader --watch` (no newline or other
-/// control character), not empty, within the backend's size bound.
+/// control character), not empty, within the backend's size bound. The message is bare:
+/// the caller prints it as an invalid input ([`exit::bad_input`]).
 fn check_value(value: &str) -> Result<(), String> {
     if value.is_empty() {
         return Err("--value is empty; give the text to publish (default: HOST:PID)".into());
@@ -233,7 +234,11 @@ fn check_value(value: &str) -> Result<(), String> {
             "--value contains the line separator {c:?}; `leader --watch` prints one line per change, so a value is one line of text"
         ));
     }
-    fencelock::election::validate_value(value.as_bytes()).map_err(|e| exit::one_line(&e))
+    fencelock::election::validate_value(value.as_bytes()).map_err(|e| match e {
+        // The caller adds "invalid input: " to every message: not twice.
+        fencelock::LockError::InvalidInput(message) => message,
+        e => exit::one_line(&e),
+    })
 }
 
 /// The value published when --value is not given: `HOST:PID`.

@@ -163,10 +163,53 @@ pub fn status_for(e: &LockError) -> u8 {
 
 pub use fencelock::error::one_line;
 
+/// `text` as given, for a message: control characters escaped (`\t`, `\u{1b}`), so that
+/// blanks stay visible inside the quotes around them and an escape sequence in an input
+/// never reaches the terminal raw; everything else as it is.
+pub fn escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// [`escaped`] for bytes that need not be UTF-8 (a command and its arguments): valid text
+/// as [`escaped`] shows it, every other byte as `\xNN`.
+pub fn escaped_bytes(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(&escaped(chunk.valid()));
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// [`escaped_bytes`] of an OS string (a command, an argument).
+pub fn escaped_os(text: &std::ffi::OsStr) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    escaped_bytes(text.as_bytes())
+}
+
+/// Prints `fencelock: invalid input: MESSAGE` (the form of every bad input, as the
+/// library's [`LockError::InvalidInput`] reads) and returns [`BAD_INPUT`].
+pub fn bad_input(message: &str) -> ExitCode {
+    fail_with(&LockError::invalid_input(message))
+}
+
 /// Prints `fencelock: MESSAGE` to stderr and returns `status`. A backend URL in MESSAGE
 /// is shown as the user gave it ([`crate::backend::as_given`]).
+///
+/// Control characters in MESSAGE are escaped ([`escaped`]): a message quotes inputs — clap's
+/// quote the value as given — and must stay one line that cannot drive the terminal.
 pub fn fail(message: &str, status: u8) -> ExitCode {
-    crate::exit::errln!("fencelock: {}", crate::backend::as_given(message));
+    crate::exit::errln!("fencelock: {}", escaped(&crate::backend::as_given(message)));
     ExitCode::from(status)
 }
 
@@ -189,22 +232,46 @@ pub fn usage(e: clap::Error) -> ExitCode {
             let _ = e.print();
             ExitCode::from(BAD_INPUT)
         }
-        _ => {
-            let text = e.to_string();
-            let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-            let first = lines.next().unwrap_or("bad arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            // "the following required arguments were not provided:" lists the names on
-            // the indented lines after it: keep them, on the same line.
-            let message = if first.trim_end().ends_with(':') {
-                let names: Vec<&str> = lines.take_while(|l| l.starts_with(' ')).map(str::trim).collect();
-                format!("{} {}", first.trim_end(), names.join(" "))
-            } else {
-                first.to_owned()
+        // clap's rendering strips escape sequences, an input's among them: a value such as
+        // `$'\e[31m'` was quoted as `''`. Said here with the value as given ([`escaped`]).
+        ErrorKind::ValueValidation => {
+            use clap::error::{ContextKind, ContextValue};
+            let context = |kind| match e.get(kind) {
+                Some(ContextValue::String(s)) => Some(s.as_str()),
+                _ => None,
             };
-            fail(&format!("{} (see --help)", message.trim_end()), BAD_INPUT)
+            match (context(ContextKind::InvalidValue), context(ContextKind::InvalidArg)) {
+                (Some(value), Some(arg)) => {
+                    let why = std::error::Error::source(&e)
+                        .map(|s| format!(": {s}"))
+                        .unwrap_or_default();
+                    fail(
+                        &format!("invalid value `{}` for `{arg}`{why} (see --help)", escaped(value)),
+                        BAD_INPUT,
+                    )
+                }
+                _ => first_line_of(&e),
+            }
         }
+        _ => first_line_of(&e),
     }
+}
+
+/// [`usage`]'s one-line message for an error clap renders itself.
+fn first_line_of(e: &clap::Error) -> ExitCode {
+    let text = e.to_string();
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let first = lines.next().unwrap_or("bad arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    // "the following required arguments were not provided:" lists the names on
+    // the indented lines after it: keep them, on the same line.
+    let message = if first.trim_end().ends_with(':') {
+        let names: Vec<&str> = lines.take_while(|l| l.starts_with(' ')).map(str::trim).collect();
+        format!("{} {}", first.trim_end(), names.join(" "))
+    } else {
+        first.to_owned()
+    };
+    fail(&format!("{} (see --help)", message.trim_end()), BAD_INPUT)
 }
 
 #[cfg(test)]

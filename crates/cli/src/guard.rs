@@ -291,8 +291,9 @@ pub async fn guard(args: &GuardArgs) -> ExitCode {
         VALIDITY_ENDED
     };
     let Some((program, rest)) = args.command.split_first() else {
-        return exit::fail("no command given after --", exit::BAD_INPUT);
+        return exit::bad_input("no command given after --");
     };
+    let shown = exit::escaped_os(program);
     // Only in debug builds (the tests'): a release binary never holds its start open,
     // whatever its environment says (a review: an exported variable would have delayed
     // every start past its deadline).
@@ -302,7 +303,7 @@ pub async fn guard(args: &GuardArgs) -> ExitCode {
         // moment was.
         let _ = tokio::time::timeout(Duration::from_secs(30), caught.next()).await;
     }
-    let command = |program: &str| {
+    let command = |program: &std::ffi::OsStr| {
         let mut command = Command::new(program);
         command.env_remove(HOLD_START_FOR_A_SIGNAL);
         command
@@ -311,7 +312,7 @@ pub async fn guard(args: &GuardArgs) -> ExitCode {
         // An executable text file without `#!`: run it with /bin/sh, as execvp(3), env(1)
         // and shells do.
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOEXEC.raw_os_error()) => {
-            command("/bin/sh").arg(program).args(rest).spawn()
+            command(std::ffi::OsStr::new("/bin/sh")).arg(program).args(rest).spawn()
         }
         other => other,
     };
@@ -329,7 +330,7 @@ pub async fn guard(args: &GuardArgs) -> ExitCode {
                 std::io::ErrorKind::NotFound => exit::NOT_FOUND,
                 _ => exit::CANNOT_EXECUTE,
             };
-            return exit::fail(&format!("cannot run `{program}`: {e}"), status);
+            return exit::fail(&format!("cannot run `{shown}`: {e}"), status);
         }
     };
     let code = loop {
@@ -340,7 +341,7 @@ pub async fn guard(args: &GuardArgs) -> ExitCode {
                     give_back_terminal();
                     break status_code(s);
                 }
-                Err(e) => return exit::fail(&format!("guard: lost track of `{program}`: {e}"), exit::FAILURE),
+                Err(e) => return exit::fail(&format!("guard: lost track of `{shown}`: {e}"), exit::FAILURE),
             },
             message = control.recv() => match message {
                 Some(Message::Until(d)) => deadline = d,
@@ -353,7 +354,7 @@ pub async fn guard(args: &GuardArgs) -> ExitCode {
                     told_background = true;
                     crate::exit::say_within(
                         format!(
-                            "fencelock: `{program}` is stopped: it read the terminal from a background job, and keeps \
+                            "fencelock: `{shown}` is stopped: it read the terminal from a background job, and keeps \
                              the lock (or the leadership) while stopped; send `fencelock` SIGINT or SIGTERM to end it\n"
                         ),
                         Duration::ZERO,

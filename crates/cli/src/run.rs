@@ -46,14 +46,11 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
     // `leader` print a term without one (a new-user trial). Refused here, where a user
     // types keys; the library's namespace stays shared, as docs/election.md says.
     if let Some(name) = args.key.strip_prefix(fencelock_core::election::SEAT_PREFIX) {
-        return fail(
-            &format!(
-                "the key `{}` is the seat of the election `{name}`: campaign with `fencelock elect {name}`, \
-                 or name the lock otherwise",
-                args.key
-            ),
-            exit::BAD_INPUT,
-        );
+        return exit::bad_input(&format!(
+            "the key `{}` is the seat of the election `{name}`: campaign with `fencelock elect {name}`, \
+             or name the lock otherwise",
+            args.key
+        ));
     }
     if let Err(code) = crate::command_check::before_waiting(&args.command, "waiting for the lock") {
         return code;
@@ -221,8 +218,9 @@ pub(crate) async fn supervise_with(
     holding: Holding<'_>,
 ) -> ExitCode {
     let Some(program) = args.command.first() else {
-        return fail("no command given after --", exit::BAD_INPUT);
+        return exit::bad_input("no command given after --");
     };
+    let program = &exit::escaped_os(program);
     // Lost between the grant and here (a TTL little above the round trip): the same loss,
     // with the same exit status, as the guard's own check just before it starts CMD. CMD
     // never runs: the lock was not acquired for it (75), it was not lost while CMD ran.

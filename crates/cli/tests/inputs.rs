@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{assert_one_line, bare, end, hold, on_files as fencelock, output_within};
+use common::{assert_one_line, bare, end, hold, on_files as fencelock, output_within, stderr_of};
 
 /// A configuration file in `dir` on the file backend in `dir/locks`, with `defaults`.
 /// Runs the command with `--config cfg` and `args`, to its end.
@@ -409,4 +409,108 @@ fn messages_quote_the_backend_url_as_given_not_with_the_session_set_from_the_ttl
         "`zk://127.0.0.1:1?bogus=1`: unknown option",
         "ttl in the file",
     );
+}
+
+// `run … -- CMD ARGS` and `elect … -- CMD ARGS` took CMD and its arguments as UTF-8 text:
+// one that was not (a file name in Latin-1, bytes for a tool) made the CLI exit 64 with
+// "invalid UTF-8 was detected", where flock(1) passes any bytes through. They reach CMD
+// unchanged, the program's name as well as its arguments.
+#[test]
+fn a_command_and_arguments_that_are_not_utf8_reach_the_command_byte_exact() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let arg = std::ffi::OsStr::from_bytes(b"a\xffb");
+    // A program whose own name is not UTF-8 either.
+    let program = dir.path().join(std::ffi::OsStr::from_bytes(b"write\xfe"));
+    std::fs::write(&program, "#!/bin/sh\nprintf %s \"$1\" > \"$2\"\n").expect("write script");
+    std::fs::set_permissions(&program, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    for verb in ["run", "elect"] {
+        let written = dir.path().join(format!("{verb}.out"));
+        let out = fencelock(dir.path())
+            .args([verb, "k", "--"])
+            .arg(&program)
+            .arg(arg)
+            .arg(&written)
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(0), "{verb}: {}", stderr_of(&out));
+        assert_eq!(std::fs::read(&written).expect("read"), b"a\xffb", "{verb}");
+    }
+    // A program not found is named with its bytes escaped, still with 127.
+    let missing = dir.path().join(std::ffi::OsStr::from_bytes(b"no\xffsuch"));
+    let out = fencelock(dir.path())
+        .args(["run", "k", "--"])
+        .arg(&missing)
+        .output()
+        .expect("run");
+    assert_one_line(&out, 127, "no\\xffsuch`: command not found", "a missing program");
+}
+
+// `--backend ' '` said "`` is not a backend URL": the URL quoted trimmed, as if none had
+// been given. A bad input is quoted as given, with control characters escaped (an escape
+// sequence from a variable must not reach the terminal raw).
+#[test]
+fn a_bad_backend_url_is_quoted_as_given_with_control_characters_escaped() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = dir.path().join("blank.toml");
+    std::fs::write(&cfg, "backend = \"  \"\n").expect("write config");
+    for (url, says) in [
+        (" ", "` ` is not a backend URL"),
+        ("\t", "`\\t` is not a backend URL"),
+        (" nonsense ", "` nonsense ` is not a backend URL"),
+        ("\u{1b}[31mx", "`\\u{1b}[31mx` is not a backend URL"),
+    ] {
+        for args in [
+            &["run", "k", "--", "true"][..],
+            &["elect", "e", "--", "true"],
+            &["leader", "e"],
+            &["leader", "e", "--watch"],
+            &["backends"],
+        ] {
+            let out = bare().arg("--backend").arg(url).args(args).output().expect("run");
+            let what = format!("--backend {url:?} {args:?}");
+            assert_one_line(&out, 78, says, &what);
+            assert!(!out.stderr.contains(&0x1b), "{what}: a raw escape: {}", stderr_of(&out));
+        }
+    }
+    let out = with_config(&cfg, &["run", "k", "--", "true"]);
+    assert_one_line(&out, 78, "`  ` is not a backend URL", "a blank URL in a file");
+    // clap's own messages quote the value as given: escaped too.
+    let out = fencelock(dir.path())
+        .args(["run", "k", "--conflict-exit-code", "\u{1b}[31m", "--", "true"])
+        .output()
+        .expect("run");
+    assert_one_line(&out, 64, "\\u{1b}[31m", "an escape in an exit code");
+    assert!(!out.stderr.contains(&0x1b), "a raw escape: {}", stderr_of(&out));
+}
+
+// `elect --value '  '` said "--value is only whitespace…" without the "invalid input:" that
+// every other bad input's message starts with; so did the other checks of --value and the
+// refusal of an election's seat as a `run` key. All of them: "invalid input: …", 64.
+#[test]
+fn every_bad_input_message_starts_with_invalid_input() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let f = format!("file://{}", dir.path().display());
+    let long = "v".repeat(5000);
+    let cases: &[&[&str]] = &[
+        &["--backend", &f, "elect", "e", "--value", "  ", "--", "true"],
+        &["--backend", &f, "elect", "e", "--value", "", "--", "true"],
+        &["--backend", &f, "elect", "e", "--value", "a\tb", "--", "true"],
+        &["--backend", &f, "elect", "e", "--value", "a\u{2028}b", "--", "true"],
+        &["--backend", &f, "elect", "e", "--value", &long, "--", "true"],
+        &["--backend", &f, "elect", "", "--", "true"],
+        &["--backend", &f, "run", "election.e", "--", "true"],
+        &["--backend", &f, "run", "", "--", "true"],
+        &["--backend", &f, "leader", ""],
+    ];
+    for args in cases {
+        let out = bare().args(*args).output().expect("run");
+        let what = format!("{:?}", &args[2..]);
+        assert_one_line(&out, 64, "fencelock: invalid input: ", &what);
+        assert!(
+            stderr_of(&out).starts_with("fencelock: invalid input: "),
+            "{what}: {}",
+            stderr_of(&out)
+        );
+    }
 }
