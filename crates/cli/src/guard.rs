@@ -28,8 +28,13 @@
 //!   Blocking the signals around the start needs `sigprocmask`, i.e. `unsafe`.)
 //!   A *loss* in that moment is not missed: `run` tells it on the control pipe as well
 //!   ([`KILL_NOW`], a deadline long past) whenever the guard has not yet said it started
-//!   the command. The guard takes every line already there before its last check, and
-//!   every later one after the start, and kills the group at once.
+//!   the command. A thread reads the pipe all along, but the guard looks at its lines only
+//!   at set points: the first line (blocking), once more just before its last check (a
+//!   non-blocking drain: a [`KILL_NOW`] there and the command is never started, status
+//!   75), and then from its first turn of supervising the started command on, for as long
+//!   as the command and what it left behind run. A [`KILL_NOW`] that comes after that drain
+//!   is acted on only once the command has started: the group, the command just begun
+//!   among it, is then killed at once (SIGKILL, the deadline being past).
 //! * **After the command.** When the command exits, what it left running in the group
 //!   (`cmd &`, a daemon that did not leave the group) is stopped by the guard before it
 //!   exits — SIGTERM, then SIGKILL after `--kill-after` — with the deadline and the death
@@ -98,10 +103,13 @@ pub fn kill_within(remaining: Duration) -> Duration {
 }
 
 /// The line `run` writes on the control pipe when the lease was lost before the guard said
-/// it started the command: a deadline long past, so the guard kills the group at once —
-/// before the start (it then does not start the command), or right after it. A line, not
-/// a signal: a signal that reaches the guard between its last check and the start is
-/// caught and lost, a line is read whenever the guard gets to it.
+/// it started the command: a deadline long past. The guard does not watch for it at every
+/// moment: it sees it at its drain just before its last check (it then does not start the
+/// command), or else at its first turn of supervising the command it has just started (it
+/// then kills the group at once) — never in between, when it is starting the command (see
+/// the module documentation). A line, not a signal: a signal that reaches the guard
+/// between its last check and the start is caught and lost, a line waits in the pipe (and
+/// its reading thread) until the guard looks.
 pub const KILL_NOW: &str = "until 0\n";
 
 fn now_nanos() -> u128 {
@@ -270,7 +278,8 @@ pub async fn guard(args: &GuardArgs) -> ExitCode {
     if let Some(sig) = settled {
         return not_started(sig);
     }
-    // A newer line may be there already: a renewal, or [`KILL_NOW`] for a loss.
+    // A newer line may be there already: a renewal, or [`KILL_NOW`] for a loss. The last
+    // look before the start: a line after this one is seen only once the command started.
     while let Ok(message) = control.try_recv() {
         match message {
             Message::Until(d) => deadline = d,

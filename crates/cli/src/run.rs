@@ -815,8 +815,10 @@ fn on_loss(exited: Option<std::process::ExitStatus>, started: bool, ended: Optio
 /// SIGTERM: when the guard had not yet (`started_then`) said it started the command.
 /// Not yet, the group's SIGTERM may reach the guard alone, between its last check and the
 /// command's start; it catches it and starts the command anyway, which then ran unsignalled until `--kill-after` (a review: "its process group
-/// was sent SIGTERM" was false). The control pipe cannot miss: the guard reads every line,
-/// before and after the start, and kills the group at the deadline the line gives — now.
+/// was sent SIGTERM" was false). The control pipe cannot miss: a line waits until the guard
+/// looks — at its drain before its last check (the command is then never started) or, if
+/// it came after that, at its first turn of supervising the command just started — and the
+/// guard kills the group at the deadline the line gives — now.
 /// No grace is owed: the command began after the loss. (Once started, the command got the
 /// SIGTERM itself, and has `--kill-after` to finish.)
 fn kill_at_once_on_loss(started_then: bool) -> bool {
