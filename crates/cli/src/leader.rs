@@ -6,7 +6,9 @@
 //! never a term going back where terms only grow (see [`Printer`]), until SIGINT/SIGTERM (status 0) or the backend ends the
 //! observation (status 69). While the backend cannot be read, --watch prints `unknown` once
 //! (the last line is no longer to be trusted) and warns on stderr at that change and then
-//! every [`WARN_EVERY`]; when it answers again, the current state follows on a new line.
+//! every [`WARN_EVERY`]; when it answers again, the current state follows on a new line —
+//! read after anything the observer published meanwhile, so that `none` after `unknown`
+//! means a seat read empty, never a stale reading (see [`newest`]).
 
 use std::future::Future;
 use std::io::Write;
@@ -161,12 +163,15 @@ where
                 None => return fail("the backend ended the observation", exit::UNAVAILABLE),
             },
             _ = check.tick() => {
-                let read = tokio::time::timeout(check_every, read()).await;
-                let printed = match (read, down_since_warned) {
+                let answer = tokio::time::timeout(check_every, read()).await;
+                let printed = match (answer, down_since_warned) {
                     (Ok(Ok(state)), Some(_)) => {
                         crate::exit::errln!("fencelock: election `{name}` can be read again");
                         down_since_warned = None;
-                        out.print_state(&state)
+                        match newest(&mut observer, state, &read, check_every).await {
+                            Some(state) => out.print_state(&state),
+                            None => return fail("the backend ended the observation", exit::UNAVAILABLE),
+                        }
                     }
                     (Ok(Ok(_)), None) => Ok(()),
                     (Ok(Err(e)), warned) => unreadable(out, &mut down_since_warned, warned, name, &exit::one_line(&e)),
@@ -179,6 +184,68 @@ where
             _ = &mut stop => return ExitCode::SUCCESS,
         }
     }
+}
+
+/// How many times [`newest`] reads again, at most, while the observer keeps publishing.
+const RECONFIRM: usize = 3;
+
+/// The state to print when the backend answers again after `unknown`: `read` (just read),
+/// unless the observer published something meanwhile — then a read made after that, up to
+/// [`RECONFIRM`] times. `None` when the observer ended.
+///
+/// Why: a state the observer published while `read` was under way may be older than it
+/// or newer, there is no telling which. Printed after it, an older one went back: the
+/// printer's floor drops a lower term, but an empty seat has no term, so a stale `none`
+/// read by the observer in the outage came out between two readings of the same leader
+/// (`6 b`, `unknown`, `6 b`, `none`, `6 b`; a review). Dropped, a newer one would be lost
+/// until the next change. A read started after it is newer than both: `none` is then
+/// printed only when the seat was read empty after everything the observer said.
+/// States the observer published before `read` started are older than it: taken and
+/// dropped here too.
+///
+/// # Cancel safety
+/// Cancel safe: the observer's `changed` is, and the reads only read.
+async fn newest<R, Fut>(
+    observer: &mut Observer,
+    mut state: Option<LeaderInfo>,
+    read: &R,
+    check_every: Duration,
+) -> Option<Option<LeaderInfo>>
+where
+    R: Fn() -> Fut,
+    Fut: Future<Output = Result<Option<LeaderInfo>, LockError>>,
+{
+    for _ in 0..RECONFIRM {
+        if !take_published(observer).await? {
+            break;
+        }
+        match tokio::time::timeout(check_every, read()).await {
+            Ok(Ok(fresh)) => state = fresh,
+            // Unreadable again: keep what was read; the next check tells.
+            _ => break,
+        }
+    }
+    Some(state)
+}
+
+/// Takes, without waiting, every state the observer has published and not yet given;
+/// `Some(true)` when there was any, `None` when the observer ended.
+///
+/// # Cancel safety
+/// Cancel safe, as the observer's `changed`.
+async fn take_published(observer: &mut Observer) -> Option<bool> {
+    let mut any = false;
+    // Bounded: each turn takes the newest state, so a second turn finds nothing new
+    // unless the observer published again in between. A zero timeout polls `changed`
+    // once (tokio polls the future before the timer): no wait.
+    for _ in 0..16 {
+        match tokio::time::timeout(Duration::ZERO, observer.changed()).await {
+            Ok(Some(_)) => any = true,
+            Ok(None) => return None,
+            Err(_) => break,
+        }
+    }
+    Some(any)
 }
 
 /// The backend could not be read: prints [`UNKNOWN`] at the change, and warns then and
@@ -344,6 +411,97 @@ mod tests {
         assert!(text.contains("unknown\n6 b\n"), "{text:?}");
         let terms: Vec<u64> = text.lines().filter_map(|l| l.split(' ').next()?.parse().ok()).collect();
         assert!(terms.windows(2).all(|w| w[0] <= w[1]), "a term went back: {text:?}");
+    }
+
+    /// After an outage, `none` came out between two readings of the same leader: the
+    /// observer's stale empty reading, published while the check's read (`6 b`) was under
+    /// way, was printed after it (`6 b`, `unknown`, `6 b`, `none`, `6 b`; a review). The
+    /// printer's floor holds terms, and an empty seat has none. Now a read made after the
+    /// observer's state decides what is printed: `none` only for a seat read empty.
+    #[tokio::test]
+    async fn watch_prints_no_stale_none_between_readings_of_one_leader_after_an_outage() {
+        let (tx, rx) = watch::channel(leader(6, "b"));
+        let calls = AtomicUsize::new(0);
+        let done = Notify::new();
+        let read = || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            let (tx, done) = (&tx, &done);
+            async move {
+                match n {
+                    0 => Err(LockError::invalid_input("the server is down")),
+                    // The observer read the seat empty a moment before the outage ended,
+                    // and publishes it while this read, which finds `6 b`, is under way.
+                    1 => {
+                        tx.send_replace(None);
+                        Ok(leader(6, "b"))
+                    }
+                    // Its next reading: `6 b` again.
+                    2 => {
+                        tx.send_replace(leader(6, "b"));
+                        Ok(leader(6, "b"))
+                    }
+                    3 | 4 => Ok(leader(6, "b")),
+                    _ => {
+                        done.notify_one();
+                        Ok(leader(6, "b"))
+                    }
+                }
+            }
+        };
+        let mut out = Printer::new(Vec::new(), true);
+        let run = follow(
+            Observer::new(rx, None),
+            read,
+            "job",
+            Duration::from_millis(20),
+            &mut out,
+            done.notified(),
+        );
+        tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .expect("the loop did not stop");
+        let text = String::from_utf8(out.out).unwrap();
+        assert_eq!(text, "6 b\nunknown\n6 b\n", "{text:?}");
+    }
+
+    /// The seat read empty after the observer's state is printed as `none`.
+    #[tokio::test]
+    async fn watch_prints_none_for_a_seat_read_empty_after_an_outage() {
+        let (tx, rx) = watch::channel(leader(6, "b"));
+        let calls = AtomicUsize::new(0);
+        let done = Notify::new();
+        let read = || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            let (tx, done) = (&tx, &done);
+            async move {
+                match n {
+                    0 => Err(LockError::invalid_input("the server is down")),
+                    1 => {
+                        tx.send_replace(None);
+                        Ok(leader(6, "b"))
+                    }
+                    2 | 3 => Ok(None),
+                    _ => {
+                        done.notify_one();
+                        Ok(None)
+                    }
+                }
+            }
+        };
+        let mut out = Printer::new(Vec::new(), true);
+        let run = follow(
+            Observer::new(rx, None),
+            read,
+            "job",
+            Duration::from_millis(20),
+            &mut out,
+            done.notified(),
+        );
+        tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .expect("the loop did not stop");
+        let text = String::from_utf8(out.out).unwrap();
+        assert_eq!(text, "6 b\nunknown\nnone\n", "{text:?}");
     }
 
     /// The holder's exact term replaces a guessed one above it (a line with no value), as
