@@ -407,6 +407,25 @@ pub(crate) async fn first_position(q: &Queued) -> Result<Position> {
     }
 }
 
+/// Lists the queue **without** a `sync`, for a waiter that already holds a proof of its
+/// session (its first listing, or a check of its own node since): every node before ours,
+/// oldest first. The answer proves nothing of the leader's view of our session — a
+/// follower cut off from the leader answers it from its stale copy — so it never moves
+/// the instant a grant counts from; it only says which nodes before ours are left to
+/// watch. Sound for that: it is sent after our create's answer (or after a listing that
+/// showed our node) on the same session, so it is served from a copy that has our node,
+/// and every older node not yet deleted is in it (a deleted node never returns); a stale
+/// copy shows at most nodes already deleted, whose watch then fires at once. When it
+/// shows none older, the grant goes as on the push ([`first`]: from the last proof if
+/// recent, else behind one listing with a `sync`). Under contention this is the listing
+/// a waiter more than [`TRACKED`] places back sends when the node [`TRACKED`] ahead of
+/// it goes: behind a `sync` it cost every such waiter a request to the leader per
+/// hand-off, off the hand-off's path but on the server's (issue 14: 8 clients, hand-off
+/// p50 940 → 1573 µs when it was added). `Err` when our node is gone.
+async fn relisted(q: &Queued) -> Result<Vec<String>> {
+    Ok(listed(q, Instant::now(), Proof::None).await?.older)
+}
+
 /// What proves a listing's view of the leader's session from `sent_at` on.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Proof {
@@ -414,6 +433,8 @@ enum Proof {
     Sync,
     /// Our own create, answered before the listing was sent ([`first_position`]).
     OwnCreate,
+    /// Nothing: `sent_at` is not a proof ([`relisted`]).
+    None,
 }
 
 async fn listed(q: &Queued, sent_at: Instant, proof: Proof) -> Result<Position> {
@@ -421,7 +442,7 @@ async fn listed(q: &Queued, sent_at: Instant, proof: Proof) -> Result<Position> 
     let listing = async {
         match proof {
             Proof::Sync => after_sync(&client, |c| c.list_children(&q.dir)).await,
-            Proof::OwnCreate => client.list_children(&q.dir).await,
+            Proof::OwnCreate | Proof::None => client.list_children(&q.dir).await,
         }
     };
     let mut children = match tokio::time::timeout(q.cfg.timeout, listing).await {
@@ -478,7 +499,8 @@ type Watch = (String, OwnWatch);
 /// parent), so the recipe of ZooKeeper's documentation is extended to [`TRACKED`] nodes:
 /// watch the **three** nodes just before ours. When all are gone and the listing showed
 /// nothing older, we are first — on the watch push alone, no listing after the
-/// predecessor's delete. When one goes while older nodes may be left, list again: under
+/// predecessor's delete. When one goes while older nodes may be left, list again (without a
+/// `sync`: [`relisted`]): under
 /// steady contention that happens when the node three ahead of ours is released, two
 /// hand-offs before our turn — off the hand-off's path even when holders release at once
 /// (with two nodes tracked the listing came one hand-off before our turn, and with 64
@@ -486,8 +508,8 @@ type Watch = (String, OwnWatch);
 /// still in flight). Each release wakes at most the three waiters behind it: constant in
 /// the number of waiters, no herd.
 ///
-/// While waiting, our own node is checked every fifth of `validity` (a `sync` and an
-/// `exists` in one round trip; at least
+/// While waiting, our own node is checked every fifth of `validity` from the last proof (a
+/// `sync` and an `exists` in one round trip; at least
 /// [`MIN_CHECK_PERIOD`] apart), which keeps the last proof of our session recent: a grant
 /// on the push counts from it when it is within a quarter of `validity`, else one listing
 /// is sent at our turn.
@@ -726,22 +748,22 @@ async fn wait_for_turn(
     let mut deleted: HashSet<String> = HashSet::new();
     let mut watches: Vec<Watch> = Vec::new();
     let mut naming_tried = q.naming.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+    // Round 0's listing is a proof (our create's, or a `sync`'s): `confirmed` is the send
+    // instant of the last proof, and moves only on proofs (round 0's, the periodic check
+    // of our own node). Later listings go without a `sync` (`relisted`).
+    let pos = first_position(q).await?;
+    // Whether this key is contended here: its next create names the marker if so.
+    if let Some(namer) = namer {
+        namer.note(&q.dir, !pos.older.is_empty());
+    }
+    let mut confirmed = pos.sent_at;
+    let mut older = pos.older;
     for round in 0..100_000 {
-        let pos = if round == 0 {
-            first_position(q).await?
-        } else {
-            position(q).await?
-        };
-        if round == 0 {
-            // Whether this key is contended here: its next create names the marker if so.
-            if let Some(namer) = namer {
-                namer.note(&q.dir, !pos.older.is_empty());
-            }
+        if round > 0 {
+            older = relisted(q).await?;
         }
-        let mut confirmed = pos.sent_at;
-        let more = pos.older.len() > TRACKED;
-        let known: Vec<String> = pos
-            .older
+        let more = older.len() > TRACKED;
+        let known: Vec<String> = older
             .iter()
             .rev()
             .take(TRACKED)
@@ -749,8 +771,13 @@ async fn wait_for_turn(
             .cloned()
             .collect();
         if known.is_empty() {
-            if pos.older.is_empty() {
-                return Ok(pos.sent_at);
+            if older.is_empty() {
+                // Round 0: the listing is the proof. Later: as on the push (`first`).
+                return if round == 0 {
+                    Ok(confirmed)
+                } else {
+                    first(q, confirmed, validity).await
+                };
             }
             continue;
         }

@@ -154,3 +154,69 @@ fn session_watches(ensemble: &ZkEnsemble, id: &str) -> Vec<String> {
         .map(|(_, paths)| paths)
         .unwrap_or_default()
 }
+
+/// A waiter four places back re-lists the queue when the node three ahead of it goes (two
+/// hand-offs before its turn): that listing only shows which nodes are left to watch, and
+/// its grant counts from an earlier proof through the leader (or lists behind a `sync` at
+/// its turn when that proof is old), so it goes without a `sync`: one packet, the listing.
+/// Failed before the change: 2 packets (the `sync` and the listing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_off_the_grant_s_path_goes_without_a_sync() {
+    let ensemble = ZkEnsemble::standalone();
+    // Long timeouts keep pings and the waiters' periodic checks (every fifth of the 60 s
+    // validity) out of the count.
+    let url = ensemble.url("/relist", "session_timeout=120s&connect_timeout=20s");
+    // Not auto-renewed: no waiting marker, whose keeper's writes fire the waiters' marker
+    // watches (each then watched again: a packet more, at its own pace).
+    let opts = LockOptions::new()
+        .with_ttl(Duration::from_secs(60))
+        .with_wait(Duration::from_secs(20))
+        .with_auto_renew(false);
+    let holder = ZkLock::connect(&url).await.unwrap();
+    let held = holder.acquire("k", &opts).await.unwrap();
+    // Queued one at a time, each settled before the next: its own node and the (up to
+    // three) nodes before it.
+    let mut queued = Vec::new();
+    let mut last = None;
+    for nodes in [2usize, 3, 4, 4] {
+        let locks = ZkLock::connect(&url).await.unwrap();
+        let id = format!("0x{:x}", locks.session_id().await.unwrap());
+        queued.push(tokio::spawn({
+            let locks = locks.clone();
+            async move { locks.acquire("k", &opts).await }
+        }));
+        let what = format!("the waiter watched its {nodes} nodes (session {id})");
+        until(&what, Duration::from_secs(10), || {
+            session_watches(&ensemble, &id).len() >= nodes
+        })
+        .await;
+        last = Some(id);
+    }
+    let last = last.unwrap();
+    let sent = || -> u64 {
+        let by = ensemble.packets_by_session(0).expect("the server answers cons");
+        by.iter()
+            .find(|(s, _)| *s == last)
+            .map(|(_, n)| *n)
+            .expect("the last waiter's session is connected")
+    };
+    let before = sent();
+    held.release().await.unwrap();
+    let mut queued = queued.into_iter();
+    for _ in 0..3 {
+        let lease = served("each waiter is served", Duration::from_secs(10), queued.next().unwrap()).await;
+        lease.release().await.unwrap();
+    }
+    let lease = served(
+        "the last waiter is served",
+        Duration::from_secs(10),
+        queued.next().unwrap(),
+    )
+    .await;
+    let packets = sent() - before;
+    assert_eq!(
+        packets, 1,
+        "packets of the last waiter from the holder's release to its grant"
+    );
+    lease.release().await.unwrap();
+}
