@@ -31,8 +31,9 @@ pub(crate) enum Class {
     Temporary,
     /// An error the same request meets again: a key of the wrong type (`WRONGTYPE`), a
     /// script error or a script missing after the client already re-sent it (`NOSCRIPT`:
-    /// the redis crate loads the script once on its own), an aborted transaction
-    /// (`EXECABORT`), a reply of an unexpected type, a refused command (`ERR`, `NOPERM`).
+    /// `scripts::Call::invoke` sends the whole script once on its own), a transaction
+    /// aborted without a refusal inside (`EXECABORT` alone), a reply of an unexpected type,
+    /// a refused command (`ERR`).
     Permanent,
 }
 
@@ -48,8 +49,30 @@ pub(crate) fn no_permission(e: &redis::RedisError) -> bool {
     text.contains("NOPERM") || text.contains("no permissions")
 }
 
-/// Classifies one client error by its kind and its server error code.
+/// The server's refusal of the first command queued in a transaction, for an aborted
+/// one (`EXECABORT`: the redis crate reports it with the refusals inside); `None` for
+/// every other error.
+fn queued_refusal(e: &redis::RedisError) -> Option<redis::RedisError> {
+    if e.kind() != ErrorKind::Server(ServerErrorKind::ExecAbort) {
+        return None;
+    }
+    let refusals = e.clone().into_server_errors()?;
+    let (_, first) = refusals.first()?;
+    // A bare `EXECABORT` (no refusal inside) stays one.
+    (first.kind() != Some(ServerErrorKind::ExecAbort)).then(|| redis::RedisError::from(first.clone()))
+}
+
+/// Classifies one client error by its kind and its server error code; an aborted
+/// transaction (`EXECABORT`) by the server's refusal of its first queued command (`LOADING`,
+/// `READONLY`, `OOM`, … are temporary there too, `NOPERM` a configuration error).
 pub(crate) fn classify(e: &redis::RedisError) -> Class {
+    match queued_refusal(e) {
+        Some(inner) => classify_one(&inner),
+        None => classify_one(e),
+    }
+}
+
+fn classify_one(e: &redis::RedisError) -> Class {
     match e.kind() {
         ErrorKind::AuthenticationFailed | ErrorKind::InvalidClientConfig => return Class::Config,
         ErrorKind::Server(ServerErrorKind::NoPerm) => return Class::Config,

@@ -1014,3 +1014,77 @@ async fn a_give_up_that_frees_the_lock_signals_python_redis_lock_waiters() {
     assert!(signal.starts_with("*1\r\n$1\r\n1\r\n"), "no signal pushed: {signal:?}");
     node.close().await.unwrap();
 }
+
+/// A server that refuses a command queued in the acquire's `MULTI` (here `OOM` under
+/// `noeviction`, memory over `maxmemory`) answers `EXEC` with `EXECABORT`; the redis crate reports
+/// that as an aborted transaction holding the server's errors. The refusal is the
+/// server's passing state, as documented (docs/backends/redis.md): temporary, and an
+/// acquire retries it until its wait runs out. Failed before: the aborted transaction was
+/// classified by its own kind (`EXECABORT`, permanent), so the acquire returned at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_out_of_memory_server_fails_the_acquire_as_temporary() {
+    let server = RedisServer::start_with(RedisOptions {
+        settings: vec![("maxmemory-policy".to_owned(), "noeviction".to_owned())],
+        ..Default::default()
+    });
+    let locks = RedisLock::connect(&server.url()).await.unwrap();
+    let mut conn = locks.connection().await.unwrap();
+    // 3 MiB of 64 KiB values, then a limit below them: every write is refused from then
+    // on (filling up to the limit instead leaves the server at its edge, where a request
+    // buffer freed later makes room for a small write again).
+    let filler = vec![b'x'; 64 * 1024];
+    for i in 0..48 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("filler:{i}"))
+            .arg(&filler)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    assert_eq!(server.command("CONFIG SET maxmemory 2mb").lines().next(), Some("+OK"));
+    let refused: redis::RedisResult<()> = redis::cmd("SET").arg("probe").arg(1).query_async(&mut conn).await;
+    assert_eq!(
+        refused.as_ref().err().and_then(|e| e.code()),
+        Some("OOM"),
+        "a write was not refused over maxmemory: {refused:?}"
+    );
+    assert_temporary_refusal(&locks, "OOM").await;
+}
+
+/// A demoted primary (a replica: `READONLY`) refuses the acquire's queued `SET` the same
+/// way: temporary, retried until the wait runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_replica_fails_the_acquire_as_temporary() {
+    let primary = RedisServer::start();
+    let replica = RedisServer::start_with(RedisOptions {
+        replica_of: Some(primary.port()),
+        ..Default::default()
+    });
+    let locks = RedisLock::connect(&replica.url()).await.unwrap();
+    assert_temporary_refusal(&locks, "READONLY").await;
+}
+
+/// `try_acquire` of a free key on `locks` fails as temporary, naming `code`; an acquire
+/// with a 2 s wait retries it for about its wait, not returning at once.
+async fn assert_temporary_refusal(locks: &RedisLock, code: &str) {
+    let err = locks
+        .try_acquire("k", &opts(10_000))
+        .await
+        .expect_err("granted by a server refusing writes");
+    assert!(err.is_temporary(), "{code} marked permanent: {err}");
+    let text = fencelock_core::error::one_line(&err);
+    assert!(text.to_lowercase().contains(&code.to_lowercase()), "{text}");
+    let wait = Duration::from_secs(2);
+    let start = Instant::now();
+    let err = tokio::time::timeout(wait + SLACK * 2, locks.acquire("k", &opts(10_000).with_wait(wait)))
+        .await
+        .expect("the acquire outlived its wait")
+        .expect_err("granted by a server refusing writes");
+    let elapsed = start.elapsed();
+    assert!(err.is_temporary(), "{err}");
+    assert!(
+        // Its last retry comes before the wait ends, by up to one backoff pause.
+        elapsed >= wait / 2 && elapsed < wait + SLACK,
+        "an acquire with a {wait:?} wait on a refusing server returned after {elapsed:?}: {err}"
+    );
+}
