@@ -380,6 +380,11 @@ impl RedlockLock {
             if let Some(refused) = crate::quorum::refused_config(answers) {
                 return Err(refused);
             }
+            // Nodes that answered with an error the same request meets again (a key of
+            // the wrong type), too many for the rest to make a quorum: not silence.
+            if let Some(refused) = crate::quorum::refused_for_good("acquire", answers, quorum) {
+                return Err(refused);
+            }
             // The round waited for late answers while fewer than a quorum had come.
             return Err(no_quorum("acquire", answers, quorum, late(per_node)));
         }

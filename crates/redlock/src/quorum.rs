@@ -30,16 +30,17 @@ pub(crate) fn late(per_node: Duration) -> Duration {
 /// for every node, and the server named once.
 pub(crate) fn node_failure(server: &str, e: &fencelock_core::LockError) -> String {
     let why = e.detail();
-    // Kept marked: a round tells refused settings from lost nodes by it.
-    let why = if matches!(e, fencelock_core::LockError::InvalidConfig { .. }) {
-        format!("{CONFIG_REFUSED}{why}")
-    } else {
-        why
-    };
-    if why.contains(server) {
+    let why = if why.contains(server) {
         why
     } else {
         format!("{server}: {why}")
+    };
+    // Kept marked, first: a round tells refused settings and permanent errors from lost
+    // nodes by it.
+    match e {
+        fencelock_core::LockError::InvalidConfig { .. } => format!("{CONFIG_REFUSED}{why}"),
+        fencelock_core::LockError::Backend { temporary: false, .. } => format!("{PERMANENT}{why}"),
+        _ => why,
     }
 }
 
@@ -48,6 +49,52 @@ pub(crate) fn node_failure(server: &str, e: &fencelock_core::LockError) -> Strin
 ///
 /// [`LockError::InvalidConfig`]: fencelock_core::LockError::InvalidConfig
 const CONFIG_REFUSED: &str = "invalid configuration: ";
+
+/// How [`node_failure`] marks a node's error that the same request meets again (a
+/// permanent [`LockError::Backend`]: a key of the wrong type, a script error).
+///
+/// [`LockError::Backend`]: fencelock_core::LockError::Backend
+const PERMANENT: &str = "permanent error: ";
+
+/// A permanent [`LockError::Backend`] when so many nodes answered with a permanent error
+/// that the rest cannot make `quorum` (more than `answers.len() - quorum`): retrying the
+/// round cannot grant, so it is not "no quorum answered" (temporary). The message says
+/// what every node answered. `None` otherwise.
+///
+/// [`LockError::Backend`]: fencelock_core::LockError::Backend
+pub(crate) fn refused_for_good<T>(
+    doing: &str,
+    answers: &[Answer<T>],
+    quorum: usize,
+) -> Option<fencelock_core::LockError> {
+    let permanent: Vec<&str> = answers
+        .iter()
+        .filter_map(|a| a.as_ref().err())
+        .filter_map(|e| e.strip_prefix(PERMANENT))
+        .collect();
+    let others: Vec<&str> = answers
+        .iter()
+        .filter_map(|a| a.as_ref().err())
+        .filter(|e| !e.starts_with(PERMANENT))
+        .map(String::as_str)
+        .collect();
+    (permanent.len() > answers.len().saturating_sub(quorum)).then(|| fencelock_core::LockError::Backend {
+        backend: "redlock",
+        message: format!(
+            "{doing} refused for good: {} of {} nodes answered with an error retrying cannot fix (need {quorum} to grant): {}{}",
+            permanent.len(),
+            answers.len(),
+            permanent.join("; "),
+            if others.is_empty() {
+                String::new()
+            } else {
+                format!("; others: {}", others.join("; "))
+            }
+        ),
+        source: None,
+        temporary: false,
+    })
+}
 
 fn config_refusals<T>(answers: &[Answer<T>]) -> Vec<&str> {
     answers
@@ -180,4 +227,28 @@ where
         .zip(nodes)
         .map(|(a, n)| a.unwrap_or_else(|| Err(format!("{}: no answer within {per_node:?}", n.server()))))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn permanent(server: &str) -> Answer<()> {
+        let e = fencelock_core::LockError::backend("redis", "acquire failed", std::io::Error::other("WRONGTYPE"));
+        Err(node_failure(server, &e))
+    }
+
+    #[test]
+    fn permanent_errors_end_the_round_only_when_the_rest_cannot_make_a_quorum() {
+        let silent: Answer<()> = Err("c: no answer within 50ms".to_owned());
+        // One of three: the other two can still grant.
+        assert!(refused_for_good("acquire", &[permanent("a"), Ok(()), silent.clone()], 2).is_none());
+        let err = refused_for_good("acquire", &[permanent("a"), permanent("b"), silent], 2).expect("refused");
+        assert!(!err.is_temporary());
+        let text = err.to_string();
+        assert!(
+            text.contains("2 of 3") && text.contains("WRONGTYPE") && text.contains("no answer"),
+            "{text}"
+        );
+    }
 }

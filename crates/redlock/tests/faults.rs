@@ -637,3 +637,33 @@ async fn a_waiter_whose_nodes_hang_is_told_unavailable_not_timed_out() {
     faults::assert_outage_while_waiting_is_unavailable(&holder, &waiter, pause, wait, SLACK).await;
     servers.iter().for_each(RedisServer::resume);
 }
+
+/// Nodes that all answer with an error the same request meets again (here `WRONGTYPE`: the
+/// token key holds a hash on every node) answered: the acquire fails at once with a
+/// permanent error saying what they answered. Failed before: a node's error counted as
+/// silence, so the round was "0 of 3 nodes answered" (`Unavailable`, temporary) and the
+/// acquire retried for its whole wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_errors_on_a_quorum_fail_the_acquire_at_once() {
+    let servers = start_many(3);
+    for s in &servers {
+        assert_eq!(s.integer("HSET fencelock:{k}:token a b"), Some(1));
+    }
+    let locks = client(&servers, "").await;
+    let start = Instant::now();
+    let err = tokio::time::timeout(
+        Duration::from_secs(5) + SLACK,
+        locks.acquire("k", &opts(Duration::from_secs(10))),
+    )
+    .await
+    .expect("the acquire outlived its wait")
+    .expect_err("granted on broken counters");
+    let elapsed = start.elapsed();
+    assert!(!err.is_temporary(), "{err}");
+    assert!(
+        elapsed < Duration::from_secs(1),
+        "a permanent error was retried for {elapsed:?}: {err}"
+    );
+    let text = fencelock_core::error::one_line(&err);
+    assert!(text.contains("3 of 3") && text.contains("WRONGTYPE"), "{text}");
+}
