@@ -582,13 +582,15 @@ return 0
 /// (conformance `renewal_never_undoes_a_later_extend`). The lease now waits for its
 /// renewal's answer before it sends an extend, so this covers a renewal it gave up on
 /// with an error that still lands later. `PTTL` rather than `PEXPIRE … GT` (Redis 7).
-/// Returns one 1/0 per key.
+/// Returns one 1/0 per key. A key of another type (`WRONGTYPE`, `redis.pcall`: an error
+/// value, not a raised error) answers 0 alone; raised, it failed the whole batch, and
+/// every lease in it was lost.
 pub(crate) static EXTEND_MANY: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r"
 local out = {}
 for i = 1, #KEYS do
-  if redis.call('GET', KEYS[i]) == ARGV[2 * i - 1] then
+  if redis.pcall('GET', KEYS[i]) == ARGV[2 * i - 1] then
     if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[2 * i]) then
       redis.call('PEXPIRE', KEYS[i], ARGV[2 * i])
     end

@@ -1088,3 +1088,35 @@ async fn assert_temporary_refusal(locks: &RedisLock, code: &str) {
         "an acquire with a {wait:?} wait on a refusing server returned after {elapsed:?}: {err}"
     );
 }
+
+/// A key of a foreign type in a batch of background renewals (`EXTEND_MANY`) makes only
+/// that key's renewal fail: its lease alone is lost, the others in the batch stay held.
+/// Failed before: the script's `GET` raised `WRONGTYPE` and aborted the whole batch, so
+/// every lease renewed with it was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_key_in_a_renewal_batch_loses_only_its_own_lease() {
+    let server = RedisServer::start();
+    let locks = RedisLock::connect(&format!("{}?layout=bare&renew_window=100ms", server.url()))
+        .await
+        .unwrap();
+    let ttl = Duration::from_secs(1); // renewed every ~333 ms, the three in one batch
+    let mut leases = Vec::new();
+    for key in ["a", "b", "c"] {
+        leases.push(locks.acquire(key, &opts(1000)).await.unwrap());
+    }
+    let broken = leases.remove(1);
+    assert_eq!(server.integer("DEL b"), Some(1));
+    assert_eq!(server.integer("HSET b x y"), Some(1));
+    let reason = tokio::time::timeout(ttl + SLACK, broken.lost())
+        .await
+        .expect("the lease on the foreign key was not reported lost");
+    // The others go on being renewed after the broken one's loss.
+    wait_renewed_twice(&leases, Instant::now(), ttl, ttl * 3 + SLACK).await;
+    assert!(
+        leases.iter().all(|l| l.is_held()),
+        "a lease batched with the foreign key was lost ({reason:?})"
+    );
+    for l in leases {
+        l.release().await.unwrap();
+    }
+}
