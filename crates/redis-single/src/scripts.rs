@@ -523,7 +523,9 @@ return {{0, redis.call('PTTL', KEYS[1]), entry, now}}
 /// cancelled): removes its entry, and when the lock holds its grant — granted to it
 /// directly by a release (full TTL: the push came after the waiter gave up), reserved for
 /// it, or claimed by an answer that never arrived — frees it and hands it to the next
-/// waiter, as a release does. Returns 1 when it freed the lock.
+/// waiter, as a release does — announced on the `changed` channel of an election's seat
+/// as [`RELEASE`] does, so observers do not report the gone holder until the TTL. Returns
+/// 1 when it freed the lock.
 ///
 /// KEYS[5], given only in the `python-redis-lock` layout: pushed ([`SIGNAL_FREE`]) when
 /// the lock is left free, as [`RELEASE`] does.
@@ -552,6 +554,9 @@ if removed == 0 then
 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1], KEYS[4])
+  if string.find(KEYS[1], '{{election.', 1, true) then
+    redis.call('PUBLISH', ARGV[2] .. 'changed', 'r')
+  end
   if not hand_off(ARGV[3], ARGV[2]) then
     signal_free()
   end

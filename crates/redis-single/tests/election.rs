@@ -281,3 +281,34 @@ async fn observed_empty(observer: &mut fencelock_core::election::Observer, limit
         }
     }
 }
+
+/// A seat handed to a waiter that gives up meanwhile (`LEAVE`: the seat holds its grant,
+/// set by the hand-off, and goes) announces the change on the seat's channel, as a
+/// release does: the observer reports the empty seat at once. Node-level: the seat is set
+/// as the hand-off leaves it (a release that hands over while the waiter gives up is a
+/// race a test cannot stage through the public API). Failed before: `LEAVE` published
+/// nothing, and the observer reported the gone leader for up to the seat's TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handed_seat_given_up_is_reported_empty_at_once() {
+    use fencelock_redis::{NodeGrant, RedisConfig, RedisNode};
+    let server = tokio::task::spawn_blocking(RedisServer::start).await.expect("start");
+    let url = server.url();
+    let elections = RedisElection::connect(&url).await.expect("connect");
+    let node = RedisNode::connect(RedisConfig::from_url(&url).unwrap()).await.unwrap();
+    let grant = fencelock_core::GrantId::random();
+    let ttl = Duration::from_secs(30);
+    let granted = node.try_grant("election.n", &grant, ttl, Duration::ZERO).await.unwrap();
+    assert!(matches!(granted, NodeGrant::Granted(_)), "{granted:?}");
+    let mut observer = elections.observe("n").await.expect("observe");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while observer.current().is_none() {
+        match tokio::time::timeout_at(deadline, observer.changed()).await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the observation ended"),
+            Err(_) => panic!("the observer never reported the handed seat's holder"),
+        }
+    }
+    node.leave_later("election.n", grant.as_str(), "", ttl);
+    observed_empty(&mut observer, Duration::from_secs(1)).await;
+    node.close().await.unwrap();
+}
