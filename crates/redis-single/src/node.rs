@@ -81,6 +81,9 @@ struct NodeInner {
     run_id: std::sync::Mutex<Option<String>>,
     /// The server's `run_id` as last seen: [`RedisNode::identity`].
     identity: Identity,
+    /// The `run_id` under which each grant of [`RedisNode::try_grant`] was made, by grant
+    /// id: a repeated release compares the `run_id` now with it ([`RedisNode::released`]).
+    granted_under: GrantedUnder,
     waiters: Arc<Waiters>,
     renewals: Renewals,
     /// Background clean-ups under way — releases of dropped leases, of grants whose answer
@@ -128,6 +131,7 @@ impl RedisNode {
                 connecting: tokio::sync::Mutex::new(()),
                 run_id: std::sync::Mutex::new(None),
                 identity: Identity::default(),
+                granted_under: GrantedUnder::default(),
                 waiters,
                 renewals: renewals(),
                 cleanups: Cleanups::new(),
@@ -467,22 +471,26 @@ impl RedisNode {
     /// to be sent twice and the second try found our grant gone: the first try may have
     /// deleted it unheard, or the grant was gone before. The server's `run_id` tells the
     /// case that matters apart — a restart (without persistence it forgets every grant;
-    /// also what drops the connection): the same `run_id` as when we connected means no
-    /// restart, so the first try deleted our grant (released); another one means a
-    /// restart, so the grant may have been lost before (not held, the conservative
-    /// answer). Left ambiguous: a grant removed by an operator's `DEL` or by eviction in
+    /// also what drops the connection): the same `run_id` as when the grant was made
+    /// (kept by [`try_grant`](Self::try_grant); for a grant made otherwise, the one read at
+    /// connect or by the last repeated release) means no restart, so the first try deleted
+    /// our grant (released); another one means a restart, so the grant may have been lost
+    /// before (not held, the conservative answer). Compared with the node's last recorded
+    /// one instead, a grant made before a restart that an earlier repeated release had
+    /// recorded was reported released. Left ambiguous: a grant removed by an operator's `DEL` or by eviction in
     /// the same moment as a repeated release (then "released").
     ///
     /// # Errors
     /// `Unavailable` (outcome unknown) when the `run_id` cannot be read now or was not at
     /// connect.
-    async fn released(&self, answer: (i64, bool)) -> Result<bool> {
+    async fn released(&self, answer: (i64, bool), grant: &str) -> Result<bool> {
+        let under = self.inner.granted_under.take(grant);
         match answer {
             (1, _) => return Ok(true),
             (_, false) => return Ok(false),
             (_, true) => {}
         }
-        let then = self.inner.run_id.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let then = under.unwrap_or_else(|| self.inner.run_id.lock().unwrap_or_else(|p| p.into_inner()).clone());
         let now = match self.connection().await {
             Ok(conn) => tokio::time::timeout(self.inner.cfg.timeout, self.read_run_id(&conn))
                 .await
@@ -539,6 +547,8 @@ impl RedisNode {
         restart_delay: Duration,
     ) -> Result<NodeGrant> {
         let mut conn = self.connection().await?;
+        // Read before the request: the identity never runs ahead of the server.
+        let under = self.inner.identity.get().or_else(|| self.run_id());
         let keys = &self.inner.keys;
         let to_u64 = |n: i64| u64::try_from(n).ok();
         let answer: redis::RedisResult<NodeGrant> = if restart_delay.is_zero() {
@@ -582,6 +592,9 @@ impl RedisNode {
                     _ => NodeGrant::Busy(to_u64(n)),
                 })
         };
+        if let Ok(NodeGrant::Granted(_)) = answer {
+            self.inner.granted_under.keep(grant.as_str(), under, ttl);
+        }
         answer.map_err(|e| {
             self.release_later(key, grant.as_str(), ttl);
             self.failed("acquire", e)
@@ -812,7 +825,7 @@ impl RedisNode {
             .arg(self.inner.keys.waiter_channels(key))
             .arg(claim_ms());
         let answer = self.invoke_repeatable("release script", &invocation).await?;
-        self.released(answer).await
+        self.released(answer, grant).await
     }
 
     /// Like [`release`](Self::release), and raises the key's token counter on this node to
@@ -830,7 +843,7 @@ impl RedisNode {
             .arg(claim_ms())
             .arg(token);
         let answer = self.invoke_repeatable("release script", &invocation).await?;
-        self.released(answer).await
+        self.released(answer, grant).await
     }
 
     /// Deletes the key if it holds `grant` (raising the token counter to `raise` first, when
@@ -850,7 +863,7 @@ impl RedisNode {
             .arg(grant)
             .arg(raise.map_or_else(String::new, |t| t.to_string()));
         let answer = self.invoke_repeatable("release script", &invocation).await?;
-        self.released(answer).await
+        self.released(answer, grant).await
     }
 
     /// The four keys the queue scripts take: lock, counter, queue, reservation.
@@ -1131,6 +1144,37 @@ impl NodeSubscription {
 
 /// A request that failed without a usable answer because of its connection (dropped,
 /// reset, an I/O error or timeout): it may have run on the server.
+/// The server's `run_id` when each grant was made, by grant id, until the grant's
+/// release takes it. Entries of grants never released (lost, expired) go once their TTL
+/// has passed, looked for when the map has grown past [`GrantedUnder::PRUNE_AT`]; a grant
+/// extended past its first TTL may then lose its entry, and its repeated release compares
+/// with the node's last recorded `run_id` instead, as for a grant made otherwise.
+#[derive(Default)]
+struct GrantedUnder(std::sync::Mutex<std::collections::HashMap<String, (Option<String>, tokio::time::Instant)>>);
+
+impl GrantedUnder {
+    const PRUNE_AT: usize = 4096;
+
+    /// Keeps `run_id` for `grant`, granted for `ttl` from now.
+    fn keep(&self, grant: &str, run_id: Option<String>, ttl: Duration) {
+        let now = tokio::time::Instant::now();
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= Self::PRUNE_AT {
+            map.retain(|_, (_, until)| *until > now);
+        }
+        map.insert(grant.to_owned(), (run_id, now + ttl));
+    }
+
+    /// The `run_id` kept for `grant` (`Some(None)`: kept, unknown then), removed.
+    fn take(&self, grant: &str) -> Option<Option<String>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(grant)
+            .map(|(run_id, _)| run_id)
+    }
+}
+
 fn dropped(e: &redis::RedisError) -> bool {
     e.is_connection_dropped() || e.is_io_error()
 }

@@ -1120,3 +1120,59 @@ async fn a_foreign_key_in_a_renewal_batch_loses_only_its_own_lease() {
         l.release().await.unwrap();
     }
 }
+
+/// A repeated release (its first answer lost with the connection) that finds the grant
+/// gone compares the server's `run_id` now with the one under which the grant was made:
+/// another one means a restart forgot the grant — the lease was lost, not released. Here
+/// A is granted, the server restarts without persistence (A's grant is gone), B's repeated
+/// release reads the new `run_id`, then A's repeated release finds A's grant gone.
+/// Failed before: the comparison was with the `run_id` last recorded by a repeated
+/// release (B's, the new one), so A's release said "released" for a grant the restart had
+/// lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_release_of_a_grant_from_before_a_restart_is_lost() {
+    use fencelock_testkit::proxy::{FaultProxy, Mode};
+    let mut server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port()).await;
+    let locks = RedisLock::connect(&format!("redis://127.0.0.1:{}?timeout=2s", proxy.port()))
+        .await
+        .unwrap();
+    let o = opts(60_000).with_auto_renew(false);
+    let a = locks.acquire("a", &o).await.unwrap();
+    server.restart();
+    // The first request after the restart meets the dropped connection; the acquire
+    // retries it.
+    let b = locks.acquire("b", &o).await.unwrap();
+    let evals = |server: &RedisServer| {
+        let stats = server.commandstats();
+        stats.get("evalsha").copied().unwrap_or(0) + stats.get("eval").copied().unwrap_or(0)
+    };
+    // B's release: run, its answer lost with the connection; the repeat finds B's grant
+    // gone on a server whose run_id differs from the one read at connect.
+    proxy.set_to_client(Mode::Blackhole);
+    let release = tokio::spawn(b.release());
+    until_eq("B's release did not reach the server", SLACK, Some(0), || {
+        server.integer("EXISTS fencelock:{b}:lock")
+    })
+    .await;
+    proxy.set(Mode::Reset);
+    proxy.set(Mode::Pass);
+    let _ = tokio::time::timeout(SLACK * 2, release).await.unwrap().unwrap();
+    // A's release the same way: it runs (finding nothing: the restart lost A's grant), its
+    // answer is lost, and the repeat finds A's grant gone.
+    let before = evals(&server);
+    proxy.set_to_client(Mode::Blackhole);
+    let release = tokio::spawn(a.release());
+    let deadline = Instant::now() + SLACK;
+    while evals(&server) == before {
+        assert!(Instant::now() < deadline, "A's release did not reach the server");
+        tokio::time::sleep(Duration::from_millis(10)).await; // polling a condition, bounded
+    }
+    proxy.set(Mode::Reset);
+    proxy.set(Mode::Pass);
+    let released = tokio::time::timeout(SLACK * 2, release).await.unwrap().unwrap();
+    assert!(
+        released.as_ref().is_err_and(LockError::is_lease_lost),
+        "a grant the restart lost was reported {released:?}"
+    );
+}
