@@ -20,11 +20,16 @@ use crate::session::{after_sync, Session, RENEW_WINDOW};
 
 /// Makes the lease of `q`, which a listing sent at `confirmed_at` found first in its queue.
 ///
-/// The validity is `min(ttl, ¾ session timeout)` from `confirmed_at`: the lock is ours from
-/// then at the latest, and the listing went after a `sync`, whose answer proves the
-/// *leader* held our session then ([`crate::session::proven_for`]: a follower's answer
-/// alone proves nothing), so the node lives at least that long from that instant. Counting
-/// from the create instead would spend the validity on the wait.
+/// The validity is `min(ttl, Session::proven_for)` (¾ of the session timeout less the
+/// client's largest gap between sends) from `confirmed_at`: the lock is ours from then at
+/// the latest, and the listing went after a `sync` (or our create), whose answer proves
+/// the leader had not ended our session when it took it — not by a check of the leader's
+/// (a follower answers a sync the leader forwarded back whatever the leader found), but by
+/// order: a `closeSession` committed before the sync is applied first by our server, which
+/// closes our connection, so the answer never comes
+/// ([`crate::session::proven_for_after_gaps`]; a follower's answer alone proves nothing),
+/// so the node lives at least that long from that instant. Counting from the create
+/// instead would spend the validity on the wait.
 ///
 /// A node that still names the instance's waiting marker (`waiting.rs`) may be removed by a
 /// waiter behind it once that marker is gone, until it is *claimed*: so the lease is valid
@@ -196,9 +201,10 @@ impl LeaseOps for ZkGrant {
     /// ZooKeeper has no per-node TTL: the node lives as long as the session, which the
     /// client keeps alive. Extending sends a `sync` and checks behind it that our node
     /// still exists (same czxid: not a namesake made later), two requests in one round
-    /// trip: the sync's answer proves the leader held the session after the send instant,
-    /// so the session (and the node) lives at least three quarters of a session timeout
-    /// from then ([`crate::session::proven_for`]; a follower's answer alone proves
+    /// trip: the sync's answer proves the leader had not ended the session when it took the
+    /// sync, after the send instant (by order: see [`lease`]), so the session (and the
+    /// node) lives at least [`Session::proven_for`] from then
+    /// ([`crate::session::proven_for_after_gaps`]; a follower's answer alone proves
     /// nothing). A node deleted behind our back (an operator, a session ended) is
     /// `Ok(None)`: the lease is lost.
     async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
@@ -275,7 +281,13 @@ impl LeaseOps for ZkGrant {
             match self.session.until_settled(deadline).await {
                 Some(true) => {
                     outcome = match tokio::time::timeout_at(deadline, client.delete(&self.path, None)).await {
-                        // Gone now: our first deletion landed, or the session's end did.
+                        // Gone now, the session alive: our first deletion landed, or
+                        // someone else removed the node — which the protocol allows only
+                        // to a waiter behind a node still unclaimed, once its waiting
+                        // marker is gone: past this lease's validity (`lease`), so the
+                        // lock was never held beside us either way. Nothing on the server
+                        // says who deleted a node: an operator's deletion in that window
+                        // (out of the protocol) is reported released, not lost.
                         Ok(Err(zookeeper_client::Error::NoNode)) => Ok(Ok(())),
                         again => again,
                     }

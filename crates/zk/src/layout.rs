@@ -34,6 +34,7 @@ const PEER_LAYOUT_GUARANTEES: Guarantees = Guarantees {
         "the ensemble keeps a quorum; node creation and deletion are ZAB-committed",
         "tokens are the lock node's creation zxid: strictly increasing across the whole ensemble",
         "the session timeout plays the TTL's role: a holder that pauses past it can still act after another holder got the lock: send the token to the resource",
+        "every server of the ensemble has the same tickTime and min/max session timeout, and the session timeout is at least 2 × tickTime: a validity is derived from the timeout negotiated at connect, which zookeeper-client does not re-read after a reconnect (after lowering tickTime or maxSessionTimeout, connect the clients anew)",
         "every holder of the shared path follows the ZooKeeper lock recipe (Curator's InterProcessMutex, kazoo's Lock); a peer's grant carries no fencing token, so only fencelock's writes are fenced unless the peer sends its own node's czxid",
     ],
     ..GUARANTEES

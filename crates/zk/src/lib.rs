@@ -38,15 +38,17 @@
 //!
 //! ZooKeeper nodes have no TTL of their own: a lock node lives as long as its session, and
 //! the client keeps the session alive. `session_timeout` therefore plays the TTL's role for a
-//! holder that dies or is cut off. The lease's validity is `min(ttl, ¾ session timeout)`
+//! holder that dies or is cut off. The lease's validity is `min(ttl, ¾ session timeout − g)`
+//! (g: the client's largest gap between two sends, 5/8 of `connect_timeout` or less)
 //! from the send instant of the queue listing that found our node first (not from the
 //! create: a long wait must not spend the validity); auto-renew checks (one multi-read per
 //! batch of locks) that the node still exists and extends the validity by the same rule.
 //! Each of those reads goes behind a `sync`, which the server forwards to the leader: its
-//! answer proves the *leader* held the session then (a follower cut off from the leader
-//! answers reads from its own copy for `syncLimit` ticks while the leader expires the
-//! session), and the quarter left out covers how late the leader learns of the session's
-//! activity (`session::proven_for`). Without auto-renew, the client gives the node back
+//! answer proves the leader had not ended the session when it took the sync (by order: a
+//! `closeSession` committed before it closes our connection first; a follower cut off from
+//! the leader answers reads from its own copy for `syncLimit` ticks while the leader
+//! expires the session), and the quarter and g left out cover how late the leader learns
+//! of the session's activity (`session::proven_for_after_gaps`). Without auto-renew, the client gives the node back
 //! itself when the TTL ends; a frozen client's node goes when its session expires.
 //!
 //! Modules, top-down: `lock` (the instance and its methods) · `queue` (taking a place and

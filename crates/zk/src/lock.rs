@@ -33,6 +33,7 @@ pub const GUARANTEES: Guarantees = Guarantees {
         "the ensemble keeps a quorum; node creation and deletion are ZAB-committed",
         "tokens are the lock node's creation zxid: strictly increasing across the whole ensemble",
         "the session timeout plays the TTL's role: a holder that pauses past it can still act after another holder got the lock: send the token to the resource",
+        "every server of the ensemble has the same tickTime and min/max session timeout, and the session timeout is at least 2 × tickTime: a validity is derived from the timeout negotiated at connect, which zookeeper-client does not re-read after a reconnect (after lowering tickTime or maxSessionTimeout, connect the clients anew)",
     ],
 };
 

@@ -23,19 +23,65 @@ pub(crate) const MAX_RENEWAL_BATCH: usize = 500;
 /// the lease's TTL).
 pub(crate) const RENEW_WINDOW: Duration = Duration::from_millis(50);
 
-/// How long a proof of a session keeps it alive, counted from the proof's send instant:
-/// three quarters of the session timeout. A proof is an answer the **leader** gave (a
-/// write, or a `sync`, which the server the session is on forwards to the leader): the
-/// leader checks the session before it answers, and it alone expires sessions. The quarter
-/// left out covers how late the leader may learn of the session's activity: a follower
-/// reports the sessions it heard from at its next ping, every half `tickTime`, and the
-/// timeout is at least 2 × `tickTime` (review: with the whole timeout, the leader could
-/// expire the session up to that much before the believed end). A read answered by a
-/// follower proves nothing: a follower cut off from the leader keeps answering its
-/// clients' reads and pings for `syncLimit` ticks (10 s on a stock server) while the
-/// leader expires their sessions.
+/// How long a proof of a session keeps it alive, counted from the proof's send instant,
+/// for a session of (negotiated) `timeout` T whose client was given `connect_timeout`:
+/// three quarters of T less the client's largest gap between two sends
+/// ([`largest_send_gap`]).
+///
+/// A proof is an answer that the leader held the session after the send instant: a `sync`
+/// (the server the session is on forwards it to the leader, and answers it only once the
+/// leader's answer came back and every transaction committed before it, a `closeSession`
+/// of this session included, was applied — which would have closed our connection first),
+/// or a write, which the leader itself checks. The leader alone expires sessions, at T
+/// after the last activity it learnt of (rounded up to its next `tickTime`: later, never
+/// earlier). It learns of a session on a follower only through that follower's ping
+/// replies, one every half `tickTime` τ, each naming the sessions that sent anything since
+/// the last. The earliest expiry after a proof sent at t: the follower may be cut off from
+/// the leader right after relaying the proof's answer (instant c ≥ t); its last ping reply
+/// the leader got was sent at most τ/2 before c, and it named the session only if the
+/// client sent something between it and the reply before — the client's sends are at
+/// most g apart, so the leader counted from no earlier than c − τ/2 − g ≥ t − τ/2 − g, and
+/// expires the session no earlier than t + T − τ/2 − g. τ ≤ T/2 (the server's
+/// `minSessionTimeout` is 2τ unless configured lower), so the proof holds for
+/// T − T/4 − g = ¾T − g. (With the whole T, or ¾T alone, the believed validity outlived
+/// the earliest expiry by up to τ/2 + g, or g: review — with T = 10 s, `tickTime` 2 s and
+/// `connect_timeout` 7 s by 500 ms, with `connect_timeout` 5 s by 1 s.)
+///
+/// A read answered by a follower proves nothing: a follower cut off from the leader keeps
+/// answering its clients' reads and pings for `syncLimit` ticks (10 s on a stock server)
+/// while the leader expires their sessions.
+pub(crate) fn proven_for_after_gaps(timeout: Duration, connect_timeout: Duration) -> Duration {
+    proven_for(timeout).saturating_sub(largest_send_gap(timeout, connect_timeout))
+}
+
+/// Three quarters of `timeout`: how long a proof keeps a session alive before the client's
+/// gaps between sends are taken off ([`proven_for_after_gaps`], which says why). Still
+/// used alone by the waiting session (`waiting.rs`), which should move to
+/// [`proven_for_after_gaps`] with the connect timeout it was given.
 pub(crate) fn proven_for(timeout: Duration) -> Duration {
     timeout * 3 / 4
+}
+
+/// The longest zookeeper-client 0.11 leaves a live, idle connection without a send, for a
+/// session of (negotiated) `timeout` with `connect_timeout` (its source, `session/mod.rs`:
+/// `calc_tick_timeout`, `reset_timeout`, `serve_session`). The client works on a tick:
+/// `connect_timeout`/8, or `timeout`/20 when `connect_timeout` is zero or over 3/5 of
+/// `timeout`, at least 1 ms. It pings when nothing was sent for `min(10 s, 3 ticks)` and
+/// no ping is unanswered, checked once a tick: the next send comes at most a tick after
+/// that (4 ticks: `connect_timeout`/2, or `timeout`/5). One tick more covers a ping
+/// answered late (the next waits for its answer) and one-way delays that vary (the
+/// leader's view is of the *server's* receptions): the bound assumes together they stay
+/// within a tick (125 ms with the default 1 s `connect_timeout`). A ping not answered at
+/// all is caught by the client's drop of a connection silent for 8 ticks: the session is
+/// then disconnected and its leases `Suspended`.
+pub(crate) fn largest_send_gap(timeout: Duration, connect_timeout: Duration) -> Duration {
+    let tick = if connect_timeout.is_zero() || connect_timeout > timeout * 3 / 5 {
+        timeout / 20
+    } else {
+        connect_timeout / 8
+    }
+    .max(Duration::from_millis(1));
+    Duration::from_secs(10).min(tick * 3) + tick * 2
 }
 
 /// What a session state means for the leases riding on the session: told by the monitor
@@ -90,6 +136,9 @@ pub(crate) struct Session {
     states: StateWatcher,
     id: i64,
     timeout: Duration,
+    /// The connect timeout the client was given: with `timeout`, it sets how often the
+    /// client pings ([`largest_send_gap`]).
+    connect_timeout: Duration,
     pub locks: LeaseRegistry,
     /// Background renewals of this session's locks, checked together in one multi-read.
     pub renewals: Batcher<(String, i64), bool>,
@@ -206,6 +255,7 @@ impl Session {
             states: client.state_watcher(),
             id: client.session_id().0,
             timeout: client.session_timeout(),
+            connect_timeout: cfg.connect_timeout,
             client: std::sync::Mutex::new(Some(Arc::new(client))),
             locks: LeaseRegistry::new(),
             renewals: Batcher::new(MAX_RENEWAL_BATCH),
@@ -298,9 +348,10 @@ impl Session {
     }
 
     /// How long a proof of this session keeps it (and its nodes) alive from its send
-    /// instant: [`proven_for`] of the negotiated timeout.
+    /// instant: [`proven_for_after_gaps`] of the negotiated timeout and the connect
+    /// timeout.
     pub fn proven_for(&self) -> Duration {
-        proven_for(self.timeout)
+        proven_for_after_gaps(self.timeout, self.connect_timeout)
     }
 
     /// Ends the session: first tells every lease of it lost, for `why` (the server deletes
@@ -450,6 +501,43 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A proof's validity never outlives the earliest instant the leader may expire the
+    /// session: T − τ/2 − g after the proof's send, for the server's `tickTime` τ (up to
+    /// T/2) and the client's gap g between two sends while idle (a ping 3 ticks after the
+    /// last send, sent on the next tick: 4 ticks; a tick is `connect_timeout`/8, or T/20
+    /// when `connect_timeout` is over 3/5 of T). Before: three quarters of T, which
+    /// outlived it by up to g (review).
+    #[test]
+    fn a_proof_never_outlives_the_leaders_earliest_expiry() {
+        let ms = Duration::from_millis;
+        // (T, connect_timeout, tickTime, g)
+        let cases = [
+            (ms(10_000), ms(7_000), ms(2_000), ms(2_000)), // the review's: a tick of 500 ms
+            (ms(10_000), ms(7_000), ms(5_000), ms(2_000)),
+            (ms(10_000), ms(5_000), ms(2_000), ms(2_500)), // a tick of 625 ms
+            (ms(10_000), ms(5_000), ms(5_000), ms(2_500)),
+            (ms(10_000), ms(1_000), ms(2_000), ms(500)), // the defaults
+            (ms(10_000), ms(1_000), ms(5_000), ms(500)),
+            (ms(4_000), ms(1_000), ms(2_000), ms(500)), // a stock server's minimum
+            (ms(1_000), ms(1_000), ms(500), ms(200)),   // the waiting session's ask
+            (ms(200), ms(1_000), ms(100), ms(40)),
+            (ms(60_000), ms(1_000), ms(30_000), ms(500)),
+            (ms(120_000), ms(0), ms(60_000), ms(16_000)), // the 10 s ping cap, and a tick
+        ];
+        for (t, connect, tick_time, gap) in cases {
+            let earliest = t - tick_time / 2 - gap;
+            let proven = proven_for_after_gaps(t, connect);
+            assert!(
+                proven <= earliest,
+                "T={t:?}, connect_timeout={connect:?}, tickTime={tick_time:?}: the proof outlives the \
+                 leader's earliest expiry by {:?} ({proven:?} > {earliest:?})",
+                proven - earliest
+            );
+            assert!(proven >= t * 3 / 8, "T={t:?}, connect_timeout={connect:?}: {proven:?}");
+        }
+        assert!(proven_for_after_gaps(ms(10_000), ms(7_000)) <= ms(7_000));
     }
 
     /// With several servers, one that refuses is skipped for the next.
