@@ -53,6 +53,13 @@ pub(crate) fn outcome_unknown(e: &zookeeper_client::Error) -> bool {
     matches!(e, E::ConnectionLoss | E::Timeout | E::Custom(_))
 }
 
+/// `true` when trying the same request again can succeed: no answer, the session cannot
+/// serve now, or the server pushed back. `false` when the server refused it for good (an
+/// ACL, a bad request, a state that contradicts it).
+pub(crate) fn retry_can_help(e: &zookeeper_client::Error) -> bool {
+    matches!(kind(e), Kind::Unreachable | Kind::Busy)
+}
+
 /// The `LockError` for a client error met while `doing` something on `cluster`.
 pub(crate) fn failed(doing: &'static str, cluster: &str, source: zookeeper_client::Error) -> LockError {
     let kind = kind(&source);

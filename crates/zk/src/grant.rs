@@ -262,7 +262,8 @@ impl LeaseOps for ZkGrant {
     /// a new leader grants every session a full timeout) — the key stays blocked, never
     /// handed out twice. A session that lives on after such a drop gets the deletion
     /// once more. Not confirmed in time: the error, and the deletion goes on in the
-    /// background until confirmed or the session ends.
+    /// background until confirmed or the session ends ([`cleanup::delete`], which ends the
+    /// session itself when the server refuses the deletion for good).
     async fn release(&self) -> Result<bool> {
         if let Some(id) = self.registration.get() {
             self.session.locks.unregister(*id);

@@ -529,3 +529,37 @@ async fn close_cleans_up_before_the_process_ends() {
     );
     held.release().await.unwrap();
 }
+
+/// A release whose delete the server refuses for good — here an ACL without DELETE on the
+/// key's node (a peer or an operator can set one) — ends the session, whose end deletes
+/// the lock node, instead of retrying the refused delete about a thousand times over some
+/// 17 minutes and then leaving the node in the live session, the key blocked until the
+/// process ends (review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_refused_for_good_ends_the_session_and_frees_the_key() {
+    use zookeeper_client::{Acl, AuthId, Permission};
+    let ensemble = ZkEnsemble::standalone();
+    let url = ensemble.url("/acl", "session_timeout=10s");
+    let holder = ZkLock::connect(&url).await.unwrap();
+    let op = Operator::connect(&ensemble, "/acl").await;
+    let opts = LockOptions::new()
+        .with_ttl(Duration::from_secs(60))
+        .with_auto_renew(false);
+    let lease = holder.acquire("k", &opts).await.unwrap();
+    let dir = format!("/{}", fencelock_zk::key_node("k"));
+    let no_delete = Permission::READ | Permission::WRITE | Permission::CREATE | Permission::ADMIN;
+    op.0.set_acl(&dir, &[Acl::new(no_delete, AuthId::anyone())], None)
+        .await
+        .unwrap();
+    let released = lease.release().await;
+    assert!(released.is_err(), "a refused delete released: {released:?}");
+    let left = op.until_nodes("k", 0, SLACK).await;
+    assert_eq!(
+        left, 0,
+        "node left in a live session after the guaranteed delete gave up (still there {SLACK:?} after the release)"
+    );
+    // Another client gets the key (it may create under the node: CREATE is allowed).
+    let other = ZkLock::connect(&url).await.unwrap();
+    let got = other.try_acquire("k", &opts).await.unwrap();
+    assert!(got.is_some(), "the key stayed blocked after the session ended");
+}
