@@ -196,9 +196,18 @@ impl KeyFiles {
                 dir = %self.dir.display(),
                 state = st.last_token,
                 mutex = copied,
-                "the key's token counter in its state file is behind the copy in its mutex (was the state file deleted, or restored from an older copy?); counting on from the copy"
+                "the key's token counter in its state file is behind the copy in its mutex (was the state file restored from an older copy?); counting on from the copy"
             );
-            st.last_token = copied;
+            // Such a state's holder is as old as its counter: the key's holder now, if
+            // any, is found by its flocked liveness file, as for a missing state.
+            if !repair {
+                let listed = self.state_without_file()?;
+                st.last_token = st.last_token.max(listed.last_token);
+                if listed.holder.is_some() {
+                    st.holder = listed.holder;
+                }
+            }
+            st.last_token = st.last_token.max(copied);
             repair = true;
         }
         let (value, changed) = f(&mut st)?;
@@ -291,7 +300,7 @@ impl KeyFiles {
                 tracing::warn!(
                     stem = %self.stem,
                     dir = %self.dir.display(),
-                    "the key's state file is missing while its holder's liveness file {name} is held; the key stays held and its token counter is restored from the lock files (was the lock directory cleaned?)"
+                    "the key's state file is missing or older than its mutex's copy while the liveness file {name} is held; the key stays that holder's and its token counter is restored from the lock files (was the lock directory cleaned, or the state restored from a backup?)"
                 );
                 st.holder = Some(HolderRecord {
                     grant: grant.to_owned(),

@@ -218,6 +218,37 @@ async fn tokens_keep_growing_after_the_state_file_is_removed() {
     }
 }
 
+/// A state file restored from an older copy (an operator's backup) names an old holder
+/// and an old counter. The counter counts on from the mutex's copy — and the holder now
+/// holding the key, found by its flocked liveness file, must stay the holder: the key must
+/// not go to a second process while it holds it.
+#[tokio::test]
+async fn a_state_restored_from_an_older_copy_keeps_the_live_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (FileLock::open(dir.path()).unwrap(), FileLock::open(dir.path()).unwrap());
+    let state = dir.path().join("k-k.state");
+    let first = a.acquire("k", &long()).await.unwrap();
+    let saved = std::fs::read(&state).unwrap();
+    first.release().await.unwrap();
+    let holder = b.acquire("k", &long()).await.unwrap();
+    std::fs::write(&state, &saved).unwrap();
+    let second = a.try_acquire("k", &long()).await.unwrap();
+    assert!(
+        second.is_none(),
+        "a state restored from an older copy: the key was granted (token {}) while token {}'s holder held it",
+        second.as_ref().map_or(0, |l| l.token().get()),
+        holder.token().get()
+    );
+    let held = holder.token().get();
+    holder.release().await.unwrap();
+    let next = a
+        .try_acquire("k", &long())
+        .await
+        .unwrap()
+        .expect("free after the release");
+    assert!(next.token().get() > held, "tokens went back after the restore");
+}
+
 /// A holder renewing for days must keep its state file from looking unused to an age
 /// cleaner (systemd-tmpfiles removes files whose times are all older than its limit): each
 /// extend sets the state's times to now, without rewriting it.
