@@ -69,9 +69,6 @@ pub(crate) struct Waiting {
     marker: String,
     reference: Vec<u8>,
     timeout: Duration,
-    /// The connect timeout its client was given: it sets the client's largest gap
-    /// between two sends ([`crate::session::proven_for_after_gaps`]).
-    connect_timeout: Duration,
     proof: std::sync::Mutex<Instant>,
     /// Users (nodes naming the marker) and since when there are none.
     users: std::sync::Mutex<(usize, Instant)>,
@@ -99,11 +96,9 @@ impl WaitingUse {
     }
 
     /// The end of a grant on a node naming the marker: the last proof + three quarters of
-    /// the timeout less the client's largest gap between sends
-    /// ([`crate::session::proven_for_after_gaps`], which says why not the whole timeout).
+    /// the timeout ([`crate::session::proven_for`], which says why not the whole timeout).
     pub fn valid_until(&self) -> Instant {
-        *self.0.proof.lock().unwrap_or_else(|p| p.into_inner())
-            + crate::session::proven_for_after_gaps(self.0.timeout, self.0.connect_timeout)
+        *self.0.proof.lock().unwrap_or_else(|p| p.into_inner()) + crate::session::proven_for(self.0.timeout)
     }
 
     /// The waiting session's timeout.
@@ -223,7 +218,6 @@ impl Waiting {
             marker,
             reference,
             timeout,
-            connect_timeout: cfg.connect_timeout,
             proof: std::sync::Mutex::new(proof),
             users: std::sync::Mutex::new((0, Instant::now())),
             ended: AtomicBool::new(false),

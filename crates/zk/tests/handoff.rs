@@ -29,19 +29,7 @@ async fn a_hand_off_costs_only_the_delete() {
     let opts = LockOptions::new()
         .with_ttl(Duration::from_secs(10))
         .with_wait(Duration::from_secs(20));
-    let held = a.acquire("k", &opts).await.unwrap();
-    let base_watches = ensemble.watch_count(0).expect("the server answers wchs");
-    let first = tokio::spawn({
-        let b = b.clone();
-        async move { b.acquire("k", &opts).await }
-    });
-    until_watches(&ensemble, base_watches + 2).await; // b watches its own node and a's
-    let second = tokio::spawn({
-        let c = c.clone();
-        async move { c.acquire("k", &opts).await }
-    });
-    // c watches its own, b's and a's nodes, and b's marker.
-    until_watches(&ensemble, base_watches + 6).await;
+    // The sessions are those of the three clients, whatever the key.
     // Counted per session (`cons`): the waiters' waiting sessions ping every 150 ms and
     // prove every 333 ms on their own schedule; counted with them (`mntr`'s total), the
     // figure was one off now and then ("left: 1", "left: 3").
@@ -62,22 +50,50 @@ async fn a_hand_off_costs_only_the_delete() {
             })
             .sum()
     };
-    let before = sent();
-    held.release().await.unwrap();
-    let lease = tokio::time::timeout(Duration::from_secs(10), first)
-        .await
-        .expect("the first waiter is served")
-        .unwrap()
-        .unwrap();
-    lease.release().await.unwrap();
-    let lease = tokio::time::timeout(Duration::from_secs(10), second)
-        .await
-        .expect("the second waiter is served")
-        .unwrap()
-        .unwrap();
-    let packets = sent() - before;
-    assert_eq!(packets, 2, "packets over two hand-offs (two releases, two grants)");
-    lease.release().await.unwrap();
+    // Time-driven packets fall into the window now and then on a loaded machine: each
+    // proof of the first waiter's waiting marker (every 333 ms) fires the second waiter's
+    // watch on it, which it sets again (one `exists`). They only ever add packets, so the
+    // hand-off's own cost is the fewest seen over a few rounds (bounded: 3).
+    let mut fewest = u64::MAX;
+    for round in 0..3 {
+        let key = format!("k{round}");
+        let held = a.acquire(&key, &opts).await.unwrap();
+        let base_watches = ensemble.watch_count(0).expect("the server answers wchs");
+        let first = tokio::spawn({
+            let (b, key) = (b.clone(), key.clone());
+            async move { b.acquire(&key, &opts).await }
+        });
+        until_watches(&ensemble, base_watches + 2).await; // b watches its own node and a's
+        let second = tokio::spawn({
+            let (c, key) = (c.clone(), key.clone());
+            async move { c.acquire(&key, &opts).await }
+        });
+        // c watches its own, b's and a's nodes, and b's marker.
+        until_watches(&ensemble, base_watches + 6).await;
+        let before = sent();
+        held.release().await.unwrap();
+        let lease = tokio::time::timeout(Duration::from_secs(10), first)
+            .await
+            .expect("the first waiter is served")
+            .unwrap()
+            .unwrap();
+        lease.release().await.unwrap();
+        let lease = tokio::time::timeout(Duration::from_secs(10), second)
+            .await
+            .expect("the second waiter is served")
+            .unwrap()
+            .unwrap();
+        let packets = sent() - before;
+        lease.release().await.unwrap();
+        fewest = fewest.min(packets);
+        if fewest == 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        fewest, 2,
+        "packets over two hand-offs (two releases, two grants), fewest of 3 rounds"
+    );
 }
 
 /// Waits (bounded polling of `wchs`) until the server counts `n` watched paths.
