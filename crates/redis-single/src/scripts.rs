@@ -247,73 +247,72 @@ return {0, redis.call('PTTL', KEYS[1])}
 /// on `PUBLISH`'s answer; a direct grant's `INCR` then only leaves a gap in the tokens.
 /// Constant work per hand-off whatever the queue's length (each skipped entry is popped
 /// once, ever). Returns true when it gave the lock to
-/// a waiter. The helpers are local to `hand_off` and made after its first `LPOP` found an
-/// entry: a release with nobody queued makes no Lua closure (its script's server time
-/// 18.3 → 15.9 µs, `redis_cycle_cost` example, 2026-12-07).
+/// a waiter.
 const HAND_OFF: &str = r"
+local function address(who, kind, channels)
+  local at = string.find(who, '@', 1, true)
+  if at then
+    return string.sub(who, at + 1), kind .. ' ' .. string.sub(who, 1, at - 1)
+  end
+  return channels .. who, kind
+end
+local function tell(who, kind, channels)
+  local channel, message = address(who, kind, channels)
+  return redis.call('PUBLISH', channel, message)
+end
+local function parse(e)
+  local who, deadline, ttl = string.match(e, '^(.+)|(%d+)|(%d+)$')
+  if who then return who, deadline, ttl end
+  who, deadline = string.match(e, '^(.+)|(%d+)$')
+  return who, deadline, nil
+end
+-- The clients subscribed to `channel` itself; nil when the user may not ask.
+local function subscribers(channel)
+  local n = redis.pcall('PUBSUB', 'NUMSUB', channel)
+  if type(n) == 'table' and n.err then return nil end
+  return n[2]
+end
+-- Publishes `message` to a waiter on `channel`, of which `subscribers` said `listeners`
+-- (not 0); true when a subscriber of the channel got it. Without the count (nil), from
+-- PUBLISH's own answer, which also counts pattern subscribers.
+local function deliver(channel, message, listeners)
+  local reached = redis.call('PUBLISH', channel, message)
+  if listeners then return true end
+  return reached > 0
+end
+local function grant_directly(who, ttl, now)
+  local at = string.find(who, '@', 1, true)
+  if not at then return false end
+  local id = string.sub(who, 1, at - 1)
+  local channel = string.sub(who, at + 1)
+  local listeners = subscribers(channel)
+  if listeners == 0 then return false end
+  local token = redis.call('INCR', KEYS[2])
+  local told = 'g ' .. id .. ' ' .. string.format('%d', token) .. ' ' .. string.format('%d', now)
+  if not deliver(channel, told, listeners) then return false end
+  local until_ms = string.format('%d', now + tonumber(ttl))
+  local set = redis.pcall('SET', KEYS[1], id, 'PXAT', until_ms)
+  if type(set) == 'table' and set.err then
+    redis.call('SET', KEYS[1], id, 'PX', ttl)
+    redis.call('PEXPIREAT', KEYS[1], until_ms)
+  end
+  return true
+end
+local function grant_reservation(who, channels)
+  local channel, message = address(who, 'g', channels)
+  local listeners = subscribers(channel)
+  if listeners == 0 then return false end
+  return deliver(channel, message, listeners)
+end
 local function hand_off(claim_ms, channels)
-  local e = redis.call('LPOP', KEYS[3])
-  if not e then return false end
-  -- The helpers are made only now: with nobody queued (every uncontended release)
-  -- the script makes no closure.
-  local function address(who, kind, channels)
-    local at = string.find(who, '@', 1, true)
-    if at then
-      return string.sub(who, at + 1), kind .. ' ' .. string.sub(who, 1, at - 1)
+  local now = nil
+  while true do
+    local e = redis.call('LPOP', KEYS[3])
+    if not e then return false end
+    if not now then
+      local t = redis.call('TIME')
+      now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
     end
-    return channels .. who, kind
-  end
-  local function tell(who, kind, channels)
-    local channel, message = address(who, kind, channels)
-    return redis.call('PUBLISH', channel, message)
-  end
-  local function parse(e)
-    local who, deadline, ttl = string.match(e, '^(.+)|(%d+)|(%d+)$')
-    if who then return who, deadline, ttl end
-    who, deadline = string.match(e, '^(.+)|(%d+)$')
-    return who, deadline, nil
-  end
-  -- The clients subscribed to `channel` itself; nil when the user may not ask.
-  local function subscribers(channel)
-    local n = redis.pcall('PUBSUB', 'NUMSUB', channel)
-    if type(n) == 'table' and n.err then return nil end
-    return n[2]
-  end
-  -- Publishes `message` to a waiter on `channel`, of which `subscribers` said `listeners`
-  -- (not 0); true when a subscriber of the channel got it. Without the count (nil), from
-  -- PUBLISH's own answer, which also counts pattern subscribers.
-  local function deliver(channel, message, listeners)
-    local reached = redis.call('PUBLISH', channel, message)
-    if listeners then return true end
-    return reached > 0
-  end
-  local function grant_directly(who, ttl, now)
-    local at = string.find(who, '@', 1, true)
-    if not at then return false end
-    local id = string.sub(who, 1, at - 1)
-    local channel = string.sub(who, at + 1)
-    local listeners = subscribers(channel)
-    if listeners == 0 then return false end
-    local token = redis.call('INCR', KEYS[2])
-    local told = 'g ' .. id .. ' ' .. string.format('%d', token) .. ' ' .. string.format('%d', now)
-    if not deliver(channel, told, listeners) then return false end
-    local until_ms = string.format('%d', now + tonumber(ttl))
-    local set = redis.pcall('SET', KEYS[1], id, 'PXAT', until_ms)
-    if type(set) == 'table' and set.err then
-      redis.call('SET', KEYS[1], id, 'PX', ttl)
-      redis.call('PEXPIREAT', KEYS[1], until_ms)
-    end
-    return true
-  end
-  local function grant_reservation(who, channels)
-    local channel, message = address(who, 'g', channels)
-    local listeners = subscribers(channel)
-    if listeners == 0 then return false end
-    return deliver(channel, message, listeners)
-  end
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  while e do
     local who, deadline, ttl = parse(e)
     if who and tonumber(deadline) > now then
       if ttl then
@@ -333,9 +332,7 @@ local function hand_off(claim_ms, channels)
         return true
       end
     end
-    e = redis.call('LPOP', KEYS[3])
   end
-  return false
 end
 ";
 
