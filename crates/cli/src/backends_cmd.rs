@@ -47,14 +47,16 @@ pub async fn backends(cli: &Cli) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// `url` for a command that only reads: a PostgreSQL URL gets `create_tables=false`, so
-/// that a connect finding no tables (a typo in `schema=`) fails with `InvalidConfig`
-/// ("fencelock's tables are missing in schema `x`", exit 78) instead of creating a stray
-/// schema and reading it as empty ("no leader"). Other URLs as they are.
+/// `url` for a command that only reads: a PostgreSQL URL gets `create_tables=false`
+/// unless it says `create_tables` itself (the user's own option is honoured), so that a
+/// connect finding no tables (a typo in `schema=`) creates no stray schema; it fails with
+/// an error carrying [`NothingCreated`](fencelock_core::error::NothingCreated), which the
+/// command answers itself ([`nothing_there`]) naming what is missing. Other URLs as they
+/// are.
 pub fn never_creating(url: &str) -> String {
     let scheme = url.trim().split_once("://").map(|(s, _)| s.to_ascii_lowercase());
     match scheme.as_deref() {
-        Some("postgres" | "postgresql") => with_query_option(url, "create_tables", "false", IfSet::Replace),
+        Some("postgres" | "postgresql") => with_query_option(url, "create_tables", "false", IfSet::Keep),
         _ => url.to_owned(),
     }
 }
@@ -78,8 +80,21 @@ pub async fn connect_election_reading(
     Ok((election, config.defaults))
 }
 
+/// What a read-only command says of `nothing` (see [`never_creating`]): what is missing,
+/// in which schema, of the URL as the user gave it (password hidden, query kept, without
+/// the `create_tables=false` added here), so that a mistyped `schema=` stays visible.
+pub fn nothing_there(cli: &Cli, nothing: &fencelock_core::error::NothingCreated) -> String {
+    let url = crate::backend::config(cli).map_or_else(
+        |_| nothing.server.clone(),
+        |c| fencelock_core::backend_url::redact(c.backend.trim()),
+    );
+    format!("{nothing} of `{url}`")
+}
+
 /// Connects to the selected backend and prints its guarantees as read from the server
-/// (creating nothing: see [`never_creating`]).
+/// (creating nothing: see [`never_creating`]). A PostgreSQL database where nothing has
+/// run yet still has its guarantees (they come from the server's settings, not from
+/// tables): printed, with a line saying the tables are not created yet.
 async fn connected(cli: &Cli) -> ExitCode {
     let config = match crate::backend::config(cli) {
         Ok(c) if c.backend != never_creating(&c.backend) => crate::backend::with_added_options(c, None, never_creating),
@@ -88,7 +103,25 @@ async fn connected(cli: &Cli) -> ExitCode {
     };
     let locks = match fencelock::connect(&config.backend).await {
         Ok(l) => l,
-        Err(e) => return exit::fail_with(&e),
+        Err(e) => {
+            let Some((nothing, guarantees)) = e.nothing_created().and_then(|n| Some((n, n.guarantees.clone()?))) else {
+                return exit::fail_with(&e);
+            };
+            outln!("{}", nothing.server);
+            outln!("    as read from this server just now:");
+            for line in guarantees.to_string().lines() {
+                outln!("    {}", line.trim_start());
+            }
+            outln!(
+                "    not created yet: {} (the first lock or election creates them; check `schema=` if you \
+                 meant another)",
+                nothing_there(cli, nothing)
+            );
+            return match config.require.check(&guarantees) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => exit::fail_with(&e),
+            };
+        }
     };
     outln!("{}", locks.describe());
     outln!("    as read from this server just now:");

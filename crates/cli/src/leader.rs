@@ -75,6 +75,23 @@ pub async fn leader(cli: &Cli, args: &LeaderArgs) -> ExitCode {
     };
     let (election, _) = match connected {
         Ok(v) => v,
+        // The one-shot query found fencelock's tables, or the election's, missing where
+        // it looked (and created nothing): no election was ever held there, so the seat
+        // is empty — "no leader", status 1, as etcd and ZooKeeper answer for an election
+        // never held (docs/election.md: an election never used needs nothing created).
+        // What is missing, and where, follows on the same line: a mistyped `schema=`
+        // stays visible without creating a stray schema.
+        Err(e) if !args.watch && e.nothing_created().is_some() => {
+            let nothing = e.nothing_created().map(|n| crate::backends_cmd::nothing_there(cli, n));
+            return fail(
+                &format!(
+                    "no leader for election `{}`: no election was ever held there ({}; check `schema=` if you meant another)",
+                    args.name,
+                    nothing.unwrap_or_default()
+                ),
+                NO_LEADER,
+            );
+        }
         Err(e) => return exit::fail_with(&e),
     };
     if !args.watch {

@@ -53,20 +53,113 @@ fn a_terminated_connection_is_said_in_one_line() {
     assert_eq!(lost.len(), 1, "one loss, said in more than one line: {err}");
 }
 
-/// `fencelock leader NAME` and `fencelock backends` only read: with a mistyped `schema=`
-/// they created a stray schema with fencelock's tables, and `leader` said "no leader"
-/// (new-user trial). Now they create nothing and say the tables are missing (78).
+/// Counts the schemas named `name` on `server` ("0" when none).
+fn schemas_named(server: &PgServer, name: &str) -> String {
+    server.psql(&format!("SELECT count(*) FROM pg_namespace WHERE nspname = '{name}'"))
+}
+
+/// `fencelock leader NAME` only reads: with a schema where nothing has run (a mistyped
+/// `schema=`, or a fresh one) it creates nothing, and answers as etcd and ZooKeeper do
+/// for an election never held — "no leader", status 1 — naming the missing schema's
+/// tables on stderr (so a typo stays visible) and the URL with its query. It said "tables
+/// are missing … `create_tables=false`", status 78 (new-user trial).
 #[test]
-fn read_only_commands_with_a_mistyped_schema_create_nothing() {
+fn leader_on_a_schema_never_used_says_no_leader_and_creates_nothing() {
     let server = PgServer::start();
-    let url = format!("{}&schema=fencelokc", server.url());
-    for args in [&["leader", "x"][..], &["backends"]] {
-        let out = common::fencelock(&url).args(args).output().expect("run fencelock");
-        common::assert_one_line(&out, 78, "missing in schema `fencelokc`", &args.join(" "));
-    }
-    assert_eq!(
-        server.psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'fencelokc'"),
-        "0",
-        "a stray schema was created"
+    let url = format!("{}&schema=fresh1", server.url());
+    let out = common::fencelock(&url)
+        .args(["leader", "el"])
+        .output()
+        .expect("run fencelock");
+    let err = common::stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no leader for election `el`"), "{err}");
+    assert!(
+        err.contains("schema `fresh1`") && err.contains("schema=fresh1"),
+        "{err}"
     );
+    assert!(!err.contains("create_tables"), "names an option not given: {err}");
+    assert_eq!(schemas_named(&server, "fresh1"), "0", "a stray schema was created");
+}
+
+/// After only `run` on a schema (the lock tables exist, the election's do not): no
+/// election was held there either — "no leader", status 1, naming the `leaders` table.
+#[test]
+fn leader_where_only_run_was_used_says_no_leader() {
+    let server = PgServer::start();
+    let url = format!("{}&schema=fresh2", server.url());
+    let ran = common::fencelock(&url)
+        .args(["run", "k", "--", "true"])
+        .output()
+        .expect("run fencelock");
+    assert_eq!(ran.status.code(), Some(0), "{}", common::stderr_of(&ran));
+    let out = common::fencelock(&url)
+        .args(["leader", "el"])
+        .output()
+        .expect("run fencelock");
+    let err = common::stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no leader for election `el`") && err.contains("`leaders`"),
+        "{err}"
+    );
+    assert!(!err.contains("create_tables"), "names an option not given: {err}");
+}
+
+/// An explicit `create_tables=true` given to `leader` is honoured (the tables are made,
+/// the seat is empty: status 1), and no message blames `create_tables=false`.
+#[test]
+fn leader_honours_an_explicit_create_tables_true() {
+    let server = PgServer::start();
+    let url = format!("{}&schema=fresh3&create_tables=true", server.url());
+    let out = common::fencelock(&url)
+        .args(["leader", "el"])
+        .output()
+        .expect("run fencelock");
+    let err = common::stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no leader for election `el`"), "{err}");
+    assert!(!err.contains("create_tables=false"), "{err}");
+    assert_eq!(
+        schemas_named(&server, "fresh3"),
+        "1",
+        "the tables asked for were not created"
+    );
+}
+
+/// `fencelock backends` on a database where nothing has run: the guarantees come from
+/// the server's settings, not from tables: it prints them, says the tables are not
+/// created yet, status 0 — and creates nothing. It said "tables are missing", status 78.
+#[test]
+fn backends_on_a_fresh_database_prints_the_guarantees() {
+    let server = PgServer::start();
+    let url = format!("{}&schema=fresh4", server.url());
+    let out = common::fencelock(&url).arg("backends").output().expect("run fencelock");
+    let (stdout, err) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        common::stderr_of(&out),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}{err}");
+    assert!(
+        stdout.contains("exclusion: ") && stdout.contains("tokens: "),
+        "{stdout}"
+    );
+    assert!(format!("{stdout}{err}").contains("not created yet"), "{stdout}{err}");
+    assert_eq!(schemas_named(&server, "fresh4"), "0", "a stray schema was created");
+}
+
+/// A misspelt option is named as such, with the backend's options and the libpq ones it
+/// passes on, as etcd and ZooKeeper say it — not "not a URL tokio-postgres can read".
+#[test]
+fn an_unknown_option_is_named() {
+    let server = PgServer::start();
+    let url = format!("{}&shema=myapp", server.url());
+    let out = common::fencelock(&url)
+        .args(["leader", "el"])
+        .output()
+        .expect("run fencelock");
+    common::assert_one_line(&out, 78, "unknown option `shema`", "leader");
+    let err = common::stderr_of(&out);
+    assert!(err.contains("schema,") && err.contains("libpq"), "{err}");
+    assert!(!err.contains("tokio-postgres can read"), "{err}");
 }

@@ -183,7 +183,34 @@ pub fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
     text.replace('\n', " ")
 }
 
+/// The source of a [`LockError::InvalidConfig`] from a connect told to create nothing
+/// (PostgreSQL's `create_tables=false`) that found the backend's objects missing where it
+/// looked: nothing was ever held there. A reader may answer "nothing held" from it (as
+/// `fencelock leader` says "no leader", as etcd and ZooKeeper do for an election never
+/// held) while still naming what is missing, so that a mistyped schema stays visible.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{missing} missing in schema `{schema}`")]
+pub struct NothingCreated {
+    /// Where the objects were looked for (a PostgreSQL schema).
+    pub schema: String,
+    /// What is missing, for messages (e.g. "fencelock's tables (locks, …)").
+    pub missing: String,
+    /// The server, for messages (no password).
+    pub server: String,
+    /// The server's guarantees, read from its settings (they need no table), when the
+    /// connection read them.
+    pub guarantees: Option<crate::guarantees::Guarantees>,
+}
+
 impl LockError {
+    /// The [`NothingCreated`] this error carries, if it is one (see there).
+    pub fn nothing_created(&self) -> Option<&NothingCreated> {
+        match self {
+            LockError::InvalidConfig { source: Some(s), .. } => s.downcast_ref::<NothingCreated>(),
+            _ => None,
+        }
+    }
+
     /// The error on one line as [`one_line`] gives it, without the words its kind's
     /// `Display` puts first ("backend unavailable: ", "invalid configuration: ", "NAME
     /// backend: "): what to put in the message of another error of the same kind that

@@ -26,7 +26,7 @@ pub const DEFAULT_SCHEMA: &str = "fencelock";
 /// | `poll` | `500ms` | how often (jittered to 50–100 %) an instance renews its waiters' tickets, in one statement; a ticket lives `2 × poll + 1 s` past its last renewal (the dead-waiter bound), and a waiter re-checks at the latest every `4 × poll` (jittered) |
 /// | `renew_window` | `50ms` | how long a background renewal may wait to share one statement with others (capped at a tenth of its TTL; `0ms`: only renewals already due share) |
 /// | `connections` | `4` | the most connections the instance opens, 1 to 32 (one spare more while every open one is silent: a statement went unanswered past `timeout`; once two answer again, one that holds no lease and does not listen is closed — while each holds a lease, the pool stays one over until one of them ends): made one at a time when every open one is busy (the first statement makes one), so statements of different keys run side by side on the server; a lease stays with the connection that granted it |
-/// | `create_tables` | `true` | `false`: a connect that finds the schema's tables missing fails with `InvalidConfig` ("fencelock's tables are missing in schema `x`") and creates nothing (read-only uses, migration-managed schemas) |
+/// | `create_tables` | `true` | `false`: a connect that finds the schema's tables missing fails with `InvalidConfig` ("fencelock's tables (…) missing in schema `x`", its source a `NothingCreated` when none of them is there) and creates nothing (read-only uses, migration-managed schemas) |
 /// | `handoff` | `false` | `true`: the release of a lease granted after waiting hands the key to the oldest waiter in its own statement, and the waiter is granted by the notification (one round trip less per hand-off on a hot key); off, the release names that waiter, who acquires. Measured in docs/backends/postgres.md: it helps one hot key a little and hurts an instance waiting for many keys at once |
 ///
 /// `sslmode=disable`, `allow` and `prefer` (the libpq default) connect without TLS;
@@ -40,6 +40,9 @@ pub struct PgConfig {
     pub(crate) pg: tokio_postgres::Config,
     /// The URL without the password, for messages.
     pub(crate) display: String,
+    /// The URL as given with its query, without the password: for messages about an
+    /// option of the query (`schema=`), which docs/cli.md says quote it so.
+    pub(crate) url: String,
     /// The schema of the tables.
     pub schema: String,
     /// Statement timeout.
@@ -59,7 +62,9 @@ pub struct PgConfig {
     pub handoff: bool,
     /// Whether a connect creates the schema and the tables when they are missing (the
     /// default); `false` (`create_tables=false` in the URL): a connect that finds them
-    /// missing fails with [`LockError::InvalidConfig`] and creates nothing — for
+    /// missing fails with [`LockError::InvalidConfig`] (its source a
+    /// [`NothingCreated`](fencelock_core::error::NothingCreated), with the server's
+    /// guarantees, when none of them is there) and creates nothing — for
     /// read-only uses (`fencelock leader`, `fencelock backends`), where a typo in
     /// `schema=` must not make a stray schema, and for schemas a migration manages.
     pub create_tables: bool,
@@ -69,6 +74,32 @@ pub struct PgConfig {
 /// the server's cores and its group commit; more would only take the server's
 /// `max_connections` from other clients.
 pub const MAX_CONNECTIONS: usize = 32;
+
+/// The backend's own URL options, for messages.
+const OWN_KEYS: &str = "schema, timeout, connect_timeout, poll, renew_window, connections, handoff, create_tables";
+
+/// The libpq options the URL passes on to tokio-postgres (its `Config::from_str` keys,
+/// less those read above): any other key is refused as unknown.
+const LIBPQ_KEYS: &[&str] = &[
+    "user",
+    "password",
+    "dbname",
+    "options",
+    "application_name",
+    "sslmode",
+    "sslnegotiation",
+    "host",
+    "hostaddr",
+    "port",
+    "tcp_user_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_retries",
+    "target_session_attrs",
+    "channel_binding",
+    "load_balance_hosts",
+];
 
 /// The connections an instance opens at most unless the URL says otherwise.
 pub const DEFAULT_CONNECTIONS: usize = 4;
@@ -92,6 +123,7 @@ impl PgConfig {
         let mut cfg = PgConfig {
             pg: tokio_postgres::Config::new(),
             display: u.redacted_base(),
+            url: display.clone(),
             schema: DEFAULT_SCHEMA.into(),
             timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
@@ -151,6 +183,14 @@ impl PgConfig {
                 }
                 "sslmode" => passed.push(format!("sslmode={}", plain_sslmode(v).map_err(|e| u.invalid(e))?)),
                 k if TLS_FILE_KEYS.contains(&k) => return Err(u.invalid(format!("{k}: {NO_TLS}"))),
+                // Named here, as etcd and ZooKeeper name theirs: tokio-postgres's own
+                // "invalid connection string: unknown option" read as a malformed URL.
+                k if !LIBPQ_KEYS.contains(&k) => {
+                    return Err(bad(format!(
+                        "unknown option `{k}` (PostgreSQL takes {OWN_KEYS}, and passes on libpq's {})",
+                        LIBPQ_KEYS.join(", ")
+                    )))
+                }
                 _ => passed.push(pair.raw.clone()),
             }
         }
@@ -164,7 +204,7 @@ impl PgConfig {
         };
         let mut pg = tokio_postgres::Config::from_str(&libpq).map_err(|e| LockError::InvalidConfig {
             message: format!(
-                "`{display}` is not a PostgreSQL URL tokio-postgres can read (the backend's own options are schema, timeout, connect_timeout, poll, renew_window, connections, handoff, create_tables)"
+                "`{display}` is not a PostgreSQL URL tokio-postgres can read (the backend's own options are {OWN_KEYS})"
             ),
             source: Some(Box::new(e)),
         })?;
@@ -560,7 +600,10 @@ mod tests {
             ("redis://h:1", "postgres://"),
             ("postgres://u:pw/x@h/d", "percent-encode"),
             ("postgres://u:pw@h:x/d", "invalid port number"),
-            ("postgres://u@h/d?password=pw&nosuch=1", "tokio-postgres can read"),
+            (
+                "postgres://u@h/d?password=pw&nosuch=1",
+                "unknown option `nosuch` (PostgreSQL takes schema,",
+            ),
             ("postgres://u:pw@h/d?schema=Bad", "schema"),
             ("postgres://u:pw@h/d?schema=a;drop", "schema"),
             ("postgres://u:pw@h/d?schema=1a", "schema"),
@@ -582,7 +625,7 @@ mod tests {
                 "postgres://u:pw@h/d?sslcert=/c.pem&sslkey=/k.pem",
                 "sslcert: this build",
             ),
-            ("postgres://u:pw@h/d?nosuch=1", "tokio-postgres can read"),
+            ("postgres://u:pw@h/d?nosuch=1", "and passes on libpq's user, password"),
             (
                 "postgres://u:pw@h/d?renew_window=1m",
                 "renew_window must be at most 10s",

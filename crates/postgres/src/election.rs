@@ -174,10 +174,29 @@ impl PgElection {
         .into_iter()
         .filter_map(|(gone, what)| gone.then_some(what))
         .collect();
+        if !me.lock.config().create_tables && !leaders {
+            // No `leaders` table: no election was ever held in this schema (the table is
+            // made by the first one). Said as [`NothingCreated`] so that a reader may answer
+            // "no leader", as etcd and ZooKeeper do for an election never held.
+            let nothing = fencelock_core::error::NothingCreated {
+                schema: schema.clone(),
+                missing: format!("fencelock's election objects ({})", missing.join(", ")),
+                server: me.lock.config().server().to_owned(),
+                guarantees: Some(fencelock_core::DistributedLock::guarantees(&me.lock)),
+            };
+            return Err(fencelock_core::LockError::InvalidConfig {
+                message: format!(
+                    "{}: {nothing}, and this connection does not create them (`create_tables=false`): check the \
+                     `schema=` option, or start an election there first",
+                    me.lock.config().url
+                ),
+                source: Some(Box::new(nothing)),
+            });
+        }
         if !me.lock.config().create_tables {
             return Err(fencelock_core::LockError::invalid_config(format!(
                 "fencelock's election objects ({}) are missing in schema `{schema}`, and this connection \
-                 does not create them (a read-only use, or `create_tables=false`): check the `schema=` option, or start an \
+                 does not create them (`create_tables=false`): check the `schema=` option, or start an \
                  election there first",
                 missing.join(", ")
             )));

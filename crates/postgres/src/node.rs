@@ -660,20 +660,54 @@ impl PgNode {
                 // and what to run, when the role may not add it (a migration-managed
                 // schema); "creating the tables" alone sent people to check their password.
                 let added = sql::missing_added_columns(&cfg.schema, &found);
+                if !cfg.create_tables && added.is_empty() && missing.len() == sql::TABLES.len() {
+                    // Told to create nothing (`create_tables=false`; a read-only command),
+                    // and none of the tables is there: nothing was ever held in this
+                    // schema. Said as such ([`NothingCreated`], with the server's
+                    // guarantees, which come from its settings, not from tables), so that a
+                    // reader may answer "nothing held" and still name what is missing. The
+                    // URL is quoted with its query: the `schema=` in it is the thing to check.
+                    let settings = client
+                        .query_one(
+                            "SELECT current_setting('fsync'), current_setting('synchronous_commit'), pg_is_in_recovery()",
+                            &[],
+                        )
+                        .await
+                        .map_err(doing("reading fsync and synchronous_commit"))?;
+                    let guarantees = crate::lock::guarantees_for(&Settings {
+                        fsync: settings.try_get(0).map_err(doing("reading fsync"))?,
+                        synchronous_commit: settings.try_get(1).map_err(doing("reading synchronous_commit"))?,
+                        in_recovery: false,
+                    });
+                    let nothing = fencelock_core::error::NothingCreated {
+                        schema: cfg.schema.clone(),
+                        missing: format!("fencelock's tables ({})", missing.join(", ")),
+                        server: server.to_owned(),
+                        guarantees: Some(guarantees),
+                    };
+                    return Err(LockError::InvalidConfig {
+                        message: format!(
+                            "{}: {nothing}, and this connection does not create them (`create_tables=false`): check the `schema=` option",
+                            cfg.url
+                        ),
+                        source: Some(Box::new(nothing)),
+                    });
+                }
                 if !cfg.create_tables {
                     // A read-only use (`create_tables=false`): a typo in `schema=` must
                     // not leave a stray schema behind and read as "nothing held".
                     return Err(LockError::invalid_config(if added.is_empty() {
                         format!(
-                            "{server}: fencelock's tables are missing in schema `{}` ({}), and this connection \
-                             does not create them (a read-only use, or `create_tables=false`): check the `schema=` option",
+                            "{}: some of fencelock's tables are missing in schema `{}` ({}), and this connection \
+                             does not create them (`create_tables=false`): check the `schema=` option",
+                            cfg.url,
                             cfg.schema,
                             missing.join(", ")
                         )
                     } else {
                         format!(
                             "{server}: fencelock's tables in schema `{}` are of an earlier layout, and this \
-                             connection does not change them (a read-only use, or `create_tables=false`); run as the tables' owner: {}",
+                             connection does not change them (`create_tables=false`); run as the tables' owner: {}",
                             cfg.schema,
                             added.join(" ")
                         )

@@ -551,6 +551,12 @@ async fn a_connect_that_may_not_create_says_the_tables_are_missing() {
     let missing = |err: LockError| {
         assert!(matches!(err, LockError::InvalidConfig { .. }), "{err:?}");
         assert!(err.to_string().contains("missing in schema `fencelokc`"), "{err}");
+        // Quoted with its query: the `schema=` in it is what to check.
+        assert!(err.to_string().contains("?sslmode=disable&schema=fencelokc"), "{err}");
+        // Nothing was ever held there: said as such, with the server's guarantees.
+        let nothing = err.nothing_created().expect("a NothingCreated source");
+        assert_eq!(nothing.schema, "fencelokc");
+        assert!(nothing.guarantees.is_some(), "{nothing:?}");
     };
     missing(PgLock::connect(&typo).await.map(|_| ()).expect_err("connected"));
     missing(PgElection::connect(&typo).await.map(|_| ()).expect_err("connected"));
