@@ -185,31 +185,10 @@ impl KeyFiles {
         // The mutex's copy of the counter: an error reading it (or a foreign content) is
         // no information, not a reason to fail the decision — the state file is the record.
         let copied = os::read_record(&mutex, 0).ok().flatten().unwrap_or(0);
-        let state_path = self.path("state");
-        let (mut st, mut repair) = match state::read(&state_path, &self.stem)? {
-            Some(st) => (st, false),
-            None => (self.state_without_file()?, true),
+        let (mut st, repair) = match state::read(&self.path("state"), &self.stem)? {
+            Some(st) if st.last_token >= copied => (st, false),
+            stored => (self.restored(stored, copied)?, true),
         };
-        if copied > st.last_token {
-            tracing::warn!(
-                stem = %self.stem,
-                dir = %self.dir.display(),
-                state = st.last_token,
-                mutex = copied,
-                "the key's token counter in its state file is behind the copy in its mutex (was the state file restored from an older copy?); counting on from the copy"
-            );
-            // Such a state's holder is as old as its counter: the key's holder now, if
-            // any, is found by its flocked liveness file, as for a missing state.
-            if !repair {
-                let listed = self.state_without_file()?;
-                st.last_token = st.last_token.max(listed.last_token);
-                if listed.holder.is_some() {
-                    st.holder = listed.holder;
-                }
-            }
-            st.last_token = st.last_token.max(copied);
-            repair = true;
-        }
         let (value, changed) = f(&mut st)?;
         if changed || repair {
             // A repair (a state restored from the mutex's copy or the liveness files) is
@@ -267,19 +246,20 @@ impl KeyFiles {
         ))
     }
 
-    /// The key's state when its file is missing: the initial state, unless the key has
-    /// liveness files. A state file deleted (by a /tmp cleaner: a holder renewing for days
-    /// writes only its liveness file, so the state ages first; or by hand) takes the token
-    /// counter with it: it is restored as the highest token written in the key's liveness
-    /// files, live or left by dead holders (each grant writes its token into its own, see
-    /// [`os::write_token`]) — and by the caller from the mutex's copy — so that tokens keep
-    /// growing: a counter restarted at 1 let a paused old holder's token beat the new
-    /// holder's at any fencing store. A flocked liveness file is a live holder: the state
-    /// names it, with the expiry it last wrote (none written: no expiry), so that the key
-    /// stays its own until it releases, dies or expires, instead of going to a second
-    /// holder at once. Lists the directory, so only a key without a state file pays for it,
-    /// once: the caller writes the state back.
-    fn state_without_file(&self) -> Result<KeyState> {
+    /// The key's state when its file is missing (`stored` is `None`) or behind `copied`, the
+    /// mutex's copy of the counter (restored from an older copy). A state file deleted (by
+    /// a /tmp cleaner: a holder renewing for days writes only its liveness file, so the
+    /// state ages first; or by hand) takes the token counter with it: it is restored as the
+    /// highest of the mutex's copy and the tokens written in the key's liveness files, live
+    /// or left by dead holders (each grant writes its token into its own, see
+    /// [`os::write_token`]), so that tokens keep growing: a counter restarted at 1 let a
+    /// paused old holder's token beat the new holder's at any fencing store. A flocked
+    /// liveness file is a live holder: the state names it, with the expiry it last wrote
+    /// (none written: no expiry), so that the key stays its own until it releases, dies or
+    /// expires, instead of going to a second holder at once — also when an older state
+    /// names an older holder. Lists the directory, so only a key without a state file (or
+    /// with one behind) pays for it, once: the caller writes the state back.
+    fn restored(&self, stored: Option<KeyState>, copied: u64) -> Result<KeyState> {
         let mut st = KeyState::default();
         for live in self.live_files()? {
             let Some(name) = live.file_name().and_then(|n| n.to_str()) else {
@@ -289,25 +269,39 @@ impl KeyFiles {
                 continue;
             };
             let cannot_check = |e| io_error(format!("cannot check {}", live.display()), e);
-            if let Some(token) = os::read_token(&live).map_err(cannot_check)? {
-                st.last_token = st.last_token.max(token);
-            }
-            let os::Liveness::Held { expires_mono_ns, .. } = os::read_live(&live).map_err(cannot_check)? else {
-                continue; // a dead holder's leftover
+            let (expires, token) = match os::read_live(&live).map_err(cannot_check)? {
+                os::Liveness::Held { expires_mono_ns, token } => (Some(expires_mono_ns.unwrap_or(u64::MAX)), token),
+                // A dead holder's leftover: its token still counts.
+                os::Liveness::Gone => (None, os::read_token(&live).map_err(cannot_check)?),
             };
-            let expires = expires_mono_ns.unwrap_or(u64::MAX);
-            if st.holder.as_ref().is_none_or(|h| h.expires_mono_ns < expires) {
-                tracing::warn!(
-                    stem = %self.stem,
-                    dir = %self.dir.display(),
-                    "the key's state file is missing or older than its mutex's copy while the liveness file {name} is held; the key stays that holder's and its token counter is restored from the lock files (was the lock directory cleaned, or the state restored from a backup?)"
-                );
-                st.holder = Some(HolderRecord {
-                    grant: grant.to_owned(),
-                    expires_mono_ns: expires,
-                    live: name.to_owned(),
-                });
+            st.last_token = st.last_token.max(token.unwrap_or(0));
+            if let Some(expires) = expires {
+                if st.holder.as_ref().is_none_or(|h| h.expires_mono_ns < expires) {
+                    st.holder = Some(HolderRecord {
+                        grant: grant.to_owned(),
+                        expires_mono_ns: expires,
+                        live: name.to_owned(),
+                    });
+                }
             }
+        }
+        let missing = stored.is_none();
+        if let Some(old) = stored {
+            st.last_token = st.last_token.max(old.last_token);
+            if st.holder.is_none() {
+                st.holder = old.holder;
+            }
+        }
+        st.last_token = st.last_token.max(copied);
+        if !missing || st.last_token > 0 || st.holder.is_some() {
+            tracing::warn!(
+                stem = %self.stem,
+                dir = %self.dir.display(),
+                token = st.last_token,
+                holder = ?st.holder.as_ref().map(|h| &h.live),
+                "the key's state file is {}; its token counter and holder are restored from the lock files (was the lock directory cleaned, or the state restored from a backup?)",
+                if missing { "missing" } else { "behind the copy of its counter in its mutex" }
+            );
         }
         Ok(st)
     }
@@ -496,7 +490,7 @@ impl KeyFiles {
                     // The state file is not rewritten, so its times would stay those of the
                     // grant: a holder renewing for days would have it removed by an age
                     // cleaner. A failure here costs the renewal nothing (a deleted state
-                    // is also caught by `state_without_file`).
+                    // is also caught by `restored`).
                     let _ = os::touch(&self.path("state"));
                     Ok((Some(ttl), false))
                 }

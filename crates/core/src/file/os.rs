@@ -305,7 +305,7 @@ pub(crate) fn write_expiry(live: &File, expires_mono_ns: u64) -> io::Result<()> 
 
 /// Writes the grant's `token` into its new liveness file ([`write_record`]), before the
 /// state names it: a key whose state file was deleted restores its counter from it (see
-/// `KeyFiles::state_without_file`).
+/// `KeyFiles::restored`).
 pub(crate) fn write_token(live: &File, token: u64) -> io::Result<()> {
     write_record(live, TOKEN_AT, token)
 }

@@ -40,7 +40,7 @@ pub(crate) struct KeyState {
 }
 
 /// Reads the state of the key with file stem `stem`; `None` when the file is missing (the
-/// key's first grant, or a deleted file: see `KeyFiles::state_without_file`). A file that cannot be parsed is a permanent error: resetting it would restart tokens
+/// key's first grant, or a deleted file: see `KeyFiles::restored`). A file that cannot be parsed is a permanent error: resetting it would restart tokens
 /// and break fencing. A symbolic link in its place is refused (`ELOOP`), never followed.
 ///
 /// So is a holder whose liveness file is not named as this backend names it for that
