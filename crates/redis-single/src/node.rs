@@ -1142,15 +1142,24 @@ impl NodeSubscription {
     }
 }
 
-/// A request that failed without a usable answer because of its connection (dropped,
-/// reset, an I/O error or timeout): it may have run on the server.
 /// The server's `run_id` when each grant was made, by grant id, until the grant's
 /// release takes it. Entries of grants never released (lost, expired) go once their TTL
-/// has passed, looked for when the map has grown past [`GrantedUnder::PRUNE_AT`]; a grant
-/// extended past its first TTL may then lose its entry, and its repeated release compares
-/// with the node's last recorded `run_id` instead, as for a grant made otherwise.
+/// has passed, looked for when the map has doubled since the last look (from
+/// [`GrantedUnder::PRUNE_AT`] entries on): each grant's share of the looks stays constant
+/// however many grants are held (looking at every grant past a fixed size scanned the
+/// whole map per acquire while more than that many were held). A grant extended past its
+/// first TTL may then lose its entry, and its repeated release compares with the node's
+/// last recorded `run_id` instead, as for a grant made otherwise.
 #[derive(Default)]
-struct GrantedUnder(std::sync::Mutex<std::collections::HashMap<String, (Option<String>, tokio::time::Instant)>>);
+struct GrantedUnder(std::sync::Mutex<Kept>);
+
+/// The entries of [`GrantedUnder`] (run_id then, and until when the grant was made for),
+/// and the size at which to look for expired ones next (0: [`GrantedUnder::PRUNE_AT`]).
+#[derive(Default)]
+struct Kept {
+    by_grant: std::collections::HashMap<String, (Option<String>, tokio::time::Instant)>,
+    prune_at: usize,
+}
 
 impl GrantedUnder {
     const PRUNE_AT: usize = 4096;
@@ -1158,11 +1167,12 @@ impl GrantedUnder {
     /// Keeps `run_id` for `grant`, granted for `ttl` from now.
     fn keep(&self, grant: &str, run_id: Option<String>, ttl: Duration) {
         let now = tokio::time::Instant::now();
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= Self::PRUNE_AT {
-            map.retain(|_, (_, until)| *until > now);
+        let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.by_grant.len() >= kept.prune_at.max(Self::PRUNE_AT) {
+            kept.by_grant.retain(|_, (_, until)| *until > now);
+            kept.prune_at = 2 * kept.by_grant.len();
         }
-        map.insert(grant.to_owned(), (run_id, now + ttl));
+        kept.by_grant.insert(grant.to_owned(), (run_id, now + ttl));
     }
 
     /// The `run_id` kept for `grant` (`Some(None)`: kept, unknown then), removed.
@@ -1170,11 +1180,14 @@ impl GrantedUnder {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .by_grant
             .remove(grant)
             .map(|(run_id, _)| run_id)
     }
 }
 
+/// A request that failed without a usable answer because of its connection (dropped,
+/// reset, an I/O error or timeout): it may have run on the server.
 fn dropped(e: &redis::RedisError) -> bool {
     e.is_connection_dropped() || e.is_io_error()
 }
