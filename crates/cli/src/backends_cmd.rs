@@ -104,9 +104,10 @@ async fn connected(cli: &Cli) -> ExitCode {
     let locks = match fencelock::connect(&config.backend).await {
         Ok(l) => l,
         Err(e) => {
-            let Some((nothing, guarantees)) = e.nothing_created().and_then(|n| Some((n, n.guarantees.clone()?))) else {
+            let Some(nothing) = e.nothing_created() else {
                 return exit::fail_with(&e);
             };
+            let guarantees = &nothing.guarantees;
             outln!("{}", nothing.server);
             outln!("    as read from this server just now:");
             for line in guarantees.to_string().lines() {
@@ -117,7 +118,7 @@ async fn connected(cli: &Cli) -> ExitCode {
                  meant another)",
                 nothing_there(cli, nothing)
             );
-            return match config.require.check(&guarantees) {
+            return match config.require.check(guarantees) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => exit::fail_with(&e),
             };

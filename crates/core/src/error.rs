@@ -197,9 +197,8 @@ pub struct NothingCreated {
     pub missing: String,
     /// The server, for messages (no password).
     pub server: String,
-    /// The server's guarantees, read from its settings (they need no table), when the
-    /// connection read them.
-    pub guarantees: Option<crate::guarantees::Guarantees>,
+    /// The server's guarantees, read from its settings (they need no table).
+    pub guarantees: crate::guarantees::Guarantees,
 }
 
 impl LockError {

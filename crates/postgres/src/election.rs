@@ -182,16 +182,13 @@ impl PgElection {
                 schema: schema.clone(),
                 missing: format!("fencelock's election objects ({})", missing.join(", ")),
                 server: me.lock.config().server().to_owned(),
-                guarantees: Some(fencelock_core::DistributedLock::guarantees(&me.lock)),
+                guarantees: fencelock_core::DistributedLock::guarantees(&me.lock),
             };
-            return Err(fencelock_core::LockError::InvalidConfig {
-                message: format!(
-                    "{}: {nothing}, and this connection does not create them (`create_tables=false`): check the \
-                     `schema=` option, or start an election there first",
-                    me.lock.config().url
-                ),
-                source: Some(Box::new(nothing)),
-            });
+            return Err(crate::error::nothing_created(
+                &me.lock.config().url,
+                nothing,
+                ", or start an election there first",
+            ));
         }
         if !me.lock.config().create_tables {
             return Err(fencelock_core::LockError::invalid_config(format!(

@@ -193,6 +193,19 @@ impl From<PgFailure> for LockError {
     }
 }
 
+/// A connect told to create nothing (`create_tables=false`) found `nothing` missing: an
+/// `InvalidConfig` quoting `url` (with its query: the `schema=` in it is the thing to
+/// check), with `advice` after the usual text, and `nothing` as its source so that a
+/// reader may answer "nothing held" ([`fencelock_core::error::NothingCreated`]).
+pub(crate) fn nothing_created(url: &str, nothing: fencelock_core::error::NothingCreated, advice: &str) -> LockError {
+    LockError::InvalidConfig {
+        message: format!(
+            "{url}: {nothing}, and this connection does not create them (`create_tables=false`): check the `schema=` option{advice}"
+        ),
+        source: Some(Box::new(nothing)),
+    }
+}
+
 /// Wraps a client error with what we were doing.
 pub(crate) fn failed(doing: &'static str, server: &str, source: tokio_postgres::Error) -> LockError {
     PgFailure {

@@ -669,7 +669,7 @@ impl PgNode {
                     // URL is quoted with its query: the `schema=` in it is the thing to check.
                     let settings = client
                         .query_one(
-                            "SELECT current_setting('fsync'), current_setting('synchronous_commit'), pg_is_in_recovery()",
+                            "SELECT current_setting('fsync'), current_setting('synchronous_commit')",
                             &[],
                         )
                         .await
@@ -677,21 +677,16 @@ impl PgNode {
                     let guarantees = crate::lock::guarantees_for(&Settings {
                         fsync: settings.try_get(0).map_err(doing("reading fsync"))?,
                         synchronous_commit: settings.try_get(1).map_err(doing("reading synchronous_commit"))?,
+                        // A standby was refused before the tables were looked at.
                         in_recovery: false,
                     });
                     let nothing = fencelock_core::error::NothingCreated {
                         schema: cfg.schema.clone(),
                         missing: format!("fencelock's tables ({})", missing.join(", ")),
                         server: server.to_owned(),
-                        guarantees: Some(guarantees),
+                        guarantees,
                     };
-                    return Err(LockError::InvalidConfig {
-                        message: format!(
-                            "{}: {nothing}, and this connection does not create them (`create_tables=false`): check the `schema=` option",
-                            cfg.url
-                        ),
-                        source: Some(Box::new(nothing)),
-                    });
+                    return Err(crate::error::nothing_created(&cfg.url, nothing, ""));
                 }
                 if !cfg.create_tables {
                     // A read-only use (`create_tables=false`): a typo in `schema=` must

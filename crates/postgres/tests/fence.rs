@@ -8,32 +8,14 @@ use std::time::Duration;
 
 use fencelock_core::fencing::Admission;
 use fencelock_core::{DistributedLock, Fence, FencingToken, GrantId, LockError, LockOptions};
-use fencelock_postgres::tokio_postgres::{Client, NoTls};
+use fencelock_postgres::tokio_postgres::Client;
 use fencelock_postgres::{PgLock, TransactionFence};
 use fencelock_testkit::pg_server::PgServer;
 
+mod common;
+use common::app_client;
+
 const SLACK: Duration = Duration::from_secs(2);
-
-/// The application's own connection to its database.
-async fn app_client(server: &PgServer) -> Client {
-    let (client, connection) = tokio_postgres_connect(&server.url()).await;
-    tokio::spawn(connection);
-    client
-}
-
-async fn tokio_postgres_connect(
-    url: &str,
-) -> (
-    Client,
-    fencelock_postgres::tokio_postgres::Connection<
-        fencelock_postgres::tokio_postgres::Socket,
-        fencelock_postgres::tokio_postgres::tls::NoTlsStream,
-    >,
-) {
-    fencelock_postgres::tokio_postgres::connect(url, NoTls)
-        .await
-        .expect("application connection")
-}
 
 async fn accounts(client: &Client) {
     client

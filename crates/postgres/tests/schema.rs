@@ -334,16 +334,12 @@ async fn tables_that_clash_with_ours_are_refused_at_connect_saying_what_differs(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fence_table_that_is_not_ours_is_an_error_not_a_panic() {
     use fencelock_core::{Fence, FencingToken, GrantId};
-    use fencelock_postgres::tokio_postgres::NoTls;
     use fencelock_postgres::TransactionFence;
     let server = PgServer::start();
     server.psql(
         "CREATE SCHEMA app; CREATE TABLE app.fences (resource text PRIMARY KEY, token int NOT NULL, grant_id text NOT NULL)",
     );
-    let (mut client, connection) = fencelock_postgres::tokio_postgres::connect(&server.url(), NoTls)
-        .await
-        .expect("application connection");
-    tokio::spawn(connection);
+    let mut client = common::app_client(&server).await;
     let fences = TransactionFence::new("app").unwrap();
     let err = fences
         .create_table(&client)
@@ -436,7 +432,6 @@ async fn a_role_that_cannot_add_the_new_column_is_told_what_to_run() {
 /// they were accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unlogged_tables_are_refused_naming_set_logged() {
-    use fencelock_postgres::tokio_postgres::NoTls;
     use fencelock_postgres::TransactionFence;
     let server = PgServer::start();
     let unlogged = schema_sql("fencelock")
@@ -462,10 +457,7 @@ async fn unlogged_tables_are_refused_naming_set_logged() {
     server.psql(
         "CREATE SCHEMA app; CREATE UNLOGGED TABLE app.fences (resource text PRIMARY KEY, token bigint NOT NULL, grant_id text NOT NULL)",
     );
-    let (client, connection) = fencelock_postgres::tokio_postgres::connect(&server.url(), NoTls)
-        .await
-        .expect("application connection");
-    tokio::spawn(connection);
+    let client = common::app_client(&server).await;
     let err = TransactionFence::new("app")
         .unwrap()
         .create_table(&client)
@@ -486,7 +478,6 @@ async fn unlogged_tables_are_refused_naming_set_logged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unlogged_leaders_and_migration_made_fences_are_refused_where_used() {
     use fencelock_core::{Fence, FencingToken, GrantId};
-    use fencelock_postgres::tokio_postgres::NoTls;
     use fencelock_postgres::{election_schema_sql, PgElection, TransactionFence};
     let server = PgServer::start();
     drop(PgLock::connect(&server.url()).await.unwrap()); // the lock's tables, logged
@@ -514,10 +505,7 @@ async fn unlogged_leaders_and_migration_made_fences_are_refused_where_used() {
     server.psql(
         "CREATE SCHEMA app; CREATE UNLOGGED TABLE app.fences (resource text PRIMARY KEY, token bigint NOT NULL, grant_id text NOT NULL)",
     );
-    let (mut client, connection) = fencelock_postgres::tokio_postgres::connect(&server.url(), NoTls)
-        .await
-        .expect("application connection");
-    tokio::spawn(connection);
+    let mut client = common::app_client(&server).await;
     let fence = TransactionFence::new("app").unwrap();
     let stamp = Fence {
         token: FencingToken::new(1),
@@ -548,6 +536,12 @@ async fn a_connect_that_may_not_create_says_the_tables_are_missing() {
     use fencelock_postgres::PgElection;
     let server = PgServer::start();
     let typo = format!("{}&schema=fencelokc&create_tables=false", server.url());
+    let server_gives = {
+        let locks = PgLock::connect(&server.url()).await.expect("connect");
+        let given = locks.guarantees();
+        locks.close().await.expect("close");
+        given
+    };
     let missing = |err: LockError| {
         assert!(matches!(err, LockError::InvalidConfig { .. }), "{err:?}");
         assert!(err.to_string().contains("missing in schema `fencelokc`"), "{err}");
@@ -556,7 +550,10 @@ async fn a_connect_that_may_not_create_says_the_tables_are_missing() {
         // Nothing was ever held there: said as such, with the server's guarantees.
         let nothing = err.nothing_created().expect("a NothingCreated source");
         assert_eq!(nothing.schema, "fencelokc");
-        assert!(nothing.guarantees.is_some(), "{nothing:?}");
+        assert_eq!(
+            nothing.guarantees, server_gives,
+            "not the server's guarantees: {nothing:?}"
+        );
     };
     missing(PgLock::connect(&typo).await.map(|_| ()).expect_err("connected"));
     missing(PgElection::connect(&typo).await.map(|_| ()).expect_err("connected"));

@@ -1,6 +1,6 @@
 //! Helpers shared by the PostgreSQL integration tests.
 
-#![allow(clippy::unwrap_used, clippy::panic)] // tests fail by panicking
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 #![allow(dead_code)] // each test file uses some of them
 
 use std::time::Duration;
@@ -127,4 +127,14 @@ pub fn dml_only_role(server: &PgServer) -> String {
          GRANT USAGE ON ALL SEQUENCES IN SCHEMA fencelock TO app;",
     );
     format!("postgres://app@127.0.0.1:{}/postgres?sslmode=disable", server.port())
+}
+
+/// The application's own connection to its database (the connection's task spawned).
+pub async fn app_client(server: &PgServer) -> fencelock_postgres::tokio_postgres::Client {
+    let (client, connection) =
+        fencelock_postgres::tokio_postgres::connect(&server.url(), fencelock_postgres::tokio_postgres::NoTls)
+            .await
+            .expect("application connection");
+    tokio::spawn(connection);
+    client
 }
