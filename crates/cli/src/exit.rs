@@ -110,14 +110,19 @@ impl Writer {
     }
 }
 
-/// What [`outln!`] does when stdout fails: a closed pipe ends the process with status 0;
-/// any other error (a full disk) with a one-line message and `FAILURE`.
+/// What [`outln!`] does when stdout fails: ends the process with [`stdout_status`].
 pub fn stdout_failed(e: std::io::Error) -> ! {
+    std::process::exit(i32::from(stdout_status(&e)));
+}
+
+/// The status a failed write to stdout ends with: 0 for a closed pipe (the reader went
+/// away); for any other error (a full disk), `FAILURE`, after a one-line message.
+pub fn stdout_status(e: &std::io::Error) -> u8 {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
-        std::process::exit(0);
+        return 0;
     }
     crate::exit::errln!("fencelock: writing to stdout failed: {e}");
-    std::process::exit(i32::from(FAILURE));
+    FAILURE
 }
 
 use std::process::ExitCode;
@@ -246,7 +251,8 @@ pub fn usage(e: clap::Error) -> ExitCode {
                         .map(|s| format!(": {s}"))
                         .unwrap_or_default();
                     fail(
-                        &format!("invalid value `{}` for `{arg}`{why} (see --help)", escaped(value)),
+                        // `fail` escapes the whole line, the value with it.
+                        &format!("invalid value `{value}` for `{arg}`{why} (see --help)"),
                         BAD_INPUT,
                     )
                 }

@@ -81,18 +81,19 @@ pub async fn leader(cli: &Cli, args: &LeaderArgs) -> ExitCode {
         // never held (docs/election.md: an election never used needs nothing created).
         // What is missing, and where, follows on the same line: a mistyped `schema=`
         // stays visible without creating a stray schema.
-        Err(e) if !args.watch && e.nothing_created().is_some() => {
-            let nothing = e.nothing_created().map(|n| crate::backends_cmd::nothing_there(cli, n));
-            return fail(
-                &format!(
-                    "no leader for election `{}`: no election was ever held there ({}; check `schema=` if you meant another)",
-                    args.name,
-                    nothing.unwrap_or_default()
+        Err(e) => {
+            return match e.nothing_created().filter(|_| !args.watch) {
+                Some(n) => fail(
+                    &format!(
+                        "no leader for election `{}`: no election was ever held there ({}; check `schema=` if you meant another)",
+                        args.name,
+                        crate::backends_cmd::nothing_there(cli, n)
+                    ),
+                    NO_LEADER,
                 ),
-                NO_LEADER,
-            );
+                None => exit::fail_with(&e),
+            }
         }
-        Err(e) => return exit::fail_with(&e),
     };
     if !args.watch {
         let code = match election.leader(&args.name).await {
@@ -100,8 +101,7 @@ pub async fn leader(cli: &Cli, args: &LeaderArgs) -> ExitCode {
             // 101) and skips the close below.
             Ok(Some(l)) => match Printer::new(std::io::stdout(), false).print(&line(&Some(l))) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS, // the reader went away
-                Err(e) => fail(&format!("writing to stdout failed: {e}"), exit::FAILURE),
+                Err(e) => ExitCode::from(exit::stdout_status(&e)),
             },
             Ok(None) => fail(&format!("no leader for election `{}`", args.name), NO_LEADER),
             Err(e) => exit::fail_with(&e),
@@ -373,6 +373,28 @@ mod tests {
 
     use super::*;
 
+    /// What [`follow`] prints, checking every 20 ms, over an observer fed by `rx` and the
+    /// reads `read`, until `done` is notified (bounded: 10 s).
+    async fn followed<R, Fut>(rx: watch::Receiver<Option<LeaderInfo>>, read: R, done: &Notify) -> String
+    where
+        R: Fn() -> Fut,
+        Fut: Future<Output = Result<Option<LeaderInfo>, LockError>>,
+    {
+        let mut out = Printer::new(Vec::new(), true);
+        let run = follow(
+            Observer::new(rx, None),
+            read,
+            "job",
+            Duration::from_millis(20),
+            &mut out,
+            done.notified(),
+        );
+        tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .expect("the loop did not stop");
+        String::from_utf8(out.out).unwrap()
+    }
+
     fn leader(term: u64, value: &str) -> Option<LeaderInfo> {
         Some(LeaderInfo {
             value: value.as_bytes().to_vec(),
@@ -412,19 +434,7 @@ mod tests {
                 }
             }
         };
-        let mut out = Printer::new(Vec::new(), true);
-        let run = follow(
-            Observer::new(rx, None),
-            read,
-            "job",
-            Duration::from_millis(20),
-            &mut out,
-            done.notified(),
-        );
-        tokio::time::timeout(Duration::from_secs(10), run)
-            .await
-            .expect("the loop did not stop");
-        let text = String::from_utf8(out.out).unwrap();
+        let text = followed(rx, read, &done).await;
         assert!(text.contains("unknown\n6 b\n"), "{text:?}");
         let terms: Vec<u64> = text.lines().filter_map(|l| l.split(' ').next()?.parse().ok()).collect();
         assert!(terms.windows(2).all(|w| w[0] <= w[1]), "a term went back: {text:?}");
@@ -465,19 +475,7 @@ mod tests {
                 }
             }
         };
-        let mut out = Printer::new(Vec::new(), true);
-        let run = follow(
-            Observer::new(rx, None),
-            read,
-            "job",
-            Duration::from_millis(20),
-            &mut out,
-            done.notified(),
-        );
-        tokio::time::timeout(Duration::from_secs(10), run)
-            .await
-            .expect("the loop did not stop");
-        let text = String::from_utf8(out.out).unwrap();
+        let text = followed(rx, read, &done).await;
         assert_eq!(text, "6 b\nunknown\n6 b\n", "{text:?}");
     }
 
@@ -505,19 +503,7 @@ mod tests {
                 }
             }
         };
-        let mut out = Printer::new(Vec::new(), true);
-        let run = follow(
-            Observer::new(rx, None),
-            read,
-            "job",
-            Duration::from_millis(20),
-            &mut out,
-            done.notified(),
-        );
-        tokio::time::timeout(Duration::from_secs(10), run)
-            .await
-            .expect("the loop did not stop");
-        let text = String::from_utf8(out.out).unwrap();
+        let text = followed(rx, read, &done).await;
         assert_eq!(text, "6 b\nunknown\nnone\n", "{text:?}");
     }
 

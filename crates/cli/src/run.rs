@@ -909,7 +909,7 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// Whether a running member of `group` is stopped (see [`guard::stopped`]).
+/// Sends `sig` to every process of `group` ([`crate::group::signal`]).
 fn signal_group(group: Pid, sig: Signal) {
     crate::group::signal(group, sig);
 }

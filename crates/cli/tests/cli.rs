@@ -366,16 +366,9 @@ fn a_report_into_a_closed_pipe_ends_quietly() {
 /// ends quietly, as a report does. The read end is closed right after the spawn.
 #[test]
 fn leader_into_a_closed_pipe_does_not_panic() {
-    /// Kills and reaps the leader when the test ends, pass or fail.
-    struct Leader(std::process::Child);
-    impl Drop for Leader {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let dir = tempfile::tempdir().expect("temp dir");
-    let _leader = Leader(
+    // Killed and reaped when the test ends, pass or fail.
+    let _leader = common::Killed::new(
         fencelock(dir.path())
             .args(["elect", "job", "--value", "v", "--", "sleep", "60"])
             .stdout(Stdio::null())

@@ -58,6 +58,19 @@ fn schemas_named(server: &PgServer, name: &str) -> String {
     server.psql(&format!("SELECT count(*) FROM pg_namespace WHERE nspname = '{name}'"))
 }
 
+/// Runs `fencelock leader el` on `url`, asserts it answers "no leader" (status 1), and
+/// returns its stderr.
+fn leader_says_no_leader(url: &str) -> String {
+    let out = common::fencelock(url)
+        .args(["leader", "el"])
+        .output()
+        .expect("run fencelock");
+    let err = common::stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no leader for election `el`"), "{err}");
+    err
+}
+
 /// `fencelock leader NAME` only reads: with a schema where nothing has run (a mistyped
 /// `schema=`, or a fresh one) it creates nothing, and answers as etcd and ZooKeeper do
 /// for an election never held — "no leader", status 1 — naming the missing schema's
@@ -67,13 +80,7 @@ fn schemas_named(server: &PgServer, name: &str) -> String {
 fn leader_on_a_schema_never_used_says_no_leader_and_creates_nothing() {
     let server = PgServer::start();
     let url = format!("{}&schema=fresh1", server.url());
-    let out = common::fencelock(&url)
-        .args(["leader", "el"])
-        .output()
-        .expect("run fencelock");
-    let err = common::stderr_of(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("no leader for election `el`"), "{err}");
+    let err = leader_says_no_leader(&url);
     assert!(
         err.contains("schema `fresh1`") && err.contains("schema=fresh1"),
         "{err}"
@@ -93,16 +100,8 @@ fn leader_where_only_run_was_used_says_no_leader() {
         .output()
         .expect("run fencelock");
     assert_eq!(ran.status.code(), Some(0), "{}", common::stderr_of(&ran));
-    let out = common::fencelock(&url)
-        .args(["leader", "el"])
-        .output()
-        .expect("run fencelock");
-    let err = common::stderr_of(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("no leader for election `el`") && err.contains("`leaders`"),
-        "{err}"
-    );
+    let err = leader_says_no_leader(&url);
+    assert!(err.contains("`leaders`"), "{err}");
     assert!(!err.contains("create_tables"), "names an option not given: {err}");
 }
 
@@ -112,13 +111,7 @@ fn leader_where_only_run_was_used_says_no_leader() {
 fn leader_honours_an_explicit_create_tables_true() {
     let server = PgServer::start();
     let url = format!("{}&schema=fresh3&create_tables=true", server.url());
-    let out = common::fencelock(&url)
-        .args(["leader", "el"])
-        .output()
-        .expect("run fencelock");
-    let err = common::stderr_of(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("no leader for election `el`"), "{err}");
+    let err = leader_says_no_leader(&url);
     assert!(!err.contains("create_tables=false"), "{err}");
     assert_eq!(
         schemas_named(&server, "fresh3"),

@@ -144,25 +144,6 @@ fn on_files_a_paused_or_killed_holder_never_runs_beside_the_next() {
     killed_holder_with_a_grandchild(&file_url(dir.path()));
 }
 
-/// A child killed (and reaped) when the test fails before it ends; [`Killed::take`] hands
-/// it back when it does.
-struct Killed(Option<Child>);
-
-impl Killed {
-    fn take(mut self) -> Child {
-        self.0.take().expect("taken once")
-    }
-}
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        if let Some(child) = self.0.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// Every process: `(pid, state, ppid, pgrp)`, from /proc/*/stat (the fields after the
 /// parenthesised name).
 fn processes() -> Vec<(Pid, String, i32, i32)> {
@@ -253,7 +234,7 @@ fn a_killed_holder_keeps_the_lock_until_its_group_is_dead(verb: &str) {
         .spawn()
         .expect("spawn B");
     // Killed if the test fails before it ends.
-    let b = Killed(Some(b));
+    let b = common::Killed::new(b);
     // While the guard cannot act, A's grandchild runs on, so B must stay out: watch the
     // log for a second (B gets in within milliseconds when the lock is free).
     let start = Instant::now();
@@ -266,7 +247,7 @@ fn a_killed_holder_keeps_the_lock_until_its_group_is_dead(verb: &str) {
         std::thread::sleep(Duration::from_millis(10)); // polling a condition with a deadline
     }
     kill_process(*guard, Signal::CONT).expect("SIGCONT the guard");
-    let out = output_within(b.take(), Duration::from_secs(90));
+    let out = output_within(b.into_inner(), Duration::from_secs(90));
     let _ = anchor.wait(); // killed with A's group
     assert!(out.status.success(), "B: {}", String::from_utf8_lossy(&out.stderr));
     assert_never_two_inside(&log);
@@ -988,8 +969,8 @@ fn a_loss_as_the_guard_starts_the_command_kills_the_command_at_once() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn run");
-    let run = Killed(Some(run));
-    let run_pid = pid_of(run.0.as_ref().expect("run"));
+    let run = common::Killed::new(run);
+    let run_pid = run.pid();
     // Acquired once `run` started its guard, which then waits for a signal.
     poll_until(Duration::from_secs(10), "`run` starts its guard", || {
         !children_of(run_pid).is_empty()
@@ -1004,7 +985,7 @@ fn a_loss_as_the_guard_starts_the_command_kills_the_command_at_once() {
     let _cleanup = KillGroup(guard);
     let start = Instant::now();
     server.command("FLUSHALL"); // the grant is gone: the next renewal (1 s) finds it so
-    let out = output_within(run.take(), Duration::from_secs(10));
+    let out = output_within(run.into_inner(), Duration::from_secs(10));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(76), "{err}");
     assert!(
@@ -1124,8 +1105,8 @@ fn a_command_stopped_by_the_terminal_stops_alone_and_a_forwarded_signal_reaches_
         pid_file.display()
     );
     let run = run_on_files(dir.path(), "30s", &script, Stdio::piped());
-    let run = Killed(Some(run));
-    let run_pid = pid_of(run.0.as_ref().expect("run"));
+    let run = common::Killed::new(run);
+    let run_pid = run.pid();
     poll_until(Duration::from_secs(10), "the command started", || pid_file.exists());
     let pid = std::fs::read_to_string(&pid_file).expect("the command's pid");
     let command = Pid::from_raw(pid.trim().parse().expect("a pid")).expect("a pid");
@@ -1146,7 +1127,7 @@ fn a_command_stopped_by_the_terminal_stops_alone_and_a_forwarded_signal_reaches_
     assert_ne!(common::state_of(guard), Some('T'), "the guard stopped with the command");
     // SIGHUP: forwarded only, no `--kill-after` SIGKILL follows it.
     kill_process(run_pid, Signal::HUP).expect("SIGHUP");
-    let out = output_within(run.take(), Duration::from_secs(10));
+    let out = output_within(run.into_inner(), Duration::from_secs(10));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(129), "{err}");
 }
