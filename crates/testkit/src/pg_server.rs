@@ -474,10 +474,7 @@ fn children(pid: i32) -> Vec<i32> {
 
 /// `true` unless the process is gone or a zombie.
 fn is_running(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
-        .is_some_and(|zombie| !zombie)
+    !matches!(state_of(pid), None | Some('Z'))
 }
 
 #[cfg(test)]

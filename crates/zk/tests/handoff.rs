@@ -72,17 +72,9 @@ async fn a_hand_off_costs_only_the_delete() {
         until_watches(&ensemble, base_watches + 6).await;
         let before = sent();
         held.release().await.unwrap();
-        let lease = tokio::time::timeout(Duration::from_secs(10), first)
-            .await
-            .expect("the first waiter is served")
-            .unwrap()
-            .unwrap();
+        let lease = served("the first waiter is served", Duration::from_secs(10), first).await;
         lease.release().await.unwrap();
-        let lease = tokio::time::timeout(Duration::from_secs(10), second)
-            .await
-            .expect("the second waiter is served")
-            .unwrap()
-            .unwrap();
+        let lease = served("the second waiter is served", Duration::from_secs(10), second).await;
         let packets = sent() - before;
         lease.release().await.unwrap();
         fewest = fewest.min(packets);
