@@ -332,6 +332,26 @@ impl ZkEnsemble {
         )
     }
 
+    /// The client's xid of the last request server `i` answered on each connected
+    /// session (`cons`'s `lcxid`; pings and watch events leave it as it was), by session id
+    /// as in [`packets_by_session`](Self::packets_by_session), if it answers. A session
+    /// that sends only one kind of request counts its answered requests with it.
+    pub fn last_answered_by_session(&self, i: usize) -> Option<Vec<(String, u64)>> {
+        let reply = tcp_exchange(self.servers[i].client_port, b"cons")?;
+        let text = String::from_utf8_lossy(&reply).into_owned();
+        Some(
+            text.lines()
+                .filter_map(|l| {
+                    let xid = cons_field(l, "lcxid")?;
+                    Some((
+                        cons_field(l, "sid")?,
+                        u64::from_str_radix(xid.strip_prefix("0x")?, 16).ok()?,
+                    ))
+                })
+                .collect(),
+        )
+    }
+
     /// The number of packets server `i` has received from clients (`mntr`'s
     /// `zk_packets_received`: every request and ping), if it answers.
     pub fn packets_received(&self, i: usize) -> Option<u64> {

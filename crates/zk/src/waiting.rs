@@ -15,8 +15,10 @@
 //!
 //! The session is opened by the first wait of the instance that needs it, kept alive while
 //! some node of ours names it and one timeout more (so a busy instance does not open one
-//! per wait), and closed after that. A keeper task writes the marker every third of the
-//! timeout: each answer's send instant is a proof that the server heard the session then,
+//! per wait), and closed after that. A keeper task proves the session every third of the
+//! timeout by a write that checks the marker's version (a `multi` of one `check`, which
+//! leaves the marker as it is): each answer's send instant is a proof that the server
+//! heard the session then,
 //! and a grant on a named node is valid no longer than the last proof + three quarters of
 //! the timeout — never past the moment the server could delete the marker.
 //!
@@ -51,7 +53,7 @@ pub(crate) const ASKED: Duration = Duration::from_secs(1);
 /// path on the server (chroot included).
 pub(crate) const PREFIX: &[u8] = b"fencelock-waiting:";
 
-/// How many writes of the marker the waiting session may get answered while the
+/// How many proofs (checks) of the marker the waiting session may get answered while the
 /// instance's main session stays disconnected (unanswered writes in between do not count
 /// and do not start the count again) before the keeper ends it (its waits give up their places):
 /// they span a whole waiting timeout, so the main client has that long to connect again
@@ -226,7 +228,8 @@ impl Waiting {
     }
 }
 
-/// Writes the marker every third of the timeout (each answer a new proof, while the main
+/// Proves the session every third of the timeout by a `check` of the marker through the
+/// leader (each answer a new proof, while the main
 /// session is connected) while some node names it, and for one timeout after the last;
 /// then ends the session. Ends at once when the marker or the session is gone, and when
 /// the main session stayed disconnected over [`CUT_PROOFS`] answered writes (see the
@@ -236,7 +239,7 @@ impl Waiting {
 async fn keep(waiting: Arc<Waiting>, request_timeout: Duration) {
     let period = waiting.timeout / 3;
     // Proofs answered while the main session was disconnected, since it was last seen
-    // connected at a write of the marker (answered or not).
+    // connected at a proof of the marker (answered or not).
     let mut cut = 0u32;
     loop {
         tokio::time::sleep(period).await;
@@ -254,7 +257,17 @@ async fn keep(waiting: Arc<Waiting>, request_timeout: Duration) {
         // `syncLimit` ticks (10 s on a stock server) while the leader expires the session
         // and deletes the marker (review). A write goes through the leader, which checks
         // the session first: answered, the leader held the session alive after `sent`.
-        match tokio::time::timeout(request_timeout.min(period), client.set_data(&waiting.marker, b"", None)).await {
+        // The write is a `multi` holding one `check` of the marker's version (never
+        // changed: 0 from its create): a transaction through the leader like a `setData`,
+        // but the marker is left as it is, so the watch of the waiter behind it fires only
+        // when it goes (a `setData` fired it at every proof, and the waiter sent an
+        // `exists` to watch it again: a request per waiter per proof, growing with them).
+        let proved = async {
+            let mut check = client.new_multi_writer();
+            check.add_check_version(&waiting.marker, 0)?;
+            check.commit().await.map_err(zookeeper_client::Error::from)
+        };
+        match tokio::time::timeout(request_timeout.min(period), proved).await {
             Ok(Ok(_)) if waiting.main_connected() => {
                 cut = 0;
                 let mut proof = waiting.proof.lock().unwrap_or_else(|p| p.into_inner());
@@ -275,7 +288,8 @@ async fn keep(waiting: Arc<Waiting>, request_timeout: Duration) {
                     break;
                 }
             }
-            Ok(Err(zookeeper_client::Error::NoNode)) => break, // the marker is gone: the session expired
+            // The marker is gone (the session expired), or not as created: never ours to prove.
+            Ok(Err(zookeeper_client::Error::NoNode | zookeeper_client::Error::BadVersion)) => break,
             Ok(Err(zookeeper_client::Error::SessionExpired | zookeeper_client::Error::ClientClosed)) => break,
             // No answer: the proof ages, and grants claim their node at their turn. The
             // count starts again only if the main session is connected now (after a
