@@ -114,5 +114,14 @@ fencelock_testkit::conformance_suite!(
             servers: Arc::new(tokio::task::spawn_blocking(|| start_many(5)).await.expect("start")),
         }
     },
-    SuiteConfig::default()
+    SuiteConfig {
+        // Renewed every third: 300 ms left a renewal round of five nodes (a quorum of
+        // answers, each within the 50 ms per-node timeout) 200 ms, which CI's loaded 2-core
+        // machine once missed while the contention cases ran beside it
+        // (auto_renew_keeps_lease, stop 39). The TTL is also how long a vanished waiter's
+        // queue entry stays.
+        short_ttl: Duration::from_secs(1),
+        session_timeout: Duration::from_secs(1),
+        ..SuiteConfig::default()
+    }
 );
