@@ -161,12 +161,19 @@ async fn queueing_costs_one_transaction() {
             .await
             .unwrap();
     }
-    // Round 0: no waiting lease yet (cold); round 1: right after, the waiting leases live.
-    for (round, (txns, grants)) in [(2, 1), (1, 0)].into_iter().enumerate() {
+    // Round 0: no waiting lease yet (cold); then warm rounds, right after, while the
+    // waiting leases live. A warm round's counts may come out higher, never lower: the
+    // waiting lease lingers one TTL (1 s on the test server) after its last use, which a
+    // loaded machine's gap between two rounds once outlasted (CI: (2, 0, 1) — a new
+    // lease and the move), and a grant's background move may land inside the next count.
+    // So the warm cost is the fewest of up to three warm rounds.
+    let mut warm = Vec::new();
+    for round in 0..4 {
         let key = unique_key(&format!("queue{round}"));
         let held = a.acquire(&key, &opts).await.unwrap();
         let base = watchers(&cluster);
         let mut waiting = Vec::new();
+        let mut counts = Vec::new();
         // b queues behind a (nothing older: watches a); c behind b and a (watches both).
         for (lock, total) in [(&b, 1), (&c, 3)] {
             let (txn0, range0, grant0) = (
@@ -177,26 +184,37 @@ async fn queueing_costs_one_transaction() {
             let (lock, key) = (lock.clone(), key.clone());
             waiting.push(tokio::spawn(async move { lock.acquire(&key, &opts).await }));
             until_watchers(&cluster, base + total).await;
-            let (txn, range, grant) = (
+            counts.push((
                 calls(&cluster, "Txn") - txn0,
                 calls(&cluster, "Range") - range0,
                 calls(&cluster, "LeaseGrant") - grant0,
-            );
-            assert_eq!(
-                (txn, range, grant),
-                (txns, 0, grants),
-                "Txn, Range and LeaseGrant calls of one queued acquire (round {round})"
-            );
+            ));
         }
         held.release().await.unwrap();
         for w in waiting {
             let lease = served("the waiter is served", Duration::from_secs(10), w).await;
             lease.release().await.unwrap();
         }
-        // The grants' background moves (if they went before the releases) land now, not
-        // in the next round's counts; well within the waiting leases' linger.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        if round == 0 {
+            assert_eq!(
+                counts,
+                [(2, 0, 1), (2, 0, 1)],
+                "Txn, Range and LeaseGrant calls of each queued acquire, cold (each instance \
+                 grants its waiting lease)"
+            );
+            continue;
+        }
+        let done = counts.iter().all(|c| *c == (1, 0, 0));
+        warm.push(counts);
+        if done {
+            break;
+        }
     }
+    assert!(
+        warm.iter().any(|counts| counts.iter().all(|c| *c == (1, 0, 0))),
+        "Txn, Range and LeaseGrant calls of each queued acquire while the waiting leases \
+         live: {warm:?} over the warm rounds, wanted [(1, 0, 0), (1, 0, 0)] in one"
+    );
     for x in [a, b, c] {
         x.close().await.unwrap();
     }
