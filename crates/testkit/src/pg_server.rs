@@ -419,22 +419,28 @@ impl Drop for PgServer {
 
 /// Stops `pid` (SIGSTOP), waits (at most 5 s) until it is stopped — a fork it was making
 /// when the signal came completes first — then stops its children, listing them again
-/// until a listing finds no new one (at most 50 listings); returns the children. A stopped
-/// postmaster forks no backend, so none escapes a pause or a kill that follows.
+/// until a listing finds no new one (at most 50 listings), and waits until each is
+/// stopped too (at most 5 s each: a child that was runnable stops only once it is
+/// scheduled, which on a loaded machine came after the check of the test below —
+/// "children left running"); returns the children. A stopped postmaster forks no backend,
+/// so none escapes a pause or a kill that follows.
 fn stop_with_children(pid: i32) -> Vec<i32> {
     let stop = |p: i32| {
         if let Some(p) = Pid::from_raw(p) {
             let _ = kill_process(p, Signal::STOP);
         }
     };
-    stop(pid);
-    for _ in 0..250 {
-        // 'T': stopped; gone or a zombie: it forks nothing either.
-        match state_of(pid) {
-            Some('T' | 't' | 'Z' | 'X') | None => break,
-            Some(_) => std::thread::sleep(Duration::from_millis(20)), // polling a signal's effect, bounded
+    let until_stopped = |p: i32| {
+        for _ in 0..250 {
+            // 'T': stopped; gone or a zombie: it runs and forks nothing either.
+            match state_of(p) {
+                Some('T' | 't' | 'Z' | 'X') | None => break,
+                Some(_) => std::thread::sleep(Duration::from_millis(20)), // polling a signal's effect, bounded
+            }
         }
-    }
+    };
+    stop(pid);
+    until_stopped(pid);
     let mut seen: Vec<i32> = Vec::new();
     for _ in 0..50 {
         let new: Vec<i32> = children(pid).into_iter().filter(|c| !seen.contains(c)).collect();
@@ -446,6 +452,7 @@ fn stop_with_children(pid: i32) -> Vec<i32> {
             seen.push(c);
         }
     }
+    seen.iter().for_each(|c| until_stopped(*c));
     seen
 }
 
