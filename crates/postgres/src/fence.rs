@@ -93,10 +93,13 @@ impl TransactionFence {
 
     /// Creates the schema and the fence table if missing: idempotent and safe to run
     /// from many clients at once (the DDL runs under a transaction-scoped advisory lock).
+    /// A table already there is only looked at (one query), so a role without CREATE
+    /// may call it on a table made by a migration.
     ///
     /// # Errors
     ///
-    /// [`LockError::InvalidConfig`] without the privilege to create them, or when the
+    /// [`LockError::InvalidConfig`] when the table is missing and the role may not
+    /// create it, or when the
     /// table found is not fencelock's or is `UNLOGGED` (naming the `ALTER TABLE … SET
     /// LOGGED` to run);
     /// [`LockError::Unavailable`] when the server is unreachable.
@@ -105,29 +108,41 @@ impl TransactionFence {
     ///
     /// Cancel safe: the DDL transaction commits whole or not at all.
     pub async fn create_table(&self, client: &tokio_postgres::Client) -> Result<()> {
+        // Looked at first, the DDL sent only when the table is missing: `CREATE SCHEMA IF
+        // NOT EXISTS` checks the CREATE privilege before it looks, so a role of a
+        // migration-managed schema (DML only, as the docs' least-privilege SQL grants)
+        // was refused for a table it could use. The lock tables are made the same way.
+        if self.judge(&self.found(client).await?)? {
+            return Ok(());
+        }
         client
             .batch_execute(&sql::create_fences(&self.schema))
             .await
             .map_err(|e| failed("creating the fence table", "the user's database", e))?;
         // `IF NOT EXISTS` keeps a table of that name that is not ours: refuse it here, not
         // at the first write.
-        let found = client
+        self.judge(&self.found(client).await?).map(drop)
+    }
+
+    /// The fence table's columns as found (rows of `sql::COLUMNS_FOUND`).
+    async fn found(&self, client: &tokio_postgres::Client) -> Result<Vec<tokio_postgres::Row>> {
+        client
             .query(sql::COLUMNS_FOUND, &[&self.schema, &&["fences"][..]])
             .await
-            .map_err(|e| failed("looking at the fence table", "the user's database", e))?;
-        self.judge(&found)
+            .map_err(|e| failed("looking at the fence table", "the user's database", e))
     }
 
     /// Whether the found `fences` table (rows of `sql::COLUMNS_FOUND`) can be used: ours
     /// and logged (an `UNLOGGED` one is emptied by crash recovery, and an empty fence
-    /// table admits a stale write). Remembered once it can.
-    fn judge(&self, found: &[tokio_postgres::Row]) -> Result<()> {
+    /// table admits a stale write). `Ok(true)` when it is there and can (remembered),
+    /// `Ok(false)` when it is missing.
+    fn judge(&self, found: &[tokio_postgres::Row]) -> Result<bool> {
         let missing =
             sql::check_tables(&self.schema, &["fences"], found, WAY_OUT).map_err(LockError::invalid_config)?;
         if missing.is_empty() {
             self.checked.store(true, Ordering::Relaxed);
         }
-        Ok(())
+        Ok(missing.is_empty())
     }
 
     /// The error for an answer of the fence statements that does not decode: the table

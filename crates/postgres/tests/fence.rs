@@ -208,3 +208,31 @@ async fn a_paused_holders_stale_write_is_refused_while_the_new_holders_commits()
     );
     fresh.release().await.unwrap();
 }
+
+/// The least-privilege set-up of the docs: the fence table made by a migration (here the
+/// owner's `create_table`), the service's role with DML only and no CREATE anywhere. Its
+/// own `create_table` — "once, idempotent", as the docs' example calls it at start — finds
+/// the table there and uses it. Failed before the change: `CREATE SCHEMA IF NOT EXISTS`
+/// checks the CREATE privilege before it looks, so the role got InvalidConfig
+/// ("permission denied for database postgres") for a table it could use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_without_create_uses_a_fence_table_made_by_a_migration() {
+    let server = PgServer::start();
+    let owner = app_client(&server).await;
+    let f = TransactionFence::default();
+    f.create_table(&owner).await.unwrap();
+    let url = common::dml_only_role(&server);
+    let (mut app, connection) =
+        fencelock_postgres::tokio_postgres::connect(&url, fencelock_postgres::tokio_postgres::NoTls)
+            .await
+            .expect("the DML-only role connects");
+    tokio::spawn(connection);
+    let f = TransactionFence::default();
+    f.create_table(&app)
+        .await
+        .expect("create_table on a table the role can use");
+    let tx = app.transaction().await.unwrap();
+    let admission = f.admit(&tx, "accounts/7", &fence(3, "g3")).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(admission, Admission::First);
+}
