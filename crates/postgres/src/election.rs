@@ -31,6 +31,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::error::{failed, no_answer};
 use crate::hosts::{self, HostFailure};
+use crate::sql;
 use crate::PgLock;
 
 /// The SQL expression of a seat's notification channel, for the seat key `key` (an SQL
@@ -265,7 +266,11 @@ impl PgElection {
         let cfg = self.lock.config();
         let server = self.lock.node().server().to_owned();
         let bound = cfg.connect_timeout + cfg.timeout;
-        let listen = format!("LISTEN {channel}");
+        // The session setup every connection of the backend runs, in the same round trip:
+        // without it a role's `idle_session_timeout` ended this idle connection over and
+        // over (the observer reconnected in a loop) and a tiny `statement_timeout` could
+        // cancel the LISTEN (review).
+        let listen = format!("{}; LISTEN {channel}", sql::SESSION_SETUP);
         let listen = &listen;
         hosts::connect_each(
             &cfg.pg,

@@ -25,8 +25,9 @@
 //! second — sent without waiting for a turn behind the instance's other statements, which
 //! under load would outlast the tickets — and each refused attempt renews its own), so a
 //! waiter that crashed blocks the queue for at most that long, and a key handed to it
-//! expires with its ticket. Each renewal found alive moves the ticket's known end on our
-//! clock ([`Confirmed`]); a grant handed to the ticket is valid until then, and the
+//! expires with its ticket. Each durable renewal found alive (the keeper's, or the ticket's
+//! creation; never a refused attempt's, which commits lazily and a crash can lose) moves
+//! the ticket's known end on our clock ([`Confirmed`]); a grant handed to the ticket is valid until then, and the
 //! lease's first renewal lengthens it to its TTL.
 //!
 //! Notifications are not persistent: one sent while our listening connection was being

@@ -143,3 +143,56 @@ async fn observers_see_a_resigned_leader_go_when_the_seat_is_handed_on() {
         .expect("the feed ended");
     assert!(seen.as_ref().is_none_or(|l| l.value != b"first"), "{seen:?}");
 }
+
+/// An observer's LISTEN connection runs under the session settings every other connection
+/// of the backend sets for itself: a role's `idle_session_timeout` does not end it while it
+/// sits idle waiting for notifications. The canary — a plain connection of the same role,
+/// opened after the observer's and left idle — is ended by the timeout; the observer's
+/// listening backend is still the same one after that. Failed before the change: the
+/// listening connection was opened without the setup, ended every 300 ms, and the
+/// observer reconnected in a loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_s_listening_connection_outlives_a_role_s_idle_session_timeout() {
+    let server = tokio::task::spawn_blocking(PgServer::start)
+        .await
+        .expect("start postgres");
+    let url = server.url();
+    drop(
+        PgElection::connect(&url)
+            .await
+            .expect("the first client creates the tables"),
+    );
+    server.psql("ALTER ROLE postgres SET idle_session_timeout = '300ms'");
+    let watcher = PgElection::connect(&url).await.unwrap();
+    let _observer = watcher.observe("seat").await.unwrap();
+    let listening = || {
+        server.psql(
+            "SELECT pid || ' ' || backend_start FROM pg_stat_activity \
+             WHERE query LIKE '%LISTEN fencelock_e_%' AND pid <> pg_backend_pid()",
+        )
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let before = loop {
+        let found = listening();
+        if !found.is_empty() {
+            break found;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the observer never listened");
+        tokio::time::sleep(Duration::from_millis(10)).await; // polling a condition, bounded
+    };
+    let (_canary, connection) = url
+        .parse::<fencelock_postgres::tokio_postgres::Config>()
+        .expect("server URL")
+        .connect(NoTls)
+        .await
+        .expect("the canary's connection");
+    tokio::time::timeout(Duration::from_secs(10), connection)
+        .await
+        .expect("the role's idle_session_timeout never ended the idle canary")
+        .expect_err("the canary's connection ended by the server's FATAL");
+    assert_eq!(
+        listening(),
+        before,
+        "the observer's listening backend (pid, start) after an idle canary of the same role was ended"
+    );
+}
