@@ -128,9 +128,17 @@ impl ServerProcess {
         self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
-    /// Sends SIGSTOP: the process stops answering but keeps its sockets open.
+    /// Sends SIGSTOP: the process stops answering but keeps its sockets open. Returns once
+    /// every thread of it is stopped (polled in `/proc`, bounded: 5 s), not as soon as the
+    /// signal is sent: a thread that was runnable stops only when it is next scheduled,
+    /// which on a loaded machine can come after the caller's next step.
     pub fn pause(&self) {
         self.signal(Signal::STOP);
+        let Some(pid) = self.pid() else { return };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !all_threads_stopped(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2)); // polling a signal's effect, bounded
+        }
     }
 
     /// Sends SIGCONT after [`pause`](Self::pause).
@@ -325,6 +333,31 @@ mod tests {
         port
     }
 
+    /// `pause` returns with every thread of a busy multi-threaded process stopped (four
+    /// threads spinning in python3: runnable all the time, as a loaded server's are).
+    #[test]
+    fn pause_returns_with_every_thread_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new("python3");
+        cmd.args([
+            "-c",
+            "import threading\nfor _ in range(4): threading.Thread(target=lambda: [0 for _ in iter(int, 1)], daemon=True).start()\nthreading.Event().wait(60)",
+        ]);
+        let mut spinning = ServerProcess::spawn("python3", cmd, &dir.path().join("log"), "apt-get install python3");
+        let pid = spinning.pid().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count()) < 5 {
+            assert!(Instant::now() < deadline, "the threads never started");
+            std::thread::sleep(Duration::from_millis(5)); // polling a starting process, bounded
+        }
+        for _ in 0..20 {
+            spinning.pause();
+            assert!(all_threads_stopped(pid), "pause returned with a thread still running");
+            spinning.resume();
+        }
+        spinning.kill();
+    }
+
     /// etcd's `/metrics` comes in chunks (`Transfer-Encoding: chunked`): the body handed
     /// back is the decoded one. The hand-written reader returned the chunk framing with it,
     /// so the metric line a chunk boundary fell in was lost — `watcher_total` read as 0
@@ -365,4 +398,19 @@ mod tests {
         let port = answering(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         assert_eq!(http(port, "GET", "/health", ""), None);
     }
+}
+
+/// `true` when every thread of `pid` is stopped (`T`, or `t` under a tracer), gone or a
+/// zombie — or the process cannot be read (gone).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat"))
+            .ok()
+            .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().chars().next()))
+            .flatten()
+            .is_none_or(|state| matches!(state, 'T' | 't' | 'Z' | 'X'))
+    })
 }
