@@ -293,4 +293,28 @@ mod tests {
         let ok = LockConfig::from_toml("backend = \"memory://\"\n[defaults]\nttl = \"1.5s\"\n");
         assert!(ok.is_ok(), "{ok:?}");
     }
+
+    /// The same through serde alone — a `LockConfig` inside the application's own
+    /// configuration type, read by its own `serde_json`/`toml` call — not only through
+    /// `from_toml`/`from_json`. Failed before the change (a new-user trial): `"ttl": 5`
+    /// read as a 5 ms auto-renewed lease, without a word.
+    #[test]
+    fn a_bare_number_is_refused_through_serde_alone_too() {
+        #[derive(Debug, serde::Deserialize)]
+        struct App {
+            #[allow(dead_code)] // read by Debug in the failure message only
+            locks: LockConfig,
+        }
+        let json = serde_json::from_str::<App>(r#"{"locks":{"backend":"memory://","defaults":{"ttl":5}}}"#);
+        let toml = toml::from_str::<App>("[locks]\nbackend = \"memory://\"\n[locks.defaults]\nwait = 250\n");
+        for (form, parsed) in [
+            ("json", json.map_err(|e| e.to_string())),
+            ("toml", toml.map_err(|e| e.to_string())),
+        ] {
+            let Err(text) = parsed else {
+                panic!("{form}: a bare number was accepted: {parsed:?}")
+            };
+            assert!(text.contains("has no unit") && text.contains("ms\""), "{form}: {text}");
+        }
+    }
 }

@@ -237,7 +237,7 @@ pub mod url_query {
     }
 }
 
-/// Serde of durations as human text ("500ms", "30s") or as a number of milliseconds.
+/// Serde of durations as human text ("500ms", "30s"); a plain number is refused (no unit).
 pub mod duration_text {
     use std::time::Duration;
 
@@ -248,18 +248,27 @@ pub mod duration_text {
         s.serialize_str(&format_duration(*d))
     }
 
-    /// Reads `"500ms"`, `"30s"`, `"2m"`, or a plain number of milliseconds.
+    /// Reads `"500ms"`, `"30s"`, `"2m"` ([`parse_duration`]). A plain number is refused
+    /// with an error that names the unit to add: seconds or milliseconds is the reader's
+    /// guess, and a wrong guess is a lease a thousand times too short or too long. (It was
+    /// read as milliseconds: `"ttl": 5` through an application's own serde call was a
+    /// 5 ms lease without a word — a new-user trial.)
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum Text {
-            Millis(u64),
+            Whole(u64),
+            Number(f64),
             Text(String),
         }
-        match Text::deserialize(d)? {
-            Text::Millis(ms) => Ok(Duration::from_millis(ms)),
-            Text::Text(t) => parse_duration(&t).map_err(de::Error::custom),
-        }
+        let number = match Text::deserialize(d)? {
+            Text::Text(t) => return parse_duration(&t).map_err(de::Error::custom),
+            Text::Whole(n) => n.to_string(),
+            Text::Number(n) => n.to_string(),
+        };
+        Err(de::Error::custom(format!(
+            "the duration {number} has no unit: write it as text with one, e.g. \"{number}s\" or \"{number}ms\""
+        )))
     }
 
     /// Parses a duration as `humantime` reads it, the one reading of durations in URLs,
