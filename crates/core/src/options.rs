@@ -404,7 +404,7 @@ mod tests {
 
     #[test]
     fn options_from_json() {
-        let o: LockOptions = serde_json::from_str(r#"{"ttl":"2s","wait":250,"auto_renew":false}"#).unwrap();
+        let o: LockOptions = serde_json::from_str(r#"{"ttl":"2s","wait":"250ms","auto_renew":false}"#).unwrap();
         assert_eq!(
             o,
             LockOptions::new()
@@ -413,5 +413,10 @@ mod tests {
                 .with_auto_renew(false)
         );
         assert!(serde_json::from_str::<LockOptions>(r#"{"tll":"2s"}"#).is_err());
+        // A number has no unit: refused, naming the unit to add (it read as milliseconds).
+        for number in [r#"{"wait":250}"#, r#"{"ttl":1.5}"#] {
+            let e = serde_json::from_str::<LockOptions>(number).unwrap_err().to_string();
+            assert!(e.contains("has no unit"), "{number}: {e}");
+        }
     }
 }
