@@ -6,7 +6,10 @@
 //! its flock). The leader's value lives beside the lock in `STEM.GRANT.leader`, one file per
 //! grant, so a deposed leader's late proclaim writes its own file and never the
 //! successor's. [`leader`](super::Election::leader) reports a record only when its grant
-//! is the key's live holder — the grant is compared, never the mere existence of a file. The
+//! is the key's live holder — the grant is compared, never the mere existence of a file. A
+//! leader's record stays after it resigns or exits, until the next leader's grant removes
+//! it: its term is a token handed out, which the restore of a lost state file reads
+//! (`KeyFiles::restored`), so terms keep growing even with the mutex's copy lost too. The
 //! campaign, `leader` and the rest are the shared seat glue of [`super::seat`]. Observers
 //! poll (there is no change notification that carries values).
 
@@ -43,6 +46,8 @@ pub const CAPABILITIES: ElectionCapabilities = ElectionCapabilities {
     dead_leader_blocks: "not at all when its process dies (the kernel drops its flock); its TTL when it hangs",
 };
 
+/// A value record's content. Its `term` is also read by the restore of a key's lost state
+/// (`file::state::leader_record_term`): keep the field's name.
 #[derive(Debug, Serialize, Deserialize)]
 struct Record {
     term: u64,
@@ -341,6 +346,39 @@ mod tests {
         ];
         resigned.sort();
         assert_eq!(files_in(dir.path()), resigned, "after the resign");
+    }
+
+    /// A resigned leader's value record stays (`STEM.GRANT.leader`, with its term). With
+    /// the state file deleted and the mutex's copy of the counter lost too (garbled, or
+    /// the mutex deleted with the state while nobody leads), the record is the last trace
+    /// of the terms handed out: the restore ignored it, and the next leader got term 1
+    /// after term 3 — a deposed leader's writes with term 3 would then beat it.
+    #[tokio::test]
+    async fn a_resigned_leaders_record_keeps_terms_growing_when_the_counter_is_lost() {
+        for case in ["state removed, mutex garbled", "state and mutex removed"] {
+            let dir = tempfile::tempdir().unwrap();
+            let election = FileElection::new(FileLock::open(dir.path()).unwrap());
+            let mut last = 0;
+            for _ in 0..3 {
+                let leadership = election.campaign("sched", b"host-a", &long()).await.unwrap();
+                last = leadership.term().get();
+                leadership.resign().await.unwrap();
+            }
+            let files = election.lock.files(&seat_key("sched").unwrap());
+            std::fs::remove_file(files.path("state")).unwrap();
+            if case.contains("garbled") {
+                std::fs::write(files.path("mutex"), b"garbage").unwrap();
+            } else {
+                std::fs::remove_file(files.path("mutex")).unwrap();
+            }
+            let next = election.campaign("sched", b"host-b", &long()).await.unwrap();
+            assert!(
+                next.term().get() > last,
+                "{case}: term {} after term {last}",
+                next.term().get()
+            );
+            next.resign().await.unwrap();
+        }
     }
 
     /// The names of the files in `dir`, sorted.

@@ -32,6 +32,23 @@ pub(crate) struct KeyFiles {
     pub(crate) ops: Cleanups,
 }
 
+/// A key's files found by listing the directory ([`KeyFiles::listed`]).
+#[derive(Default)]
+struct Listed {
+    /// Its liveness files, `STEM.GRANT.live`.
+    live: Vec<PathBuf>,
+    /// Its file election's value records, `STEM.GRANT.leader`.
+    records: Vec<PathBuf>,
+}
+
+/// A key's mutex, open and flocked ([`KeyFiles::lock_key_mutex`]).
+struct KeyMutex {
+    file: File,
+    /// Why it could not be opened for writing, when it is open read-only: then this
+    /// process cannot keep the copy of the counter, and may not grant.
+    read_only: Option<std::io::Error>,
+}
+
 /// A live holder of a key, as [`KeyFiles::live_holder`] finds it.
 struct LiveHolder {
     /// Its liveness file.
@@ -151,18 +168,24 @@ impl KeyFiles {
 
     /// The liveness files of this key now in the directory.
     pub(crate) fn live_files(&self) -> Result<Vec<PathBuf>> {
+        Ok(self.listed()?.live)
+    }
+
+    /// This key's liveness files and election value records now in the directory, from
+    /// one listing.
+    fn listed(&self) -> Result<Listed> {
         #[cfg(test)]
         LISTINGS.with(|n| n.set(n.get() + 1));
         let cannot_list = |e| io_error(format!("cannot list {}", self.dir.display()), e);
-        let mut found = Vec::new();
+        let mut found = Listed::default();
         for entry in fs::read_dir(&*self.dir).map_err(cannot_list)? {
             let entry = entry.map_err(cannot_list)?;
-            if entry
-                .file_name()
-                .to_str()
-                .is_some_and(|n| naming::is_live_file_of(&self.stem, n))
-            {
-                found.push(entry.path());
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if naming::is_live_file_of(&self.stem, name) {
+                found.live.push(entry.path());
+            } else if naming::grant_of_leader_record(&self.stem, name).is_some() {
+                found.records.push(entry.path());
             }
         }
         Ok(found)
@@ -176,20 +199,33 @@ impl KeyFiles {
 
     /// As [`locked`](Self::locked), then `then` on the outcome after the state is written,
     /// still under the mutex: what no other process may see before it is done.
+    ///
+    /// A decision that hands out a token (raises the counter) also writes the mutex's copy
+    /// of it, or fails: with the mutex open read-only, with `InvalidConfig` before anything
+    /// is written ([`read_only_mutex`](Self::read_only_mutex)); when the copy's write fails,
+    /// with that error (the token, in the state only, is never handed out).
     fn locked_then<T, U>(
         &self,
         f: impl FnOnce(&mut KeyState) -> Result<(T, bool)>,
         then: impl FnOnce(T) -> Result<U>,
     ) -> Result<U> {
-        let mutex = self.lock_key_mutex()?;
-        // The mutex's copy of the counter: an error reading it (or a foreign content) is
-        // no information, not a reason to fail the decision — the state file is the record.
-        let copied = os::read_record(&mutex, 0).ok().flatten().unwrap_or(0);
+        let mut mutex = self.lock_key_mutex()?;
+        let copy = self.counter_copy(&mutex.file);
+        let copied = copy.unwrap_or(0);
         let (mut st, repair) = match state::read(&self.path("state"), &self.stem)? {
             Some(st) if st.last_token >= copied => (st, false),
             stored => (self.restored(stored, copied)?, true),
         };
+        let before = st.last_token;
         let (value, changed) = f(&mut st)?;
+        let handed_out = st.last_token > before;
+        if handed_out {
+            // Before the state's write: a token this process could not copy is never
+            // handed out (see `read_only_mutex`).
+            if let Some(why) = mutex.read_only.take() {
+                return Err(self.read_only_mutex(why));
+            }
+        }
         if changed || repair {
             // A repair (a state restored from the mutex's copy or the liveness files) is
             // written back so that the next decision needs no listing; when only a repair
@@ -197,18 +233,74 @@ impl KeyFiles {
             match self.replace("state", &state::encode(&st)?, self.durable) {
                 Err(e) if changed => return Err(e),
                 Err(e) => tracing::debug!(stem = %self.stem, error = %e, "cannot write back the key's restored state"),
-                Ok(()) => {
-                    if st.last_token > copied {
-                        // After the state's write, so the copy never runs ahead of a token
-                        // that was not handed out. Best effort: the copy only backs up a
-                        // state file deleted later (a mutex opened read-only cannot keep it).
-                        let _ = os::write_record(&mutex, 0, st.last_token);
-                    }
+                Ok(()) => {}
+            }
+        }
+        if mutex.read_only.is_none() && copy.is_none_or(|c| c < st.last_token) {
+            // After the state's write, so the copy never runs ahead of a token that was
+            // not handed out (a restored counter is no such token: it comes from the files of grants).
+            // A new token's copy must be written, or a state file deleted later would be
+            // restored without it and the token handed out again: the grant fails (its
+            // token, written to the state only, is never handed out). A copy behind (a
+            // mutex made again) or garbled is put right by any decision, best effort.
+            let mutex_path = self.path("mutex");
+            match os::write_record(&mutex.file, 0, st.last_token) {
+                Err(e) if handed_out => {
+                    return Err(io_error(
+                        format!(
+                            "cannot write the copy of the token counter into {}",
+                            mutex_path.display()
+                        ),
+                        e,
+                    ))
                 }
+                Err(e) => {
+                    tracing::debug!(mutex = %mutex_path.display(), error = %e, "cannot put right the copy of the token counter")
+                }
+                Ok(()) => {}
             }
         }
         then(value)
         // `mutex` is closed here, which drops the flock.
+    }
+
+    /// The mutex's copy of the counter: `Some(0)` for a mutex never written (a key's first,
+    /// or one only older versions used). `None` when it holds anything else (garbled, cut
+    /// short) or cannot be read: no information — the state file is the record — but
+    /// logged as a warning naming the file, because with the state file missing too the
+    /// counter then rests on the key's liveness files and election records alone. A
+    /// writable mutex gets its copy back in the same decision, so the warning comes once.
+    fn counter_copy(&self, mutex: &File) -> Option<u64> {
+        let why = match os::read_counter_copy(mutex) {
+            Ok(os::CounterCopy::Counter(copied)) => return Some(copied),
+            Ok(os::CounterCopy::Empty) => return Some(0),
+            Ok(os::CounterCopy::NotARecord) => {
+                "it holds something that is not a copy of the counter (garbled or cut short)".to_owned()
+            }
+            Err(e) => format!("it cannot be read ({e})"),
+        };
+        tracing::warn!(
+            mutex = %self.path("mutex").display(),
+            "the key's mutex is to keep a copy of its token counter, but {why}; it is ignored, and written again from the state file if this process can write the mutex. Did something write into the lock directory? If the state file is missing too, the counter is restored from the key's liveness files and election records alone"
+        );
+        None
+    }
+
+    /// The error of a grant refused because the key's mutex could be opened only read-only
+    /// (`why`: `EACCES`, `EPERM`, `EROFS`). Such a process cannot keep the mutex's copy of
+    /// the counter, and the liveness files cannot stand in for it: a released grant's file
+    /// is removed, so after the state file is deleted nothing would remember its token and
+    /// it would be handed out again. A lock that hands out a repeated token without a word
+    /// breaks fencing, so the grant is refused, naming the file and the fix.
+    fn read_only_mutex(&self, why: std::io::Error) -> LockError {
+        let mutex = self.path("mutex");
+        LockError::InvalidConfig {
+            message: format!(
+                "refusing to grant: this process can open the key's mutex {m} only read-only ({why}), so it cannot keep the mutex's copy of the token counter that restores the counter if the state file is lost, and tokens could repeat. Make it writable for every user of the lock directory: its owner (or root) runs `chmod 660 {m}` (`chmod 600` in a private directory); on a read-only filesystem, choose a writable lock directory",
+                m = mutex.display()
+            ),
+            source: Some(Box::new(why)),
+        }
     }
 
     /// Opens the key's mutex `STEM.mutex` and flocks it (waiting at most [`MUTEX_WAIT`]),
@@ -218,10 +310,10 @@ impl KeyFiles {
     /// process makes a new one at the name and locks that, and two decisions would run at
     /// once. Then the orphan is dropped and the file now at the name opened, at most
     /// [`MUTEX_REOPENS`] times in a row.
-    fn lock_key_mutex(&self) -> Result<File> {
+    fn lock_key_mutex(&self) -> Result<KeyMutex> {
         let mutex_path = self.path("mutex");
         for _ in 0..MUTEX_REOPENS {
-            let mutex = os::open_or_create(&mutex_path, self.mode)
+            let os::Opened { file: mutex, read_only } = os::open_or_create(&mutex_path, self.mode)
                 .map_err(|e| io_error(format!("cannot open {}", mutex_path.display()), e))?;
             #[cfg(test)]
             between_open_and_lock(&mutex_path);
@@ -233,7 +325,7 @@ impl KeyFiles {
                 // directory's file of another owner without write permission) costs
                 // nothing else.
                 let _ = os::touch_open(&mutex);
-                return Ok(mutex);
+                return Ok(KeyMutex { file: mutex, read_only });
             }
         }
         Err(LockError::backend(
@@ -250,10 +342,12 @@ impl KeyFiles {
     /// mutex's copy of the counter (restored from an older copy). A state file deleted (by
     /// a /tmp cleaner: a holder renewing for days writes only its liveness file, so the
     /// state ages first; or by hand) takes the token counter with it: it is restored as the
-    /// highest of the mutex's copy and the tokens written in the key's liveness files, live
+    /// highest of the mutex's copy, the tokens written in the key's liveness files, live
     /// or left by dead holders (each grant writes its token into its own, see
-    /// [`os::write_token`]), so that tokens keep growing: a counter restarted at 1 let a
-    /// paused old holder's token beat the new holder's at any fencing store. A flocked
+    /// [`os::write_token`]), and the terms in a file election's value records (the last
+    /// leader's stays after it resigns, see [`state::leader_record_term`]), so that tokens
+    /// keep growing: a counter restarted at 1 let a paused old holder's token beat the new
+    /// holder's at any fencing store. A flocked
     /// liveness file is a live holder: the state names it, with the expiry it last wrote
     /// (none written: no expiry), so that the key stays its own until it releases, dies or
     /// expires, instead of going to a second holder at once — also when an older state
@@ -261,7 +355,8 @@ impl KeyFiles {
     /// with one behind) pays for it, once: the caller writes the state back.
     fn restored(&self, stored: Option<KeyState>, copied: u64) -> Result<KeyState> {
         let mut st = KeyState::default();
-        for live in self.live_files()? {
+        let listed = self.listed()?;
+        for live in listed.live {
             let Some(name) = live.file_name().and_then(|n| n.to_str()) else {
                 continue;
             };
@@ -282,6 +377,18 @@ impl KeyFiles {
                         expires_mono_ns: expires,
                         live: name.to_owned(),
                     });
+                }
+            }
+        }
+        for record in listed.records {
+            // A file election's value record (`STEM.GRANT.leader`) carries its grant's
+            // term, a token handed out, and outlives its leader: with the mutex's copy lost
+            // as well (garbled, or deleted with the state), it is what remembers the last
+            // leader's term once its liveness file is gone.
+            match state::leader_record_term(&record) {
+                Ok(term) => st.last_token = st.last_token.max(term.unwrap_or(0)),
+                Err(e) => {
+                    tracing::warn!(record = %record.display(), error = %e, "cannot read the term of an election's value record while restoring the key's counter; it is left out")
                 }
             }
         }
@@ -701,7 +808,7 @@ mod tests {
                     if calls.get() == 1 {
                         // The cleaner, then the other process entering its decision.
                         fs::remove_file(path).unwrap();
-                        let theirs = os::open_or_create(path, 0o600).unwrap();
+                        let theirs = os::open_or_create(path, 0o600).unwrap().file;
                         assert!(os::try_lock_exclusive(&theirs).unwrap());
                         *other.borrow_mut() = Some(theirs);
                     } else {
@@ -755,6 +862,170 @@ mod tests {
         assert_eq!(files.live_grant().unwrap(), Some((grant.clone(), 4)));
         assert_eq!(listings() - before, 1, "the restored state was not written back");
         assert!(files.release(&grant, os::file_id(&live).unwrap()).unwrap());
+    }
+
+    /// Grants `files`' key (free) and releases it at once; the grant's token.
+    fn grant_and_release(files: &KeyFiles) -> Result<u64> {
+        match files.try_grant(TTL)? {
+            Decision::Granted { grant, token, live, .. } => {
+                assert!(files.release(&grant, os::file_id(&live).unwrap()).unwrap());
+                Ok(token)
+            }
+            Decision::Busy { .. } => panic!("the key was free"),
+        }
+    }
+
+    /// A process that can open the key's mutex only read-only (a non-root member of a
+    /// shared directory whose mutex another member left `0640`; played through
+    /// `os::WRITE_REFUSED`, as root can write any file) cannot keep the mutex's copy of the
+    /// counter. Its grants went through with the copy silently left behind, so after the
+    /// state file was deleted the restore missed them and tokens 5 and 6 were handed out
+    /// twice. Its grants are refused instead, with an error naming the file and the fix;
+    /// what hands out no token (an observer's read, the holder's extend and release) still
+    /// works.
+    #[test]
+    fn a_mutex_opened_read_only_never_lets_a_token_repeat_across_a_state_deletion() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = key_files(dir.path());
+        let mut handed = Vec::new();
+        for _ in 0..3 {
+            handed.push(grant_and_release(&files).unwrap());
+        }
+        let Ok(Decision::Granted { grant, token, live, .. }) = files.try_grant(TTL) else {
+            panic!("the key was free");
+        };
+        handed.push(token);
+        let id = os::file_id(&live).unwrap();
+        os::WRITE_REFUSED.with(|r| r.set(Some(rustix::io::Errno::ACCESS.raw_os_error())));
+        let seen = files.live_grant();
+        let extended = files.extend(&grant, id, &live, TTL);
+        let released = files.release(&grant, id);
+        let mut refused = Vec::new();
+        for _ in 0..2 {
+            match grant_and_release(&files) {
+                Ok(token) => handed.push(token),
+                Err(e) => refused.push(e),
+            }
+        }
+        os::WRITE_REFUSED.with(|r| r.set(None));
+        assert_eq!(
+            seen.unwrap(),
+            Some((grant.clone(), token)),
+            "read through a read-only mutex"
+        );
+        assert_eq!(extended.unwrap(), Some(TTL), "extend through a read-only mutex");
+        assert!(released.unwrap(), "release through a read-only mutex");
+        fs::remove_file(files.path("state")).unwrap();
+        for _ in 0..2 {
+            handed.push(grant_and_release(&files).unwrap());
+        }
+        assert!(
+            handed.windows(2).all(|w| w[0] < w[1]),
+            "tokens handed out, in order, across a state deletion: {handed:?}"
+        );
+        let mutex = files.path("mutex").display().to_string();
+        assert_eq!(refused.len(), 2, "grants through a read-only mutex: {handed:?}");
+        for e in refused {
+            match e {
+                LockError::InvalidConfig { message, .. } => {
+                    assert!(message.contains(&mutex) && message.contains("chmod"), "{message}")
+                }
+                other => panic!("a grant through a read-only mutex: {other:?}"),
+            }
+        }
+        assert!(
+            files.live_files().unwrap().is_empty(),
+            "refused grants left liveness files"
+        );
+    }
+
+    /// The WARN events logged on this thread while it runs, each as its fields.
+    #[derive(Default)]
+    struct Warnings(Mutex<Vec<String>>);
+
+    struct Fields<'a>(&'a mut String);
+
+    impl tracing::field::Visit for Fields<'_> {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            self.0.push_str(&format!("{}={value:?} ", field.name()));
+        }
+    }
+
+    impl tracing::Subscriber for &'static Warnings {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            if *event.metadata().level() == tracing::Level::WARN {
+                let mut line = String::new();
+                event.record(&mut Fields(&mut line));
+                self.0.lock().unwrap().push(line);
+            }
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    /// Runs `f`, returning what it returns and the warnings it logged.
+    fn warnings_of<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
+        let warnings: &'static Warnings = Box::leak(Box::default());
+        let value = tracing::subscriber::with_default(warnings, f);
+        let logged = warnings.0.lock().unwrap().clone();
+        (value, logged)
+    }
+
+    /// The mutex's copy of the counter garbled or cut short (an editor, a stray write)
+    /// while the state file is missing: the copy was read as 0 without a word. The restore
+    /// must still count on from the liveness file a dead holder left (token 4), and a
+    /// warning must name the mutex. A garbled copy beside a sound state file is warned of
+    /// once, then rewritten from the state.
+    #[test]
+    fn a_garbled_mutex_is_warned_of_and_tokens_do_not_go_back() {
+        for garbage in [&b"not a counter"[..], b"0000000004", b""] {
+            let case = String::from_utf8_lossy(garbage);
+            let dir = tempfile::tempdir().unwrap();
+            let files = key_files(dir.path());
+            for _ in 0..3 {
+                grant_and_release(&files).unwrap();
+            }
+            let Ok(Decision::Granted { token: 4, live, .. }) = files.try_grant(TTL) else {
+                panic!("{case:?}: the fourth grant");
+            };
+            drop(live); // the holder dies: its liveness file stays, with token 4
+            fs::write(files.path("mutex"), garbage).unwrap();
+            fs::remove_file(files.path("state")).unwrap();
+            let (next, warned) = warnings_of(|| grant_and_release(&files));
+            assert_eq!(next.unwrap(), 5, "{case:?}: the grant after the restore");
+            let mutex = files.path("mutex").display().to_string();
+            if garbage.is_empty() {
+                // An empty mutex is also a key's first one: nothing to warn of but the
+                // missing state.
+                assert!(warned.iter().any(|w| w.contains("missing")), "{case:?}: {warned:?}");
+            } else {
+                assert!(
+                    warned.iter().any(|w| w.contains(&mutex)),
+                    "{case:?}: no warning names the garbled mutex {mutex}: {warned:?}"
+                );
+            }
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let files = key_files(dir.path());
+        grant_and_release(&files).unwrap();
+        fs::write(files.path("mutex"), b"not a counter").unwrap();
+        let (_, warned) = warnings_of(|| {
+            for _ in 0..3 {
+                assert!(files.live_grant().unwrap().is_none());
+            }
+        });
+        assert_eq!(warned.len(), 1, "a garbled copy beside a sound state: {warned:?}");
+        let mutex = File::open(files.path("mutex")).unwrap();
+        assert_eq!(os::read_record(&mutex, 0).unwrap(), Some(1), "the copy rewritten");
     }
 
     /// An error reading our own liveness file (out of descriptors or memory) is not the

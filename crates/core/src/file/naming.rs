@@ -50,6 +50,16 @@ pub(crate) fn grant_of_live_file<'a>(stem: &str, name: &'a str) -> Option<&'a st
         .filter(|grant| !grant.is_empty() && grant.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// The grant id in `name` when it is a file election's value record of the key with stem
+/// `stem`: `STEM.GRANT.leader`, with a grant id of hex digits (written by
+/// `election::file`, read by the restore of a missing state, see `KeyFiles::restored`).
+pub(crate) fn grant_of_leader_record<'a>(stem: &str, name: &'a str) -> Option<&'a str> {
+    name.strip_prefix(stem)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .and_then(|rest| rest.strip_suffix(".leader"))
+        .filter(|grant| !grant.is_empty() && grant.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -141,5 +151,14 @@ mod tests {
         assert!(!is_live_file_of("k-a", &live_file("k-a.b", grant)));
         assert!(!is_live_file_of("k-a", "k-a.state"));
         assert!(!is_live_file_of("k-a", "k-a..live"));
+        // The election's value records, read by the restore, likewise.
+        let record = format!("k-a.{grant}.leader");
+        assert_eq!(super::grant_of_leader_record("k-a", &record), Some(grant));
+        assert_eq!(
+            super::grant_of_leader_record("k-a", &format!("k-a.ff.{grant}.leader")),
+            None
+        );
+        assert_eq!(super::grant_of_leader_record("k-a", &live_file("k-a", grant)), None);
+        assert_eq!(super::grant_of_leader_record("k-a", "k-a..leader"), None);
     }
 }

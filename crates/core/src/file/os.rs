@@ -36,23 +36,55 @@ pub(crate) fn open_read(path: &Path) -> io::Result<Option<File>> {
     }
 }
 
+/// A file [`open_or_create`] opened.
+pub(crate) struct Opened {
+    pub(crate) file: File,
+    /// Why it could not be opened for writing, when it is open read-only.
+    pub(crate) read_only: Option<io::Error>,
+}
+
 /// Opens `path` for flocking, creating it with `mode` if missing: read-write, so that the
 /// key's mutex can keep its copy of the token counter ([`write_record`]); read-only when
 /// writing it is refused (`EACCES`, `EPERM`, `EROFS`: a file of another member of a
-/// shared directory with odd permissions, a read-only mount), which flock does not need
-/// — the copy is then neither read nor kept up to date by this process, nothing else.
-pub(crate) fn open_or_create(path: &Path, mode: u32) -> io::Result<File> {
-    match open_or_create_as(path, OFlags::RDWR, mode) {
+/// shared directory with odd permissions, a read-only mount), which flock does not need.
+/// A process with the mutex open read-only cannot keep the copy, so it may decide
+/// anything that hands out no token (an observer's read, a holder's extend or release)
+/// but its grants are refused (see `KeyFiles::locked_then`).
+pub(crate) fn open_or_create(path: &Path, mode: u32) -> io::Result<Opened> {
+    #[cfg(test)]
+    let refused = WRITE_REFUSED
+        .with(std::cell::Cell::get)
+        .map(io::Error::from_raw_os_error);
+    #[cfg(not(test))]
+    let refused: Option<io::Error> = None;
+    let read_write = match refused {
+        Some(e) => Err(e),
+        None => open_or_create_as(path, OFlags::RDWR, mode),
+    };
+    match read_write {
         Err(e)
             if matches!(
                 e.raw_os_error().map(Errno::from_raw_os_error),
                 Some(Errno::ACCESS | Errno::PERM | Errno::ROFS)
             ) =>
         {
-            open_or_create_as(path, OFlags::RDONLY, mode)
+            let file = open_or_create_as(path, OFlags::RDONLY, mode)?;
+            Ok(Opened {
+                file,
+                read_only: Some(e),
+            })
         }
-        opened => opened,
+        opened => opened.map(|file| Opened { file, read_only: None }),
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Test seam: while set, [`open_or_create`]'s read-write open fails on this thread with
+    /// this OS error code, as it does for a non-root member of a shared directory whose
+    /// mutex another member left without group write permission (the tests run as root,
+    /// which `chmod` cannot keep out), so the read-only fallback runs.
+    pub(crate) static WRITE_REFUSED: std::cell::Cell<Option<i32>> = const { std::cell::Cell::new(None) };
 }
 
 fn open_or_create_as(path: &Path, access: OFlags, mode: u32) -> io::Result<File> {
@@ -295,6 +327,27 @@ fn parse_record(bytes: &[u8]) -> Option<u64> {
         [digits @ .., b'\n'] if bytes.len() == RECORD_LEN => std::str::from_utf8(digits).ok()?.parse().ok(),
         _ => None,
     }
+}
+
+/// What the start of a key's mutex holds: its copy of the token counter.
+pub(crate) enum CounterCopy {
+    /// Nothing: never written (a key's first mutex, or one only older versions used).
+    Empty,
+    /// The copy: the last token handed out, as of the last grant.
+    Counter(u64),
+    /// Something that is not a record: garbled, or cut short.
+    NotARecord,
+}
+
+/// Reads the mutex's copy of the counter (the record at 0 of `f`, see [`write_record`]).
+pub(crate) fn read_counter_copy(f: &File) -> io::Result<CounterCopy> {
+    let mut buf = [0u8; RECORD_LEN];
+    let n = rustix::io::pread(f, &mut buf, 0)?;
+    Ok(match (n, parse_record(&buf[..n])) {
+        (0, _) => CounterCopy::Empty,
+        (_, Some(counter)) => CounterCopy::Counter(counter),
+        (_, None) => CounterCopy::NotARecord,
+    })
 }
 
 /// Writes `expires_mono_ns` at the start of the holder's own liveness file ([`write_record`]):

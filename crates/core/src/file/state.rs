@@ -88,3 +88,22 @@ fn corrupt(path: &Path, why: impl Into<crate::error::BoxError>) -> LockError {
 pub(crate) fn encode(state: &KeyState) -> Result<Vec<u8>> {
     serde_json::to_vec(state).map_err(|e| LockError::backend(BACKEND, "cannot encode state", e))
 }
+
+/// The term in a file election's value record `STEM.GRANT.leader` (the format of
+/// `election::file`'s `Record`, `{"term":N,"value":[...]}`; only the term is read): the
+/// token of the grant that wrote it, so a lower bound of the key's counter. `None` when the
+/// file is gone. A record outlives its leader (the next leader's grant removes it), so a
+/// key whose state file and mutex copy are both lost still counts its terms on from it.
+pub(crate) fn leader_record_term(path: &Path) -> std::io::Result<Option<u64>> {
+    #[derive(Deserialize)]
+    struct Term {
+        term: u64,
+    }
+    let Some(mut f) = os::open_read(path)? else {
+        return Ok(None);
+    };
+    let mut bytes = Vec::with_capacity(128);
+    f.read_to_end(&mut bytes)?;
+    let record: Term = serde_json::from_slice(&bytes).map_err(std::io::Error::other)?;
+    Ok(Some(record.term))
+}
