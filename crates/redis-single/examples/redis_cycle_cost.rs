@@ -149,11 +149,12 @@ async fn main() {
                 }
                 _ => {
                     let grant = fencelock_core::GrantId::random();
+                    let under = node.run_id_for_grant();
                     node.try_grant("k-node", &grant, opts.ttl(), Duration::ZERO)
                         .await
                         .unwrap();
                     v[8].push(t.elapsed());
-                    assert!(node.release("k-node", grant.as_str()).await.unwrap());
+                    assert!(node.release("k-node", grant.as_str(), under.as_deref()).await.unwrap());
                     v[9].push(t.elapsed());
                 }
             }

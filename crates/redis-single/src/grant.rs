@@ -13,6 +13,11 @@ pub(crate) struct RedisGrant {
     pub node: RedisNode,
     pub key: String,
     pub grant: String,
+    /// The server's `run_id` when the grant was made, read before its request
+    /// ([`RedisNode::run_id_for_grant`]) — an acquire's, a waiter's turn's, or for a
+    /// grant handed on by a release, the waiter's last turn answered "queued": a repeated
+    /// release compares the current one with it.
+    pub under: Option<String>,
 }
 
 #[async_trait]
@@ -26,7 +31,7 @@ impl LeaseOps for RedisGrant {
     }
 
     async fn release(&self) -> Result<bool> {
-        self.node.release(&self.key, &self.grant).await
+        self.node.release(&self.key, &self.grant, self.under.as_deref()).await
     }
 
     /// Counted on the node from the drop on (its release counts itself only once it runs).

@@ -164,6 +164,7 @@ impl RedisLock {
             let ttl = opts.ttl();
             CancelGuard::new(move || node.release_later(key, &grant, ttl))
         };
+        let under = node.run_id_for_grant();
         let sent_at = Instant::now();
         let answer = node.try_grant(key, &grant, opts.ttl(), Duration::ZERO).await;
         let token = match answer {
@@ -179,18 +180,20 @@ impl RedisLock {
             }
         };
         tracing::debug!(%key, %token, "granted");
-        let lease = self.lease(key, grant, token, sent_at, opts.ttl(), opts);
+        let lease = self.lease(key, grant, under, token, sent_at, opts.ttl(), opts);
         // From here the lease's drop releases the grant.
         undo.disarm();
         Ok(Outcome::Granted(lease))
     }
 
     /// A lease for a grant this instance holds on the server since `sent_at`, valid for
-    /// `validity` from then.
+    /// `validity` from then; `under`: the server's `run_id` when it was made.
+    #[allow(clippy::too_many_arguments)]
     fn lease(
         &self,
         key: &str,
         grant: GrantId,
+        under: Option<String>,
         token: FencingToken,
         sent_at: Instant,
         validity: Duration,
@@ -200,6 +203,7 @@ impl RedisLock {
             node: self.node.clone(),
             key: key.to_owned(),
             grant: grant.to_string(),
+            under,
         });
         Lease::new(LeaseParts {
             key: key.to_owned(),
@@ -258,6 +262,7 @@ impl RedisLock {
                     grant,
                     entry: String::new(),
                     queued_at: None,
+                    queued_under: None,
                     done: false,
                 })
             }
@@ -282,6 +287,7 @@ impl RedisLock {
                 retry_at: Some(Instant::now() + HANDOFF_CLAIM + NEXT_MARGIN),
             });
         }
+        let under = self.node.run_id_for_grant();
         let sent_at = Instant::now();
         let span = tracing::debug_span!("turn", %key, grant = %q.grant, handed = turn);
         let answer = match self
@@ -311,6 +317,7 @@ impl RedisLock {
                 Ok(Attempt::Acquired(self.lease(
                     key,
                     q.grant.clone(),
+                    under,
                     token,
                     sent_at,
                     opts.ttl(),
@@ -321,6 +328,7 @@ impl RedisLock {
                 self.contention.found_busy(key);
                 q.entry = entry;
                 q.queued_at = server_ms.map(|server_ms| QueuedAt { sent_at, server_ms });
+                q.queued_under = under;
                 // A peer library's release sends no message: with a peer layout the poll
                 // is the hand-off path, so it is not stretched (still bounded by the PTTL).
                 let cfg = self.node.config();
@@ -343,7 +351,17 @@ impl RedisLock {
         let token = FencingToken::new(handed.token);
         let key = q.key.as_str();
         tracing::debug!(%key, %token, grant = %q.grant, "granted by the release's hand-off");
-        Some(self.lease(key, q.grant.clone(), token, start, valid_for, opts))
+        // The hand-off ran after the last turn answered "queued": the run_id read before
+        // that turn is the grant's, or older (see `RedisNode::run_id_for_grant`).
+        Some(self.lease(
+            key,
+            q.grant.clone(),
+            q.queued_under.clone(),
+            token,
+            start,
+            valid_for,
+            opts,
+        ))
     }
 }
 
@@ -370,6 +388,8 @@ pub(crate) struct Queued {
     entry: String,
     /// The last turn answered "queued": a direct hand-off's validity counts from it.
     queued_at: Option<QueuedAt>,
+    /// The server's `run_id` read before that turn: a direct hand-off's grant keeps it.
+    queued_under: Option<String>,
     done: bool,
 }
 

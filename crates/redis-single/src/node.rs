@@ -74,16 +74,13 @@ struct NodeInner {
     conn: std::sync::Mutex<Option<ConnectionManager>>,
     /// Held while connecting, so concurrent first calls make one connection.
     connecting: tokio::sync::Mutex<()>,
-    /// The server's `run_id` (`INFO server`) as read when the connection was made: a
-    /// release sent twice compares it with the current one to tell "our first try deleted
-    /// the grant" from "the server restarted and forgot it" ([`RedisNode::released`]).
-    /// `None` when it could not be read (`INFO` renamed away).
+    /// The server's `run_id` (`INFO server`) as read when the connection was made, before
+    /// any grant of this node: a repeated release of a grant whose own `run_id` is not
+    /// known compares the current one with it ([`RedisNode::released`]). `None` when it
+    /// could not be read (`INFO` renamed away).
     run_id: std::sync::Mutex<Option<String>>,
     /// The server's `run_id` as last seen: [`RedisNode::identity`].
     identity: Identity,
-    /// The `run_id` under which each grant of [`RedisNode::try_grant`] was made, by grant
-    /// id: a repeated release compares the `run_id` now with it ([`RedisNode::released`]).
-    granted_under: GrantedUnder,
     waiters: Arc<Waiters>,
     renewals: Renewals,
     /// Background clean-ups under way — releases of dropped leases, of grants whose answer
@@ -131,7 +128,6 @@ impl RedisNode {
                 connecting: tokio::sync::Mutex::new(()),
                 run_id: std::sync::Mutex::new(None),
                 identity: Identity::default(),
-                granted_under: GrantedUnder::default(),
                 waiters,
                 renewals: renewals(),
                 cleanups: Cleanups::new(),
@@ -193,10 +189,24 @@ impl RedisNode {
         }
     }
 
-    /// The server's `run_id` as last read (when the connection was made, or by a release
-    /// that found the server restarted); `None` before a connection or when `INFO` failed.
+    /// The server's `run_id` as read when the connection was made; `None` before a
+    /// connection or when `INFO` failed.
     pub fn run_id(&self) -> Option<String> {
         self.inner.run_id.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The `run_id` to keep with a grant whose request is sent after this call — read
+    /// before the request, since [`identity`](Self::identity) never runs ahead of the
+    /// server, a restart between the read and the grant only makes a later repeated
+    /// release say "lost" where it may have been released (the conservative answer).
+    /// Pass it to the release of that grant ([`release`](Self::release) and its
+    /// siblings), which tells "our first try deleted it" from "a restart forgot it" by
+    /// it. For a grant handed to a waiter by a release, read it before the waiter's last
+    /// turn that was answered "queued" (the hand-off ran after that turn). `None` while
+    /// unknown (never connected, `INFO` refused): the release then compares with the
+    /// `run_id` read at connect, which is older still.
+    pub fn run_id_for_grant(&self) -> Option<String> {
+        self.inner.identity.get()
     }
 
     /// Which server answers now: its `run_id` as last seen. Read when the connection is
@@ -472,25 +482,29 @@ impl RedisNode {
     /// deleted it unheard, or the grant was gone before. The server's `run_id` tells the
     /// case that matters apart — a restart (without persistence it forgets every grant;
     /// also what drops the connection): the same `run_id` as when the grant was made
-    /// (kept by [`try_grant`](Self::try_grant); for a grant made otherwise, the one read at
-    /// connect or by the last repeated release) means no restart, so the first try deleted
+    /// (`under`, kept with the grant by its holder whichever way it was made — an acquire,
+    /// a hand-off, a heal: [`run_id_for_grant`](Self::run_id_for_grant); when `None`, the
+    /// one read at connect, before any grant) means no restart, so the first try deleted
     /// our grant (released); another one means a restart, so the grant may have been lost
-    /// before (not held, the conservative answer). Compared with the node's last recorded
-    /// one instead, a grant made before a restart that an earlier repeated release had
-    /// recorded was reported released. Left ambiguous: a grant removed by an operator's `DEL` or by eviction in
-    /// the same moment as a repeated release (then "released").
+    /// before (not held, the conservative answer). Compared with a `run_id` read after the
+    /// grant was made instead (a node-wide one that a repeated release had recorded), a
+    /// grant made before a restart was reported released. Left ambiguous: a grant removed
+    /// by an operator's `DEL` or by eviction in the same moment as a repeated release
+    /// (then "released").
     ///
     /// # Errors
-    /// `Unavailable` (outcome unknown) when the `run_id` cannot be read now or was not at
-    /// connect.
-    async fn released(&self, answer: (i64, bool), grant: &str) -> Result<bool> {
-        let under = self.inner.granted_under.take(grant);
+    /// `Unavailable` (outcome unknown) when the `run_id` cannot be read now, or neither
+    /// `under` nor the connect's is known.
+    async fn released(&self, answer: (i64, bool), under: Option<&str>) -> Result<bool> {
         match answer {
             (1, _) => return Ok(true),
             (_, false) => return Ok(false),
             (_, true) => {}
         }
-        let then = under.unwrap_or_else(|| self.inner.run_id.lock().unwrap_or_else(|p| p.into_inner()).clone());
+        let then = match under {
+            Some(id) => Some(id.to_owned()),
+            None => self.run_id(),
+        };
         let now = match self.connection().await {
             Ok(conn) => tokio::time::timeout(self.inner.cfg.timeout, self.read_run_id(&conn))
                 .await
@@ -501,8 +515,7 @@ impl RedisNode {
         match (then, now) {
             (Some(then), Some(now)) if then == now => Ok(true),
             (Some(_), Some(now)) => {
-                self.inner.identity.record(Some(now.clone()));
-                *self.inner.run_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
+                self.inner.identity.record(Some(now));
                 Ok(false)
             }
             _ => Err(LockError::Unavailable {
@@ -547,8 +560,6 @@ impl RedisNode {
         restart_delay: Duration,
     ) -> Result<NodeGrant> {
         let mut conn = self.connection().await?;
-        // Read before the request: the identity never runs ahead of the server.
-        let under = self.inner.identity.get().or_else(|| self.run_id());
         let keys = &self.inner.keys;
         let to_u64 = |n: i64| u64::try_from(n).ok();
         let answer: redis::RedisResult<NodeGrant> = if restart_delay.is_zero() {
@@ -592,9 +603,6 @@ impl RedisNode {
                     _ => NodeGrant::Busy(to_u64(n)),
                 })
         };
-        if let Ok(NodeGrant::Granted(_)) = answer {
-            self.inner.granted_under.keep(grant.as_str(), under, ttl);
-        }
         answer.map_err(|e| {
             self.release_later(key, grant.as_str(), ttl);
             self.failed("acquire", e)
@@ -654,7 +662,8 @@ impl RedisNode {
         let (k, grant) = (key.to_owned(), grant.to_owned());
         self.follow_up(key, "background release", ttl, move |node| {
             let (k, grant) = (k.clone(), grant.clone());
-            async move { node.release(&k, &grant).await.map(|_| ()) }
+            // Only that the grant is gone counts here, not whether it was released or lost.
+            async move { node.release_script(&k, &grant).await.map(|_| ()) }
         });
     }
 
@@ -802,6 +811,11 @@ impl RedisNode {
     }
 
     /// Deletes the key if it holds `grant`, and announces it; `false` if it did not hold it.
+    /// `under`: the server's `run_id` when the grant was made, as
+    /// [`run_id_for_grant`](Self::run_id_for_grant) read it (`None`: unknown), kept with
+    /// the grant: a repeat of the script after a dropped connection that finds the grant
+    /// gone says released only when the server still has that `run_id` (no restart
+    /// forgot the grant meanwhile).
     ///
     /// # Cancel safety
     /// Cancel safe in effect: dropped in flight, the delete may or may not happen; it is
@@ -813,8 +827,15 @@ impl RedisNode {
     /// the script was sent, the repeat found our grant gone and whether the server
     /// restarted in between cannot be read (see the "release's answer lost" row of
     /// docs/backends/redis.md). The same for the two other release methods.
-    pub async fn release(&self, key: &str, grant: &str) -> Result<bool> {
+    pub async fn release(&self, key: &str, grant: &str, under: Option<&str>) -> Result<bool> {
         let _cleanup = self.cleanup();
+        let answer = self.release_script(key, grant).await?;
+        self.released(answer, under).await
+    }
+
+    /// The `RELEASE` script of [`release`](Self::release), its answer not yet settled (see
+    /// [`released`](Self::released)).
+    async fn release_script(&self, key: &str, grant: &str) -> Result<(i64, bool)> {
         let mut invocation = RELEASE.call();
         self.queue_keys(&mut invocation, key);
         if let Some(signal) = self.inner.keys.signal(key) {
@@ -824,8 +845,7 @@ impl RedisNode {
             .arg(grant)
             .arg(self.inner.keys.waiter_channels(key))
             .arg(claim_ms());
-        let answer = self.invoke_repeatable("release script", &invocation).await?;
-        self.released(answer, grant).await
+        self.invoke_repeatable("release script", &invocation).await
     }
 
     /// Like [`release`](Self::release), and raises the key's token counter on this node to
@@ -833,7 +853,7 @@ impl RedisNode {
     ///
     /// # Cancel safety
     /// As [`release`](Self::release): idempotent, so a dropped call is simply sent again.
-    pub async fn release_raising(&self, key: &str, grant: &str, token: u64) -> Result<bool> {
+    pub async fn release_raising(&self, key: &str, grant: &str, token: u64, under: Option<&str>) -> Result<bool> {
         let _cleanup = self.cleanup();
         let mut invocation = RELEASE_RAISING.call();
         self.queue_keys(&mut invocation, key);
@@ -843,7 +863,7 @@ impl RedisNode {
             .arg(claim_ms())
             .arg(token);
         let answer = self.invoke_repeatable("release script", &invocation).await?;
-        self.released(answer, grant).await
+        self.released(answer, under).await
     }
 
     /// Deletes the key if it holds `grant` (raising the token counter to `raise` first, when
@@ -853,7 +873,13 @@ impl RedisNode {
     ///
     /// # Cancel safety
     /// As [`release`](Self::release): idempotent, so a dropped call is simply sent again.
-    pub async fn release_unqueued(&self, key: &str, grant: &str, raise: Option<u64>) -> Result<bool> {
+    pub async fn release_unqueued(
+        &self,
+        key: &str,
+        grant: &str,
+        raise: Option<u64>,
+        under: Option<&str>,
+    ) -> Result<bool> {
         let _cleanup = self.cleanup();
         let keys = &self.inner.keys;
         let mut invocation = RELEASE_UNQUEUED.call();
@@ -863,7 +889,7 @@ impl RedisNode {
             .arg(grant)
             .arg(raise.map_or_else(String::new, |t| t.to_string()));
         let answer = self.invoke_repeatable("release script", &invocation).await?;
-        self.released(answer, grant).await
+        self.released(answer, under).await
     }
 
     /// The four keys the queue scripts take: lock, counter, queue, reservation.
@@ -1139,50 +1165,6 @@ impl NodeSubscription {
     /// call, if one did: the lock holds our grant with the full TTL from the hand-off.
     pub fn take_handed(&self) -> Option<Handed> {
         self.sub.take_handed()
-    }
-}
-
-/// The server's `run_id` when each grant was made, by grant id, until the grant's
-/// release takes it. Entries of grants never released (lost, expired) go once their TTL
-/// has passed, looked for when the map has doubled since the last look (from
-/// [`GrantedUnder::PRUNE_AT`] entries on): each grant's share of the looks stays constant
-/// however many grants are held (looking at every grant past a fixed size scanned the
-/// whole map per acquire while more than that many were held). A grant extended past its
-/// first TTL may then lose its entry, and its repeated release compares with the node's
-/// last recorded `run_id` instead, as for a grant made otherwise.
-#[derive(Default)]
-struct GrantedUnder(std::sync::Mutex<Kept>);
-
-/// The entries of [`GrantedUnder`] (run_id then, and until when the grant was made for),
-/// and the size at which to look for expired ones next (0: [`GrantedUnder::PRUNE_AT`]).
-#[derive(Default)]
-struct Kept {
-    by_grant: std::collections::HashMap<String, (Option<String>, tokio::time::Instant)>,
-    prune_at: usize,
-}
-
-impl GrantedUnder {
-    const PRUNE_AT: usize = 4096;
-
-    /// Keeps `run_id` for `grant`, granted for `ttl` from now.
-    fn keep(&self, grant: &str, run_id: Option<String>, ttl: Duration) {
-        let now = tokio::time::Instant::now();
-        let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if kept.by_grant.len() >= kept.prune_at.max(Self::PRUNE_AT) {
-            kept.by_grant.retain(|_, (_, until)| *until > now);
-            kept.prune_at = 2 * kept.by_grant.len();
-        }
-        kept.by_grant.insert(grant.to_owned(), (run_id, now + ttl));
-    }
-
-    /// The `run_id` kept for `grant` (`Some(None)`: kept, unknown then), removed.
-    fn take(&self, grant: &str) -> Option<Option<String>> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .by_grant
-            .remove(grant)
-            .map(|(run_id, _)| run_id)
     }
 }
 

@@ -1176,3 +1176,76 @@ async fn a_repeated_release_of_a_grant_from_before_a_restart_is_lost() {
         "a grant the restart lost was reported {released:?}"
     );
 }
+
+/// The same for a grant made by a hand-off: the holder's release grants the lock to the
+/// queued waiter directly, so no acquire of the waiter's made it. The grant keeps the
+/// `run_id` its waiter's last turn saw; after a restart (without persistence: the grant
+/// is gone) and another grant's repeated release (which records the new `run_id`), the
+/// handed grant's repeated release finds it gone and must say lost. Failed before: only
+/// grants of `try_grant` kept their `run_id`, so a handed grant's release compared with
+/// the node's last recorded one (the new one) and said released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_release_of_a_handed_grant_from_before_a_restart_is_lost() {
+    use fencelock_testkit::proxy::{FaultProxy, Mode};
+    let mut server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port()).await;
+    let holder = RedisLock::connect(&server.url()).await.unwrap();
+    let locks = RedisLock::connect(&format!("redis://127.0.0.1:{}?timeout=2s", proxy.port()))
+        .await
+        .unwrap();
+    let o = opts(60_000).with_auto_renew(false);
+    let held = holder.acquire("a", &o).await.unwrap();
+    let waiting = {
+        let (locks, o) = (locks.clone(), o);
+        tokio::spawn(async move { locks.acquire("a", &o).await })
+    };
+    until_eq("the waiter never queued", SLACK, Some(1), || {
+        server.integer("LLEN fencelock:{a}:queue")
+    })
+    .await;
+    held.release().await.unwrap(); // hands the lock to the waiter
+    let a = tokio::time::timeout(SLACK, waiting)
+        .await
+        .expect("the waiter was handed the lock")
+        .unwrap()
+        .unwrap();
+    // B, granted by an acquire before the restart too.
+    let b = locks.acquire("b", &o).await.unwrap();
+    server.restart();
+    // A lock of another key, so the client reconnects: the first request after the
+    // restart meets the dropped connection, and the acquire retries it.
+    locks.acquire("c", &o).await.unwrap().release().await.unwrap();
+    let evals = |server: &RedisServer| {
+        let stats = server.commandstats();
+        stats.get("evalsha").copied().unwrap_or(0) + stats.get("eval").copied().unwrap_or(0)
+    };
+    // B's release: it finds nothing, its answer is lost with the connection, and its
+    // repeat reads the new run_id (and says lost).
+    let before = evals(&server);
+    proxy.set_to_client(Mode::Blackhole);
+    let release = tokio::spawn(b.release());
+    let deadline = Instant::now() + SLACK;
+    while evals(&server) == before {
+        assert!(Instant::now() < deadline, "B's release did not reach the server");
+        tokio::time::sleep(Duration::from_millis(10)).await; // polling a condition, bounded
+    }
+    proxy.set(Mode::Reset);
+    proxy.set(Mode::Pass);
+    let _ = tokio::time::timeout(SLACK * 2, release).await.unwrap().unwrap();
+    // The handed grant's release the same way: it finds nothing (the restart lost it).
+    let before = evals(&server);
+    proxy.set_to_client(Mode::Blackhole);
+    let release = tokio::spawn(a.release());
+    let deadline = Instant::now() + SLACK;
+    while evals(&server) == before {
+        assert!(Instant::now() < deadline, "A's release did not reach the server");
+        tokio::time::sleep(Duration::from_millis(10)).await; // polling a condition, bounded
+    }
+    proxy.set(Mode::Reset);
+    proxy.set(Mode::Pass);
+    let released = tokio::time::timeout(SLACK * 2, release).await.unwrap().unwrap();
+    assert!(
+        released.as_ref().is_err_and(LockError::is_lease_lost),
+        "a handed grant the restart lost was reported {released:?}"
+    );
+}

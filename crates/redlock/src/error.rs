@@ -31,6 +31,13 @@ pub(crate) fn no_quorum<T>(doing: &str, answers: &[Answer<T>], quorum: usize, pe
     }
 }
 
+/// The error of a round that fewer than `quorum` nodes answered: the refusal that rules
+/// out a quorum when nodes refused for good ([`refused`](crate::quorum::refused): an
+/// `InvalidConfig` or a permanent `Backend` error), otherwise [`no_quorum`] (temporary).
+pub(crate) fn lacking_quorum<T>(doing: &str, answers: &[Answer<T>], quorum: usize, waited: Duration) -> LockError {
+    crate::quorum::refused(doing, answers, quorum).unwrap_or_else(|| no_quorum(doing, answers, quorum, waited))
+}
+
 /// Why a round that a quorum answered was not granted, counted from its answers: by
 /// nodes holding another grant, by nodes inside their restart delay
 /// ([`NodeGrant::Restarting`]), or both. Counted from answers the round has anyway: no

@@ -11,7 +11,7 @@ use fencelock_core::cleanup::CleanupGuard;
 use fencelock_core::{LeaseOps, Result};
 use tokio::time::Instant;
 
-use crate::error::no_quorum;
+use crate::error::lacking_quorum;
 use crate::lock::{check_ttl, Inner};
 use crate::quorum::{fan_out, Bound};
 use fencelock_redis::RedisNode;
@@ -39,6 +39,12 @@ pub(crate) struct RedlockGrant {
     /// count from there and get the plain compare-and-delete — in the fault-free steady
     /// state that is every node, and the release costs what a bare Redlock's does.
     pub(crate) lagging: Vec<bool>,
+    /// Per node: the server's `run_id` when this grant was made there, read before the
+    /// request that made it ([`RedisNode::run_id_for_grant`]) — the round's, the waiter's
+    /// turn's, a re-ask's, a heal's (which replaces it): a repeated release that finds the
+    /// grant gone on a node compares the node's `run_id` now with it, to tell "released by
+    /// the first try" from "forgotten by a restart". `None`: unknown.
+    pub(crate) under: Mutex<Vec<Option<String>>>,
     /// The TTL (ms) last set on the nodes: a node's copy of the grant is gone at most this
     /// long after now, which bounds a background release.
     pub(crate) ttl_ms: AtomicU64,
@@ -97,7 +103,15 @@ impl RedlockGrant {
             return Ok(Some(ttl - drift));
         }
         if answered < cfg.quorum() {
-            return Err(no_quorum("extend", &answers, cfg.quorum(), cfg.per_node_timeout + wait));
+            // Refusals that rule out a quorum (a permission, a key of the wrong type) as
+            // the acquire tells them: not temporary, so auto-renew does not retry them
+            // until the validity runs out.
+            return Err(lacking_quorum(
+                "extend",
+                &answers,
+                cfg.quorum(),
+                cfg.per_node_timeout + wait,
+            ));
         }
         Ok(None)
     }
@@ -121,6 +135,7 @@ impl RedlockGrant {
             grant: self.grant.clone(),
             primary: self.primary,
             raise_to: Some((self.token, self.lagging.clone())),
+            under: self.under.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         }
     }
 }
@@ -148,7 +163,11 @@ impl LeaseOps for RedlockGrant {
 
     /// Sends the release to every node at once, each bounded by the per-node timeout.
     /// `Ok(false)` (the lease was lost) when more than N − quorum nodes answered that the
-    /// grant was not theirs: fewer than a quorum can still have held it. Otherwise `Ok(true)`
+    /// grant was not theirs: fewer than a quorum can still have held it. An error, not
+    /// temporary, when fewer than a quorum answered and the others' refusals rule out a
+    /// quorum ([`crate::quorum::refused`]: `InvalidConfig` for a refused permission, a
+    /// permanent `Backend` error for a key of the wrong type or a script error), as the
+    /// acquire tells them: the grant may stay there until its TTL. Otherwise `Ok(true)`
     /// — the lease's own validity says whether it was held to the end — and nodes that did
     /// not answer in time get the release again **in the background**, logged as a warning,
     /// until each answers or the grant's TTL has passed (their copy has expired by then),
@@ -183,7 +202,21 @@ impl LeaseOps for RedlockGrant {
             );
             plan.finish_later(silent, until);
         }
-        Ok(refused <= n - quorum)
+        if refused > n - quorum {
+            return Ok(false);
+        }
+        // Fewer than a quorum answered, and the others refused for good (a permission, a
+        // key of the wrong type, as the acquire tells them): the grant may stay on a
+        // quorum until its TTL, and sending again does not change that — an error the
+        // holder must hear, not temporary. Silence alone is not one (see above).
+        let answered = answers.iter().filter(|(_, a)| a.is_ok()).count();
+        if answered < quorum {
+            let answers: Vec<_> = answers.into_iter().map(|(_, a)| a).collect();
+            if let Some(refused) = crate::quorum::refused("release", &answers, quorum) {
+                return Err(refused);
+            }
+        }
+        Ok(true)
     }
 
     /// Counted on the instance from the drop on, before any node has seen the release.
@@ -204,6 +237,10 @@ pub(crate) struct ReleasePlan {
     pub(crate) primary: usize,
     /// The token and, per node, whether its counter must be raised to it.
     pub(crate) raise_to: Option<(u64, Vec<bool>)>,
+    /// Per node: the server's `run_id` when the grant was made there (see
+    /// [`RedlockGrant::under`]); empty (every node unknown) for the undo of a round, whose
+    /// answer only says whether to send it again.
+    pub(crate) under: Vec<Option<String>>,
 }
 
 impl ReleasePlan {
@@ -232,12 +269,14 @@ impl ReleasePlan {
                 .as_ref()
                 .and_then(|(token, lagging)| lagging.get(which[j]).copied().unwrap_or(true).then_some(*token));
             let queued_here = which[j] == primary || which[j] == ranked_now;
+            let under = self.under.get(which[j]).cloned().flatten();
             async move {
+                let under = under.as_deref();
                 match (queued_here, raise) {
-                    (true, Some(token)) => node.release_raising(&k, &g, token).await,
-                    (true, None) => node.release(&k, &g).await,
+                    (true, Some(token)) => node.release_raising(&k, &g, token, under).await,
+                    (true, None) => node.release(&k, &g, under).await,
                     // Nobody queues for the key on this node: no queue to hand off.
-                    (false, raise) => node.release_unqueued(&k, &g, raise).await,
+                    (false, raise) => node.release_unqueued(&k, &g, raise, under).await,
                 }
             }
         })
@@ -292,6 +331,7 @@ impl ReleasePlan {
             grant,
             primary,
             raise_to,
+            under,
         } = self;
         let weak = Arc::downgrade(&inner);
         // Counted on the nodes while it runs, so `close` waits for it.
@@ -322,6 +362,7 @@ impl ReleasePlan {
                     grant: grant.clone(),
                     primary,
                     raise_to: raise_to.clone(),
+                    under: under.clone(),
                 };
                 let (_, answers) = tokio::join!(load, plan.send(&pending, false));
                 pending = answers

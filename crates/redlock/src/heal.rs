@@ -93,6 +93,8 @@ async fn heal(weak: Weak<RedlockGrant>, refused: Vec<(usize, Option<u64>)>) {
         }
         let nodes: Vec<RedisNode> = pending.iter().map(|(i, _)| inner.nodes[*i].clone()).collect();
         let (key, grant, token, delay) = (&g.key, &g.grant, g.token, inner.cfg.restart_delay);
+        // Read before the requests: a copy healed onto a node keeps the run_id it had then.
+        let asked_under: Vec<Option<String>> = nodes.iter().map(RedisNode::run_id_for_grant).collect();
         let answers = fan_out(&nodes, Bound::strict(per_node), |_, node| async move {
             node.heal(key, grant, left, token, delay).await
         })
@@ -100,6 +102,17 @@ async fn heal(weak: Weak<RedlockGrant>, refused: Vec<(usize, Option<u64>)>) {
         let now = Instant::now();
         let mut healed = Vec::new();
         unknown.clear();
+        {
+            // Healed, or maybe healed unheard: the copy there (if any) is the heal's.
+            let mut under = g.under.lock().unwrap_or_else(|p| p.into_inner());
+            for (((i, _), answer), asked) in pending.iter().zip(&answers).zip(asked_under) {
+                if matches!(answer, Ok(NodeGrant::Granted(_)) | Err(_)) {
+                    if let Some(slot) = under.get_mut(*i) {
+                        *slot = asked;
+                    }
+                }
+            }
+        }
         pending = pending
             .into_iter()
             .zip(answers)

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::admission::Admission;
 use crate::config::RedlockConfig;
-use crate::error::{no_quorum, Refusal};
+use crate::error::{lacking_quorum, no_quorum, Refusal};
 use crate::grant::{RedlockGrant, ReleasePlan};
 use crate::quorum::{fan_out, late, Answer, Bound};
 use crate::wait::Contention;
@@ -275,10 +275,13 @@ impl RedlockLock {
                     grant,
                     primary,
                     raise_to: None,
+                    under: Vec::new(),
                 };
                 plan.everywhere_later(Instant::now() + ttl)
             })
         };
+        // Read before the requests: each grant keeps the run_id its node had then.
+        let under: Vec<Option<String>> = inner.nodes.iter().map(RedisNode::run_id_for_grant).collect();
         let start = Instant::now();
         let bound = Bound::quorum(per_node, cfg.quorum());
         let answers = grant_on(&inner.nodes, bound, key, &grant, ttl, cfg.restart_delay).await;
@@ -287,7 +290,7 @@ impl RedlockLock {
         // have their `run_id` now, and waiters that queue from now on rank by it — ranked
         // before, a lease kept the primary by address and its release skipped their queue.
         let primary = crate::wait::primary(key, &inner.nodes);
-        let round = self.conclude(key, opts, grant, primary, &answers, start).await;
+        let round = self.conclude(key, opts, grant, primary, &answers, under, start).await;
         undo.disarm();
         round
     }
@@ -296,7 +299,10 @@ impl RedlockLock {
     /// for `grant` when a quorum granted it with validity left; otherwise the grant is
     /// undone on every node (in the background for silent ones, bounded by the TTL) and
     /// the round is busy — or `Unavailable` when fewer than a quorum answered. `primary`:
-    /// the key's primary node as the round saw it, where the grant's release hands off.
+    /// the key's primary node as the round saw it, where the grant's release hands off;
+    /// `under`: per node, its `run_id` read before the request that made its vote
+    /// (`RedlockGrant::under`).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn conclude(
         &self,
         key: &str,
@@ -304,6 +310,7 @@ impl RedlockLock {
         grant: GrantId,
         primary: usize,
         answers: &[Answer<NodeGrant>],
+        under: Vec<Option<String>>,
         start: Instant,
     ) -> Result<Round> {
         let inner = &self.inner;
@@ -332,6 +339,7 @@ impl RedlockLock {
                 token: token.get(),
                 primary,
                 lagging,
+                under: std::sync::Mutex::new(under),
                 ttl_ms: AtomicU64::new(ttl.as_millis() as u64),
                 copies_until: std::sync::Mutex::new((start, start + ttl)),
                 released: AtomicBool::new(false),
@@ -370,23 +378,18 @@ impl RedlockLock {
             grant: grant.to_string(),
             primary,
             raise_to: None,
+            under: Vec::new(),
         }
         .everywhere(Instant::now() + ttl)
         .await;
         let answered = answers.iter().filter(|a| a.is_ok()).count();
         if answered < quorum {
             // Nodes that refused the settings (the user's rights: `INFO` for the restart
-            // delay) answered: the URL's fault, not a lost quorum.
-            if let Some(refused) = crate::quorum::refused_config(answers) {
-                return Err(refused);
-            }
-            // Nodes that answered with an error the same request meets again (a key of
-            // the wrong type), too many for the rest to make a quorum: not silence.
-            if let Some(refused) = crate::quorum::refused_for_good("acquire", answers, quorum) {
-                return Err(refused);
-            }
-            // The round waited for late answers while fewer than a quorum had come.
-            return Err(no_quorum("acquire", answers, quorum, late(per_node)));
+            // delay) answered: the URL's fault, not a lost quorum. Nodes that answered
+            // with an error the same request meets again (a key of the wrong type), too
+            // many for the rest to make a quorum: not silence. Otherwise "no quorum":
+            // the round waited for late answers while fewer than a quorum had come.
+            return Err(lacking_quorum("acquire", answers, quorum, late(per_node)));
         }
         crate::quorum::warn_refused_config(answers);
         if tokens.len() >= quorum {

@@ -81,7 +81,7 @@ pub(crate) fn refused_for_good<T>(
     (permanent.len() > answers.len().saturating_sub(quorum)).then(|| fencelock_core::LockError::Backend {
         backend: "redlock",
         message: format!(
-            "{doing} refused for good: {} of {} nodes answered with an error retrying cannot fix (need {quorum} to grant): {}{}",
+            "{doing} refused for good: {} of {} nodes answered with an error retrying cannot fix (a quorum is {quorum}): {}{}",
             permanent.len(),
             answers.len(),
             permanent.join("; "),
@@ -94,6 +94,15 @@ pub(crate) fn refused_for_good<T>(
         source: None,
         temporary: false,
     })
+}
+
+/// Why a round that fewer than `quorum` nodes answered cannot succeed if sent again:
+/// nodes refused the settings ([`refused_config`], the URL's fault) or answered with
+/// errors that rule out a quorum ([`refused_for_good`]). `None` when silence, or errors
+/// that pass, lack the quorum: sending again may succeed. Every round asks it — acquire,
+/// extend, release — so they class the same answers the same way.
+pub(crate) fn refused<T>(doing: &str, answers: &[Answer<T>], quorum: usize) -> Option<fencelock_core::LockError> {
+    refused_config(answers).or_else(|| refused_for_good(doing, answers, quorum))
 }
 
 fn config_refusals<T>(answers: &[Answer<T>]) -> Vec<&str> {

@@ -204,6 +204,7 @@ impl RedlockLock {
                 grant: q.grant.to_string(),
                 primary: p,
                 raise_to: None,
+                under: Vec::new(),
             };
             let ttl = opts.ttl();
             CancelGuard::new(move || plan.everywhere_later(Instant::now() + ttl))
@@ -215,6 +216,8 @@ impl RedlockLock {
         // The primary's vote counts with quorum − 1 of the others'; a late answer still
         // counts within the late bound (`quorum.rs`).
         let rest_bound = Bound::quorum(per_node, cfg.quorum().saturating_sub(1));
+        // Read before the requests: each grant keeps the run_id its node had then.
+        let mut under: Vec<Option<String>> = self.inner.nodes.iter().map(RedisNode::run_id_for_grant).collect();
         let start = Instant::now();
         let asked = tokio::time::timeout(
             late(per_node),
@@ -252,8 +255,11 @@ impl RedlockLock {
                     None => grant_on(&others, rest_bound, key, &q.grant, opts.ttl(), cfg.restart_delay).await,
                 };
                 answers.insert(p, Ok(NodeGrant::Granted(token)));
-                self.ask_refusals_again(key, opts, &q.grant, &mut answers, start).await;
-                let round = self.conclude(key, opts, q.grant.clone(), p, &answers, start).await;
+                self.ask_refusals_again(key, opts, &q.grant, &mut answers, &mut under, start)
+                    .await;
+                let round = self
+                    .conclude(key, opts, q.grant.clone(), p, &answers, under, start)
+                    .await;
                 undo.disarm();
                 match round {
                     Ok(Round::Granted(lease)) => {
@@ -442,6 +448,7 @@ impl RedlockLock {
         opts: &LockOptions,
         grant: &GrantId,
         answers: &mut [Answer<NodeGrant>],
+        under: &mut [Option<String>],
         start: Instant,
     ) {
         let cfg = &self.inner.cfg;
@@ -474,6 +481,7 @@ impl RedlockLock {
             tokio::time::sleep(pause).await;
             pause *= 2;
             let nodes: Vec<RedisNode> = refused.iter().map(|&i| self.inner.nodes[i].clone()).collect();
+            let asked_under: Vec<Option<String>> = nodes.iter().map(RedisNode::run_id_for_grant).collect();
             // Bounded as the round's own asks are — late answers count while fewer than
             // needed came (`quorum.rs`), as long as the validity lasts — not by what is
             // left of the window: the first ask's answer counted however late it came,
@@ -486,7 +494,7 @@ impl RedlockLock {
                 late: late(per_node).min(validity_left).max(per_node),
             };
             let again = grant_on(&nodes, bound, key, grant, opts.ttl(), cfg.restart_delay).await;
-            for (i, answer) in refused.into_iter().zip(again) {
+            for ((i, answer), asked_under) in refused.into_iter().zip(again).zip(asked_under) {
                 // A re-ask with no answer leaves the node's "busy" as it was: the node did
                 // answer the round, and an unknown re-ask may have landed unheard — the
                 // undo, or the lease's release, goes to every node anyway. Counted as
@@ -494,6 +502,7 @@ impl RedlockLock {
                 // "no quorum" (`Unavailable`, a back-off, the waiter's place lost).
                 if answer.is_ok() {
                     answers[i] = answer;
+                    under[i] = asked_under;
                 }
             }
         }

@@ -667,3 +667,82 @@ async fn permanent_errors_on_a_quorum_fail_the_acquire_at_once() {
     let text = fencelock_core::error::one_line(&err);
     assert!(text.contains("3 of 3") && text.contains("WRONGTYPE"), "{text}");
 }
+
+/// Connects user `u` (every command, on fencelock's keys and channels; made here on
+/// every server) to `servers`.
+async fn as_user_u(servers: &[RedisServer]) -> RedlockLock {
+    for s in servers {
+        let made = s.command("ACL SETUSER u on >pw ~fencelock:* &fencelock:* +@all");
+        assert!(made.ends_with("+OK\r\n"), "ACL SETUSER: {made:?}");
+    }
+    let ports: Vec<String> = servers.iter().map(|s| format!("127.0.0.1:{}", s.port())).collect();
+    let url = format!(
+        "redlock://u:pw@{}?per_node_timeout={}ms",
+        ports.join(","),
+        PER_NODE.as_millis()
+    );
+    RedlockLock::connect(&url).await.unwrap()
+}
+
+/// Takes the scripts away from user `u` on `server`: every extend and release there is
+/// refused `NOPERM` from now on.
+fn refuse_scripts(server: &RedisServer) {
+    let made = server.command("ACL SETUSER u -evalsha -eval -evalsha_ro -eval_ro");
+    assert!(made.ends_with("+OK\r\n"), "ACL SETUSER: {made:?}");
+}
+
+/// An extend refused on 2 of 3 nodes with an error the same request meets again (here
+/// `NOPERM`: the user lost the right to run scripts) cannot reach a quorum however often
+/// it is sent: it fails at once, not temporary, saying what the nodes answered — as the
+/// acquire does (`permanent_errors_on_a_quorum_fail_the_acquire_at_once`). Failed before:
+/// the refusals counted as silence, "no quorum for extend" (`Unavailable`, temporary),
+/// which auto-renew retried until the lease's validity ran out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extend_refused_for_good_on_a_quorum_fails_at_once_and_not_temporary() {
+    let servers = start_many(3);
+    let locks = as_user_u(&servers).await;
+    let lease = locks.acquire("k", &opts(Duration::from_secs(10))).await.unwrap();
+    servers[..2].iter().for_each(refuse_scripts);
+    let start = Instant::now();
+    let err = lease
+        .extend(Duration::from_secs(10))
+        .await
+        .expect_err("extended without a quorum");
+    assert!(!err.is_temporary(), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(1), "{:?}: {err}", start.elapsed());
+    let text = fencelock_core::error::one_line(&err);
+    assert!(text.contains("2 of 3"), "{text}");
+    // A key of the wrong type where the grant was, on 2 of 3 nodes: the same, as a
+    // permanent backend error.
+    let locks = client(&servers, "").await;
+    let lease = locks.acquire("w", &opts(Duration::from_secs(10))).await.unwrap();
+    for s in &servers[..2] {
+        assert_eq!(s.integer("DEL fencelock:{w}:lock"), Some(1));
+        assert_eq!(s.integer("HSET fencelock:{w}:lock a b"), Some(1));
+    }
+    let err = lease
+        .extend(Duration::from_secs(10))
+        .await
+        .expect_err("extended without a quorum");
+    assert!(!err.is_temporary() && matches!(err, LockError::Backend { .. }), "{err}");
+    let text = fencelock_core::error::one_line(&err);
+    assert!(text.contains("2 of 3") && text.contains("WRONGTYPE"), "{text}");
+}
+
+/// A release refused on 2 of 3 nodes with `NOPERM` left the grant on a quorum (held until
+/// its TTL: nobody else can lock the key) — an error the holder must hear, not temporary.
+/// Failed before: the refusals counted as silence, "sent again in the background", and
+/// the release answered `Ok(())`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_refused_for_good_on_a_quorum_is_a_permanent_error() {
+    let servers = start_many(3);
+    let locks = as_user_u(&servers).await;
+    let lease = locks.acquire("k", &opts(Duration::from_secs(10))).await.unwrap();
+    servers[..2].iter().for_each(refuse_scripts);
+    let err = lease.release().await.expect_err("released on one node of three");
+    assert!(!err.is_temporary(), "{err}");
+    let text = fencelock_core::error::one_line(&err);
+    assert!(text.contains("2 of 3"), "{text}");
+    // The grant is still held where it was refused.
+    assert_eq!(servers[0].integer("EXISTS fencelock:{k}:lock"), Some(1));
+}
