@@ -71,6 +71,9 @@ pub(crate) struct Waiting {
     marker: String,
     reference: Vec<u8>,
     timeout: Duration,
+    /// The connect timeout the waiting session's client was given: it sets the client's
+    /// ping schedule ([`proof_lasts`]).
+    connect_timeout: Duration,
     proof: std::sync::Mutex<Instant>,
     /// Users (nodes naming the marker) and since when there are none.
     users: std::sync::Mutex<(usize, Instant)>,
@@ -97,10 +100,10 @@ impl WaitingUse {
         &self.0.reference
     }
 
-    /// The end of a grant on a node naming the marker: the last proof + three quarters of
-    /// the timeout ([`crate::session::proven_for`], which says why not the whole timeout).
+    /// The end of a grant on a node naming the marker: the last proof + [`proof_lasts`]
+    /// (three quarters of the timeout less the client's largest gap between sends).
     pub fn valid_until(&self) -> Instant {
-        *self.0.proof.lock().unwrap_or_else(|p| p.into_inner()) + crate::session::proven_for(self.0.timeout)
+        *self.0.proof.lock().unwrap_or_else(|p| p.into_inner()) + proof_lasts(self.0.timeout, self.0.connect_timeout)
     }
 
     /// The waiting session's timeout.
@@ -220,6 +223,7 @@ impl Waiting {
             marker,
             reference,
             timeout,
+            connect_timeout: cfg.connect_timeout,
             proof: std::sync::Mutex::new(proof),
             users: std::sync::Mutex::new((0, Instant::now())),
             ended: AtomicBool::new(false),
@@ -305,6 +309,55 @@ async fn keep(waiting: Arc<Waiting>, request_timeout: Duration) {
         }
     }
     waiting.end();
+}
+
+/// How long a proof of the waiting session keeps its marker alive, counted from the
+/// proof's send instant t, for the waiting session's (negotiated) `timeout` T_w and the
+/// `connect_timeout` its client was given: ¾ × T_w less the client's largest gap between
+/// two sends g ([`crate::session::proven_for_after_gaps`], the main session's rule, with
+/// the waiting session's own T and schedule).
+///
+/// The derivation, for this session:
+///
+/// * **What a proof shows.** The keeper's `check` is a write: the follower forwards it, the
+///   leader's `PrepRequestProcessor` checks the session (refused once expired or closing),
+///   and the follower answers only after the commit. The leader does not count the
+///   forwarded request as activity (`LeaderZooKeeperServer.submitLearnerRequest` skips the
+///   touch); it learns of the session only from the follower's ping replies.
+/// * **The leader's lag.** The leader pings each follower every `tickTime`/2 (τ/2); each
+///   reply names the sessions that sent anything since the last. Its `SessionTrackerImpl`
+///   then expires the session T_w after the last such reply that named it — *rounded up*
+///   to the next multiple of τ (`ExpiryQueue.update`: `(now + T_w)/τ + 1` intervals, and
+///   `poll` hands a bucket out only once its time has come): later, never earlier. The
+///   follower may be cut off from the leader right after relaying the proof's answer
+///   (instant c ≥ t); its last reply reached the leader at the earliest c − τ/2, and named
+///   the session if the client sent anything in the τ/2 before it, else the last reply
+///   that did came at or after the client's last send before it. So the leader counted
+///   from no earlier than c − τ/2 − g ≥ t − τ/2 − g, and deletes the marker no earlier
+///   than t + T_w − τ/2 − g.
+/// * **τ.** The waiting session asks [`ASKED`] (1 s) and the server clamps it to
+///   [2τ, 20τ] (the default `minSessionTimeout`/`maxSessionTimeout`): granted as asked,
+///   2τ ≤ 1 s = T_w; raised, T_w = 2τ. Either way τ/2 ≤ T_w/4 — the client cannot read
+///   τ, so this is the bound (a `minSessionTimeout` configured below 2τ is not covered).
+/// * **g, this session's send schedule.** zookeeper-client 0.11.2 (`session/mod.rs`,
+///   `calc_tick_timeout`, `reset_timeout`, `serve_session`) works on a tick of
+///   `connect_timeout`/8, or T_w/20 when `connect_timeout` is over 3/5 of T_w (the default
+///   1 s `connect_timeout` against the test server's 1 s: 50 ms; against a stock server's
+///   4 s: 125 ms); it pings once nothing was sent for 3 ticks, checked every tick, so sends
+///   are at most 4 ticks apart, plus one tick allowed for a late ping answer (the next ping
+///   waits for it) and varying one-way delays: g = 5 ticks ([`crate::session::largest_send_gap`]).
+///   The keeper's own sends, every T_w/3 (more than 6 ticks), close no gap the pings leave
+///   open: they are not counted.
+///
+/// So a proof holds for T_w − T_w/4 − g: 500 ms on the test server (T_w 1 s, g 250 ms),
+/// 2.375 s on a stock one (4 s, 625 ms). Before, ¾ × T_w alone (750 ms, 3 s) outlived the
+/// earliest expiry by g whenever τ was the largest the timeout allows
+/// (`a_marker_proof_never_outlives_the_leaders_earliest_expiry`). With proofs every T_w/3
+/// a grant on the push is left between ¾ T_w − g − T_w/3 and ¾ T_w − g of it (167–500 ms
+/// on the test server): `grant::settle` claims the node first when that is under half
+/// of what the lease's TTL warrants.
+pub(crate) fn proof_lasts(timeout: Duration, connect_timeout: Duration) -> Duration {
+    crate::session::proven_for_after_gaps(timeout, connect_timeout)
 }
 
 /// The most lock paths [`WaitingSlot`] remembers as contended; beyond it they are all
@@ -400,6 +453,41 @@ pub(crate) fn named_marker(data: &[u8], chroot: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The leader's earliest expiry of the waiting session after a proof sent at 0: its
+    /// timeout T, less the half `tickTime` τ/2 its follower's ping replies lag, less the
+    /// client's largest gap between two sends g — the waiting session's own schedule: a
+    /// ping once nothing was sent for 3 ticks, checked each tick (4 ticks), one tick more
+    /// for a late ping answer; the keeper's proofs, every T/3, come less often than that
+    /// and shorten no gap. A tick is `connect_timeout`/8, or T/20 when `connect_timeout`
+    /// is over 3/5 of T. (T, connect_timeout, tickTime, g), g worked out by hand.
+    #[test]
+    fn a_marker_proof_never_outlives_the_leaders_earliest_expiry() {
+        let ms = Duration::from_millis;
+        let cases = [
+            // The waiting session's 1 s ask on a server with tickTime 500 ms (its minimum
+            // 1 s): tick 50 ms (1 s connect_timeout > 600 ms), g = 5 ticks.
+            (ms(1_000), ms(1_000), ms(500), ms(250)),
+            // The test server (tickTime 100 ms) grants the 1 s asked.
+            (ms(1_000), ms(1_000), ms(100), ms(250)),
+            // A stock server (tickTime 2 s) raises it to 4 s: tick 125 ms.
+            (ms(4_000), ms(1_000), ms(2_000), ms(625)),
+            // The hand-off test's 5 s connect_timeout: over 3/5 of 1 s, tick 50 ms.
+            (ms(1_000), ms(5_000), ms(500), ms(250)),
+            // A short connect_timeout: tick 25 ms.
+            (ms(4_000), ms(200), ms(2_000), ms(125)),
+        ];
+        for (t, connect, tick_time, gap) in cases {
+            let earliest = t - tick_time / 2 - gap;
+            let lasts = proof_lasts(t, connect);
+            assert!(
+                lasts <= earliest,
+                "T={t:?}, connect_timeout={connect:?}, tickTime={tick_time:?}: a marker-named grant \
+                 outlives the leader's earliest expiry of the marker by {:?} ({lasts:?} > {earliest:?})",
+                lasts - earliest
+            );
+        }
+    }
 
     #[test]
     fn markers_are_read_relative_to_the_chroot() {
