@@ -34,7 +34,8 @@ use crate::session::{after_sync, Session, RENEW_WINDOW};
 /// A node that still names the instance's waiting marker (`waiting.rs`) may be removed by a
 /// waiter behind it once that marker is gone, until it is *claimed*: so the lease is valid
 /// no longer than the marker is sure to live (the waiting session's last proof + three
-/// quarters of its timeout: `WaitingUse::valid_until`), and its first renewal (or `extend`) claims it — a rewrite of its data guarded
+/// quarters of its timeout less its client's largest send gap: `WaitingUse::valid_until`),
+/// unless [`settle`] claimed it at the turn; its first renewal (or `extend`) claims it — a rewrite of its data guarded
 /// by the version at which it named the marker, the same version a removal is guarded by:
 /// one of the two lands, never both. Once claimed the lease is valid as any other.
 pub(crate) fn lease(key: &str, opts: &LockOptions, mut q: Queued, confirmed_at: Instant) -> Lease {
@@ -156,16 +157,34 @@ pub(crate) async fn claim(session: &Session, cfg: &ZkConfig, path: &str, czxid: 
     }
 }
 
-/// At our turn: a node naming a waiting marker whose last proof is old (less than a quarter
-/// of the waiting session's timeout left) is claimed before it is granted, and the grant
-/// counts from the claim's send instant; otherwise nothing is sent. `Err` when the node is
-/// gone (the attempt queues again).
-pub(crate) async fn settle(q: &mut Queued, confirmed_at: Instant) -> Result<Instant> {
+/// At our turn, on a node naming a waiting marker: when what is left of the marker's bound
+/// ([`WaitingUse::valid_until`](crate::waiting::WaitingUse::valid_until)) is under half of
+/// `warranted` — the validity the lease gets once claimed, `min(ttl, Session::proven_for)` —
+/// the node is claimed before it is granted, and the grant counts from the claim's send
+/// instant (its validity is then the main session's); otherwise nothing is sent and the
+/// grant is bounded by the marker (its first renewal claims). `Err` when the node is gone
+/// (the attempt queues again).
+///
+/// Why half: the lease is handed out with at least half of what its TTL warrants — the
+/// floor the conformance suite holds every backend to after a long wait
+/// (`long_wait_grants_full_validity`) — and the claim, made by the first renewal a third
+/// of the way through, then has at least a third of the warranted validity to be
+/// answered in, as any renewal of a lease of half that TTL would. Below it the lease would
+/// come with a sliver of its TTL (the marker's bound is at most ¾ of the waiting timeout
+/// less its client's send gap: 500 ms on a server with `tickTime` 100 ms, 2.375 s on a
+/// stock one, less the proof's age, up to a third of the waiting timeout), and a claim
+/// that met a busy server for longer than that sliver would lose a lease a claim at the
+/// turn keeps. The price is one write on the hand-off's path (and a read by the waiter
+/// that watches our node, whose data changed): TTLs above twice the marker's bound claim
+/// at every contended grant, shorter ones only when the proof is old. A bound that ran
+/// out (the marker may be gone, our node removed) is always under half: the claim then
+/// finds the node gone.
+pub(crate) async fn settle(q: &mut Queued, confirmed_at: Instant, warranted: Duration) -> Result<Instant> {
     let slot = q.naming.get_mut().unwrap_or_else(|p| p.into_inner());
     let Some(naming) = slot.as_ref() else {
         return Ok(confirmed_at);
     };
-    if naming.used.valid_until() > Instant::now() + naming.used.timeout() / 4 {
+    if naming.used.valid_until().saturating_duration_since(Instant::now()) >= warranted / 2 {
         return Ok(confirmed_at);
     }
     let version = naming.version;

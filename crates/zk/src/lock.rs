@@ -302,7 +302,7 @@ impl DistributedLock for ZkLock {
                 // valid for the waiting session's timeout until its first renewal claims it.
                 let namer = opts.auto_renew().then_some(&self.inner.waiting);
                 let confirmed = wait_turn(&mut q, &self.inner.wakeups, validity, namer).await?;
-                grant::settle(&mut q, confirmed).await
+                grant::settle(&mut q, confirmed, validity).await
             };
             match waited.await {
                 Ok(confirmed_at) => Ok(Some(grant::lease(key, opts, q, confirmed_at))),

@@ -55,9 +55,8 @@ pub(crate) fn proven_for_after_gaps(timeout: Duration, connect_timeout: Duration
 }
 
 /// Three quarters of `timeout`: how long a proof keeps a session alive before the client's
-/// gaps between sends are taken off ([`proven_for_after_gaps`], which says why). Still
-/// used alone by the waiting session (`waiting.rs`), which should move to
-/// [`proven_for_after_gaps`] with the connect timeout it was given.
+/// gaps between sends are taken off ([`proven_for_after_gaps`], which says why; the
+/// waiting session's bound, `waiting::proof_lasts`, takes them off too).
 pub(crate) fn proven_for(timeout: Duration) -> Duration {
     timeout * 3 / 4
 }

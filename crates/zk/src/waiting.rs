@@ -20,7 +20,9 @@
 //! leaves the marker as it is): each answer's send instant is a proof that the server
 //! heard the session then,
 //! and a grant on a named node is valid no longer than the last proof + three quarters of
-//! the timeout — never past the moment the server could delete the marker.
+//! the timeout less the client's largest gap between sends ([`proof_lasts`]) — never past
+//! the moment the leader could delete the marker; a grant that would be left with under
+//! half its warranted validity claims its node first (`grant::settle`).
 //!
 //! The marker stands for "this instance can act on its waits", and acting takes the
 //! *main* session: a waiter watches the nodes before its own, removes a dead waiter's node
@@ -104,11 +106,6 @@ impl WaitingUse {
     /// (three quarters of the timeout less the client's largest gap between sends).
     pub fn valid_until(&self) -> Instant {
         *self.0.proof.lock().unwrap_or_else(|p| p.into_inner()) + proof_lasts(self.0.timeout, self.0.connect_timeout)
-    }
-
-    /// The waiting session's timeout.
-    pub fn timeout(&self) -> Duration {
-        self.0.timeout
     }
 }
 
@@ -238,7 +235,7 @@ impl Waiting {
 /// then ends the session. Ends at once when the marker or the session is gone, and when
 /// the main session stayed disconnected over [`CUT_PROOFS`] answered writes (see the
 /// module's documentation) — then only once the last proof is a whole timeout old, so
-/// every grant it bounded (last proof + three quarters of the timeout) has run out before
+/// every grant it bounded (last proof + [`proof_lasts`]) has run out before
 /// the marker goes and a waiter behind may remove its node.
 async fn keep(waiting: Arc<Waiting>, request_timeout: Duration) {
     let period = waiting.timeout / 3;

@@ -11,51 +11,64 @@ use fencelock_testkit::until::{served, until};
 use fencelock_testkit::zk_server::ZkEnsemble;
 use fencelock_zk::ZkLock;
 
-/// From each release to the next waiter's grant the server receives one packet: the
-/// holder's delete (nothing per other waiter, no listing, no retry). Two hand-offs in a
-/// row: the second waiter knew both nodes before its own and watched them. Failed before
-/// the change: 4 packets (each waiter listed the queue after the push).
+/// From each release to the next waiter's grant the server receives two packets: the
+/// holder's delete and the new holder's claim of its node — and, off the hand-off's path,
+/// one read by the waiter behind, whose watched node changed. Two hand-offs in a row: the
+/// second waiter knew both nodes before its own and watched them. Failed before issue
+/// 14's change: 4 packets (each waiter listed the queue after the push).
+///
+/// The claim (`grant::settle`): both waiters' nodes name their waiting markers, and the
+/// test server's 1 s waiting session bounds such a grant to at most 500 ms after its last
+/// proof (¾ of 1 s less its client's 250 ms send gap: `waiting::proof_lasts`) — under half
+/// of the 10 s TTL's validity, so each grant is claimed before it is returned and valid
+/// for the main session's 10 s instead of 167–500 ms. Per session: the first holder 1 (its
+/// delete), the first waiter 2 (its claim, its delete), the second 2 (its read of the
+/// first waiter's claimed node, its claim): 5 (2 before the claim at the turn, whose
+/// grants were handed out with the marker's ≤ 750 ms, a bound the leader could outlast).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hand_off_costs_only_the_delete() {
+async fn a_hand_off_costs_the_delete_and_the_claim() {
+    const EXPECTED: u64 = 5;
     let ensemble = ZkEnsemble::standalone();
     // Long timeouts keep the three sessions' pings out of the way: the client pings a
     // connection idle for 3/8 of its connect timeout (with 1 s, every 375 ms).
     let url = ensemble.url("/handoff", "session_timeout=30s&connect_timeout=5s");
-    let (a, b, c) = (
-        ZkLock::connect(&url).await.unwrap(),
-        ZkLock::connect(&url).await.unwrap(),
-        ZkLock::connect(&url).await.unwrap(),
-    );
     let opts = LockOptions::new()
         .with_ttl(Duration::from_secs(10))
         .with_wait(Duration::from_secs(20));
-    // The sessions are those of the three clients, whatever the key.
-    // Counted per session (`cons`): the waiters' waiting sessions ping every 150 ms and
-    // prove every 333 ms on their own schedule; counted with them (`mntr`'s total), the
-    // figure was one off now and then ("left: 1", "left: 3").
-    let ids = [
-        a.session_id().await.unwrap(),
-        b.session_id().await.unwrap(),
-        c.session_id().await.unwrap(),
-    ];
-    let sent = || -> u64 {
-        let by = ensemble.packets_by_session(0).expect("the server answers cons");
-        ids.iter()
-            .map(|id| {
-                let id = format!("0x{id:x}");
-                by.iter()
-                    .find(|(s, _)| *s == id)
-                    .map(|(_, n)| *n)
-                    .expect("each session connected")
-            })
-            .sum()
-    };
     // Time-driven packets may fall into the window on a loaded machine (a ping of a main
     // session; until the keeper's proofs left the marker as it is, each one also fired
     // the second waiter's watch on it, which it set again: CI failed on it). They only
     // ever add packets, so the hand-off's own cost is the fewest over a few rounds (≤ 3).
     let mut fewest = u64::MAX;
     for round in 0..3 {
+        // Three new instances each round: a watch left from an earlier round (the second
+        // waiter's on the first one's marker, kept until it fires) would keep the count
+        // of watches below from growing, and the wait for it would never end.
+        let (a, b, c) = (
+            ZkLock::connect(&url).await.unwrap(),
+            ZkLock::connect(&url).await.unwrap(),
+            ZkLock::connect(&url).await.unwrap(),
+        );
+        // Counted per session (`cons`): the waiters' waiting sessions ping every 150 ms
+        // and prove every 333 ms on their own schedule; counted with them (`mntr`'s
+        // total), the figure was one off now and then ("left: 1", "left: 3").
+        let ids = [
+            a.session_id().await.unwrap(),
+            b.session_id().await.unwrap(),
+            c.session_id().await.unwrap(),
+        ];
+        let sent = || -> u64 {
+            let by = ensemble.packets_by_session(0).expect("the server answers cons");
+            ids.iter()
+                .map(|id| {
+                    let id = format!("0x{id:x}");
+                    by.iter()
+                        .find(|(s, _)| *s == id)
+                        .map(|(_, n)| *n)
+                        .expect("each session connected")
+                })
+                .sum()
+        };
         let key = format!("k{round}");
         let held = a.acquire(&key, &opts).await.unwrap();
         let base_watches = ensemble.watch_count(0).expect("the server answers wchs");
@@ -71,20 +84,42 @@ async fn a_hand_off_costs_only_the_delete() {
         // c watches its own, b's and a's nodes, and b's marker.
         until_watches(&ensemble, base_watches + 6).await;
         let before = sent();
+        let released = tokio::time::Instant::now();
         held.release().await.unwrap();
         let lease = served("the first waiter is served", Duration::from_secs(10), first).await;
+        let first_hand_off = released.elapsed();
+        let first_left = lease.remaining();
+        assert!(
+            first_left > Duration::from_secs(5),
+            "the first waiter's grant came with {first_left:?} of its 10 s TTL"
+        );
+        let released = tokio::time::Instant::now();
         lease.release().await.unwrap();
         let lease = served("the second waiter is served", Duration::from_secs(10), second).await;
         let packets = sent() - before;
+        println!(
+            "round {round}: {packets} packets; hand-offs {first_hand_off:?} and {:?}; validity left at the grants {first_left:?} and {:?}",
+            released.elapsed(),
+            lease.remaining()
+        );
+        assert!(
+            lease.remaining() > Duration::from_secs(5),
+            "the second waiter's grant came with {:?} of its 10 s TTL",
+            lease.remaining()
+        );
         lease.release().await.unwrap();
+        for locks in [a, b, c] {
+            locks.close().await.unwrap();
+        }
         fewest = fewest.min(packets);
-        if fewest == 2 {
+        if fewest == EXPECTED {
             break;
         }
     }
     assert_eq!(
-        fewest, 2,
-        "packets over two hand-offs (two releases, two grants), fewest of 3 rounds"
+        fewest, EXPECTED,
+        "packets over two hand-offs (two releases, two claims, the second waiter's read of \
+         the first one's claimed node), fewest of 3 rounds"
     );
 }
 
