@@ -178,7 +178,7 @@ pub(crate) async fn claim(session: &Session, cfg: &ZkConfig, path: &str, czxid: 
 /// that watches our node, whose data changed): TTLs above twice the marker's bound claim
 /// at every contended grant, shorter ones only when the proof is old. A bound that ran
 /// out (the marker may be gone, our node removed) is always under half: the claim then
-/// finds the node gone.
+/// lands, or finds the node gone.
 pub(crate) async fn settle(q: &mut Queued, confirmed_at: Instant, warranted: Duration) -> Result<Instant> {
     let slot = q.naming.get_mut().unwrap_or_else(|p| p.into_inner());
     let Some(naming) = slot.as_ref() else {
