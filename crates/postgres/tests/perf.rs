@@ -275,3 +275,37 @@ async fn statements_per_grant_under_contention() {
         }
     }
 }
+
+/// An uncontended acquire + release is two statements, one round trip each, and nothing
+/// else: no `SET`, `BEGIN`/`COMMIT`, `LISTEN`/`UNLISTEN`, `NOTIFY` or prepare per call
+/// (counted by `pg_stat_statements`, which also counts utility statements and the
+/// prepares' parses do not execute). The raw minimum sends the same two
+/// (`fencelock_testkit::pg_raw`); `examples/pg_cycle_cost.rs` measures what each costs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncontended_cycle_is_two_statements() {
+    let mut server = PgServer::start();
+    server.psql("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'");
+    server.restart();
+    server.psql("CREATE EXTENSION pg_stat_statements");
+    let locks = PgLock::connect(&server.url()).await.unwrap();
+    let opts = LockOptions::new()
+        .with_ttl(Duration::from_secs(10))
+        .with_wait(Duration::from_secs(30));
+    // Warm-up: whatever an instance does once (its connection, its `LISTEN`) is not counted.
+    locks.acquire("solo", &opts).await.unwrap().release().await.unwrap();
+    server.psql("SELECT pg_stat_statements_reset()");
+    let cycles = 20;
+    for _ in 0..cycles {
+        locks.acquire("solo", &opts).await.unwrap().release().await.unwrap();
+    }
+    let sent = server.psql(
+        "SELECT string_agg(calls || ' ' || left(regexp_replace(query, '\\s+', ' ', 'g'), 50), E'\\n' ORDER BY query)
+           FROM pg_stat_statements WHERE query NOT LIKE '%pg_stat_statements%'",
+    );
+    let expected = format!(
+        "{cycles} WITH gone AS ( DELETE FROM fencelock.locks WHERE k\n\
+         {cycles} WITH taken AS ( INSERT INTO fencelock.locks AS l ("
+    );
+    assert_eq!(sent, expected, "the statements of {cycles} uncontended cycles");
+    locks.close().await.unwrap();
+}
