@@ -256,15 +256,15 @@ pub mod duration_text {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
-        enum Text {
+        enum Given {
             Whole(u64),
             Number(f64),
             Text(String),
         }
-        let number = match Text::deserialize(d)? {
-            Text::Text(t) => return parse_duration(&t).map_err(de::Error::custom),
-            Text::Whole(n) => n.to_string(),
-            Text::Number(n) => n.to_string(),
+        let number = match Given::deserialize(d)? {
+            Given::Text(t) => return parse_duration(&t).map_err(de::Error::custom),
+            Given::Whole(n) => n.to_string(),
+            Given::Number(n) => n.to_string(),
         };
         Err(de::Error::custom(format!(
             "the duration {number} has no unit: write it as text with one, e.g. \"{number}s\" or \"{number}ms\""

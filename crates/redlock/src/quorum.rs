@@ -101,7 +101,22 @@ pub(crate) fn refused_for_good<T>(
 /// errors that rule out a quorum ([`refused_for_good`]). `None` when silence, or errors
 /// that pass, lack the quorum: sending again may succeed. Every round asks it — acquire,
 /// extend, release — so they class the same answers the same way.
+///
+/// Only when the refusals together — of the settings and permanent — leave fewer nodes
+/// than a quorum: one node that refuses the settings beside nodes that are merely silent
+/// for now is not a reason to give up (review: a single NOPERM node with one other node
+/// briefly unreachable ended auto-renew's extend as `InvalidConfig`, though the next
+/// round would reach the quorum without it); its refusal is logged when a round succeeds
+/// ([`warn_refused_config`]).
 pub(crate) fn refused<T>(doing: &str, answers: &[Answer<T>], quorum: usize) -> Option<fencelock_core::LockError> {
+    let permanent = answers
+        .iter()
+        .filter_map(|a| a.as_ref().err())
+        .filter(|e| e.starts_with(PERMANENT))
+        .count();
+    if config_refusals(answers).len() + permanent <= answers.len().saturating_sub(quorum) {
+        return None;
+    }
     refused_config(answers).or_else(|| refused_for_good(doing, answers, quorum))
 }
 
@@ -259,5 +274,25 @@ mod tests {
             text.contains("2 of 3") && text.contains("WRONGTYPE") && text.contains("no answer"),
             "{text}"
         );
+    }
+
+    /// One node refusing the settings beside a silent one (3 nodes, quorum 2) is not a
+    /// reason to give up: the silent node may answer the next round, and the quorum does
+    /// not need the refusing one. Failed before the change (review): `InvalidConfig`,
+    /// not temporary, at the first such round of an extend, a release or an acquire.
+    #[test]
+    fn a_refusal_of_the_settings_ends_the_round_only_when_the_rest_cannot_make_a_quorum() {
+        let e = fencelock_core::LockError::invalid_config("NOPERM this user has no permissions to run 'evalsha'");
+        let config = |server: &str| -> Answer<()> { Err(node_failure(server, &e)) };
+        let silent: Answer<()> = Err("c: no answer within 50ms".to_owned());
+        assert!(
+            refused("extend", &[config("a"), silent.clone(), Ok(())], 2).is_none(),
+            "one NOPERM node beside a silent one ended the round"
+        );
+        let err = refused("extend", &[config("a"), config("b"), silent.clone()], 2).expect("refused");
+        assert!(matches!(err, fencelock_core::LockError::InvalidConfig { .. }), "{err}");
+        // A refusal of the settings and a permanent error together rule the quorum out.
+        let err = refused("extend", &[config("a"), permanent("b"), silent], 2).expect("refused");
+        assert!(!err.is_temporary(), "{err}");
     }
 }

@@ -315,6 +315,21 @@ pub fn tcp_exchange_to_eof(port: u16, request: &[u8]) -> Option<Vec<u8>> {
     (!out.is_empty()).then_some(out)
 }
 
+/// `true` when every thread of `pid` is stopped (`T`, or `t` under a tracer), gone or a
+/// zombie — or the process cannot be read (gone).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat"))
+            .ok()
+            .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().chars().next()))
+            .flatten()
+            .is_none_or(|state| matches!(state, 'T' | 't' | 'Z' | 'X'))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -398,19 +413,4 @@ mod tests {
         let port = answering(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         assert_eq!(http(port, "GET", "/health", ""), None);
     }
-}
-
-/// `true` when every thread of `pid` is stopped (`T`, or `t` under a tracer), gone or a
-/// zombie — or the process cannot be read (gone).
-fn all_threads_stopped(pid: u32) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return true;
-    };
-    tasks.flatten().all(|task| {
-        std::fs::read_to_string(task.path().join("stat"))
-            .ok()
-            .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().chars().next()))
-            .flatten()
-            .is_none_or(|state| matches!(state, 'T' | 't' | 'Z' | 'X'))
-    })
 }

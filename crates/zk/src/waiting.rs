@@ -289,8 +289,25 @@ async fn keep(waiting: Arc<Waiting>, request_timeout: Duration) {
                     break;
                 }
             }
-            // The marker is gone (the session expired), or not as created: never ours to prove.
-            Ok(Err(zookeeper_client::Error::NoNode | zookeeper_client::Error::BadVersion)) => break,
+            // The marker is gone: the session expired, no earlier than the leader's
+            // earliest expiry that bounded every grant on it.
+            Ok(Err(zookeeper_client::Error::NoNode)) => break,
+            // Written by someone else (an operator's `set`): it can never be proved again,
+            // but ending the session now would delete it while grants bounded by the last
+            // proof may still be valid, and the waiter behind could remove their nodes
+            // (review). No proof from here on; the session ends once the last proof is a
+            // whole timeout old, as when the main session stays cut.
+            Ok(Err(zookeeper_client::Error::BadVersion)) => {
+                let proof = *waiting.proof.lock().unwrap_or_else(|p| p.into_inner());
+                if Instant::now() >= proof + waiting.timeout {
+                    tracing::warn!(
+                        marker = %waiting.marker,
+                        "the waiting marker was written by someone else: ending the waiting session, \
+                         our waits give up their places"
+                    );
+                    break;
+                }
+            }
             Ok(Err(zookeeper_client::Error::SessionExpired | zookeeper_client::Error::ClientClosed)) => break,
             // No answer: the proof ages, and grants claim their node at their turn. The
             // count starts again only if the main session is connected now (after a
@@ -326,12 +343,18 @@ async fn keep(waiting: Arc<Waiting>, request_timeout: Duration) {
 ///   then expires the session T_w after the last such reply that named it — *rounded up*
 ///   to the next multiple of τ (`ExpiryQueue.update`: `(now + T_w)/τ + 1` intervals, and
 ///   `poll` hands a bucket out only once its time has come): later, never earlier. The
-///   follower may be cut off from the leader right after relaying the proof's answer
-///   (instant c ≥ t); its last reply reached the leader at the earliest c − τ/2, and named
-///   the session if the client sent anything in the τ/2 before it, else the last reply
-///   that did came at or after the client's last send before it. So the leader counted
-///   from no earlier than c − τ/2 − g ≥ t − τ/2 − g, and deletes the marker no earlier
-///   than t + T_w − τ/2 − g.
+///   follower may be cut off from the leader right after the proof, even one way only
+///   (follower → leader dead: the leader's last processed reply may then be `syncLimit`
+///   ticks old, so the answer reaching the client proves nothing about the replies by
+///   itself). What counts is the forwarded `check`: it reached the leader (it was
+///   committed) at some r′ ≥ t, over the follower's one TCP connection to the leader, so
+///   every ping reply the follower sent before r′ reached the leader before it; the
+///   follower answers the leader's pings every τ/2, so one of those replies was sent no
+///   earlier than r′ − τ/2 (less a little jitter, which the extra tick in g absorbs), and
+///   it named the session if the client sent anything in the τ/2 before it, else the last
+///   reply that did came at or after the client's last send before it. So the leader
+///   counted from no earlier than t − τ/2 − g, and deletes the marker no earlier than
+///   t + T_w − τ/2 − g (review helper-186 corrected the argument; the bound stands).
 /// * **τ.** The waiting session asks [`ASKED`] (1 s) and the server clamps it to
 ///   [2τ, 20τ] (the default `minSessionTimeout`/`maxSessionTimeout`): granted as asked,
 ///   2τ ≤ 1 s = T_w; raised, T_w = 2τ. Either way τ/2 ≤ T_w/4 — the client cannot read

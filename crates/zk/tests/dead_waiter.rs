@@ -690,3 +690,41 @@ async fn an_uncontended_grant_beside_a_wait_needs_no_claim() {
     let lease = served("the waiter is served", SLACK, queued).await;
     lease.release().await.unwrap();
 }
+
+/// A foreign write of a waiting marker (an operator's `set`, another tool) makes the
+/// keeper's check fail with BadVersion: the instance stops proving, but its marker stays
+/// until every grant its last proof bounded has run out (the last proof + the waiting
+/// timeout), as when its main session is cut. Failed before the change (review): the
+/// keeper ended the waiting session at once, the server deleted the marker within a
+/// proof period of the write — while a grant bounded by that proof (up to 500 ms on the
+/// test server) could still read held, and the waiter behind its node could remove it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_write_of_a_marker_keeps_it_until_its_last_proof_has_run_out() {
+    let (_ensemble, _url, holder, waiter, op) = set_up("/foreign").await;
+    let held = holder.acquire("k", &child_opts()).await.unwrap();
+    let w = queue_up(&waiter);
+    until_async("W queued, naming its marker", SLACK, async || {
+        let nodes = op.nodes().await;
+        nodes.len() == 2 && names_a_marker(&op.data(&nodes[1]).await)
+    })
+    .await;
+    let markers = op.0.list_children("/%waiting").await.unwrap();
+    assert_eq!(markers.len(), 1, "W's marker alone: {markers:?}");
+    let marker = format!("/%waiting/{}", markers[0]);
+    op.0.set_data(&marker, b"foreign", None).await.unwrap();
+    let written = Instant::now();
+    until_async("the marker went after the foreign write", SLACK, async || {
+        matches!(op.0.check_stat(&marker).await, Ok(None))
+    })
+    .await;
+    let went = written.elapsed();
+    // The last proof was at most a period (333 ms) before the write; the marker may go at
+    // that proof + 1 s: 667 ms after the write at the earliest, and a grant it bounded
+    // ends by that proof + 500 ms.
+    assert!(
+        went >= Duration::from_millis(600),
+        "the marker went {went:?} after a foreign write, before the grants its last proof bounded could have run out"
+    );
+    held.release().await.unwrap();
+    w.abort();
+}
