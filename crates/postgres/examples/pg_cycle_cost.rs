@@ -31,47 +31,6 @@ use fencelock_testkit::cycle_cost::{cpu_ns, p50_us, print_cpu, Readings};
 use fencelock_testkit::pg_raw::{ACQUIRE as RAW_ACQUIRE, RELEASE as RAW_RELEASE, SCHEMA as RAW_SCHEMA};
 use fencelock_testkit::pg_server::{PgOptions, PgServer};
 
-/// The backend's uncontended acquire (`sql::acquire(_, AcquireKind::Try)`) for the
-/// default schema, as `sql.rs` builds it.
-const OUR_ACQUIRE: &str = "WITH taken AS (
-    INSERT INTO fencelock.locks AS l (key, grant_id, expires_at)
-    SELECT $1::text, $2::text, statement_timestamp() + $3::bigint * interval '1 millisecond'
-    WHERE NOT EXISTS (SELECT 1 FROM fencelock.abandoned a WHERE a.grant_id = $2::text)
-      AND NOT EXISTS (
-        SELECT 1 FROM fencelock.waiters w
-        WHERE w.key = $1::text AND w.expires_at > statement_timestamp() )
-    ON CONFLICT (key) DO UPDATE SET grant_id = excluded.grant_id, expires_at = excluded.expires_at
-        WHERE l.expires_at <= statement_timestamp() AND l.grant_id <> excluded.grant_id
-    RETURNING l.key
-), bumped AS (
-    INSERT INTO fencelock.tokens AS t (key, token) SELECT key, 1 FROM taken
-    ON CONFLICT (key) DO UPDATE SET token = t.token + 1
-    RETURNING t.token
-)
-SELECT tk.token AS token,
-       CASE WHEN tk.token IS NULL THEN
-           (SELECT ceil(extract(epoch FROM hl.expires_at - statement_timestamp()) * 1000)::bigint
-              FROM fencelock.locks hl WHERE hl.key = $1::text)
-       END AS holder_ms,
-       NULL::bigint AS head_ms,
-       NULL::bigint AS ticket,
-       NULL::bigint AS handed_ms,
-       CASE WHEN tk.token IS NULL THEN set_config('synchronous_commit', 'off', true) END AS lazy
-FROM (SELECT (SELECT token FROM bumped) AS token) tk";
-
-/// The backend's plain release (`sql::release`) for the default schema.
-const OUR_RELEASE: &str = "WITH gone AS (
-    DELETE FROM fencelock.locks WHERE key = $1::text AND grant_id = $2::text RETURNING key
-), next AS (
-    SELECT min(ticket) AS ticket FROM fencelock.waiters
-    WHERE key = $1::text AND expires_at > statement_timestamp()
-), notified AS (
-    SELECT pg_notify('fencelock_released', next.ticket::text || ':' || gone.key) FROM gone, next
-    WHERE next.ticket IS NOT NULL
-)
-SELECT (SELECT count(*) FROM gone) AS released, (SELECT count(*) FROM notified) AS notified,
-       set_config('synchronous_commit', 'off', true) AS lazy";
-
 /// Statements prepared once on a plain client, issued by hand.
 struct ByHand {
     client: Client,
@@ -204,7 +163,12 @@ async fn main() {
         .with_wait(Duration::from_secs(30));
     let unrenewed = opts.with_auto_renew(false);
     let raw = ByHand::connect(&url, RAW_ACQUIRE, RAW_RELEASE).await;
-    let sql = ByHand::connect(&url, OUR_ACQUIRE, OUR_RELEASE).await;
+    let sql = ByHand::connect(
+        &url,
+        &fencelock_postgres::by_hand::acquire("fencelock"),
+        &fencelock_postgres::by_hand::release("fencelock"),
+    )
+    .await;
     let mut c = 0u64;
     for _ in 0..100 {
         ours.acquire("k-ours", &opts).await.unwrap().release().await.unwrap();
@@ -335,20 +299,24 @@ SELECT set_config('synchronous_commit', 'off', true)";
 /// Statement variants by hand, each on its own connection, interleaved in rounds: the
 /// server backend's CPU and the latency per cycle. `FENCELOCK_PG_VARIANTS=1`.
 async fn variants(url: &str, n: usize) {
-    let no_abandoned = OUR_ACQUIRE.replace(
+    let (our_acquire, our_release) = (
+        fencelock_postgres::by_hand::acquire("fencelock"),
+        fencelock_postgres::by_hand::release("fencelock"),
+    );
+    let no_abandoned = our_acquire.replace(
         "WHERE NOT EXISTS (SELECT 1 FROM fencelock.abandoned a WHERE a.grant_id = $2::text)
       AND NOT EXISTS (",
         "WHERE NOT EXISTS (",
     );
-    let no_waiters = OUR_ACQUIRE.replace(
+    let no_waiters = our_acquire.replace(
         "
       AND NOT EXISTS (
         SELECT 1 FROM fencelock.waiters w
         WHERE w.key = $1::text AND w.expires_at > statement_timestamp() )",
         "",
     );
-    assert_ne!(no_abandoned, OUR_ACQUIRE);
-    assert_ne!(no_waiters, OUR_ACQUIRE);
+    assert_ne!(no_abandoned, our_acquire);
+    assert_ne!(no_waiters, our_acquire);
     let extra: Vec<(String, String, String)> = std::env::var("FENCELOCK_PG_EXTRA")
         .ok()
         .and_then(|f| std::fs::read_to_string(f).ok())
@@ -367,17 +335,17 @@ async fn variants(url: &str, n: usize) {
         .unwrap_or_default();
     let mut subjects: Vec<(String, String, String)> = vec![
         ("raw".into(), RAW_ACQUIRE.into(), RAW_RELEASE.into()),
-        ("ours".into(), OUR_ACQUIRE.into(), OUR_RELEASE.into()),
+        ("ours".into(), our_acquire.clone(), our_release.clone()),
         ("min on our tables".into(), MIN_ACQUIRE.into(), MIN_RELEASE.into()),
         (
             "our acquire, min release".into(),
-            OUR_ACQUIRE.into(),
+            our_acquire.clone(),
             MIN_RELEASE.into(),
         ),
         (
             "min acquire, our release".into(),
             MIN_ACQUIRE.into(),
-            OUR_RELEASE.into(),
+            our_release.clone(),
         ),
         (
             "acquire without abandoned probe, min release".into(),

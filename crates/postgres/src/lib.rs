@@ -79,3 +79,21 @@ pub use sql::schema_sql;
 /// The client crate, re-exported so that callers of [`TransactionFence`] use the same
 /// version of `tokio_postgres::Transaction`.
 pub use tokio_postgres;
+
+/// The statements of an uncontended cycle exactly as this version sends them, for the
+/// measurements that send them by hand on a plain client (`examples/pg_cycle_cost.rs`,
+/// `tests/perf.rs`): each kept a copy of the SQL, and one copy fell behind `sql.rs`. Not
+/// part of the API: the SQL changes with the backend.
+#[doc(hidden)]
+pub mod by_hand {
+    /// `try_acquire`'s statement for `schema` (`$1` key, `$2` grant id, `$3` TTL in ms).
+    pub fn acquire(schema: &str) -> String {
+        crate::sql::acquire(schema, crate::sql::AcquireKind::Try)
+    }
+
+    /// The plain release's statement for `schema` (`$1` key, `$2` grant id), notifying on
+    /// the schema's channel.
+    pub fn release(schema: &str) -> String {
+        crate::sql::release(schema, &format!("{schema}_released"))
+    }
+}

@@ -19,44 +19,6 @@ use fencelock_testkit::pg_raw::{ACQUIRE as RAW_ACQUIRE, RELEASE as RAW_RELEASE, 
 use fencelock_testkit::pg_server::{PgOptions, PgServer};
 use tokio_postgres::{Client, NoTls, Statement};
 
-/// The backend's uncontended acquire and its release, as `sql.rs` builds them for the
-/// default schema.
-const OUR_ACQUIRE: &str = "WITH taken AS (
-    INSERT INTO fencelock.locks AS l (key, grant_id, expires_at)
-    SELECT $1::text, $2::text, statement_timestamp() + $3::bigint * interval '1 millisecond'
-    WHERE NOT EXISTS (SELECT 1 FROM fencelock.abandoned a WHERE a.grant_id = $2::text)
-      AND NOT EXISTS (
-        SELECT 1 FROM fencelock.waiters w
-        WHERE w.key = $1::text AND w.expires_at > statement_timestamp() )
-    ON CONFLICT (key) DO UPDATE SET grant_id = excluded.grant_id, expires_at = excluded.expires_at
-        WHERE l.expires_at <= statement_timestamp() AND l.grant_id <> excluded.grant_id
-    RETURNING l.key
-), bumped AS (
-    INSERT INTO fencelock.tokens AS t (key, token) SELECT key, 1 FROM taken
-    ON CONFLICT (key) DO UPDATE SET token = t.token + 1
-    RETURNING t.token
-)
-SELECT tk.token,
-       CASE WHEN tk.token IS NULL THEN
-           (SELECT ceil(extract(epoch FROM h.expires_at - statement_timestamp()) * 1000)::bigint
-              FROM fencelock.locks h WHERE h.key = $1)
-       END AS holder_ms,
-       NULL::bigint AS head_ms,
-       CASE WHEN tk.token IS NULL THEN set_config('synchronous_commit', 'off', true) END AS lazy
-FROM (SELECT (SELECT token FROM bumped) AS token) tk";
-
-const OUR_RELEASE: &str = "WITH gone AS (
-    DELETE FROM fencelock.locks WHERE key = $1 AND grant_id = $2 RETURNING key
-), next AS (
-    SELECT min(ticket) AS ticket FROM fencelock.waiters
-    WHERE key = $1 AND expires_at > statement_timestamp()
-), notified AS (
-    SELECT pg_notify('fencelock_released', next.ticket::text || ':' || gone.key) FROM gone, next
-    WHERE next.ticket IS NOT NULL
-)
-SELECT (SELECT count(*) FROM gone) AS released, (SELECT count(*) FROM notified) AS notified,
-       set_config('synchronous_commit', 'off', true) AS lazy";
-
 struct ByHand {
     client: Client,
     acquire: Statement,
@@ -116,7 +78,12 @@ async fn uncontended_cycles_split_without_waiting_for_the_disk() {
 async fn split(server: PgServer, what: &str) {
     let locks = PgLock::connect(&server.url()).await.unwrap();
     let raw = ByHand::connect(&server.url(), RAW_ACQUIRE, RAW_RELEASE).await;
-    let ours_by_hand = ByHand::connect(&server.url(), OUR_ACQUIRE, OUR_RELEASE).await;
+    let ours_by_hand = ByHand::connect(
+        &server.url(),
+        &fencelock_postgres::by_hand::acquire("fencelock"),
+        &fencelock_postgres::by_hand::release("fencelock"),
+    )
+    .await;
     let opts = LockOptions::new()
         .with_ttl(Duration::from_secs(10))
         .with_wait(Duration::from_secs(30));
@@ -172,7 +139,12 @@ async fn client_cost_of_one_subject() {
         .with_wait(Duration::from_secs(30));
     let locks = PgLock::connect(&url).await.unwrap();
     let raw = ByHand::connect(&url, RAW_ACQUIRE, RAW_RELEASE).await;
-    let sql = ByHand::connect(&url, OUR_ACQUIRE, OUR_RELEASE).await;
+    let sql = ByHand::connect(
+        &url,
+        &fencelock_postgres::by_hand::acquire("fencelock"),
+        &fencelock_postgres::by_hand::release("fencelock"),
+    )
+    .await;
     let start = Instant::now();
     for n in 0..cycles {
         match subject.as_str() {
