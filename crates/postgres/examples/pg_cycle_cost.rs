@@ -25,50 +25,16 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use fencelock_core::{DistributedLock, LockOptions};
-use fencelock_postgres::tokio_postgres::{Client, NoTls, Statement};
+use fencelock_postgres::tokio_postgres::{Client, NoTls};
 use fencelock_postgres::PgLock;
 use fencelock_testkit::cycle_cost::{cpu_ns, p50_us, print_cpu, Readings};
-use fencelock_testkit::pg_raw::{ACQUIRE as RAW_ACQUIRE, RELEASE as RAW_RELEASE, SCHEMA as RAW_SCHEMA};
+use fencelock_testkit::pg_raw::{ACQUIRE as RAW_ACQUIRE, RELEASE as RAW_RELEASE};
 use fencelock_testkit::pg_server::{PgOptions, PgServer};
+use fencelock_testkit::process::children_of;
 
-/// Statements prepared once on a plain client, issued by hand.
-struct ByHand {
-    client: Client,
-    acquire: Statement,
-    release: Statement,
-    pid: i32,
-}
-
-impl ByHand {
-    async fn connect(url: &str, acquire: &str, release: &str) -> Self {
-        let (client, connection) = fencelock_postgres::tokio_postgres::connect(url, NoTls).await.unwrap();
-        tokio::spawn(connection);
-        client.batch_execute(RAW_SCHEMA).await.unwrap();
-        let acquire = client.prepare(acquire).await.unwrap();
-        let release = client.prepare(release).await.unwrap();
-        let pid = client.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
-        ByHand {
-            client,
-            acquire,
-            release,
-            pid,
-        }
-    }
-
-    /// One acquire + release; the acquire's latency from `t0`.
-    async fn cycle(&self, key: &str, n: u64, t0: Instant) -> Duration {
-        let id = format!("{n:032x}");
-        let ttl_ms: i64 = 10_000;
-        let rows = self.client.query(&self.acquire, &[&key, &id, &ttl_ms]).await.unwrap();
-        assert!(
-            rows.first().is_some_and(|r| r.get::<_, Option<i64>>(0).is_some()),
-            "{key} was busy"
-        );
-        let acq = t0.elapsed();
-        self.client.query(&self.release, &[&key, &id]).await.unwrap();
-        acq
-    }
-}
+#[path = "../tests/common/by_hand.rs"]
+mod by_hand;
+use by_hand::ByHand;
 
 /// Run time so far of process `pid`, ns (`/proc/PID/schedstat`); 0 when it is gone.
 fn run_ns(pid: i32) -> u64 {
@@ -76,21 +42,6 @@ fn run_ns(pid: i32) -> u64 {
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
-}
-
-/// The postmaster's children (every server process).
-fn children(pid: i32) -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| {
-            let child: i32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            let ppid: i32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
-            (ppid == pid).then_some(child)
-        })
-        .collect()
 }
 
 /// `pg_stat_statements` per statement (`calls.`, `plan_us.`, `exec_us.` + the first 60
@@ -115,7 +66,7 @@ async fn server(admin: &Client, postmaster: i32, pids: &[i32]) -> BTreeMap<Strin
         out.insert(format!("exec_us   {q}"), r.get::<_, f64>(3));
     }
     let backends: u64 = pids.iter().map(|&p| run_ns(p)).sum();
-    let all: u64 = children(postmaster).into_iter().map(run_ns).sum::<u64>() + run_ns(postmaster);
+    let all: u64 = children_of(postmaster).into_iter().map(run_ns).sum::<u64>() + run_ns(postmaster);
     out.insert("cpu_us.backend".into(), backends as f64 / 1e3);
     out.insert("cpu_us.server".into(), all as f64 / 1e3);
     let commits: i64 = admin

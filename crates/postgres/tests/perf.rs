@@ -15,41 +15,13 @@ use std::time::{Duration, Instant};
 
 use fencelock_core::{DistributedLock, LockOptions};
 use fencelock_postgres::PgLock;
-use fencelock_testkit::pg_raw::{ACQUIRE as RAW_ACQUIRE, RELEASE as RAW_RELEASE, SCHEMA as RAW_SCHEMA};
+use fencelock_testkit::pg_raw::{ACQUIRE as RAW_ACQUIRE, RELEASE as RAW_RELEASE};
 use fencelock_testkit::pg_server::{PgOptions, PgServer};
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::NoTls;
 
-struct ByHand {
-    client: Client,
-    acquire: Statement,
-    release: Statement,
-}
-
-impl ByHand {
-    async fn connect(url: &str, acquire: &str, release: &str) -> Self {
-        let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
-        tokio::spawn(connection);
-        client.batch_execute(RAW_SCHEMA).await.unwrap();
-        let acquire = client.prepare(acquire).await.unwrap();
-        let release = client.prepare(release).await.unwrap();
-        ByHand {
-            client,
-            acquire,
-            release,
-        }
-    }
-
-    async fn cycle(&self, key: &str, n: u64) {
-        let id = format!("{:032x}", n);
-        let ttl_ms: i64 = 10_000;
-        let rows = self.client.query(&self.acquire, &[&key, &id, &ttl_ms]).await.unwrap();
-        assert!(
-            rows.first().is_some_and(|r| r.get::<_, Option<i64>>(0).is_some()),
-            "busy"
-        );
-        self.client.query(&self.release, &[&key, &id]).await.unwrap();
-    }
-}
+#[path = "common/by_hand.rs"]
+mod by_hand;
+use by_hand::ByHand;
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -96,8 +68,12 @@ async fn split(server: PgServer, what: &str) {
                 n += 1;
                 let t = Instant::now();
                 match i {
-                    0 => raw.cycle("solo-raw", n).await,
-                    1 => ours_by_hand.cycle("solo-sql", n).await,
+                    0 => {
+                        raw.cycle("solo-raw", n, Instant::now()).await;
+                    }
+                    1 => {
+                        ours_by_hand.cycle("solo-sql", n, Instant::now()).await;
+                    }
                     _ => locks.acquire("solo", &opts).await.unwrap().release().await.unwrap(),
                 }
                 if round > 0 {
@@ -148,8 +124,12 @@ async fn client_cost_of_one_subject() {
     let start = Instant::now();
     for n in 0..cycles {
         match subject.as_str() {
-            "raw" => raw.cycle("solo-raw", n).await,
-            "sql" => sql.cycle("solo-sql", n).await,
+            "raw" => {
+                raw.cycle("solo-raw", n, Instant::now()).await;
+            }
+            "sql" => {
+                sql.cycle("solo-sql", n, Instant::now()).await;
+            }
             "ours" => locks.acquire("solo", &opts).await.unwrap().release().await.unwrap(),
             other => panic!("FENCELOCK_PERF_SUBJECT={other}: raw, sql or ours"),
         }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use rustix::process::{kill_process, test_kill_process, Pid, Signal};
 
 use crate::ports::start_on_free_ports;
-use crate::process::tail;
+use crate::process::{children_of, tail};
 
 /// How to install the server when it is missing.
 pub const INSTALL_HINT: &str = "install it with `apt-get install postgresql` (or run scripts/setup-deps)";
@@ -279,7 +279,7 @@ impl PgServer {
             stop_with_children(pid);
             return;
         }
-        for p in children(pid).into_iter().chain(std::iter::once(pid)) {
+        for p in children_of(pid).into_iter().chain(std::iter::once(pid)) {
             if let Some(p) = Pid::from_raw(p) {
                 let _ = kill_process(p, sig);
             }
@@ -443,7 +443,7 @@ fn stop_with_children(pid: i32) -> Vec<i32> {
     until_stopped(pid);
     let mut seen: Vec<i32> = Vec::new();
     for _ in 0..50 {
-        let new: Vec<i32> = children(pid).into_iter().filter(|c| !seen.contains(c)).collect();
+        let new: Vec<i32> = children_of(pid).into_iter().filter(|c| !seen.contains(c)).collect();
         if new.is_empty() {
             break;
         }
@@ -461,22 +461,6 @@ fn stop_with_children(pid: i32) -> Vec<i32> {
 fn state_of(pid: i32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(')')?.1.trim_start().chars().next()
-}
-
-/// The processes whose parent is `pid` (from `/proc/*/stat`).
-fn children(pid: i32) -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| {
-            let child: i32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            // `pid (comm) state ppid …`; comm may hold spaces, so read after the last `)`.
-            let ppid: i32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
-            (ppid == pid).then_some(child)
-        })
-        .collect()
 }
 
 /// `true` unless the process is gone or a zombie.
@@ -503,11 +487,11 @@ mod tests {
         let pid = shell.id() as i32;
         let group = Pid::from_raw(pid).expect("pid");
         let start = std::time::Instant::now();
-        while children(pid).len() < 20 && start.elapsed() < Duration::from_secs(10) {
+        while children_of(pid).len() < 20 && start.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(5)); // polling a starting shell, bounded
         }
         let stopped = stop_with_children(pid);
-        let running: Vec<i32> = children(pid)
+        let running: Vec<i32> = children_of(pid)
             .into_iter()
             .filter(|c| !matches!(state_of(*c), Some('T' | 't' | 'Z' | 'X') | None))
             .collect();

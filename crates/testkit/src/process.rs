@@ -315,6 +315,23 @@ pub fn tcp_exchange_to_eof(port: u16, request: &[u8]) -> Option<Vec<u8>> {
     (!out.is_empty()).then_some(out)
 }
 
+/// The processes whose parent is `pid` (from `/proc/*/stat`; Linux): a server's
+/// children, e.g. a postmaster's backends.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let child: i32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // `pid (comm) state ppid …`; comm may hold spaces, so read after the last `)`.
+            let ppid: i32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == pid).then_some(child)
+        })
+        .collect()
+}
+
 /// `true` when every thread of `pid` is stopped (`T`, or `t` under a tracer), gone or a
 /// zombie — or the process cannot be read (gone).
 fn all_threads_stopped(pid: u32) -> bool {
