@@ -2070,27 +2070,13 @@ mod tests {
     /// it — a ZooKeeper node without auto-renew then stayed until the process exited).
     #[tokio::test(start_paused = true)]
     async fn an_expiry_whose_loss_report_panics_still_gives_the_grant_back() {
-        /// Panics on the lease's "lease lost" event; nothing else.
-        struct PanicsOnLoss;
-        impl tracing::Subscriber for PanicsOnLoss {
-            fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-                true
-            }
-            fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-                tracing::span::Id::from_u64(1)
-            }
-            fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-            fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-            fn event(&self, event: &tracing::Event<'_>) {
-                if event.metadata().target() == LOST_TARGET {
-                    panic!("a tracing layer panicked on the loss");
-                }
-            }
-            fn enter(&self, _: &tracing::span::Id) {}
-            fn exit(&self, _: &tracing::span::Id) {}
-        }
         // The current-thread runtime's timer task runs on this thread: it sees this default.
-        let _default = tracing::subscriber::set_default(PanicsOnLoss);
+        // Panics on the lease's "lease lost" event; nothing else.
+        let _default = tracing::subscriber::set_default(crate::on_event::OnEvent(|event: &tracing::Event<'_>| {
+            if event.metadata().target() == LOST_TARGET {
+                panic!("a tracing layer panicked on the loss");
+            }
+        }));
         let ops = ops(Duration::ZERO);
         let lease = lease(&ops, Instant::now(), Duration::from_millis(100));
         tokio::time::sleep(Duration::from_millis(300)).await;

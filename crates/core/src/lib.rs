@@ -42,6 +42,8 @@ pub mod lease;
 mod lock;
 pub mod memory;
 pub mod metrics;
+#[cfg(test)]
+mod on_event;
 pub mod options;
 pub mod panic;
 mod token;

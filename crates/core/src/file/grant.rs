@@ -939,43 +939,19 @@ mod tests {
         );
     }
 
-    /// The WARN events logged on this thread while it runs, each as its fields.
-    #[derive(Default)]
-    struct Warnings(Mutex<Vec<String>>);
-
-    struct Fields<'a>(&'a mut String);
-
-    impl tracing::field::Visit for Fields<'_> {
-        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-            self.0.push_str(&format!("{}={value:?} ", field.name()));
-        }
-    }
-
-    impl tracing::Subscriber for &'static Warnings {
-        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-            true
-        }
-        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-            tracing::span::Id::from_u64(1)
-        }
-        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-        fn event(&self, event: &tracing::Event<'_>) {
-            if *event.metadata().level() == tracing::Level::WARN {
-                let mut line = String::new();
-                event.record(&mut Fields(&mut line));
-                self.0.lock().unwrap().push(line);
-            }
-        }
-        fn enter(&self, _: &tracing::span::Id) {}
-        fn exit(&self, _: &tracing::span::Id) {}
-    }
-
     /// Runs `f`, returning what it returns and the warnings it logged.
     fn warnings_of<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
-        let warnings: &'static Warnings = Box::leak(Box::default());
-        let value = tracing::subscriber::with_default(warnings, f);
-        let logged = warnings.0.lock().unwrap().clone();
+        let warnings: Arc<Mutex<Vec<String>>> = Arc::default();
+        let recorder = crate::on_event::OnEvent({
+            let warnings = Arc::clone(&warnings);
+            move |event: &tracing::Event<'_>| {
+                if *event.metadata().level() == tracing::Level::WARN {
+                    warnings.lock().unwrap().push(crate::on_event::fields(event));
+                }
+            }
+        });
+        let value = tracing::subscriber::with_default(recorder, f);
+        let logged = warnings.lock().unwrap().clone();
         (value, logged)
     }
 

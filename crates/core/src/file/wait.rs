@@ -312,8 +312,7 @@ mod tests {
 
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use tracing::span::{Attributes, Id, Record};
-    use tracing::{Event, Level, Metadata, Subscriber};
+    use tracing::{Event, Level};
 
     use super::*;
 
@@ -324,24 +323,17 @@ mod tests {
         debug: AtomicUsize,
     }
 
-    impl Subscriber for &'static Counts {
-        fn enabled(&self, _: &Metadata<'_>) -> bool {
-            true
+    impl Counts {
+        /// A subscriber that counts into `self`.
+        fn subscriber(&'static self) -> crate::on_event::OnEvent<impl Fn(&Event<'_>) + Send + Sync + 'static> {
+            crate::on_event::OnEvent(move |event: &Event<'_>| {
+                match *event.metadata().level() {
+                    Level::WARN => self.warn.fetch_add(1, Ordering::Relaxed),
+                    Level::DEBUG => self.debug.fetch_add(1, Ordering::Relaxed),
+                    _ => 0,
+                };
+            })
         }
-        fn new_span(&self, _: &Attributes<'_>) -> Id {
-            Id::from_u64(1)
-        }
-        fn record(&self, _: &Id, _: &Record<'_>) {}
-        fn record_follows_from(&self, _: &Id, _: &Id) {}
-        fn event(&self, event: &Event<'_>) {
-            match *event.metadata().level() {
-                Level::WARN => self.warn.fetch_add(1, Ordering::Relaxed),
-                Level::DEBUG => self.debug.fetch_add(1, Ordering::Relaxed),
-                _ => 0,
-            };
-        }
-        fn enter(&self, _: &Id) {}
-        fn exit(&self, _: &Id) {}
     }
 
     /// Out of inotify instances, every waiter re-checks every 50 ms: a warning each time
@@ -355,7 +347,7 @@ mod tests {
         // Only this test fails watches on purpose; a real failure elsewhere in this process
         // (the host out of inotify instances) would have used up the one warning.
         let warned_before = NO_WATCH_WARNED.load(Ordering::Relaxed);
-        tracing::subscriber::with_default(counts, || {
+        tracing::subscriber::with_default(counts.subscriber(), || {
             for _ in 0..20 {
                 let wake = watch_holder_with(&live, None, |_| {
                     Err(io::Error::from_raw_os_error(Errno::MFILE.raw_os_error()))
