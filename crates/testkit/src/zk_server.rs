@@ -352,6 +352,23 @@ impl ZkEnsemble {
         )
     }
 
+    /// [`packets_by_session`](Self::packets_by_session)'s count for `session` (as
+    /// ZooKeeper prints it: `0x` and lowercase hex).
+    ///
+    /// # Panics
+    /// When server `i` does not answer `cons` or `session` is not connected to it.
+    pub fn packets_of(&self, i: usize, session: &str) -> u64 {
+        of_session(self.packets_by_session(i), session)
+    }
+
+    /// [`last_answered_by_session`](Self::last_answered_by_session)'s xid for `session`.
+    ///
+    /// # Panics
+    /// When server `i` does not answer `cons` or `session` is not connected to it.
+    pub fn last_answered_of(&self, i: usize, session: &str) -> u64 {
+        of_session(self.last_answered_by_session(i), session)
+    }
+
     /// The number of packets server `i` has received from clients (`mntr`'s
     /// `zk_packets_received`: every request and ping), if it answers.
     pub fn packets_received(&self, i: usize) -> Option<u64> {
@@ -410,6 +427,15 @@ impl ZkEnsemble {
             std::thread::sleep(Duration::from_millis(20)); // polling an electing ensemble
         }
     }
+}
+
+/// The figure of `session` in a per-session reading of `cons`.
+fn of_session(by: Option<Vec<(String, u64)>>, session: &str) -> u64 {
+    by.expect("the server answers cons")
+        .into_iter()
+        .find(|(s, _)| s == session)
+        .map(|(_, n)| n)
+        .unwrap_or_else(|| panic!("session {session} is not connected to the server"))
 }
 
 /// The value of `name=` in a line of `cons` (`/127.0.0.1:PORT[1](queued=0,recved=5,…)`).

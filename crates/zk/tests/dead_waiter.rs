@@ -454,15 +454,7 @@ async fn a_waiter_whose_main_connection_drops_briefly_keeps_its_place() {
     // The keeper's proofs leave the marker as it is (a `check` in a `multi`): counted by
     // the last request the server answered on the session the marker is named after.
     let keeper = format!("0x{}", marker.rsplit("/m-").next().unwrap());
-    let answered = || {
-        ensemble
-            .last_answered_by_session(0)
-            .expect("the server answers cons")
-            .into_iter()
-            .find(|(s, _)| *s == keeper)
-            .map(|(_, xid)| xid)
-            .expect("W's waiting session is connected")
-    };
+    let answered = || ensemble.last_answered_of(0, &keeper);
     let before = answered();
     until(
         "a proof of W's marker answered with its main connection down",

@@ -57,18 +57,7 @@ async fn a_hand_off_costs_the_delete_and_the_claim() {
             b.session_id().await.unwrap(),
             c.session_id().await.unwrap(),
         ];
-        let sent = || -> u64 {
-            let by = ensemble.packets_by_session(0).expect("the server answers cons");
-            ids.iter()
-                .map(|id| {
-                    let id = format!("0x{id:x}");
-                    by.iter()
-                        .find(|(s, _)| *s == id)
-                        .map(|(_, n)| *n)
-                        .expect("each session connected")
-                })
-                .sum()
-        };
+        let sent = || -> u64 { ids.iter().map(|id| ensemble.packets_of(0, &format!("0x{id:x}"))).sum() };
         let key = format!("k{round}");
         let held = a.acquire(&key, &opts).await.unwrap();
         let base_watches = ensemble.watch_count(0).expect("the server answers wchs");
@@ -236,13 +225,7 @@ async fn a_listing_off_the_grant_s_path_goes_without_a_sync() {
         last = Some(id);
     }
     let last = last.unwrap();
-    let sent = || -> u64 {
-        let by = ensemble.packets_by_session(0).expect("the server answers cons");
-        by.iter()
-            .find(|(s, _)| *s == last)
-            .map(|(_, n)| *n)
-            .expect("the last waiter's session is connected")
-    };
+    let sent = || ensemble.packets_of(0, &last);
     let before = sent();
     held.release().await.unwrap();
     let mut queued = queued.into_iter();
@@ -317,20 +300,8 @@ async fn a_waiter_sends_nothing_while_the_marker_before_it_is_proved() {
         .find(|p| p.contains("/%waiting/"))
         .unwrap();
     let keeper = format!("0x{}", marker.rsplit("/m-").next().unwrap());
-    let answered = || -> u64 {
-        let by = ensemble.last_answered_by_session(0).expect("the server answers cons");
-        by.iter()
-            .find(|(s, _)| *s == keeper)
-            .map(|(_, n)| *n)
-            .expect("the keeper's session is connected")
-    };
-    let sent = || -> u64 {
-        let by = ensemble.packets_by_session(0).expect("the server answers cons");
-        by.iter()
-            .find(|(s, _)| *s == behind_id)
-            .map(|(_, n)| *n)
-            .expect("the waiter's session is connected")
-    };
+    let answered = || ensemble.last_answered_of(0, &keeper);
+    let sent = || ensemble.packets_of(0, &behind_id);
     let (before, proofs) = (sent(), answered());
     until("three proofs of the marker answered", Duration::from_secs(10), || {
         answered() >= proofs + 3
