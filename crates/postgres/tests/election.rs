@@ -46,8 +46,8 @@ impl ElectionFixture for Pg {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn election_conformance_on_postgres() {
+/// A server of its own whose election tables a first client has made, and its URL.
+async fn with_election_tables() -> (PgServer, String) {
     let server = tokio::task::spawn_blocking(PgServer::start)
         .await
         .expect("start postgres");
@@ -57,6 +57,12 @@ async fn election_conformance_on_postgres() {
             .await
             .expect("the first client creates the tables"),
     );
+    (server, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn election_conformance_on_postgres() {
+    let (server, url) = with_election_tables().await;
     let (admin, connection) = url
         .parse::<fencelock_postgres::tokio_postgres::Config>()
         .expect("server URL")
@@ -153,15 +159,7 @@ async fn observers_see_a_resigned_leader_go_when_the_seat_is_handed_on() {
 /// observer reconnected in a loop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_observer_s_listening_connection_outlives_a_role_s_idle_session_timeout() {
-    let server = tokio::task::spawn_blocking(PgServer::start)
-        .await
-        .expect("start postgres");
-    let url = server.url();
-    drop(
-        PgElection::connect(&url)
-            .await
-            .expect("the first client creates the tables"),
-    );
+    let (server, url) = with_election_tables().await;
     server.psql("ALTER ROLE postgres SET idle_session_timeout = '300ms'");
     let watcher = PgElection::connect(&url).await.unwrap();
     let _observer = watcher.observe("seat").await.unwrap();
