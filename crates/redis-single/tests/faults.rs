@@ -1143,10 +1143,6 @@ async fn a_repeated_release_of_a_grant_from_before_a_restart_is_lost() {
     // The first request after the restart meets the dropped connection; the acquire
     // retries it.
     let b = locks.acquire("b", &o).await.unwrap();
-    let evals = |server: &RedisServer| {
-        let stats = server.commandstats();
-        stats.get("evalsha").copied().unwrap_or(0) + stats.get("eval").copied().unwrap_or(0)
-    };
     // B's release: run, its answer lost with the connection; the repeat finds B's grant
     // gone on a server whose run_id differs from the one read at connect.
     proxy.set_to_client(Mode::Blackhole);
@@ -1160,17 +1156,7 @@ async fn a_repeated_release_of_a_grant_from_before_a_restart_is_lost() {
     let _ = tokio::time::timeout(SLACK * 2, release).await.unwrap().unwrap();
     // A's release the same way: it runs (finding nothing: the restart lost A's grant), its
     // answer is lost, and the repeat finds A's grant gone.
-    let before = evals(&server);
-    proxy.set_to_client(Mode::Blackhole);
-    let release = tokio::spawn(a.release());
-    let deadline = Instant::now() + SLACK;
-    while evals(&server) == before {
-        assert!(Instant::now() < deadline, "A's release did not reach the server");
-        tokio::time::sleep(Duration::from_millis(10)).await; // polling a condition, bounded
-    }
-    proxy.set(Mode::Reset);
-    proxy.set(Mode::Pass);
-    let released = tokio::time::timeout(SLACK * 2, release).await.unwrap().unwrap();
+    let released = release_with_its_answer_lost(&server, &proxy, a, "A").await;
     assert!(
         released.as_ref().is_err_and(LockError::is_lease_lost),
         "a grant the restart lost was reported {released:?}"
@@ -1186,7 +1172,7 @@ async fn a_repeated_release_of_a_grant_from_before_a_restart_is_lost() {
 /// the node's last recorded one (the new one) and said released.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_release_of_a_handed_grant_from_before_a_restart_is_lost() {
-    use fencelock_testkit::proxy::{FaultProxy, Mode};
+    use fencelock_testkit::proxy::FaultProxy;
     let mut server = RedisServer::start();
     let proxy = FaultProxy::start(server.port()).await;
     let holder = RedisLock::connect(&server.url()).await.unwrap();
@@ -1215,37 +1201,41 @@ async fn a_repeated_release_of_a_handed_grant_from_before_a_restart_is_lost() {
     // A lock of another key, so the client reconnects: the first request after the
     // restart meets the dropped connection, and the acquire retries it.
     locks.acquire("c", &o).await.unwrap().release().await.unwrap();
-    let evals = |server: &RedisServer| {
-        let stats = server.commandstats();
-        stats.get("evalsha").copied().unwrap_or(0) + stats.get("eval").copied().unwrap_or(0)
-    };
     // B's release: it finds nothing, its answer is lost with the connection, and its
     // repeat reads the new run_id (and says lost).
-    let before = evals(&server);
-    proxy.set_to_client(Mode::Blackhole);
-    let release = tokio::spawn(b.release());
-    let deadline = Instant::now() + SLACK;
-    while evals(&server) == before {
-        assert!(Instant::now() < deadline, "B's release did not reach the server");
-        tokio::time::sleep(Duration::from_millis(10)).await; // polling a condition, bounded
-    }
-    proxy.set(Mode::Reset);
-    proxy.set(Mode::Pass);
-    let _ = tokio::time::timeout(SLACK * 2, release).await.unwrap().unwrap();
+    let _ = release_with_its_answer_lost(&server, &proxy, b, "B").await;
     // The handed grant's release the same way: it finds nothing (the restart lost it).
-    let before = evals(&server);
-    proxy.set_to_client(Mode::Blackhole);
-    let release = tokio::spawn(a.release());
-    let deadline = Instant::now() + SLACK;
-    while evals(&server) == before {
-        assert!(Instant::now() < deadline, "A's release did not reach the server");
-        tokio::time::sleep(Duration::from_millis(10)).await; // polling a condition, bounded
-    }
-    proxy.set(Mode::Reset);
-    proxy.set(Mode::Pass);
-    let released = tokio::time::timeout(SLACK * 2, release).await.unwrap().unwrap();
+    let released = release_with_its_answer_lost(&server, &proxy, a, "A").await;
     assert!(
         released.as_ref().is_err_and(LockError::is_lease_lost),
         "a handed grant the restart lost was reported {released:?}"
     );
+}
+
+/// Releases `lease` with its answer lost: the client's link through `proxy` goes silent
+/// towards the client, the release runs on `server` (its script call counted there), the
+/// connection is reset and let through again, and the release's own repeat ends it.
+/// Returns what the release returned.
+async fn release_with_its_answer_lost(
+    server: &RedisServer,
+    proxy: &fencelock_testkit::proxy::FaultProxy,
+    lease: fencelock_core::Lease,
+    who: &str,
+) -> fencelock_core::Result<()> {
+    use fencelock_testkit::proxy::Mode;
+    let evals = || {
+        let stats = server.commandstats();
+        stats.get("evalsha").copied().unwrap_or(0) + stats.get("eval").copied().unwrap_or(0)
+    };
+    let before = evals();
+    proxy.set_to_client(Mode::Blackhole);
+    let release = tokio::spawn(lease.release());
+    let deadline = Instant::now() + SLACK;
+    while evals() == before {
+        assert!(Instant::now() < deadline, "{who}'s release did not reach the server");
+        tokio::time::sleep(Duration::from_millis(10)).await; // polling a condition, bounded
+    }
+    proxy.set(Mode::Reset);
+    proxy.set(Mode::Pass);
+    tokio::time::timeout(SLACK * 2, release).await.unwrap().unwrap()
 }
