@@ -430,15 +430,8 @@ fn stop_with_children(pid: i32) -> Vec<i32> {
             let _ = kill_process(p, Signal::STOP);
         }
     };
-    let until_stopped = |p: i32| {
-        for _ in 0..250 {
-            // 'T': stopped; gone or a zombie: it runs and forks nothing either.
-            match state_of(p) {
-                Some('T' | 't' | 'Z' | 'X') | None => break,
-                Some(_) => std::thread::sleep(Duration::from_millis(20)), // polling a signal's effect, bounded
-            }
-        }
-    };
+    // Stopped, gone or a zombie: it runs and forks nothing either.
+    let until_stopped = |p: i32| crate::process::until_stopped(p.unsigned_abs());
     stop(pid);
     until_stopped(pid);
     let mut seen: Vec<i32> = Vec::new();

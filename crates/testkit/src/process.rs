@@ -134,10 +134,8 @@ impl ServerProcess {
     /// which on a loaded machine can come after the caller's next step.
     pub fn pause(&self) {
         self.signal(Signal::STOP);
-        let Some(pid) = self.pid() else { return };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !all_threads_stopped(pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(2)); // polling a signal's effect, bounded
+        if let Some(pid) = self.pid() {
+            until_stopped(pid);
         }
     }
 
@@ -330,6 +328,15 @@ pub fn children_of(pid: i32) -> Vec<i32> {
             (ppid == pid).then_some(child)
         })
         .collect()
+}
+
+/// Waits (polling `/proc`, at most 5 s) until every thread of `pid` is stopped after a
+/// SIGSTOP, or gone: a thread that was runnable stops only once it is next scheduled.
+pub fn until_stopped(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !all_threads_stopped(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2)); // polling a signal's effect, bounded
+    }
 }
 
 /// `true` when every thread of `pid` is stopped (`T`, or `t` under a tracer), gone or a
