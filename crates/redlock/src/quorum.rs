@@ -67,11 +67,7 @@ pub(crate) fn refused_for_good<T>(
     answers: &[Answer<T>],
     quorum: usize,
 ) -> Option<fencelock_core::LockError> {
-    let permanent: Vec<&str> = answers
-        .iter()
-        .filter_map(|a| a.as_ref().err())
-        .filter_map(|e| e.strip_prefix(PERMANENT))
-        .collect();
+    let permanent = permanent_errors(answers);
     let others: Vec<&str> = answers
         .iter()
         .filter_map(|a| a.as_ref().err())
@@ -109,15 +105,19 @@ pub(crate) fn refused_for_good<T>(
 /// round would reach the quorum without it); its refusal is logged when a round succeeds
 /// ([`warn_refused_config`]).
 pub(crate) fn refused<T>(doing: &str, answers: &[Answer<T>], quorum: usize) -> Option<fencelock_core::LockError> {
-    let permanent = answers
-        .iter()
-        .filter_map(|a| a.as_ref().err())
-        .filter(|e| e.starts_with(PERMANENT))
-        .count();
-    if config_refusals(answers).len() + permanent <= answers.len().saturating_sub(quorum) {
+    if config_refusals(answers).len() + permanent_errors(answers).len() <= answers.len().saturating_sub(quorum) {
         return None;
     }
     refused_config(answers).or_else(|| refused_for_good(doing, answers, quorum))
+}
+
+/// The permanent errors among `answers` (marked by [`node_failure`]), unmarked.
+fn permanent_errors<T>(answers: &[Answer<T>]) -> Vec<&str> {
+    answers
+        .iter()
+        .filter_map(|a| a.as_ref().err())
+        .filter_map(|e| e.strip_prefix(PERMANENT))
+        .collect()
 }
 
 fn config_refusals<T>(answers: &[Answer<T>]) -> Vec<&str> {

@@ -165,6 +165,13 @@ impl Waiting {
         self.client.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Whether the last proof is a whole timeout old: every grant it bounded (the proof +
+    /// [`proof_lasts`]) has run out, so the session may end and its marker go.
+    fn last_proof_outlived(&self) -> bool {
+        let proof = *self.proof.lock().unwrap_or_else(|p| p.into_inner());
+        Instant::now() >= proof + self.timeout
+    }
+
     /// Ends the session: the server deletes the marker at once.
     fn end(&self) {
         self.ended.store(true, Ordering::Release);
@@ -279,8 +286,7 @@ async fn keep(waiting: Arc<Waiting>, request_timeout: Duration) {
             // valid for longer on it, and no new node names the marker.
             Ok(Ok(_)) => {
                 cut += 1;
-                let proof = *waiting.proof.lock().unwrap_or_else(|p| p.into_inner());
-                if cut >= CUT_PROOFS && Instant::now() >= proof + waiting.timeout {
+                if cut >= CUT_PROOFS && waiting.last_proof_outlived() {
                     tracing::info!(
                         marker = %waiting.marker,
                         "the main session stays disconnected while the waiting session is served: \
@@ -298,8 +304,7 @@ async fn keep(waiting: Arc<Waiting>, request_timeout: Duration) {
             // (review). No proof from here on; the session ends once the last proof is a
             // whole timeout old, as when the main session stays cut.
             Ok(Err(zookeeper_client::Error::BadVersion)) => {
-                let proof = *waiting.proof.lock().unwrap_or_else(|p| p.into_inner());
-                if Instant::now() >= proof + waiting.timeout {
+                if waiting.last_proof_outlived() {
                     tracing::warn!(
                         marker = %waiting.marker,
                         "the waiting marker was written by someone else: ending the waiting session, \
