@@ -20,7 +20,7 @@ use std::sync::Arc;
 use fencelock_core::fencing::Admission;
 use fencelock_core::{Fence, FenceRejection, FencingToken, GrantId, LockError, Result};
 use tokio_postgres::types::Type;
-use tokio_postgres::Transaction;
+use tokio_postgres::{GenericClient, Transaction};
 
 use crate::config::{check_identifier, DEFAULT_SCHEMA};
 use crate::error::failed;
@@ -112,7 +112,7 @@ impl TransactionFence {
         // NOT EXISTS` checks the CREATE privilege before it looks, so a role of a
         // migration-managed schema (DML only, as the docs' least-privilege SQL grants)
         // was refused for a table it could use. The lock tables are made the same way.
-        if self.judge(&self.found(client).await?)? {
+        if self.judge(&self.found(client, "the user's database").await?)? {
             return Ok(());
         }
         client
@@ -121,15 +121,17 @@ impl TransactionFence {
             .map_err(|e| failed("creating the fence table", "the user's database", e))?;
         // `IF NOT EXISTS` keeps a table of that name that is not ours: refuse it here, not
         // at the first write.
-        self.judge(&self.found(client).await?).map(drop)
+        self.judge(&self.found(client, "the user's database").await?).map(drop)
     }
 
     /// The fence table's columns as found (rows of `sql::COLUMNS_FOUND`).
-    async fn found(&self, client: &tokio_postgres::Client) -> Result<Vec<tokio_postgres::Row>> {
+    /// `on` names the connection in an error: "the user's database" or "the user's
+    /// transaction".
+    async fn found(&self, client: &impl GenericClient, on: &str) -> Result<Vec<tokio_postgres::Row>> {
         client
             .query(sql::COLUMNS_FOUND, &[&self.schema, &&["fences"][..]])
             .await
-            .map_err(|e| failed("looking at the fence table", "the user's database", e))
+            .map_err(|e| failed("looking at the fence table", on, e))
     }
 
     /// Whether the found `fences` table (rows of `sql::COLUMNS_FOUND`) can be used: ours
@@ -189,11 +191,7 @@ impl TransactionFence {
         if !self.checked.load(Ordering::Relaxed) {
             // A table made by the team's migration (`create_table` never called) is looked
             // at once, before its first use: one more round trip per `TransactionFence`.
-            let found = tx
-                .query(sql::COLUMNS_FOUND, &[&self.schema, &&["fences"][..]])
-                .await
-                .map_err(|e| failed("looking at the fence table", "the user's transaction", e))?;
-            self.judge(&found)?;
+            self.judge(&self.found(tx, "the user's transaction").await?)?;
         }
         let rows = tx
             .query_typed(
