@@ -10,7 +10,8 @@
 //!
 //! The bound is lowered for this row only, so that ≥ 50 failovers stay cheap: every
 //! campaign's TTL is [`FAILOVER_TTL`], and the session-based backends get the same as their
-//! session bound (`session_ttl` for etcd, `session_timeout` for ZooKeeper) in the URL.
+//! session bound (`session_ttl` for etcd, `session_timeout` for ZooKeeper) in the URL;
+//! PostgreSQL gets a statement `timeout` of half of it (its TTL must be twice that).
 //!
 //! [`FaultProxy`]: fencelock_testkit::proxy::FaultProxy
 
@@ -67,13 +68,17 @@ fn note(kind: Kind) -> String {
     format!("connections reset by a proxy (as a SIGKILL); {what}")
 }
 
-/// `url` with the failover row's session bound (etcd, ZooKeeper).
+/// `url` with the failover row's session bound (etcd, ZooKeeper), or for PostgreSQL a
+/// statement timeout of half the TTL: the backend refuses a TTL shorter than twice its
+/// `timeout=` (default 1 s; an auto-renewal answered within it could land after the lease
+/// expired), so the row's 1 s TTL needs one of at most 500 ms.
 fn with_bound(kind: Kind, url: &str) -> String {
     let ttl = FAILOVER_TTL.as_secs();
     let option = match kind {
         Kind::Etcd => format!("session_ttl={ttl}s"),
         Kind::Zookeeper => format!("session_timeout={ttl}s"),
-        _ => return url.to_owned(),
+        Kind::Postgres => format!("timeout={}ms", FAILOVER_TTL.as_millis() / 2),
+        Kind::Redis | Kind::Redlock => return url.to_owned(),
     };
     let sep = if url.contains('?') { '&' } else { '?' };
     format!("{url}{sep}{option}")
@@ -90,7 +95,14 @@ pub async fn measure(target: &Target, failovers: usize) -> Result<Failover> {
     let url = with_bound(target.kind, &target.url);
     // Only the leader's death is measured: the successor keeps the default session bound,
     // so a loaded machine cannot make its own short session lapse mid-run.
-    let successor = connect(&target.url).await?;
+    // PostgreSQL's bound is its statement timeout, which the successor's campaign (same
+    // TTL) needs as well.
+    let successor_url = if target.kind == Kind::Postgres {
+        &url
+    } else {
+        &target.url
+    };
+    let successor = connect(successor_url).await?;
     let opts = LockOptions::new().with_ttl(FAILOVER_TTL).with_wait(BOUND);
     let run = std::process::id();
     let mut delays = Vec::with_capacity(failovers);

@@ -830,7 +830,7 @@ impl Report {
             out,
             "## Failover: leader killed → successor elected\n\n{} failovers per backend. A leader, connected through a fault proxy, wins a campaign on a fresh election name; a successor campaigns and waits. \
              The leader then dies as a SIGKILLed process does: the proxy resets its connections and refuses new ones, and its client is dropped without resigning. \
-             The figure is kill → the successor's campaign returning. For this row only, every campaign has a {:.0} s TTL and the session-based backends a {:.0} s session bound (set in the URL), so the figures are that bound plus the detection and wake-up; with the defaults they grow with the TTL or session bound. \
+             The figure is kill → the successor's campaign returning. For this row only, every campaign has a {:.0} s TTL and the session-based backends a {:.0} s session bound (set in the URL; PostgreSQL a statement timeout of half the TTL, which its TTL check asks for), so the figures are that bound plus the detection and wake-up; with the defaults they grow with the TTL or session bound. \
              A failover that took longer than the bound + 10 s counts as stuck (at that bound).\n",
             s.failovers, s.failover_ttl_secs, s.failover_ttl_secs
         );

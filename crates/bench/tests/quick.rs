@@ -56,6 +56,25 @@ async fn the_failover_row_measures_a_killed_leader() {
     assert!(md.contains("| redis | 3 | "), "{md}");
 }
 
+/// The failover row on PostgreSQL: its 1 s TTL needs a statement timeout of at most half
+/// of it (the backend refuses a TTL an auto-renewal answered within `timeout=` could
+/// outlive), so the row's URL sets one. Before, every campaign of the row was refused and
+/// the full bench reported the row as failed in all three runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_failover_row_measures_a_killed_leader_on_postgres() {
+    let plan = Plan {
+        only: vec![Kind::Postgres],
+        failovers: 2,
+        failover_only: true,
+        ..tiny()
+    };
+    let report = run(&plan, &|_| {}).await.unwrap();
+    let b = &report.backends[0];
+    assert!(b.failed.is_empty(), "{:?}", b.failed);
+    let f = b.failover.as_ref().expect("the failover row");
+    assert_eq!((f.failovers, f.stuck), (2, 0), "{f:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_on_redis_measures_ours_raw_and_peers_and_writes_the_report() {
     let plan = Plan {
