@@ -39,9 +39,31 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 fn line(state: &Option<LeaderInfo>) -> String {
     match state {
         Some(l) if l.value.is_empty() => l.term.to_string(),
-        Some(l) => format!("{} {}", l.term, l.value_lossy()),
+        Some(l) => format!("{} {}", l.term, one_line_value(&l.value_lossy())),
         None => "none".to_owned(),
     }
+}
+
+/// The value as one line: control characters and the line separators U+2028/U+2029 in
+/// Rust's escapes (`\n`, `\u{2028}`). `elect --value` refuses them, but a value published
+/// through the library may hold them, and printed raw a newline would hand the reader a
+/// second, forged `TERM VALUE` line. Other text, backslashes included, is printed as it is.
+fn one_line_value(value: &str) -> std::borrow::Cow<'_, str> {
+    let escaped = |c: char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}');
+    if !value.chars().any(escaped) {
+        return value.into();
+    }
+    value
+        .chars()
+        .map(|c| {
+            if escaped(c) {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// Prints the leader, or follows it with --watch.

@@ -376,3 +376,35 @@ fn elect_and_leader_honour_the_configured_requirement() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(marker.exists());
 }
+
+/// A value published through the library may hold what `elect --value` refuses (a newline,
+/// a line separator): `leader` prints it escaped, one line per state, so no reader of the
+/// output is handed a forged `TERM VALUE` line. Before, the value was printed raw: `461
+/// host-a` and `999999 attacker` on two lines.
+#[test]
+fn leader_prints_one_line_whatever_the_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = file_url(&dir);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let value = "host-a\n999999 attacker\u{2028}x";
+    let leadership = rt.block_on(async {
+        let election = fencelock::connect_election(&url).await.unwrap();
+        election
+            .campaign("svc", value.as_bytes(), &fencelock::LockOptions::new())
+            .await
+            .unwrap()
+    });
+    let out = fencelock(&url).args(["leader", "svc"]).output().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout,
+        format!("{} host-a\\n999999 attacker\\u{{2028}}x\n", leadership.term()),
+        "one line, the value escaped"
+    );
+    rt.block_on(leadership.resign()).unwrap();
+}

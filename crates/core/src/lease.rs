@@ -660,7 +660,10 @@ impl Lease {
 
     /// Extends the lease so that it lives `ttl` from now; later auto-renewals use `ttl` too.
     /// `ttl` is rounded up to whole milliseconds first ([`ttl_ceil_ms`]): the backend is
-    /// asked for, and the holder believes, the TTL a server keeps.
+    /// asked for, and the holder believes, the TTL a server keeps. A backend may grant less
+    /// than `ttl` (ZooKeeper: at most ¾ of the session timeout, less the grant's round
+    /// trip): the lease then counts what the backend answered — read
+    /// [`remaining`](Self::remaining) after.
     ///
     /// One request of a lease is in flight at a time: called while a background renewal
     /// (or another `extend`) of this lease is in flight, it waits for that answer first —

@@ -64,6 +64,9 @@ impl LockOptions {
 
     /// Sets the TTL of a grant, rounded up to whole milliseconds ([`ttl_ceil_ms`]: the
     /// client counts the TTL the server keeps).
+    /// A backend may grant less (ZooKeeper: at most ¾ of the session timeout, less the
+    /// grant's round trip): a lease's [`remaining`](crate::Lease::remaining) says what
+    /// was granted.
     pub fn with_ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl_ceil_ms(ttl);
         self
