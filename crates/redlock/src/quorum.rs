@@ -161,7 +161,8 @@ pub(crate) fn warn_refused_config<T>(answers: &[Answer<T>]) {
 pub(crate) struct Bound {
     /// The wait for every node.
     pub(crate) per_node: Duration,
-    /// Past `per_node`, the wait goes on while fewer than this many nodes answered…
+    /// Past `per_node`, the wait goes on while fewer than this many nodes answered (an
+    /// error is no answer here: see [`settled`]) and the nodes still out could make it…
     pub(crate) quorum: usize,
     /// …up to this much in all.
     pub(crate) late: Duration,
@@ -177,7 +178,8 @@ impl Bound {
         }
     }
 
-    /// `per_node` once `quorum` nodes answered, else up to [`late`]`(per_node)`.
+    /// `per_node` once `quorum` nodes answered, else up to [`late`]`(per_node)` while the
+    /// nodes still out could make `quorum` ([`settled`]).
     pub(crate) fn quorum(per_node: Duration, quorum: usize) -> Self {
         Bound {
             per_node,
@@ -187,10 +189,25 @@ impl Bound {
     }
 }
 
+/// Whether a fan-out past its `per_node` wait stops waiting for the `pending` nodes that
+/// have not answered, with `ok` nodes answered (an error is no answer): once `quorum`
+/// of them answered, or when the pending ones could no longer bring the answers up to
+/// `quorum` (waiting longer cannot change the outcome). Errors do not count towards
+/// `quorum`: counted (before 7 Dec 2026, review), a node that failed at once — `NOPERM`
+/// from an ACL, a refused connection — made the fan-out stop at `per_node` and cut off
+/// a slow but live node whose vote the quorum needed and would have had within the late
+/// bound; every retry met the same cut-off (one refusal beside a silent node is
+/// temporary, [`refused`]), so an acquire never succeeded and an auto-renewed lease's
+/// extend failed until its validity ran out.
+fn settled(ok: usize, pending: usize, quorum: usize) -> bool {
+    ok >= quorum || ok + pending < quorum
+}
+
 /// Runs `op` on every node at once (with the node's index) and returns the answers in
 /// node order. A node that does not answer within `bound.per_node` counts as silent —
-/// unless fewer than `bound.quorum` nodes have answered (an answer or an error) by then:
-/// then the wait goes on until they have, or `bound.late` has passed. The whole call takes
+/// unless fewer than `bound.quorum` nodes have answered (errors are no answers here) by
+/// then and the nodes still out could make it: then the wait goes on until they have, a
+/// quorum is out of reach, or `bound.late` has passed ([`settled`]). The whole call takes
 /// at most about `bound.late`, whatever the nodes do.
 pub(crate) async fn fan_out<T, F, Fut>(nodes: &[RedisNode], bound: Bound, op: F) -> Vec<Answer<T>>
 where
@@ -238,8 +255,9 @@ where
         if !past_per_node && on_time.as_mut().poll(cx).is_ready() {
             past_per_node = true;
         }
-        let answered = answers.iter().filter(|a| a.is_some()).count();
-        if past_per_node && answered >= quorum {
+        let ok = answers.iter().filter(|a| matches!(a, Some(Ok(_)))).count();
+        let pending = answers.iter().filter(|a| a.is_none()).count();
+        if past_per_node && settled(ok, pending, quorum) {
             std::task::Poll::Ready(())
         } else {
             std::task::Poll::Pending
@@ -294,5 +312,100 @@ mod tests {
         // A refusal of the settings and a permanent error together rule the quorum out.
         let err = refused("extend", &[config("a"), permanent("b"), silent], 2).expect("refused");
         assert!(!err.is_temporary(), "{err}");
+    }
+
+    /// The stopping rule past `per_node`, for every split of n = 1, 2, 3, 5 nodes into
+    /// answered (`ok`), failed and pending: it stops exactly when waiting longer cannot
+    /// change whether a quorum answered. Failed before the change (review): errors counted
+    /// as answers, so 1 failed + 1 answered of 3 stopped with a quorum still reachable.
+    #[test]
+    fn a_fan_out_stops_only_once_the_pending_nodes_cannot_change_the_outcome() {
+        for n in [1usize, 2, 3, 5] {
+            let quorum = n / 2 + 1;
+            for ok in 0..=n {
+                for failed in 0..=n - ok {
+                    let pending = n - ok - failed;
+                    let reachable = ok + pending >= quorum;
+                    let expected = ok >= quorum || !reachable;
+                    assert_eq!(
+                        settled(ok, pending, quorum),
+                        expected,
+                        "n={n} quorum={quorum} ok={ok} failed={failed} pending={pending}"
+                    );
+                }
+            }
+            // A strict bound (quorum 0) always stops at `per_node`.
+            assert!(settled(0, n, 0));
+        }
+        // The review's case: 3 nodes, one refused at once, one answered, one still out.
+        assert!(!settled(1, 1, 2), "a refusal cut off the slow node the quorum needs");
+        // Two refused at once: no quorum whatever the third says; no late wait.
+        assert!(settled(0, 1, 2));
+    }
+
+    /// Three nodes with no server behind them (the fan-out's `op` never uses them).
+    fn nodes(n: usize) -> Vec<RedisNode> {
+        (0..n)
+            .map(|i| {
+                let cfg = fencelock_redis::RedisConfig::from_url(&format!("redis://127.0.0.1:{}", 1 + i)).expect("url");
+                RedisNode::lazy(cfg).expect("node")
+            })
+            .collect()
+    }
+
+    /// The review's interleaving on the fan-out itself (time paused, so exact): n = 3,
+    /// quorum 2, per_node 50 ms, late 500 ms; node 0 refuses in 1 ms (`NOPERM`), node 1
+    /// answers in 2 ms, node 2 in 120 ms. Node 2's answer counts. Failed before: at 50 ms
+    /// "2 answered" (the refusal counted) stopped the wait; node 2 was "no answer within
+    /// 50ms" and the round had 1 answer of the 2 it needed.
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_does_not_cut_off_a_late_answer_the_quorum_needs() {
+        let per_node = Duration::from_millis(50);
+        let at = [1u64, 2, 120];
+        let start = tokio::time::Instant::now();
+        let answers = fan_out(&nodes(3), Bound::quorum(per_node, 2), |i, _| async move {
+            tokio::time::sleep(Duration::from_millis(at[i])).await;
+            if i == 0 {
+                Err(fencelock_core::LockError::invalid_config(
+                    "NOPERM no scripts for this user",
+                ))
+            } else {
+                Ok(i)
+            }
+        })
+        .await;
+        assert!(answers[0].as_ref().is_err_and(|e| e.contains("NOPERM")), "{answers:?}");
+        assert_eq!(answers[1], Ok(1));
+        assert_eq!(answers[2], Ok(2), "the late node was cut off");
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(120) && took < per_node * 3, "{took:?}");
+    }
+
+    /// When the nodes still out cannot make a quorum, the wait stops at `per_node`, not at
+    /// the late bound: n = 2 (quorum 2) with one node refusing at once; n = 3 with two.
+    #[tokio::test(start_paused = true)]
+    async fn a_quorum_out_of_reach_ends_the_wait_at_the_per_node_timeout() {
+        let per_node = Duration::from_millis(50);
+        for (n, refusing) in [(2usize, 1usize), (3, 2), (5, 3)] {
+            let start = tokio::time::Instant::now();
+            let answers = fan_out(&nodes(n), Bound::quorum(per_node, n / 2 + 1), |i, _| async move {
+                if i < refusing {
+                    Err(fencelock_core::LockError::invalid_config(
+                        "NOPERM no scripts for this user",
+                    ))
+                } else {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    Ok(())
+                }
+            })
+            .await;
+            let took = start.elapsed();
+            // Not the late bound (500 ms).
+            assert!(
+                took >= per_node && took < per_node * 2,
+                "n={n} took {took:?}: {answers:?}"
+            );
+            assert!(answers.iter().all(Result::is_err), "n={n}: {answers:?}");
+        }
     }
 }

@@ -746,3 +746,66 @@ async fn a_release_refused_for_good_on_a_quorum_is_a_permanent_error() {
     // The grant is still held where it was refused.
     assert_eq!(servers[0].integer("EXISTS fencelock:{k}:lock"), Some(1));
 }
+
+/// Review: a node that fails at once (here `NOPERM`: the user lost the scripts and `SET`
+/// on node 0)
+/// must not cut off the late wait for a slow but live node whose vote the quorum needs
+/// (node 2, its answers 120 ms late behind a proxy; `per_node_timeout` 50 ms, the late
+/// bound 500 ms). Failed before: the refusal counted as an answer, so at 50 ms "2 of 3
+/// answered" ended the wait, node 2 was "no answer within 50ms", and the round had one
+/// vote of the two it needed — `Unavailable` (no quorum), the same at every retry; an
+/// auto-renewed lease's extend failed the same way until its validity ran out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_node_does_not_cut_the_late_wait_for_the_quorum() {
+    use fencelock_testkit::proxy::{FaultProxy, Mode};
+    let servers = start_many(3);
+    for s in &servers {
+        let made = s.command("ACL SETUSER u on >pw ~fencelock:* &fencelock:* +@all");
+        assert!(made.ends_with("+OK\r\n"), "ACL SETUSER: {made:?}");
+    }
+    let slow = FaultProxy::start(servers[2].port()).await;
+    let url = format!(
+        "redlock://u:pw@127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}?per_node_timeout=50ms",
+        servers[0].port(),
+        servers[1].port(),
+        slow.port()
+    );
+    let locks = RedlockLock::connect(&url).await.unwrap();
+    let o = opts(Duration::from_secs(10));
+    // Every node connected, its scripts loaded, before the faults.
+    locks.acquire("warm", &o).await.unwrap().release().await.unwrap();
+    let delay = Duration::from_millis(120);
+    let faults = || {
+        // The scripts (extend, release) and the acquire's plain `SET`/`INCR`.
+        refuse_scripts(&servers[0]);
+        let made = servers[0].command("ACL SETUSER u -set -incr");
+        assert!(made.ends_with("+OK\r\n"), "ACL SETUSER: {made:?}");
+        slow.set_to_client(Mode::Delay(delay));
+    };
+    let heal = || {
+        let made = servers[0].command("ACL SETUSER u +@all");
+        assert!(made.ends_with("+OK\r\n"), "ACL SETUSER: {made:?}");
+        slow.set_to_client(Mode::Pass);
+    };
+
+    faults();
+    let lease = locks
+        .try_acquire("k", &o)
+        .await
+        .expect("the slow node's vote was cut off by the refusing node's error")
+        .expect("nodes 1 and 2 are free and grant");
+    heal();
+    lease.release().await.unwrap();
+
+    // An extend meets the same: acquired with every node well, then node 0 refuses and
+    // node 2 answers late.
+    let lease = locks.acquire("e", &o).await.unwrap();
+    faults();
+    lease
+        .extend(Duration::from_secs(10))
+        .await
+        .expect("the slow node's extend was cut off by the refusing node's error");
+    heal();
+    lease.release().await.unwrap();
+    locks.close().await.unwrap();
+}
