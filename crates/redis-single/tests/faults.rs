@@ -1064,6 +1064,50 @@ async fn a_read_only_replica_fails_the_acquire_as_temporary() {
     assert_temporary_refusal(&locks, "READONLY").await;
 }
 
+/// A server that refuses writes since its last snapshot failed (`MISCONF`: a disk full
+/// for a while) refuses the acquire's queued `SET` (inside `EXECABORT`) and the extend
+/// script's write (a refusal inside a script): both temporary — the acquire retries until
+/// its wait runs out, an auto-renewed lease retries within its validity — and once a
+/// snapshot succeeds both go through again. Failed before (review): `MISCONF` was
+/// permanent, so the acquire returned at once and the lease's renewal ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_cannot_save_refuses_acquire_and_extend_as_temporary() {
+    let server = RedisServer::start_with(RedisOptions {
+        settings: vec![("enable-protected-configs".to_owned(), "yes".to_owned())],
+        ..Default::default()
+    });
+    let locks = RedisLock::connect(&server.url()).await.unwrap();
+    let held = locks
+        .acquire("held", &opts(10_000).with_auto_renew(false))
+        .await
+        .unwrap();
+    server.fail_snapshots();
+    let refused = server.command("SET probe 1");
+    assert!(refused.starts_with("-MISCONF"), "a write was not refused: {refused:?}");
+    let err = held
+        .extend(Duration::from_secs(10))
+        .await
+        .expect_err("extended on a server refusing writes");
+    assert!(
+        err.is_temporary(),
+        "MISCONF in the extend script marked permanent: {err}"
+    );
+    let text = fencelock_core::error::one_line(&err);
+    assert!(text.contains("MISCONF"), "{text}");
+    assert_temporary_refusal(&locks, "MISCONF").await;
+    server.snapshots_succeed();
+    held.extend(Duration::from_secs(10))
+        .await
+        .expect("extend once snapshots succeed");
+    held.release().await.unwrap();
+    let lease = locks
+        .try_acquire("k", &opts(10_000))
+        .await
+        .unwrap()
+        .expect("the key is free once snapshots succeed");
+    lease.release().await.unwrap();
+}
+
 /// `try_acquire` of a free key on `locks` fails as temporary, naming `code`; an acquire
 /// with a 2 s wait retries it for about its wait, not returning at once.
 async fn assert_temporary_refusal(locks: &RedisLock, code: &str) {

@@ -809,3 +809,38 @@ async fn a_refusing_node_does_not_cut_the_late_wait_for_the_quorum() {
     lease.release().await.unwrap();
     locks.close().await.unwrap();
 }
+
+/// Two of three nodes refusing writes since their last snapshot failed (`MISCONF`: a disk
+/// full for a while) refuse an extend for now, not for good: the error is temporary, so
+/// auto-renew retries it within the validity, and once the snapshots succeed the extend
+/// goes through. Failed before (review): `MISCONF` was a permanent error, and a quorum of
+/// permanent errors ends the extend for good (`quorum::refused`) — an auto-renewed lease
+/// ended at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extend_refused_by_nodes_that_cannot_save_is_temporary() {
+    use fencelock_testkit::redis_server::RedisOptions;
+    let servers: Vec<RedisServer> = (0..3)
+        .map(|_| {
+            RedisServer::start_with(RedisOptions {
+                settings: vec![("enable-protected-configs".to_owned(), "yes".to_owned())],
+                ..Default::default()
+            })
+        })
+        .collect();
+    let locks = client(&servers, "").await;
+    let lease = locks.acquire("k", &opts(Duration::from_secs(10))).await.unwrap();
+    servers[..2].iter().for_each(RedisServer::fail_snapshots);
+    let err = lease
+        .extend(Duration::from_secs(10))
+        .await
+        .expect_err("extended on one node of three");
+    assert!(err.is_temporary(), "{err}");
+    let text = fencelock_core::error::one_line(&err);
+    assert!(text.contains("MISCONF"), "{text}");
+    servers[..2].iter().for_each(RedisServer::snapshots_succeed);
+    lease
+        .extend(Duration::from_secs(10))
+        .await
+        .expect("extend once the snapshots succeed");
+    lease.release().await.unwrap();
+}

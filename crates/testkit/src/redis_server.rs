@@ -245,6 +245,62 @@ impl RedisServer {
             .ok()
     }
 
+    /// Makes the server refuse writes with `MISCONF`, as after a snapshot that failed (a
+    /// disk full or failing, with `stop-writes-on-bgsave-error`, on by default): its
+    /// snapshots go to a directory removed under it, and one is taken. `CONFIG SET dir` is
+    /// protected on Redis 7: start the server with the setting
+    /// `("enable-protected-configs", "yes")`. [`snapshots_succeed`](Self::snapshots_succeed)
+    /// ends it, as a later snapshot that succeeds does.
+    ///
+    /// # Panics
+    /// When the server refuses a step, or the snapshot has not failed within 10 s.
+    pub fn fail_snapshots(&self) {
+        let gone = self.dir.path().join("removed");
+        std::fs::create_dir(&gone).expect("a directory for the snapshots");
+        // `save` set: Redis refuses writes after a failed snapshot only when it has one.
+        for step in [
+            "CONFIG SET save \"3600 1\"".to_owned(),
+            format!("CONFIG SET dir {}", gone.display()),
+        ] {
+            let said = self.command(&step);
+            assert!(said.starts_with("+OK"), "{step}: {said:?}");
+        }
+        std::fs::remove_dir(&gone).expect("the snapshots' directory removed");
+        self.snapshot("err");
+    }
+
+    /// Ends [`fail_snapshots`](Self::fail_snapshots): a snapshot into the server's own
+    /// directory succeeds, and writes are accepted again.
+    ///
+    /// # Panics
+    /// When the server refuses a step, or the snapshot has not succeeded within 10 s.
+    pub fn snapshots_succeed(&self) {
+        let step = format!("CONFIG SET dir {}", self.dir.path().display());
+        let said = self.command(&step);
+        assert!(said.starts_with("+OK"), "{step}: {said:?}");
+        self.snapshot("ok");
+    }
+
+    /// Takes a snapshot (`BGSAVE`) and waits, at most 10 s, until it ended with `status`
+    /// (`ok`, `err`).
+    fn snapshot(&self, status: &str) {
+        let said = self.command("BGSAVE");
+        assert!(said.starts_with("+Background saving started"), "BGSAVE: {said:?}");
+        let want = format!("rdb_last_bgsave_status:{status}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let info = self.command("INFO persistence");
+            if info.contains("rdb_bgsave_in_progress:0") && info.contains(&want) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the snapshot did not end with {want} within 10 s: {info}"
+            );
+            std::thread::sleep(Duration::from_millis(20)); // polling a state with a deadline
+        }
+    }
+
     /// A connection subscribed to every channel by pattern (`PSUBSCRIBE *`, as `redis-cli`
     /// or a dashboard may be), open until the returned stream is dropped. Returns once the
     /// server confirmed the subscription; panics when it did not within 5 s.
