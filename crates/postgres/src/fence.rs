@@ -29,6 +29,22 @@ use crate::sql;
 /// How to get out of a clash with a `fences` table that is not ours.
 const WAY_OUT: &str = "give the fences a schema of their own (`TransactionFence::new(schema)`; the SQL of the table: docs/backends/postgres.md)";
 
+/// Where the docs show the fence table's SQL and grants.
+const DOCS: &str = "docs/backends/postgres.md, \"The fence inside your transaction\"";
+
+/// The connection an error names.
+const USER_DB: &str = "the user's database";
+const USER_TX: &str = "the user's transaction";
+
+/// What a look at the fence table found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Table {
+    /// There, fencelock's, logged, and the role may use it.
+    Usable,
+    /// Not there.
+    Missing,
+}
+
 /// Checks and records fences in a `fences` table of the user's database, inside the
 /// user's transaction.
 ///
@@ -68,6 +84,19 @@ impl Default for TransactionFence {
 }
 
 impl TransactionFence {
+    /// The longest `resource` [`admit`](Self::admit) takes, in bytes of UTF-8: 1024.
+    ///
+    /// `resource` is the `fences` table's primary key, and a btree index entry must fit
+    /// in a third of a page: on the usual 8 kB pages PostgreSQL refuses an entry over
+    /// 2704 bytes (SQLSTATE 54000, "index row size … exceeds btree version 4 maximum
+    /// 2704"), which a text of about 2.7 kB that does not compress reaches — inside the
+    /// user's transaction, aborting it. 1024 stays under that with room to spare (also on
+    /// a server built with 4 kB pages, whose bound is about 1.3 kB, and in a database
+    /// encoding that takes more bytes for a character than UTF-8), and is four times a
+    /// lock key's longest ([`MAX_KEY_LEN`](fencelock_core::options::MAX_KEY_LEN)): a
+    /// resource is usually named like the key whose tokens fence it.
+    pub const MAX_RESOURCE_LEN: usize = 1024;
+
     /// The fence table `<schema>.fences` (the same schema as the lock backend's `schema`
     /// option when the locks and the data share a database).
     ///
@@ -91,17 +120,35 @@ impl TransactionFence {
         &self.check
     }
 
+    /// The SQL [`create_table`](Self::create_table) runs when the table is missing — the
+    /// schema and the `fences` table, idempotent, in one transaction under the tables'
+    /// advisory lock — for a migration tool or the schema's owner. The role that then
+    /// admits needs `USAGE` on the schema and `SELECT, INSERT, UPDATE` on the table; no
+    /// `CREATE`.
+    ///
+    /// ```
+    /// let fence = fencelock_postgres::TransactionFence::new("app").unwrap();
+    /// assert!(fence.table_sql().contains("CREATE TABLE IF NOT EXISTS app.fences"));
+    /// ```
+    pub fn table_sql(&self) -> String {
+        sql::create_fences(&self.schema)
+    }
+
     /// Creates the schema and the fence table if missing: idempotent and safe to run
     /// from many clients at once (the DDL runs under a transaction-scoped advisory lock).
-    /// A table already there is only looked at (one query), so a role without CREATE
-    /// may call it on a table made by a migration.
+    /// A table already there is only looked at (one round trip), so a role without CREATE
+    /// may call it on a table made by a migration ([`table_sql`](Self::table_sql)) —
+    /// provided it may use that table: the look also reads the role's privileges, and a
+    /// missing grant is an error here rather than at the first [`admit`](Self::admit),
+    /// inside a transaction it would abort.
     ///
     /// # Errors
     ///
     /// [`LockError::InvalidConfig`] when the table is missing and the role may not
-    /// create it, or when the
+    /// create it (naming [`table_sql`](Self::table_sql) and the grants to give); when the
     /// table found is not fencelock's or is `UNLOGGED` (naming the `ALTER TABLE … SET
-    /// LOGGED` to run);
+    /// LOGGED` to run); when the role lacks `USAGE` on the schema or `SELECT`, `INSERT`
+    /// or `UPDATE` on the table (naming the `GRANT` to run as its owner);
     /// [`LockError::Unavailable`] when the server is unreachable.
     ///
     /// # Cancel safety
@@ -112,39 +159,71 @@ impl TransactionFence {
         // NOT EXISTS` checks the CREATE privilege before it looks, so a role of a
         // migration-managed schema (DML only, as the docs' least-privilege SQL grants)
         // was refused for a table it could use. The lock tables are made the same way.
-        if self.judge(&self.found(client, "the user's database").await?)? {
+        if self.look(client, USER_DB).await? == Table::Usable {
             return Ok(());
         }
-        client
-            .batch_execute(&sql::create_fences(&self.schema))
-            .await
-            .map_err(|e| failed("creating the fence table", "the user's database", e))?;
+        client.batch_execute(&self.table_sql()).await.map_err(|e| {
+            if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+                return LockError::InvalidConfig {
+                    message: format!(
+                        "the fence table `{}.fences` is missing and this role may not create it ({}): have \
+                         the schema's owner run `TransactionFence::table_sql()` ({DOCS}) and grant this role \
+                         USAGE on the schema and {} on the table",
+                        self.schema,
+                        fencelock_core::error::one_line(&e),
+                        sql::FENCE_PRIVILEGES.join(", ")
+                    ),
+                    source: Some(Box::new(e)),
+                };
+            }
+            failed("creating the fence table", USER_DB, e)
+        })?;
         // `IF NOT EXISTS` keeps a table of that name that is not ours: refuse it here, not
         // at the first write.
-        self.judge(&self.found(client, "the user's database").await?).map(drop)
-    }
-
-    /// The fence table's columns as found (rows of `sql::COLUMNS_FOUND`).
-    /// `on` names the connection in an error: "the user's database" or "the user's
-    /// transaction".
-    async fn found(&self, client: &impl GenericClient, on: &str) -> Result<Vec<tokio_postgres::Row>> {
-        client
-            .query(sql::COLUMNS_FOUND, &[&self.schema, &&["fences"][..]])
-            .await
-            .map_err(|e| failed("looking at the fence table", on, e))
-    }
-
-    /// Whether the found `fences` table (rows of `sql::COLUMNS_FOUND`) can be used: ours
-    /// and logged (an `UNLOGGED` one is emptied by crash recovery, and an empty fence
-    /// table admits a stale write). `Ok(true)` when it is there and can (remembered),
-    /// `Ok(false)` when it is missing.
-    fn judge(&self, found: &[tokio_postgres::Row]) -> Result<bool> {
-        let missing =
-            sql::check_tables(&self.schema, &["fences"], found, WAY_OUT).map_err(LockError::invalid_config)?;
-        if missing.is_empty() {
-            self.checked.store(true, Ordering::Relaxed);
+        match self.look(client, USER_DB).await? {
+            Table::Usable => Ok(()),
+            Table::Missing => Err(self.missing()),
         }
-        Ok(missing.is_empty())
+    }
+
+    /// Looks at the fence table — its columns (`sql::COLUMNS_FOUND`) and the role's
+    /// privileges on it (`sql::PRIVILEGES_FOUND`), both in one round trip — and judges
+    /// it: [`Table::Missing`], [`Table::Usable`] (remembered, so that later admissions
+    /// skip the look), or an error saying why it cannot be used. `on` names the
+    /// connection in an error ([`USER_DB`], [`USER_TX`]).
+    async fn look(&self, client: &impl GenericClient, on: &str) -> Result<Table> {
+        let tables: &[&str] = &["fences"];
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&self.schema, &tables];
+        let (found, granted) = tokio::join!(
+            client.query(sql::COLUMNS_FOUND, &params),
+            client.query(sql::PRIVILEGES_FOUND, &params)
+        );
+        let found = found.map_err(|e| failed("looking at the fence table", on, e))?;
+        let missing =
+            sql::check_tables(&self.schema, &["fences"], &found, WAY_OUT).map_err(LockError::invalid_config)?;
+        if !missing.is_empty() {
+            return Ok(Table::Missing);
+        }
+        let granted = granted.map_err(|e| failed("reading the role's privileges on the fence table", on, e))?;
+        let grants = sql::missing_grants(&self.schema, &granted, sql::FENCE_PRIVILEGES);
+        if !grants.is_empty() {
+            return Err(LockError::invalid_config(format!(
+                "this role may not use the fence table `{}.fences`; run as its owner: {}",
+                self.schema,
+                grants.join(" ")
+            )));
+        }
+        self.checked.store(true, Ordering::Relaxed);
+        Ok(Table::Usable)
+    }
+
+    /// The error for a fence table that is not there.
+    fn missing(&self) -> LockError {
+        LockError::invalid_config(format!(
+            "the fence table `{}.fences` does not exist: call `TransactionFence::create_table` once (idempotent), \
+             or have the schema's owner run `TransactionFence::table_sql()` ({DOCS})",
+            self.schema
+        ))
     }
 
     /// The error for an answer of the fence statements that does not decode: the table
@@ -175,10 +254,16 @@ impl TransactionFence {
     /// # Errors
     ///
     /// [`LockError::Fenced`] for a stale or reused token (the transaction is still
-    /// usable, nothing was written by the check); [`LockError::InvalidInput`] for a token
-    /// above `i64::MAX`; [`LockError::InvalidConfig`] when the `fences` table is not
-    /// fencelock's or is `UNLOGGED` (looked at on the first call of this fence and its
-    /// clones, unless [`create_table`](Self::create_table) did); [`LockError::Unavailable`] / [`LockError::Backend`] when the
+    /// usable, nothing was written by the check); [`LockError::InvalidInput`], before
+    /// anything is sent, for an empty `resource`, one with a NUL byte (PostgreSQL's
+    /// `text` cannot hold it), one longer than
+    /// [`MAX_RESOURCE_LEN`](Self::MAX_RESOURCE_LEN) bytes, or a token above `i64::MAX`;
+    /// [`LockError::InvalidConfig`] when the `fences` table does not exist (call
+    /// [`create_table`](Self::create_table)), is not fencelock's, is `UNLOGGED`, or the
+    /// role lacks `USAGE` on its schema or `SELECT`, `INSERT` or `UPDATE` on it — looked
+    /// at on the first call of this fence and its clones, unless
+    /// [`create_table`](Self::create_table) did, and said before the check runs, so the
+    /// transaction stays usable; [`LockError::Unavailable`] / [`LockError::Backend`] when the
     /// statement fails (the transaction is then aborted by the server).
     ///
     /// # Cancel safety
@@ -186,12 +271,18 @@ impl TransactionFence {
     /// Not cancel safe in the sense that the transaction's state is unknown after a drop
     /// mid-statement: drop the transaction too (it rolls back).
     pub async fn admit(&self, tx: &Transaction<'_>, resource: &str, fence: &Fence) -> Result<Admission> {
+        check_resource(resource)?;
         let token = i64::try_from(fence.token.get())
             .map_err(|_| LockError::invalid_input(format!("token {} does not fit a bigint", fence.token)))?;
         if !self.checked.load(Ordering::Relaxed) {
             // A table made by the team's migration (`create_table` never called) is looked
             // at once, before its first use: one more round trip per `TransactionFence`.
-            self.judge(&self.found(tx, "the user's transaction").await?)?;
+            // A missing table or grant is said here, before the check could fail and abort
+            // the user's transaction (it failed with 42P01 or 42501, read as "check the
+            // user, password, database and its privileges").
+            if self.look(tx, USER_TX).await? == Table::Missing {
+                return Err(self.missing());
+            }
         }
         let rows = tx
             .query_typed(
@@ -203,7 +294,7 @@ impl TransactionFence {
                 ],
             )
             .await
-            .map_err(|e| failed("fence check", "the user's transaction", e))?;
+            .map_err(|e| failed("fence check", USER_TX, e))?;
         let row = rows.first().ok_or_else(|| LockError::Backend {
             backend: crate::error::BACKEND,
             message: "the fence check returned no row".into(),
@@ -226,7 +317,7 @@ impl TransactionFence {
         let latest = tx
             .query_typed(&self.current, &[(&resource, Type::TEXT)])
             .await
-            .map_err(|e| failed("reading the refusing fence", "the user's transaction", e))?;
+            .map_err(|e| failed("reading the refusing fence", USER_TX, e))?;
         let (highest, grant) = match latest.first() {
             Some(r) => (
                 r.try_get::<_, i64>(0).map_err(|e| self.not_ours(e))?,
@@ -242,5 +333,56 @@ impl TransactionFence {
             highest,
             reused: fence.token == highest && fence.grant != grant,
         }))
+    }
+}
+
+/// Refuses a `resource` [`TransactionFence::admit`] cannot record, before any round
+/// trip: empty (a name for nothing, likely a bug upstream), with a NUL byte (PostgreSQL's
+/// `text` cannot hold one: the check failed with SQLSTATE 22021, a raw backend error in
+/// an aborted transaction), or longer than [`TransactionFence::MAX_RESOURCE_LEN`] bytes.
+fn check_resource(resource: &str) -> Result<()> {
+    if resource.is_empty() {
+        return Err(LockError::invalid_input(
+            "resource is empty: name the data the fence guards (such as `accounts/7`)",
+        ));
+    }
+    if resource.contains('\0') {
+        return Err(LockError::invalid_input(
+            "resource contains a NUL byte, which PostgreSQL text cannot hold",
+        ));
+    }
+    if resource.len() > TransactionFence::MAX_RESOURCE_LEN {
+        return Err(LockError::invalid_input(format!(
+            "resource is {} bytes long; the maximum is {} (it is the fence table's primary key, and an \
+             index entry must fit in a third of a page)",
+            resource.len(),
+            TransactionFence::MAX_RESOURCE_LEN
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resources_that_cannot_be_recorded_are_refused_as_input() {
+        let refused = |r: &str, said: &str| match check_resource(r) {
+            Err(LockError::InvalidInput(message)) => assert!(message.contains(said), "{said:?} not in {message}"),
+            other => panic!("{r:?}: {other:?}"),
+        };
+        refused("", "resource is empty");
+        refused("accounts/\u{0}7", "NUL byte");
+        refused(
+            &"r".repeat(TransactionFence::MAX_RESOURCE_LEN + 1),
+            "1025 bytes long; the maximum is 1024",
+        );
+        // Bytes, not characters: 342 three-byte characters are 1026 bytes.
+        refused(&"€".repeat(342), "1026 bytes");
+        assert!(check_resource(&"r".repeat(TransactionFence::MAX_RESOURCE_LEN)).is_ok());
+        assert!(check_resource("accounts/7").is_ok());
+        // Other control characters are PostgreSQL text like any other: taken.
+        assert!(check_resource("line\nbreak").is_ok());
     }
 }

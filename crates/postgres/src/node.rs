@@ -733,8 +733,11 @@ impl PgNode {
             } else {
                 // The tables are there: the role must be able to use all of them now, not
                 // fail at the first contended acquire (the ticket sequence) or statement.
-                let grants =
-                    sql::missing_grants(&cfg.schema, &granted.map_err(doing("reading the role's privileges"))?);
+                let grants = sql::missing_grants(
+                    &cfg.schema,
+                    &granted.map_err(doing("reading the role's privileges"))?,
+                    sql::LOCK_PRIVILEGES,
+                );
                 if !grants.is_empty() {
                     return Err(LockError::invalid_config(format!(
                         "{server}: this role lacks privileges on fencelock's tables in schema `{}`; run as their owner: {}",

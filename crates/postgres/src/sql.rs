@@ -143,15 +143,16 @@ JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = $1 AND c.relname = ANY($2) AND a.attnum > 0 AND NOT a.attisdropped";
 
 /// What the connected role may do with the relations named `$2` (a `text[]`) in schema
-/// `$1`, one row per table found: `(table, all of SELECT/INSERT/UPDATE/DELETE on it,
-/// USAGE on the schema, the sequence it owns (the `waiters` ticket's) or NULL, USAGE or
-/// UPDATE on that sequence (either lets `nextval` run; `has_sequence_privilege` with a
-/// list answers "any of"), current_user)`. `pg_depend` is searched by its index
-/// (`refclassid`, `refobjid`): this runs on every new connection. By OID, not by name: a name lookup in a schema without
-/// `USAGE` fails before it can say so. See [`missing_grants`].
+/// `$1`, one row per table found: `(table, the table privileges it lacks of SELECT,
+/// INSERT, UPDATE and DELETE (a `text[]`, empty when it has them all), USAGE on the
+/// schema, the sequence it owns (the `waiters` ticket's) or NULL, USAGE or UPDATE on that
+/// sequence (either lets `nextval` run; `has_sequence_privilege` with a list answers "any
+/// of"), current_user)`. `pg_depend` is searched by its index (`refclassid`, `refobjid`):
+/// this runs on every new connection. By OID, not by name: a name lookup in a schema
+/// without `USAGE` fails before it can say so. See [`missing_grants`].
 pub(crate) const PRIVILEGES_FOUND: &str = "SELECT c.relname::text,
-       has_table_privilege(c.oid, 'SELECT') AND has_table_privilege(c.oid, 'INSERT')
-         AND has_table_privilege(c.oid, 'UPDATE') AND has_table_privilege(c.oid, 'DELETE'),
+       ARRAY(SELECT p FROM unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE']) AS p
+             WHERE NOT has_table_privilege(c.oid, p)),
        has_schema_privilege(n.oid, 'USAGE'),
        seq.relname::text, coalesce(has_sequence_privilege(seq.oid, 'USAGE, UPDATE'), true),
        current_user::text
@@ -166,17 +167,27 @@ LEFT JOIN LATERAL (
 ) seq ON true
 WHERE n.nspname = $1 AND c.relname = ANY($2) AND c.relkind IN ('r', 'p')";
 
+/// The table privileges the lock's statements need on each of its tables.
+pub(crate) const LOCK_PRIVILEGES: &[&str] = &["SELECT", "INSERT", "UPDATE", "DELETE"];
+
+/// The table privileges [`fence`] needs on `fences`: it reads, inserts and updates the
+/// resource's row (`INSERT … ON CONFLICT DO UPDATE`), and never deletes.
+pub(crate) const FENCE_PRIVILEGES: &[&str] = &["SELECT", "INSERT", "UPDATE"];
+
 /// The `GRANT` statements the connected role lacks for fencelock's tables in `schema`
-/// (rows of [`PRIVILEGES_FOUND`]): empty when it has them all. A missing grant shows up
-/// late otherwise — without `USAGE` on the ticket sequence an uncontended lock works and
-/// the first waiter that must queue fails (new-user trial).
-pub(crate) fn missing_grants(schema: &str, rows: &[tokio_postgres::Row]) -> Vec<String> {
+/// (rows of [`PRIVILEGES_FOUND`]) to run statements that need the table privileges
+/// `needed` ([`LOCK_PRIVILEGES`], [`FENCE_PRIVILEGES`]): empty when it has them all. A
+/// table short of any of them gets one `GRANT` of all of `needed`. A missing grant shows
+/// up late otherwise — without `USAGE` on the ticket sequence an uncontended lock works
+/// and the first waiter that must queue fails (new-user trial); without `INSERT` on
+/// `fences` the first fence check fails inside the user's transaction, aborting it.
+pub(crate) fn missing_grants(schema: &str, rows: &[tokio_postgres::Row], needed: &[&str]) -> Vec<String> {
     let mut role = String::from("CURRENT_USER");
     let (mut schema_ok, mut tables, mut sequences) = (true, Vec::new(), Vec::new());
     for r in rows {
-        let (Ok(table), Ok(dml), Ok(usage), Ok(seq), Ok(seq_ok), Ok(user)) = (
+        let (Ok(table), Ok(lacked), Ok(usage), Ok(seq), Ok(seq_ok), Ok(user)) = (
             r.try_get::<_, String>(0),
-            r.try_get::<_, bool>(1),
+            r.try_get::<_, Vec<String>>(1),
             r.try_get::<_, bool>(2),
             r.try_get::<_, Option<String>>(3),
             r.try_get::<_, bool>(4),
@@ -186,7 +197,7 @@ pub(crate) fn missing_grants(schema: &str, rows: &[tokio_postgres::Row]) -> Vec<
         };
         role = user;
         schema_ok &= usage;
-        if !dml {
+        if lacked.iter().any(|p| needed.contains(&p.as_str())) {
             tables.push(format!("{schema}.{table}"));
         }
         if let (Some(seq), false) = (seq, seq_ok) {
@@ -201,7 +212,8 @@ pub(crate) fn missing_grants(schema: &str, rows: &[tokio_postgres::Row]) -> Vec<
     }
     if !tables.is_empty() {
         grants.push(format!(
-            "GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {role};",
+            "GRANT {} ON {} TO {role};",
+            needed.join(", "),
             tables.join(", ")
         ));
     }

@@ -236,3 +236,263 @@ async fn a_role_without_create_uses_a_fence_table_made_by_a_migration() {
     tx.commit().await.unwrap();
     assert_eq!(admission, Admission::First);
 }
+
+/// `admit` on a fence table that was never created (neither `create_table` nor a
+/// migration) says so and what to do, before the check runs: the transaction stays
+/// usable. Failed before: the check ran and failed with SQLSTATE 42P01 (a schema without
+/// the table; "postgres refused: fence check … check the user, password, database and
+/// its privileges") or 3F000 (no schema: a raw backend error), aborting the transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admit_on_a_missing_fence_table_says_to_create_it() {
+    let server = PgServer::start();
+    let mut client = app_client(&server).await;
+    client.batch_execute("CREATE SCHEMA app").await.unwrap();
+    for schema in ["app", "fencelock"] {
+        // `app` exists without the table; `fencelock` does not exist at all.
+        let f = TransactionFence::new(schema).unwrap();
+        let tx = client.transaction().await.unwrap();
+        match f.admit(&tx, "accounts/7", &fence(1, "g1")).await {
+            Err(LockError::InvalidConfig { message, .. }) => {
+                for said in [
+                    &format!("the fence table `{schema}.fences` does not exist"),
+                    "TransactionFence::create_table",
+                    "TransactionFence::table_sql()",
+                    "docs/backends/postgres.md",
+                ] {
+                    assert!(message.contains(said), "{said:?} not in: {message}");
+                }
+                assert!(!message.contains("password"), "{message}");
+            }
+            other => panic!("{schema}: admit on a missing fence table: {other:?}"),
+        }
+        tx.query_one("SELECT 1", &[])
+            .await
+            .expect("the transaction is still usable: nothing failed on the server");
+        tx.rollback().await.unwrap();
+        // The missing table is not remembered: once created, the same fence admits.
+        f.create_table(&client).await.unwrap();
+        let tx = client.transaction().await.unwrap();
+        assert_eq!(
+            f.admit(&tx, "accounts/7", &fence(1, "g1")).await.unwrap(),
+            Admission::First
+        );
+        tx.commit().await.unwrap();
+    }
+}
+
+/// A connection of role `role` (no password: the test server trusts loopback).
+async fn client_of(server: &PgServer, role: &str) -> Client {
+    let url = format!("postgres://{role}@127.0.0.1:{}/postgres?sslmode=disable", server.port());
+    let (client, connection) =
+        fencelock_postgres::tokio_postgres::connect(&url, fencelock_postgres::tokio_postgres::NoTls)
+            .await
+            .expect("the role connects");
+    tokio::spawn(connection);
+    client
+}
+
+fn refused_naming(r: Result<impl std::fmt::Debug, LockError>, grant: &str, not: &[&str]) {
+    match r {
+        Err(LockError::InvalidConfig { message, .. }) => {
+            assert!(message.contains(grant), "{grant:?} not in: {message}");
+            for n in not {
+                assert!(!message.contains(n), "{n:?} in: {message}");
+            }
+        }
+        other => panic!("expected InvalidConfig naming {grant:?}, got {other:?}"),
+    }
+}
+
+/// The fence table made by a migration, and a role that may read it but not write it:
+/// `create_table` — which the docs call once at start — refuses it naming the GRANT to
+/// run, and so does the first `admit` of a fence that did not call it, before the check
+/// (the transaction stays usable). Failed before: `create_table` returned `Ok(())` (it
+/// read pg_catalog, whatever the privileges), and the first `admit` failed inside the
+/// user's transaction with SQLSTATE 42501, aborting it. Without `USAGE` on the schema,
+/// that grant is named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_table_refuses_a_fence_table_the_role_cannot_write() {
+    let server = PgServer::start();
+    let owner = app_client(&server).await;
+    TransactionFence::default().create_table(&owner).await.unwrap(); // the migration
+    server.psql(
+        "CREATE ROLE reader LOGIN;
+         REVOKE CREATE ON DATABASE postgres FROM PUBLIC;
+         REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+         GRANT USAGE ON SCHEMA fencelock TO reader;
+         GRANT SELECT ON fencelock.fences TO reader;",
+    );
+    let mut reader = client_of(&server, "reader").await;
+    let write_grant = "GRANT SELECT, INSERT, UPDATE ON fencelock.fences TO \"reader\";";
+    refused_naming(
+        TransactionFence::default().create_table(&reader).await,
+        write_grant,
+        &["USAGE", "DELETE"],
+    );
+    let f = TransactionFence::default();
+    let tx = reader.transaction().await.unwrap();
+    refused_naming(f.admit(&tx, "accounts/7", &fence(1, "g1")).await, write_grant, &[]);
+    tx.query_one("SELECT 1", &[])
+        .await
+        .expect("the transaction is still usable: the check was not run");
+    tx.rollback().await.unwrap();
+
+    // Writes granted, USAGE on the schema taken away: that grant alone is named.
+    server.psql(
+        "GRANT INSERT, UPDATE ON fencelock.fences TO reader;
+         REVOKE USAGE ON SCHEMA fencelock FROM reader;",
+    );
+    refused_naming(
+        TransactionFence::default().create_table(&reader).await,
+        "GRANT USAGE ON SCHEMA fencelock TO \"reader\";",
+        &["ON fencelock.fences"],
+    );
+
+    // Both given: the look passes, and the fence admits (the refusals were not
+    // remembered).
+    server.psql("GRANT USAGE ON SCHEMA fencelock TO reader;");
+    f.create_table(&reader).await.expect("a role that may use the table");
+    let tx = reader.transaction().await.unwrap();
+    assert_eq!(
+        f.admit(&tx, "accounts/7", &fence(1, "g1")).await.unwrap(),
+        Admission::First
+    );
+    tx.commit().await.unwrap();
+}
+
+/// A text that PostgreSQL's compression (pglz) cannot shrink: letters and digits from a
+/// pseudo-random sequence.
+fn incompressible(len: usize) -> String {
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            CHARS[(x % CHARS.len() as u64) as usize] as char
+        })
+        .collect()
+}
+
+/// A resource the fence table cannot key is refused as input before anything is sent:
+/// empty (was admitted and recorded), with a NUL byte (was a raw `Backend` error, SQLSTATE
+/// 22021, aborting the transaction), longer than `MAX_RESOURCE_LEN` bytes. The longest
+/// accepted one, incompressible, is recorded; and the bound is needed: the check itself
+/// fails with SQLSTATE 54000 (index row size exceeds the btree maximum, 2704 bytes) for
+/// an incompressible resource of 2,800 bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_that_cannot_be_recorded_are_refused_before_the_check() {
+    let server = PgServer::start();
+    let mut client = app_client(&server).await;
+    let f = TransactionFence::default();
+    f.create_table(&client).await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    let over = incompressible(TransactionFence::MAX_RESOURCE_LEN + 1);
+    for (resource, said) in [
+        ("", "resource is empty"),
+        ("accounts\0/7", "NUL byte"),
+        (over.as_str(), "resource is 1025 bytes long; the maximum is 1024"),
+    ] {
+        match f.admit(&tx, resource, &fence(1, "g1")).await {
+            Err(LockError::InvalidInput(message)) => assert!(message.contains(said), "{said:?} not in: {message}"),
+            other => panic!("resource {:?}: {other:?}", resource.get(..20).unwrap_or(resource)),
+        }
+    }
+    let longest = incompressible(TransactionFence::MAX_RESOURCE_LEN);
+    assert_eq!(f.admit(&tx, &longest, &fence(1, "g1")).await.unwrap(), Admission::First);
+    tx.commit().await.expect("nothing failed in the transaction");
+    let recorded: i64 = client
+        .query_one(
+            "SELECT count(*) FROM fencelock.fences WHERE resource IN ('', $1)",
+            &[&longest],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(recorded, 1, "only the longest resource is recorded");
+    // Why there is a bound: past about 2.7 kB the primary key's index refuses the row.
+    let tx = client.transaction().await.unwrap();
+    let e = tx
+        .query(f.sql(), &[&incompressible(2800), &1_i64, &"g1"])
+        .await
+        .expect_err("an index entry over the btree maximum");
+    assert_eq!(e.code().map(|c| c.code()), Some("54000"), "{e}");
+}
+
+/// The fence section of docs/backends/postgres.md is what the code is: its Rust block is
+/// `examples/transaction_fence.rs`'s `pay` (which `cargo test` compiles), its check SQL
+/// is `TransactionFence::sql`, its table SQL is `table_sql`, and a role given exactly its
+/// grants — no `CREATE`, no `DELETE` — finds the table made by that SQL usable. Before,
+/// the block was a fragment that nothing compiled (no function to return its mixed
+/// errors through, `client` and `lease` undeclared, an unused import).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_docs_fence_blocks_are_the_example_and_the_statements() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/backends/postgres.md"))
+        .expect("docs/backends/postgres.md");
+    let section = doc
+        .split("## The fence inside your transaction")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("the fence section");
+    let blocks = |fence: &str| -> Vec<String> {
+        section
+            .split(fence)
+            .skip(1)
+            .map(|b| b.split("```").next().unwrap().to_owned())
+            .collect()
+    };
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/transaction_fence.rs")).unwrap();
+    let region = example
+        .split("// docs:begin\n")
+        .nth(1)
+        .and_then(|s| s.split("// docs:end").next())
+        .expect("the example's docs region");
+    assert_eq!(
+        blocks("```rust\n"),
+        [region.to_owned()],
+        "the docs' Rust block and the example differ"
+    );
+    let normalised = |sql: &str| {
+        sql.lines()
+            .map(|l| l.split("--").next().unwrap())
+            .collect::<Vec<_>>()
+            .join(" ")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .trim_end_matches(';')
+            .to_owned()
+    };
+    let sql = blocks("```sql\n");
+    let f = TransactionFence::default();
+    let find = |starting: &str| {
+        sql.iter()
+            .find(|b| b.starts_with(starting))
+            .unwrap_or_else(|| panic!("no sql block starting {starting:?}"))
+            .clone()
+    };
+    assert_eq!(normalised(&find("WITH prior")), normalised(f.sql()), "the check");
+    let table = find("BEGIN;");
+    assert_eq!(normalised(&table), normalised(&f.table_sql()), "the table");
+    let grants = find("GRANT");
+
+    let server = PgServer::start();
+    server.psql(&table);
+    server.psql(&table); // idempotent
+    server.psql(
+        "CREATE ROLE app LOGIN;
+         REVOKE CREATE ON DATABASE postgres FROM PUBLIC;
+         REVOKE CREATE ON SCHEMA public FROM PUBLIC;",
+    );
+    server.psql(&grants);
+    let mut app = client_of(&server, "app").await;
+    f.create_table(&app).await.expect("the documented grants are enough");
+    let tx = app.transaction().await.unwrap();
+    assert_eq!(
+        f.admit(&tx, "accounts/7", &fence(2, "g2")).await.unwrap(),
+        Admission::First
+    );
+    tx.commit().await.unwrap();
+}
