@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use fencelock_core::backend_url::BackendUrl;
-use fencelock_core::options::duration_text::parse_duration;
+use fencelock_core::options::duration_text::{human, parse_duration};
 use fencelock_core::options::url_query;
 use fencelock_core::{LockError, Result};
 
@@ -69,6 +69,19 @@ pub struct PgConfig {
     /// `schema=` must not make a stray schema, and for schemas a migration manages.
     pub create_tables: bool,
 }
+
+/// The shortest TTL of any lease of this backend: 100 ms — for a lease without
+/// auto-renew the minimum, for an auto-renewed one a floor under twice the statement
+/// `timeout` ([`PgConfig::min_ttl_for`]). A grant is a committed write that waits for a
+/// WAL flush besides its round trip, and one answered after its TTL arrives with no
+/// validity left: it is given back, and has spent a token. On the project's shared 2-core
+/// machine a grant took up to 23 ms (a flush there takes 3–7 ms, docs/backends/postgres.md
+/// "Measured"): `try_acquire` with a 9 ms TTL and no auto-renew answered `Unavailable` (a
+/// temporary error, so a caller retries it) and `acquire` with 1 ms spent three tokens
+/// before answering `InvalidInput`. 100 ms is the floor the `fencelock` command already
+/// sets for the same reason (`MIN_COMMAND_TTL`), and is refused as input before anything
+/// is sent.
+pub const MIN_UNRENEWED_TTL: Duration = Duration::from_millis(100);
 
 /// The most connections one instance may open (`connections` in the URL): a few cover
 /// the server's cores and its group commit; more would only take the server's
@@ -226,36 +239,72 @@ impl PgConfig {
     }
 
     /// The shortest TTL an auto-renewed lease of this configuration may be asked for (by
-    /// an acquire, or an `extend` of such a lease): twice the statement `timeout`. An
-    /// auto-renewal is sent a third of the way into the validity, after waiting at most
-    /// `renew_window` (capped at a tenth of the TTL) to share a statement, and may take
-    /// `timeout` to be answered: it lands before the lease expires only if `ttl / 3 +
-    /// ttl / 10 + timeout <= ttl`, i.e. a TTL of at least 1.77 × `timeout`; twice leaves
-    /// a margin. Below it a healthy server answering within `timeout` could still see its
-    /// leases lost, each renewal landing after the expiry. A lease without auto-renew has
-    /// no renewal to fit: an answer later than its TTL hands out no lease (it is counted
-    /// from the send), so any valid TTL is taken.
+    /// an acquire, or an `extend` of such a lease): twice the statement `timeout`, and
+    /// never less than [`MIN_UNRENEWED_TTL`]. An auto-renewal is sent a third of the way
+    /// into the validity, after waiting at most `renew_window` (capped at a tenth of the
+    /// TTL) to share a statement, and may take `timeout` to be answered: it lands before
+    /// the lease expires only if `ttl / 3 + ttl / 10 + timeout <= ttl`, i.e. a TTL of at
+    /// least 1.77 × `timeout`; twice leaves a margin. Below it a healthy server answering
+    /// within `timeout` could still see its leases lost, each renewal landing after the
+    /// expiry. A lease without auto-renew has no renewal to fit: see
+    /// [`min_ttl_for`](Self::min_ttl_for).
     pub fn min_ttl(&self) -> Duration {
-        self.timeout * 2
+        self.min_ttl_for(true)
     }
 
-    /// Refuses the TTL of an auto-renewed lease (`auto_renew`) below
-    /// [`min_ttl`](Self::min_ttl).
+    /// The shortest TTL a lease of this configuration may be asked for: with
+    /// `auto_renew`, [`min_ttl`](Self::min_ttl); without, [`MIN_UNRENEWED_TTL`] whatever
+    /// the `timeout` (an answer later than its TTL hands out no lease: it is counted from
+    /// the send). A shorter TTL is refused with [`LockError::InvalidInput`] before any
+    /// statement is sent.
+    pub fn min_ttl_for(&self, auto_renew: bool) -> Duration {
+        if auto_renew {
+            (self.timeout * 2).max(MIN_UNRENEWED_TTL)
+        } else {
+            MIN_UNRENEWED_TTL
+        }
+    }
+
+    /// Refuses a TTL below [`min_ttl_for`](Self::min_ttl_for) — zero included — with one
+    /// message for every case ("ttl X is below the minimum of Y for …"), durations as
+    /// humantime writes them, as the core's own TTL errors do. Run before any round trip
+    /// (an acquire, an `extend`), and before the core's checks, which know only the
+    /// library-wide 1 ms minimum.
     ///
     /// # Errors
     ///
-    /// [`LockError::InvalidInput`] naming the TTL, the `timeout` and the two ways out.
+    /// [`LockError::InvalidInput`] naming the TTL, the minimum, why, and the way out.
     pub(crate) fn check_ttl(&self, ttl: Duration, auto_renew: bool) -> Result<()> {
-        if !auto_renew || ttl >= self.min_ttl() {
+        let minimum = self.min_ttl_for(auto_renew);
+        if ttl >= minimum {
             return Ok(());
         }
+        let (ttl_text, min_text) = (human(ttl), human(minimum));
+        if !auto_renew {
+            return Err(LockError::invalid_input(format!(
+                "ttl {ttl_text} is below the minimum of {min_text} for a lease without auto-renew on \
+                 postgres: a grant is a commit that waits for a WAL flush, and a grant answered after \
+                 its TTL arrives with no validity left (given back, its token spent); use a TTL of at \
+                 least {min_text}"
+            )));
+        }
+        // A shorter `timeout=` helps only where twice it is what sets the minimum, and a
+        // timeout of at least 1 ms (the URL's own bound) can fit.
+        let half = ttl / 2;
+        let shorter_timeout = if ttl >= MIN_UNRENEWED_TTL && half >= Duration::from_millis(1) {
+            format!(
+                ", or a shorter `timeout=` in the URL (at most {} for this TTL)",
+                human(half)
+            )
+        } else {
+            String::new()
+        };
         Err(LockError::invalid_input(format!(
-            "ttl {ttl:?} is shorter than twice the statement timeout ({:?}, the URL's `timeout=`): an \
-             auto-renewal answered within its timeout could land after the lease expired; use a TTL of \
-             at least {:?}, or a shorter `timeout=` in the URL (at most {:?} for this TTL)",
-            self.timeout,
-            self.min_ttl(),
-            ttl / 2
+            "ttl {ttl_text} is below the minimum of {min_text} for an auto-renewed lease on postgres: \
+             twice the statement timeout ({}, the URL's `timeout=`), since an auto-renewal answered \
+             within its timeout could land after the lease expired; use a TTL of at least \
+             {min_text}{shorter_timeout}, or turn auto-renew off",
+            human(self.timeout)
         )))
     }
 
@@ -488,6 +537,62 @@ const RESERVED: &[&str] = &[
 mod tests {
     use super::*;
     use tokio_postgres::config::SslMode;
+
+    /// Every TTL below the minimum is one refusal, worded alike and naming the minimum,
+    /// durations as humantime writes them (a zero TTL read "ttl 0ns is shorter than twice
+    /// the statement timeout (1s…)", in `Debug` form).
+    #[test]
+    fn ttl_refusals_name_the_minimum_in_one_form() {
+        let cfg = PgConfig::from_url("postgres://u@127.0.0.1/db").unwrap();
+        let ms = Duration::from_millis;
+        assert_eq!(
+            (cfg.min_ttl_for(true), cfg.min_ttl_for(false)),
+            (ms(2000), MIN_UNRENEWED_TTL)
+        );
+        for (ttl, renew, says) in [
+            (
+                Duration::ZERO,
+                true,
+                "ttl 0s is below the minimum of 2s for an auto-renewed lease",
+            ),
+            (
+                Duration::ZERO,
+                false,
+                "ttl 0s is below the minimum of 100ms for a lease without auto-renew",
+            ),
+            (
+                ms(1),
+                true,
+                "ttl 1ms is below the minimum of 2s for an auto-renewed lease",
+            ),
+            (
+                ms(1),
+                false,
+                "ttl 1ms is below the minimum of 100ms for a lease without auto-renew",
+            ),
+            (ms(99), false, "ttl 99ms is below the minimum of 100ms"),
+            (ms(1999), true, "ttl 1s 999ms is below the minimum of 2s"),
+        ] {
+            match cfg.check_ttl(ttl, renew) {
+                Err(LockError::InvalidInput(message)) => {
+                    assert!(message.contains(says), "{says:?} not in: {message}");
+                    for debug in ["0ns", "1.999s"] {
+                        assert!(!message.contains(debug), "a Debug duration in: {message}");
+                    }
+                }
+                other => panic!("{ttl:?} (auto-renew {renew}): {other:?}"),
+            }
+        }
+        // The shorter `timeout=` is offered only where it can help.
+        let advice = |ttl, renew| cfg.check_ttl(ttl, renew).unwrap_err().to_string();
+        assert!(advice(ms(100), true).contains("at most 50ms for this TTL"));
+        assert!(!advice(ms(1), true).contains("shorter `timeout=`"));
+        assert!(cfg.check_ttl(ms(2000), true).is_ok());
+        assert!(cfg.check_ttl(ms(100), false).is_ok());
+        // A tiny timeout does not take the floor below the unrenewed minimum.
+        let quick = PgConfig::from_url("postgres://u@127.0.0.1/db?timeout=1ms").unwrap();
+        assert_eq!(quick.min_ttl(), MIN_UNRENEWED_TTL);
+    }
 
     /// The database and the user are given once: in the path and before the `@`, or in
     /// the query — both is refused (a new-user trial: `…/appdb?dbname=pgdb` locked in

@@ -25,7 +25,7 @@ pub(crate) struct PgGrant {
     /// at once uses the cheaper plain release, which wakes a waiter to acquire instead.
     pub handing: bool,
     /// Whether the lease renews itself: its `extend` is held to
-    /// [`PgConfig::min_ttl`](crate::PgConfig::min_ttl) then, as its acquire was.
+    /// [`PgConfig::min_ttl_for`](crate::PgConfig::min_ttl_for) of it, as its acquire was.
     pub auto_renew: bool,
 }
 

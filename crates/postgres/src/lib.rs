@@ -71,7 +71,7 @@ mod sql;
 mod task_slot;
 mod waiters;
 
-pub use config::{PgConfig, DEFAULT_CONNECTIONS, DEFAULT_SCHEMA, MAX_CONNECTIONS};
+pub use config::{PgConfig, DEFAULT_CONNECTIONS, DEFAULT_SCHEMA, MAX_CONNECTIONS, MIN_UNRENEWED_TTL};
 pub use election::{election_schema_sql, PgElection};
 pub use fence::TransactionFence;
 pub use lock::{PgLock, GUARANTEES, GUARANTEES_DURABLE};

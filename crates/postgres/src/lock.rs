@@ -510,8 +510,10 @@ impl DistributedLock for PgLock {
     ///
     /// # Errors
     ///
-    /// [`LockError::InvalidInput`] for a bad key or TTL, also an auto-renewed lease's TTL
-    /// shorter than twice the statement `timeout` ([`PgConfig::min_ttl`]); [`LockError::Unavailable`] when
+    /// [`LockError::InvalidInput`] for a bad key or TTL — checked before anything is sent:
+    /// a TTL below [`PgConfig::min_ttl_for`] (twice the statement `timeout` for an
+    /// auto-renewed lease, [`MIN_UNRENEWED_TTL`](crate::MIN_UNRENEWED_TTL) without
+    /// auto-renew); [`LockError::Unavailable`] when
     /// the server does not answer within `timeout`; [`LockError::Backend`] for other
     /// server errors; [`LockError::Closed`] once `close()` was called.
     ///
@@ -524,8 +526,10 @@ impl DistributedLock for PgLock {
         self.gate
             .pass(async {
                 validate_key(key)?;
-                opts.validate_for_try()?;
+                // The backend's minimum first: it names the real floor (the core's check
+                // knows only the library-wide 1 ms, and the TTL's maximum).
                 self.node.config().check_ttl(opts.ttl(), opts.auto_renew())?;
+                opts.validate_for_try()?;
                 match self.grant(key, opts, &GrantId::random(), Queueing::No).await? {
                     Outcome::Granted(lease) => Ok(Some(lease.into_live()?)),
                     // Handed grants need a ticket, which `try_acquire` never takes.
@@ -559,7 +563,13 @@ impl DistributedLock for PgLock {
         // leave (started as it drops) is counted among the clean-ups before the gate lets
         // a `close()` on to wait for them (review: it was dropped just after).
         let wait = async {
+            // In `try_acquire`'s order: the key, the backend's TTL minimum, then the core's
+            // checks (`acquire_with` runs those again, cheaply). A zero TTL was refused as
+            // "ttl 0ns is shorter than twice the statement timeout" before the key was
+            // looked at.
+            validate_key(key)?;
             self.node.config().check_ttl(opts.ttl(), opts.auto_renew())?;
+            opts.validate_for_wait()?;
             let (queue, refused) = (tokio::sync::Mutex::new(None), AtomicBool::new(false));
             acquire_with(key, opts, || self.attempt(key, opts, &queue, &refused)).await
         };

@@ -994,3 +994,63 @@ async fn an_auto_renewed_ttl_shorter_than_twice_the_statement_timeout_is_refused
         .expect("a 100ms TTL with timeout=50ms");
     lease.release().await.ok();
 }
+
+/// Every TTL below the backend's minimum — zero, 1 ms, just under it; auto-renewed or
+/// not; `try_acquire` and `acquire` alike — is `InvalidInput` naming that minimum in one
+/// form ("ttl X is below the minimum of Y", humantime durations), and nothing is sent.
+/// Before: `try_acquire` with a zero auto-renewed TTL named the core's 1 ms as the
+/// minimum, `acquire` said "ttl 0ns is shorter than twice the statement timeout (1s, …)
+/// … (at most 0ns for this TTL)" (`Debug` durations, checked before the key), and a TTL
+/// under 100 ms without auto-renew was sent: `try_acquire` with 1 ms and 9 ms answered
+/// `Unavailable` (the grant arrived with no validity left; a temporary error, so a caller
+/// retries it), `acquire` with 1 ms sent three grants and then answered `InvalidInput`
+/// ("… the slowest answer took 23.022888ms"). An `extend` below the minimum is refused
+/// alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_ttl_below_the_backends_minimum_is_refused_as_input_before_sending() {
+    let server = PgServer::start();
+    let locks = PgLock::connect(&server.url()).await.unwrap();
+    common::count_acquires(&server);
+    let ms = Duration::from_millis;
+    for (ttl, renew, minimum, ttl_text) in [
+        (Duration::ZERO, true, "2s", "0s"),
+        (Duration::ZERO, false, "100ms", "0s"),
+        (ms(1), true, "2s", "1ms"),
+        (ms(1), false, "100ms", "1ms"),
+        (ms(99), false, "100ms", "99ms"),
+        (ms(1999), true, "2s", "1s 999ms"),
+    ] {
+        let o = opts(0).with_ttl(ttl).with_auto_renew(renew);
+        let said = format!("ttl {ttl_text} is below the minimum of {minimum}");
+        for (call, r) in [
+            ("try_acquire", locks.try_acquire("k", &o).await.map(|_| ())),
+            ("acquire", locks.acquire("k", &o).await.map(|_| ())),
+        ] {
+            match r {
+                Err(LockError::InvalidInput(message)) => {
+                    assert!(
+                        message.contains(&said),
+                        "{call} {ttl:?} renew={renew}: {said:?} not in: {message}"
+                    )
+                }
+                other => panic!("{call} with ttl {ttl:?}, auto-renew {renew}: {other:?}"),
+            }
+        }
+    }
+    assert_eq!(common::acquires(&server), 0, "a refused TTL sent an acquire");
+    // At the minimum: not refused as input (a grant may still arrive dead on a slow
+    // disk: that is `Unavailable`, a fact of the run, not of the input).
+    let at_minimum = opts(0).with_ttl(ms(100)).with_auto_renew(false);
+    if let Err(LockError::InvalidInput(message)) = locks.try_acquire("k", &at_minimum).await {
+        panic!("a 100ms TTL without auto-renew was refused: {message}");
+    }
+    // `extend` of a lease without auto-renew below the minimum: refused alike.
+    let lease = locks.acquire("e", &opts(60_000).with_auto_renew(false)).await.unwrap();
+    match lease.extend(ms(50)).await {
+        Err(LockError::InvalidInput(message)) => {
+            assert!(message.contains("ttl 50ms is below the minimum of 100ms"), "{message}")
+        }
+        other => panic!("extend to 50ms: {other:?}"),
+    }
+    lease.release().await.ok();
+}
