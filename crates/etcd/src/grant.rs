@@ -32,8 +32,8 @@ pub(crate) enum GrantHolding {
         session: Arc<Session>,
         claim: u64,
         moving: Mutex<Moving>,
-        /// One move at a time (the background one and a renewal's); never held by a
-        /// release, which deletes the key wherever it rides without waiting for a move.
+        /// One move at a time (a renewal's and an `extend`'s); never held by a release,
+        /// which deletes the key wherever it rides without waiting for a move.
         one_move: tokio::sync::Mutex<()>,
     },
     /// On leases of our own: the current one, and others that may carry the key after a
@@ -89,9 +89,11 @@ impl EtcdGrant {
     }
 
     /// A session grant's key onto the session lease if it may still ride on the waiting
-    /// lease: one guarded transaction ([`move_key`]), at most one at a time. `Ok(true)` when
-    /// it is on the session lease, `Ok(false)` when our key is gone (it expired with the
-    /// waiting lease, was deleted, or the grant was released) or the session is lost.
+    /// lease: one guarded transaction ([`move_key`]), at most one at a time — made by the
+    /// grant's renewals (the first comes a third of the way through the validity the
+    /// waiting lease bounds) and by `extend`, never at the grant. `Ok(true)` when it is on
+    /// the session lease, `Ok(false)` when our key is gone (it expired with the waiting
+    /// lease, was deleted, or the grant was released) or the session is lost.
     ///
     /// # Errors
     /// The move's, when its outcome is unknown: the key may ride on either lease, and the
@@ -111,6 +113,7 @@ impl EtcdGrant {
         if matches!(*lock(moving), Moving::OnSession) {
             return Ok(true);
         }
+        // One at a time: a renewal and an explicit `extend` may both come here.
         let _one = one_move.lock().await;
         let from = match &*lock(moving) {
             Moving::OnSession => return Ok(true),
@@ -141,22 +144,6 @@ impl EtcdGrant {
                 Ok(false)
             }
             Err(e) => Err(e),
-        }
-    }
-
-    /// The move [`settle`](Self::settle) makes, started in the background at the grant and
-    /// repeated (bounded) while its outcome is unknown; the grant's renewals try it too.
-    pub(crate) async fn settle_in_background(self: Arc<Self>) {
-        let moved = until_confirmed("moving a granted key onto the session lease", || async {
-            let on_session = self.settle().await?;
-            if let (false, GrantHolding::Session { session, claim, .. }) = (on_session, &self.holding) {
-                session.key_gone(*claim); // expired with the waiting lease, or deleted
-            }
-            Ok(())
-        })
-        .await;
-        if !moved {
-            tracing::warn!(key = %self.key, "a granted key's move onto the session lease was not confirmed");
         }
     }
 
@@ -382,12 +369,16 @@ impl LeaseOps for EtcdGrant {
     }
 
     /// Session locks: the session's keep-alive stream renews their lease and its key check
-    /// confirms their keys, for all of them at once — nothing is sent per lock.
+    /// confirms their keys, for all of them at once — nothing is sent per lock. A grant
+    /// whose key still rides on the waiting lease (granted on the push after a wait) moves
+    /// it onto the session lease here, at its first renewal: one transaction, which a
+    /// holder that releases sooner never sends (issue 14: sent at the grant, it was a
+    /// third Raft write per grant held past a round trip).
     async fn renew(&self, ttl: Duration) -> Result<Option<Duration>> {
         match &self.holding {
             GrantHolding::Session { session, moving, .. } => {
-                // Nothing is sent once the key is on the session lease; before, this tries
-                // the move (its background try may have failed).
+                // Nothing is sent once the key is on the session lease; before, this makes
+                // the move (tried again by the next renewal while its outcome is unknown).
                 match self.settle().await {
                     Ok(true) => Ok(session
                         .valid_until()

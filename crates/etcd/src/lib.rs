@@ -28,8 +28,9 @@
 //!   quarter of the validity).
 //! * **Waiting lease**: a waiter's key rides on a short lease of the session (etcd's
 //!   minimum TTL, kept alive only while the instance waits), so a waiter that dies while
-//!   queued blocks the others for that TTL, not the session's; a grant moves its key onto
-//!   the session lease in the background, valid no longer than the short lease until then.
+//!   queued blocks the others for that TTL, not the session's; a grant's first renewal moves
+//!   its key onto the session lease, valid no longer than the short lease until then (a
+//!   holder that releases sooner never moves it: a hand-off costs the release's delete).
 //! * **Release** deletes only our key, guarded by its create revision (its name is unique to
 //!   the grant while it lives); an own lease is revoked afterwards in the background.
 //! * **Checks**: after each keep-alive the session lists the keys on its lease (one request

@@ -211,15 +211,19 @@ impl EtcdLock {
     /// Turns our queue position into a lease, valid from `since` for an own lease (the
     /// send instant of the request that confirmed it) or as long as the session lives — no
     /// longer than the waiting lease lives while the key may still ride on it (its move
-    /// onto the session lease is started here, in the background). `None` when nothing is
-    /// left of that validity (the `Queued`, still armed, is then undone).
+    /// onto the session lease is left to the grant's first renewal, a third of the way
+    /// through that validity: a holder that releases before then, as a contended one does,
+    /// never sends it — see [`EtcdGrant::renew`]). `None` when nothing is left of that
+    /// validity (the `Queued`, still armed, is then undone).
     pub(crate) fn grant(&self, key: &str, opts: &LockOptions, mut q: Queued, since: Option<Instant>) -> Option<Lease> {
         let on_waiting = q.waiting.is_some();
         let (sent_at, validity, holding) = match &q.holding {
             Holding::Session { session, claim } => {
                 // A key that queued on the waiting lease is still on it: the grant is valid
-                // no longer than that lease lives, and its key moves onto the session lease
-                // in the background (below) — no request between the push and the grant.
+                // no longer than that lease lives (kept alive by the `WaitUse` in `moving`
+                // until the key moves), and its first renewal moves the key onto the
+                // session lease — no request between the push and the grant, none at all
+                // when it is released before that renewal.
                 let now = Instant::now();
                 let moving = match q.waiting.take() {
                     Some(w) => Moving::OnWaiting(w),
@@ -272,14 +276,9 @@ impl EtcdLock {
         });
         match &q.holding {
             Holding::Session { session, claim } => {
+                // Not moved here (issue 14): sent at the grant, the move was a third Raft
+                // write per grant held past a round trip, racing the release otherwise.
                 session.granted(*claim, lease.reporter(), !on_waiting);
-                if on_waiting {
-                    let ops = Arc::clone(&ops);
-                    self.inner.cleanups.spawn(
-                        "moving a granted key onto the session lease",
-                        ops.settle_in_background(),
-                    );
-                }
             }
             Holding::Own { .. } => {
                 let id = self.inner.own_grants.register(lease.reporter());

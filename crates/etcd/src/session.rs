@@ -176,22 +176,6 @@ impl Session {
         }
     }
 
-    /// A granted key was found gone (its move onto the session lease found nothing): its
-    /// holder is told at once (a holder that called `release` is not: see
-    /// [`LeaseReporter::lost`]).
-    pub fn key_gone(&self, id: u64) {
-        let reporter = self
-            .claims()
-            .get(&id)
-            .and_then(|c| c.granted.as_ref().map(|(r, _)| r.clone()));
-        if reporter.is_some_and(|r| r.lost(LostReason::NotHeld)) {
-            tracing::warn!(
-                lease = format_args!("{:x}", self.id),
-                "a granted lock key was gone before it moved onto the session lease"
-            );
-        }
-    }
-
     /// The key is no longer ours to keep (released or abandoned): if it is still on the
     /// lease at the next check, the check deletes it.
     pub fn unclaim(&self, id: u64) {

@@ -230,8 +230,8 @@ pub(crate) async fn wait_turn(c: &Cluster, q: &mut Queued, ttl: Duration) -> Res
         return Ok(None);
     }
     // At our turn the key may still ride on the waiting lease: the grant is handed out on
-    // the push as before, valid no longer than that lease, and moves the key onto the
-    // session lease in the background ([`crate::grant`]).
+    // the push as before, valid no longer than that lease, and its first renewal moves the
+    // key onto the session lease ([`crate::grant`]).
     wait_queue(c, q, ttl).await
 }
 

@@ -6,9 +6,10 @@
 //!   timeout, rounded up to whole seconds) without a word: 2 s on a stock server, 1 s with
 //!   the tests' 100 ms election timeout. The raised value is accepted: this TTL bounds only
 //!   how long a dead waiter blocks the queue, not how long a holder is trusted: a grant is
-//!   handed out on the watch push valid no longer than this lease lives, and its key moves
-//!   onto the session lease in the background (`EtcdGrant::settle` in [`crate::grant`]),
-//!   after which the session's validity is the grant's.
+//!   handed out on the watch push valid no longer than this lease lives, and its first
+//!   renewal, a third of the way through that validity, moves its key onto the session
+//!   lease (`EtcdGrant::settle` in [`crate::grant`]), after which the session's validity
+//!   is the grant's; a holder that releases sooner never moves it.
 //!   On a slow link the TTL asked is longer: [`RTT_FACTOR`] × the last round trip seen
 //!   (rounded up to whole seconds, at most the session's TTL), because that grant is
 //!   valid only until the lease's last confirmed keep-alive + TTL and its move must land
@@ -60,13 +61,15 @@ use crate::wait::keep_alive_once;
 const ASKED: i64 = 1;
 
 /// The waiting lease must outlive this many round trips to etcd: a grant handed out on
-/// the push is valid until the lease's last confirmed keep-alive + TTL — a keep-alive sent
-/// up to a round trip before the previous one was answered, so up to two round trips ago —
-/// and its key's move onto the session lease takes one more, which must land (and the
-/// renewal that waits for it be answered) within that validity. On a link whose round
-/// trip is a good part of etcd's minimum TTL (400 ms against 1 s) every grant after a wait
-/// was lost before its move landed; a longer waiting lease there costs a dead waiter a few
-/// round trips more, nothing else.
+/// the push is valid until the lease's last confirmed keep-alive's send + TTL — with a
+/// keep-alive every third of the TTL, answered a round trip later, at least ⅔ TTL − 1
+/// round trip ahead at any moment — and its key's move onto the session lease, made by
+/// its first renewal a third of the way through that validity, takes one round trip more,
+/// which must land (and the renewal be answered) within the two thirds left: TTL ≥ 3.75
+/// round trips (3 while the move was sent at the grant); 5 leaves room for a slower write.
+/// On a link whose round trip is a good part of etcd's minimum TTL (400 ms against 1 s)
+/// every grant after a wait was lost before its move landed; a longer waiting lease there
+/// costs a dead waiter a few round trips more, nothing else.
 const RTT_FACTOR: u32 = 5;
 
 /// Whole seconds of TTL for a link with round trip `rtt`, at most `max` (the session's: a

@@ -145,7 +145,8 @@ async fn a_granted_waiters_key_rides_on_the_session_past_the_waiting_ttl() {
     // Granted on the push, while its key may still be on the waiting lease: valid no
     // longer than that lease (never more than the server keeps the key).
     assert!(mine.remaining() <= WAITING_TTL, "{:?}", mine.remaining());
-    // Its key moves onto the session lease in the background, at once.
+    // Its key moves onto the session lease at its first renewal, a third of the way
+    // through that validity.
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         let q = queue(&mut raw, dir).await;

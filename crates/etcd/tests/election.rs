@@ -140,7 +140,7 @@ async fn candidates_are_keys_holding_their_values() {
     let lb = waiting.await.expect("b's task").expect("b's campaign");
     assert!(lb.term() > term_a);
     // b's key rode on the waiting lease while it waited and moves onto its session lease
-    // now (in the background): both moves keep the value.
+    // at its first renewal: both moves keep the value.
     // Polled (bounded) until the key rides on a lease longer than the waiting lease's 1 s
     // (a sleep checked nothing: the value is b's whether or not the move has landed).
     let dir = b.seat_dir(&name).expect("seat dir");

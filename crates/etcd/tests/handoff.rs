@@ -71,6 +71,14 @@ async fn queue_of_three(cluster: &EtcdCluster, name: &str) -> Queue {
     Queue { locks, held, waiting }
 }
 
+/// Raft proposals committed on member 0 (`etcd_server_proposals_committed_total`): every
+/// write, lease grant and lease revoke the member applied.
+fn proposals(cluster: &EtcdCluster) -> u64 {
+    metrics(cluster.client_ports()[0])
+        .get("etcd_server_proposals_committed_total")
+        .map_or(0, |v| *v as u64)
+}
+
 /// From each release to the next waiter's grant the server sees the holder's guarded delete
 /// and nothing else: the waiter knew every key older than its own (the two just before it,
 /// with nothing older) and watched them, so the push alone says it is first. Before this
@@ -78,10 +86,14 @@ async fn queue_of_three(cluster: &EtcdCluster, name: &str) -> Queue {
 /// read's `count` — which etcd computes before the create-revision filter — never said
 /// "only one older key left". Failed before the change: (4, 0) instead of (2, 0).
 ///
-/// Since the waiting lease (a dead waiter costs its short TTL, not the session's), each
-/// grant also moves its key from that lease onto the session lease: one guarded Txn, sent
-/// in the background after the grant — on the server, not on the hand-off's path (the
-/// grant does not wait for it). So two hand-offs cost 2 deletes + 2 moves, and no read.
+/// Since the waiting lease (a dead waiter costs its short TTL, not the session's) a
+/// granted key rides on that lease until it moves onto the session lease — at the grant's
+/// first renewal, a third of the way through its validity (bounded by the waiting lease).
+/// A holder that releases before then, as a contended one does, never moves it: its
+/// release deletes the key where it rides. So two hand-offs, each holder releasing as soon
+/// as it is granted, and the last holder's release cost 3 Txn (the deletes), 3 Raft
+/// proposals, no read. Failed before the change (each grant's move sent in the background
+/// at the grant, racing the release): 5 Txn and 5 proposals.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_off_costs_only_the_delete() {
     let cluster = EtcdCluster::single();
@@ -90,42 +102,89 @@ async fn a_hand_off_costs_only_the_delete() {
         held,
         waiting: [first, second],
     } = queue_of_three(&cluster, "handoff").await;
-    let (txn0, range0) = (calls(&cluster, "Txn"), calls(&cluster, "Range"));
+    let (txn0, range0, proposals0) = (calls(&cluster, "Txn"), calls(&cluster, "Range"), proposals(&cluster));
     held.release().await.unwrap();
-    let lease = tokio::time::timeout(Duration::from_secs(10), first)
-        .await
-        .expect("the first waiter is served")
-        .unwrap()
-        .unwrap();
-    // Released only once its key moved (a release before it leaves nothing to move, and
-    // no Txn to count).
-    until_txns(
-        &cluster,
-        txn0 + 2,
-        "the first grant's key was not moved onto the session",
-    )
-    .await;
-    lease.release().await.unwrap();
-    let lease = tokio::time::timeout(Duration::from_secs(10), second)
-        .await
-        .expect("the second waiter is served")
-        .unwrap()
-        .unwrap();
-    until_txns(
-        &cluster,
-        txn0 + 4,
-        "the second grant's key was not moved onto the session",
-    )
-    .await;
+    for waiter in [first, second] {
+        let lease = served("the next waiter is served", Duration::from_secs(10), waiter).await;
+        lease.release().await.unwrap();
+    }
     tokio::time::sleep(Duration::from_millis(100)).await; // nothing else follows
-    let (txn, range) = (calls(&cluster, "Txn") - txn0, calls(&cluster, "Range") - range0);
+    let (txn, range, proposed) = (
+        calls(&cluster, "Txn") - txn0,
+        calls(&cluster, "Range") - range0,
+        proposals(&cluster) - proposals0,
+    );
     assert_eq!(
-        (txn, range),
-        (4, 0),
-        "Txn and Range calls over two hand-offs (two releases, two grants, their two moves)"
+        (txn, range, proposed),
+        (3, 0, 3),
+        "Txn, Range and Raft proposals over two hand-offs and the last release (three deletes; \
+         no grant's key moved: each was released before its first renewal)"
+    );
+    for x in locks {
+        x.close().await.unwrap();
+    }
+}
+
+/// The other side of the deferred move: a grant held past its first renewal has its key on
+/// the session lease — moved by that renewal, one Txn — before the validity it was granted
+/// (bounded by the waiting lease) ran out, and is valid for the session's validity from
+/// then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_held_past_its_first_renewal_rides_on_the_session() {
+    let cluster = EtcdCluster::single();
+    let url = cluster.url("session_ttl=60s");
+    let (holder, waiter) = (
+        EtcdLock::connect(&url).await.unwrap(),
+        EtcdLock::connect(&url).await.unwrap(),
+    );
+    let opts = LockOptions::new()
+        .with_ttl(Duration::from_secs(10))
+        .with_wait(Duration::from_secs(20));
+    let (key, dir) = ("renewed", "/fencelock/renewed/");
+    let held = holder.acquire(key, &opts).await.unwrap();
+    let base = watchers(&cluster);
+    let wait = tokio::spawn({
+        let (waiter, opts) = (waiter.clone(), opts);
+        async move { waiter.acquire(key, &opts).await }
+    });
+    until_watchers(&cluster, base + 1).await;
+    let txn0 = calls(&cluster, "Txn");
+    held.release().await.unwrap();
+    let lease = served("the waiter is served", Duration::from_secs(10), wait).await;
+    let granted_until = lease.valid_until();
+    assert!(
+        lease.remaining() <= Duration::from_secs(1),
+        "granted on the waiting lease (1 s on the test server): valid no longer, not {:?}",
+        lease.remaining()
+    );
+    // Its first renewal moves the key and reports the session's validity (60 s).
+    while lease.remaining() <= Duration::from_secs(30) {
+        assert!(
+            Instant::now() < granted_until,
+            "the grant's validity ran out before a renewal gave it the session's: {:?}",
+            lease.status()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await; // polling a condition, bounded
+    }
+    assert!(lease.is_held());
+    let session = waiter.session_lease().await.expect("a live session");
+    let mut raw = etcd_client::Client::connect(cluster.endpoints(), None).await.unwrap();
+    let kvs = raw
+        .get(dir, Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let on = kvs.kvs().first().expect("the holder's key").lease();
+    assert_eq!(
+        on, session,
+        "the renewed grant's key rides on lease {on:x}, not the session's"
+    );
+    assert_eq!(
+        calls(&cluster, "Txn") - txn0,
+        2,
+        "the holder's delete and the grant's move onto the session: 2 Txn"
     );
     lease.release().await.unwrap();
-    for x in locks {
+    for x in [holder, waiter] {
         x.close().await.unwrap();
     }
 }
@@ -165,8 +224,7 @@ async fn queueing_costs_one_transaction() {
     // waiting leases live. A warm round's counts may come out higher, never lower: the
     // waiting lease lingers one TTL (1 s on the test server) after its last use, which a
     // loaded machine's gap between two rounds once outlasted (CI: (2, 0, 1) — a new
-    // lease and the move), and a grant's background move may land inside the next count.
-    // So the warm cost is the fewest of up to three warm rounds.
+    // lease and the move). So the warm cost is the fewest of up to three warm rounds.
     let mut warm = Vec::new();
     for round in 0..4 {
         let key = unique_key(&format!("queue{round}"));
@@ -307,37 +365,30 @@ async fn a_waiter_reads_the_queue_two_hand_offs_before_its_turn() {
         }
     };
     let txn0 = calls(&cluster, "Txn");
+    // Each holder releases as soon as it is granted (before its first renewal, which would
+    // move its key onto its session: one Txn more).
     held.release().await.unwrap();
-    let b = next().await;
-    // Each holder releases once its key moved onto its session (a release before the move
-    // leaves nothing to move: one Txn less, and the counts below would vary).
-    until_txns(&cluster, txn0 + 2, "b's key was not moved onto its session").await;
-    b.release().await.unwrap();
+    next().await.release().await.unwrap(); // b
     let c = next().await;
     // b's key was the oldest e watched, with `a` older still: e reads the queue now (a, b
-    // deleted: two Txn; b's and c's keys moved onto their sessions: two more; e's read:
-    // one more), while c holds.
+    // deleted: two Txn; e's read: one more), while c holds.
     until_txns(
         &cluster,
-        txn0 + 5,
+        txn0 + 3,
         "the last waiter did not read the queue when the key three ahead went",
     )
     .await;
     let (txn1, range1) = (calls(&cluster, "Txn"), calls(&cluster, "Range"));
     c.release().await.unwrap();
-    let d = next().await;
-    until_txns(&cluster, txn1 + 2, "d's key was not moved onto its session").await;
-    d.release().await.unwrap();
-    let e = next().await;
-    until_txns(&cluster, txn1 + 4, "e's key was not moved onto its session").await;
+    next().await.release().await.unwrap(); // d
+    next().await.release().await.unwrap(); // e
     tokio::time::sleep(Duration::from_millis(100)).await; // nothing else follows
     let (txn, range) = (calls(&cluster, "Txn") - txn1, calls(&cluster, "Range") - range1);
     assert_eq!(
         (txn, range),
-        (4, 0),
-        "Txn and Range calls over the last two hand-offs (two releases, two grants, their two moves in the background)"
+        (3, 0),
+        "Txn and Range calls over the last two hand-offs and the last release (three deletes, no read)"
     );
-    e.release().await.unwrap();
     for x in locks {
         x.close().await.unwrap();
     }
