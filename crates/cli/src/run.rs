@@ -43,8 +43,8 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
     }
     // An election's seat is a lock key of the same backend (`election.NAME`): `run` on it
     // would take the seat with no value, `elect` would then say "led by someone else" and
-    // `leader` print a term without one (a new-user trial). Refused here, where a user
-    // types keys; the library's namespace stays shared, as docs/election.md says.
+    // `leader` print a term without one (a new-user trial). The library refuses such a key
+    // too (`validate_key`); refused here first, with the command to use instead.
     if let Some(name) = args.key.strip_prefix(fencelock_core::election::SEAT_PREFIX) {
         return exit::bad_input(&format!(
             "the key `{}` is the seat of the election `{name}`: campaign with `fencelock elect {name}`, \

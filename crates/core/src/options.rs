@@ -105,13 +105,21 @@ impl LockOptions {
         validate_ttl(self.ttl())
     }
 
-    /// Checks the options for `acquire`: a zero wait is refused (use `try_acquire`).
+    /// Checks the options for `acquire` (and an election's `campaign`): a zero wait is
+    /// refused — use `try_acquire` to not wait for a lock; an election has no try-campaign
+    /// (the message says what to do instead).
     pub fn validate_for_wait(&self) -> Result<()> {
         validate_ttl(self.ttl())?;
         if self.wait.is_zero() {
-            return Err(LockError::invalid_input(
-                "wait is zero: acquire needs a positive bound; use try_acquire to not wait at all",
-            ));
+            // Inside a campaign the advice is the election's: it has no `try_acquire`
+            // (a new-user trial was sent looking for one).
+            return Err(LockError::invalid_input(if crate::election::in_campaign() {
+                "wait is zero: campaign needs a positive bound, and an election has no try-campaign; \
+                 to not wait for a led seat, ask Election::leader(name) first and campaign only when it \
+                 returns None, with a short wait (as `fencelock elect --no-wait` does)"
+            } else {
+                "wait is zero: acquire needs a positive bound; use try_acquire to not wait at all"
+            }));
         }
         if self.wait > MAX_WAIT {
             return Err(LockError::invalid_input(format!(
@@ -170,15 +178,42 @@ pub fn validate_ttl(ttl: Duration) -> Result<()> {
     Ok(())
 }
 
-/// Checks a key: 1 to [`MAX_KEY_LEN`] bytes of UTF-8 without control characters.
+/// Checks a lock key: 1 to [`MAX_KEY_LEN`] bytes of UTF-8 without control characters,
+/// not beginning with [`SEAT_PREFIX`](crate::election::SEAT_PREFIX) (`election.`).
+///
+/// That prefix is reserved: an election named `NAME` holds the lock `election.NAME` of the
+/// same backend as its seat, so a plain lock on that key would take the seat — campaigns
+/// would wait for it, and `leader` would report a leader with no value. Every backend
+/// refuses such a key with [`LockError::InvalidInput`]; only a campaign acquires it
+/// ([`as_campaign`](crate::election::as_campaign)).
 ///
 /// ```
 /// use fencelock::options::validate_key;
 /// assert!(validate_key("orders/42").is_ok());
 /// assert!(validate_key("").is_err());
 /// assert!(validate_key("bad\nkey").is_err());
+/// assert!(validate_key("election.scheduler").is_err()); // the seat of election `scheduler`
+/// assert!(validate_key("elections.2024").is_ok());
 /// ```
 pub fn validate_key(key: &str) -> Result<()> {
+    check_key_shape(key)?;
+    if let Some(name) = key.strip_prefix(crate::election::SEAT_PREFIX) {
+        if !crate::election::in_campaign() {
+            return Err(LockError::invalid_input(format!(
+                "the key `{key}` is reserved: keys beginning with `{}` are election seats, and a lock on \
+                 this one would take the seat of the election `{name}`; campaign for it with \
+                 Election::campaign, or name the lock otherwise",
+                crate::election::SEAT_PREFIX
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The shape of a key (1 to [`MAX_KEY_LEN`] bytes, no control character), without the
+/// reserved prefix: for election names and for the file backend's tools that act on any
+/// key, seats included.
+pub(crate) fn check_key_shape(key: &str) -> Result<()> {
     if key.is_empty() {
         return Err(LockError::invalid_input("key is empty"));
     }

@@ -208,7 +208,8 @@ impl Election for EtcdElection {
             },
         );
         // Through the lock's gate: `close` (the lock's) ends a campaign as it ends a wait.
-        let lease = self.lock.inner.gate.pass(wait).await?;
+        // As a campaign: the seat key (`election.NAME`) is refused to plain locks.
+        let lease = fencelock_core::election::as_campaign(self.lock.inner.gate.pass(wait)).await?;
         let (key, rev) = won
             .into_inner()
             .unwrap_or_else(|p| p.into_inner())

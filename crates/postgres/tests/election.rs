@@ -127,10 +127,12 @@ async fn observers_see_a_resigned_leader_go_when_the_seat_is_handed_on() {
     }
     let queued = fencelock_postgres::PgLock::connect(&url).await.unwrap();
     let waiting = tokio::spawn(async move {
-        let lease = queued
-            .acquire("election.seat", &long.with_wait(Duration::from_secs(10)))
-            .await
-            .unwrap();
+        // A seat key is refused to plain locks: held as a campaign holds it.
+        let lease = fencelock_core::election::as_campaign(
+            queued.acquire("election.seat", &long.with_wait(Duration::from_secs(10))),
+        )
+        .await
+        .unwrap();
         (queued, lease)
     });
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

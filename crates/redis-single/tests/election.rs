@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fencelock_core::election::Election;
+use fencelock_core::election::{as_campaign, Election};
 use fencelock_redis::RedisElection;
 use fencelock_testkit::conformance::election::{ElectionConfig, ElectionFactory, ElectionFixture};
 use fencelock_testkit::redis_server::RedisServer;
@@ -190,11 +190,15 @@ async fn an_observer_takes_the_real_term_after_reporting_the_counters_guess() {
     let opts = fencelock_core::LockOptions::new().with_ttl(Duration::from_secs(30));
     // B's grant on the seat, not proclaimed yet (a campaign between grant and proclaim).
     let b = fencelock_redis::RedisLock::connect(&url).await.expect("connect B");
-    let seat = b.acquire("election.n", &opts).await.expect("B's grant");
+    // A seat key is refused to plain locks: held as a campaign holds it.
+    let seat = as_campaign(b.acquire("election.n", &opts)).await.expect("B's grant");
     let term = seat.token();
     // C's refused attempt raises the counter above B's token.
     let c = fencelock_redis::RedisLock::connect(&url).await.expect("connect C");
-    assert!(c.try_acquire("election.n", &opts).await.expect("C's try").is_none());
+    assert!(as_campaign(c.try_acquire("election.n", &opts))
+        .await
+        .expect("C's try")
+        .is_none());
     let guess = fencelock_core::FencingToken::new(term.get() + 1);
     let mut observer = elections.observe("n").await.expect("observe");
     observed(&mut observer, (guess, b""), Duration::from_secs(5)).await;
@@ -223,8 +227,7 @@ async fn an_observer_reports_a_record_less_holder_while_others_keep_trying_the_s
     let elections = RedisElection::connect(&url).await.expect("connect");
     let opts = fencelock_core::LockOptions::new().with_ttl(Duration::from_secs(30));
     let b = fencelock_redis::RedisLock::connect(&url).await.expect("connect B");
-    let seat = b
-        .acquire("election.n", &opts)
+    let seat = as_campaign(b.acquire("election.n", &opts))
         .await
         .expect("B's plain lock on the seat");
     let mut observer = elections.observe("n").await.expect("observe");
@@ -235,7 +238,10 @@ async fn an_observer_reports_a_record_less_holder_while_others_keep_trying_the_s
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         for _ in 0..40 {
             tick.tick().await;
-            assert!(c.try_acquire("election.n", &opts).await.expect("C's try").is_none());
+            assert!(as_campaign(c.try_acquire("election.n", &opts))
+                .await
+                .expect("C's try")
+                .is_none());
         }
     });
     let limit = Duration::from_secs(1);

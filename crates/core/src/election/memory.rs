@@ -215,7 +215,9 @@ impl Election for MemoryElection {
     async fn campaign(&self, name: &str, value: &[u8], opts: &LockOptions) -> Result<Leadership> {
         validate_value(value)?;
         let wait = acquire_with(name, opts, || std::future::ready(Ok(self.attempt(name, value, opts))));
-        let lease = self.gate.pass(wait).await?;
+        // As a campaign: a name may begin with `election.`, and a zero wait gets the
+        // election's advice.
+        let lease = super::as_campaign(self.gate.pass(wait)).await?;
         let ops = Arc::new(SeatGrant {
             table: Arc::clone(&self.table),
             name: name.to_owned(),

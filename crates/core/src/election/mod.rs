@@ -160,7 +160,9 @@ pub trait Election: Send + Sync + fmt::Debug {
     ///
     /// # Errors
     /// [`LockError::InvalidInput`] for a bad name (as a lock key), a value over
-    /// [`MAX_VALUE_LEN`] bytes or bad options; [`LockError::Timeout`] when the wait ran
+    /// [`MAX_VALUE_LEN`] bytes or bad options — a zero wait too: there is no try-campaign;
+    /// to not wait for a led seat, ask [`leader`](Election::leader) first and campaign
+    /// only when it is empty, with a short wait; [`LockError::Timeout`] when the wait ran
     /// out; [`LockError::Unavailable`] or a backend error when the backend could not be
     /// asked (also for the first value, after the grant: the seat is then given back).
     ///
@@ -259,8 +261,44 @@ impl<T: Election + ?Sized> Election for Arc<T> {
 }
 
 /// The prefix of every election's seat key (`election.NAME`), which shares the lock
-/// namespace of its backend.
+/// namespace of its backend. Reserved: a plain lock on a key that begins with it is
+/// refused ([`validate_key`](crate::options::validate_key)), since it would take an
+/// election's seat — campaigns would wait for it and `leader` would report a leader with
+/// no value. Only a campaign acquires such a key ([`as_campaign`]).
 pub const SEAT_PREFIX: &str = "election.";
+
+tokio::task_local! {
+    /// Set while a campaign acquires its seat: see [`as_campaign`].
+    static CAMPAIGN: ();
+}
+
+/// Runs `call` — a campaign's acquire of its seat through the backend's lock — as a
+/// campaign: inside it, a key that begins with [`SEAT_PREFIX`] is a seat and is accepted
+/// (everywhere else [`validate_key`](crate::options::validate_key) refuses it), and a zero
+/// wait is refused with the advice an election needs, not the lock's `try_acquire`.
+///
+/// For backend authors (an [`Election`] whose campaign acquires its seat through a lock,
+/// as [`seat`] and etcd's do) and for tests that hold a seat as a plain lock, to see a seat
+/// held without its value record. Applications campaign with [`Election::campaign`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use fencelock::{election::as_campaign, memory::MemoryLock, DistributedLock, LockOptions};
+/// let locks = MemoryLock::new();
+/// let opts = LockOptions::new();
+/// assert!(locks.acquire("election.x", &opts).await.is_err(), "reserved for elections");
+/// let seat = as_campaign(locks.acquire("election.x", &opts)).await.unwrap();
+/// seat.release().await.unwrap();
+/// # }
+/// ```
+pub async fn as_campaign<F: Future>(call: F) -> F::Output {
+    CAMPAIGN.scope((), call).await
+}
+
+/// Whether the caller runs inside [`as_campaign`].
+pub(crate) fn in_campaign() -> bool {
+    CAMPAIGN.try_with(|_| ()).is_ok()
+}
 
 /// The longest election name, in bytes: the seat key `election.NAME` must be a valid key
 /// ([`MAX_KEY_LEN`](crate::options::MAX_KEY_LEN) bytes), so 247.
@@ -285,7 +323,9 @@ pub fn validate_name(name: &str) -> Result<()> {
             crate::options::MAX_KEY_LEN
         )));
     }
-    crate::options::validate_key(name).map_err(name_error)
+    // The key's shape only: a name may begin with `election.` (its seat is
+    // `election.election.…`); the reserved prefix is for lock keys.
+    crate::options::check_key_shape(name).map_err(name_error)
 }
 
 /// Checks a candidate's value.

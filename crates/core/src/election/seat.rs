@@ -353,7 +353,8 @@ impl<S: SeatBackend> Election for S {
         let backend = self.election_capabilities().backend;
         let span = tracing::debug_span!("fencelock.campaign", backend, name);
         async move {
-            let lease = self.seat_lock().acquire(&seat, opts).await?;
+            // As a campaign: the lock refuses seat keys to everyone else.
+            let lease = super::as_campaign(self.seat_lock().acquire(&seat, opts)).await?;
             // Dropped from here on, the lease is released in the background: no seat is left.
             let ops = self.seat_grant(name, &seat, &lease).await?;
             if !ops.proclaim(value).await? {

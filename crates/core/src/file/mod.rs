@@ -58,7 +58,7 @@ use crate::error::Result;
 use crate::guarantees::{Exclusion, Guarantees, Scope, TokenOrder};
 use crate::lease::{Lease, LeaseParts};
 use crate::lock::DistributedLock;
-use crate::options::{validate_key, LockOptions};
+use crate::options::{check_key_shape, validate_key, LockOptions};
 use crate::token::{FencingToken, GrantId};
 use crate::waiting::{acquire_with, Attempt};
 pub(crate) use error::{io_error, BACKEND};
@@ -198,11 +198,14 @@ impl FileLock {
     /// The key is free at once; the holder learns of it at its next extend or renewal
     /// (`LeaseLost`). Returns how many files were removed.
     ///
+    /// Any key, an election's seat (`election.NAME`) included.
+    ///
     /// # Errors
-    /// `InvalidInput` for a key `validate_key` refuses; `Backend` when the directory
-    /// cannot be listed or a file cannot be removed.
+    /// `InvalidInput` for a key `validate_key` refuses for its shape (empty, too long, a
+    /// control character); `Backend` when the directory cannot be listed or a file cannot
+    /// be removed.
     pub fn remove_grant(&self, key: &str) -> Result<usize> {
-        validate_key(key)?;
+        check_key_shape(key)?;
         let mut removed = 0;
         for path in self.files(key).live_files()? {
             match std::fs::remove_file(&path) {
@@ -221,7 +224,7 @@ impl FileLock {
     /// # Errors
     /// As [`remove_grant`](Self::remove_grant).
     pub fn records(&self, key: &str) -> Result<usize> {
-        validate_key(key)?;
+        check_key_shape(key)?;
         Ok(self.files(key).live_files()?.len())
     }
 
