@@ -1168,7 +1168,15 @@ async fn renew(s: Arc<Shared>, turn: OwnedMutexGuard<()>, in_flight: InFlight) {
             s.apply_validity(sent, validity, ttl);
         }
         Ok(Ok(None)) => {
-            s.mark_lost(LostReason::NotHeld);
+            // "Not held" after our own validity ran out: the lease was lost at its expiry,
+            // before this answer (a TTL of a few ms, whose renewal lands after the backend
+            // expired the grant: a new-user trial saw `NotHeld` for a 1 ns TTL).
+            let reason = if Instant::now() >= valid_until {
+                s.expiry_reason()
+            } else {
+                LostReason::NotHeld
+            };
+            s.mark_lost(reason);
             return;
         }
         Ok(Err(e)) if !e.is_temporary() => {
@@ -1181,6 +1189,17 @@ async fn renew(s: Arc<Shared>, turn: OwnedMutexGuard<()>, in_flight: InFlight) {
             let mut r = s.renewal();
             tracing::debug!(error = %e, failures = r.failures, "renewal failed; retrying while validity remains");
             r.failed(e.to_string(), valid_until);
+        }
+        Err(_)
+            if valid_until.saturating_duration_since(sent) < crate::options::MIN_TTL
+                && s.renewal().last_error.is_none() =>
+        {
+            // Sent with less validity left than the shortest TTL, and nothing failed
+            // before: its silence says nothing of the backend — the lease expired (a TTL
+            // of a few ms, below what a renewal can be answered in; a new-user trial saw
+            // `RenewalFailed` for a 1 ns TTL).
+            s.mark_lost(LostReason::Expired);
+            return;
         }
         Err(_) => {
             s.metrics.renewal_failed();
