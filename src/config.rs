@@ -162,8 +162,15 @@ impl LockConfig {
     }
 
     /// Validates the default options, builds the backend and checks the requirement.
+    ///
+    /// # Errors
+    /// [`LockError::InvalidConfig`] for defaults that `acquire` would refuse — a TTL out of
+    /// bounds, a wait of zero or above [`MAX_WAIT`](fencelock_core::options::MAX_WAIT): a
+    /// zero wait is not "try once" here (`acquire` needs a positive bound; call
+    /// `try_acquire` to not wait); as [`connect`](crate::connect); and
+    /// [`LockError::GuaranteeNotMet`] when the requirement is not met.
     pub async fn connect(&self) -> Result<Arc<dyn DistributedLock>> {
-        self.defaults.validate_for_try()?;
+        self.check_defaults()?;
         let lock = crate::connect::connect_with(&self.backend, self.metrics_key_label).await?;
         self.require.check(&lock.guarantees())?;
         Ok(lock)
@@ -183,7 +190,7 @@ impl LockConfig {
     /// As [`connect_election`](crate::connect_election), and
     /// [`LockError::GuaranteeNotMet`] when the requirement is not met.
     pub async fn connect_election(&self) -> Result<Arc<dyn Election>> {
-        self.defaults.validate_for_try()?;
+        self.check_defaults()?;
         let election = crate::election_connect::connect_election(&self.backend).await?;
         let seat = seat_guarantees(&self.backend, election.seat_guarantees(), &election.capabilities());
         if let Err(e) = self.require.check(&seat) {
@@ -191,6 +198,40 @@ impl LockConfig {
             return Err(e);
         }
         Ok(election)
+    }
+}
+
+impl LockConfig {
+    /// The defaults as `acquire` and `campaign` check them, as a configuration error
+    /// naming the field. A zero wait passed `connect` (only the TTL was checked) and then
+    /// failed every `acquire` and `campaign` (a new-user trial): refused here instead, with
+    /// what to write. Not read as "try once": `acquire` has one meaning for a zero wait,
+    /// however it got there (the `fencelock` command reads its own file's `wait = "0s"` as
+    /// try once, and calls `try_acquire` for it).
+    fn check_defaults(&self) -> Result<()> {
+        use fencelock_core::options::duration_text::human;
+        let field = |field: &str, e: LockError| match e {
+            LockError::InvalidInput(message) => LockError::invalid_config(format!("defaults.{field}: {message}")),
+            other => other,
+        };
+        fencelock_core::options::validate_ttl(self.defaults.ttl()).map_err(|e| field("ttl", e))?;
+        let wait = self.defaults.wait();
+        if wait.is_zero() {
+            return Err(LockError::invalid_config(
+                "defaults.wait = 0s: acquire and campaign need a positive wait, so every one would fail with \
+                 these defaults; give a bound (e.g. wait = \"10s\"), and call try_acquire where you do not \
+                 want to wait",
+            ));
+        }
+        let max = fencelock_core::options::MAX_WAIT;
+        if wait > max {
+            return Err(LockError::invalid_config(format!(
+                "defaults.wait = {} is above the maximum of {}",
+                human(wait),
+                human(max)
+            )));
+        }
+        Ok(())
     }
 }
 

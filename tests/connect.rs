@@ -108,7 +108,10 @@ async fn config_errors_are_clear() {
     let e = LockConfig::from_json(r#"{"backend":"memory://","defaults":{"wait":500}}"#).expect_err("bare number");
     assert!(e.to_string().contains("defaults.wait = 500 has no unit"), "{e}");
     let e = LockConfig::from_toml("backend = \"memory://\"\n[defaults]\nttl = \"0s\"\n").expect("parses");
-    assert!(matches!(e.connect().await, Err(LockError::InvalidInput(_))));
+    // A configuration's value: a configuration error, naming the field.
+    let refused = e.connect().await.expect_err("ttl 0s passed connect");
+    assert!(matches!(refused, LockError::InvalidConfig { .. }), "{refused:?}");
+    assert!(refused.to_string().contains("defaults.ttl: "), "{refused}");
     let e = LockConfig::from_path(std::path::Path::new("/nonexistent/fencelock.toml")).expect_err("missing file");
     assert!(e.to_string().contains("/nonexistent/fencelock.toml"), "{e}");
 }

@@ -232,8 +232,20 @@ pub async fn connect_for_processes(
         fencelock::file::FileConfig::from_url(config.backend.trim())?;
     }
     let config = with_added_options(config, ttl, inherit_liveness);
-    let lock = config.connect().await?;
+    let lock = connectable(&config).connect().await?;
     Ok((lock, config.defaults))
+}
+
+/// The configuration to connect with: the file's own, but a zero wait (`wait = "0s"`,
+/// which this command reads as "try once" and never passes to `acquire` or `campaign`)
+/// replaced by the default, since the library's `connect` refuses defaults that its
+/// `acquire` would refuse. The caller keeps the file's defaults for its options.
+pub fn connectable(config: &LockConfig) -> LockConfig {
+    let mut config = config.clone();
+    if config.defaults.wait().is_zero() {
+        config.defaults = config.defaults.with_wait(LockOptions::default().wait());
+    }
+    config
 }
 
 /// A `file://` URL with `inherit=true` added (unless it sets `inherit` itself); any other

@@ -76,7 +76,7 @@ pub async fn connect_election_reading(
     let config = crate::backend::config(cli)?;
     crate::backend::refuse_in_process(&config, command)?;
     let config = crate::backend::with_added_options(config, None, never_creating);
-    let election = config.connect_election().await?;
+    let election = crate::backend::connectable(&config).connect_election().await?;
     Ok((election, config.defaults))
 }
 

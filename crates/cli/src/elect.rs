@@ -56,7 +56,7 @@ async fn connect_adding(
         fencelock::file::FileConfig::from_url(config.backend.trim())?;
     }
     let config = crate::backend::with_added_options(config, ttl, extra);
-    let election = config.connect_election().await?;
+    let election = crate::backend::connectable(&config).connect_election().await?;
     Ok((election, config.defaults))
 }
 

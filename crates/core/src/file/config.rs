@@ -158,6 +158,17 @@ impl FileConfig {
                 dir.display()
             )));
         }
+        // `file:///` (or `/.`, `/tmp/..`: judged normalised): the lock files would be
+        // scattered in `/`, among the system's own, and as root it passed every check
+        // below (a new-user trial). Refused for URLs and code-built configs alike.
+        if self.clone().normalised().dir.parent().is_none() {
+            return Err(LockError::invalid_config(format!(
+                "refusing lock directory {}: it is the root directory, and the lock files would be \
+                 scattered in it; give the locks a directory of their own, e.g. file:///var/lock/myapp \
+                 (FileConfig::new(\"/var/lock/myapp\") in code)",
+                dir.display()
+            )));
+        }
         let meta = match fs::symlink_metadata(dir) {
             Ok(meta) => meta,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -429,6 +440,31 @@ mod tests {
         // ext4, tmpfs, btrfs, xfs, overlayfs: local.
         for magic in [0xEF53, 0x0102_1994, 0x9123_683E, 0x5846_5342, 0x794C_7630] {
             assert_eq!(network_fs_name(magic), None, "{magic:#x}");
+        }
+    }
+
+    /// `file:///` put the lock files in `/` itself: as root, `/` passed every check (a
+    /// new-user trial). Refused however spelled, from a URL or from code, naming a
+    /// directory to use instead.
+    #[test]
+    fn the_root_directory_is_refused() {
+        let refused = |e: LockError, what: &str| {
+            assert!(matches!(e, LockError::InvalidConfig { .. }), "{what}: {e:?}");
+            let text = e.to_string();
+            assert!(text.contains("it is the root directory"), "{what}: {text}");
+            assert!(
+                text.contains("file:///var/lock/myapp"),
+                "{what}: no directory named: {text}"
+            );
+        };
+        for url in ["file:///", "file:////", "file:///.", "file:///tmp/..", "FILE:///"] {
+            refused(crate::file::FileLock::from_url(url).unwrap_err(), url);
+        }
+        for dir in ["/", "/.", "/tmp/../"] {
+            refused(
+                crate::file::FileLock::connect_with(FileConfig::new(dir)).unwrap_err(),
+                dir,
+            );
         }
     }
 
