@@ -6,7 +6,11 @@
 //! without auto-renewal, the raw minimum with our acquire's commands (a `MULTI`/`SET NX
 //! PX`/`INCR`/`EXEC` pipeline), which tell client-side bookkeeping from server commands,
 //! and our commands through the node layer alone (`RedisNode::try_grant` + `release`, no
-//! lease), which tells the node's client work from the lease's.
+//! lease), which tells the node's client work from the lease's. And two more: ours through
+//! `Metered`, the metrics wrapper `fencelock::connect` puts around every backend (what the
+//! bench and users call; no recorder installed, as in the bench), and the raw minimum
+//! with our acquire as one script (`SET NX PX`, then `INCR` when granted) instead of the
+//! transaction, to weigh the one against the other.
 //!
 //! `cargo run --release -p fencelock-redis --example redis_cycle_cost -- [CYCLES]` (starts
 //! its own redis-server on a free loopback port, stops it at the end).
@@ -46,30 +50,57 @@ fn server(redis: &RedisServer) -> BTreeMap<String, f64> {
     out
 }
 
+/// How the raw minimum acquires.
+enum Acquire {
+    /// `SET NX PX`: the raw minimum.
+    Set,
+    /// Our commands: `MULTI`, `SET NX PX`, `INCR`, `EXEC` in one pipeline.
+    Transaction,
+    /// One script: `SET NX PX`, then `INCR` when granted.
+    Script(redis::Script),
+}
+
+/// The one-script acquire of [`Acquire::Script`]: `{1, token}` when granted, `{0}` when not.
+const SCRIPT_ACQUIRE: &str = "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then \
+     return {1, redis.call('INCR', KEYS[2])} end return {0}";
+
 struct Raw {
     conn: MultiplexedConnection,
     cad: redis::Script,
-    /// Acquire with our commands (`MULTI`, `SET NX PX`, `INCR`, `EXEC`) instead of `SET`.
-    with_token: bool,
+    acquire: Acquire,
 }
 
 impl Raw {
     async fn cycle(&mut self, key: &str, t0: Instant) -> Duration {
         let mut set = redis::cmd("SET");
         set.arg(key).arg("me").arg("NX").arg("PX").arg(10_000);
-        let granted = if self.with_token {
-            let (ok, _token): (Option<String>, i64) = redis::pipe()
-                .atomic()
-                .add_command(set)
-                .cmd("INCR")
-                .arg(format!("{key}:token"))
-                .query_async(&mut self.conn)
-                .await
-                .unwrap();
-            ok.is_some()
-        } else {
-            let ok: Option<String> = set.query_async(&mut self.conn).await.unwrap();
-            ok.is_some()
+        let granted = match &self.acquire {
+            Acquire::Transaction => {
+                let (ok, _token): (Option<String>, i64) = redis::pipe()
+                    .atomic()
+                    .add_command(set)
+                    .cmd("INCR")
+                    .arg(format!("{key}:token"))
+                    .query_async(&mut self.conn)
+                    .await
+                    .unwrap();
+                ok.is_some()
+            }
+            Acquire::Script(script) => {
+                let answer: Vec<i64> = script
+                    .key(key)
+                    .key(format!("{key}:token"))
+                    .arg("me")
+                    .arg(10_000)
+                    .invoke_async(&mut self.conn)
+                    .await
+                    .unwrap();
+                answer.first() == Some(&1)
+            }
+            Acquire::Set => {
+                let ok: Option<String> = set.query_async(&mut self.conn).await.unwrap();
+                ok.is_some()
+            }
         };
         assert!(granted, "{key} was busy");
         let acq = t0.elapsed();
@@ -87,6 +118,8 @@ async fn main() {
         .with_ttl(Duration::from_secs(10))
         .with_wait(Duration::from_secs(30));
     let unrenewed = opts.with_auto_renew(false);
+    // The same lock (its connections shared) through the wrapper `fencelock::connect` adds.
+    let metered = fencelock_core::metrics::Metered::new(ours.clone(), "redis");
     let node = ours.node().clone();
     let client = redis::Client::open(redis.url()).unwrap();
     let conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -94,17 +127,30 @@ async fn main() {
     let mut raw = Raw {
         conn: conn.clone(),
         cad: cad.clone(),
-        with_token: false,
+        acquire: Acquire::Set,
     };
     let mut tokened = Raw {
+        conn: conn.clone(),
+        cad: cad.clone(),
+        acquire: Acquire::Transaction,
+    };
+    let mut scripted = Raw {
         conn,
         cad,
-        with_token: true,
+        acquire: Acquire::Script(redis::Script::new(SCRIPT_ACQUIRE)),
     };
     for _ in 0..100 {
         ours.acquire("k-ours", &opts).await.unwrap().release().await.unwrap();
+        metered
+            .acquire("k-metered", &opts)
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
         raw.cycle("raw-k", Instant::now()).await;
         tokened.cycle("raw-t", Instant::now()).await;
+        scripted.cycle("raw-s", Instant::now()).await;
     }
     // Server work and client CPU, one subject at a time.
     let (m0, c0) = (server(&redis), cpu_ns());
@@ -124,12 +170,34 @@ async fn main() {
         cycles: n,
     }
     .print("server, per cycle (calls, µs)", |k| !k.ends_with(".info"));
+    // Client CPU of the metrics wrapper: ours, then ours through `Metered`.
+    let c0 = cpu_ns();
+    for _ in 0..n {
+        ours.acquire("k-ours", &opts).await.unwrap().release().await.unwrap();
+    }
+    let c1 = cpu_ns();
+    for _ in 0..n {
+        metered
+            .acquire("k-metered", &opts)
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+    }
+    let c2 = cpu_ns();
+    println!(
+        "client CPU per cycle: ours {} ns, ours through Metered {} ns",
+        c1.saturating_sub(c0) / n as u64,
+        c2.saturating_sub(c1) / n as u64
+    );
     // Latency, one cycle of each subject in turn, the order rotated every cycle.
-    let mut v: [Vec<Duration>; 10] = Default::default();
+    const SUBJECTS: usize = 7;
+    let mut v: [Vec<Duration>; 2 * SUBJECTS] = Default::default();
     for i in 0..n {
-        for j in 0..5 {
+        for j in 0..SUBJECTS {
             let t = Instant::now();
-            let k = (i + j) % 5;
+            let k = (i + j) % SUBJECTS;
             match k {
                 0 | 1 => {
                     let o = if k == 0 { &opts } else { &unrenewed };
@@ -147,6 +215,16 @@ async fn main() {
                     v[6].push(tokened.cycle("raw-t", t).await);
                     v[7].push(t.elapsed());
                 }
+                5 => {
+                    let l = metered.acquire("k-metered", &opts).await.unwrap();
+                    v[10].push(t.elapsed());
+                    l.release().await.unwrap();
+                    v[11].push(t.elapsed());
+                }
+                6 => {
+                    v[12].push(scripted.cycle("raw-s", t).await);
+                    v[13].push(t.elapsed());
+                }
                 _ => {
                     let grant = fencelock_core::GrantId::random();
                     let under = node.run_id_for_grant();
@@ -162,8 +240,17 @@ async fn main() {
     }
     let m: Vec<f64> = v.iter_mut().map(|x| p50_us(x)).collect();
     println!(
-        "p50 µs (acquire/cycle): ours {:.0}/{:.0}  ours without auto-renew {:.0}/{:.0}  raw {:.0}/{:.0}  raw with our acquire's commands {:.0}/{:.0}  our commands through RedisNode {:.0}/{:.0}  => ours/raw cycle {:.3}x acquire {:.3}x",
-        m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8], m[9], m[1] / m[5], m[0] / m[4]
+        "p50 µs (acquire/cycle): ours {:.0}/{:.0}  ours without auto-renew {:.0}/{:.0}  raw {:.0}/{:.0}  raw with our acquire's commands {:.0}/{:.0}  our commands through RedisNode {:.0}/{:.0}  ours through Metered {:.0}/{:.0}  raw with a one-script acquire {:.0}/{:.0}",
+        m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8], m[9], m[10], m[11], m[12], m[13]
+    );
+    println!(
+        "=> ours/raw cycle {:.3}x acquire {:.3}x; through Metered/raw cycle {:.3}x acquire {:.3}x; one-script/transaction acquire {:.3}x cycle {:.3}x",
+        m[1] / m[5],
+        m[0] / m[4],
+        m[11] / m[5],
+        m[10] / m[4],
+        m[12] / m[6],
+        m[13] / m[7]
     );
     contended(&redis, 8, n as u64).await;
     contended(&redis, 64, n as u64).await;
