@@ -836,15 +836,17 @@ impl RedisNode {
     /// The `RELEASE` script of [`release`](Self::release), its answer not yet settled (see
     /// [`released`](Self::released)).
     async fn release_script(&self, key: &str, grant: &str) -> Result<(i64, bool)> {
+        let keys = &self.inner.keys;
         let mut invocation = RELEASE.call();
-        self.queue_keys(&mut invocation, key);
-        if let Some(signal) = self.inner.keys.signal(key) {
+        // Not the reservation key the other queue scripts take: only `LEAVE` reads it.
+        invocation
+            .key(keys.lock(key))
+            .key(keys.counter(key))
+            .key(keys.queue(key));
+        if let Some(signal) = keys.signal(key) {
             invocation.key(signal); // python-redis-lock's waiters BLPOP it (see RELEASE)
         }
-        invocation
-            .arg(grant)
-            .arg(self.inner.keys.waiter_channels(key))
-            .arg(claim_ms());
+        invocation.arg(grant).arg(keys.waiter_channels(key)).arg(claim_ms());
         self.invoke_repeatable("release script", &invocation).await
     }
 

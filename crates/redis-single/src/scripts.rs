@@ -336,43 +336,59 @@ local function hand_off(claim_ms, channels)
 end
 ";
 
-/// python-redis-lock's signal list (`lock-signal:KEY`), `KEYS[5]` in the scripts that can
-/// leave the lock free, given only in that layout: pushed as that library's own unlock
-/// does (`DEL`, `LPUSH 1`, `PEXPIRE` 1000 ms, its default `signal_expire`), so that a
-/// Python waiter blocked in `BLPOP` on it wakes at once. Nothing without `KEYS[5]`.
+/// python-redis-lock's signal list (`lock-signal:KEY`), the last key of the scripts that
+/// can leave the lock free (`KEYS[4]` of [`RELEASE`], `KEYS[5]` of [`LEAVE`]), given only
+/// in that layout: pushed as that library's own unlock does (`DEL`, `LPUSH 1`, `PEXPIRE`
+/// 1000 ms, its default `signal_expire`), so that a Python waiter blocked in `BLPOP` on it
+/// wakes at once. Nothing when the key is not given (`signal` nil).
 const SIGNAL_FREE: &str = r"
-local function signal_free()
-  if KEYS[5] then
-    redis.call('DEL', KEYS[5])
-    redis.call('LPUSH', KEYS[5], 1)
-    redis.call('PEXPIRE', KEYS[5], 1000)
+local function signal_free(signal)
+  if signal then
+    redis.call('DEL', signal)
+    redis.call('LPUSH', signal, 1)
+    redis.call('PEXPIRE', signal, 1000)
   end
 end
 ";
 
-/// KEYS: lock, counter, queue, reservation. ARGV: grant id, waiter channel prefix, claim
-/// ms. Deletes the lock only if it holds our grant, announces it on the key's `changed`
-/// channel when the key is an election's seat (`{election.NAME}`: its observers listen
-/// there; a plain lock's release stays one command cheaper, a string test in Lua rather
-/// than a `PUBLISH` nobody hears) and hands it to the first live waiter
-/// queued ([`HAND_OFF`]). Returns 1 when deleted, 0 when it was not ours.
+/// KEYS: lock, counter, queue. ARGV: grant id, waiter channel prefix, claim ms. Deletes
+/// the lock only if it holds our grant, announces it on the key's `changed` channel when
+/// the key is an election's seat (`{election.NAME}`: its observers listen there; a plain
+/// lock's release stays one command cheaper, a string test in Lua rather than a `PUBLISH`
+/// nobody hears) and hands it to the first live waiter queued ([`HAND_OFF`]). Returns 1
+/// when deleted, 0 when it was not ours.
 ///
-/// KEYS[5], given only in the `python-redis-lock` layout: that library's signal list,
+/// KEYS[4], given only in the `python-redis-lock` layout: that library's signal list,
 /// pushed ([`SIGNAL_FREE`]) when the lock is left free (no fencelock waiter took it over).
+/// (The earlier versions' reservation key, which only [`LEAVE`] deletes, is not passed.)
+///
+/// **Uncontended fast path**, before the hand-off's helpers are defined: Lua makes a
+/// closure for each `local function` every time the script runs, so with the helpers
+/// first every release — nobody queued included — made ten of them (and left them to the
+/// garbage collector). A release of our grant with nobody queued (`LLEN` 0), no election
+/// seat to announce and no signal list to push is `GET`, `LLEN`, `DEL`, the same three
+/// commands as before (`LLEN` where `LPOP` found nothing), with no closure made. Any other
+/// release goes on to the hand-off as before, with one `LLEN` more.
 pub(crate) static RELEASE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(&format!(
-        r"{HAND_OFF}{SIGNAL_FREE}
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  if string.find(KEYS[1], '{{election.', 1, true) then
-    redis.call('PUBLISH', ARGV[2] .. 'changed', 'r')
-  end
-  if not hand_off(ARGV[3], ARGV[2]) then
-    redis.call('DEL', KEYS[1])
-    signal_free()
-  end
+        r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+if not KEYS[4] and not string.find(KEYS[1], '{{election.', 1, true)
+    and redis.call('LLEN', KEYS[3]) == 0 then
+  redis.call('DEL', KEYS[1])
   return 1
 end
-return 0
+{HAND_OFF}{SIGNAL_FREE}
+if string.find(KEYS[1], '{{election.', 1, true) then
+  redis.call('PUBLISH', ARGV[2] .. 'changed', 'r')
+end
+if not hand_off(ARGV[3], ARGV[2]) then
+  redis.call('DEL', KEYS[1])
+  signal_free(KEYS[4])
+end
+return 1
 "
     ))
 });
@@ -558,7 +574,7 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
     redis.call('PUBLISH', ARGV[2] .. 'changed', 'r')
   end
   if not hand_off(ARGV[3], ARGV[2]) then
-    signal_free()
+    signal_free(KEYS[5])
   end
   return 1
 end

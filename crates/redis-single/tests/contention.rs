@@ -118,7 +118,8 @@ async fn commands_per_hand_off_do_not_grow_with_waiters() {
 /// per wait, a transaction and a PTTL before queueing, a separate reservation key), 18
 /// with one channel per instance and a reserve + claim hand-off, 13.1 with the direct
 /// hand-off, 14.05 with the release's `PUBSUB NUMSUB` (a dead waiter told apart from a
-/// pattern subscriber).
+/// pattern subscriber), 15.05 with the release's uncontended fast path (an `LLEN` before
+/// the hand-off, so that a release with nobody queued makes none of its Lua closures).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_off_costs_few_server_commands() {
     let server = RedisServer::start();
@@ -132,7 +133,7 @@ async fn a_hand_off_costs_few_server_commands() {
     let subscribes = run.calls("subscribe");
     assert!(subscribes < 0.05, "a SUBSCRIBE per wait: {subscribes:.2} per grant");
     assert!(
-        per_grant <= 15.0,
+        per_grant <= 16.0,
         "{per_grant:.2} commands per grant: {}",
         shown.join(", ")
     );

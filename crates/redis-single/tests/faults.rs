@@ -279,9 +279,14 @@ async fn uncontended_acquire_and_release_cost_one_round_trip_each() {
     for name in ["multi", "set", "incr", "exec", "evalsha"] {
         assert_eq!(count(name), N, "{name}: {calls:?}");
     }
-    // Everything else ran inside the release script (with no waiter queued, its hand-off
-    // is one LPOP of the empty queue), or is this test's own INFO.
-    let script_inner = ["get", "del", "lpop", "info", "config|resetstat"];
+    // Inside the release script, with nobody queued: its fast path, `GET`, `LLEN` of the
+    // empty queue, `DEL` — the hand-off (whose first command is an `LPOP`) never runs.
+    for name in ["get", "llen", "del"] {
+        assert_eq!(count(name), N, "{name}: {calls:?}");
+    }
+    assert_eq!(count("lpop"), 0, "the hand-off ran with nobody queued: {calls:?}");
+    // Everything else is this test's own INFO.
+    let script_inner = ["get", "del", "llen", "info", "config|resetstat"];
     let stray: Vec<_> = calls
         .iter()
         .filter(|(n, _)| {
