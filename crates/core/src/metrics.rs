@@ -27,7 +27,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use async_trait::async_trait;
-use metrics::{counter, gauge, histogram, Gauge, Label};
+use metrics::{counter, gauge, histogram, Gauge, Label, SharedString};
 
 use crate::error::{LockError, LostReason, Result};
 use crate::guarantees::Guarantees;
@@ -48,7 +48,9 @@ use crate::options::LockOptions;
 #[derive(Debug)]
 pub struct Metered<L> {
     inner: L,
-    backend: Arc<str>,
+    /// The `backend` label, made once: its value is shared (`Arc<str>`), so a copy per
+    /// metric is a reference count, not a string.
+    backend: Label,
     key_label: bool,
 }
 
@@ -57,7 +59,7 @@ impl<L: DistributedLock> Metered<L> {
     pub fn new(inner: L, backend: impl Into<Arc<str>>) -> Self {
         Metered {
             inner,
-            backend: backend.into(),
+            backend: Label::new("backend", SharedString::from(backend.into())),
             key_label: false,
         }
     }
@@ -74,8 +76,11 @@ impl<L: DistributedLock> Metered<L> {
         &self.inner
     }
 
+    /// The labels of a call on `key`, with room for one more (the outcome, op or end each
+    /// metric adds): a metric's key takes its own `Vec`, so each is made at its size once.
     fn labels(&self, key: &str) -> Vec<Label> {
-        let mut labels = vec![Label::new("backend", self.backend.to_string())];
+        let mut labels = Vec::with_capacity(3);
+        labels.push(self.backend.clone());
         if self.key_label {
             labels.push(Label::new("key", key.to_owned()));
         }
@@ -85,10 +90,10 @@ impl<L: DistributedLock> Metered<L> {
     /// Records a grant and attaches the labels to the lease, which counts its renewals and
     /// loss and, when it ends (released or lost), the held gauge and the hold time. No task
     /// follows the lease: that was a spawn and a wake-up per lock cycle.
-    fn granted(&self, lease: &Lease, labels: &[Label]) {
-        counter!("fencelock_grants_total", labels.to_vec()).increment(1);
-        let held = gauge!("fencelock_leases_held", labels.to_vec());
-        if !lease.metrics().attach(labels.to_vec(), held) {
+    fn granted(&self, lease: &Lease, labels: Vec<Label>) {
+        counter!("fencelock_grants_total", labels.clone()).increment(1);
+        let held = gauge!("fencelock_leases_held", labels.clone());
+        if !lease.metrics().attach(labels, held) {
             return;
         }
         // Ended before the labels were attached: the lease could not record it itself.
@@ -119,9 +124,11 @@ impl Call {
         }
     }
 
+    /// Records the call's outcome; called once (the drop records `cancelled` only when
+    /// nothing was recorded), so the labels are taken, not copied.
     fn finish(&mut self, outcome: &'static str) {
         self.done = true;
-        let mut labels = self.labels.clone();
+        let mut labels = std::mem::take(&mut self.labels);
         labels.push(Label::new("outcome", outcome));
         histogram!(self.name, labels).record(self.start.elapsed().as_secs_f64());
     }
@@ -136,10 +143,17 @@ impl Drop for Call {
 }
 
 fn error(labels: &[Label], op: &'static str, e: &LockError) {
-    let mut labels = labels.to_vec();
+    let mut labels = with_room(labels, 2);
     labels.push(Label::new("op", op));
     labels.push(Label::new("kind", error_kind(e)));
     counter!("fencelock_errors_total", labels).increment(1);
+}
+
+/// A copy of `labels` with room for `more` (pushed next, without growing the `Vec` again).
+fn with_room(labels: &[Label], more: usize) -> Vec<Label> {
+    let mut out = Vec::with_capacity(labels.len() + more);
+    out.extend_from_slice(labels);
+    out
 }
 
 /// The `kind` label of an error: its variant, in snake case.
@@ -171,39 +185,37 @@ pub fn lost_reason(reason: &LostReason) -> &'static str {
 #[async_trait]
 impl<L: DistributedLock> DistributedLock for Metered<L> {
     async fn try_acquire(&self, key: &str, opts: &LockOptions) -> Result<Option<Lease>> {
-        let labels = self.labels(key);
-        let mut call = Call::new("fencelock_acquire_duration_seconds", labels.clone());
+        let mut call = Call::new("fencelock_acquire_duration_seconds", self.labels(key));
         let result = self.inner.try_acquire(key, opts).await;
         match &result {
             Ok(Some(lease)) => {
                 call.finish("acquired");
-                self.granted(lease, &labels);
+                self.granted(lease, self.labels(key));
             }
             Ok(None) => call.finish("busy"),
             Err(e) => {
                 call.finish("error");
-                error(&labels, "try_acquire", e);
+                error(&self.labels(key), "try_acquire", e);
             }
         }
         result
     }
 
     async fn acquire(&self, key: &str, opts: &LockOptions) -> Result<Lease> {
-        let labels = self.labels(key);
-        let mut call = Call::new("fencelock_wait_seconds", labels.clone());
+        let mut call = Call::new("fencelock_wait_seconds", self.labels(key));
         let result = self.inner.acquire(key, opts).await;
         match &result {
             Ok(lease) => {
                 call.finish("acquired");
-                self.granted(lease, &labels);
+                self.granted(lease, self.labels(key));
             }
             Err(LockError::Timeout { .. }) => {
                 call.finish("timeout");
-                counter!("fencelock_timeouts_total", labels).increment(1);
+                counter!("fencelock_timeouts_total", self.labels(key)).increment(1);
             }
             Err(e) => {
                 call.finish("error");
-                error(&labels, "acquire", e);
+                error(&self.labels(key), "acquire", e);
             }
         }
         result
@@ -265,7 +277,7 @@ impl LeaseMetrics {
             return;
         }
         a.held.decrement(1.0);
-        let mut labels = a.labels.clone();
+        let mut labels = with_room(&a.labels, 1);
         labels.push(Label::new("end", if lost { "lost" } else { "released" }));
         histogram!("fencelock_hold_seconds", labels).record(a.since.elapsed().as_secs_f64());
     }
@@ -287,7 +299,7 @@ impl LeaseMetrics {
     /// The lease was lost (called once, when it moves from live to lost).
     pub(crate) fn lost(&self, reason: &LostReason) {
         if let Some(a) = self.attached.get() {
-            let mut labels = a.labels.clone();
+            let mut labels = with_room(&a.labels, 1);
             labels.push(Label::new("reason", lost_reason(reason)));
             counter!("fencelock_leases_lost_total", labels).increment(1);
         }
