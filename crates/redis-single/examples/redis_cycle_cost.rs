@@ -25,6 +25,12 @@ use fencelock_testkit::redis_server::RedisServer;
 use redis::aio::MultiplexedConnection;
 
 /// Calls and µs per command (`calls.NAME`, `usec.NAME`), and the server's CPU seconds.
+/// One acquire + release of `key` through `lock`, unwrapped (ours, or ours through
+/// `Metered`: the warm-up and the sequential CPU readings).
+async fn cycle(lock: &dyn DistributedLock, key: &str, opts: &LockOptions) {
+    lock.acquire(key, opts).await.unwrap().release().await.unwrap();
+}
+
 fn server(redis: &RedisServer) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
     for l in redis.command("INFO commandstats").lines() {
@@ -140,14 +146,8 @@ async fn main() {
         acquire: Acquire::Script(redis::Script::new(SCRIPT_ACQUIRE)),
     };
     for _ in 0..100 {
-        ours.acquire("k-ours", &opts).await.unwrap().release().await.unwrap();
-        metered
-            .acquire("k-metered", &opts)
-            .await
-            .unwrap()
-            .release()
-            .await
-            .unwrap();
+        cycle(&ours, "k-ours", &opts).await;
+        cycle(&metered, "k-metered", &opts).await;
         raw.cycle("raw-k", Instant::now()).await;
         tokened.cycle("raw-t", Instant::now()).await;
         scripted.cycle("raw-s", Instant::now()).await;
@@ -155,7 +155,7 @@ async fn main() {
     // Server work and client CPU, one subject at a time.
     let (m0, c0) = (server(&redis), cpu_ns());
     for _ in 0..n {
-        ours.acquire("k-ours", &opts).await.unwrap().release().await.unwrap();
+        cycle(&ours, "k-ours", &opts).await;
     }
     let (m1, c1) = (server(&redis), cpu_ns());
     for _ in 0..n {
@@ -173,17 +173,11 @@ async fn main() {
     // Client CPU of the metrics wrapper: ours, then ours through `Metered`.
     let c0 = cpu_ns();
     for _ in 0..n {
-        ours.acquire("k-ours", &opts).await.unwrap().release().await.unwrap();
+        cycle(&ours, "k-ours", &opts).await;
     }
     let c1 = cpu_ns();
     for _ in 0..n {
-        metered
-            .acquire("k-metered", &opts)
-            .await
-            .unwrap()
-            .release()
-            .await
-            .unwrap();
+        cycle(&metered, "k-metered", &opts).await;
     }
     let c2 = cpu_ns();
     println!(
