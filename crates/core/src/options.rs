@@ -179,7 +179,8 @@ pub fn validate_ttl(ttl: Duration) -> Result<()> {
 }
 
 /// Checks a lock key: 1 to [`MAX_KEY_LEN`] bytes of UTF-8 without control characters,
-/// not beginning with [`SEAT_PREFIX`](crate::election::SEAT_PREFIX) (`election.`).
+/// not beginning with [`SEAT_PREFIX`](crate::election::SEAT_PREFIX) (`election.`, in any
+/// ASCII case).
 ///
 /// That prefix is reserved: an election named `NAME` holds the lock `election.NAME` of the
 /// same backend as its seat, so a plain lock on that key would take the seat — campaigns
@@ -193,14 +194,20 @@ pub fn validate_ttl(ttl: Duration) -> Result<()> {
 /// assert!(validate_key("").is_err());
 /// assert!(validate_key("bad\nkey").is_err());
 /// assert!(validate_key("election.scheduler").is_err()); // the seat of election `scheduler`
+/// assert!(validate_key("Election.scheduler").is_err()); // the same files on a case-insensitive disk
 /// assert!(validate_key("elections.2024").is_ok());
 /// ```
 pub fn validate_key(key: &str) -> Result<()> {
     check_key_shape(key)?;
-    if let Some(name) = key.strip_prefix(crate::election::SEAT_PREFIX) {
+    // In any ASCII case: on a case-insensitive lock directory (the file backend on macOS's
+    // APFS, Windows, ext4 `casefold`) `Election.x` names the seat's own files.
+    let prefix = crate::election::SEAT_PREFIX;
+    let reserved = key.get(..prefix.len()).filter(|head| head.eq_ignore_ascii_case(prefix));
+    if let Some(head) = reserved {
+        let name = &key[head.len()..];
         if !crate::election::in_campaign() {
             return Err(LockError::invalid_input(format!(
-                "the key `{key}` is reserved: keys beginning with `{}` are election seats, and a lock on \
+                "the key `{key}` is reserved: keys beginning with `{}` (in any case) are election seats, and a lock on \
                  this one would take the seat of the election `{name}`; campaign for it with \
                  Election::campaign, or name the lock otherwise",
                 crate::election::SEAT_PREFIX

@@ -35,7 +35,7 @@ impl Lua {
     pub(crate) fn call(&self) -> Call<'_> {
         Call {
             lua: self,
-            // The most any script here takes (RELEASE's keys, WAIT_TURN's arguments); a
+            // The most any script here takes (LEAVE's and WAIT_TURN's keys, WAIT_TURN's arguments); a
             // batched renewal's grow past them as usual.
             keys: Vec::with_capacity(5),
             args: Vec::with_capacity(9),
