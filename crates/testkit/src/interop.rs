@@ -57,12 +57,19 @@ pub fn node_redlock(dir: &str) -> PathBuf {
         return modules;
     }
     std::fs::create_dir_all(&root).unwrap();
-    let out = Command::new("npm")
+    let limit = crate::process::INSTALL_LIMIT;
+    let out = crate::process::bounded_command("npm", limit)
         .args(["install", "--no-audit", "--no-fund", "--no-save", "--prefix"])
         .arg(&root)
+        // npm's own bounds are per request (ms per fetch, retries per package).
+        .args(["--fetch-timeout=30000", "--fetch-retries=2"])
         .args(NODE_PACKAGES)
         .output()
         .unwrap_or_else(|e| panic!("npm did not start ({e}): {HINT}"));
+    assert!(
+        !crate::process::timed_out(out.status),
+        "npm install {want} did not finish within {limit:?}: {HINT}"
+    );
     assert!(
         out.status.success(),
         "npm install {want} failed: {}{}\n{HINT}",

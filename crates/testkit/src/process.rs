@@ -65,6 +65,35 @@ pub fn spawn_tied(cmd: Command) -> std::io::Result<Child> {
     answer.recv().map_err(|_| gone())?
 }
 
+/// The longest a test's package install (pip, npm) may take: a first run on a fresh
+/// machine downloads a few MB; a stalled index or registry must fail the test with its
+/// hint, not hold the suite until CI's own limit.
+pub const INSTALL_LIMIT: Duration = Duration::from_secs(600);
+
+/// A command for `program` that is killed once `limit` has passed (SIGTERM, then SIGKILL
+/// 10 s later): it runs through coreutils' `timeout(1)`, which exits 124 when the limit
+/// cut the command off (see [`timed_out`]). Used for the installs a test makes on its
+/// first run; our own loops bound themselves, and the package managers' own timeouts are
+/// per request, not for the whole install. When `timeout` cannot be found, the plain
+/// command is returned.
+pub fn bounded_command(program: impl AsRef<OsStr>, limit: Duration) -> Command {
+    let program = program.as_ref();
+    if !found(OsStr::new("timeout")) {
+        return Command::new(program);
+    }
+    let mut cmd = Command::new("timeout");
+    cmd.arg("--kill-after=10s")
+        .arg(format!("{}s", limit.as_secs().max(1)))
+        .arg(program);
+    cmd
+}
+
+/// Whether a [`bounded_command`] ended because its limit passed (`timeout(1)`'s exit
+/// status 124, or 137 when the command ignored SIGTERM and was killed).
+pub fn timed_out(status: std::process::ExitStatus) -> bool {
+    matches!(status.code(), Some(124 | 137))
+}
+
 /// A running server process. Dropping it kills the process (SIGKILL) and reaps it.
 #[derive(Debug)]
 pub struct ServerProcess {
@@ -370,6 +399,25 @@ mod tests {
             }
         });
         port
+    }
+
+    /// An install that stalls is cut off at its limit and reported as timed out, not
+    /// waited for (a stalled package index held the suite before).
+    #[test]
+    fn a_bounded_command_is_cut_off_at_its_limit() {
+        let started = Instant::now();
+        let out = bounded_command("sleep", Duration::from_secs(1))
+            .arg("30")
+            .output()
+            .unwrap();
+        assert!(timed_out(out.status), "not reported as timed out: {:?}", out.status);
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "waited {:?}",
+            started.elapsed()
+        );
+        let done = bounded_command("true", Duration::from_secs(5)).output().unwrap();
+        assert!(done.status.success() && !timed_out(done.status));
     }
 
     /// `pause` returns with every thread of a busy multi-threaded process stopped (four

@@ -42,8 +42,10 @@ pub fn venv(target_tmp: &str, name: &str, packages: &[&str]) -> PathBuf {
     );
     run(
         &format!("installing {want}"),
-        Command::new(tmp.join("bin/python"))
+        crate::process::bounded_command(tmp.join("bin/python"), crate::process::INSTALL_LIMIT)
+            // pip's own bounds are per request (seconds per socket read, retries per file).
             .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+            .args(["--timeout", "30", "--retries", "3"])
             .args(packages),
     );
     std::fs::write(tmp.join(".installed"), &want).unwrap();
@@ -70,6 +72,11 @@ fn run(what: &str, cmd: &mut Command) {
         Ok(o) => o,
         Err(e) => panic!("{what}: cannot run {cmd:?} ({e}): {HINT}"),
     };
+    assert!(
+        !crate::process::timed_out(out.status),
+        "{what} did not finish within {:?}: {HINT}",
+        crate::process::INSTALL_LIMIT
+    );
     assert!(
         out.status.success(),
         "{what} failed ({}):\n{}{}\n{HINT}",
