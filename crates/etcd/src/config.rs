@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use fencelock_core::backend_url::BackendUrl;
-use fencelock_core::options::duration_text::parse_duration;
+use fencelock_core::options::duration_text::{human, parse_duration};
 use fencelock_core::options::url_query;
 use fencelock_core::{LockError, Result};
 
@@ -206,8 +206,8 @@ impl EtcdConfig {
             || self.session_ttl.subsec_nanos() != 0
         {
             return bad(format!(
-                "session_ttl must be whole seconds, at least 1s and at most 1 day; got {:?}",
-                self.session_ttl
+                "session_ttl must be whole seconds, at least 1s and at most 1 day; got {}",
+                human(self.session_ttl)
             ));
         }
         if let Err(why) =
@@ -311,6 +311,9 @@ mod tests {
             ("etcd://h:1//app", "write /NAME"),
             ("etcd://h:1/", "`/fencelock`"),
             ("etcd://h:1?session_ttl=500ms", "whole seconds"),
+            // In the form the URL takes (a new-user trial got "got 0ns").
+            ("etcd://h:1?session_ttl=0s", "got 0s"),
+            ("etcd://h:1?session_ttl=500ms", "got 500ms"),
             ("etcd://h:1?user=u", "together"),
             ("etcd://h:1?ttl=1s", "unknown option"),
             ("etcd://h:1?session_ttl=100000h", "at most 1 day"),

@@ -111,11 +111,14 @@ pub(crate) async fn check(
                  INFO server; ACL: +info)"
             .to_owned();
     }
-    Err(LockError::invalid_config(format!(
-        "the Redis user on {server} is refused what fencelock needs: {}; \
-         grant it (docs/backends/redis.md, \"What the Redis user needs\")",
-        refused.join(", ")
-    )))
+    let commands = refused.join(", ");
+    Err(LockError::InvalidConfig {
+        message: format!(
+            "the Redis user on {server} is refused what fencelock needs: {commands}; \
+             grant it (docs/backends/redis.md, \"What the Redis user needs\")"
+        ),
+        source: Some(Box::new(crate::error::RightsRefused { commands })),
+    })
 }
 
 /// What the answers of [`check`]'s pipeline (probe, `EVALSHA`, `MULTI`, `EXEC`) say is

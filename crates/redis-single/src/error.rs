@@ -18,6 +18,27 @@ pub(crate) struct RedisFailure {
     pub source: redis::RedisError,
 }
 
+/// The source of the [`LockError::InvalidConfig`] a connection's rights check gives
+/// (`acl.rs`): the server's ACL refuses the user commands fencelock needs — one server's
+/// setting, where a refused login is the URL's. Redlock tells them apart at connect
+/// ([`is_rights_refusal`]): a minority of nodes refusing rights is outvoted, as on every
+/// later round.
+#[derive(Debug, thiserror::Error)]
+// Worded as the message says it, so that `one_line` does not repeat it.
+#[error("is refused what fencelock needs: {commands}")]
+pub(crate) struct RightsRefused {
+    pub commands: String,
+}
+
+/// Whether `e` is a server's refusal of the user's rights (its ACL), from the check a
+/// connection makes before its first use — not a refused login or a bad URL.
+pub fn is_rights_refusal(e: &LockError) -> bool {
+    match e {
+        LockError::InvalidConfig { source: Some(s), .. } => s.is::<RightsRefused>(),
+        _ => false,
+    }
+}
+
 /// What kind of failure a client error is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Class {

@@ -56,6 +56,7 @@ mod wait;
 pub use config::RedisConfig;
 pub use contention::Contention;
 pub use election::{proclaim_on, read_seat_on, NodeSeat, RedisElection};
+pub use error::is_rights_refusal;
 pub use fence::RedisFencedStore;
 /// A background clean-up counted on a node ([`RedisNode::cleanup`]): the core's type.
 pub use fencelock_core::cleanup::CleanupGuard;

@@ -31,7 +31,7 @@ pub const GUARANTEES: Guarantees = Guarantees {
     tokens: TokenOrder::BestEffort,
     scope: Scope::Network,
     assumptions: &[
-        "exclusive while a majority of nodes keep their data: a node restarted without fsync-always persistence (empty, or from a snapshot or log older than its last grants) must stay out for the longest TTL, or it can help grant a held lock again; restart_delay keeps every restarted server process out that long (its uptime, read by the grant scripts), and a node whose data was flushed",
+        "exclusive while a majority of nodes keep their data: a node restarted without fsync-always persistence (empty, or from a snapshot or log older than its last grants) must stay out for the longest TTL, or it can help grant a held lock again; restart_delay keeps every restarted server process out that long (its uptime, read by the grant scripts), and a node whose data was flushed while it ran (FLUSHALL, FLUSHDB) out as long from then (its boot marker is gone)",
         "exclusive while clocks run at nearly the same rate and do not jump: every node expires keys by its wall clock; the validity subtracts drift_factor × TTL + 2 ms",
         "exclusive only for holders that finish within their validity: a process pause or network delay after the check is not covered (use the token)",
         "tokens are the highest of the quorum's per-node counters: they can repeat or go back after a node restart without persistence, or when the quorum's nodes missed earlier increments",
@@ -125,7 +125,9 @@ impl RedlockLock {
     ///
     /// # Errors
     /// [`LockError::InvalidConfig`] for a bad URL; when a node refuses the login (a
-    /// password the URL does not give, or a wrong one); and when two nodes answered with
+    /// password the URL does not give, or a wrong one); when nodes whose user lacks rights
+    /// fencelock needs (their ACL: `NOPERM`) leave fewer than a quorum — a minority of
+    /// them is outvoted, with a warning, as on every later round; and when two nodes answered with
     /// the same `run_id`, one server listed under two spellings (`127.0.0.1:6379` and
     /// `localhost:6379`), whose votes would count twice. Those are the URL's fault, not a
     /// failed node for the quorum to outvote.
@@ -158,10 +160,16 @@ impl RedlockLock {
             .map(|n| Err(format!("{}: its check ended without an answer", n.server())))
             .collect();
         while let Some(checked) = checks.join_next().await {
-            // A refused login ends connect (the other checks are aborted with the set); a
-            // check that panicked leaves its node silent.
+            // A refused login ends connect (the other checks are aborted with the set): the
+            // URL gives one login for every node. A node whose ACL refuses the user rights
+            // is one server's setting (an ACL change rolled out node by node): a failed
+            // node, as every later round counts it (`quorum::refused`). A check that
+            // panicked leaves its node silent.
             match checked {
                 Ok((i, Ok(answer))) => reached[i] = answer,
+                Ok((i, Err(refused))) if fencelock_redis::is_rights_refusal(&refused) => {
+                    reached[i] = Err(crate::quorum::node_failure(nodes[i].server(), &refused));
+                }
                 Ok((_, Err(refused))) => return Err(refused),
                 Err(_) => {}
             }
@@ -192,9 +200,13 @@ impl RedlockLock {
         }
         let answered = reached.iter().filter(|a| a.is_ok()).count();
         if answered < cfg.quorum() {
+            if let Some(refused) = crate::quorum::refused("connect", &reached, cfg.quorum()) {
+                return Err(refused);
+            }
             let bound = nodes.first().map_or(Duration::ZERO, connect_bound);
             return Err(no_quorum("connect", &reached, cfg.quorum(), bound));
         }
+        crate::quorum::warn_refused_config(&reached);
         Ok(())
     }
 

@@ -455,6 +455,51 @@ async fn a_node_refusing_the_login_is_a_configuration_error_at_connect() {
     lease.release().await.unwrap();
 }
 
+/// A node whose user lacks a right fencelock needs (`NOPERM`: an ACL change rolled out to
+/// one node) is a failed node at connect as it is on every later round: connect succeeds
+/// while the others make a quorum, and refuses (`InvalidConfig`, naming the nodes) only
+/// when the refusals leave fewer than a quorum. Found by a new-user trial: one such node
+/// of five made every `connect` — every new `fencelock run` — fail with exit 78, while
+/// clients connected before kept working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refusing_rights_at_connect_is_outvoted_like_later() {
+    let servers = start_many(3);
+    for s in &servers {
+        let made = s.command("ACL SETUSER u on >pw ~fencelock:* &fencelock:* +@all");
+        assert!(made.ends_with("+OK\r\n"), "ACL SETUSER: {made:?}");
+    }
+    let url = format!(
+        "redlock://u:pw@127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}",
+        servers[0].port(),
+        servers[1].port(),
+        servers[2].port()
+    );
+    refuse_scripts(&servers[0]);
+    let locks = RedlockLock::connect(&url)
+        .await
+        .expect("two of three nodes grant: one node's missing rights are outvoted");
+    let o = opts(Duration::from_secs(5));
+    locks
+        .acquire("k", &o)
+        .await
+        .expect("quorum of 2 of 3")
+        .release()
+        .await
+        .unwrap();
+
+    refuse_scripts(&servers[1]);
+    match RedlockLock::connect(&url).await {
+        Err(LockError::InvalidConfig { message, .. }) => {
+            assert!(message.contains("2 of 3 nodes refused the settings"), "{message}");
+            for s in &servers[..2] {
+                assert!(message.contains(&s.port().to_string()), "names the node: {message}");
+            }
+        }
+        Err(other) => panic!("expected InvalidConfig, got {other}"),
+        Ok(_) => panic!("connected with two of three nodes refusing the scripts"),
+    }
+}
+
 /// A queued waiter's turn that misses the quorum (three nodes silent) is undone on every
 /// node in the background, for as long as a TTL, under that turn's grant id. A later turn
 /// must not be granted under the same id: when the silent nodes answer again, the late
