@@ -77,10 +77,16 @@ pub(crate) async fn revoke(c: &Cluster, lease: i64) -> Result<()> {
 /// makes a late repeat harmless: it can never delete a newer key of the same name (names
 /// are reused, see [`crate::slots`]).
 pub(crate) async fn delete_key(c: &Cluster, key: &str, rev: i64) -> Result<bool> {
-    let txn = Txn::new()
-        .when([Compare::create_revision(key.to_owned(), CompareOp::Equal, rev)])
-        .and_then([TxnOp::delete(key.to_owned(), None)]);
-    Ok(c.txn("deleting the lock key", &txn).await?.succeeded())
+    let (r, _) = c.txn_built("deleting the lock key", |_| guarded_delete(key, rev)).await;
+    Ok(r?.succeeded())
+}
+
+/// The delete of `key` if it is still the one created at `rev` (built for each try: no
+/// copy of it is kept).
+fn guarded_delete(key: &str, rev: i64) -> Txn {
+    Txn::new()
+        .when([Compare::create_revision(key, CompareOp::Equal, rev)])
+        .and_then([TxnOp::delete(key, None)])
 }
 
 /// A release's delete of our key (created at `rev`, riding on `lease`): `true` when the key
@@ -101,10 +107,7 @@ pub(crate) async fn delete_key(c: &Cluster, key: &str, rev: i64) -> Result<bool>
 /// The delete's error; an `Unavailable` error saying the outcome is unknown when the
 /// follow-up read fails.
 pub(crate) async fn release_key(c: &Cluster, key: &str, rev: i64, lease: i64) -> Result<bool> {
-    let txn = Txn::new()
-        .when([Compare::create_revision(key.to_owned(), CompareOp::Equal, rev)])
-        .and_then([TxnOp::delete(key.to_owned(), None)]);
-    let (r, echoes) = c.txn_counting_echoes("deleting the lock key", &txn).await;
+    let (r, echoes) = c.txn_built("deleting the lock key", |_| guarded_delete(key, rev)).await;
     let r = r?;
     if r.succeeded() || !echoes {
         return Ok(r.succeeded());

@@ -399,40 +399,47 @@ impl Cluster {
         F: Fn(Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
-        self.tries(doing, &self.client, op).await
+        self.tries(doing, &self.client, |c, _| op(c)).await
     }
 
     /// One transaction, as [`call_counting_echoes`](Self::call_counting_echoes) sends a
     /// request — each try on a clone of the KV client alone, not of the whole client (eight
-    /// gRPC clients; cloning them cost ~5 µs per request, on every acquire and release).
-    pub async fn txn_counting_echoes(&self, doing: &'static str, txn: &Txn) -> (Result<TxnResponse>, bool) {
+    /// gRPC clients; cloning them cost ~5 µs per request, on every acquire and release) —
+    /// with each try's transaction built by `build` (nothing cloned; a copy made up front
+    /// for the retries cost an acquire a copy of its whole request): `build(false)` for a try sent while no earlier try of
+    /// this request can have landed, `build(true)` after one that went out without an
+    /// answer (an echo: it may have landed, or land later), whose transaction must allow
+    /// for that.
+    pub async fn txn_built(&self, doing: &'static str, build: impl Fn(bool) -> Txn) -> (Result<TxnResponse>, bool) {
         let kv = self.client.kv_client();
         // A first try that lands and whose answer is lost (test): the tries below repeat it.
         #[cfg(test)]
         let lost = doing == "queueing for the lock"
             && crate::hooks::fire(self.display(), crate::hooks::Fault::LostQueueAnswer)
-            && kv.clone().txn(txn.clone()).await.is_ok();
+            && kv.clone().txn(build(false)).await.is_ok();
         #[cfg(not(test))]
         let lost = false;
         let (answer, echoes) = self
-            .tries(doing, &kv, |mut kv: KvClient| {
-                let txn = txn.clone();
+            .tries(doing, &kv, |mut kv: KvClient, again| {
+                let txn = build(again || lost);
                 async move { kv.txn(txn).await }
             })
             .await;
         (answer, echoes || lost)
     }
 
-    /// [`txn_counting_echoes`](Self::txn_counting_echoes) without the echo flag.
+    /// [`txn_built`](Self::txn_built) of one transaction (copied for each try), without
+    /// the echo flag.
     pub async fn txn(&self, doing: &'static str, txn: &Txn) -> Result<TxnResponse> {
-        self.txn_counting_echoes(doing, txn).await.0
+        self.txn_built(doing, |_| txn.clone()).await.0
     }
 
-    /// The tries of one request on clones of `handle`, bounded as [`call`](Self::call) says.
+    /// The tries of one request on clones of `handle`, bounded as [`call`](Self::call) says;
+    /// `op`'s second argument says whether an earlier try went out without an answer.
     async fn tries<H, T: Answer, F, Fut>(&self, doing: &'static str, handle: &H, op: F) -> (Result<T>, bool)
     where
         H: Clone,
-        F: Fn(H) -> Fut,
+        F: Fn(H, bool) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         let deadline = tokio::time::Instant::now() + self.cfg.timeout;
@@ -450,7 +457,7 @@ impl Cluster {
             let until = (tokio::time::Instant::now() + share).min(deadline);
             // Every answer received before this try is sent bounds its answer's revision.
             let floor = self.highest.load(std::sync::atomic::Ordering::Acquire);
-            let attempt = tokio::time::timeout_at(until, op(handle.clone())).await;
+            let attempt = tokio::time::timeout_at(until, op(handle.clone(), echoes)).await;
             let attempt = match attempt {
                 Err(_) if tokio::time::Instant::now() < deadline && self.cfg.endpoints.len() > 1 => {
                     tracing::debug!("{doing}: no answer within {share:?}; trying again");

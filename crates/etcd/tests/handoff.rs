@@ -647,3 +647,57 @@ async fn a_wait_outlives_the_runtime_that_opened_the_shared_stream() {
         x.close().await.unwrap();
     }
 }
+
+/// Request bytes member 0 received (`etcd_network_client_grpc_received_bytes_total`: the
+/// size of each request message).
+fn received_bytes(cluster: &EtcdCluster) -> u64 {
+    metrics(cluster.client_ports()[0])
+        .get("etcd_network_client_grpc_received_bytes_total")
+        .map_or(0, |v| *v as u64)
+}
+
+/// Issue 14, the uncontended side: an acquire of a free lock is one Txn — the compare "no
+/// key under the lock's directory", our put, and the queue branch a taken lock needs —
+/// and nothing else; the branch's reads of our key and of the oldest key (which only a
+/// try after an unanswered one needs: an earlier try may have landed) are not sent with
+/// the first try. With a lock key of 4 characters (`/fencelock/slim/` + `INSTANCE.SLOT`,
+/// 41 bytes), the first try's request is 260 bytes for `acquire` (its queue branch reads
+/// the keys before ours) and 210 for `try_acquire`; the release 96. Failed before the
+/// change (both reads sent with every try): 353 and 305 bytes, one Txn each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncontended_acquire_sends_one_slim_transaction() {
+    let cluster = EtcdCluster::single();
+    let lock = EtcdLock::connect(&cluster.url("session_ttl=60s")).await.unwrap();
+    let opts = LockOptions::new()
+        .with_ttl(Duration::from_secs(10))
+        .with_wait(Duration::from_secs(20));
+    // The session started beforehand (a lease grant), so only the acquire is counted.
+    lock.acquire("warm", &opts).await.unwrap().release().await.unwrap();
+    let mut seen = Vec::new();
+    for waits in [true, false] {
+        let (txn0, range0, bytes0) = (
+            calls(&cluster, "Txn"),
+            calls(&cluster, "Range"),
+            received_bytes(&cluster),
+        );
+        let lease = match waits {
+            true => lock.acquire("slim", &opts).await.unwrap(),
+            false => lock
+                .try_acquire("slim", &opts)
+                .await
+                .unwrap()
+                .expect("the lock is free"),
+        };
+        let (txn1, bytes1) = (calls(&cluster, "Txn"), received_bytes(&cluster));
+        seen.push((txn1 - txn0, calls(&cluster, "Range") - range0, bytes1 - bytes0));
+        lease.release().await.unwrap();
+        seen.push((calls(&cluster, "Txn") - txn1, 0, received_bytes(&cluster) - bytes1));
+    }
+    assert_eq!(
+        seen,
+        [(1, 0, 260), (1, 0, 96), (1, 0, 210), (1, 0, 96)],
+        "(Txn, Range, request bytes) of an uncontended acquire, its release, a try_acquire \
+         and its release"
+    );
+    lock.close().await.unwrap();
+}
