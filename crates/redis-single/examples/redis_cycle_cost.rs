@@ -14,7 +14,12 @@
 //!
 //! `cargo run --release -p fencelock-redis --example redis_cycle_cost -- [CYCLES]` (starts
 //! its own redis-server on a free loopback port, stops it at the end).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+//!
+//! `… -- profile SUBJECT CYCLES [URL]` runs only 100 warm-up cycles and then `CYCLES`
+//! cycles of one subject (`ours`, `metered`, `node` or `raw`), against the server at `URL`
+//! when given (so that `perf stat`/`perf record` of this process count the client alone:
+//! run it with `CYCLES` 0 and N and take the difference per cycle), else its own.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -115,8 +120,57 @@ impl Raw {
     }
 }
 
+/// The `profile` mode (see the module docs): `SUBJECT CYCLES [URL]`.
+async fn profile(mut args: impl Iterator<Item = String>) {
+    let subject = args.next().expect("profile SUBJECT CYCLES [URL]");
+    let n: usize = args.next().map_or(2000, |a| a.parse().unwrap());
+    let given = args.next();
+    let own = given.is_none().then(RedisServer::start);
+    let url = given.unwrap_or_else(|| own.as_ref().map(RedisServer::url).unwrap());
+    let ours = fencelock_redis::RedisLock::connect(&url).await.unwrap();
+    let metered = fencelock_core::metrics::Metered::new(ours.clone(), "redis");
+    let opts = LockOptions::new()
+        .with_ttl(Duration::from_secs(10))
+        .with_wait(Duration::from_secs(30));
+    let node = ours.node().clone();
+    let conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut raw = Raw {
+        conn,
+        cad: redis::Script::new(REDIS_COMPARE_AND_DELETE),
+        acquire: Acquire::Set,
+    };
+    for i in 0..100 + n {
+        match subject.as_str() {
+            "ours" => cycle(&ours, "p-ours", &opts).await,
+            "metered" => cycle(&metered, "p-metered", &opts).await,
+            "node" => {
+                let grant = fencelock_core::GrantId::random();
+                let under = node.run_id_for_grant();
+                node.try_grant("p-node", &grant, opts.ttl(), Duration::ZERO)
+                    .await
+                    .unwrap();
+                assert!(node.release("p-node", grant.as_str(), under.as_deref()).await.unwrap());
+            }
+            "raw" => {
+                raw.cycle("p-raw", Instant::now()).await;
+            }
+            other => panic!("unknown subject {other}"),
+        }
+        if i == 99 {
+            eprintln!("warmed up");
+        }
+    }
+}
+
 #[tokio::main(worker_threads = 2)]
 async fn main() {
+    if std::env::args().nth(1).as_deref() == Some("profile") {
+        return profile(std::env::args().skip(2)).await;
+    }
     let n: usize = std::env::args().nth(1).map_or(2000, |a| a.parse().unwrap());
     let redis = RedisServer::start();
     let ours = fencelock_redis::RedisLock::connect(&redis.url()).await.unwrap();
