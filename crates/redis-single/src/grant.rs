@@ -5,14 +5,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use fencelock_core::cleanup::CleanupGuard;
-use fencelock_core::{LeaseOps, Result};
+use fencelock_core::{GrantId, LeaseOps, Result};
 
 use crate::node::RedisNode;
 
 pub(crate) struct RedisGrant {
     pub node: RedisNode,
     pub key: String,
-    pub grant: String,
+    /// Shared with the lease (a reference count, not a copy of the text).
+    pub grant: GrantId,
     /// The server's `run_id` when the grant was made, read before its request
     /// ([`RedisNode::run_id_for_grant`]) — an acquire's, a waiter's turn's, or for a
     /// grant handed on by a release, the waiter's last turn answered "queued": a repeated
@@ -23,15 +24,25 @@ pub(crate) struct RedisGrant {
 #[async_trait]
 impl LeaseOps for RedisGrant {
     async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
-        Ok(self.node.extend(&self.key, &self.grant, ttl).await?.then_some(ttl))
+        Ok(self
+            .node
+            .extend(&self.key, self.grant.as_str(), ttl)
+            .await?
+            .then_some(ttl))
     }
 
     async fn renew(&self, ttl: Duration) -> Result<Option<Duration>> {
-        Ok(self.node.renew(&self.key, &self.grant, ttl).await?.then_some(ttl))
+        Ok(self
+            .node
+            .renew(&self.key, self.grant.as_str(), ttl)
+            .await?
+            .then_some(ttl))
     }
 
     async fn release(&self) -> Result<bool> {
-        self.node.release(&self.key, &self.grant, self.under.as_deref()).await
+        self.node
+            .release(&self.key, self.grant.as_str(), self.under.as_deref())
+            .await
     }
 
     /// Counted on the node from the drop on (its release counts itself only once it runs).

@@ -160,9 +160,11 @@ impl RedisLock {
         let node = &self.node;
         let grant = GrantId::random();
         let undo = {
-            let grant = grant.to_string();
+            // The id shared (a reference count), not its text copied: this guard is
+            // disarmed on every path but a dropped future.
+            let grant = grant.clone();
             let ttl = opts.ttl();
-            CancelGuard::new(move || node.release_later(key, &grant, ttl))
+            CancelGuard::new(move || node.release_later(key, grant.as_str(), ttl))
         };
         let under = node.run_id_for_grant();
         let sent_at = Instant::now();
@@ -202,7 +204,7 @@ impl RedisLock {
         let ops = Arc::new(RedisGrant {
             node: self.node.clone(),
             key: key.to_owned(),
-            grant: grant.to_string(),
+            grant: grant.clone(),
             under,
         });
         Lease::new(LeaseParts {
