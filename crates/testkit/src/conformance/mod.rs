@@ -19,6 +19,7 @@ mod fixture;
 mod holder;
 mod input;
 mod removal;
+mod reserved;
 mod resources;
 mod tokens;
 mod unanswered;
@@ -48,6 +49,7 @@ pub use expiry::{
 pub use fixture::{BoxFuture, Fixture, Proxied};
 pub use input::{bad_input_is_rejected, keys_are_independent};
 pub use removal::removed_grant_is_noticed;
+pub use reserved::election_seat_keys_are_reserved;
 pub use resources::resources_do_not_grow;
 pub use tokens::{mutual_exclusion_under_contention, tokens_increase_with_each_grant};
 pub use unanswered::{
@@ -125,6 +127,7 @@ pub const ALL: &[&str] = &[
     "validity_counts_from_send",
     "bad_input_is_rejected",
     "keys_are_independent",
+    "election_seat_keys_are_reserved",
     "long_wait_grants_full_validity",
     "dead_on_arrival_grant_is_not_handed_out",
     "removed_grant_is_noticed",
@@ -159,6 +162,7 @@ pub async fn run_all(f: &dyn Fixture, cfg: &SuiteConfig) {
     validity_counts_from_send(f, cfg).await;
     bad_input_is_rejected(f, cfg).await;
     keys_are_independent(f, cfg).await;
+    election_seat_keys_are_reserved(f, cfg).await;
     long_wait_grants_full_validity(f, cfg).await;
     dead_on_arrival_grant_is_not_handed_out(f, cfg).await;
     removed_grant_is_noticed(f, cfg).await;
@@ -190,7 +194,7 @@ macro_rules! conformance_suite {
             release_after_expiry_spares_new_holder, extend_after_expiry_fails, extend_prolongs_lease,
             auto_renew_keeps_lease, renewal_never_undoes_a_later_extend, loss_is_observable,
             validity_counts_from_send,
-            bad_input_is_rejected, keys_are_independent, long_wait_grants_full_validity,
+            bad_input_is_rejected, keys_are_independent, election_seat_keys_are_reserved, long_wait_grants_full_validity,
             dead_on_arrival_grant_is_not_handed_out, removed_grant_is_noticed,
             unanswered_request_leaves_nothing_behind, release_whose_answer_is_lost_is_not_reported_lost,
             queued_waiter_cut_off_gives_back_what_it_was_given, cancelled_methods_leave_nothing_held,
