@@ -209,29 +209,20 @@ impl LockConfig {
     /// however it got there (the `fencelock` command reads its own file's `wait = "0s"` as
     /// try once, and calls `try_acquire` for it).
     fn check_defaults(&self) -> Result<()> {
-        use fencelock_core::options::duration_text::human;
-        let field = |field: &str, e: LockError| match e {
-            LockError::InvalidInput(message) => LockError::invalid_config(format!("defaults.{field}: {message}")),
+        // The one check of the options (`LockOptions::validate_for_wait`, as `acquire`
+        // and `campaign` run it), its message prefixed with the field: the TTL first, so
+        // that an error from the second call is the wait's.
+        let field = |field: &str, hint: &str, e: LockError| match e {
+            LockError::InvalidInput(message) => LockError::invalid_config(format!("defaults.{field}: {message}{hint}")),
             other => other,
         };
-        fencelock_core::options::validate_ttl(self.defaults.ttl()).map_err(|e| field("ttl", e))?;
-        let wait = self.defaults.wait();
-        if wait.is_zero() {
-            return Err(LockError::invalid_config(
-                "defaults.wait = 0s: acquire and campaign need a positive wait, so every one would fail with \
-                 these defaults; give a bound (e.g. wait = \"10s\"), and call try_acquire where you do not \
-                 want to wait",
-            ));
-        }
-        let max = fencelock_core::options::MAX_WAIT;
-        if wait > max {
-            return Err(LockError::invalid_config(format!(
-                "defaults.wait = {} is above the maximum of {}",
-                human(wait),
-                human(max)
-            )));
-        }
-        Ok(())
+        fencelock_core::options::validate_ttl(self.defaults.ttl()).map_err(|e| field("ttl", "", e))?;
+        let hint = if self.defaults.wait().is_zero() {
+            " (acquire and campaign would fail with these defaults; give a bound, e.g. wait = \"10s\")"
+        } else {
+            ""
+        };
+        self.defaults.validate_for_wait().map_err(|e| field("wait", hint, e))
     }
 }
 
