@@ -256,6 +256,20 @@ impl Shared {
         });
     }
 
+    /// Raises the validity back to `until`, what it was before an extend's cap, when that
+    /// extend was refused outright (the backend kept the grant as it was). Only a live
+    /// lease, and only to a belief it held: never past `until`.
+    fn restore_validity(&self, until: Instant) {
+        self.status.send_if_modified(|s| {
+            if s.state.is_live() && s.valid_until < until && Instant::now() < until {
+                s.valid_until = until;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
     /// Lowers the validity to `until` if it ends later (never raises it).
     fn cap_validity(&self, until: Instant) {
         let lowered = self.status.send_if_modified(|s| {
@@ -510,7 +524,8 @@ impl Lease {
     /// out by the time the backend's answer came back (the reply took longer than the TTL,
     /// or a queued waiter's turn came after its validity was spent) is given back in the
     /// background and never returned to the caller. Every `acquire` and `try_acquire`
-    /// passes its lease through here before returning it (the waiting loops in
+    /// passes its lease through here before returning it (`try_acquire` through
+    /// [`into_live_for_try`](Self::into_live_for_try)) (the waiting loops in
     /// [`crate::waiting`] do it for `acquire`); the Redlock page calls such a grant invalid
     /// for the same reason.
     ///
@@ -525,11 +540,11 @@ impl Lease {
             return Ok(self);
         }
         let message = format!(
-            "the grant of `{}` (token {}) arrived with no validity left (TTL {:?}): the answer \
+            "the grant of `{}` (token {}) arrived with no validity left (TTL {}): the answer \
              took longer than the TTL; it was given back",
             self.shared.key,
             self.shared.token,
-            self.shared.renewal().ttl
+            crate::options::duration_text::human(self.shared.renewal().ttl)
         );
         if DEAD_ON_ARRIVAL_WARNING.allow() {
             tracing::warn!(key = %self.shared.key, token = %self.shared.token, "grant arrived with no validity left; given back (this warning is shown at most once a second)");
@@ -541,6 +556,32 @@ impl Lease {
         self.shared.set_released();
         drop(self); // releases in the background
         Err(LockError::Unavailable { message, source: None })
+    }
+
+    /// [`into_live`](Self::into_live) for `try_acquire`, which makes one attempt: a grant
+    /// whose answer took at least its TTL is [`LockError::InvalidInput`] naming the TTL and
+    /// the round trip (given back as there), not the temporary `Unavailable`.
+    ///
+    /// Why not temporary: a caller retries a temporary error, and a TTL below the grant
+    /// round trip gives the same answer to every try — each burning a token, forever
+    /// (ZooKeeper answered a 1 ms `try_acquire` so). `acquire` tells that from bad luck by
+    /// counting dead grants (three in one call); one try cannot, so a pause as long as
+    /// the TTL is reported alike — truthfully: that answer took longer than the TTL. A
+    /// grant dead for another reason (its answer came in time, the grant was lost on the
+    /// server before it was handed out) stays `Unavailable`: a retry may succeed.
+    ///
+    /// # Errors
+    /// As above; [`LockError::Unavailable`] as [`into_live`](Self::into_live) otherwise.
+    pub fn into_live_for_try(self) -> Result<Lease> {
+        let (round_trip, ttl) = (self.since_sent(), self.ttl());
+        let key = self.shared.key.clone();
+        self.into_live().map_err(|e| {
+            if round_trip >= ttl {
+                crate::waiting::ttl_below_round_trip(ttl, &format!("the grant of `{key}`"), "its answer", round_trip)
+            } else {
+                e
+            }
+        })
     }
 
     /// How long ago the request that made (or last extended) this grant was sent: for a
@@ -733,7 +774,8 @@ impl Lease {
             // marked the lease lost meanwhile — harmless, as the backend found our grant and
             // extended it, but not "never".
             let bound = status.valid_until.min(sent + ttl).saturating_duration_since(sent);
-            let request = send_extend(Arc::clone(shared), turn, sent, (previous_ttl, ttl), bound).in_current_span();
+            let previous = (previous_ttl, status.valid_until);
+            let request = send_extend(Arc::clone(shared), turn, sent, previous, ttl, bound).in_current_span();
             match tokio::spawn(request).await {
                 Ok(result) => result,
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
@@ -817,7 +859,8 @@ async fn send_extend(
     s: Arc<Shared>,
     turn: OwnedMutexGuard<()>,
     sent: Instant,
-    (previous_ttl, ttl): (Duration, Duration),
+    (previous_ttl, previous_until): (Duration, Instant),
+    ttl: Duration,
     bound: Duration,
 ) -> Result<()> {
     let result = match tokio::time::timeout(bound, s.ops.extend(ttl)).await {
@@ -839,10 +882,13 @@ async fn send_extend(
             Err(s.lost_error(LostReason::NotHeld))
         }
         // Refused outright (a TTL the backend does not allow, a permission): nothing
-        // changed on the server, so neither do the renewals. A temporary error keeps the
-        // new TTL: the request may have landed.
+        // changed on the server, so neither do the renewals nor the validity — the cap to
+        // `sent + ttl` made before the send is undone (a refused `extend(100ms)` of a 30 s
+        // lease left it believing 100 ms, then lost). A temporary error keeps both: the
+        // request may have landed.
         Ok(Err(e)) if !e.is_temporary() => {
             s.renewal().ttl = previous_ttl;
+            s.restore_validity(previous_until);
             Err(e)
         }
         Ok(Err(e)) => Err(e),
@@ -1482,6 +1528,38 @@ mod tests {
             Duration::from_millis(1500),
             "a temporary error keeps the caller's TTL"
         );
+        held.release().await.expect("release");
+    }
+
+    /// An extend the backend refused outright leaves the lease's validity as it was. Before,
+    /// the cap to `now + ttl` made before the send stayed: a refused `extend(200ms)` of a
+    /// 10 s lease left it believing 200 ms, and it was lost then.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_extend_leaves_the_validity_as_it_was() {
+        struct TooShort;
+        #[async_trait]
+        impl LeaseOps for TooShort {
+            async fn extend(&self, ttl: Duration) -> Result<Option<Duration>> {
+                if ttl < Duration::from_secs(1) {
+                    return Err(LockError::InvalidInput("below the backend's minimum TTL".into()));
+                }
+                Ok(Some(ttl))
+            }
+            async fn release(&self) -> Result<bool> {
+                Ok(true)
+            }
+        }
+        let held = unrenewed(Arc::new(TooShort), Instant::now(), Duration::from_secs(10));
+        let before = held.remaining();
+        let err = held.extend(Duration::from_millis(200)).await.expect_err("refused");
+        assert!(matches!(err, LockError::InvalidInput(_)), "{err}");
+        let after = held.remaining();
+        assert!(
+            after + Duration::from_millis(50) >= before,
+            "a refused extend lowered the validity from {before:?} to {after:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(held.is_held(), "lost after a refused extend, within its validity");
         held.release().await.expect("release");
     }
 

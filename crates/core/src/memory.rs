@@ -248,7 +248,7 @@ impl DistributedLock for MemoryLock {
         validate_key(key)?;
         opts.validate_for_try()?;
         match self.attempt(key, opts) {
-            Attempt::Acquired(lease) => Ok(Some(lease.into_live()?)),
+            Attempt::Acquired(lease) => Ok(Some(lease.into_live_for_try()?)),
             Attempt::Busy { .. } => Ok(None),
         }
     }

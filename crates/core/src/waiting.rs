@@ -377,13 +377,23 @@ impl DeadOnArrival {
         if self.count < MAX_DEAD_ON_ARRIVAL {
             return Ok(());
         }
-        Err(LockError::invalid_input(format!(
-            "ttl {ttl:?} is shorter than this backend's grant round trip: {} grants of `{key}` in one acquire \
-             arrived with no validity left (the slowest answer took {:?}); use a TTL well above that \
-             (seconds, not milliseconds)",
-            self.count, self.slowest
-        )))
+        let grants = format!("{} grants of `{key}` in one acquire", self.count);
+        Err(ttl_below_round_trip(ttl, &grants, "the slowest answer", self.slowest))
     }
+}
+
+/// The [`LockError::InvalidInput`] of a TTL shorter than the grant round trip: `grants`
+/// says which grants arrived with no validity left, `answer` names the round trip
+/// measured. Durations in human form (`1ms`, `4ms 212us`), to the microsecond.
+pub(crate) fn ttl_below_round_trip(ttl: Duration, grants: &str, answer: &str, round_trip: Duration) -> LockError {
+    use crate::options::duration_text::human;
+    let round_trip = Duration::from_micros(u64::try_from(round_trip.as_micros()).unwrap_or(u64::MAX));
+    LockError::invalid_input(format!(
+        "ttl {} is shorter than this backend's grant round trip: {grants} arrived with no validity left \
+         ({answer} took {}; given back); use a TTL well above that (seconds, not milliseconds)",
+        human(ttl),
+        human(round_trip)
+    ))
 }
 
 /// The bound of one `acquire`: validates its key and options, and knows its deadline and
@@ -558,6 +568,30 @@ mod tests {
             options: opts,
             ops: Arc::new(Gone),
         })
+    }
+
+    // A `try_acquire` whose grant's answer took longer than its TTL answered the temporary
+    // `Unavailable` (ZooKeeper, a 1 ms TTL): a caller retries that for ever. Now it is
+    // `InvalidInput` naming the TTL and the round trip in human form, the grant given back.
+    #[tokio::test(start_paused = true)]
+    async fn a_try_whose_grant_took_longer_than_its_ttl_is_not_temporary() {
+        let opts = LockOptions::new().with_ttl(Duration::from_millis(1));
+        let err = late_grant(1, Duration::from_millis(5), opts)
+            .await
+            .into_live_for_try()
+            .expect_err("a dead grant was handed out");
+        assert!(!err.is_temporary(), "{err:?}");
+        assert!(matches!(err, LockError::InvalidInput(_)), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains("ttl 1ms is shorter than"), "{text}");
+        assert!(text.contains("its answer took 5ms"), "{text}");
+        // The plain check stays temporary, for `acquire`'s count of dead grants.
+        let err = late_grant(2, Duration::from_millis(5), opts)
+            .await
+            .into_live()
+            .expect_err("a dead grant was handed out");
+        assert!(err.is_temporary(), "{err:?}");
+        assert!(err.to_string().contains("(TTL 1ms)"), "{err}");
     }
 
     // Issue 13 A4: a TTL shorter than the grant round trip looped for the whole wait,

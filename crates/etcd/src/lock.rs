@@ -310,7 +310,7 @@ impl DistributedLock for EtcdLock {
                 if !q.owner {
                     return Ok(None); // dropping `q` takes our key out of the queue
                 }
-                self.grant(key, opts, q, None).map(Lease::into_live).transpose()
+                self.grant(key, opts, q, None).map(Lease::into_live_for_try).transpose()
             })
             .await
     }

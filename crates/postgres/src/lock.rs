@@ -531,7 +531,7 @@ impl DistributedLock for PgLock {
                 self.node.config().check_ttl(opts.ttl(), opts.auto_renew())?;
                 opts.validate_for_try()?;
                 match self.grant(key, opts, &GrantId::random(), Queueing::No).await? {
-                    Outcome::Granted(lease) => Ok(Some(lease.into_live()?)),
+                    Outcome::Granted(lease) => Ok(Some(lease.into_live_for_try()?)),
                     // Handed grants need a ticket, which `try_acquire` never takes.
                     Outcome::Busy(..) | Outcome::Handed { .. } => Ok(None),
                 }

@@ -414,7 +414,7 @@ impl DistributedLock for RedisLock {
                 self.node.check_key(key)?;
                 opts.validate_for_try()?;
                 match self.grant(key, opts).await? {
-                    Outcome::Granted(lease) => Ok(Some(lease.into_live()?)),
+                    Outcome::Granted(lease) => Ok(Some(lease.into_live_for_try()?)),
                     Outcome::Busy => Ok(None),
                 }
             })

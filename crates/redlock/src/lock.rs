@@ -94,8 +94,9 @@ pub(crate) fn check_ttl(cfg: &RedlockConfig, ttl: Duration) -> Result<()> {
     let floor = cfg.per_node_timeout * 2 + cfg.drift(ttl);
     if ttl <= floor {
         return Err(LockError::invalid_input(format!(
-            "ttl {ttl:?} leaves no validity: Redlock needs a TTL well above 2 × per_node_timeout ({:?}) + drift",
-            cfg.per_node_timeout
+            "ttl {} leaves no validity: Redlock needs a TTL well above 2 × per_node_timeout ({}) + drift",
+            human(ttl),
+            human(cfg.per_node_timeout)
         )));
     }
     check_restart_delay(cfg, ttl)
@@ -431,7 +432,7 @@ impl DistributedLock for RedlockLock {
                 check_ttl(&self.inner.cfg, opts.ttl())?;
                 let _permit = self.inner.admission.round().await;
                 match self.round(key, opts).await? {
-                    Round::Granted(lease) => Ok(Some(lease.into_live()?)),
+                    Round::Granted(lease) => Ok(Some(lease.into_live_for_try()?)),
                     // Refused by nodes inside their restart delay, which could have made
                     // the quorum: not "held" (`Refusal::restart_error` says why).
                     Round::Busy(refusal) => match refusal.restart_error(key, self.inner.cfg.restart_delay) {

@@ -208,7 +208,7 @@ impl DistributedLock for ZkLock {
                 let q = enqueue(&session, &self.inner.cfg, key, dir, &Pending::new(), None).await?;
                 let pos = first_position(&q).await?;
                 match pos.predecessor {
-                    None => Ok(Some(grant::lease(key, opts, q, pos.sent_at).into_live()?)),
+                    None => Ok(Some(grant::lease(key, opts, q, pos.sent_at).into_live_for_try()?)),
                     Some(_) => Ok(None), // dropping `q` deletes our node
                 }
             })

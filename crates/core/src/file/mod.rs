@@ -307,7 +307,7 @@ impl DistributedLock for FileLock {
                 validate_key(key)?;
                 opts.validate_for_try()?;
                 match self.attempt(key, opts, None).await? {
-                    Attempt::Acquired(lease) => Ok(Some(lease.into_live()?)),
+                    Attempt::Acquired(lease) => Ok(Some(lease.into_live_for_try()?)),
                     Attempt::Busy { .. } => Ok(None),
                 }
             })

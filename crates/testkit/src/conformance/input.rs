@@ -70,3 +70,43 @@ pub async fn keys_are_independent(f: &dyn ClientFactory, _cfg: &SuiteConfig) {
     l1.release().await.expect("release");
     l2.release().await.expect("release");
 }
+
+/// An `extend` the backend refuses outright (not temporary: a TTL below its minimum, say)
+/// leaves the lease as it was — held, with the validity it had, the key excluded. Before,
+/// the lease lowered its belief to `now + ttl` before sending and kept it after the
+/// refusal: refused `extend(1ms)` of a 60 s lease, and the lease was lost 1 ms later.
+/// An `extend(1ms)` the backend accepts (or may have applied: a temporary error) is not
+/// this case.
+pub async fn refused_extend_keeps_the_validity(f: &dyn ClientFactory, cfg: &SuiteConfig) {
+    let _gate = super::shared_gate().await;
+    let (a, b) = (f.client().await, f.client().await);
+    let key = unique_key("refused-extend");
+    let opts = LockOptions::new().with_ttl(LONG_TTL).with_auto_renew(false);
+    let lease = a
+        .try_acquire(&key, &opts)
+        .await
+        .expect("try_acquire")
+        .expect("the key is free");
+    match lease.extend(Duration::from_millis(1)).await {
+        // Refused: not temporary (the request may have landed), not a loss (a 1 ms TTL
+        // that did land, its answer later than the TTL).
+        Err(e) if !e.is_temporary() && !e.is_lease_lost() => {
+            let left = lease.remaining();
+            assert!(
+                left + cfg.slack >= LONG_TTL,
+                "a refused extend ({e}) lowered the lease's validity to {left:?} of its {LONG_TTL:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(lease.is_held(), "the lease was lost after a refused extend ({e})");
+            let other = b.try_acquire(&key, &opts).await.expect("try_acquire by another client");
+            assert!(
+                other.is_none(),
+                "another client got the key after a refused extend ({e})"
+            );
+            lease.release().await.expect("release after a refused extend");
+        }
+        // Accepted, maybe applied, or lost to its own 1 ms: the lease is what the backend
+        // made of it.
+        _ => drop(lease.release().await),
+    }
+}

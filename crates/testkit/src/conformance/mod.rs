@@ -47,7 +47,7 @@ pub use expiry::{
     release_after_expiry_spares_new_holder, renewal_never_undoes_a_later_extend, validity_counts_from_send,
 };
 pub use fixture::{BoxFuture, Fixture, Proxied};
-pub use input::{bad_input_is_rejected, keys_are_independent};
+pub use input::{bad_input_is_rejected, keys_are_independent, refused_extend_keeps_the_validity};
 pub use removal::removed_grant_is_noticed;
 pub use reserved::election_seat_keys_are_reserved;
 pub use resources::resources_do_not_grow;
@@ -56,7 +56,9 @@ pub use unanswered::{
     queued_waiter_cut_off_gives_back_what_it_was_given, release_whose_answer_is_lost_is_not_reported_lost,
     unanswered_request_leaves_nothing_behind,
 };
-pub use validity::{dead_on_arrival_grant_is_not_handed_out, long_wait_grants_full_validity};
+pub use validity::{
+    dead_on_arrival_grant_is_not_handed_out, long_wait_grants_full_validity, tiny_ttl_try_acquire_is_not_temporary,
+};
 
 /// Makes independent clients of one backend: each call is a new connection (or instance)
 /// to the same lock space, as separate processes would have.
@@ -127,9 +129,11 @@ pub const ALL: &[&str] = &[
     "validity_counts_from_send",
     "bad_input_is_rejected",
     "keys_are_independent",
+    "refused_extend_keeps_the_validity",
     "election_seat_keys_are_reserved",
     "long_wait_grants_full_validity",
     "dead_on_arrival_grant_is_not_handed_out",
+    "tiny_ttl_try_acquire_is_not_temporary",
     "removed_grant_is_noticed",
     "unanswered_request_leaves_nothing_behind",
     "release_whose_answer_is_lost_is_not_reported_lost",
@@ -162,9 +166,11 @@ pub async fn run_all(f: &dyn Fixture, cfg: &SuiteConfig) {
     validity_counts_from_send(f, cfg).await;
     bad_input_is_rejected(f, cfg).await;
     keys_are_independent(f, cfg).await;
+    refused_extend_keeps_the_validity(f, cfg).await;
     election_seat_keys_are_reserved(f, cfg).await;
     long_wait_grants_full_validity(f, cfg).await;
     dead_on_arrival_grant_is_not_handed_out(f, cfg).await;
+    tiny_ttl_try_acquire_is_not_temporary(f, cfg).await;
     removed_grant_is_noticed(f, cfg).await;
     unanswered_request_leaves_nothing_behind(f, cfg).await;
     release_whose_answer_is_lost_is_not_reported_lost(f, cfg).await;
@@ -194,8 +200,8 @@ macro_rules! conformance_suite {
             release_after_expiry_spares_new_holder, extend_after_expiry_fails, extend_prolongs_lease,
             auto_renew_keeps_lease, renewal_never_undoes_a_later_extend, loss_is_observable,
             validity_counts_from_send,
-            bad_input_is_rejected, keys_are_independent, election_seat_keys_are_reserved, long_wait_grants_full_validity,
-            dead_on_arrival_grant_is_not_handed_out, removed_grant_is_noticed,
+            bad_input_is_rejected, keys_are_independent, refused_extend_keeps_the_validity, election_seat_keys_are_reserved, long_wait_grants_full_validity,
+            dead_on_arrival_grant_is_not_handed_out, tiny_ttl_try_acquire_is_not_temporary, removed_grant_is_noticed,
             unanswered_request_leaves_nothing_behind, release_whose_answer_is_lost_is_not_reported_lost,
             queued_waiter_cut_off_gives_back_what_it_was_given, cancelled_methods_leave_nothing_held,
             close_ends_waits_and_refuses_later_calls, concurrent_closes_both_wait_for_the_end,

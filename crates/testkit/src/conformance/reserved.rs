@@ -43,7 +43,11 @@ pub async fn election_seat_keys_are_reserved(f: &dyn Fixture, cfg: &SuiteConfig)
         matches!(refused, Err(LockError::InvalidInput(_))),
         "acquire({key:?}) outside a campaign: expected InvalidInput, got {refused:?}"
     );
-    assert_eq!(f.records(&key).await, 0, "a refused seat key left a record on the server");
+    assert_eq!(
+        f.records(&key).await,
+        0,
+        "a refused seat key left a record on the server"
+    );
     drop(a);
     drop(cut_off);
 

@@ -105,3 +105,47 @@ pub async fn dead_on_arrival_grant_is_not_handed_out(f: &dyn Fixture, cfg: &Suit
     .expect("the key is free once the late grant was given back or ran out");
     next.release().await.expect("release");
 }
+
+/// A `try_acquire` whose TTL (1 ms) is shorter than the grant's round trip either is
+/// refused up front (`InvalidInput`), or hands out a live lease, or fails with an error
+/// that is not temporary — a temporary one invites a retry that meets the same fate every
+/// time, each burning a token — and leaves nothing held: another client takes the key
+/// right after. (Before: ZooKeeper answered `Unavailable`.)
+pub async fn tiny_ttl_try_acquire_is_not_temporary(f: &dyn Fixture, cfg: &SuiteConfig) {
+    let _gate = shared_gate().await;
+    let (a, b) = (f.client().await, f.client().await);
+    let key = unique_key("tiny-ttl");
+    let tiny = LockOptions::new()
+        .with_ttl(Duration::from_millis(1))
+        .with_auto_renew(false);
+    for attempt in 0..3 {
+        let got = within(cfg.slack * 2, "try_acquire with a 1 ms TTL", a.try_acquire(&key, &tiny)).await;
+        match got {
+            Ok(Some(lease)) => {
+                // In time (an in-process backend): nothing to say about it but that the
+                // key is given back.
+                let _ = lease.release().await;
+            }
+            Ok(None) => panic!("try_acquire {attempt} with a 1 ms TTL found a free key taken"),
+            Err(e) => assert!(
+                !e.is_temporary(),
+                "try_acquire {attempt} with a 1 ms TTL failed with a temporary error, which a caller \
+                 retries for ever: {e}"
+            ),
+        }
+        let next = within(
+            cfg.slack * 2,
+            "another client after the 1 ms try",
+            b.acquire(
+                &key,
+                &LockOptions::new()
+                    .with_ttl(super::LONG_TTL)
+                    .with_auto_renew(false)
+                    .with_wait(cfg.slack),
+            ),
+        )
+        .await
+        .expect("the key is free right after a try with a 1 ms TTL");
+        next.release().await.expect("release");
+    }
+}
