@@ -74,8 +74,8 @@ pub async fn keys_are_independent(f: &dyn ClientFactory, _cfg: &SuiteConfig) {
 /// An `extend` the backend refuses outright (not temporary: a TTL below its minimum, say)
 /// leaves the lease as it was — held, with the validity it had, the key excluded. Before,
 /// the lease lowered its belief to `now + ttl` before sending and kept it after the
-/// refusal: refused `extend(1ms)` of a 60 s lease, and the lease was lost 1 ms later.
-/// An `extend(1ms)` the backend accepts (or may have applied: a temporary error) is not
+/// refusal: refused `extend(50ms)` of a 60 s lease, and the lease was lost 50 ms later.
+/// An `extend(50ms)` the backend accepts (or may have applied: a temporary error) is not
 /// this case.
 pub async fn refused_extend_keeps_the_validity(f: &dyn ClientFactory, cfg: &SuiteConfig) {
     let _gate = super::shared_gate().await;
@@ -87,8 +87,12 @@ pub async fn refused_extend_keeps_the_validity(f: &dyn ClientFactory, cfg: &Suit
         .await
         .expect("try_acquire")
         .expect("the key is free");
-    match lease.extend(Duration::from_millis(1)).await {
-        // Refused: not temporary (the request may have landed), not a loss (a 1 ms TTL
+    // 50 ms: below PostgreSQL's and Redlock's minimums (refused there), and long enough
+    // that the lease's timer cannot lapse the belief capped before the send while the
+    // refusal's task waits to be scheduled on a loaded machine (1 ms did, once, on
+    // PostgreSQL: see the cap in `Lease::extend`).
+    match lease.extend(Duration::from_millis(50)).await {
+        // Refused: not temporary (the request may have landed), not a loss (a short TTL
         // that did land, its answer later than the TTL).
         Err(e) if !e.is_temporary() && !e.is_lease_lost() => {
             let left = lease.remaining();
@@ -96,7 +100,7 @@ pub async fn refused_extend_keeps_the_validity(f: &dyn ClientFactory, cfg: &Suit
                 left + cfg.slack >= LONG_TTL,
                 "a refused extend ({e}) lowered the lease's validity to {left:?} of its {LONG_TTL:?}"
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
             assert!(lease.is_held(), "the lease was lost after a refused extend ({e})");
             let other = b.try_acquire(&key, &opts).await.expect("try_acquire by another client");
             assert!(
@@ -105,7 +109,7 @@ pub async fn refused_extend_keeps_the_validity(f: &dyn ClientFactory, cfg: &Suit
             );
             lease.release().await.expect("release after a refused extend");
         }
-        // Accepted, maybe applied, or lost to its own 1 ms: the lease is what the backend
+        // Accepted, maybe applied, or lost to its own short TTL: the lease is what the backend
         // made of it.
         _ => drop(lease.release().await),
     }
