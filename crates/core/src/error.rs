@@ -19,7 +19,9 @@ pub enum LostReason {
     Expired,
     /// The backend no longer holds our grant (it expired there, or another grant replaced it).
     NotHeld,
-    /// Renewal kept failing until the validity ran out; the last failure is given.
+    /// Renewal failed: retried until the validity ran out (the last failure is given), or
+    /// refused with an error a retry would meet again (a permission taken away), which
+    /// ends the lease at once. The text says which.
     RenewalFailed(String),
     /// The backend reported the loss itself (a revoked etcd lease, an expired ZooKeeper session).
     Backend(String),
@@ -30,7 +32,7 @@ impl std::fmt::Display for LostReason {
         match self {
             LostReason::Expired => f.write_str("its validity ran out before it was renewed"),
             LostReason::NotHeld => f.write_str("the backend no longer holds this grant"),
-            LostReason::RenewalFailed(why) => write!(f, "renewal failed until the validity ran out: {why}"),
+            LostReason::RenewalFailed(why) => write!(f, "renewal failed: {why}"),
             LostReason::Backend(why) => write!(f, "the backend reported the loss: {why}"),
         }
     }

@@ -222,10 +222,9 @@ impl Shared {
     }
 
     fn expiry_reason(&self) -> LostReason {
-        self.renewal()
-            .last_error
-            .clone()
-            .map_or(LostReason::Expired, LostReason::RenewalFailed)
+        self.renewal().last_error.clone().map_or(LostReason::Expired, |e| {
+            LostReason::RenewalFailed(format!("retried until the validity ran out; the last try failed: {e}"))
+        })
     }
 
     /// Records a validity obtained by a request sent at `sent`. Newer wins (not longer): a
@@ -893,7 +892,7 @@ async fn send_extend(
         }
         Ok(Err(e)) => Err(e),
         Err(_) => {
-            let reason = LostReason::RenewalFailed("the extend got no answer".into());
+            let reason = LostReason::RenewalFailed("the extend got no answer before the validity ran out".into());
             s.mark_lost(reason.clone());
             Err(s.lost_error(reason))
         }
@@ -1227,7 +1226,10 @@ async fn renew(s: Arc<Shared>, turn: OwnedMutexGuard<()>, in_flight: InFlight) {
         }
         Ok(Err(e)) if !e.is_temporary() => {
             s.metrics.renewal_failed();
-            s.mark_lost(LostReason::RenewalFailed(e.to_string()));
+            // Ended now, not at the validity's end: the same renewal would be refused again.
+            s.mark_lost(LostReason::RenewalFailed(format!(
+                "refused with an error a retry would meet again, so the lease ended at once: {e}"
+            )));
             return;
         }
         Ok(Err(e)) => {
@@ -1249,14 +1251,16 @@ async fn renew(s: Arc<Shared>, turn: OwnedMutexGuard<()>, in_flight: InFlight) {
         }
         Err(_) => {
             s.metrics.renewal_failed();
-            // The Display of `RenewalFailed` already says the validity ran out: the reason
-            // says only what the last renewal got, and an earlier failure when there was one
-            // (it is usually the cause: a reset connection, then silence). Cloned, not
+            // The reason says once that the validity ran out, what the last renewal got, and
+            // an earlier failure when there was one (it is usually the cause: a reset
+            // connection, then silence). Cloned, not
             // taken: the timer may read it for the same loss in the same instant.
             let earlier = s.renewal().last_error.clone();
             let why = match earlier {
-                Some(e) => format!("the last renewal got no answer; the one before failed: {e}"),
-                None => "the last renewal got no answer".to_owned(),
+                Some(e) => format!(
+                    "retried until the validity ran out; the last renewal got no answer, the one before failed: {e}"
+                ),
+                None => "retried until the validity ran out; the last renewal got no answer".to_owned(),
             };
             s.mark_lost(LostReason::RenewalFailed(why));
             return;
@@ -1778,6 +1782,31 @@ mod tests {
             .expect_err("an unanswered extend");
         let text = err.to_string();
         assert_eq!(text.matches("validity ran out").count(), 1, "{text}");
+    }
+
+    /// A renewal refused for good ends the lease at once, and the reason says so — not
+    /// that renewals failed "until the validity ran out", which a new-user trial read for
+    /// a Redlock lease lost a second before its validity's end (3 of 5 nodes refused the
+    /// scripts: `NOPERM`).
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_refused_for_good_says_the_lease_ended_at_once() {
+        struct Refusing;
+        #[async_trait]
+        impl LeaseOps for Refusing {
+            async fn extend(&self, _ttl: Duration) -> Result<Option<Duration>> {
+                Err(LockError::invalid_config("3 of 5 nodes refused the settings"))
+            }
+            async fn release(&self) -> Result<bool> {
+                Ok(true)
+            }
+        }
+        let held = auto_renewed(Arc::new(Refusing));
+        let reason = tokio::time::timeout(Duration::from_secs(10), held.lost())
+            .await
+            .expect("the lease was not lost")
+            .to_string();
+        assert!(!reason.contains("validity ran out"), "{reason}");
+        assert!(reason.contains("refused the settings"), "{reason}");
     }
 
     /// A background renewal in flight when the holder releases: the release removes the
