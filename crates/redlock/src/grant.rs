@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::error::lacking_quorum;
 use crate::lock::{check_ttl, Inner};
-use crate::quorum::{fan_out, Bound};
+use crate::quorum::{fan_out, fan_out_counting, Bound};
 use fencelock_redis::RedisNode;
 
 /// The most rounds a background release sends to the nodes that have not answered yet.
@@ -81,16 +81,23 @@ impl RedlockGrant {
         // Whatever the answers, some node may now hold the grant for `ttl`.
         self.ttl_ms.fetch_max(ttl.as_millis() as u64, Ordering::Relaxed);
         let bound = Bound::quorum(cfg.per_node_timeout + wait, cfg.quorum());
-        let answers = fan_out(&self.inner.nodes, bound, move |_, n| {
-            let (k, g) = (k.clone(), g.clone());
-            async move {
-                if batched {
-                    n.renew(&k, &g, ttl).await
-                } else {
-                    n.extend(&k, &g, ttl).await
+        // Only a `true` counts towards the quorum the late wait is for: a node whose copy
+        // is gone answers `false` at once, and must not cut off a slow node's yes.
+        let answers = fan_out_counting(
+            &self.inner.nodes,
+            bound,
+            |extended: &bool| *extended,
+            move |_, n| {
+                let (k, g) = (k.clone(), g.clone());
+                async move {
+                    if batched {
+                        n.renew(&k, &g, ttl).await
+                    } else {
+                        n.extend(&k, &g, ttl).await
+                    }
                 }
-            }
-        })
+            },
+        )
         .await;
         let extended = answers.iter().filter(|a| matches!(a, Ok(true))).count();
         let answered = answers.iter().filter(|a| a.is_ok()).count();

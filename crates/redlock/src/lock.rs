@@ -21,7 +21,7 @@ use crate::admission::Admission;
 use crate::config::RedlockConfig;
 use crate::error::{lacking_quorum, no_quorum, Refusal};
 use crate::grant::{RedlockGrant, ReleasePlan};
-use crate::quorum::{fan_out, late, Answer, Bound};
+use crate::quorum::{fan_out, fan_out_counting, late, Answer, Bound};
 use crate::wait::Contention;
 
 /// What Redlock promises.
@@ -297,7 +297,16 @@ impl RedlockLock {
         let under: Vec<Option<String>> = inner.nodes.iter().map(RedisNode::run_id_for_grant).collect();
         let start = Instant::now();
         let bound = Bound::quorum(per_node, cfg.quorum());
-        let answers = grant_on(&inner.nodes, bound, key, &grant, ttl, cfg.restart_delay).await;
+        let answers = grant_on(
+            &inner.nodes,
+            bound,
+            Counting::Grants,
+            key,
+            &grant,
+            ttl,
+            cfg.restart_delay,
+        )
+        .await;
         // Computed once for the lease (or the failed round's undo), after the round: the
         // nodes it connected (a lazy instance's first round, a node back from an outage)
         // have their `run_id` now, and waiters that queue from now on rank by it — ranked
@@ -585,16 +594,39 @@ async fn reach(node: &RedisNode) -> Result<Answer<Option<String>>> {
     Ok(Ok(node.run_id().filter(|id| !id.is_empty())))
 }
 
-/// Asks `nodes` at once to grant `grant` of `key`, within `bound`.
+/// Which answers of a [`grant_on`] round count towards its bound's quorum (the late wait,
+/// `quorum.rs`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Counting {
+    /// Only [`NodeGrant::Granted`]: a node busy at once must not cut off a slow node's
+    /// grant (a plain round: `try_acquire`, a first attempt, a fallback re-check).
+    Grants,
+    /// Any answer: a queue turn's rounds of the secondaries (its first ask and its
+    /// re-asks of the busy ones). Their "busy" is usually the
+    /// previous holder's release on its way, asked again at once (`ask_refusals_again`),
+    /// and the turn must end within the claim window (250 ms, shorter than the late
+    /// bound): waiting the late bound for a silent node beside a busy one let the
+    /// reservation lapse and the next waiter in first
+    /// (`a_re_ask_answered_as_late_as_the_first_ask_still_counts`).
+    Answers,
+}
+
+/// Asks `nodes` at once to grant `grant` of `key`, within `bound`, its quorum counting
+/// the answers `counting` says.
 pub(crate) async fn grant_on(
     nodes: &[RedisNode],
     bound: Bound,
+    counting: Counting,
     key: &str,
     grant: &GrantId,
     ttl: Duration,
     restart_delay: Duration,
 ) -> Vec<Answer<NodeGrant>> {
-    fan_out(nodes, bound, |_, n| async move {
+    let yes = |a: &NodeGrant| match counting {
+        Counting::Grants => matches!(a, NodeGrant::Granted(_)),
+        Counting::Answers => true,
+    };
+    fan_out_counting(nodes, bound, yes, |_, n| async move {
         n.try_grant(key, grant, ttl, restart_delay).await
     })
     .await

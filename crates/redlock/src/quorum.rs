@@ -161,8 +161,9 @@ pub(crate) fn warn_refused_config<T>(answers: &[Answer<T>]) {
 pub(crate) struct Bound {
     /// The wait for every node.
     pub(crate) per_node: Duration,
-    /// Past `per_node`, the wait goes on while fewer than this many nodes answered (an
-    /// error is no answer here: see [`settled`]) and the nodes still out could make it…
+    /// Past `per_node`, the wait goes on while fewer than this many nodes said yes (what
+    /// counts as a yes is the caller's: see [`fan_out_counting`]; an error is never one,
+    /// nor a "no": see [`settled`]) and the nodes still out could make it…
     pub(crate) quorum: usize,
     /// …up to this much in all.
     pub(crate) late: Duration,
@@ -178,7 +179,7 @@ impl Bound {
         }
     }
 
-    /// `per_node` once `quorum` nodes answered, else up to [`late`]`(per_node)` while the
+    /// `per_node` once `quorum` nodes said yes, else up to [`late`]`(per_node)` while the
     /// nodes still out could make `quorum` ([`settled`]).
     pub(crate) fn quorum(per_node: Duration, quorum: usize) -> Self {
         Bound {
@@ -190,27 +191,43 @@ impl Bound {
 }
 
 /// Whether a fan-out past its `per_node` wait stops waiting for the `pending` nodes that
-/// have not answered, with `ok` nodes answered (an error is no answer): once `quorum`
-/// of them answered, or when the pending ones could no longer bring the answers up to
-/// `quorum` (waiting longer cannot change the outcome). Errors do not count towards
-/// `quorum`: counted (before 7 Dec 2026, review), a node that failed at once — `NOPERM`
-/// from an ACL, a refused connection — made the fan-out stop at `per_node` and cut off
-/// a slow but live node whose vote the quorum needed and would have had within the late
-/// bound; every retry met the same cut-off (one refusal beside a silent node is
-/// temporary, [`refused`]), so an acquire never succeeded and an auto-renewed lease's
-/// extend failed until its validity ran out.
-fn settled(ok: usize, pending: usize, quorum: usize) -> bool {
-    ok >= quorum || ok + pending < quorum
+/// have not answered, with `yes` nodes having answered what the caller counts as a yes:
+/// once `quorum` of them did, or when the pending ones could no longer bring the yeses up
+/// to `quorum` (waiting longer cannot change the outcome). Neither an error nor a "no"
+/// (an extend's `false`, an acquire's `Busy`) counts towards `quorum`. Errors counted
+/// (before 7 Dec 2026, review): a node that failed at once — `NOPERM` from an ACL, a
+/// refused connection — made the fan-out stop at `per_node` and cut off a slow but live
+/// node whose vote the quorum needed and would have had within the late bound; every
+/// retry met the same cut-off (one refusal beside a silent node is temporary,
+/// [`refused`]), so an acquire never succeeded and an auto-renewed lease's extend failed
+/// until its validity ran out. "No"s counted (before 8 Dec 2026, review): the same with
+/// a node answering "no" at once (an extend whose copy was gone there, an acquire whose
+/// key another grant held there) — the extend reported the lease lost and the acquire
+/// busy, though the slow node's yes would have made the quorum.
+fn settled(yes: usize, pending: usize, quorum: usize) -> bool {
+    yes >= quorum || yes + pending < quorum
+}
+
+/// [`fan_out_counting`] with every answer a yes: for strict bounds (quorum 0, where
+/// nothing is counted), and for callers whose outcome any answer decides (a release's).
+pub(crate) async fn fan_out<T, F, Fut>(nodes: &[RedisNode], bound: Bound, op: F) -> Vec<Answer<T>>
+where
+    F: Fn(usize, RedisNode) -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    fan_out_counting(nodes, bound, |_| true, op).await
 }
 
 /// Runs `op` on every node at once (with the node's index) and returns the answers in
 /// node order. A node that does not answer within `bound.per_node` counts as silent —
-/// unless fewer than `bound.quorum` nodes have answered (errors are no answers here) by
-/// then and the nodes still out could make it: then the wait goes on until they have, a
-/// quorum is out of reach, or `bound.late` has passed ([`settled`]). The whole call takes
-/// at most about `bound.late`, whatever the nodes do.
-pub(crate) async fn fan_out<T, F, Fut>(nodes: &[RedisNode], bound: Bound, op: F) -> Vec<Answer<T>>
+/// unless fewer than `bound.quorum` nodes have answered a yes (`yes` of the answer: the
+/// vote the caller counts; an error is never one) by then and the nodes still out could
+/// make it: then the wait goes on until they have, a quorum of yeses is out of reach, or
+/// `bound.late` has passed ([`settled`]). The whole call takes at most about
+/// `bound.late`, whatever the nodes do.
+pub(crate) async fn fan_out_counting<T, Y, F, Fut>(nodes: &[RedisNode], bound: Bound, yes: Y, op: F) -> Vec<Answer<T>>
 where
+    Y: Fn(&T) -> bool,
     F: Fn(usize, RedisNode) -> Fut,
     Fut: Future<Output = Result<T>>,
 {
@@ -255,9 +272,9 @@ where
         if !past_per_node && on_time.as_mut().poll(cx).is_ready() {
             past_per_node = true;
         }
-        let ok = answers.iter().filter(|a| matches!(a, Some(Ok(_)))).count();
+        let yeses = answers.iter().filter(|a| matches!(a, Some(Ok(v)) if yes(v))).count();
         let pending = answers.iter().filter(|a| a.is_none()).count();
-        if past_per_node && settled(ok, pending, quorum) {
+        if past_per_node && settled(yeses, pending, quorum) {
             std::task::Poll::Ready(())
         } else {
             std::task::Poll::Pending
@@ -314,33 +331,102 @@ mod tests {
         assert!(!err.is_temporary(), "{err}");
     }
 
-    /// The stopping rule past `per_node`, for every split of n = 1, 2, 3, 5 nodes into
-    /// answered (`ok`), failed and pending: it stops exactly when waiting longer cannot
-    /// change whether a quorum answered. Failed before the change (review): errors counted
-    /// as answers, so 1 failed + 1 answered of 3 stopped with a quorum still reachable.
+    /// The stopping rule past `per_node`, case by case (written out, not recomputed with
+    /// the rule's own formula): it stops exactly when waiting longer cannot change whether
+    /// a quorum said yes. `no` is every answer that is not a yes — an error, an extend's
+    /// `false`, an acquire's `Busy` — which the rule no longer tells apart. Failed before
+    /// the changes (reviews): errors, then "no"s, counted as answers, so 1 no + 1 yes of 3
+    /// stopped with a quorum still reachable.
     #[test]
     fn a_fan_out_stops_only_once_the_pending_nodes_cannot_change_the_outcome() {
-        for n in [1usize, 2, 3, 5] {
+        // (n, yes, no, pending, stops)
+        let cases = [
+            // One node (quorum 1).
+            (1, 0, 0, 1, false),
+            (1, 1, 0, 0, true),
+            (1, 0, 1, 0, true),
+            // Two nodes (quorum 2): one no rules the quorum out.
+            (2, 1, 0, 1, false),
+            (2, 0, 0, 2, false),
+            (2, 0, 1, 1, true),
+            (2, 1, 1, 0, true),
+            (2, 2, 0, 0, true),
+            // Three nodes (quorum 2).
+            (3, 0, 0, 3, false),
+            (3, 1, 0, 2, false),
+            (3, 1, 1, 1, false), // the reviews' cases: a fast no (or refusal), a fast yes, one late
+            (3, 0, 1, 2, false),
+            (3, 0, 2, 1, true), // two no: no quorum whatever the third says
+            (3, 2, 0, 1, true),
+            (3, 2, 1, 0, true),
+            (3, 1, 2, 0, true),
+            // Five nodes (quorum 3).
+            (5, 2, 2, 1, false),
+            (5, 2, 0, 3, false),
+            (5, 1, 2, 2, false),
+            (5, 0, 2, 3, false),
+            (5, 3, 0, 2, true),
+            (5, 3, 2, 0, true),
+            (5, 1, 3, 1, true),
+            (5, 0, 3, 2, true),
+            (5, 2, 3, 0, true),
+        ];
+        for (n, yes, no, pending, stops) in cases {
+            assert_eq!(yes + no + pending, n, "case ({n}, {yes}, {no}, {pending})");
             let quorum = n / 2 + 1;
-            for ok in 0..=n {
-                for failed in 0..=n - ok {
-                    let pending = n - ok - failed;
-                    let reachable = ok + pending >= quorum;
-                    let expected = ok >= quorum || !reachable;
-                    assert_eq!(
-                        settled(ok, pending, quorum),
-                        expected,
-                        "n={n} quorum={quorum} ok={ok} failed={failed} pending={pending}"
-                    );
-                }
-            }
-            // A strict bound (quorum 0) always stops at `per_node`.
+            assert_eq!(
+                settled(yes, pending, quorum),
+                stops,
+                "n={n} quorum={quorum} yes={yes} no={no} pending={pending}"
+            );
+        }
+        // A strict bound (quorum 0) always stops at `per_node`.
+        for n in [1, 3, 5] {
             assert!(settled(0, n, 0));
         }
-        // The review's case: 3 nodes, one refused at once, one answered, one still out.
-        assert!(!settled(1, 1, 2), "a refusal cut off the slow node the quorum needs");
-        // Two refused at once: no quorum whatever the third says; no late wait.
-        assert!(settled(0, 1, 2));
+    }
+
+    /// The review's interleaving with "no"s (time paused, so exact): n = 3, quorum 2,
+    /// per_node 50 ms, late 500 ms; node 0 answers `false` in 1 ms, node 1 `true` in 2 ms,
+    /// node 2 `true` in 120 ms. Node 2's answer counts. Failed before: at 50 ms "2
+    /// answered" stopped the wait; node 2 was "no answer within 50ms".
+    #[tokio::test(start_paused = true)]
+    async fn a_fast_no_does_not_cut_off_a_late_yes_the_quorum_needs() {
+        let per_node = Duration::from_millis(50);
+        let at = [1u64, 2, 120];
+        let start = tokio::time::Instant::now();
+        let answers = fan_out_counting(
+            &nodes(3),
+            Bound::quorum(per_node, 2),
+            |v: &bool| *v,
+            |i, _| async move {
+                tokio::time::sleep(Duration::from_millis(at[i])).await;
+                Ok(i != 0)
+            },
+        )
+        .await;
+        assert_eq!(
+            answers,
+            vec![Ok(false), Ok(true), Ok(true)],
+            "the late node was cut off"
+        );
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(120) && took < per_node * 3, "{took:?}");
+        // Two fast "no"s: out of reach, the wait ends at `per_node`.
+        let start = tokio::time::Instant::now();
+        let answers = fan_out_counting(
+            &nodes(3),
+            Bound::quorum(per_node, 2),
+            |v: &bool| *v,
+            |i, _| async move {
+                tokio::time::sleep(Duration::from_millis(if i == 2 { 10_000 } else { 1 })).await;
+                Ok(i == 2)
+            },
+        )
+        .await;
+        assert!(answers[2].is_err(), "{answers:?}");
+        let took = start.elapsed();
+        assert!(took >= per_node && took < per_node * 2, "{took:?}");
     }
 
     /// Three nodes with no server behind them (the fan-out's `op` never uses them).

@@ -11,7 +11,7 @@ use fencelock_redis::{NodeGrant, NodeSubscription, RedisNode, Turn, HANDOFF_CLAI
 use tokio::time::Instant;
 
 use crate::error::Refusal;
-use crate::lock::{grant_on, RedlockLock, Round};
+use crate::lock::{grant_on, Counting, RedlockLock, Round};
 use crate::quorum::{late, Answer, Bound};
 
 /// One `acquire` queued on the key's primary node: registered on the instance's channel
@@ -237,7 +237,15 @@ impl RedlockLock {
         // `heal.rs`).
         // Otherwise (queueing, a fallback re-check) only the primary is asked.
         let (first, early) = if turn {
-            let rest = grant_on(&others, rest_bound, key, &q.grant, opts.ttl(), cfg.restart_delay);
+            let rest = grant_on(
+                &others,
+                rest_bound,
+                Counting::Answers,
+                key,
+                &q.grant,
+                opts.ttl(),
+                cfg.restart_delay,
+            );
             let (first, rest) = tokio::join!(asked, rest);
             (first, Some(rest))
         } else {
@@ -252,7 +260,18 @@ impl RedlockLock {
                 // The primary's vote, counted from `start`, with the others'.
                 let mut answers = match early {
                     Some(rest) => rest,
-                    None => grant_on(&others, rest_bound, key, &q.grant, opts.ttl(), cfg.restart_delay).await,
+                    None => {
+                        grant_on(
+                            &others,
+                            rest_bound,
+                            Counting::Answers,
+                            key,
+                            &q.grant,
+                            opts.ttl(),
+                            cfg.restart_delay,
+                        )
+                        .await
+                    }
                 };
                 answers.insert(p, Ok(NodeGrant::Granted(token)));
                 self.ask_refusals_again(key, opts, &q.grant, &mut answers, &mut under, start)
@@ -493,7 +512,16 @@ impl RedlockLock {
                 quorum: cfg.quorum() - yes,
                 late: late(per_node).min(validity_left).max(per_node),
             };
-            let again = grant_on(&nodes, bound, key, grant, opts.ttl(), cfg.restart_delay).await;
+            let again = grant_on(
+                &nodes,
+                bound,
+                Counting::Answers,
+                key,
+                grant,
+                opts.ttl(),
+                cfg.restart_delay,
+            )
+            .await;
             for ((i, answer), asked_under) in refused.into_iter().zip(again).zip(asked_under) {
                 // A re-ask with no answer leaves the node's "busy" as it was: the node did
                 // answer the round, and an unknown re-ask may have landed unheard — the

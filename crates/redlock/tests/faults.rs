@@ -855,6 +855,54 @@ async fn a_refusing_node_does_not_cut_the_late_wait_for_the_quorum() {
     locks.close().await.unwrap();
 }
 
+/// Review: the late wait is decided on the votes the caller counts, not on answers. A
+/// node answering "no" at once (node 0: its copy of an extended lease is gone, or the key
+/// is held there by another grant for an acquire) beside one saying "yes" at once (node 1)
+/// must not cut off the slow node 2 (answers 120 ms late behind a proxy;
+/// `per_node_timeout` 50 ms, late bound 500 ms) whose "yes" makes the quorum. Failed
+/// before: at 50 ms "2 of 3 answered" ended the wait, node 2 was "no answer within 50ms",
+/// and the round had one yes of the two it needed — the extend reported `LeaseLost`, the
+/// acquire was busy, though waiting for node 2 would have succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_no_does_not_cut_the_late_wait_for_a_yes_the_quorum_needs() {
+    use fencelock_testkit::proxy::{FaultProxy, Mode};
+    let servers = start_many(3);
+    let slow = FaultProxy::start(servers[2].port()).await;
+    let url = format!(
+        "redlock://127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}?per_node_timeout=50ms",
+        servers[0].port(),
+        servers[1].port(),
+        slow.port()
+    );
+    let locks = RedlockLock::connect(&url).await.unwrap();
+    let o = opts(Duration::from_secs(10));
+    // Every node connected, its scripts loaded, before the faults.
+    locks.acquire("warm", &o).await.unwrap().release().await.unwrap();
+    let delay = Duration::from_millis(120);
+
+    // An extend: node 0's copy gone (its extend answers 0), node 2 late.
+    let lease = locks.acquire("e", &o).await.unwrap();
+    let gone = servers[0].command("DEL fencelock:{e}:lock");
+    assert!(gone.starts_with(":1"), "DEL: {gone:?}");
+    slow.set_to_client(Mode::Delay(delay));
+    let extended = lease.extend(Duration::from_secs(10)).await;
+    slow.set_to_client(Mode::Pass);
+    extended.expect("node 0's fast no cut off node 2's late yes");
+    lease.release().await.unwrap();
+
+    // An acquire: node 0 held by another grant (busy at once), node 2 free but late.
+    let held = servers[0].command("SET fencelock:{k}:lock someone-else PX 10000");
+    assert!(held.starts_with("+OK"), "SET: {held:?}");
+    slow.set_to_client(Mode::Delay(delay));
+    let got = locks.try_acquire("k", &o).await;
+    slow.set_to_client(Mode::Pass);
+    let lease = got
+        .expect("nodes 1 and 2 answer")
+        .expect("node 0's fast busy cut off node 2's late grant");
+    lease.release().await.unwrap();
+    locks.close().await.unwrap();
+}
+
 /// Two of three nodes refusing writes since their last snapshot failed (`MISCONF`: a disk
 /// full for a while) refuse an extend for now, not for good: the error is temporary, so
 /// auto-renew retries it within the validity, and once the snapshots succeed the extend
