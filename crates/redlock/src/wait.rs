@@ -60,6 +60,11 @@ pub(crate) struct WaitState {
     missed: u32,
     /// When this wait last made a re-check's plain round (see [`RedlockLock::attempt`]).
     last_round: Option<Instant>,
+    /// When the lock on the primary (by index) ends, on the primary's clock (its `TIME`
+    /// plus the lock's `PTTL`, ms), as this wait's latest turn saw it: a re-check that
+    /// finds it moved knows the lock was granted again or extended since — the queue is
+    /// moving, or a holder renews — and makes no plain round ([`RedlockLock::attempt`]).
+    seen_end: Option<(usize, u64)>,
     /// Why the latest round of this wait that every node was asked in (a plain round,
     /// or a turn's) was refused: a wait that runs out refused by nodes inside their
     /// restart delay says so rather than time out as if the key were held
@@ -319,6 +324,12 @@ impl RedlockLock {
             Ok(Ok(Turn::Queued { pttl, entry, server_ms })) => {
                 q.entry = entry;
                 st.missed = 0;
+                let end = server_ms.zip(pttl).map(|(now, left)| (q.at, now.saturating_add(left)));
+                let moved = match (st.seen_end, end) {
+                    (Some((was_at, was)), Some((at, now))) => was_at == at && now.abs_diff(was) > END_SLACK_MS,
+                    _ => false,
+                };
+                st.seen_end = end;
                 // The primary refused inside its restart delay (no server time: the
                 // script stopped at the delay's check) and queued nothing.
                 let primary_restarting = server_ms.is_none();
@@ -386,7 +397,18 @@ impl RedlockLock {
                 // its restart delay, which queued nothing, is the only answer, and the
                 // round asks the other nodes (which may grant, or say why not).
                 let asked_all = !first_turn || (primary_restarting && !rounded);
-                if spent.is_none() && !turn && asked_all && !reserved && due {
+                // Not when the primary's lock changed since this wait's previous turn
+                // (`moved`): granted again (a hand-off, the queue moving) or extended (a
+                // holder renewing) — not the stuck grant of nobody the round is for, which
+                // never changes, and a round against a live holder is refused and undone.
+                // Issue 14: with many waiters each re-checked this way about every 2 s
+                // while the queue moved, a plain round on every node and its undo (about
+                // 40 commands with 5 nodes) per re-check — commands per hand-off grew
+                // with waiters × wait (4 → 32 waiters: 48 → 53–56 per grant, MONITOR:
+                // the plain rounds of queued waiters). A stuck grant that landed after
+                // the wait's previous turn is seen unchanged at the next re-check: found
+                // one period later at most.
+                if spent.is_none() && !turn && asked_all && !reserved && due && !moved {
                     st.last_round = Some(Instant::now());
                     match self.round(key, opts).await? {
                         Round::Granted(lease) => {
@@ -543,6 +565,11 @@ impl RedlockLock {
         jitter(shortest.map_or(retry, |s| s.min(retry)).max(Duration::from_millis(1)))
     }
 }
+
+/// How far apart (ms) two readings of the primary's lock's end (`TIME` + `PTTL`, in one
+/// script) may be and still be the same grant: `PTTL` counts from the script's start,
+/// `TIME` reads the clock when called, each rounded to the ms.
+const END_SLACK_MS: u64 = 5;
 
 /// How much later than `retry_delay` a queued waiter re-checks without a message (the
 /// hand-off is addressed to it; the poll only covers a lost message).

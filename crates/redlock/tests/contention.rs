@@ -35,9 +35,28 @@ fn commands(servers: &[RedisServer]) -> u64 {
     servers.iter().map(RedisServer::client_commands).sum()
 }
 
+/// Per-name `INFO commandstats` calls over `servers`, summed.
+fn stats(servers: &[RedisServer]) -> std::collections::BTreeMap<String, u64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    for s in servers {
+        for (name, n) in s.commandstats() {
+            *by_name.entry(name).or_insert(0u64) += n;
+        }
+    }
+    by_name
+}
+
 /// Server commands (all nodes) per grant while `waiters` clients (one instance each) take
-/// `grants` turns on one key, each holding it for 1 ms.
+/// turns on one key, each holding it for 1 ms: counted over `grants` hand-offs in the
+/// steady state — from the `waiters`-th grant on, when every waiter has made its first
+/// attempt (a plain round on every node, its undo, its subscription: a cost once per
+/// waiter, not per hand-off) — to the (`waiters` + `grants`)-th, before the waiters stop
+/// (their closes, once per waiter too). Counted from the first grant, 28 more waiters'
+/// start-up (about 30 commands each with 5 nodes) added about 4 commands per grant of 200
+/// — the whole growth from 4 to 32 waiters on an idle machine, where the hand-offs in
+/// between cost the same (`MONITOR`, 8 Dec 2026).
 async fn commands_per_grant(servers: &[RedisServer], waiters: usize, grants: u64) -> f64 {
+    use fencelock_testkit::until::until;
     let url = redlock_url(servers, "");
     let clients: Vec<_> = (0..waiters).map(|_| RedlockLock::connect(&url)).collect();
     let mut ready = Vec::new();
@@ -54,13 +73,13 @@ async fn commands_per_grant(servers: &[RedisServer], waiters: usize, grants: u64
             .await
             .unwrap();
     }
+    let (warm, total) = (waiters as u64, waiters as u64 + grants);
     let done = Arc::new(AtomicU64::new(0));
-    let before = commands(servers);
     let mut tasks = Vec::new();
     for locks in ready {
         let done = Arc::clone(&done);
         tasks.push(tokio::spawn(async move {
-            while done.load(Ordering::SeqCst) < grants {
+            while done.load(Ordering::SeqCst) < total {
                 let lease = locks.acquire("herd", &opts()).await.unwrap();
                 done.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(1)).await; // the holder's work
@@ -69,21 +88,31 @@ async fn commands_per_grant(servers: &[RedisServer], waiters: usize, grants: u64
             locks.close().await.unwrap();
         }));
     }
+    let limit = Duration::from_secs(180);
+    until("every waiter made its first attempt", limit, || {
+        done.load(Ordering::SeqCst) >= warm
+    })
+    .await;
+    let (before, from) = (stats(servers), done.load(Ordering::SeqCst));
+    until("the hand-offs counted", limit, || done.load(Ordering::SeqCst) >= total).await;
+    let (after, to) = (stats(servers), done.load(Ordering::SeqCst));
     for t in tasks {
-        tokio::time::timeout(Duration::from_secs(180), t)
-            .await
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(limit, t).await.unwrap().unwrap();
     }
-    let used = commands(servers) - before;
-    let mut by_name = std::collections::BTreeMap::new();
-    for s in servers {
-        for (name, n) in s.commandstats() {
-            *by_name.entry(name).or_insert(0u64) += n;
+    let counted = |name: &str| name != "info" && !name.starts_with("config");
+    let mut used = 0;
+    let mut per = Vec::new();
+    for (name, n) in &after {
+        let n = n - before.get(name).copied().unwrap_or(0);
+        if counted(name) {
+            used += n;
+        }
+        if n > 0 {
+            per.push(format!("{name}={:.2}", n as f64 / (to - from) as f64));
         }
     }
-    eprintln!("{waiters} waiters, cumulative: {by_name:?}");
-    used as f64 / done.load(Ordering::SeqCst) as f64
+    eprintln!("{waiters} waiters, per grant: {}", per.join(" "));
+    used as f64 / (to - from) as f64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
