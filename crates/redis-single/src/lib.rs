@@ -63,3 +63,4 @@ pub use fencelock_core::cleanup::CleanupGuard;
 pub use layout::RedisLayout;
 pub use lock::{RedisLock, GUARANTEES, GUARANTEES_DURABLE};
 pub use node::{CounterSafety, NodeGrant, NodeSubscription, RedisNode, Turn, HANDOFF_CLAIM};
+pub use scripts::with_source;

@@ -379,8 +379,8 @@ impl RedisNode {
     /// answer is lost, and a call whose script is missing loads it as usual when answers
     /// flow. Sent when the node makes its connection, so that a first call whose answer is
     /// lost still runs — see [`Lua`](crate::scripts::Lua). The connection manager's own
-    /// reconnects (after a server restart) do not send it: the follow-ups' repeats load
-    /// the scripts again ([`load_scripts`](Self::load_scripts)).
+    /// reconnects (after a server restart) do not send it: the follow-ups' repeats send
+    /// their scripts with the source ([`with_source`](crate::scripts::with_source)).
     async fn send_script_loads(conn: &ConnectionManager, timeout: Duration) {
         let mut pipe = redis::pipe();
         for lua in scripts::all() {
@@ -390,20 +390,6 @@ impl RedisNode {
         let loaded = pipe.query_async::<()>(&mut conn);
         if let Ok(Err(e)) = tokio::time::timeout(timeout, loaded).await {
             tracing::debug!(error = %e, "scripts not loaded ahead; each loads at its first call");
-        }
-    }
-
-    /// Loads every script again (see `send_script_loads`), waiting for the answer at most
-    /// the reply timeout (and, with no connection yet, first for one: at most twice the
-    /// connect timeout plus the reply timeout). A follow-up that went unanswered calls this before trying again: a server
-    /// that lost its scripts (restarted, `SCRIPT FLUSH`) while answers are lost would
-    /// otherwise refuse every repeat `NOSCRIPT`, unheard.
-    ///
-    /// # Cancel safety
-    /// Cancel safe: loading a script twice is harmless.
-    pub async fn load_scripts(&self) {
-        if let Ok(conn) = self.connection().await {
-            Self::send_script_loads(&conn, self.inner.cfg.timeout).await;
         }
     }
 
@@ -678,10 +664,10 @@ impl RedisNode {
     /// effect must not be left undone (a give-up, the release of an unheard grant): sent
     /// again while no answer comes — after 20 ms, doubling to at most 1 s, then every
     /// 1 s — until `ttl` has passed (the caller's bound: what it would remove has expired
-    /// by then; so at most about `ttl` / 1 s + 6 tries). Each repeat goes out together with [`load_scripts`](Self::load_scripts), queued first
-    /// on the same connection: the last try may have met `NOSCRIPT` unheard, and a load
-    /// takes effect whether or not its answer comes back (no reply timeout is added per
-    /// repeat). Holds the node only weakly between tries, so a dropped instance ends it;
+    /// by then; so at most about `ttl` / 1 s + 6 tries). Each repeat sends its scripts as
+    /// `EVAL` with their source ([`with_source`](crate::scripts::with_source)): the last
+    /// try may have met `NOSCRIPT` unheard, and an `EVAL` runs whether or not its answer
+    /// comes back. Holds the node only weakly between tries, so a dropped instance ends it;
     /// counted as a clean-up, so [`close`](Self::close) waits for it. Nothing when no
     /// runtime is running.
     fn follow_up<F, Fut>(&self, key: &str, what: &'static str, ttl: Duration, step: F)
@@ -703,12 +689,12 @@ impl RedisNode {
             for attempt in 0u64.. {
                 let Some(inner) = node.upgrade() else { return };
                 let node = RedisNode { inner };
-                let load = async {
-                    if attempt > 0 {
-                        node.load_scripts().await;
-                    }
+                // A repeat: the last try may have met `NOSCRIPT` unheard.
+                let answer = if attempt > 0 {
+                    scripts::with_source(step(node.clone())).await
+                } else {
+                    step(node.clone()).await
                 };
-                let ((), answer) = tokio::join!(load, step(node.clone()));
                 match answer {
                     Ok(()) => return,
                     Err(e) => tracing::debug!(%key, error = %e, "{what} unanswered; trying again"),

@@ -9,9 +9,11 @@ use redis::{Cmd, ErrorKind, FromRedisValue, RedisResult, Script, ServerErrorKind
 /// script (never sent it, restarted, `SCRIPT FLUSH`) answers `NOSCRIPT`, and the call is
 /// sent again as `EVAL` with the source ([`Call::invoke`]) — not loaded with `SCRIPT LOAD`,
 /// which an ACL may refuse to a user that can run scripts (`-script`). A follow-up sent
-/// while answers are lost would never hear the `NOSCRIPT`: it sends `SCRIPT LOAD` with each
-/// repeat, which takes effect whether or not its answer comes back
-/// ([`RedisNode::load_scripts`](crate::node::RedisNode::load_scripts)).
+/// while answers are lost would never hear the `NOSCRIPT`: its repeats send the script as
+/// `EVAL` with its source at once ([`with_source`]) — one command, which runs whether or
+/// not its answer comes back and leaves the script cached. Until 8 Dec 2026 each repeat
+/// was preceded by a `SCRIPT LOAD` of all ten scripts (eleven commands where one does,
+/// and exactly when the server is overloaded; refused to a `-script` user).
 pub(crate) struct Lua {
     code: String,
     script: Script,
@@ -41,6 +43,22 @@ impl Lua {
             args: Vec::with_capacity(9),
         }
     }
+}
+
+tokio::task_local! {
+    /// Set by [`with_source`]: calls send `EVAL` with the source, not `EVALSHA`.
+    static WITH_SOURCE: bool;
+}
+
+/// Runs `f` with every script call in it sent as `EVAL` with the script's source rather
+/// than `EVALSHA` of its hash: for a repeat of a request whose answer was lost, which may
+/// have met `NOSCRIPT` unheard (a server restarted, `SCRIPT FLUSH`). One command per call;
+/// needs what the `NOSCRIPT` fallback needs anyway (`EVAL`), not the `SCRIPT` command.
+///
+/// # Cancel safety
+/// As `f`.
+pub async fn with_source<F: std::future::Future>(f: F) -> F::Output {
+    WITH_SOURCE.scope(true, f).await
 }
 
 /// One call of a [`Lua`] script: its keys (`KEYS[i]`) and arguments (`ARGV[i]`).
@@ -86,11 +104,15 @@ impl Call<'_> {
     }
 
     /// Runs the call: `EVALSHA`, and when the server answers `NOSCRIPT`, `EVAL` with the
-    /// source (which also leaves the script cached on the server).
+    /// source (which also leaves the script cached on the server); inside [`with_source`],
+    /// `EVAL` at once.
     ///
     /// # Cancel safety
     /// As the script: dropped after a command was sent, the script may have run unheard.
     pub(crate) async fn invoke<T: FromRedisValue>(&self, conn: &mut impl ConnectionLike) -> RedisResult<T> {
+        if WITH_SOURCE.try_with(|on| *on).unwrap_or(false) {
+            return self.command(true).query_async(conn).await;
+        }
         match self.command(false).query_async(conn).await {
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                 self.command(true).query_async(conn).await

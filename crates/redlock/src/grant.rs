@@ -14,7 +14,6 @@ use tokio::time::Instant;
 use crate::error::lacking_quorum;
 use crate::lock::{check_ttl, Inner};
 use crate::quorum::{fan_out, fan_out_counting, Bound};
-use fencelock_redis::RedisNode;
 
 /// The most rounds a background release sends to the nodes that have not answered yet.
 const RELEASE_ROUNDS: u32 = 50;
@@ -354,15 +353,10 @@ impl ReleasePlan {
                 pause = (pause * 2).min(RELEASE_PAUSE_MAX.max(pause));
                 let Some(inner) = weak.upgrade() else { return };
                 // The last round may have met NOSCRIPT unheard (a node that lost its
-                // scripts while answers are lost): load them again, in flight together
-                // with the repeat — sent first on each node's one connection, so the node
-                // runs the load before it, answered or not; no wait added per round.
-                let silent: Vec<RedisNode> = pending.iter().map(|&i| inner.nodes[i].clone()).collect();
-                let bound = Bound::strict(inner.cfg.per_node_timeout);
-                let load = fan_out(&silent, bound, |_, node| async move {
-                    node.load_scripts().await;
-                    Ok(())
-                });
+                // scripts while answers are lost): the repeat sends each script as `EVAL`
+                // with its source, one command that runs answered or not. Until 8 Dec
+                // 2026 a `SCRIPT LOAD` of all ten scripts went with each repeat: up to
+                // 4.6 commands per grant under load (issue 14).
                 let plan = ReleasePlan {
                     inner,
                     key: key.clone(),
@@ -371,7 +365,7 @@ impl ReleasePlan {
                     raise_to: raise_to.clone(),
                     under: under.clone(),
                 };
-                let (_, answers) = tokio::join!(load, plan.send(&pending, false));
+                let answers = fencelock_redis::with_source(plan.send(&pending, false)).await;
                 pending = answers
                     .into_iter()
                     .filter(|(_, a)| a.is_err())
