@@ -18,13 +18,14 @@ pub(crate) fn silent_nodes<T>(answers: &[Answer<T>]) -> Vec<&str> {
 }
 
 /// The "no quorum" error: how many answered, within what, and who did not.
-pub(crate) fn no_quorum<T>(doing: &str, answers: &[Answer<T>], quorum: usize, per_node: Duration) -> LockError {
+pub(crate) fn no_quorum<T>(doing: &str, answers: &[Answer<T>], quorum: usize, waited: Duration) -> LockError {
     let answered = answers.iter().filter(|a| a.is_ok()).count();
     let silent = silent_nodes(answers);
     LockError::Unavailable {
         message: format!(
-            "no quorum for {doing}: {answered} of {} nodes answered (waiting at most {per_node:?}; need {quorum}); {}",
+            "no quorum for {doing}: {answered} of {} nodes answered (waiting at most {}; need {quorum}); {}",
             answers.len(),
+            fencelock_core::options::duration_text::human(waited),
             silent.join("; ")
         ),
         source: None,

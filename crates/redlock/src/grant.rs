@@ -112,12 +112,8 @@ impl RedlockGrant {
             // Refusals that rule out a quorum (a permission, a key of the wrong type) as
             // the acquire tells them: not temporary, so auto-renew does not retry them
             // until the validity runs out.
-            return Err(lacking_quorum(
-                "extend",
-                &answers,
-                cfg.quorum(),
-                cfg.per_node_timeout + wait,
-            ));
+            // The wait it made: the late bound (a quorum had not answered).
+            return Err(lacking_quorum("extend", &answers, cfg.quorum(), bound.late));
         }
         Ok(None)
     }
