@@ -256,7 +256,7 @@ impl Shared {
     }
 
     /// Raises the validity back to `until`, what it was before an extend's cap, when that
-    /// extend was refused outright (the backend kept the grant as it was). Only a live
+    /// extend's input was refused before it was sent (the backend kept the grant as it was). Only a live
     /// lease, and only to a belief it held: never past `until`.
     fn restore_validity(&self, until: Instant) {
         self.status.send_if_modified(|s| {
@@ -557,9 +557,16 @@ impl Lease {
         Err(LockError::Unavailable { message, source: None })
     }
 
+    /// The TTL from which a try whose answer outlasted it is taken for a stall (temporary)
+    /// rather than a TTL below the backend's round trip ([`into_live_for_try`](Self::into_live_for_try)).
+    pub const TRY_STALL_TTL: Duration = Duration::from_secs(1);
+
     /// [`into_live`](Self::into_live) for `try_acquire`, which makes one attempt: a grant
-    /// whose answer took at least its TTL is [`LockError::InvalidInput`] naming the TTL and
-    /// the round trip (given back as there), not the temporary `Unavailable`.
+    /// whose answer took at least its TTL, a TTL under [`TRY_STALL_TTL`](Self::TRY_STALL_TTL)
+    /// (1 s), is [`LockError::InvalidInput`] naming the TTL and the round trip (given back as
+    /// there), not the temporary `Unavailable`. From a second up an answer that slow is
+    /// more likely a stall (the network, a pause) than a TTL below the round trip, and stays
+    /// `Unavailable`.
     ///
     /// Why not temporary: a caller retries a temporary error, and a TTL below the grant
     /// round trip gives the same answer to every try — each burning a token, forever
@@ -575,7 +582,9 @@ impl Lease {
         let (round_trip, ttl) = (self.since_sent(), self.ttl());
         let key = self.shared.key.clone();
         self.into_live().map_err(|e| {
-            if round_trip >= ttl {
+            // Only for a TTL under a second: an answer that outlasted a longer one is a
+            // stall (the network, a pause), which the next try may not meet.
+            if round_trip >= ttl && ttl < Self::TRY_STALL_TTL {
                 crate::waiting::ttl_below_round_trip(ttl, &format!("the grant of `{key}`"), "its answer", round_trip)
             } else {
                 e
@@ -880,12 +889,14 @@ async fn send_extend(
             s.mark_lost(LostReason::NotHeld);
             Err(s.lost_error(LostReason::NotHeld))
         }
-        // Refused outright (a TTL the backend does not allow, a permission): nothing
-        // changed on the server, so neither do the renewals nor the validity — the cap to
-        // `sent + ttl` made before the send is undone (a refused `extend(100ms)` of a 30 s
-        // lease left it believing 100 ms, then lost). A temporary error keeps both: the
-        // request may have landed.
-        Ok(Err(e)) if !e.is_temporary() => {
+        // The input refused (a TTL the backend does not allow, checked before anything is
+        // sent): nothing changed on the server, so neither do the renewals nor the
+        // validity — the cap to `sent + ttl` made before the send is undone (a refused
+        // `extend(100ms)` of a 30 s lease left it believing 100 ms, then lost). Any other
+        // error keeps both, permanent ones too: the request went out and may have landed
+        // on part of the backend (Redlock: the nodes that answered yes applied the
+        // shorter TTL, and a quorum refusing the scripts made the error).
+        Ok(Err(e @ LockError::InvalidInput(_))) => {
             s.renewal().ttl = previous_ttl;
             s.restore_validity(previous_until);
             Err(e)
@@ -1565,6 +1576,34 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(held.is_held(), "lost after a refused extend, within its validity");
         held.release().await.expect("release");
+    }
+
+    /// An extend refused for good *after* it was sent may have landed on part of the
+    /// backend (Redlock: two of five nodes applied the shorter TTL, three refused the
+    /// scripts — `InvalidConfig`): the cap to `sent + ttl` stays, or the holder would go on
+    /// believing the old validity while those nodes let the key go at the shorter one and a
+    /// second client took a quorum with them (review helper 206). Only a refusal of the
+    /// input itself (`InvalidInput`: checked before anything is sent) restores it.
+    #[tokio::test(start_paused = true)]
+    async fn an_extend_refused_after_it_was_sent_keeps_the_cap() {
+        struct PartlyApplied;
+        #[async_trait]
+        impl LeaseOps for PartlyApplied {
+            async fn extend(&self, _ttl: Duration) -> Result<Option<Duration>> {
+                Err(LockError::invalid_config("3 of 5 nodes refused the settings"))
+            }
+            async fn release(&self) -> Result<bool> {
+                Ok(true)
+            }
+        }
+        let held = unrenewed(Arc::new(PartlyApplied), Instant::now(), Duration::from_secs(10));
+        let err = held.extend(Duration::from_millis(200)).await.expect_err("refused");
+        assert!(matches!(err, LockError::InvalidConfig { .. }), "{err}");
+        assert!(
+            held.remaining() <= Duration::from_millis(200),
+            "a refusal that may have landed in part restored the validity to {:?}",
+            held.remaining()
+        );
     }
 
     /// The holder's work ends when it calls `release`; a backend that confirms the grant was

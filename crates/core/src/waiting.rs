@@ -594,6 +594,19 @@ mod tests {
         assert!(err.to_string().contains("(TTL 1ms)"), "{err}");
     }
 
+    /// A TTL of a second or more that one answer outlasted is a stall (the network, a
+    /// pause), not a TTL below the backend's round trip: that try stays temporary, so a
+    /// caller retries rather than treating it as its own bug (review helper 206).
+    #[tokio::test(start_paused = true)]
+    async fn a_try_stalled_past_a_long_ttl_stays_temporary() {
+        let opts = LockOptions::new().with_ttl(Duration::from_secs(2));
+        let err = late_grant(1, Duration::from_millis(2500), opts)
+            .await
+            .into_live_for_try()
+            .expect_err("a dead grant was handed out");
+        assert!(err.is_temporary(), "{err:?}");
+    }
+
     // Issue 13 A4: a TTL shorter than the grant round trip looped for the whole wait,
     // burning a token per attempt. Now the third dead grant ends the acquire.
     #[tokio::test(start_paused = true)]

@@ -92,9 +92,9 @@ pub async fn refused_extend_keeps_the_validity(f: &dyn ClientFactory, cfg: &Suit
     // refusal's task waits to be scheduled on a loaded machine (1 ms did, once, on
     // PostgreSQL: see the cap in `Lease::extend`).
     match lease.extend(Duration::from_millis(50)).await {
-        // Refused: not temporary (the request may have landed), not a loss (a short TTL
-        // that did land, its answer later than the TTL).
-        Err(e) if !e.is_temporary() && !e.is_lease_lost() => {
+        // The input refused, before anything was sent. (Another error, permanent or not,
+        // may come after the request landed on part of the backend: the cap stays then.)
+        Err(e @ LockError::InvalidInput(_)) => {
             let left = lease.remaining();
             assert!(
                 left + cfg.slack >= LONG_TTL,
