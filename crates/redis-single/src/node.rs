@@ -365,12 +365,17 @@ impl RedisNode {
                 cfg.scripts_read_info
             )
         );
-        allowed?;
         // Not read (no answer within `timeout`, `INFO` refused): read again when wanted,
         // after the back-off's first pause.
         self.inner.identity.record(run_id.clone());
         *self.inner.run_id.lock().unwrap_or_else(|p| p.into_inner()) = run_id;
+        // Kept even when the user's rights are refused: the refusal is said once, here (a
+        // `redis://` connect fails with it); a Redlock node outvoted for it at connect then
+        // answers each later command's `NOPERM` in one round trip on this connection —
+        // not with a new connection, scripts load and rights check per command (review
+        // helper 206) — and works again as soon as the rights are granted.
         *self.inner.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+        allowed?;
         Ok(conn)
     }
 
