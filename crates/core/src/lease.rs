@@ -562,8 +562,9 @@ impl Lease {
     pub const TRY_STALL_TTL: Duration = Duration::from_secs(1);
 
     /// [`into_live`](Self::into_live) for `try_acquire`, which makes one attempt: a grant
-    /// whose answer took at least its TTL, a TTL under [`TRY_STALL_TTL`](Self::TRY_STALL_TTL)
-    /// (1 s), is [`LockError::InvalidInput`] naming the TTL and the round trip (given back as
+    /// whose own validity ran out before its answer arrived (the answer took about its TTL
+    /// or more), a TTL under [`TRY_STALL_TTL`](Self::TRY_STALL_TTL) (1 s), is
+    /// [`LockError::InvalidInput`] naming the TTL and the round trip (given back as
     /// there), not the temporary `Unavailable`. From a second up an answer that slow is
     /// more likely a stall (the network, a pause) than a TTL below the round trip, and stays
     /// `Unavailable`.
@@ -581,10 +582,18 @@ impl Lease {
     pub fn into_live_for_try(self) -> Result<Lease> {
         let (round_trip, ttl) = (self.since_sent(), self.ttl());
         let key = self.shared.key.clone();
+        // Whether its own validity ran out (not a loss the backend reported): judged on the
+        // state before the check, and the time after it — time only moves on.
+        let (state, valid_until) = {
+            let s = self.shared.status.borrow();
+            (s.state.clone(), s.valid_until)
+        };
         self.into_live().map_err(|e| {
+            let ran_out = matches!(state, LeaseState::Held | LeaseState::Lost(LostReason::Expired))
+                && Instant::now() >= valid_until;
             // Only for a TTL under a second: an answer that outlasted a longer one is a
             // stall (the network, a pause), which the next try may not meet.
-            if round_trip >= ttl && ttl < Self::TRY_STALL_TTL {
+            if ran_out && ttl < Self::TRY_STALL_TTL {
                 crate::waiting::ttl_below_round_trip(ttl, &format!("the grant of `{key}`"), "its answer", round_trip)
             } else {
                 e

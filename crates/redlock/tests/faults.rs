@@ -476,7 +476,13 @@ async fn a_node_refusing_rights_at_connect_is_outvoted_like_later() {
         .await
         .expect("two of three nodes grant: one node's missing rights are outvoted");
     let o = opts(Duration::from_secs(5));
-    locks.acquire("k", &o).await.expect("quorum of 2 of 3").release().await.unwrap();
+    locks
+        .acquire("k", &o)
+        .await
+        .expect("quorum of 2 of 3")
+        .release()
+        .await
+        .unwrap();
     // The outvoted node keeps its connection: each later round meets its NOPERM in one
     // round trip, not with a new connection, scripts load and rights check per round
     // (review helper 206: the connection was never kept).
@@ -488,7 +494,13 @@ async fn a_node_refusing_rights_at_connect_is_outvoted_like_later() {
     };
     let before = connections(&servers[0]);
     for _ in 0..20 {
-        locks.acquire("k", &o).await.expect("quorum of 2 of 3").release().await.unwrap();
+        locks
+            .acquire("k", &o)
+            .await
+            .expect("quorum of 2 of 3")
+            .release()
+            .await
+            .unwrap();
     }
     let made = connections(&servers[0]) - before;
     assert!(made <= 3, "{made} connections to the outvoted node over 20 rounds");
