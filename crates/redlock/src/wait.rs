@@ -235,14 +235,9 @@ impl RedlockLock {
                 cfg.restart_delay,
             ),
         );
-        // Handed the lock (`g`): the previous holder's release, sent to every node at
-        // once, has usually freed the others too — ask them in the same round trip as the
-        // claim (a secondary the release has not reached yet answers busy: the grant then
-        // holds on the quorum without it and takes that node once the release lands,
-        // `heal.rs`).
-        // Otherwise (queueing, a fallback re-check) only the primary is asked.
-        let (first, early) = if turn {
-            let rest = grant_on(
+        // The secondaries' round of this turn (see below for when).
+        let ask_others = || {
+            grant_on(
                 &others,
                 rest_bound,
                 Counting::Answers,
@@ -250,7 +245,16 @@ impl RedlockLock {
                 &q.grant,
                 opts.ttl(),
                 cfg.restart_delay,
-            );
+            )
+        };
+        // Handed the lock (`g`): the previous holder's release, sent to every node at
+        // once, has usually freed the others too — ask them in the same round trip as the
+        // claim (a secondary the release has not reached yet answers busy: the grant then
+        // holds on the quorum without it and takes that node once the release lands,
+        // `heal.rs`).
+        // Otherwise (queueing, a fallback re-check) only the primary is asked.
+        let (first, early) = if turn {
+            let rest = ask_others();
             let (first, rest) = tokio::join!(asked, rest);
             (first, Some(rest))
         } else {
@@ -265,18 +269,7 @@ impl RedlockLock {
                 // The primary's vote, counted from `start`, with the others'.
                 let mut answers = match early {
                     Some(rest) => rest,
-                    None => {
-                        grant_on(
-                            &others,
-                            rest_bound,
-                            Counting::Answers,
-                            key,
-                            &q.grant,
-                            opts.ttl(),
-                            cfg.restart_delay,
-                        )
-                        .await
-                    }
+                    None => ask_others().await,
                 };
                 answers.insert(p, Ok(NodeGrant::Granted(token)));
                 self.ask_refusals_again(key, opts, &q.grant, &mut answers, &mut under, start)

@@ -789,6 +789,26 @@ fn user_u_everywhere(servers: &[RedisServer]) {
     }
 }
 
+/// A client of the three `servers` (`userinfo`: `""` or `USER:PASSWORD@`) with the third
+/// behind a fault proxy, `per_node_timeout` 50 ms; every node connected and its scripts
+/// loaded (one grant of `warm`, released) before the test's faults.
+async fn third_behind_a_proxy(
+    servers: &[RedisServer],
+    userinfo: &str,
+) -> (fencelock_testkit::proxy::FaultProxy, RedlockLock) {
+    let slow = fencelock_testkit::proxy::FaultProxy::start(servers[2].port()).await;
+    let url = format!(
+        "redlock://{userinfo}127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}?per_node_timeout=50ms",
+        servers[0].port(),
+        servers[1].port(),
+        slow.port()
+    );
+    let locks = RedlockLock::connect(&url).await.unwrap();
+    let o = opts(Duration::from_secs(10));
+    locks.acquire("warm", &o).await.unwrap().release().await.unwrap();
+    (slow, locks)
+}
+
 fn refuse_scripts(server: &RedisServer) {
     let made = server.command("ACL SETUSER u -evalsha -eval -evalsha_ro -eval_ro");
     assert!(made.ends_with("+OK\r\n"), "ACL SETUSER: {made:?}");
@@ -863,17 +883,8 @@ async fn a_refusing_node_does_not_cut_the_late_wait_for_the_quorum() {
     use fencelock_testkit::proxy::{FaultProxy, Mode};
     let servers = start_many(3);
     user_u_everywhere(&servers);
-    let slow = FaultProxy::start(servers[2].port()).await;
-    let url = format!(
-        "redlock://u:pw@127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}?per_node_timeout=50ms",
-        servers[0].port(),
-        servers[1].port(),
-        slow.port()
-    );
-    let locks = RedlockLock::connect(&url).await.unwrap();
+    let (slow, locks) = third_behind_a_proxy(&servers, "u:pw@").await;
     let o = opts(Duration::from_secs(10));
-    // Every node connected, its scripts loaded, before the faults.
-    locks.acquire("warm", &o).await.unwrap().release().await.unwrap();
     let delay = Duration::from_millis(120);
     let faults = || {
         // The scripts (extend, release) and the acquire's plain `SET`/`INCR`.
@@ -922,17 +933,8 @@ async fn a_refusing_node_does_not_cut_the_late_wait_for_the_quorum() {
 async fn a_fast_no_does_not_cut_the_late_wait_for_a_yes_the_quorum_needs() {
     use fencelock_testkit::proxy::{FaultProxy, Mode};
     let servers = start_many(3);
-    let slow = FaultProxy::start(servers[2].port()).await;
-    let url = format!(
-        "redlock://127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}?per_node_timeout=50ms",
-        servers[0].port(),
-        servers[1].port(),
-        slow.port()
-    );
-    let locks = RedlockLock::connect(&url).await.unwrap();
+    let (slow, locks) = third_behind_a_proxy(&servers, "").await;
     let o = opts(Duration::from_secs(10));
-    // Every node connected, its scripts loaded, before the faults.
-    locks.acquire("warm", &o).await.unwrap().release().await.unwrap();
     let delay = Duration::from_millis(120);
 
     // An extend: node 0's copy gone (its extend answers 0), node 2 late.
