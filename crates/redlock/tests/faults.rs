@@ -880,7 +880,7 @@ async fn a_release_refused_for_good_on_a_quorum_is_a_permanent_error() {
 /// auto-renewed lease's extend failed the same way until its validity ran out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusing_node_does_not_cut_the_late_wait_for_the_quorum() {
-    use fencelock_testkit::proxy::{FaultProxy, Mode};
+    use fencelock_testkit::proxy::Mode;
     let servers = start_many(3);
     user_u_everywhere(&servers);
     let (slow, locks) = third_behind_a_proxy(&servers, "u:pw@").await;
@@ -931,7 +931,7 @@ async fn a_refusing_node_does_not_cut_the_late_wait_for_the_quorum() {
 /// acquire was busy, though waiting for node 2 would have succeeded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fast_no_does_not_cut_the_late_wait_for_a_yes_the_quorum_needs() {
-    use fencelock_testkit::proxy::{FaultProxy, Mode};
+    use fencelock_testkit::proxy::Mode;
     let servers = start_many(3);
     let (slow, locks) = third_behind_a_proxy(&servers, "").await;
     let o = opts(Duration::from_secs(10));
